@@ -1,0 +1,42 @@
+# hotline-gateway: `make run` starts the daemon with the local defaults; `make test` runs the suite.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+CONFIG ?= config.toml
+
+.PHONY: run test check lint typecheck bench clean system-deps
+
+$(VENV)/bin/activate:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	  { echo "hotline-gateway needs Python 3.11 or newer (found: $$($(PYTHON) --version))"; exit 2; }
+	@$(PYTHON) -m venv --help >/dev/null 2>&1 || \
+	  { echo "Python's venv module is missing: apt-get install python3-venv"; exit 2; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: $(VENV)/bin/activate pyproject.toml
+	$(PY) -m pip install --quiet -e .
+	@touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $@
+
+run: $(VENV)/.installed
+	$(VENV)/bin/hotline-gateway --config $(CONFIG) setup-demo
+	exec $(VENV)/bin/hotline-gateway --config $(CONFIG) serve
+
+test: $(VENV)/.installed-test
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check gateway intake routing outbound tests bench
+	$(VENV)/bin/mypy
+
+check: lint test
+
+bench: $(VENV)/.installed-test
+	$(PY) bench/smtp_intake.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

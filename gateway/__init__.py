@@ -1,0 +1,1 @@
+"""hotline-gateway: the daemon, its configuration, storage and lifecycle."""

@@ -1,0 +1,181 @@
+"""``hotline-gateway [--config PATH] COMMAND``: the only place that exits the process.
+
+Exit codes: 0 ok, 1 runtime failure, 2 usage or config error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import structlog
+from sqlalchemy.exc import SQLAlchemyError
+
+from gateway import config as config_module
+from gateway import logs
+from gateway.app import serve
+from gateway.config import Config, ConfigError
+from gateway.demo import setup_demo
+from gateway.notify import Notifier
+from gateway.stats import collect_stats
+from gateway.store import migrate
+from gateway.store.engine import make_engine
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+log = structlog.get_logger("gateway.cli")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hotline-gateway", description=__doc__)
+    parser.add_argument(
+        "--config", type=Path, default=None,
+        help="config file (default: ./config.toml, then /etc/hotline-gateway/config.toml)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve_cmd = commands.add_parser("serve", help="run the daemon in the foreground")
+    serve_cmd.add_argument("--no-migrate", action="store_true",
+                           help="do not apply database migrations at start")
+    commands.add_parser("check-config", help="validate the config and the files it names")
+    db = commands.add_parser("db", help="database maintenance")
+    db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    db_commands.add_parser("upgrade", help="apply migrations")
+    commands.add_parser("setup-demo", help="make the local directories and database (idempotent)")
+    stats = commands.add_parser("stats", help="counts of submissions, cases and referrals")
+    stats.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return config_module.load(config_module.find(args.config))
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    path = config_module.find(args.config)
+    try:
+        config = config_module.load(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_USAGE
+    problems = config_module.file_problems(config)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        return EXIT_USAGE
+    print(f"{path}: ok")
+    return EXIT_OK
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    config = _load(args)
+    problems = config_module.file_problems(config)
+    if problems:
+        raise ConfigError(problems)
+    logs.configure(config.gateway.log_level, config.gateway.log_format)
+    notifier = Notifier()
+    try:
+        asyncio.run(_serve(config, notifier, upgrade_db=not args.no_migrate))
+    finally:
+        notifier.close()
+    return EXIT_OK
+
+
+async def _serve(config: Config, notifier: Notifier, *, upgrade_db: bool) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            # A second Ctrl-C: the operator wants out now. Acknowledged reports are committed.
+            log.warning("gateway.forced_exit")
+            sys.stdout.flush()
+            os._exit(EXIT_FAILURE)
+        log.info("gateway.signal", signal=signal.Signals(signum).name)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    await serve(config, shutdown_trigger=stop.wait, notifier=notifier, upgrade_db=upgrade_db)
+
+
+def _cmd_db(args: argparse.Namespace) -> int:
+    config = _load(args)
+
+    async def run() -> tuple[str | None, str | None]:
+        engine = make_engine(config.database)
+        try:
+            before = await migrate.current(engine)
+            await migrate.upgrade(engine)
+            return before, await migrate.current(engine)
+        finally:
+            await engine.dispose()
+
+    before, after = asyncio.run(run())
+    print(f"database at revision {after}" + ("" if before == after else f" (was {before})"))
+    return EXIT_OK
+
+
+def _cmd_setup_demo(args: argparse.Namespace) -> int:
+    config = _load(args)
+    for line in asyncio.run(setup_demo(config)):
+        print(line)
+    return EXIT_OK
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    config = _load(args)
+
+    async def run() -> dict[str, object]:
+        engine = make_engine(config.database)
+        try:
+            return await collect_stats(engine)
+        finally:
+            await engine.dispose()
+
+    stats = asyncio.run(run())
+    if args.json:
+        print(json.dumps(stats, sort_keys=True))
+    else:
+        for key, value in stats.items():
+            if isinstance(value, dict):
+                print(f"{key}:")
+                for name, count in sorted(value.items()):
+                    print(f"  {name}: {count}")
+            else:
+                print(f"{key}: {value}")
+    return EXIT_OK
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "serve": _cmd_serve,
+    "check-config": _cmd_check_config,
+    "db": _cmd_db,
+    "setup-demo": _cmd_setup_demo,
+    "stats": _cmd_stats,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"config error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+    except (OSError, SQLAlchemyError) as exc:
+        print(f"hotline-gateway: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

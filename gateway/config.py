@@ -1,0 +1,350 @@
+"""The gateway's configuration: config.toml read once into frozen, typed objects.
+
+Unknown keys and bad values are errors that name the key (``smtp.max_message_bytes: ...``).
+Relative paths resolve against the folder of the config file, so a checkout runs from anywhere.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
+
+DEFAULT_PATHS = (Path("config.toml"), Path("/etc/hotline-gateway/config.toml"))
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; ``problems`` holds one ``key: message`` line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+# --- value types -------------------------------------------------------------------------
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _parse_duration(value: object) -> float:
+    """``"500ms"``, ``"30s"``, ``"5m"``, ``"3d"`` -> seconds."""
+    if not isinstance(value, str):
+        raise ValueError('a duration is a string such as "30s", "5m" or "3d"')
+    match = _DURATION.match(value)
+    if not match:
+        raise ValueError(f'{value!r} is not a duration such as "500ms", "30s", "5m", "3d"')
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def _resolve_path(value: object, info: ValidationInfo) -> Path | None:
+    """A path relative to the config file's folder; the empty string means "not set"."""
+    if not isinstance(value, str):
+        raise ValueError("a path is a string")
+    if value == "":
+        return None
+    base: Path = (info.context or {}).get("base", Path.cwd())
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (base / path)
+
+
+def _parse_listen(value: object) -> tuple[str, int]:
+    """``"127.0.0.1:2525"`` or ``"[::1]:2525"`` -> (host, port); port 0 picks a free one."""
+    if not isinstance(value, str):
+        raise ValueError('a listen address is a string such as "127.0.0.1:2525"')
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError(f'{value!r} is not "host:port" (IPv6 as "[::1]:2525")')
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        ipaddress.IPv6Address(host)
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is out of range")
+    return host, port
+
+
+def _parse_nameserver(value: object) -> tuple[str, int]:
+    """A nameserver is an IP address with an optional port (default 53)."""
+    if not isinstance(value, str):
+        raise ValueError('a nameserver is a string such as "127.0.0.1:5353"')
+    try:
+        return str(ipaddress.ip_address(value)), 53
+    except ValueError:
+        host, port = _parse_listen(value)
+        ipaddress.ip_address(host)
+        return host, port
+
+
+def _country(value: str) -> str:
+    if not re.fullmatch(r"[A-Z]{2}", value):
+        raise ValueError(f"{value!r} is not an ISO 3166-1 alpha-2 country code such as 'BE'")
+    return value
+
+
+def _email(value: str) -> str:
+    local, at, domain = value.rpartition("@")
+    if not at or not local or "." not in domain or any(c.isspace() for c in value):
+        raise ValueError(f"{value!r} is not an e-mail address")
+    return value
+
+
+def _fingerprint(value: str) -> str:
+    cleaned = value.replace(" ", "").upper()
+    if cleaned and not re.fullmatch(r"[0-9A-F]{40}", cleaned):
+        raise ValueError("a key is pinned by its full 40-hex-digit fingerprint")
+    return cleaned
+
+
+def _network(value: object) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    if not isinstance(value, str):
+        raise ValueError("a network is a string such as '203.0.113.0/24'")
+    return ipaddress.ip_network(value, strict=False)
+
+
+def _database_url(value: str, info: ValidationInfo) -> str:
+    """Accept the two supported drivers; make a relative SQLite file path absolute."""
+    prefix = "sqlite+aiosqlite:///"
+    if value.startswith(prefix):
+        file_part = value[len(prefix) :]
+        if file_part and file_part != ":memory:" and not file_part.startswith("/"):
+            base: Path = (info.context or {}).get("base", Path.cwd())
+            return prefix + str(base / file_part)
+        return value
+    if value.startswith("postgresql+asyncpg://"):
+        return value
+    raise ValueError("use sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER@HOST/DB")
+
+
+Duration = Annotated[float, BeforeValidator(_parse_duration)]
+OptionalPath = Annotated[Path | None, BeforeValidator(_resolve_path)]
+Listen = Annotated[tuple[str, int], BeforeValidator(_parse_listen)]
+Nameserver = Annotated[tuple[str, int], BeforeValidator(_parse_nameserver)]
+Country = Annotated[str, AfterValidator(_country)]
+Email = Annotated[str, AfterValidator(_email)]
+Fingerprint = Annotated[str, AfterValidator(_fingerprint)]
+Network = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, BeforeValidator(_network)]
+DatabaseUrl = Annotated[str, AfterValidator(_database_url)]
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+# --- sections ----------------------------------------------------------------------------
+
+
+class GatewayConfig(_Section):
+    home_country: Country = "BE"
+    data_dir: OptionalPath = Field(default="var", validate_default=True)
+    reference_prefix: Annotated[str, Field(pattern=r"^[A-Z][A-Z0-9]{0,7}$")] = "CF"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    shutdown_grace: Duration = 10.0
+
+
+class DatabaseConfig(_Section):
+    url: DatabaseUrl = Field(default="sqlite+aiosqlite:///var/gateway.db", validate_default=True)
+    busy_timeout: Duration = 5.0
+    pool_size: PositiveInt = 5
+    batch_max: PositiveInt = 512
+
+
+class TlsFiles(_Section):
+    tls_cert: OptionalPath = None
+    tls_key: OptionalPath = None
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> TlsFiles:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key are set together or not at all")
+        return self
+
+
+class SmtpConfig(TlsFiles):
+    listen: list[Listen] = Field(default=["127.0.0.1:2525"], validate_default=True)
+    hostname: str = "report.hotline.test"
+    recipients: list[Annotated[Email, AfterValidator(str.lower)]] = ["report@hotline.test"]
+    max_message_bytes: PositiveInt = 10 * 1024 * 1024
+    max_connections: PositiveInt = 200
+    timeout: Duration = 300.0
+
+
+class HttpConfig(TlsFiles):
+    listen: list[Listen] = Field(default=["127.0.0.1:8080"], validate_default=True)
+    trusted_proxies: list[Network] = []
+
+
+class ConsoleConfig(_Section):
+    listen: list[Listen] = Field(default=["127.0.0.1:8081"], validate_default=True)
+
+
+class AdminConfig(_Section):
+    listen: list[Listen] = Field(default=["127.0.0.1:9100"], validate_default=True)
+
+
+class LocateOverride(_Section):
+    network: Network | None = None
+    domain: str | None = None
+    country: Country
+
+    @model_validator(mode="after")
+    def _one_target(self) -> LocateOverride:
+        if (self.network is None) == (self.domain is None):
+            raise ValueError("an override names exactly one of network or domain")
+        return self
+
+
+def _builtin_or_path(value: object, info: ValidationInfo) -> str | Path:
+    if value == "builtin":
+        return "builtin"
+    path = _resolve_path(value, info)
+    if path is None:
+        raise ValueError('use "builtin" or the path of an .mmdb file')
+    return path
+
+
+class LocateConfig(_Section):
+    nameservers: list[Nameserver] = []
+    geoip_db: Annotated[str | Path, BeforeValidator(_builtin_or_path)] = "builtin"
+    asn_db: Annotated[str | Path, BeforeValidator(_builtin_or_path)] = "builtin"
+    cdn_asns: list[PositiveInt] = [13335, 16509, 54113, 20940]
+    override: list[LocateOverride] = []
+
+
+class GpgConfig(_Section):
+    home: OptionalPath = Field(default="var/gnupg", validate_default=True)
+    signing_key: Fingerprint = ""
+    passphrase_file: OptionalPath = None
+    warn_days: PositiveInt = 30
+
+
+class OutboundConfig(_Section):
+    transport: Literal["smtp", "file"] = "smtp"
+    file_dir: OptionalPath = Field(default="var/outbox", validate_default=True)
+    from_address: Email = "referrals@hotline.test"
+    smtp_host: str = "127.0.0.1"
+    smtp_port: Annotated[int, Field(ge=1, le=65535)] = 25
+    tls: Literal["starttls", "implicit", "none"] = "starttls"
+    max_attempt_age: Duration = 3 * 86400.0
+
+
+class Destination(_Section):
+    email: Email
+    key: Fingerprint
+
+
+class RoutingConfig(_Section):
+    destinations: dict[Literal["police", "police_international"], Destination] = {}
+    hotlines: dict[Country, Destination] = {}
+
+
+class AssessmentConfig(_Section):
+    four_eyes: bool = False
+
+
+class RetentionConfig(_Section):
+    raw_message_days: PositiveInt = 30
+    reporter_contact_days: PositiveInt = 90
+
+
+class IntakeConfig(_Section):
+    attachments: Literal["hash-and-discard", "reject"] = "hash-and-discard"
+    keep_reporter_ip: bool = False
+
+
+class Config(_Section):
+    """The whole configuration; every section has working defaults."""
+
+    path: Path | None = None
+    gateway: GatewayConfig = GatewayConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    smtp: SmtpConfig = SmtpConfig()
+    http: HttpConfig = HttpConfig()
+    console: ConsoleConfig = ConsoleConfig()
+    admin: AdminConfig = AdminConfig()
+    locate: LocateConfig = LocateConfig()
+    gpg: GpgConfig = GpgConfig()
+    outbound: OutboundConfig = OutboundConfig()
+    routing: RoutingConfig = RoutingConfig()
+    assessment: AssessmentConfig = AssessmentConfig()
+    retention: RetentionConfig = RetentionConfig()
+    intake: IntakeConfig = IntakeConfig()
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    parts = [str(p) for p in error["loc"] if not str(p).startswith("function-") and p != "[key]"]
+    key = ".".join(parts)
+    if error["type"] == "extra_forbidden":
+        return f"{key}: unknown key"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{key or '(top level)'}: {message}"
+
+
+def parse(data: Mapping[str, Any], *, base: Path, path: Path | None = None) -> Config:
+    """Validate a config mapping; relative paths resolve against ``base``."""
+    if "path" in data:
+        raise ConfigError(["path: unknown key"])
+    # Every section is validated, even when absent, so that default paths resolve against base.
+    sections = {name: {} for name in Config.model_fields if name != "path"}
+    try:
+        return Config.model_validate({**sections, **data, "path": path}, context={"base": base})
+    except ValidationError as exc:
+        problems = list(dict.fromkeys(_describe(e) for e in exc.errors()))
+        raise ConfigError(problems) from exc
+
+
+def load(path: Path) -> Config:
+    """Read and validate one config file."""
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError([f"{path}: no such file"]) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from exc
+    path = path.resolve()
+    return parse(data, base=path.parent, path=path)
+
+
+def find(explicit: Path | None) -> Path:
+    """The config file to use: ``--config``, else ./config.toml, else the system one."""
+    if explicit is not None:
+        return explicit
+    for candidate in DEFAULT_PATHS:
+        if candidate.exists():
+            return candidate
+    return DEFAULT_PATHS[0]
+
+
+def file_problems(config: Config) -> list[str]:
+    """Problems with files the configuration refers to (checked at start and by check-config)."""
+    problems: list[str] = []
+    for section, name in (("smtp", config.smtp), ("http", config.http)):
+        for key in ("tls_cert", "tls_key"):
+            value = getattr(name, key)
+            if value is not None and not value.is_file():
+                problems.append(f"{section}.{key}: {value} does not exist")
+    for key in ("geoip_db", "asn_db"):
+        value = getattr(config.locate, key)
+        if isinstance(value, Path) and not value.is_file():
+            problems.append(f"locate.{key}: {value} does not exist")
+    passphrase = config.gpg.passphrase_file
+    if passphrase is not None and not passphrase.is_file():
+        problems.append(f"gpg.passphrase_file: {passphrase} does not exist")
+    return problems

@@ -1,0 +1,67 @@
+"""Engines for SQLite (aiosqlite) and PostgreSQL (asyncpg) from one configuration.
+
+SQLite runs in WAL mode with ``synchronous=FULL`` so that a committed report survives power
+loss, and opens write transactions with ``BEGIN IMMEDIATE`` so that a writer takes the lock up
+front instead of failing half-way when another connection wrote in between.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, make_url
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from gateway.config import DatabaseConfig
+
+#: Execution option that makes a SQLite transaction begin with ``BEGIN IMMEDIATE``.
+IMMEDIATE = {"sqlite_immediate": True}
+
+
+def make_engine(config: DatabaseConfig, **connect_args: Any) -> AsyncEngine:
+    """An async engine for ``config.url`` with the durability settings this gateway needs."""
+    if config.url.startswith("sqlite"):
+        _make_parent(config.url)
+        engine = create_async_engine(config.url, connect_args=connect_args)
+        _configure_sqlite(engine, busy_ms=int(config.busy_timeout * 1000))
+        return engine
+    return create_async_engine(
+        config.url,
+        pool_size=config.pool_size,
+        pool_pre_ping=True,
+        connect_args=connect_args,
+    )
+
+
+def _make_parent(url: str) -> None:
+    """A SQLite file's folder must exist before the first connection."""
+    database = make_url(url).database
+    if database and database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+
+
+def _configure_sqlite(engine: AsyncEngine, *, busy_ms: int) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        # Take transaction control from the driver (SQLAlchemy's documented recipe), so that
+        # BEGIN is ours to emit below.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={busy_ms:d}")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get("sqlite_immediate", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+async def writable(conn: AsyncConnection) -> AsyncConnection:
+    """The same connection, set to open its transactions for writing."""
+    return await conn.execution_options(**IMMEDIATE)

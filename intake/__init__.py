@@ -1,0 +1,1 @@
+"""How reports get in: SMTP now; the web form, MIME parsing and dedup follow."""

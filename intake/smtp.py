@@ -1,0 +1,292 @@
+"""SMTP intake: aiosmtpd embedded on our own event loop, one handler deciding every reply.
+
+The protocol engine (aiosmtpd) knows nothing of storage; ``ReportHandler`` checks recipients,
+refuses bare CR/LF, and hands the message to the durable writer. The ``250`` that tells the
+sender "you may forget this message" is sent only after the commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import ssl
+from collections.abc import Iterable
+from concurrent.futures import Executor
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import structlog
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from gateway.config import SmtpConfig
+from gateway.store.writer import NewSubmission, Receipt, WriterClosed
+
+log = structlog.get_logger("intake.smtp")
+
+#: Messages larger than this are hashed and inspected in the executor, off the event loop.
+INLINE_INSPECT_BYTES = 64 * 1024
+
+REPLY_ACCEPTED = "250 2.0.0 Ok: queued as {reference}"
+REPLY_NO_RELAY = "550 5.1.1 Recipient not accepted here: this server takes reports only"
+REPLY_TOO_BIG = "552 5.3.4 Message too big: the limit is {limit} bytes"
+REPLY_BARE_EOL = "550 5.6.0 Bare CR or LF in message (RFC 5321 section 2.3.8); not accepted"
+REPLY_TEMPFAIL = "451 4.3.0 Temporary failure storing the report; please try again later"
+REPLY_TOO_MANY = b"421 4.7.0 Too many connections; please try again later\r\n"
+REPLY_SHUTDOWN = "421 4.3.2 Service shutting down; please try again later"
+
+# aiosmtpd's own wording for these cases, mapped to the replies in our contract.
+_AIOSMTPD_TOO_BIG = (
+    "552 Error: Too much mail data",
+    "552 Error: message size exceeds fixed maximum message size",
+)
+
+_MESSAGE_ID = re.compile(rb"^message-id[ \t]*:[ \t]*(.*(?:\r\n[ \t].*)*)", re.I | re.M)
+
+
+class Submitter(Protocol):
+    """Where accepted messages go: stores one durably and returns its receipt."""
+
+    async def submit(self, submission: NewSubmission) -> Receipt: ...
+
+
+def has_bare_line_ending(raw: bytes) -> bool:
+    """True if ``raw`` holds a CR or LF that is not part of a CRLF pair (RFC 5321 2.3.8)."""
+    crlf = raw.count(b"\r\n")
+    return raw.count(b"\n") != crlf or raw.count(b"\r") != crlf
+
+
+def message_id(raw: bytes) -> str | None:
+    """The Message-ID header's value, unfolded, from the header block only."""
+    end = raw.find(b"\r\n\r\n")
+    header = raw if end < 0 else raw[: end + 2]
+    match = _MESSAGE_ID.search(header)
+    if match is None:
+        return None
+    value = re.sub(rb"\r\n[ \t]+", b" ", match.group(1)).strip()
+    return value[:998].decode("ascii", "replace") or None
+
+
+def inspect_message(raw: bytes) -> tuple[str, str | None, bool]:
+    """(body SHA-256, Message-ID, bare line ending?) for one message."""
+    return hashlib.sha256(raw).hexdigest(), message_id(raw), has_bare_line_ending(raw)
+
+
+class ReportHandler:
+    """The aiosmtpd handler: every reply the gateway gives to a reporting MTA."""
+
+    def __init__(
+        self,
+        submitter: Submitter,
+        *,
+        recipients: Iterable[str],
+        keep_peer_ip: bool,
+        max_message_bytes: int,
+        executor: Executor | None = None,
+    ) -> None:
+        self._submitter = submitter
+        self._recipients = frozenset(r.lower() for r in recipients)
+        self._keep_peer_ip = keep_peer_ip
+        self._max_message_bytes = max_message_bytes
+        self._executor = executor
+        self.shutting_down = False
+        self.in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Until no message is between end of DATA and its reply."""
+        await self._idle.wait()
+
+    async def handle_EHLO(  # noqa: N802 - aiosmtpd's hook name
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        # No AUTH: reporters are anonymous and this server relays nothing.
+        return [r for r in responses if not r.startswith("250-AUTH")]
+
+    async def handle_RCPT(  # noqa: N802
+        self, server: SMTP, session: Session, envelope: Envelope, address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        if address.lower() not in self._recipients:
+            log.info("smtp.recipient_refused")
+            return REPLY_NO_RELAY
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(  # noqa: N802
+        self, server: SMTP, session: Session, envelope: Envelope
+    ) -> str:
+        if self.shutting_down:
+            return REPLY_SHUTDOWN
+        raw = envelope.original_content
+        assert isinstance(raw, bytes)
+        self.in_flight += 1
+        self._idle.clear()
+        try:
+            return await self._store(session, envelope, raw)
+        finally:
+            self.in_flight -= 1
+            if self.in_flight == 0:
+                self._idle.set()
+
+    async def _store(self, session: Session, envelope: Envelope, raw: bytes) -> str:
+        if len(raw) <= INLINE_INSPECT_BYTES:
+            digest, msg_id, bare = inspect_message(raw)
+        else:
+            loop = asyncio.get_running_loop()
+            digest, msg_id, bare = await loop.run_in_executor(self._executor, inspect_message, raw)
+        if bare:
+            log.info("smtp.bare_line_ending_refused", size=len(raw))
+            return REPLY_BARE_EOL
+        peer = session.peer
+        submission = NewSubmission(
+            channel="smtp",
+            received_at=datetime.now(UTC),
+            raw=raw,
+            body_sha256=digest,
+            mail_from=envelope.mail_from,
+            rcpt_tos=tuple(envelope.rcpt_tos),
+            helo=session.host_name,
+            peer_ip=str(peer[0]) if self._keep_peer_ip and isinstance(peer, tuple) else None,
+            message_id=msg_id,
+        )
+        try:
+            receipt = await self._submitter.submit(submission)
+        except WriterClosed:
+            return REPLY_SHUTDOWN
+        except Exception as exc:  # any storage failure: the sender keeps the message and retries
+            log.warning("smtp.store_failed", error_type=type(exc).__name__)
+            return REPLY_TEMPFAIL
+        log.info(
+            "smtp.accepted",
+            reference=receipt.reference,
+            submission_id=str(receipt.submission_id),
+            size=len(raw),
+            duplicate=receipt.duplicate,
+        )
+        return REPLY_ACCEPTED.format(reference=receipt.reference)
+
+    async def handle_exception(self, error: Exception) -> str:
+        # aiosmtpd would otherwise put the exception's text in the reply.
+        log.error("smtp.internal_error", error_type=type(error).__name__)
+        return REPLY_TEMPFAIL
+
+    def too_big_reply(self) -> str:
+        return REPLY_TOO_BIG.format(limit=self._max_message_bytes)
+
+
+class _Session(SMTP):
+    """One SMTP connection; tracked so that shutdown can finish or close it."""
+
+    def __init__(self, handler: ReportHandler, sessions: set[_Session], **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._report_handler = handler
+        self._tracked = sessions
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._tracked.add(self)
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self._tracked.discard(self)
+        super().connection_lost(error)
+
+    async def push(self, status: str | bytes) -> None:
+        if status in _AIOSMTPD_TOO_BIG:
+            status = self._report_handler.too_big_reply()
+        await super().push(status)
+
+    def say_goodbye(self, reply: str) -> None:
+        """Tell the client we are going and close, whatever state the session is in."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(reply.encode("ascii") + b"\r\n")
+            self.transport.close()
+
+
+class _TooMany(asyncio.Protocol):
+    """Answers a connection over the limit with 421 and closes it."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(REPLY_TOO_MANY)
+        transport.close()
+
+
+def tls_context(config: SmtpConfig) -> ssl.SSLContext | None:
+    """The STARTTLS context when a certificate is configured (offered, never required)."""
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(config.tls_cert, config.tls_key)
+    return context
+
+
+class SmtpServer:
+    """The public SMTP listeners, embedded on the running loop with ``create_server``."""
+
+    def __init__(self, config: SmtpConfig, handler: ReportHandler) -> None:
+        self._config = config
+        self._handler = handler
+        self._tls = tls_context(config)
+        self._servers: list[asyncio.Server] = []
+        self._sessions: set[_Session] = set()
+        self.addresses: list[tuple[str, int]] = []
+
+    @property
+    def handler(self) -> ReportHandler:
+        return self._handler
+
+    @property
+    def session_count(self) -> int:
+        return len(self._sessions)
+
+    def _protocol(self) -> asyncio.Protocol:
+        if len(self._sessions) >= self._config.max_connections:
+            return _TooMany()
+        return _Session(
+            self._handler,
+            self._sessions,
+            data_size_limit=self._config.max_message_bytes,
+            hostname=self._config.hostname,
+            ident="hotline-gateway",
+            tls_context=self._tls,
+            require_starttls=False,
+            timeout=self._config.timeout,
+            loop=asyncio.get_running_loop(),
+        )
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for host, port in self._config.listen:
+            server = await loop.create_server(self._protocol, host, port, reuse_address=True)
+            self._servers.append(server)
+            for sock in server.sockets:
+                self.addresses.append(sock.getsockname()[:2])
+        log.info("smtp.listening", addresses=[f"{h}:{p}" for h, p in self.addresses])
+
+    async def stop(self, grace: float) -> None:
+        """Stop accepting; let messages being committed get their reply; then close the rest."""
+        for server in self._servers:
+            server.close()
+        self._handler.shutting_down = True
+        try:
+            await asyncio.wait_for(self._handler.wait_idle(), grace)
+        except TimeoutError:
+            log.warning("smtp.shutdown_grace_exceeded", in_flight=self._handler.in_flight)
+        for session in list(self._sessions):
+            session.say_goodbye(REPLY_SHUTDOWN)
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers.clear()
+
+
+def quiet_aiosmtpd_logs() -> None:
+    """aiosmtpd logs peers and command lines (reporter addresses): keep it silent."""
+    logger = logging.getLogger("mail.log")
+    logger.setLevel(logging.CRITICAL + 1)
+    logger.propagate = False

@@ -1,0 +1,1 @@
+"""Where reports go: locating the host, INHOPE membership and the protocol table."""

@@ -1,0 +1,115 @@
+"""Shared fixtures: real databases (SQLite files, and PostgreSQL when HOTLINE_TEST_PG_URL is
+set), configs that listen on 127.0.0.1 port 0, and a running gateway."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway import config as config_module
+from gateway.app import Gateway, running
+from gateway.config import Config
+from gateway.store import migrate
+from gateway.store.engine import make_engine
+
+PG_URL = os.environ.get("HOTLINE_TEST_PG_URL", "")
+
+ConfigFactory = Callable[..., Config]
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+@pytest.fixture
+def make_config(tmp_path: Path) -> ConfigFactory:
+    """A config rooted in tmp_path, listening on port 0, with overrides by section."""
+
+    def factory(**sections: dict[str, Any]) -> Config:
+        base: dict[str, Any] = {
+            "gateway": {"shutdown_grace": "2s"},
+            "database": {"url": "sqlite+aiosqlite:///var/gateway.db"},
+            "smtp": {"listen": ["127.0.0.1:0"]},
+        }
+        return config_module.parse(_merge(base, sections), base=tmp_path)
+
+    return factory
+
+
+class PgSchema:
+    """A PostgreSQL schema of its own for one test, dropped afterwards."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.name = f"t_{uuid.uuid4().hex[:12]}"
+
+    def _dsn(self) -> str:
+        return make_url(self.url).set(drivername="postgresql").render_as_string(False)
+
+    async def create(self) -> None:
+        conn = await asyncpg.connect(self._dsn())
+        try:
+            await conn.execute(f'CREATE SCHEMA "{self.name}"')
+        finally:
+            await conn.close()
+
+    async def drop(self) -> None:
+        conn = await asyncpg.connect(self._dsn())
+        try:
+            await conn.execute(f'DROP SCHEMA "{self.name}" CASCADE')
+        finally:
+            await conn.close()
+
+    @property
+    def connect_args(self) -> dict[str, Any]:
+        return {"server_settings": {"search_path": self.name}}
+
+
+BACKENDS = [
+    "sqlite",
+    pytest.param(
+        "postgresql",
+        marks=pytest.mark.skipif(not PG_URL, reason="HOTLINE_TEST_PG_URL is not set"),
+    ),
+]
+
+
+@pytest.fixture(params=BACKENDS)
+async def engine(request: pytest.FixtureRequest, make_config: ConfigFactory) -> AsyncIterator[AsyncEngine]:
+    """A migrated engine on a real database: a SQLite file, or a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        eng = make_engine(make_config().database)
+        await migrate.upgrade(eng)
+        yield eng
+        await eng.dispose()
+        return
+    schema = PgSchema(PG_URL)
+    await schema.create()
+    eng = make_engine(make_config(database={"url": PG_URL}).database, **schema.connect_args)
+    try:
+        await migrate.upgrade(eng)
+        yield eng
+    finally:
+        await eng.dispose()
+        await schema.drop()
+
+
+@pytest.fixture
+async def gateway(make_config: ConfigFactory) -> AsyncIterator[Gateway]:
+    """The gateway with default test settings, running on port 0."""
+    async with running(make_config()) as gw:
+        yield gw

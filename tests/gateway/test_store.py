@@ -1,0 +1,170 @@
+"""Storage on real SQLite files and a real PostgreSQL: migrations, references, the writer."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from datetime import UTC, datetime
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import event, func, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.store import migrate
+from gateway.store.references import ReferenceAllocator
+from gateway.store.tables import metadata, submissions
+from gateway.store.writer import NewSubmission, SubmissionWriter, WriterClosed
+
+
+def make_submission(n: int, *, message_id: str | None = None, year: int = 2026) -> NewSubmission:
+    raw = f"Message-ID: <{n}@test>\r\n\r\nreport {n}\r\n".encode()
+    return NewSubmission(
+        channel="smtp",
+        received_at=datetime(year, 6, 1, 12, 0, tzinfo=UTC),
+        raw=raw,
+        body_sha256=hashlib.sha256(raw).hexdigest(),
+        mail_from=f"reporter{n}@example.test",
+        rcpt_tos=("report@hotline.test",),
+        message_id=message_id if message_id is not None else f"<{n}@test>",
+    )
+
+
+async def count_rows(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        return int((await conn.execute(select(func.count()).select_from(submissions))).scalar_one())
+
+
+class _Running:
+    def __init__(self, writer: SubmissionWriter) -> None:
+        self.writer = writer
+
+    async def __aenter__(self) -> SubmissionWriter:
+        self.task = asyncio.create_task(self.writer.run())
+        return self.writer
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.writer.close()
+        await self.task
+
+
+def running_writer(engine: AsyncEngine, **kwargs: int) -> _Running:
+    return _Running(SubmissionWriter(engine, ReferenceAllocator(engine, "CF"), **kwargs))
+
+
+async def test_migrations_create_exactly_the_declared_schema(engine: AsyncEngine) -> None:
+    """After `db upgrade` the database matches the tables the code declares, at the head revision."""
+    assert await migrate.current(engine) == migrate.head()
+    async with engine.connect() as conn:
+        diff = await conn.run_sync(
+            lambda sync: compare_metadata(MigrationContext.configure(sync), metadata)
+        )
+    assert diff == []
+
+
+async def test_upgrade_twice_is_a_no_op(engine: AsyncEngine) -> None:
+    """Applying migrations to an up-to-date database changes nothing."""
+    await migrate.upgrade(engine)
+    assert await migrate.current(engine) == migrate.head()
+
+
+async def test_concurrent_submissions_share_commits(engine: AsyncEngine) -> None:
+    """Hundreds of concurrent submissions are each committed, in far fewer transactions."""
+    commits = 0
+
+    def on_commit(conn: object) -> None:
+        nonlocal commits
+        commits += 1
+
+    event.listen(engine.sync_engine, "commit", on_commit)
+    async with running_writer(engine) as writer:
+        receipts = await asyncio.gather(*(writer.submit(make_submission(n)) for n in range(300)))
+    event.remove(engine.sync_engine, "commit", on_commit)
+
+    references = [r.reference for r in receipts]
+    assert len(set(references)) == 300
+    assert all(re.fullmatch(r"CF-2026-\d{6}", ref) for ref in references)
+    assert not any(r.duplicate for r in receipts)
+    assert await count_rows(engine) == 300
+    # One commit per batch plus the reference-block reservation: nowhere near one per row.
+    assert commits < 30
+    async with engine.connect() as conn:
+        stored = dict((await conn.execute(select(submissions.c.id, submissions.c.reference))).all())
+    assert {r.submission_id: r.reference for r in receipts} == stored
+
+
+async def test_same_message_twice_gets_the_first_reference(engine: AsyncEngine) -> None:
+    """A retransmission (same Message-ID and body) stores nothing new, in or across batches."""
+    async with running_writer(engine) as writer:
+        first = await writer.submit(make_submission(1))
+        again = await writer.submit(make_submission(1))
+        together = await asyncio.gather(writer.submit(make_submission(2)),
+                                        writer.submit(make_submission(2)))
+    assert again.reference == first.reference and again.duplicate
+    assert together[0].reference == together[1].reference
+    assert [r.duplicate for r in together] == [False, True]
+    assert await count_rows(engine) == 2
+
+
+async def test_same_body_with_another_message_id_is_a_new_report(engine: AsyncEngine) -> None:
+    """Only Message-ID and body together identify a retransmission."""
+    async with running_writer(engine) as writer:
+        a = await writer.submit(make_submission(1, message_id="<a@test>"))
+        b = await writer.submit(make_submission(1, message_id="<b@test>"))
+    assert a.reference != b.reference
+    assert await count_rows(engine) == 2
+
+
+async def test_two_allocators_never_hand_out_the_same_reference(engine: AsyncEngine) -> None:
+    """Two processes' allocators (sharing only the database) interleave without collisions."""
+    first = ReferenceAllocator(engine, "CF", block_size=5)
+    second = ReferenceAllocator(engine, "CF", block_size=5)
+    seen: list[str] = []
+    for _ in range(4):
+        for allocator in (first, second):
+            await allocator.reserve(2026, 3)
+            seen.extend(allocator.take(2026) for _ in range(3))
+    assert len(seen) == len(set(seen)) == 24
+
+
+async def test_references_restart_numbering_each_year(engine: AsyncEngine) -> None:
+    """Each year has its own sequence, starting at 1."""
+    async with running_writer(engine) as writer:
+        a = await writer.submit(make_submission(1, year=2026))
+        b = await writer.submit(make_submission(2, year=2027))
+    assert a.reference == "CF-2026-000001"
+    assert b.reference == "CF-2027-000001"
+
+
+async def test_storage_failure_fails_every_waiter_then_recovers(engine: AsyncEngine) -> None:
+    """When the insert fails, every caller in that batch gets the error; later batches succeed."""
+    async with engine.begin() as conn:
+        # Move the table away: the database itself refuses the insert.
+        await conn.execute(text("ALTER TABLE submissions RENAME TO submissions_moved"))
+    async with running_writer(engine) as writer:
+        results = await asyncio.gather(
+            *(writer.submit(make_submission(n)) for n in range(5)), return_exceptions=True
+        )
+        assert all(isinstance(r, Exception) for r in results)
+        async with engine.begin() as conn:
+            await conn.execute(text("ALTER TABLE submissions_moved RENAME TO submissions"))
+        receipt = await writer.submit(make_submission(99))
+    assert receipt.reference.startswith("CF-2026-")
+    assert await count_rows(engine) == 1
+    assert writer.stats.failures >= 1
+
+
+async def test_closed_writer_refuses_new_work_and_flushes_queued(engine: AsyncEngine) -> None:
+    """close() commits what was queued and refuses anything after."""
+    writer = SubmissionWriter(engine, ReferenceAllocator(engine, "CF"))
+    pending = [asyncio.create_task(writer.submit(make_submission(n))) for n in range(10)]
+    await asyncio.sleep(0)
+    task = asyncio.create_task(writer.run())
+    await writer.close()
+    await task
+    assert len({(await p).reference for p in pending}) == 10
+    with pytest.raises(WriterClosed):
+        await writer.submit(make_submission(11))
+    assert await count_rows(engine) == 10

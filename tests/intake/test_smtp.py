@@ -1,0 +1,261 @@
+"""SMTP intake against a real gateway on 127.0.0.1 port 0, with a real SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+import sqlite3
+import ssl
+from pathlib import Path
+
+import aiosmtplib
+import structlog
+import trustme
+from sqlalchemy import func, select
+
+from gateway.app import Gateway, running
+from gateway.store.tables import submissions
+from tests.conftest import ConfigFactory
+from tests.smtp_client import REPORT_TO, RawSession, deliver, queued_reference, report
+
+
+def port_of(gw: Gateway) -> int:
+    return gw.smtp.addresses[0][1]
+
+
+async def stored(gw: Gateway) -> list[dict[str, object]]:
+    async with gw.engine.connect() as conn:
+        rows = await conn.execute(select(submissions).order_by(submissions.c.reference))
+        return [dict(r._mapping) for r in rows]
+
+
+async def test_report_is_stored_then_acknowledged_with_its_reference(gateway: Gateway) -> None:
+    """A normal report gets `250 2.0.0 Ok: queued as CF-…` and that reference is in the database."""
+    code, text = await deliver(port_of(gateway), report(1))
+    assert code == 250
+    reference = queued_reference(text)
+    [row] = await stored(gateway)
+    assert row["reference"] == reference
+    assert row["channel"] == "smtp"
+    assert row["raw"] == report(1)
+    assert row["message_id"] == "<1@example.test>"
+    assert row["mail_from"] == "reporter@example.test"
+    assert row["rcpt_tos"] == [REPORT_TO]
+    assert row["peer_ip"] is None  # not kept unless [intake] keep_reporter_ip asks
+
+
+async def test_reporter_ip_is_kept_only_when_configured(make_config: ConfigFactory) -> None:
+    """With keep_reporter_ip = true the connecting address is stored with the report."""
+    async with running(make_config(intake={"keep_reporter_ip": True})) as gw:
+        code, _ = await deliver(port_of(gw), report(1))
+        assert code == 250
+        [row] = await stored(gw)
+    assert row["peer_ip"] == "127.0.0.1"
+
+
+async def test_foreign_recipient_is_refused_without_relaying(gateway: Gateway) -> None:
+    """A recipient outside the allowlist gets 550 5.1.1 and nothing is stored."""
+    code, text = await deliver(port_of(gateway), report(1), rcpt="someone@elsewhere.test")
+    assert code == 550 and text.startswith("5.1.1")
+    assert await stored(gateway) == []
+
+
+async def test_recipient_match_ignores_case(gateway: Gateway) -> None:
+    """Report@Hotline.Test is the same mailbox as report@hotline.test."""
+    code, _ = await deliver(port_of(gateway), report(1), rcpt="Report@Hotline.TEST")
+    assert code == 250
+
+
+async def test_oversized_message_is_refused_by_size_and_by_data(make_config: ConfigFactory) -> None:
+    """SIZE is advertised; too large by declaration or in fact gets 552 5.3.4, nothing stored."""
+    config = make_config(smtp={"max_message_bytes": 2000})
+    async with running(config) as gw:
+        port = port_of(gw)
+        async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False) as client:
+            await client.ehlo()
+            assert client.esmtp_extensions["size"] == "2000"
+        code, text = await deliver(port, report(1), mail_options=["SIZE=5000"])
+        assert (code, text[:5]) == (552, "5.3.4")
+        big = report(2, body="x" * 80 + "\r\n" + ("y" * 900 + "\r\n") * 4)
+        code, text = await deliver(port, big)
+        assert (code, text[:5]) == (552, "5.3.4")
+        # The same connection and the server are still good for a normal report.
+        code, _ = await deliver(port, report(3))
+        assert code == 250
+        assert [r["message_id"] for r in await stored(gw)] == ["<3@example.test>"]
+
+
+async def test_duplicate_delivery_gets_the_first_reference(gateway: Gateway) -> None:
+    """The same message delivered twice gets the same reference back and is stored once."""
+    _, first = await deliver(port_of(gateway), report(7))
+    _, second = await deliver(port_of(gateway), report(7))
+    assert queued_reference(first) == queued_reference(second)
+    assert len(await stored(gateway)) == 1
+
+
+async def test_storage_failure_is_451_and_the_next_message_gets_through(
+    make_config: ConfigFactory, tmp_path: Path
+) -> None:
+    """While the database is locked by another process the sender gets 451 4.3.0 (with no
+    internal detail); once it is released the next message is accepted."""
+    config = make_config(database={"busy_timeout": "200ms"})
+    async with running(config) as gw:
+        locker = sqlite3.connect(tmp_path / "var" / "gateway.db", isolation_level=None)
+        locker.execute("BEGIN EXCLUSIVE")
+        try:
+            code, text = await deliver(port_of(gw), report(1))
+        finally:
+            locker.execute("ROLLBACK")
+            locker.close()
+        assert code == 451
+        assert text == "4.3.0 Temporary failure storing the report; please try again later"
+        code, text = await deliver(port_of(gw), report(1))
+        assert code == 250
+        assert [r["reference"] for r in await stored(gw)] == [queued_reference(text)]
+
+
+async def test_bare_lf_smuggling_is_one_refused_message_never_two(gateway: Gateway) -> None:
+    """A second message hidden behind a bare-LF end of data is not split off; both are refused."""
+    session = await RawSession.open(port_of(gateway))
+    try:
+        assert (await session.command("EHLO client.test")).startswith("250")
+        assert (await session.command("MAIL FROM:<a@example.test>")).startswith("250")
+        assert (await session.command(f"RCPT TO:<{REPORT_TO}>")).startswith("250")
+        assert (await session.command("DATA")).startswith("354")
+        smuggled = (
+            b"Subject: first\r\n\r\nhello\n.\n"
+            b"MAIL FROM:<b@example.test>\r\nRCPT TO:<" + REPORT_TO.encode() + b">\r\n"
+            b"DATA\r\nSubject: smuggled\r\n\r\nsecond\r\n.\r\n"
+        )
+        reply = await session.command(smuggled)
+        assert reply.startswith("550 5.6.0"), reply
+        # Nothing more is waiting: the next command gets its own, single reply.
+        assert (await session.command("NOOP")).startswith("250")
+    finally:
+        await session.close()
+    assert await stored(gateway) == []
+
+
+async def test_bare_cr_is_refused(gateway: Gateway) -> None:
+    """A lone CR inside the data is refused just like a lone LF."""
+    session = await RawSession.open(port_of(gateway))
+    try:
+        await session.command("HELO client.test")
+        await session.command("MAIL FROM:<a@example.test>")
+        await session.command(f"RCPT TO:<{REPORT_TO}>")
+        await session.command("DATA")
+        reply = await session.command(report(1, body="one\rtwo") + b".\r\n")
+    finally:
+        await session.close()
+    assert reply.startswith("550 5.6.0"), reply
+    assert await stored(gateway) == []
+
+
+async def test_connection_limit_answers_421(make_config: ConfigFactory) -> None:
+    """Beyond max_connections a new connection gets 421 4.7.0; those already open keep working."""
+    async with running(make_config(smtp={"max_connections": 2})) as gw:
+        port = port_of(gw)
+        first, second = await RawSession.open(port), await RawSession.open(port)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert (await reader.readline()).startswith(b"421 4.7.0")
+        assert await reader.read() == b""  # and it is closed
+        writer.close()
+        assert (await first.command("NOOP")).startswith("250")
+        await first.close()
+        await second.close()
+        await asyncio.sleep(0.05)
+        code, _ = await deliver(port, report(1))
+        assert code == 250
+
+
+async def test_no_auth_is_offered(gateway: Gateway) -> None:
+    """Reporters are anonymous: EHLO never advertises AUTH."""
+    session = await RawSession.open(port_of(gateway))
+    try:
+        ehlo = await session.command("EHLO client.test")
+    finally:
+        await session.close()
+    assert "AUTH" not in ehlo
+    assert "SIZE 10485760" in ehlo
+
+
+async def test_starttls_when_a_certificate_is_configured(
+    make_config: ConfigFactory, tmp_path: Path
+) -> None:
+    """With tls_cert and tls_key set, STARTTLS is offered and a verifying client can report."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("report.hotline.test")
+    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "smtp.pem"))
+    config = make_config(smtp={"tls_cert": "smtp.pem", "tls_key": "smtp.pem"})
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    async with running(config) as gw:
+        async with aiosmtplib.SMTP(
+            hostname="127.0.0.1", port=port_of(gw), start_tls=False, tls_context=client_context,
+        ) as client:
+            await client.ehlo()
+            assert client.supports_extension("starttls")
+            await client.starttls(server_hostname="report.hotline.test")
+            errors, text = await client.sendmail("r@example.test", [REPORT_TO], report(1))
+        assert errors == {}
+        queued_reference(text)
+
+
+async def test_logs_name_references_never_addresses(gateway: Gateway) -> None:
+    """No log line carries the reporter's address, the recipient or the message text."""
+    with structlog.testing.capture_logs() as events:
+        await deliver(port_of(gateway), report(1), sender="secret.reporter@example.test")
+        await deliver(port_of(gateway), report(2), rcpt="other@elsewhere.test")
+    text = repr(events)
+    assert "smtp.accepted" in text and "CF-" in text
+    for private in ("secret.reporter", "elsewhere.test", "example.test/x", "127.0.0.1"):
+        assert private not in text
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait until ``condition()`` holds (polled), failing after ``timeout`` seconds."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+async def test_stop_lets_a_committing_message_finish_and_closes_idle_sessions(
+    make_config: ConfigFactory, tmp_path: Path
+) -> None:
+    """On shutdown, a message being committed gets its 250; an idle session gets 421."""
+    config = make_config(database={"busy_timeout": "10s"})
+    gateway = running(config)
+    gw = await gateway.__aenter__()
+    port = port_of(gw)
+    idle = await RawSession.open(port)
+    busy = await RawSession.open(port)
+    for line in ("HELO client.test", "MAIL FROM:<a@example.test>", f"RCPT TO:<{REPORT_TO}>", "DATA"):
+        await busy.command(line)
+    # Hold the commit back with a lock from another connection, so that the message is
+    # certainly between end of DATA and its reply when the stop begins.
+    locker = sqlite3.connect(tmp_path / "var" / "gateway.db", isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    busy.writer.write(report(1) + b".\r\n")
+    reply = asyncio.create_task(busy.reply())
+    await eventually(lambda: gw.smtp.handler.in_flight == 1)
+    stopping = asyncio.create_task(gateway.__aexit__(None, None, None))
+    await eventually(lambda: gw.smtp.handler.shutting_down)
+    locker.execute("ROLLBACK")
+    locker.close()
+    assert (await reply).startswith("250 2.0.0 Ok: queued as")
+    await stopping
+    assert (await idle.reply()).startswith("421 4.3.2")
+    await idle.close()
+    await busy.close()
+    async with running(config) as gw:
+        assert len(await stored(gw)) == 1
+
+
+async def test_concurrent_connections_each_get_their_own_reference(gateway: Gateway) -> None:
+    """Fifty concurrent reports from separate connections are all stored under distinct refs."""
+    results = await asyncio.gather(*(deliver(port_of(gateway), report(n)) for n in range(50)))
+    references = {queued_reference(text) for code, text in results if code == 250}
+    assert len(references) == 50
+    async with gateway.engine.connect() as conn:
+        count = (await conn.execute(select(func.count()).select_from(submissions))).scalar_one()
+    assert count == 50
