@@ -301,7 +301,7 @@ def parse(data: Mapping[str, Any], *, base: Path, path: Path | None = None) -> C
     if "path" in data:
         raise ConfigError(["path: unknown key"])
     # Every section is validated, even when absent, so that default paths resolve against base.
-    sections = {name: {} for name in Config.model_fields if name != "path"}
+    sections: dict[str, Any] = {name: {} for name in Config.model_fields if name != "path"}
     try:
         return Config.model_validate({**sections, **data, "path": path}, context={"base": base})
     except ValidationError as exc:

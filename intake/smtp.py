@@ -99,7 +99,7 @@ class ReportHandler:
         """Until no message is between end of DATA and its reply."""
         await self._idle.wait()
 
-    async def handle_EHLO(  # noqa: N802 - aiosmtpd's hook name
+    async def handle_EHLO(
         self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
         responses: list[str],
     ) -> list[str]:
@@ -107,7 +107,7 @@ class ReportHandler:
         # No AUTH: reporters are anonymous and this server relays nothing.
         return [r for r in responses if not r.startswith("250-AUTH")]
 
-    async def handle_RCPT(  # noqa: N802
+    async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str,
         rcpt_options: list[str],
     ) -> str:
@@ -117,7 +117,7 @@ class ReportHandler:
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
 
-    async def handle_DATA(  # noqa: N802
+    async def handle_DATA(
         self, server: SMTP, session: Session, envelope: Envelope
     ) -> str:
         if self.shutting_down:
@@ -195,16 +195,17 @@ class _Session(SMTP):
         self._tracked.discard(self)
         super().connection_lost(error)
 
-    async def push(self, status: str | bytes) -> None:
+    async def push(self, status: str) -> None:  # type: ignore[override]
         if status in _AIOSMTPD_TOO_BIG:
             status = self._report_handler.too_big_reply()
         await super().push(status)
 
     def say_goodbye(self, reply: str) -> None:
         """Tell the client we are going and close, whatever state the session is in."""
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(reply.encode("ascii") + b"\r\n")
-            self.transport.close()
+        transport = self.transport
+        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+            transport.write(reply.encode("ascii") + b"\r\n")
+            transport.close()
 
 
 class _TooMany(asyncio.Protocol):

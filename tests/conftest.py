@@ -89,7 +89,9 @@ BACKENDS = [
 
 
 @pytest.fixture(params=BACKENDS)
-async def engine(request: pytest.FixtureRequest, make_config: ConfigFactory) -> AsyncIterator[AsyncEngine]:
+async def engine(
+    request: pytest.FixtureRequest, make_config: ConfigFactory
+) -> AsyncIterator[AsyncEngine]:
     """A migrated engine on a real database: a SQLite file, or a fresh PostgreSQL schema."""
     if request.param == "sqlite":
         eng = make_engine(make_config().database)

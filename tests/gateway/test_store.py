@@ -55,7 +55,7 @@ def running_writer(engine: AsyncEngine, **kwargs: int) -> _Running:
 
 
 async def test_migrations_create_exactly_the_declared_schema(engine: AsyncEngine) -> None:
-    """After `db upgrade` the database matches the tables the code declares, at the head revision."""
+    """After `db upgrade` the database matches the declared tables, at the head revision."""
     assert await migrate.current(engine) == migrate.head()
     async with engine.connect() as conn:
         diff = await conn.run_sync(

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 import sqlite3
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 
 import aiosmtplib
@@ -229,7 +229,7 @@ async def test_stop_lets_a_committing_message_finish_and_closes_idle_sessions(
     port = port_of(gw)
     idle = await RawSession.open(port)
     busy = await RawSession.open(port)
-    for line in ("HELO client.test", "MAIL FROM:<a@example.test>", f"RCPT TO:<{REPORT_TO}>", "DATA"):
+    for line in ("HELO c.test", "MAIL FROM:<a@example.test>", f"RCPT TO:<{REPORT_TO}>", "DATA"):
         await busy.command(line)
     # Hold the commit back with a lock from another connection, so that the message is
     # certainly between end of DATA and its reply when the stop begins.

@@ -1,0 +1,72 @@
+"""Run ``hotline-gateway serve`` as a real subprocess, with a real NOTIFY_SOCKET."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import sys
+from pathlib import Path
+
+
+class Daemon:
+    """One ``serve`` process; knows its SMTP port from the READY status line."""
+
+    def __init__(self, config_path: Path, tmp: Path) -> None:
+        self.config_path = config_path
+        self.notify_path = tmp / f"notify-{os.getpid()}-{id(self)}.sock"
+        self.log_path = tmp / "serve.log"
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(str(self.notify_path))
+        self.notify.setblocking(False)
+        self.process: asyncio.subprocess.Process | None = None
+        self.messages: list[str] = []
+        self.smtp_port = 0
+
+    async def start(self, timeout: float = 30) -> None:
+        env = {**os.environ, "NOTIFY_SOCKET": str(self.notify_path)}
+        with self.log_path.open("ab") as log:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "gateway.cli", "--config", str(self.config_path), "serve",
+                env=env, stdout=log, stderr=log, stdin=asyncio.subprocess.DEVNULL,
+            )
+        ready = await self.wait_for("READY=1", timeout)
+        match = re.search(r"smtp 127\.0\.0\.1:(\d+)", ready)
+        assert match, ready
+        self.smtp_port = int(match.group(1))
+
+    async def wait_for(self, state: str, timeout: float = 30) -> str:
+        """The next notification containing ``state`` (e.g. READY=1)."""
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(timeout):
+            while True:
+                if self.process is not None and self.process.returncode is not None:
+                    raise AssertionError(f"serve exited {self.process.returncode}: {self.log()}")
+                try:
+                    data = await asyncio.wait_for(loop.sock_recv(self.notify, 4096), 0.5)
+                except TimeoutError:
+                    continue
+                message = data.decode()
+                self.messages.append(message)
+                if state in message.split("\n"):
+                    return message
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def send_signal(self, signum: signal.Signals) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    async def wait(self, timeout: float = 30) -> int:
+        assert self.process is not None
+        return await asyncio.wait_for(self.process.wait(), timeout)
+
+    async def close(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+        self.notify.close()
+        self.notify_path.unlink(missing_ok=True)

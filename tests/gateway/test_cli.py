@@ -1,0 +1,111 @@
+"""The command line as an operator uses it: messages, output shapes and exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write_config(tmp_path: Path, text: str = "") -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_check_config_accepts_the_repository_config(capsys: pytest.CaptureFixture[str]) -> None:
+    """The shipped config.toml passes check-config."""
+    assert main(["--config", str(REPO / "config.toml"), "check-config"]) == 0
+    assert capsys.readouterr().out.strip().endswith(": ok")
+
+
+def test_check_config_prints_every_problem_and_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each problem is printed on its own line, starting with its key; the exit code is 2."""
+    path = write_config(tmp_path, '[smtp]\nlisten = ["nowhere"]\nbogus = 1\n'
+                                  '[gateway]\nhome_country = "Belgium"\n')
+    assert main(["--config", str(path), "check-config"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert sorted(line.split(":")[0] for line in lines) == [
+        "gateway.home_country", "smtp.bogus", "smtp.listen.0"]
+
+
+def test_check_config_reports_missing_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A certificate that is not there is a config problem naming the key."""
+    path = write_config(tmp_path, '[http]\ntls_cert = "x.pem"\ntls_key = "x.key"\n')
+    assert main(["--config", str(path), "check-config"]) == 2
+    assert "http.tls_cert:" in capsys.readouterr().err
+
+
+def test_serve_with_a_bad_config_exits_2(tmp_path: Path) -> None:
+    """serve refuses to start on a bad config, says why, and exits 2."""
+    path = write_config(tmp_path, "[smtp]\nmax_message_bytes = -1\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "--config", str(path), "serve"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 2
+    assert "smtp.max_message_bytes" in result.stderr
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """An unknown command is a usage error."""
+    with pytest.raises(SystemExit) as info:
+        main(["frobnicate"])
+    assert info.value.code == 2
+
+
+def test_setup_demo_is_idempotent(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """setup-demo makes the directories and database once; a second run changes nothing."""
+    path = write_config(tmp_path)
+    assert main(["--config", str(path), "setup-demo"]) == 0
+    first = capsys.readouterr().out
+    assert "created  data directory" in first and "migrated database" in first
+    assert (tmp_path / "var" / "gnupg").stat().st_mode & 0o777 == 0o700
+    assert main(["--config", str(path), "setup-demo"]) == 0
+    second = capsys.readouterr().out
+    assert "created" not in second and "migrated" not in second
+
+
+def test_db_upgrade_reports_the_revision(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """db upgrade brings an empty database to the head revision and says so."""
+    path = write_config(tmp_path)
+    assert main(["--config", str(path), "db", "upgrade"]) == 0
+    assert capsys.readouterr().out.strip() == "database at revision 0001 (was None)"
+    assert main(["--config", str(path), "db", "upgrade"]) == 0
+    assert capsys.readouterr().out.strip() == "database at revision 0001"
+
+
+def test_stats_json_has_the_contract_shape(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """stats --json prints the documented keys with counts."""
+    path = write_config(tmp_path)
+    assert main(["--config", str(path), "db", "upgrade"]) == 0
+    capsys.readouterr()
+    assert main(["--config", str(path), "stats", "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["submissions"] == 0
+    assert stats["cases"] == {} and stats["referrals"] == {} and stats["outbox_pending"] == 0
+
+
+def test_unreachable_database_is_a_runtime_failure(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A database that cannot be reached gives exit code 1 and a one-line reason."""
+    path = write_config(
+        tmp_path, '[database]\nurl = "postgresql+asyncpg://nobody@127.0.0.1:1/none"\n')
+    assert main(["--config", str(path), "stats"]) == 1
+    assert "hotline-gateway:" in capsys.readouterr().err
