@@ -103,3 +103,27 @@ async def test_no_acknowledged_report_is_lost_when_killed(daemon: Daemon, tmp_pa
     with sqlite3.connect(tmp_path / "var" / "gateway.db") as db:
         (count,) = db.execute("SELECT count(*) FROM submissions").fetchone()
     assert count == len(attempted) == len(set(acked.values()))
+
+
+async def test_second_sigint_forces_exit(tmp_path: Path) -> None:
+    """When an orderly stop is stuck (a commit waits on a lock), a second Ctrl-C exits at once."""
+    config = tmp_path / "config.toml"
+    config.write_text(CONFIG.replace('"3s"', '"60s"') + '[database]\nbusy_timeout = "60s"\n')
+    daemon = Daemon(config, tmp_path)
+    try:
+        await daemon.start()
+        locker = sqlite3.connect(tmp_path / "var" / "gateway.db", isolation_level=None)
+        locker.execute("BEGIN EXCLUSIVE")
+        stuck = asyncio.create_task(deliver(daemon.smtp_port, report(1)))
+        # A margin for the message to reach the blocked commit; if it had not, the first
+        # SIGINT alone would end the daemon with 0 and this test would say so.
+        await asyncio.sleep(0.3)
+        daemon.send_signal(signal.SIGINT)
+        await daemon.wait_for("STOPPING=1")
+        daemon.send_signal(signal.SIGINT)
+        assert await daemon.wait(timeout=10) == 1
+        locker.execute("ROLLBACK")
+        locker.close()
+        stuck.cancel()
+    finally:
+        await daemon.close()

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import ssl
 from collections.abc import Callable
 from pathlib import Path
 
 import aiosmtplib
+import pytest
 import structlog
 import trustme
 from sqlalchemy import func, select
 
 from gateway.app import Gateway, running
 from gateway.store.tables import submissions
-from tests.conftest import ConfigFactory
+from gateway.store.engine import make_engine
+from tests.conftest import PG_URL, ConfigFactory, PgSchema
 from tests.smtp_client import REPORT_TO, RawSession, deliver, queued_reference, report
 
 
@@ -259,3 +262,36 @@ async def test_concurrent_connections_each_get_their_own_reference(gateway: Gate
     async with gateway.engine.connect() as conn:
         count = (await conn.execute(select(func.count()).select_from(submissions))).scalar_one()
     assert count == 50
+
+
+async def test_idle_session_is_closed_after_the_timeout(make_config: ConfigFactory) -> None:
+    """A client that goes quiet is disconnected after smtp.timeout."""
+    async with running(make_config(smtp={"timeout": "300ms"})) as gw:
+        session = await RawSession.open(port_of(gw))
+        async with asyncio.timeout(5):
+            assert await session.reader.read() == b""
+        await session.close()
+        assert gw.smtp.session_count == 0
+
+
+async def test_aiosmtpd_logs_nothing(gateway: Gateway, caplog: pytest.LogCaptureFixture) -> None:
+    """aiosmtpd's own logger (which would print peers and commands) stays silent."""
+    caplog.set_level(logging.DEBUG)
+    await deliver(port_of(gateway), report(1), sender="secret.reporter@example.test")
+    assert [r for r in caplog.records if r.name.startswith("mail")] == []
+
+
+@pytest.mark.skipif(not PG_URL, reason="HOTLINE_TEST_PG_URL is not set")
+async def test_reports_are_stored_in_postgresql(make_config: ConfigFactory) -> None:
+    """The same intake works on PostgreSQL: acknowledged reports are in the database."""
+    schema = PgSchema(PG_URL)
+    await schema.create()
+    config = make_config(database={"url": PG_URL})
+    engine = make_engine(config.database, **schema.connect_args)
+    try:
+        async with running(config, engine=engine) as gw:
+            results = await asyncio.gather(*(deliver(port_of(gw), report(n)) for n in range(20)))
+            references = sorted(queued_reference(text) for _, text in results)
+            assert [r["reference"] for r in await stored(gw)] == references
+    finally:
+        await schema.drop()
