@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.config import Config
 from gateway.notify import Notifier
 from gateway.store import migrate
+from gateway.store.backend import write_backend
 from gateway.store.engine import make_engine
 from gateway.store.references import ReferenceAllocator
 from gateway.store.writer import SubmissionWriter
@@ -48,8 +49,9 @@ async def running(
     try:
         if upgrade_db:
             await migrate.upgrade(engine)
-        references = ReferenceAllocator(engine, config.gateway.reference_prefix)
-        writer = SubmissionWriter(engine, references, batch_max=config.database.batch_max)
+        backend = write_backend(engine, busy_timeout=config.database.busy_timeout)
+        references = ReferenceAllocator(config.gateway.reference_prefix)
+        writer = SubmissionWriter(backend, references, batch_max=config.database.batch_max)
         handler = ReportHandler(
             writer,
             recipients=config.smtp.recipients,
@@ -66,6 +68,7 @@ async def running(
             await smtp.stop(config.gateway.shutdown_grace)
             await writer.close()
             await writer_task
+            backend.close()
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
         await engine.dispose()

@@ -162,7 +162,7 @@ class DatabaseConfig(_Section):
     url: DatabaseUrl = Field(default="sqlite+aiosqlite:///var/gateway.db", validate_default=True)
     busy_timeout: Duration = 5.0
     pool_size: PositiveInt = 5
-    batch_max: PositiveInt = 512
+    batch_max: Annotated[int, Field(gt=0, le=2000)] = 512
 
 
 class TlsFiles(_Section):

@@ -161,13 +161,7 @@ class ReportHandler:
         except Exception as exc:  # any storage failure: the sender keeps the message and retries
             log.warning("smtp.store_failed", error_type=type(exc).__name__)
             return REPLY_TEMPFAIL
-        log.info(
-            "smtp.accepted",
-            reference=receipt.reference,
-            submission_id=str(receipt.submission_id),
-            size=len(raw),
-            duplicate=receipt.duplicate,
-        )
+        # No log line per message: the writer logs each commit with its references.
         return REPLY_ACCEPTED.format(reference=receipt.reference)
 
     async def handle_exception(self, error: Exception) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, make_url
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -26,7 +26,7 @@ def make_engine(config: DatabaseConfig, **connect_args: Any) -> AsyncEngine:
     if config.url.startswith("sqlite"):
         _make_parent(config.url)
         engine = create_async_engine(config.url, connect_args=connect_args)
-        _configure_sqlite(engine, busy_ms=int(config.busy_timeout * 1000))
+        configure_sqlite(engine.sync_engine, busy_timeout=config.busy_timeout)
         return engine
     return create_async_engine(
         config.url,
@@ -43,8 +43,11 @@ def _make_parent(url: str) -> None:
         Path(database).parent.mkdir(parents=True, exist_ok=True, mode=0o750)
 
 
-def _configure_sqlite(engine: AsyncEngine, *, busy_ms: int) -> None:
-    @event.listens_for(engine.sync_engine, "connect")
+def configure_sqlite(engine: Engine, *, busy_timeout: float) -> None:
+    """WAL, synchronous=FULL, a busy timeout, and BEGIN IMMEDIATE on request, per connection."""
+    busy_ms = int(busy_timeout * 1000)
+
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         # Take transaction control from the driver (SQLAlchemy's documented recipe), so that
         # BEGIN is ours to emit below.
@@ -56,7 +59,7 @@ def _configure_sqlite(engine: AsyncEngine, *, busy_ms: int) -> None:
         cursor.execute(f"PRAGMA busy_timeout={busy_ms:d}")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
         immediate = conn.get_execution_options().get("sqlite_immediate", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")

@@ -3,18 +3,17 @@
 References are unique and gap-tolerant. Each process reserves a block of numbers per year in a
 short transaction of its own (hi/lo allocation) and hands them out from memory, so intake never
 waits on a shared counter row; numbers reserved by a process that stops are simply never used.
+An allocator belongs to one writer: its methods are not safe to call concurrently.
 """
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 
 from sqlalchemy import update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.engine import Connection
 
-from gateway.store.engine import writable
 from gateway.store.tables import reference_counters
 
 
@@ -36,54 +35,49 @@ class _Block:
 class ReferenceAllocator:
     """Hands out references from blocks reserved in the database."""
 
-    engine: AsyncEngine
     prefix: str
     block_size: int = 1000
     _blocks: dict[int, _Block] = field(default_factory=dict)
-    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
-    async def reserve(self, year: int, count: int) -> None:
-        """Make sure ``count`` references for ``year`` can be taken without the database.
+    def shortfall(self, year: int, count: int) -> int:
+        """How many more numbers ``count`` references for ``year`` need (0: none)."""
+        return max(0, count - self._blocks.get(year, _Block()).remaining)
 
-        Call this outside any write transaction: on SQLite the reservation needs the write lock.
+    def reserve(self, conn: Connection, year: int, count: int) -> None:
+        """Reserve at least ``count`` more numbers for ``year``, in ``conn``'s transaction.
+
+        Run it in a transaction of its own that commits before the numbers are used, so the
+        counter row is never held for longer than this statement pair.
         """
-        async with self._lock:
-            block = self._blocks.setdefault(year, _Block())
-            while block.remaining < count:
-                size = max(self.block_size, count - block.remaining)
-                start = await self._reserve_block(year, size)
-                if start != block.end:  # another process took the numbers in between
-                    block.next = start
-                    block.end = start
-                block.end += size
+        block = self._blocks.setdefault(year, _Block())
+        size = max(self.block_size, count)
+        start = self._reserve_block(conn, year, size)
+        if start != block.end:  # another process took the numbers in between: start afresh
+            block.next = start
+            block.end = start
+        block.end += size
 
     def take(self, year: int) -> str:
         """The next reserved reference for ``year``; ``reserve`` must have made room."""
-        block = self._blocks[year]
-        if block.remaining <= 0:
+        block = self._blocks.get(year)
+        if block is None or block.remaining <= 0:
             raise LookupError(f"no reference reserved for {year}")
         number = block.next
         block.next += 1
         return format_reference(self.prefix, year, number)
 
-    async def _reserve_block(self, year: int, size: int) -> int:
+    def _reserve_block(self, conn: Connection, year: int, size: int) -> int:
         scope = f"{self.prefix}-{year:04d}"
-        dialect = self.engine.dialect.name
-        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        async with self.engine.connect() as conn:
-            conn = await writable(conn)
-            async with conn.begin():
-                await conn.execute(
-                    insert(reference_counters)
-                    .values(scope=scope, next_value=1)
-                    .on_conflict_do_nothing(index_elements=["scope"])
-                )
-                end = (
-                    await conn.execute(
-                        update(reference_counters)
-                        .where(reference_counters.c.scope == scope)
-                        .values(next_value=reference_counters.c.next_value + size)
-                        .returning(reference_counters.c.next_value)
-                    )
-                ).scalar_one()
+        insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+        conn.execute(
+            insert(reference_counters)
+            .values(scope=scope, next_value=1)
+            .on_conflict_do_nothing(index_elements=["scope"])
+        )
+        end = conn.execute(
+            update(reference_counters)
+            .where(reference_counters.c.scope == scope)
+            .values(next_value=reference_counters.c.next_value + size)
+            .returning(reference_counters.c.next_value)
+        ).scalar_one()
         return int(end) - size

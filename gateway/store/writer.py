@@ -12,19 +12,19 @@ import asyncio
 import hashlib
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
+from typing import Any
 
 import structlog
-from sqlalchemy import insert, select
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.ids import uuid7
-from gateway.store.engine import writable
+from gateway.store.backend import WriteBackend
+from gateway.store.inserts import inserts_for
 from gateway.store.references import ReferenceAllocator
-from gateway.store.tables import submissions
 
 log = structlog.get_logger("gateway.store.writer")
 
@@ -86,19 +86,18 @@ class SubmissionWriter:
 
     def __init__(
         self,
-        engine: AsyncEngine,
+        backend: WriteBackend,
         references: ReferenceAllocator,
         *,
         batch_max: int = 512,
         queue_max: int = 10_000,
-        on_commit: Callable[[int, float], None] | None = None,
     ) -> None:
-        self._engine = engine
+        self._backend = backend
+        self._inserts = inserts_for(backend)
         self._references = references
         self._batch_max = batch_max
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue(maxsize=queue_max)
         self._closed = False
-        self._on_commit = on_commit
         self.stats = WriterStats()
 
     async def submit(self, submission: NewSubmission) -> Receipt:
@@ -107,9 +106,9 @@ class SubmissionWriter:
             raise WriterClosed
         future: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
         await self._queue.put(_Pending(submission, future))
-        # Shield: a caller that goes away (a dropped connection) must not cancel the commit
-        # its submission shares with others.
-        return await asyncio.shield(future)
+        # A caller that goes away (a dropped connection) cancels only its own future; the
+        # submission is still written with its batch, and a resend finds it as a duplicate.
+        return await future
 
     @property
     def depth(self) -> int:
@@ -143,12 +142,7 @@ class SubmissionWriter:
     async def _commit_batch(self, batch: Sequence[_Pending]) -> None:
         started = time.perf_counter()
         try:
-            try:
-                receipts = await self._write(batch)
-            except IntegrityError:
-                # Another process committed one of these dedup keys between our read and our
-                # insert; a second pass finds it as a duplicate.
-                receipts = await self._write(batch)
+            receipts = await self._write([p.submission for p in batch])
         except Exception as exc:
             self.stats.failures += 1
             log.error(
@@ -166,62 +160,59 @@ class SubmissionWriter:
         self.stats.committed += sum(1 for r in receipts if not r.duplicate)
         self.stats.duplicates += sum(1 for r in receipts if r.duplicate)
         self.stats.last_commit_seconds = elapsed
-        if self._on_commit is not None:
-            self._on_commit(len(batch), elapsed)
+        log.info(
+            "writer.committed",
+            size=len(batch),
+            references=[r.reference for r in receipts if not r.duplicate],
+            duplicates=[r.reference for r in receipts if r.duplicate],
+            seconds=round(elapsed, 4),
+        )
         for pending, receipt in zip(batch, receipts, strict=True):
             if not pending.future.done():
                 pending.future.set_result(receipt)
 
-    async def _write(self, batch: Sequence[_Pending]) -> list[Receipt]:
-        years = {p.submission.received_at.year for p in batch}
-        for year in years:
-            count = sum(1 for p in batch if p.submission.received_at.year == year)
-            await self._references.reserve(year, count)
+    async def _write(self, batch: Sequence[NewSubmission]) -> list[Receipt]:
+        """Insert the batch; a submission already stored gets the stored reference back.
 
-        keys = {k for p in batch if (k := p.submission.dedup_key) is not None}
-        async with self._engine.connect() as conn:
-            conn = await writable(conn)
-            async with conn.begin():
-                known: dict[str, Receipt] = {}
-                if keys:
-                    rows = await conn.execute(
-                        select(submissions.c.dedup_key, submissions.c.reference, submissions.c.id)
-                        .where(submissions.c.dedup_key.in_(keys))
-                    )
-                    for key, reference, sub_id in rows:
-                        known[key] = Receipt(reference, sub_id, duplicate=True)
-                receipts: list[Receipt] = []
-                rows_to_insert: list[dict[str, object]] = []
-                for pending in batch:
-                    sub = pending.submission
-                    key = sub.dedup_key
-                    if key is not None and key in known:
-                        receipts.append(known[key])
-                        continue
-                    receipt = Receipt(
-                        self._references.take(sub.received_at.year), uuid7(), duplicate=False
-                    )
-                    if key is not None:
-                        known[key] = Receipt(receipt.reference, receipt.submission_id, True)
-                    receipts.append(receipt)
-                    rows_to_insert.append(
-                        {
-                            "id": receipt.submission_id,
-                            "reference": receipt.reference,
-                            "channel": sub.channel,
-                            "status": "received",
-                            "received_at": sub.received_at,
-                            "mail_from": sub.mail_from,
-                            "rcpt_tos": list(sub.rcpt_tos),
-                            "helo": sub.helo,
-                            "peer_ip": sub.peer_ip,
-                            "message_id": sub.message_id,
-                            "body_sha256": sub.body_sha256,
-                            "dedup_key": key,
-                            "raw_size": len(sub.raw),
-                            "raw": sub.raw,
-                        }
-                    )
-                if rows_to_insert:
-                    await conn.execute(insert(submissions), rows_to_insert)
+        Every submission is given a fresh reference; one that turns out to be a duplicate
+        leaves its number unused (references are gap-tolerant).
+        """
+        await self._reserve_references(batch)
+        rows = [self._row(sub) for sub in batch]
+        conflicts = await self._inserts.insert(rows)
+        receipts = []
+        for row in rows:
+            stored = conflicts.get(row["dedup_key"]) if row["dedup_key"] is not None else None
+            if stored is not None and stored[0] != row["reference"]:
+                receipts.append(Receipt(stored[0], stored[1], duplicate=True))
+            else:
+                receipts.append(Receipt(row["reference"], row["id"], duplicate=False))
         return receipts
+
+    def _row(self, sub: NewSubmission) -> dict[str, Any]:
+        return {
+            "id": uuid7(),
+            "reference": self._references.take(sub.received_at.year),
+            "channel": sub.channel,
+            "status": "received",
+            "received_at": sub.received_at,
+            "mail_from": sub.mail_from,
+            "rcpt_tos": list(sub.rcpt_tos),
+            "helo": sub.helo,
+            "peer_ip": sub.peer_ip,
+            "message_id": sub.message_id,
+            "body_sha256": sub.body_sha256,
+            "dedup_key": sub.dedup_key,
+            "raw_size": len(sub.raw),
+            "raw": sub.raw,
+        }
+
+    async def _reserve_references(self, batch: Sequence[NewSubmission]) -> None:
+        """Reserve numbers in a transaction of their own, before the batch's transaction
+        (on SQLite both need the write lock, so they must not nest)."""
+        years = Counter(s.received_at.year for s in batch)
+        for year, count in years.items():
+            if self._references.shortfall(year, count):
+                await self._backend.transaction(
+                    partial(self._references.reserve, year=year, count=count)
+                )

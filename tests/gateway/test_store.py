@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import re
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from functools import partial
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import event, func, select, text
+from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.store import migrate
+from gateway.store.backend import write_backend
 from gateway.store.references import ReferenceAllocator
 from gateway.store.tables import metadata, submissions
 from gateway.store.writer import NewSubmission, SubmissionWriter, WriterClosed
@@ -37,21 +42,17 @@ async def count_rows(engine: AsyncEngine) -> int:
         return int((await conn.execute(select(func.count()).select_from(submissions))).scalar_one())
 
 
-class _Running:
-    def __init__(self, writer: SubmissionWriter) -> None:
-        self.writer = writer
-
-    async def __aenter__(self) -> SubmissionWriter:
-        self.task = asyncio.create_task(self.writer.run())
-        return self.writer
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.writer.close()
-        await self.task
-
-
-def running_writer(engine: AsyncEngine, **kwargs: int) -> _Running:
-    return _Running(SubmissionWriter(engine, ReferenceAllocator(engine, "CF"), **kwargs))
+@contextlib.asynccontextmanager
+async def running_writer(engine: AsyncEngine) -> AsyncIterator[SubmissionWriter]:
+    backend = write_backend(engine)
+    writer = SubmissionWriter(backend, ReferenceAllocator("CF"))
+    task = asyncio.create_task(writer.run())
+    try:
+        yield writer
+    finally:
+        await writer.close()
+        await task
+        backend.close()
 
 
 async def test_migrations_create_exactly_the_declared_schema(engine: AsyncEngine) -> None:
@@ -78,10 +79,11 @@ async def test_concurrent_submissions_share_commits(engine: AsyncEngine) -> None
         nonlocal commits
         commits += 1
 
-    event.listen(engine.sync_engine, "commit", on_commit)
+    # On every engine: SQLite writes go through the writer's own synchronous engine.
+    event.listen(Engine, "commit", on_commit)
     async with running_writer(engine) as writer:
         receipts = await asyncio.gather(*(writer.submit(make_submission(n)) for n in range(300)))
-    event.remove(engine.sync_engine, "commit", on_commit)
+    event.remove(Engine, "commit", on_commit)
 
     references = [r.reference for r in receipts]
     assert len(set(references)) == 300
@@ -89,7 +91,7 @@ async def test_concurrent_submissions_share_commits(engine: AsyncEngine) -> None
     assert not any(r.duplicate for r in receipts)
     assert await count_rows(engine) == 300
     # One commit per batch plus the reference-block reservation: nowhere near one per row.
-    assert commits < 30
+    assert 0 < commits < 30
     async with engine.connect() as conn:
         stored = dict((await conn.execute(select(submissions.c.id, submissions.c.reference))).all())
     assert {r.submission_id: r.reference for r in receipts} == stored
@@ -119,14 +121,18 @@ async def test_same_body_with_another_message_id_is_a_new_report(engine: AsyncEn
 
 async def test_two_allocators_never_hand_out_the_same_reference(engine: AsyncEngine) -> None:
     """Two processes' allocators (sharing only the database) interleave without collisions."""
-    first = ReferenceAllocator(engine, "CF", block_size=5)
-    second = ReferenceAllocator(engine, "CF", block_size=5)
+    first = ReferenceAllocator("CF", block_size=5)
+    second = ReferenceAllocator("CF", block_size=5)
+    backend = write_backend(engine)
     seen: list[str] = []
     for _ in range(4):
         for allocator in (first, second):
-            await allocator.reserve(2026, 3)
+            if allocator.shortfall(2026, 3):
+                await backend.transaction(partial(allocator.reserve, year=2026, count=3))
             seen.extend(allocator.take(2026) for _ in range(3))
+    backend.close()
     assert len(seen) == len(set(seen)) == 24
+    assert sorted(seen)[0] == "CF-2026-000001"
 
 
 async def test_references_restart_numbering_each_year(engine: AsyncEngine) -> None:
@@ -158,7 +164,8 @@ async def test_storage_failure_fails_every_waiter_then_recovers(engine: AsyncEng
 
 async def test_closed_writer_refuses_new_work_and_flushes_queued(engine: AsyncEngine) -> None:
     """close() commits what was queued and refuses anything after."""
-    writer = SubmissionWriter(engine, ReferenceAllocator(engine, "CF"))
+    backend = write_backend(engine)
+    writer = SubmissionWriter(backend, ReferenceAllocator("CF"))
     pending = [asyncio.create_task(writer.submit(make_submission(n))) for n in range(10)]
     await asyncio.sleep(0)
     task = asyncio.create_task(writer.run())
@@ -167,4 +174,17 @@ async def test_closed_writer_refuses_new_work_and_flushes_queued(engine: AsyncEn
     assert len({(await p).reference for p in pending}) == 10
     with pytest.raises(WriterClosed):
         await writer.submit(make_submission(11))
+    backend.close()
     assert await count_rows(engine) == 10
+
+
+async def test_a_caller_that_goes_away_does_not_lose_the_batch(engine: AsyncEngine) -> None:
+    """Cancelling one waiting caller neither cancels its write nor anyone else's."""
+    async with running_writer(engine) as writer:
+        tasks = [asyncio.create_task(writer.submit(make_submission(n))) for n in range(5)]
+        await asyncio.sleep(0)  # all five are queued
+        tasks[2].cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(results[2], asyncio.CancelledError)
+    assert all(not isinstance(r, BaseException) for i, r in enumerate(results) if i != 2)
+    assert await count_rows(engine) == 5

@@ -16,8 +16,8 @@ import trustme
 from sqlalchemy import func, select
 
 from gateway.app import Gateway, running
-from gateway.store.tables import submissions
 from gateway.store.engine import make_engine
+from gateway.store.tables import submissions
 from tests.conftest import PG_URL, ConfigFactory, PgSchema
 from tests.smtp_client import REPORT_TO, RawSession, deliver, queued_reference, report
 
@@ -210,7 +210,7 @@ async def test_logs_name_references_never_addresses(gateway: Gateway) -> None:
         await deliver(port_of(gateway), report(1), sender="secret.reporter@example.test")
         await deliver(port_of(gateway), report(2), rcpt="other@elsewhere.test")
     text = repr(events)
-    assert "smtp.accepted" in text and "CF-" in text
+    assert "writer.committed" in text and "CF-" in text
     for private in ("secret.reporter", "elsewhere.test", "example.test/x", "127.0.0.1"):
         assert private not in text
 
