@@ -19,8 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.config import Config
 from gateway.notify import Notifier
 from gateway.store import migrate
-from gateway.store.backend import write_backend
-from gateway.store.engine import make_engine
+from gateway.store.backend import open_write_backend
+from gateway.store.engine import open_engine
 from gateway.store.references import ReferenceAllocator
 from gateway.store.writer import SubmissionWriter
 from intake.smtp import ReportHandler, SmtpServer, quiet_aiosmtpd_logs
@@ -44,12 +44,12 @@ async def running(
 ) -> AsyncIterator[Gateway]:
     """Start the gateway, yield it while it serves, then shut it down in order."""
     quiet_aiosmtpd_logs()
-    engine = engine or make_engine(config.database)
+    engine = engine or await open_engine(config.database)
     executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gateway-cpu")
     try:
         if upgrade_db:
             await migrate.upgrade(engine)
-        backend = write_backend(engine, busy_timeout=config.database.busy_timeout)
+        backend = await open_write_backend(engine, busy_timeout=config.database.busy_timeout)
         references = ReferenceAllocator(config.gateway.reference_prefix)
         writer = SubmissionWriter(backend, references, batch_max=config.database.batch_max)
         handler = ReportHandler(
@@ -68,9 +68,9 @@ async def running(
             await smtp.stop(config.gateway.shutdown_grace)
             await writer.close()
             await writer_task
-            backend.close()
+            await backend.close()
     finally:
-        executor.shutdown(wait=True, cancel_futures=True)
+        await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
         await engine.dispose()
 
 

@@ -25,7 +25,7 @@ from gateway.demo import setup_demo
 from gateway.notify import Notifier
 from gateway.stats import collect_stats
 from gateway.store import migrate
-from gateway.store.engine import make_engine
+from gateway.store.engine import open_engine
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -109,7 +109,7 @@ def _cmd_db(args: argparse.Namespace) -> int:
     config = _load(args)
 
     async def run() -> tuple[str | None, str | None]:
-        engine = make_engine(config.database)
+        engine = await open_engine(config.database)
         try:
             before = await migrate.current(engine)
             await migrate.upgrade(engine)
@@ -133,7 +133,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     config = _load(args)
 
     async def run() -> dict[str, object]:
-        engine = make_engine(config.database)
+        engine = await open_engine(config.database)
         try:
             return await collect_stats(engine)
         finally:

@@ -57,7 +57,7 @@ def _resolve_path(value: object, info: ValidationInfo) -> Path | None:
         raise ValueError("a path is a string")
     if value == "":
         return None
-    base: Path = (info.context or {}).get("base", Path.cwd())
+    base: Path = (info.context or {}).get("base") or Path.cwd()
     path = Path(value).expanduser()
     return path if path.is_absolute() else (base / path)
 
@@ -122,7 +122,7 @@ def _database_url(value: str, info: ValidationInfo) -> str:
     if value.startswith(prefix):
         file_part = value[len(prefix) :]
         if file_part and file_part != ":memory:" and not file_part.startswith("/"):
-            base: Path = (info.context or {}).get("base", Path.cwd())
+            base: Path = (info.context or {}).get("base") or Path.cwd()
             return prefix + str(base / file_part)
         return value
     if value.startswith("postgresql+asyncpg://"):

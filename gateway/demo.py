@@ -10,7 +10,7 @@ from pathlib import Path
 
 from gateway.config import Config
 from gateway.store import migrate
-from gateway.store.engine import make_engine
+from gateway.store.engine import open_engine
 
 
 def _make_dir(path: Path | None, mode: int, lines: list[str], what: str) -> None:
@@ -31,7 +31,7 @@ async def setup_demo(config: Config) -> list[str]:
     _make_dir(config.gpg.home, 0o700, lines, "gpg home")
     if config.outbound.transport == "file":
         _make_dir(config.outbound.file_dir, 0o750, lines, "file outbox")
-    engine = make_engine(config.database)
+    engine = await open_engine(config.database)
     try:
         before = await migrate.current(engine)
         await migrate.upgrade(engine)

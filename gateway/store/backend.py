@@ -31,7 +31,7 @@ class WriteBackend(Protocol):
 
     async def transaction(self, work: Callable[[Connection], T]) -> T: ...
 
-    def close(self) -> None: ...
+    async def close(self) -> None: ...
 
 
 class ThreadedSqlite:
@@ -75,9 +75,10 @@ class ThreadedSqlite:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._thread, self._run_driver, work)
 
-    def close(self) -> None:
-        self._thread.shutdown(wait=True)
-        self._engine.dispose()
+    async def close(self) -> None:
+        """Wait for the transaction in progress, then close the connection."""
+        await asyncio.to_thread(self._thread.shutdown, wait=True)
+        await asyncio.to_thread(self._engine.dispose)
 
 
 class AsyncEngineBackend:
@@ -92,12 +93,12 @@ class AsyncEngineBackend:
             async with conn.begin():
                 return await conn.run_sync(work)
 
-    def close(self) -> None:
+    async def close(self) -> None:
         """The engine belongs to the caller."""
 
 
-def write_backend(engine: AsyncEngine, *, busy_timeout: float = 5.0) -> WriteBackend:
+async def open_write_backend(engine: AsyncEngine, *, busy_timeout: float = 5.0) -> WriteBackend:
     """The fastest correct way to run write transactions against ``engine``'s database."""
     if engine.dialect.name == "sqlite":
-        return ThreadedSqlite.for_engine(engine, busy_timeout)
+        return await asyncio.to_thread(ThreadedSqlite.for_engine, engine, busy_timeout)
     return AsyncEngineBackend(engine)

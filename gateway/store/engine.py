@@ -7,6 +7,7 @@ front instead of failing half-way when another connection wrote in between.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,11 @@ def make_engine(config: DatabaseConfig, **connect_args: Any) -> AsyncEngine:
         pool_pre_ping=True,
         connect_args=connect_args,
     )
+
+
+async def open_engine(config: DatabaseConfig, **connect_args: Any) -> AsyncEngine:
+    """``make_engine`` from a coroutine: creating a SQLite file's folder touches the disk."""
+    return await asyncio.to_thread(make_engine, config, **connect_args)
 
 
 def _make_parent(url: str) -> None:

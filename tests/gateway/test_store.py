@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.store import migrate
-from gateway.store.backend import write_backend
+from gateway.store.backend import open_write_backend
 from gateway.store.references import ReferenceAllocator
 from gateway.store.tables import metadata, submissions
 from gateway.store.writer import NewSubmission, SubmissionWriter, WriterClosed
@@ -44,7 +44,7 @@ async def count_rows(engine: AsyncEngine) -> int:
 
 @contextlib.asynccontextmanager
 async def running_writer(engine: AsyncEngine) -> AsyncIterator[SubmissionWriter]:
-    backend = write_backend(engine)
+    backend = await open_write_backend(engine)
     writer = SubmissionWriter(backend, ReferenceAllocator("CF"))
     task = asyncio.create_task(writer.run())
     try:
@@ -52,9 +52,10 @@ async def running_writer(engine: AsyncEngine) -> AsyncIterator[SubmissionWriter]
     finally:
         await writer.close()
         await task
-        backend.close()
+        await backend.close()
 
 
+@pytest.mark.startup
 async def test_migrations_create_exactly_the_declared_schema(engine: AsyncEngine) -> None:
     """After `db upgrade` the database matches the declared tables, at the head revision."""
     assert await migrate.current(engine) == migrate.head()
@@ -65,6 +66,7 @@ async def test_migrations_create_exactly_the_declared_schema(engine: AsyncEngine
     assert diff == []
 
 
+@pytest.mark.startup
 async def test_upgrade_twice_is_a_no_op(engine: AsyncEngine) -> None:
     """Applying migrations to an up-to-date database changes nothing."""
     await migrate.upgrade(engine)
@@ -123,14 +125,14 @@ async def test_two_allocators_never_hand_out_the_same_reference(engine: AsyncEng
     """Two processes' allocators (sharing only the database) interleave without collisions."""
     first = ReferenceAllocator("CF", block_size=5)
     second = ReferenceAllocator("CF", block_size=5)
-    backend = write_backend(engine)
+    backend = await open_write_backend(engine)
     seen: list[str] = []
     for _ in range(4):
         for allocator in (first, second):
             if allocator.shortfall(2026, 3):
                 await backend.transaction(partial(allocator.reserve, year=2026, count=3))
             seen.extend(allocator.take(2026) for _ in range(3))
-    backend.close()
+    await backend.close()
     assert len(seen) == len(set(seen)) == 24
     assert sorted(seen)[0] == "CF-2026-000001"
 
@@ -164,7 +166,7 @@ async def test_storage_failure_fails_every_waiter_then_recovers(engine: AsyncEng
 
 async def test_closed_writer_refuses_new_work_and_flushes_queued(engine: AsyncEngine) -> None:
     """close() commits what was queued and refuses anything after."""
-    backend = write_backend(engine)
+    backend = await open_write_backend(engine)
     writer = SubmissionWriter(backend, ReferenceAllocator("CF"))
     pending = [asyncio.create_task(writer.submit(make_submission(n))) for n in range(10)]
     await asyncio.sleep(0)
@@ -174,7 +176,7 @@ async def test_closed_writer_refuses_new_work_and_flushes_queued(engine: AsyncEn
     assert len({(await p).reference for p in pending}) == 10
     with pytest.raises(WriterClosed):
         await writer.submit(make_submission(11))
-    backend.close()
+    await backend.close()
     assert await count_rows(engine) == 10
 
 

@@ -16,9 +16,9 @@ import trustme
 from sqlalchemy import func, select
 
 from gateway.app import Gateway, running
-from gateway.store.engine import make_engine
+from gateway.store.engine import open_engine
 from gateway.store.tables import submissions
-from tests.conftest import PG_URL, ConfigFactory, PgSchema
+from tests.conftest import PG_URL, ConfigFactory, PgSchema, serving
 from tests.smtp_client import REPORT_TO, RawSession, deliver, queued_reference, report
 
 
@@ -49,7 +49,7 @@ async def test_report_is_stored_then_acknowledged_with_its_reference(gateway: Ga
 
 async def test_reporter_ip_is_kept_only_when_configured(make_config: ConfigFactory) -> None:
     """With keep_reporter_ip = true the connecting address is stored with the report."""
-    async with running(make_config(intake={"keep_reporter_ip": True})) as gw:
+    async with serving(make_config(intake={"keep_reporter_ip": True})) as gw:
         code, _ = await deliver(port_of(gw), report(1))
         assert code == 250
         [row] = await stored(gw)
@@ -72,7 +72,7 @@ async def test_recipient_match_ignores_case(gateway: Gateway) -> None:
 async def test_oversized_message_is_refused_by_size_and_by_data(make_config: ConfigFactory) -> None:
     """SIZE is advertised; too large by declaration or in fact gets 552 5.3.4, nothing stored."""
     config = make_config(smtp={"max_message_bytes": 2000})
-    async with running(config) as gw:
+    async with serving(config) as gw:
         port = port_of(gw)
         async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False) as client:
             await client.ehlo()
@@ -102,7 +102,7 @@ async def test_storage_failure_is_451_and_the_next_message_gets_through(
     """While the database is locked by another process the sender gets 451 4.3.0 (with no
     internal detail); once it is released the next message is accepted."""
     config = make_config(database={"busy_timeout": "200ms"})
-    async with running(config) as gw:
+    async with serving(config) as gw:
         locker = sqlite3.connect(tmp_path / "var" / "gateway.db", isolation_level=None)
         locker.execute("BEGIN EXCLUSIVE")
         try:
@@ -156,7 +156,7 @@ async def test_bare_cr_is_refused(gateway: Gateway) -> None:
 
 async def test_connection_limit_answers_421(make_config: ConfigFactory) -> None:
     """Beyond max_connections a new connection gets 421 4.7.0; those already open keep working."""
-    async with running(make_config(smtp={"max_connections": 2})) as gw:
+    async with serving(make_config(smtp={"max_connections": 2})) as gw:
         port = port_of(gw)
         first, second = await RawSession.open(port), await RawSession.open(port)
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -192,7 +192,7 @@ async def test_starttls_when_a_certificate_is_configured(
     config = make_config(smtp={"tls_cert": "smtp.pem", "tls_key": "smtp.pem"})
     client_context = ssl.create_default_context()
     ca.configure_trust(client_context)
-    async with running(config) as gw:
+    async with serving(config) as gw:
         async with aiosmtplib.SMTP(
             hostname="127.0.0.1", port=port_of(gw), start_tls=False, tls_context=client_context,
         ) as client:
@@ -250,7 +250,7 @@ async def test_stop_lets_a_committing_message_finish_and_closes_idle_sessions(
     assert (await idle.reply()).startswith("421 4.3.2")
     await idle.close()
     await busy.close()
-    async with running(config) as gw:
+    async with serving(config) as gw:
         assert len(await stored(gw)) == 1
 
 
@@ -266,7 +266,7 @@ async def test_concurrent_connections_each_get_their_own_reference(gateway: Gate
 
 async def test_idle_session_is_closed_after_the_timeout(make_config: ConfigFactory) -> None:
     """A client that goes quiet is disconnected after smtp.timeout."""
-    async with running(make_config(smtp={"timeout": "300ms"})) as gw:
+    async with serving(make_config(smtp={"timeout": "300ms"})) as gw:
         session = await RawSession.open(port_of(gw))
         async with asyncio.timeout(5):
             assert await session.reader.read() == b""
@@ -287,9 +287,9 @@ async def test_reports_are_stored_in_postgresql(make_config: ConfigFactory) -> N
     schema = PgSchema(PG_URL)
     await schema.create()
     config = make_config(database={"url": PG_URL})
-    engine = make_engine(config.database, **schema.connect_args)
+    engine = await open_engine(config.database, **schema.connect_args)
     try:
-        async with running(config, engine=engine) as gw:
+        async with serving(config, engine=engine) as gw:
             results = await asyncio.gather(*(deliver(port_of(gw), report(n)) for n in range(20)))
             references = sorted(queued_reference(text) for _, text in results)
             assert [r["reference"] for r in await stored(gw)] == references
