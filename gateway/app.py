@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -23,6 +28,7 @@ from gateway.store.backend import open_write_backend
 from gateway.store.engine import open_engine
 from gateway.store.references import ReferenceAllocator
 from gateway.store.writer import SubmissionWriter
+from intake.normalise import NormaliseStage
 from intake.smtp import ReportHandler, SmtpServer, quiet_aiosmtpd_logs
 
 log = structlog.get_logger("gateway.app")
@@ -36,22 +42,62 @@ class Gateway:
     engine: AsyncEngine
     writer: SubmissionWriter
     smtp: SmtpServer
+    normaliser: NormaliseStage
+    #: Set with a reason when an owned task dies: the daemon cannot go on serving.
+    failed: asyncio.Future[str]
+
+
+def _watch(task: asyncio.Task[None], failed: asyncio.Future[str]) -> None:
+    """An owned task that ends on its own (not cancelled, not asked to) is fatal."""
+
+    def done(finished: asyncio.Task[None]) -> None:
+        if failed.done() or finished.cancelled():
+            return
+        error = finished.exception()
+        log.critical("gateway.task_died", task=finished.get_name(),
+                     error_type=type(error).__name__ if error else None)
+        failed.set_result(f"{finished.get_name()} stopped")
+
+    task.add_done_callback(done)
+
+
+async def _bounded(step: Awaitable[object], seconds: float, what: str) -> None:
+    """One shutdown step, given ``seconds``; past that it is cancelled and we go on."""
+    try:
+        await asyncio.wait_for(step, seconds)
+    except TimeoutError:
+        log.error("gateway.shutdown_step_timed_out", step=what, seconds=seconds)
 
 
 @contextlib.asynccontextmanager
 async def running(
     config: Config, *, upgrade_db: bool = True, engine: AsyncEngine | None = None
 ) -> AsyncIterator[Gateway]:
-    """Start the gateway, yield it while it serves, then shut it down in order."""
+    """Start the gateway, yield it while it serves, then shut it down in order.
+
+    An ``engine`` passed in stays the caller's to dispose of.
+    """
     quiet_aiosmtpd_logs()
+    owns_engine = engine is None
     engine = engine or await open_engine(config.database)
     executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gateway-cpu")
+    # Each shutdown step may take the grace period plus the time a database wait may take.
+    step_seconds = config.gateway.shutdown_grace + config.database.busy_timeout
     try:
         if upgrade_db:
             await migrate.upgrade(engine)
         backend = await open_write_backend(engine, busy_timeout=config.database.busy_timeout)
         references = ReferenceAllocator(config.gateway.reference_prefix)
-        writer = SubmissionWriter(backend, references, batch_max=config.database.batch_max)
+        normaliser = NormaliseStage(
+            backend,
+            executor,
+            worker=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
+            legal_window=timedelta(days=config.intake.legal_window_days),
+        )
+        writer = SubmissionWriter(
+            backend, references, batch_max=config.database.batch_max,
+            on_commit=normaliser.wake,
+        )
         handler = ReportHandler(
             writer,
             recipients=config.smtp.recipients,
@@ -60,18 +106,31 @@ async def running(
             executor=executor,
         )
         smtp = SmtpServer(config.smtp, handler)
+        failed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         writer_task = asyncio.create_task(writer.run(), name="submission-writer")
+        normaliser_task = asyncio.create_task(normaliser.run(), name="normaliser")
+        _watch(writer_task, failed)
+        _watch(normaliser_task, failed)
         try:
             await smtp.start()
-            yield Gateway(config, engine, writer, smtp)
+            yield Gateway(config, engine, writer, smtp, normaliser, failed)
         finally:
+            failed.cancel()  # from here on, tasks ending is the plan
+            # Intake first (no new work), then the stages, each finishing what it holds.
             await smtp.stop(config.gateway.shutdown_grace)
             await writer.close()
-            await writer_task
+            await _bounded(writer_task, step_seconds, "writer")
+            await normaliser.stop()
+            await _bounded(normaliser_task, step_seconds, "normaliser")
             await backend.close()
     finally:
         await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
-        await engine.dispose()
+        if owns_engine:
+            await engine.dispose()
+
+
+class GatewayFailed(Exception):
+    """The daemon stopped because a part of it could not go on."""
 
 
 async def serve(
@@ -81,12 +140,21 @@ async def serve(
     notifier: Notifier,
     upgrade_db: bool = True,
 ) -> None:
-    """Run until ``shutdown_trigger`` completes; tell systemd when ready and when stopping."""
+    """Run until ``shutdown_trigger`` completes (or a part fails: ``GatewayFailed`` after an
+    orderly stop); tell systemd when ready and when stopping."""
+    reason: str | None = None
     async with running(config, upgrade_db=upgrade_db) as gateway:
         listening = ", ".join(f"smtp {h}:{p}" for h, p in gateway.smtp.addresses)
         notifier.ready(f"serving: {listening}")
         log.info("gateway.ready", smtp=[f"{h}:{p}" for h, p in gateway.smtp.addresses])
-        await shutdown_trigger()
+        trigger: asyncio.Future[Any] = asyncio.ensure_future(shutdown_trigger())
+        waits: list[asyncio.Future[Any]] = [trigger, gateway.failed]
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        if gateway.failed.done() and not gateway.failed.cancelled():
+            reason = gateway.failed.result()
+        trigger.cancel()
         notifier.stopping()
         log.info("gateway.stopping")
     log.info("gateway.stopped")
+    if reason is not None:
+        raise GatewayFailed(reason)

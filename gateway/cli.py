@@ -11,23 +11,29 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import structlog
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import config as config_module
 from gateway import logs
-from gateway.app import serve
+from gateway.app import GatewayFailed, serve
 from gateway.config import Config, ConfigError
 from gateway.demo import setup_demo
 from gateway.notify import Notifier
 from gateway.stats import collect_stats
 from gateway.store import migrate
+from gateway.store.case_view import defang, get_case, list_cases
 from gateway.store.engine import open_engine
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+T = TypeVar("T")
 
 log = structlog.get_logger("gateway.cli")
 
@@ -47,6 +53,15 @@ def _parser() -> argparse.ArgumentParser:
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     db_commands.add_parser("upgrade", help="apply migrations")
     commands.add_parser("setup-demo", help="make the local directories and database (idempotent)")
+    cases_cmd = commands.add_parser("cases", help="inspect cases")
+    cases_commands = cases_cmd.add_subparsers(dest="cases_command", required=True, metavar="ACTION")
+    cases_list = cases_commands.add_parser("list", help="cases, oldest first")
+    cases_list.add_argument("--status", help="only cases in this state")
+    cases_list.add_argument("--limit", type=int, default=1000, help="at most this many")
+    cases_list.add_argument("--json", action="store_true", help="print a JSON array")
+    cases_show = cases_commands.add_parser("show", help="one case and the reports behind it")
+    cases_show.add_argument("id", help="the case id")
+    cases_show.add_argument("--json", action="store_true", help="print JSON")
     stats = commands.add_parser("stats", help="counts of submissions, cases and referrals")
     stats.add_argument("--json", action="store_true", help="print JSON")
     return parser
@@ -153,7 +168,54 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _with_connection(config: Config, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    engine = await open_engine(config.database)
+    try:
+        async with engine.connect() as conn:
+            return await work(conn)
+    finally:
+        await engine.dispose()
+
+
+def _cmd_cases(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if args.cases_command == "list":
+        found = asyncio.run(_with_connection(
+            config, lambda conn: list_cases(conn, status=args.status, limit=args.limit)))
+        if args.json:
+            print(json.dumps(found, indent=1))
+        else:
+            for item in found:
+                target = defang(item["canonical_url"]) if item["canonical_url"] else "(no URL)"
+                print(f"{item['id']}  {item['status']:<20} {item['report_count']:>4}  "
+                      f"{item['first_reported']}  {target}")
+        return EXIT_OK
+    try:
+        case_id = uuid.UUID(args.id)
+    except ValueError:
+        print(f"cases show: {args.id!r} is not a case id", file=sys.stderr)
+        return EXIT_USAGE
+    case: dict[str, Any] | None = asyncio.run(
+        _with_connection(config, lambda conn: get_case(conn, case_id)))
+    if case is None:
+        print(f"cases show: no case {case_id}", file=sys.stderr)
+        return EXIT_FAILURE
+    if args.json:
+        print(json.dumps(case, indent=1))
+    else:
+        for key in ("id", "status", "kind", "report_count", "first_reported", "last_reported",
+                    "reappeared"):
+            print(f"{key}: {case[key]}")
+        print(f"url: {defang(case['url']) if case['url'] else '(no URL)'}")
+        print(f"canonical_url: {defang(case['canonical_url']) if case['canonical_url'] else '-'}")
+        print("reports:")
+        for report in case["reports"]:
+            print(f"  {report['reference']}  {report['reported_at']}  {report['channel']}")
+    return EXIT_OK
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "cases": _cmd_cases,
     "serve": _cmd_serve,
     "check-config": _cmd_check_config,
     "db": _cmd_db,
@@ -171,6 +233,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"config error: {problem}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
+        return EXIT_FAILURE
+    except GatewayFailed as exc:
+        print(f"hotline-gateway: stopped: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except (OSError, SQLAlchemyError) as exc:
         print(f"hotline-gateway: {type(exc).__name__}: {exc}", file=sys.stderr)

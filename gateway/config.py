@@ -23,6 +23,8 @@ from pydantic import (
     ValidationInfo,
     model_validator,
 )
+from sqlalchemy import make_url
+from sqlalchemy.exc import ArgumentError
 
 DEFAULT_PATHS = (Path("config.toml"), Path("/etc/hotline-gateway/config.toml"))
 
@@ -62,16 +64,34 @@ def _resolve_path(value: object, info: ValidationInfo) -> Path | None:
     return path if path.is_absolute() else (base / path)
 
 
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
+)
+
+
+def _hostname(value: str) -> str:
+    if not _HOSTNAME.match(value):
+        raise ValueError(f"{value!r} is not a host name")
+    return value
+
+
 def _parse_listen(value: object) -> tuple[str, int]:
     """``"127.0.0.1:2525"`` or ``"[::1]:2525"`` -> (host, port); port 0 picks a free one."""
     if not isinstance(value, str):
         raise ValueError('a listen address is a string such as "127.0.0.1:2525"')
-    host, sep, port_text = value.rpartition(":")
-    if not sep or not host or not port_text.isdigit():
+    match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[^\[\]:]+):([0-9]{1,5})", value)
+    if match is None:
         raise ValueError(f'{value!r} is not "host:port" (IPv6 as "[::1]:2525")')
-    if host.startswith("[") and host.endswith("]"):
+    host, port_text = match.groups()
+    if host.startswith("["):
         host = host[1:-1]
         ipaddress.IPv6Address(host)
+    else:
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            _hostname(host)
     port = int(port_text)
     if not 0 <= port <= 65535:
         raise ValueError(f"port {port} is out of range")
@@ -98,7 +118,7 @@ def _country(value: str) -> str:
 
 def _email(value: str) -> str:
     local, at, domain = value.rpartition("@")
-    if not at or not local or "." not in domain or any(c.isspace() for c in value):
+    if not at or not local or "." not in domain or any(c.isspace() or ord(c) < 32 for c in value):
         raise ValueError(f"{value!r} is not an e-mail address")
     return value
 
@@ -121,16 +141,27 @@ def _database_url(value: str, info: ValidationInfo) -> str:
     prefix = "sqlite+aiosqlite:///"
     if value.startswith(prefix):
         file_part = value[len(prefix) :]
-        if file_part and file_part != ":memory:" and not file_part.startswith("/"):
+        if not file_part or file_part.startswith(":memory:") or "?" in file_part:
+            raise ValueError("SQLite needs a file: sqlite+aiosqlite:///PATH (the gateway's "
+                             "parts share it, and a report must survive a restart)")
+        if not file_part.startswith("/"):
             base: Path = (info.context or {}).get("base") or Path.cwd()
             return prefix + str(base / file_part)
         return value
     if value.startswith("postgresql+asyncpg://"):
+        try:
+            database = make_url(value).database
+        except ArgumentError as exc:
+            raise ValueError(f"not a database URL: {exc}") from exc
+        if not database:
+            raise ValueError("name the database: postgresql+asyncpg://USER@HOST:5432/DB")
         return value
     raise ValueError("use sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER@HOST/DB")
 
 
-Duration = Annotated[float, BeforeValidator(_parse_duration)]
+Duration = Annotated[float, BeforeValidator(_parse_duration), Field(ge=0)]
+PositiveDuration = Annotated[float, BeforeValidator(_parse_duration), Field(gt=0)]
+HostName = Annotated[str, AfterValidator(_hostname)]
 OptionalPath = Annotated[Path | None, BeforeValidator(_resolve_path)]
 Listen = Annotated[tuple[str, int], BeforeValidator(_parse_listen)]
 Nameserver = Annotated[tuple[str, int], BeforeValidator(_parse_nameserver)]
@@ -160,7 +191,8 @@ class GatewayConfig(_Section):
 
 class DatabaseConfig(_Section):
     url: DatabaseUrl = Field(default="sqlite+aiosqlite:///var/gateway.db", validate_default=True)
-    busy_timeout: Duration = 5.0
+    busy_timeout: PositiveDuration = 5.0
+    statement_timeout: PositiveDuration = 30.0
     pool_size: PositiveInt = 5
     batch_max: Annotated[int, Field(gt=0, le=2000)] = 512
 
@@ -177,12 +209,16 @@ class TlsFiles(_Section):
 
 
 class SmtpConfig(TlsFiles):
-    listen: list[Listen] = Field(default=["127.0.0.1:2525"], validate_default=True)
-    hostname: str = "report.hotline.test"
-    recipients: list[Annotated[Email, AfterValidator(str.lower)]] = ["report@hotline.test"]
+    listen: list[Listen] = Field(
+        default=["127.0.0.1:2525"], validate_default=True, min_length=1
+    )
+    hostname: HostName = "report.hotline.test"
+    recipients: list[Annotated[Email, AfterValidator(str.lower)]] = Field(
+        default=["report@hotline.test"], min_length=1
+    )
     max_message_bytes: PositiveInt = 10 * 1024 * 1024
-    max_connections: PositiveInt = 200
-    timeout: Duration = 300.0
+    max_connections: PositiveInt = 100
+    timeout: Annotated[float, BeforeValidator(_parse_duration), Field(ge=1)] = 300.0
 
 
 class HttpConfig(TlsFiles):
@@ -266,6 +302,7 @@ class RetentionConfig(_Section):
 class IntakeConfig(_Section):
     attachments: Literal["hash-and-discard", "reject"] = "hash-and-discard"
     keep_reporter_ip: bool = False
+    legal_window_days: PositiveInt = 180
 
 
 class Config(_Section):
@@ -286,6 +323,15 @@ class Config(_Section):
     retention: RetentionConfig = RetentionConfig()
     intake: IntakeConfig = IntakeConfig()
 
+    @model_validator(mode="after")
+    def _home_is_not_a_partner(self) -> Config:
+        if self.gateway.home_country in self.routing.hotlines:
+            raise ValueError(
+                f"routing.hotlines.{self.gateway.home_country}: the home country's reports go "
+                "to the national police (routing.destinations.police), not to a partner hotline"
+            )
+        return self
+
 
 def _describe(error: Mapping[str, Any]) -> str:
     parts = [str(p) for p in error["loc"] if not str(p).startswith("function-") and p != "[key]"]
@@ -293,7 +339,7 @@ def _describe(error: Mapping[str, Any]) -> str:
     if error["type"] == "extra_forbidden":
         return f"{key}: unknown key"
     message = str(error["msg"]).removeprefix("Value error, ")
-    return f"{key or '(top level)'}: {message}"
+    return f"{key}: {message}" if key else message
 
 
 def parse(data: Mapping[str, Any], *, base: Path, path: Path | None = None) -> Config:
@@ -316,6 +362,8 @@ def load(path: Path) -> Config:
             data = tomllib.load(fh)
     except FileNotFoundError as exc:
         raise ConfigError([f"{path}: no such file"]) from exc
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot be read: {exc.strerror or exc}"]) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: not valid TOML: {exc}"]) from exc
     path = path.resolve()

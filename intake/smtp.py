@@ -12,7 +12,7 @@ import hashlib
 import logging
 import re
 import ssl
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -34,6 +34,7 @@ REPLY_TOO_BIG = "552 5.3.4 Message too big: the limit is {limit} bytes"
 REPLY_BARE_EOL = "550 5.6.0 Bare CR or LF in message (RFC 5321 section 2.3.8); not accepted"
 REPLY_TEMPFAIL = "451 4.3.0 Temporary failure storing the report; please try again later"
 REPLY_TOO_MANY = b"421 4.7.0 Too many connections; please try again later\r\n"
+REPLY_TOO_MANY_RCPT = "452 4.5.3 Too many recipients"
 REPLY_SHUTDOWN = "421 4.3.2 Service shutting down; please try again later"
 
 # aiosmtpd's own wording for these cases, mapped to the replies in our contract.
@@ -42,6 +43,10 @@ _AIOSMTPD_TOO_BIG = (
     "552 Error: message size exceeds fixed maximum message size",
 )
 
+#: Recipients one message may name (they can only be our own addresses anyway).
+MAX_RECIPIENTS = 20
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]|[\ud800-\udfff]")
 _MESSAGE_ID = re.compile(rb"^message-id[ \t]*:[ \t]*(.*(?:\r\n[ \t].*)*)", re.I | re.M)
 
 
@@ -49,6 +54,14 @@ class Submitter(Protocol):
     """Where accepted messages go: stores one durably and returns its receipt."""
 
     async def submit(self, submission: NewSubmission) -> Receipt: ...
+
+
+def clean_text(value: str | None, limit: int = 998) -> str | None:
+    """Envelope and header text as stored: no control characters (PostgreSQL refuses NUL in
+    text, and nothing downstream should meet them) and no lone surrogates, at most ``limit``."""
+    if value is None:
+        return None
+    return _CONTROL.sub("\ufffd", value[:limit])
 
 
 def has_bare_line_ending(raw: bytes) -> bool:
@@ -65,7 +78,7 @@ def message_id(raw: bytes) -> str | None:
     if match is None:
         return None
     value = re.sub(rb"\r\n[ \t]+", b" ", match.group(1)).strip()
-    return value[:998].decode("ascii", "replace") or None
+    return clean_text(value[:998].decode("ascii", "replace")) or None
 
 
 def inspect_message(raw: bytes) -> tuple[str, str | None, bool]:
@@ -114,7 +127,10 @@ class ReportHandler:
         if address.lower() not in self._recipients:
             log.info("smtp.recipient_refused")
             return REPLY_NO_RELAY
-        envelope.rcpt_tos.append(address)
+        if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
+            return REPLY_TOO_MANY_RCPT
+        if address not in envelope.rcpt_tos:
+            envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
 
     async def handle_DATA(
@@ -148,9 +164,9 @@ class ReportHandler:
             received_at=datetime.now(UTC),
             raw=raw,
             body_sha256=digest,
-            mail_from=envelope.mail_from,
-            rcpt_tos=tuple(envelope.rcpt_tos),
-            helo=session.host_name,
+            mail_from=clean_text(envelope.mail_from),
+            rcpt_tos=tuple(t for t in map(clean_text, envelope.rcpt_tos) if t is not None),
+            helo=clean_text(session.host_name, 255),
             peer_ip=str(peer[0]) if self._keep_peer_ip and isinstance(peer, tuple) else None,
             message_id=msg_id,
         )
@@ -173,17 +189,40 @@ class ReportHandler:
         return REPLY_TOO_BIG.format(limit=self._max_message_bytes)
 
 
+class _Sessions:
+    """The open sessions, with an event for "none left"."""
+
+    def __init__(self) -> None:
+        self._open: set[_Session] = set()
+        self.none_left = asyncio.Event()
+        self.none_left.set()
+
+    def add(self, session: _Session) -> None:
+        self._open.add(session)
+        self.none_left.clear()
+
+    def discard(self, session: _Session) -> None:
+        self._open.discard(session)
+        if not self._open:
+            self.none_left.set()
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def __iter__(self) -> Iterator[_Session]:
+        return iter(list(self._open))
+
+
 class _Session(SMTP):
     """One SMTP connection; tracked so that shutdown can finish or close it."""
 
-    def __init__(self, handler: ReportHandler, sessions: set[_Session], **kwargs: Any) -> None:
+    def __init__(self, handler: ReportHandler, sessions: _Sessions, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self._report_handler = handler
+        # Counted from creation, not from connection_made (a later callback), so that a burst
+        # of connections cannot get past the limit before any of them is counted.
         self._tracked = sessions
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._tracked.add(self)
-        super().connection_made(transport)
+        sessions.add(self)
 
     def connection_lost(self, error: Exception | None) -> None:
         self._tracked.discard(self)
@@ -200,6 +239,12 @@ class _Session(SMTP):
         if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
             transport.write(reply.encode("ascii") + b"\r\n")
             transport.close()
+
+    def abort(self) -> None:
+        """Drop the connection without flushing (a client that stopped reading)."""
+        transport = self._original_transport or self.transport
+        if isinstance(transport, asyncio.WriteTransport):
+            transport.abort()
 
 
 class _TooMany(asyncio.Protocol):
@@ -229,7 +274,7 @@ class SmtpServer:
         self._handler = handler
         self._tls = tls_context(config)
         self._servers: list[asyncio.Server] = []
-        self._sessions: set[_Session] = set()
+        self._sessions = _Sessions()
         self.addresses: list[tuple[str, int]] = []
 
     @property
@@ -273,8 +318,13 @@ class SmtpServer:
             await asyncio.wait_for(self._handler.wait_idle(), grace)
         except TimeoutError:
             log.warning("smtp.shutdown_grace_exceeded", in_flight=self._handler.in_flight)
-        for session in list(self._sessions):
+        for session in self._sessions:
             session.say_goodbye(REPLY_SHUTDOWN)
+        try:
+            await asyncio.wait_for(self._sessions.none_left.wait(), 1.0)
+        except TimeoutError:
+            for session in self._sessions:
+                session.abort()
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()

@@ -6,9 +6,9 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import pytest
@@ -17,10 +17,12 @@ from sqlalchemy import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway import config as config_module
-from gateway.app import Gateway, running
 from gateway.config import Config
 from gateway.store import migrate
 from gateway.store.engine import open_engine
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
 
 PG_URL = os.environ.get("HOTLINE_TEST_PG_URL", "")
 
@@ -117,22 +119,29 @@ async def engine(
 OUR_PACKAGES = ["gateway", "intake", "routing", "outbound"]
 
 
-def no_blocking_calls(
-    request: pytest.FixtureRequest | None = None,
-) -> contextlib.AbstractContextManager[object]:
+@contextlib.contextmanager
+def no_blocking_calls(request: pytest.FixtureRequest | None = None) -> Iterator[None]:
     """Within this, a blocking call made by the gateway's own code on the loop fails the test.
 
     Start-up (migrations through Alembic, which reads its scripts from disk) happens before the
-    daemon serves anything and is left outside, as are tests marked ``startup``.
+    daemon serves anything and is left outside, as are tests marked ``startup``. asyncpg looks
+    for ~/.pgpass and client certificates once per new connection, which the pool amortises:
+    allowed here.
     """
     if request is not None and request.node.get_closest_marker("startup"):
-        return contextlib.nullcontext()
-    return blockbuster_ctx(OUR_PACKAGES)
+        yield
+        return
+    with blockbuster_ctx(OUR_PACKAGES) as watch:
+        for function in watch.functions.values():
+            function.can_block_in("asyncpg/connect_utils.py", "_parse_connect_dsn_and_args")
+        yield
 
 
 @contextlib.asynccontextmanager
 async def serving(config: Config, **kwargs: Any) -> AsyncIterator[Gateway]:
     """``running`` with the serving phase (not start-up) watched for blocking calls."""
+    from gateway.app import running  # the whole daemon: imported only by tests that run it
+
     async with running(config, **kwargs) as gw:
         with no_blocking_calls():
             yield gw

@@ -53,6 +53,12 @@ class Daemon:
                 if state in message.split("\n"):
                     return message
 
+    async def wait_for_log(self, event: str, timeout: float = 30) -> None:
+        """Until the daemon has logged ``event`` (its log is the file we gave it)."""
+        async with asyncio.timeout(timeout):
+            while f'"event": "{event}"' not in self.log_path.read_text(errors="replace"):
+                await asyncio.sleep(0.02)
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
 

@@ -77,8 +77,10 @@ class ThreadedSqlite:
 
     async def close(self) -> None:
         """Wait for the transaction in progress, then close the connection."""
+        loop = asyncio.get_running_loop()
+        # On the writer thread: an SQLite connection is closed by the thread that opened it.
+        await loop.run_in_executor(self._thread, self._engine.dispose)
         await asyncio.to_thread(self._thread.shutdown, wait=True)
-        await asyncio.to_thread(self._engine.dispose)
 
 
 class AsyncEngineBackend:

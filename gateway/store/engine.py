@@ -29,11 +29,12 @@ def make_engine(config: DatabaseConfig, **connect_args: Any) -> AsyncEngine:
         engine = create_async_engine(config.url, connect_args=connect_args)
         configure_sqlite(engine.sync_engine, busy_timeout=config.busy_timeout)
         return engine
+    # asyncpg's command_timeout bounds every statement, so a hung server cannot hang us.
     return create_async_engine(
         config.url,
         pool_size=config.pool_size,
         pool_pre_ping=True,
-        connect_args=connect_args,
+        connect_args={"command_timeout": config.statement_timeout, **connect_args},
     )
 
 

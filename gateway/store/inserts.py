@@ -30,14 +30,7 @@ Row = Mapping[str, Any]
 #: dedup_key -> (reference, id) as stored, for keys whose row was not inserted.
 Conflicts = dict[str, tuple[str, uuid.UUID]]
 
-_COLUMNS = [c.name for c in submissions.columns]
 _SQLITE = sqlite_dialect.dialect()
-#: (column position, SQLAlchemy's bind processor) for the columns SQLite needs converted.
-_SQLITE_BIND: list[tuple[int, Callable[[Any], Any]]] = [
-    (i, bind)
-    for i, c in enumerate(submissions.columns)
-    if (bind := c.type.dialect_impl(_SQLITE).bind_processor(_SQLITE)) is not None
-]
 
 
 class Inserts(Protocol):
@@ -47,18 +40,30 @@ class Inserts(Protocol):
 
 
 @lru_cache(maxsize=64)
-def _sqlite_insert_sql(count: int) -> str:
+def _sqlite_insert_sql(columns: tuple[str, ...], count: int) -> str:
     # Only the table's own column names and placeholders: no value is ever formatted in.
-    group = "(" + ",".join("?" * len(_COLUMNS)) + ")"
+    assert set(columns) <= set(submissions.c.keys())
+    group = "(" + ",".join("?" * len(columns)) + ")"
     return (
-        f"INSERT INTO submissions ({','.join(_COLUMNS)}) VALUES "  # noqa: S608
+        f"INSERT INTO submissions ({','.join(columns)}) VALUES "  # noqa: S608
         + ",".join([group] * count)
         + " ON CONFLICT (dedup_key) DO NOTHING"
     )
 
 
-#: One statement holds at most this many rows: SQLite allows 32766 parameters.
-SQLITE_MAX_ROWS = 32766 // len(_COLUMNS)
+@lru_cache(maxsize=8)
+def _sqlite_binds(columns: tuple[str, ...]) -> list[tuple[int, Callable[[Any], Any]]]:
+    """(position, SQLAlchemy's bind processor) for the columns SQLite needs converted."""
+    return [
+        (i, bind)
+        for i, name in enumerate(columns)
+        if (bind := submissions.c[name].type.dialect_impl(_SQLITE).bind_processor(_SQLITE))
+        is not None
+    ]
+
+
+#: SQLite allows 32766 parameters in one statement.
+SQLITE_MAX_PARAMETERS = 32766
 
 
 class SqliteInserts:
@@ -66,20 +71,24 @@ class SqliteInserts:
         self._backend = backend
 
     async def insert(self, rows: Sequence[Row]) -> Conflicts:
+        if not rows:
+            return {}
+        columns = tuple(rows[0])
+        binds = _sqlite_binds(columns)
         params: list[Any] = []
         for row in rows:
-            values = [row[name] for name in _COLUMNS]
-            for i, bind in _SQLITE_BIND:
+            values = [row[name] for name in columns]
+            for i, bind in binds:
                 if values[i] is not None:
                     values[i] = bind(values[i])
             params.extend(values)
         keys = [row["dedup_key"] for row in rows if row["dedup_key"] is not None]
-
-        if len(rows) > SQLITE_MAX_ROWS:
-            raise ValueError(f"a batch holds at most {SQLITE_MAX_ROWS} submissions")
+        if len(params) > SQLITE_MAX_PARAMETERS:
+            raise ValueError(f"a batch of {len(rows)} submissions is too large for one statement")
+        sql = _sqlite_insert_sql(columns, len(rows))
 
         def work(db: Any) -> list[tuple[str, str, str]]:
-            inserted = db.execute(_sqlite_insert_sql(len(rows)), params).rowcount
+            inserted = db.execute(sql, params).rowcount
             if inserted == len(rows) or not keys:
                 return []  # the common case: nothing was a duplicate, no need to look
             marks = ",".join("?" * len(keys))

@@ -43,30 +43,16 @@ class ReferenceAllocator:
         """How many more numbers ``count`` references for ``year`` need (0: none)."""
         return max(0, count - self._blocks.get(year, _Block()).remaining)
 
-    def reserve(self, conn: Connection, year: int, count: int) -> None:
-        """Reserve at least ``count`` more numbers for ``year``, in ``conn``'s transaction.
+    def block_for(self, count: int) -> int:
+        """How many numbers to reserve when ``count`` are needed."""
+        return max(self.block_size, count)
 
-        Run it in a transaction of its own that commits before the numbers are used, so the
-        counter row is never held for longer than this statement pair.
+    def reserve(self, conn: Connection, year: int, size: int) -> int:
+        """Reserve ``size`` numbers for ``year`` in ``conn``'s transaction; the first of them.
+
+        Run it in a transaction of its own, and hand the result to ``add_block`` only once that
+        transaction has committed: numbers whose reservation rolled back are not ours.
         """
-        block = self._blocks.setdefault(year, _Block())
-        size = max(self.block_size, count)
-        start = self._reserve_block(conn, year, size)
-        if start != block.end:  # another process took the numbers in between: start afresh
-            block.next = start
-            block.end = start
-        block.end += size
-
-    def take(self, year: int) -> str:
-        """The next reserved reference for ``year``; ``reserve`` must have made room."""
-        block = self._blocks.get(year)
-        if block is None or block.remaining <= 0:
-            raise LookupError(f"no reference reserved for {year}")
-        number = block.next
-        block.next += 1
-        return format_reference(self.prefix, year, number)
-
-    def _reserve_block(self, conn: Connection, year: int, size: int) -> int:
         scope = f"{self.prefix}-{year:04d}"
         insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
         conn.execute(
@@ -81,3 +67,20 @@ class ReferenceAllocator:
             .returning(reference_counters.c.next_value)
         ).scalar_one()
         return int(end) - size
+
+    def add_block(self, year: int, start: int, size: int) -> None:
+        """Make a committed reservation available to ``take``."""
+        block = self._blocks.setdefault(year, _Block())
+        if start != block.end:  # another process took the numbers in between: start afresh
+            block.next = start
+            block.end = start
+        block.end += size
+
+    def take(self, year: int) -> str:
+        """The next reserved reference for ``year``; ``reserve`` must have made room."""
+        block = self._blocks.get(year)
+        if block is None or block.remaining <= 0:
+            raise LookupError(f"no reference reserved for {year}")
+        number = block.next
+        block.next += 1
+        return format_reference(self.prefix, year, number)

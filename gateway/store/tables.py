@@ -5,8 +5,10 @@ from __future__ import annotations
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
+    ForeignKey,
     Index,
     Integer,
     LargeBinary,
@@ -14,7 +16,9 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     Uuid,
+    false,
 )
 
 metadata = MetaData(
@@ -22,6 +26,7 @@ metadata = MetaData(
         "ix": "ix_%(table_name)s_%(column_0_N_name)s",
         "uq": "uq_%(table_name)s_%(column_0_N_name)s",
         "pk": "pk_%(table_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     }
 )
 
@@ -45,7 +50,51 @@ submissions = Table(
     Column("dedup_key", String(64), nullable=True, unique=True),
     Column("raw_size", Integer, nullable=False),
     Column("raw", LargeBinary, nullable=True),
+    # Normalising (one worker at a time holds a submission, until claimed_until).
+    Column("claimed_by", String(64), nullable=True),
+    Column("claimed_until", DateTime(timezone=True), nullable=True),
+    Column("parsed_at", DateTime(timezone=True), nullable=True),
+    Column("parse_error", Text, nullable=True),
+    Column("subject", Text, nullable=True),
+    Column("report_text", Text, nullable=True),
+    Column("attachments", JSON, nullable=True),
+    Column("url_count", Integer, nullable=True),
     Index(None, "status", "received_at"),
+)
+
+# One case per reported item: a canonical URL, or a submission in which no URL was found.
+# ``url_key`` (the SHA-256 of the canonical URL) is what makes two reports one case; a hash
+# keeps the unique index small whatever the URL's length.
+cases = Table(
+    "cases",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("kind", String(8), nullable=False),
+    Column("status", String(24), nullable=False),
+    Column("url_key", String(72), nullable=False, unique=True),
+    Column("url", Text, nullable=True),
+    Column("canonical_url", Text, nullable=True),
+    Column("report_count", Integer, nullable=False),
+    Column("first_reported", DateTime(timezone=True), nullable=False),
+    Column("last_reported", DateTime(timezone=True), nullable=False),
+    Column("reappeared", Boolean, nullable=False, server_default=false()),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("status_changed_at", DateTime(timezone=True), nullable=False),
+    Index(None, "status", "first_reported"),
+)
+
+# Which submissions reported which case, and how the reporter wrote the URL.
+case_reports = Table(
+    "case_reports",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("case_id", Uuid, ForeignKey("cases.id"), nullable=False),
+    Column("submission_id", Uuid, ForeignKey("submissions.id"), nullable=False),
+    Column("reported_at", DateTime(timezone=True), nullable=False),
+    Column("written_as", Text, nullable=True),
+    Column("url", Text, nullable=True),
+    UniqueConstraint("case_id", "submission_id"),
+    Index(None, "submission_id"),
 )
 
 # Hi/lo reference allocation: each process reserves a block of sequence numbers per

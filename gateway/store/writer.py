@@ -13,13 +13,14 @@ import hashlib
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from typing import Any
 
 import structlog
+from sqlalchemy.exc import InterfaceError, OperationalError, StatementError
 
 from gateway.ids import uuid7
 from gateway.store.backend import WriteBackend
@@ -31,6 +32,13 @@ log = structlog.get_logger("gateway.store.writer")
 
 class WriterClosed(Exception):
     """The writer is shutting down and takes no more submissions."""
+
+
+def _about_the_data(exc: Exception) -> bool:
+    """An error caused by what was written (not by the database being unavailable)."""
+    if isinstance(exc, OperationalError | InterfaceError):
+        return False
+    return isinstance(exc, StatementError | ValueError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,13 +54,10 @@ class NewSubmission:
     helo: str | None = None
     peer_ip: str | None = None
     message_id: str | None = None
-    deduplicate: bool = True
 
     @property
-    def dedup_key(self) -> str | None:
+    def dedup_key(self) -> str:
         """Same Message-ID and same body: a retransmission of one report, not a new one."""
-        if not self.deduplicate:
-            return None
         key = f"{self.channel}\0{self.message_id or ''}\0{self.body_sha256}"
         return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
 
@@ -75,10 +80,7 @@ class _Pending:
 @dataclass
 class WriterStats:
     batches: int = 0
-    committed: int = 0
-    duplicates: int = 0
     failures: int = 0
-    last_commit_seconds: float = 0.0
 
 
 class SubmissionWriter:
@@ -91,6 +93,7 @@ class SubmissionWriter:
         *,
         batch_max: int = 512,
         queue_max: int = 10_000,
+        on_commit: Callable[[], None] | None = None,
     ) -> None:
         self._backend = backend
         self._inserts = inserts_for(backend)
@@ -98,6 +101,7 @@ class SubmissionWriter:
         self._batch_max = batch_max
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue(maxsize=queue_max)
         self._closed = False
+        self._on_commit = on_commit
         self.stats = WriterStats()
 
     async def submit(self, submission: NewSubmission) -> Receipt:
@@ -110,10 +114,6 @@ class SubmissionWriter:
         # submission is still written with its batch, and a resend finds it as a duplicate.
         return await future
 
-    @property
-    def depth(self) -> int:
-        return self._queue.qsize()
-
     async def close(self) -> None:
         """Take no more submissions; ``run()`` commits what is queued, then returns."""
         if not self._closed:
@@ -121,7 +121,21 @@ class SubmissionWriter:
             await self._queue.put(None)
 
     async def run(self) -> None:
-        """Drain the queue in batches until ``close()``; every batch commits or fails whole."""
+        """Drain the queue in batches until ``close()``; every batch commits or fails whole.
+
+        However this ends (closed, cancelled, a bug), nobody is left waiting: what is still
+        queued fails with ``WriterClosed`` and its senders are told to come back later.
+        """
+        try:
+            await self._drain()
+        finally:
+            self._closed = True
+            while not self._queue.empty():
+                item = self._queue.get_nowait()
+                if item is not None and not item.future.done():
+                    item.future.set_exception(WriterClosed())
+
+    async def _drain(self) -> None:
         stopping = False
         while not stopping:
             first = await self._queue.get()
@@ -140,26 +154,30 @@ class SubmissionWriter:
                 await self._commit_batch(batch)
 
     async def _commit_batch(self, batch: Sequence[_Pending]) -> None:
+        log.debug("writer.batch_started", size=len(batch))
         started = time.perf_counter()
         try:
             receipts = await self._write([p.submission for p in batch])
         except Exception as exc:
             self.stats.failures += 1
+            # The type and SQLSTATE only: a driver's message can quote the values it refused.
             log.error(
                 "writer.batch_failed",
                 size=len(batch),
                 error_type=type(exc).__name__,
-                error=str(exc).splitlines()[0] if str(exc) else "",
+                sqlstate=getattr(getattr(exc, "orig", None), "sqlstate", None),
             )
+            if len(batch) > 1 and _about_the_data(exc):
+                # One bad submission must not fail the honest ones that shared its batch.
+                for pending in batch:
+                    await self._commit_batch([pending])
+                return
             for pending in batch:
                 if not pending.future.done():
                     pending.future.set_exception(exc)
             return
         elapsed = time.perf_counter() - started
         self.stats.batches += 1
-        self.stats.committed += sum(1 for r in receipts if not r.duplicate)
-        self.stats.duplicates += sum(1 for r in receipts if r.duplicate)
-        self.stats.last_commit_seconds = elapsed
         log.info(
             "writer.committed",
             size=len(batch),
@@ -170,6 +188,8 @@ class SubmissionWriter:
         for pending, receipt in zip(batch, receipts, strict=True):
             if not pending.future.done():
                 pending.future.set_result(receipt)
+        if self._on_commit is not None:
+            self._on_commit()
 
     async def _write(self, batch: Sequence[NewSubmission]) -> list[Receipt]:
         """Insert the batch; a submission already stored gets the stored reference back.
@@ -182,7 +202,7 @@ class SubmissionWriter:
         conflicts = await self._inserts.insert(rows)
         receipts = []
         for row in rows:
-            stored = conflicts.get(row["dedup_key"]) if row["dedup_key"] is not None else None
+            stored = conflicts.get(row["dedup_key"])
             if stored is not None and stored[0] != row["reference"]:
                 receipts.append(Receipt(stored[0], stored[1], duplicate=True))
             else:
@@ -213,6 +233,8 @@ class SubmissionWriter:
         years = Counter(s.received_at.year for s in batch)
         for year, count in years.items():
             if self._references.shortfall(year, count):
-                await self._backend.transaction(
-                    partial(self._references.reserve, year=year, count=count)
+                size = self._references.block_for(count)
+                start = await self._backend.transaction(
+                    partial(self._references.reserve, year=year, size=size)
                 )
+                self._references.add_block(year, start, size)

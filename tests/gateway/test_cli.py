@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import main
+from gateway.store import migrate
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -83,9 +85,9 @@ def test_db_upgrade_reports_the_revision(
     """db upgrade brings an empty database to the head revision and says so."""
     path = write_config(tmp_path)
     assert main(["--config", str(path), "db", "upgrade"]) == 0
-    assert capsys.readouterr().out.strip() == "database at revision 0001 (was None)"
+    assert capsys.readouterr().out.strip() == f"database at revision {migrate.head()} (was None)"
     assert main(["--config", str(path), "db", "upgrade"]) == 0
-    assert capsys.readouterr().out.strip() == "database at revision 0001"
+    assert capsys.readouterr().out.strip() == f"database at revision {migrate.head()}"
 
 
 def test_stats_json_has_the_contract_shape(
@@ -109,3 +111,18 @@ def test_unreachable_database_is_a_runtime_failure(
         tmp_path, '[database]\nurl = "postgresql+asyncpg://nobody@127.0.0.1:1/none"\n')
     assert main(["--config", str(path), "stats"]) == 1
     assert "hotline-gateway:" in capsys.readouterr().err
+
+
+def test_serve_exits_1_when_its_port_is_taken(tmp_path: Path) -> None:
+    """A listener that cannot bind is a runtime failure: exit code 1 and the reason."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        path = write_config(tmp_path, f'[smtp]\nlisten = ["127.0.0.1:{port}"]\n')
+        result = subprocess.run(
+            [sys.executable, "-m", "gateway.cli", "--config", str(path), "serve"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )
+    assert result.returncode == 1
+    assert "address already in use" in result.stderr.lower()

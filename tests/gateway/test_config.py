@@ -116,6 +116,34 @@ def test_listen_addresses_accept_ipv6_in_brackets() -> None:
     assert problems_of({"smtp": {"listen": ["127.0.0.1:70000"]}})[0].startswith("smtp.listen.0:")
 
 
+@pytest.mark.parametrize(("data", "key"), [
+    ({"smtp": {"recipients": []}}, "smtp.recipients"),
+    ({"smtp": {"listen": []}}, "smtp.listen"),
+    ({"smtp": {"timeout": "0s"}}, "smtp.timeout"),
+    ({"database": {"busy_timeout": "0s"}}, "database.busy_timeout"),
+    ({"smtp": {"hostname": "a\r\n250 evil"}}, "smtp.hostname"),
+    ({"smtp": {"listen": ["127.0.0.1:\u0662\u0665"]}}, "smtp.listen.0"),
+    ({"smtp": {"listen": ["::1:2525"]}}, "smtp.listen.0"),
+    ({"smtp": {"listen": ["not a host:25"]}}, "smtp.listen.0"),
+    ({"database": {"url": "postgresql+asyncpg://u@localhost"}}, "database.url"),
+    ({"database": {"url": "sqlite+aiosqlite:///:memory:"}}, "database.url"),
+    ({"smtp": {"recipients": ["report@hotline.test\x00"]}}, "smtp.recipients.0"),
+])
+def test_values_that_would_break_the_daemon_are_refused(data: dict[str, object], key: str) -> None:
+    """Values that parse but cannot work (no listener, no recipient, zero timeouts, header
+    injection, a database that is not a file) are refused, naming the key."""
+    problems = problems_of(data)
+    assert [p.split(":")[0] for p in problems] == [key], problems
+
+
+def test_the_home_country_is_not_a_partner_hotline() -> None:
+    """Reports hosted at home go to the national police, so hotlines.<home> is a mistake."""
+    good = {"email": "x@hotline-be.test", "key": "0" * 40}
+    problems = problems_of(
+        {"gateway": {"home_country": "BE"}, "routing": {"hotlines": {"BE": good}}})
+    assert problems[0].startswith("routing.hotlines.BE:")
+
+
 def test_missing_and_malformed_files_are_config_errors(tmp_path: Path) -> None:
     """No file, or a file that is not TOML, is a config error that names the file."""
     with pytest.raises(ConfigError, match="no such file"):
@@ -124,6 +152,8 @@ def test_missing_and_malformed_files_are_config_errors(tmp_path: Path) -> None:
     bad.write_text("[smtp\nlisten = 1\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         config_module.load(bad)
+    with pytest.raises(ConfigError, match="cannot be read"):
+        config_module.load(tmp_path)  # a directory
 
 
 def test_referenced_files_are_checked(tmp_path: Path) -> None:
@@ -159,4 +189,4 @@ def test_arbitrary_values_load_or_fail_with_a_keyed_error(
         config_module.parse({section: {key: value}}, base=Path("/srv"))
     except ConfigError as exc:
         assert exc.problems
-        assert all(p.startswith(section) for p in exc.problems)
+        assert all(p.startswith(section) or p.startswith("routing.") for p in exc.problems)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sqlite3
 from collections.abc import AsyncIterator
@@ -31,7 +32,7 @@ async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
 
 
 def stored_references(tmp_path: Path) -> set[str]:
-    with sqlite3.connect(tmp_path / "var" / "gateway.db") as db:
+    with contextlib.closing(sqlite3.connect(tmp_path / "var" / "gateway.db")) as db:
         return {r for (r,) in db.execute("SELECT reference FROM submissions")}
 
 
@@ -100,7 +101,7 @@ async def test_no_acknowledged_report_is_lost_when_killed(daemon: Daemon, tmp_pa
     daemon.send_signal(signal.SIGTERM)
     assert await daemon.wait() == 0
     assert stored_references(tmp_path) >= set(acked.values())
-    with sqlite3.connect(tmp_path / "var" / "gateway.db") as db:
+    with contextlib.closing(sqlite3.connect(tmp_path / "var" / "gateway.db")) as db:
         (count,) = db.execute("SELECT count(*) FROM submissions").fetchone()
     assert count == len(attempted) == len(set(acked.values()))
 
@@ -108,22 +109,24 @@ async def test_no_acknowledged_report_is_lost_when_killed(daemon: Daemon, tmp_pa
 async def test_second_sigint_forces_exit(tmp_path: Path) -> None:
     """When an orderly stop is stuck (a commit waits on a lock), a second Ctrl-C exits at once."""
     config = tmp_path / "config.toml"
-    config.write_text(CONFIG.replace('"3s"', '"60s"') + '[database]\nbusy_timeout = "60s"\n')
+    config.write_text(CONFIG.replace('"3s"', '"60s"\nlog_level = "debug"')
+                      + '[database]\nbusy_timeout = "60s"\n')
     daemon = Daemon(config, tmp_path)
     try:
         await daemon.start()
-        locker = sqlite3.connect(tmp_path / "var" / "gateway.db", isolation_level=None)
-        locker.execute("BEGIN EXCLUSIVE")
-        stuck = asyncio.create_task(deliver(daemon.smtp_port, report(1)))
-        # A margin for the message to reach the blocked commit; if it had not, the first
-        # SIGINT alone would end the daemon with 0 and this test would say so.
-        await asyncio.sleep(0.3)
-        daemon.send_signal(signal.SIGINT)
-        await daemon.wait_for("STOPPING=1")
-        daemon.send_signal(signal.SIGINT)
-        assert await daemon.wait(timeout=10) == 1
-        locker.execute("ROLLBACK")
-        locker.close()
-        stuck.cancel()
+        with contextlib.closing(
+            sqlite3.connect(tmp_path / "var" / "gateway.db", isolation_level=None)
+        ) as locker:
+            locker.execute("BEGIN EXCLUSIVE")
+            stuck = asyncio.create_task(deliver(daemon.smtp_port, report(1)))
+            await daemon.wait_for_log("writer.batch_started")  # the commit is now blocked
+            daemon.send_signal(signal.SIGINT)
+            await daemon.wait_for("STOPPING=1")
+            daemon.send_signal(signal.SIGINT)
+            assert await daemon.wait(timeout=10) == 1
+            locker.execute("ROLLBACK")
+        # The sender never got a reply: its connection was cut.
+        with pytest.raises(Exception):  # noqa: B017 - any client-side connection error
+            await stuck
     finally:
         await daemon.close()

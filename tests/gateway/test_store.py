@@ -13,8 +13,8 @@ from functools import partial
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import event, func, select, text
-from sqlalchemy.engine import Engine
+from sqlalchemy import func, select, text
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.store import migrate
@@ -75,25 +75,16 @@ async def test_upgrade_twice_is_a_no_op(engine: AsyncEngine) -> None:
 
 async def test_concurrent_submissions_share_commits(engine: AsyncEngine) -> None:
     """Hundreds of concurrent submissions are each committed, in far fewer transactions."""
-    commits = 0
-
-    def on_commit(conn: object) -> None:
-        nonlocal commits
-        commits += 1
-
-    # On every engine: SQLite writes go through the writer's own synchronous engine.
-    event.listen(Engine, "commit", on_commit)
     async with running_writer(engine) as writer:
         receipts = await asyncio.gather(*(writer.submit(make_submission(n)) for n in range(300)))
-    event.remove(Engine, "commit", on_commit)
 
     references = [r.reference for r in receipts]
     assert len(set(references)) == 300
     assert all(re.fullmatch(r"CF-2026-\d{6}", ref) for ref in references)
     assert not any(r.duplicate for r in receipts)
     assert await count_rows(engine) == 300
-    # One commit per batch plus the reference-block reservation: nowhere near one per row.
-    assert 0 < commits < 30
+    # One transaction per batch: nowhere near one per row.
+    assert 0 < writer.stats.batches < 30
     async with engine.connect() as conn:
         stored = dict((await conn.execute(select(submissions.c.id, submissions.c.reference))).all())
     assert {r.submission_id: r.reference for r in receipts} == stored
@@ -130,7 +121,9 @@ async def test_two_allocators_never_hand_out_the_same_reference(engine: AsyncEng
     for _ in range(4):
         for allocator in (first, second):
             if allocator.shortfall(2026, 3):
-                await backend.transaction(partial(allocator.reserve, year=2026, count=3))
+                size = allocator.block_for(3)
+                start = await backend.transaction(partial(allocator.reserve, year=2026, size=size))
+                allocator.add_block(2026, start, size)
             seen.extend(allocator.take(2026) for _ in range(3))
     await backend.close()
     assert len(seen) == len(set(seen)) == 24
@@ -190,3 +183,44 @@ async def test_a_caller_that_goes_away_does_not_lose_the_batch(engine: AsyncEngi
     assert isinstance(results[2], asyncio.CancelledError)
     assert all(not isinstance(r, BaseException) for i, r in enumerate(results) if i != 2)
     assert await count_rows(engine) == 5
+
+
+async def test_one_submission_the_database_refuses_does_not_fail_its_batch(
+    engine: AsyncEngine,
+) -> None:
+    """A value the database rejects (PostgreSQL refuses NUL in text) fails only its own
+    submission; the others that shared its batch are committed."""
+    sub0 = make_submission(0)
+    bad = NewSubmission(
+        channel=sub0.channel, received_at=sub0.received_at, raw=sub0.raw,
+        body_sha256=sub0.body_sha256, message_id="<ev\x00il@test>",
+    )
+    async with running_writer(engine) as writer:
+        results = await asyncio.gather(
+            writer.submit(bad), *(writer.submit(make_submission(n)) for n in range(1, 6)),
+            return_exceptions=True,
+        )
+    assert all(not isinstance(r, BaseException) for r in results[1:])
+    if engine.dialect.name == "postgresql":
+        assert isinstance(results[0], Exception)
+        assert await count_rows(engine) == 5
+
+
+async def test_a_reservation_that_rolls_back_hands_out_nothing(engine: AsyncEngine) -> None:
+    """Numbers are usable only once their reservation has committed."""
+    allocator = ReferenceAllocator("CF")
+    backend = await open_write_backend(engine)
+
+    def reserve_then_fail(conn: Connection) -> int:
+        allocator.reserve(conn, 2026, 10)
+        raise RuntimeError("the transaction does not commit")
+
+    with pytest.raises(RuntimeError):
+        await backend.transaction(reserve_then_fail)
+    assert allocator.shortfall(2026, 1) == 1
+    with pytest.raises(LookupError):
+        allocator.take(2026)
+    start = await backend.transaction(partial(allocator.reserve, year=2026, size=10))
+    allocator.add_block(2026, start, 10)
+    await backend.close()
+    assert allocator.take(2026) == "CF-2026-000001"

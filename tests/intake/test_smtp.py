@@ -166,9 +166,75 @@ async def test_connection_limit_answers_421(make_config: ConfigFactory) -> None:
         assert (await first.command("NOOP")).startswith("250")
         await first.close()
         await second.close()
-        await asyncio.sleep(0.05)
+        await eventually(lambda: gw.smtp.session_count == 0)
         code, _ = await deliver(port, report(1))
         assert code == 250
+
+
+async def test_a_burst_of_connections_cannot_pass_the_limit(make_config: ConfigFactory) -> None:
+    """Sixty connections at once against a limit of five: five sessions, the rest 421."""
+    async with serving(make_config(smtp={"max_connections": 5})) as gw:
+        port = port_of(gw)
+        opened = await asyncio.gather(*(asyncio.open_connection("127.0.0.1", port)
+                                        for _ in range(60)))
+        greetings = await asyncio.gather(*(reader.readline() for reader, _ in opened))
+        assert sum(g.startswith(b"220") for g in greetings) == 5
+        assert sum(g.startswith(b"421 4.7.0") for g in greetings) == 55
+        assert gw.smtp.session_count == 5
+        for _, writer in opened:
+            writer.close()
+
+
+async def test_recipients_are_deduplicated_and_capped(gateway: Gateway) -> None:
+    """Naming our address again adds nothing; past the cap the reply is 452 4.5.3."""
+    session = await RawSession.open(port_of(gateway))
+    try:
+        await session.command("HELO client.test")
+        await session.command("MAIL FROM:<a@example.test>")
+        replies = [await session.command(f"RCPT TO:<{REPORT_TO}>") for _ in range(30)]
+        assert all(r.startswith("250") for r in replies)
+        assert (await session.command("DATA")).startswith("354")
+        assert (await session.command(report(1) + b".\r\n")).startswith("250")
+    finally:
+        await session.close()
+    [row] = await stored(gateway)
+    assert row["rcpt_tos"] == [REPORT_TO]
+    # Case variants are distinct recipients (all ours): more than the cap get 452.
+    def variant(n: int) -> str:
+        flips = f"{n:06b}"
+        local = "".join(c.upper() if flip == "1" else c for c, flip in zip("report", flips,
+                                                                            strict=True))
+        return local + REPORT_TO[6:]
+
+    variants = [variant(n) for n in range(25)]
+    session = await RawSession.open(port_of(gateway))
+    try:
+        await session.command("HELO client.test")
+        await session.command("MAIL FROM:<a@example.test>")
+        replies = [await session.command(f"RCPT TO:<{v}>") for v in variants]
+    finally:
+        await session.close()
+    assert [r[:9] for r in replies] == ["250 2.1.5"] * 20 + ["452 4.5.3"] * 5
+
+
+async def test_control_characters_in_envelope_and_message_id_are_stored_cleaned(
+    gateway: Gateway,
+) -> None:
+    """NUL and other control characters from a client never reach the database as such."""
+    session = await RawSession.open(port_of(gateway))
+    try:
+        await session.command(b"HELO ev\x00il\x01host\r\n")
+        await session.command("MAIL FROM:<a@example.test>")
+        await session.command(f"RCPT TO:<{REPORT_TO}>")
+        await session.command("DATA")
+        message = b"Message-ID: <ev\x00il\x1b@x>\r\nSubject: s\r\n\r\nbody\r\n.\r\n"
+        reply = await session.command(message)
+    finally:
+        await session.close()
+    assert reply.startswith("250"), reply
+    [row] = await stored(gateway)
+    assert row["message_id"] == "<ev\ufffdil\ufffd@x>"
+    assert row["helo"] == "ev\ufffdil\ufffdhost"
 
 
 async def test_no_auth_is_offered(gateway: Gateway) -> None:
@@ -241,8 +307,13 @@ async def test_stop_lets_a_committing_message_finish_and_closes_idle_sessions(
     busy.writer.write(report(1) + b".\r\n")
     reply = asyncio.create_task(busy.reply())
     await eventually(lambda: gw.smtp.handler.in_flight == 1)
+    late = await RawSession.open(port)
+    for line in ("HELO c.test", "MAIL FROM:<b@example.test>", f"RCPT TO:<{REPORT_TO}>", "DATA"):
+        await late.command(line)
     stopping = asyncio.create_task(gateway.__aexit__(None, None, None))
     await eventually(lambda: gw.smtp.handler.shutting_down)
+    # A message that ends while the gateway stops is not taken: the sender will retry.
+    assert (await late.command(report(2) + b".\r\n")).startswith("421 4.3.2")
     locker.execute("ROLLBACK")
     locker.close()
     assert (await reply).startswith("250 2.0.0 Ok: queued as")
@@ -250,6 +321,7 @@ async def test_stop_lets_a_committing_message_finish_and_closes_idle_sessions(
     assert (await idle.reply()).startswith("421 4.3.2")
     await idle.close()
     await busy.close()
+    await late.close()
     async with serving(config) as gw:
         assert len(await stored(gw)) == 1
 
@@ -266,7 +338,7 @@ async def test_concurrent_connections_each_get_their_own_reference(gateway: Gate
 
 async def test_idle_session_is_closed_after_the_timeout(make_config: ConfigFactory) -> None:
     """A client that goes quiet is disconnected after smtp.timeout."""
-    async with serving(make_config(smtp={"timeout": "300ms"})) as gw:
+    async with serving(make_config(smtp={"timeout": "1s"})) as gw:
         session = await RawSession.open(port_of(gw))
         async with asyncio.timeout(5):
             assert await session.reader.read() == b""
@@ -274,11 +346,22 @@ async def test_idle_session_is_closed_after_the_timeout(make_config: ConfigFacto
         assert gw.smtp.session_count == 0
 
 
-async def test_aiosmtpd_logs_nothing(gateway: Gateway, caplog: pytest.LogCaptureFixture) -> None:
-    """aiosmtpd's own logger (which would print peers and commands) stays silent."""
-    caplog.set_level(logging.DEBUG)
-    await deliver(port_of(gateway), report(1), sender="secret.reporter@example.test")
-    assert [r for r in caplog.records if r.name.startswith("mail")] == []
+async def test_aiosmtpd_logs_nothing(gateway: Gateway) -> None:
+    """aiosmtpd's own logger (which would print peers and commands) emits nothing at all."""
+    records: list[logging.LogRecord] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Collect(level=logging.DEBUG)
+    logging.getLogger("mail.log").addHandler(handler)
+    try:
+        await deliver(port_of(gateway), report(1), sender="secret.reporter@example.test")
+        await deliver(port_of(gateway), report(2), rcpt="someone@elsewhere.test")
+    finally:
+        logging.getLogger("mail.log").removeHandler(handler)
+    assert records == []
 
 
 @pytest.mark.skipif(not PG_URL, reason="HOTLINE_TEST_PG_URL is not set")
@@ -294,4 +377,5 @@ async def test_reports_are_stored_in_postgresql(make_config: ConfigFactory) -> N
             references = sorted(queued_reference(text) for _, text in results)
             assert [r["reference"] for r in await stored(gw)] == references
     finally:
+        await engine.dispose()
         await schema.drop()

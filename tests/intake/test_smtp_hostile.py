@@ -67,7 +67,10 @@ async def test_arbitrary_data_bytes(gateway: Gateway, body: bytes) -> None:
         await session.command("MAIL FROM:<a@example.test>")
         await session.command(f"RCPT TO:<{REPORT_TO}>")
         assert (await session.command("DATA")).startswith("354")
-        reply = await session.command(body + b"\r\n.\r\n")
+        # Dot-stuffed as any client must (RFC 5321 4.5.2), so the body cannot end the data.
+        stuffed = b"\r\n".join(b"." + line if line.startswith(b".") else line
+                                for line in body.split(b"\r\n"))
+        reply = await session.command(stuffed + b"\r\n.\r\n")
         # Accepted, refused for bare CR/LF, or refused for an overlong line: never a crash.
         assert reply[:3] in {"250", "550", "500"}, reply
         assert (await session.command("NOOP")).startswith("250")

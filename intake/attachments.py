@@ -1,0 +1,169 @@
+"""What the gateway keeps of an attachment: its name, type, size and hashes, never its bytes.
+
+Reporters sometimes attach the material itself. DESIGN.md ("Attachments") says we record
+SHA-256, MD5 and, for images, a PDQ perceptual hash (the hash hotlines and ICCAM exchange), then
+discard the bytes before the commit. Images are decoded only in memory (Pillow over a
+``BytesIO``), capped in pixel count against decompression bombs; a picture that cannot be decoded
+or hashed simply gets ``pdq = None``: hashing never fails because of the attachment's content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+try:  # PDQ is optional: without numpy, Pillow and pdqhash we record no perceptual hash.
+    import numpy
+    import pdqhash  # type: ignore[import-untyped,import-not-found,unused-ignore]
+    from PIL import Image
+except ImportError:  # pragma: no cover - exercised only where the packages are missing
+    PDQ_AVAILABLE = False
+else:
+    PDQ_AVAILABLE = True
+
+#: Images with more pixels than this are not decoded (a 36-megapixel photo still is).
+MAX_IMAGE_PIXELS = 36_000_000
+#: Larger images are scaled to this square first, as the reference pdq-photo-hasher does.
+PDQ_DOWNSAMPLE = 512
+#: Formats Pillow may try. Not EPS (Pillow runs Ghostscript for it), nor the long tail of
+#: rarely used decoders: only what phones and mail clients send.
+IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP")
+
+MAX_FILENAME_CHARS = 255
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_RFC2045_NAME = r"[a-z0-9!#$&^_.+-]+"
+_CONTENT_TYPE = re.compile(rf"{_RFC2045_NAME}/{_RFC2045_NAME}")
+_HEX = {"sha256": 64, "md5": 32, "pdq": 64}
+
+
+@dataclass(frozen=True, slots=True)
+class AttachmentInfo:
+    """One attachment as the gateway records it: metadata and hashes, never content."""
+
+    filename: str | None
+    content_type: str
+    size: int
+    sha256: str
+    md5: str
+    pdq: str | None
+    pdq_quality: int | None
+
+    def to_json(self) -> dict[str, object]:
+        """The JSON object stored in place of the attachment (and in the submission record)."""
+        return {
+            "filename": self.filename,
+            "content_type": self.content_type,
+            "size": self.size,
+            "sha256": self.sha256,
+            "md5": self.md5,
+            "pdq": self.pdq,
+            "pdq_quality": self.pdq_quality,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, object]) -> AttachmentInfo:
+        """Read back ``to_json`` output; anything malformed raises ``ValueError``.
+
+        Placeholders come from stored mail, which a reporter could forge: every field is checked.
+        Unknown keys are ignored so that later versions may add fields.
+        """
+        filename = data.get("filename")
+        if filename is not None and (
+            not isinstance(filename, str) or clean_filename(filename) != filename
+        ):
+            raise ValueError("filename is not a clean string")
+        content_type = data.get("content_type")
+        if not isinstance(content_type, str) or clean_content_type(content_type) != content_type:
+            raise ValueError("content_type is not a MIME type")
+        size = data.get("size")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ValueError("size is not a non-negative integer")
+        pdq_quality = data.get("pdq_quality")
+        if pdq_quality is not None and (
+            not isinstance(pdq_quality, int)
+            or isinstance(pdq_quality, bool)
+            or not 0 <= pdq_quality <= 100
+        ):
+            raise ValueError("pdq_quality is not an integer from 0 to 100")
+        hexes = {key: _hex_field(data, key, length) for key, length in _HEX.items()}
+        sha256, md5, pdq = hexes["sha256"], hexes["md5"], hexes["pdq"]
+        if sha256 is None or md5 is None:
+            raise ValueError("sha256 and md5 are required")
+        if (pdq is None) != (pdq_quality is None):
+            raise ValueError("pdq and pdq_quality go together")
+        return cls(filename, content_type, size, sha256, md5, pdq, pdq_quality)
+
+
+def _hex_field(data: Mapping[str, object], key: str, length: int) -> str | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not re.fullmatch(f"[0-9a-f]{{{length}}}", value):
+        raise ValueError(f"{key} is not {length} lowercase hex digits")
+    return value
+
+
+def clean_filename(filename: str | None) -> str | None:
+    """A filename safe to log and store: no control characters or lone surrogates, bounded."""
+    if filename is None:
+        return None
+    text = filename.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    text = _CONTROL.sub("", text).strip()[:MAX_FILENAME_CHARS]
+    return text or None
+
+
+def clean_content_type(content_type: str) -> str:
+    """``type/subtype`` in lower case; anything else is recorded as application/octet-stream."""
+    value = content_type.strip().lower()
+    return value if _CONTENT_TYPE.fullmatch(value) else "application/octet-stream"
+
+
+def hash_attachment(data: bytes, *, filename: str | None, content_type: str) -> AttachmentInfo:
+    """Hash one attachment's decoded bytes; ``data`` is neither kept nor written anywhere."""
+    pdq, quality = pdq_hash(data)
+    return AttachmentInfo(
+        filename=clean_filename(filename),
+        content_type=clean_content_type(content_type),
+        size=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        md5=hashlib.md5(data, usedforsecurity=False).hexdigest(),
+        pdq=pdq,
+        pdq_quality=quality,
+    )
+
+
+def pdq_hash(data: bytes) -> tuple[str | None, int | None]:
+    """PDQ hash (64 hex digits) and quality of an image, or ``(None, None)``.
+
+    Whatever the declared type, bytes that Pillow recognises as one of ``IMAGE_FORMATS`` are
+    hashed: reporters' clients label pictures application/octet-stream often enough.
+    """
+    if not PDQ_AVAILABLE:  # pragma: no cover
+        return None, None
+    try:
+        return _pdq_of_image(data)
+    # Pillow's decoders fail on hostile input with OSError, ValueError, SyntaxError,
+    # struct.error, EOFError, MemoryError, DecompressionBombError, ...: whichever it is, the
+    # attachment is still recorded, just without a perceptual hash.
+    except Exception:
+        return None, None
+
+
+def _pdq_of_image(data: bytes) -> tuple[str | None, int | None]:
+    with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
+        width, height = image.size
+        if width * height > MAX_IMAGE_PIXELS or width < 1 or height < 1:
+            return None, None
+        image.draft("RGB", (PDQ_DOWNSAMPLE, PDQ_DOWNSAMPLE))  # JPEG: decode at reduced scale
+        rgb = image.convert("RGB")
+    if rgb.width > PDQ_DOWNSAMPLE or rgb.height > PDQ_DOWNSAMPLE:
+        rgb = rgb.resize((PDQ_DOWNSAMPLE, PDQ_DOWNSAMPLE), Image.Resampling.BILINEAR)
+    pixels: Any = numpy.asarray(rgb, dtype=numpy.uint8)
+    bits, quality = pdqhash.compute(pixels)
+    # pdqhash returns the 256 bits most significant first, as ThreatExchange formats them.
+    digest = numpy.packbits(numpy.asarray(bits, dtype=numpy.uint8)).tobytes().hex()
+    return digest, int(quality)

@@ -1,0 +1,122 @@
+"""Dedup into cases: one case per canonical URL, created or attached to in one statement.
+
+``INSERT … ON CONFLICT (url_key) DO UPDATE`` is atomic on SQLite and PostgreSQL alike, so two
+workers reporting the same URL at once end with one case counting both. The update also applies
+the protocol's re-report rules:
+
+- a case closed as legal within ``legal_window`` just counts the new report (no new work);
+- a case closed as legal longer ago, or whose content was removed, opens again as ``new``
+  (the latter flagged ``reappeared``: the content is back).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, case, insert, or_
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from gateway.ids import uuid7
+from gateway.store.tables import case_reports, cases
+
+
+@dataclass(frozen=True, slots=True)
+class ReportedUrl:
+    """One URL as a submission reported it."""
+
+    written_as: str  # the text as the reporter wrote it
+    url: str  # refanged and unwrapped
+    canonical: str  # the dedup key
+
+
+def url_key(canonical: str) -> str:
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def no_url_key(submission_id: uuid.UUID) -> str:
+    """A report with no URL is a case of its own, for an analyst to read."""
+    return f"no_url:{submission_id.hex}"
+
+
+def attach_report(
+    conn: Connection,
+    *,
+    submission_id: uuid.UUID,
+    reported_at: datetime,
+    urls: Sequence[ReportedUrl],
+    now: datetime,
+    legal_window: timedelta,
+) -> list[uuid.UUID]:
+    """Create or attach to the case of every URL (or a ``no_url`` case); the case ids."""
+    items: list[tuple[str, ReportedUrl | None]] = [(url_key(u.canonical), u) for u in urls]
+    if not items:
+        items = [(no_url_key(submission_id), None)]
+    ids = []
+    for key, reported in items:
+        case_id = _upsert_case(conn, key, reported, reported_at, now, now - legal_window)
+        conn.execute(
+            insert(case_reports).values(
+                id=uuid7(),
+                case_id=case_id,
+                submission_id=submission_id,
+                reported_at=reported_at,
+                written_as=reported.written_as if reported else None,
+                url=reported.url if reported else None,
+            )
+        )
+        ids.append(case_id)
+    return ids
+
+
+def _upsert_case(
+    conn: Connection,
+    key: str,
+    reported: ReportedUrl | None,
+    reported_at: datetime,
+    now: datetime,
+    legal_cutoff: datetime,
+) -> uuid.UUID:
+    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    statement = dialect_insert(cases).values(
+        id=uuid7(),
+        kind="url" if reported else "no_url",
+        status="new",
+        url_key=key,
+        url=reported.url if reported else None,
+        canonical_url=reported.canonical if reported else None,
+        report_count=1,
+        first_reported=reported_at,
+        last_reported=reported_at,
+        reappeared=False,
+        created_at=now,
+        status_changed_at=now,
+    )
+    new = statement.excluded
+    # Every right-hand side below sees the row as it was before this update.
+    came_back = cases.c.status == "removed"
+    legal_expired = and_(cases.c.status == "closed_legal", cases.c.status_changed_at < legal_cutoff)
+    reopens = or_(came_back, legal_expired)
+    upsert = statement.on_conflict_do_update(
+        index_elements=["url_key"],
+        set_={
+            "report_count": cases.c.report_count + 1,
+            "first_reported": case(
+                (new.first_reported < cases.c.first_reported, new.first_reported),
+                else_=cases.c.first_reported,
+            ),
+            "last_reported": case(
+                (new.last_reported > cases.c.last_reported, new.last_reported),
+                else_=cases.c.last_reported,
+            ),
+            "status": case((reopens, "new"), else_=cases.c.status),
+            "reappeared": case((came_back, True), else_=cases.c.reappeared),
+            "status_changed_at": case((reopens, now), else_=cases.c.status_changed_at),
+        },
+    ).returning(cases.c.id)
+    case_id: uuid.UUID = conn.execute(upsert).scalar_one()
+    return case_id

@@ -1,0 +1,505 @@
+"""Reading reports' MIME: the text and links people wrote, and what they attached, within limits.
+
+The stdlib parser builds a message's whole tree before anyone can count its parts, so a MIME bomb
+(thousands of parts, nesting a thousand deep) costs it seconds and then overflows the stack. So we
+walk the structure ourselves, one entity at a time, splitting multipart bodies on their delimiter
+lines (RFC 2046 section 5.1.1, with the stdlib's leniency) and counting parts, depth, decoded bytes
+and time as we go. Each entity's header block and each leaf's transfer decoding is still the
+stdlib's (``BytesParser`` with ``policy.default``). Knowing where every part's bytes are lets
+``strip_attachments`` replace attachment parts in place and leave every other byte as it came.
+
+Every leaf is one of: a text (text/plain or text/html, not marked as an attachment); a forwarded
+message to follow (message/rfc822, message/global, or an application/octet-stream ``.eml``); a
+placeholder left by ``strip_attachments``; or an attachment (anything else, hashed, never kept).
+"""
+
+from __future__ import annotations
+
+import base64
+import codecs
+import json
+import quopri
+import re
+import time
+from dataclasses import dataclass, field
+from email import errors, policy
+from email.message import EmailMessage
+from email.parser import BytesParser
+from html.parser import HTMLParser
+
+from intake.attachments import AttachmentInfo, hash_attachment
+
+PLACEHOLDER_TYPE = "application/x-hotline-removed-attachment"
+#: A single entity's header block larger than this is refused (Exchange's run to ~30 KiB).
+MAX_HEADER_BYTES = 128 * 1024
+_MAX_PLACEHOLDER_BYTES = 4096
+_HTML_CHUNK = 64 * 1024
+_TEXT_TYPES = frozenset({"text/plain", "text/html"})
+_FORWARD_TYPES = frozenset({"message/rfc822", "message/global"})
+
+# email.feedparser's headerRE, applied to a whole block at once, each line with its line end.
+_HEADER_BLOCK = re.compile(rb"(?:(?:From |[\x21-\x39\x3b-\x7e]*:|[\t ])[^\r\n]*(?:\r\n|\r|\n|\Z))*")
+_HEADER_START = re.compile(rb"From |[\x21-\x39\x3b-\x7e]*:|[\t ]")
+_EOL = re.compile(rb"\r\n|\r|\n")
+_ENCODED_CTES = frozenset({"base64", "quoted-printable", "x-uuencode", "uuencode", "uue", "x-uue"})
+# Labels that mail clients (and WHATWG's Encoding Standard) really mean as their superset.
+_SUPERSETS = {
+    "iso8859-1": "cp1252",
+    "iso8859-9": "cp1254",
+    "iso8859-11": "cp874",
+    "tis-620": "cp874",
+    "euc_kr": "cp949",
+    "gb2312": "gbk",
+    "shift_jis": "cp932",
+    "big5": "big5hkscs",
+}
+# Codecs that are not character sets, or that cannot decode leniently.
+_NOT_CHARSETS = frozenset({"idna", "punycode", "unicode-escape", "raw-unicode-escape", "undefined"})
+_META_CHARSET = re.compile(
+    rb"<meta[^>]{0,200}?charset\s*=\s*[\"']?\s*([A-Za-z0-9_.:-]{1,40})", re.I
+)
+_PLACEHOLDER_HEADERS = (
+    f"Content-Type: {PLACEHOLDER_TYPE}\r\n"
+    "Content-Transfer-Encoding: quoted-printable\r\n"
+    "Content-Disposition: attachment\r\n\r\n"
+).encode("ascii")
+
+
+@dataclass(frozen=True, slots=True)
+class MimeLimits:
+    """Bounds on the work one message may cost; raw input over twice ``max_decoded_bytes`` is
+    refused before any parsing."""
+
+    max_parts: int = 500
+    max_depth: int = 8
+    max_decoded_bytes: int = 20 * 1024 * 1024
+    max_seconds: float = 2.0
+
+
+DEFAULT_LIMITS = MimeLimits()
+
+
+class MimeError(Exception):
+    """The message cannot be parsed within limits; str() says why (no message content in it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedMessage:
+    """What a report says: its subject, texts and links, and what was attached."""
+
+    subject: str | None
+    texts: list[str]
+    links: list[str]
+    attachments: list[AttachmentInfo]
+    forwarded: int
+    parts: int
+    defects: list[str]
+
+
+def parse_message(raw: bytes, limits: MimeLimits = DEFAULT_LIMITS) -> ParsedMessage:
+    """Texts, links and attachments of ``raw``, from every forwarding level, in document order."""
+    walk = _Walk(limits, collect_text=True)
+    walk.run(raw)
+    return ParsedMessage(
+        subject=walk.subject,
+        texts=walk.texts,
+        links=walk.links,
+        attachments=walk.attachments,
+        forwarded=walk.forwarded,
+        parts=walk.parts,
+        defects=list(walk.defects),
+    )
+
+
+def strip_attachments(
+    raw: bytes, limits: MimeLimits = DEFAULT_LIMITS
+) -> tuple[bytes, list[AttachmentInfo]]:
+    """``raw`` with every attachment replaced by a placeholder holding its ``AttachmentInfo``.
+
+    A message with nothing to replace comes back as the same bytes; one that changed comes back
+    with CRLF line ends throughout, as SMTP stores it.
+    """
+    walk = _Walk(limits, collect_text=False)
+    replaced = walk.run(raw)
+    if replaced is None:
+        return raw, walk.attachments
+    return _EOL.sub(b"\r\n", replaced), walk.attachments
+
+
+@dataclass(slots=True)
+class _Walk:
+    """One walk over a message: the budget spent so far and what was found."""
+
+    limits: MimeLimits
+    collect_text: bool
+    deadline: float = 0.0
+    parts: int = 0
+    decoded: int = 0
+    forwarded: int = 0
+    subject: str | None = None
+    texts: list[str] = field(default_factory=list)
+    links: list[str] = field(default_factory=list)
+    attachments: list[AttachmentInfo] = field(default_factory=list)
+    defects: dict[str, None] = field(default_factory=dict)  # an ordered set
+
+    def run(self, raw: bytes) -> bytes | None:
+        """Walk ``raw`` from its root; its replacement bytes if an attachment was replaced."""
+        self.deadline = time.monotonic() + self.limits.max_seconds
+        if len(raw) > 2 * self.limits.max_decoded_bytes:
+            raise MimeError(f"message larger than {2 * self.limits.max_decoded_bytes} bytes")
+        try:
+            return self.entity(raw, 0, "text/plain")
+        except MimeError:
+            raise
+        except RecursionError:
+            raise MimeError("nesting too deep for the parser") from None
+        # The stdlib email and html packages raise assorted errors on hostile input; callers
+        # are promised MimeError only. Our tests assert they never see this message.
+        except Exception as exc:
+            raise MimeError(f"unparseable: {type(exc).__name__}") from exc
+
+    def check_time(self) -> None:
+        """Raise once the wall-clock budget for this message is spent."""
+        if time.monotonic() > self.deadline:
+            raise MimeError(f"time budget of {self.limits.max_seconds} s exceeded")
+
+    def entity(self, raw: bytes, depth: int, default_type: str) -> bytes | None:
+        """Walk one MIME entity (header block and body); its new bytes if it changed."""
+        self.check_time()
+        self.parts += 1
+        if self.parts > self.limits.max_parts:
+            raise MimeError(f"more than {self.limits.max_parts} MIME parts")
+        if depth > self.limits.max_depth:
+            raise MimeError(f"nesting deeper than {self.limits.max_depth}")
+        block, body_start = _split_header_block(raw)
+        headers = BytesParser(policy=policy.default).parsebytes(block + b"\r\n", headersonly=True)
+        headers.set_default_type(default_type)
+        if self.parts == 1 and self.collect_text:
+            subject = headers.get("subject")
+            self.subject = None if subject is None else _clean(str(subject))
+        content_type = headers.get_content_type()
+        body = raw[body_start:]
+        try:
+            if content_type.startswith("multipart/"):
+                spans = self.multipart_spans(headers, body)
+                if spans is not None:
+                    return self.multipart(raw, body_start, spans, depth, content_type)
+            if content_type in _FORWARD_TYPES:
+                return self.forward(block, headers, body, depth)
+            return self.leaf(block, headers, body, depth, content_type)
+        finally:
+            self.note_defects(headers)
+
+    def multipart_spans(self, headers: EmailMessage, body: bytes) -> list[tuple[int, int]] | None:
+        """Where ``body``'s parts are, or None (a defect) if it cannot be split."""
+        boundary = headers.get_boundary()
+        if boundary is None:
+            self.defects[errors.NoBoundaryInMultipartDefect.__name__] = None
+            return None
+        try:
+            delimiter = boundary.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:  # a lone surrogate: no line of the body can match it
+            self.defects[errors.NoBoundaryInMultipartDefect.__name__] = None
+            return None
+        spans, closed = _part_spans(body, delimiter, self.limits.max_parts - self.parts)
+        if spans is None:
+            self.defects[errors.StartBoundaryNotFoundDefect.__name__] = None
+        elif not closed:
+            self.defects[errors.CloseBoundaryNotFoundDefect.__name__] = None
+        return spans
+
+    def multipart(
+        self, raw: bytes, body_start: int, spans: list[tuple[int, int]], depth: int, ctype: str
+    ) -> bytes | None:
+        """Walk each part in turn; splice in the parts that changed, keep every other byte."""
+        child_type = "message/rfc822" if ctype == "multipart/digest" else "text/plain"
+        pieces: list[bytes] = []
+        done = 0
+        for start, end in spans:
+            new = self.entity(raw[body_start + start : body_start + end], depth + 1, child_type)
+            if new is not None:
+                pieces += [raw[done : body_start + start], new]
+                done = body_start + end
+        if not pieces:
+            return None
+        return b"".join([*pieces, raw[done:]])
+
+    def forward(self, block: bytes, headers: EmailMessage, body: bytes, depth: int) -> bytes | None:
+        """Follow a message/rfc822 part: its body is a whole message (rarely, transfer-encoded)."""
+        self.forwarded += 1
+        if _cte(headers) not in _ENCODED_CTES:
+            inner = self.entity(body, depth + 1, "text/plain")
+            return None if inner is None else _join_entity(block, inner)
+        inner = self.entity(_decoded(headers, body), depth + 1, "text/plain")
+        return None if inner is None else _reencoded(block, inner)
+
+    def leaf(
+        self, block: bytes, headers: EmailMessage, body: bytes, depth: int, content_type: str
+    ) -> bytes | None:
+        """A text to read, an .eml to follow, a placeholder to believe, or an attachment to hash
+        and replace."""
+        payload = _decoded(headers, body)
+        filename = headers.get_filename()
+        if content_type == "application/octet-stream" and _is_eml(filename):
+            self.forwarded += 1
+            inner = self.entity(payload, depth + 1, "text/plain")
+            return None if inner is None else _reencoded(block, inner)
+        self.decoded += len(payload)
+        if self.decoded > self.limits.max_decoded_bytes:
+            raise MimeError(f"more than {self.limits.max_decoded_bytes} decoded bytes")
+        if content_type == PLACEHOLDER_TYPE:
+            info = _placeholder_info(payload)
+            if info is not None:
+                self.attachments.append(info)
+                return None
+        elif content_type in _TEXT_TYPES and headers.get_content_disposition() != "attachment":
+            if self.collect_text:
+                self.text(headers, payload, content_type)
+            return None
+        info = hash_attachment(payload, filename=filename, content_type=content_type)
+        self.attachments.append(info)
+        self.check_time()
+        return _placeholder(block, info)
+
+    def text(self, headers: EmailMessage, payload: bytes, content_type: str) -> None:
+        """Decode a text part (HTML converted) and keep it with its links."""
+        charset = headers.get_content_charset()
+        if content_type == "text/html":
+            if charset is None and (meta := _META_CHARSET.search(payload, 0, 4096)):
+                charset = meta.group(1).decode("ascii").lower()
+            text, links = self.html(decode_text(payload, charset))
+            self.links += links
+        else:
+            text = decode_text(payload, charset).replace("\r\n", "\n").replace("\r", "\n")
+            if str(headers.get_param("format", "")).lower() == "flowed":
+                text = _unflow(text, str(headers.get_param("delsp", "")).lower() == "yes")
+        text = _clean(text).strip()
+        if text:
+            self.texts.append(text)
+
+    def html(self, markup: str) -> tuple[str, list[str]]:
+        """Text and links of an HTML part, fed in chunks so that the time budget holds."""
+        parser = _HtmlText()
+        try:
+            for start in range(0, len(markup), _HTML_CHUNK):
+                parser.feed(markup[start : start + _HTML_CHUNK])
+                self.check_time()
+            parser.close()
+        # html.parser (via _markupbase) raises AssertionError on some malformed declarations;
+        # the text up to there is still worth having.
+        except AssertionError:
+            self.defects["UnparseableHtmlDefect"] = None
+        return parser.text(), parser.links
+
+    def note_defects(self, headers: EmailMessage) -> None:
+        for defect in headers.defects:
+            self.defects[type(defect).__name__] = None
+        for name in ("content-type", "content-disposition", "content-transfer-encoding"):
+            for defect in getattr(headers.get(name), "defects", ()):
+                self.defects[type(defect).__name__] = None
+
+
+def _split_header_block(raw: bytes) -> tuple[bytes, int]:
+    """The header block (each line with its line end) and where the body starts."""
+    match = _HEADER_BLOCK.match(raw, 0, min(len(raw), MAX_HEADER_BYTES + 1))
+    assert match is not None  # the pattern matches the empty string
+    end = match.end()
+    # The window may have cut a header line short, hiding its colon: look at it whole.
+    if end > MAX_HEADER_BYTES or _HEADER_START.match(raw, end):
+        raise MimeError(f"header block larger than {MAX_HEADER_BYTES} bytes")
+    blank = _EOL.match(raw, end)
+    return raw[:end], end if blank is None else blank.end()
+
+
+def _part_spans(
+    body: bytes, boundary: bytes, max_parts: int
+) -> tuple[list[tuple[int, int]] | None, bool]:
+    """Spans of a multipart body's parts and whether its close delimiter was seen.
+
+    As in the stdlib: a delimiter line may carry trailing blanks, consecutive delimiters enclose
+    no part, the line end before a delimiter belongs to it, and without an opening delimiter
+    (spans None) the body is not a multipart at all.
+    """
+    pattern = re.compile(b"--" + re.escape(boundary) + rb"(--)?[ \t]*(?:\r\n|\r|\n|\Z)")
+    spans: list[tuple[int, int]] = []
+    opened: int | None = None
+    for match in pattern.finditer(body):
+        start = match.start()
+        if start and body[start - 1] not in b"\r\n":
+            continue  # not at the start of a line
+        if opened is not None and opened < start:
+            end = start - (2 if body[start - 2 : start] == b"\r\n" else 1)
+            spans.append((opened, max(end, opened)))
+            if len(spans) > max_parts:
+                raise MimeError("too many MIME parts")
+        if match.group(1):
+            return (spans if opened is not None else None), True
+        opened = match.end()
+    if opened is None:
+        return None, False
+    if opened < len(body):
+        spans.append((opened, len(body)))
+    return spans, False
+
+
+def _cte(headers: EmailMessage) -> str:
+    # The same reading as Message.get_payload(decode=True) makes of it.
+    return str(headers.get("content-transfer-encoding", "")).strip().lower()
+
+
+def _decoded(headers: EmailMessage, body: bytes) -> bytes:
+    """The body with its Content-Transfer-Encoding undone, by the stdlib's rules."""
+    if _cte(headers) not in _ENCODED_CTES:
+        return body  # what get_payload(decode=True) returns too, without two copies as str
+    headers.set_payload(body.decode("ascii", "surrogateescape"))
+    payload = headers.get_payload(decode=True)
+    headers.set_payload("")
+    return payload if isinstance(payload, bytes) else b""
+
+
+def _is_eml(filename: str | None) -> bool:
+    return filename is not None and filename.strip().lower().endswith(".eml")
+
+
+def _join_entity(block: bytes, body: bytes) -> bytes:
+    return _header_lines(block) + b"\r\n" + body
+
+
+def _header_lines(block: bytes, *, drop: tuple[bytes, ...] = ()) -> bytes:
+    """The header block's fields without those whose names start with ``drop``, CRLF-ended."""
+    fields: list[bytes] = []
+    for line in block.splitlines(keepends=True):
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1] += line
+        else:
+            fields.append(line)
+    kept = (f for f in fields if not (drop and _field_name(f).startswith(drop)))
+    return b"".join(f if f.endswith((b"\n", b"\r")) else f + b"\r\n" for f in kept)
+
+
+def _field_name(field_bytes: bytes) -> bytes:
+    return field_bytes.split(b":", 1)[0].strip().lower()
+
+
+def _reencoded(block: bytes, inner: bytes) -> bytes:
+    """A forwarded message part with new content, base64-encoded whatever it was before."""
+    headers = _header_lines(block, drop=(b"content-transfer-encoding",))
+    encoded = base64.encodebytes(inner).replace(b"\n", b"\r\n")
+    return headers + b"Content-Transfer-Encoding: base64\r\n\r\n" + encoded
+
+
+def _placeholder(block: bytes, info: AttachmentInfo) -> bytes:
+    """The entity that stands in for a removed attachment: its other headers and its JSON.
+
+    '-' is written as a JSON escape so that no line of the body can look like a delimiter.
+    """
+    text = json.dumps(info.to_json(), ensure_ascii=True, separators=(", ", ": "))
+    body = quopri.encodestring(text.replace("-", "\\u002d").encode("ascii"))
+    headers = _header_lines(block, drop=(b"content-",))
+    return headers + _PLACEHOLDER_HEADERS + body.replace(b"\n", b"\r\n") + b"\r\n"
+
+
+def _placeholder_info(payload: bytes) -> AttachmentInfo | None:
+    """The AttachmentInfo in a placeholder's body, or None if it does not hold a valid one."""
+    if len(payload) > _MAX_PLACEHOLDER_BYTES:
+        return None
+    try:
+        data = json.loads(payload)
+        return AttachmentInfo.from_json(data) if isinstance(data, dict) else None
+    except (ValueError, RecursionError):
+        return None
+
+
+def decode_text(data: bytes, charset: str | None) -> str:
+    """Bytes of a text part as text, whatever its label says: never raises.
+
+    Unlabelled, ASCII-labelled and unknown-label text is UTF-8 when it decodes as such, else
+    windows-1252; labels are read as the superset clients really use (iso-8859-1 as 1252).
+    """
+    name = _codec_name(charset)
+    if name in (None, "ascii", "utf-8"):
+        try:
+            return data.decode("utf-8").removeprefix("\ufeff")
+        except UnicodeDecodeError:
+            name = "utf-8" if name == "utf-8" else "cp1252"
+    name = _SUPERSETS.get(name or "", name) or "cp1252"
+    try:
+        return data.decode(name, "replace").removeprefix("\ufeff")
+    except (UnicodeError, LookupError):  # e.g. rot13: a codec, but not a character set
+        return data.decode("cp1252", "replace")
+
+
+def _codec_name(label: str | None) -> str | None:
+    if not label:
+        return None
+    try:
+        name = codecs.lookup(label.strip().strip("\"'")).name
+    except (LookupError, ValueError):
+        return None
+    return None if name in _NOT_CHARSETS else name
+
+
+def _unflow(text: str, delsp: bool) -> str:
+    """Undo format=flowed (RFC 3676): a line ending in a space continues on the next."""
+    lines: list[str] = []
+    pending = ""
+    for line in text.split("\n"):
+        line = line.removeprefix(" ")  # space-stuffing, section 4.4
+        if line.endswith(" ") and line != "-- ":
+            pending += line[:-1] if delsp else line
+        else:
+            lines.append(pending + line)
+            pending = ""
+    if pending:
+        lines.append(pending)
+    return "\n".join(lines)
+
+
+def _clean(text: str) -> str:
+    """Text safe to store: no NULs (PostgreSQL refuses them), no lone surrogates."""
+    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace").replace("\0", "")
+
+
+_BLOCK_TAGS = frozenset(
+    {"address", "article", "aside", "blockquote", "br", "dd", "div", "dl", "dt", "footer"}
+    | {"form", "h1", "h2", "h3", "h4", "h5", "h6", "header", "hr", "li", "main", "nav", "ol"}
+    | {"p", "pre", "section", "table", "tr", "ul"}
+)
+_SKIPPED_TAGS = frozenset({"script", "style"})
+_SPACES = re.compile(r"[ \t\f\v\u00a0\u200b]+")
+
+
+class _HtmlText(HTMLParser):
+    """HTML to plain text and <a>/<area> links; no rendering, nothing fetched."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self._chunks: list[str] = []
+        self._skipping = 0
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in _SKIPPED_TAGS:
+            self._skipping += 1
+        elif tag in _BLOCK_TAGS:
+            self._chunks.append("\n")
+        elif tag in ("td", "th"):
+            self._chunks.append(" ")
+        if tag in ("a", "area"):
+            href = next((value for name, value in attrs if name == "href"), None)
+            if href and (link := _clean(href).strip()):
+                self.links.append(link)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in _SKIPPED_TAGS:
+            self._skipping = max(0, self._skipping - 1)
+        elif tag in _BLOCK_TAGS:
+            self._chunks.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if not self._skipping:
+            self._chunks.append(data.replace("\r", " ").replace("\n", " "))
+
+    def text(self) -> str:
+        lines = (_SPACES.sub(" ", line).strip() for line in "".join(self._chunks).split("\n"))
+        return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()

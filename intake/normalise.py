@@ -1,0 +1,231 @@
+"""The normalise stage: committed submissions become reported URLs, attached to cases.
+
+Each submission is processed exactly once, restartably, by any number of workers:
+
+1. *claim*: one statement marks a batch of unprocessed submissions as ours until a lease runs
+   out (PostgreSQL skips rows another worker has locked; SQLite has one writer at a time);
+2. *parse*: MIME and URL extraction in the executor, off the event loop, never raising;
+3. *apply*: one transaction per batch marks each submission ``parsed`` (or ``parse_failed``
+   with its error) only if it is still unprocessed and ours, and attaches its URLs to cases.
+
+A crash anywhere before the apply commits leaves the submissions unprocessed; their lease runs
+out and a worker takes them again. A worker whose lease ran out finds its guard fails and
+applies nothing, so nothing is counted twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import Any
+
+import structlog
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.engine import Connection
+
+from gateway.store.backend import WriteBackend
+from gateway.store.tables import submissions
+from intake.cases import ReportedUrl, attach_report
+from intake.mime import MimeError, MimeLimits, parse_message
+from intake.urls import extract_urls
+
+log = structlog.get_logger("intake.normalise")
+
+#: Reporter text kept for analysts, per submission.
+MAX_REPORT_TEXT = 20_000
+#: URLs taken from one submission; more is not a report but a list, and is cut here.
+MAX_URLS = 200
+
+
+@dataclass(frozen=True, slots=True)
+class Normalised:
+    """What one submission reports; ``error`` set means it could not be parsed."""
+
+    urls: list[ReportedUrl] = field(default_factory=list)
+    subject: str | None = None
+    report_text: str | None = None
+    attachments: list[dict[str, object]] = field(default_factory=list)
+    error: str | None = None
+
+
+_LIMITS = MimeLimits()
+
+
+def normalise_message(raw: bytes, limits: MimeLimits = _LIMITS) -> Normalised:
+    """Parse an e-mailed report; never raises (a failure is returned as ``error``)."""
+    try:
+        message = parse_message(raw, limits)
+    except MimeError as exc:
+        return Normalised(error=f"mime: {exc}")
+    except Exception as exc:  # a parser bug must mark the submission, not stop the stage
+        return Normalised(error=f"internal: {type(exc).__name__}")
+    found: dict[str, ReportedUrl] = {}
+    # Links behind HTML anchors first: they are what the reporter clicked or pasted.
+    for source in [*message.links, *message.texts]:
+        for url in extract_urls(source, limit=MAX_URLS):
+            if url.canonical not in found and len(found) < MAX_URLS:
+                found[url.canonical] = ReportedUrl(url.text, url.url, url.canonical)
+    text = "\n\n".join(t.strip() for t in message.texts if t.strip())
+    return Normalised(
+        urls=list(found.values()),
+        subject=message.subject,
+        report_text=text[:MAX_REPORT_TEXT] or None,
+        attachments=[a.to_json() for a in message.attachments],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Claimed:
+    id: uuid.UUID
+    reference: str
+    channel: str
+    received_at: datetime
+    raw: bytes | None
+
+
+def _normalise(claimed: _Claimed) -> Normalised:
+    if claimed.raw is None:
+        return Normalised(error="raw message no longer stored")
+    if claimed.channel == "smtp":
+        return normalise_message(claimed.raw)
+    return Normalised(error=f"no normaliser for channel {claimed.channel!r}")
+
+
+def _normalise_all(batch: Sequence[_Claimed]) -> list[Normalised]:
+    return [_normalise(claimed) for claimed in batch]
+
+
+class NormaliseStage:
+    """Moves submissions from ``received`` to ``parsed`` / ``parse_failed``, making cases."""
+
+    def __init__(
+        self,
+        backend: WriteBackend,
+        executor: Executor | None,
+        *,
+        worker: str,
+        legal_window: timedelta,
+        batch_size: int = 32,
+        lease: timedelta = timedelta(minutes=2),
+        idle_poll: float = 2.0,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._backend = backend
+        self._executor = executor
+        self._worker = worker
+        self._legal_window = legal_window
+        self._batch_size = batch_size
+        self._lease = lease
+        self._idle_poll = idle_poll
+        self._clock = clock
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self.processed = 0
+        self.failed = 0
+
+    def wake(self) -> None:
+        """New submissions were committed: look now rather than at the next poll."""
+        self._wake.set()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Work batches until stopped; between empty polls wait for a wake-up or the poll time."""
+        while not self._stopping:
+            try:
+                done = await self.run_once()
+            except Exception as exc:  # the database is away: keep trying, say so
+                log.error("normalise.batch_failed", error_type=type(exc).__name__)
+                done = 0
+            if done == 0 and not self._stopping:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._idle_poll)
+
+    async def run_once(self) -> int:
+        """Claim, parse and apply one batch; the number of submissions it took."""
+        now = self._clock()
+        claimed = await self._backend.transaction(
+            partial(self._claim, now=now, until=now + self._lease)
+        )
+        if not claimed:
+            return 0
+        loop = asyncio.get_running_loop()
+        # One executor call per batch: each hand-off between threads costs a GIL switch.
+        results = await loop.run_in_executor(self._executor, _normalise_all, claimed)
+        pairs = list(zip(claimed, results, strict=True))
+        applied = await self._backend.transaction(
+            partial(self._apply, results=pairs, now=self._clock())
+        )
+        failed = sum(1 for r in results if r.error is not None)
+        self.processed += applied
+        self.failed += failed
+        for item, result in zip(claimed, results, strict=True):
+            if result.error is not None:
+                log.warning("normalise.parse_failed", reference=item.reference,
+                            error=result.error)
+        log.info("normalise.batch", claimed=len(claimed), applied=applied, parse_failed=failed)
+        return len(claimed)
+
+    def _claim(self, conn: Connection, *, now: datetime, until: datetime) -> list[_Claimed]:
+        free = or_(submissions.c.claimed_until.is_(None), submissions.c.claimed_until < now)
+        candidates = (
+            select(submissions.c.id)
+            .where(submissions.c.status == "received", free)
+            .order_by(submissions.c.received_at)
+            .limit(self._batch_size)
+            .with_for_update(skip_locked=True)
+        )
+        rows = conn.execute(
+            update(submissions)
+            .where(submissions.c.id.in_(candidates.scalar_subquery()), free)
+            .values(claimed_by=self._worker, claimed_until=until)
+            .returning(
+                submissions.c.id, submissions.c.reference, submissions.c.channel,
+                submissions.c.received_at, submissions.c.raw,
+            )
+        )
+        return [_Claimed(*row) for row in rows]
+
+    def _apply(
+        self, conn: Connection, *, results: Sequence[tuple[_Claimed, Normalised]], now: datetime
+    ) -> int:
+        applied = 0
+        for claimed, result in results:
+            values: dict[str, Any] = {
+                "status": "parse_failed" if result.error else "parsed",
+                "parsed_at": now,
+                "parse_error": result.error,
+                "subject": result.subject,
+                "report_text": result.report_text,
+                "attachments": result.attachments,
+                "url_count": len(result.urls),
+                "claimed_by": None,
+                "claimed_until": None,
+            }
+            guard = and_(
+                submissions.c.id == claimed.id,
+                submissions.c.status == "received",
+                submissions.c.claimed_by == self._worker,
+            )
+            if conn.execute(update(submissions).where(guard).values(**values)).rowcount != 1:
+                continue  # our lease ran out and another worker has taken it
+            applied += 1
+            if result.error is None:
+                attach_report(
+                    conn,
+                    submission_id=claimed.id,
+                    reported_at=claimed.received_at,
+                    urls=result.urls,
+                    now=now,
+                    legal_window=self._legal_window,
+                )
+        return applied

@@ -1,0 +1,165 @@
+"""Dedup into cases on real SQLite files and a real PostgreSQL, with real concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from functools import partial
+
+import pytest
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.ids import uuid7
+from gateway.store.backend import WriteBackend, open_write_backend
+from gateway.store.tables import case_reports, cases, submissions
+from intake.cases import ReportedUrl, attach_report
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+WINDOW = timedelta(days=180)
+URL = ReportedUrl("hxxp://example[.]com/a", "http://example.com/a", "http://example.com/a")
+
+
+def new_submission(conn: Connection, n: int, at: datetime = T0) -> uuid.UUID:
+    sub_id = uuid7()
+    conn.execute(insert(submissions).values(
+        id=sub_id, reference=f"CF-2026-{n:06d}", channel="smtp", status="received",
+        received_at=at, rcpt_tos=[], body_sha256=hashlib.sha256(b"%d" % n).hexdigest(),
+        raw_size=0, raw=b"",
+    ))
+    return sub_id
+
+
+def report(
+    conn: Connection, n: int, urls: list[ReportedUrl], at: datetime = T0,
+    now: datetime = T0,
+) -> list[uuid.UUID]:
+    sub_id = new_submission(conn, n, at)
+    return attach_report(conn, submission_id=sub_id, reported_at=at, urls=urls, now=now,
+                         legal_window=WINDOW)
+
+
+@pytest.fixture
+async def backend(engine: AsyncEngine) -> AsyncIterator[WriteBackend]:
+    b = await open_write_backend(engine)
+    yield b
+    await b.close()
+
+
+async def case_rows(engine: AsyncEngine) -> list[dict[str, object]]:
+    async with engine.connect() as conn:
+        return [dict(r._mapping) for r in await conn.execute(select(cases).order_by(cases.c.id))]
+
+
+async def test_same_url_from_many_concurrent_transactions_is_one_case(
+    engine: AsyncEngine,
+) -> None:
+    """Twenty transactions on separate connections attach the same URL at once: one case, 20."""
+    backends = [await open_write_backend(engine, busy_timeout=30) for _ in range(4)]
+    try:
+        await asyncio.gather(*(
+            backends[n % 4].transaction(partial(report, n=n, urls=[URL]))
+            for n in range(20)
+        ))
+    finally:
+        for b in backends:
+            await b.close()
+    [row] = await case_rows(engine)
+    assert row["report_count"] == 20
+    assert row["canonical_url"] == "http://example.com/a"
+    async with engine.connect() as conn:
+        linked = (await conn.execute(select(func.count()).select_from(case_reports))).scalar_one()
+    assert linked == 20
+
+
+async def test_first_and_last_reported_span_out_of_order_reports(
+    backend: WriteBackend, engine: AsyncEngine,
+) -> None:
+    """Reports processed out of order still give the earliest and latest report times."""
+    for n, hours in enumerate([5, 1, 9]):
+        await backend.transaction(partial(report, n=n, urls=[URL], at=T0 + timedelta(hours=hours)))
+    [row] = await case_rows(engine)
+    assert row["report_count"] == 3
+    assert row["first_reported"].replace(tzinfo=UTC) == T0 + timedelta(hours=1)
+    assert row["last_reported"].replace(tzinfo=UTC) == T0 + timedelta(hours=9)
+
+
+async def test_report_without_url_is_a_case_of_its_own(
+    backend: WriteBackend, engine: AsyncEngine,
+) -> None:
+    """Each submission without a URL becomes its own no_url case for an analyst to read."""
+    await backend.transaction(partial(report, n=1, urls=[]))
+    await backend.transaction(partial(report, n=2, urls=[]))
+    rows = await case_rows(engine)
+    assert [(r["kind"], r["report_count"], r["url"]) for r in rows] == [("no_url", 1, None)] * 2
+
+
+async def test_one_submission_with_several_urls_makes_several_cases(
+    backend: WriteBackend, engine: AsyncEngine,
+) -> None:
+    """Every URL in a report is a case; the report is counted once on each."""
+    other = ReportedUrl("example.org/b", "http://example.org/b", "http://example.org/b")
+    ids = await backend.transaction(partial(report, n=1, urls=[URL, other]))
+    assert len(set(ids)) == 2
+    assert sorted(r["report_count"] for r in await case_rows(engine)) == [1, 1]
+
+
+async def set_status(engine: AsyncEngine, status: str, changed: datetime) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(update(cases).values(status=status, status_changed_at=changed))
+
+
+async def test_legal_case_re_reported_within_the_window_stays_closed(
+    backend: WriteBackend, engine: AsyncEngine,
+) -> None:
+    """A URL closed as legal recently just counts the new report: no new work."""
+    await backend.transaction(partial(report, n=1, urls=[URL]))
+    await set_status(engine, "closed_legal", T0)
+    later = T0 + timedelta(days=10)
+    await backend.transaction(partial(report, n=2, urls=[URL], at=later, now=later))
+    [row] = await case_rows(engine)
+    assert (row["status"], row["report_count"], row["reappeared"]) == ("closed_legal", 2, False)
+
+
+async def test_legal_case_re_reported_after_the_window_opens_again(
+    backend: WriteBackend, engine: AsyncEngine,
+) -> None:
+    """After the legal window a re-report puts the case back in front of an analyst."""
+    await backend.transaction(partial(report, n=1, urls=[URL]))
+    await set_status(engine, "closed_legal", T0)
+    later = T0 + WINDOW + timedelta(days=1)
+    await backend.transaction(partial(report, n=2, urls=[URL], at=later, now=later))
+    [row] = await case_rows(engine)
+    assert (row["status"], row["report_count"], row["reappeared"]) == ("new", 2, False)
+
+
+async def test_removed_content_reported_again_reopens_as_reappeared(
+    backend: WriteBackend, engine: AsyncEngine,
+) -> None:
+    """Content that was taken down and is reported again is new work, flagged reappeared."""
+    await backend.transaction(partial(report, n=1, urls=[URL]))
+    await set_status(engine, "removed", T0)
+    later = T0 + timedelta(days=3)
+    await backend.transaction(partial(report, n=2, urls=[URL], at=later, now=later))
+    [row] = await case_rows(engine)
+    assert (row["status"], row["report_count"], row["reappeared"]) == ("new", 2, True)
+    assert row["status_changed_at"].replace(tzinfo=UTC) == later
+
+
+async def test_the_same_submission_cannot_count_twice(
+    backend: WriteBackend, engine: AsyncEngine,
+) -> None:
+    """Attaching one submission to a case twice is refused by the database, not counted."""
+    def twice(conn: Connection) -> None:
+        sub_id = new_submission(conn, 1)
+        for _ in range(2):
+            attach_report(conn, submission_id=sub_id, reported_at=T0, urls=[URL], now=T0,
+                          legal_window=WINDOW)
+
+    with pytest.raises(Exception, match=r"(?i)unique"):
+        await backend.transaction(twice)
+    assert await case_rows(engine) == []

@@ -1,0 +1,186 @@
+"""The normalise stage: stored submissions become cases, exactly once, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from functools import partial
+
+import pytest
+import structlog
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.stats import collect_stats
+from gateway.store.backend import WriteBackend, open_write_backend
+from gateway.store.case_view import get_case, list_cases
+from gateway.store.references import ReferenceAllocator
+from gateway.store.tables import submissions
+from gateway.store.writer import NewSubmission, SubmissionWriter
+from intake.normalise import NormaliseStage, normalise_message
+
+SPELLINGS = [
+    "http://www.example.com/gallery/index.html",
+    "hxxp://www[.]example[.]com/gallery/index.html",
+    "WWW.EXAMPLE.COM/gallery/index.html?utm_source=mail",
+    "http://www.example.com:80/gallery/./index.html#top",
+    "<http://www.example.com/gallery//index.html>",
+]
+
+
+def mail(n: int, body: str, *, sender: str = "reporter@example.org") -> bytes:
+    return (
+        f"From: {sender}\r\nTo: report@hotline.test\r\nSubject: found this {n}\r\n"
+        f"Message-ID: <n{n}@example.org>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+        f"{body}\r\n"
+    ).encode()
+
+
+def submission(raw: bytes) -> NewSubmission:
+    return NewSubmission(
+        channel="smtp", received_at=datetime.now(UTC), raw=raw,
+        body_sha256=hashlib.sha256(raw).hexdigest(), message_id=None,
+    )
+
+
+@pytest.fixture
+async def backend(engine: AsyncEngine) -> AsyncIterator[WriteBackend]:
+    b = await open_write_backend(engine, busy_timeout=30)
+    yield b
+    await b.close()
+
+
+async def store(backend: WriteBackend, raws: list[bytes]) -> list[str]:
+    writer = SubmissionWriter(backend, ReferenceAllocator("CF"))
+    task = asyncio.create_task(writer.run())
+    receipts = await asyncio.gather(*(writer.submit(submission(r)) for r in raws))
+    await writer.close()
+    await task
+    return [r.reference for r in receipts]
+
+
+def stage(backend: WriteBackend, name: str = "w1", **kwargs: object) -> NormaliseStage:
+    return NormaliseStage(backend, None, worker=name, legal_window=timedelta(days=180),
+                          **kwargs)  # type: ignore[arg-type]
+
+
+async def drain(*stages: NormaliseStage) -> None:
+    """Run the stages side by side until none of them finds work."""
+    while sum(await asyncio.gather(*(s.run_once() for s in stages))):
+        pass
+
+
+async def test_one_url_in_many_spellings_from_many_reporters_is_one_case(
+    backend: WriteBackend, engine: AsyncEngine,
+) -> None:
+    """Five spellings of one URL, from five reports, give one case counting five reports."""
+    references = await store(backend, [
+        mail(n, f"Please look at {url} thanks") for n, url in enumerate(SPELLINGS)])
+    await drain(stage(backend))
+    async with engine.connect() as conn:
+        [case] = await list_cases(conn)
+    assert case["canonical_url"] == "http://www.example.com/gallery/index.html"
+    assert case["report_count"] == 5
+    assert case["status"] == "new" and case["kind"] == "url"
+    assert sorted(case["references"]) == sorted(references)
+
+
+async def test_several_workers_process_each_submission_exactly_once(
+    backend: WriteBackend, engine: AsyncEngine,
+) -> None:
+    """Three workers draining 120 submissions together count every report exactly once."""
+    raws = [mail(n, f"see {SPELLINGS[n % 5]} and http://example.net/{n % 3}") for n in range(120)]
+    await store(backend, raws)
+    second = await open_write_backend(engine, busy_timeout=30)
+    try:
+        await drain(stage(backend, "w1", batch_size=7), stage(second, "w2", batch_size=5),
+                    stage(backend, "w3", batch_size=11))
+    finally:
+        await second.close()
+    async with engine.connect() as conn:
+        counts = {c["canonical_url"]: c["report_count"] for c in await list_cases(conn)}
+        parsed = (await conn.execute(select(func.count()).select_from(submissions)
+                                     .where(submissions.c.status == "parsed"))).scalar_one()
+    assert parsed == 120
+    assert counts == {
+        "http://www.example.com/gallery/index.html": 120,
+        "http://example.net/0": 40, "http://example.net/1": 40, "http://example.net/2": 40,
+    }
+
+
+async def test_a_worker_that_dies_mid_batch_loses_and_doubles_nothing(
+    backend: WriteBackend, engine: AsyncEngine,
+) -> None:
+    """A claim that is never applied expires; another worker does the work; the late apply of
+    the first worker then changes nothing."""
+    await store(backend, [mail(n, f"see http://example.com/{n}") for n in range(4)])
+    now = datetime.now(UTC)
+    dead = stage(backend, "dead", lease=timedelta(minutes=2))
+    until = now + timedelta(minutes=2)
+    claimed = await backend.transaction(partial(dead._claim, now=now, until=until))
+    assert len(claimed) == 4
+    # Within the lease nobody else takes them...
+    assert await stage(backend, "w2").run_once() == 0
+    # ...after it another worker does.
+    later = stage(backend, "w2", clock=lambda: now + timedelta(minutes=3))
+    assert await later.run_once() == 4
+    results = [normalise_message(c.raw or b"") for c in claimed]
+    late = await backend.transaction(
+        partial(dead._apply, results=list(zip(claimed, results, strict=True)), now=now))
+    assert late == 0
+    async with engine.connect() as conn:
+        assert [c["report_count"] for c in await list_cases(conn)] == [1, 1, 1, 1]
+
+
+async def test_unparseable_submission_becomes_parse_failed_with_its_error(
+    backend: WriteBackend, engine: AsyncEngine,
+) -> None:
+    """A MIME bomb is marked parse_failed with the reason; stats show it; no case is made."""
+    parts = "".join(f"--b\r\nContent-Type: text/plain\r\n\r\n{i}\r\n" for i in range(20_000))
+    bomb = (
+        "From: x@example.org\r\nTo: report@hotline.test\r\nSubject: bomb\r\n"
+        "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
+        f"{parts}--b--\r\n"
+    ).encode()
+    await store(backend, [bomb, mail(1, "fine: http://example.com/ok")])
+    w = stage(backend)
+    await drain(w)
+    assert w.failed == 1
+    async with engine.connect() as conn:
+        row = (await conn.execute(select(submissions.c.status, submissions.c.parse_error)
+                                  .where(submissions.c.status != "parsed"))).one()
+        stats = await collect_stats(engine)
+        assert [c["canonical_url"] for c in await list_cases(conn)] == ["http://example.com/ok"]
+    assert row.status == "parse_failed" and row.parse_error.startswith("mime:")
+    assert stats["submissions_by_status"] == {"parse_failed": 1, "parsed": 1}
+
+
+async def test_a_report_without_urls_keeps_its_text_for_the_analyst(
+    backend: WriteBackend, engine: AsyncEngine,
+) -> None:
+    """No URL found: a no_url case whose report text and subject are kept."""
+    await store(backend, [mail(1, "There is a bad site but I forgot the address.")])
+    await drain(stage(backend))
+    async with engine.connect() as conn:
+        [case] = await list_cases(conn)
+        detail = await get_case(conn, __import__("uuid").UUID(case["id"]))
+        text = (await conn.execute(select(submissions.c.report_text, submissions.c.subject))).one()
+    assert case["kind"] == "no_url" and case["url"] is None
+    assert detail is not None and detail["reports"][0]["reference"] == case["references"][0]
+    assert "forgot the address" in text.report_text and text.subject == "found this 1"
+
+
+async def test_logs_never_carry_urls_or_reporter_addresses(
+    backend: WriteBackend,
+) -> None:
+    """Normalising logs references and counts only."""
+    with structlog.testing.capture_logs() as events:
+        await store(backend, [mail(1, "see http://secret-site.example.com/x",
+                                   sender="private.person@example.org")])
+        await drain(stage(backend))
+    text = repr(events)
+    assert "normalise.batch" in text
+    for private in ("secret-site", "private.person", "example.org"):
+        assert private not in text

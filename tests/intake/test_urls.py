@@ -1,0 +1,169 @@
+"""Finding URLs in reports as people write them, refanging and unwrapping them."""
+
+from __future__ import annotations
+
+import dataclasses
+import string
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from intake.canonical import canonicalize
+from intake.urls import MAX_URL_LENGTH, FoundUrl, extract_urls, unwrap
+from tests.intake.url_cases import (
+    EXTRACT,
+    NOT_UNWRAPPED,
+    NOT_URLS,
+    TARGET,
+    UNWRAP,
+    Found,
+    google,
+    outlook,
+)
+
+LABEL = st.text(string.ascii_letters + string.digits, min_size=1, max_size=12)
+HYPHENATED = st.builds(lambda a, b: f"{a}-{b}", LABEL, LABEL)
+TLD = st.sampled_from(["com", "net", "org", "nl", "be", "de", "info", "io", "co", "xyz", "eu"])
+SEGMENT = st.text(string.ascii_letters + string.digits + "-_~", min_size=1, max_size=10)
+PROSE = st.text(st.characters(blacklist_characters="[](){}<>", blacklist_categories=("Cs",)),
+                max_size=40)
+DEFANGED_PIECES = st.lists(
+    st.one_of(st.text(max_size=8), st.sampled_from([
+        "http://", "hxxps://", "h**p[:]//", "[://]", "[.]", "(.)", "{.}", " [dot] ", " dot ",
+        "(dot)", "www.", ".com", ".nl", "example", "@", ")", "(", "]", "[", "](", "<", ">", '"',
+        "'", "%25", "1.2.3.4", "/", "?q=1", "…", " ", "\n", "\u00fc", "xn--", ":8080",
+    ])),
+    max_size=20,
+).map("".join)
+
+
+def as_tuples(found: list[FoundUrl]) -> list[Found]:
+    return [(url.text, url.url, url.canonical) for url in found]
+
+
+@pytest.mark.parametrize(("text", "expected"), EXTRACT)
+def test_urls_are_found_as_people_write_them(text: str, expected: list[Found]) -> None:
+    """Each URL is found with its written span, its usable URL and its dedup key."""
+    assert as_tuples(extract_urls(text)) == expected
+
+
+@pytest.mark.parametrize("text", NOT_URLS)
+def test_text_that_only_looks_dotted_has_no_urls(text: str) -> None:
+    """File names, abbreviations, versions, e-mail addresses and bare schemes are not URLs."""
+    assert extract_urls(text) == []
+
+
+@pytest.mark.parametrize(("wrapped", "target"), UNWRAP)
+def test_wrapped_links_unwrap_to_their_target(wrapped: str, target: str) -> None:
+    """Safelinks, redirects and URL Defense links give the URL they wrap, through nesting."""
+    assert unwrap(wrapped) == target
+
+
+@pytest.mark.parametrize("url", NOT_UNWRAPPED)
+def test_links_that_cannot_be_unwrapped_stay_as_they_are(url: str) -> None:
+    """Undecodable wrappers, look-alikes and wrappers without a web target are unchanged."""
+    assert unwrap(url) == url
+
+
+def test_unwrapping_stops_after_five_levels() -> None:
+    """A link wrapped seven times unwraps five levels and keeps the rest."""
+    link = TARGET
+    for _ in range(7):
+        link = google(link)
+    assert unwrap(link) == google(google(TARGET))
+
+
+def test_a_wrapped_link_and_its_target_are_one_url() -> None:
+    """The target written plainly after its safelink adds nothing: the key is the same."""
+    text = f"{outlook(TARGET)} is really {TARGET}"
+    [found] = extract_urls(text)
+    assert found == FoundUrl(outlook(TARGET), TARGET, "https://example.com/a/b?c=1&d=two")
+
+
+def test_urls_come_in_order_of_first_appearance_up_to_the_limit() -> None:
+    """Extraction stops after `limit` distinct URLs, keeping the earliest."""
+    text = " ".join(f"http://host{n}.example.com/" for n in range(10))
+    found = extract_urls(text, limit=3)
+    assert [url.canonical for url in found] == [
+        f"http://host{n}.example.com/" for n in range(3)]
+    assert extract_urls(text, limit=0) == []
+
+
+def test_a_dot_spelt_out_counts_only_when_it_ends_in_a_real_domain() -> None:
+    """`` dot `` after a scheme joins labels only if the last one is a top-level domain."""
+    assert as_tuples(extract_urls("see hxxp://site dot the page")) == [
+        ("hxxp://site", "http://site", "http://site/")]
+
+
+def test_overlong_spans_are_skipped() -> None:
+    """A span longer than MAX_URL_LENGTH is not taken for a URL; the next one still is."""
+    text = f"http://example.com/{'a' * MAX_URL_LENGTH} http://example.org/"
+    assert [url.canonical for url in extract_urls(text)] == ["http://example.org/"]
+
+
+def test_found_urls_are_immutable() -> None:
+    """A FoundUrl cannot be changed after extraction."""
+    [found] = extract_urls("http://example.com/")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        found.url = "http://example.org/"  # type: ignore[misc]
+
+
+MEGABYTE = 1_000_000
+
+
+@pytest.mark.parametrize("text", [
+    "a." * (MEGABYTE // 2),
+    "a" * MEGABYTE,
+    "1." * (MEGABYTE // 2),
+    "(" * MEGABYTE,
+    "http://" * (MEGABYTE // 7),
+    "http://a " * (MEGABYTE // 9),
+    "http://example.com/" + ")" * MEGABYTE,
+    "http://example.com/" + "%25" * (MEGABYTE // 3),
+    "a [.] " * (MEGABYTE // 6),
+    "hxxp://a dot " * (MEGABYTE // 13),
+    "a.b@" * (MEGABYTE // 4),
+    "www." * (MEGABYTE // 4),
+    "\u00fc." * (MEGABYTE // 2),
+    "\u00a0x.com" * (MEGABYTE // 6),
+    " ".join(f"http://[{n}" for n in range(MEGABYTE // 10)),
+    " ".join(f"a{n}.b" for n in range(MEGABYTE // 8)),
+    "".join(chr(32 + (n * 7919) % 95) for n in range(MEGABYTE)),
+], ids=lambda text: f"{text[:16]!r}…")
+def test_megabyte_of_hostile_text_completes(text: str) -> None:
+    """A megabyte of pathological text is scanned without backtracking blow-up."""
+    found = extract_urls(text)
+    assert len(found) <= 500
+
+
+@given(st.text())
+def test_any_text_can_be_scanned(text: str) -> None:
+    """extract_urls never raises, and every key it gives is the key of its usable URL."""
+    for found in extract_urls(text):
+        assert found.canonical == canonicalize(found.url)
+
+
+@given(DEFANGED_PIECES)
+def test_url_like_text_can_be_scanned(text: str) -> None:
+    """Text made of URL and defanging syntax never raises and yields distinct, stable keys."""
+    found = extract_urls(text)
+    assert len({url.canonical for url in found}) == len(found)
+    assert all(canonicalize(url.canonical) == url.canonical for url in found)
+
+
+@given(PROSE, st.sampled_from(["http://", "https://", "HTTP://", "", "hxxp://"]),
+       st.lists(st.one_of(LABEL, HYPHENATED), min_size=1, max_size=3), TLD,
+       st.lists(SEGMENT, max_size=3), st.sampled_from(["", ".", ",", "!", "?", ";", ":", ")"]),
+       PROSE)
+def test_a_url_in_prose_is_found_with_its_key(
+    before: str, scheme: str, labels: list[str], tld: str, segments: list[str], end: str,
+    after: str,
+) -> None:
+    """A URL built from generated parts, with spaces around it in random prose, is found."""
+    host = ".".join([*labels, tld])
+    path = "/".join(segments)
+    written = f"{scheme}{host}/{path}" if path else f"{scheme}{host}"
+    text = f"{before} {written}{end} {after}"
+    plain_scheme = scheme.lower().replace("hxxp", "http") or "http://"
+    assert f"{plain_scheme}{host.lower()}/{path}" in [url.canonical for url in extract_urls(text)]
