@@ -11,6 +11,8 @@ $(VENV)/bin/activate:
 	  { echo "hotline-gateway needs Python 3.11 or newer (found: $$($(PYTHON) --version))"; exit 2; }
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 || \
 	  { echo "Python's venv module is missing: apt-get install python3-venv"; exit 2; }
+	@command -v g++ >/dev/null 2>&1 || \
+	  { echo "a C++ compiler is needed to build pdqhash (image hashes): apt-get install g++"; exit 2; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 

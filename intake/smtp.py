@@ -14,6 +14,7 @@ import re
 import ssl
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -22,6 +23,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway.config import SmtpConfig
 from gateway.store.writer import NewSubmission, Receipt, WriterClosed
+from intake.mime import MimeError, strip_attachments
 
 log = structlog.get_logger("intake.smtp")
 
@@ -32,6 +34,10 @@ REPLY_ACCEPTED = "250 2.0.0 Ok: queued as {reference}"
 REPLY_NO_RELAY = "550 5.1.1 Recipient not accepted here: this server takes reports only"
 REPLY_TOO_BIG = "552 5.3.4 Message too big: the limit is {limit} bytes"
 REPLY_BARE_EOL = "550 5.6.0 Bare CR or LF in message (RFC 5321 section 2.3.8); not accepted"
+REPLY_NO_ATTACHMENTS = (
+    "550 5.6.0 Attachments are not accepted: please send the links (web addresses) only"
+)
+REPLY_UNPARSEABLE = "554 5.6.0 Message structure too complex to process; not accepted"
 REPLY_TEMPFAIL = "451 4.3.0 Temporary failure storing the report; please try again later"
 REPLY_TOO_MANY = b"421 4.7.0 Too many connections; please try again later\r\n"
 REPLY_TOO_MANY_RCPT = "452 4.5.3 Too many recipients"
@@ -47,6 +53,8 @@ _AIOSMTPD_TOO_BIG = (
 MAX_RECIPIENTS = 20
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]|[\ud800-\udfff]")
+_CONTENT_TYPE = re.compile(rb"^content-type[ \t]*:[ \t]*([^;\r\n]*)", re.I | re.M)
+_ATTACHMENT_DISPOSITION = re.compile(rb"^content-disposition[ \t]*:[ \t]*attachment", re.I | re.M)
 _MESSAGE_ID = re.compile(rb"^message-id[ \t]*:[ \t]*(.*(?:\r\n[ \t].*)*)", re.I | re.M)
 
 
@@ -81,9 +89,31 @@ def message_id(raw: bytes) -> str | None:
     return clean_text(value[:998].decode("ascii", "replace")) or None
 
 
-def inspect_message(raw: bytes) -> tuple[str, str | None, bool]:
-    """(body SHA-256, Message-ID, bare line ending?) for one message."""
-    return hashlib.sha256(raw).hexdigest(), message_id(raw), has_bare_line_ending(raw)
+def may_carry_attachments(raw: bytes) -> bool:
+    """False only for a single text part that is not itself an attachment: the common report,
+    which needs no MIME walk before it is stored."""
+    end = raw.find(b"\r\n\r\n")
+    header = raw if end < 0 else raw[: end + 2]
+    match = _CONTENT_TYPE.search(header)
+    if match is not None and not match.group(1).strip().lower().startswith(b"text/"):
+        return True
+    return _ATTACHMENT_DISPOSITION.search(header) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Inspection:
+    body_sha256: str
+    message_id: str | None
+    bare_line_ending: bool
+    may_carry_attachments: bool
+
+
+def inspect_message(raw: bytes) -> Inspection:
+    """What intake needs to know about a message before deciding on it."""
+    return Inspection(
+        hashlib.sha256(raw).hexdigest(), message_id(raw), has_bare_line_ending(raw),
+        may_carry_attachments(raw),
+    )
 
 
 class ReportHandler:
@@ -96,11 +126,13 @@ class ReportHandler:
         recipients: Iterable[str],
         keep_peer_ip: bool,
         max_message_bytes: int,
+        reject_attachments: bool = False,
         executor: Executor | None = None,
     ) -> None:
         self._submitter = submitter
         self._recipients = frozenset(r.lower() for r in recipients)
         self._keep_peer_ip = keep_peer_ip
+        self._reject_attachments = reject_attachments
         self._max_message_bytes = max_message_bytes
         self._executor = executor
         self.shutting_down = False
@@ -150,19 +182,34 @@ class ReportHandler:
                 self._idle.set()
 
     async def _store(self, session: Session, envelope: Envelope, raw: bytes) -> str:
+        loop = asyncio.get_running_loop()
         if len(raw) <= INLINE_INSPECT_BYTES:
-            digest, msg_id, bare = inspect_message(raw)
+            seen = inspect_message(raw)
         else:
-            loop = asyncio.get_running_loop()
-            digest, msg_id, bare = await loop.run_in_executor(self._executor, inspect_message, raw)
-        if bare:
+            seen = await loop.run_in_executor(self._executor, inspect_message, raw)
+        if seen.bare_line_ending:
             log.info("smtp.bare_line_ending_refused", size=len(raw))
             return REPLY_BARE_EOL
+        stored = raw
+        if seen.may_carry_attachments:
+            # Attachment bytes never reach the disk: they are hashed and cut out before the
+            # commit. A message too complex to walk within limits cannot be stored safely.
+            try:
+                stored, attachments = await loop.run_in_executor(
+                    self._executor, strip_attachments, raw
+                )
+            except MimeError as exc:
+                log.info("smtp.unparseable_refused", size=len(raw), reason=str(exc))
+                return REPLY_UNPARSEABLE
+            if attachments and self._reject_attachments:
+                log.info("smtp.attachments_refused", count=len(attachments))
+                return REPLY_NO_ATTACHMENTS
+        digest, msg_id = seen.body_sha256, seen.message_id
         peer = session.peer
         submission = NewSubmission(
             channel="smtp",
             received_at=datetime.now(UTC),
-            raw=raw,
+            raw=stored,
             body_sha256=digest,
             mail_from=clean_text(envelope.mail_from),
             rcpt_tos=tuple(t for t in map(clean_text, envelope.rcpt_tos) if t is not None),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import subprocess
@@ -10,8 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from gateway import config as config_module
 from gateway.cli import main
 from gateway.store import migrate
+from tests.conftest import serving
+from tests.smtp_client import deliver, report
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -126,3 +130,45 @@ def test_serve_exits_1_when_its_port_is_taken(tmp_path: Path) -> None:
         )
     assert result.returncode == 1
     assert "address already in use" in result.stderr.lower()
+
+
+async def test_cases_list_and_show_after_reports_by_email(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Reports sent by e-mail become cases that `cases list` and `cases show` present in the
+    documented shape, with URLs defanged in the human-readable output."""
+    path = write_config(tmp_path, '[smtp]\nlisten = ["127.0.0.1:0"]\n')
+    config = config_module.load(path)
+    async with serving(config) as gw:
+        port = gw.smtp.addresses[0][1]
+        for n, spelling in enumerate(["http://example.com/x", "hxxp://example[.]com/x"]):
+            code, _ = await deliver(port, report(f"c{n}", body=f"look: {spelling}"))
+            assert code == 250
+        code, _ = await deliver(port, report("c9", body="no address, sorry"))
+        assert code == 250
+        async with asyncio.timeout(10):
+            while gw.normaliser.processed < 3:
+                await asyncio.sleep(0.02)
+    capsys.readouterr()  # the daemon's own log lines
+    # The CLI runs its own event loop: call it from a thread, as a shell would from a process.
+    assert await asyncio.to_thread(main, ["--config", str(path), "cases", "list", "--json"]) == 0
+    cases = json.loads(capsys.readouterr().out)
+    by_kind = {c["kind"]: c for c in cases}
+    assert by_kind["url"]["canonical_url"] == "http://example.com/x"
+    assert by_kind["url"]["report_count"] == 2 and len(by_kind["url"]["references"]) == 2
+    assert by_kind["no_url"]["url"] is None
+    assert set(by_kind["url"]) >= {"id", "status", "kind", "url", "canonical_url", "report_count",
+                                   "first_reported", "last_reported", "references", "hosting",
+                                   "assessment", "decision", "referrals"}
+    assert await asyncio.to_thread(main, ["--config", str(path), "cases", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert "hxxp[:]//example[.]com/x" in listing and "http://" not in listing
+    case_id = by_kind["url"]["id"]
+    assert await asyncio.to_thread(main, ["--config", str(path), "cases", "show", case_id,
+                                          "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [r["reference"] for r in shown["reports"]] == by_kind["url"]["references"]
+    assert await asyncio.to_thread(main, ["--config", str(path), "cases", "show", "nope"]) == 2
+    stats = await asyncio.to_thread(main, ["--config", str(path), "stats", "--json"])
+    assert stats == 0
+    assert json.loads(capsys.readouterr().out)["cases"] == {"new": 2}

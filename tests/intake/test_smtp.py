@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import sqlite3
 import ssl
@@ -18,6 +19,7 @@ from sqlalchemy import func, select
 from gateway.app import Gateway, running
 from gateway.store.engine import open_engine
 from gateway.store.tables import submissions
+from intake.mime import strip_attachments
 from tests.conftest import PG_URL, ConfigFactory, PgSchema, serving
 from tests.smtp_client import REPORT_TO, RawSession, deliver, queued_reference, report
 
@@ -379,3 +381,44 @@ async def test_reports_are_stored_in_postgresql(make_config: ConfigFactory) -> N
     finally:
         await engine.dispose()
         await schema.drop()
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+async def test_attachments_are_hashed_and_never_stored(gateway: Gateway) -> None:
+    """A report with an image and a PDF is accepted; the stored message holds placeholders
+    with their hashes, not the attachment bytes."""
+    original = (FIXTURES / "image_and_pdf_attachments.eml").read_bytes()
+    _, attachments = strip_attachments(original)
+    code, _ = await deliver(port_of(gateway), original)
+    assert code == 250
+    [row] = await stored(gateway)
+    raw = row["raw"]
+    assert isinstance(raw, bytes)
+    assert b"\x89PNG" not in raw and b"iVBORw0KGgo" not in raw  # neither raw nor base64 PNG
+    assert len(attachments) == 2
+    for info in attachments:
+        assert info.sha256.encode() in raw
+    assert row["body_sha256"] == hashlib.sha256(original).hexdigest()
+
+
+async def test_attachments_can_be_refused(make_config: ConfigFactory) -> None:
+    """With attachments = "reject" such mail gets 550 asking for links only."""
+    async with serving(make_config(intake={"attachments": "reject"})) as gw:
+        raw = (FIXTURES / "image_and_pdf_attachments.eml").read_bytes()
+        code, text = await deliver(port_of(gw), raw)
+        assert code == 550 and "links" in text
+        code, _ = await deliver(port_of(gw), report(1))
+        assert code == 250
+
+
+async def test_a_mime_bomb_is_refused_at_the_door(gateway: Gateway) -> None:
+    """A message too complex to walk within limits is refused (554), never stored."""
+    parts = "".join(
+        f"--b\r\nContent-Type: application/octet-stream\r\n\r\nAAAA{i}\r\n" for i in range(5000))
+    bomb = ("Subject: x\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n"
+            f"\r\n{parts}--b--\r\n").encode()
+    code, text = await deliver(port_of(gateway), bomb)
+    assert (code, text[:5]) == (554, "5.6.0")
+    assert await stored(gateway) == []
