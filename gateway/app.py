@@ -88,16 +88,15 @@ async def running(
             await migrate.upgrade(engine)
         backend = await open_write_backend(engine, busy_timeout=config.database.busy_timeout)
         references = ReferenceAllocator(config.gateway.reference_prefix)
+        writer = SubmissionWriter(backend, references, batch_max=config.database.batch_max)
         normaliser = NormaliseStage(
             backend,
             executor,
             worker=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
             legal_window=timedelta(days=config.intake.legal_window_days),
+            intake_busy=writer.busy,
         )
-        writer = SubmissionWriter(
-            backend, references, batch_max=config.database.batch_max,
-            on_commit=normaliser.wake,
-        )
+        writer.on_commit = normaliser.wake
         handler = ReportHandler(
             writer,
             recipients=config.smtp.recipients,

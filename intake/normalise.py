@@ -115,6 +115,8 @@ class NormaliseStage:
         lease: timedelta = timedelta(minutes=2),
         idle_poll: float = 2.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        intake_busy: Callable[[], bool] = lambda: False,
+        max_defer: float = 1.0,
     ) -> None:
         self._backend = backend
         self._executor = executor
@@ -124,6 +126,8 @@ class NormaliseStage:
         self._lease = lease
         self._idle_poll = idle_poll
         self._clock = clock
+        self._intake_busy = intake_busy
+        self._max_defer = max_defer
         self._wake = asyncio.Event()
         self._stopping = False
         self.processed = 0
@@ -138,8 +142,13 @@ class NormaliseStage:
         self._wake.set()
 
     async def run(self) -> None:
-        """Work batches until stopped; between empty polls wait for a wake-up or the poll time."""
+        """Work batches until stopped; between empty polls wait for a wake-up or the poll time.
+
+        Intake comes first: while reports are arriving, a batch waits for a quiet moment, but
+        never longer than ``max_defer``, so the stage always makes progress.
+        """
         while not self._stopping:
+            await self._yield_to_intake()
             try:
                 done = await self.run_once()
             except Exception as exc:  # the database is away: keep trying, say so
@@ -149,6 +158,13 @@ class NormaliseStage:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._idle_poll)
+
+    async def _yield_to_intake(self) -> None:
+        # "Busy" is a time window, not an event: look again every 50 ms, up to max_defer.
+        for _ in range(round(self._max_defer / 0.05)):
+            if self._stopping or not self._intake_busy():
+                return
+            await asyncio.sleep(0.05)
 
     async def run_once(self) -> int:
         """Claim, parse and apply one batch; the number of submissions it took."""

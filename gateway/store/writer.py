@@ -101,8 +101,13 @@ class SubmissionWriter:
         self._batch_max = batch_max
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue(maxsize=queue_max)
         self._closed = False
-        self._on_commit = on_commit
+        self.on_commit = on_commit
+        self._last_batch = -1e9
         self.stats = WriterStats()
+
+    def busy(self, within: float = 0.05) -> bool:
+        """Whether reports are arriving: something queued, or a batch in the last ``within`` s."""
+        return not self._queue.empty() or time.monotonic() - self._last_batch < within
 
     async def submit(self, submission: NewSubmission) -> Receipt:
         """Store ``submission`` durably; returns once it is committed, raises if it is not."""
@@ -155,6 +160,7 @@ class SubmissionWriter:
 
     async def _commit_batch(self, batch: Sequence[_Pending]) -> None:
         log.debug("writer.batch_started", size=len(batch))
+        self._last_batch = time.monotonic()
         started = time.perf_counter()
         try:
             receipts = await self._write([p.submission for p in batch])
@@ -188,8 +194,8 @@ class SubmissionWriter:
         for pending, receipt in zip(batch, receipts, strict=True):
             if not pending.future.done():
                 pending.future.set_result(receipt)
-        if self._on_commit is not None:
-            self._on_commit()
+        if self.on_commit is not None:
+            self.on_commit()
 
     async def _write(self, batch: Sequence[NewSubmission]) -> list[Receipt]:
         """Insert the batch; a submission already stored gets the stored reference back.

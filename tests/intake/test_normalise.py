@@ -184,3 +184,21 @@ async def test_logs_never_carry_urls_or_reporter_addresses(
     assert "normalise.batch" in text
     for private in ("secret-site", "private.person", "example.org"):
         assert private not in text
+
+
+async def test_the_stage_makes_progress_even_while_intake_never_rests(
+    backend: WriteBackend, engine: AsyncEngine,
+) -> None:
+    """Intake comes first, but a stage facing endless intake still works a batch per deferral."""
+    await store(backend, [mail(n, f"see http://example.com/{n}") for n in range(3)])
+    busy = stage(backend, intake_busy=lambda: True, max_defer=0.1, idle_poll=0.05)
+    task = asyncio.create_task(busy.run())
+    try:
+        async with asyncio.timeout(10):
+            while busy.processed < 3:
+                await asyncio.sleep(0.02)
+    finally:
+        await busy.stop()
+        await task
+    async with engine.connect() as conn:
+        assert len(await list_cases(conn)) == 3
