@@ -1,29 +1,22 @@
 """Normalise throughput: the normalise stage against the bare stdlib MIME parser, on one core.
 
-The corpus is generated, deterministically (seeded), as typical e-mailed reports of 2-5 KB with
-CRLF line ends: plain-text, HTML-only, multipart/alternative and forwarded (message/rfc822)
-reports; 7-bit, 8-bit, quoted-printable and base64 bodies in us-ascii, UTF-8, ISO-8859-1 and
-windows-1252; ~5% with a PNG attachment, stored as intake stores it (replaced by its placeholder
-with ``intake.mime.strip_attachments``); ~3% with no URL. URLs are written as people write them:
-scheme-less, www., defanged (hxxp, [.]), in angle brackets, with tracking parameters, or wrapped
-in an Outlook safelink or a Google /url?q= redirect; they come from a skewed pool, so many
-reports share a case. Reported hosts are reserved names only (example.com/.net/.org, .test,
+The corpus is generated deterministically (seeded): typical e-mailed reports of 2-5 KB with CRLF
+line ends, plain-text, HTML-only, multipart/alternative or forwarded (message/rfc822), in 7-bit,
+8-bit, quoted-printable or base64 and us-ascii, UTF-8, ISO-8859-1 or windows-1252; ~5% carry a
+PNG, stored as intake stores it (its placeholder, by ``intake.mime.strip_attachments``); ~3% have
+no URL. URLs are written as people write them (scheme-less, www., hxxp and [.], <...>, tracking
+parameters, inside an Outlook safelink or a Google /url?q= redirect) and drawn from a skewed pool,
+so reports share cases. Reported hosts are reserved names only (example.com/.net/.org, .test,
 .invalid, 192.0.2.0/24); the two wrappers keep the real host names that unwrapping recognises.
 
-Each round measures, one after another, in this process pinned to one CPU:
-
-  a. the floor: ``BytesParser(policy=default).parsebytes`` plus ``get_content()`` on every text
-     part, the least any MIME-aware consumer does;
-  b. ``normalise_message`` per submission (bounded MIME walk, URL extraction, canonicalisation);
-  c. the stage end to end: ``NormaliseStage.run_once()`` until it finds no work, on a fresh
-     SQLite database (WAL, synchronous=FULL) holding the corpus as submissions (stored with
-     ``SubmissionWriter`` beforehand, not timed): claim, parse in the loop's default executor,
-     case insert-or-attach, commit. Logs go as JSON at level info to a file, as the gateway's.
-
-Afterwards it checks that every submission is parsed and that the cases and case reports are
-exactly those implied by the generator's own record of the URLs it wrote.
-
-Run from the project root with the project's virtualenv, on an otherwise idle machine:
+Each round measures in turn, in this process pinned to one CPU: (a) the floor, stdlib
+``BytesParser(policy=default).parsebytes`` plus ``get_content()`` on every text part; (b)
+``normalise_message`` per submission; (c) the stage end to end, ``NormaliseStage.run_once()``
+until it finds no work, on a fresh SQLite database (WAL, synchronous=FULL) holding the corpus as
+submissions (stored beforehand with ``SubmissionWriter``, not timed): claim, parse in the loop's
+default executor, case insert-or-attach, commit; logs go to a file as JSON at level info. Then it
+checks every submission is parsed and the cases and case reports are exactly those implied by the
+generator's own record of the URLs it wrote. Run from the project root, on an idle machine:
 
     .venv/bin/python bench/normalise.py [--count N] [--rounds R]
 
@@ -35,9 +28,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import hashlib
 import html
-import math
 import os
 import quopri
 import random
@@ -124,17 +117,15 @@ def key(url: str) -> str:
 
 
 def url_pool(rng: random.Random, size: int) -> list[str]:
-    pool: list[str] = []
-    keys: set[str] = set()
+    """Distinct URLs (by canonical form) on reserved hosts, some http, some https."""
+    pool: dict[str, str] = {}
     while len(pool) < size:
         host = rng.choice(HOSTS) if rng.random() < 0.9 else f"192.0.2.{rng.randint(1, 254)}"
         path = rng.choice(PATHS).format(n=rng.randint(1, 99999), k=rng.randint(1, 9),
                                         h=f"{rng.getrandbits(40):010x}")
         url = f"{'https' if rng.random() < 0.4 else 'http'}://{host}{path}"
-        if key(url) not in keys:
-            keys.add(key(url))
-            pool.append(url)
-    return pool
+        pool.setdefault(key(url), url)
+    return list(pool.values())
 
 
 def wrapped(rng: random.Random, url: str) -> str:
@@ -209,7 +200,8 @@ def headers(rng: random.Random, index: int, message_id: str, *, inner: bool) -> 
         f"\tfor <report@hotline.test>; {date}"]
     address = f"{name.lower().replace(' ', '.')}@example.{rng.choice(['com', 'net', 'org'])}"
     lines += [f"From: {name} <{address}>",
-              "To: Hotline <report@hotline.test>", f"Subject: {rng.choice(SUBJECTS)}",
+              "To: " + ("Lisa <lisa@example.net>" if inner else "Hotline <report@hotline.test>"),
+              f"Subject: {rng.choice(SUBJECTS)}",
               f"Date: {date}", f"Message-ID: {message_id}", "MIME-Version: 1.0", ""]
     return "\r\n".join(lines).encode("ascii")
 
@@ -268,7 +260,7 @@ def make_report(seed: int, index: int, urls: tuple[str, ...]) -> Report:
     message_id = f"<r{index}.{seed:08x}@mail.example.net>"
     base = len(build(seed, index, message_id, urls, 0)[0])
     per = max(1.0, (len(build(seed, index, message_id, urls, 8)[0]) - base) / 8)
-    k = max(0, math.ceil((target - base) / per) - 1)
+    k = max(0, int((target - base) / per) - 1)
     raw, shape = build(seed, index, message_id, urls, k)
     while len(raw) < target:
         k += 1
@@ -343,38 +335,17 @@ async def run_stage(reports: list[Report], database: Path) -> tuple[float, float
         await engine.dispose()
 
 
-def check_database(database: Path, reports: list[Report]) -> tuple[str, bool]:
-    """Statuses, cases and case reports against what the generator put in."""
+def check(database: Path, reports: list[Report]) -> tuple[str, bool]:
+    """Statuses, cases and case reports against what the generator's record implies."""
     cases = len({key(u) for r in reports for u in r.urls}) + sum(not r.urls for r in reports)
     links = sum(max(1, len(r.urls)) for r in reports)
-    conn = sqlite3.connect(database)
-    try:
+    with contextlib.closing(sqlite3.connect(database)) as conn:
         statuses = dict(conn.execute("SELECT status, count(*) FROM submissions GROUP BY status"))
         got_cases, = conn.execute("SELECT count(*) FROM cases").fetchone()
         got_links, = conn.execute("SELECT count(*) FROM case_reports").fetchone()
-    finally:
-        conn.close()
-    ok = statuses == {"parsed": len(reports)} and got_cases == cases and got_links == links
-    return (f"{statuses.get('parsed', 0)} parsed, {statuses.get('parse_failed', 0)} parse_failed"
-            f"{', other ' + str(statuses) if set(statuses) - {'parsed', 'parse_failed'} else ''};"
-            f" {got_cases} cases (expected {cases}), {got_links} case reports (expected {links}):"
-            f" {'ok' if ok else 'MISMATCH'}"), ok
-
-
-def generator_check(reports: list[Report], results: list[Normalised]) -> int:
-    """Reports whose parse does not give exactly the canonical URLs the generator wrote."""
-    return sum(r.error is not None or {u.canonical for u in r.urls} != {key(u) for u in rep.urls}
-               for rep, r in zip(reports, results, strict=True))
-
-
-# --- the run ------------------------------------------------------------------------------
-
-
-def pin() -> str:
-    """Pin this process (and every thread it starts later) to one CPU."""
-    allowed = sorted(os.sched_getaffinity(0))
-    os.sched_setaffinity(0, {allowed[-1]})
-    return f"pinned to CPU {allowed[-1]} of {allowed} (event loop, executor and SQLite threads)"
+    ok = statuses == {"parsed": len(reports)} and (got_cases, got_links) == (cases, links)
+    return (f"statuses {statuses}; {got_cases} cases (expected {cases}), {got_links} case"
+            f" reports (expected {links}): {'ok' if ok else 'MISMATCH'}"), ok
 
 
 def verdict(rate: float, ratio: float) -> str:
@@ -392,19 +363,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.count < 1 or args.rounds < 1:
         parser.error("--count and --rounds must be positive")
-    pinned = pin()
+    # Before any thread starts: the loop's executor and the SQLite writer inherit the mask.
+    allowed = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {allowed[-1]})
     started = time.perf_counter()
     reports = generate(args.count, args.seed)
-    raws = [r.raw for r in reports]
-    sizes = sorted(len(raw) for raw in raws)
-    distinct = len({key(u) for r in reports for u in r.urls})
-    shapes = Counter(r.shape for r in reports)
-    print(f"normalise benchmark: {len(reports)} reports (seed {args.seed}, generated in"
+    raws, n = [r.raw for r in reports], len(reports)
+    sizes = sorted(map(len, raws))
+    print(f"normalise benchmark: {n} reports (seed {args.seed}, generated in"
           f" {time.perf_counter() - started:.1f} s), {sizes[0]}-{sizes[-1]} B (median"
-          f" {sizes[len(sizes) // 2]} B), {sum(len(r.urls) for r in reports)} URLs,"
-          f" {distinct} distinct canonical, {sum(not r.urls for r in reports)} without URL")
-    print("  shapes: " + ", ".join(f"{s} {n}" for s, n in sorted(shapes.items())))
-    print(f"  {pinned}; python {sys.version.split()[0]}")
+          f" {sizes[n // 2]} B), {sum(len(r.urls) for r in reports)} URLs,"
+          f" {len({key(u) for r in reports for u in r.urls})} distinct canonical,"
+          f" {sum(not r.urls for r in reports)} without URL")
+    print("  shapes: " + ", ".join(f"{s} {c}" for s, c in sorted(Counter(
+        r.shape for r in reports).items())))
+    print(f"  pinned to CPU {allowed[-1]} of {allowed} (loop, executor and SQLite threads);"
+          f" python {sys.version.split()[0]}")
+    rows: list[tuple[float, float, float]] = []
+    all_ok = True
     with tempfile.TemporaryDirectory(prefix="normalise-bench-") as tmp:
         log_path = Path(tmp) / "gateway.log"
         with log_path.open("w") as log_file:
@@ -412,37 +388,36 @@ def main(argv: list[str] | None = None) -> int:
             structlog.configure(logger_factory=structlog.PrintLoggerFactory(log_file))
             run_floor(raws[:100])  # warm-up, not counted
             run_normalise(raws[:100])
-            rows: list[tuple[float, float, float]] = []
-            all_ok = True
             for round_no in range(1, args.rounds + 1):
-                floor = len(raws) / run_floor(raws)
+                floor = n / run_floor(raws)
                 seconds, results = run_normalise(raws)
                 if round_no == 1:
-                    wrong = generator_check(reports, results)
+                    wrong = sum(r.error is not None or {u.canonical for u in r.urls}
+                                != {key(u) for u in rep.urls}
+                                for rep, r in zip(reports, results, strict=True))
                     all_ok &= wrong == 0
-                    print(f"  generator check: {len(reports) - wrong}/{len(reports)} reports"
-                          " give exactly the canonical URLs the generator wrote")
+                    print(f"  generator check: {n - wrong}/{n} reports give exactly the"
+                          " canonical URLs the generator wrote")
                 database = Path(tmp) / f"round{round_no}.db"
                 wall, cpu = asyncio.run(run_stage(reports, database))
-                summary, ok = check_database(database, reports)
+                summary, ok = check(database, reports)
                 all_ok &= ok
-                rows.append((floor, len(raws) / seconds, len(raws) / wall))
-                print(f"round {round_no}  a parser {floor:7.0f}/s   b normalise_message"
-                      f" {rows[-1][1]:7.0f}/s {rows[-1][1] / floor:.2f}x   c stage"
-                      f" {rows[-1][2]:7.0f}/s {rows[-1][2] / floor:.2f}x"
-                      f" (CPU {cpu / len(raws) * 1e6:.0f} us/submission)")
-                print(f"         check: {summary}")
-                sys.stdout.flush()
+                rows.append((floor, n / seconds, n / wall))
+                print(f"round {round_no}  a parser {floor:6.0f}/s   b normalise_message"
+                      f" {n / seconds:6.0f}/s {n / seconds / floor:.2f}x   c stage"
+                      f" {n / wall:6.0f}/s {n / wall / floor:.2f}x"
+                      f" (CPU {cpu / n * 1e6:.0f} us/submission)\n         check: {summary}",
+                      flush=True)
         log_lines = log_path.read_text().count("\n")
     a, b, c = (statistics.median(column) for column in zip(*rows, strict=True))
-    print(f"\nmedians of {args.rounds} rounds ({log_lines} log lines written)")
-    print(f"  a  stdlib parser + get_content  {a:8.0f}/s   1.00x")
-    print(f"  b  normalise_message            {b:8.0f}/s   {b / a:.2f}x")
-    print(f"  c  normalise stage, end to end  {c:8.0f}/s   {c / a:.2f}x")
-    print("goals (issue): >= 2,000 submissions/s on one core, and >= 0.5x the bare parser")
-    print(f"  c  stage:             {verdict(c, c / a)}")
-    print(f"  b  normalise_message: {verdict(b, b / a)}  (for reference)")
-    print(f"checks: {'all passed' if all_ok else 'FAILED'}")
+    print(f"\nmedians of {args.rounds} rounds ({log_lines} log lines written)\n"
+          f"  a  stdlib parser + get_content  {a:7.0f}/s   1.00x\n"
+          f"  b  normalise_message            {b:7.0f}/s   {b / a:.2f}x\n"
+          f"  c  normalise stage, end to end  {c:7.0f}/s   {c / a:.2f}x\n"
+          "goals (issue): >= 2,000 submissions/s on one core, and >= 0.5x the bare parser\n"
+          f"  c  stage:             {verdict(c, c / a)}\n"
+          f"  b  normalise_message: {verdict(b, b / a)}  (for reference)\n"
+          f"checks: {'all passed' if all_ok else 'FAILED'}")
     return 0 if all_ok else 1
 
 

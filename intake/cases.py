@@ -11,15 +11,18 @@ the protocol's re-report rules:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import and_, case, insert, or_
+from sqlalchemy import and_, bindparam, case, insert, or_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql.dml import ReturningInsert
 
 from gateway.ids import uuid7
 from gateway.store.tables import case_reports, cases
@@ -73,25 +76,23 @@ def attach_report(
     return ids
 
 
-def _upsert_case(
-    conn: Connection,
-    key: str,
-    reported: ReportedUrl | None,
-    reported_at: datetime,
-    now: datetime,
-    legal_cutoff: datetime,
-) -> uuid.UUID:
-    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+@functools.cache
+def _upsert_statement(dialect: str) -> ReturningInsert[Any]:
+    """The insert-or-attach statement, built once per dialect (SQLAlchemy then caches its
+    compiled form): per report only the parameters change."""
+    dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    moment = cases.c.created_at.type
+    now = bindparam("now", type_=moment)
     statement = dialect_insert(cases).values(
-        id=uuid7(),
-        kind="url" if reported else "no_url",
+        id=bindparam("id"),
+        kind=bindparam("kind"),
         status="new",
-        url_key=key,
-        url=reported.url if reported else None,
-        canonical_url=reported.canonical if reported else None,
+        url_key=bindparam("url_key"),
+        url=bindparam("url"),
+        canonical_url=bindparam("canonical_url"),
         report_count=1,
-        first_reported=reported_at,
-        last_reported=reported_at,
+        first_reported=bindparam("reported_at", type_=moment),
+        last_reported=bindparam("reported_at", type_=moment),
         reappeared=False,
         created_at=now,
         status_changed_at=now,
@@ -99,9 +100,12 @@ def _upsert_case(
     new = statement.excluded
     # Every right-hand side below sees the row as it was before this update.
     came_back = cases.c.status == "removed"
-    legal_expired = and_(cases.c.status == "closed_legal", cases.c.status_changed_at < legal_cutoff)
+    legal_expired = and_(
+        cases.c.status == "closed_legal",
+        cases.c.status_changed_at < bindparam("legal_cutoff", type_=moment),
+    )
     reopens = or_(came_back, legal_expired)
-    upsert = statement.on_conflict_do_update(
+    return statement.on_conflict_do_update(
         index_elements=["url_key"],
         set_={
             "report_count": cases.c.report_count + 1,
@@ -118,5 +122,27 @@ def _upsert_case(
             "status_changed_at": case((reopens, now), else_=cases.c.status_changed_at),
         },
     ).returning(cases.c.id)
-    case_id: uuid.UUID = conn.execute(upsert).scalar_one()
+
+
+def _upsert_case(
+    conn: Connection,
+    key: str,
+    reported: ReportedUrl | None,
+    reported_at: datetime,
+    now: datetime,
+    legal_cutoff: datetime,
+) -> uuid.UUID:
+    case_id: uuid.UUID = conn.execute(
+        _upsert_statement(conn.dialect.name),
+        {
+            "id": uuid7(),
+            "kind": "url" if reported else "no_url",
+            "url_key": key,
+            "url": reported.url if reported else None,
+            "canonical_url": reported.canonical if reported else None,
+            "reported_at": reported_at,
+            "now": now,
+            "legal_cutoff": legal_cutoff,
+        },
+    ).scalar_one()
     return case_id

@@ -177,10 +177,13 @@ class NormaliseStage:
         loop = asyncio.get_running_loop()
         # One executor call per batch: each hand-off between threads costs a GIL switch.
         results = await loop.run_in_executor(self._executor, _normalise_all, claimed)
-        pairs = list(zip(claimed, results, strict=True))
-        applied = await self._backend.transaction(
-            partial(self._apply, results=pairs, now=self._clock())
-        )
+        # One short transaction per submission: intake's commits interleave with them
+        # instead of waiting behind a whole batch (they share the database's one writer).
+        applied = 0
+        for pair in zip(claimed, results, strict=True):
+            applied += await self._backend.transaction(
+                partial(self._apply, results=[pair], now=self._clock())
+            )
         failed = sum(1 for r in results if r.error is not None)
         self.processed += applied
         self.failed += failed
