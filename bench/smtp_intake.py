@@ -378,9 +378,9 @@ def _ready_port(log_file: Path) -> int | None:
     return None
 
 
-async def start_gateway(workdir: Path) -> Server:
+async def start_gateway(workdir: Path, normalise: str = "serve") -> Server:
     config = workdir / "config.toml"
-    config.write_text(GATEWAY_CONFIG)
+    config.write_text(GATEWAY_CONFIG + f'\n[intake]\nnormalise = "{normalise}"\n')
     log_file, err_file = workdir / "gateway.log", workdir / "gateway.stderr"
     with log_file.open("wb") as out, err_file.open("wb") as err:
         process = await asyncio.create_subprocess_exec(
@@ -515,7 +515,7 @@ def _count_rows(database: Path) -> tuple[int, int]:
 async def run_gateway_side(round_no: int, args: argparse.Namespace, run_id: str) -> SideResult:
     workdir = Path(tempfile.mkdtemp(prefix="smtp-intake-bench-", dir=args.tmpdir))
     try:
-        server = await start_gateway(workdir)
+        server = await start_gateway(workdir, args.normalise)
         try:
             load, cpu, other, rss = await measure(
                 server, args=args, tag=f"{run_id}.r{round_no}.gateway"
@@ -614,7 +614,7 @@ async def run_benchmark(args: argparse.Namespace) -> int:
         f"smtp intake benchmark {run_id}: {args.connections} connections, "
         f"~{len(probe)} B messages, {args.rounds} rounds x {args.seconds:g} s per side "
         f"(+{args.warmup:g} s warm-up), {os.cpu_count()} CPUs, python {sys.version.split()[0]}, "
-        f"gateway database under {tmp}"
+        f"gateway database under {tmp}, normalise = {args.normalise}"
     )
     sys.stdout.flush()
     results: list[SideResult] = []
@@ -643,6 +643,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="concurrent SMTP connections (default 50)")
     parser.add_argument("--tmpdir", default=None,
                         help="where the gateway's temporary folders go (default: the system's)")
+    parser.add_argument(
+        "--normalise", choices=["serve", "separate"], default="serve",
+        help="serve: the gateway also files reports into cases while it takes them in (the "
+             "default install); separate: intake alone, as with a separate normalise process")
     parser.add_argument("--keep", action="store_true",
                         help="keep the gateway's temporary folders (database, log)")
     # Internal: the same file is the sink and the load generator.

@@ -13,7 +13,7 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.config import Config
 from gateway.notify import Notifier
 from gateway.store import migrate
-from gateway.store.backend import open_write_backend
+from gateway.store.backend import WriteBackend, open_write_backend
 from gateway.store.engine import open_engine
 from gateway.store.references import ReferenceAllocator
 from gateway.store.writer import SubmissionWriter
@@ -69,6 +69,48 @@ async def _bounded(step: Awaitable[object], seconds: float, what: str) -> None:
         log.error("gateway.shutdown_step_timed_out", step=what, seconds=seconds)
 
 
+def make_normaliser(
+    config: Config,
+    backend: WriteBackend,
+    executor: Executor | None,
+    *,
+    intake_busy: Callable[[], bool] = lambda: False,
+) -> NormaliseStage:
+    return NormaliseStage(
+        backend,
+        executor,
+        worker=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
+        legal_window=timedelta(days=config.intake.legal_window_days),
+        intake_busy=intake_busy,
+    )
+
+
+async def normalise(
+    config: Config, *, shutdown_trigger: Callable[[], Awaitable[object]], once: bool = False
+) -> int:
+    """The normalise stage on its own (``[intake] normalise = "separate"``): until stopped,
+    or with ``once`` until the backlog is empty. The number of submissions it took."""
+    engine = await open_engine(config.database)
+    backend = await open_write_backend(engine, busy_timeout=config.database.busy_timeout)
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="normalise")
+    stage = make_normaliser(config, backend, executor)
+    try:
+        if once:
+            while await stage.run_once():
+                pass
+        else:
+            task = asyncio.create_task(stage.run(), name="normaliser")
+            log.info("normalise.ready")
+            await shutdown_trigger()
+            await stage.stop()
+            await task
+        return stage.processed
+    finally:
+        await backend.close()
+        await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
+        await engine.dispose()
+
+
 @contextlib.asynccontextmanager
 async def running(
     config: Config, *, upgrade_db: bool = True, engine: AsyncEngine | None = None
@@ -89,14 +131,9 @@ async def running(
         backend = await open_write_backend(engine, busy_timeout=config.database.busy_timeout)
         references = ReferenceAllocator(config.gateway.reference_prefix)
         writer = SubmissionWriter(backend, references, batch_max=config.database.batch_max)
-        normaliser = NormaliseStage(
-            backend,
-            executor,
-            worker=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
-            legal_window=timedelta(days=config.intake.legal_window_days),
-            intake_busy=writer.busy,
-        )
-        writer.on_commit = normaliser.wake
+        normaliser = make_normaliser(config, backend, executor, intake_busy=writer.busy)
+        if config.intake.normalise == "serve":
+            writer.on_commit = normaliser.wake
         handler = ReportHandler(
             writer,
             recipients=config.smtp.recipients,
@@ -108,9 +145,11 @@ async def running(
         smtp = SmtpServer(config.smtp, handler)
         failed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         writer_task = asyncio.create_task(writer.run(), name="submission-writer")
-        normaliser_task = asyncio.create_task(normaliser.run(), name="normaliser")
         _watch(writer_task, failed)
-        _watch(normaliser_task, failed)
+        normaliser_task: asyncio.Task[None] | None = None
+        if config.intake.normalise == "serve":
+            normaliser_task = asyncio.create_task(normaliser.run(), name="normaliser")
+            _watch(normaliser_task, failed)
         try:
             await smtp.start()
             yield Gateway(config, engine, writer, smtp, normaliser, failed)
@@ -121,7 +160,8 @@ async def running(
             await writer.close()
             await _bounded(writer_task, step_seconds, "writer")
             await normaliser.stop()
-            await _bounded(normaliser_task, step_seconds, "normaliser")
+            if normaliser_task is not None:
+                await _bounded(normaliser_task, step_seconds, "normaliser")
             await backend.close()
     finally:
         await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)

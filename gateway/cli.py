@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import config as config_module
 from gateway import logs
-from gateway.app import GatewayFailed, serve
+from gateway.app import GatewayFailed, normalise, serve
 from gateway.config import Config, ConfigError
 from gateway.demo import setup_demo
 from gateway.notify import Notifier
@@ -49,6 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--no-migrate", action="store_true",
                            help="do not apply database migrations at start")
     commands.add_parser("check-config", help="validate the config and the files it names")
+    normalise_cmd = commands.add_parser(
+        "normalise", help='file stored reports into cases (for [intake] normalise = "separate")')
+    normalise_cmd.add_argument("--once", action="store_true",
+                               help="work until the backlog is empty, then exit")
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     db_commands.add_parser("upgrade", help="apply migrations")
@@ -102,7 +106,24 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _serve(config: Config, notifier: Notifier, *, upgrade_db: bool) -> None:
+def _cmd_normalise(args: argparse.Namespace) -> int:
+    config = _load(args)
+    logs.configure(config.gateway.log_level, config.gateway.log_format)
+
+    async def run() -> int:
+        if args.once:
+            return await normalise(config, shutdown_trigger=asyncio.Event().wait, once=True)
+        stop = _stop_on_signals()
+        return await normalise(config, shutdown_trigger=stop.wait)
+
+    processed = asyncio.run(run())
+    if args.once:
+        print(f"{processed} submissions normalised")
+    return EXIT_OK
+
+
+def _stop_on_signals() -> asyncio.Event:
+    """An event set by SIGTERM or Ctrl-C; a second Ctrl-C exits at once."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 
@@ -117,6 +138,11 @@ async def _serve(config: Config, notifier: Notifier, *, upgrade_db: bool) -> Non
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    return stop
+
+
+async def _serve(config: Config, notifier: Notifier, *, upgrade_db: bool) -> None:
+    stop = _stop_on_signals()
     await serve(config, shutdown_trigger=stop.wait, notifier=notifier, upgrade_db=upgrade_db)
 
 
@@ -215,6 +241,7 @@ def _cmd_cases(args: argparse.Namespace) -> int:
 
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "normalise": _cmd_normalise,
     "cases": _cmd_cases,
     "serve": _cmd_serve,
     "check-config": _cmd_check_config,

@@ -303,6 +303,7 @@ class IntakeConfig(_Section):
     attachments: Literal["hash-and-discard", "reject"] = "hash-and-discard"
     keep_reporter_ip: bool = False
     legal_window_days: PositiveInt = 180
+    normalise: Literal["serve", "separate"] = "serve"
 
 
 class Config(_Section):

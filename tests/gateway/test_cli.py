@@ -172,3 +172,24 @@ async def test_cases_list_and_show_after_reports_by_email(
     stats = await asyncio.to_thread(main, ["--config", str(path), "stats", "--json"])
     assert stats == 0
     assert json.loads(capsys.readouterr().out)["cases"] == {"new": 2}
+
+
+async def test_normalising_in_a_separate_process(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With normalise = "separate", serve only stores reports; `normalise --once` files them."""
+    path = write_config(
+        tmp_path, '[smtp]\nlisten = ["127.0.0.1:0"]\n[intake]\nnormalise = "separate"\n')
+    async with serving(config_module.load(path)) as gw:
+        for n in range(2):
+            body = "http://example.com/s"
+            code, _ = await deliver(gw.smtp.addresses[0][1], report(f"s{n}", body=body))
+            assert code == 250
+        assert gw.normaliser.processed == 0
+    capsys.readouterr()
+    assert await asyncio.to_thread(main, ["--config", str(path), "stats", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["submissions_by_status"] == {"received": 2}
+    assert await asyncio.to_thread(main, ["--config", str(path), "normalise", "--once"]) == 0
+    assert capsys.readouterr().out.strip().endswith("2 submissions normalised")
+    assert await asyncio.to_thread(main, ["--config", str(path), "stats", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["cases"] == {"new": 1}
