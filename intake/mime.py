@@ -26,6 +26,7 @@ from email import errors, policy
 from email.message import EmailMessage
 from email.parser import BytesParser
 from html.parser import HTMLParser
+from typing import Any
 
 from intake.attachments import AttachmentInfo, hash_attachment
 
@@ -41,6 +42,8 @@ _FORWARD_TYPES = frozenset({"message/rfc822", "message/global"})
 _HEADER_BLOCK = re.compile(rb"(?:(?:From |[\x21-\x39\x3b-\x7e]*:|[\t ])[^\r\n]*(?:\r\n|\r|\n|\Z))*")
 _HEADER_START = re.compile(rb"From |[\x21-\x39\x3b-\x7e]*:|[\t ]")
 _EOL = re.compile(rb"\r\n|\r|\n")
+# What may follow "--" and the boundary on a delimiter line (RFC 2046 section 5.1.1).
+_DELIMITER_TAIL = re.compile(rb"(--)?[ \t]*(?:\r\n|\r|\n|\Z)")
 _ENCODED_CTES = frozenset({"base64", "quoted-printable", "x-uuencode", "uuencode", "uue", "x-uue"})
 # Labels that mail clients (and WHATWG's Encoding Standard) really mean as their superset.
 _SUPERSETS = {
@@ -172,7 +175,7 @@ class _Walk:
         if depth > self.limits.max_depth:
             raise MimeError(f"nesting deeper than {self.limits.max_depth}")
         block, body_start = _split_header_block(raw)
-        headers = BytesParser(policy=policy.default).parsebytes(block + b"\r\n", headersonly=True)
+        headers = _PARSER.parsebytes(block + b"\r\n", headersonly=True)
         headers.set_default_type(default_type)
         if self.parts == 1 and self.collect_text:
             subject = headers.get("subject")
@@ -320,13 +323,18 @@ def _part_spans(
     no part, the line end before a delimiter belongs to it, and without an opening delimiter
     (spans None) the body is not a multipart at all.
     """
-    pattern = re.compile(b"--" + re.escape(boundary) + rb"(--)?[ \t]*(?:\r\n|\r|\n|\Z)")
+    delimiter = b"--" + boundary
     spans: list[tuple[int, int]] = []
     opened: int | None = None
-    for match in pattern.finditer(body):
-        start = match.start()
+    start = body.find(delimiter)
+    while start >= 0:
         if start and body[start - 1] not in b"\r\n":
+            start = body.find(delimiter, start + 1)
             continue  # not at the start of a line
+        match = _DELIMITER_TAIL.match(body, start + len(delimiter))
+        if match is None:
+            start = body.find(delimiter, start + 1)
+            continue  # more than blanks after the boundary: not a delimiter line
         if opened is not None and opened < start:
             end = start - (2 if body[start - 2 : start] == b"\r\n" else 1)
             spans.append((opened, max(end, opened)))
@@ -335,11 +343,68 @@ def _part_spans(
         if match.group(1):
             return (spans if opened is not None else None), True
         opened = match.end()
+        start = body.find(delimiter, opened)
     if opened is None:
         return None, False
     if opened < len(body):
         spans.append((opened, len(body)))
     return spans, False
+
+
+_MISSING = object()
+
+
+class _Headers(EmailMessage):
+    """An entity's header block that parses each field, and its parameters, at most once.
+
+    ``EmailMessage`` builds a new header object (a full RFC 5322 parse) on every read, and the
+    accessors we use read Content-Type five or so times per part; the stdlib's own accessors are
+    kept, and see the same header objects and parameter lists they would have built each time.
+    """
+
+    def __init__(self, policy: Any = policy.default) -> None:
+        super().__init__(policy=policy)
+        self._fetched: dict[str, Any] = {}
+        self._params: dict[str, Any] = {}
+
+    def get(self, name: str, failobj: Any = None) -> Any:
+        key = name.lower()
+        try:
+            value = self._fetched[key]
+        except KeyError:
+            value = self._fetched[key] = super().get(key, _MISSING)
+        return failobj if value is _MISSING else value
+
+    def _get_params_preserve(self, failobj: Any, header: str) -> Any:
+        key = header.lower()
+        try:
+            params = self._params[key]
+        except KeyError:
+            params = self._params[key] = super()._get_params_preserve(_MISSING, key)  # type: ignore[misc]
+        return failobj if params is _MISSING else list(params)
+
+    def _changed(self) -> None:
+        self._fetched.clear()
+        self._params.clear()
+
+    def set_raw(self, name: str, value: Any) -> None:
+        self._changed()
+        super().set_raw(name, value)
+
+    def __setitem__(self, name: str, val: Any) -> None:
+        self._changed()
+        super().__setitem__(name, val)
+
+    def __delitem__(self, name: str) -> None:
+        self._changed()
+        super().__delitem__(name)
+
+    def replace_header(self, _name: str, _value: Any) -> None:
+        self._changed()
+        super().replace_header(_name, _value)
+
+
+_PARSER = BytesParser(policy=policy.default.clone(message_factory=_Headers))
 
 
 def _cte(headers: EmailMessage) -> str:
