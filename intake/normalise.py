@@ -39,6 +39,8 @@ log = structlog.get_logger("intake.normalise")
 
 #: Reporter text kept for analysts, per submission.
 MAX_REPORT_TEXT = 20_000
+#: Submissions filed per transaction.
+APPLY_GROUP = 8
 #: URLs taken from one submission; more is not a report but a list, and is cut here.
 MAX_URLS = 200
 
@@ -177,12 +179,14 @@ class NormaliseStage:
         loop = asyncio.get_running_loop()
         # One executor call per batch: each hand-off between threads costs a GIL switch.
         results = await loop.run_in_executor(self._executor, _normalise_all, claimed)
-        # One short transaction per submission: intake's commits interleave with them
-        # instead of waiting behind a whole batch (they share the database's one writer).
+        # Short transactions of a few submissions each: intake's commits interleave with them
+        # instead of waiting behind a whole batch (they share the database's one writer),
+        # and each sync still covers several submissions.
+        pairs = list(zip(claimed, results, strict=True))
         applied = 0
-        for pair in zip(claimed, results, strict=True):
+        for start in range(0, len(pairs), APPLY_GROUP):
             applied += await self._backend.transaction(
-                partial(self._apply, results=[pair], now=self._clock())
+                partial(self._apply, results=pairs[start : start + APPLY_GROUP], now=self._clock())
             )
         failed = sum(1 for r in results if r.error is not None)
         self.processed += applied
