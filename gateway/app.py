@@ -67,6 +67,8 @@ async def _bounded(step: Awaitable[object], seconds: float, what: str) -> None:
         await asyncio.wait_for(step, seconds)
     except TimeoutError:
         log.error("gateway.shutdown_step_timed_out", step=what, seconds=seconds)
+    except Exception as exc:  # a task that already died: it was reported; the stop goes on
+        log.error("gateway.shutdown_step_failed", step=what, error_type=type(exc).__name__)
 
 
 def make_normaliser(

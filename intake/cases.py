@@ -55,13 +55,17 @@ def attach_report(
     now: datetime,
     legal_window: timedelta,
 ) -> list[uuid.UUID]:
-    """Create or attach to the case of every URL (or a ``no_url`` case); the case ids."""
-    items: list[tuple[str, ReportedUrl | None]] = [(url_key(u.canonical), u) for u in urls]
+    """Create or attach to the case of every URL (or a ``no_url`` case); the case ids, in the
+    order of the URLs' keys."""
+    # In key order, so that transactions filing the same URLs lock their cases in one order.
+    items: list[tuple[str, ReportedUrl | None]] = sorted(
+        ((url_key(u.canonical), u) for u in urls), key=lambda item: item[0]
+    )
     if not items:
         items = [(no_url_key(submission_id), None)]
     ids = []
     for key, reported in items:
-        case_id = _upsert_case(conn, key, reported, reported_at, now, now - legal_window)
+        case_id = _upsert_case(conn, key, reported, reported_at, now, reported_at - legal_window)
         conn.execute(
             insert(case_reports).values(
                 id=uuid7(),
@@ -99,7 +103,10 @@ def _upsert_statement(dialect: str) -> ReturningInsert[Any]:
     )
     new = statement.excluded
     # Every right-hand side below sees the row as it was before this update.
-    came_back = cases.c.status == "removed"
+    # Judged by when the report was received, not when it is filed: a report from before
+    # the content was removed (or from inside the legal window) that is filed late after a
+    # backlog must not reopen the case.
+    came_back = and_(cases.c.status == "removed", new.last_reported > cases.c.status_changed_at)
     legal_expired = and_(
         cases.c.status == "closed_legal",
         cases.c.status_changed_at < bindparam("legal_cutoff", type_=moment),

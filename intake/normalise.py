@@ -28,6 +28,7 @@ from typing import Any
 import structlog
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import InterfaceError, OperationalError, StatementError
 
 from gateway.store.backend import WriteBackend
 from gateway.store.tables import submissions
@@ -149,17 +150,39 @@ class NormaliseStage:
         Intake comes first: while reports are arriving, a batch waits for a quiet moment, but
         never longer than ``max_defer``, so the stage always makes progress.
         """
-        while not self._stopping:
-            await self._yield_to_intake()
-            try:
-                done = await self.run_once()
-            except Exception as exc:  # the database is away: keep trying, say so
-                log.error("normalise.batch_failed", error_type=type(exc).__name__)
-                done = 0
-            if done == 0 and not self._stopping:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._idle_poll)
+        try:
+            while not self._stopping:
+                await self._yield_to_intake()
+                try:
+                    done = await self.run_once()
+                except Exception as exc:  # the database is away: keep trying, say so
+                    log.error("normalise.batch_failed", error_type=type(exc).__name__)
+                    await self._release_quietly()
+                    done = 0
+                if done == 0 and not self._stopping:
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self._idle_poll)
+        finally:
+            # Whatever is still claimed is handed back now, not when the lease runs out.
+            await self._release_quietly()
+
+    async def release(self) -> int:
+        """Hand back every unprocessed submission this worker has claimed; how many."""
+        def work(conn: Connection) -> int:
+            mine = and_(submissions.c.claimed_by == self._worker,
+                        submissions.c.status == "received")
+            result = conn.execute(
+                update(submissions).where(mine).values(claimed_by=None, claimed_until=None))
+            return int(result.rowcount)
+
+        return await self._backend.transaction(work)
+
+    async def _release_quietly(self) -> None:
+        try:
+            await self.release()
+        except Exception as exc:  # the database is still away: the lease will expire instead
+            log.warning("normalise.release_failed", error_type=type(exc).__name__)
 
     async def _yield_to_intake(self) -> None:
         # "Busy" is a time window, not an event: look again every 50 ms, up to max_defer.
@@ -185,18 +208,38 @@ class NormaliseStage:
         pairs = list(zip(claimed, results, strict=True))
         applied = 0
         for start in range(0, len(pairs), APPLY_GROUP):
-            applied += await self._backend.transaction(
-                partial(self._apply, results=pairs[start : start + APPLY_GROUP], now=self._clock())
-            )
-        failed = sum(1 for r in results if r.error is not None)
-        self.processed += applied
-        self.failed += failed
-        for item, result in zip(claimed, results, strict=True):
+            applied += await self._apply_group(pairs[start : start + APPLY_GROUP])
+        failed = 0
+        for item, result in pairs:
             if result.error is not None:
+                failed += 1
                 log.warning("normalise.parse_failed", reference=item.reference,
                             error=result.error)
+        self.processed += applied
+        self.failed += failed
         log.info("normalise.batch", claimed=len(claimed), applied=applied, parse_failed=failed)
         return len(claimed)
+
+    async def _apply_group(self, group: list[tuple[_Claimed, Normalised]]) -> int:
+        """File a group in one transaction; if the database refuses what one submission
+        holds, file the others one by one and mark that one parse_failed with the reason."""
+        try:
+            return await self._backend.transaction(
+                partial(self._apply, results=group, now=self._clock())
+            )
+        except StatementError as exc:
+            if isinstance(exc, OperationalError | InterfaceError):
+                raise  # the database is unavailable, not refusing this data
+            if len(group) > 1:
+                applied = 0
+                for pair in group:
+                    applied += await self._apply_group([pair])
+                return applied
+            claimed, _ = group[0]
+            refused = Normalised(error=f"store: {type(exc).__name__}")
+            return await self._backend.transaction(
+                partial(self._apply, results=[(claimed, refused)], now=self._clock())
+            )
 
     def _claim(self, conn: Connection, *, now: datetime, until: datetime) -> list[_Claimed]:
         free = or_(submissions.c.claimed_until.is_(None), submissions.c.claimed_until < now)

@@ -47,7 +47,7 @@ class ThreadedSqlite:
         # Every transaction here ends in COMMIT or ROLLBACK, so the pool need not reset.
         sync = create_engine(
             engine.url.set(drivername="sqlite"), pool_size=1, max_overflow=0,
-            pool_reset_on_return=None,
+            pool_reset_on_return=None, hide_parameters=True,
         )
         configure_sqlite(sync, busy_timeout=busy_timeout)
         return cls(sync)

@@ -26,7 +26,9 @@ def make_engine(config: DatabaseConfig, **connect_args: Any) -> AsyncEngine:
     """An async engine for ``config.url`` with the durability settings this gateway needs."""
     if config.url.startswith("sqlite"):
         _make_parent(config.url)
-        engine = create_async_engine(config.url, connect_args=connect_args)
+        engine = create_async_engine(
+            config.url, connect_args=connect_args, hide_parameters=True
+        )
         configure_sqlite(engine.sync_engine, busy_timeout=config.busy_timeout)
         return engine
     # asyncpg's command_timeout bounds every statement, so a hung server cannot hang us.
@@ -35,6 +37,8 @@ def make_engine(config: DatabaseConfig, **connect_args: Any) -> AsyncEngine:
         pool_size=config.pool_size,
         pool_pre_ping=True,
         connect_args={"command_timeout": config.statement_timeout, **connect_args},
+        # Errors would otherwise quote the values: reported URLs, reporters' addresses.
+        hide_parameters=True,
     )
 
 

@@ -163,3 +163,28 @@ async def test_the_same_submission_cannot_count_twice(
     with pytest.raises(Exception, match=r"(?i)unique"):
         await backend.transaction(twice)
     assert await case_rows(engine) == []
+
+
+async def test_a_report_received_before_the_removal_does_not_reopen(
+    backend: WriteBackend, engine: AsyncEngine,
+) -> None:
+    """A report filed late (after a backlog) but received before the content was removed is
+    counted without reopening the case: only reports received afterwards say it is back."""
+    await backend.transaction(partial(report, n=1, urls=[URL]))
+    await set_status(engine, "removed", T0 + timedelta(days=2))
+    received, filed = T0 + timedelta(days=1), T0 + timedelta(days=5)
+    await backend.transaction(partial(report, n=2, urls=[URL], at=received, now=filed))
+    [row] = await case_rows(engine)
+    assert (row["status"], row["report_count"], row["reappeared"]) == ("removed", 2, False)
+
+
+async def test_a_report_received_inside_the_legal_window_but_filed_after_it_stays_closed(
+    backend: WriteBackend, engine: AsyncEngine,
+) -> None:
+    """The legal window is judged by when the report was received, not when it was filed."""
+    await backend.transaction(partial(report, n=1, urls=[URL]))
+    await set_status(engine, "closed_legal", T0)
+    received, filed = T0 + timedelta(days=10), T0 + WINDOW + timedelta(days=30)
+    await backend.transaction(partial(report, n=2, urls=[URL], at=received, now=filed))
+    [row] = await case_rows(engine)
+    assert (row["status"], row["report_count"]) == ("closed_legal", 2)

@@ -202,3 +202,21 @@ async def test_the_stage_makes_progress_even_while_intake_never_rests(
         await task
     async with engine.connect() as conn:
         assert len(await list_cases(conn)) == 3
+
+
+async def test_a_stopping_worker_hands_back_what_it_claimed(
+    backend: WriteBackend, engine: AsyncEngine,
+) -> None:
+    """Claims released on stop (or after a failed batch) are taken at once by another worker,
+    without waiting for the lease to run out."""
+    await store(backend, [mail(n, f"see http://example.com/{n}") for n in range(3)])
+    now = datetime.now(UTC)
+    leaving = stage(backend, "leaving")
+    claimed = await backend.transaction(
+        partial(leaving._claim, now=now, until=now + timedelta(minutes=2)))
+    assert len(claimed) == 3
+    assert await stage(backend, "w2").run_once() == 0
+    assert await leaving.release() == 3
+    assert await stage(backend, "w2").run_once() == 3
+    async with engine.connect() as conn:
+        assert len(await list_cases(conn)) == 3
