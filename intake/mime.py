@@ -16,7 +16,6 @@ placeholder left by ``strip_attachments``; or an attachment (anything else, hash
 from __future__ import annotations
 
 import base64
-import codecs
 import json
 import quopri
 import re
@@ -25,10 +24,10 @@ from dataclasses import dataclass, field
 from email import errors, policy
 from email.message import EmailMessage
 from email.parser import BytesParser
-from html.parser import HTMLParser
 from typing import Any
 
 from intake.attachments import AttachmentInfo, hash_attachment
+from intake.mimetext import HtmlText, clean, decode_text, unflow
 
 PLACEHOLDER_TYPE = "application/x-hotline-removed-attachment"
 #: A single entity's header block larger than this is refused (Exchange's run to ~30 KiB).
@@ -45,19 +44,6 @@ _EOL = re.compile(rb"\r\n|\r|\n")
 # What may follow "--" and the boundary on a delimiter line (RFC 2046 section 5.1.1).
 _DELIMITER_TAIL = re.compile(rb"(--)?[ \t]*(?:\r\n|\r|\n|\Z)")
 _ENCODED_CTES = frozenset({"base64", "quoted-printable", "x-uuencode", "uuencode", "uue", "x-uue"})
-# Labels that mail clients (and WHATWG's Encoding Standard) really mean as their superset.
-_SUPERSETS = {
-    "iso8859-1": "cp1252",
-    "iso8859-9": "cp1254",
-    "iso8859-11": "cp874",
-    "tis-620": "cp874",
-    "euc_kr": "cp949",
-    "gb2312": "gbk",
-    "shift_jis": "cp932",
-    "big5": "big5hkscs",
-}
-# Codecs that are not character sets, or that cannot decode leniently.
-_NOT_CHARSETS = frozenset({"idna", "punycode", "unicode-escape", "raw-unicode-escape", "undefined"})
 _META_CHARSET = re.compile(
     rb"<meta[^>]{0,200}?charset\s*=\s*[\"']?\s*([A-Za-z0-9_.:-]{1,40})", re.I
 )
@@ -179,7 +165,7 @@ class _Walk:
         headers.set_default_type(default_type)
         if self.parts == 1 and self.collect_text:
             subject = headers.get("subject")
-            self.subject = None if subject is None else _clean(str(subject))
+            self.subject = None if subject is None else clean(str(subject))
         content_type = headers.get_content_type()
         body = raw[body_start:]
         try:
@@ -275,14 +261,14 @@ class _Walk:
         else:
             text = decode_text(payload, charset).replace("\r\n", "\n").replace("\r", "\n")
             if str(headers.get_param("format", "")).lower() == "flowed":
-                text = _unflow(text, str(headers.get_param("delsp", "")).lower() == "yes")
-        text = _clean(text).strip()
+                text = unflow(text, str(headers.get_param("delsp", "")).lower() == "yes")
+        text = clean(text).strip()
         if text:
             self.texts.append(text)
 
     def html(self, markup: str) -> tuple[str, list[str]]:
         """Text and links of an HTML part, fed in chunks so that the time budget holds."""
-        parser = _HtmlText()
+        parser = HtmlText()
         try:
             for start in range(0, len(markup), _HTML_CHUNK):
                 parser.feed(markup[start : start + _HTML_CHUNK])
@@ -473,98 +459,3 @@ def _placeholder_info(payload: bytes) -> AttachmentInfo | None:
         return AttachmentInfo.from_json(data) if isinstance(data, dict) else None
     except (ValueError, RecursionError):
         return None
-
-
-def decode_text(data: bytes, charset: str | None) -> str:
-    """Bytes of a text part as text, whatever its label says: never raises.
-
-    Unlabelled, ASCII-labelled and unknown-label text is UTF-8 when it decodes as such, else
-    windows-1252; labels are read as the superset clients really use (iso-8859-1 as 1252).
-    """
-    name = _codec_name(charset)
-    if name in (None, "ascii", "utf-8"):
-        try:
-            return data.decode("utf-8").removeprefix("\ufeff")
-        except UnicodeDecodeError:
-            name = "utf-8" if name == "utf-8" else "cp1252"
-    name = _SUPERSETS.get(name or "", name) or "cp1252"
-    try:
-        return data.decode(name, "replace").removeprefix("\ufeff")
-    except (UnicodeError, LookupError):  # e.g. rot13: a codec, but not a character set
-        return data.decode("cp1252", "replace")
-
-
-def _codec_name(label: str | None) -> str | None:
-    if not label:
-        return None
-    try:
-        name = codecs.lookup(label.strip().strip("\"'")).name
-    except (LookupError, ValueError):
-        return None
-    return None if name in _NOT_CHARSETS else name
-
-
-def _unflow(text: str, delsp: bool) -> str:
-    """Undo format=flowed (RFC 3676): a line ending in a space continues on the next."""
-    lines: list[str] = []
-    pending = ""
-    for line in text.split("\n"):
-        line = line.removeprefix(" ")  # space-stuffing, section 4.4
-        if line.endswith(" ") and line != "-- ":
-            pending += line[:-1] if delsp else line
-        else:
-            lines.append(pending + line)
-            pending = ""
-    if pending:
-        lines.append(pending)
-    return "\n".join(lines)
-
-
-def _clean(text: str) -> str:
-    """Text safe to store: no NULs (PostgreSQL refuses them), no lone surrogates."""
-    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace").replace("\0", "")
-
-
-_BLOCK_TAGS = frozenset(
-    {"address", "article", "aside", "blockquote", "br", "dd", "div", "dl", "dt", "footer"}
-    | {"form", "h1", "h2", "h3", "h4", "h5", "h6", "header", "hr", "li", "main", "nav", "ol"}
-    | {"p", "pre", "section", "table", "tr", "ul"}
-)
-_SKIPPED_TAGS = frozenset({"script", "style"})
-_SPACES = re.compile(r"[ \t\f\v\u00a0\u200b]+")
-
-
-class _HtmlText(HTMLParser):
-    """HTML to plain text and <a>/<area> links; no rendering, nothing fetched."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self._chunks: list[str] = []
-        self._skipping = 0
-        self.links: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in _SKIPPED_TAGS:
-            self._skipping += 1
-        elif tag in _BLOCK_TAGS:
-            self._chunks.append("\n")
-        elif tag in ("td", "th"):
-            self._chunks.append(" ")
-        if tag in ("a", "area"):
-            href = next((value for name, value in attrs if name == "href"), None)
-            if href and (link := _clean(href).strip()):
-                self.links.append(link)
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in _SKIPPED_TAGS:
-            self._skipping = max(0, self._skipping - 1)
-        elif tag in _BLOCK_TAGS:
-            self._chunks.append("\n")
-
-    def handle_data(self, data: str) -> None:
-        if not self._skipping:
-            self._chunks.append(data.replace("\r", " ").replace("\n", " "))
-
-    def text(self) -> str:
-        lines = (_SPACES.sub(" ", line).strip() for line in "".join(self._chunks).split("\n"))
-        return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
