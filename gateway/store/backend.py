@@ -21,7 +21,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.store.engine import IMMEDIATE, configure_sqlite, writable
+from gateway.store.engine import IMMEDIATE, configure_sqlite
 
 T = TypeVar("T")
 
@@ -90,10 +90,8 @@ class AsyncEngineBackend:
         self._engine = engine
 
     async def transaction(self, work: Callable[[Connection], T]) -> T:
-        async with self._engine.connect() as conn:
-            conn = await writable(conn)
-            async with conn.begin():
-                return await conn.run_sync(work)
+        async with self._engine.begin() as conn:
+            return await conn.run_sync(work)
 
     async def close(self) -> None:
         """The engine belongs to the caller."""

@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import event, make_url
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from gateway.config import DatabaseConfig
@@ -74,8 +74,3 @@ def configure_sqlite(engine: Engine, *, busy_timeout: float) -> None:
     def _on_begin(conn: Connection) -> None:
         immediate = conn.get_execution_options().get("sqlite_immediate", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-
-async def writable(conn: AsyncConnection) -> AsyncConnection:
-    """The same connection, set to open its transactions for writing."""
-    return await conn.execution_options(**IMMEDIATE)
