@@ -1,8 +1,9 @@
 """The composition root: builds every collaborator from the config and runs them in order.
 
-Start: engine, migrations, writer task, listeners, then READY. Stop (one ordered path, each step
-bounded): close listeners and let messages being committed get their reply, flush the writer,
-dispose of the engine.
+Start: engine, migrations, writer task, the normalise and locate stages, listeners, then READY.
+Stop (one ordered path, each step bounded): close listeners and let messages being committed get
+their reply, flush the writer, stop the stages (handing back what they hold), dispose of the
+engine.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ from gateway.store.references import ReferenceAllocator
 from gateway.store.writer import SubmissionWriter
 from intake.normalise import NormaliseStage
 from intake.smtp import ReportHandler, SmtpServer, quiet_aiosmtpd_logs
+from routing.geo import open_geolocator
+from routing.locate import Locator, Overrides
+from routing.resolve import HostResolver
+from routing.stage import LocateStage
 
 log = structlog.get_logger("gateway.app")
 
@@ -43,6 +48,8 @@ class Gateway:
     writer: SubmissionWriter
     smtp: SmtpServer
     normaliser: NormaliseStage
+    locator: Locator
+    locate: LocateStage
     #: Set with a reason when an owned task dies: the daemon cannot go on serving.
     failed: asyncio.Future[str]
 
@@ -71,6 +78,29 @@ async def _bounded(step: Awaitable[object], seconds: float, what: str) -> None:
         log.error("gateway.shutdown_step_failed", step=what, error_type=type(exc).__name__)
 
 
+def _worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+async def make_locator(config: Config) -> Locator:
+    """The resolver and the geolocation databases (opened off the event loop)."""
+    settings = config.locate
+    resolver = await HostResolver.create(settings.nameservers, timeout=settings.timeout)
+    geo = await asyncio.to_thread(open_geolocator, settings.geoip_db, settings.asn_db)
+    return Locator(resolver, geo, overrides=Overrides(settings.override),
+                   cdn_asns=settings.cdn_asns)
+
+
+def make_locate_stage(config: Config, backend: WriteBackend, locator: Locator) -> LocateStage:
+    settings = config.locate
+    return LocateStage(
+        backend, locator, worker=_worker_name(), concurrency=settings.concurrency,
+        max_attempts=settings.max_attempts,
+        retry_after=timedelta(seconds=settings.retry_after),
+        retry_max=timedelta(seconds=settings.retry_max),
+    )
+
+
 def make_normaliser(
     config: Config,
     backend: WriteBackend,
@@ -81,7 +111,7 @@ def make_normaliser(
     return NormaliseStage(
         backend,
         executor,
-        worker=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
+        worker=_worker_name(),
         legal_window=timedelta(days=config.intake.legal_window_days),
         intake_busy=intake_busy,
     )
@@ -136,6 +166,9 @@ async def running(
         normaliser = make_normaliser(config, backend, executor, intake_busy=writer.busy)
         if config.intake.normalise == "serve":
             writer.on_commit = normaliser.wake
+        locator = await make_locator(config)
+        locate = make_locate_stage(config, backend, locator)
+        normaliser.on_filed = locate.wake
         handler = ReportHandler(
             writer,
             recipients=config.smtp.recipients,
@@ -152,9 +185,11 @@ async def running(
         if config.intake.normalise == "serve":
             normaliser_task = asyncio.create_task(normaliser.run(), name="normaliser")
             _watch(normaliser_task, failed)
+        locate_task = asyncio.create_task(locate.run(), name="locate")
+        _watch(locate_task, failed)
         try:
             await smtp.start()
-            yield Gateway(config, engine, writer, smtp, normaliser, failed)
+            yield Gateway(config, engine, writer, smtp, normaliser, locator, locate, failed)
         finally:
             failed.cancel()  # from here on, tasks ending is the plan
             # Intake first (no new work), then the stages, each finishing what it holds.
@@ -164,6 +199,8 @@ async def running(
             await normaliser.stop()
             if normaliser_task is not None:
                 await _bounded(normaliser_task, step_seconds, "normaliser")
+            await locate.stop()
+            await _bounded(locate_task, step_seconds, "locate")
             await backend.close()
     finally:
         await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)

@@ -22,14 +22,18 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import config as config_module
 from gateway import logs
-from gateway.app import GatewayFailed, normalise, serve
+from gateway.app import GatewayFailed, make_locator, normalise, serve
 from gateway.config import Config, ConfigError
 from gateway.demo import setup_demo
 from gateway.notify import Notifier
 from gateway.stats import collect_stats
 from gateway.store import migrate
-from gateway.store.case_view import defang, get_case, list_cases
+from gateway.store.backend import open_write_backend
+from gateway.store.case_view import defang, get_case, iso, list_cases
 from gateway.store.engine import open_engine
+from routing.geo import GeoError
+from routing.locate import Hosting
+from routing.stage import CaseNotFound, relocate
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -66,6 +70,10 @@ def _parser() -> argparse.ArgumentParser:
     cases_show = cases_commands.add_parser("show", help="one case and the reports behind it")
     cases_show.add_argument("id", help="the case id")
     cases_show.add_argument("--json", action="store_true", help="print JSON")
+    cases_relocate = cases_commands.add_parser(
+        "relocate", help="look the case's host up again now and add the evidence")
+    cases_relocate.add_argument("id", help="the case id")
+    cases_relocate.add_argument("--json", action="store_true", help="print JSON")
     stats = commands.add_parser("stats", help="counts of submissions, cases and referrals")
     stats.add_argument("--json", action="store_true", help="print JSON")
     return parser
@@ -213,14 +221,16 @@ def _cmd_cases(args: argparse.Namespace) -> int:
         else:
             for item in found:
                 target = defang(item["canonical_url"]) if item["canonical_url"] else "(no URL)"
-                print(f"{item['id']}  {item['status']:<20} {item['report_count']:>4}  "
-                      f"{item['first_reported']}  {target}")
+                print(f"{item['id']}  {item['status']:<20} {_where(item['hosting']):<12} "
+                      f"{item['report_count']:>4}  {item['first_reported']}  {target}")
         return EXIT_OK
     try:
         case_id = uuid.UUID(args.id)
     except ValueError:
-        print(f"cases show: {args.id!r} is not a case id", file=sys.stderr)
+        print(f"cases {args.cases_command}: {args.id!r} is not a case id", file=sys.stderr)
         return EXIT_USAGE
+    if args.cases_command == "relocate":
+        return _relocate(config, case_id, as_json=args.json)
     case: dict[str, Any] | None = asyncio.run(
         _with_connection(config, lambda conn: get_case(conn, case_id)))
     if case is None:
@@ -234,10 +244,62 @@ def _cmd_cases(args: argparse.Namespace) -> int:
             print(f"{key}: {case[key]}")
         print(f"url: {defang(case['url']) if case['url'] else '(no URL)'}")
         print(f"canonical_url: {defang(case['canonical_url']) if case['canonical_url'] else '-'}")
+        print(f"hosting: {_hosting_line(case['hosting'])}")
         print("reports:")
         for report in case["reports"]:
             print(f"  {report['reference']}  {report['reported_at']}  {report['channel']}")
+        print("hosting evidence:")
+        for evidence in case["hosting_evidence"]:
+            print(f"  {evidence['checked_at']}  {evidence['trigger']:<8} "
+                  f"{_hosting_line(evidence)}")
     return EXIT_OK
+
+
+def _where(hosting: dict[str, Any] | None) -> str:
+    """A case's hosting in a word: its country, or its status when it has none."""
+    if hosting is None:
+        return "-"
+    return str(hosting.get("country") or hosting["status"])
+
+
+def _hosting_line(hosting: dict[str, Any] | None) -> str:
+    if hosting is None:
+        return "-"
+    parts = [hosting["status"]]
+    for key in ("country", "asn", "org", "source", "error"):
+        if hosting.get(key) is not None:
+            parts.append(f"{key}={hosting[key]}")
+    if hosting.get("ips"):
+        parts.append("ips=" + ",".join(hosting["ips"]))
+    return " ".join(parts)
+
+
+def _relocate(config: Config, case_id: uuid.UUID, *, as_json: bool) -> int:
+    logs.configure(config.gateway.log_level, config.gateway.log_format, stream=sys.stderr)
+
+    async def run() -> Hosting:
+        engine = await open_engine(config.database)
+        backend = await open_write_backend(engine, busy_timeout=config.database.busy_timeout)
+        try:
+            return await relocate(backend, await make_locator(config), case_id)
+        finally:
+            await backend.close()
+            await engine.dispose()
+
+    try:
+        hosting = asyncio.run(run())
+    except CaseNotFound:
+        print(f"cases relocate: no case {case_id}", file=sys.stderr)
+        return EXIT_FAILURE
+    except ValueError as exc:
+        print(f"cases relocate: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    document = {"status": hosting.status, "country": hosting.country, "ips": hosting.ips,
+                "asn": hosting.asn, "org": hosting.org, "cdn": hosting.cdn,
+                "source": hosting.source, "checked_at": iso(hosting.checked_at),
+                "error": hosting.error}
+    print(json.dumps(document, indent=1) if as_json else _hosting_line(document))
+    return EXIT_OK if not hosting.failed else EXIT_FAILURE
 
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -263,6 +325,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
     except GatewayFailed as exc:
         print(f"hotline-gateway: stopped: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except GeoError as exc:
+        print(f"hotline-gateway: locate: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except (OSError, SQLAlchemyError) as exc:
         print(f"hotline-gateway: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -234,9 +234,26 @@ class AdminConfig(_Section):
     listen: list[Listen] = Field(default=["127.0.0.1:9100"], validate_default=True)
 
 
+def _domain(value: str) -> str:
+    """A domain as canonical URLs spell their hosts: lowercase ASCII (IDNA), no final dot."""
+    name = value.strip().rstrip(".").lower()
+    try:
+        name = name.encode("idna").decode("ascii")
+    except UnicodeError as exc:
+        raise ValueError(f"{value!r} is not a domain name") from exc
+    labels = name.split(".")
+    if not name or any(not re.fullmatch(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?", label)
+                       for label in labels):
+        raise ValueError(f"{value!r} is not a domain name")
+    return name
+
+
+Domain = Annotated[str, AfterValidator(_domain)]
+
+
 class LocateOverride(_Section):
     network: Network | None = None
-    domain: str | None = None
+    domain: Domain | None = None
     country: Country
 
     @model_validator(mode="after")
@@ -261,6 +278,16 @@ class LocateConfig(_Section):
     asn_db: Annotated[str | Path, BeforeValidator(_builtin_or_path)] = "builtin"
     cdn_asns: list[PositiveInt] = [13335, 16509, 54113, 20940]
     override: list[LocateOverride] = []
+    #: How long one name's lookup (A and AAAA, all nameservers) may take.
+    timeout: PositiveDuration = 5.0
+    #: Names looked up at once; a slow name holds one of these, never the queue.
+    concurrency: Annotated[int, Field(ge=1, le=1000)] = 64
+    #: Failed lookups (SERVFAIL, timeouts) are retried after ``retry_after``, doubling up to
+    #: ``retry_max``; after ``max_attempts`` the case is flagged ``locate_failed`` (and still
+    #: retried at ``retry_max``).
+    retry_after: PositiveDuration = 30.0
+    retry_max: PositiveDuration = 3600.0
+    max_attempts: Annotated[int, Field(ge=1, le=100)] = 5
 
 
 class GpgConfig(_Section):
@@ -393,6 +420,13 @@ def file_problems(config: Config) -> list[str]:
         value = getattr(config.locate, key)
         if isinstance(value, Path) and not value.is_file():
             problems.append(f"locate.{key}: {value} does not exist")
+        elif isinstance(value, Path):
+            from routing.geo import GeoError, MmdbDatabase
+
+            try:
+                MmdbDatabase(value).close()
+            except GeoError as exc:
+                problems.append(f"locate.{key}: not a MaxMind-format database ({exc})")
     passphrase = config.gpg.passphrase_file
     if passphrase is not None and not passphrase.is_file():
         problems.append(f"gpg.passphrase_file: {passphrase} does not exist")

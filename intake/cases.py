@@ -90,7 +90,8 @@ def _upsert_statement(dialect: str) -> ReturningInsert[Any]:
     statement = dialect_insert(cases).values(
         id=bindparam("id"),
         kind=bindparam("kind"),
-        status="new",
+        # A URL is located first; a report without one goes straight to an analyst.
+        status=bindparam("status"),
         url_key=bindparam("url_key"),
         url=bindparam("url"),
         canonical_url=bindparam("canonical_url"),
@@ -127,6 +128,10 @@ def _upsert_statement(dialect: str) -> ReturningInsert[Any]:
             "status": case((reopens, "new"), else_=cases.c.status),
             "reappeared": case((came_back, True), else_=cases.c.reappeared),
             "status_changed_at": case((reopens, now), else_=cases.c.status_changed_at),
+            # Reopened: located afresh, as if new (the content may have moved).
+            "locate_attempts": case((reopens, 0), else_=cases.c.locate_attempts),
+            "locate_after": case((reopens, None), else_=cases.c.locate_after),
+            "locate_error": case((reopens, None), else_=cases.c.locate_error),
         },
     ).returning(cases.c.id)
 
@@ -144,6 +149,7 @@ def _upsert_case(
         {
             "id": uuid7(),
             "kind": "url" if reported else "no_url",
+            "status": "new" if reported else "awaiting_assessment",
             "url_key": key,
             "url": reported.url if reported else None,
             "canonical_url": reported.canonical if reported else None,

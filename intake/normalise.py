@@ -133,6 +133,8 @@ class NormaliseStage:
         self._max_defer = max_defer
         self._wake = asyncio.Event()
         self._stopping = False
+        #: Called after a batch filed reports into cases (the locate stage's wake-up).
+        self.on_filed: Callable[[], None] | None = None
         self.processed = 0
         self.failed = 0
 
@@ -217,6 +219,8 @@ class NormaliseStage:
                             error=result.error)
         self.processed += applied
         self.failed += failed
+        if applied and self.on_filed is not None:
+            self.on_filed()
         log.info("normalise.batch", claimed=len(claimed), applied=applied, parse_failed=failed)
         return len(claimed)
 

@@ -4,6 +4,7 @@ set), configs that listen on 127.0.0.1 port 0, and a running gateway."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import pytest
+import structlog
 from blockbuster import blockbuster_ctx
 from sqlalchemy import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -20,6 +22,7 @@ from gateway import config as config_module
 from gateway.config import Config
 from gateway.store import migrate
 from gateway.store.engine import open_engine
+from tests.dns_server import free_udp_port
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -39,6 +42,15 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+@pytest.fixture(autouse=True)
+def _logging_reset() -> Iterator[None]:
+    """A CLI command run in-process configures logging onto the test's captured stream, which
+    closes with the test: put the defaults back so the next test's logs have somewhere to go."""
+    yield
+    structlog.reset_defaults()
+    logging.getLogger().handlers.clear()
+
+
 @pytest.fixture
 def make_config(tmp_path: Path) -> ConfigFactory:
     """A config rooted in tmp_path, listening on port 0, with overrides by section."""
@@ -48,6 +60,8 @@ def make_config(tmp_path: Path) -> ConfigFactory:
             "gateway": {"shutdown_grace": "2s"},
             "database": {"url": "sqlite+aiosqlite:///var/gateway.db"},
             "smtp": {"listen": ["127.0.0.1:0"]},
+            # Nothing answers there: tests never ask a real resolver about reported hosts.
+            "locate": {"nameservers": [f"127.0.0.1:{free_udp_port()}"], "timeout": "500ms"},
         }
         return config_module.parse(_merge(base, sections), base=tmp_path)
 

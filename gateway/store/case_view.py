@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.store.tables import case_reports, cases, submissions
+from gateway.store.tables import case_reports, cases, hosting_evidence, submissions
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -29,7 +29,38 @@ def defang(url: str) -> str:
     return scheme + (sep.replace(":", "[:]") if sep else "") + rest.replace(".", "[.]")
 
 
-def _case_json(row: Any, reports: list[dict[str, Any]]) -> dict[str, Any]:
+def _hosting_json(evidence: Any) -> dict[str, Any]:
+    return {
+        "status": evidence.status, "country": evidence.country, "ips": evidence.ips,
+        "asn": evidence.asn, "org": evidence.org, "cdn": evidence.cdn,
+        "source": evidence.source, "checked_at": iso(evidence.checked_at),
+        "evidence_id": str(evidence.id),
+    }
+
+
+def _evidence_json(evidence: Any) -> dict[str, Any]:
+    """One lookup in full, as stored: what the DNS answered and what the databases said."""
+    return {
+        **_hosting_json(evidence), "trigger": evidence.trigger, "host": evidence.host,
+        "resolver": evidence.resolver, "outcome": evidence.outcome,
+        "records": evidence.records, "addresses": evidence.addresses,
+        "databases": evidence.databases, "error": evidence.error,
+    }
+
+
+def _pending_json(row: Any) -> dict[str, Any] | None:
+    if row.kind != "url":
+        return None  # nothing to locate: a report without a URL
+    pending: dict[str, Any] = {"status": "pending"}
+    if row.locate_attempts:
+        pending.update(attempts=row.locate_attempts, error=row.locate_error,
+                       retry_at=iso(row.locate_after))
+    return pending
+
+
+def _case_json(
+    row: Any, reports: list[dict[str, Any]], hosting: dict[str, Any] | None
+) -> dict[str, Any]:
     return {
         "id": str(row.id),
         "status": row.status,
@@ -41,13 +72,30 @@ def _case_json(row: Any, reports: list[dict[str, Any]]) -> dict[str, Any]:
         "last_reported": iso(row.last_reported),
         "references": [r["reference"] for r in reports],
         "reappeared": row.reappeared,
-        # Locating, assessment and referrals are later stages; until they run, a case has
-        # no hosting facts, no assessment, no decision and no referral.
-        "hosting": {"status": "pending"},
+        "hosting": hosting if hosting is not None else _pending_json(row),
+        # Assessment and referrals are later stages; until they run, a case has no
+        # assessment, no decision and no referral.
         "assessment": None,
         "decision": None,
         "referrals": [],
     }
+
+
+async def _current_hosting(
+    conn: AsyncConnection, case_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, dict[str, Any]]:
+    """Each case's latest lookup that gave a verdict (a failed lookup says nothing)."""
+    current: dict[uuid.UUID, dict[str, Any]] = {}
+    if not case_ids:
+        return current
+    rows = await conn.execute(
+        select(hosting_evidence)
+        .where(hosting_evidence.c.case_id.in_(case_ids), hosting_evidence.c.status != "failed")
+        .order_by(hosting_evidence.c.checked_at, hosting_evidence.c.id)
+    )
+    for row in rows:
+        current[row.case_id] = _hosting_json(row)
+    return current
 
 
 async def _reports(
@@ -81,8 +129,10 @@ async def list_cases(
     if status is not None:
         query = query.where(cases.c.status == status)
     rows = list(await conn.execute(query))
-    reports = await _reports(conn, [r.id for r in rows])
-    return [_case_json(row, reports[row.id]) for row in rows]
+    ids = [r.id for r in rows]
+    reports = await _reports(conn, ids)
+    hosting = await _current_hosting(conn, ids)
+    return [_case_json(row, reports[row.id], hosting.get(row.id)) for row in rows]
 
 
 async def get_case(conn: AsyncConnection, case_id: uuid.UUID) -> dict[str, Any] | None:
@@ -91,6 +141,12 @@ async def get_case(conn: AsyncConnection, case_id: uuid.UUID) -> dict[str, Any] 
     if row is None:
         return None
     reports = (await _reports(conn, [row.id]))[row.id]
-    document = _case_json(row, reports)
+    document = _case_json(row, reports, (await _current_hosting(conn, [row.id])).get(row.id))
     document["reports"] = reports
+    history = await conn.execute(
+        select(hosting_evidence)
+        .where(hosting_evidence.c.case_id == row.id)
+        .order_by(hosting_evidence.c.checked_at, hosting_evidence.c.id)
+    )
+    document["hosting_evidence"] = [_evidence_json(e) for e in history]
     return document

@@ -80,7 +80,42 @@ cases = Table(
     Column("reappeared", Boolean, nullable=False, server_default=false()),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("status_changed_at", DateTime(timezone=True), nullable=False),
+    # Locating (one worker at a time holds a case, until claimed_until). A failed lookup
+    # counts an attempt, keeps its error and is not tried again before locate_after.
+    Column("claimed_by", String(64), nullable=True),
+    Column("claimed_until", DateTime(timezone=True), nullable=True),
+    Column("locate_attempts", Integer, nullable=False, server_default="0"),
+    Column("locate_after", DateTime(timezone=True), nullable=True),
+    Column("locate_error", Text, nullable=True),
     Index(None, "status", "first_reported"),
+)
+
+# Every lookup of a case's host, as it was answered: never updated, never replaced. A case's
+# hosting is its latest evidence whose status is not ``failed``.
+hosting_evidence = Table(
+    "hosting_evidence",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("case_id", Uuid, ForeignKey("cases.id"), nullable=False),
+    Column("checked_at", DateTime(timezone=True), nullable=False),
+    Column("trigger", String(16), nullable=False),  # "auto" or "relocate"
+    Column("host", Text, nullable=False),
+    Column("resolver", Text, nullable=False),
+    # answer | nxdomain | no_answer | failed | ip_literal
+    Column("outcome", String(16), nullable=False),
+    # located | mixed | cdn | unresolvable | failed
+    Column("status", String(16), nullable=False),
+    Column("country", String(2), nullable=True),
+    Column("asn", BigInteger, nullable=True),
+    Column("org", Text, nullable=True),
+    Column("cdn", Boolean, nullable=False),
+    Column("source", String(16), nullable=True),  # geoip | override
+    Column("ips", JSON, nullable=False),
+    Column("records", JSON, nullable=False),  # the DNS answers, with their TTLs
+    Column("addresses", JSON, nullable=False),  # per address: country, ASN, where from
+    Column("databases", JSON, nullable=False),  # which databases, built when
+    Column("error", Text, nullable=True),
+    Index(None, "case_id", "checked_at"),
 )
 
 # Which submissions reported which case, and how the reporter wrote the URL.

@@ -1,0 +1,302 @@
+"""The locate stage: new cases get their hosting facts and move on to the assessment queue.
+
+Cases are claimed with a lease (as submissions are by the normaliser), looked up concurrently
+(``concurrency`` names at a time, each bounded by the lookup timeout), and filed as their
+lookups finish, so a slow or failing name holds one slot and never the queue.
+
+Filing a lookup stores it as immutable hosting evidence and then:
+
+- a verdict (located, cdn, mixed, unresolvable) moves the case to ``awaiting_assessment``;
+- a failed lookup counts an attempt, records the error and schedules the next try (doubling
+  from ``retry_after`` up to ``retry_max``); after ``max_attempts`` the case is flagged
+  ``locate_failed``, where it is still retried at ``retry_max`` and an operator can see it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import Any
+
+import structlog
+from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy.engine import Connection
+
+from gateway.ids import uuid7
+from gateway.store.backend import WriteBackend
+from gateway.store.tables import cases, hosting_evidence
+from routing.locate import Hosting, Locator, host_of
+
+log = structlog.get_logger("routing.locate")
+
+#: Statuses a case is located in; a verdict moves it on.
+TO_LOCATE = ("new", "locate_failed")
+#: Lookups filed per transaction at most.
+APPLY_GROUP = 64
+
+
+@dataclass(frozen=True, slots=True)
+class _Claimed:
+    id: uuid.UUID
+    canonical_url: str | None
+    attempts: int
+
+
+def evidence_row(case_id: uuid.UUID, hosting: Hosting, trigger: str) -> dict[str, Any]:
+    return {
+        "id": uuid7(), "case_id": case_id, "checked_at": hosting.checked_at,
+        "trigger": trigger, "host": hosting.host, "resolver": hosting.resolver,
+        "outcome": hosting.outcome, "status": hosting.status, "country": hosting.country,
+        "asn": hosting.asn, "org": hosting.org, "cdn": hosting.cdn, "source": hosting.source,
+        "ips": hosting.ips, "records": hosting.records, "addresses": hosting.addresses,
+        "databases": hosting.databases, "error": hosting.error,
+    }
+
+
+def _no_host(url: str | None, now: datetime) -> Hosting:
+    return Hosting(host=url or "", checked_at=now, resolver="none", outcome="nxdomain",
+                   status="unresolvable", error="the URL names no host")
+
+
+class LocateStage:
+    """Moves cases from ``new`` (or ``locate_failed``) to ``awaiting_assessment``."""
+
+    def __init__(
+        self,
+        backend: WriteBackend,
+        locator: Locator,
+        *,
+        worker: str,
+        concurrency: int = 64,
+        max_attempts: int = 5,
+        retry_after: timedelta = timedelta(seconds=30),
+        retry_max: timedelta = timedelta(hours=1),
+        lease: timedelta = timedelta(minutes=5),
+        idle_poll: float = 5.0,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._backend = backend
+        self._locator = locator
+        self._worker = worker
+        self._concurrency = concurrency
+        self._max_attempts = max_attempts
+        self._retry_after = retry_after
+        self._retry_max = retry_max
+        self._lease = lease
+        self._idle_poll = idle_poll
+        self._clock = clock
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._done: list[tuple[_Claimed, Hosting]] = []
+        self.located = 0
+        self.failed = 0
+
+    def wake(self) -> None:
+        """New cases were filed: look now rather than at the next poll."""
+        self._wake.set()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    def retry_delay(self, attempts: int) -> timedelta:
+        """How long after its ``attempts``-th failure a case is tried again."""
+        delay: timedelta = self._retry_after * (2 ** min(attempts - 1, 30))
+        return min(delay, self._retry_max)
+
+    async def run(self) -> None:
+        """Claim, look up and file until stopped; a lookup in flight never blocks the others."""
+        try:
+            while not self._stopping:
+                claimed = 0
+                healthy = True
+                try:
+                    await self._file_done()
+                    room = self._concurrency - len(self._inflight)
+                    # Claim in batches, not one case per finished lookup.
+                    if room >= max(1, self._concurrency // 4) or not self._inflight:
+                        claimed = self._start(await self._claim(room))
+                except Exception as exc:  # the database is away: keep trying, say so
+                    log.error("locate.batch_failed", error_type=type(exc).__name__)
+                    healthy = False
+                if self._stopping:
+                    break
+                self._wake.clear()
+                if not healthy or (claimed == 0 and not self._done):
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self._idle_poll)
+        finally:
+            for task in list(self._inflight):
+                task.cancel()
+            await asyncio.gather(*self._inflight, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await self._file_done()
+            await self._release_quietly()
+
+    async def run_once(self) -> int:
+        """Locate every case that is due now, waiting for all lookups; how many were filed."""
+        filed = 0
+        while True:
+            claimed = self._start(await self._claim(self._concurrency))
+            if claimed == 0 and not self._inflight:
+                return filed
+            while self._inflight:
+                await asyncio.wait(set(self._inflight))
+                filed += await self._file_done()
+
+    def _start(self, claimed: Sequence[_Claimed]) -> int:
+        for item in claimed:
+            task = asyncio.create_task(self._locate(item), name=f"locate-{item.id}")
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+        return len(claimed)
+
+    async def _locate(self, item: _Claimed) -> None:
+        host = host_of(item.canonical_url)
+        if host is None:
+            hosting = _no_host(item.canonical_url, self._clock())
+        else:
+            try:
+                hosting = await self._locator.locate(host)
+            except Exception as exc:  # a bug here must mark the case, not stop the stage
+                hosting = Hosting(host=host, checked_at=self._clock(), resolver="none",
+                                  outcome="failed", status="failed",
+                                  error=f"internal: {type(exc).__name__}")
+        self._done.append((item, hosting))
+        self._wake.set()
+
+    async def _file_done(self) -> int:
+        filed = 0
+        while self._done:
+            group, self._done = self._done[:APPLY_GROUP], self._done[APPLY_GROUP:]
+            try:
+                done = await self._backend.transaction(
+                    partial(self._apply, results=group, now=self._clock()))
+            except BaseException:
+                self._done[:0] = group  # filed on the next round; the lease covers them
+                raise
+            for claimed, hosting in done:
+                if hosting.failed:
+                    self.failed += 1
+                    log.warning("locate.failed", case_id=str(claimed.id),
+                                attempts=claimed.attempts + 1, error=hosting.error)
+                else:
+                    self.located += 1
+            filed += len(done)
+        return filed
+
+    async def _claim(self, limit: int) -> list[_Claimed]:
+        if limit <= 0:
+            return []
+        now = self._clock()
+        return await self._backend.transaction(
+            partial(self._claim_rows, now=now, until=now + self._lease, limit=limit))
+
+    def _claim_rows(
+        self, conn: Connection, *, now: datetime, until: datetime, limit: int
+    ) -> list[_Claimed]:
+        free = or_(cases.c.claimed_until.is_(None), cases.c.claimed_until < now)
+        due = or_(cases.c.locate_after.is_(None), cases.c.locate_after <= now)
+        candidates = (
+            select(cases.c.id)
+            .where(cases.c.status.in_(TO_LOCATE), cases.c.kind == "url", due, free)
+            .order_by(cases.c.first_reported)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        rows = conn.execute(
+            update(cases)
+            .where(cases.c.id.in_(candidates.scalar_subquery()), free)
+            .values(claimed_by=self._worker, claimed_until=until)
+            .returning(cases.c.id, cases.c.canonical_url, cases.c.locate_attempts)
+        )
+        return [_Claimed(*row) for row in rows]
+
+    def _apply(
+        self, conn: Connection, *, results: Sequence[tuple[_Claimed, Hosting]], now: datetime
+    ) -> list[tuple[_Claimed, Hosting]]:
+        """File the lookups (in the database's thread: no logging here); those filed."""
+        evidence = []
+        filed: list[tuple[_Claimed, Hosting]] = []
+        for claimed, hosting in sorted(results, key=lambda pair: pair[0].id):
+            guard = and_(cases.c.id == claimed.id, cases.c.claimed_by == self._worker,
+                         cases.c.status.in_(TO_LOCATE))
+            values: dict[str, Any] = {"claimed_by": None, "claimed_until": None}
+            if hosting.failed:
+                attempts = claimed.attempts + 1
+                values.update(locate_attempts=attempts, locate_error=hosting.error,
+                              locate_after=now + self.retry_delay(attempts))
+                if attempts >= self._max_attempts:
+                    values.update(status="locate_failed", status_changed_at=now)
+            else:
+                values.update(status="awaiting_assessment", status_changed_at=now,
+                              locate_error=None, locate_after=None)
+            if conn.execute(update(cases).where(guard).values(**values)).rowcount != 1:
+                continue  # our lease ran out and another worker has it, or it was relocated
+            evidence.append(evidence_row(claimed.id, hosting, "auto"))
+            filed.append((claimed, hosting))
+        if evidence:
+            conn.execute(insert(hosting_evidence), evidence)
+        return filed
+
+    async def release(self) -> int:
+        """Hand back every case this worker holds but has not filed; how many."""
+
+        def work(conn: Connection) -> int:
+            mine = and_(cases.c.claimed_by == self._worker, cases.c.status.in_(TO_LOCATE))
+            result = conn.execute(
+                update(cases).where(mine).values(claimed_by=None, claimed_until=None))
+            return int(result.rowcount)
+
+        return await self._backend.transaction(work)
+
+    async def _release_quietly(self) -> None:
+        try:
+            await self.release()
+        except Exception as exc:  # the database is away: the lease will expire instead
+            log.warning("locate.release_failed", error_type=type(exc).__name__)
+
+
+class CaseNotFound(LookupError):
+    pass
+
+
+async def relocate(
+    backend: WriteBackend, locator: Locator, case_id: uuid.UUID
+) -> Hosting:
+    """Look a case's host up again now (no cache) and add the evidence; a case still waiting to
+    be located moves on to the queue. Earlier evidence is kept as it was."""
+
+    def read(conn: Connection) -> Any:
+        return conn.execute(
+            select(cases.c.kind, cases.c.canonical_url).where(cases.c.id == case_id)
+        ).first()
+
+    row = await backend.transaction(read)
+    if row is None:
+        raise CaseNotFound(str(case_id))
+    host = host_of(row.canonical_url)
+    if row.kind != "url" or host is None:
+        raise ValueError("this case has no host to locate")
+    hosting = await locator.locate(host, fresh=True)
+
+    def file(conn: Connection) -> None:
+        conn.execute(insert(hosting_evidence).values(**evidence_row(case_id, hosting, "relocate")))
+        if not hosting.failed:
+            now = hosting.checked_at
+            conn.execute(
+                update(cases)
+                .where(cases.c.id == case_id, cases.c.status.in_(TO_LOCATE))
+                .values(status="awaiting_assessment", status_changed_at=now, locate_error=None,
+                        locate_after=None, claimed_by=None, claimed_until=None)
+            )
+
+    await backend.transaction(file)
+    log.info("locate.relocated", case_id=str(case_id), status=hosting.status)
+    return hosting

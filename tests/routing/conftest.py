@@ -1,0 +1,84 @@
+"""Locating fixtures: a DNS server on 127.0.0.1 with a zone of test names, and small .mmdb
+databases built here so that countries and AS numbers are known in advance."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from mmdb_writer import MMDBWriter
+from netaddr import IPSet
+
+from tests.dns_server import DnsServer, Zone
+
+# network: (country, AS number, organisation)
+NETWORKS = {
+    "145.100.0.0/16": ("NL", 1103, "SURF B.V."),
+    "2001:610::/32": ("NL", 1103, "SURF B.V."),
+    "193.190.0.0/16": ("BE", 2611, "BELNET"),
+    "2a02:578::/32": ("BE", 5432, "Proximus NV"),
+    "5.6.7.0/24": ("DE", 3320, "Deutsche Telekom AG"),
+    "104.16.0.0/16": ("US", 13335, "CLOUDFLARENET"),
+    "2606:4700::/32": ("US", 13335, "CLOUDFLARENET"),
+}
+
+
+def build_mmdb(path: Path, kind: str) -> Path:
+    writer = MMDBWriter(ip_version=6, ipv4_compatible=True,
+                        database_type=f"Test-{kind}", description="hotline-gateway tests")
+    for network, (country, asn, org) in NETWORKS.items():
+        record: dict[str, object] = (
+            {"country": {"iso_code": country}} if kind == "Country"
+            else {"autonomous_system_number": asn, "autonomous_system_organization": org}
+        )
+        writer.insert_network(IPSet([network]), record)
+    writer.to_db_file(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def mmdb(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """``{"country": path, "asn": path}``."""
+    folder = tmp_path_factory.mktemp("mmdb")
+    return {
+        "country": build_mmdb(folder / "country.mmdb", "Country"),
+        "asn": build_mmdb(folder / "asn.mmdb", "ASN"),
+    }
+
+
+def standard_zone() -> Zone:
+    zone = Zone()
+    zone.add("nl.test", "A", "145.100.1.1", ttl=120)
+    zone.add("nl.test", "AAAA", "2001:610::1", ttl=60)
+    zone.add("be.test", "A", "193.190.1.1")
+    zone.add("www.example.be", "A", "145.100.9.9")
+    zone.add("mixed.test", "A", "145.100.1.2", "193.190.1.2")
+    zone.add("cdn.test", "A", "104.16.1.1")
+    zone.add("v6.test", "AAAA", "2001:610::2", "2a02:578::1")
+    zone.add("private.test", "A", "10.0.0.1")
+    zone.add("de.test", "A", "5.6.7.8")
+    zone.add("noaddr.test", "TXT", '"hello"')
+    zone.cname("alias.test", "mid.test", ttl=30)
+    zone.cname("mid.test", "nl.test", ttl=40)
+    zone.cname("dangling.test", "be.test", alone=True)
+    zone.add("tcp.test", "A", "145.100.1.3")
+    zone.behave("tcp.test", "truncate")
+    zone.behave("broken.test", "servfail")
+    zone.behave("refused.test", "refused")
+    zone.behave("garbage.test", "garbage")
+    zone.behave("silent.test", "drop")
+    zone.add("slow.test", "A", "145.100.1.4")
+    zone.behave("slow.test", ("slow", 30.0))
+    return zone
+
+
+@pytest.fixture
+def zone() -> Zone:
+    return standard_zone()
+
+
+@pytest.fixture
+async def dns(zone: Zone) -> AsyncIterator[DnsServer]:
+    async with DnsServer(zone) as server:
+        yield server

@@ -1,0 +1,228 @@
+"""The locate stage on real databases (SQLite and PostgreSQL) with a real DNS server."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, insert, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.ids import uuid7
+from gateway.store.backend import WriteBackend, open_write_backend
+from gateway.store.case_view import get_case, list_cases
+from gateway.store.tables import cases, hosting_evidence
+from routing.geo import open_geolocator
+from routing.locate import Locator, Overrides
+from routing.resolve import HostResolver
+from routing.stage import CaseNotFound, LocateStage, relocate
+from tests.dns_server import DnsServer, Zone
+
+
+@pytest.fixture
+async def backend(engine: AsyncEngine) -> AsyncIterator[WriteBackend]:
+    opened = await open_write_backend(engine)
+    yield opened
+    await opened.close()
+
+
+def make_locator(dns: DnsServer, mmdb: dict[str, Path], timeout: float = 1.0) -> Locator:
+    return Locator(HostResolver([dns.address], timeout=timeout),
+                   open_geolocator(mmdb["country"], mmdb["asn"]),
+                   overrides=Overrides([]), cdn_asns=[13335])
+
+
+async def add_cases(backend: WriteBackend, urls: list[str | None]) -> list[uuid.UUID]:
+    """Cases as the normaliser files them (``None``: a report without a URL)."""
+    start = datetime(2026, 11, 1, tzinfo=UTC)
+    rows: list[dict[str, Any]] = []
+    for n, url in enumerate(urls):
+        moment = start + timedelta(seconds=n)
+        rows.append({
+            "id": uuid7(), "kind": "url" if url else "no_url",
+            "status": "new" if url else "awaiting_assessment",
+            "url_key": uuid.uuid4().hex, "url": url, "canonical_url": url,
+            "report_count": 1, "first_reported": moment, "last_reported": moment,
+            "created_at": moment, "status_changed_at": moment,
+        })
+    await backend.transaction(lambda conn: conn.execute(insert(cases), rows))
+    return [r["id"] for r in rows]
+
+
+async def statuses(engine: AsyncEngine) -> dict[uuid.UUID, str]:
+    async with engine.connect() as conn:
+        return dict((await conn.execute(select(cases.c.id, cases.c.status))).all())
+
+
+async def evidence_count(engine: AsyncEngine) -> dict[uuid.UUID, int]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            select(hosting_evidence.c.case_id, func.count()).group_by(hosting_evidence.c.case_id))
+        return dict(rows.all())
+
+
+async def test_located_cases_move_to_the_queue_with_their_hosting(
+    engine: AsyncEngine, backend: WriteBackend, dns: DnsServer, mmdb: dict[str, Path]
+) -> None:
+    ids = await add_cases(backend, ["http://nl.test/a", "http://mixed.test/", "http://cdn.test/",
+                                    "http://nowhere.test/", "http://193.190.1.1/", None])
+    stage = LocateStage(backend, make_locator(dns, mmdb), worker="w1")
+    assert await stage.run_once() == 5
+    assert set((await statuses(engine)).values()) == {"awaiting_assessment"}
+    async with engine.connect() as conn:
+        shown = {c["id"]: c["hosting"] for c in await list_cases(conn)}
+        detail = await get_case(conn, ids[0])
+    assert {k: v for k, v in shown[str(ids[0])].items() if k != "evidence_id"} == {
+        "status": "located", "country": "NL", "ips": ["145.100.1.1", "2001:610::1"],
+        "asn": 1103, "org": "SURF B.V.", "cdn": False, "source": "geoip",
+        "checked_at": shown[str(ids[0])]["checked_at"]}
+    assert [shown[str(i)]["status"] for i in ids[1:5]] == [
+        "mixed", "cdn", "unresolvable", "located"]
+    assert shown[str(ids[5])] is None  # no URL: nothing to locate
+    assert detail is not None
+    (evidence,) = detail["hosting_evidence"]
+    assert evidence["trigger"] == "auto" and evidence["host"] == "nl.test"
+    assert evidence["resolver"] == dns.nameserver
+    assert {r["type"]: r["ttl"] for r in evidence["records"]} == {"A": 120, "AAAA": 60}
+    assert evidence["databases"]["asn"]["name"] == "Test-ASN (asn.mmdb)"
+    assert await stage.run_once() == 0  # nothing is located twice
+
+
+async def test_failures_are_retried_with_backoff_then_flagged(
+    engine: AsyncEngine, backend: WriteBackend, dns: DnsServer, mmdb: dict[str, Path],
+    zone: Zone,
+) -> None:
+    (case_id,) = await add_cases(backend, ["http://broken.test/x"])
+    now = [datetime(2026, 11, 28, 12, tzinfo=UTC)]
+    stage = LocateStage(backend, make_locator(dns, mmdb), worker="w1", max_attempts=3,
+                        retry_after=timedelta(seconds=30), retry_max=timedelta(seconds=100),
+                        clock=lambda: now[0])
+    assert await stage.run_once() == 1
+    async with engine.connect() as conn:
+        shown = await get_case(conn, case_id)
+    assert shown is not None and shown["status"] == "new"
+    assert shown["hosting"]["status"] == "pending" and shown["hosting"]["attempts"] == 1
+    assert "SERVFAIL" in shown["hosting"]["error"]
+    assert shown["hosting"]["retry_at"] == "2026-11-28T12:00:30Z"
+    assert shown["hosting_evidence"][0]["status"] == "failed"
+    assert await stage.run_once() == 0  # not yet due
+    now[0] += timedelta(seconds=31)
+    assert await stage.run_once() == 1  # second attempt; next in 60 s
+    now[0] += timedelta(seconds=61)
+    assert await stage.run_once() == 1  # third: flagged
+    assert (await statuses(engine))[case_id] == "locate_failed"
+    assert [stage.retry_delay(n).total_seconds() for n in (1, 2, 3, 4)] == [30, 60, 100, 100]
+    # Still retried, and located once the DNS answers again.
+    zone.behaviour.clear()
+    zone.add("broken.test", "A", "193.190.5.5")
+    now[0] += timedelta(seconds=101)
+    assert await stage.run_once() == 1
+    assert (await statuses(engine))[case_id] == "awaiting_assessment"
+    assert (await evidence_count(engine))[case_id] == 4  # every attempt is evidence
+    async with engine.connect() as conn:
+        shown = await get_case(conn, case_id)
+    assert shown is not None and shown["hosting"]["country"] == "BE"
+
+
+async def test_a_burst_with_failing_and_slow_names_locates_the_rest_promptly(
+    engine: AsyncEngine, backend: WriteBackend, dns: DnsServer, mmdb: dict[str, Path],
+    zone: Zone,
+) -> None:
+    """1,000 cases: 5 whose nameserver never answers and 5 that SERVFAIL go first, so they hold
+    slots from the start; all the others are filed before any silent name times out (5 s;
+    the 990 take about 1.5 s here), and the SERVFAIL ones are retried, then flagged."""
+    for n in range(990):
+        zone.add(f"h{n}.test", "A", f"145.100.{n // 250}.{n % 250 + 1}")
+    silent = [f"http://silent{n}.test/" for n in range(5)]
+    for n in range(5):
+        zone.behave(f"silent{n}.test", "drop")
+        zone.behave(f"fail{n}.test", "servfail")
+    urls: list[str | None] = [*silent, *(f"http://fail{n}.test/" for n in range(5)),
+                              *(f"http://h{n}.test/p" for n in range(990))]
+    ids = await add_cases(backend, urls)
+    stage = LocateStage(backend, make_locator(dns, mmdb, timeout=5.0), worker="w1",
+                        concurrency=64, max_attempts=2, retry_after=timedelta(milliseconds=200),
+                        idle_poll=0.1)
+    task = asyncio.create_task(stage.run())
+    try:
+        async with asyncio.timeout(120):  # until the silent names have timed out once
+            while True:
+                filed = await evidence_count(engine)
+                if all(filed.get(i) for i in ids[:5]):
+                    break
+                await asyncio.sleep(0.2)
+    finally:
+        await stage.stop()
+        await task
+    status = await statuses(engine)
+    assert [status[i] for i in ids[10:]] == ["awaiting_assessment"] * 990
+    assert [status[i] for i in ids[:5]] == ["new"] * 5  # failed once: to be retried
+    assert [status[i] for i in ids[5:10]] == ["locate_failed"] * 5
+    async with engine.connect() as conn:
+        rows = (await conn.execute(
+            select(hosting_evidence.c.case_id, hosting_evidence.c.checked_at,
+                   hosting_evidence.c.status))).all()
+    first_silent_filed = min(r.checked_at for r in rows if r.case_id in ids[:5])
+    last_good_filed = max(r.checked_at for r in rows if r.case_id in ids[10:])
+    assert last_good_filed < first_silent_filed
+    counts = await evidence_count(engine)
+    assert all(counts[i] >= 2 for i in ids[5:10])  # retried, flagged, and retried still
+    assert {counts[i] for i in ids[10:]} == {1}
+
+
+async def test_two_workers_locate_each_case_once(
+    engine: AsyncEngine, backend: WriteBackend, dns: DnsServer, mmdb: dict[str, Path]
+) -> None:
+    ids = await add_cases(backend, [f"http://{h}/{n}" for n in range(40)
+                                    for h in ("nl.test", "be.test")])
+    first = LocateStage(backend, make_locator(dns, mmdb), worker="w1", concurrency=8)
+    second = LocateStage(backend, make_locator(dns, mmdb), worker="w2", concurrency=8)
+    done = await asyncio.gather(first.run_once(), second.run_once())
+    assert sum(done) == 80 and all(done)
+    assert set((await evidence_count(engine)).values()) == {1}
+    assert len(await evidence_count(engine)) == len(ids)
+
+
+async def test_stopping_hands_back_what_is_in_flight(
+    engine: AsyncEngine, backend: WriteBackend, dns: DnsServer, mmdb: dict[str, Path]
+) -> None:
+    (case_id,) = await add_cases(backend, ["http://slow.test/"])
+    stage = LocateStage(backend, make_locator(dns, mmdb, timeout=20), worker="w1")
+    task = asyncio.create_task(stage.run())
+    while not dns.zone.asked("slow.test"):
+        await asyncio.sleep(0.02)
+    await stage.stop()
+    await task
+    async with engine.connect() as conn:
+        row = (await conn.execute(select(cases).where(cases.c.id == case_id))).one()
+    assert (row.status, row.claimed_by, row.locate_attempts) == ("new", None, 0)
+    assert not await evidence_count(engine)
+
+
+async def test_relocating_adds_evidence_and_keeps_the_old(
+    engine: AsyncEngine, backend: WriteBackend, dns: DnsServer, mmdb: dict[str, Path],
+    zone: Zone,
+) -> None:
+    (case_id,) = await add_cases(backend, ["http://nl.test/moved"])
+    locator = make_locator(dns, mmdb)
+    await LocateStage(backend, locator, worker="w1").run_once()
+    zone.add("nl.test", "A", "193.190.9.9")  # the content moved to Belgium
+    del zone.records[("nl.test.", "AAAA")]
+    hosting = await relocate(backend, locator, case_id)  # asks again despite the cache
+    assert (hosting.status, hosting.country) == ("located", "BE")
+    async with engine.connect() as conn:
+        shown = await get_case(conn, case_id)
+    assert shown is not None
+    assert [(e["trigger"], e["country"]) for e in shown["hosting_evidence"]] == [
+        ("auto", "NL"), ("relocate", "BE")]
+    assert shown["hosting"]["country"] == "BE" and shown["status"] == "awaiting_assessment"
+    with pytest.raises(CaseNotFound):
+        await relocate(backend, locator, uuid.uuid4())
+    (no_url,) = await add_cases(backend, [None])
+    with pytest.raises(ValueError, match="no host"):
+        await relocate(backend, locator, no_url)
