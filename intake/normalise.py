@@ -28,9 +28,10 @@ from typing import Any
 import structlog
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import InterfaceError, OperationalError, StatementError
+from sqlalchemy.exc import StatementError
 
 from gateway.store.backend import WriteBackend
+from gateway.store.errors import retryable
 from gateway.store.tables import submissions
 from intake.cases import ReportedUrl, attach_report
 from intake.mime import MimeError, MimeLimits, parse_message
@@ -232,8 +233,8 @@ class NormaliseStage:
                 partial(self._apply, results=group, now=self._clock())
             )
         except StatementError as exc:
-            if isinstance(exc, OperationalError | InterfaceError):
-                raise  # the database is unavailable, not refusing this data
+            if retryable(exc):
+                raise  # the database is unavailable or chose us to lose a race: try later
             if len(group) > 1:
                 applied = 0
                 for pair in group:

@@ -5,7 +5,9 @@ The verdict (``status``):
 - ``located``: every address agrees on one country (or an operator override names it);
 - ``cdn``: an address belongs to a configured CDN's AS: the country of the origin is unknown;
 - ``mixed``: the addresses disagree (round robin across countries, fast flux);
-- ``unresolvable``: the name does not exist or has no address;
+- ``unknown``: the addresses are public but no database knows the country of (some of) them;
+- ``unresolvable``: the name does not exist, or has no public address (a sinkhole's
+  ``127.0.0.1`` is evidence, not a place);
 - ``failed``: the lookup failed (SERVFAIL, timeout); it says nothing about the hosting and is
   tried again.
 
@@ -157,20 +159,30 @@ class Locator:
             )
         if resolution.outcome == "failed":
             return Hosting(status="failed", **common)
-        if not addresses:
-            return Hosting(status="unresolvable", ips=ips, **common)
-        first = addresses[0]
-        cdn = [a for a in addresses if a.get("cdn")]
+        # A private or reserved address (a sinkhole's 0.0.0.0 or 127.0.0.1, say) hosts
+        # nothing anyone else can reach: it is evidence, not a place.
+        public = [a for a in addresses if "note" not in a or a["source"] == "override"]
+        if not public:
+            if addresses:
+                common["error"] = "no public address"
+            return Hosting(status="unresolvable", ips=ips, addresses=addresses, **common)
+        first = public[0]
+        cdn = [a for a in public if a.get("cdn")]
         if cdn:
             return Hosting(status="cdn", asn=cdn[0]["asn"], org=cdn[0]["org"], cdn=True,
                            source="geoip", ips=ips, addresses=addresses, **common)
-        countries = {a["country"] for a in addresses}
-        source = "override" if all(a["source"] == "override" for a in addresses) else "geoip"
-        if len(countries) == 1:
-            return Hosting(status="located", country=countries.pop(), asn=first["asn"],
+        countries = {a["country"] for a in public}
+        source = "override" if all(a["source"] == "override" for a in public) else "geoip"
+        known = countries - {None}
+        if len(known) > 1:
+            status = "mixed"  # round robin across countries, fast flux
+        elif None in countries:
+            status = "unknown"  # no database knows where (some of) the addresses are
+        else:
+            return Hosting(status="located", country=known.pop(), asn=first["asn"],
                            org=first["org"], source=source, ips=ips, addresses=addresses,
                            **common)
-        return Hosting(status="mixed", asn=first["asn"], org=first["org"], source=source,
+        return Hosting(status=status, asn=first["asn"], org=first["org"], source=source,
                        ips=ips, addresses=addresses, **common)
 
     def _address(self, ip: str) -> dict[str, Any]:

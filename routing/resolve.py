@@ -36,6 +36,9 @@ import dns.resolver
 MAX_CNAME_HOPS = 8
 #: Bounds on how long an answer is reused, whatever its TTL says.
 MAX_CACHE_SECONDS = 3600.0
+#: Negative answers are believed for the zone's negative TTL, but not longer than this: a
+#: name reported before its DNS goes live must not look unresolvable for a day.
+MAX_NEGATIVE_SECONDS = 300.0
 NEGATIVE_CACHE_SECONDS = 60.0
 MAX_CACHED_HOSTS = 100_000
 
@@ -86,7 +89,7 @@ def _negative_ttl(response: dns.message.Message | None) -> float:
     if response is not None:
         for rrset in response.authority:
             if rrset.rdtype == dns.rdatatype.SOA and len(rrset):
-                return float(min(rrset.ttl, rrset[0].minimum))
+                return float(min(rrset.ttl, rrset[0].minimum, MAX_NEGATIVE_SECONDS))
     return NEGATIVE_CACHE_SECONDS
 
 
@@ -118,8 +121,9 @@ class HostResolver:
             resolver = dns.asyncresolver.Resolver()
             self.description = "system (" + ", ".join(map(str, resolver.nameservers)) + ")"
         resolver.lifetime = timeout
-        # Each server gets a share of the lifetime, so that a dead one leaves time for the next.
-        resolver.timeout = max(0.5, timeout / max(1, len(resolver.nameservers)))
+        # Per try: short enough that a lost UDP datagram is sent again, and that a dead server
+        # leaves time for the next, within the lifetime.
+        resolver.timeout = max(0.3, min(2.0, timeout / (3 * max(1, len(resolver.nameservers)))))
         resolver.cache = None  # cached here, per host, so that evidence can say so
         self._resolver = resolver
         self._timeout = timeout
@@ -151,24 +155,28 @@ class HostResolver:
                 if expires > self._clock():
                     return replace(resolution, cached=True)
                 del self._cache[host]
-        pending = self._inflight.get(host)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[Resolution] = asyncio.get_running_loop().create_future()
-        self._inflight[host] = future
-        try:
-            resolution = await self._lookup(host)
-        except asyncio.CancelledError:
-            future.cancel()  # only when the whole stage stops
-            raise
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: nobody else may be waiting
-            raise
-        finally:
-            del self._inflight[host]
-        future.set_result(resolution)
-        if self._use_cache and resolution.final and resolution.ttl > 0:
+        # One lookup per host at a time, in a task of its own: a caller that is cancelled
+        # (or times out) stops waiting without cancelling the lookup for the others.
+        task = self._inflight.get(host)
+        if task is None:
+            task = asyncio.ensure_future(self._lookup_and_cache(host))
+            self._inflight[host] = task
+            task.add_done_callback(lambda _: self._inflight.pop(host, None))
+        return await asyncio.shield(task)
+
+    async def close(self) -> None:
+        """Cancel lookups still running (nobody is waiting for them any more)."""
+        running = list(self._inflight.values())
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+
+    async def _lookup_and_cache(self, host: str) -> Resolution:
+        resolution = await self._lookup(host)
+        # Half an answer (A found, AAAA failed) is used once, not kept: the next lookup may
+        # see addresses this one missed.
+        partial = resolution.outcome == "answer" and resolution.error is not None
+        if self._use_cache and resolution.final and not partial and resolution.ttl > 0:
             self._cache[host] = (self._clock() + resolution.ttl, resolution)
             if len(self._cache) > MAX_CACHED_HOSTS:
                 self._cache.popitem(last=False)

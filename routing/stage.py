@@ -45,6 +45,8 @@ class _Claimed:
     id: uuid.UUID
     canonical_url: str | None
     attempts: int
+    status: str
+    url_key: str
 
 
 def evidence_row(case_id: uuid.UUID, hosting: Hosting, trigger: str) -> dict[str, Any]:
@@ -114,6 +116,8 @@ class LocateStage:
         """Claim, look up and file until stopped; a lookup in flight never blocks the others."""
         try:
             while not self._stopping:
+                # Cleared before looking, so a wake-up that comes while we look is kept.
+                self._wake.clear()
                 claimed = 0
                 healthy = True
                 try:
@@ -127,7 +131,6 @@ class LocateStage:
                     healthy = False
                 if self._stopping:
                     break
-                self._wake.clear()
                 if not healthy or (claimed == 0 and not self._done):
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), self._idle_poll)
@@ -137,18 +140,29 @@ class LocateStage:
             await asyncio.gather(*self._inflight, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await self._file_done()
-            await self._release_quietly()
+            await self._abandon()
 
     async def run_once(self) -> int:
         """Locate every case that is due now, waiting for all lookups; how many were filed."""
         filed = 0
-        while True:
-            claimed = self._start(await self._claim(self._concurrency))
-            if claimed == 0 and not self._inflight:
-                return filed
-            while self._inflight:
-                await asyncio.wait(set(self._inflight))
-                filed += await self._file_done()
+        try:
+            while True:
+                claimed = self._start(await self._claim(self._concurrency))
+                if claimed == 0 and not self._inflight:
+                    return filed
+                while self._inflight:
+                    await asyncio.wait(set(self._inflight))
+                    filed += await self._file_done()
+        finally:
+            await self._abandon()
+
+    async def _abandon(self) -> None:
+        """Stop what is in flight and hand back what is claimed but not filed."""
+        for task in list(self._inflight):
+            task.cancel()
+        await asyncio.gather(*self._inflight, return_exceptions=True)
+        self._done.clear()
+        await self._release_quietly()
 
     def _start(self, claimed: Sequence[_Claimed]) -> int:
         for item in claimed:
@@ -214,7 +228,8 @@ class LocateStage:
             update(cases)
             .where(cases.c.id.in_(candidates.scalar_subquery()), free)
             .values(claimed_by=self._worker, claimed_until=until)
-            .returning(cases.c.id, cases.c.canonical_url, cases.c.locate_attempts)
+            .returning(cases.c.id, cases.c.canonical_url, cases.c.locate_attempts,
+                       cases.c.status, cases.c.url_key)
         )
         return [_Claimed(*row) for row in rows]
 
@@ -224,7 +239,9 @@ class LocateStage:
         """File the lookups (in the database's thread: no logging here); those filed."""
         evidence = []
         filed: list[tuple[_Claimed, Hosting]] = []
-        for claimed, hosting in sorted(results, key=lambda pair: pair[0].id):
+        # In url_key order, as the normaliser files cases: two transactions that lock the
+        # same cases lock them in one order, and never deadlock.
+        for claimed, hosting in sorted(results, key=lambda pair: pair[0].url_key):
             guard = and_(cases.c.id == claimed.id, cases.c.claimed_by == self._worker,
                          cases.c.status.in_(TO_LOCATE))
             values: dict[str, Any] = {"claimed_by": None, "claimed_until": None}
@@ -232,7 +249,7 @@ class LocateStage:
                 attempts = claimed.attempts + 1
                 values.update(locate_attempts=attempts, locate_error=hosting.error,
                               locate_after=now + self.retry_delay(attempts))
-                if attempts >= self._max_attempts:
+                if attempts >= self._max_attempts and claimed.status != "locate_failed":
                     values.update(status="locate_failed", status_changed_at=now)
             else:
                 values.update(status="awaiting_assessment", status_changed_at=now,

@@ -34,6 +34,8 @@ class Zone:
     behaviour: dict[str, str | tuple[str, float]] = field(default_factory=dict)
     #: CNAMEs answered alone, without their target's records.
     cname_only: set[str] = field(default_factory=set)
+    soa: str = SOA
+    soa_ttl: int = 60
     queries: Counter[tuple[str, str, str]] = field(default_factory=Counter)
 
     def add(self, name: str, rdtype: str, *values: str, ttl: int = 300) -> None:
@@ -44,9 +46,10 @@ class Zone:
         if alone:
             self.cname_only.add(_key(name))
 
-    def behave(self, name: str, how: str | tuple[str, float]) -> None:
-        """``servfail``, ``refused``, ``truncate``, ``garbage``, ``drop`` or ("slow", s)."""
-        self.behaviour[_key(name)] = how
+    def behave(self, name: str, how: str | tuple[str, float], rdtype: str | None = None) -> None:
+        """``servfail``, ``refused``, ``truncate``, ``garbage``, ``drop``, ``drop_once`` (the
+        first query of each type goes unanswered) or ("slow", s); for one type or all."""
+        self.behaviour[_key(name) + (f"/{rdtype}" if rdtype else "")] = how
 
     def asked(self, name: str, rdtype: str | None = None, transport: str | None = None) -> int:
         return sum(
@@ -78,7 +81,8 @@ class Zone:
             return response
         if not self._exists(name) and not response.answer:
             response.set_rcode(dns.rcode.NXDOMAIN)
-        response.authority.append(dns.rrset.from_text("zone.test.", 60, "IN", "SOA", SOA))
+        response.authority.append(dns.rrset.from_text("zone.test.", self.soa_ttl, "IN", "SOA",
+                                                      self.soa))
         return response
 
 
@@ -135,8 +139,11 @@ class DnsServer:
             return None
         question = query.question[0]
         name = _key(question.name.to_text())
-        self.zone.queries[(name, dns.rdatatype.to_text(question.rdtype), transport)] += 1
-        how = self.zone.behaviour.get(name)
+        rdtype = dns.rdatatype.to_text(question.rdtype)
+        self.zone.queries[(name, rdtype, transport)] += 1
+        how = self.zone.behaviour.get(f"{name}/{rdtype}", self.zone.behaviour.get(name))
+        if how == "drop_once":
+            how = "drop" if self.zone.asked(name, rdtype) == 1 else None
         if isinstance(how, tuple) and how[0] == "slow":
             await asyncio.sleep(how[1])
         elif how == "drop":

@@ -81,10 +81,34 @@ async def test_a_failed_lookup_gives_no_verdict(dns: DnsServer, mmdb: dict[str, 
     assert hosting.failed and hosting.country is None and "SERVFAIL" in (hosting.error or "")
 
 
-async def test_a_private_address_has_no_country(dns: DnsServer, mmdb: dict[str, Path]) -> None:
-    hosting = await make_locator(dns, mmdb).locate("private.test")
-    assert (hosting.status, hosting.country) == ("located", None)
-    assert hosting.addresses[0]["note"] == "not a public address"
+async def test_a_host_with_only_private_addresses_is_unresolvable(
+    dns: DnsServer, mmdb: dict[str, Path]
+) -> None:
+    dns.zone.add("sinkholed.test", "A", "0.0.0.0", "127.0.0.1")
+    for host in ("private.test", "sinkholed.test"):
+        hosting = await make_locator(dns, mmdb).locate(host)
+        assert (hosting.status, hosting.country, hosting.error) == (
+            "unresolvable", None, "no public address")
+        assert hosting.addresses[0]["note"] == "not a public address"
+
+
+async def test_a_private_address_beside_public_ones_is_left_out(
+    dns: DnsServer, mmdb: dict[str, Path]
+) -> None:
+    dns.zone.add("half.test", "A", "145.100.7.7", "10.1.1.1")
+    hosting = await make_locator(dns, mmdb).locate("half.test")
+    assert (hosting.status, hosting.country) == ("located", "NL")
+    assert len(hosting.addresses) == 2
+
+
+async def test_an_address_no_database_places_makes_it_unknown(
+    dns: DnsServer, mmdb: dict[str, Path]
+) -> None:
+    dns.zone.add("nowhere-known.test", "A", "8.8.8.8")
+    dns.zone.add("partly-known.test", "A", "8.8.8.8", "145.100.3.3")
+    for host in ("nowhere-known.test", "partly-known.test"):
+        hosting = await make_locator(dns, mmdb).locate(host)
+        assert (hosting.status, hosting.country) == ("unknown", None), host
 
 
 async def test_ip_literal_hosts_are_located_without_dns(

@@ -158,3 +158,48 @@ def test_hostile_host_names_never_raise(hosts: list[str]) -> None:
                                          "ip_literal"}
 
     asyncio.run(check())
+
+
+async def test_a_negative_answer_is_believed_for_five_minutes_at_most(
+    dns: DnsServer, zone: Zone
+) -> None:
+    zone.soa = "ns.zone.test. hostmaster.zone.test. 1 3600 600 86400 86400"
+    zone.soa_ttl = 86400
+    found = await resolver_for(dns).resolve("notyet.test")
+    assert found.outcome == "nxdomain" and found.ttl == 300
+
+
+async def test_half_an_answer_is_used_but_not_cached(dns: DnsServer, zone: Zone) -> None:
+    zone.behave("nl.test", "servfail", rdtype="AAAA")
+    resolver = resolver_for(dns)
+    first = await resolver.resolve("nl.test")
+    assert first.outcome == "answer" and first.addresses == ("145.100.1.1",)
+    assert "AAAA" in (first.error or "")
+    zone.behaviour.clear()
+    second = await resolver.resolve("nl.test")
+    assert not second.cached and second.addresses == ("145.100.1.1", "2001:610::1")
+
+
+async def test_a_lost_datagram_is_sent_again_within_the_timeout(
+    dns: DnsServer, zone: Zone
+) -> None:
+    zone.behave("be.test", "drop_once")
+    found = await resolver_for(dns, timeout=3.0).resolve("be.test")
+    assert found.outcome == "answer" and found.addresses == ("193.190.1.1",)
+    assert zone.asked("be.test", "A") == 2
+
+
+async def test_a_cancelled_caller_does_not_cancel_the_lookup_for_others(
+    dns: DnsServer, zone: Zone
+) -> None:
+    zone.behave("be.test", ("slow", 0.3))
+    resolver = resolver_for(dns)
+    first = asyncio.create_task(resolver.resolve("be.test"))
+    await asyncio.sleep(0.05)
+    second = asyncio.create_task(resolver.resolve("be.test"))
+    await asyncio.sleep(0.05)
+    first.cancel()
+    found = await second
+    assert first.cancelled() and found.addresses == ("193.190.1.1",)
+    assert zone.asked("be.test", "A") == 1
+    await resolver.close()

@@ -133,45 +133,41 @@ async def test_a_burst_with_failing_and_slow_names_locates_the_rest_promptly(
     engine: AsyncEngine, backend: WriteBackend, dns: DnsServer, mmdb: dict[str, Path],
     zone: Zone,
 ) -> None:
-    """1,000 cases: 5 whose nameserver never answers and 5 that SERVFAIL go first, so they hold
-    slots from the start; all the others are filed before any silent name times out (5 s;
-    the 990 take about 1.5 s here), and the SERVFAIL ones are retried, then flagged."""
+    """1,000 cases: 5 whose nameserver never answers and 5 that SERVFAIL come first, so they
+    hold lookup slots from the start. Every other case is filed while the silent ones are
+    still waiting for their answer, and the SERVFAIL ones are retried, then flagged."""
     for n in range(990):
         zone.add(f"h{n}.test", "A", f"145.100.{n // 250}.{n % 250 + 1}")
-    silent = [f"http://silent{n}.test/" for n in range(5)]
     for n in range(5):
         zone.behave(f"silent{n}.test", "drop")
         zone.behave(f"fail{n}.test", "servfail")
-    urls: list[str | None] = [*silent, *(f"http://fail{n}.test/" for n in range(5)),
+    urls: list[str | None] = [*(f"http://silent{n}.test/" for n in range(5)),
+                              *(f"http://fail{n}.test/" for n in range(5)),
                               *(f"http://h{n}.test/p" for n in range(990))]
     ids = await add_cases(backend, urls)
-    stage = LocateStage(backend, make_locator(dns, mmdb, timeout=5.0), worker="w1",
-                        concurrency=64, max_attempts=2, retry_after=timedelta(milliseconds=200),
-                        idle_poll=0.1)
+    locator = make_locator(dns, mmdb, timeout=30.0)
+    stage = LocateStage(backend, locator, worker="w1", concurrency=64, max_attempts=2,
+                        retry_after=timedelta(milliseconds=100), idle_poll=0.05)
     task = asyncio.create_task(stage.run())
     try:
-        async with asyncio.timeout(120):  # until the silent names have timed out once
+        async with asyncio.timeout(60):
             while True:
-                filed = await evidence_count(engine)
-                if all(filed.get(i) for i in ids[:5]):
+                status = await statuses(engine)
+                if all(status[i] == "awaiting_assessment" for i in ids[10:]) and all(
+                        status[i] == "locate_failed" for i in ids[5:10]):
                     break
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(0.05)
+        counts = await evidence_count(engine)
+        assert not any(counts.get(i) for i in ids[:5])  # the silent names: still asking
+        assert all(zone.asked(f"silent{n}.test") for n in range(5))
     finally:
         await stage.stop()
         await task
+        await locator.resolver.close()
     status = await statuses(engine)
-    assert [status[i] for i in ids[10:]] == ["awaiting_assessment"] * 990
-    assert [status[i] for i in ids[:5]] == ["new"] * 5  # failed once: to be retried
-    assert [status[i] for i in ids[5:10]] == ["locate_failed"] * 5
-    async with engine.connect() as conn:
-        rows = (await conn.execute(
-            select(hosting_evidence.c.case_id, hosting_evidence.c.checked_at,
-                   hosting_evidence.c.status))).all()
-    first_silent_filed = min(r.checked_at for r in rows if r.case_id in ids[:5])
-    last_good_filed = max(r.checked_at for r in rows if r.case_id in ids[10:])
-    assert last_good_filed < first_silent_filed
+    assert [status[i] for i in ids[:5]] == ["new"] * 5  # handed back, to be tried again
     counts = await evidence_count(engine)
-    assert all(counts[i] >= 2 for i in ids[5:10])  # retried, flagged, and retried still
+    assert all(counts[i] >= 2 for i in ids[5:10])  # retried, flagged (and retried still)
     assert {counts[i] for i in ids[10:]} == {1}
 
 
@@ -192,12 +188,14 @@ async def test_stopping_hands_back_what_is_in_flight(
     engine: AsyncEngine, backend: WriteBackend, dns: DnsServer, mmdb: dict[str, Path]
 ) -> None:
     (case_id,) = await add_cases(backend, ["http://slow.test/"])
-    stage = LocateStage(backend, make_locator(dns, mmdb, timeout=20), worker="w1")
+    stage_locator = make_locator(dns, mmdb, timeout=20)
+    stage = LocateStage(backend, stage_locator, worker="w1")
     task = asyncio.create_task(stage.run())
     while not dns.zone.asked("slow.test"):
         await asyncio.sleep(0.02)
     await stage.stop()
     await task
+    await stage_locator.resolver.close()
     async with engine.connect() as conn:
         row = (await conn.execute(select(cases).where(cases.c.id == case_id))).one()
     assert (row.status, row.claimed_by, row.locate_attempts) == ("new", None, 0)

@@ -56,6 +56,10 @@ def upgrade() -> None:
     op.create_index(
         "ix_hosting_evidence_case_id_checked_at", "hosting_evidence", ["case_id", "checked_at"]
     )
+    # Reports without a URL have nothing to locate: they go to the analysts' queue directly.
+    cases = sa.table("cases", sa.column("kind", sa.String), sa.column("status", sa.String))
+    op.execute(cases.update().where(cases.c.kind == "no_url", cases.c.status == "new")
+               .values(status="awaiting_assessment"))
 
 
 def downgrade() -> None:
