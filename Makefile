@@ -4,7 +4,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 CONFIG ?= config.toml
 
-.PHONY: run test check lint typecheck bench clean system-deps
+CHROMIUM ?= /usr/bin/chromium
+
+.PHONY: run test check lint typecheck bench clean system-deps chromium
 
 $(VENV)/bin/activate:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -28,8 +30,18 @@ run: $(VENV)/.installed
 	$(VENV)/bin/hotline-gateway --config $(CONFIG) setup-demo
 	exec $(VENV)/bin/hotline-gateway --config $(CONFIG) serve
 
-test: $(VENV)/.installed-test
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+# The console's browser tests drive Debian's chromium (Playwright cannot download its own here).
+chromium:
+	@test -x $(CHROMIUM) || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's chromium for the console's browser tests"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; \
+	  else \
+	    echo "the browser tests need chromium: sudo apt-get install chromium"; exit 2; \
+	  fi; }
+
+test: $(VENV)/.installed-test chromium
+	HOTLINE_CHROMIUM=$(CHROMIUM) $(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check gateway intake routing outbound tests bench

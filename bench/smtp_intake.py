@@ -70,6 +70,9 @@ url = "sqlite+aiosqlite:///var/gateway.db"
 listen = ["127.0.0.1:0"]
 recipients = ["report@hotline.test"]
 max_message_bytes = 10485760
+
+[console]
+listen = ["127.0.0.1:0"]
 """
 
 

@@ -23,6 +23,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.config import Config
+from gateway.console.web import ConsoleServer, make_console
 from gateway.notify import Notifier
 from gateway.store import migrate
 from gateway.store.backend import WriteBackend, open_write_backend
@@ -50,6 +51,7 @@ class Gateway:
     normaliser: NormaliseStage
     locator: Locator
     locate: LocateStage
+    console: ConsoleServer
     #: Set with a reason when an owned task dies: the daemon cannot go on serving.
     failed: asyncio.Future[str]
 
@@ -187,12 +189,17 @@ async def running(
             _watch(normaliser_task, failed)
         locate_task = asyncio.create_task(locate.run(), name="locate")
         _watch(locate_task, failed)
+        console = ConsoleServer(config.console, make_console(
+            config.console, backend, engine, locator, four_eyes=config.assessment.four_eyes))
         try:
             await smtp.start()
-            yield Gateway(config, engine, writer, smtp, normaliser, locator, locate, failed)
+            await console.start()
+            yield Gateway(config, engine, writer, smtp, normaliser, locator, locate, console,
+                          failed)
         finally:
             failed.cancel()  # from here on, tasks ending is the plan
-            # Intake first (no new work), then the stages, each finishing what it holds.
+            # Listeners first (no new work), then the stages, each finishing what it holds.
+            await _bounded(console.stop(), step_seconds, "console")
             await smtp.stop(config.gateway.shutdown_grace)
             await writer.close()
             await _bounded(writer_task, step_seconds, "writer")
@@ -201,6 +208,7 @@ async def running(
                 await _bounded(normaliser_task, step_seconds, "normaliser")
             await locate.stop()
             await _bounded(locate_task, step_seconds, "locate")
+            await locator.resolver.close()
             await backend.close()
     finally:
         await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
@@ -223,9 +231,11 @@ async def serve(
     orderly stop); tell systemd when ready and when stopping."""
     reason: str | None = None
     async with running(config, upgrade_db=upgrade_db) as gateway:
-        listening = ", ".join(f"smtp {h}:{p}" for h, p in gateway.smtp.addresses)
+        listening = ", ".join([*(f"smtp {h}:{p}" for h, p in gateway.smtp.addresses),
+                               *(f"console {h}:{p}" for h, p in gateway.console.addresses)])
         notifier.ready(f"serving: {listening}")
-        log.info("gateway.ready", smtp=[f"{h}:{p}" for h, p in gateway.smtp.addresses])
+        log.info("gateway.ready", smtp=[f"{h}:{p}" for h, p in gateway.smtp.addresses],
+                 console=[f"{h}:{p}" for h, p in gateway.console.addresses])
         trigger: asyncio.Future[Any] = asyncio.ensure_future(shutdown_trigger())
         waits: list[asyncio.Future[Any]] = [trigger, gateway.failed]
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)

@@ -24,11 +24,13 @@ from gateway import config as config_module
 from gateway import logs
 from gateway.app import GatewayFailed, make_locator, normalise, serve
 from gateway.config import Config, ConfigError
+from gateway.console.accounts import AccountError, add_user, create_token, utcnow
 from gateway.demo import setup_demo
 from gateway.notify import Notifier
 from gateway.stats import collect_stats
 from gateway.store import migrate
-from gateway.store.backend import open_write_backend
+from gateway.store.audit import verify as verify_audit
+from gateway.store.backend import WriteBackend, open_write_backend
 from gateway.store.case_view import defang, get_case, iso, list_cases
 from gateway.store.engine import open_engine
 from routing.geo import GeoError
@@ -74,6 +76,23 @@ def _parser() -> argparse.ArgumentParser:
         "relocate", help="look the case's host up again now and add the evidence")
     cases_relocate.add_argument("id", help="the case id")
     cases_relocate.add_argument("--json", action="store_true", help="print JSON")
+    users_cmd = commands.add_parser("users", help="staff accounts")
+    users_commands = users_cmd.add_subparsers(dest="users_command", required=True,
+                                              metavar="ACTION")
+    users_add = users_commands.add_parser(
+        "add", help="create an account; prints a one-time password and the TOTP secret")
+    users_add.add_argument("name")
+    users_add.add_argument("--role", required=True, choices=["analyst", "supervisor", "admin"])
+    tokens_cmd = commands.add_parser("tokens", help="API tokens")
+    tokens_commands = tokens_cmd.add_subparsers(dest="tokens_command", required=True,
+                                                metavar="ACTION")
+    tokens_create = tokens_commands.add_parser(
+        "create", help="print a new API token for a user (alone on stdout)")
+    tokens_create.add_argument("name")
+    audit_cmd = commands.add_parser("audit", help="the audit trail")
+    audit_commands = audit_cmd.add_subparsers(dest="audit_command", required=True,
+                                              metavar="ACTION")
+    audit_commands.add_parser("verify", help="check the trail's hash chain")
     stats = commands.add_parser("stats", help="counts of submissions, cases and referrals")
     stats.add_argument("--json", action="store_true", help="print JSON")
     return parser
@@ -302,7 +321,58 @@ def _relocate(config: Config, case_id: uuid.UUID, *, as_json: bool) -> int:
     return EXIT_OK if not hosting.failed else EXIT_FAILURE
 
 
+async def _with_backend(config: Config, work: Callable[[WriteBackend], Awaitable[T]]) -> T:
+    engine = await open_engine(config.database)
+    backend = await open_write_backend(engine, busy_timeout=config.database.busy_timeout)
+    try:
+        return await work(backend)
+    finally:
+        await backend.close()
+        await engine.dispose()
+
+
+def _cmd_users(args: argparse.Namespace) -> int:
+    config = _load(args)
+    try:
+        new = asyncio.run(_with_backend(config, lambda backend: add_user(
+            backend, args.name, args.role, now=utcnow())))
+    except AccountError as exc:
+        print(f"users add: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"user:            {new.name} ({new.role})")
+    print(f"password:        {new.password}   (works once: a new one is chosen at first login)")
+    print(f"TOTP secret:     {new.totp_secret}")
+    print(f"authenticator:   {new.otpauth_uri}")
+    return EXIT_OK
+
+
+def _cmd_tokens(args: argparse.Namespace) -> int:
+    config = _load(args)
+    try:
+        token = asyncio.run(_with_backend(config, lambda backend: create_token(
+            backend, args.name, now=utcnow())))
+    except AccountError as exc:
+        print(f"tokens create: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(token)
+    return EXIT_OK
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    config = _load(args)
+    checked, broken, last_hash = asyncio.run(_with_connection(config, verify_audit))
+    if broken is not None:
+        print(f"audit verify: entry {broken.seq}: {broken.reason} "
+              f"({checked} entries before it hold)", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"audit verify: {checked} entries, chain intact; last hash {last_hash}")
+    return EXIT_OK
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "users": _cmd_users,
+    "tokens": _cmd_tokens,
+    "audit": _cmd_audit,
     "normalise": _cmd_normalise,
     "cases": _cmd_cases,
     "serve": _cmd_serve,

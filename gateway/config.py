@@ -226,8 +226,18 @@ class HttpConfig(TlsFiles):
     trusted_proxies: list[Network] = []
 
 
-class ConsoleConfig(_Section):
+class ConsoleConfig(TlsFiles):
     listen: list[Listen] = Field(default=["127.0.0.1:8081"], validate_default=True)
+    #: A session ends after this long without a request, and this long after login anyway.
+    session_idle: PositiveDuration = 30 * 60.0
+    session_max: PositiveDuration = 12 * 3600.0
+    #: After ``lockout_after`` failed logins in a row an account is locked for
+    #: ``lockout``, doubling with every further failure up to an hour.
+    lockout_after: Annotated[int, Field(ge=1, le=100)] = 5
+    lockout: PositiveDuration = 60.0
+    #: Cookies are marked Secure when the console is served over TLS, here or by a proxy
+    #: in front of it ("auto": when tls_cert is set).
+    secure_cookies: Literal["auto", "always"] = "auto"
 
 
 class AdminConfig(_Section):

@@ -16,7 +16,7 @@ import hashlib
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, bindparam, case, insert, or_
@@ -25,6 +25,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.sql.dml import ReturningInsert
 
 from gateway.ids import uuid7
+from gateway.store.audit import AuditEntry
 from gateway.store.tables import case_reports, cases
 
 
@@ -54,9 +55,11 @@ def attach_report(
     urls: Sequence[ReportedUrl],
     now: datetime,
     legal_window: timedelta,
+    audit: list[AuditEntry] | None = None,
 ) -> list[uuid.UUID]:
     """Create or attach to the case of every URL (or a ``no_url`` case); the case ids, in the
-    order of the URLs' keys."""
+    order of the URLs' keys. Cases created or reopened are added to ``audit``, for the caller
+    to record with the rest of its transaction."""
     # In key order, so that transactions filing the same URLs lock their cases in one order.
     items: list[tuple[str, ReportedUrl | None]] = sorted(
         ((url_key(u.canonical), u) for u in urls), key=lambda item: item[0]
@@ -65,7 +68,11 @@ def attach_report(
         items = [(no_url_key(submission_id), None)]
     ids = []
     for key, reported in items:
-        case_id = _upsert_case(conn, key, reported, reported_at, now, reported_at - legal_window)
+        case_id, change = _upsert_case(
+            conn, key, reported, reported_at, now, reported_at - legal_window)
+        if change is not None and audit is not None:
+            audit.append(AuditEntry("system:normalise", f"case.{change}", case_id,
+                                    {"submission": str(submission_id)}))
         conn.execute(
             insert(case_reports).values(
                 id=uuid7(),
@@ -133,7 +140,7 @@ def _upsert_statement(dialect: str) -> ReturningInsert[Any]:
             "locate_after": case((reopens, None), else_=cases.c.locate_after),
             "locate_error": case((reopens, None), else_=cases.c.locate_error),
         },
-    ).returning(cases.c.id)
+    ).returning(cases.c.id, cases.c.status_changed_at)
 
 
 def _upsert_case(
@@ -143,11 +150,13 @@ def _upsert_case(
     reported_at: datetime,
     now: datetime,
     legal_cutoff: datetime,
-) -> uuid.UUID:
-    case_id: uuid.UUID = conn.execute(
+) -> tuple[uuid.UUID, str | None]:
+    """The case's id, and "created" or "reopened" if this report did either."""
+    new_id = uuid7()
+    case_id, changed_at = conn.execute(
         _upsert_statement(conn.dialect.name),
         {
-            "id": uuid7(),
+            "id": new_id,
             "kind": "url" if reported else "no_url",
             "status": "new" if reported else "awaiting_assessment",
             "url_key": key,
@@ -157,5 +166,13 @@ def _upsert_case(
             "now": now,
             "legal_cutoff": legal_cutoff,
         },
-    ).scalar_one()
-    return case_id
+    ).one()
+    if case_id == new_id:
+        return case_id, "created"
+    # Only a reopening sets status_changed_at to this transaction's ``now``.
+    return case_id, "reopened" if _utc(changed_at) == _utc(now) else None
+
+
+def _utc(moment: datetime) -> datetime:
+    """SQLite hands timestamps back without a zone: they are UTC."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)

@@ -30,6 +30,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import StatementError
 
+from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
 from gateway.store.errors import retryable
 from gateway.store.tables import submissions
@@ -270,6 +271,7 @@ class NormaliseStage:
         self, conn: Connection, *, results: Sequence[tuple[_Claimed, Normalised]], now: datetime
     ) -> int:
         applied = 0
+        audit: list[AuditEntry] = []
         for claimed, result in results:
             values: dict[str, Any] = {
                 "status": "parse_failed" if result.error else "parsed",
@@ -298,5 +300,8 @@ class NormaliseStage:
                     urls=result.urls,
                     now=now,
                     legal_window=self._legal_window,
+                    audit=audit,
                 )
+        if audit:
+            record(conn, audit, at=now)
         return applied

@@ -28,6 +28,7 @@ from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
 from gateway.ids import uuid7
+from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
 from gateway.store.tables import cases, hosting_evidence
 from routing.locate import Hosting, Locator, host_of
@@ -58,6 +59,15 @@ def evidence_row(case_id: uuid.UUID, hosting: Hosting, trigger: str) -> dict[str
         "ips": hosting.ips, "records": hosting.records, "addresses": hosting.addresses,
         "databases": hosting.databases, "error": hosting.error,
     }
+
+
+def _status_entry(case_id: uuid.UUID, old: str, new: str, hosting: Hosting,
+                  evidence_id: uuid.UUID, actor: str = "system:locate") -> AuditEntry:
+    return AuditEntry(actor, "case.located" if new == "awaiting_assessment"
+                      else "case.locate_failed", case_id,
+                      {"from": old, "to": new, "hosting": hosting.status,
+                       "country": hosting.country, "evidence": str(evidence_id),
+                       "error": hosting.error})
 
 
 def _no_host(url: str | None, now: datetime) -> Hosting:
@@ -238,6 +248,7 @@ class LocateStage:
     ) -> list[tuple[_Claimed, Hosting]]:
         """File the lookups (in the database's thread: no logging here); those filed."""
         evidence = []
+        audit: list[AuditEntry] = []
         filed: list[tuple[_Claimed, Hosting]] = []
         # In url_key order, as the normaliser files cases: two transactions that lock the
         # same cases lock them in one order, and never deadlock.
@@ -256,10 +267,16 @@ class LocateStage:
                               locate_error=None, locate_after=None)
             if conn.execute(update(cases).where(guard).values(**values)).rowcount != 1:
                 continue  # our lease ran out and another worker has it, or it was relocated
-            evidence.append(evidence_row(claimed.id, hosting, "auto"))
+            row = evidence_row(claimed.id, hosting, "auto")
+            evidence.append(row)
             filed.append((claimed, hosting))
+            if "status" in values:
+                audit.append(_status_entry(claimed.id, claimed.status, values["status"],
+                                           hosting, row["id"]))
         if evidence:
             conn.execute(insert(hosting_evidence), evidence)
+        if audit:
+            record(conn, audit, at=now)
         return filed
 
     async def release(self) -> int:
@@ -304,15 +321,20 @@ async def relocate(
     hosting = await locator.locate(host, fresh=True)
 
     def file(conn: Connection) -> None:
-        conn.execute(insert(hosting_evidence).values(**evidence_row(case_id, hosting, "relocate")))
+        row = evidence_row(case_id, hosting, "relocate")
+        conn.execute(insert(hosting_evidence).values(**row))
         if not hosting.failed:
             now = hosting.checked_at
-            conn.execute(
+            moved = conn.execute(
                 update(cases)
                 .where(cases.c.id == case_id, cases.c.status.in_(TO_LOCATE))
                 .values(status="awaiting_assessment", status_changed_at=now, locate_error=None,
                         locate_after=None, claimed_by=None, claimed_until=None)
-            )
+                .returning(cases.c.id)
+            ).first()
+            if moved is not None:
+                record(conn, [_status_entry(case_id, "new", "awaiting_assessment", hosting,
+                                            row["id"], actor="system:relocate")], at=now)
 
     await backend.transaction(file)
     log.info("locate.relocated", case_id=str(case_id), status=hosting.status)

@@ -22,7 +22,8 @@ from gateway import config as config_module
 from gateway.config import Config
 from gateway.store import migrate
 from gateway.store.engine import open_engine
-from tests.dns_server import free_udp_port
+from tests.dns_server import DnsServer, Zone, free_udp_port
+from tests.locating import build_mmdb, standard_zone
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -60,6 +61,7 @@ def make_config(tmp_path: Path) -> ConfigFactory:
             "gateway": {"shutdown_grace": "2s"},
             "database": {"url": "sqlite+aiosqlite:///var/gateway.db"},
             "smtp": {"listen": ["127.0.0.1:0"]},
+            "console": {"listen": ["127.0.0.1:0"]},
             # Nothing answers there: tests never ask a real resolver about reported hosts.
             "locate": {"nameservers": [f"127.0.0.1:{free_udp_port()}"], "timeout": "500ms"},
         }
@@ -166,3 +168,25 @@ async def gateway(make_config: ConfigFactory) -> AsyncIterator[Gateway]:
     """The gateway with default test settings, running on port 0."""
     async with serving(make_config()) as gw:
         yield gw
+
+
+@pytest.fixture(scope="session")
+def mmdb(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Country and ASN databases with known answers: ``{"country": path, "asn": path}``."""
+    folder = tmp_path_factory.mktemp("mmdb")
+    return {
+        "country": build_mmdb(folder / "country.mmdb", "Country"),
+        "asn": build_mmdb(folder / "asn.mmdb", "ASN"),
+    }
+
+
+@pytest.fixture
+def zone() -> Zone:
+    return standard_zone()
+
+
+@pytest.fixture
+async def dns(zone: Zone) -> AsyncIterator[DnsServer]:
+    """A DNS server on 127.0.0.1 (UDP and TCP, one port) answering from ``zone``."""
+    async with DnsServer(zone) as server:
+        yield server

@@ -10,7 +10,19 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.store.tables import case_reports, cases, hosting_evidence, submissions
+from gateway.store.tables import (
+    assessments,
+    audit_log,
+    case_reports,
+    cases,
+    hosting_evidence,
+    submissions,
+    users,
+)
+
+#: Flags the queue shows and filters by.
+FLAGS = ("cdn", "mixed", "unknown", "unresolvable", "reappeared", "no_url", "locate_failed",
+         "pending_approval", "assigned")
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -58,10 +70,30 @@ def _pending_json(row: Any) -> dict[str, Any] | None:
     return pending
 
 
+def flags(case: dict[str, Any]) -> list[str]:
+    """What an analyst should notice about a case before opening it."""
+    found = []
+    hosting = case["hosting"] or {}
+    if hosting.get("status") in ("cdn", "mixed", "unknown", "unresolvable"):
+        found.append(hosting["status"])
+    if case["reappeared"]:
+        found.append("reappeared")
+    if case["kind"] == "no_url":
+        found.append("no_url")
+    if case["status"] == "locate_failed":
+        found.append("locate_failed")
+    if (case["assessment"] or {}).get("status") == "pending_approval":
+        found.append("pending_approval")
+    if case.get("assigned_to"):
+        found.append("assigned")
+    return found
+
+
 def _case_json(
-    row: Any, reports: list[dict[str, Any]], hosting: dict[str, Any] | None
+    row: Any, reports: list[dict[str, Any]], hosting: dict[str, Any] | None,
+    assessment: dict[str, Any] | None = None, assignee: str | None = None,
 ) -> dict[str, Any]:
-    return {
+    document = {
         "id": str(row.id),
         "status": row.status,
         "kind": row.kind,
@@ -73,12 +105,47 @@ def _case_json(
         "references": [r["reference"] for r in reports],
         "reappeared": row.reappeared,
         "hosting": hosting if hosting is not None else _pending_json(row),
-        # Assessment and referrals are later stages; until they run, a case has no
-        # assessment, no decision and no referral.
-        "assessment": None,
+        "assessment": assessment,
+        "assigned_to": assignee,
+        # Routing and referrals are a later stage; until it runs, a case has neither.
         "decision": None,
         "referrals": [],
     }
+    document["flags"] = flags(document)
+    return document
+
+
+async def _assessments(
+    conn: AsyncConnection, case_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, dict[str, Any]]:
+    """Each case's current verdict (the latest one not superseded by a reopening)."""
+    current: dict[uuid.UUID, dict[str, Any]] = {}
+    if not case_ids:
+        return current
+    author, approver = users.alias("author"), users.alias("approver")
+    rows = await conn.execute(
+        select(assessments, author.c.name.label("by"), approver.c.name.label("approver"))
+        .join(author, author.c.id == assessments.c.user_id)
+        .outerjoin(approver, approver.c.id == assessments.c.approved_by)
+        .where(assessments.c.case_id.in_(case_ids), assessments.c.status != "superseded")
+        .order_by(assessments.c.created_at, assessments.c.id)
+    )
+    for row in rows:
+        current[row.case_id] = {
+            "id": str(row.id), "verdict": row.verdict, "classification": row.classification,
+            "hosting_country": row.hosting_country, "note": row.note, "by": row.by,
+            "at": iso(row.created_at), "status": row.status, "approved_by": row.approver,
+            "approved_at": iso(row.approved_at),
+        }
+    return current
+
+
+async def _assignees(conn: AsyncConnection, rows: list[Any]) -> dict[uuid.UUID, str]:
+    ids = {r.assigned_to for r in rows if r.assigned_to is not None}
+    if not ids:
+        return {}
+    found = await conn.execute(select(users.c.id, users.c.name).where(users.c.id.in_(ids)))
+    return {user_id: name for user_id, name in found}
 
 
 async def _current_hosting(
@@ -132,7 +199,10 @@ async def list_cases(
     ids = [r.id for r in rows]
     reports = await _reports(conn, ids)
     hosting = await _current_hosting(conn, ids)
-    return [_case_json(row, reports[row.id], hosting.get(row.id)) for row in rows]
+    verdicts = await _assessments(conn, ids)
+    names = await _assignees(conn, rows)
+    return [_case_json(row, reports[row.id], hosting.get(row.id), verdicts.get(row.id),
+                       names.get(row.assigned_to)) for row in rows]
 
 
 async def get_case(conn: AsyncConnection, case_id: uuid.UUID) -> dict[str, Any] | None:
@@ -141,7 +211,22 @@ async def get_case(conn: AsyncConnection, case_id: uuid.UUID) -> dict[str, Any] 
     if row is None:
         return None
     reports = (await _reports(conn, [row.id]))[row.id]
-    document = _case_json(row, reports, (await _current_hosting(conn, [row.id])).get(row.id))
+    document = _case_json(
+        row, reports, (await _current_hosting(conn, [row.id])).get(row.id),
+        (await _assessments(conn, [row.id])).get(row.id),
+        (await _assignees(conn, [row])).get(row.assigned_to),
+    )
+    texts = await conn.execute(
+        select(submissions.c.reference, submissions.c.subject, submissions.c.report_text,
+               submissions.c.attachments)
+        .where(submissions.c.reference.in_([r["reference"] for r in reports]))
+    )
+    by_reference = {t.reference: t for t in texts}
+    for report in reports:
+        text = by_reference[report["reference"]]
+        # What the reporter wrote, as data: every surface escapes it.
+        report.update(subject=text.subject, text=text.report_text,
+                      attachments=text.attachments or [])
     document["reports"] = reports
     history = await conn.execute(
         select(hosting_evidence)
@@ -149,4 +234,13 @@ async def get_case(conn: AsyncConnection, case_id: uuid.UUID) -> dict[str, Any] 
         .order_by(hosting_evidence.c.checked_at, hosting_evidence.c.id)
     )
     document["hosting_evidence"] = [_evidence_json(e) for e in history]
+    trail = await conn.execute(
+        select(audit_log.c.seq, audit_log.c.at, audit_log.c.actor, audit_log.c.action,
+               audit_log.c.details)
+        .where(audit_log.c.case_id == row.id).order_by(audit_log.c.seq)
+    )
+    document["history"] = [
+        {"seq": seq, "at": iso(at), "actor": actor, "action": action, "details": details}
+        for seq, at, actor, action, details in trail
+    ]
     return document

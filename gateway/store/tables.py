@@ -87,6 +87,8 @@ cases = Table(
     Column("locate_attempts", Integer, nullable=False, server_default="0"),
     Column("locate_after", DateTime(timezone=True), nullable=True),
     Column("locate_error", Text, nullable=True),
+    # The analyst a supervisor gave the case to (anyone may take it when empty).
+    Column("assigned_to", Uuid, nullable=True),
     Index(None, "status", "first_reported"),
 )
 
@@ -139,4 +141,81 @@ reference_counters = Table(
     metadata,
     Column("scope", String(32), primary_key=True),
     Column("next_value", BigInteger, nullable=False),
+)
+
+# Staff: analysts, supervisors and admins of the console. Passwords are argon2id hashes; the
+# TOTP secret is needed in clear to check codes, and ``totp_last_step`` refuses a code twice.
+users = Table(
+    "users",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("role", String(16), nullable=False),  # analyst | supervisor | admin
+    Column("password_hash", Text, nullable=False),
+    Column("totp_secret", String(64), nullable=False),
+    Column("totp_last_step", BigInteger, nullable=True),
+    # Set for the one-time password ``users add`` prints: changed at the first login.
+    Column("must_change_password", Boolean, nullable=False, server_default=false()),
+    Column("failed_logins", Integer, nullable=False, server_default="0"),
+    Column("locked_until", DateTime(timezone=True), nullable=True),
+    Column("disabled", Boolean, nullable=False, server_default=false()),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+# API tokens, kept as their SHA-256 (a token is 32 random bytes: no need for a slow hash).
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("user_id", Uuid, ForeignKey("users.id"), nullable=False),
+    Column("token_sha256", String(64), nullable=False, unique=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("last_used_at", DateTime(timezone=True), nullable=True),
+    Column("revoked", Boolean, nullable=False, server_default=false()),
+)
+
+# Console sessions, server-side; the cookie holds a random id whose SHA-256 is the key here.
+staff_sessions = Table(
+    "staff_sessions",
+    metadata,
+    Column("id_sha256", String(64), primary_key=True),
+    Column("user_id", Uuid, ForeignKey("users.id"), nullable=False),
+    Column("csrf_token", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("last_seen_at", DateTime(timezone=True), nullable=False),
+)
+
+# An analyst's verdict on a case. With four-eyes, an illegal verdict waits for a second,
+# different user's approval before it is routed.
+assessments = Table(
+    "assessments",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("case_id", Uuid, ForeignKey("cases.id"), nullable=False),
+    Column("user_id", Uuid, ForeignKey("users.id"), nullable=False),
+    Column("verdict", String(16), nullable=False),  # illegal | legal
+    Column("classification", String(16), nullable=False),
+    Column("hosting_country", String(2), nullable=True),
+    Column("note", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    # pending_approval | final | superseded (a reopened case's earlier verdict)
+    Column("status", String(24), nullable=False),
+    Column("approved_by", Uuid, ForeignKey("users.id"), nullable=True),
+    Column("approved_at", DateTime(timezone=True), nullable=True),
+    Index(None, "case_id", "created_at"),
+)
+
+# The audit trail: append-only, each entry holding the hash of the one before it.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("actor", String(80), nullable=False),  # a user's name, or "system:<stage>"
+    Column("action", String(40), nullable=False),
+    Column("case_id", Uuid, nullable=True),
+    Column("details", JSON, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Index(None, "case_id"),
 )

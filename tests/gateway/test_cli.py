@@ -26,6 +26,8 @@ def write_config(tmp_path: Path, text: str = "") -> Path:
     (tests never ask a real resolver about reported hosts)."""
     if "[locate]" not in text:
         text += f'\n[locate]\nnameservers = ["127.0.0.1:{free_udp_port()}"]\ntimeout = "500ms"\n'
+    if "[console]" not in text:
+        text += '\n[console]\nlisten = ["127.0.0.1:0"]\n'
     path = tmp_path / "config.toml"
     path.write_text(text)
     return path

@@ -20,6 +20,8 @@ CONFIG = f"""
 shutdown_grace = "3s"
 [smtp]
 listen = ["127.0.0.1:0"]
+[console]
+listen = ["127.0.0.1:0"]
 [locate]
 nameservers = ["127.0.0.1:{free_udp_port()}"]
 """

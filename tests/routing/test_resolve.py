@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from routing.resolve import HostResolver
 from tests.dns_server import DnsServer, Zone, free_udp_port
-from tests.routing.conftest import standard_zone
+from tests.locating import standard_zone
 
 
 def resolver_for(server: DnsServer, **options: object) -> HostResolver:

@@ -1,16 +1,15 @@
-"""Locating fixtures: a DNS server on 127.0.0.1 with a zone of test names, and small .mmdb
-databases built here so that countries and AS numbers are known in advance."""
+"""Locating test data: a zone of test names for the DNS server on 127.0.0.1, and small .mmdb
+databases built in the test so that countries and AS numbers are known in advance (the
+fixtures that serve them are in tests/conftest.py)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
 from mmdb_writer import MMDBWriter
 from netaddr import IPSet
 
-from tests.dns_server import DnsServer, Zone
+from tests.dns_server import Zone
 
 # network: (country, AS number, organisation)
 NETWORKS = {
@@ -37,16 +36,6 @@ def build_mmdb(path: Path, kind: str) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def mmdb(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """``{"country": path, "asn": path}``."""
-    folder = tmp_path_factory.mktemp("mmdb")
-    return {
-        "country": build_mmdb(folder / "country.mmdb", "Country"),
-        "asn": build_mmdb(folder / "asn.mmdb", "ASN"),
-    }
-
-
 def standard_zone() -> Zone:
     zone = Zone()
     zone.add("nl.test", "A", "145.100.1.1", ttl=120)
@@ -71,14 +60,3 @@ def standard_zone() -> Zone:
     zone.add("slow.test", "A", "145.100.1.4")
     zone.behave("slow.test", ("slow", 30.0))
     return zone
-
-
-@pytest.fixture
-def zone() -> Zone:
-    return standard_zone()
-
-
-@pytest.fixture
-async def dns(zone: Zone) -> AsyncIterator[DnsServer]:
-    async with DnsServer(zone) as server:
-        yield server

@@ -1,0 +1,225 @@
+"""What staff do to cases: assess, approve (four-eyes), reopen, reassign. Each is one
+transaction that checks the case's state, changes it and writes the audit trail.
+
+Errors carry the HTTP status the API answers with: 404 no such case, 403 not allowed for this
+user, 409 the case is not in a state for this, 422 an invalid value (naming the field).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, insert, select, update
+from sqlalchemy.engine import Connection
+
+from gateway.console.accounts import Staff
+from gateway.ids import uuid7
+from gateway.store.audit import AuditEntry, record
+from gateway.store.backend import WriteBackend
+from gateway.store.tables import assessments, cases, users
+
+#: ICCAM's classifications, and the verdict each belongs to.
+CLASSIFICATIONS = {"baseline": "illegal", "national": "illegal",
+                   "not_illegal": "legal", "doubtful": "legal"}
+#: Where an assessment can be made: the queue, and cases whose hosting could not be found
+#: (the analyst may set the country).
+ASSESSABLE = ("awaiting_assessment", "locate_failed")
+#: What a supervisor can send back to the queue.
+REOPENABLE = ("assessed", "closed_legal", "held")
+MAX_NOTE = 4000
+
+
+class ActionError(Exception):
+    def __init__(self, status: int, message: str, field_errors: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.field_errors = field_errors or {}
+
+
+@dataclass(frozen=True, slots=True)
+class Assessment:
+    verdict: str
+    classification: str
+    hosting_country: str | None = None
+    note: str | None = None
+
+    @classmethod
+    def from_json(cls, body: object) -> Assessment:
+        """Validated from a request body; every bad field named (422)."""
+        if not isinstance(body, dict):
+            raise ActionError(422, "the body is a JSON object",
+                              {"body": "expected an object"})
+        errors: dict[str, str] = {}
+        unknown = set(body) - {"verdict", "classification", "hosting_country", "note"}
+        for key in sorted(unknown):
+            errors[key] = "unknown field"
+        verdict, classification = body.get("verdict"), body.get("classification")
+        if verdict not in ("illegal", "legal"):
+            errors["verdict"] = 'one of "illegal", "legal"'
+        if classification not in CLASSIFICATIONS:
+            errors["classification"] = "one of " + ", ".join(f'"{c}"' for c in CLASSIFICATIONS)
+        elif verdict in ("illegal", "legal") and CLASSIFICATIONS[classification] != verdict:
+            allowed = [c for c, v in CLASSIFICATIONS.items() if v == verdict]
+            errors["classification"] = f"with verdict {verdict!r}: one of {', '.join(allowed)}"
+        country = body.get("hosting_country")
+        if country in ("", None):
+            country = None
+        elif not isinstance(country, str) or not re.fullmatch(r"[A-Z]{2}", country):
+            errors["hosting_country"] = "an ISO 3166-1 alpha-2 code such as 'NL'"
+        note = body.get("note")
+        if note in ("", None):
+            note = None
+        elif not isinstance(note, str) or len(note) > MAX_NOTE:
+            errors["note"] = f"text of at most {MAX_NOTE} characters"
+        if errors:
+            raise ActionError(422, "invalid assessment", errors)
+        assert isinstance(verdict, str) and isinstance(classification, str)
+        return cls(verdict, classification, country, note)
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What an action did, for the API's answer."""
+
+    case_id: uuid.UUID
+    status: str
+    assessment: dict[str, Any] = field(default_factory=dict)
+
+
+def _case(conn: Connection, case_id: uuid.UUID) -> Any:
+    row = conn.execute(select(cases.c.id, cases.c.status, cases.c.kind)
+                       .where(cases.c.id == case_id)).first()
+    if row is None:
+        raise ActionError(404, "no such case")
+    return row
+
+
+def _move(conn: Connection, case_id: uuid.UUID, old: str, new: str, now: datetime) -> None:
+    """Change the status only if it is still ``old`` (a concurrent action wins, not both)."""
+    moved = conn.execute(
+        update(cases).where(and_(cases.c.id == case_id, cases.c.status == old))
+        .values(status=new, status_changed_at=now)
+    ).rowcount
+    if moved != 1:
+        raise ActionError(409, "the case changed meanwhile; reload it")
+
+
+def _assessment_json(row: Any, by: str, approver: str | None) -> dict[str, Any]:
+    return {"id": str(row.id), "verdict": row.verdict, "classification": row.classification,
+            "hosting_country": row.hosting_country, "note": row.note, "by": by,
+            "status": row.status, "approved_by": approver}
+
+
+async def assess(
+    backend: WriteBackend, staff: Staff, case_id: uuid.UUID, given: Assessment, *,
+    four_eyes: bool, now: datetime,
+) -> Outcome:
+    """Record a verdict. Legal closes the case; illegal makes it ``assessed``, final at once
+    or, with four-eyes, once a second user approves."""
+
+    def work(conn: Connection) -> Outcome:
+        case = _case(conn, case_id)
+        if case.status not in ASSESSABLE:
+            raise ActionError(409, f"the case is {case.status}, not awaiting assessment")
+        pending = given.verdict == "illegal" and four_eyes
+        new_status = "closed_legal" if given.verdict == "legal" else "assessed"
+        row = {"id": uuid7(), "case_id": case_id, "user_id": staff.id, "verdict": given.verdict,
+               "classification": given.classification,
+               "hosting_country": given.hosting_country, "note": given.note,
+               "created_at": now, "status": "pending_approval" if pending else "final"}
+        _move(conn, case_id, case.status, new_status, now)
+        conn.execute(update(cases).where(cases.c.id == case_id).values(assigned_to=None))
+        conn.execute(insert(assessments).values(**row))
+        record(conn, [AuditEntry(staff.name, "case.assessed", case_id, {
+            "verdict": given.verdict, "classification": given.classification,
+            "hosting_country": given.hosting_country, "status": row["status"],
+            "from": case.status, "to": new_status})], at=now)
+        saved = conn.execute(select(assessments).where(assessments.c.id == row["id"])).one()
+        return Outcome(case_id, new_status, _assessment_json(saved, staff.name, None))
+
+    return await backend.transaction(work)
+
+
+async def approve(
+    backend: WriteBackend, staff: Staff, case_id: uuid.UUID, *, now: datetime
+) -> Outcome:
+    """A second, different user confirms an illegal verdict waiting for approval."""
+
+    def work(conn: Connection) -> Outcome:
+        case = _case(conn, case_id)
+        row = conn.execute(
+            select(assessments, users.c.name.label("assessor"))
+            .join(users, users.c.id == assessments.c.user_id)
+            .where(assessments.c.case_id == case_id,
+                   assessments.c.status == "pending_approval")
+        ).first()
+        if row is None or case.status != "assessed":
+            raise ActionError(409, "the case has no verdict waiting for approval")
+        if row.user_id == staff.id:
+            raise ActionError(403, "a verdict is approved by someone other than its author")
+        done = conn.execute(
+            update(assessments)
+            .where(assessments.c.id == row.id, assessments.c.status == "pending_approval")
+            .values(status="final", approved_by=staff.id, approved_at=now)
+        ).rowcount
+        if done != 1:
+            raise ActionError(409, "the case changed meanwhile; reload it")
+        record(conn, [AuditEntry(staff.name, "case.approved", case_id,
+                                 {"assessment": str(row.id), "assessor": row.assessor})],
+               at=now)
+        saved = conn.execute(select(assessments).where(assessments.c.id == row.id)).one()
+        return Outcome(case_id, case.status, _assessment_json(saved, row.assessor, staff.name))
+
+    return await backend.transaction(work)
+
+
+async def reopen(
+    backend: WriteBackend, staff: Staff, case_id: uuid.UUID, *, reason: str | None,
+    now: datetime,
+) -> Outcome:
+    """A supervisor sends a case back to the queue; its verdicts are kept, marked superseded."""
+    if not staff.supervises:
+        raise ActionError(403, "only a supervisor can reopen a case")
+
+    def work(conn: Connection) -> Outcome:
+        case = _case(conn, case_id)
+        if case.status not in REOPENABLE:
+            raise ActionError(409, f"a case that is {case.status} cannot be reopened")
+        _move(conn, case_id, case.status, "awaiting_assessment", now)
+        conn.execute(update(assessments)
+                     .where(assessments.c.case_id == case_id,
+                            assessments.c.status != "superseded")
+                     .values(status="superseded"))
+        record(conn, [AuditEntry(staff.name, "case.reopened", case_id,
+                                 {"from": case.status, "reason": reason})], at=now)
+        return Outcome(case_id, "awaiting_assessment")
+
+    return await backend.transaction(work)
+
+
+async def reassign(
+    backend: WriteBackend, staff: Staff, case_id: uuid.UUID, analyst: str | None, *,
+    now: datetime,
+) -> Outcome:
+    """A supervisor gives a case to an analyst (``None``: to whoever takes it)."""
+    if not staff.supervises:
+        raise ActionError(403, "only a supervisor can reassign a case")
+
+    def work(conn: Connection) -> Outcome:
+        case = _case(conn, case_id)
+        target = None
+        if analyst is not None:
+            target = conn.execute(select(users.c.id).where(
+                users.c.name == analyst, users.c.disabled.is_(False))).scalar()
+            if target is None:
+                raise ActionError(422, "no such user", {"analyst": "no active user by this name"})
+        conn.execute(update(cases).where(cases.c.id == case_id).values(assigned_to=target))
+        record(conn, [AuditEntry(staff.name, "case.reassigned", case_id,
+                                 {"to": analyst})], at=now)
+        return Outcome(case_id, case.status)
+
+    return await backend.transaction(work)

@@ -1,0 +1,248 @@
+"""The HTML console: login, the queue, the case page and the forms that act on a case.
+
+The case page never links to, embeds or previews the reported URL: it shows it defanged, as
+text, with a button that copies it for the analyst's isolated assessment environment.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import uuid
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from gateway.console import assess as actions
+from gateway.console.accounts import AccountError, change_password, login
+from gateway.console.web import (
+    CONSOLE,
+    LOGIN_COOKIE,
+    SESSION_COOKIE,
+    Console,
+    session_of,
+    staff_of,
+)
+from gateway.store.audit import AuditEntry, record
+from gateway.store.case_view import FLAGS, defang, get_case, list_cases
+from routing.stage import relocate
+
+log = structlog.get_logger("gateway.console")
+
+QUEUE_STATUSES = ("awaiting_assessment", "locate_failed", "assessed", "new", "closed_legal",
+                  "held", "referred")
+
+
+def _login_form(console: Console, *, error: str | None = None, status: int = 200
+                ) -> web.Response:
+    token = secrets.token_urlsafe(24)
+    response = console.render("login.html", code=status, login_token=token, error=error)
+    # Double-submit: a form posted from elsewhere cannot know this cookie's value.
+    response.set_cookie(LOGIN_COOKIE, token, httponly=True, samesite="Strict", path="/login",
+                        secure=console.secure_cookies, max_age=900)
+    return response
+
+
+async def login_page(request: web.Request) -> web.Response:
+    return _login_form(request.app[CONSOLE])
+
+
+async def login_submit(request: web.Request) -> web.StreamResponse:
+    console = request.app[CONSOLE]
+    form = await request.post()
+    sent, expected = form.get("login_token"), request.cookies.get(LOGIN_COOKIE)
+    if not isinstance(sent, str) or not expected or not hmac.compare_digest(sent, expected):
+        return _login_form(console, error="The form is out of date: try again.", status=403)
+    name, password, code = (str(form.get(k, "")) for k in ("name", "password", "code"))
+    staff = await login(console.backend, name.strip().lower(), password, code.strip(),
+                        now=console.now(), policy=console.policy, peer=request.remote)
+    if staff is None:
+        log.info("console.login_failed")
+        return _login_form(console, error="Login failed.", status=401)
+    old = request.cookies.get(SESSION_COOKIE)
+    if old:
+        await console.sessions.end(old)
+    session_id = await console.sessions.start(staff.id, now=console.now())
+    response = web.HTTPSeeOther("/password" if staff.must_change_password else "/")
+    redirect = web.Response(status=response.status, headers=response.headers)
+    console.set_session_cookie(redirect, session_id,
+                               max_age=int(console.sessions.absolute.total_seconds()))
+    redirect.del_cookie(LOGIN_COOKIE, path="/login")
+    log.info("console.login", user=staff.name)
+    return redirect
+
+
+async def logout(request: web.Request) -> web.StreamResponse:
+    console = request.app[CONSOLE]
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie:
+        await console.sessions.end(cookie)
+    response = web.Response(status=303, headers={"Location": "/login"})
+    response.del_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+async def password_page(request: web.Request) -> web.Response:
+    console = request.app[CONSOLE]
+    return console.render("password.html", staff=staff_of(request),
+                          csrf=session_of(request).csrf_token, error=None)
+
+
+async def password_submit(request: web.Request) -> web.StreamResponse:
+    console = request.app[CONSOLE]
+    form = await request.post()
+    new, again = str(form.get("password", "")), str(form.get("again", ""))
+    error = None
+    if new != again:
+        error = "The two passwords differ."
+    else:
+        try:
+            await change_password(console.backend, staff_of(request), new, now=console.now())
+        except AccountError as exc:
+            error = str(exc)
+    if error is not None:
+        return console.render("password.html", code=422, staff=staff_of(request),
+                              csrf=session_of(request).csrf_token, error=error)
+    raise web.HTTPSeeOther("/")
+
+
+async def queue(request: web.Request) -> web.Response:
+    console = request.app[CONSOLE]
+    status = request.query.get("status", "awaiting_assessment")
+    if status not in QUEUE_STATUSES:
+        status = "awaiting_assessment"
+    flag = request.query.get("flag", "")
+    async with console.engine.connect() as conn:
+        found = await list_cases(conn, status=status, limit=500)
+    if flag in FLAGS:
+        found = [c for c in found if flag in c["flags"]]
+    return console.render(
+        "queue.html", staff=staff_of(request), csrf=session_of(request).csrf_token,
+        cases=[_display(c) for c in found], status=status, flag=flag,
+        statuses=QUEUE_STATUSES, flags=FLAGS,
+    )
+
+
+def _display(case: dict[str, Any]) -> dict[str, Any]:
+    """The case with its URLs defanged for display; the raw URL only for the copy button."""
+    return {**case,
+            "url_defanged": defang(case["url"]) if case["url"] else None,
+            "canonical_defanged": defang(case["canonical_url"]) if case["canonical_url"]
+            else None}
+
+
+def _case_id(request: web.Request) -> uuid.UUID:
+    try:
+        return uuid.UUID(request.match_info["case_id"])
+    except ValueError:
+        raise web.HTTPNotFound(reason="No such case.") from None
+
+
+async def _case_page(request: web.Request, *, status: int = 200, error: str | None = None,
+                     fields: dict[str, str] | None = None) -> web.Response:
+    console = request.app[CONSOLE]
+    case_id = _case_id(request)
+    staff = staff_of(request)
+    async with console.engine.connect() as conn:
+        case = await get_case(conn, case_id)
+    if case is None:
+        raise web.HTTPNotFound(reason="No such case.")
+    if status == 200:
+        await console.backend.transaction(lambda conn: record(
+            conn, [AuditEntry(staff.name, "case.viewed", case_id)], at=console.now()))
+    assessment = case["assessment"] or {}
+    return console.render(
+        "case.html", code=status, staff=staff, csrf=session_of(request).csrf_token,
+        case=_display(case), error=error, fields=fields or {},
+        classifications=actions.CLASSIFICATIONS, four_eyes=console.four_eyes,
+        can_assess=case["status"] in actions.ASSESSABLE,
+        can_approve=(assessment.get("status") == "pending_approval"
+                     and assessment.get("by") != staff.name),
+        can_reopen=staff.supervises and case["status"] in actions.REOPENABLE,
+    )
+
+
+async def case_page(request: web.Request) -> web.Response:
+    return await _case_page(request)
+
+
+async def _act(request: web.Request, action: Any) -> web.StreamResponse:
+    """Run an action; on success back to the case page (303), else the page with the error."""
+    try:
+        await action
+    except actions.ActionError as exc:
+        if exc.status == 404:
+            raise web.HTTPNotFound(reason="No such case.") from None
+        return await _case_page(request, status=exc.status, error=str(exc),
+                                fields=exc.field_errors)
+    raise web.HTTPSeeOther(f"/cases/{_case_id(request)}")
+
+
+async def assess_submit(request: web.Request) -> web.StreamResponse:
+    console = request.app[CONSOLE]
+    form = await request.post()
+    body = {key: str(form.get(key, "")).strip()
+            for key in ("verdict", "classification", "hosting_country", "note")}
+    body["hosting_country"] = body["hosting_country"].upper()
+    try:
+        given = actions.Assessment.from_json(body)
+    except actions.ActionError as exc:
+        return await _case_page(request, status=exc.status, error=str(exc),
+                                fields=exc.field_errors)
+    return await _act(request, actions.assess(
+        console.backend, staff_of(request), _case_id(request), given,
+        four_eyes=console.four_eyes, now=console.now()))
+
+
+async def approve_submit(request: web.Request) -> web.StreamResponse:
+    console = request.app[CONSOLE]
+    return await _act(request, actions.approve(
+        console.backend, staff_of(request), _case_id(request), now=console.now()))
+
+
+async def reopen_submit(request: web.Request) -> web.StreamResponse:
+    console = request.app[CONSOLE]
+    reason = str((await request.post()).get("reason", "")).strip() or None
+    return await _act(request, actions.reopen(
+        console.backend, staff_of(request), _case_id(request), reason=reason,
+        now=console.now()))
+
+
+async def reassign_submit(request: web.Request) -> web.StreamResponse:
+    console = request.app[CONSOLE]
+    analyst = str((await request.post()).get("analyst", "")).strip().lower() or None
+    return await _act(request, actions.reassign(
+        console.backend, staff_of(request), _case_id(request), analyst, now=console.now()))
+
+
+async def relocate_submit(request: web.Request) -> web.StreamResponse:
+    console = request.app[CONSOLE]
+    case_id = _case_id(request)
+    staff = staff_of(request)
+    try:
+        hosting = await relocate(console.backend, console.locator, case_id)
+    except LookupError:
+        raise web.HTTPNotFound(reason="No such case.") from None
+    except ValueError as exc:
+        return await _case_page(request, status=409, error=str(exc))
+    await console.backend.transaction(lambda conn: record(
+        conn, [AuditEntry(staff.name, "case.relocated", case_id,
+                          {"status": hosting.status, "country": hosting.country})],
+        at=console.now()))
+    raise web.HTTPSeeOther(f"/cases/{case_id}")
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/login", login_page)
+    app.router.add_post("/login", login_submit)
+    app.router.add_post("/logout", logout)
+    app.router.add_get("/password", password_page)
+    app.router.add_post("/password", password_submit)
+    app.router.add_get("/", queue)
+    app.router.add_get("/cases/{case_id}", case_page)
+    app.router.add_post("/cases/{case_id}/assess", assess_submit)
+    app.router.add_post("/cases/{case_id}/approve", approve_submit)
+    app.router.add_post("/cases/{case_id}/reopen", reopen_submit)
+    app.router.add_post("/cases/{case_id}/reassign", reassign_submit)
+    app.router.add_post("/cases/{case_id}/relocate", relocate_submit)

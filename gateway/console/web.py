@@ -1,0 +1,247 @@
+"""The console's aiohttp application: security headers, authentication, CSRF, the listener.
+
+Two ways in, never mixed: the HTML console with a session cookie (login with password and
+TOTP; every POST carries the session's CSRF token), and the JSON API under ``/api/`` with
+``Authorization: Bearer <token>`` only (a cookie is never enough there, so the API needs no
+CSRF token). Every response carries a strict Content-Security-Policy (no inline script, no
+images, nothing from elsewhere) and is never cached.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from importlib import resources
+from typing import Any
+
+import jinja2
+import structlog
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.config import ConsoleConfig
+from gateway.console.accounts import LoginPolicy, Staff, staff_for_token
+from gateway.console.sessions import Session, SessionStore
+from gateway.store.backend import WriteBackend
+from routing.locate import Locator
+
+log = structlog.get_logger("gateway.console")
+
+SESSION_COOKIE = "hg_session"
+LOGIN_COOKIE = "hg_login"
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'none'; "
+       "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=(), clipboard-write=(self)",
+    "Cache-Control": "no-store",
+    "X-Robots-Tag": "noindex, nofollow",
+}
+TEMPLATES = ("login.html", "password.html", "queue.html", "case.html", "error.html")
+STATIC = {"console.css": "text/css", "console.js": "text/javascript"}
+
+
+@dataclass
+class Console:
+    """What the console's handlers use, built once by the composition root."""
+
+    backend: WriteBackend
+    engine: AsyncEngine
+    sessions: SessionStore
+    policy: LoginPolicy
+    four_eyes: bool
+    locator: Locator
+    secure_cookies: bool
+    templates: jinja2.Environment
+    static: dict[str, bytes]
+    clock: Callable[[], datetime]
+
+    def now(self) -> datetime:
+        return self.clock()
+
+    def render(self, name: str, code: int = 200, **context: Any) -> web.Response:
+        """A template as an HTML response with HTTP status ``code``."""
+        body = self.templates.get_template(name).render(**context)
+        return web.Response(text=body, status=code, content_type="text/html",
+                            charset="utf-8")
+
+    def set_session_cookie(self, response: web.StreamResponse, value: str, max_age: int) -> None:
+        response.set_cookie(SESSION_COOKIE, value, httponly=True, samesite="Strict", path="/",
+                            secure=self.secure_cookies, max_age=max_age)
+
+
+CONSOLE = web.AppKey("console", Console)
+STAFF = web.RequestKey("staff", Staff)
+SESSION = web.RequestKey("session", Session)
+
+
+def load_assets() -> tuple[jinja2.Environment, dict[str, bytes]]:
+    """Templates compiled and static files read once, before serving (no disk on the loop)."""
+    folder = resources.files("gateway.console")
+    sources = {name: (folder / "templates" / name).read_text("utf-8")
+               for name in ("base.html", *TEMPLATES)}
+    environment = jinja2.Environment(
+        loader=jinja2.DictLoader(sources), autoescape=True, auto_reload=False,
+        undefined=jinja2.StrictUndefined,
+    )
+    for name in TEMPLATES:
+        environment.get_template(name)
+    return environment, {name: (folder / "static" / name).read_bytes() for name in STATIC}
+
+
+def is_api(request: web.Request) -> bool:
+    return request.path.startswith("/api/")
+
+
+def json_error(status: int, message: str, fields: dict[str, str] | None = None) -> web.Response:
+    body: dict[str, Any] = {"error": message}
+    if fields:
+        body["fields"] = fields
+    response = web.json_response(body, status=status)
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="hotline-gateway"'
+    return response
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def security_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        if is_api(request) and exc.status >= 400:
+            response = json_error(exc.status, exc.reason)
+        elif exc.status >= 400:
+            console = request.app[CONSOLE]
+            response = console.render("error.html", code=exc.status, message=exc.reason)
+        else:  # a redirect
+            response = web.Response(status=exc.status, headers=exc.headers)
+    except Exception as exc:  # a bug: the staff member sees an error page, the log the type
+        log.error("console.request_failed", path=request.path, error_type=type(exc).__name__)
+        if is_api(request):
+            response = json_error(500, "internal error")
+        else:
+            response = request.app[CONSOLE].render("error.html", code=500,
+                                                   message="Something went wrong.")
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
+
+
+PUBLIC_PATHS = ("/login", "/static/")
+
+
+@web.middleware
+async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    console = request.app[CONSOLE]
+    if is_api(request):
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        staff = None
+        if scheme.lower() == "bearer" and token.strip():
+            staff = await staff_for_token(console.backend, token.strip(), now=console.now())
+        if staff is None:
+            return json_error(401, "a valid API token is needed (Authorization: Bearer …)")
+        request[STAFF] = staff
+        return await handler(request)
+    if request.path == "/login" or request.path.startswith("/static/"):
+        return await handler(request)
+    session = None
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie:
+        session = await console.sessions.get(cookie, now=console.now())
+    if session is None:
+        raise web.HTTPSeeOther("/login")
+    request[SESSION] = session
+    request[STAFF] = session.staff
+    if request.method not in ("GET", "HEAD"):
+        form = await request.post()
+        sent = form.get("csrf")
+        if not isinstance(sent, str) or not hmac.compare_digest(sent, session.csrf_token):
+            log.warning("console.csrf_refused", user=session.staff.name, path=request.path)
+            raise web.HTTPForbidden(reason="The form is out of date: reload the page.")
+    if session.staff.must_change_password and request.path not in ("/password", "/logout"):
+        raise web.HTTPSeeOther("/password")
+    return await handler(request)
+
+
+def staff_of(request: web.Request) -> Staff:
+    return request[STAFF]
+
+
+def session_of(request: web.Request) -> Session:
+    return request[SESSION]
+
+
+async def static_file(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    console = request.app[CONSOLE]
+    if name not in console.static:
+        raise web.HTTPNotFound()
+    return web.Response(body=console.static[name], content_type=STATIC[name])
+
+
+def build_app(console: Console) -> web.Application:
+    from gateway.console import api, pages
+
+    app = web.Application(middlewares=[security_headers, authenticate],
+                          client_max_size=256 * 1024)
+    app[CONSOLE] = console
+    app.router.add_get("/static/{name}", static_file)
+    pages.add_routes(app)
+    api.add_routes(app)
+    return app
+
+
+def make_console(
+    config: ConsoleConfig, backend: WriteBackend, engine: AsyncEngine, locator: Locator, *,
+    four_eyes: bool, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> Console:
+    templates, static = load_assets()
+    return Console(
+        backend=backend, engine=engine,
+        sessions=SessionStore(backend, idle=timedelta(seconds=config.session_idle),
+                              absolute=timedelta(seconds=config.session_max)),
+        policy=LoginPolicy(config.lockout_after, timedelta(seconds=config.lockout)),
+        four_eyes=four_eyes, locator=locator,
+        secure_cookies=config.secure_cookies == "always" or config.tls_cert is not None,
+        templates=templates, static=static, clock=clock,
+    )
+
+
+class ConsoleServer:
+    """The console's listeners (``[console] listen``), HTTPS when a certificate is set."""
+
+    def __init__(self, config: ConsoleConfig, console: Console) -> None:
+        self._config = config
+        self.context = console
+        self._runner = web.AppRunner(build_app(console), access_log=None,
+                                     handle_signals=False)
+        self.addresses: list[tuple[str, int]] = []
+
+    async def start(self) -> None:
+        await self._runner.setup()
+        context = None
+        if self._config.tls_cert is not None and self._config.tls_key is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(self._config.tls_cert, self._config.tls_key)
+        for host, port in self._config.listen:
+            site = web.TCPSite(self._runner, host, port, ssl_context=context)
+            await site.start()
+            server = site._server
+            assert server is not None
+            for sock in getattr(server, "sockets", ()):
+                self.addresses.append(sock.getsockname()[:2])
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()

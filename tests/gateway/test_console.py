@@ -1,0 +1,357 @@
+"""The analyst console and its API over real HTTP, against a running gateway."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator, Callable
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import trustme
+from sqlalchemy import select, update
+from yarl import URL
+
+from gateway.app import Gateway
+from gateway.console.accounts import create_token, utcnow
+from gateway.store.audit import verify
+from gateway.store.tables import audit_log, users
+from tests.console_client import StaffClient, base, code, file_case, hidden, ready_user
+from tests.gateway.conftest import Start
+
+
+class Tags(HTMLParser):
+    """Every tag of a page with its attributes, as a browser's parser sees them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[tuple[str, list[tuple[str, str | None]]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.found.append((tag, attrs))
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[Callable[[Gateway], StaffClient]]:
+    made: list[StaffClient] = []
+
+    def make(gw: Gateway) -> StaffClient:
+        made.append(StaffClient(base(gw)))
+        return made[-1]
+
+    yield make
+    for c in made:
+        await c.close()
+
+
+async def api(gw: Gateway, method: str, path: str, token: str | None,
+              body: Any = None, raw: bytes | None = None) -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with aiohttp.ClientSession() as http:
+        kwargs: dict[str, Any] = {"headers": headers}
+        if raw is not None:
+            kwargs["data"] = raw
+            headers["Content-Type"] = "application/json"
+        elif body is not None:
+            kwargs["json"] = body
+        async with http.request(method, base(gw) + path, **kwargs) as response:
+            return response.status, await response.json()
+
+
+async def test_the_api_needs_a_valid_token(start: Start) -> None:
+    gw = await start()
+    backend = gw.console.context.backend
+    await ready_user(backend, "ana")
+    token = await create_token(backend, "ana", now=utcnow())
+    assert (await api(gw, "GET", "/api/v1/cases", None))[0] == 401
+    status, body = await api(gw, "GET", "/api/v1/cases", "hgt_wrong")
+    assert status == 401 and "token" in body["error"]
+    assert await api(gw, "GET", "/api/v1/me", token) == (200, {"name": "ana",
+                                                              "role": "analyst"})
+    async with aiohttp.ClientSession() as http, http.get(base(gw) + "/api/v1/cases") as r:
+        assert r.headers["WWW-Authenticate"].startswith("Bearer")
+        assert r.headers["Content-Security-Policy"].startswith("default-src 'none'")
+
+
+async def test_login_needs_the_password_and_an_unused_totp_code(
+    start: Start, client: Callable[[Gateway], StaffClient]
+) -> None:
+    gw = await start()
+    user = await ready_user(gw.console.context.backend, "ana")
+    browser = client(gw)
+    status, page = await browser.login(user, totp="000000" if code(user.totp_secret) != "000000"
+                                       else "111111")
+    assert status == 401 and "Login failed." in page
+    status, page = await browser.login(user, password="not the password")
+    assert status == 401
+    status, page = await browser.login(user)
+    assert status == 200 and "Cases: awaiting assessment" in page
+    # The same code again, from another browser: refused (RFC 6238 section 5.2).
+    other = client(gw)
+    replay = code(user.totp_secret)
+    status, _ = await other.login(user, totp=replay)
+    assert status == 401
+    status, _ = await other.login(user, totp=code(user.totp_secret, steps_ahead=1))
+    assert status == 200
+
+
+async def test_repeated_failures_lock_the_account(
+    start: Start, client: Callable[[Gateway], StaffClient]
+) -> None:
+    gw = await start(console={"listen": ["127.0.0.1:0"], "lockout_after": 3,
+                              "lockout": "10m"})
+    user = await ready_user(gw.console.context.backend, "ana")
+    browser = client(gw)
+    for _ in range(3):
+        assert (await browser.login(user, password="wrong password"))[0] == 401
+    status, _ = await browser.login(user)  # right password and code, but locked
+    assert status == 401
+    async with gw.engine.connect() as conn:
+        actions = [(a, d.get("reason")) for a, d in await conn.execute(
+            select(audit_log.c.action, audit_log.c.details).order_by(audit_log.c.seq))]
+        locked = (await conn.execute(select(users.c.locked_until))).scalar()
+    assert actions[-1] == ("user.login_failed", "locked") and locked is not None
+
+
+async def test_a_form_without_the_csrf_token_is_refused(
+    start: Start, client: Callable[[Gateway], StaffClient]
+) -> None:
+    gw = await start()
+    case_id = await file_case(gw, "see http://nl.test/csrf", "csrf")
+    user = await ready_user(gw.console.context.backend, "ana")
+    browser = client(gw)
+    await browser.login(user)
+    status, _ = await browser.post_from(f"/cases/{case_id}", f"/cases/{case_id}/assess",
+                                        {"verdict": "legal", "classification": "not_illegal"},
+                                        csrf=False)
+    assert status == 403
+    status, _ = await browser.post_from(f"/cases/{case_id}", f"/cases/{case_id}/assess",
+                                        {"verdict": "legal", "classification": "not_illegal",
+                                         "csrf": "forged"}, csrf=False)
+    assert status == 403
+    _, page = await browser.get(f"/cases/{case_id}")
+    assert "awaiting assessment" in page  # nothing happened
+
+
+@pytest.mark.parametrize("tls", [False, True])
+async def test_session_cookie_flags(start: Start, tmp_path: Path, tls: bool) -> None:
+    """HttpOnly and SameSite=Strict always; Secure when the console is served over TLS."""
+    console: dict[str, Any] = {"listen": ["127.0.0.1:0"]}
+    client_tls: ssl.SSLContext | bool = False
+    if tls:
+        ca = trustme.CA()
+        cert = ca.issue_cert("127.0.0.1")
+        cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "console.pem"))
+        console.update(tls_cert=str(tmp_path / "console.pem"),
+                       tls_key=str(tmp_path / "console.pem"))
+        client_tls = ssl.create_default_context()
+        ca.configure_trust(client_tls)
+    gw = await start(console=console)
+    user = await ready_user(gw.console.context.backend, "ana")
+    origin = base(gw).replace("http:", "https:") if tls else base(gw)
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        async with http.get(origin + "/login", ssl=client_tls) as response:
+            token = hidden(await response.text(), "login_token")
+        form = {"login_token": token, "name": "ana", "password": user.password,
+                "code": code(user.totp_secret)}
+        async with http.post(origin + "/login", data=form, allow_redirects=False,
+                             ssl=client_tls) as r:
+            assert r.status == 303
+            cookie = r.cookies["hg_session"]
+    assert cookie["httponly"] and cookie["samesite"] == "Strict" and cookie["path"] == "/"
+    assert bool(cookie["secure"]) is tls
+
+
+async def test_the_case_page_is_inert(
+    start: Start, client: Callable[[Gateway], StaffClient]
+) -> None:
+    gw = await start()
+    body = ('<script>alert("x")</script> look at http://nl.test/inert?a=<img src=x> '
+            "it is awful")
+    case_id = await file_case(gw, body, "inert")
+    user = await ready_user(gw.console.context.backend, "ana")
+    browser = client(gw)
+    await browser.login(user)
+    status, page = await browser.get(f"/cases/{case_id}")
+    assert status == 200
+    assert "&lt;script&gt;alert" in page  # shown as text
+    tags = Tags()
+    tags.feed(page)
+    assert [t for t, _ in tags.found if t in ("img", "iframe", "object", "embed", "video",
+                                                "audio", "source", "base")] == []
+    assert [dict(a) for t, a in tags.found if t == "script"] == [
+        {"src": "/static/console.js", "defer": None}]
+    for tag, attributes in tags.found:
+        for name, value in attributes:
+            if name in ("href", "src", "action", "formaction", "srcset", "poster"):
+                assert value is not None and value.startswith("/"), (tag, name, value)
+    assert "hxxp[:]//nl[.]test/inert" in page  # defanged, as text
+    assert 'data-copy="http://nl.test/inert' in page  # for the copy button only
+    assert "located · NL" in page
+
+
+async def test_assessing_by_form_and_by_api(
+    start: Start, client: Callable[[Gateway], StaffClient]
+) -> None:
+    gw = await start()
+    legal = await file_case(gw, "http://nl.test/legal", "legal")
+    illegal = await file_case(gw, "http://be.test/illegal", "illegal")
+    backend = gw.console.context.backend
+    user = await ready_user(backend, "ana")
+    browser = client(gw)
+    await browser.login(user)
+    status, page = await browser.post_from(
+        f"/cases/{legal}", f"/cases/{legal}/assess",
+        {"verdict": "legal", "classification": "not_illegal", "note": "adult content"})
+    assert status == 200 and "closed legal" in page and "legal · not_illegal · by ana" in page
+    token = await create_token(backend, "ana", now=utcnow())
+    path = f"/api/v1/cases/{illegal}/assessment"
+    status, body = await api(gw, "POST", path, token,
+                             {"verdict": "illegal", "classification": "not_illegal"})
+    assert status == 422 and set(body["fields"]) == {"classification"}
+    status, body = await api(gw, "POST", path, token, {"verdict": "maybe", "extra": 1,
+                                                       "hosting_country": "nl"})
+    assert status == 422 and set(body["fields"]) == {"verdict", "classification", "extra",
+                                                     "hosting_country"}
+    assert (await api(gw, "POST", path, token, raw=b"{not json"))[0] == 400
+    status, body = await api(gw, "POST", path, token, {
+        "verdict": "illegal", "classification": "baseline", "hosting_country": "NL"})
+    assert status == 200 and body["status"] == "assessed"
+    assert body["assessment"]["status"] == "final" and body["assessment"]["by"] == "ana"
+    assert body["case"]["assessment"]["hosting_country"] == "NL"
+    status, body = await api(gw, "POST", path, token,
+                             {"verdict": "legal", "classification": "doubtful"})
+    assert status == 409  # already assessed
+    missing = "/api/v1/cases/01234567-89ab-7def-8123-456789abcdef/assessment"
+    assert (await api(gw, "POST", missing, token,
+                      {"verdict": "legal", "classification": "doubtful"}))[0] == 404
+    assert (await api(gw, "GET", "/api/v1/cases/nonsense", token))[0] == 404
+    status, listed = await api(gw, "GET", "/api/v1/cases?status=assessed", token)
+    assert status == 200 and [c["id"] for c in listed] == [illegal]
+
+
+async def test_four_eyes_needs_a_second_person(start: Start) -> None:
+    gw = await start(assessment={"four_eyes": True})
+    case_id = await file_case(gw, "http://nl.test/four", "four")
+    backend = gw.console.context.backend
+    await ready_user(backend, "ana")
+    await ready_user(backend, "bob")
+    ana = await create_token(backend, "ana", now=utcnow())
+    bob = await create_token(backend, "bob", now=utcnow())
+    status, body = await api(gw, "POST", f"/api/v1/cases/{case_id}/assessment", ana,
+                             {"verdict": "illegal", "classification": "baseline"})
+    assert status == 200 and body["assessment"]["status"] == "pending_approval"
+    status, body = await api(gw, "POST", f"/api/v1/cases/{case_id}/approval", ana)
+    assert status == 403 and "someone other" in body["error"]
+    status, body = await api(gw, "POST", f"/api/v1/cases/{case_id}/approval", bob)
+    assert status == 200
+    assert (body["assessment"]["status"], body["assessment"]["approved_by"]) == ("final", "bob")
+    assert (await api(gw, "POST", f"/api/v1/cases/{case_id}/approval", bob))[0] == 409
+    # A legal verdict needs nobody else.
+    other = await file_case(gw, "http://be.test/fine", "fine")
+    status, body = await api(gw, "POST", f"/api/v1/cases/{other}/assessment", ana,
+                             {"verdict": "legal", "classification": "not_illegal"})
+    assert status == 200 and body["status"] == "closed_legal"
+
+
+async def test_only_a_supervisor_reopens_or_reassigns(start: Start) -> None:
+    gw = await start()
+    case_id = await file_case(gw, "http://nl.test/reopen", "reopen")
+    backend = gw.console.context.backend
+    await ready_user(backend, "ana")
+    await ready_user(backend, "sue", "supervisor")
+    ana = await create_token(backend, "ana", now=utcnow())
+    sue = await create_token(backend, "sue", now=utcnow())
+    await api(gw, "POST", f"/api/v1/cases/{case_id}/assessment", ana,
+              {"verdict": "legal", "classification": "doubtful"})
+    assert (await api(gw, "POST", f"/api/v1/cases/{case_id}/reopening", ana, {}))[0] == 403
+    status, body = await api(gw, "POST", f"/api/v1/cases/{case_id}/reopening", sue,
+                             {"reason": "second look"})
+    assert status == 200 and body["status"] == "awaiting_assessment"
+    assert body["case"]["assessment"] is None  # the earlier verdict is superseded
+    status, body = await api(gw, "POST", f"/api/v1/cases/{case_id}/assignment", sue,
+                             {"analyst": "ana"})
+    assert status == 200 and body["case"]["assigned_to"] == "ana"
+    assert "assigned" in body["case"]["flags"]
+    status, body = await api(gw, "POST", f"/api/v1/cases/{case_id}/assignment", sue,
+                             {"analyst": "nobody"})
+    assert status == 422 and "analyst" in body["fields"]
+    status, shown = await api(gw, "GET", f"/api/v1/cases/{case_id}", sue)
+    assert [(h["actor"], h["action"]) for h in shown["history"]] == [
+        ("system:normalise", "case.created"), ("system:locate", "case.located"),
+        ("ana", "case.assessed"), ("sue", "case.reopened"), ("sue", "case.reassigned")]
+    async with gw.engine.connect() as conn:
+        checked, broken, _ = await verify(conn)
+    assert broken is None and checked >= 8
+
+
+async def test_a_new_account_chooses_its_password_first(
+    start: Start, client: Callable[[Gateway], StaffClient]
+) -> None:
+    gw = await start()
+    from gateway.console.accounts import add_user
+
+    user = await add_user(gw.console.context.backend, "newbie", "analyst", now=utcnow())
+    browser = client(gw)
+    status, page = await browser.login(user)
+    assert status == 200 and "Choose your password" in page
+    status, page = await browser.get("/")
+    assert "Choose your password" in page  # nothing else until then
+    status, page = await browser.post_from("/password", "/password",
+                                           {"password": "short", "again": "short"})
+    assert status == 422 and "at least 12" in page
+    status, page = await browser.post_from(
+        "/password", "/password",
+        {"password": "correct horse battery", "again": "correct horse battery"})
+    assert status == 200 and "Cases: awaiting assessment" in page
+    again = client(gw)
+    status, _ = await again.login(user, totp=code(user.totp_secret, steps_ahead=1))
+    assert status == 401  # the one-time password is gone
+    status, _ = await again.login(user, password="correct horse battery",
+                                  totp=code(user.totp_secret, steps_ahead=1))
+    assert status == 200
+
+
+async def test_logging_out_ends_the_session(
+    start: Start, client: Callable[[Gateway], StaffClient]
+) -> None:
+    gw = await start()
+    user = await ready_user(gw.console.context.backend, "ana")
+    browser = client(gw)
+    await browser.login(user)
+    cookie = browser.http.cookie_jar.filter_cookies(URL(base(gw)))["hg_session"].value
+    await browser.post_from("/", "/logout")
+    status, page = await browser.get("/")
+    assert status == 200
+    assert "Log in" in page
+    async with aiohttp.ClientSession(cookies={"hg_session": cookie}) as http, \
+            http.get(base(gw) + "/", allow_redirects=False) as response:
+        assert response.status == 303 and response.headers["Location"] == "/login"
+
+
+async def test_disabling_an_account_ends_its_sessions_and_tokens(start: Start) -> None:
+    gw = await start()
+    backend = gw.console.context.backend
+    await ready_user(backend, "ana")
+    token = await create_token(backend, "ana", now=utcnow())
+    await backend.transaction(lambda conn: conn.execute(
+        update(users).where(users.c.name == "ana").values(disabled=True)))
+    assert (await api(gw, "GET", "/api/v1/me", token))[0] == 401
+
+
+async def test_every_page_carries_the_security_headers(start: Start) -> None:
+    """A strict CSP without inline script, no framing, no sniffing, no referrer, no cache."""
+    gw = await start()
+    async with aiohttp.ClientSession() as http:
+        for path in ("/login", "/", "/cases/nonsense", "/static/console.js"):
+            async with http.get(base(gw) + path, allow_redirects=False) as response:
+                headers = response.headers
+                csp = headers["Content-Security-Policy"]
+                assert "script-src 'self'" in csp and "unsafe-inline" not in csp, path
+                assert "frame-ancestors 'none'" in csp and "img-src 'none'" in csp
+                assert headers["X-Frame-Options"] == "DENY"
+                assert headers["X-Content-Type-Options"] == "nosniff"
+                assert headers["Referrer-Policy"] == "no-referrer"
+                assert headers["Cache-Control"] == "no-store"

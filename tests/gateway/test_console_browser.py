@@ -1,0 +1,103 @@
+"""The console in a real browser: Debian's chromium, driven by Playwright.
+
+Screenshots of each step go to ``.artifacts/screenshots/`` in the repository.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from gateway.console.accounts import add_user, utcnow
+from tests.console_client import base, code, file_case
+from tests.gateway.conftest import Start
+
+CHROMIUM = os.environ.get("HOTLINE_CHROMIUM", "/usr/bin/chromium")
+SHOTS = Path(__file__).resolve().parents[2] / ".artifacts" / "screenshots"
+# As root, without the sandbox; and nothing that reaches out to the internet on its own.
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium")
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield launched
+        await launched.close()
+
+
+async def shot(page: Page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+async def test_an_analyst_logs_in_and_assesses_a_case(start: Start, browser: Browser) -> None:
+    """Log in with password and TOTP, choose a password, open the queue and a case, copy its
+    URL, assess it and see the result; the browser never asks for the reported URL."""
+    gw = await start()
+    case_id = await file_case(
+        gw, "Please look: hxxp://nl[.]test/browser-flow <script>alert(1)</script>",
+        "browser-flow")
+    user = await add_user(gw.console.context.backend, "ana", "analyst", now=utcnow())
+    origin = base(gw)
+    context = await browser.new_context()
+    await context.grant_permissions(["clipboard-read", "clipboard-write"], origin=origin)
+    page = await context.new_page()
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: dialogs.append(dialog.message))
+
+    await page.goto(origin + "/")
+    assert page.url == origin + "/login"
+    await page.fill("#name", "ana")
+    await page.fill("#password", user.password)
+    await page.fill("#code", code(user.totp_secret))
+    await shot(page, "1-login")
+    await page.click("button[type=submit]")
+    await page.wait_for_url(origin + "/password")
+    await page.fill("#new-password", "a long new passphrase")
+    await page.fill("#again", "a long new passphrase")
+    await shot(page, "2-choose-password")
+    await page.click("main button[type=submit]")
+    await page.wait_for_url(origin + "/")
+
+    assert await page.inner_text("h1") == "Cases: awaiting assessment"
+    row = page.locator("table.queue tbody tr")
+    assert await row.count() == 1
+    assert "hxxp[:]//nl[.]test/browser-flow" in await row.inner_text()
+    assert "NL" in await row.inner_text()
+    await shot(page, "3-queue")
+    await row.locator("a.open").click()
+    await page.wait_for_url(f"{origin}/cases/{case_id}")
+
+    assert await page.inner_text("#url") == "hxxp[:]//nl[.]test/browser-flow"
+    assert await page.locator("a[href*='nl.test'], img, iframe").count() == 0
+    assert "<script>alert(1)</script>" in await page.inner_text("pre.report-text")
+    await page.click("#copy-url")
+    await expect(page.locator("#copy-url")).to_have_text("Copied")
+    assert await page.evaluate("navigator.clipboard.readText()") == \
+        "http://nl.test/browser-flow"
+    await shot(page, "4-case")
+
+    await page.check("#verdict-illegal")
+    await page.select_option("#classification", "baseline")
+    await page.fill("#note", "clearly within the baseline")
+    await page.click("#assess")
+    await page.wait_for_url(f"{origin}/cases/{case_id}")
+    assert "assessed" in await page.inner_text("h1 .status")
+    assert "illegal · baseline · by ana" in await page.inner_text("#assessment")
+    history = await page.inner_text("ol.history")
+    assert "ana · case.assessed" in history
+    await shot(page, "5-assessed")
+
+    assert dialogs == []  # the reporter's script never ran
+    assert all(url.startswith(origin + "/") for url in requested), requested
+    await context.close()

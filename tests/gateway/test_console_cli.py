@@ -1,0 +1,88 @@
+"""`users add`, `tokens create` and `audit verify` from the command line."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+
+import pyotp
+import pytest
+from sqlalchemy import create_engine, text
+
+from gateway.cli import main
+from tests.dns_server import free_udp_port
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(f'[locate]\nnameservers = ["127.0.0.1:{free_udp_port()}"]\n')
+    assert main(["--config", str(path), "db", "upgrade"]) == 0
+    return path
+
+
+def run(config: Path, *argv: str) -> int:
+    return main(["--config", str(config), *argv])
+
+
+def test_users_add_prints_a_one_time_password_and_a_totp_secret(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(config, "users", "add", "ana", "--role", "analyst") == 0
+    out = capsys.readouterr().out
+    secret = re.search(r"TOTP secret:\s+([A-Z2-7]+)", out)
+    uri = re.search(r"(otpauth://totp/\S+)", out)
+    assert secret and uri and re.search(r"password:\s+\S{12,}", out)
+    assert pyotp.parse_uri(uri.group(1)).secret == secret.group(1)
+    assert "issuer=hotline-gateway" in uri.group(1)
+    assert run(config, "users", "add", "ana", "--role", "analyst") == 2
+    assert "exists already" in capsys.readouterr().err
+    assert run(config, "users", "add", "Not A Name", "--role", "analyst") == 2
+    with pytest.raises(SystemExit):
+        run(config, "users", "add", "bob", "--role", "king")
+
+
+def test_tokens_create_prints_the_token_alone_and_keeps_only_its_hash(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run(config, "users", "add", "ana", "--role", "analyst")
+    capsys.readouterr()
+    assert run(config, "tokens", "create", "ana") == 0
+    token = capsys.readouterr().out
+    assert re.fullmatch(r"hgt_[A-Za-z0-9_-]{40,}\n", token)
+    database = create_engine(f"sqlite:///{config.parent / 'var' / 'gateway.db'}")
+    with database.connect() as conn:
+        stored = conn.execute(text("SELECT token_sha256 FROM api_tokens")).scalar()
+    database.dispose()
+    assert stored is not None and token.strip() not in stored and len(stored) == 64
+    assert run(config, "tokens", "create", "nobody") == 2
+
+
+def test_audit_verify_passes_then_fails_once_an_entry_is_altered(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("ana", "bob", "sue"):
+        run(config, "users", "add", name, "--role", "analyst")
+        run(config, "tokens", "create", name)
+    capsys.readouterr()
+    assert run(config, "audit", "verify") == 0
+    assert re.search(r"6 entries, chain intact; last hash [0-9a-f]{64}", capsys.readouterr().out)
+    database = create_engine(f"sqlite:///{config.parent / 'var' / 'gateway.db'}")
+    with database.begin() as conn:
+        conn.execute(text("UPDATE audit_log SET actor = 'mallory' WHERE seq = 3"))
+    database.dispose()
+    assert run(config, "audit", "verify") == 1
+    assert "entry 3: hash does not match its content" in capsys.readouterr().err
+
+
+async def test_setup_demo_makes_one_console_account(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text("")
+    assert await asyncio.to_thread(main, ["--config", str(path), "setup-demo"]) == 0
+    out = capsys.readouterr().out
+    assert "created  console account 'analyst'" in out and "TOTP secret" in out
+    assert await asyncio.to_thread(main, ["--config", str(path), "setup-demo"]) == 0
+    assert "exists   staff accounts" in capsys.readouterr().out
