@@ -24,7 +24,13 @@ from gateway import config as config_module
 from gateway import logs
 from gateway.app import GatewayFailed, make_locator, normalise, serve
 from gateway.config import Config, ConfigError
-from gateway.console.accounts import AccountError, add_user, create_token, utcnow
+from gateway.console.accounts import (
+    AccountError,
+    add_user,
+    create_token,
+    revoke_tokens,
+    utcnow,
+)
 from gateway.demo import setup_demo
 from gateway.notify import Notifier
 from gateway.stats import collect_stats
@@ -89,6 +95,8 @@ def _parser() -> argparse.ArgumentParser:
     tokens_create = tokens_commands.add_parser(
         "create", help="print a new API token for a user (alone on stdout)")
     tokens_create.add_argument("name")
+    tokens_revoke = tokens_commands.add_parser("revoke", help="revoke every token of a user")
+    tokens_revoke.add_argument("name")
     audit_cmd = commands.add_parser("audit", help="the audit trail")
     audit_commands = audit_cmd.add_subparsers(dest="audit_command", required=True,
                                               metavar="ACTION")
@@ -300,7 +308,11 @@ def _relocate(config: Config, case_id: uuid.UUID, *, as_json: bool) -> int:
         engine = await open_engine(config.database)
         backend = await open_write_backend(engine, busy_timeout=config.database.busy_timeout)
         try:
-            return await relocate(backend, await make_locator(config), case_id)
+            locator = await make_locator(config)
+            try:
+                return await relocate(backend, locator, case_id, actor="cli")
+            finally:
+                await locator.resolver.close()
         finally:
             await backend.close()
             await engine.dispose()
@@ -349,10 +361,15 @@ def _cmd_users(args: argparse.Namespace) -> int:
 def _cmd_tokens(args: argparse.Namespace) -> int:
     config = _load(args)
     try:
+        if args.tokens_command == "revoke":
+            count = asyncio.run(_with_backend(config, lambda backend: revoke_tokens(
+                backend, args.name, now=utcnow())))
+            print(f"{count} token(s) of {args.name} revoked")
+            return EXIT_OK
         token = asyncio.run(_with_backend(config, lambda backend: create_token(
             backend, args.name, now=utcnow())))
     except AccountError as exc:
-        print(f"tokens create: {exc}", file=sys.stderr)
+        print(f"tokens {args.tokens_command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     print(token)
     return EXIT_OK

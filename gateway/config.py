@@ -182,6 +182,8 @@ class _Section(BaseModel):
 
 class GatewayConfig(_Section):
     home_country: Country = "BE"
+    #: The hotline's name, as referrals give it ("from").
+    hotline_name: Annotated[str, Field(min_length=1, max_length=80)] = "Child Focus"
     data_dir: OptionalPath = Field(default="var", validate_default=True)
     reference_prefix: Annotated[str, Field(pattern=r"^[A-Z][A-Z0-9]{0,7}$")] = "CF"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -314,7 +316,13 @@ class OutboundConfig(_Section):
     smtp_host: str = "127.0.0.1"
     smtp_port: Annotated[int, Field(ge=1, le=65535)] = 25
     tls: Literal["starttls", "implicit", "none"] = "starttls"
+    #: Certificates of the upstream server are checked against the system's CAs, or these.
+    tls_ca_file: OptionalPath = None
     max_attempt_age: Duration = 3 * 86400.0
+    #: Delivery retries wait retry_after, doubling (with jitter) up to retry_max.
+    retry_after: PositiveDuration = 60.0
+    retry_max: PositiveDuration = 3600.0
+    timeout: PositiveDuration = 60.0
 
 
 class Destination(_Section):
@@ -325,6 +333,8 @@ class Destination(_Section):
 class RoutingConfig(_Section):
     destinations: dict[Literal["police", "police_international"], Destination] = {}
     hotlines: dict[Country, Destination] = {}
+    #: Corrections to the shipped INHOPE membership list: true adds a country, false removes.
+    membership: dict[Country, bool] = {}
 
 
 class AssessmentConfig(_Section):

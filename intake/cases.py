@@ -19,14 +19,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, insert, or_
+from sqlalchemy import and_, bindparam, case, insert, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.dml import ReturningInsert
 
 from gateway.ids import uuid7
 from gateway.store.audit import AuditEntry
-from gateway.store.tables import case_reports, cases
+from gateway.store.tables import assessments, case_reports, cases, routing_decisions
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,10 +56,13 @@ def attach_report(
     now: datetime,
     legal_window: timedelta,
     audit: list[AuditEntry] | None = None,
+    touched: set[uuid.UUID] | None = None,
 ) -> list[uuid.UUID]:
     """Create or attach to the case of every URL (or a ``no_url`` case); the case ids, in the
     order of the URLs' keys. Cases created or reopened are added to ``audit``, for the caller
-    to record with the rest of its transaction."""
+    to record with the rest of its transaction; ``touched`` (shared across the calls of one
+    transaction) keeps a case created or reopened there from counting as reopened again."""
+    touched = touched if touched is not None else set()
     # In key order, so that transactions filing the same URLs lock their cases in one order.
     items: list[tuple[str, ReportedUrl | None]] = sorted(
         ((url_key(u.canonical), u) for u in urls), key=lambda item: item[0]
@@ -70,9 +73,15 @@ def attach_report(
     for key, reported in items:
         case_id, change = _upsert_case(
             conn, key, reported, reported_at, now, reported_at - legal_window)
-        if change is not None and audit is not None:
-            audit.append(AuditEntry("system:normalise", f"case.{change}", case_id,
-                                    {"submission": str(submission_id)}))
+        if change == "reopened" and case_id in touched:
+            change = None  # created or reopened earlier in this transaction, not again
+        if change == "reopened":
+            _start_afresh(conn, case_id)
+        if change is not None:
+            touched.add(case_id)
+            if audit is not None:
+                audit.append(AuditEntry("system:normalise", f"case.{change}", case_id,
+                                        {"submission": str(submission_id)}))
         conn.execute(
             insert(case_reports).values(
                 id=uuid7(),
@@ -171,6 +180,19 @@ def _upsert_case(
         return case_id, "created"
     # Only a reopening sets status_changed_at to this transaction's ``now``.
     return case_id, "reopened" if _utc(changed_at) == _utc(now) else None
+
+
+def _start_afresh(conn: Connection, case_id: uuid.UUID) -> None:
+    """A reopened case is assessed and routed anew: earlier verdicts and decisions are kept,
+    marked superseded, and nobody holds it."""
+    conn.execute(update(assessments).where(assessments.c.case_id == case_id,
+                                           assessments.c.status != "superseded")
+                 .values(status="superseded"))
+    conn.execute(update(routing_decisions).where(routing_decisions.c.case_id == case_id,
+                                                 routing_decisions.c.superseded.is_(False))
+                 .values(superseded=True))
+    conn.execute(update(cases).where(cases.c.id == case_id)
+                 .values(assigned_to=None, hold_reason=None))
 
 
 def _utc(moment: datetime) -> datetime:

@@ -272,6 +272,7 @@ class NormaliseStage:
     ) -> int:
         applied = 0
         audit: list[AuditEntry] = []
+        touched: set[uuid.UUID] = set()
         for claimed, result in results:
             values: dict[str, Any] = {
                 "status": "parse_failed" if result.error else "parsed",
@@ -301,6 +302,7 @@ class NormaliseStage:
                     now=now,
                     legal_window=self._legal_window,
                     audit=audit,
+                    touched=touched,
                 )
         if audit:
             record(conn, audit, at=now)

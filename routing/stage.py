@@ -302,14 +302,16 @@ class CaseNotFound(LookupError):
 
 
 async def relocate(
-    backend: WriteBackend, locator: Locator, case_id: uuid.UUID
+    backend: WriteBackend, locator: Locator, case_id: uuid.UUID, *, trigger: str = "relocate",
+    actor: str | None = None, allowed: Callable[[str], bool] = lambda status: True,
 ) -> Hosting:
     """Look a case's host up again now (no cache) and add the evidence; a case still waiting to
     be located moves on to the queue. Earlier evidence is kept as it was."""
 
     def read(conn: Connection) -> Any:
         return conn.execute(
-            select(cases.c.kind, cases.c.canonical_url).where(cases.c.id == case_id)
+            select(cases.c.kind, cases.c.canonical_url, cases.c.status)
+            .where(cases.c.id == case_id)
         ).first()
 
     row = await backend.transaction(read)
@@ -318,11 +320,17 @@ async def relocate(
     host = host_of(row.canonical_url)
     if row.kind != "url" or host is None:
         raise ValueError("this case has no host to locate")
+    if not allowed(row.status):
+        raise PermissionError(f"a case that is {row.status} is located again by a supervisor")
     hosting = await locator.locate(host, fresh=True)
 
     def file(conn: Connection) -> None:
-        row = evidence_row(case_id, hosting, "relocate")
+        row = evidence_row(case_id, hosting, trigger)
         conn.execute(insert(hosting_evidence).values(**row))
+        if actor is not None:
+            record(conn, [AuditEntry(actor, "case.relocated", case_id, {
+                "status": hosting.status, "country": hosting.country,
+                "evidence": str(row["id"])})], at=hosting.checked_at)
         if not hosting.failed:
             now = hosting.checked_at
             moved = conn.execute(
@@ -334,7 +342,7 @@ async def relocate(
             ).first()
             if moved is not None:
                 record(conn, [_status_entry(case_id, "new", "awaiting_assessment", hosting,
-                                            row["id"], actor="system:relocate")], at=now)
+                                            row["id"], actor=f"system:{trigger}")], at=now)
 
     await backend.transaction(file)
     log.info("locate.relocated", case_id=str(case_id), status=hosting.status)

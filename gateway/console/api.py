@@ -13,7 +13,7 @@ from aiohttp import web
 from gateway.console import assess as actions
 from gateway.console.web import CONSOLE, json_error, staff_of
 from gateway.store.audit import AuditEntry, record
-from gateway.store.case_view import FLAGS, get_case, list_cases
+from gateway.store.case_view import FLAGS, get_case, get_referral, queue_cases
 from routing.stage import relocate
 
 
@@ -29,7 +29,7 @@ async def _body(request: web.Request) -> Any:
         raise web.HTTPBadRequest(reason="send JSON (Content-Type: application/json)")
     try:
         return json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise web.HTTPBadRequest(reason="the body is not valid JSON") from None
 
 
@@ -55,10 +55,16 @@ async def cases_list(request: web.Request) -> web.Response:
     if not 1 <= limit <= 1000:
         return json_error(422, "invalid limit", {"limit": "a number from 1 to 1000"})
     async with console.engine.connect() as conn:
-        found = await list_cases(conn, status=status, limit=limit)
-    if flag is not None:
-        found = [c for c in found if flag in c["flags"]]
-    return web.json_response(found)
+        found, truncated = await queue_cases(conn, status=status, flag=flag, limit=limit)
+    staff = staff_of(request)
+    await console.backend.transaction(lambda conn: record(
+        conn, [AuditEntry(staff.name, "cases.listed", None,
+                          {"status": status, "flag": flag, "count": len(found)})],
+        at=console.now()))
+    response = web.json_response(found)
+    if truncated:
+        response.headers["X-More-Cases"] = "true"
+    return response
 
 
 async def case_detail(request: web.Request) -> web.Response:
@@ -97,11 +103,20 @@ async def assessment(request: web.Request) -> web.Response:
 
 
 async def approval(request: web.Request) -> web.Response:
+    """Approve the pending verdict; ``{"assessment": "<id>"}`` pins the one you reviewed."""
     console = request.app[CONSOLE]
     case_id = _case_id(request)
+    body = await _body(request) if request.can_read_body else {}
+    seen = body.get("assessment") if isinstance(body, dict) else None
+    try:
+        pinned = uuid.UUID(seen) if isinstance(seen, str) else None
+    except ValueError:
+        pinned = None
+    if seen is not None and pinned is None:
+        return json_error(422, "invalid assessment", {"assessment": "an assessment id"})
     try:
         outcome = await actions.approve(console.backend, staff_of(request), case_id,
-                                        now=console.now())
+                                        now=console.now(), assessment_id=pinned)
     except actions.ActionError as exc:
         return _error(exc)
     return await _answer(request, case_id, outcome)
@@ -111,10 +126,9 @@ async def reopening(request: web.Request) -> web.Response:
     console = request.app[CONSOLE]
     case_id = _case_id(request)
     body = await _body(request) if request.can_read_body else {}
-    reason = body.get("reason") if isinstance(body, dict) else None
-    if reason is not None and not isinstance(reason, str):
-        return json_error(422, "invalid reason", {"reason": "text"})
     try:
+        reason = actions.text_field(body.get("reason") if isinstance(body, dict) else None,
+                                    "reason", limit=500)
         outcome = await actions.reopen(console.backend, staff_of(request), case_id,
                                        reason=reason, now=console.now())
     except actions.ActionError as exc:
@@ -126,10 +140,10 @@ async def assignment(request: web.Request) -> web.Response:
     console = request.app[CONSOLE]
     case_id = _case_id(request)
     body = await _body(request)
-    analyst = body.get("analyst") if isinstance(body, dict) else 0
-    if analyst is not None and not isinstance(analyst, str):
+    if not isinstance(body, dict) or "analyst" not in body:
         return json_error(422, "invalid assignment", {"analyst": "a user name, or null"})
     try:
+        analyst = actions.text_field(body["analyst"], "analyst", limit=64)
         outcome = await actions.reassign(console.backend, staff_of(request), case_id, analyst,
                                          now=console.now())
     except actions.ActionError as exc:
@@ -142,18 +156,58 @@ async def relocation(request: web.Request) -> web.Response:
     case_id = _case_id(request)
     staff = staff_of(request)
     try:
-        hosting = await relocate(console.backend, console.locator, case_id)
+        await relocate(console.backend, console.locator, case_id, actor=staff.name,
+                       allowed=lambda status: actions.may_relocate(staff, status))
     except LookupError:
         return json_error(404, "no such case")
+    except PermissionError as exc:
+        return json_error(403, str(exc))
     except ValueError as exc:
         return json_error(409, str(exc))
-    await console.backend.transaction(lambda conn: record(
-        conn, [AuditEntry(staff.name, "case.relocated", case_id,
-                          {"status": hosting.status, "country": hosting.country})],
-        at=console.now()))
     async with console.engine.connect() as conn:
         case = await get_case(conn, case_id)
     return web.json_response({"hosting": case["hosting"] if case else None})
+
+
+async def hosting_country(request: web.Request) -> web.Response:
+    """``{"country": "NL"}``: release a case held for unknown hosting; it is routed again."""
+    console = request.app[CONSOLE]
+    case_id = _case_id(request)
+    body = await _body(request)
+    try:
+        outcome = await actions.set_hosting_country(
+            console.backend, staff_of(request), case_id,
+            body.get("country") if isinstance(body, dict) else None, now=console.now())
+    except actions.ActionError as exc:
+        return _error(exc)
+    return await _answer(request, case_id, outcome)
+
+
+async def iccam(request: web.Request) -> web.Response:
+    """``{"reference": "..."}``: the case was referred through ICCAM by hand."""
+    console = request.app[CONSOLE]
+    case_id = _case_id(request)
+    body = await _body(request)
+    try:
+        outcome = await actions.record_iccam(
+            console.backend, staff_of(request), case_id,
+            body.get("reference") if isinstance(body, dict) else None, now=console.now())
+    except actions.ActionError as exc:
+        return _error(exc)
+    return await _answer(request, case_id, outcome)
+
+
+async def referral(request: web.Request) -> web.Response:
+    console = request.app[CONSOLE]
+    try:
+        referral_id = uuid.UUID(request.match_info["referral_id"])
+    except ValueError:
+        return json_error(404, "no such referral")
+    async with console.engine.connect() as conn:
+        found = await get_referral(conn, referral_id)
+    if found is None:
+        return json_error(404, "no such referral")
+    return web.json_response(found)
 
 
 def add_routes(app: web.Application) -> None:
@@ -165,3 +219,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/v1/cases/{case_id}/reopening", reopening)
     app.router.add_post("/api/v1/cases/{case_id}/assignment", assignment)
     app.router.add_post("/api/v1/cases/{case_id}/relocation", relocation)
+    app.router.add_post("/api/v1/cases/{case_id}/hosting-country", hosting_country)
+    app.router.add_post("/api/v1/cases/{case_id}/iccam", iccam)
+    app.router.add_get("/api/v1/referrals/{referral_id}", referral)

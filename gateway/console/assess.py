@@ -16,11 +16,19 @@ from typing import Any
 from sqlalchemy import and_, insert, select, update
 from sqlalchemy.engine import Connection
 
-from gateway.console.accounts import Staff
+from gateway.console.accounts import Staff, plain_text
 from gateway.ids import uuid7
 from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
-from gateway.store.tables import assessments, cases, users
+from gateway.store.tables import (
+    assessments,
+    case_reports,
+    cases,
+    referrals,
+    routing_decisions,
+    submissions,
+    users,
+)
 
 #: ICCAM's classifications, and the verdict each belongs to.
 CLASSIFICATIONS = {"baseline": "illegal", "national": "illegal",
@@ -31,6 +39,24 @@ ASSESSABLE = ("awaiting_assessment", "locate_failed")
 #: What a supervisor can send back to the queue.
 REOPENABLE = ("assessed", "closed_legal", "held")
 MAX_NOTE = 4000
+
+
+def text_field(value: object, field: str, *, limit: int, optional: bool = True) -> str | None:
+    """A free-text value from a form or a JSON body, or a 422 naming the field."""
+    if optional and value in (None, ""):
+        return None
+    if isinstance(value, str) and 0 < len(value) <= limit and plain_text(value):
+        return value
+    raise ActionError(422, f"invalid {field}", {field: f"text of at most {limit} characters"})
+
+
+#: Who may look a case up again, in which states: analysts before it leaves, supervisors always.
+RELOCATABLE = ("new", "locate_failed", "awaiting_assessment", "assessed", "held",
+               "awaiting_iccam")
+
+
+def may_relocate(staff: Staff, status: str) -> bool:
+    return staff.supervises or status in RELOCATABLE
 
 
 class ActionError(Exception):
@@ -73,7 +99,7 @@ class Assessment:
         note = body.get("note")
         if note in ("", None):
             note = None
-        elif not isinstance(note, str) or len(note) > MAX_NOTE:
+        elif not isinstance(note, str) or len(note) > MAX_NOTE or not plain_text(note):
             errors["note"] = f"text of at most {MAX_NOTE} characters"
         if errors:
             raise ActionError(422, "invalid assessment", errors)
@@ -145,9 +171,11 @@ async def assess(
 
 
 async def approve(
-    backend: WriteBackend, staff: Staff, case_id: uuid.UUID, *, now: datetime
+    backend: WriteBackend, staff: Staff, case_id: uuid.UUID, *, now: datetime,
+    assessment_id: uuid.UUID | None = None,
 ) -> Outcome:
-    """A second, different user confirms an illegal verdict waiting for approval."""
+    """A second, different user confirms an illegal verdict waiting for approval: the one they
+    saw, when ``assessment_id`` names it (the console always does)."""
 
     def work(conn: Connection) -> Outcome:
         case = _case(conn, case_id)
@@ -159,6 +187,8 @@ async def approve(
         ).first()
         if row is None or case.status != "assessed":
             raise ActionError(409, "the case has no verdict waiting for approval")
+        if assessment_id is not None and row.id != assessment_id:
+            raise ActionError(409, "the verdict changed since you saw it; reload the case")
         if row.user_id == staff.id:
             raise ActionError(403, "a verdict is approved by someone other than its author")
         done = conn.execute(
@@ -190,10 +220,12 @@ async def reopen(
         if case.status not in REOPENABLE:
             raise ActionError(409, f"a case that is {case.status} cannot be reopened")
         _move(conn, case_id, case.status, "awaiting_assessment", now)
+        conn.execute(update(cases).where(cases.c.id == case_id).values(hold_reason=None))
         conn.execute(update(assessments)
                      .where(assessments.c.case_id == case_id,
                             assessments.c.status != "superseded")
                      .values(status="superseded"))
+        _supersede_decision(conn, case_id)
         record(conn, [AuditEntry(staff.name, "case.reopened", case_id,
                                  {"from": case.status, "reason": reason})], at=now)
         return Outcome(case_id, "awaiting_assessment")
@@ -221,5 +253,87 @@ async def reassign(
         record(conn, [AuditEntry(staff.name, "case.reassigned", case_id,
                                  {"to": analyst})], at=now)
         return Outcome(case_id, case.status)
+
+    return await backend.transaction(work)
+
+
+def _supersede_decision(conn: Connection, case_id: uuid.UUID) -> None:
+    conn.execute(update(routing_decisions)
+                 .where(routing_decisions.c.case_id == case_id,
+                        routing_decisions.c.superseded.is_(False))
+                 .values(superseded=True))
+
+
+def _country(value: object) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Z]{2}", value):
+        raise ActionError(422, "invalid country",
+                          {"country": "an ISO 3166-1 alpha-2 code such as 'NL'"})
+    return value
+
+
+async def set_hosting_country(
+    backend: WriteBackend, staff: Staff, case_id: uuid.UUID, country: object, *,
+    now: datetime,
+) -> Outcome:
+    """Release a case held for unknown hosting (or waiting for ICCAM) by naming the country:
+    the verdict keeps its author, the case is routed again."""
+    code = _country(country)
+
+    def work(conn: Connection) -> Outcome:
+        case = _case(conn, case_id)
+        if case.status not in ("held", "awaiting_iccam"):
+            raise ActionError(409, f"the case is {case.status}: set the country when "
+                                   "assessing it")
+        final = conn.execute(select(assessments.c.id).where(
+            assessments.c.case_id == case_id, assessments.c.status == "final")).first()
+        if final is None:
+            raise ActionError(409, "the case has no final verdict")
+        conn.execute(update(assessments).where(assessments.c.id == final.id)
+                     .values(hosting_country=code))
+        _move(conn, case_id, case.status, "assessed", now)
+        conn.execute(update(cases).where(cases.c.id == case_id).values(hold_reason=None))
+        _supersede_decision(conn, case_id)
+        record(conn, [AuditEntry(staff.name, "case.hosting_country_set", case_id,
+                                 {"country": code, "from": case.status})], at=now)
+        return Outcome(case_id, "assessed")
+
+    return await backend.transaction(work)
+
+
+async def record_iccam(
+    backend: WriteBackend, staff: Staff, case_id: uuid.UUID, reference: object, *,
+    now: datetime,
+) -> Outcome:
+    """An analyst referred the case through ICCAM by hand: keep ICCAM's reference."""
+    if not isinstance(reference, str) or not 1 <= len(reference.strip()) <= 128:
+        raise ActionError(422, "invalid ICCAM reference",
+                          {"reference": "the reference ICCAM gave, 1 to 128 characters"})
+    iccam_reference = reference.strip()
+
+    def work(conn: Connection) -> Outcome:
+        case = _case(conn, case_id)
+        if case.status != "awaiting_iccam":
+            raise ActionError(409, f"the case is {case.status}, not awaiting_iccam")
+        decision = conn.execute(select(routing_decisions).where(
+            routing_decisions.c.case_id == case_id,
+            routing_decisions.c.superseded.is_(False))).first()
+        if decision is None:
+            raise ActionError(409, "the case has no routing decision")
+        country = (decision.facts or {}).get("country") or "??"
+        reference = conn.execute(
+            select(submissions.c.reference)
+            .join(case_reports, case_reports.c.submission_id == submissions.c.id)
+            .where(case_reports.c.case_id == case_id)
+            .order_by(case_reports.c.reported_at).limit(1)).scalar_one()
+        _move(conn, case_id, case.status, "referred", now)
+        referral_id = uuid7()
+        conn.execute(insert(referrals).values(
+            id=referral_id, case_id=case_id, decision_id=decision.id,
+            reference=reference, destination=f"iccam:{country}",
+            iccam_reference=iccam_reference, status="iccam", created_at=now, sent_at=now))
+        record(conn, [AuditEntry(staff.name, "case.iccam_recorded", case_id,
+                                 {"reference": iccam_reference,
+                                  "referral": str(referral_id)})], at=now)
+        return Outcome(case_id, "referred")
 
     return await backend.transaction(work)

@@ -15,7 +15,7 @@ import structlog
 from aiohttp import web
 
 from gateway.console import assess as actions
-from gateway.console.accounts import AccountError, change_password, login
+from gateway.console.accounts import AccountError, change_password, check_password, login
 from gateway.console.web import (
     CONSOLE,
     LOGIN_COOKIE,
@@ -25,7 +25,7 @@ from gateway.console.web import (
     staff_of,
 )
 from gateway.store.audit import AuditEntry, record
-from gateway.store.case_view import FLAGS, defang, get_case, list_cases
+from gateway.store.case_view import FLAGS, defang, get_case, queue_cases
 from routing.stage import relocate
 
 log = structlog.get_logger("gateway.console")
@@ -56,7 +56,8 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
         return _login_form(console, error="The form is out of date: try again.", status=403)
     name, password, code = (str(form.get(k, "")) for k in ("name", "password", "code"))
     staff = await login(console.backend, name.strip().lower(), password, code.strip(),
-                        now=console.now(), policy=console.policy, peer=request.remote)
+                        now=console.now(), policy=console.policy, peer=request.remote,
+                        gate=console.hashing)
     if staff is None:
         log.info("console.login_failed")
         return _login_form(console, error="Login failed.", status=401)
@@ -75,9 +76,12 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
 
 async def logout(request: web.Request) -> web.StreamResponse:
     console = request.app[CONSOLE]
+    staff = staff_of(request)
     cookie = request.cookies.get(SESSION_COOKIE)
     if cookie:
         await console.sessions.end(cookie)
+    await console.backend.transaction(lambda conn: record(
+        conn, [AuditEntry(staff.name, "user.logout")], at=console.now()))
     response = web.Response(status=303, headers={"Location": "/login"})
     response.del_cookie(SESSION_COOKIE, path="/")
     return response
@@ -91,20 +95,30 @@ async def password_page(request: web.Request) -> web.Response:
 
 async def password_submit(request: web.Request) -> web.StreamResponse:
     console = request.app[CONSOLE]
+    staff = staff_of(request)
     form = await request.post()
+    current = str(form.get("current", ""))
     new, again = str(form.get("password", "")), str(form.get("again", ""))
     error = None
-    if new != again:
+    if not await check_password(console.backend, staff, current, gate=console.hashing):
+        error = "The current password is not right."
+    elif new != again:
         error = "The two passwords differ."
     else:
         try:
-            await change_password(console.backend, staff_of(request), new, now=console.now())
+            await change_password(console.backend, staff, new, now=console.now(),
+                                  gate=console.hashing)
         except AccountError as exc:
             error = str(exc)
     if error is not None:
-        return console.render("password.html", code=422, staff=staff_of(request),
+        return console.render("password.html", code=422, staff=staff,
                               csrf=session_of(request).csrf_token, error=error)
-    raise web.HTTPSeeOther("/")
+    # Every session of this user ended with the change: this browser gets a fresh one.
+    session_id = await console.sessions.start(staff.id, now=console.now())
+    response = web.Response(status=303, headers={"Location": "/"})
+    console.set_session_cookie(response, session_id,
+                               max_age=int(console.sessions.absolute.total_seconds()))
+    return response
 
 
 async def queue(request: web.Request) -> web.Response:
@@ -114,13 +128,12 @@ async def queue(request: web.Request) -> web.Response:
         status = "awaiting_assessment"
     flag = request.query.get("flag", "")
     async with console.engine.connect() as conn:
-        found = await list_cases(conn, status=status, limit=500)
-    if flag in FLAGS:
-        found = [c for c in found if flag in c["flags"]]
+        found, truncated = await queue_cases(conn, status=status,
+                                             flag=flag if flag in FLAGS else None, limit=500)
     return console.render(
         "queue.html", staff=staff_of(request), csrf=session_of(request).csrf_token,
         cases=[_display(c) for c in found], status=status, flag=flag,
-        statuses=QUEUE_STATUSES, flags=FLAGS,
+        statuses=QUEUE_STATUSES, flags=FLAGS, truncated=truncated,
     )
 
 
@@ -160,6 +173,7 @@ async def _case_page(request: web.Request, *, status: int = 200, error: str | No
         can_approve=(assessment.get("status") == "pending_approval"
                      and assessment.get("by") != staff.name),
         can_reopen=staff.supervises and case["status"] in actions.REOPENABLE,
+        can_relocate=actions.may_relocate(staff, case["status"]),
     )
 
 
@@ -197,13 +211,24 @@ async def assess_submit(request: web.Request) -> web.StreamResponse:
 
 async def approve_submit(request: web.Request) -> web.StreamResponse:
     console = request.app[CONSOLE]
+    form = await request.post()
+    try:
+        seen = uuid.UUID(str(form.get("assessment", "")))
+    except ValueError:
+        return await _case_page(request, status=422, error="Reload the case and try again.")
     return await _act(request, actions.approve(
-        console.backend, staff_of(request), _case_id(request), now=console.now()))
+        console.backend, staff_of(request), _case_id(request), now=console.now(),
+        assessment_id=seen))
 
 
 async def reopen_submit(request: web.Request) -> web.StreamResponse:
     console = request.app[CONSOLE]
-    reason = str((await request.post()).get("reason", "")).strip() or None
+    try:
+        reason = actions.text_field(str((await request.post()).get("reason", "")).strip(),
+                                    "reason", limit=500)
+    except actions.ActionError as exc:
+        return await _case_page(request, status=exc.status, error=str(exc),
+                                fields=exc.field_errors)
     return await _act(request, actions.reopen(
         console.backend, staff_of(request), _case_id(request), reason=reason,
         now=console.now()))
@@ -211,7 +236,12 @@ async def reopen_submit(request: web.Request) -> web.StreamResponse:
 
 async def reassign_submit(request: web.Request) -> web.StreamResponse:
     console = request.app[CONSOLE]
-    analyst = str((await request.post()).get("analyst", "")).strip().lower() or None
+    try:
+        analyst = actions.text_field(str((await request.post()).get("analyst", "")).strip()
+                                     .lower(), "analyst", limit=64)
+    except actions.ActionError as exc:
+        return await _case_page(request, status=exc.status, error=str(exc),
+                                fields=exc.field_errors)
     return await _act(request, actions.reassign(
         console.backend, staff_of(request), _case_id(request), analyst, now=console.now()))
 
@@ -221,15 +251,14 @@ async def relocate_submit(request: web.Request) -> web.StreamResponse:
     case_id = _case_id(request)
     staff = staff_of(request)
     try:
-        hosting = await relocate(console.backend, console.locator, case_id)
+        await relocate(console.backend, console.locator, case_id, actor=staff.name,
+                       allowed=lambda status: actions.may_relocate(staff, status))
     except LookupError:
         raise web.HTTPNotFound(reason="No such case.") from None
+    except PermissionError as exc:
+        return await _case_page(request, status=403, error=str(exc))
     except ValueError as exc:
         return await _case_page(request, status=409, error=str(exc))
-    await console.backend.transaction(lambda conn: record(
-        conn, [AuditEntry(staff.name, "case.relocated", case_id,
-                          {"status": hosting.status, "country": hosting.country})],
-        at=console.now()))
     raise web.HTTPSeeOther(f"/cases/{case_id}")
 
 

@@ -9,6 +9,7 @@ images, nothing from elsewhere) and is never cached.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ssl
 from collections.abc import Awaitable, Callable
@@ -25,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.config import ConsoleConfig
 from gateway.console.accounts import LoginPolicy, Staff, staff_for_token
 from gateway.console.sessions import Session, SessionStore
+from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
 from routing.locate import Locator
 
@@ -63,6 +65,8 @@ class Console:
     templates: jinja2.Environment
     static: dict[str, bytes]
     clock: Callable[[], datetime]
+    #: Password hashing admitted at once (argon2 is expensive on purpose).
+    hashing: asyncio.Semaphore
 
     def now(self) -> datetime:
         return self.clock()
@@ -167,8 +171,13 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     if request.method not in ("GET", "HEAD"):
         form = await request.post()
         sent = form.get("csrf")
-        if not isinstance(sent, str) or not hmac.compare_digest(sent, session.csrf_token):
-            log.warning("console.csrf_refused", user=session.staff.name, path=request.path)
+        if not isinstance(sent, str) or not hmac.compare_digest(
+                sent.encode("utf-8", "surrogatepass"), session.csrf_token.encode()):
+            log.warning("console.csrf_refused", user=session.staff.name)
+            staff = session.staff
+            await console.backend.transaction(lambda conn: record(conn, [AuditEntry(
+                staff.name, "user.csrf_refused", details={"path": request.path[:200]})],
+                at=console.now()))
             raise web.HTTPForbidden(reason="The form is out of date: reload the page.")
     if session.staff.must_change_password and request.path not in ("/password", "/logout"):
         raise web.HTTPSeeOther("/password")
@@ -215,7 +224,7 @@ def make_console(
         policy=LoginPolicy(config.lockout_after, timedelta(seconds=config.lockout)),
         four_eyes=four_eyes, locator=locator,
         secure_cookies=config.secure_cookies == "always" or config.tls_cert is not None,
-        templates=templates, static=static, clock=clock,
+        templates=templates, static=static, clock=clock, hashing=asyncio.Semaphore(2),
     )
 
 

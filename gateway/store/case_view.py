@@ -16,6 +16,10 @@ from gateway.store.tables import (
     case_reports,
     cases,
     hosting_evidence,
+    outbox,
+    outbox_attempts,
+    referrals,
+    routing_decisions,
     submissions,
     users,
 )
@@ -92,6 +96,7 @@ def flags(case: dict[str, Any]) -> list[str]:
 def _case_json(
     row: Any, reports: list[dict[str, Any]], hosting: dict[str, Any] | None,
     assessment: dict[str, Any] | None = None, assignee: str | None = None,
+    routed: tuple[dict[str, Any] | None, list[dict[str, Any]]] = (None, []),
 ) -> dict[str, Any]:
     document = {
         "id": str(row.id),
@@ -107,9 +112,9 @@ def _case_json(
         "hosting": hosting if hosting is not None else _pending_json(row),
         "assessment": assessment,
         "assigned_to": assignee,
-        # Routing and referrals are a later stage; until it runs, a case has neither.
-        "decision": None,
-        "referrals": [],
+        "hold_reason": row.hold_reason,
+        "decision": routed[0],
+        "referrals": routed[1],
     }
     document["flags"] = flags(document)
     return document
@@ -138,6 +143,57 @@ async def _assessments(
             "approved_at": iso(row.approved_at),
         }
     return current
+
+
+def _referral_json(row: Any) -> dict[str, Any]:
+    return {"id": str(row.id), "destination": row.destination, "status": row.status,
+            "reference": row.reference, "email": row.email,
+            "key_fingerprint": row.key_fingerprint, "message_id": row.message_id,
+            "iccam_reference": row.iccam_reference, "created_at": iso(row.created_at),
+            "sent_at": iso(row.sent_at), "error": row.error}
+
+
+async def _routing(
+    conn: AsyncConnection, case_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, tuple[dict[str, Any] | None, list[dict[str, Any]]]]:
+    """Each case's live routing decision and its referrals."""
+    found: dict[uuid.UUID, tuple[dict[str, Any] | None, list[dict[str, Any]]]] = {}
+    if not case_ids:
+        return found
+    decisions = {row.case_id: {
+        "id": str(row.id), "rule": row.rule, "outcome": row.outcome,
+        "destination": row.destination, "explanation": row.explanation, "facts": row.facts,
+        "at": iso(row.created_at)} for row in await conn.execute(
+            select(routing_decisions).where(routing_decisions.c.case_id.in_(case_ids),
+                                            routing_decisions.c.superseded.is_(False)))}
+    sent: dict[uuid.UUID, list[dict[str, Any]]] = defaultdict(list)
+    for row in await conn.execute(select(referrals).where(referrals.c.case_id.in_(case_ids))
+                                  .order_by(referrals.c.created_at)):
+        sent[row.case_id].append(_referral_json(row))
+    for case_id in case_ids:
+        found[case_id] = (decisions.get(case_id), sent.get(case_id, []))
+    return found
+
+
+async def get_referral(conn: AsyncConnection, referral_id: uuid.UUID) -> dict[str, Any] | None:
+    """One referral with its delivery attempts (never the message: it is encrypted anyway)."""
+    row = (await conn.execute(select(referrals).where(referrals.c.id == referral_id))).first()
+    if row is None:
+        return None
+    document = {**_referral_json(row), "case_id": str(row.case_id)}
+    item = (await conn.execute(select(outbox.c.id, outbox.c.status, outbox.c.attempts,
+                                      outbox.c.next_attempt_at, outbox.c.last_error)
+                               .where(outbox.c.referral_id == referral_id))).first()
+    document["outbox"] = None if item is None else {
+        "status": item.status, "attempts": item.attempts,
+        "next_attempt_at": iso(item.next_attempt_at), "last_error": item.last_error}
+    attempts = [] if item is None else [
+        {"at": iso(a.at), "outcome": a.outcome, "detail": a.detail}
+        for a in await conn.execute(select(outbox_attempts)
+                                    .where(outbox_attempts.c.outbox_id == item.id)
+                                    .order_by(outbox_attempts.c.at))]
+    document["attempts"] = attempts
+    return document
 
 
 async def _assignees(conn: AsyncConnection, rows: list[Any]) -> dict[uuid.UUID, str]:
@@ -201,8 +257,9 @@ async def list_cases(
     hosting = await _current_hosting(conn, ids)
     verdicts = await _assessments(conn, ids)
     names = await _assignees(conn, rows)
+    routed = await _routing(conn, ids)
     return [_case_json(row, reports[row.id], hosting.get(row.id), verdicts.get(row.id),
-                       names.get(row.assigned_to)) for row in rows]
+                       names.get(row.assigned_to), routed[row.id]) for row in rows]
 
 
 async def get_case(conn: AsyncConnection, case_id: uuid.UUID) -> dict[str, Any] | None:
@@ -215,6 +272,7 @@ async def get_case(conn: AsyncConnection, case_id: uuid.UUID) -> dict[str, Any] 
         row, reports, (await _current_hosting(conn, [row.id])).get(row.id),
         (await _assessments(conn, [row.id])).get(row.id),
         (await _assignees(conn, [row])).get(row.assigned_to),
+        (await _routing(conn, [row.id]))[row.id],
     )
     texts = await conn.execute(
         select(submissions.c.reference, submissions.c.subject, submissions.c.report_text,
@@ -244,3 +302,18 @@ async def get_case(conn: AsyncConnection, case_id: uuid.UUID) -> dict[str, Any] 
         for seq, at, actor, action, details in trail
     ]
     return document
+
+
+async def queue_cases(
+    conn: AsyncConnection, *, status: str | None, flag: str | None, limit: int,
+    scan: int = 10_000,
+) -> tuple[list[dict[str, Any]], bool]:
+    """The oldest ``limit`` cases of a status (and with a flag); True when there are more.
+
+    Flags come from the hosting evidence, so a flag filter looks at up to ``scan`` cases.
+    """
+    found = await list_cases(conn, status=status, limit=(scan if flag else limit) + 1)
+    more = len(found) > (scan if flag else limit)
+    if flag is not None:
+        found = [c for c in found[:scan] if flag in c["flags"]]
+    return found[:limit], more or len(found) > limit

@@ -89,6 +89,8 @@ cases = Table(
     Column("locate_error", Text, nullable=True),
     # The analyst a supervisor gave the case to (anyone may take it when empty).
     Column("assigned_to", Uuid, nullable=True),
+    # Why a case is ``held`` (the rule id: hold-unknown-hosting, hold-no-key, …).
+    Column("hold_reason", String(32), nullable=True),
     Index(None, "status", "first_reported"),
 )
 
@@ -218,4 +220,74 @@ audit_log = Table(
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
     Index(None, "case_id"),
+)
+
+# Where a case goes, decided by the protocol table: the rule, the facts it used, and why.
+# A re-route (the hosting moved, an analyst set the country) supersedes the earlier decision.
+routing_decisions = Table(
+    "routing_decisions",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("case_id", Uuid, ForeignKey("cases.id"), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("rule", String(32), nullable=False),
+    Column("outcome", String(16), nullable=False),  # refer | iccam | hold | close
+    Column("destination", String(32), nullable=True),  # police | police_international | hotline:NL
+    Column("facts", JSON, nullable=False),
+    Column("explanation", Text, nullable=False),
+    Column("superseded", Boolean, nullable=False, server_default=false()),
+    Index(None, "case_id", "created_at"),
+)
+
+# One referral per case and destination: the encrypted message lives in the outbox.
+referrals = Table(
+    "referrals",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("case_id", Uuid, ForeignKey("cases.id"), nullable=False),
+    Column("decision_id", Uuid, ForeignKey("routing_decisions.id"), nullable=False),
+    Column("reference", String(32), nullable=False),
+    Column("destination", String(32), nullable=False),
+    Column("email", Text, nullable=True),  # None for a referral made through ICCAM by hand
+    Column("key_fingerprint", String(40), nullable=True),
+    Column("message_id", Text, nullable=True, unique=True),
+    Column("iccam_reference", Text, nullable=True),
+    # queued | sent | failed | acknowledged; "iccam" for one an analyst made by hand
+    Column("status", String(16), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("sent_at", DateTime(timezone=True), nullable=True),
+    Column("error", Text, nullable=True),
+    UniqueConstraint("case_id", "destination"),
+)
+
+# The durable outbox: every message that must leave, until it has.
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("referral_id", Uuid, ForeignKey("referrals.id"), nullable=False, unique=True),
+    Column("mail_from", Text, nullable=False),
+    Column("rcpt_to", Text, nullable=False),
+    Column("message", LargeBinary, nullable=False),  # encrypted PGP/MIME, ready to send
+    Column("status", String(16), nullable=False),  # pending | sent | failed
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False),
+    Column("claimed_by", String(64), nullable=True),
+    Column("claimed_until", DateTime(timezone=True), nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("sent_at", DateTime(timezone=True), nullable=True),
+    Index(None, "status", "next_attempt_at"),
+)
+
+# Every delivery attempt, as it went.
+outbox_attempts = Table(
+    "outbox_attempts",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("outbox_id", Uuid, ForeignKey("outbox.id"), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("outcome", String(16), nullable=False),  # sent | deferred | failed
+    Column("detail", Text, nullable=True),
+    Index(None, "outbox_id"),
 )

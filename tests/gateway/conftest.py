@@ -24,9 +24,9 @@ async def start(
     stack: list[Any] = []
 
     async def go(**sections: dict[str, Any]) -> Gateway:
-        config = make_config(locate={"nameservers": [dns.nameserver],
-                                     "geoip_db": str(mmdb["country"]),
-                                     "asn_db": str(mmdb["asn"])}, **sections)
+        locate = {"nameservers": [dns.nameserver], "geoip_db": str(mmdb["country"]),
+                  "asn_db": str(mmdb["asn"]), **sections.pop("locate", {})}
+        config = make_config(locate=locate, **sections)
         context = serving(config)
         gw = await context.__aenter__()
         stack.append(context)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import ssl
 from collections.abc import AsyncIterator, Callable
 from html.parser import HTMLParser
@@ -17,9 +19,11 @@ from yarl import URL
 from gateway.app import Gateway
 from gateway.console.accounts import create_token, utcnow
 from gateway.store.audit import verify
+from gateway.store.case_view import list_cases
 from gateway.store.tables import audit_log, users
 from tests.console_client import StaffClient, base, code, file_case, hidden, ready_user
 from tests.gateway.conftest import Start
+from tests.smtp_client import deliver, report
 
 
 class Tags(HTMLParser):
@@ -299,13 +303,25 @@ async def test_a_new_account_chooses_its_password_first(
     assert status == 200 and "Choose your password" in page
     status, page = await browser.get("/")
     assert "Choose your password" in page  # nothing else until then
-    status, page = await browser.post_from("/password", "/password",
-                                           {"password": "short", "again": "short"})
-    assert status == 422 and "at least 12" in page
     status, page = await browser.post_from(
         "/password", "/password",
-        {"password": "correct horse battery", "again": "correct horse battery"})
+        {"current": user.password, "password": "short", "again": "short"})
+    assert status == 422 and "at least 12" in page
+    status, page = await browser.post_from(
+        "/password", "/password", {"current": "wrong", "password": "correct horse battery",
+                                   "again": "correct horse battery"})
+    assert status == 422 and "current password is not right" in page
+    old_cookie = browser.http.cookie_jar.filter_cookies(URL(base(gw)))["hg_session"].value
+    status, page = await browser.post_from(
+        "/password", "/password",
+        {"current": user.password, "password": "correct horse battery",
+         "again": "correct horse battery"})
     assert status == 200 and "Cases: awaiting assessment" in page
+    new_cookie = browser.http.cookie_jar.filter_cookies(URL(base(gw)))["hg_session"].value
+    assert new_cookie != old_cookie  # a new session; the old one ended with the change
+    async with aiohttp.ClientSession(cookies={"hg_session": old_cookie}) as http, \
+            http.get(base(gw) + "/", allow_redirects=False) as response:
+        assert response.status == 303
     again = client(gw)
     status, _ = await again.login(user, totp=code(user.totp_secret, steps_ahead=1))
     assert status == 401  # the one-time password is gone
@@ -355,3 +371,95 @@ async def test_every_page_carries_the_security_headers(start: Start) -> None:
                 assert headers["X-Content-Type-Options"] == "nosniff"
                 assert headers["Referrer-Policy"] == "no-referrer"
                 assert headers["Cache-Control"] == "no-store"
+
+
+async def test_logins_in_parallel_cannot_outrun_the_lockout(
+    start: Start, client: Callable[[Gateway], StaffClient]
+) -> None:
+    """Many wrong passwords and the right one at once: once locked, even the right one fails,
+    and a success never clears a lock that a concurrent failure set."""
+    gw = await start(console={"listen": ["127.0.0.1:0"], "lockout_after": 3,
+                              "lockout": "10m"})
+    user = await ready_user(gw.console.context.backend, "ana")
+    browsers = [client(gw) for _ in range(12)]
+    results = await asyncio.gather(
+        *(b.login(user, password="wrong password") for b in browsers[:11]),
+        browsers[11].login(user))
+    assert [status for status, _ in results[:11]] == [401] * 11
+    async with gw.engine.connect() as conn:
+        locked = (await conn.execute(select(users.c.locked_until))).scalar()
+    assert locked is not None  # whatever the order, the account ends locked
+    status, _ = await client(gw).login(user, totp=code(user.totp_secret, steps_ahead=1))
+    assert status == 401
+
+
+async def test_case_pages_render_in_every_state(
+    start: Start, client: Callable[[Gateway], StaffClient], zone: Any
+) -> None:
+    """A case not located yet, one that failed to locate, one without a URL, one whose URL
+    has no host: every page renders (no 500)."""
+    zone.behave("broken.test", "servfail")
+    gw = await start(locate={"nameservers": ["127.0.0.1:9"], "timeout": "300ms"})
+    await deliver(gw.smtp.addresses[0][1], report("p1", body="http://pending.test/a"))
+    await deliver(gw.smtp.addresses[0][1], report("p2", body="nothing here, sorry"))
+    user = await ready_user(gw.console.context.backend, "ana")
+    browser = client(gw)
+    await browser.login(user)
+    async with asyncio.timeout(20):
+        while True:
+            async with gw.engine.connect() as conn:
+                every = await list_cases(conn)
+            if len(every) == 2 and any(c["hosting"] and c["hosting"].get("attempts")
+                                       for c in every):
+                break
+            await asyncio.sleep(0.05)
+    for case in every:
+        status, page = await browser.get(f"/cases/{case['id']}")
+        assert status == 200, page
+    for state in ("new", "awaiting_assessment", "locate_failed", "held"):
+        status, _ = await browser.get(f"/?status={state}")
+        assert status == 200
+
+
+async def test_approval_is_of_the_verdict_the_approver_saw(start: Start) -> None:
+    """A verdict replaced after it was reviewed is not approved in its place."""
+    gw = await start(assessment={"four_eyes": True})
+    case_id = await file_case(gw, "http://nl.test/pinned", "pinned")
+    backend = gw.console.context.backend
+    for name, role in (("ana", "analyst"), ("bob", "analyst"), ("sue", "supervisor")):
+        await ready_user(backend, name, role)
+    ana, bob, sue = [await create_token(backend, n, now=utcnow()) for n in ("ana", "bob", "sue")]
+    _, first = await api(gw, "POST", f"/api/v1/cases/{case_id}/assessment", ana,
+                         {"verdict": "illegal", "classification": "baseline"})
+    seen = first["assessment"]["id"]
+    await api(gw, "POST", f"/api/v1/cases/{case_id}/reopening", sue, {"reason": "redo"})
+    await api(gw, "POST", f"/api/v1/cases/{case_id}/assessment", sue,
+              {"verdict": "illegal", "classification": "national"})
+    status, body = await api(gw, "POST", f"/api/v1/cases/{case_id}/approval", bob,
+                             {"assessment": seen})
+    assert status == 409 and "changed" in body["error"]
+
+
+async def test_hostile_api_input_gets_4xx_not_500(start: Start) -> None:
+    """Deep JSON, lone surrogates, NUL and wrong types are refused with 400/422."""
+    gw = await start()
+    case_id = await file_case(gw, "http://nl.test/hostile", "hostile")
+    backend = gw.console.context.backend
+    await ready_user(backend, "sue", "supervisor")
+    token = await create_token(backend, "sue", now=utcnow())
+    path = f"/api/v1/cases/{case_id}"
+    assert (await api(gw, "POST", path + "/assessment", token, raw=b"[" * 50000))[0] == 400
+    for body in ({"verdict": "legal", "classification": "doubtful", "note": "\ud800"},
+                 {"verdict": "legal", "classification": "doubtful", "note": "a\u0000b"},
+                 {"verdict": ["legal"], "classification": 3}):
+        raw = json.dumps(body).encode()
+        status, answer = await api(gw, "POST", path + "/assessment", token, raw=raw)
+        assert status == 422, (body, answer)
+    for route, body in (("/assignment", {"analyst": "\ud800"}), ("/assignment", {}),
+                        ("/assignment", {"analyst": 5}),
+                        ("/hosting-country", {"country": "xx"})):
+        raw = json.dumps(body).encode()
+        status, _ = await api(gw, "POST", path + route, token, raw=raw)
+        assert status in (409, 422), (route, body)
+    status, _ = await api(gw, "GET", "/api/v1/cases?flag=bogus", token)
+    assert status == 422

@@ -63,6 +63,7 @@ async def test_an_analyst_logs_in_and_assesses_a_case(start: Start, browser: Bro
     await shot(page, "1-login")
     await page.click("button[type=submit]")
     await page.wait_for_url(origin + "/password")
+    await page.fill("#current-password", user.password)
     await page.fill("#new-password", "a long new passphrase")
     await page.fill("#again", "a long new passphrase")
     await shot(page, "2-choose-password")

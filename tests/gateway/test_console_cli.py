@@ -57,6 +57,9 @@ def test_tokens_create_prints_the_token_alone_and_keeps_only_its_hash(
     database.dispose()
     assert stored is not None and token.strip() not in stored and len(stored) == 64
     assert run(config, "tokens", "create", "nobody") == 2
+    capsys.readouterr()
+    assert run(config, "tokens", "revoke", "ana") == 0
+    assert "1 token(s) of ana revoked" in capsys.readouterr().out
 
 
 def test_audit_verify_passes_then_fails_once_an_entry_is_altered(

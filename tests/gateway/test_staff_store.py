@@ -56,7 +56,8 @@ def test_lockout_doubles_up_to_an_hour() -> None:
 
 
 async def test_a_lock_expires_and_a_success_resets_the_count(backend: WriteBackend) -> None:
-    """After the lock runs out the right password and code get in, and the count restarts."""
+    """Failures while locked lengthen the lock; after it runs out the right password and code
+    get in, and the count restarts."""
     new = await add_user(backend, "ana", "analyst", now=T0)
     totp = pyotp.TOTP(new.totp_secret)
     policy = LoginPolicy(lockout_after=2, lockout=timedelta(minutes=5))
@@ -67,7 +68,11 @@ async def test_a_lock_expires_and_a_success_resets_the_count(backend: WriteBacke
     locked = T0 + timedelta(minutes=1)
     assert await login(backend, "ana", new.password, totp.at(locked), now=locked,
                        policy=policy) is None
-    later = T0 + timedelta(minutes=7)
+    # That third failure, while locked, doubled the lock: 10 minutes from T0 + 1 min.
+    still = T0 + timedelta(minutes=7)
+    assert await login(backend, "ana", new.password, totp.at(still), now=still,
+                       policy=policy) is None
+    later = T0 + timedelta(minutes=30)  # past even the lock the fourth failure set (20 min)
     staff = await login(backend, "ana", new.password, totp.at(later), now=later, policy=policy)
     assert staff is not None and staff.must_change_password
     row = (await backend.transaction(lambda conn: conn.execute(select(users)).one()))

@@ -1,0 +1,176 @@
+"""Encrypt-and-sign and key checks against real gpg in temporary homes."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from pathlib import Path
+
+import gnupg  # type: ignore[import-untyped]
+import pytest
+
+from outbound.gpg import Gpg, GpgError, KeyProblem
+from tests.conftest import no_blocking_calls
+from tests.outbound.conftest import Keys
+
+REFERRAL = b'{"schema": "hotline-gateway/referral/v1", "reference": "CF-2026-000123"}\n'
+
+
+def open_as_partner(keys: Keys, message: bytes) -> gnupg.Crypt:
+    """Decrypt and verify ``message`` with the recipient's secret key."""
+    return gnupg.GPG(gnupghome=str(keys.partner_home)).decrypt(message)
+
+
+async def test_encrypt_and_sign_reaches_only_the_recipient(gpg: Gpg, keys: Keys) -> None:
+    """The recipient decrypts the message and sees a valid signature by the hotline key."""
+    message = await gpg.encrypt_and_sign(REFERRAL, recipient=keys.recipient, signer=keys.hotline)
+    assert message.startswith(b"-----BEGIN PGP MESSAGE-----")
+    assert message.rstrip().endswith(b"-----END PGP MESSAGE-----")
+    assert REFERRAL not in message and b"CF-2026-000123" not in message
+    opened = open_as_partner(keys, message)
+    assert opened.ok and opened.data == REFERRAL
+    assert opened.valid and opened.pubkey_fingerprint == keys.hotline
+
+
+@pytest.mark.parametrize(
+    ("which", "problem"),
+    [
+        ("missing", "not in the keyring"),
+        ("expired", "expired 2020-12-31"),
+        ("sub_expired", "no valid encryption subkey"),
+        ("revoked", "revoked"),
+        ("weak", "RSA 1024 is too weak"),
+        ("sign_only", "no valid encryption subkey"),
+    ],
+)
+async def test_unusable_recipient_holds_the_referral(
+    gpg: Gpg, keys: Keys, which: str, problem: str
+) -> None:
+    """An unusable recipient key raises KeyProblem naming why, and nothing is encrypted."""
+    fingerprint = getattr(keys, which)
+    with pytest.raises(KeyProblem) as caught:
+        await gpg.encrypt_and_sign(REFERRAL, recipient=fingerprint, signer=keys.hotline)
+    assert caught.value.fingerprint == fingerprint
+    assert any(problem in p for p in caught.value.problems), caught.value.problems
+    assert "CF-2026" not in str(caught.value)
+
+
+async def test_signer_without_secret_key_is_refused(gpg: Gpg, keys: Keys) -> None:
+    """A signer whose secret key we do not hold raises KeyProblem "no secret key"."""
+    with pytest.raises(KeyProblem) as caught:
+        await gpg.encrypt_and_sign(REFERRAL, recipient=keys.recipient, signer=keys.recipient)
+    assert caught.value.problems == ["no secret key"]
+
+
+async def test_recipient_must_be_a_fingerprint(gpg: Gpg, keys: Keys) -> None:
+    """An address or short key id is never looked up: keys are pinned by full fingerprint."""
+    for spec in ("cp@police.test", keys.recipient[-16:]):
+        with pytest.raises(KeyProblem, match="40-hex fingerprint"):
+            await gpg.encrypt_and_sign(REFERRAL, recipient=spec, signer=keys.hotline)
+
+
+async def test_check_reports_a_usable_recipient_and_our_signing_key(gpg: Gpg, keys: Keys) -> None:
+    """check() finds the recipient fit to encrypt to and our own key fit to sign with."""
+    recipient = await gpg.check(keys.recipient.lower(), purpose="encrypt")
+    assert recipient.usable and recipient.fingerprint == keys.recipient
+    assert recipient.uids == ["Police <cp@police.test>"] and not recipient.secret
+    assert recipient.expires is not None and recipient.encrypt_expires is not None
+    assert recipient.warnings == []
+    own = await gpg.check(keys.hotline, purpose="sign")
+    assert own.usable and own.secret
+    assert (await gpg.check(keys.recipient, purpose="sign")).problems == ["no secret key"]
+
+
+async def test_check_explains_each_unusable_key(gpg: Gpg, keys: Keys) -> None:
+    """Expired, revoked and weak keys each carry their own problem; the subkey is what counts."""
+    expired = await gpg.check(keys.expired, purpose="encrypt")
+    assert expired.problems == ["expired 2020-12-31"]
+    stale = await gpg.check(keys.sub_expired, purpose="encrypt")
+    assert stale.expires is None and stale.problems == ["no valid encryption subkey"]
+    assert (await gpg.check(keys.revoked, purpose="encrypt")).problems == ["revoked"]
+    assert (await gpg.check(keys.weak, purpose="encrypt")).problems == ["RSA 1024 is too weak"]
+    assert (await gpg.check(keys.missing, purpose="encrypt")).problems == ["not in the keyring"]
+
+
+async def test_check_warns_only_within_warn_days(gpg: Gpg, keys: Keys) -> None:
+    """A key expiring in 12 days warns with warn_days=30 and not with warn_days=5 or at 40 days."""
+    status = await gpg.check(keys.recipient, purpose="encrypt")
+    assert status.expires is not None
+    soon = status.expires - timedelta(days=12)
+    near = await gpg.check(keys.recipient, purpose="encrypt", now=soon)
+    assert near.usable and near.warnings == ["expires in 12 days"]
+    strict = await gpg.check(keys.recipient, purpose="encrypt", now=soon, warn_days=5)
+    assert strict.warnings == []
+    far = status.expires - timedelta(days=40)
+    assert (await gpg.check(keys.recipient, purpose="encrypt", now=far)).warnings == []
+    after = await gpg.check(keys.recipient, purpose="encrypt", now=status.expires)
+    assert not after.usable and after.problems[0].startswith("expired")
+
+
+async def test_import_list_export_round_trip(
+    gpg: Gpg, keys: Keys, empty_home: Path, executor: ThreadPoolExecutor
+) -> None:
+    """A key exported from one keyring imports into a new one and lists as usable there."""
+    exported = await gpg.export_public(keys.recipient)
+    assert exported.startswith(b"-----BEGIN PGP PUBLIC KEY BLOCK-----")
+    fresh = Gpg(empty_home, executor=executor)
+    assert await fresh.import_keys(exported) == [keys.recipient]
+    assert (empty_home.stat().st_mode & 0o777) == 0o700
+    listed = await fresh.list_keys()
+    assert [(k.fingerprint, k.usable, k.secret) for k in listed] == [(keys.recipient, True, False)]
+    assert await fresh.list_keys(secret=True) == []
+    assert await fresh.export_public(keys.recipient) == exported
+    with pytest.raises(KeyProblem, match="not in the keyring"):
+        await fresh.export_public(keys.missing)
+
+
+async def test_import_of_garbage_raises(empty_home: Path, executor: ThreadPoolExecutor) -> None:
+    """Data holding no key raises GpgError rather than importing nothing quietly."""
+    with pytest.raises(GpgError, match="no key imported"):
+        await Gpg(empty_home, executor=executor).import_keys(b"not a key\n")
+
+
+async def test_generate_makes_a_key_that_signs_and_encrypts(
+    fast_home: Path, executor: ThreadPoolExecutor
+) -> None:
+    """generate() gives an ed25519/cv25519 key we can sign with and encrypt to."""
+    fresh = Gpg(fast_home, executor=executor, passphrase="demo")
+    fpr = await fresh.generate("Demo <demo@hotline.test>", expire="1y", passphrase="demo")
+    assert (await fresh.check(fpr, purpose="sign")).usable
+    status = await fresh.check(fpr, purpose="encrypt")
+    assert status.usable and status.secret and status.uids == ["Demo <demo@hotline.test>"]
+    message = await fresh.encrypt_and_sign(b"demo", recipient=fpr, signer=fpr)
+    assert message.startswith(b"-----BEGIN PGP MESSAGE-----")
+
+
+async def test_a_bad_passphrase_is_a_gpg_error(keys: Keys, executor: ThreadPoolExecutor) -> None:
+    """A passphrase gpg cannot take fails as GpgError and never reaches gpg's stdin."""
+    broken = Gpg(keys.hotline_home, executor=executor, passphrase="two\nlines")
+    with pytest.raises(GpgError, match="Invalid passphrase"):
+        await broken.encrypt_and_sign(REFERRAL, recipient=keys.recipient, signer=keys.hotline)
+
+
+async def test_concurrent_encrypt_and_sign_stays_off_the_loop(gpg: Gpg, keys: Keys) -> None:
+    """Eight referrals encrypted at once on four threads all succeed without blocking the loop."""
+    bodies = [REFERRAL.replace(b"000123", f"{n:06d}".encode()) for n in range(8)]
+    with no_blocking_calls():
+        to, by = keys.recipient, keys.hotline
+        messages = await asyncio.gather(
+            *(gpg.encrypt_and_sign(b, recipient=to, signer=by) for b in bodies)
+        )
+    for body, message in zip(bodies, messages, strict=True):
+        assert message.startswith(b"-----BEGIN PGP MESSAGE-----") and body not in message
+        assert open_as_partner(keys, message).data == body
+
+
+async def test_wrong_passphrase_fails_without_output(
+    fast_home: Path, executor: ThreadPoolExecutor
+) -> None:
+    """When gpg cannot unlock the signing key, encrypt_and_sign raises GpgError, returns nothing."""
+    maker = Gpg(fast_home, executor=executor)
+    fpr = await maker.generate("Locked <locked@hotline.test>", passphrase="right")
+    wrong = Gpg(fast_home, executor=executor, passphrase="wrong")
+    with pytest.raises(GpgError, match="encrypt\\+sign failed") as caught:
+        await wrong.encrypt_and_sign(REFERRAL, recipient=fpr, signer=fpr)
+    assert not isinstance(caught.value, KeyProblem) and "CF-2026" not in str(caught.value)
