@@ -32,8 +32,13 @@ from gateway.store.references import ReferenceAllocator
 from gateway.store.writer import SubmissionWriter
 from intake.normalise import NormaliseStage
 from intake.smtp import ReportHandler, SmtpServer, quiet_aiosmtpd_logs
+from outbound.gpg import Gpg
+from outbound.outbox import OutboxWorker
+from outbound.refer import ReferStage
+from outbound.transports import make_transport
 from routing.geo import open_geolocator
 from routing.locate import Locator, Overrides
+from routing.protocol import MembershipList
 from routing.resolve import HostResolver
 from routing.stage import LocateStage
 
@@ -52,6 +57,8 @@ class Gateway:
     locator: Locator
     locate: LocateStage
     console: ConsoleServer
+    refer: ReferStage
+    outbox: OutboxWorker
     #: Set with a reason when an owned task dies: the daemon cannot go on serving.
     failed: asyncio.Future[str]
 
@@ -91,6 +98,16 @@ async def make_locator(config: Config) -> Locator:
     geo = await asyncio.to_thread(open_geolocator, settings.geoip_db, settings.asn_db)
     return Locator(resolver, geo, overrides=Overrides(settings.override),
                    cdn_asns=settings.cdn_asns)
+
+
+async def make_gpg(config: Config, executor: Executor) -> Gpg:
+    """gpg in the configured home, with the signing key's passphrase if a file holds it."""
+    passphrase = None
+    if config.gpg.passphrase_file is not None:
+        text = await asyncio.to_thread(config.gpg.passphrase_file.read_text, "utf-8")
+        passphrase = text.rstrip("\r\n")
+    assert config.gpg.home is not None
+    return Gpg(config.gpg.home, executor=executor, passphrase=passphrase)
 
 
 def make_locate_stage(config: Config, backend: WriteBackend, locator: Locator) -> LocateStage:
@@ -157,6 +174,8 @@ async def running(
     owns_engine = engine is None
     engine = engine or await open_engine(config.database)
     executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gateway-cpu")
+    # gpg runs as subprocesses that a thread waits on: a few at once, never on the loop.
+    gpg_executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="gpg")
     # Each shutdown step may take the grace period plus the time a database wait may take.
     step_seconds = config.gateway.shutdown_grace + config.database.busy_timeout
     try:
@@ -171,6 +190,18 @@ async def running(
         locator = await make_locator(config)
         locate = make_locate_stage(config, backend, locator)
         normaliser.on_filed = locate.wake
+        gpg = await make_gpg(config, gpg_executor)
+        outbox = OutboxWorker(
+            backend, make_transport(config.outbound), worker=_worker_name(),
+            max_attempt_age=timedelta(seconds=config.outbound.max_attempt_age),
+            retry_after=timedelta(seconds=config.outbound.retry_after),
+            retry_max=timedelta(seconds=config.outbound.retry_max),
+            # Longer than any delivery can take (the transport bounds one at 3 x timeout).
+            lease=timedelta(seconds=3 * config.outbound.timeout + 5),
+        )
+        refer = ReferStage(config, backend, engine, locator, gpg, worker=_worker_name(),
+                           members=MembershipList.shipped(config.routing.membership),
+                           on_queued=outbox.wake)
         handler = ReportHandler(
             writer,
             recipients=config.smtp.recipients,
@@ -189,13 +220,18 @@ async def running(
             _watch(normaliser_task, failed)
         locate_task = asyncio.create_task(locate.run(), name="locate")
         _watch(locate_task, failed)
+        refer_task = asyncio.create_task(refer.run(), name="refer")
+        _watch(refer_task, failed)
+        outbox_task = asyncio.create_task(outbox.run(), name="outbox")
+        _watch(outbox_task, failed)
         console = ConsoleServer(config.console, make_console(
-            config.console, backend, engine, locator, four_eyes=config.assessment.four_eyes))
+            config.console, backend, engine, locator, four_eyes=config.assessment.four_eyes,
+            on_decided=refer.wake))
         try:
             await smtp.start()
             await console.start()
             yield Gateway(config, engine, writer, smtp, normaliser, locator, locate, console,
-                          failed)
+                          refer, outbox, failed)
         finally:
             failed.cancel()  # from here on, tasks ending is the plan
             # Listeners first (no new work), then the stages, each finishing what it holds.
@@ -208,10 +244,15 @@ async def running(
                 await _bounded(normaliser_task, step_seconds, "normaliser")
             await locate.stop()
             await _bounded(locate_task, step_seconds, "locate")
+            await refer.stop()
+            await _bounded(refer_task, step_seconds, "refer")
+            await outbox.stop()
+            await _bounded(outbox_task, step_seconds, "outbox")
             await locator.resolver.close()
             await backend.close()
     finally:
         await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
+        await asyncio.to_thread(gpg_executor.shutdown, wait=True, cancel_futures=True)
         if owns_engine:
             await engine.dispose()
 

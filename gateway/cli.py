@@ -13,8 +13,9 @@ import signal
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import structlog
 from sqlalchemy.exc import SQLAlchemyError
@@ -22,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import config as config_module
 from gateway import logs
-from gateway.app import GatewayFailed, make_locator, normalise, serve
+from gateway.app import GatewayFailed, make_gpg, make_locator, normalise, serve
 from gateway.config import Config, ConfigError
 from gateway.console.accounts import (
     AccountError,
@@ -39,6 +40,7 @@ from gateway.store.audit import verify as verify_audit
 from gateway.store.backend import WriteBackend, open_write_backend
 from gateway.store.case_view import defang, get_case, iso, list_cases
 from gateway.store.engine import open_engine
+from outbound.gpg import GpgError
 from routing.geo import GeoError
 from routing.locate import Hosting
 from routing.stage import CaseNotFound, relocate
@@ -97,6 +99,15 @@ def _parser() -> argparse.ArgumentParser:
     tokens_create.add_argument("name")
     tokens_revoke = tokens_commands.add_parser("revoke", help="revoke every token of a user")
     tokens_revoke.add_argument("name")
+    keys_cmd = commands.add_parser("keys", help="OpenPGP keys: ours and our destinations'")
+    keys_commands = keys_cmd.add_subparsers(dest="keys_command", required=True,
+                                            metavar="ACTION")
+    keys_import = keys_commands.add_parser("import", help="import keys from an armored file")
+    keys_import.add_argument("file", type=Path)
+    keys_commands.add_parser("list", help="every key in the gpg home, with its state")
+    keys_commands.add_parser(
+        "check", help="the configured keys: exit 1 if one is missing, expired, revoked, weak "
+                      "or expires within warn_days")
     audit_cmd = commands.add_parser("audit", help="the audit trail")
     audit_commands = audit_cmd.add_subparsers(dest="audit_command", required=True,
                                               metavar="ACTION")
@@ -375,6 +386,61 @@ def _cmd_tokens(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def configured_keys(config: Config) -> list[tuple[str, str, Literal["encrypt", "sign"]]]:
+    """(what, fingerprint, purpose) of every key the config pins."""
+    keys: list[tuple[str, str, Literal["encrypt", "sign"]]] = [
+        ("gpg.signing_key", config.gpg.signing_key, "sign")]
+    for name, destination in config.routing.destinations.items():
+        keys.append((f"routing.destinations.{name}", destination.key, "encrypt"))
+    for country, destination in config.routing.hotlines.items():
+        keys.append((f"routing.hotlines.{country}", destination.key, "encrypt"))
+    return keys
+
+
+def _cmd_keys(args: argparse.Namespace) -> int:
+    config = _load(args)
+
+    async def run() -> int:
+        executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gpg")
+        try:
+            gpg = await make_gpg(config, executor)
+            if args.keys_command == "import":
+                data = await asyncio.to_thread(args.file.read_bytes)
+                for fingerprint in await gpg.import_keys(data):
+                    print(f"imported {fingerprint}")
+                return EXIT_OK
+            if args.keys_command == "list":
+                for secret in (True, False):
+                    for key in await gpg.list_keys(secret=secret):
+                        state = "; ".join(key.problems + key.warnings) or "usable"
+                        kind = "secret" if secret else "public"
+                        print(f"{kind:<6} {key.fingerprint}  {state}  {', '.join(key.uids)}")
+                return EXIT_OK
+            bad = 0
+            for what, fingerprint, purpose in configured_keys(config):
+                if not fingerprint:
+                    print(f"{what}: not set", file=sys.stderr)
+                    bad += 1
+                    continue
+                status = await gpg.check(fingerprint, purpose=purpose,
+                                         warn_days=config.gpg.warn_days)
+                for line in status.problems + status.warnings:
+                    print(f"{what}: {fingerprint}: {line}", file=sys.stderr)
+                if status.problems or status.warnings:
+                    bad += 1
+                else:
+                    print(f"{what}: {fingerprint}: ok ({purpose})")
+            return EXIT_FAILURE if bad else EXIT_OK
+        finally:
+            await asyncio.to_thread(executor.shutdown, wait=True)
+
+    try:
+        return asyncio.run(run())
+    except GpgError as exc:
+        print(f"keys {args.keys_command}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
 def _cmd_audit(args: argparse.Namespace) -> int:
     config = _load(args)
     checked, broken, last_hash = asyncio.run(_with_connection(config, verify_audit))
@@ -390,6 +456,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "users": _cmd_users,
     "tokens": _cmd_tokens,
     "audit": _cmd_audit,
+    "keys": _cmd_keys,
     "normalise": _cmd_normalise,
     "cases": _cmd_cases,
     "serve": _cmd_serve,

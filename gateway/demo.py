@@ -1,11 +1,12 @@
 """``setup-demo``: make what a local install needs to run, and say what was made.
 
-Idempotent: a second run finds everything in place and says so. Keys are made here by the
-referral stage once it exists.
+Idempotent: a second run finds everything in place and says so. The demo keys (public
+knowledge, in ``demo/keys/`` of the repository) are imported only where the config pins them.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from sqlalchemy import select
@@ -18,6 +19,42 @@ from gateway.store.engine import open_engine
 from gateway.store.tables import users
 
 DEMO_ANALYST = "analyst"
+DEMO_KEYS = Path(__file__).resolve().parents[1] / "demo" / "keys"
+#: The demo keys' fingerprints, and the file of ours that holds each.
+DEMO_FINGERPRINTS = {
+    "C43BF0D756F87F3E16B27BC11ACDB04D10546F87": "hotline-secret.asc",
+    "F4E1B55EAF3C780CFEAEEAEC65BC69DAC54E310D": "recipients-public.asc",
+    "EA49CC3FA07038B6E462C5D3DB8A384EABB1AAFC": "recipients-public.asc",
+    "4DFEC3D880142F2211EFBF4A08EDA2FDDCFF1F3A": "recipients-public.asc",
+}
+
+
+async def _demo_keys(config: Config, lines: list[str]) -> None:
+    """Import the demo keys the config pins and the keyring lacks; say which keys are missing."""
+    from gateway.cli import configured_keys  # the one list of pinned keys
+    from outbound.gpg import Gpg
+
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpg")
+    try:
+        assert config.gpg.home is not None
+        gpg = Gpg(config.gpg.home, executor=executor)
+        for what, fingerprint, purpose in configured_keys(config):
+            if not fingerprint:
+                lines.append(f"missing  {what}: not set in the config")
+                continue
+            status = await gpg.check(fingerprint, purpose=purpose, warn_days=0)
+            if status.usable:
+                lines.append(f"exists   {what}: key {fingerprint}")
+                continue
+            source = DEMO_FINGERPRINTS.get(fingerprint)
+            if source is None or not (DEMO_KEYS / source).is_file():
+                lines.append(f"missing  {what}: key {fingerprint} ({'; '.join(status.problems)})"
+                             " - import it with `keys import`")
+                continue
+            await gpg.import_keys((DEMO_KEYS / source).read_bytes())
+            lines.append(f"imported {what}: DEMO key {fingerprint} from demo/keys/{source}")
+    finally:
+        executor.shutdown(wait=True)
 
 
 def _make_dir(path: Path | None, mode: int, lines: list[str], what: str) -> None:
@@ -64,6 +101,7 @@ async def setup_demo(config: Config) -> list[str]:
             ]
     finally:
         await engine.dispose()
+    await _demo_keys(config, lines)
     return lines
 
 

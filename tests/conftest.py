@@ -7,7 +7,7 @@ import contextlib
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -190,3 +190,28 @@ async def dns(zone: Zone) -> AsyncIterator[DnsServer]:
     """A DNS server on 127.0.0.1 (UDP and TCP, one port) answering from ``zone``."""
     async with DnsServer(zone) as server:
         yield server
+
+
+Start = Callable[..., Awaitable["Gateway"]]
+
+
+@pytest.fixture
+async def start(
+    make_config: ConfigFactory, dns: DnsServer, mmdb: dict[str, Path]
+) -> AsyncIterator[Start]:
+    """Starts gateways (console on port 0, cases located against the test DNS server and
+    databases) with per-test settings; stops them at the end of the test."""
+    stack: list[Any] = []
+
+    async def go(**sections: dict[str, Any]) -> Gateway:
+        locate = {"nameservers": [dns.nameserver], "geoip_db": str(mmdb["country"]),
+                  "asn_db": str(mmdb["asn"]), **sections.pop("locate", {})}
+        config = make_config(locate=locate, **sections)
+        context = serving(config)
+        gw = await context.__aenter__()
+        stack.append(context)
+        return gw
+
+    yield go
+    for context in reversed(stack):
+        await context.__aexit__(None, None, None)

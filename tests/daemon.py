@@ -24,6 +24,7 @@ class Daemon:
         self.process: asyncio.subprocess.Process | None = None
         self.messages: list[str] = []
         self.smtp_port = 0
+        self.console_port = 0
 
     async def start(self, timeout: float = 30) -> None:
         env = {**os.environ, "NOTIFY_SOCKET": str(self.notify_path)}
@@ -36,6 +37,8 @@ class Daemon:
         match = re.search(r"smtp 127\.0\.0\.1:(\d+)", ready)
         assert match, ready
         self.smtp_port = int(match.group(1))
+        console = re.search(r"console 127\.0\.0\.1:(\d+)", ready)
+        self.console_port = int(console.group(1)) if console else 0
 
     async def wait_for(self, state: str, timeout: float = 30) -> str:
         """The next notification containing ``state`` (e.g. READY=1)."""

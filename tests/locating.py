@@ -18,6 +18,8 @@ NETWORKS = {
     "193.190.0.0/16": ("BE", 2611, "BELNET"),
     "2a02:578::/32": ("BE", 5432, "Proximus NV"),
     "5.6.7.0/24": ("DE", 3320, "Deutsche Telekom AG"),
+    "95.0.0.0/16": ("RU", 12389, "Rostelecom"),
+    "12.0.0.0/16": ("US", 7018, "AT&T"),
     "104.16.0.0/16": ("US", 13335, "CLOUDFLARENET"),
     "2606:4700::/32": ("US", 13335, "CLOUDFLARENET"),
 }
@@ -47,6 +49,8 @@ def standard_zone() -> Zone:
     zone.add("v6.test", "AAAA", "2001:610::2", "2a02:578::1")
     zone.add("private.test", "A", "10.0.0.1")
     zone.add("de.test", "A", "5.6.7.8")
+    zone.add("ru.test", "A", "95.0.1.1")
+    zone.add("us.test", "A", "12.0.1.1")
     zone.add("noaddr.test", "TXT", '"hello"')
     zone.cname("alias.test", "mid.test", ttl=30)
     zone.cname("mid.test", "nl.test", ttl=40)

@@ -83,6 +83,7 @@ async def case_detail(request: web.Request) -> web.Response:
 async def _answer(request: web.Request, case_id: uuid.UUID, outcome: actions.Outcome
                   ) -> web.Response:
     console = request.app[CONSOLE]
+    console.on_decided()  # routing looks at the case now rather than at its next poll
     async with console.engine.connect() as conn:
         case = await get_case(conn, case_id)
     return web.json_response({"case": case, "assessment": case["assessment"] if case else None,

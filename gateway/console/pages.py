@@ -190,6 +190,7 @@ async def _act(request: web.Request, action: Any) -> web.StreamResponse:
             raise web.HTTPNotFound(reason="No such case.") from None
         return await _case_page(request, status=exc.status, error=str(exc),
                                 fields=exc.field_errors)
+    request.app[CONSOLE].on_decided()
     raise web.HTTPSeeOther(f"/cases/{_case_id(request)}")
 
 

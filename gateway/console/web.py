@@ -67,6 +67,8 @@ class Console:
     clock: Callable[[], datetime]
     #: Password hashing admitted at once (argon2 is expensive on purpose).
     hashing: asyncio.Semaphore
+    #: Called when a verdict became final or a hold was released: routing can go on.
+    on_decided: Callable[[], None] = lambda: None
 
     def now(self) -> datetime:
         return self.clock()
@@ -215,6 +217,7 @@ def build_app(console: Console) -> web.Application:
 def make_console(
     config: ConsoleConfig, backend: WriteBackend, engine: AsyncEngine, locator: Locator, *,
     four_eyes: bool, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    on_decided: Callable[[], None] = lambda: None,
 ) -> Console:
     templates, static = load_assets()
     return Console(
@@ -225,6 +228,7 @@ def make_console(
         four_eyes=four_eyes, locator=locator,
         secure_cookies=config.secure_cookies == "always" or config.tls_cert is not None,
         templates=templates, static=static, clock=clock, hashing=asyncio.Semaphore(2),
+        on_decided=on_decided,
     )
 
 

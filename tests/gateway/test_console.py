@@ -232,8 +232,9 @@ async def test_assessing_by_form_and_by_api(
     assert (await api(gw, "POST", missing, token,
                       {"verdict": "legal", "classification": "doubtful"}))[0] == 404
     assert (await api(gw, "GET", "/api/v1/cases/nonsense", token))[0] == 404
-    status, listed = await api(gw, "GET", "/api/v1/cases?status=assessed", token)
-    assert status == 200 and [c["id"] for c in listed] == [illegal]
+    status, listed = await api(gw, "GET", "/api/v1/cases", token)
+    verdicts = {c["id"]: (c["assessment"] or {}).get("verdict") for c in listed}
+    assert status == 200 and verdicts == {legal: "legal", illegal: "illegal"}
 
 
 async def test_four_eyes_needs_a_second_person(start: Start) -> None:
@@ -283,7 +284,9 @@ async def test_only_a_supervisor_reopens_or_reassigns(start: Start) -> None:
                              {"analyst": "nobody"})
     assert status == 422 and "analyst" in body["fields"]
     status, shown = await api(gw, "GET", f"/api/v1/cases/{case_id}", sue)
-    assert [(h["actor"], h["action"]) for h in shown["history"]] == [
+    # (Routing acts on its own time: its entries are left out here.)
+    assert [(h["actor"], h["action"]) for h in shown["history"]
+            if h["actor"] != "system:route"] == [
         ("system:normalise", "case.created"), ("system:locate", "case.located"),
         ("ana", "case.assessed"), ("sue", "case.reopened"), ("sue", "case.reassigned")]
     async with gw.engine.connect() as conn:

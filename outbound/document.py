@@ -1,0 +1,79 @@
+"""The referral: a JSON document (``hotline-gateway/referral/v1``) and a short text summary,
+wrapped in one MIME message that is then encrypted whole (see ``outbound.pgpmime``).
+
+The schema ships beside this module (``schema/referral-v1.json``).
+"""
+
+from __future__ import annotations
+
+import json
+from email.message import EmailMessage
+from email.policy import SMTP
+from importlib import resources
+from typing import Any
+
+SCHEMA_ID = "hotline-gateway/referral/v1"
+
+
+def schema() -> dict[str, Any]:
+    """The JSON Schema that every referral document satisfies."""
+    text = (resources.files("outbound") / "schema" / "referral-v1.json").read_text("utf-8")
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
+
+
+def _defang(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    scheme = scheme.replace("t", "x", 2) if scheme.startswith("http") else scheme
+    return scheme + (sep.replace(":", "[:]") if sep else "") + rest.replace(".", "[.]")
+
+
+def referral_document(
+    *, reference: str, created: str, rule: str, destination: str, hotline: str,
+    home_country: str, case: dict[str, Any], classification: str, assessed_at: str | None,
+    hosting: dict[str, Any], hashes: list[dict[str, str]],
+) -> dict[str, Any]:
+    """The document, from a case as the case view shows it and the routing facts."""
+    return {
+        "schema": SCHEMA_ID, "reference": reference, "created": created, "rule": rule,
+        "destination": destination,
+        "from": {"hotline": hotline, "country": home_country},
+        "case": {
+            "id": case["id"], "url": case["url"], "canonical_url": case["canonical_url"],
+            "first_reported": case["first_reported"], "last_reported": case["last_reported"],
+            "report_count": case["report_count"], "classification": classification,
+            "assessed_at": assessed_at, "hosting": hosting, "hashes": hashes,
+        },
+    }
+
+
+def summary(document: dict[str, Any]) -> str:
+    """A few lines for whoever opens the message; the JSON beside it is authoritative."""
+    case, hosting = document["case"], document["case"]["hosting"]
+    where = hosting["country"] + (f", AS{hosting['asn']}" if hosting.get("asn") else "") + (
+        f" ({hosting['org']})" if hosting.get("org") else "") + (
+        f", addresses {', '.join(hosting['ips'])}" if hosting.get("ips") else "")
+    return "\n".join([
+        f"Referral {document['reference']} from {document['from']['hotline']} "
+        f"({document['from']['country']}), under rule {document['rule']}.",
+        "",
+        f"URL (defanged): {_defang(case['url'])}",
+        f"Classification: {case['classification']}",
+        f"Hosting: {where}; checked {hosting.get('checked_at') or 'by an analyst'}",
+        f"Reported {case['report_count']} time(s), first on {case['first_reported']}.",
+        f"Attachment hashes: {len(case['hashes'])}.",
+        "",
+        f"The attached JSON document ({SCHEMA_ID}) holds the details.",
+        "Please do not reply with content; reply with your reference for this case.",
+        "",
+    ])
+
+
+def inner_message(document: dict[str, Any]) -> bytes:
+    """The MIME message that gets encrypted: the summary and the JSON document."""
+    message = EmailMessage(policy=SMTP)
+    message.set_content(summary(document), charset="utf-8")
+    body = json.dumps(document, indent=1, ensure_ascii=False).encode("utf-8") + b"\n"
+    message.add_attachment(body, maintype="application", subtype="json",
+                           filename=f"referral-{document['reference']}.json")
+    return message.as_bytes(policy=SMTP)

@@ -1,0 +1,209 @@
+"""The outbox worker: every queued referral is delivered, retried, or failed where people see it.
+
+Items are claimed with a lease (several workers or processes may run); each attempt is
+recorded. A deferred delivery waits ``retry_after``, doubling with jitter up to ``retry_max``;
+an item not delivered within ``max_attempt_age`` of being queued, or refused for good (5xx),
+becomes ``failed`` with its error and an alert in the log. A worker that dies mid-delivery
+leaves the item claimed until the lease runs out; it is then sent again with the same
+Message-ID, so the recipient can recognise the duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import Any
+
+import structlog
+from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy.engine import Connection
+
+from gateway.ids import uuid7
+from gateway.store.audit import AuditEntry, record
+from gateway.store.backend import WriteBackend
+from gateway.store.tables import outbox, outbox_attempts, referrals
+from outbound.transports import Deferred, Rejected, Transport
+
+log = structlog.get_logger("outbound.outbox")
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    id: uuid.UUID
+    referral_id: uuid.UUID
+    case_id: uuid.UUID
+    reference: str
+    destination: str
+    mail_from: str
+    rcpt_to: str
+    message: bytes
+    attempts: int
+    created_at: datetime
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+class OutboxWorker:
+    def __init__(
+        self,
+        backend: WriteBackend,
+        transport: Transport,
+        *,
+        worker: str,
+        max_attempt_age: timedelta,
+        retry_after: timedelta = timedelta(minutes=1),
+        retry_max: timedelta = timedelta(hours=1),
+        concurrency: int = 4,
+        lease: timedelta = timedelta(minutes=5),
+        idle_poll: float = 5.0,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        jitter: Callable[[], float] = lambda: random.uniform(0.8, 1.2),
+    ) -> None:
+        self._backend = backend
+        self._transport = transport
+        self._worker = worker
+        self._max_age = max_attempt_age
+        self._retry_after = retry_after
+        self._retry_max = retry_max
+        self._concurrency = concurrency
+        self._lease = lease
+        self._idle_poll = idle_poll
+        self._clock = clock
+        self._jitter = jitter
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self.sent = 0
+        self.deferred = 0
+        self.failed = 0
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    def retry_delay(self, attempts: int) -> timedelta:
+        delay: timedelta = self._retry_after * (2 ** min(attempts - 1, 30))
+        return min(delay, self._retry_max) * self._jitter()
+
+    async def run(self) -> None:
+        try:
+            while not self._stopping:
+                self._wake.clear()
+                try:
+                    done = await self.run_once()
+                except Exception as exc:  # the database is away: keep trying, say so
+                    log.error("outbox.batch_failed", error_type=type(exc).__name__)
+                    done = 0
+                if done == 0 and not self._stopping:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self._idle_poll)
+        finally:
+            with contextlib.suppress(Exception):
+                await self._release()
+
+    async def run_once(self) -> int:
+        """Claim what is due and try each; how many were tried."""
+        now = self._clock()
+        items = await self._backend.transaction(
+            partial(self._claim, now=now, until=now + self._lease))
+        if items:
+            await asyncio.gather(*(self._deliver(item) for item in items))
+        return len(items)
+
+    def _claim(self, conn: Connection, *, now: datetime, until: datetime) -> list[_Item]:
+        free = or_(outbox.c.claimed_until.is_(None), outbox.c.claimed_until < now)
+        due = and_(outbox.c.status == "pending", outbox.c.next_attempt_at <= now, free)
+        candidates = (select(outbox.c.id).where(due).order_by(outbox.c.next_attempt_at)
+                      .limit(self._concurrency).with_for_update(skip_locked=True))
+        claimed = [row.id for row in conn.execute(
+            update(outbox).where(outbox.c.id.in_(candidates.scalar_subquery()), free)
+            .values(claimed_by=self._worker, claimed_until=until).returning(outbox.c.id))]
+        if not claimed:
+            return []
+        rows = conn.execute(
+            select(outbox.c.id, outbox.c.referral_id, referrals.c.case_id,
+                   referrals.c.reference, referrals.c.destination, outbox.c.mail_from,
+                   outbox.c.rcpt_to, outbox.c.message, outbox.c.attempts, outbox.c.created_at)
+            .join(referrals, referrals.c.id == outbox.c.referral_id)
+            .where(outbox.c.id.in_(claimed)))
+        return [_Item(id=r.id, referral_id=r.referral_id, case_id=r.case_id,
+                      reference=r.reference, destination=r.destination, mail_from=r.mail_from,
+                      rcpt_to=r.rcpt_to, message=r.message, attempts=r.attempts,
+                      created_at=r.created_at) for r in rows]
+
+    async def _deliver(self, item: _Item) -> None:
+        outcome, detail = "sent", ""
+        try:
+            detail = await self._transport.send(
+                mail_from=item.mail_from, rcpt_to=item.rcpt_to, message=item.message,
+                name=f"{item.reference}-{item.referral_id}")
+        except Deferred as exc:
+            outcome, detail = "deferred", str(exc)
+        except Rejected as exc:
+            outcome, detail = "failed", str(exc)
+        except Exception as exc:  # a transport bug must not lose the item: try again later
+            outcome, detail = "deferred", f"internal: {type(exc).__name__}"
+        now = self._clock()
+        if outcome == "deferred" and now - _aware(item.created_at) >= self._max_age:
+            outcome, detail = "failed", f"not delivered within max_attempt_age: {detail}"
+        await self._backend.transaction(partial(self._file, item=item, outcome=outcome,
+                                                detail=detail, now=now))
+        fields: dict[str, Any] = {"referral_id": str(item.referral_id),
+                                  "reference": item.reference,
+                                  "destination": item.destination,
+                                  "attempt": item.attempts + 1}
+        if outcome == "sent":
+            self.sent += 1
+            log.info("outbox.sent", **fields)
+        elif outcome == "deferred":
+            self.deferred += 1
+            log.warning("outbox.deferred", detail=detail, **fields)
+        else:
+            self.failed += 1
+            # An alert: a referral that did not reach the police or a partner hotline.
+            log.error("outbox.failed", detail=detail, **fields)
+
+    def _file(self, conn: Connection, *, item: _Item, outcome: str, detail: str,
+              now: datetime) -> None:
+        attempts = item.attempts + 1
+        values: dict[str, Any] = {"attempts": attempts, "claimed_by": None,
+                                  "claimed_until": None, "last_error": None}
+        if outcome == "sent":
+            values.update(status="sent", sent_at=now)
+        elif outcome == "failed":
+            values.update(status="failed", last_error=detail)
+        else:
+            values.update(last_error=detail, next_attempt_at=now + self.retry_delay(attempts))
+        mine = and_(outbox.c.id == item.id, outbox.c.claimed_by == self._worker,
+                    outbox.c.status == "pending")
+        if conn.execute(update(outbox).where(mine).values(**values)).rowcount != 1:
+            return  # our lease ran out: another worker has it now
+        conn.execute(insert(outbox_attempts).values(
+            id=uuid7(), outbox_id=item.id, at=now, outcome=outcome, detail=detail))
+        if outcome != "deferred":
+            conn.execute(update(referrals).where(referrals.c.id == item.referral_id).values(
+                status=outcome, sent_at=now if outcome == "sent" else None,
+                error=detail if outcome == "failed" else None))
+            record(conn, [AuditEntry("system:outbox", f"referral.{outcome}", item.case_id,
+                                     {"referral": str(item.referral_id),
+                                      "destination": item.destination, "detail": detail})],
+                   at=now)
+
+    async def _release(self) -> None:
+        def work(conn: Connection) -> None:
+            conn.execute(update(outbox).where(outbox.c.claimed_by == self._worker,
+                                              outbox.c.status == "pending")
+                         .values(claimed_by=None, claimed_until=None))
+
+        await self._backend.transaction(work)
+

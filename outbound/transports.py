@@ -1,0 +1,125 @@
+"""How an encrypted referral leaves: SMTP (aiosmtplib, TLS verified) or ``.eml`` files.
+
+A transport either delivers or raises: ``Deferred`` (worth another try: 4xx, connection
+refused, timeout, TLS not offered by a server that normally offers it) or ``Rejected`` (5xx:
+the upstream refuses this message; an operator must look). Messages handed to a transport are
+already encrypted; no transport ever sees plaintext.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl
+import tempfile
+from pathlib import Path
+from typing import Protocol
+
+import aiosmtplib
+
+from gateway.config import OutboundConfig
+
+
+class Deferred(Exception):
+    """Not delivered this time; try again later."""
+
+
+class Rejected(Exception):
+    """The upstream refused the message for good."""
+
+
+class Transport(Protocol):
+    name: str
+
+    async def send(self, *, mail_from: str, rcpt_to: str, message: bytes, name: str) -> str:
+        """Deliver; a short description of the upstream's answer."""
+        ...
+
+
+def _short(text: str, limit: int = 200) -> str:
+    return " ".join(text.split())[:limit]
+
+
+class SmtpTransport:
+    """To the configured relay. ``starttls`` requires STARTTLS and a certificate that verifies
+    (against the system's CAs or ``tls_ca_file``); ``implicit`` is TLS from the first byte;
+    ``none`` is for tests only."""
+
+    name = "smtp"
+
+    def __init__(self, config: OutboundConfig) -> None:
+        self._config = config
+        self._context: ssl.SSLContext | None = None
+        if config.tls != "none":
+            self._context = ssl.create_default_context(
+                cafile=str(config.tls_ca_file) if config.tls_ca_file else None)
+
+    async def send(self, *, mail_from: str, rcpt_to: str, message: bytes, name: str) -> str:
+        config = self._config
+        client = aiosmtplib.SMTP(
+            hostname=config.smtp_host, port=config.smtp_port, timeout=config.timeout,
+            use_tls=config.tls == "implicit", start_tls=config.tls == "starttls",
+            tls_context=self._context, validate_certs=config.tls != "none",
+        )
+        try:
+            # The whole conversation is bounded, not only each step of it.
+            async with asyncio.timeout(3 * config.timeout), client:
+                errors, response = await client.sendmail(mail_from, [rcpt_to], message)
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            refused = exc.recipients[0] if exc.recipients else None
+            code = refused.code if refused is not None else 550
+            raise (Deferred if 400 <= code < 500 else Rejected)(
+                f"{code} {_short(refused.message if refused else str(exc))}") from exc
+        except aiosmtplib.SMTPResponseException as exc:
+            raise (Deferred if 400 <= exc.code < 500 else Rejected)(
+                f"{exc.code} {_short(exc.message)}") from exc
+        except (aiosmtplib.SMTPException, OSError, TimeoutError, ssl.SSLError) as exc:
+            raise Deferred(f"{type(exc).__name__}: {_short(str(exc))}") from exc
+        if errors:
+            code, text = next(iter(errors.values()))
+            raise (Deferred if 400 <= code < 500 else Rejected)(f"{code} {_short(text)}")
+        return _short(response)
+
+
+class FileTransport:
+    """Writes each message to ``file_dir`` as ``<name>.eml``, atomically (a reader never sees a
+    partial file) and durably (fsync of the file and the folder)."""
+
+    name = "file"
+
+    def __init__(self, folder: Path) -> None:
+        self._folder = folder
+
+    def _write(self, name: str, message: bytes) -> Path:
+        self._folder.mkdir(parents=True, exist_ok=True)
+        target = self._folder / f"{name}.eml"
+        handle, temporary = tempfile.mkstemp(dir=self._folder, prefix=".tmp-", suffix=".eml")
+        try:
+            with os.fdopen(handle, "wb") as out:
+                out.write(message)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temporary, target)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        folder = os.open(self._folder, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+        return target
+
+    async def send(self, *, mail_from: str, rcpt_to: str, message: bytes, name: str) -> str:
+        try:
+            target = await asyncio.to_thread(self._write, name, message)
+        except OSError as exc:
+            raise Deferred(f"{type(exc).__name__}: {exc.strerror}") from exc
+        return f"written {target.name}"
+
+
+def make_transport(config: OutboundConfig) -> Transport:
+    if config.transport == "file":
+        assert config.file_dir is not None
+        return FileTransport(config.file_dir)
+    return SmtpTransport(config)

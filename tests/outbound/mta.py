@@ -1,0 +1,102 @@
+"""A fake upstream MTA: aiosmtpd on 127.0.0.1 with STARTTLS (a ``trustme`` certificate) that
+stores what it accepts and can be told to answer 4xx or 5xx, to drop the connection, to hang,
+or to be down."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trustme
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+
+
+@dataclass
+class Behaviour:
+    #: What DATA answers: "accept", "451", "550", "drop" (close without a reply), "hang", or
+    #: "keep-and-hang" (store the message, then never answer: delivered, not acknowledged).
+    mode: str = "accept"
+    #: How many DATA commands get ``mode`` before the MTA goes back to accepting (None: all).
+    times: int | None = None
+    seen: int = 0
+
+
+@dataclass
+class FakeMta:
+    folder: Path
+    behaviour: Behaviour = field(default_factory=Behaviour)
+    received: list[Received] = field(default_factory=list)
+    port: int = 0
+    ca_file: Path = field(init=False)
+    _server: asyncio.AbstractServer | None = None
+    _sessions: list[SMTP] = field(default_factory=list)
+    _context: ssl.SSLContext = field(init=False)
+
+    def __post_init__(self) -> None:
+        ca = trustme.CA()
+        cert = ca.issue_cert("127.0.0.1", "localhost")
+        self.ca_file = self.folder / "upstream-ca.pem"
+        ca.cert_pem.write_to_path(str(self.ca_file))
+        self._context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        cert.configure_cert(self._context)
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        behaviour = self.behaviour
+        active = behaviour.times is None or behaviour.seen < behaviour.times
+        behaviour.seen += 1
+        mode = behaviour.mode if active else "accept"
+        if mode == "451":
+            return "451 4.3.0 try again later"
+        if mode == "550":
+            return "550 5.7.1 refused by policy"
+        if mode == "drop":
+            assert server.transport is not None
+            server.transport.close()
+            return "421 closing"
+        if mode == "hang":
+            await asyncio.sleep(3600)
+        assert envelope.content is not None
+        content = envelope.content
+        data = content if isinstance(content, bytes) else content.encode()
+        self.received.append(Received(str(envelope.mail_from), list(envelope.rcpt_tos), data))
+        if mode == "keep-and-hang":
+            await asyncio.sleep(3600)
+        return "250 2.0.0 queued"
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        def factory() -> Any:
+            session = SMTP(self, hostname="mta.test", require_starttls=True,
+                           tls_context=self._context)
+            self._sessions.append(session)
+            return session
+
+        self._server = await loop.create_server(factory, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for session in self._sessions:
+                if session.transport is not None:
+                    session.transport.close()
+            self._sessions.clear()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def wait_for(self, count: int, timeout: float = 30.0) -> list[Received]:
+        async with asyncio.timeout(timeout):
+            while len(self.received) < count:
+                await asyncio.sleep(0.05)
+        return self.received

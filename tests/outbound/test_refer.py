@@ -1,0 +1,246 @@
+"""End to end: reports by SMTP become cases, assessed through the API, routed by the protocol
+table, and delivered encrypted and signed to a fake upstream MTA (STARTTLS, verified)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator
+from email import message_from_bytes, policy
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import gnupg  # type: ignore[import-untyped]
+import jsonschema
+import pytest
+
+from gateway.app import Gateway
+from gateway.console.accounts import create_token, utcnow
+from gateway.store.audit import verify
+from gateway.store.case_view import get_case
+from outbound.document import schema
+from tests.conftest import Start
+from tests.console_client import base, file_case, ready_user
+from tests.outbound.conftest import HOTLINE_PASSPHRASE, Keys
+from tests.outbound.mta import Behaviour, FakeMta, Received
+
+
+@pytest.fixture
+async def mta(tmp_path: Path) -> AsyncIterator[FakeMta]:
+    server = FakeMta(tmp_path)
+    await server.start()
+    yield server
+    await server.stop()
+
+
+def referral_config(keys: Keys, mta: FakeMta, tmp_path: Path, **outbound: Any
+                    ) -> dict[str, Any]:
+    secret = tmp_path / "passphrase"
+    secret.write_text(HOTLINE_PASSPHRASE + "\n")
+    return {
+        "gpg": {"home": str(keys.hotline_home), "signing_key": keys.hotline,
+                "passphrase_file": str(secret)},
+        "outbound": {"transport": "smtp", "smtp_host": "127.0.0.1", "smtp_port": mta.port,
+                     "tls": "starttls", "tls_ca_file": str(mta.ca_file),
+                     "retry_after": "200ms", "retry_max": "1s", "timeout": "2s", **outbound},
+        "routing": {
+            "destinations": {
+                "police": {"email": "cp@police.test", "key": keys.recipient},
+                "police_international": {"email": "intl@police.test", "key": keys.recipient},
+            },
+            "hotlines": {"NL": {"email": "referrals@hotline-nl.test", "key": keys.recipient},
+                         "DE": {"email": "referrals@hotline-de.test", "key": keys.expired}},
+        },
+    }
+
+
+async def api(gw: Gateway, method: str, path: str, token: str, body: Any = None
+              ) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as http, http.request(
+            method, base(gw) + path, json=body,
+            headers={"Authorization": f"Bearer {token}"}) as response:
+        return response.status, await response.json()
+
+
+async def assess(gw: Gateway, token: str, case_id: str, verdict: str = "illegal") -> None:
+    body = {"verdict": verdict,
+            "classification": "baseline" if verdict == "illegal" else "not_illegal"}
+    status, answer = await api(gw, "POST", f"/api/v1/cases/{case_id}/assessment", token, body)
+    assert status == 200, answer
+
+
+async def case_of(gw: Gateway, case_id: str) -> dict[str, Any]:
+    import uuid
+
+    async with gw.engine.connect() as conn:
+        found = await get_case(conn, uuid.UUID(case_id))
+    assert found is not None
+    return found
+
+
+async def settle(gw: Gateway, case_id: str, status: str, timeout: float = 30) -> dict[str, Any]:
+    async with asyncio.timeout(timeout):
+        while True:
+            case = await case_of(gw, case_id)
+            if case["status"] == status:
+                return case
+            await asyncio.sleep(0.05)
+
+
+def open_referral(keys: Keys, received: Received) -> tuple[Any, dict[str, Any], Any]:
+    """Parse, decrypt and verify one delivered referral: (outer, document, verification)."""
+    outer = message_from_bytes(received.data, policy=policy.default)
+    assert outer.get_content_type() == "multipart/encrypted"
+    assert outer.get_param("protocol") == "application/pgp-encrypted"
+    version, payload = list(outer.iter_parts())
+    assert version.get_content_type() == "application/pgp-encrypted"
+    assert version.get_content().strip() in ("Version: 1", b"Version: 1")
+    armored = payload.get_payload(decode=True)
+    partner = gnupg.GPG(gnupghome=str(keys.partner_home))
+    decrypted = partner.decrypt(armored)
+    assert decrypted.ok, decrypted.status
+    assert decrypted.valid and decrypted.pubkey_fingerprint == keys.hotline
+    inner = message_from_bytes(decrypted.data, policy=policy.default)
+    parts = {part.get_content_type(): part for part in inner.iter_parts()}
+    document = json.loads(parts["application/json"].get_content())
+    assert "Referral" in parts["text/plain"].get_content()
+    return outer, document, decrypted
+
+
+async def test_every_rule_end_to_end(
+    start: Start, keys: Keys, mta: FakeMta, tmp_path: Path
+) -> None:
+    """Domestic, INHOPE member, non-member and legal cases, unknown hosting and an expired
+    key: each goes where the protocol says, encrypted and signed, or is held, or closed."""
+    gw = await start(**referral_config(keys, mta, tmp_path))
+    backend = gw.console.context.backend
+    await ready_user(backend, "ana")
+    token = await create_token(backend, "ana", now=utcnow())
+    urls = {"domestic": "http://be.test/domestic", "inhope": "http://nl.test/inhope",
+            "police": "http://ru.test/abroad", "nokey": "http://de.test/nokey",
+            "cdn": "http://cdn.test/behind", "iccam": "http://us.test/iccam",
+            "legal": "http://be.test/legal"}
+    ids = {name: await file_case(gw, f"Please look at {url}", url.rsplit("/", 1)[1])
+           for name, url in urls.items()}
+    for name, case_id in ids.items():
+        await assess(gw, token, case_id, "legal" if name == "legal" else "illegal")
+
+    expected = {"domestic": ("referred", "protocol-1-domestic"),
+                "inhope": ("referred", "protocol-2-inhope"),
+                "police": ("referred", "protocol-2-police"),
+                "nokey": ("held", "hold-no-key"),
+                "cdn": ("held", "hold-unknown-hosting"),
+                "iccam": ("awaiting_iccam", "protocol-2-iccam"),
+                "legal": ("closed_legal", "protocol-3-legal")}
+    for name, (status, rule) in expected.items():
+        case = await settle(gw, ids[name], status)
+        assert case["decision"] is not None, (name, case["status"], case["history"])
+        assert case["decision"]["rule"] == rule, (name, case["decision"])
+        assert case["decision"]["explanation"]
+        assert case["decision"]["facts"]["home_country"] == "BE"
+    held = await case_of(gw, ids["nokey"])
+    assert held["hold_reason"] == "hold-no-key" and held["referrals"] == []
+    assert "expired" in held["decision"]["explanation"]
+
+    received = await mta.wait_for(3)
+    document_schema = await asyncio.to_thread(schema)
+    by_rcpt = {r.rcpt_tos[0]: r for r in received}
+    assert set(by_rcpt) == {"cp@police.test", "referrals@hotline-nl.test", "intl@police.test"}
+    for rcpt, name in (("cp@police.test", "domestic"), ("referrals@hotline-nl.test", "inhope"),
+                       ("intl@police.test", "police")):
+        raw = by_rcpt[rcpt].data
+        outer, document, _ = await asyncio.to_thread(open_referral, keys, by_rcpt[rcpt])
+        jsonschema.validate(document, document_schema)
+        assert document["case"]["id"] == ids[name]
+        assert document["case"]["canonical_url"] == urls[name]
+        assert document["rule"] == expected[name][1]
+        # Nothing about the case on the wire: no URL, no host, no JSON.
+        host = re.escape(urls[name].split("/")[2]).encode()
+        assert not re.search(rb"(?<![\w.-])" + host, raw) and urls[name].encode() not in raw
+        assert b"referral/v1" not in raw and b'"canonical_url"' not in raw
+        case = await case_of(gw, ids[name])
+        assert outer["Subject"] == f"Referral {case['references'][0]}"
+        assert outer["Message-ID"] == case["referrals"][0]["message_id"]
+        assert case["referrals"][0]["status"] == "sent"
+
+    # The analyst names the country the CDN hides; the case goes to the police.
+    status, _ = await api(gw, "POST", f"/api/v1/cases/{ids['cdn']}/hosting-country", token,
+                          {"country": "BE"})
+    assert status == 200
+    case = await settle(gw, ids["cdn"], "referred")
+    assert case["decision"]["rule"] == "protocol-1-domestic"
+    assert case["decision"]["facts"]["country_source"] == "analyst"
+    await mta.wait_for(4)
+
+    # A member without an e-mail destination: referred through ICCAM by hand.
+    status, answer = await api(gw, "POST", f"/api/v1/cases/{ids['iccam']}/iccam", token,
+                               {"reference": "ICCAM-2026-4711"})
+    assert status == 200 and answer["case"]["status"] == "referred"
+    assert answer["case"]["referrals"][0]["iccam_reference"] == "ICCAM-2026-4711"
+    assert len(mta.received) == 4  # nothing sent for it
+
+    referral_id = (await case_of(gw, ids["domestic"]))["referrals"][0]["id"]
+    status, shown = await api(gw, "GET", f"/api/v1/referrals/{referral_id}", token)
+    assert status == 200 and shown["outbox"]["status"] == "sent"
+    assert [a["outcome"] for a in shown["attempts"]] == ["sent"]
+    async with gw.engine.connect() as conn:
+        _, broken, _ = await verify(conn)
+    assert broken is None
+
+
+async def test_refused_then_accepted_and_refused_for_good(
+    start: Start, keys: Keys, mta: FakeMta, tmp_path: Path
+) -> None:
+    """451 is retried until it goes through; 550 fails the referral at once, visibly."""
+    mta.behaviour = Behaviour("451", times=2)
+    gw = await start(**referral_config(keys, mta, tmp_path))
+    backend = gw.console.context.backend
+    await ready_user(backend, "ana")
+    token = await create_token(backend, "ana", now=utcnow())
+    first = await file_case(gw, "http://be.test/retry", "retry")
+    await assess(gw, token, first)
+    await mta.wait_for(1)
+    case = await settle(gw, first, "referred")
+    status, shown = await api(gw, "GET", f"/api/v1/referrals/{case['referrals'][0]['id']}",
+                              token)
+    assert status == 200
+    assert [a["outcome"] for a in shown["attempts"]] == ["deferred", "deferred", "sent"]
+    assert shown["attempts"][0]["detail"].startswith("451")
+
+    mta.behaviour = Behaviour("550")
+    second = await file_case(gw, "http://nl.test/refused", "refused")
+    await assess(gw, token, second)
+    async with asyncio.timeout(30):
+        while True:
+            case = await case_of(gw, second)
+            if case["referrals"] and case["referrals"][0]["status"] == "failed":
+                break
+            await asyncio.sleep(0.05)
+    assert case["referrals"][0]["error"].startswith("550")
+    assert gw.outbox.failed == 1
+
+
+async def test_an_upstream_that_is_down_gets_everything_when_it_returns(
+    start: Start, keys: Keys, mta: FakeMta, tmp_path: Path
+) -> None:
+    """Referrals wait while the MTA is down and all go when it is back."""
+    await mta.stop()
+    gw = await start(**referral_config(keys, mta, tmp_path))
+    backend = gw.console.context.backend
+    await ready_user(backend, "ana")
+    token = await create_token(backend, "ana", now=utcnow())
+    ids = [await file_case(gw, f"http://be.test/down{n}", f"down{n}") for n in range(3)]
+    for case_id in ids:
+        await assess(gw, token, case_id)
+    async with asyncio.timeout(30):
+        while gw.outbox.deferred < 3:
+            await asyncio.sleep(0.05)
+    assert mta.received == []
+    await mta.start()  # same port
+    received = await mta.wait_for(3)
+    assert len({r.data for r in received}) == 3
+    for case_id in ids:
+        case = await case_of(gw, case_id)
+        assert case["referrals"][0]["status"] == "sent"
