@@ -33,6 +33,7 @@ from gateway.store.writer import SubmissionWriter
 from intake.normalise import NormaliseStage
 from intake.smtp import ReportHandler, SmtpServer, quiet_aiosmtpd_logs
 from outbound.gpg import Gpg
+from outbound.keywatch import KeyWatch, Pinned
 from outbound.outbox import OutboxWorker
 from outbound.refer import ReferStage
 from outbound.transports import make_transport
@@ -98,6 +99,16 @@ async def make_locator(config: Config) -> Locator:
     geo = await asyncio.to_thread(open_geolocator, settings.geoip_db, settings.asn_db)
     return Locator(resolver, geo, overrides=Overrides(settings.override),
                    cdn_asns=settings.cdn_asns)
+
+
+def pinned_keys(config: Config) -> list[Pinned]:
+    """(config key, fingerprint, purpose) of every key the config pins."""
+    keys: list[Pinned] = [("gpg.signing_key", config.gpg.signing_key, "sign")]
+    for name, destination in config.routing.destinations.items():
+        keys.append((f"routing.destinations.{name}", destination.key, "encrypt"))
+    for country, destination in config.routing.hotlines.items():
+        keys.append((f"routing.hotlines.{country}", destination.key, "encrypt"))
+    return keys
 
 
 async def make_gpg(config: Config, executor: Executor) -> Gpg:
@@ -202,6 +213,7 @@ async def running(
         refer = ReferStage(config, backend, engine, locator, gpg, worker=_worker_name(),
                            members=MembershipList.shipped(config.routing.membership),
                            on_queued=outbox.wake)
+        keywatch = KeyWatch(gpg, pinned_keys(config), warn_days=config.gpg.warn_days)
         handler = ReportHandler(
             writer,
             recipients=config.smtp.recipients,
@@ -224,6 +236,8 @@ async def running(
         _watch(refer_task, failed)
         outbox_task = asyncio.create_task(outbox.run(), name="outbox")
         _watch(outbox_task, failed)
+        keywatch_task = asyncio.create_task(keywatch.run(), name="keywatch")
+        _watch(keywatch_task, failed)
         console = ConsoleServer(config.console, make_console(
             config.console, backend, engine, locator, four_eyes=config.assessment.four_eyes,
             on_decided=refer.wake))
@@ -248,6 +262,8 @@ async def running(
             await _bounded(refer_task, step_seconds, "refer")
             await outbox.stop()
             await _bounded(outbox_task, step_seconds, "outbox")
+            await keywatch.stop()
+            await _bounded(keywatch_task, step_seconds, "keywatch")
             await locator.resolver.close()
             await backend.close()
     finally:

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import structlog
 from sqlalchemy.exc import SQLAlchemyError
@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import config as config_module
 from gateway import logs
-from gateway.app import GatewayFailed, make_gpg, make_locator, normalise, serve
+from gateway.app import GatewayFailed, make_gpg, make_locator, normalise, pinned_keys, serve
 from gateway.config import Config, ConfigError
 from gateway.console.accounts import (
     AccountError,
@@ -386,17 +386,6 @@ def _cmd_tokens(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def configured_keys(config: Config) -> list[tuple[str, str, Literal["encrypt", "sign"]]]:
-    """(what, fingerprint, purpose) of every key the config pins."""
-    keys: list[tuple[str, str, Literal["encrypt", "sign"]]] = [
-        ("gpg.signing_key", config.gpg.signing_key, "sign")]
-    for name, destination in config.routing.destinations.items():
-        keys.append((f"routing.destinations.{name}", destination.key, "encrypt"))
-    for country, destination in config.routing.hotlines.items():
-        keys.append((f"routing.hotlines.{country}", destination.key, "encrypt"))
-    return keys
-
-
 def _cmd_keys(args: argparse.Namespace) -> int:
     config = _load(args)
 
@@ -417,7 +406,7 @@ def _cmd_keys(args: argparse.Namespace) -> int:
                         print(f"{kind:<6} {key.fingerprint}  {state}  {', '.join(key.uids)}")
                 return EXIT_OK
             bad = 0
-            for what, fingerprint, purpose in configured_keys(config):
+            for what, fingerprint, purpose in pinned_keys(config):
                 if not fingerprint:
                     print(f"{what}: not set", file=sys.stderr)
                     bad += 1

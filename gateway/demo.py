@@ -31,14 +31,14 @@ DEMO_FINGERPRINTS = {
 
 async def _demo_keys(config: Config, lines: list[str]) -> None:
     """Import the demo keys the config pins and the keyring lacks; say which keys are missing."""
-    from gateway.cli import configured_keys  # the one list of pinned keys
+    from gateway.app import pinned_keys  # the one list of pinned keys
     from outbound.gpg import Gpg
 
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpg")
     try:
         assert config.gpg.home is not None
         gpg = Gpg(config.gpg.home, executor=executor)
-        for what, fingerprint, purpose in configured_keys(config):
+        for what, fingerprint, purpose in pinned_keys(config):
             if not fingerprint:
                 lines.append(f"missing  {what}: not set in the config")
                 continue
