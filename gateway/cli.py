@@ -283,6 +283,16 @@ def _cmd_cases(args: argparse.Namespace) -> int:
         print(f"url: {defang(case['url']) if case['url'] else '(no URL)'}")
         print(f"canonical_url: {defang(case['canonical_url']) if case['canonical_url'] else '-'}")
         print(f"hosting: {_hosting_line(case['hosting'])}")
+        if case["assessment"]:
+            a = case["assessment"]
+            print(f"assessment: {a['verdict']} {a['classification']} by {a['by']} "
+                  f"({a['status']})")
+        if case["decision"]:
+            d = case["decision"]
+            print(f"decision: {d['rule']}: {d['explanation']}")
+        for referral in case["referrals"]:
+            print(f"referral: {referral['destination']} {referral['status']} "
+                  f"{referral['sent_at'] or ''}".rstrip())
         print("reports:")
         for report in case["reports"]:
             print(f"  {report['reference']}  {report['reported_at']}  {report['channel']}")

@@ -160,6 +160,7 @@ class ReferStage:
         assert case is not None and case["assessment"] is not None
         assessment = case["assessment"]
         hosting = case["hosting"] or {}
+        before = hosting.get("country")
         country, source = assessment["hosting_country"], "analyst"
         if assessment["verdict"] == "illegal" and country is None:
             # Content moves: the facts are checked again just before anything is sent.
@@ -180,6 +181,12 @@ class ReferStage:
             hotlines=frozenset(self._config.routing.hotlines),
         )
         decision = decide(facts)
+        if source != "analyst" and before is not None and country != before:
+            # The hosting moved since the analyst saw it: routed by where it is now.
+            decision = Decision(
+                decision.rule, decision.outcome, decision.destination,
+                f"{decision.explanation} (hosting moved from {before} since assessment)",
+                {**decision.facts, "country_at_assessment": before})
         prepared = _Prepared(decision)
         if decision.outcome == "refer":
             prepared = await self._prepare(case, decision, hosting, country, source)

@@ -244,3 +244,26 @@ async def test_an_upstream_that_is_down_gets_everything_when_it_returns(
     for case_id in ids:
         case = await case_of(gw, case_id)
         assert case["referrals"][0]["status"] == "sent"
+
+
+async def test_content_that_moved_is_routed_where_it_is_now(
+    start: Start, keys: Keys, mta: FakeMta, tmp_path: Path, zone: Any
+) -> None:
+    """Located in NL at intake, in BE by the time it is routed: the police get it, and the
+    decision says the hosting moved."""
+    gw = await start(**referral_config(keys, mta, tmp_path))
+    backend = gw.console.context.backend
+    await ready_user(backend, "ana")
+    token = await create_token(backend, "ana", now=utcnow())
+    zone.add("moving.test", "A", "145.100.8.8")
+    case_id = await file_case(gw, "http://moving.test/now", "moving")
+    assert (await case_of(gw, case_id))["hosting"]["country"] == "NL"
+    zone.add("moving.test", "A", "193.190.8.8")
+    await assess(gw, token, case_id)
+    case = await settle(gw, case_id, "referred")
+    assert case["decision"]["rule"] == "protocol-1-domestic"
+    assert case["decision"]["facts"]["country_at_assessment"] == "NL"
+    assert "moved from NL" in case["decision"]["explanation"]
+    assert [e["trigger"] for e in case["hosting_evidence"]] == ["auto", "recheck"]
+    received = await mta.wait_for(1)
+    assert received[0].rcpt_tos == ["cp@police.test"]
