@@ -73,6 +73,9 @@ max_message_bytes = 10485760
 
 [console]
 listen = ["127.0.0.1:0"]
+
+[http]
+listen = ["127.0.0.1:0"]
 """
 
 

@@ -32,7 +32,8 @@ from gateway.store.references import ReferenceAllocator
 from gateway.store.writer import SubmissionWriter
 from intake.normalise import NormaliseStage
 from intake.smtp import ReportHandler, SmtpServer, quiet_aiosmtpd_logs
-from outbound.gpg import Gpg
+from intake.web import PublicServer, dearmor, make_intake, wkd_hash
+from outbound.gpg import Gpg, GpgError
 from outbound.keywatch import KeyWatch, Pinned
 from outbound.outbox import OutboxWorker
 from outbound.refer import ReferStage
@@ -58,6 +59,7 @@ class Gateway:
     locator: Locator
     locate: LocateStage
     console: ConsoleServer
+    public: PublicServer
     refer: ReferStage
     outbox: OutboxWorker
     #: Set with a reason when an owned task dies: the daemon cannot go on serving.
@@ -99,6 +101,25 @@ async def make_locator(config: Config) -> Locator:
     geo = await asyncio.to_thread(open_geolocator, settings.geoip_db, settings.asn_db)
     return Locator(resolver, geo, overrides=Overrides(settings.override),
                    cdn_asns=settings.cdn_asns)
+
+
+async def wkd_keys(config: Config, gpg: Gpg) -> dict[str, bytes]:
+    """For the Web Key Directory: each intake address for which we hold a secret key with
+    that address among its user ids, the public key (binary), by WKD hash."""
+    found: dict[str, bytes] = {}
+    try:
+        secret = await gpg.list_keys(secret=True)
+    except GpgError as exc:
+        log.warning("gateway.wkd_unavailable", error=str(exc))
+        return found
+    for address in config.smtp.recipients:
+        local = address.rpartition("@")[0]
+        for key in secret:
+            if any(f"<{address.lower()}>" in uid.lower() for uid in key.uids):
+                armored = await gpg.export_public(key.fingerprint)
+                found[wkd_hash(local)] = dearmor(armored)
+                break
+    return found
 
 
 def pinned_keys(config: Config) -> list[Pinned]:
@@ -207,11 +228,14 @@ async def running(
             max_attempt_age=timedelta(seconds=config.outbound.max_attempt_age),
             retry_after=timedelta(seconds=config.outbound.retry_after),
             retry_max=timedelta(seconds=config.outbound.retry_max),
-            # Longer than any delivery can take (the transport bounds one at 3 x timeout).
-            lease=timedelta(seconds=3 * config.outbound.timeout + 5),
+            # Longer than any delivery can take (the transports bound one: 3 x timeout, 60 s).
+            lease=timedelta(seconds=(65 if config.outbound.transport == "file"
+                                     else 3 * config.outbound.timeout + 5)),
+            keys=lambda fingerprint: gpg.problems(fingerprint, "encrypt"),
         )
         refer = ReferStage(config, backend, engine, locator, gpg, worker=_worker_name(),
-                           members=MembershipList.shipped(config.routing.membership),
+                           members=MembershipList.shipped(config.routing.membership,
+                                                          config.routing.hotlines),
                            on_queued=outbox.wake)
         keywatch = KeyWatch(gpg, pinned_keys(config), warn_days=config.gpg.warn_days)
         handler = ReportHandler(
@@ -238,18 +262,23 @@ async def running(
         _watch(outbox_task, failed)
         keywatch_task = asyncio.create_task(keywatch.run(), name="keywatch")
         _watch(keywatch_task, failed)
+        public = PublicServer(config.http, make_intake(
+            config.http, writer, keep_peer_ip=config.intake.keep_reporter_ip,
+            wkd=await wkd_keys(config, gpg)))
         console = ConsoleServer(config.console, make_console(
             config.console, backend, engine, locator, four_eyes=config.assessment.four_eyes,
-            on_decided=refer.wake))
+            on_decided=refer.wake, on_queued=outbox.wake))
         try:
             await smtp.start()
+            await public.start()
             await console.start()
             yield Gateway(config, engine, writer, smtp, normaliser, locator, locate, console,
-                          refer, outbox, failed)
+                          public, refer, outbox, failed)
         finally:
             failed.cancel()  # from here on, tasks ending is the plan
             # Listeners first (no new work), then the stages, each finishing what it holds.
             await _bounded(console.stop(), step_seconds, "console")
+            await _bounded(public.stop(), step_seconds, "public")
             await smtp.stop(config.gateway.shutdown_grace)
             await writer.close()
             await _bounded(writer_task, step_seconds, "writer")
@@ -289,9 +318,11 @@ async def serve(
     reason: str | None = None
     async with running(config, upgrade_db=upgrade_db) as gateway:
         listening = ", ".join([*(f"smtp {h}:{p}" for h, p in gateway.smtp.addresses),
+                               *(f"http {h}:{p}" for h, p in gateway.public.addresses),
                                *(f"console {h}:{p}" for h, p in gateway.console.addresses)])
         notifier.ready(f"serving: {listening}")
         log.info("gateway.ready", smtp=[f"{h}:{p}" for h, p in gateway.smtp.addresses],
+                 http=[f"{h}:{p}" for h, p in gateway.public.addresses],
                  console=[f"{h}:{p}" for h, p in gateway.console.addresses])
         trigger: asyncio.Future[Any] = asyncio.ensure_future(shutdown_trigger())
         waits: list[asyncio.Future[Any]] = [trigger, gateway.failed]

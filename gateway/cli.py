@@ -41,6 +41,7 @@ from gateway.store.backend import WriteBackend, open_write_backend
 from gateway.store.case_view import defang, get_case, iso, list_cases
 from gateway.store.engine import open_engine
 from outbound.gpg import GpgError
+from outbound.outbox import NotRetryable, retry_failed
 from routing.geo import GeoError
 from routing.locate import Hosting
 from routing.stage import CaseNotFound, relocate
@@ -108,6 +109,12 @@ def _parser() -> argparse.ArgumentParser:
     keys_commands.add_parser(
         "check", help="the configured keys: exit 1 if one is missing, expired, revoked, weak "
                       "or expires within warn_days")
+    referrals_cmd = commands.add_parser("referrals", help="referrals")
+    referrals_commands = referrals_cmd.add_subparsers(dest="referrals_command", required=True,
+                                                      metavar="ACTION")
+    referrals_retry = referrals_commands.add_parser(
+        "retry", help="queue a failed referral again (once its cause is fixed)")
+    referrals_retry.add_argument("id")
     audit_cmd = commands.add_parser("audit", help="the audit trail")
     audit_commands = audit_cmd.add_subparsers(dest="audit_command", required=True,
                                               metavar="ACTION")
@@ -405,8 +412,11 @@ def _cmd_keys(args: argparse.Namespace) -> int:
             gpg = await make_gpg(config, executor)
             if args.keys_command == "import":
                 data = await asyncio.to_thread(args.file.read_bytes)
-                for fingerprint in await gpg.import_keys(data):
+                imported = await gpg.import_keys(data)
+                for fingerprint in imported:
                     print(f"imported {fingerprint}")
+                if not imported:
+                    print("imported revocation certificate(s)")
                 return EXIT_OK
             if args.keys_command == "list":
                 for secret in (True, False):
@@ -440,6 +450,23 @@ def _cmd_keys(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
 
 
+def _cmd_referrals(args: argparse.Namespace) -> int:
+    config = _load(args)
+    try:
+        referral_id = uuid.UUID(args.id)
+    except ValueError:
+        print(f"referrals retry: {args.id!r} is not a referral id", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        asyncio.run(_with_backend(config, lambda backend: retry_failed(
+            backend, referral_id, actor="cli", now=utcnow())))
+    except NotRetryable:
+        print(f"referrals retry: no failed referral {referral_id}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"referral {referral_id} queued again")
+    return EXIT_OK
+
+
 def _cmd_audit(args: argparse.Namespace) -> int:
     config = _load(args)
     checked, broken, last_hash = asyncio.run(_with_connection(config, verify_audit))
@@ -456,6 +483,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "tokens": _cmd_tokens,
     "audit": _cmd_audit,
     "keys": _cmd_keys,
+    "referrals": _cmd_referrals,
     "normalise": _cmd_normalise,
     "cases": _cmd_cases,
     "serve": _cmd_serve,

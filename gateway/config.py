@@ -226,6 +226,10 @@ class SmtpConfig(TlsFiles):
 class HttpConfig(TlsFiles):
     listen: list[Listen] = Field(default=["127.0.0.1:8080"], validate_default=True)
     trusted_proxies: list[Network] = []
+    #: Reports one client may send per minute (a burst of as many, then that rate).
+    reports_per_minute: Annotated[int, Field(ge=1, le=10_000)] = 10
+    #: Largest request body accepted; larger ones get 413 before they are read.
+    max_body_bytes: Annotated[int, Field(ge=1024, le=10 * 1024 * 1024)] = 64 * 1024
 
 
 class ConsoleConfig(TlsFiles):

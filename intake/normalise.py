@@ -37,6 +37,7 @@ from gateway.store.tables import submissions
 from intake.cases import ReportedUrl, attach_report
 from intake.mime import MimeError, MimeLimits, parse_message
 from intake.urls import extract_urls
+from intake.webreport import read_back
 
 log = structlog.get_logger("intake.normalise")
 
@@ -94,11 +95,28 @@ class _Claimed:
     raw: bytes | None
 
 
+def normalise_web(raw: bytes) -> Normalised:
+    """A report from the web form or the API; never raises."""
+    try:
+        report = read_back(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return Normalised(error=f"web: {type(exc).__name__}")
+    found: dict[str, ReportedUrl] = {}
+    for text in report.urls:
+        # Each field holds one URL as the reporter typed it (defanged, wrapped, bare host…).
+        for url in extract_urls(text, limit=1):
+            if url.canonical not in found:
+                found[url.canonical] = ReportedUrl(text, url.url, url.canonical)
+    return Normalised(urls=list(found.values()), report_text=report.text)
+
+
 def _normalise(claimed: _Claimed) -> Normalised:
     if claimed.raw is None:
         return Normalised(error="raw message no longer stored")
     if claimed.channel == "smtp":
         return normalise_message(claimed.raw)
+    if claimed.channel in ("web", "api"):
+        return normalise_web(claimed.raw)
     return Normalised(error=f"no normaliser for channel {claimed.channel!r}")
 
 

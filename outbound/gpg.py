@@ -16,6 +16,7 @@ import asyncio
 import functools
 import re
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -30,6 +31,9 @@ Purpose = Literal["encrypt", "sign"]
 KeyInfo = dict[str, Any]  # one key or subkey record of python-gnupg's list_keys()
 
 ARMOR = b"-----BEGIN PGP MESSAGE-----"
+#: How long a key found usable is used without checking it again (a revocation imported by
+#: another process, such as `keys import` beside the daemon, takes effect within this).
+CHECK_TTL = 60.0
 # Parallel gpg processes contend on the keyring's random_seed lock; nothing else is at stake.
 # --no-encrypt-to: a gpg.conf "encrypt-to" must never add a recipient behind our back.
 OPTIONS = ["--no-random-seed-file", "--no-encrypt-to"]
@@ -154,6 +158,8 @@ class Gpg:
         self._passphrase = passphrase or None
         self._gpg: Any = None
         self._lock = threading.Lock()
+        self._cache_lock = threading.Lock()
+        self._checked: dict[tuple[str, Purpose], tuple[float, str]] = {}
 
     def __repr__(self) -> str:
         return f"Gpg(home={str(self._home)!r})"  # never the passphrase
@@ -198,10 +204,37 @@ class Gpg:
         return (await self._run(self._inspect, fingerprint, purpose, warn_days, now))[0]
 
     def _usable(self, fingerprint: str, purpose: Purpose) -> str:
+        """The (sub)key to use, from a check at most CHECK_TTL old (each check costs ~4 gpg
+        processes, three times the encryption itself). Only a usable answer is kept, never
+        past the key's own expiry, and importing keys here forgets them all."""
+        now = time.monotonic()
+        with self._cache_lock:
+            cached = self._checked.get((fingerprint, purpose))
+        if cached is not None and cached[0] > now:
+            return cached[1]
         status, use = self._inspect(fingerprint, purpose, 0, None)
         if use is None:
             raise KeyProblem(status.fingerprint, status.problems)
+        until = now + CHECK_TTL
+        expiry = status.encrypt_expires if purpose == "encrypt" else status.expires
+        if expiry is not None:
+            until = min(until, now + (expiry - datetime.now(UTC)).total_seconds())
+        with self._cache_lock:
+            self._checked[(fingerprint, purpose)] = (until, use)
         return use
+
+    async def problems(self, fingerprint: str, purpose: Purpose) -> list[str]:
+        """Why the key cannot be used now (empty: it can), from the short-lived check cache."""
+        try:
+            await self._run(self._usable, fingerprint, purpose)
+        except KeyProblem as exc:
+            return exc.problems
+        return []
+
+    def forget_checks(self) -> None:
+        """Check every key afresh next time (after an import, say)."""
+        with self._cache_lock:
+            self._checked.clear()
 
     def _encrypt(self, data: bytes, recipient: str, signer: str) -> bytes:
         # "FPR!" makes gpg use exactly the (sub)key checked above, not one it picks itself.
@@ -222,11 +255,12 @@ class Gpg:
         return await self._run(self._encrypt, data, recipient, signer)
 
     def _import(self, data: bytes) -> list[str]:
+        self.forget_checks()
         result = self._handle().import_keys(data)
         fprs: list[str] = list(dict.fromkeys(f for f in result.fingerprints if f))
-        if not fprs:
+        if not fprs and not int(result.n_revoc or 0):
             raise GpgError(f"no key imported (gpg exit {result.returncode})")
-        return fprs
+        return fprs  # empty when only revocations came in
 
     async def import_keys(self, data: bytes) -> list[str]:
         """Import keys (or revocations); returns the fingerprints gpg reported."""
@@ -264,6 +298,7 @@ class Gpg:
             "Subkey-Type: ECDH\nSubkey-Curve: cv25519\nSubkey-Usage: encrypt\n"
             f"Name-Real: {uid}\nExpire-Date: {expire}\n{secret}\n%commit\n"
         )
+        self.forget_checks()
         result = self._handle().gen_key(params)
         fpr: str = result.fingerprint
         if result.returncode != 0 or not fpr:

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import random
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -45,6 +45,7 @@ class _Item:
     message: bytes
     attempts: int
     created_at: datetime
+    key_fingerprint: str | None
 
 
 def _aware(moment: datetime) -> datetime:
@@ -66,6 +67,7 @@ class OutboxWorker:
         idle_poll: float = 5.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         jitter: Callable[[], float] = lambda: random.uniform(0.8, 1.2),
+        keys: Callable[[str], Awaitable[list[str]]] | None = None,
     ) -> None:
         self._backend = backend
         self._transport = transport
@@ -78,6 +80,8 @@ class OutboxWorker:
         self._idle_poll = idle_poll
         self._clock = clock
         self._jitter = jitter
+        #: The problems of a recipient key right now (none: usable), checked before sending.
+        self._keys = keys
         self._wake = asyncio.Event()
         self._stopping = False
         self.sent = 0
@@ -92,8 +96,10 @@ class OutboxWorker:
         self._wake.set()
 
     def retry_delay(self, attempts: int) -> timedelta:
-        delay: timedelta = self._retry_after * (2 ** min(attempts - 1, 30))
-        return min(delay, self._retry_max) * self._jitter()
+        """Doubling from retry_after, with jitter (so that deferred items do not all come back
+        at once), never past retry_max."""
+        delay: timedelta = self._retry_after * (2 ** min(attempts - 1, 30)) * self._jitter()
+        return min(delay, self._retry_max)
 
     async def run(self) -> None:
         try:
@@ -133,17 +139,25 @@ class OutboxWorker:
         rows = conn.execute(
             select(outbox.c.id, outbox.c.referral_id, referrals.c.case_id,
                    referrals.c.reference, referrals.c.destination, outbox.c.mail_from,
-                   outbox.c.rcpt_to, outbox.c.message, outbox.c.attempts, outbox.c.created_at)
+                   outbox.c.rcpt_to, outbox.c.message, outbox.c.attempts, outbox.c.created_at,
+                   referrals.c.key_fingerprint)
             .join(referrals, referrals.c.id == outbox.c.referral_id)
             .where(outbox.c.id.in_(claimed)))
         return [_Item(id=r.id, referral_id=r.referral_id, case_id=r.case_id,
                       reference=r.reference, destination=r.destination, mail_from=r.mail_from,
                       rcpt_to=r.rcpt_to, message=r.message, attempts=r.attempts,
-                      created_at=r.created_at) for r in rows]
+                      created_at=r.created_at, key_fingerprint=r.key_fingerprint)
+                for r in rows]
 
     async def _deliver(self, item: _Item) -> None:
         outcome, detail = "sent", ""
+        problems = await self._key_problems(item.key_fingerprint)
         try:
+            if problems:
+                # The key went bad since the message was encrypted: never sent to a revoked
+                # or expired key; an operator must act (new key, reopen the case).
+                raise Rejected(f"key {item.key_fingerprint} no longer usable: "
+                               f"{'; '.join(problems)}")
             detail = await self._transport.send(
                 mail_from=item.mail_from, rcpt_to=item.rcpt_to, message=item.message,
                 name=f"{item.reference}-{item.referral_id}")
@@ -186,10 +200,13 @@ class OutboxWorker:
             values.update(last_error=detail, next_attempt_at=now + self.retry_delay(attempts))
         mine = and_(outbox.c.id == item.id, outbox.c.claimed_by == self._worker,
                     outbox.c.status == "pending")
-        if conn.execute(update(outbox).where(mine).values(**values)).rowcount != 1:
-            return  # our lease ran out: another worker has it now
+        current = conn.execute(update(outbox).where(mine).values(**values)).rowcount == 1
+        # Every attempt is recorded, even one whose lease ran out meanwhile.
         conn.execute(insert(outbox_attempts).values(
-            id=uuid7(), outbox_id=item.id, at=now, outcome=outcome, detail=detail))
+            id=uuid7(), outbox_id=item.id, at=now, outcome=outcome,
+            detail=detail if current else f"{detail} (lease lost: another worker has it)"))
+        if not current:
+            return
         if outcome != "deferred":
             conn.execute(update(referrals).where(referrals.c.id == item.referral_id).values(
                 status=outcome, sent_at=now if outcome == "sent" else None,
@@ -199,6 +216,15 @@ class OutboxWorker:
                                       "destination": item.destination, "detail": detail})],
                    at=now)
 
+    async def _key_problems(self, fingerprint: str | None) -> list[str]:
+        if fingerprint is None or self._keys is None:
+            return []
+        try:
+            status = await self._keys(fingerprint)
+        except Exception as exc:  # gpg unavailable: do not send on an unknown key state
+            return [f"key check failed: {type(exc).__name__}"]
+        return status
+
     async def _release(self) -> None:
         def work(conn: Connection) -> None:
             conn.execute(update(outbox).where(outbox.c.claimed_by == self._worker,
@@ -207,3 +233,29 @@ class OutboxWorker:
 
         await self._backend.transaction(work)
 
+
+
+class NotRetryable(Exception):
+    """The referral is not failed (or does not exist): nothing to retry."""
+
+
+async def retry_failed(backend: WriteBackend, referral_id: uuid.UUID, *, actor: str,
+                       now: datetime) -> None:
+    """Queue a failed referral again (after the cause was fixed: the relay, the address, the
+    key), with a fresh ``max_attempt_age``. The message is the one encrypted before."""
+
+    def work(conn: Connection) -> None:
+        row = conn.execute(select(referrals.c.case_id, referrals.c.destination)
+                           .where(referrals.c.id == referral_id,
+                                  referrals.c.status == "failed")).first()
+        if row is None:
+            raise NotRetryable(str(referral_id))
+        conn.execute(update(outbox).where(outbox.c.referral_id == referral_id).values(
+            status="pending", next_attempt_at=now, created_at=now, claimed_by=None,
+            claimed_until=None))
+        conn.execute(update(referrals).where(referrals.c.id == referral_id)
+                     .values(status="queued", error=None))
+        record(conn, [AuditEntry(actor, "referral.retried", row.case_id, {
+            "referral": str(referral_id), "destination": row.destination})], at=now)
+
+    await backend.transaction(work)

@@ -7,9 +7,8 @@ structure of the inner message, is inside the encrypted part.
 
 from __future__ import annotations
 
+import secrets
 from datetime import datetime
-from email.message import EmailMessage
-from email.policy import SMTP
 from email.utils import format_datetime
 
 
@@ -23,27 +22,40 @@ def encrypted_message(
     armored: bytes, *, from_address: str, to_address: str, reference: str, msg_id: str,
     date: datetime,
 ) -> bytes:
-    """``multipart/encrypted; protocol="application/pgp-encrypted"`` around ``armored``."""
+    """``multipart/encrypted; protocol="application/pgp-encrypted"`` around ``armored``.
+
+    Written out directly (the structure is fixed, and this runs once per referral on the hot
+    path): every header value comes from config or from us, and is checked to be one line.
+    """
     if not armored.startswith(b"-----BEGIN PGP MESSAGE-----"):
         raise ValueError("not an OpenPGP message: refusing to send it")
-    outer = EmailMessage(policy=SMTP)
-    outer["From"] = from_address
-    outer["To"] = to_address
-    outer["Subject"] = f"Referral {reference}"
-    outer["Date"] = format_datetime(date)
-    outer["Message-ID"] = msg_id
-    outer.set_type("multipart/encrypted")
-    outer.set_param("protocol", "application/pgp-encrypted")
-    version = EmailMessage(policy=SMTP)
-    version.set_content(b"Version: 1\r\n", maintype="application", subtype="pgp-encrypted",
-                        cte="7bit")
-    del version["MIME-Version"]
-    version["Content-Description"] = "PGP/MIME version identification"
-    payload = EmailMessage(policy=SMTP)
-    payload.set_content(armored, maintype="application", subtype="octet-stream", cte="7bit",
-                        disposition="inline", filename="encrypted.asc")
-    del payload["MIME-Version"]
-    payload["Content-Description"] = "OpenPGP encrypted message"
-    outer.attach(version)
-    outer.attach(payload)
-    return outer.as_bytes(policy=SMTP)
+    headers = {"From": from_address, "To": to_address, "Subject": f"Referral {reference}",
+               "Date": format_datetime(date), "Message-ID": msg_id}
+    for name, value in headers.items():
+        if not value.isprintable() or not value.isascii():
+            raise ValueError(f"{name} must be one line of printable ASCII")
+    boundary = "pgp-mime-" + secrets.token_hex(16)
+    body = armored.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    if not body.endswith(b"\r\n"):
+        body += b"\r\n"
+    lines = [f"{name}: {value}" for name, value in headers.items()] + [
+        "MIME-Version: 1.0",
+        f'Content-Type: multipart/encrypted; protocol="application/pgp-encrypted";'
+        f'\r\n boundary="{boundary}"',
+        "",
+        "This is an OpenPGP/MIME encrypted message (RFC 3156).",
+        f"--{boundary}",
+        "Content-Type: application/pgp-encrypted",
+        "Content-Description: PGP/MIME version identification",
+        "",
+        "Version: 1",
+        "",
+        f"--{boundary}",
+        'Content-Type: application/octet-stream; name="encrypted.asc"',
+        "Content-Description: OpenPGP encrypted message",
+        'Content-Disposition: inline; filename="encrypted.asc"',
+        "",
+        "",
+    ]
+    return ("\r\n".join(lines).encode("ascii") + body
+            + f"\r\n--{boundary}--\r\n".encode("ascii"))

@@ -131,7 +131,16 @@ class ReferStage:
             except Exception as exc:  # one case's failure must not stop the others
                 log.error("refer.case_failed", case_id=str(case_id),
                           error_type=type(exc).__name__)
-                await self._release(case_id)
+                # Held where people see it, not retried in a loop: a supervisor reopens it.
+                held = Decision("hold-route-error", "hold", None,
+                                f"routing failed ({type(exc).__name__}): held for a supervisor",
+                                {"error_type": type(exc).__name__})
+                try:
+                    await self._backend.transaction(partial(
+                        self._file, case_id=case_id, status=status,
+                        prepared=_Prepared(held), now=self._clock(), assessment_id=None))
+                except Exception:
+                    await self._release(case_id)
         return len(claimed)
 
     def _claim(self, conn: Connection, *, now: datetime, until: datetime
@@ -162,13 +171,19 @@ class ReferStage:
         hosting = case["hosting"] or {}
         before = hosting.get("country")
         country, source = assessment["hosting_country"], "analyst"
-        if assessment["verdict"] == "illegal" and country is None:
-            # Content moves: the facts are checked again just before anything is sent.
+        checked_now: str | None = None
+        retrying_key = status == "held" and case["hold_reason"] == "hold-no-key"
+        if assessment["verdict"] == "illegal" and case["kind"] == "url" and not retrying_key:
+            # Content moves: the facts are checked again just before anything is sent (also
+            # when an analyst set the country: a disagreement is recorded).
             fresh = await relocate(self._backend, self._locator, case_id, trigger="recheck")
             if not fresh.failed:
                 hosting = {"status": fresh.status, "country": fresh.country, "ips": fresh.ips,
                            "asn": fresh.asn, "org": fresh.org, "cdn": fresh.cdn,
-                           "source": fresh.source, "checked_at": iso(fresh.checked_at)}
+                           "source": fresh.source, "checked_at": iso(fresh.checked_at),
+                           "evidence_id": fresh.evidence_id}
+                checked_now = fresh.country if fresh.status == "located" else fresh.status
+        if country is None:
             country = hosting.get("country") if hosting.get("status") == "located" else None
             source = hosting.get("source") or "geoip"
         facts = Facts(
@@ -181,7 +196,12 @@ class ReferStage:
             hotlines=frozenset(self._config.routing.hotlines),
         )
         decision = decide(facts)
-        if source != "analyst" and before is not None and country != before:
+        if source == "analyst" and checked_now is not None and checked_now != country:
+            decision = Decision(
+                decision.rule, decision.outcome, decision.destination,
+                f"{decision.explanation} (the analyst's country; a lookup now says "
+                f"{checked_now})", {**decision.facts, "hosting_now": checked_now})
+        elif source != "analyst" and before is not None and country != before:
             # The hosting moved since the analyst saw it: routed by where it is now.
             decision = Decision(
                 decision.rule, decision.outcome, decision.destination,
@@ -191,8 +211,12 @@ class ReferStage:
         if decision.outcome == "refer":
             prepared = await self._prepare(case, decision, hosting, country, source)
         now = self._clock()
-        await self._backend.transaction(partial(self._file, case_id=case_id, status=status,
-                                                prepared=prepared, now=now))
+        filed = await self._backend.transaction(partial(
+            self._file, case_id=case_id, status=status, prepared=prepared, now=now,
+            assessment_id=uuid.UUID(assessment["id"])))
+        if not filed:
+            log.info("refer.superseded", case_id=str(case_id))  # reopened meanwhile, say
+            return
         self.routed += 1
         outcome = prepared.decision.outcome
         log.info("refer.routed", case_id=str(case_id), rule=prepared.decision.rule,
@@ -276,7 +300,9 @@ class ReferStage:
             return list(found.values())
 
     def _file(self, conn: Connection, *, case_id: uuid.UUID, status: str,
-              prepared: _Prepared, now: datetime) -> None:
+              prepared: _Prepared, now: datetime, assessment_id: uuid.UUID | None) -> bool:
+        """Store the decision (and referral) if the case is as we found it: still ours, in
+        the same state, on the same final verdict. Whether it was stored."""
         decision = prepared.decision
         new_status = {"refer": "referred", "iccam": "awaiting_iccam", "hold": "held",
                       "close": "closed_legal"}[decision.outcome]
@@ -288,8 +314,21 @@ class ReferStage:
             values.update(status_changed_at=now)  # the next key retry counts from now
         mine = and_(cases.c.id == case_id, cases.c.claimed_by == self._worker,
                     cases.c.status == status)
+        if assessment_id is not None:
+            mine = and_(mine, exists().where(assessments.c.id == assessment_id,
+                                             assessments.c.status == "final"))
         if conn.execute(update(cases).where(mine).values(**values)).rowcount != 1:
-            return  # someone else acted on the case meanwhile (reopened it, say)
+            # Someone acted on the case meanwhile (reopened and assessed it again, say).
+            conn.execute(update(cases).where(cases.c.id == case_id,
+                                             cases.c.claimed_by == self._worker)
+                         .values(claimed_by=None, claimed_until=None))
+            return False
+        live = conn.execute(select(routing_decisions.c.rule, routing_decisions.c.explanation)
+                            .where(routing_decisions.c.case_id == case_id,
+                                   routing_decisions.c.superseded.is_(False))).first()
+        if (new_status == status == "held" and live is not None and live.rule == decision.rule
+                and live.explanation == decision.explanation):
+            return True  # still held for the same reason: nothing new to record
         conn.execute(update(routing_decisions)
                      .where(routing_decisions.c.case_id == case_id,
                             routing_decisions.c.superseded.is_(False))
@@ -311,6 +350,7 @@ class ReferStage:
                 "destination": decision.destination,
                 "key": prepared.referral["key_fingerprint"]}))
         record(conn, entries, at=now)
+        return True
 
     async def _release(self, case_id: uuid.UUID | None = None) -> None:
         def work(conn: Connection) -> None:

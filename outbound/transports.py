@@ -9,6 +9,7 @@ already encrypted; no transport ever sees plaintext.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import ssl
 import tempfile
@@ -62,8 +63,10 @@ class SmtpTransport:
             tls_context=self._context, validate_certs=config.tls != "none",
         )
         try:
-            # The whole conversation is bounded, not only each step of it.
-            async with asyncio.timeout(3 * config.timeout), client:
+            # The whole conversation is bounded, not only each step of it; QUIT is not part of
+            # it: once the message is accepted, a slow goodbye must not make it "deferred".
+            async with asyncio.timeout(3 * config.timeout):
+                await client.connect()
                 errors, response = await client.sendmail(mail_from, [rcpt_to], message)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             refused = exc.recipients[0] if exc.recipients else None
@@ -75,6 +78,12 @@ class SmtpTransport:
                 f"{exc.code} {_short(exc.message)}") from exc
         except (aiosmtplib.SMTPException, OSError, TimeoutError, ssl.SSLError) as exc:
             raise Deferred(f"{type(exc).__name__}: {_short(str(exc))}") from exc
+        finally:
+            if client.is_connected:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(config.timeout):
+                        await client.quit()
+                client.close()
         if errors:
             code, text = next(iter(errors.values()))
             raise (Deferred if 400 <= code < 500 else Rejected)(f"{code} {_short(text)}")
@@ -112,7 +121,10 @@ class FileTransport:
 
     async def send(self, *, mail_from: str, rcpt_to: str, message: bytes, name: str) -> str:
         try:
-            target = await asyncio.to_thread(self._write, name, message)
+            async with asyncio.timeout(60):  # a disk that hangs defers, within the lease
+                target = await asyncio.to_thread(self._write, name, message)
+        except TimeoutError as exc:
+            raise Deferred("writing the file took longer than 60 s") from exc
         except OSError as exc:
             raise Deferred(f"{type(exc).__name__}: {exc.strerror}") from exc
         return f"written {target.name}"

@@ -92,6 +92,8 @@ class Hosting:
     addresses: list[dict[str, Any]] = field(default_factory=list)
     databases: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    #: Once stored: the id of its hosting evidence row.
+    evidence_id: str | None = None
 
     @property
     def failed(self) -> bool:

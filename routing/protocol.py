@@ -17,7 +17,7 @@ Each decision carries its rule id, the facts it used and a one-line explanation.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -39,7 +39,19 @@ class MembershipList:
         self.as_of = as_of
 
     @classmethod
-    def shipped(cls, corrections: Mapping[str, bool] | None = None) -> MembershipList:
+    def shipped(cls, corrections: Mapping[str, bool] | None = None,
+                partners: Iterable[str] = ()) -> MembershipList:
+        """The shipped list; a country with a configured partner hotline counts as a member
+        (the operator knows it is one), unless a correction says otherwise."""
+        listed = cls._shipped(corrections)
+        for code in partners:
+            if not listed.get(code).member and code not in (corrections or {}):
+                listed._countries[code] = Membership(
+                    True, "config", "[routing.hotlines] in config.toml")
+        return listed
+
+    @classmethod
+    def _shipped(cls, corrections: Mapping[str, bool] | None) -> MembershipList:
         data = json.loads(
             (resources.files("routing") / "data" / "inhope.json").read_text("utf-8"))
         countries = {code: Membership(bool(entry["member"]), entry["as_of"], entry["source"],

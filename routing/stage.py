@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
@@ -324,8 +324,9 @@ async def relocate(
         raise PermissionError(f"a case that is {row.status} is located again by a supervisor")
     hosting = await locator.locate(host, fresh=True)
 
+    row = evidence_row(case_id, hosting, trigger)
+
     def file(conn: Connection) -> None:
-        row = evidence_row(case_id, hosting, trigger)
         conn.execute(insert(hosting_evidence).values(**row))
         if actor is not None:
             record(conn, [AuditEntry(actor, "case.relocated", case_id, {
@@ -346,4 +347,4 @@ async def relocate(
 
     await backend.transaction(file)
     log.info("locate.relocated", case_id=str(case_id), status=hosting.status)
-    return hosting
+    return replace(hosting, evidence_id=str(row["id"]))

@@ -14,6 +14,7 @@ from gateway.console import assess as actions
 from gateway.console.web import CONSOLE, json_error, staff_of
 from gateway.store.audit import AuditEntry, record
 from gateway.store.case_view import FLAGS, get_case, get_referral, queue_cases
+from outbound.outbox import NotRetryable, retry_failed
 from routing.stage import relocate
 
 
@@ -211,6 +212,23 @@ async def referral(request: web.Request) -> web.Response:
     return web.json_response(found)
 
 
+async def referral_retry(request: web.Request) -> web.Response:
+    """Supervisors: queue a failed referral again once its cause is fixed."""
+    console = request.app[CONSOLE]
+    staff = staff_of(request)
+    if not staff.supervises:
+        return json_error(403, "only a supervisor can retry a referral")
+    try:
+        referral_id = uuid.UUID(request.match_info["referral_id"])
+        await retry_failed(console.backend, referral_id, actor=staff.name, now=console.now())
+    except (ValueError, NotRetryable):
+        return json_error(409, "no failed referral with this id")
+    console.on_queued()
+    async with console.engine.connect() as conn:
+        found = await get_referral(conn, referral_id)
+    return web.json_response(found)
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/me", me)
     app.router.add_get("/api/v1/cases", cases_list)
@@ -223,3 +241,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/v1/cases/{case_id}/hosting-country", hosting_country)
     app.router.add_post("/api/v1/cases/{case_id}/iccam", iccam)
     app.router.add_get("/api/v1/referrals/{referral_id}", referral)
+    app.router.add_post("/api/v1/referrals/{referral_id}/retry", referral_retry)

@@ -151,6 +151,10 @@ async def assess(
         case = _case(conn, case_id)
         if case.status not in ASSESSABLE:
             raise ActionError(409, f"the case is {case.status}, not awaiting assessment")
+        if case.kind == "no_url" and given.verdict == "illegal":
+            raise ActionError(422, "a report without a URL cannot be referred", {
+                "verdict": "report the URL it names as a case of its own; close this one as "
+                           "legal (doubtful)"})
         pending = given.verdict == "illegal" and four_eyes
         new_status = "closed_legal" if given.verdict == "legal" else "assessed"
         row = {"id": uuid7(), "case_id": case_id, "user_id": staff.id, "verdict": given.verdict,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.config import ConsoleConfig
 from gateway.console.accounts import LoginPolicy, Staff, staff_for_token
 from gateway.console.sessions import Session, SessionStore
+from gateway.listeners import HttpListener
 from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
 from routing.locate import Locator
@@ -69,6 +69,8 @@ class Console:
     hashing: asyncio.Semaphore
     #: Called when a verdict became final or a hold was released: routing can go on.
     on_decided: Callable[[], None] = lambda: None
+    #: Called when a referral was queued again: the outbox can go on.
+    on_queued: Callable[[], None] = lambda: None
 
     def now(self) -> datetime:
         return self.clock()
@@ -218,6 +220,7 @@ def make_console(
     config: ConsoleConfig, backend: WriteBackend, engine: AsyncEngine, locator: Locator, *,
     four_eyes: bool, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     on_decided: Callable[[], None] = lambda: None,
+    on_queued: Callable[[], None] = lambda: None,
 ) -> Console:
     templates, static = load_assets()
     return Console(
@@ -228,33 +231,14 @@ def make_console(
         four_eyes=four_eyes, locator=locator,
         secure_cookies=config.secure_cookies == "always" or config.tls_cert is not None,
         templates=templates, static=static, clock=clock, hashing=asyncio.Semaphore(2),
-        on_decided=on_decided,
+        on_decided=on_decided, on_queued=on_queued,
     )
 
 
-class ConsoleServer:
+class ConsoleServer(HttpListener):
     """The console's listeners (``[console] listen``), HTTPS when a certificate is set."""
 
     def __init__(self, config: ConsoleConfig, console: Console) -> None:
-        self._config = config
+        super().__init__(build_app(console), config.listen, tls_cert=config.tls_cert,
+                         tls_key=config.tls_key)
         self.context = console
-        self._runner = web.AppRunner(build_app(console), access_log=None,
-                                     handle_signals=False)
-        self.addresses: list[tuple[str, int]] = []
-
-    async def start(self) -> None:
-        await self._runner.setup()
-        context = None
-        if self._config.tls_cert is not None and self._config.tls_key is not None:
-            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            context.load_cert_chain(self._config.tls_cert, self._config.tls_key)
-        for host, port in self._config.listen:
-            site = web.TCPSite(self._runner, host, port, ssl_context=context)
-            await site.start()
-            server = site._server
-            assert server is not None
-            for sock in getattr(server, "sockets", ()):
-                self.addresses.append(sock.getsockname()[:2])
-
-    async def stop(self) -> None:
-        await self._runner.cleanup()

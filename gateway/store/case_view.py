@@ -26,7 +26,7 @@ from gateway.store.tables import (
 
 #: Flags the queue shows and filters by.
 FLAGS = ("cdn", "mixed", "unknown", "unresolvable", "reappeared", "no_url", "locate_failed",
-         "pending_approval", "assigned")
+         "pending_approval", "assigned", "referral_failed")
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -90,6 +90,8 @@ def flags(case: dict[str, Any]) -> list[str]:
         found.append("pending_approval")
     if case.get("assigned_to"):
         found.append("assigned")
+    if any(r["status"] == "failed" for r in case.get("referrals") or []):
+        found.append("referral_failed")
     return found
 
 

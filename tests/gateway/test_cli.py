@@ -28,6 +28,8 @@ def write_config(tmp_path: Path, text: str = "") -> Path:
         text += f'\n[locate]\nnameservers = ["127.0.0.1:{free_udp_port()}"]\ntimeout = "500ms"\n'
     if "[console]" not in text:
         text += '\n[console]\nlisten = ["127.0.0.1:0"]\n'
+    if "[http]" not in text:
+        text += '\n[http]\nlisten = ["127.0.0.1:0"]\n'
     path = tmp_path / "config.toml"
     path.write_text(text)
     return path

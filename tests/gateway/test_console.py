@@ -466,3 +466,26 @@ async def test_hostile_api_input_gets_4xx_not_500(start: Start) -> None:
         assert status in (409, 422), (route, body)
     status, _ = await api(gw, "GET", "/api/v1/cases?flag=bogus", token)
     assert status == 422
+
+
+async def test_a_report_without_a_url_cannot_be_found_illegal(start: Start) -> None:
+    """There is nothing to refer: the analyst closes it and reports the URL it names."""
+    gw = await start()
+    await deliver(gw.smtp.addresses[0][1], report("nourl", body="I saw something awful"))
+    backend = gw.console.context.backend
+    await ready_user(backend, "ana")
+    token = await create_token(backend, "ana", now=utcnow())
+    async with asyncio.timeout(20):
+        while True:
+            async with gw.engine.connect() as conn:
+                found = await list_cases(conn, status="awaiting_assessment")
+            if found:
+                break
+            await asyncio.sleep(0.05)
+    path = f"/api/v1/cases/{found[0]['id']}/assessment"
+    status, body = await api(gw, "POST", path, token,
+                             {"verdict": "illegal", "classification": "baseline"})
+    assert status == 422 and "verdict" in body["fields"]
+    status, body = await api(gw, "POST", path, token,
+                             {"verdict": "legal", "classification": "doubtful"})
+    assert status == 200 and body["status"] == "closed_legal"

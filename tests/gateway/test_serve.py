@@ -22,6 +22,8 @@ shutdown_grace = "3s"
 listen = ["127.0.0.1:0"]
 [console]
 listen = ["127.0.0.1:0"]
+[http]
+listen = ["127.0.0.1:0"]
 [locate]
 nameservers = ["127.0.0.1:{free_udp_port()}"]
 """

@@ -174,3 +174,18 @@ async def test_wrong_passphrase_fails_without_output(
     with pytest.raises(GpgError, match="encrypt\\+sign failed") as caught:
         await wrong.encrypt_and_sign(REFERRAL, recipient=fpr, signer=fpr)
     assert not isinstance(caught.value, KeyProblem) and "CF-2026" not in str(caught.value)
+
+
+async def test_a_key_revoked_here_is_refused_at_once_despite_the_check_cache(
+    fast_home: Path, executor: ThreadPoolExecutor
+) -> None:
+    """Checks are reused for a minute, but importing a revocation forgets them."""
+    gpg = Gpg(fast_home, executor=executor)
+    ours = await gpg.generate("Us <us@hotline.test>")
+    theirs = await gpg.generate("Them <them@police.test>")
+    assert (await gpg.encrypt_and_sign(b"one", recipient=theirs, signer=ours)).startswith(
+        b"-----BEGIN PGP MESSAGE-----")
+    certificate = (fast_home / "openpgp-revocs.d" / f"{theirs}.rev").read_text()
+    await gpg.import_keys(certificate.replace(":-----BEGIN", "-----BEGIN").encode())
+    with pytest.raises(KeyProblem, match="revoked"):
+        await gpg.encrypt_and_sign(b"two", recipient=theirs, signer=ours)

@@ -41,6 +41,8 @@ log_format = "json"
 listen = ["127.0.0.1:0"]
 [console]
 listen = ["127.0.0.1:0"]
+[http]
+listen = ["127.0.0.1:0"]
 [locate]
 nameservers = ["{dns.nameserver}"]
 geoip_db = "{mmdb['country']}"

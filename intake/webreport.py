@@ -1,0 +1,116 @@
+"""A report made on the web (the form or the JSON API): validated, stored, normalised.
+
+What is stored is a small JSON document (``hotline-gateway/web-report/v1``) with what the
+reporter typed; the normalise stage reads it back into URLs and text, as it does e-mail.
+Validation returns every problem at once, by field, so that the form and the API can show
+them all; nothing is stored unless the whole report is valid.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from intake.urls import extract_urls
+
+SCHEMA = "hotline-gateway/web-report/v1"
+MAX_URLS = 20
+MAX_URL = 2048
+MAX_DESCRIPTION = 5000
+MAX_SEEN_WHERE = 500
+MAX_EMAIL = 254
+_EMAIL = re.compile(r"[^@\s<>\"(),;:\\\[\]]{1,64}@[^@\s<>\"(),;:\\\[\]]+\.[^@\s<>\"(),;:\\\[\]]+")
+
+
+def _plain(value: str) -> bool:
+    return "\0" not in value and not any("\ud800" <= c <= "\udfff" for c in value)
+
+
+@dataclass(frozen=True, slots=True)
+class WebReport:
+    urls: tuple[str, ...]
+    description: str | None = None
+    seen_where: str | None = None
+    email: str | None = None
+    language: str = "en"
+
+    def to_bytes(self) -> bytes:
+        """The stored form: stable JSON, so the same report gives the same bytes."""
+        document = {"schema": SCHEMA, "urls": list(self.urls), "description": self.description,
+                    "seen_where": self.seen_where,
+                    "reporter": {"email": self.email} if self.email else None,
+                    "language": self.language}
+        return json.dumps(document, sort_keys=True, ensure_ascii=False).encode("utf-8")
+
+
+class Invalid(Exception):
+    """The report cannot be stored; ``fields`` holds a message key per field."""
+
+    def __init__(self, fields: dict[str, str]) -> None:
+        super().__init__(", ".join(f"{k}: {v}" for k, v in fields.items()))
+        self.fields = fields
+
+
+def _text(value: object, field: str, limit: int, errors: dict[str, str]) -> str | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if not isinstance(value, str):
+        errors[field] = "not_text"
+        return None
+    if len(value) > limit or not _plain(value):
+        errors[field] = "too_long" if len(value) > limit else "not_text"
+        return None
+    return value.strip()
+
+
+def validate(urls: object, description: object = None, seen_where: object = None,
+             email: object = None, consent: object = False, language: str = "en") -> WebReport:
+    """A valid report, or ``Invalid`` naming every field that is not (message keys, which the
+    form translates and the API returns as they are)."""
+    errors: dict[str, str] = {}
+    given: list[str] = []
+    if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
+        errors["urls"] = "not_a_list"
+    else:
+        given = [u.strip() for u in urls if u.strip()]
+        if not given:
+            errors["urls"] = "required"
+        elif len(given) > MAX_URLS:
+            errors["urls"] = "too_many"
+        else:
+            for index, url in enumerate(given):
+                if len(url) > MAX_URL or not _plain(url):
+                    errors[f"urls[{index}]"] = "too_long" if len(url) > MAX_URL else "not_url"
+                elif not extract_urls(url, limit=1):
+                    errors[f"urls[{index}]"] = "not_url"
+    text = _text(description, "description", MAX_DESCRIPTION, errors)
+    where = _text(seen_where, "seen_where", MAX_SEEN_WHERE, errors)
+    address = _text(email, "email", MAX_EMAIL, errors)
+    if address is not None and not _EMAIL.fullmatch(address):
+        errors["email"] = "not_email"
+    if address is not None and consent is not True:
+        errors["consent"] = "consent_needed"
+    if errors:
+        raise Invalid(errors)
+    return WebReport(tuple(given), text, where, address, language)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadBack:
+    urls: list[str]
+    text: str | None
+
+
+def read_back(raw: bytes) -> ReadBack:
+    """The stored document back into URL texts and the reporter's words (ValueError if it is
+    not one of ours)."""
+    document: Any = json.loads(raw.decode("utf-8"))
+    if not isinstance(document, dict) or document.get("schema") != SCHEMA:
+        raise ValueError("not a web report")
+    urls = [u for u in document.get("urls") or [] if isinstance(u, str)]
+    parts = [f"{label}: {document[key]}" for key, label in
+             (("seen_where", "Seen on"), ("description", "Description"))
+             if isinstance(document.get(key), str) and document[key]]
+    return ReadBack(urls, "\n\n".join(parts) or None)
