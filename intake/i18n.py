@@ -43,6 +43,11 @@ TEXTS: dict[str, dict[str, str]] = {
         "error.rejected": "This report could not be accepted.",
         "error.unavailable": "We could not store your report just now. Please try again in a "
                              "few minutes.",
+        "error.too_many_reports": "Too many reports from your connection just now. Please wait a "
+                                  "minute and try again.",
+        "error.not_found": "This page does not exist.",
+        "error.too_large": "This is more than the form accepts. Please shorten the description.",
+        "error.malformed": "The form could not be read. Please try again.",
         "language": "Language",
     },
     "nl": {
@@ -84,6 +89,11 @@ TEXTS: dict[str, dict[str, str]] = {
         "error.rejected": "Deze melding kon niet aanvaard worden.",
         "error.unavailable": "We konden je melding nu niet bewaren. Probeer het over enkele "
                              "minuten opnieuw.",
+        "error.too_many_reports": "Te veel meldingen vanaf je verbinding op dit moment. Wacht een "
+                                  "minuut en probeer opnieuw.",
+        "error.not_found": "Deze pagina bestaat niet.",
+        "error.too_large": "Dit is meer dan het formulier aanvaardt. Maak de beschrijving korter.",
+        "error.malformed": "Het formulier kon niet gelezen worden. Probeer opnieuw.",
         "language": "Taal",
     },
     "fr": {
@@ -125,6 +135,12 @@ TEXTS: dict[str, dict[str, str]] = {
         "error.rejected": "Ce signalement n'a pas pu être accepté.",
         "error.unavailable": "Nous n'avons pas pu enregistrer votre signalement pour le moment. "
                              "Réessayez dans quelques minutes.",
+        "error.too_many_reports": "Trop de signalements depuis votre connexion pour le moment. "
+                                  "Attendez une minute et réessayez.",
+        "error.not_found": "Cette page n'existe pas.",
+        "error.too_large": "C'est plus que ce que le formulaire accepte. Raccourcissez la "
+                           "description.",
+        "error.malformed": "Le formulaire n'a pas pu être lu. Réessayez.",
         "language": "Langue",
     },
     "de": {
@@ -166,6 +182,13 @@ TEXTS: dict[str, dict[str, str]] = {
         "error.rejected": "Diese Meldung konnte nicht angenommen werden.",
         "error.unavailable": "Wir konnten Ihre Meldung gerade nicht speichern. Bitte versuchen "
                              "Sie es in ein paar Minuten erneut.",
+        "error.too_many_reports": "Gerade zu viele Meldungen von Ihrer Verbindung. Bitte warten "
+                                  "Sie eine Minute und versuchen Sie es erneut.",
+        "error.not_found": "Diese Seite gibt es nicht.",
+        "error.too_large": "Das ist mehr, als das Formular annimmt. Bitte kürzen Sie die "
+                           "Beschreibung.",
+        "error.malformed": "Das Formular konnte nicht gelesen werden. Bitte versuchen Sie es "
+                           "erneut.",
         "language": "Sprache",
     },
 }

@@ -37,7 +37,7 @@ from gateway.store.tables import submissions
 from intake.cases import ReportedUrl, attach_report
 from intake.mime import MimeError, MimeLimits, parse_message
 from intake.urls import extract_urls
-from intake.webreport import read_back
+from intake.webreport import field_urls, read_back
 
 log = structlog.get_logger("intake.normalise")
 
@@ -104,7 +104,7 @@ def normalise_web(raw: bytes) -> Normalised:
     found: dict[str, ReportedUrl] = {}
     for text in report.urls:
         # Each field holds one URL as the reporter typed it (defanged, wrapped, bare host…).
-        for url in extract_urls(text, limit=1):
+        for url in field_urls(text):
             if url.canonical not in found:
                 found[url.canonical] = ReportedUrl(text, url.url, url.canonical)
     return Normalised(urls=list(found.values()), report_text=report.text)

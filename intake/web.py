@@ -12,7 +12,7 @@ import ipaddress
 import json
 import secrets
 import time
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -103,8 +103,22 @@ class Intake:
         return peer
 
     def render(self, name: str, language: str, code: int = 200, **context: Any) -> web.Response:
+        # Fields without an error (or a value) read as empty in the templates.
+        for key in ("errors", "values"):
+            if key in context:
+                context[key] = defaultdict(str, context[key])
+        # The language links stay on the page they are on (a receipt keeps its reference);
+        # anywhere else they lead to the form.
+        reference = context.get("reference")
+
+        def switch_to(code: str) -> str:
+            if reference:
+                return f"/receipt?ref={reference}&lang={code}"
+            return f"/?lang={code}"
+
         body = self.templates.get_template(name).render(
-            lang=language, t=i18n.TEXTS[language], languages=i18n.NAMES, **context)
+            lang=language, t=i18n.TEXTS[language], languages=i18n.NAMES,
+            switch_to=switch_to, **context)
         return web.Response(text=body, status=code, content_type="text/html", charset="utf-8")
 
 
@@ -143,13 +157,15 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         elif _is_api(request):
             response = _api_error(exc.status, exc.reason)
         else:
+            message = {404: "not_found", 405: "not_found", 413: "too_large",
+                       400: "malformed"}.get(exc.status, exc.reason)
             response = intake.render("error.html", _language(request), code=exc.status,
-                                     message=exc.reason)
+                                     message=message)
     except Exception as exc:  # a bug: the reporter sees an error page, the log the type
         log.error("web.request_failed", error_type=type(exc).__name__)
         response = (_api_error(500, "internal error") if _is_api(request) else
                     intake.render("error.html", _language(request), code=500,
-                                  message="Internal error"))
+                                  message="unavailable"))
     for name, value in HEADERS.items():
         response.headers.setdefault(name, value)
     if intake.tls:
@@ -200,7 +216,7 @@ async def submit_form(request: web.Request) -> web.StreamResponse:
     form_id = fields.get("form_id") or secrets.token_urlsafe(16)
     if not intake.limiter.allow(intake.client(request)):
         response = intake.render("error.html", language, code=429,
-                                 message="Too many reports")
+                                 message="too_many_reports")
         response.headers["Retry-After"] = "60"
         return response
     if fields.get("website"):  # the honeypot: people never see it, bots fill it in
@@ -278,11 +294,14 @@ async def api_report(request: web.Request) -> web.Response:
     given = document.get("language")
     language = given if isinstance(given, str) and given in i18n.LANGUAGES else "en"
     try:
-        if unknown:
-            raise Invalid({key: "unknown_field" for key in unknown})
+        problems = {key: "unknown_field" for key in unknown}
+        if given is not None and language != given:
+            problems["language"] = "not_a_language"
+        if problems:
+            raise Invalid(problems)
         report = validate(document.get("urls"), document.get("description"),
                           document.get("seen_where"), email, consent=consent is True,
-                          language=language)
+                          language=language, blank_urls=False)
     except Invalid as exc:
         return _api_error(422, "invalid report", exc.fields)
     key = request.headers.get("Idempotency-Key")

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from intake.urls import extract_urls
+from intake.urls import FoundUrl, extract_urls
 
 SCHEMA = "hotline-gateway/web-report/v1"
 MAX_URLS = 20
@@ -26,6 +26,18 @@ _EMAIL = re.compile(r"[^@\s<>\"(),;:\\\[\]]{1,64}@[^@\s<>\"(),;:\\\[\]]+\.[^@\s<
 
 def _plain(value: str) -> bool:
     return "\0" not in value and not any("\ud800" <= c <= "\udfff" for c in value)
+
+
+def field_urls(text: str) -> list[FoundUrl]:
+    """The URL in a field meant for one: as free text would find it, or, when that finds
+    nothing (a bare host whose suffix free text does not trust, say), with http:// before
+    it."""
+    found = extract_urls(text, limit=1)
+    candidate = text.strip()
+    if not found and "://" not in candidate and not any(c.isspace() for c in candidate):
+        prefixed = "http://" + candidate
+        found = [u for u in extract_urls(prefixed, limit=1) if u.text == prefixed]
+    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +78,8 @@ def _text(value: object, field: str, limit: int, errors: dict[str, str]) -> str 
 
 
 def validate(urls: object, description: object = None, seen_where: object = None,
-             email: object = None, consent: object = False, language: str = "en") -> WebReport:
+             email: object = None, consent: object = False, language: str = "en", *,
+             blank_urls: bool = True) -> WebReport:
     """A valid report, or ``Invalid`` naming every field that is not (message keys, which the
     form translates and the API returns as they are)."""
     errors: dict[str, str] = {}
@@ -75,7 +88,10 @@ def validate(urls: object, description: object = None, seen_where: object = None
         errors["urls"] = "not_a_list"
     else:
         given = [u.strip() for u in urls if u.strip()]
-        if not given:
+        blanks = [index for index, url in enumerate(urls) if not url.strip()]
+        if blanks and not blank_urls:  # the API: every entry is a URL (the form skips blanks)
+            errors.update({f"urls[{index}]": "required" for index in blanks})
+        elif not given:
             errors["urls"] = "required"
         elif len(given) > MAX_URLS:
             errors["urls"] = "too_many"
@@ -83,7 +99,7 @@ def validate(urls: object, description: object = None, seen_where: object = None
             for index, url in enumerate(given):
                 if len(url) > MAX_URL or not _plain(url):
                     errors[f"urls[{index}]"] = "too_long" if len(url) > MAX_URL else "not_url"
-                elif not extract_urls(url, limit=1):
+                elif not field_urls(url):
                     errors[f"urls[{index}]"] = "not_url"
     text = _text(description, "description", MAX_DESCRIPTION, errors)
     where = _text(seen_where, "seen_where", MAX_SEEN_WHERE, errors)

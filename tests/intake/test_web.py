@@ -1,0 +1,312 @@
+"""The public listener over real HTTP: the report API, the form, limits and headers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jsonschema
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import func, select
+
+from gateway.app import Gateway
+from gateway.store.case_view import list_cases
+from gateway.store.tables import submissions
+from intake.openapi import openapi_document
+from intake.web import wkd_hash
+from outbound.gpg import Gpg
+from tests.conftest import Start
+
+
+def origin(gw: Gateway) -> str:
+    host, port = gw.public.addresses[0]
+    return f"http://{host}:{port}"
+
+
+async def post(gw: Gateway, path: str, *, json_body: Any = None, data: Any = None,
+               headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], str]:
+    async with aiohttp.ClientSession() as http, http.post(
+            origin(gw) + path, json=json_body, data=data, headers=headers,
+            allow_redirects=False) as response:
+        return response.status, dict(response.headers), await response.text()
+
+
+async def stored(gw: Gateway) -> int:
+    async with gw.engine.connect() as conn:
+        return int((await conn.execute(select(func.count()).select_from(submissions)))
+                   .scalar_one())
+
+
+async def test_a_report_by_api_is_stored_then_normalised(start: Start) -> None:
+    """201 with the reference once committed; the URLs become cases like e-mailed ones."""
+    gw = await start()
+    status, _, body = await post(gw, "/api/v1/reports", json_body={
+        "urls": ["hxxp://bad[.]example.test/a", "www.example.test/b"],
+        "description": "seen in a <b>forum</b>", "reporter": {"email": "me@example.org"}})
+    assert status == 201
+    reference = json.loads(body)["reference"]
+    assert reference.startswith("CF-")
+    async with asyncio.timeout(20):
+        while True:
+            async with gw.engine.connect() as conn:
+                found = await list_cases(conn)
+            if len(found) == 2:
+                break
+            await asyncio.sleep(0.05)
+    assert {c["canonical_url"] for c in found} == {"http://bad.example.test/a",
+                                                   "http://www.example.test/b"}
+    assert all(c["references"] == [reference] for c in found)
+    async with gw.engine.connect() as conn:
+        row = (await conn.execute(select(submissions.c.channel, submissions.c.peer_ip,
+                                         submissions.c.report_text))).one()
+    assert row.channel == "api" and row.peer_ip is None  # addresses kept only if asked
+    assert "seen in a <b>forum</b>" in row.report_text
+
+
+async def test_api_errors_store_nothing(start: Start) -> None:
+    """400 malformed, 422 with field names, 413 too large: nothing stored for any."""
+    gw = await start(http={"listen": ["127.0.0.1:0"], "max_body_bytes": 4096,
+                           "reports_per_minute": 1000})
+    cases: list[tuple[Any, int, set[str]]] = [
+        ({"urls": []}, 422, {"urls"}),
+        ({"urls": ["not a url at all"]}, 422, {"urls[0]"}),
+        ({"urls": ["example.test"] * 21}, 422, {"urls"}),
+        ({"urls": "example.test"}, 422, {"urls"}),
+        ({"urls": ["example.test/x"], "reporter": {"email": "nope"}}, 422, {"email"}),
+        ({"urls": ["example.test/x"], "reporter": {"email": "a@b.test", "consent": False}},
+         422, {"consent"}),
+        ({"urls": ["example.test/x"], "colour": "red"}, 422, {"colour"}),
+        ({"urls": ["example.test/x"], "description": "\ud800"}, 422, {"description"}),
+        ([1, 2], 400, set()),
+    ]
+    for body, code, fields in cases:
+        raw = json.dumps(body).encode()
+        status, _, text = await post(gw, "/api/v1/reports", data=raw,
+                                     headers={"Content-Type": "application/json"})
+        assert status == code, (body, text)
+        if fields:
+            assert set(json.loads(text)["fields"]) == fields, (body, text)
+    for raw, headers in ((b"{not json", {"Content-Type": "application/json"}),
+                         (b"[" * 3000, {"Content-Type": "application/json"}),
+                         (b'{"urls": ["x.test"]}', {"Content-Type": "text/plain"})):
+        assert (await post(gw, "/api/v1/reports", data=raw, headers=headers))[0] == 400
+    big = json.dumps({"urls": ["example.test/x"], "description": "x" * 5000}).encode()
+    status, _, text = await post(gw, "/api/v1/reports", data=big,
+                                 headers={"Content-Type": "application/json"})
+    assert status == 413 and "error" in json.loads(text)
+
+    async def chunks() -> Any:  # no Content-Length: refused while it is read
+        for _ in range(10):
+            yield b" " * 1000
+
+    status, _, _ = await post(gw, "/api/v1/reports", data=chunks(),
+                              headers={"Content-Type": "application/json"})
+    assert status == 413
+    assert await stored(gw) == 0
+
+
+async def test_the_same_idempotency_key_stores_once(start: Start) -> None:
+    gw = await start()
+    body = {"urls": ["example.test/once"]}
+    answers = [await post(gw, "/api/v1/reports", json_body=body,
+                          headers={"Idempotency-Key": "abc-123"}) for _ in range(3)]
+    assert {json.loads(text)["reference"] for _, _, text in answers} and all(
+        code == 201 for code, _, _ in answers)
+    assert len({json.loads(text)["reference"] for _, _, text in answers}) == 1
+    assert await stored(gw) == 1
+
+
+async def test_a_burst_from_one_client_is_throttled_while_another_is_served(
+    start: Start
+) -> None:
+    """Behind a trusted proxy, clients are told apart by X-Forwarded-For."""
+    gw = await start(http={"listen": ["127.0.0.1:0"], "reports_per_minute": 3,
+                           "trusted_proxies": ["127.0.0.0/8"]})
+    body = {"urls": ["example.test/burst"]}
+    burst = [await post(gw, "/api/v1/reports", json_body=body,
+                        headers={"X-Forwarded-For": "198.51.100.7"}) for _ in range(5)]
+    assert [code for code, _, _ in burst] == [201, 201, 201, 429, 429]
+    assert burst[3][1]["Retry-After"] == "60"
+    other = await post(gw, "/api/v1/reports", json_body=body,
+                       headers={"X-Forwarded-For": "203.0.113.9"})
+    assert other[0] == 201
+
+
+async def test_a_client_cannot_pick_its_own_address(start: Start) -> None:
+    """Without a trusted proxy, X-Forwarded-For is ignored: the burst is still one client."""
+    gw = await start(http={"listen": ["127.0.0.1:0"], "reports_per_minute": 2})
+    body = {"urls": ["example.test/burst"]}
+    spoofed = [await post(gw, "/api/v1/reports", json_body=body,
+                          headers={"X-Forwarded-For": f"192.0.2.{n}"}) for n in range(3)]
+    assert [code for code, _, _ in spoofed] == [201, 201, 429]
+
+
+async def test_the_form_posts_through_the_durable_writer(start: Start) -> None:
+    """303 to the receipt only after the commit; the same form sent twice is one report."""
+    gw = await start()
+    form = {"form_id": "f-1", "lang": "fr", "urls": "hxxp://example[.]test/form\r\n",
+            "seen_where": "un chat", "description": "", "email": "", "website": ""}
+    status, headers, _ = await post(gw, "/report", data=form)
+    assert status == 303 and headers["Location"].startswith("/receipt?ref=CF-")
+    again = await post(gw, "/report", data=form)
+    assert again[1]["Location"] == headers["Location"]  # a double click: the same report
+    assert await stored(gw) == 1
+    async with aiohttp.ClientSession() as http, http.get(
+            origin(gw) + headers["Location"]) as response:
+        page = await response.text()
+    reference = headers["Location"].split("ref=")[1].split("&")[0]
+    assert response.status == 200 and reference in page and 'lang="fr"' in page
+
+
+async def test_form_errors_and_the_honeypot_store_nothing(start: Start) -> None:
+    gw = await start()
+    base = {"form_id": "f-2", "lang": "en", "urls": "", "seen_where": "", "description": "",
+            "email": "", "website": ""}
+    status, _, page = await post(gw, "/report", data=base)
+    assert status == 422 and "Give at least one web address." in page
+    status, _, page = await post(gw, "/report", data={**base, "urls": "example.test/x",
+                                                      "email": "me@example.org"})
+    assert status == 422 and 'id="consent"' in page and "Tick the box" in page
+    assert "example.test/x" in page  # what was typed is kept
+    status, _, page = await post(gw, "/report", data={**base, "urls": "example.test/x",
+                                                      "website": "http://spam.test"})
+    assert status == 400 and "could not be accepted" in page
+    status, _, _ = await post(gw, "/report", data=b"\xff\xfe",
+                              headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 400
+    assert await stored(gw) == 0
+
+
+@pytest.mark.parametrize(("accept", "expected"), [
+    ("nl-BE,nl;q=0.9,en;q=0.5", "nl"), ("de-DE", "de"), ("fr;q=0.3, de;q=0.7", "de"),
+    ("es, it", "en"), ("", "en")])
+async def test_the_language_follows_accept_language(
+    start: Start, accept: str, expected: str
+) -> None:
+    gw = await start()
+    async with aiohttp.ClientSession() as http, http.get(
+            origin(gw) + "/", headers={"Accept-Language": accept}) as response:
+        page = await response.text()
+    assert f'<html lang="{expected}">' in page
+
+
+async def test_headers_and_no_staff_surface_here(start: Start) -> None:
+    gw = await start()
+    async with aiohttp.ClientSession() as http:
+        async with http.get(origin(gw) + "/") as response:
+            csp = response.headers["Content-Security-Policy"]
+            assert "default-src 'none'" in csp and "script-src" not in csp
+            assert response.headers["X-Frame-Options"] == "DENY"
+            assert "Strict-Transport-Security" not in response.headers  # no TLS here
+        for path in ("/login", "/api/v1/cases", "/api/v1/me", "/cases/x", "/metrics"):
+            async with http.get(origin(gw) + path) as response:
+                assert response.status == 404, path
+
+
+async def test_the_openapi_document_describes_the_handler(start: Start) -> None:
+    """The served document is the one in the code, and its request schema is valid."""
+    gw = await start()
+    async with aiohttp.ClientSession() as http, http.get(
+            origin(gw) + "/api/v1/openapi.json") as response:
+        served = await response.json()
+    assert served == openapi_document() and served["openapi"] == "3.1.0"
+    jsonschema.Draft202012Validator.check_schema(served["components"]["schemas"]["Report"])
+    assert set(served["paths"]["/api/v1/reports"]["post"]["responses"]) == {
+        "201", "400", "413", "422", "429", "503"}
+
+
+REPORT = openapi_document()["components"]["schemas"]["Report"]
+URLISH = st.sampled_from(["example.test/a", "hxxp://x[.]test/b", "www.y.test", "nonsense",
+                          "", "ftp://z.test/c"])
+BODIES = st.fixed_dictionaries(
+    {"urls": st.one_of(st.lists(URLISH, max_size=22), st.text(max_size=5), st.none())},
+    optional={"description": st.one_of(st.text(max_size=30), st.none(), st.integers()),
+              "seen_where": st.one_of(st.text(max_size=30), st.none()),
+              "reporter": st.one_of(st.none(), st.fixed_dictionaries(
+                  {}, optional={"email": st.sampled_from(["a@b.test", "bad", None]),
+                                "consent": st.booleans()})),
+              "language": st.sampled_from(["nl", "fr", "xx"]),
+              "extra": st.integers()})
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(bodies=st.lists(BODIES, min_size=1, max_size=8))
+def test_the_handler_agrees_with_the_schema(
+    bodies: list[dict[str, Any]], make_config: Any, tmp_path: Path
+) -> None:
+    """Whatever the schema refuses, the handler refuses (422); what it answers 201 to, the
+    schema accepts."""
+    from tests.conftest import serving
+
+    async def check() -> None:
+        config = make_config(http={"listen": ["127.0.0.1:0"], "reports_per_minute": 1000})
+        async with serving(config) as gw:
+            for body in bodies:
+                status, _, text = await post(gw, "/api/v1/reports", json_body=body)
+                valid = jsonschema.Draft202012Validator(REPORT).is_valid(body)
+                assert status in (201, 422), text
+                if not valid:
+                    assert status == 422, (body, text)
+                if status == 201:
+                    assert valid, body
+
+    asyncio.run(check())
+
+
+async def test_the_web_key_directory_serves_the_intake_key(
+    start: Start, tmp_path: Path
+) -> None:
+    """A reporter's mail client finds the key for report@hotline.test by the direct method."""
+    home = tmp_path / "gnupg"
+    with ThreadPoolExecutor(1) as pool:
+        made = Gpg(home, executor=pool)
+        fingerprint = await made.generate("Hotline intake <report@hotline.test>")
+    try:
+        gw = await start(gpg={"home": str(home), "signing_key": fingerprint})
+        url = f"{origin(gw)}/.well-known/openpgpkey/hu/{wkd_hash('report')}"
+        async with aiohttp.ClientSession() as http:
+            async with http.get(url) as response:
+                key = await response.read()
+                assert response.status == 200
+            async with http.get(f"{origin(gw)}/.well-known/openpgpkey/hu/"
+                                f"{wkd_hash('someone')}") as response:
+                assert response.status == 404
+        assert key[:1] != b"-" and len(key) > 100  # binary, not armoured
+        assert wkd_hash("Joe.Doe") == "iy9q119eutrkn8s1mk4r39qejnbu3n5q"  # RFC draft example
+    finally:
+        import subprocess
+
+        subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], check=False)
+
+
+def test_every_language_has_every_text() -> None:
+    from intake.i18n import TEXTS
+
+    for language, texts in TEXTS.items():
+        assert set(texts) == set(TEXTS["en"]), language
+        assert all(value.strip() for value in texts.values()), language
+
+
+async def test_language_links_stay_useful_after_an_error_and_on_the_receipt(
+    start: Start
+) -> None:
+    """From the error page the links lead back to the form; from the receipt they keep the
+    reference."""
+    gw = await start()
+    base = {"form_id": "f-3", "lang": "nl", "urls": "", "seen_where": "", "description": "",
+            "email": "", "website": ""}
+    _, _, page = await post(gw, "/report", data=base)
+    assert 'href="/?lang=fr"' in page and 'href="?lang' not in page
+    _, headers, _ = await post(gw, "/report", data={**base, "urls": "example.com/z"})
+    async with aiohttp.ClientSession() as http, http.get(
+            origin(gw) + headers["Location"]) as response:
+        receipt = await response.text()
+    reference = headers["Location"].split("ref=")[1].split("&")[0]
+    assert f'href="/receipt?ref={reference}&amp;lang=de"' in receipt
