@@ -158,6 +158,7 @@ def make_normaliser(
     executor: Executor | None,
     *,
     intake_busy: Callable[[], bool] = lambda: False,
+    gpg: Gpg | None = None,
 ) -> NormaliseStage:
     return NormaliseStage(
         backend,
@@ -165,6 +166,8 @@ def make_normaliser(
         worker=_worker_name(),
         legal_window=timedelta(days=config.intake.legal_window_days),
         intake_busy=intake_busy,
+        # Reports encrypted to the hotline's key are decrypted (in the executor) when read.
+        decrypt=gpg.decrypt_blocking if gpg is not None else None,
     )
 
 
@@ -176,7 +179,7 @@ async def normalise(
     engine = await open_engine(config.database)
     backend = await open_write_backend(engine, busy_timeout=config.database.busy_timeout)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="normalise")
-    stage = make_normaliser(config, backend, executor)
+    stage = make_normaliser(config, backend, executor, gpg=await make_gpg(config, executor))
     try:
         if once:
             while await stage.run_once():
@@ -216,13 +219,14 @@ async def running(
         backend = await open_write_backend(engine, busy_timeout=config.database.busy_timeout)
         references = ReferenceAllocator(config.gateway.reference_prefix)
         writer = SubmissionWriter(backend, references, batch_max=config.database.batch_max)
-        normaliser = make_normaliser(config, backend, executor, intake_busy=writer.busy)
+        gpg = await make_gpg(config, gpg_executor)
+        normaliser = make_normaliser(config, backend, executor, intake_busy=writer.busy,
+                                     gpg=gpg)
         if config.intake.normalise == "serve":
             writer.on_commit = normaliser.wake
         locator = await make_locator(config)
         locate = make_locate_stage(config, backend, locator)
         normaliser.on_filed = locate.wake
-        gpg = await make_gpg(config, gpg_executor)
         outbox = OutboxWorker(
             backend, make_transport(config.outbound), worker=_worker_name(),
             max_attempt_age=timedelta(seconds=config.outbound.max_attempt_age),

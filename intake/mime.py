@@ -169,6 +169,10 @@ class _Walk:
         content_type = headers.get_content_type()
         body = raw[body_start:]
         try:
+            if content_type == "multipart/encrypted":
+                # PGP/MIME (RFC 3156): the ciphertext is the message, not an attachment. It is
+                # kept whole; the normalise stage decrypts it when the key is ours.
+                return None
             if content_type.startswith("multipart/"):
                 spans = self.multipart_spans(headers, body)
                 if spans is not None:

@@ -35,6 +35,7 @@ from gateway.store.backend import WriteBackend
 from gateway.store.errors import retryable
 from gateway.store.tables import submissions
 from intake.cases import ReportedUrl, attach_report
+from intake.encrypted import Decrypt, NotForUs, decrypted_message
 from intake.mime import MimeError, MimeLimits, parse_message
 from intake.urls import extract_urls
 from intake.webreport import field_urls, read_back
@@ -63,8 +64,19 @@ class Normalised:
 _LIMITS = MimeLimits()
 
 
-def normalise_message(raw: bytes, limits: MimeLimits = _LIMITS) -> Normalised:
-    """Parse an e-mailed report; never raises (a failure is returned as ``error``)."""
+def normalise_message(raw: bytes, limits: MimeLimits = _LIMITS,
+                      decrypt: Decrypt | None = None) -> Normalised:
+    """Parse an e-mailed report (decrypting it first when it is encrypted to us and
+    ``decrypt`` is given); never raises (a failure is returned as ``error``)."""
+    if decrypt is not None:
+        try:
+            inner = decrypted_message(raw, decrypt)
+        except NotForUs as exc:
+            return Normalised(error=f"pgp: cannot decrypt ({exc})")
+        except Exception as exc:
+            return Normalised(error=f"pgp: {type(exc).__name__}")
+        if inner is not None:
+            raw = inner
     try:
         message = parse_message(raw, limits)
     except MimeError as exc:
@@ -110,18 +122,19 @@ def normalise_web(raw: bytes) -> Normalised:
     return Normalised(urls=list(found.values()), report_text=report.text)
 
 
-def _normalise(claimed: _Claimed) -> Normalised:
+def _normalise(claimed: _Claimed, decrypt: Decrypt | None = None) -> Normalised:
     if claimed.raw is None:
         return Normalised(error="raw message no longer stored")
     if claimed.channel == "smtp":
-        return normalise_message(claimed.raw)
+        return normalise_message(claimed.raw, decrypt=decrypt)
     if claimed.channel in ("web", "api"):
         return normalise_web(claimed.raw)
     return Normalised(error=f"no normaliser for channel {claimed.channel!r}")
 
 
-def _normalise_all(batch: Sequence[_Claimed]) -> list[Normalised]:
-    return [_normalise(claimed) for claimed in batch]
+def _normalise_all(batch: Sequence[_Claimed], decrypt: Decrypt | None = None
+                   ) -> list[Normalised]:
+    return [_normalise(claimed, decrypt) for claimed in batch]
 
 
 class NormaliseStage:
@@ -140,9 +153,12 @@ class NormaliseStage:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         intake_busy: Callable[[], bool] = lambda: False,
         max_defer: float = 1.0,
+        decrypt: Decrypt | None = None,
     ) -> None:
         self._backend = backend
         self._executor = executor
+        #: Decrypts reports encrypted to the hotline (runs in the executor, blocking).
+        self._decrypt = decrypt
         self._worker = worker
         self._legal_window = legal_window
         self._batch_size = batch_size
@@ -223,7 +239,8 @@ class NormaliseStage:
             return 0
         loop = asyncio.get_running_loop()
         # One executor call per batch: each hand-off between threads costs a GIL switch.
-        results = await loop.run_in_executor(self._executor, _normalise_all, claimed)
+        results = await loop.run_in_executor(
+            self._executor, partial(_normalise_all, claimed, self._decrypt))
         # Short transactions of a few submissions each: intake's commits interleave with them
         # instead of waiting behind a whole batch (they share the database's one writer),
         # and each sync still covers several submissions.

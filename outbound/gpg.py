@@ -231,6 +231,15 @@ class Gpg:
             return exc.problems
         return []
 
+    def decrypt_blocking(self, data: bytes) -> bytes:
+        """Decrypt a message encrypted to one of our secret keys. Blocking: call it from a
+        worker thread (the normalise stage's executor)."""
+        result = self._handle().decrypt(data, passphrase=self._passphrase)
+        if not (result.ok and result.returncode == 0):
+            raise GpgError(f"cannot decrypt: {result.status or 'no secret key'}")
+        plaintext: bytes = result.data
+        return plaintext
+
     def forget_checks(self) -> None:
         """Check every key afresh next time (after an import, say)."""
         with self._cache_lock:

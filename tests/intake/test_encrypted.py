@@ -1,0 +1,118 @@
+"""Reports encrypted to the hotline's key are decrypted when normalised."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+
+import gnupg  # type: ignore[import-untyped]
+import pytest
+from sqlalchemy import select
+
+from gateway.app import Gateway
+from gateway.store.case_view import list_cases
+from gateway.store.tables import submissions
+from outbound.gpg import Gpg
+from outbound.pgpmime import encrypted_message
+from tests.conftest import Start
+from tests.smtp_client import deliver
+
+
+def kill_agent(home: Path) -> None:
+    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], check=False)
+
+
+@pytest.fixture
+def homes(tmp_path: Path) -> Iterator[tuple[Path, str, Path]]:
+    """The hotline's home (a key for report@hotline.test), and a stranger's home."""
+    ours, theirs = tmp_path / "hotline", tmp_path / "stranger"
+    with ThreadPoolExecutor(1) as pool:
+        async def make() -> tuple[str, str]:
+            first = await Gpg(ours, executor=pool).generate("Intake <report@hotline.test>")
+            second = await Gpg(theirs, executor=pool).generate("Other <other@x.test>")
+            return first, second
+
+        fingerprint, _ = asyncio.run(make())
+    yield ours, fingerprint, theirs
+    kill_agent(ours)
+    kill_agent(theirs)
+
+
+@pytest.fixture
+async def gateway(start: Start, homes: tuple[Path, str, Path]) -> AsyncIterator[Gateway]:
+    home, fingerprint, _ = homes
+    yield await start(gpg={"home": str(home), "signing_key": fingerprint})
+
+
+def encrypt(home: Path, fingerprint: str | None, text: bytes) -> bytes:
+    """What a reporter's mail client sends: encrypted to the key (``None``: the only one)."""
+    client = gnupg.GPG(gnupghome=str(home))
+    recipient = fingerprint or client.list_keys()[0]["fingerprint"]
+    result = client.encrypt(text, recipient, always_trust=True, armor=True)
+    assert result.ok, result.status
+    data: bytes = result.data
+    return data
+
+
+async def filed(gw: Gateway, fragment: str) -> list[str]:
+    async with asyncio.timeout(20):
+        while True:
+            async with gw.engine.connect() as conn:
+                found = [c["canonical_url"] for c in await list_cases(conn)
+                         if fragment in (c["canonical_url"] or "")]
+            if found:
+                return found
+            await asyncio.sleep(0.05)
+
+
+async def test_pgp_mime_reports_are_decrypted_and_filed(
+    gateway: Gateway, homes: tuple[Path, str, Path]
+) -> None:
+    home, fingerprint, _ = homes
+    inner = (b"Content-Type: text/plain; charset=utf-8\r\n\r\n"
+             b"I found this: hxxp://secret[.]example.com/pgp-mime\r\n")
+    armored = await asyncio.to_thread(encrypt, home, fingerprint, inner)
+    raw = encrypted_message(armored, from_address="someone@example.org",
+                            to_address="report@hotline.test", reference="x",
+                            msg_id="<pgp-1@example.org>", date=datetime.now(UTC))
+    code, _ = await deliver(gateway.smtp.addresses[0][1], raw)
+    assert code == 250
+    assert await filed(gateway, "pgp-mime") == ["http://secret.example.com/pgp-mime"]
+    async with gateway.engine.connect() as conn:
+        stored = (await conn.execute(select(submissions.c.raw))).scalar_one()
+    assert b"secret" not in stored  # what was received stays stored as it was: encrypted
+
+
+async def test_inline_pgp_reports_are_decrypted_too(
+    gateway: Gateway, homes: tuple[Path, str, Path]
+) -> None:
+    home, fingerprint, _ = homes
+    armored = await asyncio.to_thread(encrypt, home, fingerprint,
+                                      b"see www.example.com/inline-pgp please")
+    raw = (b"From: a@example.org\r\nTo: report@hotline.test\r\nSubject: hi\r\n"
+           b"Message-ID: <pgp-2@example.org>\r\n\r\n" + armored)
+    assert (await deliver(gateway.smtp.addresses[0][1], raw))[0] == 250
+    assert await filed(gateway, "inline-pgp") == ["http://www.example.com/inline-pgp"]
+
+
+async def test_a_report_encrypted_to_another_key_is_marked_not_dropped(
+    gateway: Gateway, homes: tuple[Path, str, Path]
+) -> None:
+    _, _, stranger = homes
+    armored = await asyncio.to_thread(encrypt, stranger, None, b"www.example.com/lost")
+    raw = (b"From: a@example.org\r\nTo: report@hotline.test\r\nSubject: hi\r\n"
+           b"Message-ID: <pgp-3@example.org>\r\n\r\n" + armored)
+    assert (await deliver(gateway.smtp.addresses[0][1], raw))[0] == 250
+    async with asyncio.timeout(20):
+        while True:
+            async with gateway.engine.connect() as conn:
+                row = (await conn.execute(select(submissions.c.status,
+                                                 submissions.c.parse_error))).one()
+            if row.status != "received":
+                break
+            await asyncio.sleep(0.05)
+    assert row.status == "parse_failed" and row.parse_error.startswith("pgp: cannot decrypt")
