@@ -92,6 +92,9 @@ listen = ["127.0.0.1:0"]
 trusted_proxies = ["127.0.0.1/32"]
 reports_per_minute = 10000
 max_body_bytes = 65536
+
+[admin]
+listen = ["127.0.0.1:0"]
 """
 
 

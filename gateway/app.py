@@ -16,15 +16,21 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.config import Config
+from gateway import logs
+from gateway.admin import Admin, AdminServer
+from gateway.config import Config, ConfigError, file_problems
 from gateway.console.web import ConsoleServer, make_console
+from gateway.listeners import HttpListener
+from gateway.metrics import Metrics
 from gateway.notify import Notifier
+from gateway.retention import purge
+from gateway.stats import collect_stats
 from gateway.store import migrate
 from gateway.store.backend import WriteBackend, open_write_backend
 from gateway.store.engine import open_engine
@@ -60,10 +66,41 @@ class Gateway:
     locate: LocateStage
     console: ConsoleServer
     public: PublicServer
+    admin: AdminServer
     refer: ReferStage
     outbox: OutboxWorker
+    keywatch: KeyWatch
+    gpg: Gpg
     #: Set with a reason when an owned task dies: the daemon cannot go on serving.
     failed: asyncio.Future[str]
+
+
+#: What a reload (SIGHUP) applies; every other section needs a restart.
+RELOADABLE = ("routing", "locate", "gpg", "gateway.log_level", "gateway.log_format",
+              "gateway.hotline_name", "outbound")
+
+
+def reload(gateway: Gateway, new: Config) -> list[str]:
+    """Apply what can change while serving (routing destinations and membership, keys,
+    locate overrides and CDNs, the log level), without closing any connection; the sections
+    that differ but need a restart, by name."""
+    old = gateway.config
+    logs.configure(new.gateway.log_level, new.gateway.log_format)
+    gateway.refer.reconfigure(new, MembershipList.shipped(new.routing.membership,
+                                                          new.routing.hotlines))
+    gateway.locator.reconfigure(Overrides(new.locate.override), new.locate.cdn_asns)
+    gateway.keywatch.reconfigure(pinned_keys(new), new.gpg.warn_days)
+    gateway.gpg.forget_checks()  # keys may have been imported or revoked
+    gateway.config = new
+    needs_restart = [name for name in ("database", "smtp", "http", "console", "admin",
+                                       "intake", "assessment", "retention")
+                     if getattr(old, name) != getattr(new, name)]
+    needs_restart += [f"gateway.{key}" for key in ("home_country", "data_dir",
+                                                   "reference_prefix", "shutdown_grace")
+                      if getattr(old.gateway, key) != getattr(new.gateway, key)]
+    if old.gpg.home != new.gpg.home or old.gpg.passphrase_file != new.gpg.passphrase_file:
+        needs_restart.append("gpg.home/passphrase_file")
+    return needs_restart
 
 
 def _watch(task: asyncio.Task[None], failed: asyncio.Future[str]) -> None:
@@ -130,6 +167,22 @@ def pinned_keys(config: Config) -> list[Pinned]:
     for country, destination in config.routing.hotlines.items():
         keys.append((f"routing.hotlines.{country}", destination.key, "encrypt"))
     return keys
+
+
+async def _daily_retention(config: Config, backend: WriteBackend, stop: asyncio.Event) -> None:
+    """Apply [retention] shortly after start, then every day."""
+    delay = 60.0
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        if stop.is_set():
+            return
+        try:
+            await purge(backend, config.retention, now=datetime.now(UTC))
+            delay = 86400.0
+        except Exception as exc:  # the database is away: try again in an hour, say so
+            log.error("retention.failed", error_type=type(exc).__name__)
+            delay = 3600.0
 
 
 async def make_gpg(config: Config, executor: Executor) -> Gpg:
@@ -266,21 +319,39 @@ async def running(
         _watch(outbox_task, failed)
         keywatch_task = asyncio.create_task(keywatch.run(), name="keywatch")
         _watch(keywatch_task, failed)
+        retention_stop = asyncio.Event()
+        retention_task = asyncio.create_task(
+            _daily_retention(config, backend, retention_stop), name="retention")
+        _watch(retention_task, failed)
         public = PublicServer(config.http, make_intake(
             config.http, writer, keep_peer_ip=config.intake.keep_reporter_ip,
             wkd=await wkd_keys(config, gpg)))
+        metrics = Metrics()
+        writer.observer = metrics
+        addresses: dict[str, SmtpServer | HttpListener] = {"smtp": smtp, "http": public}
         console = ConsoleServer(config.console, make_console(
             config.console, backend, engine, locator, four_eyes=config.assessment.four_eyes,
             on_decided=refer.wake, on_queued=outbox.wake))
+        addresses["console"] = console
+        admin = AdminServer(config.admin, Admin(
+            engine=engine, backend=backend, metrics=metrics, keys=lambda: keywatch.last,
+            listeners=lambda: [(name, server.addresses) for name, server in addresses.items()],
+            max_outbox_age=config.outbound.max_attempt_age,
+            counters=lambda: {"locate_failures": locate.failed, "locate_located": locate.located,
+                              "referrals_sent": outbox.sent, "referrals_deferred": outbox.deferred,
+                              "referrals_failed": outbox.failed,
+                              "normalise_parse_failed": normaliser.failed}))
         try:
             await smtp.start()
             await public.start()
             await console.start()
+            await admin.start()
             yield Gateway(config, engine, writer, smtp, normaliser, locator, locate, console,
-                          public, refer, outbox, failed)
+                          public, admin, refer, outbox, keywatch, gpg, failed)
         finally:
             failed.cancel()  # from here on, tasks ending is the plan
             # Listeners first (no new work), then the stages, each finishing what it holds.
+            await _bounded(admin.stop(), step_seconds, "admin")
             await _bounded(console.stop(), step_seconds, "console")
             await _bounded(public.stop(), step_seconds, "public")
             await smtp.stop(config.gateway.shutdown_grace)
@@ -297,6 +368,8 @@ async def running(
             await _bounded(outbox_task, step_seconds, "outbox")
             await keywatch.stop()
             await _bounded(keywatch_task, step_seconds, "keywatch")
+            retention_stop.set()
+            await _bounded(retention_task, step_seconds, "retention")
             await locator.resolver.close()
             await backend.close()
     finally:
@@ -310,30 +383,92 @@ class GatewayFailed(Exception):
     """The daemon stopped because a part of it could not go on."""
 
 
+async def _reload(gateway: Gateway, notifier: Notifier, load_config: Callable[[], Config]
+                  ) -> None:
+    notifier.reloading()
+    try:
+        new = await asyncio.to_thread(load_config)
+        problems = await asyncio.to_thread(file_problems, new)
+        if problems:
+            raise ConfigError(problems)
+    except ConfigError as exc:
+        log.error("gateway.reload_refused", problems=exc.problems)
+        notifier.ready("serving; reload refused: the config has problems (see the log)")
+        return
+    needs_restart = reload(gateway, new)
+    if needs_restart:
+        log.warning("gateway.reload_needs_restart", sections=needs_restart)
+    log.info("gateway.reloaded")
+    notifier.ready("serving; reloaded")
+
+
+async def _watchdog(gateway: Gateway, notifier: Notifier) -> None:
+    """WATCHDOG=1 at half of WATCHDOG_USEC, sent from the event loop itself (a stuck loop stops
+    the pings and systemd restarts the daemon), with the queue depths as STATUS."""
+    interval = notifier.watchdog_interval()
+    if interval is None:
+        return
+    while True:
+        status = ""
+        try:
+            async with asyncio.timeout(interval / 2):
+                stats = await collect_stats(gateway.engine)
+            status = (f"serving; to normalise {stats['submissions_by_status'].get('received', 0)}"
+                      f", to locate {stats['cases_to_locate']}"
+                      f", awaiting assessment {stats['cases'].get('awaiting_assessment', 0)}"
+                      f", outbox {stats['outbox_pending']}")
+        except Exception as exc:  # the database is slow or away: the loop is alive, say so
+            status = f"serving; counts unavailable ({type(exc).__name__})"
+        notifier.watchdog(status)
+        await asyncio.sleep(interval)
+
+
 async def serve(
     config: Config,
     *,
     shutdown_trigger: Callable[[], Awaitable[object]],
     notifier: Notifier,
     upgrade_db: bool = True,
+    reload_requested: asyncio.Event | None = None,
+    load_config: Callable[[], Config] | None = None,
 ) -> None:
     """Run until ``shutdown_trigger`` completes (or a part fails: ``GatewayFailed`` after an
-    orderly stop); tell systemd when ready and when stopping."""
+    orderly stop); tell systemd when ready, reloading and stopping. Each time
+    ``reload_requested`` is set (SIGHUP), ``load_config`` is read again and applied; a config
+    that does not load is refused with a log line and the running one stays."""
     reason: str | None = None
     async with running(config, upgrade_db=upgrade_db) as gateway:
+        watchdog = asyncio.create_task(_watchdog(gateway, notifier), name="watchdog")
         listening = ", ".join([*(f"smtp {h}:{p}" for h, p in gateway.smtp.addresses),
                                *(f"http {h}:{p}" for h, p in gateway.public.addresses),
-                               *(f"console {h}:{p}" for h, p in gateway.console.addresses)])
+                               *(f"console {h}:{p}" for h, p in gateway.console.addresses),
+                               *(f"admin {h}:{p}" for h, p in gateway.admin.addresses)])
         notifier.ready(f"serving: {listening}")
         log.info("gateway.ready", smtp=[f"{h}:{p}" for h, p in gateway.smtp.addresses],
                  http=[f"{h}:{p}" for h, p in gateway.public.addresses],
                  console=[f"{h}:{p}" for h, p in gateway.console.addresses])
         trigger: asyncio.Future[Any] = asyncio.ensure_future(shutdown_trigger())
-        waits: list[asyncio.Future[Any]] = [trigger, gateway.failed]
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        while True:
+            waits: list[asyncio.Future[Any]] = [trigger, gateway.failed]
+            reloading: asyncio.Future[Any] | None = None
+            if reload_requested is not None and load_config is not None:
+                reloading = asyncio.ensure_future(reload_requested.wait())
+                waits.append(reloading)
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            if reloading is None or not reloading.done() or trigger.done() \
+                    or gateway.failed.done():
+                if reloading is not None:
+                    reloading.cancel()
+                break
+            assert reload_requested is not None and load_config is not None
+            reload_requested.clear()
+            await _reload(gateway, notifier, load_config)
         if gateway.failed.done() and not gateway.failed.cancelled():
             reason = gateway.failed.result()
         trigger.cancel()
+        watchdog.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watchdog
         notifier.stopping()
         log.info("gateway.stopping")
     log.info("gateway.stopped")

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway import config as config_module
 from gateway import logs
 from gateway.app import GatewayFailed, make_gpg, make_locator, normalise, pinned_keys, serve
+from gateway.backup import BackupError, backup
 from gateway.config import Config, ConfigError
 from gateway.console.accounts import (
     AccountError,
@@ -34,6 +35,7 @@ from gateway.console.accounts import (
 )
 from gateway.demo import setup_demo
 from gateway.notify import Notifier
+from gateway.retention import purge
 from gateway.stats import collect_stats
 from gateway.store import migrate
 from gateway.store.audit import verify as verify_audit
@@ -115,6 +117,10 @@ def _parser() -> argparse.ArgumentParser:
     referrals_retry = referrals_commands.add_parser(
         "retry", help="queue a failed referral again (once its cause is fixed)")
     referrals_retry.add_argument("id")
+    commands.add_parser("purge", help="apply [retention] now (serve also does it daily)")
+    backup_cmd = commands.add_parser(
+        "backup", help="a consistent copy of the SQLite database, while the daemon runs")
+    backup_cmd.add_argument("path", type=Path)
     audit_cmd = commands.add_parser("audit", help="the audit trail")
     audit_commands = audit_cmd.add_subparsers(dest="audit_command", required=True,
                                               metavar="ACTION")
@@ -196,7 +202,17 @@ def _stop_on_signals() -> asyncio.Event:
 
 async def _serve(config: Config, notifier: Notifier, *, upgrade_db: bool) -> None:
     stop = _stop_on_signals()
-    await serve(config, shutdown_trigger=stop.wait, notifier=notifier, upgrade_db=upgrade_db)
+    reload_requested = asyncio.Event()
+
+    def on_hangup() -> None:
+        log.info("gateway.signal", signal="SIGHUP")
+        reload_requested.set()
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_hangup)
+    path = config.path
+    await serve(config, shutdown_trigger=stop.wait, notifier=notifier, upgrade_db=upgrade_db,
+                reload_requested=reload_requested,
+                load_config=(lambda: config_module.load(path)) if path is not None else None)
 
 
 def _cmd_db(args: argparse.Namespace) -> int:
@@ -467,6 +483,27 @@ def _cmd_referrals(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_purge(args: argparse.Namespace) -> int:
+    config = _load(args)
+    logs.configure(config.gateway.log_level, config.gateway.log_format, stream=sys.stderr)
+    purged = asyncio.run(_with_backend(config, lambda backend: purge(
+        backend, config.retention, now=utcnow(), actor="cli")))
+    print(f"removed the raw message of {purged.raw_messages} report(s) and the contact "
+          f"details of {purged.contacts}")
+    return EXIT_OK
+
+
+def _cmd_backup(args: argparse.Namespace) -> int:
+    config = _load(args)
+    try:
+        count = backup(config.database.url, args.path)
+    except BackupError as exc:
+        print(f"backup: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"{args.path}: {count} reports, integrity ok")
+    return EXIT_OK
+
+
 def _cmd_audit(args: argparse.Namespace) -> int:
     config = _load(args)
     checked, broken, last_hash = asyncio.run(_with_connection(config, verify_audit))
@@ -483,6 +520,8 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "tokens": _cmd_tokens,
     "audit": _cmd_audit,
     "keys": _cmd_keys,
+    "purge": _cmd_purge,
+    "backup": _cmd_backup,
     "referrals": _cmd_referrals,
     "normalise": _cmd_normalise,
     "cases": _cmd_cases,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import time
 
 
 class Notifier:
@@ -30,6 +31,23 @@ class Notifier:
 
     def stopping(self) -> None:
         self.send("STOPPING=1")
+
+    def reloading(self) -> None:
+        """RELOADING=1 with the monotonic time systemd uses to match READY=1 (systemd 253+)."""
+        now = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self.send("RELOADING=1", f"MONOTONIC_USEC={now}")
+
+    def watchdog(self, status: str = "") -> None:
+        self.send("WATCHDOG=1", *([f"STATUS={status}"] if status else []))
+
+    @staticmethod
+    def watchdog_interval() -> float | None:
+        """How often to ping the watchdog (half of WATCHDOG_USEC), or None when not asked."""
+        usec = os.environ.get("WATCHDOG_USEC", "")
+        pid = os.environ.get("WATCHDOG_PID", "")
+        if not usec.isdigit() or int(usec) == 0 or (pid and pid != str(os.getpid())):
+            return None
+        return int(usec) / 2_000_000
 
     def close(self) -> None:
         if self._socket is not None:

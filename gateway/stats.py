@@ -1,35 +1,52 @@
-"""Counts for ``stats``: what the gateway holds and where it is in the flow."""
+"""Counts for ``stats`` and ``/metrics``: what the gateway holds and where it is in the flow."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
-from gateway.store.tables import cases, submissions
+from gateway.store.tables import cases, outbox, referrals, submissions
 
 
-async def collect_stats(engine: AsyncEngine) -> dict[str, Any]:
-    """The ``stats --json`` document.
+async def collect_stats(engine: AsyncEngine, *, now: datetime | None = None) -> dict[str, Any]:
+    """The ``stats --json`` document (DESIGN.md's keys, and more).
 
-    ``referrals`` and ``outbox_pending`` keep their contract shape; the tables behind them
-    arrive with the referral stage, and until then there is nothing to count.
-    ``submissions_by_status`` shows the normalise backlog (``received``) and its failures.
+    ``submissions_by_status`` shows the normalise backlog (``received``) and its failures;
+    ``outbox_oldest_pending_seconds`` how long the oldest undelivered referral has waited.
     """
+    now = now or datetime.now(UTC)
     async with engine.connect() as conn:
         total = (await conn.execute(select(func.count()).select_from(submissions))).scalar_one()
         by_status = await _count_by(conn, submissions.c.status)
         by_channel = await _count_by(conn, submissions.c.channel)
         by_case_status = await _count_by(conn, cases.c.status)
+        by_referral_status = await _count_by(conn, referrals.c.status)
+        rows = await conn.execute(select(referrals.c.destination, referrals.c.status,
+                                         func.count())
+                                  .group_by(referrals.c.destination, referrals.c.status))
+        by_destination = [{"destination": d, "status": s, "count": int(n)} for d, s, n in rows]
+        pending, oldest = (await conn.execute(
+            select(func.count(), func.min(outbox.c.created_at))
+            .where(outbox.c.status == "pending"))).one()
+        unlocated = (await conn.execute(
+            select(func.count()).select_from(cases)
+            .where(cases.c.status.in_(("new", "locate_failed"))))).scalar_one()
+    if oldest is not None and oldest.tzinfo is None:
+        oldest = oldest.replace(tzinfo=UTC)
     return {
         "submissions": int(total),
         "submissions_by_status": by_status,
         "submissions_by_channel": by_channel,
         "cases": by_case_status,
-        "referrals": {},
-        "outbox_pending": 0,
+        "cases_to_locate": int(unlocated),
+        "referrals": by_referral_status,
+        "referrals_by_destination": by_destination,
+        "outbox_pending": int(pending),
+        "outbox_oldest_pending_seconds": (now - oldest).total_seconds() if oldest else 0.0,
     }
 
 

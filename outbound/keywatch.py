@@ -5,7 +5,6 @@ referral would be held for it (``keys check`` does the same on demand)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Sequence
 from typing import Literal
 
@@ -26,17 +25,32 @@ class KeyWatch:
         self._warn_days = warn_days
         self._every = every
         self._stop = asyncio.Event()
+        self._recheck = asyncio.Event()
         #: The last result per config key (for health checks).
         self.last: dict[str, KeyStatus | None] = {}
 
     async def stop(self) -> None:
         self._stop.set()
 
+    def reconfigure(self, pinned: Sequence[Pinned], warn_days: int) -> None:
+        """The pinned keys after a reload; checked again at once."""
+        self._pinned = list(pinned)
+        self._warn_days = warn_days
+        self.last = {}
+        self._recheck.set()
+
     async def run(self) -> None:
         while not self._stop.is_set():
+            self._recheck.clear()
             await self.check_once()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self._every)
+            stop = asyncio.ensure_future(self._stop.wait())
+            recheck = asyncio.ensure_future(self._recheck.wait())
+            try:
+                await asyncio.wait([stop, recheck], timeout=self._every,
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop.cancel()
+                recheck.cancel()
 
     async def check_once(self) -> int:
         """Check every pinned key now; how many need attention."""

@@ -101,6 +101,12 @@ class ReferStage:
     def wake(self) -> None:
         self._wake.set()
 
+    def reconfigure(self, config: Config, members: MembershipList) -> None:
+        """New destinations, keys and membership (a reload): used from the next case on."""
+        self._config = config
+        self._members = members
+        self._wake.set()  # a case held for a key may route now
+
     async def stop(self) -> None:
         self._stopping = True
         self._wake.set()

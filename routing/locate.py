@@ -122,6 +122,14 @@ class Locator:
         self._clock = clock
         self._databases = geo.databases()
 
+    def reconfigure(self, overrides: Overrides, cdn_asns: Iterable[int]) -> None:
+        """New operator overrides and CDN list (a reload), for the next lookup."""
+        self._overrides = overrides
+        self._cdn_asns = frozenset(cdn_asns)
+        self._cdn_names = {
+            name: number for number in self._cdn_asns for name in BUILTIN_AS_NAMES.get(number, ())
+        }
+
     async def locate(self, host: str, *, fresh: bool = False) -> Hosting:
         resolution = await self.resolver.resolve(host, fresh=fresh)
         return self.judge(resolution)

@@ -63,6 +63,7 @@ def make_config(tmp_path: Path) -> ConfigFactory:
             "smtp": {"listen": ["127.0.0.1:0"]},
             "console": {"listen": ["127.0.0.1:0"]},
             "http": {"listen": ["127.0.0.1:0"]},
+            "admin": {"listen": ["127.0.0.1:0"]},
             # Nothing answers there: tests never ask a real resolver about reported hosts.
             "locate": {"nameservers": [f"127.0.0.1:{free_udp_port()}"], "timeout": "500ms"},
         }

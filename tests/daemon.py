@@ -26,8 +26,8 @@ class Daemon:
         self.smtp_port = 0
         self.console_port = 0
 
-    async def start(self, timeout: float = 30) -> None:
-        env = {**os.environ, "NOTIFY_SOCKET": str(self.notify_path)}
+    async def start(self, timeout: float = 30, env: dict[str, str] | None = None) -> None:
+        env = {**os.environ, "NOTIFY_SOCKET": str(self.notify_path), **(env or {})}
         with self.log_path.open("ab") as log:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "gateway.cli", "--config", str(self.config_path), "serve",

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from sqlalchemy.exc import InterfaceError, OperationalError, StatementError
@@ -62,6 +62,10 @@ class NewSubmission:
         return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
 
 
+class StoreObserver(Protocol):
+    def stored(self, channel: str, outcome: str, seconds: float | None) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Receipt:
     """What the caller may acknowledge: the report's reference, committed."""
@@ -102,6 +106,8 @@ class SubmissionWriter:
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue(maxsize=queue_max)
         self._closed = False
         self.on_commit = on_commit
+        #: Told of every submission's outcome and its commit's latency (metrics).
+        self.observer: StoreObserver | None = None
         self._last_batch = -1e9
         self.stats = WriterStats()
 
@@ -179,10 +185,17 @@ class SubmissionWriter:
                     await self._commit_batch([pending])
                 return
             for pending in batch:
+                if self.observer is not None:
+                    self.observer.stored(pending.submission.channel, "failed", None)
                 if not pending.future.done():
                     pending.future.set_exception(exc)
             return
         elapsed = time.perf_counter() - started
+        if self.observer is not None:
+            for pending, receipt in zip(batch, receipts, strict=True):
+                self.observer.stored(pending.submission.channel,
+                                     "duplicate" if receipt.duplicate else "accepted",
+                                     elapsed)
         self.stats.batches += 1
         log.info(
             "writer.committed",

@@ -30,6 +30,8 @@ def write_config(tmp_path: Path, text: str = "") -> Path:
         text += '\n[console]\nlisten = ["127.0.0.1:0"]\n'
     if "[http]" not in text:
         text += '\n[http]\nlisten = ["127.0.0.1:0"]\n'
+    if "[admin]" not in text:
+        text += '\n[admin]\nlisten = ["127.0.0.1:0"]\n'
     path = tmp_path / "config.toml"
     path.write_text(text)
     return path

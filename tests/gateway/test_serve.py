@@ -24,6 +24,8 @@ listen = ["127.0.0.1:0"]
 listen = ["127.0.0.1:0"]
 [http]
 listen = ["127.0.0.1:0"]
+[admin]
+listen = ["127.0.0.1:0"]
 [locate]
 nameservers = ["127.0.0.1:{free_udp_port()}"]
 """

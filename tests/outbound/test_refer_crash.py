@@ -43,6 +43,8 @@ listen = ["127.0.0.1:0"]
 listen = ["127.0.0.1:0"]
 [http]
 listen = ["127.0.0.1:0"]
+[admin]
+listen = ["127.0.0.1:0"]
 [locate]
 nameservers = ["{dns.nameserver}"]
 geoip_db = "{mmdb['country']}"

@@ -21,7 +21,7 @@ def write_config(tmp_path: Path, dns: DnsServer, mmdb: dict[str, Path], extra: s
     path = tmp_path / "config.toml"
     path.write_text(
         '[smtp]\nlisten = ["127.0.0.1:0"]\n[console]\nlisten = ["127.0.0.1:0"]\n'
-        '[http]\nlisten = ["127.0.0.1:0"]\n'
+        '[http]\nlisten = ["127.0.0.1:0"]\n[admin]\nlisten = ["127.0.0.1:0"]\n'
         f'[locate]\nnameservers = ["{dns.nameserver}"]\n'
         f'geoip_db = "{mmdb["country"]}"\nasn_db = "{mmdb["asn"]}"\ntimeout = "2s"\n' + extra
     )

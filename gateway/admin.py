@@ -1,0 +1,93 @@
+"""The admin listener (``[admin] listen``): ``/healthz``, ``/readyz`` and ``/metrics``.
+
+``/healthz`` answers while the event loop runs. ``/readyz`` says whether the gateway can do
+its work: the database takes writes, every pinned key is usable, the listeners are up, and
+the outbox is not stuck. ``/metrics`` is Prometheus text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.config import AdminConfig
+from gateway.listeners import HttpListener
+from gateway.metrics import Metrics
+from gateway.stats import collect_stats
+from gateway.store.backend import WriteBackend
+from outbound.gpg import KeyStatus
+
+
+@dataclass
+class Admin:
+    engine: AsyncEngine
+    backend: WriteBackend
+    metrics: Metrics
+    keys: Callable[[], Mapping[str, KeyStatus | None]]
+    listeners: Callable[[], Sequence[tuple[str, Sequence[tuple[str, int]]]]]
+    max_outbox_age: float
+    counters: Callable[[], Mapping[str, float]]
+
+
+ADMIN = web.AppKey("admin", Admin)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    admin = request.app[ADMIN]
+    checks: dict[str, Any] = {}
+    try:
+        async with asyncio.timeout(5):
+            await admin.backend.transaction(lambda conn: conn.execute(text("SELECT 1")))
+        checks["database"] = "writable"
+    except Exception as exc:
+        checks["database"] = f"not writable: {type(exc).__name__}"
+    keys = admin.keys()
+    bad = [name for name, status in keys.items() if status is None or status.problems]
+    checks["keys"] = "usable" if keys and not bad else (
+        f"unusable: {', '.join(bad)}" if bad else "not checked yet")
+    down = [name for name, addresses in admin.listeners() if not addresses]
+    checks["listeners"] = "up" if not down else f"down: {', '.join(down)}"
+    try:
+        stats = await collect_stats(admin.engine)
+        oldest = stats["outbox_oldest_pending_seconds"]
+        checks["outbox"] = "moving" if oldest < admin.max_outbox_age else (
+            f"stuck: oldest pending for {int(oldest)} s")
+    except Exception as exc:
+        checks["outbox"] = f"unknown: {type(exc).__name__}"
+    ready = (checks["database"] == "writable" and checks["keys"] == "usable"
+             and checks["listeners"] == "up" and checks["outbox"] == "moving")
+    return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    admin = request.app[ADMIN]
+    stats = await collect_stats(admin.engine)
+    stats["counters"] = dict(admin.counters())
+    body = admin.metrics.render(stats, admin.keys())
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def build_app(admin: Admin) -> web.Application:
+    app = web.Application()
+    app[ADMIN] = admin
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+class AdminServer(HttpListener):
+    def __init__(self, config: AdminConfig, admin: Admin) -> None:
+        super().__init__(build_app(admin), config.listen)
+        self.context = admin

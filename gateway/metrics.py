@@ -1,0 +1,85 @@
+"""Prometheus metrics: counters kept as things happen, gauges read from the database at
+scrape time. One registry per gateway (no process-wide state)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from outbound.gpg import KeyStatus
+
+
+class _Snapshot(Collector):
+    """Gauges from the last ``collect_stats`` and key check, emitted on scrape."""
+
+    def __init__(self) -> None:
+        self.stats: dict[str, Any] = {}
+        self.keys: Mapping[str, KeyStatus | None] = {}
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        stats = self.stats
+        cases = GaugeMetricFamily("hotline_cases", "Cases by state", labels=["state"])
+        for state, count in (stats.get("cases") or {}).items():
+            cases.add_metric([state], count)
+        yield cases
+        backlog = GaugeMetricFamily("hotline_pipeline_backlog",
+                                    "Work waiting for a stage", labels=["stage"])
+        backlog.add_metric(["normalise"],
+                           (stats.get("submissions_by_status") or {}).get("received", 0))
+        backlog.add_metric(["locate"], stats.get("cases_to_locate", 0))
+        yield backlog
+        yield GaugeMetricFamily("hotline_outbox_pending", "Referrals waiting to be delivered",
+                                value=stats.get("outbox_pending", 0))
+        yield GaugeMetricFamily("hotline_outbox_oldest_pending_seconds",
+                                "Age of the oldest undelivered referral",
+                                value=stats.get("outbox_oldest_pending_seconds", 0.0))
+        referrals = GaugeMetricFamily("hotline_referrals", "Referrals by destination and state",
+                                      labels=["destination", "state"])
+        for row in stats.get("referrals_by_destination") or []:
+            referrals.add_metric([row["destination"], row["status"]], row["count"])
+        yield referrals
+        days = GaugeMetricFamily("hotline_key_days_until_expiry",
+                                 "Days until a pinned key expires (-1: unusable)",
+                                 labels=["key"])
+        now = datetime.now(UTC)
+        for name, status in self.keys.items():
+            if status is None or status.problems:
+                days.add_metric([name], -1)
+                continue
+            expiry = status.encrypt_expires or status.expires
+            if expiry is not None:
+                days.add_metric([name], round((expiry - now).total_seconds() / 86400, 1))
+        yield days
+        for name, value in (stats.get("counters") or {}).items():
+            yield CounterMetricFamily(f"hotline_{name}", name.replace("_", " "), value=value)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.intake = Counter("hotline_intake_reports", "Reports by channel and outcome",
+                              ["channel", "outcome"], registry=self.registry)
+        self.commit = Histogram("hotline_commit_seconds",
+                                "How long each report waited for its durable commit",
+                                buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                                         0.5, 1.0, 2.5),
+                                registry=self.registry)
+        self.snapshot = _Snapshot()
+        self.registry.register(self.snapshot)
+
+    def stored(self, channel: str, outcome: str, seconds: float | None) -> None:
+        """The writer's observer: one report stored (or not)."""
+        self.intake.labels(channel, outcome).inc()
+        if seconds is not None:
+            self.commit.observe(seconds)
+
+    def render(self, stats: dict[str, Any], keys: Mapping[str, KeyStatus | None]) -> bytes:
+        self.snapshot.stats = stats
+        self.snapshot.keys = keys
+        rendered: bytes = generate_latest(self.registry)
+        return rendered

@@ -1,0 +1,64 @@
+"""Retention (``[retention]``): what reporters sent is kept only as long as it is needed.
+
+- after ``raw_message_days`` the stored message (raw bytes) of a report that was read is
+  removed: the URLs, cases, hashes, counts and the reporter's words as read stay;
+- after ``reporter_contact_days`` the reporter's contact details go: the envelope sender, the
+  HELO name and the connecting address, and the e-mail a web reporter gave (which lives in the
+  raw document: a report still holding its raw bytes then loses them too).
+
+A report not read yet (``received``) keeps everything: it has not given up its URLs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import structlog
+from sqlalchemy import and_, or_, update
+from sqlalchemy.engine import Connection
+
+from gateway.config import RetentionConfig
+from gateway.store.audit import AuditEntry, record
+from gateway.store.backend import WriteBackend
+from gateway.store.tables import submissions
+
+log = structlog.get_logger("gateway.retention")
+
+
+@dataclass(frozen=True, slots=True)
+class Purged:
+    raw_messages: int
+    contacts: int
+
+
+async def purge(backend: WriteBackend, retention: RetentionConfig, *, now: datetime,
+                actor: str = "system:retention") -> Purged:
+    raw_before = now - timedelta(days=retention.raw_message_days)
+    contact_before = now - timedelta(days=retention.reporter_contact_days)
+    read = submissions.c.status != "received"
+
+    def work(conn: Connection) -> Purged:
+        raw = conn.execute(
+            update(submissions)
+            .where(read, submissions.c.received_at < raw_before, submissions.c.raw.is_not(None))
+            .values(raw=None)).rowcount
+        holds_contact = or_(submissions.c.mail_from.is_not(None),
+                            submissions.c.helo.is_not(None),
+                            submissions.c.peer_ip.is_not(None),
+                            submissions.c.raw.is_not(None))
+        contacts = conn.execute(
+            update(submissions)
+            .where(and_(read, submissions.c.received_at < contact_before, holds_contact))
+            .values(mail_from=None, helo=None, peer_ip=None, raw=None)).rowcount
+        purged = Purged(int(raw), int(contacts))
+        if raw or contacts:
+            record(conn, [AuditEntry(actor, "retention.purged", details={
+                "raw_messages": purged.raw_messages, "contacts": purged.contacts,
+                "raw_before": raw_before.isoformat(),
+                "contact_before": contact_before.isoformat()})], at=now)
+        return purged
+
+    purged = await backend.transaction(work)
+    log.info("retention.purged", raw_messages=purged.raw_messages, contacts=purged.contacts)
+    return purged
