@@ -11,7 +11,6 @@ Message-ID, so the recipient can recognise the duplicate.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import uuid
 from collections.abc import Awaitable, Callable
@@ -27,6 +26,7 @@ from sqlalchemy.engine import Connection
 from gateway.ids import uuid7
 from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
+from gateway.store.polling import PollingStage
 from gateway.store.tables import outbox, outbox_attempts, referrals
 from outbound.transports import Deferred, Rejected, Transport
 
@@ -52,7 +52,9 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-class OutboxWorker:
+class OutboxWorker(PollingStage):
+    name = "outbox"
+
     def __init__(
         self,
         backend: WriteBackend,
@@ -77,45 +79,20 @@ class OutboxWorker:
         self._retry_max = retry_max
         self._concurrency = concurrency
         self._lease = lease
-        self._idle_poll = idle_poll
+        super().__init__(idle_poll=idle_poll)
         self._clock = clock
         self._jitter = jitter
         #: The problems of a recipient key right now (none: usable), checked before sending.
         self._keys = keys
-        self._wake = asyncio.Event()
-        self._stopping = False
         self.sent = 0
         self.deferred = 0
         self.failed = 0
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    async def stop(self) -> None:
-        self._stopping = True
-        self._wake.set()
 
     def retry_delay(self, attempts: int) -> timedelta:
         """Doubling from retry_after, with jitter (so that deferred items do not all come back
         at once), never past retry_max."""
         delay: timedelta = self._retry_after * (2 ** min(attempts - 1, 30)) * self._jitter()
         return min(delay, self._retry_max)
-
-    async def run(self) -> None:
-        try:
-            while not self._stopping:
-                self._wake.clear()
-                try:
-                    done = await self.run_once()
-                except Exception as exc:  # the database is away: keep trying, say so
-                    log.error("outbox.batch_failed", error_type=type(exc).__name__)
-                    done = 0
-                if done == 0 and not self._stopping:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), self._idle_poll)
-        finally:
-            with contextlib.suppress(Exception):
-                await self._release()
 
     async def run_once(self) -> int:
         """Claim what is due and try each; how many were tried."""
@@ -225,7 +202,7 @@ class OutboxWorker:
             return [f"key check failed: {type(exc).__name__}"]
         return status
 
-    async def _release(self) -> None:
+    async def release(self) -> None:
         def work(conn: Connection) -> None:
             conn.execute(update(outbox).where(outbox.c.claimed_by == self._worker,
                                               outbox.c.status == "pending")

@@ -18,8 +18,6 @@ Held for a key, a case is tried again every ``key_retry``: importing a valid key
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +35,7 @@ from gateway.ids import uuid7
 from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
 from gateway.store.case_view import get_case, iso
+from gateway.store.polling import PollingStage
 from gateway.store.tables import (
     assessments,
     case_reports,
@@ -65,7 +64,9 @@ class _Prepared:
     outbox: dict[str, Any] | None = None
 
 
-class ReferStage:
+class ReferStage(PollingStage):
+    name = "refer"
+
     def __init__(
         self,
         config: Config,
@@ -92,40 +93,15 @@ class ReferStage:
         self._on_queued = on_queued
         self._key_retry = key_retry
         self._lease = lease
-        self._idle_poll = idle_poll
+        super().__init__(idle_poll=idle_poll)
         self._clock = clock
-        self._wake = asyncio.Event()
-        self._stopping = False
         self.routed = 0
-
-    def wake(self) -> None:
-        self._wake.set()
 
     def reconfigure(self, config: Config, members: MembershipList) -> None:
         """New destinations, keys and membership (a reload): used from the next case on."""
         self._config = config
         self._members = members
         self._wake.set()  # a case held for a key may route now
-
-    async def stop(self) -> None:
-        self._stopping = True
-        self._wake.set()
-
-    async def run(self) -> None:
-        try:
-            while not self._stopping:
-                self._wake.clear()
-                try:
-                    done = await self.run_once()
-                except Exception as exc:  # the database is away: keep trying, say so
-                    log.error("refer.batch_failed", error_type=type(exc).__name__)
-                    done = 0
-                if done == 0 and not self._stopping:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), self._idle_poll)
-        finally:
-            with contextlib.suppress(Exception):
-                await self._release()
 
     async def run_once(self) -> int:
         now = self._clock()
@@ -146,7 +122,7 @@ class ReferStage:
                         self._file, case_id=case_id, status=status,
                         prepared=_Prepared(held), now=self._clock(), assessment_id=None))
                 except Exception:
-                    await self._release(case_id)
+                    await self.release(case_id)
         return len(claimed)
 
     def _claim(self, conn: Connection, *, now: datetime, until: datetime
@@ -358,7 +334,7 @@ class ReferStage:
         record(conn, entries, at=now)
         return True
 
-    async def _release(self, case_id: uuid.UUID | None = None) -> None:
+    async def release(self, case_id: uuid.UUID | None = None) -> None:
         def work(conn: Connection) -> None:
             mine = cases.c.claimed_by == self._worker
             if case_id is not None:

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
 from gateway.console import assess as actions
-from gateway.console.web import CONSOLE, json_error, staff_of
+from gateway.console.accounts import Staff
+from gateway.console.web import CONSOLE, Console, json_error, staff_of
 from gateway.store.audit import AuditEntry, record
 from gateway.store.case_view import FLAGS, get_case, get_referral, queue_cases
 from outbound.outbox import NotRetryable, retry_failed
@@ -92,65 +94,79 @@ async def _answer(request: web.Request, case_id: uuid.UUID, outcome: actions.Out
                               "status": outcome.status})
 
 
-async def assessment(request: web.Request) -> web.Response:
-    console = request.app[CONSOLE]
-    case_id = _case_id(request)
-    try:
-        given = actions.Assessment.from_json(await _body(request))
-        outcome = await actions.assess(console.backend, staff_of(request), case_id, given,
-                                       four_eyes=console.four_eyes, now=console.now())
-    except actions.ActionError as exc:
-        return _error(exc)
-    return await _answer(request, case_id, outcome)
+Action = Callable[[Console, Staff, uuid.UUID, dict[str, Any]], Awaitable[actions.Outcome]]
 
 
-async def approval(request: web.Request) -> web.Response:
-    """Approve the pending verdict; ``{"assessment": "<id>"}`` pins the one you reviewed."""
-    console = request.app[CONSOLE]
-    case_id = _case_id(request)
-    body = await _body(request) if request.can_read_body else {}
-    seen = body.get("assessment") if isinstance(body, dict) else None
+def case_action(action: Action, *, body: bool = True) -> Callable[[web.Request],
+                                                                   Awaitable[web.Response]]:
+    """A handler for ``POST /api/v1/cases/{id}/...``: the JSON body (an object; optional when
+    ``body`` is False), the action, then the case as it is now, or the action's error."""
+
+    async def handler(request: web.Request) -> web.Response:
+        console = request.app[CONSOLE]
+        case_id = _case_id(request)
+        given = await _body(request) if body or request.can_read_body else {}
+        if not isinstance(given, dict):
+            return json_error(422, "invalid body", {"body": "a JSON object"})
+        try:
+            outcome = await action(console, staff_of(request), case_id, given)
+        except actions.ActionError as exc:
+            return _error(exc)
+        return await _answer(request, case_id, outcome)
+
+    return handler
+
+
+async def _assess(console: Console, staff: Staff, case_id: uuid.UUID,
+                  body: dict[str, Any]) -> actions.Outcome:
+    return await actions.assess(console.backend, staff, case_id,
+                                actions.Assessment.from_json(body),
+                                four_eyes=console.four_eyes, now=console.now())
+
+
+async def _approve(console: Console, staff: Staff, case_id: uuid.UUID,
+                   body: dict[str, Any]) -> actions.Outcome:
+    """``{"assessment": "<id>"}`` pins the verdict the approver reviewed."""
+    seen = body.get("assessment")
     try:
         pinned = uuid.UUID(seen) if isinstance(seen, str) else None
     except ValueError:
         pinned = None
     if seen is not None and pinned is None:
-        return json_error(422, "invalid assessment", {"assessment": "an assessment id"})
-    try:
-        outcome = await actions.approve(console.backend, staff_of(request), case_id,
-                                        now=console.now(), assessment_id=pinned)
-    except actions.ActionError as exc:
-        return _error(exc)
-    return await _answer(request, case_id, outcome)
+        raise actions.ActionError(422, "invalid assessment",
+                                  {"assessment": "an assessment id"})
+    return await actions.approve(console.backend, staff, case_id, now=console.now(),
+                                 assessment_id=pinned)
 
 
-async def reopening(request: web.Request) -> web.Response:
-    console = request.app[CONSOLE]
-    case_id = _case_id(request)
-    body = await _body(request) if request.can_read_body else {}
-    try:
-        reason = actions.text_field(body.get("reason") if isinstance(body, dict) else None,
-                                    "reason", limit=500)
-        outcome = await actions.reopen(console.backend, staff_of(request), case_id,
-                                       reason=reason, now=console.now())
-    except actions.ActionError as exc:
-        return _error(exc)
-    return await _answer(request, case_id, outcome)
+async def _reopen(console: Console, staff: Staff, case_id: uuid.UUID,
+                  body: dict[str, Any]) -> actions.Outcome:
+    reason = actions.text_field(body.get("reason"), "reason", limit=500)
+    return await actions.reopen(console.backend, staff, case_id, reason=reason,
+                                now=console.now())
 
 
-async def assignment(request: web.Request) -> web.Response:
-    console = request.app[CONSOLE]
-    case_id = _case_id(request)
-    body = await _body(request)
-    if not isinstance(body, dict) or "analyst" not in body:
-        return json_error(422, "invalid assignment", {"analyst": "a user name, or null"})
-    try:
-        analyst = actions.text_field(body["analyst"], "analyst", limit=64)
-        outcome = await actions.reassign(console.backend, staff_of(request), case_id, analyst,
-                                         now=console.now())
-    except actions.ActionError as exc:
-        return _error(exc)
-    return await _answer(request, case_id, outcome)
+async def _assign(console: Console, staff: Staff, case_id: uuid.UUID,
+                  body: dict[str, Any]) -> actions.Outcome:
+    if "analyst" not in body:
+        raise actions.ActionError(422, "invalid assignment",
+                                  {"analyst": "a user name, or null"})
+    analyst = actions.text_field(body["analyst"], "analyst", limit=64)
+    return await actions.reassign(console.backend, staff, case_id, analyst, now=console.now())
+
+
+async def _set_country(console: Console, staff: Staff, case_id: uuid.UUID,
+                       body: dict[str, Any]) -> actions.Outcome:
+    """``{"country": "NL"}``: release a case held for unknown hosting; it is routed again."""
+    return await actions.set_hosting_country(console.backend, staff, case_id,
+                                             body.get("country"), now=console.now())
+
+
+async def _iccam(console: Console, staff: Staff, case_id: uuid.UUID,
+                 body: dict[str, Any]) -> actions.Outcome:
+    """``{"reference": "..."}``: the case was referred through ICCAM by hand."""
+    return await actions.record_iccam(console.backend, staff, case_id, body.get("reference"),
+                                      now=console.now())
 
 
 async def relocation(request: web.Request) -> web.Response:
@@ -169,34 +185,6 @@ async def relocation(request: web.Request) -> web.Response:
     async with console.engine.connect() as conn:
         case = await get_case(conn, case_id)
     return web.json_response({"hosting": case["hosting"] if case else None})
-
-
-async def hosting_country(request: web.Request) -> web.Response:
-    """``{"country": "NL"}``: release a case held for unknown hosting; it is routed again."""
-    console = request.app[CONSOLE]
-    case_id = _case_id(request)
-    body = await _body(request)
-    try:
-        outcome = await actions.set_hosting_country(
-            console.backend, staff_of(request), case_id,
-            body.get("country") if isinstance(body, dict) else None, now=console.now())
-    except actions.ActionError as exc:
-        return _error(exc)
-    return await _answer(request, case_id, outcome)
-
-
-async def iccam(request: web.Request) -> web.Response:
-    """``{"reference": "..."}``: the case was referred through ICCAM by hand."""
-    console = request.app[CONSOLE]
-    case_id = _case_id(request)
-    body = await _body(request)
-    try:
-        outcome = await actions.record_iccam(
-            console.backend, staff_of(request), case_id,
-            body.get("reference") if isinstance(body, dict) else None, now=console.now())
-    except actions.ActionError as exc:
-        return _error(exc)
-    return await _answer(request, case_id, outcome)
 
 
 async def referral(request: web.Request) -> web.Response:
@@ -233,12 +221,12 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/me", me)
     app.router.add_get("/api/v1/cases", cases_list)
     app.router.add_get("/api/v1/cases/{case_id}", case_detail)
-    app.router.add_post("/api/v1/cases/{case_id}/assessment", assessment)
-    app.router.add_post("/api/v1/cases/{case_id}/approval", approval)
-    app.router.add_post("/api/v1/cases/{case_id}/reopening", reopening)
-    app.router.add_post("/api/v1/cases/{case_id}/assignment", assignment)
+    app.router.add_post("/api/v1/cases/{case_id}/assessment", case_action(_assess))
+    app.router.add_post("/api/v1/cases/{case_id}/approval", case_action(_approve, body=False))
+    app.router.add_post("/api/v1/cases/{case_id}/reopening", case_action(_reopen, body=False))
+    app.router.add_post("/api/v1/cases/{case_id}/assignment", case_action(_assign))
     app.router.add_post("/api/v1/cases/{case_id}/relocation", relocation)
-    app.router.add_post("/api/v1/cases/{case_id}/hosting-country", hosting_country)
-    app.router.add_post("/api/v1/cases/{case_id}/iccam", iccam)
+    app.router.add_post("/api/v1/cases/{case_id}/hosting-country", case_action(_set_country))
+    app.router.add_post("/api/v1/cases/{case_id}/iccam", case_action(_iccam))
     app.router.add_get("/api/v1/referrals/{referral_id}", referral)
     app.router.add_post("/api/v1/referrals/{referral_id}/retry", referral_retry)

@@ -11,25 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon import Daemon
-from tests.dns_server import free_udp_port
+from tests.daemon import Daemon, daemon_config
 from tests.smtp_client import RawSession, queued_reference
 
-CONFIG = f"""
-[gateway]
-shutdown_grace = "3s"
-log_format = "json"
-[smtp]
-listen = ["127.0.0.1:0"]
-[console]
-listen = ["127.0.0.1:0"]
-[http]
-listen = ["127.0.0.1:0"]
-[admin]
-listen = ["127.0.0.1:0"]
-[locate]
-nameservers = ["127.0.0.1:{free_udp_port()}"]
-"""
+CONFIG = daemon_config()
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 
 from gateway.cli import main
-from tests.daemon import Daemon
+from tests.daemon import Daemon, daemon_config
 from tests.dns_server import DnsServer
 from tests.outbound.conftest import HOTLINE_PASSPHRASE, Keys
 from tests.outbound.mta import Behaviour, FakeMta
@@ -33,22 +33,8 @@ async def mta(tmp_path: Path) -> AsyncIterator[FakeMta]:
 def config_text(tmp_path: Path, keys: Keys, mta: FakeMta, dns: DnsServer,
                 mmdb: dict[str, Path]) -> str:
     (tmp_path / "passphrase").write_text(HOTLINE_PASSPHRASE)
-    return f"""
-[gateway]
-shutdown_grace = "2s"
-log_format = "json"
-[smtp]
-listen = ["127.0.0.1:0"]
-[console]
-listen = ["127.0.0.1:0"]
-[http]
-listen = ["127.0.0.1:0"]
-[admin]
-listen = ["127.0.0.1:0"]
-[locate]
-nameservers = ["{dns.nameserver}"]
-geoip_db = "{mmdb['country']}"
-asn_db = "{mmdb['asn']}"
+    return daemon_config(grace="2s", nameserver=dns.nameserver, locate=(
+        f'geoip_db = "{mmdb["country"]}"\nasn_db = "{mmdb["asn"]}"\n'), extra=f"""
 [gpg]
 home = "{keys.hotline_home}"
 signing_key = "{keys.hotline}"
@@ -65,7 +51,7 @@ retry_max = "1s"
 [routing.destinations.police]
 email = "cp@police.test"
 key = "{keys.recipient}"
-"""
+""")
 
 
 async def wait_for_case(port: int, token: str, status: str) -> str:
