@@ -22,7 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import config as config_module
-from gateway import logs
+from gateway import doctor, logs
 from gateway.app import GatewayFailed, make_gpg, make_locator, normalise, pinned_keys, serve
 from gateway.backup import BackupError, backup
 from gateway.config import Config, ConfigError
@@ -117,6 +117,8 @@ def _parser() -> argparse.ArgumentParser:
     referrals_retry = referrals_commands.add_parser(
         "retry", help="queue a failed referral again (once its cause is fixed)")
     referrals_retry.add_argument("id")
+    commands.add_parser("doctor", help="check the install end to end: config, database, "
+                                       "keys, DNS, the way out, the running daemon")
     commands.add_parser("purge", help="apply [retention] now (serve also does it daily)")
     backup_cmd = commands.add_parser(
         "backup", help="a consistent copy of the SQLite database, while the daemon runs")
@@ -483,6 +485,14 @@ def _cmd_referrals(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    config = _load(args)
+    logs.configure("error", config.gateway.log_format, stream=sys.stderr)
+    results = asyncio.run(doctor.run(config))
+    print(doctor.report(results))
+    return EXIT_OK if all(passed for _, passed, _ in results) else EXIT_FAILURE
+
+
 def _cmd_purge(args: argparse.Namespace) -> int:
     config = _load(args)
     logs.configure(config.gateway.log_level, config.gateway.log_format, stream=sys.stderr)
@@ -521,6 +531,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "audit": _cmd_audit,
     "keys": _cmd_keys,
     "purge": _cmd_purge,
+    "doctor": _cmd_doctor,
     "backup": _cmd_backup,
     "referrals": _cmd_referrals,
     "normalise": _cmd_normalise,

@@ -1,0 +1,150 @@
+"""``doctor``: an end-to-end check of an install, each line ``ok`` or ``FAIL`` with the reason.
+
+It checks the config and the files it names, the database (reachable, at the newest schema,
+writable), every pinned key, the resolver, the way out (the SMTP relay with the configured TLS,
+or the outbox folder) and, when the daemon runs, its ``/readyz``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import aiohttp
+import aiosmtplib
+from sqlalchemy import text
+
+from gateway.config import Config, file_problems
+from gateway.store import migrate
+from gateway.store.engine import open_engine
+
+Check = Callable[[], Awaitable[str]]
+
+
+class Failed(Exception):
+    """The check failed; the message says why."""
+
+
+async def _database(config: Config) -> str:
+    engine = await open_engine(config.database)
+    try:
+        current, head = await migrate.current(engine), migrate.head()
+        async with engine.begin() as conn:
+            await conn.execute(text("SELECT 1"))
+        if current != head:
+            raise Failed(f"schema at {current}, the code wants {head}: run `db upgrade`")
+        return f"reachable, schema {current}"
+    finally:
+        await engine.dispose()
+
+
+async def _keys(config: Config) -> str:
+    from gateway.app import make_gpg, pinned_keys
+
+    executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gpg")
+    try:
+        gpg = await make_gpg(config, executor)
+        bad = []
+        for what, fingerprint, purpose in pinned_keys(config):
+            if not fingerprint:
+                bad.append(f"{what} not set")
+                continue
+            status = await gpg.check(fingerprint, purpose=purpose,
+                                     warn_days=config.gpg.warn_days)
+            bad += [f"{what}: {p}" for p in status.problems + status.warnings]
+        if bad:
+            raise Failed("; ".join(bad))
+        return f"{len(pinned_keys(config))} pinned keys usable"
+    finally:
+        await asyncio.to_thread(executor.shutdown, wait=True)
+
+
+async def _dns(config: Config) -> str:
+    from routing.resolve import HostResolver
+
+    resolver = await HostResolver.create(config.locate.nameservers,
+                                         timeout=min(config.locate.timeout, 5.0))
+    probe = "example.com"
+    found = await resolver.resolve(probe, fresh=True)
+    await resolver.close()
+    if found.outcome == "failed":
+        raise Failed(f"{resolver.description}: {found.error}")
+    return f"{resolver.description} answers ({probe}: {found.outcome})"
+
+
+async def _outbound(config: Config) -> str:
+    out = config.outbound
+    if out.transport == "file":
+        folder = out.file_dir
+        assert folder is not None
+        await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK):
+            raise Failed(f"{folder} is not writable")
+        return f"file outbox {folder} writable"
+    context = None
+    if out.tls != "none":
+        context = ssl.create_default_context(
+            cafile=str(out.tls_ca_file) if out.tls_ca_file else None)
+    client = aiosmtplib.SMTP(hostname=out.smtp_host, port=out.smtp_port,
+                             timeout=min(out.timeout, 10.0), use_tls=out.tls == "implicit",
+                             start_tls=out.tls == "starttls", tls_context=context,
+                             validate_certs=out.tls != "none")
+    try:
+        async with client:
+            await client.noop()
+    except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
+        raise Failed(f"{out.smtp_host}:{out.smtp_port} ({out.tls}): "
+                     f"{type(exc).__name__}: {exc}") from exc
+    return f"{out.smtp_host}:{out.smtp_port} reachable with {out.tls}"
+
+
+async def _daemon(config: Config) -> str:
+    if not config.admin.listen:
+        raise Failed("no [admin] listen: cannot ask the daemon")
+    host, port = config.admin.listen[0]
+    if port == 0:
+        raise Failed("[admin] listens on port 0: cannot find the daemon")
+    # A listener on every address is asked on the loopback one.
+    wildcard = {"", "0.0.0.0", "::"}  # noqa: S104 (addresses compared, not bound)
+    target = "127.0.0.1" if host in wildcard else f"[{host}]" if ":" in host else host
+    url = f"http://{target}:{port}/readyz"
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http, \
+                http.get(url) as response:
+            body = await response.json()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise Failed(f"{url}: {type(exc).__name__} (is the daemon running?)") from exc
+    if response.status != 200:
+        problems = [f"{k}: {v}" for k, v in (body.get("checks") or {}).items()]
+        raise Failed("not ready: " + "; ".join(problems))
+    return "running and ready"
+
+
+async def run(config: Config) -> list[tuple[str, bool, str]]:
+    """Every check: (name, passed, what it found)."""
+    results: list[tuple[str, bool, str]] = []
+    problems = await asyncio.to_thread(file_problems, config)
+    results.append(("config", not problems,
+                    "; ".join(problems) if problems else f"{config.path or 'defaults'} valid"))
+    checks: list[tuple[str, Check]] = [
+        ("database", lambda: _database(config)), ("keys", lambda: _keys(config)),
+        ("dns", lambda: _dns(config)), ("outbound", lambda: _outbound(config)),
+        ("daemon", lambda: _daemon(config)),
+    ]
+    for name, check in checks:
+        try:
+            results.append((name, True, await check()))
+        except Failed as exc:
+            results.append((name, False, str(exc)))
+        except Exception as exc:  # an unexpected failure is a finding too
+            results.append((name, False, f"{type(exc).__name__}: {exc}"))
+    return results
+
+
+def report(results: list[tuple[str, bool, str]]) -> str:
+    return "\n".join(f"{'ok  ' if passed else 'FAIL'} {name:<9} {found}"
+                     for name, passed, found in results)
+

@@ -1,0 +1,68 @@
+"""`doctor` checks an install end to end and names what is wrong."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import main
+from tests.daemon import Daemon, daemon_config
+from tests.dns_server import DnsServer
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def test_doctor_on_a_running_install(
+    tmp_path: Path, dns: DnsServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With the daemon up and a resolver that answers: config, database, DNS, the file outbox
+    and the daemon pass; keys fail (no signing key is configured) and make the exit 1."""
+    admin = free_port()
+    dns.zone.add("example.com", "A", "93.184.215.14")
+    config = tmp_path / "config.toml"
+    text = daemon_config(nameserver=dns.nameserver, extra='[outbound]\ntransport = "file"\n')
+    config.write_text(text.replace('[admin]\nlisten = ["127.0.0.1:0"]',
+                                   f'[admin]\nlisten = ["127.0.0.1:{admin}"]'))
+    daemon = Daemon(config, tmp_path)
+    try:
+        await daemon.start()
+        code = await asyncio.to_thread(main, ["--config", str(config), "doctor"])
+    finally:
+        await daemon.close()
+    out = capsys.readouterr().out
+    assert code == 1
+    lines = {line.split()[1]: line for line in out.splitlines()}
+    for name in ("config", "database", "dns", "outbound"):
+        assert lines[name].startswith("ok"), out
+    assert lines["keys"].startswith("FAIL") and "gpg.signing_key not set" in lines["keys"]
+    assert lines["daemon"].startswith("FAIL") and "keys: unusable" in lines["daemon"]
+
+
+def test_doctor_says_when_the_daemon_and_the_relay_are_away(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(daemon_config(extra=f"""
+[outbound]
+transport = "smtp"
+smtp_host = "127.0.0.1"
+smtp_port = {free_port()}
+[admin]
+listen = ["127.0.0.1:{free_port()}"]
+""").replace('[admin]\nlisten = ["127.0.0.1:0"]\n', "", 1))
+    assert main(["--config", str(config), "db", "upgrade"]) == 0
+    assert main(["--config", str(config), "doctor"]) == 1
+    out = capsys.readouterr().out
+    lines = {line.split()[1]: line for line in out.splitlines()}
+    assert lines["database"].startswith("ok")
+    assert lines["outbound"].startswith("FAIL") and "starttls" in lines["outbound"]
+    assert lines["daemon"].startswith("FAIL") and "is the daemon running?" in lines["daemon"]
+    assert lines["dns"].startswith("FAIL")  # nothing answers at the test's resolver
