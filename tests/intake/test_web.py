@@ -13,6 +13,7 @@ import jsonschema
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from openapi_spec_validator import validate as validate_openapi
 from sqlalchemy import func, select
 
 from gateway.app import Gateway
@@ -216,6 +217,7 @@ async def test_the_openapi_document_describes_the_handler(start: Start) -> None:
             origin(gw) + "/api/v1/openapi.json") as response:
         served = await response.json()
     assert served == openapi_document() and served["openapi"] == "3.1.0"
+    validate_openapi(served)  # the whole document, against the OpenAPI 3.1 schema
     jsonschema.Draft202012Validator.check_schema(served["components"]["schemas"]["Report"])
     assert set(served["paths"]["/api/v1/reports"]["post"]["responses"]) == {
         "201", "400", "413", "422", "429", "503"}

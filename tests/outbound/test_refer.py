@@ -282,3 +282,29 @@ async def test_content_that_moved_is_routed_where_it_is_now(
     assert [e["trigger"] for e in case["hosting_evidence"]] == ["auto", "recheck"]
     received = await mta.wait_for(1)
     assert received[0].rcpt_tos == ["cp@police.test"]
+
+
+async def test_a_dropped_connection_is_retried_until_delivered(
+    start: Start, keys: Keys, mta: FakeMta, tmp_path: Path
+) -> None:
+    """The upstream closes the connection at DATA without answering: deferred, then sent."""
+    mta.behaviour = Behaviour("drop", times=2)
+    gw = await start(**referral_config(keys, mta, tmp_path))
+    backend = gw.console.context.backend
+    await ready_user(backend, "ana")
+    token = await create_token(backend, "ana", now=utcnow())
+    case_id = await file_case(gw, "http://be.test/dropped", "dropped")
+    await assess(gw, token, case_id)
+    received = await mta.wait_for(1)
+    case = await settle(gw, case_id, "referred")
+    async with asyncio.timeout(30):
+        while (case := await case_of(gw, case_id))["referrals"][0]["status"] != "sent":
+            await asyncio.sleep(0.05)
+    status, shown = await api(gw, "GET", f"/api/v1/referrals/{case['referrals'][0]['id']}",
+                              token)
+    assert status == 200
+    outcomes = [a["outcome"] for a in shown["attempts"]]
+    assert outcomes == ["deferred", "deferred", "sent"], shown["attempts"]
+    assert "Disconnected" in shown["attempts"][0]["detail"] or \
+        "closed" in shown["attempts"][0]["detail"].lower()
+    assert len(received) == 1
