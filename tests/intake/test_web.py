@@ -312,3 +312,25 @@ async def test_language_links_stay_useful_after_an_error_and_on_the_receipt(
         receipt = await response.text()
     reference = headers["Location"].split("ref=")[1].split("&")[0]
     assert f'href="/receipt?ref={reference}&amp;lang=de"' in receipt
+
+
+async def test_over_tls_the_form_asks_for_https_from_then_on(
+    start: Start, tmp_path: Path
+) -> None:
+    """Served with a certificate, every answer carries Strict-Transport-Security."""
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
+        str(tmp_path / "web.pem"))
+    gw = await start(http={"listen": ["127.0.0.1:0"], "tls_cert": str(tmp_path / "web.pem"),
+                           "tls_key": str(tmp_path / "web.pem")})
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    host, port = gw.public.addresses[0]
+    async with aiohttp.ClientSession() as http:
+        for path in ("/", "/api/v1/openapi.json", "/nowhere"):
+            async with http.get(f"https://{host}:{port}{path}", ssl=context) as response:
+                assert response.headers["Strict-Transport-Security"].startswith("max-age="), path
