@@ -238,7 +238,7 @@ async def submit_form(request: web.Request) -> web.StreamResponse:
     except Exception as exc:
         log.error("web.store_failed", error_type=type(exc).__name__)
         return intake.render("error.html", language, code=503, message="unavailable")
-    log.info("web.report", reference=receipt.reference)
+    # (The writer logs every committed reference, per batch: no line per post here.)
     raise web.HTTPSeeOther(f"/receipt?ref={receipt.reference}&lang={language}")
 
 
@@ -315,7 +315,6 @@ async def api_report(request: web.Request) -> web.Response:
         response = _api_error(503, "the report could not be stored; try again later")
         response.headers["Retry-After"] = "60"
         return response
-    log.info("web.report", reference=receipt.reference, channel="api")
     return web.json_response({"reference": receipt.reference}, status=201)
 
 

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.store.text import plain_text
 from intake.urls import FoundUrl, extract_urls
 
 SCHEMA = "hotline-gateway/web-report/v1"
@@ -22,10 +23,6 @@ MAX_DESCRIPTION = 5000
 MAX_SEEN_WHERE = 500
 MAX_EMAIL = 254
 _EMAIL = re.compile(r"[^@\s<>\"(),;:\\\[\]]{1,64}@[^@\s<>\"(),;:\\\[\]]+\.[^@\s<>\"(),;:\\\[\]]+")
-
-
-def _plain(value: str) -> bool:
-    return "\0" not in value and not any("\ud800" <= c <= "\udfff" for c in value)
 
 
 def field_urls(text: str) -> list[FoundUrl]:
@@ -71,7 +68,7 @@ def _text(value: object, field: str, limit: int, errors: dict[str, str]) -> str 
     if not isinstance(value, str):
         errors[field] = "not_text"
         return None
-    if len(value) > limit or not _plain(value):
+    if len(value) > limit or not plain_text(value):
         errors[field] = "too_long" if len(value) > limit else "not_text"
         return None
     return value.strip()
@@ -97,7 +94,7 @@ def validate(urls: object, description: object = None, seen_where: object = None
             errors["urls"] = "too_many"
         else:
             for index, url in enumerate(given):
-                if len(url) > MAX_URL or not _plain(url):
+                if len(url) > MAX_URL or not plain_text(url):
                     errors[f"urls[{index}]"] = "too_long" if len(url) > MAX_URL else "not_url"
                 elif not field_urls(url):
                     errors[f"urls[{index}]"] = "not_url"

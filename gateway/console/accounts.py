@@ -31,6 +31,7 @@ from gateway.ids import uuid7
 from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
 from gateway.store.tables import api_tokens, staff_sessions, users
+from gateway.store.text import plain_text
 
 T = TypeVar("T")
 ROLES = ("analyst", "supervisor", "admin")
@@ -180,11 +181,6 @@ def _totp_step(secret: str, code: str, moment: datetime) -> int | None:
         if hmac.compare_digest(totp.generate_otp(step), code):
             return step
     return None
-
-
-def plain_text(value: str) -> bool:
-    """No NUL and no lone surrogate: text every database and every encoder accepts."""
-    return "\0" not in value and not any("\ud800" <= c <= "\udfff" for c in value)
 
 
 async def login(

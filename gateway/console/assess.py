@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import and_, insert, select, update
 from sqlalchemy.engine import Connection
 
-from gateway.console.accounts import Staff, plain_text
+from gateway.console.accounts import Staff
 from gateway.ids import uuid7
 from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
@@ -29,6 +29,7 @@ from gateway.store.tables import (
     submissions,
     users,
 )
+from gateway.store.text import plain_text
 
 #: ICCAM's classifications, and the verdict each belongs to.
 CLASSIFICATIONS = {"baseline": "illegal", "national": "illegal",
