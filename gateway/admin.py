@@ -15,19 +15,18 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.config import AdminConfig
 from gateway.listeners import HttpListener
 from gateway.metrics import Metrics
-from gateway.stats import collect_stats
+from gateway.stats import StatsCache
 from gateway.store.backend import WriteBackend
 from outbound.gpg import KeyStatus
 
 
 @dataclass
 class Admin:
-    engine: AsyncEngine
+    stats: StatsCache
     backend: WriteBackend
     metrics: Metrics
     keys: Callable[[], Mapping[str, KeyStatus | None]]
@@ -59,7 +58,7 @@ async def readyz(request: web.Request) -> web.Response:
     down = [name for name, addresses in admin.listeners() if not addresses]
     checks["listeners"] = "up" if not down else f"down: {', '.join(down)}"
     try:
-        stats = await collect_stats(admin.engine)
+        stats = await admin.stats.fresh(max_age=10, wait=5)
         oldest = stats["outbox_oldest_pending_seconds"]
         checks["outbox"] = "moving" if oldest < admin.max_outbox_age else (
             f"stuck: oldest pending for {int(oldest)} s")
@@ -72,7 +71,10 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     admin = request.app[ADMIN]
-    stats = await collect_stats(admin.engine)
+    try:
+        stats = dict(await admin.stats.fresh(max_age=5, wait=10))
+    except TimeoutError:
+        raise web.HTTPServiceUnavailable(reason="counts are slow to come: try again") from None
     stats["counters"] = dict(admin.counters())
     body = admin.metrics.render(stats, admin.keys())
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

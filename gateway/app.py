@@ -30,7 +30,7 @@ from gateway.listeners import HttpListener
 from gateway.metrics import Metrics
 from gateway.notify import Notifier
 from gateway.retention import purge
-from gateway.stats import collect_stats
+from gateway.stats import StatsCache
 from gateway.store import migrate
 from gateway.store.backend import WriteBackend, open_write_backend
 from gateway.store.engine import open_engine
@@ -67,17 +67,13 @@ class Gateway:
     console: ConsoleServer
     public: PublicServer
     admin: AdminServer
+    stats: StatsCache
     refer: ReferStage
     outbox: OutboxWorker
     keywatch: KeyWatch
     gpg: Gpg
     #: Set with a reason when an owned task dies: the daemon cannot go on serving.
     failed: asyncio.Future[str]
-
-
-#: What a reload (SIGHUP) applies; every other section needs a restart.
-RELOADABLE = ("routing", "locate", "gpg", "gateway.log_level", "gateway.log_format",
-              "gateway.hotline_name", "outbound")
 
 
 def reload(gateway: Gateway, new: Config) -> list[str]:
@@ -93,8 +89,12 @@ def reload(gateway: Gateway, new: Config) -> list[str]:
     gateway.gpg.forget_checks()  # keys may have been imported or revoked
     gateway.config = new
     needs_restart = [name for name in ("database", "smtp", "http", "console", "admin",
-                                       "intake", "assessment", "retention")
+                                       "intake", "assessment", "retention", "outbound")
                      if getattr(old, name) != getattr(new, name)]
+    needs_restart += [f"locate.{key}" for key in ("nameservers", "timeout", "geoip_db",
+                                                  "asn_db", "concurrency", "retry_after",
+                                                  "retry_max", "max_attempts")
+                      if getattr(old.locate, key) != getattr(new.locate, key)]
     needs_restart += [f"gateway.{key}" for key in ("home_country", "data_dir",
                                                    "reference_prefix", "shutdown_grace")
                       if getattr(old.gateway, key) != getattr(new.gateway, key)]
@@ -333,8 +333,9 @@ async def running(
             config.console, backend, engine, locator, four_eyes=config.assessment.four_eyes,
             on_decided=refer.wake, on_queued=outbox.wake))
         addresses["console"] = console
+        stats = StatsCache(engine)
         admin = AdminServer(config.admin, Admin(
-            engine=engine, backend=backend, metrics=metrics, keys=lambda: keywatch.last,
+            stats=stats, backend=backend, metrics=metrics, keys=lambda: keywatch.last,
             listeners=lambda: [(name, server.addresses) for name, server in addresses.items()],
             max_outbox_age=config.outbound.max_attempt_age,
             counters=lambda: {"locate_failures": locate.failed, "locate_located": locate.located,
@@ -347,11 +348,12 @@ async def running(
             await console.start()
             await admin.start()
             yield Gateway(config, engine, writer, smtp, normaliser, locator, locate, console,
-                          public, admin, refer, outbox, keywatch, gpg, failed)
+                          public, admin, stats, refer, outbox, keywatch, gpg, failed)
         finally:
             failed.cancel()  # from here on, tasks ending is the plan
             # Listeners first (no new work), then the stages, each finishing what it holds.
             await _bounded(admin.stop(), step_seconds, "admin")
+            await _bounded(stats.close(), step_seconds, "stats")
             await _bounded(console.stop(), step_seconds, "console")
             await _bounded(public.stop(), step_seconds, "public")
             await smtp.stop(config.gateway.shutdown_grace)
@@ -403,23 +405,21 @@ async def _reload(gateway: Gateway, notifier: Notifier, load_config: Callable[[]
 
 
 async def _watchdog(gateway: Gateway, notifier: Notifier) -> None:
-    """WATCHDOG=1 at half of WATCHDOG_USEC, sent from the event loop itself (a stuck loop stops
-    the pings and systemd restarts the daemon), with the queue depths as STATUS."""
+    """WATCHDOG=1 at half of WATCHDOG_USEC, sent from the event loop itself on a fixed timer (a
+    stuck loop stops the pings and systemd restarts the daemon; a slow database does not),
+    with the last known queue depths as STATUS."""
     interval = notifier.watchdog_interval()
     if interval is None:
         return
     while True:
-        status = ""
-        try:
-            async with asyncio.timeout(interval / 2):
-                stats = await collect_stats(gateway.engine)
-            status = (f"serving; to normalise {stats['submissions_by_status'].get('received', 0)}"
-                      f", to locate {stats['cases_to_locate']}"
-                      f", awaiting assessment {stats['cases'].get('awaiting_assessment', 0)}"
-                      f", outbox {stats['outbox_pending']}")
-        except Exception as exc:  # the database is slow or away: the loop is alive, say so
-            status = f"serving; counts unavailable ({type(exc).__name__})"
+        stats = gateway.stats.last
+        status = "serving" if stats is None else (
+            f"serving; to normalise {stats['submissions_by_status'].get('received', 0)}"
+            f", to locate {stats['cases_to_locate']}"
+            f", awaiting assessment {stats['cases'].get('awaiting_assessment', 0)}"
+            f", outbox {stats['outbox_pending']}")
         notifier.watchdog(status)
+        gateway.stats.refresh()  # for the next ping's status; never waited for here
         await asyncio.sleep(interval)
 
 

@@ -1,7 +1,8 @@
 """``backup PATH``: a consistent copy of the database while the daemon runs.
 
-SQLite: the online backup API (pages copied under a read transaction, so the copy is one
-moment of the database however many writes go on), then ``PRAGMA integrity_check`` on the copy.
+SQLite: the online backup API, in one step under one read snapshot (the copy is one moment of
+the database however many writes go on; WAL lets them go on), then ``PRAGMA integrity_check``
+on the copy, which is readable by its owner only.
 PostgreSQL: use ``pg_dump`` (a consistent snapshot by design); this command says so.
 """
 
@@ -31,16 +32,29 @@ def backup(database_url: str, target: Path) -> int:
     source_path = url.database
     assert source_path is not None
     partial = target.with_name(target.name + ".partial")
-    with contextlib.closing(sqlite3.connect(f"file:{source_path}?mode=ro", uri=True,
-                                            timeout=30)) as source, \
-            contextlib.closing(sqlite3.connect(partial)) as copy:
-        source.backup(copy, pages=1024)
-        result = copy.execute("PRAGMA integrity_check").fetchone()
-        if result is None or result[0] != "ok":
-            raise BackupError(f"the copy fails its integrity check: {result}")
-        count = copy.execute("SELECT count(*) FROM submissions").fetchone()[0]
-        copy.commit()
-    with open(partial, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(partial, target)
+    # Reporter data: readable by the owner only, from the first byte.
+    os.close(os.open(partial, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    try:
+        source_uri = Path(source_path).resolve().as_uri() + "?mode=ro"
+        with contextlib.closing(sqlite3.connect(source_uri, uri=True, timeout=30)) as source, \
+                contextlib.closing(sqlite3.connect(partial)) as copy:
+            # One step: every page under one read snapshot (WAL lets writers go on meanwhile).
+            # Copying in steps would restart whenever a write comes between two of them.
+            source.backup(copy)
+            result = copy.execute("PRAGMA integrity_check").fetchone()
+            if result is None or result[0] != "ok":
+                raise BackupError(f"the copy fails its integrity check: {result}")
+            count = copy.execute("SELECT count(*) FROM submissions").fetchone()[0]
+            copy.commit()
+        with open(partial, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(partial, target)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    folder = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
     return int(count)

@@ -208,6 +208,10 @@ async def _serve(config: Config, notifier: Notifier, *, upgrade_db: bool) -> Non
 
     def on_hangup() -> None:
         log.info("gateway.signal", signal="SIGHUP")
+        if config.path is None:
+            log.warning("gateway.reload_impossible", reason="no config file to read again")
+            notifier.ready("serving; reload impossible: no config file")
+            return
         reload_requested.set()
 
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_hangup)

@@ -68,8 +68,10 @@ async def _dns(config: Config) -> str:
     resolver = await HostResolver.create(config.locate.nameservers,
                                          timeout=min(config.locate.timeout, 5.0))
     probe = "example.com"
-    found = await resolver.resolve(probe, fresh=True)
-    await resolver.close()
+    try:
+        found = await resolver.resolve(probe, fresh=True)
+    finally:
+        await resolver.close()
     if found.outcome == "failed":
         raise Failed(f"{resolver.description}: {found.error}")
     return f"{resolver.description} answers ({probe}: {found.outcome})"
@@ -136,7 +138,10 @@ async def run(config: Config) -> list[tuple[str, bool, str]]:
     ]
     for name, check in checks:
         try:
-            results.append((name, True, await check()))
+            async with asyncio.timeout(30):  # an unreachable host must not hang the doctor
+                results.append((name, True, await check()))
+        except TimeoutError:
+            results.append((name, False, "no answer within 30 s"))
         except Failed as exc:
             results.append((name, False, str(exc)))
         except Exception as exc:  # an unexpected failure is a finding too

@@ -6,7 +6,9 @@
   HELO name and the connecting address, and the e-mail a web reporter gave (which lives in the
   raw document: a report still holding its raw bytes then loses them too).
 
-A report not read yet (``received``) keeps everything: it has not given up its URLs.
+Only reports that were read (``parsed``) lose anything: one not read yet, or one that could
+not be read (``parse_failed``: say, encrypted before its key was imported) keeps its bytes so
+that it can be read again.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ async def purge(backend: WriteBackend, retention: RetentionConfig, *, now: datet
                 actor: str = "system:retention") -> Purged:
     raw_before = now - timedelta(days=retention.raw_message_days)
     contact_before = now - timedelta(days=retention.reporter_contact_days)
-    read = submissions.c.status != "received"
+    read = submissions.c.status == "parsed"
 
     def work(conn: Connection) -> Purged:
         raw = conn.execute(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -53,3 +56,42 @@ async def collect_stats(engine: AsyncEngine, *, now: datetime | None = None) -> 
 async def _count_by(conn: AsyncConnection, column: ColumnElement[Any]) -> dict[str, int]:
     rows = await conn.execute(select(column, func.count()).group_by(column))
     return {str(value): int(count) for value, count in rows}
+
+
+class StatsCache:
+    """``collect_stats`` shared by the watchdog, ``/readyz`` and ``/metrics``: at most one query
+    at a time, and a recent answer reused, so that slow counts never pile up or hold back a
+    watchdog ping."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._running: asyncio.Task[dict[str, Any]] | None = None
+        self.last: dict[str, Any] | None = None
+        self._at = 0.0
+
+    def refresh(self) -> asyncio.Task[dict[str, Any]]:
+        """The query in progress, or a new one (its own task: a caller that gives up waiting
+        does not cancel it for the others)."""
+        if self._running is None or self._running.done():
+            self._running = asyncio.create_task(self._query(), name="stats")
+            # Nobody may wait for it (the watchdog does not): its failure is not an error here.
+            self._running.add_done_callback(
+                lambda task: task.cancelled() or task.exception())
+        return self._running
+
+    async def _query(self) -> dict[str, Any]:
+        stats = await collect_stats(self._engine)
+        self.last, self._at = stats, time.monotonic()
+        return stats
+
+    async def fresh(self, *, max_age: float, wait: float) -> dict[str, Any]:
+        """Counts at most ``max_age`` old; TimeoutError if none come within ``wait``."""
+        if self.last is not None and time.monotonic() - self._at <= max_age:
+            return self.last
+        return await asyncio.wait_for(asyncio.shield(self.refresh()), wait)
+
+    async def close(self) -> None:
+        if self._running is not None and not self._running.done():
+            self._running.cancel()
+            with contextlib.suppress(BaseException):
+                await self._running

@@ -52,13 +52,18 @@ def decrypted_message(raw: bytes, decrypt: Decrypt) -> bytes | None:
     try:
         plaintext = decrypt(ciphertext)
     except Exception as exc:
+        if kind == "inline":
+            # A PGP block in the text that is not for us (quoted, forwarded, a key): the rest
+            # of the message is read as it is.
+            return None
         raise NotForUs(type(exc).__name__ if not str(exc) else str(exc)[:200]) from exc
-    if kind == "mime":
-        return plaintext  # the inner MIME message (RFC 3156 section 4)
-    # Inline: the decrypted text stands in for the body; the outer headers stay.
     end = _HEADER_END.search(raw)
-    headers = raw[: end.start()] if end else b""
-    headers = re.sub(rb"(?im)^content-(type|transfer-encoding):.*(\r?\n[ \t].*)*\r?\n?", b"",
-                     headers + b"\r\n")
-    return (headers.rstrip(b"\r\n") + b"\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    # The outer headers (Subject, From, Date…) stay; its Content-* ones are the inner's now.
+    headers = re.sub(rb"(?im)^(content-[a-z-]+|mime-version):.*(\r?\n[ \t].*)*\r?\n?", b"",
+                     (raw[: end.start()] if end else b"") + b"\r\n").rstrip(b"\r\n")
+    if kind == "mime":
+        # The inner MIME entity (RFC 3156 section 4), under the outer headers.
+        return headers + b"\r\nMIME-Version: 1.0\r\n" + plaintext.lstrip(b"\r\n")
+    # Inline: the decrypted text stands in for the body.
+    return (headers + b"\r\nContent-Type: text/plain; charset=utf-8\r\n"
             b"Content-Transfer-Encoding: 8bit\r\n\r\n" + plaintext)

@@ -62,6 +62,12 @@ class RateLimiter:
         self._buckets: OrderedDict[bytes, tuple[float, float]] = OrderedDict()
 
     def allow(self, client: str) -> bool:
+        try:  # an IPv6 client owns its /64: rotating addresses inside it is one client
+            address = ipaddress.ip_address(client)
+            if address.version == 6:
+                client = str(ipaddress.ip_network(f"{address}/64", strict=False))
+        except ValueError:
+            pass
         key = hashlib.blake2b(client.encode(), key=self._salt, digest_size=16).digest()
         now = self._clock()
         tokens, last = self._buckets.pop(key, (self._burst, now))
@@ -88,19 +94,25 @@ class Intake:
     wkd: dict[str, bytes]  # WKD hash -> binary key, for the intake addresses
 
     def client(self, request: web.Request) -> str:
-        """The client's address; X-Forwarded-For only when the peer is a trusted proxy."""
+        """The client's address; X-Forwarded-For only when the peer is a trusted proxy.
+
+        Hops are read from the nearest: the first that is not one of our proxies is the
+        client. Every X-Forwarded-For line counts (a proxy may add its own line after a forged
+        one), and a hop that is not an address ends the walk at the last good one.
+        """
         peer = request.remote or ""
-        chain = [peer]
-        forwarded = request.headers.get("X-Forwarded-For", "")
+        forwarded = ",".join(request.headers.getall("X-Forwarded-For", []))
         chain = [h.strip() for h in forwarded.split(",") if h.strip()] + [peer]
-        for hop in reversed(chain):  # the nearest hop that is not one of our proxies
+        client = peer
+        for hop in reversed(chain):
             try:
                 address = ipaddress.ip_address(hop)
             except ValueError:
-                return hop
+                return client
+            client = str(address)
             if not any(address in network for network in self.trusted_proxies):
-                return str(address)
-        return peer
+                return client
+        return client
 
     def render(self, name: str, language: str, code: int = 200, **context: Any) -> web.Response:
         # Fields without an error (or a value) read as empty in the templates.

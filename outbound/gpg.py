@@ -34,6 +34,8 @@ ARMOR = b"-----BEGIN PGP MESSAGE-----"
 #: How long a key found usable is used without checking it again (a revocation imported by
 #: another process, such as `keys import` beside the daemon, takes effect within this).
 CHECK_TTL = 60.0
+#: The largest plaintext a report may decrypt to (the MIME parser's own limit is smaller).
+MAX_DECRYPTED = 32 * 1024 * 1024
 # Parallel gpg processes contend on the keyring's random_seed lock; nothing else is at stake.
 # --no-encrypt-to: a gpg.conf "encrypt-to" must never add a recipient behind our back.
 OPTIONS = ["--no-random-seed-file", "--no-encrypt-to"]
@@ -234,7 +236,9 @@ class Gpg:
     def decrypt_blocking(self, data: bytes) -> bytes:
         """Decrypt a message encrypted to one of our secret keys. Blocking: call it from a
         worker thread (the normalise stage's executor)."""
-        result = self._handle().decrypt(data, passphrase=self._passphrase)
+        # A small compressed packet can expand without bound: gpg stops at max_output.
+        result = self._handle().decrypt(data, passphrase=self._passphrase,
+                                        extra_args=["--max-output", str(MAX_DECRYPTED)])
         if not (result.ok and result.returncode == 0):
             raise GpgError(f"cannot decrypt: {result.status or 'no secret key'}")
         plaintext: bytes = result.data

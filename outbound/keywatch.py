@@ -36,7 +36,8 @@ class KeyWatch:
         """The pinned keys after a reload; checked again at once."""
         self._pinned = list(pinned)
         self._warn_days = warn_days
-        self.last = {}
+        # The earlier results stay until the new check is done (readiness does not flap);
+        # keys no longer pinned are dropped then.
         self._recheck.set()
 
     async def run(self) -> None:
@@ -55,10 +56,11 @@ class KeyWatch:
     async def check_once(self) -> int:
         """Check every pinned key now; how many need attention."""
         attention = 0
+        results: dict[str, KeyStatus | None] = {}
         for what, fingerprint, purpose in self._pinned:
             if not fingerprint:
                 log.error("keys.not_configured", key=what)
-                self.last[what] = None
+                results[what] = None
                 attention += 1
                 continue
             try:
@@ -67,9 +69,10 @@ class KeyWatch:
             except GpgError as exc:
                 log.error("keys.check_failed", key=what, fingerprint=fingerprint,
                           error=str(exc))
+                results[what] = None
                 attention += 1
                 continue
-            self.last[what] = status
+            results[what] = status
             if status.problems:
                 attention += 1
                 log.error("keys.unusable", key=what, fingerprint=fingerprint,
@@ -78,4 +81,5 @@ class KeyWatch:
                 attention += 1
                 log.warning("keys.expiring", key=what, fingerprint=fingerprint,
                             warnings=status.warnings)
+        self.last = results
         return attention

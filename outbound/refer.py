@@ -146,6 +146,8 @@ class ReferStage(PollingStage):
         return [(row.id, row.status) for row in rows]
 
     async def _route(self, case_id: uuid.UUID, status: str) -> None:
+        # One configuration for the whole case, even if a reload comes while it is routed.
+        config, members = self._config, self._members
         async with self._engine.connect() as conn:
             case = await get_case(conn, case_id)
         assert case is not None and case["assessment"] is not None
@@ -170,12 +172,12 @@ class ReferStage(PollingStage):
             source = hosting.get("source") or "geoip"
         facts = Facts(
             verdict=assessment["verdict"], classification=assessment["classification"],
-            home_country=self._config.gateway.home_country, country=country,
+            home_country=config.gateway.home_country, country=country,
             country_source=source if country else None, hosting_status=hosting.get("status"),
             evidence_id=hosting.get("evidence_id"),
             evidence_checked_at=hosting.get("checked_at"),
-            membership=self._members.get(country) if country else None,
-            hotlines=frozenset(self._config.routing.hotlines),
+            membership=members.get(country) if country else None,
+            hotlines=frozenset(config.routing.hotlines),
         )
         decision = decide(facts)
         if source == "analyst" and checked_now is not None and checked_now != country:
@@ -191,7 +193,7 @@ class ReferStage(PollingStage):
                 {**decision.facts, "country_at_assessment": before})
         prepared = _Prepared(decision)
         if decision.outcome == "refer":
-            prepared = await self._prepare(case, decision, hosting, country, source)
+            prepared = await self._prepare(config, case, decision, hosting, country, source)
         now = self._clock()
         filed = await self._backend.transaction(partial(
             self._file, case_id=case_id, status=status, prepared=prepared, now=now,
@@ -206,30 +208,31 @@ class ReferStage(PollingStage):
         if prepared.outbox is not None:
             self._on_queued()
 
-    def _destination(self, name: str) -> Destination | None:
+    @staticmethod
+    def _destination(config: Config, name: str) -> Destination | None:
         if name.startswith("hotline:"):
-            return self._config.routing.hotlines.get(name.partition(":")[2])
-        for key, destination in self._config.routing.destinations.items():
+            return config.routing.hotlines.get(name.partition(":")[2])
+        for key, destination in config.routing.destinations.items():
             if key == name:
                 return destination
         return None
 
-    async def _prepare(self, case: dict[str, Any], decision: Decision,
+    async def _prepare(self, config: Config, case: dict[str, Any], decision: Decision,
                        hosting: dict[str, Any], country: str | None, source: str
                        ) -> _Prepared:
         assert decision.destination is not None and country is not None
-        destination = self._destination(decision.destination)
+        destination = self._destination(config, decision.destination)
         if destination is None:
             return _Prepared(no_key(decision, [f"no [routing] destination for "
                                                f"{decision.destination}"]))
-        signer = self._config.gpg.signing_key
+        signer = config.gpg.signing_key
         referral_id = uuid7()
         now = self._clock()
         reference = case["references"][0]
         document = referral_document(
             reference=reference, created=iso(now) or "", rule=decision.rule,
-            destination=decision.destination, hotline=self._config.gateway.hotline_name,
-            home_country=self._config.gateway.home_country, case=case,
+            destination=decision.destination, hotline=config.gateway.hotline_name,
+            home_country=config.gateway.home_country, case=case,
             classification=case["assessment"]["classification"],
             assessed_at=case["assessment"]["at"],
             hosting={"country": country, "country_source": source,
@@ -251,7 +254,7 @@ class ReferStage(PollingStage):
         except GpgError as exc:
             log.error("refer.gpg_failed", case_id=case["id"], error=str(exc))
             return _Prepared(no_key(decision, [f"gpg failed: {exc}"]))
-        from_address = self._config.outbound.from_address
+        from_address = config.outbound.from_address
         msg_id = message_id(str(referral_id), from_address)
         message = encrypted_message(armored, from_address=from_address,
                                     to_address=destination.email, reference=reference,

@@ -10,13 +10,16 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from sqlalchemy import select
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.backup import BackupError, backup
 from gateway.cli import main
 from gateway.config import RetentionConfig
+from gateway.ids import uuid7
 from gateway.retention import purge
 from gateway.stats import collect_stats
+from gateway.store.backend import open_write_backend
 from gateway.store.tables import submissions
 from tests.conftest import Start
 from tests.smtp_client import deliver, queued_reference, report
@@ -95,6 +98,8 @@ async def test_a_backup_under_write_load_holds_every_report_acknowledged_before_
         assert copy.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         stored = {r for (r,) in copy.execute("SELECT reference FROM submissions")}
     assert before and before <= stored and count == len(stored)
+    assert target.stat().st_mode & 0o777 == 0o600  # reporter data: the owner's only
+    assert not list(tmp_path.glob("*.partial"))
     with pytest.raises(BackupError, match="exists already"):
         await asyncio.to_thread(backup, gw.config.database.url, target)
 
@@ -114,3 +119,24 @@ def test_purge_from_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["--config", str(config), "db", "upgrade"]) == 0
     assert main(["--config", str(config), "purge"]) == 0
     assert "removed the raw message of 0 report(s)" in capsys.readouterr().out
+
+
+async def test_reports_not_read_keep_their_bytes(engine: AsyncEngine) -> None:
+    """A report that could not be read (parse_failed) or is not read yet keeps everything,
+    however old: it can still be read once the cause is fixed."""
+    backend = await open_write_backend(engine)
+    old = datetime.now(UTC) - timedelta(days=400)
+    rows = [{"id": uuid7(), "reference": f"CF-2025-{n:06d}", "channel": "smtp",
+             "status": status, "received_at": old, "rcpt_tos": [], "mail_from": "a@b.test",
+             "body_sha256": "0" * 64, "raw_size": 3, "raw": b"raw"}
+            for n, status in enumerate(("parsed", "parse_failed", "received"))]
+    try:
+        await backend.transaction(lambda conn: conn.execute(insert(submissions), rows))
+        purged = await purge(backend, RetentionConfig(), now=datetime.now(UTC))
+        assert (purged.raw_messages, purged.contacts) == (1, 1)
+        async with engine.connect() as conn:
+            kept = dict((await conn.execute(select(submissions.c.status,
+                                                   submissions.c.raw))).all())
+        assert kept == {"parsed": None, "parse_failed": b"raw", "received": b"raw"}
+    finally:
+        await backend.close()

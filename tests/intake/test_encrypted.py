@@ -102,10 +102,13 @@ async def test_inline_pgp_reports_are_decrypted_too(
 async def test_a_report_encrypted_to_another_key_is_marked_not_dropped(
     gateway: Gateway, homes: tuple[Path, str, Path]
 ) -> None:
+    """PGP/MIME the gateway cannot decrypt is parse_failed with the reason, and kept."""
     _, _, stranger = homes
-    armored = await asyncio.to_thread(encrypt, stranger, None, b"www.example.com/lost")
-    raw = (b"From: a@example.org\r\nTo: report@hotline.test\r\nSubject: hi\r\n"
-           b"Message-ID: <pgp-3@example.org>\r\n\r\n" + armored)
+    armored = await asyncio.to_thread(encrypt, stranger, None,
+                                      b"Content-Type: text/plain\r\n\r\nwww.example.com/lost")
+    raw = encrypted_message(armored, from_address="a@example.org",
+                            to_address="report@hotline.test", reference="x",
+                            msg_id="<pgp-3@example.org>", date=datetime.now(UTC))
     assert (await deliver(gateway.smtp.addresses[0][1], raw))[0] == 250
     async with asyncio.timeout(20):
         while True:
@@ -116,3 +119,16 @@ async def test_a_report_encrypted_to_another_key_is_marked_not_dropped(
                 break
             await asyncio.sleep(0.05)
     assert row.status == "parse_failed" and row.parse_error.startswith("pgp: cannot decrypt")
+
+
+async def test_a_quoted_pgp_block_not_for_us_does_not_hide_the_rest(
+    gateway: Gateway, homes: tuple[Path, str, Path]
+) -> None:
+    """An inline block for someone else (quoted, forwarded): the plain URLs are still filed."""
+    _, _, stranger = homes
+    armored = await asyncio.to_thread(encrypt, stranger, None, b"not for the hotline")
+    raw = (b"From: a@example.org\r\nTo: report@hotline.test\r\nSubject: fwd\r\n"
+           b"Message-ID: <pgp-4@example.org>\r\n\r\nSee www.example.com/visible\r\n\r\n"
+           + armored)
+    assert (await deliver(gateway.smtp.addresses[0][1], raw))[0] == 250
+    assert await filed(gateway, "visible") == ["http://www.example.com/visible"]
