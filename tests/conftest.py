@@ -28,6 +28,9 @@ from tests.locating import build_mmdb, standard_zone
 if TYPE_CHECKING:
     from gateway.app import Gateway
 
+# The ``browser`` fixture (Debian's chromium through Playwright) for the page tests.
+pytest_plugins = ["tests.browser"]
+
 PG_URL = os.environ.get("HOTLINE_TEST_PG_URL", "")
 
 ConfigFactory = Callable[..., Config]

@@ -6,41 +6,24 @@ Screenshots go to ``.artifacts/screenshots/`` in the repository (``web-*.png``).
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import Browser, BrowserContext, Page, async_playwright
+from playwright.async_api import Browser, BrowserContext, Page
 from sqlalchemy import func, select
 
 from gateway.app import Gateway
 from gateway.store.case_view import get_case, list_cases
 from gateway.store.tables import cases, submissions
 from intake.i18n import LANGUAGES, TEXTS
+from tests.browser import shot
 from tests.conftest import Start
 
-CHROMIUM = os.environ.get("HOTLINE_CHROMIUM", "/usr/bin/chromium")
-SHOTS = Path(__file__).resolve().parents[2] / ".artifacts" / "screenshots"
-# As root, without the sandbox; and nothing that reaches out to the internet on its own.
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 REFERENCE = re.compile(r"CF-\d{4}-\d{6}")
 SCRIPT = "<script>alert(1)</script>"
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium")
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        yield launched
-        await launched.close()
 
 
 @dataclass
@@ -78,11 +61,6 @@ async def visit(gw: Gateway, browser: Browser, **context_options: Any) -> Visit:
 
     page.on("dialog", dismiss)
     return seen
-
-
-async def shot(page: Page, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    await page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
 async def counts(gw: Gateway) -> tuple[int, int]:

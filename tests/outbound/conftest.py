@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from outbound.gpg import Gpg
+from tests.outbound.mta import FakeMta
 
 HOTLINE_PASSPHRASE = "correct horse battery staple"
 PAST = "20200101T000000"  # --faked-system-time: keys made "then" have long expired
@@ -145,3 +146,12 @@ def empty_home(tmp_path: Path) -> Iterator[Path]:
     yield home
     if home.exists():
         stop_agent(home)
+
+
+@pytest.fixture
+async def mta(tmp_path: Path) -> AsyncIterator[FakeMta]:
+    """A fake upstream MTA on 127.0.0.1 (STARTTLS with a trustme certificate)."""
+    server = FakeMta(tmp_path)
+    await server.start()
+    yield server
+    await server.stop()

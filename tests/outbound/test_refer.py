@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator
 from email import message_from_bytes, policy
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,6 @@ from typing import Any
 import aiohttp
 import gnupg  # type: ignore[import-untyped]
 import jsonschema
-import pytest
 
 from gateway.app import Gateway
 from gateway.console.accounts import create_token, utcnow
@@ -25,14 +23,6 @@ from tests.conftest import Start
 from tests.console_client import base, file_case, ready_user
 from tests.outbound.conftest import HOTLINE_PASSPHRASE, Keys
 from tests.outbound.mta import Behaviour, FakeMta, Received
-
-
-@pytest.fixture
-async def mta(tmp_path: Path) -> AsyncIterator[FakeMta]:
-    server = FakeMta(tmp_path)
-    await server.start()
-    yield server
-    await server.stop()
 
 
 def referral_config(keys: Keys, mta: FakeMta, tmp_path: Path, **outbound: Any

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import signal
 import sqlite3
-from collections.abc import AsyncIterator
 from email import message_from_bytes, policy
 from pathlib import Path
 
@@ -20,14 +19,6 @@ from tests.dns_server import DnsServer
 from tests.outbound.conftest import HOTLINE_PASSPHRASE, Keys
 from tests.outbound.mta import Behaviour, FakeMta
 from tests.smtp_client import deliver, report
-
-
-@pytest.fixture
-async def mta(tmp_path: Path) -> AsyncIterator[FakeMta]:
-    server = FakeMta(tmp_path)
-    await server.start()
-    yield server
-    await server.stop()
 
 
 def config_text(tmp_path: Path, keys: Keys, mta: FakeMta, dns: DnsServer,
