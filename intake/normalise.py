@@ -33,6 +33,7 @@ from sqlalchemy.exc import StatementError
 from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
 from gateway.store.errors import retryable
+from gateway.store.polling import PollingStage
 from gateway.store.tables import submissions
 from intake.cases import ReportedUrl, attach_report
 from intake.encrypted import Decrypt, NotForUs, decrypted_message
@@ -137,7 +138,7 @@ def _normalise_all(batch: Sequence[_Claimed], decrypt: Decrypt | None = None
     return [_normalise(claimed, decrypt) for claimed in batch]
 
 
-class NormaliseStage:
+class NormaliseStage(PollingStage):
     """Moves submissions from ``received`` to ``parsed`` / ``parse_failed``, making cases."""
 
     def __init__(
@@ -163,24 +164,14 @@ class NormaliseStage:
         self._legal_window = legal_window
         self._batch_size = batch_size
         self._lease = lease
-        self._idle_poll = idle_poll
+        super().__init__(idle_poll=idle_poll)
         self._clock = clock
         self._intake_busy = intake_busy
         self._max_defer = max_defer
-        self._wake = asyncio.Event()
-        self._stopping = False
         #: Called after a batch filed reports into cases (the locate stage's wake-up).
         self.on_filed: Callable[[], None] | None = None
         self.processed = 0
         self.failed = 0
-
-    def wake(self) -> None:
-        """New submissions were committed: look now rather than at the next poll."""
-        self._wake.set()
-
-    async def stop(self) -> None:
-        self._stopping = True
-        self._wake.set()
 
     async def run(self) -> None:
         """Work batches until stopped; between empty polls wait for a wake-up or the poll time.

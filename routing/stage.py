@@ -30,6 +30,7 @@ from sqlalchemy.engine import Connection
 from gateway.ids import uuid7
 from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
+from gateway.store.polling import PollingStage
 from gateway.store.tables import cases, hosting_evidence
 from routing.locate import Hosting, Locator, host_of
 
@@ -75,7 +76,7 @@ def _no_host(url: str | None, now: datetime) -> Hosting:
                    status="unresolvable", error="the URL names no host")
 
 
-class LocateStage:
+class LocateStage(PollingStage):
     """Moves cases from ``new`` (or ``locate_failed``) to ``awaiting_assessment``."""
 
     def __init__(
@@ -100,22 +101,12 @@ class LocateStage:
         self._retry_after = retry_after
         self._retry_max = retry_max
         self._lease = lease
-        self._idle_poll = idle_poll
+        super().__init__(idle_poll=idle_poll)
         self._clock = clock
-        self._wake = asyncio.Event()
-        self._stopping = False
         self._inflight: set[asyncio.Task[None]] = set()
         self._done: list[tuple[_Claimed, Hosting]] = []
         self.located = 0
         self.failed = 0
-
-    def wake(self) -> None:
-        """New cases were filed: look now rather than at the next poll."""
-        self._wake.set()
-
-    async def stop(self) -> None:
-        self._stopping = True
-        self._wake.set()
 
     def retry_delay(self, attempts: int) -> timedelta:
         """How long after its ``attempts``-th failure a case is tried again."""

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from abc import ABC, abstractmethod
 
 import structlog
 
 log = structlog.get_logger("gateway.stages")
 
 
-class PollingStage:
-    """Subclasses give ``run_once`` (how many items it took) and ``release`` (hand back)."""
+class PollingStage(ABC):
+    """Subclasses give ``run_once`` (how many items it took) and ``release`` (hand back); a
+    stage with a loop of its own (one that yields to intake, or keeps lookups in flight)
+    overrides ``run`` and keeps the rest."""
 
     #: The log event's prefix, e.g. "outbox" gives "outbox.batch_failed".
     name = "stage"
@@ -31,10 +34,12 @@ class PollingStage:
         self._stopping = True
         self._wake.set()
 
+    @abstractmethod
     async def run_once(self) -> int:
-        raise NotImplementedError
+        """Do one batch; how many items it took (0: nothing to do)."""
 
-    async def release(self) -> None:
+    @abstractmethod
+    async def release(self) -> object:
         """Hand back whatever this worker holds (called when the loop ends)."""
 
     async def run(self) -> None:
