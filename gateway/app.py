@@ -1,9 +1,10 @@
 """The composition root: builds every collaborator from the config and runs them in order.
 
-Start: engine, migrations, writer task, the normalise and locate stages, listeners, then READY.
-Stop (one ordered path, each step bounded): close listeners and let messages being committed get
-their reply, flush the writer, stop the stages (handing back what they hold), dispose of the
-engine.
+Start: engine, migrations, writer task, the stages (normalise, locate, refer, outbox) and the
+daily tasks (key check, retention), then the listeners (SMTP, public web, console, admin), then
+READY. Stop (one ordered path, each step bounded): close the listeners and let messages being
+committed get their reply, flush the writer, stop the stages (handing back what they hold) and
+the daily tasks, dispose of the engine. SIGHUP reloads what can change while serving.
 """
 
 from __future__ import annotations
