@@ -354,21 +354,15 @@ def _hosting_line(hosting: dict[str, Any] | None) -> str:
 def _relocate(config: Config, case_id: uuid.UUID, *, as_json: bool) -> int:
     logs.configure(config.gateway.log_level, config.gateway.log_format, stream=sys.stderr)
 
-    async def run() -> Hosting:
-        engine = await open_engine(config.database)
-        backend = await open_write_backend(engine, busy_timeout=config.database.busy_timeout)
+    async def run(backend: WriteBackend) -> Hosting:
+        locator = await make_locator(config)
         try:
-            locator = await make_locator(config)
-            try:
-                return await relocate(backend, locator, case_id, actor="cli")
-            finally:
-                await locator.resolver.close()
+            return await relocate(backend, locator, case_id, actor="cli")
         finally:
-            await backend.close()
-            await engine.dispose()
+            await locator.resolver.close()
 
     try:
-        hosting = asyncio.run(run())
+        hosting = asyncio.run(_with_backend(config, run))
     except CaseNotFound:
         print(f"cases relocate: no case {case_id}", file=sys.stderr)
         return EXIT_FAILURE

@@ -17,7 +17,6 @@ from gateway.console.web import CONSOLE, Console, json_error, staff_of
 from gateway.store.audit import AuditEntry, record
 from gateway.store.case_view import FLAGS, get_case, get_referral, queue_cases
 from outbound.outbox import NotRetryable, retry_failed
-from routing.stage import relocate
 
 
 def _case_id(request: web.Request) -> uuid.UUID:
@@ -174,14 +173,9 @@ async def relocation(request: web.Request) -> web.Response:
     case_id = _case_id(request)
     staff = staff_of(request)
     try:
-        await relocate(console.backend, console.locator, case_id, actor=staff.name,
-                       allowed=lambda status: actions.may_relocate(staff, status))
-    except LookupError:
-        return json_error(404, "no such case")
-    except PermissionError as exc:
-        return json_error(403, str(exc))
-    except ValueError as exc:
-        return json_error(409, str(exc))
+        await actions.relocate_case(console.backend, console.locator, staff, case_id)
+    except actions.ActionError as exc:
+        return _error(exc)
     async with console.engine.connect() as conn:
         case = await get_case(conn, case_id)
     return web.json_response({"hosting": case["hosting"] if case else None})

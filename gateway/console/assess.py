@@ -30,6 +30,8 @@ from gateway.store.tables import (
     users,
 )
 from gateway.store.text import plain_text
+from routing.locate import Hosting, Locator
+from routing.stage import relocate
 
 #: ICCAM's classifications, and the verdict each belongs to.
 CLASSIFICATIONS = {"baseline": "illegal", "national": "illegal",
@@ -342,3 +344,18 @@ async def record_iccam(
         return Outcome(case_id, "referred")
 
     return await backend.transaction(work)
+
+
+async def relocate_case(backend: WriteBackend, locator: Locator, staff: Staff,
+                        case_id: uuid.UUID) -> Hosting:
+    """Look the case's host up again, as ``staff`` (who may, in which states: ``may_relocate``);
+    recorded in the audit trail."""
+    try:
+        return await relocate(backend, locator, case_id, actor=staff.name,
+                              allowed=lambda status: may_relocate(staff, status))
+    except LookupError:
+        raise ActionError(404, "no such case") from None
+    except PermissionError as exc:
+        raise ActionError(403, str(exc)) from None
+    except ValueError as exc:
+        raise ActionError(409, str(exc)) from None

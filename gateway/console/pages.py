@@ -26,7 +26,6 @@ from gateway.console.web import (
 )
 from gateway.store.audit import AuditEntry, record
 from gateway.store.case_view import FLAGS, defang, get_case, queue_cases
-from routing.stage import relocate
 
 log = structlog.get_logger("gateway.console")
 
@@ -249,18 +248,8 @@ async def reassign_submit(request: web.Request) -> web.StreamResponse:
 
 async def relocate_submit(request: web.Request) -> web.StreamResponse:
     console = request.app[CONSOLE]
-    case_id = _case_id(request)
-    staff = staff_of(request)
-    try:
-        await relocate(console.backend, console.locator, case_id, actor=staff.name,
-                       allowed=lambda status: actions.may_relocate(staff, status))
-    except LookupError:
-        raise web.HTTPNotFound(reason="No such case.") from None
-    except PermissionError as exc:
-        return await _case_page(request, status=403, error=str(exc))
-    except ValueError as exc:
-        return await _case_page(request, status=409, error=str(exc))
-    raise web.HTTPSeeOther(f"/cases/{case_id}")
+    return await _act(request, actions.relocate_case(
+        console.backend, console.locator, staff_of(request), _case_id(request)))
 
 
 def add_routes(app: web.Application) -> None:
