@@ -209,8 +209,11 @@ async def start(
     stack: list[Any] = []
 
     async def go(**sections: dict[str, Any]) -> Gateway:
+        # The test DNS server shares the event loop with the gateway, so a busy machine can
+        # hold its answer back well past the half second that make_config allows a dead one.
         locate = {"nameservers": [dns.nameserver], "geoip_db": str(mmdb["country"]),
-                  "asn_db": str(mmdb["asn"]), **sections.pop("locate", {})}
+                  "asn_db": str(mmdb["asn"]), "timeout": "10s",
+                  **sections.pop("locate", {})}
         config = make_config(locate=locate, **sections)
         context = serving(config)
         gw = await context.__aenter__()
