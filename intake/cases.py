@@ -55,45 +55,81 @@ def attach_report(
     urls: Sequence[ReportedUrl],
     now: datetime,
     legal_window: timedelta,
-    audit: list[AuditEntry] | None = None,
-    touched: set[uuid.UUID] | None = None,
 ) -> list[uuid.UUID]:
-    """Create or attach to the case of every URL (or a ``no_url`` case); the case ids, in the
-    order of the URLs' keys. Cases created or reopened are added to ``audit``, for the caller
-    to record with the rest of its transaction; ``touched`` (shared across the calls of one
-    transaction) keeps a case created or reopened there from counting as reopened again."""
-    touched = touched if touched is not None else set()
-    # In key order, so that transactions filing the same URLs lock their cases in one order.
-    items: list[tuple[str, ReportedUrl | None]] = sorted(
-        ((url_key(u.canonical), u) for u in urls), key=lambda item: item[0]
-    )
-    if not items:
-        items = [(no_url_key(submission_id), None)]
-    ids = []
-    for key, reported in items:
-        case_id, change = _upsert_case(
-            conn, key, reported, reported_at, now, reported_at - legal_window)
-        if change == "reopened" and case_id in touched:
-            change = None  # created or reopened earlier in this transaction, not again
-        if change == "reopened":
-            _start_afresh(conn, case_id)
-        if change is not None:
-            touched.add(case_id)
-            if audit is not None:
-                audit.append(AuditEntry("system:normalise", f"case.{change}", case_id,
-                                        {"submission": str(submission_id)}))
-        conn.execute(
-            insert(case_reports).values(
-                id=uuid7(),
-                case_id=case_id,
-                submission_id=submission_id,
-                reported_at=reported_at,
-                written_as=reported.written_as if reported else None,
-                url=reported.url if reported else None,
-            )
-        )
-        ids.append(case_id)
-    return ids
+    """File one submission's URLs in ``conn``'s transaction; their case ids, in key order."""
+    filing = Filing(conn, now=now, legal_window=legal_window)
+    filing.attach(submission_id, reported_at, urls)
+    return filing.flush()[submission_id]
+
+
+@dataclass(frozen=True, slots=True)
+class _Report:
+    key: str
+    reported: ReportedUrl | None
+    submission_id: uuid.UUID
+    reported_at: datetime
+
+
+class Filing:
+    """Files the reports of one transaction into cases.
+
+    ``attach`` gathers a submission's URLs; ``flush`` creates or attaches to each case once,
+    however many of the gathered reports name it (a link that many people report at once is
+    one statement, not one per report), then writes every case report in one statement.
+    Cases created or reopened are listed in ``audit``, for the caller to record with the rest
+    of its transaction.
+    """
+
+    def __init__(self, conn: Connection, *, now: datetime, legal_window: timedelta) -> None:
+        self._conn = conn
+        self._now = now
+        self._legal_window = legal_window
+        self.audit: list[AuditEntry] = []
+        self._pending: list[_Report] = []
+
+    def attach(self, submission_id: uuid.UUID, reported_at: datetime,
+               urls: Sequence[ReportedUrl]) -> None:
+        """Gather the reports of every URL (or, with none, of a ``no_url`` case)."""
+        if not urls:
+            self._pending.append(_Report(no_url_key(submission_id), None, submission_id,
+                                         reported_at))
+        for reported in urls:
+            self._pending.append(_Report(url_key(reported.canonical), reported, submission_id,
+                                         reported_at))
+
+    def flush(self) -> dict[uuid.UUID, list[uuid.UUID]]:
+        """File what was gathered; each submission's case ids, in the order of their keys."""
+        conn = self._conn
+        by_key: dict[str, list[_Report]] = {}
+        for report in self._pending:
+            by_key.setdefault(report.key, []).append(report)
+        statement = _upsert_statement(conn.dialect.name)
+        filed: dict[uuid.UUID, list[uuid.UUID]] = {}
+        rows = []
+        # In key order, so that transactions filing the same URLs lock their cases in one order.
+        for key in sorted(by_key):
+            reports = by_key[key]
+            case_id, change = _upsert_case(conn, statement, key, reports, self._now,
+                                           self._legal_window)
+            if change == "reopened":
+                _start_afresh(conn, case_id)
+            if change is not None:
+                self.audit.append(AuditEntry("system:normalise", f"case.{change}", case_id,
+                                             {"submission": str(reports[0].submission_id)}))
+            for report in reports:
+                filed.setdefault(report.submission_id, []).append(case_id)
+                rows.append({
+                    "id": uuid7(),
+                    "case_id": case_id,
+                    "submission_id": report.submission_id,
+                    "reported_at": report.reported_at,
+                    "written_as": report.reported.written_as if report.reported else None,
+                    "url": report.reported.url if report.reported else None,
+                })
+        if rows:
+            conn.execute(insert(case_reports), rows)
+        self._pending = []
+        return filed
 
 
 @functools.cache
@@ -111,9 +147,9 @@ def _upsert_statement(dialect: str) -> ReturningInsert[Any]:
         url_key=bindparam("url_key"),
         url=bindparam("url"),
         canonical_url=bindparam("canonical_url"),
-        report_count=1,
-        first_reported=bindparam("reported_at", type_=moment),
-        last_reported=bindparam("reported_at", type_=moment),
+        report_count=bindparam("report_count"),
+        first_reported=bindparam("first_reported", type_=moment),
+        last_reported=bindparam("last_reported", type_=moment),
         reappeared=False,
         created_at=now,
         status_changed_at=now,
@@ -132,7 +168,7 @@ def _upsert_statement(dialect: str) -> ReturningInsert[Any]:
     return statement.on_conflict_do_update(
         index_elements=["url_key"],
         set_={
-            "report_count": cases.c.report_count + 1,
+            "report_count": cases.c.report_count + new.report_count,
             "first_reported": case(
                 (new.first_reported < cases.c.first_reported, new.first_reported),
                 else_=cases.c.first_reported,
@@ -154,16 +190,24 @@ def _upsert_statement(dialect: str) -> ReturningInsert[Any]:
 
 def _upsert_case(
     conn: Connection,
+    statement: ReturningInsert[Any],
     key: str,
-    reported: ReportedUrl | None,
-    reported_at: datetime,
+    reports: Sequence[_Report],
     now: datetime,
-    legal_cutoff: datetime,
+    legal_window: timedelta,
 ) -> tuple[uuid.UUID, str | None]:
-    """The case's id, and "created" or "reopened" if this report did either."""
+    """The case's id, and "created" or "reopened" if these reports did either.
+
+    The reports count together: the first received and the last received are what the
+    protocol's rules look at (any report received after the removal, or after the legal
+    window, reopens the case, and once is enough).
+    """
+    first = min(r.reported_at for r in reports)
+    last = max(r.reported_at for r in reports)
+    reported = reports[0].reported
     new_id = uuid7()
     case_id, changed_at = conn.execute(
-        _upsert_statement(conn.dialect.name),
+        statement,
         {
             "id": new_id,
             "kind": "url" if reported else "no_url",
@@ -171,9 +215,11 @@ def _upsert_case(
             "url_key": key,
             "url": reported.url if reported else None,
             "canonical_url": reported.canonical if reported else None,
-            "reported_at": reported_at,
+            "report_count": len(reports),
+            "first_reported": first,
+            "last_reported": last,
             "now": now,
-            "legal_cutoff": legal_cutoff,
+            "legal_cutoff": last - legal_window,
         },
     ).one()
     if case_id == new_id:

@@ -22,6 +22,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from email import errors, policy
+from email.headerregistry import HeaderRegistry
 from email.message import EmailMessage
 from email.parser import BytesParser
 from typing import Any
@@ -394,7 +395,29 @@ class _Headers(EmailMessage):
         super().replace_header(_name, _value)
 
 
-_PARSER = BytesParser(policy=policy.default.clone(message_factory=_Headers))
+class _HeaderClasses(HeaderRegistry):
+    """The stdlib's header registry, building each header class once.
+
+    ``HeaderRegistry`` makes a new class (``type(...)``) for every header it is asked to parse;
+    the class depends only on which parser the field's name maps to, so there are a few dozen
+    at most, whatever names a message invents.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._built: dict[type, type] = {}
+
+    def __getitem__(self, name: str) -> type:
+        parser = self.registry.get(name.lower(), self.default_class)
+        try:
+            return self._built[parser]
+        except KeyError:
+            built = self._built[parser] = super().__getitem__(name)
+            return built
+
+
+_PARSER = BytesParser(policy=policy.default.clone(message_factory=_Headers,
+                                                  header_factory=_HeaderClasses()))
 
 
 def _cte(headers: EmailMessage) -> str:

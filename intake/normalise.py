@@ -26,16 +26,16 @@ from functools import partial
 from typing import Any
 
 import structlog
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, bindparam, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import StatementError
 
-from gateway.store.audit import AuditEntry, record
+from gateway.store.audit import record
 from gateway.store.backend import WriteBackend
 from gateway.store.errors import retryable
 from gateway.store.polling import PollingStage
 from gateway.store.tables import submissions
-from intake.cases import ReportedUrl, attach_report
+from intake.cases import Filing, ReportedUrl
 from intake.encrypted import Decrypt, NotForUs, decrypted_message
 from intake.mime import MimeError, MimeLimits, parse_message
 from intake.urls import extract_urls
@@ -47,6 +47,18 @@ log = structlog.get_logger("intake.normalise")
 MAX_REPORT_TEXT = 20_000
 #: Submissions filed per transaction.
 APPLY_GROUP = 8
+
+# A claimed submission's outcome, built once: per submission only the parameters change. It
+# applies only while the submission is still ours to process.
+_MARK_PARSED = (
+    update(submissions)
+    .where(submissions.c.id == bindparam("sid"), submissions.c.status == "received",
+           submissions.c.claimed_by == bindparam("worker"))
+    .values(status=bindparam("new_status"), parsed_at=bindparam("new_parsed_at"),
+            parse_error=bindparam("new_parse_error"), subject=bindparam("new_subject"),
+            report_text=bindparam("new_report_text"), attachments=bindparam("new_attachments"),
+            url_count=bindparam("new_url_count"), claimed_by=None, claimed_until=None)
+)
 #: URLs taken from one submission; more is not a report but a list, and is cut here.
 MAX_URLS = 200
 
@@ -297,39 +309,25 @@ class NormaliseStage(PollingStage):
         self, conn: Connection, *, results: Sequence[tuple[_Claimed, Normalised]], now: datetime
     ) -> int:
         applied = 0
-        audit: list[AuditEntry] = []
-        touched: set[uuid.UUID] = set()
+        filing = Filing(conn, now=now, legal_window=self._legal_window)
         for claimed, result in results:
             values: dict[str, Any] = {
-                "status": "parse_failed" if result.error else "parsed",
-                "parsed_at": now,
-                "parse_error": result.error,
-                "subject": result.subject,
-                "report_text": result.report_text,
-                "attachments": result.attachments,
-                "url_count": len(result.urls),
-                "claimed_by": None,
-                "claimed_until": None,
+                "sid": claimed.id,
+                "worker": self._worker,
+                "new_status": "parse_failed" if result.error else "parsed",
+                "new_parsed_at": now,
+                "new_parse_error": result.error,
+                "new_subject": result.subject,
+                "new_report_text": result.report_text,
+                "new_attachments": result.attachments,
+                "new_url_count": len(result.urls),
             }
-            guard = and_(
-                submissions.c.id == claimed.id,
-                submissions.c.status == "received",
-                submissions.c.claimed_by == self._worker,
-            )
-            if conn.execute(update(submissions).where(guard).values(**values)).rowcount != 1:
+            if conn.execute(_MARK_PARSED, values).rowcount != 1:
                 continue  # our lease ran out and another worker has taken it
             applied += 1
             if result.error is None:
-                attach_report(
-                    conn,
-                    submission_id=claimed.id,
-                    reported_at=claimed.received_at,
-                    urls=result.urls,
-                    now=now,
-                    legal_window=self._legal_window,
-                    audit=audit,
-                    touched=touched,
-                )
-        if audit:
-            record(conn, audit, at=now)
+                filing.attach(claimed.id, claimed.received_at, result.urls)
+        filing.flush()
+        if filing.audit:
+            record(conn, filing.audit, at=now)
         return applied

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.ids import uuid7
 from gateway.store.backend import WriteBackend, open_write_backend
 from gateway.store.tables import case_reports, cases, submissions
-from intake.cases import ReportedUrl, attach_report
+from intake.cases import Filing, ReportedUrl, attach_report, url_key
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 WINDOW = timedelta(days=180)
@@ -188,3 +188,46 @@ async def test_a_report_received_inside_the_legal_window_but_filed_after_it_stay
     await backend.transaction(partial(report, n=2, urls=[URL], at=received, now=filed))
     [row] = await case_rows(engine)
     assert (row["status"], row["report_count"]) == ("closed_legal", 2)
+
+
+async def test_reports_filed_together_count_each_and_reopen_once(
+    backend: WriteBackend, engine: AsyncEngine,
+) -> None:
+    """Several submissions filed in one transaction that name one removed case: each is
+    counted and listed, the span covers them all, and the case reopens once (one audit
+    entry, naming the first of them), because one of them was received after the removal."""
+    await backend.transaction(partial(report, n=1, urls=[URL]))
+    removed = T0 + timedelta(days=2)
+    await set_status(engine, "removed", removed)
+    other = ReportedUrl("example.org/b", "http://example.org/b", "http://example.org/b")
+    received = [T0 + timedelta(days=1), T0 + timedelta(days=3), T0 - timedelta(days=1)]
+    filed_at = T0 + timedelta(days=4)
+
+    def together(conn: Connection) -> tuple[list[uuid.UUID], dict[uuid.UUID, list[uuid.UUID]],
+                                            list[tuple[str, str]]]:
+        filing = Filing(conn, now=filed_at, legal_window=WINDOW)
+        subs = []
+        for n, at in enumerate(received, start=2):
+            subs.append(new_submission(conn, n, at))
+            filing.attach(subs[-1], at, [URL, other] if n == 3 else [URL])
+        filed = filing.flush()
+        return subs, filed, [(e.action, e.details["submission"]) for e in filing.audit]
+
+    subs, filed, audit = await backend.transaction(together)
+    rows = {r["canonical_url"]: r for r in await case_rows(engine)}
+    reopened, created = rows["http://example.com/a"], rows["http://example.org/b"]
+    assert (reopened["status"], reopened["report_count"], reopened["reappeared"]) == (
+        "new", 4, True)
+    assert reopened["first_reported"].replace(tzinfo=UTC) == T0 - timedelta(days=1)
+    assert reopened["last_reported"].replace(tzinfo=UTC) == T0 + timedelta(days=3)
+    assert reopened["status_changed_at"].replace(tzinfo=UTC) == filed_at
+    assert (created["status"], created["report_count"]) == ("new", 1)
+    assert sorted(audit) == sorted([("case.reopened", str(subs[0])),
+                                    ("case.created", str(subs[1]))])
+    assert filed[subs[1]] == sorted([reopened["id"], created["id"]],
+                                    key=lambda i: {reopened["id"]: url_key(URL.canonical),
+                                                   created["id"]: url_key(other.canonical)}[i])
+    async with engine.connect() as conn:
+        listed = (await conn.execute(select(func.count()).select_from(case_reports)
+                                     .where(case_reports.c.case_id == reopened["id"]))).scalar()
+    assert listed == 4

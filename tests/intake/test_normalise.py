@@ -220,3 +220,29 @@ async def test_a_stopping_worker_hands_back_what_it_claimed(
     assert await stage(backend, "w2").run_once() == 3
     async with engine.connect() as conn:
         assert len(await list_cases(conn)) == 3
+
+
+async def test_the_submission_keeps_what_was_read_from_it(
+    backend: WriteBackend, engine: AsyncEngine,
+) -> None:
+    """Subject, reporter text, URL count and the attachment's hashes (never its bytes) are
+    recorded on the submission, with the time it was read; the claim is let go."""
+    from email.message import EmailMessage
+
+    message = EmailMessage()
+    message["Subject"] = "two links and a file"
+    message["Message-ID"] = "<kept@example.org>"
+    message.set_content("See http://example.com/a and http://example.net/b please.")
+    message.add_attachment(b"not really a document", maintype="application",
+                           subtype="octet-stream", filename="notes.bin")
+    await store(backend, [message.as_bytes()])
+    await drain(stage(backend))
+    async with engine.connect() as conn:
+        row = (await conn.execute(select(submissions))).one()
+    assert (row.status, row.parse_error, row.subject, row.url_count) == (
+        "parsed", None, "two links and a file", 2)
+    assert "http://example.com/a" in row.report_text
+    assert row.parsed_at is not None and row.claimed_by is None and row.claimed_until is None
+    [attachment] = row.attachments
+    assert attachment["filename"] == "notes.bin"
+    assert attachment["sha256"] == hashlib.sha256(b"not really a document").hexdigest()
