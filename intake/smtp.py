@@ -16,6 +16,8 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email._header_value_parser import get_addr_spec, get_angle_addr
+from email.errors import HeaderParseError
 from typing import Any, Protocol
 
 import structlog
@@ -52,6 +54,12 @@ _AIOSMTPD_TOO_BIG = (
 #: Recipients one message may name (they can only be our own addresses anyway).
 MAX_RECIPIENTS = 20
 
+# ``<local@domain>`` in the plain form nearly every client sends: a dot-atom local part, a
+# host name, then spaces or tabs before any parameters. The stdlib's parser reads exactly these
+# as themselves; anything else (comments, quoting, literals, non-ASCII, ``<>``) goes to it.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_ANGLE_ADDR = re.compile(
+    rf"<((?:{_ATEXT}(?:\.{_ATEXT})*)@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>[ \t]*(?![ \t(])")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]|[\ud800-\udfff]")
 _CONTENT_TYPE = re.compile(rb"^content-type[ \t]*:[ \t]*([^;\r\n]*)", re.I | re.M)
 _ATTACHMENT_DISPOSITION = re.compile(rb"^content-disposition[ \t]*:[ \t]*attachment", re.I | re.M)
@@ -260,6 +268,31 @@ class _Sessions:
         return iter(list(self._open))
 
 
+def getaddr(arg: str, local_part_limit: int = 0) -> tuple[str | None, str | None]:
+    """The address of a MAIL FROM / RCPT TO argument and the rest (its parameters), as
+    aiosmtpd's ``SMTP._getaddr`` reads them: ``(None, None)`` if it is not an address.
+
+    aiosmtpd defines a class on every call and always runs the stdlib's full RFC 5322 parser,
+    about an eighth of a message's CPU under load; the plain form is read here directly, and
+    a test holds the two readings equal on generated input.
+    """
+    if not arg:
+        return "", ""
+    plain = _PLAIN_ANGLE_ADDR.match(arg)
+    if plain is not None:
+        address, rest = plain[1], arg[plain.end():]
+    else:
+        try:
+            parse = get_angle_addr if arg.lstrip().startswith("<") else get_addr_spec
+            token, rest = parse(arg)
+        except HeaderParseError:
+            return None, None
+        address = token.addr_spec
+    if local_part_limit and len(address.rpartition("@")[0]) > local_part_limit:
+        return None, None
+    return address, rest
+
+
 class _Session(SMTP):
     """One SMTP connection; tracked so that shutdown can finish or close it."""
 
@@ -270,6 +303,9 @@ class _Session(SMTP):
         # of connections cannot get past the limit before any of them is counted.
         self._tracked = sessions
         sessions.add(self)
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        return getaddr(arg, self.local_part_limit)
 
     def connection_lost(self, error: Exception | None) -> None:
         self._tracked.discard(self)

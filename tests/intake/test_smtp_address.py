@@ -1,0 +1,77 @@
+"""The gateway reads MAIL FROM / RCPT TO addresses exactly as aiosmtpd does (its own reading,
+with a direct path for the plain form), on generated input that leans on the edges."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import SimpleNamespace
+
+import pytest
+from aiosmtpd.smtp import SMTP
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from intake.smtp import getaddr
+
+
+def aiosmtpd_reading(arg: str, limit: int = 0) -> tuple[str | None, str | None]:
+    return SMTP._getaddr(SimpleNamespace(local_part_limit=limit), arg)  # type: ignore[arg-type]
+
+
+def outcome(read: Callable[[str, int], object], arg: str, limit: int) -> object:
+    """What a reading gives, or the type of what it raises (the stdlib's parser fails on a
+    few inputs, such as "a@": the session then answers as for any internal error)."""
+    try:
+        return read(arg, limit)
+    except Exception as exc:
+        return type(exc)
+
+
+# Characters that matter to the address grammar, some that do not, and some that must not pass.
+edgy = st.sampled_from(list("aZ09.-_+!#$%&'*/=?^`{|}~@<>()[]\\\": \t,;é\x00\x7f\u2028"))
+# Near misses of the plain form come often from a narrow alphabet: "a..b", "a.", "-a", "a.-".
+near = st.text(alphabet=st.sampled_from(list("a0.-+_")), min_size=0, max_size=8)
+pieces = near | st.text(alphabet=edgy, max_size=12) | st.text(max_size=6)
+gaps = st.sampled_from(["", " ", "  ", "\t", " (comment) ", "(x)", " \t "])
+addresses = st.builds(
+    lambda lead, local, domain, close, gap, rest: f"{lead}<{local}@{domain}{close}{gap}{rest}",
+    st.sampled_from(["", " ", "\t"]),
+    pieces,
+    pieces,
+    st.sampled_from([">", "", ">>"]),
+    gaps,
+    st.sampled_from(["", "SIZE=2048", "BODY=8BITMIME SMTPUTF8", "(", "\\"]) | pieces,
+)
+
+
+plainish = st.builds(lambda local, domain, gap, rest: f"<{local}@{domain}>{gap}{rest}",
+                     near, near, gaps, st.sampled_from(["", "SIZE=1", "("]))
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.one_of(plainish, addresses, st.text(max_size=40)), st.sampled_from([0, 4, 64]))
+@example("<reporter@example.org> SIZE=2048", 0)
+@example("<reporter@example.org>", 4)
+@example("<>", 0)
+@example("<a..b@example.org>", 0)
+@example("<.a@example.org>", 0)
+@example("<a@[192.0.2.1]>", 0)
+@example("<a@example.org> (c) SIZE=1", 0)
+@example("<\"quoted local\"@example.org>", 0)
+@example("reporter@example.org", 0)
+@example("0@", 0)
+@example("<a@b..c>", 0)
+@example("<a@b.>", 0)
+def test_addresses_read_as_aiosmtpd_reads_them(arg: str, limit: int) -> None:
+    assert outcome(getaddr, arg, limit) == outcome(aiosmtpd_reading, arg, limit)
+
+
+@pytest.mark.parametrize(("arg", "expected"), [
+    ("<reporter@example.org> SIZE=2048", ("reporter@example.org", "SIZE=2048")),
+    ("<first.last+tag@mail.example.org>", ("first.last+tag@mail.example.org", "")),
+    ("<a@example.org>\t BODY=8BITMIME", ("a@example.org", "BODY=8BITMIME")),
+    ("", ("", "")),
+    ("<@>", (None, None)),
+])
+def test_plain_forms(arg: str, expected: tuple[str | None, str | None]) -> None:
+    assert getaddr(arg) == expected
