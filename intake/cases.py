@@ -114,8 +114,12 @@ class Filing:
             if change == "reopened":
                 _start_afresh(conn, case_id)
             if change is not None:
+                # Created by the first report filed; reopened by the last received, which is
+                # always one that the protocol's rules reopen it for.
+                cause = (reports[0] if change == "created"
+                         else max(reports, key=lambda r: r.reported_at))
                 self.audit.append(AuditEntry("system:normalise", f"case.{change}", case_id,
-                                             {"submission": str(reports[0].submission_id)}))
+                                             {"submission": str(cause.submission_id)}))
             for report in reports:
                 filed.setdefault(report.submission_id, []).append(case_id)
                 rows.append({

@@ -56,10 +56,13 @@ MAX_RECIPIENTS = 20
 
 # ``<local@domain>`` in the plain form nearly every client sends: a dot-atom local part, a
 # host name, then spaces or tabs before any parameters. The stdlib's parser reads exactly these
-# as themselves; anything else (comments, quoting, literals, non-ASCII, ``<>``) goes to it.
+# as themselves; anything else (comments, quoting, literals, non-ASCII, ``<>``, encoded words)
+# goes to it.
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+# A local part starting "=?" is read by the stdlib as an RFC 2047 encoded word, and after the
+# ">" it skips any whitespace str.isspace() knows: both are left to it.
 _PLAIN_ANGLE_ADDR = re.compile(
-    rf"<((?:{_ATEXT}(?:\.{_ATEXT})*)@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>[ \t]*(?![ \t(])")
+    rf"<(?!=\?)((?:{_ATEXT}(?:\.{_ATEXT})*)@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>[ \t]*(?![\s(])")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]|[\ud800-\udfff]")
 _CONTENT_TYPE = re.compile(rb"^content-type[ \t]*:[ \t]*([^;\r\n]*)", re.I | re.M)
 _ATTACHMENT_DISPOSITION = re.compile(rb"^content-disposition[ \t]*:[ \t]*attachment", re.I | re.M)

@@ -194,8 +194,8 @@ async def test_reports_filed_together_count_each_and_reopen_once(
     backend: WriteBackend, engine: AsyncEngine,
 ) -> None:
     """Several submissions filed in one transaction that name one removed case: each is
-    counted and listed, the span covers them all, and the case reopens once (one audit
-    entry, naming the first of them), because one of them was received after the removal."""
+    counted and listed, the span covers them all, and the case reopens once, its audit entry
+    naming the report received after the removal (not the first filed, received before it)."""
     await backend.transaction(partial(report, n=1, urls=[URL]))
     removed = T0 + timedelta(days=2)
     await set_status(engine, "removed", removed)
@@ -209,7 +209,7 @@ async def test_reports_filed_together_count_each_and_reopen_once(
         subs = []
         for n, at in enumerate(received, start=2):
             subs.append(new_submission(conn, n, at))
-            filing.attach(subs[-1], at, [URL, other] if n == 3 else [URL])
+            filing.attach(subs[-1], at, [URL, other] if n == 2 else [URL])
         filed = filing.flush()
         return subs, filed, [(e.action, e.details["submission"]) for e in filing.audit]
 
@@ -222,9 +222,9 @@ async def test_reports_filed_together_count_each_and_reopen_once(
     assert reopened["last_reported"].replace(tzinfo=UTC) == T0 + timedelta(days=3)
     assert reopened["status_changed_at"].replace(tzinfo=UTC) == filed_at
     assert (created["status"], created["report_count"]) == ("new", 1)
-    assert sorted(audit) == sorted([("case.reopened", str(subs[0])),
-                                    ("case.created", str(subs[1]))])
-    assert filed[subs[1]] == sorted([reopened["id"], created["id"]],
+    assert sorted(audit) == sorted([("case.reopened", str(subs[1])),
+                                    ("case.created", str(subs[0]))])
+    assert filed[subs[0]] == sorted([reopened["id"], created["id"]],
                                     key=lambda i: {reopened["id"]: url_key(URL.canonical),
                                                    created["id"]: url_key(other.canonical)}[i])
     async with engine.connect() as conn:

@@ -28,11 +28,19 @@ def outcome(read: Callable[[str, int], object], arg: str, limit: int) -> object:
 
 
 # Characters that matter to the address grammar, some that do not, and some that must not pass.
-edgy = st.sampled_from(list("aZ09.-_+!#$%&'*/=?^`{|}~@<>()[]\\\": \t,;é\x00\x7f\u2028"))
+edgy = st.sampled_from([*"aZ09.-_+!#$%&'*/=?^`{|}~@<>()[]\\\": \t,;é\x00\x7f\u2028",
+                        *"\x0b\x0c\x1c\x1f\x85\xa0\u3000", "=?utf-8?q?a?=", "=?"])
+
+
+def runs(parts: st.SearchStrategy[str], size: int) -> st.SearchStrategy[str]:
+    return st.lists(parts, max_size=size).map("".join)
+
+
 # Near misses of the plain form come often from a narrow alphabet: "a..b", "a.", "-a", "a.-".
-near = st.text(alphabet=st.sampled_from(list("a0.-+_")), min_size=0, max_size=8)
-pieces = near | st.text(alphabet=edgy, max_size=12) | st.text(max_size=6)
-gaps = st.sampled_from(["", " ", "  ", "\t", " (comment) ", "(x)", " \t "])
+near = runs(st.sampled_from([*"a0.-+_", "=?utf-8?q?ab?=", "\x0b"]), 8)
+pieces = near | runs(edgy, 12) | st.text(max_size=6)
+gaps = st.sampled_from(["", " ", "  ", "\t", " (comment) ", "(x)", " \t ", " \x0b(x)", "\xa0",
+                        "\x1c "])
 addresses = st.builds(
     lambda lead, local, domain, close, gap, rest: f"{lead}<{local}@{domain}{close}{gap}{rest}",
     st.sampled_from(["", " ", "\t"]),
@@ -60,6 +68,10 @@ plainish = st.builds(lambda local, domain, gap, rest: f"<{local}@{domain}>{gap}{
 @example("<\"quoted local\"@example.org>", 0)
 @example("reporter@example.org", 0)
 @example("0@", 0)
+@example("<=?utf-8?q?report?=@hotline.example>", 0)
+@example("<=?utf-8?q?abc?=@example.org>", 4)
+@example("<a@b.c> \x0b(x)", 0)
+@example("<a@b.c> \x0bSIZE=1", 0)
 @example("<a@b..c>", 0)
 @example("<a@b.>", 0)
 def test_addresses_read_as_aiosmtpd_reads_them(arg: str, limit: int) -> None:
