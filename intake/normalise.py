@@ -45,7 +45,7 @@ log = structlog.get_logger("intake.normalise")
 
 #: Reporter text kept for analysts, per submission.
 MAX_REPORT_TEXT = 20_000
-#: Submissions filed per transaction.
+#: Submissions filed per transaction while reports are arriving.
 APPLY_GROUP = 8
 
 # A claimed submission's outcome, built once: per submission only the parameters change. It
@@ -244,13 +244,17 @@ class NormaliseStage(PollingStage):
         # One executor call per batch: each hand-off between threads costs a GIL switch.
         results = await loop.run_in_executor(
             self._executor, partial(_normalise_all, claimed, self._decrypt))
-        # Short transactions of a few submissions each: intake's commits interleave with them
-        # instead of waiting behind a whole batch (they share the database's one writer),
-        # and each sync still covers several submissions.
         pairs = list(zip(claimed, results, strict=True))
         applied = 0
-        for start in range(0, len(pairs), APPLY_GROUP):
-            applied += await self._apply_group(pairs[start : start + APPLY_GROUP])
+        start = 0
+        while start < len(pairs):
+            # While reports are arriving, short transactions of a few submissions each:
+            # intake's commits interleave with them instead of waiting behind a whole batch
+            # (they share the database's one writer). Otherwise the rest of the batch goes in
+            # one transaction: one sync, and reports naming the same case share one statement.
+            group = APPLY_GROUP if self._intake_busy() else len(pairs)
+            applied += await self._apply_group(pairs[start : start + group])
+            start += group
         failed = 0
         for item, result in pairs:
             if result.error is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -246,3 +247,25 @@ async def test_the_submission_keeps_what_was_read_from_it(
     [attachment] = row.attachments
     assert attachment["filename"] == "notes.bin"
     assert attachment["sha256"] == hashlib.sha256(b"not really a document").hexdigest()
+
+
+@pytest.mark.parametrize("busy", [True, False])
+async def test_a_batch_is_filed_in_short_transactions_only_while_reports_arrive(
+    backend: WriteBackend, engine: AsyncEngine, busy: bool,
+) -> None:
+    """While intake is busy a batch is filed a few submissions per transaction, so intake's
+    commits interleave; otherwise in one. (Each transaction stamps its own time.)"""
+    from intake.normalise import APPLY_GROUP
+
+    await store(backend, [mail(n, f"see http://example.com/{n % 3}") for n in range(20)])
+    ticks = iter(range(1, 1000))
+    clock = lambda: datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=next(ticks))  # noqa: E731
+    worker = stage(backend, batch_size=20, clock=clock, intake_busy=lambda: busy)
+    assert await worker.run_once() == 20
+    async with engine.connect() as conn:
+        stamps = (await conn.execute(select(submissions.c.parsed_at))).scalars().all()
+        [total] = [c["report_count"] for c in await list_cases(conn)
+                   if c["canonical_url"] == "http://example.com/0"]
+    sizes = sorted(Counter(stamps).values(), reverse=True)
+    assert sizes == ([APPLY_GROUP, APPLY_GROUP, 20 - 2 * APPLY_GROUP] if busy else [20])
+    assert total == 7
