@@ -73,17 +73,35 @@ _ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
 _ESCAPED_PERCENTS = re.compile(rb"(?:25)+")
 
 
-def _escape_table(extra: bytes) -> tuple[str, ...]:
-    """How each byte is written: Safe Browsing's escapes, and those in `extra` too."""
-    unsafe = {*range(0x21), *range(0x7F, 0x100), *b"#%", *extra}
-    return tuple(f"%{byte:02X}" if byte in unsafe else chr(byte) for byte in range(0x100))
+class _Escaper:
+    """Writes bytes as key text: Safe Browsing's escapes, and those in `extra` too."""
+
+    __slots__ = ("_safe", "_table")
+
+    def __init__(self, extra: bytes) -> None:
+        unsafe = {*range(0x21), *range(0x7F, 0x100), *b"#%", *extra}
+        self._table = tuple(f"%{byte:02X}" if byte in unsafe else chr(byte)
+                            for byte in range(0x100))
+        safe = bytes(byte for byte in range(0x100) if byte not in unsafe)
+        self._safe = re.compile(b"[" + b"".join(re.escape(bytes((b,))) for b in safe) + b"]*")
+
+    def __call__(self, data: bytes) -> str:
+        if self._safe.fullmatch(data):  # the usual case: nothing to escape
+            return data.decode("ascii")
+        return "".join(map(self._table.__getitem__, data))
 
 
 # Each part also escapes what would change where it ends when the key is read again.
-_PATH_ESCAPE = _escape_table(b"?")
-_HOST_ESCAPE = _escape_table(b"/:?@[]")
-_NAME_ESCAPE = _escape_table(b"&=")
-_VALUE_ESCAPE = _escape_table(b"&")
+_PATH_ESCAPE = _Escaper(b"?")
+_HOST_ESCAPE = _Escaper(b"/:?@[]")
+_NAME_ESCAPE = _Escaper(b"&=")
+_VALUE_ESCAPE = _Escaper(b"&")
+# A host name that is already in key form but for its case: dot-separated ASCII labels, none
+# empty, the last starting with a letter (so it is not a numeric IPv4 form either).
+_PLAIN_HOST = re.compile(r"(?:[A-Za-z0-9_-]+\.)*[A-Za-z_-][A-Za-z0-9_-]*")
+# A path that is already in key form: non-empty segments of printable ASCII without "#", "%"
+# or "?", none of them "." or "..", and perhaps a final "/".
+_PLAIN_PATH = re.compile(r'(?:/(?!\.\.?(?:/|\Z))[!"$&-.0->@-~]+)+/?|/')
 
 
 def canonicalize(url: str) -> str | None:
@@ -169,6 +187,13 @@ def _ipv6_host(inner: str) -> str | None:
 
 def _hostname(raw: str) -> str | None:
     """A host name or IPv4 address in canonical form; None if nothing is left of it."""
+    if _PLAIN_HOST.fullmatch(raw):
+        return raw.lower()  # what the general reading below makes of it, without the work
+    return _any_hostname(raw)
+
+
+def _any_hostname(raw: str) -> str | None:
+    """:func:`_hostname` for every input: escapes, Unicode, empty labels, numeric forms."""
     text = _unescape(_to_bytes(raw)).decode("utf-8", "surrogateescape")
     labels = [label for label in text.translate(_UNICODE_DOTS).split(".") if label]
     if not labels:
@@ -178,8 +203,7 @@ def _hostname(raw: str) -> str | None:
     labels = [label for label in mapped.split(".") if label]  # UTS 46 may map to dots
     if not labels:
         return None
-    return _ipv4(labels) or _escape(".".join(labels).encode("utf-8", "surrogateescape"),
-                                    _HOST_ESCAPE)
+    return _ipv4(labels) or _HOST_ESCAPE(".".join(labels).encode("utf-8", "surrogateescape"))
 
 
 def _ascii_label(label: str, *, try_idna: bool) -> str:
@@ -218,6 +242,13 @@ def _ipv4(labels: list[str]) -> str | None:
 
 def _path(raw: str) -> str:
     """The path unescaped, dot-segments resolved, slashes collapsed, escaped again."""
+    if _PLAIN_PATH.fullmatch(raw):
+        return raw  # what the general reading below makes of it, without the work
+    return _any_path(raw)
+
+
+def _any_path(raw: str) -> str:
+    """:func:`_path` for every input."""
     data = _unescape(_to_bytes(raw))
     stack: list[bytes] = []
     for segment in data.split(b"/"):
@@ -228,7 +259,7 @@ def _path(raw: str) -> str:
             stack.append(segment)
     last = data.rpartition(b"/")[2]
     directory = bool(stack) and last in (b"", b".", b"..")
-    return _escape(b"/" + b"/".join(stack) + (b"/" if directory else b""), _PATH_ESCAPE)
+    return _PATH_ESCAPE(b"/" + b"/".join(stack) + (b"/" if directory else b""))
 
 
 def _query(raw: str) -> str:
@@ -241,8 +272,8 @@ def _query(raw: str) -> str:
         name = _unescape(name_raw)
         if _is_tracking(name):
             continue
-        value = _escape(_unescape(value_raw), _VALUE_ESCAPE)
-        params.append((_escape(name, _NAME_ESCAPE), "=" if equals else "", value))
+        value = _VALUE_ESCAPE(_unescape(value_raw))
+        params.append((_NAME_ESCAPE(name), "=" if equals else "", value))
     params.sort(key=lambda param: param[0])
     return "&".join("".join(param) for param in params)
 
@@ -254,6 +285,8 @@ def _is_tracking(name: bytes) -> bool:
 
 def _to_bytes(text: str) -> bytes:
     """UTF-8, with ``surrogateescape`` surrogates back as their bytes and other ones as U+FFFD."""
+    if text.isascii():
+        return text.encode("ascii")
     return _STRAY_SURROGATE.sub("\ufffd", text).encode("utf-8", "surrogateescape")
 
 
@@ -316,7 +349,3 @@ def _reduce_tail(out: bytearray) -> None:
         del out[-3:]
         out.append(byte)
 
-
-def _escape(data: bytes, table: tuple[str, ...]) -> str:
-    """`data` as ASCII text, each byte written as `table` says."""
-    return "".join(map(table.__getitem__, data))

@@ -16,6 +16,7 @@ placeholder left by ``strip_attachments``; or an attachment (anything else, hash
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import quopri
 import re
@@ -363,8 +364,19 @@ class _Headers(EmailMessage):
         try:
             value = self._fetched[key]
         except KeyError:
-            value = self._fetched[key] = super().get(key, _MISSING)
+            value = self._fetched[key] = self._fetch(key)
         return failobj if value is _MISSING else value
+
+    def _fetch(self, key: str) -> Any:
+        """The first ``key`` field as a header object (what ``EmailMessage.get`` returns)."""
+        if key not in _SHARED_FIELDS:
+            return super().get(key, _MISSING)
+        for name, value in self.raw_items():
+            if name.lower() == key:
+                if type(value) is not str:  # set by code, not parsed: as the stdlib has it
+                    return self.policy.header_fetch_parse(name, value)
+                return _shared_header(self.policy, name, value)
+        return _MISSING
 
     def _get_params_preserve(self, failobj: Any, header: str) -> Any:
         key = header.lower()
@@ -393,6 +405,17 @@ class _Headers(EmailMessage):
     def replace_header(self, _name: str, _value: Any) -> None:
         self._changed()
         super().replace_header(_name, _value)
+
+
+#: Fields whose parsed form is shared between messages: a few values ("text/plain;
+#: charset=utf-8", "quoted-printable", "inline") make up most of them, in every mail client's
+#: mail, and a header object is immutable once built.
+_SHARED_FIELDS = frozenset({"content-type", "content-transfer-encoding", "content-disposition"})
+
+
+@functools.lru_cache(maxsize=1024)
+def _shared_header(policy: Any, name: str, value: Any) -> Any:
+    return policy.header_fetch_parse(name, value)
 
 
 class _HeaderClasses(HeaderRegistry):

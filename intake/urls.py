@@ -312,6 +312,7 @@ WRAPPERS: tuple[Wrapper, ...] = tuple(
     )
 )
 _WEB_URL = re.compile(r"(?:https?|ftp)://", re.IGNORECASE)
+_ANY_WRAPPER_HOST = re.compile("|".join(f"(?:{wrapper.host.pattern})" for wrapper in WRAPPERS))
 
 
 def unwrap(url: str) -> str:
@@ -332,6 +333,8 @@ def _unwrap_once(url: str) -> str | None:
     except ValueError:  # e.g. an unbalanced "[" in the host
         return None
     host = (parts.hostname or "").rstrip(".")
+    if not _ANY_WRAPPER_HOST.fullmatch(host):
+        return None  # most links: no need to try the wrappers one by one
     for wrapper in WRAPPERS:
         if wrapper.host.fullmatch(host) and wrapper.path.match(parts.path):
             target = wrapper.target(url.strip(), parts)

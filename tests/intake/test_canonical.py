@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
+from intake import canonical
 from intake.canonical import canonicalize
 from tests.intake.url_cases import (
     IDN_HOSTS,
@@ -140,3 +141,46 @@ def test_url_like_text_gives_a_stable_key_or_none(text: str) -> None:
     if key is not None:
         assert canonicalize(key) == key
         assert key.isascii()
+
+
+HOSTISH = st.lists(st.sampled_from([*"aZ09.-_%2eE", "0x", "xn--", "\u00e9", "\u3002", "\udc80"]),
+                   max_size=16).map("".join)
+
+
+@given(st.one_of(HOSTISH, st.text(max_size=24)))
+@example("Example.COM")
+@example("a..b")
+@example("1.2.3.4")
+@example("0x7f.1")
+@example("a.b.")
+def test_a_plain_host_reads_as_any_host_does(host: str) -> None:
+    """The shortcut for hosts already in key form agrees with the general reading."""
+    assert canonical._hostname(host) == canonical._any_hostname(host)
+
+
+@pytest.mark.parametrize("escaper", ["_PATH_ESCAPE", "_HOST_ESCAPE", "_NAME_ESCAPE",
+                                     "_VALUE_ESCAPE"])
+@given(data=st.binary(max_size=40))
+def test_escaping_writes_each_byte_as_its_table_says(escaper: str, data: bytes) -> None:
+    """Bytes with nothing to escape take a shortcut; it writes what the per-byte table does."""
+    table = getattr(canonical, escaper)._table
+    assert getattr(canonical, escaper)(data) == "".join(table[byte] for byte in data)
+
+
+PATHISH = st.tuples(
+    st.sampled_from(["/", "", "//"]),
+    st.lists(st.sampled_from(["", ".", "..", "a", "A.b", ".x", "..y", "%2e", "%2E%2e", "~-_",
+                              "\u00e9", "\udc80", "a?b", "#", " ", "\t"]), max_size=6),
+).map(lambda parts: parts[0] + "/".join(parts[1]))
+
+
+@given(PATHISH)
+@example("/..")
+@example("/a/.")
+@example("/a//b")
+@example("/a%2e")
+@example("/")
+@example("")
+def test_a_plain_path_reads_as_any_path_does(path: str) -> None:
+    """The shortcut for paths already in key form agrees with the general reading."""
+    assert canonical._path(path) == canonical._any_path(path)
