@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from intake.canonical import canonicalize
+from intake import urls
 from intake.urls import MAX_URL_LENGTH, FoundUrl, extract_urls, unwrap
 from tests.intake.url_cases import (
     EXTRACT,
@@ -167,3 +168,20 @@ def test_a_url_in_prose_is_found_with_its_key(
     text = f"{before} {written}{end} {after}"
     plain_scheme = scheme.lower().replace("hxxp", "http") or "http://"
     assert f"{plain_scheme}{host.lower()}/{path}" in [url.canonical for url in extract_urls(text)]
+
+
+ANCHORED_TEXT = st.lists(
+    st.one_of(PROSE, st.sampled_from([
+        "http://", "hxxp[://]", "ftp://", "//", "a.b", "example.com", "www.", ".", "..", ". ",
+        "[.]", "(.)", "{.}", "[dot]", " dot ", "DoT", "\n", "\r", "\u2028", "\x0b", " ", "\t",
+        "@", ":80", "/x", "](", "]", "1.2.3.4", "\u00e9.be", "é", "\u3002",
+    ])),
+    max_size=24,
+).map("".join)
+
+
+@given(st.one_of(ANCHORED_TEXT, DEFANGED_PIECES, st.text()))
+def test_candidates_are_found_line_by_line_as_in_the_whole_text(text: str) -> None:
+    """Reading only the lines with an anchor finds what the pattern finds in the whole text."""
+    whole = [(m.group(), m.groupdict()) for m in urls._CANDIDATE.finditer(text)]
+    assert [(m.group(), m.groupdict()) for m in urls._candidates(text)] == whole
