@@ -103,14 +103,15 @@ class Filing:
         by_key: dict[str, list[_Report]] = {}
         for report in self._pending:
             by_key.setdefault(report.key, []).append(report)
-        statement = _upsert_statement(conn.dialect.name)
         filed: dict[uuid.UUID, list[uuid.UUID]] = {}
         rows = []
         # In key order, so that transactions filing the same URLs lock their cases in one order.
-        for key in sorted(by_key):
+        keys = sorted(by_key)
+        changes = _upsert_cases(conn, [(key, by_key[key]) for key in keys], self._now,
+                                self._legal_window)
+        for key in keys:
             reports = by_key[key]
-            case_id, change = _upsert_case(conn, statement, key, reports, self._now,
-                                           self._legal_window)
+            case_id, change = changes[key]
             if change == "reopened":
                 _start_afresh(conn, case_id)
             if change is not None:
@@ -189,31 +190,33 @@ def _upsert_statement(dialect: str) -> ReturningInsert[Any]:
             "locate_after": case((reopens, None), else_=cases.c.locate_after),
             "locate_error": case((reopens, None), else_=cases.c.locate_error),
         },
-    ).returning(cases.c.id, cases.c.status_changed_at)
+    ).returning(cases.c.id, cases.c.status_changed_at, cases.c.url_key)
 
 
-def _upsert_case(
+def _upsert_cases(
     conn: Connection,
-    statement: ReturningInsert[Any],
-    key: str,
-    reports: Sequence[_Report],
+    groups: Sequence[tuple[str, Sequence[_Report]]],
     now: datetime,
     legal_window: timedelta,
-) -> tuple[uuid.UUID, str | None]:
-    """The case's id, and "created" or "reopened" if these reports did either.
+) -> dict[str, tuple[uuid.UUID, str | None]]:
+    """Per key, the case's id, and "created" or "reopened" if its reports did either; in one
+    statement for all the keys (each key once, in the order given).
 
-    The reports count together: the first received and the last received are what the
+    A key's reports count together: the first received and the last received are what the
     protocol's rules look at (any report received after the removal, or after the legal
     window, reopens the case, and once is enough).
     """
-    first = min(r.reported_at for r in reports)
-    last = max(r.reported_at for r in reports)
-    reported = reports[0].reported
-    new_id = uuid7()
-    case_id, changed_at = conn.execute(
-        statement,
-        {
-            "id": new_id,
+    if not groups:
+        return {}
+    new_ids: dict[str, uuid.UUID] = {}
+    parameters = []
+    for key, reports in groups:
+        first = min(r.reported_at for r in reports)
+        last = max(r.reported_at for r in reports)
+        reported = reports[0].reported
+        new_ids[key] = uuid7()
+        parameters.append({
+            "id": new_ids[key],
             "kind": "url" if reported else "no_url",
             "status": "new" if reported else "awaiting_assessment",
             "url_key": key,
@@ -224,12 +227,17 @@ def _upsert_case(
             "last_reported": last,
             "now": now,
             "legal_cutoff": last - legal_window,
-        },
-    ).one()
-    if case_id == new_id:
-        return case_id, "created"
-    # Only a reopening sets status_changed_at to this transaction's ``now``.
-    return case_id, "reopened" if _utc(changed_at) == _utc(now) else None
+        })
+    result = conn.execute(_upsert_statement(conn.dialect.name), parameters)
+    changes: dict[str, tuple[uuid.UUID, str | None]] = {}
+    for case_id, changed_at, key in result:
+        if case_id == new_ids[key]:
+            changes[key] = (case_id, "created")
+        else:  # only a reopening sets status_changed_at to this transaction's ``now``
+            changes[key] = (case_id, "reopened" if _utc(changed_at) == _utc(now) else None)
+    if len(changes) != len(groups):
+        raise RuntimeError("the database did not return every case it filed")
+    return changes
 
 
 def _start_afresh(conn: Connection, case_id: uuid.UUID) -> None:

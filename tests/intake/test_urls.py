@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from intake.canonical import canonicalize
 from intake import urls
+from intake.canonical import canonicalize
 from intake.urls import MAX_URL_LENGTH, FoundUrl, extract_urls, unwrap
 from tests.intake.url_cases import (
     EXTRACT,
