@@ -373,7 +373,9 @@ class _Headers(EmailMessage):
             return super().get(key, _MISSING)
         for name, value in self.raw_items():
             if name.lower() == key:
-                if type(value) is not str:  # set by code, not parsed: as the stdlib has it
+                # Not shared: a value set by code, not parsed; and a long value, which is
+                # rare and whose parsed form takes hundreds of times its size.
+                if type(value) is not str or len(value) > _SHARED_MAX_CHARS:
                     return self.policy.header_fetch_parse(name, value)
                 return _shared_header(self.policy, name, value)
         return _MISSING
@@ -408,12 +410,14 @@ class _Headers(EmailMessage):
 
 
 #: Fields whose parsed form is shared between messages: a few values ("text/plain;
-#: charset=utf-8", "quoted-printable", "inline") make up most of them, in every mail client's
-#: mail, and a header object is immutable once built.
-_SHARED_FIELDS = frozenset({"content-type", "content-transfer-encoding", "content-disposition"})
+#: charset=utf-8", "quoted-printable") make up most of them, in every mail client's mail, and
+#: a header object is immutable once built. (Content-Disposition mostly names a file: its
+#: values seldom repeat.) At most 256 short values are kept: a few MB at worst.
+_SHARED_FIELDS = frozenset({"content-type", "content-transfer-encoding"})
+_SHARED_MAX_CHARS = 128
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=256)
 def _shared_header(policy: Any, name: str, value: Any) -> Any:
     return policy.header_fetch_parse(name, value)
 

@@ -628,3 +628,24 @@ def test_every_attachment_in_any_tree_is_found_and_stripped(
     assert not BARE_EOL.search(stripped)
     assume(hashes)
     assert stripped != raw
+
+
+def test_structural_headers_are_shared_between_messages_only_when_short() -> None:
+    """Common Content-Type values are parsed once per process; long ones (hundreds of times
+    their size once parsed) and Content-Disposition values are never kept between messages."""
+    from intake import mime
+
+    def message(content_type: str, disposition: str) -> bytes:
+        return (f"Subject: x\r\nContent-Type: {content_type}\r\n"
+                f"Content-Disposition: {disposition}\r\n\r\nsee example.com/a\r\n").encode()
+
+    mime._shared_header.cache_clear()
+    for index in range(50):
+        long_value = "text/plain" + "".join(f'; p{j}="{index}-{j}"' for j in range(20))
+        parsed = parse_message(message(long_value, f'inline; filename="{index}.txt"'))
+        assert parsed.texts == ["see example.com/a"]
+    assert mime._shared_header.cache_info().currsize == 0
+    for _ in range(3):
+        parse_message(message("text/plain; charset=utf-8", "inline"))
+    info = mime._shared_header.cache_info()
+    assert (info.currsize, info.hits) == (1, 2)
