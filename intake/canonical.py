@@ -97,7 +97,7 @@ _HOST_ESCAPE = _Escaper(b"/:?@[]")
 _NAME_ESCAPE = _Escaper(b"&=")
 _VALUE_ESCAPE = _Escaper(b"&")
 # A host name that is already in key form but for its case: dot-separated ASCII labels, none
-# empty, the last starting with a letter (so it is not a numeric IPv4 form either).
+# empty, the last not starting with a digit (so it is not a numeric IPv4 form either).
 _PLAIN_HOST = re.compile(r"(?:[A-Za-z0-9_-]+\.)*[A-Za-z_-][A-Za-z0-9_-]*")
 # A path that is already in key form: non-empty segments of printable ASCII without "#", "%"
 # or "?", none of them "." or "..", and perhaps a final "/".
