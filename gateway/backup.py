@@ -15,6 +15,8 @@ from pathlib import Path
 
 from sqlalchemy import make_url
 
+from gateway.files import sync_folder
+
 
 class BackupError(Exception):
     pass
@@ -52,9 +54,5 @@ def backup(database_url: str, target: Path) -> int:
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    folder = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    sync_folder(target.parent)
     return int(count)

@@ -19,6 +19,7 @@ from typing import Protocol
 import aiosmtplib
 
 from gateway.config import OutboundConfig
+from gateway.files import sync_folder
 
 
 class Deferred(Exception):
@@ -112,11 +113,7 @@ class FileTransport:
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
-        folder = os.open(self._folder, os.O_RDONLY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
+        sync_folder(self._folder)
         return target
 
     async def send(self, *, mail_from: str, rcpt_to: str, message: bytes, name: str) -> str:
