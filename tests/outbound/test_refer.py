@@ -81,6 +81,18 @@ async def settle(gw: Gateway, case_id: str, status: str, timeout: float = 30) ->
             await asyncio.sleep(0.05)
 
 
+async def referral_in(gw: Gateway, case_id: str, status: str, timeout: float = 30
+                      ) -> dict[str, Any]:
+    """The case once its first referral is in ``status``. The upstream holds a message before
+    the outbox commits its delivery, so a test that saw the message waits for the state."""
+    async with asyncio.timeout(timeout):
+        while True:
+            case = await case_of(gw, case_id)
+            if case["referrals"] and case["referrals"][0]["status"] == status:
+                return case
+            await asyncio.sleep(0.05)
+
+
 def open_referral(keys: Keys, received: Received) -> tuple[Any, dict[str, Any], Any]:
     """Parse, decrypt and verify one delivered referral: (outer, document, verification)."""
     outer = message_from_bytes(received.data, policy=policy.default)
@@ -151,10 +163,9 @@ async def test_every_rule_end_to_end(
         host = re.escape(urls[name].split("/")[2]).encode()
         assert not re.search(rb"(?<![\w.-])" + host, raw) and urls[name].encode() not in raw
         assert b"referral/v1" not in raw and b'"canonical_url"' not in raw
-        case = await case_of(gw, ids[name])
+        case = await referral_in(gw, ids[name], "sent")
         assert outer["Subject"] == f"Referral {case['references'][0]}"
         assert outer["Message-ID"] == case["referrals"][0]["message_id"]
-        assert case["referrals"][0]["status"] == "sent"
 
     # The analyst names the country the CDN hides; the case goes to the police.
     status, _ = await api(gw, "POST", f"/api/v1/cases/{ids['cdn']}/hosting-country", token,
@@ -193,7 +204,7 @@ async def test_refused_then_accepted_and_refused_for_good(
     first = await file_case(gw, "http://be.test/retry", "retry")
     await assess(gw, token, first)
     await mta.wait_for(1)
-    case = await settle(gw, first, "referred")
+    case = await referral_in(gw, first, "sent")
     status, shown = await api(gw, "GET", f"/api/v1/referrals/{case['referrals'][0]['id']}",
                               token)
     assert status == 200
@@ -203,12 +214,7 @@ async def test_refused_then_accepted_and_refused_for_good(
     mta.behaviour = Behaviour("550")
     second = await file_case(gw, "http://nl.test/refused", "refused")
     await assess(gw, token, second)
-    async with asyncio.timeout(30):
-        while True:
-            case = await case_of(gw, second)
-            if case["referrals"] and case["referrals"][0]["status"] == "failed":
-                break
-            await asyncio.sleep(0.05)
+    case = await referral_in(gw, second, "failed")
     assert case["referrals"][0]["error"].startswith("550")
     assert gw.outbox.failed == 1
     assert "referral_failed" in case["flags"]
@@ -221,9 +227,7 @@ async def test_refused_then_accepted_and_refused_for_good(
     sue = await create_token(backend, "sue", now=utcnow())
     status, shown = await api(gw, "POST", f"/api/v1/referrals/{referral_id}/retry", sue)
     assert status == 200 and shown["status"] == "queued"
-    async with asyncio.timeout(30):
-        while (await case_of(gw, second))["referrals"][0]["status"] != "sent":
-            await asyncio.sleep(0.05)
+    await referral_in(gw, second, "sent")
     assert (await api(gw, "POST", f"/api/v1/referrals/{referral_id}/retry", sue))[0] == 409
 
 
@@ -247,8 +251,7 @@ async def test_an_upstream_that_is_down_gets_everything_when_it_returns(
     received = await mta.wait_for(3)
     assert len({r.data for r in received}) == 3
     for case_id in ids:
-        case = await case_of(gw, case_id)
-        assert case["referrals"][0]["status"] == "sent"
+        await referral_in(gw, case_id, "sent")
 
 
 async def test_content_that_moved_is_routed_where_it_is_now(
@@ -287,9 +290,7 @@ async def test_a_dropped_connection_is_retried_until_delivered(
     await assess(gw, token, case_id)
     received = await mta.wait_for(1)
     case = await settle(gw, case_id, "referred")
-    async with asyncio.timeout(30):
-        while (case := await case_of(gw, case_id))["referrals"][0]["status"] != "sent":
-            await asyncio.sleep(0.05)
+    case = await referral_in(gw, case_id, "sent")
     status, shown = await api(gw, "GET", f"/api/v1/referrals/{case['referrals'][0]['id']}",
                               token)
     assert status == 200
