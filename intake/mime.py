@@ -16,7 +16,6 @@ placeholder left by ``strip_attachments``; or an attachment (anything else, hash
 from __future__ import annotations
 
 import base64
-import functools
 import json
 import quopri
 import re
@@ -352,6 +351,8 @@ class _Headers(EmailMessage):
     ``EmailMessage`` builds a new header object (a full RFC 5322 parse) on every read, and the
     accessors we use read Content-Type five or so times per part; the stdlib's own accessors are
     kept, and see the same header objects and parameter lists they would have built each time.
+    A plain value of a field that is only read through those accessors is not parsed at all
+    (see ``_Plain``).
     """
 
     def __init__(self, policy: Any = policy.default) -> None:
@@ -368,16 +369,20 @@ class _Headers(EmailMessage):
         return failobj if value is _MISSING else value
 
     def _fetch(self, key: str) -> Any:
-        """The first ``key`` field as a header object (what ``EmailMessage.get`` returns)."""
-        if key not in _SHARED_FIELDS:
+        """The first ``key`` field as a header object (what ``EmailMessage.get`` returns), or
+        for a plain value its unfolded text."""
+        plain = _PLAIN_VALUES.get(key)
+        if plain is None:
             return super().get(key, _MISSING)
         for name, value in self.raw_items():
             if name.lower() == key:
-                # Not shared: a value set by code, not parsed; and a long value, which is
-                # rare and whose parsed form takes hundreds of times its size.
-                if type(value) is not str or len(value) > _SHARED_MAX_CHARS:
-                    return self.policy.header_fetch_parse(name, value)
-                return _shared_header(self.policy, name, value)
+                if type(value) is str:  # parsed, not set by code
+                    # Unfolded as ``header_fetch_parse`` unfolds it.
+                    unfolded = value.replace("\r", "").replace("\n", "")
+                    if plain.fullmatch(unfolded) and (key != "content-type"
+                                                      or _distinct_params(unfolded)):
+                        return _Plain(unfolded)
+                return self.policy.header_fetch_parse(name, value)
         return _MISSING
 
     def _get_params_preserve(self, failobj: Any, header: str) -> Any:
@@ -409,17 +414,44 @@ class _Headers(EmailMessage):
         super().replace_header(_name, _value)
 
 
-#: Fields whose parsed form is shared between messages: a few values ("text/plain;
-#: charset=utf-8", "quoted-printable") make up most of them, in every mail client's mail, and
-#: a header object is immutable once built. (Content-Disposition mostly names a file: its
-#: values seldom repeat.) At most 256 short values are kept: a few MB at worst.
-_SHARED_FIELDS = frozenset({"content-type", "content-transfer-encoding"})
-_SHARED_MAX_CHARS = 128
+class _Plain(str):
+    """A field's value with nothing for an RFC 5322 parse to resolve: no comments, encoded
+    words, RFC 2231 parameters, empty or repeated parameters, or bytes outside printable ASCII.
+
+    The header object the stdlib builds from such a value has no defects, and every accessor
+    we use reads the same from this text as from that object (content type, boundary, charset
+    and other parameters; the text itself of a transfer encoding or subject), whose parse
+    costs more than the rest of a part's reading; a multipart's Content-Type, its boundary
+    unique to the message, costs it every time. Nothing reads a Content-Type's text directly:
+    the stdlib's object re-renders it. ``test_plain_header_values_read_as_the_stdlibs_parse``
+    holds the two readings equal.
+    """
+
+    __slots__ = ()
+    defects: tuple[()] = ()
 
 
-@functools.lru_cache(maxsize=256)
-def _shared_header(policy: Any, name: str, value: Any) -> Any:
-    return policy.header_fetch_parse(name, value)
+# An RFC 2045 token; a parameter's name or value also without "*", "'" and "%", which the
+# stdlib reads as RFC 2231 markup; a quoted value, not empty, without quoted pairs.
+_TYPE_PART = r"[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+"
+_PARAM_PART = r"[!#$&+\-.0-9A-Z^_`a-z{|}~]+"
+_QUOTED = r'"[ !#-\[\]-~]+"'
+_PLAIN_VALUES = {
+    "content-type": re.compile(
+        rf"{_TYPE_PART}/{_TYPE_PART}(?:[ \t]*;[ \t]*{_PARAM_PART}=(?:{_PARAM_PART}|{_QUOTED}))*"
+        r"[ \t]*"
+    ),
+    "content-transfer-encoding": re.compile(rf"{_TYPE_PART}[ \t]*"),
+    # Printable ASCII and blanks, without the "=?" that opens an RFC 2047 encoded word.
+    "subject": re.compile(r"(?:[\t !-<>-~]|=(?!\?))*"),
+}
+_PARAM_NAME = re.compile(r';[ \t]*([^=]+)=(?:"[^"]*"|[^;]*)')
+
+
+def _distinct_params(content_type: str) -> bool:
+    """Whether no parameter's name repeats (the stdlib's parse would merge them)."""
+    names = [name.lower() for name in _PARAM_NAME.findall(content_type)]
+    return len(names) == len(set(names))
 
 
 class _HeaderClasses(HeaderRegistry):
