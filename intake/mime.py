@@ -379,7 +379,7 @@ class _Headers(EmailMessage):
                 if type(value) is str:  # parsed, not set by code
                     # Unfolded as ``header_fetch_parse`` unfolds it.
                     unfolded = value.replace("\r", "").replace("\n", "")
-                    if plain.fullmatch(unfolded) and (key != "content-type"
+                    if plain.fullmatch(unfolded) and (";" not in unfolded
                                                       or _distinct_params(unfolded)):
                         return _Plain(unfolded)
                 return self.policy.header_fetch_parse(name, value)
@@ -420,11 +420,11 @@ class _Plain(str):
 
     The header object the stdlib builds from such a value has no defects, and every accessor
     we use reads the same from this text as from that object (content type, boundary, charset
-    and other parameters; the text itself of a transfer encoding or subject), whose parse
-    costs more than the rest of a part's reading; a multipart's Content-Type, its boundary
-    unique to the message, costs it every time. Nothing reads a Content-Type's text directly:
-    the stdlib's object re-renders it. ``test_plain_header_values_read_as_the_stdlibs_parse``
-    holds the two readings equal.
+    and other parameters, disposition, file name; the text itself of a transfer encoding or
+    subject), whose parse costs more than the rest of a part's reading; a multipart's
+    Content-Type, its boundary unique to the message, costs it every time. Nothing reads a
+    Content-Type's or Content-Disposition's text directly: the stdlib's object re-renders it.
+    ``test_plain_header_values_read_as_the_stdlibs_parse`` holds the two readings equal.
     """
 
     __slots__ = ()
@@ -436,11 +436,10 @@ class _Plain(str):
 _TYPE_PART = r"[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+"
 _PARAM_PART = r"[!#$&+\-.0-9A-Z^_`a-z{|}~]+"
 _QUOTED = r'"[ !#-\[\]-~]+"'
+_PARAMS = rf"(?:[ \t]*;[ \t]*{_PARAM_PART}=(?:{_PARAM_PART}|{_QUOTED}))*[ \t]*"
 _PLAIN_VALUES = {
-    "content-type": re.compile(
-        rf"{_TYPE_PART}/{_TYPE_PART}(?:[ \t]*;[ \t]*{_PARAM_PART}=(?:{_PARAM_PART}|{_QUOTED}))*"
-        r"[ \t]*"
-    ),
+    "content-type": re.compile(rf"{_TYPE_PART}/{_TYPE_PART}{_PARAMS}"),
+    "content-disposition": re.compile(rf"{_TYPE_PART}{_PARAMS}"),
     "content-transfer-encoding": re.compile(rf"{_TYPE_PART}[ \t]*"),
     # Printable ASCII and blanks, without the "=?" that opens an RFC 2047 encoded word.
     "subject": re.compile(r"(?:[\t !-<>-~]|=(?!\?))*"),

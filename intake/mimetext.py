@@ -81,6 +81,7 @@ _BLOCK_TAGS = frozenset(
 )
 _SKIPPED_TAGS = frozenset({"script", "style"})
 _SPACES = re.compile(r"[ \t\f\v\u00a0\u200b]+")
+_BLANK_LINES = re.compile(r"\n{3,}")
 
 
 class HtmlText(HTMLParser):
@@ -115,5 +116,6 @@ class HtmlText(HTMLParser):
             self._chunks.append(data.replace("\r", " ").replace("\n", " "))
 
     def text(self) -> str:
-        lines = (_SPACES.sub(" ", line).strip() for line in "".join(self._chunks).split("\n"))
-        return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+        # _SPACES holds no line end: one pass over the whole text, then each line trimmed.
+        lines = _SPACES.sub(" ", "".join(self._chunks)).split("\n")
+        return _BLANK_LINES.sub("\n\n", "\n".join([line.strip() for line in lines])).strip()

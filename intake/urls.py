@@ -112,9 +112,9 @@ _HOST_END = re.compile(r"[/?#]")
 
 # Every candidate holds one of these: a dot before a label character (or before the "]" of
 # "[.]"), or the "//" of a scheme's separator. Spelt-out dots ("[dot]", " dot ") are the
-# exception, looked for separately.
+# exception, looked for separately (as "dot" in the lower-cased text, which holds it wherever
+# the text holds a spelling of it, and is several times faster than a search for _DOT_WORD).
 _ANCHOR = re.compile(r"\.[^\s.]|//")
-_DOT_WORD_ANYWHERE = re.compile(_DOT_WORD)
 
 _SENTENCE_END = frozenset(".,;:!?'\"*\u2026\u3002\u3001\uff0c\xbb\u201d\u2019")
 _CLOSING = {")": "(", "]": "[", "}": "{"}
@@ -158,7 +158,7 @@ def _candidates(text: str) -> Iterator[re.Match[str]]:
     No candidate holds a line end and each holds an anchor, so the lines without one are
     skipped: most of a report's prose, which the full pattern reads many times slower.
     """
-    if _DOT_WORD_ANYWHERE.search(text):
+    if "dot" in text.lower():
         yield from _CANDIDATE.finditer(text)
         return
     position = 0

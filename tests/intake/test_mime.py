@@ -649,51 +649,73 @@ def _folded(value: str, where: int) -> str:
 def _reading(message: Any) -> tuple[Any, ...]:
     """What the walker and the stdlib's accessors read from an entity's header fields."""
     names = [name for name, _ in message.get_params() or []]
-    fields = ("content-type", "content-transfer-encoding", "subject")
+    fields = ("content-transfer-encoding", "subject", "content-type", "content-disposition")
     return (
         message.get_content_type(), message.get_content_maintype(),
         message.get_content_subtype(), message.get_boundary(), message.get_content_charset(),
         message.get_params(), [message.get_param(n) for n in [*names, "format", "delsp"]],
         message.get_filename(), message.get_content_disposition(),
-        # Content-Type is read only through the accessors above: the stdlib's parse re-renders
-        # its text (parameters quoted, "; " between them).
-        [str(message.get(name)) for name in fields[1:]],
+        # Content-Type and Content-Disposition are read only through the accessors above: the
+        # stdlib's parse re-renders their text (parameters quoted, "; " between them).
+        [str(message.get(name)) for name in fields[:2]],
         [[type(d).__name__ for d in getattr(message.get(name), "defects", ())]
          for name in fields],
     )
 
 
-@settings(max_examples=1500, deadline=None)
+def _outcome(message: Any) -> tuple[Any, ...] | str:
+    """The reading, or the error it ends in (the stdlib's parse raises on some values, such as
+    Content-Disposition ";0*"; the walker turns that into a MimeError)."""
+    try:
+        return _reading(message)
+    except Exception as exc:
+        return type(exc).__name__
+
+
+def _plain_or_any(field: str, codec: str = "ascii") -> st.SearchStrategy[str]:
+    return st.one_of(st.from_regex(_PLAIN_PATTERNS[field], fullmatch=True),
+                     st.text(alphabet=st.characters(codec=codec, exclude_characters="\r\n"),
+                             max_size=60))
+
+
+@settings(max_examples=1000, deadline=None)
 @given(
-    content_type=st.one_of(st.from_regex(_PLAIN_PATTERNS["content-type"], fullmatch=True),
-                           st.text(alphabet=st.characters(codec="ascii"), max_size=60)),
+    content_type=_plain_or_any("content-type"),
+    disposition=_plain_or_any("content-disposition"),
     encoding=st.one_of(
         st.from_regex(_PLAIN_PATTERNS["content-transfer-encoding"], fullmatch=True),
         st.sampled_from(["base64", " quoted-printable", "7bit (comment)", "=?x?q?b?="])),
-    subject=st.one_of(st.from_regex(_PLAIN_PATTERNS["subject"], fullmatch=True),
-                      st.text(alphabet=st.characters(codec="latin-1"), max_size=40)),
+    subject=_plain_or_any("subject", codec="latin-1"),
     fold=st.integers(0, 8),
 )
-@example(content_type="a/b;c=d;c=e", encoding="7bit", subject="s", fold=0)
-@example(content_type="a/b; charset=x; CHARSET=y", encoding="7bit", subject="s", fold=0)
-@example(content_type="a/b;%=c", encoding="7bit", subject="s", fold=0)
-@example(content_type="a/b;c*=d", encoding="7bit", subject="s", fold=0)
-@example(content_type="a/b;c=*", encoding="7bit", subject="s", fold=0)
-@example(content_type='a/b;C=""', encoding="7bit", subject="s", fold=0)
-@example(content_type='multipart/mixed;\tboundary="----=_Part_1.2"', encoding="7bit",
-         subject="=?utf-8?q?caf=C3=A9?=", fold=1)
+@example(content_type="a/b;c=d;c=e", disposition="inline", encoding="7bit", subject="s", fold=0)
+@example(content_type="a/b; charset=x; CHARSET=y", disposition="inline", encoding="7bit",
+         subject="s", fold=0)
+@example(content_type="a/b;%=c", disposition="inline", encoding="7bit", subject="s", fold=0)
+@example(content_type="a/b;c*=d", disposition="inline", encoding="7bit", subject="s", fold=0)
+@example(content_type="a/b;c=*", disposition="inline", encoding="7bit", subject="s", fold=0)
+@example(content_type='a/b;C=""', disposition="inline", encoding="7bit", subject="s", fold=0)
+@example(content_type="a/b", disposition='attachment; filename="a.txt"; FILENAME=b',
+         encoding="7bit", subject="s", fold=0)
+@example(content_type="a/b", disposition="attachment; filename*=utf-8''a%20b.txt",
+         encoding="7bit", subject="s", fold=0)
+@example(content_type='a/b; name="c.txt"', disposition='attachment; filename=""',
+         encoding="7bit", subject="s", fold=0)
+@example(content_type='multipart/mixed;\tboundary="----=_Part_1.2"', disposition="inline",
+         encoding="7bit", subject="=?utf-8?q?caf=C3=A9?=", fold=1)
 def test_plain_header_values_read_as_the_stdlibs_parse(
-    content_type: str, encoding: str, subject: str, fold: int
+    content_type: str, disposition: str, encoding: str, subject: str, fold: int
 ) -> None:
     """A value that skips the RFC 5322 parse as plain reads exactly as the parsed one does,
     through every accessor the walker uses; any other value is parsed as before."""
     block = "".join(f"{name}: {_folded(value, fold)}\r\n" for name, value in (
-        ("Content-Type", content_type), ("Content-Transfer-Encoding", encoding),
-        ("Subject", subject))).encode("latin-1") + b"\r\n"
+        ("Content-Type", content_type), ("Content-Disposition", disposition),
+        ("Content-Transfer-Encoding", encoding), ("Subject", subject),
+    )).encode("latin-1") + b"\r\n"
     stdlib = BytesParser(policy=policy.default).parsebytes(block, headersonly=True)
     ours = mime._PARSER.parsebytes(block, headersonly=True)
-    assert _reading(ours) == _reading(stdlib)
+    assert _outcome(ours) == _outcome(stdlib)
     # The plain reading is the one taken for a plain value (the test would be idle otherwise).
-    if mime._PLAIN_VALUES["content-type"].fullmatch(content_type) and \
-            mime._distinct_params(content_type):
-        assert type(ours.get("content-type")) is mime._Plain
+    for name, value in (("content-type", content_type), ("content-disposition", disposition)):
+        if mime._PLAIN_VALUES[name].fullmatch(value) and mime._distinct_params(value):
+            assert type(ours.get(name)) is mime._Plain

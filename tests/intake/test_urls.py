@@ -6,7 +6,7 @@ import dataclasses
 import string
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from intake import urls
@@ -181,6 +181,8 @@ ANCHORED_TEXT = st.lists(
 
 
 @given(st.one_of(ANCHORED_TEXT, DEFANGED_PIECES, st.text()))
+@example("see example DOT com for it")
+@example("www[DoT]example(dOt)org/x")
 def test_candidates_are_found_line_by_line_as_in_the_whole_text(text: str) -> None:
     """Reading only the lines with an anchor finds what the pattern finds in the whole text."""
     whole = [(m.group(), m.groupdict()) for m in urls._CANDIDATE.finditer(text)]
