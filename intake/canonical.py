@@ -106,7 +106,9 @@ _PLAIN_PATH = re.compile(r'(?:/(?!\.\.?(?:/|\Z))[!"$&-.0->@-~]+)+/?|/')
 
 def canonicalize(url: str) -> str | None:
     """The dedup key of a URL, or None when `url` is not an http(s)/ftp URL with a host."""
-    text = url.translate(_TAB_CR_LF).strip(_C0_AND_SPACE).partition("#")[0]
+    if "\t" in url or "\r" in url or "\n" in url:  # rare; translate reads every character
+        url = url.translate(_TAB_CR_LF)
+    text = url.strip(_C0_AND_SPACE).partition("#")[0]
     split = _split_scheme(text)
     if split is None:
         return None

@@ -183,6 +183,10 @@ TRACKING: list[CanonCase] = [
 ]
 
 OTHER_CANONICAL: list[CanonCase] = [
+    # Each of tab, CR and LF is dropped on its own, wherever it is.
+    ("http://exam\tple.com/a", "http://example.com/a"),
+    ("http://example.com/a\rb", "http://example.com/ab"),
+    ("http://example.com/a?b=\nc", "http://example.com/a?b=c"),
     ("HTTPS://EXAMPLE.COM", "https://example.com/"),
     ("http://user:pass@example.com/", "http://example.com/"),
     ("http://user@example.com:80/", "http://example.com/"),
