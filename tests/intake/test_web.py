@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import jsonschema
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from openapi_spec_validator import validate as validate_openapi
 from sqlalchemy import func, select
@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 from gateway.app import Gateway
 from gateway.store.case_view import list_cases
 from gateway.store.tables import submissions
+from intake import webreport
 from intake.openapi import openapi_document
 from intake.web import wkd_hash
 from outbound.gpg import Gpg
@@ -334,3 +335,25 @@ async def test_over_tls_the_form_asks_for_https_from_then_on(
         for path in ("/", "/api/v1/openapi.json", "/nowhere"):
             async with http.get(f"https://{host}:{port}{path}", ssl=context) as response:
                 assert response.headers["Strict-Transport-Security"].startswith("max-age="), path
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.from_regex(webreport._PLAIN_URL, fullmatch=True))
+@example("http://xn--zz.example/")
+@example("HTTPS://a-b.example.test/x.")
+@example("http://a.bc/%zz?<script>#frag")
+@example("https://nam12.safelinks.protection.outlook.com/?url=nothing")
+@example("http://www.google.com/url?q=")
+@example("http://" + "a" * 63 + "." + "b" * 63 + ".example/" + "c" * 1800)
+def test_a_plain_address_is_a_url_as_extraction_finds_it(text: str) -> None:
+    """Validation's shortcut accepts only what extraction also finds a URL in."""
+    assert webreport.field_urls(text)
+    assert webreport.holds_url(text)
+
+
+@given(st.one_of(st.text(max_size=80),
+                 st.from_regex(r"[a-z]{1,8}://[!-~]{0,40}", fullmatch=True),
+                 st.from_regex(r"[\w.-]{1,30}(?:/[!-~]{0,20})?", fullmatch=True)))
+def test_holds_url_answers_as_extraction_does(text: str) -> None:
+    """Whatever the text, the answer is extraction's: the shortcut never says yes for it."""
+    assert webreport.holds_url(text) is bool(webreport.field_urls(text))
