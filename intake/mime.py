@@ -432,10 +432,11 @@ class _Plain(str):
 
 
 # An RFC 2045 token; a parameter's name or value also without "*", "'" and "%", which the
-# stdlib reads as RFC 2231 markup; a quoted value, not empty, without quoted pairs.
+# stdlib reads as RFC 2231 markup; a quoted value, not empty, without quoted pairs or the "=?"
+# of an RFC 2047 encoded word (which the stdlib decodes even inside quotes).
 _TYPE_PART = r"[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+"
 _PARAM_PART = r"[!#$&+\-.0-9A-Z^_`a-z{|}~]+"
-_QUOTED = r'"[ !#-\[\]-~]+"'
+_QUOTED = r'"(?:[ !#-<>-\[\]-~]|=(?!\?))+"'
 _PARAMS = rf"(?:[ \t]*;[ \t]*{_PARAM_PART}=(?:{_PARAM_PART}|{_QUOTED}))*[ \t]*"
 _PLAIN_VALUES = {
     "content-type": re.compile(rf"{_TYPE_PART}/{_TYPE_PART}{_PARAMS}"),

@@ -49,7 +49,10 @@ _PLAIN_URL = re.compile(
 
 def holds_url(text: str) -> bool:
     """Whether ``field_urls(text)`` finds a URL in ``text`` (stripped)."""
-    return _PLAIN_URL.fullmatch(text) is not None or bool(field_urls(text))
+    # Extraction passes over a span longer than it takes; a field's URL is far shorter.
+    if len(text) <= MAX_URL and _PLAIN_URL.fullmatch(text) is not None:
+        return True
+    return bool(field_urls(text))
 
 
 @dataclass(frozen=True, slots=True)

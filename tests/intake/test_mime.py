@@ -675,7 +675,11 @@ def _outcome(message: Any) -> tuple[Any, ...] | str:
 def _plain_or_any(field: str, codec: str = "ascii") -> st.SearchStrategy[str]:
     return st.one_of(st.from_regex(_PLAIN_PATTERNS[field], fullmatch=True),
                      st.text(alphabet=st.characters(codec=codec, exclude_characters="\r\n"),
-                             max_size=60))
+                             max_size=60),
+                     # An RFC 2047 encoded word in a quoted value: the stdlib decodes it.
+                     st.from_regex(r'[a-z]{1,5}(?:/[a-z]{1,5})?; ?[a-z]{1,8}="[a-z.]{0,3}'
+                                   r'=\?[a-z0-9-]{1,8}\?[qQbB]\?[!->@-~]{0,12}\?=[a-z.]{0,3}"',
+                                   fullmatch=True))
 
 
 @settings(max_examples=1000, deadline=None)
@@ -701,6 +705,13 @@ def _plain_or_any(field: str, codec: str = "ascii") -> st.SearchStrategy[str]:
          encoding="7bit", subject="s", fold=0)
 @example(content_type='a/b; name="c.txt"', disposition='attachment; filename=""',
          encoding="7bit", subject="s", fold=0)
+@example(content_type='text/plain; charset="=?us-ascii?q?utf-8?="', disposition="inline",
+         encoding="7bit", subject="s", fold=0)
+@example(content_type='multipart/mixed; boundary="=?utf-8?q?abc?="', disposition="inline",
+         encoding="7bit", subject="s", fold=0)
+@example(content_type="application/octet-stream",
+         disposition='attachment; filename="=?utf-8?q?evil.eml?="', encoding="7bit",
+         subject="s", fold=0)
 @example(content_type='multipart/mixed;\tboundary="----=_Part_1.2"', disposition="inline",
          encoding="7bit", subject="=?utf-8?q?caf=C3=A9?=", fold=1)
 def test_plain_header_values_read_as_the_stdlibs_parse(

@@ -354,6 +354,8 @@ def test_a_plain_address_is_a_url_as_extraction_finds_it(text: str) -> None:
 @given(st.one_of(st.text(max_size=80),
                  st.from_regex(r"[a-z]{1,8}://[!-~]{0,40}", fullmatch=True),
                  st.from_regex(r"[\w.-]{1,30}(?:/[!-~]{0,20})?", fullmatch=True)))
+@example("http://a.co/" + "a" * 32757)  # longer than extraction takes
+@example("http://a.co/" + "a" * 32756)
 def test_holds_url_answers_as_extraction_does(text: str) -> None:
     """Whatever the text, the answer is extraction's: the shortcut never says yes for it."""
     assert webreport.holds_url(text) is bool(webreport.field_urls(text))
