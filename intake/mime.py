@@ -448,9 +448,10 @@ _PLAIN_VALUES = {
 _PARAM_NAME = re.compile(r';[ \t]*([^=]+)=(?:"[^"]*"|[^;]*)')
 
 
-def _distinct_params(content_type: str) -> bool:
-    """Whether no parameter's name repeats (the stdlib's parse would merge them)."""
-    names = [name.lower() for name in _PARAM_NAME.findall(content_type)]
+def _distinct_params(value: str) -> bool:
+    """Whether no parameter's name repeats in a plain value (the stdlib's parse would merge
+    them)."""
+    names = [name.lower() for name in _PARAM_NAME.findall(value)]
     return len(names) == len(set(names))
 
 
