@@ -324,6 +324,9 @@ class LocateConfig(_Section):
 class GpgConfig(_Section):
     home: OptionalPath = Field(default="var/gnupg", validate_default=True)
     signing_key: Fingerprint = ""
+    #: The key referrals are also encrypted to (``outbound.encrypt_to_self``), so that the
+    #: hotline's staff can read what was sent; empty: the signing key's encryption subkey.
+    archive_key: Fingerprint = ""
     passphrase_file: OptionalPath = None
     warn_days: PositiveInt = 30
 
@@ -345,6 +348,9 @@ class OutboundConfig(_Section):
     #: The name given in EHLO when referrals leave; unset, the [smtp] hostname (the hotline's
     #: public mail name), which must then be fully qualified.
     helo_name: Annotated[FullyQualified | None, _Unset] = None
+    #: Every referral is also encrypted to the hotline's own key (``gpg.archive_key``, else
+    #: ``gpg.signing_key``); a referral is held while that key cannot encrypt.
+    encrypt_to_self: bool = True
 
 
 class Destination(_Section):
@@ -401,6 +407,20 @@ class Config(_Section):
                 "to the national police (routing.destinations.police), not to a partner hotline"
             )
         return self
+
+    @model_validator(mode="after")
+    def _archive_key_is_used(self) -> Config:
+        if self.gpg.archive_key and not self.outbound.encrypt_to_self:
+            raise ValueError("gpg.archive_key: set, but outbound.encrypt_to_self is false: "
+                             "nothing would be encrypted to it")
+        return self
+
+    def archive_key(self) -> str | None:
+        """The hotline's own key every referral is also encrypted to, or None (not wanted).
+        Empty when wanted but no key is configured: a referral is then held."""
+        if not self.outbound.encrypt_to_self:
+            return None
+        return self.gpg.archive_key or self.gpg.signing_key
 
     @model_validator(mode="after")
     def _helo_name(self) -> Config:

@@ -54,10 +54,12 @@ class GpgError(Exception):
 class KeyProblem(GpgError):
     """A key cannot be used for what was asked: the referral is held, never sent in clear."""
 
-    def __init__(self, fingerprint: str, problems: list[str]) -> None:
+    def __init__(self, fingerprint: str, problems: list[str],
+                 purpose: Purpose | None = None) -> None:
         super().__init__(f"key {fingerprint}: {'; '.join(problems)}")
         self.fingerprint = fingerprint
         self.problems = problems
+        self.purpose = purpose
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +218,7 @@ class Gpg:
             return cached[1]
         status, use = self._inspect(fingerprint, purpose, 0, None)
         if use is None:
-            raise KeyProblem(status.fingerprint, status.problems)
+            raise KeyProblem(status.fingerprint, status.problems, purpose)
         until = now + CHECK_TTL
         expiry = status.encrypt_expires if purpose == "encrypt" else status.expires
         if expiry is not None:
@@ -249,12 +251,17 @@ class Gpg:
         with self._cache_lock:
             self._checked.clear()
 
-    def _encrypt(self, data: bytes, recipient: str, signer: str) -> bytes:
+    def _encrypt(self, data: bytes, recipient: str, signer: str, archive: str | None) -> bytes:
         # "FPR!" makes gpg use exactly the (sub)key checked above, not one it picks itself.
         to, by = self._usable(recipient, "encrypt"), self._usable(signer, "sign")
+        recipients = [f"{to}!"]
+        if archive is not None:
+            # One more session-key packet (RFC 4880 5.1): the recipient's is unchanged.
+            mine = self._usable(archive, "encrypt")
+            recipients += [f"{mine}!"] if mine != to else []
         # -u (not --default-key): gpg fails rather than sign with some other secret key.
         extra = ["--local-user", f"{by}!"]
-        result = self._handle().encrypt(data, f"{to}!", sign=True, always_trust=True,
+        result = self._handle().encrypt(data, recipients, sign=True, always_trust=True,
                                         passphrase=self._passphrase, extra_args=extra)  # fmt: skip
         out: bytes = result.data
         lines: list[str] = (result.stderr or "").splitlines()
@@ -263,9 +270,11 @@ class Gpg:
             raise GpgError(f"gpg encrypt+sign failed: {result.status} (exit {result.returncode})")
         return out
 
-    async def encrypt_and_sign(self, data: bytes, *, recipient: str, signer: str) -> bytes:
-        """An armored PGP message to exactly the pinned recipient, signed by ``signer``."""
-        return await self._run(self._encrypt, data, recipient, signer)
+    async def encrypt_and_sign(self, data: bytes, *, recipient: str, signer: str,
+                               archive: str | None = None) -> bytes:
+        """An armored PGP message to exactly the pinned recipient, signed by ``signer``; with
+        ``archive``, also to that key (the hotline's own), which must then be usable too."""
+        return await self._run(self._encrypt, data, recipient, signer, archive)
 
     def _import(self, data: bytes) -> list[str]:
         self.forget_checks()
