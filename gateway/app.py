@@ -294,6 +294,7 @@ async def running(
             lease=timedelta(seconds=(65 if config.outbound.transport == "file"
                                      else 3 * config.outbound.timeout + 5)),
             keys=lambda fingerprint: gpg.problems(fingerprint, "encrypt"),
+            sealed_for=gpg.sealed_for_problems,
         )
         refer = ReferStage(config, backend, engine, locator, gpg, worker=_worker_name(),
                            members=MembershipList.shipped(config.routing.membership,

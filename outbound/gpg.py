@@ -31,6 +31,7 @@ Purpose = Literal["encrypt", "sign"]
 KeyInfo = dict[str, Any]  # one key or subkey record of python-gnupg's list_keys()
 
 ARMOR = b"-----BEGIN PGP MESSAGE-----"
+ARMOR_END = b"-----END PGP MESSAGE-----"
 #: How long a key found usable is used without checking it again (a revocation imported by
 #: another process, such as `keys import` beside the daemon, takes effect within this).
 CHECK_TTL = 60.0
@@ -234,6 +235,36 @@ class Gpg:
         except KeyProblem as exc:
             return exc.problems
         return []
+
+    def _sealed_for(self, message: bytes) -> list[str]:
+        start = message.find(ARMOR)
+        end = message.find(ARMOR_END, start)
+        if start < 0 or end < 0:
+            return ["no PGP message in it"]
+        g, now = self._handle(), datetime.now(UTC)
+        # The session-key packets name the (sub)keys it was encrypted to (RFC 4880 5.1).
+        ids: list[str] = g.get_recipients(message[start:end + len(ARMOR_END)])
+        if not ids:
+            return ["encrypted to no key gpg can name"]
+        problems: list[str] = []
+        for keyid in ids:
+            key = next((k for k in g.list_keys(keys=[keyid])
+                        if keyid in k.get("subkey_info", {}) or k["keyid"] == keyid), None)
+            if key is None:
+                problems.append(f"key {keyid}: not in the keyring")
+                continue
+            status, _ = _evaluate(key["fingerprint"], key, None, "encrypt", 0, now)
+            found = list(status.problems)
+            used = key.get("subkey_info", {}).get(keyid, key)
+            if not found and not _valid(used, "e", now, secret=False):
+                found.append(f"its encryption subkey {keyid} is no longer valid")
+            problems += [f"key {key['fingerprint']}: {p}" for p in found]
+        return problems
+
+    async def sealed_for_problems(self, message: bytes) -> list[str]:
+        """Why ``message`` must not be sent now: each key it is encrypted to that went bad
+        since (revoked, expired, gone), the hotline's own included; empty: none did."""
+        return await self._run(self._sealed_for, message)
 
     def decrypt_blocking(self, data: bytes) -> bytes:
         """Decrypt a message encrypted to one of our secret keys. Blocking: call it from a

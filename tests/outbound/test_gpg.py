@@ -12,7 +12,7 @@ import pytest
 
 from outbound.gpg import Gpg, GpgError, KeyProblem
 from tests.conftest import no_blocking_calls
-from tests.outbound.conftest import HOTLINE_PASSPHRASE, Keys
+from tests.outbound.conftest import HOTLINE_PASSPHRASE, Keys, add_subkey, make_key, run_gpg
 
 REFERRAL = b'{"schema": "hotline-gateway/referral/v1", "reference": "CF-2026-000123"}\n'
 
@@ -228,3 +228,26 @@ async def test_a_key_revoked_here_is_refused_at_once_despite_the_check_cache(
     await gpg.import_keys(certificate.replace(":-----BEGIN", "-----BEGIN").encode())
     with pytest.raises(KeyProblem, match="revoked"):
         await gpg.encrypt_and_sign(b"two", recipient=theirs, signer=ours)
+
+
+async def test_a_message_is_checked_against_every_key_it_is_encrypted_to(
+    fast_home: Path, keys: Keys, executor: ThreadPoolExecutor
+) -> None:
+    """Before sending, each key a referral was encrypted to is checked again: none went bad,
+    no problem; the hotline's own key revoked since, a problem naming it."""
+    hotline = make_key(fast_home, "Hotline <referrals@hotline.test>")
+    archive = make_key(fast_home, "Hotline staff <staff@hotline.test>")
+    add_subkey(fast_home, archive)
+    run_gpg(keys.partner_home, "--armor", "--output", str(fast_home / "recipient.asc"),
+            "--export", keys.recipient)
+    run_gpg(fast_home, "--import", str(fast_home / "recipient.asc"))
+    gpg = Gpg(fast_home, executor=executor)
+    sealed = await gpg.encrypt_and_sign(REFERRAL, recipient=keys.recipient, signer=hotline,
+                                        archive=archive)
+    message = b"Content-Type: multipart/encrypted\r\n\r\n" + sealed
+    assert await gpg.sealed_for_problems(message) == []
+    certificate = (fast_home / "openpgp-revocs.d" / f"{archive}.rev").read_text()
+    (fast_home / "revoke.asc").write_text(certificate.replace(":-----BEGIN", "-----BEGIN"))
+    await gpg.import_keys((fast_home / "revoke.asc").read_bytes())
+    assert await gpg.sealed_for_problems(message) == [f"key {archive}: revoked"]
+    assert await gpg.sealed_for_problems(b"no armor") == ["no PGP message in it"]
