@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from gateway import config as config_module
 from gateway.config import OutboundConfig
@@ -80,3 +82,25 @@ def test_an_unqualified_smtp_hostname_needs_an_explicit_helo_name() -> None:
     assert config.outbound.helo_name is None
     config = config_module.parse({"outbound": {"helo_name": ""}}, base=Path("/"))
     assert config.outbound.helo_name == "report.hotline.test"  # "" is unset, as elsewhere
+
+
+@given(st.one_of(st.text(), st.from_regex(r"[a-z0-9.-]{1,30}", fullmatch=True),
+                 st.builds("{}.{}".format, st.text(), st.text())))
+@example("localhost")
+@example("out.hotline.test\r\nMAIL FROM:<x@evil.test>")
+@example("out.hotline.test ")
+@example("\u0440\u0444.hotline.test")
+@example("10.0.0.1")
+def test_any_helo_name_accepted_is_one_word_with_a_dot(name: str) -> None:
+    """Hostile names are refused, naming the key; one accepted is an ASCII host name of two
+    labels or more that cannot smuggle an SMTP command or pass for an IP address."""
+    try:
+        config = config_module.parse({"outbound": {"helo_name": name}}, base=Path("/"))
+    except config_module.ConfigError as exc:
+        assert [p.split(":")[0] for p in exc.problems] == ["outbound.helo_name"]
+        return
+    helo = config.outbound.helo_name
+    assert helo == (name or "report.hotline.test")
+    assert helo.isascii() and all(c.isalnum() or c in ".-" for c in helo)
+    labels = helo.split(".")
+    assert len(labels) >= 2 and all(labels) and not labels[-1].isdigit()
