@@ -325,7 +325,8 @@ def _cmd_cases(args: argparse.Namespace) -> int:
 
 
 def _print_case(case: dict[str, Any]) -> None:
-    """``cases show`` as text, every line escaped (reporters' subjects and texts included)."""
+    """``cases show`` as text, every line escaped. What reporters wrote is not printed: it holds
+    URLs that a terminal would make links of (the console and ``--json`` show it)."""
     for key in ("id", "status", "kind", "report_count", "first_reported", "last_reported",
                 "reappeared"):
         _say(f"{key}: {case[key]}")
@@ -344,11 +345,6 @@ def _print_case(case: dict[str, Any]) -> None:
     print("reports:")
     for report in case["reports"]:
         _say(f"  {report['reference']}  {report['reported_at']}  {report['channel']}")
-        if report.get("subject"):
-            _say(f"    subject: {report['subject']}")
-        # What the reporter wrote, line by line: tabs stay, any other control is escaped.
-        for line in report["text"].split("\n") if report.get("text") else []:
-            print("    | " + visible(line, multiline=True))
     print("hosting evidence:")
     for evidence in case["hosting_evidence"]:
         _say(f"  {evidence['checked_at']}  {evidence['trigger']:<8} {_hosting_line(evidence)}")
