@@ -163,6 +163,10 @@ async def wkd_keys(config: Config, gpg: Gpg) -> dict[str, bytes]:
 def pinned_keys(config: Config) -> list[Pinned]:
     """(config key, fingerprint, purpose) of every key the config pins."""
     keys: list[Pinned] = [("gpg.signing_key", config.gpg.signing_key, "sign")]
+    archive = config.archive_key()
+    if archive:  # encrypt_to_self: the hotline's own key must encrypt, too
+        what = "gpg.archive_key" if config.gpg.archive_key else "outbound.encrypt_to_self"
+        keys.append((what, archive, "encrypt"))
     for name, destination in config.routing.destinations.items():
         keys.append((f"routing.destinations.{name}", destination.key, "encrypt"))
     for country, destination in config.routing.hotlines.items():
@@ -290,6 +294,7 @@ async def running(
             lease=timedelta(seconds=(65 if config.outbound.transport == "file"
                                      else 3 * config.outbound.timeout + 5)),
             keys=lambda fingerprint: gpg.problems(fingerprint, "encrypt"),
+            sealed_for=gpg.sealed_for_problems,
         )
         refer = ReferStage(config, backend, engine, locator, gpg, worker=_worker_name(),
                            members=MembershipList.shipped(config.routing.membership,

@@ -42,6 +42,7 @@ from gateway.store.audit import verify as verify_audit
 from gateway.store.backend import WriteBackend, open_write_backend
 from gateway.store.case_view import defang, get_case, iso, list_cases
 from gateway.store.engine import open_engine
+from gateway.store.text import visible
 from outbound.gpg import GpgError
 from outbound.outbox import NotRetryable, retry_failed
 from routing.geo import GeoError
@@ -278,18 +279,31 @@ async def _with_connection(config: Config, work: Callable[[AsyncConnection], Awa
         await engine.dispose()
 
 
+def _say(line: str) -> None:
+    """Print one line of text output: stored text (what reporters wrote, URLs, names from
+    keys and databases) never reaches the terminal with a control or bidi character in it."""
+    print(visible(line))
+
+
+def _json(document: object, indent: int | None = None) -> str:
+    """JSON for a terminal or a pipe: ``ensure_ascii`` writes every non-ASCII character
+    (bidi controls and C1 included) as a ``\\uXXXX`` escape, as json writes C0; DEL, which
+    JSON allows raw, is escaped too. A JSON reader gets the exact stored text back."""
+    return json.dumps(document, indent=indent, ensure_ascii=True).replace("\x7f", "\\u007f")
+
+
 def _cmd_cases(args: argparse.Namespace) -> int:
     config = _load(args)
     if args.cases_command == "list":
         found = asyncio.run(_with_connection(
             config, lambda conn: list_cases(conn, status=args.status, limit=args.limit)))
         if args.json:
-            print(json.dumps(found, indent=1))
+            print(_json(found, indent=1))
         else:
             for item in found:
                 target = defang(item["canonical_url"]) if item["canonical_url"] else "(no URL)"
-                print(f"{item['id']}  {item['status']:<20} {_where(item['hosting']):<12} "
-                      f"{item['report_count']:>4}  {item['first_reported']}  {target}")
+                _say(f"{item['id']}  {item['status']:<20} {_where(item['hosting']):<12} "
+                     f"{item['report_count']:>4}  {item['first_reported']}  {target}")
         return EXIT_OK
     try:
         case_id = uuid.UUID(args.id)
@@ -304,32 +318,36 @@ def _cmd_cases(args: argparse.Namespace) -> int:
         print(f"cases show: no case {case_id}", file=sys.stderr)
         return EXIT_FAILURE
     if args.json:
-        print(json.dumps(case, indent=1))
+        print(_json(case, indent=1))
     else:
-        for key in ("id", "status", "kind", "report_count", "first_reported", "last_reported",
-                    "reappeared"):
-            print(f"{key}: {case[key]}")
-        print(f"url: {defang(case['url']) if case['url'] else '(no URL)'}")
-        print(f"canonical_url: {defang(case['canonical_url']) if case['canonical_url'] else '-'}")
-        print(f"hosting: {_hosting_line(case['hosting'])}")
-        if case["assessment"]:
-            a = case["assessment"]
-            print(f"assessment: {a['verdict']} {a['classification']} by {a['by']} "
-                  f"({a['status']})")
-        if case["decision"]:
-            d = case["decision"]
-            print(f"decision: {d['rule']}: {d['explanation']}")
-        for referral in case["referrals"]:
-            print(f"referral: {referral['destination']} {referral['status']} "
-                  f"{referral['sent_at'] or ''}".rstrip())
-        print("reports:")
-        for report in case["reports"]:
-            print(f"  {report['reference']}  {report['reported_at']}  {report['channel']}")
-        print("hosting evidence:")
-        for evidence in case["hosting_evidence"]:
-            print(f"  {evidence['checked_at']}  {evidence['trigger']:<8} "
-                  f"{_hosting_line(evidence)}")
+        _print_case(case)
     return EXIT_OK
+
+
+def _print_case(case: dict[str, Any]) -> None:
+    """``cases show`` as text, every line escaped. What reporters wrote is not printed: it holds
+    URLs that a terminal would make links of (the console and ``--json`` show it)."""
+    for key in ("id", "status", "kind", "report_count", "first_reported", "last_reported",
+                "reappeared"):
+        _say(f"{key}: {case[key]}")
+    _say(f"url: {defang(case['url']) if case['url'] else '(no URL)'}")
+    _say(f"canonical_url: {defang(case['canonical_url']) if case['canonical_url'] else '-'}")
+    _say(f"hosting: {_hosting_line(case['hosting'])}")
+    if case["assessment"]:
+        a = case["assessment"]
+        _say(f"assessment: {a['verdict']} {a['classification']} by {a['by']} ({a['status']})")
+    if case["decision"]:
+        d = case["decision"]
+        _say(f"decision: {d['rule']}: {d['explanation']}")
+    for referral in case["referrals"]:
+        _say(f"referral: {referral['destination']} {referral['status']} "
+             f"{referral['sent_at'] or ''}".rstrip())
+    print("reports:")
+    for report in case["reports"]:
+        _say(f"  {report['reference']}  {report['reported_at']}  {report['channel']}")
+    print("hosting evidence:")
+    for evidence in case["hosting_evidence"]:
+        _say(f"  {evidence['checked_at']}  {evidence['trigger']:<8} {_hosting_line(evidence)}")
 
 
 def _where(hosting: dict[str, Any] | None) -> str:
@@ -373,7 +391,10 @@ def _relocate(config: Config, case_id: uuid.UUID, *, as_json: bool) -> int:
                 "asn": hosting.asn, "org": hosting.org, "cdn": hosting.cdn,
                 "source": hosting.source, "checked_at": iso(hosting.checked_at),
                 "error": hosting.error}
-    print(json.dumps(document, indent=1) if as_json else _hosting_line(document))
+    if as_json:
+        print(_json(document, indent=1))
+    else:
+        _say(_hosting_line(document))
     return EXIT_OK if not hosting.failed else EXIT_FAILURE
 
 
@@ -439,7 +460,7 @@ def _cmd_keys(args: argparse.Namespace) -> int:
                     for key in await gpg.list_keys(secret=secret):
                         state = "; ".join(key.problems + key.warnings) or "usable"
                         kind = "secret" if secret else "public"
-                        print(f"{kind:<6} {key.fingerprint}  {state}  {', '.join(key.uids)}")
+                        _say(f"{kind:<6} {key.fingerprint}  {state}  {', '.join(key.uids)}")
                 return EXIT_OK
             bad = 0
             for what, fingerprint, purpose in pinned_keys(config):

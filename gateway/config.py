@@ -76,6 +76,18 @@ def _hostname(value: str) -> str:
     return value
 
 
+def _fqdn(value: str) -> str:
+    """A fully-qualified host name, as RFC 5321 wants after EHLO: two labels or more, the last
+    not all digits (no IP address), no final dot. Relays that check (Postfix's
+    ``reject_non_fqdn_helo_hostname``) refuse anything else, ``localhost`` included."""
+    labels = value.split(".")
+    if not _HOSTNAME.match(value) or value.endswith(".") or len(labels) < 2 \
+            or labels[-1].isdigit():
+        raise ValueError(f"{value!r} is not a fully-qualified host name such as "
+                         "'report.hotline.test'")
+    return value
+
+
 def _parse_listen(value: object) -> tuple[str, int]:
     """``"127.0.0.1:2525"`` or ``"[::1]:2525"`` -> (host, port); port 0 picks a free one."""
     if not isinstance(value, str):
@@ -162,6 +174,9 @@ def _database_url(value: str, info: ValidationInfo) -> str:
 Duration = Annotated[float, BeforeValidator(_parse_duration), Field(ge=0)]
 PositiveDuration = Annotated[float, BeforeValidator(_parse_duration), Field(gt=0)]
 HostName = Annotated[str, AfterValidator(_hostname)]
+FullyQualified = Annotated[str, AfterValidator(_fqdn)]
+#: The empty string means "not set", as for paths and keys.
+_Unset = BeforeValidator(lambda value: None if value == "" else value)
 OptionalPath = Annotated[Path | None, BeforeValidator(_resolve_path)]
 Listen = Annotated[tuple[str, int], BeforeValidator(_parse_listen)]
 Nameserver = Annotated[tuple[str, int], BeforeValidator(_parse_nameserver)]
@@ -309,6 +324,9 @@ class LocateConfig(_Section):
 class GpgConfig(_Section):
     home: OptionalPath = Field(default="var/gnupg", validate_default=True)
     signing_key: Fingerprint = ""
+    #: The key referrals are also encrypted to (``outbound.encrypt_to_self``), so that the
+    #: hotline's staff can read what was sent; empty: the signing key's encryption subkey.
+    archive_key: Fingerprint = ""
     passphrase_file: OptionalPath = None
     warn_days: PositiveInt = 30
 
@@ -327,6 +345,12 @@ class OutboundConfig(_Section):
     retry_after: PositiveDuration = 60.0
     retry_max: PositiveDuration = 3600.0
     timeout: PositiveDuration = 60.0
+    #: The name given in EHLO when referrals leave; unset, the [smtp] hostname (the hotline's
+    #: public mail name), which must then be fully qualified.
+    helo_name: Annotated[FullyQualified | None, _Unset] = None
+    #: Every referral is also encrypted to the hotline's own key (``gpg.archive_key``, else
+    #: ``gpg.signing_key``); a referral is held while that key cannot encrypt.
+    encrypt_to_self: bool = True
 
 
 class Destination(_Section):
@@ -383,6 +407,36 @@ class Config(_Section):
                 "to the national police (routing.destinations.police), not to a partner hotline"
             )
         return self
+
+    @model_validator(mode="after")
+    def _archive_key_is_used(self) -> Config:
+        if self.gpg.archive_key and not self.outbound.encrypt_to_self:
+            raise ValueError("gpg.archive_key: set, but outbound.encrypt_to_self is false: "
+                             "nothing would be encrypted to it")
+        return self
+
+    def archive_key(self) -> str | None:
+        """The hotline's own key every referral is also encrypted to, or None (not wanted).
+        Empty when wanted but no key is configured: a referral is then held."""
+        if not self.outbound.encrypt_to_self:
+            return None
+        return self.gpg.archive_key or self.gpg.signing_key
+
+    @model_validator(mode="after")
+    def _helo_name(self) -> Config:
+        """Unset, ``outbound.helo_name`` is the [smtp] hostname: the one name the hotline's
+        mail already answers to. With the file transport no SMTP is spoken: nothing to name."""
+        if self.outbound.helo_name is not None:
+            return self
+        try:
+            helo = _fqdn(self.smtp.hostname)
+        except ValueError as exc:
+            if self.outbound.transport == "file":
+                return self
+            raise ValueError(f"outbound.helo_name: not set, and smtp.hostname {exc}; set "
+                             "outbound.helo_name to the gateway's fully-qualified name") from None
+        outbound = self.outbound.model_copy(update={"helo_name": helo})
+        return self.model_copy(update={"outbound": outbound})
 
 
 def _describe(error: Mapping[str, Any]) -> str:

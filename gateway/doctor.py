@@ -1,8 +1,9 @@
 """``doctor``: an end-to-end check of an install, each line ``ok`` or ``FAIL`` with the reason.
 
 It checks the config and the files it names, the database (reachable, at the newest schema,
-writable), every pinned key, the resolver, the way out (the SMTP relay with the configured TLS,
-or the outbox folder) and, when the daemon runs, its ``/readyz``.
+writable), every pinned key, the resolver, the way out (the SMTP relay with the configured TLS
+and EHLO name, asked MAIL and RCPT as a referral would be, or the outbox folder) and, when the
+daemon runs, its ``/readyz``.
 """
 
 from __future__ import annotations
@@ -90,17 +91,28 @@ async def _outbound(config: Config) -> str:
     if out.tls != "none":
         context = ssl.create_default_context(
             cafile=str(out.tls_ca_file) if out.tls_ca_file else None)
+    # Greeted as referrals will greet it, and asked what a referral asks (MAIL and RCPT, then
+    # RSET: nothing is sent): a relay that refuses our EHLO name does so at RCPT (Postfix
+    # applies smtpd_helo_restrictions there by default), so a bare connect would not show it.
     client = aiosmtplib.SMTP(hostname=out.smtp_host, port=out.smtp_port,
-                             timeout=min(out.timeout, 10.0), use_tls=out.tls == "implicit",
-                             start_tls=out.tls == "starttls", tls_context=context,
-                             validate_certs=out.tls != "none")
+                             local_hostname=out.helo_name, timeout=min(out.timeout, 10.0),
+                             use_tls=out.tls == "implicit", start_tls=out.tls == "starttls",
+                             tls_context=context, validate_certs=out.tls != "none")
+    destinations = [*config.routing.destinations.values(), *config.routing.hotlines.values()]
+    recipient = destinations[0].email if destinations else None
+    where = f"{out.smtp_host}:{out.smtp_port} ({out.tls}, as {out.helo_name})"
     try:
         async with client:
-            await client.noop()
+            await client.mail(out.from_address)
+            if recipient is not None:
+                await client.rcpt(recipient)
+            await client.rset()
+    except aiosmtplib.SMTPResponseException as exc:
+        raise Failed(f"{where}: refused: {exc.code} {exc.message}") from exc
     except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
-        raise Failed(f"{out.smtp_host}:{out.smtp_port} ({out.tls}): "
-                     f"{type(exc).__name__}: {exc}") from exc
-    return f"{out.smtp_host}:{out.smtp_port} reachable with {out.tls}"
+        raise Failed(f"{where}: {type(exc).__name__}: {exc}") from exc
+    tried = f"MAIL and RCPT <{recipient}>" if recipient else "MAIL"
+    return f"{where}: {tried} accepted"
 
 
 async def _daemon(config: Config) -> str:

@@ -31,6 +31,7 @@ Purpose = Literal["encrypt", "sign"]
 KeyInfo = dict[str, Any]  # one key or subkey record of python-gnupg's list_keys()
 
 ARMOR = b"-----BEGIN PGP MESSAGE-----"
+ARMOR_END = b"-----END PGP MESSAGE-----"
 #: How long a key found usable is used without checking it again (a revocation imported by
 #: another process, such as `keys import` beside the daemon, takes effect within this).
 CHECK_TTL = 60.0
@@ -54,10 +55,12 @@ class GpgError(Exception):
 class KeyProblem(GpgError):
     """A key cannot be used for what was asked: the referral is held, never sent in clear."""
 
-    def __init__(self, fingerprint: str, problems: list[str]) -> None:
+    def __init__(self, fingerprint: str, problems: list[str],
+                 purpose: Purpose | None = None) -> None:
         super().__init__(f"key {fingerprint}: {'; '.join(problems)}")
         self.fingerprint = fingerprint
         self.problems = problems
+        self.purpose = purpose
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +219,7 @@ class Gpg:
             return cached[1]
         status, use = self._inspect(fingerprint, purpose, 0, None)
         if use is None:
-            raise KeyProblem(status.fingerprint, status.problems)
+            raise KeyProblem(status.fingerprint, status.problems, purpose)
         until = now + CHECK_TTL
         expiry = status.encrypt_expires if purpose == "encrypt" else status.expires
         if expiry is not None:
@@ -232,6 +235,36 @@ class Gpg:
         except KeyProblem as exc:
             return exc.problems
         return []
+
+    def _sealed_for(self, message: bytes) -> list[str]:
+        start = message.find(ARMOR)
+        end = message.find(ARMOR_END, start)
+        if start < 0 or end < 0:
+            return ["no PGP message in it"]
+        g, now = self._handle(), datetime.now(UTC)
+        # The session-key packets name the (sub)keys it was encrypted to (RFC 4880 5.1).
+        ids: list[str] = g.get_recipients(message[start:end + len(ARMOR_END)])
+        if not ids:
+            return ["encrypted to no key gpg can name"]
+        problems: list[str] = []
+        for keyid in ids:
+            key = next((k for k in g.list_keys(keys=[keyid])
+                        if keyid in k.get("subkey_info", {}) or k["keyid"] == keyid), None)
+            if key is None:
+                problems.append(f"key {keyid}: not in the keyring")
+                continue
+            status, _ = _evaluate(key["fingerprint"], key, None, "encrypt", 0, now)
+            found = list(status.problems)
+            used = key.get("subkey_info", {}).get(keyid, key)
+            if not found and not _valid(used, "e", now, secret=False):
+                found.append(f"its encryption subkey {keyid} is no longer valid")
+            problems += [f"key {key['fingerprint']}: {p}" for p in found]
+        return problems
+
+    async def sealed_for_problems(self, message: bytes) -> list[str]:
+        """Why ``message`` must not be sent now: each key it is encrypted to that went bad
+        since (revoked, expired, gone), the hotline's own included; empty: none did."""
+        return await self._run(self._sealed_for, message)
 
     def decrypt_blocking(self, data: bytes) -> bytes:
         """Decrypt a message encrypted to one of our secret keys. Blocking: call it from a
@@ -249,12 +282,17 @@ class Gpg:
         with self._cache_lock:
             self._checked.clear()
 
-    def _encrypt(self, data: bytes, recipient: str, signer: str) -> bytes:
+    def _encrypt(self, data: bytes, recipient: str, signer: str, archive: str | None) -> bytes:
         # "FPR!" makes gpg use exactly the (sub)key checked above, not one it picks itself.
         to, by = self._usable(recipient, "encrypt"), self._usable(signer, "sign")
+        recipients = [f"{to}!"]
+        if archive is not None:
+            # One more session-key packet (RFC 4880 5.1): the recipient's is unchanged.
+            mine = self._usable(archive, "encrypt")
+            recipients += [f"{mine}!"] if mine != to else []
         # -u (not --default-key): gpg fails rather than sign with some other secret key.
         extra = ["--local-user", f"{by}!"]
-        result = self._handle().encrypt(data, f"{to}!", sign=True, always_trust=True,
+        result = self._handle().encrypt(data, recipients, sign=True, always_trust=True,
                                         passphrase=self._passphrase, extra_args=extra)  # fmt: skip
         out: bytes = result.data
         lines: list[str] = (result.stderr or "").splitlines()
@@ -263,9 +301,11 @@ class Gpg:
             raise GpgError(f"gpg encrypt+sign failed: {result.status} (exit {result.returncode})")
         return out
 
-    async def encrypt_and_sign(self, data: bytes, *, recipient: str, signer: str) -> bytes:
-        """An armored PGP message to exactly the pinned recipient, signed by ``signer``."""
-        return await self._run(self._encrypt, data, recipient, signer)
+    async def encrypt_and_sign(self, data: bytes, *, recipient: str, signer: str,
+                               archive: str | None = None) -> bytes:
+        """An armored PGP message to exactly the pinned recipient, signed by ``signer``; with
+        ``archive``, also to that key (the hotline's own), which must then be usable too."""
+        return await self._run(self._encrypt, data, recipient, signer, archive)
 
     def _import(self, data: bytes) -> list[str]:
         self.forget_checks()

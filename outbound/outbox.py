@@ -5,7 +5,9 @@ recorded. A deferred delivery waits ``retry_after``, doubling with jitter up to 
 an item not delivered within ``max_attempt_age`` of being queued, or refused for good (5xx),
 becomes ``failed`` with its error and an alert in the log. A worker that dies mid-delivery
 leaves the item claimed until the lease runs out; it is then sent again with the same
-Message-ID, so the recipient can recognise the duplicate.
+Message-ID, so the recipient can recognise the duplicate. Before each attempt the keys the
+message is encrypted to are checked again: one that went bad (revoked, expired) since fails
+the item rather than sending to it.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ class OutboxWorker(PollingStage):
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         jitter: Callable[[], float] = lambda: random.uniform(0.8, 1.2),
         keys: Callable[[str], Awaitable[list[str]]] | None = None,
+        sealed_for: Callable[[bytes], Awaitable[list[str]]] | None = None,
     ) -> None:
         self._backend = backend
         self._transport = transport
@@ -84,6 +87,8 @@ class OutboxWorker(PollingStage):
         self._jitter = jitter
         #: The problems of a recipient key right now (none: usable), checked before sending.
         self._keys = keys
+        #: The problems of every key a message is encrypted to (the hotline's own included).
+        self._sealed_for = sealed_for
         self.sent = 0
         self.deferred = 0
         self.failed = 0
@@ -129,12 +134,16 @@ class OutboxWorker(PollingStage):
     async def _deliver(self, item: _Item) -> None:
         outcome, detail = "sent", ""
         problems = await self._key_problems(item.key_fingerprint)
+        sealed = await self._message_problems(item.message) if not problems else []
         try:
             if problems:
                 # The key went bad since the message was encrypted: never sent to a revoked
                 # or expired key; an operator must act (new key, reopen the case).
                 raise Rejected(f"key {item.key_fingerprint} no longer usable: "
                                f"{'; '.join(problems)}")
+            if sealed:
+                # Likewise any other key it is encrypted to (the hotline's own, say).
+                raise Rejected(f"encrypted to a key no longer usable: {'; '.join(sealed)}")
             detail = await self._transport.send(
                 mail_from=item.mail_from, rcpt_to=item.rcpt_to, message=item.message,
                 name=f"{item.reference}-{item.referral_id}")
@@ -201,6 +210,14 @@ class OutboxWorker(PollingStage):
         except Exception as exc:  # gpg unavailable: do not send on an unknown key state
             return [f"key check failed: {type(exc).__name__}"]
         return status
+
+    async def _message_problems(self, message: bytes) -> list[str]:
+        if self._sealed_for is None:
+            return []
+        try:
+            return await self._sealed_for(message)
+        except Exception as exc:  # gpg unavailable: do not send on an unknown key state
+            return [f"key check failed: {type(exc).__name__}"]
 
     async def release(self) -> None:
         def work(conn: Connection) -> None:

@@ -6,10 +6,12 @@ For each case whose verdict is final (``assessed``, or ``closed_legal`` not yet 
 1. the hosting is looked up again (content moves), unless an analyst set the country;
 2. the protocol table decides (``routing.protocol``); the decision is stored with its rule,
    facts and explanation, and supersedes any earlier one;
-3. ``refer``: the destination's pinned key and the hotline's signing key are checked, the
-   referral is built, encrypted and signed, and stored with its outbox item in the same
-   transaction that moves the case to ``referred``; a key that cannot be used holds the case
-   (``hold-no-key``) and raises an alert, and nothing is sent;
+3. ``refer``: the destination's pinned key and the hotline's signing key are checked (and,
+   with ``encrypt_to_self``, the hotline's own encryption key), the referral is built,
+   encrypted to the destination (and to the hotline, so its staff can read what was sent)
+   and signed, and stored with its outbox item in the same transaction that moves the case
+   to ``referred``; a key that cannot be used holds the case (``hold-no-key``) and raises an
+   alert, and nothing is sent;
    ``iccam``: the case waits in ``awaiting_iccam``; ``hold``: ``held`` with the rule as the
    reason; ``close``: stays ``closed_legal``.
 
@@ -241,16 +243,23 @@ class ReferStage(PollingStage):
                      "checked_at": hosting.get("checked_at")},
             hashes=await self._hashes(uuid.UUID(case["id"])),
         )
+        archive = config.archive_key()
         try:
             if not signer:
                 raise KeyProblem("(none)", ["no [gpg] signing_key configured"])
             armored = await self._gpg.encrypt_and_sign(
-                inner_message(document), recipient=destination.key, signer=signer)
+                inner_message(document), recipient=destination.key, signer=signer,
+                archive=archive)
         except KeyProblem as exc:
-            # An alert: this referral cannot leave until a usable key is there.
+            # An alert: this referral cannot leave until a usable key is there. The hotline's
+            # own key is named as such: once configured, nothing leaves without it either.
+            own = (exc.purpose == "encrypt" and exc.fingerprint == archive
+                   and archive != destination.key)
             log.error("refer.key_problem", case_id=case["id"], destination=decision.destination,
-                      fingerprint=exc.fingerprint, problems=exc.problems)
-            return _Prepared(no_key(decision, [f"{exc.fingerprint}: {p}" for p in exc.problems]))
+                      fingerprint=exc.fingerprint, problems=exc.problems, own_key=own)
+            label = f"the hotline's own key {exc.fingerprint} (encrypt_to_self)" if own \
+                else exc.fingerprint
+            return _Prepared(no_key(decision, [f"{label}: {p}" for p in exc.problems]))
         except GpgError as exc:
             log.error("refer.gpg_failed", case_id=case["id"], error=str(exc))
             return _Prepared(no_key(decision, [f"gpg failed: {exc}"]))

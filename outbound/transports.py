@@ -45,7 +45,8 @@ def _short(text: str, limit: int = 200) -> str:
 class SmtpTransport:
     """To the configured relay. ``starttls`` requires STARTTLS and a certificate that verifies
     (against the system's CAs or ``tls_ca_file``); ``implicit`` is TLS from the first byte;
-    ``none`` is for tests only."""
+    ``none`` is for tests only. EHLO gives ``helo_name`` (RFC 5321 4.1.1.1: the client's
+    fully-qualified name), never the machine's own name, which relays may refuse."""
 
     name = "smtp"
 
@@ -60,8 +61,9 @@ class SmtpTransport:
         config = self._config
         client = aiosmtplib.SMTP(
             hostname=config.smtp_host, port=config.smtp_port, timeout=config.timeout,
-            use_tls=config.tls == "implicit", start_tls=config.tls == "starttls",
-            tls_context=self._context, validate_certs=config.tls != "none",
+            local_hostname=config.helo_name, use_tls=config.tls == "implicit",
+            start_tls=config.tls == "starttls", tls_context=self._context,
+            validate_certs=config.tls != "none",
         )
         try:
             # The whole conversation is bounded, not only each step of it; QUIT is not part of

@@ -20,6 +20,7 @@ from typing import Any
 import jinja2
 import structlog
 from aiohttp import web
+from markupsafe import Markup, escape
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.config import ConsoleConfig
@@ -28,6 +29,7 @@ from gateway.console.sessions import Session, SessionStore
 from gateway.listeners import HttpListener
 from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
+from gateway.store.text import visible
 from routing.locate import Locator
 
 log = structlog.get_logger("gateway.console")
@@ -91,6 +93,27 @@ STAFF = web.RequestKey("staff", Staff)
 SESSION = web.RequestKey("session", Session)
 
 
+class _MultiLine(Markup):
+    """Text already shown by ``multiline``: its newlines and tabs stay."""
+
+
+def _multiline(value: object) -> Markup:
+    """The ``multiline`` filter, for text shown in ``<pre>``: controls and bidi characters
+    escaped as everywhere, but newlines and tabs kept."""
+    return _MultiLine(escape(visible(str(value), multiline=True)))
+
+
+def _shown(value: object) -> object:
+    """Jinja's ``finalize``: every ``{{ }}`` of every template passes here before it is
+    HTML-escaped, so no reporter-supplied text (subject, report text, URL, file name...)
+    reaches a page with a control or bidi character in it: each is written as an escape."""
+    if value is None or isinstance(value, (bool, int, float, _MultiLine)):
+        return value
+    shown = visible(str(value))
+    # Safe HTML stays safe: the escapes added are backslashes, letters and hex digits.
+    return Markup(shown) if isinstance(value, Markup) else shown  # noqa: S704
+
+
 def load_assets() -> tuple[jinja2.Environment, dict[str, bytes]]:
     """Templates compiled and static files read once, before serving (no disk on the loop)."""
     folder = resources.files("gateway.console")
@@ -98,8 +121,9 @@ def load_assets() -> tuple[jinja2.Environment, dict[str, bytes]]:
                for name in ("base.html", *TEMPLATES)}
     environment = jinja2.Environment(
         loader=jinja2.DictLoader(sources), autoescape=True, auto_reload=False,
-        undefined=jinja2.StrictUndefined,
+        undefined=jinja2.StrictUndefined, finalize=_shown,
     )
+    environment.filters["multiline"] = _multiline
     for name in TEMPLATES:
         environment.get_template(name)
     return environment, {name: (folder / "static" / name).read_bytes() for name in STATIC}

@@ -7,15 +7,21 @@ import json
 import socket
 import subprocess
 import sys
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from sqlalchemy import insert
 
 from gateway import config as config_module
 from gateway.cli import main
 from gateway.store import migrate
+from gateway.store.engine import open_engine
+from gateway.store.tables import cases
 from tests.conftest import serving
 from tests.dns_server import free_udp_port
+from tests.hostile_text import RAW
 from tests.smtp_client import deliver, report
 
 REPO = Path(__file__).resolve().parents[2]
@@ -205,3 +211,40 @@ async def test_normalising_in_a_separate_process(
     assert capsys.readouterr().out.strip().endswith("2 submissions normalised")
     assert await asyncio.to_thread(main, ["--config", str(path), "stats", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["cases"] == {"new": 1}  # not located: no serve
+
+
+async def test_cases_list_and_show_escape_stored_text(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A stored URL carrying RLO, an OSC sequence, DEL and a C1 CSI is printed by `cases list`
+    and `cases show` with each as a visible escape, never raw; `--json` stays valid JSON with
+    no such character raw (DEL included) that reads back to the exact text."""
+    path = write_config(tmp_path)
+    assert await asyncio.to_thread(main, ["--config", str(path), "db", "upgrade"]) == 0
+    url = "http://nl.test/invoice\u202efdp.exe\x1b]0;owned\x07\x7f\x9b2J"
+    case_id = uuid.uuid4()
+    engine = await open_engine(config_module.load(path).database)
+    try:
+        async with engine.begin() as conn:
+            now = datetime.now(UTC)
+            await conn.execute(insert(cases).values(
+                id=case_id, kind="url", status="awaiting_assessment", url_key="k" * 64,
+                url=url, canonical_url=url, report_count=1, first_reported=now,
+                last_reported=now, created_at=now, status_changed_at=now))
+    finally:
+        await engine.dispose()
+    capsys.readouterr()
+    shown = "hxxp[:]//nl[.]test/invoice\\u202efdp[.]exe\\x1b]0;owned\\x07\\x7f\\x9b2J"
+    assert await asyncio.to_thread(main, ["--config", str(path), "cases", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert RAW.search(listing) is None and listing.rstrip().endswith(shown)
+    assert await asyncio.to_thread(
+        main, ["--config", str(path), "cases", "show", str(case_id)]) == 0
+    text = capsys.readouterr().out
+    assert RAW.search(text) is None and f"url: {shown}\n" in text
+    for command in (["cases", "show", str(case_id), "--json"], ["cases", "list", "--json"]):
+        assert await asyncio.to_thread(main, ["--config", str(path), *command]) == 0
+        out = capsys.readouterr().out
+        assert RAW.search(out) is None and out.isascii() and "\\u202e" in out
+        document = json.loads(out)
+        assert (document if isinstance(document, dict) else document[0])["url"] == url

@@ -190,3 +190,22 @@ def test_arbitrary_values_load_or_fail_with_a_keyed_error(
     except ConfigError as exc:
         assert exc.problems
         assert all(p.startswith(section) or p.startswith("routing.") for p in exc.problems)
+
+
+def test_the_archive_key_is_pinned_and_used() -> None:
+    """gpg.archive_key is a fingerprint, and only with encrypt_to_self; unset, referrals are
+    also encrypted to the signing key (the default), or to nobody else when turned off."""
+    key, other = "AB" * 20, "CD" * 20
+    config = config_module.parse({"gpg": {"signing_key": key}}, base=Path("/"))
+    assert config.outbound.encrypt_to_self is True and config.archive_key() == key
+    config = config_module.parse({"gpg": {"signing_key": key, "archive_key": other.lower()}},
+                                 base=Path("/"))
+    assert config.archive_key() == other
+    config = config_module.parse({"gpg": {"signing_key": key},
+                                  "outbound": {"encrypt_to_self": False}}, base=Path("/"))
+    assert config.archive_key() is None
+    assert problems_of({"gpg": {"archive_key": "alice@hotline.test"}})[0].startswith(
+        "gpg.archive_key:")
+    assert problems_of({"gpg": {"archive_key": other},
+                        "outbound": {"encrypt_to_self": False}})[0].startswith(
+        "gpg.archive_key: set, but outbound.encrypt_to_self is false")

@@ -18,11 +18,13 @@ from yarl import URL
 
 from gateway.app import Gateway
 from gateway.console.accounts import create_token, utcnow
+from gateway.console.web import load_assets
 from gateway.store.audit import verify
 from gateway.store.case_view import list_cases
 from gateway.store.tables import audit_log, users
 from tests.console_client import StaffClient, base, code, file_case, hidden, ready_user
 from tests.gateway.conftest import Start
+from tests.hostile_text import RAW, SUBJECT, hostile_report
 from tests.smtp_client import deliver, report
 
 
@@ -489,3 +491,63 @@ async def test_a_report_without_a_url_cannot_be_found_illegal(start: Start) -> N
     status, body = await api(gw, "POST", path, token,
                              {"verdict": "legal", "classification": "doubtful"})
     assert status == 200 and body["status"] == "closed_legal"
+
+
+async def filed(gw: Gateway, message: bytes, tag: str) -> str:
+    """Deliver ``message``; the id of the case whose URL holds ``tag``, once it waits."""
+    assert (await deliver(gw.smtp.addresses[0][1], message))[0] == 250
+    async with asyncio.timeout(20):
+        while True:
+            async with gw.engine.connect() as conn:
+                waiting = await list_cases(conn, status="awaiting_assessment")
+            found = [c["id"] for c in waiting if tag in (c["canonical_url"] or "")]
+            if found:
+                return str(found[0])
+            await asyncio.sleep(0.05)
+
+
+async def test_control_and_bidi_characters_are_shown_escaped(
+    start: Start, client: Callable[[Gateway], StaffClient]
+) -> None:
+    """A subject and a text carrying ESC, OSC, CSI, RLO, DEL and C1 reach the case page as
+    visible escapes (newlines and tabs of the text kept), never raw; the API's JSON holds the
+    exact text, every such character written as a \\u escape."""
+    gw = await start()
+    case_id = await filed(gw, hostile_report("ctl"), "ctl")
+    backend = gw.console.context.backend
+    user = await ready_user(backend, "ana")
+    browser = client(gw)
+    await browser.login(user)
+    status, page = await browser.get(f"/cases/{case_id}")
+    assert status == 200
+    assert RAW.search(page) is None, RAW.findall(page)
+    assert "invoice\\u202efdp.exe \\x1b]0;owned\\x07\\x1b[2J" in page
+    assert "\\x1b[31mred\\x1b[0m \\u202eevil\\u202c\tend\\x7f\\x9b" in page
+    assert "look at http://nl.test/ctl\n\\x1b[31m" in page  # the text's newline is kept
+    token = await create_token(backend, "ana", now=utcnow())
+    async with aiohttp.ClientSession() as http, http.get(
+            base(gw) + f"/api/v1/cases/{case_id}",
+            headers={"Authorization": f"Bearer {token}"}) as response:
+        raw = await response.text()
+    # (aiohttp's JSON, like json's, leaves DEL raw: JSON allows it and it does nothing.)
+    assert RAW.search(raw.replace("\x7f", "")) is None and "\\u202e" in raw
+    report = json.loads(raw)["reports"][0]
+    assert report["subject"] == SUBJECT and "\x1b[31mred" in report["text"]
+
+
+def test_every_template_output_is_escaped_centrally() -> None:
+    """Escaping is the environment's, not each template's: plain values, joined lists,
+    attributes, dicts and HTML-safe strings all come out without a raw control; only the
+    multiline filter keeps newlines and tabs."""
+    templates, _ = load_assets()
+    page = templates.from_string(
+        '<p title="{{ x }}">{{ x }}|{{ xs | join(", ") }}|{{ d }}|{{ n }}|{{ none }}</p>'
+        "<pre>{{ x | multiline }}</pre>").render(
+        x="a\x1b]0;t\x07\n\tb\u2066<i>", xs=["\u202e1", "\x9b2"], d={"k": "\x1b"}, n=3,
+        none=None)
+    assert RAW.search(page) is None
+    assert page == ('<p title="a\\x1b]0;t\\x07\\x0a\\x09b\\u2066&lt;i&gt;">'
+                    "a\\x1b]0;t\\x07\\x0a\\x09b\\u2066&lt;i&gt;|\\u202e1, \\x9b2|"
+                    # repr wrote ESC as backslash-x1b already: that backslash is doubled.
+                    "{&#39;k&#39;: &#39;\\\\x1b&#39;}|3|None</p>"
+                    "<pre>a\\x1b]0;t\\x07\n\tb\\u2066&lt;i&gt;</pre>")

@@ -11,6 +11,7 @@ import pytest
 from gateway.cli import main
 from tests.daemon import Daemon, daemon_config
 from tests.dns_server import DnsServer
+from tests.outbound.mta import Behaviour, FakeMta
 
 
 def free_port() -> int:
@@ -66,3 +67,35 @@ listen = ["127.0.0.1:{free_port()}"]
     assert lines["outbound"].startswith("FAIL") and "starttls" in lines["outbound"]
     assert lines["daemon"].startswith("FAIL") and "is the daemon running?" in lines["daemon"]
     assert lines["dns"].startswith("FAIL")  # nothing answers at the test's resolver
+
+
+async def test_doctor_greets_the_relay_as_referrals_do(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The way out is checked with the configured EHLO name, MAIL and RCPT, then RSET: a
+    relay that refuses unqualified names (Postfix's reject_non_fqdn_helo_hostname) passes,
+    and nothing is delivered."""
+    mta = FakeMta(tmp_path, Behaviour(require_fqdn_helo=True))
+    await mta.start()
+    config = tmp_path / "config.toml"
+    config.write_text(daemon_config(locate='timeout = "500ms"\n', extra=f"""
+[outbound]
+transport = "smtp"
+smtp_host = "127.0.0.1"
+smtp_port = {mta.port}
+tls_ca_file = "{mta.ca_file}"
+helo_name = "out.hotline.test"
+[routing.destinations.police]
+email = "cp@police.test"
+key = "{'0' * 40}"
+"""))
+    try:
+        assert await asyncio.to_thread(main, ["--config", str(config), "doctor"]) == 1
+    finally:
+        await mta.stop()
+    out = capsys.readouterr().out
+    lines = {line.split()[1]: line for line in out.splitlines()}
+    assert lines["outbound"].startswith("ok"), out
+    assert "as out.hotline.test" in lines["outbound"] and "<cp@police.test>" in lines["outbound"]
+    assert mta.helos and set(mta.helos) == {"out.hotline.test"}
+    assert mta.received == []

@@ -1,6 +1,7 @@
 """A fake upstream MTA: aiosmtpd on 127.0.0.1 with STARTTLS (a ``trustme`` certificate) that
-stores what it accepts and can be told to answer 4xx or 5xx, to drop the connection, to hang,
-or to be down."""
+stores what it accepts (with the EHLO name it was greeted with) and can be told to answer 4xx
+or 5xx, to drop the connection, to hang, to be down, or to refuse a client whose EHLO name is
+not fully qualified, as Postfix's ``reject_non_fqdn_helo_hostname`` does."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ class Received:
     mail_from: str
     rcpt_tos: list[str]
     data: bytes
+    #: The name the client gave in EHLO/HELO.
+    helo: str | None = None
 
 
 @dataclass
@@ -29,6 +32,8 @@ class Behaviour:
     #: How many DATA commands get ``mode`` before the MTA goes back to accepting (None: all).
     times: int | None = None
     seen: int = 0
+    #: Refuse RCPT from a client whose EHLO name has no dot, with Postfix's reply.
+    require_fqdn_helo: bool = False
 
 
 @dataclass
@@ -41,6 +46,8 @@ class FakeMta:
     _server: asyncio.AbstractServer | None = None
     _sessions: list[SMTP] = field(default_factory=list)
     _context: ssl.SSLContext = field(init=False)
+    #: Every EHLO/HELO name seen, in order (the last of each session, after STARTTLS).
+    helos: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         ca = trustme.CA()
@@ -49,6 +56,21 @@ class FakeMta:
         ca.cert_pem.write_to_path(str(self.ca_file))
         self._context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         cert.configure_cert(self._context)
+
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        self.helos.append(hostname)
+        return responses
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        name = session.host_name or ""
+        if self.behaviour.require_fqdn_helo and "." not in name.strip("."):
+            # Postfix's words (smtpd_helo_restrictions are applied at RCPT by default).
+            return f"504 5.5.2 <{name}>: Helo command rejected: need fully-qualified hostname"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         behaviour = self.behaviour
@@ -68,7 +90,8 @@ class FakeMta:
         assert envelope.content is not None
         content = envelope.content
         data = content if isinstance(content, bytes) else content.encode()
-        self.received.append(Received(str(envelope.mail_from), list(envelope.rcpt_tos), data))
+        self.received.append(Received(str(envelope.mail_from), list(envelope.rcpt_tos), data,
+                                      session.host_name))
         if mode == "keep-and-hang":
             await asyncio.sleep(3600)
         return "250 2.0.0 queued"

@@ -12,7 +12,7 @@ import pytest
 
 from outbound.gpg import Gpg, GpgError, KeyProblem
 from tests.conftest import no_blocking_calls
-from tests.outbound.conftest import Keys
+from tests.outbound.conftest import HOTLINE_PASSPHRASE, Keys, add_subkey, make_key, run_gpg
 
 REFERRAL = b'{"schema": "hotline-gateway/referral/v1", "reference": "CF-2026-000123"}\n'
 
@@ -31,6 +31,45 @@ async def test_encrypt_and_sign_reaches_only_the_recipient(gpg: Gpg, keys: Keys)
     opened = open_as_partner(keys, message)
     assert opened.ok and opened.data == REFERRAL
     assert opened.valid and opened.pubkey_fingerprint == keys.hotline
+
+
+def encryption_subkey(home: Path, fingerprint: str) -> str:
+    """The key id of the encryption subkey of ``fingerprint`` in ``home``."""
+    listed = gnupg.GPG(gnupghome=str(home)).list_keys(keys=[fingerprint])[0]
+    return next(keyid for keyid, info in listed["subkey_info"].items() if "e" in info["cap"])
+
+
+async def test_encrypt_to_self_adds_the_hotline_and_nobody_else(gpg: Gpg, keys: Keys) -> None:
+    """With the hotline's own key as ``archive`` the message has exactly two recipients (the
+    destination's and the hotline's encryption subkeys): each decrypts the same plaintext,
+    signed by the hotline; without it, only the destination's."""
+    both = await gpg.encrypt_and_sign(REFERRAL, recipient=keys.recipient, signer=keys.hotline,
+                                      archive=keys.hotline)
+    only = await gpg.encrypt_and_sign(REFERRAL, recipient=keys.recipient, signer=keys.hotline)
+    ours = gnupg.GPG(gnupghome=str(keys.hotline_home))
+    theirs = encryption_subkey(keys.partner_home, keys.recipient)
+    mine = encryption_subkey(keys.hotline_home, keys.hotline)
+    assert sorted(ours.get_recipients(both.decode())) == sorted([theirs, mine])
+    assert ours.get_recipients(only.decode()) == [theirs]
+    as_partner = open_as_partner(keys, both)
+    as_hotline = ours.decrypt(both, passphrase=HOTLINE_PASSPHRASE)
+    for opened in (as_partner, as_hotline):
+        assert opened.ok and opened.data == REFERRAL
+        assert opened.valid and opened.pubkey_fingerprint == keys.hotline
+    assert not ours.decrypt(only, passphrase=HOTLINE_PASSPHRASE).ok
+
+
+@pytest.mark.parametrize("which", ["missing", "sign_only", "revoked", "sub_expired"])
+async def test_an_own_key_that_cannot_encrypt_stops_the_referral(
+    gpg: Gpg, keys: Keys, which: str
+) -> None:
+    """Once asked for, the hotline's own key is required: if it cannot encrypt, KeyProblem
+    names it (for encryption) and nothing is encrypted, even to a good destination."""
+    fingerprint = getattr(keys, which)
+    with pytest.raises(KeyProblem) as caught:
+        await gpg.encrypt_and_sign(REFERRAL, recipient=keys.recipient, signer=keys.hotline,
+                                   archive=fingerprint)
+    assert caught.value.fingerprint == fingerprint and caught.value.purpose == "encrypt"
 
 
 @pytest.mark.parametrize(
@@ -189,3 +228,26 @@ async def test_a_key_revoked_here_is_refused_at_once_despite_the_check_cache(
     await gpg.import_keys(certificate.replace(":-----BEGIN", "-----BEGIN").encode())
     with pytest.raises(KeyProblem, match="revoked"):
         await gpg.encrypt_and_sign(b"two", recipient=theirs, signer=ours)
+
+
+async def test_a_message_is_checked_against_every_key_it_is_encrypted_to(
+    fast_home: Path, keys: Keys, executor: ThreadPoolExecutor
+) -> None:
+    """Before sending, each key a referral was encrypted to is checked again: none went bad,
+    no problem; the hotline's own key revoked since, a problem naming it."""
+    hotline = make_key(fast_home, "Hotline <referrals@hotline.test>")
+    archive = make_key(fast_home, "Hotline staff <staff@hotline.test>")
+    add_subkey(fast_home, archive)
+    run_gpg(keys.partner_home, "--armor", "--output", str(fast_home / "recipient.asc"),
+            "--export", keys.recipient)
+    run_gpg(fast_home, "--import", str(fast_home / "recipient.asc"))
+    gpg = Gpg(fast_home, executor=executor)
+    sealed = await gpg.encrypt_and_sign(REFERRAL, recipient=keys.recipient, signer=hotline,
+                                        archive=archive)
+    message = b"Content-Type: multipart/encrypted\r\n\r\n" + sealed
+    assert await gpg.sealed_for_problems(message) == []
+    certificate = (fast_home / "openpgp-revocs.d" / f"{archive}.rev").read_text()
+    (fast_home / "revoke.asc").write_text(certificate.replace(":-----BEGIN", "-----BEGIN"))
+    await gpg.import_keys((fast_home / "revoke.asc").read_bytes())
+    assert await gpg.sealed_for_problems(message) == [f"key {archive}: revoked"]
+    assert await gpg.sealed_for_problems(b"no armor") == ["no PGP message in it"]

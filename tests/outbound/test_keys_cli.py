@@ -56,3 +56,31 @@ key = "{keys.expired}"
         assert main(["--config", str(config), "keys", "import", str(config)]) == 1
     finally:
         stop_agent(home)
+
+
+def test_keys_check_covers_the_hotlines_own_encryption_key(
+    tmp_path: Path, keys: Keys, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With encrypt_to_self (the default) `keys check` checks the hotline's own key for
+    encryption too: the signing key's subkey, or gpg.archive_key, which fails by name when
+    it cannot encrypt; with encrypt_to_self off it is not checked."""
+    config = tmp_path / "config.toml"
+    body = f"""
+[gpg]
+home = "{keys.hotline_home}"
+signing_key = "{keys.hotline}"
+[routing.destinations.police]
+email = "cp@police.test"
+key = "{keys.recipient}"
+"""
+    config.write_text(body)
+    assert main(["--config", str(config), "keys", "check"]) == 0
+    out = capsys.readouterr().out
+    assert f"outbound.encrypt_to_self: {keys.hotline}: ok (encrypt)" in out
+    config.write_text(body.replace("[routing", f'archive_key = "{keys.sign_only}"\n[routing', 1))
+    assert main(["--config", str(config), "keys", "check"]) == 1
+    assert f"gpg.archive_key: {keys.sign_only}: no valid encryption subkey" in \
+        capsys.readouterr().err
+    config.write_text(body + "[outbound]\nencrypt_to_self = false\n")
+    assert main(["--config", str(config), "keys", "check"]) == 0
+    assert "encrypt_to_self" not in capsys.readouterr().out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.ids import uuid7
 from gateway.store.backend import WriteBackend, open_write_backend
 from gateway.store.tables import cases, outbox, outbox_attempts, referrals, routing_decisions
+from outbound.gpg import Gpg
 from outbound.outbox import OutboxWorker
 from outbound.transports import FileTransport
+from tests.outbound.conftest import Keys, add_subkey, make_key, run_gpg
 
 T0 = datetime(2026, 11, 28, 12, tzinfo=UTC)
 MESSAGE = b"-----BEGIN PGP MESSAGE-----\r\n\r\nciphertext\r\n-----END PGP MESSAGE-----\r\n"
@@ -30,7 +33,8 @@ async def backend(engine: AsyncEngine) -> AsyncIterator[WriteBackend]:
     await opened.close()
 
 
-async def queue(backend: WriteBackend, count: int, created: datetime = T0) -> list[uuid.UUID]:
+async def queue(backend: WriteBackend, count: int, created: datetime = T0,
+                message: bytes = MESSAGE) -> list[uuid.UUID]:
     """Referrals queued as the refer stage queues them; their outbox ids."""
     ids = []
     rows: dict[str, list[dict[str, Any]]] = {"cases": [], "decisions": [], "referrals": [],
@@ -54,7 +58,7 @@ async def queue(backend: WriteBackend, count: int, created: datetime = T0) -> li
             "created_at": created})
         rows["outbox"].append({
             "id": item_id, "referral_id": referral_id, "mail_from": "r@hotline.test",
-            "rcpt_to": "cp@police.test", "message": MESSAGE, "status": "pending",
+            "rcpt_to": "cp@police.test", "message": message, "status": "pending",
             "attempts": 0, "next_attempt_at": created, "created_at": created})
         ids.append(item_id)
 
@@ -94,6 +98,40 @@ async def test_a_key_that_went_bad_is_never_sent_to(
         referral = (await conn.execute(select(referrals.c.status, referrals.c.error))).one()
     assert "no longer usable: revoked" in detail
     assert referral.status == "failed" and "revoked" in referral.error
+
+
+async def test_a_message_to_an_own_key_that_went_bad_is_never_sent(
+    engine: AsyncEngine, backend: WriteBackend, tmp_path: Path, fast_home: Path, keys: Keys,
+    executor: ThreadPoolExecutor,
+) -> None:
+    """A referral also encrypted to the hotline's own key is not sent once that key is
+    revoked (its secret may be out), though the destination's key is good: failed, visibly."""
+    hotline = make_key(fast_home, "Hotline <referrals@hotline.test>")
+    add_subkey(fast_home, hotline)
+    run_gpg(keys.partner_home, "--armor", "--output", str(fast_home / "recipient.asc"),
+            "--export", keys.recipient)
+    run_gpg(fast_home, "--import", str(fast_home / "recipient.asc"))
+    gpg = Gpg(fast_home, executor=executor)
+    sealed = await gpg.encrypt_and_sign(b"referral", recipient=keys.recipient, signer=hotline,
+                                        archive=hotline)
+    await queue(backend, 2, message=b"Subject: Referral\r\n\r\n" + sealed)
+    worker = OutboxWorker(backend, FileTransport(tmp_path / "out"), worker="w1",
+                          max_attempt_age=timedelta(days=3), concurrency=1,
+                          keys=lambda fpr: gpg.problems(keys.recipient, "encrypt"),
+                          sealed_for=gpg.sealed_for_problems,
+                          clock=lambda: T0 + timedelta(seconds=1))
+    assert await worker.run_once() == 1
+    assert sorted(await states(engine)) == [("pending", 0), ("sent", 1)]
+    certificate = (fast_home / "openpgp-revocs.d" / f"{hotline}.rev").read_text()
+    (fast_home / "revoke.asc").write_text(certificate.replace(":-----BEGIN", "-----BEGIN"))
+    await gpg.import_keys((fast_home / "revoke.asc").read_bytes())
+    assert await worker.run_once() == 1
+    assert sorted(await states(engine)) == [("failed", 1), ("sent", 1)]
+    assert len(list((tmp_path / "out").glob("*.eml"))) == 1
+    async with engine.connect() as conn:
+        error = (await conn.execute(select(referrals.c.error).where(
+            referrals.c.status == "failed"))).scalar_one()
+    assert error == f"encrypted to a key no longer usable: key {hotline}: revoked"
 
 
 async def test_deferred_until_max_attempt_age_then_failed(

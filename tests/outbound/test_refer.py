@@ -299,3 +299,55 @@ async def test_a_dropped_connection_is_retried_until_delivered(
     assert "Disconnected" in shown["attempts"][0]["detail"] or \
         "closed" in shown["attempts"][0]["detail"].lower()
     assert len(received) == 1
+
+
+async def test_the_hotline_can_read_what_it_sent(
+    start: Start, keys: Keys, mta: FakeMta, tmp_path: Path
+) -> None:
+    """By default a referral is also encrypted to the hotline's own key: the destination and
+    the hotline each decrypt the same signed referral, and the document in it is the one the
+    destination alone would get. The relay, refusing unqualified EHLO names, takes it."""
+    mta.behaviour = Behaviour(require_fqdn_helo=True)
+    gw = await start(**referral_config(keys, mta, tmp_path, helo_name="out.hotline.test"))
+    backend = gw.console.context.backend
+    await ready_user(backend, "ana")
+    token = await create_token(backend, "ana", now=utcnow())
+    case_id = await file_case(gw, "http://nl.test/archived", "archived")
+    await assess(gw, token, case_id)
+    received = await mta.wait_for(1)
+    assert received[0].helo == "out.hotline.test"
+    _, document, as_partner = await asyncio.to_thread(open_referral, keys, received[0])
+    outer = message_from_bytes(received[0].data, policy=policy.default)
+    armored = list(outer.iter_parts())[1].get_payload(decode=True)
+    ours = gnupg.GPG(gnupghome=str(keys.hotline_home))
+    as_hotline = await asyncio.to_thread(ours.decrypt, armored, passphrase=HOTLINE_PASSPHRASE)
+    assert as_hotline.ok and as_hotline.valid and as_hotline.pubkey_fingerprint == keys.hotline
+    assert as_hotline.data == as_partner.data
+    jsonschema.validate(document, await asyncio.to_thread(schema))
+    assert document["case"]["id"] == case_id and document["destination"] == "hotline:NL"
+    assert document["case"]["canonical_url"] == "http://nl.test/archived"
+    assert set(document) == {"schema", "reference", "created", "rule", "destination", "from",
+                             "case"}
+    await referral_in(gw, case_id, "sent")
+
+
+async def test_an_own_key_that_cannot_encrypt_holds_the_referral(
+    start: Start, keys: Keys, mta: FakeMta, tmp_path: Path
+) -> None:
+    """With encrypt_to_self on and an archive key that cannot encrypt, the referral is held
+    (hold-no-key, naming the hotline's own key) and nothing is sent, though the destination's
+    key is good."""
+    config = referral_config(keys, mta, tmp_path)
+    config["gpg"]["archive_key"] = keys.sign_only
+    gw = await start(**config)
+    backend = gw.console.context.backend
+    await ready_user(backend, "ana")
+    token = await create_token(backend, "ana", now=utcnow())
+    case_id = await file_case(gw, "http://nl.test/unarchived", "unarchived")
+    await assess(gw, token, case_id)
+    case = await settle(gw, case_id, "held")
+    assert case["hold_reason"] == "hold-no-key" and case["referrals"] == []
+    explanation = case["decision"]["explanation"]
+    assert f"the hotline's own key {keys.sign_only}" in explanation
+    assert "no valid encryption subkey" in explanation
+    assert mta.received == [] and gw.outbox.sent == 0
