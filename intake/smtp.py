@@ -382,6 +382,9 @@ class SmtpServer:
             ident="hotline-gateway",
             tls_context=self._tls,
             require_starttls=False,
+            # RFC 6531: UTF-8 envelopes and (RFC 6532) headers; nothing is relayed, so a
+            # UTF-8 address taken without the SMTPUTF8 parameter owes no downgrade either.
+            enable_SMTPUTF8=True,
             timeout=self._config.timeout,
             loop=asyncio.get_running_loop(),
         )
