@@ -301,6 +301,7 @@ async def running(
             recipients=config.smtp.recipients,
             keep_peer_ip=config.intake.keep_reporter_ip,
             max_message_bytes=config.smtp.max_message_bytes,
+            max_line_bytes=config.smtp.max_line_bytes,
             reject_attachments=config.intake.attachments == "reject",
             executor=executor,
         )

@@ -219,6 +219,9 @@ class SmtpConfig(TlsFiles):
         default=["report@hotline.test"], min_length=1
     )
     max_message_bytes: PositiveInt = 10 * 1024 * 1024
+    #: Longest line taken (CRLF not counted): real mailers send unwrapped HTML far beyond
+    #: RFC 5322's 998; at least that many are always taken.
+    max_line_bytes: Annotated[int, Field(ge=998, le=64 * 1024 * 1024)] = 64 * 1024
     max_connections: PositiveInt = 100
     timeout: Annotated[float, BeforeValidator(_parse_duration), Field(ge=1)] = 300.0
 

@@ -1,20 +1,19 @@
 """SMTP intake: aiosmtpd embedded on our own event loop, one handler deciding every reply.
 
 The protocol engine (aiosmtpd) knows nothing of storage; ``ReportHandler`` checks recipients,
-refuses bare CR/LF, and hands the message to the durable writer. The ``250`` that tells the
-sender "you may forget this message" is sent only after the commit.
+normalises line ends (``intake.smtpdata`` says why that cannot split a message), refuses
+smuggling attempts and over-long lines, and hands the message to the durable writer. The
+``250`` that tells the sender "you may forget this message" is sent only after the commit.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import re
 import ssl
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from email._header_value_parser import get_addr_spec, get_angle_addr
 from email.errors import HeaderParseError
@@ -26,6 +25,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from gateway.config import SmtpConfig
 from gateway.store.writer import NewSubmission, Receipt, WriterClosed
 from intake.mime import MimeError, strip_attachments
+from intake.smtpdata import clean_text, inspect_message
 
 log = structlog.get_logger("intake.smtp")
 
@@ -35,7 +35,13 @@ INLINE_INSPECT_BYTES = 64 * 1024
 REPLY_ACCEPTED = "250 2.0.0 Ok: queued as {reference}"
 REPLY_NO_RELAY = "550 5.1.1 Recipient not accepted here: this server takes reports only"
 REPLY_TOO_BIG = "552 5.3.4 Message too big: the limit is {limit} bytes"
-REPLY_BARE_EOL = "550 5.6.0 Bare CR or LF in message (RFC 5321 section 2.3.8); not accepted"
+REPLY_SMUGGLING = (
+    "550 5.6.0 A line holding only '.' after a bare CR or LF (SMTP smuggling); not accepted"
+)
+# RFC 5321 4.5.3.1.9 gives "500 Line too long" as an example, but 4.3.2 lists the replies to
+# the end of DATA as 250, 552, 554, 451, 452, 450 and 550: 552 is the one for a limit, and
+# RFC 3463's X.3.4 covers a size limit set "for physical or policy reasons".
+REPLY_LINE_TOO_LONG = "552 5.3.4 Line too long: the limit is {limit} bytes a line"
 REPLY_NO_ATTACHMENTS = (
     "550 5.6.0 Attachments are not accepted: please send the links (web addresses) only"
 )
@@ -45,10 +51,12 @@ REPLY_TOO_MANY = b"421 4.7.0 Too many connections; please try again later\r\n"
 REPLY_TOO_MANY_RCPT = "452 4.5.3 Too many recipients"
 REPLY_SHUTDOWN = "421 4.3.2 Service shutting down; please try again later"
 
-# aiosmtpd's own wording for these cases, mapped to the replies in our contract.
+# aiosmtpd's own wording for these cases, mapped to the replies in our contract. Its "line too
+# long" can only come from a line longer than the whole message may be (see _Session).
 _AIOSMTPD_TOO_BIG = (
     "552 Error: Too much mail data",
     "552 Error: message size exceeds fixed maximum message size",
+    "500 Line too long (see RFC5321 4.5.3.1.6)",
 )
 
 #: Recipients one message may name (they can only be our own addresses anyway).
@@ -63,68 +71,12 @@ _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 # ">" it skips any whitespace str.isspace() knows: both are left to it.
 _PLAIN_ANGLE_ADDR = re.compile(
     rf"<(?!=\?)((?:{_ATEXT}(?:\.{_ATEXT})*)@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>[ \t]*(?![\s(])")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]|[\ud800-\udfff]")
-_CONTENT_TYPE = re.compile(rb"^content-type[ \t]*:[ \t]*([^;\r\n]*)", re.I | re.M)
-_ATTACHMENT_DISPOSITION = re.compile(rb"^content-disposition[ \t]*:[ \t]*attachment", re.I | re.M)
-_MESSAGE_ID = re.compile(rb"^message-id[ \t]*:[ \t]*(.*(?:\r\n[ \t].*)*)", re.I | re.M)
 
 
 class Submitter(Protocol):
     """Where accepted messages go: stores one durably and returns its receipt."""
 
     async def submit(self, submission: NewSubmission) -> Receipt: ...
-
-
-def clean_text(value: str | None, limit: int = 998) -> str | None:
-    """Envelope and header text as stored: no control characters (PostgreSQL refuses NUL in
-    text, and nothing downstream should meet them) and no lone surrogates, at most ``limit``."""
-    if value is None:
-        return None
-    return _CONTROL.sub("\ufffd", value[:limit])
-
-
-def has_bare_line_ending(raw: bytes) -> bool:
-    """True if ``raw`` holds a CR or LF that is not part of a CRLF pair (RFC 5321 2.3.8)."""
-    crlf = raw.count(b"\r\n")
-    return raw.count(b"\n") != crlf or raw.count(b"\r") != crlf
-
-
-def message_id(raw: bytes) -> str | None:
-    """The Message-ID header's value, unfolded, from the header block only."""
-    end = raw.find(b"\r\n\r\n")
-    header = raw if end < 0 else raw[: end + 2]
-    match = _MESSAGE_ID.search(header)
-    if match is None:
-        return None
-    value = re.sub(rb"\r\n[ \t]+", b" ", match.group(1)).strip()
-    return clean_text(value[:998].decode("ascii", "replace")) or None
-
-
-def may_carry_attachments(raw: bytes) -> bool:
-    """False only for a single text part that is not itself an attachment: the common report,
-    which needs no MIME walk before it is stored."""
-    end = raw.find(b"\r\n\r\n")
-    header = raw if end < 0 else raw[: end + 2]
-    match = _CONTENT_TYPE.search(header)
-    if match is not None and not match.group(1).strip().lower().startswith(b"text/"):
-        return True
-    return _ATTACHMENT_DISPOSITION.search(header) is not None
-
-
-@dataclass(frozen=True, slots=True)
-class Inspection:
-    body_sha256: str
-    message_id: str | None
-    bare_line_ending: bool
-    may_carry_attachments: bool
-
-
-def inspect_message(raw: bytes) -> Inspection:
-    """What intake needs to know about a message before deciding on it."""
-    return Inspection(
-        hashlib.sha256(raw).hexdigest(), message_id(raw), has_bare_line_ending(raw),
-        may_carry_attachments(raw),
-    )
 
 
 class ReportHandler:
@@ -137,6 +89,7 @@ class ReportHandler:
         recipients: Iterable[str],
         keep_peer_ip: bool,
         max_message_bytes: int,
+        max_line_bytes: int = 65536,
         reject_attachments: bool = False,
         executor: Executor | None = None,
     ) -> None:
@@ -145,6 +98,7 @@ class ReportHandler:
         self._keep_peer_ip = keep_peer_ip
         self._reject_attachments = reject_attachments
         self._max_message_bytes = max_message_bytes
+        self._max_line_bytes = max_line_bytes
         self._executor = executor
         self.shutting_down = False
         self.in_flight = 0
@@ -195,19 +149,23 @@ class ReportHandler:
     async def _store(self, session: Session, envelope: Envelope, raw: bytes) -> str:
         loop = asyncio.get_running_loop()
         if len(raw) <= INLINE_INSPECT_BYTES:
-            seen = inspect_message(raw)
+            seen = inspect_message(raw, self._max_line_bytes)
         else:
-            seen = await loop.run_in_executor(self._executor, inspect_message, raw)
-        if seen.bare_line_ending:
-            log.info("smtp.bare_line_ending_refused", size=len(raw))
-            return REPLY_BARE_EOL
-        stored = raw
+            seen = await loop.run_in_executor(
+                self._executor, inspect_message, raw, self._max_line_bytes)
+        if seen.smuggling:
+            log.info("smtp.smuggling_refused", size=len(raw))
+            return REPLY_SMUGGLING
+        if seen.line_too_long:
+            log.info("smtp.line_too_long_refused", size=len(raw))
+            return REPLY_LINE_TOO_LONG.format(limit=self._max_line_bytes)
+        stored = seen.content
         if seen.may_carry_attachments:
             # Attachment bytes never reach the disk: they are hashed and cut out before the
             # commit. A message too complex to walk within limits cannot be stored safely.
             try:
                 stored, attachments = await loop.run_in_executor(
-                    self._executor, strip_attachments, raw
+                    self._executor, strip_attachments, seen.content
                 )
             except MimeError as exc:
                 log.info("smtp.unparseable_refused", size=len(raw), reason=str(exc))
@@ -299,7 +257,13 @@ def getaddr(arg: str, local_part_limit: int = 0) -> tuple[str | None, str | None
 class _Session(SMTP):
     """One SMTP connection; tracked so that shutdown can finish or close it."""
 
-    def __init__(self, handler: ReportHandler, sessions: _Sessions, **kwargs: Any) -> None:
+    def __init__(self, handler: ReportHandler, sessions: _Sessions, *, max_line_bytes: int,
+                 **kwargs: Any) -> None:
+        # aiosmtpd reads DATA in CRLF-terminated lines of at most ``line_length_limit`` bytes (a
+        # public attribute, read once here for its stream reader). A message in bare LF is one
+        # such line, so the limit is the whole message's; the line limit proper is applied to
+        # the normalised lines by the handler.
+        self.line_length_limit = max(kwargs["data_size_limit"], max_line_bytes) + 3
         super().__init__(handler, **kwargs)
         self._report_handler = handler
         # Counted from creation, not from connection_made (a later callback), so that a burst
@@ -378,6 +342,7 @@ class SmtpServer:
             self._handler,
             self._sessions,
             data_size_limit=self._config.max_message_bytes,
+            max_line_bytes=self._config.max_line_bytes,
             hostname=self._config.hostname,
             ident="hotline-gateway",
             tls_context=self._tls,
