@@ -69,6 +69,9 @@ url = "sqlite+aiosqlite:///var/gateway.db"
 listen = ["127.0.0.1:0"]
 recipients = ["report@hotline.test"]
 max_message_bytes = 10485760
+# The load comes from one address, as through a relay.
+max_connections_per_source = 100
+messages_per_minute_per_source = 100000
 
 [console]
 listen = ["127.0.0.1:0"]

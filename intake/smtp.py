@@ -25,6 +25,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from gateway.config import SmtpConfig
 from gateway.store.writer import NewSubmission, Receipt, WriterClosed
 from intake.mime import MimeError, strip_attachments
+from intake.ratelimit import RateLimiter, source_of
 from intake.smtpdata import clean_text, inspect_message
 
 log = structlog.get_logger("intake.smtp")
@@ -48,6 +49,12 @@ REPLY_NO_ATTACHMENTS = (
 REPLY_UNPARSEABLE = "554 5.6.0 Message structure too complex to process; not accepted"
 REPLY_TEMPFAIL = "451 4.3.0 Temporary failure storing the report; please try again later"
 REPLY_TOO_MANY = b"421 4.7.0 Too many connections; please try again later\r\n"
+REPLY_TOO_MANY_FROM_SOURCE = (
+    b"421 4.7.0 Too many connections from your address; please try again later\r\n"
+)
+# 451 is among RFC 5321 4.3.2's replies to MAIL; the session stays open.
+REPLY_RATE_LIMITED = "451 4.7.0 Too many messages from your address; please try again later"
+REPLY_SESSION_TIME = "421 4.4.2 Session time limit reached; please connect again"
 REPLY_TOO_MANY_RCPT = "452 4.5.3 Too many recipients"
 REPLY_SHUTDOWN = "421 4.3.2 Service shutting down; please try again later"
 
@@ -90,6 +97,7 @@ class ReportHandler:
         keep_peer_ip: bool,
         max_message_bytes: int,
         max_line_bytes: int = 65536,
+        limiter: RateLimiter | None = None,
         reject_attachments: bool = False,
         executor: Executor | None = None,
     ) -> None:
@@ -99,6 +107,7 @@ class ReportHandler:
         self._reject_attachments = reject_attachments
         self._max_message_bytes = max_message_bytes
         self._max_line_bytes = max_line_bytes
+        self._limiter = limiter
         self._executor = executor
         self.shutting_down = False
         self.in_flight = 0
@@ -116,6 +125,20 @@ class ReportHandler:
         session.host_name = hostname
         # No AUTH: reporters are anonymous and this server relays nothing.
         return [r for r in responses if not r.startswith("250-AUTH")]
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str,
+        mail_options: list[str],
+    ) -> str:
+        # Counted per transaction begun, before any data is sent; the reply keeps the session.
+        peer = session.peer
+        if (self._limiter is not None and isinstance(peer, tuple)
+                and not self._limiter.allow(str(peer[0]))):
+            log.info("smtp.rate_limited")
+            return REPLY_RATE_LIMITED
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str,
@@ -206,12 +229,26 @@ class ReportHandler:
 
 
 class _Sessions:
-    """The open sessions, with an event for "none left"."""
+    """The open sessions, with an event for "none left", and how many each source holds."""
 
     def __init__(self) -> None:
         self._open: set[_Session] = set()
+        self._per_source: dict[str, int] = {}
         self.none_left = asyncio.Event()
         self.none_left.set()
+
+    def admit(self, source: str, limit: int) -> bool:
+        """Count one more connection from ``source``, unless it already holds ``limit``."""
+        held = self._per_source.get(source, 0)
+        if held >= limit:
+            return False
+        self._per_source[source] = held + 1
+        return True
+
+    def release(self, source: str) -> None:
+        held = self._per_source.pop(source) - 1
+        if held:
+            self._per_source[source] = held
 
     def add(self, session: _Session) -> None:
         self._open.add(session)
@@ -255,10 +292,11 @@ def getaddr(arg: str, local_part_limit: int = 0) -> tuple[str | None, str | None
 
 
 class _Session(SMTP):
-    """One SMTP connection; tracked so that shutdown can finish or close it."""
+    """One SMTP connection; tracked so that shutdown can finish or close it, counted against
+    its source's share, and closed at the end of its lifetime whatever it sends."""
 
     def __init__(self, handler: ReportHandler, sessions: _Sessions, *, max_line_bytes: int,
-                 **kwargs: Any) -> None:
+                 max_per_source: int, lifetime: float, **kwargs: Any) -> None:
         # aiosmtpd reads DATA in CRLF-terminated lines of at most ``line_length_limit`` bytes (a
         # public attribute, read once here for its stream reader). A message in bare LF is one
         # such line, so the limit is the whole message's; the line limit proper is applied to
@@ -270,18 +308,56 @@ class _Session(SMTP):
         # of connections cannot get past the limit before any of them is counted.
         self._tracked = sessions
         sessions.add(self)
+        self._max_per_source = max_per_source
+        self._lifetime = lifetime
+        self._source: str | None = None
+        self._refused = False
+        self._expired = False
+        self._end_of_life: asyncio.TimerHandle | None = None
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         return getaddr(arg, self.local_part_limit)
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._source is None:  # not again for the TLS transport after STARTTLS
+            peer = transport.get_extra_info("peername")
+            self._source = source_of(str(peer[0])) if isinstance(peer, tuple) else ""
+            if not self._tracked.admit(self._source, self._max_per_source):
+                # Refused before aiosmtpd sees the connection: no greeting, no session.
+                self._refused = True
+                assert isinstance(transport, asyncio.WriteTransport)
+                transport.write(REPLY_TOO_MANY_FROM_SOURCE)
+                transport.close()
+                return
+            # From the start, not from the last command: NOOP or RSET cannot extend it.
+            self._end_of_life = self.loop.call_later(self._lifetime, self._end_session)
+        super().connection_made(transport)
+
+    def _end_session(self) -> None:
+        """The lifetime is over: 421 and close, but let a message being committed get its
+        reply first (the envelope holds content only between end of DATA and that reply)."""
+        if self.envelope is not None and self.envelope.original_content is not None:
+            self._expired = True
+        else:
+            self.say_goodbye(REPLY_SESSION_TIME)
+
     def connection_lost(self, error: Exception | None) -> None:
         self._tracked.discard(self)
+        if self._refused:
+            return
+        if self._source is not None:
+            self._tracked.release(self._source)
+            self._source = None
+        if self._end_of_life is not None:
+            self._end_of_life.cancel()
         super().connection_lost(error)
 
     async def push(self, status: str) -> None:  # type: ignore[override]
         if status in _AIOSMTPD_TOO_BIG:
             status = self._report_handler.too_big_reply()
         await super().push(status)
+        if self._expired:
+            self.say_goodbye(REPLY_SESSION_TIME)
 
     def say_goodbye(self, reply: str) -> None:
         """Tell the client we are going and close, whatever state the session is in."""
@@ -343,6 +419,8 @@ class SmtpServer:
             self._sessions,
             data_size_limit=self._config.max_message_bytes,
             max_line_bytes=self._config.max_line_bytes,
+            max_per_source=self._config.max_connections_per_source,
+            lifetime=self._config.max_session_time,
             hostname=self._config.hostname,
             ident="hotline-gateway",
             tls_context=self._tls,
