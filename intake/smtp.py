@@ -336,7 +336,9 @@ class _Session(SMTP):
     def _end_session(self) -> None:
         """The lifetime is over: 421 and close, but let a message being committed get its
         reply first (the envelope holds content only between end of DATA and that reply)."""
-        if self.envelope is not None and self.envelope.original_content is not None:
+        storing = self.envelope is not None and self.envelope.original_content is not None
+        log.info("smtp.session_time_limit", storing=storing)
+        if storing:
             self._expired = True
         else:
             self.say_goodbye(REPLY_SESSION_TIME)

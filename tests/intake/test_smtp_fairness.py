@@ -7,8 +7,11 @@ it reaches the gateway on 127.0.0.1 from another address."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+from pathlib import Path
 
 import pytest
+import structlog
 
 from gateway.config import ConfigError
 from intake.ratelimit import RateLimiter, source_of
@@ -147,3 +150,36 @@ def test_fairness_settings_are_validated(make_config: ConfigFactory, key: str,
     with pytest.raises(ConfigError) as info:
         make_config(smtp={key: value})
     assert [p.split(":")[0] for p in info.value.problems] == [f"smtp.{key}"]
+
+
+async def test_a_message_being_committed_at_the_lifetime_gets_its_reply_first(
+    make_config: ConfigFactory, tmp_path: Path,
+) -> None:
+    """When the lifetime ends while a message is being committed, the sender gets its 250
+    and then 421 4.4.2: an accepted report is never left without its acknowledgement."""
+    # Long enough for the dialogue up to the end of DATA on a busy machine.
+    config = make_config(smtp={"max_session_time": "3s"}, database={"busy_timeout": "20s"})
+    async with serving(config) as gw:
+        session = await session_from(gw.smtp.addresses[0][1], "127.0.0.1")
+        for line in ("MAIL FROM:<a@example.test>", f"RCPT TO:<{REPORT_TO}>", "DATA"):
+            await session.command(line)
+        # Hold the commit back, so that the lifetime ends between end of DATA and the reply.
+        locker = sqlite3.connect(tmp_path / "var" / "gateway.db", isolation_level=None)
+        locker.execute("BEGIN EXCLUSIVE")
+        try:
+            with structlog.testing.capture_logs() as events:
+                session.writer.write(report(1) + b".\r\n")
+                async with asyncio.timeout(10):
+                    while gw.smtp.handler.in_flight != 1:
+                        await asyncio.sleep(0.01)
+                    while not any(e["event"] == "smtp.session_time_limit" for e in events):
+                        await asyncio.sleep(0.01)
+            assert [e["storing"] for e in events
+                    if e["event"] == "smtp.session_time_limit"] == [True]
+        finally:
+            locker.execute("ROLLBACK")
+            locker.close()
+        queued_reference((await session.reply())[4:])
+        assert (await session.reply()).startswith("421 4.4.2")
+        assert await session.reader.read() == b""
+        await session.close()
