@@ -21,7 +21,7 @@ Run from the project root with the project's virtualenv, on an otherwise idle ma
     .venv/bin/python bench/smtp_intake.py [--rounds N] [--seconds S]
 
 The gateway reads MAIL FROM and RCPT TO addresses more cheaply than stock aiosmtpd does (see
-``intake.smtp.getaddr``), which alone can make it faster than the bare sink. To see what
+``intake.smtpaddress.getaddr``), which alone can make it faster than the bare sink. To see what
 durability costs on its own, give the sink the same reading:
 
     SINK_ADDRESSES=gateway .venv/bin/python bench/smtp_intake.py
@@ -69,6 +69,9 @@ url = "sqlite+aiosqlite:///var/gateway.db"
 listen = ["127.0.0.1:0"]
 recipients = ["report@hotline.test"]
 max_message_bytes = 10485760
+# The load comes from one address, as through a relay.
+max_connections_per_source = 100
+messages_per_minute_per_source = 100000
 
 [console]
 listen = ["127.0.0.1:0"]
@@ -102,7 +105,7 @@ async def _run_sink() -> None:
     handler = _SinkHandler()
     session_class = SMTP
     if os.environ.get("SINK_ADDRESSES") == "gateway":
-        from intake.smtp import getaddr
+        from intake.smtpaddress import getaddr
 
         class _GatewayAddresses(SMTP):
             def _getaddr(self, arg: str) -> tuple[str | None, str | None]:

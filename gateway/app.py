@@ -38,6 +38,7 @@ from gateway.store.engine import open_engine
 from gateway.store.references import ReferenceAllocator
 from gateway.store.writer import SubmissionWriter
 from intake.normalise import NormaliseStage
+from intake.ratelimit import RateLimiter
 from intake.smtp import ReportHandler, SmtpServer, quiet_aiosmtpd_logs
 from intake.web import PublicServer, dearmor, make_intake, wkd_hash
 from outbound.gpg import Gpg, GpgError
@@ -306,6 +307,8 @@ async def running(
             recipients=config.smtp.recipients,
             keep_peer_ip=config.intake.keep_reporter_ip,
             max_message_bytes=config.smtp.max_message_bytes,
+            max_line_bytes=config.smtp.max_line_bytes,
+            limiter=RateLimiter(config.smtp.messages_per_minute_per_source),
             reject_attachments=config.intake.attachments == "reject",
             executor=executor,
         )

@@ -234,8 +234,18 @@ class SmtpConfig(TlsFiles):
         default=["report@hotline.test"], min_length=1
     )
     max_message_bytes: PositiveInt = 10 * 1024 * 1024
+    #: Longest line taken (CRLF not counted): real mailers send unwrapped HTML far beyond
+    #: RFC 5322's 998; at least that many are always taken.
+    max_line_bytes: Annotated[int, Field(ge=998, le=64 * 1024 * 1024)] = 64 * 1024
     max_connections: PositiveInt = 100
+    #: Connections one source (an IPv4 address, an IPv6 /64) may hold at once (Postfix's
+    #: default_destination_concurrency_limit, so a Postfix relay in front fits).
+    max_connections_per_source: PositiveInt = 20
+    #: Messages one source may send a minute (a burst of as many, then that rate).
+    messages_per_minute_per_source: Annotated[int, Field(ge=1, le=100_000)] = 60
     timeout: Annotated[float, BeforeValidator(_parse_duration), Field(ge=1)] = 300.0
+    #: The longest one session may last, whatever it sends (NOOP does not extend it).
+    max_session_time: Annotated[float, BeforeValidator(_parse_duration), Field(ge=1)] = 600.0
 
 
 class HttpConfig(TlsFiles):

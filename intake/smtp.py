@@ -1,23 +1,19 @@
 """SMTP intake: aiosmtpd embedded on our own event loop, one handler deciding every reply.
 
 The protocol engine (aiosmtpd) knows nothing of storage; ``ReportHandler`` checks recipients,
-refuses bare CR/LF, and hands the message to the durable writer. The ``250`` that tells the
-sender "you may forget this message" is sent only after the commit.
+normalises line ends (``intake.smtpdata`` says why that cannot split a message), refuses
+smuggling attempts and over-long lines, and hands the message to the durable writer. The
+``250`` that tells the sender "you may forget this message" is sent only after the commit.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import re
 import ssl
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from email._header_value_parser import get_addr_spec, get_angle_addr
-from email.errors import HeaderParseError
 from typing import Any, Protocol
 
 import structlog
@@ -26,6 +22,9 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from gateway.config import SmtpConfig
 from gateway.store.writer import NewSubmission, Receipt, WriterClosed
 from intake.mime import MimeError, strip_attachments
+from intake.ratelimit import RateLimiter, source_of
+from intake.smtpaddress import getaddr
+from intake.smtpdata import clean_text, inspect_message
 
 log = structlog.get_logger("intake.smtp")
 
@@ -35,96 +34,43 @@ INLINE_INSPECT_BYTES = 64 * 1024
 REPLY_ACCEPTED = "250 2.0.0 Ok: queued as {reference}"
 REPLY_NO_RELAY = "550 5.1.1 Recipient not accepted here: this server takes reports only"
 REPLY_TOO_BIG = "552 5.3.4 Message too big: the limit is {limit} bytes"
-REPLY_BARE_EOL = "550 5.6.0 Bare CR or LF in message (RFC 5321 section 2.3.8); not accepted"
+REPLY_SMUGGLING = (
+    "550 5.6.0 A line holding only '.' after a bare CR or LF (SMTP smuggling); not accepted"
+)
+# RFC 5321 4.5.3.1.9 gives "500 Line too long" as an example, but 4.3.2 lists the replies to
+# the end of DATA as 250, 552, 554, 451, 452, 450 and 550: 552 is the one for a limit, and
+# RFC 3463's X.3.4 covers a size limit set "for physical or policy reasons".
+REPLY_LINE_TOO_LONG = "552 5.3.4 Line too long: the limit is {limit} bytes a line"
 REPLY_NO_ATTACHMENTS = (
     "550 5.6.0 Attachments are not accepted: please send the links (web addresses) only"
 )
 REPLY_UNPARSEABLE = "554 5.6.0 Message structure too complex to process; not accepted"
 REPLY_TEMPFAIL = "451 4.3.0 Temporary failure storing the report; please try again later"
 REPLY_TOO_MANY = b"421 4.7.0 Too many connections; please try again later\r\n"
+REPLY_TOO_MANY_FROM_SOURCE = (
+    b"421 4.7.0 Too many connections from your address; please try again later\r\n"
+)
+# 451 is among RFC 5321 4.3.2's replies to MAIL; the session stays open.
+REPLY_RATE_LIMITED = "451 4.7.0 Too many messages from your address; please try again later"
+REPLY_SESSION_TIME = "421 4.4.2 Session time limit reached; please connect again"
 REPLY_TOO_MANY_RCPT = "452 4.5.3 Too many recipients"
 REPLY_SHUTDOWN = "421 4.3.2 Service shutting down; please try again later"
 
-# aiosmtpd's own wording for these cases, mapped to the replies in our contract.
+# aiosmtpd's own wording for these cases, mapped to the replies in our contract. Its "line too
+# long" can only come from a line longer than the whole message may be (see _Session).
 _AIOSMTPD_TOO_BIG = (
     "552 Error: Too much mail data",
     "552 Error: message size exceeds fixed maximum message size",
+    "500 Line too long (see RFC5321 4.5.3.1.6)",
 )
 
 #: Recipients one message may name (they can only be our own addresses anyway).
 MAX_RECIPIENTS = 20
 
-# ``<local@domain>`` in the plain form nearly every client sends: a dot-atom local part, a
-# host name, then spaces or tabs before any parameters. The stdlib's parser reads exactly these
-# as themselves; anything else (comments, quoting, literals, non-ASCII, ``<>``, encoded words)
-# goes to it.
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-# A local part starting "=?" is read by the stdlib as an RFC 2047 encoded word, and after the
-# ">" it skips any whitespace str.isspace() knows: both are left to it.
-_PLAIN_ANGLE_ADDR = re.compile(
-    rf"<(?!=\?)((?:{_ATEXT}(?:\.{_ATEXT})*)@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>[ \t]*(?![\s(])")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]|[\ud800-\udfff]")
-_CONTENT_TYPE = re.compile(rb"^content-type[ \t]*:[ \t]*([^;\r\n]*)", re.I | re.M)
-_ATTACHMENT_DISPOSITION = re.compile(rb"^content-disposition[ \t]*:[ \t]*attachment", re.I | re.M)
-_MESSAGE_ID = re.compile(rb"^message-id[ \t]*:[ \t]*(.*(?:\r\n[ \t].*)*)", re.I | re.M)
-
-
 class Submitter(Protocol):
     """Where accepted messages go: stores one durably and returns its receipt."""
 
     async def submit(self, submission: NewSubmission) -> Receipt: ...
-
-
-def clean_text(value: str | None, limit: int = 998) -> str | None:
-    """Envelope and header text as stored: no control characters (PostgreSQL refuses NUL in
-    text, and nothing downstream should meet them) and no lone surrogates, at most ``limit``."""
-    if value is None:
-        return None
-    return _CONTROL.sub("\ufffd", value[:limit])
-
-
-def has_bare_line_ending(raw: bytes) -> bool:
-    """True if ``raw`` holds a CR or LF that is not part of a CRLF pair (RFC 5321 2.3.8)."""
-    crlf = raw.count(b"\r\n")
-    return raw.count(b"\n") != crlf or raw.count(b"\r") != crlf
-
-
-def message_id(raw: bytes) -> str | None:
-    """The Message-ID header's value, unfolded, from the header block only."""
-    end = raw.find(b"\r\n\r\n")
-    header = raw if end < 0 else raw[: end + 2]
-    match = _MESSAGE_ID.search(header)
-    if match is None:
-        return None
-    value = re.sub(rb"\r\n[ \t]+", b" ", match.group(1)).strip()
-    return clean_text(value[:998].decode("ascii", "replace")) or None
-
-
-def may_carry_attachments(raw: bytes) -> bool:
-    """False only for a single text part that is not itself an attachment: the common report,
-    which needs no MIME walk before it is stored."""
-    end = raw.find(b"\r\n\r\n")
-    header = raw if end < 0 else raw[: end + 2]
-    match = _CONTENT_TYPE.search(header)
-    if match is not None and not match.group(1).strip().lower().startswith(b"text/"):
-        return True
-    return _ATTACHMENT_DISPOSITION.search(header) is not None
-
-
-@dataclass(frozen=True, slots=True)
-class Inspection:
-    body_sha256: str
-    message_id: str | None
-    bare_line_ending: bool
-    may_carry_attachments: bool
-
-
-def inspect_message(raw: bytes) -> Inspection:
-    """What intake needs to know about a message before deciding on it."""
-    return Inspection(
-        hashlib.sha256(raw).hexdigest(), message_id(raw), has_bare_line_ending(raw),
-        may_carry_attachments(raw),
-    )
 
 
 class ReportHandler:
@@ -137,6 +83,8 @@ class ReportHandler:
         recipients: Iterable[str],
         keep_peer_ip: bool,
         max_message_bytes: int,
+        max_line_bytes: int = 65536,
+        limiter: RateLimiter | None = None,
         reject_attachments: bool = False,
         executor: Executor | None = None,
     ) -> None:
@@ -145,6 +93,8 @@ class ReportHandler:
         self._keep_peer_ip = keep_peer_ip
         self._reject_attachments = reject_attachments
         self._max_message_bytes = max_message_bytes
+        self._max_line_bytes = max_line_bytes
+        self._limiter = limiter
         self._executor = executor
         self.shutting_down = False
         self.in_flight = 0
@@ -162,6 +112,20 @@ class ReportHandler:
         session.host_name = hostname
         # No AUTH: reporters are anonymous and this server relays nothing.
         return [r for r in responses if not r.startswith("250-AUTH")]
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str,
+        mail_options: list[str],
+    ) -> str:
+        # Counted per transaction begun, before any data is sent; the reply keeps the session.
+        peer = session.peer
+        if (self._limiter is not None and isinstance(peer, tuple)
+                and not self._limiter.allow(str(peer[0]))):
+            log.info("smtp.rate_limited")
+            return REPLY_RATE_LIMITED
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str,
@@ -195,19 +159,23 @@ class ReportHandler:
     async def _store(self, session: Session, envelope: Envelope, raw: bytes) -> str:
         loop = asyncio.get_running_loop()
         if len(raw) <= INLINE_INSPECT_BYTES:
-            seen = inspect_message(raw)
+            seen = inspect_message(raw, self._max_line_bytes)
         else:
-            seen = await loop.run_in_executor(self._executor, inspect_message, raw)
-        if seen.bare_line_ending:
-            log.info("smtp.bare_line_ending_refused", size=len(raw))
-            return REPLY_BARE_EOL
-        stored = raw
+            seen = await loop.run_in_executor(
+                self._executor, inspect_message, raw, self._max_line_bytes)
+        if seen.smuggling:
+            log.info("smtp.smuggling_refused", size=len(raw))
+            return REPLY_SMUGGLING
+        if seen.line_too_long:
+            log.info("smtp.line_too_long_refused", size=len(raw))
+            return REPLY_LINE_TOO_LONG.format(limit=self._max_line_bytes)
+        stored = seen.content
         if seen.may_carry_attachments:
             # Attachment bytes never reach the disk: they are hashed and cut out before the
             # commit. A message too complex to walk within limits cannot be stored safely.
             try:
                 stored, attachments = await loop.run_in_executor(
-                    self._executor, strip_attachments, raw
+                    self._executor, strip_attachments, seen.content
                 )
             except MimeError as exc:
                 log.info("smtp.unparseable_refused", size=len(raw), reason=str(exc))
@@ -248,12 +216,26 @@ class ReportHandler:
 
 
 class _Sessions:
-    """The open sessions, with an event for "none left"."""
+    """The open sessions, with an event for "none left", and how many each source holds."""
 
     def __init__(self) -> None:
         self._open: set[_Session] = set()
+        self._per_source: dict[str, int] = {}
         self.none_left = asyncio.Event()
         self.none_left.set()
+
+    def admit(self, source: str, limit: int) -> bool:
+        """Count one more connection from ``source``, unless it already holds ``limit``."""
+        held = self._per_source.get(source, 0)
+        if held >= limit:
+            return False
+        self._per_source[source] = held + 1
+        return True
+
+    def release(self, source: str) -> None:
+        held = self._per_source.pop(source) - 1
+        if held:
+            self._per_source[source] = held
 
     def add(self, session: _Session) -> None:
         self._open.add(session)
@@ -271,53 +253,75 @@ class _Sessions:
         return iter(list(self._open))
 
 
-def getaddr(arg: str, local_part_limit: int = 0) -> tuple[str | None, str | None]:
-    """The address of a MAIL FROM / RCPT TO argument and the rest (its parameters), as
-    aiosmtpd's ``SMTP._getaddr`` reads them: ``(None, None)`` if it is not an address.
-
-    aiosmtpd defines a class on every call and always runs the stdlib's full RFC 5322 parser,
-    about an eighth of a message's CPU under load; the plain form is read here directly, and
-    a test holds the two readings equal on generated input.
-    """
-    if not arg:
-        return "", ""
-    plain = _PLAIN_ANGLE_ADDR.match(arg)
-    if plain is not None:
-        address, rest = plain[1], arg[plain.end():]
-    else:
-        try:
-            parse = get_angle_addr if arg.lstrip().startswith("<") else get_addr_spec
-            token, rest = parse(arg)
-        except HeaderParseError:
-            return None, None
-        address = token.addr_spec
-    if local_part_limit and len(address.rpartition("@")[0]) > local_part_limit:
-        return None, None
-    return address, rest
-
-
 class _Session(SMTP):
-    """One SMTP connection; tracked so that shutdown can finish or close it."""
+    """One SMTP connection; tracked so that shutdown can finish or close it, counted against
+    its source's share, and closed at the end of its lifetime whatever it sends."""
 
-    def __init__(self, handler: ReportHandler, sessions: _Sessions, **kwargs: Any) -> None:
+    def __init__(self, handler: ReportHandler, sessions: _Sessions, *, max_line_bytes: int,
+                 max_per_source: int, lifetime: float, **kwargs: Any) -> None:
+        # aiosmtpd reads DATA in CRLF-terminated lines of at most ``line_length_limit`` bytes (a
+        # public attribute, read once here for its stream reader). A message in bare LF is one
+        # such line, so the limit is the whole message's; the line limit proper is applied to
+        # the normalised lines by the handler.
+        self.line_length_limit = max(kwargs["data_size_limit"], max_line_bytes) + 3
         super().__init__(handler, **kwargs)
         self._report_handler = handler
         # Counted from creation, not from connection_made (a later callback), so that a burst
         # of connections cannot get past the limit before any of them is counted.
         self._tracked = sessions
         sessions.add(self)
+        self._max_per_source = max_per_source
+        self._lifetime = lifetime
+        self._source: str | None = None
+        self._refused = False
+        self._expired = False
+        self._end_of_life: asyncio.TimerHandle | None = None
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         return getaddr(arg, self.local_part_limit)
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._source is None:  # not again for the TLS transport after STARTTLS
+            peer = transport.get_extra_info("peername")
+            self._source = source_of(str(peer[0])) if isinstance(peer, tuple) else ""
+            if not self._tracked.admit(self._source, self._max_per_source):
+                # Refused before aiosmtpd sees the connection: no greeting, no session.
+                self._refused = True
+                assert isinstance(transport, asyncio.WriteTransport)
+                transport.write(REPLY_TOO_MANY_FROM_SOURCE)
+                transport.close()
+                return
+            # From the start, not from the last command: NOOP or RSET cannot extend it.
+            self._end_of_life = self.loop.call_later(self._lifetime, self._end_session)
+        super().connection_made(transport)
+
+    def _end_session(self) -> None:
+        """The lifetime is over: 421 and close, but let a message being committed get its
+        reply first (the envelope holds content only between end of DATA and that reply)."""
+        storing = self.envelope is not None and self.envelope.original_content is not None
+        log.info("smtp.session_time_limit", storing=storing)
+        if storing:
+            self._expired = True
+        else:
+            self.say_goodbye(REPLY_SESSION_TIME)
+
     def connection_lost(self, error: Exception | None) -> None:
         self._tracked.discard(self)
+        if self._refused:
+            return
+        if self._source is not None:
+            self._tracked.release(self._source)
+            self._source = None
+        if self._end_of_life is not None:
+            self._end_of_life.cancel()
         super().connection_lost(error)
 
     async def push(self, status: str) -> None:  # type: ignore[override]
         if status in _AIOSMTPD_TOO_BIG:
             status = self._report_handler.too_big_reply()
         await super().push(status)
+        if self._expired:
+            self.say_goodbye(REPLY_SESSION_TIME)
 
     def say_goodbye(self, reply: str) -> None:
         """Tell the client we are going and close, whatever state the session is in."""
@@ -378,10 +382,16 @@ class SmtpServer:
             self._handler,
             self._sessions,
             data_size_limit=self._config.max_message_bytes,
+            max_line_bytes=self._config.max_line_bytes,
+            max_per_source=self._config.max_connections_per_source,
+            lifetime=self._config.max_session_time,
             hostname=self._config.hostname,
             ident="hotline-gateway",
             tls_context=self._tls,
             require_starttls=False,
+            # RFC 6531: UTF-8 envelopes and (RFC 6532) headers; nothing is relayed, so a
+            # UTF-8 address taken without the SMTPUTF8 parameter owes no downgrade either.
+            enable_SMTPUTF8=True,
             timeout=self._config.timeout,
             loop=asyncio.get_running_loop(),
         )

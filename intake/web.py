@@ -11,8 +11,7 @@ import hashlib
 import ipaddress
 import json
 import secrets
-import time
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,6 +27,7 @@ from gateway.listeners import HttpListener
 from gateway.store.writer import NewSubmission, Receipt, WriterClosed
 from intake import i18n
 from intake.openapi import openapi_document
+from intake.ratelimit import RateLimiter
 from intake.webreport import Invalid, WebReport, validate
 
 log = structlog.get_logger("intake.web")
@@ -46,37 +46,6 @@ TEMPLATES = ("form.html", "receipt.html", "error.html")
 
 class Submitter(Protocol):
     async def submit(self, submission: NewSubmission) -> Receipt: ...
-
-
-class RateLimiter:
-    """A token bucket per client, in bounded memory. Clients are keyed by a salted hash of
-    their address (the salt lives only in this process), so the table holds no addresses."""
-
-    def __init__(self, per_minute: int, *, max_clients: int = 50_000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self._rate = per_minute / 60.0
-        self._burst = float(per_minute)
-        self._max = max_clients
-        self._clock = clock
-        self._salt = secrets.token_bytes(16)
-        self._buckets: OrderedDict[bytes, tuple[float, float]] = OrderedDict()
-
-    def allow(self, client: str) -> bool:
-        try:  # an IPv6 client owns its /64: rotating addresses inside it is one client
-            address = ipaddress.ip_address(client)
-            if address.version == 6:
-                client = str(ipaddress.ip_network(f"{address}/64", strict=False))
-        except ValueError:
-            pass
-        key = hashlib.blake2b(client.encode(), key=self._salt, digest_size=16).digest()
-        now = self._clock()
-        tokens, last = self._buckets.pop(key, (self._burst, now))
-        tokens = min(self._burst, tokens + (now - last) * self._rate)
-        allowed = tokens >= 1.0
-        self._buckets[key] = (tokens - 1.0 if allowed else tokens, now)
-        while len(self._buckets) > self._max:
-            self._buckets.popitem(last=False)  # the least recently seen
-        return allowed
 
 
 @dataclass

@@ -63,7 +63,10 @@ def make_config(tmp_path: Path) -> ConfigFactory:
         base: dict[str, Any] = {
             "gateway": {"shutdown_grace": "2s"},
             "database": {"url": "sqlite+aiosqlite:///var/gateway.db"},
-            "smtp": {"listen": ["127.0.0.1:0"]},
+            # Every test client is 127.0.0.1, like a relay's: the per-source limits are set
+            # where a test is about them.
+            "smtp": {"listen": ["127.0.0.1:0"], "max_connections_per_source": 1000,
+                     "messages_per_minute_per_source": 100_000},
             "console": {"listen": ["127.0.0.1:0"]},
             "http": {"listen": ["127.0.0.1:0"]},
             "admin": {"listen": ["127.0.0.1:0"]},

@@ -17,7 +17,9 @@ def daemon_config(*, grace: str = "3s", nameserver: str | None = None, locate: s
     and a resolver where nothing answers unless ``nameserver`` names one."""
     from tests.dns_server import free_udp_port
 
-    listeners = "".join(f'[{section}]\nlisten = ["127.0.0.1:0"]\n'
+    # Every test client is 127.0.0.1, like a relay's: no per-source limits in the way.
+    smtp = "max_connections_per_source = 1000\nmessages_per_minute_per_source = 100000\n"
+    listeners = "".join(f'[{section}]\nlisten = ["127.0.0.1:0"]\n{smtp * (section == "smtp")}'
                         for section in ("smtp", "console", "http", "admin"))
     resolver = nameserver or f"127.0.0.1:{free_udp_port()}"
     return (f'[gateway]\nshutdown_grace = "{grace}"\nlog_format = "json"\n{listeners}'

@@ -141,21 +141,6 @@ async def test_bare_lf_smuggling_is_one_refused_message_never_two(gateway: Gatew
     assert await stored(gateway) == []
 
 
-async def test_bare_cr_is_refused(gateway: Gateway) -> None:
-    """A lone CR inside the data is refused just like a lone LF."""
-    session = await RawSession.open(port_of(gateway))
-    try:
-        await session.command("HELO client.test")
-        await session.command("MAIL FROM:<a@example.test>")
-        await session.command(f"RCPT TO:<{REPORT_TO}>")
-        await session.command("DATA")
-        reply = await session.command(report(1, body="one\rtwo") + b".\r\n")
-    finally:
-        await session.close()
-    assert reply.startswith("550 5.6.0"), reply
-    assert await stored(gateway) == []
-
-
 async def test_connection_limit_answers_421(make_config: ConfigFactory) -> None:
     """Beyond max_connections a new connection gets 421 4.7.0; those already open keep working."""
     async with serving(make_config(smtp={"max_connections": 2})) as gw:

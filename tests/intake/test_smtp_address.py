@@ -11,7 +11,7 @@ from aiosmtpd.smtp import SMTP
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from intake.smtp import getaddr
+from intake.smtpaddress import getaddr
 
 
 def aiosmtpd_reading(arg: str, limit: int = 0) -> tuple[str | None, str | None]:

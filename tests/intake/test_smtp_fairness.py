@@ -1,0 +1,185 @@
+"""One source cannot hold the door: connections and messages are limited per source (an IPv4
+address, an IPv6 /64), and a session ends at its lifetime however busy it keeps itself.
+
+A second source is 127.0.0.2: all of 127/8 is loopback on Linux, so a client socket bound to
+it reaches the gateway on 127.0.0.1 from another address."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+import structlog
+
+from gateway.config import ConfigError
+from intake.ratelimit import RateLimiter, source_of
+from tests.conftest import ConfigFactory, serving
+from tests.smtp_client import REPORT_TO, RawSession, queued_reference, report
+
+OTHER = "127.0.0.2"
+
+
+async def connect(port: int, source: str = "127.0.0.1") -> tuple[asyncio.StreamReader,
+                                                                  asyncio.StreamWriter, bytes]:
+    """A connection from ``source`` and the first line the server sends."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+    return reader, writer, await asyncio.wait_for(reader.readline(), 10)
+
+
+async def send_report(session: RawSession, n: int) -> str:
+    """One transaction on an open session; the reply that decided it."""
+    reply = await session.command(f"MAIL FROM:<r{n}@example.test>")
+    if not reply.startswith("250"):
+        return reply
+    assert (await session.command(f"RCPT TO:<{REPORT_TO}>")).startswith("250")
+    assert (await session.command("DATA")).startswith("354")
+    return await session.command(report(n) + b".\r\n")
+
+
+async def session_from(port: int, source: str) -> RawSession:
+    reader, writer, greeting = await connect(port, source)
+    assert greeting.startswith(b"220"), greeting
+    session = RawSession(reader, writer)
+    assert (await session.command("EHLO client.test")).startswith("250")
+    return session
+
+
+async def test_one_source_at_its_limit_does_not_keep_another_out(
+    make_config: ConfigFactory,
+) -> None:
+    """127.0.0.1 holding its share gets 421 4.7.0 for one more; 127.0.0.2 still reports."""
+    config = make_config(smtp={"max_connections": 3, "max_connections_per_source": 2})
+    async with serving(config) as gw:
+        port = gw.smtp.addresses[0][1]
+        held = [await connect(port) for _ in range(2)]
+        assert all(greeting.startswith(b"220") for _, _, greeting in held)
+        reader, writer, greeting = await connect(port)
+        assert greeting.startswith(b"421 4.7.0 Too many connections from your address")
+        assert await reader.read() == b""  # and closed
+        writer.close()
+        other = await session_from(port, OTHER)
+        try:
+            queued_reference((await send_report(other, 1))[4:])
+        finally:
+            await other.close()
+        for _, held_writer, _ in held:
+            held_writer.close()
+
+
+async def test_a_source_gets_its_share_back_when_it_disconnects(
+    make_config: ConfigFactory,
+) -> None:
+    """A closed connection no longer counts against its source."""
+    async with serving(make_config(smtp={"max_connections_per_source": 1})) as gw:
+        port = gw.smtp.addresses[0][1]
+        first = await session_from(port, "127.0.0.1")
+        _, writer, greeting = await connect(port)
+        assert greeting.startswith(b"421 4.7.0")
+        writer.close()
+        await first.command("QUIT")
+        await first.close()
+        async with asyncio.timeout(10):
+            while gw.smtp.session_count:
+                await asyncio.sleep(0.01)
+        again = await session_from(port, "127.0.0.1")
+        await again.close()
+
+
+async def test_messages_per_source_are_rate_limited(make_config: ConfigFactory) -> None:
+    """Past messages_per_minute_per_source a source's MAIL gets 451 4.7.0 on a session that
+    stays open; another source is not affected."""
+    config = make_config(smtp={"messages_per_minute_per_source": 2})
+    async with serving(config) as gw:
+        port = gw.smtp.addresses[0][1]
+        busy = await session_from(port, "127.0.0.1")
+        try:
+            for n in (1, 2):
+                queued_reference((await send_report(busy, n))[4:])
+            refused = await send_report(busy, 3)
+            assert refused == ("451 4.7.0 Too many messages from your address; please try "
+                               "again later")
+            assert (await busy.command("NOOP")).startswith("250")
+        finally:
+            await busy.close()
+        other = await session_from(port, OTHER)
+        try:
+            queued_reference((await send_report(other, 4))[4:])
+        finally:
+            await other.close()
+
+
+async def test_noop_cannot_extend_a_session_past_its_lifetime(make_config: ConfigFactory) -> None:
+    """A client sending NOOP again and again is told 421 4.4.2 and closed at max_session_time."""
+    async with serving(make_config(smtp={"max_session_time": "1s"})) as gw:
+        session = await session_from(gw.smtp.addresses[0][1], "127.0.0.1")
+        async with asyncio.timeout(10):
+            while True:
+                try:
+                    reply = await session.command("NOOP")
+                except ConnectionError:
+                    pytest.fail("closed without a 421")
+                if not reply.startswith("250"):
+                    break
+                await asyncio.sleep(0.1)  # the client's own pace, not a synchronisation
+            assert reply == "421 4.4.2 Session time limit reached; please connect again"
+            assert await session.reader.read() == b""
+        await session.close()
+
+
+def test_sources_are_addresses_and_ipv6_slash_64s() -> None:
+    """IPv4 counts by address; IPv6 by /64, an IPv4-mapped address as its IPv4 address."""
+    assert source_of("192.0.2.7") == "192.0.2.7"
+    assert source_of("2001:db8:1:2:aaaa::1") == source_of("2001:db8:1:2:ffff::9") \
+        == "2001:db8:1:2::/64"
+    assert source_of("2001:db8:1:3::1") != source_of("2001:db8:1:2::1")
+    assert source_of("::ffff:192.0.2.7") == "192.0.2.7"
+    limiter = RateLimiter(1, clock=lambda: 0.0)
+    assert limiter.allow("2001:db8::1") and not limiter.allow("2001:db8::2")
+    assert limiter.allow("2001:db8:0:1::1")
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("max_connections_per_source", 0), ("messages_per_minute_per_source", 0),
+    ("max_session_time", "0s"), ("max_session_time", "soon"),
+])
+def test_fairness_settings_are_validated(make_config: ConfigFactory, key: str,
+                                          value: object) -> None:
+    """A bad value is an error naming its key."""
+    with pytest.raises(ConfigError) as info:
+        make_config(smtp={key: value})
+    assert [p.split(":")[0] for p in info.value.problems] == [f"smtp.{key}"]
+
+
+async def test_a_message_being_committed_at_the_lifetime_gets_its_reply_first(
+    make_config: ConfigFactory, tmp_path: Path,
+) -> None:
+    """When the lifetime ends while a message is being committed, the sender gets its 250
+    and then 421 4.4.2: an accepted report is never left without its acknowledgement."""
+    # Long enough for the dialogue up to the end of DATA on a busy machine.
+    config = make_config(smtp={"max_session_time": "3s"}, database={"busy_timeout": "20s"})
+    async with serving(config) as gw:
+        session = await session_from(gw.smtp.addresses[0][1], "127.0.0.1")
+        for line in ("MAIL FROM:<a@example.test>", f"RCPT TO:<{REPORT_TO}>", "DATA"):
+            await session.command(line)
+        # Hold the commit back, so that the lifetime ends between end of DATA and the reply.
+        locker = sqlite3.connect(tmp_path / "var" / "gateway.db", isolation_level=None)
+        locker.execute("BEGIN EXCLUSIVE")
+        try:
+            with structlog.testing.capture_logs() as events:
+                session.writer.write(report(1) + b".\r\n")
+                async with asyncio.timeout(10):
+                    while gw.smtp.handler.in_flight != 1:
+                        await asyncio.sleep(0.01)
+                    while not any(e["event"] == "smtp.session_time_limit" for e in events):
+                        await asyncio.sleep(0.01)
+            assert [e["storing"] for e in events
+                    if e["event"] == "smtp.session_time_limit"] == [True]
+        finally:
+            locker.execute("ROLLBACK")
+            locker.close()
+        queued_reference((await session.reply())[4:])
+        assert (await session.reply()).startswith("421 4.4.2")
+        assert await session.reader.read() == b""
+        await session.close()
