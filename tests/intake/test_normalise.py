@@ -269,3 +269,33 @@ async def test_a_batch_is_filed_in_short_transactions_only_while_reports_arrive(
     sizes = sorted(Counter(stamps).values(), reverse=True)
     assert sizes == ([APPLY_GROUP, APPLY_GROUP, 20 - 2 * APPLY_GROUP] if busy else [20])
     assert total == 7
+
+
+async def test_a_word_after_a_scheme_stays_text_for_the_analyst(
+    backend: WriteBackend, engine: AsyncEngine,
+) -> None:
+    """``http://hello/`` in a mail files no case for it: the report is a no_url case whose text
+    keeps what was written."""
+    await store(backend, [mail(1, "look at http://hello/ and hello.zzz/x")])
+    await drain(stage(backend))
+    async with engine.connect() as conn:
+        [case] = await list_cases(conn)
+        text = (await conn.execute(select(submissions.c.report_text))).scalar_one()
+    assert case["kind"] == "no_url"
+    assert "http://hello/ and hello.zzz/x" in text
+
+
+async def test_a_nul_inside_a_url_never_joins_its_halves(
+    backend: WriteBackend, engine: AsyncEngine,
+) -> None:
+    """A NUL inside a URL's host files no URL made of its halves, nor its second half; the
+    report text shows where the NUL was (as U+2400)."""
+    body = "see http://exa\0mple.com/a and http://example.org/gal\0lery"
+    raw = mail(1, body).replace(b"charset=utf-8", b"charset=us-ascii")
+    await store(backend, [raw])
+    await drain(stage(backend))
+    async with engine.connect() as conn:
+        found = [c["canonical_url"] for c in await list_cases(conn)]
+        text = (await conn.execute(select(submissions.c.report_text))).scalar_one()
+    assert found == ["http://example.org/gal"]
+    assert "http://exa\u2400mple.com/a" in text and "gal\u2400lery" in text
