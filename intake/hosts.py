@@ -52,7 +52,8 @@ _DOTTED_QUAD = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}")
 
 @functools.cache
 def _suffix_list() -> PublicSuffixList:
-    """The bundled list, parsed once (about 50 ms) and only read afterwards."""
+    """The bundled list, parsed once (about 50 ms, reading a file) and only read afterwards:
+    when this module is imported, at start-up, so never on a serving event loop."""
     return PublicSuffixList(only_icann=True, accept_unknown=False)
 
 
@@ -92,3 +93,6 @@ def visitable_host(host: str) -> bool:
 def _unescaped(host: str) -> str:
     """`host` with its percent escapes decoded as UTF-8; bytes that are not UTF-8 as U+FFFD."""
     return unquote(host, errors="replace") if "%" in host else host
+
+
+_suffix_list()

@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 import structlog
+from hypothesis import example, given
+from hypothesis import strategies as st
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -23,6 +25,7 @@ from gateway.store.case_view import get_case, list_cases
 from gateway.store.references import ReferenceAllocator
 from gateway.store.tables import case_reports, submissions
 from gateway.store.writer import NewSubmission, SubmissionWriter
+from intake import hosts
 from intake.normalise import NormaliseStage, normalise_message
 from tests.conftest import Start
 from tests.console_client import StaffClient, base, ready_user
@@ -422,3 +425,20 @@ async def test_an_unreadable_mail_is_a_case_in_the_queue_with_the_reason(start: 
         await browser.close()
     assert status == 200
     assert f"{reference}: the report could not be read: mime: header block larger than" in page
+
+
+@given(st.lists(st.from_regex(r"[a-z0-9]{1,10}", fullmatch=True), max_size=3),
+       st.from_regex(r"[a-z]{1,12}", fullmatch=True).filter(
+           lambda tld: tld not in hosts.SPECIAL_USE_SUFFIXES
+           and hosts._suffix_list().publicsuffix(f"example.{tld}") is None),
+       st.sampled_from(["http://{}/", "https://{}/x?y=1", "www.{}", "{}/path", "hxxp://{}",
+                        "<a href=\"http://{}/\">here</a>"]))
+@example(["hello"], "zzz", "http://{}/")
+def test_a_host_under_no_public_suffix_never_becomes_a_case(
+    labels: list[str], tld: str, spelling: str,
+) -> None:
+    """However a mail writes a name whose top label no public suffix list holds, it files no
+    URL (the report is kept as a no_url case, with its text)."""
+    text = spelling.format(".".join([*labels, tld]))
+    raw = mail(1, f"look: {text} now").replace(b"text/plain", b"text/html")
+    assert normalise_message(raw).urls == []
