@@ -83,7 +83,7 @@ class Normalised:
     report_text: str | None = None
     attachments: list[dict[str, object]] = field(default_factory=list)
     error: str | None = None
-    #: What could not be filed, and why (stored on the submission: see flags()).
+    #: What could not be filed, and why (stored as the submission's ``flags``).
     flags: list[dict[str, object]] = field(default_factory=list)
 
 
