@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -88,6 +89,9 @@ class Normalised:
 
 
 _LIMITS = MimeLimits()
+# An HTML link meant as a web address (not mailto:, tel:, cid: or "#top"): when it holds no URL
+# (``http://hello/``), the report's text shows it, since the text has only the anchor's words.
+_WEB_LINK = re.compile(r"\s*(?:[a-z][a-z0-9+.-]*://|www\.)", re.IGNORECASE)
 
 
 def normalise_message(raw: bytes, limits: MimeLimits = _LIMITS,
@@ -111,16 +115,22 @@ def normalise_message(raw: bytes, limits: MimeLimits = _LIMITS,
         return Normalised(error=f"internal: {type(exc).__name__}")
     found: dict[str, ReportedUrl] = {}
     too_long: Counter[int] = Counter()
+    unfiled: dict[str, None] = {}
     # Links behind HTML anchors first: they are what the reporter clicked or pasted.
-    for source in [*message.links, *message.texts]:
+    for index, source in enumerate([*message.links, *message.texts]):
         scan = scan_urls(source, limit=MAX_COUNTED)
         # An HTML part's links and its text name the same URLs: count each length once.
         too_long |= Counter(scan.too_long)
         for url in scan.urls:
             if url.canonical not in found and len(found) < MAX_COUNTED:
                 found[url.canonical] = ReportedUrl(url.text, url.url, url.canonical)
+        if index < len(message.links) and not scan.urls and _WEB_LINK.match(source):
+            unfiled[source] = None
     urls = list(found.values())
-    text = "\n\n".join(t.strip() for t in message.texts if t.strip())
+    texts = [t.strip() for t in message.texts if t.strip()]
+    if unfiled:  # a link's target is not in the text: show the analyst what it was
+        texts.append("Links that are not web addresses:\n" + "\n".join(unfiled))
+    text = "\n\n".join(texts)
     return Normalised(
         urls=urls[:MAX_URLS],
         subject=message.subject,

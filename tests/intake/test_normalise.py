@@ -442,3 +442,15 @@ def test_a_host_under_no_public_suffix_never_becomes_a_case(
     text = spelling.format(".".join([*labels, tld]))
     raw = mail(1, f"look: {text} now").replace(b"text/plain", b"text/html")
     assert normalise_message(raw).urls == []
+
+
+def test_an_html_link_that_is_no_url_is_shown_in_the_text() -> None:
+    """An anchor whose target is no URL files nothing, and the report's text shows the target
+    (the anchor's words alone would hide it); mailto: and in-page links are left out."""
+    body = ('<p>Look <a href="http://hello/">here</a>, <a href="hxxp://exa\0mple.com/x">there'
+            '</a>, <a href="mailto:a@example.org">me</a> <a href="#top">top</a></p>')
+    raw = mail(1, body).replace(b"text/plain", b"text/html")
+    result = normalise_message(raw)
+    assert result.urls == []
+    assert result.report_text == ("Look here, there, me top\n\nLinks that are not web "
+                                  "addresses:\nhttp://hello/\nhxxp://exa\u2400mple.com/x")
