@@ -70,9 +70,10 @@ _MARK_PARSED = (
 #: URLs taken from one submission; more is not a report but a list, and is cut here (the
 #: submission is flagged with how many there were).
 MAX_URLS = 200
-#: Distinct URLs counted in one submission for that flag; counting stops here (a 10 MB list
-#: holds at most some hundred thousand, and each costs about 20 us to read).
-MAX_COUNTED = 100_000
+#: Distinct URLs counted in one submission for that flag; past it the flag says "at least".
+#: Each costs about 20 us to read, so a 10 MB list of them costs at most ~0.4 s per text part
+#: (instead of ~2 s to count all of its ~400,000).
+MAX_COUNTED = 20_000
 
 
 @dataclass(frozen=True, slots=True)

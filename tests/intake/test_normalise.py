@@ -454,3 +454,16 @@ def test_an_html_link_that_is_no_url_is_shown_in_the_text() -> None:
     assert result.urls == []
     assert result.report_text == ("Look here, there, me top\n\nLinks that are not web "
                                   "addresses:\nhttp://hello/\nhxxp://exa\u2400mple.com/x")
+
+
+def test_past_the_counting_limit_the_flag_says_at_least() -> None:
+    """A list longer than MAX_COUNTED is counted that far, and flagged as at least so many."""
+    from gateway.store.case_view import describe
+    from intake.normalise import MAX_COUNTED, MAX_URLS
+
+    body = "\n".join(f"http://a{n}.example.com/" for n in range(MAX_COUNTED + 10))
+    result = normalise_message(mail(1, body))
+    assert len(result.urls) == MAX_URLS
+    assert result.flags == [{"flag": "urls_over_cap", "found": MAX_COUNTED, "filed": MAX_URLS,
+                             "more": True}]
+    assert describe(result.flags[0]).startswith(f"at least {MAX_COUNTED} URLs found")
