@@ -70,8 +70,11 @@ def unflow(text: str, delsp: bool) -> str:
 
 
 def clean(text: str) -> str:
-    """Text safe to store: no NULs (PostgreSQL refuses them), no lone surrogates."""
-    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace").replace("\0", "")
+    """Text safe to store: no lone surrogates, and each NUL (PostgreSQL refuses it) written as
+    U+2400, which shows where it was and, like the NUL, ends a URL (intake.urls) rather than
+    joining what was on either side of it."""
+    text = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return text.replace("\0", "\u2400") if "\0" in text else text
 
 
 _BLOCK_TAGS = frozenset(

@@ -7,8 +7,14 @@ scheme). Its repeats are possessive, so hostile input costs linear time, not bac
 Each candidate then loses trailing punctuation that ends the sentence (and a closing bracket
 that has no partner inside the URL), and a scheme-less one must have a real top-level domain
 (:data:`TOP_LEVEL_DOMAINS`) or be a dotted-quad IPv4 address followed by a port or path, so
-that ``file.txt``, ``e.g.`` and ``version 1.2.3`` are not taken for URLs. A span longer than
-:data:`MAX_URL_LENGTH` is skipped: the report keeps its raw text, extraction is best effort.
+that ``file.txt``, ``e.g.`` and ``version 1.2.3`` are not taken for URLs. Every URL, with a
+scheme or without, must then name a host a person could visit (:func:`intake.hosts.visitable`:
+under a public suffix, a special-use name or an IP literal): ``http://hello/`` stays text. A
+control character (C0 but for the line ends and tabs that separate words, DEL, C1, and U+2400,
+which stands for a NUL the text could not keep) ends a URL, and the text right after one does
+not start another, so a URL is never made of the halves around it. A span longer than
+:data:`MAX_URL_LENGTH` is not taken: :func:`scan_urls` says how long it was, for the report's
+flags.
 
 :func:`unwrap` reads the real target off redirect and link-protection wrappers
 (:data:`WRAPPERS`); Mimecast and t.co links cannot be decoded offline and stay as they are.
@@ -28,9 +34,10 @@ from dataclasses import dataclass
 from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
 from intake.canonical import canonicalize
+from intake.hosts import visitable
 
-__all__ = ["MAX_URL_LENGTH", "TOP_LEVEL_DOMAINS", "WRAPPERS", "FoundUrl", "Wrapper",
-           "extract_urls", "unwrap"]
+__all__ = ["MAX_URL_LENGTH", "TOP_LEVEL_DOMAINS", "WRAPPERS", "FoundUrl", "Scan", "Wrapper",
+           "extract_urls", "scan_urls", "unwrap"]
 
 MAX_URL_LENGTH = 32 * 1024
 _MAX_UNWRAP_DEPTH = 5
@@ -85,8 +92,13 @@ _LABEL = (r"[^\x00-\x2c./:-@\[-\^`{-\xbf\xd7\xf7\s\u2000-\u2bff\u3000-\u303f\ufe
           r"\U0001f000-\U0001faff]")
 # A run of the rest of a URL: characters that are not space, quote, angle bracket or prose
 # punctuation, or one "]" if a markdown "](" does not follow.
-_REST = (r"(?:[^\s\x00-\x1f\x7f<>\"`\]\xab\xbb\u2000-\u206f\u3000-\u303f\uff01-\uff0f"
-         r"\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65]++|\](?!\())")
+_REST = (r"(?:[^\s\x00-\x1f\x7f-\x9f<>\"`\]\xab\xbb\u2000-\u206f\u2400\u3000-\u303f"
+         r"\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65]++|\](?!\())")
+# What a scheme-less URL may not follow: a label character or URL punctuation (it would be the
+# tail of something longer), or a control character other than the whitespace that separates
+# words, U+2400 (a NUL the text could not keep) or U+FFFD (an undecodable byte): the text
+# after one is the second half of what the reporter wrote, not a URL of its own.
+_NOT_BEFORE = r"[.@/:%+=&?#~\\$\x00-\x08\x0e-\x1f\x7f-\x9f\u2400\ufffd]"
 _DOT_WORD = r"[dD][oO][tT]"
 _BRACKETED_DOT = rf"(?:\[(?:\.|{_DOT_WORD})\]|\((?:\.|{_DOT_WORD})\)|\{{(?:\.|{_DOT_WORD})\}})"
 _SPACED_DOT = rf"\x20(?:{_DOT_WORD}|{_BRACKETED_DOT})\x20"
@@ -96,7 +108,7 @@ _CANDIDATE = re.compile(
     (?P<sep>://|\[://\]|\(://\)|\{{://\}}|\[:\]//|\(:\)//|\{{:\}}//)
     (?:{_LABEL}++{_SPACED_DOT})*+{_REST}++
     |
-    (?<!{_LABEL})(?<![.@/:%+=&?#~\\$])
+    (?<!{_LABEL})(?<!{_NOT_BEFORE})
     (?P<host>{_LABEL}++(?:(?:\.|\x20?{_BRACKETED_DOT}\x20?){_LABEL}++)++)
     (?!@)
     (?P<port>:[0-9]{{1,5}}+(?![0-9]))?
@@ -120,18 +132,32 @@ _SENTENCE_END = frozenset(".,;:!?'\"*\u2026\u3002\u3001\uff0c\xbb\u201d\u2019")
 _CLOSING = {")": "(", "]": "[", "}": "{"}
 
 
+@dataclass(frozen=True, slots=True)
+class Scan:
+    """What :func:`scan_urls` found: the URLs, and the spans too long to take."""
+
+    urls: list[FoundUrl]
+    too_long: list[int]  # the length of each distinct span over MAX_URL_LENGTH, in order
+
+
 def extract_urls(text: str, *, limit: int = 500) -> list[FoundUrl]:
     """URLs in free text as people write them, in order of first appearance, one per canonical URL."""  # noqa: E501
+    return scan_urls(text, limit=limit).urls
+
+
+def scan_urls(text: str, *, limit: int = 500) -> Scan:
+    """:func:`extract_urls`, and the lengths of the URLs passed over for their length."""
     found: list[FoundUrl] = []
+    too_long: list[int] = []
     keys: set[str] = set()
     spans: set[str] = set()
     if limit <= 0:
-        return found
+        return Scan(found, too_long)
     for match in _candidates(text):
         if len(found) >= limit:
             break
         span = _trim(match[0])
-        if span in spans or len(span) > MAX_URL_LENGTH:
+        if span in spans:
             continue
         spans.add(span)
         candidate = _schemed(span) if match["scheme"] else _scheme_less(span, match)
@@ -139,17 +165,20 @@ def extract_urls(text: str, *, limit: int = 500) -> list[FoundUrl]:
             continue
         span, url = candidate
         key = canonicalize(url)
-        if key is None:
+        if key is None or not visitable(key):
+            continue
+        if len(span) > MAX_URL_LENGTH:
+            too_long.append(len(span))
             continue
         target = unwrap(url)
         target_key = canonicalize(target) if target != url else None
-        if target_key is not None:  # else no target, or one without a host: keep the wrapper
-            url, key = target, target_key
+        if target_key is not None and visitable(target_key):
+            url, key = target, target_key  # else no target, or none to visit: keep the wrapper
         if key in keys:
             continue
         keys.add(key)
         found.append(FoundUrl(text=span, url=url, canonical=key))
-    return found
+    return Scan(found, too_long)
 
 
 def _candidates(text: str) -> Iterator[re.Match[str]]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.store.text import plain_text
+from intake.hosts import visitable_host
 from intake.urls import FoundUrl, extract_urls
 
 SCHEMA = "hotline-gateway/web-report/v1"
@@ -38,20 +39,24 @@ def field_urls(text: str) -> list[FoundUrl]:
 
 
 # One web address as a browser shows it: http(s), a dotted host name whose top label is
-# alphabetic, then perhaps a path, query or fragment of printable ASCII. Extraction always finds
-# a URL in such a field (test_a_plain_address_is_a_url_as_extraction_finds_it), and this
-# pattern says so at a tenth of the cost: what the form and the API are sent, mostly.
+# alphabetic, then perhaps a path, query or fragment of printable ASCII. Extraction finds a URL
+# in such a field exactly when its host is one a person could visit
+# (test_a_plain_address_is_a_url_as_extraction_finds_it), and this pattern with that one test
+# says so at a tenth of the cost: what the form and the API are sent, mostly.
 _PLAIN_URL = re.compile(
-    r"[hH][tT][tT][pP][sS]?://(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
-    r"[A-Za-z]{2,63}(?:[/?#][!-~]*)?"
+    r"[hH][tT][tT][pP][sS]?://(?P<host>(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
+    r"[A-Za-z]{2,63})(?:[/?#][!-~]*)?"
 )
+# C0 and C1 controls and DEL: a field holding one is a URL torn apart or glued together, never
+# one to file as it reads (extraction would end the URL there and file its first half).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def holds_url(text: str) -> bool:
     """Whether ``field_urls(text)`` finds a URL in ``text`` (stripped)."""
     # Extraction passes over a span longer than it takes; a field's URL is far shorter.
-    if len(text) <= MAX_URL and _PLAIN_URL.fullmatch(text) is not None:
-        return True
+    if len(text) <= MAX_URL and (plain := _PLAIN_URL.fullmatch(text)) is not None:
+        return visitable_host(plain["host"].lower())
     return bool(field_urls(text))
 
 
@@ -114,7 +119,7 @@ def validate(urls: object, description: object = None, seen_where: object = None
             for index, url in enumerate(given):
                 if len(url) > MAX_URL or not plain_text(url):
                     errors[f"urls[{index}]"] = "too_long" if len(url) > MAX_URL else "not_url"
-                elif not holds_url(url):
+                elif _CONTROL.search(url) or not holds_url(url):
                     errors[f"urls[{index}]"] = "not_url"
     text = _text(description, "description", MAX_DESCRIPTION, errors)
     where = _text(seen_where, "seen_where", MAX_SEEN_WHERE, errors)

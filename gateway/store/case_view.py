@@ -24,9 +24,12 @@ from gateway.store.tables import (
     users,
 )
 
-#: Flags the queue shows and filters by.
+#: Flags the queue shows and filters by. The last three come from the case's reports (see
+#: report_flags): URLs over the per-report cap, a URL too long to take, a report unreadable.
 FLAGS = ("cdn", "mixed", "unknown", "unresolvable", "reappeared", "no_url", "locate_failed",
-         "pending_approval", "assigned", "referral_failed")
+         "pending_approval", "assigned", "referral_failed", "urls_over_cap", "url_too_long",
+         "parse_failed")
+_REPORT_FLAGS = FLAGS[-3:]
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -92,7 +95,31 @@ def flags(case: dict[str, Any]) -> list[str]:
         found.append("assigned")
     if any(r["status"] == "failed" for r in case.get("referrals") or []):
         found.append("referral_failed")
+    noted = {flag["flag"] for flag in case.get("report_flags") or []}
+    found.extend(name for name in _REPORT_FLAGS if name in noted)
     return found
+
+
+def describe(flag: dict[str, Any]) -> str:
+    """One line for staff saying what a report's flag means."""
+    match flag.get("flag"):
+        case "urls_over_cap":
+            at_least = "at least " if flag.get("more") else ""
+            return (f"{at_least}{flag.get('found')} URLs found in this report; only the first "
+                    f"{flag.get('filed')} were filed as cases")
+        case "url_too_long":
+            count = flag.get("count") or 1
+            more = f" ({count} such URLs, the longest shown)" if count > 1 else ""
+            return f"URL too long: {flag.get('length')} characters, not filed{more}"
+        case "parse_failed":
+            return f"the report could not be read: {flag.get('error')}"
+    return str(flag.get("flag"))
+
+
+def _report_flags(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every flag of the case's reports, each with its report's reference and a description."""
+    return [{"reference": report["reference"], **flag, "message": describe(flag)}
+            for report in reports for flag in report["flags"]]
 
 
 def _case_json(
@@ -110,6 +137,7 @@ def _case_json(
         "first_reported": iso(row.first_reported),
         "last_reported": iso(row.last_reported),
         "references": [r["reference"] for r in reports],
+        "report_flags": _report_flags(reports),
         "reappeared": row.reappeared,
         "hosting": hosting if hosting is not None else _pending_json(row),
         "assessment": assessment,
@@ -232,16 +260,16 @@ async def _reports(
     rows = await conn.execute(
         select(
             case_reports.c.case_id, submissions.c.reference, case_reports.c.reported_at,
-            case_reports.c.written_as, submissions.c.channel,
+            case_reports.c.written_as, submissions.c.channel, submissions.c.flags,
         )
         .join(submissions, submissions.c.id == case_reports.c.submission_id)
         .where(case_reports.c.case_id.in_(case_ids))
         .order_by(case_reports.c.reported_at, submissions.c.reference)
     )
-    for case_id, reference, reported_at, written_as, channel in rows:
+    for case_id, reference, reported_at, written_as, channel, flags in rows:
         by_case[case_id].append({
             "reference": reference, "reported_at": iso(reported_at),
-            "written_as": written_as, "channel": channel,
+            "written_as": written_as, "channel": channel, "flags": flags or [],
         })
     return by_case
 

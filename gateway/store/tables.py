@@ -59,6 +59,9 @@ submissions = Table(
     Column("report_text", Text, nullable=True),
     Column("attachments", JSON, nullable=True),
     Column("url_count", Integer, nullable=True),
+    # What normalising could not file, and why, for the analysts: a list of objects such as
+    # {"flag": "urls_over_cap", "found": 10000, "filed": 200} (intake.normalise says which).
+    Column("flags", JSON, nullable=True),
     Index(None, "status", "received_at"),
 )
 

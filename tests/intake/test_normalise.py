@@ -4,23 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import quopri
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from typing import Any
 
 import pytest
 import structlog
+from hypothesis import example, given
+from hypothesis import strategies as st
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.app import Gateway
 from gateway.stats import collect_stats
 from gateway.store.backend import WriteBackend, open_write_backend
 from gateway.store.case_view import get_case, list_cases
 from gateway.store.references import ReferenceAllocator
-from gateway.store.tables import submissions
+from gateway.store.tables import case_reports, submissions
 from gateway.store.writer import NewSubmission, SubmissionWriter
+from intake import hosts
 from intake.normalise import NormaliseStage, normalise_message
+from tests.conftest import Start
+from tests.console_client import StaffClient, base, ready_user
+from tests.smtp_client import deliver, queued_reference
 
 SPELLINGS = [
     "http://www.example.com/gallery/index.html",
@@ -138,7 +147,8 @@ async def test_a_worker_that_dies_mid_batch_loses_and_doubles_nothing(
 async def test_unparseable_submission_becomes_parse_failed_with_its_error(
     backend: WriteBackend, engine: AsyncEngine,
 ) -> None:
-    """A MIME bomb is marked parse_failed with the reason; stats show it; no case is made."""
+    """A MIME bomb is marked parse_failed with the reason, which stats count and its own
+    no_url case, waiting for an analyst, carries as a flag."""
     parts = "".join(f"--b\r\nContent-Type: text/plain\r\n\r\n{i}\r\n" for i in range(20_000))
     bomb = (
         "From: x@example.org\r\nTo: report@hotline.test\r\nSubject: bomb\r\n"
@@ -153,9 +163,17 @@ async def test_unparseable_submission_becomes_parse_failed_with_its_error(
         row = (await conn.execute(select(submissions.c.status, submissions.c.parse_error)
                                   .where(submissions.c.status != "parsed"))).one()
         stats = await collect_stats(engine)
-        assert [c["canonical_url"] for c in await list_cases(conn)] == ["http://example.com/ok"]
+        found = {c["kind"]: c for c in await list_cases(conn)}
     assert row.status == "parse_failed" and row.parse_error.startswith("mime:")
     assert stats["submissions_by_status"] == {"parse_failed": 1, "parsed": 1}
+    assert found["url"]["canonical_url"] == "http://example.com/ok"
+    assert found["url"]["report_flags"] == [] and "parse_failed" not in found["url"]["flags"]
+    unread = found["no_url"]
+    assert unread["status"] == "awaiting_assessment" and "parse_failed" in unread["flags"]
+    [flag] = unread["report_flags"]
+    assert flag == {"reference": unread["references"][0], "flag": "parse_failed",
+                    "error": row.parse_error,
+                    "message": f"the report could not be read: {row.parse_error}"}
 
 
 async def test_a_report_without_urls_keeps_its_text_for_the_analyst(
@@ -269,3 +287,183 @@ async def test_a_batch_is_filed_in_short_transactions_only_while_reports_arrive(
     sizes = sorted(Counter(stamps).values(), reverse=True)
     assert sizes == ([APPLY_GROUP, APPLY_GROUP, 20 - 2 * APPLY_GROUP] if busy else [20])
     assert total == 7
+
+
+async def test_a_word_after_a_scheme_stays_text_for_the_analyst(
+    backend: WriteBackend, engine: AsyncEngine,
+) -> None:
+    """``http://hello/`` in a mail files no case for it: the report is a no_url case whose text
+    keeps what was written."""
+    await store(backend, [mail(1, "look at http://hello/ and hello.zzz/x")])
+    await drain(stage(backend))
+    async with engine.connect() as conn:
+        [case] = await list_cases(conn)
+        text = (await conn.execute(select(submissions.c.report_text))).scalar_one()
+    assert case["kind"] == "no_url"
+    assert "http://hello/ and hello.zzz/x" in text
+
+
+async def test_a_nul_inside_a_url_never_joins_its_halves(
+    backend: WriteBackend, engine: AsyncEngine,
+) -> None:
+    """A NUL inside a URL's host files no URL made of its halves, nor its second half; the
+    report text shows where the NUL was (as U+2400)."""
+    body = "see http://exa\0mple.com/a and http://example.org/gal\0lery"
+    raw = mail(1, body).replace(b"charset=utf-8", b"charset=us-ascii")
+    await store(backend, [raw])
+    await drain(stage(backend))
+    async with engine.connect() as conn:
+        found = [c["canonical_url"] for c in await list_cases(conn)]
+        text = (await conn.execute(select(submissions.c.report_text))).scalar_one()
+    assert found == ["http://example.org/gal"]
+    assert "http://exa\u2400mple.com/a" in text and "gal\u2400lery" in text
+
+
+async def test_what_is_not_filed_is_a_flag_on_the_report(
+    backend: WriteBackend, engine: AsyncEngine,
+) -> None:
+    """URLs beyond the cap and a URL too long to take are recorded on the submission, and
+    every case it reports shows them."""
+    from intake.normalise import MAX_URLS
+
+    urls = "\n".join(f"http://host{n}.example.com/" for n in range(MAX_URLS + 50))
+    huge = "http://example.net/" + "a" * 40_000
+    [reference] = await store(backend, [mail(1, f"{huge}\n{urls}\n{huge}\n{huge}x")])
+    await drain(stage(backend))
+    async with engine.connect() as conn:
+        row = (await conn.execute(select(submissions.c.flags, submissions.c.url_count))).one()
+        found = await list_cases(conn)
+    assert row.url_count == MAX_URLS and len(found) == MAX_URLS
+    assert row.flags == [
+        {"flag": "urls_over_cap", "found": MAX_URLS + 50, "filed": MAX_URLS},
+        {"flag": "url_too_long", "length": len(huge) + 1, "count": 2}]
+    for case in found:
+        assert [(f["reference"], f["flag"]) for f in case["report_flags"]] == [
+            (reference, "urls_over_cap"), (reference, "url_too_long")]
+        assert {"urls_over_cap", "url_too_long"} <= set(case["flags"])
+
+
+# --- through the running gateway: SMTP in, the case view (API, CLI, console) out ------------
+
+async def reported(gw: Gateway, message: bytes) -> tuple[str, dict[str, Any]]:
+    """Deliver ``message``; its reference, and its first case as ``get_case`` shows it (what
+    the console API, ``cases show --json`` and the console page show) once it is filed."""
+    code, text = await deliver(gw.smtp.addresses[0][1], message)
+    assert code == 250, text
+    reference = queued_reference(text)
+    async with asyncio.timeout(60):
+        while True:
+            async with gw.engine.connect() as conn:
+                ids = (await conn.execute(
+                    select(case_reports.c.case_id).join(
+                        submissions, submissions.c.id == case_reports.c.submission_id)
+                    .where(submissions.c.reference == reference)
+                    .order_by(case_reports.c.id))).scalars().all()
+                if ids:
+                    case = await get_case(conn, ids[0])
+                    assert case is not None
+                    return reference, case
+            await asyncio.sleep(0.05)
+
+
+def qp_mail(tag: str, body: str, headers: str = "") -> bytes:
+    """A report whose text travels quoted-printable, so no line on the wire is long."""
+    encoded = quopri.encodestring(body.encode()).replace(b"\n", b"\r\n")
+    return (f"From: reporter@example.test\r\nTo: report@hotline.test\r\nSubject: {tag}\r\n"
+            f"Message-ID: <{tag}@example.test>\r\n{headers}MIME-Version: 1.0\r\n"
+            "Content-Type: text/plain; charset=utf-8\r\n"
+            "Content-Transfer-Encoding: quoted-printable\r\n\r\n").encode() + encoded
+
+
+async def test_a_mail_with_ten_thousand_urls_is_flagged_on_its_cases(start: Start) -> None:
+    """Of 10,000 URLs in one mail, 200 are filed, and each of their cases says that 10,000
+    were found."""
+    gw = await start()
+    body = "\n".join(f"http://host{n}.example.com/page" for n in range(10_000))
+    reference, case = await reported(gw, qp_mail("many", body))
+    assert case["kind"] == "url" and "urls_over_cap" in case["flags"]
+    assert case["report_flags"] == [{
+        "reference": reference, "flag": "urls_over_cap", "found": 10_000, "filed": 200,
+        "message": "10000 URLs found in this report; only the first 200 were filed as "
+                   "cases"}]
+    async with gw.engine.connect() as conn:
+        filed = (await conn.execute(select(func.count()).select_from(case_reports)))
+    assert filed.scalar_one() == 200
+
+
+async def test_a_url_of_100_kb_is_flagged_not_lost(start: Start) -> None:
+    """A 100 KB URL is not filed, and the report's case says so, with the URL's length."""
+    gw = await start()
+    url = "http://example.com/" + "a" * 100_000
+    reference, case = await reported(gw, qp_mail("long", f"see {url} please"))
+    assert case["kind"] == "no_url" and case["status"] == "awaiting_assessment"
+    assert case["report_flags"] == [{
+        "reference": reference, "flag": "url_too_long", "length": len(url), "count": 1,
+        "message": f"URL too long: {len(url)} characters, not filed"}]
+
+
+async def test_an_unreadable_mail_is_a_case_in_the_queue_with_the_reason(start: Start) -> None:
+    """A mail whose header block is over the MIME limit is a no_url case awaiting assessment,
+    whose flag gives the parse error, on the case page too."""
+    gw = await start()
+    filler = "".join(f"X-Filler-{n}: {'x' * 200}\r\n" for n in range(700))  # ~150 KB
+    reference, case = await reported(gw, qp_mail("headers", "see http://example.com/",
+                                                  headers=filler))
+    assert case["kind"] == "no_url" and case["status"] == "awaiting_assessment"
+    [flag] = case["report_flags"]
+    assert flag["flag"] == "parse_failed" and flag["reference"] == reference
+    assert flag["error"].startswith("mime: header block larger than")
+    async with gw.engine.connect() as conn:
+        queue = await list_cases(conn, status="awaiting_assessment")
+    assert [c["id"] for c in queue] == [case["id"]] and "parse_failed" in queue[0]["flags"]
+    user = await ready_user(gw.console.context.backend, "ana")
+    browser = StaffClient(base(gw))
+    try:
+        await browser.login(user)
+        status, page = await browser.get(f"/cases/{case['id']}")
+    finally:
+        await browser.close()
+    assert status == 200
+    assert f"{reference}: the report could not be read: mime: header block larger than" in page
+
+
+@given(st.lists(st.from_regex(r"[a-z0-9]{1,10}", fullmatch=True), max_size=3),
+       st.from_regex(r"[a-z]{1,12}", fullmatch=True).filter(
+           lambda tld: tld not in hosts.SPECIAL_USE_SUFFIXES
+           and hosts._suffix_list().publicsuffix(f"example.{tld}") is None),
+       st.sampled_from(["http://{}/", "https://{}/x?y=1", "www.{}", "{}/path", "hxxp://{}",
+                        "<a href=\"http://{}/\">here</a>"]))
+@example(["hello"], "zzz", "http://{}/")
+def test_a_host_under_no_public_suffix_never_becomes_a_case(
+    labels: list[str], tld: str, spelling: str,
+) -> None:
+    """However a mail writes a name whose top label no public suffix list holds, it files no
+    URL (the report is kept as a no_url case, with its text)."""
+    text = spelling.format(".".join([*labels, tld]))
+    raw = mail(1, f"look: {text} now").replace(b"text/plain", b"text/html")
+    assert normalise_message(raw).urls == []
+
+
+def test_an_html_link_that_is_no_url_is_shown_in_the_text() -> None:
+    """An anchor whose target is no URL files nothing, and the report's text shows the target
+    (the anchor's words alone would hide it); mailto: and in-page links are left out."""
+    body = ('<p>Look <a href="http://hello/">here</a>, <a href="hxxp://exa\0mple.com/x">there'
+            '</a>, <a href="mailto:a@example.org">me</a> <a href="#top">top</a></p>')
+    raw = mail(1, body).replace(b"text/plain", b"text/html")
+    result = normalise_message(raw)
+    assert result.urls == []
+    assert result.report_text == ("Look here, there, me top\n\nLinks that are not web "
+                                  "addresses:\nhttp://hello/\nhxxp://exa\u2400mple.com/x")
+
+
+def test_past_the_counting_limit_the_flag_says_at_least() -> None:
+    """A list longer than MAX_COUNTED is counted that far, and flagged as at least so many."""
+    from gateway.store.case_view import describe
+    from intake.normalise import MAX_COUNTED, MAX_URLS
+
+    body = "\n".join(f"http://a{n}.example.com/" for n in range(MAX_COUNTED + 10))
+    result = normalise_message(mail(1, body))
+    assert len(result.urls) == MAX_URLS
+    assert result.flags == [{"flag": "urls_over_cap", "found": MAX_COUNTED, "filed": MAX_URLS,
+                             "more": True}]
+    assert describe(result.flags[0]).startswith(f"at least {MAX_COUNTED} URLs found")

@@ -6,12 +6,12 @@ import dataclasses
 import string
 
 import pytest
-from hypothesis import example, given
+from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
-from intake import urls
+from intake import hosts, urls
 from intake.canonical import canonicalize
-from intake.urls import MAX_URL_LENGTH, FoundUrl, extract_urls, unwrap
+from intake.urls import MAX_URL_LENGTH, FoundUrl, extract_urls, scan_urls, unwrap
 from tests.intake.url_cases import (
     EXTRACT,
     NOT_UNWRAPPED,
@@ -92,15 +92,76 @@ def test_urls_come_in_order_of_first_appearance_up_to_the_limit() -> None:
 
 
 def test_a_dot_spelt_out_counts_only_when_it_ends_in_a_real_domain() -> None:
-    """`` dot `` after a scheme joins labels only if the last one is a top-level domain."""
-    assert as_tuples(extract_urls("see hxxp://site dot the page")) == [
-        ("hxxp://site", "http://site", "http://site/")]
+    """`` dot `` after a scheme joins labels only if the last one is a top-level domain (and
+    what comes before the first `` dot ``, one label, is no host anyone could visit)."""
+    assert extract_urls("see hxxp://site dot the page") == []
+    assert as_tuples(extract_urls("see hxxp://site dot example dot com please")) == [
+        ("hxxp://site dot example dot com", "http://site.example.com", "http://site.example.com/")]
 
 
 def test_overlong_spans_are_skipped() -> None:
     """A span longer than MAX_URL_LENGTH is not taken for a URL; the next one still is."""
     text = f"http://example.com/{'a' * MAX_URL_LENGTH} http://example.org/"
     assert [url.canonical for url in extract_urls(text)] == ["http://example.org/"]
+
+
+def test_overlong_urls_are_counted_with_their_length() -> None:
+    """The scan says how long each URL passed over was (once per distinct span), and counts
+    none for an over-long span that is no URL anyone could visit."""
+    long_url = f"http://example.com/{'a' * 100_000}"
+    text = f"{long_url} {long_url} http://hello/{'b' * 40_000} http://example.org/"
+    scan = scan_urls(text)
+    assert [url.canonical for url in scan.urls] == ["http://example.org/"]
+    assert scan.too_long == [len(long_url)]
+
+
+def test_a_wrapped_target_nobody_could_visit_keeps_the_wrapper() -> None:
+    """A safelink to ``http://hello/`` is reported as the safelink: its target is no URL."""
+    [found] = extract_urls(f"see {outlook('http://hello/')} now")
+    assert found.url == outlook("http://hello/")
+    assert found.canonical == canonicalize(outlook("http://hello/"))
+
+
+def unlisted(tld: str) -> bool:
+    """True if `tld` is under no public suffix and not a special-use name."""
+    return (tld not in hosts.SPECIAL_USE_SUFFIXES
+            and hosts._suffix_list().publicsuffix(f"example.{tld}") is None)
+
+
+UNLISTED_TLD = st.from_regex(r"[a-z]{1,12}", fullmatch=True).filter(unlisted)
+
+
+def unvisitable_spellings(labels: list[str], tld: str, path: str) -> list[str]:
+    host = ".".join([*labels, tld])
+    return [f"http://{host}/{path}", f"HTTPS://{host.upper()}",
+            f"hxxp://{host.replace('.', '[.]')}", f"www.{host}/{path}", f"{host}/{path}",
+            f"{host}:8080", tld, f"http://{tld}/{path}"]
+
+
+@given(PROSE, st.lists(st.one_of(LABEL, HYPHENATED), max_size=3), UNLISTED_TLD, SEGMENT, PROSE)
+@example("", ["hello"], "zzz", "x", "")
+def test_a_host_under_no_public_suffix_never_becomes_a_url(
+    before: str, labels: list[str], tld: str, path: str, after: str,
+) -> None:
+    """However it is written, a name whose top label no public suffix list holds is no URL."""
+    for spelling in unvisitable_spellings(labels, tld, path):
+        for found in extract_urls(f"{before} {spelling} {after}"):
+            host = found.canonical.partition("://")[2].partition("/")[0].partition(":")[0]
+            assert host.rpartition(".")[2] != tld, (spelling, found)
+
+
+CONTROLS = [chr(c) for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)]
+            if chr(c) not in "\t\n\v\f\r"] + ["\u2400"]
+
+
+@pytest.mark.parametrize("control", CONTROLS, ids=lambda c: f"U+{ord(c):04X}")
+def test_a_control_character_never_joins_the_halves_of_a_url(control: str) -> None:
+    """A control character (or U+2400 for a NUL) inside a host leaves no URL, and inside a path
+    ends the URL there: the halves are never joined, the second never taken on its own."""
+    assert extract_urls(f"see http://exa{control}mple.com/x") == []
+    assert extract_urls(f"see www.exa{control}mple.com/x") == []
+    assert as_tuples(extract_urls(f"see http://example.com/a{control}b/example.org/")) == [
+        ("http://example.com/a", "http://example.com/a", "http://example.com/a")]
 
 
 def test_found_urls_are_immutable() -> None:
@@ -163,6 +224,7 @@ def test_a_url_in_prose_is_found_with_its_key(
 ) -> None:
     """A URL built from generated parts, with spaces around it in random prose, is found."""
     host = ".".join([*labels, tld])
+    assume(hosts.visitable_host(host.lower()))  # not a public suffix itself, as com.co is
     path = "/".join(segments)
     written = f"{scheme}{host}/{path}" if path else f"{scheme}{host}"
     text = f"{before} {written}{end} {after}"

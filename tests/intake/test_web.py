@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from gateway.app import Gateway
 from gateway.store.case_view import list_cases
 from gateway.store.tables import submissions
-from intake import webreport
+from intake import hosts, webreport
 from intake.openapi import openapi_document
 from intake.web import wkd_hash
 from outbound.gpg import Gpg
@@ -341,14 +341,29 @@ async def test_over_tls_the_form_asks_for_https_from_then_on(
 @given(st.from_regex(webreport._PLAIN_URL, fullmatch=True))
 @example("http://xn--zz.example/")
 @example("HTTPS://a-b.example.test/x.")
-@example("http://a.bc/%zz?<script>#frag")
+@example("http://a.be/%zz?<script>#frag")
 @example("https://nam12.safelinks.protection.outlook.com/?url=nothing")
 @example("http://www.google.com/url?q=")
 @example("http://" + "a" * 63 + "." + "b" * 63 + ".example/" + "c" * 1800)
+@example("http://hello.zzz")
+@example("http://co.uk/")
+@example("https://router.home.arpa/x")
 def test_a_plain_address_is_a_url_as_extraction_finds_it(text: str) -> None:
-    """Validation's shortcut accepts only what extraction also finds a URL in."""
-    assert webreport.field_urls(text)
-    assert webreport.holds_url(text)
+    """Validation's shortcut says yes for a plain address exactly when extraction finds a URL
+    in it: when its host is one a person could visit."""
+    assert webreport.holds_url(text) is bool(webreport.field_urls(text))
+
+
+# Labels starting with "x": none of them, followed by these, is a public suffix (as ac.be is).
+@given(st.from_regex(r"https?://(?:x[a-z0-9]{0,9}\.){1,3}", fullmatch=True),
+       st.sampled_from(["com", "nl", "be", "co.uk", "com.au", "xn--p1ai", "onion", "example",
+                        "test", "invalid", "github.io", "app"]),
+       st.from_regex(r"(?:/[!-~]{0,20})?", fullmatch=True))
+def test_a_plain_address_under_a_public_suffix_holds_a_url(
+    start: str, suffix: str, rest: str,
+) -> None:
+    """A plain address whose host is a name under a public suffix or special-use name does."""
+    assert webreport.holds_url(start + suffix + rest)
 
 
 @given(st.one_of(st.text(max_size=80),
@@ -359,3 +374,40 @@ def test_a_plain_address_is_a_url_as_extraction_finds_it(text: str) -> None:
 def test_holds_url_answers_as_extraction_does(text: str) -> None:
     """Whatever the text, the answer is extraction's: the shortcut never says yes for it."""
     assert webreport.holds_url(text) is bool(webreport.field_urls(text))
+
+
+NOT_URLS = ["hello", "zzz", "a&b'c", "http://hello/", "http://hello.zzz", "https://co.uk/x",
+            "http://localhost:8080/", "http://exa\x01mple.com/", "http://example.com/a\x7fb",
+            "http://example.com/\x85x", "http://exa\nmple.com/"]
+
+
+async def test_words_are_a_field_error_on_the_api_and_the_form(start: Start) -> None:
+    """A word, a name under no public suffix, or a URL with a control character in it is a
+    422 not_url on the API and the form, and nothing is stored."""
+    gw = await start(http={"listen": ["127.0.0.1:0"], "reports_per_minute": 1000})
+    for text in NOT_URLS:
+        status, _, body = await post(gw, "/api/v1/reports", json_body={"urls": [text]})
+        assert status == 422 and json.loads(body)["fields"] == {"urls[0]": "not_url"}, text
+    form = {"form_id": "f-3", "lang": "en", "seen_where": "", "description": "", "email": "",
+            "website": ""}
+    for text in ("hello", "zzz", "a&b'c", "http://hello/"):
+        status, _, page = await post(gw, "/report", data={**form, "urls": text})
+        assert status == 422 and "This does not look like a web address." in page, text
+    assert await stored(gw) == 0
+
+
+@given(st.lists(st.from_regex(r"[a-z0-9]{1,10}", fullmatch=True), max_size=3),
+       st.from_regex(r"[a-z]{1,12}", fullmatch=True).filter(
+           lambda tld: tld not in hosts.SPECIAL_USE_SUFFIXES
+           and hosts._suffix_list().publicsuffix(f"example.{tld}") is None),
+       st.sampled_from(["http://{}/", "https://{}/x?y=1", "{}", "www.{}", "{}/path",
+                        "hxxp://{}", "{}:8080"]))
+@example(["hello"], "zzz", "{}")
+def test_a_host_under_no_public_suffix_never_passes_validation(
+    labels: list[str], tld: str, spelling: str,
+) -> None:
+    """However it is written, a name whose top label no public suffix list holds is not_url."""
+    text = spelling.format(".".join([*labels, tld]))
+    with pytest.raises(webreport.Invalid) as raised:
+        webreport.validate([text])
+    assert raised.value.fields == {"urls[0]": "not_url"}

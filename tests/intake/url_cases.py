@@ -384,9 +384,11 @@ EXTRACT: list[ExtractCase] = [
     ("bücher.example.com/buch", [
         ("bücher.example.com/buch", "http://bücher.example.com/buch",
          "http://xn--bcher-kva.example.com/buch")]),
-    ("http://пример.испытание/путь", [
-        ("http://пример.испытание/путь", "http://пример.испытание/путь",
-         "http://xn--e1afmkfd.xn--80akhbyknj4f/%D0%BF%D1%83%D1%82%D1%8C")]),
+    # Was "пример.испытание": IANA's IDN test TLD, withdrawn from the root in 2013 and in no
+    # public suffix list, so no longer a host anyone could visit (it is in NOT_URLS now).
+    ("http://пример.рф/путь", [
+        ("http://пример.рф/путь", "http://пример.рф/путь",
+         "http://xn--e1afmkfd.xn--p1ai/%D0%BF%D1%83%D1%82%D1%8C")]),
     ("заглушка-для-теста.рф", [
         ("заглушка-для-теста.рф", "http://заглушка-для-теста.рф",
          "http://xn-----6kcacojjl6ake4fmcg9frg.xn--p1ai/")]),
@@ -455,6 +457,33 @@ EXTRACT: list[ExtractCase] = [
         (proofpoint_v2(TARGET), TARGET, "https://example.com/a/b?c=1&d=two")]),
     ("https://t.co/AbCdEf1234", [
         ("https://t.co/AbCdEf1234", "https://t.co/AbCdEf1234", "https://t.co/AbCdEf1234")]),
+    # Hosts a person could visit besides names under a public suffix: special-use names people
+    # report or test with, IP literals, and private-section suffixes (sites themselves).
+    ("http://abcdefghijklmnop.onion/x and hxxp://abc[.]onion", [
+        ("http://abcdefghijklmnop.onion/x", "http://abcdefghijklmnop.onion/x",
+         "http://abcdefghijklmnop.onion/x"),
+        ("hxxp://abc[.]onion", "http://abc.onion", "http://abc.onion/")]),
+    ("http://site.example/ https://a.b.invalid/x www.example.test", [
+        ("http://site.example/", "http://site.example/", "http://site.example/"),
+        ("https://a.b.invalid/x", "https://a.b.invalid/x", "https://a.b.invalid/x"),
+        ("www.example.test", "http://www.example.test", "http://www.example.test/")]),
+    ("http://[2001:db8::7]:8080/x", [
+        ("http://[2001:db8::7]:8080/x", "http://[2001:db8::7]:8080/x",
+         "http://[2001:db8::7]:8080/x")]),
+    ("https://github.io/ and https://someone.github.io/page", [
+        ("https://github.io/", "https://github.io/", "https://github.io/"),
+        ("https://someone.github.io/page", "https://someone.github.io/page",
+         "https://someone.github.io/page")]),
+    ("https://www.example.com.au/x", [
+        ("https://www.example.com.au/x", "https://www.example.com.au/x",
+         "https://www.example.com.au/x")]),
+    # A control character ends a URL; what follows it is not a URL of its own.
+    ("http://example.com/a\x01b and http://example.com/c\x85d", [
+        ("http://example.com/a", "http://example.com/a", "http://example.com/a"),
+        ("http://example.com/c", "http://example.com/c", "http://example.com/c")]),
+    ("see http://example.com/gallery\u2400/more", [
+        ("http://example.com/gallery", "http://example.com/gallery",
+         "http://example.com/gallery")]),
 ]
 
 #: Text with nothing in it that should be taken for a URL.
@@ -480,4 +509,41 @@ NOT_URLS: list[str] = [
     "the end.Next sentence",
     "ftp.file",
     "a/b.com",
+    # Words and names under no public suffix: not hosts anyone could visit.
+    "hello",
+    "zzz",
+    "a&b'c",
+    "http://hello/",
+    "http://hello.zzz/",
+    "https://hello.zzz",
+    "hxxp://site dot the page",
+    "http://пример.испытание/путь",
+    "www.example.zzz",
+    # A public suffix alone is not a host.
+    "http://com/",
+    "http://co.uk/x",
+    "https://com.au",
+    # Loopback by definition (RFC 6761 6.3), and the reporter's own network.
+    "http://localhost/",
+    "localhost:8080/x",
+    "http://cam.localhost/",
+    "http://printer.local/",
+    "http://router.home.arpa/",
+    # Not an IPv4 address, and no name either.
+    "http://192.0.2.256/",
+    "http://4294967296/",
+    # A control or a forbidden character in the host (escaped or not) breaks it.
+    "http://exa%00mple.com/",
+    "http://exa%0Ample.com/",
+    "http://exa%C2%85mple.com/",
+    "http://exa%20mple.com/",
+    "http://exa^mple.com/",
+    # A NUL (written U+2400 by the MIME reader) or a control ends the URL before the host is
+    # complete, and the text after it is not a URL of its own.
+    "http://exa\u2400mple.com/",
+    "http://exa\x00mple.com/",
+    "http://exa\x01mple.com/",
+    "http://exa\x7fmple.com/",
+    "http://exa\x9bmple.com/",
+    "http://exa\ufffdmple.com/",
 ]
