@@ -14,7 +14,7 @@ import secrets
 import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any, Protocol
@@ -27,8 +27,9 @@ from gateway.config import HttpConfig
 from gateway.listeners import HttpListener
 from gateway.store.writer import NewSubmission, Receipt, WriterClosed
 from intake import i18n
+from intake.idempotency import IDEMPOTENCY_KEY, MAX_KEY, KeyMemory, valid_idempotency_key
 from intake.openapi import openapi_document
-from intake.webreport import Invalid, WebReport, validate
+from intake.webreport import Invalid, validate
 
 log = structlog.get_logger("intake.web")
 
@@ -92,6 +93,7 @@ class Intake:
     templates: jinja2.Environment
     static: dict[str, bytes]
     wkd: dict[str, bytes]  # WKD hash -> binary key, for the intake addresses
+    keys: KeyMemory = field(default_factory=KeyMemory)
 
     def client(self, request: web.Request) -> str:
         """The client's address; X-Forwarded-For only when the peer is a trusted proxy.
@@ -197,12 +199,10 @@ async def _read_limited(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _store(intake: Intake, request: web.Request, report: WebReport, channel: str,
-                 message_id: str | None) -> Receipt:
-    raw = report.to_bytes()
+async def _store(intake: Intake, request: web.Request, raw: bytes, digest: str, channel: str,
+                 message_id: str) -> Receipt:
     return await intake.writer.submit(NewSubmission(
-        channel=channel, received_at=datetime.now(UTC), raw=raw,
-        body_sha256=hashlib.sha256(raw).hexdigest(),
+        channel=channel, received_at=datetime.now(UTC), raw=raw, body_sha256=digest,
         peer_ip=intake.client(request) if intake.keep_peer_ip else None,
         message_id=message_id))
 
@@ -243,7 +243,8 @@ async def submit_form(request: web.Request) -> web.StreamResponse:
         return intake.render("form.html", language, code=422, form_id=form_id, values=values,
                              errors=_form_errors(exc.fields))
     try:
-        receipt = await _store(intake, request, report, "web",
+        raw = report.to_bytes()
+        receipt = await _store(intake, request, raw, hashlib.sha256(raw).hexdigest(), "web",
                                f"form:{form_id[:64]}")
     except WriterClosed:
         return intake.render("error.html", language, code=503, message="unavailable")
@@ -288,7 +289,11 @@ async def api_report(request: web.Request) -> web.Response:
         response.headers["Retry-After"] = "60"
         return response
     if request.content_type != "application/json":
-        return _api_error(400, "send JSON (Content-Type: application/json)")
+        return _api_error(415, "send JSON (Content-Type: application/json)")
+    key = request.headers.get(IDEMPOTENCY_KEY)
+    if key is not None and not valid_idempotency_key(key):
+        return _api_error(400, f"{IDEMPOTENCY_KEY} is 1 to {MAX_KEY} visible ASCII characters",
+                          {IDEMPOTENCY_KEY: "not_a_key"})
     body = await _read_limited(request, intake.max_body_bytes)
     try:
         document = json.loads(body)
@@ -319,13 +324,23 @@ async def api_report(request: web.Request) -> web.Response:
                           language=language, blank_urls=False)
     except Invalid as exc:
         return _api_error(422, "invalid report", exc.fields)
-    key = request.headers.get("Idempotency-Key")
-    if key is not None and not (0 < len(key) <= 128 and key.isprintable()):
-        return _api_error(400, "Idempotency-Key is printable text of at most 128 characters")
+    raw = report.to_bytes()
+    digest = hashlib.sha256(raw).hexdigest()
+    if key is None:
+        # Without a key every POST is a report of its own, even one whose body another
+        # client also sent: a message id of its own keeps the writer from folding them.
+        message_id = f"api-post:{secrets.token_hex(16)}"
+    else:
+        claim = intake.keys.claim(key, digest)
+        if claim == "reused":
+            return _api_error(422, f"this {IDEMPOTENCY_KEY} was used for another report",
+                              {IDEMPOTENCY_KEY: "key_reused"})
+        message_id = f"api:{key}"  # a retry of the same body gets the first reference
     try:
-        receipt = await _store(intake, request, report, "api",
-                               f"api:{key}" if key is not None else None)
+        receipt = await _store(intake, request, raw, digest, "api", message_id)
     except Exception as exc:
+        if key is not None and claim == "new":
+            intake.keys.release(key, digest)
         log.error("web.store_failed", error_type=type(exc).__name__)
         response = _api_error(503, "the report could not be stored; try again later")
         response.headers["Retry-After"] = "60"
