@@ -29,6 +29,7 @@ from gateway.store.writer import NewSubmission, Receipt, WriterClosed
 from intake import i18n
 from intake.idempotency import IDEMPOTENCY_KEY, MAX_KEY, KeyMemory, valid_idempotency_key
 from intake.openapi import openapi_document
+from intake.origin import cross_site, own_origin
 from intake.webreport import Invalid, validate
 
 log = structlog.get_logger("intake.web")
@@ -93,6 +94,7 @@ class Intake:
     templates: jinja2.Environment
     static: dict[str, bytes]
     wkd: dict[str, bytes]  # WKD hash -> binary key, for the intake addresses
+    public_origin: str | None = None
     keys: KeyMemory = field(default_factory=KeyMemory)
 
     def client(self, request: web.Request) -> str:
@@ -217,6 +219,11 @@ async def form(request: web.Request) -> web.Response:
 async def submit_form(request: web.Request) -> web.StreamResponse:
     intake = request.app[INTAKE]
     language = _language(request)
+    own = own_origin(request.headers, peer=request.remote, tls=intake.tls,
+                     public_origin=intake.public_origin, trusted_proxies=intake.trusted_proxies)
+    if cross_site(request.headers, own):
+        log.info("web.cross_site_refused")
+        return intake.render("error.html", language, code=403, message="cross_site")
     try:
         fields = _parse_form(await _read_limited(request, intake.max_body_bytes))
     except ValueError:
@@ -434,4 +441,5 @@ def make_intake(config: HttpConfig, writer: Submitter, *, keep_peer_ip: bool,
     return Intake(writer=writer, limiter=RateLimiter(config.reports_per_minute),
                   trusted_proxies=list(config.trusted_proxies), keep_peer_ip=keep_peer_ip,
                   tls=config.tls_cert is not None, max_body_bytes=config.max_body_bytes,
-                  templates=templates, static=static, wkd=wkd or {})
+                  templates=templates, static=static, wkd=wkd or {},
+                  public_origin=config.public_origin)
