@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import re
 import secrets
 import time
 from collections import OrderedDict, defaultdict
@@ -28,9 +29,9 @@ from gateway.listeners import HttpListener
 from gateway.store.writer import NewSubmission, Receipt, WriterClosed
 from intake import i18n
 from intake.idempotency import IDEMPOTENCY_KEY, MAX_KEY, KeyMemory, valid_idempotency_key
-from intake.openapi import openapi_document
+from intake.openapi import EMAIL_PATTERN, openapi_document
 from intake.origin import cross_site, own_origin
-from intake.webreport import Invalid, validate
+from intake.webreport import MAX_URL, Invalid, validate
 
 log = structlog.get_logger("intake.web")
 
@@ -139,6 +140,8 @@ class Intake:
 
 
 INTAKE = web.AppKey("intake", Intake)
+_API_EMAIL = re.compile(EMAIL_PATTERN)
+REPORT_MEMBERS = frozenset({"urls", "description", "seen_where", "reporter", "language"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -308,29 +311,33 @@ async def api_report(request: web.Request) -> web.Response:
         return _api_error(400, "the body is not valid JSON")
     if not isinstance(document, dict):
         return _api_error(400, "the body is a JSON object")
-    unknown = sorted(set(document) - {"urls", "description", "seen_where", "reporter",
-                                      "language"})
+    problems = {key: "unknown_field" for key in sorted(set(document) - REPORT_MEMBERS)}
     reporter = document.get("reporter")
     if reporter is not None and not (isinstance(reporter, dict)
                                      and set(reporter) <= {"email", "consent"}):
-        return _api_error(422, "invalid report", {"reporter": "an object with email and "
-                                                              "consent"})
+        problems["reporter"] = "not_an_object"
     email = reporter.get("email") if isinstance(reporter, dict) else None
     # By the API, giving an address is consent to be contacted unless it says otherwise.
     consent = reporter.get("consent", True) if isinstance(reporter, dict) else False
+    if not isinstance(consent, bool):
+        problems["consent"] = "not_boolean"
+    if isinstance(email, str) and _API_EMAIL.fullmatch(email) is None:
+        problems["email"] = "not_email"  # as the document's pattern says, blank included
     given = document.get("language")
     language = given if isinstance(given, str) and given in i18n.LANGUAGES else "en"
+    if given is not None and language != given:  # null is "not said", as for the texts
+        problems["language"] = "not_a_language"
+    urls = document.get("urls")
+    if isinstance(urls, list):  # the schema's maxLength counts the spaces validation strips
+        problems.update({f"urls[{index}]": "too_long" for index, url in enumerate(urls)
+                         if isinstance(url, str) and len(url) > MAX_URL})
     try:
-        problems = {key: "unknown_field" for key in unknown}
-        if given is not None and language != given:
-            problems["language"] = "not_a_language"
-        if problems:
-            raise Invalid(problems)
-        report = validate(document.get("urls"), document.get("description"),
-                          document.get("seen_where"), email, consent=consent is True,
-                          language=language, blank_urls=False)
+        report = validate(urls, document.get("description"), document.get("seen_where"),
+                          email, consent=consent is True, language=language, blank_urls=False)
     except Invalid as exc:
-        return _api_error(422, "invalid report", exc.fields)
+        problems = {**exc.fields, **problems}
+    if problems:
+        return _api_error(422, "invalid report", problems)
     raw = report.to_bytes()
     digest = hashlib.sha256(raw).hexdigest()
     if key is None:

@@ -85,6 +85,12 @@ async def test_api_errors_store_nothing(start: Start) -> None:
          422, {"consent"}),
         ({"urls": ["example.test/x"], "colour": "red"}, 422, {"colour"}),
         ({"urls": ["example.test/x"], "description": "\ud800"}, 422, {"description"}),
+        ({"urls": ["example.test/x"], "reporter": {"consent": "yes"}}, 422, {"consent"}),
+        ({"urls": ["example.test/x"], "reporter": {"email": ""}}, 422, {"email"}),
+        ({"urls": ["example.test/x"], "reporter": 5}, 422, {"reporter"}),
+        ({"urls": ["  example.test/" + "a" * 2035]}, 422, {"urls[0]"}),
+        ({"urls": ["example.test/x"], "language": "xx", "colour": 1}, 422,
+         {"language", "colour"}),
         ([1, 2], 400, set()),
     ]
     for body, code, fields in cases:
@@ -111,6 +117,16 @@ async def test_api_errors_store_nothing(start: Start) -> None:
                               headers={"Content-Type": "application/json"})
     assert status == 413
     assert await stored(gw) == 0
+
+
+async def test_null_means_not_given_for_every_optional_member(start: Start) -> None:
+    """As the document says: null language, texts and reporter are accepted as absent."""
+    gw = await start()
+    status, _, text = await post(gw, "/api/v1/reports", json_body={
+        "urls": ["example.test/n"], "language": None, "description": None,
+        "seen_where": None, "reporter": {"email": None}})
+    assert status == 201, text
+    assert await stored(gw) == 1
 
 
 async def test_the_same_idempotency_key_stores_once(start: Start) -> None:
@@ -276,7 +292,7 @@ async def test_the_openapi_document_describes_the_handler(start: Start) -> None:
     validate_openapi(served)  # the whole document, against the OpenAPI 3.1 schema
     jsonschema.Draft202012Validator.check_schema(served["components"]["schemas"]["Report"])
     assert set(served["paths"]["/api/v1/reports"]["post"]["responses"]) == {
-        "201", "400", "413", "422", "429", "503"}
+        "201", "400", "413", "415", "422", "429", "503"}
 
 
 REPORT = openapi_document()["components"]["schemas"]["Report"]
