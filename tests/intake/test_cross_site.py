@@ -132,6 +132,15 @@ def test_whatever_the_headers_say_the_decision_is_made(
                      trusted_proxies=[ipaddress.ip_network("127.0.0.0/8")])
     decision = cross_site(headers, own)
     assert isinstance(decision, bool)
-    if own is not None and "Sec-Fetch-Site" not in headers:
+    if own is not None:
         assert cross_site({"Origin": own}, own) is False
-    assert serialise("HTTPS", "A.test:443") == "https://a.test"
+
+
+@pytest.mark.parametrize(("scheme", "authority", "expected"), [
+    ("HTTPS", "A.test:443", "https://a.test"), ("http", "a.test:443", "http://a.test:443"),
+    ("http", "[::1]:80", "http://[::1]"), ("http", "[::1]", "http://[::1]")])
+def test_origins_are_compared_as_browsers_serialise_them(
+    scheme: str, authority: str, expected: str
+) -> None:
+    """Lowercase, and the scheme's default port left out (RFC 6454 section 6.1)."""
+    assert serialise(scheme, authority) == expected
