@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -139,3 +140,28 @@ def test_whatever_bytes_arrive_the_listener_answers_and_keeps_serving(
             assert status == 200
 
     asyncio.run(check())
+
+
+async def test_over_tls_the_gateways_400_asks_for_https_too(
+    start: Start, tmp_path: Path
+) -> None:
+    """A request refused by the parser on an HTTPS listener still gets
+    Strict-Transport-Security."""
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
+        str(tmp_path / "web.pem"))
+    gw = await start(http={"listen": ["127.0.0.1:0"], "tls_cert": str(tmp_path / "web.pem"),
+                           "tls_key": str(tmp_path / "web.pem")})
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    reader, writer = await asyncio.open_connection(*gw.public.addresses[0], ssl=context)
+    writer.write(MALFORMED["nul_in_header"])
+    answer = await reader.read()
+    writer.close()
+    head = answer.partition(b"\r\n\r\n")[0].decode("latin-1").lower()
+    assert head.startswith("http/1.0 400") or head.startswith("http/1.1 400"), head
+    assert "strict-transport-security: max-age=" in head
