@@ -303,15 +303,19 @@ BODIES = st.fixed_dictionaries(
     optional={"description": st.one_of(st.text(max_size=30), st.none(), st.integers()),
               "seen_where": st.one_of(st.text(max_size=30), st.none()),
               "reporter": st.one_of(st.none(), st.fixed_dictionaries(
-                  {}, optional={"email": st.sampled_from(["a@b.test", "bad", None]),
-                                "consent": st.booleans()})),
-              "language": st.sampled_from(["nl", "fr", "xx"]),
+                  {}, optional={"email": st.sampled_from(["a@b.test", "bad", None, "",
+                                                          " a@b.test"]),
+                                "consent": st.one_of(st.booleans(), st.just("yes"))})),
+              "language": st.sampled_from(["nl", "fr", "xx", None]),
               "extra": st.integers()})
 
 
 @settings(max_examples=25, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(bodies=st.lists(BODIES, min_size=1, max_size=8))
+@example(bodies=[{"urls": ["example.test/a"], "language": None},
+                 {"urls": ["example.test/a"], "reporter": {"consent": "yes"}},
+                 {"urls": ["example.test/a"], "reporter": {"email": ""}}])
 def test_the_handler_agrees_with_the_schema(
     bodies: list[dict[str, Any]], make_config: Any, tmp_path: Path
 ) -> None:
