@@ -8,6 +8,7 @@ client bug, refused with 422 as the draft says; that is remembered here, in boun
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from collections import OrderedDict
@@ -27,6 +28,10 @@ def valid_idempotency_key(value: str) -> bool:
     return _KEY.fullmatch(value) is not None
 
 
+def _digest(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8", "surrogateescape"), digest_size=16).digest()
+
+
 class KeyMemory:
     """Which body each recent key was used with, so that a reused key is noticed."""
 
@@ -35,28 +40,32 @@ class KeyMemory:
         self._ttl = ttl
         self._max = max_keys
         self._clock = clock
-        self._bodies: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        # Keys and bodies as 16-byte digests: a full table is a few megabytes whatever
+        # clients send as keys.
+        self._bodies: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()
 
     def claim(self, key: str, body_sha256: str) -> Literal["new", "again", "reused"]:
         """Record ``key`` for this body: ``new``, ``again`` (the same body), or ``reused``
         (it was used for another body, and stays with that one)."""
+        key_id, body = _digest(key), _digest(body_sha256)
         now = self._clock()
         while self._bodies:  # forget what has expired (the oldest use comes first)
             oldest, (_, used) = next(iter(self._bodies.items()))
             if now - used < self._ttl:
                 break
             del self._bodies[oldest]
-        known = self._bodies.pop(key, None)
-        if known is not None and known[0] != body_sha256:
-            self._bodies[key] = known
-            return "reused"
-        self._bodies[key] = (body_sha256, now)
+        known = self._bodies.get(key_id)
+        if known is not None and known[0] != body:
+            return "reused"  # (a refusal is no use: the key keeps its place and its time)
+        self._bodies.pop(key_id, None)
+        self._bodies[key_id] = (body, now)  # the most recently used last
         while len(self._bodies) > self._max:
             self._bodies.popitem(last=False)
         return "new" if known is None else "again"
 
     def release(self, key: str, body_sha256: str) -> None:
         """Forget a ``new`` key whose report was not stored (the client may send another)."""
-        known = self._bodies.get(key)
-        if known is not None and known[0] == body_sha256:
-            del self._bodies[key]
+        key_id = _digest(key)
+        known = self._bodies.get(key_id)
+        if known is not None and known[0] == _digest(body_sha256):
+            del self._bodies[key_id]

@@ -22,8 +22,12 @@ def test_a_key_stays_with_its_first_body_until_it_expires() -> None:
     assert keys.claim("k", "a") == "new"
     assert keys.claim("k", "a") == "again"
     assert keys.claim("k", "b") == "reused"
-    now[0] = 150.0
+    now[0] = 50.0
+    assert keys.claim("other", "c") == "new"
+    assert keys.claim("k", "b") == "reused"  # a refused reuse does not extend the key's time
+    now[0] = 120.0
     assert keys.claim("k", "b") == "new"
+    assert keys.claim("other", "d") == "reused"
 
 
 def test_a_key_whose_report_was_not_stored_is_forgotten() -> None:
