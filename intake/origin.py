@@ -12,7 +12,7 @@ are accepted: they cannot be forged by a third party's page.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 DEFAULT_PORTS = {"http": "80", "https": "443"}
 
@@ -57,8 +57,9 @@ def own_origin(headers: Mapping[str, str], *, peer: str | None, tls: bool,
     return serialise(scheme, host) if host else None
 
 
-def cross_site(headers: Mapping[str, str], own: str | None) -> bool:
-    """Whether a browser sent this post from another site's page."""
+def cross_site(headers: Mapping[str, str], own: Callable[[], str | None]) -> bool:
+    """Whether a browser sent this post from another site's page (``own()`` gives our origin,
+    asked only when the answer depends on it)."""
     site = headers.get("Sec-Fetch-Site")
     if site is not None:
         return site.strip().lower() == "cross-site"
@@ -66,5 +67,6 @@ def cross_site(headers: Mapping[str, str], own: str | None) -> bool:
     if origin is None:
         return False
     scheme, separator, authority = origin.partition("://")
+    ours = own()
     # "null" (a sandboxed or opaque origin) and anything unreadable is not ours either.
-    return not separator or own is None or serialise(scheme, authority) != own
+    return not separator or ours is None or serialise(scheme, authority) != ours

@@ -92,9 +92,9 @@ async def form(request: web.Request) -> web.Response:
 async def submit_form(request: web.Request) -> web.StreamResponse:
     intake = request.app[INTAKE]
     language = _language(request)
-    own = own_origin(request.headers, peer=request.remote, tls=intake.tls,
-                     public_origin=intake.public_origin, trusted_proxies=intake.trusted_proxies)
-    if cross_site(request.headers, own):
+    if cross_site(request.headers, lambda: own_origin(
+            request.headers, peer=request.remote, tls=intake.tls,
+            public_origin=intake.public_origin, trusted_proxies=intake.trusted_proxies)):
         log.info("web.cross_site_refused")
         return intake.render("error.html", language, code=403, message="cross_site")
     try:
