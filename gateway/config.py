@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -173,6 +174,29 @@ def _database_url(value: str, info: ValidationInfo) -> str:
 
 Duration = Annotated[float, BeforeValidator(_parse_duration), Field(ge=0)]
 PositiveDuration = Annotated[float, BeforeValidator(_parse_duration), Field(gt=0)]
+def _origin(value: object) -> str | None:
+    """An RFC 6454 origin as browsers serialise it: scheme://host[:port], lowercase, no
+    default port, nothing after it."""
+    if value == "" or value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError("an origin is a string such as 'https://report.hotline.test'")
+    parts = urllib.parse.urlsplit(value.strip())
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"{value!r} has a bad port") from exc
+    if (parts.scheme not in ("http", "https") or not parts.hostname or parts.username
+            or parts.password or parts.path not in ("", "/") or parts.query or parts.fragment):
+        raise ValueError(f"{value!r} is not an origin such as 'https://report.hotline.test'")
+    host = parts.hostname.encode("idna").decode("ascii") if not parts.hostname.isascii() \
+        else parts.hostname
+    if ":" in host:
+        host = f"[{host}]"
+    default = {"http": 80, "https": 443}[parts.scheme]
+    return f"{parts.scheme}://{host}" + (f":{port}" if port not in (None, default) else "")
+
+
 HostName = Annotated[str, AfterValidator(_hostname)]
 FullyQualified = Annotated[str, AfterValidator(_fqdn)]
 #: The empty string means "not set", as for paths and keys.
@@ -255,6 +279,9 @@ class HttpConfig(TlsFiles):
     reports_per_minute: Annotated[int, Field(ge=1, le=10_000)] = 10
     #: Largest request body accepted; larger ones get 413 before they are read.
     max_body_bytes: Annotated[int, Field(ge=1024, le=10 * 1024 * 1024)] = 64 * 1024
+    #: The origin browsers see the form at (``https://report.hotline.test``), when a TLS
+    #: proxy serves it; empty: the origin each request was addressed to.
+    public_origin: Annotated[str | None, BeforeValidator(_origin)] = None
 
 
 class ConsoleConfig(TlsFiles):

@@ -48,6 +48,8 @@ TEXTS: dict[str, dict[str, str]] = {
         "error.not_found": "This page does not exist.",
         "error.too_large": "This is more than the form accepts. Please shorten the description.",
         "error.malformed": "The form could not be read. Please try again.",
+        "error.cross_site": "This form can only be sent from the hotline's own page. Please "
+                            "open the form there and send it again.",
         "language": "Language",
     },
     "nl": {
@@ -94,6 +96,9 @@ TEXTS: dict[str, dict[str, str]] = {
         "error.not_found": "Deze pagina bestaat niet.",
         "error.too_large": "Dit is meer dan het formulier aanvaardt. Maak de beschrijving korter.",
         "error.malformed": "Het formulier kon niet gelezen worden. Probeer opnieuw.",
+        "error.cross_site": "Dit formulier kan alleen vanaf de eigen pagina van het meldpunt "
+                            "verstuurd worden. Open het formulier daar en verstuur het "
+                            "opnieuw.",
         "language": "Taal",
     },
     "fr": {
@@ -141,6 +146,8 @@ TEXTS: dict[str, dict[str, str]] = {
         "error.too_large": "C'est plus que ce que le formulaire accepte. Raccourcissez la "
                            "description.",
         "error.malformed": "Le formulaire n'a pas pu être lu. Réessayez.",
+        "error.cross_site": "Ce formulaire ne peut être envoyé que depuis la page du point de "
+                            "contact. Ouvrez-le là et envoyez-le à nouveau.",
         "language": "Langue",
     },
     "de": {
@@ -189,6 +196,9 @@ TEXTS: dict[str, dict[str, str]] = {
                            "Beschreibung.",
         "error.malformed": "Das Formular konnte nicht gelesen werden. Bitte versuchen Sie es "
                            "erneut.",
+        "error.cross_site": "Dieses Formular kann nur von der eigenen Seite der Meldestelle "
+                            "gesendet werden. Bitte öffnen Sie es dort und senden Sie es "
+                            "erneut.",
         "language": "Sprache",
     },
 }

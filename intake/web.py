@@ -7,16 +7,12 @@ listener, never here. No JavaScript, no cookies, nothing fetched from elsewhere.
 
 from __future__ import annotations
 
+import base64
 import hashlib
-import ipaddress
-import json
 import secrets
-from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import Any, Protocol
+from urllib.parse import parse_qsl
 
 import jinja2
 import structlog
@@ -24,11 +20,12 @@ from aiohttp import web
 
 from gateway.config import HttpConfig
 from gateway.listeners import HttpListener
-from gateway.store.writer import NewSubmission, Receipt, WriterClosed
+from gateway.store.writer import WriterClosed
 from intake import i18n
-from intake.openapi import openapi_document
-from intake.ratelimit import RateLimiter
-from intake.webreport import Invalid, WebReport, validate
+from intake.origin import cross_site, own_origin
+from intake.reportapi import api_error, api_report, openapi
+from intake.webintake import INTAKE, Intake, RateLimiter, Submitter, read_limited, store
+from intake.webreport import Invalid, validate
 
 log = structlog.get_logger("intake.web")
 
@@ -42,68 +39,6 @@ HEADERS = {
     "Cache-Control": "no-store",
 }
 TEMPLATES = ("form.html", "receipt.html", "error.html")
-
-
-class Submitter(Protocol):
-    async def submit(self, submission: NewSubmission) -> Receipt: ...
-
-
-@dataclass
-class Intake:
-    """What the public handlers use, built by the composition root."""
-
-    writer: Submitter
-    limiter: RateLimiter
-    trusted_proxies: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]
-    keep_peer_ip: bool
-    tls: bool
-    max_body_bytes: int
-    templates: jinja2.Environment
-    static: dict[str, bytes]
-    wkd: dict[str, bytes]  # WKD hash -> binary key, for the intake addresses
-
-    def client(self, request: web.Request) -> str:
-        """The client's address; X-Forwarded-For only when the peer is a trusted proxy.
-
-        Hops are read from the nearest: the first that is not one of our proxies is the
-        client. Every X-Forwarded-For line counts (a proxy may add its own line after a forged
-        one), and a hop that is not an address ends the walk at the last good one.
-        """
-        peer = request.remote or ""
-        forwarded = ",".join(request.headers.getall("X-Forwarded-For", []))
-        chain = [h.strip() for h in forwarded.split(",") if h.strip()] + [peer]
-        client = peer
-        for hop in reversed(chain):
-            try:
-                address = ipaddress.ip_address(hop)
-            except ValueError:
-                return client
-            client = str(address)
-            if not any(address in network for network in self.trusted_proxies):
-                return client
-        return client
-
-    def render(self, name: str, language: str, code: int = 200, **context: Any) -> web.Response:
-        # Fields without an error (or a value) read as empty in the templates.
-        for key in ("errors", "values"):
-            if key in context:
-                context[key] = defaultdict(str, context[key])
-        # The language links stay on the page they are on (a receipt keeps its reference);
-        # anywhere else they lead to the form.
-        reference = context.get("reference")
-
-        def switch_to(code: str) -> str:
-            if reference:
-                return f"/receipt?ref={reference}&lang={code}"
-            return f"/?lang={code}"
-
-        body = self.templates.get_template(name).render(
-            lang=language, t=i18n.TEXTS[language], languages=i18n.NAMES,
-            switch_to=switch_to, **context)
-        return web.Response(text=body, status=code, content_type="text/html", charset="utf-8")
-
-
-INTAKE = web.AppKey("intake", Intake)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -113,13 +48,6 @@ def _language(request: web.Request) -> str:
 
 def _is_api(request: web.Request) -> bool:
     return request.path.startswith("/api/")
-
-
-def _api_error(status: int, message: str, fields: dict[str, str] | None = None) -> web.Response:
-    body: dict[str, Any] = {"error": message}
-    if fields:
-        body["fields"] = fields
-    return web.json_response(body, status=status)
 
 
 @web.middleware
@@ -136,7 +64,7 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         if exc.status < 400:
             response = web.Response(status=exc.status, headers=exc.headers)
         elif _is_api(request):
-            response = _api_error(exc.status, exc.reason)
+            response = api_error(exc.status, exc.reason)
         else:
             message = {404: "not_found", 405: "not_found", 413: "too_large",
                        400: "malformed"}.get(exc.status, exc.reason)
@@ -144,7 +72,7 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
                                      message=message)
     except Exception as exc:  # a bug: the reporter sees an error page, the log the type
         log.error("web.request_failed", error_type=type(exc).__name__)
-        response = (_api_error(500, "internal error") if _is_api(request) else
+        response = (api_error(500, "internal error") if _is_api(request) else
                     intake.render("error.html", _language(request), code=500,
                                   message="unavailable"))
     for name, value in HEADERS.items():
@@ -152,28 +80,6 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     if intake.tls:
         response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
     return response
-
-
-async def _read_limited(request: web.Request, limit: int) -> bytes:
-    """The body, refusing (413) one that grows past ``limit`` without a Content-Length."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_chunked(16 * 1024):
-        size += len(chunk)
-        if size > limit:
-            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def _store(intake: Intake, request: web.Request, report: WebReport, channel: str,
-                 message_id: str | None) -> Receipt:
-    raw = report.to_bytes()
-    return await intake.writer.submit(NewSubmission(
-        channel=channel, received_at=datetime.now(UTC), raw=raw,
-        body_sha256=hashlib.sha256(raw).hexdigest(),
-        peer_ip=intake.client(request) if intake.keep_peer_ip else None,
-        message_id=message_id))
 
 
 async def form(request: web.Request) -> web.Response:
@@ -186,8 +92,13 @@ async def form(request: web.Request) -> web.Response:
 async def submit_form(request: web.Request) -> web.StreamResponse:
     intake = request.app[INTAKE]
     language = _language(request)
+    if cross_site(request.headers, lambda: own_origin(
+            request.headers, peer=request.remote, tls=intake.tls,
+            public_origin=intake.public_origin, trusted_proxies=intake.trusted_proxies)):
+        log.info("web.cross_site_refused")
+        return intake.render("error.html", language, code=403, message="cross_site")
     try:
-        fields = _parse_form(await _read_limited(request, intake.max_body_bytes))
+        fields = _parse_form(await read_limited(request, intake.max_body_bytes))
     except ValueError:
         raise web.HTTPBadRequest(reason="Malformed form") from None
     chosen = fields.get("lang")
@@ -212,7 +123,8 @@ async def submit_form(request: web.Request) -> web.StreamResponse:
         return intake.render("form.html", language, code=422, form_id=form_id, values=values,
                              errors=_form_errors(exc.fields))
     try:
-        receipt = await _store(intake, request, report, "web",
+        raw = report.to_bytes()
+        receipt = await store(intake, request, raw, hashlib.sha256(raw).hexdigest(), "web",
                                f"form:{form_id[:64]}")
     except WriterClosed:
         return intake.render("error.html", language, code=503, message="unavailable")
@@ -235,8 +147,6 @@ def _form_errors(fields: dict[str, str]) -> dict[str, str]:
 
 
 def _parse_form(body: bytes) -> dict[str, str]:
-    from urllib.parse import parse_qsl
-
     text = body.decode("utf-8")  # UnicodeDecodeError is a ValueError
     return dict(parse_qsl(text, keep_blank_values=True, strict_parsing=False,
                           max_num_fields=50))
@@ -248,62 +158,6 @@ async def receipt(request: web.Request) -> web.Response:
     if not (0 < len(reference) <= 32 and reference.replace("-", "").isalnum()):
         raise web.HTTPNotFound(reason="No such report")
     return intake.render("receipt.html", _language(request), reference=reference)
-
-
-async def api_report(request: web.Request) -> web.Response:
-    intake = request.app[INTAKE]
-    if not intake.limiter.allow(intake.client(request)):
-        response = _api_error(429, "too many reports from this client: slow down")
-        response.headers["Retry-After"] = "60"
-        return response
-    if request.content_type != "application/json":
-        return _api_error(400, "send JSON (Content-Type: application/json)")
-    body = await _read_limited(request, intake.max_body_bytes)
-    try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return _api_error(400, "the body is not valid JSON")
-    if not isinstance(document, dict):
-        return _api_error(400, "the body is a JSON object")
-    unknown = sorted(set(document) - {"urls", "description", "seen_where", "reporter",
-                                      "language"})
-    reporter = document.get("reporter")
-    if reporter is not None and not (isinstance(reporter, dict)
-                                     and set(reporter) <= {"email", "consent"}):
-        return _api_error(422, "invalid report", {"reporter": "an object with email and "
-                                                              "consent"})
-    email = reporter.get("email") if isinstance(reporter, dict) else None
-    # By the API, giving an address is consent to be contacted unless it says otherwise.
-    consent = reporter.get("consent", True) if isinstance(reporter, dict) else False
-    given = document.get("language")
-    language = given if isinstance(given, str) and given in i18n.LANGUAGES else "en"
-    try:
-        problems = {key: "unknown_field" for key in unknown}
-        if given is not None and language != given:
-            problems["language"] = "not_a_language"
-        if problems:
-            raise Invalid(problems)
-        report = validate(document.get("urls"), document.get("description"),
-                          document.get("seen_where"), email, consent=consent is True,
-                          language=language, blank_urls=False)
-    except Invalid as exc:
-        return _api_error(422, "invalid report", exc.fields)
-    key = request.headers.get("Idempotency-Key")
-    if key is not None and not (0 < len(key) <= 128 and key.isprintable()):
-        return _api_error(400, "Idempotency-Key is printable text of at most 128 characters")
-    try:
-        receipt = await _store(intake, request, report, "api",
-                               f"api:{key}" if key is not None else None)
-    except Exception as exc:
-        log.error("web.store_failed", error_type=type(exc).__name__)
-        response = _api_error(503, "the report could not be stored; try again later")
-        response.headers["Retry-After"] = "60"
-        return response
-    return web.json_response({"reference": receipt.reference}, status=201)
-
-
-async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(openapi_document())
 
 
 async def static_file(request: web.Request) -> web.Response:
@@ -356,8 +210,6 @@ def build_app(intake: Intake) -> web.Application:
 
 def dearmor(armored: bytes) -> bytes:
     """The binary OpenPGP data inside ASCII armour (RFC 4880 section 6.2)."""
-    import base64
-
     lines = armored.decode("ascii").strip().splitlines()
     body = lines[lines.index("") + 1:] if "" in lines else lines[1:]
     data = [line for line in body if line and not line.startswith(("=", "-----"))]
@@ -388,4 +240,5 @@ def make_intake(config: HttpConfig, writer: Submitter, *, keep_peer_ip: bool,
     return Intake(writer=writer, limiter=RateLimiter(config.reports_per_minute),
                   trusted_proxies=list(config.trusted_proxies), keep_peer_ip=keep_peer_ip,
                   tls=config.tls_cert is not None, max_body_bytes=config.max_body_bytes,
-                  templates=templates, static=static, wkd=wkd or {})
+                  templates=templates, static=static, wkd=wkd or {},
+                  public_origin=config.public_origin)

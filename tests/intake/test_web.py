@@ -85,6 +85,12 @@ async def test_api_errors_store_nothing(start: Start) -> None:
          422, {"consent"}),
         ({"urls": ["example.test/x"], "colour": "red"}, 422, {"colour"}),
         ({"urls": ["example.test/x"], "description": "\ud800"}, 422, {"description"}),
+        ({"urls": ["example.test/x"], "reporter": {"consent": "yes"}}, 422, {"consent"}),
+        ({"urls": ["example.test/x"], "reporter": {"email": ""}}, 422, {"email"}),
+        ({"urls": ["example.test/x"], "reporter": 5}, 422, {"reporter"}),
+        ({"urls": ["  example.test/" + "a" * 2035]}, 422, {"urls[0]"}),
+        ({"urls": ["example.test/x"], "language": "xx", "colour": 1}, 422,
+         {"language", "colour"}),
         ([1, 2], 400, set()),
     ]
     for body, code, fields in cases:
@@ -94,10 +100,10 @@ async def test_api_errors_store_nothing(start: Start) -> None:
         assert status == code, (body, text)
         if fields:
             assert set(json.loads(text)["fields"]) == fields, (body, text)
-    for raw, headers in ((b"{not json", {"Content-Type": "application/json"}),
-                         (b"[" * 3000, {"Content-Type": "application/json"}),
-                         (b'{"urls": ["x.test"]}', {"Content-Type": "text/plain"})):
-        assert (await post(gw, "/api/v1/reports", data=raw, headers=headers))[0] == 400
+    for raw, headers, code in ((b"{not json", {"Content-Type": "application/json"}, 400),
+                               (b"[" * 3000, {"Content-Type": "application/json"}, 400),
+                               (b'{"urls": ["x.test"]}', {"Content-Type": "text/plain"}, 415)):
+        assert (await post(gw, "/api/v1/reports", data=raw, headers=headers))[0] == code
     big = json.dumps({"urls": ["example.test/x"], "description": "x" * 5000}).encode()
     status, _, text = await post(gw, "/api/v1/reports", data=big,
                                  headers={"Content-Type": "application/json"})
@@ -113,7 +119,18 @@ async def test_api_errors_store_nothing(start: Start) -> None:
     assert await stored(gw) == 0
 
 
+async def test_null_means_not_given_for_every_optional_member(start: Start) -> None:
+    """As the document says: null language, texts and reporter are accepted as absent."""
+    gw = await start()
+    status, _, text = await post(gw, "/api/v1/reports", json_body={
+        "urls": ["example.test/n"], "language": None, "description": None,
+        "seen_where": None, "reporter": {"email": None}})
+    assert status == 201, text
+    assert await stored(gw) == 1
+
+
 async def test_the_same_idempotency_key_stores_once(start: Start) -> None:
+    """Retries with one key and one body get the first reference and store one report."""
     gw = await start()
     body = {"urls": ["example.test/once"]}
     answers = [await post(gw, "/api/v1/reports", json_body=body,
@@ -122,6 +139,60 @@ async def test_the_same_idempotency_key_stores_once(start: Start) -> None:
         code == 201 for code, _, _ in answers)
     assert len({json.loads(text)["reference"] for _, _, text in answers}) == 1
     assert await stored(gw) == 1
+
+
+async def test_the_same_body_from_two_clients_without_a_key_is_two_reports(
+    start: Start
+) -> None:
+    """Without an Idempotency-Key every POST is a report of its own, with its own reference."""
+    gw = await start(http={"listen": ["127.0.0.1:0"], "reports_per_minute": 100})
+    body = {"urls": ["example.test/same"], "description": "the same words"}
+    answers = await asyncio.gather(*(post(gw, "/api/v1/reports", json_body=body)
+                                     for _ in range(3)))
+    answers.append(await post(gw, "/api/v1/reports", json_body=body))
+    assert [code for code, _, _ in answers] == [201] * 4
+    assert len({json.loads(text)["reference"] for _, _, text in answers}) == 4
+    assert await stored(gw) == 4
+
+
+async def test_a_key_reused_for_another_report_is_refused(start: Start) -> None:
+    """The same key with a different body gets 422 naming the header; nothing more is
+    stored, and the key still returns its first report's reference."""
+    gw = await start(http={"listen": ["127.0.0.1:0"], "reports_per_minute": 100})
+    key = {"Idempotency-Key": "order-7"}
+    first = await post(gw, "/api/v1/reports", json_body={"urls": ["example.test/one"]},
+                       headers=key)
+    other = await post(gw, "/api/v1/reports", json_body={"urls": ["example.test/two"]},
+                       headers=key)
+    again = await post(gw, "/api/v1/reports", json_body={"urls": ["example.test/one"]},
+                       headers=key)
+    assert first[0] == 201 and again[0] == 201
+    assert json.loads(again[2]) == json.loads(first[2])
+    assert other[0] == 422
+    assert json.loads(other[2])["fields"] == {"Idempotency-Key": "key_reused"}
+    assert await stored(gw) == 1
+
+
+@pytest.mark.parametrize("key", [b"", b"a b", b"tab\there", "\u00e9".encode("latin-1"),
+                                 b"x" * 129])
+async def test_a_malformed_idempotency_key_gets_400_naming_the_header(
+    start: Start, key: bytes
+) -> None:
+    """A key that is not 1 to 128 visible ASCII characters is refused before anything is
+    stored."""
+    gw = await start()
+    host, port = gw.public.addresses[0]
+    body = json.dumps({"urls": ["example.test/k"]}).encode()
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(b"POST /api/v1/reports HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                 b"Content-Type: application/json\r\nIdempotency-Key: " + key +
+                 b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    answer = await reader.read()
+    writer.close()
+    status = int(answer.split(b" ", 2)[1])
+    assert status == 400, answer
+    assert b"Idempotency-Key" in answer
+    assert await stored(gw) == 0
 
 
 async def test_a_burst_from_one_client_is_throttled_while_another_is_served(
@@ -221,7 +292,7 @@ async def test_the_openapi_document_describes_the_handler(start: Start) -> None:
     validate_openapi(served)  # the whole document, against the OpenAPI 3.1 schema
     jsonschema.Draft202012Validator.check_schema(served["components"]["schemas"]["Report"])
     assert set(served["paths"]["/api/v1/reports"]["post"]["responses"]) == {
-        "201", "400", "413", "422", "429", "503"}
+        "201", "400", "413", "415", "422", "429", "503"}
 
 
 REPORT = openapi_document()["components"]["schemas"]["Report"]
@@ -232,15 +303,19 @@ BODIES = st.fixed_dictionaries(
     optional={"description": st.one_of(st.text(max_size=30), st.none(), st.integers()),
               "seen_where": st.one_of(st.text(max_size=30), st.none()),
               "reporter": st.one_of(st.none(), st.fixed_dictionaries(
-                  {}, optional={"email": st.sampled_from(["a@b.test", "bad", None]),
-                                "consent": st.booleans()})),
-              "language": st.sampled_from(["nl", "fr", "xx"]),
+                  {}, optional={"email": st.sampled_from(["a@b.test", "bad", None, "",
+                                                          " a@b.test"]),
+                                "consent": st.one_of(st.booleans(), st.just("yes"))})),
+              "language": st.sampled_from(["nl", "fr", "xx", None]),
               "extra": st.integers()})
 
 
 @settings(max_examples=25, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(bodies=st.lists(BODIES, min_size=1, max_size=8))
+@example(bodies=[{"urls": ["example.test/a"], "language": None},
+                 {"urls": ["example.test/a"], "reporter": {"consent": "yes"}},
+                 {"urls": ["example.test/a"], "reporter": {"email": ""}}])
 def test_the_handler_agrees_with_the_schema(
     bodies: list[dict[str, Any]], make_config: Any, tmp_path: Path
 ) -> None:

@@ -1,0 +1,47 @@
+"""The Idempotency-Key's syntax and the memory of which body each key was used with."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from intake.idempotency import KeyMemory, valid_idempotency_key
+
+
+@given(st.text(max_size=140))
+def test_a_key_is_one_to_128_visible_ascii_characters(text: str) -> None:
+    """Any text is a key exactly when it is 1 to 128 characters from '!' to '~'."""
+    expected = 0 < len(text) <= 128 and all("!" <= c <= "~" for c in text)
+    assert valid_idempotency_key(text) is expected
+
+
+def test_a_key_stays_with_its_first_body_until_it_expires() -> None:
+    """Reuse with another body is noticed within the ttl; after it the key is free again."""
+    now = [0.0]
+    keys = KeyMemory(ttl=100.0, clock=lambda: now[0])
+    assert keys.claim("k", "a") == "new"
+    assert keys.claim("k", "a") == "again"
+    assert keys.claim("k", "b") == "reused"
+    now[0] = 50.0
+    assert keys.claim("other", "c") == "new"
+    assert keys.claim("k", "b") == "reused"  # a refused reuse does not extend the key's time
+    now[0] = 120.0
+    assert keys.claim("k", "b") == "new"
+    assert keys.claim("other", "d") == "reused"
+
+
+def test_a_key_whose_report_was_not_stored_is_forgotten() -> None:
+    """After a failed store the client may send another report with the same key."""
+    keys = KeyMemory()
+    assert keys.claim("k", "a") == "new"
+    keys.release("k", "a")
+    assert keys.claim("k", "b") == "new"
+
+
+def test_the_memory_is_bounded() -> None:
+    """Past max_keys the least recently used key is forgotten."""
+    keys = KeyMemory(max_keys=2)
+    for key in ("a", "b", "c"):
+        keys.claim(key, "body")
+    assert keys.claim("a", "other") == "new"
+    assert keys.claim("c", "other") == "reused"
