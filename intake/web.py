@@ -23,8 +23,9 @@ from gateway.listeners import HttpListener
 from gateway.store.writer import WriterClosed
 from intake import i18n
 from intake.origin import cross_site, own_origin
+from intake.ratelimit import RateLimiter
 from intake.reportapi import api_error, api_report, openapi
-from intake.webintake import INTAKE, Intake, RateLimiter, Submitter, read_limited, store
+from intake.webintake import INTAKE, Intake, Submitter, read_limited, store
 from intake.webreport import Invalid, validate
 
 log = structlog.get_logger("intake.web")
