@@ -1,32 +1,28 @@
-"""Staff accounts: argon2id passwords, TOTP at every login, lockout, API tokens.
+"""Staff accounts: argon2id passwords, TOTP secrets, API tokens, password changes.
 
-A login needs the password and a current TOTP code. A code is accepted once: the time step it
-belongs to is stored, and a code of that step or an earlier one is refused (RFC 6238 section
-5.2). After ``lockout_after`` failures in a row the account is locked for ``lockout``, doubling
-with every further failure up to an hour; a success resets the count. Failures say only
-"login failed", whatever the reason, so that the form does not tell which names exist.
+How a login is decided and throttled is in ``gateway.console.logins``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import re
 import secrets
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from datetime import UTC, datetime
+from typing import TypeVar
 
 import pyotp
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
+from gateway.console.fairgate import FairGate
 from gateway.ids import uuid7
 from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
@@ -37,20 +33,20 @@ T = TypeVar("T")
 ROLES = ("analyst", "supervisor", "admin")
 ISSUER = "hotline-gateway"
 MIN_PASSWORD = 12
-MAX_LOCKOUT = timedelta(hours=1)
 
 _HASHER = PasswordHasher()  # argon2id, the library's current recommended parameters
 
 
-async def _hash_work(gate: asyncio.Semaphore | None, work: Callable[[], T]) -> T:
-    """argon2 in a thread; with ``gate``, only a few at once (each takes ~64 MiB and ~50 ms of
-    CPU: a burst of logins must not exhaust the machine)."""
+async def hash_work(gate: FairGate | None, source: str, work: Callable[[], T]) -> T:
+    """argon2 in a thread; with ``gate``, in ``source``'s fair turn (each hash takes ~64 MiB
+    and ~100 ms of CPU: a burst of logins must neither exhaust the machine nor starve others)."""
     if gate is None:
         return await asyncio.to_thread(work)
-    async with gate:
-        return await asyncio.to_thread(work)
+    return await gate.run(source, work)
+
+
 # Verified against when the name is unknown, so that both cases cost the same time.
-_DUMMY_HASH = _HASHER.hash(secrets.token_urlsafe(16))
+DUMMY_HASH = _HASHER.hash(secrets.token_urlsafe(16))
 
 
 class AccountError(Exception):
@@ -152,105 +148,16 @@ async def staff_for_token(backend: WriteBackend, token: str, *, now: datetime) -
     return await backend.transaction(work)
 
 
-@dataclass(frozen=True, slots=True)
-class LoginPolicy:
-    lockout_after: int = 5
-    lockout: timedelta = timedelta(minutes=1)
-
-    def locked_for(self, failures: int) -> timedelta | None:
-        if failures < self.lockout_after:
-            return None
-        lock: timedelta = self.lockout * (2 ** min(failures - self.lockout_after, 20))
-        return min(lock, MAX_LOCKOUT)
-
-
-def _verify_password(password_hash: str, password: str) -> bool:
+def verify_password(password_hash: str, password: str) -> bool:
     try:
         return _HASHER.verify(password_hash, password)
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
 
 
-def _totp_step(secret: str, code: str, moment: datetime) -> int | None:
-    """The time step ``code`` is valid for (now, or one step either side for clock drift)."""
-    if not re.fullmatch(r"\d{6}", code):
-        return None
-    totp = pyotp.TOTP(secret)
-    for offset in (0, -1, 1):
-        step = totp.timecode(moment) + offset
-        if hmac.compare_digest(totp.generate_otp(step), code):
-            return step
-    return None
-
-
-async def login(
-    backend: WriteBackend, name: str, password: str, code: str, *, now: datetime,
-    policy: LoginPolicy, peer: str | None = None, gate: asyncio.Semaphore | None = None,
-) -> Staff | None:
-    """The user, if the password and an unused TOTP code are right and the account is open.
-
-    Unknown names cost the same: a hash is checked and a failure is recorded either way.
-    """
-    if not (plain_text(name) and plain_text(password) and len(name) <= 64):
-        name, password = "", ""
-
-    def read(conn: Connection) -> Any:
-        return conn.execute(select(users).where(users.c.name == name)).first()
-
-    row = await backend.transaction(read) if name else None
-    stored = row.password_hash if row is not None else _DUMMY_HASH
-    password_ok = await _hash_work(gate, lambda: _verify_password(stored, password))
-    step = _totp_step(row.totp_secret, code, now) if row is not None and password_ok else None
-    details: dict[str, Any] = {"user": name[:64]}
-    if peer is not None:
-        details["peer"] = peer
-
-    def decide(conn: Connection) -> Staff | None:
-        if row is None:
-            record(conn, [AuditEntry("anonymous", "user.login_failed",
-                                     details={**details, "reason": "unknown user"})], at=now)
-            return None
-        # Read again inside this transaction: logins racing each other see each other's
-        # failures and locks.
-        current = conn.execute(select(users).where(users.c.id == row.id)).one()
-        locked = current.locked_until is not None and _aware(current.locked_until) > now
-        open_now = or_(users.c.locked_until.is_(None), users.c.locked_until <= now)
-        reason = ("locked" if locked else "disabled" if current.disabled
-                  else "password" if not password_ok else "code")
-        if password_ok and step is not None and not locked and not current.disabled:
-            # One statement decides a replay and the lock, even with logins racing.
-            fresh = or_(users.c.totp_last_step.is_(None), users.c.totp_last_step < step)
-            if conn.execute(
-                update(users).where(and_(users.c.id == row.id, fresh, open_now,
-                                         users.c.disabled.is_(False)))
-                .values(totp_last_step=step, failed_logins=0, locked_until=None)
-            ).rowcount == 1:
-                record(conn, [AuditEntry(name, "user.login", details=details)], at=now)
-                return Staff(row.id, row.name, row.role, current.must_change_password)
-            reason = "replayed code"
-        failures = conn.execute(
-            update(users).where(users.c.id == row.id)
-            .values(failed_logins=users.c.failed_logins + 1)
-            .returning(users.c.failed_logins)
-        ).scalar_one()
-        lock = policy.locked_for(failures)
-        extra: dict[str, Any] = {}
-        if lock is not None:
-            until = now + lock
-            if conn.execute(update(users).where(
-                    users.c.id == row.id,
-                    or_(users.c.locked_until.is_(None), users.c.locked_until < until))
-                    .values(locked_until=until)).rowcount:
-                extra["locked_seconds"] = int(lock.total_seconds())
-        record(conn, [AuditEntry(name, "user.login_failed", details={
-            **details, "reason": reason, "failures": failures, **extra})], at=now)
-        return None
-
-    return await backend.transaction(decide)
-
 
 async def check_password(backend: WriteBackend, staff: Staff, password: str, *,
-                         gate: asyncio.Semaphore | None = None) -> bool:
+                         gate: FairGate | None = None) -> bool:
     def read(conn: Connection) -> str:
         return str(conn.execute(select(users.c.password_hash)
                                 .where(users.c.id == staff.id)).scalar_one())
@@ -258,19 +165,21 @@ async def check_password(backend: WriteBackend, staff: Staff, password: str, *,
     stored = await backend.transaction(read)
     if not plain_text(password):
         return False
-    return await _hash_work(gate, lambda: _verify_password(stored, password))
+    return await hash_work(gate, f"staff:{staff.id}",
+                           lambda: verify_password(stored, password))
 
 
 async def change_password(
     backend: WriteBackend, staff: Staff, new_password: str, *, now: datetime,
-    gate: asyncio.Semaphore | None = None,
+    gate: FairGate | None = None,
 ) -> None:
     """Set a new password; every session of the user ends (the caller starts a fresh one)."""
     if len(new_password) < MIN_PASSWORD:
         raise AccountError(f"a password has at least {MIN_PASSWORD} characters")
     if not plain_text(new_password) or len(new_password) > 1024:
         raise AccountError("a password is text of at most 1024 characters")
-    password_hash = await _hash_work(gate, lambda: _HASHER.hash(new_password))
+    password_hash = await hash_work(gate, f"staff:{staff.id}",
+                                    lambda: _HASHER.hash(new_password))
 
     def work(conn: Connection) -> None:
         conn.execute(update(users).where(users.c.id == staff.id)
