@@ -12,13 +12,13 @@ import secrets
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import TypeVar
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 import pyotp
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
@@ -111,25 +111,79 @@ def token_sha256(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-async def create_token(backend: WriteBackend, name: str, *, now: datetime) -> str:
-    """A new API token for ``name``; only its hash is kept."""
+_TOKEN_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    """An API token as ``tokens list`` shows it (never the token itself)."""
+
+    user: str
+    name: str
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+    revoked: bool
+    survives_password_change: bool
+
+    def state(self, now: datetime) -> str:
+        if self.revoked:
+            return "revoked"
+        if self.expires_at is not None and _aware(self.expires_at) <= now:
+            return "expired"
+        return "active"
+
+
+def _user_id(conn: Connection, name: str) -> uuid.UUID:
+    user = conn.execute(select(users.c.id).where(users.c.name == name)).first()
+    if user is None:
+        raise AccountError(f"no user named {name!r}")
+    return uuid.UUID(str(user.id))
+
+
+async def create_token(
+    backend: WriteBackend, name: str, *, now: datetime, token_name: str | None = None,
+    expires: timedelta | None = None, survive_password_change: bool = False,
+) -> str:
+    """A new API token for ``name``; only its hash is kept. Its name is unique among the
+    user's live tokens (``token-N`` when not given)."""
+    if token_name is not None and not _TOKEN_NAME.fullmatch(token_name):
+        raise AccountError(f"{token_name!r}: a token name is 1-64 of a-z 0-9 . _ -")
+    if expires is not None and expires <= timedelta(0):
+        raise AccountError("an expiry is a positive duration")
     token = "hgt_" + secrets.token_urlsafe(32)
 
     def work(conn: Connection) -> None:
-        user = conn.execute(select(users.c.id).where(users.c.name == name)).first()
-        if user is None:
-            raise AccountError(f"no user named {name!r}")
+        user_id = _user_id(conn, name)
+        taken = set(conn.execute(select(api_tokens.c.name).where(
+            api_tokens.c.user_id == user_id, api_tokens.c.revoked.is_(False))).scalars())
+        chosen = token_name
+        if chosen is None:
+            chosen = next(f"token-{n}" for n in range(1, len(taken) + 2)
+                          if f"token-{n}" not in taken)
+        elif chosen in taken:
+            raise AccountError(f"{name} has a live token named {chosen!r} already")
+        expires_at = now + expires if expires is not None else None
         conn.execute(insert(api_tokens).values(
-            id=uuid7(), user_id=user.id, token_sha256=token_sha256(token), created_at=now))
-        record(conn, [AuditEntry("system:cli", "token.created", details={"user": name})],
-               at=now)
+            id=uuid7(), user_id=user_id, token_sha256=token_sha256(token), created_at=now,
+            name=chosen, expires_at=expires_at,
+            survives_password_change=survive_password_change))
+        details: dict[str, Any] = {"user": name, "token": chosen}
+        if expires_at is not None:
+            details["expires_at"] = expires_at.isoformat()
+        if survive_password_change:
+            details["survives_password_change"] = True
+        record(conn, [AuditEntry("system:cli", "token.created", details=details)], at=now)
 
     await backend.transaction(work)
     return token
 
 
 async def staff_for_token(backend: WriteBackend, token: str, *, now: datetime) -> Staff | None:
-    """The owner of a valid API token, or None."""
+    """The owner of a live API token, or None: a token is refused once revoked or expired,
+    and while its user is disabled, has a password to choose, or must wait after wrong codes
+    (someone who knows the password is at work)."""
     digest = token_sha256(token)
 
     def work(conn: Connection) -> Staff | None:
@@ -137,6 +191,8 @@ async def staff_for_token(backend: WriteBackend, token: str, *, now: datetime) -
             select(users.c.id, users.c.name, users.c.role, api_tokens.c.id.label("token_id"))
             .join(api_tokens, api_tokens.c.user_id == users.c.id)
             .where(api_tokens.c.token_sha256 == digest, api_tokens.c.revoked.is_(False),
+                   or_(api_tokens.c.expires_at.is_(None), api_tokens.c.expires_at > now),
+                   or_(users.c.locked_until.is_(None), users.c.locked_until <= now),
                    users.c.disabled.is_(False), users.c.must_change_password.is_(False))
         ).first()
         if row is None:
@@ -146,6 +202,32 @@ async def staff_for_token(backend: WriteBackend, token: str, *, now: datetime) -
         return Staff(row.id, row.name, row.role)
 
     return await backend.transaction(work)
+
+
+async def list_tokens(backend: WriteBackend, name: str | None = None) -> list[TokenInfo]:
+    """Every API token (of ``name``), by user and then oldest first."""
+
+    def work(conn: Connection) -> list[TokenInfo]:
+        query = (select(users.c.name.label("user"), api_tokens)
+                 .join(users, users.c.id == api_tokens.c.user_id)
+                 .order_by(users.c.name, api_tokens.c.created_at))
+        if name is not None:
+            _user_id(conn, name)
+            query = query.where(users.c.name == name)
+        return [TokenInfo(r.user, r.name, r.created_at, r.expires_at, r.last_used_at,
+                          r.revoked_at, r.revoked, r.survives_password_change)
+                for r in conn.execute(query)]
+
+    return await backend.transaction(work)
+
+
+def end_tokens_on_password_change(conn: Connection, user_id: uuid.UUID,
+                                  now: datetime) -> int:
+    """Revoke the user's live tokens not made to survive a password change; how many."""
+    return int(conn.execute(update(api_tokens).where(
+        api_tokens.c.user_id == user_id, api_tokens.c.revoked.is_(False),
+        api_tokens.c.survives_password_change.is_(False)).values(
+        revoked=True, revoked_at=now)).rowcount)
 
 
 def verify_password(password_hash: str, password: str) -> bool:
@@ -185,24 +267,31 @@ async def change_password(
         conn.execute(update(users).where(users.c.id == staff.id)
                      .values(password_hash=password_hash, must_change_password=False))
         conn.execute(delete(staff_sessions).where(staff_sessions.c.user_id == staff.id))
-        record(conn, [AuditEntry(staff.name, "user.password_changed")], at=now)
+        ended = end_tokens_on_password_change(conn, staff.id, now)
+        record(conn, [AuditEntry(staff.name, "user.password_changed",
+                                 details={"tokens_revoked": ended})], at=now)
 
     await backend.transaction(work)
 
 
-async def revoke_tokens(backend: WriteBackend, name: str, *, now: datetime) -> int:
-    """Revoke every API token of ``name``; how many."""
+async def revoke_tokens(backend: WriteBackend, name: str, *, now: datetime,
+                        token_name: str | None = None) -> int:
+    """Revoke ``name``'s live token called ``token_name``, or every one when None; how many."""
 
     def work(conn: Connection) -> int:
-        user = conn.execute(select(users.c.id).where(users.c.name == name)).first()
-        if user is None:
-            raise AccountError(f"no user named {name!r}")
-        count = conn.execute(update(api_tokens).where(api_tokens.c.user_id == user.id,
-                                                      api_tokens.c.revoked.is_(False))
-                             .values(revoked=True)).rowcount
-        record(conn, [AuditEntry("system:cli", "token.revoked",
-                                 details={"user": name, "count": count})], at=now)
-        return int(count)
+        user_id = _user_id(conn, name)
+        which = [api_tokens.c.user_id == user_id, api_tokens.c.revoked.is_(False)]
+        if token_name is not None:
+            which.append(api_tokens.c.name == token_name)
+        count = int(conn.execute(update(api_tokens).where(*which)
+                                 .values(revoked=True, revoked_at=now)).rowcount)
+        if token_name is not None and count == 0:
+            raise AccountError(f"{name} has no live token named {token_name!r}")
+        details: dict[str, Any] = {"user": name, "count": count}
+        if token_name is not None:
+            details["token"] = token_name
+        record(conn, [AuditEntry("system:cli", "token.revoked", details=details)], at=now)
+        return count
 
     return await backend.transaction(work)
 

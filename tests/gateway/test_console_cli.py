@@ -58,8 +58,45 @@ def test_tokens_create_prints_the_token_alone_and_keeps_only_its_hash(
     assert stored is not None and token.strip() not in stored and len(stored) == 64
     assert run(config, "tokens", "create", "nobody") == 2
     capsys.readouterr()
-    assert run(config, "tokens", "revoke", "ana") == 0
+    assert run(config, "tokens", "revoke", "ana", "--all") == 0
     assert "1 token(s) of ana revoked" in capsys.readouterr().out
+
+
+def test_tokens_are_named_listed_and_revoked_one_by_one(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`tokens create --name --expires --survive-password-change`, `tokens list [NAME]`
+    (never the token), `tokens revoke NAME TOKEN_NAME`; a revoke names a token or --all."""
+    run(config, "users", "add", "ana", "--role", "analyst")
+    run(config, "users", "add", "bob", "--role", "analyst")
+    capsys.readouterr()
+    assert run(config, "tokens", "create", "ana", "--name", "laptop", "--expires", "90d") == 0
+    assert run(config, "tokens", "create", "ana", "--name", "ci",
+               "--survive-password-change") == 0
+    assert run(config, "tokens", "create", "bob") == 0
+    tokens = capsys.readouterr().out.split()
+    assert run(config, "tokens", "list") == 0
+    listed = capsys.readouterr().out
+    assert not any(token in listed for token in tokens)
+    lines = [line.split() for line in listed.splitlines()]
+    assert lines[0][:3] == ["USER", "TOKEN", "STATE"]
+    assert [line[:3] for line in lines[1:]] == [
+        ["ana", "laptop", "active"], ["ana", "ci", "active"], ["bob", "token-1", "active"]]
+    assert lines[1][-2:] == ["ends", "it"] and lines[2][-1] == "survives"
+    assert lines[1][5] != "-" and lines[2][5] == "-"  # an expiry only where one was given
+    assert run(config, "tokens", "revoke", "ana", "laptop") == 0
+    assert "1 token(s) of ana revoked" in capsys.readouterr().out
+    assert run(config, "tokens", "list", "ana") == 0
+    assert [line.split()[:3] for line in capsys.readouterr().out.splitlines()[1:]] == [
+        ["ana", "laptop", "revoked"], ["ana", "ci", "active"]]
+    assert run(config, "tokens", "revoke", "ana", "laptop") == 2
+    assert "no live token named 'laptop'" in capsys.readouterr().err
+    assert run(config, "tokens", "create", "ana", "--name", "ci") == 2
+    assert run(config, "tokens", "create", "ana", "--expires", "soon") == 2
+    assert "--expires" in capsys.readouterr().err
+    assert run(config, "tokens", "list", "nobody") == 2
+    with pytest.raises(SystemExit):
+        run(config, "tokens", "revoke", "ana")  # which one: a name or --all
 
 
 def test_audit_verify_passes_then_fails_once_an_entry_is_altered(
