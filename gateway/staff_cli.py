@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
 
 from gateway.config import PositiveDuration
+from gateway.console import people
 from gateway.console.accounts import (
     ROLES,
     AccountError,
@@ -38,6 +39,12 @@ def add_parsers(commands: Any) -> None:
         "add", help="create an account; prints a one-time password and the TOTP secret")
     users_add.add_argument("name")
     users_add.add_argument("--role", required=True, choices=list(ROLES))
+    users_commands.add_parser("list", help="accounts with their state and last login")
+    for action, text in MANAGE.items():
+        users_commands.add_parser(action, help=text).add_argument("name")
+    role = users_commands.add_parser("role", help="change a user's role")
+    role.add_argument("name")
+    role.add_argument("role", choices=list(ROLES))
     tokens_cmd = commands.add_parser("tokens", help="API tokens")
     tokens_commands = tokens_cmd.add_subparsers(dest="tokens_command", required=True,
                                                 metavar="ACTION")
@@ -60,11 +67,27 @@ def add_parsers(commands: Any) -> None:
     which.add_argument("--all", action="store_true", help="every live token of the user")
 
 
+MANAGE = {
+    "disable": "refuse the user's logins and tokens; their sessions end",
+    "enable": "let a disabled user in again",
+    "unlock": "clear the wait after wrong codes",
+    "reset-totp": "a new TOTP secret, shown once; sessions end",
+    "reset-password": "a new one-time password, shown once; sessions end, tokens too "
+                      "(unless made to survive it)",
+    "logout": "end every session of the user",
+    "remove": "remove the account, its sessions and tokens (the audit keeps the name)",
+}
+ACTOR = "system:cli"
+
+
 def cmd_users(args: argparse.Namespace, run: Run[Any]) -> int:
     try:
-        new = run(lambda backend: add_user(backend, args.name, args.role, now=utcnow()))
+        if args.users_command == "add":
+            new = run(lambda backend: add_user(backend, args.name, args.role, now=utcnow()))
+        else:
+            return _manage(args, run)
     except AccountError as exc:
-        print(f"users add: {exc}", file=sys.stderr)
+        print(f"users {args.users_command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     print(f"user:            {new.name} ({new.role})")
     print(f"password:        {new.password}   (works once: a new one is chosen at first login)")
@@ -110,8 +133,48 @@ def _list(run: Run[Any], name: str | None) -> int:
     rows += [(t.user, t.name, t.state(now), _when(t.created_at), _when(t.expires_at),
               _when(t.last_used_at), "survives" if t.survives_password_change else "ends it")
              for t in tokens]
+    _table(rows)
+    return EXIT_OK
+
+
+def _manage(args: argparse.Namespace, run: Run[Any]) -> int:
+    action, now = args.users_command, utcnow()
+    name: str = getattr(args, "name", "")
+    if action == "list":
+        found = run(people.list_users)
+        rows = [("NAME", "ROLE", "STATE", "LAST LOGIN", "CREATED")]
+        rows += [(u.name, u.role, u.state(now), _when(u.last_login_at), _when(u.created_at))
+                 for u in found]
+        _table(rows)
+    elif action in ("disable", "enable"):
+        run(lambda backend: people.set_disabled(backend, name, action == "disable",
+                                                actor=ACTOR, now=now))
+        print(f"{name} {action}d")
+    elif action == "unlock":
+        run(lambda backend: people.unlock(backend, name, actor=ACTOR, now=now))
+        print(f"{name} unlocked")
+    elif action == "reset-totp":
+        new = run(lambda backend: people.reset_totp(backend, name, actor=ACTOR, now=now))
+        print(f"TOTP secret:     {new.totp_secret}")
+        print(f"authenticator:   {new.otpauth_uri}")
+    elif action == "reset-password":
+        password = run(lambda backend: people.reset_password(backend, name, actor=ACTOR,
+                                                             now=now))
+        print(f"password:        {password}   (works once: a new one is chosen at login)")
+    elif action == "role":
+        run(lambda backend: people.set_role(backend, name, args.role, actor=ACTOR, now=now))
+        print(f"{name} is now {args.role}")
+    elif action == "logout":
+        count = run(lambda backend: people.end_sessions(backend, name, actor=ACTOR, now=now))
+        print(f"{count} session(s) of {name} ended")
+    else:
+        run(lambda backend: people.remove_user(backend, name, actor=ACTOR, now=now))
+        print(f"{name} removed")
+    return EXIT_OK
+
+
+def _table(rows: Sequence[tuple[str, ...]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
               .rstrip())
-    return EXIT_OK

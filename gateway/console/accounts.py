@@ -45,6 +45,11 @@ async def hash_work(gate: FairGate | None, source: str, work: Callable[[], T]) -
     return await gate.run(source, work)
 
 
+def hash_password(password: str) -> str:
+    """argon2id of ``password`` (blocking: call it in a thread)."""
+    return _HASHER.hash(password)
+
+
 # Verified against when the name is unknown, so that both cases cost the same time.
 DUMMY_HASH = _HASHER.hash(secrets.token_urlsafe(16))
 

@@ -169,7 +169,8 @@ async def _attempt(
             if conn.execute(
                 update(users).where(and_(users.c.id == row.id, fresh, open_now,
                                          users.c.disabled.is_(False)))
-                .values(totp_last_step=step, failed_logins=0, locked_until=None)
+                .values(totp_last_step=step, failed_logins=0, locked_until=None,
+                        last_login_at=now)
             ).rowcount == 1:
                 record(conn, [AuditEntry(row.name, "user.login", details=details)], at=now)
                 return LoginResult(Staff(row.id, row.name, row.role,

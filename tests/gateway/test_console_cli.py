@@ -126,3 +126,61 @@ async def test_setup_demo_makes_one_console_account(
     assert "created  console account 'analyst'" in out and "TOTP secret" in out
     assert await asyncio.to_thread(main, ["--config", str(path), "setup-demo"]) == 0
     assert "exists   staff accounts" in capsys.readouterr().out
+
+
+def audit_actions(config: Path) -> list[tuple[str, str]]:
+    database = create_engine(f"sqlite:///{config.parent / 'var' / 'gateway.db'}")
+    with database.connect() as conn:
+        rows = conn.execute(text("SELECT actor, action FROM audit_log ORDER BY seq")).all()
+    database.dispose()
+    return [(actor, action) for actor, action in rows]
+
+
+def test_users_are_managed_from_the_command_line_and_every_action_audited(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`users list` shows state and last login; disable, enable, unlock, reset-totp,
+    reset-password, role, logout and remove each work and leave an audit entry."""
+    run(config, "users", "add", "ana", "--role", "analyst")
+    run(config, "users", "add", "root", "--role", "admin")
+    old_secret = re.search(r"TOTP secret:\s+(\S+)", capsys.readouterr().out)
+    assert old_secret is not None
+    assert run(config, "users", "list") == 0
+    lines = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert lines[0] == ["NAME", "ROLE", "STATE", "LAST", "LOGIN", "CREATED"]
+    assert [line[:4] for line in lines[1:]] == [["ana", "analyst", "new", "-"],
+                                                ["root", "admin", "new", "-"]]
+    for argv in (["disable", "ana"], ["enable", "ana"], ["unlock", "ana"],
+                 ["reset-totp", "root"], ["reset-password", "ana"], ["role", "ana", "supervisor"],
+                 ["logout", "ana"], ["remove", "ana"]):
+        assert run(config, "users", *argv) == 0, argv
+    out = capsys.readouterr().out
+    new_secret = re.search(r"TOTP secret:\s+(\S+)", out)
+    assert new_secret is not None and new_secret.group(1) != old_secret.group(1)
+    assert re.search(r"password:\s+\S{12,}", out) and "0 session(s) of ana ended" in out
+    assert audit_actions(config)[-8:] == [("system:cli", action) for action in (
+        "user.disabled", "user.enabled", "user.unlocked", "user.totp_reset",
+        "user.password_reset", "user.role_changed", "user.logged_out", "user.removed")]
+    assert run(config, "users", "list") == 0
+    assert "ana" not in capsys.readouterr().out
+    assert run(config, "users", "disable", "ana") == 2
+    assert "no user named 'ana'" in capsys.readouterr().err
+
+
+def test_the_last_admin_is_neither_removed_nor_demoted(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With one enabled admin, demoting or removing them is refused; with a second, allowed."""
+    run(config, "users", "add", "root", "--role", "admin")
+    run(config, "users", "add", "sue", "--role", "supervisor")
+    capsys.readouterr()
+    assert run(config, "users", "role", "root", "supervisor") == 2
+    assert "last admin" in capsys.readouterr().err
+    assert run(config, "users", "remove", "root") == 2
+    assert run(config, "users", "role", "sue", "admin") == 0
+    assert run(config, "users", "disable", "sue") == 0
+    assert run(config, "users", "remove", "root") == 2  # a disabled admin does not count
+    assert run(config, "users", "enable", "sue") == 0
+    assert run(config, "users", "role", "root", "analyst") == 0
+    assert run(config, "users", "remove", "sue") == 2
+    assert run(config, "users", "remove", "root") == 0
