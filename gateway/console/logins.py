@@ -32,7 +32,7 @@ from sqlalchemy.engine import Connection
 
 from gateway.console.accounts import DUMMY_HASH, Staff, hash_work, verify_password
 from gateway.console.fairgate import FairGate
-from gateway.console.throttle import Backoff, SourceThrottle
+from gateway.console.throttle import Backoff, Outcome, SourceThrottle
 from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
 from gateway.store.tables import users
@@ -111,14 +111,17 @@ async def login(
     wait = throttle.admit(source)
     if wait > 0:
         return LoginResult(None, wait, "source")
-    failed = True
+    outcome: Outcome = "failed"
     try:
         result = await _attempt(backend, guard, name, password, code, source=source, now=now,
                                 policy=policy, peer=peer)
-        failed = result.staff is None and result.throttled is None
+        if result.staff is not None:
+            outcome = "succeeded"
+        elif result.throttled is not None:
+            outcome = "untried"
         return result
     finally:
-        throttle.finish(source, failed=failed)
+        throttle.finish(source, outcome)
 
 
 async def _attempt(

@@ -21,8 +21,10 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Outcome = Literal["failed", "succeeded", "untried"]
 
 
 def client_address(peer: str | None, forwarded: Iterable[str],
@@ -146,13 +148,16 @@ class SourceThrottle:
         record.in_flight += 1
         return 0.0
 
-    def finish(self, source: str, *, failed: bool) -> None:
-        """End an attempt that ``admit`` started, failed or not."""
+    def finish(self, source: str, outcome: Outcome) -> None:
+        """End an attempt that ``admit`` started: a failure counts, a success forgets the
+        source, an attempt not tried (its account must wait) changes nothing."""
         record = self._records.get(source)
         if record is None:  # evicted meanwhile: start again
             record = self._records[source] = _Record()
         record.in_flight = max(0, record.in_flight - 1)
-        if not failed:
+        if outcome == "untried":
+            return
+        if outcome == "succeeded":
             if record.in_flight == 0:
                 del self._records[source]
             return

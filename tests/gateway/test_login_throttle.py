@@ -29,7 +29,7 @@ class Clock:
 
 def fail(throttle: SourceThrottle, source: str) -> None:
     assert throttle.admit(source) == 0
-    throttle.finish(source, failed=True)
+    throttle.finish(source, "failed")
 
 
 def test_a_source_waits_longer_after_each_failure_up_to_a_minute() -> None:
@@ -49,10 +49,10 @@ def test_a_source_waits_longer_after_each_failure_up_to_a_minute() -> None:
     assert waits == [1, 2, 4, 8, 16, 32, 60, 60, 60, 60]
     assert throttle.take_refused("192.0.2.1") == 10 * 51
     assert throttle.admit("192.0.2.2") == 0
-    throttle.finish("192.0.2.2", failed=False)
+    throttle.finish("192.0.2.2", "succeeded")
     clock.now += 60
     assert throttle.admit("192.0.2.1") == 0
-    throttle.finish("192.0.2.1", failed=False)
+    throttle.finish("192.0.2.1", "succeeded")
     assert throttle.failures("192.0.2.1") == 0
 
 
@@ -74,10 +74,10 @@ def test_beyond_the_free_tries_a_source_has_one_attempt_at_a_time() -> None:
     throttle = SourceThrottle(clock=clock)
     assert [throttle.admit("a") for _ in range(MAX_IN_FLIGHT + 1)][-1] > 0
     for _ in range(MAX_IN_FLIGHT):
-        throttle.finish("a", failed=True)
+        throttle.finish("a", "failed")
     assert throttle.admit("a") == 0  # the fifth free try
     assert throttle.admit("a") > 0  # not a sixth beside it
-    throttle.finish("a", failed=True)
+    throttle.finish("a", "failed")
 
 
 def test_the_table_is_bounded() -> None:

@@ -163,3 +163,24 @@ async def test_unknown_names_leave_a_count_and_a_keyed_source_not_the_text(
     assert [(actor, details) for actor, details in entries] == [
         ("anonymous", {"reason": "unknown user", "source": label, "source_failures": n,
                        "source_refused": 0}) for n in (1, 2, 3)]
+
+
+async def test_naming_a_waiting_account_does_not_clear_the_source(
+    backend: WriteBackend
+) -> None:
+    """An attempt refused because its account must wait is neither a failure nor a success
+    for its source: it neither slows nor forgives it."""
+    new = await add_user(backend, "ana", "analyst", now=T0)
+    totp = pyotp.TOTP(new.totp_secret)
+    wrong = "000000" if totp.at(T0) != "000000" else "111111"
+    policy = LoginPolicy(lockout_after=1, lockout=timedelta(minutes=5))
+    guard = _guard()
+    await login(backend, guard, "ana", new.password, wrong, source="192.0.2.1", now=T0,
+                policy=policy)
+    for _ in range(4):
+        await login(backend, guard, "nobody", "x", "123456", source="192.0.2.9", now=T0,
+                    policy=policy)
+    refused = await login(backend, guard, "ana", "x", "123456", source="192.0.2.9", now=T0,
+                          policy=policy)
+    assert refused.throttled == "account"
+    assert guard.throttle.failures("192.0.2.9") == 4
