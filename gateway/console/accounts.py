@@ -37,12 +37,13 @@ MIN_PASSWORD = 12
 _HASHER = PasswordHasher()  # argon2id, the library's current recommended parameters
 
 
-async def hash_work(gate: FairGate | None, source: str, work: Callable[[], T]) -> T:
+async def hash_work(gate: FairGate | None, source: str, work: Callable[[], T], *,
+                    urgent: bool = False) -> T:
     """argon2 in a thread; with ``gate``, in ``source``'s fair turn (each hash takes ~64 MiB
     and ~100 ms of CPU: a burst of logins must neither exhaust the machine nor starve others)."""
     if gate is None:
         return await asyncio.to_thread(work)
-    return await gate.run(source, work)
+    return await gate.run(source, work, urgent=urgent)
 
 
 def hash_password(password: str) -> str:

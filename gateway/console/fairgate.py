@@ -6,7 +6,8 @@ in better standing first (fewer failures in a row, as ``rank`` tells now, not wh
 queued), and among equals round-robin, one job per source per round, whatever a source has
 queued. A login from a source in good standing (the owner's) therefore waits for the hashes
 already running and at most one job of each other source in equally good standing, never for
-the attempts of sources that have been failing.
+the attempts of sources that have been failing. An urgent job (a login from a browser its
+user logged in with before) goes before all of these.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class FairGate:
         self._free = slots
         self._rank = rank
         self._waiting: dict[str, deque[asyncio.Future[None]]] = {}
+        self._urgent: deque[asyncio.Future[None]] = deque()
         # Round-robin among equals: when a source was last served (a counter, not a time).
         self._served: dict[str, int] = {}
         self._turns = itertools.count(1)
@@ -35,23 +37,26 @@ class FairGate:
     @property
     def waiting(self) -> int:
         """Jobs waiting for a slot."""
-        return sum(len(queue) for queue in self._waiting.values())
+        return len(self._urgent) + sum(len(queue) for queue in self._waiting.values())
 
-    async def run(self, source: str, work: Callable[[], T]) -> T:
-        """``work()`` in a thread once ``source``'s turn comes."""
-        await self._acquire(source)
+    async def run(self, source: str, work: Callable[[], T], *, urgent: bool = False) -> T:
+        """``work()`` in a thread once ``source``'s turn comes (an urgent job's: at once)."""
+        await self._acquire(source, urgent)
         try:
             return await asyncio.to_thread(work)
         finally:
             self._release()
 
-    async def _acquire(self, source: str) -> None:
-        if self._free > 0 and not self._waiting:
+    async def _acquire(self, source: str, urgent: bool) -> None:
+        if self._free > 0 and not self._waiting and not self._urgent:
             self._free -= 1
             self._busy += 1
             return
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.setdefault(source, deque()).append(turn)
+        if urgent:
+            self._urgent.append(turn)
+        else:
+            self._waiting.setdefault(source, deque()).append(turn)
         try:
             await turn
         except asyncio.CancelledError:
@@ -62,6 +67,9 @@ class FairGate:
             raise
 
     def _forget(self, source: str, turn: asyncio.Future[None]) -> None:
+        if turn in self._urgent:
+            self._urgent.remove(turn)
+            return
         queue = self._waiting.get(source)
         if queue is not None and turn in queue:
             queue.remove(turn)
@@ -71,6 +79,10 @@ class FairGate:
     def _release(self) -> None:
         """Hand a finished job's slot to the next source: best standing, then longest unserved."""
         self._busy -= 1
+        if self._urgent:
+            self._busy += 1
+            self._urgent.popleft().set_result(None)
+            return
         if not self._waiting:
             self._free += 1
             return

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import hmac
 import re
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -31,6 +32,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.engine import Connection
 
 from gateway.console.accounts import DUMMY_HASH, Staff, hash_work, verify_password
+from gateway.console.devices import DeviceCookies
 from gateway.console.fairgate import FairGate
 from gateway.console.throttle import Backoff, Outcome, SourceThrottle
 from gateway.store.audit import AuditEntry, record
@@ -74,10 +76,12 @@ class LoginResult:
 
 @dataclass(frozen=True, slots=True)
 class Guard:
-    """The shared state of logins: the per-source throttle and the fair hashing queue."""
+    """The shared state of logins: the per-source throttle, the fair hashing queue, and the
+    key that marks browsers their users logged in with before."""
 
     throttle: SourceThrottle
     gate: FairGate
+    devices: DeviceCookies = field(default_factory=DeviceCookies)
 
 
 def totp_step(secret: str, code: str, moment: datetime) -> int | None:
@@ -105,28 +109,36 @@ def _account_wait(row: Any, now: datetime) -> float:
 async def login(
     backend: WriteBackend, guard: Guard, name: str, password: str, code: str, *,
     source: str, now: datetime, policy: LoginPolicy, peer: str | None = None,
+    device: str | None = None,
 ) -> LoginResult:
-    """Try a login from ``source`` (a ``throttle.source_key``); ``peer`` goes to the audit."""
+    """Try a login from ``source`` (a ``throttle.source_key``); ``peer`` goes to the audit.
+
+    ``device`` is the browser's known-browser cookie: if it names this user, the attempt
+    passes its address's wait and is hashed first (the account's own wait still holds).
+    """
     throttle = guard.throttle
+    known = guard.devices.user(device, now)
     wait = throttle.admit(source)
-    if wait > 0:
+    if wait > 0 and known is None:
         return LoginResult(None, wait, "source")
     outcome: Outcome = "failed"
     try:
         result = await _attempt(backend, guard, name, password, code, source=source, now=now,
-                                policy=policy, peer=peer)
+                                policy=policy, peer=peer, known=known, source_wait=wait)
         if result.staff is not None:
             outcome = "succeeded"
         elif result.throttled is not None:
             outcome = "untried"
         return result
     finally:
-        throttle.finish(source, outcome)
+        if wait == 0:
+            throttle.finish(source, outcome)
 
 
 async def _attempt(
     backend: WriteBackend, guard: Guard, name: str, password: str, code: str, *,
     source: str, now: datetime, policy: LoginPolicy, peer: str | None,
+    known: uuid.UUID | None, source_wait: float,
 ) -> LoginResult:
     if not (plain_text(name) and plain_text(password) and len(name) <= 64):
         name, password = "", ""
@@ -135,12 +147,16 @@ async def _attempt(
         return conn.execute(select(users).where(users.c.name == name)).first()
 
     row = await backend.transaction(read) if name else None
+    urgent = known is not None and row is not None and row.id == known
+    if source_wait > 0 and not urgent:
+        return LoginResult(None, source_wait, "source")
     if (waiting := _account_wait(row, now)) > 0:
         # Refused before the password is checked: the answer says nothing about it.
         return LoginResult(None, waiting, "account")
     stored = row.password_hash if row is not None else DUMMY_HASH
     throttle = guard.throttle
-    password_ok = await hash_work(guard.gate, source, lambda: verify_password(stored, password))
+    password_ok = await hash_work(guard.gate, source, lambda: verify_password(stored, password),
+                                  urgent=urgent)
     step = totp_step(row.totp_secret, code, now) if row is not None and password_ok else None
     label = throttle.label(source)
     counts = {"source_failures": throttle.failures(source) + 1,

@@ -17,6 +17,8 @@ from aiohttp import web
 
 from gateway.console import assess as actions
 from gateway.console.accounts import AccountError, change_password, check_password
+from gateway.console.devices import COOKIE as DEVICE_COOKIE
+from gateway.console.devices import KNOWN_FOR
 from gateway.console.logins import login
 from gateway.console.web import (
     CONSOLE,
@@ -58,7 +60,8 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     name, password, code = (str(form.get(k, "")) for k in ("name", "password", "code"))
     result = await login(console.backend, console.guard, name.strip().lower(), password,
                          code.strip(), source=console.source(request), now=console.now(),
-                         policy=console.policy, peer=console.client(request))
+                         policy=console.policy, peer=console.client(request),
+                         device=request.cookies.get(DEVICE_COOKIE))
     if result.retry_after > 0:
         seconds = math.ceil(result.retry_after)
         log.debug("console.login_throttled", throttle=result.throttled, seconds=seconds)
@@ -80,6 +83,11 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     console.set_session_cookie(redirect, session_id,
                                max_age=int(console.sessions.absolute.total_seconds()))
     redirect.del_cookie(LOGIN_COOKIE, path="/login")
+    # This browser is known from now on: its next logins pass a burst (gateway.console.devices).
+    redirect.set_cookie(DEVICE_COOKIE, console.guard.devices.issue(staff.id, console.now()),
+                        httponly=True, samesite="Strict", path="/login",
+                        secure=console.secure_cookies,
+                        max_age=int(KNOWN_FOR.total_seconds()))
     log.info("console.login", user=staff.name)
     return redirect
 

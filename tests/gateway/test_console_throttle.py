@@ -179,3 +179,44 @@ async def test_forwarded_for_names_the_source_only_behind_a_trusted_proxy(
     await attack(gw, "127.0.0.1", wrong_password("nobody"), tally, limit=1,
                  headers={"X-Forwarded-For": "198.51.100.8"})
     assert tally.statuses()[-1] == other_status
+
+
+async def test_a_known_browser_is_hashed_before_a_burst_from_fresh_addresses(
+    start: Start
+) -> None:
+    """Forty fresh addresses each try an unknown name at once; with hashing queued behind
+    them, alice's login from the browser she logged in with before is hashed next, while a
+    login from a browser without that cookie waits its round behind the burst."""
+    gw = await start()
+    gate = gw.console.context.guard.gate
+    user = await ready_user(gw.console.context.backend, "alice")
+    known, fresh = StaffClient(base(gw)), StaffClient(base(gw))
+    try:
+        assert (await known.login(user))[0] == 200  # this browser is known from now on
+
+        async def burst_then(login: Any, first: int) -> int:
+            """How many of the burst's failures were recorded before alice's attempt."""
+            tally = Tally(enough=1)
+            burst = [asyncio.create_task(attack(
+                gw, f"127.0.{first // 250}.{first % 250 + 2 + n}",
+                lambda k: {"name": f"nobody-{k}", "password": "x", "code": "1"}, tally,
+                limit=1)) for n in range(40)]
+            async with asyncio.timeout(60):  # generous: only a bound against a hang
+                while gate.waiting < 30:
+                    await asyncio.sleep(0.01)
+            mark = len(await audit(gw))
+            await login()
+            await asyncio.gather(*burst)
+            entries = (await audit(gw))[mark:]
+            mine = next(n for n, (actor, _, _) in enumerate(entries) if actor == "alice")
+            return sum(1 for actor, _, _ in entries[:mine] if actor == "anonymous")
+
+        ahead_known = await burst_then(
+            lambda: known.login(user, totp=code(user.totp_secret, 1)), 0)
+        ahead_fresh = await burst_then(
+            lambda: fresh.login(user, password="not her password"), 50)
+    finally:
+        await known.close()
+        await fresh.close()
+    assert ahead_known <= 6  # the hashes already running, and a few finishing meanwhile
+    assert ahead_fresh >= 20

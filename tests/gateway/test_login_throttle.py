@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import threading
+import uuid
+from datetime import UTC, datetime, timedelta
 
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway.console.devices import DeviceCookies
 from gateway.console.fairgate import FairGate
 from gateway.console.throttle import (
     MAX_IN_FLIGHT,
@@ -182,3 +185,43 @@ async def test_a_waiter_that_gives_up_hands_its_turn_on() -> None:
     assert await later == "ran"
     await holder
     assert quitter.cancelled() and gate._free == 1
+
+
+async def test_an_urgent_job_goes_before_every_waiting_one() -> None:
+    """With the slot held and jobs of several sources waiting, an urgent job runs next."""
+    gate = FairGate(1)
+    release = threading.Event()
+    ran: list[str] = []
+    holder = asyncio.create_task(gate.run("x", lambda: release.wait(30)))
+    while gate._free:
+        await asyncio.sleep(0)
+    jobs = [asyncio.create_task(gate.run(f"s{n}", lambda n=n: ran.append(f"s{n}")))
+            for n in range(5)]
+    jobs.append(asyncio.create_task(gate.run("owner", lambda: ran.append("owner"),
+                                             urgent=True)))
+    while gate.waiting < 6:
+        await asyncio.sleep(0)
+    release.set()
+    await asyncio.gather(holder, *jobs)
+    assert ran[0] == "owner" and gate._free == 1
+
+
+def test_a_known_browser_cookie_names_its_user_until_it_is_old_or_forged() -> None:
+    """The cookie gives back the user it was issued for, for 90 days; altered, from another
+    process's key, or older, it names nobody."""
+    devices, other = DeviceCookies(), DeviceCookies()
+    user = uuid.uuid4()
+    now = datetime(2026, 12, 2, tzinfo=UTC)
+    cookie = devices.issue(user, now)
+    assert devices.user(cookie, now + timedelta(days=89)) == user
+    assert devices.user(cookie, now + timedelta(days=91)) is None
+    assert other.user(cookie, now) is None
+    forged = cookie.replace(user.hex, uuid.uuid4().hex)
+    assert devices.user(forged, now) is None
+    assert devices.user(None, now) is None and devices.user("", now) is None
+
+
+@given(st.text(max_size=120))
+def test_any_cookie_text_is_read_safely(value: str) -> None:
+    """Whatever a browser sends as the cookie, it names nobody (and never raises)."""
+    assert DeviceCookies().user(value, datetime(2026, 12, 2, tzinfo=UTC)) is None

@@ -184,3 +184,28 @@ async def test_naming_a_waiting_account_does_not_clear_the_source(
                           policy=policy)
     assert refused.throttled == "account"
     assert guard.throttle.failures("192.0.2.9") == 4
+
+
+async def test_a_known_browser_passes_its_address_s_wait(backend: WriteBackend) -> None:
+    """Behind an address that must wait (an attacker shares it), the browser its user logged
+    in with before is still tried, for that user only; the account's own wait still holds."""
+    new = await add_user(backend, "ana", "analyst", now=T0)
+    await add_user(backend, "bob", "analyst", now=T0)
+    totp = pyotp.TOTP(new.totp_secret)
+    guard = _guard()
+    for n in range(6):
+        await login(backend, guard, "ana", f"guess {n}", "123456", source="192.0.2.1", now=T0,
+                    policy=LoginPolicy())
+    assert guard.throttle.wait("192.0.2.1") > 0
+    user_id = await backend.transaction(lambda conn: conn.execute(
+        select(users.c.id).where(users.c.name == "ana")).scalar_one())
+    cookie = guard.devices.issue(user_id, T0)
+    stranger = await login(backend, guard, "ana", new.password, totp.at(T0),
+                           source="192.0.2.1", now=T0, policy=LoginPolicy())
+    assert stranger.throttled == "source"
+    other = await login(backend, guard, "bob", "x", "123456", source="192.0.2.1", now=T0,
+                        policy=LoginPolicy(), device=cookie)
+    assert other.throttled == "source"
+    owner = await login(backend, guard, "ana", new.password, totp.at(T0), source="192.0.2.1",
+                        now=T0, policy=LoginPolicy(), device=cookie)
+    assert owner.staff is not None and owner.staff.name == "ana"
