@@ -19,6 +19,9 @@ from collections.abc import Callable
 from typing import TypeVar
 
 T = TypeVar("T")
+#: Urgent jobs waiting at once; more wait their turn like any other (a stolen known-browser
+#: cookie must not let anyone flood the front of the queue).
+MAX_URGENT = 4
 
 
 class FairGate:
@@ -53,7 +56,7 @@ class FairGate:
             self._busy += 1
             return
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if urgent:
+        if urgent and len(self._urgent) < MAX_URGENT:
             self._urgent.append(turn)
         else:
             self._waiting.setdefault(source, deque()).append(turn)

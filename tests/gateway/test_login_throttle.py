@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.console.devices import DeviceCookies
-from gateway.console.fairgate import FairGate
+from gateway.console.fairgate import MAX_URGENT, FairGate
 from gateway.console.throttle import (
     MAX_IN_FLIGHT,
     SOURCE_BACKOFF,
@@ -225,3 +225,21 @@ def test_a_known_browser_cookie_names_its_user_until_it_is_old_or_forged() -> No
 def test_any_cookie_text_is_read_safely(value: str) -> None:
     """Whatever a browser sends as the cookie, it names nobody (and never raises)."""
     assert DeviceCookies().user(value, datetime(2026, 12, 2, tzinfo=UTC)) is None
+
+
+async def test_urgent_jobs_cannot_flood_the_front_of_the_queue() -> None:
+    """Beyond ``MAX_URGENT`` waiting, an urgent job takes its turn like any other."""
+    gate = FairGate(1)
+    release = threading.Event()
+    ran: list[str] = []
+    holder = asyncio.create_task(gate.run("x", lambda: release.wait(30)))
+    while gate._free:
+        await asyncio.sleep(0)
+    flood = [asyncio.create_task(gate.run("flood", lambda n=n: ran.append(f"u{n}"),
+                                          urgent=True)) for n in range(MAX_URGENT + 3)]
+    other = asyncio.create_task(gate.run("other", lambda: ran.append("other")))
+    while gate.waiting < MAX_URGENT + 4:
+        await asyncio.sleep(0)
+    release.set()
+    await asyncio.gather(holder, *flood, other)
+    assert ran.index("other") <= MAX_URGENT + 1
