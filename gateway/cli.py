@@ -22,17 +22,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import config as config_module
-from gateway import doctor, logs
+from gateway import doctor, logs, staff_cli
 from gateway.app import GatewayFailed, make_gpg, make_locator, normalise, pinned_keys, serve
 from gateway.backup import BackupError, backup
 from gateway.config import Config, ConfigError
-from gateway.console.accounts import (
-    AccountError,
-    add_user,
-    create_token,
-    revoke_tokens,
-    utcnow,
-)
+from gateway.console.accounts import utcnow
 from gateway.demo import setup_demo
 from gateway.notify import Notifier
 from gateway.retention import purge
@@ -88,21 +82,7 @@ def _parser() -> argparse.ArgumentParser:
         "relocate", help="look the case's host up again now and add the evidence")
     cases_relocate.add_argument("id", help="the case id")
     cases_relocate.add_argument("--json", action="store_true", help="print JSON")
-    users_cmd = commands.add_parser("users", help="staff accounts")
-    users_commands = users_cmd.add_subparsers(dest="users_command", required=True,
-                                              metavar="ACTION")
-    users_add = users_commands.add_parser(
-        "add", help="create an account; prints a one-time password and the TOTP secret")
-    users_add.add_argument("name")
-    users_add.add_argument("--role", required=True, choices=["analyst", "supervisor", "admin"])
-    tokens_cmd = commands.add_parser("tokens", help="API tokens")
-    tokens_commands = tokens_cmd.add_subparsers(dest="tokens_command", required=True,
-                                                metavar="ACTION")
-    tokens_create = tokens_commands.add_parser(
-        "create", help="print a new API token for a user (alone on stdout)")
-    tokens_create.add_argument("name")
-    tokens_revoke = tokens_commands.add_parser("revoke", help="revoke every token of a user")
-    tokens_revoke.add_argument("name")
+    staff_cli.add_parsers(commands)
     keys_cmd = commands.add_parser("keys", help="OpenPGP keys: ours and our destinations'")
     keys_commands = keys_cmd.add_subparsers(dest="keys_command", required=True,
                                             metavar="ACTION")
@@ -410,34 +390,12 @@ async def _with_backend(config: Config, work: Callable[[WriteBackend], Awaitable
 
 def _cmd_users(args: argparse.Namespace) -> int:
     config = _load(args)
-    try:
-        new = asyncio.run(_with_backend(config, lambda backend: add_user(
-            backend, args.name, args.role, now=utcnow())))
-    except AccountError as exc:
-        print(f"users add: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    print(f"user:            {new.name} ({new.role})")
-    print(f"password:        {new.password}   (works once: a new one is chosen at first login)")
-    print(f"TOTP secret:     {new.totp_secret}")
-    print(f"authenticator:   {new.otpauth_uri}")
-    return EXIT_OK
+    return staff_cli.cmd_users(args, lambda work: asyncio.run(_with_backend(config, work)))
 
 
 def _cmd_tokens(args: argparse.Namespace) -> int:
     config = _load(args)
-    try:
-        if args.tokens_command == "revoke":
-            count = asyncio.run(_with_backend(config, lambda backend: revoke_tokens(
-                backend, args.name, now=utcnow())))
-            print(f"{count} token(s) of {args.name} revoked")
-            return EXIT_OK
-        token = asyncio.run(_with_backend(config, lambda backend: create_token(
-            backend, args.name, now=utcnow())))
-    except AccountError as exc:
-        print(f"tokens {args.tokens_command}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    print(token)
-    return EXIT_OK
+    return staff_cli.cmd_tokens(args, lambda work: asyncio.run(_with_backend(config, work)))
 
 
 def _cmd_keys(args: argparse.Namespace) -> int:

@@ -289,10 +289,13 @@ class ConsoleConfig(TlsFiles):
     #: A session ends after this long without a request, and this long after login anyway.
     session_idle: PositiveDuration = 30 * 60.0
     session_max: PositiveDuration = 12 * 3600.0
-    #: After ``lockout_after`` failed logins in a row an account is locked for
-    #: ``lockout``, doubling with every further failure up to an hour.
+    #: After ``lockout_after`` wrong codes in a row with the right password, an account's
+    #: next login attempt waits ``lockout``, doubling with every further one up to 10 minutes.
+    #: Wrong passwords never slow the account, only the address they come from.
     lockout_after: Annotated[int, Field(ge=1, le=100)] = 5
     lockout: PositiveDuration = 60.0
+    #: X-Forwarded-For names the client (for the login throttle) only from these proxies.
+    trusted_proxies: list[Network] = []
     #: Cookies are marked Secure when the console is served over TLS, here or by a proxy
     #: in front of it ("auto": when tls_cert is set).
     secure_cookies: Literal["auto", "always"] = "auto"

@@ -1,17 +1,12 @@
-"""Staff accounts: argon2id passwords, TOTP at every login, lockout, API tokens.
+"""Staff accounts: argon2id passwords, TOTP secrets, API tokens, password changes.
 
-A login needs the password and a current TOTP code. A code is accepted once: the time step it
-belongs to is stored, and a code of that step or an earlier one is refused (RFC 6238 section
-5.2). After ``lockout_after`` failures in a row the account is locked for ``lockout``, doubling
-with every further failure up to an hour; a success resets the count. Failures say only
-"login failed", whatever the reason, so that the form does not tell which names exist.
+How a login is decided and throttled is in ``gateway.console.logins``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import re
 import secrets
 import uuid
@@ -23,10 +18,11 @@ from typing import Any, TypeVar
 import pyotp
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
+from gateway.console.fairgate import FairGate
 from gateway.ids import uuid7
 from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
@@ -37,20 +33,26 @@ T = TypeVar("T")
 ROLES = ("analyst", "supervisor", "admin")
 ISSUER = "hotline-gateway"
 MIN_PASSWORD = 12
-MAX_LOCKOUT = timedelta(hours=1)
 
 _HASHER = PasswordHasher()  # argon2id, the library's current recommended parameters
 
 
-async def _hash_work(gate: asyncio.Semaphore | None, work: Callable[[], T]) -> T:
-    """argon2 in a thread; with ``gate``, only a few at once (each takes ~64 MiB and ~50 ms of
-    CPU: a burst of logins must not exhaust the machine)."""
+async def hash_work(gate: FairGate | None, source: str, work: Callable[[], T], *,
+                    urgent: bool = False) -> T:
+    """argon2 in a thread; with ``gate``, in ``source``'s fair turn (each hash takes ~64 MiB
+    and ~100 ms of CPU: a burst of logins must neither exhaust the machine nor starve others)."""
     if gate is None:
         return await asyncio.to_thread(work)
-    async with gate:
-        return await asyncio.to_thread(work)
+    return await gate.run(source, work, urgent=urgent)
+
+
+def hash_password(password: str) -> str:
+    """argon2id of ``password`` (blocking: call it in a thread)."""
+    return _HASHER.hash(password)
+
+
 # Verified against when the name is unknown, so that both cases cost the same time.
-_DUMMY_HASH = _HASHER.hash(secrets.token_urlsafe(16))
+DUMMY_HASH = _HASHER.hash(secrets.token_urlsafe(16))
 
 
 class AccountError(Exception):
@@ -115,25 +117,79 @@ def token_sha256(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-async def create_token(backend: WriteBackend, name: str, *, now: datetime) -> str:
-    """A new API token for ``name``; only its hash is kept."""
+_TOKEN_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    """An API token as ``tokens list`` shows it (never the token itself)."""
+
+    user: str
+    name: str
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+    revoked: bool
+    survives_password_change: bool
+
+    def state(self, now: datetime) -> str:
+        if self.revoked:
+            return "revoked"
+        if self.expires_at is not None and _aware(self.expires_at) <= now:
+            return "expired"
+        return "active"
+
+
+def _user_id(conn: Connection, name: str) -> uuid.UUID:
+    user = conn.execute(select(users.c.id).where(users.c.name == name)).first()
+    if user is None:
+        raise AccountError(f"no user named {name!r}")
+    return uuid.UUID(str(user.id))
+
+
+async def create_token(
+    backend: WriteBackend, name: str, *, now: datetime, token_name: str | None = None,
+    expires: timedelta | None = None, survive_password_change: bool = False,
+) -> str:
+    """A new API token for ``name``; only its hash is kept. Its name is unique among the
+    user's live tokens (``token-N`` when not given)."""
+    if token_name is not None and not _TOKEN_NAME.fullmatch(token_name):
+        raise AccountError(f"{token_name!r}: a token name is 1-64 of a-z 0-9 . _ -")
+    if expires is not None and expires <= timedelta(0):
+        raise AccountError("an expiry is a positive duration")
     token = "hgt_" + secrets.token_urlsafe(32)
 
     def work(conn: Connection) -> None:
-        user = conn.execute(select(users.c.id).where(users.c.name == name)).first()
-        if user is None:
-            raise AccountError(f"no user named {name!r}")
+        user_id = _user_id(conn, name)
+        taken = set(conn.execute(select(api_tokens.c.name).where(
+            api_tokens.c.user_id == user_id, api_tokens.c.revoked.is_(False))).scalars())
+        chosen = token_name
+        if chosen is None:
+            chosen = next(f"token-{n}" for n in range(1, len(taken) + 2)
+                          if f"token-{n}" not in taken)
+        elif chosen in taken:
+            raise AccountError(f"{name} has a live token named {chosen!r} already")
+        expires_at = now + expires if expires is not None else None
         conn.execute(insert(api_tokens).values(
-            id=uuid7(), user_id=user.id, token_sha256=token_sha256(token), created_at=now))
-        record(conn, [AuditEntry("system:cli", "token.created", details={"user": name})],
-               at=now)
+            id=uuid7(), user_id=user_id, token_sha256=token_sha256(token), created_at=now,
+            name=chosen, expires_at=expires_at,
+            survives_password_change=survive_password_change))
+        details: dict[str, Any] = {"user": name, "token": chosen}
+        if expires_at is not None:
+            details["expires_at"] = expires_at.isoformat()
+        if survive_password_change:
+            details["survives_password_change"] = True
+        record(conn, [AuditEntry("system:cli", "token.created", details=details)], at=now)
 
     await backend.transaction(work)
     return token
 
 
 async def staff_for_token(backend: WriteBackend, token: str, *, now: datetime) -> Staff | None:
-    """The owner of a valid API token, or None."""
+    """The owner of a live API token, or None: a token is refused once revoked or expired,
+    and while its user is disabled, has a password to choose, or must wait after wrong codes
+    (someone who knows the password is at work)."""
     digest = token_sha256(token)
 
     def work(conn: Connection) -> Staff | None:
@@ -141,6 +197,8 @@ async def staff_for_token(backend: WriteBackend, token: str, *, now: datetime) -
             select(users.c.id, users.c.name, users.c.role, api_tokens.c.id.label("token_id"))
             .join(api_tokens, api_tokens.c.user_id == users.c.id)
             .where(api_tokens.c.token_sha256 == digest, api_tokens.c.revoked.is_(False),
+                   or_(api_tokens.c.expires_at.is_(None), api_tokens.c.expires_at > now),
+                   or_(users.c.locked_until.is_(None), users.c.locked_until <= now),
                    users.c.disabled.is_(False), users.c.must_change_password.is_(False))
         ).first()
         if row is None:
@@ -152,105 +210,42 @@ async def staff_for_token(backend: WriteBackend, token: str, *, now: datetime) -
     return await backend.transaction(work)
 
 
-@dataclass(frozen=True, slots=True)
-class LoginPolicy:
-    lockout_after: int = 5
-    lockout: timedelta = timedelta(minutes=1)
+async def list_tokens(backend: WriteBackend, name: str | None = None) -> list[TokenInfo]:
+    """Every API token (of ``name``), by user and then oldest first."""
 
-    def locked_for(self, failures: int) -> timedelta | None:
-        if failures < self.lockout_after:
-            return None
-        lock: timedelta = self.lockout * (2 ** min(failures - self.lockout_after, 20))
-        return min(lock, MAX_LOCKOUT)
+    def work(conn: Connection) -> list[TokenInfo]:
+        query = (select(users.c.name.label("user"), api_tokens)
+                 .join(users, users.c.id == api_tokens.c.user_id)
+                 .order_by(users.c.name, api_tokens.c.created_at))
+        if name is not None:
+            _user_id(conn, name)
+            query = query.where(users.c.name == name)
+        return [TokenInfo(r.user, r.name, r.created_at, r.expires_at, r.last_used_at,
+                          r.revoked_at, r.revoked, r.survives_password_change)
+                for r in conn.execute(query)]
+
+    return await backend.transaction(work)
 
 
-def _verify_password(password_hash: str, password: str) -> bool:
+def end_tokens_on_password_change(conn: Connection, user_id: uuid.UUID,
+                                  now: datetime) -> int:
+    """Revoke the user's live tokens not made to survive a password change; how many."""
+    return int(conn.execute(update(api_tokens).where(
+        api_tokens.c.user_id == user_id, api_tokens.c.revoked.is_(False),
+        api_tokens.c.survives_password_change.is_(False)).values(
+        revoked=True, revoked_at=now)).rowcount)
+
+
+def verify_password(password_hash: str, password: str) -> bool:
     try:
         return _HASHER.verify(password_hash, password)
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
 
 
-def _totp_step(secret: str, code: str, moment: datetime) -> int | None:
-    """The time step ``code`` is valid for (now, or one step either side for clock drift)."""
-    if not re.fullmatch(r"\d{6}", code):
-        return None
-    totp = pyotp.TOTP(secret)
-    for offset in (0, -1, 1):
-        step = totp.timecode(moment) + offset
-        if hmac.compare_digest(totp.generate_otp(step), code):
-            return step
-    return None
-
-
-async def login(
-    backend: WriteBackend, name: str, password: str, code: str, *, now: datetime,
-    policy: LoginPolicy, peer: str | None = None, gate: asyncio.Semaphore | None = None,
-) -> Staff | None:
-    """The user, if the password and an unused TOTP code are right and the account is open.
-
-    Unknown names cost the same: a hash is checked and a failure is recorded either way.
-    """
-    if not (plain_text(name) and plain_text(password) and len(name) <= 64):
-        name, password = "", ""
-
-    def read(conn: Connection) -> Any:
-        return conn.execute(select(users).where(users.c.name == name)).first()
-
-    row = await backend.transaction(read) if name else None
-    stored = row.password_hash if row is not None else _DUMMY_HASH
-    password_ok = await _hash_work(gate, lambda: _verify_password(stored, password))
-    step = _totp_step(row.totp_secret, code, now) if row is not None and password_ok else None
-    details: dict[str, Any] = {"user": name[:64]}
-    if peer is not None:
-        details["peer"] = peer
-
-    def decide(conn: Connection) -> Staff | None:
-        if row is None:
-            record(conn, [AuditEntry("anonymous", "user.login_failed",
-                                     details={**details, "reason": "unknown user"})], at=now)
-            return None
-        # Read again inside this transaction: logins racing each other see each other's
-        # failures and locks.
-        current = conn.execute(select(users).where(users.c.id == row.id)).one()
-        locked = current.locked_until is not None and _aware(current.locked_until) > now
-        open_now = or_(users.c.locked_until.is_(None), users.c.locked_until <= now)
-        reason = ("locked" if locked else "disabled" if current.disabled
-                  else "password" if not password_ok else "code")
-        if password_ok and step is not None and not locked and not current.disabled:
-            # One statement decides a replay and the lock, even with logins racing.
-            fresh = or_(users.c.totp_last_step.is_(None), users.c.totp_last_step < step)
-            if conn.execute(
-                update(users).where(and_(users.c.id == row.id, fresh, open_now,
-                                         users.c.disabled.is_(False)))
-                .values(totp_last_step=step, failed_logins=0, locked_until=None)
-            ).rowcount == 1:
-                record(conn, [AuditEntry(name, "user.login", details=details)], at=now)
-                return Staff(row.id, row.name, row.role, current.must_change_password)
-            reason = "replayed code"
-        failures = conn.execute(
-            update(users).where(users.c.id == row.id)
-            .values(failed_logins=users.c.failed_logins + 1)
-            .returning(users.c.failed_logins)
-        ).scalar_one()
-        lock = policy.locked_for(failures)
-        extra: dict[str, Any] = {}
-        if lock is not None:
-            until = now + lock
-            if conn.execute(update(users).where(
-                    users.c.id == row.id,
-                    or_(users.c.locked_until.is_(None), users.c.locked_until < until))
-                    .values(locked_until=until)).rowcount:
-                extra["locked_seconds"] = int(lock.total_seconds())
-        record(conn, [AuditEntry(name, "user.login_failed", details={
-            **details, "reason": reason, "failures": failures, **extra})], at=now)
-        return None
-
-    return await backend.transaction(decide)
-
 
 async def check_password(backend: WriteBackend, staff: Staff, password: str, *,
-                         gate: asyncio.Semaphore | None = None) -> bool:
+                         gate: FairGate | None = None) -> bool:
     def read(conn: Connection) -> str:
         return str(conn.execute(select(users.c.password_hash)
                                 .where(users.c.id == staff.id)).scalar_one())
@@ -258,42 +253,51 @@ async def check_password(backend: WriteBackend, staff: Staff, password: str, *,
     stored = await backend.transaction(read)
     if not plain_text(password):
         return False
-    return await _hash_work(gate, lambda: _verify_password(stored, password))
+    return await hash_work(gate, f"staff:{staff.id}",
+                           lambda: verify_password(stored, password))
 
 
 async def change_password(
     backend: WriteBackend, staff: Staff, new_password: str, *, now: datetime,
-    gate: asyncio.Semaphore | None = None,
+    gate: FairGate | None = None,
 ) -> None:
     """Set a new password; every session of the user ends (the caller starts a fresh one)."""
     if len(new_password) < MIN_PASSWORD:
         raise AccountError(f"a password has at least {MIN_PASSWORD} characters")
     if not plain_text(new_password) or len(new_password) > 1024:
         raise AccountError("a password is text of at most 1024 characters")
-    password_hash = await _hash_work(gate, lambda: _HASHER.hash(new_password))
+    password_hash = await hash_work(gate, f"staff:{staff.id}",
+                                    lambda: _HASHER.hash(new_password))
 
     def work(conn: Connection) -> None:
         conn.execute(update(users).where(users.c.id == staff.id)
                      .values(password_hash=password_hash, must_change_password=False))
         conn.execute(delete(staff_sessions).where(staff_sessions.c.user_id == staff.id))
-        record(conn, [AuditEntry(staff.name, "user.password_changed")], at=now)
+        ended = end_tokens_on_password_change(conn, staff.id, now)
+        record(conn, [AuditEntry(staff.name, "user.password_changed",
+                                 details={"tokens_revoked": ended})], at=now)
 
     await backend.transaction(work)
 
 
-async def revoke_tokens(backend: WriteBackend, name: str, *, now: datetime) -> int:
-    """Revoke every API token of ``name``; how many."""
+async def revoke_tokens(backend: WriteBackend, name: str, *, now: datetime,
+                        token_name: str | None = None) -> int:
+    """Revoke ``name``'s live token called ``token_name``, or every one when None; how many."""
 
     def work(conn: Connection) -> int:
-        user = conn.execute(select(users.c.id).where(users.c.name == name)).first()
-        if user is None:
-            raise AccountError(f"no user named {name!r}")
-        count = conn.execute(update(api_tokens).where(api_tokens.c.user_id == user.id,
-                                                      api_tokens.c.revoked.is_(False))
-                             .values(revoked=True)).rowcount
-        record(conn, [AuditEntry("system:cli", "token.revoked",
-                                 details={"user": name, "count": count})], at=now)
-        return int(count)
+        user_id = _user_id(conn, name)
+        which = [api_tokens.c.user_id == user_id, api_tokens.c.revoked.is_(False)]
+        if token_name is not None:
+            which.append(api_tokens.c.name == token_name)
+        count = int(conn.execute(update(api_tokens).where(*which)
+                                 .values(revoked=True, revoked_at=now)).rowcount)
+        if token_name is not None and count == 0:
+            raise AccountError(f"{name} has no live token named {token_name!r}")
+        details: dict[str, Any] = {"user": name, "count": count}
+        if token_name is not None:
+            details["token"] = token_name
+        record(conn, [AuditEntry("system:cli", "token.revoked", details=details)], at=now)
+        return count
 
     return await backend.transaction(work)
 

@@ -7,6 +7,7 @@ text, with a button that copies it for the analyst's isolated assessment environ
 from __future__ import annotations
 
 import hmac
+import math
 import secrets
 import uuid
 from typing import Any
@@ -15,7 +16,10 @@ import structlog
 from aiohttp import web
 
 from gateway.console import assess as actions
-from gateway.console.accounts import AccountError, change_password, check_password, login
+from gateway.console.accounts import AccountError, change_password, check_password
+from gateway.console.devices import COOKIE as DEVICE_COOKIE
+from gateway.console.devices import KNOWN_FOR
+from gateway.console.logins import login
 from gateway.console.web import (
     CONSOLE,
     LOGIN_COOKIE,
@@ -54,9 +58,19 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     if not isinstance(sent, str) or not expected or not hmac.compare_digest(sent, expected):
         return _login_form(console, error="The form is out of date: try again.", status=403)
     name, password, code = (str(form.get(k, "")) for k in ("name", "password", "code"))
-    staff = await login(console.backend, name.strip().lower(), password, code.strip(),
-                        now=console.now(), policy=console.policy, peer=request.remote,
-                        gate=console.hashing)
+    result = await login(console.backend, console.guard, name.strip().lower(), password,
+                         code.strip(), source=console.source(request), now=console.now(),
+                         policy=console.policy, peer=console.client(request),
+                         device=request.cookies.get(DEVICE_COOKIE))
+    if result.retry_after > 0:
+        seconds = math.ceil(result.retry_after)
+        log.debug("console.login_throttled", throttle=result.throttled, seconds=seconds)
+        whose = "for this account" if result.throttled == "account" else "from your address"
+        response = _login_form(console, status=429, error=(
+            f"Too many failed logins {whose}: try again in {seconds} s."))
+        response.headers["Retry-After"] = str(seconds)
+        return response
+    staff = result.staff
     if staff is None:
         log.info("console.login_failed")
         return _login_form(console, error="Login failed.", status=401)
@@ -69,6 +83,11 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     console.set_session_cookie(redirect, session_id,
                                max_age=int(console.sessions.absolute.total_seconds()))
     redirect.del_cookie(LOGIN_COOKIE, path="/login")
+    # This browser is known from now on: its next logins pass a burst (gateway.console.devices).
+    redirect.set_cookie(DEVICE_COOKIE, console.guard.devices.issue(staff.id, console.now()),
+                        httponly=True, samesite="Strict", path="/login",
+                        secure=console.secure_cookies,
+                        max_age=int(KNOWN_FOR.total_seconds()))
     log.info("console.login", user=staff.name)
     return redirect
 

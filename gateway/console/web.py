@@ -9,7 +9,6 @@ images, nothing from elsewhere) and is never cached.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -24,8 +23,11 @@ from markupsafe import Markup, escape
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.config import ConsoleConfig
-from gateway.console.accounts import LoginPolicy, Staff, staff_for_token
+from gateway.console.accounts import Staff, staff_for_token
+from gateway.console.fairgate import FairGate
+from gateway.console.logins import Guard, LoginPolicy
 from gateway.console.sessions import Session, SessionStore
+from gateway.console.throttle import Network, SourceThrottle, client_address, source_key
 from gateway.listeners import HttpListener
 from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
@@ -49,6 +51,8 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
     "X-Robots-Tag": "noindex, nofollow",
 }
+#: Password hashes computed at once (argon2 is expensive on purpose: ~64 MiB and ~100 ms each).
+HASHING_SLOTS = 2
 TEMPLATES = ("login.html", "password.html", "queue.html", "case.html", "error.html")
 STATIC = {"console.css": "text/css", "console.js": "text/javascript"}
 
@@ -67,8 +71,10 @@ class Console:
     templates: jinja2.Environment
     static: dict[str, bytes]
     clock: Callable[[], datetime]
-    #: Password hashing admitted at once (argon2 is expensive on purpose).
-    hashing: asyncio.Semaphore
+    #: The per-source login throttle and the fair queue for password hashing.
+    guard: Guard
+    #: Proxies whose X-Forwarded-For names the client.
+    trusted_proxies: tuple[Network, ...] = ()
     #: Called when a verdict became final or a hold was released: routing can go on.
     on_decided: Callable[[], None] = lambda: None
     #: Called when a referral was queued again: the outbox can go on.
@@ -76,6 +82,19 @@ class Console:
 
     def now(self) -> datetime:
         return self.clock()
+
+    @property
+    def hashing(self) -> FairGate:
+        return self.guard.gate
+
+    def client(self, request: web.Request) -> str:
+        """The client's address (X-Forwarded-For only from a trusted proxy)."""
+        return client_address(request.remote, request.headers.getall("X-Forwarded-For", []),
+                              self.trusted_proxies)
+
+    def source(self, request: web.Request) -> str:
+        """Whom the login throttle counts this request against."""
+        return source_key(self.client(request))
 
     def render(self, name: str, code: int = 200, **context: Any) -> web.Response:
         """A template as an HTML response with HTTP status ``code``."""
@@ -240,6 +259,11 @@ def build_app(console: Console) -> web.Application:
     return app
 
 
+def _guard() -> Guard:
+    throttle = SourceThrottle()
+    return Guard(throttle, FairGate(HASHING_SLOTS, rank=throttle.failures))
+
+
 def make_console(
     config: ConsoleConfig, backend: WriteBackend, engine: AsyncEngine, locator: Locator, *,
     four_eyes: bool, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -254,7 +278,9 @@ def make_console(
         policy=LoginPolicy(config.lockout_after, timedelta(seconds=config.lockout)),
         four_eyes=four_eyes, locator=locator,
         secure_cookies=config.secure_cookies == "always" or config.tls_cert is not None,
-        templates=templates, static=static, clock=clock, hashing=asyncio.Semaphore(2),
+        templates=templates, static=static, clock=clock,
+        guard=_guard(),
+        trusted_proxies=tuple(config.trusted_proxies),
         on_decided=on_decided, on_queued=on_queued,
     )
 

@@ -165,9 +165,12 @@ users = Table(
     Column("locked_until", DateTime(timezone=True), nullable=True),
     Column("disabled", Boolean, nullable=False, server_default=false()),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("last_login_at", DateTime(timezone=True), nullable=True),
 )
 
 # API tokens, kept as their SHA-256 (a token is 32 random bytes: no need for a slow hash).
+# A token has a name its user's other live tokens do not have; it may expire; a password
+# change or reset revokes it unless it was made to survive that.
 api_tokens = Table(
     "api_tokens",
     metadata,
@@ -177,6 +180,10 @@ api_tokens = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("last_used_at", DateTime(timezone=True), nullable=True),
     Column("revoked", Boolean, nullable=False, server_default=false()),
+    Column("name", String(64), nullable=False, server_default=""),
+    Column("expires_at", DateTime(timezone=True), nullable=True),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+    Column("survives_password_change", Boolean, nullable=False, server_default=false()),
 )
 
 # Console sessions, server-side; the cookie holds a random id whose SHA-256 is the key here.

@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 import trustme
-from sqlalchemy import select, update
+from sqlalchemy import update
 from yarl import URL
 
 from gateway.app import Gateway
@@ -21,7 +21,7 @@ from gateway.console.accounts import create_token, utcnow
 from gateway.console.web import load_assets
 from gateway.store.audit import verify
 from gateway.store.case_view import list_cases
-from gateway.store.tables import audit_log, users
+from gateway.store.tables import users
 from tests.console_client import StaffClient, base, code, file_case, hidden, ready_user
 from tests.gateway.conftest import Start
 from tests.hostile_text import RAW, SUBJECT, hostile_report
@@ -101,24 +101,6 @@ async def test_login_needs_the_password_and_an_unused_totp_code(
     assert status == 401
     status, _ = await other.login(user, totp=code(user.totp_secret, steps_ahead=1))
     assert status == 200
-
-
-async def test_repeated_failures_lock_the_account(
-    start: Start, client: Callable[[Gateway], StaffClient]
-) -> None:
-    gw = await start(console={"listen": ["127.0.0.1:0"], "lockout_after": 3,
-                              "lockout": "10m"})
-    user = await ready_user(gw.console.context.backend, "ana")
-    browser = client(gw)
-    for _ in range(3):
-        assert (await browser.login(user, password="wrong password"))[0] == 401
-    status, _ = await browser.login(user)  # right password and code, but locked
-    assert status == 401
-    async with gw.engine.connect() as conn:
-        actions = [(a, d.get("reason")) for a, d in await conn.execute(
-            select(audit_log.c.action, audit_log.c.details).order_by(audit_log.c.seq))]
-        locked = (await conn.execute(select(users.c.locked_until))).scalar()
-    assert actions[-1] == ("user.login_failed", "locked") and locked is not None
 
 
 async def test_a_form_without_the_csrf_token_is_refused(
@@ -376,26 +358,6 @@ async def test_every_page_carries_the_security_headers(start: Start) -> None:
                 assert headers["X-Content-Type-Options"] == "nosniff"
                 assert headers["Referrer-Policy"] == "no-referrer"
                 assert headers["Cache-Control"] == "no-store"
-
-
-async def test_logins_in_parallel_cannot_outrun_the_lockout(
-    start: Start, client: Callable[[Gateway], StaffClient]
-) -> None:
-    """Many wrong passwords and the right one at once: once locked, even the right one fails,
-    and a success never clears a lock that a concurrent failure set."""
-    gw = await start(console={"listen": ["127.0.0.1:0"], "lockout_after": 3,
-                              "lockout": "10m"})
-    user = await ready_user(gw.console.context.backend, "ana")
-    browsers = [client(gw) for _ in range(12)]
-    results = await asyncio.gather(
-        *(b.login(user, password="wrong password") for b in browsers[:11]),
-        browsers[11].login(user))
-    assert [status for status, _ in results[:11]] == [401] * 11
-    async with gw.engine.connect() as conn:
-        locked = (await conn.execute(select(users.c.locked_until))).scalar()
-    assert locked is not None  # whatever the order, the account ends locked
-    status, _ = await client(gw).login(user, totp=code(user.totp_secret, steps_ahead=1))
-    assert status == 401
 
 
 async def test_case_pages_render_in_every_state(

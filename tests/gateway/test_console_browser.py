@@ -5,11 +5,15 @@ Screenshots of each step go to ``.artifacts/screenshots/`` in the repository.
 
 from __future__ import annotations
 
+import asyncio
+import json
+import sys
+
 from playwright.async_api import Browser, expect
 
 from gateway.console.accounts import add_user, utcnow
 from tests.browser import shot
-from tests.console_client import base, code, file_case
+from tests.console_client import base, code, file_case, ready_user
 from tests.gateway.conftest import Start
 
 
@@ -77,3 +81,40 @@ async def test_an_analyst_logs_in_and_assesses_a_case(start: Start, browser: Bro
     assert dialogs == []  # the reporter's script never ran
     assert all(url.startswith(origin + "/") for url in requested), requested
     await context.close()
+
+
+async def test_the_owner_logs_in_in_a_browser_during_a_burst(
+    start: Start, browser: Browser
+) -> None:
+    """A script of its own keeps sending wrong passwords for alice from six addresses; once
+    each is being refused, alice logs in in Chromium with her password and a fresh code and
+    reaches the queue, while the script goes on."""
+    gw = await start()
+    user = await ready_user(gw.console.context.backend, "alice")
+    sources = [f"127.0.0.{n}" for n in range(2, 8)]
+    script = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.login_attack", base(gw), "alice", *sources,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    assert script.stdin is not None and script.stdout is not None
+    try:
+        async with asyncio.timeout(120):  # generous: only a bound against a hang
+            refused = {(await script.stdout.readline()).split()[1] for _ in sources}
+            assert refused == {address.encode() for address in sources}
+            page = await browser.new_page()
+            origin = base(gw)
+            await page.goto(origin + "/login")
+            await page.fill("#name", "alice")
+            await page.fill("#password", user.password)
+            await page.fill("#code", code(user.totp_secret))
+            await page.click("button[type=submit]")
+            await page.wait_for_url(origin + "/")
+            assert await page.inner_text("h1") == "Cases: awaiting assessment"
+            await shot(page, "login-during-burst")
+            await page.close()
+    finally:
+        script.stdin.close()
+        answers = json.loads(await script.stdout.readline())
+        await script.wait()
+    assert script.returncode == 0
+    assert {status for _, status, _ in answers} <= {401, 429}
+    assert 100 < len(answers) < 20_000 * len(sources)  # it was still going when stopped

@@ -58,8 +58,45 @@ def test_tokens_create_prints_the_token_alone_and_keeps_only_its_hash(
     assert stored is not None and token.strip() not in stored and len(stored) == 64
     assert run(config, "tokens", "create", "nobody") == 2
     capsys.readouterr()
-    assert run(config, "tokens", "revoke", "ana") == 0
+    assert run(config, "tokens", "revoke", "ana", "--all") == 0
     assert "1 token(s) of ana revoked" in capsys.readouterr().out
+
+
+def test_tokens_are_named_listed_and_revoked_one_by_one(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`tokens create --name --expires --survive-password-change`, `tokens list [NAME]`
+    (never the token), `tokens revoke NAME TOKEN_NAME`; a revoke names a token or --all."""
+    run(config, "users", "add", "ana", "--role", "analyst")
+    run(config, "users", "add", "bob", "--role", "analyst")
+    capsys.readouterr()
+    assert run(config, "tokens", "create", "ana", "--name", "laptop", "--expires", "90d") == 0
+    assert run(config, "tokens", "create", "ana", "--name", "ci",
+               "--survive-password-change") == 0
+    assert run(config, "tokens", "create", "bob") == 0
+    tokens = capsys.readouterr().out.split()
+    assert run(config, "tokens", "list") == 0
+    listed = capsys.readouterr().out
+    assert not any(token in listed for token in tokens)
+    lines = [line.split() for line in listed.splitlines()]
+    assert lines[0][:3] == ["USER", "TOKEN", "STATE"]
+    assert [line[:3] for line in lines[1:]] == [
+        ["ana", "laptop", "active"], ["ana", "ci", "active"], ["bob", "token-1", "active"]]
+    assert lines[1][-2:] == ["ends", "it"] and lines[2][-1] == "survives"
+    assert lines[1][5] != "-" and lines[2][5] == "-"  # an expiry only where one was given
+    assert run(config, "tokens", "revoke", "ana", "laptop") == 0
+    assert "1 token(s) of ana revoked" in capsys.readouterr().out
+    assert run(config, "tokens", "list", "ana") == 0
+    assert [line.split()[:3] for line in capsys.readouterr().out.splitlines()[1:]] == [
+        ["ana", "laptop", "revoked"], ["ana", "ci", "active"]]
+    assert run(config, "tokens", "revoke", "ana", "laptop") == 2
+    assert "no live token named 'laptop'" in capsys.readouterr().err
+    assert run(config, "tokens", "create", "ana", "--name", "ci") == 2
+    assert run(config, "tokens", "create", "ana", "--expires", "soon") == 2
+    assert "--expires" in capsys.readouterr().err
+    assert run(config, "tokens", "list", "nobody") == 2
+    with pytest.raises(SystemExit):
+        run(config, "tokens", "revoke", "ana")  # which one: a name or --all
 
 
 def test_audit_verify_passes_then_fails_once_an_entry_is_altered(
@@ -89,3 +126,61 @@ async def test_setup_demo_makes_one_console_account(
     assert "created  console account 'analyst'" in out and "TOTP secret" in out
     assert await asyncio.to_thread(main, ["--config", str(path), "setup-demo"]) == 0
     assert "exists   staff accounts" in capsys.readouterr().out
+
+
+def audit_actions(config: Path) -> list[tuple[str, str]]:
+    database = create_engine(f"sqlite:///{config.parent / 'var' / 'gateway.db'}")
+    with database.connect() as conn:
+        rows = conn.execute(text("SELECT actor, action FROM audit_log ORDER BY seq")).all()
+    database.dispose()
+    return [(actor, action) for actor, action in rows]
+
+
+def test_users_are_managed_from_the_command_line_and_every_action_audited(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`users list` shows state and last login; disable, enable, unlock, reset-totp,
+    reset-password, role, logout and remove each work and leave an audit entry."""
+    run(config, "users", "add", "ana", "--role", "analyst")
+    run(config, "users", "add", "root", "--role", "admin")
+    old_secret = re.search(r"TOTP secret:\s+(\S+)", capsys.readouterr().out)
+    assert old_secret is not None
+    assert run(config, "users", "list") == 0
+    lines = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert lines[0] == ["NAME", "ROLE", "STATE", "LAST", "LOGIN", "CREATED"]
+    assert [line[:4] for line in lines[1:]] == [["ana", "analyst", "new", "-"],
+                                                ["root", "admin", "new", "-"]]
+    for argv in (["disable", "ana"], ["enable", "ana"], ["unlock", "ana"],
+                 ["reset-totp", "root"], ["reset-password", "ana"], ["role", "ana", "supervisor"],
+                 ["logout", "ana"], ["remove", "ana"]):
+        assert run(config, "users", *argv) == 0, argv
+    out = capsys.readouterr().out
+    new_secret = re.search(r"TOTP secret:\s+(\S+)", out)
+    assert new_secret is not None and new_secret.group(1) != old_secret.group(1)
+    assert re.search(r"password:\s+\S{12,}", out) and "0 session(s) of ana ended" in out
+    assert audit_actions(config)[-8:] == [("system:cli", action) for action in (
+        "user.disabled", "user.enabled", "user.unlocked", "user.totp_reset",
+        "user.password_reset", "user.role_changed", "user.logged_out", "user.removed")]
+    assert run(config, "users", "list") == 0
+    assert "ana" not in capsys.readouterr().out
+    assert run(config, "users", "disable", "ana") == 2
+    assert "no user named 'ana'" in capsys.readouterr().err
+
+
+def test_the_last_admin_is_neither_removed_nor_demoted(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With one enabled admin, demoting or removing them is refused; with a second, allowed."""
+    run(config, "users", "add", "root", "--role", "admin")
+    run(config, "users", "add", "sue", "--role", "supervisor")
+    capsys.readouterr()
+    assert run(config, "users", "role", "root", "supervisor") == 2
+    assert "last admin" in capsys.readouterr().err
+    assert run(config, "users", "remove", "root") == 2
+    assert run(config, "users", "role", "sue", "admin") == 0
+    assert run(config, "users", "disable", "sue") == 0
+    assert run(config, "users", "remove", "root") == 2  # a disabled admin does not count
+    assert run(config, "users", "enable", "sue") == 0
+    assert run(config, "users", "role", "root", "analyst") == 0
+    assert run(config, "users", "remove", "sue") == 2
+    assert run(config, "users", "remove", "root") == 0

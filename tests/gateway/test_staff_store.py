@@ -10,10 +10,22 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.console.accounts import LoginPolicy, add_user, login
+from gateway.config import ConsoleConfig
+from gateway.console.accounts import add_user
+from gateway.console.fairgate import FairGate
+from gateway.console.logins import (
+    MAX_CODE_DELAY,
+    TOTP_DIGITS,
+    TOTP_STEPS,
+    Guard,
+    LoginPolicy,
+    LoginResult,
+    login,
+)
 from gateway.console.sessions import SessionStore
+from gateway.console.throttle import SourceThrottle
 from gateway.store.backend import WriteBackend, open_write_backend
-from gateway.store.tables import staff_sessions, users
+from gateway.store.tables import audit_log, staff_sessions, users
 
 T0 = datetime(2026, 11, 28, 9, tzinfo=UTC)
 
@@ -46,35 +58,154 @@ async def test_sessions_end_when_idle_and_when_old(backend: WriteBackend) -> Non
     assert session_id not in stored and other not in stored  # only hashes, and swept
 
 
-def test_lockout_doubles_up_to_an_hour() -> None:
-    """Locked from the fifth failure: 1, 2, 4 … minutes, never more than an hour."""
+def _guard() -> Guard:
+    throttle = SourceThrottle()
+    return Guard(throttle, FairGate(2, rank=throttle.failures))
+
+
+def test_the_account_waits_only_after_wrong_codes_doubling_up_to_ten_minutes() -> None:
+    """Free tries first, then 1, 2, 4 … minutes, never more than ten."""
     policy = LoginPolicy(lockout_after=5, lockout=timedelta(minutes=1))
-    assert [policy.locked_for(n) for n in (1, 4)] == [None, None]
-    assert [policy.locked_for(n) for n in (5, 6, 7)] == [
+    assert [policy.delay(n) for n in (1, 4)] == [timedelta(0), timedelta(0)]
+    assert [policy.delay(n) for n in (5, 6, 7)] == [
         timedelta(minutes=1), timedelta(minutes=2), timedelta(minutes=4)]
-    assert policy.locked_for(30) == timedelta(hours=1)
+    assert policy.delay(30) == policy.delay(10_000) == MAX_CODE_DELAY == timedelta(minutes=10)
 
 
-async def test_a_lock_expires_and_a_success_resets_the_count(backend: WriteBackend) -> None:
-    """Failures while locked lengthen the lock; after it runs out the right password and code
-    get in, and the count restarts."""
+def test_guessing_the_code_of_a_known_password_takes_years() -> None:
+    """With the password known, the expected time to hit a valid code, from the schedule the
+    console runs with (its default config) and the codes the TOTP check accepts, is over a year.
+
+    Each attempt succeeds with probability p = (steps accepted) / 10^digits (the accepted steps
+    change every 30 s, and past the free tries the attempts are further apart than that, so
+    they are independent). Attempt k happens with probability (1 - p)^k, after waiting the
+    delay that k failures in a row impose: E[T] = sum over k of (1 - p)^k * delay(k). The
+    per-source throttle and the time hashing takes are left out (an attacker may have many
+    addresses and fast machines), so the true figure is higher still.
+    """
+    config = ConsoleConfig()
+    policy = LoginPolicy(config.lockout_after, timedelta(seconds=config.lockout))
+    p = len(set(TOTP_STEPS)) / 10 ** TOTP_DIGITS
+    cap = MAX_CODE_DELAY.total_seconds()
+    expected, k = 0.0, 0
+    while policy.delay(k).total_seconds() < cap:
+        expected += (1 - p) ** k * policy.delay(k).total_seconds()
+        k += 1
+    expected += (1 - p) ** k * cap / p  # the rest, all at the cap: a geometric series
+    year = 365.25 * 24 * 3600
+    assert expected > year
+    assert round(expected / year, 1) == 6.3  # what the README says
+
+
+async def test_wrong_passwords_never_slow_the_account(backend: WriteBackend) -> None:
+    """A dozen wrong passwords from a dozen addresses: the owner's password and code get in at
+    once, and the account holds no failure."""
+    new = await add_user(backend, "ana", "analyst", now=T0)
+    guard = _guard()
+    for n in range(12):
+        result = await login(backend, guard, "ana", f"guess {n}", "123456",
+                             source=f"192.0.2.{n}", now=T0, policy=LoginPolicy())
+        assert result == LoginResult(None)
+    moment = T0 + timedelta(seconds=1)
+    result = await login(backend, guard, "ana", new.password, pyotp.TOTP(new.totp_secret).at(
+        moment), source="198.51.100.1", now=moment, policy=LoginPolicy())
+    assert result.staff is not None
+    row = (await backend.transaction(lambda conn: conn.execute(select(users)).one()))
+    assert (row.failed_logins, row.locked_until) == (0, None)
+
+
+async def test_wrong_codes_slow_the_account_and_a_success_resets_it(
+    backend: WriteBackend
+) -> None:
+    """With the right password, wrong codes from anywhere make the account wait 5, then 10
+    minutes; attempts while it waits are refused untried (even the right code) and do not
+    count; afterwards the right code gets in and the count restarts."""
     new = await add_user(backend, "ana", "analyst", now=T0)
     totp = pyotp.TOTP(new.totp_secret)
     policy = LoginPolicy(lockout_after=2, lockout=timedelta(minutes=5))
-    for n in range(2):
-        moment = T0 + timedelta(seconds=30 * n)
-        assert await login(backend, "ana", "wrong", totp.at(moment), now=moment,
-                           policy=policy) is None
-    locked = T0 + timedelta(minutes=1)
-    assert await login(backend, "ana", new.password, totp.at(locked), now=locked,
-                       policy=policy) is None
-    # That third failure, while locked, doubled the lock: 10 minutes from T0 + 1 min.
-    still = T0 + timedelta(minutes=7)
-    assert await login(backend, "ana", new.password, totp.at(still), now=still,
-                       policy=policy) is None
-    later = T0 + timedelta(minutes=30)  # past even the lock the fourth failure set (20 min)
-    staff = await login(backend, "ana", new.password, totp.at(later), now=later, policy=policy)
+    guard = _guard()
+    wrong = "000000" if totp.at(T0) != "000000" else "111111"
+
+    async def attempt(code: str, moment: datetime, n: int = 0) -> LoginResult:
+        return await login(backend, guard, "ana", new.password, code, source=f"192.0.2.{n}",
+                           now=moment, policy=policy)
+
+    assert await attempt(wrong, T0, 1) == LoginResult(None)
+    assert await attempt(wrong, T0, 2) == LoginResult(None)  # the second: 5 minutes' wait
+    for n in range(3, 20):
+        refused = await attempt(totp.at(T0), T0 + timedelta(minutes=1), n)
+        assert refused == LoginResult(None, 240.0, "account")
+    later = T0 + timedelta(minutes=5)
+    assert await attempt(wrong, later, 20) == LoginResult(None)  # the third: 10 minutes
+    assert await attempt(totp.at(later), later + timedelta(minutes=9, seconds=59)) == \
+        LoginResult(None, 1.0, "account")
+    latest = later + timedelta(minutes=10)
+    staff = (await attempt(totp.at(latest), latest)).staff
     assert staff is not None and staff.must_change_password
     row = (await backend.transaction(lambda conn: conn.execute(select(users)).one()))
     assert (row.failed_logins, row.locked_until) == (0, None)
-    assert await login(backend, "nobody", "x", "123456", now=later, policy=policy) is None
+
+
+async def test_unknown_names_leave_a_count_and_a_keyed_source_not_the_text(
+    backend: WriteBackend
+) -> None:
+    """A password typed into the name field never reaches the audit trail; the source's keyed
+    hash and its count of failures do."""
+    guard = _guard()
+    for _ in range(3):
+        result = await login(backend, guard, "hunter2-secret", "x", "123456",
+                             source="192.0.2.9", now=T0, policy=LoginPolicy())
+        assert result == LoginResult(None)
+    entries = await backend.transaction(lambda conn: conn.execute(
+        select(audit_log.c.actor, audit_log.c.details).order_by(audit_log.c.seq)).all())
+    assert "hunter2" not in repr(entries) and "192.0.2.9" not in repr(entries)
+    label = guard.throttle.label("192.0.2.9")
+    assert [(actor, details) for actor, details in entries] == [
+        ("anonymous", {"reason": "unknown user", "source": label, "source_failures": n,
+                       "source_refused": 0}) for n in (1, 2, 3)]
+
+
+async def test_naming_a_waiting_account_does_not_clear_the_source(
+    backend: WriteBackend
+) -> None:
+    """An attempt refused because its account must wait is neither a failure nor a success
+    for its source: it neither slows nor forgives it."""
+    new = await add_user(backend, "ana", "analyst", now=T0)
+    totp = pyotp.TOTP(new.totp_secret)
+    wrong = "000000" if totp.at(T0) != "000000" else "111111"
+    policy = LoginPolicy(lockout_after=1, lockout=timedelta(minutes=5))
+    guard = _guard()
+    await login(backend, guard, "ana", new.password, wrong, source="192.0.2.1", now=T0,
+                policy=policy)
+    for _ in range(4):
+        await login(backend, guard, "nobody", "x", "123456", source="192.0.2.9", now=T0,
+                    policy=policy)
+    refused = await login(backend, guard, "ana", "x", "123456", source="192.0.2.9", now=T0,
+                          policy=policy)
+    assert refused.throttled == "account"
+    assert guard.throttle.failures("192.0.2.9") == 4
+
+
+async def test_a_known_browser_passes_its_address_s_wait(backend: WriteBackend) -> None:
+    """Behind an address that must wait (an attacker shares it), the browser its user logged
+    in with before is still tried, for that user only; the account's own wait still holds."""
+    new = await add_user(backend, "ana", "analyst", now=T0)
+    await add_user(backend, "bob", "analyst", now=T0)
+    totp = pyotp.TOTP(new.totp_secret)
+    guard = _guard()
+    for n in range(6):
+        await login(backend, guard, "ana", f"guess {n}", "123456", source="192.0.2.1", now=T0,
+                    policy=LoginPolicy())
+    assert guard.throttle.wait("192.0.2.1") > 0
+    user_id = await backend.transaction(lambda conn: conn.execute(
+        select(users.c.id).where(users.c.name == "ana")).scalar_one())
+    cookie = guard.devices.issue(user_id, T0)
+    stranger = await login(backend, guard, "ana", new.password, totp.at(T0),
+                           source="192.0.2.1", now=T0, policy=LoginPolicy())
+    assert stranger.throttled == "source"
+    other = await login(backend, guard, "bob", "x", "123456", source="192.0.2.1", now=T0,
+                        policy=LoginPolicy(), device=cookie)
+    assert other.throttled == "source"
+    owner = await login(backend, guard, "ana", new.password, totp.at(T0), source="192.0.2.1",
+                        now=T0, policy=LoginPolicy(), device=cookie)
+    assert owner.staff is not None and owner.staff.name == "ana"

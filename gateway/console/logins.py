@@ -1,0 +1,212 @@
+"""Logging in with password and TOTP: throttled per source and per account, never locked out.
+
+Two throttles, each slowing only what its victim cannot be blamed for:
+
+- **Per source** (``gateway.console.throttle``): every failed attempt (wrong password, unknown
+  name, wrong code) makes that address wait longer before its next one. A wrong password never
+  touches the account, so nobody elsewhere can stop its owner from logging in.
+- **Per account**: only attempts with the right password and a wrong or replayed code count,
+  which only someone who knows the password can make. After ``lockout_after`` of them in a row,
+  each further attempt waits ``lockout`` doubling up to ``MAX_CODE_DELAY``; a success resets
+  the count. That bounds how fast anyone holding the password can guess the code (the README
+  and the tests compute the expected time: years).
+
+A code is accepted once: its time step is stored and a code of that step or an earlier one is
+refused (RFC 6238 section 5.2). Attempts that must wait are refused before anything is hashed
+or checked, and do not count. Failures say only "login failed", whatever the reason; unknown
+names cost the same hash, and the audit records for them the source's keyed hash and count,
+never the typed text (a password typed into the name field must not stay in the trail).
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pyotp
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.engine import Connection
+
+from gateway.console.accounts import DUMMY_HASH, Staff, hash_work, verify_password
+from gateway.console.devices import DeviceCookies
+from gateway.console.fairgate import FairGate
+from gateway.console.throttle import Backoff, Outcome, SourceThrottle
+from gateway.store.audit import AuditEntry, record
+from gateway.store.backend import WriteBackend
+from gateway.store.tables import users
+from gateway.store.text import plain_text
+
+#: The time steps a code may belong to: now, and one either side for clock drift.
+TOTP_STEPS = (0, -1, 1)
+TOTP_DIGITS = 6
+#: The longest an account's next attempt waits after wrong codes with the right password.
+MAX_CODE_DELAY = timedelta(minutes=10)
+
+
+@dataclass(frozen=True, slots=True)
+class LoginPolicy:
+    """The account's throttle: how long to wait after ``failures`` wrong codes in a row."""
+
+    lockout_after: int = 5
+    lockout: timedelta = timedelta(minutes=1)
+
+    @property
+    def backoff(self) -> Backoff:
+        return Backoff(free=self.lockout_after, base=self.lockout.total_seconds(),
+                       cap=MAX_CODE_DELAY.total_seconds())
+
+    def delay(self, failures: int) -> timedelta:
+        return timedelta(seconds=self.backoff.delay(failures))
+
+
+@dataclass(frozen=True, slots=True)
+class LoginResult:
+    """A login's outcome: the user, or a failure, or a refusal to try before ``retry_after``."""
+
+    staff: Staff | None
+    #: Seconds to wait: the attempt was not tried (its source or its account must wait).
+    retry_after: float = 0.0
+    #: "source" or "account": whose throttle refused it.
+    throttled: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Guard:
+    """The shared state of logins: the per-source throttle, the fair hashing queue, and the
+    key that marks browsers their users logged in with before."""
+
+    throttle: SourceThrottle
+    gate: FairGate
+    devices: DeviceCookies = field(default_factory=DeviceCookies)
+
+
+def totp_step(secret: str, code: str, moment: datetime) -> int | None:
+    """The time step ``code`` is valid for among ``TOTP_STEPS``, or None."""
+    if not re.fullmatch(rf"\d{{{TOTP_DIGITS}}}", code):
+        return None
+    totp = pyotp.TOTP(secret, digits=TOTP_DIGITS)
+    for offset in TOTP_STEPS:
+        step = totp.timecode(moment) + offset
+        if hmac.compare_digest(totp.generate_otp(step), code):
+            return step
+    return None
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _account_wait(row: Any, now: datetime) -> float:
+    if row is None or row.locked_until is None:
+        return 0.0
+    return max(0.0, (_aware(row.locked_until) - now).total_seconds())
+
+
+async def login(
+    backend: WriteBackend, guard: Guard, name: str, password: str, code: str, *,
+    source: str, now: datetime, policy: LoginPolicy, peer: str | None = None,
+    device: str | None = None,
+) -> LoginResult:
+    """Try a login from ``source`` (a ``throttle.source_key``); ``peer`` goes to the audit.
+
+    ``device`` is the browser's known-browser cookie: if it names this user, the attempt
+    passes its address's wait and is hashed first (the account's own wait still holds).
+    """
+    throttle = guard.throttle
+    known = guard.devices.user(device, now)
+    wait = throttle.admit(source)
+    if wait > 0 and known is None:
+        return LoginResult(None, wait, "source")
+    outcome: Outcome = "failed"
+    try:
+        result = await _attempt(backend, guard, name, password, code, source=source, now=now,
+                                policy=policy, peer=peer, known=known, source_wait=wait)
+        if result.staff is not None:
+            outcome = "succeeded"
+        elif result.throttled is not None:
+            outcome = "untried"
+        return result
+    finally:
+        if wait == 0:
+            throttle.finish(source, outcome)
+
+
+async def _attempt(
+    backend: WriteBackend, guard: Guard, name: str, password: str, code: str, *,
+    source: str, now: datetime, policy: LoginPolicy, peer: str | None,
+    known: uuid.UUID | None, source_wait: float,
+) -> LoginResult:
+    if not (plain_text(name) and plain_text(password) and len(name) <= 64):
+        name, password = "", ""
+
+    def read(conn: Connection) -> Any:
+        return conn.execute(select(users).where(users.c.name == name)).first()
+
+    row = await backend.transaction(read) if name else None
+    urgent = known is not None and row is not None and row.id == known
+    if source_wait > 0 and not urgent:
+        return LoginResult(None, source_wait, "source")
+    if (waiting := _account_wait(row, now)) > 0:
+        # Refused before the password is checked: the answer says nothing about it.
+        return LoginResult(None, waiting, "account")
+    stored = row.password_hash if row is not None else DUMMY_HASH
+    throttle = guard.throttle
+    password_ok = await hash_work(guard.gate, source, lambda: verify_password(stored, password),
+                                  urgent=urgent)
+    step = totp_step(row.totp_secret, code, now) if row is not None and password_ok else None
+    label = throttle.label(source)
+    counts = {"source_failures": throttle.failures(source) + 1,
+              "source_refused": throttle.take_refused(source)}
+
+    def decide(conn: Connection) -> LoginResult:
+        if row is None:
+            record(conn, [AuditEntry("anonymous", "user.login_failed", details={
+                "reason": "unknown user", "source": label, **counts})], at=now)
+            return LoginResult(None)
+        details: dict[str, Any] = {"user": row.name, "source": label}
+        if peer is not None:
+            details["peer"] = peer
+        # Read again inside this transaction: logins racing each other see each other's
+        # failures and delays, so running many at once evaluates no more codes.
+        current = conn.execute(select(users).where(users.c.id == row.id)).one()
+        if (waiting := _account_wait(current, now)) > 0:
+            return LoginResult(None, waiting, "account")
+        if current.disabled or not password_ok:
+            reason = "disabled" if current.disabled else "password"
+            record(conn, [AuditEntry(row.name, "user.login_failed",
+                                     details={**details, **counts, "reason": reason})],
+                   at=now)
+            return LoginResult(None)
+        if step is not None:
+            # One statement decides a replay and the delay, even with logins racing.
+            fresh = or_(users.c.totp_last_step.is_(None), users.c.totp_last_step < step)
+            open_now = or_(users.c.locked_until.is_(None), users.c.locked_until <= now)
+            if conn.execute(
+                update(users).where(and_(users.c.id == row.id, fresh, open_now,
+                                         users.c.disabled.is_(False)))
+                .values(totp_last_step=step, failed_logins=0, locked_until=None,
+                        last_login_at=now)
+            ).rowcount == 1:
+                record(conn, [AuditEntry(row.name, "user.login", details=details)], at=now)
+                return LoginResult(Staff(row.id, row.name, row.role,
+                                         current.must_change_password))
+        failures = conn.execute(
+            update(users).where(users.c.id == row.id)
+            .values(failed_logins=users.c.failed_logins + 1)
+            .returning(users.c.failed_logins)
+        ).scalar_one()
+        delay = policy.delay(failures)
+        if delay:
+            conn.execute(update(users).where(users.c.id == row.id)
+                         .values(locked_until=now + delay))
+        record(conn, [AuditEntry(row.name, "user.login_failed", details={
+            **details, **counts, "reason": "replayed code" if step is not None else "code",
+            "code_failures": failures, "delay_seconds": int(delay.total_seconds())})],
+               at=now)
+        return LoginResult(None)
+
+    return await backend.transaction(decide)

@@ -1,0 +1,245 @@
+"""The per-source login throttle and the fair hashing queue, with the clock in the test's hands."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import threading
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.console.devices import DeviceCookies
+from gateway.console.fairgate import MAX_URGENT, FairGate
+from gateway.console.throttle import (
+    MAX_IN_FLIGHT,
+    SOURCE_BACKOFF,
+    SourceThrottle,
+    client_address,
+    source_key,
+)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def fail(throttle: SourceThrottle, source: str) -> None:
+    assert throttle.admit(source) == 0
+    throttle.finish(source, "failed")
+
+
+def test_a_source_waits_longer_after_each_failure_up_to_a_minute() -> None:
+    """Five free failures, then 1, 2, 4 … seconds up to 60; waiting attempts are refused and
+    do not count; another source is untouched; a success forgets the source."""
+    clock = Clock()
+    throttle = SourceThrottle(clock=clock)
+    for _ in range(SOURCE_BACKOFF.free):
+        fail(throttle, "192.0.2.1")
+    waits = []
+    for _ in range(10):
+        waits.append(throttle.admit("192.0.2.1"))
+        for _ in range(50):  # hammering while it must wait changes nothing
+            assert throttle.admit("192.0.2.1") == waits[-1]
+        clock.now += waits[-1]
+        fail(throttle, "192.0.2.1")
+    assert waits == [1, 2, 4, 8, 16, 32, 60, 60, 60, 60]
+    assert throttle.take_refused("192.0.2.1") == 10 * 51
+    assert throttle.admit("192.0.2.2") == 0
+    throttle.finish("192.0.2.2", "succeeded")
+    clock.now += 60
+    assert throttle.admit("192.0.2.1") == 0
+    throttle.finish("192.0.2.1", "succeeded")
+    assert throttle.failures("192.0.2.1") == 0
+
+
+def test_a_source_is_forgotten_an_hour_after_its_last_failure() -> None:
+    """Past ``forget`` without failing, a source starts afresh."""
+    clock = Clock()
+    throttle = SourceThrottle(clock=clock)
+    for _ in range(8):
+        clock.now += 60
+        fail(throttle, "192.0.2.1")
+    assert throttle.admit("192.0.2.1") > 0
+    clock.now += 3601
+    assert throttle.admit("192.0.2.1") == 0
+
+
+def test_beyond_the_free_tries_a_source_has_one_attempt_at_a_time() -> None:
+    """Attempts at once cannot outrun the schedule: a few while free, then one."""
+    clock = Clock()
+    throttle = SourceThrottle(clock=clock)
+    assert [throttle.admit("a") for _ in range(MAX_IN_FLIGHT + 1)][-1] > 0
+    for _ in range(MAX_IN_FLIGHT):
+        throttle.finish("a", "failed")
+    assert throttle.admit("a") == 0  # the fifth free try
+    assert throttle.admit("a") > 0  # not a sixth beside it
+    throttle.finish("a", "failed")
+
+
+def test_the_table_is_bounded() -> None:
+    """A flood of sources keeps at most ``max_sources`` records."""
+    throttle = SourceThrottle(max_sources=100, clock=Clock())
+    for n in range(1000):
+        fail(throttle, f"10.0.{n // 256}.{n % 256}")
+    assert len(throttle._records) == 100
+
+
+def test_an_ipv6_client_is_its_slash_64() -> None:
+    """Addresses inside one /64 are one source; an IPv4-mapped address is its IPv4 one."""
+    assert source_key("2001:db8:1:2:aaaa::1") == source_key("2001:db8:1:2:bbbb::2") \
+        == "2001:db8:1:2::/64"
+    assert source_key("2001:db8:1:3::1") != source_key("2001:db8:1:2::1")
+    assert source_key("::ffff:192.0.2.7") == "192.0.2.7"
+
+
+def test_forwarded_for_counts_only_from_trusted_proxies() -> None:
+    """The nearest untrusted hop is the client; a forged hop before it is ignored."""
+    proxy = [ipaddress.ip_network("10.0.0.0/8")]
+    assert client_address("10.0.0.5", ["198.51.100.7"], proxy) == "198.51.100.7"
+    assert client_address("10.0.0.5", ["6.6.6.6, 198.51.100.7"], proxy) == "198.51.100.7"
+    assert client_address("10.0.0.5", ["6.6.6.6", "198.51.100.7, 10.0.0.9"], proxy) == \
+        "198.51.100.7"
+    assert client_address("192.0.2.1", ["198.51.100.7"], proxy) == "192.0.2.1"
+    assert client_address("10.0.0.5", ["junk"], proxy) == "10.0.0.5"
+
+
+@given(st.lists(st.text(max_size=80), max_size=4), st.sampled_from(["10.0.0.5", "192.0.2.1"]))
+def test_any_forwarded_for_header_gives_an_address(lines: list[str], peer: str) -> None:
+    """Whatever the header holds, the answer is an address, and the peer's own unless it is
+    a trusted proxy."""
+    found = client_address(peer, lines, [ipaddress.ip_network("10.0.0.0/8")])
+    ipaddress.ip_address(found)
+    if peer == "192.0.2.1":
+        assert found == peer
+    assert client_address(peer, lines, []) == peer
+
+
+async def test_a_burst_from_one_source_cannot_starve_another() -> None:
+    """With the one slot held, ten jobs of a flooding source, then one of a failing source and
+    one of the owner wait: the owner's runs next, the flood's take turns with the failing
+    source's only after, and the failing one (ranked by its failures when a slot frees) last."""
+    standing = {"flood": 0, "failing": 3, "owner": 0}
+    gate = FairGate(1, rank=lambda source: standing[source])
+    release = threading.Event()
+    ran: list[str] = []
+
+    def job(name: str) -> None:
+        if name == "first":
+            release.wait(30)
+        ran.append(name)
+
+    first = asyncio.create_task(gate.run("flood", lambda: job("first")))
+    while gate._free:
+        await asyncio.sleep(0)
+    flood = [asyncio.create_task(gate.run("flood", lambda n=n: job(f"flood-{n}")))
+             for n in range(10)]
+    failing = asyncio.create_task(gate.run("failing", lambda: job("failing")))
+    owner = asyncio.create_task(gate.run("owner", lambda: job("owner")))
+    while gate.waiting < 12:
+        await asyncio.sleep(0)
+    standing["flood"] = 1  # the flood's first job failed meanwhile
+    release.set()
+    await asyncio.gather(first, *flood, failing, owner)
+    assert ran[:2] == ["first", "owner"]
+    assert ran[-1] == "failing"
+    assert gate.waiting == 0 and gate._free == 1 and gate._busy == 0
+
+
+async def test_equals_take_turns() -> None:
+    """Sources in the same standing are served round-robin, one job each per round."""
+    gate = FairGate(1)
+    release = threading.Event()
+    ran: list[str] = []
+    holder = asyncio.create_task(gate.run("x", lambda: release.wait(30)))
+    while gate._free:
+        await asyncio.sleep(0)
+    jobs = [asyncio.create_task(gate.run(s, lambda s=s, n=n: ran.append(f"{s}{n}")))
+            for s in ("a", "b", "c") for n in range(3)]
+    while gate.waiting < 9:
+        await asyncio.sleep(0)
+    release.set()
+    await asyncio.gather(holder, *jobs)
+    assert ran == ["a0", "b0", "c0", "a1", "b1", "c1", "a2", "b2", "c2"]
+
+
+async def test_a_waiter_that_gives_up_hands_its_turn_on() -> None:
+    """A cancelled waiter neither runs nor keeps a slot."""
+    gate = FairGate(1)
+    release = threading.Event()
+    holder = asyncio.create_task(gate.run("a", lambda: release.wait(30)))
+    while gate._free:
+        await asyncio.sleep(0)
+    quitter = asyncio.create_task(gate.run("b", lambda: None))
+    later = asyncio.create_task(gate.run("c", lambda: "ran"))
+    while gate.waiting < 2:
+        await asyncio.sleep(0)
+    quitter.cancel()
+    release.set()
+    assert await later == "ran"
+    await holder
+    assert quitter.cancelled() and gate._free == 1
+
+
+async def test_an_urgent_job_goes_before_every_waiting_one() -> None:
+    """With the slot held and jobs of several sources waiting, an urgent job runs next."""
+    gate = FairGate(1)
+    release = threading.Event()
+    ran: list[str] = []
+    holder = asyncio.create_task(gate.run("x", lambda: release.wait(30)))
+    while gate._free:
+        await asyncio.sleep(0)
+    jobs = [asyncio.create_task(gate.run(f"s{n}", lambda n=n: ran.append(f"s{n}")))
+            for n in range(5)]
+    jobs.append(asyncio.create_task(gate.run("owner", lambda: ran.append("owner"),
+                                             urgent=True)))
+    while gate.waiting < 6:
+        await asyncio.sleep(0)
+    release.set()
+    await asyncio.gather(holder, *jobs)
+    assert ran[0] == "owner" and gate._free == 1
+
+
+def test_a_known_browser_cookie_names_its_user_until_it_is_old_or_forged() -> None:
+    """The cookie gives back the user it was issued for, for 90 days; altered, from another
+    process's key, or older, it names nobody."""
+    devices, other = DeviceCookies(), DeviceCookies()
+    user = uuid.uuid4()
+    now = datetime(2026, 12, 2, tzinfo=UTC)
+    cookie = devices.issue(user, now)
+    assert devices.user(cookie, now + timedelta(days=89)) == user
+    assert devices.user(cookie, now + timedelta(days=91)) is None
+    assert other.user(cookie, now) is None
+    forged = cookie.replace(user.hex, uuid.uuid4().hex)
+    assert devices.user(forged, now) is None
+    assert devices.user(None, now) is None and devices.user("", now) is None
+
+
+@given(st.text(max_size=120))
+def test_any_cookie_text_is_read_safely(value: str) -> None:
+    """Whatever a browser sends as the cookie, it names nobody (and never raises)."""
+    assert DeviceCookies().user(value, datetime(2026, 12, 2, tzinfo=UTC)) is None
+
+
+async def test_urgent_jobs_cannot_flood_the_front_of_the_queue() -> None:
+    """Beyond ``MAX_URGENT`` waiting, an urgent job takes its turn like any other."""
+    gate = FairGate(1)
+    release = threading.Event()
+    ran: list[str] = []
+    holder = asyncio.create_task(gate.run("x", lambda: release.wait(30)))
+    while gate._free:
+        await asyncio.sleep(0)
+    flood = [asyncio.create_task(gate.run("flood", lambda n=n: ran.append(f"u{n}"),
+                                          urgent=True)) for n in range(MAX_URGENT + 3)]
+    other = asyncio.create_task(gate.run("other", lambda: ran.append("other")))
+    while gate.waiting < MAX_URGENT + 4:
+        await asyncio.sleep(0)
+    release.set()
+    await asyncio.gather(holder, *flood, other)
+    assert ran.index("other") <= MAX_URGENT + 1
