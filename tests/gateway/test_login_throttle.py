@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from gateway.console.devices import DeviceCookies
 from gateway.console.fairgate import MAX_URGENT, FairGate
+from gateway.console.logins import new_guard
 from gateway.console.throttle import (
     MAX_IN_FLIGHT,
     SOURCE_BACKOFF,
@@ -297,3 +298,48 @@ async def test_urgent_jobs_take_every_other_slot_while_others_wait() -> None:
     async with asyncio.timeout(30):
         await asyncio.gather(holder, *urgent, *others)
     assert ran == ["u0", "s0", "u1", "s1", "u2", "s2", "u3"]
+
+
+def test_a_success_forgives_only_its_own_account_s_failures() -> None:
+    """Behind one address, bob's failures stay when alice logs in from it; hers go, and once
+    bob's own success clears his, the address is forgotten."""
+    clock = Clock()
+    throttle = SourceThrottle(clock=clock)
+    for user in ["bob"] * 6 + ["alice"] * 2:
+        clock.now += 120  # past each wait
+        assert throttle.admit("192.0.2.1") == 0
+        throttle.finish("192.0.2.1", "failed", user)
+    assert throttle.admit("192.0.2.1") > 0
+    clock.now += 120
+    assert throttle.admit("192.0.2.1") == 0
+    throttle.finish("192.0.2.1", "succeeded", "alice")
+    assert throttle.failures("192.0.2.1") == 6
+    assert throttle.admit("192.0.2.1") == 0
+    throttle.finish("192.0.2.1", "failed", "bob")  # bob's guesser goes on where it was
+    assert throttle.admit("192.0.2.1") == SOURCE_BACKOFF.delay(7)
+    clock.now += 120
+    assert throttle.admit("192.0.2.1") == 0
+    throttle.finish("192.0.2.1", "succeeded", "bob")
+    assert throttle.failures("192.0.2.1") == 0 and "192.0.2.1" not in throttle._records
+
+
+async def test_a_source_with_attempts_in_flight_ranks_behind_one_with_none() -> None:
+    """In the console's guard, a fresh source with three attempts under way is served after
+    another fresh source's single one, though neither has failed yet."""
+    guard = new_guard(1)
+    throttle, gate = guard.throttle, guard.gate
+    release = threading.Event()
+    ran: list[str] = []
+    holder = asyncio.create_task(gate.run("x", lambda: release.wait(30)))
+    await until(lambda: not gate._free)
+    for _ in range(3):
+        assert throttle.admit("busy") == 0
+    assert throttle.admit("owner") == 0
+    jobs = [asyncio.create_task(gate.run("busy", lambda n=n: ran.append(f"busy{n}")))
+            for n in range(3)]
+    jobs.append(asyncio.create_task(gate.run("owner", lambda: ran.append("owner"))))
+    await until(lambda: gate.waiting >= 4)
+    release.set()
+    async with asyncio.timeout(30):
+        await asyncio.gather(holder, *jobs)
+    assert ran[0] == "owner"
