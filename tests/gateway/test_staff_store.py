@@ -13,7 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from structlog.testing import capture_logs
 
 from gateway.config import ConsoleConfig
-from gateway.console.accounts import add_user
+from gateway.console import people
+from gateway.console.accounts import AccountError, add_user
 from gateway.console.devices import DISTRUST_AFTER
 from gateway.console.fairgate import FairGate
 from gateway.console.logins import (
@@ -255,3 +256,42 @@ async def test_a_known_browser_s_attempts_run_one_at_a_time(backend: WriteBacken
         login(backend, guard, "bob", f"guess {n}", "123456", source="192.0.2.1", now=T0,
               policy=LoginPolicy(), device=cookie) for n in range(10)))
     assert sorted(r.throttled or "tried" for r in results) == ["source"] * 9 + ["tried"]
+
+
+async def test_the_last_enabled_admin_cannot_be_disabled(backend: WriteBackend) -> None:
+    """Disabling the only enabled admin is refused, also when a disabled admin exists; with
+    another enabled admin it is allowed."""
+    await add_user(backend, "root", "admin", now=T0)
+    with pytest.raises(AccountError, match="last admin"):
+        await people.set_disabled(backend, "root", True, actor="root", now=T0)
+    await add_user(backend, "second", "admin", now=T0)
+    await people.set_disabled(backend, "second", True, actor="root", now=T0)
+    with pytest.raises(AccountError, match="last admin"):
+        await people.set_disabled(backend, "root", True, actor="root", now=T0)
+    await people.set_disabled(backend, "second", False, actor="root", now=T0)
+    await people.set_disabled(backend, "root", True, actor="second", now=T0)
+    states = {u.name: u.state(T0) for u in await people.list_users(backend)}
+    assert states == {"root": "disabled", "second": "new"}
+
+
+async def test_two_admins_demoted_at_once_leave_one(backend: WriteBackend) -> None:
+    """Two admins demote (or remove) each other at the same moment (PostgreSQL runs them
+    concurrently): exactly one change succeeds, and one admin remains."""
+
+    async def admins() -> list[str]:
+        return [u.name for u in await people.list_users(backend) if u.role == "admin"]
+
+    await add_user(backend, "a0", "admin", now=T0)
+    for round_ in range(1, 9):
+        await add_user(backend, f"a{round_}", "admin", now=T0)
+        pair = await admins()
+        assert len(pair) == 2
+        if round_ % 2:
+            changes = [people.set_role(backend, name, "analyst", actor="root", now=T0)
+                       for name in pair]
+        else:
+            changes = [people.remove_user(backend, name, actor="root", now=T0)
+                       for name in pair]
+        results = await asyncio.gather(*changes, return_exceptions=True)
+        assert sorted(type(r).__name__ for r in results) == ["AccountError", "NoneType"]
+        assert len(await admins()) == 1
