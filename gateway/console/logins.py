@@ -10,7 +10,7 @@ Two throttles, each slowing only what its victim cannot be blamed for:
   each further attempt waits ``lockout`` doubling up to ``MAX_CODE_DELAY``; a success resets
   the count. That bounds how fast anyone holding the password can guess the code (the README
   and the tests compute the expected time: years). An attempt during the account's wait is
-  answered exactly like a wrong password (after the same hash, its code unchecked): a distinct
+  answered exactly like a wrong password (after the same hash, its code not accepted): a distinct
   answer could only follow a right password. Admins see the wait (a warning, the audit, the
   state ``waiting``).
 
@@ -173,15 +173,13 @@ async def _attempt(
     source: str, now: datetime, policy: LoginPolicy, peer: str | None, urgent: bool,
 ) -> LoginResult:
     # An account that must wait (after wrong codes with the right password) is answered like
-    # a wrong password, after the same hash: a distinct answer could only follow a right
-    # password, and would tell a guesser which one was right.
-    account_waits = _account_wait(row, now) > 0
+    # a wrong password, after the same hash (``decide`` tells, from the row as it is then): a
+    # distinct answer could only follow a right password, and would tell a guesser which.
     stored = row.password_hash if row is not None else DUMMY_HASH
     throttle = guard.throttle
     password_ok = await hash_work(guard.gate, source, lambda: verify_password(stored, password),
                                   urgent=urgent)
-    checked = row is not None and password_ok and not account_waits
-    step = totp_step(row.totp_secret, code, now) if checked else None
+    step = totp_step(row.totp_secret, code, now) if row is not None and password_ok else None
     label = throttle.label(source)
     counts = {"source_failures": throttle.failures(source) + 1,
               "source_refused": throttle.take_refused(source)}
