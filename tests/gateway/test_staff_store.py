@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -295,3 +296,33 @@ async def test_two_admins_demoted_at_once_leave_one(backend: WriteBackend) -> No
         results = await asyncio.gather(*changes, return_exceptions=True)
         assert sorted(type(r).__name__ for r in results) == ["AccountError", "NoneType"]
         assert len(await admins()) == 1
+
+
+async def test_an_unlock_during_the_hash_lets_the_right_code_in(backend: WriteBackend) -> None:
+    """The account's wait is judged when the login is decided: an admin's unlock while the
+    attempt waits for its hash lets the right password and code in, counting no failure."""
+    new = await add_user(backend, "ana", "analyst", now=T0)
+    totp = pyotp.TOTP(new.totp_secret)
+    wrong = "000000" if totp.at(T0) != "000000" else "111111"
+    policy = LoginPolicy(lockout_after=1, lockout=timedelta(minutes=5))
+    throttle = SourceThrottle()
+    gate = FairGate(1, rank=throttle.standing)
+    guard = Guard(throttle, gate)
+    await login(backend, guard, "ana", new.password, wrong, source="192.0.2.1", now=T0,
+                policy=policy)
+    release = threading.Event()
+    holder = asyncio.create_task(gate.run("x", lambda: release.wait(30)))
+    async with asyncio.timeout(30):
+        while gate._free:
+            await asyncio.sleep(0)
+        attempt = asyncio.create_task(login(backend, guard, "ana", new.password, totp.at(T0),
+                                            source="192.0.2.2", now=T0, policy=policy))
+        while gate.waiting < 1:
+            await asyncio.sleep(0)
+        await people.unlock(backend, "ana", actor="root", now=T0)
+        release.set()
+        result = await attempt
+        await holder
+    assert result.staff is not None
+    row = (await backend.transaction(lambda conn: conn.execute(select(users)).one()))
+    assert (row.failed_logins, row.locked_until) == (0, None)
