@@ -259,3 +259,5 @@ async def test_a_flood_from_a_known_browser_does_not_keep_others_out(
     assert statuses.count(429) > 0
     tried = [d for _, a, d in await audit(gw) if a == "user.login_failed"]
     assert len(tried) == statuses.count(401) <= DISTRUST_AFTER + SOURCE_BACKOFF.free + 12
+    assert not gw.console.context.guard.devices.trusted(device_cookie(bob_browser))
+    assert gw.console.context.guard.devices.trusted(device_cookie(alice_browser))

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.console.devices import DeviceCookies
+from gateway.console.devices import DISTRUST_AFTER, DISTRUST_FOR, DeviceCookies
 from gateway.console.fairgate import MAX_URGENT, FairGate
 from gateway.console.logins import new_guard
 from gateway.console.throttle import (
@@ -343,3 +343,26 @@ async def test_a_source_with_attempts_in_flight_ranks_behind_one_with_none() -> 
     async with asyncio.timeout(30):
         await asyncio.gather(holder, *jobs)
     assert ran[0] == "owner"
+
+
+def test_a_known_browser_cookie_is_trusted_within_limits() -> None:
+    """One trusted attempt at a time per cookie; after three failures within an hour it is not
+    trusted, an hour later it is again, and a success forgives its failures."""
+    clock = Clock()
+    devices = DeviceCookies(clock=clock)
+    cookie = devices.issue(uuid.uuid4(), datetime(2026, 12, 2, tzinfo=UTC))
+    assert devices.admit(cookie) and not devices.admit(cookie)  # one at a time
+    devices.finish(cookie, admitted=True, failed=True)
+    for _ in range(DISTRUST_AFTER - 1):
+        clock.now += 60
+        assert devices.admit(cookie)
+        devices.finish(cookie, admitted=True, failed=True)
+    assert not devices.trusted(cookie) and not devices.admit(cookie)
+    devices.finish(cookie, admitted=False, failed=True)  # failing on as an ordinary attempt
+    clock.now += DISTRUST_FOR - 1
+    assert not devices.trusted(cookie)
+    clock.now += 2
+    assert devices.trusted(cookie) and devices.admit(cookie)
+    devices.finish(cookie, admitted=True, failed=True)
+    devices.finish(cookie, admitted=False, failed=False)  # its user got in
+    assert devices._records == {}
