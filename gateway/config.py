@@ -65,14 +65,15 @@ def _resolve_path(value: object, info: ValidationInfo) -> Path | None:
     return path if path.is_absolute() else (base / path)
 
 
+# Matched with fullmatch and \Z: ``$`` would also match before a final newline.
 _HOSTNAME = re.compile(
-    r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
+    r"(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"
 )
 
 
 def _hostname(value: str) -> str:
-    if not _HOSTNAME.match(value):
+    if not _HOSTNAME.fullmatch(value):
         raise ValueError(f"{value!r} is not a host name")
     return value
 
@@ -82,7 +83,7 @@ def _fqdn(value: str) -> str:
     not all digits (no IP address), no final dot. Relays that check (Postfix's
     ``reject_non_fqdn_helo_hostname``) refuse anything else, ``localhost`` included."""
     labels = value.split(".")
-    if not _HOSTNAME.match(value) or value.endswith(".") or len(labels) < 2 \
+    if not _HOSTNAME.fullmatch(value) or value.endswith(".") or len(labels) < 2 \
             or labels[-1].isdigit():
         raise ValueError(f"{value!r} is not a fully-qualified host name such as "
                          "'report.hotline.test'")

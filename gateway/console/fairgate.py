@@ -6,8 +6,10 @@ in better standing first (fewer failures in a row, as ``rank`` tells now, not wh
 queued), and among equals round-robin, one job per source per round, whatever a source has
 queued. A login from a source in good standing (the owner's) therefore waits for the hashes
 already running and at most one job of each other source in equally good standing, never for
-the attempts of sources that have been failing. An urgent job (a login from a browser its
-user logged in with before) goes before all of these.
+the attempts of sources that have been failing, nor for the jobs a source still has in
+flight when ``rank`` counts them. An urgent job (a login from a browser its user logged in with
+before and still trusted) goes before all of these, but on at most every other slot while
+others wait: urgent jobs share the slots, they do not starve everyone else.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class FairGate:
         self._served: dict[str, int] = {}
         self._turns = itertools.count(1)
         self._busy = 0
+        self._last_urgent = False
 
     @property
     def waiting(self) -> int:
@@ -80,15 +83,25 @@ class FairGate:
                 del self._waiting[source]
 
     def _release(self) -> None:
-        """Hand a finished job's slot to the next source: best standing, then longest unserved."""
+        """Hand a finished job's slot to the next waiter: an urgent one on at most every other
+        release while others wait, else the best standing, then the longest unserved."""
         self._busy -= 1
-        if self._urgent:
-            self._busy += 1
-            self._urgent.popleft().set_result(None)
-            return
+        while (turn := self._next()) is not None:
+            if not turn.cancelled():  # a waiter cancelled before its task was told: skip it
+                self._busy += 1
+                turn.set_result(None)
+                return
+        self._free += 1
+
+    def _next(self) -> asyncio.Future[None] | None:
+        # Urgent and ordinary jobs share the slots: an urgent job goes first only if the
+        # last one handed out was not urgent too, so a stream of them cannot starve the rest.
+        if self._urgent and not (self._last_urgent and self._waiting):
+            self._last_urgent = True
+            return self._urgent.popleft()
+        self._last_urgent = False
         if not self._waiting:
-            self._free += 1
-            return
+            return None
         source = min(self._waiting, key=lambda s: (self._rank(s), self._served.get(s, 0)))
         queue = self._waiting[source]
         turn = queue.popleft()
@@ -97,5 +110,4 @@ class FairGate:
         self._served[source] = next(self._turns)
         if len(self._served) > 4 * len(self._waiting) + 1024:  # keep only recent turns
             self._served = {s: n for s, n in self._served.items() if s in self._waiting}
-        self._busy += 1
-        turn.set_result(None)
+        return turn

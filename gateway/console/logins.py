@@ -9,25 +9,30 @@ Two throttles, each slowing only what its victim cannot be blamed for:
   which only someone who knows the password can make. After ``lockout_after`` of them in a row,
   each further attempt waits ``lockout`` doubling up to ``MAX_CODE_DELAY``; a success resets
   the count. That bounds how fast anyone holding the password can guess the code (the README
-  and the tests compute the expected time: years).
+  and the tests compute the expected time: years). An attempt during the account's wait is
+  answered exactly like a wrong password (after the same hash, its code not accepted): a distinct
+  answer could only follow a right password. Admins see the wait (a warning, the audit, the
+  state ``waiting``).
 
 A code is accepted once: its time step is stored and a code of that step or an earlier one is
-refused (RFC 6238 section 5.2). Attempts that must wait are refused before anything is hashed
-or checked, and do not count. Failures say only "login failed", whatever the reason; unknown
-names cost the same hash, and the audit records for them the source's keyed hash and count,
+refused (RFC 6238 section 5.2). Attempts the source must wait for are refused before anything
+is hashed or checked, and do not count. Failures say only "login failed", whatever the reason;
+unknown names cost the same hash, and the audit records for them the source's keyed hash and count,
 never the typed text (a password typed into the name field must not stay in the trail).
 """
 
 from __future__ import annotations
 
 import hmac
+import math
 import re
-import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pyotp
+import structlog
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.engine import Connection
 
@@ -39,6 +44,8 @@ from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
 from gateway.store.tables import users
 from gateway.store.text import plain_text
+
+log = structlog.get_logger("gateway.console")
 
 #: The time steps a code may belong to: now, and one either side for clock drift.
 TOTP_STEPS = (0, -1, 1)
@@ -65,12 +72,13 @@ class LoginPolicy:
 
 @dataclass(frozen=True, slots=True)
 class LoginResult:
-    """A login's outcome: the user, or a failure, or a refusal to try before ``retry_after``."""
+    """A login's outcome: the user, or a failure, or a refusal to try before ``retry_after``
+    (an account's wait is never told: it answers as a failure)."""
 
     staff: Staff | None
-    #: Seconds to wait: the attempt was not tried (its source or its account must wait).
+    #: Seconds to wait: the attempt was not tried (its source must wait).
     retry_after: float = 0.0
-    #: "source" or "account": whose throttle refused it.
+    #: "source" when the source's throttle refused it.
     throttled: str | None = None
 
 
@@ -82,6 +90,12 @@ class Guard:
     throttle: SourceThrottle
     gate: FairGate
     devices: DeviceCookies = field(default_factory=DeviceCookies)
+
+
+def new_guard(slots: int) -> Guard:
+    """The console's guard: ``slots`` hashes at once, ranked by each source's standing."""
+    throttle = SourceThrottle()
+    return Guard(throttle, FairGate(slots, rank=throttle.standing))
 
 
 def totp_step(secret: str, code: str, moment: datetime) -> int | None:
@@ -113,46 +127,54 @@ async def login(
 ) -> LoginResult:
     """Try a login from ``source`` (a ``throttle.source_key``); ``peer`` goes to the audit.
 
-    ``device`` is the browser's known-browser cookie: if it names this user, the attempt
-    passes its address's wait and is hashed first (the account's own wait still holds).
+    ``device`` is the browser's known-browser cookie: if it names this user and is still
+    trusted (``gateway.console.devices``), the attempt passes its address's wait and is
+    hashed early, one at a time per cookie; its failures count against the cookie, which
+    soon stops being trusted. Otherwise the attempt is an ordinary one from its address.
     """
-    throttle = guard.throttle
-    known = guard.devices.user(device, now)
-    wait = throttle.admit(source)
-    if wait > 0 and known is None:
-        return LoginResult(None, wait, "source")
-    outcome: Outcome = "failed"
-    try:
-        result = await _attempt(backend, guard, name, password, code, source=source, now=now,
-                                policy=policy, peer=peer, known=known, source_wait=wait)
-        if result.staff is not None:
-            outcome = "succeeded"
-        elif result.throttled is not None:
-            outcome = "untried"
-        return result
-    finally:
-        if wait == 0:
-            throttle.finish(source, outcome)
-
-
-async def _attempt(
-    backend: WriteBackend, guard: Guard, name: str, password: str, code: str, *,
-    source: str, now: datetime, policy: LoginPolicy, peer: str | None,
-    known: uuid.UUID | None, source_wait: float,
-) -> LoginResult:
     if not (plain_text(name) and plain_text(password) and len(name) <= 64):
         name, password = "", ""
+    throttle, devices = guard.throttle, guard.devices
+    known = devices.user(device, now)
+    row: Any = None
+    if known is not None and name:  # read first: is the cookie this user's?
+        row = await backend.transaction(_reader(name))
+    cookie = device if known is not None and row is not None and row.id == known else None
+    trusted = cookie is not None and devices.admit(cookie)
+    if not trusted:
+        wait = throttle.admit(source)
+        if wait > 0:
+            return LoginResult(None, wait, "source")
+        if known is None and name:
+            row = await backend.transaction(_reader(name))
+    outcome: Outcome = "failed"
+    try:
+        result = await _attempt(backend, guard, row, password, code, source=source, now=now,
+                                policy=policy, peer=peer, urgent=trusted)
+        if result.staff is not None:
+            outcome = "succeeded"
+        return result
+    finally:
+        if cookie is not None:
+            devices.finish(cookie, admitted=trusted, failed=outcome == "failed")
+        if not trusted:
+            throttle.finish(source, outcome, None if row is None else row.id.hex)
 
+
+def _reader(name: str) -> Callable[[Connection], Any]:
     def read(conn: Connection) -> Any:
         return conn.execute(select(users).where(users.c.name == name)).first()
 
-    row = await backend.transaction(read) if name else None
-    urgent = known is not None and row is not None and row.id == known
-    if source_wait > 0 and not urgent:
-        return LoginResult(None, source_wait, "source")
-    if (waiting := _account_wait(row, now)) > 0:
-        # Refused before the password is checked: the answer says nothing about it.
-        return LoginResult(None, waiting, "account")
+    return read
+
+
+async def _attempt(
+    backend: WriteBackend, guard: Guard, row: Any, password: str, code: str, *,
+    source: str, now: datetime, policy: LoginPolicy, peer: str | None, urgent: bool,
+) -> LoginResult:
+    # An account that must wait (after wrong codes with the right password) is answered like
+    # a wrong password, after the same hash (``decide`` tells, from the row as it is then): a
+    # distinct answer could only follow a right password, and would tell a guesser which.
     stored = row.password_hash if row is not None else DUMMY_HASH
     throttle = guard.throttle
     password_ok = await hash_work(guard.gate, source, lambda: verify_password(stored, password),
@@ -161,6 +183,7 @@ async def _attempt(
     label = throttle.label(source)
     counts = {"source_failures": throttle.failures(source) + 1,
               "source_refused": throttle.take_refused(source)}
+    waited: list[float] = []
 
     def decide(conn: Connection) -> LoginResult:
         if row is None:
@@ -174,7 +197,11 @@ async def _attempt(
         # failures and delays, so running many at once evaluates no more codes.
         current = conn.execute(select(users).where(users.c.id == row.id)).one()
         if (waiting := _account_wait(current, now)) > 0:
-            return LoginResult(None, waiting, "account")
+            waited.append(waiting)
+            record(conn, [AuditEntry(row.name, "user.login_failed", details={
+                **details, **counts, "reason": "account waiting",
+                "wait_seconds": math.ceil(waiting)})], at=now)
+            return LoginResult(None)
         if current.disabled or not password_ok:
             reason = "disabled" if current.disabled else "password"
             record(conn, [AuditEntry(row.name, "user.login_failed",
@@ -209,4 +236,10 @@ async def _attempt(
                at=now)
         return LoginResult(None)
 
-    return await backend.transaction(decide)
+    result = await backend.transaction(decide)
+    if waited:
+        # Visible to admins only (and in the audit, and as "waiting" in ``users list``):
+        # whoever makes the account wait knows its password, which must be changed.
+        log.warning("console.login_account_waiting", user_id=str(row.id),
+                    seconds=math.ceil(waited[0]))
+    return result

@@ -65,9 +65,9 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     if result.retry_after > 0:
         seconds = math.ceil(result.retry_after)
         log.debug("console.login_throttled", throttle=result.throttled, seconds=seconds)
-        whose = "for this account" if result.throttled == "account" else "from your address"
+        # Only the address's wait is told; an account's wait answers as "Login failed".
         response = _login_form(console, status=429, error=(
-            f"Too many failed logins {whose}: try again in {seconds} s."))
+            f"Too many failed logins from your address: try again in {seconds} s."))
         response.headers["Retry-After"] = str(seconds)
         return response
     staff = result.staff
@@ -83,7 +83,8 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     console.set_session_cookie(redirect, session_id,
                                max_age=int(console.sessions.absolute.total_seconds()))
     redirect.del_cookie(LOGIN_COOKIE, path="/login")
-    # This browser is known from now on: its next logins pass a burst (gateway.console.devices).
+    # This browser is known from now on: its next logins pass a burst while it is trusted
+    # (gateway.console.devices).
     redirect.set_cookie(DEVICE_COOKIE, console.guard.devices.issue(staff.id, console.now()),
                         httponly=True, samesite="Strict", path="/login",
                         secure=console.secure_cookies,

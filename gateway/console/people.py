@@ -1,6 +1,6 @@
 """Managing staff accounts: list, disable and enable, unlock, reset TOTP or password, change
 the role, end sessions, remove. Every action is audited under the acting name; the last
-enabled admin can be neither removed nor demoted."""
+enabled admin can be neither removed, demoted nor disabled, even by changes made at once."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pyotp
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Connection
 
 from gateway.console.accounts import (
@@ -87,23 +87,27 @@ def _end_sessions(conn: Connection, user_id: Any) -> int:
                             .where(staff_sessions.c.user_id == user_id)).rowcount)
 
 
-def _other_admins(conn: Connection, user_id: Any) -> int:
-    return int(conn.execute(select(func.count()).select_from(users).where(
-        users.c.role == "admin", users.c.disabled.is_(False), users.c.id != user_id))
-        .scalar_one())
-
-
 def _keep_an_admin(conn: Connection, row: Any, doing: str) -> None:
-    if row.role == "admin" and not _other_admins(conn, row.id):
+    """Refuse a change that would leave no enabled admin. The enabled admins' rows are locked
+    first (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite's single writer needs none), so two
+    changes at once cannot each count the other's admin as the one that remains: the second
+    waits, then sees the first's change."""
+    admins = conn.execute(
+        select(users.c.id).where(users.c.role == "admin", users.c.disabled.is_(False))
+        .order_by(users.c.id).with_for_update()).scalars().all()
+    if row.id in admins and len(admins) == 1:
         raise AccountError(f"{row.name} is the last admin: make another admin before you "
                            f"{doing}")
 
 
 async def set_disabled(backend: WriteBackend, name: str, disabled: bool, *, actor: str,
                        now: datetime) -> None:
-    """Disable (sessions end, tokens and logins are refused) or enable an account."""
+    """Disable (sessions end, tokens and logins are refused) or enable an account; the last
+    enabled admin is not disabled."""
 
     def change(conn: Connection, row: Any) -> dict[str, Any]:
+        if disabled:
+            _keep_an_admin(conn, row, "disable them")
         conn.execute(update(users).where(users.c.id == row.id).values(disabled=disabled))
         return {"sessions_ended": _end_sessions(conn, row.id)} if disabled else {}
 

@@ -6,7 +6,9 @@ one is free. Failed attempts from a source (a wrong password, an unknown name, a
 make it wait before its next attempt: none for the first ``free``, then ``base`` doubling up to
 ``cap``. Waiting attempts are refused at once, without hashing anything and without counting,
 so a source that keeps hammering stays at the cap and never gets slower for anyone else. A
-source's record is forgotten ``forget`` after its last failure and on its first success.
+source's record is forgotten ``forget`` after its last failure; a success forgives only the
+failures for the account that logged in (a colleague behind the same address who logs in
+does not clear an attacker's failures for other accounts).
 
 The state lives in this process's memory, in a bounded table (the least recently failed
 sources go first): it slows online guessing, the account's own throttle stops it.
@@ -20,7 +22,7 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -90,6 +92,8 @@ class _Record:
     in_flight: int = 0
     #: Attempts refused since the last one that was tried (the audit gets the count).
     refused: int = 0
+    #: Failures per account named (existing accounts only, so bounded by the user table).
+    by_user: dict[str, int] = field(default_factory=dict)
 
 
 class SourceThrottle:
@@ -148,9 +152,10 @@ class SourceThrottle:
         record.in_flight += 1
         return 0.0
 
-    def finish(self, source: str, outcome: Outcome) -> None:
-        """End an attempt that ``admit`` started: a failure counts, a success forgets the
-        source, an attempt not tried (its account must wait) changes nothing."""
+    def finish(self, source: str, outcome: Outcome, user: str | None = None) -> None:
+        """End an attempt that ``admit`` started: a failure counts (for ``user``, an existing
+        account's id, if given); a success forgives the failures for ``user`` only (all of the
+        source's when none is given); an attempt not tried changes nothing."""
         record = self._records.get(source)
         if record is None:  # evicted meanwhile: start again
             record = self._records[source] = _Record()
@@ -158,10 +163,14 @@ class SourceThrottle:
         if outcome == "untried":
             return
         if outcome == "succeeded":
-            if record.in_flight == 0:
+            forgiven = record.by_user.pop(user, 0) if user is not None else record.failures
+            record.failures = max(0, record.failures - forgiven)
+            if record.failures == 0 and record.in_flight == 0:
                 del self._records[source]
             return
         record.failures += 1
+        if user is not None:
+            record.by_user[user] = record.by_user.get(user, 0) + 1
         record.last_failure = self._clock()
         self._records.move_to_end(source)
 
@@ -177,3 +186,9 @@ class SourceThrottle:
         """Failures in a row from ``source`` (the hashing queue serves fewer first)."""
         record = self._record(source)
         return 0 if record is None else record.failures
+
+    def standing(self, source: str) -> int:
+        """The hashing queue's rank for ``source``: its failures and its attempts in flight,
+        so a source with work queued ranks behind one with none (fewer first)."""
+        record = self._record(source)
+        return 0 if record is None else record.failures + record.in_flight

@@ -25,9 +25,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.config import ConsoleConfig
 from gateway.console.accounts import Staff, staff_for_token
 from gateway.console.fairgate import FairGate
-from gateway.console.logins import Guard, LoginPolicy
+from gateway.console.logins import Guard, LoginPolicy, new_guard
 from gateway.console.sessions import Session, SessionStore
-from gateway.console.throttle import Network, SourceThrottle, client_address, source_key
+from gateway.console.throttle import Network, client_address, source_key
 from gateway.listeners import HttpListener
 from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
@@ -259,11 +259,6 @@ def build_app(console: Console) -> web.Application:
     return app
 
 
-def _guard() -> Guard:
-    throttle = SourceThrottle()
-    return Guard(throttle, FairGate(HASHING_SLOTS, rank=throttle.failures))
-
-
 def make_console(
     config: ConsoleConfig, backend: WriteBackend, engine: AsyncEngine, locator: Locator, *,
     four_eyes: bool, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -279,7 +274,7 @@ def make_console(
         four_eyes=four_eyes, locator=locator,
         secure_cookies=config.secure_cookies == "always" or config.tls_cert is not None,
         templates=templates, static=static, clock=clock,
-        guard=_guard(),
+        guard=new_guard(HASHING_SLOTS),
         trusted_proxies=tuple(config.trusted_proxies),
         on_decided=on_decided, on_queued=on_queued,
     )

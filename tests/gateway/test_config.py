@@ -122,6 +122,7 @@ def test_listen_addresses_accept_ipv6_in_brackets() -> None:
     ({"smtp": {"timeout": "0s"}}, "smtp.timeout"),
     ({"database": {"busy_timeout": "0s"}}, "database.busy_timeout"),
     ({"smtp": {"hostname": "a\r\n250 evil"}}, "smtp.hostname"),
+    ({"smtp": {"hostname": "mail.hotline.test\n"}}, "smtp.hostname"),
     ({"smtp": {"listen": ["127.0.0.1:\u0662\u0665"]}}, "smtp.listen.0"),
     ({"smtp": {"listen": ["::1:2525"]}}, "smtp.listen.0"),
     ({"smtp": {"listen": ["not a host:25"]}}, "smtp.listen.0"),

@@ -6,13 +6,15 @@ import asyncio
 import ipaddress
 import threading
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.console.devices import DeviceCookies
+from gateway.console.devices import DISTRUST_AFTER, DISTRUST_FOR, DeviceCookies
 from gateway.console.fairgate import MAX_URGENT, FairGate
+from gateway.console.logins import new_guard
 from gateway.console.throttle import (
     MAX_IN_FLIGHT,
     SOURCE_BACKOFF,
@@ -28,6 +30,13 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Let the loop run until ``condition`` holds (bounded: a hang fails the test)."""
+    async with asyncio.timeout(30):
+        while not condition():
+            await asyncio.sleep(0)
 
 
 def fail(throttle: SourceThrottle, source: str) -> None:
@@ -136,14 +145,12 @@ async def test_a_burst_from_one_source_cannot_starve_another() -> None:
         ran.append(name)
 
     first = asyncio.create_task(gate.run("flood", lambda: job("first")))
-    while gate._free:
-        await asyncio.sleep(0)
+    await until(lambda: not gate._free)
     flood = [asyncio.create_task(gate.run("flood", lambda n=n: job(f"flood-{n}")))
              for n in range(10)]
     failing = asyncio.create_task(gate.run("failing", lambda: job("failing")))
     owner = asyncio.create_task(gate.run("owner", lambda: job("owner")))
-    while gate.waiting < 12:
-        await asyncio.sleep(0)
+    await until(lambda: gate.waiting >= 12)
     standing["flood"] = 1  # the flood's first job failed meanwhile
     release.set()
     await asyncio.gather(first, *flood, failing, owner)
@@ -158,12 +165,10 @@ async def test_equals_take_turns() -> None:
     release = threading.Event()
     ran: list[str] = []
     holder = asyncio.create_task(gate.run("x", lambda: release.wait(30)))
-    while gate._free:
-        await asyncio.sleep(0)
+    await until(lambda: not gate._free)
     jobs = [asyncio.create_task(gate.run(s, lambda s=s, n=n: ran.append(f"{s}{n}")))
             for s in ("a", "b", "c") for n in range(3)]
-    while gate.waiting < 9:
-        await asyncio.sleep(0)
+    await until(lambda: gate.waiting >= 9)
     release.set()
     await asyncio.gather(holder, *jobs)
     assert ran == ["a0", "b0", "c0", "a1", "b1", "c1", "a2", "b2", "c2"]
@@ -174,12 +179,10 @@ async def test_a_waiter_that_gives_up_hands_its_turn_on() -> None:
     gate = FairGate(1)
     release = threading.Event()
     holder = asyncio.create_task(gate.run("a", lambda: release.wait(30)))
-    while gate._free:
-        await asyncio.sleep(0)
+    await until(lambda: not gate._free)
     quitter = asyncio.create_task(gate.run("b", lambda: None))
     later = asyncio.create_task(gate.run("c", lambda: "ran"))
-    while gate.waiting < 2:
-        await asyncio.sleep(0)
+    await until(lambda: gate.waiting >= 2)
     quitter.cancel()
     release.set()
     assert await later == "ran"
@@ -193,14 +196,12 @@ async def test_an_urgent_job_goes_before_every_waiting_one() -> None:
     release = threading.Event()
     ran: list[str] = []
     holder = asyncio.create_task(gate.run("x", lambda: release.wait(30)))
-    while gate._free:
-        await asyncio.sleep(0)
+    await until(lambda: not gate._free)
     jobs = [asyncio.create_task(gate.run(f"s{n}", lambda n=n: ran.append(f"s{n}")))
             for n in range(5)]
     jobs.append(asyncio.create_task(gate.run("owner", lambda: ran.append("owner"),
                                              urgent=True)))
-    while gate.waiting < 6:
-        await asyncio.sleep(0)
+    await until(lambda: gate.waiting >= 6)
     release.set()
     await asyncio.gather(holder, *jobs)
     assert ran[0] == "owner" and gate._free == 1
@@ -233,13 +234,135 @@ async def test_urgent_jobs_cannot_flood_the_front_of_the_queue() -> None:
     release = threading.Event()
     ran: list[str] = []
     holder = asyncio.create_task(gate.run("x", lambda: release.wait(30)))
-    while gate._free:
-        await asyncio.sleep(0)
+    await until(lambda: not gate._free)
     flood = [asyncio.create_task(gate.run("flood", lambda n=n: ran.append(f"u{n}"),
                                           urgent=True)) for n in range(MAX_URGENT + 3)]
     other = asyncio.create_task(gate.run("other", lambda: ran.append("other")))
-    while gate.waiting < MAX_URGENT + 4:
-        await asyncio.sleep(0)
+    await until(lambda: gate.waiting >= MAX_URGENT + 4)
     release.set()
     await asyncio.gather(holder, *flood, other)
     assert ran.index("other") <= MAX_URGENT + 1
+
+
+async def cancel_a_waiter_as_the_holder_finishes(hops: int) -> None:
+    """FairGate(1): the waiter is cancelled ``hops`` loop turns before the holder's release
+    runs; the holder must end cleanly and the next job be admitted."""
+    loop = asyncio.get_running_loop()
+    gate = FairGate(1)
+    waiters: list[asyncio.Task[None]] = []
+
+    def cancel_after(n: int) -> None:
+        if n:
+            loop.call_soon(cancel_after, n - 1)
+        else:
+            waiters[0].cancel()
+
+    started = threading.Event()
+
+    def holder_work() -> str:
+        started.wait(30)
+        loop.call_soon_threadsafe(cancel_after, hops)
+        return "held"
+
+    holder = asyncio.create_task(gate.run("a", holder_work))
+    await until(lambda: not gate._free)
+    waiters.append(asyncio.create_task(gate.run("b", lambda: None)))
+    await until(lambda: gate.waiting >= 1)
+    started.set()
+    async with asyncio.timeout(30):
+        assert await holder == "held"
+        assert await gate.run("c", lambda: "ran") == "ran"
+    assert waiters[0].cancelled() and gate._free == 1 and gate._busy == 0
+
+
+async def test_a_waiter_cancelled_as_the_slot_frees_loses_no_slot() -> None:
+    """A waiter cancelled just before the holder finishes (its turn cancelled, its task not yet
+    told) is skipped: the holder ends cleanly and the next job is admitted."""
+    for hops in range(4):  # the cancel lands a few loop turns before the holder's release
+        await cancel_a_waiter_as_the_holder_finishes(hops)
+
+
+async def test_urgent_jobs_take_every_other_slot_while_others_wait() -> None:
+    """Urgent jobs share the slots with the rest: with both kinds waiting, they alternate."""
+    gate = FairGate(1)
+    release = threading.Event()
+    ran: list[str] = []
+    holder = asyncio.create_task(gate.run("x", lambda: release.wait(30)))
+    await until(lambda: not gate._free)
+    urgent = [asyncio.create_task(gate.run("known", lambda n=n: ran.append(f"u{n}"),
+                                           urgent=True)) for n in range(MAX_URGENT)]
+    others = [asyncio.create_task(gate.run(f"s{n}", lambda n=n: ran.append(f"s{n}")))
+              for n in range(3)]
+    await until(lambda: gate.waiting >= MAX_URGENT + 3)
+    release.set()
+    async with asyncio.timeout(30):
+        await asyncio.gather(holder, *urgent, *others)
+    assert ran == ["u0", "s0", "u1", "s1", "u2", "s2", "u3"]
+
+
+def test_a_success_forgives_only_its_own_account_s_failures() -> None:
+    """Behind one address, bob's failures stay when alice logs in from it; hers go, and once
+    bob's own success clears his, the address is forgotten."""
+    clock = Clock()
+    throttle = SourceThrottle(clock=clock)
+    for user in ["bob"] * 6 + ["alice"] * 2:
+        clock.now += 120  # past each wait
+        assert throttle.admit("192.0.2.1") == 0
+        throttle.finish("192.0.2.1", "failed", user)
+    assert throttle.admit("192.0.2.1") > 0
+    clock.now += 120
+    assert throttle.admit("192.0.2.1") == 0
+    throttle.finish("192.0.2.1", "succeeded", "alice")
+    assert throttle.failures("192.0.2.1") == 6
+    assert throttle.admit("192.0.2.1") == 0
+    throttle.finish("192.0.2.1", "failed", "bob")  # bob's guesser goes on where it was
+    assert throttle.admit("192.0.2.1") == SOURCE_BACKOFF.delay(7)
+    clock.now += 120
+    assert throttle.admit("192.0.2.1") == 0
+    throttle.finish("192.0.2.1", "succeeded", "bob")
+    assert throttle.failures("192.0.2.1") == 0 and "192.0.2.1" not in throttle._records
+
+
+async def test_a_source_with_attempts_in_flight_ranks_behind_one_with_none() -> None:
+    """In the console's guard, a fresh source with three attempts under way is served after
+    another fresh source's single one, though neither has failed yet."""
+    guard = new_guard(1)
+    throttle, gate = guard.throttle, guard.gate
+    release = threading.Event()
+    ran: list[str] = []
+    holder = asyncio.create_task(gate.run("x", lambda: release.wait(30)))
+    await until(lambda: not gate._free)
+    for _ in range(3):
+        assert throttle.admit("busy") == 0
+    assert throttle.admit("owner") == 0
+    jobs = [asyncio.create_task(gate.run("busy", lambda n=n: ran.append(f"busy{n}")))
+            for n in range(3)]
+    jobs.append(asyncio.create_task(gate.run("owner", lambda: ran.append("owner"))))
+    await until(lambda: gate.waiting >= 4)
+    release.set()
+    async with asyncio.timeout(30):
+        await asyncio.gather(holder, *jobs)
+    assert ran[0] == "owner"
+
+
+def test_a_known_browser_cookie_is_trusted_within_limits() -> None:
+    """One trusted attempt at a time per cookie; after three failures within an hour it is not
+    trusted, an hour later it is again, and a success forgives its failures."""
+    clock = Clock()
+    devices = DeviceCookies(clock=clock)
+    cookie = devices.issue(uuid.uuid4(), datetime(2026, 12, 2, tzinfo=UTC))
+    assert devices.admit(cookie) and not devices.admit(cookie)  # one at a time
+    devices.finish(cookie, admitted=True, failed=True)
+    for _ in range(DISTRUST_AFTER - 1):
+        clock.now += 60
+        assert devices.admit(cookie)
+        devices.finish(cookie, admitted=True, failed=True)
+    assert not devices.trusted(cookie) and not devices.admit(cookie)
+    devices.finish(cookie, admitted=False, failed=True)  # failing on as an ordinary attempt
+    clock.now += DISTRUST_FOR - 1
+    assert not devices.trusted(cookie)
+    clock.now += 2
+    assert devices.trusted(cookie) and devices.admit(cookie)
+    devices.finish(cookie, admitted=True, failed=True)
+    devices.finish(cookie, admitted=False, failed=False)  # its user got in
+    assert devices._records == {}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -9,9 +11,12 @@ import pyotp
 import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
+from structlog.testing import capture_logs
 
 from gateway.config import ConsoleConfig
-from gateway.console.accounts import add_user
+from gateway.console import people
+from gateway.console.accounts import AccountError, add_user
+from gateway.console.devices import DISTRUST_AFTER
 from gateway.console.fairgate import FairGate
 from gateway.console.logins import (
     MAX_CODE_DELAY,
@@ -23,7 +28,7 @@ from gateway.console.logins import (
     login,
 )
 from gateway.console.sessions import SessionStore
-from gateway.console.throttle import SourceThrottle
+from gateway.console.throttle import SOURCE_BACKOFF, SourceThrottle
 from gateway.store.backend import WriteBackend, open_write_backend
 from gateway.store.tables import audit_log, staff_sessions, users
 
@@ -118,8 +123,9 @@ async def test_wrong_codes_slow_the_account_and_a_success_resets_it(
     backend: WriteBackend
 ) -> None:
     """With the right password, wrong codes from anywhere make the account wait 5, then 10
-    minutes; attempts while it waits are refused untried (even the right code) and do not
-    count; afterwards the right code gets in and the count restarts."""
+    minutes; attempts while it waits fail untried (even the right code), answered exactly like
+    a wrong password, do not count, and are told to admins (warning with the user id, audit);
+    afterwards the right code gets in and the count restarts."""
     new = await add_user(backend, "ana", "analyst", now=T0)
     totp = pyotp.TOTP(new.totp_secret)
     policy = LoginPolicy(lockout_after=2, lockout=timedelta(minutes=5))
@@ -132,13 +138,22 @@ async def test_wrong_codes_slow_the_account_and_a_success_resets_it(
 
     assert await attempt(wrong, T0, 1) == LoginResult(None)
     assert await attempt(wrong, T0, 2) == LoginResult(None)  # the second: 5 minutes' wait
-    for n in range(3, 20):
-        refused = await attempt(totp.at(T0), T0 + timedelta(minutes=1), n)
-        assert refused == LoginResult(None, 240.0, "account")
+    user_id = await backend.transaction(lambda conn: conn.execute(
+        select(users.c.id)).scalar_one())
+    with capture_logs() as logs:
+        for n in range(3, 20):
+            refused = await attempt(totp.at(T0), T0 + timedelta(minutes=1), n)
+            assert refused == LoginResult(None)  # as a wrong password: no wait is told
+    assert logs == [{"event": "console.login_account_waiting", "log_level": "warning",
+                     "user_id": str(user_id), "seconds": 240}] * 17
     later = T0 + timedelta(minutes=5)
     assert await attempt(wrong, later, 20) == LoginResult(None)  # the third: 10 minutes
     assert await attempt(totp.at(later), later + timedelta(minutes=9, seconds=59)) == \
-        LoginResult(None, 1.0, "account")
+        LoginResult(None)
+    entries = await backend.transaction(lambda conn: conn.execute(
+        select(audit_log.c.details).order_by(audit_log.c.seq)).scalars().all())
+    assert [(e.get("reason"), e.get("wait_seconds")) for e in entries].count(
+        ("account waiting", 240)) == 17
     latest = later + timedelta(minutes=10)
     staff = (await attempt(totp.at(latest), latest)).staff
     assert staff is not None and staff.must_change_password
@@ -168,8 +183,8 @@ async def test_unknown_names_leave_a_count_and_a_keyed_source_not_the_text(
 async def test_naming_a_waiting_account_does_not_clear_the_source(
     backend: WriteBackend
 ) -> None:
-    """An attempt refused because its account must wait is neither a failure nor a success
-    for its source: it neither slows nor forgives it."""
+    """An attempt refused because its account must wait counts for its source exactly as a
+    wrong password would (a difference would tell that the password was right)."""
     new = await add_user(backend, "ana", "analyst", now=T0)
     totp = pyotp.TOTP(new.totp_secret)
     wrong = "000000" if totp.at(T0) != "000000" else "111111"
@@ -180,10 +195,10 @@ async def test_naming_a_waiting_account_does_not_clear_the_source(
     for _ in range(4):
         await login(backend, guard, "nobody", "x", "123456", source="192.0.2.9", now=T0,
                     policy=policy)
-    refused = await login(backend, guard, "ana", "x", "123456", source="192.0.2.9", now=T0,
-                          policy=policy)
-    assert refused.throttled == "account"
-    assert guard.throttle.failures("192.0.2.9") == 4
+    refused = await login(backend, guard, "ana", new.password, totp.at(T0),
+                          source="192.0.2.9", now=T0, policy=policy)
+    assert refused == LoginResult(None)
+    assert guard.throttle.failures("192.0.2.9") == 5
 
 
 async def test_a_known_browser_passes_its_address_s_wait(backend: WriteBackend) -> None:
@@ -209,3 +224,105 @@ async def test_a_known_browser_passes_its_address_s_wait(backend: WriteBackend) 
     owner = await login(backend, guard, "ana", new.password, totp.at(T0), source="192.0.2.1",
                         now=T0, policy=LoginPolicy(), device=cookie)
     assert owner.staff is not None and owner.staff.name == "ana"
+
+
+async def test_a_known_browser_cannot_guess_at_speed(backend: WriteBackend) -> None:
+    """Wrong passwords with the user's own known-browser cookie: a few are tried as trusted,
+    then the cookie is not trusted and its attempts wait for their address like any other."""
+    await add_user(backend, "bob", "analyst", now=T0)
+    guard = _guard()
+    user_id = await backend.transaction(lambda conn: conn.execute(
+        select(users.c.id)).scalar_one())
+    cookie = guard.devices.issue(user_id, T0)
+    results = [await login(backend, guard, "bob", f"guess {n}", "123456", source="192.0.2.1",
+                           now=T0, policy=LoginPolicy(), device=cookie) for n in range(30)]
+    tried = [r for r in results if r.throttled is None]
+    assert len(tried) == DISTRUST_AFTER + SOURCE_BACKOFF.free
+    assert results[-1].throttled == "source" and not guard.devices.trusted(cookie)
+    assert guard.throttle.failures("192.0.2.1") == SOURCE_BACKOFF.free
+
+
+async def test_a_known_browser_s_attempts_run_one_at_a_time(backend: WriteBackend) -> None:
+    """Behind an address that must wait, ten attempts at once with one trusted cookie: one is
+    tried, the others are ordinary attempts from that address and wait."""
+    await add_user(backend, "bob", "analyst", now=T0)
+    guard = _guard()
+    for _ in range(6):
+        await login(backend, guard, "nobody", "x", "1", source="192.0.2.1", now=T0,
+                    policy=LoginPolicy())
+    user_id = await backend.transaction(lambda conn: conn.execute(
+        select(users.c.id)).scalar_one())
+    cookie = guard.devices.issue(user_id, T0)
+    results = await asyncio.gather(*(
+        login(backend, guard, "bob", f"guess {n}", "123456", source="192.0.2.1", now=T0,
+              policy=LoginPolicy(), device=cookie) for n in range(10)))
+    assert sorted(r.throttled or "tried" for r in results) == ["source"] * 9 + ["tried"]
+
+
+async def test_the_last_enabled_admin_cannot_be_disabled(backend: WriteBackend) -> None:
+    """Disabling the only enabled admin is refused, also when a disabled admin exists; with
+    another enabled admin it is allowed."""
+    await add_user(backend, "root", "admin", now=T0)
+    with pytest.raises(AccountError, match="last admin"):
+        await people.set_disabled(backend, "root", True, actor="root", now=T0)
+    await add_user(backend, "second", "admin", now=T0)
+    await people.set_disabled(backend, "second", True, actor="root", now=T0)
+    with pytest.raises(AccountError, match="last admin"):
+        await people.set_disabled(backend, "root", True, actor="root", now=T0)
+    await people.set_disabled(backend, "second", False, actor="root", now=T0)
+    await people.set_disabled(backend, "root", True, actor="second", now=T0)
+    states = {u.name: u.state(T0) for u in await people.list_users(backend)}
+    assert states == {"root": "disabled", "second": "new"}
+
+
+async def test_two_admins_demoted_at_once_leave_one(backend: WriteBackend) -> None:
+    """Two admins demote (or remove) each other at the same moment (PostgreSQL runs them
+    concurrently): exactly one change succeeds, and one admin remains."""
+
+    async def admins() -> list[str]:
+        return [u.name for u in await people.list_users(backend) if u.role == "admin"]
+
+    await add_user(backend, "a0", "admin", now=T0)
+    for round_ in range(1, 9):
+        await add_user(backend, f"a{round_}", "admin", now=T0)
+        pair = await admins()
+        assert len(pair) == 2
+        if round_ % 2:
+            changes = [people.set_role(backend, name, "analyst", actor="root", now=T0)
+                       for name in pair]
+        else:
+            changes = [people.remove_user(backend, name, actor="root", now=T0)
+                       for name in pair]
+        results = await asyncio.gather(*changes, return_exceptions=True)
+        assert sorted(type(r).__name__ for r in results) == ["AccountError", "NoneType"]
+        assert len(await admins()) == 1
+
+
+async def test_an_unlock_during_the_hash_lets_the_right_code_in(backend: WriteBackend) -> None:
+    """The account's wait is judged when the login is decided: an admin's unlock while the
+    attempt waits for its hash lets the right password and code in, counting no failure."""
+    new = await add_user(backend, "ana", "analyst", now=T0)
+    totp = pyotp.TOTP(new.totp_secret)
+    wrong = "000000" if totp.at(T0) != "000000" else "111111"
+    policy = LoginPolicy(lockout_after=1, lockout=timedelta(minutes=5))
+    throttle = SourceThrottle()
+    gate = FairGate(1, rank=throttle.standing)
+    guard = Guard(throttle, gate)
+    await login(backend, guard, "ana", new.password, wrong, source="192.0.2.1", now=T0,
+                policy=policy)
+    release = threading.Event()
+    holder = asyncio.create_task(gate.run("x", lambda: release.wait(30)))
+    async with asyncio.timeout(30):
+        while gate._free:
+            await asyncio.sleep(0)
+        attempt = asyncio.create_task(login(backend, guard, "ana", new.password, totp.at(T0),
+                                            source="192.0.2.2", now=T0, policy=policy))
+        while gate.waiting < 1:
+            await asyncio.sleep(0)
+        await people.unlock(backend, "ana", actor="root", now=T0)
+        release.set()
+        result = await attempt
+        await holder
+    assert result.staff is not None
+    row = (await backend.transaction(lambda conn: conn.execute(select(users)).one()))
+    assert (row.failed_logins, row.locked_until) == (0, None)

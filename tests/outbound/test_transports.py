@@ -89,6 +89,7 @@ def test_an_unqualified_smtp_hostname_needs_an_explicit_helo_name() -> None:
 @example("localhost")
 @example("out.hotline.test\r\nMAIL FROM:<x@evil.test>")
 @example("out.hotline.test ")
+@example("mail.hotline.test\n")
 @example("\u0440\u0444.hotline.test")
 @example("10.0.0.1")
 def test_any_helo_name_accepted_is_one_word_with_a_dot(name: str) -> None:
