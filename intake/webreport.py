@@ -47,9 +47,10 @@ _PLAIN_URL = re.compile(
     r"[hH][tT][tT][pP][sS]?://(?P<host>(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
     r"[A-Za-z]{2,63})(?:[/?#][!-~]*)?"
 )
-# C0 and C1 controls and DEL: a field holding one is a URL torn apart or glued together, never
-# one to file as it reads (extraction would end the URL there and file its first half).
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# C0 and C1 controls, DEL and the Unicode line and paragraph separators: a field holding one is
+# a URL torn apart or glued together, never one to file as it reads (extraction would end the
+# URL there and file its first half).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def holds_url(text: str) -> bool:

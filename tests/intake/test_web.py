@@ -453,7 +453,8 @@ def test_holds_url_answers_as_extraction_does(text: str) -> None:
 
 NOT_URLS = ["hello", "zzz", "a&b'c", "http://hello/", "http://hello.zzz", "https://co.uk/x",
             "http://localhost:8080/", "http://exa\x01mple.com/", "http://example.com/a\x7fb",
-            "http://example.com/\x85x", "http://exa\nmple.com/"]
+            "http://example.com/\x85x", "http://exa\nmple.com/",
+            "http://example.com/pa\u2028evil.com/x", "http://example.com/pa\u2029x"]
 
 
 async def test_words_are_a_field_error_on_the_api_and_the_form(start: Start) -> None:
@@ -468,6 +469,22 @@ async def test_words_are_a_field_error_on_the_api_and_the_form(start: Start) -> 
     for text in ("hello", "zzz", "a&b'c", "http://hello/"):
         status, _, page = await post(gw, "/report", data={**form, "urls": text})
         assert status == 422 and "This does not look like a web address." in page, text
+    assert await stored(gw) == 0
+
+
+@pytest.mark.parametrize("separator", ["\x1c", "\x1d", "\x1e", "\x85", "\x0b", "\x0c",
+                                       "\u2028", "\u2029"],
+                         ids=lambda separator: f"U+{ord(separator):04X}")
+async def test_a_control_character_in_a_form_url_is_not_a_line_end(
+    start: Start, separator: str,
+) -> None:
+    """Only CR and LF end a line of the form's URL field: any other separator str.splitlines
+    knows stays inside the URL, which is then a 422 not_url, and nothing is stored."""
+    gw = await start(http={"listen": ["127.0.0.1:0"], "reports_per_minute": 1000})
+    form = {"form_id": "f-4", "lang": "en", "seen_where": "", "description": "", "email": "",
+            "website": "", "urls": f"http://example.com/pa{separator}evil.com/x"}
+    status, _, page = await post(gw, "/report", data=form)
+    assert status == 422 and "This does not look like a web address." in page
     assert await stored(gw) == 0
 
 
