@@ -55,6 +55,14 @@ REPLY_RATE_LIMITED = "451 4.7.0 Too many messages from your address; please try 
 REPLY_SESSION_TIME = "421 4.4.2 Session time limit reached; please connect again"
 REPLY_TOO_MANY_RCPT = "452 4.5.3 Too many recipients"
 REPLY_SHUTDOWN = "421 4.3.2 Service shutting down; please try again later"
+# RFC 5321 3.8: a server closes on its own only after a 421. X.5.2 (RFC 3463): a command that
+# could not be interpreted.
+REPLY_COMMAND_LINE_TOO_LONG = "421 4.5.2 Command line too long; closing the connection"
+
+#: A command line running this long without a line end closes the session: eight times the
+#: longest command aiosmtpd takes (RFC 5321 4.5.3.1.4's 512, a little more for MAIL after EHLO),
+#: where aiosmtpd itself would read on to the line's end, however far.
+COMMAND_LINE_BOUND = 4096
 
 # aiosmtpd's own wording for these cases, mapped to the replies in our contract. Its "line too
 # long" can only come from a line longer than the whole message may be (see _Session).
@@ -259,12 +267,18 @@ class _Session(SMTP):
 
     def __init__(self, handler: ReportHandler, sessions: _Sessions, *, max_line_bytes: int,
                  max_per_source: int, lifetime: float, **kwargs: Any) -> None:
-        # aiosmtpd reads DATA in CRLF-terminated lines of at most ``line_length_limit`` bytes (a
-        # public attribute, read once here for its stream reader). A message in bare LF is one
-        # such line, so the limit is the whole message's; the line limit proper is applied to
-        # the normalised lines by the handler.
-        self.line_length_limit = max(kwargs["data_size_limit"], max_line_bytes) + 3
+        # The stream reader is made with aiosmtpd's own line_length_limit (1001): what a
+        # command line may take, and what the reader buffers before it pauses the socket.
         super().__init__(handler, **kwargs)
+        # aiosmtpd reads DATA in CRLF-terminated lines of at most ``line_length_limit`` bytes. A
+        # message in bare LF is one such line, so the limit is the whole message's; the line
+        # limit proper is applied to the normalised lines by the handler. It holds during DATA
+        # only (smtp_DATA): before MAIL nothing is rate limited, and a session must not be able
+        # to make the server buffer megabytes for a command.
+        self._command_limit = self.line_length_limit
+        self.line_length_limit = max(kwargs["data_size_limit"], max_line_bytes) + 3
+        self._in_data = False
+        self._line_run = 0  # bytes received since the last LF
         self._report_handler = handler
         # Counted from creation, not from connection_made (a later callback), so that a burst
         # of connections cannot get past the limit before any of them is counted.
@@ -279,6 +293,34 @@ class _Session(SMTP):
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         return getaddr(arg, self.local_part_limit)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        """DATA with the stream reader's limit raised to the longest line a message may hold,
+        and put back for the commands after it."""
+        reader = self._reader  # aiosmtpd's own name for it (pinned in pyproject.toml)
+        self._in_data = True
+        set_limit(reader, self.line_length_limit)
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            set_limit(reader, self._command_limit)
+            self._in_data = False
+
+    def data_received(self, data: bytes) -> None:
+        # aiosmtpd replies to a command line over its limit only once the line has ended,
+        # reading it all; one that does not end is refused here, having read little of it.
+        # (Data arriving before smtp_DATA has begun is a command: RFC 2920 section 3.1 has
+        # the client wait for 354.)
+        if self._in_data:
+            end = data.rfind(b"\n")
+            self._line_run = len(data) - end - 1 if end >= 0 else self._line_run + len(data)
+        else:
+            longest, self._line_run = longest_line(self._line_run, data)
+            if longest > COMMAND_LINE_BOUND:
+                log.info("smtp.command_line_too_long")
+                self.say_goodbye(REPLY_COMMAND_LINE_TOO_LONG)
+                return
+        super().data_received(data)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._source is None:  # not again for the TLS transport after STARTTLS
@@ -335,6 +377,23 @@ class _Session(SMTP):
         transport = self._original_transport or self.transport
         if isinstance(transport, asyncio.WriteTransport):
             transport.abort()
+
+
+def longest_line(run: int, data: bytes) -> tuple[int, int]:
+    """The longest line in ``data`` (LF not counted) when ``run`` bytes of its first line came
+    before it, and how far its last line has run: the same whatever pieces a stream comes in."""
+    parts = data.split(b"\n")
+    first = run + len(parts[0])
+    longest = max(first, max(map(len, parts[1:]), default=0))
+    return longest, len(parts[-1]) if len(parts) > 1 else first
+
+
+def set_limit(reader: asyncio.StreamReader, limit: int) -> None:
+    """Change the longest line ``reader`` takes, and so what it buffers before pausing the
+    socket (twice that). asyncio has no public way to change it once made: ``_limit`` is what
+    the constructor's ``limit`` sets, and tests/intake/test_smtp_lines.py checks that a reader
+    changed here reads as one made with that limit."""
+    reader._limit = limit  # type: ignore[attr-defined]
 
 
 class _TooMany(asyncio.Protocol):

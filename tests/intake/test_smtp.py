@@ -73,7 +73,7 @@ async def test_recipient_match_ignores_case(gateway: Gateway) -> None:
 
 async def test_oversized_message_is_refused_by_size_and_by_data(make_config: ConfigFactory) -> None:
     """SIZE is advertised; too large by declaration or in fact gets 552 5.3.4, nothing stored."""
-    config = make_config(smtp={"max_message_bytes": 2000})
+    config = make_config(smtp={"max_message_bytes": 2000, "max_line_bytes": 998})
     async with serving(config) as gw:
         port = port_of(gw)
         async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False) as client:
