@@ -272,9 +272,12 @@ class SmtpConfig(TlsFiles):
     max_line_bytes: Annotated[int, Field(ge=998, le=64 * 1024 * 1024, validate_default=True),
                               AfterValidator(_line_within_message)] = 64 * 1024
     max_connections: PositiveInt = 100
-    #: Connections one source (an IPv4 address, an IPv6 /64) may hold at once (Postfix's
-    #: default_destination_concurrency_limit, so a Postfix relay in front fits).
-    max_connections_per_source: PositiveInt = 20
+    #: Connections one source (an IPv4 address, an IPv6 /64) may hold at once; an IPv6 /48
+    #: twice that (intake/smtpdoor.py).
+    max_connections_per_source: PositiveInt = 10
+    #: A relay of the hotline's own in front: its connections count only against
+    #: max_connections, its messages against no per-source rate.
+    trusted_relays: list[Network] = []
     #: Messages one source may send a minute (a burst of as many, then that rate).
     messages_per_minute_per_source: Annotated[int, Field(ge=1, le=100_000)] = 60
     timeout: Annotated[float, BeforeValidator(_parse_duration), Field(ge=1)] = 300.0

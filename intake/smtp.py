@@ -22,9 +22,10 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from gateway.config import SmtpConfig
 from gateway.store.writer import NewSubmission, Receipt, WriterClosed
 from intake.mime import MimeError, strip_attachments
-from intake.ratelimit import RateLimiter, source_of
+from intake.ratelimit import RateLimiter
 from intake.smtpaddress import getaddr
 from intake.smtpdata import clean_text, inspect_message
+from intake.smtpdoor import Door, Network, Pass, trusted
 
 log = structlog.get_logger("intake.smtp")
 
@@ -93,6 +94,7 @@ class ReportHandler:
         max_message_bytes: int,
         max_line_bytes: int = 65536,
         limiter: RateLimiter | None = None,
+        trusted_relays: Iterable[Network] = (),
         reject_attachments: bool = False,
         executor: Executor | None = None,
     ) -> None:
@@ -103,6 +105,7 @@ class ReportHandler:
         self._max_message_bytes = max_message_bytes
         self._max_line_bytes = max_line_bytes
         self._limiter = limiter
+        self._trusted_relays = tuple(trusted_relays)
         self._executor = executor
         self.shutting_down = False
         self.in_flight = 0
@@ -128,6 +131,7 @@ class ReportHandler:
         # Counted per transaction begun, before any data is sent; the reply keeps the session.
         peer = session.peer
         if (self._limiter is not None and isinstance(peer, tuple)
+                and not trusted(str(peer[0]), self._trusted_relays)
                 and not self._limiter.allow(str(peer[0]))):
             log.info("smtp.rate_limited")
             return REPLY_RATE_LIMITED
@@ -224,26 +228,13 @@ class ReportHandler:
 
 
 class _Sessions:
-    """The open sessions, with an event for "none left", and how many each source holds."""
+    """The open sessions, with an event for "none left", and the door's counts."""
 
-    def __init__(self) -> None:
+    def __init__(self, door: Door) -> None:
         self._open: set[_Session] = set()
-        self._per_source: dict[str, int] = {}
+        self.door = door
         self.none_left = asyncio.Event()
         self.none_left.set()
-
-    def admit(self, source: str, limit: int) -> bool:
-        """Count one more connection from ``source``, unless it already holds ``limit``."""
-        held = self._per_source.get(source, 0)
-        if held >= limit:
-            return False
-        self._per_source[source] = held + 1
-        return True
-
-    def release(self, source: str) -> None:
-        held = self._per_source.pop(source) - 1
-        if held:
-            self._per_source[source] = held
 
     def add(self, session: _Session) -> None:
         self._open.add(session)
@@ -266,7 +257,7 @@ class _Session(SMTP):
     its source's share, and closed at the end of its lifetime whatever it sends."""
 
     def __init__(self, handler: ReportHandler, sessions: _Sessions, *, max_line_bytes: int,
-                 max_per_source: int, lifetime: float, **kwargs: Any) -> None:
+                 lifetime: float, **kwargs: Any) -> None:
         # The stream reader is made with aiosmtpd's own line_length_limit (1001): what a
         # command line may take, and what the reader buffers before it pauses the socket.
         super().__init__(handler, **kwargs)
@@ -284,9 +275,8 @@ class _Session(SMTP):
         # of connections cannot get past the limit before any of them is counted.
         self._tracked = sessions
         sessions.add(self)
-        self._max_per_source = max_per_source
         self._lifetime = lifetime
-        self._source: str | None = None
+        self._pass: Pass | None = None
         self._refused = False
         self._expired = False
         self._end_of_life: asyncio.TimerHandle | None = None
@@ -323,10 +313,11 @@ class _Session(SMTP):
         super().data_received(data)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self._source is None:  # not again for the TLS transport after STARTTLS
+        if self._pass is None and not self._refused:  # not again for STARTTLS's transport
             peer = transport.get_extra_info("peername")
-            self._source = source_of(str(peer[0])) if isinstance(peer, tuple) else ""
-            if not self._tracked.admit(self._source, self._max_per_source):
+            self._pass = self._tracked.door.enter(str(peer[0]) if isinstance(peer, tuple)
+                                                  else "")
+            if self._pass is None:
                 # Refused before aiosmtpd sees the connection: no greeting, no session.
                 self._refused = True
                 assert isinstance(transport, asyncio.WriteTransport)
@@ -351,9 +342,9 @@ class _Session(SMTP):
         self._tracked.discard(self)
         if self._refused:
             return
-        if self._source is not None:
-            self._tracked.release(self._source)
-            self._source = None
+        if self._pass is not None:
+            self._tracked.door.leave(self._pass)
+            self._pass = None
         if self._end_of_life is not None:
             self._end_of_life.cancel()
         super().connection_lost(error)
@@ -423,7 +414,10 @@ class SmtpServer:
         self._handler = handler
         self._tls = tls_context(config)
         self._servers: list[asyncio.Server] = []
-        self._sessions = _Sessions()
+        self._sessions = _Sessions(Door(
+            max_connections=config.max_connections,
+            per_source=config.max_connections_per_source,
+            trusted_relays=config.trusted_relays))
         self.addresses: list[tuple[str, int]] = []
 
     @property
@@ -442,7 +436,6 @@ class SmtpServer:
             self._sessions,
             data_size_limit=self._config.max_message_bytes,
             max_line_bytes=self._config.max_line_bytes,
-            max_per_source=self._config.max_connections_per_source,
             lifetime=self._config.max_session_time,
             hostname=self._config.hostname,
             ident="hotline-gateway",

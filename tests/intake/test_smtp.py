@@ -143,7 +143,9 @@ async def test_bare_lf_smuggling_is_one_refused_message_never_two(gateway: Gatew
 
 async def test_connection_limit_answers_421(make_config: ConfigFactory) -> None:
     """Beyond max_connections a new connection gets 421 4.7.0; those already open keep working."""
-    async with serving(make_config(smtp={"max_connections": 2})) as gw:
+    # From a trusted relay: held to the total alone, not to a source's share of it.
+    config = make_config(smtp={"max_connections": 2, "trusted_relays": ["127.0.0.1/32"]})
+    async with serving(config) as gw:
         port = port_of(gw)
         first, second = await RawSession.open(port), await RawSession.open(port)
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -160,7 +162,8 @@ async def test_connection_limit_answers_421(make_config: ConfigFactory) -> None:
 
 async def test_a_burst_of_connections_cannot_pass_the_limit(make_config: ConfigFactory) -> None:
     """Sixty connections at once against a limit of five: five sessions, the rest 421."""
-    async with serving(make_config(smtp={"max_connections": 5})) as gw:
+    config = make_config(smtp={"max_connections": 5, "trusted_relays": ["127.0.0.1/32"]})
+    async with serving(config) as gw:
         port = port_of(gw)
         opened = await asyncio.gather(*(asyncio.open_connection("127.0.0.1", port)
                                         for _ in range(60)))
