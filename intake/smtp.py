@@ -325,10 +325,10 @@ class _Session(SMTP):
                 transport.close()
                 return
             # From the start, not from the last command: NOOP or RSET cannot extend it.
-            self._end_of_life = self.loop.call_later(self._lifetime, self._end_session)
+            self._end_of_life = self.loop.call_later(self._lifetime, self.end_of_life)
         super().connection_made(transport)
 
-    def _end_session(self) -> None:
+    def end_of_life(self) -> None:
         """The lifetime is over: 421 and close, but let a message being committed get its
         reply first (the envelope holds content only between end of DATA and that reply)."""
         storing = self.envelope is not None and self.envelope.original_content is not None
@@ -427,6 +427,12 @@ class SmtpServer:
     @property
     def session_count(self) -> int:
         return len(self._sessions)
+
+    def end_lifetimes(self) -> None:
+        """End every open session's lifetime now, as its max_session_time would."""
+        for session in self._sessions:
+            if session.transport is not None:
+                session.end_of_life()
 
     def _protocol(self) -> asyncio.Protocol:
         if len(self._sessions) >= self._config.max_connections:
