@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import structlog
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
 
 from gateway.config import SmtpConfig
 from gateway.store.writer import NewSubmission, Receipt, WriterClosed
@@ -219,8 +219,14 @@ class ReportHandler:
         return REPLY_ACCEPTED.format(reference=receipt.reference)
 
     async def handle_exception(self, error: Exception) -> str:
-        # aiosmtpd would otherwise put the exception's text in the reply.
-        log.error("smtp.internal_error", error_type=type(error).__name__)
+        # aiosmtpd would otherwise put the exception's text in the reply. What a client causes
+        # (a failed TLS handshake, a reset connection) is no fault of ours: info, not error.
+        if isinstance(error, TLSSetupException | ConnectionError):
+            cause = error.__cause__
+            log.info("smtp.client_error", error_type=type(error).__name__,
+                     cause=type(cause).__name__ if cause is not None else None)
+        else:
+            log.error("smtp.internal_error", error_type=type(error).__name__)
         return REPLY_TEMPFAIL
 
     def too_big_reply(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import sqlite3
@@ -258,6 +259,37 @@ async def test_starttls_when_a_certificate_is_configured(
             errors, text = await client.sendmail("r@example.test", [REPORT_TO], report(1))
         assert errors == {}
         queued_reference(text)
+
+
+async def test_a_failed_tls_handshake_is_the_clients_doing_logged_at_info(
+    make_config: ConfigFactory, tmp_path: Path
+) -> None:
+    """A client that sends no TLS after STARTTLS is logged at info (smtp.client_error), never
+    as an internal error; the session is closed and the server goes on."""
+    ca = trustme.CA()
+    ca.issue_cert("report.hotline.test").private_key_and_cert_chain_pem.write_to_path(
+        str(tmp_path / "smtp.pem"))
+    config = make_config(smtp={"tls_cert": "smtp.pem", "tls_key": "smtp.pem"})
+    async with serving(config) as gw:
+        with structlog.testing.capture_logs() as events:
+            session = await RawSession.open(port_of(gw))
+            try:
+                assert (await session.command("EHLO client.test")).startswith("250")
+                assert (await session.command("STARTTLS")).startswith("220")
+                session.writer.write(b"this is not a TLS ClientHello\r\n" * 4)
+                with contextlib.suppress(ConnectionError):
+                    async with asyncio.timeout(10):
+                        while await session.reader.read(4096):
+                            pass
+            finally:
+                await session.close()
+            await eventually(lambda: gw.smtp.session_count == 0)
+        assert [e for e in events if e["log_level"] == "error"] == []
+        failed = [e for e in events if e["event"] == "smtp.client_error"]
+        assert [(e["log_level"], e["error_type"]) for e in failed] == \
+            [("info", "TLSSetupException")]
+        code, _ = await deliver(port_of(gw), report(1))
+        assert code == 250
 
 
 async def test_logs_name_references_never_addresses(gateway: Gateway) -> None:
