@@ -20,6 +20,7 @@ from gateway.app import Gateway
 from gateway.store.case_view import list_cases
 from gateway.store.tables import submissions
 from intake import hosts, webreport
+from intake.normalise import normalise_web
 from intake.openapi import openapi_document
 from intake.web import wkd_hash
 from outbound.gpg import Gpg
@@ -486,6 +487,17 @@ async def test_a_control_character_in_a_form_url_is_not_a_line_end(
     status, _, page = await post(gw, "/report", data=form)
     assert status == 422 and "This does not look like a web address." in page
     assert await stored(gw) == 0
+
+
+@pytest.mark.parametrize(("typed", "canonical"), [
+    ("http://abc\u3002com/", "http://abc.com/"), ("abc\uff0ecom/x", "http://abc.com/x"),
+    ("https://www\uff61example\u3002org/a?b=1", "https://www.example.org/a?b=1")])
+def test_a_host_with_ideographic_full_stops_is_a_url(typed: str, canonical: str) -> None:
+    """A host written with U+3002, U+FF0E or U+FF61 for its dots (mapped to "." by UTS #46,
+    as browsers do) is valid, and filed as the host with dots."""
+    assert webreport.validate([typed]).urls == (typed,)
+    found = normalise_web(webreport.WebReport((typed,)).to_bytes()).urls
+    assert [u.canonical for u in found] == [canonical]
 
 
 @given(st.lists(st.from_regex(r"[a-z0-9]{1,10}", fullmatch=True), max_size=3),
