@@ -26,6 +26,7 @@ from intake.ratelimit import RateLimiter
 from intake.smtpaddress import getaddr
 from intake.smtpdata import clean_text, inspect_message
 from intake.smtpdoor import Door, Network, Pass, trusted
+from intake.smtpstream import COMMAND_LINE_BOUND, longest_line, set_limit
 
 log = structlog.get_logger("intake.smtp")
 
@@ -59,11 +60,6 @@ REPLY_SHUTDOWN = "421 4.3.2 Service shutting down; please try again later"
 # RFC 5321 3.8: a server closes on its own only after a 421. X.5.2 (RFC 3463): a command that
 # could not be interpreted.
 REPLY_COMMAND_LINE_TOO_LONG = "421 4.5.2 Command line too long; closing the connection"
-
-#: A command line running this long without a line end closes the session: eight times the
-#: longest command aiosmtpd takes (RFC 5321 4.5.3.1.4's 512, a little more for MAIL after EHLO),
-#: where aiosmtpd itself would read on to the line's end, however far.
-COMMAND_LINE_BOUND = 4096
 
 # aiosmtpd's own wording for these cases, mapped to the replies in our contract. Its "line too
 # long" can only come from a line longer than the whole message may be (see _Session).
@@ -304,7 +300,8 @@ class _Session(SMTP):
 
     def data_received(self, data: bytes) -> None:
         # aiosmtpd replies to a command line over its limit only once the line has ended,
-        # reading it all; one that does not end is refused here, having read little of it.
+        # reading it all; one longer than COMMAND_LINE_BOUND is refused here as soon as that
+        # much of it has come in.
         # (Data arriving before smtp_DATA has begun is a command: RFC 2920 section 3.1 has
         # the client wait for 354.)
         if self._in_data:
@@ -374,23 +371,6 @@ class _Session(SMTP):
         transport = self._original_transport or self.transport
         if isinstance(transport, asyncio.WriteTransport):
             transport.abort()
-
-
-def longest_line(run: int, data: bytes) -> tuple[int, int]:
-    """The longest line in ``data`` (LF not counted) when ``run`` bytes of its first line came
-    before it, and how far its last line has run: the same whatever pieces a stream comes in."""
-    parts = data.split(b"\n")
-    first = run + len(parts[0])
-    longest = max(first, max(map(len, parts[1:]), default=0))
-    return longest, len(parts[-1]) if len(parts) > 1 else first
-
-
-def set_limit(reader: asyncio.StreamReader, limit: int) -> None:
-    """Change the longest line ``reader`` takes, and so what it buffers before pausing the
-    socket (twice that). asyncio has no public way to change it once made: ``_limit`` is what
-    the constructor's ``limit`` sets, and tests/intake/test_smtp_lines.py checks that a reader
-    changed here reads as one made with that limit."""
-    reader._limit = limit  # type: ignore[attr-defined]
 
 
 class _TooMany(asyncio.Protocol):

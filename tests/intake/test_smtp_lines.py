@@ -18,8 +18,8 @@ from sqlalchemy import select
 from gateway.app import Gateway
 from gateway.config import ConfigError
 from gateway.store.tables import submissions
-from intake.smtp import longest_line, set_limit
 from intake.smtpdata import inspect_message, normalise_line_ends, smuggled_end_of_data
+from intake.smtpstream import longest_line, set_limit
 from tests.conftest import ConfigFactory, serving
 from tests.smtp_client import REPORT_TO, RawSession, deliver, queued_reference, report
 
@@ -233,6 +233,8 @@ async def refused_after(port: int, line: bytes, *, chunk: int = 4096) -> tuple[b
                 sent += len(line[sent:sent + chunk])
                 await writer.drain()
                 await asyncio.sleep(0)  # the client's pace: one chunk per turn of the loop
+        if not answer.done() and sent < len(line):  # the connection broke: read what came
+            await asyncio.wait_for(asyncio.shield(answer), 10)
         if not answer.done():
             answer.cancel()
             return b"", sent
@@ -249,6 +251,17 @@ async def test_a_command_line_that_does_not_end_is_refused_having_read_little(
     answer, sent = await refused_after(port_of(gateway), b"X" * (10 * 1024 * 1024) + b"\r\n")
     assert answer == b"421 4.5.2 Command line too long; closing the connection\r\n"
     assert sent < 256 * 1024
+    # Sent whole, line end and all, a 100 KB command line gets the same answer.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(gateway))
+    try:
+        assert (await reader.readline()).startswith(b"220")
+        writer.write(b"EHLO " + b"x" * 100_000 + b"\r\n")
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        assert await asyncio.wait_for(reader.readline(), 10) == \
+            b"421 4.5.2 Command line too long; closing the connection\r\n"
+    finally:
+        writer.close()
     # A long command line that does end is aiosmtpd's 500, and the session goes on.
     session = await RawSession.open(port_of(gateway))
     try:
