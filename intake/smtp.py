@@ -288,7 +288,8 @@ class _Session(SMTP):
 
     async def smtp_DATA(self, arg: str) -> None:
         """DATA with the stream reader's limit raised to the longest line a message may hold,
-        and put back for the commands after it."""
+        and put back for the commands after it (once the reply is sent: what a client sends
+        while its message is committed is buffered no more than its message could be)."""
         reader = self._reader  # aiosmtpd's own name for it (pinned in pyproject.toml)
         self._in_data = True
         set_limit(reader, self.line_length_limit)
