@@ -309,6 +309,7 @@ async def running(
             max_message_bytes=config.smtp.max_message_bytes,
             max_line_bytes=config.smtp.max_line_bytes,
             limiter=RateLimiter(config.smtp.messages_per_minute_per_source),
+            trusted_relays=config.smtp.trusted_relays,
             reject_attachments=config.intake.attachments == "reject",
             executor=executor,
         )

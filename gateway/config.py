@@ -250,6 +250,15 @@ class TlsFiles(_Section):
         return self
 
 
+def _line_within_message(value: int, info: ValidationInfo) -> int:
+    """``smtp.max_line_bytes`` no greater than ``smtp.max_message_bytes`` (validated before it)."""
+    message = info.data.get("max_message_bytes")  # absent when itself invalid
+    if message is not None and value > message:
+        raise ValueError(f"{value} is more than max_message_bytes ({message}): a line cannot "
+                         "be longer than the message")
+    return value
+
+
 class SmtpConfig(TlsFiles):
     listen: list[Listen] = Field(
         default=["127.0.0.1:2525"], validate_default=True, min_length=1
@@ -261,11 +270,15 @@ class SmtpConfig(TlsFiles):
     max_message_bytes: PositiveInt = 10 * 1024 * 1024
     #: Longest line taken (CRLF not counted): real mailers send unwrapped HTML far beyond
     #: RFC 5322's 998; at least that many are always taken.
-    max_line_bytes: Annotated[int, Field(ge=998, le=64 * 1024 * 1024)] = 64 * 1024
+    max_line_bytes: Annotated[int, Field(ge=998, le=64 * 1024 * 1024, validate_default=True),
+                              AfterValidator(_line_within_message)] = 64 * 1024
     max_connections: PositiveInt = 100
-    #: Connections one source (an IPv4 address, an IPv6 /64) may hold at once (Postfix's
-    #: default_destination_concurrency_limit, so a Postfix relay in front fits).
-    max_connections_per_source: PositiveInt = 20
+    #: Connections one source (an IPv4 address, an IPv6 /64) may hold at once; an IPv6 /48
+    #: twice that (intake/smtpdoor.py).
+    max_connections_per_source: PositiveInt = 10
+    #: A relay of the hotline's own in front: its connections count only against
+    #: max_connections, its messages against no per-source rate.
+    trusted_relays: list[Network] = []
     #: Messages one source may send a minute (a burst of as many, then that rate).
     messages_per_minute_per_source: Annotated[int, Field(ge=1, le=100_000)] = 60
     timeout: Annotated[float, BeforeValidator(_parse_duration), Field(ge=1)] = 300.0

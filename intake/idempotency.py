@@ -35,14 +35,16 @@ def _digest(text: str) -> bytes:
 class KeyMemory:
     """Which body each recent key was used with, so that a reused key is noticed."""
 
-    def __init__(self, *, ttl: float = 24 * 3600.0, max_keys: int = 100_000,
+    def __init__(self, *, ttl: float = 24 * 3600.0, max_keys: int = 20_000,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._ttl = ttl
         self._max = max_keys
         self._clock = clock
-        # Keys and bodies as 16-byte digests: a full table is a few megabytes whatever
-        # clients send as keys.
-        self._bodies: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()
+        # Keys and bodies as 16-byte digests, whatever clients send as keys: about 300 bytes
+        # a key with the table's own overhead, some 6 MB for the default 20,000 (plenty for a
+        # hotline's API clients over a day; test_the_default_table_is_a_few_megabytes).
+        # The flag: a stored report holds the key (release must not forget it then).
+        self._bodies: OrderedDict[bytes, tuple[bytes, float, bool]] = OrderedDict()
 
     def claim(self, key: str, body_sha256: str) -> Literal["new", "again", "reused"]:
         """Record ``key`` for this body: ``new``, ``again`` (the same body), or ``reused``
@@ -50,22 +52,31 @@ class KeyMemory:
         key_id, body = _digest(key), _digest(body_sha256)
         now = self._clock()
         while self._bodies:  # forget what has expired (the oldest use comes first)
-            oldest, (_, used) = next(iter(self._bodies.items()))
+            oldest, (_, used, _) = next(iter(self._bodies.items()))
             if now - used < self._ttl:
                 break
             del self._bodies[oldest]
         known = self._bodies.get(key_id)
         if known is not None and known[0] != body:
             return "reused"  # (a refusal is no use: the key keeps its place and its time)
-        self._bodies.pop(key_id, None)
-        self._bodies[key_id] = (body, now)  # the most recently used last
-        while len(self._bodies) > self._max:
-            self._bodies.popitem(last=False)
+        self._remember(key_id, body, now, known is not None and known[2])
         return "new" if known is None else "again"
 
+    def stored(self, key: str, body_sha256: str) -> None:
+        """A report with this key and body was stored: the key stays with it whatever
+        ``release`` is asked later (a concurrent request with the same key may fail)."""
+        self._remember(_digest(key), _digest(body_sha256), self._clock(), True)
+
     def release(self, key: str, body_sha256: str) -> None:
-        """Forget a ``new`` key whose report was not stored (the client may send another)."""
+        """Forget a ``new`` key whose report was not stored (the client may send another),
+        unless a report with it was stored meanwhile."""
         key_id = _digest(key)
         known = self._bodies.get(key_id)
-        if known is not None and known[0] == _digest(body_sha256):
+        if known is not None and known[0] == _digest(body_sha256) and not known[2]:
             del self._bodies[key_id]
+
+    def _remember(self, key_id: bytes, body: bytes, now: float, stored: bool) -> None:
+        self._bodies.pop(key_id, None)
+        self._bodies[key_id] = (body, now, stored)  # the most recently used last
+        while len(self._bodies) > self._max:
+            self._bodies.popitem(last=False)

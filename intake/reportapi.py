@@ -98,6 +98,8 @@ async def api_report(request: web.Request) -> web.Response:
         response = api_error(503, "the report could not be stored; try again later")
         response.headers["Retry-After"] = "60"
         return response
+    if key is not None:
+        intake.keys.stored(key, digest)
     return web.json_response({"reference": receipt.reference}, status=201)
 
 

@@ -17,14 +17,16 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import structlog
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
 
 from gateway.config import SmtpConfig
 from gateway.store.writer import NewSubmission, Receipt, WriterClosed
 from intake.mime import MimeError, strip_attachments
-from intake.ratelimit import RateLimiter, source_of
+from intake.ratelimit import RateLimiter
 from intake.smtpaddress import getaddr
 from intake.smtpdata import clean_text, inspect_message
+from intake.smtpdoor import Door, Network, Pass, trusted
+from intake.smtpstream import COMMAND_LINE_BOUND, longest_line, set_limit
 
 log = structlog.get_logger("intake.smtp")
 
@@ -55,6 +57,9 @@ REPLY_RATE_LIMITED = "451 4.7.0 Too many messages from your address; please try 
 REPLY_SESSION_TIME = "421 4.4.2 Session time limit reached; please connect again"
 REPLY_TOO_MANY_RCPT = "452 4.5.3 Too many recipients"
 REPLY_SHUTDOWN = "421 4.3.2 Service shutting down; please try again later"
+# RFC 5321 3.8: a server closes on its own only after a 421. X.5.2 (RFC 3463): a command that
+# could not be interpreted.
+REPLY_COMMAND_LINE_TOO_LONG = "421 4.5.2 Command line too long; closing the connection"
 
 # aiosmtpd's own wording for these cases, mapped to the replies in our contract. Its "line too
 # long" can only come from a line longer than the whole message may be (see _Session).
@@ -85,6 +90,7 @@ class ReportHandler:
         max_message_bytes: int,
         max_line_bytes: int = 65536,
         limiter: RateLimiter | None = None,
+        trusted_relays: Iterable[Network] = (),
         reject_attachments: bool = False,
         executor: Executor | None = None,
     ) -> None:
@@ -95,6 +101,7 @@ class ReportHandler:
         self._max_message_bytes = max_message_bytes
         self._max_line_bytes = max_line_bytes
         self._limiter = limiter
+        self._trusted_relays = tuple(trusted_relays)
         self._executor = executor
         self.shutting_down = False
         self.in_flight = 0
@@ -120,6 +127,7 @@ class ReportHandler:
         # Counted per transaction begun, before any data is sent; the reply keeps the session.
         peer = session.peer
         if (self._limiter is not None and isinstance(peer, tuple)
+                and not trusted(str(peer[0]), self._trusted_relays)
                 and not self._limiter.allow(str(peer[0]))):
             log.info("smtp.rate_limited")
             return REPLY_RATE_LIMITED
@@ -207,8 +215,14 @@ class ReportHandler:
         return REPLY_ACCEPTED.format(reference=receipt.reference)
 
     async def handle_exception(self, error: Exception) -> str:
-        # aiosmtpd would otherwise put the exception's text in the reply.
-        log.error("smtp.internal_error", error_type=type(error).__name__)
+        # aiosmtpd would otherwise put the exception's text in the reply. What a client causes
+        # (a failed TLS handshake, a reset connection) is no fault of ours: info, not error.
+        if isinstance(error, TLSSetupException | ConnectionError):
+            cause = error.__cause__
+            log.info("smtp.client_error", error_type=type(error).__name__,
+                     cause=type(cause).__name__ if cause is not None else None)
+        else:
+            log.error("smtp.internal_error", error_type=type(error).__name__)
         return REPLY_TEMPFAIL
 
     def too_big_reply(self) -> str:
@@ -216,26 +230,13 @@ class ReportHandler:
 
 
 class _Sessions:
-    """The open sessions, with an event for "none left", and how many each source holds."""
+    """The open sessions, with an event for "none left", and the door's counts."""
 
-    def __init__(self) -> None:
+    def __init__(self, door: Door) -> None:
         self._open: set[_Session] = set()
-        self._per_source: dict[str, int] = {}
+        self.door = door
         self.none_left = asyncio.Event()
         self.none_left.set()
-
-    def admit(self, source: str, limit: int) -> bool:
-        """Count one more connection from ``source``, unless it already holds ``limit``."""
-        held = self._per_source.get(source, 0)
-        if held >= limit:
-            return False
-        self._per_source[source] = held + 1
-        return True
-
-    def release(self, source: str) -> None:
-        held = self._per_source.pop(source) - 1
-        if held:
-            self._per_source[source] = held
 
     def add(self, session: _Session) -> None:
         self._open.add(session)
@@ -258,21 +259,26 @@ class _Session(SMTP):
     its source's share, and closed at the end of its lifetime whatever it sends."""
 
     def __init__(self, handler: ReportHandler, sessions: _Sessions, *, max_line_bytes: int,
-                 max_per_source: int, lifetime: float, **kwargs: Any) -> None:
-        # aiosmtpd reads DATA in CRLF-terminated lines of at most ``line_length_limit`` bytes (a
-        # public attribute, read once here for its stream reader). A message in bare LF is one
-        # such line, so the limit is the whole message's; the line limit proper is applied to
-        # the normalised lines by the handler.
-        self.line_length_limit = max(kwargs["data_size_limit"], max_line_bytes) + 3
+                 lifetime: float, **kwargs: Any) -> None:
+        # The stream reader is made with aiosmtpd's own line_length_limit (1001): what a
+        # command line may take, and what the reader buffers before it pauses the socket.
         super().__init__(handler, **kwargs)
+        # aiosmtpd reads DATA in CRLF-terminated lines of at most ``line_length_limit`` bytes. A
+        # message in bare LF is one such line, so the limit is the whole message's; the line
+        # limit proper is applied to the normalised lines by the handler. It holds during DATA
+        # only (smtp_DATA): before MAIL nothing is rate limited, and a session must not be able
+        # to make the server buffer megabytes for a command.
+        self._command_limit = self.line_length_limit
+        self.line_length_limit = max(kwargs["data_size_limit"], max_line_bytes) + 3
+        self._in_data = False
+        self._line_run = 0  # bytes received since the last LF
         self._report_handler = handler
         # Counted from creation, not from connection_made (a later callback), so that a burst
         # of connections cannot get past the limit before any of them is counted.
         self._tracked = sessions
         sessions.add(self)
-        self._max_per_source = max_per_source
         self._lifetime = lifetime
-        self._source: str | None = None
+        self._pass: Pass | None = None
         self._refused = False
         self._expired = False
         self._end_of_life: asyncio.TimerHandle | None = None
@@ -280,11 +286,42 @@ class _Session(SMTP):
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         return getaddr(arg, self.local_part_limit)
 
+    async def smtp_DATA(self, arg: str) -> None:
+        """DATA with the stream reader's limit raised to the longest line a message may hold,
+        and put back for the commands after it (once the reply is sent: what a client sends
+        while its message is committed is buffered no more than its message could be)."""
+        reader = self._reader  # aiosmtpd's own name for it (pinned in pyproject.toml)
+        self._in_data = True
+        set_limit(reader, self.line_length_limit)
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            set_limit(reader, self._command_limit)
+            self._in_data = False
+
+    def data_received(self, data: bytes) -> None:
+        # aiosmtpd replies to a command line over its limit only once the line has ended,
+        # reading it all; one longer than COMMAND_LINE_BOUND is refused here as soon as that
+        # much of it has come in.
+        # (Data arriving before smtp_DATA has begun is a command: RFC 2920 section 3.1 has
+        # the client wait for 354.)
+        if self._in_data:
+            end = data.rfind(b"\n")
+            self._line_run = len(data) - end - 1 if end >= 0 else self._line_run + len(data)
+        else:
+            longest, self._line_run = longest_line(self._line_run, data)
+            if longest > COMMAND_LINE_BOUND:
+                log.info("smtp.command_line_too_long")
+                self.say_goodbye(REPLY_COMMAND_LINE_TOO_LONG)
+                return
+        super().data_received(data)
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self._source is None:  # not again for the TLS transport after STARTTLS
+        if self._pass is None and not self._refused:  # not again for STARTTLS's transport
             peer = transport.get_extra_info("peername")
-            self._source = source_of(str(peer[0])) if isinstance(peer, tuple) else ""
-            if not self._tracked.admit(self._source, self._max_per_source):
+            self._pass = self._tracked.door.enter(str(peer[0]) if isinstance(peer, tuple)
+                                                  else "")
+            if self._pass is None:
                 # Refused before aiosmtpd sees the connection: no greeting, no session.
                 self._refused = True
                 assert isinstance(transport, asyncio.WriteTransport)
@@ -292,10 +329,10 @@ class _Session(SMTP):
                 transport.close()
                 return
             # From the start, not from the last command: NOOP or RSET cannot extend it.
-            self._end_of_life = self.loop.call_later(self._lifetime, self._end_session)
+            self._end_of_life = self.loop.call_later(self._lifetime, self.end_of_life)
         super().connection_made(transport)
 
-    def _end_session(self) -> None:
+    def end_of_life(self) -> None:
         """The lifetime is over: 421 and close, but let a message being committed get its
         reply first (the envelope holds content only between end of DATA and that reply)."""
         storing = self.envelope is not None and self.envelope.original_content is not None
@@ -309,9 +346,9 @@ class _Session(SMTP):
         self._tracked.discard(self)
         if self._refused:
             return
-        if self._source is not None:
-            self._tracked.release(self._source)
-            self._source = None
+        if self._pass is not None:
+            self._tracked.door.leave(self._pass)
+            self._pass = None
         if self._end_of_life is not None:
             self._end_of_life.cancel()
         super().connection_lost(error)
@@ -364,7 +401,10 @@ class SmtpServer:
         self._handler = handler
         self._tls = tls_context(config)
         self._servers: list[asyncio.Server] = []
-        self._sessions = _Sessions()
+        self._sessions = _Sessions(Door(
+            max_connections=config.max_connections,
+            per_source=config.max_connections_per_source,
+            trusted_relays=config.trusted_relays))
         self.addresses: list[tuple[str, int]] = []
 
     @property
@@ -375,6 +415,12 @@ class SmtpServer:
     def session_count(self) -> int:
         return len(self._sessions)
 
+    def end_lifetimes(self) -> None:
+        """End every open session's lifetime now, as its max_session_time would."""
+        for session in self._sessions:
+            if session.transport is not None:
+                session.end_of_life()
+
     def _protocol(self) -> asyncio.Protocol:
         if len(self._sessions) >= self._config.max_connections:
             return _TooMany()
@@ -383,7 +429,6 @@ class SmtpServer:
             self._sessions,
             data_size_limit=self._config.max_message_bytes,
             max_line_bytes=self._config.max_line_bytes,
-            max_per_source=self._config.max_connections_per_source,
             lifetime=self._config.max_session_time,
             hostname=self._config.hostname,
             ident="hotline-gateway",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import secrets
 from collections.abc import Awaitable, Callable
 from importlib import resources
@@ -40,6 +41,10 @@ HEADERS = {
     "Cache-Control": "no-store",
 }
 TEMPLATES = ("form.html", "receipt.html", "error.html")
+# A line of the URL field ends at CRLF, CR or LF only (what a textarea sends, HTML's "normalize
+# newlines"); str.splitlines would also split at FS, GS, RS, NEL, VT, FF, U+2028 and U+2029,
+# cutting one URL into two that validation would each accept.
+_LINE_END = re.compile(r"\r\n|\r|\n")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -117,7 +122,7 @@ async def submit_form(request: web.Request) -> web.StreamResponse:
         return intake.render("form.html", language, code=400, form_id=form_id, values=values,
                              errors={"form": "rejected"})
     try:
-        report = validate(values["urls"].splitlines(), values["description"],
+        report = validate(_LINE_END.split(values["urls"]), values["description"],
                           values["seen_where"], values["email"],
                           consent=fields.get("consent") == "yes", language=language)
     except Invalid as exc:

@@ -26,10 +26,27 @@ MAX_EMAIL = 254
 _EMAIL = re.compile(r"[^@\s<>\"(),;:\\\[\]]{1,64}@[^@\s<>\"(),;:\\\[\]]+\.[^@\s<>\"(),;:\\\[\]]+")
 
 
+# The full stops UTS #46 maps to "." (ideographic, fullwidth, halfwidth ideographic), as a
+# browser's address bar does in a host name. Free text cannot: there "。" ends a sentence.
+_HOST_DOTS = str.maketrans("\u3002\uff0e\uff61", "...")
+_HOST_END = re.compile(r"[/?#]")
+
+
+def _host_dots(text: str) -> str:
+    """``text`` with the full stops of its host part (after any ``scheme://``) as dots."""
+    start = text.find("://")
+    start = 0 if start < 0 else start + 3
+    end = _HOST_END.search(text, start)
+    stop = len(text) if end is None else end.start()
+    return text[:start] + text[start:stop].translate(_HOST_DOTS) + text[stop:]
+
+
 def field_urls(text: str) -> list[FoundUrl]:
     """The URL in a field meant for one: as free text would find it, or, when that finds
     nothing (a bare host whose suffix free text does not trust, say), with http:// before
-    it."""
+    it. Its host may be written with ideographic full stops, as a browser takes it."""
+    if not text.isascii():
+        text = _host_dots(text)
     found = extract_urls(text, limit=1)
     candidate = text.strip()
     if not found and "://" not in candidate and not any(c.isspace() for c in candidate):
@@ -47,9 +64,10 @@ _PLAIN_URL = re.compile(
     r"[hH][tT][tT][pP][sS]?://(?P<host>(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
     r"[A-Za-z]{2,63})(?:[/?#][!-~]*)?"
 )
-# C0 and C1 controls and DEL: a field holding one is a URL torn apart or glued together, never
-# one to file as it reads (extraction would end the URL there and file its first half).
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# C0 and C1 controls, DEL and the Unicode line and paragraph separators: a field holding one is
+# a URL torn apart or glued together, never one to file as it reads (extraction would end the
+# URL there and file its first half).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def holds_url(text: str) -> bool:

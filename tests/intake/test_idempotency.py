@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -45,3 +47,33 @@ def test_the_memory_is_bounded() -> None:
         keys.claim(key, "body")
     assert keys.claim("a", "other") == "new"
     assert keys.claim("c", "other") == "reused"
+
+
+def test_a_key_a_stored_report_holds_is_not_released() -> None:
+    """Two requests with one key and body: if one is stored and the other fails, the key
+    stays with the stored report, whichever finished first."""
+    keys = KeyMemory()
+    assert keys.claim("k", "a") == "new"  # request A
+    assert keys.claim("k", "a") == "again"  # request B, at the same time
+    keys.stored("k", "a")  # B stored
+    keys.release("k", "a")  # A failed
+    assert keys.claim("k", "b") == "reused"
+    assert keys.claim("j", "a") == "new"  # the other order: A fails first, then B is stored
+    assert keys.claim("j", "a") == "again"
+    keys.release("j", "a")
+    keys.stored("j", "a")
+    assert keys.claim("j", "b") == "reused"
+
+
+def test_the_default_table_is_a_few_megabytes() -> None:
+    """Full to its default bound, the key table takes under 8 MiB."""
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        keys = KeyMemory()
+        for n in range(120_000):
+            keys.claim(f"key-{n}", f"{n:064x}")
+        used = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert used < 8 * 1024 * 1024, used

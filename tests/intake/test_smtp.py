@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import sqlite3
@@ -73,7 +74,7 @@ async def test_recipient_match_ignores_case(gateway: Gateway) -> None:
 
 async def test_oversized_message_is_refused_by_size_and_by_data(make_config: ConfigFactory) -> None:
     """SIZE is advertised; too large by declaration or in fact gets 552 5.3.4, nothing stored."""
-    config = make_config(smtp={"max_message_bytes": 2000})
+    config = make_config(smtp={"max_message_bytes": 2000, "max_line_bytes": 998})
     async with serving(config) as gw:
         port = port_of(gw)
         async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False) as client:
@@ -143,7 +144,9 @@ async def test_bare_lf_smuggling_is_one_refused_message_never_two(gateway: Gatew
 
 async def test_connection_limit_answers_421(make_config: ConfigFactory) -> None:
     """Beyond max_connections a new connection gets 421 4.7.0; those already open keep working."""
-    async with serving(make_config(smtp={"max_connections": 2})) as gw:
+    # From a trusted relay: held to the total alone, not to a source's share of it.
+    config = make_config(smtp={"max_connections": 2, "trusted_relays": ["127.0.0.1/32"]})
+    async with serving(config) as gw:
         port = port_of(gw)
         first, second = await RawSession.open(port), await RawSession.open(port)
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -160,7 +163,8 @@ async def test_connection_limit_answers_421(make_config: ConfigFactory) -> None:
 
 async def test_a_burst_of_connections_cannot_pass_the_limit(make_config: ConfigFactory) -> None:
     """Sixty connections at once against a limit of five: five sessions, the rest 421."""
-    async with serving(make_config(smtp={"max_connections": 5})) as gw:
+    config = make_config(smtp={"max_connections": 5, "trusted_relays": ["127.0.0.1/32"]})
+    async with serving(config) as gw:
         port = port_of(gw)
         opened = await asyncio.gather(*(asyncio.open_connection("127.0.0.1", port)
                                         for _ in range(60)))
@@ -255,6 +259,37 @@ async def test_starttls_when_a_certificate_is_configured(
             errors, text = await client.sendmail("r@example.test", [REPORT_TO], report(1))
         assert errors == {}
         queued_reference(text)
+
+
+async def test_a_failed_tls_handshake_is_the_clients_doing_logged_at_info(
+    make_config: ConfigFactory, tmp_path: Path
+) -> None:
+    """A client that sends no TLS after STARTTLS is logged at info (smtp.client_error), never
+    as an internal error; the session is closed and the server goes on."""
+    ca = trustme.CA()
+    ca.issue_cert("report.hotline.test").private_key_and_cert_chain_pem.write_to_path(
+        str(tmp_path / "smtp.pem"))
+    config = make_config(smtp={"tls_cert": "smtp.pem", "tls_key": "smtp.pem"})
+    async with serving(config) as gw:
+        with structlog.testing.capture_logs() as events:
+            session = await RawSession.open(port_of(gw))
+            try:
+                assert (await session.command("EHLO client.test")).startswith("250")
+                assert (await session.command("STARTTLS")).startswith("220")
+                session.writer.write(b"this is not a TLS ClientHello\r\n" * 4)
+                with contextlib.suppress(ConnectionError):
+                    async with asyncio.timeout(10):
+                        while await session.reader.read(4096):
+                            pass
+            finally:
+                await session.close()
+            await eventually(lambda: gw.smtp.session_count == 0)
+        assert [e for e in events if e["log_level"] == "error"] == []
+        failed = [e for e in events if e["event"] == "smtp.client_error"]
+        assert [(e["log_level"], e["error_type"]) for e in failed] == \
+            [("info", "TLSSetupException")]
+        code, _ = await deliver(port_of(gw), report(1))
+        assert code == 250
 
 
 async def test_logs_name_references_never_addresses(gateway: Gateway) -> None:

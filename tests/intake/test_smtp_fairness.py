@@ -1,5 +1,6 @@
 """One source cannot hold the door: connections and messages are limited per source (an IPv4
-address, an IPv6 /64), and a session ends at its lifetime however busy it keeps itself.
+address, an IPv6 /64, and an IPv6 /48 together), the last places are kept for newcomers, and a
+session ends at its lifetime however busy it keeps itself.
 
 A second source is 127.0.0.2: all of 127/8 is loopback on Linux, so a client socket bound to
 it reaches the gateway on 127.0.0.1 from another address."""
@@ -7,14 +8,17 @@ it reaches the gateway on 127.0.0.1 from another address."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import sqlite3
 from pathlib import Path
 
 import pytest
 import structlog
 
+from gateway import config as config_module
 from gateway.config import ConfigError
 from intake.ratelimit import RateLimiter, source_of
+from intake.smtpdoor import Door
 from tests.conftest import ConfigFactory, serving
 from tests.smtp_client import REPORT_TO, RawSession, queued_reference, report
 
@@ -110,6 +114,92 @@ async def test_messages_per_source_are_rate_limited(make_config: ConfigFactory) 
             await other.close()
 
 
+def test_the_slash_64s_of_one_slash_48_are_limited_together() -> None:
+    """Each /64 holds at most the per-source limit, and all the /64s of one /48 twice that;
+    another /48 is not affected, and a closed connection gives its place back."""
+    door = Door(max_connections=100, per_source=2)
+    first = [door.enter("2001:db8:1:1::1"), door.enter("2001:db8:1:1::2")]
+    assert all(first) and door.enter("2001:db8:1:1::3") is None  # the /64's own limit
+    second = [door.enter("2001:db8:1:2::1"), door.enter("2001:db8:1:2:ffff::1")]
+    assert all(second)
+    assert door.enter("2001:db8:1:3::1") is None  # a third /64 of the same /48
+    assert door.enter("2001:db8:1:ff00::1") is None
+    assert door.enter("2001:db8:2::1") is not None  # another /48
+    assert door.enter("192.0.2.1") is not None and door.enter("192.0.2.1") is not None
+    assert door.enter("192.0.2.1") is None
+    pass_ = first[0]
+    assert pass_ is not None
+    door.leave(pass_)
+    assert door.enter("2001:db8:1:3::1") is not None
+
+
+def test_the_last_tenth_of_the_door_is_for_families_holding_none() -> None:
+    """Once nine tenths are taken, a source (or /48) already holding a connection is refused
+    and one holding none still gets in; trusted relays count only against the total."""
+    door = Door(max_connections=20, per_source=10,
+                trusted_relays=[ipaddress.ip_network("198.51.100.0/24")])
+    assert all(door.enter(a) for a in ["192.0.2.1"] * 10 + ["192.0.2.2"] * 8)
+    assert door.enter("192.0.2.2") is None  # 18 open: the last two places are kept
+    assert door.enter("2001:db8:5::1") is not None and door.enter("192.0.2.3") is not None
+    assert door.open == 20
+    relay = Door(max_connections=20, per_source=1,
+                 trusted_relays=[ipaddress.ip_network("198.51.100.0/24")])
+    assert all(relay.enter("198.51.100.7") for _ in range(20))
+
+
+async def test_a_fresh_source_gets_in_when_one_source_has_nearly_filled_the_door(
+    make_config: ConfigFactory,
+) -> None:
+    """127.0.0.1, allowed as many as the door holds, gets all but the last place (421 4.7.0
+    from your address); 127.0.0.2, holding none, gets that one."""
+    config = make_config(smtp={"max_connections": 4, "max_connections_per_source": 4})
+    async with serving(config) as gw:
+        port = gw.smtp.addresses[0][1]
+        held = [await connect(port) for _ in range(4)]
+        assert [g[:3] for _, _, g in held] == [b"220"] * 3 + [b"421"]
+        assert held[3][2].startswith(b"421 4.7.0 Too many connections from your address")
+        other = await session_from(port, OTHER)
+        try:
+            queued_reference((await send_report(other, 1))[4:])
+        finally:
+            await other.close()
+        for _, writer, _ in held:
+            writer.close()
+
+
+async def test_a_trusted_relay_is_held_only_to_the_total(make_config: ConfigFactory) -> None:
+    """From an address in trusted_relays, more connections than the per-source limit and more
+    messages than the per-source rate are taken; from any other, neither."""
+    config = make_config(smtp={"max_connections_per_source": 1,
+                               "messages_per_minute_per_source": 1,
+                               "trusted_relays": ["127.0.0.1/32"]})
+    async with serving(config) as gw:
+        port = gw.smtp.addresses[0][1]
+        relayed = [await session_from(port, "127.0.0.1") for _ in range(3)]
+        try:
+            for n, session in enumerate(relayed):
+                queued_reference((await send_report(session, n))[4:])
+        finally:
+            for session in relayed:
+                await session.close()
+        other = await session_from(port, OTHER)
+        try:
+            _, writer, greeting = await connect(port, OTHER)
+            writer.close()
+            assert greeting.startswith(b"421 4.7.0 Too many connections from your address")
+            queued_reference((await send_report(other, 10))[4:])
+            assert (await send_report(other, 11)).startswith("451 4.7.0")
+        finally:
+            await other.close()
+
+
+def test_the_per_source_defaults_leave_room_for_others(make_config: ConfigFactory) -> None:
+    """By default a source holds at most 10 of the 100 places, and no relay is trusted."""
+    smtp = config_module.parse({}, base=Path(".")).smtp
+    assert (smtp.max_connections, smtp.max_connections_per_source) == (100, 10)
+    assert smtp.trusted_relays == []
+
+
 async def test_noop_cannot_extend_a_session_past_its_lifetime(make_config: ConfigFactory) -> None:
     """A client sending NOOP again and again is told 421 4.4.2 and closed at max_session_time."""
     async with serving(make_config(smtp={"max_session_time": "1s"})) as gw:
@@ -142,14 +232,15 @@ def test_sources_are_addresses_and_ipv6_slash_64s() -> None:
 
 @pytest.mark.parametrize(("key", "value"), [
     ("max_connections_per_source", 0), ("messages_per_minute_per_source", 0),
+    ("trusted_relays", ["not a network"]), ("trusted_relays", "127.0.0.1"),
     ("max_session_time", "0s"), ("max_session_time", "soon"),
 ])
 def test_fairness_settings_are_validated(make_config: ConfigFactory, key: str,
                                           value: object) -> None:
-    """A bad value is an error naming its key."""
+    """A bad value is an error naming its key (and the entry of a list)."""
     with pytest.raises(ConfigError) as info:
         make_config(smtp={key: value})
-    assert [p.split(":")[0] for p in info.value.problems] == [f"smtp.{key}"]
+    assert [p.split(":")[0].removesuffix(".0") for p in info.value.problems] == [f"smtp.{key}"]
 
 
 async def test_a_message_being_committed_at_the_lifetime_gets_its_reply_first(
@@ -157,8 +248,8 @@ async def test_a_message_being_committed_at_the_lifetime_gets_its_reply_first(
 ) -> None:
     """When the lifetime ends while a message is being committed, the sender gets its 250
     and then 421 4.4.2: an accepted report is never left without its acknowledgement."""
-    # Long enough for the dialogue up to the end of DATA on a busy machine.
-    config = make_config(smtp={"max_session_time": "3s"}, database={"busy_timeout": "20s"})
+    # The lifetime is ended by the test (end_lifetimes) once the message is being committed.
+    config = make_config(smtp={"max_session_time": "1h"}, database={"busy_timeout": "20s"})
     async with serving(config) as gw:
         session = await session_from(gw.smtp.addresses[0][1], "127.0.0.1")
         for line in ("MAIL FROM:<a@example.test>", f"RCPT TO:<{REPORT_TO}>", "DATA"):
@@ -172,8 +263,7 @@ async def test_a_message_being_committed_at_the_lifetime_gets_its_reply_first(
                 async with asyncio.timeout(10):
                     while gw.smtp.handler.in_flight != 1:
                         await asyncio.sleep(0.01)
-                    while not any(e["event"] == "smtp.session_time_limit" for e in events):
-                        await asyncio.sleep(0.01)
+                gw.smtp.end_lifetimes()
             assert [e["storing"] for e in events
                     if e["event"] == "smtp.session_time_limit"] == [True]
         finally:

@@ -4,6 +4,8 @@ ends and stored as CRLF, never splitting a message; lines far beyond 998 bytes a
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import re
 import smtplib
 from email.message import EmailMessage
@@ -17,6 +19,7 @@ from gateway.app import Gateway
 from gateway.config import ConfigError
 from gateway.store.tables import submissions
 from intake.smtpdata import inspect_message, normalise_line_ends, smuggled_end_of_data
+from intake.smtpstream import longest_line, set_limit
 from tests.conftest import ConfigFactory, serving
 from tests.smtp_client import REPORT_TO, RawSession, deliver, queued_reference, report
 
@@ -191,7 +194,8 @@ async def test_a_line_longer_than_the_message_limit_is_too_big(
     make_config: ConfigFactory,
 ) -> None:
     """A line longer than max_message_bytes gets the message-size reply, 552 5.3.4."""
-    async with serving(make_config(smtp={"max_message_bytes": 20_000})) as gw:
+    config = make_config(smtp={"max_message_bytes": 20_000, "max_line_bytes": 10_000})
+    async with serving(config) as gw:
         code, text = await deliver(port_of(gw), html_mail(30_000))
         assert (code, text) == (552, "5.3.4 Message too big: the limit is 20000 bytes")
 
@@ -202,3 +206,149 @@ def test_max_line_bytes_is_validated(make_config: ConfigFactory) -> None:
         make_config(smtp={"max_line_bytes": 500})
     assert [p.split(":")[0] for p in info.value.problems] == ["smtp.max_line_bytes"]
     assert make_config().smtp.max_line_bytes == 65536
+
+
+def test_max_line_bytes_cannot_exceed_max_message_bytes(make_config: ConfigFactory) -> None:
+    """A line cannot be longer than the message: max_line_bytes over max_message_bytes is an
+    error naming the key; equal is fine."""
+    with pytest.raises(ConfigError) as info:
+        make_config(smtp={"max_message_bytes": 20_000})
+    assert [p.split(":")[0] for p in info.value.problems] == ["smtp.max_line_bytes"]
+    assert "max_message_bytes" in info.value.problems[0]
+    config = make_config(smtp={"max_message_bytes": 20_000, "max_line_bytes": 20_000})
+    assert config.smtp.max_line_bytes == 20_000
+
+
+async def refused_after(port: int, line: bytes, *, chunk: int = 4096) -> tuple[bytes, int]:
+    """Send ``line`` a chunk at a time as a command, stopping once the server answers; the
+    answer and how many bytes had been sent by then (all the server can have read)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        assert (await reader.readline()).startswith(b"220")
+        answer = asyncio.create_task(reader.readline())
+        sent = 0
+        with contextlib.suppress(ConnectionError):
+            while sent < len(line) and not answer.done():
+                writer.write(line[sent:sent + chunk])
+                sent += len(line[sent:sent + chunk])
+                await writer.drain()
+                await asyncio.sleep(0)  # the client's pace: one chunk per turn of the loop
+        if not answer.done() and sent < len(line):  # the connection broke: read what came
+            await asyncio.wait_for(asyncio.shield(answer), 10)
+        if not answer.done():
+            answer.cancel()
+            return b"", sent
+        return await answer, sent
+    finally:
+        writer.close()
+
+
+async def test_a_command_line_that_does_not_end_is_refused_having_read_little(
+    gateway: Gateway,
+) -> None:
+    """A 10 MB command line before EHLO gets 421 4.5.2 and the connection is closed once a few
+    KB of it have come in: the server does not read (or buffer) it to its end."""
+    answer, sent = await refused_after(port_of(gateway), b"X" * (10 * 1024 * 1024) + b"\r\n")
+    assert answer == b"421 4.5.2 Command line too long; closing the connection\r\n"
+    assert sent < 256 * 1024
+    # Sent whole, line end and all, a 100 KB command line gets the same answer.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(gateway))
+    try:
+        assert (await reader.readline()).startswith(b"220")
+        writer.write(b"EHLO " + b"x" * 100_000 + b"\r\n")
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        assert await asyncio.wait_for(reader.readline(), 10) == \
+            b"421 4.5.2 Command line too long; closing the connection\r\n"
+    finally:
+        writer.close()
+    # A long command line that does end is aiosmtpd's 500, and the session goes on.
+    session = await RawSession.open(port_of(gateway))
+    try:
+        assert await session.command(b"NOOP " + b"x" * 3000 + b"\r\n") == \
+            "500 Command line too long"
+        assert (await session.command("NOOP")).startswith("250")
+    finally:
+        await session.close()
+    code, _ = await deliver(port_of(gateway), report("after"))
+    assert code == 250
+
+
+async def test_after_a_message_with_long_lines_command_lines_are_short_again(
+    gateway: Gateway,
+) -> None:
+    """DATA takes a 60 KB line; the commands after it are held to the command bound again."""
+    session = await RawSession.open(port_of(gateway))
+    try:
+        assert (await session.command("EHLO client.test")).startswith("250")
+        assert (await session.command("MAIL FROM:<a@example.test>")).startswith("250")
+        assert (await session.command(f"RCPT TO:<{REPORT_TO}>")).startswith("250")
+        assert (await session.command("DATA")).startswith("354")
+        queued_reference((await session.command(html_mail(60_000) + b".\r\n"))[4:])
+        session.writer.write(b"NOOP " + b"x" * 8192)
+        await session.writer.drain()
+        assert await session.reply() == \
+            "421 4.5.2 Command line too long; closing the connection"
+    finally:
+        await session.close()
+
+
+@given(st.binary(max_size=300).map(lambda b: b.replace(b"a", b"\n")),
+       st.lists(st.integers(0, 300), max_size=6))
+def test_the_longest_command_line_is_the_same_however_the_stream_is_cut(
+    stream: bytes, cuts: list[int],
+) -> None:
+    """longest_line over the pieces a stream arrives in finds its longest line, as a whole."""
+    bounds = sorted({0, len(stream), *(min(c, len(stream)) for c in cuts)})
+    run, longest = 0, 0
+    for start, end in itertools.pairwise(bounds):
+        seen, run = longest_line(run, stream[start:end])
+        longest = max(longest, seen)
+    assert longest == max(len(line) for line in stream.split(b"\n"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(first=st.integers(1, 300), then=st.integers(1, 300),
+       data=st.lists(st.binary(max_size=400), max_size=8).map(b"\n".join))
+def test_a_reader_whose_limit_is_changed_reads_as_one_made_with_it(
+    first: int, then: int, data: bytes,
+) -> None:
+    """set_limit (asyncio's private ``_limit``: no public way exists) makes a StreamReader read
+    lines, refuse long ones and pause the socket exactly as one constructed with that limit."""
+
+    class Transport(asyncio.ReadTransport):
+        def __init__(self) -> None:
+            super().__init__()
+            self.events: list[str] = []
+
+        def pause_reading(self) -> None:
+            self.events.append("pause")
+
+        def resume_reading(self) -> None:
+            self.events.append("resume")
+
+    async def read_all(reader: asyncio.StreamReader) -> list[object]:
+        transport = Transport()
+        reader.set_transport(transport)
+        seen: list[object] = []
+        for piece in (data[:len(data) // 2], data[len(data) // 2:]):
+            reader.feed_data(piece)
+            seen.append(list(transport.events))
+        reader.feed_eof()
+        while True:  # as aiosmtpd reads: a line, or on overrun the part over the limit
+            try:
+                seen.append(await reader.readuntil())
+            except asyncio.LimitOverrunError as exc:
+                seen.append(("overrun", exc.consumed, await reader.read(exc.consumed)))
+            except asyncio.IncompleteReadError as exc:
+                seen.append(("end", exc.partial))
+                break
+            seen.append(list(transport.events))
+        return seen
+
+    async def compare() -> None:
+        changed = asyncio.StreamReader(limit=first)
+        set_limit(changed, then)
+        assert await read_all(changed) == await read_all(asyncio.StreamReader(limit=then))
+
+    asyncio.run(compare())

@@ -20,6 +20,7 @@ from gateway.app import Gateway
 from gateway.store.case_view import list_cases
 from gateway.store.tables import submissions
 from intake import hosts, webreport
+from intake.normalise import normalise_web
 from intake.openapi import openapi_document
 from intake.web import wkd_hash
 from outbound.gpg import Gpg
@@ -453,7 +454,8 @@ def test_holds_url_answers_as_extraction_does(text: str) -> None:
 
 NOT_URLS = ["hello", "zzz", "a&b'c", "http://hello/", "http://hello.zzz", "https://co.uk/x",
             "http://localhost:8080/", "http://exa\x01mple.com/", "http://example.com/a\x7fb",
-            "http://example.com/\x85x", "http://exa\nmple.com/"]
+            "http://example.com/\x85x", "http://exa\nmple.com/",
+            "http://example.com/pa\u2028evil.com/x", "http://example.com/pa\u2029x"]
 
 
 async def test_words_are_a_field_error_on_the_api_and_the_form(start: Start) -> None:
@@ -469,6 +471,33 @@ async def test_words_are_a_field_error_on_the_api_and_the_form(start: Start) -> 
         status, _, page = await post(gw, "/report", data={**form, "urls": text})
         assert status == 422 and "This does not look like a web address." in page, text
     assert await stored(gw) == 0
+
+
+@pytest.mark.parametrize("separator", ["\x1c", "\x1d", "\x1e", "\x85", "\x0b", "\x0c",
+                                       "\u2028", "\u2029"],
+                         ids=lambda separator: f"U+{ord(separator):04X}")
+async def test_a_control_character_in_a_form_url_is_not_a_line_end(
+    start: Start, separator: str,
+) -> None:
+    """Only CR and LF end a line of the form's URL field: any other separator str.splitlines
+    knows stays inside the URL, which is then a 422 not_url, and nothing is stored."""
+    gw = await start(http={"listen": ["127.0.0.1:0"], "reports_per_minute": 1000})
+    form = {"form_id": "f-4", "lang": "en", "seen_where": "", "description": "", "email": "",
+            "website": "", "urls": f"http://example.com/pa{separator}evil.com/x"}
+    status, _, page = await post(gw, "/report", data=form)
+    assert status == 422 and "This does not look like a web address." in page
+    assert await stored(gw) == 0
+
+
+@pytest.mark.parametrize(("typed", "canonical"), [
+    ("http://abc\u3002com/", "http://abc.com/"), ("abc\uff0ecom/x", "http://abc.com/x"),
+    ("https://www\uff61example\u3002org/a?b=1", "https://www.example.org/a?b=1")])
+def test_a_host_with_ideographic_full_stops_is_a_url(typed: str, canonical: str) -> None:
+    """A host written with U+3002, U+FF0E or U+FF61 for its dots (mapped to "." by UTS #46,
+    as browsers do) is valid, and filed as the host with dots."""
+    assert webreport.validate([typed]).urls == (typed,)
+    found = normalise_web(webreport.WebReport((typed,)).to_bytes()).urls
+    assert [u.canonical for u in found] == [canonical]
 
 
 @given(st.lists(st.from_regex(r"[a-z0-9]{1,10}", fullmatch=True), max_size=3),
