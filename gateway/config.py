@@ -285,6 +285,17 @@ class SmtpConfig(TlsFiles):
     #: The longest one session may last, whatever it sends (NOOP does not extend it).
     max_session_time: Annotated[float, BeforeValidator(_parse_duration), Field(ge=1)] = 600.0
 
+    @model_validator(mode="before")
+    @classmethod
+    def _line_default_within_message(cls, data: Any) -> Any:
+        """Left unset, max_line_bytes is at most the message limit (a line cannot be longer
+        than the message); set explicitly above it, it is an error naming the key."""
+        if isinstance(data, dict) and "max_line_bytes" not in data:
+            message = data.get("max_message_bytes")
+            if isinstance(message, int) and 998 <= message < 64 * 1024:
+                return {**data, "max_line_bytes": message}
+        return data
+
 
 class HttpConfig(TlsFiles):
     listen: list[Listen] = Field(default=["127.0.0.1:8080"], validate_default=True)

@@ -209,10 +209,12 @@ def test_max_line_bytes_is_validated(make_config: ConfigFactory) -> None:
 
 
 def test_max_line_bytes_cannot_exceed_max_message_bytes(make_config: ConfigFactory) -> None:
-    """A line cannot be longer than the message: max_line_bytes over max_message_bytes is an
-    error naming the key; equal is fine."""
+    """A line cannot be longer than the message: max_line_bytes set over max_message_bytes is
+    an error naming the key; equal is fine, and left unset it follows a smaller message
+    limit."""
+    assert make_config(smtp={"max_message_bytes": 20_000}).smtp.max_line_bytes == 20_000
     with pytest.raises(ConfigError) as info:
-        make_config(smtp={"max_message_bytes": 20_000})
+        make_config(smtp={"max_message_bytes": 20_000, "max_line_bytes": 30_000})
     assert [p.split(":")[0] for p in info.value.problems] == ["smtp.max_line_bytes"]
     assert "max_message_bytes" in info.value.problems[0]
     config = make_config(smtp={"max_message_bytes": 20_000, "max_line_bytes": 20_000})
