@@ -10,8 +10,9 @@ security headers, echoing nothing of the request, logged at info.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import ssl
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from http import HTTPStatus
 from pathlib import Path
 
@@ -31,6 +32,29 @@ ERROR_HEADERS = {
     "Cache-Control": "no-store",
     "Server": SERVER,
 }
+
+
+
+def client_address(peer: str | None, forwarded: Iterable[str],
+                   trusted: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> str:
+    """The client's address: ``X-Forwarded-For`` is read only when the peer is a trusted proxy.
+
+    Hops are read from the nearest: the first that is not one of our proxies is the client.
+    Every header line counts (a proxy may append its own line after a forged one), and a hop
+    that is not an address ends the walk at the last good one.
+    """
+    chain = [hop.strip() for line in forwarded for hop in line.split(",") if hop.strip()]
+    chain.append(peer or "")
+    client = peer or ""
+    for hop in reversed(chain):
+        try:
+            address = ipaddress.ip_address(hop)
+        except ValueError:
+            return client
+        client = str(address)
+        if not any(address in network for network in trusted):
+            return client
+    return client
 
 
 class GatewayRequestHandler(web.RequestHandler):

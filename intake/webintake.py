@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import jinja2
 from aiohttp import web
 
+from gateway.listeners import client_address
 from gateway.store.writer import NewSubmission, Receipt
 from intake import i18n
 from intake.idempotency import KeyMemory
@@ -40,25 +41,9 @@ class Intake:
     keys: KeyMemory = field(default_factory=KeyMemory)
 
     def client(self, request: web.Request) -> str:
-        """The client's address; X-Forwarded-For only when the peer is a trusted proxy.
-
-        Hops are read from the nearest: the first that is not one of our proxies is the
-        client. Every X-Forwarded-For line counts (a proxy may add its own line after a forged
-        one), and a hop that is not an address ends the walk at the last good one.
-        """
-        peer = request.remote or ""
-        forwarded = ",".join(request.headers.getall("X-Forwarded-For", []))
-        chain = [h.strip() for h in forwarded.split(",") if h.strip()] + [peer]
-        client = peer
-        for hop in reversed(chain):
-            try:
-                address = ipaddress.ip_address(hop)
-            except ValueError:
-                return client
-            client = str(address)
-            if not any(address in network for network in self.trusted_proxies):
-                return client
-        return client
+        """The client's address; X-Forwarded-For only when the peer is a trusted proxy."""
+        return client_address(request.remote, request.headers.getall("X-Forwarded-For", []),
+                              self.trusted_proxies)
 
     def render(self, name: str, language: str, code: int = 200, **context: Any) -> web.Response:
         # Fields without an error (or a value) read as empty in the templates.

@@ -21,47 +21,20 @@ import ipaddress
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
+
+from intake.ratelimit import source_of
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Outcome = Literal["failed", "succeeded", "untried"]
 
 
-def client_address(peer: str | None, forwarded: Iterable[str],
-                   trusted: Sequence[Network]) -> str:
-    """The client's address: ``X-Forwarded-For`` is read only when the peer is a trusted proxy.
-
-    Hops are read from the nearest: the first that is not one of our proxies is the client.
-    Every header line counts (a proxy may append its own line after a forged one), and a hop
-    that is not an address ends the walk at the last good one.
-    """
-    chain = [hop.strip() for line in forwarded for hop in line.split(",") if hop.strip()]
-    chain.append(peer or "")
-    client = peer or ""
-    for hop in reversed(chain):
-        try:
-            address = ipaddress.ip_address(hop)
-        except ValueError:
-            return client
-        client = str(address)
-        if not any(address in network for network in trusted):
-            return client
-    return client
-
-
 def source_key(address: str) -> str:
-    """What the throttle counts by: an IPv4 address, an IPv6 /64 (IPv4-mapped ones as IPv4)."""
-    try:
-        parsed = ipaddress.ip_address(address)
-    except ValueError:
-        return address[:64] or "unknown"
-    if isinstance(parsed, ipaddress.IPv6Address):
-        if parsed.ipv4_mapped is not None:
-            return str(parsed.ipv4_mapped)
-        return str(ipaddress.ip_network(f"{parsed}/64", strict=False))
-    return str(parsed)
+    """What the throttle counts by: the source ``address`` counts as (intake's rule: an IPv4
+    address, an IPv6 /64, IPv4-mapped ones as IPv4), bounded, never empty."""
+    return source_of(address)[:64] or "unknown"
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,8 +27,8 @@ from gateway.console.accounts import Staff, staff_for_token
 from gateway.console.fairgate import FairGate
 from gateway.console.logins import Guard, LoginPolicy, new_guard
 from gateway.console.sessions import Session, SessionStore
-from gateway.console.throttle import Network, client_address, source_key
-from gateway.listeners import HttpListener
+from gateway.console.throttle import Network, source_key
+from gateway.listeners import HttpListener, client_address
 from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
 from gateway.store.text import visible

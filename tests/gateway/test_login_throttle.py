@@ -19,9 +19,9 @@ from gateway.console.throttle import (
     MAX_IN_FLIGHT,
     SOURCE_BACKOFF,
     SourceThrottle,
-    client_address,
     source_key,
 )
+from gateway.listeners import client_address
 
 
 class Clock:
