@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -37,19 +37,6 @@ class Tags(HTMLParser):
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self.found.append((tag, attrs))
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[Callable[[Gateway], StaffClient]]:
-    made: list[StaffClient] = []
-
-    def make(gw: Gateway) -> StaffClient:
-        made.append(StaffClient(base(gw)))
-        return made[-1]
-
-    yield make
-    for c in made:
-        await c.close()
 
 
 async def api(gw: Gateway, method: str, path: str, token: str | None,

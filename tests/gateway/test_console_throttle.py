@@ -4,7 +4,7 @@ hammer the console while the owner logs in with the password and a fresh code.""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -18,19 +18,6 @@ from gateway.store.tables import audit_log, users
 from tests.console_client import StaffClient, base, code, hidden, ready_user
 from tests.gateway.conftest import Start
 from tests.login_attack import Tally, attack
-
-
-@pytest.fixture
-async def owner_client() -> AsyncIterator[Callable[[Gateway], StaffClient]]:
-    made: list[StaffClient] = []
-
-    def make(gw: Gateway) -> StaffClient:
-        made.append(StaffClient(base(gw)))
-        return made[-1]
-
-    yield make
-    for c in made:
-        await c.close()
 
 
 async def audit(gw: Gateway) -> list[tuple[str, str, dict[str, Any]]]:
@@ -66,7 +53,7 @@ async def owner_logs_in_during(owner: StaffClient, user: NewUser, tally: Tally,
 
 
 async def test_a_burst_from_one_address_does_not_keep_the_owner_out(
-    start: Start, owner_client: Callable[[Gateway], StaffClient]
+    start: Start, client: Callable[[Gateway], StaffClient]
 ) -> None:
     """Four loops of wrong passwords for alice from 127.0.0.2: that address gets growing
     waits (429 with Retry-After), alice logs in from her own meanwhile, and her account holds
@@ -76,7 +63,7 @@ async def test_a_burst_from_one_address_does_not_keep_the_owner_out(
     tally = Tally(enough=8)
     attackers = [asyncio.create_task(attack(gw, "127.0.0.2", wrong_password("alice"), tally,
                                             limit=2000)) for _ in range(4)]
-    status, page, during = await owner_logs_in_during(owner_client(gw), user, tally,
+    status, page, during = await owner_logs_in_during(client(gw), user, tally,
                                                       attackers)
     assert status == 200 and "Cases: awaiting assessment" in page
     assert during > 0  # the burst went on while she logged in
@@ -94,7 +81,7 @@ async def test_a_burst_from_one_address_does_not_keep_the_owner_out(
 
 
 async def test_a_burst_from_many_addresses_does_not_keep_the_owner_out(
-    start: Start, owner_client: Callable[[Gateway], StaffClient]
+    start: Start, client: Callable[[Gateway], StaffClient]
 ) -> None:
     """Sixteen addresses send wrong passwords for alice at once; once each was answered,
     alice logs in with her password and a fresh code, and gets in."""
@@ -111,7 +98,7 @@ async def test_a_burst_from_many_addresses_does_not_keep_the_owner_out(
         tally.started.set()
 
     await every_source_answered()
-    status, page, during = await owner_logs_in_during(owner_client(gw), user, tally,
+    status, page, during = await owner_logs_in_during(client(gw), user, tally,
                                                       attackers)
     assert status == 200 and "Cases: awaiting assessment" in page
     assert during > 0
@@ -141,7 +128,7 @@ async def test_unknown_names_leave_no_typed_text_in_the_audit(start: Start) -> N
 
 
 async def test_wrong_codes_with_the_right_password_make_the_account_wait(
-    start: Start, owner_client: Callable[[Gateway], StaffClient]
+    start: Start, client: Callable[[Gateway], StaffClient]
 ) -> None:
     """Someone who knows alice's password tries ten codes at once from ten addresses: two are
     tried, the rest fail untried; every answer, and the owner's during the wait, is exactly a
@@ -164,7 +151,7 @@ async def test_wrong_codes_with_the_right_password_make_the_account_wait(
     assert [(d["reason"], d.get("code_failures"), d.get("delay_seconds")) for d in failures
             if d["reason"] == "code"] == [("code", 1, 0), ("code", 2, 30)]
     assert [d["reason"] for d in failures].count("account waiting") == 8
-    owner, stranger = owner_client(gw), owner_client(gw)
+    owner, stranger = client(gw), client(gw)
     status, page = await owner.login(user)
     wrong_status, wrong_page = await stranger.login(user, password="not her password")
     assert (status, wrong_status) == (401, 401)
@@ -236,7 +223,7 @@ def device_cookie(client: StaffClient) -> str:
 
 
 async def test_a_flood_from_a_known_browser_does_not_keep_others_out(
-    start: Start, owner_client: Callable[[Gateway], StaffClient]
+    start: Start, client: Callable[[Gateway], StaffClient]
 ) -> None:
     """bob's known browser posts wrong passwords for bob on twelve loops at once: his cookie
     soon stops being trusted and his flood waits for its address (429), while alice, from her
@@ -244,7 +231,7 @@ async def test_a_flood_from_a_known_browser_does_not_keep_others_out(
     gw = await start()
     backend = gw.console.context.backend
     alice, bob = await ready_user(backend, "alice"), await ready_user(backend, "bob")
-    alice_browser, bob_browser = owner_client(gw), owner_client(gw)
+    alice_browser, bob_browser = client(gw), client(gw)
     assert (await alice_browser.login(alice))[0] == 200
     assert (await bob_browser.login(bob))[0] == 200
     tally = Tally(enough=30)
