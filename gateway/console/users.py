@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -78,7 +78,8 @@ async def perform(console: Console, admin: Staff, name: str, action: str,
             await people.remove_user(backend, name, actor=actor, now=now)
             done = Done(f"{name} is removed.")
     except people.UnknownUser as exc:
-        raise Refused(404, str(exc)) from exc
+        # Not the CLI's repr: the page shows the name's hidden characters once, not twice.
+        raise Refused(404, f"no user named “{name}”") from exc
     except AccountError as exc:  # the last admin, or a user whose verdicts are on record
         raise Refused(409, str(exc)) from exc
     log.info("console.user_managed", user=admin.name, target=name, action=action)
@@ -86,7 +87,10 @@ async def perform(console: Console, admin: Staff, name: str, action: str,
 
 
 def _when(moment: datetime | None) -> str:
-    return (iso(moment) or "never").replace("T", " ")
+    if moment is None:
+        return "never"
+    moment = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 # --- the page ---------------------------------------------------------------------------------

@@ -3,15 +3,22 @@ HTTP: each action works, is audited under the acting admin's name, and is refuse
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from urllib.parse import quote
 
+import aiohttp
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from playwright.async_api import Browser
 from sqlalchemy import select
 
 from gateway.app import Gateway
 from gateway.console import people
 from gateway.console.accounts import create_token, utcnow
+from gateway.console.users import ACTIONS
 from gateway.store.tables import audit_log
 from tests.browser import shot
 from tests.console_client import StaffClient, base, code, file_case, ready_user
@@ -176,7 +183,7 @@ async def test_refusals_are_told_on_the_page(start: Start, client: Client) -> No
         status, page = await admin.post_from("/users", f"/users/root/{action}", data)
         assert status == 409 and error(page).startswith("root is the last admin"), action
     status, page = await admin.post_from("/users", "/users/nobody/disable")
-    assert status == 404 and error(page) == "no user named &#39;nobody&#39;"
+    assert status == 404 and error(page) == "no user named “nobody”"
     status, page = await admin.post_from("/users", "/users/ana/remove", {"confirm": "an"})
     assert status == 422 and "type their name" in error(page)
     case_id = await file_case(gw, "Please look: hxxp://nl[.]test/verdict", "verdict")
@@ -259,3 +266,55 @@ async def test_an_admin_disables_a_user_in_the_browser(start: Start, browser: Br
     await shot(page, "users-disabled")
     assert (await states(gw))["ana"] == ("analyst", "disabled")
     assert await managed(gw) == [("root", "user.disabled", "ana")]
+
+
+async def test_hostile_names_are_shown_escaped(start: Start, client: Client) -> None:
+    """A name with ESC, a bidi override and markup in the action's path is refused with a
+    message that shows them as visible escapes, never as raw characters or tags."""
+    gw = await start()
+    root = await ready_user(gw.console.context.backend, "root", "admin")
+    admin = client(gw)
+    assert (await admin.login(root))[0] == 200
+    name = "\x1b[2J\u202e<b>x</b>"
+    status, page = await admin.post_from("/users", f"/users/{quote(name, safe='')}/unlock")
+    assert status == 404
+    assert error(page) == "no user named “\\x1b[2J\\u202e&lt;b&gt;x&lt;/b&gt;”"
+    assert "\x1b" not in page and "\u202e" not in page and "<b>" not in page
+
+
+@pytest.fixture
+async def admin_api(start: Start) -> AsyncIterator[tuple[str, str]]:
+    """A running console with one admin, root: its address and root's API token."""
+    gw = await start()
+    await ready_user(gw.console.context.backend, "root", "admin")
+    await ready_user(gw.console.context.backend, "ana")
+    yield base(gw), await create_token(gw.console.context.backend, "root", now=utcnow())
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+                           lambda inner: st.lists(inner, max_size=3)
+                           | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+                           max_leaves=8)
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.text(max_size=80), action=st.sampled_from([*ACTIONS, "x", ""]),
+       body=st.one_of(st.binary(max_size=200), json_values.map(lambda v: json.dumps(v).encode()),
+                      st.dictionaries(st.sampled_from(["role", "x"]), json_values,
+                                      max_size=2).map(lambda d: json.dumps(d).encode())))
+async def test_the_api_answers_any_name_action_and_body(
+        admin_api: tuple[str, str], name: str, action: str, body: bytes) -> None:
+    """Any user name (percent-encoded in the path), action and body get a JSON answer, never
+    a server error, and root stays the one enabled admin."""
+    origin, token = admin_api
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    url = f"{origin}/api/v1/users/{quote(name, safe='')}/{action}"
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url, data=body, headers=headers) as response:
+            assert response.status in (200, 400, 404, 405, 409, 422), response.status
+            answer = await response.json()
+            assert ("done" in answer) if response.status == 200 else ("error" in answer)
+        async with http.get(f"{origin}/api/v1/users", headers=headers) as response:
+            users = {u["name"]: (u["role"], u["state"]) for u in await response.json()}
+    assert users["root"] == ("admin", "active")
