@@ -171,7 +171,8 @@ async def test_a_post_without_the_csrf_token_is_refused(start: Start, client: Cl
 async def test_refusals_are_told_on_the_page(start: Start, client: Client) -> None:
     """The last admin is not disabled, demoted or removed; an unknown user, a removal not
     confirmed and one of a user whose verdicts are on record are refused, each with a message
-    on the page; with a second admin, an admin who demotes themself leaves the page."""
+    on the page; an admin who ends their own sessions is sent to log in, and one who demotes
+    themself (with a second admin) leaves the page."""
     gw = await start()
     backend = gw.console.context.backend
     root = await ready_user(backend, "root", "admin")
@@ -197,6 +198,9 @@ async def test_refusals_are_told_on_the_page(start: Start, client: Client) -> No
         "account instead"
     assert set(await states(gw)) == {"root", "ana"}
     assert await managed(gw) == []
+    status, page = await admin.post_from("/users", "/users/root/logout")
+    assert status == 200 and "Log in" in page  # their own session ended too
+    assert (await admin.login(root, totp=code(root.totp_secret, 1)))[0] == 200
     await admin.post_from("/users", "/users/ana/role", {"role": "admin"})
     status, page = await admin.post_from("/users", "/users/root/role", {"role": "analyst"})
     assert status == 200 and "Cases:" in page  # sent to the queue
