@@ -201,3 +201,28 @@ async def test_without_four_eyes_the_country_routes_at_once(
         ("NL", "ana", None)
     assert case["routing_change"]["status"] == "applied"
     assert ("ana", "case.hosting_country_set") in await audited(gw, case_id)
+
+
+async def test_a_country_given_at_assessment_is_routed_as_approved_with_the_verdict(
+    begin: Start, keys: Keys, mta: FakeMta, tmp_path: Path
+) -> None:
+    """Ana's override of located hosting routes only with Bob's approval, naming them both."""
+    gw = await begin(assessment=FOUR_EYES, **referral_config(keys, mta, tmp_path))
+    backend = gw.console.context.backend
+    await ready_user(backend, "ana")
+    await ready_user(backend, "bob")
+    ana, bob = [await create_token(backend, n, now=utcnow()) for n in ("ana", "bob")]
+    case_id = await file_case(gw, "Please look at http://nl.test/override", "override")
+    status, answer = await api(gw, "POST", f"/api/v1/cases/{case_id}/assessment", ana,
+                               {"verdict": "illegal", "classification": "baseline",
+                                "hosting_country": "BE"})
+    assert status == 200 and answer["assessment"]["status"] == "pending_approval"
+    assert answer["case"]["decision"] is None and answer["case"]["referrals"] == []
+    status, _ = await api(gw, "POST", f"/api/v1/cases/{case_id}/approval", bob)
+    assert status == 200
+    case = await settle(gw, case_id, "referred")
+    facts = case["decision"]["facts"]
+    assert (facts["country"], facts["country_source"]) == ("BE", "analyst")
+    assert (facts["country_set_by"], facts["country_approved_by"]) == ("ana", "bob")
+    [received] = await mta.wait_for(1)
+    assert received.rcpt_tos == ["cp@police.test"]
