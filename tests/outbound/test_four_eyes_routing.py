@@ -226,3 +226,28 @@ async def test_a_country_given_at_assessment_is_routed_as_approved_with_the_verd
     assert (facts["country_set_by"], facts["country_approved_by"]) == ("ana", "bob")
     [received] = await mta.wait_for(1)
     assert received.rcpt_tos == ["cp@police.test"]
+
+
+async def test_hostile_routing_change_input_gets_4xx(
+    start: Start, keys: Keys, mta: FakeMta, tmp_path: Path
+) -> None:
+    """Wrong types, bad ids, lone surrogates and NULs are refused with 409/422, never routed."""
+    gw = await start(assessment=FOUR_EYES, **referral_config(keys, mta, tmp_path))
+    backend = gw.console.context.backend
+    await ready_user(backend, "ana")
+    await ready_user(backend, "bob")
+    ana, bob = [await create_token(backend, n, now=utcnow()) for n in ("ana", "bob")]
+    case_id = await held_case(gw, ana, bob)
+    path = f"/api/v1/cases/{case_id}"
+    for country in ("nl", "NLD", "", None, 31, ["NL"], "N\u0000", "\ud800L", "ÑL"):
+        status, _ = await api(gw, "POST", path + "/hosting-country", ana, {"country": country})
+        assert status == 422, country
+    status, _ = await api(gw, "POST", path + "/hosting-country", ana, {"country": "NL"})
+    assert status == 200
+    for change in ("not-an-id", 5, ["x"], {"id": 1}, "\ud800", str(uuid.uuid4())):
+        for route in ("/routing-change/approval", "/routing-change/rejection"):
+            status, _ = await api(gw, "POST", path + route, bob, {"change": change})
+            assert status in (409, 422), (route, change)
+    case = await case_of(gw, case_id)
+    assert case["status"] == "held" and case["routing_change"]["status"] == "pending"
+    assert (await api(gw, "POST", path + "/routing-change/approval", bob, ["x"]))[0] == 422
