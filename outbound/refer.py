@@ -59,6 +59,19 @@ log = structlog.get_logger("outbound.refer")
 ACTOR = "system:route"
 
 
+def _country_deciders(case: dict[str, Any], country: str | None) -> dict[str, Any]:
+    """Who named the country a case is routed on, and who approved it (four-eyes): a routing
+    change made after the verdict, or else the verdict that set it."""
+    change = case.get("routing_change") or {}
+    if change.get("status") in ("approved", "applied") and change.get("country") == country:
+        return {"country_set_by": change.get("proposed_by"),
+                "country_approved_by": change.get("decided_by"),
+                "routing_change": change.get("id")}
+    assessment = case["assessment"]
+    return {"country_set_by": assessment.get("by"),
+            "country_approved_by": assessment.get("approved_by")}
+
+
 @dataclass(frozen=True, slots=True)
 class _Prepared:
     decision: Decision
@@ -193,6 +206,10 @@ class ReferStage(PollingStage):
                 decision.rule, decision.outcome, decision.destination,
                 f"{decision.explanation} (hosting moved from {before} since assessment)",
                 {**decision.facts, "country_at_assessment": before})
+        if source == "analyst":
+            decision = Decision(decision.rule, decision.outcome, decision.destination,
+                                decision.explanation,
+                                {**decision.facts, **_country_deciders(case, country)})
         prepared = _Prepared(decision)
         if decision.outcome == "refer":
             prepared = await self._prepare(config, case, decision, hosting, country, source)

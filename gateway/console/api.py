@@ -156,9 +156,30 @@ async def _assign(console: Console, staff: Staff, case_id: uuid.UUID,
 
 async def _set_country(console: Console, staff: Staff, case_id: uuid.UUID,
                        body: dict[str, Any]) -> actions.Outcome:
-    """``{"country": "NL"}``: release a case held for unknown hosting; it is routed again."""
+    """``{"country": "NL"}``: release a case held for unknown hosting; it is routed again
+    (with four-eyes, once someone else approves the change)."""
     return await actions.set_hosting_country(console.backend, staff, case_id,
-                                             body.get("country"), now=console.now())
+                                             body.get("country"), now=console.now(),
+                                             four_eyes=console.four_eyes)
+
+
+def _decide_change(approve: bool) -> Action:
+    """``{"change": "<id>"}`` (optional) pins the routing change the deciding user saw."""
+
+    async def action(console: Console, staff: Staff, case_id: uuid.UUID,
+                     body: dict[str, Any]) -> actions.Outcome:
+        seen = body.get("change")
+        try:
+            pinned = uuid.UUID(seen) if isinstance(seen, str) else None
+        except ValueError:
+            pinned = None
+        if seen is not None and pinned is None:
+            raise actions.ActionError(422, "invalid change", {"change": "a routing change id"})
+        return await actions.decide_routing_change(console.backend, staff, case_id,
+                                                   approve=approve, now=console.now(),
+                                                   change_id=pinned)
+
+    return action
 
 
 async def _iccam(console: Console, staff: Staff, case_id: uuid.UUID,
@@ -221,6 +242,10 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/v1/cases/{case_id}/assignment", case_action(_assign))
     app.router.add_post("/api/v1/cases/{case_id}/relocation", relocation)
     app.router.add_post("/api/v1/cases/{case_id}/hosting-country", case_action(_set_country))
+    app.router.add_post("/api/v1/cases/{case_id}/routing-change/approval",
+                        case_action(_decide_change(True), body=False))
+    app.router.add_post("/api/v1/cases/{case_id}/routing-change/rejection",
+                        case_action(_decide_change(False), body=False))
     app.router.add_post("/api/v1/cases/{case_id}/iccam", case_action(_iccam))
     app.router.add_get("/api/v1/referrals/{referral_id}", referral)
     app.router.add_post("/api/v1/referrals/{referral_id}/retry", referral_retry)

@@ -1,4 +1,5 @@
-"""What staff do to cases: assess, approve (four-eyes), reopen, reassign. Each is one
+"""What staff do to cases: assess, approve (four-eyes), set the hosting country (four-eyes on
+routing), reopen, reassign. Each is one
 transaction that checks the case's state, changes it and writes the audit trail.
 
 Errors carry the HTTP status the API answers with: 404 no such case, 403 not allowed for this
@@ -25,6 +26,7 @@ from gateway.store.tables import (
     case_reports,
     cases,
     referrals,
+    routing_changes,
     routing_decisions,
     submissions,
     users,
@@ -232,6 +234,10 @@ async def reopen(
                      .where(assessments.c.case_id == case_id,
                             assessments.c.status != "superseded")
                      .values(status="superseded"))
+        conn.execute(update(routing_changes)
+                     .where(routing_changes.c.case_id == case_id,
+                            routing_changes.c.status == "pending")
+                     .values(status="superseded", decided_at=now))
         _supersede_decision(conn, case_id)
         record(conn, [AuditEntry(staff.name, "case.reopened", case_id,
                                  {"from": case.status, "reason": reason})], at=now)
@@ -278,31 +284,131 @@ def _country(value: object) -> str:
     return value
 
 
+#: Where naming the hosting country releases a case: held (for unknown hosting, say), or
+#: waiting for a referral through ICCAM by hand.
+COUNTRY_SETTABLE = ("held", "awaiting_iccam")
+
+
+def _final_verdict(conn: Connection, case_id: uuid.UUID) -> Any:
+    final = conn.execute(select(assessments.c.id, assessments.c.hosting_country).where(
+        assessments.c.case_id == case_id, assessments.c.status == "final")).first()
+    if final is None:
+        raise ActionError(409, "the case has no final verdict")
+    return final
+
+
+def _route_to(conn: Connection, case_id: uuid.UUID, status: str, assessment_id: uuid.UUID,
+              country: str, now: datetime) -> None:
+    """Put the country on the final verdict and hand the case back to routing."""
+    conn.execute(update(assessments).where(assessments.c.id == assessment_id)
+                 .values(hosting_country=country))
+    _move(conn, case_id, status, "assessed", now)
+    conn.execute(update(cases).where(cases.c.id == case_id).values(hold_reason=None))
+    _supersede_decision(conn, case_id)
+
+
+def _routing_facts(conn: Connection, case_id: uuid.UUID, status: str,
+                   assessment_country: str | None) -> dict[str, Any]:
+    """What the proposer saw: the case's state and its live routing decision's facts."""
+    case = conn.execute(select(cases.c.hold_reason).where(cases.c.id == case_id)).one()
+    live = conn.execute(select(routing_decisions.c.rule, routing_decisions.c.facts).where(
+        routing_decisions.c.case_id == case_id,
+        routing_decisions.c.superseded.is_(False))).first()
+    facts = dict(live.facts or {}) if live is not None else {}
+    return {"status": status, "hold_reason": case.hold_reason,
+            "rule": live.rule if live is not None else None,
+            "country_before": assessment_country,
+            **{key: facts.get(key) for key in ("country", "country_source", "hosting_status",
+                                                "evidence_id", "evidence_checked_at")}}
+
+
 async def set_hosting_country(
     backend: WriteBackend, staff: Staff, case_id: uuid.UUID, country: object, *,
-    now: datetime,
+    now: datetime, four_eyes: bool = False,
 ) -> Outcome:
     """Release a case held for unknown hosting (or waiting for ICCAM) by naming the country:
-    the verdict keeps its author, the case is routed again."""
+    the verdict keeps its author, the case is routed again. With four-eyes the change only
+    waits, as a pending routing change, until someone else approves it
+    (``decide_routing_change``): where a case goes is part of what two people decide."""
     code = _country(country)
 
     def work(conn: Connection) -> Outcome:
         case = _case(conn, case_id)
-        if case.status not in ("held", "awaiting_iccam"):
+        if case.status not in COUNTRY_SETTABLE:
             raise ActionError(409, f"the case is {case.status}: set the country when "
                                    "assessing it")
-        final = conn.execute(select(assessments.c.id).where(
-            assessments.c.case_id == case_id, assessments.c.status == "final")).first()
-        if final is None:
-            raise ActionError(409, "the case has no final verdict")
-        conn.execute(update(assessments).where(assessments.c.id == final.id)
-                     .values(hosting_country=code))
-        _move(conn, case_id, case.status, "assessed", now)
-        conn.execute(update(cases).where(cases.c.id == case_id).values(hold_reason=None))
-        _supersede_decision(conn, case_id)
+        final = _final_verdict(conn, case_id)
+        waiting = conn.execute(select(routing_changes.c.id).where(
+            routing_changes.c.case_id == case_id,
+            routing_changes.c.status == "pending")).first()
+        if waiting is not None:
+            raise ActionError(409, "a routing change is already waiting for approval: "
+                                   "approve or reject it first")
+        change = {"id": uuid7(), "case_id": case_id, "assessment_id": final.id,
+                  "country": code, "proposed_by": staff.id, "created_at": now,
+                  "facts": _routing_facts(conn, case_id, case.status, final.hosting_country),
+                  "status": "pending" if four_eyes else "applied"}
+        conn.execute(insert(routing_changes).values(**change))
+        if four_eyes:
+            record(conn, [AuditEntry(staff.name, "case.routing_change_proposed", case_id,
+                                     {"change": str(change["id"]), "country": code,
+                                      "status": case.status})], at=now)
+            return Outcome(case_id, case.status)
+        _route_to(conn, case_id, case.status, final.id, code, now)
         record(conn, [AuditEntry(staff.name, "case.hosting_country_set", case_id,
-                                 {"country": code, "from": case.status})], at=now)
+                                 {"country": code, "from": case.status,
+                                  "change": str(change["id"])})], at=now)
         return Outcome(case_id, "assessed")
+
+    return await backend.transaction(work)
+
+
+async def decide_routing_change(
+    backend: WriteBackend, staff: Staff, case_id: uuid.UUID, *, approve: bool,
+    now: datetime, change_id: uuid.UUID | None = None,
+) -> Outcome:
+    """A second person approves (the case routes on the country) or rejects (it stays as it
+    is) a pending routing change: the one they saw, when ``change_id`` names it. As for
+    verdicts, the proposer cannot approve their own; they may withdraw it (reject)."""
+
+    def work(conn: Connection) -> Outcome:
+        case = _case(conn, case_id)
+        row = conn.execute(
+            select(routing_changes, users.c.name.label("proposer"))
+            .join(users, users.c.id == routing_changes.c.proposed_by)
+            .where(routing_changes.c.case_id == case_id, routing_changes.c.status == "pending")
+        ).first()
+        if row is None:
+            raise ActionError(409, "the case has no routing change waiting for approval")
+        if change_id is not None and row.id != change_id:
+            raise ActionError(409, "the routing change is not the one you saw; reload the case")
+        if approve and row.proposed_by == staff.id:
+            raise ActionError(403, "a routing change is approved by someone other than its "
+                                   "author")
+        if approve:
+            final = _final_verdict(conn, case_id)
+            if case.status not in COUNTRY_SETTABLE or final.id != row.assessment_id:
+                raise ActionError(409, "the case changed since the routing change was made; "
+                                       "reload it")
+        done = conn.execute(
+            update(routing_changes)
+            .where(routing_changes.c.id == row.id, routing_changes.c.status == "pending")
+            .values(status="approved" if approve else "rejected", decided_by=staff.id,
+                    decided_at=now)
+        ).rowcount
+        if done != 1:
+            raise ActionError(409, "the case changed meanwhile; reload it")
+        status = case.status
+        if approve:
+            _route_to(conn, case_id, case.status, row.assessment_id, row.country, now)
+            status = "assessed"
+        record(conn, [AuditEntry(
+            staff.name,
+            "case.routing_change_approved" if approve else "case.routing_change_rejected",
+            case_id, {"change": str(row.id), "country": row.country,
+                      "proposed_by": row.proposer, "from": case.status, "to": status})],
+            at=now)
+        return Outcome(case_id, status)
 
     return await backend.transaction(work)
 

@@ -193,6 +193,8 @@ async def _case_page(request: web.Request, *, status: int = 200, error: str | No
                      and assessment.get("by") != staff.name),
         can_reopen=staff.supervises and case["status"] in actions.REOPENABLE,
         can_relocate=actions.may_relocate(staff, case["status"]),
+        can_set_country=(case["status"] in actions.COUNTRY_SETTABLE
+                         and assessment.get("status") == "final"),
     )
 
 
@@ -272,6 +274,35 @@ async def relocate_submit(request: web.Request) -> web.StreamResponse:
         console.backend, console.locator, staff_of(request), _case_id(request)))
 
 
+async def country_submit(request: web.Request) -> web.StreamResponse:
+    console = request.app[CONSOLE]
+    country = str((await request.post()).get("country", "")).strip().upper()
+    return await _act(request, actions.set_hosting_country(
+        console.backend, staff_of(request), _case_id(request), country, now=console.now(),
+        four_eyes=console.four_eyes))
+
+
+async def _decide_routing_change(request: web.Request, *, approve: bool
+                                 ) -> web.StreamResponse:
+    """Approve or reject the pending routing change the form showed."""
+    console = request.app[CONSOLE]
+    try:
+        seen = uuid.UUID(str((await request.post()).get("change", "")))
+    except ValueError:
+        return await _case_page(request, status=422, error="Reload the case and try again.")
+    return await _act(request, actions.decide_routing_change(
+        console.backend, staff_of(request), _case_id(request), approve=approve,
+        now=console.now(), change_id=seen))
+
+
+async def routing_change_approve(request: web.Request) -> web.StreamResponse:
+    return await _decide_routing_change(request, approve=True)
+
+
+async def routing_change_reject(request: web.Request) -> web.StreamResponse:
+    return await _decide_routing_change(request, approve=False)
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/login", login_page)
     app.router.add_post("/login", login_submit)
@@ -285,3 +316,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/cases/{case_id}/reopen", reopen_submit)
     app.router.add_post("/cases/{case_id}/reassign", reassign_submit)
     app.router.add_post("/cases/{case_id}/relocate", relocate_submit)
+    app.router.add_post("/cases/{case_id}/hosting-country", country_submit)
+    app.router.add_post("/cases/{case_id}/routing-change/approve", routing_change_approve)
+    app.router.add_post("/cases/{case_id}/routing-change/reject", routing_change_reject)

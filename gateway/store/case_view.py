@@ -19,6 +19,7 @@ from gateway.store.tables import (
     outbox,
     outbox_attempts,
     referrals,
+    routing_changes,
     routing_decisions,
     submissions,
     users,
@@ -175,6 +176,30 @@ async def _assessments(
     return current
 
 
+async def _routing_change(conn: AsyncConnection, case_id: uuid.UUID,
+                          assessment: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The latest change of the hosting country made on the current verdict (pending,
+    approved, rejected, or applied without four-eyes): who proposed it on which facts, and
+    who decided."""
+    if assessment is None:
+        return None
+    proposer, decider = users.alias("proposer"), users.alias("decider")
+    row = (await conn.execute(
+        select(routing_changes, proposer.c.name.label("by"), decider.c.name.label("decider"))
+        .join(proposer, proposer.c.id == routing_changes.c.proposed_by)
+        .outerjoin(decider, decider.c.id == routing_changes.c.decided_by)
+        .where(routing_changes.c.case_id == case_id,
+               routing_changes.c.assessment_id == uuid.UUID(assessment["id"]),
+               routing_changes.c.status != "superseded")
+        .order_by(routing_changes.c.created_at.desc(), routing_changes.c.id.desc()).limit(1)
+    )).first()
+    if row is None:
+        return None
+    return {"id": str(row.id), "country": row.country, "status": row.status,
+            "proposed_by": row.by, "proposed_at": iso(row.created_at),
+            "decided_by": row.decider, "decided_at": iso(row.decided_at), "facts": row.facts}
+
+
 def _referral_json(row: Any) -> dict[str, Any]:
     return {"id": str(row.id), "destination": row.destination, "status": row.status,
             "reference": row.reference, "email": row.email,
@@ -316,6 +341,7 @@ async def get_case(conn: AsyncConnection, case_id: uuid.UUID) -> dict[str, Any] 
         report.update(subject=text.subject, text=text.report_text,
                       attachments=text.attachments or [])
     document["reports"] = reports
+    document["routing_change"] = await _routing_change(conn, row.id, document["assessment"])
     history = await conn.execute(
         select(hosting_evidence)
         .where(hosting_evidence.c.case_id == row.id)

@@ -217,6 +217,25 @@ assessments = Table(
     Index(None, "case_id", "created_at"),
 )
 
+# Four-eyes on routing: a country proposed for a case that has a final verdict (held for
+# unknown hosting, say) waits here until a different user approves it; the row keeps who
+# proposed it on which facts, and who decided.
+routing_changes = Table(
+    "routing_changes",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("case_id", Uuid, ForeignKey("cases.id"), nullable=False),
+    Column("assessment_id", Uuid, ForeignKey("assessments.id"), nullable=False),
+    Column("country", String(2), nullable=False),
+    Column("facts", JSON, nullable=False),
+    Column("status", String(16), nullable=False),  # pending|approved|rejected|applied|superseded
+    Column("proposed_by", Uuid, ForeignKey("users.id"), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("decided_by", Uuid, ForeignKey("users.id"), nullable=True),
+    Column("decided_at", DateTime(timezone=True), nullable=True),
+    Index(None, "case_id", "created_at"),
+)
+
 # The audit trail: append-only, each entry holding the hash of the one before it.
 audit_log = Table(
     "audit_log",
