@@ -27,6 +27,10 @@ from gateway.store.backend import WriteBackend
 from gateway.store.tables import api_tokens, assessments, cases, staff_sessions, users
 
 
+class UnknownUser(AccountError):
+    """No account has the name given."""
+
+
 @dataclass(frozen=True, slots=True)
 class UserInfo:
     """A staff account as ``users list`` shows it."""
@@ -74,7 +78,7 @@ async def _change(backend: WriteBackend, name: str, action: str, change: Change,
     def work(conn: Connection) -> dict[str, Any]:
         row = conn.execute(select(users).where(users.c.name == name)).first()
         if row is None:
-            raise AccountError(f"no user named {name!r}")
+            raise UnknownUser(f"no user named {name!r}")
         details = change(conn, row)
         record(conn, [AuditEntry(actor, action, details={"user": name, **details})], at=now)
         return details

@@ -53,7 +53,8 @@ SECURITY_HEADERS = {
 }
 #: Password hashes computed at once (argon2 is expensive on purpose: ~64 MiB and ~100 ms each).
 HASHING_SLOTS = 2
-TEMPLATES = ("login.html", "password.html", "queue.html", "case.html", "error.html")
+TEMPLATES = ("login.html", "password.html", "queue.html", "case.html", "error.html",
+             "users.html")
 STATIC = {"console.css": "text/css", "console.js": "text/javascript"}
 
 
@@ -248,7 +249,7 @@ async def static_file(request: web.Request) -> web.Response:
 
 
 def build_app(console: Console) -> web.Application:
-    from gateway.console import api, pages
+    from gateway.console import api, pages, users
 
     app = web.Application(middlewares=[security_headers, authenticate],
                           client_max_size=256 * 1024)
@@ -256,6 +257,7 @@ def build_app(console: Console) -> web.Application:
     app.router.add_get("/static/{name}", static_file)
     pages.add_routes(app)
     api.add_routes(app)
+    users.add_routes(app)
     return app
 
 
