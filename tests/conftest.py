@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import ssl
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import pytest
 import structlog
+import trustme
 from blockbuster import blockbuster_ctx
 from sqlalchemy import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -226,3 +228,16 @@ async def start(
     yield go
     for context in reversed(stack):
         await context.__aexit__(None, None, None)
+
+
+async def start_public_tls(start: Start, folder: Path) -> tuple[Gateway, ssl.SSLContext]:
+    """A gateway whose public listener serves TLS with a trustme certificate for 127.0.0.1,
+    and a client context that trusts it."""
+    ca = trustme.CA()
+    pem = folder / "web.pem"
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(pem))
+    gw = await start(http={"listen": ["127.0.0.1:0"], "tls_cert": str(pem),
+                           "tls_key": str(pem)})
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    return gw, context

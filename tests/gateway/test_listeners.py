@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.app import Gateway
-from tests.conftest import Start
+from tests.conftest import Start, start_public_tls
 
 MALFORMED = {
     "nul_in_header": b"GET / HTTP/1.1\r\nHost: x\r\nX-Echo: <b>echo-me</b>\x00\r\n\r\n",
@@ -147,17 +147,7 @@ async def test_over_tls_the_gateways_400_asks_for_https_too(
 ) -> None:
     """A request refused by the parser on an HTTPS listener still gets
     Strict-Transport-Security."""
-    import ssl
-
-    import trustme
-
-    ca = trustme.CA()
-    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
-        str(tmp_path / "web.pem"))
-    gw = await start(http={"listen": ["127.0.0.1:0"], "tls_cert": str(tmp_path / "web.pem"),
-                           "tls_key": str(tmp_path / "web.pem")})
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
+    gw, context = await start_public_tls(start, tmp_path)
     reader, writer = await asyncio.open_connection(*gw.public.addresses[0], ssl=context)
     writer.write(MALFORMED["nul_in_header"])
     answer = await reader.read()

@@ -24,7 +24,7 @@ from intake.normalise import normalise_web
 from intake.openapi import openapi_document
 from intake.web import wkd_hash
 from outbound.gpg import Gpg
-from tests.conftest import Start
+from tests.conftest import Start, start_public_tls
 
 
 def origin(gw: Gateway) -> str:
@@ -395,17 +395,7 @@ async def test_over_tls_the_form_asks_for_https_from_then_on(
     start: Start, tmp_path: Path
 ) -> None:
     """Served with a certificate, every answer carries Strict-Transport-Security."""
-    import ssl
-
-    import trustme
-
-    ca = trustme.CA()
-    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
-        str(tmp_path / "web.pem"))
-    gw = await start(http={"listen": ["127.0.0.1:0"], "tls_cert": str(tmp_path / "web.pem"),
-                           "tls_key": str(tmp_path / "web.pem")})
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
+    gw, context = await start_public_tls(start, tmp_path)
     host, port = gw.public.addresses[0]
     async with aiohttp.ClientSession() as http:
         for path in ("/", "/api/v1/openapi.json", "/nowhere"):
