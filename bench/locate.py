@@ -44,10 +44,10 @@ import dns.nameserver  # noqa: E402
 import dns.resolver  # noqa: E402
 
 from gateway import config as config_module  # noqa: E402
-from gateway.ids import uuid7  # noqa: E402
 from gateway.store import migrate  # noqa: E402
 from gateway.store.backend import open_write_backend  # noqa: E402
 from gateway.store.engine import open_engine  # noqa: E402
+from gateway.store.ids import uuid7  # noqa: E402
 from gateway.store.tables import cases  # noqa: E402
 from routing.geo import open_geolocator  # noqa: E402
 from routing.locate import Locator, Overrides  # noqa: E402

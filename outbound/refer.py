@@ -33,10 +33,10 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.config import Config, Destination
-from gateway.ids import uuid7
 from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
 from gateway.store.case_view import get_case, iso
+from gateway.store.ids import uuid7
 from gateway.store.polling import PollingStage
 from gateway.store.tables import (
     assessments,

@@ -19,7 +19,7 @@ from typing import Protocol
 import aiosmtplib
 
 from gateway.config import OutboundConfig
-from gateway.files import sync_folder
+from gateway.store.files import sync_folder
 
 
 class Deferred(Exception):
