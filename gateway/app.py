@@ -27,7 +27,6 @@ from gateway import logs
 from gateway.admin import Admin, AdminServer
 from gateway.config import Config, ConfigError, file_problems
 from gateway.console.web import ConsoleServer, make_console
-from gateway.listeners import HttpListener
 from gateway.metrics import Metrics
 from gateway.notify import Notifier
 from gateway.retention import purge
@@ -37,6 +36,7 @@ from gateway.store.backend import WriteBackend, open_write_backend
 from gateway.store.engine import open_engine
 from gateway.store.references import ReferenceAllocator
 from gateway.store.writer import SubmissionWriter
+from intake.listeners import HttpListener
 from intake.normalise import NormaliseStage
 from intake.ratelimit import RateLimiter
 from intake.smtp import ReportHandler, SmtpServer, quiet_aiosmtpd_logs

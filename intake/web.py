@@ -20,9 +20,9 @@ import structlog
 from aiohttp import web
 
 from gateway.config import HttpConfig
-from gateway.listeners import HttpListener
 from gateway.store.writer import WriterClosed
 from intake import i18n
+from intake.listeners import HttpListener
 from intake.origin import cross_site, own_origin
 from intake.ratelimit import RateLimiter
 from intake.reportapi import api_error, api_report, openapi

@@ -28,10 +28,10 @@ from gateway.console.fairgate import FairGate
 from gateway.console.logins import Guard, LoginPolicy, new_guard
 from gateway.console.sessions import Session, SessionStore
 from gateway.console.throttle import Network, source_key
-from gateway.listeners import HttpListener, client_address
 from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
 from gateway.store.text import visible
+from intake.listeners import HttpListener, client_address
 from routing.locate import Locator
 
 log = structlog.get_logger("gateway.console")
