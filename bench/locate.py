@@ -130,7 +130,7 @@ async def stage_side(port: int, hosts: list[str], concurrency: int) -> float:
     with tempfile.TemporaryDirectory() as folder:
         config = config_module.parse(
             {"database": {"url": "sqlite+aiosqlite:///bench.db"}}, base=Path(folder))
-        engine = await open_engine(config.database)
+        engine = await open_engine(config.database.settings())
         await migrate.upgrade(engine)
         backend = await open_write_backend(engine)
         moment = datetime(2026, 11, 1, tzinfo=UTC)

@@ -21,8 +21,8 @@ import structlog
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway import checks, doctor, logs, staff_cli
 from gateway import config as config_module
-from gateway import doctor, logs, staff_cli
 from gateway.app import GatewayFailed, make_gpg, make_locator, normalise, pinned_keys, serve
 from gateway.backup import BackupError, backup
 from gateway.config import Config, ConfigError
@@ -125,7 +125,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return EXIT_USAGE
-    problems = config_module.file_problems(config)
+    problems = checks.file_problems(config)
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:
@@ -136,7 +136,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args)
-    problems = config_module.file_problems(config)
+    problems = checks.file_problems(config)
     if problems:
         raise ConfigError(problems)
     logs.configure(config.gateway.log_level, config.gateway.log_format)
@@ -206,7 +206,7 @@ def _cmd_db(args: argparse.Namespace) -> int:
     config = _load(args)
 
     async def run() -> tuple[str | None, str | None]:
-        engine = await open_engine(config.database)
+        engine = await open_engine(config.database.settings())
         try:
             before = await migrate.current(engine)
             await migrate.upgrade(engine)
@@ -230,7 +230,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     config = _load(args)
 
     async def run() -> dict[str, object]:
-        engine = await open_engine(config.database)
+        engine = await open_engine(config.database.settings())
         try:
             return await collect_stats(engine)
         finally:
@@ -251,7 +251,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 
 
 async def _with_connection(config: Config, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-    engine = await open_engine(config.database)
+    engine = await open_engine(config.database.settings())
     try:
         async with engine.connect() as conn:
             return await work(conn)
@@ -379,7 +379,7 @@ def _relocate(config: Config, case_id: uuid.UUID, *, as_json: bool) -> int:
 
 
 async def _with_backend(config: Config, work: Callable[[WriteBackend], Awaitable[T]]) -> T:
-    engine = await open_engine(config.database)
+    engine = await open_engine(config.database.settings())
     backend = await open_write_backend(engine, busy_timeout=config.database.busy_timeout)
     try:
         return await work(backend)

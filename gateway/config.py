@@ -27,6 +27,13 @@ from pydantic import (
 from sqlalchemy import make_url
 from sqlalchemy.exc import ArgumentError
 
+from gateway.store.engine import DatabaseSettings
+from intake.smtp import SmtpSettings
+from intake.web import HttpSettings
+from outbound.refer import ReferSettings
+from outbound.transports import OutboundSettings
+from routing import destinations as routes
+
 DEFAULT_PATHS = (Path("config.toml"), Path("/etc/hotline-gateway/config.toml"))
 
 
@@ -238,6 +245,11 @@ class DatabaseConfig(_Section):
     pool_size: PositiveInt = 5
     batch_max: Annotated[int, Field(gt=0, le=2000)] = 512
 
+    def settings(self) -> DatabaseSettings:
+        return DatabaseSettings(url=self.url, busy_timeout=self.busy_timeout,
+                                statement_timeout=self.statement_timeout,
+                                pool_size=self.pool_size)
+
 
 class TlsFiles(_Section):
     tls_cert: OptionalPath = None
@@ -296,6 +308,15 @@ class SmtpConfig(TlsFiles):
                 return {**data, "max_line_bytes": message}
         return data
 
+    def settings(self) -> SmtpSettings:
+        return SmtpSettings(
+            listen=tuple(self.listen), hostname=self.hostname,
+            max_message_bytes=self.max_message_bytes, max_line_bytes=self.max_line_bytes,
+            max_connections=self.max_connections,
+            max_connections_per_source=self.max_connections_per_source,
+            trusted_relays=tuple(self.trusted_relays), timeout=self.timeout,
+            max_session_time=self.max_session_time, tls_cert=self.tls_cert, tls_key=self.tls_key)
+
 
 class HttpConfig(TlsFiles):
     listen: list[Listen] = Field(default=["127.0.0.1:8080"], validate_default=True)
@@ -307,6 +328,12 @@ class HttpConfig(TlsFiles):
     #: The origin browsers see the form at (``https://report.hotline.test``), when a TLS
     #: proxy serves it; empty: the origin each request was addressed to.
     public_origin: Annotated[str | None, BeforeValidator(_origin)] = None
+
+    def settings(self) -> HttpSettings:
+        return HttpSettings(
+            listen=tuple(self.listen), trusted_proxies=tuple(self.trusted_proxies),
+            reports_per_minute=self.reports_per_minute, max_body_bytes=self.max_body_bytes,
+            public_origin=self.public_origin, tls_cert=self.tls_cert, tls_key=self.tls_key)
 
 
 class ConsoleConfig(TlsFiles):
@@ -417,10 +444,19 @@ class OutboundConfig(_Section):
     #: ``gpg.signing_key``); a referral is held while that key cannot encrypt.
     encrypt_to_self: bool = True
 
+    def settings(self) -> OutboundSettings:
+        return OutboundSettings(
+            transport=self.transport, file_dir=self.file_dir, smtp_host=self.smtp_host,
+            smtp_port=self.smtp_port, tls=self.tls, tls_ca_file=self.tls_ca_file,
+            timeout=self.timeout, helo_name=self.helo_name)
+
 
 class Destination(_Section):
     email: Email
     key: Fingerprint
+
+    def settings(self) -> routes.Destination:
+        return routes.Destination(email=self.email, key=self.key)
 
 
 class RoutingConfig(_Section):
@@ -428,6 +464,11 @@ class RoutingConfig(_Section):
     hotlines: dict[Country, Destination] = {}
     #: Corrections to the shipped INHOPE membership list: true adds a country, false removes.
     membership: dict[Country, bool] = {}
+
+    def settings(self) -> routes.Destinations:
+        return routes.Destinations(
+            named={name: d.settings() for name, d in self.destinations.items()},
+            hotlines={country: d.settings() for country, d in self.hotlines.items()})
 
 
 class AssessmentConfig(_Section):
@@ -486,6 +527,12 @@ class Config(_Section):
         if not self.outbound.encrypt_to_self:
             return None
         return self.gpg.archive_key or self.gpg.signing_key
+
+    def refer_settings(self) -> ReferSettings:
+        return ReferSettings(
+            home_country=self.gateway.home_country, hotline_name=self.gateway.hotline_name,
+            destinations=self.routing.settings(), signing_key=self.gpg.signing_key,
+            archive_key=self.archive_key(), from_address=self.outbound.from_address)
 
     @model_validator(mode="after")
     def _helo_name(self) -> Config:
@@ -549,28 +596,3 @@ def find(explicit: Path | None) -> Path:
         if candidate.exists():
             return candidate
     return DEFAULT_PATHS[0]
-
-
-def file_problems(config: Config) -> list[str]:
-    """Problems with files the configuration refers to (checked at start and by check-config)."""
-    problems: list[str] = []
-    for section, name in (("smtp", config.smtp), ("http", config.http)):
-        for key in ("tls_cert", "tls_key"):
-            value = getattr(name, key)
-            if value is not None and not value.is_file():
-                problems.append(f"{section}.{key}: {value} does not exist")
-    for key in ("geoip_db", "asn_db"):
-        value = getattr(config.locate, key)
-        if isinstance(value, Path) and not value.is_file():
-            problems.append(f"locate.{key}: {value} does not exist")
-        elif isinstance(value, Path):
-            from routing.geo import GeoError, MmdbDatabase
-
-            try:
-                MmdbDatabase(value).close()
-            except GeoError as exc:
-                problems.append(f"locate.{key}: not a MaxMind-format database ({exc})")
-    passphrase = config.gpg.passphrase_file
-    if passphrase is not None and not passphrase.is_file():
-        problems.append(f"gpg.passphrase_file: {passphrase} does not exist")
-    return problems

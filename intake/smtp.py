@@ -13,13 +13,14 @@ import logging
 import ssl
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
 from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
 
-from gateway.config import SmtpConfig
 from gateway.store.writer import NewSubmission, Receipt, WriterClosed
 from intake.mime import MimeError, strip_attachments
 from intake.ratelimit import RateLimiter
@@ -383,7 +384,24 @@ class _TooMany(asyncio.Protocol):
         transport.close()
 
 
-def tls_context(config: SmtpConfig) -> ssl.SSLContext | None:
+@dataclass(frozen=True, slots=True)
+class SmtpSettings:
+    """What the listeners need of ``[smtp]`` (``SmtpConfig.settings()`` makes one)."""
+
+    listen: tuple[tuple[str, int], ...]
+    hostname: str
+    max_message_bytes: int
+    max_line_bytes: int
+    max_connections: int
+    max_connections_per_source: int
+    trusted_relays: tuple[Network, ...]
+    timeout: float
+    max_session_time: float
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+
+def tls_context(config: SmtpSettings) -> ssl.SSLContext | None:
     """The STARTTLS context when a certificate is configured (offered, never required)."""
     if config.tls_cert is None or config.tls_key is None:
         return None
@@ -396,7 +414,7 @@ def tls_context(config: SmtpConfig) -> ssl.SSLContext | None:
 class SmtpServer:
     """The public SMTP listeners, embedded on the running loop with ``create_server``."""
 
-    def __init__(self, config: SmtpConfig, handler: ReportHandler) -> None:
+    def __init__(self, config: SmtpSettings, handler: ReportHandler) -> None:
         self._config = config
         self._handler = handler
         self._tls = tls_context(config)

@@ -13,13 +13,27 @@ import contextlib
 import os
 import ssl
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import aiosmtplib
 
-from gateway.config import OutboundConfig
 from gateway.store.files import sync_folder
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundSettings:
+    """What a transport needs of ``[outbound]`` (``OutboundConfig.settings()`` makes one)."""
+
+    transport: Literal["smtp", "file"] = "smtp"
+    file_dir: Path | None = None
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 25
+    tls: Literal["starttls", "implicit", "none"] = "starttls"
+    tls_ca_file: Path | None = None
+    timeout: float = 60.0
+    helo_name: str | None = None
 
 
 class Deferred(Exception):
@@ -50,7 +64,7 @@ class SmtpTransport:
 
     name = "smtp"
 
-    def __init__(self, config: OutboundConfig) -> None:
+    def __init__(self, config: OutboundSettings) -> None:
         self._config = config
         self._context: ssl.SSLContext | None = None
         if config.tls != "none":
@@ -129,7 +143,7 @@ class FileTransport:
         return f"written {target.name}"
 
 
-def make_transport(config: OutboundConfig) -> Transport:
+def make_transport(config: OutboundSettings) -> Transport:
     if config.transport == "file":
         assert config.file_dir is not None
         return FileTransport(config.file_dir)
