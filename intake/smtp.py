@@ -4,6 +4,11 @@ The protocol engine (aiosmtpd) knows nothing of storage; ``ReportHandler`` check
 normalises line ends (``intake.smtpdata`` says why that cannot split a message), refuses
 smuggling attempts and over-long lines, and hands the message to the durable writer. The
 ``250`` that tells the sender "you may forget this message" is sent only after the commit.
+
+Longer than 400 lines on purpose: every reply, the handler that chooses it and the session that
+speaks it are read together here, so that what the gateway answers is found in one place. What
+stands on its own is already apart: ``smtpdata`` (line ends, smuggling), ``smtpdoor`` (who may
+connect), ``smtpstream`` (line limits), ``smtpaddress`` (addresses).
 """
 
 from __future__ import annotations
