@@ -54,9 +54,10 @@ from urllib.parse import quote
 import structlog
 
 from gateway import logs
+from gateway.config import DatabaseConfig
 from gateway.store import migrate
 from gateway.store.backend import open_write_backend
-from gateway.store.engine import DatabaseSettings, open_engine
+from gateway.store.engine import open_engine
 from gateway.store.references import ReferenceAllocator
 from gateway.store.writer import NewSubmission, SubmissionWriter
 from intake.canonical import canonicalize
@@ -305,7 +306,8 @@ def run_normalise(raws: list[bytes]) -> tuple[float, list[Normalised]]:
 async def run_stage(reports: list[Report], database: Path) -> tuple[float, float]:
     """Wall and CPU seconds for the stage to drain a fresh database holding `reports`
     (stored first, untimed, through the writer as SMTP intake stores them)."""
-    engine = await open_engine(DatabaseSettings(url=f"sqlite+aiosqlite:///{database}"))
+    engine = await open_engine(
+        DatabaseConfig(url=f"sqlite+aiosqlite:///{database}").settings())
     try:
         await migrate.upgrade(engine)
         backend = await open_write_backend(engine)

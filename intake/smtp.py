@@ -402,8 +402,8 @@ class SmtpSettings:
     trusted_relays: tuple[Network, ...]
     timeout: float
     max_session_time: float
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
+    tls_cert: Path | None
+    tls_key: Path | None
 
 
 def tls_context(config: SmtpSettings) -> ssl.SSLContext | None:

@@ -238,12 +238,13 @@ class HttpSettings:
     """What the public listener needs of ``[http]`` (``HttpConfig.settings()`` makes one)."""
 
     listen: tuple[tuple[str, int], ...]
-    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-    reports_per_minute: int = 10
-    max_body_bytes: int = 64 * 1024
-    public_origin: str | None = None
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    reports_per_minute: int
+    max_body_bytes: int
+    #: The origin browsers see the form at, when a proxy serves it; None: each request's own.
+    public_origin: str | None
+    tls_cert: Path | None
+    tls_key: Path | None
 
 
 class PublicServer(HttpListener):

@@ -26,14 +26,16 @@ from gateway.store.files import sync_folder
 class OutboundSettings:
     """What a transport needs of ``[outbound]`` (``OutboundConfig.settings()`` makes one)."""
 
-    transport: Literal["smtp", "file"] = "smtp"
-    file_dir: Path | None = None
-    smtp_host: str = "127.0.0.1"
-    smtp_port: int = 25
-    tls: Literal["starttls", "implicit", "none"] = "starttls"
-    tls_ca_file: Path | None = None
-    timeout: float = 60.0
-    helo_name: str | None = None
+    transport: Literal["smtp", "file"]
+    file_dir: Path | None
+    smtp_host: str
+    smtp_port: int
+    tls: Literal["starttls", "implicit", "none"]
+    #: Upstream certificates are checked against the system's CAs, or these.
+    tls_ca_file: Path | None
+    timeout: float
+    #: The name given in EHLO (the config fills it in from ``[smtp] hostname`` when unset).
+    helo_name: str | None
 
 
 class Deferred(Exception):

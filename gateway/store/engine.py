@@ -26,9 +26,9 @@ class DatabaseSettings:
     """What an engine needs of ``[database]`` (``DatabaseConfig.settings()`` makes one)."""
 
     url: str
-    busy_timeout: float = 5.0
-    statement_timeout: float = 30.0
-    pool_size: int = 5
+    busy_timeout: float
+    statement_timeout: float
+    pool_size: int
 
 
 def make_engine(config: DatabaseSettings, **connect_args: Any) -> AsyncEngine:
