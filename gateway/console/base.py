@@ -1,8 +1,9 @@
 """What the console's handlers share: the ``Console`` they act through, how they find it and
 the signed-in staff member on a request, and the API's error answer.
 
-``web`` (the application and its middlewares), ``pages``, ``api`` and ``users`` (the routes)
-all import this module and none of them imports another: the console's modules form no circle.
+The routes (``pages``, ``api``, ``users``) import this module, never ``web``; ``web`` (the
+application, its middlewares and listener) imports them and this: the console's modules form no
+circle (an import contract in pyproject.toml keeps it so).
 """
 
 from __future__ import annotations
