@@ -306,7 +306,8 @@ def run_normalise(raws: list[bytes]) -> tuple[float, list[Normalised]]:
 async def run_stage(reports: list[Report], database: Path) -> tuple[float, float]:
     """Wall and CPU seconds for the stage to drain a fresh database holding `reports`
     (stored first, untimed, through the writer as SMTP intake stores them)."""
-    engine = await open_engine(DatabaseConfig(url=f"sqlite+aiosqlite:///{database}"))
+    engine = await open_engine(
+        DatabaseConfig(url=f"sqlite+aiosqlite:///{database}").settings())
     try:
         await migrate.upgrade(engine)
         backend = await open_write_backend(engine)

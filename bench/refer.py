@@ -70,7 +70,7 @@ sys.path.insert(0, str(HERE.parents[1]))
 
 import gnupg  # type: ignore[import-untyped]  # noqa: E402
 
-from gateway.ids import uuid7  # noqa: E402
+from gateway.store.ids import uuid7  # noqa: E402
 from outbound.document import inner_message, referral_document  # noqa: E402
 from outbound.gpg import OPTIONS, Gpg  # noqa: E402
 from outbound.pgpmime import encrypted_message, message_id  # noqa: E402

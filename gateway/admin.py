@@ -17,10 +17,10 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
 from gateway.config import AdminConfig
-from gateway.listeners import HttpListener
 from gateway.metrics import Metrics
 from gateway.stats import StatsCache
 from gateway.store.backend import WriteBackend
+from intake.listeners import HttpListener
 from outbound.gpg import KeyStatus
 
 

@@ -25,9 +25,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway import logs
 from gateway.admin import Admin, AdminServer
-from gateway.config import Config, ConfigError, file_problems
+from gateway.checks import file_problems
+from gateway.config import Config, ConfigError
 from gateway.console.web import ConsoleServer, make_console
-from gateway.listeners import HttpListener
 from gateway.metrics import Metrics
 from gateway.notify import Notifier
 from gateway.retention import purge
@@ -37,6 +37,7 @@ from gateway.store.backend import WriteBackend, open_write_backend
 from gateway.store.engine import open_engine
 from gateway.store.references import ReferenceAllocator
 from gateway.store.writer import SubmissionWriter
+from intake.listeners import HttpListener
 from intake.normalise import NormaliseStage
 from intake.ratelimit import RateLimiter
 from intake.smtp import ReportHandler, SmtpServer, quiet_aiosmtpd_logs
@@ -84,7 +85,7 @@ def reload(gateway: Gateway, new: Config) -> list[str]:
     that differ but need a restart, by name."""
     old = gateway.config
     logs.configure(new.gateway.log_level, new.gateway.log_format)
-    gateway.refer.reconfigure(new, MembershipList.shipped(new.routing.membership,
+    gateway.refer.reconfigure(new.refer_settings(), MembershipList.shipped(new.routing.membership,
                                                           new.routing.hotlines))
     gateway.locator.reconfigure(Overrides(new.locate.override), new.locate.cdn_asns)
     gateway.keywatch.reconfigure(pinned_keys(new), new.gpg.warn_days)
@@ -235,7 +236,7 @@ async def normalise(
 ) -> int:
     """The normalise stage on its own (``[intake] normalise = "separate"``): until stopped,
     or with ``once`` until the backlog is empty. The number of submissions it took."""
-    engine = await open_engine(config.database)
+    engine = await open_engine(config.database.settings())
     backend = await open_write_backend(engine, busy_timeout=config.database.busy_timeout)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="normalise")
     stage = make_normaliser(config, backend, executor, gpg=await make_gpg(config, executor))
@@ -266,7 +267,7 @@ async def running(
     """
     quiet_aiosmtpd_logs()
     owns_engine = engine is None
-    engine = engine or await open_engine(config.database)
+    engine = engine or await open_engine(config.database.settings())
     executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gateway-cpu")
     # gpg runs as subprocesses that a thread waits on: a few at once, never on the loop.
     gpg_executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="gpg")
@@ -287,7 +288,7 @@ async def running(
         locate = make_locate_stage(config, backend, locator)
         normaliser.on_filed = locate.wake
         outbox = OutboxWorker(
-            backend, make_transport(config.outbound), worker=_worker_name(),
+            backend, make_transport(config.outbound.settings()), worker=_worker_name(),
             max_attempt_age=timedelta(seconds=config.outbound.max_attempt_age),
             retry_after=timedelta(seconds=config.outbound.retry_after),
             retry_max=timedelta(seconds=config.outbound.retry_max),
@@ -297,7 +298,8 @@ async def running(
             keys=lambda fingerprint: gpg.problems(fingerprint, "encrypt"),
             sealed_for=gpg.sealed_for_problems,
         )
-        refer = ReferStage(config, backend, engine, locator, gpg, worker=_worker_name(),
+        refer = ReferStage(config.refer_settings(), backend, engine, locator, gpg,
+                           worker=_worker_name(),
                            members=MembershipList.shipped(config.routing.membership,
                                                           config.routing.hotlines),
                            on_queued=outbox.wake)
@@ -313,7 +315,7 @@ async def running(
             reject_attachments=config.intake.attachments == "reject",
             executor=executor,
         )
-        smtp = SmtpServer(config.smtp, handler)
+        smtp = SmtpServer(config.smtp.settings(), handler)
         failed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         writer_task = asyncio.create_task(writer.run(), name="submission-writer")
         _watch(writer_task, failed)
@@ -333,8 +335,8 @@ async def running(
         retention_task = asyncio.create_task(
             _daily_retention(config, backend, retention_stop), name="retention")
         _watch(retention_task, failed)
-        public = PublicServer(config.http, make_intake(
-            config.http, writer, keep_peer_ip=config.intake.keep_reporter_ip,
+        public = PublicServer(config.http.settings(), make_intake(
+            config.http.settings(), writer, keep_peer_ip=config.intake.keep_reporter_ip,
             wkd=await wkd_keys(config, gpg)))
         metrics = Metrics()
         writer.observer = metrics

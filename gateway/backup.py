@@ -15,7 +15,7 @@ from pathlib import Path
 
 from sqlalchemy import make_url
 
-from gateway.files import sync_folder
+from gateway.store.files import sync_folder
 
 
 class BackupError(Exception):

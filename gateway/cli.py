@@ -13,17 +13,16 @@ import signal
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import structlog
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway import cases_cli, checks, doctor, keys_cli, logs, staff_cli
 from gateway import config as config_module
-from gateway import doctor, logs, staff_cli
-from gateway.app import GatewayFailed, make_gpg, make_locator, normalise, pinned_keys, serve
+from gateway.app import GatewayFailed, normalise, serve
 from gateway.backup import BackupError, backup
 from gateway.config import Config, ConfigError
 from gateway.console.accounts import utcnow
@@ -34,14 +33,9 @@ from gateway.stats import collect_stats
 from gateway.store import migrate
 from gateway.store.audit import verify as verify_audit
 from gateway.store.backend import WriteBackend, open_write_backend
-from gateway.store.case_view import defang, get_case, iso, list_cases
 from gateway.store.engine import open_engine
-from gateway.store.text import visible
-from outbound.gpg import GpgError
 from outbound.outbox import NotRetryable, retry_failed
 from routing.geo import GeoError
-from routing.locate import Hosting
-from routing.stage import CaseNotFound, relocate
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -125,7 +119,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return EXIT_USAGE
-    problems = config_module.file_problems(config)
+    problems = checks.file_problems(config)
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:
@@ -136,7 +130,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args)
-    problems = config_module.file_problems(config)
+    problems = checks.file_problems(config)
     if problems:
         raise ConfigError(problems)
     logs.configure(config.gateway.log_level, config.gateway.log_format)
@@ -206,7 +200,7 @@ def _cmd_db(args: argparse.Namespace) -> int:
     config = _load(args)
 
     async def run() -> tuple[str | None, str | None]:
-        engine = await open_engine(config.database)
+        engine = await open_engine(config.database.settings())
         try:
             before = await migrate.current(engine)
             await migrate.upgrade(engine)
@@ -230,7 +224,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     config = _load(args)
 
     async def run() -> dict[str, object]:
-        engine = await open_engine(config.database)
+        engine = await open_engine(config.database.settings())
         try:
             return await collect_stats(engine)
         finally:
@@ -251,7 +245,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 
 
 async def _with_connection(config: Config, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-    engine = await open_engine(config.database)
+    engine = await open_engine(config.database.settings())
     try:
         async with engine.connect() as conn:
             return await work(conn)
@@ -259,133 +253,21 @@ async def _with_connection(config: Config, work: Callable[[AsyncConnection], Awa
         await engine.dispose()
 
 
-def _say(line: str) -> None:
-    """Print one line of text output: stored text (what reporters wrote, URLs, names from
-    keys and databases) never reaches the terminal with a control or bidi character in it."""
-    print(visible(line))
-
-
-def _json(document: object, indent: int | None = None) -> str:
-    """JSON for a terminal or a pipe: ``ensure_ascii`` writes every non-ASCII character
-    (bidi controls and C1 included) as a ``\\uXXXX`` escape, as json writes C0; DEL, which
-    JSON allows raw, is escaped too. A JSON reader gets the exact stored text back."""
-    return json.dumps(document, indent=indent, ensure_ascii=True).replace("\x7f", "\\u007f")
-
-
-def _cmd_cases(args: argparse.Namespace) -> int:
-    config = _load(args)
-    if args.cases_command == "list":
-        found = asyncio.run(_with_connection(
-            config, lambda conn: list_cases(conn, status=args.status, limit=args.limit)))
-        if args.json:
-            print(_json(found, indent=1))
-        else:
-            for item in found:
-                target = defang(item["canonical_url"]) if item["canonical_url"] else "(no URL)"
-                _say(f"{item['id']}  {item['status']:<20} {_where(item['hosting']):<12} "
-                     f"{item['report_count']:>4}  {item['first_reported']}  {target}")
-        return EXIT_OK
-    try:
-        case_id = uuid.UUID(args.id)
-    except ValueError:
-        print(f"cases {args.cases_command}: {args.id!r} is not a case id", file=sys.stderr)
-        return EXIT_USAGE
-    if args.cases_command == "relocate":
-        return _relocate(config, case_id, as_json=args.json)
-    case: dict[str, Any] | None = asyncio.run(
-        _with_connection(config, lambda conn: get_case(conn, case_id)))
-    if case is None:
-        print(f"cases show: no case {case_id}", file=sys.stderr)
-        return EXIT_FAILURE
-    if args.json:
-        print(_json(case, indent=1))
-    else:
-        _print_case(case)
-    return EXIT_OK
-
-
-def _print_case(case: dict[str, Any]) -> None:
-    """``cases show`` as text, every line escaped. What reporters wrote is not printed: it holds
-    URLs that a terminal would make links of (the console and ``--json`` show it)."""
-    for key in ("id", "status", "kind", "report_count", "first_reported", "last_reported",
-                "reappeared"):
-        _say(f"{key}: {case[key]}")
-    _say(f"url: {defang(case['url']) if case['url'] else '(no URL)'}")
-    _say(f"canonical_url: {defang(case['canonical_url']) if case['canonical_url'] else '-'}")
-    _say(f"hosting: {_hosting_line(case['hosting'])}")
-    if case["assessment"]:
-        a = case["assessment"]
-        _say(f"assessment: {a['verdict']} {a['classification']} by {a['by']} ({a['status']})")
-    if case["decision"]:
-        d = case["decision"]
-        _say(f"decision: {d['rule']}: {d['explanation']}")
-    for referral in case["referrals"]:
-        _say(f"referral: {referral['destination']} {referral['status']} "
-             f"{referral['sent_at'] or ''}".rstrip())
-    print("reports:")
-    for report in case["reports"]:
-        _say(f"  {report['reference']}  {report['reported_at']}  {report['channel']}")
-    print("hosting evidence:")
-    for evidence in case["hosting_evidence"]:
-        _say(f"  {evidence['checked_at']}  {evidence['trigger']:<8} {_hosting_line(evidence)}")
-
-
-def _where(hosting: dict[str, Any] | None) -> str:
-    """A case's hosting in a word: its country, or its status when it has none."""
-    if hosting is None:
-        return "-"
-    return str(hosting.get("country") or hosting["status"])
-
-
-def _hosting_line(hosting: dict[str, Any] | None) -> str:
-    if hosting is None:
-        return "-"
-    parts = [hosting["status"]]
-    for key in ("country", "asn", "org", "source", "error"):
-        if hosting.get(key) is not None:
-            parts.append(f"{key}={hosting[key]}")
-    if hosting.get("ips"):
-        parts.append("ips=" + ",".join(hosting["ips"]))
-    return " ".join(parts)
-
-
-def _relocate(config: Config, case_id: uuid.UUID, *, as_json: bool) -> int:
-    logs.configure(config.gateway.log_level, config.gateway.log_format, stream=sys.stderr)
-
-    async def run(backend: WriteBackend) -> Hosting:
-        locator = await make_locator(config)
-        try:
-            return await relocate(backend, locator, case_id, actor="cli")
-        finally:
-            await locator.resolver.close()
-
-    try:
-        hosting = asyncio.run(_with_backend(config, run))
-    except CaseNotFound:
-        print(f"cases relocate: no case {case_id}", file=sys.stderr)
-        return EXIT_FAILURE
-    except ValueError as exc:
-        print(f"cases relocate: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    document = {"status": hosting.status, "country": hosting.country, "ips": hosting.ips,
-                "asn": hosting.asn, "org": hosting.org, "cdn": hosting.cdn,
-                "source": hosting.source, "checked_at": iso(hosting.checked_at),
-                "error": hosting.error}
-    if as_json:
-        print(_json(document, indent=1))
-    else:
-        _say(_hosting_line(document))
-    return EXIT_OK if not hosting.failed else EXIT_FAILURE
-
-
 async def _with_backend(config: Config, work: Callable[[WriteBackend], Awaitable[T]]) -> T:
-    engine = await open_engine(config.database)
+    engine = await open_engine(config.database.settings())
     backend = await open_write_backend(engine, busy_timeout=config.database.busy_timeout)
     try:
         return await work(backend)
     finally:
         await backend.close()
         await engine.dispose()
+
+
+def _cmd_cases(args: argparse.Namespace) -> int:
+    config = _load(args)
+    return cases_cli.cmd_cases(
+        args, config, lambda work: asyncio.run(_with_connection(config, work)),
+        lambda work: asyncio.run(_with_backend(config, work)))
 
 
 def _cmd_users(args: argparse.Namespace) -> int:
@@ -399,50 +281,7 @@ def _cmd_tokens(args: argparse.Namespace) -> int:
 
 
 def _cmd_keys(args: argparse.Namespace) -> int:
-    config = _load(args)
-
-    async def run() -> int:
-        executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gpg")
-        try:
-            gpg = await make_gpg(config, executor)
-            if args.keys_command == "import":
-                data = await asyncio.to_thread(args.file.read_bytes)
-                imported = await gpg.import_keys(data)
-                for fingerprint in imported:
-                    print(f"imported {fingerprint}")
-                if not imported:
-                    print("imported revocation certificate(s)")
-                return EXIT_OK
-            if args.keys_command == "list":
-                for secret in (True, False):
-                    for key in await gpg.list_keys(secret=secret):
-                        state = "; ".join(key.problems + key.warnings) or "usable"
-                        kind = "secret" if secret else "public"
-                        _say(f"{kind:<6} {key.fingerprint}  {state}  {', '.join(key.uids)}")
-                return EXIT_OK
-            bad = 0
-            for what, fingerprint, purpose in pinned_keys(config):
-                if not fingerprint:
-                    print(f"{what}: not set", file=sys.stderr)
-                    bad += 1
-                    continue
-                status = await gpg.check(fingerprint, purpose=purpose,
-                                         warn_days=config.gpg.warn_days)
-                for line in status.problems + status.warnings:
-                    print(f"{what}: {fingerprint}: {line}", file=sys.stderr)
-                if status.problems or status.warnings:
-                    bad += 1
-                else:
-                    print(f"{what}: {fingerprint}: ok ({purpose})")
-            return EXIT_FAILURE if bad else EXIT_OK
-        finally:
-            await asyncio.to_thread(executor.shutdown, wait=True)
-
-    try:
-        return asyncio.run(run())
-    except GpgError as exc:
-        print(f"keys {args.keys_command}: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+    return keys_cli.cmd_keys(args, _load(args))
 
 
 def _cmd_referrals(args: argparse.Namespace) -> int:

@@ -2,14 +2,14 @@
 
 Unknown keys and bad values are errors that name the key (``smtp.max_message_bytes: ...``).
 Relative paths resolve against the folder of the config file, so a checkout runs from anywhere.
+The value types are in ``gateway.config_values``; each section turns into the settings object
+of the package that uses it (``SmtpConfig.settings()``...), so that no package below the
+composition root imports this module.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import re
 import tomllib
-import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -17,15 +17,39 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
     model_validator,
 )
-from sqlalchemy import make_url
-from sqlalchemy.exc import ArgumentError
+
+from gateway.config_values import (
+    Country,
+    DatabaseUrl,
+    Domain,
+    Duration,
+    Email,
+    Fingerprint,
+    HostName,
+    Listen,
+    MmdbPath,
+    Nameserver,
+    Network,
+    OptionalFullyQualified,
+    OptionalPath,
+    Origin,
+    PositiveDuration,
+    PositiveInt,
+    Seconds,
+    fully_qualified,
+)
+from gateway.store.engine import DatabaseSettings
+from intake.smtp import SmtpSettings
+from intake.web import HttpSettings
+from outbound.refer import ReferSettings
+from outbound.transports import OutboundSettings
+from routing import destinations as routes
 
 DEFAULT_PATHS = (Path("config.toml"), Path("/etc/hotline-gateway/config.toml"))
 
@@ -36,181 +60,6 @@ class ConfigError(Exception):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
-
-
-# --- value types -------------------------------------------------------------------------
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def _parse_duration(value: object) -> float:
-    """``"500ms"``, ``"30s"``, ``"5m"``, ``"3d"`` -> seconds."""
-    if not isinstance(value, str):
-        raise ValueError('a duration is a string such as "30s", "5m" or "3d"')
-    match = _DURATION.match(value)
-    if not match:
-        raise ValueError(f'{value!r} is not a duration such as "500ms", "30s", "5m", "3d"')
-    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-
-
-def _resolve_path(value: object, info: ValidationInfo) -> Path | None:
-    """A path relative to the config file's folder; the empty string means "not set"."""
-    if not isinstance(value, str):
-        raise ValueError("a path is a string")
-    if value == "":
-        return None
-    base: Path = (info.context or {}).get("base") or Path.cwd()
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else (base / path)
-
-
-# Matched with fullmatch and \Z: ``$`` would also match before a final newline.
-_HOSTNAME = re.compile(
-    r"(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"
-)
-
-
-def _hostname(value: str) -> str:
-    if not _HOSTNAME.fullmatch(value):
-        raise ValueError(f"{value!r} is not a host name")
-    return value
-
-
-def _fqdn(value: str) -> str:
-    """A fully-qualified host name, as RFC 5321 wants after EHLO: two labels or more, the last
-    not all digits (no IP address), no final dot. Relays that check (Postfix's
-    ``reject_non_fqdn_helo_hostname``) refuse anything else, ``localhost`` included."""
-    labels = value.split(".")
-    if not _HOSTNAME.fullmatch(value) or value.endswith(".") or len(labels) < 2 \
-            or labels[-1].isdigit():
-        raise ValueError(f"{value!r} is not a fully-qualified host name such as "
-                         "'report.hotline.test'")
-    return value
-
-
-def _parse_listen(value: object) -> tuple[str, int]:
-    """``"127.0.0.1:2525"`` or ``"[::1]:2525"`` -> (host, port); port 0 picks a free one."""
-    if not isinstance(value, str):
-        raise ValueError('a listen address is a string such as "127.0.0.1:2525"')
-    match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[^\[\]:]+):([0-9]{1,5})", value)
-    if match is None:
-        raise ValueError(f'{value!r} is not "host:port" (IPv6 as "[::1]:2525")')
-    host, port_text = match.groups()
-    if host.startswith("["):
-        host = host[1:-1]
-        ipaddress.IPv6Address(host)
-    else:
-        try:
-            ipaddress.IPv4Address(host)
-        except ValueError:
-            _hostname(host)
-    port = int(port_text)
-    if not 0 <= port <= 65535:
-        raise ValueError(f"port {port} is out of range")
-    return host, port
-
-
-def _parse_nameserver(value: object) -> tuple[str, int]:
-    """A nameserver is an IP address with an optional port (default 53)."""
-    if not isinstance(value, str):
-        raise ValueError('a nameserver is a string such as "127.0.0.1:5353"')
-    try:
-        return str(ipaddress.ip_address(value)), 53
-    except ValueError:
-        host, port = _parse_listen(value)
-        ipaddress.ip_address(host)
-        return host, port
-
-
-def _country(value: str) -> str:
-    if not re.fullmatch(r"[A-Z]{2}", value):
-        raise ValueError(f"{value!r} is not an ISO 3166-1 alpha-2 country code such as 'BE'")
-    return value
-
-
-def _email(value: str) -> str:
-    local, at, domain = value.rpartition("@")
-    if not at or not local or "." not in domain or any(c.isspace() or ord(c) < 32 for c in value):
-        raise ValueError(f"{value!r} is not an e-mail address")
-    return value
-
-
-def _fingerprint(value: str) -> str:
-    cleaned = value.replace(" ", "").upper()
-    if cleaned and not re.fullmatch(r"[0-9A-F]{40}", cleaned):
-        raise ValueError("a key is pinned by its full 40-hex-digit fingerprint")
-    return cleaned
-
-
-def _network(value: object) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    if not isinstance(value, str):
-        raise ValueError("a network is a string such as '203.0.113.0/24'")
-    return ipaddress.ip_network(value, strict=False)
-
-
-def _database_url(value: str, info: ValidationInfo) -> str:
-    """Accept the two supported drivers; make a relative SQLite file path absolute."""
-    prefix = "sqlite+aiosqlite:///"
-    if value.startswith(prefix):
-        file_part = value[len(prefix) :]
-        if not file_part or file_part.startswith(":memory:") or "?" in file_part:
-            raise ValueError("SQLite needs a file: sqlite+aiosqlite:///PATH (the gateway's "
-                             "parts share it, and a report must survive a restart)")
-        if not file_part.startswith("/"):
-            base: Path = (info.context or {}).get("base") or Path.cwd()
-            return prefix + str(base / file_part)
-        return value
-    if value.startswith("postgresql+asyncpg://"):
-        try:
-            database = make_url(value).database
-        except ArgumentError as exc:
-            raise ValueError(f"not a database URL: {exc}") from exc
-        if not database:
-            raise ValueError("name the database: postgresql+asyncpg://USER@HOST:5432/DB")
-        return value
-    raise ValueError("use sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER@HOST/DB")
-
-
-Duration = Annotated[float, BeforeValidator(_parse_duration), Field(ge=0)]
-PositiveDuration = Annotated[float, BeforeValidator(_parse_duration), Field(gt=0)]
-def _origin(value: object) -> str | None:
-    """An RFC 6454 origin as browsers serialise it: scheme://host[:port], lowercase, no
-    default port, nothing after it."""
-    if value == "" or value is None:
-        return None
-    if not isinstance(value, str):
-        raise ValueError("an origin is a string such as 'https://report.hotline.test'")
-    parts = urllib.parse.urlsplit(value.strip())
-    try:
-        port = parts.port
-    except ValueError as exc:
-        raise ValueError(f"{value!r} has a bad port") from exc
-    if (parts.scheme not in ("http", "https") or not parts.hostname or parts.username
-            or parts.password or parts.path not in ("", "/") or parts.query or parts.fragment):
-        raise ValueError(f"{value!r} is not an origin such as 'https://report.hotline.test'")
-    host = parts.hostname.encode("idna").decode("ascii") if not parts.hostname.isascii() \
-        else parts.hostname
-    if ":" in host:
-        host = f"[{host}]"
-    default = {"http": 80, "https": 443}[parts.scheme]
-    return f"{parts.scheme}://{host}" + (f":{port}" if port not in (None, default) else "")
-
-
-HostName = Annotated[str, AfterValidator(_hostname)]
-FullyQualified = Annotated[str, AfterValidator(_fqdn)]
-#: The empty string means "not set", as for paths and keys.
-_Unset = BeforeValidator(lambda value: None if value == "" else value)
-OptionalPath = Annotated[Path | None, BeforeValidator(_resolve_path)]
-Listen = Annotated[tuple[str, int], BeforeValidator(_parse_listen)]
-Nameserver = Annotated[tuple[str, int], BeforeValidator(_parse_nameserver)]
-Country = Annotated[str, AfterValidator(_country)]
-Email = Annotated[str, AfterValidator(_email)]
-Fingerprint = Annotated[str, AfterValidator(_fingerprint)]
-Network = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, BeforeValidator(_network)]
-DatabaseUrl = Annotated[str, AfterValidator(_database_url)]
-PositiveInt = Annotated[int, Field(gt=0)]
 
 
 class _Section(BaseModel):
@@ -237,6 +86,11 @@ class DatabaseConfig(_Section):
     statement_timeout: PositiveDuration = 30.0
     pool_size: PositiveInt = 5
     batch_max: Annotated[int, Field(gt=0, le=2000)] = 512
+
+    def settings(self) -> DatabaseSettings:
+        return DatabaseSettings(url=self.url, busy_timeout=self.busy_timeout,
+                                statement_timeout=self.statement_timeout,
+                                pool_size=self.pool_size)
 
 
 class TlsFiles(_Section):
@@ -281,9 +135,9 @@ class SmtpConfig(TlsFiles):
     trusted_relays: list[Network] = []
     #: Messages one source may send a minute (a burst of as many, then that rate).
     messages_per_minute_per_source: Annotated[int, Field(ge=1, le=100_000)] = 60
-    timeout: Annotated[float, BeforeValidator(_parse_duration), Field(ge=1)] = 300.0
+    timeout: Seconds = 300.0
     #: The longest one session may last, whatever it sends (NOOP does not extend it).
-    max_session_time: Annotated[float, BeforeValidator(_parse_duration), Field(ge=1)] = 600.0
+    max_session_time: Seconds = 600.0
 
     @model_validator(mode="before")
     @classmethod
@@ -296,6 +150,15 @@ class SmtpConfig(TlsFiles):
                 return {**data, "max_line_bytes": message}
         return data
 
+    def settings(self) -> SmtpSettings:
+        return SmtpSettings(
+            listen=tuple(self.listen), hostname=self.hostname,
+            max_message_bytes=self.max_message_bytes, max_line_bytes=self.max_line_bytes,
+            max_connections=self.max_connections,
+            max_connections_per_source=self.max_connections_per_source,
+            trusted_relays=tuple(self.trusted_relays), timeout=self.timeout,
+            max_session_time=self.max_session_time, tls_cert=self.tls_cert, tls_key=self.tls_key)
+
 
 class HttpConfig(TlsFiles):
     listen: list[Listen] = Field(default=["127.0.0.1:8080"], validate_default=True)
@@ -306,7 +169,13 @@ class HttpConfig(TlsFiles):
     max_body_bytes: Annotated[int, Field(ge=1024, le=10 * 1024 * 1024)] = 64 * 1024
     #: The origin browsers see the form at (``https://report.hotline.test``), when a TLS
     #: proxy serves it; empty: the origin each request was addressed to.
-    public_origin: Annotated[str | None, BeforeValidator(_origin)] = None
+    public_origin: Origin = None
+
+    def settings(self) -> HttpSettings:
+        return HttpSettings(
+            listen=tuple(self.listen), trusted_proxies=tuple(self.trusted_proxies),
+            reports_per_minute=self.reports_per_minute, max_body_bytes=self.max_body_bytes,
+            public_origin=self.public_origin, tls_cert=self.tls_cert, tls_key=self.tls_key)
 
 
 class ConsoleConfig(TlsFiles):
@@ -330,23 +199,6 @@ class AdminConfig(_Section):
     listen: list[Listen] = Field(default=["127.0.0.1:9100"], validate_default=True)
 
 
-def _domain(value: str) -> str:
-    """A domain as canonical URLs spell their hosts: lowercase ASCII (IDNA), no final dot."""
-    name = value.strip().rstrip(".").lower()
-    try:
-        name = name.encode("idna").decode("ascii")
-    except UnicodeError as exc:
-        raise ValueError(f"{value!r} is not a domain name") from exc
-    labels = name.split(".")
-    if not name or any(not re.fullmatch(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?", label)
-                       for label in labels):
-        raise ValueError(f"{value!r} is not a domain name")
-    return name
-
-
-Domain = Annotated[str, AfterValidator(_domain)]
-
-
 class LocateOverride(_Section):
     network: Network | None = None
     domain: Domain | None = None
@@ -359,19 +211,10 @@ class LocateOverride(_Section):
         return self
 
 
-def _builtin_or_path(value: object, info: ValidationInfo) -> str | Path:
-    if value == "builtin":
-        return "builtin"
-    path = _resolve_path(value, info)
-    if path is None:
-        raise ValueError('use "builtin" or the path of an .mmdb file')
-    return path
-
-
 class LocateConfig(_Section):
     nameservers: list[Nameserver] = []
-    geoip_db: Annotated[str | Path, BeforeValidator(_builtin_or_path)] = "builtin"
-    asn_db: Annotated[str | Path, BeforeValidator(_builtin_or_path)] = "builtin"
+    geoip_db: MmdbPath = "builtin"
+    asn_db: MmdbPath = "builtin"
     cdn_asns: list[PositiveInt] = [13335, 16509, 54113, 20940]
     override: list[LocateOverride] = []
     #: How long one name's lookup (A and AAAA, all nameservers) may take.
@@ -412,15 +255,24 @@ class OutboundConfig(_Section):
     timeout: PositiveDuration = 60.0
     #: The name given in EHLO when referrals leave; unset, the [smtp] hostname (the hotline's
     #: public mail name), which must then be fully qualified.
-    helo_name: Annotated[FullyQualified | None, _Unset] = None
+    helo_name: OptionalFullyQualified = None
     #: Every referral is also encrypted to the hotline's own key (``gpg.archive_key``, else
     #: ``gpg.signing_key``); a referral is held while that key cannot encrypt.
     encrypt_to_self: bool = True
+
+    def settings(self) -> OutboundSettings:
+        return OutboundSettings(
+            transport=self.transport, file_dir=self.file_dir, smtp_host=self.smtp_host,
+            smtp_port=self.smtp_port, tls=self.tls, tls_ca_file=self.tls_ca_file,
+            timeout=self.timeout, helo_name=self.helo_name)
 
 
 class Destination(_Section):
     email: Email
     key: Fingerprint
+
+    def settings(self) -> routes.Destination:
+        return routes.Destination(email=self.email, key=self.key)
 
 
 class RoutingConfig(_Section):
@@ -428,6 +280,11 @@ class RoutingConfig(_Section):
     hotlines: dict[Country, Destination] = {}
     #: Corrections to the shipped INHOPE membership list: true adds a country, false removes.
     membership: dict[Country, bool] = {}
+
+    def settings(self) -> routes.Destinations:
+        return routes.Destinations(
+            named={name: d.settings() for name, d in self.destinations.items()},
+            hotlines={country: d.settings() for country, d in self.hotlines.items()})
 
 
 class AssessmentConfig(_Section):
@@ -487,6 +344,12 @@ class Config(_Section):
             return None
         return self.gpg.archive_key or self.gpg.signing_key
 
+    def refer_settings(self) -> ReferSettings:
+        return ReferSettings(
+            home_country=self.gateway.home_country, hotline_name=self.gateway.hotline_name,
+            destinations=self.routing.settings(), signing_key=self.gpg.signing_key,
+            archive_key=self.archive_key(), from_address=self.outbound.from_address)
+
     @model_validator(mode="after")
     def _helo_name(self) -> Config:
         """Unset, ``outbound.helo_name`` is the [smtp] hostname: the one name the hotline's
@@ -494,7 +357,7 @@ class Config(_Section):
         if self.outbound.helo_name is not None:
             return self
         try:
-            helo = _fqdn(self.smtp.hostname)
+            helo = fully_qualified(self.smtp.hostname)
         except ValueError as exc:
             if self.outbound.transport == "file":
                 return self
@@ -549,28 +412,3 @@ def find(explicit: Path | None) -> Path:
         if candidate.exists():
             return candidate
     return DEFAULT_PATHS[0]
-
-
-def file_problems(config: Config) -> list[str]:
-    """Problems with files the configuration refers to (checked at start and by check-config)."""
-    problems: list[str] = []
-    for section, name in (("smtp", config.smtp), ("http", config.http)):
-        for key in ("tls_cert", "tls_key"):
-            value = getattr(name, key)
-            if value is not None and not value.is_file():
-                problems.append(f"{section}.{key}: {value} does not exist")
-    for key in ("geoip_db", "asn_db"):
-        value = getattr(config.locate, key)
-        if isinstance(value, Path) and not value.is_file():
-            problems.append(f"locate.{key}: {value} does not exist")
-        elif isinstance(value, Path):
-            from routing.geo import GeoError, MmdbDatabase
-
-            try:
-                MmdbDatabase(value).close()
-            except GeoError as exc:
-                problems.append(f"locate.{key}: not a MaxMind-format database ({exc})")
-    passphrase = config.gpg.passphrase_file
-    if passphrase is not None and not passphrase.is_file():
-        problems.append(f"gpg.passphrase_file: {passphrase} does not exist")
-    return problems

@@ -75,7 +75,7 @@ async def setup_demo(config: Config) -> list[str]:
     _make_dir(config.gpg.home, 0o700, lines, "gpg home")
     if config.outbound.transport == "file":
         _make_dir(config.outbound.file_dir, 0o750, lines, "file outbox")
-    engine = await open_engine(config.database)
+    engine = await open_engine(config.database.settings())
     try:
         before = await migrate.current(engine)
         await migrate.upgrade(engine)

@@ -18,7 +18,8 @@ import aiohttp
 import aiosmtplib
 from sqlalchemy import text
 
-from gateway.config import Config, file_problems
+from gateway.checks import file_problems
+from gateway.config import Config
 from gateway.store import migrate
 from gateway.store.engine import open_engine
 
@@ -30,7 +31,7 @@ class Failed(Exception):
 
 
 async def _database(config: Config) -> str:
-    engine = await open_engine(config.database)
+    engine = await open_engine(config.database.settings())
     try:
         current, head = await migrate.current(engine), migrate.head()
         async with engine.begin() as conn:

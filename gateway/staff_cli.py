@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
 
-from gateway.config import PositiveDuration
+from gateway.config_values import PositiveDuration
 from gateway.console import people
 from gateway.console.accounts import (
     ROLES,

@@ -24,8 +24,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.dml import ReturningInsert
 
-from gateway.ids import uuid7
 from gateway.store.audit import AuditEntry
+from gateway.store.ids import uuid7
 from gateway.store.tables import assessments, case_reports, cases, routing_decisions
 
 

@@ -4,6 +4,11 @@ The protocol engine (aiosmtpd) knows nothing of storage; ``ReportHandler`` check
 normalises line ends (``intake.smtpdata`` says why that cannot split a message), refuses
 smuggling attempts and over-long lines, and hands the message to the durable writer. The
 ``250`` that tells the sender "you may forget this message" is sent only after the commit.
+
+Longer than 400 lines on purpose: every reply, the handler that chooses it and the session that
+speaks it are read together here, so that what the gateway answers is found in one place. What
+stands on its own is already apart: ``smtpdata`` (line ends, smuggling), ``smtpdoor`` (who may
+connect), ``smtpstream`` (line limits), ``smtpaddress`` (addresses).
 """
 
 from __future__ import annotations
@@ -13,13 +18,14 @@ import logging
 import ssl
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
 from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
 
-from gateway.config import SmtpConfig
 from gateway.store.writer import NewSubmission, Receipt, WriterClosed
 from intake.mime import MimeError, strip_attachments
 from intake.ratelimit import RateLimiter
@@ -383,7 +389,24 @@ class _TooMany(asyncio.Protocol):
         transport.close()
 
 
-def tls_context(config: SmtpConfig) -> ssl.SSLContext | None:
+@dataclass(frozen=True, slots=True)
+class SmtpSettings:
+    """What the listeners need of ``[smtp]`` (``SmtpConfig.settings()`` makes one)."""
+
+    listen: tuple[tuple[str, int], ...]
+    hostname: str
+    max_message_bytes: int
+    max_line_bytes: int
+    max_connections: int
+    max_connections_per_source: int
+    trusted_relays: tuple[Network, ...]
+    timeout: float
+    max_session_time: float
+    tls_cert: Path | None
+    tls_key: Path | None
+
+
+def tls_context(config: SmtpSettings) -> ssl.SSLContext | None:
     """The STARTTLS context when a certificate is configured (offered, never required)."""
     if config.tls_cert is None or config.tls_key is None:
         return None
@@ -396,7 +419,7 @@ def tls_context(config: SmtpConfig) -> ssl.SSLContext | None:
 class SmtpServer:
     """The public SMTP listeners, embedded on the running loop with ``create_server``."""
 
-    def __init__(self, config: SmtpConfig, handler: ReportHandler) -> None:
+    def __init__(self, config: SmtpSettings, handler: ReportHandler) -> None:
         self._config = config
         self._handler = handler
         self._tls = tls_context(config)

@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import re
 import secrets
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from urllib.parse import parse_qsl
 
 import jinja2
 import structlog
 from aiohttp import web
 
-from gateway.config import HttpConfig
-from gateway.listeners import HttpListener
 from gateway.store.writer import WriterClosed
 from intake import i18n
+from intake.listeners import HttpListener
 from intake.origin import cross_site, own_origin
 from intake.ratelimit import RateLimiter
 from intake.reportapi import api_error, api_report, openapi
@@ -231,16 +233,30 @@ def wkd_hash(local_part: str) -> str:
 
 
 
+@dataclass(frozen=True, slots=True)
+class HttpSettings:
+    """What the public listener needs of ``[http]`` (``HttpConfig.settings()`` makes one)."""
+
+    listen: tuple[tuple[str, int], ...]
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    reports_per_minute: int
+    max_body_bytes: int
+    #: The origin browsers see the form at, when a proxy serves it; None: each request's own.
+    public_origin: str | None
+    tls_cert: Path | None
+    tls_key: Path | None
+
+
 class PublicServer(HttpListener):
     """The public listener (``[http] listen``): form, report API, Web Key Directory."""
 
-    def __init__(self, config: HttpConfig, intake: Intake) -> None:
+    def __init__(self, config: HttpSettings, intake: Intake) -> None:
         super().__init__(build_app(intake), config.listen, tls_cert=config.tls_cert,
                          tls_key=config.tls_key)
         self.context = intake
 
 
-def make_intake(config: HttpConfig, writer: Submitter, *, keep_peer_ip: bool,
+def make_intake(config: HttpSettings, writer: Submitter, *, keep_peer_ip: bool,
                 wkd: dict[str, bytes] | None = None) -> Intake:
     templates, static = load_assets()
     return Intake(writer=writer, limiter=RateLimiter(config.reports_per_minute),

@@ -13,10 +13,10 @@ from typing import Any, Protocol
 import jinja2
 from aiohttp import web
 
-from gateway.listeners import client_address
 from gateway.store.writer import NewSubmission, Receipt
 from intake import i18n
 from intake.idempotency import KeyMemory
+from intake.listeners import client_address
 from intake.ratelimit import RateLimiter
 
 

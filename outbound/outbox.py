@@ -25,9 +25,9 @@ import structlog
 from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
-from gateway.ids import uuid7
 from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
+from gateway.store.ids import uuid7
 from gateway.store.polling import PollingStage
 from gateway.store.tables import outbox, outbox_attempts, referrals
 from outbound.transports import Deferred, Rejected, Transport

@@ -32,11 +32,10 @@ from sqlalchemy import and_, exists, insert, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.config import Config, Destination
-from gateway.ids import uuid7
 from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
 from gateway.store.case_view import get_case, iso
+from gateway.store.ids import uuid7
 from gateway.store.polling import PollingStage
 from gateway.store.tables import (
     assessments,
@@ -50,6 +49,7 @@ from gateway.store.tables import (
 from outbound.document import inner_message, referral_document
 from outbound.gpg import Gpg, GpgError, KeyProblem
 from outbound.pgpmime import encrypted_message, message_id
+from routing.destinations import Destinations
 from routing.locate import Locator
 from routing.protocol import Decision, Facts, MembershipList, decide, no_key
 from routing.stage import relocate
@@ -57,6 +57,22 @@ from routing.stage import relocate
 log = structlog.get_logger("outbound.refer")
 
 ACTOR = "system:route"
+
+
+@dataclass(frozen=True, slots=True)
+class ReferSettings:
+    """What routing and referring need of the configuration (``Config.refer_settings()``)."""
+
+    home_country: str
+    #: The hotline's name, as referrals give it ("from").
+    hotline_name: str
+    destinations: Destinations
+    #: ``[gpg] signing_key``; empty: none configured (every referral is held).
+    signing_key: str
+    #: The hotline's own key every referral is also encrypted to, or None (not wanted); empty
+    #: when wanted but none is configured (``Config.archive_key()``).
+    archive_key: str | None
+    from_address: str
 
 
 def _country_deciders(case: dict[str, Any], country: str | None) -> dict[str, Any]:
@@ -84,7 +100,7 @@ class ReferStage(PollingStage):
 
     def __init__(
         self,
-        config: Config,
+        config: ReferSettings,
         backend: WriteBackend,
         engine: AsyncEngine,
         locator: Locator,
@@ -112,7 +128,7 @@ class ReferStage(PollingStage):
         self._clock = clock
         self.routed = 0
 
-    def reconfigure(self, config: Config, members: MembershipList) -> None:
+    def reconfigure(self, config: ReferSettings, members: MembershipList) -> None:
         """New destinations, keys and membership (a reload): used from the next case on."""
         self._config = config
         self._members = members
@@ -187,12 +203,12 @@ class ReferStage(PollingStage):
             source = hosting.get("source") or "geoip"
         facts = Facts(
             verdict=assessment["verdict"], classification=assessment["classification"],
-            home_country=config.gateway.home_country, country=country,
+            home_country=config.home_country, country=country,
             country_source=source if country else None, hosting_status=hosting.get("status"),
             evidence_id=hosting.get("evidence_id"),
             evidence_checked_at=hosting.get("checked_at"),
             membership=members.get(country) if country else None,
-            hotlines=frozenset(config.routing.hotlines),
+            hotlines=frozenset(config.destinations.hotlines),
         )
         decision = decide(facts)
         if source == "analyst" and checked_now is not None and checked_now != country:
@@ -227,31 +243,22 @@ class ReferStage(PollingStage):
         if prepared.outbox is not None:
             self._on_queued()
 
-    @staticmethod
-    def _destination(config: Config, name: str) -> Destination | None:
-        if name.startswith("hotline:"):
-            return config.routing.hotlines.get(name.partition(":")[2])
-        for key, destination in config.routing.destinations.items():
-            if key == name:
-                return destination
-        return None
-
-    async def _prepare(self, config: Config, case: dict[str, Any], decision: Decision,
+    async def _prepare(self, config: ReferSettings, case: dict[str, Any], decision: Decision,
                        hosting: dict[str, Any], country: str | None, source: str
                        ) -> _Prepared:
         assert decision.destination is not None and country is not None
-        destination = self._destination(config, decision.destination)
+        destination = config.destinations.get(decision.destination)
         if destination is None:
             return _Prepared(no_key(decision, [f"no [routing] destination for "
                                                f"{decision.destination}"]))
-        signer = config.gpg.signing_key
+        signer = config.signing_key
         referral_id = uuid7()
         now = self._clock()
         reference = case["references"][0]
         document = referral_document(
             reference=reference, created=iso(now) or "", rule=decision.rule,
-            destination=decision.destination, hotline=config.gateway.hotline_name,
-            home_country=config.gateway.home_country, case=case,
+            destination=decision.destination, hotline=config.hotline_name,
+            home_country=config.home_country, case=case,
             classification=case["assessment"]["classification"],
             assessed_at=case["assessment"]["at"],
             hosting={"country": country, "country_source": source,
@@ -260,7 +267,7 @@ class ReferStage(PollingStage):
                      "checked_at": hosting.get("checked_at")},
             hashes=await self._hashes(uuid.UUID(case["id"])),
         )
-        archive = config.archive_key()
+        archive = config.archive_key
         try:
             if not signer:
                 raise KeyProblem("(none)", ["no [gpg] signing_key configured"])
@@ -280,7 +287,7 @@ class ReferStage(PollingStage):
         except GpgError as exc:
             log.error("refer.gpg_failed", case_id=case["id"], error=str(exc))
             return _Prepared(no_key(decision, [f"gpg failed: {exc}"]))
-        from_address = config.outbound.from_address
+        from_address = config.from_address
         msg_id = message_id(str(referral_id), from_address)
         message = encrypted_message(armored, from_address=from_address,
                                     to_address=destination.email, reference=reference,

@@ -13,13 +13,29 @@ import contextlib
 import os
 import ssl
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import aiosmtplib
 
-from gateway.config import OutboundConfig
-from gateway.files import sync_folder
+from gateway.store.files import sync_folder
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundSettings:
+    """What a transport needs of ``[outbound]`` (``OutboundConfig.settings()`` makes one)."""
+
+    transport: Literal["smtp", "file"]
+    file_dir: Path | None
+    smtp_host: str
+    smtp_port: int
+    tls: Literal["starttls", "implicit", "none"]
+    #: Upstream certificates are checked against the system's CAs, or these.
+    tls_ca_file: Path | None
+    timeout: float
+    #: The name given in EHLO (the config fills it in from ``[smtp] hostname`` when unset).
+    helo_name: str | None
 
 
 class Deferred(Exception):
@@ -50,7 +66,7 @@ class SmtpTransport:
 
     name = "smtp"
 
-    def __init__(self, config: OutboundConfig) -> None:
+    def __init__(self, config: OutboundSettings) -> None:
         self._config = config
         self._context: ssl.SSLContext | None = None
         if config.tls != "none":
@@ -129,7 +145,7 @@ class FileTransport:
         return f"written {target.name}"
 
 
-def make_transport(config: OutboundConfig) -> Transport:
+def make_transport(config: OutboundSettings) -> Transport:
     if config.transport == "file":
         assert config.file_dir is not None
         return FileTransport(config.file_dir)

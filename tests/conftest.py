@@ -124,7 +124,7 @@ async def engine(
 ) -> AsyncIterator[AsyncEngine]:
     """A migrated engine on a real database: a SQLite file, or a fresh PostgreSQL schema."""
     if request.param == "sqlite":
-        eng = await open_engine(make_config().database)
+        eng = await open_engine(make_config().database.settings())
         await migrate.upgrade(eng)
         with no_blocking_calls(request):
             yield eng
@@ -132,7 +132,8 @@ async def engine(
         return
     schema = PgSchema(PG_URL)
     await schema.create()
-    eng = await open_engine(make_config(database={"url": PG_URL}).database, **schema.connect_args)
+    eng = await open_engine(make_config(database={"url": PG_URL}).database.settings(),
+                            **schema.connect_args)
     try:
         await migrate.upgrade(eng)
         with no_blocking_calls(request):

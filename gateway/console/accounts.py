@@ -23,9 +23,9 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from gateway.console.fairgate import FairGate
-from gateway.ids import uuid7
 from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
+from gateway.store.ids import uuid7
 from gateway.store.tables import api_tokens, staff_sessions, users
 from gateway.store.text import plain_text
 

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from gateway.console import assess as actions
 from gateway.console.accounts import Staff
-from gateway.console.web import CONSOLE, Console, json_error, staff_of
+from gateway.console.base import CONSOLE, Console, json_error, staff_of
 from gateway.store.audit import AuditEntry, record
 from gateway.store.case_view import FLAGS, get_case, get_referral, queue_cases
 from outbound.outbox import NotRetryable, retry_failed

@@ -18,9 +18,9 @@ from sqlalchemy import and_, insert, select, update
 from sqlalchemy.engine import Connection
 
 from gateway.console.accounts import Staff
-from gateway.ids import uuid7
 from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
+from gateway.store.ids import uuid7
 from gateway.store.tables import (
     assessments,
     case_reports,

@@ -17,10 +17,7 @@ from aiohttp import web
 
 from gateway.console import assess as actions
 from gateway.console.accounts import AccountError, change_password, check_password
-from gateway.console.devices import COOKIE as DEVICE_COOKIE
-from gateway.console.devices import KNOWN_FOR
-from gateway.console.logins import login
-from gateway.console.web import (
+from gateway.console.base import (
     CONSOLE,
     LOGIN_COOKIE,
     SESSION_COOKIE,
@@ -28,6 +25,9 @@ from gateway.console.web import (
     session_of,
     staff_of,
 )
+from gateway.console.devices import COOKIE as DEVICE_COOKIE
+from gateway.console.devices import KNOWN_FOR
+from gateway.console.logins import login
 from gateway.store.audit import AuditEntry, record
 from gateway.store.case_view import FLAGS, defang, get_case, queue_cases
 

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from gateway.console import people
 from gateway.console.accounts import ROLES, AccountError, NewUser, Staff
-from gateway.console.web import CONSOLE, Console, json_error, session_of, staff_of
+from gateway.console.base import CONSOLE, Console, json_error, session_of, staff_of
 from gateway.store.case_view import iso
 
 log = structlog.get_logger("gateway.console")

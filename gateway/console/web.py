@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from importlib import resources
-from typing import Any
 
 import jinja2
 import structlog
@@ -23,21 +21,19 @@ from markupsafe import Markup, escape
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.config import ConsoleConfig
-from gateway.console.accounts import Staff, staff_for_token
-from gateway.console.fairgate import FairGate
-from gateway.console.logins import Guard, LoginPolicy, new_guard
-from gateway.console.sessions import Session, SessionStore
-from gateway.console.throttle import Network, source_key
-from gateway.listeners import HttpListener, client_address
+from gateway.console import api, pages, users
+from gateway.console.accounts import staff_for_token
+from gateway.console.base import CONSOLE, SESSION, SESSION_COOKIE, STAFF, Console, json_error
+from gateway.console.logins import LoginPolicy, new_guard
+from gateway.console.sessions import SessionStore
 from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
 from gateway.store.text import visible
+from intake.listeners import HttpListener
 from routing.locate import Locator
 
 log = structlog.get_logger("gateway.console")
 
-SESSION_COOKIE = "hg_session"
-LOGIN_COOKIE = "hg_login"
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'none'; "
        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 SECURITY_HEADERS = {
@@ -56,61 +52,6 @@ HASHING_SLOTS = 2
 TEMPLATES = ("login.html", "password.html", "queue.html", "case.html", "error.html",
              "users.html")
 STATIC = {"console.css": "text/css", "console.js": "text/javascript"}
-
-
-@dataclass
-class Console:
-    """What the console's handlers use, built once by the composition root."""
-
-    backend: WriteBackend
-    engine: AsyncEngine
-    sessions: SessionStore
-    policy: LoginPolicy
-    four_eyes: bool
-    locator: Locator
-    secure_cookies: bool
-    templates: jinja2.Environment
-    static: dict[str, bytes]
-    clock: Callable[[], datetime]
-    #: The per-source login throttle and the fair queue for password hashing.
-    guard: Guard
-    #: Proxies whose X-Forwarded-For names the client.
-    trusted_proxies: tuple[Network, ...] = ()
-    #: Called when a verdict became final or a hold was released: routing can go on.
-    on_decided: Callable[[], None] = lambda: None
-    #: Called when a referral was queued again: the outbox can go on.
-    on_queued: Callable[[], None] = lambda: None
-
-    def now(self) -> datetime:
-        return self.clock()
-
-    @property
-    def hashing(self) -> FairGate:
-        return self.guard.gate
-
-    def client(self, request: web.Request) -> str:
-        """The client's address (X-Forwarded-For only from a trusted proxy)."""
-        return client_address(request.remote, request.headers.getall("X-Forwarded-For", []),
-                              self.trusted_proxies)
-
-    def source(self, request: web.Request) -> str:
-        """Whom the login throttle counts this request against."""
-        return source_key(self.client(request))
-
-    def render(self, name: str, code: int = 200, **context: Any) -> web.Response:
-        """A template as an HTML response with HTTP status ``code``."""
-        body = self.templates.get_template(name).render(**context)
-        return web.Response(text=body, status=code, content_type="text/html",
-                            charset="utf-8")
-
-    def set_session_cookie(self, response: web.StreamResponse, value: str, max_age: int) -> None:
-        response.set_cookie(SESSION_COOKIE, value, httponly=True, samesite="Strict", path="/",
-                            secure=self.secure_cookies, max_age=max_age)
-
-
-CONSOLE = web.AppKey("console", Console)
-STAFF = web.RequestKey("staff", Staff)
-SESSION = web.RequestKey("session", Session)
 
 
 class _MultiLine(Markup):
@@ -151,16 +92,6 @@ def load_assets() -> tuple[jinja2.Environment, dict[str, bytes]]:
 
 def is_api(request: web.Request) -> bool:
     return request.path.startswith("/api/")
-
-
-def json_error(status: int, message: str, fields: dict[str, str] | None = None) -> web.Response:
-    body: dict[str, Any] = {"error": message}
-    if fields:
-        body["fields"] = fields
-    response = web.json_response(body, status=status)
-    if status == 401:
-        response.headers["WWW-Authenticate"] = 'Bearer realm="hotline-gateway"'
-    return response
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -232,14 +163,6 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     return await handler(request)
 
 
-def staff_of(request: web.Request) -> Staff:
-    return request[STAFF]
-
-
-def session_of(request: web.Request) -> Session:
-    return request[SESSION]
-
-
 async def static_file(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     console = request.app[CONSOLE]
@@ -249,8 +172,6 @@ async def static_file(request: web.Request) -> web.Response:
 
 
 def build_app(console: Console) -> web.Application:
-    from gateway.console import api, pages, users
-
     app = web.Application(middlewares=[security_headers, authenticate],
                           client_max_size=256 * 1024)
     app[CONSOLE] = console

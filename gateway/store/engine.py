@@ -8,6 +8,7 @@ front instead of failing half-way when another connection wrote in between.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +17,21 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from gateway.config import DatabaseConfig
-
 #: Execution option that makes a SQLite transaction begin with ``BEGIN IMMEDIATE``.
 IMMEDIATE = {"sqlite_immediate": True}
 
 
-def make_engine(config: DatabaseConfig, **connect_args: Any) -> AsyncEngine:
+@dataclass(frozen=True, slots=True)
+class DatabaseSettings:
+    """What an engine needs of ``[database]`` (``DatabaseConfig.settings()`` makes one)."""
+
+    url: str
+    busy_timeout: float
+    statement_timeout: float
+    pool_size: int
+
+
+def make_engine(config: DatabaseSettings, **connect_args: Any) -> AsyncEngine:
     """An async engine for ``config.url`` with the durability settings this gateway needs."""
     if config.url.startswith("sqlite"):
         _make_parent(config.url)
@@ -42,7 +51,7 @@ def make_engine(config: DatabaseConfig, **connect_args: Any) -> AsyncEngine:
     )
 
 
-async def open_engine(config: DatabaseConfig, **connect_args: Any) -> AsyncEngine:
+async def open_engine(config: DatabaseSettings, **connect_args: Any) -> AsyncEngine:
     """``make_engine`` from a coroutine: creating a SQLite file's folder touches the disk."""
     return await asyncio.to_thread(make_engine, config, **connect_args)
 

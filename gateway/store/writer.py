@@ -22,8 +22,8 @@ from typing import Any, Protocol
 import structlog
 from sqlalchemy.exc import InterfaceError, OperationalError, StatementError
 
-from gateway.ids import uuid7
 from gateway.store.backend import WriteBackend
+from gateway.store.ids import uuid7
 from gateway.store.inserts import inserts_for
 from gateway.store.references import ReferenceAllocator
 

@@ -223,7 +223,7 @@ async def test_cases_list_and_show_escape_stored_text(
     assert await asyncio.to_thread(main, ["--config", str(path), "db", "upgrade"]) == 0
     url = "http://nl.test/invoice\u202efdp.exe\x1b]0;owned\x07\x7f\x9b2J"
     case_id = uuid.uuid4()
-    engine = await open_engine(config_module.load(path).database)
+    engine = await open_engine(config_module.load(path).database.settings())
     try:
         async with engine.begin() as conn:
             now = datetime.now(UTC)

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway import checks
 from gateway import config as config_module
 from gateway.config import ConfigError
 
@@ -163,7 +164,7 @@ def test_referenced_files_are_checked(tmp_path: Path) -> None:
         {"smtp": {"tls_cert": "c.pem", "tls_key": "k.pem"}, "locate": {"geoip_db": "geo.mmdb"}},
         base=tmp_path,
     )
-    assert config_module.file_problems(config) == [
+    assert checks.file_problems(config) == [
         f"smtp.tls_cert: {tmp_path / 'c.pem'} does not exist",
         f"smtp.tls_key: {tmp_path / 'k.pem'} does not exist",
         f"locate.geoip_db: {tmp_path / 'geo.mmdb'} does not exist",

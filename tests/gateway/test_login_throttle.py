@@ -21,7 +21,7 @@ from gateway.console.throttle import (
     SourceThrottle,
     source_key,
 )
-from gateway.listeners import client_address
+from intake.listeners import client_address
 
 
 class Clock:

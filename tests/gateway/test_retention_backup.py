@@ -16,10 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.backup import BackupError, backup
 from gateway.cli import main
 from gateway.config import RetentionConfig
-from gateway.ids import uuid7
 from gateway.retention import purge
 from gateway.stats import collect_stats
 from gateway.store.backend import open_write_backend
+from gateway.store.ids import uuid7
 from gateway.store.tables import submissions
 from tests.conftest import Start
 from tests.smtp_client import deliver, queued_reference, report

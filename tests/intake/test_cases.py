@@ -14,8 +14,8 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.ids import uuid7
 from gateway.store.backend import WriteBackend, open_write_backend
+from gateway.store.ids import uuid7
 from gateway.store.tables import case_reports, cases, submissions
 from intake.cases import Filing, ReportedUrl, attach_report, url_key
 

@@ -43,7 +43,7 @@ async def begin(
         locate = {"nameservers": [dns.nameserver], "geoip_db": str(mmdb["country"]),
                   "asn_db": str(mmdb["asn"]), "timeout": "10s"}
         config = make_config(locate=locate, database={"url": PG_URL}, **sections)
-        engine = await open_engine(config.database, **schema.connect_args)
+        engine = await open_engine(config.database.settings(), **schema.connect_args)
         opened.append(engine)
         context = serving(config, engine=engine)
         gw = await context.__aenter__()

@@ -14,8 +14,8 @@ import pytest
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.ids import uuid7
 from gateway.store.backend import WriteBackend, open_write_backend
+from gateway.store.ids import uuid7
 from gateway.store.tables import cases, outbox, outbox_attempts, referrals, routing_decisions
 from outbound.gpg import Gpg
 from outbound.outbox import OutboxWorker

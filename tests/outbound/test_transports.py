@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -10,22 +11,21 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from gateway import config as config_module
-from gateway.config import OutboundConfig
-from outbound.transports import Rejected, SmtpTransport
+from outbound.transports import OutboundSettings, Rejected, SmtpTransport
 from tests.outbound.mta import Behaviour, FakeMta
 
 MESSAGE = b"Subject: Referral CF-2026-000001\r\n\r\nciphertext\r\n"
 
 
-def outbound(mta: FakeMta, tmp_path: Path, **sections: Any) -> OutboundConfig:
+def outbound(mta: FakeMta, tmp_path: Path, **sections: Any) -> OutboundSettings:
     """The [outbound] section as the gateway would load it, pointed at ``mta``."""
     out = {"transport": "smtp", "smtp_host": "127.0.0.1", "smtp_port": mta.port,
            "tls": "starttls", "tls_ca_file": str(mta.ca_file), "timeout": "5s",
            **sections.pop("outbound", {})}
-    return config_module.parse({"outbound": out, **sections}, base=tmp_path).outbound
+    return config_module.parse({"outbound": out, **sections}, base=tmp_path).outbound.settings()
 
 
-async def send(config: OutboundConfig) -> str:
+async def send(config: OutboundSettings) -> str:
     return await SmtpTransport(config).send(mail_from="referrals@hotline.test",
                                             rcpt_to="cp@police.test", message=MESSAGE,
                                             name="r1")
@@ -53,7 +53,7 @@ async def test_a_relay_refusing_the_helo_name_rejects_the_referral(
     """The relay's refusal (here of a name without a dot, made outside the config's checks)
     is a rejection with the relay's words, never a silent loss."""
     mta.behaviour = Behaviour(require_fqdn_helo=True)
-    config = outbound(mta, tmp_path).model_copy(update={"helo_name": "gateway"})
+    config = dataclasses.replace(outbound(mta, tmp_path), helo_name="gateway")
     with pytest.raises(Rejected, match=r"504 .*need fully-qualified hostname"):
         await send(config)
     assert mta.received == []

@@ -13,9 +13,9 @@ import pytest
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.ids import uuid7
 from gateway.store.backend import WriteBackend, open_write_backend
 from gateway.store.case_view import get_case, list_cases
+from gateway.store.ids import uuid7
 from gateway.store.tables import cases, hosting_evidence
 from routing.geo import open_geolocator
 from routing.locate import Locator, Overrides

@@ -5,6 +5,9 @@ names the methods the resource allows (RFC 9110 section 15.5.6), no response nam
 software versions, and a request aiohttp's parser refuses before any handler runs (a NUL in a
 header, a bad request line, an over-long header) gets the gateway's own short answer with
 security headers, echoing nothing of the request, logged at info.
+
+It lives in ``intake`` because the public listener is intake's and intake may import nothing of
+``gateway`` but the store; the console and the admin endpoints, higher up, use it from here.
 """
 
 from __future__ import annotations
