@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from gateway.config import DatabaseConfig
+from gateway.store.private import private_sqlite_file
 
 #: Execution option that makes a SQLite transaction begin with ``BEGIN IMMEDIATE``.
 IMMEDIATE = {"sqlite_immediate": True}
@@ -48,10 +49,12 @@ async def open_engine(config: DatabaseConfig, **connect_args: Any) -> AsyncEngin
 
 
 def _make_parent(url: str) -> None:
-    """A SQLite file's folder must exist before the first connection."""
+    """A SQLite file's folder must exist before the first connection, and the file is the
+    owner's only (its -wal and -shm files take its mode)."""
     database = make_url(url).database
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+        private_sqlite_file(Path(database))
 
 
 def configure_sqlite(engine: Engine, *, busy_timeout: float) -> None:
