@@ -16,12 +16,14 @@ import pytest
 from sqlalchemy import text
 
 from gateway.backup import backup
+from gateway.cli import main
 from gateway.config import DatabaseConfig
 from gateway.store import migrate
 from gateway.store.engine import open_engine
 from gateway.store.sealing import add_data_key, create_keyring, load_keyring
 from outbound.gpg import Gpg
 from outbound.transports import FileTransport
+from tests.gateway.test_cli import write_config
 
 DEMO_KEYS = Path(__file__).resolve().parents[2] / "demo" / "keys"
 
@@ -124,3 +126,18 @@ def test_keyrings_are_0600_when_made_and_rotated(tmp_path: Path, umask: int) -> 
     assert mode(path) == 0o600
     assert len(load_keyring(path).data_keys) == 2
 
+
+def test_setup_demo_makes_a_private_keyring_and_database(
+    tmp_path: Path, umask: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """setup-demo creates the data keys (0600) once, beside a 0600 database."""
+    path = write_config(tmp_path, '[outbound]\ntransport = "file"\n')
+    assert main(["--config", str(path), "setup-demo"]) == 0
+    first = capsys.readouterr().out
+    keyring = tmp_path / "var" / "data-keys.json"
+    assert f"created  data keys: {keyring}" in first
+    assert mode(keyring) == 0o600 and mode(tmp_path / "var" / "gateway.db") == 0o600
+    made = load_keyring(keyring)
+    assert main(["--config", str(path), "setup-demo"]) == 0
+    assert f"exists   data keys: {keyring}" in capsys.readouterr().out
+    assert load_keyring(keyring).current == made.current

@@ -14,6 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway import config as config_module
+from gateway.config import ConfigError
 from gateway.store.errors import GatewayError
 from gateway.store.sealing import (
     TEXT_PREFIX,
@@ -332,3 +334,20 @@ def test_the_keyring_comes_from_the_credential_under_systemd(tmp_path: Path) -> 
     for bad in ("../x", "a/b", ".."):
         with pytest.raises(KeyringError, match="not a credential name"):
             keyring_path(file, bad, credentials)
+
+
+def test_the_data_section_names_a_keyring_file_or_a_credential() -> None:
+    """[data] keyring resolves like other paths; a credential name is checked by its key."""
+    config = config_module.parse({}, base=Path("/srv/hotline"))
+    assert config.data.keyring == Path("/srv/hotline/var/data-keys.json")
+    assert config.data.credential is None
+    given_ = config_module.parse({"data": {"keyring": "/etc/hg/keys.json",
+                                           "credential": "data-keys"}}, base=Path("/srv"))
+    assert given_.data.keyring == Path("/etc/hg/keys.json")
+    assert given_.data.credential == "data-keys"
+    for bad in ("../x", "a/b", "..", 5):
+        with pytest.raises(ConfigError) as info:
+            config_module.parse({"data": {"credential": bad}}, base=Path("/srv"))
+        assert info.value.problems[0].startswith("data.credential: ")
+    with pytest.raises(ConfigError, match=r"data\.keyfile: unknown key"):
+        config_module.parse({"data": {"keyfile": "x"}}, base=Path("/srv"))
