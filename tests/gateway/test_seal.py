@@ -3,6 +3,7 @@ anything else is a clear error naming the record, never garbage."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -213,6 +214,35 @@ def test_any_text_round_trips(text: str) -> None:
     """Any Python string comes back equal, in both forms."""
     assert SEALER.open_text(URL, SEALER.seal(URL, text)) == text
     assert SEALER.open_text(URL, SEALER.seal_text(URL, text)) == text
+
+
+@given(st.one_of(st.binary(max_size=400), st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=40),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.sampled_from(["hotline_gateway_keyring", "data_keys", "lookup_keys", "id", "key",
+                         "state", "created_at", "version", "note"]), inner, max_size=5),
+    max_leaves=20).map(lambda v: json.dumps(v).encode())))
+def test_hostile_keyring_files_are_refused_with_the_clear_error_only(data: bytes) -> None:
+    """Whatever a keyring file holds, parsing gives a keyring or KeyringError, nothing else."""
+    with contextlib.suppress(KeyringError):
+        Keyring.from_json(data, "hostile.json")
+
+
+VALID = json.loads(Keyring.generate(NOW).to_json())
+
+
+@given(st.sampled_from(["data_keys", "lookup_keys"]),
+       st.sampled_from(["id", "key", "state", "created_at", "version", "extra"]),
+       st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=60)
+       | st.lists(st.integers(), max_size=3))
+def test_a_keyring_with_one_member_changed_loads_or_is_refused_clearly(
+    section: str, member: str, value: object
+) -> None:
+    """One member of a real keyring set to anything: a keyring or KeyringError."""
+    document = json.loads(json.dumps(VALID))
+    document[section][0][member] = value
+    with contextlib.suppress(KeyringError):
+        Keyring.from_json(json.dumps(document).encode(), "changed.json")
 
 
 # --- the keyring file --------------------------------------------------------------------
