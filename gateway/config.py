@@ -303,6 +303,24 @@ class IntakeConfig(_Section):
     normalise: Literal["serve", "separate"] = "serve"
 
 
+def _credential_name(value: str | None) -> str | None:
+    """A systemd credential name: no slash, not "." or ".." (systemd.exec(5))."""
+    if value is not None and (not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}", value)
+                              or value in (".", "..")):
+        raise ValueError(f"{value!r} is not a credential name such as 'data-keys'")
+    return value
+
+
+class DataConfig(_Section):
+    """The keys that seal what the database holds (gateway/store/sealing, docs/encryption.md)."""
+
+    #: The keyring file (mode 0600; refused if group or others may read it).
+    keyring: OptionalPath = Field(default="var/data-keys.json", validate_default=True)
+    #: Under systemd, a credential of this name (``LoadCredentialEncrypted=NAME:FILE``) read
+    #: from ``$CREDENTIALS_DIRECTORY`` instead of the file; empty: none.
+    credential: Annotated[str | None, _Unset, AfterValidator(_credential_name)] = None
+
+
 class Config(_Section):
     """The whole configuration; every section has working defaults."""
 
@@ -320,6 +338,7 @@ class Config(_Section):
     assessment: AssessmentConfig = AssessmentConfig()
     retention: RetentionConfig = RetentionConfig()
     intake: IntakeConfig = IntakeConfig()
+    data: DataConfig = DataConfig()
 
     @model_validator(mode="after")
     def _home_is_not_a_partner(self) -> Config:

@@ -6,6 +6,7 @@ knowledge, in ``demo/keys/`` of the repository) are imported only where the conf
 
 from __future__ import annotations
 
+import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from gateway.console.accounts import add_user, utcnow
 from gateway.store import migrate
 from gateway.store.backend import open_write_backend
 from gateway.store.engine import open_engine
+from gateway.store.sealing import create_keyring
 from gateway.store.tables import users
 
 DEMO_ANALYST = "analyst"
@@ -68,10 +70,25 @@ def _make_dir(path: Path | None, mode: int, lines: list[str], what: str) -> None
     lines.append(f"created  {what}: {path}")
 
 
+def _data_keys(path: Path | None, lines: list[str]) -> None:
+    """A new keyring (random keys, mode 0600) where ``data.keyring`` names one and none is."""
+    if path is None:
+        lines.append("missing  data keys: data.keyring is not set")
+        return
+    if path.exists():
+        lines.append(f"exists   data keys: {path}")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+    keyring = create_keyring(path)
+    lines.append(f"created  data keys: {path} (key {keyring.current.name}, mode 0600); "
+                 "back it up apart from the database")
+
+
 async def setup_demo(config: Config) -> list[str]:
     """Create the data directories and the database at the newest schema."""
     lines: list[str] = []
     _make_dir(config.gateway.data_dir, 0o750, lines, "data directory")
+    await asyncio.to_thread(_data_keys, config.data.keyring, lines)
     _make_dir(config.gpg.home, 0o700, lines, "gpg home")
     if config.outbound.transport == "file":
         _make_dir(config.outbound.file_dir, 0o750, lines, "file outbox")

@@ -26,6 +26,8 @@ from typing import Any, Literal, TypeVar
 
 import gnupg  # type: ignore[import-untyped]
 
+from gateway.store.private import make_folder_private
+
 T = TypeVar("T")
 Purpose = Literal["encrypt", "sign"]
 KeyInfo = dict[str, Any]  # one key or subkey record of python-gnupg's list_keys()
@@ -310,6 +312,7 @@ class Gpg:
     def _import(self, data: bytes) -> list[str]:
         self.forget_checks()
         result = self._handle().import_keys(data)
+        make_folder_private(self._home)  # gpg writes its public keyring by the umask
         fprs: list[str] = list(dict.fromkeys(f for f in result.fingerprints if f))
         if not fprs and not int(result.n_revoc or 0):
             raise GpgError(f"no key imported (gpg exit {result.returncode})")
@@ -353,6 +356,7 @@ class Gpg:
         )
         self.forget_checks()
         result = self._handle().gen_key(params)
+        make_folder_private(self._home)
         fpr: str = result.fingerprint
         if result.returncode != 0 or not fpr:
             raise GpgError(f"key generation failed: {result.status} (exit {result.returncode})")

@@ -17,6 +17,8 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from gateway.store.private import private_sqlite_file
+
 #: Execution option that makes a SQLite transaction begin with ``BEGIN IMMEDIATE``.
 IMMEDIATE = {"sqlite_immediate": True}
 
@@ -57,10 +59,12 @@ async def open_engine(config: DatabaseSettings, **connect_args: Any) -> AsyncEng
 
 
 def _make_parent(url: str) -> None:
-    """A SQLite file's folder must exist before the first connection."""
+    """A SQLite file's folder must exist before the first connection, and the file is the
+    owner's only (its -wal and -shm files take its mode)."""
     database = make_url(url).database
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+        private_sqlite_file(Path(database))
 
 
 def configure_sqlite(engine: Engine, *, busy_timeout: float) -> None:
