@@ -26,6 +26,7 @@ from pydantic import (
 
 from gateway.config_values import (
     Country,
+    CredentialName,
     DatabaseUrl,
     Domain,
     Duration,
@@ -303,14 +304,6 @@ class IntakeConfig(_Section):
     normalise: Literal["serve", "separate"] = "serve"
 
 
-def _credential_name(value: str | None) -> str | None:
-    """A systemd credential name: no slash, not "." or ".." (systemd.exec(5))."""
-    if value is not None and (not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}", value)
-                              or value in (".", "..")):
-        raise ValueError(f"{value!r} is not a credential name such as 'data-keys'")
-    return value
-
-
 class DataConfig(_Section):
     """The keys that seal what the database holds (gateway/store/sealing, docs/encryption.md)."""
 
@@ -318,7 +311,7 @@ class DataConfig(_Section):
     keyring: OptionalPath = Field(default="var/data-keys.json", validate_default=True)
     #: Under systemd, a credential of this name (``LoadCredentialEncrypted=NAME:FILE``) read
     #: from ``$CREDENTIALS_DIRECTORY`` instead of the file; empty: none.
-    credential: Annotated[str | None, _Unset, AfterValidator(_credential_name)] = None
+    credential: CredentialName = None
 
 
 class Config(_Section):

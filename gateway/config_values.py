@@ -180,8 +180,17 @@ def _origin(value: object) -> str | None:
 HostName = Annotated[str, AfterValidator(_hostname)]
 FullyQualified = Annotated[str, AfterValidator(fully_qualified)]
 #: The empty string means "not set", as for paths and keys.
+def _credential_name(value: str | None) -> str | None:
+    """A systemd credential name: no slash, not "." or ".." (systemd.exec(5))."""
+    if value is not None and (not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}", value)
+                              or value in (".", "..")):
+        raise ValueError(f"{value!r} is not a credential name such as 'data-keys'")
+    return value
+
+
 _Unset = BeforeValidator(lambda value: None if value == "" else value)
 OptionalFullyQualified = Annotated[FullyQualified | None, _Unset]
+CredentialName = Annotated[str | None, _Unset, AfterValidator(_credential_name)]
 Origin = Annotated[str | None, BeforeValidator(_origin)]
 OptionalPath = Annotated[Path | None, BeforeValidator(_resolve_path)]
 Listen = Annotated[tuple[str, int], BeforeValidator(_parse_listen)]

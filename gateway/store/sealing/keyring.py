@@ -32,8 +32,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from gateway.files import sync_folder
 from gateway.store.errors import GatewayError
+from gateway.store.files import sync_folder
 
 FORMAT_VERSION = 1
 KEY_BYTES = 32  # AES-256; HMAC-SHA256 keys of the hash's block-size-safe length
