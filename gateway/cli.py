@@ -1,6 +1,7 @@
 """``hotline-gateway [--config PATH] COMMAND``: the only place that exits the process.
 
-Exit codes: 0 ok, 1 runtime failure, 2 usage or config error.
+Exit codes: 0 ok, 1 runtime failure, 2 usage or config error; a refusal of the domain
+(``gateway.store.errors``) is mapped once, by ``gateway.exits.refused``.
 """
 
 from __future__ import annotations
@@ -28,22 +29,23 @@ from gateway.backup import BackupError, backup
 from gateway.config import Config, ConfigError
 from gateway.console.accounts import utcnow
 from gateway.demo import setup_demo
+from gateway.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, refused
 from gateway.notify import Notifier
 from gateway.retention import purge
 from gateway.stats import collect_stats
 from gateway.store import migrate
+from gateway.store.audit import CLI_ACTOR
 from gateway.store.audit import verify as verify_audit
 from gateway.store.backend import WriteBackend, open_write_backend
 from gateway.store.case_view import defang, get_case, iso, list_cases
 from gateway.store.engine import open_engine
+from gateway.store.errors import GatewayError
 from gateway.store.text import visible
 from outbound.gpg import GpgError
-from outbound.outbox import NotRetryable, retry_failed
+from outbound.outbox import retry_failed
 from routing.geo import GeoError
 from routing.locate import Hosting
-from routing.stage import CaseNotFound, relocate
-
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+from routing.stage import relocate
 
 T = TypeVar("T")
 
@@ -355,18 +357,11 @@ def _relocate(config: Config, case_id: uuid.UUID, *, as_json: bool) -> int:
     async def run(backend: WriteBackend) -> Hosting:
         locator = await make_locator(config)
         try:
-            return await relocate(backend, locator, case_id, actor="cli")
+            return await relocate(backend, locator, case_id, actor=CLI_ACTOR)
         finally:
             await locator.resolver.close()
 
-    try:
-        hosting = asyncio.run(_with_backend(config, run))
-    except CaseNotFound:
-        print(f"cases relocate: no case {case_id}", file=sys.stderr)
-        return EXIT_FAILURE
-    except ValueError as exc:
-        print(f"cases relocate: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+    hosting = asyncio.run(_with_backend(config, run))
     document = {"status": hosting.status, "country": hosting.country, "ips": hosting.ips,
                 "asn": hosting.asn, "org": hosting.org, "cdn": hosting.cdn,
                 "source": hosting.source, "checked_at": iso(hosting.checked_at),
@@ -452,12 +447,8 @@ def _cmd_referrals(args: argparse.Namespace) -> int:
     except ValueError:
         print(f"referrals retry: {args.id!r} is not a referral id", file=sys.stderr)
         return EXIT_USAGE
-    try:
-        asyncio.run(_with_backend(config, lambda backend: retry_failed(
-            backend, referral_id, actor="cli", now=utcnow())))
-    except NotRetryable:
-        print(f"referrals retry: no failed referral {referral_id}", file=sys.stderr)
-        return EXIT_FAILURE
+    asyncio.run(_with_backend(config, lambda backend: retry_failed(
+        backend, referral_id, actor=CLI_ACTOR, now=utcnow())))
     print(f"referral {referral_id} queued again")
     return EXIT_OK
 
@@ -474,7 +465,7 @@ def _cmd_purge(args: argparse.Namespace) -> int:
     config = _load(args)
     logs.configure(config.gateway.log_level, config.gateway.log_format, stream=sys.stderr)
     purged = asyncio.run(_with_backend(config, lambda backend: purge(
-        backend, config.retention, now=utcnow(), actor="cli")))
+        backend, config.retention, now=utcnow(), actor=CLI_ACTOR)))
     print(f"removed the raw message of {purged.raw_messages} report(s) and the contact "
           f"details of {purged.contacts}")
     return EXIT_OK
@@ -529,6 +520,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"config error: {problem}", file=sys.stderr)
         return EXIT_USAGE
+    except GatewayError as exc:
+        return refused(args, exc)
     except KeyboardInterrupt:
         return EXIT_FAILURE
     except GatewayFailed as exc:
