@@ -24,8 +24,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import config as config_module
 from gateway import doctor, logs, staff_cli
-from gateway.app import GatewayFailed, make_gpg, make_locator, normalise, pinned_keys, serve
+from gateway.app import GatewayFailed, normalise, serve
 from gateway.backup import BackupError, backup
+from gateway.compose import make_gpg, make_locator, pinned_keys
 from gateway.config import Config, ConfigError
 from gateway.console.accounts import utcnow
 from gateway.demo import setup_demo
