@@ -554,7 +554,8 @@ def find(explicit: Path | None) -> Path:
 def file_problems(config: Config) -> list[str]:
     """Problems with files the configuration refers to (checked at start and by check-config)."""
     problems: list[str] = []
-    for section, name in (("smtp", config.smtp), ("http", config.http)):
+    for section, name in (("smtp", config.smtp), ("http", config.http),
+                          ("console", config.console)):
         for key in ("tls_cert", "tls_key"):
             value = getattr(name, key)
             if value is not None and not value.is_file():

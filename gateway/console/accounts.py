@@ -308,6 +308,3 @@ def _aware(moment: datetime) -> datetime:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-Clock = Callable[[], datetime]
