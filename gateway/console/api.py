@@ -1,6 +1,7 @@
 """The console's JSON API (``Authorization: Bearer <token>``): the HTML console's operations,
 for hotlines that script. Errors are JSON: 400 malformed, 401 no valid token, 403 not allowed,
-404 not found, 409 the case is not in a state for this, 422 invalid (with ``fields``)."""
+404 not found, 409 the case is not in a state for this, 422 invalid (with ``fields``); the
+domain's refusals are mapped by ``gateway.console.refusals``."""
 
 from __future__ import annotations
 
