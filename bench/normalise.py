@@ -319,7 +319,7 @@ async def run_stage(reports: list[Report], database: Path) -> tuple[float, float
                 channel="smtp", received_at=now + timedelta(microseconds=i), raw=r.raw,
                 body_sha256=hashlib.sha256(r.raw).hexdigest(), message_id=r.message_id,
             )) for i, r in enumerate(reports)))
-            await writer.close()
+            await writer.stop()
             await task
             stage = NormaliseStage(backend, None, worker="bench",
                                    legal_window=timedelta(days=180), batch_size=64)

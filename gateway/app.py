@@ -1,56 +1,63 @@
-"""The composition root: builds every collaborator from the config and runs them in order.
+"""The composition root: builds every collaborator from the config (``gateway.compose``) and
+runs them in one lifecycle (``gateway.lifecycle``).
 
-Start: engine, migrations, writer task, the stages (normalise, locate, refer, outbox) and the
-daily tasks (key check, retention), then the listeners (SMTP, public web, console, admin), then
-READY. Stop (one ordered path, each step bounded): close the listeners and let messages being
-committed get their reply, flush the writer, stop the stages (handing back what they hold) and
-the daily tasks, dispose of the engine. SIGHUP reloads what can change while serving.
+Start: engine, migrations, the daily tasks (retention, key check), the stages (outbox, refer,
+locate, normalise), the writer, then the listeners (SMTP, public web, console, admin), then
+READY. Stop, the same path backwards with each step bounded: close the listeners and let
+messages being committed get their reply, flush the writer, stop the stages (handing back what
+they hold) and the daily tasks, dispose of the engine. A start-up that fails half way stops
+what already runs. SIGHUP reloads what can change while serving.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import socket
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway import logs
-from gateway.admin import Admin, AdminServer
+from gateway.admin import AdminServer
 from gateway.checks import file_problems
+from gateway.compose import (
+    make_admin,
+    make_gpg,
+    make_keywatch,
+    make_locate_stage,
+    make_locator,
+    make_normaliser,
+    make_outbox,
+    make_refer,
+    make_smtp,
+    pinned_keys,
+    wkd_keys,
+)
 from gateway.config import Config, ConfigError
 from gateway.console.web import ConsoleServer, make_console
+from gateway.lifecycle import Lifecycle
 from gateway.metrics import Metrics
 from gateway.notify import Notifier
-from gateway.retention import purge
+from gateway.retention import DailyRetention
 from gateway.stats import StatsCache
 from gateway.store import migrate
-from gateway.store.backend import WriteBackend, open_write_backend
+from gateway.store.backend import open_write_backend
 from gateway.store.engine import open_engine
 from gateway.store.references import ReferenceAllocator
 from gateway.store.writer import SubmissionWriter
-from intake.listeners import HttpListener
 from intake.normalise import NormaliseStage
-from intake.ratelimit import RateLimiter
-from intake.smtp import ReportHandler, SmtpServer, quiet_aiosmtpd_logs
-from intake.web import PublicServer, dearmor, make_intake, wkd_hash
-from outbound.gpg import Gpg, GpgError
-from outbound.keywatch import KeyWatch, Pinned
+from intake.smtp import SmtpServer, quiet_aiosmtpd_logs
+from intake.web import PublicServer, make_intake
+from outbound.gpg import Gpg
+from outbound.keywatch import KeyWatch
 from outbound.outbox import OutboxWorker
 from outbound.refer import ReferStage
-from outbound.transports import make_transport
-from routing.geo import open_geolocator
 from routing.locate import Locator, Overrides
 from routing.protocol import MembershipList
-from routing.resolve import HostResolver
 from routing.stage import LocateStage
 
 log = structlog.get_logger("gateway.app")
@@ -106,155 +113,28 @@ def reload(gateway: Gateway, new: Config) -> list[str]:
     return needs_restart
 
 
-def _watch(task: asyncio.Task[None], failed: asyncio.Future[str]) -> None:
-    """An owned task that ends on its own (not cancelled, not asked to) is fatal."""
-
-    def done(finished: asyncio.Task[None]) -> None:
-        if failed.done() or finished.cancelled():
-            return
-        error = finished.exception()
-        log.critical("gateway.task_died", task=finished.get_name(),
-                     error_type=type(error).__name__ if error else None)
-        failed.set_result(f"{finished.get_name()} stopped")
-
-    task.add_done_callback(done)
-
-
-async def _bounded(step: Awaitable[object], seconds: float, what: str) -> None:
-    """One shutdown step, given ``seconds``; past that it is cancelled and we go on."""
-    try:
-        await asyncio.wait_for(step, seconds)
-    except TimeoutError:
-        log.error("gateway.shutdown_step_timed_out", step=what, seconds=seconds)
-    except Exception as exc:  # a task that already died: it was reported; the stop goes on
-        log.error("gateway.shutdown_step_failed", step=what, error_type=type(exc).__name__)
-
-
-def _worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-async def make_locator(config: Config) -> Locator:
-    """The resolver and the geolocation databases (opened off the event loop)."""
-    settings = config.locate
-    resolver = await HostResolver.create(settings.nameservers, timeout=settings.timeout)
-    geo = await asyncio.to_thread(open_geolocator, settings.geoip_db, settings.asn_db)
-    return Locator(resolver, geo, overrides=Overrides(settings.override),
-                   cdn_asns=settings.cdn_asns)
-
-
-async def wkd_keys(config: Config, gpg: Gpg) -> dict[str, bytes]:
-    """For the Web Key Directory: each intake address for which we hold a secret key with
-    that address among its user ids, the public key (binary), by WKD hash."""
-    found: dict[str, bytes] = {}
-    try:
-        secret = await gpg.list_keys(secret=True)
-    except GpgError as exc:
-        log.warning("gateway.wkd_unavailable", error=str(exc))
-        return found
-    for address in config.smtp.recipients:
-        local = address.rpartition("@")[0]
-        for key in secret:
-            if any(f"<{address.lower()}>" in uid.lower() for uid in key.uids):
-                armored = await gpg.export_public(key.fingerprint)
-                found[wkd_hash(local)] = dearmor(armored)
-                break
-    return found
-
-
-def pinned_keys(config: Config) -> list[Pinned]:
-    """(config key, fingerprint, purpose) of every key the config pins."""
-    keys: list[Pinned] = [("gpg.signing_key", config.gpg.signing_key, "sign")]
-    archive = config.archive_key()
-    if archive:  # encrypt_to_self: the hotline's own key must encrypt, too
-        what = "gpg.archive_key" if config.gpg.archive_key else "outbound.encrypt_to_self"
-        keys.append((what, archive, "encrypt"))
-    for name, destination in config.routing.destinations.items():
-        keys.append((f"routing.destinations.{name}", destination.key, "encrypt"))
-    for country, destination in config.routing.hotlines.items():
-        keys.append((f"routing.hotlines.{country}", destination.key, "encrypt"))
-    return keys
-
-
-async def _daily_retention(config: Config, backend: WriteBackend, stop: asyncio.Event) -> None:
-    """Apply [retention] shortly after start, then every day."""
-    delay = 60.0
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), delay)
-        if stop.is_set():
-            return
-        try:
-            await purge(backend, config.retention, now=datetime.now(UTC))
-            delay = 86400.0
-        except Exception as exc:  # the database is away: try again in an hour, say so
-            log.error("retention.failed", error_type=type(exc).__name__)
-            delay = 3600.0
-
-
-async def make_gpg(config: Config, executor: Executor) -> Gpg:
-    """gpg in the configured home, with the signing key's passphrase if a file holds it."""
-    passphrase = None
-    if config.gpg.passphrase_file is not None:
-        text = await asyncio.to_thread(config.gpg.passphrase_file.read_text, "utf-8")
-        passphrase = text.rstrip("\r\n")
-    assert config.gpg.home is not None
-    return Gpg(config.gpg.home, executor=executor, passphrase=passphrase)
-
-
-def make_locate_stage(config: Config, backend: WriteBackend, locator: Locator) -> LocateStage:
-    settings = config.locate
-    return LocateStage(
-        backend, locator, worker=_worker_name(), concurrency=settings.concurrency,
-        max_attempts=settings.max_attempts,
-        retry_after=timedelta(seconds=settings.retry_after),
-        retry_max=timedelta(seconds=settings.retry_max),
-    )
-
-
-def make_normaliser(
-    config: Config,
-    backend: WriteBackend,
-    executor: Executor | None,
-    *,
-    intake_busy: Callable[[], bool] = lambda: False,
-    gpg: Gpg | None = None,
-) -> NormaliseStage:
-    return NormaliseStage(
-        backend,
-        executor,
-        worker=_worker_name(),
-        legal_window=timedelta(days=config.intake.legal_window_days),
-        intake_busy=intake_busy,
-        # Reports encrypted to the hotline's key are decrypted (in the executor) when read.
-        decrypt=gpg.decrypt_blocking if gpg is not None else None,
-    )
-
-
 async def normalise(
     config: Config, *, shutdown_trigger: Callable[[], Awaitable[object]], once: bool = False
 ) -> int:
     """The normalise stage on its own (``[intake] normalise = "separate"``): until stopped,
     or with ``once`` until the backlog is empty. The number of submissions it took."""
-    engine = await open_engine(config.database.settings())
-    backend = await open_write_backend(engine, busy_timeout=config.database.busy_timeout)
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="normalise")
-    stage = make_normaliser(config, backend, executor, gpg=await make_gpg(config, executor))
-    try:
+    async with Lifecycle(config.gateway.shutdown_grace + config.database.busy_timeout) as parts:
+        engine = await open_engine(config.database.settings())
+        parts.on_close(engine.dispose)
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="normalise")
+        parts.on_close(lambda: asyncio.to_thread(executor.shutdown, wait=True,
+                                                 cancel_futures=True))
+        backend = await open_write_backend(engine, busy_timeout=config.database.busy_timeout)
+        parts.on_close(backend.close)
+        stage = make_normaliser(config, backend, executor, gpg=await make_gpg(config, executor))
         if once:
             while await stage.run_once():
                 pass
         else:
-            task = asyncio.create_task(stage.run(), name="normaliser")
+            parts.run("normaliser", stage)
             log.info("normalise.ready")
             await shutdown_trigger()
-            await stage.stop()
-            await task
         return stage.processed
-    finally:
-        await backend.close()
-        await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
-        await engine.dispose()
 
 
 @contextlib.asynccontextmanager
@@ -263,134 +143,72 @@ async def running(
 ) -> AsyncIterator[Gateway]:
     """Start the gateway, yield it while it serves, then shut it down in order.
 
+    Each part is registered with the lifecycle as soon as it starts: leaving (or a start-up
+    that fails half way) stops them in the reverse order, which is the documented one.
     An ``engine`` passed in stays the caller's to dispose of.
     """
     quiet_aiosmtpd_logs()
-    owns_engine = engine is None
-    engine = engine or await open_engine(config.database.settings())
-    executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gateway-cpu")
-    # gpg runs as subprocesses that a thread waits on: a few at once, never on the loop.
-    gpg_executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="gpg")
     # Each shutdown step may take the grace period plus the time a database wait may take.
     step_seconds = config.gateway.shutdown_grace + config.database.busy_timeout
-    try:
+    async with Lifecycle(step_seconds) as parts:
+        if engine is None:
+            engine = await open_engine(config.database.settings())
+            parts.on_close(engine.dispose)
+        # gpg runs as subprocesses that a thread waits on: a few at once, never on the loop.
+        gpg_executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="gpg")
+        parts.on_close(lambda: asyncio.to_thread(gpg_executor.shutdown, wait=True,
+                                                 cancel_futures=True))
+        executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gateway-cpu")
+        parts.on_close(lambda: asyncio.to_thread(executor.shutdown, wait=True,
+                                                 cancel_futures=True))
         if upgrade_db:
             await migrate.upgrade(engine)
         backend = await open_write_backend(engine, busy_timeout=config.database.busy_timeout)
-        references = ReferenceAllocator(config.gateway.reference_prefix)
-        writer = SubmissionWriter(backend, references, batch_max=config.database.batch_max)
+        parts.on_close(backend.close)
+        writer = SubmissionWriter(backend, ReferenceAllocator(config.gateway.reference_prefix),
+                                  batch_max=config.database.batch_max)
         gpg = await make_gpg(config, gpg_executor)
         normaliser = make_normaliser(config, backend, executor, intake_busy=writer.busy,
                                      gpg=gpg)
         if config.intake.normalise == "serve":
             writer.on_commit = normaliser.wake
         locator = await make_locator(config)
+        parts.on_close(locator.resolver.close)
         locate = make_locate_stage(config, backend, locator)
         normaliser.on_filed = locate.wake
-        outbox = OutboxWorker(
-            backend, make_transport(config.outbound.settings()), worker=_worker_name(),
-            max_attempt_age=timedelta(seconds=config.outbound.max_attempt_age),
-            retry_after=timedelta(seconds=config.outbound.retry_after),
-            retry_max=timedelta(seconds=config.outbound.retry_max),
-            # Longer than any delivery can take (the transports bound one: 3 x timeout, 60 s).
-            lease=timedelta(seconds=(65 if config.outbound.transport == "file"
-                                     else 3 * config.outbound.timeout + 5)),
-            keys=lambda fingerprint: gpg.problems(fingerprint, "encrypt"),
-            sealed_for=gpg.sealed_for_problems,
-        )
-        refer = ReferStage(config.refer_settings(), backend, engine, locator, gpg,
-                           worker=_worker_name(),
-                           members=MembershipList.shipped(config.routing.membership,
-                                                          config.routing.hotlines),
-                           on_queued=outbox.wake)
-        keywatch = KeyWatch(gpg, pinned_keys(config), warn_days=config.gpg.warn_days)
-        handler = ReportHandler(
-            writer,
-            recipients=config.smtp.recipients,
-            keep_peer_ip=config.intake.keep_reporter_ip,
-            max_message_bytes=config.smtp.max_message_bytes,
-            max_line_bytes=config.smtp.max_line_bytes,
-            limiter=RateLimiter(config.smtp.messages_per_minute_per_source),
-            trusted_relays=config.smtp.trusted_relays,
-            reject_attachments=config.intake.attachments == "reject",
-            executor=executor,
-        )
-        smtp = SmtpServer(config.smtp.settings(), handler)
-        failed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        writer_task = asyncio.create_task(writer.run(), name="submission-writer")
-        _watch(writer_task, failed)
-        normaliser_task: asyncio.Task[None] | None = None
+        outbox = make_outbox(config, backend, gpg)
+        refer = make_refer(config, backend, engine, locator, gpg, outbox)
+        keywatch = make_keywatch(config, gpg)
+        # Stopped in the reverse order: the writer first, the daily retention last.
+        parts.run("retention", DailyRetention(backend, config.retention))
+        parts.run("keywatch", keywatch)
+        parts.run("outbox", outbox)
+        parts.run("refer", refer)
+        parts.run("locate", locate)
         if config.intake.normalise == "serve":
-            normaliser_task = asyncio.create_task(normaliser.run(), name="normaliser")
-            _watch(normaliser_task, failed)
-        locate_task = asyncio.create_task(locate.run(), name="locate")
-        _watch(locate_task, failed)
-        refer_task = asyncio.create_task(refer.run(), name="refer")
-        _watch(refer_task, failed)
-        outbox_task = asyncio.create_task(outbox.run(), name="outbox")
-        _watch(outbox_task, failed)
-        keywatch_task = asyncio.create_task(keywatch.run(), name="keywatch")
-        _watch(keywatch_task, failed)
-        retention_stop = asyncio.Event()
-        retention_task = asyncio.create_task(
-            _daily_retention(config, backend, retention_stop), name="retention")
-        _watch(retention_task, failed)
+            parts.run("normaliser", normaliser)
+        parts.run("submission-writer", writer)
+        smtp = make_smtp(config, writer, executor)
         public = PublicServer(config.http.settings(), make_intake(
             config.http.settings(), writer, keep_peer_ip=config.intake.keep_reporter_ip,
             wkd=await wkd_keys(config, gpg)))
         metrics = Metrics()
         writer.observer = metrics
-        addresses: dict[str, SmtpServer | HttpListener] = {"smtp": smtp, "http": public}
         console = ConsoleServer(config.console, make_console(
             config.console, backend, engine, locator, four_eyes=config.assessment.four_eyes,
             on_decided=refer.wake, on_queued=outbox.wake))
-        addresses["console"] = console
+        # Listeners last (they bring work) and stopped first; smtp within its own grace.
+        await parts.listen("smtp", smtp, stop_within=step_seconds + smtp.grace + 1.0)
+        await parts.listen("public", public)
+        await parts.listen("console", console)
         stats = StatsCache(engine)
-        admin = AdminServer(config.admin, Admin(
-            stats=stats, backend=backend, metrics=metrics, keys=lambda: keywatch.last,
-            listeners=lambda: [(name, server.addresses) for name, server in addresses.items()],
-            max_outbox_age=config.outbound.max_attempt_age,
-            counters=lambda: {"locate_failures": locate.failed, "locate_located": locate.located,
-                              "referrals_sent": outbox.sent, "referrals_deferred": outbox.deferred,
-                              "referrals_failed": outbox.failed,
-                              "normalise_parse_failed": normaliser.failed}))
-        try:
-            await smtp.start()
-            await public.start()
-            await console.start()
-            await admin.start()
-            yield Gateway(config, engine, writer, smtp, normaliser, locator, locate, console,
-                          public, admin, stats, refer, outbox, keywatch, gpg, failed)
-        finally:
-            failed.cancel()  # from here on, tasks ending is the plan
-            # Listeners first (no new work), then the stages, each finishing what it holds.
-            await _bounded(admin.stop(), step_seconds, "admin")
-            await _bounded(stats.close(), step_seconds, "stats")
-            await _bounded(console.stop(), step_seconds, "console")
-            await _bounded(public.stop(), step_seconds, "public")
-            await smtp.stop(config.gateway.shutdown_grace)
-            await writer.close()
-            await _bounded(writer_task, step_seconds, "writer")
-            await normaliser.stop()
-            if normaliser_task is not None:
-                await _bounded(normaliser_task, step_seconds, "normaliser")
-            await locate.stop()
-            await _bounded(locate_task, step_seconds, "locate")
-            await refer.stop()
-            await _bounded(refer_task, step_seconds, "refer")
-            await outbox.stop()
-            await _bounded(outbox_task, step_seconds, "outbox")
-            await keywatch.stop()
-            await _bounded(keywatch_task, step_seconds, "keywatch")
-            retention_stop.set()
-            await _bounded(retention_task, step_seconds, "retention")
-            await locator.resolver.close()
-            await backend.close()
-    finally:
-        await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
-        await asyncio.to_thread(gpg_executor.shutdown, wait=True, cancel_futures=True)
-        if owns_engine:
-            await engine.dispose()
+        parts.on_stop("stats", stats.close)
+        admin = make_admin(config, backend, stats, metrics,
+                           {"smtp": smtp, "http": public, "console": console}, keywatch,
+                           normaliser, locate, outbox)
+        await parts.listen("admin", admin)
+        yield Gateway(config, engine, writer, smtp, normaliser, locator, locate, console,
+                      public, admin, stats, refer, outbox, keywatch, gpg, parts.failed)
 
 
 class GatewayFailed(Exception):

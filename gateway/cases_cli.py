@@ -14,16 +14,17 @@ from typing import Any, TypeVar
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import logs
-from gateway.app import make_locator
+from gateway.compose import make_locator
 from gateway.config import Config
+from gateway.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+from gateway.store.audit import CLI_ACTOR
 from gateway.store.backend import WriteBackend
 from gateway.store.case_view import defang, get_case, iso, list_cases
 from gateway.store.text import visible
 from routing.locate import Hosting
-from routing.stage import CaseNotFound, relocate
+from routing.stage import relocate
 
 T = TypeVar("T")
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 #: Runs a coroutine on a connection (``Connect``) or a write backend (``Run``) opened for the
 #: command (the CLI's composition root).
 Connect = Callable[[Callable[[AsyncConnection], Awaitable[T]]], T]
@@ -125,18 +126,11 @@ def _relocate(config: Config, run_on: Run[Hosting], case_id: uuid.UUID, *, as_js
     async def run(backend: WriteBackend) -> Hosting:
         locator = await make_locator(config)
         try:
-            return await relocate(backend, locator, case_id, actor="cli")
+            return await relocate(backend, locator, case_id, actor=CLI_ACTOR)
         finally:
             await locator.resolver.close()
 
-    try:
-        hosting = run_on(run)
-    except CaseNotFound:
-        print(f"cases relocate: no case {case_id}", file=sys.stderr)
-        return EXIT_FAILURE
-    except ValueError as exc:
-        print(f"cases relocate: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+    hosting = run_on(run)
     document = {"status": hosting.status, "country": hosting.country, "ips": hosting.ips,
                 "asn": hosting.asn, "org": hosting.org, "cdn": hosting.cdn,
                 "source": hosting.source, "checked_at": iso(hosting.checked_at),

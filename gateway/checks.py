@@ -16,7 +16,8 @@ from routing.geo import GeoError, MmdbDatabase
 def file_problems(config: Config) -> list[str]:
     """Problems with files the configuration refers to (checked at start and by check-config)."""
     problems: list[str] = []
-    for section, name in (("smtp", config.smtp), ("http", config.http)):
+    for section, name in (("smtp", config.smtp), ("http", config.http),
+                          ("console", config.console)):
         for key in ("tls_cert", "tls_key"):
             value = getattr(name, key)
             if value is not None and not value.is_file():

@@ -1,6 +1,7 @@
 """``hotline-gateway [--config PATH] COMMAND``: the only place that exits the process.
 
-Exit codes: 0 ok, 1 runtime failure, 2 usage or config error.
+Exit codes: 0 ok, 1 runtime failure, 2 usage or config error; a refusal of the domain
+(``gateway.store.errors``) is mapped once, by ``gateway.exits.refused``.
 """
 
 from __future__ import annotations
@@ -27,17 +28,18 @@ from gateway.backup import BackupError, backup
 from gateway.config import Config, ConfigError
 from gateway.console.accounts import utcnow
 from gateway.demo import setup_demo
+from gateway.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, refused
 from gateway.notify import Notifier
 from gateway.retention import purge
 from gateway.stats import collect_stats
 from gateway.store import migrate
+from gateway.store.audit import CLI_ACTOR
 from gateway.store.audit import verify as verify_audit
 from gateway.store.backend import WriteBackend, open_write_backend
 from gateway.store.engine import open_engine
-from outbound.outbox import NotRetryable, retry_failed
+from gateway.store.errors import GatewayError
+from outbound.outbox import retry_failed
 from routing.geo import GeoError
-
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 T = TypeVar("T")
 
@@ -291,12 +293,8 @@ def _cmd_referrals(args: argparse.Namespace) -> int:
     except ValueError:
         print(f"referrals retry: {args.id!r} is not a referral id", file=sys.stderr)
         return EXIT_USAGE
-    try:
-        asyncio.run(_with_backend(config, lambda backend: retry_failed(
-            backend, referral_id, actor="cli", now=utcnow())))
-    except NotRetryable:
-        print(f"referrals retry: no failed referral {referral_id}", file=sys.stderr)
-        return EXIT_FAILURE
+    asyncio.run(_with_backend(config, lambda backend: retry_failed(
+        backend, referral_id, actor=CLI_ACTOR, now=utcnow())))
     print(f"referral {referral_id} queued again")
     return EXIT_OK
 
@@ -313,7 +311,7 @@ def _cmd_purge(args: argparse.Namespace) -> int:
     config = _load(args)
     logs.configure(config.gateway.log_level, config.gateway.log_format, stream=sys.stderr)
     purged = asyncio.run(_with_backend(config, lambda backend: purge(
-        backend, config.retention, now=utcnow(), actor="cli")))
+        backend, config.retention, now=utcnow(), actor=CLI_ACTOR)))
     print(f"removed the raw message of {purged.raw_messages} report(s) and the contact "
           f"details of {purged.contacts}")
     return EXIT_OK
@@ -368,6 +366,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"config error: {problem}", file=sys.stderr)
         return EXIT_USAGE
+    except GatewayError as exc:
+        return refused(args, exc)
     except KeyboardInterrupt:
         return EXIT_FAILURE
     except GatewayFailed as exc:

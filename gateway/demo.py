@@ -33,7 +33,7 @@ DEMO_FINGERPRINTS = {
 
 async def _demo_keys(config: Config, lines: list[str]) -> None:
     """Import the demo keys the config pins and the keyring lacks; say which keys are missing."""
-    from gateway.app import pinned_keys  # the one list of pinned keys
+    from gateway.compose import pinned_keys  # the one list of pinned keys
     from outbound.gpg import Gpg
 
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpg")

@@ -44,7 +44,7 @@ async def _database(config: Config) -> str:
 
 
 async def _keys(config: Config) -> str:
-    from gateway.app import make_gpg, pinned_keys
+    from gateway.compose import make_gpg, pinned_keys
 
     executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gpg")
     try:

@@ -9,9 +9,10 @@ import asyncio
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-from gateway.app import make_gpg, pinned_keys
-from gateway.cases_cli import EXIT_FAILURE, EXIT_OK, say
+from gateway.compose import make_gpg, pinned_keys
+from gateway.cases_cli import say
 from gateway.config import Config
+from gateway.exits import EXIT_FAILURE, EXIT_OK
 from outbound.gpg import GpgError
 
 

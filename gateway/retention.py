@@ -13,8 +13,10 @@ that it can be read again.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import structlog
 from sqlalchemy import and_, or_, update
@@ -64,3 +66,30 @@ async def purge(backend: WriteBackend, retention: RetentionConfig, *, now: datet
     purged = await backend.transaction(work)
     log.info("retention.purged", raw_messages=purged.raw_messages, contacts=purged.contacts)
     return purged
+
+
+class DailyRetention:
+    """Applies ``[retention]`` shortly after start, then every day (a service of the daemon:
+    ``run`` until ``stop``)."""
+
+    def __init__(self, backend: WriteBackend, retention: RetentionConfig) -> None:
+        self._backend = backend
+        self._retention = retention
+        self._stop = asyncio.Event()
+
+    async def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        delay = 60.0
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+            if self._stop.is_set():
+                return
+            try:
+                await purge(self._backend, self._retention, now=datetime.now(UTC))
+                delay = 86400.0
+            except Exception as exc:  # the database is away: try again in an hour, say so
+                log.error("retention.failed", error_type=type(exc).__name__)
+                delay = 3600.0

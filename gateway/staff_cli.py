@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -14,17 +13,18 @@ from gateway.config_values import PositiveDuration
 from gateway.console import people
 from gateway.console.accounts import (
     ROLES,
-    AccountError,
     add_user,
     create_token,
     list_tokens,
     revoke_tokens,
     utcnow,
 )
+from gateway.exits import EXIT_OK
+from gateway.store.audit import CLI_ACTOR as ACTOR
 from gateway.store.backend import WriteBackend
+from gateway.store.errors import Invalid
 
 T = TypeVar("T")
-EXIT_OK, EXIT_USAGE = 0, 2
 #: Runs a coroutine on a write backend opened for the command (the CLI's composition root).
 _DURATION: TypeAdapter[float] = TypeAdapter(PositiveDuration)
 Run = Callable[[Callable[[WriteBackend], Awaitable[T]]], T]
@@ -77,18 +77,12 @@ MANAGE = {
     "logout": "end every session of the user",
     "remove": "remove the account, its sessions and tokens (the audit keeps the name)",
 }
-ACTOR = "system:cli"
 
 
 def cmd_users(args: argparse.Namespace, run: Run[Any]) -> int:
-    try:
-        if args.users_command == "add":
-            new = run(lambda backend: add_user(backend, args.name, args.role, now=utcnow()))
-        else:
-            return _manage(args, run)
-    except AccountError as exc:
-        print(f"users {args.users_command}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    if args.users_command != "add":
+        return _manage(args, run)
+    new = run(lambda backend: add_user(backend, args.name, args.role, now=utcnow()))
     print(f"user:            {new.name} ({new.role})")
     print(f"password:        {new.password}   (works once: a new one is chosen at first login)")
     print(f"TOTP secret:     {new.totp_secret}")
@@ -101,27 +95,24 @@ def _when(moment: datetime | None) -> str:
 
 
 def cmd_tokens(args: argparse.Namespace, run: Run[Any]) -> int:
-    try:
-        if args.tokens_command == "revoke":
-            token_name = None if args.all else args.token_name
-            count = run(lambda backend: revoke_tokens(backend, args.name, now=utcnow(),
-                                                      token_name=token_name))
-            print(f"{count} token(s) of {args.name} revoked")
-            return EXIT_OK
-        if args.tokens_command == "list":
-            return _list(run, args.name)
-        expires = None
-        if args.expires is not None:
-            try:
-                expires = timedelta(seconds=_DURATION.validate_python(args.expires))
-            except ValidationError as exc:
-                raise AccountError(f"--expires: {exc.errors()[0]['msg']}") from exc
-        token = run(lambda backend: create_token(
-            backend, args.name, now=utcnow(), token_name=args.token_name, expires=expires,
-            survive_password_change=args.survive_password_change))
-    except AccountError as exc:
-        print(f"tokens {args.tokens_command}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    if args.tokens_command == "revoke":
+        token_name = None if args.all else args.token_name
+        count = run(lambda backend: revoke_tokens(backend, args.name, now=utcnow(),
+                                                  token_name=token_name))
+        print(f"{count} token(s) of {args.name} revoked")
+        return EXIT_OK
+    if args.tokens_command == "list":
+        return _list(run, args.name)
+    expires = None
+    if args.expires is not None:
+        try:
+            expires = timedelta(seconds=_DURATION.validate_python(args.expires))
+        except ValidationError as exc:
+            message = exc.errors()[0]["msg"]
+            raise Invalid(f"--expires: {message}", {"expires": message}) from exc
+    token = run(lambda backend: create_token(
+        backend, args.name, now=utcnow(), token_name=args.token_name, expires=expires,
+        survive_password_change=args.survive_password_change))
     print(token)
     return EXIT_OK
 

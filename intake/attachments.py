@@ -16,14 +16,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-try:  # PDQ is optional: without numpy, Pillow and pdqhash we record no perceptual hash.
-    import numpy
-    import pdqhash  # type: ignore[import-untyped,import-not-found,unused-ignore]
-    from PIL import Image
-except ImportError:  # pragma: no cover - exercised only where the packages are missing
-    PDQ_AVAILABLE = False
-else:
-    PDQ_AVAILABLE = True
+import numpy
+import pdqhash  # type: ignore[import-untyped,import-not-found,unused-ignore]
+from PIL import Image
 
 #: Images with more pixels than this are not decoded (a 36-megapixel photo still is).
 MAX_IMAGE_PIXELS = 36_000_000
@@ -142,8 +137,6 @@ def pdq_hash(data: bytes) -> tuple[str | None, int | None]:
     Whatever the declared type, bytes that Pillow recognises as one of ``IMAGE_FORMATS`` are
     hashed: reporters' clients label pictures application/octet-stream often enough.
     """
-    if not PDQ_AVAILABLE:  # pragma: no cover
-        return None, None
     try:
         return _pdq_of_image(data)
     # Pillow's decoders fail on hostile input with OSError, ValueError, SyntaxError,

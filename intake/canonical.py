@@ -11,7 +11,7 @@ host; ``& =`` in a parameter name, ``&`` in a value), so the key is a fixed poin
 ``canonicalize(canonicalize(u)) == canonicalize(u)``.
 
 Beyond Safe Browsing, for dedup: userinfo is dropped; non-ASCII host labels become punycode
-(IDNA 2008 with UTS 46 mapping, via the ``idna`` package when installed); IPv6 literals are
+(IDNA 2008 with UTS 46 mapping, by the ``idna`` package); IPv6 literals are
 compressed; query parameters are sorted by name (stably: repeated names keep their order);
 :data:`TRACKING_PARAMETERS` and names starting with ``utm_`` are removed, and a query that
 this leaves empty loses its ``?`` (a query that was empty to begin with keeps it, as in Safe
@@ -32,10 +32,7 @@ import ipaddress
 import re
 import string
 
-try:
-    import idna
-except ImportError:  # pragma: no cover - the stdlib codec (IDNA 2003) stands in
-    idna = None  # type: ignore[assignment]
+import idna
 
 __all__ = ["TRACKING_PARAMETERS", "canonicalize"]
 
@@ -212,9 +209,7 @@ def _ascii_label(label: str, *, try_idna: bool) -> str:
     """The label lower-cased, as an A-label (punycode) when it is Unicode and IDNA-valid."""
     if try_idna and not label.isascii() and len(label) <= _MAX_LABEL:
         try:
-            if idna is not None:
-                return idna.encode(label, uts46=True).decode("ascii")
-            return label.encode("idna").decode("ascii")  # pragma: no cover
+            return idna.encode(label, uts46=True).decode("ascii")
         except ValueError:  # IDNAError and UnicodeError are ValueErrors
             pass  # not a valid IDN label: kept as text, escaped as UTF-8
     return label.translate(_ASCII_LOWER)

@@ -47,21 +47,6 @@ def no_url_key(submission_id: uuid.UUID) -> str:
     return f"no_url:{submission_id.hex}"
 
 
-def attach_report(
-    conn: Connection,
-    *,
-    submission_id: uuid.UUID,
-    reported_at: datetime,
-    urls: Sequence[ReportedUrl],
-    now: datetime,
-    legal_window: timedelta,
-) -> list[uuid.UUID]:
-    """File one submission's URLs in ``conn``'s transaction; their case ids, in key order."""
-    filing = Filing(conn, now=now, legal_window=legal_window)
-    filing.attach(submission_id, reported_at, urls)
-    return filing.flush()[submission_id]
-
-
 @dataclass(frozen=True, slots=True)
 class _Report:
     key: str

@@ -419,9 +419,12 @@ def tls_context(config: SmtpSettings) -> ssl.SSLContext | None:
 class SmtpServer:
     """The public SMTP listeners, embedded on the running loop with ``create_server``."""
 
-    def __init__(self, config: SmtpSettings, handler: ReportHandler) -> None:
+    def __init__(self, config: SmtpSettings, handler: ReportHandler, *, grace: float = 5.0
+                 ) -> None:
         self._config = config
         self._handler = handler
+        #: How long ``stop`` lets messages being committed finish ([gateway] shutdown_grace).
+        self.grace = grace
         self._tls = tls_context(config)
         self._servers: list[asyncio.Server] = []
         self._sessions = _Sessions(Door(
@@ -473,8 +476,10 @@ class SmtpServer:
                 self.addresses.append(sock.getsockname()[:2])
         log.info("smtp.listening", addresses=[f"{h}:{p}" for h, p in self.addresses])
 
-    async def stop(self, grace: float) -> None:
-        """Stop accepting; let messages being committed get their reply; then close the rest."""
+    async def stop(self) -> None:
+        """Stop accepting; let messages being committed get their reply (``grace`` seconds);
+        then close the rest."""
+        grace = self.grace
         for server in self._servers:
             server.close()
         self._handler.shutting_down = True

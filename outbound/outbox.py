@@ -27,6 +27,7 @@ from sqlalchemy.engine import Connection
 
 from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
+from gateway.store.errors import Conflict
 from gateway.store.ids import uuid7
 from gateway.store.polling import PollingStage
 from gateway.store.tables import outbox, outbox_attempts, referrals
@@ -229,7 +230,7 @@ class OutboxWorker(PollingStage):
 
 
 
-class NotRetryable(Exception):
+class NotRetryable(Conflict):
     """The referral is not failed (or does not exist): nothing to retry."""
 
 
@@ -243,7 +244,7 @@ async def retry_failed(backend: WriteBackend, referral_id: uuid.UUID, *, actor: 
                            .where(referrals.c.id == referral_id,
                                   referrals.c.status == "failed")).first()
         if row is None:
-            raise NotRetryable(str(referral_id))
+            raise NotRetryable(f"no failed referral {referral_id}")
         conn.execute(update(outbox).where(outbox.c.referral_id == referral_id).values(
             status="pending", next_attempt_at=now, created_at=now, claimed_by=None,
             claimed_until=None))

@@ -10,7 +10,8 @@
   through ICCAM by hand;
 - ``protocol-2-police``: hosted abroad, not a member: the police's international desk.
 
-(``hold-no-key``, a destination whose key cannot be used, is decided where keys are checked.)
+(``hold-no-key``, a destination whose key cannot be used, is decided where keys are checked;
+``hold-route-error``, routing itself failed for the case, by the stage that routes.)
 Each decision carries its rule id, the facts it used and a one-line explanation.
 """
 

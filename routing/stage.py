@@ -29,6 +29,7 @@ from sqlalchemy.engine import Connection
 
 from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
+from gateway.store.errors import Conflict, NotAllowed, NotFound
 from gateway.store.ids import uuid7
 from gateway.store.polling import PollingStage
 from gateway.store.tables import cases, hosting_evidence
@@ -288,8 +289,8 @@ class LocateStage(PollingStage):
             log.warning("locate.release_failed", error_type=type(exc).__name__)
 
 
-class CaseNotFound(LookupError):
-    pass
+class CaseNotFound(NotFound):
+    """``relocate`` was given the id of no case."""
 
 
 async def relocate(
@@ -307,12 +308,12 @@ async def relocate(
 
     row = await backend.transaction(read)
     if row is None:
-        raise CaseNotFound(str(case_id))
+        raise CaseNotFound(f"no case {case_id}")
     host = host_of(row.canonical_url)
     if row.kind != "url" or host is None:
-        raise ValueError("this case has no host to locate")
+        raise Conflict("this case has no host to locate")
     if not allowed(row.status):
-        raise PermissionError(f"a case that is {row.status} is located again by a supervisor")
+        raise NotAllowed(f"a case that is {row.status} is located again by a supervisor")
     hosting = await locator.locate(host, fresh=True)
 
     row = evidence_row(case_id, hosting, trigger)

@@ -23,8 +23,9 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from gateway.console.fairgate import FairGate
-from gateway.store.audit import AuditEntry, record
+from gateway.store.audit import CLI_ACTOR, AuditEntry, record
 from gateway.store.backend import WriteBackend
+from gateway.store.errors import Conflict, Invalid, NotFound
 from gateway.store.ids import uuid7
 from gateway.store.tables import api_tokens, staff_sessions, users
 from gateway.store.text import plain_text
@@ -55,10 +56,6 @@ def hash_password(password: str) -> str:
 DUMMY_HASH = _HASHER.hash(secrets.token_urlsafe(16))
 
 
-class AccountError(Exception):
-    """A staff account operation cannot be done; the message is for the operator."""
-
-
 @dataclass(frozen=True, slots=True)
 class Staff:
     """Who is acting: a logged-in user or the owner of an API token."""
@@ -87,15 +84,15 @@ class NewUser:
 
 def _check_name(name: str) -> None:
     if not re.fullmatch(r"[a-z][a-z0-9._-]{1,63}", name):
-        raise AccountError(f"{name!r}: a user name is 2-64 of a-z 0-9 . _ -, starting with a "
-                           "letter")
+        raise Invalid(f"{name!r}: a user name is 2-64 of a-z 0-9 . _ -, starting with a letter",
+                      {"name": "2-64 of a-z 0-9 . _ -, starting with a letter"})
 
 
 async def add_user(backend: WriteBackend, name: str, role: str, *, now: datetime) -> NewUser:
     """Create an account with a one-time password (changed at first login) and a TOTP secret."""
     _check_name(name)
     if role not in ROLES:
-        raise AccountError(f"role must be one of {', '.join(ROLES)}")
+        raise Invalid(f"role must be one of {', '.join(ROLES)}", {"role": ", ".join(ROLES)})
     new = NewUser(name, role, secrets.token_urlsafe(12), pyotp.random_base32())
     password_hash = await asyncio.to_thread(_HASHER.hash, new.password)
 
@@ -103,13 +100,13 @@ async def add_user(backend: WriteBackend, name: str, role: str, *, now: datetime
         conn.execute(insert(users).values(
             id=uuid7(), name=name, role=role, password_hash=password_hash,
             totp_secret=new.totp_secret, must_change_password=True, created_at=now))
-        record(conn, [AuditEntry("system:cli", "user.added", details={"user": name,
+        record(conn, [AuditEntry(CLI_ACTOR, "user.added", details={"user": name,
                                                                        "role": role})], at=now)
 
     try:
         await backend.transaction(work)
     except IntegrityError as exc:
-        raise AccountError(f"a user named {name!r} exists already") from exc
+        raise Conflict(f"a user named {name!r} exists already") from exc
     return new
 
 
@@ -144,7 +141,7 @@ class TokenInfo:
 def _user_id(conn: Connection, name: str) -> uuid.UUID:
     user = conn.execute(select(users.c.id).where(users.c.name == name)).first()
     if user is None:
-        raise AccountError(f"no user named {name!r}")
+        raise NotFound(f"no user named {name!r}")
     return uuid.UUID(str(user.id))
 
 
@@ -155,9 +152,10 @@ async def create_token(
     """A new API token for ``name``; only its hash is kept. Its name is unique among the
     user's live tokens (``token-N`` when not given)."""
     if token_name is not None and not _TOKEN_NAME.fullmatch(token_name):
-        raise AccountError(f"{token_name!r}: a token name is 1-64 of a-z 0-9 . _ -")
+        raise Invalid(f"{token_name!r}: a token name is 1-64 of a-z 0-9 . _ -",
+                      {"token_name": "1-64 of a-z 0-9 . _ -"})
     if expires is not None and expires <= timedelta(0):
-        raise AccountError("an expiry is a positive duration")
+        raise Invalid("an expiry is a positive duration", {"expires": "a positive duration"})
     token = "hgt_" + secrets.token_urlsafe(32)
 
     def work(conn: Connection) -> None:
@@ -169,7 +167,7 @@ async def create_token(
             chosen = next(f"token-{n}" for n in range(1, len(taken) + 2)
                           if f"token-{n}" not in taken)
         elif chosen in taken:
-            raise AccountError(f"{name} has a live token named {chosen!r} already")
+            raise Conflict(f"{name} has a live token named {chosen!r} already")
         expires_at = now + expires if expires is not None else None
         conn.execute(insert(api_tokens).values(
             id=uuid7(), user_id=user_id, token_sha256=token_sha256(token), created_at=now,
@@ -180,7 +178,7 @@ async def create_token(
             details["expires_at"] = expires_at.isoformat()
         if survive_password_change:
             details["survives_password_change"] = True
-        record(conn, [AuditEntry("system:cli", "token.created", details=details)], at=now)
+        record(conn, [AuditEntry(CLI_ACTOR, "token.created", details=details)], at=now)
 
     await backend.transaction(work)
     return token
@@ -263,9 +261,11 @@ async def change_password(
 ) -> None:
     """Set a new password; every session of the user ends (the caller starts a fresh one)."""
     if len(new_password) < MIN_PASSWORD:
-        raise AccountError(f"a password has at least {MIN_PASSWORD} characters")
+        raise Invalid(f"a password has at least {MIN_PASSWORD} characters",
+                      {"password": f"at least {MIN_PASSWORD} characters"})
     if not plain_text(new_password) or len(new_password) > 1024:
-        raise AccountError("a password is text of at most 1024 characters")
+        raise Invalid("a password is text of at most 1024 characters",
+                      {"password": "text of at most 1024 characters"})
     password_hash = await hash_work(gate, f"staff:{staff.id}",
                                     lambda: _HASHER.hash(new_password))
 
@@ -292,11 +292,11 @@ async def revoke_tokens(backend: WriteBackend, name: str, *, now: datetime,
         count = int(conn.execute(update(api_tokens).where(*which)
                                  .values(revoked=True, revoked_at=now)).rowcount)
         if token_name is not None and count == 0:
-            raise AccountError(f"{name} has no live token named {token_name!r}")
+            raise NotFound(f"{name} has no live token named {token_name!r}")
         details: dict[str, Any] = {"user": name, "count": count}
         if token_name is not None:
             details["token"] = token_name
-        record(conn, [AuditEntry("system:cli", "token.revoked", details=details)], at=now)
+        record(conn, [AuditEntry(CLI_ACTOR, "token.revoked", details=details)], at=now)
         return count
 
     return await backend.transaction(work)
@@ -308,6 +308,3 @@ def _aware(moment: datetime) -> datetime:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-Clock = Callable[[], datetime]

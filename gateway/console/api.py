@@ -1,6 +1,7 @@
 """The console's JSON API (``Authorization: Bearer <token>``): the HTML console's operations,
 for hotlines that script. Errors are JSON: 400 malformed, 401 no valid token, 403 not allowed,
-404 not found, 409 the case is not in a state for this, 422 invalid (with ``fields``)."""
+404 not found, 409 the case is not in a state for this, 422 invalid (with ``fields``); the
+domain's refusals are mapped by ``gateway.console.refusals``."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ from aiohttp import web
 from gateway.console import assess as actions
 from gateway.console.accounts import Staff
 from gateway.console.base import CONSOLE, Console, json_error, staff_of
+from gateway.console.refusals import json_refusal
 from gateway.store.audit import AuditEntry, record
 from gateway.store.case_view import FLAGS, get_case, get_referral, queue_cases
-from outbound.outbox import NotRetryable, retry_failed
+from gateway.store.errors import GatewayError, Invalid
+from outbound.outbox import retry_failed
 
 
 def _case_id(request: web.Request) -> uuid.UUID:
@@ -33,10 +36,6 @@ async def _body(request: web.Request) -> Any:
         return json.loads(await request.read())
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise web.HTTPBadRequest(reason="the body is not valid JSON") from None
-
-
-def _error(exc: actions.ActionError) -> web.Response:
-    return json_error(exc.status, str(exc), exc.field_errors)
 
 
 async def me(request: web.Request) -> web.Response:
@@ -109,8 +108,8 @@ def case_action(action: Action, *, body: bool = True) -> Callable[[web.Request],
             return json_error(422, "invalid body", {"body": "a JSON object"})
         try:
             outcome = await action(console, staff_of(request), case_id, given)
-        except actions.ActionError as exc:
-            return _error(exc)
+        except GatewayError as exc:
+            return json_refusal(exc)
         return await _answer(request, case_id, outcome)
 
     return handler
@@ -132,8 +131,7 @@ async def _approve(console: Console, staff: Staff, case_id: uuid.UUID,
     except ValueError:
         pinned = None
     if seen is not None and pinned is None:
-        raise actions.ActionError(422, "invalid assessment",
-                                  {"assessment": "an assessment id"})
+        raise Invalid("invalid assessment", {"assessment": "an assessment id"})
     return await actions.approve(console.backend, staff, case_id, now=console.now(),
                                  assessment_id=pinned)
 
@@ -148,8 +146,7 @@ async def _reopen(console: Console, staff: Staff, case_id: uuid.UUID,
 async def _assign(console: Console, staff: Staff, case_id: uuid.UUID,
                   body: dict[str, Any]) -> actions.Outcome:
     if "analyst" not in body:
-        raise actions.ActionError(422, "invalid assignment",
-                                  {"analyst": "a user name, or null"})
+        raise Invalid("invalid assignment", {"analyst": "a user name, or null"})
     analyst = actions.text_field(body["analyst"], "analyst", limit=64)
     return await actions.reassign(console.backend, staff, case_id, analyst, now=console.now())
 
@@ -174,7 +171,7 @@ def _decide_change(approve: bool) -> Action:
         except ValueError:
             pinned = None
         if seen is not None and pinned is None:
-            raise actions.ActionError(422, "invalid change", {"change": "a routing change id"})
+            raise Invalid("invalid change", {"change": "a routing change id"})
         return await actions.decide_routing_change(console.backend, staff, case_id,
                                                    approve=approve, now=console.now(),
                                                    change_id=pinned)
@@ -195,8 +192,8 @@ async def relocation(request: web.Request) -> web.Response:
     staff = staff_of(request)
     try:
         await actions.relocate_case(console.backend, console.locator, staff, case_id)
-    except actions.ActionError as exc:
-        return _error(exc)
+    except GatewayError as exc:
+        return json_refusal(exc)
     async with console.engine.connect() as conn:
         case = await get_case(conn, case_id)
     return web.json_response({"hosting": case["hosting"] if case else None})
@@ -223,9 +220,12 @@ async def referral_retry(request: web.Request) -> web.Response:
         return json_error(403, "only a supervisor can retry a referral")
     try:
         referral_id = uuid.UUID(request.match_info["referral_id"])
-        await retry_failed(console.backend, referral_id, actor=staff.name, now=console.now())
-    except (ValueError, NotRetryable):
+    except ValueError:
         return json_error(409, "no failed referral with this id")
+    try:
+        await retry_failed(console.backend, referral_id, actor=staff.name, now=console.now())
+    except GatewayError as exc:
+        return json_refusal(exc)
     console.on_queued()
     async with console.engine.connect() as conn:
         found = await get_referral(conn, referral_id)

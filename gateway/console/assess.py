@@ -2,8 +2,8 @@
 routing), reopen, reassign. Each is one
 transaction that checks the case's state, changes it and writes the audit trail.
 
-Errors carry the HTTP status the API answers with: 404 no such case, 403 not allowed for this
-user, 409 the case is not in a state for this, 422 an invalid value (naming the field).
+Refusals are the domain's (``gateway.store.errors``): NotFound no such case, NotAllowed not for
+this user, Conflict the case is not in a state for this, Invalid a bad value (naming the field).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection
 from gateway.console.accounts import Staff
 from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
+from gateway.store.errors import Conflict, Invalid, NotAllowed, NotFound
 from gateway.store.ids import uuid7
 from gateway.store.tables import (
     assessments,
@@ -47,12 +48,12 @@ MAX_NOTE = 4000
 
 
 def text_field(value: object, field: str, *, limit: int, optional: bool = True) -> str | None:
-    """A free-text value from a form or a JSON body, or a 422 naming the field."""
+    """A free-text value from a form or a JSON body, or Invalid naming the field."""
     if optional and value in (None, ""):
         return None
     if isinstance(value, str) and 0 < len(value) <= limit and plain_text(value):
         return value
-    raise ActionError(422, f"invalid {field}", {field: f"text of at most {limit} characters"})
+    raise Invalid(f"invalid {field}", {field: f"text of at most {limit} characters"})
 
 
 #: Who may look a case up again, in which states: analysts before it leaves, supervisors always.
@@ -64,13 +65,6 @@ def may_relocate(staff: Staff, status: str) -> bool:
     return staff.supervises or status in RELOCATABLE
 
 
-class ActionError(Exception):
-    def __init__(self, status: int, message: str, field_errors: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.field_errors = field_errors or {}
-
-
 @dataclass(frozen=True, slots=True)
 class Assessment:
     verdict: str
@@ -80,9 +74,9 @@ class Assessment:
 
     @classmethod
     def from_json(cls, body: object) -> Assessment:
-        """Validated from a request body; every bad field named (422)."""
+        """Validated from a request body; every bad field named (Invalid)."""
         if not isinstance(body, dict):
-            raise ActionError(422, "the body is a JSON object",
+            raise Invalid("the body is a JSON object",
                               {"body": "expected an object"})
         errors: dict[str, str] = {}
         unknown = set(body) - {"verdict", "classification", "hosting_country", "note"}
@@ -107,7 +101,7 @@ class Assessment:
         elif not isinstance(note, str) or len(note) > MAX_NOTE or not plain_text(note):
             errors["note"] = f"text of at most {MAX_NOTE} characters"
         if errors:
-            raise ActionError(422, "invalid assessment", errors)
+            raise Invalid("invalid assessment", errors)
         assert isinstance(verdict, str) and isinstance(classification, str)
         return cls(verdict, classification, country, note)
 
@@ -125,7 +119,7 @@ def _case(conn: Connection, case_id: uuid.UUID) -> Any:
     row = conn.execute(select(cases.c.id, cases.c.status, cases.c.kind)
                        .where(cases.c.id == case_id)).first()
     if row is None:
-        raise ActionError(404, "no such case")
+        raise NotFound("no such case")
     return row
 
 
@@ -136,7 +130,7 @@ def _move(conn: Connection, case_id: uuid.UUID, old: str, new: str, now: datetim
         .values(status=new, status_changed_at=now)
     ).rowcount
     if moved != 1:
-        raise ActionError(409, "the case changed meanwhile; reload it")
+        raise Conflict("the case changed meanwhile; reload it")
 
 
 def _assessment_json(row: Any, by: str, approver: str | None) -> dict[str, Any]:
@@ -155,9 +149,9 @@ async def assess(
     def work(conn: Connection) -> Outcome:
         case = _case(conn, case_id)
         if case.status not in ASSESSABLE:
-            raise ActionError(409, f"the case is {case.status}, not awaiting assessment")
+            raise Conflict(f"the case is {case.status}, not awaiting assessment")
         if case.kind == "no_url" and given.verdict == "illegal":
-            raise ActionError(422, "a report without a URL cannot be referred", {
+            raise Invalid("a report without a URL cannot be referred", {
                 "verdict": "report the URL it names as a case of its own; close this one as "
                            "legal (doubtful)"})
         pending = given.verdict == "illegal" and four_eyes
@@ -195,18 +189,18 @@ async def approve(
                    assessments.c.status == "pending_approval")
         ).first()
         if row is None or case.status != "assessed":
-            raise ActionError(409, "the case has no verdict waiting for approval")
+            raise Conflict("the case has no verdict waiting for approval")
         if assessment_id is not None and row.id != assessment_id:
-            raise ActionError(409, "the verdict changed since you saw it; reload the case")
+            raise Conflict("the verdict changed since you saw it; reload the case")
         if row.user_id == staff.id:
-            raise ActionError(403, "a verdict is approved by someone other than its author")
+            raise NotAllowed("a verdict is approved by someone other than its author")
         done = conn.execute(
             update(assessments)
             .where(assessments.c.id == row.id, assessments.c.status == "pending_approval")
             .values(status="final", approved_by=staff.id, approved_at=now)
         ).rowcount
         if done != 1:
-            raise ActionError(409, "the case changed meanwhile; reload it")
+            raise Conflict("the case changed meanwhile; reload it")
         record(conn, [AuditEntry(staff.name, "case.approved", case_id,
                                  {"assessment": str(row.id), "assessor": row.assessor})],
                at=now)
@@ -222,12 +216,12 @@ async def reopen(
 ) -> Outcome:
     """A supervisor sends a case back to the queue; its verdicts are kept, marked superseded."""
     if not staff.supervises:
-        raise ActionError(403, "only a supervisor can reopen a case")
+        raise NotAllowed("only a supervisor can reopen a case")
 
     def work(conn: Connection) -> Outcome:
         case = _case(conn, case_id)
         if case.status not in REOPENABLE:
-            raise ActionError(409, f"a case that is {case.status} cannot be reopened")
+            raise Conflict(f"a case that is {case.status} cannot be reopened")
         _move(conn, case_id, case.status, "awaiting_assessment", now)
         conn.execute(update(cases).where(cases.c.id == case_id).values(hold_reason=None))
         conn.execute(update(assessments)
@@ -252,7 +246,7 @@ async def reassign(
 ) -> Outcome:
     """A supervisor gives a case to an analyst (``None``: to whoever takes it)."""
     if not staff.supervises:
-        raise ActionError(403, "only a supervisor can reassign a case")
+        raise NotAllowed("only a supervisor can reassign a case")
 
     def work(conn: Connection) -> Outcome:
         case = _case(conn, case_id)
@@ -261,7 +255,7 @@ async def reassign(
             target = conn.execute(select(users.c.id).where(
                 users.c.name == analyst, users.c.disabled.is_(False))).scalar()
             if target is None:
-                raise ActionError(422, "no such user", {"analyst": "no active user by this name"})
+                raise Invalid("no such user", {"analyst": "no active user by this name"})
         conn.execute(update(cases).where(cases.c.id == case_id).values(assigned_to=target))
         record(conn, [AuditEntry(staff.name, "case.reassigned", case_id,
                                  {"to": analyst})], at=now)
@@ -279,7 +273,7 @@ def _supersede_decision(conn: Connection, case_id: uuid.UUID) -> None:
 
 def _country(value: object) -> str:
     if not isinstance(value, str) or not re.fullmatch(r"[A-Z]{2}", value):
-        raise ActionError(422, "invalid country",
+        raise Invalid("invalid country",
                           {"country": "an ISO 3166-1 alpha-2 code such as 'NL'"})
     return value
 
@@ -293,7 +287,7 @@ def _final_verdict(conn: Connection, case_id: uuid.UUID) -> Any:
     final = conn.execute(select(assessments.c.id, assessments.c.hosting_country).where(
         assessments.c.case_id == case_id, assessments.c.status == "final")).first()
     if final is None:
-        raise ActionError(409, "the case has no final verdict")
+        raise Conflict("the case has no final verdict")
     return final
 
 
@@ -335,14 +329,14 @@ async def set_hosting_country(
     def work(conn: Connection) -> Outcome:
         case = _case(conn, case_id)
         if case.status not in COUNTRY_SETTABLE:
-            raise ActionError(409, f"the case is {case.status}: set the country when "
+            raise Conflict(f"the case is {case.status}: set the country when "
                                    "assessing it")
         final = _final_verdict(conn, case_id)
         waiting = conn.execute(select(routing_changes.c.id).where(
             routing_changes.c.case_id == case_id,
             routing_changes.c.status == "pending")).first()
         if waiting is not None:
-            raise ActionError(409, "a routing change is already waiting for approval: "
+            raise Conflict("a routing change is already waiting for approval: "
                                    "approve or reject it first")
         change = {"id": uuid7(), "case_id": case_id, "assessment_id": final.id,
                   "country": code, "proposed_by": staff.id, "created_at": now,
@@ -379,16 +373,16 @@ async def decide_routing_change(
             .where(routing_changes.c.case_id == case_id, routing_changes.c.status == "pending")
         ).first()
         if row is None:
-            raise ActionError(409, "the case has no routing change waiting for approval")
+            raise Conflict("the case has no routing change waiting for approval")
         if change_id is not None and row.id != change_id:
-            raise ActionError(409, "the routing change is not the one you saw; reload the case")
+            raise Conflict("the routing change is not the one you saw; reload the case")
         if approve and row.proposed_by == staff.id:
-            raise ActionError(403, "a routing change is approved by someone other than its "
+            raise NotAllowed("a routing change is approved by someone other than its "
                                    "author")
         if approve:
             final = _final_verdict(conn, case_id)
             if case.status not in COUNTRY_SETTABLE or final.id != row.assessment_id:
-                raise ActionError(409, "the case changed since the routing change was made; "
+                raise Conflict("the case changed since the routing change was made; "
                                        "reload it")
         done = conn.execute(
             update(routing_changes)
@@ -397,7 +391,7 @@ async def decide_routing_change(
                     decided_at=now)
         ).rowcount
         if done != 1:
-            raise ActionError(409, "the case changed meanwhile; reload it")
+            raise Conflict("the case changed meanwhile; reload it")
         status = case.status
         if approve:
             _route_to(conn, case_id, case.status, row.assessment_id, row.country, now)
@@ -419,19 +413,19 @@ async def record_iccam(
 ) -> Outcome:
     """An analyst referred the case through ICCAM by hand: keep ICCAM's reference."""
     if not isinstance(reference, str) or not 1 <= len(reference.strip()) <= 128:
-        raise ActionError(422, "invalid ICCAM reference",
+        raise Invalid("invalid ICCAM reference",
                           {"reference": "the reference ICCAM gave, 1 to 128 characters"})
     iccam_reference = reference.strip()
 
     def work(conn: Connection) -> Outcome:
         case = _case(conn, case_id)
         if case.status != "awaiting_iccam":
-            raise ActionError(409, f"the case is {case.status}, not awaiting_iccam")
+            raise Conflict(f"the case is {case.status}, not awaiting_iccam")
         decision = conn.execute(select(routing_decisions).where(
             routing_decisions.c.case_id == case_id,
             routing_decisions.c.superseded.is_(False))).first()
         if decision is None:
-            raise ActionError(409, "the case has no routing decision")
+            raise Conflict("the case has no routing decision")
         country = (decision.facts or {}).get("country") or "??"
         reference = conn.execute(
             select(submissions.c.reference)
@@ -460,8 +454,8 @@ async def relocate_case(backend: WriteBackend, locator: Locator, staff: Staff,
         return await relocate(backend, locator, case_id, actor=staff.name,
                               allowed=lambda status: may_relocate(staff, status))
     except LookupError:
-        raise ActionError(404, "no such case") from None
+        raise NotFound("no such case") from None
     except PermissionError as exc:
-        raise ActionError(403, str(exc)) from None
+        raise NotAllowed(str(exc)) from None
     except ValueError as exc:
-        raise ActionError(409, str(exc)) from None
+        raise Conflict(str(exc)) from None

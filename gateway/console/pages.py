@@ -16,7 +16,7 @@ import structlog
 from aiohttp import web
 
 from gateway.console import assess as actions
-from gateway.console.accounts import AccountError, change_password, check_password
+from gateway.console.accounts import change_password, check_password
 from gateway.console.base import (
     CONSOLE,
     LOGIN_COOKIE,
@@ -28,8 +28,10 @@ from gateway.console.base import (
 from gateway.console.devices import COOKIE as DEVICE_COOKIE
 from gateway.console.devices import KNOWN_FOR
 from gateway.console.logins import login
+from gateway.console.refusals import fields, http_status
 from gateway.store.audit import AuditEntry, record
 from gateway.store.case_view import FLAGS, defang, get_case, queue_cases
+from gateway.store.errors import GatewayError, Invalid, NotFound
 
 log = structlog.get_logger("gateway.console")
 
@@ -127,7 +129,7 @@ async def password_submit(request: web.Request) -> web.StreamResponse:
         try:
             await change_password(console.backend, staff, new, now=console.now(),
                                   gate=console.hashing)
-        except AccountError as exc:
+        except Invalid as exc:
             error = str(exc)
     if error is not None:
         return console.render("password.html", code=422, staff=staff,
@@ -206,11 +208,11 @@ async def _act(request: web.Request, action: Any) -> web.StreamResponse:
     """Run an action; on success back to the case page (303), else the page with the error."""
     try:
         await action
-    except actions.ActionError as exc:
-        if exc.status == 404:
-            raise web.HTTPNotFound(reason="No such case.") from None
-        return await _case_page(request, status=exc.status, error=str(exc),
-                                fields=exc.field_errors)
+    except NotFound:
+        raise web.HTTPNotFound(reason="No such case.") from None
+    except GatewayError as exc:
+        return await _case_page(request, status=http_status(exc), error=str(exc),
+                                fields=fields(exc))
     request.app[CONSOLE].on_decided()
     raise web.HTTPSeeOther(f"/cases/{_case_id(request)}")
 
@@ -223,9 +225,9 @@ async def assess_submit(request: web.Request) -> web.StreamResponse:
     body["hosting_country"] = body["hosting_country"].upper()
     try:
         given = actions.Assessment.from_json(body)
-    except actions.ActionError as exc:
-        return await _case_page(request, status=exc.status, error=str(exc),
-                                fields=exc.field_errors)
+    except Invalid as exc:
+        return await _case_page(request, status=http_status(exc), error=str(exc),
+                                fields=fields(exc))
     return await _act(request, actions.assess(
         console.backend, staff_of(request), _case_id(request), given,
         four_eyes=console.four_eyes, now=console.now()))
@@ -248,9 +250,9 @@ async def reopen_submit(request: web.Request) -> web.StreamResponse:
     try:
         reason = actions.text_field(str((await request.post()).get("reason", "")).strip(),
                                     "reason", limit=500)
-    except actions.ActionError as exc:
-        return await _case_page(request, status=exc.status, error=str(exc),
-                                fields=exc.field_errors)
+    except Invalid as exc:
+        return await _case_page(request, status=http_status(exc), error=str(exc),
+                                fields=fields(exc))
     return await _act(request, actions.reopen(
         console.backend, staff_of(request), _case_id(request), reason=reason,
         now=console.now()))
@@ -261,9 +263,9 @@ async def reassign_submit(request: web.Request) -> web.StreamResponse:
     try:
         analyst = actions.text_field(str((await request.post()).get("analyst", "")).strip()
                                      .lower(), "analyst", limit=64)
-    except actions.ActionError as exc:
-        return await _case_page(request, status=exc.status, error=str(exc),
-                                fields=exc.field_errors)
+    except Invalid as exc:
+        return await _case_page(request, status=http_status(exc), error=str(exc),
+                                fields=fields(exc))
     return await _act(request, actions.reassign(
         console.backend, staff_of(request), _case_id(request), analyst, now=console.now()))
 

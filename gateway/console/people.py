@@ -17,17 +17,17 @@ from sqlalchemy.engine import Connection
 
 from gateway.console.accounts import (
     ROLES,
-    AccountError,
     NewUser,
     end_tokens_on_password_change,
     hash_password,
 )
 from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
+from gateway.store.errors import Conflict, Invalid, NotFound
 from gateway.store.tables import api_tokens, assessments, cases, staff_sessions, users
 
 
-class UnknownUser(AccountError):
+class UnknownUser(NotFound):
     """No account has the name given."""
 
 
@@ -100,8 +100,8 @@ def _keep_an_admin(conn: Connection, row: Any, doing: str) -> None:
         select(users.c.id).where(users.c.role == "admin", users.c.disabled.is_(False))
         .order_by(users.c.id).with_for_update()).scalars().all()
     if row.id in admins and len(admins) == 1:
-        raise AccountError(f"{row.name} is the last admin: make another admin before you "
-                           f"{doing}")
+        raise Conflict(f"{row.name} is the last admin: make another admin before you "
+                       f"{doing}")
 
 
 async def set_disabled(backend: WriteBackend, name: str, disabled: bool, *, actor: str,
@@ -166,7 +166,7 @@ async def set_role(backend: WriteBackend, name: str, role: str, *, actor: str,
                    now: datetime) -> None:
     """Change the role; the last admin is not demoted."""
     if role not in ROLES:
-        raise AccountError(f"role must be one of {', '.join(ROLES)}")
+        raise Invalid(f"role must be one of {', '.join(ROLES)}", {"role": ", ".join(ROLES)})
 
     def change(conn: Connection, row: Any) -> dict[str, Any]:
         if role != "admin":
@@ -193,7 +193,7 @@ async def remove_user(backend: WriteBackend, name: str, *, actor: str, now: date
         if conn.execute(select(assessments.c.id).where(
                 (assessments.c.user_id == row.id) | (assessments.c.approved_by == row.id))
                 .limit(1)).first() is not None:
-            raise AccountError(f"{name}'s verdicts are on record: disable the account instead")
+            raise Conflict(f"{name}'s verdicts are on record: disable the account instead")
         ended = _end_sessions(conn, row.id)
         tokens = conn.execute(delete(api_tokens).where(api_tokens.c.user_id == row.id)).rowcount
         conn.execute(update(cases).where(cases.c.assigned_to == row.id).values(assigned_to=None))

@@ -14,23 +14,16 @@ import structlog
 from aiohttp import web
 
 from gateway.console import people
-from gateway.console.accounts import ROLES, AccountError, NewUser, Staff
+from gateway.console.accounts import ROLES, NewUser, Staff
 from gateway.console.base import CONSOLE, Console, json_error, session_of, staff_of
+from gateway.console.refusals import http_status, json_refusal
 from gateway.store.case_view import iso
+from gateway.store.errors import GatewayError, Invalid, NotFound
 
 log = structlog.get_logger("gateway.console")
 
 ACTIONS = ("disable", "enable", "unlock", "reset-totp", "reset-password", "role", "logout",
            "remove")
-
-
-class Refused(Exception):
-    """The action cannot be done; ``status`` is the HTTP status to answer with."""
-
-    def __init__(self, status: int, message: str, fields: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.fields = fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,12 +41,13 @@ def is_admin(staff: Staff) -> bool:
 
 async def perform(console: Console, admin: Staff, name: str, action: str,
                   role: object = None) -> Done:
-    """Do ``action`` to the account ``name`` as ``admin`` (``role`` for ``role``)."""
+    """Do ``action`` to the account ``name`` as ``admin`` (``role`` for ``role``); refused with
+    the domain's errors (the last admin, verdicts on record: Conflict)."""
     backend, now, actor = console.backend, console.now(), admin.name
     if action not in ACTIONS:
-        raise Refused(404, f"no action {action!r}: one of {', '.join(ACTIONS)}")
+        raise NotFound(f"no action {action!r}: one of {', '.join(ACTIONS)}")
     if action == "role" and role not in ROLES:
-        raise Refused(422, "choose a role", {"role": "one of " + ", ".join(ROLES)})
+        raise Invalid("choose a role", {"role": "one of " + ", ".join(ROLES)})
     try:
         if action in ("disable", "enable"):
             await people.set_disabled(backend, name, action == "disable", actor=actor, now=now)
@@ -79,9 +73,7 @@ async def perform(console: Console, admin: Staff, name: str, action: str,
             done = Done(f"{name} is removed.")
     except people.UnknownUser as exc:
         # Not the CLI's repr: the page shows the name's hidden characters once, not twice.
-        raise Refused(404, f"no user named “{name}”") from exc
-    except AccountError as exc:  # the last admin, or a user whose verdicts are on record
-        raise Refused(409, str(exc)) from exc
+        raise people.UnknownUser(f"no user named “{name}”") from exc
     log.info("console.user_managed", user=admin.name, target=name, action=action)
     return done
 
@@ -130,8 +122,8 @@ async def action_submit(request: web.Request) -> web.StreamResponse:
             f"To remove {name}, type their name in the box beside “Remove”."))
     try:
         done = await perform(request.app[CONSOLE], admin, name, action, form.get("role"))
-    except Refused as exc:
-        return await _page(request, status=exc.status, error=str(exc))
+    except GatewayError as exc:
+        return await _page(request, status=http_status(exc), error=str(exc))
     if name == admin.name and action in ("disable", "logout", "remove"):
         raise web.HTTPSeeOther("/login")  # this session ended with the others
     if name == admin.name and action == "role" and form.get("role") != "admin":
@@ -171,8 +163,8 @@ async def api_action(request: web.Request) -> web.Response:
             return json_error(422, "invalid body", {"body": "a JSON object"})
     try:
         done = await perform(request.app[CONSOLE], admin, name, action, body.get("role"))
-    except Refused as exc:
-        return json_error(exc.status, str(exc), exc.fields)
+    except GatewayError as exc:
+        return json_refusal(exc)
     answer: dict[str, Any] = {"user": name, "action": action, "done": done.message}
     if done.password is not None:
         answer["password"] = done.password

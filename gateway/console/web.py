@@ -121,9 +121,6 @@ async def security_headers(request: web.Request, handler: Handler) -> web.Stream
     return response
 
 
-PUBLIC_PATHS = ("/login", "/static/")
-
-
 @web.middleware
 async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
     console = request.app[CONSOLE]

@@ -30,6 +30,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway.store.tables import audit_log
 
 GENESIS = "0" * 64
+#: Who acts from the command line. System actors are ``system:<part>``; a staff user's name
+#: cannot hold a ":" (``gateway.console.accounts``), so no account can pass for one.
+CLI_ACTOR = "system:cli"
 #: The advisory lock that serialises appends on PostgreSQL ("audit" in ASCII).
 LOCK_KEY = 0x6175646974
 

@@ -12,8 +12,28 @@ statuses, the CLI into messages and exit codes). Nothing below knows about HTTP:
     └── Unavailable              a part the action needs is down (database, gpg, DNS);
                                  the same request may succeed later
 
-Parsers of hostile input (MIME, URLs, the web form) keep their own narrow errors and are
-caught where they are parsed; they are not domain outcomes.
+Specific refusals that callers tell apart are subclasses: ``people.UnknownUser`` (NotFound),
+``routing.stage.CaseNotFound`` (NotFound), ``outbound.outbox.NotRetryable`` (Conflict).
+
+The edges, one mapping each: ``gateway.console.refusals.http_status`` (NotFound 404,
+Conflict 409, NotAllowed 403, Invalid 422 with ``fields``, Unavailable 503, any other 400) for
+the console's pages and API, and ``gateway.exits.refused`` for the CLI (a message on stderr;
+exit 2 for Invalid, 1 for the rest, 2 for every refusal of ``users`` and ``tokens``, which are
+about the names the operator typed).
+
+Outside the tree, on purpose:
+
+- Parsers of hostile input keep their own narrow errors and are caught where they are parsed
+  (``intake.mime.MimeError``, ``intake.webreport.Invalid``, ``intake.encrypted.NotForUs``):
+  a bad message or form is an answer to its sender (an SMTP reply, a form page), not a refusal
+  of a staff action.
+- Errors of a tool or a peer that the caller handles on the spot: ``routing.geo.GeoError``
+  (a GeoIP database unreadable at start), ``outbound.gpg.GpgError`` (gpg said no),
+  ``outbound.transports.Deferred``/``Rejected`` (the relay's 4xx/5xx, which the outbox turns
+  into a retry or a failed referral), ``routing.resolve``'s private ``_Failed``/``_Final``.
+- Start-up and tooling: ``gateway.config.ConfigError`` (exit 2 with every problem),
+  ``gateway.backup.BackupError``, ``gateway.doctor.Failed``, ``gateway.app.GatewayFailed``
+  (a part died while serving), ``gateway.store.writer.WriterClosed`` (shutdown under way).
 """
 
 from __future__ import annotations

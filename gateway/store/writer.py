@@ -125,14 +125,14 @@ class SubmissionWriter:
         # submission is still written with its batch, and a resend finds it as a duplicate.
         return await future
 
-    async def close(self) -> None:
+    async def stop(self) -> None:
         """Take no more submissions; ``run()`` commits what is queued, then returns."""
         if not self._closed:
             self._closed = True
             await self._queue.put(None)
 
     async def run(self) -> None:
-        """Drain the queue in batches until ``close()``; every batch commits or fails whole.
+        """Drain the queue in batches until ``stop()``; every batch commits or fails whole.
 
         However this ends (closed, cancelled, a bug), nobody is left waiting: what is still
         queued fails with ``WriterClosed`` and its senders are told to come back later.

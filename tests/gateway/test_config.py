@@ -161,12 +161,15 @@ def test_missing_and_malformed_files_are_config_errors(tmp_path: Path) -> None:
 def test_referenced_files_are_checked(tmp_path: Path) -> None:
     """Certificates and databases the config names must exist."""
     config = config_module.parse(
-        {"smtp": {"tls_cert": "c.pem", "tls_key": "k.pem"}, "locate": {"geoip_db": "geo.mmdb"}},
+        {"smtp": {"tls_cert": "c.pem", "tls_key": "k.pem"}, "locate": {"geoip_db": "geo.mmdb"},
+         "console": {"tls_cert": "console.pem", "tls_key": "console.key"}},
         base=tmp_path,
     )
     assert checks.file_problems(config) == [
         f"smtp.tls_cert: {tmp_path / 'c.pem'} does not exist",
         f"smtp.tls_key: {tmp_path / 'k.pem'} does not exist",
+        f"console.tls_cert: {tmp_path / 'console.pem'} does not exist",
+        f"console.tls_key: {tmp_path / 'console.key'} does not exist",
         f"locate.geoip_db: {tmp_path / 'geo.mmdb'} does not exist",
     ]
 

@@ -184,3 +184,16 @@ def test_the_last_admin_is_neither_removed_nor_demoted(
     assert run(config, "users", "role", "root", "analyst") == 0
     assert run(config, "users", "remove", "sue") == 2
     assert run(config, "users", "remove", "root") == 0
+
+
+def test_no_staff_account_can_pass_for_the_command_line_in_the_trail(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The CLI acts as ``system:cli``, a name no account can take; an account named ``cli``
+    stays a person of its own in the trail."""
+    assert run(config, "users", "add", "system:cli", "--role", "admin") == 2
+    assert "a user name is" in capsys.readouterr().err
+    assert run(config, "users", "add", "cli", "--role", "admin") == 0
+    assert run(config, "tokens", "create", "cli") == 0
+    assert audit_actions(config)[-2:] == [("system:cli", "user.added"),
+                                          ("system:cli", "token.created")]

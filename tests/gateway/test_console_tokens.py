@@ -11,12 +11,12 @@ from sqlalchemy import update
 
 from gateway.app import Gateway
 from gateway.console.accounts import (
-    AccountError,
     create_token,
     list_tokens,
     revoke_tokens,
     utcnow,
 )
+from gateway.store.errors import Conflict
 from gateway.store.tables import users
 from tests.console_client import StaffClient, base, ready_user
 from tests.gateway.conftest import Start
@@ -48,7 +48,7 @@ async def test_tokens_are_named_and_revoked_one_by_one(start: Start) -> None:
     try:
         await create_token(backend, "ana", now=utcnow(), token_name="laptop")
         raise AssertionError("a second live token named laptop")
-    except AccountError as exc:
+    except Conflict as exc:
         assert "laptop" in str(exc)
     assert await revoke_tokens(backend, "ana", now=utcnow(), token_name="laptop") == 1
     assert [await me(gw, t) for t in (laptop, script, unnamed)] == [401, 200, 200]

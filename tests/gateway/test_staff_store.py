@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 
 from gateway.config import ConsoleConfig
 from gateway.console import people
-from gateway.console.accounts import AccountError, add_user
+from gateway.console.accounts import add_user
 from gateway.console.devices import DISTRUST_AFTER
 from gateway.console.fairgate import FairGate
 from gateway.console.logins import (
@@ -30,6 +30,7 @@ from gateway.console.logins import (
 from gateway.console.sessions import SessionStore
 from gateway.console.throttle import SOURCE_BACKOFF, SourceThrottle
 from gateway.store.backend import WriteBackend, open_write_backend
+from gateway.store.errors import Conflict
 from gateway.store.tables import audit_log, staff_sessions, users
 
 T0 = datetime(2026, 11, 28, 9, tzinfo=UTC)
@@ -263,11 +264,11 @@ async def test_the_last_enabled_admin_cannot_be_disabled(backend: WriteBackend) 
     """Disabling the only enabled admin is refused, also when a disabled admin exists; with
     another enabled admin it is allowed."""
     await add_user(backend, "root", "admin", now=T0)
-    with pytest.raises(AccountError, match="last admin"):
+    with pytest.raises(Conflict, match="last admin"):
         await people.set_disabled(backend, "root", True, actor="root", now=T0)
     await add_user(backend, "second", "admin", now=T0)
     await people.set_disabled(backend, "second", True, actor="root", now=T0)
-    with pytest.raises(AccountError, match="last admin"):
+    with pytest.raises(Conflict, match="last admin"):
         await people.set_disabled(backend, "root", True, actor="root", now=T0)
     await people.set_disabled(backend, "second", False, actor="root", now=T0)
     await people.set_disabled(backend, "root", True, actor="second", now=T0)
@@ -294,7 +295,7 @@ async def test_two_admins_demoted_at_once_leave_one(backend: WriteBackend) -> No
             changes = [people.remove_user(backend, name, actor="root", now=T0)
                        for name in pair]
         results = await asyncio.gather(*changes, return_exceptions=True)
-        assert sorted(type(r).__name__ for r in results) == ["AccountError", "NoneType"]
+        assert sorted(type(r).__name__ for r in results) == ["Conflict", "NoneType"]
         assert len(await admins()) == 1
 
 

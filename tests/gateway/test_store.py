@@ -50,7 +50,7 @@ async def running_writer(engine: AsyncEngine) -> AsyncIterator[SubmissionWriter]
     try:
         yield writer
     finally:
-        await writer.close()
+        await writer.stop()
         await task
         await backend.close()
 
@@ -164,7 +164,7 @@ async def test_closed_writer_refuses_new_work_and_flushes_queued(engine: AsyncEn
     pending = [asyncio.create_task(writer.submit(make_submission(n))) for n in range(10)]
     await asyncio.sleep(0)
     task = asyncio.create_task(writer.run())
-    await writer.close()
+    await writer.stop()
     await task
     assert len({(await p).reference for p in pending}) == 10
     with pytest.raises(WriterClosed):

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.store.backend import WriteBackend, open_write_backend
 from gateway.store.ids import uuid7
 from gateway.store.tables import case_reports, cases, submissions
-from intake.cases import Filing, ReportedUrl, attach_report, url_key
+from intake.cases import Filing, ReportedUrl, url_key
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 WINDOW = timedelta(days=180)
@@ -32,6 +32,16 @@ def new_submission(conn: Connection, n: int, at: datetime = T0) -> uuid.UUID:
         raw_size=0, raw=b"",
     ))
     return sub_id
+
+
+def attach_report(
+    conn: Connection, *, submission_id: uuid.UUID, reported_at: datetime,
+    urls: list[ReportedUrl], now: datetime, legal_window: timedelta,
+) -> list[uuid.UUID]:
+    """File one submission's URLs in ``conn``'s transaction; their case ids, in key order."""
+    filing = Filing(conn, now=now, legal_window=legal_window)
+    filing.attach(submission_id, reported_at, urls)
+    return filing.flush()[submission_id]
 
 
 def report(

@@ -66,7 +66,7 @@ async def store(backend: WriteBackend, raws: list[bytes]) -> list[str]:
     writer = SubmissionWriter(backend, ReferenceAllocator("CF"))
     task = asyncio.create_task(writer.run())
     receipts = await asyncio.gather(*(writer.submit(submission(r)) for r in raws))
-    await writer.close()
+    await writer.stop()
     await task
     return [r.reference for r in receipts]
 

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.store.backend import WriteBackend, open_write_backend
 from gateway.store.case_view import get_case, list_cases
+from gateway.store.errors import Conflict
 from gateway.store.ids import uuid7
 from gateway.store.tables import cases, hosting_evidence
 from routing.geo import open_geolocator
@@ -222,5 +223,5 @@ async def test_relocating_adds_evidence_and_keeps_the_old(
     with pytest.raises(CaseNotFound):
         await relocate(backend, locator, uuid.uuid4())
     (no_url,) = await add_cases(backend, [None])
-    with pytest.raises(ValueError, match="no host"):
+    with pytest.raises(Conflict, match="no host"):
         await relocate(backend, locator, no_url)

@@ -1,0 +1,182 @@
+"""How the daemon's parts are built from the config (the composition root's constructors):
+each function takes the config and the parts it needs, and returns one part, not started.
+``gateway.app`` starts them in order and stops them (``gateway.lifecycle``)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Executor
+from datetime import timedelta
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.admin import Admin, AdminServer
+from gateway.config import Config
+from gateway.metrics import Metrics
+from gateway.stats import StatsCache
+from gateway.store.backend import WriteBackend
+from gateway.store.writer import SubmissionWriter
+from intake.listeners import HttpListener
+from intake.normalise import NormaliseStage
+from intake.ratelimit import RateLimiter
+from intake.smtp import ReportHandler, SmtpServer
+from intake.web import dearmor, wkd_hash
+from outbound.gpg import Gpg, GpgError
+from outbound.keywatch import KeyWatch, Pinned
+from outbound.outbox import OutboxWorker
+from outbound.refer import ReferStage
+from outbound.transports import make_transport
+from routing.geo import open_geolocator
+from routing.locate import Locator, Overrides
+from routing.protocol import MembershipList
+from routing.resolve import HostResolver
+from routing.stage import LocateStage
+
+log = structlog.get_logger("gateway.app")
+
+
+def _worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+async def make_locator(config: Config) -> Locator:
+    """The resolver and the geolocation databases (opened off the event loop)."""
+    settings = config.locate
+    resolver = await HostResolver.create(settings.nameservers, timeout=settings.timeout)
+    geo = await asyncio.to_thread(open_geolocator, settings.geoip_db, settings.asn_db)
+    return Locator(resolver, geo, overrides=Overrides(settings.override),
+                   cdn_asns=settings.cdn_asns)
+
+
+async def wkd_keys(config: Config, gpg: Gpg) -> dict[str, bytes]:
+    """For the Web Key Directory: each intake address for which we hold a secret key with
+    that address among its user ids, the public key (binary), by WKD hash."""
+    found: dict[str, bytes] = {}
+    try:
+        secret = await gpg.list_keys(secret=True)
+    except GpgError as exc:
+        log.warning("gateway.wkd_unavailable", error=str(exc))
+        return found
+    for address in config.smtp.recipients:
+        local = address.rpartition("@")[0]
+        for key in secret:
+            if any(f"<{address.lower()}>" in uid.lower() for uid in key.uids):
+                armored = await gpg.export_public(key.fingerprint)
+                found[wkd_hash(local)] = dearmor(armored)
+                break
+    return found
+
+
+def pinned_keys(config: Config) -> list[Pinned]:
+    """(config key, fingerprint, purpose) of every key the config pins."""
+    keys: list[Pinned] = [("gpg.signing_key", config.gpg.signing_key, "sign")]
+    archive = config.archive_key()
+    if archive:  # encrypt_to_self: the hotline's own key must encrypt, too
+        what = "gpg.archive_key" if config.gpg.archive_key else "outbound.encrypt_to_self"
+        keys.append((what, archive, "encrypt"))
+    for name, destination in config.routing.destinations.items():
+        keys.append((f"routing.destinations.{name}", destination.key, "encrypt"))
+    for country, destination in config.routing.hotlines.items():
+        keys.append((f"routing.hotlines.{country}", destination.key, "encrypt"))
+    return keys
+
+
+async def make_gpg(config: Config, executor: Executor) -> Gpg:
+    """gpg in the configured home, with the signing key's passphrase if a file holds it."""
+    passphrase = None
+    if config.gpg.passphrase_file is not None:
+        text = await asyncio.to_thread(config.gpg.passphrase_file.read_text, "utf-8")
+        passphrase = text.rstrip("\r\n")
+    assert config.gpg.home is not None
+    return Gpg(config.gpg.home, executor=executor, passphrase=passphrase)
+
+
+def make_locate_stage(config: Config, backend: WriteBackend, locator: Locator) -> LocateStage:
+    settings = config.locate
+    return LocateStage(
+        backend, locator, worker=_worker_name(), concurrency=settings.concurrency,
+        max_attempts=settings.max_attempts,
+        retry_after=timedelta(seconds=settings.retry_after),
+        retry_max=timedelta(seconds=settings.retry_max),
+    )
+
+
+def make_normaliser(
+    config: Config,
+    backend: WriteBackend,
+    executor: Executor | None,
+    *,
+    intake_busy: Callable[[], bool] = lambda: False,
+    gpg: Gpg | None = None,
+) -> NormaliseStage:
+    return NormaliseStage(
+        backend,
+        executor,
+        worker=_worker_name(),
+        legal_window=timedelta(days=config.intake.legal_window_days),
+        intake_busy=intake_busy,
+        # Reports encrypted to the hotline's key are decrypted (in the executor) when read.
+        decrypt=gpg.decrypt_blocking if gpg is not None else None,
+    )
+
+
+def make_outbox(config: Config, backend: WriteBackend, gpg: Gpg) -> OutboxWorker:
+    settings = config.outbound
+    return OutboxWorker(
+        backend, make_transport(settings.settings()), worker=_worker_name(),
+        max_attempt_age=timedelta(seconds=settings.max_attempt_age),
+        retry_after=timedelta(seconds=settings.retry_after),
+        retry_max=timedelta(seconds=settings.retry_max),
+        # Longer than any delivery can take (the transports bound one: 3 x timeout, 60 s).
+        lease=timedelta(seconds=(65 if settings.transport == "file"
+                                 else 3 * settings.timeout + 5)),
+        keys=lambda fingerprint: gpg.problems(fingerprint, "encrypt"),
+        sealed_for=gpg.sealed_for_problems,
+    )
+
+
+def make_refer(config: Config, backend: WriteBackend, engine: AsyncEngine, locator: Locator,
+               gpg: Gpg, outbox: OutboxWorker) -> ReferStage:
+    return ReferStage(config.refer_settings(), backend, engine, locator, gpg, worker=_worker_name(),
+                      members=MembershipList.shipped(config.routing.membership,
+                                                     config.routing.hotlines),
+                      on_queued=outbox.wake)
+
+
+def make_keywatch(config: Config, gpg: Gpg) -> KeyWatch:
+    return KeyWatch(gpg, pinned_keys(config), warn_days=config.gpg.warn_days)
+
+
+def make_smtp(config: Config, writer: SubmissionWriter, executor: Executor) -> SmtpServer:
+    handler = ReportHandler(
+        writer,
+        recipients=config.smtp.recipients,
+        keep_peer_ip=config.intake.keep_reporter_ip,
+        max_message_bytes=config.smtp.max_message_bytes,
+        max_line_bytes=config.smtp.max_line_bytes,
+        limiter=RateLimiter(config.smtp.messages_per_minute_per_source),
+        trusted_relays=config.smtp.trusted_relays,
+        reject_attachments=config.intake.attachments == "reject",
+        executor=executor,
+    )
+    return SmtpServer(config.smtp.settings(), handler, grace=config.gateway.shutdown_grace)
+
+
+def make_admin(config: Config, backend: WriteBackend, stats: StatsCache, metrics: Metrics,
+               listeners: dict[str, SmtpServer | HttpListener], keywatch: KeyWatch,
+               normaliser: NormaliseStage, locate: LocateStage, outbox: OutboxWorker
+               ) -> AdminServer:
+    """The admin listener: health, readiness and metrics of the parts it is given."""
+    return AdminServer(config.admin, Admin(
+        stats=stats, backend=backend, metrics=metrics, keys=lambda: keywatch.last,
+        listeners=lambda: [(name, server.addresses) for name, server in listeners.items()],
+        max_outbox_age=config.outbound.max_attempt_age,
+        counters=lambda: {"locate_failures": locate.failed, "locate_located": locate.located,
+                          "referrals_sent": outbox.sent, "referrals_deferred": outbox.deferred,
+                          "referrals_failed": outbox.failed,
+                          "normalise_parse_failed": normaliser.failed}))
