@@ -40,7 +40,7 @@ from gateway.store.text import visible
 from outbound.gpg import GpgError
 from outbound.outbox import NotRetryable, retry_failed
 from routing.geo import GeoError
-from routing.locate import Hosting
+from routing.locate import HostingEvidence
 from routing.stage import CaseNotFound, relocate
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -352,7 +352,7 @@ def _hosting_line(hosting: dict[str, Any] | None) -> str:
 def _relocate(config: Config, case_id: uuid.UUID, *, as_json: bool) -> int:
     logs.configure(config.gateway.log_level, config.gateway.log_format, stream=sys.stderr)
 
-    async def run(backend: WriteBackend) -> Hosting:
+    async def run(backend: WriteBackend) -> HostingEvidence:
         locator = await make_locator(config)
         try:
             return await relocate(backend, locator, case_id, actor="cli")
