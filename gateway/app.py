@@ -43,7 +43,7 @@ from intake.smtp import ReportHandler, SmtpServer, quiet_aiosmtpd_logs
 from intake.web import PublicServer, dearmor, make_intake, wkd_hash
 from outbound.gpg import Gpg, GpgError
 from outbound.keywatch import KeyWatch, Pinned
-from outbound.outbox import OutboxWorker
+from outbound.outbox import OutboxStage
 from outbound.refer import ReferStage
 from outbound.transports import make_transport
 from routing.geo import open_geolocator
@@ -71,7 +71,7 @@ class Gateway:
     admin: AdminServer
     stats: StatsCache
     refer: ReferStage
-    outbox: OutboxWorker
+    outbox: OutboxStage
     keywatch: KeyWatch
     gpg: Gpg
     #: Set with a reason when an owned task dies: the daemon cannot go on serving.
@@ -286,7 +286,7 @@ async def running(
         locator = await make_locator(config)
         locate = make_locate_stage(config, backend, locator)
         normaliser.on_filed = locate.wake
-        outbox = OutboxWorker(
+        outbox = OutboxStage(
             backend, make_transport(config.outbound), worker=_worker_name(),
             max_attempt_age=timedelta(seconds=config.outbound.max_attempt_age),
             retry_after=timedelta(seconds=config.outbound.retry_after),

@@ -249,21 +249,22 @@ class LocateStage(PollingStage):
     def _file_one(self, conn: Connection, claimed: _Claimed, hosting: HostingEvidence,
                   evidence_id: uuid.UUID, now: datetime, audit: list[AuditEntry]) -> bool:
         """Move one case on (or count its failed attempt) if it is still ours."""
-        values: dict[str, Any] = {"claimed_by": None, "claimed_until": None}
-        event = None
+        mine = cases.c.claimed_by == self._worker
+        values: dict[str, Any] = {"claimed_by": None, "claimed_until": None,
+                                  "locate_error": None, "locate_after": None}
+        event = "locate"
         if hosting.failed:
             attempts = claimed.attempts + 1
+            retry_at = now + self.retry_delay(attempts)
+            if attempts < self._max_attempts or claimed.status == "locate_failed":
+                # Not a change of state: one more attempt counted, the next one scheduled.
+                guard = and_(cases.c.id == claimed.id, mine, cases.c.status.in_(TO_LOCATE))
+                return conn.execute(update(cases).where(guard).values(
+                    claimed_by=None, claimed_until=None, locate_attempts=attempts,
+                    locate_error=hosting.error, locate_after=retry_at)).rowcount == 1
+            event = "give_up_locating"
             values.update(locate_attempts=attempts, locate_error=hosting.error,
-                          locate_after=now + self.retry_delay(attempts))
-            if attempts >= self._max_attempts and claimed.status != "locate_failed":
-                event = "give_up_locating"
-        else:
-            event = "locate"
-            values.update(locate_error=None, locate_after=None)
-        mine = cases.c.claimed_by == self._worker
-        if event is None:
-            guard = and_(cases.c.id == claimed.id, mine, cases.c.status.in_(TO_LOCATE))
-            return conn.execute(update(cases).where(guard).values(**values)).rowcount == 1
+                          locate_after=retry_at)
         try:
             move(conn, claimed.id, event, actor=LOCATE, at=now, state=claimed.status,
                  where=mine, values=values, batch=audit,
