@@ -188,9 +188,8 @@ def move(
         raise ValueError("the state is the lifecycle's to set")
     if found.effect:
         columns["hold_reason"] = None
-    if found.next != state:
-        columns.update(status=found.next, status_changed_at=at)
-    elif found.restart:
+    columns["status"] = found.next
+    if found.next != state or found.restart:
         columns["status_changed_at"] = at
     guard = and_(cases.c.id == case_id, cases.c.status == state,
                  where if where is not None else true())
