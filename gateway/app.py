@@ -54,7 +54,7 @@ from intake.smtp import SmtpServer, quiet_aiosmtpd_logs
 from intake.web import PublicServer, make_intake
 from outbound.gpg import Gpg
 from outbound.keywatch import KeyWatch
-from outbound.outbox import OutboxWorker
+from outbound.outbox import OutboxStage
 from outbound.refer import ReferStage
 from routing.locate import Locator, Overrides
 from routing.protocol import MembershipList
@@ -79,7 +79,7 @@ class Gateway:
     admin: AdminServer
     stats: StatsCache
     refer: ReferStage
-    outbox: OutboxWorker
+    outbox: OutboxStage
     keywatch: KeyWatch
     gpg: Gpg
     #: Set with a reason when an owned task dies: the daemon cannot go on serving.

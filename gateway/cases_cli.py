@@ -21,7 +21,7 @@ from gateway.store.audit import CLI_ACTOR
 from gateway.store.backend import WriteBackend
 from gateway.store.case_view import defang, get_case, iso, list_cases
 from gateway.store.text import visible
-from routing.locate import Hosting
+from routing.locate import HostingEvidence
 from routing.stage import relocate
 
 T = TypeVar("T")
@@ -119,11 +119,11 @@ def _hosting_line(hosting: dict[str, Any] | None) -> str:
     return " ".join(parts)
 
 
-def _relocate(config: Config, run_on: Run[Hosting], case_id: uuid.UUID, *, as_json: bool
+def _relocate(config: Config, run_on: Run[HostingEvidence], case_id: uuid.UUID, *, as_json: bool
               ) -> int:
     logs.configure(config.gateway.log_level, config.gateway.log_format, stream=sys.stderr)
 
-    async def run(backend: WriteBackend) -> Hosting:
+    async def run(backend: WriteBackend) -> HostingEvidence:
         locator = await make_locator(config)
         try:
             return await relocate(backend, locator, case_id, actor=CLI_ACTOR)

@@ -28,7 +28,7 @@ from intake.smtp import ReportHandler, SmtpServer
 from intake.web import dearmor, wkd_hash
 from outbound.gpg import Gpg, GpgError
 from outbound.keywatch import KeyWatch, Pinned
-from outbound.outbox import OutboxWorker
+from outbound.outbox import OutboxStage
 from outbound.refer import ReferStage
 from outbound.transports import make_transport
 from routing.geo import open_geolocator
@@ -125,9 +125,9 @@ def make_normaliser(
     )
 
 
-def make_outbox(config: Config, backend: WriteBackend, gpg: Gpg) -> OutboxWorker:
+def make_outbox(config: Config, backend: WriteBackend, gpg: Gpg) -> OutboxStage:
     settings = config.outbound
-    return OutboxWorker(
+    return OutboxStage(
         backend, make_transport(settings.settings()), worker=_worker_name(),
         max_attempt_age=timedelta(seconds=settings.max_attempt_age),
         retry_after=timedelta(seconds=settings.retry_after),
@@ -141,7 +141,7 @@ def make_outbox(config: Config, backend: WriteBackend, gpg: Gpg) -> OutboxWorker
 
 
 def make_refer(config: Config, backend: WriteBackend, engine: AsyncEngine, locator: Locator,
-               gpg: Gpg, outbox: OutboxWorker) -> ReferStage:
+               gpg: Gpg, outbox: OutboxStage) -> ReferStage:
     return ReferStage(config.refer_settings(), backend, engine, locator, gpg, worker=_worker_name(),
                       members=MembershipList.shipped(config.routing.membership,
                                                      config.routing.hotlines),
@@ -169,7 +169,7 @@ def make_smtp(config: Config, writer: SubmissionWriter, executor: Executor) -> S
 
 def make_admin(config: Config, backend: WriteBackend, stats: StatsCache, metrics: Metrics,
                listeners: dict[str, SmtpServer | HttpListener], keywatch: KeyWatch,
-               normaliser: NormaliseStage, locate: LocateStage, outbox: OutboxWorker
+               normaliser: NormaliseStage, locate: LocateStage, outbox: OutboxStage
                ) -> AdminServer:
     """The admin listener: health, readiness and metrics of the parts it is given."""
     return AdminServer(config.admin, Admin(

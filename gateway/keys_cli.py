@@ -9,8 +9,8 @@ import asyncio
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-from gateway.compose import make_gpg, pinned_keys
 from gateway.cases_cli import say
+from gateway.compose import make_gpg, pinned_keys
 from gateway.config import Config
 from gateway.exits import EXIT_FAILURE, EXIT_OK
 from outbound.gpg import GpgError

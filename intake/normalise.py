@@ -21,7 +21,6 @@ applies nothing, so nothing is counted twice.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import uuid
 from collections import Counter
@@ -33,11 +32,11 @@ from functools import partial
 from typing import Any
 
 import structlog
-from sqlalchemy import and_, bindparam, or_, select, update
+from sqlalchemy import bindparam, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import StatementError
 
-from gateway.store.audit import record
+from gateway.store import leases
 from gateway.store.backend import WriteBackend
 from gateway.store.errors import retryable
 from gateway.store.polling import PollingStage
@@ -197,6 +196,8 @@ def _normalise_all(batch: Sequence[_Claimed], decrypt: Decrypt | None = None
 class NormaliseStage(PollingStage):
     """Moves submissions from ``received`` to ``parsed`` / ``parse_failed``, making cases."""
 
+    name = "normalise"
+
     def __init__(
         self,
         backend: WriteBackend,
@@ -229,52 +230,23 @@ class NormaliseStage(PollingStage):
         self.processed = 0
         self.failed = 0
 
-    async def run(self) -> None:
-        """Work batches until stopped; between empty polls wait for a wake-up or the poll time.
-
-        Intake comes first: while reports are arriving, a batch waits for a quiet moment, but
-        never longer than ``max_defer``, so the stage always makes progress.
-        """
-        try:
-            while not self._stopping:
-                await self._yield_to_intake()
-                try:
-                    done = await self.run_once()
-                except Exception as exc:  # the database is away: keep trying, say so
-                    log.error("normalise.batch_failed", error_type=type(exc).__name__)
-                    await self._release_quietly()
-                    done = 0
-                if done == 0 and not self._stopping:
-                    self._wake.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), self._idle_poll)
-        finally:
-            # Whatever is still claimed is handed back now, not when the lease runs out.
-            await self._release_quietly()
-
     async def release(self) -> int:
         """Hand back every unprocessed submission this worker has claimed; how many."""
-        def work(conn: Connection) -> int:
-            mine = and_(submissions.c.claimed_by == self._worker,
-                        submissions.c.status == "received")
-            result = conn.execute(
-                update(submissions).where(mine).values(claimed_by=None, claimed_until=None))
-            return int(result.rowcount)
+        return await self._backend.transaction(partial(
+            leases.release, table=submissions, worker=self._worker,
+            where=submissions.c.status == "received"))
 
-        return await self._backend.transaction(work)
-
-    async def _release_quietly(self) -> None:
-        try:
-            await self.release()
-        except Exception as exc:  # the database is still away: the lease will expire instead
-            log.warning("normalise.release_failed", error_type=type(exc).__name__)
-
-    async def _yield_to_intake(self) -> None:
+    async def before_batch(self) -> None:
+        """Intake comes first: while reports are arriving, a batch waits for a quiet moment,
+        but never longer than ``max_defer``, so the stage always makes progress."""
         # "Busy" is a time window, not an event: look again every 50 ms, up to max_defer.
         for _ in range(round(self._max_defer / 0.05)):
             if self._stopping or not self._intake_busy():
                 return
             await asyncio.sleep(0.05)
+
+    async def after_failure(self) -> None:
+        await self.release_quietly()  # taken again at once, not when the lease runs out
 
     async def run_once(self) -> int:
         """Claim, parse and apply one batch; the number of submissions it took."""
@@ -334,23 +306,12 @@ class NormaliseStage(PollingStage):
             )
 
     def _claim(self, conn: Connection, *, now: datetime, until: datetime) -> list[_Claimed]:
-        free = or_(submissions.c.claimed_until.is_(None), submissions.c.claimed_until < now)
-        candidates = (
-            select(submissions.c.id)
-            .where(submissions.c.status == "received", free)
-            .order_by(submissions.c.received_at)
-            .limit(self._batch_size)
-            .with_for_update(skip_locked=True)
-        )
-        rows = conn.execute(
-            update(submissions)
-            .where(submissions.c.id.in_(candidates.scalar_subquery()), free)
-            .values(claimed_by=self._worker, claimed_until=until)
-            .returning(
-                submissions.c.id, submissions.c.reference, submissions.c.channel,
-                submissions.c.received_at, submissions.c.raw,
-            )
-        )
+        rows = leases.claim(
+            conn, submissions, worker=self._worker, now=now, until=until,
+            where=[submissions.c.status == "received"], order_by=submissions.c.received_at,
+            limit=self._batch_size,
+            returning=[submissions.c.id, submissions.c.reference, submissions.c.channel,
+                       submissions.c.received_at, submissions.c.raw])
         return [_Claimed(*row) for row in rows]
 
     def _apply(
@@ -379,6 +340,4 @@ class NormaliseStage(PollingStage):
             # Unreadable, it is still a report: a no_url case carries it to an analyst.
             filing.attach(claimed.id, claimed.received_at, result.urls)
         filing.flush()
-        if filing.audit:
-            record(conn, filing.audit, at=now)
         return applied

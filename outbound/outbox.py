@@ -1,4 +1,4 @@
-"""The outbox worker: every queued referral is delivered, retried, or failed where people see it.
+"""The outbox stage: every queued referral is delivered, retried, or failed where people see it.
 
 Items are claimed with a lease (several workers or processes may run); each attempt is
 recorded. A deferred delivery waits ``retry_after``, doubling with jitter up to ``retry_max``;
@@ -22,14 +22,15 @@ from functools import partial
 from typing import Any
 
 import structlog
-from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy import and_, insert, select, update
 from sqlalchemy.engine import Connection
 
+from gateway.store import leases
 from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
 from gateway.store.errors import Conflict
 from gateway.store.ids import uuid7
-from gateway.store.polling import PollingStage
+from gateway.store.polling import PollingStage, retry_delay
 from gateway.store.tables import outbox, outbox_attempts, referrals
 from outbound.transports import Deferred, Rejected, Transport
 
@@ -37,7 +38,9 @@ log = structlog.get_logger("outbound.outbox")
 
 
 @dataclass(frozen=True, slots=True)
-class _Item:
+class OutboxItem:
+    """A message that must leave, with the referral it carries."""
+
     id: uuid.UUID
     referral_id: uuid.UUID
     case_id: uuid.UUID
@@ -55,7 +58,9 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-class OutboxWorker(PollingStage):
+class OutboxStage(PollingStage):
+    """Delivers pending outbox items: ``sent``, retried later, or ``failed``."""
+
     name = "outbox"
 
     def __init__(
@@ -97,8 +102,8 @@ class OutboxWorker(PollingStage):
     def retry_delay(self, attempts: int) -> timedelta:
         """Doubling from retry_after, with jitter (so that deferred items do not all come back
         at once), never past retry_max."""
-        delay: timedelta = self._retry_after * (2 ** min(attempts - 1, 30)) * self._jitter()
-        return min(delay, self._retry_max)
+        return retry_delay(attempts, first=self._retry_after, most=self._retry_max,
+                           jitter=self._jitter())
 
     async def run_once(self) -> int:
         """Claim what is due and try each; how many were tried."""
@@ -109,14 +114,12 @@ class OutboxWorker(PollingStage):
             await asyncio.gather(*(self._deliver(item) for item in items))
         return len(items)
 
-    def _claim(self, conn: Connection, *, now: datetime, until: datetime) -> list[_Item]:
-        free = or_(outbox.c.claimed_until.is_(None), outbox.c.claimed_until < now)
-        due = and_(outbox.c.status == "pending", outbox.c.next_attempt_at <= now, free)
-        candidates = (select(outbox.c.id).where(due).order_by(outbox.c.next_attempt_at)
-                      .limit(self._concurrency).with_for_update(skip_locked=True))
-        claimed = [row.id for row in conn.execute(
-            update(outbox).where(outbox.c.id.in_(candidates.scalar_subquery()), free)
-            .values(claimed_by=self._worker, claimed_until=until).returning(outbox.c.id))]
+    def _claim(self, conn: Connection, *, now: datetime, until: datetime) -> list[OutboxItem]:
+        claimed = [row[0] for row in leases.claim(
+            conn, outbox, worker=self._worker, now=now, until=until,
+            where=[outbox.c.status == "pending", outbox.c.next_attempt_at <= now],
+            order_by=outbox.c.next_attempt_at, limit=self._concurrency,
+            returning=[outbox.c.id])]
         if not claimed:
             return []
         rows = conn.execute(
@@ -126,13 +129,13 @@ class OutboxWorker(PollingStage):
                    referrals.c.key_fingerprint)
             .join(referrals, referrals.c.id == outbox.c.referral_id)
             .where(outbox.c.id.in_(claimed)))
-        return [_Item(id=r.id, referral_id=r.referral_id, case_id=r.case_id,
+        return [OutboxItem(id=r.id, referral_id=r.referral_id, case_id=r.case_id,
                       reference=r.reference, destination=r.destination, mail_from=r.mail_from,
                       rcpt_to=r.rcpt_to, message=r.message, attempts=r.attempts,
                       created_at=r.created_at, key_fingerprint=r.key_fingerprint)
                 for r in rows]
 
-    async def _deliver(self, item: _Item) -> None:
+    async def _deliver(self, item: OutboxItem) -> None:
         outcome, detail = "sent", ""
         problems = await self._key_problems(item.key_fingerprint)
         sealed = await self._message_problems(item.message) if not problems else []
@@ -174,7 +177,7 @@ class OutboxWorker(PollingStage):
             # An alert: a referral that did not reach the police or a partner hotline.
             log.error("outbox.failed", detail=detail, **fields)
 
-    def _file(self, conn: Connection, *, item: _Item, outcome: str, detail: str,
+    def _file(self, conn: Connection, *, item: OutboxItem, outcome: str, detail: str,
               now: datetime) -> None:
         attempts = item.attempts + 1
         values: dict[str, Any] = {"attempts": attempts, "claimed_by": None,
@@ -221,12 +224,9 @@ class OutboxWorker(PollingStage):
             return [f"key check failed: {type(exc).__name__}"]
 
     async def release(self) -> None:
-        def work(conn: Connection) -> None:
-            conn.execute(update(outbox).where(outbox.c.claimed_by == self._worker,
-                                              outbox.c.status == "pending")
-                         .values(claimed_by=None, claimed_until=None))
-
-        await self._backend.transaction(work)
+        await self._backend.transaction(partial(
+            leases.release, table=outbox, worker=self._worker,
+            where=outbox.c.status == "pending"))
 
 
 

@@ -74,7 +74,7 @@ class Overrides:
 
 
 @dataclass(frozen=True, slots=True)
-class Hosting:
+class HostingEvidence:
     """One lookup and its verdict: a row of hosting evidence."""
 
     host: str
@@ -130,7 +130,7 @@ class Locator:
             name: number for number in self._cdn_asns for name in BUILTIN_AS_NAMES.get(number, ())
         }
 
-    async def locate(self, host: str, *, fresh: bool = False) -> Hosting:
+    async def locate(self, host: str, *, fresh: bool = False) -> HostingEvidence:
         resolution = await self.resolver.resolve(host, fresh=fresh)
         return self.judge(resolution)
 
@@ -141,7 +141,7 @@ class Locator:
             return f"organisation {facts.org} (AS{self._cdn_names[facts.org]})"
         return None
 
-    def judge(self, resolution: Resolution) -> Hosting:
+    def judge(self, resolution: Resolution) -> HostingEvidence:
         """The verdict on one resolution (pure but for the clock)."""
         host = resolution.host
         records = list(resolution.records)
@@ -163,23 +163,23 @@ class Locator:
             domain, country = domain_rule
             common["databases"] = {**self._databases, "override": {"domain": domain}}
             first = addresses[0] if addresses else {}
-            return Hosting(
+            return HostingEvidence(
                 status="located", country=country, asn=first.get("asn"), org=first.get("org"),
                 source="override", ips=ips, addresses=addresses, **common,
             )
         if resolution.outcome == "failed":
-            return Hosting(status="failed", **common)
+            return HostingEvidence(status="failed", **common)
         # A private or reserved address (a sinkhole's 0.0.0.0 or 127.0.0.1, say) hosts
         # nothing anyone else can reach: it is evidence, not a place.
         public = [a for a in addresses if "note" not in a or a["source"] == "override"]
         if not public:
             if addresses:
                 common["error"] = "no public address"
-            return Hosting(status="unresolvable", ips=ips, addresses=addresses, **common)
+            return HostingEvidence(status="unresolvable", ips=ips, addresses=addresses, **common)
         first = public[0]
         cdn = [a for a in public if a.get("cdn")]
         if cdn:
-            return Hosting(status="cdn", asn=cdn[0]["asn"], org=cdn[0]["org"], cdn=True,
+            return HostingEvidence(status="cdn", asn=cdn[0]["asn"], org=cdn[0]["org"], cdn=True,
                            source="geoip", ips=ips, addresses=addresses, **common)
         countries = {a["country"] for a in public}
         source = "override" if all(a["source"] == "override" for a in public) else "geoip"
@@ -189,10 +189,10 @@ class Locator:
         elif None in countries:
             status = "unknown"  # no database knows where (some of) the addresses are
         else:
-            return Hosting(status="located", country=known.pop(), asn=first["asn"],
+            return HostingEvidence(status="located", country=known.pop(), asn=first["asn"],
                            org=first["org"], source=source, ips=ips, addresses=addresses,
                            **common)
-        return Hosting(status=status, asn=first["asn"], org=first["org"], source=source,
+        return HostingEvidence(status=status, asn=first["asn"], org=first["org"], source=source,
                        ips=ips, addresses=addresses, **common)
 
     def _address(self, ip: str) -> dict[str, Any]:

@@ -97,7 +97,9 @@ class Facts:
 
 
 @dataclass(frozen=True, slots=True)
-class Decision:
+class RoutingDecision:
+    """Where a case goes: the rule that matched, its outcome, and the facts it used."""
+
     rule: str
     outcome: str  # refer | iccam | hold | close
     destination: str | None
@@ -134,18 +136,18 @@ def _as_of(facts: Facts) -> str:
     return facts.membership.as_of if facts.membership is not None else "unknown"
 
 
-def decide(facts: Facts) -> Decision:
+def decide(facts: Facts) -> RoutingDecision:
     """The first rule that matches."""
     for rule, matches, result in RULES:
         if matches(facts):
             outcome, destination, explanation = result(facts)
-            return Decision(rule, outcome, destination, explanation, facts.to_json())
+            return RoutingDecision(rule, outcome, destination, explanation, facts.to_json())
     raise AssertionError("the last rule matches everything")
 
 
-def no_key(decision: Decision, problems: list[str]) -> Decision:
+def no_key(decision: RoutingDecision, problems: list[str]) -> RoutingDecision:
     """``hold-no-key``: the destination's key cannot be used; never sent in clear."""
-    return Decision("hold-no-key", "hold", decision.destination,
+    return RoutingDecision("hold-no-key", "hold", decision.destination,
                     f"{decision.destination}: no usable key ({'; '.join(problems)}); "
                     "held, never sent in clear",
                     {**decision.facts, "routed_by": decision.rule, "key_problems": problems})

@@ -27,18 +27,22 @@ import structlog
 from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
+from gateway.store import leases
 from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
 from gateway.store.errors import Conflict, NotAllowed, NotFound
 from gateway.store.ids import uuid7
-from gateway.store.polling import PollingStage
+from gateway.store.lifecycle import Actor, CaseChanged, audit_batch, move, sources
+from gateway.store.polling import PollingStage, retry_delay
 from gateway.store.tables import cases, hosting_evidence
-from routing.locate import Hosting, Locator, host_of
+from routing.locate import HostingEvidence, Locator, host_of
 
 log = structlog.get_logger("routing.locate")
 
+LOCATE = Actor.system("locate")
+
 #: Statuses a case is located in; a verdict moves it on.
-TO_LOCATE = ("new", "locate_failed")
+TO_LOCATE = sources("locate")
 #: Lookups filed per transaction at most.
 APPLY_GROUP = 64
 
@@ -52,7 +56,7 @@ class _Claimed:
     url_key: str
 
 
-def evidence_row(case_id: uuid.UUID, hosting: Hosting, trigger: str) -> dict[str, Any]:
+def evidence_row(case_id: uuid.UUID, hosting: HostingEvidence, trigger: str) -> dict[str, Any]:
     return {
         "id": uuid7(), "case_id": case_id, "checked_at": hosting.checked_at,
         "trigger": trigger, "host": hosting.host, "resolver": hosting.resolver,
@@ -63,22 +67,21 @@ def evidence_row(case_id: uuid.UUID, hosting: Hosting, trigger: str) -> dict[str
     }
 
 
-def _status_entry(case_id: uuid.UUID, old: str, new: str, hosting: Hosting,
-                  evidence_id: uuid.UUID, actor: str = "system:locate") -> AuditEntry:
-    return AuditEntry(actor, "case.located" if new == "awaiting_assessment"
-                      else "case.locate_failed", case_id,
-                      {"from": old, "to": new, "hosting": hosting.status,
-                       "country": hosting.country, "evidence": str(evidence_id),
-                       "error": hosting.error})
+def _hosting_details(hosting: HostingEvidence, evidence_id: uuid.UUID) -> dict[str, Any]:
+    """What the audit entry of a move on locating says of the lookup."""
+    return {"hosting": hosting.status, "country": hosting.country,
+            "evidence": str(evidence_id), "error": hosting.error}
 
 
-def _no_host(url: str | None, now: datetime) -> Hosting:
-    return Hosting(host=url or "", checked_at=now, resolver="none", outcome="nxdomain",
+def _no_host(url: str | None, now: datetime) -> HostingEvidence:
+    return HostingEvidence(host=url or "", checked_at=now, resolver="none", outcome="nxdomain",
                    status="unresolvable", error="the URL names no host")
 
 
 class LocateStage(PollingStage):
     """Moves cases from ``new`` (or ``locate_failed``) to ``awaiting_assessment``."""
+
+    name = "locate"
 
     def __init__(
         self,
@@ -105,14 +108,13 @@ class LocateStage(PollingStage):
         super().__init__(idle_poll=idle_poll)
         self._clock = clock
         self._inflight: set[asyncio.Task[None]] = set()
-        self._done: list[tuple[_Claimed, Hosting]] = []
+        self._done: list[tuple[_Claimed, HostingEvidence]] = []
         self.located = 0
         self.failed = 0
 
     def retry_delay(self, attempts: int) -> timedelta:
         """How long after its ``attempts``-th failure a case is tried again."""
-        delay: timedelta = self._retry_after * (2 ** min(attempts - 1, 30))
-        return min(delay, self._retry_max)
+        return retry_delay(attempts, first=self._retry_after, most=self._retry_max)
 
     async def run(self) -> None:
         """Claim, look up and file until stopped; a lookup in flight never blocks the others."""
@@ -164,7 +166,7 @@ class LocateStage(PollingStage):
             task.cancel()
         await asyncio.gather(*self._inflight, return_exceptions=True)
         self._done.clear()
-        await self._release_quietly()
+        await self.release_quietly()
 
     def _start(self, claimed: Sequence[_Claimed]) -> int:
         for item in claimed:
@@ -181,7 +183,7 @@ class LocateStage(PollingStage):
             try:
                 hosting = await self._locator.locate(host)
             except Exception as exc:  # a bug here must mark the case, not stop the stage
-                hosting = Hosting(host=host, checked_at=self._clock(), resolver="none",
+                hosting = HostingEvidence(host=host, checked_at=self._clock(), resolver="none",
                                   outcome="failed", status="failed",
                                   error=f"internal: {type(exc).__name__}")
         self._done.append((item, hosting))
@@ -217,76 +219,67 @@ class LocateStage(PollingStage):
     def _claim_rows(
         self, conn: Connection, *, now: datetime, until: datetime, limit: int
     ) -> list[_Claimed]:
-        free = or_(cases.c.claimed_until.is_(None), cases.c.claimed_until < now)
         due = or_(cases.c.locate_after.is_(None), cases.c.locate_after <= now)
-        candidates = (
-            select(cases.c.id)
-            .where(cases.c.status.in_(TO_LOCATE), cases.c.kind == "url", due, free)
-            .order_by(cases.c.first_reported)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-        rows = conn.execute(
-            update(cases)
-            .where(cases.c.id.in_(candidates.scalar_subquery()), free)
-            .values(claimed_by=self._worker, claimed_until=until)
-            .returning(cases.c.id, cases.c.canonical_url, cases.c.locate_attempts,
-                       cases.c.status, cases.c.url_key)
-        )
+        rows = leases.claim(
+            conn, cases, worker=self._worker, now=now, until=until,
+            where=[cases.c.status.in_(TO_LOCATE), cases.c.kind == "url", due],
+            order_by=cases.c.first_reported, limit=limit,
+            returning=[cases.c.id, cases.c.canonical_url, cases.c.locate_attempts,
+                       cases.c.status, cases.c.url_key])
         return [_Claimed(*row) for row in rows]
 
     def _apply(
-        self, conn: Connection, *, results: Sequence[tuple[_Claimed, Hosting]], now: datetime
-    ) -> list[tuple[_Claimed, Hosting]]:
+        self, conn: Connection, *, results: Sequence[tuple[_Claimed, HostingEvidence]],
+        now: datetime,
+    ) -> list[tuple[_Claimed, HostingEvidence]]:
         """File the lookups (in the database's thread: no logging here); those filed."""
         evidence = []
-        audit: list[AuditEntry] = []
-        filed: list[tuple[_Claimed, Hosting]] = []
+        filed: list[tuple[_Claimed, HostingEvidence]] = []
         # In url_key order, as the normaliser files cases: two transactions that lock the
         # same cases lock them in one order, and never deadlock.
-        for claimed, hosting in sorted(results, key=lambda pair: pair[0].url_key):
-            guard = and_(cases.c.id == claimed.id, cases.c.claimed_by == self._worker,
-                         cases.c.status.in_(TO_LOCATE))
-            values: dict[str, Any] = {"claimed_by": None, "claimed_until": None}
-            if hosting.failed:
-                attempts = claimed.attempts + 1
-                values.update(locate_attempts=attempts, locate_error=hosting.error,
-                              locate_after=now + self.retry_delay(attempts))
-                if attempts >= self._max_attempts and claimed.status != "locate_failed":
-                    values.update(status="locate_failed", status_changed_at=now)
-            else:
-                values.update(status="awaiting_assessment", status_changed_at=now,
-                              locate_error=None, locate_after=None)
-            if conn.execute(update(cases).where(guard).values(**values)).rowcount != 1:
-                continue  # our lease ran out and another worker has it, or it was relocated
-            row = evidence_row(claimed.id, hosting, "auto")
-            evidence.append(row)
-            filed.append((claimed, hosting))
-            if "status" in values:
-                audit.append(_status_entry(claimed.id, claimed.status, values["status"],
-                                           hosting, row["id"]))
-        if evidence:
-            conn.execute(insert(hosting_evidence), evidence)
-        if audit:
-            record(conn, audit, at=now)
+        with audit_batch(conn, at=now) as audit:
+            for claimed, hosting in sorted(results, key=lambda pair: pair[0].url_key):
+                row = evidence_row(claimed.id, hosting, "auto")
+                if self._file_one(conn, claimed, hosting, row["id"], now, audit):
+                    evidence.append(row)
+                    filed.append((claimed, hosting))
+            if evidence:
+                conn.execute(insert(hosting_evidence), evidence)
         return filed
+
+    def _file_one(self, conn: Connection, claimed: _Claimed, hosting: HostingEvidence,
+                  evidence_id: uuid.UUID, now: datetime, audit: list[AuditEntry]) -> bool:
+        """Move one case on (or count its failed attempt) if it is still ours."""
+        mine = cases.c.claimed_by == self._worker
+        values: dict[str, Any] = {"claimed_by": None, "claimed_until": None,
+                                  "locate_error": None, "locate_after": None}
+        event = "locate"
+        if hosting.failed:
+            attempts = claimed.attempts + 1
+            retry_at = now + self.retry_delay(attempts)
+            if attempts < self._max_attempts or claimed.status == "locate_failed":
+                # Not a change of state: one more attempt counted, the next one scheduled.
+                guard = and_(cases.c.id == claimed.id, mine, cases.c.status.in_(TO_LOCATE))
+                return conn.execute(update(cases).where(guard).values(
+                    claimed_by=None, claimed_until=None, locate_attempts=attempts,
+                    locate_error=hosting.error, locate_after=retry_at)).rowcount == 1
+            event = "give_up_locating"
+            values.update(locate_attempts=attempts, locate_error=hosting.error,
+                          locate_after=retry_at)
+        try:
+            move(conn, claimed.id, event, actor=LOCATE, at=now, state=claimed.status,
+                 where=mine, values=values, batch=audit,
+                 details=_hosting_details(hosting, evidence_id))
+        except CaseChanged:
+            return False  # our lease ran out and another worker has it, or it was relocated
+        return True
 
     async def release(self) -> int:
         """Hand back every case this worker holds but has not filed; how many."""
 
-        def work(conn: Connection) -> int:
-            mine = and_(cases.c.claimed_by == self._worker, cases.c.status.in_(TO_LOCATE))
-            result = conn.execute(
-                update(cases).where(mine).values(claimed_by=None, claimed_until=None))
-            return int(result.rowcount)
-
-        return await self._backend.transaction(work)
-
-    async def _release_quietly(self) -> None:
-        try:
-            await self.release()
-        except Exception as exc:  # the database is away: the lease will expire instead
-            log.warning("locate.release_failed", error_type=type(exc).__name__)
+        return await self._backend.transaction(partial(
+            leases.release, table=cases, worker=self._worker,
+            where=cases.c.status.in_(TO_LOCATE)))
 
 
 class CaseNotFound(NotFound):
@@ -296,7 +289,7 @@ class CaseNotFound(NotFound):
 async def relocate(
     backend: WriteBackend, locator: Locator, case_id: uuid.UUID, *, trigger: str = "relocate",
     actor: str | None = None, allowed: Callable[[str], bool] = lambda status: True,
-) -> Hosting:
+) -> HostingEvidence:
     """Look a case's host up again now (no cache) and add the evidence; a case still waiting to
     be located moves on to the queue. Earlier evidence is kept as it was."""
 
@@ -325,17 +318,13 @@ async def relocate(
                 "status": hosting.status, "country": hosting.country,
                 "evidence": str(row["id"])})], at=hosting.checked_at)
         if not hosting.failed:
-            now = hosting.checked_at
-            moved = conn.execute(
-                update(cases)
-                .where(cases.c.id == case_id, cases.c.status.in_(TO_LOCATE))
-                .values(status="awaiting_assessment", status_changed_at=now, locate_error=None,
-                        locate_after=None, claimed_by=None, claimed_until=None)
-                .returning(cases.c.id)
-            ).first()
-            if moved is not None:
-                record(conn, [_status_entry(case_id, "new", "awaiting_assessment", hosting,
-                                            row["id"], actor=f"system:{trigger}")], at=now)
+            state = conn.execute(select(cases.c.status).where(cases.c.id == case_id)).scalar()
+            if state in TO_LOCATE:
+                move(conn, case_id, "locate", actor=Actor.system(trigger),
+                     at=hosting.checked_at, state=state,
+                     values={"locate_error": None, "locate_after": None, "claimed_by": None,
+                             "claimed_until": None},
+                     details=_hosting_details(hosting, row["id"]))
 
     await backend.transaction(file)
     log.info("locate.relocated", case_id=str(case_id), status=hosting.status)

@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, insert, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection
 
 from gateway.console.accounts import Staff
+from gateway.store import lifecycle
 from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
 from gateway.store.errors import Conflict, Invalid, NotAllowed, NotFound
@@ -33,7 +34,7 @@ from gateway.store.tables import (
     users,
 )
 from gateway.store.text import plain_text
-from routing.locate import Hosting, Locator
+from routing.locate import HostingEvidence, Locator
 from routing.stage import relocate
 
 #: ICCAM's classifications, and the verdict each belongs to.
@@ -41,9 +42,9 @@ CLASSIFICATIONS = {"baseline": "illegal", "national": "illegal",
                    "not_illegal": "legal", "doubtful": "legal"}
 #: Where an assessment can be made: the queue, and cases whose hosting could not be found
 #: (the analyst may set the country).
-ASSESSABLE = ("awaiting_assessment", "locate_failed")
+ASSESSABLE = lifecycle.sources("assess_illegal")
 #: What a supervisor can send back to the queue.
-REOPENABLE = ("assessed", "closed_legal", "held")
+REOPENABLE = lifecycle.sources("reopen")
 MAX_NOTE = 4000
 
 
@@ -123,14 +124,14 @@ def _case(conn: Connection, case_id: uuid.UUID) -> Any:
     return row
 
 
-def _move(conn: Connection, case_id: uuid.UUID, old: str, new: str, now: datetime) -> None:
-    """Change the status only if it is still ``old`` (a concurrent action wins, not both)."""
-    moved = conn.execute(
-        update(cases).where(and_(cases.c.id == case_id, cases.c.status == old))
-        .values(status=new, status_changed_at=now)
-    ).rowcount
-    if moved != 1:
-        raise Conflict("the case changed meanwhile; reload it")
+def _move(conn: Connection, staff: Staff, case_id: uuid.UUID, old: str, event: str,
+          now: datetime, *, values: dict[str, Any] | None = None,
+          details: dict[str, Any] | None = None) -> str:
+    """Move the case through the lifecycle only if it is still ``old`` (a concurrent action
+    wins, not both), recording it as ``staff``; the new status. The lifecycle refuses with
+    ``Conflict`` (not in a state for this) or ``NotAllowed`` (not this person's to do)."""
+    return lifecycle.move(conn, case_id, event, actor=lifecycle.Actor(staff.name, staff.role),
+                          at=now, state=old, values=values, details=details).next
 
 
 def _assessment_json(row: Any, by: str, approver: str | None) -> dict[str, Any]:
@@ -155,18 +156,16 @@ async def assess(
                 "verdict": "report the URL it names as a case of its own; close this one as "
                            "legal (doubtful)"})
         pending = given.verdict == "illegal" and four_eyes
-        new_status = "closed_legal" if given.verdict == "legal" else "assessed"
         row = {"id": uuid7(), "case_id": case_id, "user_id": staff.id, "verdict": given.verdict,
                "classification": given.classification,
                "hosting_country": given.hosting_country, "note": given.note,
                "created_at": now, "status": "pending_approval" if pending else "final"}
-        _move(conn, case_id, case.status, new_status, now)
-        conn.execute(update(cases).where(cases.c.id == case_id).values(assigned_to=None))
+        new_status = _move(conn, staff, case_id, case.status, f"assess_{given.verdict}", now,
+                           values={"assigned_to": None}, details={
+                               "verdict": given.verdict, "classification": given.classification,
+                               "hosting_country": given.hosting_country,
+                               "status": row["status"]})
         conn.execute(insert(assessments).values(**row))
-        record(conn, [AuditEntry(staff.name, "case.assessed", case_id, {
-            "verdict": given.verdict, "classification": given.classification,
-            "hosting_country": given.hosting_country, "status": row["status"],
-            "from": case.status, "to": new_status})], at=now)
         saved = conn.execute(select(assessments).where(assessments.c.id == row["id"])).one()
         return Outcome(case_id, new_status, _assessment_json(saved, staff.name, None))
 
@@ -222,20 +221,10 @@ async def reopen(
         case = _case(conn, case_id)
         if case.status not in REOPENABLE:
             raise Conflict(f"a case that is {case.status} cannot be reopened")
-        _move(conn, case_id, case.status, "awaiting_assessment", now)
-        conn.execute(update(cases).where(cases.c.id == case_id).values(hold_reason=None))
-        conn.execute(update(assessments)
-                     .where(assessments.c.case_id == case_id,
-                            assessments.c.status != "superseded")
-                     .values(status="superseded"))
-        conn.execute(update(routing_changes)
-                     .where(routing_changes.c.case_id == case_id,
-                            routing_changes.c.status == "pending")
-                     .values(status="superseded", decided_at=now))
-        _supersede_decision(conn, case_id)
-        record(conn, [AuditEntry(staff.name, "case.reopened", case_id,
-                                 {"from": case.status, "reason": reason})], at=now)
-        return Outcome(case_id, "awaiting_assessment")
+        # Its verdicts, pending routing changes and routing decision are superseded.
+        status = _move(conn, staff, case_id, case.status, "reopen", now,
+                       details={"reason": reason})
+        return Outcome(case_id, status)
 
     return await backend.transaction(work)
 
@@ -264,13 +253,6 @@ async def reassign(
     return await backend.transaction(work)
 
 
-def _supersede_decision(conn: Connection, case_id: uuid.UUID) -> None:
-    conn.execute(update(routing_decisions)
-                 .where(routing_decisions.c.case_id == case_id,
-                        routing_decisions.c.superseded.is_(False))
-                 .values(superseded=True))
-
-
 def _country(value: object) -> str:
     if not isinstance(value, str) or not re.fullmatch(r"[A-Z]{2}", value):
         raise Invalid("invalid country",
@@ -280,7 +262,7 @@ def _country(value: object) -> str:
 
 #: Where naming the hosting country releases a case: held (for unknown hosting, say), or
 #: waiting for a referral through ICCAM by hand.
-COUNTRY_SETTABLE = ("held", "awaiting_iccam")
+COUNTRY_SETTABLE = lifecycle.sources("set_country")
 
 
 def _final_verdict(conn: Connection, case_id: uuid.UUID) -> Any:
@@ -291,14 +273,14 @@ def _final_verdict(conn: Connection, case_id: uuid.UUID) -> Any:
     return final
 
 
-def _route_to(conn: Connection, case_id: uuid.UUID, status: str, assessment_id: uuid.UUID,
-              country: str, now: datetime) -> None:
-    """Put the country on the final verdict and hand the case back to routing."""
+def _route_to(conn: Connection, staff: Staff, case_id: uuid.UUID, status: str,
+              assessment_id: uuid.UUID, country: str, now: datetime, event: str,
+              details: dict[str, Any]) -> str:
+    """Put the country on the final verdict and hand the case back to routing (its routing
+    decision is superseded); the new status."""
     conn.execute(update(assessments).where(assessments.c.id == assessment_id)
                  .values(hosting_country=country))
-    _move(conn, case_id, status, "assessed", now)
-    conn.execute(update(cases).where(cases.c.id == case_id).values(hold_reason=None))
-    _supersede_decision(conn, case_id)
+    return _move(conn, staff, case_id, status, event, now, details=details)
 
 
 def _routing_facts(conn: Connection, case_id: uuid.UUID, status: str,
@@ -348,11 +330,9 @@ async def set_hosting_country(
                                      {"change": str(change["id"]), "country": code,
                                       "status": case.status})], at=now)
             return Outcome(case_id, case.status)
-        _route_to(conn, case_id, case.status, final.id, code, now)
-        record(conn, [AuditEntry(staff.name, "case.hosting_country_set", case_id,
-                                 {"country": code, "from": case.status,
-                                  "change": str(change["id"])})], at=now)
-        return Outcome(case_id, "assessed")
+        status = _route_to(conn, staff, case_id, case.status, final.id, code, now,
+                           "set_country", {"country": code, "change": str(change["id"])})
+        return Outcome(case_id, status)
 
     return await backend.transaction(work)
 
@@ -392,17 +372,14 @@ async def decide_routing_change(
         ).rowcount
         if done != 1:
             raise Conflict("the case changed meanwhile; reload it")
-        status = case.status
+        details = {"change": str(row.id), "country": row.country, "proposed_by": row.proposer}
         if approve:
-            _route_to(conn, case_id, case.status, row.assessment_id, row.country, now)
-            status = "assessed"
-        record(conn, [AuditEntry(
-            staff.name,
-            "case.routing_change_approved" if approve else "case.routing_change_rejected",
-            case_id, {"change": str(row.id), "country": row.country,
-                      "proposed_by": row.proposer, "from": case.status, "to": status})],
-            at=now)
-        return Outcome(case_id, status)
+            status = _route_to(conn, staff, case_id, case.status, row.assessment_id,
+                               row.country, now, "approve_country", details)
+            return Outcome(case_id, status)
+        record(conn, [AuditEntry(staff.name, "case.routing_change_rejected", case_id, {
+            **details, "from": case.status, "to": case.status})], at=now)
+        return Outcome(case_id, case.status)
 
     return await backend.transaction(work)
 
@@ -432,30 +409,21 @@ async def record_iccam(
             .join(case_reports, case_reports.c.submission_id == submissions.c.id)
             .where(case_reports.c.case_id == case_id)
             .order_by(case_reports.c.reported_at).limit(1)).scalar_one()
-        _move(conn, case_id, case.status, "referred", now)
         referral_id = uuid7()
+        status = _move(conn, staff, case_id, case.status, "record_iccam", now, details={
+            "reference": iccam_reference, "referral": str(referral_id)})
         conn.execute(insert(referrals).values(
             id=referral_id, case_id=case_id, decision_id=decision.id,
             reference=reference, destination=f"iccam:{country}",
             iccam_reference=iccam_reference, status="iccam", created_at=now, sent_at=now))
-        record(conn, [AuditEntry(staff.name, "case.iccam_recorded", case_id,
-                                 {"reference": iccam_reference,
-                                  "referral": str(referral_id)})], at=now)
-        return Outcome(case_id, "referred")
+        return Outcome(case_id, status)
 
     return await backend.transaction(work)
 
 
 async def relocate_case(backend: WriteBackend, locator: Locator, staff: Staff,
-                        case_id: uuid.UUID) -> Hosting:
+                        case_id: uuid.UUID) -> HostingEvidence:
     """Look the case's host up again, as ``staff`` (who may, in which states: ``may_relocate``);
     recorded in the audit trail."""
-    try:
-        return await relocate(backend, locator, case_id, actor=staff.name,
-                              allowed=lambda status: may_relocate(staff, status))
-    except LookupError:
-        raise NotFound("no such case") from None
-    except PermissionError as exc:
-        raise NotAllowed(str(exc)) from None
-    except ValueError as exc:
-        raise Conflict(str(exc)) from None
+    return await relocate(backend, locator, case_id, actor=staff.name,
+                          allowed=lambda status: may_relocate(staff, status))

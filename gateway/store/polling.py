@@ -7,16 +7,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from abc import ABC, abstractmethod
+from datetime import timedelta
 
 import structlog
 
 log = structlog.get_logger("gateway.stages")
 
 
+def retry_delay(attempts: int, *, first: timedelta, most: timedelta,
+                jitter: float = 1.0) -> timedelta:
+    """How long after its ``attempts``-th failure an item is tried again: ``first``, doubling
+    with each failure (times ``jitter``), never more than ``most``."""
+    delay: timedelta = first * (2 ** min(attempts - 1, 30)) * jitter
+    return min(delay, most)
+
+
 class PollingStage(ABC):
-    """Subclasses give ``run_once`` (how many items it took) and ``release`` (hand back); a
-    stage with a loop of its own (one that yields to intake, or keeps lookups in flight)
-    overrides ``run`` and keeps the rest."""
+    """Subclasses give ``run_once`` (how many items it took) and ``release`` (hand back), and
+    may give ``before_batch`` (wait for a good moment) and ``after_failure``; a stage with a
+    loop of its own (one that keeps lookups in flight) overrides ``run`` and keeps the rest."""
 
     #: The log event's prefix, e.g. "outbox" gives "outbox.batch_failed".
     name = "stage"
@@ -42,18 +51,34 @@ class PollingStage(ABC):
     async def release(self) -> object:
         """Hand back whatever this worker holds (called when the loop ends)."""
 
+    async def before_batch(self) -> None:
+        """Called before each batch (a stage that gives way to intake waits here)."""
+        return None
+
+    async def after_failure(self) -> None:
+        """Called after a batch failed (a stage may hand back what it claimed)."""
+        return None
+
     async def run(self) -> None:
         try:
             while not self._stopping:
+                await self.before_batch()
                 self._wake.clear()  # before looking, so a wake-up meanwhile is kept
                 try:
                     done = await self.run_once()
                 except Exception as exc:  # the database is away: keep trying, say so
                     log.error(f"{self.name}.batch_failed", error_type=type(exc).__name__)
+                    await self.after_failure()
                     done = 0
                 if done == 0 and not self._stopping:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), self._idle_poll)
         finally:
-            with contextlib.suppress(Exception):
-                await self.release()
+            # Whatever is still claimed is handed back now, not when the lease runs out.
+            await self.release_quietly()
+
+    async def release_quietly(self) -> None:
+        try:
+            await self.release()
+        except Exception as exc:  # the database is away: the lease will expire instead
+            log.warning(f"{self.name}.release_failed", error_type=type(exc).__name__)

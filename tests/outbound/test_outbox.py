@@ -18,7 +18,7 @@ from gateway.store.backend import WriteBackend, open_write_backend
 from gateway.store.ids import uuid7
 from gateway.store.tables import cases, outbox, outbox_attempts, referrals, routing_decisions
 from outbound.gpg import Gpg
-from outbound.outbox import OutboxWorker
+from outbound.outbox import OutboxStage
 from outbound.transports import FileTransport
 from tests.outbound.conftest import Keys, add_subkey, make_key, run_gpg
 
@@ -87,7 +87,7 @@ async def test_a_key_that_went_bad_is_never_sent_to(
     async def revoked(fingerprint: str) -> list[str]:
         return ["revoked"]
 
-    worker = OutboxWorker(backend, FileTransport(tmp_path / "out"), worker="w1",
+    worker = OutboxStage(backend, FileTransport(tmp_path / "out"), worker="w1",
                           max_attempt_age=timedelta(days=3), keys=revoked,
                           clock=lambda: T0 + timedelta(seconds=1))
     assert await worker.run_once() == 1
@@ -115,7 +115,7 @@ async def test_a_message_to_an_own_key_that_went_bad_is_never_sent(
     sealed = await gpg.encrypt_and_sign(b"referral", recipient=keys.recipient, signer=hotline,
                                         archive=hotline)
     await queue(backend, 2, message=b"Subject: Referral\r\n\r\n" + sealed)
-    worker = OutboxWorker(backend, FileTransport(tmp_path / "out"), worker="w1",
+    worker = OutboxStage(backend, FileTransport(tmp_path / "out"), worker="w1",
                           max_attempt_age=timedelta(days=3), concurrency=1,
                           keys=lambda fpr: gpg.problems(keys.recipient, "encrypt"),
                           sealed_for=gpg.sealed_for_problems,
@@ -142,7 +142,7 @@ async def test_deferred_until_max_attempt_age_then_failed(
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("a file where the outbox folder should be")
     now = [T0]
-    worker = OutboxWorker(backend, FileTransport(blocked / "out"), worker="w1",
+    worker = OutboxStage(backend, FileTransport(blocked / "out"), worker="w1",
                           max_attempt_age=timedelta(hours=1),
                           retry_after=timedelta(minutes=1), retry_max=timedelta(minutes=10),
                           clock=lambda: now[0], jitter=lambda: 1.0)
@@ -161,7 +161,7 @@ async def test_deferred_until_max_attempt_age_then_failed(
 
 def test_backoff_doubles_with_jitter_and_stays_under_the_cap() -> None:
     for jitter in (0.8, 1.0, 1.2):
-        worker = OutboxWorker(None, FileTransport(Path("/nonexistent")), worker="w",  # type: ignore[arg-type]
+        worker = OutboxStage(None, FileTransport(Path("/nonexistent")), worker="w",  # type: ignore[arg-type]
                               max_attempt_age=timedelta(days=1),
                               retry_after=timedelta(seconds=60), retry_max=timedelta(hours=1),
                               jitter=lambda j=jitter: j)
@@ -176,11 +176,11 @@ async def test_two_workers_deliver_each_item_once(
     """Several workers (or processes) share the outbox: every item is sent exactly once."""
     await queue(backend, 24)
     transport = FileTransport(tmp_path / "out")
-    workers = [OutboxWorker(backend, transport, worker=f"w{n}",
+    workers = [OutboxStage(backend, transport, worker=f"w{n}",
                             max_attempt_age=timedelta(days=3), concurrency=4,
                             clock=lambda: T0 + timedelta(seconds=1)) for n in range(3)]
 
-    async def drain(worker: OutboxWorker) -> None:
+    async def drain(worker: OutboxStage) -> None:
         while await worker.run_once():
             pass
 

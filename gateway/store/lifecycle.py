@@ -1,0 +1,369 @@
+"""How a case moves: its states, the transitions allowed between them, and who may cause each.
+
+Every change of ``cases.status`` goes through this module, with its audit entry in the same
+transaction: :func:`move` for one case (guarded: the case must still be in the state the caller
+found it in), :func:`file_reports` for the batched filing of reports into cases (the hot path
+of the normaliser: one statement for a whole batch). A transition the table does not list is
+refused with :class:`IllegalTransition`, and nothing changes.
+
+DESIGN's ``located`` is not a state: a case is located when its hosting evidence is stored,
+and it moves on to ``awaiting_assessment`` in the same transaction (the event is ``locate``,
+audited as ``case.located``), so no case could ever be seen waiting in it. ``pending_approval``
+(four-eyes) is a state of the verdict, not of the case, which stays ``assessed``.
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, bindparam, case, or_, select, true, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+from sqlalchemy.sql.dml import ReturningInsert
+
+from gateway.store.audit import AuditEntry, record
+from gateway.store.errors import Conflict, NotAllowed, NotFound
+from gateway.store.ids import uuid7
+from gateway.store.tables import assessments, cases, routing_changes, routing_decisions
+
+#: Every state a case can be in today.
+STATES = ("new", "locate_failed", "awaiting_assessment", "assessed", "closed_legal", "held",
+          "awaiting_iccam", "referred")
+#: States of DESIGN that no transition leads to yet (issue 17 adds the events that do): a
+#: report on a ``removed`` case reopens it already, so the state is named here.
+FUTURE_STATES = ("acknowledged", "removed", "content_unavailable", "not_actionable", "moved")
+
+#: Who may cause a transition: a stage (``system:<stage>``), any staff member (``staff``), or
+#: a supervisor (``supervisor``: supervisors and admins).
+STAFF, SUPERVISOR = "staff", "supervisor"
+STAFF_ROLES = ("analyst", "supervisor", "admin")
+SUPERVISOR_ROLES = ("supervisor", "admin")
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One row of the table. ``effect``: ``afresh`` supersedes the case's verdicts, pending
+    routing changes and routing decisions and clears its hold (it is assessed and routed
+    anew); ``reroute`` supersedes its routing decision and clears its hold (routed anew on the
+    same verdict). ``restart`` sets ``status_changed_at`` even when the state stays."""
+
+    state: str | None  # None: the case does not exist yet
+    event: str
+    next: str
+    who: tuple[str, ...]
+    action: str  # the audit entry's action
+    effect: str = ""
+    restart: bool = False
+
+
+_T = Transition
+_ROUTE = ("system:route",)
+TABLE: tuple[Transition, ...] = (
+    # Filing (intake.normalise): a report makes a case, or reopens one (file_reports).
+    _T(None, "file", "new", ("system:normalise",), "case.created"),
+    _T(None, "file_no_url", "awaiting_assessment", ("system:normalise",), "case.created"),
+    _T("closed_legal", "report_again", "new", ("system:normalise",), "case.reopened",
+       "afresh"),  # only once the legal window has passed
+    _T("removed", "report_again", "new", ("system:normalise",), "case.reopened",
+       "afresh"),  # only for a report received after the removal
+    # Locating (routing.stage): a verdict on the hosting moves it to the queue.
+    _T("new", "locate", "awaiting_assessment", ("system:locate", "system:relocate",
+                                                "system:recheck"), "case.located"),
+    _T("locate_failed", "locate", "awaiting_assessment", ("system:locate", "system:relocate",
+                                                          "system:recheck"), "case.located"),
+    _T("new", "give_up_locating", "locate_failed", ("system:locate",), "case.locate_failed"),
+    # Assessing (console): a verdict; reopening sends the case back to the queue.
+    _T("awaiting_assessment", "assess_illegal", "assessed", (STAFF,), "case.assessed"),
+    _T("awaiting_assessment", "assess_legal", "closed_legal", (STAFF,), "case.assessed"),
+    _T("locate_failed", "assess_illegal", "assessed", (STAFF,), "case.assessed"),
+    _T("locate_failed", "assess_legal", "closed_legal", (STAFF,), "case.assessed"),
+    _T("assessed", "reopen", "awaiting_assessment", (SUPERVISOR,), "case.reopened", "afresh"),
+    _T("closed_legal", "reopen", "awaiting_assessment", (SUPERVISOR,), "case.reopened",
+       "afresh"),
+    _T("held", "reopen", "awaiting_assessment", (SUPERVISOR,), "case.reopened", "afresh"),
+    # Routing (routing.decide): the protocol table's outcome.
+    _T("assessed", "route_refer", "referred", _ROUTE, "case.routed"),
+    _T("assessed", "route_iccam", "awaiting_iccam", _ROUTE, "case.routed"),
+    _T("assessed", "route_hold", "held", _ROUTE, "case.routed"),
+    _T("closed_legal", "route_close", "closed_legal", _ROUTE, "case.routed"),
+    _T("closed_legal", "route_hold", "held", _ROUTE, "case.routed"),  # routing failed
+    # Held for a key, a case is tried again: the retry counts from the last try.
+    _T("held", "route_refer", "referred", _ROUTE, "case.routed"),
+    _T("held", "route_iccam", "awaiting_iccam", _ROUTE, "case.routed"),
+    _T("held", "route_hold", "held", _ROUTE, "case.routed", restart=True),
+    # Naming the country (console, four-eyes on routing) routes the case again.
+    _T("held", "set_country", "assessed", (STAFF,), "case.hosting_country_set", "reroute"),
+    _T("awaiting_iccam", "set_country", "assessed", (STAFF,), "case.hosting_country_set",
+       "reroute"),
+    _T("held", "approve_country", "assessed", (STAFF,), "case.routing_change_approved",
+       "reroute"),
+    _T("awaiting_iccam", "approve_country", "assessed", (STAFF,),
+       "case.routing_change_approved", "reroute"),
+    _T("awaiting_iccam", "record_iccam", "referred", (STAFF,), "case.iccam_recorded"),
+)
+_BY_KEY = {(t.state, t.event): t for t in TABLE}
+assert len(_BY_KEY) == len(TABLE), "one transition per state and event"
+EVENTS = tuple(dict.fromkeys(t.event for t in TABLE))
+
+
+def sources(event: str) -> tuple[str, ...]:
+    """The states ``event`` may happen in."""
+    return tuple(t.state for t in TABLE if t.event == event and t.state is not None)
+
+
+class IllegalTransition(Conflict):
+    """The table has no such transition from the case's state."""
+
+    def __init__(self, state: str, event: str) -> None:
+        super().__init__(f"a case that is {state} cannot {event.replace('_', ' ')}")
+        self.state, self.event = state, event
+
+
+class CaseChanged(Conflict):
+    """The case is no longer as the caller found it (another action came first)."""
+
+
+class TransitionNotAllowed(NotAllowed):
+    """The actor may not cause this transition."""
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who causes a transition: ``name`` as the audit trail shows it; ``role`` a staff role
+    or ``system``."""
+
+    name: str
+    role: str
+
+    @classmethod
+    def system(cls, stage: str) -> Actor:
+        return cls(f"system:{stage}", "system")
+
+    def may(self, who: tuple[str, ...]) -> bool:
+        if self.role == "system":
+            return self.name in who
+        return (STAFF in who and self.role in STAFF_ROLES) or (
+            SUPERVISOR in who and self.role in SUPERVISOR_ROLES)
+
+
+def transition(state: str | None, event: str, actor: Actor) -> Transition:
+    """The row for ``event`` in ``state``, if ``actor`` may cause it; else refused."""
+    found = _BY_KEY.get((state, event))
+    if found is None:
+        raise IllegalTransition(str(state), event)
+    if not actor.may(found.who):
+        raise TransitionNotAllowed(f"{actor.name} may not {event.replace('_', ' ')} a case")
+    return found
+
+
+def move(
+    conn: Connection, case_id: uuid.UUID, event: str, *, actor: Actor, at: datetime,
+    state: str | None = None, where: ColumnElement[bool] | None = None,
+    values: Mapping[str, Any] | None = None, details: Mapping[str, Any] | None = None,
+    audit: bool = True, batch: list[AuditEntry] | None = None,
+) -> Transition:
+    """Apply ``event`` to a case in ``conn``'s transaction and record it.
+
+    ``state`` is the state the caller found the case in (read here when not given): the
+    change applies only if the case is still in it (and ``where`` holds), else
+    :class:`CaseChanged`. ``values`` are other columns set in the same statement.
+    ``audit=False`` only for a self-transition that changes nothing worth recording (a case
+    still held for the same reason). Inside :func:`audit_batch`, pass its list as ``batch``:
+    the entry is recorded with the others at the block's end (one append for many cases)."""
+    if state is None:
+        state = conn.execute(select(cases.c.status).where(cases.c.id == case_id)).scalar()
+        if state is None:
+            raise NotFound("no such case")
+    found = transition(state, event, actor)
+    if not audit and found.next != state:
+        raise ValueError("every change of state is recorded")
+    columns: dict[str, Any] = dict(values or {})
+    if {"status", "status_changed_at"} & columns.keys():
+        raise ValueError("the state is the lifecycle's to set")
+    if found.effect:
+        columns["hold_reason"] = None
+    columns["status"] = found.next
+    if found.next != state or found.restart:
+        columns["status_changed_at"] = at
+    guard = and_(cases.c.id == case_id, cases.c.status == state,
+                 where if where is not None else true())
+    if conn.execute(update(cases).where(guard).values(**columns)).rowcount != 1:
+        raise CaseChanged("the case changed meanwhile; reload it")
+    if found.effect:
+        supersede(conn, case_id, now=at, verdicts=found.effect == "afresh")
+    if audit:
+        entry = AuditEntry(actor.name, found.action, case_id,
+                           {"from": state, "to": found.next, **(details or {})})
+        if batch is not None:
+            batch.append(entry)
+        else:
+            record(conn, [entry], at=at)
+    return found
+
+
+def supersede(conn: Connection, case_id: uuid.UUID, *, now: datetime, verdicts: bool) -> None:
+    """The case's live routing decision is superseded; with ``verdicts``, its verdicts and the
+    routing changes waiting for approval too. Nothing is deleted: they stay, marked."""
+    if verdicts:
+        conn.execute(update(assessments).where(assessments.c.case_id == case_id,
+                                               assessments.c.status != "superseded")
+                     .values(status="superseded"))
+        conn.execute(update(routing_changes).where(routing_changes.c.case_id == case_id,
+                                                   routing_changes.c.status == "pending")
+                     .values(status="superseded", decided_at=now))
+    conn.execute(update(routing_decisions).where(routing_decisions.c.case_id == case_id,
+                                                 routing_decisions.c.superseded.is_(False))
+                 .values(superseded=True))
+
+
+@contextmanager
+def audit_batch(conn: Connection, *, at: datetime) -> Iterator[list[AuditEntry]]:
+    """Entries gathered in the block are recorded at its end, in one append."""
+    entries: list[AuditEntry] = []
+    yield entries
+    record(conn, entries, at=at)
+
+
+# Filing, batched: the normaliser files a whole batch of reports in one statement.
+
+NORMALISE = Actor.system("normalise")
+
+
+@dataclass(frozen=True, slots=True)
+class CaseReports:
+    """The reports of one case (one dedup key) gathered in one transaction."""
+
+    key: str
+    url: str | None  # None: a report without a URL, a case of its own
+    canonical: str | None
+    count: int
+    first: datetime  # the first and last received: what the re-report rules look at
+    last: datetime
+    created_by: uuid.UUID  # the submission filed first: it creates the case
+    reopened_by: uuid.UUID  # the one received last: one the rules reopen the case for
+
+
+@dataclass(frozen=True, slots=True)
+class Filed:
+    """Each key's case id, and the audit entries of the cases created or reopened."""
+
+    case_ids: dict[str, uuid.UUID]
+    audit: list[AuditEntry]
+
+
+def file_reports(
+    conn: Connection, groups: Sequence[CaseReports], *, now: datetime,
+    legal_window: timedelta,
+) -> Filed:
+    """Create or attach to each key's case, in one statement for all (each key once, in the
+    order given), reopening those the table's ``report_again`` allows, and record it.
+
+    Any report received after the removal, or after the legal window, reopens the case (once
+    is enough): judged by when it was received, not when it is filed, so a report from before
+    the removal that is filed late after a backlog does not reopen it.
+    """
+    if not groups:
+        return Filed({}, [])
+    initial = {kind: transition(None, event, NORMALISE).next
+               for kind, event in (("url", "file"), ("no_url", "file_no_url"))}
+    new_ids: dict[str, uuid.UUID] = {}
+    parameters = []
+    for group in groups:
+        new_ids[group.key] = uuid7()
+        kind = "url" if group.url is not None else "no_url"
+        parameters.append({
+            "id": new_ids[group.key], "kind": kind, "status": initial[kind],
+            "url_key": group.key, "url": group.url, "canonical_url": group.canonical,
+            "report_count": group.count, "first_reported": group.first,
+            "last_reported": group.last, "now": now,
+            "legal_cutoff": group.last - legal_window,
+        })
+    result = conn.execute(_upsert_statement(conn.dialect.name), parameters)
+    by_key = {group.key: group for group in groups}
+    ids: dict[str, uuid.UUID] = {}
+    audit: list[AuditEntry] = []
+    for case_id, changed_at, key in result:
+        ids[key] = case_id
+        group = by_key[key]
+        if case_id == new_ids[key]:
+            audit.append(AuditEntry(NORMALISE.name, "case.created", case_id,
+                                    {"submission": str(group.created_by)}))
+        elif _utc(changed_at) == _utc(now):  # only a reopening sets it to this ``now``
+            supersede(conn, case_id, now=now, verdicts=True)
+            audit.append(AuditEntry(NORMALISE.name, "case.reopened", case_id,
+                                    {"submission": str(group.reopened_by)}))
+    if len(ids) != len(groups):
+        raise RuntimeError("the database did not return every case it filed")
+    record(conn, audit, at=now)
+    return Filed(ids, audit)
+
+
+@functools.cache
+def _upsert_statement(dialect: str) -> ReturningInsert[Any]:
+    """The insert-or-attach statement, built once per dialect (SQLAlchemy then caches its
+    compiled form): per report only the parameters change. ``INSERT … ON CONFLICT (url_key)
+    DO UPDATE`` is atomic on SQLite and PostgreSQL alike: two workers filing the same URL at
+    once end with one case counting both."""
+    dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    moment = cases.c.created_at.type
+    now = bindparam("now", type_=moment)
+    statement = dialect_insert(cases).values(
+        id=bindparam("id"),
+        kind=bindparam("kind"),
+        # A URL is located first; a report without one goes straight to an analyst.
+        status=bindparam("status"),
+        url_key=bindparam("url_key"),
+        url=bindparam("url"),
+        canonical_url=bindparam("canonical_url"),
+        report_count=bindparam("report_count"),
+        first_reported=bindparam("first_reported", type_=moment),
+        last_reported=bindparam("last_reported", type_=moment),
+        reappeared=False,
+        created_at=now,
+        status_changed_at=now,
+    )
+    new = statement.excluded
+    # Every right-hand side below sees the row as it was before this update.
+    guards = {
+        "removed": new.last_reported > cases.c.status_changed_at,
+        "closed_legal": cases.c.status_changed_at < bindparam("legal_cutoff", type_=moment),
+    }
+    assert set(guards) == set(sources("report_again")), "a guard for each reopening"
+    came_back = and_(cases.c.status == "removed", guards["removed"])
+    reopens = or_(*(and_(cases.c.status == state, guard) for state, guard in guards.items()))
+    again = _BY_KEY[("removed", "report_again")].next
+    return statement.on_conflict_do_update(
+        index_elements=["url_key"],
+        set_={
+            "report_count": cases.c.report_count + new.report_count,
+            "first_reported": case(
+                (new.first_reported < cases.c.first_reported, new.first_reported),
+                else_=cases.c.first_reported,
+            ),
+            "last_reported": case(
+                (new.last_reported > cases.c.last_reported, new.last_reported),
+                else_=cases.c.last_reported,
+            ),
+            "status": case((reopens, again), else_=cases.c.status),
+            "reappeared": case((came_back, True), else_=cases.c.reappeared),
+            "status_changed_at": case((reopens, now), else_=cases.c.status_changed_at),
+            # Reopened: nobody holds it, nothing holds it.
+            "assigned_to": case((reopens, None), else_=cases.c.assigned_to),
+            "hold_reason": case((reopens, None), else_=cases.c.hold_reason),
+            # Reopened: located afresh, as if new (the content may have moved).
+            "locate_attempts": case((reopens, 0), else_=cases.c.locate_attempts),
+            "locate_after": case((reopens, None), else_=cases.c.locate_after),
+            "locate_error": case((reopens, None), else_=cases.c.locate_error),
+        },
+    ).returning(cases.c.id, cases.c.status_changed_at, cases.c.url_key)
+
+
+def _utc(moment: datetime) -> datetime:
+    """SQLite hands timestamps back without a zone: they are UTC."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
