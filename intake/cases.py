@@ -16,7 +16,7 @@ import hashlib
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, bindparam, case, insert, or_, update
@@ -27,6 +27,7 @@ from sqlalchemy.sql.dml import ReturningInsert
 from gateway.ids import uuid7
 from gateway.store.audit import AuditEntry
 from gateway.store.tables import assessments, case_reports, cases, routing_decisions
+from gateway.store.times import utc as _utc
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,8 +252,3 @@ def _start_afresh(conn: Connection, case_id: uuid.UUID) -> None:
                  .values(superseded=True))
     conn.execute(update(cases).where(cases.c.id == case_id)
                  .values(assigned_to=None, hold_reason=None))
-
-
-def _utc(moment: datetime) -> datetime:
-    """SQLite hands timestamps back without a zone: they are UTC."""
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -17,6 +17,7 @@ from gateway.console import people
 from gateway.console.accounts import ROLES, AccountError, NewUser, Staff
 from gateway.console.web import CONSOLE, Console, json_error, session_of, staff_of
 from gateway.store.case_view import iso
+from gateway.store.times import utc
 
 log = structlog.get_logger("gateway.console")
 
@@ -89,8 +90,7 @@ async def perform(console: Console, admin: Staff, name: str, action: str,
 def _when(moment: datetime | None) -> str:
     if moment is None:
         return "never"
-    moment = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return utc(moment).strftime("%Y-%m-%d %H:%M UTC")
 
 
 # --- the page ---------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -24,6 +24,7 @@ from gateway.store.tables import (
     submissions,
     users,
 )
+from gateway.store.times import utc
 
 #: Flags the queue shows and filters by. The last three come from the case's reports (see
 #: report_flags): URLs over the per-report cap, a URL too long to take, a report unreadable.
@@ -37,9 +38,7 @@ def iso(moment: datetime | None) -> str | None:
     """UTC timestamps as ``2026-11-28T10:00:00Z`` (SQLite hands them back without a zone)."""
     if moment is None:
         return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return utc(moment).isoformat().replace("+00:00", "Z")
 
 
 def defang(url: str) -> str:
