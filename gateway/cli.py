@@ -34,9 +34,9 @@ from gateway.stats import collect_stats
 from gateway.store import migrate
 from gateway.store.audit import verify as verify_audit
 from gateway.store.backend import WriteBackend, open_write_backend
-from gateway.store.case_view import defang, get_case, iso, list_cases
+from gateway.store.case_view import get_case, hosting_json, list_cases
 from gateway.store.engine import open_engine
-from gateway.store.text import visible
+from gateway.store.text import defang, visible
 from outbound.gpg import GpgError
 from outbound.outbox import NotRetryable, retry_failed
 from routing.geo import GeoError
@@ -367,10 +367,7 @@ def _relocate(config: Config, case_id: uuid.UUID, *, as_json: bool) -> int:
     except ValueError as exc:
         print(f"cases relocate: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    document = {"status": hosting.status, "country": hosting.country, "ips": hosting.ips,
-                "asn": hosting.asn, "org": hosting.org, "cdn": hosting.cdn,
-                "source": hosting.source, "checked_at": iso(hosting.checked_at),
-                "error": hosting.error}
+    document = hosting_json(hosting, error=hosting.error)
     if as_json:
         print(_json(document, indent=1))
     else:

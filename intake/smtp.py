@@ -14,13 +14,13 @@ import ssl
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
 
 from gateway.config import SmtpConfig
-from gateway.store.writer import NewSubmission, Receipt, WriterClosed
+from gateway.store.writer import NewSubmission, Submitter, WriterClosed
 from intake.mime import MimeError, strip_attachments
 from intake.ratelimit import RateLimiter
 from intake.smtpaddress import getaddr
@@ -71,12 +71,6 @@ _AIOSMTPD_TOO_BIG = (
 
 #: Recipients one message may name (they can only be our own addresses anyway).
 MAX_RECIPIENTS = 20
-
-class Submitter(Protocol):
-    """Where accepted messages go: stores one durably and returns its receipt."""
-
-    async def submit(self, submission: NewSubmission) -> Receipt: ...
-
 
 class ReportHandler:
     """The aiosmtpd handler: every reply the gateway gives to a reporting MTA."""

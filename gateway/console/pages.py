@@ -29,7 +29,8 @@ from gateway.console.web import (
     staff_of,
 )
 from gateway.store.audit import AuditEntry, record
-from gateway.store.case_view import FLAGS, defang, get_case, queue_cases
+from gateway.store.case_view import FLAGS, get_case, queue_cases
+from gateway.store.text import defang
 
 log = structlog.get_logger("gateway.console")
 

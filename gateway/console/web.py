@@ -13,7 +13,6 @@ import hmac
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from importlib import resources
 from typing import Any
 
 import jinja2
@@ -22,6 +21,7 @@ from aiohttp import web
 from markupsafe import Markup, escape
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway import listeners
 from gateway.config import ConsoleConfig
 from gateway.console.accounts import Staff, staff_for_token
 from gateway.console.fairgate import FairGate
@@ -40,17 +40,9 @@ SESSION_COOKIE = "hg_session"
 LOGIN_COOKIE = "hg_login"
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'none'; "
        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
-SECURITY_HEADERS = {
-    "Content-Security-Policy": CSP,
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-    "Cross-Origin-Opener-Policy": "same-origin",
-    "Cross-Origin-Resource-Policy": "same-origin",
-    "Permissions-Policy": "camera=(), microphone=(), geolocation=(), clipboard-write=(self)",
-    "Cache-Control": "no-store",
-    "X-Robots-Tag": "noindex, nofollow",
-}
+SECURITY_HEADERS = listeners.security_headers(
+    CSP, permissions="camera=(), microphone=(), geolocation=(), clipboard-write=(self)",
+    extra={"X-Robots-Tag": "noindex, nofollow"})
 #: Password hashes computed at once (argon2 is expensive on purpose: ~64 MiB and ~100 ms each).
 HASHING_SLOTS = 2
 TEMPLATES = ("login.html", "password.html", "queue.html", "case.html", "error.html",
@@ -136,17 +128,8 @@ def _shown(value: object) -> object:
 
 def load_assets() -> tuple[jinja2.Environment, dict[str, bytes]]:
     """Templates compiled and static files read once, before serving (no disk on the loop)."""
-    folder = resources.files("gateway.console")
-    sources = {name: (folder / "templates" / name).read_text("utf-8")
-               for name in ("base.html", *TEMPLATES)}
-    environment = jinja2.Environment(
-        loader=jinja2.DictLoader(sources), autoescape=True, auto_reload=False,
-        undefined=jinja2.StrictUndefined, finalize=_shown,
-    )
-    environment.filters["multiline"] = _multiline
-    for name in TEMPLATES:
-        environment.get_template(name)
-    return environment, {name: (folder / "static" / name).read_bytes() for name in STATIC}
+    return listeners.load_assets("gateway.console", TEMPLATES, STATIC, finalize=_shown,
+                                 filters={"multiline": _multiline})
 
 
 def is_api(request: web.Request) -> bool:
