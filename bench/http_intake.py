@@ -127,9 +127,7 @@ async def _run_bare() -> None:
     await runner.setup()
     site = web.TCPSite(runner, HOST, 0)
     await site.start()
-    server = site._server
-    assert server is not None
-    port = next(iter(getattr(server, "sockets", ()))).getsockname()[1]
+    port = runner.addresses[0][1]
     print(json.dumps({"port": port}), flush=True)
     await stop.wait()
     await runner.cleanup()

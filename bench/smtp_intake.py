@@ -21,8 +21,8 @@ Run from the project root with the project's virtualenv, on an otherwise idle ma
     .venv/bin/python bench/smtp_intake.py [--rounds N] [--seconds S]
 
 The gateway reads MAIL FROM and RCPT TO addresses more cheaply than stock aiosmtpd does (see
-``intake.smtpaddress.getaddr``), which alone can make it faster than the bare sink. To see what
-durability costs on its own, give the sink the same reading:
+``intake.smtpaddress.plain_address``), which alone can make it faster than the bare sink. To
+see what durability costs on its own, give the sink the same reading:
 
     SINK_ADDRESSES=gateway .venv/bin/python bench/smtp_intake.py
 
@@ -105,11 +105,11 @@ async def _run_sink() -> None:
     handler = _SinkHandler()
     session_class = SMTP
     if os.environ.get("SINK_ADDRESSES") == "gateway":
-        from intake.smtpaddress import getaddr
+        from intake.smtpaddress import plain_address
 
         class _GatewayAddresses(SMTP):
             def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-                return getaddr(arg, self.local_part_limit)
+                return plain_address(arg, self.local_part_limit) or super()._getaddr(arg)
 
         session_class = _GatewayAddresses
     server = await loop.create_server(

@@ -19,8 +19,8 @@ from gateway.config import Config
 from gateway.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from gateway.store.audit import CLI_ACTOR
 from gateway.store.backend import WriteBackend
-from gateway.store.case_view import defang, get_case, iso, list_cases
-from gateway.store.text import visible
+from gateway.store.case_view import get_case, hosting_json, list_cases
+from gateway.store.text import defang, visible
 from routing.locate import HostingEvidence
 from routing.stage import relocate
 
@@ -131,10 +131,7 @@ def _relocate(config: Config, run_on: Run[HostingEvidence], case_id: uuid.UUID, 
             await locator.resolver.close()
 
     hosting = run_on(run)
-    document = {"status": hosting.status, "country": hosting.country, "ips": hosting.ips,
-                "asn": hosting.asn, "org": hosting.org, "cdn": hosting.cdn,
-                "source": hosting.source, "checked_at": iso(hosting.checked_at),
-                "error": hosting.error}
+    document = hosting_json(hosting, error=hosting.error)
     if as_json:
         print(json_text(document, indent=1))
     else:

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
 from gateway.store.tables import cases, outbox, referrals, submissions
+from gateway.store.times import aware
 
 
 async def collect_stats(engine: AsyncEngine, *, now: datetime | None = None) -> dict[str, Any]:
@@ -38,8 +39,8 @@ async def collect_stats(engine: AsyncEngine, *, now: datetime | None = None) -> 
         unlocated = (await conn.execute(
             select(func.count()).select_from(cases)
             .where(cases.c.status.in_(("new", "locate_failed"))))).scalar_one()
-    if oldest is not None and oldest.tzinfo is None:
-        oldest = oldest.replace(tzinfo=UTC)
+    if oldest is not None:
+        oldest = aware(oldest)
     return {
         "submissions": int(total),
         "submissions_by_status": by_status,

@@ -15,10 +15,13 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import ssl
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from http import HTTPStatus
+from importlib import resources
 from pathlib import Path
+from typing import Any
 
+import jinja2
 import structlog
 from aiohttp import web
 
@@ -26,15 +29,50 @@ log = structlog.get_logger("gateway.listeners")
 
 #: What every response says in ``Server``: the product, never a version.
 SERVER = "hotline-gateway"
+
+
+def security_headers(csp: str, *, permissions: str | None = None,
+                     extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The headers on every response of the gateway's own, whichever listener: the page's
+    Content-Security-Policy, no sniffing, no framing, no referrer, no cross-origin opener or
+    embedding, never cached; ``permissions`` as Permissions-Policy, then ``extra``."""
+    headers = {
+        "Content-Security-Policy": csp,
+        "X-Content-Type-Options": "nosniff",
+        "X-Frame-Options": "DENY",
+        "Referrer-Policy": "no-referrer",
+        "Cross-Origin-Opener-Policy": "same-origin",
+        "Cross-Origin-Resource-Policy": "same-origin",
+        "Cache-Control": "no-store",
+    }
+    if permissions is not None:
+        headers["Permissions-Policy"] = permissions
+    return {**headers, **(extra or {})}
+
+
+def load_assets(
+    package: str, templates: Sequence[str], static: Iterable[str], *,
+    filters: Mapping[str, Callable[..., Any]] | None = None, **options: Any,
+) -> tuple[jinja2.Environment, dict[str, bytes]]:
+    """A package's ``templates/`` (with their ``base.html``) compiled and the named files of
+    its ``static/`` read, once before serving: nothing is read from disk while serving.
+    ``options`` go to the Jinja environment (autoescaping and strict undefined are fixed)."""
+    folder = resources.files(package)
+    sources = {name: (folder / "templates" / name).read_text("utf-8")
+               for name in ("base.html", *templates)}
+    environment = jinja2.Environment(
+        loader=jinja2.DictLoader(sources), autoescape=True, auto_reload=False,
+        undefined=jinja2.StrictUndefined, **options,
+    )
+    environment.filters.update(filters or {})
+    for name in templates:
+        environment.get_template(name)
+    return environment, {name: (folder / "static" / name).read_bytes() for name in static}
+
+
 #: On the answers that no application rendered (a request that could not be parsed).
-ERROR_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'; base-uri 'none'",
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",
-    "Server": SERVER,
-}
+ERROR_HEADERS = security_headers(
+    "default-src 'none'; frame-ancestors 'none'; base-uri 'none'", extra={"Server": SERVER})
 
 
 

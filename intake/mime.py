@@ -390,6 +390,10 @@ class _Headers(EmailMessage):
                 return self.policy.header_fetch_parse(name, value)
         return _MISSING
 
+    # The stdlib's private accessor under get_params, get_param, get_boundary, get_filename...:
+    # cached, it saves about a fifth of normalise_message's time per report
+    # (bench/private_paths.py). The stdlib is pinned by the Python that runs the tests, and
+    # tests/intake/test_mime.py holds every accessor's reading equal to the stdlib's own.
     def _get_params_preserve(self, failobj: Any, header: str) -> Any:
         key = header.lower()
         try:

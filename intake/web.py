@@ -14,7 +14,6 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from urllib.parse import parse_qsl
 
@@ -22,26 +21,20 @@ import jinja2
 import structlog
 from aiohttp import web
 
-from gateway.store.writer import WriterClosed
-from intake import i18n
+from gateway.store.writer import Submitter, WriterClosed
+from intake import i18n, listeners
 from intake.listeners import HttpListener
 from intake.origin import cross_site, own_origin
 from intake.ratelimit import RateLimiter
 from intake.reportapi import api_error, api_report, openapi
-from intake.webintake import INTAKE, Intake, Submitter, read_limited, store
+from intake.webintake import INTAKE, Intake, read_limited, store
 from intake.webreport import Invalid, validate
 
 log = structlog.get_logger("intake.web")
 
 CSP = ("default-src 'none'; style-src 'self'; img-src 'none'; form-action 'self'; "
        "frame-ancestors 'none'; base-uri 'none'")
-HEADERS = {
-    "Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer",
-    "Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Resource-Policy": "same-origin",
-    "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
-    "Cache-Control": "no-store",
-}
+HEADERS = listeners.security_headers(CSP, permissions="camera=(), microphone=(), geolocation=()")
 TEMPLATES = ("form.html", "receipt.html", "error.html")
 # A line of the URL field ends at CRLF, CR or LF only (what a textarea sends, HTML's "normalize
 # newlines"); str.splitlines would also split at FS, GS, RS, NEL, VT, FF, U+2028 and U+2029,
@@ -191,14 +184,7 @@ async def wkd_policy(request: web.Request) -> web.Response:
 
 def load_assets() -> tuple[jinja2.Environment, dict[str, bytes]]:
     """Templates and the style sheet, read once before serving."""
-    folder = resources.files("intake")
-    sources = {name: (folder / "templates" / name).read_text("utf-8")
-               for name in ("base.html", *TEMPLATES)}
-    environment = jinja2.Environment(loader=jinja2.DictLoader(sources), autoescape=True,
-                                     auto_reload=False, undefined=jinja2.StrictUndefined)
-    for name in TEMPLATES:
-        environment.get_template(name)
-    return environment, {"form.css": (folder / "static" / "form.css").read_bytes()}
+    return listeners.load_assets("intake", TEMPLATES, ["form.css"])
 
 
 def build_app(intake: Intake) -> web.Application:

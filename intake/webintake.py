@@ -8,20 +8,16 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 import jinja2
 from aiohttp import web
 
-from gateway.store.writer import NewSubmission, Receipt
+from gateway.store.writer import NewSubmission, Receipt, Submitter
 from intake import i18n
 from intake.idempotency import KeyMemory
 from intake.listeners import client_address
 from intake.ratelimit import RateLimiter
-
-
-class Submitter(Protocol):
-    async def submit(self, submission: NewSubmission) -> Receipt: ...
 
 
 @dataclass

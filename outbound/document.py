@@ -12,6 +12,8 @@ from email.policy import SMTP
 from importlib import resources
 from typing import Any
 
+from gateway.store.text import defang
+
 SCHEMA_ID = "hotline-gateway/referral/v1"
 
 
@@ -20,12 +22,6 @@ def schema() -> dict[str, Any]:
     text = (resources.files("outbound") / "schema" / "referral-v1.json").read_text("utf-8")
     loaded: dict[str, Any] = json.loads(text)
     return loaded
-
-
-def _defang(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    scheme = scheme.replace("t", "x", 2) if scheme.startswith("http") else scheme
-    return scheme + (sep.replace(":", "[:]") if sep else "") + rest.replace(".", "[.]")
 
 
 def referral_document(
@@ -57,7 +53,7 @@ def summary(document: dict[str, Any]) -> str:
         f"Referral {document['reference']} from {document['from']['hotline']} "
         f"({document['from']['country']}), under rule {document['rule']}.",
         "",
-        f"URL (defanged): {_defang(case['url'])}",
+        f"URL (defanged): {defang(case['url'])}",
         f"Classification: {case['classification']}",
         f"Hosting: {where}; checked {hosting.get('checked_at') or 'by an analyst'}",
         f"Reported {case['report_count']} time(s), first on {case['first_reported']}.",

@@ -32,6 +32,7 @@ from gateway.store.errors import Conflict
 from gateway.store.ids import uuid7
 from gateway.store.polling import PollingStage, retry_delay
 from gateway.store.tables import outbox, outbox_attempts, referrals
+from gateway.store.times import aware
 from outbound.transports import Deferred, Rejected, Transport
 
 log = structlog.get_logger("outbound.outbox")
@@ -52,10 +53,6 @@ class OutboxItem:
     attempts: int
     created_at: datetime
     key_fingerprint: str | None
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 class OutboxStage(PollingStage):
@@ -158,7 +155,7 @@ class OutboxStage(PollingStage):
         except Exception as exc:  # a transport bug must not lose the item: try again later
             outcome, detail = "deferred", f"internal: {type(exc).__name__}"
         now = self._clock()
-        if outcome == "deferred" and now - _aware(item.created_at) >= self._max_age:
+        if outcome == "deferred" and now - aware(item.created_at) >= self._max_age:
             outcome, detail = "failed", f"not delivered within max_attempt_age: {detail}"
         await self._backend.transaction(partial(self._file, item=item, outcome=outcome,
                                                 detail=detail, now=now))

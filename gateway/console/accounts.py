@@ -29,6 +29,7 @@ from gateway.store.errors import Conflict, Invalid, NotFound
 from gateway.store.ids import uuid7
 from gateway.store.tables import api_tokens, staff_sessions, users
 from gateway.store.text import plain_text
+from gateway.store.times import aware
 
 T = TypeVar("T")
 ROLES = ("analyst", "supervisor", "admin")
@@ -133,7 +134,7 @@ class TokenInfo:
     def state(self, now: datetime) -> str:
         if self.revoked:
             return "revoked"
-        if self.expires_at is not None and _aware(self.expires_at) <= now:
+        if self.expires_at is not None and aware(self.expires_at) <= now:
             return "expired"
         return "active"
 
@@ -300,10 +301,6 @@ async def revoke_tokens(backend: WriteBackend, name: str, *, now: datetime,
         return count
 
     return await backend.transaction(work)
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def utcnow() -> datetime:

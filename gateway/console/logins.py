@@ -28,7 +28,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pyotp
@@ -44,6 +44,7 @@ from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
 from gateway.store.tables import users
 from gateway.store.text import plain_text
+from gateway.store.times import aware
 
 log = structlog.get_logger("gateway.console")
 
@@ -110,14 +111,10 @@ def totp_step(secret: str, code: str, moment: datetime) -> int | None:
     return None
 
 
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
 def _account_wait(row: Any, now: datetime) -> float:
     if row is None or row.locked_until is None:
         return 0.0
-    return max(0.0, (_aware(row.locked_until) - now).total_seconds())
+    return max(0.0, (aware(row.locked_until) - now).total_seconds())
 
 
 async def login(

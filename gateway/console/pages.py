@@ -30,8 +30,9 @@ from gateway.console.devices import KNOWN_FOR
 from gateway.console.logins import login
 from gateway.console.refusals import fields, http_status
 from gateway.store.audit import AuditEntry, record
-from gateway.store.case_view import FLAGS, defang, get_case, queue_cases
+from gateway.store.case_view import FLAGS, get_case, queue_cases
 from gateway.store.errors import GatewayError, Invalid, NotFound
+from gateway.store.text import defang
 
 log = structlog.get_logger("gateway.console")
 

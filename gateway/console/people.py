@@ -8,7 +8,7 @@ import asyncio
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import pyotp
@@ -25,6 +25,7 @@ from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
 from gateway.store.errors import Conflict, Invalid, NotFound
 from gateway.store.tables import api_tokens, assessments, cases, staff_sessions, users
+from gateway.store.times import aware
 
 
 class UnknownUser(NotFound):
@@ -46,15 +47,11 @@ class UserInfo:
     def state(self, now: datetime) -> str:
         if self.disabled:
             return "disabled"
-        if self.locked_until is not None and _aware(self.locked_until) > now:
+        if self.locked_until is not None and aware(self.locked_until) > now:
             return "waiting"  # after wrong codes with the right password
         if self.must_change_password:
             return "new"  # the one-time password is still to be changed
         return "active"
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 async def list_users(backend: WriteBackend) -> list[UserInfo]:

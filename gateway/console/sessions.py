@@ -11,7 +11,7 @@ import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.engine import Connection
@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection
 from gateway.console.accounts import Staff
 from gateway.store.backend import WriteBackend
 from gateway.store.tables import staff_sessions, users
+from gateway.store.times import aware
 
 #: last_seen_at is written at most this often (it only moves the idle deadline).
 TOUCH_EVERY = timedelta(seconds=60)
@@ -32,10 +33,6 @@ class Session:
 
 def _key(session_id: str) -> str:
     return hashlib.sha256(session_id.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 class SessionStore:
@@ -77,7 +74,7 @@ class SessionStore:
             ).first()
             if row is None:
                 return None
-            last_seen, created = _aware(row.last_seen_at), _aware(row.created_at)
+            last_seen, created = aware(row.last_seen_at), aware(row.created_at)
             if row.disabled or now - last_seen > self._idle or now - created > self._absolute:
                 conn.execute(delete(staff_sessions).where(staff_sessions.c.id_sha256 == key))
                 return None

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -19,6 +19,7 @@ from gateway.console.base import CONSOLE, Console, json_error, session_of, staff
 from gateway.console.refusals import http_status, json_refusal
 from gateway.store.case_view import iso
 from gateway.store.errors import GatewayError, Invalid, NotFound
+from gateway.store.times import utc
 
 log = structlog.get_logger("gateway.console")
 
@@ -81,8 +82,7 @@ async def perform(console: Console, admin: Staff, name: str, action: str,
 def _when(moment: datetime | None) -> str:
     if moment is None:
         return "never"
-    moment = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return utc(moment).strftime("%Y-%m-%d %H:%M UTC")
 
 
 # --- the page ---------------------------------------------------------------------------------

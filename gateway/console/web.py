@@ -12,7 +12,6 @@ from __future__ import annotations
 import hmac
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from importlib import resources
 
 import jinja2
 import structlog
@@ -29,6 +28,7 @@ from gateway.console.sessions import SessionStore
 from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
 from gateway.store.text import visible
+from intake import listeners
 from intake.listeners import HttpListener
 from routing.locate import Locator
 
@@ -36,17 +36,9 @@ log = structlog.get_logger("gateway.console")
 
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'none'; "
        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
-SECURITY_HEADERS = {
-    "Content-Security-Policy": CSP,
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-    "Cross-Origin-Opener-Policy": "same-origin",
-    "Cross-Origin-Resource-Policy": "same-origin",
-    "Permissions-Policy": "camera=(), microphone=(), geolocation=(), clipboard-write=(self)",
-    "Cache-Control": "no-store",
-    "X-Robots-Tag": "noindex, nofollow",
-}
+SECURITY_HEADERS = listeners.security_headers(
+    CSP, permissions="camera=(), microphone=(), geolocation=(), clipboard-write=(self)",
+    extra={"X-Robots-Tag": "noindex, nofollow"})
 #: Password hashes computed at once (argon2 is expensive on purpose: ~64 MiB and ~100 ms each).
 HASHING_SLOTS = 2
 TEMPLATES = ("login.html", "password.html", "queue.html", "case.html", "error.html",
@@ -77,17 +69,8 @@ def _shown(value: object) -> object:
 
 def load_assets() -> tuple[jinja2.Environment, dict[str, bytes]]:
     """Templates compiled and static files read once, before serving (no disk on the loop)."""
-    folder = resources.files("gateway.console")
-    sources = {name: (folder / "templates" / name).read_text("utf-8")
-               for name in ("base.html", *TEMPLATES)}
-    environment = jinja2.Environment(
-        loader=jinja2.DictLoader(sources), autoescape=True, auto_reload=False,
-        undefined=jinja2.StrictUndefined, finalize=_shown,
-    )
-    environment.filters["multiline"] = _multiline
-    for name in TEMPLATES:
-        environment.get_template(name)
-    return environment, {name: (folder / "static" / name).read_bytes() for name in STATIC}
+    return listeners.load_assets("gateway.console", TEMPLATES, STATIC, finalize=_shown,
+                                 filters={"multiline": _multiline})
 
 
 def is_api(request: web.Request) -> bool:

@@ -20,7 +20,7 @@ import json
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, insert, select
@@ -28,6 +28,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.store.tables import audit_log
+from gateway.store.times import utc
 
 GENESIS = "0" * 64
 #: Who acts from the command line. System actors are ``system:<part>``; a staff user's name
@@ -66,9 +67,7 @@ def _no_float(text: str) -> Any:
 
 def _stamp(moment: datetime) -> str:
     """ISO-8601 UTC with microseconds, whatever the zone (SQLite hands back naive UTC)."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return utc(moment).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def entry_hash(seq: int, at: datetime, actor: str, action: str, case_id: uuid.UUID | None,
@@ -90,7 +89,7 @@ def record(conn: Connection, entries: Sequence[AuditEntry], *, at: datetime) -> 
         select(audit_log.c.seq, audit_log.c.hash).order_by(audit_log.c.seq.desc()).limit(1)
     ).first()
     seq, prev = (last.seq, last.hash) if last is not None else (0, GENESIS)
-    at = (at if at.tzinfo is not None else at.replace(tzinfo=UTC)).astimezone(UTC)
+    at = utc(at)
     rows: list[dict[str, Any]] = []
     for entry in entries:
         if len(entry.actor) > 80 or len(entry.action) > 40:

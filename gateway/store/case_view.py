@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -24,6 +24,7 @@ from gateway.store.tables import (
     submissions,
     users,
 )
+from gateway.store.times import utc
 
 #: Flags the queue shows and filters by. The last three come from the case's reports (see
 #: report_flags): URLs over the per-report cap, a URL too long to take, a report unreadable.
@@ -37,31 +38,24 @@ def iso(moment: datetime | None) -> str | None:
     """UTC timestamps as ``2026-11-28T10:00:00Z`` (SQLite hands them back without a zone)."""
     if moment is None:
         return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return utc(moment).isoformat().replace("+00:00", "Z")
 
 
-def defang(url: str) -> str:
-    """A URL that no terminal, mail client or chat turns into a link (for staff to read)."""
-    scheme, sep, rest = url.partition("://")
-    scheme = scheme.replace("t", "x", 2) if scheme.startswith("http") else scheme
-    return scheme + (sep.replace(":", "[:]") if sep else "") + rest.replace(".", "[.]")
-
-
-def _hosting_json(evidence: Any) -> dict[str, Any]:
+def hosting_json(hosting: Any, **extra: Any) -> dict[str, Any]:
+    """A lookup's verdict as a case shows it, from a hosting evidence row or a fresh lookup
+    (``routing.locate.Hosting``: the fields are the same), with ``extra`` keys after it."""
     return {
-        "status": evidence.status, "country": evidence.country, "ips": evidence.ips,
-        "asn": evidence.asn, "org": evidence.org, "cdn": evidence.cdn,
-        "source": evidence.source, "checked_at": iso(evidence.checked_at),
-        "evidence_id": str(evidence.id),
+        "status": hosting.status, "country": hosting.country, "ips": hosting.ips,
+        "asn": hosting.asn, "org": hosting.org, "cdn": hosting.cdn,
+        "source": hosting.source, "checked_at": iso(hosting.checked_at), **extra,
     }
 
 
 def _evidence_json(evidence: Any) -> dict[str, Any]:
     """One lookup in full, as stored: what the DNS answered and what the databases said."""
     return {
-        **_hosting_json(evidence), "trigger": evidence.trigger, "host": evidence.host,
+        **hosting_json(evidence, evidence_id=str(evidence.id)), "trigger": evidence.trigger,
+        "host": evidence.host,
         "resolver": evidence.resolver, "outcome": evidence.outcome,
         "records": evidence.records, "addresses": evidence.addresses,
         "databases": evidence.databases, "error": evidence.error,
@@ -272,7 +266,7 @@ async def _current_hosting(
         .order_by(hosting_evidence.c.checked_at, hosting_evidence.c.id)
     )
     for row in rows:
-        current[row.case_id] = _hosting_json(row)
+        current[row.case_id] = hosting_json(row, evidence_id=str(row.id))
     return current
 
 

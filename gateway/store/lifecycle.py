@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, bindparam, case, or_, select, true, update
@@ -31,6 +31,7 @@ from gateway.store.audit import AuditEntry, record
 from gateway.store.errors import Conflict, NotAllowed, NotFound
 from gateway.store.ids import uuid7
 from gateway.store.tables import assessments, cases, routing_changes, routing_decisions
+from gateway.store.times import utc
 
 #: Every state a case can be in today.
 STATES = ("new", "locate_failed", "awaiting_assessment", "assessed", "closed_legal", "held",
@@ -294,7 +295,7 @@ def file_reports(
         if case_id == new_ids[key]:
             audit.append(AuditEntry(NORMALISE.name, "case.created", case_id,
                                     {"submission": str(group.created_by)}))
-        elif _utc(changed_at) == _utc(now):  # only a reopening sets it to this ``now``
+        elif utc(changed_at) == utc(now):  # only a reopening sets it to this ``now``
             supersede(conn, case_id, now=now, verdicts=True)
             audit.append(AuditEntry(NORMALISE.name, "case.reopened", case_id,
                                     {"submission": str(group.reopened_by)}))
@@ -362,8 +363,3 @@ def _upsert_statement(dialect: str) -> ReturningInsert[Any]:
             "locate_error": case((reopens, None), else_=cases.c.locate_error),
         },
     ).returning(cases.c.id, cases.c.status_changed_at, cases.c.url_key)
-
-
-def _utc(moment: datetime) -> datetime:
-    """SQLite hands timestamps back without a zone: they are UTC."""
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)

@@ -43,3 +43,10 @@ def visible(value: str, *, multiline: bool = False) -> str:
     if value.isascii() and value.isprintable() and "\\" not in value:
         return value  # the common case, answered without the regex
     return pattern.sub(_escape, value)
+
+
+def defang(url: str) -> str:
+    """A URL that no terminal, mail client or chat turns into a link (for staff to read)."""
+    scheme, sep, rest = url.partition("://")
+    scheme = scheme.replace("t", "x", 2) if scheme.startswith("http") else scheme
+    return scheme + (sep.replace(":", "[:]") if sep else "") + rest.replace(".", "[.]")

@@ -75,6 +75,13 @@ class Receipt:
     duplicate: bool
 
 
+class Submitter(Protocol):
+    """Where every way in hands a report: stores it durably and returns its receipt (the
+    ``SubmissionWriter``; in tests, anything that answers the same)."""
+
+    async def submit(self, submission: NewSubmission) -> Receipt: ...
+
+
 @dataclass
 class _Pending:
     submission: NewSubmission

@@ -10,13 +10,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from gateway.store.ids import uuid7
 from sqlalchemy import func, insert, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.store import lifecycle
 from gateway.store.errors import Conflict, NotAllowed
+from gateway.store.ids import uuid7
 from gateway.store.lifecycle import (
     EVENTS,
     FUTURE_STATES,

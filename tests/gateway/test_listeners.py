@@ -155,3 +155,22 @@ async def test_over_tls_the_gateways_400_asks_for_https_too(
     head = answer.partition(b"\r\n\r\n")[0].decode("latin-1").lower()
     assert head.startswith("http/1.0 400") or head.startswith("http/1.1 400"), head
     assert "strict-transport-security: max-age=" in head
+
+
+def test_every_listener_sends_the_same_security_headers() -> None:
+    """The form, the console and the answers to unparseable requests share one set of
+    security headers; each has its own Content-Security-Policy, denying by default."""
+    from gateway.listeners import ERROR_HEADERS
+
+    from gateway.console.web import SECURITY_HEADERS
+    from intake.web import HEADERS
+
+    common = {"X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
+              "Referrer-Policy": "no-referrer", "Cross-Origin-Opener-Policy": "same-origin",
+              "Cross-Origin-Resource-Policy": "same-origin", "Cache-Control": "no-store"}
+    for headers in (HEADERS, SECURITY_HEADERS, ERROR_HEADERS):
+        assert headers.items() >= common.items()
+        assert headers["Content-Security-Policy"].startswith("default-src 'none'")
+    assert "camera=()" in HEADERS["Permissions-Policy"]
+    assert "camera=()" in SECURITY_HEADERS["Permissions-Policy"]
+    assert SECURITY_HEADERS["X-Robots-Tag"] == "noindex, nofollow"

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from gateway.store.text import plain_text, visible
+from gateway.store.text import defang, plain_text, visible
 
 _UNSTORABLE = re.compile("[\0\ud800-\udfff]")
 
@@ -75,3 +76,13 @@ def test_visible_escapes_the_examples_by_name() -> None:
     assert visible("line\none\tx") == "line\\x0aone\\x09x"
     assert visible("line\none\tx\r", multiline=True) == "line\none\tx\\x0d"
     assert visible("C:\\Users\\x") == "C:\\Users\\\\x"
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("https://a.example.org/x.html?q=1", "hxxps[:]//a[.]example[.]org/x[.]html?q=1"),
+    ("http://192.0.2.1/", "hxxp[:]//192[.]0[.]2[.]1/"),
+    ("ftp://files.example.org", "ftp[:]//files[.]example[.]org"),
+])
+def test_a_defanged_url_is_no_link(url: str, shown: str) -> None:
+    """The same defanging for the console, the CLI and the referral summary."""
+    assert defang(url) == shown
