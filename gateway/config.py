@@ -309,6 +309,16 @@ class HttpConfig(TlsFiles):
     public_origin: Annotated[str | None, BeforeValidator(_origin)] = None
 
 
+def _rp_id(value: str | None) -> str | None:
+    """A WebAuthn relying party id: a domain name (never an IP address), as hosts are written."""
+    if value is None or value == "":
+        return None
+    name = _domain(value)
+    if name.rsplit(".", 1)[-1].isdigit():
+        raise ValueError(f"{value!r}: a relying party id is a domain name, not an IP address")
+    return name
+
+
 class ConsoleConfig(TlsFiles):
     listen: list[Listen] = Field(default=["127.0.0.1:8081"], validate_default=True)
     #: A session ends after this long without a request, and this long after login anyway.
@@ -324,6 +334,25 @@ class ConsoleConfig(TlsFiles):
     #: Cookies are marked Secure when the console is served over TLS, here or by a proxy
     #: in front of it ("auto": when tls_cert is set).
     secure_cookies: Literal["auto", "always"] = "auto"
+    #: The origin staff browsers see the console at (``https://console.hotline.test``),
+    #: for security keys (WebAuthn) behind a proxy; empty: the origin each request was
+    #: addressed to.
+    public_origin: Annotated[str | None, BeforeValidator(_origin)] = None
+    #: The WebAuthn relying party id security keys are registered for: the origin's host or
+    #: a domain it is under; empty: the host of the origin (public_origin or the request's).
+    rp_id: Annotated[str | None, AfterValidator(_rp_id)] = None
+    #: Supervisors and admins log in with a security key, not with a TOTP code alone (one
+    #: without a key may log in with a code only to register one).
+    require_security_key: bool = False
+
+    @model_validator(mode="after")
+    def _rp_id_of_origin(self) -> ConsoleConfig:
+        host = urllib.parse.urlsplit(self.public_origin or "").hostname
+        if self.rp_id is not None and host is not None and not (
+                host == self.rp_id or host.endswith("." + self.rp_id)):
+            raise ValueError(f"rp_id {self.rp_id!r} is neither public_origin's host nor a "
+                             "domain it is under")
+        return self
 
 
 class AdminConfig(_Section):

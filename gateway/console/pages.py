@@ -16,7 +16,8 @@ import structlog
 from aiohttp import web
 
 from gateway.console import assess as actions
-from gateway.console.accounts import AccountError, change_password, check_password
+from gateway.console import securitykeys
+from gateway.console.accounts import AccountError, Staff, change_password, check_password
 from gateway.console.devices import COOKIE as DEVICE_COOKIE
 from gateway.console.devices import KNOWN_FOR
 from gateway.console.logins import login
@@ -58,10 +59,13 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     if not isinstance(sent, str) or not expected or not hmac.compare_digest(sent, expected):
         return _login_form(console, error="The form is out of date: try again.", status=403)
     name, password, code = (str(form.get(k, "")) for k in ("name", "password", "code"))
+    # "Log in with a security key": the password here, the key on the next page.
+    with_key = form.get("factor") == "key"
     result = await login(console.backend, console.guard, name.strip().lower(), password,
-                         code.strip(), source=console.source(request), now=console.now(),
-                         policy=console.policy, peer=console.client(request),
-                         device=request.cookies.get(DEVICE_COOKIE))
+                         None if with_key else code.strip(), source=console.source(request),
+                         now=console.now(), policy=console.policy,
+                         peer=console.client(request), device=request.cookies.get(DEVICE_COOKIE),
+                         refuse_code=console.security_keys.refuse_code())
     if result.retry_after > 0:
         seconds = math.ceil(result.retry_after)
         log.debug("console.login_throttled", throttle=result.throttled, seconds=seconds)
@@ -70,14 +74,24 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
             f"Too many failed logins from your address: try again in {seconds} s."))
         response.headers["Retry-After"] = str(seconds)
         return response
+    if with_key:
+        return await securitykeys.key_step(request, result.staff, name.strip().lower())
     staff = result.staff
+    if result.refused is not None:
+        return _login_form(console, error=result.refused, status=403)
     if staff is None:
         log.info("console.login_failed")
         return _login_form(console, error="Login failed.", status=401)
+    return await logged_in(request, staff, factor="totp")
+
+
+async def logged_in(request: web.Request, staff: Staff, *, factor: str) -> web.StreamResponse:
+    """A new session for ``staff``, who logged in with ``factor`` ("totp" or "key")."""
+    console = request.app[CONSOLE]
     old = request.cookies.get(SESSION_COOKIE)
     if old:
         await console.sessions.end(old)
-    session_id = await console.sessions.start(staff.id, now=console.now())
+    session_id = await console.sessions.start(staff.id, now=console.now(), factor=factor)
     response = web.HTTPSeeOther("/password" if staff.must_change_password else "/")
     redirect = web.Response(status=response.status, headers=response.headers)
     console.set_session_cookie(redirect, session_id,
@@ -133,7 +147,8 @@ async def password_submit(request: web.Request) -> web.StreamResponse:
         return console.render("password.html", code=422, staff=staff,
                               csrf=session_of(request).csrf_token, error=error)
     # Every session of this user ended with the change: this browser gets a fresh one.
-    session_id = await console.sessions.start(staff.id, now=console.now())
+    session_id = await console.sessions.start(staff.id, now=console.now(),
+                                              factor=session_of(request).factor)
     response = web.Response(status=303, headers={"Location": "/"})
     console.set_session_cookie(response, session_id,
                                max_age=int(console.sessions.absolute.total_seconds()))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Any
@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.config import ConsoleConfig
 from gateway.console.accounts import Staff, staff_for_token
 from gateway.console.fairgate import FairGate
+from gateway.console.keystore import SecurityKeys
 from gateway.console.logins import Guard, LoginPolicy, new_guard
 from gateway.console.sessions import Session, SessionStore
 from gateway.console.throttle import Network, source_key
@@ -54,8 +55,9 @@ SECURITY_HEADERS = {
 #: Password hashes computed at once (argon2 is expensive on purpose: ~64 MiB and ~100 ms each).
 HASHING_SLOTS = 2
 TEMPLATES = ("login.html", "password.html", "queue.html", "case.html", "error.html",
-             "users.html")
-STATIC = {"console.css": "text/css", "console.js": "text/javascript"}
+             "users.html", "keys.html", "login_key.html")
+STATIC = {"console.css": "text/css", "console.js": "text/javascript",
+          "securitykey.js": "text/javascript"}
 
 
 @dataclass
@@ -80,6 +82,8 @@ class Console:
     on_decided: Callable[[], None] = lambda: None
     #: Called when a referral was queued again: the outbox can go on.
     on_queued: Callable[[], None] = lambda: None
+    #: Security keys: where the console is (for WebAuthn), whether they are required.
+    security_keys: SecurityKeys = field(default_factory=SecurityKeys)
 
     def now(self) -> datetime:
         return self.clock()
@@ -206,7 +210,7 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
             return json_error(401, "a valid API token is needed (Authorization: Bearer …)")
         request[STAFF] = staff
         return await handler(request)
-    if request.path == "/login" or request.path.startswith("/static/"):
+    if request.path in ("/login", "/login/key") or request.path.startswith("/static/"):
         return await handler(request)
     session = None
     cookie = request.cookies.get(SESSION_COOKIE)
@@ -249,15 +253,17 @@ async def static_file(request: web.Request) -> web.Response:
 
 
 def build_app(console: Console) -> web.Application:
-    from gateway.console import api, pages, users
+    from gateway.console import api, pages, securitykeys, users
 
-    app = web.Application(middlewares=[security_headers, authenticate],
+    app = web.Application(middlewares=[security_headers, authenticate,
+                                       securitykeys.require_keys],
                           client_max_size=256 * 1024)
     app[CONSOLE] = console
     app.router.add_get("/static/{name}", static_file)
     pages.add_routes(app)
     api.add_routes(app)
     users.add_routes(app)
+    securitykeys.add_routes(app)
     return app
 
 
@@ -279,6 +285,7 @@ def make_console(
         guard=new_guard(HASHING_SLOTS),
         trusted_proxies=tuple(config.trusted_proxies),
         on_decided=on_decided, on_queued=on_queued,
+        security_keys=SecurityKeys.from_config(config),
     )
 
 
