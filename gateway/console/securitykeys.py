@@ -261,7 +261,8 @@ async def login_key_submit(request: web.Request) -> web.StreamResponse:
         return failed
     guard = console.guard
     guard.throttle.forgive(pending.source, staff.id.hex)
-    if pending.device is not None:
+    if pending.device is not None and \
+            guard.devices.user(pending.device, console.now()) == staff.id:
         guard.devices.forgive(pending.device)
     response = await logged_in(request, staff, factor="key")
     response.del_cookie(PENDING_COOKIE, path="/login")
