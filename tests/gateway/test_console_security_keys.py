@@ -16,6 +16,7 @@ import struct
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import aiohttp
 import cbor2
 import pytest
 from cryptography.hazmat.primitives import hashes
@@ -24,7 +25,8 @@ from sqlalchemy import select, update
 
 from gateway.app import Gateway
 from gateway.console import keystore, people
-from gateway.console.accounts import NewUser
+from gateway.console.accounts import NewUser, Staff, create_token
+from gateway.console.accounts import utcnow as now
 from gateway.store.tables import audit_log, staff_security_keys, staff_sessions, users
 from tests.console_client import StaffClient, code, hidden, ready_user
 from tests.gateway.conftest import Start
@@ -253,8 +255,6 @@ async def test_the_counter_only_grows_in_the_store(start: Start) -> None:
     await ready_user(backend, "ana")
     async with gw.engine.connect() as conn:
         user_id = (await conn.execute(select(users.c.id))).scalar_one()
-    from gateway.console.accounts import Staff
-    from gateway.console.accounts import utcnow as now
     await keystore.add_key(backend, Staff(user_id, "ana", "analyst"), "k", credential_id=b"c1",
                            public_key=b"pk", sign_count=5, now=now())
     stored = await backend.transaction(lambda conn: keystore.stored_key(conn, user_id, b"c1"))
@@ -326,3 +326,27 @@ async def test_keys_required_for_supervisors(
                if action == "user.security_keys_removed"]
     assert removed == [{"user": "sam", "keys_removed": 1, "keys": ["blue key"],
                         "sessions_ended": 1}]
+
+
+async def test_the_api_counts_and_removes_a_users_keys(start: Start) -> None:
+    gw = await start()
+    backend = gw.console.context.backend
+    await ready_user(backend, "root", "admin")
+    await ready_user(backend, "ana")
+    async with gw.engine.connect() as conn:
+        ana_id = (await conn.execute(select(users.c.id).where(users.c.name == "ana"))
+                  ).scalar_one()
+    await keystore.add_key(backend, Staff(ana_id, "ana", "analyst"), "spare",
+                           credential_id=b"c" * 16, public_key=b"pk", sign_count=0, now=now())
+    token = await create_token(backend, "root", now=now())
+    headers = {"Authorization": f"Bearer {token}"}
+    base = f"http://127.0.0.1:{gw.console.addresses[0][1]}"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(base + "/api/v1/users", headers=headers) as response:
+            listed = {u["name"]: u["security_keys"] for u in await response.json()}
+        assert listed == {"ana": 1, "root": 0}
+        async with http.post(base + "/api/v1/users/ana/remove-keys", headers=headers) as response:
+            assert response.status == 200
+            assert (await response.json())["done"] == \
+                "1 security key(s) of ana removed; their sessions ended."
+    assert [u.keys for u in await people.list_users(backend)] == [0, 0]
