@@ -56,6 +56,17 @@
     return JSON.stringify(json);
   }
 
+  // The buttons stay disabled until this script runs (without it they could only post an
+  // empty answer, which ends the login's key step).
+  Array.prototype.forEach.call(document.querySelectorAll("form[data-webauthn]"), function (form) {
+    var status = form.querySelector("[role=status]");
+    if (!window.PublicKeyCredential) {
+      status.textContent = "This browser does not support security keys here.";
+      return;
+    }
+    form.querySelector("button[type=submit]").disabled = false;
+  });
+
   document.addEventListener("submit", function (event) {
     var form = event.target;
     var kind = form.getAttribute("data-webauthn");
