@@ -10,6 +10,7 @@ composition root imports this module.
 from __future__ import annotations
 
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -42,6 +43,7 @@ from gateway.config_values import (
     Origin,
     PositiveDuration,
     PositiveInt,
+    RpId,
     Seconds,
     fully_qualified,
 )
@@ -194,6 +196,25 @@ class ConsoleConfig(TlsFiles):
     #: Cookies are marked Secure when the console is served over TLS, here or by a proxy
     #: in front of it ("auto": when tls_cert is set).
     secure_cookies: Literal["auto", "always"] = "auto"
+    #: The origin staff browsers see the console at (``https://console.hotline.test``),
+    #: for security keys (WebAuthn) behind a proxy; empty: the origin each request was
+    #: addressed to.
+    public_origin: Origin = None
+    #: The WebAuthn relying party id security keys are registered for: the origin's host or
+    #: a domain it is under; empty: the host of the origin (public_origin or the request's).
+    rp_id: RpId = None
+    #: Supervisors and admins log in with a security key, not with a TOTP code alone (one
+    #: without a key may log in with a code only to register one).
+    require_security_key: bool = False
+
+    @model_validator(mode="after")
+    def _rp_id_of_origin(self) -> ConsoleConfig:
+        host = urllib.parse.urlsplit(self.public_origin or "").hostname
+        if self.rp_id is not None and host is not None and not (
+                host == self.rp_id or host.endswith("." + self.rp_id)):
+            raise ValueError(f"rp_id {self.rp_id!r} is neither public_origin's host nor a "
+                             "domain it is under")
+        return self
 
 
 class AdminConfig(_Section):

@@ -228,4 +228,15 @@ def _builtin_or_path(value: object, info: ValidationInfo) -> str | Path:
     return path
 
 
+def _rp_id(value: str | None) -> str | None:
+    """A WebAuthn relying party id: a domain name (never an IP address), as hosts are written."""
+    if value is None or value == "":
+        return None
+    name = _domain(value)
+    if name.rsplit(".", 1)[-1].isdigit():
+        raise ValueError(f"{value!r}: a relying party id is a domain name, not an IP address")
+    return name
+
+
+RpId = Annotated[str | None, AfterValidator(_rp_id)]
 MmdbPath = Annotated[str | Path, BeforeValidator(_builtin_or_path)]

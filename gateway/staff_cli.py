@@ -75,6 +75,7 @@ MANAGE = {
     "reset-password": "a new one-time password, shown once; sessions end, tokens too "
                       "(unless made to survive it)",
     "logout": "end every session of the user",
+    "remove-keys": "remove every security key of the user (a lost key); sessions end",
     "remove": "remove the account, its sessions and tokens (the audit keeps the name)",
 }
 
@@ -133,9 +134,9 @@ def _manage(args: argparse.Namespace, run: Run[Any]) -> int:
     name: str = getattr(args, "name", "")
     if action == "list":
         found = run(people.list_users)
-        rows = [("NAME", "ROLE", "STATE", "LAST LOGIN", "CREATED")]
-        rows += [(u.name, u.role, u.state(now), _when(u.last_login_at), _when(u.created_at))
-                 for u in found]
+        rows = [("NAME", "ROLE", "STATE", "LAST LOGIN", "CREATED", "KEYS")]
+        rows += [(u.name, u.role, u.state(now), _when(u.last_login_at), _when(u.created_at),
+                  str(u.keys)) for u in found]
         _table(rows)
     elif action in ("disable", "enable"):
         run(lambda backend: people.set_disabled(backend, name, action == "disable",
@@ -158,6 +159,9 @@ def _manage(args: argparse.Namespace, run: Run[Any]) -> int:
     elif action == "logout":
         count = run(lambda backend: people.end_sessions(backend, name, actor=ACTOR, now=now))
         print(f"{count} session(s) of {name} ended")
+    elif action == "remove-keys":
+        count = run(lambda backend: people.remove_keys(backend, name, actor=ACTOR, now=now))
+        print(f"{count} security key(s) of {name} removed; their sessions ended")
     else:
         run(lambda backend: people.remove_user(backend, name, actor=ACTOR, now=now))
         print(f"{name} removed")

@@ -8,8 +8,8 @@ circle (an import contract in pyproject.toml keeps it so).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -19,12 +19,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.console.accounts import Staff
 from gateway.console.fairgate import FairGate
+from gateway.console.keystore import SecurityKeys
 from gateway.console.logins import Guard, LoginPolicy
 from gateway.console.sessions import Session, SessionStore
 from gateway.console.throttle import Network, source_key
 from gateway.store.backend import WriteBackend
 from intake.listeners import client_address
 from routing.locate import Locator
+
+#: A request handler, as the middlewares wrap it.
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 SESSION_COOKIE = "hg_session"
 LOGIN_COOKIE = "hg_login"
@@ -52,6 +56,8 @@ class Console:
     on_decided: Callable[[], None] = lambda: None
     #: Called when a referral was queued again: the outbox can go on.
     on_queued: Callable[[], None] = lambda: None
+    #: Security keys: where the console is (for WebAuthn), whether they are required.
+    security_keys: SecurityKeys = field(default_factory=SecurityKeys)
 
     def now(self) -> datetime:
         return self.clock()

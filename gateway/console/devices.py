@@ -122,3 +122,9 @@ class DeviceCookies:
             del self._records[value]
         else:
             record.failures = 0
+
+    def forgive(self, value: str) -> None:
+        """Clear the cookie's failures (a login that counted as one first succeeded)."""
+        record = self._records.get(value)
+        if record is not None and record.in_flight == 0:
+            del self._records[value]

@@ -81,6 +81,8 @@ class LoginResult:
     retry_after: float = 0.0
     #: "source" when the source's throttle refused it.
     throttled: str | None = None
+    #: Why a right password and code were refused all the same (a security key is required).
+    refused: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,12 +119,22 @@ def _account_wait(row: Any, now: datetime) -> float:
     return max(0.0, (aware(row.locked_until) - now).total_seconds())
 
 
+#: Asked, once a code is right, whether this user (the row) may log in with a code: why not.
+RefuseCode = Callable[[Connection, Any], str | None]
+
+
 async def login(
-    backend: WriteBackend, guard: Guard, name: str, password: str, code: str, *,
+    backend: WriteBackend, guard: Guard, name: str, password: str, code: str | None, *,
     source: str, now: datetime, policy: LoginPolicy, peer: str | None = None,
-    device: str | None = None,
+    device: str | None = None, refuse_code: RefuseCode | None = None,
 ) -> LoginResult:
     """Try a login from ``source`` (a ``throttle.source_key``); ``peer`` goes to the audit.
+
+    ``code`` None is the first step of a login with a security key: the password only. Its
+    result (the user, when the password is right) is never shown as such: the key step
+    answers alike either way (``gateway.console.securitykeys``), and the attempt counts as
+    a failure for the source and the device until the key step succeeds and forgives it, so
+    that the throttle's answer does not tell a right password either.
 
     ``device`` is the browser's known-browser cookie: if it names this user and is still
     trusted (``gateway.console.devices``), the attempt passes its address's wait and is
@@ -147,8 +159,9 @@ async def login(
     outcome: Outcome = "failed"
     try:
         result = await _attempt(backend, guard, row, password, code, source=source, now=now,
-                                policy=policy, peer=peer, urgent=trusted)
-        if result.staff is not None:
+                                policy=policy, peer=peer, urgent=trusted,
+                                refuse_code=refuse_code)
+        if (result.staff is not None or result.refused is not None) and code is not None:
             outcome = "succeeded"
         return result
     finally:
@@ -166,8 +179,9 @@ def _reader(name: str) -> Callable[[Connection], Any]:
 
 
 async def _attempt(
-    backend: WriteBackend, guard: Guard, row: Any, password: str, code: str, *,
+    backend: WriteBackend, guard: Guard, row: Any, password: str, code: str | None, *,
     source: str, now: datetime, policy: LoginPolicy, peer: str | None, urgent: bool,
+    refuse_code: RefuseCode | None = None,
 ) -> LoginResult:
     # An account that must wait (after wrong codes with the right password) is answered like
     # a wrong password, after the same hash (``decide`` tells, from the row as it is then): a
@@ -176,7 +190,8 @@ async def _attempt(
     throttle = guard.throttle
     password_ok = await hash_work(guard.gate, source, lambda: verify_password(stored, password),
                                   urgent=urgent)
-    step = totp_step(row.totp_secret, code, now) if row is not None and password_ok else None
+    step = totp_step(row.totp_secret, code, now) \
+        if row is not None and password_ok and code is not None else None
     label = throttle.label(source)
     counts = {"source_failures": throttle.failures(source) + 1,
               "source_refused": throttle.take_refused(source)}
@@ -205,16 +220,26 @@ async def _attempt(
                                      details={**details, **counts, "reason": reason})],
                    at=now)
             return LoginResult(None)
+        if code is None:  # the password was right: the security key step decides and audits
+            return LoginResult(Staff(row.id, row.name, row.role, current.must_change_password))
         if step is not None:
+            refusal = refuse_code(conn, current) if refuse_code is not None else None
             # One statement decides a replay and the delay, even with logins racing.
             fresh = or_(users.c.totp_last_step.is_(None), users.c.totp_last_step < step)
             open_now = or_(users.c.locked_until.is_(None), users.c.locked_until <= now)
+            done: dict[str, Any] = {"totp_last_step": step, "failed_logins": 0,
+                                    "locked_until": None}
+            if refusal is None:
+                done["last_login_at"] = now
             if conn.execute(
                 update(users).where(and_(users.c.id == row.id, fresh, open_now,
                                          users.c.disabled.is_(False)))
-                .values(totp_last_step=step, failed_logins=0, locked_until=None,
-                        last_login_at=now)
+                .values(**done)
             ).rowcount == 1:
+                if refusal is not None:
+                    record(conn, [AuditEntry(row.name, "user.login_refused", details={
+                        **details, "reason": "security key required"})], at=now)
+                    return LoginResult(None, refused=refusal)
                 record(conn, [AuditEntry(row.name, "user.login", details=details)], at=now)
                 return LoginResult(Staff(row.id, row.name, row.role,
                                          current.must_change_password))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hmac
 import math
-import secrets
 import uuid
 from typing import Any
 
@@ -16,19 +15,19 @@ import structlog
 from aiohttp import web
 
 from gateway.console import assess as actions
+from gateway.console import securitykeys
 from gateway.console.accounts import change_password, check_password
 from gateway.console.base import (
     CONSOLE,
     LOGIN_COOKIE,
     SESSION_COOKIE,
-    Console,
     session_of,
     staff_of,
 )
 from gateway.console.devices import COOKIE as DEVICE_COOKIE
-from gateway.console.devices import KNOWN_FOR
 from gateway.console.logins import login
 from gateway.console.refusals import fields, http_status
+from gateway.console.signin import logged_in, login_form
 from gateway.store.audit import AuditEntry, record
 from gateway.store.case_view import FLAGS, get_case, queue_cases
 from gateway.store.errors import GatewayError, Invalid, NotFound
@@ -40,18 +39,8 @@ QUEUE_STATUSES = ("awaiting_assessment", "locate_failed", "assessed", "new", "cl
                   "held", "referred")
 
 
-def _login_form(console: Console, *, error: str | None = None, status: int = 200
-                ) -> web.Response:
-    token = secrets.token_urlsafe(24)
-    response = console.render("login.html", code=status, login_token=token, error=error)
-    # Double-submit: a form posted from elsewhere cannot know this cookie's value.
-    response.set_cookie(LOGIN_COOKIE, token, httponly=True, samesite="Strict", path="/login",
-                        secure=console.secure_cookies, max_age=900)
-    return response
-
-
 async def login_page(request: web.Request) -> web.Response:
-    return _login_form(request.app[CONSOLE])
+    return login_form(request.app[CONSOLE])
 
 
 async def login_submit(request: web.Request) -> web.StreamResponse:
@@ -59,41 +48,32 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     form = await request.post()
     sent, expected = form.get("login_token"), request.cookies.get(LOGIN_COOKIE)
     if not isinstance(sent, str) or not expected or not hmac.compare_digest(sent, expected):
-        return _login_form(console, error="The form is out of date: try again.", status=403)
+        return login_form(console, error="The form is out of date: try again.", status=403)
     name, password, code = (str(form.get(k, "")) for k in ("name", "password", "code"))
+    # "Log in with a security key": the password here, the key on the next page.
+    with_key = form.get("factor") == "key"
     result = await login(console.backend, console.guard, name.strip().lower(), password,
-                         code.strip(), source=console.source(request), now=console.now(),
-                         policy=console.policy, peer=console.client(request),
-                         device=request.cookies.get(DEVICE_COOKIE))
+                         None if with_key else code.strip(), source=console.source(request),
+                         now=console.now(), policy=console.policy,
+                         peer=console.client(request), device=request.cookies.get(DEVICE_COOKIE),
+                         refuse_code=console.security_keys.refuse_code())
     if result.retry_after > 0:
         seconds = math.ceil(result.retry_after)
         log.debug("console.login_throttled", throttle=result.throttled, seconds=seconds)
         # Only the address's wait is told; an account's wait answers as "Login failed".
-        response = _login_form(console, status=429, error=(
+        response = login_form(console, status=429, error=(
             f"Too many failed logins from your address: try again in {seconds} s."))
         response.headers["Retry-After"] = str(seconds)
         return response
+    if with_key:
+        return await securitykeys.key_step(request, result.staff, name.strip().lower())
     staff = result.staff
+    if result.refused is not None:
+        return login_form(console, error=result.refused, status=403)
     if staff is None:
         log.info("console.login_failed")
-        return _login_form(console, error="Login failed.", status=401)
-    old = request.cookies.get(SESSION_COOKIE)
-    if old:
-        await console.sessions.end(old)
-    session_id = await console.sessions.start(staff.id, now=console.now())
-    response = web.HTTPSeeOther("/password" if staff.must_change_password else "/")
-    redirect = web.Response(status=response.status, headers=response.headers)
-    console.set_session_cookie(redirect, session_id,
-                               max_age=int(console.sessions.absolute.total_seconds()))
-    redirect.del_cookie(LOGIN_COOKIE, path="/login")
-    # This browser is known from now on: its next logins pass a burst while it is trusted
-    # (gateway.console.devices).
-    redirect.set_cookie(DEVICE_COOKIE, console.guard.devices.issue(staff.id, console.now()),
-                        httponly=True, samesite="Strict", path="/login",
-                        secure=console.secure_cookies,
-                        max_age=int(KNOWN_FOR.total_seconds()))
-    log.info("console.login", user=staff.name)
-    return redirect
+        return login_form(console, error="Login failed.", status=401)
+    return await logged_in(request, staff, factor="totp")
 
 
 async def logout(request: web.Request) -> web.StreamResponse:
@@ -136,7 +116,8 @@ async def password_submit(request: web.Request) -> web.StreamResponse:
         return console.render("password.html", code=422, staff=staff,
                               csrf=session_of(request).csrf_token, error=error)
     # Every session of this user ended with the change: this browser gets a fresh one.
-    session_id = await console.sessions.start(staff.id, now=console.now())
+    session_id = await console.sessions.start(staff.id, now=console.now(),
+                                              factor=session_of(request).factor)
     response = web.Response(status=303, headers={"Location": "/"})
     console.set_session_cookie(response, session_id,
                                max_age=int(console.sessions.absolute.total_seconds()))

@@ -1,6 +1,7 @@
 """Managing staff accounts: list, disable and enable, unlock, reset TOTP or password, change
-the role, end sessions, remove. Every action is audited under the acting name; the last
-enabled admin can be neither removed, demoted nor disabled, even by changes made at once."""
+the role, end sessions, remove security keys, remove. Every action is audited under the acting
+name; the last enabled admin can be neither removed, demoted nor disabled, even by changes made
+at once."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 import pyotp
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.engine import Connection
 
 from gateway.console.accounts import (
@@ -24,7 +25,14 @@ from gateway.console.accounts import (
 from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
 from gateway.store.errors import Conflict, Invalid, NotFound
-from gateway.store.tables import api_tokens, assessments, cases, staff_sessions, users
+from gateway.store.tables import (
+    api_tokens,
+    assessments,
+    cases,
+    staff_security_keys,
+    staff_sessions,
+    users,
+)
 from gateway.store.times import aware
 
 
@@ -43,6 +51,8 @@ class UserInfo:
     locked_until: datetime | None
     last_login_at: datetime | None
     created_at: datetime
+    #: Security keys registered (``gateway.console.keystore``).
+    keys: int = 0
 
     def state(self, now: datetime) -> str:
         if self.disabled:
@@ -58,8 +68,11 @@ async def list_users(backend: WriteBackend) -> list[UserInfo]:
     """Every account, by name."""
 
     def work(conn: Connection) -> list[UserInfo]:
+        keys = {row[0]: int(row[1]) for row in conn.execute(
+            select(staff_security_keys.c.user_id, func.count())
+            .group_by(staff_security_keys.c.user_id))}
         return [UserInfo(r.name, r.role, r.disabled, r.must_change_password, r.locked_until,
-                         r.last_login_at, r.created_at)
+                         r.last_login_at, r.created_at, keys.get(r.id, 0))
                 for r in conn.execute(select(users).order_by(users.c.name))]
 
     return await backend.transaction(work)
@@ -193,8 +206,25 @@ async def remove_user(backend: WriteBackend, name: str, *, actor: str, now: date
             raise Conflict(f"{name}'s verdicts are on record: disable the account instead")
         ended = _end_sessions(conn, row.id)
         tokens = conn.execute(delete(api_tokens).where(api_tokens.c.user_id == row.id)).rowcount
+        conn.execute(delete(staff_security_keys).where(staff_security_keys.c.user_id == row.id))
         conn.execute(update(cases).where(cases.c.assigned_to == row.id).values(assigned_to=None))
         conn.execute(delete(users).where(users.c.id == row.id))
         return {"role": row.role, "sessions_ended": ended, "tokens_removed": int(tokens)}
 
     await _change(backend, name, "user.removed", change, actor=actor, now=now)
+
+
+async def remove_keys(backend: WriteBackend, name: str, *, actor: str, now: datetime) -> int:
+    """Remove every security key of ``name`` (a lost key); how many. Their sessions end: one
+    made with a removed key is not to go on. The audit has the keys' names."""
+
+    def change(conn: Connection, row: Any) -> dict[str, Any]:
+        names = conn.execute(delete(staff_security_keys)
+                             .where(staff_security_keys.c.user_id == row.id)
+                             .returning(staff_security_keys.c.name)).scalars().all()
+        return {"keys_removed": len(names), "keys": sorted(names),
+                "sessions_ended": _end_sessions(conn, row.id)}
+
+    details = await _change(backend, name, "user.security_keys_removed", change, actor=actor,
+                            now=now)
+    return int(details["keys_removed"])

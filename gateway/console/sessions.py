@@ -29,6 +29,8 @@ TOUCH_EVERY = timedelta(seconds=60)
 class Session:
     staff: Staff
     csrf_token: str
+    #: How its user logged in: "totp" (a code) or "key" (a security key).
+    factor: str = "totp"
 
 
 def _key(session_id: str) -> str:
@@ -45,8 +47,8 @@ class SessionStore:
     def absolute(self) -> timedelta:
         return self._absolute
 
-    async def start(self, user_id: uuid.UUID, *, now: datetime) -> str:
-        """A new session for ``user_id``; the id to put in the cookie."""
+    async def start(self, user_id: uuid.UUID, *, now: datetime, factor: str = "totp") -> str:
+        """A new session for ``user_id``, logged in with ``factor``; the id for the cookie."""
         session_id = secrets.token_urlsafe(32)
 
         def work(conn: Connection) -> None:
@@ -56,7 +58,8 @@ class SessionStore:
                 staff_sessions.c.created_at < now - self._absolute)))
             conn.execute(insert(staff_sessions).values(
                 id_sha256=_key(session_id), user_id=user_id,
-                csrf_token=secrets.token_urlsafe(32), created_at=now, last_seen_at=now))
+                csrf_token=secrets.token_urlsafe(32), created_at=now, last_seen_at=now,
+                factor=factor))
 
         await self._backend.transaction(work)
         return session_id
@@ -82,7 +85,7 @@ class SessionStore:
                 conn.execute(update(staff_sessions).where(staff_sessions.c.id_sha256 == key)
                              .values(last_seen_at=now))
             staff = Staff(row.user_id, row.name, row.role, row.must_change_password)
-            return Session(staff, row.csrf_token)
+            return Session(staff, row.csrf_token, row.factor or "totp")
 
         return await self._backend.transaction(work)
 

@@ -147,6 +147,16 @@ class SourceThrottle:
         record.last_failure = self._clock()
         self._records.move_to_end(source)
 
+    def forgive(self, source: str, user: str) -> None:
+        """Forgive ``source``'s failures for ``user`` (as a success would), when a login that
+        counted as a failure first (a security key's password step) succeeded after all."""
+        record = self._records.get(source)
+        if record is None:
+            return
+        record.failures = max(0, record.failures - record.by_user.pop(user, 0))
+        if record.failures == 0 and record.in_flight == 0:
+            del self._records[source]
+
     def take_refused(self, source: str) -> int:
         """Attempts of ``source`` refused since this was last asked (for the audit)."""
         record = self._records.get(source)

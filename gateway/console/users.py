@@ -24,7 +24,7 @@ from gateway.store.times import utc
 log = structlog.get_logger("gateway.console")
 
 ACTIONS = ("disable", "enable", "unlock", "reset-totp", "reset-password", "role", "logout",
-           "remove")
+           "remove-keys", "remove")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +69,9 @@ async def perform(console: Console, admin: Staff, name: str, action: str,
         elif action == "logout":
             count = await people.end_sessions(backend, name, actor=actor, now=now)
             done = Done(f"{count} session(s) of {name} ended.")
+        elif action == "remove-keys":
+            count = await people.remove_keys(backend, name, actor=actor, now=now)
+            done = Done(f"{count} security key(s) of {name} removed; their sessions ended.")
         else:
             await people.remove_user(backend, name, actor=actor, now=now)
             done = Done(f"{name} is removed.")
@@ -99,7 +102,8 @@ async def _page(request: web.Request, *, status: int = 200, error: str | None = 
     console = request.app[CONSOLE]
     now = console.now()
     rows = [{"name": u.name, "role": u.role, "state": u.state(now),
-             "last_login": _when(u.last_login_at), "created": _when(u.created_at)}
+             "last_login": _when(u.last_login_at), "created": _when(u.created_at),
+             "key_count": u.keys}
             for u in await people.list_users(console.backend)]
     return console.render("users.html", code=status, staff=staff_of(request),
                           csrf=session_of(request).csrf_token, users=rows, roles=ROLES,
@@ -124,7 +128,7 @@ async def action_submit(request: web.Request) -> web.StreamResponse:
         done = await perform(request.app[CONSOLE], admin, name, action, form.get("role"))
     except GatewayError as exc:
         return await _page(request, status=http_status(exc), error=str(exc))
-    if name == admin.name and action in ("disable", "logout", "remove"):
+    if name == admin.name and action in ("disable", "logout", "remove", "remove-keys"):
         raise web.HTTPSeeOther("/login")  # this session ended with the others
     if name == admin.name and action == "role" and form.get("role") != "admin":
         raise web.HTTPSeeOther("/")  # no longer an admin: the page is not theirs
@@ -140,7 +144,8 @@ async def api_list(request: web.Request) -> web.Response:
     now = console.now()
     return web.json_response([
         {"name": u.name, "role": u.role, "state": u.state(now),
-         "last_login_at": iso(u.last_login_at), "created_at": iso(u.created_at)}
+         "last_login_at": iso(u.last_login_at), "created_at": iso(u.created_at),
+         "security_keys": u.keys}
         for u in await people.list_users(console.backend)])
 
 

@@ -10,7 +10,7 @@ images, nothing from elsewhere) and is never cached.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import jinja2
@@ -20,9 +20,18 @@ from markupsafe import Markup, escape
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.config import ConsoleConfig
-from gateway.console import api, pages, users
+from gateway.console import api, pages, securitykeys, users
 from gateway.console.accounts import staff_for_token
-from gateway.console.base import CONSOLE, SESSION, SESSION_COOKIE, STAFF, Console, json_error
+from gateway.console.base import (
+    CONSOLE,
+    SESSION,
+    SESSION_COOKIE,
+    STAFF,
+    Console,
+    Handler,
+    json_error,
+)
+from gateway.console.keystore import SecurityKeys
 from gateway.console.logins import LoginPolicy, new_guard
 from gateway.console.sessions import SessionStore
 from gateway.store.audit import AuditEntry, record
@@ -42,8 +51,9 @@ SECURITY_HEADERS = listeners.security_headers(
 #: Password hashes computed at once (argon2 is expensive on purpose: ~64 MiB and ~100 ms each).
 HASHING_SLOTS = 2
 TEMPLATES = ("login.html", "password.html", "queue.html", "case.html", "error.html",
-             "users.html")
-STATIC = {"console.css": "text/css", "console.js": "text/javascript"}
+             "users.html", "keys.html", "login_key.html")
+STATIC = {"console.css": "text/css", "console.js": "text/javascript",
+          "securitykey.js": "text/javascript"}
 
 
 class _MultiLine(Markup):
@@ -77,7 +87,6 @@ def is_api(request: web.Request) -> bool:
     return request.path.startswith("/api/")
 
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @web.middleware
@@ -117,7 +126,7 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
             return json_error(401, "a valid API token is needed (Authorization: Bearer …)")
         request[STAFF] = staff
         return await handler(request)
-    if request.path == "/login" or request.path.startswith("/static/"):
+    if request.path in ("/login", "/login/key") or request.path.startswith("/static/"):
         return await handler(request)
     session = None
     cookie = request.cookies.get(SESSION_COOKIE)
@@ -152,13 +161,15 @@ async def static_file(request: web.Request) -> web.Response:
 
 
 def build_app(console: Console) -> web.Application:
-    app = web.Application(middlewares=[security_headers, authenticate],
+    app = web.Application(middlewares=[security_headers, authenticate,
+                                       securitykeys.require_keys],
                           client_max_size=256 * 1024)
     app[CONSOLE] = console
     app.router.add_get("/static/{name}", static_file)
     pages.add_routes(app)
     api.add_routes(app)
     users.add_routes(app)
+    securitykeys.add_routes(app)
     return app
 
 
@@ -180,6 +191,7 @@ def make_console(
         guard=new_guard(HASHING_SLOTS),
         trusted_proxies=tuple(config.trusted_proxies),
         on_decided=on_decided, on_queued=on_queued,
+        security_keys=SecurityKeys.from_config(config),
     )
 
 

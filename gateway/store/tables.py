@@ -195,6 +195,24 @@ staff_sessions = Table(
     Column("csrf_token", String(64), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("last_seen_at", DateTime(timezone=True), nullable=False),
+    # How the login was made: "totp" or "key" (a security key); NULL for older sessions (TOTP).
+    Column("factor", String(8), nullable=True),
+)
+
+# Staff security keys (WebAuthn credentials): the authenticator's credential id, its public
+# key (COSE) and the last signature counter it reported, which must grow (a clone is refused).
+staff_security_keys = Table(
+    "staff_security_keys",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("user_id", Uuid, ForeignKey("users.id", ondelete="CASCADE"), nullable=False,
+           index=True),
+    Column("credential_id", LargeBinary(1024), nullable=False, unique=True),
+    Column("public_key", LargeBinary, nullable=False),
+    Column("sign_count", BigInteger, nullable=False, server_default="0"),
+    Column("name", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("last_used_at", DateTime(timezone=True), nullable=True),
 )
 
 # An analyst's verdict on a case. With four-eyes, an illegal verdict waits for a second,

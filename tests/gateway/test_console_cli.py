@@ -147,7 +147,7 @@ def test_users_are_managed_from_the_command_line_and_every_action_audited(
     assert old_secret is not None
     assert run(config, "users", "list") == 0
     lines = [line.split() for line in capsys.readouterr().out.splitlines()]
-    assert lines[0] == ["NAME", "ROLE", "STATE", "LAST", "LOGIN", "CREATED"]
+    assert lines[0] == ["NAME", "ROLE", "STATE", "LAST", "LOGIN", "CREATED", "KEYS"]
     assert [line[:4] for line in lines[1:]] == [["ana", "analyst", "new", "-"],
                                                 ["root", "admin", "new", "-"]]
     for argv in (["disable", "ana"], ["enable", "ana"], ["unlock", "ana"],

@@ -160,9 +160,8 @@ async def test_over_tls_the_gateways_400_asks_for_https_too(
 def test_every_listener_sends_the_same_security_headers() -> None:
     """The form, the console and the answers to unparseable requests share one set of
     security headers; each has its own Content-Security-Policy, denying by default."""
-    from intake.listeners import ERROR_HEADERS
-
     from gateway.console.web import SECURITY_HEADERS
+    from intake.listeners import ERROR_HEADERS
     from intake.web import HEADERS
 
     common = {"X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",

@@ -1,0 +1,358 @@
+"""Security keys in the console: the page where staff register and remove their own keys, the
+login's key step, and ``[console] require_security_key``.
+
+A login with a key is two steps. The login form posts the name and password with "Log in with
+a security key" (no code); the key page that follows looks the same whether they were right
+or not (it offers the name's credential ids, or a stand-in for a name without keys), so the
+key step tells nothing about the password, and the password step counts as a failure for the
+address's throttle until the key succeeds (``gateway.console.logins``). The key page's script
+(``/static/securitykey.js``, the only script besides ``console.js``) asks the browser for an
+assertion and posts it; the server checks it against the challenge it kept, the origin and RP
+id of the console (``[console] public_origin`` / ``rp_id``, else the request's own), and the
+key's signature counter. A login by code keeps working without JavaScript.
+
+With ``require_security_key``, supervisors and admins log in with a key: a right password and
+code are refused for one who has a key. One without a key (a new account, or one whose lost
+key an admin removed) may log in with the code, but only to register a key: every other page
+sends them to their keys page, and once a key is registered that session ends and they log
+in with it. Sessions made by code before the setting was on end the same way.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import urllib.parse
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from aiohttp import web
+from sqlalchemy import select, update
+from sqlalchemy.engine import Connection
+from webauthn import (
+    generate_authentication_options,
+    generate_registration_options,
+    options_to_json,
+    verify_authentication_response,
+    verify_registration_response,
+)
+from webauthn.helpers.exceptions import WebAuthnException
+from webauthn.helpers.parse_authentication_credential_json import (
+    parse_authentication_credential_json,
+)
+from webauthn.helpers.structs import (
+    AttestationConveyancePreference,
+    AuthenticatorSelectionCriteria,
+    PublicKeyCredentialDescriptor,
+    ResidentKeyRequirement,
+    UserVerificationRequirement,
+)
+
+from gateway.console import keystore
+from gateway.console.accounts import Staff
+from gateway.console.base import (
+    CONSOLE,
+    SESSION,
+    SESSION_COOKIE,
+    STAFF,
+    Handler,
+    session_of,
+    staff_of,
+)
+from gateway.console.devices import COOKIE as DEVICE_COOKIE
+from gateway.console.keystore import PendingLogin
+from gateway.console.signin import logged_in, login_form
+from gateway.store.audit import AuditEntry, record
+from gateway.store.errors import Conflict, Invalid, NotFound
+from gateway.store.tables import users
+from intake.origin import own_origin
+
+log = structlog.get_logger("gateway.console")
+
+PENDING_COOKIE = "hg_login_key"
+RP_NAME = "hotline-gateway"
+KEYS_PAGE = "/account/keys"
+#: What a supervisor or admin without a key may reach when a key is required.
+ENROLMENT_PATHS = (KEYS_PAGE, "/password", "/logout")
+MAX_CREDENTIAL = 64 * 1024
+
+
+class NoRelyingParty(Exception):
+    """The console is reached by an address security keys cannot work with."""
+
+
+def relying_party(request: web.Request) -> tuple[str, str]:
+    """The origin the browser is at and the RP id keys are scoped to, from the config, else
+    from the request (X-Forwarded-* only from a trusted proxy)."""
+    console = request.app[CONSOLE]
+    keys = console.security_keys
+    origin = own_origin(request.headers, peer=request.remote, tls=request.secure,
+                        public_origin=keys.public_origin,
+                        trusted_proxies=console.trusted_proxies)
+    host = urllib.parse.urlsplit(origin).hostname if origin else None
+    rp_id = keys.rp_id or host
+    if origin is None or rp_id is None or _is_address(rp_id):
+        raise NoRelyingParty("Security keys need the console to be reached by a name, not an "
+                             "IP address (or [console] public_origin to be set).")
+    return origin, rp_id
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def _when(moment: datetime | None) -> str:
+    if moment is None:
+        return "never"
+    moment = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _credential(form: Any) -> str | None:
+    text = form.get("credential")
+    if not isinstance(text, str) or not text.strip() or len(text) > MAX_CREDENTIAL:
+        return None
+    return text
+
+
+# --- the user's own keys ----------------------------------------------------------------------
+
+async def _keys_page(request: web.Request, *, status: int = 200, error: str | None = None,
+                     done: str | None = None) -> web.Response:
+    console = request.app[CONSOLE]
+    staff, session = staff_of(request), session_of(request)
+    keys = await keystore.list_keys(console.backend, staff.id)
+    options = None
+    try:
+        _, rp_id = relying_party(request)
+    except NoRelyingParty as exc:
+        error = error or str(exc)
+    else:
+        existing = await keystore.credential_ids(console.backend, staff.id)
+        options = options_to_json(generate_registration_options(
+            rp_id=rp_id, rp_name=RP_NAME, user_name=staff.name, user_id=staff.id.bytes,
+            challenge=console.security_keys.ceremonies.begin_registration(session.csrf_token),
+            attestation=AttestationConveyancePreference.NONE,
+            authenticator_selection=AuthenticatorSelectionCriteria(
+                resident_key=ResidentKeyRequirement.DISCOURAGED,
+                user_verification=UserVerificationRequirement.DISCOURAGED),
+            exclude_credentials=[PublicKeyCredentialDescriptor(id=i) for i in existing]))
+    enrolling = console.security_keys.required_for(staff.role) and not keys
+    rows = [{"id": str(k.id), "name": k.name, "created": _when(k.created_at),
+             "last_used": _when(k.last_used_at)} for k in keys]
+    return console.render("keys.html", code=status, staff=staff, csrf=session.csrf_token,
+                          keys=rows, options=options, error=error, done=done,
+                          enrolling=enrolling, required=console.security_keys.required_for(
+                              staff.role))
+
+
+async def keys_page(request: web.Request) -> web.Response:
+    return await _keys_page(request)
+
+
+async def register_submit(request: web.Request) -> web.StreamResponse:
+    """The key's answer to the registration the page started (its form's CSRF token checked
+    by ``gateway.console.web``)."""
+    console = request.app[CONSOLE]
+    staff, session = staff_of(request), session_of(request)
+    form = await request.post()
+    challenge = console.security_keys.ceremonies.take_registration(session.csrf_token)
+    credential = _credential(form)
+    if credential is None:
+        return await _keys_page(request, status=422, error=(
+            "No answer from a security key: this needs JavaScript and a key."))
+    if challenge is None:
+        return await _keys_page(request, status=422, error=(
+            "The registration took too long: try again."))
+    try:
+        name = keystore.check_key_name(str(form.get("name", "")))
+        origin, rp_id = relying_party(request)
+        verified = verify_registration_response(
+            credential=credential, expected_challenge=challenge, expected_rp_id=rp_id,
+            expected_origin=origin)
+        await keystore.add_key(console.backend, staff, name,
+                               credential_id=verified.credential_id,
+                               public_key=verified.credential_public_key,
+                               sign_count=verified.sign_count, now=console.now())
+    except (Invalid, Conflict, NoRelyingParty) as exc:
+        return await _keys_page(request, status=422, error=str(exc))
+    except (WebAuthnException, ValueError, TypeError, KeyError) as exc:
+        log.info("console.security_key_refused", user=staff.name, step="registration",
+                 error_type=type(exc).__name__)
+        return await _keys_page(request, status=422, error=(
+            "The key's answer could not be verified: try again."))
+    log.info("console.security_key_added", user=staff.name)
+    if console.security_keys.required_for(staff.role) and session.factor != "key":
+        # Logged in by code to register a key: from now on, the key logs this user in.
+        cookie = request.cookies.get(SESSION_COOKIE)
+        if cookie:
+            await console.sessions.end(cookie)
+        response = web.Response(status=303, headers={"Location": "/login"})
+        response.del_cookie(SESSION_COOKIE, path="/")
+        return response
+    return await _keys_page(request, done=f"The key “{name}” is registered.")
+
+
+async def remove_submit(request: web.Request) -> web.StreamResponse:
+    console = request.app[CONSOLE]
+    staff = staff_of(request)
+    try:
+        key_id = uuid.UUID(request.match_info["key_id"])
+        name = await keystore.remove_key(console.backend, staff, key_id, now=console.now())
+    except (ValueError, NotFound):
+        return await _keys_page(request, status=404, error="No such key of yours.")
+    log.info("console.security_key_removed", user=staff.name)
+    return await _keys_page(request, done=f"The key “{name}” is removed.")
+
+
+# --- the login's key step ---------------------------------------------------------------------
+
+async def key_step(request: web.Request, result_staff: Staff | None, name: str
+                   ) -> web.Response:
+    """After the password step of a login with a key: the key page, alike whether the name
+    and password were right (``result_staff``) or not."""
+
+    console = request.app[CONSOLE]
+    try:
+        _, rp_id = relying_party(request)
+    except NoRelyingParty as exc:
+        return login_form(console, error=str(exc), status=422)
+    ceremonies = console.security_keys.ceremonies
+    ids = await keystore.credential_ids_by_name(console.backend, name) if name else []
+    token, challenge = ceremonies.begin_login(result_staff, name, source=console.source(request),
+                                              device=request.cookies.get(DEVICE_COOKIE))
+    options = options_to_json(generate_authentication_options(
+        rp_id=rp_id, challenge=challenge,
+        allow_credentials=[PublicKeyCredentialDescriptor(id=i)
+                           for i in ids or ceremonies.stand_in_ids(name)],
+        user_verification=UserVerificationRequirement.DISCOURAGED))
+    response = console.render("login_key.html", options=options, error=None)
+    response.set_cookie(PENDING_COOKIE, token, httponly=True, samesite="Strict", path="/login",
+                        secure=console.secure_cookies,
+                        max_age=math.ceil(keystore.CEREMONY_FOR))
+    return response
+
+
+async def login_key_submit(request: web.Request) -> web.StreamResponse:
+    """The key's answer: a session if it is one of the user's keys, signed over the challenge
+    for this console, with a counter that grew; else "Login failed" (a new login is needed)."""
+
+    console = request.app[CONSOLE]
+    form = await request.post()
+    token = request.cookies.get(PENDING_COOKIE)
+    pending = console.security_keys.ceremonies.take_login(token) if token else None
+    if pending is None:
+        failed = login_form(console, status=401, error=(
+            "The security key step took too long or was done already: log in again."))
+        failed.del_cookie(PENDING_COOKIE, path="/login")
+        return failed
+    staff = await _check_assertion(request, pending, _credential(form))
+    if staff is None:
+        log.info("console.login_failed")
+        failed = login_form(console, error="Login failed.", status=401)
+        failed.del_cookie(PENDING_COOKIE, path="/login")
+        return failed
+    guard = console.guard
+    guard.throttle.forgive(pending.source, staff.id.hex)
+    if pending.device is not None and \
+            guard.devices.user(pending.device, console.now()) == staff.id:
+        guard.devices.forgive(pending.device)
+    response = await logged_in(request, staff, factor="key")
+    response.del_cookie(PENDING_COOKIE, path="/login")
+    return response
+
+
+async def _check_assertion(request: web.Request, pending: PendingLogin,
+                           credential: str | None) -> Staff | None:
+    console = request.app[CONSOLE]
+    staff, now = pending.staff, console.now()
+    if staff is None:
+        return None  # the password step was refused, and audited as such
+    details: dict[str, Any] = {"user": staff.name,
+                               "source": console.guard.throttle.label(pending.source),
+                               "peer": console.client(request), "factor": "security key"}
+    reason, verified, key = "no answer from a key", None, None
+    if credential is not None:
+        try:
+            origin, rp_id = relying_party(request)
+            parsed = parse_authentication_credential_json(credential)
+            key = await console.backend.transaction(
+                lambda conn: keystore.stored_key(conn, staff.id, parsed.raw_id))
+            reason = "not a key of this user"
+            if key is not None:
+                reason = "key's answer"
+                verified = verify_authentication_response(
+                    credential=parsed, expected_challenge=pending.challenge,
+                    expected_rp_id=rp_id, expected_origin=origin,
+                    credential_public_key=key.public_key,
+                    credential_current_sign_count=key.sign_count)
+        except NoRelyingParty:
+            reason = "no relying party"
+        except (WebAuthnException, ValueError, TypeError, KeyError) as exc:
+            # The library's message says what did not match (never a secret).
+            reason = "sign count" if "sign count" in str(exc) else reason
+            log.info("console.security_key_refused", user=staff.name, step="login",
+                     error_type=type(exc).__name__, reason=reason)
+
+    def decide(conn: Connection) -> Staff | None:
+        nonlocal reason
+        if verified is not None and key is not None:
+            current = conn.execute(select(users).where(users.c.id == staff.id)).first()
+            waiting = current is not None and current.locked_until is not None and (
+                current.locked_until if current.locked_until.tzinfo is not None
+                else current.locked_until.replace(tzinfo=UTC)) > now
+            if current is None or current.disabled or waiting:
+                reason = "account disabled or waiting"
+            elif not keystore.advance(conn, key, verified.new_sign_count, now):
+                reason = "sign count"
+            else:
+                conn.execute(update(users).where(users.c.id == staff.id).values(
+                    failed_logins=0, last_login_at=now))
+                record(conn, [AuditEntry(staff.name, "user.login",
+                                         details={**details, "key": key.name})], at=now)
+                return Staff(staff.id, current.name, current.role,
+                             current.must_change_password)
+        if key is not None:
+            details["key"] = key.name
+        record(conn, [AuditEntry(staff.name, "user.login_failed",
+                                 details={**details, "reason": reason})], at=now)
+        return None
+
+    return await console.backend.transaction(decide)
+
+
+# --- require_security_key ---------------------------------------------------------------------
+
+@web.middleware
+async def require_keys(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """With ``require_security_key``: a supervisor's or admin's session made by code reaches
+    only the keys page (and /password, /logout) while they have no key, and ends once they
+    have one (they log in with it)."""
+    console = request.app[CONSOLE]
+    session = request.get(SESSION)
+    if session is None or not console.security_keys.required_for(request[STAFF].role) \
+            or session.factor == "key":
+        return await handler(request)
+    if await keystore.count_keys(console.backend, session.staff.id) > 0:
+        cookie = request.cookies.get(SESSION_COOKIE)
+        if cookie:
+            await console.sessions.end(cookie)
+        response = web.Response(status=303, headers={"Location": "/login"})
+        response.del_cookie(SESSION_COOKIE, path="/")
+        return response
+    if request.path.startswith(ENROLMENT_PATHS):
+        return await handler(request)
+    raise web.HTTPSeeOther(KEYS_PAGE)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get(KEYS_PAGE, keys_page)
+    app.router.add_post(KEYS_PAGE, register_submit)
+    app.router.add_post(KEYS_PAGE + "/{key_id}/remove", remove_submit)
+    app.router.add_post("/login/key", login_key_submit)
