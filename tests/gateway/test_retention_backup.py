@@ -61,8 +61,10 @@ async def test_raw_messages_then_contacts_go_and_the_counts_stay(start: Start) -
     assert purged.contacts == 4
     assert all(mail_from is None and peer is None for _, mail_from, peer, _ in await rows())
     after = await collect_stats(gw.engine)
-    for key in ("submissions", "submissions_by_status", "submissions_by_channel", "cases"):
+    for key in ("submissions", "submissions_by_status", "submissions_by_channel"):
         assert after[key] == before[key], key
+    # The locate stage may move a case on meanwhile: the purge keeps every case, in any state.
+    assert sum(after["cases"].values()) == sum(before["cases"].values()) == 2
     async with gw.engine.connect() as conn:
         stored = b"".join(r or b"" for r in (await conn.execute(select(submissions.c.raw))
                                               ).scalars())
