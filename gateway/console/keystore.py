@@ -164,6 +164,19 @@ def stored_key(conn: Connection, user_id: uuid.UUID, credential_id: bytes) -> St
     return StoredKey(row.id, row.name, bytes(row.public_key), int(row.sign_count))
 
 
+def stored_key_by_name(conn: Connection, name: str, credential_id: bytes
+                       ) -> StoredKey | None:
+    """The key with ``credential_id`` of the user called ``name`` (the login's key step looks
+    a key up this way whether the password step was right or not)."""
+    row = conn.execute(select(staff_security_keys)
+                       .join(users, users.c.id == staff_security_keys.c.user_id)
+                       .where(users.c.name == name,
+                              staff_security_keys.c.credential_id == credential_id)).first()
+    if row is None:
+        return None
+    return StoredKey(row.id, row.name, bytes(row.public_key), int(row.sign_count))
+
+
 def advance(conn: Connection, key: StoredKey, new_count: int, now: datetime) -> bool:
     """Record a use of ``key`` that reported ``new_count``: False if the counter did not grow
     past the stored one meanwhile (a clone, or the same response twice). Keys that keep no
@@ -244,8 +257,8 @@ class Ceremonies:
                                 digest_size=32).digest()]
 
 
-REQUIRED = ("Your role logs in with a security key: use “Log in with a security key” "
-            "(no code needed).")
+REQUIRED = ("Supervisors and admins with a security key log in with it: use “Log in with a "
+            "security key” (no code needed).")
 
 
 @dataclass

@@ -8,7 +8,8 @@ key step tells nothing about the password, and the password step counts as a fai
 address's throttle until the key succeeds (``gateway.console.logins``). The key page's script
 (``/static/securitykey.js``, the only script besides ``console.js``) asks the browser for an
 assertion and posts it; the server checks it against the challenge it kept, the origin and RP
-id of the console (``[console] public_origin`` / ``rp_id``, else the request's own), and the
+id of the console (``[console] public_origin`` / ``rp_id``, never the request's Host: see
+``relying_party``), and the
 key's signature counter. A login by code keeps working without JavaScript.
 
 With ``require_security_key``, supervisors and admins log in with a key: a right password and
@@ -63,11 +64,11 @@ from gateway.console.base import (
 )
 from gateway.console.devices import COOKIE as DEVICE_COOKIE
 from gateway.console.keystore import PendingLogin
+from gateway.console.refusals import http_status
 from gateway.console.signin import logged_in, login_form
 from gateway.store.audit import AuditEntry, record
 from gateway.store.errors import Conflict, Invalid, NotFound
 from gateway.store.tables import users
-from intake.origin import own_origin
 
 log = structlog.get_logger("gateway.console")
 
@@ -84,19 +85,46 @@ class NoRelyingParty(Exception):
 
 
 def relying_party(request: web.Request) -> tuple[str, str]:
-    """The origin the browser is at and the RP id keys are scoped to, from the config, else
-    from the request (X-Forwarded-* only from a trusted proxy)."""
+    """The origin the browser is at and the RP id keys are scoped to: ``[console]
+    public_origin`` (and ``rp_id``), never the request's Host, which a lookalike name pointed
+    at the console could set. Without public_origin, only the console's own loopback address
+    works (``http://localhost:PORT``, PORT the one this request came in on, RP id localhost),
+    for a local demo."""
     console = request.app[CONSOLE]
     keys = console.security_keys
-    origin = own_origin(request.headers, peer=request.remote, tls=request.secure,
-                        public_origin=keys.public_origin,
-                        trusted_proxies=console.trusted_proxies)
-    host = urllib.parse.urlsplit(origin).hostname if origin else None
-    rp_id = keys.rp_id or host
-    if origin is None or rp_id is None or _is_address(rp_id):
-        raise NoRelyingParty("Security keys need the console to be reached by a name, not an "
-                             "IP address (or [console] public_origin to be set).")
-    return origin, rp_id
+    if keys.public_origin is not None:
+        host = urllib.parse.urlsplit(keys.public_origin).hostname
+        rp_id = keys.rp_id or host
+        if rp_id is None or _is_address(rp_id):
+            raise NoRelyingParty("Security keys need [console] public_origin to name the "
+                                 "console by a name, not an IP address.")
+        return keys.public_origin, rp_id
+    own = _loopback_origin(request)
+    if own is None:
+        raise NoRelyingParty("Security keys need [console] public_origin (the address staff "
+                             "browsers reach the console at); without it they work only at "
+                             "http://localhost:PORT.")
+    return own, "localhost"
+
+
+def _loopback_origin(request: web.Request) -> str | None:
+    """``http(s)://localhost:PORT`` when this request is addressed to that and came in on
+    PORT of a loopback address of this console, else None."""
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    if not isinstance(sockname, tuple) or len(sockname) < 2:
+        return None
+    try:
+        loopback = ipaddress.ip_address(str(sockname[0]).split("%")[0]).is_loopback
+    except ValueError:
+        return None
+    parts = urllib.parse.urlsplit("//" + request.headers.get("Host", ""))
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    if not loopback or parts.hostname != "localhost" or port != sockname[1]:
+        return None
+    return f"{'https' if request.secure else 'http'}://localhost:{port}"
 
 
 def _is_address(host: str) -> bool:
@@ -180,7 +208,9 @@ async def register_submit(request: web.Request) -> web.StreamResponse:
                                credential_id=verified.credential_id,
                                public_key=verified.credential_public_key,
                                sign_count=verified.sign_count, now=console.now())
-    except (Invalid, Conflict, NoRelyingParty) as exc:
+    except (Invalid, Conflict) as exc:
+        return await _keys_page(request, status=http_status(exc), error=str(exc))
+    except NoRelyingParty as exc:
         return await _keys_page(request, status=422, error=str(exc))
     except (WebAuthnException, ValueError, TypeError, KeyError) as exc:
         log.info("console.security_key_refused", user=staff.name, step="registration",
@@ -270,12 +300,13 @@ async def login_key_submit(request: web.Request) -> web.StreamResponse:
 
 async def _check_assertion(request: web.Request, pending: PendingLogin,
                            credential: str | None) -> Staff | None:
+    """The key step's decision, audited as one entry. It does the same lookups and writes
+    whether the password step was right (``pending.staff``) or not: the key is looked up by
+    the name typed, the user read, and one entry written, so that nothing in the work done
+    tells a right password."""
     console = request.app[CONSOLE]
     staff, now = pending.staff, console.now()
-    if staff is None:
-        return None  # the password step was refused, and audited as such
-    details: dict[str, Any] = {"user": staff.name,
-                               "source": console.guard.throttle.label(pending.source),
+    details: dict[str, Any] = {"source": console.guard.throttle.label(pending.source),
                                "peer": console.client(request), "factor": "security key"}
     reason, verified, key = "no answer from a key", None, None
     if credential is not None:
@@ -283,7 +314,7 @@ async def _check_assertion(request: web.Request, pending: PendingLogin,
             origin, rp_id = relying_party(request)
             parsed = parse_authentication_credential_json(credential)
             key = await console.backend.transaction(
-                lambda conn: keystore.stored_key(conn, staff.id, parsed.raw_id))
+                lambda conn: keystore.stored_key_by_name(conn, pending.name, parsed.raw_id))
             reason = "not a key of this user"
             if key is not None:
                 reason = "key's answer"
@@ -297,30 +328,34 @@ async def _check_assertion(request: web.Request, pending: PendingLogin,
         except (WebAuthnException, ValueError, TypeError, KeyError) as exc:
             # The library's message says what did not match (never a secret).
             reason = "sign count" if "sign count" in str(exc) else reason
-            log.info("console.security_key_refused", user=staff.name, step="login",
+            log.info("console.security_key_refused", step="login",
                      error_type=type(exc).__name__, reason=reason)
 
     def decide(conn: Connection) -> Staff | None:
         nonlocal reason
-        if verified is not None and key is not None:
-            current = conn.execute(select(users).where(users.c.id == staff.id)).first()
-            waiting = current is not None and current.locked_until is not None and (
-                current.locked_until if current.locked_until.tzinfo is not None
-                else current.locked_until.replace(tzinfo=UTC)) > now
-            if current is None or current.disabled or waiting:
-                reason = "account disabled or waiting"
+        current = conn.execute(select(users).where(users.c.name == pending.name)).first()
+        # An unknown name's typed text never goes to the trail (it may be a password).
+        actor = current.name if current is not None else "anonymous"
+        if staff is None or current is None or current.id != staff.id:
+            reason = "password step failed"
+        elif verified is not None and key is not None:
+            # The account's wait (after wrong codes) does not hold back a verified key.
+            if current.disabled:
+                reason = "account disabled"
             elif not keystore.advance(conn, key, verified.new_sign_count, now):
                 reason = "sign count"
             else:
                 conn.execute(update(users).where(users.c.id == staff.id).values(
-                    failed_logins=0, last_login_at=now))
-                record(conn, [AuditEntry(staff.name, "user.login",
-                                         details={**details, "key": key.name})], at=now)
+                    failed_logins=0, locked_until=None, last_login_at=now))
+                record(conn, [AuditEntry(staff.name, "user.login", details={
+                    "user": staff.name, **details, "key": key.name})], at=now)
                 return Staff(staff.id, current.name, current.role,
                              current.must_change_password)
+        if current is not None:
+            details["user"] = current.name
         if key is not None:
             details["key"] = key.name
-        record(conn, [AuditEntry(staff.name, "user.login_failed",
+        record(conn, [AuditEntry(actor, "user.login_failed",
                                  details={**details, "reason": reason})], at=now)
         return None
 

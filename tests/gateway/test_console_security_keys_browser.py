@@ -129,7 +129,7 @@ async def test_a_supervisor_needs_the_key_in_chromium(start: Start, browser: Bro
 
     await password_then(page, origin, sam, totp=code(sam.totp_secret, 1))
     await expect(page.locator("p.error")).to_contain_text(
-        "Your role logs in with a security key")
+        "Supervisors and admins with a security key log in with it")
     await shot(page, "keys-5-code-refused")
     assert page.url == origin + "/login"
     await password_then(page, origin, sam)
