@@ -483,3 +483,25 @@ async def test_a_code_wait_holds_back_neither_a_key_nor_a_required_users_codes(
     refused = [d["reason"] for _, action, d in await audit(gw)
                if action == "user.login_refused"]
     assert refused == ["security key required"] * 3
+
+
+async def test_tokens_do_not_manage_users_when_keys_are_required(start: Start) -> None:
+    """With require_security_key, an admin's token may read users but not reset codes or
+    passwords or remove keys (it would undo what the key protects)."""
+    gw = await start(console={"require_security_key": True})
+    backend = gw.console.context.backend
+    await ready_user(backend, "root", "admin")
+    await ready_user(backend, "ana", "supervisor")
+    token = await create_token(backend, "root", now=now())
+    headers = {"Authorization": f"Bearer {token}"}
+    base = f"http://127.0.0.1:{gw.console.addresses[0][1]}"
+    before = len(await audit(gw))
+    async with aiohttp.ClientSession() as http:
+        async with http.get(base + "/api/v1/users", headers=headers) as response:
+            assert response.status == 200
+        for action in ("remove-keys", "reset-totp", "reset-password", "disable"):
+            async with http.post(base + f"/api/v1/users/ana/{action}",
+                                 headers=headers) as response:
+                assert response.status == 403
+                assert "require_security_key" in (await response.json())["error"]
+    assert len(await audit(gw)) == before
