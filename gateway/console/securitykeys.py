@@ -52,7 +52,7 @@ from webauthn.helpers.structs import (
 )
 
 from gateway.console import keystore
-from gateway.console.accounts import Staff
+from gateway.console.accounts import Staff, check_password
 from gateway.console.base import (
     CONSOLE,
     SESSION,
@@ -184,6 +184,24 @@ async def keys_page(request: web.Request) -> web.Response:
     return await _keys_page(request)
 
 
+async def _reauthenticated(request: web.Request, form: Any) -> str | None:
+    """Adding or removing a key asks for the current password, checked through the login's
+    hashing queue and its per-address throttle: why not, or None."""
+    console = request.app[CONSOLE]
+    staff, throttle = staff_of(request), console.guard.throttle
+    source = console.source(request)
+    wait = throttle.admit(source)
+    if wait > 0:
+        return f"Too many wrong passwords from your address: try again in {math.ceil(wait)} s."
+    right = False
+    try:
+        right = await check_password(console.backend, staff, str(form.get("password", "")),
+                                     gate=console.hashing)
+    finally:
+        throttle.finish(source, "succeeded" if right else "failed", staff.id.hex)
+    return None if right else "Your current password is not right."
+
+
 async def register_submit(request: web.Request) -> web.StreamResponse:
     """The key's answer to the registration the page started (its form's CSRF token checked
     by ``gateway.console.web``)."""
@@ -198,6 +216,8 @@ async def register_submit(request: web.Request) -> web.StreamResponse:
     if challenge is None:
         return await _keys_page(request, status=422, error=(
             "The registration took too long: try again."))
+    if (refused := await _reauthenticated(request, form)) is not None:
+        return await _keys_page(request, status=422, error=refused)
     try:
         name = keystore.check_key_name(str(form.get("name", "")))
         origin, rp_id = relying_party(request)
@@ -232,13 +252,19 @@ async def register_submit(request: web.Request) -> web.StreamResponse:
 async def remove_submit(request: web.Request) -> web.StreamResponse:
     console = request.app[CONSOLE]
     staff = staff_of(request)
+    form = await request.post()
+    if (refused := await _reauthenticated(request, form)) is not None:
+        return await _keys_page(request, status=422, error=refused)
     try:
         key_id = uuid.UUID(request.match_info["key_id"])
         name = await keystore.remove_key(console.backend, staff, key_id, now=console.now())
     except (ValueError, NotFound):
         return await _keys_page(request, status=404, error="No such key of yours.")
-    log.info("console.security_key_removed", user=staff.name)
-    return await _keys_page(request, done=f"The key “{name}” is removed.")
+    # Sessions made elsewhere (perhaps with that key) end; this one goes on.
+    ended = await console.sessions.end_others(staff.id, request.cookies.get(SESSION_COOKIE))
+    log.info("console.security_key_removed", user=staff.name, sessions_ended=ended)
+    return await _keys_page(request, done=f"The key “{name}” is removed; your other sessions "
+                                          "ended.")
 
 
 # --- the login's key step ---------------------------------------------------------------------

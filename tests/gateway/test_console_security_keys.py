@@ -112,11 +112,13 @@ async def named() -> AsyncIterator[Callable[[Gateway], StaffClient]]:
         await made_client.close()
 
 
-async def register(client: StaffClient, key: SoftKey, name: str = "blue key") -> tuple[int, str]:
+async def register(client: StaffClient, key: SoftKey, name: str = "blue key", *,
+                   password: str) -> tuple[int, str]:
     _, page = await client.get("/account/keys")
     credential = key.create(options_of(page), client.base)
     async with client.http.post(client.base + "/account/keys", data={
-            "csrf": hidden(page, "csrf"), "name": name, "credential": credential}) as response:
+            "csrf": hidden(page, "csrf"), "name": name, "credential": credential,
+            "password": password}) as response:
         return response.status, await response.text()
 
 
@@ -163,7 +165,7 @@ async def test_a_key_is_registered_and_logs_in_with_the_password(
     key = SoftKey()
     first = named(gw)
     assert (await first.login(user))[0] == 200
-    status, page = await register(first, key)
+    status, page = await register(first, key, password=user.password)
     assert status == 200 and "The key “blue key” is registered." in page
     assert "blue key" in page and 'class="remove-key"' in page
     assert [u.keys for u in await people.list_users(backend)] == [1]
@@ -196,7 +198,7 @@ async def test_the_key_step_tells_nothing_about_the_password(
     key = SoftKey()
     client = named(gw)
     await client.login(user)
-    await register(client, key)
+    await register(client, key, password=user.password)
     pages = []
     for name, password in (("ana", user.password), ("ana", "wrong password"),
                            ("nobody", "wrong password")):
@@ -226,7 +228,7 @@ async def test_a_cloned_key_and_a_removed_key_are_refused(
     key = SoftKey()
     client = named(gw)
     await client.login(user)
-    await register(client, key)
+    await register(client, key, password=user.password)
     key.counter = 5
     assert (await key_login(named(gw), user, key))[0] == 200  # counter 6
     for counter in (5, 2):  # the same counter again, and a lower one: a clone
@@ -241,9 +243,19 @@ async def test_a_cloned_key_and_a_removed_key_are_refused(
     _, page = await client.get("/account/keys")
     key_id = re.search(r'action="/account/keys/([0-9a-f-]+)/remove"', page)
     assert key_id is not None
-    status, page = await client.post_from("/account/keys",
-                                          f"/account/keys/{key_id.group(1)}/remove")
-    assert status == 200 and "The key “blue key” is removed." in page and "no-keys" in page
+    remove = f"/account/keys/{key_id.group(1)}/remove"
+    # The current password is asked first (a session left open is not enough).
+    for password in ({}, {"password": "wrong password"}):
+        status, page = await client.post_from("/account/keys", remove, password)
+        assert status == 422 and "Your current password is not right." in page
+    elsewhere = named(gw)
+    assert (await key_login(elsewhere, user, key))[0] == 200  # counter 11
+    status, page = await client.post_from("/account/keys", remove,
+                                          {"password": user.password})
+    assert status == 200 and "The key “blue key” is removed;" in page and "no-keys" in page
+    # The user's other sessions ended with it; this one goes on.
+    assert "login_token" in (await elsewhere.get("/"))[1]
+    assert (await client.get("/account/keys"))[0] == 200
     status, page = await key_login(named(gw), user, key, offered=False)
     assert status == 401 and "Login failed." in page
     entries = await audit(gw)
@@ -298,7 +310,7 @@ async def test_keys_required_for_supervisors(
         status, page = await sam_client.get(path)
         assert 'id="enrolling"' in page
     key = SoftKey()
-    status, page = await register(sam_client, key)
+    status, page = await register(sam_client, key, password=sam.password)
     assert status == 200 and "Log in" in page and "login_token" in page  # logged out
     assert (await sam_client.get("/"))[1].count("login_token") == 1
 
@@ -315,7 +327,7 @@ async def test_keys_required_for_supervisors(
     status, page = await admin.get("/users")
     assert 'id="enrolling"' in page
     root_key = SoftKey()
-    await register(admin, root_key, "root key")
+    await register(admin, root_key, "root key", password=root.password)
     assert (await key_login(admin, root, root_key))[0] == 200
     status, page = await admin.get("/users")
     assert status == 200 and 'id="user-sam"' in page
@@ -408,7 +420,7 @@ async def test_a_right_and_a_wrong_password_do_the_same_work(
     user = await ready_user(gw.console.context.backend, "ana")
     client = named(gw)
     await client.login(user)
-    await register(client, SoftKey())
+    await register(client, SoftKey(), password=user.password)
     right = await _steps(gw, named(gw), "ana", user.password, SoftKey())
     wrong = await _steps(gw, named(gw), "ana", "wrong password", SoftKey())
     assert [[a for a in step if a[0] != "sql"] for step in right] == [
@@ -468,7 +480,7 @@ async def test_a_code_wait_holds_back_neither_a_key_nor_a_required_users_codes(
     client = named(gw)
     await client.login(sam)
     key = SoftKey()
-    await register(client, key)
+    await register(client, key, password=sam.password)
     async with gw.engine.begin() as conn:
         await conn.execute(update(users).where(users.c.name == "sam").values(
             failed_logins=9, locked_until=now() + timedelta(minutes=10)))
@@ -505,3 +517,30 @@ async def test_tokens_do_not_manage_users_when_keys_are_required(start: Start) -
                 assert response.status == 403
                 assert "require_security_key" in (await response.json())["error"]
     assert len(await audit(gw)) == before
+
+
+async def test_registering_a_key_asks_for_the_password(
+    start: Start, named: Callable[[Gateway], StaffClient]
+) -> None:
+    gw = await start()
+    user = await ready_user(gw.console.context.backend, "ana")
+    client = named(gw)
+    await client.login(user)
+    status, page = await register(client, SoftKey(), password="wrong password")
+    assert status == 422 and "Your current password is not right." in page
+    assert 'class="remove-key"' not in page
+    status, page = await register(client, SoftKey(), password=user.password)
+    assert status == 200 and "The key “blue key” is registered." in page
+
+
+async def test_a_key_registered_twice_is_a_conflict(
+    start: Start, named: Callable[[Gateway], StaffClient]
+) -> None:
+    gw = await start()
+    user = await ready_user(gw.console.context.backend, "ana")
+    client = named(gw)
+    await client.login(user)
+    key = SoftKey()
+    assert (await register(client, key, password=user.password))[0] == 200
+    status, page = await register(client, key, "again", password=user.password)
+    assert status == 409 and "this key is registered already" in page
