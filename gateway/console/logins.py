@@ -81,7 +81,8 @@ class LoginResult:
     retry_after: float = 0.0
     #: "source" when the source's throttle refused it.
     throttled: str | None = None
-    #: Why a right password and code were refused all the same (a security key is required).
+    #: Why a right password was refused whatever the code (a security key is required; the
+    #: code was not checked). Answered as a failure, and counted as one.
     refused: str | None = None
 
 

@@ -9,14 +9,15 @@ address's throttle until the key succeeds (``gateway.console.logins``). The key 
 (``/static/securitykey.js``, the only script besides ``console.js``) asks the browser for an
 assertion and posts it; the server checks it against the challenge it kept, the origin and RP
 id of the console (``[console] public_origin`` / ``rp_id``, never the request's Host: see
-``relying_party``), and the
-key's signature counter. A login by code keeps working without JavaScript.
+``relying_party``), and the key's signature counter. A login by code keeps working without
+JavaScript. Adding or removing a key asks for the current password.
 
-With ``require_security_key``, supervisors and admins log in with a key: a right password and
-code are refused for one who has a key. One without a key (a new account, or one whose lost
-key an admin removed) may log in with the code, but only to register a key: every other page
-sends them to their keys page, and once a key is registered that session ends and they log
-in with it. Sessions made by code before the setting was on end the same way.
+With ``require_security_key``, supervisors and admins log in with a key: for one who has a
+key, a code is neither checked nor counted, and the login by code fails as any other. One
+without a key (a new account, or one whose lost key an admin removed) may log in with the
+code, but only to register a key: every other page sends them to their keys page, and once a
+key is registered that session ends and they log in with it. Sessions made by code before
+the setting was on end the same way.
 """
 
 from __future__ import annotations
@@ -280,6 +281,8 @@ async def key_step(request: web.Request, result_staff: Staff | None, name: str
     except NoRelyingParty as exc:
         return login_form(console, error=str(exc), status=422)
     ceremonies = console.security_keys.ceremonies
+    if ceremonies.stand_in_key is None:
+        ceremonies.stand_in_key = await keystore.stand_in_secret(console.backend)
     ids = await keystore.credential_ids_by_name(console.backend, name) if name else []
     token, challenge = ceremonies.begin_login(result_staff, name, source=console.source(request),
                                               device=request.cookies.get(DEVICE_COOKIE))

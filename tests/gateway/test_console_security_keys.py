@@ -544,3 +544,27 @@ async def test_a_key_registered_twice_is_a_conflict(
     assert (await register(client, key, password=user.password))[0] == 200
     status, page = await register(client, key, "again", password=user.password)
     assert status == 409 and "this key is registered already" in page
+
+
+async def test_a_name_without_keys_is_offered_the_same_ids_after_a_restart(
+    start: Start, named: Callable[[Gateway], StaffClient]
+) -> None:
+    """The stand-in ids of a name without keys come from a secret kept in the database: a
+    restart (new ceremonies in memory) does not change them, as it does not change a real
+    key's, so comparing the pages across a restart tells nothing."""
+    gw = await start()
+    security_keys = gw.console.context.security_keys
+
+    async def offered(name: str) -> list[str]:
+        client = named(gw)
+        _, page = await client.get("/login")
+        async with client.http.post(client.base + "/login", data={
+                "login_token": hidden(page, "login_token"), "name": name,
+                "password": "wrong password", "factor": "key"}) as response:
+            page = await response.text()
+        return [c["id"] for c in options_of(page)["allowCredentials"]]
+
+    before = await offered("nobody")
+    security_keys.ceremonies = keystore.Ceremonies()  # as after a restart
+    assert await offered("nobody") == before
+    assert await offered("somebody") != before
