@@ -9,6 +9,7 @@ composition root imports this module.
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 import urllib.parse
 from collections.abc import Mapping
@@ -197,11 +198,11 @@ class ConsoleConfig(TlsFiles):
     #: in front of it ("auto": when tls_cert is set).
     secure_cookies: Literal["auto", "always"] = "auto"
     #: The origin staff browsers see the console at (``https://console.hotline.test``),
-    #: for security keys (WebAuthn) behind a proxy; empty: the origin each request was
-    #: addressed to.
+    #: for security keys (WebAuthn); empty: keys work only at http://localhost:PORT (a local
+    #: demo), never at the origin a request's Host names.
     public_origin: Origin = None
     #: The WebAuthn relying party id security keys are registered for: the origin's host or
-    #: a domain it is under; empty: the host of the origin (public_origin or the request's).
+    #: a domain it is under; empty: public_origin's host. Needs public_origin.
     rp_id: RpId = None
     #: Supervisors and admins log in with a security key, not with a TOTP code alone (one
     #: without a key may log in with a code only to register one).
@@ -209,12 +210,31 @@ class ConsoleConfig(TlsFiles):
 
     @model_validator(mode="after")
     def _rp_id_of_origin(self) -> ConsoleConfig:
+        # The expected origin is never taken from a request's Host: with rp_id alone, a
+        # lookalike name under it (evil.<rp_id>) pointed at the console could use a key.
+        if self.rp_id is not None and self.public_origin is None:
+            raise ValueError("rp_id needs public_origin (the origin staff browsers reach the "
+                             "console at): set [console] public_origin")
+        if self.require_security_key and self.public_origin is None and not all(
+                _loopback(host) for host, _ in self.listen):
+            raise ValueError("require_security_key needs public_origin when the console "
+                             "listens beyond loopback (keys work only at the configured "
+                             "origin): set [console] public_origin")
         host = urllib.parse.urlsplit(self.public_origin or "").hostname
         if self.rp_id is not None and host is not None and not (
                 host == self.rp_id or host.endswith("." + self.rp_id)):
             raise ValueError(f"rp_id {self.rp_id!r} is neither public_origin's host nor a "
                              "domain it is under")
         return self
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class AdminConfig(_Section):

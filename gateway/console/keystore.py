@@ -13,6 +13,7 @@ the browser that gave the password. After a restart a ceremony under way starts 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import secrets
@@ -34,7 +35,7 @@ from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
 from gateway.store.errors import Conflict, Invalid, NotFound
 from gateway.store.ids import uuid7
-from gateway.store.tables import staff_security_keys, users
+from gateway.store.tables import console_secrets, staff_security_keys, users
 from gateway.store.text import plain_text
 
 #: How long a registration or a login may take between the page and the key's answer.
@@ -164,6 +165,19 @@ def stored_key(conn: Connection, user_id: uuid.UUID, credential_id: bytes) -> St
     return StoredKey(row.id, row.name, bytes(row.public_key), int(row.sign_count))
 
 
+def stored_key_by_name(conn: Connection, name: str, credential_id: bytes
+                       ) -> StoredKey | None:
+    """The key with ``credential_id`` of the user called ``name`` (the login's key step looks
+    a key up this way whether the password step was right or not)."""
+    row = conn.execute(select(staff_security_keys)
+                       .join(users, users.c.id == staff_security_keys.c.user_id)
+                       .where(users.c.name == name,
+                              staff_security_keys.c.credential_id == credential_id)).first()
+    if row is None:
+        return None
+    return StoredKey(row.id, row.name, bytes(row.public_key), int(row.sign_count))
+
+
 def advance(conn: Connection, key: StoredKey, new_count: int, now: datetime) -> bool:
     """Record a use of ``key`` that reported ``new_count``: False if the counter did not grow
     past the stored one meanwhile (a clone, or the same response twice). Keys that keep no
@@ -174,6 +188,32 @@ def advance(conn: Connection, key: StoredKey, new_count: int, now: datetime) -> 
         update(staff_security_keys)
         .where(staff_security_keys.c.id == key.id, counter == key.sign_count, grows)
         .values(sign_count=new_count, last_used_at=now)).rowcount == 1
+
+
+STAND_IN_NAME = "webauthn_stand_in"
+
+
+async def stand_in_secret(backend: WriteBackend) -> bytes:
+    """The key of the stand-in credential ids, made once and kept in the database, so that a
+    name without keys is offered the same ids before and after a restart (as a real key's
+    are)."""
+
+    def read(conn: Connection) -> bytes | None:
+        value = conn.execute(select(console_secrets.c.value)
+                             .where(console_secrets.c.name == STAND_IN_NAME)).scalar()
+        return None if value is None else bytes(value)
+
+    def make(conn: Connection) -> None:
+        conn.execute(insert(console_secrets).values(name=STAND_IN_NAME,
+                                                    value=secrets.token_bytes(32)))
+
+    if (found := await backend.transaction(read)) is not None:
+        return found
+    with contextlib.suppress(IntegrityError):  # another instance made it first: theirs
+        await backend.transaction(make)
+    found = await backend.transaction(read)
+    assert found is not None
+    return found
 
 
 # --- ceremonies under way ---------------------------------------------------------------------
@@ -199,8 +239,9 @@ class Ceremonies:
         self._ttl = ttl
         self._max = max_pending
         self._clock = clock
-        # Makes the stand-in credential ids an unknown name gets (stable while this runs).
-        self._key = secrets.token_bytes(32)
+        # Makes the stand-in credential ids a name without keys gets: ``stand_in_secret``,
+        # read from the database on the first login with a key.
+        self.stand_in_key: bytes | None = None
         self._registrations: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
         self._logins: OrderedDict[str, PendingLogin] = OrderedDict()
 
@@ -240,12 +281,13 @@ class Ceremonies:
     def stand_in_ids(self, name: str) -> list[bytes]:
         """What the key step offers for a name without keys: one credential id derived from
         the name, so the page looks alike whether the name, or its password, is right."""
-        return [hashlib.blake2b(name.encode("utf-8", "surrogatepass"), key=self._key,
+        key = self.stand_in_key if self.stand_in_key is not None else secrets.token_bytes(32)
+        return [hashlib.blake2b(name.encode("utf-8", "surrogatepass"), key=key,
                                 digest_size=32).digest()]
 
 
-REQUIRED = ("Your role logs in with a security key: use “Log in with a security key” "
-            "(no code needed).")
+REQUIRED = ("Supervisors and admins with a security key log in with it: use “Log in with a "
+            "security key” (no code needed).")
 
 
 @dataclass

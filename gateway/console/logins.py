@@ -81,7 +81,8 @@ class LoginResult:
     retry_after: float = 0.0
     #: "source" when the source's throttle refused it.
     throttled: str | None = None
-    #: Why a right password and code were refused all the same (a security key is required).
+    #: Why a right password was refused whatever the code (a security key is required; the
+    #: code was not checked). Answered as a failure, and counted as one.
     refused: str | None = None
 
 
@@ -161,7 +162,9 @@ async def login(
         result = await _attempt(backend, guard, row, password, code, source=source, now=now,
                                 policy=policy, peer=peer, urgent=trusted,
                                 refuse_code=refuse_code)
-        if (result.staff is not None or result.refused is not None) and code is not None:
+        # A refusal (a key is required) answers and counts as a failure: it follows a right
+        # password whatever the code, so a distinct answer would tell the password.
+        if result.staff is not None and code is not None:
             outcome = "succeeded"
         return result
     finally:
@@ -190,8 +193,6 @@ async def _attempt(
     throttle = guard.throttle
     password_ok = await hash_work(guard.gate, source, lambda: verify_password(stored, password),
                                   urgent=urgent)
-    step = totp_step(row.totp_secret, code, now) \
-        if row is not None and password_ok and code is not None else None
     label = throttle.label(source)
     counts = {"source_failures": throttle.failures(source) + 1,
               "source_refused": throttle.take_refused(source)}
@@ -208,7 +209,12 @@ async def _attempt(
         # Read again inside this transaction: logins racing each other see each other's
         # failures and delays, so running many at once evaluates no more codes.
         current = conn.execute(select(users).where(users.c.id == row.id)).one()
-        if (waiting := _account_wait(current, now)) > 0:
+        # Asked whatever the password, so that a right one does no more work than a wrong one.
+        refusal = refuse_code(conn, current) \
+            if refuse_code is not None and code is not None else None
+        # The account's wait is for code guesses: the password step of a login with a key
+        # (no code) does not wait for it, nor does the key.
+        if code is not None and (waiting := _account_wait(current, now)) > 0:
             waited.append(waiting)
             record(conn, [AuditEntry(row.name, "user.login_failed", details={
                 **details, **counts, "reason": "account waiting",
@@ -220,26 +226,30 @@ async def _attempt(
                                      details={**details, **counts, "reason": reason})],
                    at=now)
             return LoginResult(None)
-        if code is None:  # the password was right: the security key step decides and audits
+        if code is None:
+            # The password was right: the security key step decides. Audited as one entry,
+            # as a wrong password is, so that both do the same work (lookups and writes).
+            record(conn, [AuditEntry(row.name, "user.login_password_step", details={
+                **details, **counts, "factor": "security key"})], at=now)
             return LoginResult(Staff(row.id, row.name, row.role, current.must_change_password))
+        if refusal is not None:
+            # A key is required: the code is neither evaluated nor counted (wrong codes do not
+            # make the account wait), and the answer is a failure's.
+            record(conn, [AuditEntry(row.name, "user.login_refused", details={
+                **details, **counts, "reason": "security key required"})], at=now)
+            return LoginResult(None, refused=refusal)
+        step = totp_step(row.totp_secret, code, now)
         if step is not None:
-            refusal = refuse_code(conn, current) if refuse_code is not None else None
             # One statement decides a replay and the delay, even with logins racing.
             fresh = or_(users.c.totp_last_step.is_(None), users.c.totp_last_step < step)
             open_now = or_(users.c.locked_until.is_(None), users.c.locked_until <= now)
             done: dict[str, Any] = {"totp_last_step": step, "failed_logins": 0,
-                                    "locked_until": None}
-            if refusal is None:
-                done["last_login_at"] = now
+                                    "locked_until": None, "last_login_at": now}
             if conn.execute(
                 update(users).where(and_(users.c.id == row.id, fresh, open_now,
                                          users.c.disabled.is_(False)))
                 .values(**done)
             ).rowcount == 1:
-                if refusal is not None:
-                    record(conn, [AuditEntry(row.name, "user.login_refused", details={
-                        **details, "reason": "security key required"})], at=now)
-                    return LoginResult(None, refused=refusal)
                 record(conn, [AuditEntry(row.name, "user.login", details=details)], at=now)
                 return LoginResult(Staff(row.id, row.name, row.role,
                                          current.must_change_password))

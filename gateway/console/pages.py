@@ -25,6 +25,7 @@ from gateway.console.base import (
     staff_of,
 )
 from gateway.console.devices import COOKIE as DEVICE_COOKIE
+from gateway.console.keystore import REQUIRED
 from gateway.console.logins import login
 from gateway.console.refusals import fields, http_status
 from gateway.console.signin import logged_in, login_form
@@ -68,11 +69,14 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     if with_key:
         return await securitykeys.key_step(request, result.staff, name.strip().lower())
     staff = result.staff
-    if result.refused is not None:
-        return login_form(console, error=result.refused, status=403)
     if staff is None:
+        # A refusal (a key is required) answers as any failure: it follows a right password
+        # whatever the code. With keys required, every failure says how those roles log in.
         log.info("console.login_failed")
-        return login_form(console, error="Login failed.", status=401)
+        error = "Login failed."
+        if console.security_keys.required:
+            error += " " + REQUIRED
+        return login_form(console, error=error, status=401)
     return await logged_in(request, staff, factor="totp")
 
 

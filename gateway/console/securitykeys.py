@@ -8,14 +8,16 @@ key step tells nothing about the password, and the password step counts as a fai
 address's throttle until the key succeeds (``gateway.console.logins``). The key page's script
 (``/static/securitykey.js``, the only script besides ``console.js``) asks the browser for an
 assertion and posts it; the server checks it against the challenge it kept, the origin and RP
-id of the console (``[console] public_origin`` / ``rp_id``, else the request's own), and the
-key's signature counter. A login by code keeps working without JavaScript.
+id of the console (``[console] public_origin`` / ``rp_id``, never the request's Host: see
+``relying_party``), and the key's signature counter. A login by code keeps working without
+JavaScript. Adding or removing a key asks for the current password.
 
-With ``require_security_key``, supervisors and admins log in with a key: a right password and
-code are refused for one who has a key. One without a key (a new account, or one whose lost
-key an admin removed) may log in with the code, but only to register a key: every other page
-sends them to their keys page, and once a key is registered that session ends and they log
-in with it. Sessions made by code before the setting was on end the same way.
+With ``require_security_key``, supervisors and admins log in with a key: for one who has a
+key, a code is neither checked nor counted, and the login by code fails as any other. One
+without a key (a new account, or one whose lost key an admin removed) may log in with the
+code, but only to register a key: every other page sends them to their keys page, and once a
+key is registered that session ends and they log in with it. Sessions made by code before
+the setting was on end the same way.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from webauthn.helpers.structs import (
 )
 
 from gateway.console import keystore
-from gateway.console.accounts import Staff
+from gateway.console.accounts import Staff, check_password
 from gateway.console.base import (
     CONSOLE,
     SESSION,
@@ -63,11 +65,11 @@ from gateway.console.base import (
 )
 from gateway.console.devices import COOKIE as DEVICE_COOKIE
 from gateway.console.keystore import PendingLogin
+from gateway.console.refusals import http_status
 from gateway.console.signin import logged_in, login_form
 from gateway.store.audit import AuditEntry, record
 from gateway.store.errors import Conflict, Invalid, NotFound
 from gateway.store.tables import users
-from intake.origin import own_origin
 
 log = structlog.get_logger("gateway.console")
 
@@ -84,19 +86,46 @@ class NoRelyingParty(Exception):
 
 
 def relying_party(request: web.Request) -> tuple[str, str]:
-    """The origin the browser is at and the RP id keys are scoped to, from the config, else
-    from the request (X-Forwarded-* only from a trusted proxy)."""
+    """The origin the browser is at and the RP id keys are scoped to: ``[console]
+    public_origin`` (and ``rp_id``), never the request's Host, which a lookalike name pointed
+    at the console could set. Without public_origin, only the console's own loopback address
+    works (``http://localhost:PORT``, PORT the one this request came in on, RP id localhost),
+    for a local demo."""
     console = request.app[CONSOLE]
     keys = console.security_keys
-    origin = own_origin(request.headers, peer=request.remote, tls=request.secure,
-                        public_origin=keys.public_origin,
-                        trusted_proxies=console.trusted_proxies)
-    host = urllib.parse.urlsplit(origin).hostname if origin else None
-    rp_id = keys.rp_id or host
-    if origin is None or rp_id is None or _is_address(rp_id):
-        raise NoRelyingParty("Security keys need the console to be reached by a name, not an "
-                             "IP address (or [console] public_origin to be set).")
-    return origin, rp_id
+    if keys.public_origin is not None:
+        host = urllib.parse.urlsplit(keys.public_origin).hostname
+        rp_id = keys.rp_id or host
+        if rp_id is None or _is_address(rp_id):
+            raise NoRelyingParty("Security keys need [console] public_origin to name the "
+                                 "console by a name, not an IP address.")
+        return keys.public_origin, rp_id
+    own = _loopback_origin(request)
+    if own is None:
+        raise NoRelyingParty("Security keys need [console] public_origin (the address staff "
+                             "browsers reach the console at); without it they work only at "
+                             "http://localhost:PORT.")
+    return own, "localhost"
+
+
+def _loopback_origin(request: web.Request) -> str | None:
+    """``http(s)://localhost:PORT`` when this request is addressed to that and came in on
+    PORT of a loopback address of this console, else None."""
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    if not isinstance(sockname, tuple) or len(sockname) < 2:
+        return None
+    try:
+        loopback = ipaddress.ip_address(str(sockname[0]).split("%")[0]).is_loopback
+    except ValueError:
+        return None
+    parts = urllib.parse.urlsplit("//" + request.headers.get("Host", ""))
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    if not loopback or parts.hostname != "localhost" or port != sockname[1]:
+        return None
+    return f"{'https' if request.secure else 'http'}://localhost:{port}"
 
 
 def _is_address(host: str) -> bool:
@@ -156,6 +185,24 @@ async def keys_page(request: web.Request) -> web.Response:
     return await _keys_page(request)
 
 
+async def _reauthenticated(request: web.Request, form: Any) -> str | None:
+    """Adding or removing a key asks for the current password, checked through the login's
+    hashing queue and its per-address throttle: why not, or None."""
+    console = request.app[CONSOLE]
+    staff, throttle = staff_of(request), console.guard.throttle
+    source = console.source(request)
+    wait = throttle.admit(source)
+    if wait > 0:
+        return f"Too many wrong passwords from your address: try again in {math.ceil(wait)} s."
+    right = False
+    try:
+        right = await check_password(console.backend, staff, str(form.get("password", "")),
+                                     gate=console.hashing)
+    finally:
+        throttle.finish(source, "succeeded" if right else "failed", staff.id.hex)
+    return None if right else "Your current password is not right."
+
+
 async def register_submit(request: web.Request) -> web.StreamResponse:
     """The key's answer to the registration the page started (its form's CSRF token checked
     by ``gateway.console.web``)."""
@@ -170,6 +217,8 @@ async def register_submit(request: web.Request) -> web.StreamResponse:
     if challenge is None:
         return await _keys_page(request, status=422, error=(
             "The registration took too long: try again."))
+    if (refused := await _reauthenticated(request, form)) is not None:
+        return await _keys_page(request, status=422, error=refused)
     try:
         name = keystore.check_key_name(str(form.get("name", "")))
         origin, rp_id = relying_party(request)
@@ -180,7 +229,9 @@ async def register_submit(request: web.Request) -> web.StreamResponse:
                                credential_id=verified.credential_id,
                                public_key=verified.credential_public_key,
                                sign_count=verified.sign_count, now=console.now())
-    except (Invalid, Conflict, NoRelyingParty) as exc:
+    except (Invalid, Conflict) as exc:
+        return await _keys_page(request, status=http_status(exc), error=str(exc))
+    except NoRelyingParty as exc:
         return await _keys_page(request, status=422, error=str(exc))
     except (WebAuthnException, ValueError, TypeError, KeyError) as exc:
         log.info("console.security_key_refused", user=staff.name, step="registration",
@@ -202,13 +253,19 @@ async def register_submit(request: web.Request) -> web.StreamResponse:
 async def remove_submit(request: web.Request) -> web.StreamResponse:
     console = request.app[CONSOLE]
     staff = staff_of(request)
+    form = await request.post()
+    if (refused := await _reauthenticated(request, form)) is not None:
+        return await _keys_page(request, status=422, error=refused)
     try:
         key_id = uuid.UUID(request.match_info["key_id"])
         name = await keystore.remove_key(console.backend, staff, key_id, now=console.now())
     except (ValueError, NotFound):
         return await _keys_page(request, status=404, error="No such key of yours.")
-    log.info("console.security_key_removed", user=staff.name)
-    return await _keys_page(request, done=f"The key “{name}” is removed.")
+    # Sessions made elsewhere (perhaps with that key) end; this one goes on.
+    ended = await console.sessions.end_others(staff.id, request.cookies.get(SESSION_COOKIE))
+    log.info("console.security_key_removed", user=staff.name, sessions_ended=ended)
+    return await _keys_page(request, done=f"The key “{name}” is removed; your other sessions "
+                                          "ended.")
 
 
 # --- the login's key step ---------------------------------------------------------------------
@@ -224,6 +281,8 @@ async def key_step(request: web.Request, result_staff: Staff | None, name: str
     except NoRelyingParty as exc:
         return login_form(console, error=str(exc), status=422)
     ceremonies = console.security_keys.ceremonies
+    if ceremonies.stand_in_key is None:
+        ceremonies.stand_in_key = await keystore.stand_in_secret(console.backend)
     ids = await keystore.credential_ids_by_name(console.backend, name) if name else []
     token, challenge = ceremonies.begin_login(result_staff, name, source=console.source(request),
                                               device=request.cookies.get(DEVICE_COOKIE))
@@ -270,12 +329,13 @@ async def login_key_submit(request: web.Request) -> web.StreamResponse:
 
 async def _check_assertion(request: web.Request, pending: PendingLogin,
                            credential: str | None) -> Staff | None:
+    """The key step's decision, audited as one entry. It does the same lookups and writes
+    whether the password step was right (``pending.staff``) or not: the key is looked up by
+    the name typed, the user read, and one entry written, so that nothing in the work done
+    tells a right password."""
     console = request.app[CONSOLE]
     staff, now = pending.staff, console.now()
-    if staff is None:
-        return None  # the password step was refused, and audited as such
-    details: dict[str, Any] = {"user": staff.name,
-                               "source": console.guard.throttle.label(pending.source),
+    details: dict[str, Any] = {"source": console.guard.throttle.label(pending.source),
                                "peer": console.client(request), "factor": "security key"}
     reason, verified, key = "no answer from a key", None, None
     if credential is not None:
@@ -283,7 +343,7 @@ async def _check_assertion(request: web.Request, pending: PendingLogin,
             origin, rp_id = relying_party(request)
             parsed = parse_authentication_credential_json(credential)
             key = await console.backend.transaction(
-                lambda conn: keystore.stored_key(conn, staff.id, parsed.raw_id))
+                lambda conn: keystore.stored_key_by_name(conn, pending.name, parsed.raw_id))
             reason = "not a key of this user"
             if key is not None:
                 reason = "key's answer"
@@ -297,30 +357,34 @@ async def _check_assertion(request: web.Request, pending: PendingLogin,
         except (WebAuthnException, ValueError, TypeError, KeyError) as exc:
             # The library's message says what did not match (never a secret).
             reason = "sign count" if "sign count" in str(exc) else reason
-            log.info("console.security_key_refused", user=staff.name, step="login",
+            log.info("console.security_key_refused", step="login",
                      error_type=type(exc).__name__, reason=reason)
 
     def decide(conn: Connection) -> Staff | None:
         nonlocal reason
-        if verified is not None and key is not None:
-            current = conn.execute(select(users).where(users.c.id == staff.id)).first()
-            waiting = current is not None and current.locked_until is not None and (
-                current.locked_until if current.locked_until.tzinfo is not None
-                else current.locked_until.replace(tzinfo=UTC)) > now
-            if current is None or current.disabled or waiting:
-                reason = "account disabled or waiting"
+        current = conn.execute(select(users).where(users.c.name == pending.name)).first()
+        # An unknown name's typed text never goes to the trail (it may be a password).
+        actor = current.name if current is not None else "anonymous"
+        if staff is None or current is None or current.id != staff.id:
+            reason = "password step failed"
+        elif verified is not None and key is not None:
+            # The account's wait (after wrong codes) does not hold back a verified key.
+            if current.disabled:
+                reason = "account disabled"
             elif not keystore.advance(conn, key, verified.new_sign_count, now):
                 reason = "sign count"
             else:
                 conn.execute(update(users).where(users.c.id == staff.id).values(
-                    failed_logins=0, last_login_at=now))
-                record(conn, [AuditEntry(staff.name, "user.login",
-                                         details={**details, "key": key.name})], at=now)
+                    failed_logins=0, locked_until=None, last_login_at=now))
+                record(conn, [AuditEntry(staff.name, "user.login", details={
+                    "user": staff.name, **details, "key": key.name})], at=now)
                 return Staff(staff.id, current.name, current.role,
                              current.must_change_password)
+        if current is not None:
+            details["user"] = current.name
         if key is not None:
             details["key"] = key.name
-        record(conn, [AuditEntry(staff.name, "user.login_failed",
+        record(conn, [AuditEntry(actor, "user.login_failed",
                                  details={**details, "reason": reason})], at=now)
         return None
 

@@ -89,6 +89,17 @@ class SessionStore:
 
         return await self._backend.transaction(work)
 
+    async def end_others(self, user_id: uuid.UUID, keep: str | None) -> int:
+        """End every session of ``user_id`` but ``keep`` (the current one's id): how many."""
+
+        def work(conn: Connection) -> int:
+            statement = delete(staff_sessions).where(staff_sessions.c.user_id == user_id)
+            if keep is not None:
+                statement = statement.where(staff_sessions.c.id_sha256 != _key(keep))
+            return int(conn.execute(statement).rowcount)
+
+        return await self._backend.transaction(work)
+
     async def end(self, session_id: str) -> None:
         key = _key(session_id)
         await self._backend.transaction(

@@ -155,6 +155,12 @@ async def api_action(request: web.Request) -> web.Response:
     admin = staff_of(request)
     if not is_admin(admin):
         return json_error(403, "only an admin can manage users")
+    if request.app[CONSOLE].security_keys.required:
+        # A token is a bearer secret without the key: managing users (resetting a code or a
+        # password, removing keys) would let it undo what the key protects.
+        return json_error(403, "with [console] require_security_key, users are managed on "
+                               "the console's Users page (logged in with a security key), "
+                               "not with API tokens")
     name, action = request.match_info["name"], request.match_info["action"]
     body: Any = {}
     if request.can_read_body:

@@ -215,6 +215,15 @@ staff_security_keys = Table(
     Column("last_used_at", DateTime(timezone=True), nullable=True),
 )
 
+# Secrets the console keeps across restarts: ``webauthn_stand_in`` makes the credential ids
+# the login's key step offers for a name without keys (alike before and after a restart).
+console_secrets = Table(
+    "console_secrets",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("value", LargeBinary(64), nullable=False),
+)
+
 # An analyst's verdict on a case. With four-eyes, an illegal verdict waits for a second,
 # different user's approval before it is routed.
 assessments = Table(

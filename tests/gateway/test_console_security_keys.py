@@ -14,6 +14,8 @@ import json
 import re
 import struct
 from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -21,8 +23,10 @@ import cbor2
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
+from sqlalchemy.engine import Engine
 
+from gateway import config as config_module
 from gateway.app import Gateway
 from gateway.console import keystore, people
 from gateway.console.accounts import NewUser, Staff, create_token
@@ -108,11 +112,13 @@ async def named() -> AsyncIterator[Callable[[Gateway], StaffClient]]:
         await made_client.close()
 
 
-async def register(client: StaffClient, key: SoftKey, name: str = "blue key") -> tuple[int, str]:
+async def register(client: StaffClient, key: SoftKey, name: str = "blue key", *,
+                   password: str) -> tuple[int, str]:
     _, page = await client.get("/account/keys")
     credential = key.create(options_of(page), client.base)
     async with client.http.post(client.base + "/account/keys", data={
-            "csrf": hidden(page, "csrf"), "name": name, "credential": credential}) as response:
+            "csrf": hidden(page, "csrf"), "name": name, "credential": credential,
+            "password": password}) as response:
         return response.status, await response.text()
 
 
@@ -159,7 +165,7 @@ async def test_a_key_is_registered_and_logs_in_with_the_password(
     key = SoftKey()
     first = named(gw)
     assert (await first.login(user))[0] == 200
-    status, page = await register(first, key)
+    status, page = await register(first, key, password=user.password)
     assert status == 200 and "The key “blue key” is registered." in page
     assert "blue key" in page and 'class="remove-key"' in page
     assert [u.keys for u in await people.list_users(backend)] == [1]
@@ -192,7 +198,7 @@ async def test_the_key_step_tells_nothing_about_the_password(
     key = SoftKey()
     client = named(gw)
     await client.login(user)
-    await register(client, key)
+    await register(client, key, password=user.password)
     pages = []
     for name, password in (("ana", user.password), ("ana", "wrong password"),
                            ("nobody", "wrong password")):
@@ -209,7 +215,8 @@ async def test_the_key_step_tells_nothing_about_the_password(
     status, page = await key_login(named(gw), user, key, password="wrong password")
     assert status == 401 and "Login failed." in page
     failed = [d for _, action, d in await audit(gw) if action == "user.login_failed"]
-    assert [d["reason"] for d in failed] == ["password", "unknown user", "password"]
+    assert [d["reason"] for d in failed] == ["password", "unknown user", "password",
+                                             "password step failed"]
 
 
 async def test_a_cloned_key_and_a_removed_key_are_refused(
@@ -221,7 +228,7 @@ async def test_a_cloned_key_and_a_removed_key_are_refused(
     key = SoftKey()
     client = named(gw)
     await client.login(user)
-    await register(client, key)
+    await register(client, key, password=user.password)
     key.counter = 5
     assert (await key_login(named(gw), user, key))[0] == 200  # counter 6
     for counter in (5, 2):  # the same counter again, and a lower one: a clone
@@ -236,9 +243,19 @@ async def test_a_cloned_key_and_a_removed_key_are_refused(
     _, page = await client.get("/account/keys")
     key_id = re.search(r'action="/account/keys/([0-9a-f-]+)/remove"', page)
     assert key_id is not None
-    status, page = await client.post_from("/account/keys",
-                                          f"/account/keys/{key_id.group(1)}/remove")
-    assert status == 200 and "The key “blue key” is removed." in page and "no-keys" in page
+    remove = f"/account/keys/{key_id.group(1)}/remove"
+    # The current password is asked first (a session left open is not enough).
+    for password in ({}, {"password": "wrong password"}):
+        status, page = await client.post_from("/account/keys", remove, password)
+        assert status == 422 and "Your current password is not right." in page
+    elsewhere = named(gw)
+    assert (await key_login(elsewhere, user, key))[0] == 200  # counter 11
+    status, page = await client.post_from("/account/keys", remove,
+                                          {"password": user.password})
+    assert status == 200 and "The key “blue key” is removed;" in page and "no-keys" in page
+    # The user's other sessions ended with it; this one goes on.
+    assert "login_token" in (await elsewhere.get("/"))[1]
+    assert (await client.get("/account/keys"))[0] == 200
     status, page = await key_login(named(gw), user, key, offered=False)
     assert status == 401 and "Login failed." in page
     entries = await audit(gw)
@@ -293,13 +310,14 @@ async def test_keys_required_for_supervisors(
         status, page = await sam_client.get(path)
         assert 'id="enrolling"' in page
     key = SoftKey()
-    status, page = await register(sam_client, key)
+    status, page = await register(sam_client, key, password=sam.password)
     assert status == 200 and "Log in" in page and "login_token" in page  # logged out
     assert (await sam_client.get("/"))[1].count("login_token") == 1
 
+    # A right password and code are refused, answered as any failure (with the hint).
     status, page = await named(gw).login(sam, totp=code(sam.totp_secret, 1))
-    assert status == 403
-    assert "Your role logs in with a security key" in page
+    assert status == 401 and "Login failed." in page
+    assert "Supervisors and admins with a security key log in with it" in page
     status, page = await key_login(named(gw), sam, key)
     assert status == 200 and "Cases: awaiting assessment" in page
     refused = [d for _, action, d in await audit(gw) if action == "user.login_refused"]
@@ -309,7 +327,7 @@ async def test_keys_required_for_supervisors(
     status, page = await admin.get("/users")
     assert 'id="enrolling"' in page
     root_key = SoftKey()
-    await register(admin, root_key, "root key")
+    await register(admin, root_key, "root key", password=root.password)
     assert (await key_login(admin, root, root_key))[0] == 200
     status, page = await admin.get("/users")
     assert status == 200 and 'id="user-sam"' in page
@@ -350,3 +368,203 @@ async def test_the_api_counts_and_removes_a_users_keys(start: Start) -> None:
             assert (await response.json())["done"] == \
                 "1 security key(s) of ana removed; their sessions ended."
     assert [u.keys for u in await people.list_users(backend)] == [0, 0]
+
+
+async def _steps(gw: Gateway, client: StaffClient, name: str, password: str, key: SoftKey
+                 ) -> list[list[tuple[str, str]]]:
+    """A login with a key, step by step: the audit entries (actor, action) and the SQL
+    statements each step made."""
+    statements: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        words = statement.split()
+        tables = [t for t in ("staff_security_keys", "staff_sessions", "audit_log", "users")
+                  if t in words]
+        if tables:  # what a login touches (nothing else runs in this test)
+            statements.append(f"{words[0]} {tables[0]}")
+
+    steps: list[list[tuple[str, str]]] = []
+    seen = len(await audit(gw))
+    _, page = await client.get("/login")
+    event.listen(Engine, "before_cursor_execute", count)
+    try:
+        for step in ("password", "key"):
+            statements.clear()
+            if step == "password":
+                async with client.http.post(client.base + "/login", data={
+                        "login_token": hidden(page, "login_token"), "name": name,
+                        "password": password, "factor": "key"}) as response:
+                    assert response.status == 200
+                    page = await response.text()
+            else:
+                credential = key.get(options_of(page), client.base)
+                async with client.http.post(client.base + "/login/key",
+                                            data={"credential": credential}) as response:
+                    assert response.status == 401
+            done = " | ".join(statements)
+            entries = await audit(gw)
+            steps.append([(actor, action) for actor, action, _ in entries[seen:]]
+                         + [("sql", done)])
+            seen = len(entries)
+    finally:
+        event.remove(Engine, "before_cursor_execute", count)
+    return steps
+
+
+async def test_a_right_and_a_wrong_password_do_the_same_work(
+    start: Start, named: Callable[[Gateway], StaffClient]
+) -> None:
+    """Without the key, a login with a key does the same work whether the password was right
+    or wrong: per step, the same lookups and writes (one audit entry each)."""
+    gw = await start()
+    user = await ready_user(gw.console.context.backend, "ana")
+    client = named(gw)
+    await client.login(user)
+    await register(client, SoftKey(), password=user.password)
+    right = await _steps(gw, named(gw), "ana", user.password, SoftKey())
+    wrong = await _steps(gw, named(gw), "ana", "wrong password", SoftKey())
+    assert [[a for a in step if a[0] != "sql"] for step in right] == [
+        [("ana", "user.login_password_step")], [("ana", "user.login_failed")]]
+    assert [[a for a in step if a[0] != "sql"] for step in wrong] == [
+        [("ana", "user.login_failed")], [("ana", "user.login_failed")]]
+    assert [step[-1] for step in right] == [step[-1] for step in wrong]
+    reasons = [d.get("reason") for _, action, d in (await audit(gw))[-4:]]
+    assert reasons == [None, "not a key of this user", "password", "password step failed"]
+
+
+async def test_the_origin_is_never_taken_from_the_host_header(
+    start: Start, named: Callable[[Gateway], StaffClient]
+) -> None:
+    """Without public_origin, keys work only at the console's own loopback address
+    (http://localhost:PORT): a lookalike name sent as Host gets no key ceremony."""
+    gw = await start()
+    user = await ready_user(gw.console.context.backend, "ana")
+    client = named(gw)
+    await client.login(user)
+    port = gw.console.addresses[0][1]
+    for host in (f"evil.localhost:{port}", f"console.hotline.test:{port}", "localhost:1"):
+        async with client.http.get(client.base + "/account/keys",
+                                   headers={"Host": host}) as response:
+            page = await response.text()
+        assert "data-options" not in page and "public_origin" in page
+    _, page = await client.get("/account/keys")
+    assert options_of(page)["rp"]["id"] == "localhost"
+
+
+@pytest.mark.parametrize("console", [
+    {"rp_id": "hotline.test"},
+    {"require_security_key": True, "listen": ["0.0.0.0:8081"]},
+])
+def test_keys_without_a_public_origin_are_a_config_error(console: dict[str, Any]) -> None:
+    with pytest.raises(config_module.ConfigError) as info:
+        config_module.parse({"console": console}, base=Path("/srv"))
+    assert "public_origin" in str(info.value)
+
+
+def test_keys_with_a_public_origin_or_on_loopback_are_fine() -> None:
+    for console in ({"rp_id": "hotline.test", "public_origin": "https://console.hotline.test"},
+                    {"require_security_key": True, "listen": ["127.0.0.1:8081", "[::1]:8081"]},
+                    {"require_security_key": True, "listen": ["0.0.0.0:8081"],
+                     "public_origin": "https://console.hotline.test"}):
+        config_module.parse({"console": console}, base=Path("/srv"))
+
+
+async def test_a_code_wait_holds_back_neither_a_key_nor_a_required_users_codes(
+    start: Start, named: Callable[[Gateway], StaffClient]
+) -> None:
+    """Wrong codes made the account wait: its key logs in all the same. With keys required,
+    a supervisor's codes are neither evaluated nor counted."""
+    gw = await start(console={"require_security_key": True})
+    backend = gw.console.context.backend
+    sam = await ready_user(backend, "sam", "supervisor")
+    client = named(gw)
+    await client.login(sam)
+    key = SoftKey()
+    await register(client, key, password=sam.password)
+    async with gw.engine.begin() as conn:
+        await conn.execute(update(users).where(users.c.name == "sam").values(
+            failed_logins=9, locked_until=now() + timedelta(minutes=10)))
+    status, page = await key_login(named(gw), sam, key)
+    assert status == 200 and "Cases: awaiting assessment" in page
+    for _ in range(3):
+        status, page = await named(gw).login(sam, totp="000000")
+        assert status == 401 and "Login failed." in page
+    async with gw.engine.connect() as conn:
+        row = (await conn.execute(select(users).where(users.c.name == "sam"))).one()
+    assert row.failed_logins == 0 and row.locked_until is None
+    refused = [d["reason"] for _, action, d in await audit(gw)
+               if action == "user.login_refused"]
+    assert refused == ["security key required"] * 3
+
+
+async def test_tokens_do_not_manage_users_when_keys_are_required(start: Start) -> None:
+    """With require_security_key, an admin's token may read users but not reset codes or
+    passwords or remove keys (it would undo what the key protects)."""
+    gw = await start(console={"require_security_key": True})
+    backend = gw.console.context.backend
+    await ready_user(backend, "root", "admin")
+    await ready_user(backend, "ana", "supervisor")
+    token = await create_token(backend, "root", now=now())
+    headers = {"Authorization": f"Bearer {token}"}
+    base = f"http://127.0.0.1:{gw.console.addresses[0][1]}"
+    before = len(await audit(gw))
+    async with aiohttp.ClientSession() as http:
+        async with http.get(base + "/api/v1/users", headers=headers) as response:
+            assert response.status == 200
+        for action in ("remove-keys", "reset-totp", "reset-password", "disable"):
+            async with http.post(base + f"/api/v1/users/ana/{action}",
+                                 headers=headers) as response:
+                assert response.status == 403
+                assert "require_security_key" in (await response.json())["error"]
+    assert len(await audit(gw)) == before
+
+
+async def test_registering_a_key_asks_for_the_password(
+    start: Start, named: Callable[[Gateway], StaffClient]
+) -> None:
+    gw = await start()
+    user = await ready_user(gw.console.context.backend, "ana")
+    client = named(gw)
+    await client.login(user)
+    status, page = await register(client, SoftKey(), password="wrong password")
+    assert status == 422 and "Your current password is not right." in page
+    assert 'class="remove-key"' not in page
+    status, page = await register(client, SoftKey(), password=user.password)
+    assert status == 200 and "The key “blue key” is registered." in page
+
+
+async def test_a_key_registered_twice_is_a_conflict(
+    start: Start, named: Callable[[Gateway], StaffClient]
+) -> None:
+    gw = await start()
+    user = await ready_user(gw.console.context.backend, "ana")
+    client = named(gw)
+    await client.login(user)
+    key = SoftKey()
+    assert (await register(client, key, password=user.password))[0] == 200
+    status, page = await register(client, key, "again", password=user.password)
+    assert status == 409 and "this key is registered already" in page
+
+
+async def test_a_name_without_keys_is_offered_the_same_ids_after_a_restart(
+    start: Start, named: Callable[[Gateway], StaffClient]
+) -> None:
+    """The stand-in ids of a name without keys come from a secret kept in the database: a
+    restart (new ceremonies in memory) does not change them, as it does not change a real
+    key's, so comparing the pages across a restart tells nothing."""
+    gw = await start()
+    security_keys = gw.console.context.security_keys
+
+    async def offered(name: str) -> list[str]:
+        client = named(gw)
+        _, page = await client.get("/login")
+        async with client.http.post(client.base + "/login", data={
+                "login_token": hidden(page, "login_token"), "name": name,
+                "password": "wrong password", "factor": "key"}) as response:
+            page = await response.text()
+        return [c["id"] for c in options_of(page)["allowCredentials"]]
+
+    before = await offered("nobody")
+    security_keys.ceremonies = keystore.Ceremonies()  # as after a restart
+    assert await offered("nobody") == before
+    assert await offered("somebody") != before

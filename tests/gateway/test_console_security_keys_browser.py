@@ -78,6 +78,7 @@ async def test_a_key_is_registered_and_used_in_chromium(start: Start, browser: B
     await page.click("#nav-keys")
     await page.wait_for_url(origin + "/account/keys")
     await page.fill("#key-name", "virtual key")
+    await page.fill("#key-password", user.password)
     await shot(page, "keys-1-register")
     await page.click("#key-add")
     await expect(page.locator("#done")).to_have_text("The key “virtual key” is registered.")
@@ -96,8 +97,9 @@ async def test_a_key_is_registered_and_used_in_chromium(start: Start, browser: B
     assert logins[-1]["key"] == "virtual key"
 
     await page.goto(origin + "/account/keys")
+    await page.fill("input.remove-password", user.password)
     await page.click("button.remove-key")
-    await expect(page.locator("#done")).to_have_text("The key “virtual key” is removed.")
+    await expect(page.locator("#done")).to_contain_text("The key “virtual key” is removed;")
     await log_out(page, origin)
     await password_then(page, origin, user)
     await page.click("#key-go")
@@ -124,16 +126,50 @@ async def test_a_supervisor_needs_the_key_in_chromium(start: Start, browser: Bro
     await page.goto(origin + "/")
     assert page.url == origin + "/account/keys"
     await page.fill("#key-name", "sam's key")
+    await page.fill("#key-password", sam.password)
     await page.click("#key-add")
     await page.wait_for_url(origin + "/login")  # that session ended: the key logs in now
 
     await password_then(page, origin, sam, totp=code(sam.totp_secret, 1))
     await expect(page.locator("p.error")).to_contain_text(
-        "Your role logs in with a security key")
+        "Supervisors and admins with a security key log in with it")
     await shot(page, "keys-5-code-refused")
     assert page.url == origin + "/login"
     await password_then(page, origin, sam)
     await page.click("#key-go")
     await page.wait_for_url(origin + "/")
     assert await page.inner_text("h1") == "Cases: awaiting assessment"
+    await context.close()
+
+
+async def test_the_key_script_asks_once_and_shows_its_errors(
+    start: Start, browser: Browser
+) -> None:
+    """A second submit while the key is being asked starts no second ceremony; an error
+    before the key is asked shows in the status line (and the form can be used again)."""
+    gw = await start()
+    user = await ready_user(gw.console.context.backend, "ana")
+    origin = origin_of(gw)
+    context, page, _ = await with_authenticator(browser)
+    await password_then(page, origin, user, totp=code(user.totp_secret))
+    await page.wait_for_url(origin + "/")
+    await page.goto(origin + "/account/keys")
+    await page.fill("#key-name", "virtual key")
+    await page.fill("#key-password", user.password)
+    asked = await page.evaluate("""() => {
+        window.asked = 0;
+        navigator.credentials.create = () => { window.asked++; return new Promise(() => {}); };
+        const form = document.getElementById("key-register");
+        form.requestSubmit(); form.requestSubmit();
+        return window.asked;
+    }""")
+    assert asked == 1
+    await expect(page.locator("#key-status")).to_have_text("Waiting for your security key…")
+    await page.evaluate("""() => {
+        const form = document.getElementById("key-register");
+        form.removeAttribute("data-busy");
+        form.setAttribute("data-options", "{not json");
+        form.requestSubmit();
+    }""")
+    await expect(page.locator("#key-status")).to_contain_text("could not be asked")
     await context.close()

@@ -72,21 +72,39 @@
     var kind = form.getAttribute("data-webauthn");
     if (kind !== "create" && kind !== "get") { return; }
     event.preventDefault();
+    // One ceremony at a time: a second click while the key is asked does nothing.
+    if (form.getAttribute("data-busy") === "yes") { return; }
     var status = form.querySelector("[role=status]");
     if (!window.PublicKeyCredential) {
       status.textContent = "This browser does not support security keys here.";
       return;
     }
-    var options = publicKey(kind, JSON.parse(form.getAttribute("data-options")));
-    var asking = kind === "create" ? navigator.credentials.create({ publicKey: options })
-                                   : navigator.credentials.get({ publicKey: options });
-    status.textContent = "Waiting for your security key…";
-    asking.then(function (credential) {
-      form.querySelector("input[name=credential]").value = answer(credential);
-      status.textContent = "Checking…";
-      form.submit();
-    }, function (error) {
-      status.textContent = "The security key did not answer (" + error.name + "): try again.";
-    });
+    var done = function () { form.removeAttribute("data-busy"); };
+    form.setAttribute("data-busy", "yes");
+    try {
+      var options = publicKey(kind, JSON.parse(form.getAttribute("data-options")));
+      var asking = kind === "create" ? navigator.credentials.create({ publicKey: options })
+                                     : navigator.credentials.get({ publicKey: options });
+      status.textContent = "Waiting for your security key…";
+      asking.then(function (credential) {
+        try {
+          form.querySelector("input[name=credential]").value = answer(credential);
+          status.textContent = "Checking…";
+          form.submit();
+        } catch (error) {
+          done();
+          status.textContent = "The security key's answer could not be sent (" +
+            (error && error.name || "error") + "): try again.";
+        }
+      }, function (error) {
+        done();
+        status.textContent = "The security key did not answer (" +
+          (error && error.name || "error") + "): try again.";
+      });
+    } catch (error) {
+      done();
+      status.textContent = "The security key could not be asked (" +
+        (error && error.name || "error") + "): try again.";
+    }
   });
 }());
