@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 from gateway.store.errors import GatewayError
 from gateway.store.files import sync_folder
+from gateway.store.times import iso
 
 FORMAT_VERSION = 1
 KEY_BYTES = 32  # AES-256; HMAC-SHA256 keys of the hash's block-size-safe length
@@ -139,12 +140,12 @@ class Keyring:
             "hotline_gateway_keyring": FORMAT_VERSION,
             "note": NOTE,
             "data_keys": [
-                {"id": k.name, "state": k.state, "created_at": _iso(k.created_at),
+                {"id": k.name, "state": k.state, "created_at": iso(k.created_at),
                  "key": base64.b64encode(k.secret).decode("ascii")}
                 for k in self.data_keys
             ],
             "lookup_keys": [
-                {"version": k.version, "state": k.state, "created_at": _iso(k.created_at),
+                {"version": k.version, "state": k.state, "created_at": iso(k.created_at),
                  "key": base64.b64encode(k.secret).decode("ascii")}
                 for k in self.lookup_keys
             ],
@@ -185,10 +186,6 @@ class Keyring:
 
 
 # --- parsing members -----------------------------------------------------------------------
-
-
-def _iso(when: datetime) -> str:
-    return when.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _only(document: Mapping[str, Any], allowed: set[str], where: str) -> None:
