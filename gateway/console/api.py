@@ -19,6 +19,7 @@ from gateway.console.refusals import json_refusal
 from gateway.store.audit import AuditEntry, record
 from gateway.store.case_view import FLAGS, get_case, get_referral, queue_cases
 from gateway.store.errors import GatewayError, Invalid
+from gateway.store.lifecycle import Actor
 from outbound.outbox import retry_failed
 
 
@@ -216,14 +217,13 @@ async def referral_retry(request: web.Request) -> web.Response:
     """Supervisors: queue a failed referral again once its cause is fixed."""
     console = request.app[CONSOLE]
     staff = staff_of(request)
-    if not staff.supervises:
-        return json_error(403, "only a supervisor can retry a referral")
     try:
         referral_id = uuid.UUID(request.match_info["referral_id"])
     except ValueError:
-        return json_error(409, "no failed referral with this id")
+        return json_error(404, "no such referral")
     try:
-        await retry_failed(console.backend, referral_id, actor=staff.name, now=console.now())
+        await retry_failed(console.backend, referral_id, actor=Actor(staff.name, staff.role),
+                           now=console.now())
     except GatewayError as exc:
         return json_refusal(exc)
     console.on_queued()
