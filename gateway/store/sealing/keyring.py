@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from gateway.store.errors import GatewayError
+from gateway.store.errors import Damaged
 from gateway.store.files import sync_folder
 from gateway.store.times import iso
 
@@ -49,7 +49,7 @@ LookupKeyState = Literal["current", "retired"]
 _CREDENTIAL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}")
 
 
-class KeyringError(GatewayError):
+class KeyringError(Damaged):
     """The keyring cannot be used: missing, unreadable, readable by others, or malformed."""
 
 
