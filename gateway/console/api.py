@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.console import assess as actions
+from gateway.console import routing_changes
 from gateway.console.accounts import Staff
 from gateway.console.base import CONSOLE, Console, json_error, staff_of
 from gateway.console.refusals import json_refusal
@@ -156,7 +157,7 @@ async def _set_country(console: Console, staff: Staff, case_id: uuid.UUID,
                        body: dict[str, Any]) -> actions.Outcome:
     """``{"country": "NL"}``: release a case held for unknown hosting; it is routed again
     (with four-eyes, once someone else approves the change)."""
-    return await actions.set_hosting_country(console.backend, staff, case_id,
+    return await routing_changes.set_hosting_country(console.backend, staff, case_id,
                                              body.get("country"), now=console.now(),
                                              four_eyes=console.four_eyes)
 
@@ -173,7 +174,7 @@ def _decide_change(approve: bool) -> Action:
             pinned = None
         if seen is not None and pinned is None:
             raise Invalid("invalid change", {"change": "a routing change id"})
-        return await actions.decide_routing_change(console.backend, staff, case_id,
+        return await routing_changes.decide_routing_change(console.backend, staff, case_id,
                                                    approve=approve, now=console.now(),
                                                    change_id=pinned)
 
