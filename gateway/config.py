@@ -28,6 +28,7 @@ from gateway.config_sections import (
     HttpConfig,
     IntakeConfig,
     LocateConfig,
+    LocateOverride,
     OutboundConfig,
     RetentionConfig,
     RoutingConfig,
@@ -38,8 +39,8 @@ from gateway.config_values import fully_qualified
 from outbound.refer import ReferSettings
 
 # The composition root and the console import these sections from here.
-__all__ = ["AdminConfig", "Config", "ConfigError", "ConsoleConfig", "RetentionConfig", "find",
-           "load", "parse"]
+__all__ = ["AdminConfig", "Config", "ConfigError", "ConsoleConfig", "DatabaseConfig",
+           "LocateOverride", "RetentionConfig", "find", "load", "parse"]
 
 DEFAULT_PATHS = (Path("config.toml"), Path("/etc/hotline-gateway/config.toml"))
 
