@@ -117,7 +117,9 @@ async def normalise(
     config: Config, *, shutdown_trigger: Callable[[], Awaitable[object]], once: bool = False
 ) -> int:
     """The normalise stage on its own (``[intake] normalise = "separate"``): until stopped,
-    or with ``once`` until the backlog is empty. The number of submissions it took."""
+    or with ``once`` until the backlog is empty. The number of submissions it took; if the
+    stage dies, ``GatewayFailed`` after an orderly stop."""
+    reason: str | None = None
     async with Lifecycle(config.gateway.shutdown_grace + config.database.busy_timeout) as parts:
         engine = await open_engine(config.database.settings())
         parts.on_close(engine.dispose)
@@ -133,8 +135,10 @@ async def normalise(
         else:
             parts.run("normaliser", stage)
             log.info("normalise.ready")
-            await shutdown_trigger()
-        return stage.processed
+            reason = await parts.until(shutdown_trigger())
+    if reason is not None:
+        raise GatewayFailed(reason)
+    return stage.processed
 
 
 @contextlib.asynccontextmanager
@@ -268,7 +272,6 @@ async def serve(
     that does not load is refused with a log line and the running one stays."""
     reason: str | None = None
     async with running(config, upgrade_db=upgrade_db) as gateway:
-        watchdog = asyncio.create_task(_watchdog(gateway, notifier), name="watchdog")
         listening = ", ".join([*(f"smtp {h}:{p}" for h, p in gateway.smtp.addresses),
                                *(f"http {h}:{p}" for h, p in gateway.public.addresses),
                                *(f"console {h}:{p}" for h, p in gateway.console.addresses),
@@ -277,30 +280,33 @@ async def serve(
         log.info("gateway.ready", smtp=[f"{h}:{p}" for h, p in gateway.smtp.addresses],
                  http=[f"{h}:{p}" for h, p in gateway.public.addresses],
                  console=[f"{h}:{p}" for h, p in gateway.console.addresses])
+        watchdog = asyncio.create_task(_watchdog(gateway, notifier), name="watchdog")
         trigger: asyncio.Future[Any] = asyncio.ensure_future(shutdown_trigger())
-        while True:
-            waits: list[asyncio.Future[Any]] = [trigger, gateway.failed]
-            reloading: asyncio.Future[Any] | None = None
-            if reload_requested is not None and load_config is not None:
-                reloading = asyncio.ensure_future(reload_requested.wait())
-                waits.append(reloading)
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            if reloading is None or not reloading.done() or trigger.done() \
-                    or gateway.failed.done():
-                if reloading is not None:
-                    reloading.cancel()
-                break
-            assert reload_requested is not None and load_config is not None
-            reload_requested.clear()
-            await _reload(gateway, notifier, load_config)
-        if gateway.failed.done() and not gateway.failed.cancelled():
-            reason = gateway.failed.result()
-        trigger.cancel()
-        watchdog.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watchdog
-        notifier.stopping()
-        log.info("gateway.stopping")
+        reloading: asyncio.Future[Any] | None = None
+        try:
+            while True:
+                waits: list[asyncio.Future[Any]] = [trigger, gateway.failed]
+                if reload_requested is not None and load_config is not None:
+                    reloading = asyncio.ensure_future(reload_requested.wait())
+                    waits.append(reloading)
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                if reloading is None or not reloading.done() or trigger.done() \
+                        or gateway.failed.done():
+                    break
+                assert reload_requested is not None and load_config is not None
+                reload_requested.clear()
+                await _reload(gateway, notifier, load_config)
+            if gateway.failed.done() and not gateway.failed.cancelled():
+                reason = gateway.failed.result()
+        finally:
+            # Also when a reload or the loop fails: nothing of serve's is left running, and
+            # systemd hears that we stop.
+            for waiting in (trigger, reloading, watchdog):
+                if waiting is not None:
+                    waiting.cancel()
+            await asyncio.gather(watchdog, return_exceptions=True)
+            notifier.stopping()
+            log.info("gateway.stopping")
     log.info("gateway.stopped")
     if reason is not None:
         raise GatewayFailed(reason)

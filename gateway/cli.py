@@ -38,6 +38,7 @@ from gateway.store.audit import verify as verify_audit
 from gateway.store.backend import WriteBackend, open_write_backend
 from gateway.store.engine import open_engine
 from gateway.store.errors import GatewayError
+from gateway.store.lifecycle import Actor
 from outbound.outbox import retry_failed
 from routing.geo import GeoError
 
@@ -294,7 +295,7 @@ def _cmd_referrals(args: argparse.Namespace) -> int:
         print(f"referrals retry: {args.id!r} is not a referral id", file=sys.stderr)
         return EXIT_USAGE
     asyncio.run(_with_backend(config, lambda backend: retry_failed(
-        backend, referral_id, actor=CLI_ACTOR, now=utcnow())))
+        backend, referral_id, actor=Actor(CLI_ACTOR, "system"), now=utcnow())))
     print(f"referral {referral_id} queued again")
     return EXIT_OK
 

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
@@ -82,7 +82,9 @@ class Lifecycle:
         task.add_done_callback(self._died)
 
         async def stop() -> None:
-            await service.stop()
+            # Each step bounded: a stop that hangs or fails must not keep the parts started
+            # before this one running; the task is then given its bound and cancelled.
+            await bounded(service.stop(), self.step_seconds, f"{name}.stop")
             await bounded(task, self.step_seconds, name)
 
         self._stack.push_async_callback(stop)
@@ -94,6 +96,18 @@ class Lifecycle:
         a listener with a grace period of its own)."""
         self.on_stop(name, listener.stop, bounded_by=stop_within)
         await listener.start()
+
+    async def until(self, trigger: Awaitable[object]) -> str | None:
+        """Wait for ``trigger`` (a shutdown asked for) or for a part to fail: the failure's
+        reason, or None."""
+        asked: asyncio.Future[object] = asyncio.ensure_future(trigger)
+        waits: list[asyncio.Future[Any]] = [asked, self.failed]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            asked.cancel()
+        return self.failed.result() if self.failed.done() and not self.failed.cancelled() \
+            else None
 
     def _died(self, finished: asyncio.Task[None]) -> None:
         """A service's task that ends on its own (not cancelled, not asked to) is fatal."""

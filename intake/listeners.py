@@ -25,7 +25,7 @@ import jinja2
 import structlog
 from aiohttp import web
 
-log = structlog.get_logger("gateway.listeners")
+log = structlog.get_logger("intake.listeners")
 
 #: What every response says in ``Server``: the product, never a version.
 SERVER = "hotline-gateway"

@@ -392,8 +392,8 @@ class _Headers(EmailMessage):
 
     # The stdlib's private accessor under get_params, get_param, get_boundary, get_filename...:
     # cached, it saves about a fifth of normalise_message's time per report
-    # (bench/private_paths.py). The stdlib is pinned by the Python that runs the tests, and
-    # tests/intake/test_mime.py holds every accessor's reading equal to the stdlib's own.
+    # (bench/private_paths.py). tests/intake/test_mime.py holds every accessor's reading equal
+    # to the stdlib's own on the Python that runs it (pyproject's requires-python says which).
     def _get_params_preserve(self, failobj: Any, header: str) -> Any:
         key = header.lower()
         try:

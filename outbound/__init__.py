@@ -1,2 +1,3 @@
-"""How referrals leave: routing a decided case (``refer``), the referral document, PGP/MIME,
-the outbox and its transports, and the watch on pinned keys."""
+"""How referrals leave: the refer stage that turns a case routing decided to refer into an
+encrypted referral (``refer``), the referral document, PGP/MIME, the outbox and its
+transports, and the watch on pinned keys."""

@@ -26,10 +26,11 @@ from sqlalchemy import and_, insert, select, update
 from sqlalchemy.engine import Connection
 
 from gateway.store import leases
-from gateway.store.audit import AuditEntry, record
+from gateway.store.audit import CLI_ACTOR, AuditEntry, record
 from gateway.store.backend import WriteBackend
-from gateway.store.errors import Conflict
+from gateway.store.errors import Conflict, NotAllowed
 from gateway.store.ids import uuid7
+from gateway.store.lifecycle import SUPERVISOR, Actor
 from gateway.store.polling import PollingStage, retry_delay
 from gateway.store.tables import outbox, outbox_attempts, referrals
 from gateway.store.times import aware
@@ -231,10 +232,16 @@ class NotRetryable(Conflict):
     """The referral is not failed (or does not exist): nothing to retry."""
 
 
-async def retry_failed(backend: WriteBackend, referral_id: uuid.UUID, *, actor: str,
+#: Who may send a failed referral again: a supervisor, or the operator (``referrals retry``).
+RETRIERS = (SUPERVISOR, CLI_ACTOR)
+
+
+async def retry_failed(backend: WriteBackend, referral_id: uuid.UUID, *, actor: Actor,
                        now: datetime) -> None:
     """Queue a failed referral again (after the cause was fixed: the relay, the address, the
     key), with a fresh ``max_attempt_age``. The message is the one encrypted before."""
+    if not actor.may(RETRIERS):
+        raise NotAllowed("only a supervisor can retry a referral")
 
     def work(conn: Connection) -> None:
         row = conn.execute(select(referrals.c.case_id, referrals.c.destination)
@@ -247,7 +254,7 @@ async def retry_failed(backend: WriteBackend, referral_id: uuid.UUID, *, actor: 
             claimed_until=None))
         conn.execute(update(referrals).where(referrals.c.id == referral_id)
                      .values(status="queued", error=None))
-        record(conn, [AuditEntry(actor, "referral.retried", row.case_id, {
+        record(conn, [AuditEntry(actor.name, "referral.retried", row.case_id, {
             "referral": str(referral_id), "destination": row.destination})], at=now)
 
     await backend.transaction(work)

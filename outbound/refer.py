@@ -34,10 +34,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.store import leases
 from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
-from gateway.store.case_view import iso
 from gateway.store.ids import uuid7
 from gateway.store.polling import PollingStage
 from gateway.store.tables import case_reports, cases, outbox, referrals, submissions
+from gateway.store.times import iso
 from outbound.document import inner_message, referral_document
 from outbound.gpg import Gpg, GpgError, KeyProblem
 from outbound.pgpmime import encrypted_message, message_id
@@ -47,8 +47,6 @@ from routing.locate import Locator
 from routing.protocol import MembershipList, RoutingDecision, no_key
 
 log = structlog.get_logger("outbound.refer")
-
-ACTOR = "system:route"
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,15 +122,11 @@ class ReferStage(PollingStage):
             except Exception as exc:  # one case's failure must not stop the others
                 log.error("refer.case_failed", case_id=str(case_id),
                           error_type=type(exc).__name__)
-                # Held where people see it, not retried in a loop: a supervisor reopens it.
-                held = RoutingDecision(
-                    "hold-route-error", "hold", None,
-                    f"routing failed ({type(exc).__name__}): held for a supervisor",
-                    {"error_type": type(exc).__name__})
                 try:
                     await self._backend.transaction(partial(
                         self._file, case_id=case_id, status=status,
-                        prepared=_Prepared(held), now=self._clock(), assessment_id=None))
+                        prepared=_Prepared(decide.route_error(exc)), now=self._clock(),
+                        assessment_id=None))
                 except Exception:
                     await self.release(case_id)
         return len(claimed)
@@ -173,7 +167,7 @@ class ReferStage(PollingStage):
         now = self._clock()
         reference = case.references[0]
         document = referral_document(
-            reference=reference, created=iso(now) or "", rule=decision.rule,
+            reference=reference, created=iso(now), rule=decision.rule,
             destination=decision.destination, hotline=config.hotline_name,
             home_country=config.home_country,
             case={"id": str(case.id), "url": case.url, "canonical_url": case.canonical_url,
@@ -249,7 +243,7 @@ class ReferStage(PollingStage):
             conn.execute(insert(referrals).values(case_id=case_id, decision_id=stored.decision_id,
                                                   **prepared.referral))
             conn.execute(insert(outbox).values(**prepared.outbox))
-            record(conn, [AuditEntry(ACTOR, "referral.queued", case_id, {
+            record(conn, [AuditEntry(decide.ROUTE.name, "referral.queued", case_id, {
                 "referral": str(prepared.referral["id"]),
                 "destination": prepared.decision.destination,
                 "key": prepared.referral["key_fingerprint"]})], at=now)

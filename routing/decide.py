@@ -20,7 +20,6 @@ from sqlalchemy.engine import Connection
 
 from gateway.store import leases
 from gateway.store.backend import WriteBackend
-from gateway.store.case_view import iso
 from gateway.store.ids import uuid7
 from gateway.store.lifecycle import Actor, CaseChanged, move, supersede
 from gateway.store.tables import (
@@ -33,6 +32,7 @@ from gateway.store.tables import (
     submissions,
     users,
 )
+from gateway.store.times import iso
 from routing.locate import HostingEvidence, Locator
 from routing.protocol import Facts, MembershipList, RoutingDecision, decide
 from routing.stage import relocate
@@ -234,6 +234,15 @@ async def route(backend: WriteBackend, locator: Locator, case: RoutingCase, *,
         decision = replace(decision, facts={**decision.facts,
                                             **_country_deciders(case, country)})
     return Routed(case, decision, hosting, country, source)
+
+
+def route_error(exc: BaseException) -> RoutingDecision:
+    """The decision for a case whose routing failed: held where people see it
+    (``hold-route-error``), not retried in a loop; a supervisor reopens it."""
+    error_type = type(exc).__name__
+    return RoutingDecision("hold-route-error", "hold", None,
+                           f"routing failed ({error_type}): held for a supervisor",
+                           {"error_type": error_type})
 
 
 @dataclass(frozen=True, slots=True)

@@ -75,7 +75,7 @@ def _hosting_details(hosting: HostingEvidence, evidence_id: uuid.UUID) -> dict[s
 
 def _no_host(url: str | None, now: datetime) -> HostingEvidence:
     return HostingEvidence(host=url or "", checked_at=now, resolver="none", outcome="nxdomain",
-                   status="unresolvable", error="the URL names no host")
+                           status="unresolvable", error="the URL names no host")
 
 
 class LocateStage(PollingStage):

@@ -13,12 +13,14 @@ from typing import Any
 from aiohttp import web
 
 from gateway.console import assess as actions
+from gateway.console import routing_changes
 from gateway.console.accounts import Staff
 from gateway.console.base import CONSOLE, Console, json_error, staff_of
 from gateway.console.refusals import json_refusal
 from gateway.store.audit import AuditEntry, record
 from gateway.store.case_view import FLAGS, get_case, get_referral, queue_cases
 from gateway.store.errors import GatewayError, Invalid
+from gateway.store.lifecycle import Actor
 from outbound.outbox import retry_failed
 
 
@@ -155,7 +157,7 @@ async def _set_country(console: Console, staff: Staff, case_id: uuid.UUID,
                        body: dict[str, Any]) -> actions.Outcome:
     """``{"country": "NL"}``: release a case held for unknown hosting; it is routed again
     (with four-eyes, once someone else approves the change)."""
-    return await actions.set_hosting_country(console.backend, staff, case_id,
+    return await routing_changes.set_hosting_country(console.backend, staff, case_id,
                                              body.get("country"), now=console.now(),
                                              four_eyes=console.four_eyes)
 
@@ -172,7 +174,7 @@ def _decide_change(approve: bool) -> Action:
             pinned = None
         if seen is not None and pinned is None:
             raise Invalid("invalid change", {"change": "a routing change id"})
-        return await actions.decide_routing_change(console.backend, staff, case_id,
+        return await routing_changes.decide_routing_change(console.backend, staff, case_id,
                                                    approve=approve, now=console.now(),
                                                    change_id=pinned)
 
@@ -216,14 +218,13 @@ async def referral_retry(request: web.Request) -> web.Response:
     """Supervisors: queue a failed referral again once its cause is fixed."""
     console = request.app[CONSOLE]
     staff = staff_of(request)
-    if not staff.supervises:
-        return json_error(403, "only a supervisor can retry a referral")
     try:
         referral_id = uuid.UUID(request.match_info["referral_id"])
     except ValueError:
-        return json_error(409, "no failed referral with this id")
+        return json_error(404, "no such referral")
     try:
-        await retry_failed(console.backend, referral_id, actor=staff.name, now=console.now())
+        await retry_failed(console.backend, referral_id, actor=Actor(staff.name, staff.role),
+                           now=console.now())
     except GatewayError as exc:
         return json_refusal(exc)
     console.on_queued()

@@ -1,6 +1,7 @@
-"""What staff do to cases: assess, approve (four-eyes), set the hosting country (four-eyes on
-routing), reopen, reassign. Each is one
-transaction that checks the case's state, changes it and writes the audit trail.
+"""What staff do to cases: assess, approve (four-eyes), reopen, reassign, record an ICCAM
+referral, look the host up again. Each is one transaction that checks the case's state,
+changes it and writes the audit trail. Naming the hosting country (four-eyes on routing) is
+``gateway.console.routing_changes``.
 
 Refusals are the domain's (``gateway.store.errors``): NotFound no such case, NotAllowed not for
 this user, Conflict the case is not in a state for this, Invalid a bad value (naming the field).
@@ -28,7 +29,6 @@ from gateway.store.tables import (
     case_reports,
     cases,
     referrals,
-    routing_changes,
     routing_decisions,
     submissions,
     users,
@@ -116,7 +116,7 @@ class Outcome:
     assessment: dict[str, Any] = field(default_factory=dict)
 
 
-def _case(conn: Connection, case_id: uuid.UUID) -> Any:
+def find_case(conn: Connection, case_id: uuid.UUID) -> Any:
     row = conn.execute(select(cases.c.id, cases.c.status, cases.c.kind)
                        .where(cases.c.id == case_id)).first()
     if row is None:
@@ -124,7 +124,7 @@ def _case(conn: Connection, case_id: uuid.UUID) -> Any:
     return row
 
 
-def _move(conn: Connection, staff: Staff, case_id: uuid.UUID, old: str, event: str,
+def move_case(conn: Connection, staff: Staff, case_id: uuid.UUID, old: str, event: str,
           now: datetime, *, values: dict[str, Any] | None = None,
           details: dict[str, Any] | None = None) -> str:
     """Move the case through the lifecycle only if it is still ``old`` (a concurrent action
@@ -148,7 +148,7 @@ async def assess(
     or, with four-eyes, once a second user approves."""
 
     def work(conn: Connection) -> Outcome:
-        case = _case(conn, case_id)
+        case = find_case(conn, case_id)
         if case.status not in ASSESSABLE:
             raise Conflict(f"the case is {case.status}, not awaiting assessment")
         if case.kind == "no_url" and given.verdict == "illegal":
@@ -160,7 +160,7 @@ async def assess(
                "classification": given.classification,
                "hosting_country": given.hosting_country, "note": given.note,
                "created_at": now, "status": "pending_approval" if pending else "final"}
-        new_status = _move(conn, staff, case_id, case.status, f"assess_{given.verdict}", now,
+        new_status = move_case(conn, staff, case_id, case.status, f"assess_{given.verdict}", now,
                            values={"assigned_to": None}, details={
                                "verdict": given.verdict, "classification": given.classification,
                                "hosting_country": given.hosting_country,
@@ -180,7 +180,7 @@ async def approve(
     saw, when ``assessment_id`` names it (the console always does)."""
 
     def work(conn: Connection) -> Outcome:
-        case = _case(conn, case_id)
+        case = find_case(conn, case_id)
         row = conn.execute(
             select(assessments, users.c.name.label("assessor"))
             .join(users, users.c.id == assessments.c.user_id)
@@ -218,11 +218,11 @@ async def reopen(
         raise NotAllowed("only a supervisor can reopen a case")
 
     def work(conn: Connection) -> Outcome:
-        case = _case(conn, case_id)
+        case = find_case(conn, case_id)
         if case.status not in REOPENABLE:
             raise Conflict(f"a case that is {case.status} cannot be reopened")
         # Its verdicts, pending routing changes and routing decision are superseded.
-        status = _move(conn, staff, case_id, case.status, "reopen", now,
+        status = move_case(conn, staff, case_id, case.status, "reopen", now,
                        details={"reason": reason})
         return Outcome(case_id, status)
 
@@ -238,7 +238,7 @@ async def reassign(
         raise NotAllowed("only a supervisor can reassign a case")
 
     def work(conn: Connection) -> Outcome:
-        case = _case(conn, case_id)
+        case = find_case(conn, case_id)
         target = None
         if analyst is not None:
             target = conn.execute(select(users.c.id).where(
@@ -248,137 +248,6 @@ async def reassign(
         conn.execute(update(cases).where(cases.c.id == case_id).values(assigned_to=target))
         record(conn, [AuditEntry(staff.name, "case.reassigned", case_id,
                                  {"to": analyst})], at=now)
-        return Outcome(case_id, case.status)
-
-    return await backend.transaction(work)
-
-
-def _country(value: object) -> str:
-    if not isinstance(value, str) or not re.fullmatch(r"[A-Z]{2}", value):
-        raise Invalid("invalid country",
-                          {"country": "an ISO 3166-1 alpha-2 code such as 'NL'"})
-    return value
-
-
-#: Where naming the hosting country releases a case: held (for unknown hosting, say), or
-#: waiting for a referral through ICCAM by hand.
-COUNTRY_SETTABLE = lifecycle.sources("set_country")
-
-
-def _final_verdict(conn: Connection, case_id: uuid.UUID) -> Any:
-    final = conn.execute(select(assessments.c.id, assessments.c.hosting_country).where(
-        assessments.c.case_id == case_id, assessments.c.status == "final")).first()
-    if final is None:
-        raise Conflict("the case has no final verdict")
-    return final
-
-
-def _route_to(conn: Connection, staff: Staff, case_id: uuid.UUID, status: str,
-              assessment_id: uuid.UUID, country: str, now: datetime, event: str,
-              details: dict[str, Any]) -> str:
-    """Put the country on the final verdict and hand the case back to routing (its routing
-    decision is superseded); the new status."""
-    conn.execute(update(assessments).where(assessments.c.id == assessment_id)
-                 .values(hosting_country=country))
-    return _move(conn, staff, case_id, status, event, now, details=details)
-
-
-def _routing_facts(conn: Connection, case_id: uuid.UUID, status: str,
-                   assessment_country: str | None) -> dict[str, Any]:
-    """What the proposer saw: the case's state and its live routing decision's facts."""
-    case = conn.execute(select(cases.c.hold_reason).where(cases.c.id == case_id)).one()
-    live = conn.execute(select(routing_decisions.c.rule, routing_decisions.c.facts).where(
-        routing_decisions.c.case_id == case_id,
-        routing_decisions.c.superseded.is_(False))).first()
-    facts = dict(live.facts or {}) if live is not None else {}
-    return {"status": status, "hold_reason": case.hold_reason,
-            "rule": live.rule if live is not None else None,
-            "country_before": assessment_country,
-            **{key: facts.get(key) for key in ("country", "country_source", "hosting_status",
-                                                "evidence_id", "evidence_checked_at")}}
-
-
-async def set_hosting_country(
-    backend: WriteBackend, staff: Staff, case_id: uuid.UUID, country: object, *,
-    now: datetime, four_eyes: bool = False,
-) -> Outcome:
-    """Release a case held for unknown hosting (or waiting for ICCAM) by naming the country:
-    the verdict keeps its author, the case is routed again. With four-eyes the change only
-    waits, as a pending routing change, until someone else approves it
-    (``decide_routing_change``): where a case goes is part of what two people decide."""
-    code = _country(country)
-
-    def work(conn: Connection) -> Outcome:
-        case = _case(conn, case_id)
-        if case.status not in COUNTRY_SETTABLE:
-            raise Conflict(f"the case is {case.status}: set the country when "
-                                   "assessing it")
-        final = _final_verdict(conn, case_id)
-        waiting = conn.execute(select(routing_changes.c.id).where(
-            routing_changes.c.case_id == case_id,
-            routing_changes.c.status == "pending")).first()
-        if waiting is not None:
-            raise Conflict("a routing change is already waiting for approval: "
-                                   "approve or reject it first")
-        change = {"id": uuid7(), "case_id": case_id, "assessment_id": final.id,
-                  "country": code, "proposed_by": staff.id, "created_at": now,
-                  "facts": _routing_facts(conn, case_id, case.status, final.hosting_country),
-                  "status": "pending" if four_eyes else "applied"}
-        conn.execute(insert(routing_changes).values(**change))
-        if four_eyes:
-            record(conn, [AuditEntry(staff.name, "case.routing_change_proposed", case_id,
-                                     {"change": str(change["id"]), "country": code,
-                                      "status": case.status})], at=now)
-            return Outcome(case_id, case.status)
-        status = _route_to(conn, staff, case_id, case.status, final.id, code, now,
-                           "set_country", {"country": code, "change": str(change["id"])})
-        return Outcome(case_id, status)
-
-    return await backend.transaction(work)
-
-
-async def decide_routing_change(
-    backend: WriteBackend, staff: Staff, case_id: uuid.UUID, *, approve: bool,
-    now: datetime, change_id: uuid.UUID | None = None,
-) -> Outcome:
-    """A second person approves (the case routes on the country) or rejects (it stays as it
-    is) a pending routing change: the one they saw, when ``change_id`` names it. As for
-    verdicts, the proposer cannot approve their own; they may withdraw it (reject)."""
-
-    def work(conn: Connection) -> Outcome:
-        case = _case(conn, case_id)
-        row = conn.execute(
-            select(routing_changes, users.c.name.label("proposer"))
-            .join(users, users.c.id == routing_changes.c.proposed_by)
-            .where(routing_changes.c.case_id == case_id, routing_changes.c.status == "pending")
-        ).first()
-        if row is None:
-            raise Conflict("the case has no routing change waiting for approval")
-        if change_id is not None and row.id != change_id:
-            raise Conflict("the routing change is not the one you saw; reload the case")
-        if approve and row.proposed_by == staff.id:
-            raise NotAllowed("a routing change is approved by someone other than its "
-                                   "author")
-        if approve:
-            final = _final_verdict(conn, case_id)
-            if case.status not in COUNTRY_SETTABLE or final.id != row.assessment_id:
-                raise Conflict("the case changed since the routing change was made; "
-                                       "reload it")
-        done = conn.execute(
-            update(routing_changes)
-            .where(routing_changes.c.id == row.id, routing_changes.c.status == "pending")
-            .values(status="approved" if approve else "rejected", decided_by=staff.id,
-                    decided_at=now)
-        ).rowcount
-        if done != 1:
-            raise Conflict("the case changed meanwhile; reload it")
-        details = {"change": str(row.id), "country": row.country, "proposed_by": row.proposer}
-        if approve:
-            status = _route_to(conn, staff, case_id, case.status, row.assessment_id,
-                               row.country, now, "approve_country", details)
-            return Outcome(case_id, status)
-        record(conn, [AuditEntry(staff.name, "case.routing_change_rejected", case_id, {
-            **details, "from": case.status, "to": case.status})], at=now)
         return Outcome(case_id, case.status)
 
     return await backend.transaction(work)
@@ -395,7 +264,7 @@ async def record_iccam(
     iccam_reference = reference.strip()
 
     def work(conn: Connection) -> Outcome:
-        case = _case(conn, case_id)
+        case = find_case(conn, case_id)
         if case.status != "awaiting_iccam":
             raise Conflict(f"the case is {case.status}, not awaiting_iccam")
         decision = conn.execute(select(routing_decisions).where(
@@ -410,7 +279,7 @@ async def record_iccam(
             .where(case_reports.c.case_id == case_id)
             .order_by(case_reports.c.reported_at).limit(1)).scalar_one()
         referral_id = uuid7()
-        status = _move(conn, staff, case_id, case.status, "record_iccam", now, details={
+        status = move_case(conn, staff, case_id, case.status, "record_iccam", now, details={
             "reference": iccam_reference, "referral": str(referral_id)})
         conn.execute(insert(referrals).values(
             id=referral_id, case_id=case_id, decision_id=decision.id,

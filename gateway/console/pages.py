@@ -15,7 +15,7 @@ import structlog
 from aiohttp import web
 
 from gateway.console import assess as actions
-from gateway.console import securitykeys
+from gateway.console import routing_changes, securitykeys
 from gateway.console.accounts import change_password, check_password
 from gateway.console.base import (
     CONSOLE,
@@ -181,7 +181,7 @@ async def _case_page(request: web.Request, *, status: int = 200, error: str | No
                      and assessment.get("by") != staff.name),
         can_reopen=staff.supervises and case["status"] in actions.REOPENABLE,
         can_relocate=actions.may_relocate(staff, case["status"]),
-        can_set_country=(case["status"] in actions.COUNTRY_SETTABLE
+        can_set_country=(case["status"] in routing_changes.COUNTRY_SETTABLE
                          and assessment.get("status") == "final"),
     )
 
@@ -265,7 +265,7 @@ async def relocate_submit(request: web.Request) -> web.StreamResponse:
 async def country_submit(request: web.Request) -> web.StreamResponse:
     console = request.app[CONSOLE]
     country = str((await request.post()).get("country", "")).strip().upper()
-    return await _act(request, actions.set_hosting_country(
+    return await _act(request, routing_changes.set_hosting_country(
         console.backend, staff_of(request), _case_id(request), country, now=console.now(),
         four_eyes=console.four_eyes))
 
@@ -278,7 +278,7 @@ async def _decide_routing_change(request: web.Request, *, approve: bool
         seen = uuid.UUID(str((await request.post()).get("change", "")))
     except ValueError:
         return await _case_page(request, status=422, error="Reload the case and try again.")
-    return await _act(request, actions.decide_routing_change(
+    return await _act(request, routing_changes.decide_routing_change(
         console.backend, staff_of(request), _case_id(request), approve=approve,
         now=console.now(), change_id=seen))
 

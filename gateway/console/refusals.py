@@ -6,11 +6,20 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.console.base import json_error
-from gateway.store.errors import Conflict, GatewayError, Invalid, NotAllowed, NotFound, Unavailable
+from gateway.store.errors import (
+    Conflict,
+    Damaged,
+    GatewayError,
+    Invalid,
+    NotAllowed,
+    NotFound,
+    Unavailable,
+)
 
 #: The first class that matches wins; a refusal of none of these is a plain 400.
 STATUSES: tuple[tuple[type[GatewayError], int], ...] = (
-    (NotFound, 404), (Conflict, 409), (NotAllowed, 403), (Invalid, 422), (Unavailable, 503))
+    (NotFound, 404), (Conflict, 409), (NotAllowed, 403), (Invalid, 422), (Unavailable, 503),
+    (Damaged, 500))
 
 
 def http_status(exc: GatewayError) -> int:

@@ -26,7 +26,7 @@ import ipaddress
 import math
 import urllib.parse
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -70,6 +70,7 @@ from gateway.console.signin import logged_in, login_form
 from gateway.store.audit import AuditEntry, record
 from gateway.store.errors import Conflict, Invalid, NotFound
 from gateway.store.tables import users
+from gateway.store.times import utc
 
 log = structlog.get_logger("gateway.console")
 
@@ -139,8 +140,7 @@ def _is_address(host: str) -> bool:
 def _when(moment: datetime | None) -> str:
     if moment is None:
         return "never"
-    moment = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return utc(moment).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _credential(form: Any) -> str | None:

@@ -17,9 +17,8 @@ from gateway.console import people
 from gateway.console.accounts import ROLES, NewUser, Staff
 from gateway.console.base import CONSOLE, Console, json_error, session_of, staff_of
 from gateway.console.refusals import http_status, json_refusal
-from gateway.store.case_view import iso
 from gateway.store.errors import GatewayError, Invalid, NotFound
-from gateway.store.times import utc
+from gateway.store.times import iso, utc
 
 log = structlog.get_logger("gateway.console")
 

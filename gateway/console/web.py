@@ -87,8 +87,6 @@ def is_api(request: web.Request) -> bool:
     return request.path.startswith("/api/")
 
 
-
-
 @web.middleware
 async def security_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:

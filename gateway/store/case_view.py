@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -24,7 +23,7 @@ from gateway.store.tables import (
     submissions,
     users,
 )
-from gateway.store.times import utc
+from gateway.store.times import iso
 
 #: Flags the queue shows and filters by. The last three come from the case's reports (see
 #: report_flags): URLs over the per-report cap, a URL too long to take, a report unreadable.
@@ -34,16 +33,9 @@ FLAGS = ("cdn", "mixed", "unknown", "unresolvable", "reappeared", "no_url", "loc
 _REPORT_FLAGS = FLAGS[-3:]
 
 
-def iso(moment: datetime | None) -> str | None:
-    """UTC timestamps as ``2026-11-28T10:00:00Z`` (SQLite hands them back without a zone)."""
-    if moment is None:
-        return None
-    return utc(moment).isoformat().replace("+00:00", "Z")
-
-
 def hosting_json(hosting: Any, **extra: Any) -> dict[str, Any]:
     """A lookup's verdict as a case shows it, from a hosting evidence row or a fresh lookup
-    (``routing.locate.Hosting``: the fields are the same), with ``extra`` keys after it."""
+    (``routing.locate.HostingEvidence``: the fields are the same), with ``extra`` keys after it."""
     return {
         "status": hosting.status, "country": hosting.country, "ips": hosting.ips,
         "asn": hosting.asn, "org": hosting.org, "cdn": hosting.cdn,

@@ -9,17 +9,25 @@ statuses, the CLI into messages and exit codes). Nothing below knows about HTTP:
     │                            (a case already decided, a transition the lifecycle refuses)
     ├── NotAllowed               this person may not do this (role, four-eyes, own work)
     ├── Invalid                  the input is refused; ``fields`` names each field and why
-    └── Unavailable              a part the action needs is down (database, gpg, DNS);
-                                 the same request may succeed later
+    ├── Unavailable              a part the action needs is down (database, gpg, DNS);
+    │                            the same request may succeed later
+    └── Damaged                  what is stored, or the keys to read it, is broken: a fault
+        │                        of the gateway's (corruption, tampering, a wrong or missing
+        │                        keyring), not of the request; an operator must act
+        ├── sealing.cipher.SealBroken     a sealed value does not open (FormatBroken,
+        │                                 UnknownKey, TagMismatch)
+        ├── sealing.cipher.WrongKeyring   not the keyring the database was sealed with
+        └── sealing.keyring.KeyringError  missing, unreadable, readable by others, malformed
 
 Specific refusals that callers tell apart are subclasses: ``people.UnknownUser`` (NotFound),
-``routing.stage.CaseNotFound`` (NotFound), ``outbound.outbox.NotRetryable`` (Conflict).
+``routing.stage.CaseNotFound`` (NotFound), ``outbound.outbox.NotRetryable`` (Conflict), and
+the sealing errors above (Damaged, under ``gateway.store.sealing``).
 
 The edges, one mapping each: ``gateway.console.refusals.http_status`` (NotFound 404,
-Conflict 409, NotAllowed 403, Invalid 422 with ``fields``, Unavailable 503, any other 400) for
-the console's pages and API, and ``gateway.exits.refused`` for the CLI (a message on stderr;
-exit 2 for Invalid, 1 for the rest, 2 for every refusal of ``users`` and ``tokens``, which are
-about the names the operator typed).
+Conflict 409, NotAllowed 403, Invalid 422 with ``fields``, Unavailable 503, Damaged 500, any
+other 400) for the console's pages and API, and ``gateway.exits.refused`` for the CLI (a
+message on stderr; exit 2 for Invalid, 1 for the rest, 2 for every refusal of ``users`` and
+``tokens``, which are about the names the operator typed).
 
 Outside the tree, on purpose:
 
@@ -31,6 +39,8 @@ Outside the tree, on purpose:
   (a GeoIP database unreadable at start), ``outbound.gpg.GpgError`` (gpg said no),
   ``outbound.transports.Deferred``/``Rejected`` (the relay's 4xx/5xx, which the outbox turns
   into a retry or a failed referral), ``routing.resolve``'s private ``_Failed``/``_Final``.
+- ``gateway.console.securitykeys.NoRelyingParty``: the console is reached by an address
+  security keys cannot work with; the sign-in pages answer it on the spot.
 - Start-up and tooling: ``gateway.config.ConfigError`` (exit 2 with every problem),
   ``gateway.backup.BackupError``, ``gateway.doctor.Failed``, ``gateway.app.GatewayFailed``
   (a part died while serving), ``gateway.store.writer.WriterClosed`` (shutdown under way).
@@ -69,6 +79,12 @@ class Invalid(GatewayError):
 
 class Unavailable(GatewayError):
     """A part the action needs is down; trying again later may succeed."""
+
+
+class Damaged(GatewayError):
+    """Stored data, or the keys to read it, are broken (corruption, tampering, a keyring that
+    is missing or not this database's): the gateway's fault, not the request's; trying again
+    will not help until an operator acts."""
 
 
 #: PostgreSQL: serialization failure and deadlock (the transaction was chosen to lose).

@@ -271,15 +271,21 @@ def file_reports(
     """
     if not groups:
         return Filed({}, [])
-    initial = {kind: transition(None, event, NORMALISE).next
+    created = {kind: transition(None, event, NORMALISE)
                for kind, event in (("url", "file"), ("no_url", "file_no_url"))}
+    # The states a report may reopen, read before the statement that changes them (it hands
+    # back only the new row): each reopening's audit entry says from where, as move()'s do.
+    reopenable: dict[str, str] = {key: state for key, state in conn.execute(
+        select(cases.c.url_key, cases.c.status)
+        .where(cases.c.url_key.in_([group.key for group in groups]),
+               cases.c.status.in_(sources("report_again"))))}
     new_ids: dict[str, uuid.UUID] = {}
     parameters = []
     for group in groups:
         new_ids[group.key] = uuid7()
         kind = "url" if group.url is not None else "no_url"
         parameters.append({
-            "id": new_ids[group.key], "kind": kind, "status": initial[kind],
+            "id": new_ids[group.key], "kind": kind, "status": created[kind].next,
             "url_key": group.key, "url": group.url, "canonical_url": group.canonical,
             "report_count": group.count, "first_reported": group.first,
             "last_reported": group.last, "now": now,
@@ -293,12 +299,16 @@ def file_reports(
         ids[key] = case_id
         group = by_key[key]
         if case_id == new_ids[key]:
-            audit.append(AuditEntry(NORMALISE.name, "case.created", case_id,
-                                    {"submission": str(group.created_by)}))
-        elif utc(changed_at) == utc(now):  # only a reopening sets it to this ``now``
+            made = created["url" if group.url is not None else "no_url"]
+            audit.append(AuditEntry(NORMALISE.name, made.action, case_id, {
+                "from": None, "to": made.next, "submission": str(group.created_by)}))
+        elif key in reopenable and utc(changed_at) == utc(now):
+            # Only a reopening sets it to this ``now`` (of a case that was in a state to be).
+            found = transition(reopenable[key], "report_again", NORMALISE)
             supersede(conn, case_id, now=now, verdicts=True)
-            audit.append(AuditEntry(NORMALISE.name, "case.reopened", case_id,
-                                    {"submission": str(group.reopened_by)}))
+            audit.append(AuditEntry(NORMALISE.name, found.action, case_id, {
+                "from": found.state, "to": found.next,
+                "submission": str(group.reopened_by)}))
     if len(ids) != len(groups):
         raise RuntimeError("the database did not return every case it filed")
     record(conn, audit, at=now)

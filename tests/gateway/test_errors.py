@@ -10,20 +10,27 @@ from gateway.console.refusals import fields, http_status
 from gateway.exits import EXIT_FAILURE, EXIT_USAGE, refused
 from gateway.store.errors import (
     Conflict,
+    Damaged,
     GatewayError,
     Invalid,
     NotAllowed,
     NotFound,
     Unavailable,
 )
+from gateway.store.sealing.cipher import TagMismatch, WrongKeyring
+from gateway.store.sealing.keyring import KeyringError
 
 
 def test_each_refusal_has_its_http_status() -> None:
     """NotFound 404, Conflict 409, NotAllowed 403, Invalid 422 (with its fields),
-    Unavailable 503; the bare root 400."""
+    Unavailable 503, Damaged 500 (a broken seal or keyring: not the request's fault); the bare
+    root 400."""
     assert [http_status(cls("x")) for cls in (NotFound, Conflict, NotAllowed, Invalid,
-                                               Unavailable, GatewayError)] == [
-        404, 409, 403, 422, 503, 400]
+                                               Unavailable, Damaged, GatewayError)] == [
+        404, 409, 403, 422, 503, 500, 400]
+    assert http_status(TagMismatch(None, "the tag fails")) == 500
+    assert http_status(WrongKeyring("another keyring")) == 500
+    assert http_status(KeyringError("missing")) == 500
     assert fields(Invalid("bad", {"country": "two letters"})) == {"country": "two letters"}
     assert fields(Conflict("no")) == {}
 

@@ -205,7 +205,8 @@ async def test_reports_filed_together_count_each_and_reopen_once(
 ) -> None:
     """Several submissions filed in one transaction that name one removed case: each is
     counted and listed, the span covers them all, and the case reopens once, its audit entry
-    naming the report received after the removal (not the first filed, received before it)."""
+    naming the report received after the removal (not the first filed, received before it)
+    and, like a reopening by the console, the states it moved from and to."""
     await backend.transaction(partial(report, n=1, urls=[URL]))
     removed = T0 + timedelta(days=2)
     await set_status(engine, "removed", removed)
@@ -214,14 +215,15 @@ async def test_reports_filed_together_count_each_and_reopen_once(
     filed_at = T0 + timedelta(days=4)
 
     def together(conn: Connection) -> tuple[list[uuid.UUID], dict[uuid.UUID, list[uuid.UUID]],
-                                            list[tuple[str, str]]]:
+                                            list[tuple[str, str, str | None, str]]]:
         filing = Filing(conn, now=filed_at, legal_window=WINDOW)
         subs = []
         for n, at in enumerate(received, start=2):
             subs.append(new_submission(conn, n, at))
             filing.attach(subs[-1], at, [URL, other] if n == 2 else [URL])
         filed = filing.flush()
-        return subs, filed, [(e.action, e.details["submission"]) for e in filing.audit]
+        return subs, filed, [(e.action, e.details["submission"], e.details["from"],
+                              e.details["to"]) for e in filing.audit]
 
     subs, filed, audit = await backend.transaction(together)
     rows = {r["canonical_url"]: r for r in await case_rows(engine)}
@@ -232,8 +234,9 @@ async def test_reports_filed_together_count_each_and_reopen_once(
     assert reopened["last_reported"].replace(tzinfo=UTC) == T0 + timedelta(days=3)
     assert reopened["status_changed_at"].replace(tzinfo=UTC) == filed_at
     assert (created["status"], created["report_count"]) == ("new", 1)
-    assert sorted(audit) == sorted([("case.reopened", str(subs[1])),
-                                    ("case.created", str(subs[0]))])
+    assert sorted(audit, key=str) == sorted([("case.reopened", str(subs[1]), "removed", "new"),
+                                             ("case.created", str(subs[0]), None, "new")],
+                                            key=str)
     assert filed[subs[0]] == sorted([reopened["id"], created["id"]],
                                     key=lambda i: {reopened["id"]: url_key(URL.canonical),
                                                    created["id"]: url_key(other.canonical)}[i])

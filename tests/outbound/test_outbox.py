@@ -11,14 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.store.audit import CLI_ACTOR
 from gateway.store.backend import WriteBackend, open_write_backend
+from gateway.store.errors import NotAllowed
 from gateway.store.ids import uuid7
+from gateway.store.lifecycle import Actor
 from gateway.store.tables import cases, outbox, outbox_attempts, referrals, routing_decisions
 from outbound.gpg import Gpg
-from outbound.outbox import OutboxStage
+from outbound.outbox import OutboxStage, retry_failed
 from outbound.transports import FileTransport
 from tests.outbound.conftest import Keys, add_subkey, make_key, run_gpg
 
@@ -188,3 +191,32 @@ async def test_two_workers_deliver_each_item_once(
     assert await states(engine) == [("sent", 1)] * 24
     assert len(list((tmp_path / "out").glob("*.eml"))) == 24
     assert sum(w.sent for w in workers) == 24
+
+
+async def failed(backend: WriteBackend) -> None:
+    """Every referral failed, as the outbox leaves one the upstream refused."""
+
+    def work(conn: Any) -> None:
+        conn.execute(update(outbox).values(status="failed"))
+        conn.execute(update(referrals).values(status="failed", error="550 refused"))
+
+    await backend.transaction(work)
+
+
+async def test_only_a_supervisor_or_the_operator_retries_a_failed_referral(
+    engine: AsyncEngine, backend: WriteBackend
+) -> None:
+    """An analyst (or a stage) may not queue a failed referral again; a supervisor may, and so
+    may the operator's ``referrals retry`` (system:cli)."""
+    await queue(backend, 1)
+    await failed(backend)
+    async with engine.connect() as conn:
+        referral_id = (await conn.execute(select(referrals.c.id))).scalar_one()
+    for refused in (Actor("ana", "analyst"), Actor.system("route")):
+        with pytest.raises(NotAllowed):
+            await retry_failed(backend, referral_id, actor=refused, now=T0)
+    assert await states(engine) == [("failed", 0)]
+    for allowed in (Actor("sue", "supervisor"), Actor(CLI_ACTOR, "system")):
+        await retry_failed(backend, referral_id, actor=allowed, now=T0)
+        assert await states(engine) == [("pending", 0)]
+        await failed(backend)

@@ -229,6 +229,8 @@ async def test_refused_then_accepted_and_refused_for_good(
     assert status == 200 and shown["status"] == "queued"
     await referral_in(gw, second, "sent")
     assert (await api(gw, "POST", f"/api/v1/referrals/{referral_id}/retry", sue))[0] == 409
+    # A malformed id is no referral, as /referrals/{id} says.
+    assert (await api(gw, "POST", "/api/v1/referrals/not-an-id/retry", sue))[0] == 404
 
 
 async def test_an_upstream_that_is_down_gets_everything_when_it_returns(

@@ -30,7 +30,7 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from gateway.store.errors import GatewayError
+from gateway.store.errors import Damaged
 from gateway.store.sealing.keyring import KEY_ID_BYTES, DataKey, Keyring
 
 VERSION = 1
@@ -45,7 +45,7 @@ _PURPOSE = re.compile(r"[a-z][a-z0-9_.-]{0,62}")
 _CHECK_PLAINTEXT = b"hotline-gateway keyring check"
 
 
-class SealBroken(GatewayError):
+class SealBroken(Damaged):
     """A sealed value does not open; the message names the record and column, never the
     value. ``context`` is what it was opened as; ``key_id`` the key it names, when known."""
 
@@ -70,7 +70,7 @@ class TagMismatch(SealBroken):
     """The tag fails: altered, or copied from another record, column or key."""
 
 
-class WrongKeyring(GatewayError):
+class WrongKeyring(Damaged):
     """The keyring is not the one the database was sealed with (its check value says so)."""
 
 

@@ -32,8 +32,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from gateway.store.errors import GatewayError
+from gateway.store.errors import Damaged
 from gateway.store.files import sync_folder
+from gateway.store.times import iso
 
 FORMAT_VERSION = 1
 KEY_BYTES = 32  # AES-256; HMAC-SHA256 keys of the hash's block-size-safe length
@@ -48,7 +49,7 @@ LookupKeyState = Literal["current", "retired"]
 _CREDENTIAL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}")
 
 
-class KeyringError(GatewayError):
+class KeyringError(Damaged):
     """The keyring cannot be used: missing, unreadable, readable by others, or malformed."""
 
 
@@ -139,12 +140,12 @@ class Keyring:
             "hotline_gateway_keyring": FORMAT_VERSION,
             "note": NOTE,
             "data_keys": [
-                {"id": k.name, "state": k.state, "created_at": _iso(k.created_at),
+                {"id": k.name, "state": k.state, "created_at": iso(k.created_at),
                  "key": base64.b64encode(k.secret).decode("ascii")}
                 for k in self.data_keys
             ],
             "lookup_keys": [
-                {"version": k.version, "state": k.state, "created_at": _iso(k.created_at),
+                {"version": k.version, "state": k.state, "created_at": iso(k.created_at),
                  "key": base64.b64encode(k.secret).decode("ascii")}
                 for k in self.lookup_keys
             ],
@@ -185,10 +186,6 @@ class Keyring:
 
 
 # --- parsing members -----------------------------------------------------------------------
-
-
-def _iso(when: datetime) -> str:
-    return when.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _only(document: Mapping[str, Any], allowed: set[str], where: str) -> None:

@@ -1,0 +1,336 @@
+"""The sections of config.toml, one frozen, typed model each (``gateway.config`` puts them
+together into ``Config``, reads the file and names every problem); each section turns into the
+settings object of the package that uses it. Kept apart from ``gateway.config`` only to keep
+both files short.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import urllib.parse
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    model_validator,
+)
+
+from gateway.config_values import (
+    Country,
+    CredentialName,
+    DatabaseUrl,
+    Domain,
+    Duration,
+    Email,
+    Fingerprint,
+    HostName,
+    Listen,
+    MmdbPath,
+    Nameserver,
+    Network,
+    OptionalFullyQualified,
+    OptionalPath,
+    Origin,
+    PositiveDuration,
+    PositiveInt,
+    RpId,
+    Seconds,
+)
+from gateway.store.engine import DatabaseSettings
+from intake.smtp import SmtpSettings
+from intake.web import HttpSettings
+from outbound.transports import OutboundSettings
+from routing import destinations as routes
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+# --- sections ----------------------------------------------------------------------------
+
+
+class GatewayConfig(Section):
+    home_country: Country = "BE"
+    #: The hotline's name, as referrals give it ("from").
+    hotline_name: Annotated[str, Field(min_length=1, max_length=80)] = "Child Focus"
+    data_dir: OptionalPath = Field(default="var", validate_default=True)
+    reference_prefix: Annotated[str, Field(pattern=r"^[A-Z][A-Z0-9]{0,7}$")] = "CF"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    shutdown_grace: Duration = 10.0
+
+
+class DatabaseConfig(Section):
+    url: DatabaseUrl = Field(default="sqlite+aiosqlite:///var/gateway.db", validate_default=True)
+    busy_timeout: PositiveDuration = 5.0
+    statement_timeout: PositiveDuration = 30.0
+    pool_size: PositiveInt = 5
+    batch_max: Annotated[int, Field(gt=0, le=2000)] = 512
+
+    def settings(self) -> DatabaseSettings:
+        return DatabaseSettings(url=self.url, busy_timeout=self.busy_timeout,
+                                statement_timeout=self.statement_timeout,
+                                pool_size=self.pool_size)
+
+
+class TlsFiles(Section):
+    tls_cert: OptionalPath = None
+    tls_key: OptionalPath = None
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> TlsFiles:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key are set together or not at all")
+        return self
+
+
+def _line_within_message(value: int, info: ValidationInfo) -> int:
+    """``smtp.max_line_bytes`` no greater than ``smtp.max_message_bytes`` (validated before it)."""
+    message = info.data.get("max_message_bytes")  # absent when itself invalid
+    if message is not None and value > message:
+        raise ValueError(f"{value} is more than max_message_bytes ({message}): a line cannot "
+                         "be longer than the message")
+    return value
+
+
+class SmtpConfig(TlsFiles):
+    listen: list[Listen] = Field(
+        default=["127.0.0.1:2525"], validate_default=True, min_length=1
+    )
+    hostname: HostName = "report.hotline.test"
+    recipients: list[Annotated[Email, AfterValidator(str.lower)]] = Field(
+        default=["report@hotline.test"], min_length=1
+    )
+    max_message_bytes: PositiveInt = 10 * 1024 * 1024
+    #: Longest line taken (CRLF not counted): real mailers send unwrapped HTML far beyond
+    #: RFC 5322's 998; at least that many are always taken.
+    max_line_bytes: Annotated[int, Field(ge=998, le=64 * 1024 * 1024, validate_default=True),
+                              AfterValidator(_line_within_message)] = 64 * 1024
+    max_connections: PositiveInt = 100
+    #: Connections one source (an IPv4 address, an IPv6 /64) may hold at once; an IPv6 /48
+    #: twice that (intake/smtpdoor.py).
+    max_connections_per_source: PositiveInt = 10
+    #: A relay of the hotline's own in front: its connections count only against
+    #: max_connections, its messages against no per-source rate.
+    trusted_relays: list[Network] = []
+    #: Messages one source may send a minute (a burst of as many, then that rate).
+    messages_per_minute_per_source: Annotated[int, Field(ge=1, le=100_000)] = 60
+    timeout: Seconds = 300.0
+    #: The longest one session may last, whatever it sends (NOOP does not extend it).
+    max_session_time: Seconds = 600.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _line_default_within_message(cls, data: Any) -> Any:
+        """Left unset, max_line_bytes is at most the message limit (a line cannot be longer
+        than the message); set explicitly above it, it is an error naming the key."""
+        if isinstance(data, dict) and "max_line_bytes" not in data:
+            message = data.get("max_message_bytes")
+            if isinstance(message, int) and 998 <= message < 64 * 1024:
+                return {**data, "max_line_bytes": message}
+        return data
+
+    def settings(self) -> SmtpSettings:
+        return SmtpSettings(
+            listen=tuple(self.listen), hostname=self.hostname,
+            max_message_bytes=self.max_message_bytes, max_line_bytes=self.max_line_bytes,
+            max_connections=self.max_connections,
+            max_connections_per_source=self.max_connections_per_source,
+            trusted_relays=tuple(self.trusted_relays), timeout=self.timeout,
+            max_session_time=self.max_session_time, tls_cert=self.tls_cert, tls_key=self.tls_key)
+
+
+class HttpConfig(TlsFiles):
+    listen: list[Listen] = Field(default=["127.0.0.1:8080"], validate_default=True)
+    trusted_proxies: list[Network] = []
+    #: Reports one client may send per minute (a burst of as many, then that rate).
+    reports_per_minute: Annotated[int, Field(ge=1, le=10_000)] = 10
+    #: Largest request body accepted; larger ones get 413 before they are read.
+    max_body_bytes: Annotated[int, Field(ge=1024, le=10 * 1024 * 1024)] = 64 * 1024
+    #: The origin browsers see the form at (``https://report.hotline.test``), when a TLS
+    #: proxy serves it; empty: the origin each request was addressed to.
+    public_origin: Origin = None
+
+    def settings(self) -> HttpSettings:
+        return HttpSettings(
+            listen=tuple(self.listen), trusted_proxies=tuple(self.trusted_proxies),
+            reports_per_minute=self.reports_per_minute, max_body_bytes=self.max_body_bytes,
+            public_origin=self.public_origin, tls_cert=self.tls_cert, tls_key=self.tls_key)
+
+
+class ConsoleConfig(TlsFiles):
+    listen: list[Listen] = Field(default=["127.0.0.1:8081"], validate_default=True)
+    #: A session ends after this long without a request, and this long after login anyway.
+    session_idle: PositiveDuration = 30 * 60.0
+    session_max: PositiveDuration = 12 * 3600.0
+    #: After ``lockout_after`` wrong codes in a row with the right password, an account's
+    #: next login attempt waits ``lockout``, doubling with every further one up to 10 minutes.
+    #: Wrong passwords never slow the account, only the address they come from.
+    lockout_after: Annotated[int, Field(ge=1, le=100)] = 5
+    lockout: PositiveDuration = 60.0
+    #: X-Forwarded-For names the client (for the login throttle) only from these proxies.
+    trusted_proxies: list[Network] = []
+    #: Cookies are marked Secure when the console is served over TLS, here or by a proxy
+    #: in front of it ("auto": when tls_cert is set).
+    secure_cookies: Literal["auto", "always"] = "auto"
+    #: The origin staff browsers see the console at (``https://console.hotline.test``),
+    #: for security keys (WebAuthn); empty: keys work only at http://localhost:PORT (a local
+    #: demo), never at the origin a request's Host names.
+    public_origin: Origin = None
+    #: The WebAuthn relying party id security keys are registered for: the origin's host or
+    #: a domain it is under; empty: public_origin's host. Needs public_origin.
+    rp_id: RpId = None
+    #: Supervisors and admins log in with a security key, not with a TOTP code alone (one
+    #: without a key may log in with a code only to register one).
+    require_security_key: bool = False
+
+    @model_validator(mode="after")
+    def _rp_id_of_origin(self) -> ConsoleConfig:
+        # The expected origin is never taken from a request's Host: with rp_id alone, a
+        # lookalike name under it (evil.<rp_id>) pointed at the console could use a key.
+        if self.rp_id is not None and self.public_origin is None:
+            raise ValueError("rp_id needs public_origin (the origin staff browsers reach the "
+                             "console at): set [console] public_origin")
+        if self.require_security_key and self.public_origin is None and not all(
+                _loopback(host) for host, _ in self.listen):
+            raise ValueError("require_security_key needs public_origin when the console "
+                             "listens beyond loopback (keys work only at the configured "
+                             "origin): set [console] public_origin")
+        host = urllib.parse.urlsplit(self.public_origin or "").hostname
+        if self.rp_id is not None and host is not None and not (
+                host == self.rp_id or host.endswith("." + self.rp_id)):
+            raise ValueError(f"rp_id {self.rp_id!r} is neither public_origin's host nor a "
+                             "domain it is under")
+        return self
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class AdminConfig(Section):
+    listen: list[Listen] = Field(default=["127.0.0.1:9100"], validate_default=True)
+
+
+class LocateOverride(Section):
+    network: Network | None = None
+    domain: Domain | None = None
+    country: Country
+
+    @model_validator(mode="after")
+    def _one_target(self) -> LocateOverride:
+        if (self.network is None) == (self.domain is None):
+            raise ValueError("an override names exactly one of network or domain")
+        return self
+
+
+class LocateConfig(Section):
+    nameservers: list[Nameserver] = []
+    geoip_db: MmdbPath = "builtin"
+    asn_db: MmdbPath = "builtin"
+    cdn_asns: list[PositiveInt] = [13335, 16509, 54113, 20940]
+    override: list[LocateOverride] = []
+    #: How long one name's lookup (A and AAAA, all nameservers) may take.
+    timeout: PositiveDuration = 5.0
+    #: Names looked up at once; a slow name holds one of these, never the queue.
+    concurrency: Annotated[int, Field(ge=1, le=1000)] = 64
+    #: Failed lookups (SERVFAIL, timeouts) are retried after ``retry_after``, doubling up to
+    #: ``retry_max``; after ``max_attempts`` the case is flagged ``locate_failed`` (and still
+    #: retried at ``retry_max``).
+    retry_after: PositiveDuration = 30.0
+    retry_max: PositiveDuration = 3600.0
+    max_attempts: Annotated[int, Field(ge=1, le=100)] = 5
+
+
+class GpgConfig(Section):
+    home: OptionalPath = Field(default="var/gnupg", validate_default=True)
+    signing_key: Fingerprint = ""
+    #: The key referrals are also encrypted to (``outbound.encrypt_to_self``), so that the
+    #: hotline's staff can read what was sent; empty: the signing key's encryption subkey.
+    archive_key: Fingerprint = ""
+    passphrase_file: OptionalPath = None
+    warn_days: PositiveInt = 30
+
+
+class OutboundConfig(Section):
+    transport: Literal["smtp", "file"] = "smtp"
+    file_dir: OptionalPath = Field(default="var/outbox", validate_default=True)
+    from_address: Email = "referrals@hotline.test"
+    smtp_host: str = "127.0.0.1"
+    smtp_port: Annotated[int, Field(ge=1, le=65535)] = 25
+    tls: Literal["starttls", "implicit", "none"] = "starttls"
+    #: Certificates of the upstream server are checked against the system's CAs, or these.
+    tls_ca_file: OptionalPath = None
+    max_attempt_age: Duration = 3 * 86400.0
+    #: Delivery retries wait retry_after, doubling (with jitter) up to retry_max.
+    retry_after: PositiveDuration = 60.0
+    retry_max: PositiveDuration = 3600.0
+    timeout: PositiveDuration = 60.0
+    #: The name given in EHLO when referrals leave; unset, the [smtp] hostname (the hotline's
+    #: public mail name), which must then be fully qualified.
+    helo_name: OptionalFullyQualified = None
+    #: Every referral is also encrypted to the hotline's own key (``gpg.archive_key``, else
+    #: ``gpg.signing_key``); a referral is held while that key cannot encrypt.
+    encrypt_to_self: bool = True
+
+    def settings(self) -> OutboundSettings:
+        return OutboundSettings(
+            transport=self.transport, file_dir=self.file_dir, smtp_host=self.smtp_host,
+            smtp_port=self.smtp_port, tls=self.tls, tls_ca_file=self.tls_ca_file,
+            timeout=self.timeout, helo_name=self.helo_name)
+
+
+class Destination(Section):
+    email: Email
+    key: Fingerprint
+
+    def settings(self) -> routes.Destination:
+        return routes.Destination(email=self.email, key=self.key)
+
+
+class RoutingConfig(Section):
+    destinations: dict[Literal["police", "police_international"], Destination] = {}
+    hotlines: dict[Country, Destination] = {}
+    #: Corrections to the shipped INHOPE membership list: true adds a country, false removes.
+    membership: dict[Country, bool] = {}
+
+    def settings(self) -> routes.Destinations:
+        return routes.Destinations(
+            named={name: d.settings() for name, d in self.destinations.items()},
+            hotlines={country: d.settings() for country, d in self.hotlines.items()})
+
+
+class AssessmentConfig(Section):
+    four_eyes: bool = False
+
+
+class RetentionConfig(Section):
+    raw_message_days: PositiveInt = 30
+    reporter_contact_days: PositiveInt = 90
+
+
+class IntakeConfig(Section):
+    attachments: Literal["hash-and-discard", "reject"] = "hash-and-discard"
+    keep_reporter_ip: bool = False
+    legal_window_days: PositiveInt = 180
+    normalise: Literal["serve", "separate"] = "serve"
+
+
+class DataConfig(Section):
+    """The keys that seal what the database holds (gateway/store/sealing, docs/encryption.md)."""
+
+    #: The keyring file (mode 0600; refused if group or others may read it).
+    keyring: OptionalPath = Field(default="var/data-keys.json", validate_default=True)
+    #: Under systemd, a credential of this name (``LoadCredentialEncrypted=NAME:FILE``) read
+    #: from ``$CREDENTIALS_DIRECTORY`` instead of the file; empty: none.
+    credential: CredentialName = None
