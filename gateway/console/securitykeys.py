@@ -143,6 +143,16 @@ def _when(moment: datetime | None) -> str:
     return utc(moment).strftime("%Y-%m-%d %H:%M UTC")
 
 
+async def _to_key_login(request: web.Request) -> web.Response:
+    """End this session (opened by code) and send its user to log in again, with the key."""
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie:
+        await request.app[CONSOLE].sessions.end(cookie)
+    response = web.Response(status=303, headers={"Location": "/login"})
+    response.del_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
 def _credential(form: Any) -> str | None:
     text = form.get("credential")
     if not isinstance(text, str) or not text.strip() or len(text) > MAX_CREDENTIAL:
@@ -241,12 +251,7 @@ async def register_submit(request: web.Request) -> web.StreamResponse:
     log.info("console.security_key_added", user=staff.name)
     if console.security_keys.required_for(staff.role) and session.factor != "key":
         # Logged in by code to register a key: from now on, the key logs this user in.
-        cookie = request.cookies.get(SESSION_COOKIE)
-        if cookie:
-            await console.sessions.end(cookie)
-        response = web.Response(status=303, headers={"Location": "/login"})
-        response.del_cookie(SESSION_COOKIE, path="/")
-        return response
+        return await _to_key_login(request)
     return await _keys_page(request, done=f"The key “{name}” is registered.")
 
 
@@ -404,12 +409,7 @@ async def require_keys(request: web.Request, handler: Handler) -> web.StreamResp
             or session.factor == "key":
         return await handler(request)
     if await keystore.count_keys(console.backend, session.staff.id) > 0:
-        cookie = request.cookies.get(SESSION_COOKIE)
-        if cookie:
-            await console.sessions.end(cookie)
-        response = web.Response(status=303, headers={"Location": "/login"})
-        response.del_cookie(SESSION_COOKIE, path="/")
-        return response
+        return await _to_key_login(request)
     if request.path.startswith(ENROLMENT_PATHS):
         return await handler(request)
     raise web.HTTPSeeOther(KEYS_PAGE)
