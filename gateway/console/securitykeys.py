@@ -18,6 +18,10 @@ without a key (a new account, or one whose lost key an admin removed) may log in
 code, but only to register a key: every other page sends them to their keys page, and once a
 key is registered that session ends and they log in with it. Sessions made by code before
 the setting was on end the same way.
+
+Longer than 400 lines on purpose: the two ceremonies (registration, login) and the middleware
+that enforces the requirement share their checks of origin, challenge and counter, and are
+read together when the rules change; the storage half is ``keystore``.
 """
 
 from __future__ import annotations
