@@ -44,9 +44,9 @@ import dns.nameserver  # noqa: E402
 import dns.resolver  # noqa: E402
 
 from gateway import config as config_module  # noqa: E402
+from gateway.database import open_database  # noqa: E402
 from gateway.store import migrate  # noqa: E402
 from gateway.store.backend import open_write_backend  # noqa: E402
-from gateway.store.engine import open_engine  # noqa: E402
 from gateway.store.ids import uuid7  # noqa: E402
 from gateway.store.tables import cases  # noqa: E402
 from routing.geo import open_geolocator  # noqa: E402
@@ -130,7 +130,7 @@ async def stage_side(port: int, hosts: list[str], concurrency: int) -> float:
     with tempfile.TemporaryDirectory() as folder:
         config = config_module.parse(
             {"database": {"url": "sqlite+aiosqlite:///bench.db"}}, base=Path(folder))
-        engine = await open_engine(config.database.settings())
+        engine = await open_database(config)
         await migrate.upgrade(engine)
         backend = await open_write_backend(engine)
         moment = datetime(2026, 11, 1, tzinfo=UTC)

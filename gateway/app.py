@@ -39,6 +39,7 @@ from gateway.compose import (
 )
 from gateway.config import Config, ConfigError
 from gateway.console.web import ConsoleServer, make_console
+from gateway.database import load_sealer, open_database
 from gateway.lifecycle import Lifecycle
 from gateway.metrics import Metrics
 from gateway.notify import Notifier
@@ -46,8 +47,8 @@ from gateway.retention import DailyRetention
 from gateway.stats import StatsCache
 from gateway.store import migrate
 from gateway.store.backend import open_write_backend
-from gateway.store.engine import open_engine
 from gateway.store.references import ReferenceAllocator
+from gateway.store.sealed import bind_sealer
 from gateway.store.writer import SubmissionWriter
 from intake.normalise import NormaliseStage
 from intake.smtp import SmtpServer, quiet_aiosmtpd_logs
@@ -121,7 +122,7 @@ async def normalise(
     stage dies, ``GatewayFailed`` after an orderly stop."""
     reason: str | None = None
     async with Lifecycle(config.gateway.shutdown_grace + config.database.busy_timeout) as parts:
-        engine = await open_engine(config.database.settings())
+        engine = await open_database(config)
         parts.on_close(engine.dispose)
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="normalise")
         parts.on_close(lambda: asyncio.to_thread(executor.shutdown, wait=True,
@@ -156,8 +157,10 @@ async def running(
     step_seconds = config.gateway.shutdown_grace + config.database.busy_timeout
     async with Lifecycle(step_seconds) as parts:
         if engine is None:
-            engine = await open_engine(config.database.settings())
+            engine = await open_database(config)
             parts.on_close(engine.dispose)
+        else:
+            bind_sealer(engine, await load_sealer(config))
         # gpg runs as subprocesses that a thread waits on: a few at once, never on the loop.
         gpg_executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="gpg")
         parts.on_close(lambda: asyncio.to_thread(gpg_executor.shutdown, wait=True,

@@ -27,6 +27,7 @@ from gateway.app import GatewayFailed, normalise, serve
 from gateway.backup import BackupError, backup
 from gateway.config import Config, ConfigError
 from gateway.console.accounts import utcnow
+from gateway.database import open_database
 from gateway.demo import setup_demo
 from gateway.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, refused
 from gateway.notify import Notifier
@@ -36,7 +37,6 @@ from gateway.store import migrate
 from gateway.store.audit import CLI_ACTOR
 from gateway.store.audit import verify as verify_audit
 from gateway.store.backend import WriteBackend, open_write_backend
-from gateway.store.engine import open_engine
 from gateway.store.errors import GatewayError
 from gateway.store.lifecycle import Actor
 from outbound.outbox import retry_failed
@@ -203,7 +203,7 @@ def _cmd_db(args: argparse.Namespace) -> int:
     config = _load(args)
 
     async def run() -> tuple[str | None, str | None]:
-        engine = await open_engine(config.database.settings())
+        engine = await open_database(config)
         try:
             before = await migrate.current(engine)
             await migrate.upgrade(engine)
@@ -227,7 +227,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     config = _load(args)
 
     async def run() -> dict[str, object]:
-        engine = await open_engine(config.database.settings())
+        engine = await open_database(config)
         try:
             return await collect_stats(engine)
         finally:
@@ -248,7 +248,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 
 
 async def _with_connection(config: Config, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-    engine = await open_engine(config.database.settings())
+    engine = await open_database(config)
     try:
         async with engine.connect() as conn:
             return await work(conn)
@@ -257,7 +257,7 @@ async def _with_connection(config: Config, work: Callable[[AsyncConnection], Awa
 
 
 async def _with_backend(config: Config, work: Callable[[WriteBackend], Awaitable[T]]) -> T:
-    engine = await open_engine(config.database.settings())
+    engine = await open_database(config)
     backend = await open_write_backend(engine, busy_timeout=config.database.busy_timeout)
     try:
         return await work(backend)

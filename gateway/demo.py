@@ -14,9 +14,9 @@ from sqlalchemy import select
 
 from gateway.config import Config
 from gateway.console.accounts import add_user, utcnow
+from gateway.database import open_database
 from gateway.store import migrate
 from gateway.store.backend import open_write_backend
-from gateway.store.engine import open_engine
 from gateway.store.sealing import create_keyring
 from gateway.store.tables import users
 
@@ -92,7 +92,7 @@ async def setup_demo(config: Config) -> list[str]:
     _make_dir(config.gpg.home, 0o700, lines, "gpg home")
     if config.outbound.transport == "file":
         _make_dir(config.outbound.file_dir, 0o750, lines, "file outbox")
-    engine = await open_engine(config.database.settings())
+    engine = await open_database(config)
     try:
         before = await migrate.current(engine)
         await migrate.upgrade(engine)

@@ -20,8 +20,8 @@ from sqlalchemy import text
 
 from gateway.checks import file_problems
 from gateway.config import Config
+from gateway.database import open_database
 from gateway.store import migrate
-from gateway.store.engine import open_engine
 
 Check = Callable[[], Awaitable[str]]
 
@@ -31,7 +31,7 @@ class Failed(Exception):
 
 
 async def _database(config: Config) -> str:
-    engine = await open_engine(config.database.settings())
+    engine = await open_database(config)
     try:
         current, head = await migrate.current(engine), migrate.head()
         async with engine.begin() as conn:

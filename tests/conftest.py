@@ -22,8 +22,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway import config as config_module
 from gateway.config import Config
+from gateway.database import open_database
 from gateway.store import migrate
-from gateway.store.engine import open_engine
+from gateway.store.sealing import create_keyring
 from tests.dns_server import DnsServer, Zone, free_udp_port
 from tests.locating import build_mmdb, standard_zone
 
@@ -75,7 +76,12 @@ def make_config(tmp_path: Path) -> ConfigFactory:
             # Nothing answers there: tests never ask a real resolver about reported hosts.
             "locate": {"nameservers": [f"127.0.0.1:{free_udp_port()}"], "timeout": "500ms"},
         }
-        return config_module.parse(_merge(base, sections), base=tmp_path)
+        config = config_module.parse(_merge(base, sections), base=tmp_path)
+        # Every test's database is sealed with a keyring of its own, made once per test.
+        if config.data.keyring is not None and not config.data.keyring.exists():
+            config.data.keyring.parent.mkdir(parents=True, exist_ok=True)
+            create_keyring(config.data.keyring)
+        return config
 
     return factory
 
@@ -124,7 +130,7 @@ async def engine(
 ) -> AsyncIterator[AsyncEngine]:
     """A migrated engine on a real database: a SQLite file, or a fresh PostgreSQL schema."""
     if request.param == "sqlite":
-        eng = await open_engine(make_config().database.settings())
+        eng = await open_database(make_config())
         await migrate.upgrade(eng)
         with no_blocking_calls(request):
             yield eng
@@ -132,8 +138,7 @@ async def engine(
         return
     schema = PgSchema(PG_URL)
     await schema.create()
-    eng = await open_engine(make_config(database={"url": PG_URL}).database.settings(),
-                            **schema.connect_args)
+    eng = await open_database(make_config(database={"url": PG_URL}), **schema.connect_args)
     try:
         await migrate.upgrade(eng)
         with no_blocking_calls(request):

@@ -26,6 +26,17 @@ def daemon_config(*, grace: str = "3s", nameserver: str | None = None, locate: s
             f'[locate]\nnameservers = ["{resolver}"]\n{locate}{extra}')
 
 
+def ensure_keyring(config_path: Path) -> None:
+    """The keyring the config names, made if it is not there yet (as ``setup-demo`` would)."""
+    from gateway import config as config_module
+    from gateway.store.sealing import create_keyring
+
+    keyring = config_module.load(config_path).data.keyring
+    if keyring is not None and not keyring.exists():
+        keyring.parent.mkdir(parents=True, exist_ok=True)
+        create_keyring(keyring)
+
+
 class Daemon:
     """One ``serve`` process; knows its SMTP port from the READY status line."""
 
@@ -40,6 +51,7 @@ class Daemon:
         self.messages: list[str] = []
         self.smtp_port = 0
         self.console_port = 0
+        ensure_keyring(config_path)
 
     async def start(self, timeout: float = 30, env: dict[str, str] | None = None) -> None:
         env = {**os.environ, "NOTIFY_SOCKET": str(self.notify_path), **(env or {})}

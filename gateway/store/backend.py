@@ -22,6 +22,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.store.engine import IMMEDIATE, configure_sqlite
+from gateway.store.sealed import bind_sealer, bound_sealer
 
 T = TypeVar("T")
 
@@ -50,6 +51,9 @@ class ThreadedSqlite:
             pool_reset_on_return=None, hide_parameters=True,
         )
         configure_sqlite(sync, busy_timeout=busy_timeout)
+        # The same database, so the same keys (gateway.store.sealed).
+        if (sealer := bound_sealer(engine)) is not None:
+            bind_sealer(sync, sealer)
         return cls(sync)
 
     def _run(self, work: Callable[[Connection], T]) -> T:

@@ -21,6 +21,12 @@ from sqlalchemy import (
     false,
 )
 
+#: Marks of the columns whose values are sealed at rest (``gateway.store.sealed``): the text
+#: form in Text columns and JSON documents, the sealed bytes in LargeBinary ones.
+SEALED_TEXT = {"sealed": "text"}
+SEALED_BYTES = {"sealed": "bytes"}
+SEALED_JSON = {"sealed": "json"}
+
 metadata = MetaData(
     naming_convention={
         "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -41,27 +47,27 @@ submissions = Table(
     Column("channel", String(16), nullable=False),
     Column("status", String(24), nullable=False, server_default="received"),
     Column("received_at", DateTime(timezone=True), nullable=False),
-    Column("mail_from", Text, nullable=True),
+    Column("mail_from", Text, nullable=True, info=SEALED_TEXT),
     Column("rcpt_tos", JSON, nullable=False),
-    Column("helo", Text, nullable=True),
-    Column("peer_ip", String(45), nullable=True),
-    Column("message_id", Text, nullable=True),
+    Column("helo", Text, nullable=True, info=SEALED_TEXT),
+    Column("peer_ip", Text, nullable=True, info=SEALED_TEXT),
+    Column("message_id", Text, nullable=True, info=SEALED_TEXT),
     Column("body_sha256", String(64), nullable=False),
-    Column("dedup_key", String(64), nullable=True, unique=True),
+    Column("dedup_key", String(72), nullable=True, unique=True),
     Column("raw_size", Integer, nullable=False),
-    Column("raw", LargeBinary, nullable=True),
+    Column("raw", LargeBinary, nullable=True, info=SEALED_BYTES),
     # Normalising (one worker at a time holds a submission, until claimed_until).
     Column("claimed_by", String(64), nullable=True),
     Column("claimed_until", DateTime(timezone=True), nullable=True),
     Column("parsed_at", DateTime(timezone=True), nullable=True),
-    Column("parse_error", Text, nullable=True),
-    Column("subject", Text, nullable=True),
-    Column("report_text", Text, nullable=True),
-    Column("attachments", JSON, nullable=True),
+    Column("parse_error", Text, nullable=True, info=SEALED_TEXT),
+    Column("subject", Text, nullable=True, info=SEALED_TEXT),
+    Column("report_text", Text, nullable=True, info=SEALED_TEXT),
+    Column("attachments", JSON, nullable=True, info=SEALED_JSON),
     Column("url_count", Integer, nullable=True),
     # What normalising could not file, and why, for the analysts: a list of objects such as
     # {"flag": "urls_over_cap", "found": 10000, "filed": 200} (intake.normalise says which).
-    Column("flags", JSON, nullable=True),
+    Column("flags", JSON, nullable=True, info=SEALED_JSON),
     Index(None, "status", "received_at"),
 )
 
@@ -75,8 +81,8 @@ cases = Table(
     Column("kind", String(8), nullable=False),
     Column("status", String(24), nullable=False),
     Column("url_key", String(72), nullable=False, unique=True),
-    Column("url", Text, nullable=True),
-    Column("canonical_url", Text, nullable=True),
+    Column("url", Text, nullable=True, info=SEALED_TEXT),
+    Column("canonical_url", Text, nullable=True, info=SEALED_TEXT),
     Column("report_count", Integer, nullable=False),
     Column("first_reported", DateTime(timezone=True), nullable=False),
     Column("last_reported", DateTime(timezone=True), nullable=False),
@@ -89,7 +95,7 @@ cases = Table(
     Column("claimed_until", DateTime(timezone=True), nullable=True),
     Column("locate_attempts", Integer, nullable=False, server_default="0"),
     Column("locate_after", DateTime(timezone=True), nullable=True),
-    Column("locate_error", Text, nullable=True),
+    Column("locate_error", Text, nullable=True, info=SEALED_TEXT),
     # The analyst a supervisor gave the case to (anyone may take it when empty).
     Column("assigned_to", Uuid, nullable=True),
     # Why a case is ``held`` (the rule id: hold-unknown-hosting, hold-no-key, …).
@@ -106,7 +112,7 @@ hosting_evidence = Table(
     Column("case_id", Uuid, ForeignKey("cases.id"), nullable=False),
     Column("checked_at", DateTime(timezone=True), nullable=False),
     Column("trigger", String(16), nullable=False),  # "auto" or "relocate"
-    Column("host", Text, nullable=False),
+    Column("host", Text, nullable=False, info=SEALED_TEXT),
     Column("resolver", Text, nullable=False),
     # answer | nxdomain | no_answer | failed | ip_literal
     Column("outcome", String(16), nullable=False),
@@ -117,11 +123,12 @@ hosting_evidence = Table(
     Column("org", Text, nullable=True),
     Column("cdn", Boolean, nullable=False),
     Column("source", String(16), nullable=True),  # geoip | override
-    Column("ips", JSON, nullable=False),
-    Column("records", JSON, nullable=False),  # the DNS answers, with their TTLs
-    Column("addresses", JSON, nullable=False),  # per address: country, ASN, where from
+    Column("ips", JSON, nullable=False, info=SEALED_JSON),
+    Column("records", JSON, nullable=False, info=SEALED_JSON),  # DNS answers, with their TTLs
+    # Per address: country, ASN, where from.
+    Column("addresses", JSON, nullable=False, info=SEALED_JSON),
     Column("databases", JSON, nullable=False),  # which databases, built when
-    Column("error", Text, nullable=True),
+    Column("error", Text, nullable=True, info=SEALED_TEXT),
     Index(None, "case_id", "checked_at"),
 )
 
@@ -133,8 +140,8 @@ case_reports = Table(
     Column("case_id", Uuid, ForeignKey("cases.id"), nullable=False),
     Column("submission_id", Uuid, ForeignKey("submissions.id"), nullable=False),
     Column("reported_at", DateTime(timezone=True), nullable=False),
-    Column("written_as", Text, nullable=True),
-    Column("url", Text, nullable=True),
+    Column("written_as", Text, nullable=True, info=SEALED_TEXT),
+    Column("url", Text, nullable=True, info=SEALED_TEXT),
     UniqueConstraint("case_id", "submission_id"),
     Index(None, "submission_id"),
 )
@@ -157,7 +164,7 @@ users = Table(
     Column("name", String(64), nullable=False, unique=True),
     Column("role", String(16), nullable=False),  # analyst | supervisor | admin
     Column("password_hash", Text, nullable=False),
-    Column("totp_secret", String(64), nullable=False),
+    Column("totp_secret", Text, nullable=False, info=SEALED_TEXT),
     Column("totp_last_step", BigInteger, nullable=True),
     # Set for the one-time password ``users add`` prints: changed at the first login.
     Column("must_change_password", Boolean, nullable=False, server_default=false()),
@@ -235,7 +242,7 @@ assessments = Table(
     Column("verdict", String(16), nullable=False),  # illegal | legal
     Column("classification", String(16), nullable=False),
     Column("hosting_country", String(2), nullable=True),
-    Column("note", Text, nullable=True),
+    Column("note", Text, nullable=True, info=SEALED_TEXT),
     Column("created_at", DateTime(timezone=True), nullable=False),
     # pending_approval | final | superseded (a reopened case's earlier verdict)
     Column("status", String(24), nullable=False),
@@ -254,7 +261,7 @@ routing_changes = Table(
     Column("case_id", Uuid, ForeignKey("cases.id"), nullable=False),
     Column("assessment_id", Uuid, ForeignKey("assessments.id"), nullable=False),
     Column("country", String(2), nullable=False),
-    Column("facts", JSON, nullable=False),
+    Column("facts", JSON, nullable=False, info=SEALED_JSON),
     Column("status", String(16), nullable=False),  # pending|approved|rejected|applied|superseded
     Column("proposed_by", Uuid, ForeignKey("users.id"), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
@@ -272,7 +279,7 @@ audit_log = Table(
     Column("actor", String(80), nullable=False),  # a user's name, or "system:<stage>"
     Column("action", String(40), nullable=False),
     Column("case_id", Uuid, nullable=True),
-    Column("details", JSON, nullable=False),
+    Column("details", JSON, nullable=False, info=SEALED_JSON),
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
     Index(None, "case_id"),
@@ -289,8 +296,8 @@ routing_decisions = Table(
     Column("rule", String(32), nullable=False),
     Column("outcome", String(16), nullable=False),  # refer | iccam | hold | close
     Column("destination", String(32), nullable=True),  # police | police_international | hotline:NL
-    Column("facts", JSON, nullable=False),
-    Column("explanation", Text, nullable=False),
+    Column("facts", JSON, nullable=False, info=SEALED_JSON),
+    Column("explanation", Text, nullable=False, info=SEALED_TEXT),
     Column("superseded", Boolean, nullable=False, server_default=false()),
     Index(None, "case_id", "created_at"),
 )
@@ -312,7 +319,7 @@ referrals = Table(
     Column("status", String(16), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("sent_at", DateTime(timezone=True), nullable=True),
-    Column("error", Text, nullable=True),
+    Column("error", Text, nullable=True, info=SEALED_TEXT),
     UniqueConstraint("case_id", "destination"),
 )
 
@@ -330,7 +337,7 @@ outbox = Table(
     Column("next_attempt_at", DateTime(timezone=True), nullable=False),
     Column("claimed_by", String(64), nullable=True),
     Column("claimed_until", DateTime(timezone=True), nullable=True),
-    Column("last_error", Text, nullable=True),
+    Column("last_error", Text, nullable=True, info=SEALED_TEXT),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("sent_at", DateTime(timezone=True), nullable=True),
     Index(None, "status", "next_attempt_at"),
@@ -344,6 +351,16 @@ outbox_attempts = Table(
     Column("outbox_id", Uuid, ForeignKey("outbox.id"), nullable=False),
     Column("at", DateTime(timezone=True), nullable=False),
     Column("outcome", String(16), nullable=False),  # sent | deferred | failed
-    Column("detail", Text, nullable=True),
+    Column("detail", Text, nullable=True, info=SEALED_TEXT),
     Index(None, "outbox_id"),
+)
+
+# What sealing keeps in the database: the keyring check value (``check``), and the progress of
+# sealing an older database or re-sealing under a new key (``gateway.store.sealing``).
+sealing_state = Table(
+    "sealing_state",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
 )

@@ -16,8 +16,8 @@ from sqlalchemy import insert
 
 from gateway import config as config_module
 from gateway.cli import main
+from gateway.database import open_database
 from gateway.store import migrate
-from gateway.store.engine import open_engine
 from gateway.store.tables import cases
 from tests.conftest import serving
 from tests.dns_server import free_udp_port
@@ -223,7 +223,7 @@ async def test_cases_list_and_show_escape_stored_text(
     assert await asyncio.to_thread(main, ["--config", str(path), "db", "upgrade"]) == 0
     url = "http://nl.test/invoice\u202efdp.exe\x1b]0;owned\x07\x7f\x9b2J"
     case_id = uuid.uuid4()
-    engine = await open_engine(config_module.load(path).database.settings())
+    engine = await open_database(config_module.load(path))
     try:
         async with engine.begin() as conn:
             now = datetime.now(UTC)

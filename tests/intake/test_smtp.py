@@ -18,7 +18,7 @@ import trustme
 from sqlalchemy import func, select
 
 from gateway.app import Gateway, running
-from gateway.store.engine import open_engine
+from gateway.database import open_database
 from gateway.store.tables import submissions
 from intake.mime import strip_attachments
 from tests.conftest import PG_URL, ConfigFactory, PgSchema, serving
@@ -392,7 +392,7 @@ async def test_reports_are_stored_in_postgresql(make_config: ConfigFactory) -> N
     schema = PgSchema(PG_URL)
     await schema.create()
     config = make_config(database={"url": PG_URL})
-    engine = await open_engine(config.database.settings(), **schema.connect_args)
+    engine = await open_database(config, **schema.connect_args)
     try:
         async with serving(config, engine=engine) as gw:
             results = await asyncio.gather(*(deliver(port_of(gw), report(n)) for n in range(20)))

@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from gateway.app import Gateway
 from gateway.console.accounts import create_token, utcnow
-from gateway.store.engine import open_engine
+from gateway.database import open_database
 from gateway.store.tables import audit_log
 from tests.conftest import BACKENDS, PG_URL, ConfigFactory, PgSchema, Start, serving
 from tests.console_client import StaffClient, base, file_case, ready_user
@@ -43,7 +43,7 @@ async def begin(
         locate = {"nameservers": [dns.nameserver], "geoip_db": str(mmdb["country"]),
                   "asn_db": str(mmdb["asn"]), "timeout": "10s"}
         config = make_config(locate=locate, database={"url": PG_URL}, **sections)
-        engine = await open_engine(config.database.settings(), **schema.connect_args)
+        engine = await open_database(config, **schema.connect_args)
         opened.append(engine)
         context = serving(config, engine=engine)
         gw = await context.__aenter__()
