@@ -20,7 +20,7 @@ from gateway.lifecycle import Lifecycle
 from gateway.notify import Notifier
 from routing.geo import GeoError
 from tests.conftest import ConfigFactory
-from tests.daemon import daemon_config
+from tests.daemon import daemon_config, ensure_keyring
 from tests.postfix import free_port
 
 
@@ -90,6 +90,7 @@ def test_serve_exits_1_naming_the_error(
     path = tmp_path / "config.toml"
     path.write_text(daemon_config().replace(
         '[console]\nlisten = ["127.0.0.1:0"]', f'[console]\nlisten = ["127.0.0.1:{taken}"]'))
+    ensure_keyring(path)
     assert main(["--config", str(path), "serve"]) == 1
     assert f"{taken}): address already in use" in capsys.readouterr().err
 

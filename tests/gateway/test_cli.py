@@ -20,6 +20,7 @@ from gateway.database import open_database
 from gateway.store import migrate
 from gateway.store.tables import cases
 from tests.conftest import serving
+from tests.daemon import ensure_keyring
 from tests.dns_server import free_udp_port
 from tests.hostile_text import RAW
 from tests.smtp_client import deliver, report
@@ -27,7 +28,7 @@ from tests.smtp_client import deliver, report
 REPO = Path(__file__).resolve().parents[2]
 
 
-def write_config(tmp_path: Path, text: str = "") -> Path:
+def write_config(tmp_path: Path, text: str = "", *, keyring: bool = True) -> Path:
     """A config file; unless it says otherwise, its resolver is a port where nothing answers
     (tests never ask a real resolver about reported hosts)."""
     if "[locate]" not in text:
@@ -40,6 +41,8 @@ def write_config(tmp_path: Path, text: str = "") -> Path:
         text += '\n[admin]\nlisten = ["127.0.0.1:0"]\n'
     path = tmp_path / "config.toml"
     path.write_text(text)
+    if keyring:  # what setup-demo would make; tests of setup-demo let it
+        ensure_keyring(path)
     return path
 
 
@@ -90,7 +93,7 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_setup_demo_is_idempotent(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """setup-demo makes the directories and database once; a second run changes nothing."""
-    path = write_config(tmp_path)
+    path = write_config(tmp_path, keyring=False)
     assert main(["--config", str(path), "setup-demo"]) == 0
     first = capsys.readouterr().out
     assert "created  data directory" in first and "migrated database" in first

@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from gateway.cli import main
+from tests.daemon import ensure_keyring
 from tests.dns_server import free_udp_port
 
 
@@ -18,6 +19,7 @@ from tests.dns_server import free_udp_port
 def config(tmp_path: Path) -> Path:
     path = tmp_path / "config.toml"
     path.write_text(f'[locate]\nnameservers = ["127.0.0.1:{free_udp_port()}"]\n')
+    ensure_keyring(path)
     assert main(["--config", str(path), "db", "upgrade"]) == 0
     return path
 

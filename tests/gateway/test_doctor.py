@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import main
-from tests.daemon import Daemon, daemon_config
+from tests.daemon import Daemon, daemon_config, ensure_keyring
 from tests.dns_server import DnsServer
 from tests.outbound.mta import Behaviour, FakeMta
 
@@ -32,6 +32,7 @@ async def test_doctor_on_a_running_install(
     text = daemon_config(nameserver=dns.nameserver, extra='[outbound]\ntransport = "file"\n')
     config.write_text(text.replace('[admin]\nlisten = ["127.0.0.1:0"]',
                                    f'[admin]\nlisten = ["127.0.0.1:{admin}"]'))
+    ensure_keyring(config)
     daemon = Daemon(config, tmp_path)
     try:
         await daemon.start()
@@ -59,6 +60,7 @@ smtp_port = {free_port()}
 [admin]
 listen = ["127.0.0.1:{free_port()}"]
 """).replace('[admin]\nlisten = ["127.0.0.1:0"]\n', "", 1))
+    ensure_keyring(config)
     assert main(["--config", str(config), "db", "upgrade"]) == 0
     assert main(["--config", str(config), "doctor"]) == 1
     out = capsys.readouterr().out
@@ -89,6 +91,7 @@ helo_name = "out.hotline.test"
 email = "cp@police.test"
 key = "{'0' * 40}"
 """))
+    ensure_keyring(config)
     try:
         assert await asyncio.to_thread(main, ["--config", str(config), "doctor"]) == 1
     finally:

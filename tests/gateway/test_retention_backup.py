@@ -22,6 +22,7 @@ from gateway.store.backend import open_write_backend
 from gateway.store.ids import uuid7
 from gateway.store.tables import submissions
 from tests.conftest import Start
+from tests.daemon import ensure_keyring
 from tests.smtp_client import deliver, queued_reference, report
 
 
@@ -118,6 +119,7 @@ def test_backup_of_postgresql_points_at_pg_dump(
 def test_purge_from_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "config.toml"
     config.write_text("")
+    ensure_keyring(config)
     assert main(["--config", str(config), "db", "upgrade"]) == 0
     assert main(["--config", str(config), "purge"]) == 0
     assert "removed the raw message of 0 report(s)" in capsys.readouterr().out

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from gateway.cli import main
-from tests.daemon import Daemon, daemon_config
+from tests.daemon import Daemon, daemon_config, ensure_keyring
 from tests.dns_server import DnsServer
 from tests.outbound.conftest import HOTLINE_PASSPHRASE, Keys
 from tests.outbound.mta import Behaviour, FakeMta
@@ -64,6 +64,7 @@ async def test_killed_mid_delivery_delivers_after_restart_with_the_same_message_
     message goes again, once the dead worker's lease has run out, and is recorded as sent."""
     config = tmp_path / "config.toml"
     config.write_text(config_text(tmp_path, keys, mta, dns, mmdb))
+    ensure_keyring(config)
     run = ["--config", str(config)]
     assert await asyncio.to_thread(main, [*run, "db", "upgrade"]) == 0
     await asyncio.to_thread(main, [*run, "users", "add", "ana", "--role", "analyst"])

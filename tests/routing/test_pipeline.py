@@ -13,6 +13,7 @@ import structlog.testing
 from gateway import config as config_module
 from gateway.cli import main
 from tests.conftest import serving
+from tests.daemon import ensure_keyring
 from tests.dns_server import DnsServer, Zone
 from tests.smtp_client import deliver, report
 
@@ -25,6 +26,7 @@ def write_config(tmp_path: Path, dns: DnsServer, mmdb: dict[str, Path], extra: s
         f'[locate]\nnameservers = ["{dns.nameserver}"]\n'
         f'geoip_db = "{mmdb["country"]}"\nasn_db = "{mmdb["asn"]}"\ntimeout = "2s"\n' + extra
     )
+    ensure_keyring(path)
     return path
 
 
