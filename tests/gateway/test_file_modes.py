@@ -131,7 +131,7 @@ def test_setup_demo_makes_a_private_keyring_and_database(
     tmp_path: Path, umask: int, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """setup-demo creates the data keys (0600) once, beside a 0600 database."""
-    path = write_config(tmp_path, '[outbound]\ntransport = "file"\n')
+    path = write_config(tmp_path, '[outbound]\ntransport = "file"\n', keyring=False)
     assert main(["--config", str(path), "setup-demo"]) == 0
     first = capsys.readouterr().out
     keyring = tmp_path / "var" / "data-keys.json"
