@@ -157,6 +157,7 @@ class Sealer:
     def __init__(self, keyring: Keyring) -> None:
         self._keyring = keyring
         self._current = keyring.current
+        self._lookup = keyring.current_lookup
         self._ciphers = {key.id: AESGCM(key.secret) for key in keyring.data_keys}
 
     def __repr__(self) -> str:
@@ -244,8 +245,7 @@ class Sealer:
         """An HMAC-SHA256 of ``value`` under the current lookup key, for finding equal values
         without storing them: ``k<version>:<64 hex>`` (at most 69 characters). ``purpose``
         (``case``, ``host``) separates the uses, so equal inputs of two kinds never meet."""
-        return _lookup(self._keyring.current_lookup.version,
-                       self._keyring.current_lookup.secret, purpose, value)
+        return _lookup(self._lookup.version, self._lookup.secret, purpose, value)
 
     def lookup_keys(self, purpose: str, value: bytes | str) -> list[str]:
         """``value``'s hash under every lookup key, current first (for finding rows while a
