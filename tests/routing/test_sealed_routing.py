@@ -129,6 +129,7 @@ async def test_routing_facts_are_sealed_read_as_before_and_damage_stays_on_its_c
         "host", "ips", "records", "addresses", "databases", "error")),
         cases.c.locate_error, routing_decisions.c.facts, routing_decisions.c.explanation,
         routing_changes.c.facts, audit_log.c.details)
+    assert len(await raw(gw.engine, cases.c.locate_error)) == 1
     assert stored and all(sealed(value) for value in stored), [
         value for value in stored if not sealed(value)][:3]
     files = database_bytes(gw.engine)
