@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.app import Gateway
 from gateway.console.accounts import create_token, utcnow
 from gateway.store.audit import verify
+from gateway.store.backend import WriteBackend, open_write_backend
 from gateway.store.case_view import get_case, list_cases
 from gateway.store.sealing import TagMismatch
 from gateway.store.tables import (
@@ -26,10 +28,12 @@ from gateway.store.tables import (
     routing_decisions,
 )
 from routing import decide
+from routing.stage import LocateStage
 from tests.conftest import Start
 from tests.console_client import StaffClient, base, file_case, ready_user
-from tests.dns_server import Zone
+from tests.dns_server import DnsServer, Zone
 from tests.outbound.test_refer import api, assess, settle
+from tests.routing.test_stage import add_cases, make_locator
 from tests.smtp_client import deliver, report
 
 ALIAS, TARGET, ADDRESS = "sealed-alias-q7.test", "sealed-target-q7.test", "145.100.7.7"
@@ -202,3 +206,53 @@ async def test_routing_facts_are_sealed_read_as_before_and_damage_stays_on_its_c
         await client.close()
     fresh = await file_case(gw, "And http://be.test/q7d", "q7d")
     assert (await case(gw, fresh))["hosting"]["country"] == "BE"
+
+
+@pytest.fixture
+async def backend(engine: AsyncEngine) -> AsyncIterator[WriteBackend]:
+    opened = await open_write_backend(engine)
+    yield opened
+    await opened.close()
+
+
+async def test_located_evidence_is_sealed_and_a_copied_value_is_named_on_its_case(
+    engine: AsyncEngine, backend: WriteBackend, dns: DnsServer, mmdb: dict[str, Path],
+    zone: Zone,
+) -> None:
+    """On SQLite and PostgreSQL: the locate stage stores every DNS name, address and error of
+    its evidence sealed; a value copied into another case's evidence shows as damaged there
+    only, naming the record, and ``cases show``'s view of the other case is as before."""
+    zone.cname(ALIAS, TARGET, ttl=30)
+    zone.add(TARGET, "A", ADDRESS)
+    first, second, failing = await add_cases(backend, [
+        f"http://{ALIAS}/x", "http://nl.test/y", "http://broken.test/z"])
+    stage = LocateStage(backend, make_locator(dns, mmdb), worker="w1")
+    assert await stage.run_once() == 3
+    stored = await raw(engine, *(hosting_evidence.c[name] for name in (
+        "host", "ips", "records", "addresses", "databases", "error")), cases.c.locate_error)
+    assert len(stored) >= 14 and all(sealed(value) for value in stored)
+    for needle in (ALIAS, TARGET, ADDRESS, "SERVFAIL"):
+        assert needle not in "".join(stored)
+    async with engine.connect() as conn:
+        before = await get_case(conn, first)
+    assert before is not None and before["hosting_evidence"][0]["host"] == ALIAS
+    async with engine.begin() as conn:
+        rows = {row.case_id: row for row in await conn.execute(
+            select(hosting_evidence.c.id, hosting_evidence.c.case_id,
+                   hosting_evidence.c.records))}
+        await conn.execute(update(hosting_evidence)
+                           .where(hosting_evidence.c.id == rows[second].id)
+                           .values(records=rows[first].records))
+    async with engine.connect() as conn:
+        shown = {c["id"]: c for c in await list_cases(conn)}
+        after = await get_case(conn, first)
+        damaged = await get_case(conn, second)
+    assert after == before
+    assert damaged is not None
+    (evidence,) = damaged["hosting_evidence"]
+    assert evidence["damaged"].startswith(
+        f"cannot open hosting_evidence.records of record {rows[second].id}")
+    assert evidence["records"] is None and evidence["status"] == "located"
+    assert "damaged" in shown[str(second)]["flags"]
+    assert "damaged" not in shown[str(first)]["flags"]
+    assert "SERVFAIL" in shown[str(failing)]["hosting"]["error"]
