@@ -209,7 +209,8 @@ def _plain() -> Any:
     return ~cast(audit_log.c.details, Text).like(f'"{TEXT_PREFIX}%')
 
 
-def seal_trail(conn: Connection, *, after: int | None = None, chunk: int = 1000) -> TrailPass:
+def seal_trail(conn: Connection, *, after: int | None = None, chunk: int = 1000,
+               rechain: bool = False) -> TrailPass:
     """Seal and re-chain, in the caller's write transaction, the entries of a trail written
     before sealing: plain details and a bare SHA-256 chain become sealed details and the HMAC
     chain. For the upgrade pass (``db upgrade``, ``serve``): call it in one transaction after
@@ -221,10 +222,17 @@ def seal_trail(conn: Connection, *, after: int | None = None, chunk: int = 1000)
     chained to an old hash: when a call has sealed the last plain entry it re-chains all of
     them too, so a trail with nothing plain left is whole. Appends wait (the same lock as
     ``record``) while a call runs. An entry whose sealed details do not open is left as it is
-    (``verify`` names it) and the chain goes on from its stored hash."""
+    (``verify`` names it) and the chain goes on from its stored hash.
+
+    ``rechain=True`` re-chains a sealed trail under the current lookup key (after a rotation of
+    the lookup key, before the older one is retired): every entry after ``after`` (0: from the
+    first), ``chunk`` per call; the caller keeps ``last`` to go on from, as then nothing in
+    the trail says how far it got."""
     sealer = sealer_of(conn)
     if conn.dialect.name == "postgresql":
         conn.execute(select(func.pg_advisory_xact_lock(LOCK_KEY)))
+    if after is None and rechain:
+        raise ValueError("re-chaining starts after an entry the caller names (0: the first)")
     if after is None:
         first = conn.execute(select(func.min(audit_log.c.seq)).where(_plain())).scalar()
         if first is None:
@@ -260,6 +268,6 @@ def seal_trail(conn: Connection, *, after: int | None = None, chunk: int = 1000)
         budget -= len(rows)
         if len(rows) < chunk:
             return TrailPass(last, sealed, True, tuple(broken))
-        if budget <= 0 and conn.execute(
-                select(exists().where(audit_log.c.seq > last, _plain()))).scalar():
+        if budget <= 0 and (rechain or conn.execute(
+                select(exists().where(audit_log.c.seq > last, _plain()))).scalar()):
             return TrailPass(last, sealed, False, tuple(broken))

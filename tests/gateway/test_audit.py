@@ -348,7 +348,7 @@ async def test_entries_chained_under_an_older_lookup_key_still_verify(
     engine: AsyncEngine, backend: WriteBackend
 ) -> None:
     """After a new lookup key becomes current, older entries verify under the older key and
-    new ones are chained under the new one."""
+    new ones are chained under the new one; re-chained, the trail needs only the new key."""
     await fill(backend, calls=2)
     sealer = sealer_of(engine)
     keyring = sealer.keyring
@@ -367,6 +367,15 @@ async def test_entries_chained_under_an_older_lookup_key_still_verify(
                                       row.case_id, row.details, row.prev_hash)
         assert row.hash != entry_hash(sealer, 15, row.at, row.actor, row.action,
                                       row.case_id, row.details, row.prev_hash)
+        # Re-chained under the new key, a chunk at a time, before the older one is retired.
+        after = 0
+        while not (done := await later.transaction(partial(
+                seal_trail, after=after, chunk=6, rechain=True))).done:
+            assert done.last == after + 6 and done.sealed == 0
+            after = done.last
+        only_new = dataclasses.replace(rotated, lookup_keys=rotated.lookup_keys[-1:])
+        bind_sealer(engine, Sealer(only_new))
+        assert await check(engine) == (20, None, await hash_of(engine, 20))
     finally:
         await later.close()
         bind_sealer(engine, sealer)
