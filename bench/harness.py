@@ -221,6 +221,18 @@ def ready_port(log_file: Path, listener: str) -> int | None:
     return None
 
 
+def make_keyring(config_path: Path) -> None:
+    """The data keys the config names, made as ``setup-demo`` makes them: the gateway seals
+    what it stores with them and refuses to start without."""
+    from gateway import config as config_module
+    from gateway.store.sealing import create_keyring
+
+    keyring = config_module.load(config_path).data.keyring
+    if keyring is not None and not keyring.exists():
+        keyring.parent.mkdir(parents=True, exist_ok=True)
+        create_keyring(keyring)
+
+
 async def start_gateway(
     workdir: Path, config_text: str, listener: str, normalise: str = "serve"
 ) -> Server:
@@ -228,6 +240,7 @@ async def start_gateway(
     the server on the port of ``listener`` once the gateway says it is ready."""
     config = workdir / "config.toml"
     config.write_text(config_text + f'\n[intake]\nnormalise = "{normalise}"\n')
+    make_keyring(config)
     log_file, err_file = workdir / "gateway.log", workdir / "gateway.stderr"
     with log_file.open("wb") as out, err_file.open("wb") as err:
         process = await asyncio.create_subprocess_exec(
