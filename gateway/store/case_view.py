@@ -6,9 +6,12 @@ import uuid
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import select
+import structlog
+from sqlalchemy import Column, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway.store.sealed import open_value, sealer_of
+from gateway.store.sealing import SealBroken, Sealer
 from gateway.store.tables import (
     assessments,
     audit_log,
@@ -25,12 +28,27 @@ from gateway.store.tables import (
 )
 from gateway.store.times import iso
 
+log = structlog.get_logger("gateway.store.case_view")
+
 #: Flags the queue shows and filters by. The last three come from the case's reports (see
 #: report_flags): URLs over the per-report cap, a URL too long to take, a report unreadable.
 FLAGS = ("cdn", "mixed", "unknown", "unresolvable", "reappeared", "no_url", "locate_failed",
          "pending_approval", "assigned", "referral_failed", "urls_over_cap", "url_too_long",
          "parse_failed")
 _REPORT_FLAGS = FLAGS[-3:]
+#: What a view shows for a sealed value that does not open, before the error naming it.
+UNREADABLE = "[unreadable] "
+
+
+def opened(sealer: Sealer, column: Column[Any], record: Any, stored: Any) -> Any:
+    """A sealed value of a record as views show it: opened, or, when it does not open, a
+    visible marker naming the record (logged), so that the rest of a list is still served."""
+    try:
+        return open_value(sealer, column, record, stored)
+    except SealBroken as exc:
+        log.error("sealed.unreadable", table=column.table.name, column=column.name,
+                  record=str(record), error=str(exc))
+        return UNREADABLE + str(exc)
 
 
 def hosting_json(hosting: Any, **extra: Any) -> dict[str, Any]:
@@ -152,10 +170,12 @@ async def _assessments(
         .where(assessments.c.case_id.in_(case_ids), assessments.c.status != "superseded")
         .order_by(assessments.c.created_at, assessments.c.id)
     )
+    sealer = sealer_of(conn)
     for row in rows:
         current[row.case_id] = {
             "id": str(row.id), "verdict": row.verdict, "classification": row.classification,
-            "hosting_country": row.hosting_country, "note": row.note, "by": row.by,
+            "hosting_country": row.hosting_country,
+            "note": opened(sealer, assessments.c.note, row.id, row.note), "by": row.by,
             "at": iso(row.created_at), "status": row.status, "approved_by": row.approver,
             "approved_at": iso(row.approved_at),
         }
@@ -186,12 +206,13 @@ async def _routing_change(conn: AsyncConnection, case_id: uuid.UUID,
             "decided_by": row.decider, "decided_at": iso(row.decided_at), "facts": row.facts}
 
 
-def _referral_json(row: Any) -> dict[str, Any]:
+def _referral_json(sealer: Sealer, row: Any) -> dict[str, Any]:
     return {"id": str(row.id), "destination": row.destination, "status": row.status,
             "reference": row.reference, "email": row.email,
             "key_fingerprint": row.key_fingerprint, "message_id": row.message_id,
             "iccam_reference": row.iccam_reference, "created_at": iso(row.created_at),
-            "sent_at": iso(row.sent_at), "error": row.error}
+            "sent_at": iso(row.sent_at),
+            "error": opened(sealer, referrals.c.error, row.id, row.error)}
 
 
 async def _routing(
@@ -208,9 +229,10 @@ async def _routing(
             select(routing_decisions).where(routing_decisions.c.case_id.in_(case_ids),
                                             routing_decisions.c.superseded.is_(False)))}
     sent: dict[uuid.UUID, list[dict[str, Any]]] = defaultdict(list)
+    sealer = sealer_of(conn)
     for row in await conn.execute(select(referrals).where(referrals.c.case_id.in_(case_ids))
                                   .order_by(referrals.c.created_at)):
-        sent[row.case_id].append(_referral_json(row))
+        sent[row.case_id].append(_referral_json(sealer, row))
     for case_id in case_ids:
         found[case_id] = (decisions.get(case_id), sent.get(case_id, []))
     return found
@@ -221,15 +243,18 @@ async def get_referral(conn: AsyncConnection, referral_id: uuid.UUID) -> dict[st
     row = (await conn.execute(select(referrals).where(referrals.c.id == referral_id))).first()
     if row is None:
         return None
-    document = {**_referral_json(row), "case_id": str(row.case_id)}
+    sealer = sealer_of(conn)
+    document = {**_referral_json(sealer, row), "case_id": str(row.case_id)}
     item = (await conn.execute(select(outbox.c.id, outbox.c.status, outbox.c.attempts,
                                       outbox.c.next_attempt_at, outbox.c.last_error)
                                .where(outbox.c.referral_id == referral_id))).first()
     document["outbox"] = None if item is None else {
         "status": item.status, "attempts": item.attempts,
-        "next_attempt_at": iso(item.next_attempt_at), "last_error": item.last_error}
+        "next_attempt_at": iso(item.next_attempt_at),
+        "last_error": opened(sealer, outbox.c.last_error, item.id, item.last_error)}
     attempts = [] if item is None else [
-        {"at": iso(a.at), "outcome": a.outcome, "detail": a.detail}
+        {"at": iso(a.at), "outcome": a.outcome,
+         "detail": opened(sealer, outbox_attempts.c.detail, a.id, a.detail)}
         for a in await conn.execute(select(outbox_attempts)
                                     .where(outbox_attempts.c.outbox_id == item.id)
                                     .order_by(outbox_attempts.c.at))]
