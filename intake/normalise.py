@@ -203,7 +203,8 @@ def _outcome(claimed: _Claimed, result: Normalised, sealer: Sealer) -> dict[str,
         "parse_error": result.error,
         "subject": result.subject,
         "report_text": result.report_text,
-        "attachments": result.attachments,
+        # None rather than an empty list: one value fewer to seal, and readers take None as [].
+        "attachments": result.attachments or None,
         "flags": flags or None,
     })
     return {
