@@ -162,7 +162,7 @@ class _Claimed:
     reference: str
     channel: str
     received_at: datetime
-    raw: bytes | None
+    raw: bytes | None  # as stored: sealed (opened in the executor)
 
 
 def normalise_web(raw: bytes) -> Normalised:

@@ -11,8 +11,9 @@ Two strategies behind one seam, tested against the same behaviour:
 - ``CoreInserts``: SQLAlchemy Core through the async engine (PostgreSQL via asyncpg).
 
 Both seal the rows' sealed columns (``gateway.store.sealed``, the row's id as record) right
-before the statement: SQLite in the writer thread, which holds the GIL for the statement anyway,
-so a large raw message is never sealed on the event loop.
+before the statement: SQLite in the writer thread, within the hand-off that runs the statement
+(no extra GIL take), so a large raw message is never sealed on the event loop; PostgreSQL, whose
+transaction runs on the loop, seals a batch of large ones in a thread first.
 
 ``earlier`` lets the writer find a report stored before the lookup key was rotated: a row's
 ``dedup_key`` -> the same report's keys under earlier lookup keys (checked by one more query,
