@@ -10,7 +10,7 @@ import structlog
 from sqlalchemy import Column, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.store.sealed import open_value, sealer_of
+from gateway.store.sealed import open_row, open_value, sealer_of
 from gateway.store.sealing import SealBroken, Sealer
 from gateway.store.tables import (
     assessments,
@@ -297,17 +297,31 @@ async def _reports(
         select(
             case_reports.c.case_id, submissions.c.reference, case_reports.c.reported_at,
             case_reports.c.written_as, submissions.c.channel, submissions.c.flags,
+            submissions.c.id,
         )
         .join(submissions, submissions.c.id == case_reports.c.submission_id)
         .where(case_reports.c.case_id.in_(case_ids))
         .order_by(case_reports.c.reported_at, submissions.c.reference)
     )
-    for case_id, reference, reported_at, written_as, channel, flags in rows:
+    sealer = sealer_of(conn)
+    for case_id, reference, reported_at, written_as, channel, flags, submission_id in rows:
+        opened, broken = _open_submission(sealer, {"flags": flags}, submission_id)
         by_case[case_id].append({
             "reference": reference, "reported_at": iso(reported_at),
-            "written_as": written_as, "channel": channel, "flags": flags or [],
+            "written_as": written_as, "channel": channel,
+            "flags": broken or (opened.flags if opened is not None else None) or [],
         })
     return by_case
+
+
+def _open_submission(sealer: Sealer, values: dict[str, Any], submission_id: uuid.UUID
+                     ) -> tuple[Any, list[dict[str, Any]]]:
+    """``values`` of a submission opened, or None and the flag that shows staff which record
+    does not open (one broken record must not hide the case or the queue)."""
+    try:
+        return open_row(sealer, submissions, values, submission_id), []
+    except SealBroken as exc:
+        return None, [{"flag": "parse_failed", "error": f"sealed: {exc}"}]
 
 
 async def list_cases(
@@ -342,12 +356,22 @@ async def get_case(conn: AsyncConnection, case_id: uuid.UUID) -> dict[str, Any] 
     )
     texts = await conn.execute(
         select(submissions.c.reference, submissions.c.subject, submissions.c.report_text,
-               submissions.c.attachments)
+               submissions.c.attachments, submissions.c.id)
         .where(submissions.c.reference.in_([r["reference"] for r in reports]))
     )
     by_reference = {t.reference: t for t in texts}
+    sealer = sealer_of(conn)
     for report in reports:
-        text = by_reference[report["reference"]]
+        found = by_reference[report["reference"]]
+        text, broken = _open_submission(
+            sealer, {"subject": found.subject, "report_text": found.report_text,
+                     "attachments": found.attachments}, found.id)
+        if text is None:
+            report.update(subject=None, text=None, attachments=[])
+            report["flags"] = [*report["flags"], *broken]
+            document["report_flags"] += _report_flags([{**report, "flags": broken}])
+            document["flags"] = flags(document)
+            continue
         # What the reporter wrote, as data: every surface escapes it.
         report.update(subject=text.subject, text=text.report_text,
                       attachments=text.attachments or [])
