@@ -59,6 +59,8 @@ from gateway.store import migrate
 from gateway.store.backend import open_write_backend
 from gateway.store.engine import open_engine
 from gateway.store.references import ReferenceAllocator
+from gateway.store.sealed import bind_sealer
+from gateway.store.sealing import Keyring, Sealer
 from gateway.store.writer import NewSubmission, SubmissionWriter
 from intake.canonical import canonicalize
 from intake.mime import strip_attachments
@@ -308,6 +310,7 @@ async def run_stage(reports: list[Report], database: Path) -> tuple[float, float
     (stored first, untimed, through the writer as SMTP intake stores them)."""
     engine = await open_engine(
         DatabaseConfig(url=f"sqlite+aiosqlite:///{database}").settings())
+    bind_sealer(engine, Sealer(Keyring.generate(datetime.now(UTC))))
     try:
         await migrate.upgrade(engine)
         backend = await open_write_backend(engine)

@@ -6,7 +6,8 @@ import uuid
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import Table, select
+import structlog
+from sqlalchemy import Column, Table, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.store.audit import open_details
@@ -28,12 +29,27 @@ from gateway.store.tables import (
 )
 from gateway.store.times import iso
 
+log = structlog.get_logger("gateway.store.case_view")
+
 #: Flags the queue shows and filters by. The last three come from the case's reports (see
 #: report_flags): URLs over the per-report cap, a URL too long to take, a report unreadable.
 FLAGS = ("cdn", "mixed", "unknown", "unresolvable", "reappeared", "no_url", "locate_failed",
          "pending_approval", "assigned", "referral_failed", "damaged", "urls_over_cap",
          "url_too_long", "parse_failed")
 _REPORT_FLAGS = FLAGS[-3:]
+#: What a view shows for a sealed value that does not open, before the error naming it.
+UNREADABLE = "[unreadable] "
+
+
+def opened(sealer: Sealer, column: Column[Any], record: Any, stored: Any) -> Any:
+    """A sealed value of a record as views show it: opened, or, when it does not open, a
+    visible marker naming the record (logged), so that the rest of a list is still served."""
+    try:
+        return open_value(sealer, column, record, stored)
+    except SealBroken as exc:
+        log.error("sealed.unreadable", table=column.table.name, column=column.name,
+                  record=str(record), error=str(exc))
+        return UNREADABLE + str(exc)
 
 
 def _opened(sealer: Sealer, table: Table, row: Any) -> tuple[Any, dict[str, str]]:
@@ -42,6 +58,10 @@ def _opened(sealer: Sealer, table: Table, row: Any) -> tuple[Any, dict[str, str]
     try:
         return open_row(sealer, table, row), {}
     except SealBroken as exc:
+        context = exc.context
+        log.error("sealed.unreadable", table=table.name,
+                  column=context.column if context is not None else None,
+                  record=context.record if context is not None else None, error=str(exc))
         values = dict(row._mapping)
         for name in SEALED[table.name].keys() & values.keys():
             values[name] = None
@@ -76,12 +96,8 @@ def _pending_json(sealer: Sealer, row: Any) -> dict[str, Any] | None:
         return None  # nothing to locate: a report without a URL
     pending: dict[str, Any] = {"status": "pending"}
     if row.locate_attempts:
-        try:
-            error = open_value(sealer, cases.c.locate_error, row.id, row.locate_error)
-        except SealBroken as exc:
-            error = None
-            pending["damaged"] = str(exc)
-        pending.update(attempts=row.locate_attempts, error=error,
+        pending.update(attempts=row.locate_attempts,
+                       error=opened(sealer, cases.c.locate_error, row.id, row.locate_error),
                        retry_at=iso(row.locate_after))
     return pending
 
@@ -176,10 +192,12 @@ async def _assessments(
         .where(assessments.c.case_id.in_(case_ids), assessments.c.status != "superseded")
         .order_by(assessments.c.created_at, assessments.c.id)
     )
+    sealer = sealer_of(conn)
     for row in rows:
         current[row.case_id] = {
             "id": str(row.id), "verdict": row.verdict, "classification": row.classification,
-            "hosting_country": row.hosting_country, "note": row.note, "by": row.by,
+            "hosting_country": row.hosting_country,
+            "note": opened(sealer, assessments.c.note, row.id, row.note), "by": row.by,
             "at": iso(row.created_at), "status": row.status, "approved_by": row.approver,
             "approved_at": iso(row.approved_at),
         }
@@ -212,12 +230,13 @@ async def _routing_change(conn: AsyncConnection, case_id: uuid.UUID,
             "facts": row.facts if not damaged else {}, **damaged}
 
 
-def _referral_json(row: Any) -> dict[str, Any]:
+def _referral_json(sealer: Sealer, row: Any) -> dict[str, Any]:
     return {"id": str(row.id), "destination": row.destination, "status": row.status,
             "reference": row.reference, "email": row.email,
             "key_fingerprint": row.key_fingerprint, "message_id": row.message_id,
             "iccam_reference": row.iccam_reference, "created_at": iso(row.created_at),
-            "sent_at": iso(row.sent_at), "error": row.error}
+            "sent_at": iso(row.sent_at),
+            "error": opened(sealer, referrals.c.error, row.id, row.error)}
 
 
 async def _routing(
@@ -238,9 +257,10 @@ async def _routing(
             "destination": row.destination, "explanation": row.explanation,
             "facts": row.facts, "at": iso(row.created_at), **damaged}
     sent: dict[uuid.UUID, list[dict[str, Any]]] = defaultdict(list)
+    sealer = sealer_of(conn)
     for row in await conn.execute(select(referrals).where(referrals.c.case_id.in_(case_ids))
                                   .order_by(referrals.c.created_at)):
-        sent[row.case_id].append(_referral_json(row))
+        sent[row.case_id].append(_referral_json(sealer, row))
     for case_id in case_ids:
         found[case_id] = (decisions.get(case_id), sent.get(case_id, []))
     return found
@@ -251,15 +271,18 @@ async def get_referral(conn: AsyncConnection, referral_id: uuid.UUID) -> dict[st
     row = (await conn.execute(select(referrals).where(referrals.c.id == referral_id))).first()
     if row is None:
         return None
-    document = {**_referral_json(row), "case_id": str(row.case_id)}
+    sealer = sealer_of(conn)
+    document = {**_referral_json(sealer, row), "case_id": str(row.case_id)}
     item = (await conn.execute(select(outbox.c.id, outbox.c.status, outbox.c.attempts,
                                       outbox.c.next_attempt_at, outbox.c.last_error)
                                .where(outbox.c.referral_id == referral_id))).first()
     document["outbox"] = None if item is None else {
         "status": item.status, "attempts": item.attempts,
-        "next_attempt_at": iso(item.next_attempt_at), "last_error": item.last_error}
+        "next_attempt_at": iso(item.next_attempt_at),
+        "last_error": opened(sealer, outbox.c.last_error, item.id, item.last_error)}
     attempts = [] if item is None else [
-        {"at": iso(a.at), "outcome": a.outcome, "detail": a.detail}
+        {"at": iso(a.at), "outcome": a.outcome,
+         "detail": opened(sealer, outbox_attempts.c.detail, a.id, a.detail)}
         for a in await conn.execute(select(outbox_attempts)
                                     .where(outbox_attempts.c.outbox_id == item.id)
                                     .order_by(outbox_attempts.c.at))]
@@ -305,17 +328,31 @@ async def _reports(
         select(
             case_reports.c.case_id, submissions.c.reference, case_reports.c.reported_at,
             case_reports.c.written_as, submissions.c.channel, submissions.c.flags,
+            submissions.c.id,
         )
         .join(submissions, submissions.c.id == case_reports.c.submission_id)
         .where(case_reports.c.case_id.in_(case_ids))
         .order_by(case_reports.c.reported_at, submissions.c.reference)
     )
-    for case_id, reference, reported_at, written_as, channel, flags in rows:
+    sealer = sealer_of(conn)
+    for case_id, reference, reported_at, written_as, channel, flags, submission_id in rows:
+        opened, broken = _open_submission(sealer, {"flags": flags}, submission_id)
         by_case[case_id].append({
             "reference": reference, "reported_at": iso(reported_at),
-            "written_as": written_as, "channel": channel, "flags": flags or [],
+            "written_as": written_as, "channel": channel,
+            "flags": broken or (opened.flags if opened is not None else None) or [],
         })
     return by_case
+
+
+def _open_submission(sealer: Sealer, values: dict[str, Any], submission_id: uuid.UUID
+                     ) -> tuple[Any, list[dict[str, Any]]]:
+    """``values`` of a submission opened, or None and the flag that shows staff which record
+    does not open (one broken record must not hide the case or the queue)."""
+    try:
+        return open_row(sealer, submissions, values, submission_id), []
+    except SealBroken as exc:
+        return None, [{"flag": "parse_failed", "error": f"sealed: {exc}"}]
 
 
 async def list_cases(
@@ -352,12 +389,22 @@ async def get_case(conn: AsyncConnection, case_id: uuid.UUID) -> dict[str, Any] 
     )
     texts = await conn.execute(
         select(submissions.c.reference, submissions.c.subject, submissions.c.report_text,
-               submissions.c.attachments)
+               submissions.c.attachments, submissions.c.id)
         .where(submissions.c.reference.in_([r["reference"] for r in reports]))
     )
     by_reference = {t.reference: t for t in texts}
+    sealer = sealer_of(conn)
     for report in reports:
-        text = by_reference[report["reference"]]
+        found = by_reference[report["reference"]]
+        text, broken = _open_submission(
+            sealer, {"subject": found.subject, "report_text": found.report_text,
+                     "attachments": found.attachments}, found.id)
+        if text is None:
+            report.update(subject=None, text=None, attachments=[])
+            report["flags"] = [*report["flags"], *broken]
+            document["report_flags"] += _report_flags([{**report, "flags": broken}])
+            document["flags"] = flags(document)
+            continue
         # What the reporter wrote, as data: every surface escapes it.
         report.update(subject=text.subject, text=text.report_text,
                       attachments=text.attachments or [])
@@ -387,6 +434,8 @@ def _history_details(sealer: Sealer, seq: int, stored: Any) -> dict[str, Any]:
     try:
         return {"details": open_details(sealer, seq, stored)}
     except SealBroken as exc:
+        log.error("sealed.unreadable", table="audit_log", column="details", record=str(seq),
+                  error=str(exc))
         return {"details": {}, "damaged": str(exc)}
 
 
