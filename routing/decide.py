@@ -290,11 +290,11 @@ def store(conn: Connection, *, case_id: uuid.UUID, status: str, decision: Routin
         return Stored(True)
     supersede(conn, case_id, now=now, verdicts=False)
     decision_id = uuid7()
-    conn.execute(insert(routing_decisions).values(seal_values(sealer, routing_decisions,
-                                                              decision_id, {
-        "id": decision_id, "case_id": case_id, "created_at": now, "rule": decision.rule,
-        "outcome": decision.outcome, "destination": decision.destination,
-        "facts": decision.facts, "explanation": decision.explanation})))
+    row = {"id": decision_id, "case_id": case_id, "created_at": now, "rule": decision.rule,
+           "outcome": decision.outcome, "destination": decision.destination,
+           "facts": decision.facts, "explanation": decision.explanation}
+    conn.execute(insert(routing_decisions).values(
+        seal_values(sealer, routing_decisions, decision_id, row)))
     return Stored(True, decision_id)
 
 
