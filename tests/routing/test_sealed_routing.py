@@ -207,6 +207,19 @@ async def test_routing_facts_are_sealed_read_as_before_and_damage_stays_on_its_c
     fresh = await file_case(gw, "And http://be.test/q7d", "q7d")
     assert (await case(gw, fresh))["hosting"]["country"] == "BE"
 
+    # Routing a case whose evidence does not open holds it for a supervisor; the next routes.
+    async with gw.engine.begin() as conn:
+        await conn.execute(update(hosting_evidence)
+                           .where(hosting_evidence.c.case_id == uuid.UUID(fresh))
+                           .values(host=rows[uuid.UUID(located)].host))
+    other = await file_case(gw, "And http://us.test/q7e", "q7e")
+    await assess(gw, token, fresh)
+    await assess(gw, token, other)
+    held = await settle(gw, fresh, "held")
+    assert held["decision"]["rule"] == "hold-route-error"
+    assert held["decision"]["facts"] == {"error_type": "TagMismatch"}
+    assert (await settle(gw, other, "awaiting_iccam"))["decision"]["facts"]["country"] == "US"
+
 
 @pytest.fixture
 async def backend(engine: AsyncEngine) -> AsyncIterator[WriteBackend]:
