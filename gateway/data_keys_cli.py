@@ -1,11 +1,8 @@
 """``data-keys create | rotate | status``: the keyring that seals the database.
 
-``rotate`` adds a new current data key and re-seals every sealed value under it in batches
-(resumable: ``--resume`` goes on from the cursors a killed run left), waiting first for running
-gateways to read the new keyring (they look every two seconds: ``gateway.keyring_watch``).
-A pass is repeated until one finds nothing to re-seal (a report the daemon sealed just before
-it read the new keyring may land behind the cursor); then each retiring key that protects
-nothing is marked retired, and kept in the file for the backups made before.
+``rotate`` adds a new current data key, waits for running gateways to read it, and re-seals
+every sealed value under it in batches (``gateway.store.rotation``); ``--resume`` goes on from
+the cursors a killed run left, ``--add-only`` stops after adding the key.
 """
 
 from __future__ import annotations
@@ -22,27 +19,9 @@ from gateway.database import load_sealer, open_database
 from gateway.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from gateway.keyring_watch import INTERVAL
 from gateway.progress import Progress
-from gateway.store.resealing import (
-    BATCH,
-    count_by_key,
-    forget_run,
-    seal_pass,
-    seal_the_trail,
-)
-from gateway.store.sealed import bind_sealer
-from gateway.store.sealing import (
-    Keyring,
-    Sealer,
-    add_data_key,
-    create_keyring,
-    keyring_path,
-    load_keyring,
-    retire_data_key,
-)
-from gateway.store.sealing_state import verify_keyring
-
-#: Passes of a rotation before it gives up on reports that keep landing under an old key.
-MAX_PASSES = 5
+from gateway.store.resealing import BATCH, count_by_key
+from gateway.store.rotation import add_key, reseal
+from gateway.store.sealing import Keyring, create_keyring, keyring_path, load_keyring
 
 
 def add_parsers(commands: Any) -> None:
@@ -136,54 +115,32 @@ async def _status(config: Config) -> int:
 
 async def _rotate(config: Config, args: argparse.Namespace) -> int:
     path = _path(config)
-    sealer = await load_sealer(config)
-    engine = await open_database(config, sealer=sealer)
+    engine = await open_database(config)
     try:
         if not args.resume:
-            new = await asyncio.to_thread(add_data_key, path)
-            sealer = Sealer(await asyncio.to_thread(load_keyring, path))
-            bind_sealer(engine, sealer)
-            await verify_keyring(engine, sealer)  # the check value names the new key too
-            print(f"added data key {new.name} (current); the keys before it are retiring. "
-                  f"Back {path} up again.")
+            sealer = await add_key(engine, path)
+            print(f"added data key {sealer.keyring.current.name} (current); the keys before "
+                  f"it are retiring. Back {path} up again.")
             if args.add_only:
                 print("re-seal with `data-keys rotate --resume` once every gateway has read "
                       "the new keyring (a systemd credential: re-encrypt it and restart)")
                 return EXIT_OK
             print(f"waiting {args.settle:g} s for running gateways to read it")
             await asyncio.sleep(args.settle)
-        run = f"rotate-{sealer.keyring.current.name}"
-        broken = 0
-        for number in range(1, MAX_PASSES + 1):
-            print(f"pass {number}: re-sealing under data key {sealer.keyring.current.name}",
-                  file=sys.stderr)
-            report = await seal_pass(engine, sealer, run=run, batch=args.batch_size,
-                                     progress=Progress())
-            await forget_run(engine, run)
-            broken = sum(report.broken.values())
-            if report.total_changed == 0:
-                break
-        trail = await seal_the_trail(engine)
-        print(f"audit trail: {trail}")
-        counts = await count_by_key(engine, sealer)
-        left = 0
-        for key in sealer.keyring.data_keys:
-            if key.state != "retiring":
-                continue
-            used = sum(c.get(key.name, 0) for c in counts.values())
-            if used:
-                left += used
-                print(f"data key {key.name} still protects {used} values: it stays retiring "
-                      "(run `data-keys rotate --resume`)", file=sys.stderr)
-            else:
-                await asyncio.to_thread(retire_data_key, path, key.id)
-                print(f"data key {key.name} retired: nothing in the database uses it (kept "
-                      "in the keyring for older backups)")
-        if broken:
-            print(f"{broken} values did not open and were left as they are (see "
-                  "`data-keys status`, and the log of the gateway)", file=sys.stderr)
-        for line in _keys_line(await asyncio.to_thread(load_keyring, path), counts):
-            print(line)
-        return EXIT_FAILURE if left or broken else EXIT_OK
+        done = await reseal(engine, path, batch=args.batch_size, progress=Progress,
+                            say=lambda line: print(line, file=sys.stderr))
     finally:
         await engine.dispose()
+    print(f"audit trail: {done.trail}")
+    for name in done.retired:
+        print(f"data key {name} retired: nothing in the database uses it (kept in the "
+              "keyring for older backups)")
+    for name, used in done.left.items():
+        print(f"data key {name} still protects {used} values: it stays retiring (run "
+              "`data-keys rotate --resume`)", file=sys.stderr)
+    if done.broken:
+        print(f"{done.broken} values did not open and were left as they are (see "
+              "`data-keys status`)", file=sys.stderr)
+    for line in _keys_line(await asyncio.to_thread(load_keyring, path), done.counts):
+        print(line)
+    return EXIT_FAILURE if done.left or done.broken else EXIT_OK

@@ -233,7 +233,8 @@ async def seal_pass(engine: AsyncEngine, sealer: Sealer, *, run: str, batch: int
             total = (await conn.execute(select(func.count()).select_from(table))).scalar_one()
         after = _cursor_value(table, state["after"])
         progress.start(f"{table.name}", total)
-        progress.advance(state["seen"])
+        if state["seen"]:
+            progress.advance(state["seen"])
         while True:
             if stop_after is not None and batches >= stop_after:
                 progress.finish()
