@@ -232,3 +232,25 @@ async def test_doctor_names_the_keyring_and_checks_it(tmp_path: Path) -> None:
         await _data_keys(config)
     with pytest.raises(WrongKeyring):
         await open_database(config)
+
+
+def test_the_sealed_database_reads_as_the_older_release_showed_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After db upgrade, cases list and cases show (--json) print what the release before
+    sealing printed of the same database (recorded by fixtures/read_presealing.py)."""
+    from gateway.cli import main
+
+    expected = json.loads((FIXTURE.parent / "presealing-reads.json").read_text())
+    path = config_for(tmp_path, presealed(tmp_path))
+    assert main(["--config", str(path), "db", "upgrade"]) == 0
+    capsys.readouterr()
+    assert main(["--config", str(path), "cases", "list", "--json"]) == 0
+    listing = capsys.readouterr().out
+    if "hgs:" in listing:
+        pytest.xfail("this branch's case readers do not open sealed columns yet "
+                     "(seal-cases wires them)")
+    assert json.loads(listing) == expected["list"]
+    for case_id, shown in expected["show"].items():
+        assert main(["--config", str(path), "cases", "show", case_id, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out) == shown, case_id
