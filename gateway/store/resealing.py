@@ -17,13 +17,15 @@ batch reads and writes its rows in one write transaction (``BEGIN IMMEDIATE`` on
 of having its change overwritten. A value that names a key of the keyring but does not open
 is left as it is and counted as broken: a pass never destroys what it cannot read.
 
-The audit trail is hash-chained over what it stores, so it is not sealed here value by value
-but by ``gateway.store.audit.seal_trail`` (which seals and re-chains it), when that exists.
+The audit trail's chain moves from SHA-256 to an HMAC when it is sealed, so plain entries are
+sealed by ``gateway.store.audit.seal_trail`` (which seals and re-chains them); a rotation
+re-seals its sealed details here like any other value (the chain covers the opened details,
+so it holds).
 """
 
 from __future__ import annotations
 
-import inspect as pyinspect
+import hashlib
 import json
 import re
 import uuid
@@ -37,17 +39,43 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.store import audit, sealing_state
 from gateway.store.engine import IMMEDIATE
-from gateway.store.sealed import SEALED, Kind, seal_value
+from gateway.store.sealed import SEALED, Kind, open_value, seal_value
 from gateway.store.sealing import TEXT_PREFIX, FormatBroken, SealBroken, SealContext, Sealer
 from gateway.store.tables import metadata
 
 BATCH = 500
-#: Lookup columns that held the SHA-256 hex of what they find, and the purpose of their keyed
-#: hash now: the old hex is hashed again under the lookup key (``lookup_key(purpose, hex)``),
-#: which is what the gateway computes for new rows.
-LOOKUPS: Mapping[str, Mapping[str, str]] = {
-    "submissions": {"dedup_key": "submission"},
-    "cases": {"url_key": "case"},
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """A lookup column that held the SHA-256 hex of a source value and now holds the keyed
+    hash of it (``Sealer.lookup_key(purpose, source)``): ``source`` makes that value from the
+    row in clear (None: the row has none), reading the columns ``needs``."""
+
+    purpose: str
+    needs: tuple[str, ...]
+    source: Callable[[Mapping[str, Any]], bytes | str | None]
+
+
+def _dedup_source(row: Mapping[str, Any]) -> bytes:
+    """What ``SubmissionWriter`` hashes for ``submissions.dedup_key``."""
+    key = f"{row['channel']}\0{row['message_id'] or ''}\0{row['body_sha256']}"
+    return key.encode("utf-8", "surrogateescape")
+
+
+def _case_source(row: Mapping[str, Any]) -> str | None:
+    """What ``gateway.store.case_urls.case_lookup_key`` hashes: the canonical URL."""
+    canonical = row["canonical_url"]
+    return canonical if isinstance(canonical, str) else None
+
+
+#: table -> {lookup column: how to re-key it}. A value that is not 64 hex digits (already a
+#: keyed hash ``k<n>:…``, or ``no_url:<id>``) is left as it is; an old hash whose source does
+#: not hash to it (never written by this gateway) becomes the keyed hash of the hex itself.
+LOOKUPS: Mapping[str, Mapping[str, Lookup]] = {
+    "submissions": {"dedup_key": Lookup("submission", ("channel", "message_id", "body_sha256"),
+                                        _dedup_source)},
+    "cases": {"url_key": Lookup("case", ("canonical_url",), _case_source)},
 }
 _OLD_HASH = re.compile(r"[0-9a-f]{64}")
 #: Sealed by ``audit.seal_trail`` (hash-chained), not value by value.
@@ -170,14 +198,31 @@ def _cursor_value(table: Table, text: str | None) -> Any:
     return int(text) if primary.type.python_type is int else uuid.UUID(text)
 
 
+def _in_clear(sealer: Sealer, table: Table, record: object, values: Any,
+              names: tuple[str, ...]) -> dict[str, Any]:
+    """The columns ``names`` of a row as they were written: sealed ones opened."""
+    kinds = SEALED[table.name]
+    clear: dict[str, Any] = {}
+    for name in names:
+        stored = values[name]
+        kind = kinds.get(name)
+        if kind is not None and key_named(sealer, stored, kind) is not None:
+            stored = open_value(sealer, table.c[name], record, stored)
+        clear[name] = stored
+    return clear
+
+
 def run_batch(conn: Connection, sealer: Sealer, table: Table, after: Any, limit: int,
-              report: PassReport) -> tuple[Any, int]:
+              report: PassReport, keep_clear: frozenset[str] = frozenset()
+              ) -> tuple[Any, int]:
     """Seal (or re-seal) the next ``limit`` rows of ``table`` after ``after``, in the caller's
-    write transaction: (the last primary key seen, rows seen)."""
+    write transaction: (the last primary key seen, rows seen). Columns in ``keep_clear`` are
+    re-sealed when sealed, but left alone in clear (the trail's: ``seal_trail`` seals them)."""
     primary = _primary(table)
     kinds = SEALED[table.name]
     lookups = LOOKUPS.get(table.name, {})
-    columns = [table.c[name] for name in (*kinds, *lookups)]
+    plain_needed = {n for lookup in lookups.values() for n in lookup.needs} - set(kinds)
+    columns = [table.c[name] for name in dict.fromkeys((*kinds, *lookups, *plain_needed))]
     query = select(primary, *columns).order_by(primary).limit(limit)
     if after is not None:
         query = query.where(primary > after)
@@ -190,15 +235,22 @@ def run_batch(conn: Connection, sealer: Sealer, table: Table, after: Any, limit:
         values = row._mapping
         changes: dict[str, Any] = {}
         for name, kind in kinds.items():
+            if name in keep_clear and key_named(sealer, values[name], kind) is None:
+                continue
             outcome, value = _reseal(sealer, table, name, kind, record, values[name])
             if outcome == "seal":
                 changes[name] = value
             elif outcome == "broken":
                 report.broken[table.name] = report.broken.get(table.name, 0) + 1
-        for name, purpose in lookups.items():
+        for name, lookup in lookups.items():
             old = values[name]
             if isinstance(old, str) and _OLD_HASH.fullmatch(old):
-                changes[name] = sealer.lookup_key(purpose, old)
+                source = lookup.source(_in_clear(sealer, table, record, values, lookup.needs))
+                if source is None or hashlib.sha256(
+                        source.encode("utf-8", "surrogatepass") if isinstance(source, str)
+                        else source).hexdigest() != old:
+                    source = old
+                changes[name] = sealer.lookup_key(lookup.purpose, source)
         if changes:
             report.changed[table.name] = report.changed.get(table.name, 0) + 1
             groups.setdefault(tuple(sorted(changes)), []).append(
@@ -213,16 +265,18 @@ def run_batch(conn: Connection, sealer: Sealer, table: Table, after: Any, limit:
 
 
 async def seal_pass(engine: AsyncEngine, sealer: Sealer, *, run: str, batch: int = BATCH,
-                    progress: Progress | None = None, stop_after: int | None = None
-                    ) -> PassReport:
-    """Every table of ``SEALED`` (but the trail) sealed under ``sealer``'s current key, from
-    the cursors ``<run>:<table>`` on; ``Stopped`` after ``stop_after`` batches (tests). The
-    cursors stay when done (``forget_run`` clears them), so a finished table is not walked
-    again by a resumed pass."""
+                    progress: Progress | None = None, stop_after: int | None = None,
+                    trail: bool = False) -> PassReport:
+    """Every table of ``SEALED`` sealed under ``sealer``'s current key, from the cursors
+    ``<run>:<table>`` on; with ``trail``, the audit trail's sealed details re-sealed too (a
+    rotation; its plain ones are ``seal_the_trail``'s). ``Stopped`` after ``stop_after``
+    batches (tests). The cursors stay when done (``forget_run`` clears them), so a finished
+    table is not walked again by a resumed pass."""
     progress = progress or _Quiet()
     report = PassReport()
     batches = 0
-    for table in sealed_tables(with_trail=False):
+    for table in sealed_tables(with_trail=trail):
+        keep_clear = frozenset(SEALED[table.name]) if table.name == TRAIL else frozenset()
         name = f"{run}:{table.name}"
         async with engine.connect() as conn:
             stored = await conn.run_sync(sealing_state.read, name)
@@ -243,8 +297,10 @@ async def seal_pass(engine: AsyncEngine, sealer: Sealer, *, run: str, batch: int
                 conn = await conn.execution_options(**IMMEDIATE)
                 async with conn.begin():
                     def work(sync: Connection, after: Any = after, state: Any = state,
-                             name: str = name, table: Table = table) -> tuple[Any, int]:
-                        last, seen = run_batch(sync, sealer, table, after, batch, report)
+                             name: str = name, table: Table = table,
+                             keep_clear: frozenset[str] = keep_clear) -> tuple[Any, int]:
+                        last, seen = run_batch(sync, sealer, table, after, batch, report,
+                                               keep_clear)
                         state.update(after=None if last is None else str(last),
                                      done=seen < batch, seen=state["seen"] + seen)
                         sealing_state.write(sync, name, json.dumps(state))
@@ -259,20 +315,40 @@ async def seal_pass(engine: AsyncEngine, sealer: Sealer, *, run: str, batch: int
     return report
 
 
-async def seal_the_trail(engine: AsyncEngine) -> str:
-    """The audit trail sealed and re-chained by ``audit.seal_trail``, or why not."""
+def _call_trail(sync: Connection, seal_trail: Callable[..., Any], after: int | None,
+                chunk: int) -> Any:
+    return seal_trail(sync, after=after, chunk=chunk)
+
+
+async def seal_the_trail(engine: AsyncEngine, *, chunk: int = 1000,
+                         progress: Progress | None = None) -> str:
+    """The plain entries of the audit trail sealed and re-chained by ``audit.seal_trail``, one
+    transaction per call until it says done (killed, it starts again and finds where it
+    stopped), or why not."""
     seal_trail = trail_sealer()
     if seal_trail is None:
         return "left as it is: this build has no audit.seal_trail"
-    async with engine.connect() as conn:
-        conn = await conn.execution_options(**IMMEDIATE)
-        if pyinspect.iscoroutinefunction(seal_trail):
-            result = await seal_trail(conn)
-            await conn.commit()
-        else:
+    progress = progress or _Quiet()
+    progress.start(TRAIL, 0)
+    after: int | None = None
+    sealed = 0
+    broken: list[int] = []
+    while True:
+        async with engine.connect() as conn:
+            conn = await conn.execution_options(**IMMEDIATE)
             async with conn.begin():
-                result = await conn.run_sync(lambda sync: seal_trail(sync))
-    return "sealed" if result is None else f"sealed ({result})"
+                result = await conn.run_sync(_call_trail, seal_trail, after, chunk)
+        sealed += result.sealed
+        broken += result.broken
+        after = result.last
+        progress.advance(result.sealed)
+        if result.done:
+            break
+    progress.finish()
+    said = f"{sealed} entries sealed, the chain whole"
+    if broken:
+        said += f"; entries {', '.join(map(str, broken))} do not open and were left as they are"
+    return said
 
 
 async def forget_run(engine: AsyncEngine, run: str) -> None:

@@ -73,7 +73,7 @@ async def reseal(engine: AsyncEngine, path: Path, *, batch: int = BATCH,
     result = Rotated()
     for number in range(1, MAX_PASSES + 1):
         say(f"pass {number}: re-sealing under data key {current}")
-        report = await seal_pass(engine, sealer, run=run, batch=batch,
+        report = await seal_pass(engine, sealer, run=run, batch=batch, trail=True,
                                  progress=progress() if progress else None)
         await forget_run(engine, run)
         result.broken = sum(report.broken.values())

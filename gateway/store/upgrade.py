@@ -55,7 +55,7 @@ async def upgrade_database(engine: AsyncEngine, sealer: Sealer, *, batch: int = 
     if before is not None:  # an older release's rows, in clear
         report = await seal_pass(engine, sealer, run=RUN, batch=batch, progress=progress,
                                  stop_after=stop_after)
-        report.trail = await seal_the_trail(engine)
+        report.trail = await seal_the_trail(engine, progress=progress)
         cleared = await clear_free_pages(engine)
     async with engine.begin() as conn:
         await conn.run_sync(lambda sync: sealing_state.write(
