@@ -134,6 +134,9 @@ async def normalise(
                                                  cancel_futures=True))
         backend = await open_write_backend(engine, busy_timeout=config.database.busy_timeout)
         parts.on_close(backend.close)
+        if not once:  # it seals case URLs: it follows a rotation as serve does
+            parts.run("keyring-watch", KeyringWatch(keyring_path(
+                config.data.keyring, config.data.credential, os.environ), engine))
         stage = make_normaliser(config, backend, executor, gpg=await make_gpg(config, executor))
         if once:
             while await stage.run_once():

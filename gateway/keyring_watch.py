@@ -20,8 +20,8 @@ from pathlib import Path
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.store.sealed import bind_sealer, sealer_of
-from gateway.store.sealing import KeyringError, Sealer, load_keyring
+from gateway.store.sealed import sealer_of
+from gateway.store.sealing import KeyringError, load_keyring
 
 log = structlog.get_logger("gateway.keyring")
 
@@ -79,7 +79,7 @@ class KeyringWatch:
                       reason="the new keyring lacks (or changed) keys the running one holds",
                       data_keys=lost, lookup_keys=sorted(lost_lookup))
             return False
-        bind_sealer(self._engine, Sealer(keyring))
+        sealer_of(self._engine).reload(keyring)  # in place: every holder of it follows
         if keyring.current.id != held.current.id:
             log.info("keyring.reloaded", path=str(self.path), current=keyring.current.name,
                      was=held.current.name)

@@ -187,3 +187,35 @@ async def test_rotation_under_load_leaves_nothing_under_the_old_key(
         await engine.dispose()
     assert all(old not in per_key for per_key in counts.values()), counts
     assert counts["submissions"].get(new, 0) > 0
+
+
+async def test_the_keyring_watch_reloads_the_sealer_every_holder_has(
+    make_config: ConfigFactory
+) -> None:
+    """A changed keyring file is given to the engine's sealer in place (so a writer thread
+    holding it seals under the new key); one that lost a key is refused and changes
+    nothing."""
+    from gateway.keyring_watch import KeyringWatch
+    from gateway.store.sealing import SealContext, add_data_key, create_keyring
+
+    config = make_config()
+    path = config.data.keyring
+    assert path is not None
+    engine = await open_database(config)
+    try:
+        held = sealer_of(engine)  # as a backend's thread would hold it
+        watch = KeyringWatch(path, engine)
+        await watch.check()  # the first look reads the file as it is
+        old = held.keyring.current.name
+        assert not await watch.check()  # unchanged: nothing to read
+        new = await asyncio.to_thread(add_data_key, path)
+        assert await watch.check()
+        assert sealer_of(engine) is held and held.keyring.current.name == new.name
+        context = SealContext("users", "totp_secret", uuid.uuid4())
+        assert held.key_of(held.seal(context, b"x")) == new.name
+        path.unlink()
+        await asyncio.to_thread(create_keyring, path)  # another keyring: lacks both keys
+        assert not await watch.check()
+        assert {k.name for k in held.keyring.data_keys} == {old, new.name}
+    finally:
+        await engine.dispose()
