@@ -219,3 +219,63 @@ async def test_the_keyring_watch_reloads_the_sealer_every_holder_has(
         assert {k.name for k in held.keyring.data_keys} == {old, new.name}
     finally:
         await engine.dispose()
+
+
+def test_progress_is_a_bar_on_a_terminal_and_lines_otherwise() -> None:
+    """On a terminal the bar is redrawn in place; elsewhere a line at most every second, and
+    one at the end."""
+    import io
+
+    from gateway.progress import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    bar = Progress(terminal)
+    bar.start("submissions", 4)
+    bar.advance(2)
+    bar.finish()
+    assert terminal.getvalue() == (
+        "\rsubmissions          [" + "#" * 15 + "." * 15 + "] 2/4"
+        "\rsubmissions          [" + "#" * 15 + "." * 15 + "] 2/4\n")
+    now = [0.0]
+    log = io.StringIO()
+    lines = Progress(log, clock=lambda: now[0])
+    lines.start("cases", 10)
+    for _ in range(5):
+        lines.advance(1)
+        now[0] += 0.3
+    lines.finish()
+    assert log.getvalue().splitlines() == ["cases: 1/10 ...", "cases: 5/10 ...",
+                                           "cases: 5/10 done"]
+
+
+def test_data_keys_status_says_what_each_key_protects(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """data-keys status lists each key, its state, and the values of each table under it."""
+    from gateway.cli import main
+    from tests.gateway.test_cli import write_config
+
+    path = write_config(tmp_path)
+    assert main(["--config", str(path), "db", "upgrade"]) == 0
+    config = config_module.load(path)
+
+    async def fill() -> None:
+        engine = await open_database(config)
+        try:
+            await add_users(engine, 3)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(fill())
+    capsys.readouterr()
+    assert main(["--config", str(path), "data-keys", "status"]) == 0
+    out = capsys.readouterr().out
+    assert config.data.keyring is not None
+    key = load_keyring(config.data.keyring).current.name
+    assert f"keyring {config.data.keyring}" in out
+    assert f"data key {key}  current " in out and "protects 3 values: users 3" in out
+    assert "lookup key 1  current" in out

@@ -283,7 +283,7 @@ def load_keyring(path: Path) -> Keyring:
         descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         raise KeyringError(f"{path}: no keyring there (restore it from its backup; a new "
-                           "install makes one with `setup-demo`)") from None
+                           "install makes one with `data-keys create`)") from None
     except OSError as exc:
         raise KeyringError(f"{path}: the keyring cannot be opened: "
                            f"{exc.strerror or exc}") from None
