@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -40,15 +41,19 @@ from gateway.compose import (
 from gateway.config import Config, ConfigError
 from gateway.console.web import ConsoleServer, make_console
 from gateway.database import load_sealer, open_database
+from gateway.keyring_watch import KeyringWatch
 from gateway.lifecycle import Lifecycle
 from gateway.metrics import Metrics
 from gateway.notify import Notifier
+from gateway.progress import Progress
 from gateway.retention import DailyRetention
 from gateway.stats import StatsCache
-from gateway.store import migrate
 from gateway.store.backend import open_write_backend
 from gateway.store.references import ReferenceAllocator
-from gateway.store.sealed import bind_sealer
+from gateway.store.sealed import bind_sealer, sealer_of
+from gateway.store.sealing import keyring_path
+from gateway.store.sealing_state import verify_keyring
+from gateway.store.upgrade import upgrade_database
 from gateway.store.writer import SubmissionWriter
 from intake.normalise import NormaliseStage
 from intake.smtp import SmtpServer, quiet_aiosmtpd_logs
@@ -129,6 +134,9 @@ async def normalise(
                                                  cancel_futures=True))
         backend = await open_write_backend(engine, busy_timeout=config.database.busy_timeout)
         parts.on_close(backend.close)
+        if not once:  # it seals case URLs: it follows a rotation as serve does
+            parts.run("keyring-watch", KeyringWatch(keyring_path(
+                config.data.keyring, config.data.credential, os.environ), engine))
         stage = make_normaliser(config, backend, executor, gpg=await make_gpg(config, executor))
         if once:
             while await stage.run_once():
@@ -169,7 +177,10 @@ async def running(
         parts.on_close(lambda: asyncio.to_thread(executor.shutdown, wait=True,
                                                  cancel_futures=True))
         if upgrade_db:
-            await migrate.upgrade(engine)
+            # Also seals, resumably, what an older release wrote in clear (issue 16).
+            await upgrade_database(engine, sealer_of(engine), progress=Progress())
+        else:
+            await verify_keyring(engine, sealer_of(engine))
         backend = await open_write_backend(engine, busy_timeout=config.database.busy_timeout)
         parts.on_close(backend.close)
         writer = SubmissionWriter(backend, ReferenceAllocator(config.gateway.reference_prefix),
@@ -187,6 +198,8 @@ async def running(
         refer = make_refer(config, backend, engine, locator, gpg, outbox)
         keywatch = make_keywatch(config, gpg)
         # Stopped in the reverse order: the writer first, the daily retention last.
+        parts.run("keyring-watch", KeyringWatch(keyring_path(
+            config.data.keyring, config.data.credential, os.environ), engine))
         parts.run("retention", DailyRetention(backend, config.retention))
         parts.run("keywatch", keywatch)
         parts.run("outbox", outbox)

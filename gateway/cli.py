@@ -21,24 +21,27 @@ import structlog
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway import cases_cli, checks, doctor, keys_cli, logs, staff_cli
+from gateway import cases_cli, checks, data_keys_cli, doctor, keys_cli, logs, staff_cli
 from gateway import config as config_module
 from gateway.app import GatewayFailed, normalise, serve
 from gateway.backup import BackupError, backup
 from gateway.config import Config, ConfigError
 from gateway.console.accounts import utcnow
-from gateway.database import open_database
+from gateway.database import load_sealer, open_database
 from gateway.demo import setup_demo
 from gateway.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, refused
 from gateway.notify import Notifier
+from gateway.progress import Progress
 from gateway.retention import purge
 from gateway.stats import collect_stats
-from gateway.store import migrate
 from gateway.store.audit import CLI_ACTOR
 from gateway.store.audit import verify as verify_audit
 from gateway.store.backend import WriteBackend, open_write_backend
 from gateway.store.errors import GatewayError
 from gateway.store.lifecycle import Actor
+from gateway.store.resealing import BATCH
+from gateway.store.sealing import KeyringError, WrongKeyring
+from gateway.store.upgrade import Upgraded, upgrade_database
 from outbound.outbox import retry_failed
 from routing.geo import GeoError
 
@@ -64,7 +67,11 @@ def _parser() -> argparse.ArgumentParser:
                                help="work until the backlog is empty, then exit")
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
-    db_commands.add_parser("upgrade", help="apply migrations")
+    db_upgrade = db_commands.add_parser(
+        "upgrade", help="apply migrations, and seal what an older release wrote in clear "
+                        "(resumable)")
+    db_upgrade.add_argument("--batch-size", type=int, default=BATCH,
+                            help="rows sealed per transaction")
     commands.add_parser("setup-demo", help="make the local directories and database (idempotent)")
     cases_cmd = commands.add_parser("cases", help="inspect cases")
     cases_commands = cases_cmd.add_subparsers(dest="cases_command", required=True, metavar="ACTION")
@@ -80,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     cases_relocate.add_argument("id", help="the case id")
     cases_relocate.add_argument("--json", action="store_true", help="print JSON")
     staff_cli.add_parsers(commands)
+    data_keys_cli.add_parsers(commands)
     keys_cmd = commands.add_parser("keys", help="OpenPGP keys: ours and our destinations'")
     keys_commands = keys_cmd.add_subparsers(dest="keys_command", required=True,
                                             metavar="ACTION")
@@ -201,18 +209,29 @@ async def _serve(config: Config, notifier: Notifier, *, upgrade_db: bool) -> Non
 
 def _cmd_db(args: argparse.Namespace) -> int:
     config = _load(args)
+    if args.batch_size < 1:
+        print("db upgrade: --batch-size must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
 
-    async def run() -> tuple[str | None, str | None]:
-        engine = await open_database(config)
+    async def run() -> Upgraded:
+        sealer = await load_sealer(config)
+        engine = await open_database(config, sealer=sealer)
         try:
-            before = await migrate.current(engine)
-            await migrate.upgrade(engine)
-            return before, await migrate.current(engine)
+            return await upgrade_database(engine, sealer, batch=args.batch_size,
+                                          progress=Progress())
         finally:
             await engine.dispose()
 
-    before, after = asyncio.run(run())
-    print(f"database at revision {after}" + ("" if before == after else f" (was {before})"))
+    done = asyncio.run(run())
+    print(f"database at revision {done.after}"
+          + ("" if done.before == done.after else f" (was {done.before})"))
+    if done.sealed is not None:
+        sealed = ", ".join(f"{t} {n}" for t, n in done.sealed.changed.items()) or "none"
+        print(f"sealed rows: {sealed}; audit trail: {done.sealed.trail}")
+        if done.sealed.broken:
+            broken = ", ".join(f"{t} {n}" for t, n in done.sealed.broken.items())
+            print(f"values that did not open, left as they are: {broken}", file=sys.stderr)
+        print(done.cleared)
     return EXIT_OK
 
 
@@ -356,6 +375,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "db": _cmd_db,
     "setup-demo": _cmd_setup_demo,
     "stats": _cmd_stats,
+    "data-keys": lambda args: data_keys_cli.cmd_data_keys(args, _load),
 }
 
 
@@ -366,6 +386,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"config error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    except (KeyringError, WrongKeyring) as exc:
+        # A keyring that is missing, unusable or not the database's: fix the configuration
+        # (or restore the right file) before anything reads or seals.
+        print(f"hotline-gateway: data keys: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except GatewayError as exc:
         return refused(args, exc)

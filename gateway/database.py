@@ -17,6 +17,7 @@ from gateway.config import Config
 from gateway.store.engine import open_engine
 from gateway.store.sealed import bind_sealer
 from gateway.store.sealing import Sealer, keyring_path, load_keyring
+from gateway.store.sealing_state import verify_keyring
 
 
 async def load_sealer(config: Config) -> Sealer:
@@ -27,10 +28,20 @@ async def load_sealer(config: Config) -> Sealer:
 
 
 async def open_database(config: Config, *, sealer: Sealer | None = None,
-                        **connect_args: Any) -> AsyncEngine:
-    """An engine on ``[database]`` with ``[data]``'s keyring (or ``sealer``) bound to it."""
+                        verify: bool = True, **connect_args: Any) -> AsyncEngine:
+    """An engine on ``[database]`` with ``[data]``'s keyring (or ``sealer``) bound to it,
+    checked against the database's check value (written on the first open): a keyring that
+    is not the database's is ``WrongKeyring`` here, before anything is read or sealed.
+    ``verify=False`` leaves the check to the caller (``doctor`` reports it on a line of its
+    own)."""
     if sealer is None:
         sealer = await load_sealer(config)
     engine = await open_engine(config.database.settings(), **connect_args)
     bind_sealer(engine, sealer)
+    if verify:
+        try:
+            await verify_keyring(engine, sealer)
+        except BaseException:
+            await engine.dispose()
+            raise
     return engine

@@ -15,10 +15,11 @@ from sqlalchemy import select
 from gateway.config import Config
 from gateway.console.accounts import add_user, utcnow
 from gateway.database import open_database
-from gateway.store import migrate
 from gateway.store.backend import open_write_backend
+from gateway.store.sealed import sealer_of
 from gateway.store.sealing import create_keyring
 from gateway.store.tables import users
+from gateway.store.upgrade import upgrade_database
 
 DEMO_ANALYST = "analyst"
 DEMO_KEYS = Path(__file__).resolve().parents[1] / "demo" / "keys"
@@ -94,9 +95,9 @@ async def setup_demo(config: Config) -> list[str]:
         _make_dir(config.outbound.file_dir, 0o750, lines, "file outbox")
     engine = await open_database(config)
     try:
-        before = await migrate.current(engine)
-        await migrate.upgrade(engine)
-        after = await migrate.current(engine)
+        # Like db upgrade: an older release's database is sealed too (and marked sealed).
+        done = await upgrade_database(engine, sealer_of(engine))
+        before, after = done.before, done.after
         state = "exists  " if before == after else "migrated"
         lines.append(f"{state} database at revision {after}")
         async with engine.connect() as conn:

@@ -1,7 +1,8 @@
 """``doctor``: an end-to-end check of an install, each line ``ok`` or ``FAIL`` with the reason.
 
 It checks the config and the files it names, the database (reachable, at the newest schema,
-writable), every pinned key, the resolver, the way out (the SMTP relay with the configured TLS
+writable), the data keys (the keyring is there, usable, and the database's by its check
+value), every pinned key, the resolver, the way out (the SMTP relay with the configured TLS
 and EHLO name, asked MAIL and RCPT as a referral would be, or the outbox folder) and, when the
 daemon runs, its ``/readyz``.
 """
@@ -20,8 +21,10 @@ from sqlalchemy import text
 
 from gateway.checks import file_problems
 from gateway.config import Config
-from gateway.database import open_database
+from gateway.database import load_sealer, open_database
 from gateway.store import migrate
+from gateway.store.sealing import KeyringError, WrongKeyring, keyring_path
+from gateway.store.sealing_state import verify_keyring
 
 Check = Callable[[], Awaitable[str]]
 
@@ -31,7 +34,7 @@ class Failed(Exception):
 
 
 async def _database(config: Config) -> str:
-    engine = await open_database(config)
+    engine = await open_database(config, verify=False)  # the keyring has a line of its own
     try:
         current, head = await migrate.current(engine), migrate.head()
         async with engine.begin() as conn:
@@ -41,6 +44,26 @@ async def _database(config: Config) -> str:
         return f"reachable, schema {current}"
     finally:
         await engine.dispose()
+
+
+async def _data_keys(config: Config) -> str:
+    """The keyring: where, its current key, and whether it is the database's (check value)."""
+    try:
+        path = keyring_path(config.data.keyring, config.data.credential, os.environ)
+        sealer = await load_sealer(config)
+    except KeyringError as exc:
+        raise Failed(str(exc)) from exc
+    where = f"{path}: current key {sealer.keyring.current.name}"
+    engine = await open_database(config, sealer=sealer, verify=False)
+    try:
+        found = await verify_keyring(engine, sealer)
+    except WrongKeyring as exc:
+        raise Failed(f"{where}: WRONG: {exc}") from exc
+    finally:
+        await engine.dispose()
+    if found == "absent":
+        raise Failed(f"{where}: the database has no check value yet: run `db upgrade`")
+    return f"{where}, check value {'written' if found == 'written' else 'ok'}"
 
 
 async def _keys(config: Config) -> str:
@@ -145,7 +168,8 @@ async def run(config: Config) -> list[tuple[str, bool, str]]:
     results.append(("config", not problems,
                     "; ".join(problems) if problems else f"{config.path or 'defaults'} valid"))
     checks: list[tuple[str, Check]] = [
-        ("database", lambda: _database(config)), ("keys", lambda: _keys(config)),
+        ("database", lambda: _database(config)), ("data-keys", lambda: _data_keys(config)),
+        ("keys", lambda: _keys(config)),
         ("dns", lambda: _dns(config)), ("outbound", lambda: _outbound(config)),
         ("daemon", lambda: _daemon(config)),
     ]

