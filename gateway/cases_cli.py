@@ -111,7 +111,7 @@ def _hosting_line(hosting: dict[str, Any] | None) -> str:
     if hosting is None:
         return "-"
     parts = [hosting["status"]]
-    for key in ("country", "asn", "org", "source", "error"):
+    for key in ("country", "asn", "org", "source", "error", "damaged"):
         if hosting.get(key) is not None:
             parts.append(f"{key}={hosting[key]}")
     if hosting.get("ips"):

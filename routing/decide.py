@@ -22,6 +22,8 @@ from gateway.store import leases
 from gateway.store.backend import WriteBackend
 from gateway.store.ids import uuid7
 from gateway.store.lifecycle import Actor, CaseChanged, move, supersede
+from gateway.store.sealed import open_row, open_value, seal_values, sealer_of
+from gateway.store.sealing import SealBroken, Sealer
 from gateway.store.tables import (
     assessments,
     case_reports,
@@ -146,7 +148,8 @@ def read_case(conn: Connection, case_id: uuid.UUID) -> RoutingCase | None:
         verdict=Verdict(verdict.id, verdict.verdict, verdict.classification,
                         verdict.hosting_country, verdict.created_at, verdict.by,
                         verdict.approver),
-        hosting=_evidence(evidence) if evidence is not None else None,
+        hosting=_evidence(open_row(sealer_of(conn), hosting_evidence, evidence))
+        if evidence is not None else None,
         country_change=_country_change(conn, case_id, verdict.id))
 
 
@@ -265,11 +268,14 @@ def store(conn: Connection, *, case_id: uuid.UUID, status: str, decision: Routin
     if assessment_id is not None:
         mine = and_(mine, exists().where(assessments.c.id == assessment_id,
                                          assessments.c.status == "final"))
-    live = conn.execute(select(routing_decisions.c.rule, routing_decisions.c.explanation)
+    sealer = sealer_of(conn)
+    live = conn.execute(select(routing_decisions.c.id, routing_decisions.c.rule,
+                               routing_decisions.c.explanation)
                         .where(routing_decisions.c.case_id == case_id,
                                routing_decisions.c.superseded.is_(False))).first()
     same = (status == "held" and decision.outcome == "hold" and live is not None
-            and (live.rule, live.explanation) == (decision.rule, decision.explanation))
+            and live.rule == decision.rule
+            and _explanation(sealer, live) == decision.explanation)
     try:
         # Still held for the same reason: the next key retry counts from now, nothing new.
         move(conn, case_id, event, actor=ROUTE, at=now, state=status, where=mine,
@@ -284,8 +290,20 @@ def store(conn: Connection, *, case_id: uuid.UUID, status: str, decision: Routin
         return Stored(True)
     supersede(conn, case_id, now=now, verdicts=False)
     decision_id = uuid7()
+    row = {"id": decision_id, "case_id": case_id, "created_at": now, "rule": decision.rule,
+           "outcome": decision.outcome, "destination": decision.destination,
+           "facts": decision.facts, "explanation": decision.explanation}
     conn.execute(insert(routing_decisions).values(
-        id=decision_id, case_id=case_id, created_at=now, rule=decision.rule,
-        outcome=decision.outcome, destination=decision.destination, facts=decision.facts,
-        explanation=decision.explanation))
+        seal_values(sealer, routing_decisions, decision_id, row)))
     return Stored(True, decision_id)
+
+
+def _explanation(sealer: Sealer, live: Any) -> str | None:
+    """A live decision's explanation; None when it does not open (a new decision then
+    supersedes the damaged one)."""
+    try:
+        explanation: str = open_value(sealer, routing_decisions.c.explanation, live.id,
+                                      live.explanation)
+    except SealBroken:
+        return None
+    return explanation

@@ -34,6 +34,8 @@ from gateway.store.errors import Conflict, NotAllowed, NotFound
 from gateway.store.ids import uuid7
 from gateway.store.lifecycle import Actor, CaseChanged, audit_batch, move, sources
 from gateway.store.polling import PollingStage, retry_delay
+from gateway.store.sealed import seal_value, seal_values, sealer_of
+from gateway.store.sealing import Sealer
 from gateway.store.tables import cases, hosting_evidence
 from routing.locate import HostingEvidence, Locator, host_of
 
@@ -56,15 +58,18 @@ class _Claimed:
     url_key: str
 
 
-def evidence_row(case_id: uuid.UUID, hosting: HostingEvidence, trigger: str) -> dict[str, Any]:
-    return {
-        "id": uuid7(), "case_id": case_id, "checked_at": hosting.checked_at,
+def evidence_row(sealer: Sealer, case_id: uuid.UUID, hosting: HostingEvidence,
+                 trigger: str, evidence_id: uuid.UUID | None = None) -> dict[str, Any]:
+    """The hosting evidence row of a lookup, its host and DNS names sealed."""
+    evidence_id = evidence_id or uuid7()
+    return seal_values(sealer, hosting_evidence, evidence_id, {
+        "id": evidence_id, "case_id": case_id, "checked_at": hosting.checked_at,
         "trigger": trigger, "host": hosting.host, "resolver": hosting.resolver,
         "outcome": hosting.outcome, "status": hosting.status, "country": hosting.country,
         "asn": hosting.asn, "org": hosting.org, "cdn": hosting.cdn, "source": hosting.source,
         "ips": hosting.ips, "records": hosting.records, "addresses": hosting.addresses,
         "databases": hosting.databases, "error": hosting.error,
-    }
+    })
 
 
 def _hosting_details(hosting: HostingEvidence, evidence_id: uuid.UUID) -> dict[str, Any]:
@@ -235,20 +240,22 @@ class LocateStage(PollingStage):
         """File the lookups (in the database's thread: no logging here); those filed."""
         evidence = []
         filed: list[tuple[_Claimed, HostingEvidence]] = []
+        sealer = sealer_of(conn)
         # In url_key order, as the normaliser files cases: two transactions that lock the
         # same cases lock them in one order, and never deadlock.
         with audit_batch(conn, at=now) as audit:
             for claimed, hosting in sorted(results, key=lambda pair: pair[0].url_key):
-                row = evidence_row(claimed.id, hosting, "auto")
-                if self._file_one(conn, claimed, hosting, row["id"], now, audit):
+                row = evidence_row(sealer, claimed.id, hosting, "auto")
+                if self._file_one(conn, sealer, claimed, hosting, row["id"], now, audit):
                     evidence.append(row)
                     filed.append((claimed, hosting))
             if evidence:
                 conn.execute(insert(hosting_evidence), evidence)
         return filed
 
-    def _file_one(self, conn: Connection, claimed: _Claimed, hosting: HostingEvidence,
-                  evidence_id: uuid.UUID, now: datetime, audit: list[AuditEntry]) -> bool:
+    def _file_one(self, conn: Connection, sealer: Sealer, claimed: _Claimed,
+                  hosting: HostingEvidence, evidence_id: uuid.UUID, now: datetime,
+                  audit: list[AuditEntry]) -> bool:
         """Move one case on (or count its failed attempt) if it is still ours."""
         mine = cases.c.claimed_by == self._worker
         values: dict[str, Any] = {"claimed_by": None, "claimed_until": None,
@@ -257,14 +264,15 @@ class LocateStage(PollingStage):
         if hosting.failed:
             attempts = claimed.attempts + 1
             retry_at = now + self.retry_delay(attempts)
+            error = seal_value(sealer, cases.c.locate_error, claimed.id, hosting.error)
             if attempts < self._max_attempts or claimed.status == "locate_failed":
                 # Not a change of state: one more attempt counted, the next one scheduled.
                 guard = and_(cases.c.id == claimed.id, mine, cases.c.status.in_(TO_LOCATE))
                 return conn.execute(update(cases).where(guard).values(
                     claimed_by=None, claimed_until=None, locate_attempts=attempts,
-                    locate_error=hosting.error, locate_after=retry_at)).rowcount == 1
+                    locate_error=error, locate_after=retry_at)).rowcount == 1
             event = "give_up_locating"
-            values.update(locate_attempts=attempts, locate_error=hosting.error,
+            values.update(locate_attempts=attempts, locate_error=error,
                           locate_after=retry_at)
         try:
             move(conn, claimed.id, event, actor=LOCATE, at=now, state=claimed.status,
@@ -309,14 +317,15 @@ async def relocate(
         raise NotAllowed(f"a case that is {row.status} is located again by a supervisor")
     hosting = await locator.locate(host, fresh=True)
 
-    row = evidence_row(case_id, hosting, trigger)
+    evidence_id = uuid7()
 
     def file(conn: Connection) -> None:
-        conn.execute(insert(hosting_evidence).values(**row))
+        evidence = evidence_row(sealer_of(conn), case_id, hosting, trigger, evidence_id)
+        conn.execute(insert(hosting_evidence).values(**evidence))
         if actor is not None:
             record(conn, [AuditEntry(actor, "case.relocated", case_id, {
                 "status": hosting.status, "country": hosting.country,
-                "evidence": str(row["id"])})], at=hosting.checked_at)
+                "evidence": str(evidence_id)})], at=hosting.checked_at)
         if not hosting.failed:
             state = conn.execute(select(cases.c.status).where(cases.c.id == case_id)).scalar()
             if state in TO_LOCATE:
@@ -324,8 +333,8 @@ async def relocate(
                      at=hosting.checked_at, state=state,
                      values={"locate_error": None, "locate_after": None, "claimed_by": None,
                              "claimed_until": None},
-                     details=_hosting_details(hosting, row["id"]))
+                     details=_hosting_details(hosting, evidence_id))
 
     await backend.transaction(file)
     log.info("locate.relocated", case_id=str(case_id), status=hosting.status)
-    return replace(hosting, evidence_id=str(row["id"]))
+    return replace(hosting, evidence_id=str(evidence_id))

@@ -25,7 +25,7 @@ from gateway.store.backend import WriteBackend
 from gateway.store.case_view import opened
 from gateway.store.errors import Conflict, Invalid, NotAllowed, NotFound
 from gateway.store.ids import uuid7
-from gateway.store.sealed import seal_values, sealer_of
+from gateway.store.sealed import open_value, seal_values, sealer_of
 from gateway.store.tables import (
     assessments,
     case_reports,
@@ -278,7 +278,9 @@ async def record_iccam(
             routing_decisions.c.superseded.is_(False))).first()
         if decision is None:
             raise Conflict("the case has no routing decision")
-        country = (decision.facts or {}).get("country") or "??"
+        facts = open_value(sealer_of(conn), routing_decisions.c.facts, decision.id,
+                           decision.facts)
+        country = (facts or {}).get("country") or "??"
         reference = conn.execute(
             select(submissions.c.reference)
             .join(case_reports, case_reports.c.submission_id == submissions.c.id)

@@ -23,6 +23,7 @@ from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
 from gateway.store.errors import Conflict, Invalid, NotAllowed
 from gateway.store.ids import uuid7
+from gateway.store.sealed import open_value, seal_values, sealer_of
 from gateway.store.tables import assessments, cases, routing_changes, routing_decisions, users
 
 
@@ -59,10 +60,12 @@ def _routing_facts(conn: Connection, case_id: uuid.UUID, status: str,
                    assessment_country: str | None) -> dict[str, Any]:
     """What the proposer saw: the case's state and its live routing decision's facts."""
     case = conn.execute(select(cases.c.hold_reason).where(cases.c.id == case_id)).one()
-    live = conn.execute(select(routing_decisions.c.rule, routing_decisions.c.facts).where(
+    live = conn.execute(select(routing_decisions.c.id, routing_decisions.c.rule,
+                               routing_decisions.c.facts).where(
         routing_decisions.c.case_id == case_id,
         routing_decisions.c.superseded.is_(False))).first()
-    facts = dict(live.facts or {}) if live is not None else {}
+    facts = dict(open_value(sealer_of(conn), routing_decisions.c.facts, live.id, live.facts)
+                 or {}) if live is not None else {}
     return {"status": status, "hold_reason": case.hold_reason,
             "rule": live.rule if live is not None else None,
             "country_before": assessment_country,
@@ -95,7 +98,8 @@ async def set_hosting_country(
                   "country": code, "proposed_by": staff.id, "created_at": now,
                   "facts": _routing_facts(conn, case_id, case.status, final.hosting_country),
                   "status": "pending" if four_eyes else "applied"}
-        conn.execute(insert(routing_changes).values(**change))
+        conn.execute(insert(routing_changes).values(
+            seal_values(sealer_of(conn), routing_changes, change["id"], change)))
         if four_eyes:
             record(conn, [AuditEntry(staff.name, "case.routing_change_proposed", case_id,
                                      {"change": str(change["id"]), "country": code,

@@ -11,11 +11,18 @@ entry ``count`` still has that hash shows nothing up to it was dropped or rewrit
 Appending is serialised: SQLite write transactions are exclusive (``BEGIN IMMEDIATE``), and on
 PostgreSQL a transaction-level advisory lock is taken before the last entry is read (under
 READ COMMITTED, the default, that read then sees every committed append).
+
+Sealed (issue 16): ``details`` name URLs, hosts and people, so they are sealed with the entry's
+seq as the record, and the chain is an HMAC (``Sealer.lookup_key("audit", …)``, its 64 hex
+digits) rather than a bare SHA-256: a plain hash of the content would let whoever holds a copy
+of the database test a guess of the details against it. ``verify`` opens each entry's details
+and recomputes, under every lookup key the keyring holds (a rotation of the lookup key leaves
+older entries chained under the older key). A trail written before sealing is sealed and
+re-chained in place by ``seal_trail``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import uuid
 from collections.abc import Mapping, Sequence
@@ -23,10 +30,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import Text, cast, exists, func, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway.store.sealed import open_value, seal_value, sealer_of
+from gateway.store.sealing import TEXT_PREFIX, SealBroken, Sealer
 from gateway.store.tables import audit_log
 from gateway.store.times import utc
 
@@ -36,6 +45,8 @@ GENESIS = "0" * 64
 CLI_ACTOR = "system:cli"
 #: The advisory lock that serialises appends on PostgreSQL ("audit" in ASCII).
 LOCK_KEY = 0x6175646974
+#: The lookup purpose the chain's HMACs are made for.
+PURPOSE = "audit"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,12 +81,37 @@ def _stamp(moment: datetime) -> str:
     return utc(moment).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def entry_hash(seq: int, at: datetime, actor: str, action: str, case_id: uuid.UUID | None,
-               details: Any, prev_hash: str) -> str:
-    """The SHA-256 (hex) of an entry's canonical serialisation."""
-    content = [seq, _stamp(at), actor, action, None if case_id is None else str(case_id),
-               details, prev_hash]
-    return hashlib.sha256(_json(content).encode("utf-8")).hexdigest()
+def _content(seq: int, at: datetime, actor: str, action: str, case_id: uuid.UUID | None,
+             details: Any, prev_hash: str) -> str:
+    """An entry's canonical serialisation: what its hash is made of."""
+    return _json([seq, _stamp(at), actor, action, None if case_id is None else str(case_id),
+                  details, prev_hash])
+
+
+def entry_hash(sealer: Sealer, seq: int, at: datetime, actor: str, action: str,
+               case_id: uuid.UUID | None, details: Any, prev_hash: str) -> str:
+    """The HMAC-SHA256 (64 hex digits) of an entry's canonical serialisation, under the
+    current lookup key."""
+    digest = sealer.lookup_key(PURPOSE, _content(seq, at, actor, action, case_id, details,
+                                                 prev_hash))
+    return digest.partition(":")[2]
+
+
+def _matches(sealer: Sealer, content: str, stored: str) -> bool:
+    """Whether ``stored`` is the HMAC of ``content`` under one of the keyring's lookup keys."""
+    return any(digest.partition(":")[2] == stored
+               for digest in sealer.lookup_keys(PURPOSE, content))
+
+
+def seal_details(sealer: Sealer, seq: int, details: Any) -> Any:
+    """``details`` as entry ``seq`` stores them."""
+    return seal_value(sealer, audit_log.c.details, seq, details)
+
+
+def open_details(sealer: Sealer, seq: int, stored: Any) -> Any:
+    """The details entry ``seq`` holds; ``SealBroken`` (naming the entry) if they do not
+    open."""
+    return open_value(sealer, audit_log.c.details, seq, stored)
 
 
 def record(conn: Connection, entries: Sequence[AuditEntry], *, at: datetime) -> None:
@@ -83,6 +119,7 @@ def record(conn: Connection, entries: Sequence[AuditEntry], *, at: datetime) -> 
     run_sync), chained in the order given."""
     if not entries:
         return
+    sealer = sealer_of(conn)
     if conn.dialect.name == "postgresql":
         conn.execute(select(func.pg_advisory_xact_lock(LOCK_KEY)))
     last = conn.execute(
@@ -94,23 +131,35 @@ def record(conn: Connection, entries: Sequence[AuditEntry], *, at: datetime) -> 
     for entry in entries:
         if len(entry.actor) > 80 or len(entry.action) > 40:
             raise ValueError("audit actor is limited to 80 characters, action to 40")
-        # Stored exactly as hashed: what a JSON round trip would make of it (tuples, int keys).
+        # Hashed as a JSON round trip would give it back (tuples, int keys).
         details = json.loads(_json(dict(entry.details)), parse_float=_no_float)
         seq += 1
-        digest = entry_hash(seq, at, entry.actor, entry.action, entry.case_id, details, prev)
+        digest = entry_hash(sealer, seq, at, entry.actor, entry.action, entry.case_id, details,
+                            prev)
         rows.append({"seq": seq, "at": at, "actor": entry.actor, "action": entry.action,
-                     "case_id": entry.case_id, "details": details, "prev_hash": prev,
-                     "hash": digest})
+                     "case_id": entry.case_id, "details": seal_details(sealer, seq, details),
+                     "prev_hash": prev, "hash": digest})
         prev = digest
     conn.execute(insert(audit_log), rows)
 
 
-def _check(row: Any, expected: int, prev: str) -> AuditBreak | None:
+def _sealed(stored: Any) -> bool:
+    return isinstance(stored, str) and stored.startswith(TEXT_PREFIX)
+
+
+def _check(sealer: Sealer, row: Any, expected: int, prev: str) -> AuditBreak | None:
     if row.seq != expected:  # rows come in seq order, after the last one that held
         return AuditBreak(expected, f"entry {expected} is missing")
-    digest = entry_hash(row.seq, row.at, row.actor, row.action, row.case_id, row.details,
-                        row.prev_hash)
-    if row.hash != digest:
+    if not _sealed(row.details):
+        return AuditBreak(row.seq, "its details are not sealed (a trail from before sealing: "
+                                   "db upgrade seals it)")
+    try:
+        details = open_details(sealer, row.seq, row.details)
+    except SealBroken as exc:
+        return AuditBreak(row.seq, f"its details do not open ({exc})")
+    content = _content(row.seq, row.at, row.actor, row.action, row.case_id, details,
+                       row.prev_hash)
+    if not _matches(sealer, content, row.hash):
         return AuditBreak(row.seq, "hash does not match its content")
     if row.prev_hash != prev:
         if row.seq == 1:
@@ -124,6 +173,7 @@ async def verify(
 ) -> tuple[int, AuditBreak | None, str]:
     """Walk the whole chain in seq order, in chunks: (entries that held, the first break or
     None, the hash of the last entry that held: zeros for an empty trail)."""
+    sealer = sealer_of(conn)
     checked, prev = 0, GENESIS
     while True:
         rows = (await conn.execute(
@@ -131,9 +181,93 @@ async def verify(
             .order_by(audit_log.c.seq).limit(chunk)
         )).all()
         for row in rows:
-            broken = _check(row, checked + 1, prev)
+            broken = _check(sealer, row, checked + 1, prev)
             if broken is not None:
                 return checked, broken, prev
             checked, prev = row.seq, row.hash
         if len(rows) < chunk:
             return checked, None, prev
+
+
+# --- sealing a trail written before sealing ----------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TrailPass:
+    """What one ``seal_trail`` call did: the last entry it sealed or re-chained (the ``after``
+    of the next call), how many it sealed, the entries it left as they were because their
+    sealed details do not open, and whether the trail is now sealed and chained throughout."""
+
+    last: int
+    sealed: int
+    done: bool
+    broken: tuple[int, ...] = ()
+
+
+def _plain() -> Any:
+    """Entries whose details are not sealed yet (a JSON object, not a sealed JSON string)."""
+    return ~cast(audit_log.c.details, Text).like(f'"{TEXT_PREFIX}%')
+
+
+def seal_trail(conn: Connection, *, after: int | None = None, chunk: int = 1000,
+               rechain: bool = False) -> TrailPass:
+    """Seal and re-chain, in the caller's write transaction, the entries of a trail written
+    before sealing: plain details and a bare SHA-256 chain become sealed details and the HMAC
+    chain. For the upgrade pass (``db upgrade``, ``serve``): call it in one transaction after
+    another, passing the previous call's ``last`` as ``after``, until ``done``. Killed between
+    two calls, start again with ``after=None``: the entries already sealed form a prefix of the
+    trail, and the pass finds where it stopped.
+
+    One call seals up to ``chunk`` entries. Entries appended meanwhile are sealed already but
+    chained to an old hash: when a call has sealed the last plain entry it re-chains all of
+    them too, so a trail with nothing plain left is whole. Appends wait (the same lock as
+    ``record``) while a call runs. An entry whose sealed details do not open is left as it is
+    (``verify`` names it) and the chain goes on from its stored hash.
+
+    ``rechain=True`` re-chains a sealed trail under the current lookup key (after a rotation of
+    the lookup key, before the older one is retired): every entry after ``after`` (0: from the
+    first), ``chunk`` per call; the caller keeps ``last`` to go on from, as then nothing in
+    the trail says how far it got."""
+    sealer = sealer_of(conn)
+    if conn.dialect.name == "postgresql":
+        conn.execute(select(func.pg_advisory_xact_lock(LOCK_KEY)))
+    if after is None and rechain:
+        raise ValueError("re-chaining starts after an entry the caller names (0: the first)")
+    if after is None:
+        first = conn.execute(select(func.min(audit_log.c.seq)).where(_plain())).scalar()
+        if first is None:
+            return TrailPass(0, 0, True)
+        after = first - 1
+    prev = GENESIS if after == 0 else conn.execute(
+        select(audit_log.c.hash).where(audit_log.c.seq == after)).scalar_one()
+    last, sealed, budget = after, 0, chunk
+    broken: list[int] = []
+    while True:
+        rows = conn.execute(select(audit_log).where(audit_log.c.seq > last)
+                            .order_by(audit_log.c.seq).limit(chunk)).all()
+        for row in rows:
+            values: dict[str, Any] = {}
+            if _sealed(row.details):
+                try:
+                    details = open_details(sealer, row.seq, row.details)
+                except SealBroken:
+                    broken.append(row.seq)
+                    last, prev = row.seq, row.hash
+                    continue
+            else:
+                details = row.details
+                values["details"] = seal_details(sealer, row.seq, details)
+                sealed += 1
+            digest = entry_hash(sealer, row.seq, row.at, row.actor, row.action, row.case_id,
+                                details, prev)
+            if values or (row.prev_hash, row.hash) != (prev, digest):
+                values.update(prev_hash=prev, hash=digest)
+                conn.execute(update(audit_log).where(audit_log.c.seq == row.seq)
+                             .values(**values))
+            last, prev = row.seq, digest
+        budget -= len(rows)
+        if len(rows) < chunk:
+            return TrailPass(last, sealed, True, tuple(broken))
+        if budget <= 0 and (rechain or conn.execute(
+                select(exists().where(audit_log.c.seq > last, _plain()))).scalar()):
+            return TrailPass(last, sealed, False, tuple(broken))

@@ -7,10 +7,11 @@ from collections import defaultdict
 from typing import Any
 
 import structlog
-from sqlalchemy import Column, select
+from sqlalchemy import Column, Table, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.store.sealed import open_row, open_value, sealer_of
+from gateway.store.audit import open_details
+from gateway.store.sealed import SEALED, OpenedRow, open_row, open_value, sealer_of
 from gateway.store.sealing import SealBroken, Sealer
 from gateway.store.tables import (
     assessments,
@@ -33,8 +34,8 @@ log = structlog.get_logger("gateway.store.case_view")
 #: Flags the queue shows and filters by. The last three come from the case's reports (see
 #: report_flags): URLs over the per-report cap, a URL too long to take, a report unreadable.
 FLAGS = ("cdn", "mixed", "unknown", "unresolvable", "reappeared", "no_url", "locate_failed",
-         "pending_approval", "assigned", "referral_failed", "urls_over_cap", "url_too_long",
-         "parse_failed")
+         "pending_approval", "assigned", "referral_failed", "damaged", "urls_over_cap",
+         "url_too_long", "parse_failed")
 _REPORT_FLAGS = FLAGS[-3:]
 #: What a view shows for a sealed value that does not open, before the error naming it.
 UNREADABLE = "[unreadable] "
@@ -51,6 +52,22 @@ def opened(sealer: Sealer, column: Column[Any], record: Any, stored: Any) -> Any
         return UNREADABLE + str(exc)
 
 
+def _opened(sealer: Sealer, table: Table, row: Any) -> tuple[Any, dict[str, str]]:
+    """``row`` with ``table``'s sealed columns open; if one does not open, with them None and
+    ``{"damaged": why}`` (naming the record) for the case to show: the others still show."""
+    try:
+        return open_row(sealer, table, row), {}
+    except SealBroken as exc:
+        context = exc.context
+        log.error("sealed.unreadable", table=table.name,
+                  column=context.column if context is not None else None,
+                  record=context.record if context is not None else None, error=str(exc))
+        values = dict(row._mapping)
+        for name in SEALED[table.name].keys() & values.keys():
+            values[name] = None
+        return OpenedRow(values), {"damaged": str(exc)}
+
+
 def hosting_json(hosting: Any, **extra: Any) -> dict[str, Any]:
     """A lookup's verdict as a case shows it, from a hosting evidence row or a fresh lookup
     (``routing.locate.HostingEvidence``: the fields are the same), with ``extra`` keys after it."""
@@ -61,10 +78,12 @@ def hosting_json(hosting: Any, **extra: Any) -> dict[str, Any]:
     }
 
 
-def _evidence_json(evidence: Any) -> dict[str, Any]:
+def _evidence_json(sealer: Sealer, row: Any) -> dict[str, Any]:
     """One lookup in full, as stored: what the DNS answered and what the databases said."""
+    evidence, damaged = _opened(sealer, hosting_evidence, row)
     return {
-        **hosting_json(evidence, evidence_id=str(evidence.id)), "trigger": evidence.trigger,
+        **hosting_json(evidence, evidence_id=str(evidence.id), **damaged),
+        "trigger": evidence.trigger,
         "host": evidence.host,
         "resolver": evidence.resolver, "outcome": evidence.outcome,
         "records": evidence.records, "addresses": evidence.addresses,
@@ -72,12 +91,13 @@ def _evidence_json(evidence: Any) -> dict[str, Any]:
     }
 
 
-def _pending_json(row: Any) -> dict[str, Any] | None:
+def _pending_json(sealer: Sealer, row: Any) -> dict[str, Any] | None:
     if row.kind != "url":
         return None  # nothing to locate: a report without a URL
     pending: dict[str, Any] = {"status": "pending"}
     if row.locate_attempts:
-        pending.update(attempts=row.locate_attempts, error=row.locate_error,
+        pending.update(attempts=row.locate_attempts,
+                       error=opened(sealer, cases.c.locate_error, row.id, row.locate_error),
                        retry_at=iso(row.locate_after))
     return pending
 
@@ -100,6 +120,8 @@ def flags(case: dict[str, Any]) -> list[str]:
         found.append("assigned")
     if any(r["status"] == "failed" for r in case.get("referrals") or []):
         found.append("referral_failed")
+    if "damaged" in hosting or "damaged" in (case["decision"] or {}):
+        found.append("damaged")
     noted = {flag["flag"] for flag in case.get("report_flags") or []}
     found.extend(name for name in _REPORT_FLAGS if name in noted)
     return found
@@ -128,7 +150,7 @@ def _report_flags(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _case_json(
-    row: Any, reports: list[dict[str, Any]], hosting: dict[str, Any] | None,
+    sealer: Sealer, row: Any, reports: list[dict[str, Any]], hosting: dict[str, Any] | None,
     assessment: dict[str, Any] | None = None, assignee: str | None = None,
     routed: tuple[dict[str, Any] | None, list[dict[str, Any]]] = (None, []),
 ) -> dict[str, Any]:
@@ -144,7 +166,7 @@ def _case_json(
         "references": [r["reference"] for r in reports],
         "report_flags": _report_flags(reports),
         "reappeared": row.reappeared,
-        "hosting": hosting if hosting is not None else _pending_json(row),
+        "hosting": hosting if hosting is not None else _pending_json(sealer, row),
         "assessment": assessment,
         "assigned_to": assignee,
         "hold_reason": row.hold_reason,
@@ -201,9 +223,11 @@ async def _routing_change(conn: AsyncConnection, case_id: uuid.UUID,
     )).first()
     if row is None:
         return None
+    row, damaged = _opened(sealer_of(conn), routing_changes, row)
     return {"id": str(row.id), "country": row.country, "status": row.status,
             "proposed_by": row.by, "proposed_at": iso(row.created_at),
-            "decided_by": row.decider, "decided_at": iso(row.decided_at), "facts": row.facts}
+            "decided_by": row.decider, "decided_at": iso(row.decided_at),
+            "facts": row.facts if not damaged else {}, **damaged}
 
 
 def _referral_json(sealer: Sealer, row: Any) -> dict[str, Any]:
@@ -222,12 +246,16 @@ async def _routing(
     found: dict[uuid.UUID, tuple[dict[str, Any] | None, list[dict[str, Any]]]] = {}
     if not case_ids:
         return found
-    decisions = {row.case_id: {
-        "id": str(row.id), "rule": row.rule, "outcome": row.outcome,
-        "destination": row.destination, "explanation": row.explanation, "facts": row.facts,
-        "at": iso(row.created_at)} for row in await conn.execute(
+    sealer = sealer_of(conn)
+    decisions = {}
+    for stored in await conn.execute(
             select(routing_decisions).where(routing_decisions.c.case_id.in_(case_ids),
-                                            routing_decisions.c.superseded.is_(False)))}
+                                            routing_decisions.c.superseded.is_(False))):
+        row, damaged = _opened(sealer, routing_decisions, stored)
+        decisions[row.case_id] = {
+            "id": str(row.id), "rule": row.rule, "outcome": row.outcome,
+            "destination": row.destination, "explanation": row.explanation,
+            "facts": row.facts, "at": iso(row.created_at), **damaged}
     sent: dict[uuid.UUID, list[dict[str, Any]]] = defaultdict(list)
     sealer = sealer_of(conn)
     for row in await conn.execute(select(referrals).where(referrals.c.case_id.in_(case_ids))
@@ -282,8 +310,11 @@ async def _current_hosting(
         .where(hosting_evidence.c.case_id.in_(case_ids), hosting_evidence.c.status != "failed")
         .order_by(hosting_evidence.c.checked_at, hosting_evidence.c.id)
     )
-    for row in rows:
-        current[row.case_id] = hosting_json(row, evidence_id=str(row.id))
+    latest = {row.case_id: row for row in rows}  # only the latest is opened
+    sealer = sealer_of(conn)
+    for case_id, stored in latest.items():
+        row, damaged = _opened(sealer, hosting_evidence, stored)
+        current[case_id] = hosting_json(row, evidence_id=str(row.id), **damaged)
     return current
 
 
@@ -332,13 +363,14 @@ async def list_cases(
     if status is not None:
         query = query.where(cases.c.status == status)
     rows = list(await conn.execute(query))
+    sealer = sealer_of(conn)
     ids = [r.id for r in rows]
     reports = await _reports(conn, ids)
     hosting = await _current_hosting(conn, ids)
     verdicts = await _assessments(conn, ids)
     names = await _assignees(conn, rows)
     routed = await _routing(conn, ids)
-    return [_case_json(row, reports[row.id], hosting.get(row.id), verdicts.get(row.id),
+    return [_case_json(sealer, row, reports[row.id], hosting.get(row.id), verdicts.get(row.id),
                        names.get(row.assigned_to), routed[row.id]) for row in rows]
 
 
@@ -348,8 +380,9 @@ async def get_case(conn: AsyncConnection, case_id: uuid.UUID) -> dict[str, Any] 
     if row is None:
         return None
     reports = (await _reports(conn, [row.id]))[row.id]
+    sealer = sealer_of(conn)
     document = _case_json(
-        row, reports, (await _current_hosting(conn, [row.id])).get(row.id),
+        sealer, row, reports, (await _current_hosting(conn, [row.id])).get(row.id),
         (await _assessments(conn, [row.id])).get(row.id),
         (await _assignees(conn, [row])).get(row.assigned_to),
         (await _routing(conn, [row.id]))[row.id],
@@ -382,17 +415,28 @@ async def get_case(conn: AsyncConnection, case_id: uuid.UUID) -> dict[str, Any] 
         .where(hosting_evidence.c.case_id == row.id)
         .order_by(hosting_evidence.c.checked_at, hosting_evidence.c.id)
     )
-    document["hosting_evidence"] = [_evidence_json(e) for e in history]
+    document["hosting_evidence"] = [_evidence_json(sealer, e) for e in history]
     trail = await conn.execute(
         select(audit_log.c.seq, audit_log.c.at, audit_log.c.actor, audit_log.c.action,
                audit_log.c.details)
         .where(audit_log.c.case_id == row.id).order_by(audit_log.c.seq)
     )
     document["history"] = [
-        {"seq": seq, "at": iso(at), "actor": actor, "action": action, "details": details}
+        {"seq": seq, "at": iso(at), "actor": actor, "action": action,
+         **_history_details(sealer, seq, details)}
         for seq, at, actor, action, details in trail
     ]
     return document
+
+
+def _history_details(sealer: Sealer, seq: int, stored: Any) -> dict[str, Any]:
+    """An audit entry's details, or none and what is damaged."""
+    try:
+        return {"details": open_details(sealer, seq, stored)}
+    except SealBroken as exc:
+        log.error("sealed.unreadable", table="audit_log", column="details", record=str(seq),
+                  error=str(exc))
+        return {"details": {}, "damaged": str(exc)}
 
 
 async def queue_cases(

@@ -127,7 +127,8 @@ hosting_evidence = Table(
     Column("records", JSON, nullable=False, info=SEALED_JSON),  # DNS answers, with their TTLs
     # Per address: country, ASN, where from.
     Column("addresses", JSON, nullable=False, info=SEALED_JSON),
-    Column("databases", JSON, nullable=False),  # which databases, built when
+    # Which databases, built when; and the operator's override by domain, which names a host.
+    Column("databases", JSON, nullable=False, info=SEALED_JSON),
     Column("error", Text, nullable=True, info=SEALED_TEXT),
     Index(None, "case_id", "checked_at"),
 )

@@ -28,7 +28,9 @@ from gateway.store.lifecycle import (
     TransitionNotAllowed,
     move,
 )
+from gateway.store.sealed import seal_values, sealer_of
 from gateway.store.tables import assessments, audit_log, cases, routing_decisions, users
+from tests.trail import opened
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 ROOT = Path(__file__).resolve().parents[2]
@@ -123,8 +125,8 @@ async def test_every_transition_of_the_table_moves_and_records(engine: AsyncEngi
         assert after["status"] == row.next
         assert (after["hold_reason"] is None) == bool(row.effect)
         async with engine.connect() as conn:
-            entry = (await conn.execute(select(audit_log).order_by(audit_log.c.seq.desc())
-                                        .limit(1))).one()
+            (entry,) = opened(conn, await conn.execute(
+                select(audit_log).order_by(audit_log.c.seq.desc()).limit(1)))
         assert now_entries == entries + 1
         assert (entry.action, entry.case_id, entry.details["from"], entry.details["to"]) == (
             row.action, case_id, row.state, row.next)
@@ -168,9 +170,12 @@ async def test_reopening_supersedes_verdicts_and_decisions(engine: AsyncEngine) 
             await conn.execute(insert(assessments).values(
                 id=uuid7(), case_id=case_id, user_id=user_id, verdict="illegal",
                 classification="baseline", created_at=T0, status="final"))
-            await conn.execute(insert(routing_decisions).values(
-                id=uuid7(), case_id=case_id, created_at=T0, rule="hold-unknown-hosting",
-                outcome="hold", facts={}, explanation="x"))
+            decision_id = uuid7()
+            await conn.execute(insert(routing_decisions).values(seal_values(
+                sealer_of(conn), routing_decisions, decision_id, {
+                    "id": decision_id, "case_id": case_id, "created_at": T0,
+                    "rule": "hold-unknown-hosting", "outcome": "hold", "facts": {},
+                    "explanation": "x"})))
         await attempt(engine, case_id, event, Actor("sue", "supervisor"))
         async with engine.connect() as conn:
             verdict = (await conn.execute(select(assessments.c.status).where(

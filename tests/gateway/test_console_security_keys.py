@@ -34,6 +34,7 @@ from gateway.console.accounts import utcnow as now
 from gateway.store.tables import audit_log, staff_security_keys, staff_sessions, users
 from tests.console_client import StaffClient, code, hidden, ready_user
 from tests.gateway.conftest import Start
+from tests.trail import opened
 
 
 def b64(data: bytes) -> str:
@@ -144,9 +145,10 @@ async def key_login(client: StaffClient, user: NewUser, key: SoftKey, *,
 
 async def audit(gw: Gateway) -> list[tuple[str, str, dict[str, Any]]]:
     async with gw.engine.connect() as conn:
-        rows = (await conn.execute(select(audit_log.c.actor, audit_log.c.action,
-                                          audit_log.c.details).order_by(audit_log.c.seq))).all()
-    return [(actor, action, details) for actor, action, details in rows]
+        rows = opened(conn, await conn.execute(select(
+            audit_log.c.seq, audit_log.c.actor, audit_log.c.action, audit_log.c.details)
+            .order_by(audit_log.c.seq)))
+    return [(r.actor, r.action, r.details) for r in rows]
 
 
 async def factors(gw: Gateway, name: str) -> list[str | None]:

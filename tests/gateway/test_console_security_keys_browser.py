@@ -18,6 +18,7 @@ from gateway.store.tables import audit_log
 from tests.browser import shot
 from tests.console_client import code, ready_user
 from tests.gateway.conftest import Start
+from tests.trail import opened
 
 
 def origin_of(gw: Gateway) -> str:
@@ -56,9 +57,10 @@ async def log_out(page: Page, origin: str) -> None:
 
 async def audit(gw: Gateway) -> list[tuple[str, dict[str, Any]]]:
     async with gw.engine.connect() as conn:
-        rows = (await conn.execute(select(audit_log.c.action, audit_log.c.details)
-                                   .order_by(audit_log.c.seq))).all()
-    return [(action, details) for action, details in rows]
+        rows = opened(conn, await conn.execute(
+            select(audit_log.c.seq, audit_log.c.action, audit_log.c.details)
+            .order_by(audit_log.c.seq)))
+    return [(r.action, r.details) for r in rows]
 
 
 async def test_a_key_is_registered_and_used_in_chromium(start: Start, browser: Browser) -> None:

@@ -18,12 +18,14 @@ from gateway.store.tables import audit_log, users
 from tests.console_client import StaffClient, base, code, hidden, ready_user
 from tests.gateway.conftest import Start
 from tests.login_attack import Tally, attack
+from tests.trail import opened
 
 
 async def audit(gw: Gateway) -> list[tuple[str, str, dict[str, Any]]]:
     async with gw.engine.connect() as conn:
-        rows = await conn.execute(select(audit_log.c.actor, audit_log.c.action,
-                                         audit_log.c.details).order_by(audit_log.c.seq))
+        rows = opened(conn, await conn.execute(select(
+            audit_log.c.seq, audit_log.c.actor, audit_log.c.action, audit_log.c.details)
+            .order_by(audit_log.c.seq)))
         return [(r.actor, r.action, r.details) for r in rows]
 
 

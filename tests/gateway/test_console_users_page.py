@@ -25,6 +25,7 @@ from tests.console_client import StaffClient, base, code, file_case, ready_user
 from tests.gateway.conftest import Start
 from tests.gateway.test_console import api
 from tests.gateway.test_console_tokens import set_user
+from tests.trail import opened
 
 Client = Callable[[Gateway], StaffClient]
 MANAGED = ("user.disabled", "user.enabled", "user.unlocked", "user.totp_reset",
@@ -34,9 +35,9 @@ MANAGED = ("user.disabled", "user.enabled", "user.unlocked", "user.totp_reset",
 async def managed(gw: Gateway) -> list[tuple[str, str, str]]:
     """The user-management entries of the audit trail: (actor, action, user), in order."""
     async with gw.engine.connect() as conn:
-        rows = (await conn.execute(
-            select(audit_log.c.actor, audit_log.c.action, audit_log.c.details)
-            .where(audit_log.c.action.in_(MANAGED)).order_by(audit_log.c.seq))).all()
+        rows = opened(conn, await conn.execute(
+            select(audit_log.c.seq, audit_log.c.actor, audit_log.c.action, audit_log.c.details)
+            .where(audit_log.c.action.in_(MANAGED)).order_by(audit_log.c.seq)))
     return [(r.actor, r.action, r.details["user"]) for r in rows]
 
 
@@ -117,7 +118,7 @@ async def test_a_new_secret_or_password_is_shown_once_and_works(
     _, again = await admin.get("/users")
     assert secret not in again and password not in again
     async with gw.engine.connect() as conn:
-        trail = str((await conn.execute(select(audit_log))).all())
+        trail = str([dict(row) for row in opened(conn, await conn.execute(select(audit_log)))])
     assert secret not in trail and password not in trail
     status, page = await client(gw).login(ana, password=password, totp=code(secret))
     assert status == 200 and "Choose your password" in page

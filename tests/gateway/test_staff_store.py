@@ -32,6 +32,7 @@ from gateway.console.throttle import SOURCE_BACKOFF, SourceThrottle
 from gateway.store.backend import WriteBackend, open_write_backend
 from gateway.store.errors import Conflict
 from gateway.store.tables import audit_log, staff_sessions, users
+from tests.trail import opened
 
 T0 = datetime(2026, 11, 28, 9, tzinfo=UTC)
 
@@ -151,8 +152,9 @@ async def test_wrong_codes_slow_the_account_and_a_success_resets_it(
     assert await attempt(wrong, later, 20) == LoginResult(None)  # the third: 10 minutes
     assert await attempt(totp.at(later), later + timedelta(minutes=9, seconds=59)) == \
         LoginResult(None)
-    entries = await backend.transaction(lambda conn: conn.execute(
-        select(audit_log.c.details).order_by(audit_log.c.seq)).scalars().all())
+    entries = [row.details for row in await backend.transaction(lambda conn: opened(
+        conn, conn.execute(select(audit_log.c.seq, audit_log.c.details)
+                           .order_by(audit_log.c.seq))))]
     assert [(e.get("reason"), e.get("wait_seconds")) for e in entries].count(
         ("account waiting", 240)) == 17
     latest = later + timedelta(minutes=10)
@@ -172,8 +174,10 @@ async def test_unknown_names_leave_a_count_and_a_keyed_source_not_the_text(
         result = await login(backend, guard, "hunter2-secret", "x", "123456",
                              source="192.0.2.9", now=T0, policy=LoginPolicy())
         assert result == LoginResult(None)
-    entries = await backend.transaction(lambda conn: conn.execute(
-        select(audit_log.c.actor, audit_log.c.details).order_by(audit_log.c.seq)).all())
+    entries = [(row.actor, row.details) for row in await backend.transaction(
+        lambda conn: opened(conn, conn.execute(select(
+            audit_log.c.seq, audit_log.c.actor, audit_log.c.details)
+            .order_by(audit_log.c.seq))))]
     assert "hunter2" not in repr(entries) and "192.0.2.9" not in repr(entries)
     label = guard.throttle.label("192.0.2.9")
     assert [(actor, details) for actor, details in entries] == [
