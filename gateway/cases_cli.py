@@ -52,7 +52,8 @@ def cmd_cases(args: argparse.Namespace, config: Config, connect: Connect[Any],
             print(json_text(found, indent=1))
         else:
             for item in found:
-                target = defang(item["canonical_url"]) if item["canonical_url"] else "(no URL)"
+                target = defang(item["canonical_url"]) if item["canonical_url"] else \
+                    f"(damaged: {item['damaged'][0]})" if item.get("damaged") else "(no URL)"
                 say(f"{item['id']}  {item['status']:<20} {_where(item['hosting']):<12} "
                     f"{item['report_count']:>4}  {item['first_reported']}  {target}")
         return EXIT_OK
@@ -80,6 +81,8 @@ def _print_case(case: dict[str, Any]) -> None:
     for key in ("id", "status", "kind", "report_count", "first_reported", "last_reported",
                 "reappeared"):
         say(f"{key}: {case[key]}")
+    for damaged in case.get("damaged", ()):
+        say(f"damaged: {damaged}")
     say(f"url: {defang(case['url']) if case['url'] else '(no URL)'}")
     say(f"canonical_url: {defang(case['canonical_url']) if case['canonical_url'] else '-'}")
     say(f"hosting: {_hosting_line(case['hosting'])}")

@@ -9,6 +9,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway.store.case_urls import open_case_marked, open_report_marked
+from gateway.store.sealed import sealer_of
 from gateway.store.tables import (
     assessments,
     audit_log,
@@ -28,8 +30,8 @@ from gateway.store.times import iso
 #: Flags the queue shows and filters by. The last three come from the case's reports (see
 #: report_flags): URLs over the per-report cap, a URL too long to take, a report unreadable.
 FLAGS = ("cdn", "mixed", "unknown", "unresolvable", "reappeared", "no_url", "locate_failed",
-         "pending_approval", "assigned", "referral_failed", "urls_over_cap", "url_too_long",
-         "parse_failed")
+         "pending_approval", "assigned", "referral_failed", "damaged", "urls_over_cap",
+         "url_too_long", "parse_failed")
 _REPORT_FLAGS = FLAGS[-3:]
 
 
@@ -82,6 +84,8 @@ def flags(case: dict[str, Any]) -> list[str]:
         found.append("assigned")
     if any(r["status"] == "failed" for r in case.get("referrals") or []):
         found.append("referral_failed")
+    if case.get("damaged"):
+        found.append("damaged")
     noted = {flag["flag"] for flag in case.get("report_flags") or []}
     found.extend(name for name in _REPORT_FLAGS if name in noted)
     return found
@@ -113,7 +117,11 @@ def _case_json(
     row: Any, reports: list[dict[str, Any]], hosting: dict[str, Any] | None,
     assessment: dict[str, Any] | None = None, assignee: str | None = None,
     routed: tuple[dict[str, Any] | None, list[dict[str, Any]]] = (None, []),
+    damaged: list[str] | None = None,
 ) -> dict[str, Any]:
+    """``row`` is the case with its URLs open; ``damaged`` says what of it (and of its
+    reports) does not open, naming the records (``gateway.store.case_urls``)."""
+    damaged = [*(damaged or []), *(d for r in reports for d in r.get("damaged", ()))]
     document = {
         "id": str(row.id),
         "status": row.status,
@@ -133,6 +141,8 @@ def _case_json(
         "decision": routed[0],
         "referrals": routed[1],
     }
+    if damaged:
+        document["damaged"] = damaged
     document["flags"] = flags(document)
     return document
 
@@ -270,18 +280,24 @@ async def _reports(
         return by_case
     rows = await conn.execute(
         select(
-            case_reports.c.case_id, submissions.c.reference, case_reports.c.reported_at,
-            case_reports.c.written_as, submissions.c.channel, submissions.c.flags,
+            case_reports.c.id, case_reports.c.case_id, submissions.c.reference,
+            case_reports.c.reported_at, case_reports.c.written_as, submissions.c.channel,
+            submissions.c.flags,
         )
         .join(submissions, submissions.c.id == case_reports.c.submission_id)
         .where(case_reports.c.case_id.in_(case_ids))
         .order_by(case_reports.c.reported_at, submissions.c.reference)
     )
-    for case_id, reference, reported_at, written_as, channel, flags in rows:
-        by_case[case_id].append({
-            "reference": reference, "reported_at": iso(reported_at),
-            "written_as": written_as, "channel": channel, "flags": flags or [],
-        })
+    sealer = sealer_of(conn)
+    for row in rows:
+        opened, damaged = open_report_marked(sealer, row)
+        report = {
+            "reference": row.reference, "reported_at": iso(row.reported_at),
+            "written_as": opened.written_as, "channel": row.channel, "flags": row.flags or [],
+        }
+        if damaged:
+            report["damaged"] = damaged
+        by_case[row.case_id].append(report)
     return by_case
 
 
@@ -292,28 +308,32 @@ async def list_cases(
     query = select(cases).order_by(cases.c.first_reported, cases.c.id).limit(limit)
     if status is not None:
         query = query.where(cases.c.status == status)
-    rows = list(await conn.execute(query))
-    ids = [r.id for r in rows]
+    sealer = sealer_of(conn)
+    # A case whose URL does not open is listed, marked damaged: the others are served.
+    rows = [open_case_marked(sealer, row) for row in await conn.execute(query)]
+    ids = [r.id for r, _ in rows]
     reports = await _reports(conn, ids)
     hosting = await _current_hosting(conn, ids)
     verdicts = await _assessments(conn, ids)
-    names = await _assignees(conn, rows)
+    names = await _assignees(conn, [r for r, _ in rows])
     routed = await _routing(conn, ids)
     return [_case_json(row, reports[row.id], hosting.get(row.id), verdicts.get(row.id),
-                       names.get(row.assigned_to), routed[row.id]) for row in rows]
+                       names.get(row.assigned_to), routed[row.id], damaged)
+            for row, damaged in rows]
 
 
 async def get_case(conn: AsyncConnection, case_id: uuid.UUID) -> dict[str, Any] | None:
     """One case with the reports that made it, or None."""
-    row = (await conn.execute(select(cases).where(cases.c.id == case_id))).first()
-    if row is None:
+    found = (await conn.execute(select(cases).where(cases.c.id == case_id))).first()
+    if found is None:
         return None
+    row, damaged = open_case_marked(sealer_of(conn), found)
     reports = (await _reports(conn, [row.id]))[row.id]
     document = _case_json(
         row, reports, (await _current_hosting(conn, [row.id])).get(row.id),
         (await _assessments(conn, [row.id])).get(row.id),
         (await _assignees(conn, [row])).get(row.assigned_to),
-        (await _routing(conn, [row.id]))[row.id],
+        (await _routing(conn, [row.id]))[row.id], damaged,
     )
     texts = await conn.execute(
         select(submissions.c.reference, submissions.c.subject, submissions.c.report_text,
