@@ -4,6 +4,7 @@ values do not open marked as damaged (naming it) while the others are served and
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import uuid
@@ -12,11 +13,14 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 
+import aiohttp
 import pytest
 from sqlalchemy import insert, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.cli import main
+from gateway.console.accounts import create_token, utcnow
 from gateway.store.backend import WriteBackend, open_write_backend
 from gateway.store.case_urls import case_lookup_key, open_case_urls
 from gateway.store.case_view import get_case, list_cases, queue_cases
@@ -29,7 +33,10 @@ from routing.geo import open_geolocator
 from routing.locate import Locator, Overrides
 from routing.resolve import HostResolver
 from routing.stage import LocateStage, relocate
+from tests.conftest import Start
+from tests.console_client import StaffClient, base, file_case, ready_user
 from tests.dns_server import DnsServer
+from tests.gateway.test_cli import write_config
 from tests.sealed_cases import (
     altered,
     case_rows,
@@ -247,3 +254,55 @@ async def test_the_locate_stage_fails_a_damaged_case_and_locates_the_others(
         error = (await conn.execute(select(cases.c.locate_error)
                                     .where(cases.c.id == bad))).scalar_one()
     assert error.startswith("hgs:")
+
+
+async def test_the_console_the_api_and_the_cli_show_a_damaged_case_beside_the_others(
+    start: Start, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A case whose URL was copied from another is listed by the queue page, the API and
+    ``cases list``, and shown by its page, the API and ``cases show``, as damaged, naming the
+    record and not the URL; the case beside it reads as before."""
+    gw = await start()
+    bad = await file_case(gw, "Please look at http://be.test/broken-r5t6", "broken-r5t6")
+    good = await file_case(gw, "Please look at http://be.test/intact-u7i8", "intact-u7i8")
+    await store_raw(gw.engine, cases, "url", uuid.UUID(bad),
+                    await stored_value(gw.engine, cases, "url", uuid.UUID(good)))
+    damaged = f"cannot open cases.url of record {bad}"
+    user = await ready_user(gw.console.context.backend, "ana")
+    token = await create_token(gw.console.context.backend, "ana", now=utcnow())
+    headers = {"Authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession(base_url=base(gw), headers=headers) as http:
+        async with http.get("/api/v1/cases?status=awaiting_assessment") as response:
+            listed = {c["id"]: c for c in await response.json()}
+        async with http.get("/api/v1/cases?flag=damaged") as response:
+            flagged = [c["id"] for c in await response.json()]
+        async with http.get(f"/api/v1/cases/{bad}") as response:
+            assert response.status == 200
+            shown = await response.json()
+    assert set(listed) == {bad, good} and flagged == [bad]
+    assert listed[good]["url"] == "http://be.test/intact-u7i8" and "damaged" not in listed[good]
+    for case in (listed[bad], shown):
+        assert case["url"] is None and case["canonical_url"] == "http://be.test/broken-r5t6"
+        assert case["damaged"][0].startswith(damaged) and "damaged" in case["flags"]
+        assert "intact" not in json.dumps(case["damaged"])
+
+    browser = StaffClient(base(gw))
+    try:
+        await browser.login(user)
+        _, queue = await browser.get("/")
+        status, page = await browser.get(f"/cases/{bad}")
+    finally:
+        await browser.close()
+    assert f"damaged: {damaged}" in queue and "hxxp[:]//be[.]test/intact-u7i8" in queue
+    assert status == 200 and f"Damaged: {damaged}" in page and "does not open" in page
+
+    path = await asyncio.to_thread(write_config, tmp_path)  # the gateway's database and keys
+    capsys.readouterr()
+    assert await asyncio.to_thread(main, ["--config", str(path), "cases", "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith(bad) and f"(damaged: {damaged}" in line for line in lines)
+    assert any(line.startswith(good) and line.endswith("hxxp[:]//be[.]test/intact-u7i8")
+               for line in lines)
+    assert await asyncio.to_thread(main, ["--config", str(path), "cases", "show", bad]) == 0
+    text = capsys.readouterr().out
+    assert f"damaged: {damaged}" in text and "url: (no URL)" in text
