@@ -38,6 +38,8 @@ def case_lookup_key(sealer: Sealer, canonical: str) -> str:
 def case_lookup_keys(sealer: Sealer, canonical: str) -> list[str]:
     """``canonical``'s case key under every lookup key, current first (a case filed before a
     rotation of the lookup key is still keyed under an older one until it is re-keyed)."""
+    if len(sealer.keyring.lookup_keys) == 1:  # no rotation: the hot path of filing
+        return [sealer.lookup_key(CASE_PURPOSE, canonical)]
     return sealer.lookup_keys(CASE_PURPOSE, canonical)
 
 

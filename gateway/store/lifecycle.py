@@ -282,20 +282,25 @@ def file_reports(
     # rotation has not re-keyed that case yet, so that it is still found.
     stored = _stored_keys(conn, groups)
     by_key = {stored.get(group.key, group.key): group for group in groups}
-    # The states a report may reopen, read before the statement that changes them (it hands
-    # back only the new row): each reopening's audit entry says from where, as move()'s do.
-    reopenable: dict[str, str] = {key: state for key, state in conn.execute(
-        select(cases.c.url_key, cases.c.status)
-        .where(cases.c.url_key.in_(list(by_key)),
-               cases.c.status.in_(sources("report_again"))))}
+    # The states of the cases that exist, read before the statement that changes them (it
+    # hands back only the new row): each reopening's audit entry says from where, as move()'s
+    # do. A case is never deleted, nor re-keyed unless a rotation of the lookup key is under
+    # way, so one found here is attached to: its URLs stay as they are, and the report's need
+    # not be sealed for a row that will not be inserted.
+    existing: dict[str, str] = dict(conn.execute(
+        select(cases.c.url_key, cases.c.status).where(cases.c.url_key.in_(list(by_key)))).all())
+    reopenable = {key: state for key, state in existing.items()
+                  if state in sources("report_again")}
     new_ids: dict[str, uuid.UUID] = {}
     parameters = []
     for key, group in by_key.items():
         new_ids[key] = case_id = uuid7()
         kind = "url" if group.url is not None else "no_url"
+        attached = key in existing and not group.older_keys
+        urls = {"url": None, "canonical_url": None} if attached else seal_case_urls(
+            sealer, case_id, url=group.url, canonical_url=group.canonical)
         parameters.append({
-            "id": case_id, "kind": kind, "status": created[kind].next, "url_key": key,
-            **seal_case_urls(sealer, case_id, url=group.url, canonical_url=group.canonical),
+            "id": case_id, "kind": kind, "status": created[kind].next, "url_key": key, **urls,
             "report_count": group.count, "first_reported": group.first,
             "last_reported": group.last, "now": now,
             "legal_cutoff": group.last - legal_window,
