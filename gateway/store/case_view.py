@@ -9,8 +9,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.store.case_urls import open_case_marked, open_report_marked
-from gateway.store.sealed import sealer_of
+from gateway.store.case_urls import open_case_marked, open_case_urls, open_report_marked
+from gateway.store.sealed import open_row, sealer_of
 from gateway.store.tables import (
     assessments,
     audit_log,
@@ -273,8 +273,10 @@ async def _current_hosting(
 
 
 async def _reports(
-    conn: AsyncConnection, case_ids: list[uuid.UUID]
+    conn: AsyncConnection, case_ids: list[uuid.UUID], *, strict: bool = False
 ) -> dict[uuid.UUID, list[dict[str, Any]]]:
+    """Each case's reports; a text that does not open is None and marked ``damaged`` (or,
+    ``strict``, refused: ``SealBroken``)."""
     by_case: dict[uuid.UUID, list[dict[str, Any]]] = defaultdict(list)
     if not case_ids:
         return by_case
@@ -290,7 +292,11 @@ async def _reports(
     )
     sealer = sealer_of(conn)
     for row in rows:
-        opened, damaged = open_report_marked(sealer, row)
+        damaged: list[str] = []
+        if strict:
+            opened = open_row(sealer, case_reports, row)
+        else:
+            opened, damaged = open_report_marked(sealer, row)
         report = {
             "reference": row.reference, "reported_at": iso(row.reported_at),
             "written_as": opened.written_as, "channel": row.channel, "flags": row.flags or [],
@@ -323,17 +329,18 @@ async def list_cases(
 
 
 async def get_case(conn: AsyncConnection, case_id: uuid.UUID) -> dict[str, Any] | None:
-    """One case with the reports that made it, or None."""
+    """One case with the reports that made it, or None. A value of it that does not open is
+    refused (``SealBroken``, naming the record): lists mark such a case instead."""
     found = (await conn.execute(select(cases).where(cases.c.id == case_id))).first()
     if found is None:
         return None
-    row, damaged = open_case_marked(sealer_of(conn), found)
-    reports = (await _reports(conn, [row.id]))[row.id]
+    row = open_case_urls(sealer_of(conn), found)
+    reports = (await _reports(conn, [row.id], strict=True))[row.id]
     document = _case_json(
         row, reports, (await _current_hosting(conn, [row.id])).get(row.id),
         (await _assessments(conn, [row.id])).get(row.id),
         (await _assignees(conn, [row])).get(row.assigned_to),
-        (await _routing(conn, [row.id]))[row.id], damaged,
+        (await _routing(conn, [row.id]))[row.id],
     )
     texts = await conn.execute(
         select(submissions.c.reference, submissions.c.subject, submissions.c.report_text,

@@ -1,6 +1,7 @@
 """Case URLs sealed at rest (issue 16), on real SQLite files and a real PostgreSQL: ciphertext
 in the database, one case per URL under a keyed hash, the same to every reader, and a case whose
-values do not open marked as damaged (naming it) while the others are served and located."""
+values do not open refused or marked as damaged (naming it) while the others are served and
+located."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.cli import main
 from gateway.console.accounts import create_token, utcnow
 from gateway.store.backend import WriteBackend, open_write_backend
-from gateway.store.case_urls import case_lookup_key, open_case_urls
+from gateway.store.case_urls import case_lookup_key
 from gateway.store.case_view import get_case, list_cases, queue_cases
 from gateway.store.ids import uuid7
 from gateway.store.sealed import bind_sealer, sealer_of
@@ -54,7 +55,9 @@ GALLERY = ReportedUrl(f"hxxp://{SECRET_HOST}/gallery?id=4242",
                       f"http://{SECRET_HOST}/gallery?id=4242")
 ARCHIVE = ReportedUrl("be.test/archive-q8w2e4", "http://be.test/archive-q8w2e4",
                       "http://be.test/archive-q8w2e4")
-PLAIN = [SECRET_HOST, "gallery?id=4242", "archive-q8w2e4"]
+OTHER = ReportedUrl("hxxp://be[.]test/other-z3x5", "http://be.test/other-z3x5",
+                    "http://be.test/other-z3x5")
+PLAIN = [SECRET_HOST, "gallery?id=4242", "archive-q8w2e4", "other-z3x5"]
 
 
 @pytest.fixture
@@ -171,17 +174,24 @@ async def test_a_copied_or_altered_url_marks_its_case_damaged_and_the_others_are
     engine: AsyncEngine, backend: WriteBackend
 ) -> None:
     """A URL copied from another case, a canonical URL altered by one byte, and a report's
-    text copied from another report: each refused naming its record (never the value), the
-    case listed and shown as damaged, and every other case served as before."""
+    text copied from another report: each refused naming its record (never the value) when
+    the case is read, marked damaged where cases are listed, and every other case served as
+    before."""
     gallery, archive, no_url = await file_three(backend)
+    (other,) = await backend.transaction(partial(report, n=5, urls=[OTHER]))
     await store_raw(engine, cases, "url", archive,
                     await stored_value(engine, cases, "url", gallery))
     await store_raw(engine, cases, "canonical_url", gallery,
                     altered(await stored_value(engine, cases, "canonical_url", gallery)))
+    [first, _] = await report_ids(engine, gallery)
+    [copied_into] = await report_ids(engine, other)
+    await store_raw(engine, case_reports, "written_as", copied_into,
+                    await stored_value(engine, case_reports, "written_as", first))
     async with engine.connect() as conn:
-        before = await list_cases(conn)
-    assert {c["id"] for c in before} == {str(gallery), str(archive), str(no_url)}
-    listed = {c["id"]: c for c in before}
+        listed = {c["id"]: c for c in await list_cases(conn)}
+        flagged, _ = await queue_cases(conn, status="new", flag="damaged", limit=10)
+    assert set(listed) == {str(gallery), str(archive), str(no_url), str(other)}
+    assert {c["id"] for c in flagged} == {str(gallery), str(archive), str(other)}
     copied, changed = listed[str(archive)], listed[str(gallery)]
     assert copied["url"] is None and copied["canonical_url"] == ARCHIVE.canonical
     key = sealer_of(engine).keyring.current.name
@@ -190,27 +200,20 @@ async def test_a_copied_or_altered_url_marks_its_case_damaged_and_the_others_are
                                  "another record or column)"]
     assert changed["url"] == GALLERY.url and changed["canonical_url"] is None
     assert "cases.canonical_url of record " + str(gallery) in changed["damaged"][0]
-    assert "damaged" in copied["flags"] and "damaged" in changed["flags"]
+    assert listed[str(other)]["url"] == OTHER.url and listed[str(other)]["damaged"] == [
+        f"cannot open case_reports.written_as of record {copied_into}: it fails "
+        f"authentication under key {key} (altered, or copied from another record or column)"]
+    assert all("damaged" in listed[str(c)]["flags"] for c in (gallery, archive, other))
     assert "damaged" not in listed[str(no_url)]
-    assert not plaintext_in(json.dumps([copied["damaged"], changed["damaged"]]).encode())
-    async with engine.connect() as conn:
-        flagged, _ = await queue_cases(conn, status="new", flag="damaged", limit=10)
-        row = (await conn.execute(select(cases).where(cases.c.id == archive))).one()
-    assert {c["id"] for c in flagged} == {str(gallery), str(archive)}
-    with pytest.raises(TagMismatch, match=f"cases.url of record {archive}"):
-        open_case_urls(sealer_of(engine), row)
+    assert not plaintext_in(json.dumps([c.get("damaged") for c in listed.values()]).encode())
 
-    [first, second] = await report_ids(engine, gallery)
-    await store_raw(engine, case_reports, "written_as", second,
-                    await stored_value(engine, case_reports, "written_as", first))
     async with engine.connect() as conn:
-        shown = await get_case(conn, gallery)
-    assert shown is not None
-    assert [r["written_as"] for r in shown["reports"]] == [GALLERY.written_as, None]
-    assert shown["reports"][1]["damaged"] == [
-        f"cannot open case_reports.written_as of record {second}: it fails authentication "
-        f"under key {key} (altered, or copied from another record or column)"]
-    assert len(shown["damaged"]) == 2
+        assert (await get_case(conn, no_url)) is not None
+        for case_id, where in ((archive, f"cases.url of record {archive}"),
+                               (gallery, f"cases.canonical_url of record {gallery}"),
+                               (other, f"case_reports.written_as of record {copied_into}")):
+            with pytest.raises(TagMismatch, match=where):
+                await get_case(conn, case_id)
 
 
 async def report_ids(engine: AsyncEngine, case_id: uuid.UUID) -> list[uuid.UUID]:
@@ -237,8 +240,8 @@ async def test_the_locate_stage_fails_a_damaged_case_and_locates_the_others(
         stage = LocateStage(backend, locator, worker="w1")
         assert await stage.run_once() == 2
         async with engine.connect() as conn:
-            located, failed = (await get_case(conn, good)), (await get_case(conn, bad))
-        assert located is not None and failed is not None
+            listed = {c["id"]: c for c in await list_cases(conn)}
+        located, failed = listed[str(good)], listed[str(bad)]
         assert (located["status"], located["hosting"]["country"]) == ("awaiting_assessment",
                                                                       "BE")
         assert failed["status"] == "locate_failed" and "locate_failed" in failed["flags"]
@@ -256,12 +259,12 @@ async def test_the_locate_stage_fails_a_damaged_case_and_locates_the_others(
     assert error.startswith("hgs:")
 
 
-async def test_the_console_the_api_and_the_cli_show_a_damaged_case_beside_the_others(
+async def test_the_console_the_api_and_the_cli_mark_a_damaged_case_and_serve_the_others(
     start: Start, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A case whose URL was copied from another is listed by the queue page, the API and
-    ``cases list``, and shown by its page, the API and ``cases show``, as damaged, naming the
-    record and not the URL; the case beside it reads as before."""
+    """A case whose URL was copied from another is listed as damaged by the queue page, the
+    API and ``cases list``, and refused by its page, the API and ``cases show``: each naming
+    the record, never a URL; the case beside it reads as before."""
     gw = await start()
     bad = await file_case(gw, "Please look at http://be.test/broken-r5t6", "broken-r5t6")
     good = await file_case(gw, "Please look at http://be.test/intact-u7i8", "intact-u7i8")
@@ -277,14 +280,17 @@ async def test_the_console_the_api_and_the_cli_show_a_damaged_case_beside_the_ot
         async with http.get("/api/v1/cases?flag=damaged") as response:
             flagged = [c["id"] for c in await response.json()]
         async with http.get(f"/api/v1/cases/{bad}") as response:
-            assert response.status == 200
-            shown = await response.json()
+            refused = response.status, await response.json()
+        async with http.get(f"/api/v1/cases/{good}") as response:
+            shown = response.status, await response.json()
     assert set(listed) == {bad, good} and flagged == [bad]
     assert listed[good]["url"] == "http://be.test/intact-u7i8" and "damaged" not in listed[good]
-    for case in (listed[bad], shown):
-        assert case["url"] is None and case["canonical_url"] == "http://be.test/broken-r5t6"
-        assert case["damaged"][0].startswith(damaged) and "damaged" in case["flags"]
-        assert "intact" not in json.dumps(case["damaged"])
+    assert listed[bad]["url"] is None
+    assert listed[bad]["canonical_url"] == "http://be.test/broken-r5t6"
+    assert listed[bad]["damaged"][0].startswith(damaged) and "damaged" in listed[bad]["flags"]
+    assert refused[0] == 500 and refused[1]["error"].startswith(damaged)
+    assert "intact" not in json.dumps([listed[bad]["damaged"], refused[1]])
+    assert shown[0] == 200 and shown[1]["url"] == "http://be.test/intact-u7i8"
 
     browser = StaffClient(base(gw))
     try:
@@ -294,7 +300,7 @@ async def test_the_console_the_api_and_the_cli_show_a_damaged_case_beside_the_ot
     finally:
         await browser.close()
     assert f"damaged: {damaged}" in queue and "hxxp[:]//be[.]test/intact-u7i8" in queue
-    assert status == 200 and f"Damaged: {damaged}" in page and "does not open" in page
+    assert status == 500 and damaged in page and "intact" not in page
 
     path = await asyncio.to_thread(write_config, tmp_path)  # the gateway's database and keys
     capsys.readouterr()
@@ -303,6 +309,6 @@ async def test_the_console_the_api_and_the_cli_show_a_damaged_case_beside_the_ot
     assert any(line.startswith(bad) and f"(damaged: {damaged}" in line for line in lines)
     assert any(line.startswith(good) and line.endswith("hxxp[:]//be[.]test/intact-u7i8")
                for line in lines)
-    assert await asyncio.to_thread(main, ["--config", str(path), "cases", "show", bad]) == 0
-    text = capsys.readouterr().out
-    assert f"damaged: {damaged}" in text and "url: (no URL)" in text
+    assert await asyncio.to_thread(main, ["--config", str(path), "cases", "show", bad]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and damaged in err and "intact" not in err
