@@ -83,8 +83,6 @@ def _print_case(case: dict[str, Any]) -> None:
     for key in ("id", "status", "kind", "report_count", "first_reported", "last_reported",
                 "reappeared"):
         say(f"{key}: {case[key]}")
-    for damaged in case.get("damaged", ()):
-        say(f"damaged: {damaged}")
     say(f"url: {defang(case['url']) if case['url'] else '(no URL)'}")
     say(f"canonical_url: {defang(case['canonical_url']) if case['canonical_url'] else '-'}")
     say(f"hosting: {_hosting_line(case['hosting'])}")

@@ -274,7 +274,7 @@ class LocateStage(PollingStage):
             retry_at = now + self.retry_delay(attempts)
             error = seal_value(sealer_of(conn), cases.c.locate_error, claimed.id, hosting.error)
             # A case whose URL does not open is flagged at once: trying again will not help
-            # until an operator acts (it is still retried, at the longest delay's pace).
+            # until an operator acts (it is still retried, as every locate_failed case is).
             if (attempts < self._max_attempts and claimed.damaged is None) \
                     or claimed.status == "locate_failed":
                 # Not a change of state: one more attempt counted, the next one scheduled.

@@ -11,7 +11,8 @@ so filing finds a case still keyed under an older one (``gateway.store.lifecycle
 Readers that serve many cases (the queue, lists, the locate stage) open with
 ``open_case_marked``/``open_report_marked``: a value that does not open leaves that column
 None and says why (naming the record, never the value), and the others are served. Readers of
-one case (routing, a referral) use ``open_case_urls``, which raises ``SealBroken``.
+one case (``get_case``, routing, a referral) use ``open_case_urls``, which raises
+``SealBroken``: that case is refused, naming the record.
 """
 
 from __future__ import annotations
