@@ -364,16 +364,27 @@ async def run_reference_side(
     return result
 
 
-def count_rows(database: Path) -> tuple[int, int]:
-    """(rows, distinct message ids) in the gateway's ``submissions`` table."""
+def count_rows(database: Path, config_path: Path) -> tuple[int, int]:
+    """(rows, distinct message ids) in the gateway's ``submissions`` table; the ids are
+    sealed, so they are opened with the keyring ``config_path`` names."""
+    import uuid
+
+    from gateway import config as config_module
+    from gateway.store.sealed import open_value
+    from gateway.store.sealing import Sealer, keyring_path, load_keyring
+    from gateway.store.tables import submissions
+
+    data = config_module.load(config_path).data
+    sealer = Sealer(load_keyring(keyring_path(data.keyring, data.credential, os.environ)))
     conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
     try:
-        rows, distinct = conn.execute(
-            "SELECT count(*), count(DISTINCT message_id) FROM submissions"
-        ).fetchone()
+        rows = conn.execute("SELECT id, message_id FROM submissions").fetchall()
     finally:
         conn.close()
-    return int(rows), int(distinct)
+    ids = {open_value(sealer, submissions.c.message_id, uuid.UUID(hex=record), sealed)
+           for record, sealed in rows}
+    ids.discard(None)
+    return len(rows), len(ids)
 
 
 def _count_log(result: SideResult, log_file: Path, expected_alerts: Collection[str]) -> None:
@@ -408,7 +419,8 @@ async def run_gateway_side(
         result = SideResult("gateway", round_no, load, cpu, other, rss, status)
         _check_load(result)
         try:
-            result.rows, distinct = count_rows(workdir / "var" / "gateway.db")
+            result.rows, distinct = count_rows(workdir / "var" / "gateway.db",
+                                               workdir / "config.toml")
         except sqlite3.Error as exc:
             result.problems.append(f"cannot count the rows: {exc}")
         else:

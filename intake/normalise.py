@@ -40,6 +40,8 @@ from gateway.store import leases
 from gateway.store.backend import WriteBackend
 from gateway.store.errors import retryable
 from gateway.store.polling import PollingStage
+from gateway.store.sealed import open_value, seal_values
+from gateway.store.sealing import SealBroken, Sealer
 from gateway.store.tables import submissions
 from intake.cases import Filing, ReportedUrl
 from intake.encrypted import Decrypt, NotForUs, decrypted_message
@@ -160,7 +162,7 @@ class _Claimed:
     reference: str
     channel: str
     received_at: datetime
-    raw: bytes | None
+    raw: bytes | None  # as stored: sealed (opened in the executor)
 
 
 def normalise_web(raw: bytes) -> Normalised:
@@ -178,19 +180,54 @@ def normalise_web(raw: bytes) -> Normalised:
     return Normalised(urls=list(found.values()), report_text=report.text)
 
 
-def _normalise(claimed: _Claimed, decrypt: Decrypt | None = None) -> Normalised:
+def _normalise(claimed: _Claimed, sealer: Sealer, decrypt: Decrypt | None = None
+               ) -> Normalised:
     if claimed.raw is None:
         return Normalised(error="raw message no longer stored")
+    try:
+        raw = open_value(sealer, submissions.c.raw, claimed.id, claimed.raw)
+    except SealBroken as exc:  # altered or copied in: the message names the record, not the value
+        return Normalised(error=f"sealed: {exc}")
     if claimed.channel == "smtp":
-        return normalise_message(claimed.raw, decrypt=decrypt)
+        return normalise_message(raw, decrypt=decrypt)
     if claimed.channel in ("web", "api"):
-        return normalise_web(claimed.raw)
+        return normalise_web(raw)
     return Normalised(error=f"no normaliser for channel {claimed.channel!r}")
 
 
-def _normalise_all(batch: Sequence[_Claimed], decrypt: Decrypt | None = None
-                   ) -> list[Normalised]:
-    return [_normalise(claimed, decrypt) for claimed in batch]
+def _outcome(claimed: _Claimed, result: Normalised, sealer: Sealer) -> dict[str, Any]:
+    """What ``_MARK_PARSED`` writes back for ``claimed``, sealed for its record."""
+    flags = (result.flags if result.error is None
+             else [{"flag": "parse_failed", "error": result.error}])
+    sealed = seal_values(sealer, submissions, claimed.id, {
+        "parse_error": result.error,
+        "subject": result.subject,
+        "report_text": result.report_text,
+        # None rather than an empty list: one value fewer to seal, and readers take None as [].
+        "attachments": result.attachments or None,
+        "flags": flags or None,
+    })
+    return {
+        "sid": claimed.id,
+        "new_status": "parse_failed" if result.error else "parsed",
+        "new_parse_error": sealed["parse_error"],
+        "new_subject": sealed["subject"],
+        "new_report_text": sealed["report_text"],
+        "new_attachments": sealed["attachments"],
+        "new_url_count": len(result.urls),
+        "new_flags": sealed["flags"],
+    }
+
+
+def _normalise_all(batch: Sequence[_Claimed], sealer: Sealer, decrypt: Decrypt | None = None
+                   ) -> list[tuple[Normalised, dict[str, Any]]]:
+    """Each submission opened, parsed, and its outcome sealed (in the executor: a raw
+    message and a report's text are too large to seal or open on the event loop)."""
+    results = []
+    for claimed in batch:
+        result = _normalise(claimed, sealer, decrypt)
+        results.append((result, _outcome(claimed, result, sealer)))
+    return results
 
 
 class NormaliseStage(PollingStage):
@@ -214,6 +251,7 @@ class NormaliseStage(PollingStage):
         decrypt: Decrypt | None = None,
     ) -> None:
         self._backend = backend
+        self._sealer = backend.sealer
         self._executor = executor
         #: Decrypts reports encrypted to the hotline (runs in the executor, blocking).
         self._decrypt = decrypt
@@ -259,8 +297,9 @@ class NormaliseStage(PollingStage):
         loop = asyncio.get_running_loop()
         # One executor call per batch: each hand-off between threads costs a GIL switch.
         results = await loop.run_in_executor(
-            self._executor, partial(_normalise_all, claimed, self._decrypt))
-        pairs = list(zip(claimed, results, strict=True))
+            self._executor, partial(_normalise_all, claimed, self._sealer, self._decrypt))
+        pairs = [(item, result, outcome)
+                 for item, (result, outcome) in zip(claimed, results, strict=True)]
         applied = 0
         start = 0
         while start < len(pairs):
@@ -272,7 +311,7 @@ class NormaliseStage(PollingStage):
             applied += await self._apply_group(pairs[start : start + group])
             start += group
         failed = 0
-        for item, result in pairs:
+        for item, result, _ in pairs:
             if result.error is not None:
                 failed += 1
                 log.warning("normalise.parse_failed", reference=item.reference,
@@ -284,7 +323,8 @@ class NormaliseStage(PollingStage):
         log.info("normalise.batch", claimed=len(claimed), applied=applied, parse_failed=failed)
         return len(claimed)
 
-    async def _apply_group(self, group: list[tuple[_Claimed, Normalised]]) -> int:
+    async def _apply_group(self, group: list[tuple[_Claimed, Normalised, dict[str, Any]]]
+                           ) -> int:
         """File a group in one transaction; if the database refuses what one submission
         holds, file the others one by one and mark that one parse_failed with the reason."""
         try:
@@ -299,10 +339,11 @@ class NormaliseStage(PollingStage):
                 for pair in group:
                     applied += await self._apply_group([pair])
                 return applied
-            claimed, _ = group[0]
+            claimed, _, _ = group[0]
             refused = Normalised(error=f"store: {type(exc).__name__}")
+            outcome = _outcome(claimed, refused, self._sealer)
             return await self._backend.transaction(
-                partial(self._apply, results=[(claimed, refused)], now=self._clock())
+                partial(self._apply, results=[(claimed, refused, outcome)], now=self._clock())
             )
 
     def _claim(self, conn: Connection, *, now: datetime, until: datetime) -> list[_Claimed]:
@@ -315,25 +356,13 @@ class NormaliseStage(PollingStage):
         return [_Claimed(*row) for row in rows]
 
     def _apply(
-        self, conn: Connection, *, results: Sequence[tuple[_Claimed, Normalised]], now: datetime
+        self, conn: Connection, *,
+        results: Sequence[tuple[_Claimed, Normalised, dict[str, Any]]], now: datetime
     ) -> int:
         applied = 0
         filing = Filing(conn, now=now, legal_window=self._legal_window)
-        for claimed, result in results:
-            flags = (result.flags if result.error is None
-                     else [{"flag": "parse_failed", "error": result.error}])
-            values: dict[str, Any] = {
-                "sid": claimed.id,
-                "worker": self._worker,
-                "new_status": "parse_failed" if result.error else "parsed",
-                "new_parsed_at": now,
-                "new_parse_error": result.error,
-                "new_subject": result.subject,
-                "new_report_text": result.report_text,
-                "new_attachments": result.attachments,
-                "new_url_count": len(result.urls),
-                "new_flags": flags or None,
-            }
+        for claimed, result, outcome in results:
+            values = {**outcome, "worker": self._worker, "new_parsed_at": now}
             if conn.execute(_MARK_PARSED, values).rowcount != 1:
                 continue  # our lease ran out and another worker has taken it
             applied += 1

@@ -32,6 +32,7 @@ from gateway.store.errors import Conflict, NotAllowed
 from gateway.store.ids import uuid7
 from gateway.store.lifecycle import SUPERVISOR, Actor
 from gateway.store.polling import PollingStage, retry_delay
+from gateway.store.sealed import seal_value, sealer_of
 from gateway.store.tables import outbox, outbox_attempts, referrals
 from gateway.store.times import aware
 from outbound.transports import Deferred, Rejected, Transport
@@ -177,28 +178,35 @@ class OutboxStage(PollingStage):
 
     def _file(self, conn: Connection, *, item: OutboxItem, outcome: str, detail: str,
               now: datetime) -> None:
+        # The upstream's answers name hosts and addresses: sealed, each bound to its row.
+        sealer = sealer_of(conn)
         attempts = item.attempts + 1
         values: dict[str, Any] = {"attempts": attempts, "claimed_by": None,
                                   "claimed_until": None, "last_error": None}
         if outcome == "sent":
             values.update(status="sent", sent_at=now)
-        elif outcome == "failed":
-            values.update(status="failed", last_error=detail)
         else:
-            values.update(last_error=detail, next_attempt_at=now + self.retry_delay(attempts))
+            values.update(last_error=seal_value(sealer, outbox.c.last_error, item.id, detail))
+            if outcome == "failed":
+                values.update(status="failed")
+            else:
+                values.update(next_attempt_at=now + self.retry_delay(attempts))
         mine = and_(outbox.c.id == item.id, outbox.c.claimed_by == self._worker,
                     outbox.c.status == "pending")
         current = conn.execute(update(outbox).where(mine).values(**values)).rowcount == 1
         # Every attempt is recorded, even one whose lease ran out meanwhile.
+        attempt_id = uuid7()
+        told = detail if current else f"{detail} (lease lost: another worker has it)"
         conn.execute(insert(outbox_attempts).values(
-            id=uuid7(), outbox_id=item.id, at=now, outcome=outcome,
-            detail=detail if current else f"{detail} (lease lost: another worker has it)"))
+            id=attempt_id, outbox_id=item.id, at=now, outcome=outcome,
+            detail=seal_value(sealer, outbox_attempts.c.detail, attempt_id, told)))
         if not current:
             return
         if outcome != "deferred":
+            error = seal_value(sealer, referrals.c.error, item.referral_id, detail) \
+                if outcome == "failed" else None
             conn.execute(update(referrals).where(referrals.c.id == item.referral_id).values(
-                status=outcome, sent_at=now if outcome == "sent" else None,
-                error=detail if outcome == "failed" else None))
+                status=outcome, sent_at=now if outcome == "sent" else None, error=error))
             record(conn, [AuditEntry("system:outbox", f"referral.{outcome}", item.case_id,
                                      {"referral": str(item.referral_id),
                                       "destination": item.destination, "detail": detail})],

@@ -37,6 +37,7 @@ from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
 from gateway.store.ids import uuid7
 from gateway.store.polling import PollingStage
+from gateway.store.sealed import open_value, sealer_of
 from gateway.store.tables import case_reports, cases, outbox, referrals, submissions
 from gateway.store.times import iso
 from outbound.document import inner_message, referral_document
@@ -220,11 +221,15 @@ class ReferStage(PollingStage):
     async def _hashes(self, case_id: uuid.UUID) -> list[dict[str, str]]:
         async with self._engine.connect() as conn:
             rows = await conn.execute(
-                select(submissions.c.attachments)
+                select(submissions.c.id, submissions.c.attachments)
                 .join(case_reports, case_reports.c.submission_id == submissions.c.id)
                 .where(case_reports.c.case_id == case_id))
+            sealer = sealer_of(conn)
             found: dict[str, dict[str, str]] = {}
-            for (attachments,) in rows:
+            for submission_id, sealed in rows:
+                # A report whose attachments do not open fails the case's routing (SealBroken
+                # names it): a referral never goes out short of a hash.
+                attachments = open_value(sealer, submissions.c.attachments, submission_id, sealed)
                 for item in attachments or []:
                     if isinstance(item, dict) and item.get("sha256") and item.get("md5"):
                         entry = {"sha256": str(item["sha256"]), "md5": str(item["md5"])}

@@ -27,6 +27,7 @@ from gateway.store.audit import CLI_ACTOR, AuditEntry, record
 from gateway.store.backend import WriteBackend
 from gateway.store.errors import Conflict, Invalid, NotFound
 from gateway.store.ids import uuid7
+from gateway.store.sealed import seal_value, sealer_of
 from gateway.store.tables import api_tokens, staff_sessions, users
 from gateway.store.text import plain_text
 from gateway.store.times import aware
@@ -98,9 +99,11 @@ async def add_user(backend: WriteBackend, name: str, role: str, *, now: datetime
     password_hash = await asyncio.to_thread(_HASHER.hash, new.password)
 
     def work(conn: Connection) -> None:
+        user_id = uuid7()
+        secret = seal_value(sealer_of(conn), users.c.totp_secret, user_id, new.totp_secret)
         conn.execute(insert(users).values(
-            id=uuid7(), name=name, role=role, password_hash=password_hash,
-            totp_secret=new.totp_secret, must_change_password=True, created_at=now))
+            id=user_id, name=name, role=role, password_hash=password_hash,
+            totp_secret=secret, must_change_password=True, created_at=now))
         record(conn, [AuditEntry(CLI_ACTOR, "user.added", details={"user": name,
                                                                        "role": role})], at=now)
 

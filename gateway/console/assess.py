@@ -22,8 +22,10 @@ from gateway.console.accounts import Staff
 from gateway.store import lifecycle
 from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
+from gateway.store.case_view import opened
 from gateway.store.errors import Conflict, Invalid, NotAllowed, NotFound
 from gateway.store.ids import uuid7
+from gateway.store.sealed import seal_values, sealer_of
 from gateway.store.tables import (
     assessments,
     case_reports,
@@ -134,9 +136,11 @@ def move_case(conn: Connection, staff: Staff, case_id: uuid.UUID, old: str, even
                           at=now, state=old, values=values, details=details).next
 
 
-def _assessment_json(row: Any, by: str, approver: str | None) -> dict[str, Any]:
+def _assessment_json(conn: Connection, row: Any, by: str,
+                     approver: str | None) -> dict[str, Any]:
+    note = opened(sealer_of(conn), assessments.c.note, row.id, row.note)
     return {"id": str(row.id), "verdict": row.verdict, "classification": row.classification,
-            "hosting_country": row.hosting_country, "note": row.note, "by": by,
+            "hosting_country": row.hosting_country, "note": note, "by": by,
             "status": row.status, "approved_by": approver}
 
 
@@ -165,9 +169,10 @@ async def assess(
                                "verdict": given.verdict, "classification": given.classification,
                                "hosting_country": given.hosting_country,
                                "status": row["status"]})
-        conn.execute(insert(assessments).values(**row))
+        conn.execute(insert(assessments).values(
+            **seal_values(sealer_of(conn), assessments, row["id"], row)))
         saved = conn.execute(select(assessments).where(assessments.c.id == row["id"])).one()
-        return Outcome(case_id, new_status, _assessment_json(saved, staff.name, None))
+        return Outcome(case_id, new_status, _assessment_json(conn, saved, staff.name, None))
 
     return await backend.transaction(work)
 
@@ -204,7 +209,8 @@ async def approve(
                                  {"assessment": str(row.id), "assessor": row.assessor})],
                at=now)
         saved = conn.execute(select(assessments).where(assessments.c.id == row.id)).one()
-        return Outcome(case_id, case.status, _assessment_json(saved, row.assessor, staff.name))
+        return Outcome(case_id, case.status,
+                       _assessment_json(conn, saved, row.assessor, staff.name))
 
     return await backend.transaction(work)
 

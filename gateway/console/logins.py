@@ -42,6 +42,8 @@ from gateway.console.fairgate import FairGate
 from gateway.console.throttle import Backoff, Outcome, SourceThrottle
 from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
+from gateway.store.sealed import open_value, sealer_of
+from gateway.store.sealing import SealBroken
 from gateway.store.tables import users
 from gateway.store.text import plain_text
 from gateway.store.times import aware
@@ -197,6 +199,7 @@ async def _attempt(
     counts = {"source_failures": throttle.failures(source) + 1,
               "source_refused": throttle.take_refused(source)}
     waited: list[float] = []
+    unreadable: list[SealBroken] = []
 
     def decide(conn: Connection) -> LoginResult:
         if row is None:
@@ -238,7 +241,17 @@ async def _attempt(
             record(conn, [AuditEntry(row.name, "user.login_refused", details={
                 **details, **counts, "reason": "security key required"})], at=now)
             return LoginResult(None, refused=refusal)
-        step = totp_step(row.totp_secret, code, now)
+        try:
+            secret = open_value(sealer_of(conn), users.c.totp_secret, row.id, row.totp_secret)
+        except SealBroken as exc:
+            # Not the user's doing: refused without counting a wrong code; an admin resets
+            # the secret (``users reset-totp``). The trail names the account, not the value.
+            unreadable.append(exc)
+            record(conn, [AuditEntry(row.name, "user.login_failed", details={
+                **details, **counts, "reason": "totp secret unreadable",
+                "user_id": str(row.id)})], at=now)
+            return LoginResult(None)
+        step = totp_step(secret, code, now)
         if step is not None:
             # One statement decides a replay and the delay, even with logins racing.
             fresh = or_(users.c.totp_last_step.is_(None), users.c.totp_last_step < step)
@@ -269,6 +282,9 @@ async def _attempt(
         return LoginResult(None)
 
     result = await backend.transaction(decide)
+    if unreadable:
+        log.error("console.totp_secret_unreadable", user_id=str(row.id),
+                  error=str(unreadable[0]))
     if waited:
         # Visible to admins only (and in the audit, and as "waiting" in ``users list``):
         # whoever makes the account wait knows its password, which must be changed.

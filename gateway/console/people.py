@@ -25,6 +25,7 @@ from gateway.console.accounts import (
 from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
 from gateway.store.errors import Conflict, Invalid, NotFound
+from gateway.store.sealed import seal_value, sealer_of
 from gateway.store.tables import (
     api_tokens,
     assessments,
@@ -146,8 +147,9 @@ async def reset_totp(backend: WriteBackend, name: str, *, actor: str, now: datet
     found: list[Any] = []
 
     def change(conn: Connection, row: Any) -> dict[str, Any]:
+        sealed = seal_value(sealer_of(conn), users.c.totp_secret, row.id, secret)
         conn.execute(update(users).where(users.c.id == row.id)
-                     .values(totp_secret=secret, totp_last_step=None))
+                     .values(totp_secret=sealed, totp_last_step=None))
         found.append(row)
         return {"sessions_ended": _end_sessions(conn, row.id)}
 

@@ -33,6 +33,7 @@ from gateway.console.base import (
 )
 from gateway.console.keystore import SecurityKeys
 from gateway.console.logins import LoginPolicy, new_guard
+from gateway.console.refusals import http_status, json_refusal
 from gateway.console.sessions import SessionStore
 from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
@@ -100,12 +101,13 @@ async def security_headers(request: web.Request, handler: Handler) -> web.Stream
             response = console.render("error.html", code=exc.status, message=exc.reason)
         else:  # a redirect
             response = web.Response(status=exc.status, headers=exc.headers)
-    except Damaged as exc:  # what is stored does not open: the message names the record
-        log.error("console.damaged", path=request.path, error=str(exc))
+    except Damaged as exc:  # stored data that does not open: the record named, not a trace
+        log.error("console.request_damaged", path=request.path, error=str(exc))
         if is_api(request):
-            response = json_error(500, str(exc))
+            response = json_refusal(exc)
         else:
-            response = request.app[CONSOLE].render("error.html", code=500, message=str(exc))
+            response = request.app[CONSOLE].render("error.html", code=http_status(exc),
+                                                   message=str(exc))
     except Exception as exc:  # a bug: the staff member sees an error page, the log the type
         log.error("console.request_failed", path=request.path, error_type=type(exc).__name__)
         if is_api(request):

@@ -22,13 +22,19 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.store.engine import IMMEDIATE, configure_sqlite
-from gateway.store.sealed import bind_sealer, bound_sealer
+from gateway.store.sealed import bind_sealer, bound_sealer, sealer_of
+from gateway.store.sealing import Sealer
 
 T = TypeVar("T")
 
 
 class WriteBackend(Protocol):
     """Runs ``work`` inside one write transaction and returns its result after the commit."""
+
+    @property
+    def sealer(self) -> Sealer:
+        """The sealer of this database's sealed columns (``NoSealer`` when none is bound)."""
+        ...
 
     async def transaction(self, work: Callable[[Connection], T]) -> T: ...
 
@@ -38,8 +44,9 @@ class WriteBackend(Protocol):
 class ThreadedSqlite:
     """SQLite write transactions in one dedicated thread (the writer's own connection)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, sealer: Sealer | None = None) -> None:
         self._engine = engine
+        self._sealer = sealer
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
 
     @classmethod
@@ -55,6 +62,10 @@ class ThreadedSqlite:
         if (sealer := bound_sealer(engine)) is not None:
             bind_sealer(sync, sealer)
         return cls(sync)
+
+    @property
+    def sealer(self) -> Sealer:
+        return self._sealer if self._sealer is not None else sealer_of(self._engine)
 
     def _run(self, work: Callable[[Connection], T]) -> T:
         with self._engine.connect() as conn:
@@ -90,8 +101,13 @@ class ThreadedSqlite:
 class AsyncEngineBackend:
     """Write transactions through the async engine (PostgreSQL via asyncpg)."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, sealer: Sealer | None = None) -> None:
         self._engine = engine
+        self._sealer = sealer
+
+    @property
+    def sealer(self) -> Sealer:
+        return self._sealer if self._sealer is not None else sealer_of(self._engine)
 
     async def transaction(self, work: Callable[[Connection], T]) -> T:
         async with self._engine.begin() as conn:

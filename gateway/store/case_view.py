@@ -6,11 +6,13 @@ import uuid
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import select
+import structlog
+from sqlalchemy import Column, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.store.case_urls import open_case_marked, open_case_urls, open_report_marked
-from gateway.store.sealed import open_row, sealer_of
+from gateway.store.sealed import open_row, open_value, sealer_of
+from gateway.store.sealing import SealBroken, Sealer
 from gateway.store.tables import (
     assessments,
     audit_log,
@@ -27,12 +29,27 @@ from gateway.store.tables import (
 )
 from gateway.store.times import iso
 
+log = structlog.get_logger("gateway.store.case_view")
+
 #: Flags the queue shows and filters by. The last three come from the case's reports (see
 #: report_flags): URLs over the per-report cap, a URL too long to take, a report unreadable.
 FLAGS = ("cdn", "mixed", "unknown", "unresolvable", "reappeared", "no_url", "locate_failed",
          "pending_approval", "assigned", "referral_failed", "damaged", "urls_over_cap",
          "url_too_long", "parse_failed")
 _REPORT_FLAGS = FLAGS[-3:]
+#: What a view shows for a sealed value that does not open, before the error naming it.
+UNREADABLE = "[unreadable] "
+
+
+def opened(sealer: Sealer, column: Column[Any], record: Any, stored: Any) -> Any:
+    """A sealed value of a record as views show it: opened, or, when it does not open, a
+    visible marker naming the record (logged), so that the rest of a list is still served."""
+    try:
+        return open_value(sealer, column, record, stored)
+    except SealBroken as exc:
+        log.error("sealed.unreadable", table=column.table.name, column=column.name,
+                  record=str(record), error=str(exc))
+        return UNREADABLE + str(exc)
 
 
 def hosting_json(hosting: Any, **extra: Any) -> dict[str, Any]:
@@ -162,10 +179,12 @@ async def _assessments(
         .where(assessments.c.case_id.in_(case_ids), assessments.c.status != "superseded")
         .order_by(assessments.c.created_at, assessments.c.id)
     )
+    sealer = sealer_of(conn)
     for row in rows:
         current[row.case_id] = {
             "id": str(row.id), "verdict": row.verdict, "classification": row.classification,
-            "hosting_country": row.hosting_country, "note": row.note, "by": row.by,
+            "hosting_country": row.hosting_country,
+            "note": opened(sealer, assessments.c.note, row.id, row.note), "by": row.by,
             "at": iso(row.created_at), "status": row.status, "approved_by": row.approver,
             "approved_at": iso(row.approved_at),
         }
@@ -196,12 +215,13 @@ async def _routing_change(conn: AsyncConnection, case_id: uuid.UUID,
             "decided_by": row.decider, "decided_at": iso(row.decided_at), "facts": row.facts}
 
 
-def _referral_json(row: Any) -> dict[str, Any]:
+def _referral_json(sealer: Sealer, row: Any) -> dict[str, Any]:
     return {"id": str(row.id), "destination": row.destination, "status": row.status,
             "reference": row.reference, "email": row.email,
             "key_fingerprint": row.key_fingerprint, "message_id": row.message_id,
             "iccam_reference": row.iccam_reference, "created_at": iso(row.created_at),
-            "sent_at": iso(row.sent_at), "error": row.error}
+            "sent_at": iso(row.sent_at),
+            "error": opened(sealer, referrals.c.error, row.id, row.error)}
 
 
 async def _routing(
@@ -218,9 +238,10 @@ async def _routing(
             select(routing_decisions).where(routing_decisions.c.case_id.in_(case_ids),
                                             routing_decisions.c.superseded.is_(False)))}
     sent: dict[uuid.UUID, list[dict[str, Any]]] = defaultdict(list)
+    sealer = sealer_of(conn)
     for row in await conn.execute(select(referrals).where(referrals.c.case_id.in_(case_ids))
                                   .order_by(referrals.c.created_at)):
-        sent[row.case_id].append(_referral_json(row))
+        sent[row.case_id].append(_referral_json(sealer, row))
     for case_id in case_ids:
         found[case_id] = (decisions.get(case_id), sent.get(case_id, []))
     return found
@@ -231,15 +252,18 @@ async def get_referral(conn: AsyncConnection, referral_id: uuid.UUID) -> dict[st
     row = (await conn.execute(select(referrals).where(referrals.c.id == referral_id))).first()
     if row is None:
         return None
-    document = {**_referral_json(row), "case_id": str(row.case_id)}
+    sealer = sealer_of(conn)
+    document = {**_referral_json(sealer, row), "case_id": str(row.case_id)}
     item = (await conn.execute(select(outbox.c.id, outbox.c.status, outbox.c.attempts,
                                       outbox.c.next_attempt_at, outbox.c.last_error)
                                .where(outbox.c.referral_id == referral_id))).first()
     document["outbox"] = None if item is None else {
         "status": item.status, "attempts": item.attempts,
-        "next_attempt_at": iso(item.next_attempt_at), "last_error": item.last_error}
+        "next_attempt_at": iso(item.next_attempt_at),
+        "last_error": opened(sealer, outbox.c.last_error, item.id, item.last_error)}
     attempts = [] if item is None else [
-        {"at": iso(a.at), "outcome": a.outcome, "detail": a.detail}
+        {"at": iso(a.at), "outcome": a.outcome,
+         "detail": opened(sealer, outbox_attempts.c.detail, a.id, a.detail)}
         for a in await conn.execute(select(outbox_attempts)
                                     .where(outbox_attempts.c.outbox_id == item.id)
                                     .order_by(outbox_attempts.c.at))]
@@ -273,10 +297,8 @@ async def _current_hosting(
 
 
 async def _reports(
-    conn: AsyncConnection, case_ids: list[uuid.UUID], *, strict: bool = False
+    conn: AsyncConnection, case_ids: list[uuid.UUID]
 ) -> dict[uuid.UUID, list[dict[str, Any]]]:
-    """Each case's reports; a text that does not open is None and marked ``damaged`` (or,
-    ``strict``, refused: ``SealBroken``)."""
     by_case: dict[uuid.UUID, list[dict[str, Any]]] = defaultdict(list)
     if not case_ids:
         return by_case
@@ -284,7 +306,7 @@ async def _reports(
         select(
             case_reports.c.id, case_reports.c.case_id, submissions.c.reference,
             case_reports.c.reported_at, case_reports.c.written_as, submissions.c.channel,
-            submissions.c.flags,
+            submissions.c.flags, submissions.c.id.label("submission_id"),
         )
         .join(submissions, submissions.c.id == case_reports.c.submission_id)
         .where(case_reports.c.case_id.in_(case_ids))
@@ -292,19 +314,29 @@ async def _reports(
     )
     sealer = sealer_of(conn)
     for row in rows:
-        damaged: list[str] = []
-        if strict:
-            opened = open_row(sealer, case_reports, row)
-        else:
-            opened, damaged = open_report_marked(sealer, row)
+        # A report whose text does not open is marked damaged (naming it); the case is shown.
+        written, damaged = open_report_marked(sealer, {"id": row.id,
+                                                       "written_as": row.written_as})
+        submission, broken = _open_submission(sealer, {"flags": row.flags}, row.submission_id)
         report = {
             "reference": row.reference, "reported_at": iso(row.reported_at),
-            "written_as": opened.written_as, "channel": row.channel, "flags": row.flags or [],
+            "written_as": written.written_as, "channel": row.channel,
+            "flags": broken or (submission.flags if submission is not None else None) or [],
         }
         if damaged:
             report["damaged"] = damaged
         by_case[row.case_id].append(report)
     return by_case
+
+
+def _open_submission(sealer: Sealer, values: dict[str, Any], submission_id: uuid.UUID
+                     ) -> tuple[Any, list[dict[str, Any]]]:
+    """``values`` of a submission opened, or None and the flag that shows staff which record
+    does not open (one broken record must not hide the case or the queue)."""
+    try:
+        return open_row(sealer, submissions, values, submission_id), []
+    except SealBroken as exc:
+        return None, [{"flag": "parse_failed", "error": f"sealed: {exc}"}]
 
 
 async def list_cases(
@@ -329,13 +361,13 @@ async def list_cases(
 
 
 async def get_case(conn: AsyncConnection, case_id: uuid.UUID) -> dict[str, Any] | None:
-    """One case with the reports that made it, or None. A value of it that does not open is
+    """One case with the reports that made it, or None. A URL of it that does not open is
     refused (``SealBroken``, naming the record): lists mark such a case instead."""
     found = (await conn.execute(select(cases).where(cases.c.id == case_id))).first()
     if found is None:
         return None
     row = open_case_urls(sealer_of(conn), found)
-    reports = (await _reports(conn, [row.id], strict=True))[row.id]
+    reports = (await _reports(conn, [row.id]))[row.id]
     document = _case_json(
         row, reports, (await _current_hosting(conn, [row.id])).get(row.id),
         (await _assessments(conn, [row.id])).get(row.id),
@@ -344,12 +376,22 @@ async def get_case(conn: AsyncConnection, case_id: uuid.UUID) -> dict[str, Any] 
     )
     texts = await conn.execute(
         select(submissions.c.reference, submissions.c.subject, submissions.c.report_text,
-               submissions.c.attachments)
+               submissions.c.attachments, submissions.c.id)
         .where(submissions.c.reference.in_([r["reference"] for r in reports]))
     )
     by_reference = {t.reference: t for t in texts}
+    sealer = sealer_of(conn)
     for report in reports:
-        text = by_reference[report["reference"]]
+        found = by_reference[report["reference"]]
+        text, broken = _open_submission(
+            sealer, {"subject": found.subject, "report_text": found.report_text,
+                     "attachments": found.attachments}, found.id)
+        if text is None:
+            report.update(subject=None, text=None, attachments=[])
+            report["flags"] = [*report["flags"], *broken]
+            document["report_flags"] += _report_flags([{**report, "flags": broken}])
+            document["flags"] = flags(document)
+            continue
         # What the reporter wrote, as data: every surface escapes it.
         report.update(subject=text.subject, text=text.report_text,
                       attachments=text.attachments or [])

@@ -157,7 +157,8 @@ reference_counters = Table(
 )
 
 # Staff: analysts, supervisors and admins of the console. Passwords are argon2id hashes; the
-# TOTP secret is needed in clear to check codes, and ``totp_last_step`` refuses a code twice.
+# TOTP secret is sealed (a login opens it to check the code), and ``totp_last_step`` refuses a
+# code twice.
 users = Table(
     "users",
     metadata,

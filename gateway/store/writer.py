@@ -9,7 +9,6 @@ sees one transaction per batch rather than one per report.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 import uuid
 from collections import Counter
@@ -28,6 +27,9 @@ from gateway.store.inserts import inserts_for
 from gateway.store.references import ReferenceAllocator
 
 log = structlog.get_logger("gateway.store.writer")
+
+#: The lookup purpose of ``submissions.dedup_key`` (``Sealer.lookup_key``).
+DEDUP_PURPOSE = "submission"
 
 
 class WriterClosed(Exception):
@@ -56,10 +58,11 @@ class NewSubmission:
     message_id: str | None = None
 
     @property
-    def dedup_key(self) -> str:
-        """Same Message-ID and same body: a retransmission of one report, not a new one."""
+    def dedup_source(self) -> bytes:
+        """Same Message-ID and same body: a retransmission of one report, not a new one. The
+        row keeps this keyed-hashed (``dedup_key``): the Message-ID is sealed."""
         key = f"{self.channel}\0{self.message_id or ''}\0{self.body_sha256}"
-        return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
+        return key.encode("utf-8", "surrogateescape")
 
 
 class StoreObserver(Protocol):
@@ -107,6 +110,7 @@ class SubmissionWriter:
         on_commit: Callable[[], None] | None = None,
     ) -> None:
         self._backend = backend
+        self._sealer = backend.sealer
         self._inserts = inserts_for(backend)
         self._references = references
         self._batch_max = batch_max
@@ -225,7 +229,7 @@ class SubmissionWriter:
         """
         await self._reserve_references(batch)
         rows = [self._row(sub) for sub in batch]
-        conflicts = await self._inserts.insert(rows)
+        conflicts = await self._inserts.insert(rows, self._earlier_keys(batch, rows))
         receipts = []
         for row in rows:
             stored = conflicts.get(row["dedup_key"])
@@ -248,10 +252,19 @@ class SubmissionWriter:
             "peer_ip": sub.peer_ip,
             "message_id": sub.message_id,
             "body_sha256": sub.body_sha256,
-            "dedup_key": sub.dedup_key,
+            "dedup_key": self._sealer.lookup_key(DEDUP_PURPOSE, sub.dedup_source),
             "raw_size": len(sub.raw),
             "raw": sub.raw,
         }
+
+    def _earlier_keys(self, batch: Sequence[NewSubmission],
+                      rows: Sequence[dict[str, Any]]) -> dict[str, list[str]]:
+        """Each row's dedup_key -> the same report's keys under earlier lookup keys, while
+        the keyring still holds any (a retransmission stored before a rotation is found)."""
+        if len(self._sealer.keyring.lookup_keys) == 1:
+            return {}
+        return {row["dedup_key"]: self._sealer.lookup_keys(DEDUP_PURPOSE, sub.dedup_source)[1:]
+                for sub, row in zip(batch, rows, strict=True)}
 
     async def _reserve_references(self, batch: Sequence[NewSubmission]) -> None:
         """Reserve numbers in a transaction of their own, before the batch's transaction

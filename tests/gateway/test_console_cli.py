@@ -199,3 +199,23 @@ def test_no_staff_account_can_pass_for_the_command_line_in_the_trail(
     assert run(config, "tokens", "create", "cli") == 0
     assert audit_actions(config)[-2:] == [("system:cli", "user.added"),
                                           ("system:cli", "token.created")]
+
+
+def test_users_add_and_reset_totp_keep_the_secret_sealed(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The secrets `users add` and `users reset-totp` print are nowhere in the database's
+    files: the column holds them sealed."""
+    assert run(config, "users", "add", "ana", "--role", "analyst") == 0
+    assert run(config, "users", "reset-totp", "ana") == 0
+    secrets = re.findall(r"TOTP secret:\s+([A-Z2-7]{16,})", capsys.readouterr().out)
+    assert len(secrets) == 2 and secrets[0] != secrets[1]
+    path = config.parent / "var" / "gateway.db"
+    database = create_engine(f"sqlite:///{path}")
+    with database.connect() as conn:
+        stored = conn.execute(text("SELECT totp_secret FROM users")).scalar_one()
+    database.dispose()
+    assert stored.startswith("hgs:")
+    disk = b"".join(p.read_bytes() for p in path.parent.glob("gateway.db*"))
+    for secret in secrets:
+        assert secret.encode() not in disk and secret.encode("utf-16-le") not in disk

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.backup import BackupError, backup
@@ -20,10 +20,12 @@ from gateway.retention import purge
 from gateway.stats import collect_stats
 from gateway.store.backend import open_write_backend
 from gateway.store.ids import uuid7
+from gateway.store.sealed import seal_rows
 from gateway.store.tables import submissions
 from tests.conftest import Start
 from tests.daemon import ensure_keyring
 from tests.smtp_client import deliver, queued_reference, report
+from tests.submissions import opened_submissions
 
 
 async def test_raw_messages_then_contacts_go_and_the_counts_stay(start: Start) -> None:
@@ -47,10 +49,11 @@ async def test_raw_messages_then_contacts_go_and_the_counts_stay(start: Start) -
     assert (nothing.raw_messages, nothing.contacts) == (0, 0)
 
     async def rows() -> list[tuple[object, ...]]:
-        async with gw.engine.connect() as conn:
-            return [tuple(r) for r in await conn.execute(
-                select(submissions.c.raw.is_(None), submissions.c.mail_from, submissions.c.peer_ip,
-                       submissions.c.report_text).order_by(submissions.c.received_at))]
+        return [(r.raw is None, r.mail_from, r.peer_ip, r.report_text)
+                for r in await opened_submissions(
+                    gw.engine, submissions.c.raw, submissions.c.mail_from,
+                    submissions.c.peer_ip, submissions.c.report_text,
+                    order_by=submissions.c.received_at)]
 
     purged = await purge(backend, policy, now=now + timedelta(days=31))
     assert purged.raw_messages == 4
@@ -66,9 +69,8 @@ async def test_raw_messages_then_contacts_go_and_the_counts_stay(start: Start) -
         assert after[key] == before[key], key
     # The locate stage may move a case on meanwhile: the purge keeps every case, in any state.
     assert sum(after["cases"].values()) == sum(before["cases"].values()) == 2
-    async with gw.engine.connect() as conn:
-        stored = b"".join(r or b"" for r in (await conn.execute(select(submissions.c.raw))
-                                              ).scalars())
+    stored = b"".join(r.raw or b"" for r in await opened_submissions(gw.engine,
+                                                                     submissions.c.raw))
     assert b"me@example.org" not in stored
 
 
@@ -135,12 +137,13 @@ async def test_reports_not_read_keep_their_bytes(engine: AsyncEngine) -> None:
              "body_sha256": "0" * 64, "raw_size": 3, "raw": b"raw"}
             for n, status in enumerate(("parsed", "parse_failed", "received"))]
     try:
-        await backend.transaction(lambda conn: conn.execute(insert(submissions), rows))
+        sealed = seal_rows(backend.sealer, submissions, rows)
+        await backend.transaction(lambda conn: conn.execute(insert(submissions), sealed))
         purged = await purge(backend, RetentionConfig(), now=datetime.now(UTC))
         assert (purged.raw_messages, purged.contacts) == (1, 1)
-        async with engine.connect() as conn:
-            kept = dict((await conn.execute(select(submissions.c.status,
-                                                   submissions.c.raw))).all())
+        kept = {r.status: r.raw
+                for r in await opened_submissions(engine, submissions.c.status,
+                                                  submissions.c.raw)}
         assert kept == {"parsed": None, "parse_failed": b"raw", "received": b"raw"}
     finally:
         await backend.close()

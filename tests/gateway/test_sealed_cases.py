@@ -173,10 +173,10 @@ async def test_every_reader_sees_the_urls_as_reported(engine: AsyncEngine,
 async def test_a_copied_or_altered_url_marks_its_case_damaged_and_the_others_are_served(
     engine: AsyncEngine, backend: WriteBackend
 ) -> None:
-    """A URL copied from another case, a canonical URL altered by one byte, and a report's
-    text copied from another report: each refused naming its record (never the value) when
-    the case is read, marked damaged where cases are listed, and every other case served as
-    before."""
+    """A URL copied from another case and a canonical URL altered by one byte are refused
+    naming their record (never the value) when the case is read, and marked damaged where
+    cases are listed; a report's text copied from another report is marked on that report;
+    every other case is served as before."""
     gallery, archive, no_url = await file_three(backend)
     (other,) = await backend.transaction(partial(report, n=5, urls=[OTHER]))
     await store_raw(engine, cases, "url", archive,
@@ -210,10 +210,16 @@ async def test_a_copied_or_altered_url_marks_its_case_damaged_and_the_others_are
     async with engine.connect() as conn:
         assert (await get_case(conn, no_url)) is not None
         for case_id, where in ((archive, f"cases.url of record {archive}"),
-                               (gallery, f"cases.canonical_url of record {gallery}"),
-                               (other, f"case_reports.written_as of record {copied_into}")):
+                               (gallery, f"cases.canonical_url of record {gallery}")):
             with pytest.raises(TagMismatch, match=where):
                 await get_case(conn, case_id)
+        shown = await get_case(conn, other)
+    # A report's text that does not open is marked on that report; the case is shown.
+    assert shown is not None and shown["url"] == OTHER.url
+    [marked] = shown["reports"]
+    assert marked["written_as"] is None and marked["damaged"] == shown["damaged"]
+    assert shown["damaged"][0].startswith(
+        f"cannot open case_reports.written_as of record {copied_into}")
 
 
 async def report_ids(engine: AsyncEngine, case_id: uuid.UUID) -> list[uuid.UUID]:

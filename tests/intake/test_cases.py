@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.store.backend import WriteBackend, open_write_backend
 from gateway.store.case_urls import case_lookup_key
 from gateway.store.ids import uuid7
-from gateway.store.sealed import sealer_of
+from gateway.store.sealed import seal_value, sealer_of
 from gateway.store.tables import case_reports, cases, submissions
 from intake.cases import Filing, ReportedUrl
 from tests.sealed_cases import case_rows
@@ -32,7 +32,7 @@ def new_submission(conn: Connection, n: int, at: datetime = T0) -> uuid.UUID:
     conn.execute(insert(submissions).values(
         id=sub_id, reference=f"CF-2026-{n:06d}", channel="smtp", status="received",
         received_at=at, rcpt_tos=[], body_sha256=hashlib.sha256(b"%d" % n).hexdigest(),
-        raw_size=0, raw=b"",
+        raw_size=0, raw=seal_value(sealer_of(conn), submissions.c.raw, sub_id, b""),
     ))
     return sub_id
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import gnupg  # type: ignore[import-untyped]
 import pytest
-from sqlalchemy import select
 
 from gateway.app import Gateway
 from gateway.store.case_view import list_cases
@@ -20,6 +19,7 @@ from outbound.gpg import Gpg
 from outbound.pgpmime import encrypted_message
 from tests.conftest import Start
 from tests.smtp_client import deliver
+from tests.submissions import opened_submission
 
 
 def kill_agent(home: Path) -> None:
@@ -82,8 +82,7 @@ async def test_pgp_mime_reports_are_decrypted_and_filed(
     code, _ = await deliver(gateway.smtp.addresses[0][1], raw)
     assert code == 250
     assert await filed(gateway, "pgp-mime") == ["http://secret.example.com/pgp-mime"]
-    async with gateway.engine.connect() as conn:
-        stored = (await conn.execute(select(submissions.c.raw))).scalar_one()
+    stored = (await opened_submission(gateway.engine, submissions.c.raw)).raw
     assert b"secret" not in stored  # what was received stays stored as it was: encrypted
 
 
@@ -112,9 +111,8 @@ async def test_a_report_encrypted_to_another_key_is_marked_not_dropped(
     assert (await deliver(gateway.smtp.addresses[0][1], raw))[0] == 250
     async with asyncio.timeout(20):
         while True:
-            async with gateway.engine.connect() as conn:
-                row = (await conn.execute(select(submissions.c.status,
-                                                 submissions.c.parse_error))).one()
+            row = await opened_submission(gateway.engine, submissions.c.status,
+                                          submissions.c.parse_error)
             if row.status != "received":
                 break
             await asyncio.sleep(0.05)

@@ -26,10 +26,11 @@ from gateway.store.references import ReferenceAllocator
 from gateway.store.tables import case_reports, submissions
 from gateway.store.writer import NewSubmission, SubmissionWriter
 from intake import hosts
-from intake.normalise import NormaliseStage, normalise_message
+from intake.normalise import NormaliseStage, _normalise_all, normalise_message
 from tests.conftest import Start
 from tests.console_client import StaffClient, base, ready_user
 from tests.smtp_client import deliver, queued_reference
+from tests.submissions import opened_submission
 
 SPELLINGS = [
     "http://www.example.com/gallery/index.html",
@@ -136,9 +137,9 @@ async def test_a_worker_that_dies_mid_batch_loses_and_doubles_nothing(
     # ...after it another worker does.
     later = stage(backend, "w2", clock=lambda: now + timedelta(minutes=3))
     assert await later.run_once() == 4
-    results = [normalise_message(c.raw or b"") for c in claimed]
-    late = await backend.transaction(
-        partial(dead._apply, results=list(zip(claimed, results, strict=True)), now=now))
+    results = _normalise_all(claimed, backend.sealer)
+    late = await backend.transaction(partial(
+        dead._apply, results=[(c, *r) for c, r in zip(claimed, results, strict=True)], now=now))
     assert late == 0
     async with engine.connect() as conn:
         assert [c["report_count"] for c in await list_cases(conn)] == [1, 1, 1, 1]
@@ -160,8 +161,8 @@ async def test_unparseable_submission_becomes_parse_failed_with_its_error(
     await drain(w)
     assert w.failed == 1
     async with engine.connect() as conn:
-        row = (await conn.execute(select(submissions.c.status, submissions.c.parse_error)
-                                  .where(submissions.c.status != "parsed"))).one()
+        row = await opened_submission(conn, submissions.c.status, submissions.c.parse_error,
+                                      filter_by=submissions.c.status != "parsed")
         stats = await collect_stats(engine)
         found = {c["kind"]: c for c in await list_cases(conn)}
     assert row.status == "parse_failed" and row.parse_error.startswith("mime:")
@@ -185,7 +186,7 @@ async def test_a_report_without_urls_keeps_its_text_for_the_analyst(
     async with engine.connect() as conn:
         [case] = await list_cases(conn)
         detail = await get_case(conn, __import__("uuid").UUID(case["id"]))
-        text = (await conn.execute(select(submissions.c.report_text, submissions.c.subject))).one()
+        text = await opened_submission(conn, submissions.c.report_text, submissions.c.subject)
     assert case["kind"] == "no_url" and case["url"] is None
     assert detail is not None and detail["reports"][0]["reference"] == case["references"][0]
     assert "forgot the address" in text.report_text and text.subject == "found this 1"
@@ -257,7 +258,7 @@ async def test_the_submission_keeps_what_was_read_from_it(
     await store(backend, [message.as_bytes()])
     await drain(stage(backend))
     async with engine.connect() as conn:
-        row = (await conn.execute(select(submissions))).one()
+        row = await opened_submission(conn)
     assert (row.status, row.parse_error, row.subject, row.url_count) == (
         "parsed", None, "two links and a file", 2)
     assert "http://example.com/a" in row.report_text
@@ -298,7 +299,7 @@ async def test_a_word_after_a_scheme_stays_text_for_the_analyst(
     await drain(stage(backend))
     async with engine.connect() as conn:
         [case] = await list_cases(conn)
-        text = (await conn.execute(select(submissions.c.report_text))).scalar_one()
+        text = (await opened_submission(conn, submissions.c.report_text)).report_text
     assert case["kind"] == "no_url"
     assert "http://hello/ and hello.zzz/x" in text
 
@@ -314,7 +315,7 @@ async def test_a_nul_inside_a_url_never_joins_its_halves(
     await drain(stage(backend))
     async with engine.connect() as conn:
         found = [c["canonical_url"] for c in await list_cases(conn)]
-        text = (await conn.execute(select(submissions.c.report_text))).scalar_one()
+        text = (await opened_submission(conn, submissions.c.report_text)).report_text
     assert found == ["http://example.org/gal"]
     assert "http://exa\u2400mple.com/a" in text and "gal\u2400lery" in text
 
@@ -331,7 +332,7 @@ async def test_what_is_not_filed_is_a_flag_on_the_report(
     [reference] = await store(backend, [mail(1, f"{huge}\n{urls}\n{huge}\n{huge}x")])
     await drain(stage(backend))
     async with engine.connect() as conn:
-        row = (await conn.execute(select(submissions.c.flags, submissions.c.url_count))).one()
+        row = await opened_submission(conn, submissions.c.flags, submissions.c.url_count)
         found = await list_cases(conn)
     assert row.url_count == MAX_URLS and len(found) == MAX_URLS
     assert row.flags == [

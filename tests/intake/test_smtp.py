@@ -23,6 +23,7 @@ from gateway.store.tables import submissions
 from intake.mime import strip_attachments
 from tests.conftest import PG_URL, ConfigFactory, PgSchema, serving
 from tests.smtp_client import REPORT_TO, RawSession, deliver, queued_reference, report
+from tests.submissions import opened_submissions
 
 
 def port_of(gw: Gateway) -> int:
@@ -30,9 +31,7 @@ def port_of(gw: Gateway) -> int:
 
 
 async def stored(gw: Gateway) -> list[dict[str, object]]:
-    async with gw.engine.connect() as conn:
-        rows = await conn.execute(select(submissions).order_by(submissions.c.reference))
-        return [dict(r._mapping) for r in rows]
+    return [dict(r) for r in await opened_submissions(gw.engine)]
 
 
 async def test_report_is_stored_then_acknowledged_with_its_reference(gateway: Gateway) -> None:

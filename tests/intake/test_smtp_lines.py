@@ -13,7 +13,6 @@ from email.message import EmailMessage
 import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import select
 
 from gateway.app import Gateway
 from gateway.config import ConfigError
@@ -22,6 +21,7 @@ from intake.smtpdata import inspect_message, normalise_line_ends, smuggled_end_o
 from intake.smtpstream import longest_line, set_limit
 from tests.conftest import ConfigFactory, serving
 from tests.smtp_client import REPORT_TO, RawSession, deliver, queued_reference, report
+from tests.submissions import opened_submission, opened_submissions
 
 
 def port_of(gw: Gateway) -> int:
@@ -35,9 +35,7 @@ def sendmail(port: int, message: bytes) -> dict[str, object]:
 
 
 async def stored_raws(gw: Gateway) -> list[bytes]:
-    async with gw.engine.connect() as conn:
-        rows = await conn.execute(select(submissions.c.raw).order_by(submissions.c.reference))
-        return [bytes(r.raw) for r in rows]
+    return [bytes(r.raw) for r in await opened_submissions(gw.engine, submissions.c.raw)]
 
 
 async def raw_data(port: int, content: bytes) -> tuple[str, str]:
@@ -138,9 +136,8 @@ async def test_any_mix_of_line_ends_is_stored_as_the_same_lines_with_crlf(
     assume(not re.search(rb"\r(?!\n)\.(?:\r|\n)", body))
     reply, _ = await raw_data(port_of(gateway), smtplib_stuffing(body) + b".\r\n")
     assert reply.startswith("250 2.0.0"), reply
-    async with gateway.engine.connect() as conn:
-        [raw] = (await conn.execute(select(submissions.c.raw).where(
-            submissions.c.reference == queued_reference(reply[4:])))).one()
+    raw = (await opened_submission(gateway.engine, submissions.c.raw, filter_by=(
+        submissions.c.reference == queued_reference(reply[4:])))).raw
     meant = re.split(rb"\r\n|\n|\r", body)
     assert bytes(raw) == b"\r\n".join(meant)
     assert re.search(rb"\r(?!\n)|(?<!\r)\n", bytes(raw)) is None

@@ -12,13 +12,13 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
 
 from gateway.app import Gateway
 from gateway.store.tables import submissions
 from tests.conftest import ConfigFactory, serving
 from tests.postfix import Postfix, unavailable
 from tests.smtp_client import REPORT_TO
+from tests.submissions import opened_submissions
 
 pytestmark = pytest.mark.skipif(unavailable() is not None, reason=unavailable() or "")
 
@@ -41,10 +41,8 @@ class Relayed:
         each: their (mail_from, raw), in reference order."""
         async with asyncio.timeout(60):
             while True:
-                async with self.gateway.engine.connect() as conn:
-                    rows = (await conn.execute(
-                        select(submissions.c.mail_from, submissions.c.raw)
-                        .order_by(submissions.c.reference))).all()
+                rows = await opened_submissions(self.gateway.engine, submissions.c.mail_from,
+                                                submissions.c.raw)
                 log = self.postfix.log()
                 sent = re.findall(r"status=sent \(250 2\.0\.0 Ok: queued as CF-", log)
                 if len(rows) >= count and len(sent) >= count:

@@ -8,13 +8,12 @@ import smtplib
 import uuid
 from typing import Any
 
-from sqlalchemy import select
-
 from gateway.app import Gateway
 from gateway.store.case_view import get_case, list_cases
 from gateway.store.tables import submissions
 from tests.conftest import Start
 from tests.smtp_client import REPORT_TO, RawSession
+from tests.submissions import opened_submission
 
 SENDER = "jösé@exämple.org"
 SUBJECT = "Verdächtige Seite — 児童 ⚠"
@@ -66,9 +65,8 @@ async def test_a_utf8_sender_and_subject_are_stored_and_shown_as_written(start: 
     refused = await asyncio.to_thread(sendmail, port, SENDER, utf8_report(), ["SMTPUTF8"])
     assert refused == {}
     detail = await one_case(gw)
-    async with gw.engine.connect() as conn:
-        row = (await conn.execute(select(submissions.c.mail_from, submissions.c.subject,
-                                         submissions.c.status, submissions.c.raw))).one()
+    row = await opened_submission(gw.engine, submissions.c.mail_from, submissions.c.subject,
+                                  submissions.c.status, submissions.c.raw)
     assert row.mail_from == SENDER and row.status == "parsed"
     assert row.raw == utf8_report()
     assert row.subject == SUBJECT
@@ -89,8 +87,7 @@ async def test_a_utf8_sender_without_the_smtputf8_parameter_is_taken_too(start: 
     finally:
         await session.close()
     assert reply.startswith("250 2.0.0"), reply
-    async with gw.engine.connect() as conn:
-        assert (await conn.execute(select(submissions.c.mail_from))).scalar_one() == SENDER
+    assert (await opened_submission(gw.engine, submissions.c.mail_from)).mail_from == SENDER
 
 
 async def test_invalid_utf8_in_the_envelope_is_stored_replaced_never_raw(start: Start) -> None:
@@ -107,6 +104,5 @@ async def test_invalid_utf8_in_the_envelope_is_stored_replaced_never_raw(start: 
     finally:
         await session.close()
     assert reply.startswith("250 2.0.0"), reply
-    async with gw.engine.connect() as conn:
-        assert (await conn.execute(select(submissions.c.mail_from))).scalar_one() \
-            == "j\ufffdse@example.org"
+    assert (await opened_submission(gw.engine, submissions.c.mail_from)).mail_from \
+        == "j\ufffdse@example.org"

@@ -25,6 +25,7 @@ from intake.openapi import openapi_document
 from intake.web import wkd_hash
 from outbound.gpg import Gpg
 from tests.conftest import Start, start_public_tls
+from tests.submissions import opened_submission
 
 
 def origin(gw: Gateway) -> str:
@@ -65,9 +66,8 @@ async def test_a_report_by_api_is_stored_then_normalised(start: Start) -> None:
     assert {c["canonical_url"] for c in found} == {"http://bad.example.test/a",
                                                    "http://www.example.test/b"}
     assert all(c["references"] == [reference] for c in found)
-    async with gw.engine.connect() as conn:
-        row = (await conn.execute(select(submissions.c.channel, submissions.c.peer_ip,
-                                         submissions.c.report_text))).one()
+    row = await opened_submission(gw.engine, submissions.c.channel, submissions.c.peer_ip,
+                                  submissions.c.report_text)
     assert row.channel == "api" and row.peer_ip is None  # addresses kept only if asked
     assert "seen in a <b>forum</b>" in row.report_text
 

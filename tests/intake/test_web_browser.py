@@ -21,6 +21,7 @@ from gateway.store.tables import cases, submissions
 from intake.i18n import LANGUAGES, TEXTS
 from tests.browser import shot
 from tests.conftest import Start
+from tests.submissions import opened_submission
 
 REFERENCE = re.compile(r"CF-\d{4}-\d{6}")
 SCRIPT = "<script>alert(1)</script>"
@@ -127,7 +128,7 @@ async def test_a_report_in_each_language_is_received_and_filed(
         assert case["references"] == [reference]
         assert case["status"]
     async with gw.engine.connect() as conn:
-        [stored] = (await conn.execute(select(submissions))).all()
+        stored = await opened_submission(conn)
         document = await get_case(conn, uuid.UUID(filed[0]["id"]))
     assert stored.reference == reference
     assert stored.channel == "web"

@@ -19,7 +19,7 @@ from gateway.store.backend import WriteBackend, open_write_backend
 from gateway.store.errors import NotAllowed
 from gateway.store.ids import uuid7
 from gateway.store.lifecycle import Actor
-from gateway.store.sealed import sealer_of
+from gateway.store.sealed import open_value, sealer_of
 from gateway.store.tables import cases, outbox, outbox_attempts, referrals, routing_decisions
 from outbound.gpg import Gpg
 from outbound.outbox import OutboxStage, retry_failed
@@ -99,10 +99,13 @@ async def test_a_key_that_went_bad_is_never_sent_to(
     assert await states(engine) == [("failed", 1)]
     assert not (tmp_path / "out").exists()
     async with engine.connect() as conn:
-        detail = (await conn.execute(select(outbox_attempts.c.detail))).scalar_one()
-        referral = (await conn.execute(select(referrals.c.status, referrals.c.error))).one()
+        attempt = (await conn.execute(select(outbox_attempts))).one()
+        referral = (await conn.execute(select(referrals))).one()
+    sealer = sealer_of(engine)
+    detail = open_value(sealer, outbox_attempts.c.detail, attempt.id, attempt.detail)
     assert "no longer usable: revoked" in detail
-    assert referral.status == "failed" and "revoked" in referral.error
+    assert referral.status == "failed" and "revoked" in open_value(
+        sealer, referrals.c.error, referral.id, referral.error)
 
 
 async def test_a_message_to_an_own_key_that_went_bad_is_never_sent(
@@ -134,8 +137,9 @@ async def test_a_message_to_an_own_key_that_went_bad_is_never_sent(
     assert sorted(await states(engine)) == [("failed", 1), ("sent", 1)]
     assert len(list((tmp_path / "out").glob("*.eml"))) == 1
     async with engine.connect() as conn:
-        error = (await conn.execute(select(referrals.c.error).where(
-            referrals.c.status == "failed"))).scalar_one()
+        referral = (await conn.execute(select(referrals.c.id, referrals.c.error).where(
+            referrals.c.status == "failed"))).one()
+    error = open_value(sealer_of(engine), referrals.c.error, referral.id, referral.error)
     assert error == f"encrypted to a key no longer usable: key {hotline}: revoked"
 
 
