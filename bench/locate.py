@@ -47,7 +47,9 @@ from gateway import config as config_module  # noqa: E402
 from gateway.database import open_database  # noqa: E402
 from gateway.store import migrate  # noqa: E402
 from gateway.store.backend import open_write_backend  # noqa: E402
+from gateway.store.case_urls import seal_case_urls  # noqa: E402
 from gateway.store.ids import uuid7  # noqa: E402
+from gateway.store.sealing import Keyring, Sealer  # noqa: E402
 from gateway.store.tables import cases  # noqa: E402
 from routing.geo import open_geolocator  # noqa: E402
 from routing.locate import Locator, Overrides  # noqa: E402
@@ -130,12 +132,15 @@ async def stage_side(port: int, hosts: list[str], concurrency: int) -> float:
     with tempfile.TemporaryDirectory() as folder:
         config = config_module.parse(
             {"database": {"url": "sqlite+aiosqlite:///bench.db"}}, base=Path(folder))
-        engine = await open_database(config)
+        moment = datetime(2026, 11, 1, tzinfo=UTC)
+        sealer = Sealer(Keyring.generate(moment))  # the stage opens the URLs it locates
+        engine = await open_database(config, sealer=sealer)
         await migrate.upgrade(engine)
         backend = await open_write_backend(engine)
-        moment = datetime(2026, 11, 1, tzinfo=UTC)
-        rows = [{"id": uuid7(), "kind": "url", "status": "new", "url_key": uuid.uuid4().hex,
-                 "url": f"http://{h}/", "canonical_url": f"http://{h}/", "report_count": 1,
+        rows = [{"id": (case_id := uuid7()), "kind": "url", "status": "new",
+                 "url_key": uuid.uuid4().hex,
+                 **seal_case_urls(sealer, case_id, url=f"http://{h}/",
+                                  canonical_url=f"http://{h}/"), "report_count": 1,
                  "first_reported": moment + timedelta(microseconds=n),
                  "last_reported": moment, "created_at": moment, "status_changed_at": moment}
                 for n, h in enumerate(hosts)]

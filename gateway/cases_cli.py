@@ -52,7 +52,10 @@ def cmd_cases(args: argparse.Namespace, config: Config, connect: Connect[Any],
             print(json_text(found, indent=1))
         else:
             for item in found:
-                target = defang(item["canonical_url"]) if item["canonical_url"] else "(no URL)"
+                target = defang(item["canonical_url"]) if item["canonical_url"] else ""
+                if item.get("damaged"):  # what of it does not open, naming the record
+                    target = f"(damaged: {'; '.join(item['damaged'])}) {target}".rstrip()
+                target = target or "(no URL)"
                 say(f"{item['id']}  {item['status']:<20} {_where(item['hosting']):<12} "
                     f"{item['report_count']:>4}  {item['first_reported']}  {target}")
         return EXIT_OK

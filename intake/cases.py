@@ -10,7 +10,6 @@ The statement, and the protocol's re-report rules it applies, are the case lifec
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,8 +19,10 @@ from sqlalchemy import insert
 from sqlalchemy.engine import Connection
 
 from gateway.store.audit import AuditEntry
+from gateway.store.case_urls import case_lookup_keys, seal_report_urls
 from gateway.store.ids import uuid7
 from gateway.store.lifecycle import CaseReports, file_reports
+from gateway.store.sealed import sealer_of
 from gateway.store.tables import case_reports
 
 
@@ -31,11 +32,7 @@ class ReportedUrl:
 
     written_as: str  # the text as the reporter wrote it
     url: str  # refanged and unwrapped
-    canonical: str  # the dedup key
-
-
-def url_key(canonical: str) -> str:
-    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+    canonical: str  # what the case key is made of
 
 
 def no_url_key(submission_id: uuid.UUID) -> str:
@@ -49,6 +46,7 @@ class _Report:
     reported: ReportedUrl | None
     submission_id: uuid.UUID
     reported_at: datetime
+    older_keys: tuple[str, ...] = ()  # under older lookup keys (gateway.store.case_urls)
 
 
 class Filing:
@@ -63,6 +61,7 @@ class Filing:
 
     def __init__(self, conn: Connection, *, now: datetime, legal_window: timedelta) -> None:
         self._conn = conn
+        self._sealer = sealer_of(conn)
         self._now = now
         self._legal_window = legal_window
         self.audit: list[AuditEntry] = []
@@ -75,8 +74,9 @@ class Filing:
             self._pending.append(_Report(no_url_key(submission_id), None, submission_id,
                                          reported_at))
         for reported in urls:
-            self._pending.append(_Report(url_key(reported.canonical), reported, submission_id,
-                                         reported_at))
+            key, *older = case_lookup_keys(self._sealer, reported.canonical)
+            self._pending.append(_Report(key, reported, submission_id, reported_at,
+                                         tuple(older)))
 
     def flush(self) -> dict[uuid.UUID, list[uuid.UUID]]:
         """File what was gathered; each submission's case ids, in the order of their keys."""
@@ -95,13 +95,15 @@ class Filing:
             case_id = cases.case_ids[key]
             for report in by_key[key]:
                 filed.setdefault(report.submission_id, []).append(case_id)
+                reported = report.reported
                 rows.append({
-                    "id": uuid7(),
+                    "id": (report_id := uuid7()),
                     "case_id": case_id,
                     "submission_id": report.submission_id,
                     "reported_at": report.reported_at,
-                    "written_as": report.reported.written_as if report.reported else None,
-                    "url": report.reported.url if report.reported else None,
+                    **seal_report_urls(self._sealer, report_id,
+                                       written_as=reported.written_as if reported else None,
+                                       url=reported.url if reported else None),
                 })
         if rows:
             conn.execute(insert(case_reports), rows)
@@ -118,4 +120,5 @@ def _case_reports(key: str, reports: Sequence[_Report]) -> CaseReports:
         canonical=reported.canonical if reported else None, count=len(reports),
         first=min(r.reported_at for r in reports), last=max(r.reported_at for r in reports),
         created_by=reports[0].submission_id,
-        reopened_by=max(reports, key=lambda r: r.reported_at).submission_id)
+        reopened_by=max(reports, key=lambda r: r.reported_at).submission_id,
+        older_keys=reports[0].older_keys)

@@ -14,7 +14,8 @@ table applied):
   reason; ``close``: stays ``closed_legal``.
 
 Held for a key, a case is tried again every ``key_retry``: importing a valid key releases it.
-A case whose routing fails is held (``hold-route-error``) for a supervisor, not retried.
+A case whose routing fails is held (``hold-route-error``) for a supervisor, not retried; one
+whose URL does not open (``SealBroken``), as ``hold-damaged``: the others go on.
 """
 
 from __future__ import annotations

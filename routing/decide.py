@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection
 
 from gateway.store import leases
 from gateway.store.backend import WriteBackend
+from gateway.store.case_urls import open_case_urls
 from gateway.store.ids import uuid7
 from gateway.store.lifecycle import Actor, CaseChanged, move, supersede
 from gateway.store.sealed import open_row, open_value, seal_values, sealer_of
@@ -119,8 +120,10 @@ def claim(conn: Connection, *, worker: str, now: datetime, until: datetime,
 
 
 def read_case(conn: Connection, case_id: uuid.UUID) -> RoutingCase | None:
-    """The case as routing sees it; None when it has no current verdict."""
-    row = conn.execute(select(cases).where(cases.c.id == case_id)).first()
+    """The case as routing sees it; None when it has no current verdict. ``SealBroken``
+    (naming the record) when its URLs do not open."""
+    found = conn.execute(select(cases).where(cases.c.id == case_id)).first()
+    row = open_case_urls(sealer_of(conn), found) if found is not None else None
     author, approver = users.alias("author"), users.alias("approver")
     verdict = conn.execute(
         select(assessments, author.c.name.label("by"), approver.c.name.label("approver"))
@@ -241,8 +244,12 @@ async def route(backend: WriteBackend, locator: Locator, case: RoutingCase, *,
 
 def route_error(exc: BaseException) -> RoutingDecision:
     """The decision for a case whose routing failed: held where people see it
-    (``hold-route-error``), not retried in a loop; a supervisor reopens it."""
+    (``hold-route-error``), not retried in a loop; a supervisor reopens it. A case whose
+    stored values do not open is held as damaged (``hold-damaged``), saying which record."""
     error_type = type(exc).__name__
+    if isinstance(exc, SealBroken):
+        return RoutingDecision("hold-damaged", "hold", None,
+                               f"held for an operator: {exc}", {"error_type": error_type})
     return RoutingDecision("hold-route-error", "hold", None,
                            f"routing failed ({error_type}): held for a supervisor",
                            {"error_type": error_type})

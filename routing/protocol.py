@@ -11,7 +11,8 @@
 - ``protocol-2-police``: hosted abroad, not a member: the police's international desk.
 
 (``hold-no-key``, a destination whose key cannot be used, is decided where keys are checked;
-``hold-route-error``, routing itself failed for the case, by the stage that routes.)
+``hold-route-error``, routing itself failed for the case, and ``hold-damaged``, what the case
+holds does not open (``SealBroken``), by the stage that routes.)
 Each decision carries its rule id, the facts it used and a one-line explanation.
 """
 

@@ -30,6 +30,7 @@ from sqlalchemy.engine import Connection
 from gateway.store import leases
 from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
+from gateway.store.case_urls import open_case_marked, open_case_urls
 from gateway.store.errors import Conflict, NotAllowed, NotFound
 from gateway.store.ids import uuid7
 from gateway.store.lifecycle import Actor, CaseChanged, audit_batch, move, sources
@@ -56,6 +57,7 @@ class _Claimed:
     attempts: int
     status: str
     url_key: str
+    damaged: str | None = None  # why its URL does not open (naming the record), if it does not
 
 
 def evidence_row(sealer: Sealer, case_id: uuid.UUID, hosting: HostingEvidence,
@@ -182,7 +184,10 @@ class LocateStage(PollingStage):
 
     async def _locate(self, item: _Claimed) -> None:
         host = host_of(item.canonical_url)
-        if host is None:
+        if item.damaged is not None:
+            hosting = HostingEvidence(host="", checked_at=self._clock(), resolver="none",
+                                      outcome="failed", status="failed", error=item.damaged)
+        elif host is None:
             hosting = _no_host(item.canonical_url, self._clock())
         else:
             try:
@@ -225,13 +230,22 @@ class LocateStage(PollingStage):
         self, conn: Connection, *, now: datetime, until: datetime, limit: int
     ) -> list[_Claimed]:
         due = or_(cases.c.locate_after.is_(None), cases.c.locate_after <= now)
+        columns = [cases.c.id, cases.c.canonical_url, cases.c.locate_attempts,
+                   cases.c.status, cases.c.url_key]
         rows = leases.claim(
             conn, cases, worker=self._worker, now=now, until=until,
             where=[cases.c.status.in_(TO_LOCATE), cases.c.kind == "url", due],
-            order_by=cases.c.first_reported, limit=limit,
-            returning=[cases.c.id, cases.c.canonical_url, cases.c.locate_attempts,
-                       cases.c.status, cases.c.url_key])
-        return [_Claimed(*row) for row in rows]
+            order_by=cases.c.first_reported, limit=limit, returning=columns)
+        sealer = sealer_of(conn)
+        claimed = []
+        for row in rows:
+            # A URL that does not open fails that case's lookup, saying so; the others go on.
+            opened, damaged = open_case_marked(
+                sealer, {column.name: value for column, value in zip(columns, row, strict=True)})
+            claimed.append(_Claimed(opened.id, opened.canonical_url, opened.locate_attempts,
+                                    opened.status, opened.url_key,
+                                    "; ".join(damaged) if damaged else None))
+        return claimed
 
     def _apply(
         self, conn: Connection, *, results: Sequence[tuple[_Claimed, HostingEvidence]],
@@ -265,15 +279,17 @@ class LocateStage(PollingStage):
             attempts = claimed.attempts + 1
             retry_at = now + self.retry_delay(attempts)
             error = seal_value(sealer, cases.c.locate_error, claimed.id, hosting.error)
-            if attempts < self._max_attempts or claimed.status == "locate_failed":
+            # A case whose URL does not open is flagged at once: trying again will not help
+            # until an operator acts (it is still retried, as every locate_failed case is).
+            if (attempts < self._max_attempts and claimed.damaged is None) \
+                    or claimed.status == "locate_failed":
                 # Not a change of state: one more attempt counted, the next one scheduled.
                 guard = and_(cases.c.id == claimed.id, mine, cases.c.status.in_(TO_LOCATE))
                 return conn.execute(update(cases).where(guard).values(
                     claimed_by=None, claimed_until=None, locate_attempts=attempts,
                     locate_error=error, locate_after=retry_at)).rowcount == 1
             event = "give_up_locating"
-            values.update(locate_attempts=attempts, locate_error=error,
-                          locate_after=retry_at)
+            values.update(locate_attempts=attempts, locate_error=error, locate_after=retry_at)
         try:
             move(conn, claimed.id, event, actor=LOCATE, at=now, state=claimed.status,
                  where=mine, values=values, batch=audit,
@@ -302,10 +318,11 @@ async def relocate(
     be located moves on to the queue. Earlier evidence is kept as it was."""
 
     def read(conn: Connection) -> Any:
-        return conn.execute(
-            select(cases.c.kind, cases.c.canonical_url, cases.c.status)
+        row = conn.execute(
+            select(cases.c.id, cases.c.kind, cases.c.canonical_url, cases.c.status)
             .where(cases.c.id == case_id)
         ).first()
+        return None if row is None else open_case_urls(sealer_of(conn), row)
 
     row = await backend.transaction(read)
     if row is None:

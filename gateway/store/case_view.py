@@ -11,6 +11,7 @@ from sqlalchemy import Column, Table, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.store.audit import open_details
+from gateway.store.case_urls import open_case_marked, open_case_urls, open_report_marked
 from gateway.store.sealed import SEALED, OpenedRow, open_row, open_value, sealer_of
 from gateway.store.sealing import SealBroken, Sealer
 from gateway.store.tables import (
@@ -91,13 +92,13 @@ def _evidence_json(sealer: Sealer, row: Any) -> dict[str, Any]:
     }
 
 
-def _pending_json(sealer: Sealer, row: Any) -> dict[str, Any] | None:
+def _pending_json(row: Any) -> dict[str, Any] | None:
     if row.kind != "url":
         return None  # nothing to locate: a report without a URL
     pending: dict[str, Any] = {"status": "pending"}
     if row.locate_attempts:
         pending.update(attempts=row.locate_attempts,
-                       error=opened(sealer, cases.c.locate_error, row.id, row.locate_error),
+                       error=row.locate_error,
                        retry_at=iso(row.locate_after))
     return pending
 
@@ -120,7 +121,7 @@ def flags(case: dict[str, Any]) -> list[str]:
         found.append("assigned")
     if any(r["status"] == "failed" for r in case.get("referrals") or []):
         found.append("referral_failed")
-    if "damaged" in hosting or "damaged" in (case["decision"] or {}):
+    if case.get("damaged") or "damaged" in hosting or "damaged" in (case["decision"] or {}):
         found.append("damaged")
     noted = {flag["flag"] for flag in case.get("report_flags") or []}
     found.extend(name for name in _REPORT_FLAGS if name in noted)
@@ -150,10 +151,14 @@ def _report_flags(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _case_json(
-    sealer: Sealer, row: Any, reports: list[dict[str, Any]], hosting: dict[str, Any] | None,
+    row: Any, reports: list[dict[str, Any]], hosting: dict[str, Any] | None,
     assessment: dict[str, Any] | None = None, assignee: str | None = None,
     routed: tuple[dict[str, Any] | None, list[dict[str, Any]]] = (None, []),
+    damaged: list[str] | None = None,
 ) -> dict[str, Any]:
+    """``row`` is the case with its URLs open; ``damaged`` says what of it (and of its
+    reports) does not open, naming the records (``gateway.store.case_urls``)."""
+    damaged = [*(damaged or []), *(d for r in reports for d in r.get("damaged", ()))]
     document = {
         "id": str(row.id),
         "status": row.status,
@@ -166,13 +171,15 @@ def _case_json(
         "references": [r["reference"] for r in reports],
         "report_flags": _report_flags(reports),
         "reappeared": row.reappeared,
-        "hosting": hosting if hosting is not None else _pending_json(sealer, row),
+        "hosting": hosting if hosting is not None else _pending_json(row),
         "assessment": assessment,
         "assigned_to": assignee,
         "hold_reason": row.hold_reason,
         "decision": routed[0],
         "referrals": routed[1],
     }
+    if damaged:
+        document["damaged"] = damaged
     document["flags"] = flags(document)
     return document
 
@@ -326,22 +333,28 @@ async def _reports(
         return by_case
     rows = await conn.execute(
         select(
-            case_reports.c.case_id, submissions.c.reference, case_reports.c.reported_at,
-            case_reports.c.written_as, submissions.c.channel, submissions.c.flags,
-            submissions.c.id,
+            case_reports.c.id, case_reports.c.case_id, submissions.c.reference,
+            case_reports.c.reported_at, case_reports.c.written_as, submissions.c.channel,
+            submissions.c.flags, submissions.c.id.label("submission_id"),
         )
         .join(submissions, submissions.c.id == case_reports.c.submission_id)
         .where(case_reports.c.case_id.in_(case_ids))
         .order_by(case_reports.c.reported_at, submissions.c.reference)
     )
     sealer = sealer_of(conn)
-    for case_id, reference, reported_at, written_as, channel, flags, submission_id in rows:
-        opened, broken = _open_submission(sealer, {"flags": flags}, submission_id)
-        by_case[case_id].append({
-            "reference": reference, "reported_at": iso(reported_at),
-            "written_as": written_as, "channel": channel,
-            "flags": broken or (opened.flags if opened is not None else None) or [],
-        })
+    for row in rows:
+        # A report whose text does not open is marked damaged (naming it); the case is shown.
+        written, damaged = open_report_marked(sealer, {"id": row.id,
+                                                       "written_as": row.written_as})
+        submission, broken = _open_submission(sealer, {"flags": row.flags}, row.submission_id)
+        report = {
+            "reference": row.reference, "reported_at": iso(row.reported_at),
+            "written_as": written.written_as, "channel": row.channel,
+            "flags": broken or (submission.flags if submission is not None else None) or [],
+        }
+        if damaged:
+            report["damaged"] = damaged
+        by_case[row.case_id].append(report)
     return by_case
 
 
@@ -362,27 +375,31 @@ async def list_cases(
     query = select(cases).order_by(cases.c.first_reported, cases.c.id).limit(limit)
     if status is not None:
         query = query.where(cases.c.status == status)
-    rows = list(await conn.execute(query))
     sealer = sealer_of(conn)
-    ids = [r.id for r in rows]
+    # A case whose URL does not open is listed, marked damaged: the others are served.
+    rows = [open_case_marked(sealer, row) for row in await conn.execute(query)]
+    ids = [r.id for r, _ in rows]
     reports = await _reports(conn, ids)
     hosting = await _current_hosting(conn, ids)
     verdicts = await _assessments(conn, ids)
-    names = await _assignees(conn, rows)
+    names = await _assignees(conn, [r for r, _ in rows])
     routed = await _routing(conn, ids)
-    return [_case_json(sealer, row, reports[row.id], hosting.get(row.id), verdicts.get(row.id),
-                       names.get(row.assigned_to), routed[row.id]) for row in rows]
+    return [_case_json(row, reports[row.id], hosting.get(row.id), verdicts.get(row.id),
+                       names.get(row.assigned_to), routed[row.id], damaged)
+            for row, damaged in rows]
 
 
 async def get_case(conn: AsyncConnection, case_id: uuid.UUID) -> dict[str, Any] | None:
-    """One case with the reports that made it, or None."""
-    row = (await conn.execute(select(cases).where(cases.c.id == case_id))).first()
-    if row is None:
+    """One case with the reports that made it, or None. A URL of it that does not open is
+    refused (``SealBroken``, naming the record): lists mark such a case instead."""
+    found = (await conn.execute(select(cases).where(cases.c.id == case_id))).first()
+    if found is None:
         return None
-    reports = (await _reports(conn, [row.id]))[row.id]
     sealer = sealer_of(conn)
+    row = open_case_urls(sealer, found)
+    reports = (await _reports(conn, [row.id]))[row.id]
     document = _case_json(
-        sealer, row, reports, (await _current_hosting(conn, [row.id])).get(row.id),
+        row, reports, (await _current_hosting(conn, [row.id])).get(row.id),
         (await _assessments(conn, [row.id])).get(row.id),
         (await _assignees(conn, [row])).get(row.assigned_to),
         (await _routing(conn, [row.id]))[row.id],

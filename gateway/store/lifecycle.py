@@ -28,8 +28,10 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.sql.dml import ReturningInsert
 
 from gateway.store.audit import AuditEntry, record
+from gateway.store.case_urls import seal_case_urls
 from gateway.store.errors import Conflict, NotAllowed, NotFound
 from gateway.store.ids import uuid7
+from gateway.store.sealed import sealer_of
 from gateway.store.tables import assessments, cases, routing_changes, routing_decisions
 from gateway.store.times import utc
 
@@ -240,7 +242,7 @@ NORMALISE = Actor.system("normalise")
 class CaseReports:
     """The reports of one case (one dedup key) gathered in one transaction."""
 
-    key: str
+    key: str  # the case key under the current lookup key (``gateway.store.case_urls``)
     url: str | None  # None: a report without a URL, a case of its own
     canonical: str | None
     count: int
@@ -248,6 +250,8 @@ class CaseReports:
     last: datetime
     created_by: uuid.UUID  # the submission filed first: it creates the case
     reopened_by: uuid.UUID  # the one received last: one the rules reopen the case for
+    #: The same URL's keys under older lookup keys (a rotation of the lookup key under way).
+    older_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,31 +277,40 @@ def file_reports(
         return Filed({}, [])
     created = {kind: transition(None, event, NORMALISE)
                for kind, event in (("url", "file"), ("no_url", "file_no_url"))}
-    # The states a report may reopen, read before the statement that changes them (it hands
-    # back only the new row): each reopening's audit entry says from where, as move()'s do.
-    reopenable: dict[str, str] = {key: state for key, state in conn.execute(
-        select(cases.c.url_key, cases.c.status)
-        .where(cases.c.url_key.in_([group.key for group in groups]),
-               cases.c.status.in_(sources("report_again"))))}
+    sealer = sealer_of(conn)
+    # Each group under the key its case is stored with: an older lookup key's while a
+    # rotation has not re-keyed that case yet, so that it is still found.
+    stored = _stored_keys(conn, groups)
+    by_key = {stored.get(group.key, group.key): group for group in groups}
+    # The states of the cases that exist, read before the statement that changes them (it
+    # hands back only the new row): each reopening's audit entry says from where, as move()'s
+    # do. A case is never deleted, nor re-keyed unless a rotation of the lookup key is under
+    # way, so one found here is attached to: its URLs stay as they are, and the report's need
+    # not be sealed for a row that will not be inserted.
+    existing: dict[str, str] = dict(conn.execute(
+        select(cases.c.url_key, cases.c.status).where(cases.c.url_key.in_(list(by_key)))).all())
+    reopenable = {key: state for key, state in existing.items()
+                  if state in sources("report_again")}
     new_ids: dict[str, uuid.UUID] = {}
     parameters = []
-    for group in groups:
-        new_ids[group.key] = uuid7()
+    for key, group in by_key.items():
+        new_ids[key] = case_id = uuid7()
         kind = "url" if group.url is not None else "no_url"
+        attached = key in existing and not group.older_keys
+        urls = {"url": None, "canonical_url": None} if attached else seal_case_urls(
+            sealer, case_id, url=group.url, canonical_url=group.canonical)
         parameters.append({
-            "id": new_ids[group.key], "kind": kind, "status": created[kind].next,
-            "url_key": group.key, "url": group.url, "canonical_url": group.canonical,
+            "id": case_id, "kind": kind, "status": created[kind].next, "url_key": key, **urls,
             "report_count": group.count, "first_reported": group.first,
             "last_reported": group.last, "now": now,
             "legal_cutoff": group.last - legal_window,
         })
     result = conn.execute(_upsert_statement(conn.dialect.name), parameters)
-    by_key = {group.key: group for group in groups}
     ids: dict[str, uuid.UUID] = {}
     audit: list[AuditEntry] = []
     for case_id, changed_at, key in result:
-        ids[key] = case_id
         group = by_key[key]
+        ids[group.key] = case_id
         if case_id == new_ids[key]:
             made = created["url" if group.url is not None else "no_url"]
             audit.append(AuditEntry(NORMALISE.name, made.action, case_id, {
@@ -313,6 +326,23 @@ def file_reports(
         raise RuntimeError("the database did not return every case it filed")
     record(conn, audit, at=now)
     return Filed(ids, audit)
+
+
+def _stored_keys(conn: Connection, groups: Sequence[CaseReports]) -> dict[str, str]:
+    """For each group whose case exists only under an older lookup key, that key (nothing is
+    read unless a rotation of the lookup key is under way)."""
+    rotating = [group for group in groups if group.older_keys]
+    if not rotating:
+        return {}
+    wanted = [key for group in rotating for key in (group.key, *group.older_keys)]
+    found = set(conn.execute(select(cases.c.url_key).where(cases.c.url_key.in_(wanted)))
+                .scalars())
+    stored: dict[str, str] = {}
+    for group in rotating:
+        older = [key for key in group.older_keys if key in found]
+        if group.key not in found and older:
+            stored[group.key] = older[0]
+    return stored
 
 
 @functools.cache

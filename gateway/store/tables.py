@@ -72,8 +72,9 @@ submissions = Table(
 )
 
 # One case per reported item: a canonical URL, or a submission in which no URL was found.
-# ``url_key`` (the SHA-256 of the canonical URL) is what makes two reports one case; a hash
-# keeps the unique index small whatever the URL's length.
+# ``url_key`` (an HMAC of the canonical URL under the lookup key: ``gateway.store.case_urls``)
+# is what makes two reports one case; a hash keeps the unique index small whatever the URL's
+# length, and a keyed one lets nobody test a guessed URL against a stolen database.
 cases = Table(
     "cases",
     metadata,

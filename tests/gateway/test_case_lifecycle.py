@@ -30,6 +30,7 @@ from gateway.store.lifecycle import (
 )
 from gateway.store.sealed import seal_values, sealer_of
 from gateway.store.tables import assessments, audit_log, cases, routing_decisions, users
+from tests.sealed_cases import case_row
 from tests.trail import opened
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -50,10 +51,11 @@ def allowed_actor(event: str) -> Actor:
 async def new_case(engine: AsyncEngine, status: str) -> uuid.UUID:
     case_id = uuid7()
     async with engine.begin() as conn:
-        await conn.execute(insert(cases).values(
-            id=case_id, kind="url", status=status, url_key=case_id.hex, url="http://e.test/",
-            canonical_url="http://e.test/", report_count=1, first_reported=T0,
-            last_reported=T0, created_at=T0, status_changed_at=T0, hold_reason="hold-x"))
+        await conn.execute(insert(cases).values(case_row(
+            sealer_of(engine), id=case_id, kind="url", status=status, url_key=case_id.hex,
+            url="http://e.test/", canonical_url="http://e.test/", report_count=1,
+            first_reported=T0, last_reported=T0, created_at=T0, status_changed_at=T0,
+            hold_reason="hold-x")))
     return case_id
 
 

@@ -18,11 +18,13 @@ from gateway import config as config_module
 from gateway.cli import main
 from gateway.database import open_database
 from gateway.store import migrate
+from gateway.store.sealed import sealer_of
 from gateway.store.tables import cases
 from tests.conftest import serving
 from tests.daemon import ensure_keyring
 from tests.dns_server import free_udp_port
 from tests.hostile_text import RAW
+from tests.sealed_cases import case_row
 from tests.smtp_client import deliver, report
 
 REPO = Path(__file__).resolve().parents[2]
@@ -230,10 +232,10 @@ async def test_cases_list_and_show_escape_stored_text(
     try:
         async with engine.begin() as conn:
             now = datetime.now(UTC)
-            await conn.execute(insert(cases).values(
-                id=case_id, kind="url", status="awaiting_assessment", url_key="k" * 64,
-                url=url, canonical_url=url, report_count=1, first_reported=now,
-                last_reported=now, created_at=now, status_changed_at=now))
+            await conn.execute(insert(cases).values(case_row(
+                sealer_of(engine), id=case_id, kind="url", status="awaiting_assessment",
+                url_key="k" * 64, url=url, canonical_url=url, report_count=1,
+                first_reported=now, last_reported=now, created_at=now, status_changed_at=now)))
     finally:
         await engine.dispose()
     capsys.readouterr()

@@ -15,10 +15,12 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.store.backend import WriteBackend, open_write_backend
+from gateway.store.case_urls import case_lookup_key
 from gateway.store.ids import uuid7
 from gateway.store.sealed import seal_value, sealer_of
 from gateway.store.tables import case_reports, cases, submissions
-from intake.cases import Filing, ReportedUrl, url_key
+from intake.cases import Filing, ReportedUrl
+from tests.sealed_cases import case_rows
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 WINDOW = timedelta(days=180)
@@ -59,11 +61,6 @@ async def backend(engine: AsyncEngine) -> AsyncIterator[WriteBackend]:
     b = await open_write_backend(engine)
     yield b
     await b.close()
-
-
-async def case_rows(engine: AsyncEngine) -> list[dict[str, object]]:
-    async with engine.connect() as conn:
-        return [dict(r._mapping) for r in await conn.execute(select(cases).order_by(cases.c.id))]
 
 
 async def test_same_url_from_many_concurrent_transactions_is_one_case(
@@ -238,9 +235,10 @@ async def test_reports_filed_together_count_each_and_reopen_once(
     assert sorted(audit, key=str) == sorted([("case.reopened", str(subs[1]), "removed", "new"),
                                              ("case.created", str(subs[0]), None, "new")],
                                             key=str)
-    assert filed[subs[0]] == sorted([reopened["id"], created["id"]],
-                                    key=lambda i: {reopened["id"]: url_key(URL.canonical),
-                                                   created["id"]: url_key(other.canonical)}[i])
+    sealer = sealer_of(engine)
+    keys = {reopened["id"]: case_lookup_key(sealer, URL.canonical),
+            created["id"]: case_lookup_key(sealer, other.canonical)}
+    assert filed[subs[0]] == sorted([reopened["id"], created["id"]], key=keys.__getitem__)
     async with engine.connect() as conn:
         listed = (await conn.execute(select(func.count()).select_from(case_reports)
                                      .where(case_reports.c.case_id == reopened["id"]))).scalar()

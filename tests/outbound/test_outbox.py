@@ -25,6 +25,7 @@ from outbound.gpg import Gpg
 from outbound.outbox import OutboxStage, retry_failed
 from outbound.transports import FileTransport
 from tests.outbound.conftest import Keys, add_subkey, make_key, run_gpg
+from tests.sealed_cases import case_row
 
 T0 = datetime(2026, 11, 28, 12, tzinfo=UTC)
 MESSAGE = b"-----BEGIN PGP MESSAGE-----\r\n\r\nciphertext\r\n-----END PGP MESSAGE-----\r\n"
@@ -67,7 +68,7 @@ async def queue(backend: WriteBackend, count: int, created: datetime = T0,
         ids.append(item_id)
 
     def work(conn: Any) -> None:
-        conn.execute(insert(cases), rows["cases"])
+        conn.execute(insert(cases), [case_row(sealer_of(conn), **row) for row in rows["cases"]])
         conn.execute(insert(routing_decisions), rows["decisions"])
         conn.execute(insert(referrals), rows["referrals"])
         conn.execute(insert(outbox), rows["outbox"])

@@ -39,7 +39,7 @@ from tests.outbound.test_refer import api, assess, case_of, referral_in
 from tests.smtp_client import REPORT_TO, deliver
 
 # The tables are sealed by the wiring that lands next; until then these must fail.
-pytestmark = pytest.mark.xfail(strict=True, reason="the tables are not sealed yet")
+not_sealed_yet = pytest.mark.xfail(strict=True, reason="the tables are not sealed yet")
 
 # Strings that occur nowhere but in what the reporters sent (and the analyst wrote).
 HOST = "quokka-hosting-e2e.be.test"
@@ -218,6 +218,7 @@ def scan_files(run: Run, tmp_path: Path, forms: dict[str, bytes]) -> list[str]:
     return leaks + scan("pg_dump", dump, forms)
 
 
+@not_sealed_yet
 async def test_nothing_sensitive_is_readable_at_rest(
         run: Run, keys: Keys, tmp_path: Path) -> None:
     gw = run.gw
@@ -281,7 +282,7 @@ async def test_a_moved_or_altered_url_is_refused_and_the_others_still_serve(
             f"Message-ID: <t{n}@example.test>\r\n\r\nhttp://{HOST}/{path}\r\n").encode())
         assert code == 250
     found = await waiting_cases(gw, 3)
-    ids = {case["canonical_url"].rsplit("/", 1)[1]: case["id"] for case in found}
+    ids = {case["canonical_url"].rsplit("/", 1)[1]: uuid.UUID(case["id"]) for case in found}
     async with gw.engine.begin() as conn:
         stored = {row.id: row.canonical_url for row in await conn.execute(
             select(cases.c.id, cases.c.canonical_url))}
@@ -311,5 +312,5 @@ async def test_a_moved_or_altered_url_is_refused_and_the_others_still_serve(
         f"Message-ID: <t9@example.test>\r\n\r\nhttp://{HOST}/four\r\n").encode())
     assert code == 250
     assert any(str(c["canonical_url"]).endswith("/four")
-               for c in await waiting_cases(gw, 2) if c["canonical_url"])
+               for c in await waiting_cases(gw, 4) if c["canonical_url"])
     assert uuid.UUID(str(ids["one"]))

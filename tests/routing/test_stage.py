@@ -11,18 +11,21 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, insert, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.store.backend import WriteBackend, open_write_backend
 from gateway.store.case_view import get_case, list_cases
 from gateway.store.errors import Conflict
 from gateway.store.ids import uuid7
+from gateway.store.sealed import sealer_of
 from gateway.store.tables import cases, hosting_evidence
 from routing.geo import open_geolocator
 from routing.locate import Locator, Overrides
 from routing.resolve import HostResolver
 from routing.stage import CaseNotFound, LocateStage, relocate
 from tests.dns_server import DnsServer, Zone
+from tests.sealed_cases import case_row
 
 
 @pytest.fixture
@@ -42,16 +45,20 @@ async def add_cases(backend: WriteBackend, urls: list[str | None]) -> list[uuid.
     """Cases as the normaliser files them (``None``: a report without a URL)."""
     start = datetime(2026, 11, 1, tzinfo=UTC)
     rows: list[dict[str, Any]] = []
-    for n, url in enumerate(urls):
-        moment = start + timedelta(seconds=n)
-        rows.append({
-            "id": uuid7(), "kind": "url" if url else "no_url",
-            "status": "new" if url else "awaiting_assessment",
-            "url_key": uuid.uuid4().hex, "url": url, "canonical_url": url,
-            "report_count": 1, "first_reported": moment, "last_reported": moment,
-            "created_at": moment, "status_changed_at": moment,
-        })
-    await backend.transaction(lambda conn: conn.execute(insert(cases), rows))
+
+    def insert_rows(conn: Connection) -> None:
+        sealer = sealer_of(conn)
+        for n, url in enumerate(urls):
+            moment = start + timedelta(seconds=n)
+            rows.append(case_row(
+                sealer, id=uuid7(), kind="url" if url else "no_url",
+                status="new" if url else "awaiting_assessment",
+                url_key=uuid.uuid4().hex, url=url, canonical_url=url,
+                report_count=1, first_reported=moment, last_reported=moment,
+                created_at=moment, status_changed_at=moment))
+        conn.execute(insert(cases), rows)
+
+    await backend.transaction(insert_rows)
     return [r["id"] for r in rows]
 
 
