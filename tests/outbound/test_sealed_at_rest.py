@@ -38,9 +38,6 @@ from tests.outbound.conftest import HOTLINE_PASSPHRASE, Keys
 from tests.outbound.test_refer import api, assess, case_of, referral_in
 from tests.smtp_client import REPORT_TO, deliver
 
-# The tables are sealed by the wiring that lands next; until then these must fail.
-not_sealed_yet = pytest.mark.xfail(strict=True, reason="the tables are not sealed yet")
-
 # Strings that occur nowhere but in what the reporters sent (and the analyst wrote).
 HOST = "quokka-hosting-e2e.be.test"
 ALIAS = "quokka-alias-e2e.test"  # a CNAME to HOST: a DNS name only the evidence holds
@@ -218,7 +215,6 @@ def scan_files(run: Run, tmp_path: Path, forms: dict[str, bytes]) -> list[str]:
     return leaks + scan("pg_dump", dump, forms)
 
 
-@not_sealed_yet
 async def test_nothing_sensitive_is_readable_at_rest(
         run: Run, keys: Keys, tmp_path: Path) -> None:
     gw = run.gw
