@@ -216,7 +216,7 @@ async def test_routing_facts_are_sealed_read_as_before_and_damage_stays_on_its_c
     await assess(gw, token, fresh)
     await assess(gw, token, other)
     held = await settle(gw, fresh, "held")
-    assert held["decision"]["rule"] == "hold-route-error"
+    assert held["decision"]["rule"] == "hold-damaged"
     assert held["decision"]["facts"] == {"error_type": "TagMismatch"}
     assert (await settle(gw, other, "awaiting_iccam"))["decision"]["facts"]["country"] == "US"
 
