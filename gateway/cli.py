@@ -41,7 +41,7 @@ from gateway.store.errors import GatewayError
 from gateway.store.lifecycle import Actor
 from gateway.store.resealing import BATCH
 from gateway.store.sealing import KeyringError, WrongKeyring
-from gateway.store.upgrade import Upgraded, upgrade_database
+from gateway.store.upgrade import NotSealed, Upgraded, upgrade_database
 from outbound.outbox import retry_failed
 from routing.geo import GeoError
 
@@ -232,6 +232,16 @@ def _cmd_db(args: argparse.Namespace) -> int:
             broken = ", ".join(f"{t} {n}" for t, n in done.sealed.broken.items())
             print(f"values that did not open, left as they are: {broken}", file=sys.stderr)
         print(done.cleared)
+    if done.resealed is not None:
+        print(f"audit trail: the chain before sealing ended at entry {done.resealed.seq} with "
+              f"hash {done.resealed.old_hash}; that entry's hash is now "
+              f"{done.resealed.new_hash} (recorded in the trail as audit.resealed)")
+    if done.trail_altered is not None:
+        print(f"db upgrade: audit trail entry {done.trail_altered.seq}: "
+              f"{done.trail_altered.reason}: the trail was altered before the upgrade; it and "
+              "the entries after it were left as they are (`audit verify` names it)",
+              file=sys.stderr)
+        return EXIT_FAILURE
     return EXIT_OK
 
 
@@ -391,6 +401,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A keyring that is missing, unusable or not the database's: fix the configuration
         # (or restore the right file) before anything reads or seals.
         print(f"hotline-gateway: data keys: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except NotSealed as exc:
+        print(f"hotline-gateway: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except GatewayError as exc:
         return refused(args, exc)

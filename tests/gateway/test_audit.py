@@ -26,6 +26,7 @@ from gateway.store.audit import (
     GENESIS,
     AuditBreak,
     AuditEntry,
+    Resealed,
     TrailPass,
     entry_hash,
     record,
@@ -340,8 +341,8 @@ async def test_details_in_clear_are_refused_as_not_sealed(
         await conn.execute(update(audit_log).where(audit_log.c.seq == 7)
                            .values(details={"call": 0}))
     count, broken, _ = await check(engine)
-    assert (count, broken) == (6, AuditBreak(7, "its details are not sealed (a trail from "
-                                                "before sealing: db upgrade seals it)"))
+    assert (count, broken) == (6, AuditBreak(7, "its details are not sealed and its hash does "
+                                                "not match its content: the entry was altered"))
 
 
 async def test_entries_chained_under_an_older_lookup_key_still_verify(
@@ -403,6 +404,7 @@ async def test_a_trail_from_before_sealing_is_sealed_and_rechained_resumably(
     """seal_trail seals an older trail a chunk per transaction; entries appended meanwhile and
     a restart half-way (``after=None``) leave one sealed chain that verifies whole."""
     await backend.transaction(partial(write_legacy, count=25))
+    old_end = await hash_of(engine, 25)
     assert await check(engine) == (0, AuditBreak(1, "its details are not sealed (a trail "
                                                     "from before sealing: db upgrade seals "
                                                     "it)"), GENESIS)
@@ -420,15 +422,20 @@ async def test_a_trail_from_before_sealing_is_sealed_and_rechained_resumably(
         after = passes[-1].last
     assert passes[0].last == 12 and sum(p.sealed for p in passes) == 17
     assert passes[-1].last == 28
-    assert await check(engine) == (28, None, await hash_of(engine, 28))
+    # The old chain's end (entry 25), tied to the new chain by an entry of its own.
+    assert passes[-1].resealed == Resealed(25, old_end, await hash_of(engine, 25))
+    assert await check(engine) == (29, None, await hash_of(engine, 29))
     async with engine.connect() as conn:
         rows = opened(conn, await conn.execute(select(audit_log).order_by(audit_log.c.seq)))
     assert [r.details["url"] for r in rows[:25]] == [f"{SECRET_URL}/{n}" for n in range(1, 26)]
+    assert (rows[-1].actor, rows[-1].action, rows[-1].details) == (
+        "system:upgrade", "audit.resealed",
+        {"old_last_seq": 25, "old_last_hash": old_end, "new_hash": await hash_of(engine, 25)})
     assert SECRET_URL not in "".join(await raw_details(engine))
     assert await backend.transaction(seal_trail) == TrailPass(last=0, sealed=0, done=True)
     # And new entries go on chaining after it.
     await fill(backend, calls=1, per_call=2)
-    assert (await check(engine))[:2] == (30, None)
+    assert (await check(engine))[:2] == (31, None)
 
 
 async def test_sealing_a_trail_leaves_an_entry_that_does_not_open_and_names_it(
@@ -443,7 +450,7 @@ async def test_sealing_a_trail_leaves_an_entry_that_does_not_open_and_names_it(
         await conn.execute(update(audit_log).where(audit_log.c.seq == 2).values(details=stored))
     await backend.transaction(partial(write_legacy, count=3, start=4))
     done = await backend.transaction(partial(seal_trail, after=0))
-    assert done == TrailPass(last=6, sealed=3, done=True, broken=(2,))
+    assert (done.last, done.sealed, done.done, done.broken) == (6, 3, True, (2,))
     count, broken, _ = await check(engine)
     assert count == 1 and broken is not None and broken.seq == 2
     assert "audit_log.details of record 2" in broken.reason
