@@ -232,6 +232,9 @@ def _cmd_db(args: argparse.Namespace) -> int:
             broken = ", ".join(f"{t} {n}" for t, n in done.sealed.broken.items())
             print(f"values that did not open, left as they are: {broken}", file=sys.stderr)
         print(done.cleared)
+    for merged in done.merged:
+        print(f"case {merged.removed} was filed again while the database was half sealed: "
+              f"merged into case {merged.kept} ({merged.reports} reports moved)")
     if done.resealed is not None:
         print(f"audit trail: the chain before sealing ended at entry {done.resealed.seq} with "
               f"hash {done.resealed.old_hash}; that entry's hash is now "

@@ -17,6 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.store import migrate, sealing_state
 from gateway.store.audit import AuditBreak, Resealed
+from gateway.store.case_merge import Merged, merge_duplicates
+from gateway.store.engine import IMMEDIATE
 from gateway.store.resealing import (
     BATCH,
     PassReport,
@@ -46,6 +48,8 @@ class Upgraded:
     trail_altered: AuditBreak | None = None
     #: The chain before sealing: its last entry, the hash it had and the one it has now.
     resealed: Resealed | None = None
+    #: Cases filed a second time while an earlier upgrade was under way, merged back.
+    merged: tuple[Merged, ...] = ()
 
 
 async def upgrade_database(engine: AsyncEngine, sealer: Sealer, *, batch: int = BATCH,
@@ -66,7 +70,12 @@ async def upgrade_database(engine: AsyncEngine, sealer: Sealer, *, batch: int = 
     report = None
     cleared = ""
     trail = None
+    merged: list[Merged] = []
     if before is not None:  # an older release's rows, in clear
+        async with engine.connect() as conn:
+            conn = await conn.execution_options(**IMMEDIATE)
+            async with conn.begin():
+                merged = await conn.run_sync(lambda sync: merge_duplicates(sync))
         report = await seal_pass(engine, sealer, run=RUN, batch=batch, progress=progress,
                                  stop_after=stop_after)
         trail = await trail_sealing(engine, progress=progress)
@@ -85,7 +94,7 @@ async def upgrade_database(engine: AsyncEngine, sealer: Sealer, *, batch: int = 
         await conn.run_sync(mark)
     await forget_run(engine, RUN)
     return Upgraded(before, after, report, cleared, broken,
-                    trail.resealed if trail is not None else None)
+                    trail.resealed if trail is not None else None, tuple(merged))
 
 
 class NotSealed(Exception):
