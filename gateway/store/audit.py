@@ -318,7 +318,9 @@ def seal_trail(conn: Connection, *, after: int | None = None, chunk: int = 1000,
             return TrailPass(0, 0, True)
         after = first - 1
     prev = GENESIS if after == 0 else conn.execute(
-        select(audit_log.c.hash).where(audit_log.c.seq == after)).scalar_one()
+        select(audit_log.c.hash).where(audit_log.c.seq == after)).scalar_one_or_none()
+    if prev is None:  # the first plain entry follows a gap
+        return TrailPass(after - 1, 0, True, altered=AuditBreak(after, f"entry {after} is missing"))
     old_prev = _old_prev(conn, after, mode)
     last, sealed, budget = after, 0, chunk
     broken: list[int] = []

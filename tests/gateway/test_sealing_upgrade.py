@@ -429,6 +429,29 @@ async def test_doctor_names_the_keyring_and_checks_it(tmp_path: Path) -> None:
         await open_database(config)
 
 
+async def test_doctor_reads_the_check_value_and_writes_nothing(tmp_path: Path) -> None:
+    """doctor on a database that has no check value yet says so (run db upgrade) and writes
+    nothing: still no check value, the file unchanged."""
+    from gateway import config as config_module
+    from gateway.doctor import Failed, _data_keys
+    from gateway.store import migrate
+
+    database = tmp_path / "var" / "gateway.db"
+    database.parent.mkdir(parents=True)
+    config = config_module.load(config_for(tmp_path, database))
+    engine = await open_database(config, verify=False)
+    try:
+        await migrate.upgrade(engine)
+    finally:
+        await engine.dispose()
+    before = database.read_bytes()
+    with pytest.raises(Failed, match=r"the database has no check value yet: run `db upgrade`"):
+        await _data_keys(config)
+    assert database.read_bytes() == before
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        assert db.execute("SELECT count(*) FROM sealing_state").fetchone() == (0,)
+
+
 def test_the_sealed_database_reads_as_the_older_release_showed_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
