@@ -41,7 +41,7 @@ from gateway.store.errors import GatewayError
 from gateway.store.lifecycle import Actor
 from gateway.store.resealing import BATCH
 from gateway.store.sealing import KeyringError, WrongKeyring
-from gateway.store.upgrade import NotSealed, Upgraded, upgrade_database
+from gateway.store.upgrade import NotSealed, Upgraded, require_sealed, upgrade_database
 from outbound.outbox import retry_failed
 from routing.geo import GeoError
 
@@ -290,6 +290,11 @@ async def _with_connection(config: Config, work: Callable[[AsyncConnection], Awa
 
 async def _with_backend(config: Config, work: Callable[[WriteBackend], Awaitable[T]]) -> T:
     engine = await open_database(config)
+    try:
+        await require_sealed(engine)  # a command that writes waits for db upgrade to finish
+    except NotSealed:
+        await engine.dispose()
+        raise
     backend = await open_write_backend(engine, busy_timeout=config.database.busy_timeout)
     try:
         return await work(backend)

@@ -236,9 +236,9 @@ def test_db_upgrade_does_not_launder_a_trail_altered_before_it(
 
 def test_a_half_sealed_database_is_not_served(tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
-    """After an upgrade stopped part-way, serve --no-migrate and normalise exit 2 saying the
-    database is not fully sealed yet, and change nothing; once db upgrade has finished they
-    start."""
+    """After an upgrade stopped part-way, serve --no-migrate, normalise and purge exit 2 saying
+    the database is not fully sealed yet, and change nothing; once db upgrade has finished
+    they run."""
     from gateway import config as config_module
     from gateway.cli import main
 
@@ -255,7 +255,7 @@ def test_a_half_sealed_database_is_not_served(tmp_path: Path,
 
     asyncio.run(stop_part_way())
     before = database.read_bytes()
-    for command in (["serve", "--no-migrate"], ["normalise", "--once"]):
+    for command in (["serve", "--no-migrate"], ["normalise", "--once"], ["purge"]):
         assert main(["--config", str(path), *command]) == 2, command
         assert ("the database is not fully sealed yet: run `hotline-gateway db upgrade`"
                 in capsys.readouterr().err)
