@@ -182,7 +182,8 @@ async def running(
             upgraded = await upgrade_database(engine, sealer_of(engine), progress=Progress())
             if upgraded.trail_altered is not None:
                 log.error("gateway.audit_trail_altered", entry=upgraded.trail_altered.seq,
-                          reason=upgraded.trail_altered.reason)
+                          reason=upgraded.trail_altered.reason,
+                          found_earlier=upgraded.found_earlier)
         else:
             await verify_keyring(engine, sealer_of(engine))
             await require_sealed(engine)

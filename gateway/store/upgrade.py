@@ -44,12 +44,14 @@ class Upgraded:
     cleared: str = ""
     #: The entry where the audit trail did not hold when the upgrade came to seal it (altered
     #: before the upgrade): it and the later entries stay as they were. Said again by every
-    #: later upgrade; ``audit verify`` names it too.
+    #: later upgrade (``found_earlier``); ``audit verify`` names it too.
     trail_altered: AuditBreak | None = None
     #: The chain before sealing: its last entry, the hash it had and the one it has now.
     resealed: Resealed | None = None
     #: Cases filed a second time while an earlier upgrade was under way, merged back.
     merged: tuple[Merged, ...] = ()
+    #: ``trail_altered`` was found by an earlier upgrade, not this one.
+    found_earlier: bool = False
 
 
 async def upgrade_database(engine: AsyncEngine, sealer: Sealer, *, batch: int = BATCH,
@@ -66,7 +68,7 @@ async def upgrade_database(engine: AsyncEngine, sealer: Sealer, *, batch: int = 
         altered = await conn.run_sync(lambda sync: sealing_state.read(sync, TRAIL_ALTERED))
     if marked is not None:
         return Upgraded(before, after, None, trail_altered=None if altered is None
-                        else AuditBreak(**json.loads(altered)))
+                        else AuditBreak(**json.loads(altered)), found_earlier=True)
     report = None
     cleared = ""
     trail = None
