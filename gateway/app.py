@@ -53,7 +53,7 @@ from gateway.store.references import ReferenceAllocator
 from gateway.store.sealed import bind_sealer, sealer_of
 from gateway.store.sealing import keyring_path
 from gateway.store.sealing_state import verify_keyring
-from gateway.store.upgrade import upgrade_database
+from gateway.store.upgrade import require_sealed, upgrade_database
 from gateway.store.writer import SubmissionWriter
 from intake.normalise import NormaliseStage
 from intake.smtp import SmtpServer, quiet_aiosmtpd_logs
@@ -129,6 +129,7 @@ async def normalise(
     async with Lifecycle(config.gateway.shutdown_grace + config.database.busy_timeout) as parts:
         engine = await open_database(config)
         parts.on_close(engine.dispose)
+        await require_sealed(engine)
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="normalise")
         parts.on_close(lambda: asyncio.to_thread(executor.shutdown, wait=True,
                                                  cancel_futures=True))
@@ -178,9 +179,14 @@ async def running(
                                                  cancel_futures=True))
         if upgrade_db:
             # Also seals, resumably, what an older release wrote in clear (issue 16).
-            await upgrade_database(engine, sealer_of(engine), progress=Progress())
+            upgraded = await upgrade_database(engine, sealer_of(engine), progress=Progress())
+            if upgraded.trail_altered is not None:
+                log.error("gateway.audit_trail_altered", entry=upgraded.trail_altered.seq,
+                          reason=upgraded.trail_altered.reason,
+                          found_earlier=upgraded.found_earlier)
         else:
             await verify_keyring(engine, sealer_of(engine))
+            await require_sealed(engine)
         backend = await open_write_backend(engine, busy_timeout=config.database.busy_timeout)
         parts.on_close(backend.close)
         writer = SubmissionWriter(backend, ReferenceAllocator(config.gateway.reference_prefix),

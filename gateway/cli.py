@@ -41,7 +41,7 @@ from gateway.store.errors import GatewayError
 from gateway.store.lifecycle import Actor
 from gateway.store.resealing import BATCH
 from gateway.store.sealing import KeyringError, WrongKeyring
-from gateway.store.upgrade import Upgraded, upgrade_database
+from gateway.store.upgrade import NotSealed, Upgraded, require_sealed, upgrade_database
 from outbound.outbox import retry_failed
 from routing.geo import GeoError
 
@@ -232,6 +232,22 @@ def _cmd_db(args: argparse.Namespace) -> int:
             broken = ", ".join(f"{t} {n}" for t, n in done.sealed.broken.items())
             print(f"values that did not open, left as they are: {broken}", file=sys.stderr)
         print(done.cleared)
+    for merged in done.merged:
+        print(f"case {merged.removed} was filed again while the database was half sealed: "
+              f"merged into case {merged.kept} ({merged.reports} reports moved)")
+    if done.resealed is not None:
+        print(f"audit trail: the chain before sealing ended at entry {done.resealed.seq} with "
+              f"hash {done.resealed.old_hash}; that entry's hash is now "
+              f"{done.resealed.new_hash} (recorded in the trail as audit.resealed)")
+    if done.trail_altered is not None:
+        print(f"db upgrade: audit trail entry {done.trail_altered.seq}: "
+              f"{done.trail_altered.reason}: the trail was altered before the upgrade; it and "
+              "the entries after it were left as they are (`audit verify` names it)"
+              + (" [found by an earlier upgrade]" if done.found_earlier else ""),
+              file=sys.stderr)
+        # Once found, later runs say it again but do not fail (a package's upgrade step runs
+        # db upgrade every time: the altered entry is evidence that stays, not a fault).
+        return EXIT_OK if done.found_earlier else EXIT_FAILURE
     return EXIT_OK
 
 
@@ -277,6 +293,11 @@ async def _with_connection(config: Config, work: Callable[[AsyncConnection], Awa
 
 async def _with_backend(config: Config, work: Callable[[WriteBackend], Awaitable[T]]) -> T:
     engine = await open_database(config)
+    try:
+        await require_sealed(engine)  # a command that writes waits for db upgrade to finish
+    except NotSealed:
+        await engine.dispose()
+        raise
     backend = await open_write_backend(engine, busy_timeout=config.database.busy_timeout)
     try:
         return await work(backend)
@@ -391,6 +412,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A keyring that is missing, unusable or not the database's: fix the configuration
         # (or restore the right file) before anything reads or seals.
         print(f"hotline-gateway: data keys: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except NotSealed as exc:
+        print(f"hotline-gateway: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except GatewayError as exc:
         return refused(args, exc)

@@ -24,7 +24,7 @@ from gateway.config import Config
 from gateway.database import load_sealer, open_database
 from gateway.store import migrate
 from gateway.store.sealing import KeyringError, WrongKeyring, keyring_path
-from gateway.store.sealing_state import verify_keyring
+from gateway.store.sealing_state import inspect_keyring
 
 Check = Callable[[], Awaitable[str]]
 
@@ -47,7 +47,8 @@ async def _database(config: Config) -> str:
 
 
 async def _data_keys(config: Config) -> str:
-    """The keyring: where, its current key, and whether it is the database's (check value)."""
+    """The keyring: where, its current key, and whether it is the database's (check value),
+    read without writing: a missing check value is a finding, not something doctor fixes."""
     try:
         path = keyring_path(config.data.keyring, config.data.credential, os.environ)
         sealer = await load_sealer(config)
@@ -56,14 +57,16 @@ async def _data_keys(config: Config) -> str:
     where = f"{path}: current key {sealer.keyring.current.name}"
     engine = await open_database(config, sealer=sealer, verify=False)
     try:
-        found = await verify_keyring(engine, sealer)
+        found = await inspect_keyring(engine, sealer)  # doctor only reads
     except WrongKeyring as exc:
         raise Failed(f"{where}: WRONG: {exc}") from exc
     finally:
         await engine.dispose()
-    if found == "absent":
+    if found in ("absent", "missing"):
         raise Failed(f"{where}: the database has no check value yet: run `db upgrade`")
-    return f"{where}, check value {'written' if found == 'written' else 'ok'}"
+    if found == "newer":
+        return f"{where}, check value ok (it does not name the keyring's newest keys yet)"
+    return f"{where}, check value ok"
 
 
 async def _keys(config: Config) -> str:

@@ -23,17 +23,19 @@ re-chained in place by ``seal_trail``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Text, cast, exists, func, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway.store import sealing_state
 from gateway.store.sealed import open_value, seal_value, sealer_of
 from gateway.store.sealing import TEXT_PREFIX, SealBroken, Sealer
 from gateway.store.tables import audit_log
@@ -43,6 +45,8 @@ GENESIS = "0" * 64
 #: Who acts from the command line. System actors are ``system:<part>``; a staff user's name
 #: cannot hold a ":" (``gateway.console.accounts``), so no account can pass for one.
 CLI_ACTOR = "system:cli"
+#: Who seals a trail written before sealing (``db upgrade``, ``serve``'s start).
+UPGRADE_ACTOR = "system:upgrade"
 #: The advisory lock that serialises appends on PostgreSQL ("audit" in ASCII).
 LOCK_KEY = 0x6175646974
 #: The lookup purpose the chain's HMACs are made for.
@@ -151,6 +155,10 @@ def _check(sealer: Sealer, row: Any, expected: int, prev: str) -> AuditBreak | N
     if row.seq != expected:  # rows come in seq order, after the last one that held
         return AuditBreak(expected, f"entry {expected} is missing")
     if not _sealed(row.details):
+        if legacy_hash(row.seq, row.at, row.actor, row.action, row.case_id, row.details,
+                       row.prev_hash) != row.hash:
+            return AuditBreak(row.seq, "its details are not sealed and its hash does not match "
+                                       "its content: the entry was altered")
         return AuditBreak(row.seq, "its details are not sealed (a trail from before sealing: "
                                    "db upgrade seals it)")
     try:
@@ -193,20 +201,82 @@ async def verify(
 
 
 @dataclass(frozen=True, slots=True)
+class Resealed:
+    """Where the chain before sealing ended and what that entry's hash is now: an operator who
+    noted the old last hash finds it here (and in the ``audit.resealed`` entry) tied to the
+    new chain."""
+
+    seq: int
+    old_hash: str
+    new_hash: str
+
+
+@dataclass(frozen=True, slots=True)
 class TrailPass:
     """What one ``seal_trail`` call did: the last entry it sealed or re-chained (the ``after``
     of the next call), how many it sealed, the entries it left as they were because their
-    sealed details do not open, and whether the trail is now sealed and chained throughout."""
+    sealed details do not open, and whether the trail is now sealed and chained throughout.
+    ``altered``: the entry where the chain as it stood did not hold (altered before this pass,
+    which stopped there and left it and every later entry as they were); ``resealed``: the old
+    chain's end, when this call sealed it."""
 
     last: int
     sealed: int
     done: bool
     broken: tuple[int, ...] = ()
+    altered: AuditBreak | None = None
+    resealed: Resealed | None = None
+
+
+#: ``sealing_state``: the hash entry ``seq`` had before the pass under way rewrote it, so the
+#: next call can check that the entry after it was chained to it.
+REWRITTEN = "trail:rewritten"
+#: The action of the entry that records where the chain before sealing ended.
+RESEALED = "audit.resealed"
+
+
+def legacy_hash(seq: int, at: datetime, actor: str, action: str, case_id: uuid.UUID | None,
+                details: Any, prev_hash: str) -> str:
+    """An entry's hash as the release before sealing made it: the bare SHA-256 (hex) of the
+    canonical serialisation."""
+    content = _content(seq, at, actor, action, case_id, details, prev_hash)
+    return hashlib.sha256(content.encode("utf-8")).hexdigest()
 
 
 def _plain() -> Any:
     """Entries whose details are not sealed yet (a JSON object, not a sealed JSON string)."""
     return ~cast(audit_log.c.details, Text).like(f'"{TEXT_PREFIX}%')
+
+
+def _held(sealer: Sealer, row: Any, details: Any, old_prev: str) -> str | None:
+    """Why an entry does not hold in the chain as it stands (plain entries: the SHA-256 chain
+    before sealing; sealed ones: the HMAC chain), or None."""
+    if _sealed(row.details):
+        content = _content(row.seq, row.at, row.actor, row.action, row.case_id, details,
+                           row.prev_hash)
+        holds = _matches(sealer, content, row.hash)
+    else:
+        holds = legacy_hash(row.seq, row.at, row.actor, row.action, row.case_id, details,
+                            row.prev_hash) == row.hash
+    if not holds:
+        return "hash does not match its content"
+    if row.prev_hash != old_prev:
+        return ("prev_hash of the first entry is not zeros" if row.seq == 1
+                else f"prev_hash does not match entry {row.seq - 1}")
+    return None
+
+
+def _old_prev(conn: Connection, after: int, mode: str) -> str:
+    """The hash entry ``after`` had before this pass rewrote it (if it did)."""
+    if after == 0:
+        return GENESIS
+    stored = sealing_state.read(conn, REWRITTEN) if sealing_state.has_state(conn) else None
+    if stored is not None:
+        state = json.loads(stored)
+        if state["seq"] == after and state["mode"] == mode:
+            return str(state["hash"])
+    return str(conn.execute(select(audit_log.c.hash)
+                            .where(audit_log.c.seq == after)).scalar_one())
 
 
 def seal_trail(conn: Connection, *, after: int | None = None, chunk: int = 1000,
@@ -217,6 +287,14 @@ def seal_trail(conn: Connection, *, after: int | None = None, chunk: int = 1000,
     another, passing the previous call's ``last`` as ``after``, until ``done``. Killed between
     two calls, start again with ``after=None``: the entries already sealed form a prefix of the
     trail, and the pass finds where it stopped.
+
+    Nothing is re-chained that does not hold as it stands: each entry is checked against the
+    chain it is in (a plain one against the SHA-256 chain before sealing, a sealed one against
+    its HMAC) and against the hash its predecessor had before the pass, so an entry altered
+    before the upgrade is not laundered into a new, valid chain. At the first that does not
+    hold the pass stops (``altered``, ``done``): it and every later entry are left as they are
+    and ``verify`` goes on naming it. Sealing the last plain entry appends an
+    ``audit.resealed`` entry with the old chain's last hash and that entry's new one.
 
     One call seals up to ``chunk`` entries. Entries appended meanwhile are sealed already but
     chained to an old hash: when a call has sealed the last plain entry it re-chains all of
@@ -233,41 +311,79 @@ def seal_trail(conn: Connection, *, after: int | None = None, chunk: int = 1000,
         conn.execute(select(func.pg_advisory_xact_lock(LOCK_KEY)))
     if after is None and rechain:
         raise ValueError("re-chaining starts after an entry the caller names (0: the first)")
+    mode = "rechain" if rechain else "seal"
     if after is None:
         first = conn.execute(select(func.min(audit_log.c.seq)).where(_plain())).scalar()
         if first is None:
             return TrailPass(0, 0, True)
         after = first - 1
     prev = GENESIS if after == 0 else conn.execute(
-        select(audit_log.c.hash).where(audit_log.c.seq == after)).scalar_one()
+        select(audit_log.c.hash).where(audit_log.c.seq == after)).scalar_one_or_none()
+    if prev is None:  # the first plain entry follows a gap
+        return TrailPass(after - 1, 0, True, altered=AuditBreak(after, f"entry {after} is missing"))
+    old_prev = _old_prev(conn, after, mode)
     last, sealed, budget = after, 0, chunk
     broken: list[int] = []
-    while True:
+    old_end: tuple[int, str] | None = None  # the last plain entry this call sealed
+    altered: AuditBreak | None = None
+    while altered is None:
         rows = conn.execute(select(audit_log).where(audit_log.c.seq > last)
                             .order_by(audit_log.c.seq).limit(chunk)).all()
         for row in rows:
             values: dict[str, Any] = {}
+            if row.seq != last + 1:
+                altered = AuditBreak(last + 1, f"entry {last + 1} is missing")
+                break
             if _sealed(row.details):
                 try:
                     details = open_details(sealer, row.seq, row.details)
                 except SealBroken:
                     broken.append(row.seq)
-                    last, prev = row.seq, row.hash
+                    last, prev, old_prev = row.seq, row.hash, row.hash
                     continue
             else:
                 details = row.details
+            reason = _held(sealer, row, details, old_prev)
+            if reason is not None:
+                altered = AuditBreak(row.seq, reason)
+                break
+            if not _sealed(row.details):
                 values["details"] = seal_details(sealer, row.seq, details)
                 sealed += 1
+                old_end = row.seq, row.hash
             digest = entry_hash(sealer, row.seq, row.at, row.actor, row.action, row.case_id,
                                 details, prev)
             if values or (row.prev_hash, row.hash) != (prev, digest):
                 values.update(prev_hash=prev, hash=digest)
                 conn.execute(update(audit_log).where(audit_log.c.seq == row.seq)
                              .values(**values))
-            last, prev = row.seq, digest
-        budget -= len(rows)
-        if len(rows) < chunk:
-            return TrailPass(last, sealed, True, tuple(broken))
-        if budget <= 0 and (rechain or conn.execute(
-                select(exists().where(audit_log.c.seq > last, _plain()))).scalar()):
-            return TrailPass(last, sealed, False, tuple(broken))
+            last, prev, old_prev = row.seq, digest, row.hash
+        else:
+            budget -= len(rows)
+            if len(rows) < chunk:
+                break
+            if budget <= 0 and (rechain or conn.execute(
+                    select(exists().where(audit_log.c.seq > last, _plain()))).scalar()):
+                _remember(conn, last, old_prev, mode)
+                return TrailPass(last, sealed, False, tuple(broken))
+    if altered is not None:
+        _remember(conn, last, old_prev, mode)
+        return TrailPass(last, sealed, True, tuple(broken), altered)
+    if sealing_state.has_state(conn):
+        sealing_state.forget(conn, REWRITTEN)
+    resealed = None
+    if old_end is not None and not rechain:
+        new_hash = conn.execute(select(audit_log.c.hash)
+                                .where(audit_log.c.seq == old_end[0])).scalar_one()
+        resealed = Resealed(old_end[0], old_end[1], new_hash)
+        record(conn, [AuditEntry(UPGRADE_ACTOR, RESEALED, details={
+            "old_last_seq": resealed.seq, "old_last_hash": resealed.old_hash,
+            "new_hash": resealed.new_hash})], at=datetime.now(UTC))
+    return TrailPass(last, sealed, True, tuple(broken), resealed=resealed)
+
+
+def _remember(conn: Connection, seq: int, old_hash: str, mode: str) -> None:
+    """Keep the hash entry ``seq`` had before this call rewrote it, for the next call."""
+    if sealing_state.has_state(conn):
+        sealing_state.write(conn, REWRITTEN,
+                            json.dumps({"seq": seq, "hash": old_hash, "mode": mode}))

@@ -324,14 +324,30 @@ def _call_trail(sync: Connection, seal_trail: Callable[..., Any], after: int | N
     return seal_trail(sync, after=after, chunk=chunk)
 
 
+@dataclass(frozen=True, slots=True)
+class TrailSealed:
+    """What sealing the trail did (``said``), where the chain as it stood did not hold
+    (``altered``: the pass stopped there), and the old chain's end tied to the new one."""
+
+    said: str
+    altered: audit.AuditBreak | None = None
+    resealed: audit.Resealed | None = None
+
+
 async def seal_the_trail(engine: AsyncEngine, *, chunk: int = 1000,
                          progress: Progress | None = None) -> str:
+    """``trail_sealing``, said in a line."""
+    return (await trail_sealing(engine, chunk=chunk, progress=progress)).said
+
+
+async def trail_sealing(engine: AsyncEngine, *, chunk: int = 1000,
+                        progress: Progress | None = None) -> TrailSealed:
     """The plain entries of the audit trail sealed and re-chained by ``audit.seal_trail``, one
     transaction per call until it says done (killed, it starts again and finds where it
     stopped), or why not."""
     seal_trail = trail_sealer()
     if seal_trail is None:
-        return "left as it is: this build has no audit.seal_trail"
+        return TrailSealed("left as it is: this build has no audit.seal_trail")
     progress = progress or _Quiet()
     progress.start(TRAIL, 0)
     after: int | None = None
@@ -349,10 +365,15 @@ async def seal_the_trail(engine: AsyncEngine, *, chunk: int = 1000,
         if result.done:
             break
     progress.finish()
-    said = f"{sealed} entries sealed, the chain whole"
+    if result.altered is not None:
+        said = (f"{sealed} entries sealed; entry {result.altered.seq} does not hold "
+                f"({result.altered.reason}): the trail was altered before the upgrade, and it "
+                "and the entries after it were left as they are")
+    else:
+        said = f"{sealed} entries sealed, the chain whole"
     if broken:
         said += f"; entries {', '.join(map(str, broken))} do not open and were left as they are"
-    return said
+    return TrailSealed(said, result.altered, result.resealed)
 
 
 async def forget_run(engine: AsyncEngine, run: str) -> None:

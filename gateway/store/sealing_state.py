@@ -69,6 +69,25 @@ def check_keyring(conn: Connection, sealer: Sealer) -> str:
     return "extended"
 
 
+async def inspect_keyring(engine: AsyncEngine, sealer: Sealer) -> str:
+    """The keyring checked against the database's check value without writing anything
+    (``doctor``): ``WrongKeyring`` if it is not the database's; else ``absent`` (a database
+    older than ``sealing_state``), ``missing`` (no check value yet), ``verified``, or ``newer``
+    (the keyring holds keys the check value does not name yet: the next start adds them)."""
+    async with engine.connect() as conn:
+        if not await conn.run_sync(has_state):
+            return "absent"
+        stored = await conn.run_sync(lambda sync: read(sync, CHECK))
+    if stored is None:
+        return "missing"
+    sealer.verify_check_value(stored)
+    document = json.loads(stored)
+    if set(document["data"]) >= {k.name for k in sealer.keyring.data_keys} and \
+            set(document["lookup"]) >= {str(k.version) for k in sealer.keyring.lookup_keys}:
+        return "verified"
+    return "newer"
+
+
 async def verify_keyring(engine: AsyncEngine, sealer: Sealer) -> str:
     """``check_keyring`` in a transaction of its own; ``absent`` for a database older than
     ``sealing_state`` (``db upgrade`` writes the check value after migrating it)."""

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Text, delete, insert, select, update
+from sqlalchemy import Text, cast, delete, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -26,6 +26,7 @@ from gateway.store.audit import (
     GENESIS,
     AuditBreak,
     AuditEntry,
+    Resealed,
     TrailPass,
     entry_hash,
     record,
@@ -340,8 +341,8 @@ async def test_details_in_clear_are_refused_as_not_sealed(
         await conn.execute(update(audit_log).where(audit_log.c.seq == 7)
                            .values(details={"call": 0}))
     count, broken, _ = await check(engine)
-    assert (count, broken) == (6, AuditBreak(7, "its details are not sealed (a trail from "
-                                                "before sealing: db upgrade seals it)"))
+    assert (count, broken) == (6, AuditBreak(7, "its details are not sealed and its hash does "
+                                                "not match its content: the entry was altered"))
 
 
 async def test_entries_chained_under_an_older_lookup_key_still_verify(
@@ -403,6 +404,7 @@ async def test_a_trail_from_before_sealing_is_sealed_and_rechained_resumably(
     """seal_trail seals an older trail a chunk per transaction; entries appended meanwhile and
     a restart half-way (``after=None``) leave one sealed chain that verifies whole."""
     await backend.transaction(partial(write_legacy, count=25))
+    old_end = await hash_of(engine, 25)
     assert await check(engine) == (0, AuditBreak(1, "its details are not sealed (a trail "
                                                     "from before sealing: db upgrade seals "
                                                     "it)"), GENESIS)
@@ -420,15 +422,20 @@ async def test_a_trail_from_before_sealing_is_sealed_and_rechained_resumably(
         after = passes[-1].last
     assert passes[0].last == 12 and sum(p.sealed for p in passes) == 17
     assert passes[-1].last == 28
-    assert await check(engine) == (28, None, await hash_of(engine, 28))
+    # The old chain's end (entry 25), tied to the new chain by an entry of its own.
+    assert passes[-1].resealed == Resealed(25, old_end, await hash_of(engine, 25))
+    assert await check(engine) == (29, None, await hash_of(engine, 29))
     async with engine.connect() as conn:
         rows = opened(conn, await conn.execute(select(audit_log).order_by(audit_log.c.seq)))
     assert [r.details["url"] for r in rows[:25]] == [f"{SECRET_URL}/{n}" for n in range(1, 26)]
+    assert (rows[-1].actor, rows[-1].action, rows[-1].details) == (
+        "system:upgrade", "audit.resealed",
+        {"old_last_seq": 25, "old_last_hash": old_end, "new_hash": await hash_of(engine, 25)})
     assert SECRET_URL not in "".join(await raw_details(engine))
     assert await backend.transaction(seal_trail) == TrailPass(last=0, sealed=0, done=True)
     # And new entries go on chaining after it.
     await fill(backend, calls=1, per_call=2)
-    assert (await check(engine))[:2] == (30, None)
+    assert (await check(engine))[:2] == (31, None)
 
 
 async def test_sealing_a_trail_leaves_an_entry_that_does_not_open_and_names_it(
@@ -443,7 +450,75 @@ async def test_sealing_a_trail_leaves_an_entry_that_does_not_open_and_names_it(
         await conn.execute(update(audit_log).where(audit_log.c.seq == 2).values(details=stored))
     await backend.transaction(partial(write_legacy, count=3, start=4))
     done = await backend.transaction(partial(seal_trail, after=0))
-    assert done == TrailPass(last=6, sealed=3, done=True, broken=(2,))
+    assert (done.last, done.sealed, done.done, done.broken) == (6, 3, True, (2,))
     count, broken, _ = await check(engine)
     assert count == 1 and broken is not None and broken.seq == 2
     assert "audit_log.details of record 2" in broken.reason
+
+
+async def legacy_rows(engine: AsyncEngine, first: int) -> list[tuple[Any, ...]]:
+    async with engine.connect() as conn:
+        return [tuple(row) for row in (await conn.execute(
+            select(audit_log.c.seq, cast(audit_log.c.details, Text), audit_log.c.prev_hash,
+                   audit_log.c.hash).where(audit_log.c.seq >= first)
+            .order_by(audit_log.c.seq))).all()]
+
+
+@pytest.mark.parametrize(("alteration", "expected"), [
+    ("details", AuditBreak(5, "hash does not match its content")),
+    ("deleted", AuditBreak(5, "entry 5 is missing")),
+    ("rehashed", AuditBreak(6, "prev_hash does not match entry 5")),
+])
+async def test_an_older_trail_altered_before_sealing_is_not_rechained(
+    engine: AsyncEngine, backend: WriteBackend, alteration: str, expected: AuditBreak
+) -> None:
+    """seal_trail checks each plain entry against the SHA-256 chain it was written in, across
+    calls and a restart: at an entry altered before sealing it stops, leaving that entry and
+    the later ones as they were, and verify names it."""
+    await backend.transaction(partial(write_legacy, count=9))
+    async with engine.begin() as conn:
+        if alteration == "deleted":
+            await conn.execute(delete(audit_log).where(audit_log.c.seq == 5))
+        else:
+            await conn.execute(update(audit_log).where(audit_log.c.seq == 5)
+                               .values(details={"forged": True}))
+        if alteration == "rehashed":
+            prev = await conn.scalar(select(audit_log.c.prev_hash)
+                                     .where(audit_log.c.seq == 5))
+            await conn.execute(update(audit_log).where(audit_log.c.seq == 5).values(
+                hash=legacy_hash(5, BASE, "system:locate", "case.located", CASE,
+                                 {"forged": True}, prev)))
+    untouched = await legacy_rows(engine, expected.seq)
+    first = await backend.transaction(partial(seal_trail, chunk=2))
+    assert (first.last, first.done, first.altered) == (2, False, None)
+    # Restarted: the hash entry 2 had before it was re-chained is what entry 3 must name.
+    after: int | None = None
+    while not (done := await backend.transaction(partial(seal_trail, after=after,
+                                                         chunk=2))).done:
+        after = done.last
+    assert done.altered == expected and done.resealed is None
+    assert done.last == expected.seq - 1
+    assert await legacy_rows(engine, expected.seq) == untouched
+    count, broken, _ = await check(engine)
+    assert count == expected.seq - 1 and broken is not None and broken.seq == expected.seq
+    # Run again, it stops at the same entry.
+    again = await backend.transaction(seal_trail)
+    assert again.altered == expected and again.sealed == 0
+
+
+async def test_rechaining_stops_at_an_entry_whose_hmac_does_not_hold(
+    engine: AsyncEngine, backend: WriteBackend
+) -> None:
+    """Re-chaining a sealed trail checks each entry's HMAC and link first: an entry altered
+    (its actor changed) stops it there, that entry and the later ones left as they were."""
+    await fill(backend, calls=2)
+    async with engine.begin() as conn:
+        await conn.execute(update(audit_log).where(audit_log.c.seq == 7)
+                           .values(actor="mallory"))
+    untouched = await legacy_rows(engine, 7)
+    first = await backend.transaction(partial(seal_trail, after=0, chunk=4, rechain=True))
+    assert (first.last, first.done, first.altered) == (4, False, None)
+    done = await backend.transaction(partial(seal_trail, after=4, chunk=4, rechain=True))
+    assert done.altered == AuditBreak(7, "hash does not match its content") and done.last == 6
+    assert await legacy_rows(engine, 7) == untouched
+    assert (await check(engine))[:2] == (6, AuditBreak(7, "hash does not match its content"))

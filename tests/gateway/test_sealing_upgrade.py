@@ -5,24 +5,30 @@ resumably; the keyring's check value stops a wrong keyring."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import shutil
 import sqlite3
 import subprocess
 import sys
+import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from gateway.database import load_sealer, open_database
 from gateway.store import sealing_state
 from gateway.store.audit import verify as verify_audit
+from gateway.store.engine import IMMEDIATE
 from gateway.store.resealing import LOOKUPS, Stopped, sealed_tables
 from gateway.store.sealed import SEALED, open_value, sealer_of
 from gateway.store.sealing import WrongKeyring, create_keyring
+from gateway.store.tables import audit_log, case_reports, cases
+from gateway.store.times import utc
 from gateway.store.upgrade import upgrade_database
 from tests.gateway.test_cli import write_config
 
@@ -107,7 +113,7 @@ async def assert_sealed_as_before(config: Any, before: dict[tuple[str, str, str]
                             assert opened == before[(table.name, name, str(row[0]))], \
                                 (table.name, name, row[0])
             checked, broken, _ = await verify_audit(conn)
-            assert broken is None and checked == 27
+            assert broken is None and checked == 28  # the 27 of the fixture and audit.resealed
     finally:
         await engine.dispose()
 
@@ -136,10 +142,15 @@ def test_db_upgrade_seals_an_older_database_in_place(
 
     database = presealed(tmp_path)
     before = asyncio.run(read_clear(database))
+    old_end = last_entry(database)
     path = config_for(tmp_path, database)
     assert main(["--config", str(path), "db", "upgrade", "--batch-size", "4"]) == 0
     out = capsys.readouterr()
     assert "database at revision" in out.out and "(was 0010)" in out.out
+    # The hash an operator noted of the older release's trail, tied to the new chain.
+    new_hash = dict(trail_rows(database))[27][2]
+    assert (f"the chain before sealing ended at entry 27 with hash {old_end[1]}; that entry's "
+            f"hash is now {new_hash}") in out.out
     assert "sealed rows: cases 25, submissions 25" in out.out
     assert "VACUUM" in out.out
     assert "submissions: 25/25 done" in out.err  # plain progress lines: not a terminal
@@ -148,6 +159,167 @@ def test_db_upgrade_seals_an_older_database_in_place(
     asyncio.run(assert_sealed_as_before(config, before))
     assert main(["--config", str(path), "db", "upgrade"]) == 0
     assert "sealed rows" not in capsys.readouterr().out
+    assert main(["--config", str(path), "audit", "verify"]) == 0
+    assert "28 entries, chain intact" in capsys.readouterr().out
+    async def resealed_entry() -> Any:
+        engine = await open_database(config)
+        try:
+            async with engine.connect() as conn:
+                row = (await conn.execute(select(audit_log).where(audit_log.c.seq == 28))).one()
+                return row.action, open_value(sealer_of(conn), audit_log.c.details, 28,
+                                              row.details)
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(resealed_entry()) == ("audit.resealed", {
+        "old_last_seq": 27, "old_last_hash": old_end[1], "new_hash": new_hash})
+
+
+def last_entry(database: Path) -> tuple[int, str]:
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        seq, digest = db.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1"
+                                 ).fetchone()
+    return seq, digest
+
+
+def trail_rows(database: Path) -> list[tuple[int, tuple[str, str, str]]]:
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        return [(seq, (details, prev, digest)) for seq, details, prev, digest in db.execute(
+            "SELECT seq, details, prev_hash, hash FROM audit_log ORDER BY seq")]
+
+
+@pytest.mark.parametrize("alteration", ["details", "deleted", "rehashed"])
+def test_db_upgrade_does_not_launder_a_trail_altered_before_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], alteration: str
+) -> None:
+    """An entry of the older release's trail altered before the upgrade (details changed,
+    deleted, or changed with its SHA-256 recomputed) stops the trail's sealing there: db
+    upgrade seals the other tables, exits 1 naming the entry and saying the trail was altered
+    before the upgrade (the next run says it again), leaves that entry and the later ones as they
+    were, and audit verify names it."""
+    from gateway.cli import main
+
+    database = presealed(tmp_path)
+    with contextlib.closing(sqlite3.connect(database)) as db, db:
+        if alteration == "deleted":
+            db.execute("DELETE FROM audit_log WHERE seq = 3")
+        else:
+            db.execute("UPDATE audit_log SET details = ? WHERE seq = 3",
+                       (json.dumps({"forged": True}),))
+        if alteration == "rehashed":  # as the older release hashed it, with the forged details
+            at, actor, action, case_id, prev = db.execute(
+                "SELECT at, actor, action, case_id, prev_hash FROM audit_log WHERE seq = 3"
+            ).fetchone()
+            moment = datetime.fromisoformat(at).replace(tzinfo=UTC)
+            case = None if case_id is None else str(uuid.UUID(hex=case_id))
+            content = [3, moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), actor, action, case,
+                       {"forged": True}, prev]
+            db.execute("UPDATE audit_log SET hash = ? WHERE seq = 3", (hashlib.sha256(
+                json.dumps(content, sort_keys=True, separators=(",", ":"),
+                           ensure_ascii=False).encode()).hexdigest(),))
+    expected = {"details": "entry 3: hash does not match its content",
+                "deleted": "entry 3: entry 3 is missing",
+                "rehashed": "entry 4: prev_hash does not match entry 3"}[alteration]
+    first = int(expected.split()[1].rstrip(":"))
+    untouched = [row for row in trail_rows(database) if row[0] >= first]
+    path = config_for(tmp_path, database)
+    assert main(["--config", str(path), "db", "upgrade"]) == 1
+    out = capsys.readouterr()
+    assert "sealed rows: cases 25, submissions 25" in out.out
+    assert f"audit trail {expected}: the trail was altered before the upgrade" in out.err
+    assert [row for row in trail_rows(database) if row[0] >= first] == untouched
+    assert main(["--config", str(path), "audit", "verify"]) == 1
+    assert f"audit verify: entry {first}:" in capsys.readouterr().err
+    assert main(["--config", str(path), "db", "upgrade"]) == 0  # said again, not failed again
+    assert f"audit trail {expected}" in capsys.readouterr().err
+
+
+def test_a_half_sealed_database_is_not_served(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """After an upgrade stopped part-way, serve --no-migrate, normalise and purge exit 2 saying
+    the database is not fully sealed yet, and change nothing; once db upgrade has finished
+    they run."""
+    from gateway import config as config_module
+    from gateway.cli import main
+
+    database = presealed(tmp_path)
+    path = config_for(tmp_path, database)
+
+    async def stop_part_way() -> None:
+        engine = await open_database(config_module.load(path))
+        try:
+            with pytest.raises(Stopped):
+                await upgrade_database(engine, sealer_of(engine), batch=5, stop_after=1)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(stop_part_way())
+    before = database.read_bytes()
+    for command in (["serve", "--no-migrate"], ["normalise", "--once"], ["purge"]):
+        assert main(["--config", str(path), *command]) == 2, command
+        assert ("the database is not fully sealed yet: run `hotline-gateway db upgrade`"
+                in capsys.readouterr().err)
+    assert database.read_bytes() == before
+    assert main(["--config", str(path), "db", "upgrade"]) == 0
+    assert main(["--config", str(path), "normalise", "--once"]) == 0
+
+
+async def test_a_case_filed_again_while_half_sealed_is_merged_into_the_older(
+    tmp_path: Path,
+) -> None:
+    """A report filed (by a build that served a half-sealed database) for a URL whose case was
+    not re-keyed yet made a second case; the resumed upgrade merges it into the older case
+    (its reports and count, the older first report) instead of failing on the unique key, and
+    the trail names the merge."""
+    from gateway import config as config_module
+    from intake.cases import Filing, ReportedUrl
+
+    database = presealed(tmp_path)
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        url, canonical, older, count, first = db.execute(
+            "SELECT url, canonical_url, id, report_count, first_reported FROM cases "
+            "WHERE canonical_url IS NOT NULL ORDER BY id DESC LIMIT 1").fetchone()
+        (submission,) = db.execute(
+            "SELECT id FROM submissions WHERE id NOT IN (SELECT submission_id FROM "
+            "case_reports WHERE case_id = ?) LIMIT 1", (older,)).fetchone()
+    older_id, submission_id = uuid.UUID(hex=older), uuid.UUID(hex=submission)
+    config = config_module.load(config_for(tmp_path, database))
+    engine = await open_database(config)
+    try:
+        with pytest.raises(Stopped):
+            await upgrade_database(engine, sealer_of(engine), batch=5, stop_after=1)
+        now = datetime.now(UTC)
+
+        def file_again(sync: Any) -> Any:
+            filing = Filing(sync, now=now, legal_window=timedelta(days=30))
+            filing.attach(submission_id, now, [ReportedUrl(url, url, canonical)])
+            return filing.flush()
+
+        async with engine.connect() as conn:
+            conn = await conn.execution_options(**IMMEDIATE)
+            async with conn.begin():
+                filed = await conn.run_sync(file_again)
+        (newer,) = filed[submission_id]
+        assert newer != older_id  # a second case for the same URL
+        done = await upgrade_database(engine, sealer_of(engine), batch=5)
+        assert [(m.kept, m.removed, m.reports) for m in done.merged] == [(older_id, newer, 1)]
+        async with engine.connect() as conn:
+            assert (await conn.execute(select(func.count()).select_from(cases))).scalar() == 25
+            row = (await conn.execute(select(cases).where(cases.c.id == older_id))).one()
+            reported = (await conn.execute(select(case_reports.c.case_id).where(
+                case_reports.c.submission_id == submission_id))).scalars().all()
+            merged = (await conn.execute(select(audit_log).where(
+                audit_log.c.action == "case.merged"))).one()
+            checked, broken, _ = await verify_audit(conn)
+            details = open_value(sealer_of(conn), audit_log.c.details, merged.seq,
+                                 merged.details)
+        assert row.report_count == count + 1
+        assert utc(row.first_reported) == datetime.fromisoformat(first).replace(tzinfo=UTC)
+        assert older_id in reported and newer not in reported
+        assert (merged.case_id, details["merged"]) == (older_id, str(newer))
+        assert broken is None and checked == 30  # 27, the filing, case.merged, resealed
+    finally:
+        await engine.dispose()
 
 
 async def test_an_upgrade_stopped_part_way_resumes(tmp_path: Path) -> None:
@@ -255,6 +427,29 @@ async def test_doctor_names_the_keyring_and_checks_it(tmp_path: Path) -> None:
         await _data_keys(config)
     with pytest.raises(WrongKeyring):
         await open_database(config)
+
+
+async def test_doctor_reads_the_check_value_and_writes_nothing(tmp_path: Path) -> None:
+    """doctor on a database that has no check value yet says so (run db upgrade) and writes
+    nothing: still no check value, the file unchanged."""
+    from gateway import config as config_module
+    from gateway.doctor import Failed, _data_keys
+    from gateway.store import migrate
+
+    database = tmp_path / "var" / "gateway.db"
+    database.parent.mkdir(parents=True)
+    config = config_module.load(config_for(tmp_path, database))
+    engine = await open_database(config, verify=False)
+    try:
+        await migrate.upgrade(engine)
+    finally:
+        await engine.dispose()
+    before = database.read_bytes()
+    with pytest.raises(Failed, match=r"the database has no check value yet: run `db upgrade`"):
+        await _data_keys(config)
+    assert database.read_bytes() == before
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        assert db.execute("SELECT count(*) FROM sealing_state").fetchone() == (0,)
 
 
 def test_the_sealed_database_reads_as_the_older_release_showed_it(
