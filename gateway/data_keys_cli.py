@@ -83,6 +83,7 @@ def _path(config: Config) -> Path:
 
 
 def _keys_line(keyring: Keyring, counts: dict[str, dict[str, int]]) -> list[str]:
+    held = {key.name for key in keyring.data_keys}
     lines = []
     for key in keyring.data_keys:
         per_table = {t: c[key.name] for t, c in counts.items() if c.get(key.name)}
@@ -93,6 +94,16 @@ def _keys_line(keyring: Keyring, counts: dict[str, dict[str, int]]) -> list[str]
     for lookup in keyring.lookup_keys:
         lines.append(f"lookup key {lookup.version}  {lookup.state}  created "
                      f"{lookup.created_at:%Y-%m-%d %H:%M}")
+    for name in sorted({k for c in counts.values() for k in c} - held - {"clear", "broken"}):
+        per_table = {t: c[name] for t, c in counts.items() if c.get(name)}
+        lines.append(f"data key {name}  under a key this keyring lacks: "
+                     f"{sum(per_table.values())} values: "
+                     + ", ".join(f"{t} {n}" for t, n in per_table.items())
+                     + " (left as they are: is this the newest keyring?)")
+    broken = {t: c["broken"] for t, c in counts.items() if c.get("broken")}
+    if broken:
+        lines.append("not of a sealed format (broken): "
+                     + ", ".join(f"{t} {n}" for t, n in broken.items()))
     clear = {t: c["clear"] for t, c in counts.items() if c.get("clear")}
     if clear:
         lines.append("in clear: " + ", ".join(f"{t} {n}" for t, n in clear.items())
@@ -141,6 +152,13 @@ async def _rotate(config: Config, args: argparse.Namespace) -> int:
     if done.broken:
         print(f"{done.broken} values did not open and were left as they are (see "
               "`data-keys status`)", file=sys.stderr)
+    for name, count in done.unknown.items():
+        print(f"{count} values are sealed under data key {name}, which this keyring lacks: "
+              "left as they are (is this the newest keyring?)", file=sys.stderr)
+    if done.clear:
+        print(f"{done.clear} values are in clear and were left as they are (`db upgrade` "
+              "seals them)", file=sys.stderr)
     for line in _keys_line(await asyncio.to_thread(load_keyring, path), done.counts):
         print(line)
-    return EXIT_FAILURE if done.left or done.broken else EXIT_OK
+    return EXIT_FAILURE if done.left or done.broken or done.unknown or done.clear \
+        else EXIT_OK

@@ -26,6 +26,7 @@ from gateway.store.resealing import (
     forget_run,
     seal_pass,
     seal_the_trail,
+    unknown_keys,
 )
 from gateway.store.sealed import bind_sealer, sealer_of
 from gateway.store.sealing import Sealer, add_data_key, load_keyring, retire_data_key
@@ -44,6 +45,10 @@ class Rotated:
     retired: list[str] = field(default_factory=list)
     left: dict[str, int] = field(default_factory=dict)
     broken: int = 0
+    #: Values sealed under a key this keyring lacks (left as they are), by key id.
+    unknown: dict[str, int] = field(default_factory=dict)
+    #: Values in clear the rotation left (``db upgrade`` seals them).
+    clear: int = 0
     trail: str = ""
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
 
@@ -74,13 +79,15 @@ async def reseal(engine: AsyncEngine, path: Path, *, batch: int = BATCH,
     for number in range(1, MAX_PASSES + 1):
         say(f"pass {number}: re-sealing under data key {current}")
         report = await seal_pass(engine, sealer, run=run, batch=batch, trail=True,
-                                 progress=progress() if progress else None)
+                                 seal_clear=False, progress=progress() if progress else None)
         await forget_run(engine, run)
         result.broken = sum(report.broken.values())
+        result.clear = sum(report.clear.values())
         if report.total_changed == 0:
             break
     result.trail = await seal_the_trail(engine)
     result.counts = await count_by_key(engine, sealer)
+    result.unknown = unknown_keys(sealer, result.counts)
     for key in sealer.keyring.data_keys:
         if key.state != "retiring":
             continue
