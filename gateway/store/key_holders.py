@@ -64,6 +64,8 @@ class Holder:
 
 
 def _beat(sync: Connection, process: str, key: str, now: datetime) -> None:
+    if not state.has_state(sync):  # a database older than migration 0011
+        return
     name = f"{HOLDER}{process}:{os.getpid()}"[:64]
     state.write(sync, name, json.dumps({"process": process, "where": this_process(),
                                         "key": key}), now=now)
@@ -73,8 +75,6 @@ async def heartbeat(engine: AsyncEngine, process: str, key: str) -> None:
     """Say that ``process`` (this pid) seals under data key ``key``, now."""
     now = datetime.now(UTC)
     async with engine.connect() as conn:
-        if not await conn.run_sync(state.has_state):
-            return
         conn = await conn.execution_options(**IMMEDIATE)
         async with conn.begin():
             await conn.run_sync(_beat, process, key, now)
