@@ -17,10 +17,11 @@ import contextlib
 import json
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 
 import structlog
 from sqlalchemy import select
@@ -36,6 +37,7 @@ from gateway.store.tables import sealing_state
 from gateway.store.times import aware
 
 log = structlog.get_logger("gateway.keyring")
+T = TypeVar("T")
 
 #: Seconds between a process's heartbeats; one older than ``FRESH`` is of a process gone.
 HEARTBEAT = 10.0
@@ -152,6 +154,65 @@ def reload_for(sealer: Sealer, error: UnknownKey) -> bool:
     if sealer.keyring.data_key(bytes.fromhex(error.key_id)) is None:
         refresh(sealer)
     return sealer.keyring.data_key(bytes.fromhex(error.key_id)) is not None
+
+
+#: How long a record under a key this process lacks waits before it is tried again, and how
+#: long it may keep failing so before each meeting is an alert (an error log line).
+KEY_WAIT = timedelta(seconds=30)
+KEY_ALERT = timedelta(minutes=10)
+
+
+def unknown_key(exc: BaseException) -> UnknownKey | None:
+    """The ``UnknownKey`` ``exc`` is or was raised from, if any."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return None
+        if isinstance(seen, UnknownKey):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def open_or_reload(sealer: Sealer, opening: Callable[[], T]) -> T:
+    """``opening()``; if it meets a key ``sealer`` lacks, the keyring read again at once and
+    ``opening()`` once more. ``UnknownKey`` if the key is still not there: the caller puts
+    the record off (``leases.put_off``) and ``KeyWaits`` says so; it is not damaged."""
+    try:
+        return opening()
+    except UnknownKey as exc:
+        if not reload_for(sealer, exc):
+            raise
+    return opening()
+
+
+class KeyWaits:
+    """Records a stage put off because a value is under a key this process lacks: a warning
+    each time (the record and the key id, never a value), an error (an alert) once the same
+    record has waited ``alert_after``; ``count`` is the stage's metric."""
+
+    def __init__(self, stage: str, *, alert_after: timedelta = KEY_ALERT) -> None:
+        self._stage = stage
+        self._alert_after = alert_after
+        self._first: dict[object, datetime] = {}
+        self.count = 0
+
+    def met(self, record: object, error: UnknownKey, now: datetime) -> None:
+        self.count += 1
+        if len(self._first) > 10_000:  # records that went away meanwhile: start over
+            self._first.clear()
+        first = self._first.setdefault(record, now)
+        fields = {"record": str(record), "key": error.key_id,
+                  "column": f"{error.context.table}.{error.context.column}"
+                  if error.context is not None else None,
+                  "retry_in": KEY_WAIT.total_seconds()}
+        if now - first >= self._alert_after:
+            log.error(f"{self._stage}.key_missing", waiting_since=first.isoformat(), **fields)
+        else:
+            log.warning(f"{self._stage}.key_unknown", **fields)
+
+    def done(self, record: object) -> None:
+        self._first.pop(record, None)
 
 
 # --- the rotation's lock ---------------------------------------------------------------------
