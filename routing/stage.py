@@ -254,15 +254,15 @@ class LocateStage(PollingStage):
             values = {column.name: value for column, value in zip(columns, row, strict=True)}
             # A URL under a key this process lacks even after reading the keyring again is
             # put off (a rotation under way elsewhere), not failed.
+            damaged: list[str] = []
             try:
-                open_or_reload(sealer, lambda values=values: open_case_urls(sealer, values))
+                opened = open_or_reload(sealer, partial(open_case_urls, sealer, values))
             except UnknownKey as exc:
                 later.append((values["id"], exc))
                 continue
             except SealBroken:
-                pass
-            # A URL that does not open fails that case's lookup, saying so; the others go on.
-            opened, damaged = open_case_marked(sealer, values)
+                # A URL that does not open fails that case's lookup, saying so; the others go.
+                opened, damaged = open_case_marked(sealer, values)
             claimed.append(_Claimed(opened.id, opened.canonical_url, opened.locate_attempts,
                                     opened.status, opened.url_key,
                                     "; ".join(damaged) if damaged else None))
