@@ -137,7 +137,8 @@ async def normalise(
         parts.on_close(backend.close)
         if not once:  # it seals case URLs: it follows a rotation as serve does
             parts.run("keyring-watch", KeyringWatch(keyring_path(
-                config.data.keyring, config.data.credential, os.environ), engine))
+                config.data.keyring, config.data.credential, os.environ), engine,
+                process="normalise"))
         stage = make_normaliser(config, backend, executor, gpg=await make_gpg(config, executor))
         if once:
             while await stage.run_once():
@@ -205,7 +206,8 @@ async def running(
         keywatch = make_keywatch(config, gpg)
         # Stopped in the reverse order: the writer first, the daily retention last.
         parts.run("keyring-watch", KeyringWatch(keyring_path(
-            config.data.keyring, config.data.credential, os.environ), engine))
+            config.data.keyring, config.data.credential, os.environ), engine,
+            process="serve"))
         parts.run("retention", DailyRetention(backend, config.retention))
         parts.run("keywatch", keywatch)
         parts.run("outbox", outbox)

@@ -179,4 +179,7 @@ def make_admin(config: Config, backend: WriteBackend, stats: StatsCache, metrics
         counters=lambda: {"locate_failures": locate.failed, "locate_located": locate.located,
                           "referrals_sent": outbox.sent, "referrals_deferred": outbox.deferred,
                           "referrals_failed": outbox.failed,
-                          "normalise_parse_failed": normaliser.failed}))
+                          "normalise_parse_failed": normaliser.failed,
+                          # Records put off: under a data key this process lacks (rotation).
+                          "normalise_key_unknown": normaliser.key_waits.count,
+                          "locate_key_unknown": locate.key_waits.count}))

@@ -1,6 +1,7 @@
 """``data-keys create | rotate | status``: the keyring that seals the database.
 
-``rotate`` adds a new current data key, waits for running gateways to read it, and re-seals
+``rotate`` adds a new current data key, waits until every running gateway says (in
+``sealing_state``) that it seals under it, and re-seals
 every sealed value under it in batches (``gateway.store.rotation``); ``--resume`` goes on from
 the cursors a killed run left, ``--add-only`` stops after adding the key.
 """
@@ -19,8 +20,9 @@ from gateway.database import load_sealer, open_database
 from gateway.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from gateway.keyring_watch import INTERVAL
 from gateway.progress import Progress
+from gateway.store.key_holders import RotationBusy, rotation_lock
 from gateway.store.resealing import BATCH, count_by_key
-from gateway.store.rotation import add_key, reseal
+from gateway.store.rotation import Laggards, add_key, reseal
 from gateway.store.sealing import Keyring, create_keyring, keyring_path, load_keyring
 
 
@@ -41,8 +43,10 @@ def add_parsers(commands: Any) -> None:
                        help="re-seal under the current key, adding none")
     rotate.add_argument("--batch-size", type=int, default=BATCH, help="rows per transaction")
     rotate.add_argument("--settle", type=float, default=3 * INTERVAL,
-                        help="seconds to wait for running gateways to read a new key "
-                             f"(default {3 * INTERVAL:g})")
+                        help="at most how many seconds to wait for every running gateway "
+                             "(serve, normalise) to seal under the new key, before the "
+                             "re-seal and before retiring the old key; exits 1 naming those "
+                             f"that do not (default {3 * INTERVAL:g})")
     actions.add_parser("status", help="each key, and how many values of each table it "
                                       "still protects")
 
@@ -83,6 +87,7 @@ def _path(config: Config) -> Path:
 
 
 def _keys_line(keyring: Keyring, counts: dict[str, dict[str, int]]) -> list[str]:
+    held = {key.name for key in keyring.data_keys}
     lines = []
     for key in keyring.data_keys:
         per_table = {t: c[key.name] for t, c in counts.items() if c.get(key.name)}
@@ -93,6 +98,16 @@ def _keys_line(keyring: Keyring, counts: dict[str, dict[str, int]]) -> list[str]
     for lookup in keyring.lookup_keys:
         lines.append(f"lookup key {lookup.version}  {lookup.state}  created "
                      f"{lookup.created_at:%Y-%m-%d %H:%M}")
+    for name in sorted({k for c in counts.values() for k in c} - held - {"clear", "broken"}):
+        per_table = {t: c[name] for t, c in counts.items() if c.get(name)}
+        lines.append(f"data key {name}  under a key this keyring lacks: "
+                     f"{sum(per_table.values())} values: "
+                     + ", ".join(f"{t} {n}" for t, n in per_table.items())
+                     + " (left as they are: is this the newest keyring?)")
+    broken = {t: c["broken"] for t, c in counts.items() if c.get("broken")}
+    if broken:
+        lines.append("not of a sealed format (broken): "
+                     + ", ".join(f"{t} {n}" for t, n in broken.items()))
     clear = {t: c["clear"] for t, c in counts.items() if c.get("clear")}
     if clear:
         lines.append("in clear: " + ", ".join(f"{t} {n}" for t, n in clear.items())
@@ -117,18 +132,22 @@ async def _rotate(config: Config, args: argparse.Namespace) -> int:
     path = _path(config)
     engine = await open_database(config)
     try:
-        if not args.resume:
-            sealer = await add_key(engine, path)
-            print(f"added data key {sealer.keyring.current.name} (current); the keys before "
-                  f"it are retiring. Back {path} up again.")
-            if args.add_only:
-                print("re-seal with `data-keys rotate --resume` once every gateway has read "
-                      "the new keyring (a systemd credential: re-encrypt it and restart)")
-                return EXIT_OK
-            print(f"waiting {args.settle:g} s for running gateways to read it")
-            await asyncio.sleep(args.settle)
-        done = await reseal(engine, path, batch=args.batch_size, progress=Progress,
-                            say=lambda line: print(line, file=sys.stderr))
+        async with rotation_lock(engine):
+            if not args.resume:
+                sealer = await add_key(engine, path)
+                print(f"added data key {sealer.keyring.current.name} (current); the keys "
+                      f"before it are retiring. Back {path} up again.")
+                if args.add_only:
+                    print("re-seal with `data-keys rotate --resume` once every gateway has "
+                          "read the new keyring (a systemd credential: re-encrypt it and "
+                          "restart)")
+                    return EXIT_OK
+            done = await reseal(engine, path, batch=args.batch_size, progress=Progress,
+                                say=lambda line: print(line, file=sys.stderr),
+                                settle=args.settle)
+    except (RotationBusy, Laggards) as exc:
+        print(f"data-keys rotate: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     finally:
         await engine.dispose()
     print(f"audit trail: {done.trail}")
@@ -141,6 +160,13 @@ async def _rotate(config: Config, args: argparse.Namespace) -> int:
     if done.broken:
         print(f"{done.broken} values did not open and were left as they are (see "
               "`data-keys status`)", file=sys.stderr)
+    for name, count in done.unknown.items():
+        print(f"{count} values are sealed under data key {name}, which this keyring lacks: "
+              "left as they are (is this the newest keyring?)", file=sys.stderr)
+    if done.clear:
+        print(f"{done.clear} values are in clear and were left as they are (`db upgrade` "
+              "seals them)", file=sys.stderr)
     for line in _keys_line(await asyncio.to_thread(load_keyring, path), done.counts):
         print(line)
-    return EXIT_FAILURE if done.left or done.broken else EXIT_OK
+    return EXIT_FAILURE if done.left or done.broken or done.unknown or done.clear \
+        else EXIT_OK

@@ -9,6 +9,11 @@ that does not load, or that has lost a data key the daemon holds, is refused wit
 and the daemon goes on with the keys it has: dropping a key would make what it sealed
 unreadable. A keyring from a systemd credential is a copy made at the service's start: it
 changes only with a restart (docs/encryption.md).
+
+Given a ``process`` name, the watch also says in the database which data key this process
+seals under (``gateway.store.key_holders``): when it starts, when it reloads, and every
+``HEARTBEAT`` seconds, so that ``data-keys rotate`` knows when every running process has the
+new key. A value sealed under a key the process lacks makes its stage call ``reload_for``.
 """
 
 from __future__ import annotations
@@ -20,8 +25,8 @@ from pathlib import Path
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.store.key_holders import HEARTBEAT, forget_heartbeat, heartbeat, refresh
 from gateway.store.sealed import sealer_of
-from gateway.store.sealing import KeyringError, load_keyring
 
 log = structlog.get_logger("gateway.keyring")
 
@@ -40,23 +45,50 @@ def _stamp(path: Path) -> tuple[int, int, int] | None:
 class KeyringWatch:
     """A service (``run``/``stop``) that rebinds the engine's sealer when the file changes."""
 
-    def __init__(self, path: Path, engine: AsyncEngine, *, interval: float = INTERVAL) -> None:
+    def __init__(self, path: Path, engine: AsyncEngine, *, interval: float = INTERVAL,
+                 process: str | None = None, heartbeat_every: float = HEARTBEAT) -> None:
         self.path = path
         self._engine = engine
         self._interval = interval
+        self._process = process
+        self._heartbeat_every = heartbeat_every
         self._seen: tuple[int, int, int] | None = None
         self._stopping = asyncio.Event()
 
     async def run(self) -> None:
         self._seen = await asyncio.to_thread(_stamp, self.path)
-        while not self._stopping.is_set():
-            try:
-                await asyncio.wait_for(self._stopping.wait(), self._interval)
-            except TimeoutError:
-                await self.check()
+        loop = asyncio.get_running_loop()
+        await self.beat()
+        last_beat = loop.time()
+        try:
+            while not self._stopping.is_set():
+                try:
+                    await asyncio.wait_for(self._stopping.wait(), self._interval)
+                except TimeoutError:
+                    if await self.check():
+                        last_beat = loop.time()
+                    elif loop.time() - last_beat >= self._heartbeat_every:
+                        await self.beat()
+                        last_beat = loop.time()
+        finally:
+            if self._process is not None:
+                try:
+                    await forget_heartbeat(self._engine, self._process)
+                except Exception as exc:  # the database may be gone: it only goes stale
+                    log.warning("keyring.heartbeat_failed", error=type(exc).__name__)
 
     async def stop(self) -> None:
         self._stopping.set()
+
+    async def beat(self) -> None:
+        """Say in the database which data key this process seals under (if it has a name)."""
+        if self._process is None:
+            return
+        try:
+            await heartbeat(self._engine, self._process,
+                            sealer_of(self._engine).keyring.current.name)
+        except Exception as exc:  # a busy database: the next beat says it
+            log.warning("keyring.heartbeat_failed", error=type(exc).__name__)
 
     async def check(self) -> bool:
         """Read the keyring again if the file changed; whether a new one is now bound."""
@@ -64,23 +96,12 @@ class KeyringWatch:
         if stamp is None or stamp == self._seen:
             return False
         self._seen = stamp
-        try:
-            keyring = await asyncio.to_thread(load_keyring, self.path)
-        except KeyringError as exc:
-            log.error("keyring.reload_refused", path=str(self.path), reason=str(exc))
+        sealer = sealer_of(self._engine)
+        was = sealer.keyring.current
+        if not await asyncio.to_thread(refresh, sealer, self.path):
             return False
-        held = sealer_of(self._engine).keyring
-        lost = sorted(k.name for k in held.data_keys
-                      if (same := keyring.data_key(k.id)) is None or same.secret != k.secret)
-        lost_lookup = {k.version for k in held.lookup_keys} - \
-            {k.version for k in keyring.lookup_keys}
-        if lost or lost_lookup:
-            log.error("keyring.reload_refused", path=str(self.path),
-                      reason="the new keyring lacks (or changed) keys the running one holds",
-                      data_keys=lost, lookup_keys=sorted(lost_lookup))
-            return False
-        sealer_of(self._engine).reload(keyring)  # in place: every holder of it follows
-        if keyring.current.id != held.current.id:
-            log.info("keyring.reloaded", path=str(self.path), current=keyring.current.name,
-                     was=held.current.name)
+        if sealer.keyring.current.id != was.id:
+            log.info("keyring.reloaded", path=str(self.path),
+                     current=sealer.keyring.current.name, was=was.name)
+        await self.beat()
         return True

@@ -39,9 +39,10 @@ from sqlalchemy.exc import StatementError
 from gateway.store import leases
 from gateway.store.backend import WriteBackend
 from gateway.store.errors import retryable
+from gateway.store.key_holders import KEY_WAIT, KeyWaits, open_or_reload
 from gateway.store.polling import PollingStage
 from gateway.store.sealed import open_value, seal_values
-from gateway.store.sealing import SealBroken, Sealer
+from gateway.store.sealing import SealBroken, Sealer, UnknownKey
 from gateway.store.tables import submissions
 from intake.cases import Filing, ReportedUrl
 from intake.encrypted import Decrypt, NotForUs, decrypted_message
@@ -182,10 +183,16 @@ def normalise_web(raw: bytes) -> Normalised:
 
 def _normalise(claimed: _Claimed, sealer: Sealer, decrypt: Decrypt | None = None
                ) -> Normalised:
+    """``UnknownKey`` when the raw message is under a key this process lacks even after
+    reading its keyring again (a rotation under way elsewhere): not damage, tried later."""
     if claimed.raw is None:
         return Normalised(error="raw message no longer stored")
+    stored = claimed.raw
     try:
-        raw = open_value(sealer, submissions.c.raw, claimed.id, claimed.raw)
+        raw = open_or_reload(sealer, lambda: open_value(sealer, submissions.c.raw, claimed.id,
+                                                        stored))
+    except UnknownKey:
+        raise
     except SealBroken as exc:  # altered or copied in: the message names the record, not the value
         return Normalised(error=f"sealed: {exc}")
     if claimed.channel == "smtp":
@@ -220,12 +227,17 @@ def _outcome(claimed: _Claimed, result: Normalised, sealer: Sealer) -> dict[str,
 
 
 def _normalise_all(batch: Sequence[_Claimed], sealer: Sealer, decrypt: Decrypt | None = None
-                   ) -> list[tuple[Normalised, dict[str, Any]]]:
+                   ) -> list[tuple[Normalised, dict[str, Any]] | UnknownKey]:
     """Each submission opened, parsed, and its outcome sealed (in the executor: a raw
-    message and a report's text are too large to seal or open on the event loop)."""
-    results = []
+    message and a report's text are too large to seal or open on the event loop); in place
+    of one under a key this process lacks, that ``UnknownKey``."""
+    results: list[tuple[Normalised, dict[str, Any]] | UnknownKey] = []
     for claimed in batch:
-        result = _normalise(claimed, sealer, decrypt)
+        try:
+            result = _normalise(claimed, sealer, decrypt)
+        except UnknownKey as exc:
+            results.append(exc)
+            continue
         results.append((result, _outcome(claimed, result, sealer)))
     return results
 
@@ -267,6 +279,8 @@ class NormaliseStage(PollingStage):
         self.on_filed: Callable[[], None] | None = None
         self.processed = 0
         self.failed = 0
+        #: Submissions put off because their message is under a key this process lacks.
+        self.key_waits = KeyWaits("normalise")
 
     async def release(self) -> int:
         """Hand back every unprocessed submission this worker has claimed; how many."""
@@ -298,8 +312,20 @@ class NormaliseStage(PollingStage):
         # One executor call per batch: each hand-off between threads costs a GIL switch.
         results = await loop.run_in_executor(
             self._executor, partial(_normalise_all, claimed, self._sealer, self._decrypt))
-        pairs = [(item, result, outcome)
-                 for item, (result, outcome) in zip(claimed, results, strict=True)]
+        pairs = []
+        later: list[tuple[_Claimed, UnknownKey]] = []
+        for item, done in zip(claimed, results, strict=True):
+            if isinstance(done, UnknownKey):
+                later.append((item, done))
+            else:
+                pairs.append((item, *done))
+                self.key_waits.done(item.id)
+        if later:  # not damaged: under a key a rotation elsewhere added; tried again later
+            await self._backend.transaction(partial(
+                leases.put_off, table=submissions, worker=self._worker,
+                ids=[item.id for item, _ in later], until=self._clock() + KEY_WAIT))
+            for item, error in later:
+                self.key_waits.met(item.id, error, self._clock())
         applied = 0
         start = 0
         while start < len(pairs):

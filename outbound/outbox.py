@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -170,11 +171,11 @@ class OutboxStage(PollingStage):
             log.info("outbox.sent", **fields)
         elif outcome == "deferred":
             self.deferred += 1
-            log.warning("outbox.deferred", detail=detail, **fields)
+            log.warning("outbox.deferred", **answer_fields(detail), **fields)
         else:
             self.failed += 1
             # An alert: a referral that did not reach the police or a partner hotline.
-            log.error("outbox.failed", detail=detail, **fields)
+            log.error("outbox.failed", **answer_fields(detail), **fields)
 
     def _file(self, conn: Connection, *, item: OutboxItem, outcome: str, detail: str,
               now: datetime) -> None:
@@ -234,6 +235,30 @@ class OutboxStage(PollingStage):
             leases.release, table=outbox, worker=self._worker,
             where=outbox.c.status == "pending"))
 
+
+
+_EXPIRED = "not delivered within max_attempt_age: "
+_SMTP_ANSWER = re.compile(r"([2-5]\d\d)(?: ([245])\.\d{1,3}\.\d{1,3}\b)?")
+_ERROR_NAME = re.compile(r"([A-Za-z_][A-Za-z0-9_]{0,60}):")
+
+
+def answer_fields(detail: str) -> dict[str, Any]:
+    """What a log line may say of an upstream's answer: the SMTP code and the class of its
+    enhanced status code (RFC 3463), or the kind of error; never the text, which can name
+    hosts and addresses (it is sealed in ``outbox.last_error``)."""
+    fields: dict[str, Any] = {}
+    if detail.startswith(_EXPIRED):
+        fields["expired"] = True
+        detail = detail[len(_EXPIRED):]
+    if smtp := _SMTP_ANSWER.match(detail):
+        fields["smtp_code"] = int(smtp[1])
+        if smtp[2]:
+            fields["enhanced_class"] = smtp[2]
+    elif error := _ERROR_NAME.match(detail):
+        fields["error"] = error[1]
+    else:
+        fields["error"] = "other"
+    return fields
 
 
 class NotRetryable(Conflict):

@@ -20,6 +20,7 @@ whose URL does not open (``SealBroken``), as ``hold-damaged``: the others go on.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from gateway.store import leases
 from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
 from gateway.store.ids import uuid7
+from gateway.store.key_holders import KEY_WAIT, KeyWaits, reload_for, unknown_key
 from gateway.store.polling import PollingStage
 from gateway.store.sealed import open_value, sealer_of
 from gateway.store.tables import case_reports, cases, outbox, referrals, submissions
@@ -106,6 +108,8 @@ class ReferStage(PollingStage):
         super().__init__(idle_poll=idle_poll)
         self._clock = clock
         self.routed = 0
+        #: Cases put off because a value is under a key this process lacks.
+        self.key_waits = KeyWaits("refer")
 
     def reconfigure(self, config: ReferSettings, members: MembershipList) -> None:
         """New destinations, keys and membership (a reload): used from the next case on."""
@@ -120,8 +124,16 @@ class ReferStage(PollingStage):
             key_retry=self._key_retry))
         for case_id, status in claimed:
             try:
-                await self._route(case_id, status)
+                await self._route_reloading(case_id, status)
             except Exception as exc:  # one case's failure must not stop the others
+                if (unknown := unknown_key(exc)) is not None:
+                    # Under a key a rotation elsewhere added, not yet in this process's
+                    # keyring even read again: not damaged, routed later.
+                    await self._backend.transaction(partial(
+                        leases.put_off, table=cases, worker=self._worker, ids=[case_id],
+                        until=self._clock() + KEY_WAIT))
+                    self.key_waits.met(case_id, unknown, self._clock())
+                    continue
                 log.error("refer.case_failed", case_id=str(case_id),
                           error_type=type(exc).__name__)
                 try:
@@ -132,6 +144,22 @@ class ReferStage(PollingStage):
                 except Exception:
                     await self.release(case_id)
         return len(claimed)
+
+    async def _route_reloading(self, case_id: uuid.UUID, status: str) -> None:
+        """``_route``; once more if it met a key this process lacks and the keyring, read
+        again at once, now has it."""
+        try:
+            await self._route(case_id, status)
+        except Exception as exc:
+            unknown = unknown_key(exc)
+            if unknown is None or not await asyncio.to_thread(
+                    reload_for, sealer_of(self._engine), unknown):
+                raise
+        else:
+            self.key_waits.done(case_id)
+            return
+        await self._route(case_id, status)
+        self.key_waits.done(case_id)
 
     async def _route(self, case_id: uuid.UUID, status: str) -> None:
         # One configuration for the whole case, even if a reload comes while it is routed.

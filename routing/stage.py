@@ -33,10 +33,11 @@ from gateway.store.backend import WriteBackend
 from gateway.store.case_urls import open_case_marked, open_case_urls
 from gateway.store.errors import Conflict, NotAllowed, NotFound
 from gateway.store.ids import uuid7
+from gateway.store.key_holders import KEY_WAIT, KeyWaits, open_or_reload
 from gateway.store.lifecycle import Actor, CaseChanged, audit_batch, move, sources
 from gateway.store.polling import PollingStage, retry_delay
 from gateway.store.sealed import seal_value, seal_values, sealer_of
-from gateway.store.sealing import Sealer
+from gateway.store.sealing import SealBroken, Sealer, UnknownKey
 from gateway.store.tables import cases, hosting_evidence
 from routing.locate import HostingEvidence, Locator, host_of
 
@@ -118,6 +119,10 @@ class LocateStage(PollingStage):
         self._done: list[tuple[_Claimed, HostingEvidence]] = []
         self.located = 0
         self.failed = 0
+        #: Cases put off because their URL is under a key this process lacks (a rotation
+        #: under way elsewhere): tried again later, not failed.
+        self.key_waits = KeyWaits("locate")
+        self._put_off: list[tuple[uuid.UUID, UnknownKey]] = []
 
     def retry_delay(self, attempts: int) -> timedelta:
         """How long after its ``attempts``-th failure a case is tried again."""
@@ -223,8 +228,14 @@ class LocateStage(PollingStage):
         if limit <= 0:
             return []
         now = self._clock()
-        return await self._backend.transaction(
+        claimed = await self._backend.transaction(
             partial(self._claim_rows, now=now, until=now + self._lease, limit=limit))
+        put_off, self._put_off = self._put_off, []
+        for case_id, error in put_off:  # logged here: _claim_rows runs in the database thread
+            self.key_waits.met(case_id, error, now)
+        for item in claimed:
+            self.key_waits.done(item.id)
+        return claimed
 
     def _claim_rows(
         self, conn: Connection, *, now: datetime, until: datetime, limit: int
@@ -238,13 +249,27 @@ class LocateStage(PollingStage):
             order_by=cases.c.first_reported, limit=limit, returning=columns)
         sealer = sealer_of(conn)
         claimed = []
+        later: list[tuple[uuid.UUID, UnknownKey]] = []
         for row in rows:
-            # A URL that does not open fails that case's lookup, saying so; the others go on.
-            opened, damaged = open_case_marked(
-                sealer, {column.name: value for column, value in zip(columns, row, strict=True)})
+            values = {column.name: value for column, value in zip(columns, row, strict=True)}
+            # A URL under a key this process lacks even after reading the keyring again is
+            # put off (a rotation under way elsewhere), not failed.
+            damaged: list[str] = []
+            try:
+                opened = open_or_reload(sealer, partial(open_case_urls, sealer, values))
+            except UnknownKey as exc:
+                later.append((values["id"], exc))
+                continue
+            except SealBroken:
+                # A URL that does not open fails that case's lookup, saying so; the others go.
+                opened, damaged = open_case_marked(sealer, values)
             claimed.append(_Claimed(opened.id, opened.canonical_url, opened.locate_attempts,
                                     opened.status, opened.url_key,
                                     "; ".join(damaged) if damaged else None))
+        if later:
+            leases.put_off(conn, cases, worker=self._worker, ids=[i for i, _ in later],
+                           until=now + KEY_WAIT)
+            self._put_off.extend(later)
         return claimed
 
     def _apply(
@@ -322,7 +347,9 @@ async def relocate(
             select(cases.c.id, cases.c.kind, cases.c.canonical_url, cases.c.status)
             .where(cases.c.id == case_id)
         ).first()
-        return None if row is None else open_case_urls(sealer_of(conn), row)
+        sealer = sealer_of(conn)
+        return None if row is None else open_or_reload(sealer,
+                                                       lambda: open_case_urls(sealer, row))
 
     row = await backend.transaction(read)
     if row is None:

@@ -45,3 +45,14 @@ def release(conn: Connection, table: Table, *, worker: str,
     mine = and_(table.c.claimed_by == worker, where if where is not None else true())
     return int(conn.execute(
         update(table).where(mine).values(claimed_by=None, claimed_until=None)).rowcount)
+
+
+def put_off(conn: Connection, table: Table, *, worker: str, ids: Sequence[Any],
+            until: datetime) -> int:
+    """Hand back the rows ``ids`` that ``worker`` holds, to be taken again (by any worker)
+    only from ``until`` on: a row that cannot be worked on yet, but is not damaged."""
+    if not ids:
+        return 0
+    mine = and_(table.c.claimed_by == worker, table.c.id.in_(list(ids)))
+    return int(conn.execute(
+        update(table).where(mine).values(claimed_by=None, claimed_until=until)).rowcount)

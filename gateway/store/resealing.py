@@ -107,10 +107,15 @@ class Stopped(Exception):
 
 @dataclass
 class PassReport:
-    """What a pass did, per table: values sealed or re-sealed, and values that did not open."""
+    """What a pass did, per table: values sealed or re-sealed, values that did not open, values
+    under a key the keyring lacks, and values in clear a rotation left."""
 
     changed: dict[str, int] = field(default_factory=dict)
     broken: dict[str, int] = field(default_factory=dict)
+    #: Well-formed sealed values under a key the pass's keyring lacks, left as they are.
+    unknown: dict[str, int] = field(default_factory=dict)
+    #: Values in clear a rotation left as they are (``db upgrade`` seals them).
+    clear: dict[str, int] = field(default_factory=dict)
     trail: str = ""
 
     @property
@@ -134,33 +139,58 @@ def trail_sealer() -> Callable[..., Any] | None:
 # --- one value -------------------------------------------------------------------------------
 
 
-def key_named(sealer: Sealer, stored: Any, kind: Kind) -> str | None:
-    """The key a stored value is sealed under (its id, eight hex digits), or None when the
-    value is not sealed: not of a sealed form, or naming a key this keyring does not hold (the
-    check value has already shown the keyring is the database's)."""
+#: What a stored value is, for a pass: ``clear`` (not of a sealed form: only ``db upgrade``
+#: seals it), ``sealed`` (under a key of the keyring), ``unknown`` (a well-formed sealed value
+#: under a key this keyring lacks: another process may hold a newer keyring; left alone) and
+#: ``malformed`` (claims the sealed form, ``hgs:``, but is not one: left alone, broken).
+Form = str
+
+
+def classify(sealer: Sealer, stored: Any, kind: Kind) -> tuple[Form, str | None]:
+    """(what ``stored`` is, the key id its header names when it has one). Bytes are sealed
+    when they carry a version-1 header and are long enough; text and JSON when they start
+    with ``hgs:``: such a value is never taken for one in clear."""
     if kind == "bytes":
         if not isinstance(stored, (bytes, bytearray, memoryview)):
-            return None
+            return "clear", None
     elif not isinstance(stored, str) or not stored.startswith(TEXT_PREFIX):
-        return None
+        return "clear", None
     try:
         name = sealer.key_of(stored)
     except FormatBroken:
-        return None
-    return name if sealer.keyring.data_key(bytes.fromhex(name)) is not None else None
+        return ("clear", None) if kind == "bytes" else ("malformed", None)
+    if sealer.keyring.data_key(bytes.fromhex(name)) is None:
+        return "unknown", name
+    return "sealed", name
+
+
+def key_named(sealer: Sealer, stored: Any, kind: Kind) -> str | None:
+    """The key a stored value is sealed under (its id, eight hex digits) when this keyring
+    holds it; None otherwise (``classify`` tells clear from sealed under a key it lacks)."""
+    form, name = classify(sealer, stored, kind)
+    return name if form == "sealed" else None
 
 
 def _reseal(sealer: Sealer, table: Table, column: str, kind: Kind, record: object,
-            stored: Any) -> tuple[str, Any]:
-    """(``keep``, ``seal`` or ``broken``, the value to store) for one value."""
+            stored: Any, *, seal_clear: bool = True) -> tuple[str, Any]:
+    """(``keep``, ``seal``, ``clear``, ``unknown`` or ``broken``, the value to store) for one
+    value. A value in clear is sealed only with ``seal_clear`` (``db upgrade``; a rotation
+    counts it as ``clear`` and leaves it); one under a key the keyring lacks is left as it
+    is (``unknown``): sealing it again would hide a ciphertext inside another."""
     if stored is None:
         return "keep", None
-    key = key_named(sealer, stored, kind)
+    form, key = classify(sealer, stored, kind)
+    if form == "unknown":
+        return "unknown", stored
+    if form == "malformed":
+        return "broken", stored
     current = sealer.keyring.current.name
     if key == current:
         return "keep", stored
     target = table.c[column]
-    if key is None:  # in clear, as an older release wrote it
+    if form == "clear":  # as an older release wrote it
+        if not seal_clear:
+            return "clear", stored
         if kind == "bytes":
             stored = bytes(stored)
         return "seal", seal_value(sealer, target, record, stored)
@@ -206,18 +236,20 @@ def _in_clear(sealer: Sealer, table: Table, record: object, values: Any,
     for name in names:
         stored = values[name]
         kind = kinds.get(name)
-        if kind is not None and key_named(sealer, stored, kind) is not None:
+        if kind is not None and stored is not None and \
+                classify(sealer, stored, kind)[0] != "clear":
             stored = open_value(sealer, table.c[name], record, stored)
         clear[name] = stored
     return clear
 
 
 def run_batch(conn: Connection, sealer: Sealer, table: Table, after: Any, limit: int,
-              report: PassReport, keep_clear: frozenset[str] = frozenset()
-              ) -> tuple[Any, int]:
+              report: PassReport, keep_clear: frozenset[str] = frozenset(),
+              *, seal_clear: bool = True) -> tuple[Any, int]:
     """Seal (or re-seal) the next ``limit`` rows of ``table`` after ``after``, in the caller's
     write transaction: (the last primary key seen, rows seen). Columns in ``keep_clear`` are
-    re-sealed when sealed, but left alone in clear (the trail's: ``seal_trail`` seals them)."""
+    re-sealed when sealed, but left alone in clear (the trail's: ``seal_trail`` seals them);
+    without ``seal_clear`` (a rotation) no value in clear is sealed."""
     primary = _primary(table)
     kinds = SEALED[table.name]
     lookups = LOOKUPS.get(table.name, {})
@@ -235,13 +267,15 @@ def run_batch(conn: Connection, sealer: Sealer, table: Table, after: Any, limit:
         values = row._mapping
         changes: dict[str, Any] = {}
         for name, kind in kinds.items():
-            if name in keep_clear and key_named(sealer, values[name], kind) is None:
+            if name in keep_clear and classify(sealer, values[name], kind)[0] == "clear":
                 continue
-            outcome, value = _reseal(sealer, table, name, kind, record, values[name])
+            outcome, value = _reseal(sealer, table, name, kind, record, values[name],
+                                     seal_clear=seal_clear)
             if outcome == "seal":
                 changes[name] = value
-            elif outcome == "broken":
-                report.broken[table.name] = report.broken.get(table.name, 0) + 1
+            elif outcome in ("broken", "unknown", "clear"):
+                tally = getattr(report, outcome)
+                tally[table.name] = tally.get(table.name, 0) + 1
         for name, lookup in lookups.items():
             old = values[name]
             if isinstance(old, str) and _OLD_HASH.fullmatch(old):
@@ -270,10 +304,11 @@ def run_batch(conn: Connection, sealer: Sealer, table: Table, after: Any, limit:
 
 async def seal_pass(engine: AsyncEngine, sealer: Sealer, *, run: str, batch: int = BATCH,
                     progress: Progress | None = None, stop_after: int | None = None,
-                    trail: bool = False) -> PassReport:
+                    trail: bool = False, seal_clear: bool = True) -> PassReport:
     """Every table of ``SEALED`` sealed under ``sealer``'s current key, from the cursors
     ``<run>:<table>`` on; with ``trail``, the audit trail's sealed details re-sealed too (a
-    rotation; its plain ones are ``seal_the_trail``'s). ``Stopped`` after ``stop_after``
+    rotation; its plain ones are ``seal_the_trail``'s); without ``seal_clear`` (a rotation)
+    values in clear are counted, not sealed. ``Stopped`` after ``stop_after``
     batches (tests). The cursors stay when done (``forget_run`` clears them), so a finished
     table is not walked again by a resumed pass."""
     progress = progress or _Quiet()
@@ -304,7 +339,7 @@ async def seal_pass(engine: AsyncEngine, sealer: Sealer, *, run: str, batch: int
                              name: str = name, table: Table = table,
                              keep_clear: frozenset[str] = keep_clear) -> tuple[Any, int]:
                         last, seen = run_batch(sync, sealer, table, after, batch, report,
-                                               keep_clear)
+                                               keep_clear, seal_clear=seal_clear)
                         state.update(after=None if last is None else str(last),
                                      done=seen < batch, seen=state["seen"] + seen)
                         sealing_state.write(sync, name, json.dumps(state))
@@ -387,8 +422,10 @@ async def forget_run(engine: AsyncEngine, run: str) -> None:
 
 async def count_by_key(engine: AsyncEngine, sealer: Sealer, *, chunk: int = 2000
                        ) -> dict[str, dict[str, int]]:
-    """table -> {key id, or ``clear`` for values not sealed: count}, reading every sealed
-    value (no value is opened; the key id is in its header)."""
+    """table -> {key id, ``clear`` for values not sealed, or ``broken`` for values that claim
+    the sealed form but are not one: count}, reading every sealed value (no value is opened;
+    the key id is in its header). A key id the keyring lacks is counted under its id too:
+    ``unknown_keys`` tells them apart."""
     counts: dict[str, dict[str, int]] = {}
     for table in sealed_tables(with_trail=True):
         primary = _primary(table)
@@ -406,9 +443,23 @@ async def count_by_key(engine: AsyncEngine, sealer: Sealer, *, chunk: int = 2000
                     stored = row._mapping[name]
                     if stored is None:
                         continue
-                    key = key_named(sealer, stored, kind) or "clear"
+                    form, key = classify(sealer, stored, kind)
+                    if form == "clear" or form == "malformed":
+                        key = "clear" if form == "clear" else "broken"
+                    assert key is not None
                     per_key[key] = per_key.get(key, 0) + 1
             if len(rows) < chunk:
                 break
             after = rows[-1][0]
     return counts
+
+
+def unknown_keys(sealer: Sealer, counts: Mapping[str, Mapping[str, int]]) -> dict[str, int]:
+    """key id -> values sealed under it, for the keys of ``counts`` this keyring lacks."""
+    held = {key.name for key in sealer.keyring.data_keys}
+    lacking: dict[str, int] = {}
+    for per_key in counts.values():
+        for key, count in per_key.items():
+            if key not in held and key not in ("clear", "broken"):
+                lacking[key] = lacking.get(key, 0) + count
+    return lacking

@@ -184,3 +184,29 @@ async def test_a_broken_error_is_named_and_the_other_referrals_are_served(
     assert f"<{HOST}>" in two["error"]
     assert f"<{HOST}>" in three["error"] and f"<{HOST}>" in three["outbox"]["last_error"]
     assert f"<{HOST}>" in listed[2]["referrals"][0]["error"]
+
+
+async def test_the_log_says_the_code_of_an_answer_never_its_text(
+    backend: WriteBackend, mta: FakeMta, tmp_path: Path
+) -> None:
+    """The upstream's answer names hosts and addresses and is sealed in the database: the
+    log line of a failed or deferred delivery gives its SMTP code and the class of its
+    enhanced status code, or the kind of error, and never the text."""
+    from structlog.testing import capture_logs
+
+    from outbound.outbox import answer_fields
+
+    await queue(backend, 1)
+    with capture_logs() as logs:
+        await refused_by_upstream(backend, mta, tmp_path)
+    [failed] = [e for e in logs if e["event"] == "outbox.failed"]
+    assert failed["smtp_code"] == 504 and failed["enhanced_class"] == "5"
+    assert "detail" not in failed
+    assert HOST not in repr(logs)
+    assert answer_fields("451 4.7.1 greylisted by mx.partner.test") == {
+        "smtp_code": 451, "enhanced_class": "4"}
+    assert answer_fields("not delivered within max_attempt_age: 421 try later at 10.0.0.9") \
+        == {"expired": True, "smtp_code": 421}
+    assert answer_fields("ConnectionRefusedError: [Errno 111] Connect call failed "
+                         "('10.0.0.9', 25)") == {"error": "ConnectionRefusedError"}
+    assert answer_fields("encrypted to a key no longer usable: A" * 2) == {"error": "other"}

@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
+
+import pytest
+from sqlalchemy import select
+from structlog.testing import capture_logs
 
 from gateway.app import Gateway
 from gateway.console.accounts import create_token, utcnow
@@ -67,3 +72,59 @@ async def test_a_damaged_case_is_held_and_the_one_beside_it_is_referred(
     _, document, _ = await asyncio.to_thread(open_referral, keys, received)
     assert document["case"]["id"] == good
     assert (document["case"]["url"], document["case"]["canonical_url"]) == (FINE, FINE)
+
+
+async def test_a_case_under_a_key_routing_lacks_waits_and_is_referred_once_it_has_it(
+    start: Start, keys: Keys, mta: FakeMta, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A case whose URL another process sealed under a key this daemon's keyring lacks (a
+    rotation elsewhere) is not held as damaged: routing puts it off, saying so, and refers it
+    once the keyring file has the key."""
+    import shutil
+
+    from gateway.store.sealed import seal_value, sealer_of
+    from gateway.store.sealing import Sealer, add_data_key, load_keyring
+    from outbound import refer
+
+    monkeypatch.setattr(refer, "KEY_WAIT", timedelta(milliseconds=300))
+    gw = await start(**referral_config(keys, mta, tmp_path))
+    backend = gw.console.context.backend
+    await ready_user(backend, "ana")
+    token = await create_token(backend, "ana", now=utcnow())
+    case_id = await file_case(gw, f"Please look at {FINE}", "fine-y2k7")
+    path = Path(sealer_of(gw.engine).keyring.source)
+    newer_path = tmp_path / "newer.json"
+
+    def newer_keyring() -> Sealer:
+        shutil.copy(path, newer_path)
+        newer_path.chmod(0o600)
+        add_data_key(newer_path)
+        return Sealer(load_keyring(newer_path))
+
+    newer = await asyncio.to_thread(newer_keyring)
+    record = uuid.UUID(case_id)
+    for column in ("url", "canonical_url"):
+        await store_raw(gw.engine, cases, column, record,
+                        seal_value(newer, cases.c[column], record, FINE))
+    with capture_logs() as logs:
+        await api(gw, "POST", f"/api/v1/cases/{case_id}/assessment", token,
+                  {"verdict": "illegal", "classification": "baseline"})
+        async with asyncio.timeout(30):
+            while gw.refer.key_waits.count < 2:
+                await asyncio.sleep(0.05)
+    async with gw.engine.connect() as conn:
+        status, hold = (await conn.execute(select(cases.c.status, cases.c.hold_reason)
+                                           .where(cases.c.id == record))).one()
+    assert status == "assessed" and hold is None
+    waits = [e for e in logs if e["event"] == "refer.key_unknown"]
+    assert waits and waits[0]["record"] == case_id
+    assert waits[0]["key"] == newer.keyring.current.name and "y2k7" not in repr(waits)
+    await asyncio.to_thread(shutil.copy, newer_path, path)  # the rotated keyring in place
+    async with asyncio.timeout(30):  # read by the stage's next attempt, or the keyring watch
+        while sealer_of(gw.engine).keyring.data_key(newer.keyring.current.id) is None:
+            await asyncio.sleep(0.05)
+    await settle(gw, case_id, "referred")
+    [received] = await mta.wait_for(1)
+    _, document, _ = await asyncio.to_thread(open_referral, keys, received)
+    assert document["case"]["url"] == FINE
