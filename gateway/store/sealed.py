@@ -28,6 +28,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.store.sealing import SealContext, Sealer, armor
+from gateway.store.sealing.cipher import context_data, json_plaintext
 from gateway.store.tables import metadata
 
 Kind = Literal["text", "bytes", "json"]
@@ -110,10 +111,37 @@ def _context(column: Column[Any], record: object) -> SealContext:
     return SealContext(column.table.name, column.name, cast("Any", record))
 
 
+#: id(column) -> (kind, table name, column name) for the schema's sealed columns: the door's
+#: hot path finds them without reading ``Column.info`` (a column is never freed).
+_PLAN: dict[int, tuple[Kind, str, str]] = {
+    id(table.c[name]): (kind, table.name, name)
+    for table in metadata.sorted_tables
+    for name, kind in SEALED.get(table.name, {}).items()
+}
+
+
+#: table name -> {column name: Column} of the sealed columns.
+_COLUMNS: dict[str, dict[str, Column[Any]]] = {
+    table.name: {name: table.c[name] for name in SEALED[table.name]}
+    for table in metadata.sorted_tables if table.name in SEALED
+}
+
+
 def seal_value(sealer: Sealer, column: Column[Any], record: object, value: Any) -> Any:
     """``value`` as ``column`` of ``record`` stores it; None stays None (NULL)."""
     if value is None:
         return None
+    plan = _PLAN.get(id(column))
+    if plan is not None:  # the hot path; the checks and messages below are the same
+        kind, table, name = plan
+        if kind == "bytes" and type(value) is bytes:
+            return sealer.seal_for(context_data(table, name, cast("Any", record)), value)
+        plaintext = (json_plaintext(value) if kind == "json"
+                     else value.encode("utf-8", "surrogatepass") if type(value) is str
+                     else None)
+        if plaintext is not None and kind != "bytes":
+            return armor(sealer.seal_for(context_data(table, name, cast("Any", record)),
+                                         plaintext))
     kind = _kind(column)
     context = _context(column, record)
     if kind == "bytes":
@@ -145,10 +173,10 @@ def seal_values(sealer: Sealer, table: Table, record: object,
                 values: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of ``values`` (column name -> value, for an insert or update of ``record``) with
     each of ``table``'s sealed columns sealed; plain columns are left as they are."""
-    sealed = SEALED.get(table.name, {})
     out = dict(values)
-    for name in sealed.keys() & out.keys():
-        out[name] = seal_value(sealer, table.c[name], record, out[name])
+    for name, column in _COLUMNS.get(table.name, {}).items():
+        if name in out:
+            out[name] = seal_value(sealer, column, record, out[name])
     return out
 
 

@@ -10,6 +10,7 @@ import threading
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 from gateway import config as config_module
 from gateway.config import ConfigError
 from gateway.store.errors import GatewayError
+from gateway.store.sealed import SEALED, open_value, seal_value
 from gateway.store.sealing import (
     TEXT_PREFIX,
     FormatBroken,
@@ -36,6 +38,7 @@ from gateway.store.sealing import (
     load_keyring,
 )
 from gateway.store.sealing.cipher import OVERHEAD
+from gateway.store.tables import metadata
 
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
 SEALER = Sealer(Keyring.generate(NOW))
@@ -381,3 +384,27 @@ def test_the_data_section_names_a_keyring_file_or_a_credential() -> None:
         assert info.value.problems[0].startswith("data.credential: ")
     with pytest.raises(ConfigError, match=r"data\.keyfile: unknown key"):
         config_module.parse({"data": {"keyfile": "x"}}, base=Path("/srv"))
+
+
+@given(st.text(), st.one_of(st.uuids(), st.integers(min_value=0, max_value=2**62)))
+def test_the_door_seals_every_column_as_the_sealer_opens_it(text: str, record: Any) -> None:
+    """``seal_value`` (the door's fast path) against ``Sealer.open`` with a ``SealContext``
+    (the public path): every sealed column, UUID and integer records, any text."""
+    sealer = SEALER
+    for table, columns in SEALED.items():
+        for name, kind in columns.items():
+            column = metadata.tables[table].c[name]
+            context = SealContext(table, name, record)
+            value: Any = (text.encode("utf-8", "surrogatepass") if kind == "bytes"
+                          else [text, {"k": text}] if kind == "json" else text)
+            stored = seal_value(sealer, column, record, value)
+            if kind == "bytes":
+                assert sealer.open(context, stored) == value
+            elif kind == "text":
+                assert sealer.open_text(context, stored) == text
+            else:
+                assert sealer.open_json(context, json.loads(json.dumps(stored))) == value
+            assert open_value(sealer, column, record, stored) == value
+            other = SealContext(table, name, uuid.uuid4())
+            with pytest.raises(SealBroken):
+                sealer.open(other, stored)

@@ -22,8 +22,8 @@ import binascii
 import functools
 import hmac
 import json
+import os
 import re
-import secrets
 import uuid
 from typing import Any
 
@@ -160,6 +160,8 @@ class Sealer:
         self._current = keyring.current
         self._lookup = keyring.current_lookup
         self._ciphers = {key.id: AESGCM(key.secret) for key in keyring.data_keys}
+        # The header and cipher of the current key, swapped as one (``seal_for``).
+        self._sealing = (_header(keyring.current), self._ciphers[keyring.current.id])
 
     def reload(self, keyring: Keyring) -> None:
         """Take ``keyring``'s keys in place of this one's (a rotation added a key). The caller
@@ -169,6 +171,7 @@ class Sealer:
         self._keyring = keyring
         self._lookup = keyring.current_lookup
         self._current = keyring.current
+        self._sealing = (_header(keyring.current), self._ciphers[keyring.current.id])
 
     def __repr__(self) -> str:
         return f"Sealer(current key {self._current.name})"
@@ -186,9 +189,16 @@ class Sealer:
             plaintext = plaintext.encode("utf-8", "surrogatepass")
         return self._seal_with(self._current, context, plaintext)
 
+    def seal_for(self, associated: bytes, plaintext: bytes) -> bytes:
+        """``seal`` of bytes for the context whose associated data is ``associated``
+        (``context_data``): the door's hot path, a few microseconds less per value."""
+        header, cipher = self._sealing
+        nonce = os.urandom(NONCE_BYTES)
+        return header + nonce + cipher.encrypt(nonce, plaintext, header + associated)
+
     def _seal_with(self, key: DataKey, context: SealContext, plaintext: bytes) -> bytes:
-        header = bytes((VERSION,)) + key.id
-        nonce = secrets.token_bytes(NONCE_BYTES)
+        header = _header(key)
+        nonce = os.urandom(NONCE_BYTES)
         body = self._ciphers[key.id].encrypt(nonce, plaintext,
                                              header + context.associated_data())
         return header + nonce + body
@@ -199,8 +209,7 @@ class Sealer:
 
     def seal_json(self, context: SealContext, value: Any) -> bytes:
         """A JSON value sealed (compact JSON, UTF-8); ``open_json`` gives it back."""
-        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-        return self.seal(context, text)
+        return self.seal(context, json_plaintext(value))
 
     # --- opening --------------------------------------------------------------------------
 
@@ -318,6 +327,24 @@ class Sealer:
             source = self._keyring.source or "this keyring"
             raise WrongKeyring(f"{source} is not the keyring of this database: "
                                + "; ".join(problems))
+
+
+def _header(key: DataKey) -> bytes:
+    return bytes((VERSION,)) + key.id
+
+
+def json_plaintext(value: Any) -> bytes:
+    """What ``seal_json`` seals of ``value``: compact JSON, UTF-8."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"),
+                      allow_nan=False).encode("utf-8", "surrogatepass")
+
+
+def context_data(table: str, column: str, record: uuid.UUID | int | str) -> bytes:
+    """``SealContext(table, column, record).associated_data()``, without the object when the
+    record is a UUID (every table's id but the audit trail's)."""
+    if type(record) is uuid.UUID:
+        return _prefix(table, column) + b"u" + record.bytes
+    return SealContext(table, column, record).associated_data()
 
 
 def _check_context(key_name: str) -> SealContext:
