@@ -22,7 +22,7 @@ from typing import Any
 
 from sqlalchemy import Table
 
-from gateway.store.sealed import SEALED, OpenedRow, open_row, open_value, seal_value
+from gateway.store.sealed import SEALED, OpenedRow, open_row, open_value, seal_values
 from gateway.store.sealing import SealBroken, Sealer
 from gateway.store.tables import case_reports, cases
 
@@ -47,16 +47,14 @@ def case_lookup_keys(sealer: Sealer, canonical: str) -> list[str]:
 def seal_case_urls(sealer: Sealer, case_id: uuid.UUID, *, url: str | None,
                    canonical_url: str | None) -> dict[str, Any]:
     """``url`` and ``canonical_url`` as case ``case_id`` stores them."""
-    return {"url": seal_value(sealer, cases.c.url, case_id, url),
-            "canonical_url": seal_value(sealer, cases.c.canonical_url, case_id, canonical_url)}
+    return seal_values(sealer, cases, case_id, {"url": url, "canonical_url": canonical_url})
 
 
 def seal_report_urls(sealer: Sealer, report_id: uuid.UUID, *, written_as: str | None,
                      url: str | None) -> dict[str, Any]:
     """How a reporter wrote a URL, and the URL it means, as case report ``report_id`` stores
     them."""
-    return {"written_as": seal_value(sealer, case_reports.c.written_as, report_id, written_as),
-            "url": seal_value(sealer, case_reports.c.url, report_id, url)}
+    return seal_values(sealer, case_reports, report_id, {"written_as": written_as, "url": url})
 
 
 def open_case_urls(sealer: Sealer, row: Any) -> OpenedRow:

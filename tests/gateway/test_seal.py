@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from gateway import config as config_module
 from gateway.config import ConfigError
 from gateway.store.errors import GatewayError
-from gateway.store.sealed import SEALED, open_value, seal_value
+from gateway.store.sealed import SEALED, open_value, seal_value, seal_values
 from gateway.store.sealing import (
     TEXT_PREFIX,
     FormatBroken,
@@ -388,23 +388,29 @@ def test_the_data_section_names_a_keyring_file_or_a_credential() -> None:
 
 @given(st.text(), st.one_of(st.uuids(), st.integers(min_value=0, max_value=2**62)))
 def test_the_door_seals_every_column_as_the_sealer_opens_it(text: str, record: Any) -> None:
-    """``seal_value`` (the door's fast path) against ``Sealer.open`` with a ``SealContext``
-    (the public path): every sealed column, UUID and integer records, any text."""
+    """``seal_value`` and ``seal_values`` (the door's fast paths) against ``Sealer.open``
+    with a ``SealContext`` (the public path): every sealed column, UUID and integer records,
+    any text."""
     sealer = SEALER
     for table, columns in SEALED.items():
+        values: dict[str, Any] = {
+            name: (text.encode("utf-8", "surrogatepass") if kind == "bytes"
+                   else [text, {"k": text}] if kind == "json" else text)
+            for name, kind in columns.items()}
+        together = seal_values(sealer, metadata.tables[table], record,
+                               {**values, "plain": text})
+        assert together["plain"] == text
         for name, kind in columns.items():
             column = metadata.tables[table].c[name]
             context = SealContext(table, name, record)
-            value: Any = (text.encode("utf-8", "surrogatepass") if kind == "bytes"
-                          else [text, {"k": text}] if kind == "json" else text)
-            stored = seal_value(sealer, column, record, value)
-            if kind == "bytes":
-                assert sealer.open(context, stored) == value
-            elif kind == "text":
-                assert sealer.open_text(context, stored) == text
-            else:
-                assert sealer.open_json(context, json.loads(json.dumps(stored))) == value
-            assert open_value(sealer, column, record, stored) == value
-            other = SealContext(table, name, uuid.uuid4())
-            with pytest.raises(SealBroken):
-                sealer.open(other, stored)
+            value = values[name]
+            for stored in (seal_value(sealer, column, record, value), together[name]):
+                if kind == "bytes":
+                    assert sealer.open(context, stored) == value
+                elif kind == "text":
+                    assert sealer.open_text(context, stored) == text
+                else:
+                    assert sealer.open_json(context, json.loads(json.dumps(stored))) == value
+                assert open_value(sealer, column, record, stored) == value
+                with pytest.raises(SealBroken):
+                    sealer.open(SealContext(table, name, uuid.uuid4()), stored)
