@@ -24,6 +24,7 @@ from gateway import config as config_module
 from gateway.config import Config
 from gateway.database import open_database
 from gateway.store import migrate
+from gateway.store.backend import WriteBackend, open_write_backend
 from gateway.store.sealing import create_keyring
 from tests.dns_server import DnsServer, Zone, free_udp_port
 from tests.locating import build_mmdb, standard_zone
@@ -146,6 +147,14 @@ async def engine(
     finally:
         await eng.dispose()
         await schema.drop()
+
+
+@pytest.fixture
+async def backend(engine: AsyncEngine) -> AsyncIterator[WriteBackend]:
+    """The write backend of ``engine`` (a test module needing other settings defines its own)."""
+    opened = await open_write_backend(engine)
+    yield opened
+    await opened.close()
 
 
 OUR_PACKAGES = ["gateway", "intake", "routing", "outbound"]

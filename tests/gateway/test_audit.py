@@ -9,7 +9,6 @@ import hashlib
 import json
 import secrets
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from functools import partial
 from pathlib import Path
@@ -41,13 +40,6 @@ from tests.trail import opened
 
 BASE = datetime(2026, 11, 28, 10, 0, 0, 123456, tzinfo=UTC)
 CASE = uuid.UUID("0193f000-0000-7000-8000-000000000001")
-
-
-@pytest.fixture
-async def backend(engine: AsyncEngine) -> AsyncIterator[WriteBackend]:
-    opened = await open_write_backend(engine)
-    yield opened
-    await opened.close()
 
 
 def entries(call: int, count: int) -> list[AuditEntry]:

@@ -9,7 +9,6 @@ import asyncio
 import hashlib
 import json
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -58,13 +57,6 @@ ARCHIVE = ReportedUrl("be.test/archive-q8w2e4", "http://be.test/archive-q8w2e4",
 OTHER = ReportedUrl("hxxp://be[.]test/other-z3x5", "http://be.test/other-z3x5",
                     "http://be.test/other-z3x5")
 PLAIN = [SECRET_HOST, "gallery?id=4242", "archive-q8w2e4", "other-z3x5"]
-
-
-@pytest.fixture
-async def backend(engine: AsyncEngine) -> AsyncIterator[WriteBackend]:
-    opened = await open_write_backend(engine)
-    yield opened
-    await opened.close()
 
 
 def report(conn: Connection, n: int, urls: list[ReportedUrl], at: datetime = T0) -> list[

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pyotp
-import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from sqlalchemy import insert, select, update
@@ -29,7 +27,7 @@ from gateway.console.fairgate import FairGate
 from gateway.console.logins import Guard, LoginPolicy, LoginResult, login
 from gateway.console.throttle import SourceThrottle
 from gateway.console.web import build_app, make_console
-from gateway.store.backend import WriteBackend, open_write_backend
+from gateway.store.backend import WriteBackend
 from gateway.store.case_view import UNREADABLE, get_case, list_cases
 from gateway.store.ids import uuid7
 from gateway.store.sealed import open_value, seal_rows, seal_value, sealer_of
@@ -39,13 +37,6 @@ from tests.console_client import StaffClient, code, ready_user
 
 T0 = datetime(2026, 12, 1, 9, tzinfo=UTC)
 NOTE = "seen on note-distinct-host.example, as reporter@note-distinct.example said"
-
-
-@pytest.fixture
-async def backend(engine: AsyncEngine) -> AsyncIterator[WriteBackend]:
-    opened = await open_write_backend(engine)
-    yield opened
-    await opened.close()
 
 
 def at_rest(engine: AsyncEngine) -> bytes:

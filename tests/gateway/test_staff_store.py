@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pyotp
 import pytest
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncEngine
 from structlog.testing import capture_logs
 
 from gateway.config import ConsoleConfig
@@ -29,19 +27,12 @@ from gateway.console.logins import (
 )
 from gateway.console.sessions import SessionStore
 from gateway.console.throttle import SOURCE_BACKOFF, SourceThrottle
-from gateway.store.backend import WriteBackend, open_write_backend
+from gateway.store.backend import WriteBackend
 from gateway.store.errors import Conflict
 from gateway.store.tables import audit_log, staff_sessions, users
 from tests.trail import opened
 
 T0 = datetime(2026, 11, 28, 9, tzinfo=UTC)
-
-
-@pytest.fixture
-async def backend(engine: AsyncEngine) -> AsyncIterator[WriteBackend]:
-    opened = await open_write_backend(engine)
-    yield opened
-    await opened.close()
 
 
 async def test_sessions_end_when_idle_and_when_old(backend: WriteBackend) -> None:

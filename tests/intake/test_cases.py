@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
@@ -54,13 +53,6 @@ def report(
     sub_id = new_submission(conn, n, at)
     return attach_report(conn, submission_id=sub_id, reported_at=at, urls=urls, now=now,
                          legal_window=WINDOW)
-
-
-@pytest.fixture
-async def backend(engine: AsyncEngine) -> AsyncIterator[WriteBackend]:
-    b = await open_write_backend(engine)
-    yield b
-    await b.close()
 
 
 async def test_same_url_from_many_concurrent_transactions_is_one_case(

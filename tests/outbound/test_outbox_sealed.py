@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import pytest
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.store.backend import WriteBackend, open_write_backend
+from gateway.store.backend import WriteBackend
 from gateway.store.case_view import UNREADABLE, get_case, get_referral, list_cases
 from gateway.store.ids import uuid7
 from gateway.store.sealed import open_value, seal_rows, sealer_of
@@ -31,13 +30,6 @@ SECOND = timedelta(seconds=1)
 MESSAGE = b"-----BEGIN PGP MESSAGE-----\r\n\r\nciphertext\r\n-----END PGP MESSAGE-----\r\n"
 #: The EHLO name the upstream names in its refusal (as Postfix does): a host in the error.
 HOST = "relay-distinct-outbox-host"
-
-
-@pytest.fixture
-async def backend(engine: AsyncEngine) -> AsyncIterator[WriteBackend]:
-    opened = await open_write_backend(engine)
-    yield opened
-    await opened.close()
 
 
 async def queue(backend: WriteBackend, count: int) -> list[dict[str, uuid.UUID]]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.app import Gateway
 from gateway.console.accounts import create_token, utcnow
 from gateway.store.audit import verify
-from gateway.store.backend import WriteBackend, open_write_backend
+from gateway.store.backend import WriteBackend
 from gateway.store.case_view import get_case, list_cases
 from gateway.store.sealing import TagMismatch
 from gateway.store.tables import (
@@ -219,13 +218,6 @@ async def test_routing_facts_are_sealed_read_as_before_and_damage_stays_on_its_c
     assert held["decision"]["rule"] == "hold-damaged"
     assert held["decision"]["facts"] == {"error_type": "TagMismatch"}
     assert (await settle(gw, other, "awaiting_iccam"))["decision"]["facts"]["country"] == "US"
-
-
-@pytest.fixture
-async def backend(engine: AsyncEngine) -> AsyncIterator[WriteBackend]:
-    opened = await open_write_backend(engine)
-    yield opened
-    await opened.close()
 
 
 async def test_located_evidence_is_sealed_and_a_copied_value_is_named_on_its_case(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.store.backend import WriteBackend, open_write_backend
+from gateway.store.backend import WriteBackend
 from gateway.store.case_view import get_case, list_cases
 from gateway.store.errors import Conflict
 from gateway.store.ids import uuid7
@@ -26,13 +25,6 @@ from routing.resolve import HostResolver
 from routing.stage import CaseNotFound, LocateStage, relocate
 from tests.dns_server import DnsServer, Zone
 from tests.sealed_cases import case_row
-
-
-@pytest.fixture
-async def backend(engine: AsyncEngine) -> AsyncIterator[WriteBackend]:
-    opened = await open_write_backend(engine)
-    yield opened
-    await opened.close()
 
 
 def make_locator(dns: DnsServer, mmdb: dict[str, Path], timeout: float = 1.0) -> Locator:
