@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import ipaddress
 import urllib.parse
+from datetime import time, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
+    BeforeValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -20,6 +22,8 @@ from pydantic import (
 )
 
 from gateway.config_values import (
+    WEEKDAYS,
+    ClockTime,
     Country,
     CredentialName,
     DatabaseUrl,
@@ -34,17 +38,21 @@ from gateway.config_values import (
     Network,
     OptionalFullyQualified,
     OptionalPath,
+    OptionalPositiveDuration,
     Origin,
     PositiveDuration,
     PositiveInt,
     RpId,
     Seconds,
+    TimeZoneName,
+    Weekday,
 )
 from gateway.store.engine import DatabaseSettings
 from intake.smtp import SmtpSettings
 from intake.web import HttpSettings
 from outbound.transports import OutboundSettings
 from routing import destinations as routes
+from routing.deadlines import BusinessCalendar, DeadlinePolicy
 
 
 class Section(BaseModel):
@@ -290,12 +298,66 @@ class OutboundConfig(Section):
             timeout=self.timeout, helo_name=self.helo_name)
 
 
+def _no_business_days(value: object, info: ValidationInfo) -> object:
+    """With business_hours, a duration in days is refused: "2d" would be 48 business hours
+    (six 8-hour workdays), not the two workdays one would read it as."""
+    if info.data.get("business_hours") is True and isinstance(value, str) \
+            and value.strip().endswith("d"):
+        raise ValueError(f"{value!r}: with business_hours a duration counts working hours, "
+                         "so write it in hours (\"16h\" is two workdays of 09:00-17:00)")
+    return value
+
+
+#: A deadline or reminder interval: off when unset (or "").
+DeadlineDuration = Annotated[OptionalPositiveDuration, BeforeValidator(_no_business_days)]
+
+
 class Destination(Section):
     email: Email
     key: Fingerprint
+    #: The durations below count working hours ([deadlines]) instead of elapsed time.
+    #: (Declared before them: their check reads it.)
+    business_hours: bool = False
+    #: The destination is to acknowledge a referral, and have the content removed, within
+    #: these of its being sent; unset: no such deadline.
+    acknowledge_within: DeadlineDuration = None
+    remove_within: DeadlineDuration = None
+    #: Past a deadline, a reminder at once and then every remind_every, up to max_reminders;
+    #: then a supervisor is told (at once when remind_every is unset or max_reminders is 0).
+    remind_every: DeadlineDuration = None
+    max_reminders: Annotated[int, Field(ge=0, le=100)] = 3
+
+    @model_validator(mode="after")
+    def _deadlines_fit_together(self) -> Destination:
+        if self.acknowledge_within is not None and self.remove_within is not None \
+                and self.remove_within < self.acknowledge_within:
+            raise ValueError("remove_within is shorter than acknowledge_within: content "
+                             "cannot be due for removal before the referral is acknowledged")
+        has_deadline = self.acknowledge_within is not None or self.remove_within is not None
+        for name in ("remind_every", "business_hours"):
+            if name in self.model_fields_set and not has_deadline \
+                    and getattr(self, name) not in (None, False):
+                raise ValueError(f"{name}: set, but neither acknowledge_within nor "
+                                 "remove_within is: there is no deadline to apply it to")
+        if "max_reminders" in self.model_fields_set and self.remind_every is None:
+            raise ValueError("max_reminders: set, but remind_every is not: no reminders go")
+        return self
 
     def settings(self) -> routes.Destination:
         return routes.Destination(email=self.email, key=self.key)
+
+    def deadline_policy(self, calendar: BusinessCalendar | None) -> DeadlinePolicy:
+        """This destination's deadlines; ``calendar`` is what business hours mean, used only
+        when ``business_hours`` is set."""
+        return DeadlinePolicy(
+            acknowledge_within=_timedelta(self.acknowledge_within),
+            remove_within=_timedelta(self.remove_within),
+            remind_every=_timedelta(self.remind_every), max_reminders=self.max_reminders,
+            calendar=calendar if self.business_hours else None)
+
+
+def _timedelta(seconds: float | None) -> timedelta | None:
+    return None if seconds is None else timedelta(seconds=seconds)
 
 
 class RoutingConfig(Section):
@@ -308,6 +370,52 @@ class RoutingConfig(Section):
         return routes.Destinations(
             named={name: d.settings() for name, d in self.destinations.items()},
             hotlines={country: d.settings() for country, d in self.hotlines.items()})
+
+    def uses_business_hours(self) -> bool:
+        return any(d.business_hours for d in (*self.destinations.values(),
+                                              *self.hotlines.values()))
+
+    def deadline_policies(self, calendar: BusinessCalendar | None) -> dict[str, DeadlinePolicy]:
+        """Each destination's deadlines by the name decisions give it (``police``,
+        ``hotline:NL``), for those that have any."""
+        named = {**self.destinations,
+                 **{f"hotline:{country}": d for country, d in self.hotlines.items()}}
+        policies = {name: d.deadline_policy(calendar) for name, d in named.items()}
+        return {name: policy for name, policy in policies.items() if policy.active}
+
+
+def _after_start(value: time, info: ValidationInfo) -> time:
+    start = info.data.get("workday_start")  # absent when itself invalid
+    if start is not None and value <= start:
+        raise ValueError(f"{value:%H:%M} is not after workday_start ({start:%H:%M}): a "
+                         "workday does not run past midnight")
+    return value
+
+
+def _each_once(days: list[str]) -> list[str]:
+    if len(set(days)) != len(days):
+        raise ValueError("a day is named twice")
+    return days
+
+
+class DeadlinesConfig(Section):
+    """What business hours mean, for destinations with ``business_hours = true``: these hours
+    of these weekdays, in this time zone, less ``gateway.home_country``'s public holidays."""
+
+    timezone: TimeZoneName = "Europe/Brussels"
+    workday_start: ClockTime = time(9, 0)
+    workday_end: Annotated[ClockTime, AfterValidator(_after_start)] = Field(
+        default=time(17, 0), validate_default=True)
+    workdays: Annotated[list[Weekday], Field(min_length=1), AfterValidator(_each_once)] = [
+        "mon", "tue", "wed", "thu", "fri"]
+
+    def calendar(self, home_country: str) -> BusinessCalendar:
+        """The business calendar; ``LookupError`` when the holidays library does not know
+        ``home_country``."""
+        return BusinessCalendar.for_country(
+            home_country, timezone=self.timezone, workday_start=self.workday_start,
+            workday_end=self.workday_end,
+            workdays=[WEEKDAYS.index(day) for day in self.workdays])
 
 
 class AssessmentConfig(Section):

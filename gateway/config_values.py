@@ -8,8 +8,10 @@ from __future__ import annotations
 import ipaddress
 import re
 import urllib.parse
+from datetime import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo
 from sqlalchemy import make_url
@@ -240,3 +242,31 @@ def _rp_id(value: str | None) -> str | None:
 
 RpId = Annotated[str | None, AfterValidator(_rp_id)]
 MmdbPath = Annotated[str | Path, BeforeValidator(_builtin_or_path)]
+
+
+def _clock_time(value: object) -> time:
+    """``"09:00"`` (or a TOML local time, ``09:00:00``) -> a time of day."""
+    if isinstance(value, time) and value.tzinfo is None:
+        return value
+    match = re.fullmatch(r"([01]?[0-9]|2[0-3]):([0-5][0-9])", value) \
+        if isinstance(value, str) else None
+    if match is None:
+        raise ValueError(f"{value!r} is not a time of day such as \"09:00\"")
+    return time(int(match.group(1)), int(match.group(2)))
+
+
+def _time_zone(value: str) -> str:
+    """An IANA time zone name the system (or the tzdata package) knows."""
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise ValueError(f"{value!r} is not a known time zone such as "
+                         "'Europe/Brussels'") from None
+    return value
+
+
+ClockTime = Annotated[time, BeforeValidator(_clock_time)]
+TimeZoneName = Annotated[str, AfterValidator(_time_zone)]
+OptionalPositiveDuration = Annotated[PositiveDuration | None, _Unset]
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
