@@ -13,8 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
-    BeforeValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationInfo,
@@ -335,12 +335,9 @@ class Destination(Section):
                              "cannot be due for removal before the referral is acknowledged")
         has_deadline = self.acknowledge_within is not None or self.remove_within is not None
         for name in ("remind_every", "business_hours"):
-            if name in self.model_fields_set and not has_deadline \
-                    and getattr(self, name) not in (None, False):
+            if not has_deadline and getattr(self, name) not in (None, False):
                 raise ValueError(f"{name}: set, but neither acknowledge_within nor "
                                  "remove_within is: there is no deadline to apply it to")
-        if "max_reminders" in self.model_fields_set and self.remind_every is None:
-            raise ValueError("max_reminders: set, but remind_every is not: no reminders go")
         return self
 
     def settings(self) -> routes.Destination:
@@ -378,8 +375,8 @@ class RoutingConfig(Section):
     def deadline_policies(self, calendar: BusinessCalendar | None) -> dict[str, DeadlinePolicy]:
         """Each destination's deadlines by the name decisions give it (``police``,
         ``hotline:NL``), for those that have any."""
-        named = {**self.destinations,
-                 **{f"hotline:{country}": d for country, d in self.hotlines.items()}}
+        named: dict[str, Destination] = {name: d for name, d in self.destinations.items()}
+        named.update({f"hotline:{country}": d for country, d in self.hotlines.items()})
         policies = {name: d.deadline_policy(calendar) for name, d in named.items()}
         return {name: policy for name, policy in policies.items() if policy.active}
 
