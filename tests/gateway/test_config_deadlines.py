@@ -3,6 +3,7 @@ mistake an error naming its key; configs without them keep working, with no dead
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 
 from gateway import config as config_module
 from gateway.config import ConfigError
+from gateway.config_sections import Destination, Section
 from routing.deadlines import due
 
 REPO = Path(__file__).resolve().parents[2]
@@ -157,3 +159,24 @@ def test_arbitrary_deadlines_load_or_fail_with_a_keyed_error(key: str, value: ob
     except ConfigError as exc:
         assert exc.problems and all(p.startswith("routing.hotlines.NL")
                                     for p in exc.problems), exc.problems
+
+
+def test_the_sample_config_documents_every_key() -> None:
+    """config.toml names every key of every section (tables by their header), and every key
+    a destination table takes: the README sends users there for the defaults."""
+    sample = (REPO / "config.toml").read_text("utf-8")
+    documented = set(re.findall(r"^#? ?([a-z_]+) =", sample, re.MULTILINE))
+    tables = set(re.findall(r"^#? ?\[\[?([a-z_.]+)", sample, re.MULTILINE))
+    missing = [f"{name}.{key}" for name, field in config_module.Config.model_fields.items()
+               if name != "path" for key in _section(field.annotation).model_fields
+               if key not in documented and not any(t == f"{name}.{key}"
+                                                    or t.startswith(f"{name}.{key}.")
+                                                    for t in tables)]
+    missing += [f"routing.destinations.*.{key}" for key in Destination.model_fields
+                if key not in documented]
+    assert missing == []
+
+
+def _section(annotation: object) -> type[Section]:
+    assert isinstance(annotation, type) and issubclass(annotation, Section)
+    return annotation
