@@ -14,7 +14,6 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     ValidationInfo,
@@ -27,6 +26,7 @@ from gateway.config_values import (
     Country,
     CredentialName,
     DatabaseUrl,
+    DeadlineDuration,
     Domain,
     Duration,
     Email,
@@ -38,14 +38,14 @@ from gateway.config_values import (
     Network,
     OptionalFullyQualified,
     OptionalPath,
-    OptionalPositiveDuration,
     Origin,
     PositiveDuration,
     PositiveInt,
     RpId,
     Seconds,
     TimeZoneName,
-    Weekday,
+    WorkdayEnd,
+    Workdays,
 )
 from gateway.store.engine import DatabaseSettings
 from intake.smtp import SmtpSettings
@@ -298,20 +298,6 @@ class OutboundConfig(Section):
             timeout=self.timeout, helo_name=self.helo_name)
 
 
-def _no_business_days(value: object, info: ValidationInfo) -> object:
-    """With business_hours, a duration in days is refused: "2d" would be 48 business hours
-    (six 8-hour workdays), not the two workdays one would read it as."""
-    if info.data.get("business_hours") is True and isinstance(value, str) \
-            and value.strip().endswith("d"):
-        raise ValueError(f"{value!r}: with business_hours a duration counts working hours, "
-                         "so write it in hours (\"16h\" is two workdays of 09:00-17:00)")
-    return value
-
-
-#: A deadline or reminder interval: off when unset (or "").
-DeadlineDuration = Annotated[OptionalPositiveDuration, BeforeValidator(_no_business_days)]
-
-
 class Destination(Section):
     email: Email
     key: Fingerprint
@@ -381,30 +367,14 @@ class RoutingConfig(Section):
         return {name: policy for name, policy in policies.items() if policy.active}
 
 
-def _after_start(value: time, info: ValidationInfo) -> time:
-    start = info.data.get("workday_start")  # absent when itself invalid
-    if start is not None and value <= start:
-        raise ValueError(f"{value:%H:%M} is not after workday_start ({start:%H:%M}): a "
-                         "workday does not run past midnight")
-    return value
-
-
-def _each_once(days: list[str]) -> list[str]:
-    if len(set(days)) != len(days):
-        raise ValueError("a day is named twice")
-    return days
-
-
 class DeadlinesConfig(Section):
     """What business hours mean, for destinations with ``business_hours = true``: these hours
     of these weekdays, in this time zone, less ``gateway.home_country``'s public holidays."""
 
     timezone: TimeZoneName = "Europe/Brussels"
     workday_start: ClockTime = time(9, 0)
-    workday_end: Annotated[ClockTime, AfterValidator(_after_start)] = Field(
-        default=time(17, 0), validate_default=True)
-    workdays: Annotated[list[Weekday], Field(min_length=1), AfterValidator(_each_once)] = [
-        "mon", "tue", "wed", "thu", "fri"]
+    workday_end: WorkdayEnd = Field(default=time(17, 0), validate_default=True)
+    workdays: Workdays = ["mon", "tue", "wed", "thu", "fri"]
 
     def calendar(self, home_country: str) -> BusinessCalendar:
         """The business calendar; ``LookupError`` when the holidays library does not know

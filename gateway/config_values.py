@@ -265,8 +265,37 @@ def _time_zone(value: str) -> str:
     return value
 
 
+def _after_start(value: time, info: ValidationInfo) -> time:
+    """``workday_end``, after ``workday_start`` (validated before it)."""
+    start = info.data.get("workday_start")  # absent when itself invalid
+    if start is not None and value <= start:
+        raise ValueError(f"{value:%H:%M} is not after workday_start ({start:%H:%M}): a "
+                         "workday does not run past midnight")
+    return value
+
+
+def _each_once(days: list[str]) -> list[str]:
+    if len(set(days)) != len(days):
+        raise ValueError("a day is named twice")
+    return days
+
+
+def _no_business_days(value: object, info: ValidationInfo) -> object:
+    """With ``business_hours`` (validated before it), a duration in days is refused: "2d"
+    would be 48 business hours (six 8-hour workdays), not the two workdays one reads in it."""
+    if info.data.get("business_hours") is True and isinstance(value, str) \
+            and value.strip().endswith("d"):
+        raise ValueError(f"{value!r}: with business_hours a duration counts working hours, "
+                         "so write it in hours (\"16h\" is two workdays of 09:00-17:00)")
+    return value
+
+
 ClockTime = Annotated[time, BeforeValidator(_clock_time)]
+WorkdayEnd = Annotated[ClockTime, AfterValidator(_after_start)]
 TimeZoneName = Annotated[str, AfterValidator(_time_zone)]
-OptionalPositiveDuration = Annotated[PositiveDuration | None, _Unset]
+#: A deadline or a reminder interval of a destination: off when unset (or "").
+DeadlineDuration = Annotated[PositiveDuration | None, _Unset,
+                             BeforeValidator(_no_business_days)]
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+Workdays = Annotated[list[Weekday], Field(min_length=1), AfterValidator(_each_once)]
