@@ -41,6 +41,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from email import errors, message_from_bytes, policy
+from email.header import decode_header, make_header
 from email.message import EmailMessage, Message
 from email.policy import SMTP
 from functools import partial
@@ -200,12 +201,21 @@ def _header(message: Message, name: str) -> str:
     return str(value)[:8192] if value is not None else ""
 
 
+def _subject(message: Message) -> str:
+    """The Subject, its encoded words (RFC 2047) decoded where they can be."""
+    raw = _header(message, "Subject")
+    try:
+        return str(make_header(decode_header(raw)))
+    except (ValueError, LookupError, errors.HeaderParseError):
+        return raw
+
+
 def _names_in(message: Message, texts: list[bytes], limits: ReplyLimits
               ) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(Message-IDs from In-Reply-To then References, references from Subject and texts)."""
     ids = _MESSAGE_ID.findall(_header(message, "In-Reply-To"))
     ids += reversed(_MESSAGE_ID.findall(_header(message, "References")))  # nearest first
-    subject = _header(message, "Subject").encode("utf-8", "replace")
+    subject = _subject(message).encode("utf-8", "replace")
     refs = [m.decode("ascii") for text in [subject, *texts] for m in _NAMED.findall(text)]
     return (tuple(dict.fromkeys(ids))[: limits.max_names],
             tuple(dict.fromkeys(refs))[: limits.max_names])
@@ -341,6 +351,8 @@ def _read(raw: bytes, opener: Opener, pinned: frozenset[str], limits: ReplyLimit
                 detached = opener.verify_detached_blocking(signed, signature)
             except (GpgError, OSError, ValueError) as exc:
                 raise _Refused("bad_signature", f"cannot verify: {type(exc).__name__}") from None
+            if not detached:  # gpg found no detached signature over these bytes
+                raise _Refused("bad_signature", "multipart/signed with no signature gpg checks")
             signers.append(_signer(detached, pinned))
             entity, form = _parse(signed, limits, "signed part"), "nested"
         if not signers:
@@ -408,18 +420,20 @@ def reply_inner(*, text: str, reference: str, referral_message_id: str,
 async def compose_reply(
     gpg: Gpg, *, text: str, reference: str, referral_message_id: str,
     document: dict[str, Any] | None, recipient: str, signer: str, from_address: str,
-    to_address: str, date: datetime, msg_id: str | None = None,
+    to_address: str, date: datetime, msg_id: str | None = None, archive: str | None = None,
 ) -> bytes:  # fmt: skip
     """A reply in a referral's thread, PGP/MIME signed and encrypted in one (RFC 3156
-    section 6.2) to ``recipient`` (the referring hotline's pinned key) by ``signer``.
-    A document must be a valid outcome/v1 document (ValueError)."""
+    section 6.2) to ``recipient`` (the referring hotline's pinned key) by ``signer``, and to
+    ``archive`` (our own key) when given. A document must be a valid outcome/v1 document
+    about ``reference`` (ValueError)."""
     if document is not None and (problems := problems_of(document)):
         raise ValueError(f"not an outcome/v1 document: {'; '.join(problems)}")
     if document is not None and document["reference"] != reference:
         raise ValueError("the document names another referral")
     inner = reply_inner(text=text, reference=reference, referral_message_id=referral_message_id,
                         document=document)
-    armored = await gpg.encrypt_and_sign(inner, recipient=recipient, signer=signer)
+    armored = await gpg.encrypt_and_sign(inner, recipient=recipient, signer=signer,
+                                         archive=archive)
     domain = from_address.rpartition("@")[2] or "hotline-gateway.invalid"
     return encrypted_message(
         armored, from_address=from_address, to_address=to_address, reference=reference,

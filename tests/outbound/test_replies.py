@@ -442,3 +442,49 @@ def test_hostile_signed_plaintext_gets_a_verdict(
     if verdict.document is not None:
         assert problems_of(verdict.document) == []
 
+
+
+def test_a_whole_signed_message_in_place_of_a_detached_signature_is_refused(
+        gpg: Gpg, keys: Keys, tmp_path: Path) -> None:
+    """Any message the destination ever signed, put where the detached signature goes, must
+    not vouch for a signed part it never saw."""
+    elsewhere = seal(keys.partner_home, b"A public statement.\r\n", tmp_path, to=None,
+                     by=keys.recipient)
+    nested = multipart_signed(inner(removed()), elsewhere)
+    verdict = read(envelope(seal(keys.partner_home, nested, tmp_path, to=keys.hotline, by=None)),
+                   gpg, keys)
+    assert (verdict.trusted, verdict.reason) == (False, "bad_signature")
+
+
+def test_a_plaintext_over_the_limit_is_undecryptable(gpg: Gpg, keys: Keys, tmp_path: Path) -> None:
+    """gpg stops at the limit; a cut plaintext is never read, even validly signed."""
+    raw = envelope(seal(keys.partner_home, inner(removed(), text="x" * 5000), tmp_path,
+                        to=keys.hotline, by=keys.recipient))
+    verdict = read_reply_blocking(raw, gpg, pinned(keys),
+                                  limits=ReplyLimits(max_plaintext_bytes=1024))
+    assert (verdict.trusted, verdict.reason) == (False, "undecryptable")
+
+
+def test_an_encoded_subject_still_names_the_referral(gpg: Gpg, keys: Keys, tmp_path: Path) -> None:
+    """A mail client's RFC 2047 Subject ("AW: Referral …"), the only name there is."""
+    armored = seal(keys.partner_home, inner(text="Erhalten.", named=False), tmp_path,
+                   to=keys.hotline, by=keys.recipient)
+    raw = envelope(armored, in_reply_to=None).replace(
+        b"Subject: Referral CF-2026-000123",
+        b"Subject: =?utf-8?q?AW=3A_Referral_CF-2026-000123_=C3=BCber?=")
+    verdict = read(raw, gpg, keys)
+    assert verdict.trusted and verdict.names.references == (REFERENCE,)
+
+
+async def test_the_composer_sends_only_valid_documents_about_the_referral(
+        partner: Gpg, keys: Keys) -> None:
+    """An invalid document, or one about another referral, never leaves."""
+    common: dict[str, Any] = {
+        "text": "x", "reference": REFERENCE, "referral_message_id": REFERRAL_ID,
+        "recipient": keys.hotline, "signer": keys.recipient, "date": WHEN,
+        "from_address": "referrals@police.test", "to_address": "replies@hotline.test"}
+    with pytest.raises(ValueError, match="outcome: enum"):
+        await compose_reply(partner, document={**removed(), "outcome": "gone"}, **common)
+    with pytest.raises(ValueError, match="another referral"):
+        await compose_reply(partner, document={**removed(), "reference": "CF-2026-000999"},
+                            **common)
