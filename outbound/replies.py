@@ -281,10 +281,17 @@ def _signed_part(plaintext: bytes, message: Message) -> tuple[bytes, bytes]:
     return re.sub(rb"\r?\n", b"\r\n", signed), signature
 
 
-def _walk(message: Message, limits: ReplyLimits) -> Iterator[Message]:
-    for n, part in enumerate(message.walk()):
-        if n >= limits.max_entities:
-            return
+def _leaves(entity: Message, limits: ReplyLimits) -> Iterator[Message]:
+    """The entity's leaf parts in order, at most ``max_entities`` looked at. A forwarded
+    message (message/*) is someone else's words, quoted: it is not looked into."""
+    queue, seen = [entity], 0
+    while queue and seen < limits.max_entities:
+        part, seen = queue.pop(0), seen + 1
+        if part.get_content_maintype() == "message":
+            continue
+        if part.is_multipart():
+            queue[:0] = _parts(part)
+            continue
         yield part
 
 
@@ -294,9 +301,7 @@ def _content(entity: Message, limits: ReplyLimits
     texts: list[bytes] = []
     documents: list[dict[str, Any]] = []
     problems: list[str] = []
-    for part in _walk(entity, limits):
-        if part.is_multipart():
-            continue
+    for part in _leaves(entity, limits):
         kind = part.get_content_type()
         name = (part.get_filename() or "").lower()
         if kind == "application/json" or (name.endswith(".json") and kind != "text/plain"):

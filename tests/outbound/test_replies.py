@@ -28,6 +28,7 @@ from outbound.replies import (
     read_reply_blocking,
     reply_inner,
 )
+from tests.conftest import no_blocking_calls
 from tests.outbound.conftest import Keys, make_key, new_home, run_gpg, stop_agent
 
 REFERRAL_ID = "<referral-0190a1b2-7c3d@hotline.test>"
@@ -130,7 +131,8 @@ async def test_a_reply_signed_and_encrypted_in_one_is_trusted(
     assert b"Subject: Re: Referral CF-2026-000123" in raw
     assert f"In-Reply-To: {REFERRAL_ID}".encode() in raw
     assert b"removed" not in raw and b"gone" not in raw  # nothing readable outside
-    verdict = await read_reply(raw, gpg, pinned(keys), executor=executor)
+    with no_blocking_calls():  # gpg and the parsing run in the executor
+        verdict = await read_reply(raw, gpg, pinned(keys), executor=executor)
     assert verdict.trusted and verdict.reason is None, verdict
     assert (verdict.signer, verdict.form) == (keys.recipient, "combined")
     assert verdict.document == removed()
@@ -488,3 +490,19 @@ async def test_the_composer_sends_only_valid_documents_about_the_referral(
     with pytest.raises(ValueError, match="another referral"):
         await compose_reply(partner, document={**removed(), "reference": "CF-2026-000999"},
                             **common)
+
+
+def test_a_forwarded_message_inside_says_nothing(gpg: Gpg, keys: Keys, tmp_path: Path) -> None:
+    """An outcome document or a reference inside a forwarded message is quoted, not said."""
+    forwarded = EmailMessage(policy=SMTP)
+    forwarded.set_content("Referral CF-2026-000999 was removed.")
+    forwarded.add_attachment(json.dumps({**removed(), "reference": "CF-2026-000999"}).encode(),
+                             maintype="application", subtype="json", filename="outcome.json")
+    message = EmailMessage(policy=SMTP)
+    message.set_content("See the forwarded message.")
+    message.add_attachment(forwarded)
+    armored = seal(keys.partner_home, message.as_bytes(), tmp_path, to=keys.hotline,
+                   by=keys.recipient)
+    verdict = read(envelope(armored), gpg, keys)
+    assert verdict.trusted and verdict.document is None and verdict.reason is None
+    assert verdict.names.signed_references == () and verdict.names.document is None
