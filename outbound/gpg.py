@@ -345,8 +345,9 @@ class Gpg:
     def open_blocking(self, data: bytes, *, max_output: int) -> Opened:
         """Decrypt ``data`` (encrypted to one of our secret keys) and check the signatures
         inside; at most ``max_output`` bytes of plaintext. Blocking: call it from a worker."""
-        result = self._handle().decrypt(data, passphrase=self._passphrase,
-                                        extra_args=["--max-output", str(max_output)])
+        # --no-auto-key-retrieve: a signer's key is pinned, never fetched (a gpg.conf may ask).
+        result = self._handle().decrypt(data, passphrase=self._passphrase, extra_args=[
+            "--max-output", str(max_output), "--no-auto-key-retrieve"])
         status: str = result.stderr or ""
         signatures = signatures_of(status)
         # A message that is only signed also "decrypts": only DECRYPTION_OKAY says that it
@@ -369,7 +370,8 @@ class Gpg:
         with tempfile.TemporaryDirectory(prefix="hotline-sig-") as folder:
             path = Path(folder) / "signature.asc"
             path.write_bytes(signature)
-            result = self._handle().verify_data(str(path), data)
+            result = self._handle().verify_data(str(path), data,
+                                                extra_args=["--no-auto-key-retrieve"])
         return signatures_of(result.stderr or "")
 
     def forget_checks(self) -> None:

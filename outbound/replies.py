@@ -271,8 +271,11 @@ def _signed_part(plaintext: bytes, message: Message) -> tuple[bytes, bytes]:
         delimiter = re.escape(b"--" + boundary.encode("ascii"))
     except UnicodeEncodeError:
         raise _Refused("bad_signature", "a boundary that is not ASCII") from None
-    # The CRLF before a delimiter line belongs to the delimiter (RFC 2046 section 5.1.1).
-    first = re.compile(rb"(?:\A|\r?\n)" + delimiter + rb"[ \t]*\r?\n").search(plaintext)
+    # The CRLF before a delimiter line belongs to the delimiter (RFC 2046 section 5.1.1);
+    # the body starts after the header block.
+    body = _HEADER_END.search(plaintext)
+    first = re.compile(rb"\r?\n" + delimiter + rb"[ \t]*\r?\n").search(
+        plaintext, body.start()) if body is not None else None
     after = re.compile(rb"\r?\n" + delimiter + rb"(?:--)?[ \t]*(?:\r?\n|\Z)")
     following = after.search(plaintext, first.end()) if first is not None else None
     if first is None or following is None or not isinstance(signature, bytes):

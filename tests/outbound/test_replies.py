@@ -89,12 +89,15 @@ def detached(home: Path, data: bytes, folder: Path, by: str) -> bytes:
 
 
 def multipart_signed(signed: bytes, signature: bytes) -> bytes:
-    """RFC 3156 section 5: ``signed`` exactly, then the detached signature."""
+    """RFC 3156 section 5 as Thunderbird writes it (a preamble, a boundary of dashes):
+    ``signed`` exactly, then the detached signature."""
+    b = b"------------sig9f2c"
     return (b'Content-Type: multipart/signed; micalg=pgp-sha256;\r\n'
-            b' protocol="application/pgp-signature"; boundary="sig-9f2c"\r\n\r\n'
-            b"--sig-9f2c\r\n" + signed + b"\r\n--sig-9f2c\r\n"
-            b'Content-Type: application/pgp-signature; name="signature.asc"\r\n\r\n'
-            + signature + b"\r\n--sig-9f2c--\r\n")
+            b' protocol="application/pgp-signature";\r\n boundary="' + b + b'"\r\n\r\n'
+            b"This is an OpenPGP/MIME signed message (RFC 4880 and 3156)\r\n"
+            b"--" + b + b"\r\n" + signed + b"\r\n--" + b + b"\r\n"
+            b'Content-Type: application/pgp-signature; name="OpenPGP_signature.asc"\r\n\r\n'
+            + signature + b"\r\n--" + b + b"--\r\n")
 
 
 def envelope(armored: bytes, *, in_reply_to: str | None = REFERRAL_ID) -> bytes:
@@ -380,9 +383,14 @@ def test_gpg_status_lines_become_signatures() -> None:
         f"[GNUPG:] VALIDSIG {sub} 2026-12-01 1 0 4 0 22 10 00 {primary}",
         "[GNUPG:] NEWSIG", "[GNUPG:] ERRSIG 99AA 22 10 00 1 9 " + "C" * 40,
         "[GNUPG:] NEWSIG", "[GNUPG:] BADSIG 77EE Someone else",
-        "[GNUPG:] NEWSIG", "[GNUPG:] GOODSIG 5555 No validsig"])
+        "[GNUPG:] NEWSIG", "[GNUPG:] GOODSIG 5555 No validsig",
+        "[GNUPG:] NEWSIG", "[GNUPG:] EXPKEYSIG 6666 Expired",
+        f"[GNUPG:] VALIDSIG {sub} 2026-12-01 1 0 4 0 22 10 00 {primary}",
+        "[GNUPG:] NEWSIG", "[GNUPG:] REVKEYSIG 7777 Revoked",
+        "[GNUPG:] NEWSIG", "[GNUPG:] ERRSIG 88 22 10 00 1 4 -"])
     assert [(s.status, s.key) for s in signatures_of(status)] == [
-        ("good", primary), ("no_key", "C" * 40), ("bad", "77EE"), ("error", "5555")]
+        ("good", primary), ("no_key", "C" * 40), ("bad", "77EE"), ("error", "5555"),
+        ("expired_key", primary), ("revoked_key", "7777"), ("error", "88")]
 
 
 ENVELOPE = envelope(b"-----BEGIN PGP MESSAGE-----\n\nhQEMA\n-----END PGP MESSAGE-----\n")
