@@ -1,5 +1,5 @@
-"""Destinations' replies to referrals: read (decrypted, signatures checked, the referral and
-outcome found) into a ``Verdict``, and composed (``compose_reply``, for partner gateways).
+"""Destinations' replies to referrals, read: decrypted, signatures checked, the referral and
+the outcome found, into a ``Verdict`` (``outbound.reply_compose`` writes them).
 
 A reply is trusted only when all of these hold, checked in this order (the first that fails is
 the verdict's ``reason``):
@@ -35,23 +35,19 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import secrets
 from collections.abc import Collection, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from email import errors, message_from_bytes, policy
 from email.header import decode_header, make_header
-from email.message import EmailMessage, Message
-from email.policy import SMTP
+from email.message import Message
 from functools import partial
 from typing import Any, Literal, Protocol
 
 import structlog
 
-from outbound.gpg import ARMOR, ARMOR_END, Gpg, GpgError, Opened, Signature
+from outbound.gpg import ARMOR, ARMOR_END, GpgError, Opened, Signature
 from outbound.outcome import problems_of
-from outbound.pgpmime import encrypted_message
 
 log = structlog.get_logger("outbound.replies")
 
@@ -406,44 +402,3 @@ async def read_reply(raw: bytes, opener: Opener, pinned: Collection[str], *,
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(
         executor, partial(read_reply_blocking, raw, opener, pinned, limits=limits))
-
-
-def reply_inner(*, text: str, reference: str, referral_message_id: str,
-                document: dict[str, Any] | None) -> bytes:
-    """The MIME entity a reply encrypts: the text and the JSON document, with the thread's
-    headers also inside (protected headers), where the signature covers them."""
-    message = EmailMessage(policy=SMTP)
-    message["Subject"] = f"Re: Referral {reference}"
-    message["In-Reply-To"] = referral_message_id
-    message["References"] = referral_message_id
-    message.set_content(text, charset="utf-8")
-    if document is not None:
-        body = json.dumps(document, indent=1, ensure_ascii=False).encode("utf-8") + b"\n"
-        message.add_attachment(body, maintype="application", subtype="json",
-                               filename=f"outcome-{reference}.json")
-    message.set_param("protected-headers", "v1")
-    return message.as_bytes(policy=SMTP)
-
-
-async def compose_reply(
-    gpg: Gpg, *, text: str, reference: str, referral_message_id: str,
-    document: dict[str, Any] | None, recipient: str, signer: str, from_address: str,
-    to_address: str, date: datetime, msg_id: str | None = None, archive: str | None = None,
-) -> bytes:  # fmt: skip
-    """A reply in a referral's thread, PGP/MIME signed and encrypted in one (RFC 3156
-    section 6.2) to ``recipient`` (the referring hotline's pinned key) by ``signer``, and to
-    ``archive`` (our own key) when given. A document must be a valid outcome/v1 document
-    about ``reference`` (ValueError)."""
-    if document is not None and (problems := problems_of(document)):
-        raise ValueError(f"not an outcome/v1 document: {'; '.join(problems)}")
-    if document is not None and document["reference"] != reference:
-        raise ValueError("the document names another referral")
-    inner = reply_inner(text=text, reference=reference, referral_message_id=referral_message_id,
-                        document=document)
-    armored = await gpg.encrypt_and_sign(inner, recipient=recipient, signer=signer,
-                                         archive=archive)
-    domain = from_address.rpartition("@")[2] or "hotline-gateway.invalid"
-    return encrypted_message(
-        armored, from_address=from_address, to_address=to_address, reference=reference,
-        msg_id=msg_id or f"<reply-{secrets.token_hex(12)}@{domain}>", date=date,
-        in_reply_to=referral_message_id)

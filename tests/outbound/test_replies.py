@@ -23,11 +23,10 @@ from outbound.pgpmime import encrypted_message
 from outbound.replies import (
     ReplyLimits,
     Verdict,
-    compose_reply,
     read_reply,
     read_reply_blocking,
-    reply_inner,
 )
+from outbound.reply_compose import compose_reply, reply_inner
 from tests.conftest import no_blocking_calls
 from tests.outbound.conftest import Keys, make_key, new_home, run_gpg, stop_agent
 
