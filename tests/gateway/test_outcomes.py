@@ -15,9 +15,10 @@ from hypothesis import strategies as st
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.store import lifecycle
+from gateway.database import open_database
+from gateway.store import lifecycle, migrate
 from gateway.store.backend import WriteBackend
-from gateway.store.case_view import get_case, get_referral, list_cases
+from gateway.store.case_view import get_case, get_referral, list_cases, milestones
 from gateway.store.errors import Conflict, Invalid, NotAllowed, NotFound
 from gateway.store.ids import uuid7
 from gateway.store.lifecycle import Actor, move
@@ -30,7 +31,16 @@ from gateway.store.outcomes import (
     record_outcome,
 )
 from gateway.store.sealed import sealer_of
-from gateway.store.tables import audit_log, cases, referral_outcomes, routing_decisions, users
+from gateway.store.tables import (
+    assessments,
+    audit_log,
+    cases,
+    referral_outcomes,
+    referrals,
+    routing_decisions,
+    users,
+)
+from tests.conftest import ConfigFactory
 from tests.referred import refer
 from tests.sealed_cases import case_row
 
@@ -326,3 +336,50 @@ async def test_milestones_keep_the_first_time(engine: AsyncEngine,
         "acknowledged": None, "removed": None}
     assessed = [h["at"] for h in case["history"] if h["action"] == "case.assessed"]
     assert assessed == ["2026-12-01T11:00:00Z", "2026-12-01T12:00:00Z"]
+
+
+async def test_the_migration_fills_in_the_milestones_of_earlier_cases(
+    make_config: ConfigFactory,
+) -> None:
+    """A case referred before revision 0013 gets its located, assessed, approved and referred
+    times from the trail, its verdicts and its referral; nothing it never reached."""
+    engine = await open_database(make_config())
+    try:
+        await migrate.upgrade(engine, "0011")
+        case_id, decision_id = uuid7(), uuid7()
+        hour = timedelta(hours=1)
+        async with engine.begin() as conn:
+            await conn.execute(insert(users).values(
+                id=ANA, name="ana", role="analyst", password_hash="x", totp_secret="x",
+                created_at=T0))
+            await conn.execute(insert(cases).values(
+                id=case_id, kind="url", status="referred", url_key="k", report_count=1,
+                first_reported=T0, last_reported=T0, created_at=T0,
+                status_changed_at=T0 + 4 * hour))
+            await conn.execute(insert(audit_log).values(
+                seq=1, at=T0 + hour, actor="system:locate", action="case.located",
+                case_id=case_id, details={}, prev_hash="0" * 64, hash="1" * 64))
+            await conn.execute(insert(assessments), [
+                {"id": uuid7(), "case_id": case_id, "user_id": ANA, "verdict": "illegal",
+                 "classification": "baseline", "created_at": T0 + 2 * hour,
+                 "status": "superseded", "approved_by": None,
+                 "approved_at": None},  # waited for an approval that never came
+                {"id": uuid7(), "case_id": case_id, "user_id": ANA, "verdict": "illegal",
+                 "classification": "baseline", "created_at": T0 + 2.5 * hour,
+                 "status": "final", "approved_by": ANA, "approved_at": T0 + 3 * hour}])
+            await conn.execute(insert(routing_decisions).values(
+                id=decision_id, case_id=case_id, created_at=T0 + 4 * hour,
+                rule="protocol-1-domestic", outcome="refer", destination="police",
+                facts={}, explanation="x"))
+            await conn.execute(insert(referrals).values(
+                id=uuid7(), case_id=case_id, decision_id=decision_id, reference="CF-1",
+                destination="police", status="sent", created_at=T0 + 4 * hour))
+        await migrate.upgrade(engine)
+        async with engine.connect() as conn:
+            row = (await conn.execute(select(cases).where(cases.c.id == case_id))).one()
+        assert milestones(row) == {
+            "first_reported": "2026-12-01T09:00:00Z", "located": "2026-12-01T10:00:00Z",
+            "assessed": "2026-12-01T11:00:00Z", "approved": "2026-12-01T12:00:00Z",
+            "referred": "2026-12-01T13:00:00Z", "acknowledged": None, "removed": None}
+    finally:
+        await engine.dispose()
