@@ -313,7 +313,9 @@ routing_decisions = Table(
     Index(None, "case_id", "created_at"),
 )
 
-# One referral per case and destination: the encrypted message lives in the outbox.
+# One referral per routing decision and destination (a case reopened after a removal may be
+# referred to the same destination again, on a new decision): the encrypted message lives in
+# the outbox.
 referrals = Table(
     "referrals",
     metadata,
@@ -336,7 +338,7 @@ referrals = Table(
     # (when the content went down, for a removal). The history is ``referral_outcomes``.
     Column("outcome", String(24), nullable=True),
     Column("outcome_at", DateTime(timezone=True), nullable=True),
-    UniqueConstraint("case_id", "destination"),
+    UniqueConstraint("decision_id", "destination"),
 )
 
 # Every outcome recorded for a referral, never updated: what, why (``reason_code`` for

@@ -383,3 +383,37 @@ async def test_the_migration_fills_in_the_milestones_of_earlier_cases(
             "referred": "2026-12-01T13:00:00Z", "acknowledged": None, "removed": None}
     finally:
         await engine.dispose()
+
+
+async def test_a_removed_case_reported_again_is_referred_again(
+    engine: AsyncEngine, backend: WriteBackend, ana: Recorder
+) -> None:
+    """Reopened by a new report after its removal, the case is routed to the same destination
+    on a new decision: the new referral is the live one, the old one keeps its history, and the
+    milestones keep the first course's times."""
+    case_id, (first,) = await referred(backend)
+    hour = timedelta(hours=1)
+    await record_outcome(backend, first, "removed", reason=None, occurred_at=T0 + hour,
+                         who=ana, now=T0 + hour)
+
+    def again(conn: Any) -> list[uuid.UUID]:
+        move(conn, case_id, "report_again", actor=Actor.system("normalise"), at=T0 + 5 * hour,
+             state="removed")
+        move(conn, case_id, "locate", actor=Actor.system("locate"), at=T0 + 5 * hour,
+             state="new")
+        return refer(conn, at=T0 + 6 * hour, case_id=case_id)[1]
+
+    (second,) = await backend.transaction(again)
+    case = await state(engine, case_id)
+    assert case["status"] == "referred"
+    assert [(r["id"], r["live"], r["outcome"]) for r in case["referrals"]] == [
+        (str(first), False, "removed"), (str(second), True, None)]
+    with pytest.raises(Conflict):
+        await record_outcome(backend, first, "removed", reason=None, occurred_at=None,
+                             who=ana, now=T0 + 7 * hour)
+    await record_outcome(backend, second, "removed", reason=None, occurred_at=T0 + 7 * hour,
+                         who=ana, now=T0 + 7 * hour)
+    case = await state(engine, case_id)
+    assert case["status"] == "removed"
+    assert case["milestones"]["removed"] == "2026-12-01T10:00:00Z"
+    assert case["milestones"]["referred"] == "2026-12-01T09:00:00Z"

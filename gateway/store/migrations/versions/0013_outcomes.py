@@ -6,6 +6,10 @@ made before this revision the times are taken from what is stored (the first ``c
 entry of the audit trail, the first verdict, the first final illegal verdict or its approval,
 the first referral); none was acknowledged or removed before.
 
+A referral is unique per routing decision and destination, no longer per case and destination:
+a removed case that is reported again is reopened, and may be referred to the same destination
+again on a new decision.
+
 Revision ID: 0013
 Revises: 0011
 Create Date: 2026-12-03
@@ -36,6 +40,9 @@ def upgrade() -> None:
     with op.batch_alter_table("referrals") as batch:
         batch.add_column(sa.Column("outcome", sa.String(24), nullable=True))
         batch.add_column(_moment("outcome_at", nullable=True))
+        batch.drop_constraint("uq_referrals_case_id_destination", type_="unique")
+        batch.create_unique_constraint("uq_referrals_decision_id_destination",
+                                       ["decision_id", "destination"])
     op.create_table(
         "referral_outcomes",
         sa.Column("id", sa.Uuid(), nullable=False),
@@ -97,6 +104,9 @@ def downgrade() -> None:
     op.drop_index("ix_referral_outcomes_referral_id_recorded_at", table_name="referral_outcomes")
     op.drop_table("referral_outcomes")
     with op.batch_alter_table("referrals") as batch:
+        batch.drop_constraint("uq_referrals_decision_id_destination", type_="unique")
+        batch.create_unique_constraint("uq_referrals_case_id_destination",
+                                       ["case_id", "destination"])
         batch.drop_column("outcome_at")
         batch.drop_column("outcome")
     with op.batch_alter_table("cases") as batch:
