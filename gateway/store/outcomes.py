@@ -203,6 +203,10 @@ def record_outcome_in(
         raise Invalid("invalid outcome", problems)
     if who.source not in SOURCES:
         raise ValueError(f"unknown source {who.source!r}")
+    if (who.source == "analyst") != (who.user_id is not None) or (
+            who.source != "analyst" and not (who.destination and who.fingerprint)):
+        raise ValueError("an analyst's outcome names the user; a reply's, the destination "
+                         "and the signer")
     when = utc(occurred_at) if occurred_at is not None else now
     row = conn.execute(
         select(referrals.c.id, referrals.c.case_id, referrals.c.destination,
