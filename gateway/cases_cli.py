@@ -95,6 +95,13 @@ def _print_case(case: dict[str, Any]) -> None:
     for referral in case["referrals"]:
         say(f"referral: {referral['destination']} {referral['status']} "
             f"{referral['sent_at'] or ''}".rstrip())
+        for outcome in referral["outcomes"]:
+            reason = f" ({outcome['reason']})" if outcome["reason"] else ""
+            who = outcome["recorded_by"] or f"{outcome['source']}:{outcome['destination']}"
+            say(f"  outcome: {outcome['outcome']}{reason} at {outcome['occurred_at']}, "
+                f"recorded {outcome['recorded_at']} by {who}")
+    reached = [f"{name}={at}" for name, at in case["milestones"].items() if at]
+    say("milestones: " + " ".join(reached))
     print("reports:")
     for report in case["reports"]:
         say(f"  {report['reference']}  {report['reported_at']}  {report['channel']}")

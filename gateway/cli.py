@@ -76,7 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     cases_cmd = commands.add_parser("cases", help="inspect cases")
     cases_commands = cases_cmd.add_subparsers(dest="cases_command", required=True, metavar="ACTION")
     cases_list = cases_commands.add_parser("list", help="cases, oldest first")
-    cases_list.add_argument("--status", help="only cases in this state")
+    cases_list.add_argument("--status", help="only cases in this state (awaiting_outcome: "
+                            "referred or acknowledged)")
     cases_list.add_argument("--limit", type=int, default=1000, help="at most this many")
     cases_list.add_argument("--json", action="store_true", help="print a JSON array")
     cases_show = cases_commands.add_parser("show", help="one case and the reports behind it")

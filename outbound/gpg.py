@@ -1,5 +1,8 @@
 """OpenPGP through python-gnupg: encrypt-and-sign to pinned fingerprints, and key checks.
 
+Replies are opened here too (``open_blocking``, ``verify_detached_blocking``): what gpg
+said of each signature comes back as ``Signature`` records, judged by ``outbound.replies``.
+
 Exceptions::
 
     GpgError          gpg failed; the message never holds plaintext
@@ -15,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -48,6 +52,65 @@ MIN_BITS = 2048
 CURVES = {"ed25519", "cv25519", "ed448", "cv448", "nistp256", "nistp384", "nistp521",
           "brainpoolP256r1", "brainpoolP384r1", "brainpoolP512r1"}  # fmt: skip
 INVALID = set("rdei")  # gpg validity: revoked, disabled, expired, invalid
+
+
+SignatureStatus = Literal["good", "bad", "expired", "expired_key", "revoked_key", "no_key",
+                          "error"]
+# gpg's status keywords for one signature (doc/DETAILS), in the order they are judged.
+_SIG_STATUS: dict[str, SignatureStatus] = {
+    "BADSIG": "bad", "REVKEYSIG": "revoked_key", "EXPKEYSIG": "expired_key", "EXPSIG": "expired",
+    "ERRSIG": "error", "GOODSIG": "good"}
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    """One signature as gpg judged it. ``key`` is the signer's primary key fingerprint when
+    gpg knows the key, else the issuer fingerprint or key id the signature names."""
+
+    status: SignatureStatus
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """A message decrypted with one of our secret keys, and the signatures found inside it."""
+
+    plaintext: bytes
+    signatures: tuple[Signature, ...]
+
+
+def signatures_of(status_text: str) -> tuple[Signature, ...]:
+    """Every signature in gpg's status output, one per ``NEWSIG`` (RFC 4880 allows several)."""
+    groups: list[list[list[str]]] = []
+    for line in status_text.splitlines():
+        if not line.startswith("[GNUPG:] "):
+            continue
+        words = line.split()[1:]
+        if not words:
+            continue
+        if words[0] == "NEWSIG" or not groups:
+            groups.append([])
+        groups[-1].append(words)
+    found: list[Signature] = []
+    for group in groups:
+        seen = {words[0]: words for words in group}
+        keyword = next((k for k in _SIG_STATUS if k in seen), None)
+        if keyword is None:
+            continue
+        words = seen[keyword]
+        status = _SIG_STATUS[keyword]
+        key = words[1] if len(words) > 1 else ""
+        if keyword == "ERRSIG":
+            # ERRSIG <keyid> <pkalgo> <hashalgo> <class> <time> <rc> [<fpr>]; rc 9: no key.
+            status = "no_key" if len(words) > 6 and words[6] == "9" else "error"
+            key = words[7] if len(words) > 7 and words[7] != "-" else key
+        elif (valid := seen.get("VALIDSIG")) is not None and len(valid) > 1:
+            # VALIDSIG <fpr> ... [<primary-key-fpr>]: the signing subkey, then its primary.
+            key = valid[10] if len(valid) > 10 else valid[1]
+        elif status == "good":
+            status = "error"  # GOODSIG without VALIDSIG: not a signature we can pin
+        found.append(Signature(status, key.upper()))
+    return tuple(found)
 
 
 class GpgError(Exception):
@@ -278,6 +341,38 @@ class Gpg:
             raise GpgError(f"cannot decrypt: {result.status or 'no secret key'}")
         plaintext: bytes = result.data
         return plaintext
+
+    def open_blocking(self, data: bytes, *, max_output: int) -> Opened:
+        """Decrypt ``data`` (encrypted to one of our secret keys) and check the signatures
+        inside; at most ``max_output`` bytes of plaintext. Blocking: call it from a worker."""
+        # --no-auto-key-retrieve: a signer's key is pinned, never fetched (a gpg.conf may ask).
+        result = self._handle().decrypt(data, passphrase=self._passphrase, extra_args=[
+            "--max-output", str(max_output), "--no-auto-key-retrieve"])
+        status: str = result.stderr or ""
+        signatures = signatures_of(status)
+        # A message that is only signed also "decrypts": only DECRYPTION_OKAY says that it
+        # was encrypted, and with integrity protection (gpg refuses a missing MDC).
+        decrypted = "[GNUPG:] DECRYPTION_OKAY" in status \
+            and "[GNUPG:] DECRYPTION_FAILED" not in status
+        # gpg exits 2 for a signature it cannot check (an unknown key, say): the message is
+        # decrypted all the same, and never trusted (its signature is not good). Any other
+        # failure, such as output cut at max_output, is a failure to decrypt.
+        explained = any(s.status != "good" for s in signatures)
+        if not (decrypted and (result.returncode == 0 or explained)):
+            failure = next((ln.split()[1] for ln in status.splitlines() if ln.startswith(
+                ("[GNUPG:] NO_SECKEY", "[GNUPG:] DECRYPTION_FAILED", "[GNUPG:] FAILURE"))), "")
+            raise GpgError(f"cannot decrypt: {failure or 'not encrypted to us'} "
+                           f"(exit {result.returncode})")
+        return Opened(bytes(result.data), signatures)
+
+    def verify_detached_blocking(self, data: bytes, signature: bytes) -> tuple[Signature, ...]:
+        """The signatures a detached ``signature`` makes over exactly ``data``. Blocking."""
+        with tempfile.TemporaryDirectory(prefix="hotline-sig-") as folder:
+            path = Path(folder) / "signature.asc"
+            path.write_bytes(signature)
+            result = self._handle().verify_data(str(path), data,
+                                                extra_args=["--no-auto-key-retrieve"])
+        return signatures_of(result.stderr or "")
 
     def forget_checks(self) -> None:
         """Check every key afresh next time (after an import, say)."""

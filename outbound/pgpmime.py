@@ -20,17 +20,22 @@ def message_id(referral_id: str, from_address: str) -> str:
 
 def encrypted_message(
     armored: bytes, *, from_address: str, to_address: str, reference: str, msg_id: str,
-    date: datetime,
+    date: datetime, in_reply_to: str | None = None,
 ) -> bytes:
     """``multipart/encrypted; protocol="application/pgp-encrypted"`` around ``armored``.
 
     Written out directly (the structure is fixed, and this runs once per referral on the hot
     path): every header value comes from config or from us, and is checked to be one line.
+    With ``in_reply_to`` (the referral's Message-ID), a message in the referral's thread:
+    ``Re: Referral <reference>``, with In-Reply-To and References (RFC 5322 section 3.6.4).
     """
     if not armored.startswith(b"-----BEGIN PGP MESSAGE-----"):
         raise ValueError("not an OpenPGP message: refusing to send it")
-    headers = {"From": from_address, "To": to_address, "Subject": f"Referral {reference}",
+    subject = f"Referral {reference}" if in_reply_to is None else f"Re: Referral {reference}"
+    headers = {"From": from_address, "To": to_address, "Subject": subject,
                "Date": format_datetime(date), "Message-ID": msg_id}
+    if in_reply_to is not None:
+        headers |= {"In-Reply-To": in_reply_to, "References": in_reply_to}
     for name, value in headers.items():
         if not value.isprintable() or not value.isascii():
             raise ValueError(f"{name} must be one line of printable ASCII")

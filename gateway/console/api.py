@@ -21,6 +21,7 @@ from gateway.store.audit import AuditEntry, record
 from gateway.store.case_view import FLAGS, get_case, get_referral, queue_cases
 from gateway.store.errors import GatewayError, Invalid
 from gateway.store.lifecycle import Actor
+from gateway.store.outcomes import OutcomeReport, Recorder, record_outcome
 from outbound.outbox import retry_failed
 
 
@@ -233,6 +234,29 @@ async def referral_retry(request: web.Request) -> web.Response:
     return web.json_response(found)
 
 
+async def referral_outcome(request: web.Request) -> web.Response:
+    """``{"outcome": ..., "reason": ..., "occurred_at": ..., "note": ...}``: what became of
+    the referral (``gateway.store.outcomes``); the referral as it is now, with its case's
+    state."""
+    console = request.app[CONSOLE]
+    staff = staff_of(request)
+    try:
+        referral_id = uuid.UUID(request.match_info["referral_id"])
+    except ValueError:
+        return json_error(404, "no such referral")
+    try:
+        given = OutcomeReport.from_json(await _body(request))
+        await record_outcome(console.backend, referral_id, given.outcome, reason=given.reason,
+                             occurred_at=given.occurred_at, note=given.note,
+                             who=Recorder.analyst(staff.id, staff.name, staff.role),
+                             now=console.now())
+    except GatewayError as exc:
+        return json_refusal(exc)
+    async with console.engine.connect() as conn:
+        found = await get_referral(conn, referral_id)
+    return web.json_response(found)
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/me", me)
     app.router.add_get("/api/v1/cases", cases_list)
@@ -250,3 +274,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/v1/cases/{case_id}/iccam", case_action(_iccam))
     app.router.add_get("/api/v1/referrals/{referral_id}", referral)
     app.router.add_post("/api/v1/referrals/{referral_id}/retry", referral_retry)
+    app.router.add_post("/api/v1/referrals/{referral_id}/outcome", referral_outcome)

@@ -160,12 +160,15 @@ async def assess(
                 "verdict": "report the URL it names as a case of its own; close this one as "
                            "legal (doubtful)"})
         pending = given.verdict == "illegal" and four_eyes
+        # An illegal verdict final at once is approved as it is given (a milestone).
+        approved = lifecycle.reached("approved", now) \
+            if given.verdict == "illegal" and not pending else {}
         row = {"id": uuid7(), "case_id": case_id, "user_id": staff.id, "verdict": given.verdict,
                "classification": given.classification,
                "hosting_country": given.hosting_country, "note": given.note,
                "created_at": now, "status": "pending_approval" if pending else "final"}
         new_status = move_case(conn, staff, case_id, case.status, f"assess_{given.verdict}", now,
-                           values={"assigned_to": None}, details={
+                           values={"assigned_to": None, **approved}, details={
                                "verdict": given.verdict, "classification": given.classification,
                                "hosting_country": given.hosting_country,
                                "status": row["status"]})
@@ -205,6 +208,8 @@ async def approve(
         ).rowcount
         if done != 1:
             raise Conflict("the case changed meanwhile; reload it")
+        conn.execute(update(cases).where(cases.c.id == case_id)
+                     .values(lifecycle.reached("approved", now)))
         record(conn, [AuditEntry(staff.name, "case.approved", case_id,
                                  {"assessment": str(row.id), "assessor": row.assessor})],
                at=now)

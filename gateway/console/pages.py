@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import hmac
 import math
+import re
 import uuid
 from typing import Any
 
 import structlog
 from aiohttp import web
+from sqlalchemy import select
 
 from gateway.console import assess as actions
 from gateway.console import routing_changes, securitykeys
@@ -32,12 +34,16 @@ from gateway.console.signin import logged_in, login_form
 from gateway.store.audit import AuditEntry, record
 from gateway.store.case_view import FLAGS, get_case, queue_cases
 from gateway.store.errors import GatewayError, Invalid, NotFound
+from gateway.store.outcome_codes import NOT_ACTIONABLE_REASONS
+from gateway.store.outcomes import OutcomeReport, Recorder, record_outcome
+from gateway.store.tables import referrals
 from gateway.store.text import defang
 
 log = structlog.get_logger("gateway.console")
 
 QUEUE_STATUSES = ("awaiting_assessment", "locate_failed", "assessed", "new", "closed_legal",
-                  "held", "referred")
+                  "held", "referred", "awaiting_outcome", "acknowledged", "moved", "removed",
+                  "content_unavailable", "not_actionable")
 
 
 async def login_page(request: web.Request) -> web.Response:
@@ -183,6 +189,7 @@ async def _case_page(request: web.Request, *, status: int = 200, error: str | No
         can_relocate=actions.may_relocate(staff, case["status"]),
         can_set_country=(case["status"] in routing_changes.COUNTRY_SETTABLE
                          and assessment.get("status") == "final"),
+        reasons=NOT_ACTIONABLE_REASONS,
     )
 
 
@@ -270,6 +277,40 @@ async def country_submit(request: web.Request) -> web.StreamResponse:
         four_eyes=console.four_eyes))
 
 
+#: What a ``datetime-local`` field sends: a time without its zone (the form says UTC).
+_LOCAL_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?")
+
+
+async def outcome_submit(request: web.Request) -> web.StreamResponse:
+    """What became of one of the case's referrals (``gateway.store.outcomes``)."""
+    console = request.app[CONSOLE]
+    case_id = _case_id(request)
+    try:
+        referral_id = uuid.UUID(request.match_info["referral_id"])
+    except ValueError:
+        raise web.HTTPNotFound(reason="No such referral.") from None
+    async with console.engine.connect() as conn:
+        owner = (await conn.execute(select(referrals.c.case_id)
+                                    .where(referrals.c.id == referral_id))).scalar()
+    if owner != case_id:
+        raise web.HTTPNotFound(reason="No such referral.")
+    form = await request.post()
+    body = {key: str(form.get(key, "")).strip()
+            for key in ("outcome", "reason", "occurred_at", "note")}
+    if _LOCAL_TIME.fullmatch(body["occurred_at"]):
+        body["occurred_at"] += "+00:00"
+    staff = staff_of(request)
+    try:
+        given = OutcomeReport.from_json(body)
+    except Invalid as exc:
+        return await _case_page(request, status=http_status(exc), error=str(exc),
+                                fields=fields(exc))
+    return await _act(request, record_outcome(
+        console.backend, referral_id, given.outcome, reason=given.reason,
+        occurred_at=given.occurred_at, note=given.note,
+        who=Recorder.analyst(staff.id, staff.name, staff.role), now=console.now()))
+
+
 async def _decide_routing_change(request: web.Request, *, approve: bool
                                  ) -> web.StreamResponse:
     """Approve or reject the pending routing change the form showed."""
@@ -307,3 +348,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/cases/{case_id}/hosting-country", country_submit)
     app.router.add_post("/cases/{case_id}/routing-change/approve", routing_change_approve)
     app.router.add_post("/cases/{case_id}/routing-change/reject", routing_change_reject)
+    app.router.add_post("/cases/{case_id}/referrals/{referral_id}/outcome", outcome_submit)

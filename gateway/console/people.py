@@ -30,6 +30,7 @@ from gateway.store.tables import (
     api_tokens,
     assessments,
     cases,
+    referral_outcomes,
     staff_security_keys,
     staff_sessions,
     users,
@@ -206,6 +207,9 @@ async def remove_user(backend: WriteBackend, name: str, *, actor: str, now: date
                 (assessments.c.user_id == row.id) | (assessments.c.approved_by == row.id))
                 .limit(1)).first() is not None:
             raise Conflict(f"{name}'s verdicts are on record: disable the account instead")
+        if conn.execute(select(referral_outcomes.c.id).where(
+                referral_outcomes.c.recorded_by == row.id).limit(1)).first() is not None:
+            raise Conflict(f"{name}'s outcomes are on record: disable the account instead")
         ended = _end_sessions(conn, row.id)
         tokens = conn.execute(delete(api_tokens).where(api_tokens.c.user_id == row.id)).rowcount
         conn.execute(delete(staff_security_keys).where(staff_security_keys.c.user_id == row.id))

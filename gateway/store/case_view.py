@@ -12,6 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.store.audit import open_details
 from gateway.store.case_urls import open_case_marked, open_case_urls, open_report_marked
+from gateway.store.lifecycle import AWAITING_OUTCOME, MILESTONES
+from gateway.store.outcomes import DELIVERED, NEXT, outcome_json
 from gateway.store.sealed import SEALED, OpenedRow, open_row, open_value, sealer_of
 from gateway.store.sealing import SealBroken, Sealer
 from gateway.store.tables import (
@@ -22,6 +24,7 @@ from gateway.store.tables import (
     hosting_evidence,
     outbox,
     outbox_attempts,
+    referral_outcomes,
     referrals,
     routing_changes,
     routing_decisions,
@@ -40,6 +43,9 @@ FLAGS = ("cdn", "mixed", "unknown", "unresolvable", "reappeared", "no_url", "loc
 _REPORT_FLAGS = FLAGS[-3:]
 #: What a view shows for a sealed value that does not open, before the error naming it.
 UNREADABLE = "[unreadable] "
+#: Filters that name several states: ``awaiting_outcome`` is a case referred or acknowledged,
+#: waiting for what becomes of its referral.
+STATUS_GROUPS = {"awaiting_outcome": AWAITING_OUTCOME}
 
 
 def opened(sealer: Sealer, column: Column[Any], record: Any, stored: Any) -> Any:
@@ -177,11 +183,19 @@ def _case_json(
         "hold_reason": row.hold_reason,
         "decision": routed[0],
         "referrals": routed[1],
+        "milestones": milestones(row),
     }
     if damaged:
         document["damaged"] = damaged
     document["flags"] = flags(document)
     return document
+
+
+def milestones(row: Any) -> dict[str, str | None]:
+    """When the case first reached each milestone (``gateway.store.lifecycle``), None for one
+    not reached."""
+    return {name: iso(getattr(row, name if name == "first_reported" else f"{name}_at"))
+            for name in MILESTONES}
 
 
 async def _assessments(
@@ -237,13 +251,37 @@ async def _routing_change(conn: AsyncConnection, case_id: uuid.UUID,
             "facts": row.facts if not damaged else {}, **damaged}
 
 
-def _referral_json(sealer: Sealer, row: Any) -> dict[str, Any]:
+def _referral_json(sealer: Sealer, row: Any, *, live: bool,
+                   outcomes: list[dict[str, Any]]) -> dict[str, Any]:
+    """``live``: made on the case's live routing decision; ``outcomes``: its history."""
     return {"id": str(row.id), "destination": row.destination, "status": row.status,
             "reference": row.reference, "email": row.email,
             "key_fingerprint": row.key_fingerprint, "message_id": row.message_id,
             "iccam_reference": row.iccam_reference, "created_at": iso(row.created_at),
             "sent_at": iso(row.sent_at),
-            "error": opened(sealer, referrals.c.error, row.id, row.error)}
+            "error": opened(sealer, referrals.c.error, row.id, row.error),
+            "live": live, "outcome": row.outcome, "outcome_at": iso(row.outcome_at),
+            # Which outcomes may be recorded now (none for one not live or not delivered).
+            "next_outcomes": list(NEXT.get(row.outcome, ()))
+            if live and row.status in DELIVERED else [],
+            "outcomes": outcomes}
+
+
+async def _outcomes(conn: AsyncConnection, case_ids: list[uuid.UUID]
+                    ) -> dict[uuid.UUID, list[dict[str, Any]]]:
+    """Each referral's recorded outcomes, oldest first, with who recorded them."""
+    found: dict[uuid.UUID, list[dict[str, Any]]] = defaultdict(list)
+    if not case_ids:
+        return found
+    sealer = sealer_of(conn)
+    for row in await conn.execute(
+            select(referral_outcomes, users.c.name.label("by"))
+            .outerjoin(users, users.c.id == referral_outcomes.c.recorded_by)
+            .where(referral_outcomes.c.case_id.in_(case_ids))
+            .order_by(referral_outcomes.c.recorded_at, referral_outcomes.c.id)):
+        note = opened(sealer, referral_outcomes.c.note, row.id, row.note)
+        found[row.referral_id].append(outcome_json(row, row.by, note))
+    return found
 
 
 async def _routing(
@@ -265,9 +303,12 @@ async def _routing(
             "facts": row.facts, "at": iso(row.created_at), **damaged}
     sent: dict[uuid.UUID, list[dict[str, Any]]] = defaultdict(list)
     sealer = sealer_of(conn)
+    outcomes = await _outcomes(conn, case_ids)
     for row in await conn.execute(select(referrals).where(referrals.c.case_id.in_(case_ids))
                                   .order_by(referrals.c.created_at)):
-        sent[row.case_id].append(_referral_json(sealer, row))
+        live = str(row.decision_id) == (decisions.get(row.case_id) or {}).get("id")
+        sent[row.case_id].append(_referral_json(sealer, row, live=live,
+                                                outcomes=outcomes.get(row.id, [])))
     for case_id in case_ids:
         found[case_id] = (decisions.get(case_id), sent.get(case_id, []))
     return found
@@ -275,11 +316,17 @@ async def _routing(
 
 async def get_referral(conn: AsyncConnection, referral_id: uuid.UUID) -> dict[str, Any] | None:
     """One referral with its delivery attempts (never the message: it is encrypted anyway)."""
-    row = (await conn.execute(select(referrals).where(referrals.c.id == referral_id))).first()
+    row = (await conn.execute(
+        select(referrals, routing_decisions.c.superseded, cases.c.status.label("case_status"))
+        .join(routing_decisions, routing_decisions.c.id == referrals.c.decision_id)
+        .join(cases, cases.c.id == referrals.c.case_id)
+        .where(referrals.c.id == referral_id))).first()
     if row is None:
         return None
     sealer = sealer_of(conn)
-    document = {**_referral_json(sealer, row), "case_id": str(row.case_id)}
+    outcomes = (await _outcomes(conn, [row.case_id])).get(row.id, [])
+    document = {**_referral_json(sealer, row, live=not row.superseded, outcomes=outcomes),
+                "case_id": str(row.case_id), "case_status": row.case_status}
     item = (await conn.execute(select(outbox.c.id, outbox.c.status, outbox.c.attempts,
                                       outbox.c.next_attempt_at, outbox.c.last_error)
                                .where(outbox.c.referral_id == referral_id))).first()
@@ -371,10 +418,11 @@ def _open_submission(sealer: Sealer, values: dict[str, Any], submission_id: uuid
 async def list_cases(
     conn: AsyncConnection, *, status: str | None = None, limit: int = 1000
 ) -> list[dict[str, Any]]:
-    """Cases oldest first (the assessment queue's order), optionally of one status."""
+    """Cases oldest first (the assessment queue's order), optionally of one status (or of a
+    group of them: ``STATUS_GROUPS``)."""
     query = select(cases).order_by(cases.c.first_reported, cases.c.id).limit(limit)
     if status is not None:
-        query = query.where(cases.c.status == status)
+        query = query.where(cases.c.status.in_(STATUS_GROUPS.get(status, (status,))))
     sealer = sealer_of(conn)
     # A case whose URL does not open is listed, marked damaged: the others are served.
     rows = [open_case_marked(sealer, row) for row in await conn.execute(query)]

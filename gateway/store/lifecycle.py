@@ -10,6 +10,16 @@ DESIGN's ``located`` is not a state: a case is located when its hosting evidence
 and it moves on to ``awaiting_assessment`` in the same transaction (the event is ``locate``,
 audited as ``case.located``), so no case could ever be seen waiting in it. ``pending_approval``
 (four-eyes) is a state of the verdict, not of the case, which stays ``assessed``.
+
+After the referral, a case follows the outcomes of its live referrals (``gateway.store.outcomes``
+records them and says how): ``acknowledged``, then ``removed``, ``content_unavailable``,
+``not_actionable`` or ``moved``.
+
+Milestones: the first time a case reaches each of :data:`MILESTONES` is kept in its
+``<milestone>_at`` column, set by the transition that reaches it in the same statement (a row's
+``milestone``; the approval of a verdict, which is not a transition, by :func:`reached`). The
+first time wins: a reopened case keeps the times of its first course (the audit trail has every
+later one), so statistics count from the first report to the first removal.
 """
 
 from __future__ import annotations
@@ -22,7 +32,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, bindparam, case, or_, select, true, update
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    bindparam,
+    case,
+    func,
+    literal,
+    or_,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.dml import ReturningInsert
@@ -35,12 +56,16 @@ from gateway.store.sealed import sealer_of
 from gateway.store.tables import assessments, cases, routing_changes, routing_decisions
 from gateway.store.times import utc
 
-#: Every state a case can be in today.
+#: Every state a case can be in.
 STATES = ("new", "locate_failed", "awaiting_assessment", "assessed", "closed_legal", "held",
-          "awaiting_iccam", "referred")
-#: States of DESIGN that no transition leads to yet (issue 17 adds the events that do): a
-#: report on a ``removed`` case reopens it already, so the state is named here.
-FUTURE_STATES = ("acknowledged", "removed", "content_unavailable", "not_actionable", "moved")
+          "awaiting_iccam", "referred", "acknowledged", "removed", "content_unavailable",
+          "not_actionable", "moved")
+#: A case waiting for what becomes of its referral (the queue's ``awaiting_outcome``).
+AWAITING_OUTCOME = ("referred", "acknowledged")
+#: The times a case keeps, for statistics: ``first_reported`` is filing's (the earliest report),
+#: each other one a ``<name>_at`` column of the case.
+MILESTONES = ("first_reported", "located", "assessed", "approved", "referred", "acknowledged",
+              "removed")
 
 #: Who may cause a transition: a stage (``system:<stage>``), any staff member (``staff``), or
 #: a supervisor (``supervisor``: supervisors and admins).
@@ -54,7 +79,8 @@ class Transition:
     """One row of the table. ``effect``: ``afresh`` supersedes the case's verdicts, pending
     routing changes and routing decisions and clears its hold (it is assessed and routed
     anew); ``reroute`` supersedes its routing decision and clears its hold (routed anew on the
-    same verdict). ``restart`` sets ``status_changed_at`` even when the state stays."""
+    same verdict). ``restart`` sets ``status_changed_at`` even when the state stays.
+    ``milestone``: the milestone this transition reaches (one of :data:`MILESTONES`)."""
 
     state: str | None  # None: the case does not exist yet
     event: str
@@ -63,10 +89,15 @@ class Transition:
     action: str  # the audit entry's action
     effect: str = ""
     restart: bool = False
+    milestone: str = ""
 
 
 _T = Transition
 _ROUTE = ("system:route",)
+#: Who records what became of a referral: an analyst, or a destination's verified reply (a
+#: partner hotline's gateway); a move, also the hosting re-check.
+_OUTCOME = (STAFF, "system:reply", "system:partner")
+_MOVED = (*_OUTCOME, "system:recheck")
 TABLE: tuple[Transition, ...] = (
     # Filing (intake.normalise): a report makes a case, or reopens one (file_reports).
     _T(None, "file", "new", ("system:normalise",), "case.created"),
@@ -77,27 +108,33 @@ TABLE: tuple[Transition, ...] = (
        "afresh"),  # only for a report received after the removal
     # Locating (routing.stage): a verdict on the hosting moves it to the queue.
     _T("new", "locate", "awaiting_assessment", ("system:locate", "system:relocate",
-                                                "system:recheck"), "case.located"),
+                                                "system:recheck"), "case.located",
+       milestone="located"),
     _T("locate_failed", "locate", "awaiting_assessment", ("system:locate", "system:relocate",
-                                                          "system:recheck"), "case.located"),
+                                                          "system:recheck"), "case.located",
+       milestone="located"),
     _T("new", "give_up_locating", "locate_failed", ("system:locate",), "case.locate_failed"),
     # Assessing (console): a verdict; reopening sends the case back to the queue.
-    _T("awaiting_assessment", "assess_illegal", "assessed", (STAFF,), "case.assessed"),
-    _T("awaiting_assessment", "assess_legal", "closed_legal", (STAFF,), "case.assessed"),
-    _T("locate_failed", "assess_illegal", "assessed", (STAFF,), "case.assessed"),
-    _T("locate_failed", "assess_legal", "closed_legal", (STAFF,), "case.assessed"),
+    _T("awaiting_assessment", "assess_illegal", "assessed", (STAFF,), "case.assessed",
+       milestone="assessed"),
+    _T("awaiting_assessment", "assess_legal", "closed_legal", (STAFF,), "case.assessed",
+       milestone="assessed"),
+    _T("locate_failed", "assess_illegal", "assessed", (STAFF,), "case.assessed",
+       milestone="assessed"),
+    _T("locate_failed", "assess_legal", "closed_legal", (STAFF,), "case.assessed",
+       milestone="assessed"),
     _T("assessed", "reopen", "awaiting_assessment", (SUPERVISOR,), "case.reopened", "afresh"),
     _T("closed_legal", "reopen", "awaiting_assessment", (SUPERVISOR,), "case.reopened",
        "afresh"),
     _T("held", "reopen", "awaiting_assessment", (SUPERVISOR,), "case.reopened", "afresh"),
     # Routing (routing.decide): the protocol table's outcome.
-    _T("assessed", "route_refer", "referred", _ROUTE, "case.routed"),
+    _T("assessed", "route_refer", "referred", _ROUTE, "case.routed", milestone="referred"),
     _T("assessed", "route_iccam", "awaiting_iccam", _ROUTE, "case.routed"),
     _T("assessed", "route_hold", "held", _ROUTE, "case.routed"),
     _T("closed_legal", "route_close", "closed_legal", _ROUTE, "case.routed"),
     _T("closed_legal", "route_hold", "held", _ROUTE, "case.routed"),  # routing failed
     # Held for a key, a case is tried again: the retry counts from the last try.
-    _T("held", "route_refer", "referred", _ROUTE, "case.routed"),
+    _T("held", "route_refer", "referred", _ROUTE, "case.routed", milestone="referred"),
     _T("held", "route_iccam", "awaiting_iccam", _ROUTE, "case.routed"),
     _T("held", "route_hold", "held", _ROUTE, "case.routed", restart=True),
     # Naming the country (console, four-eyes on routing) routes the case again.
@@ -108,11 +145,34 @@ TABLE: tuple[Transition, ...] = (
        "reroute"),
     _T("awaiting_iccam", "approve_country", "assessed", (STAFF,),
        "case.routing_change_approved", "reroute"),
-    _T("awaiting_iccam", "record_iccam", "referred", (STAFF,), "case.iccam_recorded"),
+    _T("awaiting_iccam", "record_iccam", "referred", (STAFF,), "case.iccam_recorded",
+       milestone="referred"),
+    # Outcomes (gateway.store.outcomes): the case follows its live referrals.
+    _T("referred", "acknowledge", "acknowledged", _OUTCOME, "case.acknowledged",
+       milestone="acknowledged"),
+    *(row for state in AWAITING_OUTCOME for row in (
+        _T(state, "record_removed", "removed", _OUTCOME, "case.removed",
+           milestone="removed"),
+        _T(state, "record_content_unavailable", "content_unavailable", _OUTCOME,
+           "case.content_unavailable"),
+        _T(state, "record_not_actionable", "not_actionable", _OUTCOME,
+           "case.not_actionable"),
+        # The hosting moved: a later re-route (after approval) sends it to the new place.
+        _T(state, "record_moved", "moved", _MOVED, "case.moved"),
+    )),
 )
 _BY_KEY = {(t.state, t.event): t for t in TABLE}
 assert len(_BY_KEY) == len(TABLE), "one transition per state and event"
 EVENTS = tuple(dict.fromkeys(t.event for t in TABLE))
+
+
+assert {t.milestone for t in TABLE} <= {"", *MILESTONES}
+
+
+def reached(milestone: str, at: datetime) -> dict[str, Any]:
+    """The column values that keep ``milestone`` at ``at`` unless it was reached before."""
+    column = cases.c[f"{milestone}_at"]
+    return {column.name: func.coalesce(column, literal(at, column.type))}
 
 
 def sources(event: str) -> tuple[str, ...]:
@@ -170,6 +230,7 @@ def move(
     state: str | None = None, where: ColumnElement[bool] | None = None,
     values: Mapping[str, Any] | None = None, details: Mapping[str, Any] | None = None,
     audit: bool = True, batch: list[AuditEntry] | None = None,
+    milestone_at: datetime | None = None,
 ) -> Transition:
     """Apply ``event`` to a case in ``conn``'s transaction and record it.
 
@@ -178,7 +239,9 @@ def move(
     :class:`CaseChanged`. ``values`` are other columns set in the same statement.
     ``audit=False`` only for a self-transition that changes nothing worth recording (a case
     still held for the same reason). Inside :func:`audit_batch`, pass its list as ``batch``:
-    the entry is recorded with the others at the block's end (one append for many cases)."""
+    the entry is recorded with the others at the block's end (one append for many cases).
+    A transition that reaches a milestone keeps it at ``milestone_at`` (default ``at``: a
+    removal is kept at the time the content went down, not when it was recorded)."""
     if state is None:
         state = conn.execute(select(cases.c.status).where(cases.c.id == case_id)).scalar()
         if state is None:
@@ -191,6 +254,8 @@ def move(
         raise ValueError("the state is the lifecycle's to set")
     if found.effect:
         columns["hold_reason"] = None
+    if found.milestone:
+        columns.update(reached(found.milestone, milestone_at or at))
     columns["status"] = found.next
     if found.next != state or found.restart:
         columns["status_changed_at"] = at

@@ -101,6 +101,14 @@ cases = Table(
     Column("assigned_to", Uuid, nullable=True),
     # Why a case is ``held`` (the rule id: hold-unknown-hosting, hold-no-key, …).
     Column("hold_reason", String(32), nullable=True),
+    # Milestones, for statistics: when the case first reached each (``gateway.store.lifecycle``;
+    # ``removed_at`` is when the content went down, as its outcome says).
+    Column("located_at", DateTime(timezone=True), nullable=True),
+    Column("assessed_at", DateTime(timezone=True), nullable=True),
+    Column("approved_at", DateTime(timezone=True), nullable=True),
+    Column("referred_at", DateTime(timezone=True), nullable=True),
+    Column("acknowledged_at", DateTime(timezone=True), nullable=True),
+    Column("removed_at", DateTime(timezone=True), nullable=True),
     Index(None, "status", "first_reported"),
 )
 
@@ -305,7 +313,9 @@ routing_decisions = Table(
     Index(None, "case_id", "created_at"),
 )
 
-# One referral per case and destination: the encrypted message lives in the outbox.
+# One referral per routing decision and destination (a case reopened after a removal may be
+# referred to the same destination again, on a new decision): the encrypted message lives in
+# the outbox.
 referrals = Table(
     "referrals",
     metadata,
@@ -323,7 +333,35 @@ referrals = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("sent_at", DateTime(timezone=True), nullable=True),
     Column("error", Text, nullable=True, info=SEALED_TEXT),
-    UniqueConstraint("case_id", "destination"),
+    # What became of it (``gateway.store.outcomes``): None while nothing is known, then
+    # acknowledged | removed | content_unavailable | not_actionable | moved, with its time
+    # (when the content went down, for a removal). The history is ``referral_outcomes``.
+    Column("outcome", String(24), nullable=True),
+    Column("outcome_at", DateTime(timezone=True), nullable=True),
+    UniqueConstraint("decision_id", "destination"),
+)
+
+# Every outcome recorded for a referral, never updated: what, why (``reason_code`` for
+# not_actionable), when it happened and when it was recorded, and who said so: an analyst
+# (``recorded_by``), or a destination's verified reply (``destination`` and the key that
+# signed it).
+referral_outcomes = Table(
+    "referral_outcomes",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("referral_id", Uuid, ForeignKey("referrals.id"), nullable=False),
+    Column("case_id", Uuid, ForeignKey("cases.id"), nullable=False),
+    Column("outcome", String(24), nullable=False),
+    Column("reason_code", String(32), nullable=True),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+    Column("recorded_by", Uuid, ForeignKey("users.id"), nullable=True),
+    Column("source", String(16), nullable=False),  # analyst | reply | partner
+    Column("destination", String(32), nullable=True),
+    Column("signer_fingerprint", String(40), nullable=True),
+    Column("note", Text, nullable=True, info=SEALED_TEXT),
+    Index(None, "referral_id", "recorded_at"),
+    Index(None, "case_id"),
 )
 
 # The durable outbox: every message that must leave, until it has.

@@ -8,6 +8,9 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import uuid
+from datetime import timedelta
+from functools import partial
 
 from playwright.async_api import Browser, expect
 
@@ -15,6 +18,7 @@ from gateway.console.accounts import add_user, utcnow
 from tests.browser import shot
 from tests.console_client import base, code, file_case, ready_user
 from tests.gateway.conftest import Start
+from tests.referred import refer
 
 
 async def test_an_analyst_logs_in_and_assesses_a_case(start: Start, browser: Browser) -> None:
@@ -118,3 +122,56 @@ async def test_the_owner_logs_in_in_a_browser_during_a_burst(
     assert script.returncode == 0
     assert {status for _, status, _ in answers} <= {401, 429}
     assert 100 < len(answers) < 20_000 * len(sources)  # it was still going when stopped
+
+
+async def test_an_analyst_records_outcomes_in_a_browser(start: Start, browser: Browser) -> None:
+    """A referred case's page shows the referral's timeline and an outcome form: the analyst
+    picks the queue's "awaiting outcome", records the acknowledgement, then the removal with
+    the time the content went down; the timeline, the state and the milestones follow."""
+    gw = await start()
+    case_id = await file_case(gw, "Please look at http://nl.test/browser-outcome",
+                              "browser-outcome")
+    await gw.console.context.backend.transaction(partial(
+        refer, at=utcnow() - timedelta(hours=3), case_id=uuid.UUID(case_id)))
+    user = await ready_user(gw.console.context.backend, "ana")
+    origin = base(gw)
+    page = await browser.new_page()
+    await page.goto(origin + "/login")
+    await page.fill("#name", "ana")
+    await page.fill("#password", user.password)
+    await page.fill("#code", code(user.totp_secret))
+    await page.click("button[type=submit]")
+    await page.wait_for_url(origin + "/")
+
+    await page.select_option("#status", "awaiting_outcome")
+    await page.click("form.filters button[type=submit]")
+    await page.wait_for_url(origin + "/?status=awaiting_outcome&flag=")
+    assert await page.inner_text("h1") == "Cases: awaiting outcome"
+    await page.locator("table.queue a.open").click()
+    await page.wait_for_url(f"{origin}/cases/{case_id}")
+    referral = page.locator("section.referral")
+    assert "delivered" in await referral.locator("ol.timeline").inner_text()
+    await shot(page, "outcome-1-referred")
+
+    form = referral.locator("form.outcome-form")
+    await form.locator("select[name=outcome]").select_option("acknowledged")
+    await form.locator("button[type=submit]").click()
+    await page.wait_for_url(f"{origin}/cases/{case_id}")
+    assert "acknowledged" in await page.inner_text("h1 .status")
+    down = (utcnow() - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S")
+    form = page.locator("section.referral form.outcome-form")
+    await form.locator("select[name=outcome]").select_option("removed")
+    await form.locator("input[name=occurred_at]").fill(down)
+    await form.locator("textarea[name=note]").fill("gone, the host says")
+    await form.locator("button[type=submit]").click()
+    await page.wait_for_url(f"{origin}/cases/{case_id}")
+    assert "removed" in await page.inner_text("h1 .status")
+    timeline = await page.locator("section.referral ol.timeline li.outcome").all_inner_texts()
+    assert len(timeline) == 2
+    assert "acknowledged" in timeline[0] and "by ana" in timeline[0]
+    assert timeline[1].startswith(f"{down}Z · removed") and "gone, the host says" in timeline[1]
+    assert await page.locator("section.referral form.outcome-form").count() == 0
+    milestones = await page.inner_text("#milestones")
+    assert f"removed\n{down}Z" in milestones.replace("\t", "\n")
+    await shot(page, "outcome-2-removed")
+    await page.close()

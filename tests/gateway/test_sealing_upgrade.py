@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, inspect, select
 
 from gateway.database import load_sealer, open_database
 from gateway.store import sealing_state
@@ -60,7 +60,11 @@ async def read_clear(database: Path) -> dict[tuple[str, str, str], Any]:
     values: dict[tuple[str, str, str], Any] = {}
     try:
         async with engine.connect() as conn:
+            # Tables added since that release are not there (nothing of theirs to seal).
+            present = set(await conn.run_sync(lambda sync: inspect(sync).get_table_names()))
             for table in sealed_tables(with_trail=False):
+                if table.name not in present:
+                    continue
                 names = list(dict.fromkeys([*SEALED[table.name], *LOOKUPS.get(table.name, {}),
                                             *(n for lookup in LOOKUPS.get(table.name, {})
                                               .values() for n in lookup.needs)]))
@@ -470,6 +474,18 @@ def test_the_sealed_database_reads_as_the_older_release_showed_it(
         assert main(["--config", str(path), "cases", "show", case_id, "--json"]) == 0
         shown[case_id] = capsys.readouterr().out
     assert "hgs:" not in listing and not any("hgs:" in text for text in shown.values())
-    assert json.loads(listing) == expected["list"]
+    assert as_recorded(json.loads(listing), expected["list"]) == expected["list"]
     for case_id, text in shown.items():
-        assert json.loads(text) == expected["show"][case_id], case_id
+        recorded = expected["show"][case_id]
+        assert as_recorded(json.loads(text), recorded) == recorded, case_id
+
+
+def as_recorded(shown: Any, recorded: Any) -> Any:
+    """``shown`` without the fields added since the recording (a case's ``milestones``, say):
+    more fields are welcome, the recorded ones keep their names and values."""
+    if isinstance(shown, dict) and isinstance(recorded, dict):
+        return {key: as_recorded(value, recorded[key]) for key, value in shown.items()
+                if key in recorded}
+    if isinstance(shown, list) and isinstance(recorded, list) and len(shown) == len(recorded):
+        return [as_recorded(a, b) for a, b in zip(shown, recorded, strict=True)]
+    return shown
