@@ -160,6 +160,9 @@ async def test_every_rule_end_to_end(
         assert document["case"]["id"] == ids[name]
         assert document["case"]["canonical_url"] == urls[name]
         assert document["rule"] == expected[name][1]
+        # The verdict's ICCAM details, as the analyst recorded them (no flag applied).
+        assert {k: document["case"].get(k) for k in (*ILLEGAL_DETAILS, "content_flags")} == {
+            **ILLEGAL_DETAILS, "content_flags": []}
         # Nothing about the case on the wire: no URL, no host, no JSON.
         host = re.escape(urls[name].split("/")[2]).encode()
         assert not re.search(rb"(?<![\w.-])" + host, raw) and urls[name].encode() not in raw
