@@ -79,6 +79,7 @@ async def test_an_analyst_logs_in_and_assesses_a_case(start: Start, browser: Bro
     await page.select_option("#site-type", "file_host")
     await page.check("#flag-commercial")
     await page.fill("#note", "clearly within the baseline")
+    await shot(page, "4b-assessing")
     await page.click("#assess")
     await page.wait_for_url(f"{origin}/cases/{case_id}")
     assert "assessed" in await page.inner_text("h1 .status")
