@@ -13,12 +13,14 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from gateway import config as config_module
 from gateway.app import Gateway
 from gateway.cli import main
 from gateway.console.accounts import create_token, utcnow
+from gateway.database import open_database
+from gateway.store import migrate
 from gateway.store.classification import (
     AGE_GROUPS,
     CODES,
@@ -28,8 +30,10 @@ from gateway.store.classification import (
     REASONS,
     SITE_TYPES,
     Classification,
+    recorded,
 )
 from gateway.store.tables import assessments
+from tests.conftest import ConfigFactory
 from tests.console_client import StaffClient, file_case, ready_user
 from tests.gateway.conftest import Start
 from tests.gateway.test_config import problems_of
@@ -230,3 +234,38 @@ async def test_the_console_form_records_the_details(
     assert status == 200 and "assessed" in page
     assert ("age group: infant or toddler · media: images · site type: link site · "
             "commercial") in page
+
+
+@pytest.mark.startup
+async def test_verdicts_from_before_the_migration_have_no_details(
+    make_config: ConfigFactory
+) -> None:
+    """Migration 0012 adds the columns empty: a verdict recorded before shows no details (no
+    flags either, rather than "none applied")."""
+    engine = await open_database(make_config())
+    try:
+        await migrate.upgrade(engine, "0011")
+        async with engine.begin() as conn:
+            for statement in (
+                "INSERT INTO users (id, name, role, password_hash, totp_secret, created_at) "
+                "VALUES ('00000000000000000000000000000001', 'ana', 'analyst', 'x', 'y', "
+                "'2026-12-01 10:00:00')",
+                "INSERT INTO cases (id, kind, status, url_key, report_count, first_reported, "
+                "last_reported, created_at, status_changed_at) VALUES "
+                "('00000000000000000000000000000002', 'no_url', 'closed_legal', 'k', 1, "
+                "'2026-12-01 10:00:00', '2026-12-01 10:00:00', '2026-12-01 10:00:00', "
+                "'2026-12-01 10:00:00')",
+                "INSERT INTO assessments (id, case_id, user_id, verdict, classification, "
+                "created_at, status) VALUES ('00000000000000000000000000000003', "
+                "'00000000000000000000000000000002', '00000000000000000000000000000001', "
+                "'legal', 'doubtful', '2026-12-01 10:00:00', 'final')",
+            ):
+                await conn.execute(text(statement))
+        await migrate.upgrade(engine)
+        async with engine.connect() as conn:
+            row = (await conn.execute(select(assessments))).one()
+        assert recorded(row) == {"age_group": None, "gender": None, "media": None,
+                                 "site_type": None, "content_flags": None, "reason": None}
+        assert (row.verdict, row.classification) == ("legal", "doubtful")
+    finally:
+        await engine.dispose()
