@@ -4,15 +4,18 @@ legal one the reason. One vocabulary, code to label, for the console, the API, t
 the referral document (``outbound/schema/referral-v1.json`` lists the same codes) and the
 statistics: codes are stored plain, so that counts can filter on them.
 
-Sources. The site types are INHOPE's, as its member hotlines record them in ICCAM and as
-INHOPE publishes them in its annual reports ("Site types used to share CSAM online",
-inhope.org, on the 2020 Annual Report: website, image host, file host, forum, image store,
-banner site, link site, social networking site, blog, search provider, redirector, web
-archive); ``video_channel`` and ``chat`` are added for platforms INHOPE's list does not name,
-and ``other`` for anything else. Age groups, gender and media follow the categories of
-INHOPE's published statistics (infant/toddler, pre-pubescent, pubescent; female, male, both).
-The reason codes are this gateway's own. The lists are fixed in code, not configurable:
-adding a code is a change here and in the shipped schema, which a test keeps in step.
+Sources. The site types are INHOPE's published site-type categories, as its member hotlines
+record them in ICCAM: the article "Site types used to share CSAM online" (inhope.org, with
+the breakdown of the 2020 Annual Report) lists website, image host, file host, forum, image
+store, banner site, link site, social networking site, blog, search provider, redirector and
+web archive. ``video_channel`` and ``chat`` are this gateway's additions for platforms that
+list does not name, and ``other`` is for anything else; INHOPE's later reports count site
+types without naming every one, so re-check the list against its current annual report. The
+age groups and genders are those INHOPE's published statistics use (inhope.org "The Facts"
+and the annual reports: infant/toddler, pre-pubescent, pubescent; girls, boys, both). The
+media and the reason codes are this gateway's own. The lists are fixed in code, not
+configurable: adding a code is a change here and in the shipped schema, which a test keeps
+in step.
 """
 
 from __future__ import annotations
