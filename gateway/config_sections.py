@@ -47,6 +47,7 @@ from gateway.config_values import (
     WorkdayEnd,
     Workdays,
 )
+from gateway.store import classification
 from gateway.store.engine import DatabaseSettings
 from intake.smtp import SmtpSettings
 from intake.web import HttpSettings
@@ -385,8 +386,23 @@ class DeadlinesConfig(Section):
             workdays=[WEEKDAYS.index(day) for day in self.workdays])
 
 
+def _requirable(name: str) -> str:
+    if name not in classification.REQUIRABLE:
+        raise ValueError(f"unknown field {name!r}: "
+                         f"one of {', '.join(classification.REQUIRABLE)}")
+    return name
+
+
 class AssessmentConfig(Section):
     four_eyes: bool = False
+    #: The classification fields a verdict must carry (each for its own verdict: age_group,
+    #: gender, media and site_type for illegal; reason for legal). [] requires none.
+    require: list[Annotated[str, AfterValidator(_requirable)]] = list(
+        classification.DEFAULT_REQUIRE)
+
+    @property
+    def required(self) -> frozenset[str]:
+        return frozenset(self.require)
 
 
 class RetentionConfig(Section):
