@@ -22,6 +22,7 @@ from gateway.console.accounts import Staff
 from gateway.store import lifecycle
 from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
+from gateway.store.case_urls import open_case_urls
 from gateway.store.case_view import opened
 from gateway.store.classification import FIELDS, Classification, recorded
 from gateway.store.errors import Conflict, Invalid, NotAllowed, NotFound
@@ -161,6 +162,11 @@ async def assess(
         case = find_case(conn, case_id)
         if case.status not in ASSESSABLE:
             raise Conflict(f"the case is {case.status}, not awaiting assessment")
+        # A verdict on a URL that does not open is refused (Damaged, naming the record) before
+        # anything is stored: nobody can have seen what they would be judging.
+        open_case_urls(sealer_of(conn), conn.execute(
+            select(cases.c.id, cases.c.url, cases.c.canonical_url)
+            .where(cases.c.id == case_id)).one())
         if case.kind == "no_url" and given.verdict == "illegal":
             raise Invalid("a report without a URL cannot be referred", {
                 "verdict": "report the URL it names as a case of its own; close this one as "
