@@ -32,6 +32,7 @@ from gateway.config_values import (
     MmdbPath,
     Nameserver,
     Network,
+    OptionalEmail,
     OptionalFullyQualified,
     OptionalPath,
     Origin,
@@ -285,7 +286,7 @@ class OutboundConfig(Section):
     #: Where destinations send their replies to referrals (signed, encrypted: read
     #: automatically, ``outbound.reply_stage``); the SMTP listener takes mail for it besides
     #: ``[smtp] recipients``. Unset: no replies are taken.
-    reply_address: Annotated[Email, AfterValidator(str.lower)] | None = None
+    reply_address: OptionalEmail = None
 
     def settings(self) -> OutboundSettings:
         return OutboundSettings(

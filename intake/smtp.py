@@ -255,8 +255,6 @@ class ReportHandler:
         assert self._replies is not None
         reply = NewReply(received_at=datetime.now(UTC), raw=content, body_sha256=digest,
                          mail_from=clean_text(envelope.mail_from), message_id=msg_id)
-        if self.shutting_down:
-            return REPLY_SHUTDOWN
         try:
             receipt = await self._replies.keep(reply)
         except Exception as exc:  # any storage failure: the sender keeps the reply and retries

@@ -220,6 +220,8 @@ def test_the_reply_address_is_an_address_of_its_own() -> None:
     """outbound.reply_address: unset by default (no replies taken), an address (lower-cased),
     and never one of the report recipients."""
     assert config_module.parse({}, base=Path("/")).outbound.reply_address is None
+    assert config_module.parse({"outbound": {"reply_address": ""}},
+                               base=Path("/")).outbound.reply_address is None
     config = config_module.parse({"outbound": {"reply_address": "Replies@Hotline.test"}},
                                  base=Path("/"))
     assert config.outbound.reply_address == "replies@hotline.test"
