@@ -213,3 +213,28 @@ async def test_a_reason_code_the_hotline_does_not_use_is_kept_as_other(
         note = open_value(sealer_of(conn), referral_outcomes.c.note, row.id, row.note)
     assert note.splitlines() == ["reason given: adult_pornography", "Adults only.",
                                  "their reference: NL-2026-7"]
+
+
+async def test_hostile_replies_are_kept_and_change_nothing(
+    backend: WriteBackend, engine: AsyncEngine, gpg: Gpg, keys: Keys,
+    executor: ThreadPoolExecutor,
+) -> None:
+    """Nothing, binary noise, a PGP/MIME shell around noise, one far too large, a forged
+    signature block: each is read without error, kept for an analyst, and moves nothing."""
+    case_id, referral = await referred(backend, keys)
+    thread = f"In-Reply-To: {referral['message_id']}\r\n".encode()
+    shell = (b"Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\";"
+             b" boundary=b\r\n" + thread + b"\r\n--b\r\nContent-Type: application/pgp-encrypted"
+             b"\r\n\r\nVersion: 1\r\n--b\r\nContent-Type: application/octet-stream\r\n\r\n"
+             b"-----BEGIN PGP MESSAGE-----\r\n\r\nhQEMA+noise\r\n-----END PGP MESSAGE-----\r\n"
+             b"--b--\r\n")
+    hostile = {b"": "not_encrypted", bytes(range(256)) * 8: "not_encrypted",
+               shell: "undecryptable", thread + b"\r\n" + b"x" * (1024 * 1024): "too_large"}
+    ids = {await kept(backend, raw): reason for raw, reason in hostile.items()}
+    seen: list[str] = []
+    await stage(backend, gpg, keys, executor, Clock(T), seen).run_once()
+    assert await state(engine, case_id) == ("referred", [])
+    for reply_id, reason in ids.items():
+        row = await reply_row(engine, reply_id)
+        assert (row["status"], row["reason"]) == ("needs_attention", reason), row
+    assert sorted(seen) == sorted(hostile.values())
