@@ -60,6 +60,10 @@ log = structlog.get_logger("outbound.reply_stage")
 RACE_WAIT = timedelta(seconds=5)
 
 
+class _LeaseLost(Exception):
+    """The reply is no longer this worker's: what its transaction recorded is undone."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Claimed:
     id: uuid.UUID
@@ -154,10 +158,10 @@ def _document_outcome(document: dict[str, Any]) -> tuple[str, str | None, str | 
 
 
 def _record(conn: Connection, claimed: _Claimed, verdict: Verdict, referral: _Referral, *,
-            worker: str, now: datetime) -> Finding | None:
+            worker: str, now: datetime) -> Finding:
     """Record what a trusted reply says and settle the reply, in ``conn``'s transaction;
-    the finding (None: the reply is no longer ours). Raises what ``record_outcome_in`` raises
-    for an outcome the referral cannot take (the caller undoes it all)."""
+    the finding. Raises what ``record_outcome_in`` raises for an outcome the referral cannot
+    take, and ``_LeaseLost`` when the reply is no longer ours (the caller undoes it all)."""
     assert verdict.signer is not None
     who = Recorder.reply(referral.destination, verdict.signer)
     document = verdict.document
@@ -186,7 +190,9 @@ def _record(conn: Connection, claimed: _Claimed, verdict: Verdict, referral: _Re
         finding = Finding("needs_attention", "bad_document",
                           "; ".join([verdict.detail, *verdict.problems])[:1000],
                           verdict.signer, referral.id, referral.case_id, recorded)
-    return finding if settle_in(conn, claimed.id, finding, worker=worker, now=now) else None
+    if not settle_in(conn, claimed.id, finding, worker=worker, now=now):
+        raise _LeaseLost
+    return finding
 
 
 class ReplyStage(PollingStage):
@@ -280,6 +286,8 @@ class ReplyStage(PollingStage):
                     self._apply, claimed=item, verdict=verdict, now=self._clock()))
             except CaseChanged:  # another outcome came first: read it again shortly
                 await self._put_off(item, RACE_WAIT)
+                return
+            except _LeaseLost:  # another worker has it now, and reads it again
                 return
             except GatewayError as refused:
                 detail = str(refused)
