@@ -10,7 +10,8 @@ the reply; ``Verdict.for_referral`` then holds the signer to that referral's key
 reply records, in one transaction with the reply's own state:
 
 - ``acknowledged`` (the destination has it), when it happened: the document's time when the
-  document says ``acknowledged``, else when the reply arrived. A referral already
+  document says ``acknowledged``, else when the reply arrived (or the document's outcome
+  happened, if earlier). A referral already
   acknowledged, or closed since, stays as it is: a repeated acknowledgement is no error;
 - the outcome/v1 document's outcome, when there is one (a repeat of the outcome the referral
   already has is no error either). A reason code the hotline does not use becomes ``other``
@@ -165,9 +166,13 @@ def _record(conn: Connection, claimed: _Claimed, verdict: Verdict, referral: _Re
     assert verdict.signer is not None
     who = Recorder.reply(referral.destination, verdict.signer)
     document = verdict.document
+    # When the reply came, or when the document says: it had the referral by then (what it
+    # did about it is no later than it acknowledged it).
     acknowledged_at = min(utc(claimed.received_at), now)
-    if document is not None and document["outcome"] == "acknowledged":
-        acknowledged_at = _moment(document["occurred_at"])
+    if document is not None:
+        said = _moment(document["occurred_at"])
+        acknowledged_at = said if document["outcome"] == "acknowledged" \
+            else min(acknowledged_at, said)
     recorded = None
     try:
         recorded = record_outcome_in(conn, referral.id, "acknowledged", reason=None,

@@ -124,6 +124,26 @@ async def test_an_acknowledgement_is_dated_when_the_reply_came(
     assert stored.document is None
 
 
+async def test_a_removal_in_the_first_reply_dates_both_outcomes(
+    backend: WriteBackend, engine: AsyncEngine, gpg: Gpg, keys: Keys,
+    executor: ThreadPoolExecutor, tmp_path: Path,
+) -> None:
+    """The first reply already says the content went down, before the reply was sent: the
+    referral was acknowledged no later than that, and removed then."""
+    case_id, referral = await referred(backend, keys)
+    went_down = ARRIVED - timedelta(minutes=30)
+    document = outcome_document(reference=referral["reference"], outcome="removed",
+                                occurred_at=went_down)
+    await kept(backend, reply_from_nl(keys, tmp_path, referral, document))
+    await stage(backend, gpg, keys, executor, Clock(T), []).run_once()
+    assert await state(engine, case_id) == ("removed", [
+        ("acknowledged", None, went_down, T, "reply"), ("removed", None, went_down, T, "reply")])
+    async with engine.connect() as conn:
+        removed_at = (await conn.execute(select(cases.c.removed_at).where(
+            cases.c.id == case_id))).scalar_one()
+    assert removed_at.replace(tzinfo=UTC) == went_down
+
+
 async def test_a_removal_dated_after_the_clock_changes_nothing(
     backend: WriteBackend, engine: AsyncEngine, gpg: Gpg, keys: Keys,
     executor: ThreadPoolExecutor, tmp_path: Path,
