@@ -214,7 +214,7 @@ async def running(
         refer = make_refer(config, backend, engine, locator, gpg, outbox)
         keywatch = make_keywatch(config, gpg)
         metrics = Metrics()
-        # Replies are read even with no reply_address (any kept before it was unset).
+        # Read while a reply address is set (unset, none arrive; any kept wait for it).
         replies = make_reply_stage(config, backend, gpg, gpg_executor, metrics)
         keeper = ReplyKeeper(backend)
         keeper.on_kept = replies.wake
@@ -225,7 +225,8 @@ async def running(
         parts.run("retention", DailyRetention(backend, config.retention))
         parts.run("keywatch", keywatch)
         parts.run("outbox", outbox)
-        parts.run("replies", replies)
+        if config.outbound.reply_address is not None:
+            parts.run("replies", replies)
         parts.run("refer", refer)
         parts.run("locate", locate)
         if config.intake.normalise == "serve":
