@@ -96,7 +96,6 @@ class Gateway:
     failed: asyncio.Future[str]
     #: Reads destinations' replies (``[outbound] reply_address``).
     replies: ReplyStage | None = None
-    metrics: Metrics | None = None
 
 
 def reload(gateway: Gateway, new: Config) -> list[str]:
@@ -252,7 +251,7 @@ async def running(
         await parts.listen("admin", admin)
         yield Gateway(config, engine, writer, smtp, normaliser, locator, locate, console,
                       public, admin, stats, refer, outbox, keywatch, gpg, parts.failed,
-                      replies=replies, metrics=metrics)
+                      replies=replies)
 
 
 class GatewayFailed(Exception):
