@@ -43,6 +43,9 @@ class _Snapshot(Collector):
         for row in stats.get("referrals_by_destination") or []:
             referrals.add_metric([row["destination"], row["status"]], row["count"])
         yield referrals
+        yield GaugeMetricFamily("hotline_replies_needing_attention",
+                                "Destinations' replies kept for an analyst, not handled yet",
+                                value=(stats.get("replies") or {}).get("needs_attention", 0))
         days = GaugeMetricFamily("hotline_key_days_until_expiry",
                                  "Days until a pinned key expires (-1: unusable)",
                                  labels=["key"])

@@ -231,6 +231,7 @@ async def test_replies_that_cannot_be_trusted_change_nothing_and_wait_for_an_ana
     text = await metrics_text(gw)
     for reason in sent:
         assert f'hotline_replies_total{{result="{reason}"}} 1.0' in text, reason
+    assert f"hotline_replies_needing_attention {float(len(sent))}" in text
 
     backend = gw.console.context.backend
     token = await create_token(backend, "ana", now=utcnow(), token_name="replies")
