@@ -34,8 +34,10 @@ from gateway.compose import (
     make_normaliser,
     make_outbox,
     make_refer,
+    make_reply_stage,
     make_smtp,
     pinned_keys,
+    reply_keys,
     wkd_keys,
 )
 from gateway.config import Config, ConfigError
@@ -50,6 +52,7 @@ from gateway.retention import DailyRetention
 from gateway.stats import StatsCache
 from gateway.store.backend import open_write_backend
 from gateway.store.references import ReferenceAllocator
+from gateway.store.replies import ReplyKeeper
 from gateway.store.sealed import bind_sealer, sealer_of
 from gateway.store.sealing import keyring_path
 from gateway.store.sealing_state import verify_keyring
@@ -62,6 +65,7 @@ from outbound.gpg import Gpg
 from outbound.keywatch import KeyWatch
 from outbound.outbox import OutboxStage
 from outbound.refer import ReferStage
+from outbound.reply_stage import ReplyStage
 from routing.locate import Locator, Overrides
 from routing.protocol import MembershipList
 from routing.stage import LocateStage
@@ -90,6 +94,8 @@ class Gateway:
     gpg: Gpg
     #: Set with a reason when an owned task dies: the daemon cannot go on serving.
     failed: asyncio.Future[str]
+    #: Reads destinations' replies (``[outbound] reply_address``).
+    replies: ReplyStage | None = None
 
 
 def reload(gateway: Gateway, new: Config) -> list[str]:
@@ -102,6 +108,8 @@ def reload(gateway: Gateway, new: Config) -> list[str]:
                                                           new.routing.hotlines))
     gateway.locator.reconfigure(Overrides(new.locate.override), new.locate.cdn_asns)
     gateway.keywatch.reconfigure(pinned_keys(new), new.gpg.warn_days)
+    if gateway.replies is not None:
+        gateway.replies.reconfigure(reply_keys(new))
     gateway.gpg.forget_checks()  # keys may have been imported or revoked
     gateway.config = new
     needs_restart = [name for name in ("database", "smtp", "http", "console", "admin",
@@ -204,6 +212,11 @@ async def running(
         outbox = make_outbox(config, backend, gpg)
         refer = make_refer(config, backend, engine, locator, gpg, outbox)
         keywatch = make_keywatch(config, gpg)
+        metrics = Metrics()
+        # Read while a reply address is set (unset, none arrive; any kept wait for it).
+        replies = make_reply_stage(config, backend, gpg, gpg_executor, metrics)
+        keeper = ReplyKeeper(backend)
+        keeper.on_kept = replies.wake
         # Stopped in the reverse order: the writer first, the daily retention last.
         parts.run("keyring-watch", KeyringWatch(keyring_path(
             config.data.keyring, config.data.credential, os.environ), engine,
@@ -211,16 +224,17 @@ async def running(
         parts.run("retention", DailyRetention(backend, config.retention))
         parts.run("keywatch", keywatch)
         parts.run("outbox", outbox)
+        if config.outbound.reply_address is not None:
+            parts.run("replies", replies)
         parts.run("refer", refer)
         parts.run("locate", locate)
         if config.intake.normalise == "serve":
             parts.run("normaliser", normaliser)
         parts.run("submission-writer", writer)
-        smtp = make_smtp(config, writer, executor)
+        smtp = make_smtp(config, writer, executor, keeper)
         public = PublicServer(config.http.settings(), make_intake(
             config.http.settings(), writer, keep_peer_ip=config.intake.keep_reporter_ip,
             wkd=await wkd_keys(config, gpg)))
-        metrics = Metrics()
         writer.observer = metrics
         console = ConsoleServer(config.console, make_console(
             config.console, backend, engine, locator, four_eyes=config.assessment.four_eyes,
@@ -237,7 +251,8 @@ async def running(
                            normaliser, locate, outbox)
         await parts.listen("admin", admin)
         yield Gateway(config, engine, writer, smtp, normaliser, locator, locate, console,
-                      public, admin, stats, refer, outbox, keywatch, gpg, parts.failed)
+                      public, admin, stats, refer, outbox, keywatch, gpg, parts.failed,
+                      replies=replies)
 
 
 class GatewayFailed(Exception):

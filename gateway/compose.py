@@ -20,6 +20,7 @@ from gateway.config import Config
 from gateway.metrics import Metrics
 from gateway.stats import StatsCache
 from gateway.store.backend import WriteBackend
+from gateway.store.replies import ReplyKeeper
 from gateway.store.writer import SubmissionWriter
 from intake.listeners import HttpListener
 from intake.normalise import NormaliseStage
@@ -30,6 +31,7 @@ from outbound.gpg import Gpg, GpgError
 from outbound.keywatch import KeyWatch, Pinned
 from outbound.outbox import OutboxStage
 from outbound.refer import ReferStage
+from outbound.reply_stage import ReplyStage
 from outbound.transports import make_transport
 from routing.geo import open_geolocator
 from routing.locate import Locator, Overrides
@@ -148,11 +150,25 @@ def make_refer(config: Config, backend: WriteBackend, engine: AsyncEngine, locat
                       on_queued=outbox.wake)
 
 
+def reply_keys(config: Config) -> list[str]:
+    """The keys a destination's reply may be signed with: every destination's pinned key."""
+    return [d.key for d in (*config.routing.destinations.values(),
+                            *config.routing.hotlines.values())]
+
+
+def make_reply_stage(config: Config, backend: WriteBackend, gpg: Gpg, executor: Executor,
+                     metrics: Metrics) -> ReplyStage:
+    """Reads the replies kept at ``[outbound] reply_address`` (gpg in ``executor``)."""
+    return ReplyStage(backend, gpg, executor, worker=_worker_name(),
+                      pinned=reply_keys(config), on_read=metrics.reply_read)
+
+
 def make_keywatch(config: Config, gpg: Gpg) -> KeyWatch:
     return KeyWatch(gpg, pinned_keys(config), warn_days=config.gpg.warn_days)
 
 
-def make_smtp(config: Config, writer: SubmissionWriter, executor: Executor) -> SmtpServer:
+def make_smtp(config: Config, writer: SubmissionWriter, executor: Executor,
+              replies: ReplyKeeper | None = None) -> SmtpServer:
     handler = ReportHandler(
         writer,
         recipients=config.smtp.recipients,
@@ -163,6 +179,7 @@ def make_smtp(config: Config, writer: SubmissionWriter, executor: Executor) -> S
         trusted_relays=config.smtp.trusted_relays,
         reject_attachments=config.intake.attachments == "reject",
         executor=executor,
+        replies=replies, reply_address=config.outbound.reply_address,
     )
     return SmtpServer(config.smtp.settings(), handler, grace=config.gateway.shutdown_grace)
 

@@ -108,6 +108,13 @@ class Config(Section):
             if self.routing.uses_business_hours() else None
         return self.routing.deadline_policies(calendar)
 
+    @model_validator(mode="after")
+    def _reply_address_is_not_for_reports(self) -> Config:
+        if self.outbound.reply_address in self.smtp.recipients:
+            raise ValueError("outbound.reply_address: also in smtp.recipients; replies and "
+                             "reports need addresses of their own")
+        return self
+
     def archive_key(self) -> str | None:
         """The hotline's own key every referral is also encrypted to, or None (not wanted).
         Empty when wanted but no key is configured: a referral is then held."""

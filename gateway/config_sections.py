@@ -36,6 +36,7 @@ from gateway.config_values import (
     MmdbPath,
     Nameserver,
     Network,
+    OptionalEmail,
     OptionalFullyQualified,
     OptionalPath,
     Origin,
@@ -291,6 +292,10 @@ class OutboundConfig(Section):
     #: Every referral is also encrypted to the hotline's own key (``gpg.archive_key``, else
     #: ``gpg.signing_key``); a referral is held while that key cannot encrypt.
     encrypt_to_self: bool = True
+    #: Where destinations send their replies to referrals (signed, encrypted: read
+    #: automatically, ``outbound.reply_stage``); the SMTP listener takes mail for it besides
+    #: ``[smtp] recipients``. Unset: no replies are taken.
+    reply_address: OptionalEmail = None
 
     def settings(self) -> OutboundSettings:
         return OutboundSettings(

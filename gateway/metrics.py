@@ -43,6 +43,9 @@ class _Snapshot(Collector):
         for row in stats.get("referrals_by_destination") or []:
             referrals.add_metric([row["destination"], row["status"]], row["count"])
         yield referrals
+        yield GaugeMetricFamily("hotline_replies_needing_attention",
+                                "Destinations' replies kept for an analyst, not handled yet",
+                                value=(stats.get("replies") or {}).get("needs_attention", 0))
         days = GaugeMetricFamily("hotline_key_days_until_expiry",
                                  "Days until a pinned key expires (-1: unusable)",
                                  labels=["key"])
@@ -69,6 +72,9 @@ class Metrics:
                                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                                          0.5, 1.0, 2.5),
                                 registry=self.registry)
+        self.replies = Counter("hotline_replies",
+                               "Destinations' replies read: trusted, or why one was kept for "
+                               "an analyst", ["result"], registry=self.registry)
         self.snapshot = _Snapshot()
         self.registry.register(self.snapshot)
 
@@ -77,6 +83,10 @@ class Metrics:
         self.intake.labels(channel, outcome).inc()
         if seconds is not None:
             self.commit.observe(seconds)
+
+    def reply_read(self, result: str) -> None:
+        """The reply stage's observer: one reply read ("trusted", or its reason)."""
+        self.replies.labels(result).inc()
 
     def render(self, stats: dict[str, Any], keys: Mapping[str, KeyStatus | None]) -> bytes:
         self.snapshot.stats = stats

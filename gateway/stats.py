@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
-from gateway.store.tables import cases, outbox, referrals, submissions
+from gateway.store.tables import cases, outbox, referrals, replies, submissions
 from gateway.store.times import aware
 
 
@@ -39,6 +39,7 @@ async def collect_stats(engine: AsyncEngine, *, now: datetime | None = None) -> 
         unlocated = (await conn.execute(
             select(func.count()).select_from(cases)
             .where(cases.c.status.in_(("new", "locate_failed"))))).scalar_one()
+        by_reply_status = await _count_by(conn, replies.c.status)
     if oldest is not None:
         oldest = aware(oldest)
     return {
@@ -51,6 +52,8 @@ async def collect_stats(engine: AsyncEngine, *, now: datetime | None = None) -> 
         "referrals_by_destination": by_destination,
         "outbox_pending": int(pending),
         "outbox_oldest_pending_seconds": (now - oldest).total_seconds() if oldest else 0.0,
+        # Destinations' replies by state: ``needs_attention`` waits for an analyst.
+        "replies": by_reply_status,
     }
 
 

@@ -21,11 +21,12 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
 
+from gateway.store.replies import NewReply, ReplyReceipt
 from gateway.store.writer import NewSubmission, Submitter, WriterClosed
 from intake.mime import MimeError, strip_attachments
 from intake.ratelimit import RateLimiter
@@ -41,6 +42,12 @@ INLINE_INSPECT_BYTES = 64 * 1024
 
 REPLY_ACCEPTED = "250 2.0.0 Ok: queued as {reference}"
 REPLY_NO_RELAY = "550 5.1.1 Recipient not accepted here: this server takes reports only"
+REPLY_KEPT = "250 2.0.0 Ok: reply kept as {reply_id}"
+# A report and a reply to a referral are stored apart: one transaction takes one kind, and the
+# other kind's recipient gets 452, which the client retries in a transaction of its own
+# (RFC 5321 4.5.3.1.10; 3.3: the recipients it was given 250 for are delivered now).
+REPLY_SEPARATE = ("452 4.5.3 Reports and replies to referrals go in separate messages; "
+                  "send to this recipient again")
 REPLY_TOO_BIG = "552 5.3.4 Message too big: the limit is {limit} bytes"
 REPLY_SMUGGLING = (
     "550 5.6.0 A line holding only '.' after a bare CR or LF (SMTP smuggling); not accepted"
@@ -82,6 +89,14 @@ _AIOSMTPD_TOO_BIG = (
 #: Recipients one message may name (they can only be our own addresses anyway).
 MAX_RECIPIENTS = 20
 
+
+class ReplyIntake(Protocol):
+    """Where replies to referrals are kept (``gateway.store.replies.ReplyKeeper``): stored
+    durably before the call returns."""
+
+    async def keep(self, reply: NewReply) -> ReplyReceipt: ...
+
+
 class ReportHandler:
     """The aiosmtpd handler: every reply the gateway gives to a reporting MTA."""
 
@@ -97,9 +112,14 @@ class ReportHandler:
         trusted_relays: Iterable[Network] = (),
         reject_attachments: bool = False,
         executor: Executor | None = None,
+        replies: ReplyIntake | None = None,
+        reply_address: str | None = None,
     ) -> None:
         self._submitter = submitter
         self._recipients = frozenset(r.lower() for r in recipients)
+        #: Destinations' replies to referrals: kept as they are, read by the reply stage.
+        self._replies = replies
+        self._reply_address = reply_address.lower() if replies and reply_address else None
         self._keep_peer_ip = keep_peer_ip
         self._reject_attachments = reject_attachments
         self._max_message_bytes = max_message_bytes
@@ -143,14 +163,21 @@ class ReportHandler:
         self, server: SMTP, session: Session, envelope: Envelope, address: str,
         rcpt_options: list[str],
     ) -> str:
-        if address.lower() not in self._recipients:
+        is_reply = self._is_reply(address)
+        if not is_reply and address.lower() not in self._recipients:
             log.info("smtp.recipient_refused")
             return REPLY_NO_RELAY
         if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
             return REPLY_TOO_MANY_RCPT
+        if envelope.rcpt_tos and self._is_reply(envelope.rcpt_tos[0]) != is_reply:
+            log.info("smtp.recipient_kinds_mixed")
+            return REPLY_SEPARATE
         if address not in envelope.rcpt_tos:
             envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
+
+    def _is_reply(self, address: str) -> bool:
+        return self._reply_address is not None and address.lower() == self._reply_address
 
     async def handle_DATA(
         self, server: SMTP, session: Session, envelope: Envelope
@@ -181,6 +208,9 @@ class ReportHandler:
         if seen.line_too_long:
             log.info("smtp.line_too_long_refused", size=len(raw))
             return REPLY_LINE_TOO_LONG.format(limit=self._max_line_bytes)
+        if envelope.rcpt_tos and self._is_reply(envelope.rcpt_tos[0]):
+            return await self._keep_reply(envelope, seen.content, seen.body_sha256,
+                                          seen.message_id)
         stored = seen.content
         if seen.may_carry_attachments:
             # Attachment bytes never reach the disk: they are hashed and cut out before the
@@ -217,6 +247,21 @@ class ReportHandler:
             return REPLY_TEMPFAIL
         # No log line per message: the writer logs each commit with its references.
         return REPLY_ACCEPTED.format(reference=receipt.reference)
+
+    async def _keep_reply(self, envelope: Envelope, content: bytes, digest: str,
+                          msg_id: str | None) -> str:
+        """A reply to a referral: kept whole (its parts are ciphertext: nothing is cut out),
+        to be read by the reply stage; never filed as a report."""
+        assert self._replies is not None
+        reply = NewReply(received_at=datetime.now(UTC), raw=content, body_sha256=digest,
+                         mail_from=clean_text(envelope.mail_from), message_id=msg_id)
+        try:
+            receipt = await self._replies.keep(reply)
+        except Exception as exc:  # any storage failure: the sender keeps the reply and retries
+            log.warning("smtp.reply_store_failed", error_type=type(exc).__name__)
+            return REPLY_TEMPFAIL
+        log.info("smtp.reply_kept", reply=str(receipt.reply_id), duplicate=receipt.duplicate)
+        return REPLY_KEPT.format(reply_id=receipt.reply_id)
 
     async def handle_exception(self, error: Exception) -> str:
         # aiosmtpd would otherwise put the exception's text in the reply. What a client causes

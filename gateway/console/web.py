@@ -20,7 +20,7 @@ from markupsafe import Markup, escape
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.config import ConsoleConfig
-from gateway.console import api, pages, securitykeys, users
+from gateway.console import api, pages, replies, securitykeys, users
 from gateway.console.accounts import staff_for_token
 from gateway.console.base import (
     CONSOLE,
@@ -54,7 +54,7 @@ SECURITY_HEADERS = listeners.security_headers(
 #: Password hashes computed at once (argon2 is expensive on purpose: ~64 MiB and ~100 ms each).
 HASHING_SLOTS = 2
 TEMPLATES = ("login.html", "password.html", "queue.html", "case.html", "error.html",
-             "users.html", "keys.html", "login_key.html")
+             "users.html", "keys.html", "login_key.html", "replies.html")
 STATIC = {"console.css": "text/css", "console.js": "text/javascript",
           "securitykey.js": "text/javascript"}
 
@@ -176,6 +176,7 @@ def build_app(console: Console) -> web.Application:
     app.router.add_get("/static/{name}", static_file)
     pages.add_routes(app)
     api.add_routes(app)
+    replies.add_routes(app)
     users.add_routes(app)
     securitykeys.add_routes(app)
     return app

@@ -63,6 +63,12 @@ def _dedup_source(row: Mapping[str, Any]) -> bytes:
     return key.encode("utf-8", "surrogateescape")
 
 
+def _reply_source(row: Mapping[str, Any]) -> bytes:
+    """What ``gateway.store.replies.NewReply`` hashes for ``replies.dedup_key``."""
+    return f"reply\0{row['message_id'] or ''}\0{row['body_sha256']}".encode(
+        "utf-8", "surrogateescape")
+
+
 def _case_source(row: Mapping[str, Any]) -> str | None:
     """What ``gateway.store.case_urls.case_lookup_key`` hashes: the canonical URL."""
     canonical = row["canonical_url"]
@@ -76,6 +82,7 @@ LOOKUPS: Mapping[str, Mapping[str, Lookup]] = {
     "submissions": {"dedup_key": Lookup("submission", ("channel", "message_id", "body_sha256"),
                                         _dedup_source)},
     "cases": {"url_key": Lookup("case", ("canonical_url",), _case_source)},
+    "replies": {"dedup_key": Lookup("reply", ("message_id", "body_sha256"), _reply_source)},
 }
 _OLD_HASH = re.compile(r"[0-9a-f]{64}")
 #: Sealed by ``audit.seal_trail`` (hash-chained), not value by value.

@@ -375,6 +375,45 @@ referral_outcomes = Table(
     Index(None, "case_id"),
 )
 
+# Destinations' replies to referrals, as they arrived at ``[outbound] reply_address``: kept
+# whatever they say (``gateway.store.replies``). ``received`` until the reply stage has read
+# one; then ``read`` (trusted: what it said is recorded as the referral's outcomes) or
+# ``needs_attention`` (not trusted, or not all of it could be recorded: ``reason``), which an
+# analyst marks ``handled``. Never deleted, never trusted on anything but its signature.
+replies = Table(
+    "replies",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("status", String(24), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("mail_from", Text, nullable=True, info=SEALED_TEXT),
+    Column("message_id", Text, nullable=True, info=SEALED_TEXT),
+    Column("body_sha256", String(64), nullable=False),
+    # The same Message-ID and body again (an SMTP retry): the first reply's id back.
+    Column("dedup_key", String(72), nullable=True, unique=True),
+    Column("raw_size", Integer, nullable=False),
+    Column("raw", LargeBinary, nullable=True, info=SEALED_BYTES),
+    # Reading (one worker at a time holds a reply, until claimed_until).
+    Column("claimed_by", String(64), nullable=True),
+    Column("claimed_until", DateTime(timezone=True), nullable=True),
+    Column("read_at", DateTime(timezone=True), nullable=True),
+    # Why it was not trusted or not all recorded (outbound.replies' reasons, and
+    # ``outcome_refused``), with one line saying what failed (never the message's content).
+    Column("reason", String(32), nullable=True),
+    Column("detail", Text, nullable=True, info=SEALED_TEXT),
+    Column("signer", String(40), nullable=True),
+    # The referral it names, when one was found; and the outcome it recorded.
+    Column("referral_id", Uuid, ForeignKey("referrals.id"), nullable=True),
+    Column("case_id", Uuid, ForeignKey("cases.id"), nullable=True),
+    Column("outcome", String(24), nullable=True),
+    Column("document", JSON, nullable=True, info=SEALED_JSON),
+    Column("handled_by", Uuid, ForeignKey("users.id"), nullable=True),
+    Column("handled_at", DateTime(timezone=True), nullable=True),
+    Column("handled_note", Text, nullable=True, info=SEALED_TEXT),
+    Index(None, "status", "received_at"),
+    Index(None, "referral_id"),
+)
+
 # The durable outbox: every message that must leave, until it has.
 outbox = Table(
     "outbox",

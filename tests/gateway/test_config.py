@@ -214,3 +214,19 @@ def test_the_archive_key_is_pinned_and_used() -> None:
     assert problems_of({"gpg": {"archive_key": other},
                         "outbound": {"encrypt_to_self": False}})[0].startswith(
         "gpg.archive_key: set, but outbound.encrypt_to_self is false")
+
+
+def test_the_reply_address_is_an_address_of_its_own() -> None:
+    """outbound.reply_address: unset by default (no replies taken), an address (lower-cased),
+    and never one of the report recipients."""
+    assert config_module.parse({}, base=Path("/")).outbound.reply_address is None
+    assert config_module.parse({"outbound": {"reply_address": ""}},
+                               base=Path("/")).outbound.reply_address is None
+    config = config_module.parse({"outbound": {"reply_address": "Replies@Hotline.test"}},
+                                 base=Path("/"))
+    assert config.outbound.reply_address == "replies@hotline.test"
+    assert problems_of({"outbound": {"reply_address": "not an address"}})[0].startswith(
+        "outbound.reply_address:")
+    assert problems_of({"outbound": {"reply_address": "report@hotline.test"}})[0] == (
+        "outbound.reply_address: also in smtp.recipients; replies and reports need "
+        "addresses of their own")
