@@ -39,6 +39,9 @@ async def collect_stats(engine: AsyncEngine, *, now: datetime | None = None) -> 
         unlocated = (await conn.execute(
             select(func.count()).select_from(cases)
             .where(cases.c.status.in_(("new", "locate_failed"))))).scalar_one()
+        recheck_flagged = (await conn.execute(
+            select(func.count()).select_from(cases)
+            .where(cases.c.recheck_flag.is_not(None)))).scalar_one()
     if oldest is not None:
         oldest = aware(oldest)
     return {
@@ -47,6 +50,8 @@ async def collect_stats(engine: AsyncEngine, *, now: datetime | None = None) -> 
         "submissions_by_channel": by_channel,
         "cases": by_case_status,
         "cases_to_locate": int(unlocated),
+        # Referred cases whose hosting re-check needs a person (routing.recheck).
+        "cases_recheck_flagged": int(recheck_flagged),
         "referrals": by_referral_status,
         "referrals_by_destination": by_destination,
         "outbox_pending": int(pending),
