@@ -209,7 +209,7 @@ async def test_moved_hosting_waits_for_a_supervisor(
     table's route to the police international desk waits as a pending change; an analyst
     cannot approve it, a supervisor can, and the case goes back to routing on KZ."""
     zone.add("moving.test", "A", "145.100.4.4")
-    case_id, referral_id = await referred_case(backend, "moving.test")
+    case_id, _ = await referred_case(backend, "moving.test")
     clock = Clock(START + timedelta(hours=1))
     rechecker = stage(backend, dns, mmdb, clock)
     assert await rechecker.run_once() == 1
