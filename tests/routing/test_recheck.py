@@ -3,6 +3,7 @@ injected clock."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,6 +15,9 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 from structlog.testing import capture_logs
 
+from gateway import config as config_module
+from gateway.compose import make_recheck
+from gateway.config import ConfigError
 from gateway.console.accounts import Staff, add_user
 from gateway.console.routing_changes import decide_routing_change
 from gateway.store.backend import WriteBackend
@@ -28,6 +32,7 @@ from routing.locate import Locator, Overrides
 from routing.protocol import MembershipList
 from routing.recheck import RecheckStage
 from routing.resolve import HostResolver
+from tests.conftest import ConfigFactory
 from tests.dns_server import DnsServer, Zone
 from tests.referred import refer
 from tests.sealed_cases import case_row
@@ -282,3 +287,28 @@ async def test_a_referral_not_yet_delivered_is_not_moved(
     case = await case_of(engine, case_id)
     assert case["status"] == "referred" and case["routing_change"] is None
     assert case["hosting_evidence"][-1]["country"] == "KZ"
+
+
+def test_recheck_every_is_a_duration_and_0s_turns_it_off() -> None:
+    """``[locate] recheck_every``: 12 h by default, "0s" off, anything else names the key."""
+    base = Path("/srv/hotline")
+    assert config_module.parse({}, base=base).locate.recheck_every == 12 * 3600
+    assert config_module.parse({"locate": {"recheck_every": "0s"}},
+                               base=base).locate.recheck_every == 0
+    with pytest.raises(ConfigError) as info:
+        config_module.parse({"locate": {"recheck_every": "soon"}}, base=base)
+    assert any("locate.recheck_every" in problem for problem in info.value.problems)
+
+
+async def test_serve_runs_the_recheck_unless_it_is_off(
+    make_config: ConfigFactory, backend: WriteBackend, dns: DnsServer, mmdb: dict[str, Path],
+) -> None:
+    """The composition root builds the re-check stage from the config; "0s": none."""
+    locator = Locator(HostResolver([dns.address], timeout=1.0),
+                      open_geolocator(mmdb["country"], mmdb["asn"]),
+                      overrides=Overrides([]), cdn_asns=[])
+    # At start-up, as the composition root does (it reads the membership list).
+    made = await asyncio.to_thread(make_recheck, make_config(), backend, locator)
+    assert made is not None and made._every == timedelta(hours=12)
+    assert await asyncio.to_thread(make_recheck, make_config(locate={"recheck_every": "0s"}),
+                                   backend, locator) is None
