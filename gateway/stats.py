@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
+from gateway.store.lifecycle import AWAITING_OUTCOME
 from gateway.store.tables import cases, outbox, referrals, submissions
 from gateway.store.times import aware
 
@@ -41,7 +42,8 @@ async def collect_stats(engine: AsyncEngine, *, now: datetime | None = None) -> 
             .where(cases.c.status.in_(("new", "locate_failed"))))).scalar_one()
         recheck_flagged = (await conn.execute(
             select(func.count()).select_from(cases)
-            .where(cases.c.recheck_flag.is_not(None)))).scalar_one()
+            .where(cases.c.recheck_flag.is_not(None),
+                   cases.c.status.in_(AWAITING_OUTCOME)))).scalar_one()
     if oldest is not None:
         oldest = aware(oldest)
     return {

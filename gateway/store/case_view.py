@@ -187,8 +187,9 @@ def _case_json(
         "referrals": routed[1],
         "milestones": milestones(row),
         # Why the last hosting re-check needs a person (routing.recheck), and since when.
+        # Only while the referral may be acted on: a closed case's last flag is history.
         "recheck": {"flag": row.recheck_flag, "since": iso(row.recheck_flagged_at)}
-        if row.recheck_flag else None,
+        if row.recheck_flag and row.status in AWAITING_OUTCOME else None,
     }
     if damaged:
         document["damaged"] = damaged

@@ -163,6 +163,10 @@ TABLE: tuple[Transition, ...] = (
     # Moved (routing.recheck proposes the new route): a supervisor's approval routes it
     # again on the new country; or the case is reopened.
     _T("moved", "approve_move", "assessed", (SUPERVISOR,), "case.move_approved", "reroute"),
+    # A supervisor names the new country (an analyst recorded the move, or the proposal was
+    # rejected); with four-eyes it waits as a routing change, approved as above.
+    _T("moved", "set_country", "assessed", (SUPERVISOR,), "case.hosting_country_set",
+       "reroute"),
     _T("moved", "reopen", "awaiting_assessment", (SUPERVISOR,), "case.reopened", "afresh"),
 )
 _BY_KEY = {(t.state, t.event): t for t in TABLE}

@@ -19,7 +19,7 @@ from gateway import config as config_module
 from gateway.compose import make_recheck
 from gateway.config import ConfigError
 from gateway.console.accounts import Staff, add_user
-from gateway.console.routing_changes import decide_routing_change
+from gateway.console.routing_changes import decide_routing_change, set_hosting_country
 from gateway.store.backend import WriteBackend
 from gateway.store.case_view import get_case, queue_cases
 from gateway.store.errors import NotAllowed
@@ -312,3 +312,42 @@ async def test_serve_runs_the_recheck_unless_it_is_off(
     assert made is not None and made._every == timedelta(hours=12)
     assert await asyncio.to_thread(make_recheck, make_config(locate={"recheck_every": "0s"}),
                                    backend, locator) is None
+
+
+async def test_a_rejected_move_is_routed_on_a_country_a_supervisor_names(
+    backend: WriteBackend, engine: AsyncEngine, staff: dict[str, Staff], zone: Zone,
+    dns: DnsServer, mmdb: dict[str, Path],
+) -> None:
+    """A supervisor rejects the re-check's proposal: the case stays moved and is not sent
+    anywhere; an analyst cannot name the country of a moved case, a supervisor can."""
+    zone.add("moving4.test", "A", "2.72.1.4")
+    case_id, _ = await referred_case(backend, "moving4.test")
+    clock = Clock(START + timedelta(hours=1))
+    assert await stage(backend, dns, mmdb, clock).run_once() == 1
+    rejected = await decide_routing_change(backend, staff["sam"], case_id, approve=False,
+                                           now=clock.now)
+    assert rejected.status == "moved"
+    case = await case_of(engine, case_id)
+    assert case["routing_change"]["status"] == "rejected" and case["decision"] is not None
+    with pytest.raises(NotAllowed):
+        await set_hosting_country(backend, staff["ana"], case_id, "RU", now=clock.now)
+    done = await set_hosting_country(backend, staff["sam"], case_id, "RU", now=clock.now)
+    assert done.status == "assessed"
+    assert (await case_of(engine, case_id))["assessment"]["hosting_country"] == "RU"
+
+
+async def test_a_closed_case_shows_no_recheck_flag(
+    backend: WriteBackend, engine: AsyncEngine, staff: dict[str, Staff], dns: DnsServer,
+    mmdb: dict[str, Path],
+) -> None:
+    """A flag of the re-check is shown while the referral may be acted on, not after an
+    outcome closed the case."""
+    case_id, referral_id = await referred_case(backend, "broken.test")
+    assert await stage(backend, dns, mmdb, Clock(START + timedelta(hours=1))).run_once() == 1
+    assert (await case_of(engine, case_id))["recheck"]["flag"] == "failed"
+    await record_outcome(backend, referral_id, "content_unavailable", reason=None,
+                         occurred_at=None, who=Recorder.analyst(staff["ana"].id, "ana",
+                                                                "analyst"),
+                         now=START + timedelta(hours=2))
+    case = await case_of(engine, case_id)
+    assert case["recheck"] is None and "recheck" not in case["flags"]
