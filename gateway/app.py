@@ -236,6 +236,7 @@ async def running(
         writer.observer = metrics
         console = ConsoleServer(config.console, make_console(
             config.console, backend, engine, locator, four_eyes=config.assessment.four_eyes,
+            require=config.assessment.required,
             on_decided=refer.wake, on_queued=outbox.wake))
         # Listeners last (they bring work) and stopped first; smtp within its own grace.
         await parts.listen("smtp", smtp, stop_within=step_seconds + smtp.grace + 1.0)

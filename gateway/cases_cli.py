@@ -20,6 +20,7 @@ from gateway.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from gateway.store.audit import CLI_ACTOR
 from gateway.store.backend import WriteBackend
 from gateway.store.case_view import get_case, hosting_json, list_cases
+from gateway.store.classification import labels
 from gateway.store.text import defang, visible
 from routing.locate import HostingEvidence
 from routing.stage import relocate
@@ -89,6 +90,8 @@ def _print_case(case: dict[str, Any]) -> None:
     if case["assessment"]:
         a = case["assessment"]
         say(f"assessment: {a['verdict']} {a['classification']} by {a['by']} ({a['status']})")
+        if labels(a):
+            say(f"classification: {'; '.join(labels(a))}")
     if case["decision"]:
         d = case["decision"]
         say(f"decision: {d['rule']}: {d['explanation']}")

@@ -23,6 +23,7 @@ from gateway.config_sections import (
     ConsoleConfig,
     DatabaseConfig,
     DataConfig,
+    DeadlinesConfig,
     GatewayConfig,
     GpgConfig,
     HttpConfig,
@@ -37,6 +38,7 @@ from gateway.config_sections import (
 )
 from gateway.config_values import fully_qualified
 from outbound.refer import ReferSettings
+from routing.deadlines import DeadlinePolicy
 
 # The composition root and the console import these sections from here.
 __all__ = ["AdminConfig", "Config", "ConfigError", "ConsoleConfig", "DatabaseConfig",
@@ -71,6 +73,7 @@ class Config(Section):
     retention: RetentionConfig = RetentionConfig()
     intake: IntakeConfig = IntakeConfig()
     data: DataConfig = DataConfig()
+    deadlines: DeadlinesConfig = DeadlinesConfig()
 
     @model_validator(mode="after")
     def _home_is_not_a_partner(self) -> Config:
@@ -87,6 +90,23 @@ class Config(Section):
             raise ValueError("gpg.archive_key: set, but outbound.encrypt_to_self is false: "
                              "nothing would be encrypted to it")
         return self
+
+    @model_validator(mode="after")
+    def _holidays_are_known(self) -> Config:
+        if self.routing.uses_business_hours():
+            try:
+                self.deadlines.calendar(self.gateway.home_country)
+            except LookupError as exc:
+                raise ValueError(f"gateway.home_country: {exc}, which business_hours "
+                                 "needs") from None
+        return self
+
+    def deadline_policies(self) -> dict[str, DeadlinePolicy]:
+        """The deadlines of each destination that has any, by the name decisions give it
+        (``police``, ``hotline:NL``): business time by ``[deadlines]`` where asked for."""
+        calendar = self.deadlines.calendar(self.gateway.home_country) \
+            if self.routing.uses_business_hours() else None
+        return self.routing.deadline_policies(calendar)
 
     def archive_key(self) -> str | None:
         """The hotline's own key every referral is also encrypted to, or None (not wanted).

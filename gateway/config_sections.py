@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import urllib.parse
+from datetime import time, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -20,9 +21,12 @@ from pydantic import (
 )
 
 from gateway.config_values import (
+    WEEKDAYS,
+    ClockTime,
     Country,
     CredentialName,
     DatabaseUrl,
+    DeadlineDuration,
     Domain,
     Duration,
     Email,
@@ -39,12 +43,17 @@ from gateway.config_values import (
     PositiveInt,
     RpId,
     Seconds,
+    TimeZoneName,
+    WorkdayEnd,
+    Workdays,
 )
+from gateway.store import classification
 from gateway.store.engine import DatabaseSettings
 from intake.smtp import SmtpSettings
 from intake.web import HttpSettings
 from outbound.transports import OutboundSettings
 from routing import destinations as routes
+from routing.deadlines import BusinessCalendar, DeadlinePolicy
 
 
 class Section(BaseModel):
@@ -296,9 +305,46 @@ class OutboundConfig(Section):
 class Destination(Section):
     email: Email
     key: Fingerprint
+    #: The durations below count working hours ([deadlines]) instead of elapsed time.
+    #: (Declared before them: their check reads it.)
+    business_hours: bool = False
+    #: The destination is to acknowledge a referral, and have the content removed, within
+    #: these of its being sent; unset: no such deadline.
+    acknowledge_within: DeadlineDuration = None
+    remove_within: DeadlineDuration = None
+    #: Past a deadline, a reminder at once and then every remind_every, up to max_reminders;
+    #: then a supervisor is told (at once when remind_every is unset or max_reminders is 0).
+    remind_every: DeadlineDuration = None
+    max_reminders: Annotated[int, Field(ge=0, le=100)] = 3
+
+    @model_validator(mode="after")
+    def _deadlines_fit_together(self) -> Destination:
+        if self.acknowledge_within is not None and self.remove_within is not None \
+                and self.remove_within < self.acknowledge_within:
+            raise ValueError("remove_within is shorter than acknowledge_within: content "
+                             "cannot be due for removal before the referral is acknowledged")
+        has_deadline = self.acknowledge_within is not None or self.remove_within is not None
+        for name in ("remind_every", "business_hours"):
+            if not has_deadline and getattr(self, name) not in (None, False):
+                raise ValueError(f"{name}: set, but neither acknowledge_within nor "
+                                 "remove_within is: there is no deadline to apply it to")
+        return self
 
     def settings(self) -> routes.Destination:
         return routes.Destination(email=self.email, key=self.key)
+
+    def deadline_policy(self, calendar: BusinessCalendar | None) -> DeadlinePolicy:
+        """This destination's deadlines; ``calendar`` is what business hours mean, used only
+        when ``business_hours`` is set."""
+        return DeadlinePolicy(
+            acknowledge_within=_timedelta(self.acknowledge_within),
+            remove_within=_timedelta(self.remove_within),
+            remind_every=_timedelta(self.remind_every), max_reminders=self.max_reminders,
+            calendar=calendar if self.business_hours else None)
+
+
+def _timedelta(seconds: float | None) -> timedelta | None:
+    return None if seconds is None else timedelta(seconds=seconds)
 
 
 class RoutingConfig(Section):
@@ -312,9 +358,54 @@ class RoutingConfig(Section):
             named={name: d.settings() for name, d in self.destinations.items()},
             hotlines={country: d.settings() for country, d in self.hotlines.items()})
 
+    def uses_business_hours(self) -> bool:
+        return any(d.business_hours for d in (*self.destinations.values(),
+                                              *self.hotlines.values()))
+
+    def deadline_policies(self, calendar: BusinessCalendar | None) -> dict[str, DeadlinePolicy]:
+        """Each destination's deadlines by the name decisions give it (``police``,
+        ``hotline:NL``), for those that have any."""
+        named: dict[str, Destination] = {name: d for name, d in self.destinations.items()}
+        named.update({f"hotline:{country}": d for country, d in self.hotlines.items()})
+        policies = {name: d.deadline_policy(calendar) for name, d in named.items()}
+        return {name: policy for name, policy in policies.items() if policy.active}
+
+
+class DeadlinesConfig(Section):
+    """What business hours mean, for destinations with ``business_hours = true``: these hours
+    of these weekdays, in this time zone, less ``gateway.home_country``'s public holidays."""
+
+    timezone: TimeZoneName = "Europe/Brussels"
+    workday_start: ClockTime = time(9, 0)
+    workday_end: WorkdayEnd = Field(default=time(17, 0), validate_default=True)
+    workdays: Workdays = ["mon", "tue", "wed", "thu", "fri"]
+
+    def calendar(self, home_country: str) -> BusinessCalendar:
+        """The business calendar; ``LookupError`` when the holidays library does not know
+        ``home_country``."""
+        return BusinessCalendar.for_country(
+            home_country, timezone=self.timezone, workday_start=self.workday_start,
+            workday_end=self.workday_end,
+            workdays=[WEEKDAYS.index(day) for day in self.workdays])
+
+
+def _requirable(name: str) -> str:
+    if name not in classification.REQUIRABLE:
+        raise ValueError(f"unknown field {name!r}: "
+                         f"one of {', '.join(classification.REQUIRABLE)}")
+    return name
+
 
 class AssessmentConfig(Section):
     four_eyes: bool = False
+    #: The classification fields a verdict must carry (each for its own verdict: age_group,
+    #: gender, media and site_type for illegal; reason for legal). [] requires none.
+    require: list[Annotated[str, AfterValidator(_requirable)]] = list(
+        classification.DEFAULT_REQUIRE)
+
+    @property
+    def required(self) -> frozenset[str]:
+        return frozenset(self.require)
 
 
 class RetentionConfig(Section):

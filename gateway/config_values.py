@@ -8,8 +8,10 @@ from __future__ import annotations
 import ipaddress
 import re
 import urllib.parse
+from datetime import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo
 from sqlalchemy import make_url
@@ -240,3 +242,60 @@ def _rp_id(value: str | None) -> str | None:
 
 RpId = Annotated[str | None, AfterValidator(_rp_id)]
 MmdbPath = Annotated[str | Path, BeforeValidator(_builtin_or_path)]
+
+
+def _clock_time(value: object) -> time:
+    """``"09:00"`` (or a TOML local time, ``09:00:00``) -> a time of day."""
+    if isinstance(value, time) and value.tzinfo is None:
+        return value
+    match = re.fullmatch(r"([01]?[0-9]|2[0-3]):([0-5][0-9])", value) \
+        if isinstance(value, str) else None
+    if match is None:
+        raise ValueError(f"{value!r} is not a time of day such as \"09:00\"")
+    return time(int(match.group(1)), int(match.group(2)))
+
+
+def _time_zone(value: str) -> str:
+    """An IANA time zone name the system (or the tzdata package) knows."""
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise ValueError(f"{value!r} is not a known time zone such as "
+                         "'Europe/Brussels'") from None
+    return value
+
+
+def _after_start(value: time, info: ValidationInfo) -> time:
+    """``workday_end``, after ``workday_start`` (validated before it)."""
+    start = info.data.get("workday_start")  # absent when itself invalid
+    if start is not None and value <= start:
+        raise ValueError(f"{value:%H:%M} is not after workday_start ({start:%H:%M}): a "
+                         "workday does not run past midnight")
+    return value
+
+
+def _each_once(days: list[str]) -> list[str]:
+    if len(set(days)) != len(days):
+        raise ValueError("a day is named twice")
+    return days
+
+
+def _no_business_days(value: object, info: ValidationInfo) -> object:
+    """With ``business_hours`` (validated before it), a duration in days is refused: "2d"
+    would be 48 business hours (six 8-hour workdays), not the two workdays one reads in it."""
+    if info.data.get("business_hours") is True and isinstance(value, str) \
+            and value.strip().endswith("d"):
+        raise ValueError(f"{value!r}: with business_hours a duration counts working hours, "
+                         "so write it in hours (\"16h\" is two workdays of 09:00-17:00)")
+    return value
+
+
+ClockTime = Annotated[time, BeforeValidator(_clock_time)]
+WorkdayEnd = Annotated[ClockTime, AfterValidator(_after_start)]
+TimeZoneName = Annotated[str, AfterValidator(_time_zone)]
+#: A deadline or a reminder interval of a destination: off when unset (or "").
+DeadlineDuration = Annotated[PositiveDuration | None, _Unset,
+                             BeforeValidator(_no_business_days)]
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+Workdays = Annotated[list[Weekday], Field(min_length=1), AfterValidator(_each_once)]

@@ -7,14 +7,18 @@ The schema ships beside this module (``schema/referral-v1.json``).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from email.message import EmailMessage
 from email.policy import SMTP
 from importlib import resources
 from typing import Any
 
+from gateway.store.classification import labels
 from gateway.store.text import defang
 
 SCHEMA_ID = "hotline-gateway/referral/v1"
+#: What a referral carries of an illegal verdict's details, under these names.
+ILLEGAL_DETAILS = ("age_group", "gender", "media", "site_type", "content_flags")
 
 
 def schema() -> dict[str, Any]:
@@ -28,8 +32,14 @@ def referral_document(
     *, reference: str, created: str, rule: str, destination: str, hotline: str,
     home_country: str, case: dict[str, Any], classification: str, assessed_at: str | None,
     hosting: dict[str, Any], hashes: list[dict[str, str]],
+    details: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The document, from a case as the case view shows it and the routing facts."""
+    """The document, from a case as the case view shows it and the routing facts.
+    ``details`` are the verdict's ICCAM details (``gateway.store.classification``): each
+    recorded one goes in the case, optional in the schema, so a document without them is the
+    same as before."""
+    recorded = {name: value for name, value in (details or {}).items()
+                if name in ILLEGAL_DETAILS and value is not None}
     return {
         "schema": SCHEMA_ID, "reference": reference, "created": created, "rule": rule,
         "destination": destination,
@@ -38,7 +48,7 @@ def referral_document(
             "id": case["id"], "url": case["url"], "canonical_url": case["canonical_url"],
             "first_reported": case["first_reported"], "last_reported": case["last_reported"],
             "report_count": case["report_count"], "classification": classification,
-            "assessed_at": assessed_at, "hosting": hosting, "hashes": hashes,
+            **recorded, "assessed_at": assessed_at, "hosting": hosting, "hashes": hashes,
         },
     }
 
@@ -54,7 +64,8 @@ def summary(document: dict[str, Any]) -> str:
         f"({document['from']['country']}), under rule {document['rule']}.",
         "",
         f"URL (defanged): {defang(case['url'])}",
-        f"Classification: {case['classification']}",
+        f"Classification: {case['classification']}"
+        + (f" ({'; '.join(details)})" if (details := labels(case)) else ""),
         f"Hosting: {where}; checked {hosting.get('checked_at') or 'by an analyst'}",
         f"Reported {case['report_count']} time(s), first on {case['first_reported']}.",
         f"Attachment hashes: {len(case['hashes'])}.",

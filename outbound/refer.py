@@ -204,6 +204,7 @@ class ReferStage(PollingStage):
                   "first_reported": iso(case.first_reported),
                   "last_reported": iso(case.last_reported), "report_count": case.report_count},
             classification=case.verdict.classification, assessed_at=iso(case.verdict.at),
+            details=case.verdict.details,
             hosting={"country": routed.country, "country_source": routed.country_source,
                      "ips": (hosting.ips if hosting else None) or [],
                      "asn": hosting.asn if hosting else None,

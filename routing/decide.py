@@ -11,7 +11,7 @@ transaction as the decision.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,6 +21,7 @@ from sqlalchemy.engine import Connection
 from gateway.store import leases
 from gateway.store.backend import WriteBackend
 from gateway.store.case_urls import open_case_urls
+from gateway.store.classification import recorded
 from gateway.store.ids import uuid7
 from gateway.store.lifecycle import Actor, CaseChanged, move, supersede
 from gateway.store.sealed import open_row, open_value, seal_values, sealer_of
@@ -57,6 +58,8 @@ class Verdict:
     at: datetime
     by: str
     approved_by: str | None
+    #: ICCAM's details as recorded (``gateway.store.classification.recorded``).
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +153,7 @@ def read_case(conn: Connection, case_id: uuid.UUID) -> RoutingCase | None:
         references=tuple(references),
         verdict=Verdict(verdict.id, verdict.verdict, verdict.classification,
                         verdict.hosting_country, verdict.created_at, verdict.by,
-                        verdict.approver),
+                        verdict.approver, recorded(verdict)),
         hosting=_evidence(open_row(sealer_of(conn), hosting_evidence, evidence))
         if evidence is not None else None,
         country_change=_country_change(conn, case_id, verdict.id))

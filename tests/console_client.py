@@ -19,6 +19,11 @@ from gateway.store.case_view import list_cases
 from gateway.store.tables import users
 from tests.smtp_client import deliver, report
 
+#: What a verdict carries under the default ``[assessment] require``, for tests whose
+#: subject is something else.
+ILLEGAL_DETAILS = {"age_group": "pre_pubescent", "media": "images", "site_type": "image_host"}
+LEGAL_DETAILS = {"reason": "adult_pornography"}
+
 
 def base(gw: Gateway) -> str:
     """The console's address."""

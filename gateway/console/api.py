@@ -121,7 +121,7 @@ def case_action(action: Action, *, body: bool = True) -> Callable[[web.Request],
 async def _assess(console: Console, staff: Staff, case_id: uuid.UUID,
                   body: dict[str, Any]) -> actions.Outcome:
     return await actions.assess(console.backend, staff, case_id,
-                                actions.Assessment.from_json(body),
+                                actions.Assessment.from_json(body, require=console.require),
                                 four_eyes=console.four_eyes, now=console.now())
 
 

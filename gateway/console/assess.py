@@ -22,7 +22,9 @@ from gateway.console.accounts import Staff
 from gateway.store import lifecycle
 from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
+from gateway.store.case_urls import open_case_urls
 from gateway.store.case_view import opened
+from gateway.store.classification import FIELDS, Classification, recorded
 from gateway.store.errors import Conflict, Invalid, NotAllowed, NotFound
 from gateway.store.ids import uuid7
 from gateway.store.sealed import open_value, seal_values, sealer_of
@@ -74,15 +76,18 @@ class Assessment:
     classification: str
     hosting_country: str | None = None
     note: str | None = None
+    #: ICCAM's details: age group, gender, media, site type and flags, or the reason.
+    details: Classification = field(default_factory=Classification)
 
     @classmethod
-    def from_json(cls, body: object) -> Assessment:
-        """Validated from a request body; every bad field named (Invalid)."""
+    def from_json(cls, body: object, *, require: frozenset[str]) -> Assessment:
+        """Validated from a request body, the classification fields in ``require`` required
+        for their verdict; every bad field named (Invalid)."""
         if not isinstance(body, dict):
             raise Invalid("the body is a JSON object",
                               {"body": "expected an object"})
         errors: dict[str, str] = {}
-        unknown = set(body) - {"verdict", "classification", "hosting_country", "note"}
+        unknown = set(body) - {"verdict", "classification", "hosting_country", "note", *FIELDS}
         for key in sorted(unknown):
             errors[key] = "unknown field"
         verdict, classification = body.get("verdict"), body.get("classification")
@@ -103,10 +108,12 @@ class Assessment:
             note = None
         elif not isinstance(note, str) or len(note) > MAX_NOTE or not plain_text(note):
             errors["note"] = f"text of at most {MAX_NOTE} characters"
+        details, wrong = Classification.parse(body, verdict, require=require)
+        errors.update(wrong)
         if errors:
             raise Invalid("invalid assessment", errors)
         assert isinstance(verdict, str) and isinstance(classification, str)
-        return cls(verdict, classification, country, note)
+        return cls(verdict, classification, country, note, details)
 
 
 @dataclass(slots=True)
@@ -140,7 +147,7 @@ def _assessment_json(conn: Connection, row: Any, by: str,
                      approver: str | None) -> dict[str, Any]:
     note = opened(sealer_of(conn), assessments.c.note, row.id, row.note)
     return {"id": str(row.id), "verdict": row.verdict, "classification": row.classification,
-            "hosting_country": row.hosting_country, "note": note, "by": by,
+            **recorded(row), "hosting_country": row.hosting_country, "note": note, "by": by,
             "status": row.status, "approved_by": approver}
 
 
@@ -155,6 +162,11 @@ async def assess(
         case = find_case(conn, case_id)
         if case.status not in ASSESSABLE:
             raise Conflict(f"the case is {case.status}, not awaiting assessment")
+        # A verdict on a URL that does not open is refused (Damaged, naming the record) before
+        # anything is stored: nobody can have seen what they would be judging.
+        open_case_urls(sealer_of(conn), conn.execute(
+            select(cases.c.id, cases.c.url, cases.c.canonical_url)
+            .where(cases.c.id == case_id)).one())
         if case.kind == "no_url" and given.verdict == "illegal":
             raise Invalid("a report without a URL cannot be referred", {
                 "verdict": "report the URL it names as a case of its own; close this one as "
@@ -166,10 +178,12 @@ async def assess(
         row = {"id": uuid7(), "case_id": case_id, "user_id": staff.id, "verdict": given.verdict,
                "classification": given.classification,
                "hosting_country": given.hosting_country, "note": given.note,
-               "created_at": now, "status": "pending_approval" if pending else "final"}
+               "created_at": now, "status": "pending_approval" if pending else "final",
+               **given.details.columns(given.verdict)}
         new_status = move_case(conn, staff, case_id, case.status, f"assess_{given.verdict}", now,
                            values={"assigned_to": None, **approved}, details={
                                "verdict": given.verdict, "classification": given.classification,
+                               **given.details.as_json(given.verdict),
                                "hosting_country": given.hosting_country,
                                "status": row["status"]})
         conn.execute(insert(assessments).values(

@@ -24,6 +24,7 @@ from gateway.console.logins import Guard, LoginPolicy
 from gateway.console.sessions import Session, SessionStore
 from gateway.console.throttle import Network, source_key
 from gateway.store.backend import WriteBackend
+from gateway.store.classification import DEFAULT_REQUIRE
 from intake.listeners import client_address
 from routing.locate import Locator
 
@@ -58,6 +59,8 @@ class Console:
     on_queued: Callable[[], None] = lambda: None
     #: Security keys: where the console is (for WebAuthn), whether they are required.
     security_keys: SecurityKeys = field(default_factory=SecurityKeys)
+    #: The classification fields a verdict must carry (``[assessment] require``).
+    require: frozenset[str] = frozenset(DEFAULT_REQUIRE)
 
     def now(self) -> datetime:
         return self.clock()

@@ -31,6 +31,7 @@ from gateway.console.keystore import REQUIRED
 from gateway.console.logins import login
 from gateway.console.refusals import fields, http_status
 from gateway.console.signin import logged_in, login_form
+from gateway.store import classification
 from gateway.store.audit import AuditEntry, record
 from gateway.store.case_view import FLAGS, get_case, queue_cases
 from gateway.store.errors import GatewayError, Invalid, NotFound
@@ -182,6 +183,8 @@ async def _case_page(request: web.Request, *, status: int = 200, error: str | No
         "case.html", code=status, staff=staff, csrf=session_of(request).csrf_token,
         case=_display(case), error=error, fields=fields or {},
         classifications=actions.CLASSIFICATIONS, four_eyes=console.four_eyes,
+        codes=classification.CODES, content_flags=classification.CONTENT_FLAGS,
+        require=console.require, details=classification.labels(assessment),
         can_assess=case["status"] in actions.ASSESSABLE,
         can_approve=(assessment.get("status") == "pending_approval"
                      and assessment.get("by") != staff.name),
@@ -213,11 +216,13 @@ async def _act(request: web.Request, action: Any) -> web.StreamResponse:
 async def assess_submit(request: web.Request) -> web.StreamResponse:
     console = request.app[CONSOLE]
     form = await request.post()
-    body = {key: str(form.get(key, "")).strip()
-            for key in ("verdict", "classification", "hosting_country", "note")}
-    body["hosting_country"] = body["hosting_country"].upper()
+    body: dict[str, object] = {
+        key: str(form.get(key, "")).strip()
+        for key in ("verdict", "classification", "hosting_country", "note", *classification.CODES)}
+    body["hosting_country"] = str(body["hosting_country"]).upper()
+    body["content_flags"] = [str(flag) for flag in form.getall("content_flags", [])]
     try:
-        given = actions.Assessment.from_json(body)
+        given = actions.Assessment.from_json(body, require=console.require)
     except Invalid as exc:
         return await _case_page(request, status=http_status(exc), error=str(exc),
                                 fields=fields(exc))

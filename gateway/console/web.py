@@ -37,6 +37,7 @@ from gateway.console.refusals import http_status, json_refusal
 from gateway.console.sessions import SessionStore
 from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
+from gateway.store.classification import DEFAULT_REQUIRE
 from gateway.store.errors import Damaged
 from gateway.store.text import visible
 from intake import listeners
@@ -182,7 +183,8 @@ def build_app(console: Console) -> web.Application:
 
 def make_console(
     config: ConsoleConfig, backend: WriteBackend, engine: AsyncEngine, locator: Locator, *,
-    four_eyes: bool, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    four_eyes: bool, require: frozenset[str] = frozenset(DEFAULT_REQUIRE),
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     on_decided: Callable[[], None] = lambda: None,
     on_queued: Callable[[], None] = lambda: None,
 ) -> Console:
@@ -192,7 +194,7 @@ def make_console(
         sessions=SessionStore(backend, idle=timedelta(seconds=config.session_idle),
                               absolute=timedelta(seconds=config.session_max)),
         policy=LoginPolicy(config.lockout_after, timedelta(seconds=config.lockout)),
-        four_eyes=four_eyes, locator=locator,
+        four_eyes=four_eyes, require=require, locator=locator,
         secure_cookies=config.secure_cookies == "always" or config.tls_cert is not None,
         templates=templates, static=static, clock=clock,
         guard=new_guard(HASHING_SLOTS),

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.store.audit import open_details
 from gateway.store.case_urls import open_case_marked, open_case_urls, open_report_marked
+from gateway.store.classification import recorded
 from gateway.store.lifecycle import AWAITING_OUTCOME, MILESTONES
 from gateway.store.outcomes import DELIVERED, NEXT, outcome_json
 from gateway.store.sealed import SEALED, OpenedRow, open_row, open_value, sealer_of
@@ -223,7 +224,7 @@ async def _assessments(
     for row in rows:
         current[row.case_id] = {
             "id": str(row.id), "verdict": row.verdict, "classification": row.classification,
-            "hosting_country": row.hosting_country,
+            **recorded(row), "hosting_country": row.hosting_country,
             "note": opened(sealer, assessments.c.note, row.id, row.note), "by": row.by,
             "at": iso(row.created_at), "status": row.status, "approved_by": row.approver,
             "approved_at": iso(row.approved_at),

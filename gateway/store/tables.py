@@ -263,6 +263,17 @@ assessments = Table(
     Column("status", String(24), nullable=False),
     Column("approved_by", Uuid, ForeignKey("users.id"), nullable=True),
     Column("approved_at", DateTime(timezone=True), nullable=True),
+    # ICCAM's classification details (``gateway.store.classification``): category codes, not
+    # about anyone or anywhere, so plain for statistics. NULL where not recorded: the fields
+    # of the other verdict, and verdicts from before these columns.
+    Column("age_group", String(16), nullable=True),
+    Column("gender", String(8), nullable=True),
+    Column("media", String(8), nullable=True),
+    Column("site_type", String(24), nullable=True),
+    Column("computer_generated", Boolean, nullable=True),
+    Column("self_generated", Boolean, nullable=True),
+    Column("commercial", Boolean, nullable=True),
+    Column("reason", String(24), nullable=True),  # a legal verdict's reason code
     Index(None, "case_id", "created_at"),
 )
 

@@ -22,7 +22,16 @@ from gateway.console.web import load_assets
 from gateway.store.audit import verify
 from gateway.store.case_view import list_cases
 from gateway.store.tables import users
-from tests.console_client import StaffClient, base, code, file_case, hidden, ready_user
+from tests.console_client import (
+    ILLEGAL_DETAILS,
+    LEGAL_DETAILS,
+    StaffClient,
+    base,
+    code,
+    file_case,
+    hidden,
+    ready_user,
+)
 from tests.gateway.conftest import Start
 from tests.hostile_text import RAW, SUBJECT, hostile_report
 from tests.smtp_client import deliver, report
@@ -99,11 +108,13 @@ async def test_a_form_without_the_csrf_token_is_refused(
     browser = client(gw)
     await browser.login(user)
     status, _ = await browser.post_from(f"/cases/{case_id}", f"/cases/{case_id}/assess",
-                                        {"verdict": "legal", "classification": "not_illegal"},
+                                        {"verdict": "legal", "classification": "not_illegal",
+                                         **LEGAL_DETAILS},
                                         csrf=False)
     assert status == 403
     status, _ = await browser.post_from(f"/cases/{case_id}", f"/cases/{case_id}/assess",
                                         {"verdict": "legal", "classification": "not_illegal",
+                                         **LEGAL_DETAILS,
                                          "csrf": "forged"}, csrf=False)
     assert status == 403
     _, page = await browser.get(f"/cases/{case_id}")
@@ -179,12 +190,14 @@ async def test_assessing_by_form_and_by_api(
     await browser.login(user)
     status, page = await browser.post_from(
         f"/cases/{legal}", f"/cases/{legal}/assess",
-        {"verdict": "legal", "classification": "not_illegal", "note": "adult content"})
+        {"verdict": "legal", "classification": "not_illegal",
+         **LEGAL_DETAILS, "note": "adult content"})
     assert status == 200 and "closed legal" in page and "legal · not_illegal · by ana" in page
     token = await create_token(backend, "ana", now=utcnow())
     path = f"/api/v1/cases/{illegal}/assessment"
     status, body = await api(gw, "POST", path, token,
-                             {"verdict": "illegal", "classification": "not_illegal"})
+                             {"verdict": "illegal", "classification": "not_illegal",
+                              **ILLEGAL_DETAILS})
     assert status == 422 and set(body["fields"]) == {"classification"}
     status, body = await api(gw, "POST", path, token, {"verdict": "maybe", "extra": 1,
                                                        "hosting_country": "nl"})
@@ -192,16 +205,18 @@ async def test_assessing_by_form_and_by_api(
                                                      "hosting_country"}
     assert (await api(gw, "POST", path, token, raw=b"{not json"))[0] == 400
     status, body = await api(gw, "POST", path, token, {
-        "verdict": "illegal", "classification": "baseline", "hosting_country": "NL"})
+        "verdict": "illegal", "classification": "baseline",
+        **ILLEGAL_DETAILS, "hosting_country": "NL"})
     assert status == 200 and body["status"] == "assessed"
     assert body["assessment"]["status"] == "final" and body["assessment"]["by"] == "ana"
     assert body["case"]["assessment"]["hosting_country"] == "NL"
     status, body = await api(gw, "POST", path, token,
-                             {"verdict": "legal", "classification": "doubtful"})
+                             {"verdict": "legal", "classification": "doubtful", **LEGAL_DETAILS})
     assert status == 409  # already assessed
     missing = "/api/v1/cases/01234567-89ab-7def-8123-456789abcdef/assessment"
     assert (await api(gw, "POST", missing, token,
-                      {"verdict": "legal", "classification": "doubtful"}))[0] == 404
+                      {"verdict": "legal", "classification": "doubtful",
+                       **LEGAL_DETAILS}))[0] == 404
     assert (await api(gw, "GET", "/api/v1/cases/nonsense", token))[0] == 404
     status, listed = await api(gw, "GET", "/api/v1/cases", token)
     verdicts = {c["id"]: (c["assessment"] or {}).get("verdict") for c in listed}
@@ -217,7 +232,8 @@ async def test_four_eyes_needs_a_second_person(start: Start) -> None:
     ana = await create_token(backend, "ana", now=utcnow())
     bob = await create_token(backend, "bob", now=utcnow())
     status, body = await api(gw, "POST", f"/api/v1/cases/{case_id}/assessment", ana,
-                             {"verdict": "illegal", "classification": "baseline"})
+                             {"verdict": "illegal", "classification": "baseline",
+                              **ILLEGAL_DETAILS})
     assert status == 200 and body["assessment"]["status"] == "pending_approval"
     status, body = await api(gw, "POST", f"/api/v1/cases/{case_id}/approval", ana)
     assert status == 403 and "someone other" in body["error"]
@@ -228,7 +244,7 @@ async def test_four_eyes_needs_a_second_person(start: Start) -> None:
     # A legal verdict needs nobody else.
     other = await file_case(gw, "http://be.test/fine", "fine")
     status, body = await api(gw, "POST", f"/api/v1/cases/{other}/assessment", ana,
-                             {"verdict": "legal", "classification": "not_illegal"})
+                             {"verdict": "legal", "classification": "not_illegal", **LEGAL_DETAILS})
     assert status == 200 and body["status"] == "closed_legal"
 
 
@@ -241,7 +257,7 @@ async def test_only_a_supervisor_reopens_or_reassigns(start: Start) -> None:
     ana = await create_token(backend, "ana", now=utcnow())
     sue = await create_token(backend, "sue", now=utcnow())
     await api(gw, "POST", f"/api/v1/cases/{case_id}/assessment", ana,
-              {"verdict": "legal", "classification": "doubtful"})
+              {"verdict": "legal", "classification": "doubtful", **LEGAL_DETAILS})
     assert (await api(gw, "POST", f"/api/v1/cases/{case_id}/reopening", ana, {}))[0] == 403
     status, body = await api(gw, "POST", f"/api/v1/cases/{case_id}/reopening", sue,
                              {"reason": "second look"})
@@ -384,11 +400,11 @@ async def test_approval_is_of_the_verdict_the_approver_saw(start: Start) -> None
         await ready_user(backend, name, role)
     ana, bob, sue = [await create_token(backend, n, now=utcnow()) for n in ("ana", "bob", "sue")]
     _, first = await api(gw, "POST", f"/api/v1/cases/{case_id}/assessment", ana,
-                         {"verdict": "illegal", "classification": "baseline"})
+                         {"verdict": "illegal", "classification": "baseline", **ILLEGAL_DETAILS})
     seen = first["assessment"]["id"]
     await api(gw, "POST", f"/api/v1/cases/{case_id}/reopening", sue, {"reason": "redo"})
     await api(gw, "POST", f"/api/v1/cases/{case_id}/assessment", sue,
-              {"verdict": "illegal", "classification": "national"})
+              {"verdict": "illegal", "classification": "national", **ILLEGAL_DETAILS})
     status, body = await api(gw, "POST", f"/api/v1/cases/{case_id}/approval", bob,
                              {"assessment": seen})
     assert status == 409 and "changed" in body["error"]
@@ -403,8 +419,10 @@ async def test_hostile_api_input_gets_4xx_not_500(start: Start) -> None:
     token = await create_token(backend, "sue", now=utcnow())
     path = f"/api/v1/cases/{case_id}"
     assert (await api(gw, "POST", path + "/assessment", token, raw=b"[" * 50000))[0] == 400
-    for body in ({"verdict": "legal", "classification": "doubtful", "note": "\ud800"},
-                 {"verdict": "legal", "classification": "doubtful", "note": "a\u0000b"},
+    for body in ({"verdict": "legal", "classification": "doubtful",
+                  **LEGAL_DETAILS, "note": "\ud800"},
+                 {"verdict": "legal", "classification": "doubtful",
+                  **LEGAL_DETAILS, "note": "a\u0000b"},
                  {"verdict": ["legal"], "classification": 3}):
         raw = json.dumps(body).encode()
         status, answer = await api(gw, "POST", path + "/assessment", token, raw=raw)
@@ -435,10 +453,11 @@ async def test_a_report_without_a_url_cannot_be_found_illegal(start: Start) -> N
             await asyncio.sleep(0.05)
     path = f"/api/v1/cases/{found[0]['id']}/assessment"
     status, body = await api(gw, "POST", path, token,
-                             {"verdict": "illegal", "classification": "baseline"})
+                             {"verdict": "illegal", "classification": "baseline",
+                              **ILLEGAL_DETAILS})
     assert status == 422 and "verdict" in body["fields"]
     status, body = await api(gw, "POST", path, token,
-                             {"verdict": "legal", "classification": "doubtful"})
+                             {"verdict": "legal", "classification": "doubtful", **LEGAL_DETAILS})
     assert status == 200 and body["status"] == "closed_legal"
 
 

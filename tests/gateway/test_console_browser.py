@@ -71,13 +71,27 @@ async def test_an_analyst_logs_in_and_assesses_a_case(start: Start, browser: Bro
         "http://nl.test/browser-flow"
     await shot(page, "4-case")
 
+    await page.check("#verdict-legal")
+    await page.select_option("#reason", "age_unclear")  # then the analyst changes their mind
+    assert await page.locator("#illegal-details").is_hidden()
     await page.check("#verdict-illegal")
+    assert await page.locator("#legal-details").is_hidden()
     await page.select_option("#classification", "baseline")
+    await page.select_option("#age-group", "pre_pubescent")
+    await page.select_option("#gender", "female")
+    await page.select_option("#media", "video")
+    await page.select_option("#site-type", "file_host")
+    await page.check("#flag-commercial")
     await page.fill("#note", "clearly within the baseline")
+    await shot(page, "4b-assessing")
     await page.click("#assess")
     await page.wait_for_url(f"{origin}/cases/{case_id}")
     assert "assessed" in await page.inner_text("h1 .status")
     assert "illegal · baseline · by ana" in await page.inner_text("#assessment")
+    # The reason picked for the abandoned legal verdict was not sent with the illegal one.
+    assert await page.inner_text("#classification-details") == (
+        "age group: pre-pubescent · gender: female · media: video · site type: file host · "
+        "commercial")
     history = await page.inner_text("ol.history")
     assert "ana · case.assessed" in history
     await shot(page, "5-assessed")

@@ -21,7 +21,7 @@ from gateway.console.accounts import create_token, utcnow
 from gateway.console.users import ACTIONS
 from gateway.store.tables import audit_log
 from tests.browser import shot
-from tests.console_client import StaffClient, base, code, file_case, ready_user
+from tests.console_client import LEGAL_DETAILS, StaffClient, base, code, file_case, ready_user
 from tests.gateway.conftest import Start
 from tests.gateway.test_console import api
 from tests.gateway.test_console_tokens import set_user
@@ -192,7 +192,8 @@ async def test_refusals_are_told_on_the_page(start: Start, client: Client) -> No
     analyst = client(gw)
     assert (await analyst.login(ana))[0] == 200
     status, _ = await analyst.post_from(f"/cases/{case_id}", f"/cases/{case_id}/assess",
-                                        {"verdict": "legal", "classification": "not_illegal"})
+                                        {"verdict": "legal", "classification": "not_illegal",
+                                         **LEGAL_DETAILS})
     assert status == 200
     status, page = await admin.post_from("/users", "/users/ana/remove", {"confirm": "ana"})
     assert status == 409 and error(page) == "ana&#39;s verdicts are on record: disable the " \

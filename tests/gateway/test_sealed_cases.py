@@ -27,14 +27,14 @@ from gateway.store.case_view import get_case, list_cases, queue_cases
 from gateway.store.ids import uuid7
 from gateway.store.sealed import bind_sealer, sealer_of
 from gateway.store.sealing import Keyring, LookupKey, SealBroken, Sealer, TagMismatch
-from gateway.store.tables import case_reports, cases, submissions
+from gateway.store.tables import assessments, case_reports, cases, submissions
 from intake.cases import Filing, ReportedUrl
 from routing.geo import open_geolocator
 from routing.locate import Locator, Overrides
 from routing.resolve import HostResolver
 from routing.stage import LocateStage, relocate
 from tests.conftest import Start
-from tests.console_client import StaffClient, base, file_case, ready_user
+from tests.console_client import LEGAL_DETAILS, StaffClient, base, file_case, ready_user
 from tests.dns_server import DnsServer
 from tests.gateway.test_cli import write_config
 from tests.sealed_cases import (
@@ -310,3 +310,34 @@ async def test_the_console_the_api_and_the_cli_mark_a_damaged_case_and_serve_the
     assert await asyncio.to_thread(main, ["--config", str(path), "cases", "show", bad]) == 1
     out, err = capsys.readouterr()
     assert out == "" and damaged in err and "intact" not in err
+
+
+async def test_a_verdict_on_a_damaged_case_is_refused_and_nothing_is_stored(
+    start: Start,
+) -> None:
+    """An analyst (through the API) cannot record a verdict on a case whose URL does not
+    open: 500 naming the record, no verdict stored, the case still waiting; the case beside
+    it is assessed as before."""
+    gw = await start()
+    bad = await file_case(gw, "Please look at http://be.test/broken-a1s2", "broken-a1s2")
+    good = await file_case(gw, "Please look at http://be.test/intact-d3f4", "intact-d3f4")
+    await store_raw(gw.engine, cases, "url", uuid.UUID(bad),
+                    await stored_value(gw.engine, cases, "url", uuid.UUID(good)))
+    await ready_user(gw.console.context.backend, "ana")
+    token = await create_token(gw.console.context.backend, "ana", now=utcnow())
+    verdict = {"verdict": "legal", "classification": "not_illegal", **LEGAL_DETAILS}
+    async with aiohttp.ClientSession(base_url=base(gw),
+                                     headers={"Authorization": f"Bearer {token}"}) as http:
+        async with http.post(f"/api/v1/cases/{bad}/assessment", json=verdict) as response:
+            refused = response.status, await response.json()
+        async with http.post(f"/api/v1/cases/{good}/assessment", json=verdict) as response:
+            assessed = response.status, await response.json()
+    assert refused[0] == 500
+    assert refused[1]["error"].startswith(f"cannot open cases.url of record {bad}")
+    assert "intact" not in json.dumps(refused[1])
+    assert assessed[0] == 200 and assessed[1]["status"] == "closed_legal"
+    async with gw.engine.connect() as conn:
+        verdicts = (await conn.execute(select(assessments.c.case_id))).scalars().all()
+        status = (await conn.execute(select(cases.c.status)
+                                     .where(cases.c.id == uuid.UUID(bad)))).scalar_one()
+    assert verdicts == [uuid.UUID(good)] and status == "awaiting_assessment"

@@ -11,6 +11,7 @@ from typing import Any
 import jsonschema
 import pytest
 
+from gateway.store.classification import CODES, CONTENT_FLAGS
 from outbound.document import inner_message, referral_document, schema, summary
 from outbound.pgpmime import encrypted_message, message_id
 from outbound.transports import FileTransport
@@ -48,6 +49,66 @@ def test_the_document_satisfies_its_schema_and_design_shape() -> None:
 def test_the_schema_refuses_what_is_not_a_referral(broken: dict[str, Any]) -> None:
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(document(**broken), schema())
+
+
+#: A referral as gateways wrote them before the ICCAM details were added to v1: what existing
+#: readers have on file must still validate.
+OLD_V1 = {
+    "schema": "hotline-gateway/referral/v1", "reference": "CF-2026-000123",
+    "created": "2026-11-28T12:00:00Z", "rule": "protocol-2-inhope", "destination": "hotline:NL",
+    "from": {"hotline": "Child Focus", "country": "BE"},
+    "case": {"id": CASE["id"], "url": "hxxp://example.test/x",
+             "canonical_url": "http://example.test/x", "first_reported": "2026-11-28T10:00:00Z",
+             "last_reported": "2026-11-28T11:00:00Z", "report_count": 3,
+             "classification": "baseline", "assessed_at": "2026-11-28T11:30:00Z",
+             "hosting": {"country": "NL", "country_source": "geoip", "ips": ["145.100.1.1"],
+                         "asn": 1103, "org": "SURF B.V.", "cdn": False,
+                         "checked_at": "2026-11-28T11:59:00Z"},
+             "hashes": [{"sha256": "a" * 64, "md5": "b" * 32}]}}
+DETAILS = {"age_group": "pre_pubescent", "gender": "female", "media": "both",
+           "site_type": "image_host", "content_flags": ["commercial"], "reason": None}
+
+
+def with_details(details: dict[str, Any]) -> dict[str, Any]:
+    return referral_document(
+        reference="CF-2026-000123", created="2026-11-28T12:00:00Z", rule="protocol-2-inhope",
+        destination="hotline:NL", hotline="Child Focus", home_country="BE", case=CASE,
+        classification="baseline", assessed_at="2026-11-28T11:30:00Z",
+        hosting=OLD_V1["case"]["hosting"], hashes=OLD_V1["case"]["hashes"], details=details)
+
+
+def test_the_iccam_details_are_optional_fields_of_v1() -> None:
+    """A document with the verdict's ICCAM details validates against the shipped schema, and
+    so does a v1 document from before them; without details the document is as it was."""
+    made = with_details(DETAILS)
+    jsonschema.validate(made, schema())
+    assert made["schema"] == "hotline-gateway/referral/v1"
+    assert {k: made["case"][k] for k in ("age_group", "gender", "media", "site_type",
+                                         "content_flags")} == {
+        "age_group": "pre_pubescent", "gender": "female", "media": "both",
+        "site_type": "image_host", "content_flags": ["commercial"]}
+    assert "reason" not in made["case"]  # a legal verdict's: never referred
+    jsonschema.validate(OLD_V1, schema())
+    assert with_details({}) == document() == OLD_V1
+    assert "Classification: baseline (age group: pre-pubescent; gender: female" in summary(made)
+
+
+@pytest.mark.parametrize("wrong", [{"age_group": "adult"}, {"site_type": "darknet"},
+                                   {"content_flags": ["commercial", "commercial"]},
+                                   {"content_flags": ["violent"]}, {"gender": None}])
+def test_the_schema_refuses_codes_that_are_not_in_the_list(wrong: dict[str, Any]) -> None:
+    made = with_details(DETAILS)
+    made["case"].update(wrong)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(made, schema())
+
+
+def test_the_schema_lists_the_vocabulary_of_the_gateway() -> None:
+    """The codes the schema allows are exactly those an analyst can record."""
+    case = schema()["properties"]["case"]["properties"]
+    for name in ("age_group", "gender", "media", "site_type"):
+        assert case[name]["enum"] == list(CODES[name]), name
+    assert case["content_flags"]["items"]["enum"] == list(CONTENT_FLAGS)
 
 
 def test_the_inner_message_holds_the_summary_and_the_json() -> None:

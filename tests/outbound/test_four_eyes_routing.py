@@ -17,7 +17,13 @@ from gateway.console.accounts import create_token, utcnow
 from gateway.database import open_database
 from gateway.store.tables import audit_log
 from tests.conftest import BACKENDS, PG_URL, ConfigFactory, PgSchema, Start, serving
-from tests.console_client import StaffClient, base, file_case, ready_user
+from tests.console_client import (
+    ILLEGAL_DETAILS,
+    StaffClient,
+    base,
+    file_case,
+    ready_user,
+)
 from tests.dns_server import DnsServer
 from tests.outbound.conftest import Keys
 from tests.outbound.mta import FakeMta
@@ -215,6 +221,7 @@ async def test_a_country_given_at_assessment_is_routed_as_approved_with_the_verd
     case_id = await file_case(gw, "Please look at http://nl.test/override", "override")
     status, answer = await api(gw, "POST", f"/api/v1/cases/{case_id}/assessment", ana,
                                {"verdict": "illegal", "classification": "baseline",
+                                **ILLEGAL_DETAILS,
                                 "hosting_country": "BE"})
     assert status == 200 and answer["assessment"]["status"] == "pending_approval"
     assert answer["case"]["decision"] is None and answer["case"]["referrals"] == []

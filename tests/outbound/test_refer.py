@@ -20,7 +20,7 @@ from gateway.store.audit import verify
 from gateway.store.case_view import get_case
 from outbound.document import schema
 from tests.conftest import Start
-from tests.console_client import base, file_case, ready_user
+from tests.console_client import ILLEGAL_DETAILS, LEGAL_DETAILS, base, file_case, ready_user
 from tests.outbound.conftest import HOTLINE_PASSPHRASE, Keys
 from tests.outbound.mta import Behaviour, FakeMta, Received
 
@@ -56,7 +56,8 @@ async def api(gw: Gateway, method: str, path: str, token: str, body: Any = None
 
 async def assess(gw: Gateway, token: str, case_id: str, verdict: str = "illegal") -> None:
     body = {"verdict": verdict,
-            "classification": "baseline" if verdict == "illegal" else "not_illegal"}
+            "classification": "baseline" if verdict == "illegal" else "not_illegal",
+            **(ILLEGAL_DETAILS if verdict == "illegal" else LEGAL_DETAILS)}
     status, answer = await api(gw, "POST", f"/api/v1/cases/{case_id}/assessment", token, body)
     assert status == 200, answer
 
@@ -159,6 +160,9 @@ async def test_every_rule_end_to_end(
         assert document["case"]["id"] == ids[name]
         assert document["case"]["canonical_url"] == urls[name]
         assert document["rule"] == expected[name][1]
+        # The verdict's ICCAM details, as the analyst recorded them (no flag applied).
+        assert {k: document["case"].get(k) for k in (*ILLEGAL_DETAILS, "content_flags")} == {
+            **ILLEGAL_DETAILS, "content_flags": []}
         # Nothing about the case on the wire: no URL, no host, no JSON.
         host = re.escape(urls[name].split("/")[2]).encode()
         assert not re.search(rb"(?<![\w.-])" + host, raw) and urls[name].encode() not in raw

@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 
 from gateway.cli import main
+from tests.console_client import ILLEGAL_DETAILS
 from tests.daemon import Daemon, daemon_config, ensure_keyring
 from tests.dns_server import DnsServer
 from tests.outbound.conftest import HOTLINE_PASSPHRASE, Keys
@@ -83,7 +84,7 @@ async def test_killed_mid_delivery_delivers_after_restart_with_the_same_message_
         case_id = await wait_for_case(daemon.console_port, token, "awaiting_assessment")
         async with aiohttp.ClientSession() as http, http.post(
                 f"http://127.0.0.1:{daemon.console_port}/api/v1/cases/{case_id}/assessment",
-                json={"verdict": "illegal", "classification": "baseline"},
+                json={"verdict": "illegal", "classification": "baseline", **ILLEGAL_DETAILS},
                 headers={"Authorization": f"Bearer {token}"}) as r:
             assert r.status == 200
         await mta.wait_for(1)  # on the upstream's disk, but not acknowledged

@@ -18,7 +18,7 @@ from gateway.console.accounts import create_token, utcnow
 from gateway.store.case_view import list_cases
 from gateway.store.tables import cases
 from tests.conftest import Start
-from tests.console_client import file_case, ready_user
+from tests.console_client import ILLEGAL_DETAILS, file_case, ready_user
 from tests.outbound.conftest import Keys
 from tests.outbound.mta import FakeMta
 from tests.outbound.test_refer import api, assess, open_referral, referral_config, settle
@@ -56,7 +56,8 @@ async def test_a_damaged_case_is_held_and_the_one_beside_it_is_referred(
                     await stored_value(gw.engine, cases, "url", uuid.UUID(good)))
     # The verdict is stored; the answer, which shows the case, is refused naming it.
     status, answer = await api(gw, "POST", f"/api/v1/cases/{bad}/assessment", token,
-                               {"verdict": "illegal", "classification": "baseline"})
+                               {"verdict": "illegal", "classification": "baseline",
+                                **ILLEGAL_DETAILS})
     assert status == 500 and f"cannot open cases.url of record {bad}" in answer["error"]
     await assess(gw, token, good)
 
@@ -109,7 +110,7 @@ async def test_a_case_under_a_key_routing_lacks_waits_and_is_referred_once_it_ha
                         seal_value(newer, cases.c[column], record, FINE))
     with capture_logs() as logs:
         await api(gw, "POST", f"/api/v1/cases/{case_id}/assessment", token,
-                  {"verdict": "illegal", "classification": "baseline"})
+                  {"verdict": "illegal", "classification": "baseline", **ILLEGAL_DETAILS})
         async with asyncio.timeout(30):
             while gw.refer.key_waits.count < 2:
                 await asyncio.sleep(0.05)

@@ -32,7 +32,7 @@ from gateway.database import open_database
 from gateway.store.case_view import list_cases
 from gateway.store.tables import cases
 from tests.conftest import BACKENDS, PG_URL, ConfigFactory, PgSchema, serving
-from tests.console_client import ready_user
+from tests.console_client import ILLEGAL_DETAILS, ready_user
 from tests.dns_server import DnsServer, Zone
 from tests.outbound.conftest import HOTLINE_PASSPHRASE, Keys
 from tests.outbound.test_refer import api, assess, case_of, referral_in
@@ -248,7 +248,7 @@ async def test_nothing_sensitive_is_readable_at_rest(
         assert status == 200, answer
         status, answer = await api(gw, "POST", f"/api/v1/cases/{smtp_case}/assessment",
                                    token, {"verdict": "illegal",
-                                           "classification": "baseline",
+                                           "classification": "baseline", **ILLEGAL_DETAILS,
                                            "note": SECRETS["note"]})
         for case in found:
             await referral_in(gw, str(case["id"]), "sent")

@@ -11,7 +11,7 @@ a removed case that is reported again is reopened, and may be referred to the sa
 again on a new decision.
 
 Revision ID: 0013
-Revises: 0011
+Revises: 0012
 Create Date: 2026-12-03
 """
 
@@ -21,8 +21,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0013"
-# MERGE: down_revision becomes "0012"
-down_revision = "0011"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 
