@@ -69,6 +69,8 @@ WATCHED = AWAITING_OUTCOME
 #: What a re-check found: the same country, a flag, a move, a move that waits for delivery,
 #: or nothing (the case changed meanwhile, or has no host).
 RESULTS = ("same", "flagged", "moved", "move_waits", "skipped")
+#: How long a case whose re-check failed (not its lookup: the re-check itself) waits.
+RETRY_FAILED = timedelta(minutes=10)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,10 +144,11 @@ class RecheckStage(PollingStage):
             except Exception as exc:  # one case's failure must not stop the others
                 log.error("recheck.case_failed", case_id=str(case_id),
                           error_type=type(exc).__name__)
-                # Tried again at the next re-check, not in a loop.
+                # Tried again a little later, not in a loop; not held for long either: other
+                # stages may want the row (the lease columns are the case's).
                 await self._backend.transaction(partial(
                     leases.put_off, table=cases, worker=self._worker, ids=[case_id],
-                    until=self._clock() + self._every))
+                    until=self._clock() + min(self._every, RETRY_FAILED)))
         return len(claimed)
 
     def _claim(self, conn: Connection, *, now: datetime) -> list[uuid.UUID]:
