@@ -33,6 +33,7 @@ from gateway.compose import (
     make_locator,
     make_normaliser,
     make_outbox,
+    make_recheck,
     make_refer,
     make_reply_stage,
     make_smtp,
@@ -68,6 +69,7 @@ from outbound.refer import ReferStage
 from outbound.reply_stage import ReplyStage
 from routing.locate import Locator, Overrides
 from routing.protocol import MembershipList
+from routing.recheck import RecheckStage
 from routing.stage import LocateStage
 
 log = structlog.get_logger("gateway.app")
@@ -96,6 +98,8 @@ class Gateway:
     failed: asyncio.Future[str]
     #: Reads destinations' replies (``[outbound] reply_address``).
     replies: ReplyStage | None = None
+    #: The hosting re-check of referred cases; None when ``[locate] recheck_every`` is "0s".
+    recheck: RecheckStage | None = None
 
 
 def reload(gateway: Gateway, new: Config) -> list[str]:
@@ -107,6 +111,10 @@ def reload(gateway: Gateway, new: Config) -> list[str]:
     gateway.refer.reconfigure(new.refer_settings(), MembershipList.shipped(new.routing.membership,
                                                           new.routing.hotlines))
     gateway.locator.reconfigure(Overrides(new.locate.override), new.locate.cdn_asns)
+    if gateway.recheck is not None:
+        gateway.recheck.reconfigure(MembershipList.shipped(new.routing.membership,
+                                                           new.routing.hotlines),
+                                    new.routing.hotlines)
     gateway.keywatch.reconfigure(pinned_keys(new), new.gpg.warn_days)
     if gateway.replies is not None:
         gateway.replies.reconfigure(reply_keys(new))
@@ -117,7 +125,8 @@ def reload(gateway: Gateway, new: Config) -> list[str]:
                      if getattr(old, name) != getattr(new, name)]
     needs_restart += [f"locate.{key}" for key in ("nameservers", "timeout", "geoip_db",
                                                   "asn_db", "concurrency", "retry_after",
-                                                  "retry_max", "max_attempts")
+                                                  "retry_max", "max_attempts",
+                                                  "recheck_every")
                       if getattr(old.locate, key) != getattr(new.locate, key)]
     needs_restart += [f"gateway.{key}" for key in ("home_country", "data_dir",
                                                    "reference_prefix", "shutdown_grace")
@@ -211,6 +220,7 @@ async def running(
         normaliser.on_filed = locate.wake
         outbox = make_outbox(config, backend, gpg)
         refer = make_refer(config, backend, engine, locator, gpg, outbox)
+        recheck = make_recheck(config, backend, locator)
         keywatch = make_keywatch(config, gpg)
         metrics = Metrics()
         # Read while a reply address is set (unset, none arrive; any kept wait for it).
@@ -227,6 +237,8 @@ async def running(
         if config.outbound.reply_address is not None:
             parts.run("replies", replies)
         parts.run("refer", refer)
+        if recheck is not None:
+            parts.run("recheck", recheck)
         parts.run("locate", locate)
         if config.intake.normalise == "serve":
             parts.run("normaliser", normaliser)
@@ -248,11 +260,11 @@ async def running(
         parts.on_stop("stats", stats.close)
         admin = make_admin(config, backend, stats, metrics,
                            {"smtp": smtp, "http": public, "console": console}, keywatch,
-                           normaliser, locate, outbox)
+                           normaliser, locate, outbox, recheck)
         await parts.listen("admin", admin)
         yield Gateway(config, engine, writer, smtp, normaliser, locator, locate, console,
                       public, admin, stats, refer, outbox, keywatch, gpg, parts.failed,
-                      replies=replies)
+                      recheck=recheck, replies=replies)
 
 
 class GatewayFailed(Exception):

@@ -36,6 +36,7 @@ from outbound.transports import make_transport
 from routing.geo import open_geolocator
 from routing.locate import Locator, Overrides
 from routing.protocol import MembershipList
+from routing.recheck import RecheckStage
 from routing.resolve import HostResolver
 from routing.stage import LocateStage
 
@@ -106,6 +107,20 @@ def make_locate_stage(config: Config, backend: WriteBackend, locator: Locator) -
         retry_after=timedelta(seconds=settings.retry_after),
         retry_max=timedelta(seconds=settings.retry_max),
     )
+
+
+def make_recheck(config: Config, backend: WriteBackend, locator: Locator) -> RecheckStage | None:
+    """The hosting re-check of referred cases; None when ``recheck_every`` is "0s" (off)."""
+    every = config.locate.recheck_every
+    if every <= 0:
+        return None
+    return RecheckStage(
+        backend, locator, worker=_worker_name(), every=timedelta(seconds=every),
+        home_country=config.gateway.home_country,
+        members=MembershipList.shipped(config.routing.membership, config.routing.hotlines),
+        hotlines=config.routing.hotlines,
+        # Looked for often enough to keep to the interval, never more than once a minute.
+        idle_poll=min(60.0, max(0.05, every / 4)))
 
 
 def make_normaliser(
@@ -186,8 +201,8 @@ def make_smtp(config: Config, writer: SubmissionWriter, executor: Executor,
 
 def make_admin(config: Config, backend: WriteBackend, stats: StatsCache, metrics: Metrics,
                listeners: dict[str, SmtpServer | HttpListener], keywatch: KeyWatch,
-               normaliser: NormaliseStage, locate: LocateStage, outbox: OutboxStage
-               ) -> AdminServer:
+               normaliser: NormaliseStage, locate: LocateStage, outbox: OutboxStage,
+               recheck: RecheckStage | None = None) -> AdminServer:
     """The admin listener: health, readiness and metrics of the parts it is given."""
     return AdminServer(config.admin, Admin(
         stats=stats, backend=backend, metrics=metrics, keys=lambda: keywatch.last,
@@ -199,4 +214,7 @@ def make_admin(config: Config, backend: WriteBackend, stats: StatsCache, metrics
                           "normalise_parse_failed": normaliser.failed,
                           # Records put off: under a data key this process lacks (rotation).
                           "normalise_key_unknown": normaliser.key_waits.count,
-                          "locate_key_unknown": locate.key_waits.count}))
+                          "locate_key_unknown": locate.key_waits.count,
+                          "recheck_checked": recheck.checked if recheck else 0,
+                          "recheck_moved": recheck.moved if recheck else 0,
+                          "recheck_flagged": recheck.flagged if recheck else 0}))

@@ -260,6 +260,9 @@ class LocateConfig(Section):
     retry_after: PositiveDuration = 30.0
     retry_max: PositiveDuration = 3600.0
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 5
+    #: Referred cases not closed are looked up again this often (``routing.recheck``);
+    #: "0s" turns the re-check off.
+    recheck_every: Duration = 43200.0
 
 
 class GpgConfig(Section):

@@ -33,6 +33,9 @@ class _Snapshot(Collector):
                            (stats.get("submissions_by_status") or {}).get("received", 0))
         backlog.add_metric(["locate"], stats.get("cases_to_locate", 0))
         yield backlog
+        yield GaugeMetricFamily("hotline_cases_recheck_flagged",
+                                "Referred cases whose hosting re-check needs a person",
+                                value=stats.get("cases_recheck_flagged", 0))
         yield GaugeMetricFamily("hotline_outbox_pending", "Referrals waiting to be delivered",
                                 value=stats.get("outbox_pending", 0))
         yield GaugeMetricFamily("hotline_outbox_oldest_pending_seconds",

@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
+from gateway.store.lifecycle import AWAITING_OUTCOME
 from gateway.store.tables import cases, outbox, referrals, replies, submissions
 from gateway.store.times import aware
 
@@ -40,6 +41,10 @@ async def collect_stats(engine: AsyncEngine, *, now: datetime | None = None) -> 
             select(func.count()).select_from(cases)
             .where(cases.c.status.in_(("new", "locate_failed"))))).scalar_one()
         by_reply_status = await _count_by(conn, replies.c.status)
+        recheck_flagged = (await conn.execute(
+            select(func.count()).select_from(cases)
+            .where(cases.c.recheck_flag.is_not(None),
+                   cases.c.status.in_(AWAITING_OUTCOME)))).scalar_one()
     if oldest is not None:
         oldest = aware(oldest)
     return {
@@ -48,6 +53,8 @@ async def collect_stats(engine: AsyncEngine, *, now: datetime | None = None) -> 
         "submissions_by_channel": by_channel,
         "cases": by_case_status,
         "cases_to_locate": int(unlocated),
+        # Referred cases whose hosting re-check needs a person (routing.recheck).
+        "cases_recheck_flagged": int(recheck_flagged),
         "referrals": by_referral_status,
         "referrals_by_destination": by_destination,
         "outbox_pending": int(pending),

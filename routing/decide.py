@@ -172,7 +172,7 @@ def _country_change(conn: Connection, case_id: uuid.UUID,
     proposer, decider = users.alias("proposer"), users.alias("decider")
     row = conn.execute(
         select(routing_changes, proposer.c.name.label("by"), decider.c.name.label("decider"))
-        .join(proposer, proposer.c.id == routing_changes.c.proposed_by)
+        .outerjoin(proposer, proposer.c.id == routing_changes.c.proposed_by)
         .outerjoin(decider, decider.c.id == routing_changes.c.decided_by)
         .where(routing_changes.c.case_id == case_id,
                routing_changes.c.assessment_id == assessment_id,
@@ -181,7 +181,9 @@ def _country_change(conn: Connection, case_id: uuid.UUID,
     ).first()
     if row is None:
         return None
-    return CountryChange(row.id, row.country, row.status, row.by, row.decider)
+    # No proposer: the hosting re-check proposed it (routing.recheck), and nobody endorsed it.
+    return CountryChange(row.id, row.country, row.status, row.by or "system:recheck",
+                         row.decider)
 
 
 def _country_deciders(case: RoutingCase, country: str | None) -> dict[str, Any]:

@@ -19,6 +19,7 @@ NETWORKS = {
     "2a02:578::/32": ("BE", 5432, "Proximus NV"),
     "5.6.7.0/24": ("DE", 3320, "Deutsche Telekom AG"),
     "95.0.0.0/16": ("RU", 12389, "Rostelecom"),
+    "2.72.0.0/16": ("KZ", 9198, "JSC Kazakhtelecom"),
     "12.0.0.0/16": ("US", 7018, "AT&T"),
     "104.16.0.0/16": ("US", 13335, "CLOUDFLARENET"),
     "2606:4700::/32": ("US", 13335, "CLOUDFLARENET"),

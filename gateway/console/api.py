@@ -177,7 +177,8 @@ def _decide_change(approve: bool) -> Action:
             raise Invalid("invalid change", {"change": "a routing change id"})
         return await routing_changes.decide_routing_change(console.backend, staff, case_id,
                                                    approve=approve, now=console.now(),
-                                                   change_id=pinned)
+                                                   change_id=pinned,
+                                                   four_eyes=console.four_eyes)
 
     return action
 

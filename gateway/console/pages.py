@@ -326,7 +326,7 @@ async def _decide_routing_change(request: web.Request, *, approve: bool
         return await _case_page(request, status=422, error="Reload the case and try again.")
     return await _act(request, routing_changes.decide_routing_change(
         console.backend, staff_of(request), _case_id(request), approve=approve,
-        now=console.now(), change_id=seen))
+        now=console.now(), change_id=seen, four_eyes=console.four_eyes))
 
 
 async def routing_change_approve(request: web.Request) -> web.StreamResponse:

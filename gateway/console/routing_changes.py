@@ -3,6 +3,11 @@ unknown hosting or waiting for ICCAM and routes it again; with four-eyes it wait
 routing change until a second person approves it. Where a case goes is part of what two
 people decide, as its verdict is.
 
+A ``moved`` case (``routing.recheck``: the hosting re-check found it in another country) has
+a routing change proposed by the re-check itself (no proposer). A supervisor's approval routes
+it again on the new country; with four-eyes, a first person's approval endorses the proposal
+(they become its proposer) and a second person approves it.
+
 Refusals are the domain's (``gateway.store.errors``), as for ``gateway.console.assess``.
 """
 
@@ -36,6 +41,10 @@ def _country(value: object) -> str:
 #: Where naming the hosting country releases a case: held (for unknown hosting, say), or
 #: waiting for a referral through ICCAM by hand.
 COUNTRY_SETTABLE = lifecycle.sources("set_country")
+#: Where the re-check's proposal is approved: a case whose hosting moved.
+MOVE_APPROVABLE = lifecycle.sources("approve_move")
+#: Who proposed a routing change that names no user.
+RECHECK = "system:recheck"
 
 
 def _final_verdict(conn: Connection, case_id: uuid.UUID) -> Any:
@@ -114,17 +123,18 @@ async def set_hosting_country(
 
 async def decide_routing_change(
     backend: WriteBackend, staff: Staff, case_id: uuid.UUID, *, approve: bool,
-    now: datetime, change_id: uuid.UUID | None = None,
+    now: datetime, change_id: uuid.UUID | None = None, four_eyes: bool = False,
 ) -> Outcome:
     """A second person approves (the case routes on the country) or rejects (it stays as it
     is) a pending routing change: the one they saw, when ``change_id`` names it. As for
-    verdicts, the proposer cannot approve their own; they may withdraw it (reject)."""
+    verdicts, the proposer cannot approve their own; they may withdraw it (reject). The
+    re-check's proposal for a moved case: see the module docstring."""
 
     def work(conn: Connection) -> Outcome:
         case = find_case(conn, case_id)
         row = conn.execute(
             select(routing_changes, users.c.name.label("proposer"))
-            .join(users, users.c.id == routing_changes.c.proposed_by)
+            .outerjoin(users, users.c.id == routing_changes.c.proposed_by)
             .where(routing_changes.c.case_id == case_id, routing_changes.c.status == "pending")
         ).first()
         if row is None:
@@ -133,10 +143,25 @@ async def decide_routing_change(
             raise Conflict("the routing change is not the one you saw; reload the case")
         if approve and row.proposed_by == staff.id:
             raise NotAllowed("a routing change is approved by someone other than its author")
+        moved = case.status in MOVE_APPROVABLE
+        if moved and not approve and not staff.supervises:
+            raise NotAllowed("a supervisor rejects the route proposed for a moved case")
         if approve:
             final = _final_verdict(conn, case_id)
-            if case.status not in COUNTRY_SETTABLE or final.id != row.assessment_id:
+            if case.status not in (*COUNTRY_SETTABLE, *MOVE_APPROVABLE) \
+                    or final.id != row.assessment_id:
                 raise Conflict("the case changed since the routing change was made; reload it")
+        if approve and row.proposed_by is None and four_eyes:
+            # The re-check proposed it: the first person endorses, a second one approves.
+            if conn.execute(update(routing_changes).where(
+                    routing_changes.c.id == row.id, routing_changes.c.status == "pending",
+                    routing_changes.c.proposed_by.is_(None))
+                    .values(proposed_by=staff.id)).rowcount != 1:
+                raise Conflict("the case changed meanwhile; reload it")
+            record(conn, [AuditEntry(staff.name, "case.routing_change_endorsed", case_id, {
+                "change": str(row.id), "country": row.country, "proposed_by": RECHECK,
+                "status": case.status})], at=now)
+            return Outcome(case_id, case.status)
         done = conn.execute(
             update(routing_changes)
             .where(routing_changes.c.id == row.id, routing_changes.c.status == "pending")
@@ -145,10 +170,12 @@ async def decide_routing_change(
         ).rowcount
         if done != 1:
             raise Conflict("the case changed meanwhile; reload it")
-        details = {"change": str(row.id), "country": row.country, "proposed_by": row.proposer}
+        details = {"change": str(row.id), "country": row.country,
+                   "proposed_by": row.proposer or RECHECK}
         if approve:
             status = _route_to(conn, staff, case_id, case.status, row.assessment_id,
-                               row.country, now, "approve_country", details)
+                               row.country, now, "approve_move" if moved else "approve_country",
+                               details)
             return Outcome(case_id, status)
         record(conn, [AuditEntry(staff.name, "case.routing_change_rejected", case_id, {
             **details, "from": case.status, "to": case.status})], at=now)

@@ -39,7 +39,7 @@ log = structlog.get_logger("gateway.store.case_view")
 #: Flags the queue shows and filters by. The last three come from the case's reports (see
 #: report_flags): URLs over the per-report cap, a URL too long to take, a report unreadable.
 FLAGS = ("cdn", "mixed", "unknown", "unresolvable", "reappeared", "no_url", "locate_failed",
-         "pending_approval", "assigned", "referral_failed", "damaged", "urls_over_cap",
+         "pending_approval", "assigned", "referral_failed", "recheck", "damaged", "urls_over_cap",
          "url_too_long", "parse_failed")
 _REPORT_FLAGS = FLAGS[-3:]
 #: What a view shows for a sealed value that does not open, before the error naming it.
@@ -128,6 +128,8 @@ def flags(case: dict[str, Any]) -> list[str]:
         found.append("assigned")
     if any(r["status"] == "failed" for r in case.get("referrals") or []):
         found.append("referral_failed")
+    if case.get("recheck"):
+        found.append("recheck")  # the hosting re-check of a referred case needs a person
     if case.get("damaged") or "damaged" in hosting or "damaged" in (case["decision"] or {}):
         found.append("damaged")
     noted = {flag["flag"] for flag in case.get("report_flags") or []}
@@ -185,6 +187,10 @@ def _case_json(
         "decision": routed[0],
         "referrals": routed[1],
         "milestones": milestones(row),
+        # Why the last hosting re-check needs a person (routing.recheck), and since when.
+        # Only while the referral may be acted on: a closed case's last flag is history.
+        "recheck": {"flag": row.recheck_flag, "since": iso(row.recheck_flagged_at)}
+        if row.recheck_flag and row.status in AWAITING_OUTCOME else None,
     }
     if damaged:
         document["damaged"] = damaged
@@ -236,7 +242,7 @@ async def _routing_change(conn: AsyncConnection, case_id: uuid.UUID,
     proposer, decider = users.alias("proposer"), users.alias("decider")
     row = (await conn.execute(
         select(routing_changes, proposer.c.name.label("by"), decider.c.name.label("decider"))
-        .join(proposer, proposer.c.id == routing_changes.c.proposed_by)
+        .outerjoin(proposer, proposer.c.id == routing_changes.c.proposed_by)
         .outerjoin(decider, decider.c.id == routing_changes.c.decided_by)
         .where(routing_changes.c.case_id == case_id,
                routing_changes.c.assessment_id == uuid.UUID(assessment["id"]),
@@ -247,7 +253,8 @@ async def _routing_change(conn: AsyncConnection, case_id: uuid.UUID,
         return None
     row, damaged = _opened(sealer_of(conn), routing_changes, row)
     return {"id": str(row.id), "country": row.country, "status": row.status,
-            "proposed_by": row.by, "proposed_at": iso(row.created_at),
+            # No proposer: the hosting re-check's proposal, not endorsed yet.
+            "proposed_by": row.by or "system:recheck", "proposed_at": iso(row.created_at),
             "decided_by": row.decider, "decided_at": iso(row.decided_at),
             "facts": row.facts if not damaged else {}, **damaged}
 

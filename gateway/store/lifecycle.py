@@ -160,6 +160,14 @@ TABLE: tuple[Transition, ...] = (
         # The hosting moved: a later re-route (after approval) sends it to the new place.
         _T(state, "record_moved", "moved", _MOVED, "case.moved"),
     )),
+    # Moved (routing.recheck proposes the new route): a supervisor's approval routes it
+    # again on the new country; or the case is reopened.
+    _T("moved", "approve_move", "assessed", (SUPERVISOR,), "case.move_approved", "reroute"),
+    # A supervisor names the new country (an analyst recorded the move, or the proposal was
+    # rejected); with four-eyes it waits as a routing change, approved as above.
+    _T("moved", "set_country", "assessed", (SUPERVISOR,), "case.hosting_country_set",
+       "reroute"),
+    _T("moved", "reopen", "awaiting_assessment", (SUPERVISOR,), "case.reopened", "afresh"),
 )
 _BY_KEY = {(t.state, t.event): t for t in TABLE}
 assert len(_BY_KEY) == len(TABLE), "one transition per state and event"

@@ -43,7 +43,8 @@ from gateway.store.tables import cases, referral_outcomes, referrals, routing_de
 from gateway.store.text import plain_text
 from gateway.store.times import iso, utc
 
-SOURCES = ("analyst", "reply", "partner")
+#: ``recheck``: the hosting re-check (``routing.recheck``) found the content moved.
+SOURCES = ("analyst", "reply", "partner", "recheck")
 #: Which outcomes a referral can take next, by its current one.
 NEXT: dict[str | None, tuple[str, ...]] = {None: OUTCOMES, "acknowledged": CLOSING}
 #: The lifecycle's event that brings a case to each state an outcome leads to.
@@ -81,6 +82,11 @@ class Recorder:
         partner hotline's gateway)."""
         return cls(source, lifecycle.Actor.system(source), destination=destination,
                    fingerprint=fingerprint)
+
+    @classmethod
+    def recheck(cls) -> Recorder:
+        """The hosting re-check: it records only ``moved`` (the hosting is elsewhere now)."""
+        return cls("recheck", lifecycle.Actor.system("recheck"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,9 +210,11 @@ def record_outcome_in(
     if who.source not in SOURCES:
         raise ValueError(f"unknown source {who.source!r}")
     if (who.source == "analyst") != (who.user_id is not None) or (
-            who.source != "analyst" and not (who.destination and who.fingerprint)):
+            who.source in ("reply", "partner") and not (who.destination and who.fingerprint)):
         raise ValueError("an analyst's outcome names the user; a reply's, the destination "
                          "and the signer")
+    if who.source == "recheck" and outcome != "moved":
+        raise ValueError("the hosting re-check records only moved")
     when = utc(occurred_at) if occurred_at is not None else now
     row = conn.execute(
         select(referrals.c.id, referrals.c.case_id, referrals.c.destination,

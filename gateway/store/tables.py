@@ -109,6 +109,10 @@ cases = Table(
     Column("referred_at", DateTime(timezone=True), nullable=True),
     Column("acknowledged_at", DateTime(timezone=True), nullable=True),
     Column("removed_at", DateTime(timezone=True), nullable=True),
+    # Why the last hosting re-check of a referred case needs a person (``routing.recheck``:
+    # unresolvable, failed, cdn, mixed), and since when; cleared when it is found again.
+    Column("recheck_flag", String(16), nullable=True),
+    Column("recheck_flagged_at", DateTime(timezone=True), nullable=True),
     Index(None, "status", "first_reported"),
 )
 
@@ -285,7 +289,8 @@ routing_changes = Table(
     Column("country", String(2), nullable=False),
     Column("facts", JSON, nullable=False, info=SEALED_JSON),
     Column("status", String(16), nullable=False),  # pending|approved|rejected|applied|superseded
-    Column("proposed_by", Uuid, ForeignKey("users.id"), nullable=False),
+    # None: proposed by the hosting re-check (the hosting moved), until a person endorses it.
+    Column("proposed_by", Uuid, ForeignKey("users.id"), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("decided_by", Uuid, ForeignKey("users.id"), nullable=True),
     Column("decided_at", DateTime(timezone=True), nullable=True),
