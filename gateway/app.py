@@ -1,12 +1,12 @@
 """The composition root: builds every collaborator from the config (``gateway.compose``) and
 runs them in one lifecycle (``gateway.lifecycle``).
 
-Start: engine, migrations, the daily tasks (retention, key check), the stages (outbox, refer,
-locate, normalise), the writer, then the listeners (SMTP, public web, console, admin), then
-READY. Stop, the same path backwards with each step bounded: close the listeners and let
-messages being committed get their reply, flush the writer, stop the stages (handing back what
-they hold) and the daily tasks, dispose of the engine. A start-up that fails half way stops
-what already runs. SIGHUP reloads what can change while serving.
+Start: engine, migrations, the daily tasks (retention, key check), the stages (outbox,
+follow-up, refer, locate, normalise), the writer, then the listeners (SMTP, public web,
+console, admin), then READY. Stop, the same path backwards with each step bounded: close the
+listeners and let messages being committed get their reply, flush the writer, stop the stages
+(handing back what they hold) and the daily tasks, dispose of the engine. A start-up that
+fails half way stops what already runs. SIGHUP reloads what can change while serving.
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ from gateway import logs
 from gateway.admin import AdminServer
 from gateway.checks import file_problems
 from gateway.compose import (
+    follow_up_settings,
     make_admin,
+    make_follow_up,
     make_gpg,
     make_keywatch,
     make_locate_stage,
@@ -58,6 +60,7 @@ from gateway.store.writer import SubmissionWriter
 from intake.normalise import NormaliseStage
 from intake.smtp import SmtpServer, quiet_aiosmtpd_logs
 from intake.web import PublicServer, make_intake
+from outbound.follow_up import FollowUpStage
 from outbound.gpg import Gpg
 from outbound.keywatch import KeyWatch
 from outbound.outbox import OutboxStage
@@ -88,6 +91,7 @@ class Gateway:
     outbox: OutboxStage
     keywatch: KeyWatch
     gpg: Gpg
+    follow_up: FollowUpStage
     #: Set with a reason when an owned task dies: the daemon cannot go on serving.
     failed: asyncio.Future[str]
 
@@ -102,6 +106,7 @@ def reload(gateway: Gateway, new: Config) -> list[str]:
                                                           new.routing.hotlines))
     gateway.locator.reconfigure(Overrides(new.locate.override), new.locate.cdn_asns)
     gateway.keywatch.reconfigure(pinned_keys(new), new.gpg.warn_days)
+    gateway.follow_up.reconfigure(follow_up_settings(new))
     gateway.gpg.forget_checks()  # keys may have been imported or revoked
     gateway.config = new
     needs_restart = [name for name in ("database", "smtp", "http", "console", "admin",
@@ -204,6 +209,7 @@ async def running(
         outbox = make_outbox(config, backend, gpg)
         refer = make_refer(config, backend, engine, locator, gpg, outbox)
         keywatch = make_keywatch(config, gpg)
+        follow_up = make_follow_up(config, backend, engine, gpg, outbox)
         # Stopped in the reverse order: the writer first, the daily retention last.
         parts.run("keyring-watch", KeyringWatch(keyring_path(
             config.data.keyring, config.data.credential, os.environ), engine,
@@ -211,6 +217,7 @@ async def running(
         parts.run("retention", DailyRetention(backend, config.retention))
         parts.run("keywatch", keywatch)
         parts.run("outbox", outbox)
+        parts.run("follow-up", follow_up)
         parts.run("refer", refer)
         parts.run("locate", locate)
         if config.intake.normalise == "serve":
@@ -234,10 +241,11 @@ async def running(
         parts.on_stop("stats", stats.close)
         admin = make_admin(config, backend, stats, metrics,
                            {"smtp": smtp, "http": public, "console": console}, keywatch,
-                           normaliser, locate, outbox)
+                           normaliser, locate, outbox, follow_up)
         await parts.listen("admin", admin)
         yield Gateway(config, engine, writer, smtp, normaliser, locator, locate, console,
-                      public, admin, stats, refer, outbox, keywatch, gpg, parts.failed)
+                      public, admin, stats, refer, outbox, keywatch, gpg, follow_up,
+                      parts.failed)
 
 
 class GatewayFailed(Exception):

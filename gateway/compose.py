@@ -26,6 +26,7 @@ from intake.normalise import NormaliseStage
 from intake.ratelimit import RateLimiter
 from intake.smtp import ReportHandler, SmtpServer
 from intake.web import dearmor, wkd_hash
+from outbound.follow_up import FollowUpSettings, FollowUpStage
 from outbound.gpg import Gpg, GpgError
 from outbound.keywatch import KeyWatch, Pinned
 from outbound.outbox import OutboxStage
@@ -148,6 +149,20 @@ def make_refer(config: Config, backend: WriteBackend, engine: AsyncEngine, locat
                       on_queued=outbox.wake)
 
 
+def follow_up_settings(config: Config) -> FollowUpSettings:
+    return FollowUpSettings(
+        policies=config.deadline_policies(), hotline_name=config.gateway.hotline_name,
+        signing_key=config.gpg.signing_key, archive_key=config.archive_key(),
+        from_address=config.outbound.from_address)
+
+
+def make_follow_up(config: Config, backend: WriteBackend, engine: AsyncEngine, gpg: Gpg,
+                   outbox: OutboxStage) -> FollowUpStage:
+    """Reminders to destinations past their deadlines, then the supervisor flag."""
+    return FollowUpStage(follow_up_settings(config), backend, engine, gpg,
+                         worker=_worker_name(), on_queued=outbox.wake)
+
+
 def make_keywatch(config: Config, gpg: Gpg) -> KeyWatch:
     return KeyWatch(gpg, pinned_keys(config), warn_days=config.gpg.warn_days)
 
@@ -169,8 +184,8 @@ def make_smtp(config: Config, writer: SubmissionWriter, executor: Executor) -> S
 
 def make_admin(config: Config, backend: WriteBackend, stats: StatsCache, metrics: Metrics,
                listeners: dict[str, SmtpServer | HttpListener], keywatch: KeyWatch,
-               normaliser: NormaliseStage, locate: LocateStage, outbox: OutboxStage
-               ) -> AdminServer:
+               normaliser: NormaliseStage, locate: LocateStage, outbox: OutboxStage,
+               follow_up: FollowUpStage) -> AdminServer:
     """The admin listener: health, readiness and metrics of the parts it is given."""
     return AdminServer(config.admin, Admin(
         stats=stats, backend=backend, metrics=metrics, keys=lambda: keywatch.last,
@@ -179,6 +194,8 @@ def make_admin(config: Config, backend: WriteBackend, stats: StatsCache, metrics
         counters=lambda: {"locate_failures": locate.failed, "locate_located": locate.located,
                           "referrals_sent": outbox.sent, "referrals_deferred": outbox.deferred,
                           "referrals_failed": outbox.failed,
+                          "reminders_queued": follow_up.reminders_queued,
+                          "supervisor_flags": follow_up.supervisor_flags,
                           "normalise_parse_failed": normaliser.failed,
                           # Records put off: under a data key this process lacks (rotation).
                           "normalise_key_unknown": normaliser.key_waits.count,

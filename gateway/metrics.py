@@ -33,6 +33,9 @@ class _Snapshot(Collector):
                            (stats.get("submissions_by_status") or {}).get("received", 0))
         backlog.add_metric(["locate"], stats.get("cases_to_locate", 0))
         yield backlog
+        yield GaugeMetricFamily("hotline_cases_overdue",
+                                "Cases with a referral past a deadline it has not met",
+                                value=stats.get("cases_overdue", 0))
         yield GaugeMetricFamily("hotline_outbox_pending", "Referrals waiting to be delivered",
                                 value=stats.get("outbox_pending", 0))
         yield GaugeMetricFamily("hotline_outbox_oldest_pending_seconds",
