@@ -60,7 +60,7 @@ from gateway.store.writer import SubmissionWriter
 from intake.normalise import NormaliseStage
 from intake.smtp import SmtpServer, quiet_aiosmtpd_logs
 from intake.web import PublicServer, make_intake
-from outbound.follow_up import FollowUpStage
+from outbound.follow_up import FollowUpSettings, FollowUpStage
 from outbound.gpg import Gpg
 from outbound.keywatch import KeyWatch
 from outbound.outbox import OutboxStage
@@ -96,17 +96,18 @@ class Gateway:
     failed: asyncio.Future[str]
 
 
-def reload(gateway: Gateway, new: Config) -> list[str]:
-    """Apply what can change while serving (routing destinations and membership, keys,
-    locate overrides and CDNs, the log level), without closing any connection; the sections
-    that differ but need a restart, by name."""
+def reload(gateway: Gateway, new: Config, *, follow_up: FollowUpSettings | None = None
+           ) -> list[str]:
+    """Apply what can change while serving (routing destinations and their deadlines,
+    membership, keys, locate overrides and CDNs, the log level), without closing any
+    connection; the sections that differ but need a restart, by name."""
     old = gateway.config
     logs.configure(new.gateway.log_level, new.gateway.log_format)
     gateway.refer.reconfigure(new.refer_settings(), MembershipList.shipped(new.routing.membership,
                                                           new.routing.hotlines))
     gateway.locator.reconfigure(Overrides(new.locate.override), new.locate.cdn_asns)
     gateway.keywatch.reconfigure(pinned_keys(new), new.gpg.warn_days)
-    gateway.follow_up.reconfigure(follow_up_settings(new))
+    gateway.follow_up.reconfigure(follow_up or follow_up_settings(new))
     gateway.gpg.forget_checks()  # keys may have been imported or revoked
     gateway.config = new
     needs_restart = [name for name in ("database", "smtp", "http", "console", "admin",
@@ -209,7 +210,7 @@ async def running(
         outbox = make_outbox(config, backend, gpg)
         refer = make_refer(config, backend, engine, locator, gpg, outbox)
         keywatch = make_keywatch(config, gpg)
-        follow_up = make_follow_up(config, backend, engine, gpg, outbox)
+        follow_up = await make_follow_up(config, backend, engine, gpg, outbox)
         # Stopped in the reverse order: the writer first, the daily retention last.
         parts.run("keyring-watch", KeyringWatch(keyring_path(
             config.data.keyring, config.data.credential, os.environ), engine,
@@ -264,7 +265,9 @@ async def _reload(gateway: Gateway, notifier: Notifier, load_config: Callable[[]
         log.error("gateway.reload_refused", problems=exc.problems)
         notifier.ready("serving; reload refused: the config has problems (see the log)")
         return
-    needs_restart = reload(gateway, new)
+    # Made off the loop: the holidays library reads its files when a calendar is made.
+    follow_up = await asyncio.to_thread(follow_up_settings, new)
+    needs_restart = reload(gateway, new, follow_up=follow_up)
     if needs_restart:
         log.warning("gateway.reload_needs_restart", sections=needs_restart)
     log.info("gateway.reloaded")

@@ -156,11 +156,13 @@ def follow_up_settings(config: Config) -> FollowUpSettings:
         from_address=config.outbound.from_address)
 
 
-def make_follow_up(config: Config, backend: WriteBackend, engine: AsyncEngine, gpg: Gpg,
-                   outbox: OutboxStage) -> FollowUpStage:
+async def make_follow_up(config: Config, backend: WriteBackend, engine: AsyncEngine, gpg: Gpg,
+                         outbox: OutboxStage) -> FollowUpStage:
     """Reminders to destinations past their deadlines, then the supervisor flag."""
-    return FollowUpStage(follow_up_settings(config), backend, engine, gpg,
-                         worker=_worker_name(), on_queued=outbox.wake)
+    # Off the loop: the holidays library reads its files when a calendar is made.
+    settings = await asyncio.to_thread(follow_up_settings, config)
+    return FollowUpStage(settings, backend, engine, gpg, worker=_worker_name(),
+                         on_queued=outbox.wake)
 
 
 def make_keywatch(config: Config, gpg: Gpg) -> KeyWatch:
