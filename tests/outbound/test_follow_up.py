@@ -5,6 +5,7 @@ hours), the supervisor flag after them, and overdue as the views and the metrics
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from datetime import UTC, datetime, time, timedelta
 from email import message_from_bytes, policy
@@ -257,3 +258,63 @@ async def test_two_workers_queue_one_reminder(
     assert sorted(done) == [0, 1]
     assert len(await reminders(engine)) == 1
     assert await first.stage.run_once() == 0 and await second.stage.run_once() == 0
+
+
+async def test_a_referral_made_through_iccam_flags_the_supervisor_at_the_deadline(
+    engine: AsyncEngine, backend: WriteBackend, gpg: Gpg, keys: Keys, tmp_path: Path
+) -> None:
+    """No address to remind: nothing is queued, and the supervisor is told at the deadline."""
+
+    def work(conn: Connection) -> uuid.UUID:
+        _, (referral_id,) = refer(conn, at=SENT, destinations=(DESTINATION,), status="iccam")
+        conn.execute(update(referrals).where(referrals.c.id == referral_id).values(
+            email=None, key_fingerprint=None, message_id=None, sent_at=SENT))
+        return referral_id
+
+    referral_id = await backend.transaction(work)
+    rig = Rig(backend, engine, gpg, keys, business(), tmp_path / "out")
+    await rig.until(datetime(2027, 1, 2, tzinfo=UTC))
+    assert await reminders(engine) == []
+    row = await referral_row(engine, referral_id)
+    assert utc(row.supervisor_flagged_at) == ACK_DUE
+
+
+async def test_a_key_that_cannot_be_used_sends_nothing(
+    engine: AsyncEngine, backend: WriteBackend, gpg: Gpg, keys: Keys, tmp_path: Path
+) -> None:
+    """A referral whose key was revoked since: no reminder leaves, an alert is logged, and
+    the referral is put off rather than tried at every pass."""
+    _, referral_id = await referred(backend, keys)
+    await backend.transaction(lambda conn: conn.execute(
+        update(referrals).where(referrals.c.id == referral_id)
+        .values(key_fingerprint=keys.revoked)))
+    rig = Rig(backend, engine, gpg, keys, business(), tmp_path / "out")
+    rig.clock.now = ACK_DUE
+    with capture_logs() as logs:
+        assert await rig.stage.run_once() == 0
+        assert await rig.stage.run_once() == 0
+    assert [e["event"] for e in logs if e["event"].startswith("follow_up.")] == [
+        "follow_up.key_problem"]
+    assert await reminders(engine) == []
+    async with engine.connect() as conn:
+        assert (await conn.execute(select(outbox))).all() == []
+    row = await referral_row(engine, referral_id)
+    assert row.claimed_by is None and utc(row.claimed_until) > ACK_DUE
+
+
+async def test_deadlines_taken_out_of_the_config_are_cleared(
+    engine: AsyncEngine, backend: WriteBackend, gpg: Gpg, keys: Keys, tmp_path: Path
+) -> None:
+    """After a reload without deadlines for the destination, its referrals have none and are
+    no longer overdue."""
+    case_id, referral_id = await referred(backend, keys)
+    rig = Rig(backend, engine, gpg, keys, business(max_reminders=0), tmp_path / "out")
+    await rig.until(ACK_DUE)
+    assert utc((await referral_row(engine, referral_id)).acknowledge_by) == ACK_DUE
+    rig.stage.reconfigure(dataclasses.replace(settings(keys, business()), policies={}))
+    await rig.stage.run_once()
+    row = await referral_row(engine, referral_id)
+    assert row.acknowledge_by is None and row.remove_by is None
+    async with engine.connect() as conn:
+        case = await get_case(conn, case_id, now=rig.clock.now)
+    assert case is not None and case["overdue"] is False
