@@ -41,8 +41,8 @@ log = structlog.get_logger("gateway.store.case_view")
 #: Flags the queue shows and filters by. The last three come from the case's reports (see
 #: report_flags): URLs over the per-report cap, a URL too long to take, a report unreadable.
 FLAGS = ("cdn", "mixed", "unknown", "unresolvable", "reappeared", "no_url", "locate_failed",
-         "pending_approval", "assigned", "referral_failed", "overdue", "damaged", "urls_over_cap",
-         "url_too_long", "parse_failed")
+         "pending_approval", "assigned", "referral_failed", "overdue", "supervisor_flagged",
+         "damaged", "urls_over_cap", "url_too_long", "parse_failed")
 _REPORT_FLAGS = FLAGS[-3:]
 #: What a view shows for a sealed value that does not open, before the error naming it.
 UNREADABLE = "[unreadable] "
@@ -135,6 +135,9 @@ def flags(case: dict[str, Any]) -> list[str]:
         found.append("referral_failed")
     if case.get("overdue"):
         found.append("overdue")
+    if any((r["deadlines"]["supervisor_flagged"] or {}).get("chase") in r["deadlines"]["overdue"]
+           for r in case.get("referrals") or []):
+        found.append("supervisor_flagged")  # still overdue on what a supervisor was told of
     if case.get("damaged") or "damaged" in hosting or "damaged" in (case["decision"] or {}):
         found.append("damaged")
     noted = {flag["flag"] for flag in case.get("report_flags") or []}

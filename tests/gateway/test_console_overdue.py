@@ -60,7 +60,8 @@ async def test_overdue_in_the_api_the_queue_the_case_page_and_metrics(
         update(referrals).where(referrals.c.case_id == uuid.UUID(fresh))
         .values(sent_at=utcnow())))
     case = await _flagged(gw, token, late)
-    assert case["overdue"] is True and "overdue" in case["flags"]
+    assert case["overdue"] is True
+    assert {"overdue", "supervisor_flagged"} <= set(case["flags"])
     (referral,) = case["referrals"]
     assert referral["overdue"] is True
     assert referral["deadlines"]["overdue"] == ["acknowledge"]
@@ -70,7 +71,7 @@ async def test_overdue_in_the_api_the_queue_the_case_page_and_metrics(
     status, found = await api(gw, "GET", "/api/v1/cases?status=referred&flag=overdue", token)
     assert status == 200 and [c["id"] for c in found] == [late]
     status, other = await api(gw, "GET", f"/api/v1/cases/{fresh}", token)
-    assert other["overdue"] is False
+    assert other["overdue"] is False and "supervisor_flagged" not in other["flags"]
     assert other["referrals"][0]["deadlines"]["acknowledge_by"] is not None
     status, shown = await api(gw, "GET", f"/api/v1/referrals/{referral['id']}", token)
     assert status == 200 and shown["overdue"] is True
