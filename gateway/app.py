@@ -1,12 +1,12 @@
 """The composition root: builds every collaborator from the config (``gateway.compose``) and
 runs them in one lifecycle (``gateway.lifecycle``).
 
-Start: engine, migrations, the daily tasks (retention, key check), the stages (outbox, refer,
-locate, normalise), the writer, then the listeners (SMTP, public web, console, admin), then
-READY. Stop, the same path backwards with each step bounded: close the listeners and let
-messages being committed get their reply, flush the writer, stop the stages (handing back what
-they hold) and the daily tasks, dispose of the engine. A start-up that fails half way stops
-what already runs. SIGHUP reloads what can change while serving.
+Start: engine, migrations, the daily tasks (retention, key check), the stages (outbox,
+follow-up, refer, locate, normalise), the writer, then the listeners (SMTP, public web,
+console, admin), then READY. Stop, the same path backwards with each step bounded: close the
+listeners and let messages being committed get their reply, flush the writer, stop the stages
+(handing back what they hold) and the daily tasks, dispose of the engine. A start-up that
+fails half way stops what already runs. SIGHUP reloads what can change while serving.
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ from gateway import logs
 from gateway.admin import AdminServer
 from gateway.checks import file_problems
 from gateway.compose import (
+    follow_up_settings,
     make_admin,
+    make_follow_up,
     make_gpg,
     make_keywatch,
     make_locate_stage,
@@ -62,6 +64,7 @@ from gateway.store.writer import SubmissionWriter
 from intake.normalise import NormaliseStage
 from intake.smtp import SmtpServer, quiet_aiosmtpd_logs
 from intake.web import PublicServer, make_intake
+from outbound.follow_up import FollowUpSettings, FollowUpStage
 from outbound.gpg import Gpg
 from outbound.keywatch import KeyWatch
 from outbound.outbox import OutboxStage
@@ -94,6 +97,7 @@ class Gateway:
     outbox: OutboxStage
     keywatch: KeyWatch
     gpg: Gpg
+    follow_up: FollowUpStage
     #: Set with a reason when an owned task dies: the daemon cannot go on serving.
     failed: asyncio.Future[str]
     #: Reads destinations' replies (``[outbound] reply_address``).
@@ -102,10 +106,11 @@ class Gateway:
     recheck: RecheckStage | None = None
 
 
-def reload(gateway: Gateway, new: Config) -> list[str]:
-    """Apply what can change while serving (routing destinations and membership, keys,
-    locate overrides and CDNs, the log level), without closing any connection; the sections
-    that differ but need a restart, by name."""
+def reload(gateway: Gateway, new: Config, *, follow_up: FollowUpSettings | None = None
+           ) -> list[str]:
+    """Apply what can change while serving (routing destinations and their deadlines,
+    membership, keys, locate overrides and CDNs, the log level), without closing any
+    connection; the sections that differ but need a restart, by name."""
     old = gateway.config
     logs.configure(new.gateway.log_level, new.gateway.log_format)
     gateway.refer.reconfigure(new.refer_settings(), MembershipList.shipped(new.routing.membership,
@@ -118,6 +123,7 @@ def reload(gateway: Gateway, new: Config) -> list[str]:
     gateway.keywatch.reconfigure(pinned_keys(new), new.gpg.warn_days)
     if gateway.replies is not None:
         gateway.replies.reconfigure(reply_keys(new))
+    gateway.follow_up.reconfigure(follow_up or follow_up_settings(new))
     gateway.gpg.forget_checks()  # keys may have been imported or revoked
     gateway.config = new
     needs_restart = [name for name in ("database", "smtp", "http", "console", "admin",
@@ -222,6 +228,7 @@ async def running(
         refer = make_refer(config, backend, engine, locator, gpg, outbox)
         recheck = make_recheck(config, backend, locator)
         keywatch = make_keywatch(config, gpg)
+        follow_up = await make_follow_up(config, backend, engine, gpg, outbox)
         metrics = Metrics()
         # Read while a reply address is set (unset, none arrive; any kept wait for it).
         replies = make_reply_stage(config, backend, gpg, gpg_executor, metrics)
@@ -234,6 +241,7 @@ async def running(
         parts.run("retention", DailyRetention(backend, config.retention))
         parts.run("keywatch", keywatch)
         parts.run("outbox", outbox)
+        parts.run("follow-up", follow_up)
         if config.outbound.reply_address is not None:
             parts.run("replies", replies)
         parts.run("refer", refer)
@@ -260,11 +268,11 @@ async def running(
         parts.on_stop("stats", stats.close)
         admin = make_admin(config, backend, stats, metrics,
                            {"smtp": smtp, "http": public, "console": console}, keywatch,
-                           normaliser, locate, outbox, recheck)
+                           normaliser, locate, outbox, follow_up, recheck)
         await parts.listen("admin", admin)
         yield Gateway(config, engine, writer, smtp, normaliser, locator, locate, console,
-                      public, admin, stats, refer, outbox, keywatch, gpg, parts.failed,
-                      recheck=recheck, replies=replies)
+                      public, admin, stats, refer, outbox, keywatch, gpg, follow_up,
+                      parts.failed, recheck=recheck, replies=replies)
 
 
 class GatewayFailed(Exception):
@@ -283,7 +291,9 @@ async def _reload(gateway: Gateway, notifier: Notifier, load_config: Callable[[]
         log.error("gateway.reload_refused", problems=exc.problems)
         notifier.ready("serving; reload refused: the config has problems (see the log)")
         return
-    needs_restart = reload(gateway, new)
+    # Made off the loop: the holidays library reads its files when a calendar is made.
+    follow_up = await asyncio.to_thread(follow_up_settings, new)
+    needs_restart = reload(gateway, new, follow_up=follow_up)
     if needs_restart:
         log.warning("gateway.reload_needs_restart", sections=needs_restart)
     log.info("gateway.reloaded")

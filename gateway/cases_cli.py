@@ -48,7 +48,8 @@ def json_text(document: object, indent: int | None = None) -> str:
 def cmd_cases(args: argparse.Namespace, config: Config, connect: Connect[Any],
               run: Run[Any]) -> int:
     if args.cases_command == "list":
-        found = connect(lambda conn: list_cases(conn, status=args.status, limit=args.limit))
+        found = connect(lambda conn: list_cases(conn, status=args.status, limit=args.limit,
+                                                overdue=args.overdue))
         if args.json:
             print(json_text(found, indent=1))
         else:
@@ -98,6 +99,17 @@ def _print_case(case: dict[str, Any]) -> None:
     for referral in case["referrals"]:
         say(f"referral: {referral['destination']} {referral['status']} "
             f"{referral['sent_at'] or ''}".rstrip())
+        deadlines = referral["deadlines"]
+        for chase in ("acknowledge", "remove"):
+            if deadlines[f"{chase}_by"]:
+                late = " (overdue)" if chase in deadlines["overdue"] else ""
+                say(f"  {chase} by: {deadlines[f'{chase}_by']}{late}")
+        for reminder in deadlines["reminders"]:
+            say(f"  reminder: {reminder['chase']} #{reminder['number']} queued "
+                f"{reminder['queued_at']}, {reminder['status']}")
+        if deadlines["supervisor_flagged"]:
+            flagged = deadlines["supervisor_flagged"]
+            say(f"  supervisor flagged: {flagged['at']} ({flagged['chase']})")
         for outcome in referral["outcomes"]:
             reason = f" ({outcome['reason']})" if outcome["reason"] else ""
             who = outcome["recorded_by"] or f"{outcome['source']}:{outcome['destination']}"

@@ -78,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     cases_list = cases_commands.add_parser("list", help="cases, oldest first")
     cases_list.add_argument("--status", help="only cases in this state (awaiting_outcome: "
                             "referred or acknowledged)")
+    cases_list.add_argument("--overdue", action="store_true",
+                            help="only cases with a referral past a deadline it has not met")
     cases_list.add_argument("--limit", type=int, default=1000, help="at most this many")
     cases_list.add_argument("--json", action="store_true", help="print a JSON array")
     cases_show = cases_commands.add_parser("show", help="one case and the reports behind it")

@@ -27,6 +27,7 @@ from intake.normalise import NormaliseStage
 from intake.ratelimit import RateLimiter
 from intake.smtp import ReportHandler, SmtpServer
 from intake.web import dearmor, wkd_hash
+from outbound.follow_up import FollowUpSettings, FollowUpStage
 from outbound.gpg import Gpg, GpgError
 from outbound.keywatch import KeyWatch, Pinned
 from outbound.outbox import OutboxStage
@@ -178,6 +179,22 @@ def make_reply_stage(config: Config, backend: WriteBackend, gpg: Gpg, executor: 
                       pinned=reply_keys(config), on_read=metrics.reply_read)
 
 
+def follow_up_settings(config: Config) -> FollowUpSettings:
+    return FollowUpSettings(
+        policies=config.deadline_policies(), hotline_name=config.gateway.hotline_name,
+        signing_key=config.gpg.signing_key, archive_key=config.archive_key(),
+        from_address=config.outbound.from_address)
+
+
+async def make_follow_up(config: Config, backend: WriteBackend, engine: AsyncEngine, gpg: Gpg,
+                         outbox: OutboxStage) -> FollowUpStage:
+    """Reminders to destinations past their deadlines, then the supervisor flag."""
+    # Off the loop: the holidays library reads its files when a calendar is made.
+    settings = await asyncio.to_thread(follow_up_settings, config)
+    return FollowUpStage(settings, backend, engine, gpg, worker=_worker_name(),
+                         on_queued=outbox.wake)
+
+
 def make_keywatch(config: Config, gpg: Gpg) -> KeyWatch:
     return KeyWatch(gpg, pinned_keys(config), warn_days=config.gpg.warn_days)
 
@@ -202,7 +219,7 @@ def make_smtp(config: Config, writer: SubmissionWriter, executor: Executor,
 def make_admin(config: Config, backend: WriteBackend, stats: StatsCache, metrics: Metrics,
                listeners: dict[str, SmtpServer | HttpListener], keywatch: KeyWatch,
                normaliser: NormaliseStage, locate: LocateStage, outbox: OutboxStage,
-               recheck: RecheckStage | None = None) -> AdminServer:
+               follow_up: FollowUpStage, recheck: RecheckStage | None = None) -> AdminServer:
     """The admin listener: health, readiness and metrics of the parts it is given."""
     return AdminServer(config.admin, Admin(
         stats=stats, backend=backend, metrics=metrics, keys=lambda: keywatch.last,
@@ -211,6 +228,8 @@ def make_admin(config: Config, backend: WriteBackend, stats: StatsCache, metrics
         counters=lambda: {"locate_failures": locate.failed, "locate_located": locate.located,
                           "referrals_sent": outbox.sent, "referrals_deferred": outbox.deferred,
                           "referrals_failed": outbox.failed,
+                          "reminders_queued": follow_up.reminders_queued,
+                          "supervisor_flags": follow_up.supervisor_flags,
                           "normalise_parse_failed": normaliser.failed,
                           # Records put off: under a data key this process lacks (rotation).
                           "normalise_key_unknown": normaliser.key_waits.count,

@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
+from gateway.store.follow_ups import overdue_cases
 from gateway.store.lifecycle import AWAITING_OUTCOME
 from gateway.store.tables import cases, outbox, referrals, replies, submissions
 from gateway.store.times import aware
@@ -21,7 +22,8 @@ async def collect_stats(engine: AsyncEngine, *, now: datetime | None = None) -> 
     """The ``stats --json`` document (DESIGN.md's keys, and more).
 
     ``submissions_by_status`` shows the normalise backlog (``received``) and its failures;
-    ``outbox_oldest_pending_seconds`` how long the oldest undelivered referral has waited.
+    ``outbox_oldest_pending_seconds`` how long the oldest undelivered referral has waited;
+    ``cases_overdue`` the cases with a referral past its deadline at ``now``.
     """
     now = now or datetime.now(UTC)
     async with engine.connect() as conn:
@@ -37,6 +39,8 @@ async def collect_stats(engine: AsyncEngine, *, now: datetime | None = None) -> 
         pending, oldest = (await conn.execute(
             select(func.count(), func.min(outbox.c.created_at))
             .where(outbox.c.status == "pending"))).one()
+        overdue = (await conn.execute(
+            select(func.count()).select_from(overdue_cases(now).subquery()))).scalar_one()
         unlocated = (await conn.execute(
             select(func.count()).select_from(cases)
             .where(cases.c.status.in_(("new", "locate_failed"))))).scalar_one()
@@ -55,6 +59,8 @@ async def collect_stats(engine: AsyncEngine, *, now: datetime | None = None) -> 
         "cases_to_locate": int(unlocated),
         # Referred cases whose hosting re-check needs a person (routing.recheck).
         "cases_recheck_flagged": int(recheck_flagged),
+        # Cases with a referral past a deadline it has not met (gateway.store.follow_ups).
+        "cases_overdue": int(overdue),
         "referrals": by_referral_status,
         "referrals_by_destination": by_destination,
         "outbox_pending": int(pending),

@@ -1,5 +1,8 @@
 """The outbox stage: every queued referral is delivered, retried, or failed where people see it.
 
+An item carries a referral, or a reminder about one (``kind``: ``outbound.follow_up`` queues
+those): a reminder's delivery is audited as such and leaves its referral's state alone.
+
 Items are claimed with a lease (several workers or processes may run); each attempt is
 recorded. A deferred delivery waits ``retry_after``, doubling with jitter up to ``retry_max``;
 an item not delivered within ``max_attempt_age`` of being queued, or refused for good (5xx),
@@ -56,6 +59,7 @@ class OutboxItem:
     attempts: int
     created_at: datetime
     key_fingerprint: str | None
+    kind: str = "referral"
 
 
 class OutboxStage(PollingStage):
@@ -126,13 +130,14 @@ class OutboxStage(PollingStage):
             select(outbox.c.id, outbox.c.referral_id, referrals.c.case_id,
                    referrals.c.reference, referrals.c.destination, outbox.c.mail_from,
                    outbox.c.rcpt_to, outbox.c.message, outbox.c.attempts, outbox.c.created_at,
-                   referrals.c.key_fingerprint)
+                   referrals.c.key_fingerprint, outbox.c.kind)
             .join(referrals, referrals.c.id == outbox.c.referral_id)
             .where(outbox.c.id.in_(claimed)))
         return [OutboxItem(id=r.id, referral_id=r.referral_id, case_id=r.case_id,
                       reference=r.reference, destination=r.destination, mail_from=r.mail_from,
                       rcpt_to=r.rcpt_to, message=r.message, attempts=r.attempts,
-                      created_at=r.created_at, key_fingerprint=r.key_fingerprint)
+                      created_at=r.created_at, key_fingerprint=r.key_fingerprint,
+                      kind=r.kind)
                 for r in rows]
 
     async def _deliver(self, item: OutboxItem) -> None:
@@ -150,7 +155,8 @@ class OutboxStage(PollingStage):
                 raise Rejected(f"encrypted to a key no longer usable: {'; '.join(sealed)}")
             detail = await self._transport.send(
                 mail_from=item.mail_from, rcpt_to=item.rcpt_to, message=item.message,
-                name=f"{item.reference}-{item.referral_id}")
+                name=f"{item.reference}-{item.referral_id}" if item.kind == "referral"
+                else f"{item.reference}-{item.kind}-{item.id}")
         except Deferred as exc:
             outcome, detail = "deferred", str(exc)
         except Rejected as exc:
@@ -166,6 +172,8 @@ class OutboxStage(PollingStage):
                                   "reference": item.reference,
                                   "destination": item.destination,
                                   "attempt": item.attempts + 1}
+        if item.kind != "referral":
+            fields["kind"] = item.kind
         if outcome == "sent":
             self.sent += 1
             log.info("outbox.sent", **fields)
@@ -203,7 +211,13 @@ class OutboxStage(PollingStage):
             detail=seal_value(sealer, outbox_attempts.c.detail, attempt_id, told)))
         if not current:
             return
-        if outcome != "deferred":
+        if outcome != "deferred" and item.kind != "referral":
+            # A reminder: its referral stays as it is; the trail says how the reminder went.
+            record(conn, [AuditEntry("system:outbox", f"{item.kind}.{outcome}", item.case_id,
+                                     {"referral": str(item.referral_id), "item": str(item.id),
+                                      "destination": item.destination, "detail": detail})],
+                   at=now)
+        elif outcome != "deferred":
             error = seal_value(sealer, referrals.c.error, item.referral_id, detail) \
                 if outcome == "failed" else None
             conn.execute(update(referrals).where(referrals.c.id == item.referral_id).values(
@@ -282,7 +296,8 @@ async def retry_failed(backend: WriteBackend, referral_id: uuid.UUID, *, actor: 
                                   referrals.c.status == "failed")).first()
         if row is None:
             raise NotRetryable(f"no failed referral {referral_id}")
-        conn.execute(update(outbox).where(outbox.c.referral_id == referral_id).values(
+        conn.execute(update(outbox).where(outbox.c.referral_id == referral_id,
+                                          outbox.c.kind == "referral").values(
             status="pending", next_attempt_at=now, created_at=now, claimed_by=None,
             claimed_until=None))
         conn.execute(update(referrals).where(referrals.c.id == referral_id)

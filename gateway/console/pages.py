@@ -44,7 +44,7 @@ log = structlog.get_logger("gateway.console")
 
 QUEUE_STATUSES = ("awaiting_assessment", "locate_failed", "assessed", "new", "closed_legal",
                   "held", "referred", "awaiting_outcome", "acknowledged", "moved", "removed",
-                  "content_unavailable", "not_actionable")
+                  "content_unavailable", "not_actionable", "overdue")
 
 
 async def login_page(request: web.Request) -> web.Response:

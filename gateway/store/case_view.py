@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -13,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway.store.audit import open_details
 from gateway.store.case_urls import open_case_marked, open_case_urls, open_report_marked
 from gateway.store.classification import recorded
+from gateway.store.follow_ups import deadlines_json, overdue_cases, reminders_of
 from gateway.store.lifecycle import AWAITING_OUTCOME, MILESTONES
 from gateway.store.outcomes import DELIVERED, NEXT, outcome_json
 from gateway.store.sealed import SEALED, OpenedRow, open_row, open_value, sealer_of
@@ -39,14 +41,17 @@ log = structlog.get_logger("gateway.store.case_view")
 #: Flags the queue shows and filters by. The last three come from the case's reports (see
 #: report_flags): URLs over the per-report cap, a URL too long to take, a report unreadable.
 FLAGS = ("cdn", "mixed", "unknown", "unresolvable", "reappeared", "no_url", "locate_failed",
-         "pending_approval", "assigned", "referral_failed", "recheck", "damaged", "urls_over_cap",
-         "url_too_long", "parse_failed")
+         "pending_approval", "assigned", "referral_failed", "recheck", "overdue",
+         "supervisor_flagged", "damaged", "urls_over_cap", "url_too_long", "parse_failed")
 _REPORT_FLAGS = FLAGS[-3:]
 #: What a view shows for a sealed value that does not open, before the error naming it.
 UNREADABLE = "[unreadable] "
 #: Filters that name several states: ``awaiting_outcome`` is a case referred or acknowledged,
 #: waiting for what becomes of its referral.
 STATUS_GROUPS = {"awaiting_outcome": AWAITING_OUTCOME}
+#: The filter of the cases with a referral past a deadline (``gateway.store.follow_ups``),
+#: whatever their state.
+OVERDUE = "overdue"
 
 
 def opened(sealer: Sealer, column: Column[Any], record: Any, stored: Any) -> Any:
@@ -130,6 +135,11 @@ def flags(case: dict[str, Any]) -> list[str]:
         found.append("referral_failed")
     if case.get("recheck"):
         found.append("recheck")  # the hosting re-check of a referred case needs a person
+    if case.get("overdue"):
+        found.append("overdue")
+    if any((r["deadlines"]["supervisor_flagged"] or {}).get("chase") in r["deadlines"]["overdue"]
+           for r in case.get("referrals") or []):
+        found.append("supervisor_flagged")  # still overdue on what a supervisor was told of
     if case.get("damaged") or "damaged" in hosting or "damaged" in (case["decision"] or {}):
         found.append("damaged")
     noted = {flag["flag"] for flag in case.get("report_flags") or []}
@@ -186,6 +196,8 @@ def _case_json(
         "hold_reason": row.hold_reason,
         "decision": routed[0],
         "referrals": routed[1],
+        # A referral of it past a deadline it has not met (each referral says which).
+        "overdue": any(r["overdue"] for r in routed[1]),
         "milestones": milestones(row),
         # Why the last hosting re-check needs a person (routing.recheck), and since when.
         # Only while the referral may be acted on: a closed case's last flag is history.
@@ -259,9 +271,11 @@ async def _routing_change(conn: AsyncConnection, case_id: uuid.UUID,
             "facts": row.facts if not damaged else {}, **damaged}
 
 
-def _referral_json(sealer: Sealer, row: Any, *, live: bool,
-                   outcomes: list[dict[str, Any]]) -> dict[str, Any]:
-    """``live``: made on the case's live routing decision; ``outcomes``: its history."""
+def _referral_json(sealer: Sealer, row: Any, *, live: bool, outcomes: list[dict[str, Any]],
+                   reminders: list[dict[str, Any]], now: datetime) -> dict[str, Any]:
+    """``live``: made on the case's live routing decision; ``outcomes``: its history;
+    ``reminders``: those queued about it; ``now``: the moment "overdue" is said of."""
+    deadlines = deadlines_json(row, reminders, now, live=live)
     return {"id": str(row.id), "destination": row.destination, "status": row.status,
             "reference": row.reference, "email": row.email,
             "key_fingerprint": row.key_fingerprint, "message_id": row.message_id,
@@ -272,7 +286,8 @@ def _referral_json(sealer: Sealer, row: Any, *, live: bool,
             # Which outcomes may be recorded now (none for one not live or not delivered).
             "next_outcomes": list(NEXT.get(row.outcome, ()))
             if live and row.status in DELIVERED else [],
-            "outcomes": outcomes}
+            "outcomes": outcomes, "overdue": bool(deadlines["overdue"]),
+            "deadlines": deadlines}
 
 
 async def _outcomes(conn: AsyncConnection, case_ids: list[uuid.UUID]
@@ -293,7 +308,7 @@ async def _outcomes(conn: AsyncConnection, case_ids: list[uuid.UUID]
 
 
 async def _routing(
-    conn: AsyncConnection, case_ids: list[uuid.UUID]
+    conn: AsyncConnection, case_ids: list[uuid.UUID], now: datetime
 ) -> dict[uuid.UUID, tuple[dict[str, Any] | None, list[dict[str, Any]]]]:
     """Each case's live routing decision and its referrals."""
     found: dict[uuid.UUID, tuple[dict[str, Any] | None, list[dict[str, Any]]]] = {}
@@ -312,18 +327,23 @@ async def _routing(
     sent: dict[uuid.UUID, list[dict[str, Any]]] = defaultdict(list)
     sealer = sealer_of(conn)
     outcomes = await _outcomes(conn, case_ids)
-    for row in await conn.execute(select(referrals).where(referrals.c.case_id.in_(case_ids))
-                                  .order_by(referrals.c.created_at)):
+    rows = (await conn.execute(select(referrals).where(referrals.c.case_id.in_(case_ids))
+                               .order_by(referrals.c.created_at))).all()
+    reminders = await reminders_of(conn, [row.id for row in rows])
+    for row in rows:
         live = str(row.decision_id) == (decisions.get(row.case_id) or {}).get("id")
         sent[row.case_id].append(_referral_json(sealer, row, live=live,
-                                                outcomes=outcomes.get(row.id, [])))
+                                                outcomes=outcomes.get(row.id, []),
+                                                reminders=reminders.get(row.id, []), now=now))
     for case_id in case_ids:
         found[case_id] = (decisions.get(case_id), sent.get(case_id, []))
     return found
 
 
-async def get_referral(conn: AsyncConnection, referral_id: uuid.UUID) -> dict[str, Any] | None:
-    """One referral with its delivery attempts (never the message: it is encrypted anyway)."""
+async def get_referral(conn: AsyncConnection, referral_id: uuid.UUID, *,
+                       now: datetime | None = None) -> dict[str, Any] | None:
+    """One referral with its delivery attempts (never the message: it is encrypted anyway);
+    overdue or not at ``now`` (default: the present)."""
     row = (await conn.execute(
         select(referrals, routing_decisions.c.superseded, cases.c.status.label("case_status"))
         .join(routing_decisions, routing_decisions.c.id == referrals.c.decision_id)
@@ -333,11 +353,14 @@ async def get_referral(conn: AsyncConnection, referral_id: uuid.UUID) -> dict[st
         return None
     sealer = sealer_of(conn)
     outcomes = (await _outcomes(conn, [row.case_id])).get(row.id, [])
-    document = {**_referral_json(sealer, row, live=not row.superseded, outcomes=outcomes),
+    reminders = (await reminders_of(conn, [row.id])).get(row.id, [])
+    document = {**_referral_json(sealer, row, live=not row.superseded, outcomes=outcomes,
+                                 reminders=reminders, now=now or datetime.now(UTC)),
                 "case_id": str(row.case_id), "case_status": row.case_status}
     item = (await conn.execute(select(outbox.c.id, outbox.c.status, outbox.c.attempts,
                                       outbox.c.next_attempt_at, outbox.c.last_error)
-                               .where(outbox.c.referral_id == referral_id))).first()
+                               .where(outbox.c.referral_id == referral_id,
+                                      outbox.c.kind == "referral"))).first()
     document["outbox"] = None if item is None else {
         "status": item.status, "attempts": item.attempts,
         "next_attempt_at": iso(item.next_attempt_at),
@@ -424,13 +447,20 @@ def _open_submission(sealer: Sealer, values: dict[str, Any], submission_id: uuid
 
 
 async def list_cases(
-    conn: AsyncConnection, *, status: str | None = None, limit: int = 1000
+    conn: AsyncConnection, *, status: str | None = None, limit: int = 1000,
+    overdue: bool = False, now: datetime | None = None,
 ) -> list[dict[str, Any]]:
     """Cases oldest first (the assessment queue's order), optionally of one status (or of a
-    group of them: ``STATUS_GROUPS``)."""
+    group of them: ``STATUS_GROUPS``), or only ``overdue`` ones (also ``status="overdue"``)
+    at ``now`` (default: the present)."""
+    now = now or datetime.now(UTC)
+    if status == OVERDUE:
+        status, overdue = None, True
     query = select(cases).order_by(cases.c.first_reported, cases.c.id).limit(limit)
     if status is not None:
         query = query.where(cases.c.status.in_(STATUS_GROUPS.get(status, (status,))))
+    if overdue:
+        query = query.where(cases.c.id.in_(overdue_cases(now)))
     sealer = sealer_of(conn)
     # A case whose URL does not open is listed, marked damaged: the others are served.
     rows = [open_case_marked(sealer, row) for row in await conn.execute(query)]
@@ -439,15 +469,17 @@ async def list_cases(
     hosting = await _current_hosting(conn, ids)
     verdicts = await _assessments(conn, ids)
     names = await _assignees(conn, [r for r, _ in rows])
-    routed = await _routing(conn, ids)
+    routed = await _routing(conn, ids, now)
     return [_case_json(row, reports[row.id], hosting.get(row.id), verdicts.get(row.id),
                        names.get(row.assigned_to), routed[row.id], damaged)
             for row, damaged in rows]
 
 
-async def get_case(conn: AsyncConnection, case_id: uuid.UUID) -> dict[str, Any] | None:
+async def get_case(conn: AsyncConnection, case_id: uuid.UUID, *,
+                   now: datetime | None = None) -> dict[str, Any] | None:
     """One case with the reports that made it, or None. A URL of it that does not open is
-    refused (``SealBroken``, naming the record): lists mark such a case instead."""
+    refused (``SealBroken``, naming the record): lists mark such a case instead. Overdue or
+    not at ``now`` (default: the present)."""
     found = (await conn.execute(select(cases).where(cases.c.id == case_id))).first()
     if found is None:
         return None
@@ -458,7 +490,7 @@ async def get_case(conn: AsyncConnection, case_id: uuid.UUID) -> dict[str, Any] 
         row, reports, (await _current_hosting(conn, [row.id])).get(row.id),
         (await _assessments(conn, [row.id])).get(row.id),
         (await _assignees(conn, [row])).get(row.assigned_to),
-        (await _routing(conn, [row.id]))[row.id],
+        (await _routing(conn, [row.id], now or datetime.now(UTC)))[row.id],
     )
     texts = await conn.execute(
         select(submissions.c.reference, submissions.c.subject, submissions.c.report_text,
@@ -514,13 +546,14 @@ def _history_details(sealer: Sealer, seq: int, stored: Any) -> dict[str, Any]:
 
 async def queue_cases(
     conn: AsyncConnection, *, status: str | None, flag: str | None, limit: int,
-    scan: int = 10_000,
+    scan: int = 10_000, now: datetime | None = None,
 ) -> tuple[list[dict[str, Any]], bool]:
     """The oldest ``limit`` cases of a status (and with a flag); True when there are more.
 
     Flags come from the hosting evidence, so a flag filter looks at up to ``scan`` cases.
     """
-    found = await list_cases(conn, status=status, limit=(scan if flag else limit) + 1)
+    found = await list_cases(conn, status=status, limit=(scan if flag else limit) + 1,
+                             overdue=flag == OVERDUE, now=now)
     more = len(found) > (scan if flag else limit)
     if flag is not None:
         found = [c for c in found[:scan] if flag in c["flags"]]

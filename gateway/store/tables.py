@@ -354,7 +354,32 @@ referrals = Table(
     # (when the content went down, for a removal). The history is ``referral_outcomes``.
     Column("outcome", String(24), nullable=True),
     Column("outcome_at", DateTime(timezone=True), nullable=True),
+    # Its deadlines, as the follow-up stage computed them from the destination's policy
+    # (``routing.deadlines``; None: no such deadline), so that "overdue" is a query; when a
+    # supervisor was told, and about which chase (acknowledge | remove); the stage's lease.
+    Column("acknowledge_by", DateTime(timezone=True), nullable=True),
+    Column("remove_by", DateTime(timezone=True), nullable=True),
+    Column("supervisor_flagged_at", DateTime(timezone=True), nullable=True),
+    Column("supervisor_flag", String(16), nullable=True),
+    Column("claimed_by", String(64), nullable=True),
+    Column("claimed_until", DateTime(timezone=True), nullable=True),
     UniqueConstraint("decision_id", "destination"),
+)
+
+# Every reminder queued for a referral: what it chases (acknowledge | remove), its number in
+# that chase (unique: never queued twice), when, and the outbox item that carries it.
+referral_reminders = Table(
+    "referral_reminders",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("referral_id", Uuid, ForeignKey("referrals.id"), nullable=False),
+    Column("case_id", Uuid, ForeignKey("cases.id"), nullable=False),
+    Column("chase", String(16), nullable=False),
+    Column("number", Integer, nullable=False),
+    Column("queued_at", DateTime(timezone=True), nullable=False),
+    Column("outbox_id", Uuid, ForeignKey("outbox.id"), nullable=False, unique=True),
+    Column("message_id", Text, nullable=False),
+    UniqueConstraint("referral_id", "chase", "number"),
 )
 
 # Every outcome recorded for a referral, never updated: what, why (``reason_code`` for
@@ -419,12 +444,14 @@ replies = Table(
     Index(None, "referral_id"),
 )
 
-# The durable outbox: every message that must leave, until it has.
+# The durable outbox: every message that must leave, until it has: a referral (one per
+# referral), or a reminder about one (``referral_reminders``).
 outbox = Table(
     "outbox",
     metadata,
     Column("id", Uuid, primary_key=True),
-    Column("referral_id", Uuid, ForeignKey("referrals.id"), nullable=False, unique=True),
+    Column("referral_id", Uuid, ForeignKey("referrals.id"), nullable=False, index=True),
+    Column("kind", String(16), nullable=False, server_default="referral"),  # referral|reminder
     Column("mail_from", Text, nullable=False),
     Column("rcpt_to", Text, nullable=False),
     Column("message", LargeBinary, nullable=False),  # encrypted PGP/MIME, ready to send

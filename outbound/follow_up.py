@@ -1,0 +1,329 @@
+"""The follow-up stage: referrals past their deadlines are chased, then a supervisor is told.
+
+Each pass reads the open referrals (live, delivered, not closed by an outcome) whose
+destination has deadlines (``[routing.*] acknowledge_within``, ``remove_within``) and asks
+``routing.deadlines.follow_up`` where each stands at the stage's clock:
+
+- the deadlines are stored on the referral (``acknowledge_by``, ``remove_by``), so that the
+  console, the API, the CLI and the metrics say "overdue" from the database alone;
+- a reminder due is queued in the outbox: signed, encrypted to the key the referral went to,
+  in the referral's thread (``outbound.reminder``), and recorded (``referral_reminders``) with
+  an audit entry in the same transaction; the first of a chase is the overdue alert in the log;
+- once the reminders allowed are sent (or at the deadline, with none), the referral is flagged
+  for a supervisor (``supervisor_flagged_at``), audited, with an alert in the log.
+
+A referral acted on is leased (``gateway.store.leases``) so that several processes never act
+on it twice; a reminder's number is unique within its chase besides. A referral made through
+ICCAM by hand has no address to remind: its supervisor is told at the deadline. A key that
+cannot be used puts the referral off for ``key_retry`` with an alert; nothing leaves in clear.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import Any
+
+import structlog
+from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.store import leases
+from gateway.store.audit import AuditEntry, record
+from gateway.store.backend import WriteBackend
+from gateway.store.follow_ups import open_clause
+from gateway.store.ids import uuid7
+from gateway.store.polling import PollingStage
+from gateway.store.tables import (
+    outbox,
+    referral_outcomes,
+    referral_reminders,
+    referrals,
+    routing_decisions,
+)
+from gateway.store.times import iso, utc
+from outbound.gpg import Gpg, GpgError, KeyProblem
+from outbound.reminder import compose_reminder, reminder_id, reminder_text
+from routing.deadlines import Chase, DeadlinePolicy, FollowUp, Reminder, follow_up
+
+log = structlog.get_logger("outbound.follow_up")
+ACTOR = "system:follow_up"
+
+
+@dataclass(frozen=True, slots=True)
+class FollowUpSettings:
+    """What the stage needs of the configuration (``gateway.compose.follow_up_settings``)."""
+
+    #: Each destination's deadlines by the name decisions give it (``Config.deadline_policies``).
+    policies: Mapping[str, DeadlinePolicy]
+    hotline_name: str
+    signing_key: str
+    #: The hotline's own key reminders are also encrypted to (as referrals are), or None.
+    archive_key: str | None
+    from_address: str
+
+
+@dataclass(frozen=True, slots=True)
+class OpenReferral:
+    """An open referral as the stage reads it, with the reminders already queued."""
+
+    id: uuid.UUID
+    case_id: uuid.UUID
+    reference: str
+    destination: str
+    email: str | None
+    key_fingerprint: str | None
+    message_id: str | None
+    sent_at: datetime
+    acknowledged_at: datetime | None
+    acknowledge_by: datetime | None
+    remove_by: datetime | None
+    supervisor_flagged_at: datetime | None
+    supervisor_flag: str | None
+    reminders: tuple[Reminder, ...]
+
+    @property
+    def can_be_reminded(self) -> bool:
+        return bool(self.email and self.key_fingerprint and self.message_id)
+
+
+def read_open(conn: Connection, destinations: list[str]) -> list[OpenReferral]:
+    """The open referrals to ``destinations``, and those with deadlines stored (a destination
+    whose deadlines were taken out of the config: cleared)."""
+    acknowledged = (select(referral_outcomes.c.referral_id,
+                           func.min(referral_outcomes.c.occurred_at).label("at"))
+                    .where(referral_outcomes.c.outcome == "acknowledged")
+                    .group_by(referral_outcomes.c.referral_id).subquery())
+    followed = and_(open_clause(), or_(referrals.c.destination.in_(destinations),
+                                       referrals.c.acknowledge_by.is_not(None),
+                                       referrals.c.remove_by.is_not(None)))
+    rows = conn.execute(
+        select(referrals, acknowledged.c.at.label("acknowledged_at"))
+        .join(routing_decisions, routing_decisions.c.id == referrals.c.decision_id)
+        .outerjoin(acknowledged, acknowledged.c.referral_id == referrals.c.id)
+        .where(followed)).all()
+    sent: dict[uuid.UUID, list[Reminder]] = defaultdict(list)
+    for referral_id, chase, at in conn.execute(
+            select(referral_reminders.c.referral_id, referral_reminders.c.chase,
+                   referral_reminders.c.queued_at)
+            .where(referral_reminders.c.referral_id.in_([r.id for r in rows]))):
+        sent[referral_id].append(Reminder(Chase(chase), utc(at)))
+
+    def moment(value: datetime | None) -> datetime | None:
+        return None if value is None else utc(value)
+
+    return [OpenReferral(
+        id=r.id, case_id=r.case_id, reference=r.reference, destination=r.destination,
+        email=r.email, key_fingerprint=r.key_fingerprint, message_id=r.message_id,
+        sent_at=utc(r.sent_at or r.created_at), acknowledged_at=moment(r.acknowledged_at),
+        acknowledge_by=moment(r.acknowledge_by), remove_by=moment(r.remove_by),
+        supervisor_flagged_at=moment(r.supervisor_flagged_at),
+        supervisor_flag=r.supervisor_flag, reminders=tuple(sent[r.id])) for r in rows]
+
+
+def _store_deadlines(conn: Connection, *, deadlines: dict[uuid.UUID, tuple[Any, Any]]) -> None:
+    for referral_id, (acknowledge_by, remove_by) in deadlines.items():
+        conn.execute(update(referrals).where(referrals.c.id == referral_id)
+                     .values(acknowledge_by=acknowledge_by, remove_by=remove_by))
+
+
+class FollowUpStage(PollingStage):
+    name = "follow_up"
+
+    def __init__(
+        self,
+        settings: FollowUpSettings,
+        backend: WriteBackend,
+        engine: AsyncEngine,
+        gpg: Gpg,
+        *,
+        worker: str,
+        on_queued: Callable[[], None] = lambda: None,
+        lease: timedelta = timedelta(minutes=5),
+        key_retry: timedelta = timedelta(minutes=10),
+        idle_poll: float = 60.0,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._settings = settings
+        self._backend = backend
+        self._engine = engine
+        self._gpg = gpg
+        self._worker = worker
+        self._on_queued = on_queued
+        self._lease = lease
+        self._key_retry = key_retry
+        super().__init__(idle_poll=idle_poll)
+        self._clock = clock
+        self.reminders_queued = 0
+        self.supervisor_flags = 0
+
+    def reconfigure(self, settings: FollowUpSettings) -> None:
+        """New deadlines and keys (a reload): used from the next pass on."""
+        self._settings = settings
+        self._wake.set()
+
+    async def run_once(self) -> int:
+        """One pass over the open referrals; how many were acted on (reminded or flagged)."""
+        settings, now = self._settings, self._clock()
+        async with self._engine.connect() as conn:
+            found = await conn.run_sync(read_open, sorted(settings.policies))
+        deadlines: dict[uuid.UUID, tuple[datetime | None, datetime | None]] = {}
+        plans: list[tuple[OpenReferral, FollowUp]] = []
+        for referral in found:
+            policy = settings.policies.get(referral.destination)
+            if policy is None:
+                deadlines[referral.id] = (None, None)
+                continue
+            if not referral.can_be_reminded:  # made through ICCAM by hand: no address
+                policy = dataclasses.replace(policy, remind_every=None)
+            state = follow_up(sent_at=referral.sent_at, acknowledged_at=referral.acknowledged_at,
+                              now=now, policy=policy, reminders=referral.reminders)
+            if (state.acknowledge_by, state.remove_by) != (referral.acknowledge_by,
+                                                           referral.remove_by):
+                deadlines[referral.id] = (state.acknowledge_by, state.remove_by)
+            flagged = (referral.supervisor_flagged_at is not None
+                       and referral.supervisor_flag == state.chase)
+            if state.reminder_due or (state.supervisor_due and not flagged):
+                plans.append((referral, state))
+        if deadlines:
+            await self._backend.transaction(partial(_store_deadlines, deadlines=deadlines))
+        if not plans:
+            return 0
+        claimed = set(await self._backend.transaction(partial(
+            self._claim, ids=[r.id for r, _ in plans], now=now, until=now + self._lease)))
+        done = 0
+        for referral, state in plans:
+            if referral.id not in claimed:
+                continue  # another process has it
+            try:
+                acted = await (self._remind(settings, referral, state) if state.reminder_due
+                               else self._flag(referral, state))
+            except Exception as exc:  # one referral's failure must not stop the others
+                log.error("follow_up.referral_failed", referral_id=str(referral.id),
+                          error_type=type(exc).__name__)
+                acted = False
+            if acted:
+                done += 1
+            else:
+                await self._put_off(referral.id, self._clock() + self._key_retry)
+        return done
+
+    def _claim(self, conn: Connection, *, ids: list[uuid.UUID], now: datetime,
+               until: datetime) -> list[uuid.UUID]:
+        return [row[0] for row in leases.claim(
+            conn, referrals, worker=self._worker, now=now, until=until,
+            where=[referrals.c.id.in_(ids)], order_by=referrals.c.id, limit=len(ids),
+            returning=[referrals.c.id])]
+
+    async def _put_off(self, referral_id: uuid.UUID, until: datetime) -> None:
+        await self._backend.transaction(partial(
+            leases.put_off, table=referrals, worker=self._worker, ids=[referral_id],
+            until=until))
+
+    async def _remind(self, settings: FollowUpSettings, referral: OpenReferral,
+                      state: FollowUp) -> bool:
+        assert state.chase is not None and referral.email and referral.key_fingerprint \
+            and referral.message_id
+        chase = state.chase
+        number = 1 + sum(1 for r in referral.reminders if r.chase is chase)
+        policy = settings.policies[referral.destination]
+        due_at = state.acknowledge_by if chase is Chase.ACKNOWLEDGE else state.remove_by
+        assert due_at is not None
+        now = self._clock()
+        item_id, reminder = uuid7(), uuid7()
+        msg_id = reminder_id(str(reminder), settings.from_address)
+        fields = {"referral_id": str(referral.id), "case_id": str(referral.case_id),
+                  "reference": referral.reference, "destination": referral.destination,
+                  "chase": str(chase), "number": number}
+        try:
+            if not settings.signing_key:
+                raise KeyProblem("(none)", ["no [gpg] signing_key configured"])
+            message = await compose_reminder(
+                self._gpg, text=reminder_text(
+                    reference=referral.reference, chase=str(chase), number=number,
+                    most=policy.max_reminders, sent_at=referral.sent_at, due_at=due_at,
+                    hotline=settings.hotline_name),
+                reference=referral.reference, referral_message_id=referral.message_id,
+                recipient=referral.key_fingerprint, signer=settings.signing_key,
+                archive=settings.archive_key, from_address=settings.from_address,
+                to_address=referral.email, date=now, msg_id=msg_id)
+        except KeyProblem as exc:  # an alert: nothing is sent in clear, tried again later
+            log.error("follow_up.key_problem", **fields, fingerprint=exc.fingerprint,
+                      problems=exc.problems)
+            return False
+        except GpgError as exc:
+            log.error("follow_up.gpg_failed", **fields, error=str(exc))
+            return False
+        item = {"id": item_id, "referral_id": referral.id, "kind": "reminder",
+                "mail_from": settings.from_address, "rcpt_to": referral.email,
+                "message": message, "status": "pending", "attempts": 0,
+                "next_attempt_at": now, "created_at": now}
+        row = {"id": reminder, "referral_id": referral.id, "case_id": referral.case_id,
+               "chase": str(chase), "number": number, "queued_at": now, "outbox_id": item_id,
+               "message_id": msg_id}
+
+        def work(conn: Connection) -> bool:
+            if not self._release(conn, referral.id):
+                return False  # the lease ran out and another process took it
+            conn.execute(insert(outbox).values(**item))
+            conn.execute(insert(referral_reminders).values(**row))
+            record(conn, [AuditEntry(ACTOR, "referral.reminder_queued", referral.case_id, {
+                "referral": str(referral.id), "destination": referral.destination,
+                "chase": str(chase), "number": number, "due": iso(due_at),
+                "reminder": str(reminder)})], at=now)
+            return True
+
+        if not await self._backend.transaction(work):
+            log.warning("follow_up.lease_lost", **fields)
+            return True  # not put off: the other process holds it
+        self.reminders_queued += 1
+        if number == 1:  # the deadline just passed: the alert that the referral is overdue
+            log.warning("follow_up.overdue", **fields, due=iso(due_at))
+        log.info("follow_up.reminder_queued", **fields)
+        self._on_queued()
+        return True
+
+    async def _flag(self, referral: OpenReferral, state: FollowUp) -> bool:
+        assert state.chase is not None
+        chase, now = state.chase, self._clock()
+        due_at = state.acknowledge_by if chase is Chase.ACKNOWLEDGE else state.remove_by
+        reminded = sum(1 for r in referral.reminders if r.chase is chase)
+
+        def work(conn: Connection) -> bool:
+            done = conn.execute(update(referrals).where(
+                referrals.c.id == referral.id, referrals.c.claimed_by == self._worker,
+            ).values(supervisor_flagged_at=now, supervisor_flag=str(chase), claimed_by=None,
+                     claimed_until=None)).rowcount == 1
+            if done:
+                record(conn, [AuditEntry(ACTOR, "referral.supervisor_flagged",
+                                         referral.case_id, {
+                    "referral": str(referral.id), "destination": referral.destination,
+                    "chase": str(chase), "due": iso(due_at), "reminders": reminded})], at=now)
+            return done
+
+        if not await self._backend.transaction(work):
+            return True
+        self.supervisor_flags += 1
+        fields = {"referral_id": str(referral.id), "case_id": str(referral.case_id),
+                  "reference": referral.reference, "destination": referral.destination,
+                  "chase": str(chase), "due": iso(due_at), "reminders": reminded}
+        if not reminded:
+            log.warning("follow_up.overdue", **fields)
+        # An alert: a supervisor is to take it up with the destination.
+        log.error("follow_up.supervisor_flagged", **fields)
+        return True
+
+    def _release(self, conn: Connection, referral_id: uuid.UUID) -> bool:
+        return conn.execute(update(referrals).where(
+            referrals.c.id == referral_id, referrals.c.claimed_by == self._worker,
+        ).values(claimed_by=None, claimed_until=None)).rowcount == 1
+
+    async def release(self) -> None:
+        await self._backend.transaction(partial(
+            leases.release, table=referrals, worker=self._worker))
