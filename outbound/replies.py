@@ -9,11 +9,11 @@ the verdict's ``reason``):
   an inline PGP block, is not read further;
 - ``undecryptable``: gpg decrypts it with the hotline's secret key, and it *was* encrypted
   (a message that is only signed also "decrypts");
-- ``unsigned`` / ``bad_signature`` / ``unpinned_signer`` (``outbound.signed``): signed, validly, by exactly one key,
-  whose primary fingerprint is one of the pinned destinations' keys; signed and encrypted in
-  one (section 6.2), or a multipart/signed entity inside the encryption (section 6.1), whose
-  detached signature is checked over the signed part's exact bytes (CRLF line ends, section
-  5); both, when present, by the same key;
+- ``unsigned`` / ``bad_signature`` / ``unpinned_signer`` (``outbound.signed``): signed,
+  validly, by exactly one key, whose primary fingerprint is one of the pinned destinations'
+  keys; signed and encrypted in one (section 6.2), or a multipart/signed entity inside the
+  encryption (section 6.1), whose detached signature is checked over the signed part's exact
+  bytes (CRLF line ends, section 5); both, when present, by the same key;
 - ``no_referral_named``: it names a referral (``Naming``).
 
 A reply that passes is ``trusted``: its signer has the referral. ``bad_document`` is the one
