@@ -35,6 +35,7 @@ from gateway.compose import (
     make_outbox,
     make_refer,
     make_smtp,
+    partner_keys,
     pinned_keys,
     wkd_keys,
 )
@@ -61,6 +62,7 @@ from intake.web import PublicServer, make_intake
 from outbound.gpg import Gpg
 from outbound.keywatch import KeyWatch
 from outbound.outbox import OutboxStage
+from outbound.partner_referrals import PartnerReferrals
 from outbound.refer import ReferStage
 from routing.locate import Locator, Overrides
 from routing.protocol import MembershipList
@@ -102,6 +104,8 @@ def reload(gateway: Gateway, new: Config) -> list[str]:
                                                           new.routing.hotlines))
     gateway.locator.reconfigure(Overrides(new.locate.override), new.locate.cdn_asns)
     gateway.keywatch.reconfigure(pinned_keys(new), new.gpg.warn_days)
+    if gateway.normaliser.read_referral is not None:  # partners' keys for their referrals
+        gateway.normaliser.read_referral = PartnerReferrals(gateway.gpg, partner_keys(new))
     gateway.gpg.forget_checks()  # keys may have been imported or revoked
     gateway.config = new
     needs_restart = [name for name in ("database", "smtp", "http", "console", "admin",

@@ -29,6 +29,7 @@ from intake.web import dearmor, wkd_hash
 from outbound.gpg import Gpg, GpgError
 from outbound.keywatch import KeyWatch, Pinned
 from outbound.outbox import OutboxStage
+from outbound.partner_referrals import PartnerReferrals
 from outbound.refer import ReferStage
 from outbound.transports import make_transport
 from routing.geo import open_geolocator
@@ -106,6 +107,11 @@ def make_locate_stage(config: Config, backend: WriteBackend, locator: Locator) -
     )
 
 
+def partner_keys(config: Config) -> dict[str, str]:
+    """The partner hotlines' pinned keys: fingerprint -> country ([routing.hotlines.XX])."""
+    return {destination.key: country for country, destination in config.routing.hotlines.items()}
+
+
 def make_normaliser(
     config: Config,
     backend: WriteBackend,
@@ -122,6 +128,8 @@ def make_normaliser(
         intake_busy=intake_busy,
         # Reports encrypted to the hotline's key are decrypted (in the executor) when read.
         decrypt=gpg.decrypt_blocking if gpg is not None else None,
+        # Partner hotlines' referrals among them are checked against their pinned keys.
+        read_referral=PartnerReferrals(gpg, partner_keys(config)) if gpg is not None else None,
     )
 
 
