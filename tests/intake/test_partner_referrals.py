@@ -22,7 +22,8 @@ import pytest
 from sqlalchemy import select
 from structlog.testing import capture_logs
 
-from gateway.app import Gateway
+from gateway.app import Gateway, reload
+from gateway.config_sections import RoutingConfig
 from gateway.console.accounts import create_token, utcnow
 from gateway.store.case_view import get_case, list_cases
 from gateway.store.tables import partner_referrals
@@ -301,3 +302,22 @@ def test_an_untrusted_referral_keeps_nothing_of_its_document_but_the_url() -> No
     flag = untrusted_flag(reading)
     assert "be.test" not in json.dumps(flag) and "Belnet" not in json.dumps(flag)
     assert flag["claimed_partner"] == "NL"
+
+
+async def test_a_partner_pinned_by_a_reload_is_trusted_from_then_on(
+        start: Start, homes: Homes, sender: Gpg) -> None:
+    """Before NL's key is pinned its referral is an ordinary report; after a reload of the
+    config that pins it, the next one is a partner referral."""
+    gw = await start(gpg={"home": str(homes.hotline_home), "signing_key": homes.hotline})
+    port = gw.smtp.addresses[0][1]
+    raw = await signed_referral(sender, homes, document("http://be.test/partner-before"), 8)
+    assert (await deliver(port, raw))[0] == 250
+    assert _untrusted(await case_of(gw, "partner-before"))["reason"] == "unpinned_signer"
+    pinned = RoutingConfig.model_validate(
+        {"hotlines": {"NL": {"email": "referrals@hotline-nl.test", "key": homes.nl}}})
+    # As the daemon's SIGHUP does, but off the loop: reload reads the membership list file.
+    await asyncio.to_thread(reload, gw, gw.config.model_copy(update={"routing": pinned}))
+    raw = await signed_referral(sender, homes, document("http://be.test/partner-after"), 9)
+    assert (await deliver(port, raw))[0] == 250
+    case = await case_of(gw, "partner-after")
+    assert [p["partner"] for p in case["partner_referrals"]] == ["NL"]
