@@ -22,7 +22,9 @@ import pytest
 from sqlalchemy import select
 from structlog.testing import capture_logs
 
+from gateway import config as config_module
 from gateway.app import Gateway, reload
+from gateway.cli import main
 from gateway.config_sections import RoutingConfig
 from gateway.console.accounts import create_token, utcnow
 from gateway.store.case_view import get_case, list_cases
@@ -32,8 +34,9 @@ from outbound.document import inner_message, referral_document
 from outbound.gpg import Gpg
 from outbound.partner_referrals import ReferralReading
 from outbound.pgpmime import encrypted_message
-from tests.conftest import Start
+from tests.conftest import Start, serving
 from tests.console_client import StaffClient, base, ready_user
+from tests.gateway.test_cli import write_config
 from tests.outbound.conftest import add_subkey, make_key, new_home, run_gpg, stop_agent
 from tests.smtp_client import deliver, report
 
@@ -321,3 +324,31 @@ async def test_a_partner_pinned_by_a_reload_is_trusted_from_then_on(
     assert (await deliver(port, raw))[0] == 250
     case = await case_of(gw, "partner-after")
     assert [p["partner"] for p in case["partner_referrals"]] == ["NL"]
+
+
+async def test_cases_show_says_who_referred_it(
+        homes: Homes, sender: Gpg, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``cases show`` (text and --json) names the partner and their reference."""
+    path = write_config(tmp_path, f'''[smtp]
+listen = ["127.0.0.1:0"]
+[gpg]
+home = "{homes.hotline_home}"
+signing_key = "{homes.hotline}"
+[routing.hotlines.NL]
+email = "referrals@hotline-nl.test"
+key = "{homes.nl}"
+''')
+    async with serving(config_module.load(path)) as gw:
+        raw = await signed_referral(sender, homes, document("http://be.test/partner-cli"), 10)
+        assert (await deliver(gw.smtp.addresses[0][1], raw))[0] == 250
+        case = await case_of(gw, "partner-cli")
+    capsys.readouterr()  # the daemon's own log lines
+    # The CLI runs its own event loop: call it from a thread, as a shell would from a process.
+    assert await asyncio.to_thread(main, ["--config", str(path), "cases", "show",
+                                          case["id"]]) == 0
+    assert f"referred by hotline NL, their reference {THEIR_REFERENCE}" in capsys.readouterr().out
+    assert await asyncio.to_thread(main, ["--config", str(path), "cases", "show", case["id"],
+                                          "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["partner_referrals"][0]["their_reference"] == THEIR_REFERENCE
