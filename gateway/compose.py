@@ -188,6 +188,8 @@ def make_admin(config: Config, backend: WriteBackend, stats: StatsCache, metrics
                           "referrals_sent": outbox.sent, "referrals_deferred": outbox.deferred,
                           "referrals_failed": outbox.failed,
                           "normalise_parse_failed": normaliser.failed,
+                          "normalise_partner_referrals": normaliser.partner_referrals,
+                          "normalise_partner_untrusted": normaliser.partner_untrusted,
                           # Records put off: under a data key this process lacks (rotation).
                           "normalise_key_unknown": normaliser.key_waits.count,
                           "locate_key_unknown": locate.key_waits.count}))

@@ -185,17 +185,21 @@ def _flags(found: int, too_long: Counter[int]) -> list[dict[str, object]]:
     return flags
 
 
-def _log_partner_referral(reference: str, result: Normalised) -> None:
-    """A partner's referral filed, or an alert for one not trusted (never a URL)."""
+def _log_partner_referral(reference: str, result: Normalised) -> tuple[int, int]:
+    """A partner's referral filed, or an alert for one not trusted (never a URL); how many
+    of each (0 or 1)."""
     if result.provenance is not None:
         log.info("normalise.partner_referral", reference=reference,
                  partner=result.provenance.partner,
                  their_reference=result.provenance.their_reference)
+        return 1, 0
     for flag in result.flags:
         if flag.get("flag") == "partner_untrusted":
             log.warning("normalise.partner_referral_untrusted", reference=reference,
                         reason=flag.get("reason"), detail=flag.get("detail"),
                         signer=flag.get("signer"))
+            return 0, 1
+    return 0, 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,6 +333,9 @@ class NormaliseStage(PollingStage):
         self.on_filed: Callable[[], None] | None = None
         self.processed = 0
         self.failed = 0
+        #: Partner hotlines' referrals filed with their provenance, and candidates not trusted.
+        self.partner_referrals = 0
+        self.partner_untrusted = 0
         #: Submissions put off because their message is under a key this process lacks.
         self.key_waits = KeyWaits("normalise")
 
@@ -393,7 +400,9 @@ class NormaliseStage(PollingStage):
                 failed += 1
                 log.warning("normalise.parse_failed", reference=item.reference,
                             error=result.error)
-            _log_partner_referral(item.reference, result)
+            trusted, untrusted = _log_partner_referral(item.reference, result)
+            self.partner_referrals += trusted
+            self.partner_untrusted += untrusted
         self.processed += applied
         self.failed += failed
         if applied and self.on_filed is not None:

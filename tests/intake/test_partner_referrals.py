@@ -36,6 +36,7 @@ from outbound.partner_referrals import ReferralReading
 from outbound.pgpmime import encrypted_message
 from tests.conftest import Start, serving
 from tests.console_client import StaffClient, base, ready_user
+from tests.gateway.test_admin import get, samples
 from tests.gateway.test_cli import write_config
 from tests.outbound.conftest import add_subkey, make_key, new_home, run_gpg, stop_agent
 from tests.smtp_client import deliver, report
@@ -232,7 +233,7 @@ def _untrusted(case: dict[str, Any]) -> dict[str, Any]:
 async def test_an_unsigned_referral_is_an_ordinary_report_with_the_reason(
         gateway: Gateway, homes: Homes, tmp_path: Path) -> None:
     """Encrypted to us but signed by no one: filed as anyone's report, flagged, no
-    provenance, and an alert in the log (without the URL)."""
+    provenance, and an alert in the log (without the URL) and in the metrics."""
     raw = await asyncio.to_thread(unsigned_referral, homes,
                                   document("http://be.test/partner-unsigned"), 4, tmp_path)
     with capture_logs() as logs:
@@ -246,6 +247,9 @@ async def test_an_unsigned_referral_is_an_ordinary_report_with_the_reason(
     [alert] = [e for e in logs if e["event"] == "normalise.partner_referral_untrusted"]
     assert alert["log_level"] == "warning" and alert["reason"] == "unsigned"
     assert "be.test" not in repr(logs)
+    found = samples((await get(gateway, "/metrics"))[1])
+    assert found[("hotline_normalise_partner_untrusted_total", ())] == 1
+    assert found[("hotline_normalise_partner_referrals_total", ())] == 0
 
 
 @pytest.mark.parametrize("who", ["police", "stranger"])
