@@ -19,6 +19,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import select
 from structlog.testing import capture_logs
 
@@ -29,7 +31,7 @@ from gateway.config_sections import RoutingConfig
 from gateway.console.accounts import create_token, utcnow
 from gateway.store.case_view import get_case, list_cases
 from gateway.store.tables import partner_referrals
-from intake.partners import untrusted_flag
+from intake.partners import document_urls, untrusted_flag
 from outbound.document import inner_message, referral_document
 from outbound.gpg import Gpg
 from outbound.partner_referrals import ReferralReading
@@ -356,3 +358,22 @@ key = "{homes.nl}"
                                           "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["partner_referrals"][0]["their_reference"] == THEIR_REFERENCE
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=30),
+                    lambda inner: st.lists(inner, max_size=4)
+                    | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+
+
+@given(st.dictionaries(st.sampled_from(["case", "from", "reference", "schema"]), JSON
+                       | st.fixed_dictionaries({}, optional={
+                           "url": JSON | st.text(max_size=60), "canonical_url": JSON,
+                           "country": JSON})))
+def test_any_document_an_untrusted_referral_carries_is_read_without_raising(
+        doc: dict[str, Any]) -> None:
+    """A forged or broken document: at most one URL taken from it, a flag of known keys."""
+    reading = ReferralReading(b"", candidate=True, reason="unsigned", document=doc)
+    assert len(document_urls(doc)) <= 1
+    flag = untrusted_flag(reading)
+    assert set(flag) <= {"flag", "reason", "detail", "signer", "problems", "claimed_partner"}
+    assert len(str(flag.get("claimed_partner", ""))) <= 8
