@@ -22,6 +22,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
 from structlog.testing import capture_logs
 
 from gateway import config as config_module
@@ -29,17 +30,19 @@ from gateway.app import Gateway, reload
 from gateway.cli import main
 from gateway.config_sections import RoutingConfig
 from gateway.console.accounts import create_token, utcnow
+from gateway.store.backend import WriteBackend
 from gateway.store.case_view import get_case, list_cases
 from gateway.store.tables import partner_referrals
 from intake.partners import document_urls, untrusted_flag
 from outbound.document import inner_message, referral_document
 from outbound.gpg import Gpg
-from outbound.partner_referrals import ReferralReading
+from outbound.partner_referrals import PartnerReferrals, ReferralReading
 from outbound.pgpmime import encrypted_message
 from tests.conftest import Start, serving
 from tests.console_client import StaffClient, base, ready_user
 from tests.gateway.test_admin import get, samples
 from tests.gateway.test_cli import write_config
+from tests.intake.test_normalise import drain, stage, store
 from tests.outbound.conftest import add_subkey, make_key, new_home, run_gpg, stop_agent
 from tests.smtp_client import deliver, report
 
@@ -377,3 +380,23 @@ def test_any_document_an_untrusted_referral_carries_is_read_without_raising(
     flag = untrusted_flag(reading)
     assert set(flag) <= {"flag", "reason", "detail", "signer", "problems", "claimed_partner"}
     assert len(str(flag.get("claimed_partner", ""))) <= 8
+
+
+async def test_the_stage_stores_provenance_on_every_database(
+        backend: WriteBackend, engine: AsyncEngine, homes: Homes, sender: Gpg) -> None:
+    """On SQLite and PostgreSQL alike: NL's referral and a public report of its URL, filed
+    in one batch, are one case; the provenance is the referral's report's alone."""
+    raw = await signed_referral(sender, homes, document("http://be.test/partner-db"), 11)
+    references = await store(backend, [raw, report("db", body="hxxp://be[.]test/partner-db")])
+    with ThreadPoolExecutor(2) as pool:
+        gpg = Gpg(homes.hotline_home, executor=pool)
+        await drain(stage(backend, decrypt=gpg.decrypt_blocking,
+                          read_referral=PartnerReferrals(gpg, {homes.nl: "NL"})))
+    async with engine.connect() as conn:
+        [listed] = await list_cases(conn)
+        case = await get_case(conn, uuid.UUID(listed["id"]))
+    assert case is not None and case["report_count"] == 2
+    assert sorted(case["references"]) == sorted(references)
+    [referred] = case["partner_referrals"]
+    assert (referred["report"], referred["partner"]) == (references[0], "NL")
+    assert referred["theirs"]["url"] == "http://be.test/partner-db"
