@@ -185,23 +185,6 @@ def _flags(found: int, too_long: Counter[int]) -> list[dict[str, object]]:
     return flags
 
 
-def _log_partner_referral(reference: str, result: Normalised) -> tuple[int, int]:
-    """A partner's referral filed, or an alert for one not trusted (never a URL); how many
-    of each (0 or 1)."""
-    if result.provenance is not None:
-        log.info("normalise.partner_referral", reference=reference,
-                 partner=result.provenance.partner,
-                 their_reference=result.provenance.their_reference)
-        return 1, 0
-    for flag in result.flags:
-        if flag.get("flag") == "partner_untrusted":
-            log.warning("normalise.partner_referral_untrusted", reference=reference,
-                        reason=flag.get("reason"), detail=flag.get("detail"),
-                        signer=flag.get("signer"))
-            return 0, 1
-    return 0, 0
-
-
 @dataclass(frozen=True, slots=True)
 class _Claimed:
     id: uuid.UUID
@@ -400,7 +383,8 @@ class NormaliseStage(PollingStage):
                 failed += 1
                 log.warning("normalise.parse_failed", reference=item.reference,
                             error=result.error)
-            trusted, untrusted = _log_partner_referral(item.reference, result)
+            trusted, untrusted = partners.log_filed(item.reference, result.provenance,
+                                                    result.flags)
             self.partner_referrals += trusted
             self.partner_untrusted += untrusted
         self.processed += applied

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+import structlog
 from sqlalchemy import insert
 from sqlalchemy.engine import Connection
 
@@ -31,6 +32,8 @@ from gateway.store.sealing import Sealer
 from gateway.store.tables import partner_referrals
 from intake.cases import ReportedUrl
 from intake.webreport import field_urls
+
+log = structlog.get_logger("intake.normalise")
 
 
 class ReferralReading(Protocol):
@@ -126,3 +129,20 @@ def record(conn: Connection, rows: Sequence[dict[str, Any]],
               if filed.get(row["submission_id"])]
     if values:
         conn.execute(insert(partner_referrals), values)
+
+
+def log_filed(reference: str, provenance: Provenance | None,
+              flags: Sequence[Mapping[str, object]]) -> tuple[int, int]:
+    """Log a partner's referral filed, or an alert for one not trusted (never a URL); how
+    many of each (0 or 1), for the metrics."""
+    if provenance is not None:
+        log.info("normalise.partner_referral", reference=reference,
+                 partner=provenance.partner, their_reference=provenance.their_reference)
+        return 1, 0
+    for flag in flags:
+        if flag.get("flag") == "partner_untrusted":
+            log.warning("normalise.partner_referral_untrusted", reference=reference,
+                        reason=flag.get("reason"), detail=flag.get("detail"),
+                        signer=flag.get("signer"))
+            return 0, 1
+    return 0, 0
