@@ -443,5 +443,5 @@ class NormaliseStage(PollingStage):
             filing.attach(claimed.id, claimed.received_at, result.urls)
             if row is not None:
                 provenance.append(row)
-        partners.record(conn, provenance, filing.flush())
+        partners.record(conn, provenance, filing.flush(), now=now)
         return applied

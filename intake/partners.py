@@ -26,6 +26,8 @@ import structlog
 from sqlalchemy import insert
 from sqlalchemy.engine import Connection
 
+from gateway.store.audit import AuditEntry
+from gateway.store.audit import record as record_audit
 from gateway.store.ids import uuid7
 from gateway.store.sealed import seal_values
 from gateway.store.sealing import Sealer
@@ -123,13 +125,17 @@ def provenance_row(sealer: Sealer, provenance: Provenance, submission_id: uuid.U
 
 
 def record(conn: Connection, rows: Sequence[dict[str, Any]],
-           filed: Mapping[uuid.UUID, list[uuid.UUID]]) -> None:
-    """Store the provenance rows of the submissions just filed (``Filing.flush``'s answer)."""
+           filed: Mapping[uuid.UUID, list[uuid.UUID]], *, now: datetime) -> None:
+    """Store the provenance rows of the submissions just filed (``Filing.flush``'s answer),
+    each with an entry in its case's history (``case.partner_referral``)."""
     values = [{**row, "case_id": filed[row["submission_id"]][0]} for row in rows
               if filed.get(row["submission_id"])]
-    if values:
-        conn.execute(insert(partner_referrals), values)
-
+    if not values:
+        return
+    conn.execute(insert(partner_referrals), values)
+    record_audit(conn, [AuditEntry("system:normalise", "case.partner_referral", v["case_id"], {
+        "partner": v["partner"], "their_reference": v["their_reference"],
+        "signer": v["signer"], "submission": str(v["submission_id"])}) for v in values], at=now)
 
 def log_filed(reference: str, provenance: Provenance | None,
               flags: Sequence[Mapping[str, object]]) -> tuple[int, int]:

@@ -175,6 +175,10 @@ async def test_a_partners_signed_referral_becomes_a_case_with_its_provenance(
     theirs = referred["theirs"]
     assert theirs["hosting"]["org"] == "Belnet" and theirs["classification"] == "baseline"
     assert "partner_referral" in case["flags"] and not case["report_flags"]
+    [entry] = [h for h in case["history"] if h["action"] == "case.partner_referral"]
+    assert entry["actor"] == "system:normalise"
+    assert (entry["details"]["partner"], entry["details"]["their_reference"]) == (
+        "NL", THEIR_REFERENCE)
     # Their reference is plain; their document (URL, hosting facts) is sealed at rest.
     async with gateway.engine.connect() as conn:
         stored = (await conn.execute(select(partner_referrals))).one()
