@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, inspect, select
 
 from gateway.database import load_sealer, open_database
 from gateway.store import sealing_state
@@ -60,7 +60,10 @@ async def read_clear(database: Path) -> dict[tuple[str, str, str], Any]:
     values: dict[tuple[str, str, str], Any] = {}
     try:
         async with engine.connect() as conn:
+            older = set(await conn.run_sync(lambda sync: inspect(sync).get_table_names()))
             for table in sealed_tables(with_trail=False):
+                if table.name not in older:
+                    continue  # a table a later release added: nothing of it to seal
                 names = list(dict.fromkeys([*SEALED[table.name], *LOOKUPS.get(table.name, {}),
                                             *(n for lookup in LOOKUPS.get(table.name, {})
                                               .values() for n in lookup.needs)]))
@@ -99,7 +102,10 @@ async def assert_sealed_as_before(config: Any, before: dict[tuple[str, str, str]
     try:
         sealer = sealer_of(engine)
         async with engine.connect() as conn:
+            older = set(await conn.run_sync(lambda sync: inspect(sync).get_table_names()))
             for table in sealed_tables(with_trail=False):
+                if table.name not in older:
+                    continue  # a table a later release added: nothing of it to seal
                 names = [*SEALED[table.name], *LOOKUPS.get(table.name, {})]
                 (primary,) = table.primary_key.columns
                 for row in await conn.execute(select(primary, *(table.c[n] for n in names))):
@@ -470,6 +476,14 @@ def test_the_sealed_database_reads_as_the_older_release_showed_it(
         assert main(["--config", str(path), "cases", "show", case_id, "--json"]) == 0
         shown[case_id] = capsys.readouterr().out
     assert "hgs:" not in listing and not any("hgs:" in text for text in shown.values())
-    assert json.loads(listing) == expected["list"]
+    # What the older release printed, field for field; fields added since are welcome.
+    assert [older(case, expected_case) for case, expected_case
+            in zip(json.loads(listing), expected["list"], strict=True)] == expected["list"]
     for case_id, text in shown.items():
-        assert json.loads(text) == expected["show"][case_id], case_id
+        assert older(json.loads(text), expected["show"][case_id]) == expected["show"][case_id], \
+            case_id
+
+
+def older(case: dict[str, Any], expected: dict[str, Any]) -> dict[str, Any]:
+    """``case`` with only the fields the older release printed."""
+    return {key: case[key] for key in expected if key in case}
