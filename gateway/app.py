@@ -39,6 +39,7 @@ from gateway.compose import (
     make_refer,
     make_reply_stage,
     make_smtp,
+    partner_keys,
     pinned_keys,
     reply_keys,
     wkd_keys,
@@ -68,6 +69,7 @@ from outbound.follow_up import FollowUpSettings, FollowUpStage
 from outbound.gpg import Gpg
 from outbound.keywatch import KeyWatch
 from outbound.outbox import OutboxStage
+from outbound.partner_referrals import PartnerReferrals
 from outbound.refer import ReferStage
 from outbound.reply_stage import ReplyStage
 from routing.locate import Locator, Overrides
@@ -124,6 +126,8 @@ def reload(gateway: Gateway, new: Config, *, follow_up: FollowUpSettings | None 
     if gateway.replies is not None:
         gateway.replies.reconfigure(reply_keys(new))
     gateway.follow_up.reconfigure(follow_up or follow_up_settings(new))
+    if gateway.normaliser.read_referral is not None:  # partners' keys for their referrals
+        gateway.normaliser.read_referral = PartnerReferrals(gateway.gpg, partner_keys(new))
     gateway.gpg.forget_checks()  # keys may have been imported or revoked
     gateway.config = new
     needs_restart = [name for name in ("database", "smtp", "http", "console", "admin",

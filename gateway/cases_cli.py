@@ -88,6 +88,8 @@ def _print_case(case: dict[str, Any]) -> None:
     say(f"url: {defang(case['url']) if case['url'] else '(no URL)'}")
     say(f"canonical_url: {defang(case['canonical_url']) if case['canonical_url'] else '-'}")
     say(f"hosting: {_hosting_line(case['hosting'])}")
+    for referred in case.get("partner_referrals") or []:
+        say(f"{referred['summary']} (report {referred['report']})")
     if case["assessment"]:
         a = case["assessment"]
         say(f"assessment: {a['verdict']} {a['classification']} by {a['by']} ({a['status']})")

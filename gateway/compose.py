@@ -31,6 +31,7 @@ from outbound.follow_up import FollowUpSettings, FollowUpStage
 from outbound.gpg import Gpg, GpgError
 from outbound.keywatch import KeyWatch, Pinned
 from outbound.outbox import OutboxStage
+from outbound.partner_referrals import PartnerReferrals
 from outbound.refer import ReferStage
 from outbound.reply_stage import ReplyStage
 from outbound.transports import make_transport
@@ -124,6 +125,11 @@ def make_recheck(config: Config, backend: WriteBackend, locator: Locator) -> Rec
         idle_poll=min(60.0, max(0.05, every / 4)))
 
 
+def partner_keys(config: Config) -> dict[str, str]:
+    """The partner hotlines' pinned keys: fingerprint -> country ([routing.hotlines.XX])."""
+    return {destination.key: country for country, destination in config.routing.hotlines.items()}
+
+
 def make_normaliser(
     config: Config,
     backend: WriteBackend,
@@ -140,6 +146,8 @@ def make_normaliser(
         intake_busy=intake_busy,
         # Reports encrypted to the hotline's key are decrypted (in the executor) when read.
         decrypt=gpg.decrypt_blocking if gpg is not None else None,
+        # Partner hotlines' referrals among them are checked against their pinned keys.
+        read_referral=PartnerReferrals(gpg, partner_keys(config)) if gpg is not None else None,
     )
 
 
@@ -231,6 +239,8 @@ def make_admin(config: Config, backend: WriteBackend, stats: StatsCache, metrics
                           "reminders_queued": follow_up.reminders_queued,
                           "supervisor_flags": follow_up.supervisor_flags,
                           "normalise_parse_failed": normaliser.failed,
+                          "normalise_partner_referrals": normaliser.partner_referrals,
+                          "normalise_partner_untrusted": normaliser.partner_untrusted,
                           # Records put off: under a data key this process lacks (rotation).
                           "normalise_key_unknown": normaliser.key_waits.count,
                           "locate_key_unknown": locate.key_waits.count,

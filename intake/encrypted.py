@@ -57,13 +57,22 @@ def decrypted_message(raw: bytes, decrypt: Decrypt) -> bytes | None:
             # of the message is read as it is.
             return None
         raise NotForUs(type(exc).__name__ if not str(exc) else str(exc)[:200]) from exc
-    end = _HEADER_END.search(raw)
-    # The outer headers (Subject, From, Date…) stay; its Content-* ones are the inner's now.
-    headers = re.sub(rb"(?im)^(content-[a-z-]+|mime-version):.*(\r?\n[ \t].*)*\r?\n?", b"",
-                     (raw[: end.start()] if end else b"") + b"\r\n").rstrip(b"\r\n")
     if kind == "mime":
-        # The inner MIME entity (RFC 3156 section 4), under the outer headers.
-        return headers + b"\r\nMIME-Version: 1.0\r\n" + plaintext.lstrip(b"\r\n")
+        return opened_mime(raw, plaintext)
     # Inline: the decrypted text stands in for the body.
-    return (headers + b"\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    return (_outer_headers(raw) + b"\r\nContent-Type: text/plain; charset=utf-8\r\n"
             b"Content-Transfer-Encoding: 8bit\r\n\r\n" + plaintext)
+
+
+def _outer_headers(raw: bytes) -> bytes:
+    """The outer headers (Subject, From, Date…), without their Content-* ones: those are
+    the inner's now."""
+    end = _HEADER_END.search(raw)
+    return re.sub(rb"(?im)^(content-[a-z-]+|mime-version):.*(\r?\n[ \t].*)*\r?\n?", b"",
+                  (raw[: end.start()] if end else b"") + b"\r\n").rstrip(b"\r\n")
+
+
+def opened_mime(raw: bytes, plaintext: bytes) -> bytes:
+    """The message to parse in place of PGP/MIME ``raw`` whose encrypted part decrypted to
+    ``plaintext``: the inner MIME entity (RFC 3156 section 4), under the outer headers."""
+    return _outer_headers(raw) + b"\r\nMIME-Version: 1.0\r\n" + plaintext.lstrip(b"\r\n")

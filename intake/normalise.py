@@ -44,9 +44,11 @@ from gateway.store.polling import PollingStage
 from gateway.store.sealed import open_value, seal_values
 from gateway.store.sealing import SealBroken, Sealer, UnknownKey
 from gateway.store.tables import submissions
+from intake import partners
 from intake.cases import Filing, ReportedUrl
-from intake.encrypted import Decrypt, NotForUs, decrypted_message
+from intake.encrypted import Decrypt, NotForUs, decrypted_message, encrypted_payload, opened_mime
 from intake.mime import MimeError, MimeLimits, parse_message
+from intake.partners import Provenance, ReadReferral
 from intake.urls import scan_urls
 from intake.webreport import field_urls, read_back
 
@@ -69,6 +71,8 @@ _MARK_PARSED = (
             url_count=bindparam("new_url_count"), flags=bindparam("new_flags"),
             claimed_by=None, claimed_until=None)
 )
+#: The key of a claimed submission's outcome that holds its provenance row, if any.
+_PROVENANCE = "provenance"
 #: URLs taken from one submission; more is not a report but a list, and is cut here (the
 #: submission is flagged with how many there were).
 MAX_URLS = 200
@@ -89,6 +93,8 @@ class Normalised:
     error: str | None = None
     #: What could not be filed, and why (stored as the submission's ``flags``).
     flags: list[dict[str, object]] = field(default_factory=list)
+    #: A partner hotline's referral, signed by its pinned key (``intake.partners``).
+    provenance: Provenance | None = None
 
 
 _LIMITS = MimeLimits()
@@ -98,10 +104,20 @@ _WEB_LINK = re.compile(r"\s*(?:[a-z][a-z0-9+.-]*://|www\.)", re.IGNORECASE)
 
 
 def normalise_message(raw: bytes, limits: MimeLimits = _LIMITS,
-                      decrypt: Decrypt | None = None) -> Normalised:
+                      decrypt: Decrypt | None = None,
+                      read_referral: ReadReferral | None = None) -> Normalised:
     """Parse an e-mailed report (decrypting it first when it is encrypted to us and
-    ``decrypt`` is given); never raises (a failure is returned as ``error``)."""
-    if decrypt is not None:
+    ``decrypt`` is given; reading a partner hotline's referral in it with ``read_referral``);
+    never raises (a failure is returned as ``error``)."""
+    reading = None
+    if read_referral is not None and (payload := encrypted_payload(raw)) and payload[0] == "mime":
+        try:
+            reading = read_referral(raw)
+        except Exception as exc:  # a reader bug must mark the submission, not stop the stage
+            return Normalised(error=f"internal: {type(exc).__name__}")
+    if reading is not None:
+        raw = opened_mime(raw, reading.plaintext)
+    elif decrypt is not None:
         try:
             inner = decrypted_message(raw, decrypt)
         except NotForUs as exc:
@@ -130,6 +146,17 @@ def normalise_message(raw: bytes, limits: MimeLimits = _LIMITS,
         if index < len(message.links) and not scan.urls and _WEB_LINK.match(source):
             unfiled[source] = None
     urls = list(found.values())
+    flags: list[dict[str, object]] = []
+    provenance = None
+    if reading is not None and reading.candidate:
+        provenance = partners.provenance_of(reading)
+        named = partners.document_urls(reading.document)
+        if provenance is not None:
+            urls, too_long = named, Counter()  # their document says what they refer
+        else:
+            # Untrusted: an ordinary report, whose document's URL counts as written in it.
+            flags.append(partners.untrusted_flag(reading))
+            urls += [u for u in named if u.canonical not in found]
     texts = [t.strip() for t in message.texts if t.strip()]
     if unfiled:  # a link's target is not in the text: show the analyst what it was
         texts.append("Links that are not web addresses:\n" + "\n".join(unfiled))
@@ -139,7 +166,8 @@ def normalise_message(raw: bytes, limits: MimeLimits = _LIMITS,
         subject=message.subject,
         report_text=text[:MAX_REPORT_TEXT] or None,
         attachments=[a.to_json() for a in message.attachments],
-        flags=_flags(len(urls), too_long),
+        flags=_flags(len(urls), too_long) + flags,
+        provenance=provenance,
     )
 
 
@@ -181,8 +209,8 @@ def normalise_web(raw: bytes) -> Normalised:
     return Normalised(urls=list(found.values()), report_text=report.text)
 
 
-def _normalise(claimed: _Claimed, sealer: Sealer, decrypt: Decrypt | None = None
-               ) -> Normalised:
+def _normalise(claimed: _Claimed, sealer: Sealer, decrypt: Decrypt | None = None,
+               read_referral: ReadReferral | None = None) -> Normalised:
     """``UnknownKey`` when the raw message is under a key this process lacks even after
     reading its keyring again (a rotation under way elsewhere): not damage, tried later."""
     if claimed.raw is None:
@@ -196,7 +224,7 @@ def _normalise(claimed: _Claimed, sealer: Sealer, decrypt: Decrypt | None = None
     except SealBroken as exc:  # altered or copied in: the message names the record, not the value
         return Normalised(error=f"sealed: {exc}")
     if claimed.channel == "smtp":
-        return normalise_message(raw, decrypt=decrypt)
+        return normalise_message(raw, decrypt=decrypt, read_referral=read_referral)
     if claimed.channel in ("web", "api"):
         return normalise_web(raw)
     return Normalised(error=f"no normaliser for channel {claimed.channel!r}")
@@ -214,7 +242,7 @@ def _outcome(claimed: _Claimed, result: Normalised, sealer: Sealer) -> dict[str,
         "attachments": result.attachments or None,
         "flags": flags or None,
     })
-    return {
+    outcome: dict[str, Any] = {
         "sid": claimed.id,
         "new_status": "parse_failed" if result.error else "parsed",
         "new_parse_error": sealed["parse_error"],
@@ -224,9 +252,14 @@ def _outcome(claimed: _Claimed, result: Normalised, sealer: Sealer) -> dict[str,
         "new_url_count": len(result.urls),
         "new_flags": sealed["flags"],
     }
+    if result.provenance is not None and result.error is None:
+        outcome[_PROVENANCE] = partners.provenance_row(sealer, result.provenance, claimed.id,
+                                                       claimed.received_at)
+    return outcome
 
 
-def _normalise_all(batch: Sequence[_Claimed], sealer: Sealer, decrypt: Decrypt | None = None
+def _normalise_all(batch: Sequence[_Claimed], sealer: Sealer, decrypt: Decrypt | None = None,
+                   read_referral: ReadReferral | None = None,
                    ) -> list[tuple[Normalised, dict[str, Any]] | UnknownKey]:
     """Each submission opened, parsed, and its outcome sealed (in the executor: a raw
     message and a report's text are too large to seal or open on the event loop); in place
@@ -234,7 +267,7 @@ def _normalise_all(batch: Sequence[_Claimed], sealer: Sealer, decrypt: Decrypt |
     results: list[tuple[Normalised, dict[str, Any]] | UnknownKey] = []
     for claimed in batch:
         try:
-            result = _normalise(claimed, sealer, decrypt)
+            result = _normalise(claimed, sealer, decrypt, read_referral)
         except UnknownKey as exc:
             results.append(exc)
             continue
@@ -261,12 +294,16 @@ class NormaliseStage(PollingStage):
         intake_busy: Callable[[], bool] = lambda: False,
         max_defer: float = 1.0,
         decrypt: Decrypt | None = None,
+        read_referral: ReadReferral | None = None,
     ) -> None:
         self._backend = backend
         self._sealer = backend.sealer
         self._executor = executor
         #: Decrypts reports encrypted to the hotline (runs in the executor, blocking).
         self._decrypt = decrypt
+        #: Reads partner hotlines' referrals in PGP/MIME reports (in the executor, blocking);
+        #: a reload of the config replaces it (the partners' keys may change).
+        self.read_referral = read_referral
         self._worker = worker
         self._legal_window = legal_window
         self._batch_size = batch_size
@@ -279,6 +316,9 @@ class NormaliseStage(PollingStage):
         self.on_filed: Callable[[], None] | None = None
         self.processed = 0
         self.failed = 0
+        #: Partner hotlines' referrals filed with their provenance, and candidates not trusted.
+        self.partner_referrals = 0
+        self.partner_untrusted = 0
         #: Submissions put off because their message is under a key this process lacks.
         self.key_waits = KeyWaits("normalise")
 
@@ -311,7 +351,8 @@ class NormaliseStage(PollingStage):
         loop = asyncio.get_running_loop()
         # One executor call per batch: each hand-off between threads costs a GIL switch.
         results = await loop.run_in_executor(
-            self._executor, partial(_normalise_all, claimed, self._sealer, self._decrypt))
+            self._executor, partial(_normalise_all, claimed, self._sealer, self._decrypt,
+                                     self.read_referral))
         pairs = []
         later: list[tuple[_Claimed, UnknownKey]] = []
         for item, done in zip(claimed, results, strict=True):
@@ -342,6 +383,10 @@ class NormaliseStage(PollingStage):
                 failed += 1
                 log.warning("normalise.parse_failed", reference=item.reference,
                             error=result.error)
+            trusted, untrusted = partners.log_filed(item.reference, result.provenance,
+                                                    result.flags)
+            self.partner_referrals += trusted
+            self.partner_untrusted += untrusted
         self.processed += applied
         self.failed += failed
         if applied and self.on_filed is not None:
@@ -387,12 +432,16 @@ class NormaliseStage(PollingStage):
     ) -> int:
         applied = 0
         filing = Filing(conn, now=now, legal_window=self._legal_window)
+        provenance = []
         for claimed, result, outcome in results:
             values = {**outcome, "worker": self._worker, "new_parsed_at": now}
+            row = values.pop(_PROVENANCE, None)
             if conn.execute(_MARK_PARSED, values).rowcount != 1:
                 continue  # our lease ran out and another worker has taken it
             applied += 1
             # Unreadable, it is still a report: a no_url case carries it to an analyst.
             filing.attach(claimed.id, claimed.received_at, result.urls)
-        filing.flush()
+            if row is not None:
+                provenance.append(row)
+        partners.record(conn, provenance, filing.flush(), now=now)
         return applied

@@ -9,11 +9,11 @@ the verdict's ``reason``):
   an inline PGP block, is not read further;
 - ``undecryptable``: gpg decrypts it with the hotline's secret key, and it *was* encrypted
   (a message that is only signed also "decrypts");
-- ``unsigned`` / ``bad_signature`` / ``unpinned_signer``: signed, validly, by exactly one key,
-  whose primary fingerprint is one of the pinned destinations' keys; signed and encrypted in
-  one (section 6.2), or a multipart/signed entity inside the encryption (section 6.1), whose
-  detached signature is checked over the signed part's exact bytes (CRLF line ends, section
-  5); both, when present, by the same key;
+- ``unsigned`` / ``bad_signature`` / ``unpinned_signer`` (``outbound.signed``): signed,
+  validly, by exactly one key, whose primary fingerprint is one of the pinned destinations'
+  keys; signed and encrypted in one (section 6.2), or a multipart/signed entity inside the
+  encryption (section 6.1), whose detached signature is checked over the signed part's exact
+  bytes (CRLF line ends, section 5); both, when present, by the same key;
 - ``no_referral_named``: it names a referral (``Naming``).
 
 A reply that passes is ``trusted``: its signer has the referral. ``bad_document`` is the one
@@ -35,31 +35,38 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Collection, Iterator
+from collections.abc import Collection
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
-from email import errors, message_from_bytes, policy
+from email import errors
 from email.header import decode_header, make_header
 from email.message import Message
 from functools import partial
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import structlog
 
-from outbound.gpg import ARMOR, ARMOR_END, GpgError, Opened, Signature
 from outbound.outcome import problems_of
+from outbound.signed import (
+    Form,
+    Opener,
+    Refused,
+    check_signed,
+    decrypt,
+    fingerprint,
+    leaves,
+    parse,
+)
 
 log = structlog.get_logger("outbound.replies")
 
 Reason = Literal["too_large", "not_encrypted", "undecryptable", "unsigned", "bad_signature",
                  "unpinned_signer", "signer_not_destination", "no_referral_named",
                  "bad_document"]
-Form = Literal["combined", "nested"]  # RFC 3156 section 6.2, section 6.1
 
 REFERENCE = rb"[A-Z][A-Z0-9]{0,7}-[0-9]{4}-[0-9]{6,12}"
 _NAMED = re.compile(rb"\bReferral:?[ \t]+(" + REFERENCE + rb")(?![0-9])")
 _MESSAGE_ID = re.compile(r"<[^<>\s]{1,250}>")
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
 _REFERRAL_SCHEMA = "hotline-gateway/referral/v1"
 
 
@@ -77,15 +84,6 @@ class ReplyLimits:
 
 
 DEFAULT_LIMITS = ReplyLimits()
-
-
-class Opener(Protocol):
-    """The gpg a reply is opened with: the hotline's secret key, the pinned public keys."""
-
-    def open_blocking(self, data: bytes, *, max_output: int) -> Opened: ...
-
-    def verify_detached_blocking(self, data: bytes, signature: bytes) -> tuple[Signature, ...]:
-        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,43 +151,13 @@ class Verdict:
         signed by the key of the destination it went to, and about that referral."""
         if not self.trusted:
             return self
-        if self.signer != _fingerprint(destination_key):
+        if self.signer != fingerprint(destination_key):
             return replace(self, trusted=False, reason="signer_not_destination",
                            detail="signed by another destination's pinned key")
         if not self.names_referral(message_id=message_id, reference=reference):
             return replace(self, trusted=False, reason="no_referral_named",
                            detail="its signed names are not this referral's")
         return self
-
-
-class _Refused(Exception):
-    """A reply failed a check: the verdict's reason and detail."""
-
-    def __init__(self, reason: Reason, detail: str, signer: str | None = None) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
-        self.signer = signer
-
-
-def _fingerprint(value: str) -> str:
-    return value.replace(" ", "").upper()
-
-
-def _parse(data: bytes, limits: ReplyLimits, what: str) -> Message:
-    """A message (compat32: lenient, never raising on a header), within the entity limit."""
-    if data.lower().count(b"content-type:") > limits.max_entities:
-        raise _Refused("not_encrypted" if what == "message" else "bad_document",
-                       f"more than {limits.max_entities} MIME entities in the {what}")
-    return message_from_bytes(data, policy=policy.compat32)
-
-
-def _parts(message: Message) -> list[Message]:
-    """A multipart entity's parts; empty for anything else."""
-    payload = message.get_payload()
-    if not isinstance(payload, list):
-        return []
-    return [part for part in payload if isinstance(part, Message)]
 
 
 def _header(message: Message, name: str) -> str:
@@ -217,90 +185,13 @@ def _names_in(message: Message, texts: list[bytes], limits: ReplyLimits
             tuple(dict.fromkeys(refs))[: limits.max_names])
 
 
-def _outer(message: Message) -> bytes:
-    """The ciphertext of a PGP/MIME message (RFC 3156 section 4)."""
-    if message.get_content_type() != "multipart/encrypted":
-        raise _Refused("not_encrypted", "not PGP/MIME encrypted")
-    parts = _parts(message)
-    if (message.get_param("protocol") != "application/pgp-encrypted" or len(parts) != 2
-            or parts[0].get_content_type() != "application/pgp-encrypted"):
-        raise _Refused("not_encrypted", "multipart/encrypted, but not as RFC 3156 section 4")
-    ciphertext = parts[1].get_payload(decode=True)
-    if not isinstance(ciphertext, bytes) or not ciphertext:
-        raise _Refused("not_encrypted", "no encrypted part")
-    start, end = ciphertext.find(ARMOR), ciphertext.find(ARMOR_END)
-    if start >= 0 and end > start:
-        ciphertext = ciphertext[start:end + len(ARMOR_END)] + b"\n"
-    return ciphertext
-
-
-def _signer(signatures: tuple[Signature, ...], pinned: frozenset[str]) -> str:
-    """The one pinned key that signed validly, or why not."""
-    if not signatures:
-        raise _Refused("unsigned", "no signature")
-    keys = {s.key for s in signatures}
-    if len(keys) > 1:
-        raise _Refused("bad_signature", "signed by more than one key")
-    key = next(iter(keys))
-    statuses = {s.status for s in signatures}
-    if statuses == {"no_key"}:
-        raise _Refused("unpinned_signer", "signed by a key we do not have", key)
-    if statuses != {"good"}:
-        bad = sorted(statuses - {"good"})
-        raise _Refused("bad_signature", f"signature {', '.join(bad)}", key)
-    if key not in pinned:
-        raise _Refused("unpinned_signer", "signed by a key that is not pinned", key)
-    return key
-
-
-def _signed_part(plaintext: bytes, message: Message) -> tuple[bytes, bytes]:
-    """The exact bytes of a multipart/signed entity's first part, with CRLF line ends (RFC
-    3156 section 5), and its detached signature."""
-    boundary = message.get_boundary()
-    parts = _parts(message)
-    if (boundary is None or message.get_param("protocol") != "application/pgp-signature"
-            or len(parts) != 2
-            or parts[1].get_content_type() != "application/pgp-signature"):
-        raise _Refused("bad_signature", "multipart/signed, but not as RFC 3156 section 5")
-    signature = parts[1].get_payload(decode=True)
-    try:
-        delimiter = re.escape(b"--" + boundary.encode("ascii"))
-    except UnicodeEncodeError:
-        raise _Refused("bad_signature", "a boundary that is not ASCII") from None
-    # The CRLF before a delimiter line belongs to the delimiter (RFC 2046 section 5.1.1);
-    # the body starts after the header block.
-    body = _HEADER_END.search(plaintext)
-    first = re.compile(rb"\r?\n" + delimiter + rb"[ \t]*\r?\n").search(
-        plaintext, body.start()) if body is not None else None
-    after = re.compile(rb"\r?\n" + delimiter + rb"(?:--)?[ \t]*(?:\r?\n|\Z)")
-    following = after.search(plaintext, first.end()) if first is not None else None
-    if first is None or following is None or not isinstance(signature, bytes):
-        raise _Refused("bad_signature", "cannot find the signed part")
-    signed = plaintext[first.end():following.start()]
-    return re.sub(rb"\r?\n", b"\r\n", signed), signature
-
-
-def _leaves(entity: Message, limits: ReplyLimits) -> Iterator[Message]:
-    """The entity's leaf parts in order, at most ``max_entities`` looked at. A forwarded
-    message (message/*) is someone else's words, quoted: it is not looked into."""
-    queue, seen = [entity], 0
-    while queue and seen < limits.max_entities:
-        part, seen = queue.pop(0), seen + 1
-        if part.get_content_maintype() == "message":
-            continue
-        if part.is_multipart():
-            queue[:0] = _parts(part)
-            continue
-        yield part
-
-
 def _content(entity: Message, limits: ReplyLimits
              ) -> tuple[list[bytes], list[dict[str, Any]], list[str]]:
     """The texts, the outcome documents and the problems of the JSON in the signed entity."""
     texts: list[bytes] = []
     documents: list[dict[str, Any]] = []
     problems: list[str] = []
-    for part in _leaves(entity, limits):
+    for part in leaves(entity, limits.max_entities):
         kind = part.get_content_type()
         name = (part.get_filename() or "").lower()
         if kind == "application/json" or (name.endswith(".json") and kind != "text/plain"):
@@ -335,37 +226,17 @@ def _read(raw: bytes, opener: Opener, pinned: frozenset[str], limits: ReplyLimit
         if len(raw) > limits.max_message_bytes:
             return replace(found, reason="too_large",
                            detail=f"larger than {limits.max_message_bytes} bytes")
-        message = _parse(raw, limits, "message")
+        message = parse(raw, limits.max_entities, "message")
         ids, refs = _names_in(message, [], limits)
         found = replace(found, names=Naming(message_ids=ids, references=refs))
-        ciphertext = _outer(message)
-        try:
-            opened = opener.open_blocking(ciphertext, max_output=limits.max_plaintext_bytes)
-        except (GpgError, OSError, ValueError) as exc:
-            raise _Refused("undecryptable", str(exc)[:200]) from None
+        opened = decrypt(message, opener, max_plaintext=limits.max_plaintext_bytes)
         found = replace(found, reason="bad_signature")
-        inner = _parse(opened.plaintext, limits, "decrypted message")
-        form: Form = "combined"
-        entity, signers = inner, []
-        if opened.signatures:
-            signers.append(_signer(opened.signatures, pinned))
-        if inner.get_content_type() == "multipart/signed":
-            signed, signature = _signed_part(opened.plaintext, inner)
-            try:
-                detached = opener.verify_detached_blocking(signed, signature)
-            except (GpgError, OSError, ValueError) as exc:
-                raise _Refused("bad_signature", f"cannot verify: {type(exc).__name__}") from None
-            if not detached:  # gpg found no detached signature over these bytes
-                raise _Refused("bad_signature", "multipart/signed with no signature gpg checks")
-            signers.append(_signer(detached, pinned))
-            entity, form = _parse(signed, limits, "signed part"), "nested"
-        if not signers:
-            raise _Refused("unsigned", "encrypted, but not signed")
-        if len(set(signers)) > 1:
-            raise _Refused("bad_signature", "signed by different keys inside and outside")
-        found = replace(found, reason="bad_document", signer=signers[0], form=form)
+        inner = parse(opened.plaintext, limits.max_entities, "decrypted message")
+        signed = check_signed(opened, inner, opener, pinned, max_entities=limits.max_entities)
+        entity = signed.entity
+        found = replace(found, reason="bad_document", signer=signed.signer, form=signed.form)
         texts, documents, problems = _content(entity, limits)
-    except _Refused as refused:
+    except Refused as refused:
         return replace(found, reason=refused.reason, detail=refused.detail,
                        signer=refused.signer or found.signer)
     except (ValueError, LookupError, TypeError, RecursionError, AttributeError,
@@ -393,7 +264,7 @@ def read_reply_blocking(raw: bytes, opener: Opener, pinned: Collection[str], *,
     """The verdict on a received reply (``raw``: the message as received); never raises on
     what the message holds. Blocking (gpg): call it from a worker thread. ``pinned``: the
     destinations' key fingerprints."""
-    return _read(raw, opener, frozenset(_fingerprint(k) for k in pinned), limits)
+    return _read(raw, opener, frozenset(fingerprint(k) for k in pinned), limits)
 
 
 async def read_reply(raw: bytes, opener: Opener, pinned: Collection[str], *,

@@ -53,7 +53,8 @@ from gateway.store.sealed import open_value
 from gateway.store.sealing import SealBroken, Sealer, UnknownKey
 from gateway.store.tables import referrals, replies
 from gateway.store.times import utc
-from outbound.replies import DEFAULT_LIMITS, Opener, ReplyLimits, Verdict, read_reply_blocking
+from outbound.replies import DEFAULT_LIMITS, ReplyLimits, Verdict, read_reply_blocking
+from outbound.signed import Opener
 
 log = structlog.get_logger("outbound.reply_stage")
 

@@ -17,6 +17,7 @@ from gateway.store.classification import recorded
 from gateway.store.follow_ups import deadlines_json, overdue_cases, reminders_of
 from gateway.store.lifecycle import AWAITING_OUTCOME, MILESTONES
 from gateway.store.outcomes import DELIVERED, NEXT, outcome_json
+from gateway.store.provenance import referred_by
 from gateway.store.sealed import SEALED, OpenedRow, open_row, open_value, sealer_of
 from gateway.store.sealing import SealBroken, Sealer
 from gateway.store.tables import (
@@ -38,12 +39,14 @@ from gateway.store.times import iso
 
 log = structlog.get_logger("gateway.store.case_view")
 
-#: Flags the queue shows and filters by. The last three come from the case's reports (see
-#: report_flags): URLs over the per-report cap, a URL too long to take, a report unreadable.
+#: Flags the queue shows and filters by. The last four come from the case's reports (see
+#: report_flags): URLs over the per-report cap, a URL too long to take, a report unreadable,
+#: a partner's referral that is not trusted (filed as an ordinary report).
 FLAGS = ("cdn", "mixed", "unknown", "unresolvable", "reappeared", "no_url", "locate_failed",
          "pending_approval", "assigned", "referral_failed", "recheck", "overdue",
-         "supervisor_flagged", "damaged", "urls_over_cap", "url_too_long", "parse_failed")
-_REPORT_FLAGS = FLAGS[-3:]
+         "supervisor_flagged", "damaged", "partner_referral", "urls_over_cap", "url_too_long",
+         "parse_failed", "partner_untrusted")
+_REPORT_FLAGS = ("urls_over_cap", "url_too_long", "parse_failed", "partner_untrusted")
 #: What a view shows for a sealed value that does not open, before the error naming it.
 UNREADABLE = "[unreadable] "
 #: Filters that name several states: ``awaiting_outcome`` is a case referred or acknowledged,
@@ -142,6 +145,8 @@ def flags(case: dict[str, Any]) -> list[str]:
         found.append("supervisor_flagged")  # still overdue on what a supervisor was told of
     if case.get("damaged") or "damaged" in hosting or "damaged" in (case["decision"] or {}):
         found.append("damaged")
+    if case.get("partner_referrals"):
+        found.append("partner_referral")
     noted = {flag["flag"] for flag in case.get("report_flags") or []}
     found.extend(name for name in _REPORT_FLAGS if name in noted)
     return found
@@ -160,6 +165,11 @@ def describe(flag: dict[str, Any]) -> str:
             return f"URL too long: {flag.get('length')} characters, not filed{more}"
         case "parse_failed":
             return f"the report could not be read: {flag.get('error')}"
+        case "partner_untrusted":
+            claimed = f" from hotline {flag['claimed_partner']}" if flag.get("claimed_partner") \
+                else ""
+            return (f"looks like a referral{claimed}, but is not trusted ({flag.get('reason')}: "
+                    f"{flag.get('detail')}): filed as an ordinary report, no provenance")
     return str(flag.get("flag"))
 
 
@@ -470,9 +480,19 @@ async def list_cases(
     verdicts = await _assessments(conn, ids)
     names = await _assignees(conn, [r for r, _ in rows])
     routed = await _routing(conn, ids, now)
-    return [_case_json(row, reports[row.id], hosting.get(row.id), verdicts.get(row.id),
-                       names.get(row.assigned_to), routed[row.id], damaged)
-            for row, damaged in rows]
+    found = [_case_json(row, reports[row.id], hosting.get(row.id), verdicts.get(row.id),
+                        names.get(row.assigned_to), routed[row.id], damaged)
+             for row, damaged in rows]
+    _with_provenance(found, await referred_by(conn, ids))
+    return found
+
+
+def _with_provenance(documents: list[dict[str, Any]],
+                     referred: dict[uuid.UUID, list[dict[str, Any]]]) -> None:
+    """Each case with the partner hotlines that referred it to us (and its flag)."""
+    for document in documents:
+        document["partner_referrals"] = referred.get(uuid.UUID(document["id"]), [])
+        document["flags"] = flags(document)
 
 
 async def get_case(conn: AsyncConnection, case_id: uuid.UUID, *,
@@ -492,6 +512,7 @@ async def get_case(conn: AsyncConnection, case_id: uuid.UUID, *,
         (await _assignees(conn, [row])).get(row.assigned_to),
         (await _routing(conn, [row.id], now or datetime.now(UTC)))[row.id],
     )
+    _with_provenance([document], await referred_by(conn, [row.id], full=True))
     texts = await conn.execute(
         select(submissions.c.reference, submissions.c.subject, submissions.c.report_text,
                submissions.c.attachments, submissions.c.id)

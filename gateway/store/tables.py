@@ -160,6 +160,24 @@ case_reports = Table(
     Index(None, "submission_id"),
 )
 
+# Provenance of a report that a partner hotline's gateway referred to us: a
+# ``hotline-gateway/referral/v1`` document signed by the key pinned for that partner
+# (``[routing.hotlines.XX]``). Their reference stays plain; their document (the URL, their
+# hosting facts, hashes) is sealed: it is what they reported, never our evidence.
+partner_referrals = Table(
+    "partner_referrals",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("submission_id", Uuid, ForeignKey("submissions.id"), nullable=False, unique=True),
+    Column("case_id", Uuid, ForeignKey("cases.id"), nullable=False),
+    Column("partner", String(2), nullable=False),  # the country code of [routing.hotlines.XX]
+    Column("their_reference", String(40), nullable=False),
+    Column("signer", String(40), nullable=False),  # the pinned key's fingerprint
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("document", JSON, nullable=False, info=SEALED_JSON),
+    Index(None, "case_id"),
+)
+
 # Hi/lo reference allocation: each process reserves a block of sequence numbers per
 # prefix and year in a short transaction of its own, then hands them out from memory.
 reference_counters = Table(

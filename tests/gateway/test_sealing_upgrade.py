@@ -103,7 +103,10 @@ async def assert_sealed_as_before(config: Any, before: dict[tuple[str, str, str]
     try:
         sealer = sealer_of(engine)
         async with engine.connect() as conn:
+            older = set(await conn.run_sync(lambda sync: inspect(sync).get_table_names()))
             for table in sealed_tables(with_trail=False):
+                if table.name not in older:
+                    continue  # a table a later release added: nothing of it to seal
                 names = [*SEALED[table.name], *LOOKUPS.get(table.name, {})]
                 (primary,) = table.primary_key.columns
                 for row in await conn.execute(select(primary, *(table.c[n] for n in names))):

@@ -1,0 +1,189 @@
+"""Referrals from partner hotlines' gateways, read as they reach the intake address: PGP/MIME
+encrypted to the hotline's key, carrying a ``hotline-gateway/referral/v1`` document (what
+``outbound.refer`` sends, from their side).
+
+A message that carries such a document is a *candidate*. It is trusted only when all of
+these hold, checked in this order (the first that fails is the reading's ``reason``):
+
+- ``unsigned`` / ``bad_signature`` / ``unpinned_signer``: validly signed by exactly one key,
+  the one pinned for a partner hotline in ``[routing.hotlines.XX]`` (``outbound.signed``: in
+  one with the encryption, RFC 3156 section 6.2, or a multipart/signed entity inside, 6.1);
+  a key pinned for the police is not a partner's;
+- ``unsigned``: the document is inside what that signature covers;
+- ``bad_document``: exactly one document, valid against the shipped schema, whose ``from``
+  country is the partner's whose key signed it, and whose reference fits in the store.
+
+The caller (the normalise stage) files a trusted candidate with its provenance and an
+untrusted one as an ordinary report with the reason. A message that cannot be opened here is
+not a candidate (None): the stage reads it as it reads any report, and says why it could not.
+Hostile input never raises. Nothing here logs message content or addresses.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from email import errors
+from email.message import Message
+from typing import Any, Literal
+
+import structlog
+
+from outbound.document import SCHEMA_ID, problems_of
+from outbound.gpg import MAX_DECRYPTED
+from outbound.signed import Opener, Refused, check_signed, decrypt, fingerprint, leaves, parse
+
+log = structlog.get_logger("outbound.partner_referrals")
+
+Reason = Literal["unsigned", "bad_signature", "unpinned_signer", "bad_document"]
+_REASONS: dict[str, Reason] = {"unsigned": "unsigned", "unpinned_signer": "unpinned_signer",
+                               "bad_document": "bad_document"}
+#: The longest partner reference kept (the store's column).
+MAX_REFERENCE = 40
+
+
+@dataclass(frozen=True, slots=True)
+class ReferralLimits:
+    """Bounds on one message. Any PGP/MIME report to the intake address is opened here, so
+    the message and plaintext limits are intake's; a referral itself is a few KiB."""
+
+    max_message_bytes: int = 64 * 1024 * 1024
+    max_plaintext_bytes: int = MAX_DECRYPTED
+    #: MIME entities (counted by their Content-Type headers), outside and inside.
+    max_entities: int = 64
+    max_document_bytes: int = 256 * 1024
+
+
+DEFAULT_LIMITS = ReferralLimits()
+
+
+@dataclass(frozen=True, slots=True)
+class ReferralReading:
+    """A PGP/MIME message opened. ``candidate``: it carries a referral/v1 document;
+    ``trusted``: a partner's, to be filed with its provenance; else ``reason`` says why not."""
+
+    #: The decrypted message (the MIME entity inside the encryption), for the report's text.
+    plaintext: bytes
+    candidate: bool = False
+    trusted: bool = False
+    reason: Reason | None = None
+    #: One line for the analyst and the log: what failed, never the message's content.
+    detail: str = ""
+    #: The signer's primary key fingerprint (or, for a key we lack, the key id it names).
+    signer: str | None = None
+    #: The partner's country code (``[routing.hotlines.XX]``), when trusted.
+    partner: str | None = None
+    #: Trusted: the valid document. Otherwise the JSON object found, as it is (its URLs are
+    #: still reported, as anyone may report a URL), or None.
+    document: dict[str, Any] | None = None
+    problems: tuple[str, ...] = ()
+
+
+def _documents(entity: Message, limits: ReferralLimits) -> list[dict[str, Any] | None]:
+    """The referral/v1 documents among the entity's parts (None for one too large to read:
+    still a sign that a referral is meant)."""
+    found: list[dict[str, Any] | None] = []
+    for part in leaves(entity, limits.max_entities):
+        kind = part.get_content_type()
+        name = (part.get_filename() or "").lower()
+        if kind != "application/json" and not (name.endswith(".json") and kind != "text/plain"):
+            continue
+        body = part.get_payload(decode=True)
+        if not isinstance(body, bytes):
+            continue
+        if len(body) > limits.max_document_bytes:
+            if SCHEMA_ID.encode() in body:
+                found.append(None)
+            continue
+        try:
+            loaded = json.loads(body)
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(loaded, dict) and loaded.get("schema") == SCHEMA_ID:
+            found.append(loaded)
+    return found
+
+
+def _document_problems(document: dict[str, Any], partner: str) -> list[str]:
+    problems = problems_of(document)
+    if problems:
+        return problems
+    if document["from"]["country"] != partner:
+        problems.append(f"from/country: not {partner}, whose pinned key signed it")
+    if len(document["reference"]) > MAX_REFERENCE:
+        problems.append(f"reference: longer than {MAX_REFERENCE} characters")
+    return problems
+
+
+def _read(raw: bytes, opener: Opener, partners: Mapping[str, str],
+          limits: ReferralLimits) -> ReferralReading | None:
+    if len(raw) > limits.max_message_bytes:
+        return None
+    try:
+        message = parse(raw, limits.max_entities, "message")
+        opened = decrypt(message, opener, max_plaintext=limits.max_plaintext_bytes)
+    except Refused:
+        return None  # not PGP/MIME, or not for us: read (and refused) as any report is
+    reading = ReferralReading(opened.plaintext)
+    try:
+        inner = parse(opened.plaintext, limits.max_entities, "decrypted message")
+        found = _documents(inner, limits)
+    except Refused:
+        return reading  # more parts than a referral has: not one
+    if not found:
+        return reading
+    reading = replace(reading, candidate=True, document=found[0])
+    try:
+        signed = check_signed(opened, inner, opener, frozenset(partners),
+                              max_entities=limits.max_entities)
+    except Refused as refused:
+        detail = refused.detail
+        if refused.reason == "unpinned_signer" and refused.signer is not None:
+            detail += " for a partner hotline ([routing.hotlines])"
+        return replace(reading, reason=_REASONS.get(refused.reason, "bad_signature"),
+                       detail=detail, signer=refused.signer)
+    reading = replace(reading, signer=signed.signer)
+    covered = _documents(signed.entity, limits) if signed.entity is not inner else found
+    if not covered:
+        return replace(reading, reason="unsigned",
+                       detail="the referral document is outside the signed part")
+    if len(found) > 1 or len(covered) > 1:
+        return replace(reading, reason="bad_document", detail="more than one referral document")
+    document = covered[0]
+    if document is None:
+        return replace(reading, reason="bad_document", detail="a referral document too large")
+    partner = partners[signed.signer]
+    if problems := _document_problems(document, partner):
+        return replace(reading, reason="bad_document", document=document,
+                       detail="not a valid referral/v1 document", problems=tuple(problems))
+    return replace(reading, trusted=True, partner=partner, document=document)
+
+
+def read_referral_blocking(raw: bytes, opener: Opener, partners: Mapping[str, str], *,
+                           limits: ReferralLimits = DEFAULT_LIMITS) -> ReferralReading | None:
+    """The reading of a message received at the intake address, or None when it is not
+    PGP/MIME we can decrypt. ``partners``: pinned key fingerprint -> country code. Blocking
+    (gpg): call it from a worker thread."""
+    pinned = {fingerprint(key): country for key, country in partners.items()}
+    try:
+        return _read(raw, opener, pinned, limits)
+    except (ValueError, LookupError, TypeError, RecursionError, AttributeError,
+            errors.MessageError) as exc:
+        # The stdlib's parser met something it cannot take: read as any report is.
+        log.warning("partner_referrals.unreadable", error_type=type(exc).__name__)
+        return None
+
+
+class PartnerReferrals:
+    """The reader the normalise stage is handed: gpg and the partners' pinned keys
+    (fingerprint -> country code). A reload of the config hands the stage a new one."""
+
+    def __init__(self, opener: Opener, partners: Mapping[str, str], *,
+                 limits: ReferralLimits = DEFAULT_LIMITS) -> None:
+        self._opener = opener
+        self._partners = dict(partners)
+        self._limits = limits
+
+    def __call__(self, raw: bytes) -> ReferralReading | None:
+        return read_referral_blocking(raw, self._opener, self._partners, limits=self._limits)
