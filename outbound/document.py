@@ -6,48 +6,30 @@ The schema ships beside this module (``schema/referral-v1.json``).
 
 from __future__ import annotations
 
-import functools
 import json
-import re
 from collections.abc import Mapping
 from email.message import EmailMessage
 from email.policy import SMTP
-from importlib import resources
 from typing import Any
-
-from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 
 from gateway.store.classification import labels
 from gateway.store.text import defang
+from outbound import schemas
 
 SCHEMA_ID = "hotline-gateway/referral/v1"
 #: What a referral carries of an illegal verdict's details, under these names.
 ILLEGAL_DETAILS = ("age_group", "gender", "media", "site_type", "content_flags")
-_MISSING = re.compile(r"'([a-z_]+)' is a required property")
 
 
 def schema() -> dict[str, Any]:
     """The JSON Schema that every referral document satisfies."""
-    text = (resources.files("outbound") / "schema" / "referral-v1.json").read_text("utf-8")
-    loaded: dict[str, Any] = json.loads(text)
-    return loaded
-
-
-@functools.cache
-def _validator() -> Any:  # a Draft202012Validator
-    return Draft202012Validator(schema())
+    return schemas.load("referral-v1")
 
 
 def problems_of(document: object) -> list[str]:
     """Why ``document`` is not a valid referral/v1 document (empty: it is). Each problem names
     the field and the rule it breaks, never the value (values come from outside)."""
-    problems = []
-    for error in _validator().iter_errors(document):
-        where = "/".join(str(p) for p in error.absolute_path)
-        if error.validator == "required" and (missing := _MISSING.match(error.message)):
-            where = "/".join(filter(None, [where, missing.group(1)]))  # a name from the schema
-        problems.append(f"{where or '(document)'}: {error.validator}")
-    return sorted(problems)
+    return schemas.problems("referral-v1", document)
 
 
 def referral_document(

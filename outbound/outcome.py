@@ -6,32 +6,20 @@ The schema ships beside this module (``schema/outcome-v1.json``).
 
 from __future__ import annotations
 
-import functools
-import json
-import re
 from datetime import datetime
-from importlib import resources
 from typing import Any, Literal
 
-from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
+from outbound import schemas
 
 SCHEMA_ID = "hotline-gateway/outcome/v1"
 Outcome = Literal["acknowledged", "removed", "content_unavailable", "not_actionable"]
-_MISSING = re.compile(r"'([a-z_]+)' is a required property")
 OUTCOMES: tuple[Outcome, ...] = ("acknowledged", "removed", "content_unavailable",
                                  "not_actionable")
 
 
 def schema() -> dict[str, Any]:
     """The JSON Schema that every outcome document satisfies."""
-    text = (resources.files("outbound") / "schema" / "outcome-v1.json").read_text("utf-8")
-    loaded: dict[str, Any] = json.loads(text)
-    return loaded
-
-
-@functools.cache
-def _validator() -> Any:  # a Draft202012Validator
-    return Draft202012Validator(schema())
+    return schemas.load("outcome-v1")
 
 
 def outcome_document(
@@ -56,12 +44,7 @@ def outcome_document(
 def problems_of(document: object) -> list[str]:
     """Why ``document`` is not a valid outcome/v1 document (empty: it is). Each problem names
     the field and the rule it breaks, never the value (values come from outside)."""
-    problems = []
-    for error in _validator().iter_errors(document):
-        where = "/".join(str(p) for p in error.absolute_path)
-        if error.validator == "required" and (missing := _MISSING.match(error.message)):
-            where = "/".join(filter(None, [where, missing.group(1)]))  # a name from the schema
-        problems.append(f"{where or '(document)'}: {error.validator}")
+    problems = schemas.problems("outcome-v1", document)
     if not problems and isinstance(document, dict):
         # The schema's pattern is the RFC 3339 shape; this finds impossible dates in it.
         try:
