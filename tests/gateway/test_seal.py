@@ -4,6 +4,7 @@ anything else is a clear error naming the record, never garbage."""
 from __future__ import annotations
 
 import contextlib
+import hmac
 import json
 import os
 import threading
@@ -171,6 +172,21 @@ def test_lookup_keys_are_stable_separated_and_keyed() -> None:
     assert SEALER.lookup_keys("case", "https://example.test/") == [key]
     with pytest.raises(ValueError):
         SEALER.lookup_key("case|x", "v")
+
+
+@given(st.sampled_from(["case", "host", "submission", "check"]),
+       st.one_of(st.binary(max_size=300), st.text(max_size=100)))
+def test_a_lookup_hash_is_the_hmac_of_its_purpose_and_value(purpose: str,
+                                                          value: bytes | str) -> None:
+    """The lookup hash (an HMAC copied from one keyed with its purpose) equals a plain
+    ``hmac.digest`` of the purpose's prefix and the value: the stored keys of earlier
+    releases still find their rows."""
+    secret = SEALER.keyring.current_lookup.secret
+    data = value.encode("utf-8", "surrogatepass") if isinstance(value, str) else value
+    prefix = b"hotline-gateway lookup|" + purpose.encode() + b"|"
+    expected = hmac.digest(secret, prefix + data, "sha256").hex()
+    assert SEALER.lookup_key(purpose, value) == f"k1:{expected}"
+    assert SEALER.lookup_key(purpose, value) == f"k1:{expected}"  # the keyed copy is unchanged
 
 
 def test_key_material_never_shows_in_reprs() -> None:
