@@ -310,6 +310,10 @@ class OutboundConfig(Section):
 class Destination(Section):
     email: Email
     key: Fingerprint
+    #: Referrals to it carry the verdict's ICCAM details (age group, gender, media, site type,
+    #: flags): optional fields of referral/v1 that a reader validating against the schema
+    #: shipped before them refuses, so off until its reader takes them (this release's does).
+    iccam_details: bool = False
     #: The durations below count working hours ([deadlines]) instead of elapsed time.
     #: (Declared before them: their check reads it.)
     business_hours: bool = False
@@ -336,7 +340,8 @@ class Destination(Section):
         return self
 
     def settings(self) -> routes.Destination:
-        return routes.Destination(email=self.email, key=self.key)
+        return routes.Destination(email=self.email, key=self.key,
+                                  iccam_details=self.iccam_details)
 
     def deadline_policy(self, calendar: BusinessCalendar | None) -> DeadlinePolicy:
         """This destination's deadlines; ``calendar`` is what business hours mean, used only

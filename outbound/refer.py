@@ -204,7 +204,8 @@ class ReferStage(PollingStage):
                   "first_reported": iso(case.first_reported),
                   "last_reported": iso(case.last_reported), "report_count": case.report_count},
             classification=case.verdict.classification, assessed_at=iso(case.verdict.at),
-            details=case.verdict.details,
+            # Only to a reader that takes them: the schema shipped before them refuses them.
+            details=case.verdict.details if destination.iccam_details else None,
             hosting={"country": routed.country, "country_source": routed.country_source,
                      "ips": (hosting.ips if hosting else None) or [],
                      "asn": hosting.asn if hosting else None,

@@ -17,6 +17,8 @@ class Destination:
     email: str
     #: The pinned key: a full 40-hex-digit fingerprint.
     key: str
+    #: Its referrals carry the verdict's ICCAM details (a reader of this release takes them).
+    iccam_details: bool = False
 
 
 @dataclass(frozen=True, slots=True)

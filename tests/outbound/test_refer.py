@@ -24,6 +24,9 @@ from tests.console_client import ILLEGAL_DETAILS, LEGAL_DETAILS, base, file_case
 from tests.outbound.conftest import HOTLINE_PASSPHRASE, Keys
 from tests.outbound.mta import Behaviour, FakeMta, Received
 
+#: The referral schema as shipped before it took the ICCAM details.
+FIXTURES = Path(__file__).parent.parent / "fixtures"
+
 
 def referral_config(keys: Keys, mta: FakeMta, tmp_path: Path, **outbound: Any
                     ) -> dict[str, Any]:
@@ -40,7 +43,8 @@ def referral_config(keys: Keys, mta: FakeMta, tmp_path: Path, **outbound: Any
                 "police": {"email": "cp@police.test", "key": keys.recipient},
                 "police_international": {"email": "intl@police.test", "key": keys.recipient},
             },
-            "hotlines": {"NL": {"email": "referrals@hotline-nl.test", "key": keys.recipient},
+            "hotlines": {"NL": {"email": "referrals@hotline-nl.test", "key": keys.recipient,
+                                "iccam_details": True},
                          "DE": {"email": "referrals@hotline-de.test", "key": keys.expired}},
         },
     }
@@ -150,6 +154,8 @@ async def test_every_rule_end_to_end(
 
     received = await mta.wait_for(3)
     document_schema = await asyncio.to_thread(schema)
+    older_schema = json.loads(await asyncio.to_thread(
+        (FIXTURES / "referral-v1-before-details.json").read_text))
     by_rcpt = {r.rcpt_tos[0]: r for r in received}
     assert set(by_rcpt) == {"cp@police.test", "referrals@hotline-nl.test", "intl@police.test"}
     for rcpt, name in (("cp@police.test", "domestic"), ("referrals@hotline-nl.test", "inhope"),
@@ -160,9 +166,13 @@ async def test_every_rule_end_to_end(
         assert document["case"]["id"] == ids[name]
         assert document["case"]["canonical_url"] == urls[name]
         assert document["rule"] == expected[name][1]
-        # The verdict's ICCAM details, as the analyst recorded them (no flag applied).
-        assert {k: document["case"].get(k) for k in (*ILLEGAL_DETAILS, "content_flags")} == {
-            **ILLEGAL_DETAILS, "content_flags": []}
+        if rcpt == "referrals@hotline-nl.test":  # iccam_details = true
+            # The verdict's ICCAM details, as the analyst recorded them (no flag applied).
+            assert {k: document["case"].get(k) for k in (*ILLEGAL_DETAILS, "content_flags")} \
+                == {**ILLEGAL_DETAILS, "content_flags": []}
+        else:  # the others' readers may validate against the schema shipped before them
+            assert not {*ILLEGAL_DETAILS, "content_flags"} & set(document["case"])
+            jsonschema.validate(document, older_schema)
         # Nothing about the case on the wire: no URL, no host, no JSON.
         host = re.escape(urls[name].split("/")[2]).encode()
         assert not re.search(rb"(?<![\w.-])" + host, raw) and urls[name].encode() not in raw
