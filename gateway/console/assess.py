@@ -25,9 +25,11 @@ from gateway.store.backend import WriteBackend
 from gateway.store.case_urls import open_case_urls
 from gateway.store.case_view import opened
 from gateway.store.classification import FIELDS, Classification, recorded
-from gateway.store.errors import Conflict, Invalid, NotAllowed, NotFound
+from gateway.store.errors import Conflict, Invalid, NotAllowed, NotFound, Unavailable
 from gateway.store.ids import uuid7
+from gateway.store.key_holders import open_or_reload
 from gateway.store.sealed import open_value, seal_values, sealer_of
+from gateway.store.sealing import UnknownKey
 from gateway.store.tables import (
     assessments,
     case_reports,
@@ -163,10 +165,17 @@ async def assess(
         if case.status not in ASSESSABLE:
             raise Conflict(f"the case is {case.status}, not awaiting assessment")
         # A verdict on a URL that does not open is refused (Damaged, naming the record) before
-        # anything is stored: nobody can have seen what they would be judging.
-        open_case_urls(sealer_of(conn), conn.execute(
-            select(cases.c.id, cases.c.url, cases.c.canonical_url)
-            .where(cases.c.id == case_id)).one())
+        # anything is stored: nobody can have seen what they would be judging. Under a key
+        # this process does not hold yet (a rotation under way elsewhere), try again later.
+        sealer = sealer_of(conn)
+        urls = conn.execute(select(cases.c.id, cases.c.url, cases.c.canonical_url)
+                            .where(cases.c.id == case_id)).one()
+        try:
+            open_or_reload(sealer, lambda: open_case_urls(sealer, urls))
+        except UnknownKey as exc:
+            raise Unavailable(f"the case is sealed under data key {exc.key_id}, which this "
+                              "process does not hold yet (a key rotation is under way): try "
+                              "again shortly") from None
         if case.kind == "no_url" and given.verdict == "illegal":
             raise Invalid("a report without a URL cannot be referred", {
                 "verdict": "report the URL it names as a case of its own; close this one as "

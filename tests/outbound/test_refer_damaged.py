@@ -10,13 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import insert, select
+from sqlalchemy.engine import Connection
 from structlog.testing import capture_logs
 
 from gateway.app import Gateway
-from gateway.console.accounts import create_token, utcnow
+from gateway.console.accounts import NewUser, create_token, utcnow
 from gateway.store.case_view import list_cases
-from gateway.store.tables import cases
+from gateway.store.ids import uuid7
+from gateway.store.lifecycle import Actor, move
+from gateway.store.tables import assessments, cases, users
 from tests.conftest import Start
 from tests.console_client import ILLEGAL_DETAILS, file_case, ready_user
 from tests.outbound.conftest import Keys
@@ -40,6 +43,24 @@ async def listed(gw: Gateway, case_id: str, status: str) -> dict[str, Any]:
             await asyncio.sleep(0.05)
 
 
+async def verdict_stored(gw: Gateway, case_id: str, user: NewUser) -> None:
+    """An illegal verdict on the case, stored as the console stores one (a verdict the API
+    now refuses to take on a URL that does not open: the damage, or the newer key, came after
+    it); routing is woken as the console wakes it."""
+    record, now = uuid.UUID(case_id), utcnow()
+
+    def work(conn: Connection) -> None:
+        user_id = conn.execute(select(users.c.id).where(users.c.name == user.name)).scalar_one()
+        conn.execute(insert(assessments).values(
+            id=uuid7(), case_id=record, user_id=user_id, verdict="illegal",
+            classification="baseline", created_at=now, status="final", **ILLEGAL_DETAILS))
+        move(conn, record, "assess_illegal", actor=Actor("ana", "analyst"), at=now,
+             state="awaiting_assessment")
+
+    await gw.console.context.backend.transaction(work)
+    gw.console.context.on_decided()
+
+
 async def test_a_damaged_case_is_held_and_the_one_beside_it_is_referred(
     start: Start, keys: Keys, mta: FakeMta, tmp_path: Path
 ) -> None:
@@ -48,17 +69,19 @@ async def test_a_damaged_case_is_held_and_the_one_beside_it_is_referred(
     referral carries its own URL."""
     gw = await start(**referral_config(keys, mta, tmp_path))
     backend = gw.console.context.backend
-    await ready_user(backend, "ana")
+    ana = await ready_user(backend, "ana")
     token = await create_token(backend, "ana", now=utcnow())
     bad = await file_case(gw, f"Please look at {DAMAGED}", "damaged-x1q9")
     good = await file_case(gw, f"Please look at {FINE}", "fine-y2k7")
     await store_raw(gw.engine, cases, "url", uuid.UUID(bad),
                     await stored_value(gw.engine, cases, "url", uuid.UUID(good)))
-    # The verdict is stored; the answer, which shows the case, is refused naming it.
+    # The API refuses a verdict on it, naming the record, and stores nothing ...
     status, answer = await api(gw, "POST", f"/api/v1/cases/{bad}/assessment", token,
                                {"verdict": "illegal", "classification": "baseline",
                                 **ILLEGAL_DETAILS})
     assert status == 500 and f"cannot open cases.url of record {bad}" in answer["error"]
+    # ... so routing meets it damaged only when the damage came after the verdict.
+    await verdict_stored(gw, bad, ana)
     await assess(gw, token, good)
 
     held = await listed(gw, bad, "held")
@@ -91,7 +114,7 @@ async def test_a_case_under_a_key_routing_lacks_waits_and_is_referred_once_it_ha
     monkeypatch.setattr(refer, "KEY_WAIT", timedelta(milliseconds=300))
     gw = await start(**referral_config(keys, mta, tmp_path))
     backend = gw.console.context.backend
-    await ready_user(backend, "ana")
+    ana = await ready_user(backend, "ana")
     token = await create_token(backend, "ana", now=utcnow())
     case_id = await file_case(gw, f"Please look at {FINE}", "fine-y2k7")
     path = Path(sealer_of(gw.engine).keyring.source)
@@ -108,9 +131,16 @@ async def test_a_case_under_a_key_routing_lacks_waits_and_is_referred_once_it_ha
     for column in ("url", "canonical_url"):
         await store_raw(gw.engine, cases, column, record,
                         seal_value(newer, cases.c[column], record, FINE))
+    # The API does not take a verdict on what it cannot show yet (503, nothing stored) ...
+    status, answer = await api(gw, "POST", f"/api/v1/cases/{case_id}/assessment", token,
+                               {"verdict": "illegal", "classification": "baseline",
+                                **ILLEGAL_DETAILS})
+    assert status == 503 and newer.keyring.current.id.hex() in answer["error"]
+    async with gw.engine.connect() as conn:
+        assert (await conn.execute(select(assessments.c.id))).first() is None
     with capture_logs() as logs:
-        await api(gw, "POST", f"/api/v1/cases/{case_id}/assessment", token,
-                  {"verdict": "illegal", "classification": "baseline", **ILLEGAL_DETAILS})
+        # ... one made by a process that holds the newer key is routed once this one has it.
+        await verdict_stored(gw, case_id, ana)
         async with asyncio.timeout(30):
             while gw.refer.key_waits.count < 2:
                 await asyncio.sleep(0.05)
