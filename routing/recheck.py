@@ -169,7 +169,11 @@ class RecheckStage(PollingStage):
         row = await self._backend.transaction(read)
         host = host_of(row.canonical_url)
         if host is None:
-            await self.release(case_id)
+            # Nothing to look up, ever (the URL names no host): put off for a whole interval,
+            # not released, or the stage would claim it again at once, in a loop.
+            await self._backend.transaction(partial(
+                leases.put_off, table=cases, worker=self._worker, ids=[case_id],
+                until=self._clock() + self._every))
             return Rechecked(case_id, "skipped")
         hosting = await self._locator.locate(host, fresh=True)
         done: Rechecked = await self._backend.transaction(partial(

@@ -218,6 +218,7 @@ def record_outcome_in(
     when = utc(occurred_at) if occurred_at is not None else now
     row = conn.execute(
         select(referrals.c.id, referrals.c.case_id, referrals.c.destination,
+               referrals.c.key_fingerprint,
                referrals.c.status, referrals.c.outcome, referrals.c.created_at,
                referrals.c.decision_id, routing_decisions.c.superseded,
                cases.c.status.label("case_status"))
@@ -229,6 +230,12 @@ def record_outcome_in(
     if who.destination is not None and who.destination != row.destination:
         raise NotAllowed(f"a reply from {who.destination} cannot record an outcome of a "
                          f"referral to {row.destination}")
+    # The reader checked the signer against the pin; the store holds it too, so no caller can
+    # record a destination's outcome under a key the referral was not sent to.
+    if who.source in ("reply", "partner") and \
+            (who.fingerprint or "").upper() != (row.key_fingerprint or "").upper():
+        raise NotAllowed(f"a reply signed by {who.fingerprint} cannot record an outcome of a "
+                         "referral sent to another key")
     if row.status not in DELIVERED:
         raise Conflict(f"the referral is {row.status}, not sent: it has no outcome yet")
     if row.superseded:

@@ -213,7 +213,7 @@ async def test_cases_show_prints_outcomes_and_milestones(
         waiting, _ = refer(conn, at=at)
         record_outcome_in(conn, referral_id, "removed", reason=None,
                           occurred_at=at + timedelta(hours=5), note=None, now=at + 6 * (
-                              timedelta(hours=1)), who=Recorder.reply("hotline:NL", "C" * 40))
+                              timedelta(hours=1)), who=Recorder.reply("hotline:NL", "A" * 40))
         return case_id, waiting
 
     try:
@@ -228,7 +228,7 @@ async def test_cases_show_prints_outcomes_and_milestones(
     assert shown["status"] == "removed"
     (outcome,) = shown["referrals"][0]["outcomes"]
     assert (outcome["source"], outcome["destination"], outcome["signer_fingerprint"]) == (
-        "reply", "hotline:NL", "C" * 40)
+        "reply", "hotline:NL", "A" * 40)
     assert shown["milestones"]["removed"] == outcome["occurred_at"]
     assert await asyncio.to_thread(main, ["--config", str(path), "cases", "show",
                                           str(case_id)]) == 0

@@ -198,12 +198,17 @@ async def test_a_verified_reply_records_its_destination_and_signer(
     engine: AsyncEngine, backend: WriteBackend
 ) -> None:
     """A reader of destinations' replies records with source "reply", the destination and the
-    key that signed; a reply from another destination is not allowed to."""
+    key that signed; a reply from another destination, or signed by a key other than the one
+    the referral was sent to, is not allowed to."""
     case_id, (referral_id,) = await referred(backend)
-    signer = "B" * 40
+    signer = "A" * 40  # the key tests.referred pins the referral to
     with pytest.raises(NotAllowed):
         await record_outcome(backend, referral_id, "acknowledged", reason=None,
                              occurred_at=None, who=Recorder.reply("hotline:DE", signer),
+                             now=T0 + timedelta(hours=1))
+    with pytest.raises(NotAllowed, match="another key"):
+        await record_outcome(backend, referral_id, "acknowledged", reason=None,
+                             occurred_at=None, who=Recorder.reply("hotline:NL", "B" * 40),
                              now=T0 + timedelta(hours=1))
     await record_outcome(backend, referral_id, "acknowledged", reason=None, occurred_at=None,
                          who=Recorder.reply("hotline:NL", signer), now=T0 + timedelta(hours=1))
