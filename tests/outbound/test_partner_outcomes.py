@@ -1,0 +1,169 @@
+"""Outcomes told back to the partner hotline that referred a case to us: real gpg on both
+sides (we are ``keys.hotline``; the partner, NL, is ``keys.recipient``), real stores, the
+outbox's file transport. What the partner's gateway would read is checked with its reader."""
+
+from __future__ import annotations
+
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from pathlib import Path
+
+import pytest
+from sqlalchemy import insert, select, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.store.backend import WriteBackend
+from gateway.store.ids import uuid7
+from gateway.store.outcomes import Recorder, record_outcome
+from gateway.store.sealed import seal_values, sealer_of
+from gateway.store.tables import audit_log, outbox, partner_outcomes, submissions
+from intake.partners import Provenance, provenance_row
+from intake.partners import record as record_provenance
+from outbound.gpg import Gpg
+from outbound.outbox import OutboxStage
+from outbound.partner_outcomes import Partner, PartnerOutcomeSettings, PartnerOutcomeStage
+from outbound.replies import read_reply
+from outbound.transports import FileTransport
+from tests.outbound.conftest import Keys
+from tests.referred import refer
+
+T0 = datetime(2026, 12, 3, 9, 0, tzinfo=UTC)
+THEIRS = "NL-2026-000045"
+THREAD = "<referral-0001@hotline-nl.test>"
+REPLY_TO = "replies@hotline-nl.test"
+
+
+def settings(keys: Keys, **partners: Partner) -> PartnerOutcomeSettings:
+    return PartnerOutcomeSettings(
+        partners=partners or {"NL": Partner(keys.recipient, REPLY_TO)},
+        hotline_name="Hotline BE", signing_key=keys.hotline, archive_key=None,
+        from_address="referrals@hotline.test")
+
+
+def filed(conn: Connection, *, keys: Keys, at: datetime) -> tuple[uuid.UUID, uuid.UUID]:
+    """A case referred by NL (their referral filed as report CF-R-000001) that we assessed and
+    referred to our police: the case id and our referral's id."""
+    case_id, [referral_id] = refer(conn, at=at, destinations=("police",))
+    submission_id = uuid7()
+    conn.execute(insert(submissions).values(seal_values(sealer_of(conn), submissions,
+                                                        submission_id, {
+        "id": submission_id, "reference": "CF-R-000001", "channel": "smtp", "status": "filed",
+        "received_at": at, "rcpt_tos": ["report@hotline.test"], "body_sha256": "0" * 64,
+        "raw_size": 10})))
+    provenance = Provenance("NL", THEIRS, keys.recipient, {"reference": THEIRS}, THREAD)
+    row = provenance_row(sealer_of(conn), provenance, submission_id, at)
+    record_provenance(conn, [row], {submission_id: [case_id]}, now=at)
+    return case_id, referral_id
+
+
+@pytest.fixture
+def partner_gpg(keys: Keys, executor: ThreadPoolExecutor) -> Gpg:
+    """NL's gateway keyring: its secret key, our public key."""
+    return Gpg(keys.partner_home, executor=executor)
+
+
+def stage(keys: Keys, backend: WriteBackend, engine: AsyncEngine, gpg: Gpg,
+          **kwargs: object) -> PartnerOutcomeStage:
+    return PartnerOutcomeStage(settings(keys), backend, engine, gpg,
+                               clock=lambda: T0 + timedelta(hours=1), **kwargs)  # type: ignore[arg-type]
+
+
+async def items(engine: AsyncEngine) -> list[tuple[str, str, bytes, str]]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            select(partner_outcomes.c.outcome, outbox.c.rcpt_to, outbox.c.message,
+                   outbox.c.kind)
+            .join(outbox, outbox.c.id == partner_outcomes.c.outbox_id)
+            .order_by(partner_outcomes.c.queued_at, partner_outcomes.c.outcome))
+        return [tuple(r) for r in rows]  # type: ignore[misc]
+
+
+async def test_a_filed_partner_referral_is_acknowledged_once_in_its_thread(
+        backend: WriteBackend, engine: AsyncEngine, gpg: Gpg, partner_gpg: Gpg,
+        keys: Keys, executor: ThreadPoolExecutor) -> None:
+    """Filing is acknowledged: encrypted to NL's pinned key, signed by ours, to its reply
+    address, in its referral's thread, naming their reference; a second pass adds nothing."""
+    await backend.transaction(partial(filed, keys=keys, at=T0))
+    told = stage(keys, backend, engine, gpg)
+    assert await told.run_once() == 1
+    assert await told.run_once() == 0
+    [(outcome, rcpt_to, message, kind)] = await items(engine)
+    assert (outcome, rcpt_to, kind) == ("acknowledged", REPLY_TO, "partner_outcome")
+    assert b"PGP MESSAGE" in message and THEIRS.encode() in message
+    verdict = await read_reply(message, partner_gpg, [keys.hotline], executor=executor)
+    assert verdict.trusted, verdict
+    assert verdict.document is not None
+    assert verdict.document["reference"] == THEIRS
+    assert verdict.document["outcome"] == "acknowledged"
+    assert verdict.document["their_reference"] == "CF-R-000001"
+    assert verdict.document["occurred_at"] == "2026-12-03T09:00:00Z"
+    assert THREAD in verdict.names.signed_message_ids
+    async with engine.connect() as conn:
+        actions = (await conn.execute(select(audit_log.c.action))).scalars().all()
+    assert "case.partner_outcome_queued" in actions
+
+
+async def test_removal_recorded_on_our_referral_is_told_after_the_acknowledgement(
+        backend: WriteBackend, engine: AsyncEngine, gpg: Gpg, partner_gpg: Gpg,
+        keys: Keys, executor: ThreadPoolExecutor, tmp_path: Path) -> None:
+    """An outcome on our own referral of the case (the police's removal) follows once the
+    acknowledgement has left, with the time the content went down; never twice."""
+    _, referral_id = await backend.transaction(partial(filed, keys=keys, at=T0))
+    told = stage(keys, backend, engine, gpg)
+    assert await told.run_once() == 1
+    down = T0 + timedelta(minutes=30)
+    await record_outcome(backend, referral_id, "removed", reason=None, occurred_at=down,
+                         who=Recorder.reply("police", "A" * 40), now=T0 + timedelta(hours=1))
+    assert await told.run_once() == 0  # the acknowledgement has not left yet
+    sender = OutboxStage(backend, FileTransport(tmp_path / "out"), worker="w",
+                         max_attempt_age=timedelta(days=1), clock=lambda: T0 + timedelta(hours=1))
+    assert await sender.run_once() == 1
+    assert await told.run_once() == 1
+    assert await told.run_once() == 0
+    told_items = await items(engine)
+    assert [i[0] for i in told_items] == ["acknowledged", "removed"]
+    verdict = await read_reply(told_items[1][2], partner_gpg, [keys.hotline], executor=executor)
+    assert verdict.trusted and verdict.document is not None
+    assert (verdict.document["outcome"], verdict.document["occurred_at"]) == (
+        "removed", "2026-12-03T09:30:00Z")
+    assert await sender.run_once() == 1
+    async with engine.connect() as conn:
+        actions = (await conn.execute(select(audit_log.c.action))).scalars().all()
+        sent = (await conn.execute(select(outbox.c.status))).scalars().all()
+    assert actions.count("partner_outcome.sent") == 2
+    assert sent == ["sent", "sent"]
+    assert len(list((tmp_path / "out").iterdir())) == 2
+
+
+async def test_not_actionable_carries_its_reason(
+        backend: WriteBackend, engine: AsyncEngine, gpg: Gpg, partner_gpg: Gpg,
+        keys: Keys, executor: ThreadPoolExecutor) -> None:
+    """A referral the police would not act on is told with its reason code."""
+    _, referral_id = await backend.transaction(partial(filed, keys=keys, at=T0))
+    told = stage(keys, backend, engine, gpg)
+    assert await told.run_once() == 1
+    await backend.transaction(lambda conn: conn.execute(update(outbox).values(status="sent")))
+    await record_outcome(backend, referral_id, "not_actionable", reason="not_found",
+                         occurred_at=None, who=Recorder.reply("police", "A" * 40),
+                         now=T0 + timedelta(minutes=5))
+    assert await told.run_once() == 1
+    verdict = await read_reply((await items(engine))[1][2], partner_gpg, [keys.hotline],
+                               executor=executor)
+    assert verdict.document is not None
+    assert (verdict.document["outcome"], verdict.document["reason"]) == (
+        "not_actionable", "not_found")
+
+
+async def test_a_partner_no_longer_configured_is_put_off_not_sent(
+        backend: WriteBackend, engine: AsyncEngine, gpg: Gpg, keys: Keys) -> None:
+    """Without ``[routing.hotlines.NL]`` nothing is queued; a reload that adds it queues it."""
+    await backend.transaction(partial(filed, keys=keys, at=T0))
+    told = PartnerOutcomeStage(settings(keys, DE=Partner(keys.weak, "de@hotline-de.test")),
+                               backend, engine, gpg, clock=lambda: T0)
+    assert await told.run_once() == 0
+    assert await items(engine) == []
+    told.reconfigure(settings(keys))
+    assert await told.run_once() == 1
