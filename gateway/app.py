@@ -234,13 +234,18 @@ async def running(
         locator = await make_locator(config)
         parts.on_close(locator.resolver.close)
         locate = make_locate_stage(config, backend, locator)
-        normaliser.on_filed = locate.wake
         outbox = make_outbox(config, backend, gpg)
         refer = make_refer(config, backend, engine, locator, gpg, outbox)
         recheck = make_recheck(config, backend, locator)
         keywatch = make_keywatch(config, gpg)
         follow_up = await make_follow_up(config, backend, engine, gpg, outbox)
         partner_outcomes = make_partner_outcomes(config, backend, engine, gpg, outbox)
+
+        def filed() -> None:  # located next; a partner's referral is acknowledged at once
+            locate.wake()
+            partner_outcomes.wake()
+
+        normaliser.on_filed = filed
         metrics = Metrics()
         # Read while a reply address is set (unset, none arrive; any kept wait for it).
         replies = make_reply_stage(config, backend, gpg, gpg_executor, metrics)

@@ -161,7 +161,7 @@ class PartnerOutcomeStage(PollingStage):
         *,
         on_queued: Callable[[], None] = lambda: None,
         key_retry: timedelta = timedelta(minutes=10),
-        idle_poll: float = 30.0,
+        idle_poll: float = 5.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._settings = settings

@@ -41,6 +41,7 @@ class Relay:
 
     ports: dict[str, int] = field(default_factory=dict)
     kept: list[tuple[list[str], bytes]] = field(default_factory=list)
+    passed: list[tuple[list[str], bytes]] = field(default_factory=list)
     port: int = 0
     _server: asyncio.AbstractServer | None = None
 
@@ -59,6 +60,7 @@ class Relay:
             return f"{exc.code} {exc.message}"
         except (aiosmtplib.SMTPException, OSError):
             return "451 4.4.1 next hop down"
+        self.passed.append((list(envelope.rcpt_tos), data))
         return "250 2.0.0 passed on"
 
     async def start(self) -> None:
@@ -286,6 +288,13 @@ async def test_two_gateways_close_the_loop(
         assert removed["case"]["status"] == "removed"
         assert datetime.fromisoformat(removed["occurred_at"].replace("Z", "+00:00")) == down
         assert datetime.fromisoformat(acknowledged["occurred_at"].replace("Z", "+00:00")) <= down
+        # BE's referral named where to answer; NL's replies went there, in its thread.
+        [(_, referral)] = [m for m in relay.passed if m[0] == [NL_INTAKE]]
+        assert f"Reply-To: {BE_REPLIES}".encode() in referral
+        answers = [data for rcpts, data in relay.passed if rcpts == [BE_REPLIES]]
+        assert len(answers) == 2
+        thread = re.search(rb"Message-ID: (<[^>]+>)", referral)
+        assert thread and all(b"In-Reply-To: " + thread[1] in a for a in answers)
         logs = be.daemon.log() + nl.daemon.log()
         assert "nl.test/loop-1" not in logs
         assert not re.search(r'"level": "(error|critical)"', logs), logs
