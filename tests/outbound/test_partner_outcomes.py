@@ -65,10 +65,10 @@ def partner_gpg(keys: Keys, executor: ThreadPoolExecutor) -> Gpg:
     return Gpg(keys.partner_home, executor=executor)
 
 
-def stage(keys: Keys, backend: WriteBackend, engine: AsyncEngine, gpg: Gpg,
-          **kwargs: object) -> PartnerOutcomeStage:
+def stage(keys: Keys, backend: WriteBackend, engine: AsyncEngine, gpg: Gpg
+          ) -> PartnerOutcomeStage:
     return PartnerOutcomeStage(settings(keys), backend, engine, gpg,
-                               clock=lambda: T0 + timedelta(hours=1), **kwargs)  # type: ignore[arg-type]
+                               clock=lambda: T0 + timedelta(hours=1))
 
 
 async def items(engine: AsyncEngine) -> list[tuple[str, str, bytes, str]]:
@@ -78,7 +78,7 @@ async def items(engine: AsyncEngine) -> list[tuple[str, str, bytes, str]]:
                    outbox.c.kind)
             .join(outbox, outbox.c.id == partner_outcomes.c.outbox_id)
             .order_by(partner_outcomes.c.queued_at, partner_outcomes.c.outcome))
-        return [tuple(r) for r in rows]  # type: ignore[misc]
+        return [(r.outcome, r.rcpt_to, r.message, r.kind) for r in rows]
 
 
 async def test_a_filed_partner_referral_is_acknowledged_once_in_its_thread(
