@@ -288,6 +288,15 @@ async def test_two_gateways_close_the_loop(
         assert removed["case"]["status"] == "removed"
         assert datetime.fromisoformat(removed["occurred_at"].replace("Z", "+00:00")) == down
         assert datetime.fromisoformat(acknowledged["occurred_at"].replace("Z", "+00:00")) <= down
+        # NL's case says what it told BE, and when.
+        async def nl_told_all() -> list[dict[str, Any]] | None:
+            case = await api(nl, "GET", f"/cases/{nl_case}")
+            told = case["partner_referrals"][0]["told"]
+            return told if [t["status"] for t in told] == ["sent", "sent"] else None
+
+        told = await until("NL to show what it told BE", nl_told_all)
+        assert [t["outcome"] for t in told] == ["acknowledged", "removed"]
+        assert told[1]["occurred_at"] == removed["occurred_at"]
         # BE's referral named where to answer; NL's replies went there, in its thread.
         [(_, referral)] = [m for m in relay.passed if m[0] == [NL_INTAKE]]
         assert f"Reply-To: {BE_REPLIES}".encode() in referral
