@@ -12,7 +12,10 @@ was not queued is found again on the next pass):
   police's signed reply): ``removed`` (with the time the content went down),
   ``content_unavailable``, ``not_actionable`` (with its reason code). These wait until the
   acknowledgement has left, so that the partner reads them in order. ``moved`` is ours alone
-  (the content is then followed up elsewhere): it is not an outcome/v1 value.
+  (the content is then followed up elsewhere): it is not an outcome/v1 value;
+- ``not_actionable`` when our analysts assessed the case not illegal (a final ``legal``
+  verdict, the case ``closed_legal``): reason ``not_illegal_in_country``, our assessment's
+  reason code said in the note. It too waits for the acknowledgement.
 
 Each reply is in the partner referral's thread (In-Reply-To/References its Message-ID), names
 *their* reference (our report's as ``their_reference``), is encrypted to the partner's key
@@ -35,7 +38,7 @@ from functools import partial
 from typing import Any
 
 import structlog
-from sqlalchemy import and_, exists, insert, select
+from sqlalchemy import and_, exists, func, insert, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -45,6 +48,8 @@ from gateway.store.backend import WriteBackend
 from gateway.store.ids import uuid7
 from gateway.store.polling import PollingStage
 from gateway.store.tables import (
+    assessments,
+    cases,
     outbox,
     partner_outcomes,
     partner_referrals,
@@ -59,6 +64,8 @@ from outbound.reply_compose import compose_reply
 
 log = structlog.get_logger("outbound.partner_outcomes")
 ACTOR = "system:partner_outcomes"
+#: The reason code (``gateway.store.outcome_codes``) of a case we assessed not illegal.
+NOT_ILLEGAL = "not_illegal_in_country"
 #: What we tell a partner after the acknowledgement: our referrals' closing outcomes.
 CLOSING: tuple[Outcome, ...] = ("removed", "content_unavailable", "not_actionable")
 
@@ -98,6 +105,7 @@ class Owed:
     outcome: Outcome
     occurred_at: datetime
     reason: str | None = None
+    note: str | None = None
 
 
 def read_owed(conn: Connection) -> list[Owed]:
@@ -133,6 +141,22 @@ def read_owed(conn: Connection) -> list[Owed]:
         latest[(r.id, r.outcome)] = Owed(
             r.id, r.case_id, r.partner, r.their_reference, r.our_reference, r.message_id,
             r.outcome, utc(r.occurred_at), r.reason_code)
+    verdict = (select(assessments.c.case_id, func.max(assessments.c.created_at).label("at"))
+               .where(assessments.c.status == "final", assessments.c.verdict == "legal")
+               .group_by(assessments.c.case_id).subquery())
+    for r in conn.execute(
+            base.add_columns(verdict.c.at, assessments.c.reason)
+            .join(cases, cases.c.id == partner_referrals.c.case_id)
+            .join(verdict, verdict.c.case_id == partner_referrals.c.case_id)
+            .join(assessments, and_(assessments.c.case_id == verdict.c.case_id,
+                                    assessments.c.created_at == verdict.c.at))
+            .where(cases.c.status == "closed_legal", acknowledged,
+                   not_told("not_actionable"))):
+        if (r.id, "not_actionable") not in latest:
+            latest[(r.id, "not_actionable")] = Owed(
+                r.id, r.case_id, r.partner, r.their_reference, r.our_reference, r.message_id,
+                "not_actionable", utc(r.at), NOT_ILLEGAL,
+                f"assessed not illegal here: {r.reason or 'no reason given'}")
     return owed + list(latest.values())
 
 
@@ -228,7 +252,7 @@ class PartnerOutcomeStage(PollingStage):
             document = await asyncio.to_thread(partial(
                 outcome_document, reference=owed.their_reference, outcome=owed.outcome,
                 occurred_at=owed.occurred_at, reason=owed.reason,
-                their_reference=owed.our_reference))
+                their_reference=owed.our_reference, note=owed.note))
             message = await compose_reply(
                 self._gpg, text=outcome_text(owed, settings.hotline_name),
                 reference=owed.their_reference,

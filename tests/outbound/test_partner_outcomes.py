@@ -17,9 +17,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.store.backend import WriteBackend
 from gateway.store.ids import uuid7
+from gateway.store.lifecycle import Actor, move
 from gateway.store.outcomes import Recorder, record_outcome
 from gateway.store.sealed import seal_values, sealer_of
-from gateway.store.tables import audit_log, outbox, partner_outcomes, submissions
+from gateway.store.tables import (
+    assessments,
+    audit_log,
+    cases,
+    outbox,
+    partner_outcomes,
+    submissions,
+    users,
+)
 from intake.partners import Provenance, provenance_row
 from intake.partners import record as record_provenance
 from outbound.gpg import Gpg
@@ -27,8 +36,10 @@ from outbound.outbox import OutboxStage
 from outbound.partner_outcomes import Partner, PartnerOutcomeSettings, PartnerOutcomeStage
 from outbound.replies import read_reply
 from outbound.transports import FileTransport
+from tests.console_client import ready_user
 from tests.outbound.conftest import Keys
 from tests.referred import refer
+from tests.sealed_cases import case_row
 
 T0 = datetime(2026, 12, 3, 9, 0, tzinfo=UTC)
 THEIRS = "NL-2026-000045"
@@ -43,10 +54,26 @@ def settings(keys: Keys, **partners: Partner) -> PartnerOutcomeSettings:
         from_address="referrals@hotline.test")
 
 
-def filed(conn: Connection, *, keys: Keys, at: datetime) -> tuple[uuid.UUID, uuid.UUID]:
+def filed(conn: Connection, *, keys: Keys, at: datetime, legal_by: uuid.UUID | None = None
+          ) -> tuple[uuid.UUID, uuid.UUID | None]:
     """A case referred by NL (their referral filed as report CF-R-000001) that we assessed and
-    referred to our police: the case id and our referral's id."""
-    case_id, [referral_id] = refer(conn, at=at, destinations=("police",))
+    referred to our police: the case id and our referral's id. ``legal_by``: a user who
+    assessed it not illegal instead (no referral)."""
+    referral_id: uuid.UUID | None = None
+    if legal_by is None:
+        case_id, [referral_id] = refer(conn, at=at, destinations=("police",))
+    else:
+        case_id = uuid7()
+        conn.execute(insert(cases).values(case_row(
+            sealer_of(conn), id=case_id, kind="url", status="awaiting_assessment",
+            url="http://nl.test/a", canonical_url="http://nl.test/a", report_count=1,
+            first_reported=at, last_reported=at, created_at=at, status_changed_at=at)))
+        conn.execute(insert(assessments).values(
+            id=uuid7(), case_id=case_id, user_id=legal_by, verdict="legal",
+            classification="not_illegal", created_at=at + timedelta(minutes=2), status="final",
+            reason="adult_pornography"))
+        move(conn, case_id, "assess_legal", actor=Actor("ana", "analyst"), at=at,
+             state="awaiting_assessment")
     submission_id = uuid7()
     conn.execute(insert(submissions).values(seal_values(sealer_of(conn), submissions,
                                                         submission_id, {
@@ -112,6 +139,7 @@ async def test_removal_recorded_on_our_referral_is_told_after_the_acknowledgemen
     """An outcome on our own referral of the case (the police's removal) follows once the
     acknowledgement has left, with the time the content went down; never twice."""
     _, referral_id = await backend.transaction(partial(filed, keys=keys, at=T0))
+    assert referral_id is not None
     told = stage(keys, backend, engine, gpg)
     assert await told.run_once() == 1
     down = T0 + timedelta(minutes=30)
@@ -143,6 +171,7 @@ async def test_not_actionable_carries_its_reason(
         keys: Keys, executor: ThreadPoolExecutor) -> None:
     """A referral the police would not act on is told with its reason code."""
     _, referral_id = await backend.transaction(partial(filed, keys=keys, at=T0))
+    assert referral_id is not None
     told = stage(keys, backend, engine, gpg)
     assert await told.run_once() == 1
     await backend.transaction(lambda conn: conn.execute(update(outbox).values(status="sent")))
@@ -167,3 +196,27 @@ async def test_a_partner_no_longer_configured_is_put_off_not_sent(
     assert await items(engine) == []
     told.reconfigure(settings(keys))
     assert await told.run_once() == 1
+
+
+async def test_a_case_we_assessed_not_illegal_is_told_not_actionable(
+        backend: WriteBackend, engine: AsyncEngine, gpg: Gpg, partner_gpg: Gpg,
+        keys: Keys, executor: ThreadPoolExecutor) -> None:
+    """Our legal verdict goes back as not_actionable (not_illegal_in_country), our reason in
+    the note, once the acknowledgement has left; once."""
+    await ready_user(backend, "ana")
+    async with engine.connect() as conn:
+        ana = (await conn.execute(select(users.c.id))).scalar_one()
+    await backend.transaction(partial(filed, keys=keys, at=T0, legal_by=ana))
+    told = stage(keys, backend, engine, gpg)
+    assert await told.run_once() == 1
+    assert await told.run_once() == 0  # not before the acknowledgement has left
+    await backend.transaction(lambda conn: conn.execute(update(outbox).values(status="sent")))
+    assert await told.run_once() == 1
+    assert await told.run_once() == 0
+    verdict = await read_reply((await items(engine))[1][2], partner_gpg, [keys.hotline],
+                               executor=executor)
+    assert verdict.document is not None
+    assert (verdict.document["outcome"], verdict.document["reason"],
+            verdict.document["occurred_at"]) == (
+        "not_actionable", "not_illegal_in_country", "2026-12-03T09:02:00Z")
+    assert "adult_pornography" in verdict.document["note"]
