@@ -35,11 +35,13 @@ from gateway.compose import (
     make_locator,
     make_normaliser,
     make_outbox,
+    make_partner_outcomes,
     make_recheck,
     make_refer,
     make_reply_stage,
     make_smtp,
     partner_keys,
+    partner_outcome_settings,
     pinned_keys,
     reply_keys,
     wkd_keys,
@@ -69,6 +71,7 @@ from outbound.follow_up import FollowUpSettings, FollowUpStage
 from outbound.gpg import Gpg
 from outbound.keywatch import KeyWatch
 from outbound.outbox import OutboxStage
+from outbound.partner_outcomes import PartnerOutcomeStage
 from outbound.partner_referrals import PartnerReferrals
 from outbound.refer import ReferStage
 from outbound.reply_stage import ReplyStage
@@ -106,6 +109,8 @@ class Gateway:
     replies: ReplyStage | None = None
     #: The hosting re-check of referred cases; None when ``[locate] recheck_every`` is "0s".
     recheck: RecheckStage | None = None
+    #: Outcome/v1 replies to partner hotlines about the cases they referred to us.
+    partner_outcomes: PartnerOutcomeStage | None = None
 
 
 def reload(gateway: Gateway, new: Config, *, follow_up: FollowUpSettings | None = None
@@ -126,6 +131,8 @@ def reload(gateway: Gateway, new: Config, *, follow_up: FollowUpSettings | None 
     if gateway.replies is not None:
         gateway.replies.reconfigure(reply_keys(new))
     gateway.follow_up.reconfigure(follow_up or follow_up_settings(new))
+    if gateway.partner_outcomes is not None:
+        gateway.partner_outcomes.reconfigure(partner_outcome_settings(new))
     if gateway.normaliser.read_referral is not None:  # partners' keys for their referrals
         gateway.normaliser.read_referral = PartnerReferrals(gateway.gpg, partner_keys(new))
     gateway.gpg.forget_checks()  # keys may have been imported or revoked
@@ -227,12 +234,18 @@ async def running(
         locator = await make_locator(config)
         parts.on_close(locator.resolver.close)
         locate = make_locate_stage(config, backend, locator)
-        normaliser.on_filed = locate.wake
         outbox = make_outbox(config, backend, gpg)
         refer = make_refer(config, backend, engine, locator, gpg, outbox)
         recheck = make_recheck(config, backend, locator)
         keywatch = make_keywatch(config, gpg)
         follow_up = await make_follow_up(config, backend, engine, gpg, outbox)
+        partner_outcomes = make_partner_outcomes(config, backend, engine, gpg, outbox)
+
+        def filed() -> None:  # located next; a partner's referral is acknowledged at once
+            locate.wake()
+            partner_outcomes.wake()
+
+        normaliser.on_filed = filed
         metrics = Metrics()
         # Read while a reply address is set (unset, none arrive; any kept wait for it).
         replies = make_reply_stage(config, backend, gpg, gpg_executor, metrics)
@@ -246,6 +259,7 @@ async def running(
         parts.run("keywatch", keywatch)
         parts.run("outbox", outbox)
         parts.run("follow-up", follow_up)
+        parts.run("partner-outcomes", partner_outcomes)
         if config.outbound.reply_address is not None:
             parts.run("replies", replies)
         parts.run("refer", refer)
@@ -276,7 +290,8 @@ async def running(
         await parts.listen("admin", admin)
         yield Gateway(config, engine, writer, smtp, normaliser, locator, locate, console,
                       public, admin, stats, refer, outbox, keywatch, gpg, follow_up,
-                      parts.failed, recheck=recheck, replies=replies)
+                      parts.failed, recheck=recheck, replies=replies,
+                      partner_outcomes=partner_outcomes)
 
 
 class GatewayFailed(Exception):

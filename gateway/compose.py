@@ -31,6 +31,7 @@ from outbound.follow_up import FollowUpSettings, FollowUpStage
 from outbound.gpg import Gpg, GpgError
 from outbound.keywatch import KeyWatch, Pinned
 from outbound.outbox import OutboxStage
+from outbound.partner_outcomes import Partner, PartnerOutcomeSettings, PartnerOutcomeStage
 from outbound.partner_referrals import PartnerReferrals
 from outbound.refer import ReferStage
 from outbound.reply_stage import ReplyStage
@@ -201,6 +202,21 @@ async def make_follow_up(config: Config, backend: WriteBackend, engine: AsyncEng
     settings = await asyncio.to_thread(follow_up_settings, config)
     return FollowUpStage(settings, backend, engine, gpg, worker=_worker_name(),
                          on_queued=outbox.wake)
+
+
+def partner_outcome_settings(config: Config) -> PartnerOutcomeSettings:
+    return PartnerOutcomeSettings(
+        partners={country: Partner(d.key, d.reply_address)
+                  for country, d in config.routing.hotlines.items()},
+        hotline_name=config.gateway.hotline_name, signing_key=config.gpg.signing_key,
+        archive_key=config.archive_key(), from_address=config.outbound.from_address)
+
+
+def make_partner_outcomes(config: Config, backend: WriteBackend, engine: AsyncEngine, gpg: Gpg,
+                          outbox: OutboxStage) -> PartnerOutcomeStage:
+    """Outcome/v1 replies to partner hotlines about the cases they referred to us."""
+    return PartnerOutcomeStage(partner_outcome_settings(config), backend, engine, gpg,
+                               on_queued=outbox.wake)
 
 
 def make_keywatch(config: Config, gpg: Gpg) -> KeyWatch:

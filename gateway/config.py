@@ -126,7 +126,8 @@ class Config(Section):
         return ReferSettings(
             home_country=self.gateway.home_country, hotline_name=self.gateway.hotline_name,
             destinations=self.routing.settings(), signing_key=self.gpg.signing_key,
-            archive_key=self.archive_key(), from_address=self.outbound.from_address)
+            archive_key=self.archive_key(), from_address=self.outbound.from_address,
+            reply_address=self.outbound.reply_address)
 
     @model_validator(mode="after")
     def _helo_name(self) -> Config:

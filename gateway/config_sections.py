@@ -353,13 +353,24 @@ class Destination(Section):
             calendar=calendar if self.business_hours else None)
 
 
+class HotlineDestination(Destination):
+    """A partner hotline: also where our replies about its referrals to us go (outcome/v1,
+    ``outbound.partner_outcomes``): ``reply_to``, else its ``email``."""
+
+    reply_to: OptionalEmail = None
+
+    @property
+    def reply_address(self) -> str:
+        return self.reply_to or self.email
+
+
 def _timedelta(seconds: float | None) -> timedelta | None:
     return None if seconds is None else timedelta(seconds=seconds)
 
 
 class RoutingConfig(Section):
     destinations: dict[Literal["police", "police_international"], Destination] = {}
-    hotlines: dict[Country, Destination] = {}
+    hotlines: dict[Country, HotlineDestination] = {}
     #: Corrections to the shipped INHOPE membership list: true adds a country, false removes.
     membership: dict[Country, bool] = {}
 

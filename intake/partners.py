@@ -59,6 +59,8 @@ class ReferralReading(Protocol):
     def document(self) -> Mapping[str, Any] | None: ...
     @property
     def problems(self) -> tuple[str, ...]: ...
+    @property
+    def message_id(self) -> str | None: ...
 
 
 #: raw message -> its reading, or None when it is not PGP/MIME the reader can open (blocking).
@@ -73,6 +75,8 @@ class Provenance:
     their_reference: str
     signer: str
     document: Mapping[str, Any]
+    #: Their referral's Message-ID: our replies (``outbound.partner_outcomes``) go in its thread.
+    message_id: str | None = None
 
 
 def document_urls(document: Mapping[str, Any] | None) -> list[ReportedUrl]:
@@ -110,7 +114,7 @@ def provenance_of(reading: ReferralReading) -> Provenance | None:
             or reading.document is None:
         return None
     return Provenance(reading.partner, str(reading.document["reference"]), reading.signer,
-                      reading.document)
+                      reading.document, reading.message_id)
 
 
 def provenance_row(sealer: Sealer, provenance: Provenance, submission_id: uuid.UUID,
@@ -121,6 +125,7 @@ def provenance_row(sealer: Sealer, provenance: Provenance, submission_id: uuid.U
         "id": row_id, "submission_id": submission_id, "partner": provenance.partner,
         "their_reference": provenance.their_reference, "signer": provenance.signer,
         "received_at": received_at, "document": dict(provenance.document),
+        "message_id": provenance.message_id,
     })
 
 

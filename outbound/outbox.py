@@ -1,7 +1,9 @@
 """The outbox stage: every queued referral is delivered, retried, or failed where people see it.
 
-An item carries a referral, or a reminder about one (``kind``: ``outbound.follow_up`` queues
-those): a reminder's delivery is audited as such and leaves its referral's state alone.
+An item carries a referral, a reminder about one (``kind``: ``outbound.follow_up`` queues
+those), or an outcome/v1 reply to a partner hotline about a referral it made to us
+(``partner_outcome``: ``outbound.partner_outcomes``; it names that partner referral instead of
+one of ours). A reminder's or a reply's delivery is audited as such and leaves referrals alone.
 
 Items are claimed with a lease (several workers or processes may run); each attempt is
 recorded. A deferred delivery waits ``retry_after``, doubling with jitter up to ``retry_max``;
@@ -26,7 +28,7 @@ from functools import partial
 from typing import Any
 
 import structlog
-from sqlalchemy import and_, insert, select, update
+from sqlalchemy import and_, func, insert, literal, select, update
 from sqlalchemy.engine import Connection
 
 from gateway.store import leases
@@ -37,7 +39,7 @@ from gateway.store.ids import uuid7
 from gateway.store.lifecycle import SUPERVISOR, Actor
 from gateway.store.polling import PollingStage, retry_delay
 from gateway.store.sealed import seal_value, sealer_of
-from gateway.store.tables import outbox, outbox_attempts, referrals
+from gateway.store.tables import outbox, outbox_attempts, partner_referrals, referrals
 from gateway.store.times import aware
 from outbound.transports import Deferred, Rejected, Transport
 
@@ -46,10 +48,12 @@ log = structlog.get_logger("outbound.outbox")
 
 @dataclass(frozen=True, slots=True)
 class OutboxItem:
-    """A message that must leave, with the referral it carries."""
+    """A message that must leave, with the referral it carries (or, for a reply to a
+    partner, the partner's referral it answers: ``partner_referral_id``; ``reference`` is then
+    theirs and ``destination`` ``hotline:XX``)."""
 
     id: uuid.UUID
-    referral_id: uuid.UUID
+    referral_id: uuid.UUID | None
     case_id: uuid.UUID
     reference: str
     destination: str
@@ -60,6 +64,7 @@ class OutboxItem:
     created_at: datetime
     key_fingerprint: str | None
     kind: str = "referral"
+    partner_referral_id: uuid.UUID | None = None
 
 
 class OutboxStage(PollingStage):
@@ -126,18 +131,26 @@ class OutboxStage(PollingStage):
             returning=[outbox.c.id])]
         if not claimed:
             return []
+        partner = partner_referrals.c
         rows = conn.execute(
-            select(outbox.c.id, outbox.c.referral_id, referrals.c.case_id,
-                   referrals.c.reference, referrals.c.destination, outbox.c.mail_from,
-                   outbox.c.rcpt_to, outbox.c.message, outbox.c.attempts, outbox.c.created_at,
-                   referrals.c.key_fingerprint, outbox.c.kind)
-            .join(referrals, referrals.c.id == outbox.c.referral_id)
+            select(outbox.c.id, outbox.c.referral_id, outbox.c.partner_referral_id,
+                   func.coalesce(referrals.c.case_id, partner.case_id).label("case_id"),
+                   func.coalesce(referrals.c.reference, partner.their_reference)
+                   .label("reference"),
+                   func.coalesce(referrals.c.destination, literal("hotline:") + partner.partner)
+                   .label("destination"),
+                   outbox.c.mail_from, outbox.c.rcpt_to, outbox.c.message, outbox.c.attempts,
+                   outbox.c.created_at,
+                   func.coalesce(referrals.c.key_fingerprint, partner.signer)
+                   .label("key_fingerprint"), outbox.c.kind)
+            .outerjoin(referrals, referrals.c.id == outbox.c.referral_id)
+            .outerjoin(partner_referrals, partner.id == outbox.c.partner_referral_id)
             .where(outbox.c.id.in_(claimed)))
         return [OutboxItem(id=r.id, referral_id=r.referral_id, case_id=r.case_id,
                       reference=r.reference, destination=r.destination, mail_from=r.mail_from,
                       rcpt_to=r.rcpt_to, message=r.message, attempts=r.attempts,
                       created_at=r.created_at, key_fingerprint=r.key_fingerprint,
-                      kind=r.kind)
+                      kind=r.kind, partner_referral_id=r.partner_referral_id)
                 for r in rows]
 
     async def _deliver(self, item: OutboxItem) -> None:
@@ -168,8 +181,7 @@ class OutboxStage(PollingStage):
             outcome, detail = "failed", f"not delivered within max_attempt_age: {detail}"
         await self._backend.transaction(partial(self._file, item=item, outcome=outcome,
                                                 detail=detail, now=now))
-        fields: dict[str, Any] = {"referral_id": str(item.referral_id),
-                                  "reference": item.reference,
+        fields: dict[str, Any] = {**_about(item), "reference": item.reference,
                                   "destination": item.destination,
                                   "attempt": item.attempts + 1}
         if item.kind != "referral":
@@ -214,7 +226,7 @@ class OutboxStage(PollingStage):
         if outcome != "deferred" and item.kind != "referral":
             # A reminder: its referral stays as it is; the trail says how the reminder went.
             record(conn, [AuditEntry("system:outbox", f"{item.kind}.{outcome}", item.case_id,
-                                     {"referral": str(item.referral_id), "item": str(item.id),
+                                     {**_about(item, audit=True), "item": str(item.id),
                                       "destination": item.destination, "detail": detail})],
                    at=now)
         elif outcome != "deferred":
@@ -249,6 +261,14 @@ class OutboxStage(PollingStage):
             leases.release, table=outbox, worker=self._worker,
             where=outbox.c.status == "pending"))
 
+
+
+def _about(item: OutboxItem, *, audit: bool = False) -> dict[str, str]:
+    """What an item is about, for the log (``referral_id``) or the audit trail (``referral``)."""
+    if item.referral_id is None:
+        return {"partner_referral" if audit else "partner_referral_id":
+                str(item.partner_referral_id)}
+    return {"referral" if audit else "referral_id": str(item.referral_id)}
 
 
 _EXPIRED = "not delivered within max_attempt_age: "

@@ -22,6 +22,7 @@ Hostile input never raises. Nothing here logs message content or addresses.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from email import errors
@@ -78,6 +79,9 @@ class ReferralReading:
     #: still reported, as anyone may report a URL), or None.
     document: dict[str, Any] | None = None
     problems: tuple[str, ...] = ()
+    #: The outer message's Message-ID (``<...>``), when it has a well-formed one: the thread
+    #: our replies to the partner go in (not covered by the signature; used only for that).
+    message_id: str | None = None
 
 
 def _documents(entity: Message, limits: ReferralLimits) -> list[dict[str, Any] | None]:
@@ -116,6 +120,15 @@ def _document_problems(document: dict[str, Any], partner: str) -> list[str]:
     return problems
 
 
+_MESSAGE_ID = re.compile(r"<[!-;=?-~]{1,250}>")
+
+
+def _message_id(message: Message) -> str | None:
+    """The message's Message-ID when it is one well-formed ``<id>`` (RFC 5322 3.6.4)."""
+    found = _MESSAGE_ID.fullmatch(str(message.get("Message-ID", "")).strip())
+    return found[0] if found else None
+
+
 def _read(raw: bytes, opener: Opener, partners: Mapping[str, str],
           limits: ReferralLimits) -> ReferralReading | None:
     if len(raw) > limits.max_message_bytes:
@@ -125,7 +138,7 @@ def _read(raw: bytes, opener: Opener, partners: Mapping[str, str],
         opened = decrypt(message, opener, max_plaintext=limits.max_plaintext_bytes)
     except Refused:
         return None  # not PGP/MIME, or not for us: read (and refused) as any report is
-    reading = ReferralReading(opened.plaintext)
+    reading = ReferralReading(opened.plaintext, message_id=_message_id(message))
     try:
         inner = parse(opened.plaintext, limits.max_entities, "decrypted message")
         found = _documents(inner, limits)

@@ -20,7 +20,7 @@ def message_id(referral_id: str, from_address: str) -> str:
 
 def encrypted_message(
     armored: bytes, *, from_address: str, to_address: str, reference: str, msg_id: str,
-    date: datetime, in_reply_to: str | None = None,
+    date: datetime, in_reply_to: str | None = None, reply_to: str | None = None,
 ) -> bytes:
     """``multipart/encrypted; protocol="application/pgp-encrypted"`` around ``armored``.
 
@@ -28,12 +28,15 @@ def encrypted_message(
     path): every header value comes from config or from us, and is checked to be one line.
     With ``in_reply_to`` (the referral's Message-ID), a message in the referral's thread:
     ``Re: Referral <reference>``, with In-Reply-To and References (RFC 5322 section 3.6.4).
+    ``reply_to``: where answers go (RFC 5322 section 3.6.2), when not ``from_address``.
     """
     if not armored.startswith(b"-----BEGIN PGP MESSAGE-----"):
         raise ValueError("not an OpenPGP message: refusing to send it")
     subject = f"Referral {reference}" if in_reply_to is None else f"Re: Referral {reference}"
     headers = {"From": from_address, "To": to_address, "Subject": subject,
                "Date": format_datetime(date), "Message-ID": msg_id}
+    if reply_to is not None and reply_to != from_address:
+        headers["Reply-To"] = reply_to
     if in_reply_to is not None:
         headers |= {"In-Reply-To": in_reply_to, "References": in_reply_to}
     for name, value in headers.items():

@@ -67,6 +67,9 @@ class ReferSettings:
     #: when wanted but none is configured (``Config.archive_key()``).
     archive_key: str | None
     from_address: str
+    #: ``[outbound] reply_address``: named in each referral's Reply-To, so that destinations
+    #: (a partner's gateway, ``outbound.partner_outcomes``) answer where replies are read.
+    reply_address: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +241,7 @@ class ReferStage(PollingStage):
         msg_id = message_id(str(referral_id), from_address)
         message = encrypted_message(armored, from_address=from_address,
                                     to_address=destination.email, reference=reference,
-                                    msg_id=msg_id, date=now)
+                                    msg_id=msg_id, date=now, reply_to=config.reply_address)
         referral = {"id": referral_id, "reference": reference,
                     "destination": decision.destination, "email": destination.email,
                     "key_fingerprint": destination.key, "message_id": msg_id,

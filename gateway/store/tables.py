@@ -175,7 +175,25 @@ partner_referrals = Table(
     Column("signer", String(40), nullable=False),  # the pinned key's fingerprint
     Column("received_at", DateTime(timezone=True), nullable=False),
     Column("document", JSON, nullable=False, info=SEALED_JSON),
+    Column("message_id", Text, nullable=True),  # their referral's, for our replies' thread
     Index(None, "case_id"),
+)
+
+# Outcomes told to a partner hotline of a case it referred to us (``outbound.partner_outcomes``):
+# each an outcome/v1 reply queued in the outbox; one per partner referral and outcome.
+partner_outcomes = Table(
+    "partner_outcomes",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("partner_referral_id", Uuid, ForeignKey("partner_referrals.id"), nullable=False),
+    Column("case_id", Uuid, ForeignKey("cases.id"), nullable=False),
+    Column("outcome", String(24), nullable=False),
+    Column("reason_code", String(32), nullable=True),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("queued_at", DateTime(timezone=True), nullable=False),
+    Column("outbox_id", Uuid, ForeignKey("outbox.id"), nullable=False, unique=True),
+    Column("message_id", Text, nullable=False),
+    UniqueConstraint("partner_referral_id", "outcome"),
 )
 
 # Hi/lo reference allocation: each process reserves a block of sequence numbers per
@@ -468,8 +486,12 @@ outbox = Table(
     "outbox",
     metadata,
     Column("id", Uuid, primary_key=True),
-    Column("referral_id", Uuid, ForeignKey("referrals.id"), nullable=False, index=True),
-    Column("kind", String(16), nullable=False, server_default="referral"),  # referral|reminder
+    # None for a reply to a partner (``partner_referral_id``: the referral it answers).
+    Column("referral_id", Uuid, ForeignKey("referrals.id"), nullable=True, index=True),
+    Column("partner_referral_id", Uuid, ForeignKey("partner_referrals.id"), nullable=True,
+           index=True),
+    # referral | reminder | partner_outcome
+    Column("kind", String(16), nullable=False, server_default="referral"),
     Column("mail_from", Text, nullable=False),
     Column("rcpt_to", Text, nullable=False),
     Column("message", LargeBinary, nullable=False),  # encrypted PGP/MIME, ready to send

@@ -141,6 +141,21 @@ def test_the_envelope_follows_rfc_3156_and_tells_nothing() -> None:
                           reference="CF-2026-000123", msg_id="<x@y>", date=datetime.now(UTC))
 
 
+def test_the_envelope_names_where_replies_are_read() -> None:
+    """A reply address other than the sender is the Reply-To (RFC 5322 3.6.2); none, none."""
+    armored = b"-----BEGIN PGP MESSAGE-----\n\nhQEMA\n-----END PGP MESSAGE-----\n"
+    made: dict[str, Any] = dict(
+        from_address="referrals@hotline.test", to_address="cp@police.test",
+        reference="CF-2026-000123", msg_id="<x@y>", date=datetime(2026, 12, 3, tzinfo=UTC))
+    outer = message_from_bytes(encrypted_message(armored, reply_to="replies@hotline.test",
+                                                 **made), policy=policy.default)
+    assert outer["Reply-To"] == "replies@hotline.test"
+    assert message_from_bytes(encrypted_message(armored, **made),
+                              policy=policy.default)["Reply-To"] is None
+    with pytest.raises(ValueError, match="Reply-To"):
+        encrypted_message(armored, reply_to="a@b.test\r\nBcc: x@y.test", **made)
+
+
 async def test_the_file_transport_writes_whole_files(tmp_path: Path) -> None:
     """Each message lands whole under its name; no temporary file is left behind."""
     transport = FileTransport(tmp_path / "outbox")

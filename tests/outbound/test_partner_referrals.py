@@ -68,6 +68,18 @@ def test_a_referral_signed_and_encrypted_in_one_is_trusted(
     assert reading.document == document()
 
 
+def test_the_referrals_message_id_is_kept_for_the_replies_thread(
+        gpg: Gpg, keys: Keys, tmp_path: Path) -> None:
+    """The outer Message-ID is what our replies answer; a malformed one is not kept."""
+    raw = envelope(seal(keys.partner_home, inner_message(document()), tmp_path,
+                        to=keys.hotline, by=keys.recipient))
+    reading = read(raw, gpg, keys)
+    assert reading is not None and reading.message_id == "<reply-1@police.test>"
+    broken = raw.replace(b"Message-ID: <reply-1@police.test>", b"Message-ID: <a b>")
+    reading = read(broken, gpg, keys)
+    assert reading is not None and reading.trusted and reading.message_id is None
+
+
 def test_a_signed_referral_inside_the_encryption_is_trusted(
         gpg: Gpg, keys: Keys, tmp_path: Path) -> None:
     """RFC 3156 6.1: the detached signature over the signed part; the document inside it."""
