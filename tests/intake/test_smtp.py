@@ -105,8 +105,11 @@ async def test_storage_failure_is_451_and_the_next_message_gets_through(
     internal detail); once it is released the next message is accepted."""
     config = make_config(database={"busy_timeout": "200ms"})
     async with serving(config) as gw:
-        locker = sqlite3.connect(tmp_path / "var" / "gateway.db", isolation_level=None)
-        locker.execute("BEGIN EXCLUSIVE")
+        # Taken off the event loop: a write the gateway has under way (a stage's poll, a
+        # heartbeat) needs the loop to finish before the lock can be had.
+        locker = sqlite3.connect(tmp_path / "var" / "gateway.db", isolation_level=None,
+                                 check_same_thread=False, timeout=30)
+        await asyncio.to_thread(locker.execute, "BEGIN EXCLUSIVE")
         try:
             code, text = await deliver(port_of(gw), report(1))
         finally:
