@@ -326,8 +326,10 @@ async def test_stop_lets_a_committing_message_finish_and_closes_idle_sessions(
         await busy.command(line)
     # Hold the commit back with a lock from another connection, so that the message is
     # certainly between end of DATA and its reply when the stop begins.
-    locker = sqlite3.connect(tmp_path / "var" / "gateway.db", isolation_level=None)
-    locker.execute("BEGIN EXCLUSIVE")
+    # Taken off the event loop: a write the gateway has under way needs the loop to finish.
+    locker = sqlite3.connect(tmp_path / "var" / "gateway.db", isolation_level=None,
+                             check_same_thread=False, timeout=30)
+    await asyncio.to_thread(locker.execute, "BEGIN EXCLUSIVE")
     busy.writer.write(report(1) + b".\r\n")
     reply = asyncio.create_task(busy.reply())
     await eventually(lambda: gw.smtp.handler.in_flight == 1)
