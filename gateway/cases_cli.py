@@ -1,5 +1,5 @@
-"""The ``cases`` commands (``list``, ``show``, ``relocate``), and how every command prints
-stored text: escaped, so that nothing a reporter wrote can steer the terminal.
+"""The ``cases`` commands (``list``, ``show``, ``relocate``, ``reopen``), and how every command
+prints stored text: escaped, so that nothing a reporter wrote can steer the terminal.
 """
 
 from __future__ import annotations
@@ -11,17 +11,20 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import logs
 from gateway.compose import make_locator
 from gateway.config import Config
+from gateway.console.accounts import utcnow
 from gateway.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from gateway.store.audit import CLI_ACTOR
 from gateway.store.backend import WriteBackend
 from gateway.store.case_view import get_case, hosting_json, list_cases
 from gateway.store.classification import labels
-from gateway.store.text import defang, visible
+from gateway.store.lifecycle import Actor, move
+from gateway.store.text import defang, plain_text, visible
 from routing.locate import HostingEvidence
 from routing.stage import relocate
 
@@ -68,6 +71,16 @@ def cmd_cases(args: argparse.Namespace, config: Config, connect: Connect[Any],
         return EXIT_USAGE
     if args.cases_command == "relocate":
         return _relocate(config, run, case_id, as_json=args.json)
+    if args.cases_command == "reopen":
+        reason = args.reason.strip()
+        if not reason or len(reason) > MAX_REASON or not plain_text(reason):
+            print(f"cases reopen: --reason must be text of 1 to {MAX_REASON} characters",
+                  file=sys.stderr)
+            return EXIT_USAGE
+        status = run(lambda backend: reopen(backend, case_id, reason=reason))
+        if not args.json:
+            say(f"case {case_id} reopened: {status}")
+            return EXIT_OK
     case: dict[str, Any] | None = connect(lambda conn: get_case(conn, case_id))
     if case is None:
         print(f"cases show: no case {case_id}", file=sys.stderr)
@@ -77,6 +90,23 @@ def cmd_cases(args: argparse.Namespace, config: Config, connect: Connect[Any],
     else:
         _print_case(case)
     return EXIT_OK
+
+
+#: The longest reason a reopening takes (as the console's).
+MAX_REASON = 500
+
+
+async def reopen(backend: WriteBackend, case_id: uuid.UUID, *, reason: str) -> str:
+    """The operator sends a case back to the queue as a supervisor would (the lifecycle's
+    ``reopen``: verdicts, routing decisions and referrals superseded, kept), audited as
+    ``system:cli`` with the reason; the case's state after it. Refused (Conflict) in a state
+    it cannot be reopened from; NotFound for no such case."""
+
+    def work(conn: Connection) -> str:
+        return move(conn, case_id, "reopen", actor=Actor(CLI_ACTOR, "system"), at=utcnow(),
+                    details={"reason": reason}).next
+
+    return await backend.transaction(work)
 
 
 def _print_case(case: dict[str, Any]) -> None:

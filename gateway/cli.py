@@ -89,6 +89,12 @@ def _parser() -> argparse.ArgumentParser:
         "relocate", help="look the case's host up again now and add the evidence")
     cases_relocate.add_argument("id", help="the case id")
     cases_relocate.add_argument("--json", action="store_true", help="print JSON")
+    cases_reopen = cases_commands.add_parser(
+        "reopen", help="send a case back to the analysts' queue (a closed, held or moved "
+                       "case), audited with the reason")
+    cases_reopen.add_argument("id", help="the case id")
+    cases_reopen.add_argument("--reason", required=True, help="why, for the audit trail")
+    cases_reopen.add_argument("--json", action="store_true", help="print the case as JSON")
     staff_cli.add_parsers(commands)
     data_keys_cli.add_parsers(commands)
     keys_cmd = commands.add_parser("keys", help="OpenPGP keys: ours and our destinations'")

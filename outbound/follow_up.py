@@ -13,7 +13,13 @@ destination has deadlines (``[routing.*] acknowledge_within``, ``remove_within``
   for a supervisor (``supervisor_flagged_at``), audited, with an alert in the log.
 
 A referral acted on is leased (``gateway.store.leases``) so that several processes never act
-on it twice; a reminder's number is unique within its chase besides. A referral made through
+on it twice; a reminder's number is unique within its chase besides. The plan is made on a
+snapshot, so the transaction that queues a reminder or sets the flag checks again, in the
+statement that gives the lease back (which locks the referral's row), that the referral still
+awaits the chase: an outcome recorded meanwhile (whose transaction cancels the reminders still
+waiting in the outbox: ``gateway.store.pending_reminders``) or a reopening means nothing is
+done. A reminder another process queued after our snapshot meets the unique constraint: that
+is "done elsewhere", logged as information, not an error. A referral made through
 ICCAM by hand has no address to remind: its supervisor is told at the deadline. A key that
 cannot be used puts the referral off for ``key_retry`` with an alert; nothing leaves in clear.
 """
@@ -30,8 +36,9 @@ from functools import partial
 from typing import Any
 
 import structlog
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.store import leases
@@ -39,6 +46,7 @@ from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
 from gateway.store.follow_ups import open_clause
 from gateway.store.ids import uuid7
+from gateway.store.outcomes import DELIVERED
 from gateway.store.polling import PollingStage
 from gateway.store.tables import (
     outbox,
@@ -125,6 +133,55 @@ def read_open(conn: Connection, destinations: list[str]) -> list[OpenReferral]:
         acknowledge_by=moment(r.acknowledge_by), remove_by=moment(r.remove_by),
         supervisor_flagged_at=moment(r.supervisor_flagged_at),
         supervisor_flag=r.supervisor_flag, reminders=tuple(sent[r.id])) for r in rows]
+
+
+#: What acting on a planned referral came to: done, or why not (``_skipped`` logs it).
+QUEUED, LEASE_LOST, CLOSED, DONE_ELSEWHERE = "queued", "lease_lost", "closed", "done_elsewhere"
+
+
+def still_chased(chase: Chase) -> ColumnElement[bool]:
+    """The referral still awaits what ``chase`` asks for, as the database has it now: it is
+    live (its decision not superseded by a re-route or a reopening), delivered, and has no
+    outcome that answers the chase (any closes a removal's chase; an acknowledgement, or
+    one that closes it, an acknowledgement's)."""
+    answered = referrals.c.outcome.is_(None) if chase is Chase.ACKNOWLEDGE else or_(
+        referrals.c.outcome.is_(None), referrals.c.outcome == "acknowledged")
+    live = referrals.c.decision_id.in_(select(routing_decisions.c.id).where(
+        routing_decisions.c.superseded.is_(False)))
+    return and_(referrals.c.status.in_(DELIVERED), answered, live)
+
+
+def _why_not(conn: Connection, referral_id: uuid.UUID, chase: Chase | None, *,
+             worker: str) -> str:
+    """Why a guarded update of a leased referral changed nothing: the lease is another
+    process's (``LEASE_LOST``), or the referral no longer awaits the chase, or another
+    process did it (``CLOSED``, ``DONE_ELSEWHERE``: the lease is given back)."""
+    if conn.execute(update(referrals).where(
+            referrals.c.id == referral_id, referrals.c.claimed_by == worker,
+    ).values(claimed_by=None, claimed_until=None)).rowcount != 1:
+        return LEASE_LOST
+    if chase is None or conn.execute(select(referrals.c.id).where(
+            referrals.c.id == referral_id, still_chased(chase))).first() is None:
+        return CLOSED
+    return DONE_ELSEWHERE  # a supervisor flag for this chase set by another process
+
+
+def _queued_already(conn: Connection, *, referral_id: uuid.UUID, chase: str,
+                    number: int) -> bool:
+    """This reminder is in the database (queued by another process)."""
+    return conn.execute(select(referral_reminders.c.id).where(
+        referral_reminders.c.referral_id == referral_id, referral_reminders.c.chase == chase,
+        referral_reminders.c.number == number)).first() is not None
+
+
+def _skipped(why: str, fields: Mapping[str, Any]) -> None:
+    """A planned reminder or flag not acted on: nothing went wrong, so nothing is an error."""
+    if why == LEASE_LOST:
+        log.warning("follow_up.lease_lost", **fields)
+    elif why == CLOSED:
+        log.info("follow_up.no_longer_due", **fields)
+    else:
+        log.info("follow_up.done_elsewhere", **fields)
 
 
 def _store_deadlines(conn: Connection, *, deadlines: dict[uuid.UUID, tuple[Any, Any]]) -> None:
@@ -268,20 +325,31 @@ class FollowUpStage(PollingStage):
                "chase": str(chase), "number": number, "queued_at": now, "outbox_id": item_id,
                "message_id": msg_id}
 
-        def work(conn: Connection) -> bool:
-            if not self._release(conn, referral.id):
-                return False  # the lease ran out and another process took it
+        def work(conn: Connection) -> str:
+            # The plan was made on a snapshot: act only if the referral still awaits what
+            # this chase asks for (an outcome recorded since cancels it).
+            if (missed := self._release(conn, referral.id, chase)) != QUEUED:
+                return missed
             conn.execute(insert(outbox).values(**item))
             conn.execute(insert(referral_reminders).values(**row))
             record(conn, [AuditEntry(ACTOR, "referral.reminder_queued", referral.case_id, {
                 "referral": str(referral.id), "destination": referral.destination,
                 "chase": str(chase), "number": number, "due": iso(due_at),
                 "reminder": str(reminder)})], at=now)
-            return True
+            return QUEUED
 
-        if not await self._backend.transaction(work):
-            log.warning("follow_up.lease_lost", **fields)
-            return True  # not put off: the other process holds it
+        try:
+            done = await self._backend.transaction(work)
+        except IntegrityError:
+            if not await self._backend.transaction(partial(
+                    _queued_already, referral_id=referral.id, chase=str(chase), number=number)):
+                raise
+            # Another worker queued this very reminder after our snapshot: theirs stands.
+            await self._backend.transaction(partial(self._release, referral_id=referral.id))
+            done = DONE_ELSEWHERE
+        if done != QUEUED:
+            _skipped(done, fields)
+            return True  # not put off: there is nothing left to do, or another process has it
         self.reminders_queued += 1
         if number == 1:  # the deadline just passed: the alert that the referral is overdue
             log.warning("follow_up.overdue", **fields, due=iso(due_at))
@@ -295,19 +363,28 @@ class FollowUpStage(PollingStage):
         due_at = state.acknowledge_by if chase is Chase.ACKNOWLEDGE else state.remove_by
         reminded = sum(1 for r in referral.reminders if r.chase is chase)
 
-        def work(conn: Connection) -> bool:
+        def work(conn: Connection) -> str:
+            # Re-checked in the statement that sets the flag (the snapshot may be stale): the
+            # referral still awaits this chase, and nobody flagged it for it meanwhile.
+            not_yet = or_(referrals.c.supervisor_flagged_at.is_(None),
+                          referrals.c.supervisor_flag.is_(None),
+                          referrals.c.supervisor_flag != str(chase))
             done = conn.execute(update(referrals).where(
                 referrals.c.id == referral.id, referrals.c.claimed_by == self._worker,
+                still_chased(chase), not_yet,
             ).values(supervisor_flagged_at=now, supervisor_flag=str(chase), claimed_by=None,
                      claimed_until=None)).rowcount == 1
-            if done:
-                record(conn, [AuditEntry(ACTOR, "referral.supervisor_flagged",
-                                         referral.case_id, {
-                    "referral": str(referral.id), "destination": referral.destination,
-                    "chase": str(chase), "due": iso(due_at), "reminders": reminded})], at=now)
-            return done
+            if not done:
+                return _why_not(conn, referral.id, chase, worker=self._worker)
+            record(conn, [AuditEntry(ACTOR, "referral.supervisor_flagged",
+                                     referral.case_id, {
+                "referral": str(referral.id), "destination": referral.destination,
+                "chase": str(chase), "due": iso(due_at), "reminders": reminded})], at=now)
+            return QUEUED
 
-        if not await self._backend.transaction(work):
+        if (done := await self._backend.transaction(work)) != QUEUED:
+            _skipped(done, {"referral_id": str(referral.id), "case_id": str(referral.case_id),
+                            "chase": str(chase)})
             return True
         self.supervisor_flags += 1
         fields = {"referral_id": str(referral.id), "case_id": str(referral.case_id),
@@ -319,10 +396,19 @@ class FollowUpStage(PollingStage):
         log.error("follow_up.supervisor_flagged", **fields)
         return True
 
-    def _release(self, conn: Connection, referral_id: uuid.UUID) -> bool:
-        return conn.execute(update(referrals).where(
-            referrals.c.id == referral_id, referrals.c.claimed_by == self._worker,
-        ).values(claimed_by=None, claimed_until=None)).rowcount == 1
+    def _release(self, conn: Connection, referral_id: uuid.UUID,
+                 chase: Chase | None = None) -> str:
+        """Give the lease back; with ``chase``, only if the referral still awaits it (the
+        statement locks the referral's row, so an outcome recorded at the same moment comes
+        before or after this transaction, never in between): ``QUEUED`` to go on, else why
+        not (``_why_not``)."""
+        mine = [referrals.c.id == referral_id, referrals.c.claimed_by == self._worker]
+        if chase is not None:
+            mine.append(still_chased(chase))
+        if conn.execute(update(referrals).where(*mine).values(
+                claimed_by=None, claimed_until=None)).rowcount == 1:
+            return QUEUED
+        return _why_not(conn, referral_id, chase, worker=self._worker) if chase else LEASE_LOST
 
     async def release(self) -> None:
         await self._backend.transaction(partial(

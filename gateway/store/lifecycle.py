@@ -13,7 +13,10 @@ audited as ``case.located``), so no case could ever be seen waiting in it. ``pen
 
 After the referral, a case follows the outcomes of its live referrals (``gateway.store.outcomes``
 records them and says how): ``acknowledged``, then ``removed``, ``content_unavailable``,
-``not_actionable`` or ``moved``.
+``not_actionable`` or ``moved``. None of these is final: a supervisor (or the operator's
+``cases reopen``) may reopen the case, and a new report reopens it as :func:`file_reports`
+says. A reopening supersedes the case's referrals (their outcomes stay in the history) and
+cancels their reminders still waiting in the outbox.
 
 Milestones: the first time a case reaches each of :data:`MILESTONES` is kept in its
 ``<milestone>_at`` column, set by the transition that reaches it in the same statement (a row's
@@ -48,12 +51,20 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.dml import ReturningInsert
 
+from gateway.store import pending_reminders
 from gateway.store.audit import AuditEntry, record
 from gateway.store.case_urls import seal_case_urls
 from gateway.store.errors import Conflict, NotAllowed, NotFound
 from gateway.store.ids import uuid7
 from gateway.store.sealed import sealer_of
-from gateway.store.tables import assessments, cases, routing_changes, routing_decisions
+from gateway.store.tables import (
+    assessments,
+    cases,
+    outbox,
+    referrals,
+    routing_changes,
+    routing_decisions,
+)
 from gateway.store.times import utc
 
 #: Every state a case can be in.
@@ -98,14 +109,25 @@ _ROUTE = ("system:route",)
 #: partner hotline's gateway); a move, also the hosting re-check.
 _OUTCOME = (STAFF, "system:reply", "system:partner")
 _MOVED = (*_OUTCOME, "system:recheck")
+#: Who reopens a case: a supervisor, or the operator (``cases reopen``).
+_REOPEN = (SUPERVISOR, "system:cli")
+#: The states an outcome closes a case in, for good unless it is reopened.
+CLOSED_BY_OUTCOME = ("removed", "content_unavailable", "not_actionable")
 TABLE: tuple[Transition, ...] = (
     # Filing (intake.normalise): a report makes a case, or reopens one (file_reports).
     _T(None, "file", "new", ("system:normalise",), "case.created"),
     _T(None, "file_no_url", "awaiting_assessment", ("system:normalise",), "case.created"),
+    # A closed case reported again (file_reports' guards say when): a verdict (ours, or the
+    # destination's not_actionable) is looked at again once the legal window has passed;
+    # content that went down (removed) or could not be reached is back if reported since.
     _T("closed_legal", "report_again", "new", ("system:normalise",), "case.reopened",
        "afresh"),  # only once the legal window has passed
+    _T("not_actionable", "report_again", "new", ("system:normalise",), "case.reopened",
+       "afresh"),  # likewise
     _T("removed", "report_again", "new", ("system:normalise",), "case.reopened",
        "afresh"),  # only for a report received after the removal
+    _T("content_unavailable", "report_again", "new", ("system:normalise",), "case.reopened",
+       "afresh"),  # likewise
     # Locating (routing.stage): a verdict on the hosting moves it to the queue.
     _T("new", "locate", "awaiting_assessment", ("system:locate", "system:relocate",
                                                 "system:recheck"), "case.located",
@@ -123,10 +145,9 @@ TABLE: tuple[Transition, ...] = (
        milestone="assessed"),
     _T("locate_failed", "assess_legal", "closed_legal", (STAFF,), "case.assessed",
        milestone="assessed"),
-    _T("assessed", "reopen", "awaiting_assessment", (SUPERVISOR,), "case.reopened", "afresh"),
-    _T("closed_legal", "reopen", "awaiting_assessment", (SUPERVISOR,), "case.reopened",
-       "afresh"),
-    _T("held", "reopen", "awaiting_assessment", (SUPERVISOR,), "case.reopened", "afresh"),
+    _T("assessed", "reopen", "awaiting_assessment", _REOPEN, "case.reopened", "afresh"),
+    _T("closed_legal", "reopen", "awaiting_assessment", _REOPEN, "case.reopened", "afresh"),
+    _T("held", "reopen", "awaiting_assessment", _REOPEN, "case.reopened", "afresh"),
     # Routing (routing.decide): the protocol table's outcome.
     _T("assessed", "route_refer", "referred", _ROUTE, "case.routed", milestone="referred"),
     _T("assessed", "route_iccam", "awaiting_iccam", _ROUTE, "case.routed"),
@@ -167,11 +188,19 @@ TABLE: tuple[Transition, ...] = (
     # rejected); with four-eyes it waits as a routing change, approved as above.
     _T("moved", "set_country", "assessed", (SUPERVISOR,), "case.hosting_country_set",
        "reroute"),
-    _T("moved", "reopen", "awaiting_assessment", (SUPERVISOR,), "case.reopened", "afresh"),
+    _T("moved", "reopen", "awaiting_assessment", _REOPEN, "case.reopened", "afresh"),
+    # Closed by its referrals' outcomes: a supervisor may send it back to the queue (the
+    # content is back, the destination's answer is doubted); its referrals are superseded,
+    # their outcomes kept.
+    *(_T(state, "reopen", "awaiting_assessment", _REOPEN, "case.reopened", "afresh")
+      for state in CLOSED_BY_OUTCOME),
 )
 _BY_KEY = {(t.state, t.event): t for t in TABLE}
 assert len(_BY_KEY) == len(TABLE), "one transition per state and event"
 EVENTS = tuple(dict.fromkeys(t.event for t in TABLE))
+#: Reported again after these, the content is back: the reopened case is flagged
+#: ``reappeared``.
+CAME_BACK = ("removed", "content_unavailable")
 
 
 assert {t.milestone for t in TABLE} <= {"", *MILESTONES}
@@ -296,6 +325,9 @@ def supersede(conn: Connection, case_id: uuid.UUID, *, now: datetime, verdicts: 
     conn.execute(update(routing_decisions).where(routing_decisions.c.case_id == case_id,
                                                  routing_decisions.c.superseded.is_(False))
                  .values(superseded=True))
+    # Its referrals are no longer followed: their reminders waiting in the outbox stay there.
+    pending_reminders.cancel(conn, outbox.c.referral_id.in_(
+        select(referrals.c.id).where(referrals.c.case_id == case_id)), now=now)
 
 
 @contextmanager
@@ -342,9 +374,14 @@ def file_reports(
     """Create or attach to each key's case, in one statement for all (each key once, in the
     order given), reopening those the table's ``report_again`` allows, and record it.
 
-    Any report received after the removal, or after the legal window, reopens the case (once
-    is enough): judged by when it was received, not when it is filed, so a report from before
-    the removal that is filed late after a backlog does not reopen it.
+    Any report received after a case was closed as ``removed`` or ``content_unavailable``
+    (the content is back: flagged ``reappeared``), or after the legal window of one closed as
+    ``closed_legal`` or ``not_actionable`` (a verdict, ours or the destination's, is not
+    worked again for every report of a popular link), reopens the case (once is enough):
+    judged by when it was received, not when it is filed, so a report from before the
+    removal that is filed late after a backlog does not reopen it. ``first_reported`` stays
+    the earliest report; the reopening is the case's history (``case.reopened``, naming the
+    report).
     """
     if not groups:
         return Filed({}, [])
@@ -444,12 +481,14 @@ def _upsert_statement(dialect: str) -> ReturningInsert[Any]:
     )
     new = statement.excluded
     # Every right-hand side below sees the row as it was before this update.
+    since_closed = new.last_reported > cases.c.status_changed_at
+    window_passed = cases.c.status_changed_at < bindparam("legal_cutoff", type_=moment)
     guards = {
-        "removed": new.last_reported > cases.c.status_changed_at,
-        "closed_legal": cases.c.status_changed_at < bindparam("legal_cutoff", type_=moment),
+        "removed": since_closed, "content_unavailable": since_closed,
+        "closed_legal": window_passed, "not_actionable": window_passed,
     }
     assert set(guards) == set(sources("report_again")), "a guard for each reopening"
-    came_back = and_(cases.c.status == "removed", guards["removed"])
+    came_back = or_(*(and_(cases.c.status == state, guards[state]) for state in CAME_BACK))
     reopens = or_(*(and_(cases.c.status == state, guard) for state, guard in guards.items()))
     again = _BY_KEY[("removed", "report_again")].next
     return statement.on_conflict_do_update(

@@ -14,7 +14,10 @@ outcome yet, or acknowledged), the case is ``acknowledged`` if every open one is
 be routed again: that comes first), else ``removed`` if one was removed, else
 ``content_unavailable`` if one was, else ``not_actionable``. A case has one live referral
 today, so in practice it takes its referral's outcome. The case's move goes through the
-lifecycle table, with its audit entry, in the transaction that records the outcome.
+lifecycle table, with its audit entry, in the transaction that records the outcome; so is
+the cancelling of the referral's reminders still waiting in the outbox (all of them once it is
+closed; those chasing an acknowledgement once it is acknowledged), so that a follow-up stage
+that read the referral before cannot send one after it.
 
 :func:`record_outcome` is the one way in, for the console and API (``Recorder.analyst``) and
 for a reader of destinations' replies (``Recorder.reply``: the destination's name and the
@@ -32,7 +35,7 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection
 
-from gateway.store import lifecycle
+from gateway.store import lifecycle, pending_reminders
 from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
 from gateway.store.errors import Conflict, Invalid, NotAllowed, NotFound
@@ -262,8 +265,14 @@ def record_outcome_in(
               "note": note}
     conn.execute(insert(referral_outcomes).values(
         seal_values(sealer_of(conn), referral_outcomes, outcome_id, stored)))
-    said = {"referral": str(referral_id), "destination": row.destination, "outcome": outcome,
-            "reason": reason, "occurred_at": iso(when), "source": who.source}
+    said: dict[str, Any] = {"referral": str(referral_id), "destination": row.destination,
+                            "outcome": outcome, "reason": reason, "occurred_at": iso(when),
+                            "source": who.source}
+    # What the referral's waiting reminders chase has come: they are not to leave.
+    cancelled = pending_reminders.cancel(
+        conn, [referral_id], now=now, chase="acknowledge" if outcome == "acknowledged" else None)
+    if cancelled:
+        said["reminders_cancelled"] = cancelled
     if who.fingerprint is not None:
         said["signer"] = who.fingerprint
     record(conn, [AuditEntry(who.actor.name, "referral.outcome_recorded", row.case_id, said)],

@@ -238,3 +238,84 @@ async def test_cases_show_prints_outcomes_and_milestones(
     assert await asyncio.to_thread(main, ["--config", str(path), "cases", "list", "--status",
                                           "awaiting_outcome", "--json"]) == 0
     assert [c["id"] for c in json.loads(capsys.readouterr().out)] == [str(waiting)]
+
+
+async def test_a_supervisor_reopens_a_case_closed_by_an_outcome(
+    start: Start, client: Callable[[Gateway], StaffClient]
+) -> None:
+    """Not actionable, the case is reopened through the API by a supervisor (an analyst is
+    refused, 403), with the reason in its history and the referral's outcome kept; content
+    unavailable, the case page offers a supervisor the Reopen button, which works."""
+    gw = await start()
+    backend = gw.console.context.backend
+    await ready_user(backend, "ana")
+    sue_user = await ready_user(backend, "sue", "supervisor")
+    ana = await create_token(backend, "ana", now=utcnow())
+    sue = await create_token(backend, "sue", now=utcnow())
+    case_id, referral_id = await referred_case(gw, "reopen-api")
+    status, answer = await api(gw, "POST", f"/api/v1/referrals/{referral_id}/outcome", ana,
+                               {"outcome": "not_actionable", "reason": "not_found"})
+    assert status == 200 and answer["case_status"] == "not_actionable", answer
+    path = f"/api/v1/cases/{case_id}/reopening"
+    assert (await api(gw, "POST", path, ana, {"reason": "try again"}))[0] == 403
+    status, body = await api(gw, "POST", path, sue, {"reason": "they found the wrong page"})
+    assert status == 200 and body["status"] == "awaiting_assessment", body
+    case = body["case"]
+    assert case["referrals"][0]["outcome"] == "not_actionable"
+    assert not case["referrals"][0]["live"]
+    (reopened,) = [h for h in case["history"] if h["action"] == "case.reopened"]
+    assert (reopened["actor"], reopened["details"]["from"], reopened["details"]["reason"]) == (
+        "sue", "not_actionable", "they found the wrong page")
+    assert (await api(gw, "POST", path, sue, {}))[0] == 409  # in the queue already
+    other, other_referral = await referred_case(gw, "reopen-page")
+    status, _ = await api(gw, "POST", f"/api/v1/referrals/{other_referral}/outcome", ana,
+                          {"outcome": "content_unavailable"})
+    assert status == 200
+    browser = client(gw)
+    await browser.login(sue_user)
+    page_path = f"/cases/{other}"
+    _, page = await browser.get(page_path)
+    assert f'action="/cases/{other}/reopen"' in page
+    status, page = await browser.post_from(page_path, f"/cases/{other}/reopen",
+                                           {"reason": "reported again by the police"})
+    assert status == 200, page
+    status, shown = await api(gw, "GET", f"/api/v1/cases/{other}", sue)
+    assert shown["status"] == "awaiting_assessment"
+
+
+async def test_cases_reopen_from_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``cases reopen ID --reason`` sends a removed case back to the queue, audited as the
+    operator with the reason; a case that cannot be reopened is refused (exit 1), a reason
+    that is blank or too long is a usage error (exit 2)."""
+    path = write_config(tmp_path)
+    assert await asyncio.to_thread(main, ["--config", str(path), "db", "upgrade"]) == 0
+    engine = await open_database(config_module.load(path))
+    at = datetime.now(UTC) - timedelta(days=1)
+
+    def work(conn: Any) -> uuid.UUID:
+        case_id, (referral_id,) = refer(conn, at=at)
+        record_outcome_in(conn, referral_id, "removed", reason=None, occurred_at=None,
+                          now=at + timedelta(hours=1), who=Recorder.reply("hotline:NL", "A" * 40))
+        return case_id
+
+    try:
+        async with engine.begin() as conn:
+            case_id = await conn.run_sync(work)
+    finally:
+        await engine.dispose()
+    capsys.readouterr()
+    command = ["--config", str(path), "cases", "reopen", str(case_id)]
+    for bad in ("  ", "x" * 501):
+        assert await asyncio.to_thread(main, [*command, "--reason", bad]) == 2
+        assert "--reason" in capsys.readouterr().err
+    assert await asyncio.to_thread(main, [*command, "--reason", "the content is back",
+                                          "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["status"] == "awaiting_assessment"
+    (reopened,) = [h for h in shown["history"] if h["action"] == "case.reopened"]
+    assert (reopened["actor"], reopened["details"]["from"], reopened["details"]["reason"]) == (
+        "system:cli", "removed", "the content is back")
+    assert await asyncio.to_thread(main, [*command, "--reason", "again"]) == 1
+    assert "cannot reopen" in capsys.readouterr().err

@@ -422,3 +422,41 @@ async def test_a_removed_case_reported_again_is_referred_again(
     assert case["status"] == "removed"
     assert case["milestones"]["removed"] == "2026-12-01T10:00:00Z"
     assert case["milestones"]["referred"] == "2026-12-01T09:00:00Z"
+
+
+@pytest.mark.parametrize(("outcome", "reason"), [
+    ("removed", None), ("content_unavailable", None), ("not_actionable", "not_found")])
+async def test_a_supervisor_reopens_a_case_an_outcome_closed(
+    engine: AsyncEngine, backend: WriteBackend, ana: Recorder, outcome: str,
+    reason: str | None,
+) -> None:
+    """Closed by its referral's outcome, a case goes back to the analysts' queue when a
+    supervisor reopens it (not when an analyst tries): the referral is superseded with its
+    outcomes kept, the reopening is in the history with its reason, and the milestones keep
+    the first course's times."""
+    case_id, (referral_id,) = await referred(backend)
+    hour = timedelta(hours=1)
+    await record_outcome(backend, referral_id, outcome, reason=reason, occurred_at=T0 + hour,
+                         who=ana, now=T0 + hour)
+    with pytest.raises(NotAllowed):
+        await backend.transaction(partial(
+            move, case_id=case_id, event="reopen", actor=Actor("ana", "analyst"),
+            at=T0 + 2 * hour))
+    await backend.transaction(partial(
+        move, case_id=case_id, event="reopen", actor=Actor("sue", "supervisor"),
+        at=T0 + 2 * hour, details={"reason": "the content is back"}))
+    case = await state(engine, case_id)
+    assert case["status"] == "awaiting_assessment"
+    (shown,) = case["referrals"]
+    assert (shown["live"], shown["outcome"]) == (False, outcome)
+    assert [o["outcome"] for o in shown["outcomes"]] == [outcome]
+    (reopened,) = [h for h in case["history"] if h["action"] == "case.reopened"]
+    assert (reopened["actor"], reopened["details"]["from"], reopened["details"]["to"],
+            reopened["details"]["reason"]) == (
+        "sue", outcome, "awaiting_assessment", "the content is back")
+    assert case["milestones"]["referred"] == "2026-12-01T09:00:00Z"
+    assert case["milestones"]["removed"] == (
+        "2026-12-01T10:00:00Z" if outcome == "removed" else None)
+    with pytest.raises(Conflict):  # superseded: it takes no further outcome
+        await record_outcome(backend, referral_id, "acknowledged", reason=None,
+                             occurred_at=None, who=ana, now=T0 + 3 * hour)

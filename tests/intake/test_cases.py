@@ -17,9 +17,10 @@ from gateway.store.backend import WriteBackend, open_write_backend
 from gateway.store.case_urls import case_lookup_key
 from gateway.store.ids import uuid7
 from gateway.store.sealed import seal_value, sealer_of
-from gateway.store.tables import case_reports, cases, submissions
+from gateway.store.tables import audit_log, case_reports, cases, submissions
 from intake.cases import Filing, ReportedUrl
 from tests.sealed_cases import case_rows
+from tests.trail import opened
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 WINDOW = timedelta(days=180)
@@ -148,6 +149,52 @@ async def test_removed_content_reported_again_reopens_as_reappeared(
     [row] = await case_rows(engine)
     assert (row["status"], row["report_count"], row["reappeared"]) == ("new", 2, True)
     assert row["status_changed_at"].replace(tzinfo=UTC) == later
+
+
+async def reopened_by(engine: AsyncEngine, case_id: uuid.UUID) -> list[tuple[str, str, str]]:
+    """The case's reopenings in its history: (actor, from, to)."""
+    async with engine.connect() as conn:
+        trail = opened(conn, await conn.execute(select(audit_log).where(
+            audit_log.c.case_id == case_id, audit_log.c.action == "case.reopened")))
+    return [(e.actor, e.details["from"], e.details["to"]) for e in trail]
+
+
+async def test_unavailable_content_reported_again_reopens_as_reappeared(
+    backend: WriteBackend, engine: AsyncEngine,
+) -> None:
+    """A case closed because the destination could not reach the content is, like a removed
+    one, new work when the content is reported again: flagged reappeared, the reopening in its
+    history, and the first report's time kept."""
+    await backend.transaction(partial(report, n=1, urls=[URL]))
+    await set_status(engine, "content_unavailable", T0 + timedelta(days=1))
+    later = T0 + timedelta(days=3)
+    await backend.transaction(partial(report, n=2, urls=[URL], at=later, now=later))
+    [row] = await case_rows(engine)
+    assert (row["status"], row["report_count"], row["reappeared"]) == ("new", 2, True)
+    assert row["first_reported"].replace(tzinfo=UTC) == T0
+    assert row["status_changed_at"].replace(tzinfo=UTC) == later
+    assert await reopened_by(engine, row["id"]) == [
+        ("system:normalise", "content_unavailable", "new")]
+
+
+async def test_a_not_actionable_case_reopens_after_the_legal_window_like_a_legal_one(
+    backend: WriteBackend, engine: AsyncEngine,
+) -> None:
+    """The destination's "will not act" is a verdict, like ours of legal: a report inside the
+    legal window only counts; one after it puts the case before an analyst again."""
+    await backend.transaction(partial(report, n=1, urls=[URL]))
+    await set_status(engine, "not_actionable", T0)
+    soon = T0 + timedelta(days=10)
+    await backend.transaction(partial(report, n=2, urls=[URL], at=soon, now=soon))
+    [row] = await case_rows(engine)
+    assert (row["status"], row["report_count"]) == ("not_actionable", 2)
+    assert await reopened_by(engine, row["id"]) == []
+    later = T0 + WINDOW + timedelta(days=1)
+    await backend.transaction(partial(report, n=3, urls=[URL], at=later, now=later))
+    [row] = await case_rows(engine)
+    assert (row["status"], row["report_count"], row["reappeared"]) == ("new", 3, False)
+    assert row["first_reported"].replace(tzinfo=UTC) == T0
+    assert await reopened_by(engine, row["id"]) == [("system:normalise", "not_actionable", "new")]
 
 
 async def test_the_same_submission_cannot_count_twice(
