@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,14 +45,25 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
     with foreign keys on that drop fails (or would empty the rows that refer to it): they
     are off for the migration's connection, and the whole database is checked against them
     before the migration commits."""
+    await _migrate(engine, revision, command.upgrade)
+
+
+async def downgrade(engine: AsyncEngine, revision: str) -> None:
+    """Take the database back to ``revision`` (to run an older release), as :func:`upgrade`
+    does it: each downgrade maps what newer code wrote to what the older one knows, and drops
+    what it cannot hold (the migrations say what)."""
+    await _migrate(engine, revision, command.downgrade)
+
+
+async def _migrate(engine: AsyncEngine, revision: str,
+                   step: Callable[[AlembicConfig, str], None]) -> None:
     async with engine.connect() as conn:
         sqlite = conn.dialect.name == "sqlite"
         if sqlite:  # outside any transaction, where SQLite takes the pragma
             await _sqlite_pragma(conn, "foreign_keys=OFF")
         try:
             async with conn.begin():
-                await conn.run_sync(
-                    lambda sync: command.upgrade(_alembic_config(sync), revision))
+                await conn.run_sync(lambda sync: step(_alembic_config(sync), revision))
                 if sqlite:
                     broken: Any = (await conn.exec_driver_sql("PRAGMA foreign_key_check")
                                    ).first()

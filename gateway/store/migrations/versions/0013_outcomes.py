@@ -10,6 +10,10 @@ A referral is unique per routing decision and destination, no longer per case an
 a removed case that is reported again is reopened, and may be referred to the same destination
 again on a new decision.
 
+Downgrading takes what newer code wrote to what the older release knows: a case in a state
+after its referral (acknowledged, removed, content unavailable, not actionable, moved) is
+``referred`` again, and of several referrals of one case to one destination the newest stays.
+
 Revision ID: 0013
 Revises: 0012
 Create Date: 2026-12-03
@@ -98,10 +102,49 @@ def _milestones_of_earlier_cases() -> None:
     ))
 
 
+#: The states of a case after its referral that the older release does not know: each is
+#: ``referred`` there (the nearest it has: referred, nothing known since).
+AFTER_REFERRAL = ("acknowledged", "removed", "content_unavailable", "not_actionable", "moved")
+
+
+def _to_older_states() -> None:
+    cases = sa.table("cases", sa.column("status", sa.String()))
+    op.execute(sa.update(cases).where(cases.c.status.in_(AFTER_REFERRAL))
+               .values(status="referred"))
+
+
+def _one_referral_per_case_and_destination() -> None:
+    """The older release keeps one referral per case and destination: of a case referred to
+    one destination again (reopened after a removal), the newest stays (the live one); the
+    earlier ones go, with their outbox items and delivery attempts (the audit trail keeps
+    that they were made, sent and answered)."""
+    moment = sa.DateTime(timezone=True)
+    referrals = sa.table("referrals", sa.column("id", sa.Uuid()), sa.column("case_id", sa.Uuid()),
+                         sa.column("destination", sa.String()), sa.column("created_at", moment))
+    newer = referrals.alias("newer")
+    older = [row[0] for row in op.get_bind().execute(sa.select(referrals.c.id).where(
+        sa.exists().where(
+            newer.c.case_id == referrals.c.case_id,
+            newer.c.destination == referrals.c.destination,
+            sa.or_(newer.c.created_at > referrals.c.created_at,
+                   sa.and_(newer.c.created_at == referrals.c.created_at,
+                           newer.c.id > referrals.c.id)))))]
+    if not older:
+        return
+    outbox = sa.table("outbox", sa.column("id", sa.Uuid()), sa.column("referral_id", sa.Uuid()))
+    attempts = sa.table("outbox_attempts", sa.column("outbox_id", sa.Uuid()))
+    items = sa.select(outbox.c.id).where(outbox.c.referral_id.in_(older))
+    op.execute(sa.delete(attempts).where(attempts.c.outbox_id.in_(items)))
+    op.execute(sa.delete(outbox).where(outbox.c.referral_id.in_(older)))
+    op.execute(sa.delete(referrals).where(referrals.c.id.in_(older)))
+
+
 def downgrade() -> None:
+    _to_older_states()
     op.drop_index("ix_referral_outcomes_case_id", table_name="referral_outcomes")
     op.drop_index("ix_referral_outcomes_referral_id_recorded_at", table_name="referral_outcomes")
     op.drop_table("referral_outcomes")
+    _one_referral_per_case_and_destination()
     with op.batch_alter_table("referrals") as batch:
         batch.drop_constraint("uq_referrals_decision_id_destination", type_="unique")
         batch.create_unique_constraint("uq_referrals_case_id_destination",

@@ -33,6 +33,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # The older release needs a proposer on every routing change: the re-check's proposals
+    # that no person endorsed go (the audit trail keeps each one, with who decided it).
+    op.execute("DELETE FROM routing_changes WHERE proposed_by IS NULL")
     with op.batch_alter_table("routing_changes") as batch:
         batch.alter_column("proposed_by", existing_type=sa.Uuid(), nullable=False)
     with op.batch_alter_table("cases") as batch:
