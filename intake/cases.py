@@ -3,9 +3,11 @@
 The statement, and the protocol's re-report rules it applies, are the case lifecycle's
 (``gateway.store.lifecycle.file_reports``):
 
-- a case closed as legal within ``legal_window`` just counts the new report (no new work);
-- a case closed as legal longer ago, or whose content was removed, opens again as ``new``
-  (the latter flagged ``reappeared``: the content is back).
+- a case closed as legal, or found ``not_actionable`` by its destination, within
+  ``legal_window`` just counts the new report (no new work);
+- such a case closed longer ago, or one whose content was removed or found unavailable
+  (reported since it closed), opens again as ``new`` (the latter two flagged ``reappeared``:
+  the content is back).
 """
 
 from __future__ import annotations
