@@ -136,7 +136,7 @@ def read_open(conn: Connection, destinations: list[str]) -> list[OpenReferral]:
 
 
 #: What acting on a planned referral came to: done, or why not (``_skipped`` logs it).
-QUEUED, LEASE_LOST, CLOSED, DONE_ELSEWHERE = "queued", "lease_lost", "closed", "done_elsewhere"
+ACTED, LEASE_LOST, CLOSED, DONE_ELSEWHERE = "acted", "lease_lost", "closed", "done_elsewhere"
 
 
 def still_chased(chase: Chase) -> ColumnElement[bool]:
@@ -328,7 +328,7 @@ class FollowUpStage(PollingStage):
         def work(conn: Connection) -> str:
             # The plan was made on a snapshot: act only if the referral still awaits what
             # this chase asks for (an outcome recorded since cancels it).
-            if (missed := self._release(conn, referral.id, chase)) != QUEUED:
+            if (missed := self._release(conn, referral.id, chase)) != ACTED:
                 return missed
             conn.execute(insert(outbox).values(**item))
             conn.execute(insert(referral_reminders).values(**row))
@@ -336,7 +336,7 @@ class FollowUpStage(PollingStage):
                 "referral": str(referral.id), "destination": referral.destination,
                 "chase": str(chase), "number": number, "due": iso(due_at),
                 "reminder": str(reminder)})], at=now)
-            return QUEUED
+            return ACTED
 
         try:
             done = await self._backend.transaction(work)
@@ -347,7 +347,7 @@ class FollowUpStage(PollingStage):
             # Another worker queued this very reminder after our snapshot: theirs stands.
             await self._backend.transaction(partial(self._release, referral_id=referral.id))
             done = DONE_ELSEWHERE
-        if done != QUEUED:
+        if done != ACTED:
             _skipped(done, fields)
             return True  # not put off: there is nothing left to do, or another process has it
         self.reminders_queued += 1
@@ -380,9 +380,9 @@ class FollowUpStage(PollingStage):
                                      referral.case_id, {
                 "referral": str(referral.id), "destination": referral.destination,
                 "chase": str(chase), "due": iso(due_at), "reminders": reminded})], at=now)
-            return QUEUED
+            return ACTED
 
-        if (done := await self._backend.transaction(work)) != QUEUED:
+        if (done := await self._backend.transaction(work)) != ACTED:
             _skipped(done, {"referral_id": str(referral.id), "case_id": str(referral.case_id),
                             "chase": str(chase)})
             return True
@@ -400,14 +400,14 @@ class FollowUpStage(PollingStage):
                  chase: Chase | None = None) -> str:
         """Give the lease back; with ``chase``, only if the referral still awaits it (the
         statement locks the referral's row, so an outcome recorded at the same moment comes
-        before or after this transaction, never in between): ``QUEUED`` to go on, else why
+        before or after this transaction, never in between): ``ACTED`` to go on, else why
         not (``_why_not``)."""
         mine = [referrals.c.id == referral_id, referrals.c.claimed_by == self._worker]
         if chase is not None:
             mine.append(still_chased(chase))
         if conn.execute(update(referrals).where(*mine).values(
                 claimed_by=None, claimed_until=None)).rowcount == 1:
-            return QUEUED
+            return ACTED
         return _why_not(conn, referral_id, chase, worker=self._worker) if chase else LEASE_LOST
 
     async def release(self) -> None:
