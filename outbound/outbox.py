@@ -170,7 +170,8 @@ class OutboxStage(PollingStage):
             detail = await self._transport.send(
                 mail_from=item.mail_from, rcpt_to=item.rcpt_to, message=item.message,
                 name=f"{file_safe(item.reference)}-{item.referral_id}"
-                if item.kind == "referral" else f"{file_safe(item.reference)}-{item.kind}-{item.id}")
+                if item.kind == "referral"
+                else f"{file_safe(item.reference)}-{item.kind}-{item.id}")
         except Deferred as exc:
             outcome, detail = "deferred", str(exc)
         except Rejected as exc:

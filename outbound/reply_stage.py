@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -136,7 +136,8 @@ def _by_message_id(conn: Connection, ids: tuple[str, ...]) -> dict[str, uuid.UUI
     return found
 
 
-def _with_reminders(conn: Connection, rows: list[Any]) -> dict[uuid.UUID, _Referral]:
+def _with_reminders(conn: Connection, rows: Sequence[Any]) -> dict[uuid.UUID, _Referral]:
+    """The referrals of ``rows`` (``_COLUMNS``), each with its reminders' Message-IDs."""
     reminders: dict[uuid.UUID, list[str]] = {}
     if rows:
         for referral_id, message_id in conn.execute(
@@ -144,7 +145,9 @@ def _with_reminders(conn: Connection, rows: list[Any]) -> dict[uuid.UUID, _Refer
                 .where(referral_reminders.c.referral_id.in_([r.id for r in rows]))
                 .order_by(referral_reminders.c.queued_at)):
             reminders.setdefault(referral_id, []).append(message_id)
-    return {row.id: _Referral(*row, reminder_ids=tuple(reminders.get(row.id, ())))
+    return {row.id: _Referral(row.id, row.case_id, row.reference, row.destination,
+                              row.key_fingerprint, row.message_id, row.sent_at,
+                              row.created_at, tuple(reminders.get(row.id, ())))
             for row in rows}
 
 

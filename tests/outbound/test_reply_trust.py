@@ -262,3 +262,26 @@ async def test_a_reply_to_a_reminder_is_about_the_reminder_s_referral(
     assert (row["status"], row["referral"]["id"]) == ("read", str(referral["id"])), row
     assert await status_of(engine, referral["case_id"]) == "acknowledged"
     assert seen == ["trusted"]
+
+
+async def test_an_outcome_is_taken_for_the_referral_its_signed_document_names(
+    backend: WriteBackend, engine: AsyncEngine, gpg: Gpg, keys: Keys,
+    executor: ThreadPoolExecutor, tmp_path: Path,
+) -> None:
+    """A removal composed as this gateway composes replies (names inside the signature),
+    whose outer In-Reply-To someone rewrote to another of NL's referrals: the removal is
+    recorded for the referral the signed document names, never for the one outside."""
+    named = await referred(backend, keys)
+    outside = await referred(backend, keys)
+    document = outcome_document(reference=named["reference"], outcome="removed",
+                                occurred_at=NOW - timedelta(hours=1))
+    inner = reply_inner(text="Gone.", reference=named["reference"],
+                        referral_message_id=named["message_id"], document=document)
+    assert f"In-Reply-To: {named['message_id']}".encode() in inner  # protected headers
+    armored = seal(keys.partner_home, inner, tmp_path, to=keys.hotline, by=keys.recipient)
+    reply_id = await kept(backend, wrapped(armored, in_reply_to=outside["message_id"]),
+                          NOW - timedelta(minutes=30))
+    await stage(backend, gpg, keys, executor, Clock(NOW), []).run_once()
+    assert (await reply_row(engine, reply_id))["referral"]["id"] == str(named["id"])
+    assert await status_of(engine, named["case_id"]) == "removed"
+    assert await status_of(engine, outside["case_id"]) == "referred"
