@@ -24,7 +24,7 @@ from gateway.store.backend import WriteBackend
 from gateway.store.replies import Finding, NewReply, keep_in, list_replies, settle_in
 from gateway.store.tables import cases, referral_reminders, referrals, replies
 from outbound.follow_up import FollowUpSettings, FollowUpStage
-from outbound.gpg import Gpg
+from outbound.gpg import Gpg, signatures_of
 from outbound.outbox import OutboxStage
 from outbound.outcome import outcome_document, problems_of
 from outbound.pgpmime import encrypted_message
@@ -285,3 +285,15 @@ async def test_an_outcome_is_taken_for_the_referral_its_signed_document_names(
     assert (await reply_row(engine, reply_id))["referral"]["id"] == str(named["id"])
     assert await status_of(engine, named["case_id"]) == "removed"
     assert await status_of(engine, outside["case_id"]) == "referred"
+
+
+def test_a_signature_s_time_is_read_from_gpg_s_status() -> None:
+    """VALIDSIG's sig-timestamp, as seconds or in ISO 8601 basic form; none when it is
+    neither (the reply is then held by its signed content alone)."""
+    fpr = "A" * 40
+    status = "\n".join(
+        f"[GNUPG:] NEWSIG\n[GNUPG:] GOODSIG 1234 NL\n"
+        f"[GNUPG:] VALIDSIG {fpr} 2026-12-01 {when} 0 4 0 22 10 00 {fpr}"
+        for when in ("1796115600", "20261201T090000", "soon"))
+    assert [s.created for s in signatures_of(status)] == [
+        datetime(2026, 12, 1, 9, tzinfo=UTC), datetime(2026, 12, 1, 9, tzinfo=UTC), None]
