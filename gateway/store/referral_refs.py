@@ -3,7 +3,9 @@
 content moved), so that a reply naming a reference names one referral.
 
 ``referrals.reference`` is unique: two writers that chose the same one cannot both store it
-(the second transaction fails and its stage tries again).
+(the second transaction fails). A case's referrals are made by one writer at a time (routing
+leases the case; an ICCAM referral by hand needs the case waiting for it), so that is a
+safeguard, not a path taken.
 """
 
 from __future__ import annotations
