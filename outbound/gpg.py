@@ -69,6 +69,9 @@ class Signature:
 
     status: SignatureStatus
     key: str
+    #: When the signer says it signed (the signature's creation time, which the signature
+    #: covers); None when gpg did not say.
+    created: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,12 +108,27 @@ def signatures_of(status_text: str) -> tuple[Signature, ...]:
             status = "no_key" if len(words) > 6 and words[6] == "9" else "error"
             key = words[7] if len(words) > 7 and words[7] != "-" else key
         elif (valid := seen.get("VALIDSIG")) is not None and len(valid) > 1:
-            # VALIDSIG <fpr> ... [<primary-key-fpr>]: the signing subkey, then its primary.
+            # VALIDSIG <fpr> <date> <sig-timestamp> ... [<primary-key-fpr>]: the signing
+            # subkey, when it signed, then its primary.
             key = valid[10] if len(valid) > 10 else valid[1]
+            created = _signed_at(valid[3]) if len(valid) > 3 else None
+            found.append(Signature(status, key.upper(), created))
+            continue
         elif status == "good":
             status = "error"  # GOODSIG without VALIDSIG: not a signature we can pin
         found.append(Signature(status, key.upper()))
     return tuple(found)
+
+
+def _signed_at(value: str) -> datetime | None:
+    """A signature's timestamp as gpg's status gives it: seconds since the epoch, or an ISO
+    8601 basic form (``20261203T101500``); None for anything else."""
+    try:
+        if value.isdigit():
+            return datetime.fromtimestamp(int(value), UTC)
+        return datetime.strptime(value, "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
 
 
 class GpgError(Exception):

@@ -39,6 +39,7 @@ from gateway.store.backend import WriteBackend
 from gateway.store.ids import uuid7
 from gateway.store.key_holders import KEY_WAIT, KeyWaits, reload_for, unknown_key
 from gateway.store.polling import PollingStage
+from gateway.store.referral_refs import next_reference
 from gateway.store.sealed import open_value, sealer_of
 from gateway.store.tables import case_reports, cases, outbox, referrals, submissions
 from gateway.store.times import iso
@@ -198,7 +199,12 @@ class ReferStage(PollingStage):
         signer = config.signing_key
         referral_id = uuid7()
         now = self._clock()
-        reference = case.references[0]
+        # The referral's own reference, named in what is encrypted: the case's for its first
+        # referral, numbered for later ones. Unique: were another referral of the case filed
+        # meanwhile (none is: the case is leased while routed), the filing would fail, and
+        # the case be held for a supervisor like any routing error, nothing sent.
+        async with self._engine.connect() as conn:
+            reference = await conn.run_sync(next_reference, case.references[0])
         document = referral_document(
             reference=reference, created=iso(now), rule=decision.rule,
             destination=decision.destination, hotline=config.hotline_name,

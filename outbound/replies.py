@@ -24,8 +24,18 @@ goes to an analyst. Which destination must have signed is the caller's to know: 
 referral by the names and calls ``Verdict.for_referral`` (``signer_not_destination``).
 
 Only the signed part is read for content. Headers outside the encryption (In-Reply-To,
-References, Subject) can be rewritten by anyone who replays a destination's ciphertext, so
-names inside the signature win when there are any (``Verdict.names_referral``).
+References, Subject) can be rewritten by anyone who replays a destination's ciphertext (or
+re-encrypts a signed part they captured to the hotline's public key), so names inside the
+signature win when there are any (``Verdict.names_referral``), and a reply named only from
+outside is held against replays in two more ways:
+
+- ``signed_before_referral`` (``Verdict.for_referral``): the signature says it was made
+  before the referral was sent (``CLOCK_SKEW`` allowed): it cannot be about that referral;
+- ``replayed`` (the reply stage, ``signed_digest``): the same signed content, by the same
+  key at the same signature time, was already trusted once.
+
+An outcome is only ever recorded from an outcome/v1 document, which names its referral
+inside the signature (``reference``): outer names alone can at most acknowledge.
 Hostile input never raises: every failure is a verdict. Nothing here logs message content
 or addresses.
 """
@@ -33,11 +43,13 @@ or addresses.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import re
 from collections.abc import Collection
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from email import errors
 from email.header import decode_header, make_header
 from email.message import Message
@@ -62,10 +74,15 @@ log = structlog.get_logger("outbound.replies")
 
 Reason = Literal["too_large", "not_encrypted", "undecryptable", "unsigned", "bad_signature",
                  "unpinned_signer", "signer_not_destination", "no_referral_named",
-                 "bad_document"]
+                 "signed_before_referral", "replayed", "bad_document"]
 
-REFERENCE = rb"[A-Z][A-Z0-9]{0,7}-[0-9]{4}-[0-9]{6,12}"
-_NAMED = re.compile(rb"\bReferral:?[ \t]+(" + REFERENCE + rb")(?![0-9])")
+#: A referral's reference: the case's, with ``/2``, ``/3``... for the case's later referrals
+#: (``gateway.store.referral_refs``).
+REFERENCE = rb"[A-Z][A-Z0-9]{0,7}-[0-9]{4}-[0-9]{6,12}(?:/[0-9]{1,4})?"
+_NAMED = re.compile(rb"\bReferral:?[ \t]+(" + REFERENCE + rb")(?![0-9/])")
+#: How far a destination's clock may be behind ours: a signature dated more than this before
+#: the referral was sent is not about it (``signed_before_referral``).
+CLOCK_SKEW = timedelta(minutes=5)
 _MESSAGE_ID = re.compile(r"<[^<>\s]{1,250}>")
 _REFERRAL_SCHEMA = "hotline-gateway/referral/v1"
 
@@ -135,29 +152,48 @@ class Verdict:
     document: dict[str, Any] | None = None
     #: Why the JSON inside is not a valid outcome/v1 document (``bad_document``).
     problems: tuple[str, ...] = ()
+    #: When the signature says it was made (None: gpg did not say).
+    signed_at: datetime | None = None
+    #: SHA-256 (hex) of the signer, the signature's time and the exact bytes signed: the same
+    #: for every copy of one signed reply however it is wrapped (``replayed``).
+    signed_digest: str | None = None
 
-    def names_referral(self, *, message_id: str, reference: str) -> bool:
-        """Whether this reply is about that referral. The most trustworthy naming present
-        decides alone: the document's reference, else the signed names, else the outer ones."""
+    def names_referral(self, *, message_ids: Collection[str], reference: str) -> bool:
+        """Whether this reply is about that referral (``message_ids``: the referral's own and
+        its reminders'). The most trustworthy naming present decides alone: the document's
+        reference, else the signed names, else the outer ones."""
         n = self.names
         if n.document is not None:
             return n.document == reference
         if n.signed_message_ids or n.signed_references:
-            return message_id in n.signed_message_ids or reference in n.signed_references
-        return message_id in n.message_ids or reference in n.references
+            return (any(m in n.signed_message_ids for m in message_ids)
+                    or reference in n.signed_references)
+        return any(m in n.message_ids for m in message_ids) or reference in n.references
 
-    def for_referral(self, *, destination_key: str, message_id: str, reference: str) -> Verdict:
+    def for_referral(self, *, destination_key: str, message_ids: Collection[str],
+                     reference: str, sent_at: datetime | None) -> Verdict:
         """This verdict for the referral the caller found by ``names``: not trusted unless
-        signed by the key of the destination it went to, and about that referral."""
+        signed by the key of the destination it went to, about that referral, and signed
+        after it was sent (``sent_at``; ``CLOCK_SKEW`` allowed)."""
         if not self.trusted:
             return self
         if self.signer != fingerprint(destination_key):
             return replace(self, trusted=False, reason="signer_not_destination",
                            detail="signed by another destination's pinned key")
-        if not self.names_referral(message_id=message_id, reference=reference):
+        if not self.names_referral(message_ids=message_ids, reference=reference):
             return replace(self, trusted=False, reason="no_referral_named",
                            detail="its signed names are not this referral's")
+        if (self.signed_at is not None and sent_at is not None
+                and self.signed_at < sent_at - CLOCK_SKEW):
+            return replace(self, trusted=False, reason="signed_before_referral",
+                           detail="signed before the referral it names was sent")
         return self
+
+    @property
+    def outcome_named_inside(self) -> bool:
+        """Whether the outcome it carries names its referral inside the signature: always,
+        for a document (its ``reference``); outer names never carry an outcome."""
+        return self.document is None or self.names.document == self.document.get("reference")
 
 
 def _header(message: Message, name: str) -> str:
@@ -249,7 +285,8 @@ def _read(raw: bytes, opener: Opener, pinned: frozenset[str], limits: ReplyLimit
     names = replace(found.names, document=document["reference"] if document else None,
                     signed_message_ids=ids, signed_references=refs)
     verdict = replace(found, trusted=True, reason=None, names=names, document=document,
-                      problems=tuple(problems))
+                      problems=tuple(problems), signed_at=signed.signed_at,
+                      signed_digest=_digest(signed.signer, signed.signed_at, signed.content))
     if not names.any:
         return replace(verdict, trusted=False, reason="no_referral_named",
                        detail="names no referral (In-Reply-To, References or a reference)")
@@ -257,6 +294,15 @@ def _read(raw: bytes, opener: Opener, pinned: frozenset[str], limits: ReplyLimit
         return replace(verdict, reason="bad_document",
                        detail="its JSON is not a valid outcome/v1 document")
     return verdict
+
+
+def _digest(signer: str, signed_at: datetime | None, content: bytes) -> str:
+    """What every copy of one signed reply shares, however it is wrapped: the signer, the
+    signature's time (which the signature covers) and the exact bytes signed. Two replies a
+    destination signed at different times differ, even with the same words."""
+    when = signed_at.isoformat() if signed_at is not None else ""
+    return hashlib.sha256(b"\0".join([b"signed", signer.encode("ascii", "replace"),
+                                      when.encode("ascii"), content])).hexdigest()
 
 
 def read_reply_blocking(raw: bytes, opener: Opener, pinned: Collection[str], *,

@@ -4,10 +4,14 @@ trusted one says is recorded as its referral's outcomes.
 For each stored reply (``gateway.store.replies``), claimed with a lease like every stage's
 work: the message is opened and read (``outbound.replies``: decrypted with the hotline's key,
 its signer checked against the pinned keys), in the executor. The referral it names is found
-by its Message-ID (In-Reply-To, References: ``referrals.message_id``), else by its reference
-among the referrals whose pinned key (``referrals.key_fingerprint``, pinned when sent) signed
-the reply; ``Verdict.for_referral`` then holds the signer to that referral's key. A trusted
-reply records, in one transaction with the reply's own state:
+by its Message-ID (In-Reply-To, References: ``referrals.message_id``, or a reminder's,
+``referral_reminders.message_id``), else by its reference (each referral has its own) among
+the referrals whose pinned key (``referrals.key_fingerprint``, pinned when sent) signed the
+reply; ``Verdict.for_referral`` then holds the signer to that referral's key, and the
+signature's time to the referral's (``signed_before_referral``). A reply whose signed content
+was trusted before (``replayed``: the same signed part, re-wrapped and addressed to another
+referral) is not trusted again; ``replies.signed_key`` is unique, so two workers cannot both
+trust copies of it. A trusted reply records, in one transaction with the reply's own state:
 
 - ``acknowledged`` (the destination has it), when it happened: the document's time when the
   document says ``acknowledged``, else when the reply arrived (or the document's outcome
@@ -29,9 +33,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
@@ -39,6 +43,7 @@ from typing import Any
 import structlog
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
 
 from gateway.store import leases
 from gateway.store.backend import WriteBackend
@@ -48,10 +53,10 @@ from gateway.store.lifecycle import CaseChanged
 from gateway.store.outcome_codes import CLOSING, NOT_ACTIONABLE_REASONS
 from gateway.store.outcomes import OutcomeRefused, Recorder, record_outcome_in
 from gateway.store.polling import PollingStage
-from gateway.store.replies import Finding, settle_in
+from gateway.store.replies import Finding, replayed_in, settle_in
 from gateway.store.sealed import open_value
 from gateway.store.sealing import SealBroken, Sealer, UnknownKey
-from gateway.store.tables import referrals, replies
+from gateway.store.tables import referral_reminders, referrals, replies
 from gateway.store.times import utc
 from outbound.replies import DEFAULT_LIMITS, ReplyLimits, Verdict, read_reply_blocking
 from outbound.signed import Opener
@@ -81,6 +86,25 @@ class _Referral:
     destination: str
     key_fingerprint: str | None
     message_id: str | None
+    sent_at: datetime | None
+    created_at: datetime
+    #: The Message-IDs of the reminders sent about it (a reply to one names it).
+    reminder_ids: tuple[str, ...] = ()
+
+    @property
+    def message_ids(self) -> tuple[str, ...]:
+        """Every Message-ID a reply about it may name: its own, then its reminders'."""
+        return ((self.message_id,) if self.message_id else ()) + self.reminder_ids
+
+    @property
+    def sent(self) -> datetime:
+        """When it left (when it was queued, if that was never recorded)."""
+        return utc(self.sent_at or self.created_at)
+
+
+_COLUMNS = (referrals.c.id, referrals.c.case_id, referrals.c.reference,
+            referrals.c.destination, referrals.c.key_fingerprint, referrals.c.message_id,
+            referrals.c.sent_at, referrals.c.created_at)
 
 
 def _read(claimed: _Claimed, sealer: Sealer, opener: Opener, pinned: Collection[str],
@@ -98,26 +122,55 @@ def _read(claimed: _Claimed, sealer: Sealer, opener: Opener, pinned: Collection[
     return read_reply_blocking(raw, opener, pinned, limits=limits)
 
 
+def _by_message_id(conn: Connection, ids: tuple[str, ...]) -> dict[str, uuid.UUID]:
+    """The referral each of ``ids`` is: a referral's own Message-ID, or a reminder's."""
+    found: dict[str, uuid.UUID] = {}
+    for message_id, referral_id in conn.execute(
+            select(referral_reminders.c.message_id, referral_reminders.c.referral_id)
+            .where(referral_reminders.c.message_id.in_(ids))):
+        found[message_id] = referral_id
+    for message_id, referral_id in conn.execute(
+            select(referrals.c.message_id, referrals.c.id)
+            .where(referrals.c.message_id.in_(ids))):
+        found[message_id] = referral_id
+    return found
+
+
+def _with_reminders(conn: Connection, rows: Sequence[Any]) -> dict[uuid.UUID, _Referral]:
+    """The referrals of ``rows`` (``_COLUMNS``), each with its reminders' Message-IDs."""
+    reminders: dict[uuid.UUID, list[str]] = {}
+    if rows:
+        for referral_id, message_id in conn.execute(
+                select(referral_reminders.c.referral_id, referral_reminders.c.message_id)
+                .where(referral_reminders.c.referral_id.in_([r.id for r in rows]))
+                .order_by(referral_reminders.c.queued_at)):
+            reminders.setdefault(referral_id, []).append(message_id)
+    return {row.id: _Referral(row.id, row.case_id, row.reference, row.destination,
+                              row.key_fingerprint, row.message_id, row.sent_at,
+                              row.created_at, tuple(reminders.get(row.id, ())))
+            for row in rows}
+
+
 def _candidates(conn: Connection, verdict: Verdict) -> list[_Referral]:
-    """The referrals the reply may be about: those its Message-IDs name (signed names
-    first), then those its references name whose pinned key signed it (newest first)."""
-    columns = (referrals.c.id, referrals.c.case_id, referrals.c.reference,
-               referrals.c.destination, referrals.c.key_fingerprint, referrals.c.message_id)
-    found: dict[uuid.UUID, _Referral] = {}
+    """The referrals the reply may be about: those its Message-IDs name (the referral's own
+    or a reminder's; signed names first), then those its references name whose pinned key
+    signed it."""
+    order: list[uuid.UUID] = []
     ids = verdict.names.all_message_ids
     if ids:
-        rows = {row.message_id: _Referral(*row) for row in conn.execute(
-            select(*columns).where(referrals.c.message_id.in_(ids)))}
-        for message_id in ids:
-            if message_id in rows:
-                found.setdefault(rows[message_id].id, rows[message_id])
+        named = _by_message_id(conn, ids)
+        order += [named[message_id] for message_id in ids if message_id in named]
     refs = verdict.names.all_references
     if refs and verdict.signer:
-        for row in conn.execute(select(*columns).where(
-                referrals.c.reference.in_(refs), referrals.c.key_fingerprint == verdict.signer)
-                .order_by(referrals.c.created_at.desc())):
-            found.setdefault(row.id, _Referral(*row))
-    return list(found.values())
+        order += conn.execute(select(referrals.c.id).where(
+            referrals.c.reference.in_(refs), referrals.c.key_fingerprint == verdict.signer)
+            .order_by(referrals.c.created_at.desc())).scalars().all()
+    order = list(dict.fromkeys(order))
+    if not order:
+        return []
+    found = _with_reminders(conn, conn.execute(
+        select(*_COLUMNS).where(referrals.c.id.in_(order))).all())
+    return [found[referral_id] for referral_id in order if referral_id in found]
 
 
 def _judge(conn: Connection, verdict: Verdict) -> tuple[Verdict, _Referral | None]:
@@ -128,10 +181,10 @@ def _judge(conn: Connection, verdict: Verdict) -> tuple[Verdict, _Referral | Non
         if referral.key_fingerprint is None:  # made through ICCAM by hand: no reply by mail
             continue
         judged = verdict.for_referral(destination_key=referral.key_fingerprint,
-                                      message_id=referral.message_id or "",
-                                      reference=referral.reference)
+                                      message_ids=referral.message_ids,
+                                      reference=referral.reference, sent_at=referral.sent)
         if judged.trusted:
-            return judged, referral
+            return _replayed(conn, judged), referral
         first = first or (judged, referral)
     if first is not None:
         return first
@@ -139,6 +192,14 @@ def _judge(conn: Connection, verdict: Verdict) -> tuple[Verdict, _Referral | Non
         return Verdict(False, "no_referral_named", "names no referral this gateway sent",
                        signer=verdict.signer, form=verdict.form, names=verdict.names), None
     return verdict, candidates[0] if candidates else None
+
+
+def _replayed(conn: Connection, verdict: Verdict) -> Verdict:
+    """``verdict``, not trusted if a reply with the same signed content was trusted before."""
+    if verdict.signed_digest is None or replayed_in(conn, verdict.signed_digest) is None:
+        return verdict
+    return replace(verdict, trusted=False, reason="replayed",
+                   detail="the same signed content as a reply already trusted")
 
 
 def _moment(value: str) -> datetime:
@@ -164,7 +225,7 @@ def _record(conn: Connection, claimed: _Claimed, verdict: Verdict, referral: _Re
     """Record what a trusted reply says and settle the reply, in ``conn``'s transaction;
     the finding. Raises what ``record_outcome_in`` raises for an outcome the referral cannot
     take, and ``_LeaseLost`` when the reply is no longer ours (the caller undoes it all)."""
-    assert verdict.signer is not None
+    assert verdict.signer is not None and verdict.outcome_named_inside
     who = Recorder.reply(referral.destination, verdict.signer)
     document = verdict.document
     # When the reply came, or when the document says: it had the referral by then (what it
@@ -191,11 +252,13 @@ def _record(conn: Connection, claimed: _Claimed, verdict: Verdict, referral: _Re
             if refused.current != outcome:
                 raise
     finding = Finding("read", signer=verdict.signer, referral_id=referral.id,
-                      case_id=referral.case_id, outcome=recorded, document=document)
+                      case_id=referral.case_id, outcome=recorded, document=document,
+                      signed_digest=verdict.signed_digest)
     if verdict.reason == "bad_document":
         finding = Finding("needs_attention", "bad_document",
                           "; ".join([verdict.detail, *verdict.problems])[:1000],
-                          verdict.signer, referral.id, referral.case_id, recorded)
+                          verdict.signer, referral.id, referral.case_id, recorded,
+                          signed_digest=verdict.signed_digest)
     if not settle_in(conn, claimed.id, finding, worker=worker, now=now):
         raise _LeaseLost
     return finding
@@ -291,6 +354,12 @@ class ReplyStage(PollingStage):
                 finding = await self._backend.transaction(partial(
                     self._apply, claimed=item, verdict=verdict, now=self._clock()))
             except CaseChanged:  # another outcome came first: read it again shortly
+                await self._put_off(item, RACE_WAIT)
+                return
+            except IntegrityError:
+                # Another worker trusted a copy of the same signed content first: read again
+                # shortly, this one is then ``replayed``.
+                log.warning("replies.race", reply=str(item.id))
                 await self._put_off(item, RACE_WAIT)
                 return
             except _LeaseLost:  # another worker has it now, and reads it again

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from email import message_from_bytes, policy
 from email.message import Message
 from typing import Literal, Protocol
@@ -51,6 +52,12 @@ class Signed:
     entity: Message
     signer: str
     form: Form
+    #: The exact bytes the signature covers (the decrypted plaintext for 6.2, the signed
+    #: part for 6.1): what a replay carries unchanged.
+    content: bytes = b""
+    #: The earliest time the signatures over ``content`` say they were made (None: gpg did
+    #: not say): a reply cannot be about a referral sent after it was signed.
+    signed_at: datetime | None = None
 
 
 def fingerprint(value: str) -> str:
@@ -153,6 +160,7 @@ def check_signed(opened: Opened, inner: Message, opener: Opener, pinned: frozens
     present, by the same key."""
     form: Form = "combined"
     entity, signers = inner, []
+    content, signatures = opened.plaintext, opened.signatures
     if opened.signatures:
         signers.append(signer_of(opened.signatures, pinned))
     if inner.get_content_type() == "multipart/signed":
@@ -165,11 +173,13 @@ def check_signed(opened: Opened, inner: Message, opener: Opener, pinned: frozens
             raise Refused("bad_signature", "multipart/signed with no signature gpg checks")
         signers.append(signer_of(detached, pinned))
         entity, form = parse(signed, max_entities, "signed part"), "nested"
+        content, signatures = signed, detached
     if not signers:
         raise Refused("unsigned", "encrypted, but not signed")
     if len(set(signers)) > 1:
         raise Refused("bad_signature", "signed by different keys inside and outside")
-    return Signed(entity, signers[0], form)
+    times = [s.created for s in signatures if s.created is not None]
+    return Signed(entity, signers[0], form, content, min(times) if times else None)
 
 
 def leaves(entity: Message, max_entities: int) -> Iterator[Message]:

@@ -12,6 +12,7 @@ from sqlalchemy.engine import Connection
 
 from gateway.store.ids import uuid7
 from gateway.store.lifecycle import Actor, move
+from gateway.store.referral_refs import next_reference
 from gateway.store.sealed import seal_values, sealer_of
 from gateway.store.tables import cases, referrals, routing_decisions
 from tests.sealed_cases import case_row
@@ -44,7 +45,7 @@ def refer(conn: Connection, *, at: datetime, case_id: uuid.UUID | None = None,
         referral_id = uuid7()
         conn.execute(insert(referrals).values(
             id=referral_id, case_id=case_id, decision_id=decision_id,
-            reference=f"CF-2026-{n:06d}", destination=destination,
+            reference=next_reference(conn, f"CF-2026-{n:06d}"), destination=destination,
             email=f"referrals@{n}.test", key_fingerprint="A" * 40,
             message_id=f"<referral-{referral_id}@hotline.test>", status=status,
             created_at=at, sent_at=at if status == "sent" else None))

@@ -28,6 +28,7 @@ from gateway.store.classification import FIELDS, Classification, recorded
 from gateway.store.errors import Conflict, Invalid, NotAllowed, NotFound, Unavailable
 from gateway.store.ids import uuid7
 from gateway.store.key_holders import open_or_reload
+from gateway.store.referral_refs import next_reference
 from gateway.store.sealed import open_value, seal_values, sealer_of
 from gateway.store.sealing import UnknownKey
 from gateway.store.tables import (
@@ -309,11 +310,11 @@ async def record_iccam(
         facts = open_value(sealer_of(conn), routing_decisions.c.facts, decision.id,
                            decision.facts)
         country = (facts or {}).get("country") or "??"
-        reference = conn.execute(
+        reference = next_reference(conn, conn.execute(
             select(submissions.c.reference)
             .join(case_reports, case_reports.c.submission_id == submissions.c.id)
             .where(case_reports.c.case_id == case_id)
-            .order_by(case_reports.c.reported_at).limit(1)).scalar_one()
+            .order_by(case_reports.c.reported_at).limit(1)).scalar_one())
         referral_id = uuid7()
         status = move_case(conn, staff, case_id, case.status, "record_iccam", now, details={
             "reference": iccam_reference, "referral": str(referral_id)})

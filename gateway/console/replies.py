@@ -27,6 +27,10 @@ REASONS = {
     "unpinned_signer": "signed by a key no destination is pinned to",
     "signer_not_destination": "signed by another destination's key than the referral's",
     "no_referral_named": "names no referral this gateway sent",
+    "signed_before_referral": "signed before the referral it names was sent: a copy of an "
+                              "older reply?",
+    "replayed": "a copy of a reply already read (the same signed content): it may have been "
+                "re-sent to claim another referral",
     "bad_document": "acknowledged, but its outcome document is not valid: record the outcome "
                     "by hand",
     "outcome_refused": "trusted, but the referral cannot take the outcome it gives",

@@ -33,6 +33,8 @@ from gateway.store.times import iso
 
 #: The lookup purpose of ``replies.dedup_key`` (``Sealer.lookup_key``).
 DEDUP_PURPOSE = "reply"
+#: The lookup purpose of ``replies.signed_key``: the signed content of a trusted reply.
+SIGNED_PURPOSE = "reply-signed"
 STATUSES = ("received", "read", "needs_attention", "handled")
 MAX_NOTE = 2000
 
@@ -106,17 +108,31 @@ class Finding:
     case_id: uuid.UUID | None = None
     outcome: str | None = None
     document: dict[str, Any] | None = None
+    #: A trusted reply's ``Verdict.signed_digest``: kept (unique) so that no copy of the same
+    #: signed content is trusted again.
+    signed_digest: str | None = None
+
+
+def replayed_in(conn: Connection, signed_digest: str) -> uuid.UUID | None:
+    """The reply already trusted with the same signed content, if any (``replayed``)."""
+    keys = sealer_of(conn).lookup_keys(SIGNED_PURPOSE, signed_digest)
+    return conn.execute(select(replies.c.id).where(replies.c.signed_key.in_(keys))).scalar()
 
 
 def settle_in(conn: Connection, reply_id: uuid.UUID, finding: Finding, *, worker: str,
               now: datetime) -> bool:
     """Store what reading found, while the reply is still ``worker``'s to read; whether it
-    was. A reply that needs an analyst gets an audit entry (on its case, when it names one)."""
-    values = seal_values(sealer_of(conn), replies, reply_id, {
+    was. A reply that needs an analyst gets an audit entry (on its case, when it names one).
+    A finding with a ``signed_digest`` keeps it: ``IntegrityError`` (the transaction undone)
+    when another reply with the same signed content was trusted first."""
+    sealer = sealer_of(conn)
+    signed_key = None if finding.signed_digest is None \
+        else sealer.lookup_keys(SIGNED_PURPOSE, finding.signed_digest)[0]
+    values = seal_values(sealer, replies, reply_id, {
         "status": finding.status, "reason": finding.reason, "detail": finding.detail,
         "signer": finding.signer, "referral_id": finding.referral_id,
         "case_id": finding.case_id, "outcome": finding.outcome, "document": finding.document,
-        "read_at": now, "claimed_by": None, "claimed_until": None})
+        "signed_key": signed_key, "read_at": now, "claimed_by": None, "claimed_until": None})
     done = conn.execute(update(replies).where(
         replies.c.id == reply_id, replies.c.status == "received",
         replies.c.claimed_by == worker).values(values)).rowcount

@@ -374,7 +374,9 @@ referrals = Table(
     Column("id", Uuid, primary_key=True),
     Column("case_id", Uuid, ForeignKey("cases.id"), nullable=False),
     Column("decision_id", Uuid, ForeignKey("routing_decisions.id"), nullable=False),
-    Column("reference", String(32), nullable=False),
+    # Its own: the case's reference for its first referral, then ``/2``, ``/3``...
+    # (``gateway.store.referral_refs``), so that a reply names one referral.
+    Column("reference", String(32), nullable=False, unique=True),
     Column("destination", String(32), nullable=False),
     Column("email", Text, nullable=True),  # None for a referral made through ICCAM by hand
     Column("key_fingerprint", String(40), nullable=True),
@@ -414,7 +416,8 @@ referral_reminders = Table(
     Column("number", Integer, nullable=False),
     Column("queued_at", DateTime(timezone=True), nullable=False),
     Column("outbox_id", Uuid, ForeignKey("outbox.id"), nullable=False, unique=True),
-    Column("message_id", Text, nullable=False),
+    # A reply to a reminder names it (In-Reply-To): the reply stage finds the referral by it.
+    Column("message_id", Text, nullable=False, index=True),
     UniqueConstraint("referral_id", "chase", "number"),
 )
 
@@ -476,6 +479,9 @@ replies = Table(
     Column("handled_by", Uuid, ForeignKey("users.id"), nullable=True),
     Column("handled_at", DateTime(timezone=True), nullable=True),
     Column("handled_note", Text, nullable=True, info=SEALED_TEXT),
+    # A trusted reply's signed content (signer, signature time, bytes signed) as a lookup
+    # key: unique, so that a copy of it, however re-wrapped, is never trusted again.
+    Column("signed_key", String(72), nullable=True, unique=True),
     Index(None, "status", "received_at"),
     Index(None, "referral_id"),
 )

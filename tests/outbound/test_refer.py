@@ -367,3 +367,50 @@ async def test_an_own_key_that_cannot_encrypt_holds_the_referral(
     assert f"the hotline's own key {keys.sign_only}" in explanation
     assert "no valid encryption subkey" in explanation
     assert mta.received == [] and gw.outbox.sent == 0
+
+
+async def test_a_case_referred_again_gets_a_reference_of_its_own(
+    start: Start, keys: Keys, mta: FakeMta, tmp_path: Path, zone: Any
+) -> None:
+    """Referred to NL; the re-check finds it in BE; a supervisor approves the new route: the
+    police's referral is ``<reference>/2`` (its Subject, its document, valid against the
+    schema), the first keeps the case's reference, and each is unique."""
+    import uuid
+
+    from sqlalchemy import select
+
+    from gateway.console.accounts import Staff
+    from gateway.console.routing_changes import decide_routing_change
+    from gateway.store.tables import users
+
+    gw = await start(**referral_config(keys, mta, tmp_path), locate={"recheck_every": "1s"})
+    backend = gw.console.context.backend
+    await ready_user(backend, "ana")
+    await ready_user(backend, "sam", "supervisor")
+    token = await create_token(backend, "ana", now=utcnow())
+    zone.add("twice.test", "A", "145.100.8.8")
+    case_id = await file_case(gw, "http://twice.test/again", "twice")
+    await assess(gw, token, case_id)
+    first = (await referral_in(gw, case_id, "sent"))["referrals"][0]
+    assert first["reference"] == (await case_of(gw, case_id))["references"][0]
+    zone.add("twice.test", "A", "193.190.8.8")
+    async with asyncio.timeout(30):
+        while (change := (await case_of(gw, case_id)).get("routing_change")) is None \
+                or change["status"] != "pending":
+            await asyncio.sleep(0.05)
+    sam_id = await backend.transaction(lambda conn: conn.execute(
+        select(users.c.id).where(users.c.name == "sam")).scalar_one())
+    await decide_routing_change(backend, Staff(sam_id, "sam", "supervisor"),
+                                uuid.UUID(case_id), approve=True, now=utcnow(),
+                                change_id=uuid.UUID(change["id"]))
+    received = await mta.wait_for(2)
+    async with asyncio.timeout(30):
+        while len(referrals := (await case_of(gw, case_id))["referrals"]) < 2:
+            await asyncio.sleep(0.05)
+    again = next(r for r in referrals if r["id"] != first["id"])
+    assert again["reference"] == first["reference"] + "/2"
+    to_police = next(r for r in received if r.rcpt_tos == ["cp@police.test"])
+    outer, document, _ = await asyncio.to_thread(open_referral, keys, to_police)
+    assert outer["Subject"] == f"Referral {again['reference']}"
+    assert document["reference"] == again["reference"]
+    jsonschema.validate(document, await asyncio.to_thread(schema))

@@ -142,8 +142,8 @@ async def test_a_reply_signed_and_encrypted_in_one_is_trusted(
     assert verdict.names.signed_message_ids == (REFERRAL_ID,)
     assert verdict.names.message_ids == (REFERRAL_ID,)
     assert verdict.names.all_references == (REFERENCE,)
-    assert verdict.for_referral(destination_key=keys.recipient, message_id=REFERRAL_ID,
-                                reference=REFERENCE) is verdict
+    assert verdict.for_referral(destination_key=keys.recipient, message_ids=[REFERRAL_ID],
+                                reference=REFERENCE, sent_at=None) is verdict
 
 
 async def test_an_acknowledgement_without_a_document_is_trusted(
@@ -240,8 +240,8 @@ def test_another_destination_s_key_is_exposed_and_refused_for_the_referral(
                         by=keys.weak))
     verdict = read(raw, gpg, keys)
     assert verdict.trusted and verdict.signer == keys.weak
-    judged = verdict.for_referral(destination_key=keys.recipient, message_id=REFERRAL_ID,
-                                  reference=REFERENCE)
+    judged = verdict.for_referral(destination_key=keys.recipient, message_ids=[REFERRAL_ID],
+                                  reference=REFERENCE, sent_at=None)
     assert (judged.trusted, judged.reason, judged.signer) == \
         (False, "signer_not_destination", keys.weak)
 
@@ -300,8 +300,8 @@ def test_outer_headers_name_the_referral_when_nothing_inside_does(
                    to=keys.hotline, by=keys.recipient)
     verdict = read(envelope(armored), gpg, keys)
     assert verdict.trusted and verdict.names.message_ids == (REFERRAL_ID,)
-    assert verdict.names_referral(message_id=REFERRAL_ID, reference=REFERENCE)
-    assert not verdict.names_referral(message_id=OTHER_ID, reference="CF-2026-000124")
+    assert verdict.names_referral(message_ids=[REFERRAL_ID], reference=REFERENCE)
+    assert not verdict.names_referral(message_ids=[OTHER_ID], reference="CF-2026-000124")
 
 
 def test_a_replayed_reply_cannot_be_moved_to_another_referral(
@@ -312,8 +312,8 @@ def test_a_replayed_reply_cannot_be_moved_to_another_referral(
     raw = envelope(armored, in_reply_to=OTHER_ID).replace(REFERENCE.encode(), b"CF-2026-000124")
     verdict = read(raw, gpg, keys)
     assert verdict.trusted and verdict.names.message_ids == (OTHER_ID,)
-    judged = verdict.for_referral(destination_key=keys.recipient, message_id=OTHER_ID,
-                                  reference="CF-2026-000124")
+    judged = verdict.for_referral(destination_key=keys.recipient, message_ids=[OTHER_ID],
+                                  reference="CF-2026-000124", sent_at=None)
     assert (judged.trusted, judged.reason) == (False, "no_referral_named")
 
 
