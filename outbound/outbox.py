@@ -34,7 +34,7 @@ from sqlalchemy.engine import Connection
 from gateway.store import leases
 from gateway.store.audit import CLI_ACTOR, AuditEntry, record
 from gateway.store.backend import WriteBackend
-from gateway.store.errors import Conflict, NotAllowed
+from gateway.store.errors import Conflict, NotAllowed, NotFound
 from gateway.store.ids import uuid7
 from gateway.store.lifecycle import SUPERVISOR, Actor
 from gateway.store.polling import PollingStage, retry_delay
@@ -311,10 +311,12 @@ async def retry_failed(backend: WriteBackend, referral_id: uuid.UUID, *, actor: 
         raise NotAllowed("only a supervisor can retry a referral")
 
     def work(conn: Connection) -> None:
-        row = conn.execute(select(referrals.c.case_id, referrals.c.destination)
-                           .where(referrals.c.id == referral_id,
-                                  referrals.c.status == "failed")).first()
-        if row is None:
+        row = conn.execute(select(referrals.c.case_id, referrals.c.destination,
+                                  referrals.c.status)
+                           .where(referrals.c.id == referral_id)).first()
+        if row is None:  # as the other referral endpoints say it
+            raise NotFound("no such referral")
+        if row.status != "failed":
             raise NotRetryable(f"no failed referral {referral_id}")
         conn.execute(update(outbox).where(outbox.c.referral_id == referral_id,
                                           outbox.c.kind == "referral").values(
