@@ -134,7 +134,8 @@ def reload(gateway: Gateway, new: Config, *, follow_up: FollowUpSettings | None 
     if gateway.partner_outcomes is not None:
         gateway.partner_outcomes.reconfigure(partner_outcome_settings(new))
     if gateway.normaliser.read_referral is not None:  # partners' keys for their referrals
-        gateway.normaliser.read_referral = PartnerReferrals(gateway.gpg, partner_keys(new))
+        gateway.normaliser.read_referral = PartnerReferrals(
+            gateway.gpg, partner_keys(new), home=new.gateway.home_country)
     gateway.gpg.forget_checks()  # keys may have been imported or revoked
     gateway.config = new
     needs_restart = [name for name in ("database", "smtp", "http", "console", "admin",

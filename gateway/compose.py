@@ -148,7 +148,8 @@ def make_normaliser(
         # Reports encrypted to the hotline's key are decrypted (in the executor) when read.
         decrypt=gpg.decrypt_blocking if gpg is not None else None,
         # Partner hotlines' referrals among them are checked against their pinned keys.
-        read_referral=PartnerReferrals(gpg, partner_keys(config)) if gpg is not None else None,
+        read_referral=PartnerReferrals(gpg, partner_keys(config), home=config.gateway.home_country)
+        if gpg is not None else None,
     )
 
 
