@@ -287,7 +287,7 @@ async def running(
         parts.on_stop("stats", stats.close)
         admin = make_admin(config, backend, stats, metrics,
                            {"smtp": smtp, "http": public, "console": console}, keywatch,
-                           normaliser, locate, outbox, follow_up, recheck)
+                           normaliser, locate, outbox, follow_up, recheck, partner_outcomes)
         await parts.listen("admin", admin)
         yield Gateway(config, engine, writer, smtp, normaliser, locator, locate, console,
                       public, admin, stats, refer, outbox, keywatch, gpg, follow_up,

@@ -21,6 +21,7 @@ import asyncio
 import random
 import re
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -107,6 +108,8 @@ class OutboxStage(PollingStage):
         self.sent = 0
         self.deferred = 0
         self.failed = 0
+        #: Each item's end by its kind: (kind, "sent" | "deferred" | "failed") -> how many.
+        self.by_kind: Counter[tuple[str, str]] = Counter()
 
     def retry_delay(self, attempts: int) -> timedelta:
         """Doubling from retry_after, with jitter (so that deferred items do not all come back
@@ -186,6 +189,7 @@ class OutboxStage(PollingStage):
                                   "attempt": item.attempts + 1}
         if item.kind != "referral":
             fields["kind"] = item.kind
+        self.by_kind[item.kind, outcome] += 1
         if outcome == "sent":
             self.sent += 1
             log.info("outbox.sent", **fields)
