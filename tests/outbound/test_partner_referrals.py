@@ -23,9 +23,9 @@ from outbound.partner_referrals import (
     read_referral_blocking,
 )
 from tests.outbound.conftest import Keys
+from tests.outbound.hostile_mail import hostile_mail
 from tests.outbound.test_replies import (
     ENVELOPE,
-    OUTER_PIECES,
     detached,
     envelope,
     gpg_fuzz,
@@ -203,12 +203,7 @@ def test_hostile_plaintext_from_a_partner_gets_a_reading(
 
 @settings(max_examples=200, deadline=None,  # most never reach gpg
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(st.one_of(
-    st.binary(max_size=400),
-    st.lists(st.one_of(st.sampled_from(OUTER_PIECES), st.binary(max_size=20)),
-             max_size=25).map(b"".join),
-    st.integers(0, len(ENVELOPE)).map(lambda n: ENVELOPE[:n]),
-))
+@given(hostile_mail(ENVELOPE))
 @example(ENVELOPE)
 def test_hostile_messages_are_never_trusted(gpg: Gpg, keys: Keys, raw: bytes) -> None:
     """Anything at all reaching the intake address: no reading, or one not trusted."""
