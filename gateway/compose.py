@@ -268,6 +268,7 @@ def make_admin(config: Config, backend: WriteBackend, stats: StatsCache, metrics
                           "normalise_parse_failed": normaliser.failed,
                           "normalise_partner_referrals": normaliser.partner_referrals,
                           "normalise_partner_untrusted": normaliser.partner_untrusted,
+                          "normalise_partner_repeats": normaliser.partner_repeats,
                           # Records put off: under a data key this process lacks (rotation).
                           "normalise_key_unknown": normaliser.key_waits.count,
                           "locate_key_unknown": locate.key_waits.count,

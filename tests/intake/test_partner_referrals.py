@@ -478,3 +478,25 @@ async def test_a_partners_referral_to_another_hotline_is_not_filed_as_ours(
     assert flag["signer"] == homes.nl
     [alert] = [e for e in logs if e["event"] == "normalise.partner_referral_untrusted"]
     assert alert["reason"] == "not_for_us"
+
+
+async def test_a_resent_referral_is_acknowledged_once_and_counted(
+        gateway: Gateway, homes: Homes, sender: Gpg) -> None:
+    """End to end: NL's referral, then NL's resend of it, over SMTP: one case, one report;
+    /metrics counts one referral, one repeat, and one acknowledgement queued back to NL."""
+    doc = document("http://be.test/partner-resent")
+    port = gateway.smtp.addresses[0][1]
+    assert (await deliver(port, await signed_referral(sender, homes, doc, "10-a")))[0] == 250
+    await case_of(gateway, "partner-resent")
+    assert (await deliver(port, await signed_referral(sender, homes, doc, "10-b")))[0] == 250
+    async with asyncio.timeout(20):
+        while True:
+            found = samples((await get(gateway, "/metrics"))[1])
+            if (found[("hotline_normalise_partner_repeats_total", ())] == 1
+                    and found[("hotline_partner_outcomes_queued_total", ())] == 1):
+                break
+            await asyncio.sleep(0.05)
+    assert found[("hotline_normalise_partner_referrals_total", ())] == 1
+    assert found[("hotline_partner_outcomes_failed_total", ())] == 0
+    case = await case_of(gateway, "partner-resent")
+    assert case["report_count"] == 1 and len(case["partner_referrals"]) == 1
