@@ -137,7 +137,8 @@ def _message_id(message: Message) -> str | None:
 
 
 def _destination_problem(document: dict[str, Any], home: str | None) -> str | None:
-    """Why a partner's valid document is not a referral to us, or None when it is."""
+    """Why a partner's valid document is not a referral to us, or None when it is (never
+    the value it names: it comes from outside, and the detail is logged)."""
     if home is None:
         return None
     ours = f"hotline:{home}"
@@ -145,7 +146,7 @@ def _destination_problem(document: dict[str, Any], home: str | None) -> str | No
     if named is None:
         return f"the referral names no destination (ours is {ours})"
     if named != ours:
-        return f"the referral is addressed to {str(named)[:40]!r}, not to us ({ours})"
+        return f"the referral is addressed to another destination, not to us ({ours})"
     return None
 
 

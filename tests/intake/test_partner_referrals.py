@@ -455,8 +455,8 @@ async def test_a_partner_referral_delivered_twice_is_filed_once(
 
 
 @pytest.mark.parametrize(("destination", "said"), [
-    ("hotline:FR", "addressed to 'hotline:FR'"), ("police", "addressed to 'police'"),
-    (None, "names no destination")])
+    ("hotline:FR", "addressed to another destination"),
+    ("police", "addressed to another destination"), (None, "names no destination")])
 async def test_a_partners_referral_to_another_hotline_is_not_filed_as_ours(
         gateway: Gateway, homes: Homes, sender: Gpg, destination: str | None,
         said: str) -> None:
@@ -475,6 +475,7 @@ async def test_a_partners_referral_to_another_hotline_is_not_filed_as_ours(
     assert case["partner_referrals"] == []
     flag = _untrusted(case)
     assert flag["reason"] == "not_for_us" and said in flag["detail"]
+    assert "hotline:BE" in flag["detail"] and (destination or "-") not in flag["detail"]
     assert flag["signer"] == homes.nl
     [alert] = [e for e in logs if e["event"] == "normalise.partner_referral_untrusted"]
     assert alert["reason"] == "not_for_us"
