@@ -134,7 +134,8 @@ def reload(gateway: Gateway, new: Config, *, follow_up: FollowUpSettings | None 
     if gateway.partner_outcomes is not None:
         gateway.partner_outcomes.reconfigure(partner_outcome_settings(new))
     if gateway.normaliser.read_referral is not None:  # partners' keys for their referrals
-        gateway.normaliser.read_referral = PartnerReferrals(gateway.gpg, partner_keys(new))
+        gateway.normaliser.read_referral = PartnerReferrals(
+            gateway.gpg, partner_keys(new), home=new.gateway.home_country)
     gateway.gpg.forget_checks()  # keys may have been imported or revoked
     gateway.config = new
     needs_restart = [name for name in ("database", "smtp", "http", "console", "admin",
@@ -286,7 +287,7 @@ async def running(
         parts.on_stop("stats", stats.close)
         admin = make_admin(config, backend, stats, metrics,
                            {"smtp": smtp, "http": public, "console": console}, keywatch,
-                           normaliser, locate, outbox, follow_up, recheck)
+                           normaliser, locate, outbox, follow_up, recheck, partner_outcomes)
         await parts.listen("admin", admin)
         yield Gateway(config, engine, writer, smtp, normaliser, locator, locate, console,
                       public, admin, stats, refer, outbox, keywatch, gpg, follow_up,

@@ -363,7 +363,8 @@ def _cmd_purge(args: argparse.Namespace) -> int:
     purged = asyncio.run(_with_backend(config, lambda backend: purge(
         backend, config.retention, now=utcnow(), actor=CLI_ACTOR)))
     print(f"removed the raw message of {purged.raw_messages} report(s) and the contact "
-          f"details of {purged.contacts}")
+          f"details of {purged.contacts}, and {purged.untrusted_replies} untrusted "
+          "reply(ies) past untrusted_reply_days")
     return EXIT_OK
 
 

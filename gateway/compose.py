@@ -148,7 +148,8 @@ def make_normaliser(
         # Reports encrypted to the hotline's key are decrypted (in the executor) when read.
         decrypt=gpg.decrypt_blocking if gpg is not None else None,
         # Partner hotlines' referrals among them are checked against their pinned keys.
-        read_referral=PartnerReferrals(gpg, partner_keys(config)) if gpg is not None else None,
+        read_referral=PartnerReferrals(gpg, partner_keys(config), home=config.gateway.home_country)
+        if gpg is not None else None,
     )
 
 
@@ -216,7 +217,7 @@ def make_partner_outcomes(config: Config, backend: WriteBackend, engine: AsyncEn
                           outbox: OutboxStage) -> PartnerOutcomeStage:
     """Outcome/v1 replies to partner hotlines about the cases they referred to us."""
     return PartnerOutcomeStage(partner_outcome_settings(config), backend, engine, gpg,
-                               on_queued=outbox.wake)
+                               worker=_worker_name(), on_queued=outbox.wake)
 
 
 def make_keywatch(config: Config, gpg: Gpg) -> KeyWatch:
@@ -243,7 +244,8 @@ def make_smtp(config: Config, writer: SubmissionWriter, executor: Executor,
 def make_admin(config: Config, backend: WriteBackend, stats: StatsCache, metrics: Metrics,
                listeners: dict[str, SmtpServer | HttpListener], keywatch: KeyWatch,
                normaliser: NormaliseStage, locate: LocateStage, outbox: OutboxStage,
-               follow_up: FollowUpStage, recheck: RecheckStage | None = None) -> AdminServer:
+               follow_up: FollowUpStage, recheck: RecheckStage | None = None,
+               partner_outcomes: PartnerOutcomeStage | None = None) -> AdminServer:
     """The admin listener: health, readiness and metrics of the parts it is given."""
     return AdminServer(config.admin, Admin(
         stats=stats, backend=backend, metrics=metrics, keys=lambda: keywatch.last,
@@ -254,9 +256,19 @@ def make_admin(config: Config, backend: WriteBackend, stats: StatsCache, metrics
                           "referrals_failed": outbox.failed,
                           "reminders_queued": follow_up.reminders_queued,
                           "supervisor_flags": follow_up.supervisor_flags,
+                          # Outcome/v1 replies to partner hotlines: queued, not queued (an
+                          # alert each), then delivered or given up by the outbox.
+                          "partner_outcomes_queued":
+                              partner_outcomes.queued if partner_outcomes else 0,
+                          "partner_outcomes_failed":
+                              partner_outcomes.failed if partner_outcomes else 0,
+                          "partner_outcomes_sent": outbox.by_kind["partner_outcome", "sent"],
+                          "partner_outcomes_undelivered":
+                              outbox.by_kind["partner_outcome", "failed"],
                           "normalise_parse_failed": normaliser.failed,
                           "normalise_partner_referrals": normaliser.partner_referrals,
                           "normalise_partner_untrusted": normaliser.partner_untrusted,
+                          "normalise_partner_repeats": normaliser.partner_repeats,
                           # Records put off: under a data key this process lacks (rotation).
                           "normalise_key_unknown": normaliser.key_waits.count,
                           "locate_key_unknown": locate.key_waits.count,

@@ -432,6 +432,9 @@ class AssessmentConfig(Section):
 class RetentionConfig(Section):
     raw_message_days: PositiveInt = 30
     reporter_contact_days: PositiveInt = 90
+    #: Mail at ``[outbound] reply_address`` that was not trusted (anyone can send it) is kept
+    #: for an analyst this long, then deleted; trusted and unread replies are kept.
+    untrusted_reply_days: PositiveInt = 30
 
 
 class IntakeConfig(Section):

@@ -52,6 +52,13 @@ class _Snapshot(Collector):
         yield GaugeMetricFamily("hotline_replies_needing_attention",
                                 "Destinations' replies kept for an analyst, not handled yet",
                                 value=(stats.get("replies") or {}).get("needs_attention", 0))
+        kept = GaugeMetricFamily("hotline_replies_kept",
+                                 "Replies kept for an analyst (waiting or handled, until "
+                                 "[retention] deletes untrusted ones), by reason",
+                                 labels=["reason"])
+        for reason, count in (stats.get("replies_kept_by_reason") or {}).items():
+            kept.add_metric([reason], count)
+        yield kept
         days = GaugeMetricFamily("hotline_key_days_until_expiry",
                                  "Days until a pinned key expires (-1: unusable)",
                                  labels=["key"])

@@ -4,7 +4,11 @@
   removed: the URLs, cases, hashes, counts and the reporter's words as read stay;
 - after ``reporter_contact_days`` the reporter's contact details go: the envelope sender, the
   HELO name and the connecting address, and the e-mail a web reporter gave (which lives in the
-  raw document: a report still holding its raw bytes then loses them too).
+  raw document: a report still holding its raw bytes then loses them too);
+- after ``untrusted_reply_days`` a reply at ``[outbound] reply_address`` that was kept only
+  because it was not trusted (``gateway.store.replies.UNTRUSTED``) is deleted: anyone can mail
+  that address, and what a stranger sends must not fill the database. A reply not read yet,
+  read, or trusted but not all recorded, is never deleted.
 
 Only reports that were read (``parsed``) lose anything: one not read yet, or one that could
 not be read (``parse_failed``: say, encrypted before its key was imported) keeps its bytes so
@@ -25,6 +29,7 @@ from sqlalchemy.engine import Connection
 from gateway.config import RetentionConfig
 from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
+from gateway.store.replies import purge_untrusted
 from gateway.store.tables import submissions
 
 log = structlog.get_logger("gateway.retention")
@@ -34,12 +39,14 @@ log = structlog.get_logger("gateway.retention")
 class Purged:
     raw_messages: int
     contacts: int
+    untrusted_replies: int = 0
 
 
 async def purge(backend: WriteBackend, retention: RetentionConfig, *, now: datetime,
                 actor: str = "system:retention") -> Purged:
     raw_before = now - timedelta(days=retention.raw_message_days)
     contact_before = now - timedelta(days=retention.reporter_contact_days)
+    reply_before = now - timedelta(days=retention.untrusted_reply_days)
     read = submissions.c.status == "parsed"
 
     def work(conn: Connection) -> Purged:
@@ -55,16 +62,20 @@ async def purge(backend: WriteBackend, retention: RetentionConfig, *, now: datet
             update(submissions)
             .where(and_(read, submissions.c.received_at < contact_before, holds_contact))
             .values(mail_from=None, helo=None, peer_ip=None, raw=None)).rowcount
-        purged = Purged(int(raw), int(contacts))
-        if raw or contacts:
+        untrusted = purge_untrusted(conn, before=reply_before)
+        purged = Purged(int(raw), int(contacts), untrusted)
+        if raw or contacts or untrusted:
             record(conn, [AuditEntry(actor, "retention.purged", details={
                 "raw_messages": purged.raw_messages, "contacts": purged.contacts,
+                "untrusted_replies": purged.untrusted_replies,
                 "raw_before": raw_before.isoformat(),
-                "contact_before": contact_before.isoformat()})], at=now)
+                "contact_before": contact_before.isoformat(),
+                "untrusted_reply_before": reply_before.isoformat()})], at=now)
         return purged
 
     purged = await backend.transaction(work)
-    log.info("retention.purged", raw_messages=purged.raw_messages, contacts=purged.contacts)
+    log.info("retention.purged", raw_messages=purged.raw_messages, contacts=purged.contacts,
+             untrusted_replies=purged.untrusted_replies)
     return purged
 
 

@@ -45,6 +45,10 @@ async def collect_stats(engine: AsyncEngine, *, now: datetime | None = None) -> 
             select(func.count()).select_from(cases)
             .where(cases.c.status.in_(("new", "locate_failed"))))).scalar_one()
         by_reply_status = await _count_by(conn, replies.c.status)
+        kept_by_reason = {str(reason): int(count) for reason, count in await conn.execute(
+            select(replies.c.reason, func.count())
+            .where(replies.c.status.in_(("needs_attention", "handled")))
+            .group_by(replies.c.reason))}
         recheck_flagged = (await conn.execute(
             select(func.count()).select_from(cases)
             .where(cases.c.recheck_flag.is_not(None),
@@ -67,6 +71,8 @@ async def collect_stats(engine: AsyncEngine, *, now: datetime | None = None) -> 
         "outbox_oldest_pending_seconds": (now - oldest).total_seconds() if oldest else 0.0,
         # Destinations' replies by state: ``needs_attention`` waits for an analyst.
         "replies": by_reply_status,
+        # Replies kept for an analyst (waiting or handled, until retention) by reason.
+        "replies_kept_by_reason": kept_by_reason,
     }
 
 

@@ -34,7 +34,7 @@ from typing import Any
 import structlog
 from sqlalchemy import bindparam, update
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import StatementError
+from sqlalchemy.exc import IntegrityError, StatementError
 
 from gateway.store import leases
 from gateway.store.backend import WriteBackend
@@ -115,6 +115,9 @@ def normalise_message(raw: bytes, limits: MimeLimits = _LIMITS,
             reading = read_referral(raw)
         except Exception as exc:  # a reader bug must mark the submission, not stop the stage
             return Normalised(error=f"internal: {type(exc).__name__}")
+    if reading is not None and reading.undecryptable is not None:
+        # gpg has tried already: asking it again (``decrypt``) would only fail again.
+        return Normalised(error=f"pgp: cannot decrypt ({reading.undecryptable})")
     if reading is not None:
         raw = opened_mime(raw, reading.plaintext)
     elif decrypt is not None:
@@ -319,6 +322,9 @@ class NormaliseStage(PollingStage):
         #: Partner hotlines' referrals filed with their provenance, and candidates not trusted.
         self.partner_referrals = 0
         self.partner_untrusted = 0
+        #: Partner referrals delivered again (filed once), and those of the current batch.
+        self.partner_repeats = 0
+        self._repeated: set[uuid.UUID] = set()
         #: Submissions put off because their message is under a key this process lacks.
         self.key_waits = KeyWaits("normalise")
 
@@ -383,9 +389,12 @@ class NormaliseStage(PollingStage):
                 failed += 1
                 log.warning("normalise.parse_failed", reference=item.reference,
                             error=result.error)
+            repeat = item.id in self._repeated
+            self._repeated.discard(item.id)
             trusted, untrusted = partners.log_filed(item.reference, result.provenance,
-                                                    result.flags)
+                                                    result.flags, repeat=repeat)
             self.partner_referrals += trusted
+            self.partner_repeats += repeat
             self.partner_untrusted += untrusted
         self.processed += applied
         self.failed += failed
@@ -399,9 +408,7 @@ class NormaliseStage(PollingStage):
         """File a group in one transaction; if the database refuses what one submission
         holds, file the others one by one and mark that one parse_failed with the reason."""
         try:
-            return await self._backend.transaction(
-                partial(self._apply, results=group, now=self._clock())
-            )
+            return await self._apply_racing(group)
         except StatementError as exc:
             if retryable(exc):
                 raise  # the database is unavailable or chose us to lose a race: try later
@@ -417,6 +424,21 @@ class NormaliseStage(PollingStage):
                 partial(self._apply, results=[(claimed, refused, outcome)], now=self._clock())
             )
 
+    async def _apply_racing(self, group: list[tuple[_Claimed, Normalised, dict[str, Any]]]
+                            ) -> int:
+        """File a group; when another worker filed the same partner referral meanwhile (a
+        copy delivered twice, read at once: the unique key refuses the second), once more:
+        this time it is seen as filed, and filed once."""
+        try:
+            return await self._backend.transaction(partial(
+                self._apply, results=group, now=self._clock(), repeated=self._repeated))
+        except IntegrityError:
+            if not any(_PROVENANCE in outcome for _, _, outcome in group):
+                raise
+            log.info("normalise.partner_referral_race")
+            return await self._backend.transaction(partial(
+                self._apply, results=group, now=self._clock(), repeated=self._repeated))
+
     def _claim(self, conn: Connection, *, now: datetime, until: datetime) -> list[_Claimed]:
         rows = leases.claim(
             conn, submissions, worker=self._worker, now=now, until=until,
@@ -428,20 +450,37 @@ class NormaliseStage(PollingStage):
 
     def _apply(
         self, conn: Connection, *,
-        results: Sequence[tuple[_Claimed, Normalised, dict[str, Any]]], now: datetime
+        results: Sequence[tuple[_Claimed, Normalised, dict[str, Any]]], now: datetime,
+        repeated: set[uuid.UUID] | None = None,
     ) -> int:
+        """File ``results``; a partner's referral filed already (by an earlier delivery, or
+        earlier in this batch) is not filed again: its id goes in ``repeated``."""
         applied = 0
         filing = Filing(conn, now=now, legal_window=self._legal_window)
         provenance = []
+        known = partners.filed_keys(conn, [o[_PROVENANCE] for _, _, o in results
+                                           if _PROVENANCE in o])
+        repeats: list[dict[str, Any]] = []
         for claimed, result, outcome in results:
             values = {**outcome, "worker": self._worker, "new_parsed_at": now}
             row = values.pop(_PROVENANCE, None)
+            repeat = row is not None and partners.key_of(row) in known
+            if repeat:
+                values["new_flags"] = seal_values(self._sealer, submissions, claimed.id, {
+                    "flags": [*result.flags, partners.repeat_flag(row)]})["flags"]
             if conn.execute(_MARK_PARSED, values).rowcount != 1:
                 continue  # our lease ran out and another worker has taken it
             applied += 1
+            if repeat:  # filed once: this delivery only goes in the case's history
+                repeats.append(row)
+                continue
             # Unreadable, it is still a report: a no_url case carries it to an analyst.
             filing.attach(claimed.id, claimed.received_at, result.urls)
             if row is not None:
                 provenance.append(row)
+                known.add(partners.key_of(row))
         partners.record(conn, provenance, filing.flush(), now=now)
+        partners.record_repeats(conn, repeats, now=now)
+        if repeated is not None:
+            repeated.update(row["submission_id"] for row in repeats)
         return applied

@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 import structlog
-from sqlalchemy import insert
+from sqlalchemy import insert, select, tuple_
 from sqlalchemy.engine import Connection
 
 from gateway.store.audit import AuditEntry
@@ -61,6 +61,8 @@ class ReferralReading(Protocol):
     def problems(self) -> tuple[str, ...]: ...
     @property
     def message_id(self) -> str | None: ...
+    @property
+    def undecryptable(self) -> str | None: ...
 
 
 #: raw message -> its reading, or None when it is not PGP/MIME the reader can open (blocking).
@@ -142,10 +144,53 @@ def record(conn: Connection, rows: Sequence[dict[str, Any]],
         "partner": v["partner"], "their_reference": v["their_reference"],
         "signer": v["signer"], "submission": str(v["submission_id"])}) for v in values], at=now)
 
+def key_of(row: Mapping[str, Any]) -> tuple[str, str]:
+    """What makes a partner referral one: the partner and their reference."""
+    return str(row["partner"]), str(row["their_reference"])
+
+
+def filed_keys(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> set[tuple[str, str]]:
+    """Which of these provenance rows' referrals are filed already (a delivery before)."""
+    wanted = {key_of(row) for row in rows}
+    if not wanted:
+        return set()
+    found = conn.execute(select(partner_referrals.c.partner, partner_referrals.c.their_reference)
+                         .where(tuple_(partner_referrals.c.partner,
+                                       partner_referrals.c.their_reference).in_(wanted)))
+    return {(row.partner, row.their_reference) for row in found}
+
+
+def repeat_flag(row: Mapping[str, Any]) -> dict[str, object]:
+    """The flag of a report that is a partner referral filed already: delivered again."""
+    return {"flag": "partner_repeat", "partner": row["partner"],
+            "their_reference": row["their_reference"]}
+
+
+def record_repeats(conn: Connection, rows: Sequence[Mapping[str, Any]], *,
+                   now: datetime) -> None:
+    """A partner referral delivered again (a resend, a retry after a lost acknowledgement)
+    is filed once: its case's history says it came again, with the report that brought it."""
+    if not rows:
+        return
+    columns = (partner_referrals.c.partner, partner_referrals.c.their_reference)
+    cases: dict[tuple[str, str], uuid.UUID] = {
+        (found.partner, found.their_reference): found.case_id for found in conn.execute(
+            select(*columns, partner_referrals.c.case_id)
+            .where(tuple_(*columns).in_({key_of(row) for row in rows})))}
+    record_audit(conn, [AuditEntry("system:normalise", "case.partner_referral_repeated",
+                                   cases.get(key_of(row)), {
+        "partner": row["partner"], "their_reference": row["their_reference"],
+        "submission": str(row["submission_id"])}) for row in rows], at=now)
+
+
 def log_filed(reference: str, provenance: Provenance | None,
-              flags: Sequence[Mapping[str, object]]) -> tuple[int, int]:
+              flags: Sequence[Mapping[str, object]], *, repeat: bool = False) -> tuple[int, int]:
     """Log a partner's referral filed, or an alert for one not trusted (never a URL); how
-    many of each (0 or 1), for the metrics."""
+    many of each (0 or 1), for the metrics. ``repeat``: filed already, not counted again."""
+    if provenance is not None and repeat:
+        log.info("normalise.partner_referral_repeated", reference=reference,
+                 partner=provenance.partner, their_reference=provenance.their_reference)
+        return 0, 0
     if provenance is not None:
         log.info("normalise.partner_referral", reference=reference,
                  partner=provenance.partner, their_reference=provenance.their_reference)

@@ -29,9 +29,9 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from functools import partial
 from typing import Any
 
@@ -39,15 +39,12 @@ import structlog
 from sqlalchemy import ColumnElement, and_, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.store import leases
 from gateway.store.audit import AuditEntry, record
-from gateway.store.backend import WriteBackend
 from gateway.store.follow_ups import open_clause
 from gateway.store.ids import uuid7
 from gateway.store.outcomes import DELIVERED
-from gateway.store.polling import PollingStage
 from gateway.store.tables import (
     outbox,
     referral_outcomes,
@@ -56,7 +53,8 @@ from gateway.store.tables import (
     routing_decisions,
 )
 from gateway.store.times import iso, utc
-from outbound.gpg import Gpg, GpgError, KeyProblem
+from outbound.gpg import GpgError, KeyProblem
+from outbound.queuing import QueuingStage
 from outbound.reminder import compose_reminder, reminder_id, reminder_text
 from routing.deadlines import Chase, DeadlinePolicy, FollowUp, Reminder, follow_up
 
@@ -190,40 +188,13 @@ def _store_deadlines(conn: Connection, *, deadlines: dict[uuid.UUID, tuple[Any, 
                      .values(acknowledge_by=acknowledge_by, remove_by=remove_by))
 
 
-class FollowUpStage(PollingStage):
+class FollowUpStage(QueuingStage[FollowUpSettings]):
     name = "follow_up"
-
-    def __init__(
-        self,
-        settings: FollowUpSettings,
-        backend: WriteBackend,
-        engine: AsyncEngine,
-        gpg: Gpg,
-        *,
-        worker: str,
-        on_queued: Callable[[], None] = lambda: None,
-        lease: timedelta = timedelta(minutes=5),
-        key_retry: timedelta = timedelta(minutes=10),
-        idle_poll: float = 60.0,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-    ) -> None:
-        self._settings = settings
-        self._backend = backend
-        self._engine = engine
-        self._gpg = gpg
-        self._worker = worker
-        self._on_queued = on_queued
-        self._lease = lease
-        self._key_retry = key_retry
-        super().__init__(idle_poll=idle_poll)
-        self._clock = clock
-        self.reminders_queued = 0
-        self.supervisor_flags = 0
-
-    def reconfigure(self, settings: FollowUpSettings) -> None:
-        """New deadlines and keys (a reload): used from the next pass on."""
-        self._settings = settings
-        self._wake.set()
+    #: Reminders and flags are due in hours: a pass a minute is on time.
+    IDLE_POLL = 60.0
+    #: What the stage did since it started (the admin listener's counters).
+    reminders_queued = 0
+    supervisor_flags = 0
 
     async def run_once(self) -> int:
         """One pass over the open referrals; how many were acted on (reminded or flagged)."""

@@ -21,6 +21,7 @@ import asyncio
 import random
 import re
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -34,7 +35,7 @@ from sqlalchemy.engine import Connection
 from gateway.store import leases
 from gateway.store.audit import CLI_ACTOR, AuditEntry, record
 from gateway.store.backend import WriteBackend
-from gateway.store.errors import Conflict, NotAllowed
+from gateway.store.errors import Conflict, NotAllowed, NotFound
 from gateway.store.ids import uuid7
 from gateway.store.lifecycle import SUPERVISOR, Actor
 from gateway.store.polling import PollingStage, retry_delay
@@ -108,6 +109,8 @@ class OutboxStage(PollingStage):
         self.sent = 0
         self.deferred = 0
         self.failed = 0
+        #: Each item's end by its kind: (kind, "sent" | "deferred" | "failed") -> how many.
+        self.by_kind: Counter[tuple[str, str]] = Counter()
 
     def retry_delay(self, attempts: int) -> timedelta:
         """Doubling from retry_after, with jitter (so that deferred items do not all come back
@@ -188,6 +191,7 @@ class OutboxStage(PollingStage):
                                   "attempt": item.attempts + 1}
         if item.kind != "referral":
             fields["kind"] = item.kind
+        self.by_kind[item.kind, outcome] += 1
         if outcome == "sent":
             self.sent += 1
             log.info("outbox.sent", **fields)
@@ -313,10 +317,12 @@ async def retry_failed(backend: WriteBackend, referral_id: uuid.UUID, *, actor: 
         raise NotAllowed("only a supervisor can retry a referral")
 
     def work(conn: Connection) -> None:
-        row = conn.execute(select(referrals.c.case_id, referrals.c.destination)
-                           .where(referrals.c.id == referral_id,
-                                  referrals.c.status == "failed")).first()
-        if row is None:
+        row = conn.execute(select(referrals.c.case_id, referrals.c.destination,
+                                  referrals.c.status)
+                           .where(referrals.c.id == referral_id)).first()
+        if row is None:  # as the other referral endpoints say it
+            raise NotFound("no such referral")
+        if row.status != "failed":
             raise NotRetryable(f"no failed referral {referral_id}")
         conn.execute(update(outbox).where(outbox.c.referral_id == referral_id,
                                           outbox.c.kind == "referral").values(

@@ -10,12 +10,18 @@ was not queued is found again on the next pass):
 - then each closing outcome recorded on a referral *we* made of that case (to our police, say:
   by an analyst through the console or ``POST /api/v1/referrals/{id}/outcome``, or by the
   police's signed reply): ``removed`` (with the time the content went down),
-  ``content_unavailable``, ``not_actionable`` (with its reason code). These wait until the
-  acknowledgement has left, so that the partner reads them in order. ``moved`` is ours alone
-  (the content is then followed up elsewhere): it is not an outcome/v1 value;
+  ``content_unavailable``, ``not_actionable`` (with its reason code), ``moved``. These wait
+  until the acknowledgement has left, so that the partner reads them in order. outcome/v1 has
+  no ``moved`` (and a v1 reader refuses a value it does not know), so ``moved`` is told in v1's
+  own words: ``not_actionable``, reason ``no_jurisdiction`` (the content is no longer hosted
+  here), the note saying it moved and is being routed again; it is recorded as ``moved`` here;
 - ``not_actionable`` when our analysts assessed the case not illegal (a final ``legal``
   verdict, the case ``closed_legal``): reason ``not_illegal_in_country``, our assessment's
   reason code said in the note. It too waits for the acknowledgement.
+
+A partner is told one closing outcome per referral, the first recorded: their gateway closes
+its referral to us on it, and would refuse another (a case referred twice, or routed again
+after it moved, can have more than one here).
 
 Each reply is in the partner referral's thread (In-Reply-To/References its Message-ID), names
 *their* reference (our report's as ``their_reference``), is encrypted to the partner's key
@@ -23,30 +29,32 @@ pinned in ``[routing.hotlines.XX]`` (and to our own, as referrals are), signed b
 addressed to ``reply_to`` there (else its ``email``). It is queued in the outbox (``kind``
 ``partner_outcome``) with a ``partner_outcomes`` row and an audit entry in one transaction;
 that row is unique per partner referral and outcome, so a partner is never told the same
-outcome twice, even by two processes. A partner no longer configured, or a key that cannot
-be used, is an alert and is tried again after ``key_retry``; nothing leaves in clear.
+outcome twice. Each partner referral acted on is leased first (``gateway.store.leases``, like
+the follow-up stage's referrals), so that the stages of several processes on one database never
+compose and queue for the same one at once; what it queues is written only while the lease is
+still its own. A partner no longer configured, or a key that cannot be used, is an alert and is
+tried again after ``key_retry``; nothing leaves in clear. ``queued`` and ``failed`` count what
+the stage did (``/metrics``: ``hotline_partner_outcomes_queued_total``, ``..._failed_total``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import structlog
-from sqlalchemy import and_, exists, func, insert, select
+from sqlalchemy import and_, exists, func, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.store import leases
 from gateway.store.audit import AuditEntry, record
-from gateway.store.backend import WriteBackend
 from gateway.store.ids import uuid7
-from gateway.store.polling import PollingStage
 from gateway.store.tables import (
     assessments,
     cases,
@@ -58,16 +66,21 @@ from gateway.store.tables import (
     submissions,
 )
 from gateway.store.times import iso, utc
-from outbound.gpg import Gpg, GpgError, KeyProblem
+from outbound.gpg import GpgError, KeyProblem
 from outbound.outcome import Outcome, outcome_document
+from outbound.queuing import QueuingStage
 from outbound.reply_compose import compose_reply
 
 log = structlog.get_logger("outbound.partner_outcomes")
 ACTOR = "system:partner_outcomes"
 #: The reason code (``gateway.store.outcome_codes``) of a case we assessed not illegal.
 NOT_ILLEGAL = "not_illegal_in_country"
-#: What we tell a partner after the acknowledgement: our referrals' closing outcomes.
-CLOSING: tuple[Outcome, ...] = ("removed", "content_unavailable", "not_actionable")
+#: What a partner is told, as ``partner_outcomes`` records it: outcome/v1's values, and moved.
+Told = Literal["acknowledged", "removed", "content_unavailable", "not_actionable", "moved"]
+#: What we tell a partner after the acknowledgement: our referrals' closing outcomes (one).
+CLOSING: tuple[Told, ...] = ("removed", "content_unavailable", "not_actionable", "moved")
+#: How ``moved`` is said in outcome/v1: not ours to act on, the content is hosted elsewhere.
+MOVED_REASON = "no_jurisdiction"
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,10 +115,19 @@ class Owed:
     their_reference: str
     our_reference: str
     message_id: str | None
-    outcome: Outcome
+    outcome: Told
     occurred_at: datetime
     reason: str | None = None
     note: str | None = None
+
+    def said(self) -> tuple[Outcome, str | None, str | None]:
+        """(outcome, reason, note) as the outcome/v1 document says it: ``moved`` in v1's
+        words (``not_actionable``, ``no_jurisdiction``), the note saying it moved."""
+        if self.outcome == "moved":
+            return "not_actionable", MOVED_REASON, (
+                "moved: the content is no longer hosted in our country; we are routing it "
+                "again to where it is hosted now")
+        return self.outcome, self.reason, self.note
 
 
 def read_owed(conn: Connection) -> list[Owed]:
@@ -121,6 +143,10 @@ def read_owed(conn: Connection) -> list[Owed]:
         return ~exists().where(told.partner_referral_id == partner_referrals.c.id,
                                told.outcome == outcome)
 
+    # One closing outcome per partner referral: their gateway closes it on the first.
+    not_closed = ~exists().where(told.partner_referral_id == partner_referrals.c.id,
+                                 told.outcome.in_(CLOSING))
+
     owed = [Owed(r.id, r.case_id, r.partner, r.their_reference, r.our_reference,
                  r.message_id, "acknowledged", utc(r.received_at))
             for r in conn.execute(base.where(not_told("acknowledged"))
@@ -129,18 +155,17 @@ def read_owed(conn: Connection) -> list[Owed]:
     acknowledged = exists().where(
         told.partner_referral_id == partner_referrals.c.id, told.outcome == "acknowledged",
         outbox.c.id == told.outbox_id, outbox.c.status == "sent")
-    latest: dict[tuple[uuid.UUID, str], Owed] = {}
+    first: dict[uuid.UUID, Owed] = {}
     for r in conn.execute(
             base.add_columns(referral_outcomes.c.outcome, referral_outcomes.c.occurred_at,
                              referral_outcomes.c.reason_code)
             .join(referrals, referrals.c.case_id == partner_referrals.c.case_id)
             .join(referral_outcomes, referral_outcomes.c.referral_id == referrals.c.id)
-            .where(referral_outcomes.c.outcome.in_(CLOSING), acknowledged,
-                   not_told(referral_outcomes.c.outcome))
-            .order_by(referral_outcomes.c.recorded_at)):
-        latest[(r.id, r.outcome)] = Owed(
+            .where(referral_outcomes.c.outcome.in_(CLOSING), acknowledged, not_closed)
+            .order_by(referral_outcomes.c.recorded_at, referral_outcomes.c.id)):
+        first.setdefault(r.id, Owed(
             r.id, r.case_id, r.partner, r.their_reference, r.our_reference, r.message_id,
-            r.outcome, utc(r.occurred_at), r.reason_code)
+            r.outcome, utc(r.occurred_at), r.reason_code))
     verdict = (select(assessments.c.case_id, func.max(assessments.c.created_at).label("at"))
                .where(assessments.c.status == "final", assessments.c.verdict == "legal")
                .group_by(assessments.c.case_id).subquery())
@@ -150,14 +175,12 @@ def read_owed(conn: Connection) -> list[Owed]:
             .join(verdict, verdict.c.case_id == partner_referrals.c.case_id)
             .join(assessments, and_(assessments.c.case_id == verdict.c.case_id,
                                     assessments.c.created_at == verdict.c.at))
-            .where(cases.c.status == "closed_legal", acknowledged,
-                   not_told("not_actionable"))):
-        if (r.id, "not_actionable") not in latest:
-            latest[(r.id, "not_actionable")] = Owed(
-                r.id, r.case_id, r.partner, r.their_reference, r.our_reference, r.message_id,
-                "not_actionable", utc(r.at), NOT_ILLEGAL,
-                f"assessed not illegal here: {r.reason or 'no reason given'}")
-    return owed + list(latest.values())
+            .where(cases.c.status == "closed_legal", acknowledged, not_closed)):
+        first.setdefault(r.id, Owed(
+            r.id, r.case_id, r.partner, r.their_reference, r.our_reference, r.message_id,
+            "not_actionable", utc(r.at), NOT_ILLEGAL,
+            f"assessed not illegal here: {r.reason or 'no reason given'}"))
+    return owed + list(first.values())
 
 
 def outcome_text(owed: Owed, hotline: str) -> str:
@@ -166,71 +189,83 @@ def outcome_text(owed: Owed, hotline: str) -> str:
                             f"{owed.our_reference}",
             "removed": "the content was removed",
             "content_unavailable": "the content was already unavailable",
-            "not_actionable": f"it could not be acted on here ({owed.reason})"}[owed.outcome]
+            "not_actionable": f"it could not be acted on here ({owed.reason})",
+            "moved": "the content moved: it is no longer hosted in our country, so it is "
+                     "not ours to act on (the attached document says not_actionable, "
+                     f"{MOVED_REASON}); we are routing it again to where it is hosted now",
+            }[owed.outcome]
     return (f"About your referral {owed.their_reference}: {said} "
             f"({owed.occurred_at.strftime('%Y-%m-%d %H:%M UTC')}).\n\n"
             "The attached hotline-gateway/outcome/v1 document says so for your gateway.\n\n"
             f"-- \n{hotline}\n")
 
 
-class PartnerOutcomeStage(PollingStage):
+class PartnerOutcomeStage(QueuingStage[PartnerOutcomeSettings]):
     name = "partner_outcomes"
+    #: A partner's referral is acknowledged as soon as it is filed (a wake-up), else soon.
+    IDLE_POLL = 5.0
 
-    def __init__(
-        self,
-        settings: PartnerOutcomeSettings,
-        backend: WriteBackend,
-        engine: AsyncEngine,
-        gpg: Gpg,
-        *,
-        on_queued: Callable[[], None] = lambda: None,
-        key_retry: timedelta = timedelta(minutes=10),
-        idle_poll: float = 5.0,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-    ) -> None:
-        self._settings = settings
-        self._backend = backend
-        self._engine = engine
-        self._gpg = gpg
-        self._on_queued = on_queued
-        self._key_retry = key_retry
-        super().__init__(idle_poll=idle_poll)
-        self._clock = clock
+    def _setup(self) -> None:
         #: What could not be queued (no such partner, a key problem), and until when it waits.
         self._put_off: dict[tuple[uuid.UUID, str], datetime] = {}
+        #: Replies queued, and those that could not be (an alert each; tried again later).
         self.queued = 0
+        self.failed = 0
 
     def reconfigure(self, settings: PartnerOutcomeSettings) -> None:
         """New partners and keys (a reload): used from the next pass on, retried at once."""
-        self._settings = settings
         self._put_off.clear()
-        self._wake.set()
+        super().reconfigure(settings)
 
     async def run_once(self) -> int:
         """One pass; how many replies were queued."""
         async with self._engine.connect() as conn:
             found = await conn.run_sync(read_owed)
         now = self._clock()
+        due = [owed for owed in found
+               if self._put_off.get((owed.partner_referral_id, owed.outcome), now) <= now]
+        if not due:
+            return 0
+        held = set(await self._backend.transaction(partial(
+            self._claim, ids=sorted({o.partner_referral_id for o in due}), now=now,
+            until=now + self._lease)))
         done = 0
-        for owed in found:
-            key = (owed.partner_referral_id, owed.outcome)
-            if self._put_off.get(key, now) > now:
-                continue
-            try:
-                queued = await self._queue(self._settings, owed)
-            except Exception as exc:  # one reply's failure must not stop the others
-                log.error("partner_outcomes.failed", **_fields(owed),
-                          error_type=type(exc).__name__)
-                queued = False
-            if queued:
-                self._put_off.pop(key, None)
-                done += 1
-            else:
-                self._put_off[key] = self._clock() + self._key_retry
+        try:
+            for owed in due:
+                if owed.partner_referral_id not in held:
+                    continue  # another process has it
+                if await self._tell(owed):
+                    done += 1
+        finally:
+            await self.release()
         return done
 
+    async def _tell(self, owed: Owed) -> bool:
+        """Queue one reply; whether it was (else it is put off, and counted as failed)."""
+        key = (owed.partner_referral_id, owed.outcome)
+        try:
+            queued = await self._queue(self._settings, owed)
+        except Exception as exc:  # one reply's failure must not stop the others
+            log.error("partner_outcomes.failed", **_fields(owed),
+                      error_type=type(exc).__name__)
+            queued = False
+        if queued:
+            self._put_off.pop(key, None)
+            return True
+        self.failed += 1
+        self._put_off[key] = self._clock() + self._key_retry
+        return False
+
+    def _claim(self, conn: Connection, *, ids: list[uuid.UUID], now: datetime,
+               until: datetime) -> list[uuid.UUID]:
+        return [row[0] for row in leases.claim(
+            conn, partner_referrals, worker=self._worker, now=now, until=until,
+            where=[partner_referrals.c.id.in_(ids)], order_by=partner_referrals.c.id,
+            limit=len(ids), returning=[partner_referrals.c.id])]
+
     async def release(self) -> None:
-        return None
+        await self._backend.transaction(partial(
+            leases.release, table=partner_referrals, worker=self._worker))
 
     async def _queue(self, settings: PartnerOutcomeSettings, owed: Owed) -> bool:
         fields = _fields(owed)
@@ -249,10 +284,11 @@ class PartnerOutcomeStage(PollingStage):
             if not settings.signing_key:
                 raise KeyProblem("(none)", ["no [gpg] signing_key configured"])
             # Off the loop: the first validation reads the shipped schema.
+            outcome, reason, note = owed.said()
             document = await asyncio.to_thread(partial(
-                outcome_document, reference=owed.their_reference, outcome=owed.outcome,
-                occurred_at=owed.occurred_at, reason=owed.reason,
-                their_reference=owed.our_reference, note=owed.note))
+                outcome_document, reference=owed.their_reference, outcome=outcome,
+                occurred_at=owed.occurred_at, reason=reason,
+                their_reference=owed.our_reference, note=note))
             message = await compose_reply(
                 self._gpg, text=outcome_text(owed, settings.hotline_name),
                 reference=owed.their_reference,
@@ -278,6 +314,8 @@ class PartnerOutcomeStage(PollingStage):
                "message_id": msg_id}
 
         def work(conn: Connection) -> bool:
+            if not _still_held(conn, owed.partner_referral_id, self._worker):
+                return False  # the lease ran out and another process took it
             if conn.execute(select(partner_outcomes.c.id).where(and_(
                     partner_outcomes.c.partner_referral_id == owed.partner_referral_id,
                     partner_outcomes.c.outcome == owed.outcome))).first() is not None:
@@ -300,6 +338,13 @@ class PartnerOutcomeStage(PollingStage):
             log.info("partner_outcomes.queued", **fields)
             self._on_queued()
         return True
+
+
+def _still_held(conn: Connection, partner_referral_id: uuid.UUID, worker: str) -> bool:
+    """Whether ``worker`` still holds the partner referral (locks its row till commit)."""
+    return conn.execute(update(partner_referrals).where(
+        partner_referrals.c.id == partner_referral_id,
+        partner_referrals.c.claimed_by == worker).values(claimed_by=worker)).rowcount == 1
 
 
 def _fields(owed: Owed) -> dict[str, Any]:

@@ -11,11 +11,16 @@ these hold, checked in this order (the first that fails is the reading's ``reaso
   a key pinned for the police is not a partner's;
 - ``unsigned``: the document is inside what that signature covers;
 - ``bad_document``: exactly one document, valid against the shipped schema, whose ``from``
-  country is the partner's whose key signed it, and whose reference fits in the store.
+  country is the partner's whose key signed it, and whose reference fits in the store;
+- ``not_for_us``: the document's ``destination`` is this hotline (``hotline:XX``, XX our
+  ``[gateway] home_country``). A partner's signed referral to another hotline, forwarded or
+  replayed to us, is not a referral to us; one that names no destination is not either.
 
 The caller (the normalise stage) files a trusted candidate with its provenance and an
 untrusted one as an ordinary report with the reason. A message that cannot be opened here is
 not a candidate (None): the stage reads it as it reads any report, and says why it could not.
+One that gpg cannot decrypt is a reading with ``undecryptable`` set, so that the stage says
+why without asking gpg a second time.
 Hostile input never raises. Nothing here logs message content or addresses.
 """
 
@@ -37,7 +42,7 @@ from outbound.signed import Opener, Refused, check_signed, decrypt, fingerprint,
 
 log = structlog.get_logger("outbound.partner_referrals")
 
-Reason = Literal["unsigned", "bad_signature", "unpinned_signer", "bad_document"]
+Reason = Literal["unsigned", "bad_signature", "unpinned_signer", "bad_document", "not_for_us"]
 _REASONS: dict[str, Reason] = {"unsigned": "unsigned", "unpinned_signer": "unpinned_signer",
                                "bad_document": "bad_document"}
 #: The longest partner reference kept (the store's column).
@@ -82,6 +87,8 @@ class ReferralReading:
     #: The outer message's Message-ID (``<...>``), when it has a well-formed one: the thread
     #: our replies to the partner go in (not covered by the signature; used only for that).
     message_id: str | None = None
+    #: Why gpg could not decrypt it (then nothing else is set): the report is unreadable.
+    undecryptable: str | None = None
 
 
 def _documents(entity: Message, limits: ReferralLimits) -> list[dict[str, Any] | None]:
@@ -129,15 +136,31 @@ def _message_id(message: Message) -> str | None:
     return found[0] if found else None
 
 
+def _destination_problem(document: dict[str, Any], home: str | None) -> str | None:
+    """Why a partner's valid document is not a referral to us, or None when it is (never
+    the value it names: it comes from outside, and the detail is logged)."""
+    if home is None:
+        return None
+    ours = f"hotline:{home}"
+    named = document.get("destination")
+    if named is None:
+        return f"the referral names no destination (ours is {ours})"
+    if named != ours:
+        return f"the referral is addressed to another destination, not to us ({ours})"
+    return None
+
+
 def _read(raw: bytes, opener: Opener, partners: Mapping[str, str],
-          limits: ReferralLimits) -> ReferralReading | None:
+          limits: ReferralLimits, home: str | None) -> ReferralReading | None:
     if len(raw) > limits.max_message_bytes:
         return None
     try:
         message = parse(raw, limits.max_entities, "message")
         opened = decrypt(message, opener, max_plaintext=limits.max_plaintext_bytes)
-    except Refused:
-        return None  # not PGP/MIME, or not for us: read (and refused) as any report is
+    except Refused as refused:
+        if refused.reason == "undecryptable":  # gpg tried: its answer is the report's
+            return ReferralReading(b"", undecryptable=refused.detail or "gpg failed")
+        return None  # not PGP/MIME: read as any report is
     reading = ReferralReading(opened.plaintext, message_id=_message_id(message))
     try:
         inner = parse(opened.plaintext, limits.max_entities, "decrypted message")
@@ -170,17 +193,21 @@ def _read(raw: bytes, opener: Opener, partners: Mapping[str, str],
     if problems := _document_problems(document, partner):
         return replace(reading, reason="bad_document", document=document,
                        detail="not a valid referral/v1 document", problems=tuple(problems))
+    if (elsewhere := _destination_problem(document, home)) is not None:
+        return replace(reading, reason="not_for_us", detail=elsewhere)
     return replace(reading, trusted=True, partner=partner, document=document)
 
 
 def read_referral_blocking(raw: bytes, opener: Opener, partners: Mapping[str, str], *,
+                           home: str | None,
                            limits: ReferralLimits = DEFAULT_LIMITS) -> ReferralReading | None:
     """The reading of a message received at the intake address, or None when it is not
-    PGP/MIME we can decrypt. ``partners``: pinned key fingerprint -> country code. Blocking
-    (gpg): call it from a worker thread."""
+    PGP/MIME. ``partners``: pinned key fingerprint -> country code; ``home``: our country
+    code, the destination a referral to us names (None: not checked, for tools only).
+    Blocking (gpg): call it from a worker thread."""
     pinned = {fingerprint(key): country for key, country in partners.items()}
     try:
-        return _read(raw, opener, pinned, limits)
+        return _read(raw, opener, pinned, limits, home)
     except (ValueError, LookupError, TypeError, RecursionError, AttributeError,
             errors.MessageError) as exc:
         # The stdlib's parser met something it cannot take: read as any report is.
@@ -189,14 +216,17 @@ def read_referral_blocking(raw: bytes, opener: Opener, partners: Mapping[str, st
 
 
 class PartnerReferrals:
-    """The reader the normalise stage is handed: gpg and the partners' pinned keys
-    (fingerprint -> country code). A reload of the config hands the stage a new one."""
+    """The reader the normalise stage is handed: gpg, the partners' pinned keys
+    (fingerprint -> country code) and our country (``home``: the destination a referral to us
+    names). A reload of the config hands the stage a new one."""
 
-    def __init__(self, opener: Opener, partners: Mapping[str, str], *,
+    def __init__(self, opener: Opener, partners: Mapping[str, str], *, home: str,
                  limits: ReferralLimits = DEFAULT_LIMITS) -> None:
         self._opener = opener
         self._partners = dict(partners)
+        self._home = home
         self._limits = limits
 
     def __call__(self, raw: bytes) -> ReferralReading | None:
-        return read_referral_blocking(raw, self._opener, self._partners, limits=self._limits)
+        return read_referral_blocking(raw, self._opener, self._partners, home=self._home,
+                                      limits=self._limits)

@@ -25,8 +25,10 @@ Anything else changes nothing and is kept for an analyst (``needs_attention``) w
 reason: not trusted (``outbound.replies``' reasons), a trusted reply whose document is not
 valid (``bad_document``: the acknowledgement is still recorded, as the reader says), or an
 outcome the referral cannot take (``outcome_refused``, the whole transaction undone). Each
-such reply is logged as an error with its id and reason (never content or addresses),
-counted (``on_read``), and audited.
+such reply is counted (``on_read``) and audited, and raises an alert (an error in the log with
+its id and reason, never content or addresses). Alerts for replies that were not trusted
+(``gateway.store.replies.UNTRUSTED``: anyone can send those) are collapsed: one per reason per
+``alert_every``, the next saying how many were held back (``held_back``).
 """
 
 from __future__ import annotations
@@ -53,11 +55,12 @@ from gateway.store.lifecycle import CaseChanged
 from gateway.store.outcome_codes import CLOSING, NOT_ACTIONABLE_REASONS
 from gateway.store.outcomes import OutcomeRefused, Recorder, record_outcome_in
 from gateway.store.polling import PollingStage
-from gateway.store.replies import Finding, replayed_in, settle_in
+from gateway.store.replies import UNTRUSTED, Finding, replayed_in, settle_in
 from gateway.store.sealed import open_value
 from gateway.store.sealing import SealBroken, Sealer, UnknownKey
 from gateway.store.tables import referral_reminders, referrals, replies
 from gateway.store.times import utc
+from outbound.alerts import AlertThrottle
 from outbound.replies import DEFAULT_LIMITS, ReplyLimits, Verdict, read_reply_blocking
 from outbound.signed import Opener
 
@@ -283,6 +286,7 @@ class ReplyStage(PollingStage):
         limits: ReplyLimits = DEFAULT_LIMITS,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_read: Callable[[str], None] = lambda result: None,
+        alert_every: timedelta = timedelta(minutes=15),
     ) -> None:
         super().__init__(idle_poll=idle_poll)
         self._backend = backend
@@ -301,6 +305,8 @@ class ReplyStage(PollingStage):
         self.key_waits = KeyWaits("replies")
         self.read = 0
         self.needing_attention = 0
+        #: Untrusted replies' alerts: one per reason per ``alert_every``.
+        self._alerts = AlertThrottle(alert_every)
 
     def reconfigure(self, pinned: Collection[str]) -> None:
         """The destinations' keys after a reload (replies already read stay as they are)."""
@@ -381,11 +387,19 @@ class ReplyStage(PollingStage):
             return
         self.needing_attention += 1
         self.on_read(finding.reason or "unknown")
+        fields: dict[str, Any] = {
+            "reply": str(item.id), "reason": finding.reason, "detail": finding.detail,
+            "referral": str(finding.referral_id) if finding.referral_id else None,
+            "signer": finding.signer}
+        if finding.reason in UNTRUSTED:
+            held = self._alerts.due(finding.reason or "unknown", self._clock())
+            if held is None:  # raised for this reason lately: counted, kept, not raised again
+                log.debug("replies.kept", **fields)
+                return
+            if held:
+                fields["held_back"] = held
         # An alert: the reply is kept for an analyst. Ids and the reason, never content.
-        log.error("replies.needs_attention", reply=str(item.id), reason=finding.reason,
-                  detail=finding.detail,
-                  referral=str(finding.referral_id) if finding.referral_id else None,
-                  signer=finding.signer)
+        log.error("replies.needs_attention", **fields)
 
     def _apply(self, conn: Connection, *, claimed: _Claimed, verdict: Verdict,
                now: datetime) -> Finding | None:

@@ -32,6 +32,14 @@ def _case_id(request: web.Request) -> uuid.UUID:
         raise web.HTTPNotFound(reason="no such case") from None
 
 
+def _referral_id(request: web.Request) -> uuid.UUID:
+    """The referral the path names; 404 (as JSON, by the middleware) when it names none."""
+    try:
+        return uuid.UUID(request.match_info["referral_id"])
+    except ValueError:
+        raise web.HTTPNotFound(reason="no such referral") from None
+
+
 async def _body(request: web.Request) -> Any:
     if request.content_type != "application/json":
         raise web.HTTPBadRequest(reason="send JSON (Content-Type: application/json)")
@@ -205,10 +213,7 @@ async def relocation(request: web.Request) -> web.Response:
 
 async def referral(request: web.Request) -> web.Response:
     console = request.app[CONSOLE]
-    try:
-        referral_id = uuid.UUID(request.match_info["referral_id"])
-    except ValueError:
-        return json_error(404, "no such referral")
+    referral_id = _referral_id(request)
     async with console.engine.connect() as conn:
         found = await get_referral(conn, referral_id)
     if found is None:
@@ -220,10 +225,7 @@ async def referral_retry(request: web.Request) -> web.Response:
     """Supervisors: queue a failed referral again once its cause is fixed."""
     console = request.app[CONSOLE]
     staff = staff_of(request)
-    try:
-        referral_id = uuid.UUID(request.match_info["referral_id"])
-    except ValueError:
-        return json_error(404, "no such referral")
+    referral_id = _referral_id(request)
     try:
         await retry_failed(console.backend, referral_id, actor=Actor(staff.name, staff.role),
                            now=console.now())
@@ -241,10 +243,7 @@ async def referral_outcome(request: web.Request) -> web.Response:
     state."""
     console = request.app[CONSOLE]
     staff = staff_of(request)
-    try:
-        referral_id = uuid.UUID(request.match_info["referral_id"])
-    except ValueError:
-        return json_error(404, "no such referral")
+    referral_id = _referral_id(request)
     try:
         given = OutcomeReport.from_json(await _body(request))
         await record_outcome(console.backend, referral_id, given.outcome, reason=given.reason,

@@ -5,8 +5,14 @@ need an analyst.
 A reply's states: ``received`` (stored, not read yet) → ``read`` (trusted: what it says is
 recorded as its referral's outcomes) or ``needs_attention`` (kept for an analyst with the
 reason: not trusted, or trusted but not all of it could be recorded) → ``handled`` (an analyst
-looked at it and said so; audited). A reply is never deleted here and never trusted on
-anything but its signature (``outbound.replies``).
+looked at it and said so; audited). A reply is never trusted on anything but its signature
+(``outbound.replies``).
+
+Anyone can mail the reply address. A reply that was not trusted (``UNTRUSTED``: nothing in it
+was verified) is kept for an analyst only for ``[retention] untrusted_reply_days``, then
+deleted (``purge_untrusted``, by the daily retention); a reply that is received (not read
+yet), read, or trusted but not all recorded (``bad_document``, ``outcome_refused``) is never
+deleted.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -36,6 +42,11 @@ DEDUP_PURPOSE = "reply"
 #: The lookup purpose of ``replies.signed_key``: the signed content of a trusted reply.
 SIGNED_PURPOSE = "reply-signed"
 STATUSES = ("received", "read", "needs_attention", "handled")
+#: Why a reply was kept when nothing of it was verified (not from a pinned key of the
+#: referral's destination, or naming none of our referrals): a stranger may send any number.
+UNTRUSTED = ("too_large", "not_encrypted", "undecryptable", "unsigned", "bad_signature",
+             "unpinned_signer", "signer_not_destination", "no_referral_named",
+             "unreadable_record")
 MAX_NOTE = 2000
 
 
@@ -147,6 +158,15 @@ def settle_in(conn: Connection, reply_id: uuid.UUID, finding: Finding, *, worker
         record(conn, [AuditEntry("system:replies", "reply.needs_attention", finding.case_id,
                                  details)], at=now)
     return True
+
+
+def purge_untrusted(conn: Connection, *, before: datetime) -> int:
+    """Delete the replies kept only because they were not trusted, received before
+    ``before`` (waiting for an analyst or handled); how many. Never one that is not read yet
+    or whose signature held."""
+    return int(conn.execute(delete(replies).where(
+        replies.c.status.in_(("needs_attention", "handled")),
+        replies.c.reason.in_(UNTRUSTED), replies.c.received_at < before)).rowcount)
 
 
 def _view(row: Any, handled_by: str | None) -> dict[str, Any]:

@@ -176,7 +176,12 @@ partner_referrals = Table(
     Column("received_at", DateTime(timezone=True), nullable=False),
     Column("document", JSON, nullable=False, info=SEALED_JSON),
     Column("message_id", Text, nullable=True),  # their referral's, for our replies' thread
+    # The partner-outcome stage's lease (one process at a time tells the partner).
+    Column("claimed_by", String(64), nullable=True),
+    Column("claimed_until", DateTime(timezone=True), nullable=True),
     Index(None, "case_id"),
+    # Delivered twice (a resend, a retry after a lost acknowledgement): filed once.
+    UniqueConstraint("partner", "their_reference"),
 )
 
 # Outcomes told to a partner hotline of a case it referred to us (``outbound.partner_outcomes``):

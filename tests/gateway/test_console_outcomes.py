@@ -132,6 +132,22 @@ async def test_refusals_404_409_and_400(start: Start) -> None:
     assert [o["outcome"] for o in case["referrals"][0]["outcomes"]] == ["content_unavailable"]
 
 
+async def test_every_referral_endpoint_answers_a_bad_id_alike(start: Start) -> None:
+    """The referral, its retry and its outcome read the id the same way: a malformed or
+    unknown one is a JSON 404 saying so (one parser, ``_referral_id``)."""
+    gw = await start()
+    backend = gw.console.context.backend
+    await ready_user(backend, "sue", "supervisor")
+    token = await create_token(backend, "sue", now=utcnow())
+    for unknown in ("not-a-uuid", "123", str(uuid.uuid4())):
+        for method, path, body in (
+                ("GET", f"/api/v1/referrals/{unknown}", None),
+                ("POST", f"/api/v1/referrals/{unknown}/retry", None),
+                ("POST", f"/api/v1/referrals/{unknown}/outcome", {"outcome": "removed"})):
+            status, answer = await api(gw, method, path, token, body)
+            assert (status, answer) == (404, {"error": "no such referral"}), (method, path)
+
+
 async def test_the_queue_filters_awaiting_outcome_and_moved(
     start: Start, client: Callable[[Gateway], StaffClient]
 ) -> None:

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import gnupg  # type: ignore[import-untyped]
 import pytest
@@ -15,7 +16,9 @@ import pytest
 from gateway.app import Gateway
 from gateway.store.case_view import list_cases
 from gateway.store.tables import submissions
+from intake.normalise import normalise_message
 from outbound.gpg import Gpg
+from outbound.partner_referrals import PartnerReferrals
 from outbound.pgpmime import encrypted_message
 from tests.conftest import Start
 from tests.smtp_client import deliver
@@ -130,3 +133,37 @@ async def test_a_quoted_pgp_block_not_for_us_does_not_hide_the_rest(
            + armored)
     assert (await deliver(gateway.smtp.addresses[0][1], raw))[0] == 250
     assert await filed(gateway, "visible") == ["http://www.example.com/visible"]
+
+
+class CountedGpg:
+    """The hotline's gpg, counting how often it is asked to decrypt (a spy, not a mock:
+    every call goes to the real gpg)."""
+
+    def __init__(self, gpg: Gpg) -> None:
+        self.gpg = gpg
+        self.calls = 0
+
+    def open_blocking(self, data: bytes, *, max_output: int) -> Any:
+        self.calls += 1
+        return self.gpg.open_blocking(data, max_output=max_output)
+
+    def decrypt_blocking(self, data: bytes) -> bytes:
+        self.calls += 1
+        return self.gpg.decrypt_blocking(data)
+
+
+def test_a_report_gpg_cannot_decrypt_is_decrypted_once(
+        homes: tuple[Path, str, Path]) -> None:
+    """The partner-referral reader and the older decrypt path share one decryption: a
+    PGP/MIME report for another key costs one gpg call, and says why it failed."""
+    home, _, stranger = homes
+    armored = encrypt(stranger, None, b"Content-Type: text/plain\r\n\r\nwww.example.com/once")
+    raw = encrypted_message(armored, from_address="a@example.org",
+                            to_address="report@hotline.test", reference="x",
+                            msg_id="<pgp-once@example.org>", date=datetime.now(UTC))
+    with ThreadPoolExecutor(1) as pool:
+        counted = CountedGpg(Gpg(home, executor=pool))
+        result = normalise_message(raw, decrypt=counted.decrypt_blocking,
+                                   read_referral=PartnerReferrals(counted, {}, home="BE"))
+    assert result.error is not None and result.error.startswith("pgp: cannot decrypt")
+    assert counted.calls == 1

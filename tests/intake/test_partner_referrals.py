@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from structlog.testing import capture_logs
 
@@ -32,7 +32,7 @@ from gateway.config_sections import RoutingConfig
 from gateway.console.accounts import create_token, utcnow
 from gateway.store.backend import WriteBackend
 from gateway.store.case_view import get_case, list_cases
-from gateway.store.tables import partner_referrals
+from gateway.store.tables import audit_log, partner_referrals
 from intake.partners import document_urls, untrusted_flag
 from outbound.document import inner_message, referral_document
 from outbound.gpg import Gpg
@@ -395,7 +395,7 @@ async def test_the_stage_stores_provenance_on_every_database(
     with ThreadPoolExecutor(2) as pool:
         gpg = Gpg(homes.hotline_home, executor=pool)
         await drain(stage(backend, decrypt=gpg.decrypt_blocking,
-                          read_referral=PartnerReferrals(gpg, {homes.nl: "NL"})))
+                          read_referral=PartnerReferrals(gpg, {homes.nl: "NL"}, home="BE")))
     async with engine.connect() as conn:
         [listed] = await list_cases(conn)
         case = await get_case(conn, uuid.UUID(listed["id"]))
@@ -404,3 +404,100 @@ async def test_the_stage_stores_provenance_on_every_database(
     [referred] = case["partner_referrals"]
     assert (referred["report"], referred["partner"]) == (references[0], "NL")
     assert referred["theirs"]["url"] == "http://be.test/partner-db"
+
+
+async def _filed_twice(backend: WriteBackend, engine: AsyncEngine, homes: Homes,
+                       sender: Gpg, fragment: str, *stages_kw: dict[str, Any]
+                       ) -> tuple[list[str], dict[str, Any], list[Any]]:
+    """NL's referral delivered twice (a resend: another Message-ID, encrypted anew), read
+    by a stage for each of ``stages_kw`` side by side: the references, the case, the audit."""
+    doc = document(f"http://be.test/{fragment}")
+    raws = [await signed_referral(sender, homes, doc, f"{fragment}-{n}") for n in (1, 2)]
+    references = await store(backend, raws)
+    with ThreadPoolExecutor(2) as pool:
+        gpg = Gpg(homes.hotline_home, executor=pool)
+        reader = PartnerReferrals(gpg, {homes.nl: "NL"}, home="BE")
+        await drain(*(stage(backend, f"w{n}", decrypt=gpg.decrypt_blocking,
+                            read_referral=reader, **kw) for n, kw in enumerate(stages_kw)))
+    async with engine.connect() as conn:
+        [listed] = await list_cases(conn)
+        case = await get_case(conn, uuid.UUID(listed["id"]))
+        audit = (await conn.execute(select(audit_log.c.action, audit_log.c.case_id)
+                                    .where(audit_log.c.action.like("case.partner_%")))).all()
+    assert case is not None
+    return references, case, audit
+
+
+@pytest.mark.parametrize("stages_kw", [
+    pytest.param([{}], id="one-batch"),
+    pytest.param([{"batch_size": 1}], id="one-by-one"),
+    pytest.param([{"batch_size": 1}, {"batch_size": 1}], id="two-workers-at-once"),
+])
+async def test_a_partner_referral_delivered_twice_is_filed_once(
+        backend: WriteBackend, engine: AsyncEngine, homes: Homes, sender: Gpg,
+        stages_kw: list[dict[str, Any]]) -> None:
+    """One partner referral (partner, their reference) delivered twice, in one batch, one
+    after the other, or read by two workers at once (the unique key settles the race): one
+    report on the case, one provenance; the second delivery is in the case's history."""
+    references, case, audit = await _filed_twice(backend, engine, homes, sender,
+                                                 f"partner-twice-{len(stages_kw)}", *stages_kw)
+    assert case["report_count"] == 1
+    [referred] = case["partner_referrals"]
+    assert referred["their_reference"] == THEIR_REFERENCE
+    [filed] = case["references"]
+    assert referred["report"] == filed and filed in references
+    assert [a.action for a in audit].count("case.partner_referral") == 1
+    [again] = [a for a in audit if a.action == "case.partner_referral_repeated"]
+    assert str(again.case_id) == case["id"]
+    async with engine.connect() as conn:
+        assert (await conn.execute(select(func.count()).select_from(partner_referrals))
+                ).scalar_one() == 1
+
+
+@pytest.mark.parametrize(("destination", "said"), [
+    ("hotline:FR", "addressed to another destination"),
+    ("police", "addressed to another destination"), (None, "names no destination")])
+async def test_a_partners_referral_to_another_hotline_is_not_filed_as_ours(
+        gateway: Gateway, homes: Homes, sender: Gpg, destination: str | None,
+        said: str) -> None:
+    """NL's valid, signed referral to another hotline (forwarded or replayed to us) is not a
+    referral to us: no provenance, the reason for the analyst, an alert."""
+    fragment = f"partner-elsewhere-{destination or 'none'}".replace(":", "-")
+    doc = document(f"http://be.test/{fragment}")
+    if destination is None:
+        del doc["destination"]
+    else:
+        doc["destination"] = destination
+    raw = await signed_referral(sender, homes, doc, f"9-{fragment}")
+    with capture_logs() as logs:
+        assert (await deliver(gateway.smtp.addresses[0][1], raw))[0] == 250
+        case = await case_of(gateway, fragment)
+    assert case["partner_referrals"] == []
+    flag = _untrusted(case)
+    assert flag["reason"] == "not_for_us" and said in flag["detail"]
+    assert "hotline:BE" in flag["detail"] and (destination or "-") not in flag["detail"]
+    assert flag["signer"] == homes.nl
+    [alert] = [e for e in logs if e["event"] == "normalise.partner_referral_untrusted"]
+    assert alert["reason"] == "not_for_us"
+
+
+async def test_a_resent_referral_is_acknowledged_once_and_counted(
+        gateway: Gateway, homes: Homes, sender: Gpg) -> None:
+    """End to end: NL's referral, then NL's resend of it, over SMTP: one case, one report;
+    /metrics counts one referral, one repeat, and one acknowledgement queued back to NL."""
+    doc = document("http://be.test/partner-resent")
+    port = gateway.smtp.addresses[0][1]
+    assert (await deliver(port, await signed_referral(sender, homes, doc, "10-a")))[0] == 250
+    await case_of(gateway, "partner-resent")
+    assert (await deliver(port, await signed_referral(sender, homes, doc, "10-b")))[0] == 250
+    async with asyncio.timeout(20):
+        while True:
+            found = samples((await get(gateway, "/metrics"))[1])
+            if (found[("hotline_normalise_partner_repeats_total", ())] == 1
+                    and found[("hotline_partner_outcomes_queued_total", ())] == 1):
+                break
+            await asyncio.sleep(0.05)
+    assert found[("hotline_normalise_partner_referrals_total", ())] == 1
+    assert found[("hotline_partner_outcomes_failed_total", ())] == 0
+    case = await case_of(gateway, "partner-resent")
+    assert case["report_count"] == 1 and len(case["partner_referrals"]) == 1

@@ -4,6 +4,7 @@ outbox's file transport. What the partner's gateway would read is checked with i
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -15,6 +16,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.store import leases
 from gateway.store.backend import WriteBackend
 from gateway.store.ids import uuid7
 from gateway.store.lifecycle import Actor, move
@@ -26,6 +28,8 @@ from gateway.store.tables import (
     cases,
     outbox,
     partner_outcomes,
+    partner_referrals,
+    referrals,
     submissions,
     users,
 )
@@ -54,14 +58,14 @@ def settings(keys: Keys, **partners: Partner) -> PartnerOutcomeSettings:
         from_address="referrals@hotline.test")
 
 
-def filed(conn: Connection, *, keys: Keys, at: datetime, legal_by: uuid.UUID | None = None
-          ) -> tuple[uuid.UUID, uuid.UUID | None]:
+def filed(conn: Connection, *, keys: Keys, at: datetime, legal_by: uuid.UUID | None = None,
+          destinations: tuple[str, ...] = ("police",)) -> tuple[uuid.UUID, uuid.UUID | None]:
     """A case referred by NL (their referral filed as report CF-R-000001) that we assessed and
     referred to our police: the case id and our referral's id. ``legal_by``: a user who
     assessed it not illegal instead (no referral)."""
     referral_id: uuid.UUID | None = None
     if legal_by is None:
-        case_id, [referral_id] = refer(conn, at=at, destinations=("police",))
+        case_id, [referral_id, *_] = refer(conn, at=at, destinations=destinations)
     else:
         case_id = uuid7()
         conn.execute(insert(cases).values(case_row(
@@ -92,9 +96,9 @@ def partner_gpg(keys: Keys, executor: ThreadPoolExecutor) -> Gpg:
     return Gpg(keys.partner_home, executor=executor)
 
 
-def stage(keys: Keys, backend: WriteBackend, engine: AsyncEngine, gpg: Gpg
-          ) -> PartnerOutcomeStage:
-    return PartnerOutcomeStage(settings(keys), backend, engine, gpg,
+def stage(keys: Keys, backend: WriteBackend, engine: AsyncEngine, gpg: Gpg,
+          worker: str = "w1") -> PartnerOutcomeStage:
+    return PartnerOutcomeStage(settings(keys), backend, engine, gpg, worker=worker,
                                clock=lambda: T0 + timedelta(hours=1))
 
 
@@ -191,11 +195,13 @@ async def test_a_partner_no_longer_configured_is_put_off_not_sent(
     """Without ``[routing.hotlines.NL]`` nothing is queued; a reload that adds it queues it."""
     await backend.transaction(partial(filed, keys=keys, at=T0))
     told = PartnerOutcomeStage(settings(keys, DE=Partner(keys.weak, "de@hotline-de.test")),
-                               backend, engine, gpg, clock=lambda: T0)
+                               backend, engine, gpg, worker="w1", clock=lambda: T0)
     assert await told.run_once() == 0
     assert await items(engine) == []
+    assert (told.queued, told.failed) == (0, 1)
     told.reconfigure(settings(keys))
     assert await told.run_once() == 1
+    assert (told.queued, told.failed) == (1, 1)
 
 
 async def test_a_case_we_assessed_not_illegal_is_told_not_actionable(
@@ -220,3 +226,72 @@ async def test_a_case_we_assessed_not_illegal_is_told_not_actionable(
             verdict.document["occurred_at"]) == (
         "not_actionable", "not_illegal_in_country", "2026-12-03T09:02:00Z")
     assert "adult_pornography" in verdict.document["note"]
+
+
+async def test_a_partner_referral_another_process_holds_is_left_to_it(
+        backend: WriteBackend, engine: AsyncEngine, gpg: Gpg, keys: Keys) -> None:
+    """Two processes on one database: the partner referral is leased by the one that acts on
+    it; the other composes and queues nothing for it until the lease is handed back."""
+    await backend.transaction(partial(filed, keys=keys, at=T0))
+    now = T0 + timedelta(hours=1)
+    [held] = await backend.transaction(partial(
+        leases.claim, table=partner_referrals, worker="other", now=now,
+        until=now + timedelta(minutes=5), where=[], order_by=partner_referrals.c.id, limit=1,
+        returning=[partner_referrals.c.id]))
+    told = stage(keys, backend, engine, gpg)
+    assert await told.run_once() == 0
+    assert await items(engine) == [] and told.failed == 0
+    await backend.transaction(partial(leases.release, table=partner_referrals,
+                                      worker="other"))
+    assert await told.run_once() == 1
+    async with engine.connect() as conn:  # handed back when the pass ends
+        row = (await conn.execute(select(partner_referrals.c.claimed_by)
+                                  .where(partner_referrals.c.id == held[0]))).one()
+    assert row.claimed_by is None
+
+
+async def test_two_stages_at_once_tell_the_partner_once(
+        backend: WriteBackend, engine: AsyncEngine, gpg: Gpg, keys: Keys) -> None:
+    """Two processes' stages passing at the same moment queue one acknowledgement."""
+    await backend.transaction(partial(filed, keys=keys, at=T0))
+    first, second = stage(keys, backend, engine, gpg, "w1"), stage(keys, backend, engine, gpg,
+                                                                  "w2")
+    assert sum(await asyncio.gather(first.run_once(), second.run_once())) == 1
+    assert [i[0] for i in await items(engine)] == ["acknowledged"]
+
+
+async def test_moved_is_told_in_outcome_v1_words_and_closes_what_is_told(
+        backend: WriteBackend, engine: AsyncEngine, gpg: Gpg, partner_gpg: Gpg,
+        keys: Keys, executor: ThreadPoolExecutor) -> None:
+    """Content that moved out of our country is told (outcome/v1 has no ``moved``): as
+    not_actionable, reason no_jurisdiction, the note saying it moved; recorded as ``moved``.
+    A later outcome (on another referral of the case: removed there) is not told: the
+    partner's gateway has closed its referral to us on the first."""
+    case_id, referral_id = await backend.transaction(partial(
+        filed, keys=keys, at=T0, destinations=("police", "hotline:DE")))
+    assert referral_id is not None
+    told = stage(keys, backend, engine, gpg)
+    assert await told.run_once() == 1
+    await backend.transaction(lambda conn: conn.execute(update(outbox).values(status="sent")))
+    await record_outcome(backend, referral_id, "moved", reason=None,
+                         occurred_at=T0 + timedelta(minutes=20), who=Recorder.recheck(),
+                         now=T0 + timedelta(minutes=20))
+    assert await told.run_once() == 1
+    [_, (outcome, _, message, _)] = await items(engine)
+    assert outcome == "moved"
+    verdict = await read_reply(message, partner_gpg, [keys.hotline], executor=executor)
+    assert verdict.trusted and verdict.document is not None
+    assert (verdict.document["outcome"], verdict.document["reason"],
+            verdict.document["occurred_at"]) == (
+        "not_actionable", "no_jurisdiction", "2026-12-03T09:20:00Z")
+    assert verdict.document["note"].startswith("moved")
+    # The other referral of the case is removed: nothing more for the partner.
+    async with engine.connect() as conn:
+        again = (await conn.execute(select(referrals.c.id).where(
+            referrals.c.case_id == case_id, referrals.c.id != referral_id))).scalar_one()
+    await record_outcome(backend, again, "removed", reason=None, occurred_at=None,
+                         who=Recorder.reply("hotline:DE", "A" * 40),
+                         now=T0 + timedelta(hours=3))
+    await backend.transaction(lambda conn: conn.execute(update(outbox).values(status="sent")))
+    assert await told.run_once() == 0
+    assert [i[0] for i in await items(engine)] == ["acknowledged", "moved"]

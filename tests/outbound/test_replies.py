@@ -29,6 +29,7 @@ from outbound.replies import (
 from outbound.reply_compose import compose_reply, reply_inner
 from tests.conftest import no_blocking_calls
 from tests.outbound.conftest import Keys, make_key, new_home, run_gpg, stop_agent
+from tests.outbound.hostile_mail import hostile_mail
 
 REFERRAL_ID = "<referral-0190a1b2-7c3d@hotline.test>"
 OTHER_ID = "<referral-0190ffff-0000@hotline.test>"
@@ -393,24 +394,11 @@ def test_gpg_status_lines_become_signatures() -> None:
 
 
 ENVELOPE = envelope(b"-----BEGIN PGP MESSAGE-----\n\nhQEMA\n-----END PGP MESSAGE-----\n")
-OUTER_PIECES = [
-    b"Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=b\r\n",
-    b"Content-Type: multipart/signed; protocol=\"application/pgp-signature\"; boundary=b\r\n",
-    b"Content-Type: application/pgp-encrypted\r\n", b"Content-Transfer-Encoding: base64\r\n",
-    b"\r\n", b"--b\r\n", b"--b--\r\n", b"Version: 1\r\n", b"In-Reply-To: <a@b>\r\n",
-    b"Subject: Referral CF-2026-000123\r\n", b"-----BEGIN PGP MESSAGE-----\r\n",
-    b"-----END PGP MESSAGE-----\r\n", b"hQEMA+/0AAAA\r\n", b"=?utf-8?q?=FF?=", b"\xff\x00\r",
-]
 
 
 @settings(max_examples=300, deadline=None,  # most never reach gpg
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(st.one_of(
-    st.binary(max_size=400),
-    st.lists(st.one_of(st.sampled_from(OUTER_PIECES), st.binary(max_size=20)),
-             max_size=25).map(b"".join),
-    st.integers(0, len(ENVELOPE)).map(lambda n: ENVELOPE[:n]),
-))
+@given(hostile_mail(ENVELOPE))
 @example(ENVELOPE)
 @example(b"Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"\r\n\r\n")
 def test_hostile_messages_get_a_verdict(gpg: Gpg, keys: Keys, raw: bytes) -> None:
