@@ -44,14 +44,23 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
     with foreign keys on that drop fails (or would empty the rows that refer to it): they
     are off for the migration's connection, and the whole database is checked against them
     before the migration commits."""
+    await _migrate(engine, command.upgrade, revision)
+
+
+async def downgrade(engine: AsyncEngine, revision: str) -> None:
+    """Take the database back to ``revision`` (an older release's schema), as ``upgrade``
+    goes forward: one transaction, foreign keys checked before it commits on SQLite."""
+    await _migrate(engine, command.downgrade, revision)
+
+
+async def _migrate(engine: AsyncEngine, step: Any, revision: str) -> None:
     async with engine.connect() as conn:
         sqlite = conn.dialect.name == "sqlite"
         if sqlite:  # outside any transaction, where SQLite takes the pragma
             await _sqlite_pragma(conn, "foreign_keys=OFF")
         try:
             async with conn.begin():
-                await conn.run_sync(
-                    lambda sync: command.upgrade(_alembic_config(sync), revision))
+                await conn.run_sync(lambda sync: step(_alembic_config(sync), revision))
                 if sqlite:
                     broken: Any = (await conn.exec_driver_sql("PRAGMA foreign_key_check")
                                    ).first()
