@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.database import open_database
 from gateway.store import migrate
 from gateway.store.ids import uuid7
+from gateway.store.resealing import count_by_key, seal_pass
 from gateway.store.sealed import clear_form, clear_value, open_value, sealer_of
 from gateway.store.sealing import SealBroken, SealContext, armor
 from gateway.store.sealing.cipher import json_plaintext
@@ -162,3 +163,28 @@ async def test_0020_stores_sealed_bytes_and_its_downgrade_gives_the_text_back(
         k: tuple(v) for k, v in up["cases"].items()}
     assert tuple(again["decision"]) == tuple(decision)
     assert again["details"] == up["details"]
+
+
+async def test_values_in_clear_after_0020_are_sealed_by_the_upgrade_pass(
+    older: AsyncEngine
+) -> None:
+    """``db upgrade``'s pass after 0020: the values 0020 marked clear are sealed and open to
+    what the older release wrote; a damaged value is counted broken and left as it is; a
+    sealed one is kept."""
+    written = await write_0019(older)
+    sealer = sealer_of(older)
+    await migrate.upgrade(older)
+    report = await seal_pass(older, sealer, run="upgrade-test")
+    assert report.broken == {"cases": 1}
+    after = await read_0020(older)
+    clear = after["cases"][written["clear"]]
+    for name in ("url", "canonical_url", "locate_error"):
+        assert getattr(clear, name)[:1] == b"\x01"
+    assert open_value(sealer, cases.c.canonical_url, clear.id, clear.canonical_url) == CLEAR_URL
+    assert open_value(sealer, cases.c.locate_error, clear.id,
+                      clear.locate_error) == "ünïcode error"
+    assert after["cases"][written["damaged"]].url == DAMAGED.encode()
+    sealed = after["cases"][written["sealed"]]
+    assert open_value(sealer, cases.c.url, sealed.id, sealed.url) == URL
+    counts = await count_by_key(older, sealer)
+    assert counts["cases"] == {sealer.keyring.current.name: 4, "broken": 1}
