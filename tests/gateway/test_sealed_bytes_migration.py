@@ -4,12 +4,17 @@ damaged, and the downgrade gives back exactly what 0019 held."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.database import open_database
@@ -188,3 +193,36 @@ async def test_values_in_clear_after_0020_are_sealed_by_the_upgrade_pass(
     assert open_value(sealer, cases.c.url, sealed.id, sealed.url) == URL
     counts = await count_by_key(older, sealer)
     assert counts["cases"] == {sealer.keyring.current.name: 4, "broken": 1}
+
+
+def _migration() -> Any:
+    path = Path(migrate.MIGRATIONS / "versions" / "0020_sealed_bytes.py")
+    spec = importlib.util.spec_from_file_location("sealed_bytes_0020", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+MIGRATION = _migration()
+
+
+@settings(max_examples=60, deadline=None)
+@given(text=st.text(), document=st.dictionaries(st.text(), st.text(), max_size=3),
+       junk=st.binary())
+def test_0020_converts_each_form_and_back(text: str, document: dict[str, str],
+                                          junk: bytes) -> None:
+    """Any text or JSON in clear goes down as it came up (and is marked clear, whatever its
+    first character); bytes that are neither marked clear nor a sealed value go down as text
+    0019 refuses as damaged (``hgs:``), never as a value it would take for one in clear."""
+    as_json = json.dumps(document).encode()
+    for kind, old in (("text", text.encode()), ("json", as_json)):
+        new = MIGRATION.to_bytes(kind, old)
+        assert new[:1] == b"\x00" and MIGRATION.to_text(kind, new) == old
+    for kind in ("text", "json"):
+        if junk[:1] in (b"\x00", b"\x01"):
+            continue
+        down = MIGRATION.to_text(kind, junk)
+        shown = json.loads(down) if kind == "json" else down.decode()
+        assert isinstance(shown, str) and shown.startswith("hgs:")
+        assert MIGRATION.to_bytes(kind, down)[:1] != b"\x00"  # up again: still damaged

@@ -110,16 +110,20 @@ def to_text(kind: str, new: bytes) -> bytes:
     if new.startswith(SEALED):
         armored = PREFIX + binascii.b2a_base64(new, newline=False)
         return json.dumps(armored.decode()).encode() if kind == "json" else armored
-    # Damaged: given back as it came when it can be, else as text the older code refuses.
-    try:
-        if kind == "json":
-            json.loads(new)
-        else:
-            new.decode("utf-8")
+    # Damaged: given back as it came when 0019 refuses it as damaged too (``hgs:`` text that
+    # is not a sealed value), else in the text form of its bytes, which 0019 refuses as well:
+    # never as something 0019 would take for a value in clear.
+    if kind == "json":
+        try:
+            document = json.loads(new)
+        except ValueError:
+            document = None
+        if isinstance(document, str) and document.startswith(PREFIX.decode()):
+            return new
+    elif new.startswith(PREFIX):
         return new
-    except ValueError:
-        armored = PREFIX + binascii.b2a_base64(new, newline=False)
-        return json.dumps(armored.decode()).encode() if kind == "json" else armored
+    armored = PREFIX + binascii.b2a_base64(new, newline=False)
+    return json.dumps(armored.decode()).encode() if kind == "json" else armored
 
 
 # --- the rows --------------------------------------------------------------------------------
