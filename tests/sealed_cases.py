@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.store.case_urls import case_lookup_key, open_case_urls
 from gateway.store.sealed import open_row, seal_values, sealer_of
-from gateway.store.sealing import Sealer, armor, unarmor
+from gateway.store.sealing import Sealer
 from gateway.store.tables import case_reports, cases
 
 
@@ -51,11 +51,11 @@ async def report_rows(engine: AsyncEngine) -> list[dict[str, Any]]:
                 for row in await conn.execute(select(case_reports).order_by(case_reports.c.id))]
 
 
-def altered(stored: str) -> str:
-    """A sealed text value with one byte of its ciphertext changed."""
-    raw = bytearray(unarmor(stored))
+def altered(stored: bytes) -> bytes:
+    """A sealed value with one byte of its ciphertext changed."""
+    raw = bytearray(stored)
     raw[-20] ^= 0x01
-    return armor(bytes(raw))
+    return bytes(raw)
 
 
 async def stored_value(engine: AsyncEngine, table: Table, column: str,

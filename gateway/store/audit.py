@@ -31,13 +31,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Text, cast, exists, func, insert, select, update
+from sqlalchemy import exists, func, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.store import sealing_state
-from gateway.store.sealed import open_value, seal_value, sealer_of
-from gateway.store.sealing import TEXT_PREFIX, SealBroken, Sealer
+from gateway.store.sealed import CLEAR, clear_value, in_clear, open_value, seal_value, sealer_of
+from gateway.store.sealing import SealBroken, Sealer
 from gateway.store.tables import audit_log
 from gateway.store.times import utc
 
@@ -148,15 +148,17 @@ def record(conn: Connection, entries: Sequence[AuditEntry], *, at: datetime) -> 
 
 
 def _sealed(stored: Any) -> bool:
-    return isinstance(stored, str) and stored.startswith(TEXT_PREFIX)
+    """Not details in clear (a trail from before sealing, marked by migration 0020): sealed,
+    or damaged, which ``open_details`` refuses."""
+    return not in_clear("json", stored)
 
 
 def _check(sealer: Sealer, row: Any, expected: int, prev: str) -> AuditBreak | None:
     if row.seq != expected:  # rows come in seq order, after the last one that held
         return AuditBreak(expected, f"entry {expected} is missing")
     if not _sealed(row.details):
-        if legacy_hash(row.seq, row.at, row.actor, row.action, row.case_id, row.details,
-                       row.prev_hash) != row.hash:
+        if legacy_hash(row.seq, row.at, row.actor, row.action, row.case_id,
+                       clear_value("json", row.details), row.prev_hash) != row.hash:
             return AuditBreak(row.seq, "its details are not sealed and its hash does not match "
                                        "its content: the entry was altered")
         return AuditBreak(row.seq, "its details are not sealed (a trail from before sealing: "
@@ -244,8 +246,8 @@ def legacy_hash(seq: int, at: datetime, actor: str, action: str, case_id: uuid.U
 
 
 def _plain() -> Any:
-    """Entries whose details are not sealed yet (a JSON object, not a sealed JSON string)."""
-    return ~cast(audit_log.c.details, Text).like(f'"{TEXT_PREFIX}%')
+    """Entries whose details are not sealed yet (marked clear: ``sealed.CLEAR``)."""
+    return func.substr(audit_log.c.details, 1, len(CLEAR)) == CLEAR
 
 
 def _held(sealer: Sealer, row: Any, details: Any, old_prev: str) -> str | None:
@@ -342,7 +344,7 @@ def seal_trail(conn: Connection, *, after: int | None = None, chunk: int = 1000,
                     last, prev, old_prev = row.seq, row.hash, row.hash
                     continue
             else:
-                details = row.details
+                details = clear_value("json", row.details)
             reason = _held(sealer, row, details, old_prev)
             if reason is not None:
                 altered = AuditBreak(row.seq, reason)

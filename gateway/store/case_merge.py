@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection
 from gateway.store.audit import UPGRADE_ACTOR, AuditEntry, record
 from gateway.store.case_urls import CASE_PURPOSE
 from gateway.store.resealing import key_named
-from gateway.store.sealed import open_value, sealer_of
+from gateway.store.sealed import clear_value, in_clear, open_value, sealer_of
 from gateway.store.sealing import SealBroken, Sealer
 from gateway.store.tables import case_reports, cases, metadata
 
@@ -47,7 +47,9 @@ def _is_old_hash(key: str) -> bool:
 def _new_key(sealer: Sealer, row: Any) -> str:
     """The key the pass will give an older case (as ``resealing.run_batch`` makes it)."""
     canonical = row.canonical_url
-    if isinstance(canonical, str) and key_named(sealer, canonical, "text") is not None:
+    if in_clear("text", canonical):
+        canonical = clear_value("text", canonical)
+    elif canonical is not None and key_named(sealer, canonical, "text") is not None:
         try:
             canonical = open_value(sealer, cases.c.canonical_url, row.id, canonical)
         except SealBroken:

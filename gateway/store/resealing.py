@@ -3,8 +3,8 @@
 The same pass serves two purposes, told apart only by the name its cursors go under:
 
 - ``db upgrade`` of a database an older release wrote in clear: a value that is not sealed
-  (text without the ``hgs:`` prefix, bytes that are not a sealed value under a key of the
-  keyring, a JSON document that is not a sealed string) is sealed with its record id, and the
+  (text or a JSON document marked clear by migration 0020, ``sealed.CLEAR``; raw bytes that
+  are not a sealed value under a key of the keyring) is sealed with its record id, and the
   lookup columns are re-keyed from the old SHA-256 hex to the keyed hash of that hex
   (``LOOKUPS``);
 - ``data-keys rotate``: a value sealed under a key other than the current one is opened and
@@ -39,8 +39,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.store import audit, sealing_state
 from gateway.store.engine import IMMEDIATE
-from gateway.store.sealed import SEALED, Kind, open_value, seal_value
-from gateway.store.sealing import TEXT_PREFIX, FormatBroken, SealBroken, SealContext, Sealer
+from gateway.store.sealed import SEALED, Kind, clear_value, in_clear, open_value, seal_value
+from gateway.store.sealing import FormatBroken, SealBroken, SealContext, Sealer
 from gateway.store.tables import metadata
 
 BATCH = 500
@@ -149,21 +149,24 @@ def trail_sealer() -> Callable[..., Any] | None:
 #: What a stored value is, for a pass: ``clear`` (not of a sealed form: only ``db upgrade``
 #: seals it), ``sealed`` (under a key of the keyring), ``unknown`` (a well-formed sealed value
 #: under a key this keyring lacks: another process may hold a newer keyring; left alone) and
-#: ``malformed`` (claims the sealed form, ``hgs:``, but is not one: left alone, broken).
+#: ``malformed`` (neither marked clear nor a sealed value: left alone, broken).
 Form = str
 
 
 def classify(sealer: Sealer, stored: Any, kind: Kind) -> tuple[Form, str | None]:
-    """(what ``stored`` is, the key id its header names when it has one). Bytes are sealed
-    when they carry a version-1 header and are long enough; text and JSON when they start
-    with ``hgs:``: such a value is never taken for one in clear."""
+    """(what ``stored`` is, the key id its header names when it has one). Raw bytes are
+    sealed when they carry a version-1 header and are long enough, else clear; a text or JSON
+    value is clear only when marked so (``sealed.CLEAR``): any other is sealed or damaged,
+    never taken for one in clear."""
     if kind == "bytes":
         if not isinstance(stored, (bytes, bytearray, memoryview)):
             return "clear", None
-    elif not isinstance(stored, str) or not stored.startswith(TEXT_PREFIX):
+    elif in_clear(kind, stored):
         return "clear", None
+    elif not isinstance(stored, (bytes, bytearray, memoryview)):
+        return "malformed", None
     try:
-        name = sealer.key_of(stored)
+        name = sealer.key_of(bytes(stored))
     except FormatBroken:
         return ("clear", None) if kind == "bytes" else ("malformed", None)
     if sealer.keyring.data_key(bytes.fromhex(name)) is None:
@@ -198,8 +201,7 @@ def _reseal(sealer: Sealer, table: Table, column: str, kind: Kind, record: objec
     if form == "clear":  # as an older release wrote it
         if not seal_clear:
             return "clear", stored
-        if kind == "bytes":
-            stored = bytes(stored)
+        stored = bytes(stored) if kind == "bytes" else clear_value(kind, stored)
         return "seal", seal_value(sealer, target, record, stored)
     context = SealContext(table.name, column, _record(record))
     try:
@@ -243,9 +245,11 @@ def _in_clear(sealer: Sealer, table: Table, record: object, values: Any,
     for name in names:
         stored = values[name]
         kind = kinds.get(name)
-        if kind is not None and stored is not None and \
-                classify(sealer, stored, kind)[0] != "clear":
-            stored = open_value(sealer, table.c[name], record, stored)
+        if kind is not None and stored is not None:
+            if classify(sealer, stored, kind)[0] != "clear":
+                stored = open_value(sealer, table.c[name], record, stored)
+            elif kind != "bytes":
+                stored = clear_value(kind, stored)
         clear[name] = stored
     return clear
 

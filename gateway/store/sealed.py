@@ -1,10 +1,17 @@
 """The door between sealed columns and the code that reads and writes them.
 
-A column is sealed when ``gateway.store.tables`` marks it ``info={"sealed": KIND}``:
+A column is sealed when ``gateway.store.tables`` marks it ``info={"sealed": KIND}``. Every
+sealed column is LargeBinary (BLOB, bytea) and holds the sealed bytes as they are (no text
+form: base64 made each value a third bigger and cost more than the cipher); the kind says what
+was sealed:
 
-- ``"text"``: a Text column holding ``hgs:`` and base64 (``sealing.armor``);
-- ``"bytes"``: a LargeBinary column holding the sealed bytes as they are;
-- ``"json"``: a JSON column holding one JSON string, the ``hgs:`` text of the sealed document.
+- ``"text"``: a ``str``, as UTF-8;
+- ``"bytes"``: bytes as they are;
+- ``"json"``: a JSON document, as compact JSON.
+
+A value in clear is found only in a database an older release wrote and ``db upgrade`` has not
+sealed yet: in a text or JSON column it is marked (``CLEAR``, which no sealed value starts
+with: migration 0020), so that a damaged value is never taken for one in clear.
 
 Every write of such a column goes through ``seal_value`` or ``seal_values`` with the record id
 (the row's primary key, which the gateway makes before the insert), and every read through
@@ -19,6 +26,7 @@ programming error (``NoSealer``): nothing is ever written in clear for want of a
 
 from __future__ import annotations
 
+import json
 import uuid
 import weakref
 from collections.abc import Iterator, Mapping
@@ -28,7 +36,7 @@ from sqlalchemy import Column, Table
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from gateway.store.sealing import SealContext, Sealer, armor
+from gateway.store.sealing import SealContext, Sealer
 from gateway.store.sealing.cipher import context_data, json_plaintext
 from gateway.store.tables import metadata
 
@@ -136,14 +144,13 @@ def seal_value(sealer: Sealer, column: Column[Any], record: object, value: Any) 
     plan = _PLAN.get(id(column))
     if plan is not None:  # the hot path; the checks and messages below are the same
         kind, table, name = plan
-        if kind == "bytes" and type(value) is bytes:
-            return sealer.seal_for(context_data(table, name, cast("Any", record)), value)
-        plaintext = (json_plaintext(value) if kind == "json"
-                     else value.encode("utf-8", "surrogatepass") if type(value) is str
+        plaintext = (value if kind == "bytes" and type(value) is bytes
+                     else json_plaintext(value) if kind == "json"
+                     else value.encode("utf-8", "surrogatepass")
+                     if kind == "text" and type(value) is str
                      else None)
-        if plaintext is not None and kind != "bytes":
-            return armor(sealer.seal_for(context_data(table, name, cast("Any", record)),
-                                         plaintext))
+        if plaintext is not None:
+            return sealer.seal_for(context_data(table, name, cast("Any", record)), plaintext)
     kind = _kind(column)
     context = _context(column, record)
     if kind == "bytes":
@@ -153,8 +160,8 @@ def seal_value(sealer: Sealer, column: Column[Any], record: object, value: Any) 
     if kind == "text":
         if not isinstance(value, str):
             raise TypeError(f"{context}: sealed text needs str, not {type(value).__name__}")
-        return sealer.seal_text(context, value)
-    return armor(sealer.seal_json(context, value))
+        return sealer.seal(context, value)
+    return sealer.seal_json(context, value)
 
 
 def open_value(sealer: Sealer, column: Column[Any], record: object, stored: Any) -> Any:
@@ -169,6 +176,30 @@ def open_value(sealer: Sealer, column: Column[Any], record: object, stored: Any)
     if kind == "text":
         return sealer.open_text(context, stored)
     return sealer.open_json(context, stored)
+
+
+#: The first byte of a value in clear in a text or JSON column (migration 0020 marks them).
+CLEAR = b"\x00"
+
+
+def in_clear(kind: Kind, stored: Any) -> bool:
+    """Whether ``stored`` is a value in clear, as an older release wrote it, in a sealed
+    column of ``kind`` (a raw message is in clear when it is not a sealed value:
+    ``gateway.store.resealing.classify``)."""
+    return kind != "bytes" and isinstance(stored, bytes) and stored[:1] == CLEAR
+
+
+def clear_value(kind: Kind, stored: bytes) -> Any:
+    """What an older release wrote, from a value ``in_clear`` (text, or a JSON document)."""
+    text = stored[len(CLEAR):].decode("utf-8", "surrogatepass")
+    return json.loads(text) if kind == "json" else text
+
+
+def clear_form(kind: Kind, value: Any) -> bytes:
+    """What migration 0020 makes of a value an older release wrote in clear in a text or JSON
+    column (``clear_value`` gives it back): for tests that stand in for such a database."""
+    text = json.dumps(value) if kind == "json" else value
+    return CLEAR + text.encode("utf-8", "surrogatepass")
 
 
 def seal_values(sealer: Sealer, table: Table, record: object,
@@ -196,10 +227,9 @@ def seal_values(sealer: Sealer, table: Table, record: object,
         if kind == "bytes" and type(value) is bytes:
             out[name] = sealer.seal_for(prefix + tail, value)
         elif kind == "text" and type(value) is str:
-            out[name] = armor(sealer.seal_for(prefix + tail,
-                                              value.encode("utf-8", "surrogatepass")))
+            out[name] = sealer.seal_for(prefix + tail, value.encode("utf-8", "surrogatepass"))
         elif kind == "json":
-            out[name] = armor(sealer.seal_for(prefix + tail, json_plaintext(value)))
+            out[name] = sealer.seal_for(prefix + tail, json_plaintext(value))
         else:  # the wrong type for the column: seal_value says so
             out[name] = seal_value(sealer, column, record, value)
     return out

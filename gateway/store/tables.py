@@ -21,8 +21,9 @@ from sqlalchemy import (
     false,
 )
 
-#: Marks of the columns whose values are sealed at rest (``gateway.store.sealed``): the text
-#: form in Text columns and JSON documents, the sealed bytes in LargeBinary ones.
+#: Marks of the columns whose values are sealed at rest (``gateway.store.sealed``): each is a
+#: LargeBinary column holding the sealed bytes; the mark says what was sealed (text as UTF-8,
+#: bytes as they are, a JSON document as compact JSON).
 SEALED_TEXT = {"sealed": "text"}
 SEALED_BYTES = {"sealed": "bytes"}
 SEALED_JSON = {"sealed": "json"}
@@ -47,11 +48,11 @@ submissions = Table(
     Column("channel", String(16), nullable=False),
     Column("status", String(24), nullable=False, server_default="received"),
     Column("received_at", DateTime(timezone=True), nullable=False),
-    Column("mail_from", Text, nullable=True, info=SEALED_TEXT),
+    Column("mail_from", LargeBinary, nullable=True, info=SEALED_TEXT),
     Column("rcpt_tos", JSON, nullable=False),
-    Column("helo", Text, nullable=True, info=SEALED_TEXT),
-    Column("peer_ip", Text, nullable=True, info=SEALED_TEXT),
-    Column("message_id", Text, nullable=True, info=SEALED_TEXT),
+    Column("helo", LargeBinary, nullable=True, info=SEALED_TEXT),
+    Column("peer_ip", LargeBinary, nullable=True, info=SEALED_TEXT),
+    Column("message_id", LargeBinary, nullable=True, info=SEALED_TEXT),
     Column("body_sha256", String(64), nullable=False),
     Column("dedup_key", String(72), nullable=True, unique=True),
     Column("raw_size", Integer, nullable=False),
@@ -60,14 +61,14 @@ submissions = Table(
     Column("claimed_by", String(64), nullable=True),
     Column("claimed_until", DateTime(timezone=True), nullable=True),
     Column("parsed_at", DateTime(timezone=True), nullable=True),
-    Column("parse_error", Text, nullable=True, info=SEALED_TEXT),
-    Column("subject", Text, nullable=True, info=SEALED_TEXT),
-    Column("report_text", Text, nullable=True, info=SEALED_TEXT),
-    Column("attachments", JSON, nullable=True, info=SEALED_JSON),
+    Column("parse_error", LargeBinary, nullable=True, info=SEALED_TEXT),
+    Column("subject", LargeBinary, nullable=True, info=SEALED_TEXT),
+    Column("report_text", LargeBinary, nullable=True, info=SEALED_TEXT),
+    Column("attachments", LargeBinary, nullable=True, info=SEALED_JSON),
     Column("url_count", Integer, nullable=True),
     # What normalising could not file, and why, for the analysts: a list of objects such as
     # {"flag": "urls_over_cap", "found": 10000, "filed": 200} (intake.normalise says which).
-    Column("flags", JSON, nullable=True, info=SEALED_JSON),
+    Column("flags", LargeBinary, nullable=True, info=SEALED_JSON),
     Index(None, "status", "received_at"),
 )
 
@@ -82,8 +83,8 @@ cases = Table(
     Column("kind", String(8), nullable=False),
     Column("status", String(24), nullable=False),
     Column("url_key", String(72), nullable=False, unique=True),
-    Column("url", Text, nullable=True, info=SEALED_TEXT),
-    Column("canonical_url", Text, nullable=True, info=SEALED_TEXT),
+    Column("url", LargeBinary, nullable=True, info=SEALED_TEXT),
+    Column("canonical_url", LargeBinary, nullable=True, info=SEALED_TEXT),
     Column("report_count", Integer, nullable=False),
     Column("first_reported", DateTime(timezone=True), nullable=False),
     Column("last_reported", DateTime(timezone=True), nullable=False),
@@ -96,7 +97,7 @@ cases = Table(
     Column("claimed_until", DateTime(timezone=True), nullable=True),
     Column("locate_attempts", Integer, nullable=False, server_default="0"),
     Column("locate_after", DateTime(timezone=True), nullable=True),
-    Column("locate_error", Text, nullable=True, info=SEALED_TEXT),
+    Column("locate_error", LargeBinary, nullable=True, info=SEALED_TEXT),
     # The analyst a supervisor gave the case to (anyone may take it when empty).
     Column("assigned_to", Uuid, nullable=True),
     # Why a case is ``held`` (the rule id: hold-unknown-hosting, hold-no-key, …).
@@ -125,7 +126,7 @@ hosting_evidence = Table(
     Column("case_id", Uuid, ForeignKey("cases.id"), nullable=False),
     Column("checked_at", DateTime(timezone=True), nullable=False),
     Column("trigger", String(16), nullable=False),  # "auto" or "relocate"
-    Column("host", Text, nullable=False, info=SEALED_TEXT),
+    Column("host", LargeBinary, nullable=False, info=SEALED_TEXT),
     Column("resolver", Text, nullable=False),
     # answer | nxdomain | no_answer | failed | ip_literal
     Column("outcome", String(16), nullable=False),
@@ -136,13 +137,14 @@ hosting_evidence = Table(
     Column("org", Text, nullable=True),
     Column("cdn", Boolean, nullable=False),
     Column("source", String(16), nullable=True),  # geoip | override
-    Column("ips", JSON, nullable=False, info=SEALED_JSON),
-    Column("records", JSON, nullable=False, info=SEALED_JSON),  # DNS answers, with their TTLs
+    Column("ips", LargeBinary, nullable=False, info=SEALED_JSON),
+    # DNS answers, with their TTLs.
+    Column("records", LargeBinary, nullable=False, info=SEALED_JSON),
     # Per address: country, ASN, where from.
-    Column("addresses", JSON, nullable=False, info=SEALED_JSON),
+    Column("addresses", LargeBinary, nullable=False, info=SEALED_JSON),
     # Which databases, built when; and the operator's override by domain, which names a host.
-    Column("databases", JSON, nullable=False, info=SEALED_JSON),
-    Column("error", Text, nullable=True, info=SEALED_TEXT),
+    Column("databases", LargeBinary, nullable=False, info=SEALED_JSON),
+    Column("error", LargeBinary, nullable=True, info=SEALED_TEXT),
     Index(None, "case_id", "checked_at"),
 )
 
@@ -154,8 +156,8 @@ case_reports = Table(
     Column("case_id", Uuid, ForeignKey("cases.id"), nullable=False),
     Column("submission_id", Uuid, ForeignKey("submissions.id"), nullable=False),
     Column("reported_at", DateTime(timezone=True), nullable=False),
-    Column("written_as", Text, nullable=True, info=SEALED_TEXT),
-    Column("url", Text, nullable=True, info=SEALED_TEXT),
+    Column("written_as", LargeBinary, nullable=True, info=SEALED_TEXT),
+    Column("url", LargeBinary, nullable=True, info=SEALED_TEXT),
     UniqueConstraint("case_id", "submission_id"),
     Index(None, "submission_id"),
 )
@@ -174,7 +176,7 @@ partner_referrals = Table(
     Column("their_reference", String(40), nullable=False),
     Column("signer", String(40), nullable=False),  # the pinned key's fingerprint
     Column("received_at", DateTime(timezone=True), nullable=False),
-    Column("document", JSON, nullable=False, info=SEALED_JSON),
+    Column("document", LargeBinary, nullable=False, info=SEALED_JSON),
     Column("message_id", Text, nullable=True),  # their referral's, for our replies' thread
     # The partner-outcome stage's lease (one process at a time tells the partner).
     Column("claimed_by", String(64), nullable=True),
@@ -220,7 +222,7 @@ users = Table(
     Column("name", String(64), nullable=False, unique=True),
     Column("role", String(16), nullable=False),  # analyst | supervisor | admin
     Column("password_hash", Text, nullable=False),
-    Column("totp_secret", Text, nullable=False, info=SEALED_TEXT),
+    Column("totp_secret", LargeBinary, nullable=False, info=SEALED_TEXT),
     Column("totp_last_step", BigInteger, nullable=True),
     # Set for the one-time password ``users add`` prints: changed at the first login.
     Column("must_change_password", Boolean, nullable=False, server_default=false()),
@@ -298,7 +300,7 @@ assessments = Table(
     Column("verdict", String(16), nullable=False),  # illegal | legal
     Column("classification", String(16), nullable=False),
     Column("hosting_country", String(2), nullable=True),
-    Column("note", Text, nullable=True, info=SEALED_TEXT),
+    Column("note", LargeBinary, nullable=True, info=SEALED_TEXT),
     Column("created_at", DateTime(timezone=True), nullable=False),
     # pending_approval | final | superseded (a reopened case's earlier verdict)
     Column("status", String(24), nullable=False),
@@ -328,7 +330,7 @@ routing_changes = Table(
     Column("case_id", Uuid, ForeignKey("cases.id"), nullable=False),
     Column("assessment_id", Uuid, ForeignKey("assessments.id"), nullable=False),
     Column("country", String(2), nullable=False),
-    Column("facts", JSON, nullable=False, info=SEALED_JSON),
+    Column("facts", LargeBinary, nullable=False, info=SEALED_JSON),
     Column("status", String(16), nullable=False),  # pending|approved|rejected|applied|superseded
     # None: proposed by the hosting re-check (the hosting moved), until a person endorses it.
     Column("proposed_by", Uuid, ForeignKey("users.id"), nullable=True),
@@ -347,7 +349,7 @@ audit_log = Table(
     Column("actor", String(80), nullable=False),  # a user's name, or "system:<stage>"
     Column("action", String(40), nullable=False),
     Column("case_id", Uuid, nullable=True),
-    Column("details", JSON, nullable=False, info=SEALED_JSON),
+    Column("details", LargeBinary, nullable=False, info=SEALED_JSON),
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
     Index(None, "case_id"),
@@ -364,8 +366,8 @@ routing_decisions = Table(
     Column("rule", String(32), nullable=False),
     Column("outcome", String(16), nullable=False),  # refer | iccam | hold | close
     Column("destination", String(32), nullable=True),  # police | police_international | hotline:NL
-    Column("facts", JSON, nullable=False, info=SEALED_JSON),
-    Column("explanation", Text, nullable=False, info=SEALED_TEXT),
+    Column("facts", LargeBinary, nullable=False, info=SEALED_JSON),
+    Column("explanation", LargeBinary, nullable=False, info=SEALED_TEXT),
     Column("superseded", Boolean, nullable=False, server_default=false()),
     Index(None, "case_id", "created_at"),
 )
@@ -391,7 +393,7 @@ referrals = Table(
     Column("status", String(16), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("sent_at", DateTime(timezone=True), nullable=True),
-    Column("error", Text, nullable=True, info=SEALED_TEXT),
+    Column("error", LargeBinary, nullable=True, info=SEALED_TEXT),
     # What became of it (``gateway.store.outcomes``): None while nothing is known, then
     # acknowledged | removed | content_unavailable | not_actionable | moved, with its time
     # (when the content went down, for a removal). The history is ``referral_outcomes``.
@@ -444,7 +446,7 @@ referral_outcomes = Table(
     Column("source", String(16), nullable=False),  # analyst | reply | partner
     Column("destination", String(32), nullable=True),
     Column("signer_fingerprint", String(40), nullable=True),
-    Column("note", Text, nullable=True, info=SEALED_TEXT),
+    Column("note", LargeBinary, nullable=True, info=SEALED_TEXT),
     Index(None, "referral_id", "recorded_at"),
     Index(None, "case_id"),
 )
@@ -460,8 +462,8 @@ replies = Table(
     Column("id", Uuid, primary_key=True),
     Column("status", String(24), nullable=False),
     Column("received_at", DateTime(timezone=True), nullable=False),
-    Column("mail_from", Text, nullable=True, info=SEALED_TEXT),
-    Column("message_id", Text, nullable=True, info=SEALED_TEXT),
+    Column("mail_from", LargeBinary, nullable=True, info=SEALED_TEXT),
+    Column("message_id", LargeBinary, nullable=True, info=SEALED_TEXT),
     Column("body_sha256", String(64), nullable=False),
     # The same Message-ID and body again (an SMTP retry): the first reply's id back.
     Column("dedup_key", String(72), nullable=True, unique=True),
@@ -474,16 +476,16 @@ replies = Table(
     # Why it was not trusted or not all recorded (outbound.replies' reasons, and
     # ``outcome_refused``), with one line saying what failed (never the message's content).
     Column("reason", String(32), nullable=True),
-    Column("detail", Text, nullable=True, info=SEALED_TEXT),
+    Column("detail", LargeBinary, nullable=True, info=SEALED_TEXT),
     Column("signer", String(40), nullable=True),
     # The referral it names, when one was found; and the outcome it recorded.
     Column("referral_id", Uuid, ForeignKey("referrals.id"), nullable=True),
     Column("case_id", Uuid, ForeignKey("cases.id"), nullable=True),
     Column("outcome", String(24), nullable=True),
-    Column("document", JSON, nullable=True, info=SEALED_JSON),
+    Column("document", LargeBinary, nullable=True, info=SEALED_JSON),
     Column("handled_by", Uuid, ForeignKey("users.id"), nullable=True),
     Column("handled_at", DateTime(timezone=True), nullable=True),
-    Column("handled_note", Text, nullable=True, info=SEALED_TEXT),
+    Column("handled_note", LargeBinary, nullable=True, info=SEALED_TEXT),
     # A trusted reply's signed content (signer, signature time, bytes signed) as a lookup
     # key: unique, so that a copy of it, however re-wrapped, is never trusted again.
     Column("signed_key", String(72), nullable=True, unique=True),
@@ -511,7 +513,7 @@ outbox = Table(
     Column("next_attempt_at", DateTime(timezone=True), nullable=False),
     Column("claimed_by", String(64), nullable=True),
     Column("claimed_until", DateTime(timezone=True), nullable=True),
-    Column("last_error", Text, nullable=True, info=SEALED_TEXT),
+    Column("last_error", LargeBinary, nullable=True, info=SEALED_TEXT),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("sent_at", DateTime(timezone=True), nullable=True),
     Index(None, "status", "next_attempt_at"),
@@ -525,7 +527,7 @@ outbox_attempts = Table(
     Column("outbox_id", Uuid, ForeignKey("outbox.id"), nullable=False),
     Column("at", DateTime(timezone=True), nullable=False),
     Column("outcome", String(16), nullable=False),  # sent | deferred | failed
-    Column("detail", Text, nullable=True, info=SEALED_TEXT),
+    Column("detail", LargeBinary, nullable=True, info=SEALED_TEXT),
     Index(None, "outbox_id"),
 )
 

@@ -169,7 +169,7 @@ async def test_reopening_supersedes_verdicts_and_decisions(engine: AsyncEngine) 
             if event == "reopen":
                 await conn.execute(insert(users).values(
                     id=user_id, name="ana", role="analyst", password_hash="x",
-                    totp_secret="x", created_at=T0))
+                    totp_secret=b"x", created_at=T0))
             await conn.execute(insert(assessments).values(
                 id=uuid7(), case_id=case_id, user_id=user_id, verdict="illegal",
                 classification="baseline", created_at=T0, status="final"))

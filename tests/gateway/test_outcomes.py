@@ -51,7 +51,7 @@ ANA = uuid7()
 @pytest.fixture
 async def ana(backend: WriteBackend) -> Recorder:
     await backend.transaction(lambda conn: conn.execute(insert(users).values(
-        id=ANA, name="ana", role="analyst", password_hash="x", totp_secret="x",
+        id=ANA, name="ana", role="analyst", password_hash="x", totp_secret=b"x",
         created_at=T0)))
     return Recorder.analyst(ANA, "ana", "analyst")
 
@@ -125,7 +125,7 @@ async def test_the_note_is_sealed_at_rest(
     async with engine.connect() as conn:
         stored = (await conn.execute(select(referral_outcomes.c.note))).scalar_one()
         shown = await get_referral(conn, referral_id)
-    assert "host.example" not in stored
+    assert type(stored) is bytes and b"host.example" not in stored
     assert shown is not None and shown["outcomes"][0]["note"] == "host.example answers 404"
     assert shown["outcomes"][0]["occurred_at"] == "2026-12-01T10:00:00Z"  # none given: now
 
@@ -355,7 +355,7 @@ async def test_the_migration_fills_in_the_milestones_of_earlier_cases(
         hour = timedelta(hours=1)
         async with engine.begin() as conn:
             await conn.execute(insert(users).values(
-                id=ANA, name="ana", role="analyst", password_hash="x", totp_secret="x",
+                id=ANA, name="ana", role="analyst", password_hash="x", totp_secret=b"x",
                 created_at=T0))
             await conn.execute(insert(cases).values(
                 id=case_id, kind="url", status="referred", url_key="k", report_count=1,
@@ -363,7 +363,7 @@ async def test_the_migration_fills_in_the_milestones_of_earlier_cases(
                 status_changed_at=T0 + 4 * hour))
             await conn.execute(insert(audit_log).values(
                 seq=1, at=T0 + hour, actor="system:locate", action="case.located",
-                case_id=case_id, details={}, prev_hash="0" * 64, hash="1" * 64))
+                case_id=case_id, details=b"{}", prev_hash="0" * 64, hash="1" * 64))
             await conn.execute(insert(assessments), [
                 {"id": uuid7(), "case_id": case_id, "user_id": ANA, "verdict": "illegal",
                  "classification": "baseline", "created_at": T0 + 2 * hour,
@@ -375,7 +375,7 @@ async def test_the_migration_fills_in_the_milestones_of_earlier_cases(
             await conn.execute(insert(routing_decisions).values(
                 id=decision_id, case_id=case_id, created_at=T0 + 4 * hour,
                 rule="protocol-1-domestic", outcome="refer", destination="police",
-                facts={}, explanation="x"))
+                facts=b"{}", explanation=b"x"))
             await conn.execute(insert(referrals).values(
                 id=uuid7(), case_id=case_id, decision_id=decision_id, reference="CF-1",
                 destination="police", status="sent", created_at=T0 + 4 * hour))

@@ -28,7 +28,7 @@ from gateway.store.key_holders import (
 )
 from gateway.store.resealing import _reseal, count_by_key, seal_pass
 from gateway.store.rotation import Laggards, add_key, reseal
-from gateway.store.sealed import open_value, seal_value, sealer_of
+from gateway.store.sealed import clear_form, open_value, seal_value, sealer_of
 from gateway.store.sealing import Sealer, add_data_key, load_keyring
 from gateway.store.tables import cases, submissions, users
 from gateway.store.upgrade import upgrade_database
@@ -76,11 +76,13 @@ def test_a_value_under_a_key_the_pass_lacks_is_left_as_it_is(tmp_path: Path) -> 
     assert _reseal(runner, cases, "canonical_url", "text", record, url) == ("unknown", url)
     assert _reseal(runner, submissions, "raw", "bytes", record, raw) == ("unknown", raw)
     assert open_value(daemon, cases.c.canonical_url, record, url) == URL
-    assert _reseal(runner, cases, "canonical_url", "text", record, "hgs:not base64!") == (
-        "broken", "hgs:not base64!")
-    assert _reseal(runner, cases, "canonical_url", "text", record, URL,
-                   seal_clear=False) == ("clear", URL)
-    outcome, sealed = _reseal(runner, cases, "canonical_url", "text", record, URL)
+    for damaged in (b"hgs:not base64!", b"\x02" + url[1:], url[:20], URL.encode()):
+        assert _reseal(runner, cases, "canonical_url", "text", record, damaged) == (
+            "broken", damaged)
+    clear = clear_form("text", URL)
+    assert _reseal(runner, cases, "canonical_url", "text", record, clear,
+                   seal_clear=False) == ("clear", clear)
+    outcome, sealed = _reseal(runner, cases, "canonical_url", "text", record, clear)
     assert outcome == "seal" and open_value(runner, cases.c.canonical_url, record, sealed) == URL
 
 
@@ -130,7 +132,7 @@ async def test_a_rotation_seals_nothing_in_clear_and_upgrade_still_does(
     await upgrade_database(engine, sealer_of(engine))
     await add_users(engine, 1)
     async with engine.begin() as conn:
-        await conn.execute(update(users).values(totp_secret="PLAINSECRET"))
+        await conn.execute(update(users).values(totp_secret=clear_form("text", "PLAINSECRET")))
     report = await seal_pass(engine, sealer_of(engine), run="rotate-x", seal_clear=False)
     assert report.clear == {"users": 1} and report.total_changed == 0
     report = await seal_pass(engine, sealer_of(engine), run="upgrade-x")

@@ -421,12 +421,13 @@ def test_the_door_seals_every_column_as_the_sealer_opens_it(text: str, record: A
             context = SealContext(table, name, record)
             value = values[name]
             for stored in (seal_value(sealer, column, record, value), together[name]):
+                assert type(stored) is bytes and stored[:1] == b"\x01"  # no text form
                 if kind == "bytes":
                     assert sealer.open(context, stored) == value
                 elif kind == "text":
                     assert sealer.open_text(context, stored) == text
                 else:
-                    assert sealer.open_json(context, json.loads(json.dumps(stored))) == value
+                    assert sealer.open_json(context, stored) == value
                 assert open_value(sealer, column, record, stored) == value
                 with pytest.raises(SealBroken):
                     sealer.open(SealContext(table, name, uuid.uuid4()), stored)

@@ -99,7 +99,7 @@ async def test_case_urls_are_ciphertext_at_rest(engine: AsyncEngine, backend: Wr
     for row in stored:
         for column in ("url", "canonical_url", "written_as"):
             if row.get(column) is not None:
-                assert row[column].startswith("hgs:")
+                assert row[column].startswith(b"\x01")
     url_keys = [row["url_key"] for row in stored if "url_key" in row]
     assert sorted(key.partition(":")[0] for key in url_keys) == ["k1", "k1", "no_url"]
     if engine.dialect.name == "sqlite":
@@ -254,7 +254,7 @@ async def test_the_locate_stage_fails_a_damaged_case_and_locates_the_others(
     async with engine.connect() as conn:
         error = (await conn.execute(select(cases.c.locate_error)
                                     .where(cases.c.id == bad))).scalar_one()
-    assert error.startswith("hgs:")
+    assert error.startswith(b"\x01")
 
 
 async def test_the_console_the_api_and_the_cli_mark_a_damaged_case_and_serve_the_others(

@@ -25,7 +25,7 @@ from gateway.store import sealing_state
 from gateway.store.audit import verify as verify_audit
 from gateway.store.engine import IMMEDIATE
 from gateway.store.resealing import LOOKUPS, Stopped, sealed_tables
-from gateway.store.sealed import SEALED, open_value, sealer_of
+from gateway.store.sealed import CLEAR, SEALED, open_value, sealer_of
 from gateway.store.sealing import WrongKeyring, create_keyring
 from gateway.store.tables import audit_log, case_reports, cases
 from gateway.store.times import utc
@@ -71,7 +71,10 @@ async def read_clear(database: Path) -> dict[tuple[str, str, str], Any]:
                 (primary,) = table.primary_key.columns
                 for row in await conn.execute(select(primary, *(table.c[n] for n in names))):
                     for name in names:
-                        values[(table.name, name, str(row[0]))] = row._mapping[name]
+                        value = row._mapping[name]
+                        if SEALED[table.name].get(name) == "json" and isinstance(value, str):
+                            value = json.loads(value)  # the older schema's JSON column
+                        values[(table.name, name, str(row[0]))] = value
     finally:
         await engine.dispose()
     return values
@@ -189,10 +192,17 @@ def last_entry(database: Path) -> tuple[int, str]:
     return seq, digest
 
 
-def trail_rows(database: Path) -> list[tuple[int, tuple[str, str, str]]]:
+def trail_rows(database: Path) -> list[tuple[int, tuple[bytes, str, str]]]:
+    """The trail as stored: details in the form migration 0020 gives a value in clear (the
+    older release's JSON text, ``sealed.CLEAR`` before it), whichever schema the file has."""
     with contextlib.closing(sqlite3.connect(database)) as db:
-        return [(seq, (details, prev, digest)) for seq, details, prev, digest in db.execute(
+        return [(seq, (details if isinstance(details, bytes) else clear_form_of(details),
+                       prev, digest)) for seq, details, prev, digest in db.execute(
             "SELECT seq, details, prev_hash, hash FROM audit_log ORDER BY seq")]
+
+
+def clear_form_of(text: str) -> bytes:
+    return CLEAR + text.encode()
 
 
 @pytest.mark.parametrize("alteration", ["details", "deleted", "rehashed"])

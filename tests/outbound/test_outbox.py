@@ -18,7 +18,7 @@ from gateway.store.backend import WriteBackend
 from gateway.store.errors import NotAllowed
 from gateway.store.ids import uuid7
 from gateway.store.lifecycle import Actor
-from gateway.store.sealed import open_value, sealer_of
+from gateway.store.sealed import open_value, seal_rows, seal_value, sealer_of
 from gateway.store.tables import cases, outbox, outbox_attempts, referrals, routing_decisions
 from outbound.gpg import Gpg
 from outbound.outbox import OutboxStage, retry_failed
@@ -61,7 +61,8 @@ async def queue(backend: WriteBackend, count: int, created: datetime = T0,
 
     def work(conn: Any) -> None:
         conn.execute(insert(cases), [case_row(sealer_of(conn), **row) for row in rows["cases"]])
-        conn.execute(insert(routing_decisions), rows["decisions"])
+        conn.execute(insert(routing_decisions),
+                     seal_rows(sealer_of(conn), routing_decisions, rows["decisions"]))
         conn.execute(insert(referrals), rows["referrals"])
         conn.execute(insert(outbox), rows["outbox"])
 
@@ -196,7 +197,11 @@ async def failed(backend: WriteBackend) -> None:
 
     def work(conn: Any) -> None:
         conn.execute(update(outbox).values(status="failed"))
-        conn.execute(update(referrals).values(status="failed", error="550 refused"))
+        sealer = sealer_of(conn)
+        for (referral_id,) in conn.execute(select(referrals.c.id)).all():
+            conn.execute(update(referrals).where(referrals.c.id == referral_id).values(
+                status="failed",
+                error=seal_value(sealer, referrals.c.error, referral_id, "550 refused")))
 
     await backend.transaction(work)
 

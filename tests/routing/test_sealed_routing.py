@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Text, select, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.app import Gateway
@@ -46,18 +46,19 @@ def database_bytes(engine: AsyncEngine) -> bytes:
                     for suffix in ("", "-wal", "-shm") if Path(database + suffix).exists())
 
 
-async def raw(engine: AsyncEngine, *columns: Any) -> list[str]:
-    """Every non-null value of ``columns`` as stored (JSON as its text), unopened."""
-    found: list[str] = []
+async def raw(engine: AsyncEngine, *columns: Any) -> list[bytes]:
+    """Every non-null value of ``columns`` as stored, unopened."""
+    found: list[bytes] = []
     async with engine.connect() as conn:
         for column in columns:
             found += [value for value in (await conn.execute(
-                select(column.cast(Text)).where(column.is_not(None)))).scalars()]
+                select(column).where(column.is_not(None)))).scalars()]
     return found
 
 
-def sealed(value: str) -> bool:
-    return value.startswith(("hgs:", '"hgs:'))
+def sealed(value: bytes) -> bool:
+    """Stored as a sealed value's bytes (version 1), not text."""
+    return type(value) is bytes and value[:1] == b"\x01"
 
 
 async def case(gw: Gateway, case_id: str) -> dict[str, Any]:
@@ -153,8 +154,8 @@ async def test_routing_facts_are_sealed_read_as_before_and_damage_stays_on_its_c
                                               routing_decisions.c.explanation).where(
             routing_decisions.c.case_id == uuid.UUID(located),
             routing_decisions.c.superseded.is_(False)))).one()
-        altered = decision.explanation[:-2] + ("A" if decision.explanation[-2] != "A" else "B") \
-            + decision.explanation[-1]
+        altered = decision.explanation[:-2] + bytes((decision.explanation[-2] ^ 1,)) \
+            + decision.explanation[-1:]
         await conn.execute(update(routing_decisions)
                            .where(routing_decisions.c.id == decision.id)
                            .values(explanation=altered))
@@ -237,7 +238,7 @@ async def test_located_evidence_is_sealed_and_a_copied_value_is_named_on_its_cas
         "host", "ips", "records", "addresses", "databases", "error")), cases.c.locate_error)
     assert len(stored) >= 14 and all(sealed(value) for value in stored)
     for needle in (ALIAS, TARGET, ADDRESS, "SERVFAIL"):
-        assert needle not in "".join(stored)
+        assert needle.encode() not in b"".join(stored)
     async with engine.connect() as conn:
         before = await get_case(conn, first)
     assert before is not None and before["hosting_evidence"][0]["host"] == ALIAS

@@ -6,8 +6,10 @@ A sealed value is, as bytes (33 bytes more than the plaintext)::
 
 Its associated data is the header (version and key id) followed by the context (table, column
 and record id: ``SealContext``), so a ciphertext copied into another row or column, or put
-under another key id, fails its tag. The text form (for JSON documents and Text columns) is
-``hgs:`` and the same bytes in base64.
+under another key id, fails its tag. The database's sealed columns hold these bytes as they
+are (``gateway.store.sealed``); the text form, ``hgs:`` and the same bytes in base64, is for
+text documents (the keyring check value) and was the form of Text and JSON columns before
+migration 0020.
 
 AES-256-GCM rather than ChaCha20-Poly1305: both come from OpenSSL through ``cryptography``, and
 both allow about 2**32 random nonces per key; AES-GCM runs in hardware (AES-NI/PCLMULQDQ, ARMv8
