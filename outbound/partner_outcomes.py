@@ -16,8 +16,10 @@ was not queued is found again on the next pass):
   own words: ``not_actionable``, reason ``no_jurisdiction`` (the content is no longer hosted
   here), the note saying it moved and is being routed again; it is recorded as ``moved`` here;
 - ``not_actionable`` when our analysts assessed the case not illegal (a final ``legal``
-  verdict, the case ``closed_legal``): reason ``not_illegal_in_country``, our assessment's
-  reason code said in the note. It too waits for the acknowledgement.
+  verdict, the case ``closed_legal``), with our assessment's own reason code (the outcome
+  codes include the assessment's: ``adult_pornography``, ``age_unclear``, ...); where it
+  recorded none, or ``other``, the reason is ``not_illegal_in_country``. It too waits for the
+  acknowledgement.
 
 A partner is told one closing outcome per referral, the first recorded: their gateway closes
 its referral to us on it, and would refuse another (a case referred twice, or routed again
@@ -55,6 +57,7 @@ from sqlalchemy.exc import IntegrityError
 from gateway.store import leases
 from gateway.store.audit import AuditEntry, record
 from gateway.store.ids import uuid7
+from gateway.store.outcome_codes import NOT_ACTIONABLE_REASONS, OTHER
 from gateway.store.tables import (
     assessments,
     cases,
@@ -73,7 +76,8 @@ from outbound.reply_compose import compose_reply
 
 log = structlog.get_logger("outbound.partner_outcomes")
 ACTOR = "system:partner_outcomes"
-#: The reason code (``gateway.store.outcome_codes``) of a case we assessed not illegal.
+#: The reason code (``gateway.store.outcome_codes``) of a case we assessed not illegal
+#: without a more telling reason of its own.
 NOT_ILLEGAL = "not_illegal_in_country"
 #: What a partner is told, as ``partner_outcomes`` records it: outcome/v1's values, and moved.
 Told = Literal["acknowledged", "removed", "content_unavailable", "not_actionable", "moved"]
@@ -178,9 +182,17 @@ def read_owed(conn: Connection) -> list[Owed]:
             .where(cases.c.status == "closed_legal", acknowledged, not_closed)):
         first.setdefault(r.id, Owed(
             r.id, r.case_id, r.partner, r.their_reference, r.our_reference, r.message_id,
-            "not_actionable", utc(r.at), NOT_ILLEGAL,
-            f"assessed not illegal here: {r.reason or 'no reason given'}"))
+            "not_actionable", utc(r.at), legal_reason(r.reason), "assessed not illegal here"))
     return owed + list(first.values())
+
+
+def legal_reason(assessed: str | None) -> str:
+    """The reason a partner is told for our legal verdict: the assessment's own code (one
+    vocabulary with the outcomes'), else ``not_illegal_in_country`` (none was recorded, or
+    ``other``, whose why stays in our note and tells the partner less than this)."""
+    if assessed is not None and assessed in NOT_ACTIONABLE_REASONS and assessed != OTHER:
+        return assessed
+    return NOT_ILLEGAL
 
 
 def outcome_text(owed: Owed, hotline: str) -> str:

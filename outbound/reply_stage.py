@@ -18,8 +18,9 @@ trust copies of it. A trusted reply records, in one transaction with the reply's
   happened, if earlier). A referral already
   acknowledged, or closed since, stays as it is: a repeated acknowledgement is no error;
 - the outcome/v1 document's outcome, when there is one (a repeat of the outcome the referral
-  already has is no error either). A reason code the hotline does not use becomes ``other``
-  with the code in the note.
+  already has is no error either). A reason code of ``gateway.store.outcome_codes`` (the
+  assessment's legal reasons among them: ``adult_pornography``, ...) is recorded as itself;
+  one the hotline does not use becomes ``other`` with the code in the note.
 
 Anything else changes nothing and is kept for an analyst (``needs_attention``) with its
 reason: not trusted (``outbound.replies``' reasons), a trusted reply whose document is not

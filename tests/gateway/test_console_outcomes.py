@@ -193,6 +193,8 @@ async def test_an_analyst_records_an_outcome_on_the_case_page(
     action = f"/cases/{case_id}/referrals/{referral_id}/outcome"
     _, page = await browser.get(page_path)
     assert f'action="{action}"' in page and "Record outcome" in page
+    # The outcome form's reasons ("code: meaning") include the assessment's.
+    assert '<option value="adult_pornography">adult pornography: ' in page
     status, _ = await browser.post_from(page_path, action, {"outcome": "acknowledged"},
                                         csrf=False)
     assert status == 403

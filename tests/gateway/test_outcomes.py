@@ -130,17 +130,19 @@ async def test_the_note_is_sealed_at_rest(
     assert shown["outcomes"][0]["occurred_at"] == "2026-12-01T10:00:00Z"  # none given: now
 
 
+@pytest.mark.parametrize("reason", ["not_illegal_in_country", "adult_pornography"])
 async def test_not_actionable_keeps_its_reason_code(
-    engine: AsyncEngine, backend: WriteBackend, ana: Recorder
+    engine: AsyncEngine, backend: WriteBackend, ana: Recorder, reason: str
 ) -> None:
-    """Not actionable needs one of the reason codes; the case takes the state."""
+    """Not actionable needs one of the reason codes (the assessment's legal reasons among
+    them); the case takes the state."""
     case_id, (referral_id,) = await referred(backend)
     await record_outcome(backend, referral_id, "not_actionable",
-                         reason="not_illegal_in_country", occurred_at=None, who=ana,
+                         reason=reason, occurred_at=None, who=ana,
                          now=T0 + timedelta(hours=1))
     case = await state(engine, case_id)
     assert case["status"] == "not_actionable"
-    assert case["referrals"][0]["outcomes"][0]["reason"] == "not_illegal_in_country"
+    assert case["referrals"][0]["outcomes"][0]["reason"] == reason
     assert case["milestones"]["removed"] is None
 
 

@@ -18,8 +18,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.store import leases
 from gateway.store.backend import WriteBackend
+from gateway.store.classification import REASONS
 from gateway.store.ids import uuid7
 from gateway.store.lifecycle import Actor, move
+from gateway.store.outcome_codes import NOT_ACTIONABLE_REASONS
 from gateway.store.outcomes import Recorder, record_outcome
 from gateway.store.sealed import seal_values, sealer_of
 from gateway.store.tables import (
@@ -37,7 +39,12 @@ from intake.partners import Provenance, provenance_row
 from intake.partners import record as record_provenance
 from outbound.gpg import Gpg
 from outbound.outbox import OutboxStage
-from outbound.partner_outcomes import Partner, PartnerOutcomeSettings, PartnerOutcomeStage
+from outbound.partner_outcomes import (
+    Partner,
+    PartnerOutcomeSettings,
+    PartnerOutcomeStage,
+    legal_reason,
+)
 from outbound.replies import read_reply
 from outbound.transports import FileTransport
 from tests.console_client import ready_user
@@ -207,8 +214,9 @@ async def test_a_partner_no_longer_configured_is_put_off_not_sent(
 async def test_a_case_we_assessed_not_illegal_is_told_not_actionable(
         backend: WriteBackend, engine: AsyncEngine, gpg: Gpg, partner_gpg: Gpg,
         keys: Keys, executor: ThreadPoolExecutor) -> None:
-    """Our legal verdict goes back as not_actionable (not_illegal_in_country), our reason in
-    the note, once the acknowledgement has left; once."""
+    """Our legal verdict goes back as not_actionable with our assessment's own reason code
+    (adult_pornography, one vocabulary with the outcomes'), once the acknowledgement has
+    left; once."""
     await ready_user(backend, "ana")
     async with engine.connect() as conn:
         ana = (await conn.execute(select(users.c.id))).scalar_one()
@@ -224,8 +232,22 @@ async def test_a_case_we_assessed_not_illegal_is_told_not_actionable(
     assert verdict.document is not None
     assert (verdict.document["outcome"], verdict.document["reason"],
             verdict.document["occurred_at"]) == (
-        "not_actionable", "not_illegal_in_country", "2026-12-03T09:02:00Z")
-    assert "adult_pornography" in verdict.document["note"]
+        "not_actionable", "adult_pornography", "2026-12-03T09:02:00Z")
+    assert verdict.document["note"] == "assessed not illegal here"
+    async with engine.connect() as conn:
+        assert (await conn.execute(select(partner_outcomes.c.reason_code).where(
+            partner_outcomes.c.outcome == "not_actionable"))).scalar_one() == "adult_pornography"
+
+
+@pytest.mark.parametrize(("assessed", "told"), [
+    ("adult_pornography", "adult_pornography"), ("password_protected", "password_protected"),
+    ("not_found", "not_found"), ("other", "not_illegal_in_country"),
+    (None, "not_illegal_in_country")])
+def test_a_legal_verdict_is_told_with_its_own_reason(assessed: str | None, told: str) -> None:
+    """Every reason an analyst can record for a legal verdict is an outcome reason code, so it
+    is told as itself; none, or ``other`` (its why stays in our note), as not illegal here."""
+    assert legal_reason(assessed) == told
+    assert set(REASONS) <= set(NOT_ACTIONABLE_REASONS)
 
 
 async def test_a_partner_referral_another_process_holds_is_left_to_it(

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from gateway.store.outcome_codes import NOT_ACTIONABLE_REASONS
 from outbound.gpg import Gpg, signatures_of
 from outbound.outcome import outcome_document, problems_of, schema
 from outbound.pgpmime import encrypted_message
@@ -373,6 +374,20 @@ def test_the_outcome_schema_and_its_builder() -> None:
     impossible = {**removed(), "occurred_at": "2026-02-30T10:00:00Z"}
     assert problems_of(impossible) == ["occurred_at: not a real time"]
     assert problems_of({**removed(), "extra": "x"}) == ["(document): additionalProperties"]
+
+
+def test_every_reason_code_fits_outcome_v1_and_older_documents_still_do() -> None:
+    """The outcome codes (the assessment's legal reasons among them) all fit v1's reason, so a
+    partner is sent the code itself; a document as older gateways wrote it (a legal verdict
+    as not_illegal_in_country, our code in the note) still validates: v1 did not narrow."""
+    for code in NOT_ACTIONABLE_REASONS:
+        assert problems_of(outcome_document(reference=REFERENCE, outcome="not_actionable",
+                                            occurred_at=WHEN, reason=code)) == []
+    older = {"schema": "hotline-gateway/outcome/v1", "reference": REFERENCE,
+             "outcome": "not_actionable", "reason": "not_illegal_in_country",
+             "occurred_at": "2026-12-03T09:02:00Z", "their_reference": "CF-R-000001",
+             "note": "assessed not illegal here: adult_pornography"}
+    assert problems_of(older) == []
 
 
 def test_gpg_status_lines_become_signatures() -> None:

@@ -219,7 +219,7 @@ async def test_a_reason_code_the_hotline_does_not_use_is_kept_as_other(
     their reference too."""
     case_id, referral = await referred(backend, keys)
     document = outcome_document(reference=referral["reference"], outcome="not_actionable",
-                                reason="adult_pornography", occurred_at=ARRIVED,
+                                reason="nl_house_rule", occurred_at=ARRIVED,
                                 their_reference="NL-2026-7", note="Adults only.")
     await kept(backend, reply_from_nl(keys, tmp_path, referral, document))
     await stage(backend, gpg, keys, executor, Clock(T), []).run_once()
@@ -231,8 +231,25 @@ async def test_a_reason_code_the_hotline_does_not_use_is_kept_as_other(
         row = (await conn.execute(select(referral_outcomes.c.id, referral_outcomes.c.note)
                                   .where(referral_outcomes.c.reason_code == "other"))).one()
         note = open_value(sealer_of(conn), referral_outcomes.c.note, row.id, row.note)
-    assert note.splitlines() == ["reason given: adult_pornography", "Adults only.",
+    assert note.splitlines() == ["reason given: nl_house_rule", "Adults only.",
                                  "their reference: NL-2026-7"]
+
+
+async def test_an_assessment_reason_code_is_recorded_as_itself(
+    backend: WriteBackend, engine: AsyncEngine, gpg: Gpg, keys: Keys,
+    executor: ThreadPoolExecutor, tmp_path: Path,
+) -> None:
+    """not_actionable for one of the assessment's legal reasons (what a partner gateway says
+    of a case it assessed legal): the code is the reason recorded, not ``other``."""
+    case_id, referral = await referred(backend, keys)
+    document = outcome_document(reference=referral["reference"], outcome="not_actionable",
+                                reason="adult_pornography", occurred_at=ARRIVED)
+    await kept(backend, reply_from_nl(keys, tmp_path, referral, document))
+    await stage(backend, gpg, keys, executor, Clock(T), []).run_once()
+    status, outcomes = await state(engine, case_id)
+    assert status == "not_actionable"
+    assert [(o[0], o[1]) for o in outcomes] == [("acknowledged", None),
+                                                ("not_actionable", "adult_pornography")]
 
 
 async def test_hostile_replies_are_kept_and_change_nothing(
