@@ -4,18 +4,24 @@ legal one the reason. One vocabulary, code to label, for the console, the API, t
 the referral document (``outbound/schema/referral-v1.json`` lists the same codes) and the
 statistics: codes are stored plain, so that counts can filter on them.
 
-Sources. The site types are INHOPE's published site-type categories, as its member hotlines
-record them in ICCAM: the article "Site types used to share CSAM online" (inhope.org, with
-the breakdown of the 2020 Annual Report) lists website, image host, file host, forum, image
-store, banner site, link site, social networking site, blog, search provider, redirector and
-web archive. ``video_channel`` and ``chat`` are this gateway's additions for platforms that
-list does not name, and ``other`` is for anything else; INHOPE's later reports count site
-types without naming every one, so re-check the list against its current annual report. The
+Sources. The site types are INHOPE's, as its member hotlines record them in ICCAM. The list
+found that names and defines them all is INHOPE's article "Site types used to share CSAM
+online" (https://www.inhope.org/EN/articles/site-types-used-to-share-csam-online;
+undated, it gives the breakdown of INHOPE's 2020 Annual Report): website, image host, file
+host, forum, image store, banner site, link site, social networking site, blog, search
+provider, redirector and web archive, each a code here. The newest figures found, INHOPE's
+"The Facts" page (https://www.inhope.org/EN/the-facts, 2023 data), count 10 site types in
+2023 but name only the three largest (website, image host, forum: all here); no later list
+naming every type was found (searched 2026-12-03), so none was added or renamed from it.
+``video_channel`` and ``chat`` are this gateway's additions for platforms the 2020 list does
+not name, and ``other`` is for anything else. Codes are only ever added, never removed or
+renamed (they are stored): a type INHOPE renames keeps its code and gets the new label. The
 age groups and genders are those INHOPE's published statistics use (inhope.org "The Facts"
 and the annual reports: infant/toddler, pre-pubescent, pubescent; girls, boys, both). The
-media and the reason codes are this gateway's own. The lists are fixed in code, not
-configurable: adding a code is a change here and in the shipped schema, which a test keeps
-in step.
+media and the reason codes are this gateway's own; the reasons are outcome reason codes too
+(``gateway.store.outcome_codes``), so a partner is told the reason of our legal verdict. The
+lists are fixed in code, not configurable: adding a code is a change here and in the shipped
+schema, which a test keeps in step.
 """
 
 from __future__ import annotations

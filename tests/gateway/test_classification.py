@@ -20,7 +20,7 @@ from gateway.app import Gateway
 from gateway.cli import main
 from gateway.console.accounts import create_token, utcnow
 from gateway.database import open_database
-from gateway.store import migrate
+from gateway.store import classification, migrate
 from gateway.store.classification import (
     AGE_GROUPS,
     CODES,
@@ -114,12 +114,22 @@ def test_require_names_known_fields_only() -> None:
         "age_group", "media", "site_type", "reason"}
 
 
+#: Where INHOPE names and defines the site types (cited in the module and the README).
+SITE_TYPES_SOURCE = "https://www.inhope.org/EN/articles/site-types-used-to-share-csam-online"
+README = Path(__file__).parents[2] / "README.md"
+
+
 def test_the_vocabulary_cites_inhope_and_holds_its_site_types() -> None:
     """INHOPE's published site types are all there, beside the issue's video channel and chat;
+    the module and the README cite where INHOPE lists them, and the README names every code;
     the reasons cover the usual not-actionable findings."""
     assert {"website", "image_host", "file_host", "forum", "image_store", "banner_site",
             "link_site", "social_network", "blog", "search_provider", "redirector",
             "web_archive", "video_channel", "chat"} <= set(SITE_TYPES)
+    assert classification.__doc__ is not None and SITE_TYPES_SOURCE in classification.__doc__
+    readme = README.read_text(encoding="utf-8")
+    assert SITE_TYPES_SOURCE in readme
+    assert [code for code in SITE_TYPES if f"`{code}`" not in readme] == []
     assert set(AGE_GROUPS) == {"infant_toddler", "pre_pubescent", "pubescent"}
     assert {"adult_pornography", "age_unclear", "child_nudism", "not_found",
             "password_protected"} <= set(REASONS)
