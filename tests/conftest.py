@@ -32,8 +32,9 @@ from tests.locating import build_mmdb, standard_zone
 if TYPE_CHECKING:
     from gateway.app import Gateway
 
-# The ``browser`` fixture (Debian's chromium through Playwright) for the page tests.
-pytest_plugins = ["tests.browser"]
+# The ``browser`` fixture (Debian's chromium through Playwright) for the page tests, and the
+# hypothesis profile (tests/budget.py: ci, or deep with HYPOTHESIS_PROFILE=deep).
+pytest_plugins = ["tests.browser", "tests.budget"]
 
 PG_URL = os.environ.get("HOTLINE_TEST_PG_URL", "")
 

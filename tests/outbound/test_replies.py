@@ -27,6 +27,7 @@ from outbound.replies import (
     read_reply_blocking,
 )
 from outbound.reply_compose import compose_reply, reply_inner
+from tests.budget import examples
 from tests.conftest import no_blocking_calls
 from tests.outbound.conftest import Keys, make_key, new_home, run_gpg, stop_agent
 
@@ -35,7 +36,7 @@ OTHER_ID = "<referral-0190ffff-0000@hotline.test>"
 REFERENCE = "CF-2026-000123"
 WHEN = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
 # gpg calls cost tens of milliseconds: few examples where each one runs gpg.
-gpg_fuzz = settings(max_examples=25, deadline=None,
+gpg_fuzz = settings(max_examples=examples(25), deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture,
                                            HealthCheck.too_slow])
 
@@ -403,7 +404,7 @@ OUTER_PIECES = [
 ]
 
 
-@settings(max_examples=300, deadline=None,  # most never reach gpg
+@settings(max_examples=examples(300), deadline=None,  # most never reach gpg
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(st.one_of(
     st.binary(max_size=400),
