@@ -40,8 +40,12 @@ chromium:
 	    echo "the browser tests need chromium: sudo apt-get install chromium"; exit 2; \
 	  fi; }
 
+# One pytest worker per core (pytest-xdist); TEST_WORKERS=0 runs the suite in this process.
+# loadgroup hands tests out one by one, but keeps those marked xdist_group(name) on one worker.
+TEST_WORKERS ?= auto
+
 test: $(VENV)/.installed-test chromium
-	HOTLINE_CHROMIUM=$(CHROMIUM) $(PY) -m pytest -q $(PYTEST_ARGS)
+	HOTLINE_CHROMIUM=$(CHROMIUM) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check gateway intake routing outbound tests bench

@@ -3,12 +3,15 @@ set), configs that listen on 127.0.0.1 port 0, and a running gateway."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import ssl
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,10 +24,12 @@ from sqlalchemy import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway import config as config_module
-from gateway.config import Config
+from gateway.config import Config, DatabaseConfig
 from gateway.database import open_database
 from gateway.store import migrate
 from gateway.store.backend import WriteBackend, open_write_backend
+from gateway.store.engine import open_engine
+from gateway.store.private import create_private_file
 from gateway.store.sealing import create_keyring
 from tests.dns_server import DnsServer, Zone, free_udp_port
 from tests.locating import build_mmdb, standard_zone
@@ -32,8 +37,9 @@ from tests.locating import build_mmdb, standard_zone
 if TYPE_CHECKING:
     from gateway.app import Gateway
 
-# The ``browser`` fixture (Debian's chromium through Playwright) for the page tests.
-pytest_plugins = ["tests.browser"]
+# The ``browser`` fixture (Debian's chromium through Playwright) for the page tests, and the
+# hypothesis profile (tests/budget.py: ci, or deep with HYPOTHESIS_PROFILE=deep).
+pytest_plugins = ["tests.browser", "tests.budget"]
 
 PG_URL = os.environ.get("HOTLINE_TEST_PG_URL", "")
 
@@ -87,6 +93,54 @@ def make_config(tmp_path: Path) -> ConfigFactory:
     return factory
 
 
+class MigratedSqlite:
+    """An empty SQLite database migrated to head, made once per pytest process (each xdist
+    worker has its own) in the session's temporary folder: a test that would start from a
+    new database gets a private copy of it instead of running every migration again, which
+    is most of the cost of starting a gateway. Tests about migrating itself (``db upgrade``,
+    ``running`` on an empty file, ``migrate.upgrade`` to an older revision) never get it."""
+
+    path: Path | None = None  # set by the session fixture below
+
+
+async def _migrate_new(database: Path) -> None:
+    engine = await open_engine(DatabaseConfig(url=f"sqlite+aiosqlite:///{database}"))
+    try:
+        await migrate.upgrade(engine)
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Made before any test's event loop and outside any watch for blocking calls, in a
+    thread (with a loop of its own) so that this thread's event loop is left as it was."""
+    made = tmp_path_factory.mktemp("migrated") / "gateway.db"
+    with ThreadPoolExecutor(max_workers=1) as thread:
+        thread.submit(asyncio.run, _migrate_new(made)).result()
+    # Disposing of the engine checkpointed the WAL: the file alone is the database.
+    assert not made.with_name("gateway.db-wal").exists()
+    MigratedSqlite.path = made
+
+
+def copy_migrated_sqlite(config: Config) -> None:
+    """If ``config``'s database is a SQLite file that does not exist yet, make it a copy of
+    the migrated template, private (0600) as the engine makes a new one (blocking: callers
+    run it in a thread)."""
+    url = make_url(config.database.url)
+    if not url.drivername.startswith("sqlite") or not url.database:
+        return
+    database = Path(url.database)
+    if database.exists():
+        return
+    template = MigratedSqlite.path
+    assert template is not None, "the _migrated_sqlite fixture has not run"
+    database.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+    create_private_file(database)
+    with template.open("rb") as source, database.open("r+b") as target:
+        shutil.copyfileobj(source, target)
+
+
 class PgSchema:
     """A PostgreSQL schema of its own for one test, dropped afterwards."""
 
@@ -131,7 +185,10 @@ async def engine(
 ) -> AsyncIterator[AsyncEngine]:
     """A migrated engine on a real database: a SQLite file, or a fresh PostgreSQL schema."""
     if request.param == "sqlite":
-        eng = await open_database(make_config())
+        config = make_config()
+        # As open_database, then a migration, leave it: at head, no check value written yet.
+        await asyncio.to_thread(copy_migrated_sqlite, config)
+        eng = await open_database(config, verify=False)
         await migrate.upgrade(eng)
         with no_blocking_calls(request):
             yield eng
@@ -183,6 +240,8 @@ async def serving(config: Config, **kwargs: Any) -> AsyncIterator[Gateway]:
     """``running`` with the serving phase (not start-up) watched for blocking calls."""
     from gateway.app import running  # the whole daemon: imported only by tests that run it
 
+    if kwargs.get("engine") is None and kwargs.get("upgrade_db", True):
+        await asyncio.to_thread(copy_migrated_sqlite, config)
     async with running(config, **kwargs) as gw:
         with no_blocking_calls():
             yield gw

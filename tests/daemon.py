@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 from pathlib import Path
 
 
@@ -45,10 +47,17 @@ class Daemon:
 
     def __init__(self, config_path: Path, tmp: Path) -> None:
         self.config_path = config_path
-        self.notify_path = tmp / f"notify-{os.getpid()}-{id(self)}.sock"
+        # A unix socket's path has at most 107 bytes: pytest's folders (longer still under
+        # an xdist worker's popen-gwN/) can exceed that, so the socket gets a short one.
+        self.notify_folder = Path(tempfile.mkdtemp(prefix="hotline-notify-"))
+        self.notify_path = self.notify_folder / "notify.sock"
         self.log_path = tmp / "serve.log"
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.notify.bind(str(self.notify_path))
+        try:
+            self.notify.bind(str(self.notify_path))
+        except BaseException:
+            self._close_notify()
+            raise
         self.notify.setblocking(False)
         self.process: asyncio.subprocess.Process | None = None
         self.messages: list[str] = []
@@ -107,5 +116,8 @@ class Daemon:
         if self.process is not None and self.process.returncode is None:
             self.process.kill()
             await self.process.wait()
+        self._close_notify()
+
+    def _close_notify(self) -> None:
         self.notify.close()
-        self.notify_path.unlink(missing_ok=True)
+        shutil.rmtree(self.notify_folder, ignore_errors=True)

@@ -36,6 +36,7 @@ from gateway.store.backend import WriteBackend, open_write_backend
 from gateway.store.sealed import bind_sealer, clear_form, sealer_of
 from gateway.store.sealing import LookupKey, Sealer
 from gateway.store.tables import audit_log
+from tests.budget import examples
 from tests.trail import opened
 
 BASE = datetime(2026, 11, 28, 10, 0, 0, 123456, tzinfo=UTC)
@@ -245,7 +246,7 @@ JSON_VALUES = st.recursive(
 )
 
 
-@settings(max_examples=25, deadline=None,
+@settings(max_examples=examples(25), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(details=st.dictionaries(st.text(), JSON_VALUES, max_size=5))
 async def test_any_json_details_round_trip_and_still_verify(

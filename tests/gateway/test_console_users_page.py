@@ -21,6 +21,7 @@ from gateway.console.accounts import create_token, utcnow
 from gateway.console.users import ACTIONS
 from gateway.store.tables import audit_log
 from tests.browser import shot
+from tests.budget import examples
 from tests.console_client import LEGAL_DETAILS, StaffClient, base, code, file_case, ready_user
 from tests.gateway.conftest import Start
 from tests.gateway.test_console import api
@@ -303,7 +304,7 @@ json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.text(m
                            max_leaves=8)
 
 
-@settings(max_examples=60, deadline=None,
+@settings(max_examples=examples(60), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(name=st.text(max_size=80), action=st.sampled_from([*ACTIONS, "x", ""]),
        body=st.one_of(st.binary(max_size=200), json_values.map(lambda v: json.dumps(v).encode()),

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.app import Gateway
+from tests.budget import examples
 from tests.conftest import Start, start_public_tls
 
 MALFORMED = {
@@ -109,7 +110,7 @@ HEADER_LINES = st.lists(st.one_of(
               st.binary(max_size=40))), max_size=5)
 
 
-@settings(max_examples=8, deadline=None,
+@settings(max_examples=examples(8), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(requests=st.lists(st.tuples(REQUEST_LINES, HEADER_LINES), min_size=1, max_size=6))
 def test_whatever_bytes_arrive_the_listener_answers_and_keeps_serving(

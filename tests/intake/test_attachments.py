@@ -12,9 +12,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from intake.attachments import MAX_FILENAME_CHARS, AttachmentInfo, hash_attachment
+from tests.budget import examples
 from tests.intake.fixtures.make_fixtures import PDF, png
 
-fuzz = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+fuzz = settings(max_examples=examples(200), deadline=None,
+                suppress_health_check=[HealthCheck.too_slow])
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:

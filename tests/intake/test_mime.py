@@ -28,12 +28,14 @@ from intake.mime import (
     parse_message,
     strip_attachments,
 )
+from tests.budget import examples
 from tests.intake.fixtures import make_fixtures
 from tests.intake.fixtures.make_fixtures import PDF, png
 
 FIXTURES = Path(make_fixtures.__file__).parent
 BARE_EOL = re.compile(rb"\r(?!\n)|(?<!\r)\n")
-fuzz = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+fuzz = settings(max_examples=examples(300), deadline=None,
+                suppress_health_check=[HealthCheck.too_slow])
 
 
 def fixture(name: str) -> bytes:
@@ -682,7 +684,7 @@ def _plain_or_any(field: str, codec: str = "ascii") -> st.SearchStrategy[str]:
                                    fullmatch=True))
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=examples(250), deadline=None)
 @given(
     content_type=_plain_or_any("content-type"),
     disposition=_plain_or_any("content-disposition"),

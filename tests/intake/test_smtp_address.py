@@ -12,6 +12,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from intake.smtpaddress import plain_address
+from tests.budget import examples
 
 
 def aiosmtpd_reading(arg: str, limit: int = 0) -> tuple[str | None, str | None]:
@@ -62,7 +63,7 @@ plainish = st.builds(lambda local, domain, gap, rest: f"<{local}@{domain}>{gap}{
                      near, near, gaps, st.sampled_from(["", "SIZE=1", "("]))
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=examples(500), deadline=None)
 @given(st.one_of(plainish, addresses, st.text(max_size=40)), st.sampled_from([0, 4, 64]))
 @example("<reporter@example.org> SIZE=2048", 0)
 @example("<reporter@example.org>", 4)

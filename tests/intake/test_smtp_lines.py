@@ -19,6 +19,7 @@ from gateway.config import ConfigError
 from gateway.store.tables import submissions
 from intake.smtpdata import inspect_message, normalise_line_ends, smuggled_end_of_data
 from intake.smtpstream import longest_line, set_limit
+from tests.budget import examples
 from tests.conftest import ConfigFactory, serving
 from tests.smtp_client import REPORT_TO, RawSession, deliver, queued_reference, report
 from tests.submissions import opened_submission, opened_submissions
@@ -122,7 +123,7 @@ def smtplib_stuffing(data: bytes) -> bytes:
     return re.sub(rb"(?m)^\.", b"..", data)
 
 
-@settings(max_examples=40, deadline=None,
+@settings(max_examples=examples(40), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(lines=st.lists(st.tuples(text_line, line_end), min_size=1, max_size=30))
 @example(lines=[(b".", b"\n"), (b"..", b"\r"), (b"", b"\r\n")])
@@ -306,7 +307,7 @@ def test_the_longest_command_line_is_the_same_however_the_stream_is_cut(
     assert longest == max(len(line) for line in stream.split(b"\n"))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(first=st.integers(1, 300), then=st.integers(1, 300),
        data=st.lists(st.binary(max_size=400), max_size=8).map(b"\n".join))
 def test_a_reader_whose_limit_is_changed_reads_as_one_made_with_it(

@@ -24,6 +24,7 @@ from intake.normalise import normalise_web
 from intake.openapi import openapi_document
 from intake.web import wkd_hash
 from outbound.gpg import Gpg
+from tests.budget import examples
 from tests.conftest import Start, start_public_tls
 from tests.submissions import opened_submission
 
@@ -311,7 +312,7 @@ BODIES = st.fixed_dictionaries(
               "extra": st.integers()})
 
 
-@settings(max_examples=25, deadline=None,
+@settings(max_examples=examples(15), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(bodies=st.lists(BODIES, min_size=1, max_size=8))
 @example(bodies=[{"urls": ["example.test/a"], "language": None},
@@ -403,7 +404,7 @@ async def test_over_tls_the_form_asks_for_https_from_then_on(
                 assert response.headers["Strict-Transport-Security"].startswith("max-age="), path
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=examples(600), deadline=None)
 @given(st.from_regex(webreport._PLAIN_URL, fullmatch=True))
 @example("http://xn--zz.example/")
 @example("HTTPS://a-b.example.test/x.")

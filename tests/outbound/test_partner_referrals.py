@@ -22,6 +22,7 @@ from outbound.partner_referrals import (
     ReferralReading,
     read_referral_blocking,
 )
+from tests.budget import examples
 from tests.outbound.conftest import Keys
 from tests.outbound.hostile_mail import hostile_mail
 from tests.outbound.test_replies import (
@@ -201,7 +202,7 @@ def test_hostile_plaintext_from_a_partner_gets_a_reading(
         assert reading.partner == "NL"
 
 
-@settings(max_examples=200, deadline=None,  # most never reach gpg
+@settings(max_examples=examples(200), deadline=None,  # most never reach gpg
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(hostile_mail(ENVELOPE))
 @example(ENVELOPE)

@@ -28,6 +28,7 @@ from outbound.replies import (
     read_reply_blocking,
 )
 from outbound.reply_compose import compose_reply, reply_inner
+from tests.budget import examples
 from tests.conftest import no_blocking_calls
 from tests.outbound.conftest import Keys, make_key, new_home, run_gpg, stop_agent
 from tests.outbound.hostile_mail import hostile_mail
@@ -37,7 +38,7 @@ OTHER_ID = "<referral-0190ffff-0000@hotline.test>"
 REFERENCE = "CF-2026-000123"
 WHEN = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
 # gpg calls cost tens of milliseconds: few examples where each one runs gpg.
-gpg_fuzz = settings(max_examples=25, deadline=None,
+gpg_fuzz = settings(max_examples=examples(25), deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture,
                                            HealthCheck.too_slow])
 
@@ -411,7 +412,7 @@ def test_gpg_status_lines_become_signatures() -> None:
 ENVELOPE = envelope(b"-----BEGIN PGP MESSAGE-----\n\nhQEMA\n-----END PGP MESSAGE-----\n")
 
 
-@settings(max_examples=300, deadline=None,  # most never reach gpg
+@settings(max_examples=examples(300), deadline=None,  # most never reach gpg
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(hostile_mail(ENVELOPE))
 @example(ENVELOPE)

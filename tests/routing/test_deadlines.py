@@ -21,6 +21,7 @@ from routing.deadlines import (
     due,
     follow_up,
 )
+from tests.budget import examples
 
 BRUSSELS = ZoneInfo("Europe/Brussels")
 BELGIUM = BusinessCalendar.for_country("BE", timezone="Europe/Brussels",
@@ -175,7 +176,7 @@ def test_adding_in_two_steps_is_adding_the_sum(
 
 
 # The walk is slow: calendars with a few hours on most days keep it within a fortnight.
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(start=starts, duration=st.integers(1, 16 * 60).map(lambda m: timedelta(minutes=m)),
        calendar=calendars(shortest=4 * 60, fewest=3))
 def test_business_time_counts_exactly_the_working_minutes(
@@ -317,7 +318,7 @@ def test_acknowledgement_is_chased_first_when_both_are_overdue() -> None:
 
 
 # The scheduler's walk is slow: calendars with a few hours on most days keep it short.
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(within=st.integers(1, 48).map(hours), every=st.integers(1, 24).map(hours),
        most=st.integers(0, 4),
        calendar=st.one_of(st.none(), st.just(BELGIUM), calendars(shortest=4 * 60, fewest=3)))

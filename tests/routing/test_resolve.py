@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from routing.resolve import HostResolver
+from tests.budget import examples
 from tests.dns_server import DnsServer, Zone, free_udp_port
 from tests.locating import standard_zone
 
@@ -146,7 +147,7 @@ HOSTS = st.one_of(
 )
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(hosts=st.lists(HOSTS, min_size=1, max_size=8))
 def test_hostile_host_names_never_raise(hosts: list[str]) -> None:
     async def check() -> None:
