@@ -364,7 +364,7 @@ def _cmd_purge(args: argparse.Namespace) -> int:
         backend, config.retention, now=utcnow(), actor=CLI_ACTOR)))
     print(f"removed the raw message of {purged.raw_messages} report(s) and the contact "
           f"details of {purged.contacts}, and {purged.untrusted_replies} untrusted "
-          "reply(ies) past untrusted_reply_days")
+          "reply(ies) handled more than untrusted_reply_days ago")
     return EXIT_OK
 
 

@@ -432,8 +432,9 @@ class AssessmentConfig(Section):
 class RetentionConfig(Section):
     raw_message_days: PositiveInt = 30
     reporter_contact_days: PositiveInt = 90
-    #: Mail at ``[outbound] reply_address`` that was not trusted (anyone can send it) is kept
-    #: for an analyst this long, then deleted; trusted and unread replies are kept.
+    #: Mail at ``[outbound] reply_address`` that was not trusted (anyone can send it) is
+    #: deleted this long after an analyst handled it; one still waiting for an analyst, and
+    #: trusted and unread replies, are kept.
     untrusted_reply_days: PositiveInt = 30
 
 

@@ -5,10 +5,12 @@
 - after ``reporter_contact_days`` the reporter's contact details go: the envelope sender, the
   HELO name and the connecting address, and the e-mail a web reporter gave (which lives in the
   raw document: a report still holding its raw bytes then loses them too);
-- after ``untrusted_reply_days`` a reply at ``[outbound] reply_address`` that was kept only
-  because it was not trusted (``gateway.store.replies.UNTRUSTED``) is deleted: anyone can mail
-  that address, and what a stranger sends must not fill the database. A reply not read yet,
-  read, or trusted but not all recorded, is never deleted.
+- ``untrusted_reply_days`` after an analyst handled it, a reply at ``[outbound]
+  reply_address`` that was kept only because it was not trusted
+  (``gateway.store.replies.UNTRUSTED``) is deleted: anyone can mail that address, and what a
+  stranger sends must not fill the database. One still waiting for an analyst is never
+  deleted (kept for an analyst, never dropped unread), nor is a reply not read yet, read, or
+  trusted but not all recorded.
 
 Only reports that were read (``parsed``) lose anything: one not read yet, or one that could
 not be read (``parse_failed``: say, encrypted before its key was imported) keeps its bytes so

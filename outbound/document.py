@@ -13,7 +13,6 @@ from email.policy import SMTP
 from typing import Any
 
 from gateway.store.classification import labels
-from gateway.store.referral_refs import file_safe
 from gateway.store.text import defang
 from outbound import schemas
 
@@ -87,5 +86,5 @@ def inner_message(document: dict[str, Any]) -> bytes:
     message.set_content(summary(document), charset="utf-8")
     body = json.dumps(document, indent=1, ensure_ascii=False).encode("utf-8") + b"\n"
     message.add_attachment(body, maintype="application", subtype="json",
-                           filename=f"referral-{file_safe(document['reference'])}.json")
+                           filename=f"referral-{document['reference']}.json")
     return message.as_bytes(policy=SMTP)

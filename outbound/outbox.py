@@ -39,7 +39,6 @@ from gateway.store.errors import Conflict, NotAllowed, NotFound
 from gateway.store.ids import uuid7
 from gateway.store.lifecycle import SUPERVISOR, Actor
 from gateway.store.polling import PollingStage, retry_delay
-from gateway.store.referral_refs import file_safe
 from gateway.store.sealed import seal_value, sealer_of
 from gateway.store.tables import outbox, outbox_attempts, partner_referrals, referrals
 from gateway.store.times import aware
@@ -172,9 +171,8 @@ class OutboxStage(PollingStage):
                 raise Rejected(f"encrypted to a key no longer usable: {'; '.join(sealed)}")
             detail = await self._transport.send(
                 mail_from=item.mail_from, rcpt_to=item.rcpt_to, message=item.message,
-                name=f"{file_safe(item.reference)}-{item.referral_id}"
-                if item.kind == "referral"
-                else f"{file_safe(item.reference)}-{item.kind}-{item.id}")
+                name=f"{item.reference}-{item.referral_id}" if item.kind == "referral"
+                else f"{item.reference}-{item.kind}-{item.id}")
         except Deferred as exc:
             outcome, detail = "deferred", str(exc)
         except Rejected as exc:

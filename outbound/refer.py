@@ -200,11 +200,12 @@ class ReferStage(PollingStage):
         referral_id = uuid7()
         now = self._clock()
         # The referral's own reference, named in what is encrypted: the case's for its first
-        # referral, numbered for later ones. Unique: were another referral of the case filed
+        # referral, a fresh one of the same form (reserved in a transaction of its own: an
+        # unused one is a gap) for later ones. Unique: were another referral of the case filed
         # meanwhile (none is: the case is leased while routed), the filing would fail, and
         # the case be held for a supervisor like any routing error, nothing sent.
-        async with self._engine.connect() as conn:
-            reference = await conn.run_sync(next_reference, case.references[0])
+        reference = await self._backend.transaction(
+            partial(next_reference, base=case.references[0]))
         document = referral_document(
             reference=reference, created=iso(now), rule=decision.rule,
             destination=decision.destination, hotline=config.hotline_name,

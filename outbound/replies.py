@@ -76,10 +76,10 @@ Reason = Literal["too_large", "not_encrypted", "undecryptable", "unsigned", "bad
                  "unpinned_signer", "signer_not_destination", "no_referral_named",
                  "signed_before_referral", "replayed", "bad_document"]
 
-#: A referral's reference: the case's, with ``/2``, ``/3``... for the case's later referrals
-#: (``gateway.store.referral_refs``).
-REFERENCE = rb"[A-Z][A-Z0-9]{0,7}-[0-9]{4}-[0-9]{6,12}(?:/[0-9]{1,4})?"
-_NAMED = re.compile(rb"\bReferral:?[ \t]+(" + REFERENCE + rb")(?![0-9/])")
+#: A referral's reference: the case's for its first referral, a fresh one of the same form for
+#: the case's later referrals (``gateway.store.referral_refs``).
+REFERENCE = rb"[A-Z][A-Z0-9]{0,7}-[0-9]{4}-[0-9]{6,12}"
+_NAMED = re.compile(rb"\bReferral:?[ \t]+(" + REFERENCE + rb")(?![0-9])")
 #: How far a destination's clock may be behind ours: a signature dated more than this before
 #: the referral was sent is not about it (``signed_before_referral``).
 CLOCK_SKEW = timedelta(minutes=5)

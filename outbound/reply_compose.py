@@ -12,7 +12,6 @@ from email.message import EmailMessage
 from email.policy import SMTP
 from typing import Any
 
-from gateway.store.referral_refs import file_safe
 from outbound.gpg import Gpg
 from outbound.outcome import problems_of
 from outbound.pgpmime import encrypted_message
@@ -30,7 +29,7 @@ def reply_inner(*, text: str, reference: str, referral_message_id: str,
     if document is not None:
         body = json.dumps(document, indent=1, ensure_ascii=False).encode("utf-8") + b"\n"
         message.add_attachment(body, maintype="application", subtype="json",
-                               filename=f"outcome-{file_safe(reference)}.json")
+                               filename=f"outcome-{reference}.json")
     message.set_param("protected-headers", "v1")
     return message.as_bytes(policy=SMTP)
 

@@ -27,9 +27,11 @@ reason: not trusted (``outbound.replies``' reasons), a trusted reply whose docum
 valid (``bad_document``: the acknowledgement is still recorded, as the reader says), or an
 outcome the referral cannot take (``outcome_refused``, the whole transaction undone). Each
 such reply is counted (``on_read``) and audited, and raises an alert (an error in the log with
-its id and reason, never content or addresses). Alerts for replies that were not trusted
-(``gateway.store.replies.UNTRUSTED``: anyone can send those) are collapsed: one per reason per
-``alert_every``, the next saying how many were held back (``held_back``).
+its id and reason, never content or addresses). Alerts for replies that anyone can send
+(``gateway.store.replies.JUNK``: not signed by a pinned key) are collapsed: one per reason per
+``alert_every``, the next saying how many were held back (``held_back``). Every other one
+alerts each time: one signed by a pinned key that is not the destination's
+(``signer_not_destination``) too.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ from gateway.store.lifecycle import CaseChanged
 from gateway.store.outcome_codes import CLOSING, NOT_ACTIONABLE_REASONS
 from gateway.store.outcomes import OutcomeRefused, Recorder, record_outcome_in
 from gateway.store.polling import PollingStage
-from gateway.store.replies import UNTRUSTED, Finding, replayed_in, settle_in
+from gateway.store.replies import JUNK, Finding, replayed_in, settle_in
 from gateway.store.sealed import open_value
 from gateway.store.sealing import SealBroken, Sealer, UnknownKey
 from gateway.store.tables import referral_reminders, referrals, replies
@@ -392,7 +394,7 @@ class ReplyStage(PollingStage):
             "reply": str(item.id), "reason": finding.reason, "detail": finding.detail,
             "referral": str(finding.referral_id) if finding.referral_id else None,
             "signer": finding.signer}
-        if finding.reason in UNTRUSTED:
+        if finding.reason in JUNK:
             held = self._alerts.due(finding.reason or "unknown", self._clock())
             if held is None:  # raised for this reason lately: counted, kept, not raised again
                 log.debug("replies.kept", **fields)

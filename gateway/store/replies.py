@@ -8,11 +8,11 @@ reason: not trusted, or trusted but not all of it could be recorded) → ``handl
 looked at it and said so; audited). A reply is never trusted on anything but its signature
 (``outbound.replies``).
 
-Anyone can mail the reply address. A reply that was not trusted (``UNTRUSTED``: nothing in it
-was verified) is kept for an analyst only for ``[retention] untrusted_reply_days``, then
-deleted (``purge_untrusted``, by the daily retention); a reply that is received (not read
-yet), read, or trusted but not all recorded (``bad_document``, ``outcome_refused``) is never
-deleted.
+Anyone can mail the reply address. A reply that was not trusted (``UNTRUSTED``) is kept for an
+analyst, never dropped unread: once an analyst has handled it, it is deleted
+``[retention] untrusted_reply_days`` later (``purge_untrusted``, by the daily retention); one
+still waiting for an analyst stays however old. A reply that is received (not read yet), read,
+or trusted but not all recorded (``bad_document``, ``outcome_refused``) is never deleted.
 """
 
 from __future__ import annotations
@@ -47,6 +47,10 @@ STATUSES = ("received", "read", "needs_attention", "handled")
 UNTRUSTED = ("too_large", "not_encrypted", "undecryptable", "unsigned", "bad_signature",
              "unpinned_signer", "signer_not_destination", "no_referral_named",
              "unreadable_record")
+#: Of those, what anyone can send (no pinned key signed it), whose alerts are collapsed
+#: (``outbound.reply_stage``). Not ``signer_not_destination``: a pinned key signed that reply,
+#: for a referral that went to another destination, and an analyst hears of each one.
+JUNK = tuple(reason for reason in UNTRUSTED if reason != "signer_not_destination")
 MAX_NOTE = 2000
 
 
@@ -161,12 +165,12 @@ def settle_in(conn: Connection, reply_id: uuid.UUID, finding: Finding, *, worker
 
 
 def purge_untrusted(conn: Connection, *, before: datetime) -> int:
-    """Delete the replies kept only because they were not trusted, received before
-    ``before`` (waiting for an analyst or handled); how many. Never one that is not read yet
-    or whose signature held."""
+    """Delete the replies kept only because they were not trusted that an analyst handled
+    before ``before``; how many. Never one still waiting for an analyst (it is kept for one,
+    never dropped unread), one not read yet, or one whose signature held."""
     return int(conn.execute(delete(replies).where(
-        replies.c.status.in_(("needs_attention", "handled")),
-        replies.c.reason.in_(UNTRUSTED), replies.c.received_at < before)).rowcount)
+        replies.c.status == "handled", replies.c.reason.in_(UNTRUSTED),
+        replies.c.handled_at < before)).rowcount)
 
 
 def _view(row: Any, handled_by: str | None) -> dict[str, Any]:

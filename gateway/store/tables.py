@@ -381,8 +381,8 @@ referrals = Table(
     Column("id", Uuid, primary_key=True),
     Column("case_id", Uuid, ForeignKey("cases.id"), nullable=False),
     Column("decision_id", Uuid, ForeignKey("routing_decisions.id"), nullable=False),
-    # Its own: the case's reference for its first referral, then ``/2``, ``/3``...
-    # (``gateway.store.referral_refs``), so that a reply names one referral.
+    # Its own: the case's reference for its first referral, then a fresh one of the same
+    # form (``gateway.store.referral_refs``), so that a reply names one referral.
     Column("reference", String(32), nullable=False, unique=True),
     Column("destination", String(32), nullable=False),
     Column("email", Text, nullable=True),  # None for a referral made through ICCAM by hand

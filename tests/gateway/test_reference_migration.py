@@ -1,9 +1,10 @@
 """The migration that gives each referral its own reference, on a real database: referrals
-stored when a case's referrals shared its reference are renumbered (``/2``...), oldest first;
-the migration goes down and up again."""
+stored when a case's referrals shared its reference take fresh references of the same form
+(from the report references' counter), oldest first; the migration goes down and up again."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -14,12 +15,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.store import migrate
 from gateway.store.backend import WriteBackend
+from gateway.store.referral_refs import next_reference
 from gateway.store.tables import referrals
 from tests.referred import refer
 
 AT = datetime(2026, 12, 1, 9, tzinfo=UTC)
 #: The revision before references were made unique (the one this migration revises).
 BEFORE = "0019"
+#: What every reader of referral/v1 takes (the schema as first shipped).
+V1_REFERENCE = re.compile(r"[A-Z][A-Z0-9]{0,7}-[0-9]{4}-[0-9]{6,}")
 
 
 async def downgrade(engine: AsyncEngine, revision: str) -> None:
@@ -40,9 +44,10 @@ async def downgrade(engine: AsyncEngine, revision: str) -> None:
 async def test_shared_references_are_renumbered_and_the_migration_goes_back(
     engine: AsyncEngine, backend: WriteBackend,
 ) -> None:
-    """Three referrals sharing ``CF-2026-000000`` (and one already ``/2``, say an analyst's
-    by hand): up, the oldest keeps it, the others take the next free numbers; down and up
-    again changes nothing more."""
+    """Three referrals sharing ``CF-2026-000000`` (and one numbered ``/2``, which v1 readers
+    refuse): up, the oldest keeps it, the others take the counter's next numbers (after the
+    three the referrals took when made); the counter moves past them; down and up again
+    changes nothing more."""
     made = []
     for n in range(4):
         made.append(await backend.transaction(
@@ -65,10 +70,12 @@ async def test_shared_references_are_renumbered_and_the_migration_goes_back(
                 select(referrals.c.id, referrals.c.reference))}
         return [found[referral_id] for referral_id in made]
 
-    assert await references() == ["CF-2026-000000", "CF-2026-000000/3", "CF-2026-000000/4",
-                                  "CF-2026-000000/2"]
+    expected = ["CF-2026-000000", "CF-2026-000004", "CF-2026-000005", "CF-2026-000006"]
+    assert await references() == expected
+    assert all(V1_REFERENCE.fullmatch(reference) for reference in expected)
     await downgrade(engine, BEFORE)
     await migrate.upgrade(engine)
     assert await migrate.current(engine) == migrate.head()
-    assert await references() == ["CF-2026-000000", "CF-2026-000000/3", "CF-2026-000000/4",
-                                  "CF-2026-000000/2"]
+    assert await references() == expected
+    assert await backend.transaction(
+        lambda conn: next_reference(conn, "CF-2026-000000")) == "CF-2026-000007"

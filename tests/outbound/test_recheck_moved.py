@@ -22,6 +22,7 @@ from tests.outbound.test_refer import (
     api,
     assess,
     case_of,
+    older_reader_takes,
     open_referral,
     referral_config,
     referral_in,
@@ -90,9 +91,13 @@ async def test_moved_to_kz_is_sent_to_police_international_only_after_approval(
     finally:
         await staff.close()
 
-    [_, received] = await mta.wait_for(2)
+    [to_nl, received] = await mta.wait_for(2)
     assert received.rcpt_tos == ["intl@police.test"]
     _, document, _ = open_referral(keys, received)
+    # Readers of referral/v1 as first shipped take both, the later one's reference too.
+    older_reader_takes(open_referral(keys, to_nl)[1])
+    older_reader_takes(document)
+    assert document["reference"] != open_referral(keys, to_nl)[1]["reference"]
     assert document["rule"] == "protocol-2-police"
     assert document["case"]["hosting"]["country"] == "KZ"
     async with asyncio.timeout(30):  # the outbox commits the delivery after the MTA has it

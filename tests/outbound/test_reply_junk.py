@@ -1,13 +1,14 @@
 """Junk at the reply address (anyone can mail it): kept for an analyst, but bounded. Its
-alerts are collapsed per reason, the metrics count what is kept by reason, and retention
-deletes untrusted replies after ``untrusted_reply_days``; never a trusted or unread one.
+alerts are collapsed per reason (not a pinned key's), the metrics count what is kept by reason,
+and retention deletes untrusted replies ``untrusted_reply_days`` after an analyst handled them;
+never one still waiting, a trusted or an unread one.
 Real gpg, real databases, an injected clock."""
 
 from __future__ import annotations
 
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
 
@@ -20,9 +21,10 @@ from gateway.metrics import Metrics
 from gateway.retention import purge
 from gateway.stats import collect_stats
 from gateway.store.backend import WriteBackend
-from gateway.store.replies import NewReply, keep_in
-from gateway.store.tables import audit_log, replies
+from gateway.store.replies import NewReply, keep_in, mark_handled
+from gateway.store.tables import audit_log, replies, users
 from outbound.gpg import Gpg
+from tests.console_client import ready_user
 from tests.outbound.conftest import Keys
 from tests.outbound.test_reply_stage import (
     ARRIVED,
@@ -92,20 +94,52 @@ async def test_a_trusted_reply_that_needs_an_analyst_always_alerts(
     assert [a["reason"] for a in alerts] == ["bad_document", "bad_document"]
 
 
-async def test_retention_deletes_old_untrusted_replies_only(
+async def test_a_reply_signed_by_another_destination_s_key_always_alerts(
+        backend: WriteBackend, gpg: Gpg, keys: Keys, executor: ThreadPoolExecutor,
+        tmp_path: Path) -> None:
+    """Not junk: a reply signed by a pinned key that is not the referral's destination's
+    (``signer_not_destination``) raises its alert every time, while junk beside it is
+    collapsed."""
+    _, referral = await referred(backend, keys)
+    for n in range(3):
+        await kept(backend, reply_from_nl(keys, tmp_path, referral, by=keys.weak))
+        await kept(backend, junk(n))
+    with capture_logs() as logs:
+        assert await stage(backend, gpg, keys, executor, Clock(T), []).run_once() == 6
+    alerts = [e for e in logs if e["event"] == "replies.needs_attention"]
+    assert sorted(a["reason"] for a in alerts) == ["not_encrypted", *["signer_not_destination"] * 3]
+    assert all(a["signer"] == keys.weak for a in alerts if a["reason"] != "not_encrypted")
+
+
+async def handled(backend: WriteBackend, reply_ids: list[uuid.UUID], at: datetime) -> None:
+    """An analyst (made here once) marks each of ``reply_ids`` handled at ``at``."""
+    if not await backend.transaction(lambda conn: conn.execute(
+            select(users.c.id).where(users.c.name == "ana")).first()):
+        await ready_user(backend, "ana")
+    ana = await backend.transaction(lambda conn: conn.execute(
+        select(users.c.id).where(users.c.name == "ana")).scalar_one())
+    for reply_id in reply_ids:
+        await mark_handled(backend, reply_id, user_id=ana, name="ana", note=None, now=at)
+
+
+async def test_retention_deletes_untrusted_replies_only_once_handled(
         backend: WriteBackend, engine: AsyncEngine, gpg: Gpg, keys: Keys,
         executor: ThreadPoolExecutor, tmp_path: Path) -> None:
-    """Past ``untrusted_reply_days``: junk goes (waiting or handled alike), audited with the
-    count; a trusted reply, a trusted one that needs an analyst, one not read yet and recent
-    junk stay."""
+    """``untrusted_reply_days`` after an analyst handled it, junk goes, audited with the
+    count; junk still waiting for an analyst stays however old (kept for an analyst, never
+    dropped unread), and so do junk handled lately, a trusted reply, a trusted one that needs
+    an analyst and one not read yet."""
     _, referral = await referred(backend, keys)
-    old_junk = [await keep_at(backend, junk(n), 0) for n in range(3)]
-    new_junk = await keep_at(backend, junk(9), -20)
+    old_handled = [await keep_at(backend, junk(n), 60) for n in range(3)]
+    waiting = await keep_at(backend, junk(8), 60)
+    lately_handled = await keep_at(backend, junk(9), 60)
     trusted = await keep_at(backend, reply_from_nl(keys, tmp_path, referral), 0)
     await stage(backend, gpg, keys, executor, Clock(T), []).run_once()
     bad = await keep_at(backend, reply_from_nl(keys, tmp_path, referral, {"outcome": "x"}), 0)
     await stage(backend, gpg, keys, executor, Clock(T), []).run_once()
     unread = await keep_at(backend, junk(7), 0)
+    await handled(backend, old_handled, ARRIVED)
+    await handled(backend, [lately_handled], ARRIVED + timedelta(days=20))
     policy = RetentionConfig()
     assert policy.untrusted_reply_days == 30
     purged = await purge(backend, policy, now=ARRIVED + timedelta(days=31))
@@ -116,7 +150,14 @@ async def test_retention_deletes_old_untrusted_replies_only(
         [entry] = opened(conn, await conn.execute(
             select(audit_log.c.seq, audit_log.c.details)
             .where(audit_log.c.action == "retention.purged")))
-    assert set(left) == {new_junk, trusted, bad, unread}
-    assert not set(old_junk) & set(left)
+    assert set(left) == {waiting, lately_handled, trusted, bad, unread}
+    assert not set(old_handled) & set(left)
+    assert (left[waiting], left[lately_handled]) == ("needs_attention", "handled")
     assert (left[trusted], left[bad], left[unread]) == ("read", "needs_attention", "received")
     assert entry.details["untrusted_replies"] == 3
+    # However long it waits, an unhandled one is not deleted.
+    assert (await purge(backend, policy, now=ARRIVED + timedelta(days=3650))
+            ).untrusted_replies == 1
+    async with engine.connect() as conn:
+        assert (await conn.execute(select(replies.c.status).where(replies.c.id == waiting))
+                ).scalar_one() == "needs_attention"

@@ -57,12 +57,13 @@ async def referred(backend: WriteBackend, keys: Keys) -> tuple[uuid.UUID, dict[s
 
 
 def reply_from_nl(keys: Keys, folder: Path, referral: dict[str, Any],
-                  document: Any = None) -> bytes:
-    """NL's reply, signed and encrypted in one with the gpg command line; ``document`` is
-    put in as it is given, valid or not."""
+                  document: Any = None, *, by: str | None = None) -> bytes:
+    """NL's reply, signed (by NL's key, or ``by``) and encrypted in one with the gpg command
+    line; ``document`` is put in as it is given, valid or not."""
     inner = reply_inner(text="About your referral.", reference=referral["reference"],
                         referral_message_id=referral["message_id"], document=document)
-    armored = seal(keys.partner_home, inner, folder, to=keys.hotline, by=keys.recipient)
+    armored = seal(keys.partner_home, inner, folder, to=keys.hotline,
+                   by=keys.recipient if by is None else by)
     return encrypted_message(armored, from_address="referrals@hotline-nl.test",
                              to_address="replies@hotline.test",
                              reference=referral["reference"],

@@ -1,7 +1,7 @@
 """What a destination's signed reply may be trusted for, on a real database with real gpg:
 not a copy of a reply already trusted (``replayed``), not a signature older than the referral
-(``signed_before_referral``), each referral of a case named by its own reference, and a reply
-to a reminder matched to the reminder's referral."""
+(``signed_before_referral``), each referral of a case named by its own reference, a reply
+to a reminder matched to the reminder's referral, and one naming it only in References."""
 
 from __future__ import annotations
 
@@ -202,17 +202,17 @@ async def test_each_referral_is_named_by_its_own_reference(
     backend: WriteBackend, engine: AsyncEngine, gpg: Gpg, keys: Keys,
     executor: ThreadPoolExecutor, tmp_path: Path,
 ) -> None:
-    """Two referrals to NL, ``CF-2026-000000`` and ``CF-2026-000000/2``; NL's outcome names
-    the second by its reference alone (its document and signed Subject; a Message-ID of its
-    own tools): the second is removed, the first is untouched."""
+    """Two referrals to NL, ``CF-2026-000000`` and a fresh ``CF-2026-000001``; NL's outcome
+    names the second by its reference alone (its document and signed Subject; a Message-ID of
+    its own tools): the second is removed, the first is untouched."""
     first = await referred(backend, keys)
     second = await referred(backend, keys)
-    assert second["reference"] == first["reference"] + "/2"
+    assert (first["reference"], second["reference"]) == ("CF-2026-000000", "CF-2026-000001")
     document = outcome_document(reference=second["reference"], outcome="removed",
                                 occurred_at=NOW - timedelta(hours=1))
     inner = reply_inner(text="Gone.", reference=second["reference"],
                         referral_message_id="<their-ticket-4411@nl.test>", document=document)
-    assert b"Subject: Re: Referral CF-2026-000000/2" in inner
+    assert b"Subject: Re: Referral CF-2026-000001" in inner
     armored = seal(keys.partner_home, inner, tmp_path, to=keys.hotline, by=keys.recipient)
     reply_id = await kept(backend, wrapped(armored, in_reply_to="<their-ticket-4411@nl.test>"),
                           NOW - timedelta(minutes=30))
@@ -261,6 +261,42 @@ async def test_a_reply_to_a_reminder_is_about_the_reminder_s_referral(
     row = await reply_row(engine, reply_id)
     assert (row["status"], row["referral"]["id"]) == ("read", str(referral["id"])), row
     assert await status_of(engine, referral["case_id"]) == "acknowledged"
+    assert seen == ["trusted"]
+
+
+@pytest.mark.parametrize("where", ["signed", "outside"])
+async def test_a_reply_naming_its_referral_only_in_references_is_matched(
+    backend: WriteBackend, engine: AsyncEngine, gpg: Gpg, keys: Keys,
+    executor: ThreadPoolExecutor, tmp_path: Path, where: str,
+) -> None:
+    """NL's ticket system answers its own last message in the thread: In-Reply-To names that
+    (not ours), a Subject of its own, and only References (oldest first) names the referral,
+    in the signed headers or, from a mail client that signs the words only, outside: the
+    referral is acknowledged, not another of NL's."""
+    referral = await referred(backend, keys)
+    other = await referred(backend, keys)
+    theirs = "<nl-ticket-4411@nl.test>"
+    thread = f"{referral['message_id']} <nl-ack-4410@nl.test> {theirs}"
+    if where == "signed":
+        answer = EmailMessage(policy=SMTP)
+        answer["Subject"] = "[NL#4411] Acknowledged"
+        answer["In-Reply-To"] = theirs
+        answer["References"] = thread
+        answer.set_content("Acknowledged.")
+        content = answer.as_bytes()
+    else:
+        content = client_text()
+    armored = seal(keys.partner_home, content, tmp_path, to=keys.hotline, by=keys.recipient)
+    raw = wrapped(armored, in_reply_to=theirs, subject=b"[NL#4411] Acknowledged")
+    assert f"References: {theirs}".encode() in raw
+    raw = raw.replace(f"References: {theirs}".encode(), f"References: {thread}".encode())
+    reply_id = await kept(backend, raw, NOW - timedelta(minutes=30))
+    seen: list[str] = []
+    await stage(backend, gpg, keys, executor, Clock(NOW), seen).run_once()
+    row = await reply_row(engine, reply_id)
+    assert (row["status"], row["referral"]["id"]) == ("read", str(referral["id"])), row
+    assert await status_of(engine, referral["case_id"]) == "acknowledged"
+    assert await status_of(engine, other["case_id"]) == "referred"
     assert seen == ["trusted"]
 
 
