@@ -78,7 +78,7 @@ def classified_and_proposed(conn: Connection, case_id: uuid.UUID) -> None:
     """ICCAM's classification on a verdict, and the re-check's proposal of a new route (no
     person proposed it)."""
     conn.execute(insert(users).values(id=ANA, name="ana", role="analyst", password_hash="x",
-                                      totp_secret="x", created_at=SENT))
+                                      totp_secret=b"x", created_at=SENT))
     verdict = uuid7()
     conn.execute(insert(assessments).values(
         id=verdict, case_id=case_id, user_id=ANA, verdict="illegal", classification="baseline",
