@@ -7,9 +7,10 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection
 
+from gateway.store.backend import WriteBackend
 from gateway.store.ids import uuid7
 from gateway.store.lifecycle import Actor, move
 from gateway.store.referral_refs import next_reference
@@ -51,3 +52,17 @@ def refer(conn: Connection, *, at: datetime, case_id: uuid.UUID | None = None,
             created_at=at, sent_at=at if status == "sent" else None))
         made.append(referral_id)
     return case_id, made
+
+
+async def delivered(backend: WriteBackend, key: str, *, at: datetime,
+                    destination: str = "hotline:NL") -> tuple[uuid.UUID, uuid.UUID]:
+    """A case referred to ``destination`` and delivered at ``at``, encrypted to ``key`` (the
+    fingerprint its replies must be signed by): the case and referral ids."""
+
+    def work(conn: Connection) -> tuple[uuid.UUID, uuid.UUID]:
+        case_id, (referral_id,) = refer(conn, at=at, destinations=(destination,))
+        conn.execute(update(referrals).where(referrals.c.id == referral_id)
+                     .values(key_fingerprint=key))
+        return case_id, referral_id
+
+    return await backend.transaction(work)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from outbound.gpg import Gpg
+from outbound.outcome import problems_of
 from tests.outbound.mta import FakeMta
 
 HOTLINE_PASSPHRASE = "correct horse battery staple"
@@ -155,3 +156,10 @@ async def mta(tmp_path: Path) -> AsyncIterator[FakeMta]:
     await server.start()
     yield server
     await server.stop()
+
+
+@pytest.fixture(scope="module")
+def outcome_schema_read() -> None:
+    """The outcome schema read from disk once, before any test's event loop runs (a module
+    asks for it with ``pytestmark = pytest.mark.usefixtures("outcome_schema_read")``)."""
+    problems_of({})

@@ -29,8 +29,9 @@ from outbound.gpg import Gpg
 from outbound.outbox import OutboxStage
 from outbound.transports import FileTransport
 from routing.deadlines import BusinessCalendar, DeadlinePolicy
+from tests.clock import Clock
 from tests.outbound.conftest import Keys
-from tests.referred import refer
+from tests.referred import delivered, refer
 
 #: Wednesday 30 December 2026, 10:00 in Brussels. Eight business hours later is Thursday 31
 #: December 10:00; eight more skip New Year's Day (a Friday) and the weekend: Monday 4 January
@@ -56,30 +57,10 @@ def business(**durations: timedelta | int | None) -> DeadlinePolicy:
     return DeadlinePolicy(calendar=calendar, **values)
 
 
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 def settings(keys: Keys, policy: DeadlinePolicy) -> FollowUpSettings:
     return FollowUpSettings(policies={DESTINATION: policy}, hotline_name="Child Focus",
                             signing_key=keys.hotline, archive_key=None,
                             from_address="referrals@hotline.test")
-
-
-async def referred(backend: WriteBackend, keys: Keys) -> tuple[uuid.UUID, uuid.UUID]:
-    """A case referred to the NL hotline and delivered at SENT, to the recipient key."""
-
-    def work(conn: Connection) -> tuple[uuid.UUID, uuid.UUID]:
-        case_id, (referral_id,) = refer(conn, at=SENT, destinations=(DESTINATION,))
-        conn.execute(update(referrals).where(referrals.c.id == referral_id)
-                     .values(key_fingerprint=keys.recipient))
-        return case_id, referral_id
-
-    return await backend.transaction(work)
 
 
 class Rig:
@@ -129,7 +110,7 @@ async def test_reminders_across_a_holiday_then_the_supervisor(
     """Unacknowledged in business hours: a reminder at the deadline, the next one after New
     Year's Day and the weekend, then the supervisor flag; the case is overdue in its JSON, in
     the overdue filter and in ``hotline_cases_overdue``."""
-    case_id, referral_id = await referred(backend, keys)
+    case_id, referral_id = await delivered(backend, keys.recipient, at=SENT)
     rig = Rig(backend, engine, gpg, keys, business(), tmp_path / "out")
     with capture_logs() as logs:
         await rig.until(datetime(2027, 1, 7, tzinfo=UTC))
@@ -176,7 +157,7 @@ async def test_a_reminder_is_encrypted_signed_and_in_the_referrals_thread(
 ) -> None:
     """The reminder is PGP/MIME, signed by the hotline and encrypted to the referral's key;
     it replies to the referral's Message-ID and names the reference, never the URL."""
-    _, referral_id = await referred(backend, keys)
+    _, referral_id = await delivered(backend, keys.recipient, at=SENT)
     rig = Rig(backend, engine, gpg, keys, business(), tmp_path / "out")
     await rig.until(ACK_DUE)
     (written,) = (tmp_path / "out").glob("*.eml")
@@ -205,7 +186,7 @@ async def test_an_acknowledgement_stops_the_acknowledge_reminders(
 ) -> None:
     """Acknowledged after the first reminder: no more about it and no supervisor; the
     removal deadline then has reminders of its own."""
-    case_id, referral_id = await referred(backend, keys)
+    case_id, referral_id = await delivered(backend, keys.recipient, at=SENT)
     policy = business(remove_within=timedelta(hours=40))  # Thursday 7 January 2027 10:00
     rig = Rig(backend, engine, gpg, keys, policy, tmp_path / "out")
     await rig.until(ACK_DUE + timedelta(hours=2))
@@ -228,7 +209,7 @@ async def test_a_closed_referral_gets_nothing(
     engine: AsyncEngine, backend: WriteBackend, gpg: Gpg, keys: Keys, tmp_path: Path
 ) -> None:
     """Removed before its deadline: never reminded, never flagged, never overdue."""
-    case_id, referral_id = await referred(backend, keys)
+    case_id, referral_id = await delivered(backend, keys.recipient, at=SENT)
     rig = Rig(backend, engine, gpg, keys, business(), tmp_path / "out")
     await rig.until(SENT + timedelta(hours=2))
     await record_outcome(backend, referral_id, "removed", reason=None, occurred_at=None,
@@ -247,7 +228,7 @@ async def test_two_workers_queue_one_reminder(
     engine: AsyncEngine, backend: WriteBackend, gpg: Gpg, keys: Keys, tmp_path: Path
 ) -> None:
     """Two processes' stages at the same moment: one reminder, not two."""
-    await referred(backend, keys)
+    await delivered(backend, keys.recipient, at=SENT)
     first = Rig(backend, engine, gpg, keys, business(), tmp_path / "a", worker="w1")
     second = Rig(backend, engine, gpg, keys, business(), tmp_path / "b", worker="w2")
     second.clock = first.clock
@@ -284,7 +265,7 @@ async def test_a_key_that_cannot_be_used_sends_nothing(
 ) -> None:
     """A referral whose key was revoked since: no reminder leaves, an alert is logged, and
     the referral is put off rather than tried at every pass."""
-    _, referral_id = await referred(backend, keys)
+    _, referral_id = await delivered(backend, keys.recipient, at=SENT)
     await backend.transaction(lambda conn: conn.execute(
         update(referrals).where(referrals.c.id == referral_id)
         .values(key_fingerprint=keys.revoked)))
@@ -307,7 +288,7 @@ async def test_deadlines_taken_out_of_the_config_are_cleared(
 ) -> None:
     """After a reload without deadlines for the destination, its referrals have none and are
     no longer overdue."""
-    case_id, referral_id = await referred(backend, keys)
+    case_id, referral_id = await delivered(backend, keys.recipient, at=SENT)
     rig = Rig(backend, engine, gpg, keys, business(max_reminders=0), tmp_path / "out")
     await rig.until(ACK_DUE)
     assert utc((await referral_row(engine, referral_id)).acknowledge_by) == ACK_DUE

@@ -29,18 +29,19 @@ from outbound.follow_up import FollowUpStage
 from outbound.gpg import Gpg
 from outbound.outbox import OutboxStage
 from outbound.transports import FileTransport
+from tests.clock import Clock
 from tests.outbound.conftest import Keys
 from tests.outbound.test_follow_up import (
     ACK_DUE,
     DESTINATION,
+    SENT,
     SUPERVISOR,
-    Clock,
     business,
     referral_row,
-    referred,
     reminders,
     settings,
 )
+from tests.referred import delivered
 from tests.trail import opened
 
 
@@ -83,7 +84,7 @@ async def test_an_outcome_recorded_after_the_snapshot_stops_the_reminder(
     """The stage read the referral as unacknowledged at its deadline; before it acts, the
     destination's acknowledgement is recorded: no reminder is queued, nothing is logged as an
     error, and the lease is given back."""
-    _, referral_id = await referred(backend, keys)
+    _, referral_id = await delivered(backend, keys.recipient, at=SENT)
     clock = Clock(ACK_DUE)
     acknowledge = partial(record_outcome, backend, referral_id, "acknowledged", reason=None,
                           occurred_at=None, who=Recorder.reply(DESTINATION, keys.recipient),
@@ -105,7 +106,7 @@ async def test_an_outcome_recorded_after_the_snapshot_stops_the_supervisor_flag(
 ) -> None:
     """Due for a supervisor (no reminders allowed), but removed before the stage acts: no
     flag, no audit entry."""
-    _, referral_id = await referred(backend, keys)
+    _, referral_id = await delivered(backend, keys.recipient, at=SENT)
     clock = Clock(ACK_DUE)
     remove = partial(record_outcome, backend, referral_id, "removed", reason=None,
                      occurred_at=None, who=Recorder.reply(DESTINATION, keys.recipient),
@@ -126,7 +127,7 @@ async def test_a_reminder_another_worker_queued_meanwhile_is_done_elsewhere(
     gives the referral back, and the first, acting on its stale read, meets the unique
     constraint. One reminder; for the first, "done elsewhere" logged as information (not
     ``referral_failed``), and its lease given back rather than held to the key retry."""
-    _, referral_id = await referred(backend, keys)
+    _, referral_id = await delivered(backend, keys.recipient, at=SENT)
     clock = Clock(ACK_DUE)
     other = stage(backend, engine, gpg, keys, clock, "w2")
     late = stage(backend, AfterSnapshot(engine, other.run_once), gpg, keys, clock, "w1")
@@ -146,7 +147,7 @@ async def test_a_flag_another_worker_set_meanwhile_is_not_set_twice(
 ) -> None:
     """Both workers read the referral as due for a supervisor; the second flags it between
     the first's read and its action: one flag, one audit entry, one alert."""
-    _, referral_id = await referred(backend, keys)
+    _, referral_id = await delivered(backend, keys.recipient, at=SENT)
     clock = Clock(SUPERVISOR)
     other = stage(backend, engine, gpg, keys, clock, "w2", remind_every=None)
     late = stage(backend, AfterSnapshot(engine, other.run_once), gpg, keys, clock, "w1",
@@ -171,7 +172,7 @@ async def test_the_outcome_cancels_the_reminders_waiting_in_the_outbox(
 ) -> None:
     """A reminder queued but not yet sent when the acknowledgement is recorded is cancelled
     in the outcome's transaction (said in its audit entry) and never leaves."""
-    _, referral_id = await referred(backend, keys)
+    _, referral_id = await delivered(backend, keys.recipient, at=SENT)
     clock = Clock(ACK_DUE)
     assert await stage(backend, engine, gpg, keys, clock, "w1").run_once() == 1
     assert await outbox_status(engine) == ["pending"]
@@ -193,7 +194,7 @@ async def test_a_reminder_in_flight_is_left_to_its_sender_and_a_reopening_cancel
     """A reminder a sender holds when the removal is recorded is being delivered: it is left
     to finish. If that sender died, the reminder still waits when a supervisor reopens the
     case; the reopening supersedes the referral and cancels it."""
-    case_id, referral_id = await referred(backend, keys)
+    case_id, referral_id = await delivered(backend, keys.recipient, at=SENT)
     clock = Clock(ACK_DUE)
     assert await stage(backend, engine, gpg, keys, clock, "w1").run_once() == 1
     await backend.transaction(lambda conn: conn.execute(outbox.update().where(

@@ -14,7 +14,7 @@ from functools import partial
 from typing import Any
 
 import pytest
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -34,28 +34,19 @@ from gateway.store.tables import (
     users,
 )
 from outbound.gpg import Gpg
+from tests.clock import Clock
 from tests.outbound.conftest import Keys
-from tests.outbound.test_follow_up import ACK_DUE, DESTINATION, SENT, Clock
+from tests.outbound.test_follow_up import ACK_DUE, DESTINATION, SENT
 from tests.outbound.test_follow_up_races import outbox_status, stage
 from tests.outbound.test_partner_outcomes import filed
 from tests.outbound.test_partner_outcomes import stage as partner_stage
-from tests.referred import refer
+from tests.referred import delivered, refer
 
 #: The states a case could be in at revision 0011 (before outcomes).
 OLD_STATES = {"new", "locate_failed", "awaiting_assessment", "assessed", "closed_legal", "held",
               "awaiting_iccam", "referred"}
 HOUR = timedelta(hours=1)
 ANA = uuid7()
-
-
-async def referred(backend: WriteBackend, keys: Keys) -> tuple[uuid.UUID, uuid.UUID]:
-    def work(conn: Connection) -> tuple[uuid.UUID, uuid.UUID]:
-        case_id, (referral_id,) = refer(conn, at=SENT, destinations=(DESTINATION,))
-        conn.execute(update(referrals).where(referrals.c.id == referral_id)
-                     .values(key_fingerprint=keys.recipient))
-        return case_id, referral_id
-
-    return await backend.transaction(work)
 
 
 async def outcome(backend: WriteBackend, keys: Keys, referral_id: uuid.UUID, said: str,
@@ -100,11 +91,11 @@ async def everything_new(engine: AsyncEngine, backend: WriteBackend, gpg: Gpg,
     """Every kind of row the code after 0011 writes; the cases by what became of them."""
     clock = Clock(ACK_DUE)
     made: dict[str, uuid.UUID] = {}
-    made["removed"], first = await referred(backend, keys)
-    made["not_actionable"], declined = await referred(backend, keys)
-    made["content_unavailable"], gone = await referred(backend, keys)
-    made["moved"], moved = await referred(backend, keys)
-    made["flagged"], _ = await referred(backend, keys)
+    made["removed"], first = await delivered(backend, keys.recipient, at=SENT)
+    made["not_actionable"], declined = await delivered(backend, keys.recipient, at=SENT)
+    made["content_unavailable"], gone = await delivered(backend, keys.recipient, at=SENT)
+    made["moved"], moved = await delivered(backend, keys.recipient, at=SENT)
+    made["flagged"], _ = await delivered(backend, keys.recipient, at=SENT)
     # Reminders for the first four (queued, waiting in the outbox)...
     assert await stage(backend, engine, gpg, keys, clock, "w1").run_once() == 5
     # ...the fifth's supervisor flagged later, with no reminders.

@@ -24,11 +24,11 @@ from gateway.store.backend import WriteBackend
 from gateway.store.replies import NewReply, keep_in, mark_handled
 from gateway.store.tables import audit_log, replies, users
 from outbound.gpg import Gpg
+from tests.clock import Clock
 from tests.console_client import ready_user
 from tests.outbound.conftest import Keys
 from tests.outbound.test_reply_stage import (
     ARRIVED,
-    Clock,
     T,
     kept,
     referred,

@@ -20,31 +20,21 @@ from gateway.store.replies import NewReply, keep_in, list_replies
 from gateway.store.sealed import open_value, sealer_of
 from gateway.store.tables import cases, referral_outcomes, referrals, replies
 from outbound.gpg import Gpg
-from outbound.outcome import outcome_document, problems_of
+from outbound.outcome import outcome_document
 from outbound.pgpmime import encrypted_message
 from outbound.reply_compose import reply_inner
 from outbound.reply_stage import ReplyStage
+from tests.clock import Clock
 from tests.outbound.conftest import Keys
 from tests.outbound.test_replies import seal
 from tests.referred import refer
 
+#: The outcome schema is read from disk once, before any test's loop runs.
+pytestmark = pytest.mark.usefixtures("outcome_schema_read")
+
 T = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 SENT = T - timedelta(hours=2)
 ARRIVED = T - timedelta(hours=1)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _schema_read() -> None:
-    """The outcome schema is read from disk once, before any test's loop runs."""
-    problems_of({})
-
-
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 async def referred(backend: WriteBackend, keys: Keys) -> tuple[uuid.UUID, dict[str, Any]]:

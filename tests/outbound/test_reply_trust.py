@@ -26,34 +26,24 @@ from gateway.store.tables import cases, referral_reminders, referrals, replies
 from outbound.follow_up import FollowUpSettings, FollowUpStage
 from outbound.gpg import Gpg, signatures_of
 from outbound.outbox import OutboxStage
-from outbound.outcome import outcome_document, problems_of
+from outbound.outcome import outcome_document
 from outbound.pgpmime import encrypted_message
 from outbound.replies import CLOCK_SKEW
 from outbound.reply_compose import reply_inner
 from outbound.reply_stage import ReplyStage
 from outbound.transports import FileTransport
 from routing.deadlines import DeadlinePolicy
+from tests.clock import Clock
 from tests.outbound.conftest import Keys
 from tests.outbound.test_replies import detached, multipart_signed, seal
 from tests.referred import refer
 
+#: The outcome schema is read from disk once, before any test's loop runs.
+pytestmark = pytest.mark.usefixtures("outcome_schema_read")
+
 #: Signatures are made by gpg at the real time: referrals here are sent relative to it.
 NOW = datetime.now(UTC).replace(microsecond=0)
 SENT = NOW - timedelta(days=2)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _schema_read() -> None:
-    """The outcome schema is read from disk once, before any test's loop runs."""
-    problems_of({})
-
-
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 async def referred(backend: WriteBackend, keys: Keys, *, at: datetime = SENT

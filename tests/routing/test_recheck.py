@@ -32,6 +32,7 @@ from routing.locate import Locator, Overrides
 from routing.protocol import MembershipList
 from routing.recheck import RecheckStage
 from routing.resolve import HostResolver
+from tests.clock import Clock
 from tests.conftest import ConfigFactory
 from tests.dns_server import DnsServer, Zone
 from tests.referred import refer
@@ -40,14 +41,6 @@ from tests.sealed_cases import case_row
 START = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 EVERY = timedelta(hours=12)
 MEMBERS = MembershipList.shipped({}, ["NL"])  # read at import: not on the event loop
-
-
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 async def referred_case(backend: WriteBackend, host: str, *, status: str = "sent"
