@@ -39,6 +39,10 @@ class _Snapshot(Collector):
         yield GaugeMetricFamily("hotline_cases_overdue",
                                 "Cases with a referral past a deadline it has not met",
                                 value=stats.get("cases_overdue", 0))
+        yield GaugeMetricFamily("hotline_cases_supervisor_flagged",
+                                "Cases awaiting an outcome whose reminders ran out, flagged "
+                                "for a supervisor",
+                                value=stats.get("cases_supervisor_flagged", 0))
         yield GaugeMetricFamily("hotline_outbox_pending", "Referrals waiting to be delivered",
                                 value=stats.get("outbox_pending", 0))
         yield GaugeMetricFamily("hotline_outbox_oldest_pending_seconds",

@@ -53,6 +53,11 @@ async def collect_stats(engine: AsyncEngine, *, now: datetime | None = None) -> 
             select(func.count()).select_from(cases)
             .where(cases.c.recheck_flag.is_not(None),
                    cases.c.status.in_(AWAITING_OUTCOME)))).scalar_one()
+        supervisor_flagged = (await conn.execute(
+            select(func.count(func.distinct(referrals.c.case_id)))
+            .select_from(referrals.join(cases, cases.c.id == referrals.c.case_id))
+            .where(referrals.c.supervisor_flagged_at.is_not(None),
+                   cases.c.status.in_(AWAITING_OUTCOME)))).scalar_one()
     if oldest is not None:
         oldest = aware(oldest)
     return {
@@ -65,6 +70,9 @@ async def collect_stats(engine: AsyncEngine, *, now: datetime | None = None) -> 
         "cases_recheck_flagged": int(recheck_flagged),
         # Cases with a referral past a deadline it has not met (gateway.store.follow_ups).
         "cases_overdue": int(overdue),
+        # Cases still awaiting an outcome whose reminders ran out (a supervisor's to chase):
+        # read from the database, so every process of an install reports the same figure.
+        "cases_supervisor_flagged": int(supervisor_flagged),
         "referrals": by_referral_status,
         "referrals_by_destination": by_destination,
         "outbox_pending": int(pending),

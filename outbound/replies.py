@@ -212,13 +212,20 @@ def _subject(message: Message) -> str:
 
 def _names_in(message: Message, texts: list[bytes], limits: ReplyLimits
               ) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(Message-IDs from In-Reply-To then References, references from Subject and texts)."""
+    """(Message-IDs from In-Reply-To then References, references from Subject and texts).
+
+    References lists a thread from its first message (RFC 5322 3.6.4): here the referral,
+    then our reminders and the destination's earlier replies. The nearest are kept first,
+    and the thread's first is always kept, however long the thread grew."""
     ids = _MESSAGE_ID.findall(_header(message, "In-Reply-To"))
-    ids += reversed(_MESSAGE_ID.findall(_header(message, "References")))  # nearest first
+    thread = _MESSAGE_ID.findall(_header(message, "References"))
+    ids += reversed(thread)  # nearest first
+    kept = tuple(dict.fromkeys(ids))[: limits.max_names]
+    if thread and thread[0] not in kept:
+        kept = (*kept[: limits.max_names - 1], thread[0])
     subject = _subject(message).encode("utf-8", "replace")
     refs = [m.decode("ascii") for text in [subject, *texts] for m in _NAMED.findall(text)]
-    return (tuple(dict.fromkeys(ids))[: limits.max_names],
-            tuple(dict.fromkeys(refs))[: limits.max_names])
+    return kept, tuple(dict.fromkeys(refs))[: limits.max_names]
 
 
 def _content(entity: Message, limits: ReplyLimits

@@ -91,6 +91,7 @@ async def test_overdue_in_the_api_the_queue_the_case_page_and_metrics(
         text = await response.text()
     assert "hotline_cases_overdue 1.0" in text.splitlines()
     assert "hotline_supervisor_flags_total 1.0" in text.splitlines()
+    assert "hotline_cases_supervisor_flagged 1.0" in text.splitlines()
 
 
 async def test_cases_list_overdue(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

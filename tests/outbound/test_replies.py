@@ -22,6 +22,7 @@ from outbound.gpg import Gpg, signatures_of
 from outbound.outcome import outcome_document, problems_of, schema
 from outbound.pgpmime import encrypted_message
 from outbound.replies import (
+    DEFAULT_LIMITS,
     ReplyLimits,
     Verdict,
     read_reply,
@@ -517,3 +518,19 @@ def test_a_forwarded_message_inside_says_nothing(gpg: Gpg, keys: Keys, tmp_path:
     verdict = read(envelope(armored), gpg, keys)
     assert verdict.trusted and verdict.document is None and verdict.reason is None
     assert verdict.names.signed_references == () and verdict.names.document is None
+
+
+def test_a_long_thread_still_names_its_first_message(gpg: Gpg, keys: Keys,
+                                                      tmp_path: Path) -> None:
+    """References lists the thread from its first message, the referral: after many
+    reminders and replies, more Message-IDs than are kept, the referral's is still kept."""
+    armored = seal(keys.partner_home, inner(text="Still on it.", named=False), tmp_path,
+                   to=keys.hotline, by=keys.recipient)
+    later = [f"<reminder-{n}@hotline.test>" for n in range(40)]
+    thread = "\r\n ".join([REFERRAL_ID, *later]).encode()
+    raw = envelope(armored, in_reply_to=later[-1]).replace(
+        b"Subject: ", b"References: " + thread + b"\r\nSubject: ", 1)
+    verdict = read(raw, gpg, keys)
+    names = verdict.names.message_ids
+    assert verdict.trusted and REFERRAL_ID in names
+    assert len(names) == DEFAULT_LIMITS.max_names and names[0] == later[-1]
