@@ -39,7 +39,7 @@ from gateway.store.backend import WriteBackend
 from gateway.store.ids import uuid7
 from gateway.store.key_holders import KEY_WAIT, KeyWaits, reload_for, unknown_key
 from gateway.store.polling import PollingStage
-from gateway.store.referral_refs import next_reference
+from gateway.store.referral_refs import base_free, fresh_reference
 from gateway.store.sealed import open_value, sealer_of
 from gateway.store.tables import case_reports, cases, outbox, referrals, submissions
 from gateway.store.times import iso
@@ -204,8 +204,12 @@ class ReferStage(PollingStage):
         # unused one is a gap) for later ones. Unique: were another referral of the case filed
         # meanwhile (none is: the case is leased while routed), the filing would fail, and
         # the case be held for a supervisor like any routing error, nothing sent.
-        reference = await self._backend.transaction(
-            partial(next_reference, base=case.references[0]))
+        reference = case.references[0]
+        async with self._engine.connect() as conn:
+            first = await conn.run_sync(base_free, reference)
+        if not first:
+            reference = await self._backend.transaction(
+                partial(fresh_reference, base=reference))
         document = referral_document(
             reference=reference, created=iso(now), rule=decision.rule,
             destination=decision.destination, hotline=config.hotline_name,

@@ -44,13 +44,17 @@ def fresh_reference(conn: Connection, base: str) -> str:
             return reference
 
 
+def base_free(conn: Connection, base: str) -> bool:
+    """Whether no referral has ``base`` (the case's reference) yet: a read, so that a case's
+    first referral, the common one, needs no write transaction to learn its reference."""
+    return conn.execute(select(referrals.c.id).where(referrals.c.reference == base).limit(1)
+                        ).first() is None
+
+
 def next_reference(conn: Connection, base: str) -> str:
     """``base`` (the case's reference) while no referral has it, else a fresh reference.
 
     Run it in a write transaction: a fresh reference is reserved there. On SQLite it must not
     nest in another write transaction (both need the write lock).
     """
-    if conn.execute(select(referrals.c.id).where(referrals.c.reference == base).limit(1)
-                    ).first() is None:
-        return base
-    return fresh_reference(conn, base)
+    return base if base_free(conn, base) else fresh_reference(conn, base)
