@@ -151,6 +151,35 @@ async def test_removed_content_reported_again_reopens_as_reappeared(
     assert row["status_changed_at"].replace(tzinfo=UTC) == later
 
 
+@pytest.mark.parametrize("closed", ["removed", "closed_legal"])
+async def test_a_reopened_case_is_nobodys_and_located_afresh(
+    backend: WriteBackend, engine: AsyncEngine, closed: str,
+) -> None:
+    """A report that reopens a case clears who had it, what held it and its locating state,
+    for that case only: a case the same batch merely counts keeps them."""
+    other = ReportedUrl("example.org/b", "http://example.org/b", "http://example.org/b")
+    await backend.transaction(partial(report, n=1, urls=[URL, other]))
+    analyst, retry_at = uuid7(), T0 + timedelta(hours=1)
+    async with engine.begin() as conn:
+        await conn.execute(update(cases).values(
+            status=closed, status_changed_at=T0, assigned_to=analyst, hold_reason="iccam",
+            locate_attempts=3, locate_after=retry_at))
+        # The other case stays closed: a legal verdict inside its window only counts.
+        await conn.execute(update(cases).where(cases.c.url_key == case_lookup_key(
+            sealer_of(engine), other.canonical)).values(status="closed_legal"))
+    later = T0 + WINDOW + timedelta(days=1)
+    await backend.transaction(partial(report, n=2, urls=[URL, other], at=T0 + timedelta(days=1),
+                                      now=later))
+    await backend.transaction(partial(report, n=3, urls=[URL], at=later, now=later))
+    rows = {r["status"]: r for r in await case_rows(engine)}
+    assert set(rows) == {"new", "closed_legal"}
+    assert (rows["new"]["assigned_to"], rows["new"]["hold_reason"],
+            rows["new"]["locate_attempts"], rows["new"]["locate_after"]) == (None, None, 0, None)
+    kept = rows["closed_legal"]
+    assert (kept["assigned_to"], kept["hold_reason"], kept["locate_attempts"],
+            kept["locate_after"].replace(tzinfo=UTC)) == (analyst, "iccam", 3, retry_at)
+
+
 async def reopened_by(engine: AsyncEngine, case_id: uuid.UUID) -> list[tuple[str, str, str]]:
     """The case's reopenings in its history: (actor, from, to)."""
     async with engine.connect() as conn:
