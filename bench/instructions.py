@@ -21,30 +21,53 @@ to an older build is what sealing costs around them (encoding, bigger rows, book
 
     .venv/bin/python bench/instructions.py [--count 192] [--tree ../base] [--null-crypto]
 
+``--serve`` measures the two intake benchmarks' whole path the same way:
+
+  smtp    ``hotline-gateway serve`` (the tree's own, with ``bench/smtp_intake.py``'s config and
+          ``normalise = "separate"``) under callgrind, taking messages from this checkout's
+          SMTP load generator: sessions, parsing, the durable write, the 250;
+  http    the same for ``bench/http_intake.py``'s form posts.
+
+The load comes over one connection by default, one report at a time: each report is then its
+own batch and commit, so the figure does not depend on how a run happened to batch concurrent
+reports (with two connections, runs of one build differed by up to 20%). For these, a short
+load first warms the server up uncounted; then the server's idle work is counted for a few
+seconds (timers, the other stages polling), then a load of ``--seconds``;
+the figure is the load's instructions, less the idle rate over the load's duration, per row
+that the load added to ``submissions``.
+
 Needs valgrind (``apt-get install valgrind``): about a minute per tree and phase for 192
-reports. The figures are instructions, not time: a ratio of two of them says how much more work
-one build does, which is what a "costs under N%" goal asks, on any machine.
+reports, and a minute or two per tree for each ``--serve`` phase. The figures are
+instructions, not time: a ratio of two of them says how much more work one build does, which
+is what a "costs under N%" goal asks, on any machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import asyncio
+import json
 import os
 import shutil
+import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 PHASES = ("store", "stage")
+#: The whole-path phases: the benchmark script each one borrows its config and load from.
+SERVE_PHASES = {"smtp": "smtp_intake", "http": "http_intake"}
+SERVE_START_TIMEOUT = 600.0
 
 
 def _toggle(state: str) -> None:
-    subprocess.run(["callgrind_control", "-i", state, str(os.getpid())], check=True,
-                   stdout=subprocess.DEVNULL)
+    _toggle_pid(os.getpid(), state)
 
 
 def _null_crypto() -> None:
@@ -135,6 +158,163 @@ def _measure(tree: Path, phase: str, count: int, null: bool) -> int:
         return sum(totals)
 
 
+def _bench_config(tree: Path, script: str) -> str:
+    """``GATEWAY_CONFIG`` of ``tree``'s benchmark script, read without importing it."""
+    module = ast.parse((tree / "bench" / f"{script}.py").read_text())
+    for node in module.body:
+        if isinstance(node, ast.Assign) and any(
+                isinstance(target, ast.Name) and target.id == "GATEWAY_CONFIG"
+                for target in node.targets):
+            return str(ast.literal_eval(node.value))
+    raise RuntimeError(f"{tree}/bench/{script}.py has no GATEWAY_CONFIG")
+
+
+def _ready_port(log_file: Path, listener: str) -> int | None:
+    if not log_file.exists():
+        return None
+    for raw in log_file.read_bytes().splitlines():
+        if b"gateway.ready" not in raw:
+            continue
+        try:
+            entry = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("event") == "gateway.ready":
+            return int(str(entry[listener][0]).rpartition(":")[2])
+    return None
+
+
+def _rows(database: Path) -> int:
+    conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    try:
+        return int(conn.execute("SELECT count(*) FROM submissions").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def _load(script: str, port: int, *, seconds: float, connections: int, tag: str) -> int:
+    """This checkout's load generator against ``port``; the replies it counted as accepted."""
+    done = subprocess.run(
+        [sys.executable, str(HERE / f"{script}.py"), "--load", str(port), "--connections",
+         str(connections), "--warmup", "0", "--seconds", str(seconds), "--tag", tag],
+        capture_output=True, text=True, check=True)
+    result = json.loads(done.stdout.splitlines()[-1])
+    errors = result.get("errors") or {}
+    if errors:
+        raise RuntimeError(f"{script} load: {errors}")
+    return int(result["accepted"])
+
+
+def _dump_totals(out: Path, after: set[Path]) -> tuple[int, set[Path]]:
+    """The instructions in the dump files written since ``after`` (callgrind_control -d)."""
+    deadline = time.monotonic() + 120
+    while True:
+        files = set(out.parent.glob(out.name + ".*")) - after  # one per thread
+        if files and all("totals:" in path.read_text() for path in files):
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError("callgrind wrote no dump")
+        time.sleep(0.5)
+    totals = sum(int(line.split()[1]) for path in files
+                 for line in path.read_text().splitlines() if line.startswith("totals:"))
+    return totals, after | files
+
+
+def _measure_serve(tree: Path, phase: str, *, seconds: float, connections: int,
+                   idle: float, keep: Path | None = None) -> tuple[float, int, float]:
+    """(instructions per accepted report, reports, idle share) for ``tree``'s serve."""
+    script = SERVE_PHASES[phase]
+    with tempfile.TemporaryDirectory(prefix="callgrind-serve-") as tmp:
+        work = Path(tmp)
+        config = work / "config.toml"
+        config.write_text(_bench_config(tree, script) + '\n[intake]\nnormalise = "separate"\n')
+        env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONHASHSEED": "0"}
+        # The tree's own way to make the data keys its serve needs (none before sealing).
+        subprocess.run([sys.executable, "-c",
+                        "import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
+                        "import harness; make = getattr(harness, 'make_keyring', None); "
+                        "make and make(Path(sys.argv[2]))",
+                        str(tree / "bench"), str(config)], cwd=work, env=env, check=True)
+        out = work / "callgrind.out"
+        log_file = work / "gateway.log"
+        with log_file.open("wb") as log, (work / "gateway.stderr").open("wb") as err:
+            server = subprocess.Popen(
+                ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--separate-threads=yes",
+                 f"--callgrind-out-file={out}", sys.executable, "-c",
+                 "import sys; from gateway.cli import main; sys.exit(main())",
+                 "--config", str(config), "serve"],
+                cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=err)
+        try:
+            deadline = time.monotonic() + SERVE_START_TIMEOUT
+            while (port := _ready_port(log_file, SERVE_PHASES[phase].split("_")[0])) is None:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    tail = (work / "gateway.stderr").read_text(errors="replace")[-2000:]
+                    raise RuntimeError(f"{tree} serve did not become ready:\n{tail}")
+                time.sleep(0.5)
+            _load(script, port, seconds=seconds / 4, connections=connections, tag="warm")
+            database = work / "var" / "gateway.db"
+            before = _rows(database)
+            _toggle_pid(server.pid, "on")
+            time.sleep(idle)
+            subprocess.run(["callgrind_control", "-d", str(server.pid)], check=True,
+                           stdout=subprocess.DEVNULL)
+            idle_instructions, seen = _dump_totals(out, set())
+            started = time.monotonic()
+            accepted = _load(script, port, seconds=seconds, connections=connections,
+                             tag="counted")
+            took = time.monotonic() - started
+            subprocess.run(["callgrind_control", "-d", str(server.pid)], check=True,
+                           stdout=subprocess.DEVNULL)
+            load_instructions, dumps = _dump_totals(out, seen)
+            if keep is not None:  # the load's dump, for callgrind_annotate
+                keep.mkdir(parents=True, exist_ok=True)
+                for path in dumps - seen:
+                    thread = path.name.rpartition("-")[2]
+                    shutil.copy(path, keep / f"{tree.name}-{phase}-{thread}.callgrind")
+            _toggle_pid(server.pid, "off")
+            reports = _rows(database) - before
+            if reports != accepted or reports == 0:
+                raise RuntimeError(f"{tree} {phase}: {reports} rows for {accepted} accepted")
+        finally:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(120)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+    idle_part = idle_instructions / idle * took
+    return (load_instructions - idle_part) / reports, reports, idle_part / load_instructions
+
+
+def _toggle_pid(pid: int, state: str) -> None:
+    subprocess.run(["callgrind_control", "-i", state, str(pid)], check=True,
+                   stdout=subprocess.DEVNULL)
+
+
+def _serve_figures(runs: list[tuple[str, Path, bool]], args: argparse.Namespace) -> None:
+    print(f"instructions per report through serve (callgrind), load of {args.seconds:g} s "
+          f"on {args.connections} connections, idle work subtracted")
+    figures: dict[str, dict[str, float]] = {}
+    for label, tree, _ in runs:
+        figures[label] = {}
+        parts = []
+        for phase in SERVE_PHASES:
+            per, reports, idle_share = _measure_serve(
+                tree, phase, seconds=args.seconds, connections=args.connections,
+                idle=args.idle, keep=args.keep)
+            figures[label][phase] = per
+            parts.append(f"{phase} {per / 1e3:8.1f} k ({reports} reports, idle "
+                         f"{idle_share:.1%})")
+        print(f"  {label:<34} {'  '.join(parts)}", flush=True)
+    first = runs[0][0]
+    if len(runs) > 1:
+        print(f"ratios to {first}:")
+        for label, _, _ in runs[1:]:
+            line = "  ".join(f"{phase} {figures[label][phase] / figures[first][phase]:.3f}x"
+                             for phase in SERVE_PHASES)
+            print(f"  {label:<34} {line}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -143,6 +323,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="another checkout to measure too (repeatable)")
     parser.add_argument("--null-crypto", action="store_true",
                         help="also measure this checkout with AES-GCM and HMAC stubbed")
+    parser.add_argument("--serve", action="store_true",
+                        help="measure the smtp and http intake paths through serve instead")
+    parser.add_argument("--seconds", type=float, default=40.0,
+                        help="--serve: seconds of counted load (default 40)")
+    parser.add_argument("--connections", type=int, default=1,
+                        help="--serve: the load's connections (default 1: each report is "
+                             "its own batch, so the figure does not depend on batching)")
+    parser.add_argument("--idle", type=float, default=5.0,
+                        help="--serve: seconds of idle work counted first (default 5)")
+    parser.add_argument("--keep", type=Path, metavar="DIR",
+                        help="--serve: keep each load's callgrind dump in DIR")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--phase", choices=PHASES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -155,6 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     here = HERE.parent
     runs = [(str(tree), tree.resolve(), False) for tree in args.tree]
     runs.append(("this checkout", here, False))
+    if args.serve:
+        _serve_figures(runs, args)
+        return 0
     if args.null_crypto:
         runs.append(("this checkout, crypto stubbed", here, True))
     print(f"instructions per report (callgrind), {args.count} reports, corpus of"
