@@ -77,7 +77,9 @@ def make_config(tmp_path: Path) -> ConfigFactory:
             # where a test is about them.
             "smtp": {"listen": ["127.0.0.1:0"], "max_connections_per_source": 1000,
                      "messages_per_minute_per_source": 100_000},
-            "console": {"listen": ["127.0.0.1:0"]},
+            # Passwords hashed at argon2's cheapest (tests/passwords.py); the test of what
+            # ships names "argon2id".
+            "console": {"listen": ["127.0.0.1:0"], "password_hashing": "insecure-for-tests"},
             "http": {"listen": ["127.0.0.1:0"]},
             "admin": {"listen": ["127.0.0.1:0"]},
             # Nothing answers there: tests never ask a real resolver about reported hosts.
