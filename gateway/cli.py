@@ -27,6 +27,7 @@ from gateway.app import GatewayFailed, normalise, serve
 from gateway.backup import BackupError, backup
 from gateway.config import Config, ConfigError
 from gateway.console.accounts import utcnow
+from gateway.console.passwords import passwords_for
 from gateway.database import load_sealer, open_database
 from gateway.demo import setup_demo
 from gateway.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, refused
@@ -324,7 +325,8 @@ def _cmd_cases(args: argparse.Namespace) -> int:
 
 def _cmd_users(args: argparse.Namespace) -> int:
     config = _load(args)
-    return staff_cli.cmd_users(args, lambda work: asyncio.run(_with_backend(config, work)))
+    return staff_cli.cmd_users(args, lambda work: asyncio.run(_with_backend(config, work)),
+                               passwords_for(config.console.password_hashing))
 
 
 def _cmd_tokens(args: argparse.Namespace) -> int:

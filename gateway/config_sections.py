@@ -173,6 +173,10 @@ class HttpConfig(TlsFiles):
             public_origin=self.public_origin, tls_cert=self.tls_cert, tls_key=self.tls_key)
 
 
+#: How staff passwords are hashed (``gateway.console.passwords``).
+PasswordHashing = Literal["argon2id", "insecure-for-tests"]
+
+
 class ConsoleConfig(TlsFiles):
     listen: list[Listen] = Field(default=["127.0.0.1:8081"], validate_default=True)
     #: A session ends after this long without a request, and this long after login anyway.
@@ -198,6 +202,9 @@ class ConsoleConfig(TlsFiles):
     #: Supervisors and admins log in with a security key, not with a TOTP code alone (one
     #: without a key may log in with a code only to register one).
     require_security_key: bool = False
+    #: "argon2id" (64 MiB, 3 passes: the only choice for a console staff use); the test
+    #: suite's "insecure-for-tests" hashes at argon2's cheapest, on a loopback console only.
+    password_hashing: PasswordHashing = "argon2id"  # noqa: S105 (a name, not a password)
 
     @model_validator(mode="after")
     def _rp_id_of_origin(self) -> ConsoleConfig:
@@ -211,6 +218,10 @@ class ConsoleConfig(TlsFiles):
             raise ValueError("require_security_key needs public_origin when the console "
                              "listens beyond loopback (keys work only at the configured "
                              "origin): set [console] public_origin")
+        if self.password_hashing == "insecure-for-tests" and not all(  # noqa: S105
+                _loopback(host) for host, _ in self.listen):
+            raise ValueError('password_hashing "insecure-for-tests" is for the test suite: '
+                             "a console listening beyond loopback hashes with argon2id")
         host = urllib.parse.urlsplit(self.public_origin or "").hostname
         if self.rp_id is not None and host is not None and not (
                 host == self.rp_id or host.endswith("." + self.rp_id)):

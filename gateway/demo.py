@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from gateway.config import Config
 from gateway.console.accounts import add_user, utcnow
+from gateway.console.passwords import passwords_for
 from gateway.database import open_database
 from gateway.store.backend import open_write_backend
 from gateway.store.sealed import sealer_of
@@ -107,7 +108,8 @@ async def setup_demo(config: Config) -> list[str]:
         else:
             backend = await open_write_backend(engine)
             try:
-                new = await add_user(backend, DEMO_ANALYST, "supervisor", now=utcnow())
+                new = await add_user(backend, DEMO_ANALYST, "supervisor", now=utcnow(),
+                                     passwords=passwords_for(config.console.password_hashing))
             finally:
                 await backend.close()
             lines += [

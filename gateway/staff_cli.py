@@ -19,6 +19,7 @@ from gateway.console.accounts import (
     revoke_tokens,
     utcnow,
 )
+from gateway.console.passwords import Passwords
 from gateway.exits import EXIT_OK
 from gateway.store.audit import CLI_ACTOR as ACTOR
 from gateway.store.backend import WriteBackend
@@ -80,10 +81,11 @@ MANAGE = {
 }
 
 
-def cmd_users(args: argparse.Namespace, run: Run[Any]) -> int:
+def cmd_users(args: argparse.Namespace, run: Run[Any], passwords: Passwords) -> int:
     if args.users_command != "add":
-        return _manage(args, run)
-    new = run(lambda backend: add_user(backend, args.name, args.role, now=utcnow()))
+        return _manage(args, run, passwords)
+    new = run(lambda backend: add_user(backend, args.name, args.role, now=utcnow(),
+                                       passwords=passwords))
     print(f"user:            {new.name} ({new.role})")
     print(f"password:        {new.password}   (works once: a new one is chosen at first login)")
     print(f"TOTP secret:     {new.totp_secret}")
@@ -129,7 +131,7 @@ def _list(run: Run[Any], name: str | None) -> int:
     return EXIT_OK
 
 
-def _manage(args: argparse.Namespace, run: Run[Any]) -> int:
+def _manage(args: argparse.Namespace, run: Run[Any], passwords: Passwords) -> int:
     action, now = args.users_command, utcnow()
     name: str = getattr(args, "name", "")
     if action == "list":
@@ -151,7 +153,7 @@ def _manage(args: argparse.Namespace, run: Run[Any]) -> int:
         print(f"authenticator:   {new.otpauth_uri}")
     elif action == "reset-password":
         password = run(lambda backend: people.reset_password(backend, name, actor=ACTOR,
-                                                             now=now))
+                                                             now=now, passwords=passwords))
         print(f"password:        {password}   (works once: a new one is chosen at login)")
     elif action == "role":
         run(lambda backend: people.set_role(backend, name, args.role, actor=ACTOR, now=now))

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import asyncpg
 import pytest
@@ -77,7 +77,9 @@ def make_config(tmp_path: Path) -> ConfigFactory:
             # where a test is about them.
             "smtp": {"listen": ["127.0.0.1:0"], "max_connections_per_source": 1000,
                      "messages_per_minute_per_source": 100_000},
-            "console": {"listen": ["127.0.0.1:0"]},
+            # Passwords hashed at argon2's cheapest (tests/passwords.py); the test of what
+            # ships names "argon2id".
+            "console": {"listen": ["127.0.0.1:0"], "password_hashing": "insecure-for-tests"},
             "http": {"listen": ["127.0.0.1:0"]},
             "admin": {"listen": ["127.0.0.1:0"]},
             # Nothing answers there: tests never ask a real resolver about reported hosts.
@@ -170,6 +172,88 @@ class PgSchema:
         return {"server_settings": {"search_path": self.name}}
 
 
+# What a schema is made of, as text: a test that altered it (a migration, a table of its own)
+# leaves a different one, and its schema is dropped rather than handed on.
+_SHAPE = """
+SELECT string_agg(part, ',' ORDER BY part) FROM (
+  SELECT 'c:' || table_name || '.' || column_name || ':' || data_type || ':' || is_nullable
+         || ':' || coalesce(column_default, '') FROM information_schema.columns
+   WHERE table_schema = $1
+  UNION ALL SELECT 'i:' || indexname || ':' || indexdef FROM pg_indexes WHERE schemaname = $1
+  UNION ALL SELECT 'k:' || conname || ':' || pg_get_constraintdef(oid) FROM pg_constraint
+   WHERE connamespace = $1::regnamespace
+  UNION ALL SELECT 'p:' || proname FROM pg_proc WHERE pronamespace = $1::regnamespace
+  UNION ALL SELECT 'q:' || sequencename FROM pg_sequences WHERE schemaname = $1
+  UNION ALL SELECT 't:' || tgname FROM pg_trigger t JOIN pg_class r ON r.oid = t.tgrelid
+   WHERE r.relnamespace = $1::regnamespace AND NOT t.tgisinternal
+  UNION ALL SELECT 'y:' || typname FROM pg_type WHERE typnamespace = $1::regnamespace
+   AND typtype <> 'c' AND typname NOT LIKE '\\_%'
+) AS parts(part)
+"""
+
+
+class MigratedPg:
+    """PostgreSQL schemas migrated to head by this pytest process (each xdist worker has its
+    own), handed from one test to the next: migrating a schema costs the server seconds of
+    DDL (every table rewritten by the column changes of later migrations), emptying one
+    costs it milliseconds. A schema is handed on only with the shape it had when migrated
+    and every row deleted (migrations leave rows in alembic_version only); otherwise, and
+    at the end of the session, it is dropped."""
+
+    free: ClassVar[list[tuple[PgSchema, str]]] = []
+
+    @staticmethod
+    async def _shape(conn: asyncpg.Connection, schema: PgSchema) -> str:
+        versions = await conn.fetch(f'SELECT version_num FROM "{schema.name}".alembic_version')
+        return f"{await conn.fetchval(_SHAPE, schema.name)} {sorted(r[0] for r in versions)}"
+
+    @classmethod
+    async def shape(cls, schema: PgSchema) -> str:
+        conn = await asyncpg.connect(schema._dsn())
+        try:
+            return await cls._shape(conn, schema)
+        finally:
+            await conn.close()
+
+    @classmethod
+    async def hand_back(cls, schema: PgSchema, shape: str) -> None:
+        """Empty ``schema`` for the next test, or drop it if a test changed its shape."""
+        conn = await asyncpg.connect(schema._dsn())
+        try:
+            same = await cls._shape(conn, schema) == shape
+            if same:
+                tables = [row[0] for row in await conn.fetch(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = $1"
+                    " AND tablename <> 'alembic_version'", schema.name)]
+                async with conn.transaction():
+                    # Foreign keys are triggers: off for this session's deletes alone.
+                    await conn.execute("SET LOCAL session_replication_role = replica")
+                    for table in tables:
+                        await conn.execute(f'DELETE FROM "{schema.name}"."{table}"')
+        except asyncpg.PostgresError:  # a test dropped alembic_version, say
+            same = False
+        finally:
+            await conn.close()
+        if same:
+            cls.free.append((schema, shape))
+        else:
+            await schema.drop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _migrated_pg() -> Iterator[None]:
+    """Drops the schemas left for reuse when the session ends."""
+    yield
+
+    async def drop_all() -> None:
+        while MigratedPg.free:
+            await MigratedPg.free.pop()[0].drop()
+
+    if MigratedPg.free:
+        with ThreadPoolExecutor(max_workers=1) as thread:
+            thread.submit(asyncio.run, drop_all()).result()
+
+
 BACKENDS = [
     "sqlite",
     pytest.param(
@@ -194,16 +278,27 @@ async def engine(
             yield eng
         await eng.dispose()
         return
-    schema = PgSchema(PG_URL)
-    await schema.create()
-    eng = await open_database(make_config(database={"url": PG_URL}), **schema.connect_args)
+    if MigratedPg.free:
+        schema, shape = MigratedPg.free.pop()
+    else:
+        schema = PgSchema(PG_URL)
+        await schema.create()
+        shape = ""
+    # As on a new schema, where it finds nothing to check: no check value written yet.
+    eng = await open_database(make_config(database={"url": PG_URL}), verify=not shape,
+                              **schema.connect_args)
     try:
-        await migrate.upgrade(eng)
+        await migrate.upgrade(eng)  # nothing to do for a schema handed on
+        if not shape:
+            shape = await MigratedPg.shape(schema)
         with no_blocking_calls(request):
             yield eng
     finally:
         await eng.dispose()
-        await schema.drop()
+        if shape:
+            await MigratedPg.hand_back(schema, shape)
+        else:
+            await schema.drop()
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from gateway.console.accounts import NewUser, add_user, utcnow
 from gateway.store.backend import WriteBackend
 from gateway.store.case_view import list_cases
 from gateway.store.tables import users
+from tests.passwords import CHEAP
 from tests.smtp_client import deliver, report
 
 #: What a verdict carries under the default ``[assessment] require``, for tests whose
@@ -59,8 +60,9 @@ def code(secret: str, steps_ahead: int = 0) -> str:
 
 
 async def ready_user(backend: WriteBackend, name: str, role: str = "analyst") -> NewUser:
-    """An account whose one-time password is already its password (no change forced)."""
-    new = await add_user(backend, name, role, now=utcnow())
+    """An account whose one-time password is already its password (no change forced), hashed
+    as the tests' consoles hash (tests/passwords.py)."""
+    new = await add_user(backend, name, role, now=utcnow(), passwords=CHEAP)
     await backend.transaction(lambda conn: conn.execute(
         update(users).where(users.c.name == name).values(must_change_password=False)))
     return new

@@ -1,6 +1,7 @@
 """Staff accounts: argon2id passwords, TOTP secrets, API tokens, password changes.
 
-How a login is decided and throttled is in ``gateway.console.logins``.
+How a login is decided and throttled is in ``gateway.console.logins``; how passwords are
+hashed, in ``gateway.console.passwords``.
 """
 
 from __future__ import annotations
@@ -16,13 +17,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import pyotp
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from gateway.console.fairgate import FairGate
+from gateway.console.passwords import Passwords, passwords_for
 from gateway.store.audit import CLI_ACTOR, AuditEntry, record
 from gateway.store.backend import WriteBackend
 from gateway.store.errors import Conflict, Invalid, NotFound
@@ -37,7 +37,11 @@ ROLES = ("analyst", "supervisor", "admin")
 ISSUER = "hotline-gateway"
 MIN_PASSWORD = 12
 
-_HASHER = PasswordHasher()  # argon2id, the library's current recommended parameters
+
+
+def shipped_or(passwords: Passwords | None) -> Passwords:
+    """``passwords``, or the hashing that ships when the caller names none."""
+    return passwords if passwords is not None else passwords_for("argon2id")
 
 
 async def hash_work(gate: FairGate | None, source: str, work: Callable[[], T], *,
@@ -47,15 +51,6 @@ async def hash_work(gate: FairGate | None, source: str, work: Callable[[], T], *
     if gate is None:
         return await asyncio.to_thread(work)
     return await gate.run(source, work, urgent=urgent)
-
-
-def hash_password(password: str) -> str:
-    """argon2id of ``password`` (blocking: call it in a thread)."""
-    return _HASHER.hash(password)
-
-
-# Verified against when the name is unknown, so that both cases cost the same time.
-DUMMY_HASH = _HASHER.hash(secrets.token_urlsafe(16))
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,13 +85,15 @@ def _check_name(name: str) -> None:
                       {"name": "2-64 of a-z 0-9 . _ -, starting with a letter"})
 
 
-async def add_user(backend: WriteBackend, name: str, role: str, *, now: datetime) -> NewUser:
-    """Create an account with a one-time password (changed at first login) and a TOTP secret."""
+async def add_user(backend: WriteBackend, name: str, role: str, *, now: datetime,
+                   passwords: Passwords | None = None) -> NewUser:
+    """Create an account with a one-time password (changed at first login) and a TOTP secret;
+    the password hashed with ``passwords`` (the shipped hashing when None)."""
     _check_name(name)
     if role not in ROLES:
         raise Invalid(f"role must be one of {', '.join(ROLES)}", {"role": ", ".join(ROLES)})
     new = NewUser(name, role, secrets.token_urlsafe(12), pyotp.random_base32())
-    password_hash = await asyncio.to_thread(_HASHER.hash, new.password)
+    password_hash = await asyncio.to_thread(shipped_or(passwords).hash, new.password)
 
     def work(conn: Connection) -> None:
         user_id = uuid7()
@@ -238,16 +235,11 @@ def end_tokens_on_password_change(conn: Connection, user_id: uuid.UUID,
         revoked=True, revoked_at=now)).rowcount)
 
 
-def verify_password(password_hash: str, password: str) -> bool:
-    try:
-        return _HASHER.verify(password_hash, password)
-    except (VerifyMismatchError, VerificationError, InvalidHashError):
-        return False
-
 
 
 async def check_password(backend: WriteBackend, staff: Staff, password: str, *,
-                         gate: FairGate | None = None) -> bool:
+                         gate: FairGate | None = None,
+                         passwords: Passwords | None = None) -> bool:
     def read(conn: Connection) -> str:
         return str(conn.execute(select(users.c.password_hash)
                                 .where(users.c.id == staff.id)).scalar_one())
@@ -256,14 +248,15 @@ async def check_password(backend: WriteBackend, staff: Staff, password: str, *,
     if not plain_text(password):
         return False
     return await hash_work(gate, f"staff:{staff.id}",
-                           lambda: verify_password(stored, password))
+                           lambda: shipped_or(passwords).verify(stored, password))
 
 
 async def change_password(
     backend: WriteBackend, staff: Staff, new_password: str, *, now: datetime,
-    gate: FairGate | None = None,
+    gate: FairGate | None = None, passwords: Passwords | None = None,
 ) -> None:
-    """Set a new password; every session of the user ends (the caller starts a fresh one)."""
+    """Set a new password (hashed with ``passwords``, the shipped hashing when None); every
+    session of the user ends (the caller starts a fresh one)."""
     if len(new_password) < MIN_PASSWORD:
         raise Invalid(f"a password has at least {MIN_PASSWORD} characters",
                       {"password": f"at least {MIN_PASSWORD} characters"})
@@ -271,7 +264,7 @@ async def change_password(
         raise Invalid("a password is text of at most 1024 characters",
                       {"password": "text of at most 1024 characters"})
     password_hash = await hash_work(gate, f"staff:{staff.id}",
-                                    lambda: _HASHER.hash(new_password))
+                                    lambda: shipped_or(passwords).hash(new_password))
 
     def work(conn: Connection) -> None:
         conn.execute(update(users).where(users.c.id == staff.id)

@@ -36,9 +36,10 @@ import structlog
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.engine import Connection
 
-from gateway.console.accounts import DUMMY_HASH, Staff, hash_work, verify_password
+from gateway.console.accounts import Staff, hash_work
 from gateway.console.devices import DeviceCookies
 from gateway.console.fairgate import FairGate
+from gateway.console.passwords import Passwords
 from gateway.console.throttle import Backoff, Outcome, SourceThrottle
 from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
@@ -90,18 +91,19 @@ class LoginResult:
 
 @dataclass(frozen=True, slots=True)
 class Guard:
-    """The shared state of logins: the per-source throttle, the fair hashing queue, and the
-    key that marks browsers their users logged in with before."""
+    """The shared state of logins: the per-source throttle, the fair hashing queue, the
+    password hashing, and the key that marks browsers their users logged in with before."""
 
     throttle: SourceThrottle
     gate: FairGate
+    passwords: Passwords
     devices: DeviceCookies = field(default_factory=DeviceCookies)
 
 
-def new_guard(slots: int) -> Guard:
+def new_guard(slots: int, passwords: Passwords) -> Guard:
     """The console's guard: ``slots`` hashes at once, ranked by each source's standing."""
     throttle = SourceThrottle()
-    return Guard(throttle, FairGate(slots, rank=throttle.standing))
+    return Guard(throttle, FairGate(slots, rank=throttle.standing), passwords)
 
 
 def totp_step(secret: str, code: str, moment: datetime) -> int | None:
@@ -191,10 +193,10 @@ async def _attempt(
     # An account that must wait (after wrong codes with the right password) is answered like
     # a wrong password, after the same hash (``decide`` tells, from the row as it is then): a
     # distinct answer could only follow a right password, and would tell a guesser which.
-    stored = row.password_hash if row is not None else DUMMY_HASH
+    passwords = guard.passwords
     throttle = guard.throttle
-    password_ok = await hash_work(guard.gate, source, lambda: verify_password(stored, password),
-                                  urgent=urgent)
+    password_ok = await hash_work(guard.gate, source, lambda: passwords.verify(
+        row.password_hash if row is not None else passwords.dummy_hash, password), urgent=urgent)
     label = throttle.label(source)
     counts = {"source_failures": throttle.failures(source) + 1,
               "source_refused": throttle.take_refused(source)}

@@ -113,14 +113,15 @@ async def password_submit(request: web.Request) -> web.StreamResponse:
     current = str(form.get("current", ""))
     new, again = str(form.get("password", "")), str(form.get("again", ""))
     error = None
-    if not await check_password(console.backend, staff, current, gate=console.hashing):
+    if not await check_password(console.backend, staff, current, gate=console.hashing,
+                                passwords=console.guard.passwords):
         error = "The current password is not right."
     elif new != again:
         error = "The two passwords differ."
     else:
         try:
             await change_password(console.backend, staff, new, now=console.now(),
-                                  gate=console.hashing)
+                                  gate=console.hashing, passwords=console.guard.passwords)
         except Invalid as exc:
             error = str(exc)
     if error is not None:

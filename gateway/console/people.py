@@ -20,8 +20,9 @@ from gateway.console.accounts import (
     ROLES,
     NewUser,
     end_tokens_on_password_change,
-    hash_password,
+    shipped_or,
 )
+from gateway.console.passwords import Passwords
 from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
 from gateway.store.errors import Conflict, Invalid, NotFound
@@ -159,11 +160,12 @@ async def reset_totp(backend: WriteBackend, name: str, *, actor: str, now: datet
 
 
 async def reset_password(backend: WriteBackend, name: str, *, actor: str,
-                         now: datetime) -> str:
-    """A new one-time password (shown once, changed at the next login); sessions end, and
-    tokens not made to survive a password change are revoked."""
+                         now: datetime, passwords: Passwords | None = None) -> str:
+    """A new one-time password (shown once, changed at the next login, hashed with
+    ``passwords``: the shipped hashing when None); sessions end, and tokens not made to
+    survive a password change are revoked."""
     password = secrets.token_urlsafe(12)
-    password_hash = await asyncio.to_thread(hash_password, password)
+    password_hash = await asyncio.to_thread(shipped_or(passwords).hash, password)
 
     def change(conn: Connection, row: Any) -> dict[str, Any]:
         conn.execute(update(users).where(users.c.id == row.id)

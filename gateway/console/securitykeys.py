@@ -211,7 +211,7 @@ async def _reauthenticated(request: web.Request, form: Any) -> str | None:
     right = False
     try:
         right = await check_password(console.backend, staff, str(form.get("password", "")),
-                                     gate=console.hashing)
+                                     gate=console.hashing, passwords=console.guard.passwords)
     finally:
         throttle.finish(source, "succeeded" if right else "failed", staff.id.hex)
     return None if right else "Your current password is not right."

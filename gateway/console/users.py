@@ -59,7 +59,8 @@ async def perform(console: Console, admin: Staff, name: str, action: str,
             new = await people.reset_totp(backend, name, actor=actor, now=now)
             done = Done(f"{name} has a new TOTP secret; their sessions ended.", totp=new)
         elif action == "reset-password":
-            password = await people.reset_password(backend, name, actor=actor, now=now)
+            password = await people.reset_password(backend, name, actor=actor, now=now,
+                                                   passwords=console.guard.passwords)
             done = Done(f"{name} has a one-time password (a new one is chosen at login); their "
                         "sessions ended.", password=password)
         elif action == "role":

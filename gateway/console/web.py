@@ -33,6 +33,7 @@ from gateway.console.base import (
 )
 from gateway.console.keystore import SecurityKeys
 from gateway.console.logins import LoginPolicy, new_guard
+from gateway.console.passwords import passwords_for
 from gateway.console.refusals import http_status, json_refusal
 from gateway.console.sessions import SessionStore
 from gateway.store.audit import AuditEntry, record
@@ -198,7 +199,7 @@ def make_console(
         four_eyes=four_eyes, require=require, locator=locator,
         secure_cookies=config.secure_cookies == "always" or config.tls_cert is not None,
         templates=templates, static=static, clock=clock,
-        guard=new_guard(HASHING_SLOTS),
+        guard=new_guard(HASHING_SLOTS, passwords_for(config.password_hashing)),
         trusted_proxies=tuple(config.trusted_proxies),
         on_decided=on_decided, on_queued=on_queued,
         security_keys=SecurityKeys.from_config(config),

@@ -35,8 +35,8 @@ def write_config(tmp_path: Path, text: str = "", *, keyring: bool = True) -> Pat
     (tests never ask a real resolver about reported hosts)."""
     if "[locate]" not in text:
         text += f'\n[locate]\nnameservers = ["127.0.0.1:{free_udp_port()}"]\ntimeout = "500ms"\n'
-    if "[console]" not in text:
-        text += '\n[console]\nlisten = ["127.0.0.1:0"]\n'
+    if "[console]" not in text:  # passwords hashed at argon2's cheapest (tests/passwords.py)
+        text += '\n[console]\nlisten = ["127.0.0.1:0"]\npassword_hashing = "insecure-for-tests"\n'
     if "[http]" not in text:
         text += '\n[http]\nlisten = ["127.0.0.1:0"]\n'
     if "[admin]" not in text:

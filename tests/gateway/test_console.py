@@ -34,6 +34,7 @@ from tests.console_client import (
 )
 from tests.gateway.conftest import Start
 from tests.hostile_text import RAW, SUBJECT, hostile_report
+from tests.passwords import CHEAP
 from tests.smtp_client import deliver, report
 
 
@@ -287,7 +288,8 @@ async def test_a_new_account_chooses_its_password_first(
     gw = await start()
     from gateway.console.accounts import add_user
 
-    user = await add_user(gw.console.context.backend, "newbie", "analyst", now=utcnow())
+    user = await add_user(gw.console.context.backend, "newbie", "analyst", now=utcnow(),
+                          passwords=CHEAP)
     browser = client(gw)
     status, page = await browser.login(user)
     assert status == 200 and "Choose your password" in page

@@ -18,6 +18,7 @@ from gateway.console.accounts import add_user, utcnow
 from tests.browser import shot
 from tests.console_client import base, code, file_case, ready_user
 from tests.gateway.conftest import Start
+from tests.passwords import CHEAP
 from tests.referred import refer
 
 
@@ -28,7 +29,8 @@ async def test_an_analyst_logs_in_and_assesses_a_case(start: Start, browser: Bro
     case_id = await file_case(
         gw, "Please look: hxxp://nl[.]test/browser-flow <script>alert(1)</script>",
         "browser-flow")
-    user = await add_user(gw.console.context.backend, "ana", "analyst", now=utcnow())
+    user = await add_user(gw.console.context.backend, "ana", "analyst", now=utcnow(),
+                          passwords=CHEAP)
     origin = base(gw)
     context = await browser.new_context()
     await context.grant_permissions(["clipboard-read", "clipboard-write"], origin=origin)

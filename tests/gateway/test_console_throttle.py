@@ -4,6 +4,7 @@ hammer the console while the owner logs in with the password and a fresh code.""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -192,19 +193,33 @@ async def test_a_known_browser_is_hashed_before_a_burst_from_fresh_addresses(
     try:
         assert (await known.login(user))[0] == 200  # this browser is known from now on
 
+        async def until_waiting(count: int) -> None:
+            async with asyncio.timeout(60):  # generous: only a bound against a hang
+                while gate.waiting < count:
+                    await asyncio.sleep(0.01)
+
         async def burst_then(login: Any, first: int) -> int:
             """How many of the burst's failures were recorded before alice's attempt."""
+            # Both hashing slots stay busy until the burst and alice's attempt are queued:
+            # the order they are hashed in is the gate's alone, however fast hashing is.
+            release = threading.Event()
+            holders = [asyncio.create_task(gate.run(f"busy-{n}", lambda: release.wait(60)))
+                       for n in range(2)]
+            async with asyncio.timeout(60):
+                while gate._free:
+                    await asyncio.sleep(0.01)
             tally = Tally(enough=1)
             burst = [asyncio.create_task(attack(
                 gw, f"127.0.{first // 250}.{first % 250 + 2 + n}",
                 lambda k: {"name": f"nobody-{k}", "password": "x", "code": "1"}, tally,
                 limit=1)) for n in range(40)]
-            async with asyncio.timeout(60):  # generous: only a bound against a hang
-                while gate.waiting < 30:
-                    await asyncio.sleep(0.01)
+            await until_waiting(40)
             mark = len(await audit(gw))
-            await login()
-            await asyncio.gather(*burst)
+            attempt = asyncio.create_task(login())
+            await until_waiting(41)
+            release.set()
+            await attempt
+            await asyncio.gather(*burst, *holders)
             entries = (await audit(gw))[mark:]
             mine = next(n for n, (actor, _, _) in enumerate(entries) if actor == "alice")
             return sum(1 for actor, _, _ in entries[:mine] if actor == "anonymous")

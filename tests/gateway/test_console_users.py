@@ -8,6 +8,7 @@ from gateway.console.accounts import create_token, utcnow
 from tests.console_client import StaffClient, base, code, ready_user
 from tests.gateway.conftest import Start
 from tests.gateway.test_console_tokens import me
+from tests.passwords import CHEAP
 
 ADMIN = "system:cli"
 
@@ -69,7 +70,8 @@ async def test_reset_password_and_logout_end_access(start: Start) -> None:
     browser = StaffClient(base(gw))
     try:
         assert (await browser.login(user))[0] == 200
-        password = await people.reset_password(backend, "ana", actor=ADMIN, now=utcnow())
+        password = await people.reset_password(backend, "ana", actor=ADMIN, now=utcnow(),
+                                               passwords=CHEAP)
         assert "Log in" in (await browser.get("/"))[1]
         assert (await me(gw, token), await me(gw, lasting)) == (401, 401)  # must change first
         assert (await browser.login(user, totp=code(user.totp_secret, 1)))[0] == 401

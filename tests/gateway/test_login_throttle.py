@@ -22,6 +22,7 @@ from gateway.console.throttle import (
     source_key,
 )
 from intake.listeners import client_address
+from tests.passwords import CHEAP
 
 
 class Clock:
@@ -326,7 +327,7 @@ def test_a_success_forgives_only_its_own_account_s_failures() -> None:
 async def test_a_source_with_attempts_in_flight_ranks_behind_one_with_none() -> None:
     """In the console's guard, a fresh source with three attempts under way is served after
     another fresh source's single one, though neither has failed yet."""
-    guard = new_guard(1)
+    guard = new_guard(1, CHEAP)
     throttle, gate = guard.throttle, guard.gate
     release = threading.Event()
     ran: list[str] = []

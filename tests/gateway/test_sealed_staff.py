@@ -34,6 +34,7 @@ from gateway.store.sealed import open_value, seal_rows, seal_value, sealer_of
 from gateway.store.tables import assessments, audit_log, cases, outbox, users
 from tests.conftest import ConfigFactory
 from tests.console_client import StaffClient, code, ready_user
+from tests.passwords import CHEAP
 
 T0 = datetime(2026, 12, 1, 9, tzinfo=UTC)
 NOTE = "seen on note-distinct-host.example, as reporter@note-distinct.example said"
@@ -52,7 +53,7 @@ def absent(disk: bytes, text: str) -> bool:
 
 def _guard() -> Guard:
     throttle = SourceThrottle()
-    return Guard(throttle, FairGate(2, rank=throttle.failures))
+    return Guard(throttle, FairGate(2, rank=throttle.failures), CHEAP)
 
 
 async def _login(backend: WriteBackend, guard: Guard, new: NewUser, moment: datetime,
@@ -72,7 +73,7 @@ async def test_totp_secrets_are_sealed_and_logins_open_them(
 ) -> None:
     """``users add`` and ``reset-totp`` store the secret sealed to its user; a login checks
     the code against it as before."""
-    ana = await add_user(backend, "ana", "analyst", now=T0)
+    ana = await add_user(backend, "ana", "analyst", now=T0, passwords=CHEAP)
     row = await _user(backend, "ana")
     assert row.totp_secret.startswith(b"\x01")
     assert ana.totp_secret.encode() not in row.totp_secret
@@ -98,9 +99,9 @@ async def test_a_totp_secret_that_does_not_open_refuses_that_user_only(
     """A secret copied from another user, or altered by one byte, does not open: that user's
     login fails (no wrong code counted), logged and audited with the user id and never the
     secret; everyone else logs in."""
-    ana = await add_user(backend, "ana", "analyst", now=T0)
-    bob = await add_user(backend, "bob", "analyst", now=T0)
-    cid = await add_user(backend, "cid", "analyst", now=T0)
+    ana = await add_user(backend, "ana", "analyst", now=T0, passwords=CHEAP)
+    bob = await add_user(backend, "bob", "analyst", now=T0, passwords=CHEAP)
+    cid = await add_user(backend, "cid", "analyst", now=T0, passwords=CHEAP)
     ana_row, bob_row = await _user(backend, "ana"), await _user(backend, "bob")
 
     def tamper(conn: Any) -> None:
@@ -152,8 +153,8 @@ async def test_a_note_is_sealed_and_every_view_shows_it(
 ) -> None:
     """An analyst's note is ciphertext in the database; the action's answer, the case and the
     queue show it as written; with four-eyes the approval's answer too."""
-    await add_user(backend, "ana", "analyst", now=T0)
-    await add_user(backend, "sue", "supervisor", now=T0)
+    await add_user(backend, "ana", "analyst", now=T0, passwords=CHEAP)
+    await add_user(backend, "sue", "supervisor", now=T0, passwords=CHEAP)
     ana_row, sue_row = await _user(backend, "ana"), await _user(backend, "sue")
     ana = Staff(ana_row.id, "ana", "analyst")
     sue = Staff(sue_row.id, "sue", "supervisor")
@@ -185,7 +186,7 @@ async def test_a_note_that_does_not_open_is_named_and_the_queue_is_served(
 ) -> None:
     """A note moved to another verdict does not open: the queue and the case show a marker
     naming the record in its place; the other cases read as before."""
-    await add_user(backend, "ana", "analyst", now=T0)
+    await add_user(backend, "ana", "analyst", now=T0, passwords=CHEAP)
     row = await _user(backend, "ana")
     ana = Staff(row.id, "ana", "analyst")
     first, second = await _case(backend, 1), await _case(backend, 2)

@@ -395,28 +395,60 @@ def test_an_upgrade_killed_part_way_resumes(tmp_path: Path) -> None:
     assert_no_canary(database.parent)
 
 
+async def command_results(commands: list[list[str]]) -> list[tuple[int | None, str]]:
+    """Each command's exit status and standard error, the commands run at once."""
+    async def one(command: list[str]) -> tuple[int | None, str]:
+        process = await asyncio.create_subprocess_exec(
+            *command, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        try:
+            async with asyncio.timeout(60):  # generous: only a bound against a hang
+                _, err = await process.communicate()
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        return process.returncode, err.decode()
+
+    return list(await asyncio.gather(*(one(command) for command in commands)))
+
+
 def test_a_wrong_keyring_stops_serve_and_every_command(tmp_path: Path) -> None:
     """serve (and any command) with a keyring that is not the database's exits 2 saying so;
     a missing keyring exits 2 naming its path; nothing is sealed with the wrong keys."""
+    from gateway import config as config_module
+
     database = presealed(tmp_path)
-    path = config_for(tmp_path, database)
-    run = [sys.executable, "-m", "gateway.cli", "--config", str(path)]
-    assert subprocess.run([*run, "db", "upgrade"], capture_output=True, timeout=120,
-                          check=False).returncode == 0
-    keyring = tmp_path / "keys" / "data-keys.json"
-    keyring.rename(tmp_path / "keys" / "right.json")
-    missing = subprocess.run([*run, "serve"], capture_output=True, text=True, timeout=60,
-                             check=False)
-    assert missing.returncode == 2
-    assert f"{keyring}: no keyring there" in missing.stderr
-    create_keyring(keyring)  # another install's keyring
+
+    async def upgrade() -> None:
+        engine = await open_database(config_module.load(config_for(tmp_path, database)))
+        try:
+            await upgrade_database(engine, sealer_of(engine))
+        finally:
+            await engine.dispose()
+
+    asyncio.run(upgrade())
+    missing, wrong = tmp_path / "keys" / "missing.json", tmp_path / "keys" / "other.json"
+    create_keyring(wrong)  # another install's keyring
+
+    def run(keyring: Path) -> list[str]:
+        folder = tmp_path / keyring.stem
+        folder.mkdir()
+        path = write_config(folder, f'[database]\nurl = "sqlite+aiosqlite:///{database}"\n'
+                                    f'[data]\nkeyring = "{keyring}"\n', keyring=False)
+        return [sys.executable, "-m", "gateway.cli", "--config", str(path)]
+
     before = database.read_bytes()
-    for command in (["serve"], ["stats"], ["db", "upgrade"]):
-        wrong = subprocess.run([*run, *command], capture_output=True, text=True, timeout=60,
-                               check=False)
-        assert wrong.returncode == 2, command
-        assert "is not the keyring of this database" in wrong.stderr
-        assert "which this keyring does not hold" in wrong.stderr
+    # The four at once: each stops before it writes anything, whatever the others do.
+    with_wrong = run(wrong)
+    commands = [[*run(missing), "serve"],
+                *([*with_wrong, *command] for command in (["serve"], ["stats"], ["db", "upgrade"]))]
+    (missing_status, missing_err), *answers = asyncio.run(command_results(commands))
+    assert missing_status == 2
+    assert f"{missing}: no keyring there" in missing_err
+    for command, (status, err) in zip(commands[1:], answers, strict=True):
+        assert status == 2, command
+        assert "is not the keyring of this database" in err
+        assert "which this keyring does not hold" in err
     assert database.read_bytes() == before
 
 

@@ -30,6 +30,7 @@ from gateway.console.throttle import SOURCE_BACKOFF, SourceThrottle
 from gateway.store.backend import WriteBackend
 from gateway.store.errors import Conflict
 from gateway.store.tables import audit_log, staff_sessions, users
+from tests.passwords import CHEAP
 from tests.trail import opened
 
 T0 = datetime(2026, 11, 28, 9, tzinfo=UTC)
@@ -37,7 +38,7 @@ T0 = datetime(2026, 11, 28, 9, tzinfo=UTC)
 
 async def test_sessions_end_when_idle_and_when_old(backend: WriteBackend) -> None:
     """A session lives while used, but not past the idle timeout nor the absolute one."""
-    new = await add_user(backend, "ana", "analyst", now=T0)
+    new = await add_user(backend, "ana", "analyst", now=T0, passwords=CHEAP)
     user_id = (await backend.transaction(
         lambda conn: conn.execute(select(users.c.id)).scalar_one()))
     store = SessionStore(backend, idle=timedelta(minutes=30), absolute=timedelta(hours=2))
@@ -58,7 +59,7 @@ async def test_sessions_end_when_idle_and_when_old(backend: WriteBackend) -> Non
 
 def _guard() -> Guard:
     throttle = SourceThrottle()
-    return Guard(throttle, FairGate(2, rank=throttle.failures))
+    return Guard(throttle, FairGate(2, rank=throttle.failures), CHEAP)
 
 
 def test_the_account_waits_only_after_wrong_codes_doubling_up_to_ten_minutes() -> None:
@@ -98,7 +99,7 @@ def test_guessing_the_code_of_a_known_password_takes_years() -> None:
 async def test_wrong_passwords_never_slow_the_account(backend: WriteBackend) -> None:
     """A dozen wrong passwords from a dozen addresses: the owner's password and code get in at
     once, and the account holds no failure."""
-    new = await add_user(backend, "ana", "analyst", now=T0)
+    new = await add_user(backend, "ana", "analyst", now=T0, passwords=CHEAP)
     guard = _guard()
     for n in range(12):
         result = await login(backend, guard, "ana", f"guess {n}", "123456",
@@ -119,7 +120,7 @@ async def test_wrong_codes_slow_the_account_and_a_success_resets_it(
     minutes; attempts while it waits fail untried (even the right code), answered exactly like
     a wrong password, do not count, and are told to admins (warning with the user id, audit);
     afterwards the right code gets in and the count restarts."""
-    new = await add_user(backend, "ana", "analyst", now=T0)
+    new = await add_user(backend, "ana", "analyst", now=T0, passwords=CHEAP)
     totp = pyotp.TOTP(new.totp_secret)
     policy = LoginPolicy(lockout_after=2, lockout=timedelta(minutes=5))
     guard = _guard()
@@ -181,7 +182,7 @@ async def test_naming_a_waiting_account_does_not_clear_the_source(
 ) -> None:
     """An attempt refused because its account must wait counts for its source exactly as a
     wrong password would (a difference would tell that the password was right)."""
-    new = await add_user(backend, "ana", "analyst", now=T0)
+    new = await add_user(backend, "ana", "analyst", now=T0, passwords=CHEAP)
     totp = pyotp.TOTP(new.totp_secret)
     wrong = "000000" if totp.at(T0) != "000000" else "111111"
     policy = LoginPolicy(lockout_after=1, lockout=timedelta(minutes=5))
@@ -200,8 +201,8 @@ async def test_naming_a_waiting_account_does_not_clear_the_source(
 async def test_a_known_browser_passes_its_address_s_wait(backend: WriteBackend) -> None:
     """Behind an address that must wait (an attacker shares it), the browser its user logged
     in with before is still tried, for that user only; the account's own wait still holds."""
-    new = await add_user(backend, "ana", "analyst", now=T0)
-    await add_user(backend, "bob", "analyst", now=T0)
+    new = await add_user(backend, "ana", "analyst", now=T0, passwords=CHEAP)
+    await add_user(backend, "bob", "analyst", now=T0, passwords=CHEAP)
     totp = pyotp.TOTP(new.totp_secret)
     guard = _guard()
     for n in range(6):
@@ -225,7 +226,7 @@ async def test_a_known_browser_passes_its_address_s_wait(backend: WriteBackend) 
 async def test_a_known_browser_cannot_guess_at_speed(backend: WriteBackend) -> None:
     """Wrong passwords with the user's own known-browser cookie: a few are tried as trusted,
     then the cookie is not trusted and its attempts wait for their address like any other."""
-    await add_user(backend, "bob", "analyst", now=T0)
+    await add_user(backend, "bob", "analyst", now=T0, passwords=CHEAP)
     guard = _guard()
     user_id = await backend.transaction(lambda conn: conn.execute(
         select(users.c.id)).scalar_one())
@@ -241,7 +242,7 @@ async def test_a_known_browser_cannot_guess_at_speed(backend: WriteBackend) -> N
 async def test_a_known_browser_s_attempts_run_one_at_a_time(backend: WriteBackend) -> None:
     """Behind an address that must wait, ten attempts at once with one trusted cookie: one is
     tried, the others are ordinary attempts from that address and wait."""
-    await add_user(backend, "bob", "analyst", now=T0)
+    await add_user(backend, "bob", "analyst", now=T0, passwords=CHEAP)
     guard = _guard()
     for _ in range(6):
         await login(backend, guard, "nobody", "x", "1", source="192.0.2.1", now=T0,
@@ -258,10 +259,10 @@ async def test_a_known_browser_s_attempts_run_one_at_a_time(backend: WriteBacken
 async def test_the_last_enabled_admin_cannot_be_disabled(backend: WriteBackend) -> None:
     """Disabling the only enabled admin is refused, also when a disabled admin exists; with
     another enabled admin it is allowed."""
-    await add_user(backend, "root", "admin", now=T0)
+    await add_user(backend, "root", "admin", now=T0, passwords=CHEAP)
     with pytest.raises(Conflict, match="last admin"):
         await people.set_disabled(backend, "root", True, actor="root", now=T0)
-    await add_user(backend, "second", "admin", now=T0)
+    await add_user(backend, "second", "admin", now=T0, passwords=CHEAP)
     await people.set_disabled(backend, "second", True, actor="root", now=T0)
     with pytest.raises(Conflict, match="last admin"):
         await people.set_disabled(backend, "root", True, actor="root", now=T0)
@@ -278,9 +279,9 @@ async def test_two_admins_demoted_at_once_leave_one(backend: WriteBackend) -> No
     async def admins() -> list[str]:
         return [u.name for u in await people.list_users(backend) if u.role == "admin"]
 
-    await add_user(backend, "a0", "admin", now=T0)
+    await add_user(backend, "a0", "admin", now=T0, passwords=CHEAP)
     for round_ in range(1, 9):
-        await add_user(backend, f"a{round_}", "admin", now=T0)
+        await add_user(backend, f"a{round_}", "admin", now=T0, passwords=CHEAP)
         pair = await admins()
         assert len(pair) == 2
         if round_ % 2:
@@ -297,13 +298,13 @@ async def test_two_admins_demoted_at_once_leave_one(backend: WriteBackend) -> No
 async def test_an_unlock_during_the_hash_lets_the_right_code_in(backend: WriteBackend) -> None:
     """The account's wait is judged when the login is decided: an admin's unlock while the
     attempt waits for its hash lets the right password and code in, counting no failure."""
-    new = await add_user(backend, "ana", "analyst", now=T0)
+    new = await add_user(backend, "ana", "analyst", now=T0, passwords=CHEAP)
     totp = pyotp.TOTP(new.totp_secret)
     wrong = "000000" if totp.at(T0) != "000000" else "111111"
     policy = LoginPolicy(lockout_after=1, lockout=timedelta(minutes=5))
     throttle = SourceThrottle()
     gate = FairGate(1, rank=throttle.standing)
-    guard = Guard(throttle, gate)
+    guard = Guard(throttle, gate, CHEAP)
     await login(backend, guard, "ana", new.password, wrong, source="192.0.2.1", now=T0,
                 policy=policy)
     release = threading.Event()

@@ -35,6 +35,7 @@ from routing.resolve import HostResolver
 from tests.clock import Clock
 from tests.conftest import ConfigFactory
 from tests.dns_server import DnsServer, Zone
+from tests.passwords import CHEAP
 from tests.referred import refer
 from tests.sealed_cases import case_row
 
@@ -70,7 +71,7 @@ async def referred_case(backend: WriteBackend, host: str, *, status: str = "sent
 async def staff(backend: WriteBackend) -> dict[str, Staff]:
     found = {}
     for name, role in (("ana", "analyst"), ("sam", "supervisor"), ("sue", "supervisor")):
-        await add_user(backend, name, role, now=START)
+        await add_user(backend, name, role, now=START, passwords=CHEAP)
         user_id = await backend.transaction(lambda conn, n=name: conn.execute(
             select(users.c.id).where(users.c.name == n)).scalar_one())
         found[name] = Staff(user_id, name, role)
