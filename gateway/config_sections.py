@@ -218,10 +218,14 @@ class ConsoleConfig(TlsFiles):
             raise ValueError("require_security_key needs public_origin when the console "
                              "listens beyond loopback (keys work only at the configured "
                              "origin): set [console] public_origin")
-        if self.password_hashing == "insecure-for-tests" and not all(  # noqa: S105
-                _loopback(host) for host, _ in self.listen):
+        if self.password_hashing == "insecure-for-tests" and (  # noqa: S105
+                self.public_origin is not None
+                or not all(_loopback(host) for host, _ in self.listen)):
+            # A console on loopback with a public origin is one behind a reverse proxy: staff
+            # reach it, so it is not the test suite's.
             raise ValueError('password_hashing "insecure-for-tests" is for the test suite: '
-                             "a console listening beyond loopback hashes with argon2id")
+                             "a console listening beyond loopback, or with a public_origin, "
+                             "hashes with argon2id")
         host = urllib.parse.urlsplit(self.public_origin or "").hostname
         if self.rp_id is not None and host is not None and not (
                 host == self.rp_id or host.endswith("." + self.rp_id)):

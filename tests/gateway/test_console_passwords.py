@@ -53,6 +53,9 @@ async def test_the_shipped_hashing_is_argon2id_at_64_mib_and_staff_log_in_with_i
 @pytest.mark.parametrize("console", [
     {"password_hashing": "insecure-for-tests", "listen": ["0.0.0.0:8081"]},
     {"password_hashing": "insecure-for-tests", "listen": ["127.0.0.1:8081", "[::]:8081"]},
+    # Behind a reverse proxy: on loopback, but reached by staff at its public origin.
+    {"password_hashing": "insecure-for-tests", "listen": ["127.0.0.1:8081"],
+     "public_origin": "https://console.hotline.example"},
 ])
 def test_the_tests_hashing_beyond_loopback_is_a_config_error(console: dict[str, Any]) -> None:
     with pytest.raises(config_module.ConfigError) as info:
