@@ -32,9 +32,9 @@ The load comes over one connection by default, one report at a time: each report
 own batch and commit, so the figure does not depend on how a run happened to batch concurrent
 reports (with two connections, runs of one build differed by up to 20%). For these, a short
 load first warms the server up uncounted; then the server's idle work is counted for a few
-seconds (timers, the other stages polling), then a load of ``--seconds``, then idle work
-again; the figure is the load's instructions, less the mean idle rate over the load's
-duration, per row that the load added to ``submissions``.
+seconds (timers, the other stages polling), then a load of ``--seconds``;
+the figure is the load's instructions, less the idle rate over the load's duration, per row
+that the load added to ``submissions``.
 
 Needs valgrind (``apt-get install valgrind``): about a minute per tree and phase for 192
 reports, and a minute or two per tree for each ``--serve`` phase. The figures are
@@ -266,11 +266,6 @@ def _measure_serve(tree: Path, phase: str, *, seconds: float, connections: int,
             subprocess.run(["callgrind_control", "-d", str(server.pid)], check=True,
                            stdout=subprocess.DEVNULL)
             load_instructions, dumps = _dump_totals(out, seen)
-            # Idle again after the load: the rate subtracted is the mean of both.
-            time.sleep(idle)
-            subprocess.run(["callgrind_control", "-d", str(server.pid)], check=True,
-                           stdout=subprocess.DEVNULL)
-            idle_after, _ = _dump_totals(out, dumps)
             if keep is not None:  # the load's dump, for callgrind_annotate
                 keep.mkdir(parents=True, exist_ok=True)
                 for path in dumps - seen:
@@ -287,7 +282,7 @@ def _measure_serve(tree: Path, phase: str, *, seconds: float, connections: int,
             except subprocess.TimeoutExpired:
                 server.kill()
                 server.wait()
-    idle_part = (idle_instructions + idle_after) / (2 * idle) * took
+    idle_part = idle_instructions / idle * took
     return (load_instructions - idle_part) / reports, reports, idle_part / load_instructions
 
 
@@ -335,8 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=1,
                         help="--serve: the load's connections (default 1: each report is "
                              "its own batch, so the figure does not depend on batching)")
-    parser.add_argument("--idle", type=float, default=10.0,
-                        help="--serve: seconds of idle work counted before and after (default 10)")
+    parser.add_argument("--idle", type=float, default=5.0,
+                        help="--serve: seconds of idle work counted first (default 5)")
     parser.add_argument("--keep", type=Path, metavar="DIR",
                         help="--serve: keep each load's callgrind dump in DIR")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
