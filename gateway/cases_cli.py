@@ -115,7 +115,10 @@ def _print_case(case: dict[str, Any]) -> None:
     for key in ("id", "status", "kind", "report_count", "first_reported", "last_reported",
                 "reappeared"):
         say(f"{key}: {case[key]}")
-    say(f"url: {defang(case['url']) if case['url'] else '(no URL)'}")
+    if case["anonymised"]:
+        say(f"anonymised: {case['anonymised']} (no URL, host or reporter data kept)")
+    missing = "(anonymised)" if case["anonymised"] else "(no URL)"
+    say(f"url: {defang(case['url']) if case['url'] else missing}")
     say(f"canonical_url: {defang(case['canonical_url']) if case['canonical_url'] else '-'}")
     say(f"hosting: {_hosting_line(case['hosting'])}")
     for referred in case.get("partner_referrals") or []:
