@@ -399,7 +399,7 @@ def file_reports(
     # not be sealed for a row that will not be inserted.
     stored_cases = conn.execute(
         select(cases.c.url_key, cases.c.status, cases.c.anonymised_at)
-                         .where(cases.c.url_key.in_(list(by_key)))).all()
+        .where(cases.c.url_key.in_(list(by_key)))).all()
     existing: dict[str, str] = {key: state for key, state, _ in stored_cases}
     # An anonymised case reported again takes the report's URL back (it may be located and
     # worked again) and is no longer marked: retention anonymises it again once due.
