@@ -19,7 +19,7 @@ from gateway.compose import make_locator
 from gateway.config import Config
 from gateway.console.accounts import utcnow
 from gateway.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
-from gateway.store.audit import CLI_ACTOR
+from gateway.store.audit import CLI_ACTOR, free_text
 from gateway.store.backend import WriteBackend
 from gateway.store.case_view import get_case, hosting_json, list_cases
 from gateway.store.classification import labels
@@ -104,7 +104,7 @@ async def reopen(backend: WriteBackend, case_id: uuid.UUID, *, reason: str) -> s
 
     def work(conn: Connection) -> str:
         return move(conn, case_id, "reopen", actor=Actor(CLI_ACTOR, "system"), at=utcnow(),
-                    details={"reason": reason}).next
+                    details={"reason": free_text(reason)}).next
 
     return await backend.transaction(work)
 

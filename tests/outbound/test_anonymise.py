@@ -242,3 +242,30 @@ async def test_a_pass_stopped_midway_is_completed_by_the_next(
     assert {**grown, "audit_log": 0} == {**counts, "audit_log": 0}
     assert leaks(await opened_database(run), {"host": SECRETS["host"],
                                               "text": SECRETS["api text"]}) == []
+
+
+async def test_a_reopening_reason_naming_the_url_keeps_it_out_of_the_trail(
+        run: Run, open_zone: Zone) -> None:
+    """A supervisor's reason for reopening is a person's words: the trail keeps them without
+    the URL, host, address or e-mail address they name."""
+    gw = run.gw
+    status, _ = await public_post(gw, "/api/v1/reports", json={
+        "urls": [SECRETS["api url"]], "reporter": {"email": SECRETS["api email"]}})
+    assert status == 201
+    case_id = str((await waiting_cases(gw, 1))[0]["id"])
+    backend = gw.console.context.backend
+    await ready_user(backend, "ana")
+    await ready_user(backend, "sam", "supervisor")
+    ana = await create_token(backend, "ana", now=utcnow())
+    sam = await create_token(backend, "sam", now=utcnow())
+    await assess(gw, ana, case_id, "legal")
+    await settle(gw, case_id, "closed_legal")
+    reason = (f"still up at {SECRETS['api url']} ({SECRETS['host']}, 193.190.1.77), "
+              f"says {SECRETS['api email']}; ticket CF-2026-000001")
+    status, answer = await api(gw, "POST", f"/api/v1/cases/{case_id}/reopening", sam,
+                               {"reason": reason})
+    assert status == 200, answer
+    trail = await audit_details(run)
+    assert "ticket CF-2026-000001" in trail and "[removed]" in trail
+    for text in (SECRETS["api url"], SECRETS["host"], "193.190.1.77", SECRETS["api email"]):
+        assert text not in trail
