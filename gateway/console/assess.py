@@ -258,7 +258,7 @@ async def reopen(
             raise Conflict(f"a case that is {case.status} cannot be reopened")
         # Its verdicts, pending routing changes and routing decision are superseded.
         status = move_case(conn, staff, case_id, case.status, "reopen", now,
-                       details={"reason": free_text(reason)})
+                       details={"reason": reason and free_text(reason)})
         return Outcome(case_id, status)
 
     return await backend.transaction(work)
