@@ -12,6 +12,7 @@ import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import aiohttp
 import pytest
 from sqlalchemy import func, select
 
@@ -146,7 +147,8 @@ async def test_closed_cases_are_anonymised_and_everything_still_adds_up(
     assert {**grown, "audit_log": 0} == {**counts, "audit_log": 0}
     assert grown["audit_log"] == counts["audit_log"] + 3
     after = await collect_stats(gw.engine)
-    assert after == before
+    assert (before["cases_anonymised"], after["cases_anonymised"]) == (0, 4)
+    assert {**after, "cases_anonymised": 0} == before
     assert leaks(await opened_database(run), SECRETS) == []
     async with gw.engine.connect() as conn:
         held, broken, _ = await verify(conn)
@@ -157,6 +159,10 @@ async def test_closed_cases_are_anonymised_and_everything_still_adds_up(
     assert entries == 2  # two batches of two
     assert states[uuid.UUID(open_case)] is None
     assert all(states[uuid.UUID(c)] is not None for c in [*illegal, legal])
+    (host, port), *_ = gw.admin.addresses
+    async with aiohttp.ClientSession() as http, http.get(
+            f"http://{host}:{port}/metrics") as response:
+        assert "hotline_cases_anonymised 4.0" in (await response.text()).splitlines()
     again = await purge(backend, policy, now=now + timedelta(days=WINDOW + 2))
     assert again.anonymised_cases == 0  # done once
 
