@@ -40,13 +40,14 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+import structlog
 from sqlalchemy import Table, and_, bindparam, exists, or_, select, update
 from sqlalchemy.engine import Connection
 
 from gateway.store.audit import AuditEntry, record
 from gateway.store.lifecycle import CLOSED_BY_OUTCOME
-from gateway.store.sealed import open_row, open_value, seal_value, sealer_of
-from gateway.store.sealing import Sealer
+from gateway.store.sealed import SEALED, OpenedRow, open_value, seal_value, sealer_of
+from gateway.store.sealing import SealBroken, Sealer
 from gateway.store.tables import (
     assessments,
     case_reports,
@@ -76,6 +77,8 @@ _EMPTIED = frozenset({"ips", "records", "addresses_seen"})
 _SHORTEST = 4
 #: Cases per batch (one transaction).
 BATCH = 200
+
+log = structlog.get_logger("gateway.anonymise")
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,8 +148,20 @@ def _strings(value: Any) -> Iterable[str]:
             yield from _strings(item)
 
 
-def _opened(sealer: Sealer, table: Table, rows: Iterable[Any]) -> list[Any]:
-    return [open_row(sealer, table, row) for row in rows]
+def _opened(sealer: Sealer, table: Table, rows: Iterable[Any]) -> list[OpenedRow]:
+    """Each row with its sealed columns open; a value that does not open (damaged) is None:
+    it is replaced like any other, and one damaged record does not stop the pass."""
+    found = []
+    for row in rows:
+        values = dict(row._mapping)
+        for name in SEALED[table.name].keys() & values.keys():
+            try:
+                values[name] = open_value(sealer, table.c[name], values["id"], values[name])
+            except SealBroken as exc:
+                log.warning("anonymise.damaged_value", error=str(exc))
+                values[name] = None
+        found.append(OpenedRow(values))
+    return found
 
 
 def _reseal(conn: Connection, table: Table, changes: list[dict[str, Any]]) -> int:
@@ -198,7 +213,7 @@ def anonymise_batch(conn: Connection, *, before: datetime, now: datetime, actor:
                hosting_evidence.c.databases)
         .where(hosting_evidence.c.case_id.in_(ids))))
     for row in evidence:
-        needles += [row.host, *_strings(row.ips), *_strings(row.records)]
+        needles += [*_strings(row.host), *_strings(row.ips), *_strings(row.records)]
         needles += [str(a["ip"]) for a in row.addresses or [] if isinstance(a, dict)
                     and a.get("ip")]
     partner = _opened(sealer, partner_referrals, conn.execute(
@@ -217,21 +232,22 @@ def anonymise_batch(conn: Connection, *, before: datetime, now: datetime, actor:
     rows += conn.execute(update(case_reports).where(case_reports.c.case_id.in_(ids))
                          .values(written_as=None, url=None)).rowcount
     rows += _reseal(conn, hosting_evidence, [
-        {"id": row.id, "host": redact.hashed(row.host), "ips": [], "records": [],
+        {"id": row.id, "host": redact.hashed(row.host) if row.host else REDACTED,
+         "ips": [], "records": [],
          "addresses": [redact.document({k: v for k, v in a.items() if k != "ip"})
                        if isinstance(a, dict) else REDACTED for a in row.addresses or []],
          "databases": redact.document({k: v for k, v in (row.databases or {}).items()
                                        if k != "override"}),
          "error": None} for row in evidence])
     rows += _reseal(conn, routing_decisions, [
-        {"id": row.id, "facts": redact.document(row.facts),
-         "explanation": redact.text(row.explanation) or ""}
+        {"id": row.id, "facts": redact.document(row.facts) or {},
+         "explanation": redact.text(row.explanation) or REDACTED}
         for row in _opened(sealer, routing_decisions, conn.execute(
             select(routing_decisions.c.id, routing_decisions.c.facts,
                    routing_decisions.c.explanation)
             .where(routing_decisions.c.case_id.in_(ids))))])
     rows += _reseal(conn, routing_changes, [
-        {"id": row.id, "facts": redact.document(row.facts)}
+        {"id": row.id, "facts": redact.document(row.facts) or {}}
         for row in _opened(sealer, routing_changes, conn.execute(
             select(routing_changes.c.id, routing_changes.c.facts)
             .where(routing_changes.c.case_id.in_(ids))))])
@@ -256,7 +272,7 @@ def anonymise_batch(conn: Connection, *, before: datetime, now: datetime, actor:
         for row in _opened(sealer, replies, conn.execute(
             select(replies.c.id, replies.c.document).where(replies.c.case_id.in_(ids))))])
     rows += _reseal(conn, partner_referrals, [
-        {"id": row.id, "document": redact.document(row.document)} for row in partner])
+        {"id": row.id, "document": redact.document(row.document) or {}} for row in partner])
     done = _submissions(conn, ids, redact)
     batch = Batch(int(marked), done, rows + done)
     record(conn, [AuditEntry(actor, "retention.anonymised", details={
@@ -280,9 +296,8 @@ def _submissions(conn: Connection, ids: list[uuid.UUID], redact: _Redactor) -> i
     found = conn.execute(select(submissions.c.id, submissions.c.attachments,
                                 submissions.c.flags).where(linked, ~live)).all()
     changes = []
-    for row in found:
-        attachments = open_value(sealer, submissions.c.attachments, row.id, row.attachments)
-        flags = open_value(sealer, submissions.c.flags, row.id, row.flags)
+    for row in _opened(sealer, submissions, found):
+        attachments, flags = row.attachments, row.flags
         changes.append({
             "id": row.id, "mail_from": None, "helo": None, "peer_ip": None,
             "message_id": None, "raw": None, "subject": None, "report_text": None,
