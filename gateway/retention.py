@@ -35,7 +35,7 @@ from sqlalchemy import and_, or_, update
 from sqlalchemy.engine import Connection
 
 from gateway.config import RetentionConfig
-from gateway.store.anonymise import BATCH, anonymise_batch
+from gateway.store.anonymise import BATCH, anonymise_batch, leftover_submissions
 from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
 from gateway.store.replies import purge_untrusted
@@ -102,6 +102,9 @@ async def purge(backend: WriteBackend, retention: RetentionConfig, *, now: datet
             submissions_done += done.submissions
             log.info("retention.anonymised_batch", cases=done.cases,
                      submissions=done.submissions, rows=done.rows)
+        if max_batches is None or batches < max_batches:
+            submissions_done += await backend.transaction(functools.partial(
+                leftover_submissions, now=now, actor=actor, limit=batch))
         purged = dataclasses.replace(purged, anonymised_cases=cases,
                                      anonymised_submissions=submissions_done)
     log.info("retention.purged", raw_messages=purged.raw_messages, contacts=purged.contacts,

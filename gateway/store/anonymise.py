@@ -281,6 +281,13 @@ def anonymise_batch(conn: Connection, *, before: datetime, now: datetime, actor:
     return batch
 
 
+def _live_case() -> Any:
+    """A case of the submission not anonymised (yet)."""
+    other = case_reports.alias("other")
+    return exists().where(and_(other.c.submission_id == submissions.c.id,
+                               other.c.case_id == cases.c.id, cases.c.anonymised_at.is_(None)))
+
+
 def _submissions(conn: Connection, ids: list[uuid.UUID], redact: _Redactor) -> int:
     """The reports of the batch's cases whose every case is now anonymised lose what their
     reporters sent and where from."""
@@ -289,19 +296,42 @@ def _submissions(conn: Connection, ids: list[uuid.UUID], redact: _Redactor) -> i
                              .where(case_reports.c.case_id.in_(ids))),
         submissions.c.id.in_(select(partner_referrals.c.submission_id)
                              .where(partner_referrals.c.case_id.in_(ids))))
-    other = case_reports.alias("other")
-    live = exists().where(and_(other.c.submission_id == submissions.c.id,
-                               other.c.case_id == cases.c.id, cases.c.anonymised_at.is_(None)))
+    return _scrub(conn, and_(linked, ~_live_case()), redact)
+
+
+def leftover_submissions(conn: Connection, *, now: datetime, actor: str,
+                         limit: int = BATCH) -> int:
+    """Reports still holding their reporters' data although each of their cases is
+    anonymised (two passes at once, each holding one of a report's cases, each saw the other
+    case still open) lose it now; how many."""
+    anonymised = exists().where(case_reports.c.submission_id == submissions.c.id,
+                                case_reports.c.case_id == cases.c.id,
+                                cases.c.anonymised_at.is_not(None))
+    holds = or_(*(submissions.c[name].is_not(None) for name in _REPORTERS))
+    ids = list(conn.execute(select(submissions.c.id)
+                            .where(anonymised, ~_live_case(), holds).limit(limit)).scalars())
+    if not ids:
+        return 0
+    done = _scrub(conn, submissions.c.id.in_(ids), _Redactor(sealer_of(conn), ()))
+    record(conn, [AuditEntry(actor, "retention.anonymised", details={
+        "cases": [], "submissions": done})], at=now)
+    return done
+
+
+#: What a report keeps of its reporter and what they sent: all of it goes.
+_REPORTERS = ("mail_from", "helo", "peer_ip", "message_id", "raw", "subject", "report_text",
+              "parse_error")
+
+
+def _scrub(conn: Connection, where: Any, redact: _Redactor) -> int:
     sealer = sealer_of(conn)
     found = conn.execute(select(submissions.c.id, submissions.c.attachments,
-                                submissions.c.flags).where(linked, ~live)).all()
+                                submissions.c.flags).where(where)).all()
     changes = []
     for row in _opened(sealer, submissions, found):
         attachments, flags = row.attachments, row.flags
         changes.append({
-            "id": row.id, "mail_from": None, "helo": None, "peer_ip": None,
-            "message_id": None, "raw": None, "subject": None, "report_text": None,
-            "parse_error": None,
+            "id": row.id, **dict.fromkeys(_REPORTERS),
             "attachments": None if attachments is None else [
                 {**a, "filename": None} if isinstance(a, dict) else REDACTED
                 for a in attachments],

@@ -148,3 +148,24 @@ async def test_0023_goes_down_and_up_again(backend: WriteBackend, engine: AsyncE
         assert "anonymised_at" in await conn.run_sync(columns)
         assert (await conn.execute(select(cases.c.anonymised_at))).scalar_one() is None
     assert await migrate.current(engine) == migrate.head() == "0023"
+
+
+async def test_a_report_left_holding_data_by_two_passes_at_once_is_swept(
+        backend: WriteBackend, engine: AsyncEngine) -> None:
+    """Two passes at once, each anonymising one of a report's two cases, each see the other
+    case still open: the next pass finds the report whose every case is anonymised and
+    clears it."""
+    def build(conn: Connection) -> list[uuid.UUID]:
+        sub_id = submission(conn, "http://quoll.test/1 http://quoll.test/2", "quoll@example.org")
+        made = [case(conn, f"http://quoll.test/{n}", "quoll.test", "removed", sub_id)
+                for n in (1, 2)]
+        # As the two passes left it: both cases marked, the report untouched.
+        conn.execute(update(cases).values(anonymised_at=NOW))
+        return made
+
+    await backend.transaction(build)
+    done = await purge(backend, POLICY, now=NOW)
+    assert (done.anonymised_cases, done.anonymised_submissions) == (0, 1)
+    (swept,) = await opened(engine, submissions)
+    assert swept["report_text"] is None and swept["mail_from"] is None
+    assert (await purge(backend, POLICY, now=NOW)).anonymised_submissions == 0
