@@ -150,6 +150,10 @@ async def test_closed_cases_are_anonymised_and_everything_still_adds_up(
     assert (before["cases_anonymised"], after["cases_anonymised"]) == (0, 4)
     assert {**after, "cases_anonymised": 0} == before
     assert leaks(await opened_database(run), SECRETS) == []
+    if run.database is not None:  # and the files themselves, byte for byte
+        files = b"".join(path.read_bytes() for path in (
+            run.database, run.database.with_name(run.database.name + "-wal")))
+        assert [name for name, secret in SECRETS.items() if secret.encode() in files] == []
     async with gw.engine.connect() as conn:
         held, broken, _ = await verify(conn)
         assert broken is None and held > 0
