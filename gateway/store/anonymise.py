@@ -213,7 +213,10 @@ def anonymise_batch(conn: Connection, *, before: datetime, now: datetime, actor:
                hosting_evidence.c.databases)
         .where(hosting_evidence.c.case_id.in_(ids))))
     for row in evidence:
-        needles += [*_strings(row.host), *_strings(row.ips), *_strings(row.records)]
+        needles += [*_strings(row.host), *_strings(row.ips)]
+        # The names and answers the DNS gave (a CNAME's target, an address).
+        needles += [s for r in row.records or [] if isinstance(r, dict)
+                    for s in _strings([r.get("name"), r.get("value")])]
         needles += [str(a["ip"]) for a in row.addresses or [] if isinstance(a, dict)
                     and a.get("ip")]
     partner = _opened(sealer, partner_referrals, conn.execute(
