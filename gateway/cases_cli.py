@@ -19,7 +19,7 @@ from gateway.compose import make_locator
 from gateway.config import Config
 from gateway.console.accounts import utcnow
 from gateway.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
-from gateway.store.audit import CLI_ACTOR
+from gateway.store.audit import CLI_ACTOR, free_text
 from gateway.store.backend import WriteBackend
 from gateway.store.case_view import get_case, hosting_json, list_cases
 from gateway.store.classification import labels
@@ -104,7 +104,7 @@ async def reopen(backend: WriteBackend, case_id: uuid.UUID, *, reason: str) -> s
 
     def work(conn: Connection) -> str:
         return move(conn, case_id, "reopen", actor=Actor(CLI_ACTOR, "system"), at=utcnow(),
-                    details={"reason": reason}).next
+                    details={"reason": free_text(reason)}).next
 
     return await backend.transaction(work)
 
@@ -115,7 +115,10 @@ def _print_case(case: dict[str, Any]) -> None:
     for key in ("id", "status", "kind", "report_count", "first_reported", "last_reported",
                 "reappeared"):
         say(f"{key}: {case[key]}")
-    say(f"url: {defang(case['url']) if case['url'] else '(no URL)'}")
+    if case["anonymised"]:
+        say(f"anonymised: {case['anonymised']} (no URL, host or reporter data kept)")
+    missing = "(anonymised)" if case["anonymised"] else "(no URL)"
+    say(f"url: {defang(case['url']) if case['url'] else missing}")
     say(f"canonical_url: {defang(case['canonical_url']) if case['canonical_url'] else '-'}")
     say(f"hosting: {_hosting_line(case['hosting'])}")
     for referred in case.get("partner_referrals") or []:

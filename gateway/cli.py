@@ -367,6 +367,9 @@ def _cmd_purge(args: argparse.Namespace) -> int:
     print(f"removed the raw message of {purged.raw_messages} report(s) and the contact "
           f"details of {purged.contacts}, and {purged.untrusted_replies} untrusted "
           "reply(ies) handled more than untrusted_reply_days ago")
+    if config.retention.anonymise_after_days is not None:
+        print(f"anonymised {purged.anonymised_cases} case(s) closed more than "
+              f"anonymise_after_days ago, and {purged.anonymised_submissions} report(s)")
     return EXIT_OK
 
 

@@ -451,6 +451,10 @@ class RetentionConfig(Section):
     #: deleted this long after an analyst handled it; one still waiting for an analyst, and
     #: trusted and unread replies, are kept.
     untrusted_reply_days: PositiveInt = 30
+    #: A case closed (closed_legal, removed, content_unavailable, not_actionable) this long
+    #: is anonymised: it keeps its figures and loses its URLs, hosts, addresses and
+    #: reporters' data (``gateway.store.anonymise``). None: never.
+    anonymise_after_days: PositiveInt | None = None
 
 
 class IntakeConfig(Section):

@@ -36,6 +36,9 @@ class _Snapshot(Collector):
         yield GaugeMetricFamily("hotline_cases_recheck_flagged",
                                 "Referred cases whose hosting re-check needs a person",
                                 value=stats.get("cases_recheck_flagged", 0))
+        yield GaugeMetricFamily("hotline_cases_anonymised",
+                                "Closed cases whose URLs and reporters' data retention removed",
+                                value=stats.get("cases_anonymised", 0))
         yield GaugeMetricFamily("hotline_cases_overdue",
                                 "Cases with a referral past a deadline it has not met",
                                 value=stats.get("cases_overdue", 0))

@@ -10,7 +10,11 @@
   (``gateway.store.replies.UNTRUSTED``) is deleted: anyone can mail that address, and what a
   stranger sends must not fill the database. One still waiting for an analyst is never
   deleted (kept for an analyst, never dropped unread), nor is a reply not read yet, read, or
-  trusted but not all recorded.
+  trusted but not all recorded;
+- after ``anonymise_after_days`` (when set) a case closed that long is anonymised, in batches:
+  it keeps its rows, key, state, classification, hosting country and network, milestones and
+  counts, and loses its URLs, hosts, addresses and what its reporters wrote
+  (``gateway.store.anonymise``). Nothing is deleted: figures over any period stay the same.
 
 Only reports that were read (``parsed``) lose anything: one not read yet, or one that could
 not be read (``parse_failed``: say, encrypted before its key was imported) keeps its bytes so
@@ -21,6 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -29,6 +35,7 @@ from sqlalchemy import and_, or_, update
 from sqlalchemy.engine import Connection
 
 from gateway.config import RetentionConfig
+from gateway.store.anonymise import BATCH, anonymise_batch, leftover_submissions
 from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
 from gateway.store.replies import purge_untrusted
@@ -42,10 +49,16 @@ class Purged:
     raw_messages: int
     contacts: int
     untrusted_replies: int = 0
+    #: Cases anonymised, and the reports (submissions) that lost their reporters' data.
+    anonymised_cases: int = 0
+    anonymised_submissions: int = 0
 
 
 async def purge(backend: WriteBackend, retention: RetentionConfig, *, now: datetime,
-                actor: str = "system:retention") -> Purged:
+                actor: str = "system:retention", batch: int = BATCH,
+                max_batches: int | None = None) -> Purged:
+    """Apply ``retention`` as of ``now``. Anonymising goes ``batch`` cases per transaction
+    until none is due (or ``max_batches`` are done: the next pass takes the rest)."""
     raw_before = now - timedelta(days=retention.raw_message_days)
     contact_before = now - timedelta(days=retention.reporter_contact_days)
     reply_before = now - timedelta(days=retention.untrusted_reply_days)
@@ -76,8 +89,28 @@ async def purge(backend: WriteBackend, retention: RetentionConfig, *, now: datet
         return purged
 
     purged = await backend.transaction(work)
+    if retention.anonymise_after_days is not None:
+        closed_before = now - timedelta(days=retention.anonymise_after_days)
+        cases = submissions_done = batches = 0
+        while max_batches is None or batches < max_batches:
+            done = await backend.transaction(functools.partial(
+                anonymise_batch, before=closed_before, now=now, actor=actor, limit=batch))
+            if done is None:
+                break
+            batches += 1
+            cases += done.cases
+            submissions_done += done.submissions
+            log.info("retention.anonymised_batch", cases=done.cases,
+                     submissions=done.submissions, rows=done.rows)
+        if max_batches is None or batches < max_batches:
+            submissions_done += await backend.transaction(functools.partial(
+                leftover_submissions, now=now, actor=actor, limit=batch))
+        purged = dataclasses.replace(purged, anonymised_cases=cases,
+                                     anonymised_submissions=submissions_done)
     log.info("retention.purged", raw_messages=purged.raw_messages, contacts=purged.contacts,
-             untrusted_replies=purged.untrusted_replies)
+             untrusted_replies=purged.untrusted_replies,
+             anonymised_cases=purged.anonymised_cases,
+             anonymised_submissions=purged.anonymised_submissions)
     return purged
 
 

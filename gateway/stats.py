@@ -58,6 +58,9 @@ async def collect_stats(engine: AsyncEngine, *, now: datetime | None = None) -> 
             .select_from(referrals.join(cases, cases.c.id == referrals.c.case_id))
             .where(referrals.c.supervisor_flagged_at.is_not(None),
                    cases.c.status.in_(AWAITING_OUTCOME)))).scalar_one()
+        anonymised = (await conn.execute(
+            select(func.count()).select_from(cases)
+            .where(cases.c.anonymised_at.is_not(None)))).scalar_one()
     if oldest is not None:
         oldest = aware(oldest)
     return {
@@ -73,6 +76,8 @@ async def collect_stats(engine: AsyncEngine, *, now: datetime | None = None) -> 
         # Cases still awaiting an outcome whose reminders ran out (a supervisor's to chase):
         # read from the database, so every process of an install reports the same figure.
         "cases_supervisor_flagged": int(supervisor_flagged),
+        # Closed cases retention anonymised (gateway.store.anonymise).
+        "cases_anonymised": int(anonymised),
         "referrals": by_referral_status,
         "referrals_by_destination": by_destination,
         "outbox_pending": int(pending),

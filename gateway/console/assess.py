@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection
 
 from gateway.console.accounts import Staff
 from gateway.store import lifecycle
-from gateway.store.audit import AuditEntry, record
+from gateway.store.audit import AuditEntry, free_text, record
 from gateway.store.backend import WriteBackend
 from gateway.store.case_urls import open_case_urls
 from gateway.store.case_view import opened
@@ -258,7 +258,7 @@ async def reopen(
             raise Conflict(f"a case that is {case.status} cannot be reopened")
         # Its verdicts, pending routing changes and routing decision are superseded.
         status = move_case(conn, staff, case_id, case.status, "reopen", now,
-                       details={"reason": reason})
+                       details={"reason": reason and free_text(reason)})
         return Outcome(case_id, status)
 
     return await backend.transaction(work)

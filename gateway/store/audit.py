@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -69,6 +70,28 @@ class AuditBreak:
 
     seq: int
     reason: str
+
+
+#: What in a person's words names a place or a person: a URL (with a scheme, or a host and
+#: path), an e-mail address, an IPv4 or IPv6 address, a host name (labels ending in a
+#: top-level domain of letters). Codes, references, dates and version numbers are left.
+_PLACES = re.compile(
+    r"[a-z][a-z0-9+.-]*://\S+"
+    r"|[^\s@<>()\[\]]+@[^\s@<>()\[\]]+"
+    r"|\b\d{1,3}(?:\.\d{1,3}){3}\b"
+    r"|\b(?:[0-9a-f]{1,4}:){7}[0-9a-f]{1,4}\b"
+    r"|(?:[0-9a-f]{1,4}:)*[0-9a-f]{0,4}::(?:[0-9a-f]{1,4}:?)*"
+    r"|\b(?:[a-z0-9_-]+\.)+[a-z]{2,63}\b(?:[/?#]\S*)?",
+    re.IGNORECASE)
+#: What stands in for each in the trail.
+REMOVED = "[removed]"
+
+
+def free_text(value: str) -> str:
+    """A person's words (a reopening's reason) as the trail keeps them: without the URLs,
+    hosts, addresses or e-mail addresses they may name. The trail is never anonymised (its
+    chain would break), so it must not hold them to begin with."""
+    return _PLACES.sub(REMOVED, value)
 
 
 def _json(value: Any) -> str:

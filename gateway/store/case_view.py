@@ -200,6 +200,9 @@ def _case_json(
         "references": [r["reference"] for r in reports],
         "report_flags": _report_flags(reports),
         "reappeared": row.reappeared,
+        # When retention anonymised it (``gateway.store.anonymise``): no URL, host or
+        # reporter data any more; None for a case that was not.
+        "anonymised": iso(row.anonymised_at),
         "hosting": hosting if hosting is not None else _pending_json(row),
         "assessment": assessment,
         "assigned_to": assignee,

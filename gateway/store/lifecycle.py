@@ -401,8 +401,13 @@ def file_reports(
     # do. A case is never deleted, nor re-keyed unless a rotation of the lookup key is under
     # way, so one found here is attached to: its URLs stay as they are, and the report's need
     # not be sealed for a row that will not be inserted.
-    existing: dict[str, str] = dict(conn.execute(
-        select(cases.c.url_key, cases.c.status).where(cases.c.url_key.in_(list(by_key)))).all())
+    stored_cases = conn.execute(
+        select(cases.c.url_key, cases.c.status, cases.c.anonymised_at)
+        .where(cases.c.url_key.in_(list(by_key)))).all()
+    existing: dict[str, str] = {key: state for key, state, _ in stored_cases}
+    # An anonymised case reported again takes the report's URL back (it may be located and
+    # worked again) and is no longer marked: retention anonymises it again once due.
+    anonymised = {key for key, _, at in stored_cases if at is not None}
     reopenable = {key: state for key, state in existing.items()
                   if state in sources("report_again")}
     new_ids: dict[str, uuid.UUID] = {}
@@ -442,6 +447,12 @@ def file_reports(
         raise RuntimeError("the database did not return every case it filed")
     if reopened:
         conn.execute(update(cases).where(cases.c.id.in_(reopened)).values(REOPENED_AFRESH))
+    for key in anonymised:
+        group, case_id = by_key[key], ids[by_key[key].key]
+        if group.url is not None:
+            conn.execute(update(cases).where(cases.c.id == case_id).values(
+                anonymised_at=None, **seal_case_urls(sealer, case_id, url=group.url,
+                                                     canonical_url=group.canonical)))
     record(conn, audit, at=now)
     return Filed(ids, audit)
 

@@ -114,7 +114,11 @@ cases = Table(
     # unresolvable, failed, cdn, mixed), and since when; cleared when it is found again.
     Column("recheck_flag", String(16), nullable=True),
     Column("recheck_flagged_at", DateTime(timezone=True), nullable=True),
+    # When the retention pass anonymised the closed case (``gateway.anonymise``): its URLs,
+    # hosts, addresses and reporters' words are gone; its key, state and figures stay.
+    Column("anonymised_at", DateTime(timezone=True), nullable=True),
     Index(None, "status", "first_reported"),
+    Index(None, "status", "status_changed_at"),
 )
 
 # Every lookup of a case's host, as it was answered: never updated, never replaced. A case's
