@@ -1,0 +1,458 @@
+"""The hotline's report for a period (``hotline-gateway report``): what came in, what was
+assessed and how, where the illegal content was hosted, what was forwarded to whom, and how
+fast it came down.
+
+Every figure is read from columns that stay plain at rest and through anonymisation: states,
+channels, times (the case milestones of ``gateway.store.lifecycle``), classification codes
+(``gateway.store.classification``), countries, AS numbers and organisations, rule ids,
+destinations and outcome codes. No sealed column is read, so the figures of a period come out
+the same before and after the hotline's own data are anonymised, and a report never holds a
+URL, a host or a reporter.
+
+Which event puts a thing in the period is said in each figure's definition: a report counts
+in the period it was received, a case's verdict in the period it was first assessed, a
+referral in the period it was made, a removal in the period the content went down.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, exists, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.store.classification import (
+    AGE_GROUPS,
+    CONTENT_FLAGS,
+    GENDERS,
+    MEDIA,
+    REASONS,
+    SITE_TYPES,
+)
+from gateway.store.figures import (
+    Figure,
+    Number,
+    Period,
+    Report,
+    hours,
+    in_order,
+    median_hours,
+    percentile_hours,
+    ranked,
+    share,
+)
+from gateway.store.follow_ups import overdue_cases
+from gateway.store.lifecycle import AWAITING_OUTCOME
+from gateway.store.outcome_codes import NOT_ACTIONABLE_REASONS, OUTCOMES
+from gateway.store.tables import (
+    assessments,
+    case_reports,
+    cases,
+    hosting_evidence,
+    referral_outcomes,
+    referrals,
+    routing_decisions,
+    submissions,
+)
+from gateway.store.times import utc
+
+#: Where a code was not recorded (a verdict from before the classification fields).
+UNRECORDED = "unrecorded"
+#: The days within which the share of referred content removed is given.
+WITHIN_DAYS = (1, 3, 7)
+#: ICCAM's classifications of an illegal verdict.
+ILLEGAL_CLASSES = ("baseline", "national")
+
+
+def _within(column: Any, period: Period) -> ColumnElement[bool]:
+    return and_(column >= period.start, column < period.end)
+
+
+async def build_report(conn: AsyncConnection, period: Period, *, home_country: str,
+                       now: datetime, top: int = 10) -> Report:
+    """Every figure for ``period``; ``now`` is the moment the snapshot figures (still open,
+    overdue) are taken at; ``top`` how many countries the top list names."""
+    figures = [
+        *await _reports(conn, period),
+        *await _assessment(conn, period, home_country=home_country, top=top),
+        *await _forwarding(conn, period),
+        *await _times(conn, period, now=now),
+        *await _destinations(conn, period),
+    ]
+    return Report(period, home_country, now, top, tuple(figures))
+
+
+def _f(name: str, title: str, unit: str, definition: str, value: Number,
+       by: tuple[tuple[str, Number], ...] = ()) -> Figure:
+    return Figure(name, name.split(".", 1)[0], title, unit, definition, value, by)
+
+
+async def _reports(conn: AsyncConnection, period: Period) -> list[Figure]:
+    received_in = _within(submissions.c.received_at, period)
+    by_channel = {str(channel): int(n) for channel, n in await conn.execute(
+        select(submissions.c.channel, func.count()).where(received_in)
+        .group_by(submissions.c.channel))}
+    received = sum(by_channel.values())
+    filed_rows = case_reports.join(submissions, submissions.c.id == case_reports.c.submission_id)
+    filed = int((await conn.execute(
+        select(func.count(func.distinct(case_reports.c.submission_id)))
+        .select_from(filed_rows).where(received_in))).scalar_one())
+    # A case's first report: no report of the case came before it (the same moment: the
+    # lower submission id first, so that exactly one is first).
+    earlier = case_reports.alias("earlier")
+    before = exists().where(earlier.c.case_id == case_reports.c.case_id, or_(
+        earlier.c.reported_at < case_reports.c.reported_at,
+        and_(earlier.c.reported_at == case_reports.c.reported_at,
+             earlier.c.submission_id < case_reports.c.submission_id)))
+    unique = int((await conn.execute(
+        select(func.count(func.distinct(case_reports.c.submission_id)))
+        .select_from(filed_rows).where(received_in, ~before))).scalar_one())
+    without_url = int((await conn.execute(
+        select(func.count(func.distinct(case_reports.c.submission_id)))
+        .select_from(filed_rows.join(cases, cases.c.id == case_reports.c.case_id))
+        .where(received_in, cases.c.kind == "no_url"))).scalar_one())
+    not_filed = {str(status): int(n) for status, n in await conn.execute(
+        select(submissions.c.status, func.count())
+        .where(received_in, ~exists().where(case_reports.c.submission_id == submissions.c.id))
+        .group_by(submissions.c.status))}
+    received_def = "reports (e-mails, web forms, API calls, partner referrals) received in " \
+                   "the period, whatever they held, by the channel they came in by"
+    return [
+        _f("reports.received", "Reports received", "reports", received_def, received,
+           ranked(by_channel.items())),
+        _f("reports.unique", "Unique reports", "reports",
+           "reports received in the period that were the first report of at least one case "
+           "(a URL nobody had reported before, or a report without a URL): not duplicates "
+           "of an earlier report", unique),
+        _f("reports.unique_share", "Unique reports, share", "share",
+           "unique reports divided by reports received in the period", share(unique, received)),
+        _f("reports.duplicate", "Duplicate reports", "reports",
+           "reports received in the period and filed, each of whose URLs had been reported "
+           "before", filed - unique),
+        _f("reports.without_url", "Reports without a URL", "reports",
+           "reports received in the period in which no URL was found (each kept as a case of "
+           "its own, for an analyst to read)", without_url),
+        _f("reports.not_filed", "Reports not filed", "reports",
+           "reports received in the period that are in no case, by their state: received "
+           "(not yet read), parse_failed (could not be read)", sum(not_filed.values()),
+           ranked(not_filed.items())),
+    ]
+
+
+async def _assessment(conn: AsyncConnection, period: Period, *, home_country: str,
+                      top: int) -> list[Figure]:
+    assessed_ids = select(cases.c.id).where(_within(cases.c.assessed_at, period))
+    assessed = int((await conn.execute(
+        select(func.count()).select_from(assessed_ids.subquery()))).scalar_one())
+    position = func.row_number().over(
+        partition_by=assessments.c.case_id,
+        order_by=(assessments.c.created_at.desc(), assessments.c.id.desc())).label("n")
+    coded = (assessments.c.verdict, assessments.c.classification, assessments.c.age_group,
+             assessments.c.gender, assessments.c.media, assessments.c.site_type,
+             assessments.c.computer_generated, assessments.c.self_generated,
+             assessments.c.commercial, assessments.c.reason)
+    latest = (select(assessments.c.case_id, assessments.c.hosting_country, *coded, position)
+              .where(assessments.c.created_at < period.end,
+                     assessments.c.case_id.in_(assessed_ids))
+              .subquery("latest"))
+    columns = [latest.c[c.name] for c in coded]
+    verdicts = list(await conn.execute(
+        select(*columns, func.count()).where(latest.c.n == 1).group_by(*columns)))
+    illegal = sum(int(row[-1]) for row in verdicts if row.verdict == "illegal")
+    legal = sum(int(row[-1]) for row in verdicts if row.verdict == "legal")
+
+    def count_by(field: str, verdict: str) -> dict[str, int]:
+        found: Counter[str] = Counter()
+        for row in verdicts:
+            if row.verdict == verdict:
+                found[getattr(row, field) or UNRECORDED] += int(row[-1])
+        return dict(found)
+
+    flags = {flag: sum(int(row[-1]) for row in verdicts
+                       if row.verdict == "illegal" and getattr(row, flag))
+             for flag in CONTENT_FLAGS}
+    among = "cases first assessed in the period whose verdict (the latest recorded on the " \
+            "case before the period's end) is illegal"
+    figures = [
+        _f("assessment.assessed", "Cases assessed", "cases",
+           "cases an analyst first gave a verdict on in the period (the case's assessed "
+           "milestone; a case reassessed later counts in the period of its first verdict)",
+           assessed),
+        _f("assessment.illegal", "Illegal (CSAM)", "cases", among, illegal),
+        _f("assessment.illegal_share", "Illegal, share", "share",
+           "illegal cases divided by cases assessed in the period", share(illegal, assessed)),
+        _f("assessment.by_classification", "Illegal, by classification", "cases",
+           f"{among}, by ICCAM classification: baseline (illegal everywhere) or national "
+           "(illegal under the home country's law)", illegal,
+           in_order(count_by("classification", "illegal"), ILLEGAL_CLASSES)),
+        _f("assessment.by_age_group", "Illegal, by age group", "cases",
+           f"{among}, by the victims' age group", illegal,
+           in_order(count_by("age_group", "illegal"), AGE_GROUPS)),
+        _f("assessment.by_gender", "Illegal, by gender", "cases",
+           f"{among}, by the victims' gender", illegal,
+           in_order(count_by("gender", "illegal"), GENDERS)),
+        _f("assessment.by_media", "Illegal, by media", "cases", f"{among}, by media", illegal,
+           in_order(count_by("media", "illegal"), MEDIA)),
+        _f("assessment.by_site_type", "Illegal, by site type", "cases",
+           f"{among}, by INHOPE site type", illegal,
+           in_order(count_by("site_type", "illegal"), SITE_TYPES)),
+        _f("assessment.flags", "Illegal, flagged", "cases",
+           f"{among} and flagged self-generated, computer-generated (or virtual), or "
+           "commercial; a case may carry several flags", None,
+           tuple((flag, flags[flag]) for flag in ("self_generated", "computer_generated",
+                                                  "commercial"))),
+        _f("assessment.legal", "Legal (not actionable)", "cases",
+           "cases first assessed in the period whose verdict (the latest recorded before the "
+           "period's end) is legal, by the analyst's reason code", legal,
+           in_order(count_by("reason", "legal"), REASONS)),
+    ]
+    return figures + await _hosting(conn, period, latest, home_country=home_country, top=top)
+
+
+async def _hosting(conn: AsyncConnection, period: Period, latest: Any, *, home_country: str,
+                   top: int) -> list[Figure]:
+    position = func.row_number().over(
+        partition_by=hosting_evidence.c.case_id,
+        order_by=(hosting_evidence.c.checked_at.desc(), hosting_evidence.c.id.desc())).label("n")
+    illegal_ids = select(latest.c.case_id).where(latest.c.n == 1, latest.c.verdict == "illegal")
+    evidence = (select(hosting_evidence.c.case_id, hosting_evidence.c.status,
+                       hosting_evidence.c.country, hosting_evidence.c.asn,
+                       hosting_evidence.c.org, hosting_evidence.c.cdn, position)
+                .where(hosting_evidence.c.status != "failed",
+                       hosting_evidence.c.checked_at < period.end,
+                       hosting_evidence.c.case_id.in_(illegal_ids))
+                .subquery("evidence"))
+    grouped = (latest.c.hosting_country, evidence.c.status, evidence.c.country,
+               evidence.c.asn, evidence.c.org, evidence.c.cdn)
+    rows = list(await conn.execute(
+        select(*grouped, func.count())
+        .select_from(latest.outerjoin(evidence, and_(evidence.c.case_id == latest.c.case_id,
+                                                     evidence.c.n == 1)))
+        .where(latest.c.n == 1, latest.c.verdict == "illegal")
+        .group_by(*grouped)))
+    countries: Counter[str] = Counter()
+    networks: Counter[str] = Counter()
+    cdn = unresolvable = unknown = 0
+    for named, status, country, asn, org, fronted, n in rows:
+        n = int(n)
+        where = named or country
+        if where:
+            countries[where] += n
+        else:
+            unknown += n
+        if asn is not None:
+            networks[f"AS{asn} {org}".rstrip() if org else f"AS{asn}"] += n
+        if fronted or status == "cdn":
+            cdn += n
+        if status in (None, "unresolvable"):
+            unresolvable += n
+    home = countries.get(home_country, 0)
+    abroad = sum(countries.values()) - home
+    by_country = ranked(countries.items())
+    among = "illegal cases (as counted under assessment)"
+    where = "the country the analyst named with the verdict, else the country of the " \
+            "case's latest hosting lookup before the period's end"
+    return [
+        _f("hosting.home", "Hosted at home", "cases",
+           f"{among} hosted in the home country ({home_country}): {where}", home),
+        _f("hosting.abroad", "Hosted abroad", "cases",
+           f"{among} hosted in another country: {where}", abroad),
+        _f("hosting.country_unknown", "Hosting country unknown", "cases",
+           f"{among} with no hosting country: none named by the analyst, and none found "
+           "(unresolvable, or behind a CDN whose origin is unknown)", unknown),
+        _f("hosting.top_countries", f"Top {top} hosting countries", "cases",
+           f"the {top} countries hosting the most {among}: {where}; ties by country code",
+           None, by_country[:top]),
+        _f("hosting.by_country", "By hosting country", "cases", f"{among}, by {where}",
+           sum(countries.values()), by_country),
+        _f("hosting.by_network", "By network", "cases",
+           f"{among}, by the network (AS number and organisation) of the case's latest "
+           "hosting lookup before the period's end; cases without one are not listed",
+           sum(networks.values()), ranked(networks.items())),
+        _f("hosting.cdn", "Behind a CDN", "cases",
+           f"{among} whose latest hosting lookup before the period's end found a content "
+           "delivery network in front of the host", cdn),
+        _f("hosting.unresolvable", "Unresolvable", "cases",
+           f"{among} whose host could not be resolved (the latest lookup before the period's "
+           "end found no address, or there was none)", unresolvable),
+    ]
+
+
+def _destination_kind(destination: str) -> tuple[str, str | None]:
+    """``police``, ``police_international``, ``hotline`` or ``iccam``, with the country."""
+    kind, _, country = destination.partition(":")
+    return kind, country or None
+
+
+async def _forwarding(conn: AsyncConnection, period: Period) -> list[Figure]:
+    made = list(await conn.execute(
+        select(referrals.c.destination, referrals.c.status, func.count())
+        .where(_within(referrals.c.created_at, period))
+        .group_by(referrals.c.destination, referrals.c.status)))
+    kinds: Counter[str] = Counter()
+    partners: Counter[str] = Counter()
+    iccam: Counter[str] = Counter()
+    failed = 0
+    for destination, status, n in made:
+        n = int(n)
+        kind, country = _destination_kind(str(destination))
+        kinds[kind] += n
+        if kind == "hotline":
+            partners[country or UNRECORDED] += n
+        elif kind == "iccam":
+            iccam[country or UNRECORDED] += n
+        if status == "failed":
+            failed += n
+    held_in = and_(routing_decisions.c.outcome == "hold",
+                   _within(routing_decisions.c.created_at, period))
+    held_by = {str(rule): int(n) for rule, n in await conn.execute(
+        select(routing_decisions.c.rule, func.count(func.distinct(routing_decisions.c.case_id)))
+        .where(held_in).group_by(routing_decisions.c.rule))}
+    held = int((await conn.execute(
+        select(func.count(func.distinct(routing_decisions.c.case_id))).where(held_in)
+    )).scalar_one())
+    outcomes = list(await conn.execute(
+        select(referral_outcomes.c.outcome, referral_outcomes.c.reason_code, func.count())
+        .where(_within(referral_outcomes.c.occurred_at, period))
+        .group_by(referral_outcomes.c.outcome, referral_outcomes.c.reason_code)))
+    by_outcome: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    for outcome, reason, n in outcomes:
+        by_outcome[str(outcome)] += int(n)
+        if outcome == "not_actionable":
+            reasons[reason or UNRECORDED] += int(n)
+    def made_def(what: str = "") -> str:
+        return (f"referrals{what} made in the period (queued to be sent, or recorded as made "
+                "through ICCAM by hand; a case referred again after it was reopened or "
+                "re-routed counts again)")
+
+    return [
+        _f("forwarding.referrals", "Referrals made", "referrals", made_def(),
+           sum(kinds.values())),
+        _f("forwarding.national_police", "To the national police", "referrals",
+           made_def(" to the national police (content hosted at home)"),
+           kinds.get("police", 0)),
+        _f("forwarding.international_desk", "To the police's international desk", "referrals",
+           made_def(" to the police's international desk (content hosted in a country "
+                    "without an INHOPE hotline)"), kinds.get("police_international", 0)),
+        _f("forwarding.partner_hotlines", "To partner hotlines", "referrals",
+           made_def(" by e-mail to the partner hotline of the hosting country") + ", by "
+           "country", kinds.get("hotline", 0), ranked(partners.items())),
+        _f("forwarding.iccam", "Through ICCAM", "referrals",
+           made_def(" through ICCAM by hand") + ", by the hosting country",
+           kinds.get("iccam", 0), ranked(iccam.items())),
+        _f("forwarding.failed", "Referrals not delivered", "referrals",
+           made_def() + " whose delivery failed and has not been retried successfully (as "
+           "the report is made)", failed),
+        _f("forwarding.held", "Cases held", "cases",
+           "cases the routing held in the period, by why (the rule: hold-unknown-hosting, "
+           "hold-no-key, ...); a case held for two reasons counts once in the total",
+           held, ranked(held_by.items())),
+        _f("forwarding.outcomes", "Outcomes", "referrals",
+           "outcomes of referrals that happened in the period (when the destination "
+           "acknowledged, when the content went down, ...), by outcome", sum(by_outcome.values()),
+           in_order(dict(by_outcome), OUTCOMES)),
+        _f("forwarding.not_actionable", "Not actionable, by reason", "referrals",
+           "referrals a destination said in the period it would not or could not act on, "
+           "by its reason code", by_outcome.get("not_actionable", 0),
+           in_order(dict(reasons), [c for c in NOT_ACTIONABLE_REASONS if reasons.get(c)])),
+    ]
+
+
+async def _times(conn: AsyncConnection, period: Period, *, now: datetime) -> list[Figure]:
+    referred_in = _within(cases.c.referred_at, period)
+    referred = list(await conn.execute(
+        select(cases.c.first_reported, cases.c.referred_at, cases.c.removed_at)
+        .where(referred_in)))
+    to_referral = [hours(utc(r.referred_at) - utc(r.first_reported)) for r in referred]
+    removed = list(await conn.execute(
+        select(cases.c.referred_at, cases.c.removed_at)
+        .where(_within(cases.c.removed_at, period), cases.c.referred_at.is_not(None))))
+    to_removal = [hours(utc(r.removed_at) - utc(r.referred_at)) for r in removed]
+    within = {days: sum(1 for r in referred if r.removed_at is not None
+                        and utc(r.removed_at) - utc(r.referred_at) <= timedelta(days=days))
+              for days in WITHIN_DAYS}
+    still_open = int((await conn.execute(
+        select(func.count()).where(referred_in, cases.c.status.in_(AWAITING_OUTCOME))
+    )).scalar_one())
+    overdue = int((await conn.execute(
+        select(func.count()).where(referred_in, cases.c.id.in_(overdue_cases(now)))
+    )).scalar_one())
+    first = "from the case's first report to its first referral (the referred milestone)"
+    removal = "from the case's first referral to when its content first went down (the " \
+              "removed milestone: the time the outcome says)"
+    return [
+        _f("times.referred", "Cases referred", "cases",
+           "cases first referred in the period (the referred milestone: a referral made, or "
+           "recorded as made through ICCAM)", len(referred)),
+        _f("times.report_to_referral_median", "Report to referral, median", "hours",
+           f"median time {first}, over the cases first referred in the period; the mean of "
+           "the two middle values for an even count", median_hours(to_referral)),
+        _f("times.report_to_referral_p90", "Report to referral, 90th percentile", "hours",
+           f"90th percentile (nearest rank) of the time {first}, over the cases first "
+           "referred in the period", percentile_hours(to_referral, 90)),
+        _f("times.removed", "Cases removed", "cases",
+           "referred cases whose content first went down in the period", len(removed)),
+        _f("times.referral_to_removal_median", "Referral to removal, median", "hours",
+           f"median time {removal}, over the cases whose content went down in the period",
+           median_hours(to_removal)),
+        _f("times.referral_to_removal_p90", "Referral to removal, 90th percentile", "hours",
+           f"90th percentile (nearest rank) of the time {removal}, over the cases whose "
+           "content went down in the period", percentile_hours(to_removal, 90)),
+        *(_f(f"times.removed_within_{days}d", f"Removed within {days} day"
+             + ("s" if days > 1 else ""), "share",
+             f"of the cases first referred in the period, the share whose content went down "
+             f"at most {days * 24} hours after the referral (as known when the report is "
+             "made)", share(within[days], len(referred))) for days in WITHIN_DAYS),
+        _f("times.still_open", "Still open", "cases",
+           "cases first referred in the period still waiting for what becomes of their "
+           "referral (referred or acknowledged) when the report is made", still_open),
+        _f("times.overdue", "Overdue", "cases",
+           "cases first referred in the period with a referral past a deadline it has not "
+           "met (acknowledgement or removal, as the destination's policy sets them) when the "
+           "report is made", overdue),
+    ]
+
+
+async def _destinations(conn: AsyncConnection, period: Period) -> list[Figure]:
+    rows = await conn.execute(
+        select(referrals.c.id, referrals.c.destination, referrals.c.created_at,
+               referral_outcomes.c.outcome, referral_outcomes.c.occurred_at)
+        .select_from(referrals.outerjoin(referral_outcomes, and_(
+            referral_outcomes.c.referral_id == referrals.c.id,
+            referral_outcomes.c.outcome.in_(("acknowledged", "removed")))))
+        .where(_within(referrals.c.created_at, period)))
+    made: dict[str, set[Any]] = defaultdict(set)
+    spans: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for referral_id, destination, created_at, outcome, occurred_at in rows:
+        made[destination].add(referral_id)
+        if outcome is not None:
+            spans[outcome][destination].append(hours(utc(occurred_at) - utc(created_at)))
+    order = sorted(made, key=lambda d: (-len(made[d]), d))
+
+    def each(values: dict[str, Any]) -> tuple[tuple[str, Number], ...]:
+        return tuple((d, values.get(d)) for d in order)
+
+    acknowledged = {d: len(spans["acknowledged"][d]) for d in order}
+    removed = {d: len(spans["removed"][d]) for d in order}
+    made_def = "referrals made in the period, by destination (police, police_international, " \
+               "hotline:<country>, iccam:<country>)"
+    return [
+        _f("destinations.referrals", "Referrals", "referrals", made_def,
+           sum(len(v) for v in made.values()), each({d: len(made[d]) for d in order})),
+        _f("destinations.acknowledged", "Acknowledged", "referrals",
+           f"{made_def}, that the destination has acknowledged (as known when the report is "
+           "made)", sum(acknowledged.values()), each(acknowledged)),
+        _f("destinations.removed", "Removed", "referrals",
+           f"{made_def}, whose content went down (as known when the report is made)",
+           sum(removed.values()), each(removed)),
+        _f("destinations.acknowledge_median", "Time to acknowledge, median", "hours",
+           f"{made_def}: the median time from the referral to its acknowledgement, over "
+           "those acknowledged", None,
+           each({d: median_hours(spans["acknowledged"][d]) for d in order})),
+        _f("destinations.removal_median", "Time to removal, median", "hours",
+           f"{made_def}: the median time from the referral to the content going down, over "
+           "those removed", None, each({d: median_hours(spans["removed"][d]) for d in order})),
+    ]
