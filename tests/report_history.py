@@ -17,7 +17,7 @@ from sqlalchemy import insert, update
 from sqlalchemy.engine import Connection
 
 from gateway.console.accounts import Staff
-from gateway.console.assess import Assessment, assess, record_iccam
+from gateway.console.assess import Assessment, assess, record_iccam, reopen
 from gateway.store.backend import WriteBackend
 from gateway.store.classification import (
     AGE_GROUPS,
@@ -56,6 +56,7 @@ HOSTS = {
 #: hours: on and either side of the 1, 3 and 7 day marks.
 REMOVAL_HOURS = (6, 24, 25, 47, 72, 73, 168, 200)
 ANA = Staff(uuid.UUID("00000000-0000-7000-8000-00000000a0a0"), "ana", "analyst")
+SUE = Staff(uuid.UUID("00000000-0000-7000-8000-00000000a0a1"), "sue", "supervisor")
 
 
 @dataclass(frozen=True)
@@ -87,10 +88,18 @@ class Spec:
     acknowledge_by: datetime | None = None
     remove_by: datetime | None = None
     failed_lookup: bool = False  # a failed lookup after the good one (ignored)
+    named: str | None = None  # the country the analyst named with the verdict
+    failed: bool = False  # the referral's delivery failed (no outcome can follow)
+    #: A legal verdict reopened by a supervisor and assessed illegal then (not routed yet).
+    reassessed: datetime | None = None
 
     @property
     def illegal(self) -> bool:
         return self.route in ("refer", "iccam", "hold")
+
+    def illegal_before(self, end: datetime) -> bool:
+        """Whether its latest verdict recorded before ``end`` is illegal."""
+        return self.illegal or (self.reassessed is not None and self.reassessed < end)
 
 
 def spec(quarter: int, i: int) -> Spec:
@@ -110,10 +119,6 @@ def spec(quarter: int, i: int) -> Spec:
         base.update(url=None, duplicate=None)
         return Spec(**base, route="legal", assessed=assessed,  # type: ignore[arg-type]
                     reason="other")
-    if r == 0:
-        reasons = list(REASONS)
-        return Spec(**base, route="legal", assessed=assessed,  # type: ignore[arg-type]
-                    reason=reasons[round_ % len(reasons)], country="NL", asn=1136, org="KPN")
     details: dict[str, object] = {
         "classification": "national" if i % 5 == 0 else "baseline",
         "age_group": list(AGE_GROUPS)[round_ % 3], "gender": list(GENDERS)[i % 4],
@@ -121,23 +126,42 @@ def spec(quarter: int, i: int) -> Spec:
         "flags": frozenset(flag for flag, on in (("self_generated", i % 3 == 0),
                                                   ("computer_generated", i % 7 == 0),
                                                   ("commercial", i % 2 == 0)) if on)}
+    if r == 0:
+        reasons = list(REASONS)
+        # One legal verdict a round is reassessed illegal 12 days on: in the next quarter for
+        # the first quarter's (the quarter's report keeps the legal verdict).
+        return Spec(**base, route="legal", assessed=assessed,  # type: ignore[arg-type]
+                    reason=reasons[round_ % len(reasons)], country="NL", asn=1136, org="KPN",
+                    details=details,
+                    reassessed=assessed + timedelta(days=12) if round_ == 9 else None)
     extra = {"assessed": assessed, "details": details, "failed_lookup": i % 5 == 0}
-    if r in (8, 9):
-        hosting = {"status": "unresolvable"} if r == 8 else {
-            "status": "cdn", "cdn": True, "asn": 13335, "org": "Cloudflare"}
+    cdn = {"status": "cdn", "cdn": True, "asn": 13335, "org": "Cloudflare"}
+    if r == 8 and round_ % 2:  # located, but the destination's key is missing
+        return Spec(**base, route="hold", rule="hold-no-key",  # type: ignore[arg-type]
+                    country="NL", asn=1136, org="KPN", **extra)
+    if r in (8, 9) and not round_ % 2:
+        hosting = {"status": "unresolvable"} if r == 8 else cdn
         return Spec(**base, route="hold", rule="hold-unknown-hosting",  # type: ignore[arg-type]
                     **hosting, **extra)
-    country = {2: "BE", 3: "NL", 4: "DE", 5: "US", 6: "FR", 7: "RU", 10: "NL", 11: "BE"}[r]
+    country = {2: "BE", 3: "NL", 4: "DE", 5: "US", 6: "FR", 7: "RU", 9: "DE", 10: "NL",
+               11: "BE"}[r]
     asn, org, destination, rule = HOSTS[country]
+    if r == 9:  # behind a CDN, the analyst names the country: referred there
+        extra.update(status="cdn", cdn=True, named=country)
+        asn, org = 13335, "Cloudflare"
     iccam = destination.startswith("iccam:")
     referred = assessed + timedelta(hours=1 + i % 7 + (2 if iccam else 0))
     story: dict[str, object] = {}
-    if r in (2, 3, 4, 6):
+    if r == 4 and round_ % 5 == 3:
+        story = {"failed": True}
+    elif r in (2, 3, 4, 6, 9):
         story = {"closed": "removed",
                  "closed_at": referred + timedelta(hours=REMOVAL_HOURS[i % 8])}
     elif r == 5:
         story = {"closed": "not_actionable", "na_reason": "no_jurisdiction",
                  "closed_at": referred + timedelta(hours=48)}
+    elif r == 11 and round_ % 3 == 1:
+        story = {"closed": "moved", "closed_at": referred + timedelta(hours=10)}
     elif r == 11:
         story = {"closed": "content_unavailable", "closed_at": referred + timedelta(hours=30)}
     if r in (3, 7):
@@ -208,9 +232,9 @@ def _failed_lookup(conn: Connection, *, case_id: uuid.UUID, at: datetime) -> Non
 
 async def build(backend: WriteBackend, history: list[Spec]) -> dict[tuple[int, int], uuid.UUID]:
     """Make every case of ``history`` (and the unfiled reports); each case's id."""
-    await backend.transaction(lambda conn: conn.execute(insert(users).values(
-        id=ANA.id, name=ANA.name, role=ANA.role, password_hash="x", totp_secret=b"x",
-        created_at=QUARTERS[0])))
+    await backend.transaction(lambda conn: conn.execute(insert(users), [
+        {"id": staff.id, "name": staff.name, "role": staff.role, "password_hash": "x",
+         "totp_secret": b"x", "created_at": QUARTERS[0]} for staff in (ANA, SUE)]))
     for at, status, channel in UNFILED:
         await backend.transaction(partial(_submission, channel=channel, at=at, status=status,
                                           urls=0))
@@ -235,15 +259,7 @@ async def _make(backend: WriteBackend, s: Spec) -> uuid.UUID:
                                           at=s.received + timedelta(hours=1, minutes=30)))
     if s.assessed is None:
         return case_id
-    verdict = "illegal" if s.illegal else "legal"
-    d = s.details
-    details = Classification(
-        age_group=d.get("age_group"), gender=d.get("gender"),  # type: ignore[arg-type]
-        media=d.get("media"), site_type=d.get("site_type"),  # type: ignore[arg-type]
-        content_flags=d.get("flags", frozenset()), reason=s.reason)  # type: ignore[arg-type]
-    classification = str(d.get("classification") or "not_illegal")
-    done = await assess(backend, ANA, case_id, Assessment(verdict, classification,
-                                                          details=details),
+    done = await assess(backend, ANA, case_id, _verdict(s, illegal=s.illegal),
                         four_eyes=False, now=s.assessed)
     assessment_id = uuid.UUID(done.assessment["id"]) if done.assessment else None
     routed = s.assessed + timedelta(hours=1)
@@ -252,6 +268,11 @@ async def _make(backend: WriteBackend, s: Spec) -> uuid.UUID:
         await backend.transaction(partial(_route, case_id=case_id, status="closed_legal",
                                           decision=decision, at=routed,
                                           assessment_id=assessment_id))
+        if s.reassessed is not None:
+            await reopen(backend, SUE, case_id, reason="looked at again",
+                         now=s.reassessed - timedelta(hours=1))
+            await assess(backend, ANA, case_id, _verdict(s, illegal=True), four_eyes=False,
+                         now=s.reassessed)
         return case_id
     if s.route == "hold":
         decision = RoutingDecision(s.rule or "", "hold", None, "no country", {"country": None})
@@ -271,8 +292,11 @@ async def _make(backend: WriteBackend, s: Spec) -> uuid.UUID:
     else:
         decision = RoutingDecision(s.rule or "", "refer", s.destination, "referred", facts)
         await backend.transaction(partial(_refer, case_id=case_id, decision=decision,
-                                          at=s.referred, assessment_id=assessment_id))
+                                          at=s.referred, assessment_id=assessment_id,
+                                          failed=s.failed))
     referral_id = await backend.transaction(partial(_deadlines, case_id=case_id, s=s))
+    if s.failed:
+        return case_id
     analyst = Recorder.analyst(ANA.id, ANA.name, ANA.role)
     for outcome, at, reason in (("acknowledged", s.acknowledged, None),
                                 (s.closed, s.closed_at, s.na_reason)):
@@ -280,6 +304,19 @@ async def _make(backend: WriteBackend, s: Spec) -> uuid.UUID:
             await record_outcome(backend, referral_id, outcome, reason=reason, occurred_at=at,
                                  who=analyst, now=at)
     return case_id
+
+
+def _verdict(s: Spec, *, illegal: bool) -> Assessment:
+    """The verdict the spec gives, as the console takes it."""
+    if not illegal:
+        return Assessment("legal", "not_illegal" if s.reason != "other" else "doubtful",
+                          details=Classification(reason=s.reason))
+    d = s.details
+    return Assessment("illegal", str(d["classification"]), hosting_country=s.named,
+                      details=Classification(
+                          age_group=str(d["age_group"]), gender=str(d["gender"]),
+                          media=str(d["media"]), site_type=str(d["site_type"]),
+                          content_flags=d["flags"]))  # type: ignore[arg-type]
 
 
 def _route(conn: Connection, *, case_id: uuid.UUID, status: str, decision: RoutingDecision,
@@ -294,8 +331,9 @@ def _route(conn: Connection, *, case_id: uuid.UUID, status: str, decision: Routi
 
 
 def _refer(conn: Connection, *, case_id: uuid.UUID, decision: RoutingDecision, at: datetime,
-           assessment_id: uuid.UUID | None) -> None:
-    """Routed to refer, and the referral made and delivered (as outbound stores it)."""
+           assessment_id: uuid.UUID | None, failed: bool) -> None:
+    """Routed to refer, and the referral made and delivered, or its delivery failed (as
+    outbound stores it)."""
     decision_id = _route(conn, case_id=case_id, status="assessed", decision=decision, at=at,
                          assessment_id=assessment_id)
     referral_id = uuid7()
@@ -303,8 +341,8 @@ def _refer(conn: Connection, *, case_id: uuid.UUID, decision: RoutingDecision, a
         id=referral_id, case_id=case_id, decision_id=decision_id,
         reference=f"CF-2026-R{referral_id.hex[-10:]}", destination=decision.destination,
         email="referrals@destination.test", key_fingerprint="A" * 40,
-        message_id=f"<referral-{referral_id}@hotline.test>", status="sent",
-        created_at=at, sent_at=at))
+        message_id=f"<referral-{referral_id}@hotline.test>",
+        status="failed" if failed else "sent", created_at=at, sent_at=None if failed else at))
 
 
 def _deadlines(conn: Connection, *, case_id: uuid.UUID, s: Spec) -> uuid.UUID:

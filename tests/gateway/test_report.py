@@ -90,8 +90,9 @@ def expected(history: list[Spec], first: date, last: date) -> Expected:
         "reports.not_filed": (sum(not_filed.values()), _ranked(not_filed)),
     }
     assessed = [s for s in history if within(s.assessed)]
-    illegal = [s for s in assessed if s.illegal]
-    legal = [s for s in assessed if not s.illegal]
+    end = datetime.combine(last + DAY, time(), UTC)
+    illegal = [s for s in assessed if s.illegal_before(end)]
+    legal = [s for s in assessed if not s.illegal_before(end)]
 
     def by(detail: str) -> Counter[str]:
         return Counter(str(s.details[detail]) for s in illegal)
@@ -143,7 +144,7 @@ def expected(history: list[Spec], first: date, last: date) -> Expected:
         "forwarding.international_desk": (kinds["police_international"], []),
         "forwarding.partner_hotlines": (kinds["hotline"], _ranked(partners)),  # type: ignore[arg-type]
         "forwarding.iccam": (kinds["iccam"], _ranked(iccam)),  # type: ignore[arg-type]
-        "forwarding.failed": (0, []),
+        "forwarding.failed": (sum(1 for s in referred if s.failed), []),
         "forwarding.held": (len(held), _ranked(Counter(str(s.rule) for s in held))),
         "forwarding.outcomes": (sum(outcomes.values()), _coded(outcomes, (
             "acknowledged", "removed", "content_unavailable", "not_actionable", "moved"))),
@@ -278,11 +279,18 @@ async def test_a_known_history_gives_the_expected_figures_in_every_format(
         for output in (as_json_text, as_csv_text, text):
             assert_anonymous(output)
     # The history has every route in each quarter: the figures are not trivially zero.
-    q2 = expected(history, *PERIODS[0])
+    q2, q3, half = (expected(history, *period) for period in PERIODS[:3])
     assert all(q2[name][0] for name in (
         "reports.duplicate", "reports.without_url", "hosting.cdn", "hosting.unresolvable",
         "forwarding.iccam", "forwarding.international_desk", "forwarding.held",
-        "forwarding.not_actionable", "times.overdue", "times.still_open"))
+        "forwarding.not_actionable", "forwarding.failed", "times.overdue", "times.still_open"))
+    assert all(dict(q2["forwarding.outcomes"][1]).values())
+    assert {"hold-no-key", "hold-unknown-hosting"} == {k for k, _ in q2["forwarding.held"][1]}
+    assert any(s.named for s in history)
+    # A legal verdict of June reassessed illegal in July: legal in Q2's report, illegal in
+    # the half-year's (its first verdict's period, the latest verdict before the end).
+    assert half["assessment.illegal"][0] == q2["assessment.illegal"][0] + \
+        q3["assessment.illegal"][0] + 1
 
 
 async def test_the_cli_prints_the_report_in_each_format(
