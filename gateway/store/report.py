@@ -275,8 +275,8 @@ async def _hosting(conn: AsyncConnection, period: Period, latest: Any, *, home_c
            f"{among} whose latest hosting lookup before the period's end found a content "
            "delivery network in front of the host", cdn),
         _f("hosting.unresolvable", "Unresolvable", "cases",
-           f"{among} whose host could not be resolved (the latest lookup before the period's "
-           "end found no address, or there was none)", unresolvable),
+           f"{among} whose host could not be resolved: the latest lookup before the period's "
+           "end found no address, or no lookup succeeded", unresolvable),
     ]
 
 

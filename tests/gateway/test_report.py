@@ -354,3 +354,15 @@ def test_bad_dates_are_refused_naming_the_option(
     err = capsys.readouterr().err
     assert said in err
     assert not (tmp_path / "var").exists()
+
+
+async def test_the_documentation_lists_every_figure_with_its_definition(
+    engine: AsyncEngine
+) -> None:
+    """docs/reporting.md names every figure with the definition the report gives it, word
+    for word, so that the users' page and the JSON never disagree."""
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "reporting.md").read_text()
+    async with engine.connect() as conn:
+        report = await build_report(conn, Period(*PERIODS[0]), home_country=HOME, now=NOW)
+    for figure in report.figures:
+        assert f"| `{figure.name}` | {figure.unit} | {figure.definition} |" in docs, figure.name
