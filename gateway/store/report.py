@@ -20,7 +20,7 @@ from collections import Counter, defaultdict
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, func, or_, select
+from sqlalchemy import ColumnElement, and_, case, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.store.classification import (
@@ -95,10 +95,6 @@ async def _reports(conn: AsyncConnection, period: Period) -> list[Figure]:
         select(submissions.c.channel, func.count()).where(received_in)
         .group_by(submissions.c.channel))}
     received = sum(by_channel.values())
-    filed_rows = case_reports.join(submissions, submissions.c.id == case_reports.c.submission_id)
-    filed = int((await conn.execute(
-        select(func.count(func.distinct(case_reports.c.submission_id)))
-        .select_from(filed_rows).where(received_in))).scalar_one())
     # A case's first report: no report of the case came before it (the same moment: the
     # lower submission id first, so that exactly one is first).
     earlier = case_reports.alias("earlier")
@@ -106,13 +102,15 @@ async def _reports(conn: AsyncConnection, period: Period) -> list[Figure]:
         earlier.c.reported_at < case_reports.c.reported_at,
         and_(earlier.c.reported_at == case_reports.c.reported_at,
              earlier.c.submission_id < case_reports.c.submission_id)))
-    unique = int((await conn.execute(
-        select(func.count(func.distinct(case_reports.c.submission_id)))
-        .select_from(filed_rows).where(received_in, ~before))).scalar_one())
-    without_url = int((await conn.execute(
-        select(func.count(func.distinct(case_reports.c.submission_id)))
-        .select_from(filed_rows.join(cases, cases.c.id == case_reports.c.case_id))
-        .where(received_in, cases.c.kind == "no_url"))).scalar_one())
+    report = case_reports.c.submission_id
+    filed, unique, without_url = (int(n) for n in (await conn.execute(
+        select(func.count(func.distinct(report)),
+               func.count(func.distinct(case((~before, report)))),
+               func.count(func.distinct(case((cases.c.kind == "no_url", report)))))
+        .select_from(case_reports
+                     .join(submissions, submissions.c.id == case_reports.c.submission_id)
+                     .join(cases, cases.c.id == case_reports.c.case_id))
+        .where(received_in))).one())
     not_filed = {str(status): int(n) for status, n in await conn.execute(
         select(submissions.c.status, func.count())
         .where(received_in, ~exists().where(case_reports.c.submission_id == submissions.c.id))
@@ -143,23 +141,16 @@ async def _reports(conn: AsyncConnection, period: Period) -> list[Figure]:
 
 async def _assessment(conn: AsyncConnection, period: Period, *, home_country: str,
                       top: int) -> list[Figure]:
-    assessed_ids = select(cases.c.id).where(_within(cases.c.assessed_at, period))
-    assessed = int((await conn.execute(
-        select(func.count()).select_from(assessed_ids.subquery()))).scalar_one())
-    position = func.row_number().over(
-        partition_by=assessments.c.case_id,
-        order_by=(assessments.c.created_at.desc(), assessments.c.id.desc())).label("n")
+    assessed_in = _within(cases.c.assessed_at, period)
+    assessed = int((await conn.execute(select(func.count()).where(assessed_in))).scalar_one())
     coded = (assessments.c.verdict, assessments.c.classification, assessments.c.age_group,
              assessments.c.gender, assessments.c.media, assessments.c.site_type,
              assessments.c.computer_generated, assessments.c.self_generated,
              assessments.c.commercial, assessments.c.reason)
-    latest = (select(assessments.c.case_id, assessments.c.hosting_country, *coded, position)
-              .where(assessments.c.created_at < period.end,
-                     assessments.c.case_id.in_(assessed_ids))
-              .subquery("latest"))
-    columns = [latest.c[c.name] for c in coded]
     verdicts = list(await conn.execute(
-        select(*columns, func.count()).where(latest.c.n == 1).group_by(*columns)))
+        select(*coded, func.count())
+        .select_from(cases.join(assessments, assessments.c.case_id == cases.c.id))
+        .where(assessed_in, *_latest_verdict(period)).group_by(*coded)))
     illegal = sum(int(row[-1]) for row in verdicts if row.verdict == "illegal")
     legal = sum(int(row[-1]) for row in verdicts if row.verdict == "legal")
 
@@ -208,29 +199,46 @@ async def _assessment(conn: AsyncConnection, period: Period, *, home_country: st
            "period's end) is legal, by the analyst's reason code", legal,
            in_order(count_by("reason", "legal"), REASONS)),
     ]
-    return figures + await _hosting(conn, period, latest, home_country=home_country, top=top)
+    return figures + await _hosting(conn, period, home_country=home_country, top=top)
 
 
-async def _hosting(conn: AsyncConnection, period: Period, latest: Any, *, home_country: str,
+def _latest_verdict(period: Period) -> tuple[ColumnElement[bool], ...]:
+    """``assessments`` is the case's latest verdict recorded before the period's end (the
+    same moment: the higher id): no later one exists (each an index lookup by case)."""
+    later = assessments.alias("later")
+    return (assessments.c.created_at < period.end, ~exists().where(
+        later.c.case_id == assessments.c.case_id, later.c.created_at < period.end,
+        or_(later.c.created_at > assessments.c.created_at,
+            and_(later.c.created_at == assessments.c.created_at,
+                 later.c.id > assessments.c.id))))
+
+
+def _latest_hosting(period: Period) -> ColumnElement[bool]:
+    """``hosting_evidence`` is the case's latest lookup that gave a verdict (not failed)
+    before the period's end, for a join on the case."""
+    later = hosting_evidence.alias("later_evidence")
+    return and_(
+        hosting_evidence.c.status != "failed", hosting_evidence.c.checked_at < period.end,
+        ~exists().where(
+            later.c.case_id == hosting_evidence.c.case_id, later.c.status != "failed",
+            later.c.checked_at < period.end,
+            or_(later.c.checked_at > hosting_evidence.c.checked_at,
+                and_(later.c.checked_at == hosting_evidence.c.checked_at,
+                     later.c.id > hosting_evidence.c.id))))
+
+
+async def _hosting(conn: AsyncConnection, period: Period, *, home_country: str,
                    top: int) -> list[Figure]:
-    position = func.row_number().over(
-        partition_by=hosting_evidence.c.case_id,
-        order_by=(hosting_evidence.c.checked_at.desc(), hosting_evidence.c.id.desc())).label("n")
-    illegal_ids = select(latest.c.case_id).where(latest.c.n == 1, latest.c.verdict == "illegal")
-    evidence = (select(hosting_evidence.c.case_id, hosting_evidence.c.status,
-                       hosting_evidence.c.country, hosting_evidence.c.asn,
-                       hosting_evidence.c.org, hosting_evidence.c.cdn, position)
-                .where(hosting_evidence.c.status != "failed",
-                       hosting_evidence.c.checked_at < period.end,
-                       hosting_evidence.c.case_id.in_(illegal_ids))
-                .subquery("evidence"))
-    grouped = (latest.c.hosting_country, evidence.c.status, evidence.c.country,
-               evidence.c.asn, evidence.c.org, evidence.c.cdn)
+    grouped = (assessments.c.hosting_country, hosting_evidence.c.status,
+               hosting_evidence.c.country, hosting_evidence.c.asn, hosting_evidence.c.org,
+               hosting_evidence.c.cdn)
     rows = list(await conn.execute(
         select(*grouped, func.count())
-        .select_from(latest.outerjoin(evidence, and_(evidence.c.case_id == latest.c.case_id,
-                                                     evidence.c.n == 1)))
-        .where(latest.c.n == 1, latest.c.verdict == "illegal")
+        .select_from(cases.join(assessments, assessments.c.case_id == cases.c.id)
+                     .outerjoin(hosting_evidence, and_(
+                         hosting_evidence.c.case_id == cases.c.id, _latest_hosting(period))))
+        .where(_within(cases.c.assessed_at, period), *_latest_verdict(period),
+               assessments.c.verdict == "illegal")
         .group_by(*grouped)))
     countries: Counter[str] = Counter()
     networks: Counter[str] = Counter()
