@@ -15,11 +15,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
+from sqlalchemy import ColumnElement, and_
+
 from gateway.store.times import iso
 
 #: What a figure's values count or measure.
 UNITS = ("reports", "cases", "referrals", "share", "hours")
 Number = int | float | None
+#: Where a code was not recorded (a verdict from before the classification fields).
+UNRECORDED = "unrecorded"
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +46,10 @@ class Period:
         """The first moment after the period (exclusive)."""
         return datetime.combine(self.last + timedelta(days=1), time(), UTC)
 
+    def holds(self, column: Any) -> ColumnElement[bool]:
+        """The moment in ``column`` is in the period."""
+        return and_(column >= self.start, column < self.end)
+
 
 @dataclass(frozen=True, slots=True)
 class Figure:
@@ -55,6 +63,12 @@ class Figure:
     definition: str
     value: Number
     by: tuple[tuple[str, Number], ...] = ()
+
+    @classmethod
+    def of(cls, name: str, title: str, unit: str, definition: str, value: Number,
+           by: tuple[tuple[str, Number], ...] = ()) -> Figure:
+        """A figure of the section its name starts with (``times.removed``: ``times``)."""
+        return cls(name, name.split(".", 1)[0], title, unit, definition, value, by)
 
     def as_json(self) -> dict[str, Any]:
         return {"section": self.section, "title": self.title, "unit": self.unit,
