@@ -21,7 +21,7 @@ import structlog
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway import cases_cli, checks, data_keys_cli, doctor, keys_cli, logs, staff_cli
+from gateway import cases_cli, checks, data_keys_cli, doctor, keys_cli, logs, report, staff_cli
 from gateway import config as config_module
 from gateway.app import GatewayFailed, normalise, serve
 from gateway.backup import BackupError, backup
@@ -39,7 +39,9 @@ from gateway.store.audit import CLI_ACTOR
 from gateway.store.audit import verify as verify_audit
 from gateway.store.backend import WriteBackend, open_write_backend
 from gateway.store.errors import GatewayError
+from gateway.store.figures import Period
 from gateway.store.lifecycle import Actor
+from gateway.store.report import build_report
 from gateway.store.resealing import BATCH
 from gateway.store.sealing import KeyringError, WrongKeyring
 from gateway.store.upgrade import NotSealed, Upgraded, require_sealed, upgrade_database
@@ -123,6 +125,7 @@ def _parser() -> argparse.ArgumentParser:
     audit_commands = audit_cmd.add_subparsers(dest="audit_command", required=True,
                                               metavar="ACTION")
     audit_commands.add_parser("verify", help="check the trail's hash chain")
+    report.add_parser(commands)
     stats = commands.add_parser("stats", help="counts of submissions, cases and referrals")
     stats.add_argument("--json", action="store_true", help="print JSON")
     return parser
@@ -292,6 +295,21 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    if args.last < args.first:
+        print(f"report: --to {args.last} is before --from {args.first}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.top < 1:
+        print("report: --top must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    config = _load(args)
+    period = Period(args.first, args.last)
+    made = asyncio.run(_with_connection(config, lambda conn: build_report(
+        conn, period, home_country=config.gateway.home_country, now=utcnow(), top=args.top)))
+    sys.stdout.write(report.RENDER[args.format](made))
+    return EXIT_OK
+
+
 async def _with_connection(config: Config, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
     engine = await open_database(config)
     try:
@@ -411,6 +429,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "db": _cmd_db,
     "setup-demo": _cmd_setup_demo,
     "stats": _cmd_stats,
+    "report": _cmd_report,
     "data-keys": lambda args: data_keys_cli.cmd_data_keys(args, _load),
 }
 

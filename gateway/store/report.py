@@ -1,0 +1,253 @@
+"""The hotline's report for a period (``hotline-gateway report``): what came in, what was
+assessed and how, where the illegal content was hosted, what was forwarded to whom, and how
+fast it came down.
+
+Every figure is read from columns that stay plain at rest and through anonymisation: states,
+channels, times (the case milestones of ``gateway.store.lifecycle``), classification codes
+(``gateway.store.classification``), countries, AS numbers and organisations, rule ids,
+destinations and outcome codes. No sealed column is read, so the figures of a period come out
+the same before and after the hotline's own data are anonymised, and a report never holds a
+URL, a host or a reporter.
+
+Which event puts a thing in the period is said in each figure's definition: a report counts
+in the period it was received, a case's verdict in the period it was first assessed, a
+referral in the period it was made, a removal in the period the content went down.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime
+
+from sqlalchemy import ColumnElement, and_, case, exists, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.store.classification import (
+    AGE_GROUPS,
+    CONTENT_FLAGS,
+    GENDERS,
+    MEDIA,
+    REASONS,
+    SITE_TYPES,
+)
+from gateway.store.figures import UNRECORDED, Figure, Period, Report, in_order, ranked, share
+from gateway.store.report_referrals import destinations, forwarding, times
+from gateway.store.tables import assessments, case_reports, cases, hosting_evidence, submissions
+
+#: Each figure's section is the start of its name.
+_f = Figure.of
+#: ICCAM's classifications of an illegal verdict.
+ILLEGAL_CLASSES = ("baseline", "national")
+
+
+async def build_report(conn: AsyncConnection, period: Period, *, home_country: str,
+                       now: datetime, top: int = 10) -> Report:
+    """Every figure for ``period``; ``now`` is the moment the snapshot figures (still open,
+    overdue) are taken at; ``top`` how many countries the top list names."""
+    figures = [
+        *await _reports(conn, period),
+        *await _assessment(conn, period, home_country=home_country, top=top),
+        *await forwarding(conn, period),
+        *await times(conn, period, now=now),
+        *await destinations(conn, period),
+    ]
+    return Report(period, home_country, now, top, tuple(figures))
+
+
+async def _reports(conn: AsyncConnection, period: Period) -> list[Figure]:
+    received_in = period.holds(submissions.c.received_at)
+    by_channel = {str(channel): int(n) for channel, n in await conn.execute(
+        select(submissions.c.channel, func.count()).where(received_in)
+        .group_by(submissions.c.channel))}
+    received = sum(by_channel.values())
+    # A case's first report: no report of the case came before it (the same moment: the
+    # lower submission id first, so that exactly one is first).
+    earlier = case_reports.alias("earlier")
+    before = exists().where(earlier.c.case_id == case_reports.c.case_id, or_(
+        earlier.c.reported_at < case_reports.c.reported_at,
+        and_(earlier.c.reported_at == case_reports.c.reported_at,
+             earlier.c.submission_id < case_reports.c.submission_id)))
+    report = case_reports.c.submission_id
+    filed, unique, without_url = (int(n) for n in (await conn.execute(
+        select(func.count(func.distinct(report)),
+               func.count(func.distinct(case((~before, report)))),
+               func.count(func.distinct(case((cases.c.kind == "no_url", report)))))
+        .select_from(case_reports
+                     .join(submissions, submissions.c.id == case_reports.c.submission_id)
+                     .join(cases, cases.c.id == case_reports.c.case_id))
+        .where(received_in))).one())
+    not_filed = {str(status): int(n) for status, n in await conn.execute(
+        select(submissions.c.status, func.count())
+        .where(received_in, ~exists().where(case_reports.c.submission_id == submissions.c.id))
+        .group_by(submissions.c.status))}
+    received_def = "reports (e-mails, web forms, API calls, partner referrals) received in " \
+                   "the period, whatever they held, by the channel they came in by"
+    return [
+        _f("reports.received", "Reports received", "reports", received_def, received,
+           ranked(by_channel.items())),
+        _f("reports.unique", "Unique reports", "reports",
+           "reports received in the period that were the first report of at least one case "
+           "(a URL nobody had reported before, or a report without a URL): not duplicates "
+           "of an earlier report", unique),
+        _f("reports.unique_share", "Unique reports, share", "share",
+           "unique reports divided by reports received in the period", share(unique, received)),
+        _f("reports.duplicate", "Duplicate reports", "reports",
+           "reports received in the period and filed, each of whose URLs had been reported "
+           "before", filed - unique),
+        _f("reports.without_url", "Reports without a URL", "reports",
+           "reports received in the period in which no URL was found (each kept as a case of "
+           "its own, for an analyst to read)", without_url),
+        _f("reports.not_filed", "Reports not filed", "reports",
+           "reports received in the period that are in no case, by their state: received "
+           "(not yet read), parse_failed (could not be read)", sum(not_filed.values()),
+           ranked(not_filed.items())),
+    ]
+
+
+async def _assessment(conn: AsyncConnection, period: Period, *, home_country: str,
+                      top: int) -> list[Figure]:
+    assessed_in = period.holds(cases.c.assessed_at)
+    assessed = int((await conn.execute(select(func.count()).where(assessed_in))).scalar_one())
+    coded = (assessments.c.verdict, assessments.c.classification, assessments.c.age_group,
+             assessments.c.gender, assessments.c.media, assessments.c.site_type,
+             assessments.c.computer_generated, assessments.c.self_generated,
+             assessments.c.commercial, assessments.c.reason)
+    verdicts = list(await conn.execute(
+        select(*coded, func.count())
+        .select_from(cases.join(assessments, assessments.c.case_id == cases.c.id))
+        .where(assessed_in, *_latest_verdict(period)).group_by(*coded)))
+    illegal = sum(int(row[-1]) for row in verdicts if row.verdict == "illegal")
+    legal = sum(int(row[-1]) for row in verdicts if row.verdict == "legal")
+
+    def count_by(field: str, verdict: str) -> dict[str, int]:
+        found: Counter[str] = Counter()
+        for row in verdicts:
+            if row.verdict == verdict:
+                found[getattr(row, field) or UNRECORDED] += int(row[-1])
+        return dict(found)
+
+    flags = {flag: sum(int(row[-1]) for row in verdicts
+                       if row.verdict == "illegal" and getattr(row, flag))
+             for flag in CONTENT_FLAGS}
+    among = "cases first assessed in the period whose verdict (the latest recorded on the " \
+            "case before the period's end) is illegal"
+    figures = [
+        _f("assessment.assessed", "Cases assessed", "cases",
+           "cases an analyst first gave a verdict on in the period (the case's assessed "
+           "milestone; a case reassessed later counts in the period of its first verdict)",
+           assessed),
+        _f("assessment.illegal", "Illegal (CSAM)", "cases", among, illegal),
+        _f("assessment.illegal_share", "Illegal, share", "share",
+           "illegal cases divided by cases assessed in the period", share(illegal, assessed)),
+        _f("assessment.by_classification", "Illegal, by classification", "cases",
+           f"{among}, by ICCAM classification: baseline (illegal everywhere) or national "
+           "(illegal under the home country's law)", illegal,
+           in_order(count_by("classification", "illegal"), ILLEGAL_CLASSES)),
+        _f("assessment.by_age_group", "Illegal, by age group", "cases",
+           f"{among}, by the victims' age group", illegal,
+           in_order(count_by("age_group", "illegal"), AGE_GROUPS)),
+        _f("assessment.by_gender", "Illegal, by gender", "cases",
+           f"{among}, by the victims' gender", illegal,
+           in_order(count_by("gender", "illegal"), GENDERS)),
+        _f("assessment.by_media", "Illegal, by media", "cases", f"{among}, by media", illegal,
+           in_order(count_by("media", "illegal"), MEDIA)),
+        _f("assessment.by_site_type", "Illegal, by site type", "cases",
+           f"{among}, by INHOPE site type", illegal,
+           in_order(count_by("site_type", "illegal"), SITE_TYPES)),
+        _f("assessment.flags", "Illegal, flagged", "cases",
+           f"{among} and flagged self-generated, computer-generated (or virtual), or "
+           "commercial; a case may carry several flags", None,
+           tuple((flag, flags[flag]) for flag in ("self_generated", "computer_generated",
+                                                  "commercial"))),
+        _f("assessment.legal", "Legal (not actionable)", "cases",
+           "cases first assessed in the period whose verdict (the latest recorded before the "
+           "period's end) is legal, by the analyst's reason code", legal,
+           in_order(count_by("reason", "legal"), REASONS)),
+    ]
+    return figures + await _hosting(conn, period, home_country=home_country, top=top)
+
+
+def _latest_verdict(period: Period) -> tuple[ColumnElement[bool], ...]:
+    """``assessments`` is the case's latest verdict recorded before the period's end (the
+    same moment: the higher id): no later one exists (each an index lookup by case)."""
+    later = assessments.alias("later")
+    return (assessments.c.created_at < period.end, ~exists().where(
+        later.c.case_id == assessments.c.case_id, later.c.created_at < period.end,
+        or_(later.c.created_at > assessments.c.created_at,
+            and_(later.c.created_at == assessments.c.created_at,
+                 later.c.id > assessments.c.id))))
+
+
+def _latest_hosting(period: Period) -> ColumnElement[bool]:
+    """``hosting_evidence`` is the case's latest lookup that gave a verdict (not failed)
+    before the period's end, for a join on the case."""
+    later = hosting_evidence.alias("later_evidence")
+    return and_(
+        hosting_evidence.c.status != "failed", hosting_evidence.c.checked_at < period.end,
+        ~exists().where(
+            later.c.case_id == hosting_evidence.c.case_id, later.c.status != "failed",
+            later.c.checked_at < period.end,
+            or_(later.c.checked_at > hosting_evidence.c.checked_at,
+                and_(later.c.checked_at == hosting_evidence.c.checked_at,
+                     later.c.id > hosting_evidence.c.id))))
+
+
+async def _hosting(conn: AsyncConnection, period: Period, *, home_country: str,
+                   top: int) -> list[Figure]:
+    grouped = (assessments.c.hosting_country, hosting_evidence.c.status,
+               hosting_evidence.c.country, hosting_evidence.c.asn, hosting_evidence.c.org,
+               hosting_evidence.c.cdn)
+    rows = list(await conn.execute(
+        select(*grouped, func.count())
+        .select_from(cases.join(assessments, assessments.c.case_id == cases.c.id)
+                     .outerjoin(hosting_evidence, and_(
+                         hosting_evidence.c.case_id == cases.c.id, _latest_hosting(period))))
+        .where(period.holds(cases.c.assessed_at), *_latest_verdict(period),
+               assessments.c.verdict == "illegal")
+        .group_by(*grouped)))
+    countries: Counter[str] = Counter()
+    networks: Counter[str] = Counter()
+    cdn = unresolvable = unknown = 0
+    for named, status, country, asn, org, fronted, n in rows:
+        n = int(n)
+        where = named or country
+        if where:
+            countries[where] += n
+        else:
+            unknown += n
+        if asn is not None:
+            networks[f"AS{asn} {org}".rstrip() if org else f"AS{asn}"] += n
+        if fronted or status == "cdn":
+            cdn += n
+        if status in (None, "unresolvable"):
+            unresolvable += n
+    home = countries.get(home_country, 0)
+    abroad = sum(countries.values()) - home
+    by_country = ranked(countries.items())
+    among = "illegal cases (as counted under assessment)"
+    where = "the country the analyst named with the verdict, else the country of the " \
+            "case's latest hosting lookup before the period's end"
+    return [
+        _f("hosting.home", "Hosted at home", "cases",
+           f"{among} hosted in the home country ({home_country}): {where}", home),
+        _f("hosting.abroad", "Hosted abroad", "cases",
+           f"{among} hosted in another country: {where}", abroad),
+        _f("hosting.country_unknown", "Hosting country unknown", "cases",
+           f"{among} with no hosting country: none named by the analyst, and none found "
+           "(unresolvable, or behind a CDN whose origin is unknown)", unknown),
+        _f("hosting.top_countries", f"Top {top} hosting countries", "cases",
+           f"the {top} countries hosting the most {among}: {where}; ties by country code",
+           None, by_country[:top]),
+        _f("hosting.by_country", "By hosting country", "cases", f"{among}, by {where}",
+           sum(countries.values()), by_country),
+        _f("hosting.by_network", "By network", "cases",
+           f"{among}, by the network (AS number and organisation) of the case's latest "
+           "hosting lookup before the period's end; cases without one are not listed",
+           sum(networks.values()), ranked(networks.items())),
+        _f("hosting.cdn", "Behind a CDN", "cases",
+           f"{among} whose latest hosting lookup before the period's end found a content "
+           "delivery network in front of the host", cdn),
+        _f("hosting.unresolvable", "Unresolvable", "cases",
+           f"{among} whose host could not be resolved: the latest lookup before the period's "
+           "end found no address, or no lookup succeeded", unresolvable),
+    ]
