@@ -94,6 +94,19 @@ class Spec:
     reassessed: datetime | None = None
 
     @property
+    def host(self) -> str | None:
+        """The host its URL names (every lookup of the case asks about it)."""
+        return None if self.url is None else f"q{self.quarter}-{self.index}.example.test"
+
+    @property
+    def reporters(self) -> tuple[str, ...]:
+        """The addresses its reports came from: the first's, then the duplicate's."""
+        first = f"reporter-q{self.quarter}-{self.index}@mail.test"
+        if self.duplicate is None:
+            return (first,)
+        return first, f"reporter-q{self.quarter}-{self.index}-again@mail.test"
+
+    @property
     def illegal(self) -> bool:
         return self.route in ("refer", "iccam", "hold")
 
@@ -184,26 +197,37 @@ def specs() -> list[Spec]:
 UNFILED = tuple((QUARTERS[q] + timedelta(days=40, hours=h), status, CHANNELS[h % 3])
                 for q in range(len(QUARTERS)) for h, status in ((3, "received"),
                                                                 (4, "parse_failed")))
+
+
+def unfiled_reporter(n: int) -> str:
+    """The address the ``n``-th of ``UNFILED`` came from."""
+    return f"reporter-unfiled-{n}@mail.test"
+
+
 #: When the report is made: after everything in the history.
 NOW = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
 
 
-def _submission(conn: Connection, *, channel: str, at: datetime, status: str,
-                urls: int) -> uuid.UUID:
+def _submission(conn: Connection, *, channel: str, at: datetime, status: str, urls: int,
+                sender: str, url: str | None = None) -> uuid.UUID:
+    """A report from ``sender``, its message naming ``url``."""
     sid = uuid7()
+    raw = f"From: <{sender}>\r\nSubject: a report\r\n\r\n{url or 'no link'}\r\n".encode()
     row = {"id": sid, "reference": f"CF-2026-{sid.hex[-10:]}", "channel": channel,
-           "status": status, "received_at": at, "mail_from": f"reporter-{sid.hex[-6:]}@mail.test",
-           "rcpt_tos": ["report@hotline.test"], "body_sha256": "0" * 64, "raw_size": 10,
-           "raw": b"a report", "parsed_at": at if status != "received" else None,
+           "status": status, "received_at": at, "mail_from": sender,
+           "rcpt_tos": ["report@hotline.test"], "body_sha256": "0" * 64, "raw_size": len(raw),
+           "raw": raw, "parsed_at": at if status != "received" else None,
            "url_count": urls if status == "parsed" else None}
     conn.execute(insert(submissions).values(seal_values(sealer_of(conn), submissions, sid,
                                                         row)))
     return sid
 
 
-def _file(conn: Connection, *, channel: str, at: datetime, url: str | None) -> uuid.UUID:
+def _file(conn: Connection, *, channel: str, at: datetime, url: str | None,
+          sender: str) -> uuid.UUID:
     """A report received at ``at``, filed as the normaliser files it; its case's id."""
-    sid = _submission(conn, channel=channel, at=at, status="parsed", urls=0 if url is None else 1)
+    sid = _submission(conn, channel=channel, at=at, status="parsed",
+                      urls=0 if url is None else 1, sender=sender, url=url)
     filing = Filing(conn, now=at, legal_window=timedelta(days=30))
     filing.attach(sid, at, [] if url is None else [ReportedUrl(url, url, url)])
     (case_id,) = filing.flush()[sid]
@@ -212,7 +236,7 @@ def _file(conn: Connection, *, channel: str, at: datetime, url: str | None) -> u
 
 def _locate(conn: Connection, case_id: uuid.UUID, s: Spec, at: datetime) -> None:
     hosting = HostingEvidence(
-        host=f"q{s.quarter}-{s.index}.example.test", checked_at=at, resolver="test",
+        host=s.host, checked_at=at, resolver="test",
         outcome="nxdomain" if s.status == "unresolvable" else "answer", status=s.status,
         country=None if s.status != "located" else s.country, asn=s.asn, org=s.org,
         cdn=s.cdn, source="geoip" if s.status == "located" else None,
@@ -222,9 +246,9 @@ def _locate(conn: Connection, case_id: uuid.UUID, s: Spec, at: datetime) -> None
     move(conn, case_id, "locate", actor=Actor.system("locate"), at=at)
 
 
-def _failed_lookup(conn: Connection, *, case_id: uuid.UUID, at: datetime) -> None:
+def _failed_lookup(conn: Connection, *, case_id: uuid.UUID, s: Spec, at: datetime) -> None:
     """A later lookup that failed: evidence kept, the hosting stays the earlier one's."""
-    failed = HostingEvidence(host="x.example.test", checked_at=at, resolver="test",
+    failed = HostingEvidence(host=s.host, checked_at=at, resolver="test",
                              outcome="failed", status="failed", error="timeout")
     conn.execute(insert(hosting_evidence).values(
         evidence_row(sealer_of(conn), case_id, failed, "relocate")))
@@ -233,11 +257,12 @@ def _failed_lookup(conn: Connection, *, case_id: uuid.UUID, at: datetime) -> Non
 async def build(backend: WriteBackend, history: list[Spec]) -> dict[tuple[int, int], uuid.UUID]:
     """Make every case of ``history`` (and the unfiled reports); each case's id."""
     await backend.transaction(lambda conn: conn.execute(insert(users), [
-        {"id": staff.id, "name": staff.name, "role": staff.role, "password_hash": "x",
-         "totp_secret": b"x", "created_at": QUARTERS[0]} for staff in (ANA, SUE)]))
-    for at, status, channel in UNFILED:
+        seal_values(sealer_of(conn), users, staff.id, {
+            "id": staff.id, "name": staff.name, "role": staff.role, "password_hash": "x",
+            "totp_secret": "x", "created_at": QUARTERS[0]}) for staff in (ANA, SUE)]))
+    for n, (at, status, channel) in enumerate(UNFILED):
         await backend.transaction(partial(_submission, channel=channel, at=at, status=status,
-                                          urls=0))
+                                          urls=0, sender=unfiled_reporter(n)))
     made: dict[tuple[int, int], uuid.UUID] = {}
     for s in history:
         made[s.quarter, s.index] = await _make(backend, s)
@@ -246,16 +271,16 @@ async def build(backend: WriteBackend, history: list[Spec]) -> dict[tuple[int, i
 
 async def _make(backend: WriteBackend, s: Spec) -> uuid.UUID:
     case_id = await backend.transaction(partial(_file, channel=s.channel, at=s.received,
-                                                url=s.url))
+                                                url=s.url, sender=s.reporters[0]))
     if s.duplicate is not None:
         again = await backend.transaction(partial(_file, channel="web", at=s.duplicate,
-                                                  url=s.url))
+                                                  url=s.url, sender=s.reporters[1]))
         assert again == case_id
     if s.url is not None:
         await backend.transaction(partial(_locate, case_id=case_id, s=s,
                                           at=s.received + timedelta(hours=1)))
     if s.failed_lookup:
-        await backend.transaction(partial(_failed_lookup, case_id=case_id,
+        await backend.transaction(partial(_failed_lookup, case_id=case_id, s=s,
                                           at=s.received + timedelta(hours=1, minutes=30)))
     if s.assessed is None:
         return case_id

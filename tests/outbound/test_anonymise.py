@@ -23,10 +23,11 @@ from gateway.retention import purge
 from gateway.stats import collect_stats
 from gateway.store.audit import verify
 from gateway.store.case_view import get_case
-from gateway.store.sealed import SEALED, open_row, sealer_of
+from gateway.store.sealed import open_row, sealer_of
 from gateway.store.tables import audit_log, cases, metadata
 from tests.console_client import ILLEGAL_DETAILS, StaffClient, ready_user
 from tests.dns_server import Zone
+from tests.opened import leaks, opened_database
 from tests.outbound import test_sealed_at_rest
 from tests.outbound.test_refer import api, assess, base, referral_in, settle
 from tests.outbound.test_sealed_at_rest import (
@@ -50,27 +51,6 @@ async def row_counts(run: Run) -> dict[str, int]:
     async with run.gw.engine.connect() as conn:
         return {table.name: (await conn.execute(select(func.count()).select_from(table)))
                 .scalar_one() for table in metadata.sorted_tables}
-
-
-async def opened_database(run: Run) -> list[tuple[str, str]]:
-    """Every row of every table as text, each sealed column opened with the data keys (the
-    store's own read path): (table, the row as JSON)."""
-    found = []
-    async with run.gw.engine.connect() as conn:
-        sealer = sealer_of(conn)
-        for table in metadata.sorted_tables:
-            id_key = "seq" if table is audit_log else "id"
-            for row in await conn.execute(select(table)):
-                if table.name in SEALED:
-                    row = open_row(sealer, table, row, id_key=id_key)
-                found.append((table.name, json.dumps(dict(row._mapping), default=repr,
-                                                     ensure_ascii=False)))
-    return found
-
-
-def leaks(rows: list[tuple[str, str]], secrets: dict[str, str]) -> list[str]:
-    return [f"{table}: {name}" for table, text in rows for name, secret in secrets.items()
-            if secret.lower() in text.lower()]
 
 
 async def audit_details(run: Run) -> str:
@@ -137,7 +117,8 @@ async def test_closed_cases_are_anonymised_and_everything_still_adds_up(
     now = datetime.now(UTC)
     younger = await purge(backend, policy, now=now + timedelta(days=WINDOW - 1))
     assert younger.anonymised_cases == 0
-    assert leaks(await opened_database(run), SECRETS)  # all still there: the scan can fail
+    # All still there: the scan can fail.
+    assert leaks(await opened_database(run.gw.engine), SECRETS)
 
     purged = await purge(backend, policy, now=now + timedelta(days=WINDOW + 1), batch=2)
     assert (purged.anonymised_cases, purged.anonymised_submissions) == (4, 4)
@@ -149,7 +130,7 @@ async def test_closed_cases_are_anonymised_and_everything_still_adds_up(
     after = await collect_stats(gw.engine)
     assert (before["cases_anonymised"], after["cases_anonymised"]) == (0, 4)
     assert {**after, "cases_anonymised": 0} == before
-    assert leaks(await opened_database(run), SECRETS) == []
+    assert leaks(await opened_database(run.gw.engine), SECRETS) == []
     if run.database is not None:  # and the files themselves, byte for byte
         files = b"".join(path.read_bytes() for path in (
             run.database, run.database.with_name(run.database.name + "-wal")))
@@ -171,7 +152,7 @@ async def test_closed_cases_are_anonymised_and_everything_still_adds_up(
     assert again.anonymised_cases == 0  # done once
 
     # The open case kept what it had.
-    opened = await opened_database(run)
+    opened = await opened_database(run.gw.engine)
     assert leaks(opened, OPEN) != []
 
     # Shown as anonymised: the API, `cases show`, the console's page.
@@ -250,7 +231,7 @@ async def test_a_pass_stopped_midway_is_completed_by_the_next(
     assert all(v is not None for v in now_marked.values())
     grown = await row_counts(run)
     assert {**grown, "audit_log": 0} == {**counts, "audit_log": 0}
-    assert leaks(await opened_database(run), {"host": SECRETS["host"],
+    assert leaks(await opened_database(run.gw.engine), {"host": SECRETS["host"],
                                               "text": SECRETS["api text"]}) == []
 
 
