@@ -22,9 +22,9 @@ async def opened_database(engine: AsyncEngine) -> list[tuple[str, str]]:
         for table in metadata.sorted_tables:
             id_key = "seq" if table is audit_log else "id"
             for row in await conn.execute(select(table)):
-                if table.name in SEALED:
-                    row = open_row(sealer, table, row, id_key=id_key)
-                found.append((table.name, json.dumps(dict(row._mapping), default=repr,
+                values = (open_row(sealer, table, row, id_key=id_key)._mapping
+                          if table.name in SEALED else row._mapping)
+                found.append((table.name, json.dumps(dict(values), default=repr,
                                                      ensure_ascii=False)))
     return found
 

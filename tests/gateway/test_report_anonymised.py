@@ -55,7 +55,8 @@ def named(history: list[Spec]) -> dict[str, str]:
     found: dict[str, str] = {}
     for s in history:
         case = f"q{s.quarter}-{s.index}"
-        found.update({f"{case} url": s.url, f"{case} host": s.host} if s.url else {})
+        if s.url is not None and s.host is not None:
+            found.update({f"{case} url": s.url, f"{case} host": s.host})
         found.update({f"{case} reporter {n}": a for n, a in enumerate(s.reporters)})
     return found
 
