@@ -338,7 +338,7 @@ async def test_the_cli_prints_the_report_in_each_format(
     first, last = PERIODS[0]
     want = expected(history, first, last)
     outputs = {}
-    for fmt in ("json", "csv", "text"):
+    for fmt in ("json", "csv", "text", "html"):
         code, out, err = await run_cli(config, "report", "--from", str(first), "--to",
                                        str(last), "--format", fmt)
         assert (code, err) == (0, ""), err
@@ -351,6 +351,16 @@ async def test_the_cli_prints_the_report_in_each_format(
     assert from_csv(outputs["csv"]) == want
     units = {name: f["unit"] for name, f in document["figures"].items()}
     assert from_text(outputs["text"], units) == as_said(want, units)
+    page = outputs["html"]
+    assert page.startswith("<!doctype html>") and "<script" not in page
+    said = as_said(want, units)
+    for name, (value, _) in said.items():
+        row = re.search(rf'<tr id="figure-{re.escape(name.replace(".", "-"))}" .*?'
+                        r'<td class="num value">([^<]*)</td>', page, re.S)
+        assert row and row[1] == (value or "-"), name
+        assert f"<code>{name}</code>" in page
+    for chart in ("chart-received", "chart-illegal-share", "chart-countries", "chart-removal"):
+        assert f'<svg id="{chart}"' in page and f'id="{chart}-table"' in page
 
 
 async def run_cli(config: Path, *args: str) -> tuple[int, str, str]:
