@@ -44,6 +44,7 @@ def _frame(chart_id: str, title: str, desc: str, height: int, body: list[str]) -
     # Inline in HTML: the parser puts <svg> in the SVG namespace without an xmlns.
     head = (f'<svg id="{escape(chart_id)}" class="chart" '
             f'viewBox="0 0 {WIDTH} {height}" width="{WIDTH}" height="{height}" role="img" '
+            'font-family="system-ui, sans-serif" '
             f'aria-labelledby="{escape(chart_id)}-title {escape(chart_id)}-desc">')
     parts = [head, _element("title", title, id=f"{chart_id}-title"),
              _element("desc", desc, id=f"{chart_id}-desc"), *body, "</svg>"]
@@ -69,14 +70,16 @@ def columns(chart_id: str, title: str, desc: str, labels: Sequence[str],
     step = plot_w / max(len(labels), 1)
     body = [_element("line", x1=LEFT, y1=TOP + plot_h, x2=WIDTH - RIGHT, y2=TOP + plot_h,
                      stroke="#888")]
-    for k in range(5):
-        value = top * k / 4
-        y = TOP + plot_h - plot_h * k / 4
+    # Gridlines at round values: quarters of 1 or 2 (times a power of ten), fifths of 5.
+    lines = 5 if f"{top:e}".startswith("5") else 4
+    for k in range(lines + 1):
+        value = top * k / lines
+        y = TOP + plot_h - plot_h * k / lines
         body.append(_element("line", x1=LEFT, y1=_num(y), x2=WIDTH - RIGHT, y2=_num(y),
                              stroke="#e4e4e4"))
         body.append(_element("text", tick(value), x=LEFT - 4, y=_num(y + 4),
                              text_anchor="end", font_size=10, fill="#444"))
-    every = max(1, math.ceil(len(labels) / 12))
+    every = max(1, math.ceil(len(labels) * 72 / plot_w))  # a label needs ~70 px
     for i, label in enumerate(labels):
         x, base = LEFT + i * step, float(TOP + plot_h)
         for n, s in enumerate(series):

@@ -23,7 +23,7 @@ from gateway.store.backend import WriteBackend
 from gateway.store.figures import Period, shown
 from gateway.store.report import build_report
 from gateway.store.tables import users
-from tests.browser import shot
+from tests.browser import SHOTS, shot
 from tests.conftest import ConfigFactory
 from tests.console_client import StaffClient, ready_user
 from tests.gateway.test_report import assert_anonymous, expected, from_csv, from_json
@@ -138,6 +138,8 @@ async def test_the_page_shows_the_expected_figures_and_charts_in_chromium(
     await page.click("#report-form button[type=submit]")
     await page.wait_for_url(served.base + "/report?from=2026-04-01&to=2026-06-30")
     await shot(page, "report-1-q2")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    await page.locator("section.charts").screenshot(path=str(SHOTS / "report-2-charts.png"))
     want = expected(served.history, *Q2)
     async with engine.connect() as conn:
         report = await build_report(conn, Period(*Q2), home_country=HOME, now=NOW)
