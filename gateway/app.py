@@ -277,7 +277,7 @@ async def running(
         writer.observer = metrics
         console = ConsoleServer(config.console, make_console(
             config.console, backend, engine, locator, four_eyes=config.assessment.four_eyes,
-            require=config.assessment.required,
+            require=config.assessment.required, home_country=config.gateway.home_country,
             on_decided=refer.wake, on_queued=outbox.wake))
         # Listeners last (they bring work) and stopped first; smtp within its own grace.
         await parts.listen("smtp", smtp, stop_within=step_seconds + smtp.grace + 1.0)

@@ -1,21 +1,23 @@
-"""``hotline-gateway report --from DATE --to DATE [--format text|json|csv]``: the hotline's
+"""``hotline-gateway report --from DATE --to DATE [--format text|json|csv|html]``: the hotline's
 figures for a period (``gateway.store.report`` computes them), written as text for people,
-JSON for programs (each figure with its ``definition``) or CSV for a spreadsheet.
+JSON for programs (each figure with its ``definition``), CSV for a spreadsheet, or HTML
+(the console's report page, charts included, as a standalone file).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import json
 from collections.abc import Callable
 from datetime import date
 from typing import Any
 
-from gateway.store.figures import Figure, Number, Report
+from gateway.console.report_page import as_csv, as_json, page_context
+from gateway.console.web import load_assets
+from gateway.store.figures import Figure, Report, shown
 
-FORMATS = ("text", "json", "csv")
+__all__ = ["FORMATS", "RENDER", "add_parser", "as_csv", "as_html", "as_json", "as_text"]
+
+FORMATS = ("text", "json", "csv", "html")
 #: How many hosting countries the top list names, unless told.
 TOP = 10
 
@@ -51,19 +53,10 @@ def add_parser(commands: Any) -> None:
                         metavar="DATE", help="the last day of the period, included "
                                              "(YYYY-MM-DD, UTC)")
     report.add_argument("--format", choices=FORMATS, default="text",
-                        help="text (default), json (each figure with its definition) or csv")
+                        help="text (default), json (each figure with its definition), csv, or html "
+                             "(the console's page, with its charts, as one file)")
     report.add_argument("--top", type=int, default=TOP, metavar="N",
                         help=f"how many hosting countries the top list names (default {TOP})")
-
-
-def _shown(value: Number, unit: str) -> str:
-    if value is None:
-        return "-"
-    if unit == "share":
-        return f"{value * 100:.2f} %"
-    if unit == "hours":
-        return f"{value:.2f} h"
-    return str(value)
 
 
 def as_text(report: Report) -> str:
@@ -79,9 +72,9 @@ def as_text(report: Report) -> str:
             notes.append(figure)
             head = f"  [{len(notes)}] {figure.title}"
             lines.append(head if figure.value is None and figure.by
-                         else f"{head}: {_shown(figure.value, figure.unit)}")
+                         else f"{head}: {shown(figure.value, figure.unit)}")
             width = max((len(key) for key, _ in figure.by), default=0)
-            lines.extend(f"        {key:<{width}}  {_shown(value, figure.unit)}"
+            lines.extend(f"        {key:<{width}}  {shown(value, figure.unit)}"
                          for key, value in figure.by)
         lines.append("")
     lines.append("Definitions")
@@ -90,25 +83,13 @@ def as_text(report: Report) -> str:
     return "\n".join(lines) + "\n"
 
 
-def as_json(report: Report) -> str:
-    return json.dumps(report.as_json(), indent=1, ensure_ascii=True) + "\n"
+def as_html(report: Report) -> str:
+    """The console's report page as a standalone HTML file (its stylesheet inline, no
+    script): the same template, figures, legend, charts and tables."""
+    templates, static = load_assets()
+    css = static["console.css"].decode()
+    return templates.get_template("report_standalone.html").render(
+        css=css, **page_context(report)) + "\n"
 
 
-CSV_COLUMNS = ("figure", "key", "value", "unit", "title", "definition")
-
-
-def as_csv(report: Report) -> str:
-    """One row per figure (``key`` empty) and one per item of its breakdown; values as
-    numbers (shares from 0 to 1, times in hours), empty where there is none."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for figure in report.figures:
-        rows = [("", figure.value), *figure.by]
-        for key, value in rows:
-            writer.writerow((figure.name, key, "" if value is None else value, figure.unit,
-                             figure.title, figure.definition))
-    return out.getvalue()
-
-
-RENDER = {"text": as_text, "json": as_json, "csv": as_csv}
+RENDER = {"text": as_text, "json": as_json, "csv": as_csv, "html": as_html}

@@ -61,6 +61,8 @@ class Console:
     security_keys: SecurityKeys = field(default_factory=SecurityKeys)
     #: The classification fields a verdict must carry (``[assessment] require``).
     require: frozenset[str] = frozenset(DEFAULT_REQUIRE)
+    #: The hotline's country (``[gateway] home_country``), for the report.
+    home_country: str = ""
 
     def now(self) -> datetime:
         return self.clock()

@@ -20,7 +20,7 @@ from markupsafe import Markup, escape
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.config import ConsoleConfig
-from gateway.console import api, pages, replies, securitykeys, users
+from gateway.console import api, pages, replies, report_page, securitykeys, users
 from gateway.console.accounts import staff_for_token
 from gateway.console.base import (
     CONSOLE,
@@ -55,7 +55,8 @@ SECURITY_HEADERS = listeners.security_headers(
 #: Password hashes computed at once (argon2 is expensive on purpose: ~64 MiB and ~100 ms each).
 HASHING_SLOTS = 2
 TEMPLATES = ("login.html", "password.html", "queue.html", "case.html", "error.html",
-             "users.html", "keys.html", "login_key.html", "replies.html")
+             "users.html", "keys.html", "login_key.html", "replies.html", "report.html",
+             "report_body.html", "report_standalone.html")
 STATIC = {"console.css": "text/css", "console.js": "text/javascript",
           "securitykey.js": "text/javascript"}
 
@@ -179,6 +180,7 @@ def build_app(console: Console) -> web.Application:
     api.add_routes(app)
     replies.add_routes(app)
     users.add_routes(app)
+    report_page.add_routes(app)
     securitykeys.add_routes(app)
     return app
 
@@ -186,6 +188,7 @@ def build_app(console: Console) -> web.Application:
 def make_console(
     config: ConsoleConfig, backend: WriteBackend, engine: AsyncEngine, locator: Locator, *,
     four_eyes: bool, require: frozenset[str] = frozenset(DEFAULT_REQUIRE),
+    home_country: str = "",
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     on_decided: Callable[[], None] = lambda: None,
     on_queued: Callable[[], None] = lambda: None,
@@ -202,7 +205,7 @@ def make_console(
         guard=new_guard(HASHING_SLOTS, passwords_for(config.password_hashing)),
         trusted_proxies=tuple(config.trusted_proxies),
         on_decided=on_decided, on_queued=on_queued,
-        security_keys=SecurityKeys.from_config(config),
+        security_keys=SecurityKeys.from_config(config), home_country=home_country,
     )
 
 

@@ -84,6 +84,7 @@ SECTIONS = {
     "forwarding": "Forwarding",
     "times": "Times",
     "destinations": "Per destination",
+    "series": "Over time",
 }
 
 
@@ -119,6 +120,18 @@ class Report:
             "top": self.top,
             "figures": {f.name: f.as_json() for f in self.figures},
         }
+
+
+def shown(value: Number, unit: str) -> str:
+    """A value as people read it: a share as a percentage, hours with ``h``, ``-`` for
+    none (the text output and the console's page)."""
+    if value is None:
+        return "-"
+    if unit == "share":
+        return f"{value * 100:.2f} %"
+    if unit == "hours":
+        return f"{value:.2f} h"
+    return str(value)
 
 
 def share(part: int, whole: int) -> float | None:

@@ -32,6 +32,7 @@ from gateway.store.classification import (
 )
 from gateway.store.figures import UNRECORDED, Figure, Period, Report, in_order, ranked, share
 from gateway.store.report_referrals import destinations, forwarding, times
+from gateway.store.report_series import series
 from gateway.store.tables import assessments, case_reports, cases, hosting_evidence, submissions
 
 #: Each figure's section is the start of its name.
@@ -50,6 +51,7 @@ async def build_report(conn: AsyncConnection, period: Period, *, home_country: s
         *await forwarding(conn, period),
         *await times(conn, period, now=now),
         *await destinations(conn, period),
+        *await series(conn, period, _latest_verdict(period)),
     ]
     return Report(period, home_country, now, top, tuple(figures))
 

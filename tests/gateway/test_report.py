@@ -189,7 +189,38 @@ def expected(history: list[Spec], first: date, last: date) -> Expected:
         "destinations.removal_median": (None, per(lambda ss: _median(
             [_hours(s.closed_at, s.referred) for s in ss if s.closed == "removed"]))),
     })
+    figures.update(expected_series(history, first, last, sent, illegal, assessed, to_removal))
     return figures
+
+
+def expected_series(history: list[Spec], first: date, last: date,
+                    sent: list[tuple[datetime, str]], illegal: list[Spec],
+                    assessed: list[Spec], to_removal: list[float]) -> Expected:
+    """The series' figures for the period, from the specs alone."""
+    days = [first + DAY * n for n in range((last - first).days + 1)]
+    received = [(at, channel) for at, channel in sent if _in(at, first, last)]
+    channels = sorted({channel for _, channel in received})
+    per_day = Counter((at.date(), channel) for at, channel in received)
+
+    def week(day: date) -> date:
+        return max(day - DAY * day.weekday(), first)
+
+    weeks = sorted({week(d) for d in days})
+    illegal_by = Counter(week(s.assessed.date()) for s in illegal)  # type: ignore[union-attr]
+    assessed_by = Counter(week(s.assessed.date()) for s in assessed)  # type: ignore[union-attr]
+    bounds = ((6, "0-6h"), (24, "6-24h"), (72, "24-72h"), (168, "72-168h"),
+              (336, "168-336h"))
+    bins = Counter(next((label for bound, label in bounds if span <= bound), "336h+")
+                   for span in to_removal)
+    return {
+        "series.received_per_day": (len(received), [
+            (f"{d}/{channel}", per_day[d, channel]) for d in days for channel in channels]),
+        "series.illegal_share_per_week": (_share(len(illegal), len(assessed)), [
+            (str(w), _share(illegal_by[w], assessed_by[w])) for w in weeks]),
+        "series.removal_times": (len(to_removal), [
+            (label, bins[label]) for label in ("0-6h", "6-24h", "24-72h", "72-168h",
+                                               "168-336h", "336h+")]),
+    }
 
 
 def from_json(text: str) -> Expected:
@@ -307,7 +338,7 @@ async def test_the_cli_prints_the_report_in_each_format(
     first, last = PERIODS[0]
     want = expected(history, first, last)
     outputs = {}
-    for fmt in ("json", "csv", "text"):
+    for fmt in ("json", "csv", "text", "html"):
         code, out, err = await run_cli(config, "report", "--from", str(first), "--to",
                                        str(last), "--format", fmt)
         assert (code, err) == (0, ""), err
@@ -320,6 +351,16 @@ async def test_the_cli_prints_the_report_in_each_format(
     assert from_csv(outputs["csv"]) == want
     units = {name: f["unit"] for name, f in document["figures"].items()}
     assert from_text(outputs["text"], units) == as_said(want, units)
+    page = outputs["html"]
+    assert page.startswith("<!doctype html>") and "<script" not in page
+    said = as_said(want, units)
+    for name, (value, _) in said.items():
+        row = re.search(rf'<tr id="figure-{re.escape(name.replace(".", "-"))}" .*?'
+                        r'<td class="num value">([^<]*)</td>', page, re.S)
+        assert row and row[1] == (value or "-"), name
+        assert f"<code>{name}</code>" in page
+    for chart in ("chart-received", "chart-illegal-share", "chart-countries", "chart-removal"):
+        assert f'<svg id="{chart}"' in page and f'id="{chart}-table"' in page
 
 
 async def run_cli(config: Path, *args: str) -> tuple[int, str, str]:

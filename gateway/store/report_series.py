@@ -1,0 +1,97 @@
+"""The report's series, for charts (the console's page draws them) and for anyone who wants
+the figures over time: reports received per day by channel, the illegal share per week, and
+the distribution of times from referral to removal. Read from plain columns only, as every
+figure of the report, and counted by the same rules as the period's totals, so that a series
+adds up to its total.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import date, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.store.figures import Figure, Number, Period, hours, share
+from gateway.store.tables import assessments, cases, submissions
+from gateway.store.times import utc
+
+_f = Figure.of
+#: The bins of the removal times, by their upper bound in hours (included); the last is open.
+REMOVAL_BINS = ((6, "0-6h"), (24, "6-24h"), (72, "24-72h"), (168, "72-168h"),
+                (336, "168-336h"), (None, "336h+"))
+
+
+def days(period: Period) -> list[date]:
+    return [period.first + timedelta(days=n) for n in range((period.last - period.first).days + 1)]
+
+
+def week_of(day: date, period: Period) -> date:
+    """The first day of ``day``'s week (Monday to Sunday) within the period."""
+    return max(day - timedelta(days=day.weekday()), period.first)
+
+
+def _day(conn: AsyncConnection, column: Any) -> ColumnElement[str]:
+    """The UTC day of a stored moment, as ``YYYY-MM-DD`` (SQLite keeps moments as UTC text;
+    PostgreSQL's are converted to UTC first)."""
+    if conn.dialect.name == "postgresql":
+        return func.to_char(func.timezone("UTC", column), "YYYY-MM-DD")
+    return func.substr(column, 1, 10)
+
+
+def removal_bin(span_hours: float) -> str:
+    return next(label for bound, label in REMOVAL_BINS if bound is None or span_hours <= bound)
+
+
+async def series(conn: AsyncConnection, period: Period,
+                 latest_verdict: tuple[ColumnElement[bool], ...]) -> list[Figure]:
+    """The series of ``period``; ``latest_verdict`` picks each case's verdict as the
+    assessment figures do."""
+    day = _day(conn, submissions.c.received_at)
+    received = {(str(d), str(channel)): int(n) for d, channel, n in await conn.execute(
+        select(day, submissions.c.channel, func.count())
+        .where(period.holds(submissions.c.received_at)).group_by(day, submissions.c.channel))}
+    channels = sorted({channel for _, channel in received})
+    per_day: tuple[tuple[str, Number], ...] = tuple(
+        (f"{d.isoformat()}/{channel}", received.get((d.isoformat(), channel), 0))
+        for d in days(period) for channel in channels)
+
+    assessed_day = _day(conn, cases.c.assessed_at)
+    assessed: Counter[date] = Counter()
+    illegal: Counter[date] = Counter()
+    for d, verdict, n in await conn.execute(
+            select(assessed_day, assessments.c.verdict, func.count())
+            .select_from(cases.join(assessments, assessments.c.case_id == cases.c.id))
+            .where(period.holds(cases.c.assessed_at), *latest_verdict)
+            .group_by(assessed_day, assessments.c.verdict)):
+        week = week_of(date.fromisoformat(str(d)), period)
+        assessed[week] += int(n)
+        if verdict == "illegal":
+            illegal[week] += int(n)
+    weeks = sorted({week_of(d, period) for d in days(period)})
+
+    removed = Counter(removal_bin(hours(utc(r.removed_at) - utc(r.referred_at)))
+                      for r in await conn.execute(
+                          select(cases.c.referred_at, cases.c.removed_at)
+                          .where(period.holds(cases.c.removed_at),
+                                 cases.c.referred_at.is_not(None))))
+    return [
+        _f("series.received_per_day", "Reports received per day, by channel", "reports",
+           "reports received in the period (as reports.received), by the UTC day they were "
+           "received and the channel they came in by: one item per day and channel, "
+           "day/channel", sum(received.values()), per_day),
+        _f("series.illegal_share_per_week", "Illegal share per week", "share",
+           "of the cases first assessed in each week (Monday to Sunday, UTC; the first and "
+           "last weeks cut at the period's bounds, each named by its first day in the "
+           "period), the share whose verdict (as for assessment.illegal) is illegal; none "
+           "for a week without an assessment", share(sum(illegal.values()),
+                                                    sum(assessed.values())),
+           tuple((w.isoformat(), share(illegal[w], assessed[w])) for w in weeks)),
+        _f("series.removal_times", "Removal times", "cases",
+           "referred cases whose content first went down in the period (as times.removed), "
+           "by the time from the first referral to the removal, in bins of hours: each "
+           "includes its upper bound", sum(removed.values()),
+           tuple((label, removed.get(label, 0)) for _, label in REMOVAL_BINS)),
+    ]
