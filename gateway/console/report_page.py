@@ -155,16 +155,28 @@ def as_json(report: Report) -> str:
     return json.dumps(report.as_json(), indent=1, ensure_ascii=True) + "\n"
 
 
+#: A spreadsheet takes a cell that starts with one of these for a formula. A breakdown's key
+#: can come from outside (a network's name as its registry has it), so such a key is written
+#: with an apostrophe in front, which spreadsheets show as text (OWASP's advice on CSV
+#: injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(text: str) -> str:
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
 def as_csv(report: Report) -> str:
     """One row per figure (``key`` empty) and one per item of its breakdown; values as
     numbers (shares from 0 to 1, times in hours), empty where there is none."""
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
+    # RFC 4180's line ends: a field holding a carriage return or a line feed is then quoted.
+    writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(CSV_COLUMNS)
     for figure in report.figures:
         for key, value in [("", figure.value), *figure.by]:
-            writer.writerow((figure.name, key, "" if value is None else value, figure.unit,
-                             figure.title, figure.definition))
+            writer.writerow((figure.name, csv_text(key), "" if value is None else value,
+                             figure.unit, figure.title, figure.definition))
     return out.getvalue()
 
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.console.report_page import BadPeriod, parse_period
+from gateway.console.report_page import BadPeriod, as_csv, parse_period
 from gateway.console.svg import Series, bars, columns, nice_top
 from gateway.store.text import visible
 from tests.budget import examples
@@ -68,3 +68,26 @@ def test_any_form_value_gives_a_period_or_names_the_field(first: str, last: str)
     assert period.first <= period.last
     if first.strip():
         assert period.first == date.fromisoformat(first.strip())
+
+
+@given(st.text(alphabet=st.sampled_from("=+-@\t\r'AS 1,\"x"), max_size=12))
+@settings(max_examples=examples(200))
+def test_no_breakdown_key_reaches_a_spreadsheet_as_a_formula(key: str) -> None:
+    """A network's name is the registry's: in the CSV it never starts like a formula, and it
+    reads back as written but for the apostrophe in front."""
+    from datetime import UTC, datetime
+
+    from gateway.store.figures import Figure, Period, Report
+
+    figure = Figure("hosting.by_network", "hosting", "Hosting networks", "cases", "d", 2,
+                    by=((key, 2),))
+    report = Report(Period(date(2026, 1, 1), date(2026, 3, 31)), "BE",
+                    datetime(2026, 4, 1, tzinfo=UTC), 10, (figure,))
+    import csv
+    import io
+
+    rows = list(csv.reader(io.StringIO(as_csv(report), newline="")))
+    written = rows[2][1]
+    assert not written.startswith(("=", "+", "-", "@", "\t", "\r"))
+    assert written in (key, "'" + key)
+    assert (written == key) == (not key.startswith(("=", "+", "-", "@", "\t", "\r")))
