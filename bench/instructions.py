@@ -60,6 +60,10 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+# The intake benchmarks' shared parts (this checkout's), beside this file.
+sys.path.insert(0, str(HERE))
+import harness  # noqa: E402
+
 PHASES = ("store", "stage")
 #: The whole-path phases: the benchmark script each one borrows its config and load from.
 SERVE_PHASES = {"smtp": "smtp_intake", "http": "http_intake"}
@@ -169,21 +173,6 @@ def _bench_config(tree: Path, script: str) -> str:
     raise RuntimeError(f"{tree}/bench/{script}.py has no GATEWAY_CONFIG")
 
 
-def _ready_port(log_file: Path, listener: str) -> int | None:
-    if not log_file.exists():
-        return None
-    for raw in log_file.read_bytes().splitlines():
-        if b"gateway.ready" not in raw:
-            continue
-        try:
-            entry = json.loads(raw)
-        except ValueError:
-            continue
-        if isinstance(entry, dict) and entry.get("event") == "gateway.ready":
-            return int(str(entry[listener][0]).rpartition(":")[2])
-    return None
-
-
 def _rows(database: Path) -> int:
     conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
     try:
@@ -246,7 +235,7 @@ def _measure_serve(tree: Path, phase: str, *, seconds: float, connections: int,
                 cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=err)
         try:
             deadline = time.monotonic() + SERVE_START_TIMEOUT
-            while (port := _ready_port(log_file, SERVE_PHASES[phase].split("_")[0])) is None:
+            while (port := harness.ready_port(log_file, SERVE_PHASES[phase].split("_")[0])) is None:
                 if server.poll() is not None or time.monotonic() > deadline:
                     tail = (work / "gateway.stderr").read_text(errors="replace")[-2000:]
                     raise RuntimeError(f"{tree} serve did not become ready:\n{tail}")
@@ -306,12 +295,17 @@ def _serve_figures(runs: list[tuple[str, Path, bool]], args: argparse.Namespace)
             parts.append(f"{phase} {per / 1e3:8.1f} k ({reports} reports, idle "
                          f"{idle_share:.1%})")
         print(f"  {label:<34} {'  '.join(parts)}", flush=True)
-    first = runs[0][0]
-    if len(runs) > 1:
+    _print_ratios(figures, tuple(SERVE_PHASES))
+
+
+def _print_ratios(figures: dict[str, dict[str, float]], phases: tuple[str, ...]) -> None:
+    """Each later run's figures over the first's."""
+    first, *others = figures
+    if others:
         print(f"ratios to {first}:")
-        for label, _, _ in runs[1:]:
+        for label in others:
             line = "  ".join(f"{phase} {figures[label][phase] / figures[first][phase]:.3f}x"
-                             for phase in SERVE_PHASES)
+                             for phase in phases)
             print(f"  {label:<34} {line}")
 
 
@@ -359,13 +353,7 @@ def main(argv: list[str] | None = None) -> int:
                           for phase in PHASES}
         line = "  ".join(f"{phase} {figures[label][phase] / 1e3:8.1f} k" for phase in PHASES)
         print(f"  {label:<34} {line}", flush=True)
-    first = runs[0][0]
-    if len(runs) > 1:
-        print(f"ratios to {first}:")
-        for label, _, _ in runs[1:]:
-            line = "  ".join(f"{phase} {figures[label][phase] / figures[first][phase]:.3f}x"
-                             for phase in PHASES)
-            print(f"  {label:<34} {line}")
+    _print_ratios(figures, PHASES)
     return 0
 
 
