@@ -20,7 +20,7 @@ from collections import Counter
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, and_, case, exists, func, or_, select
+from sqlalchemy import ColumnElement, and_, case, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.store.classification import (
@@ -206,7 +206,7 @@ def _latest_hosting(period: Period) -> ColumnElement[bool]:
                      later.c.id > hosting_evidence.c.id))))
 
 
-def _hosting(rows: list[Row[Any]], *, home_country: str, top: int) -> list[Figure]:
+def _hosting(rows: list[Any], *, home_country: str, top: int) -> list[Figure]:
     """The hosting figures from the illegal verdicts' rows of ``_assessment``'s query."""
     countries: Counter[str] = Counter()
     networks: Counter[str] = Counter()
