@@ -94,6 +94,10 @@ class Rows:
     def add(self, table: str, row: tuple[Any, ...]) -> None:
         self.tables.setdefault(table, []).append(row)
 
+    def in_order(self) -> Iterator[tuple[str, list[tuple[Any, ...]]]]:
+        """Each table's rows, a table after those its foreign keys name."""
+        return ((table, self.tables[table]) for table in COLUMNS if table in self.tables)
+
 
 COLUMNS = {
     "users": ("id", "name", "role", "password_hash", "totp_secret", "must_change_password",
@@ -312,7 +316,7 @@ def fill_sqlite(path: str, history: History) -> int:
     db.execute("BEGIN")
     count = 0
     for chunk in history.chunks():
-        for table, rows in chunk.tables.items():
+        for table, rows in chunk.in_order():
             columns = COLUMNS[table]
             db.executemany(
                 f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
@@ -334,7 +338,7 @@ async def fill_postgres(engine: AsyncEngine, history: History) -> int:
         driver = raw.driver_connection
         assert driver is not None
         for chunk in history.chunks():
-            for table, rows in chunk.tables.items():
+            for table, rows in chunk.in_order():
                 await driver.copy_records_to_table(table, records=rows,
                                                    columns=list(COLUMNS[table]))
                 count += len(rows)
