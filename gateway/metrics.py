@@ -8,7 +8,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 from prometheus_client.registry import Collector
 
 from outbound.gpg import KeyStatus
@@ -21,7 +25,8 @@ class _Snapshot(Collector):
         self.stats: dict[str, Any] = {}
         self.keys: Mapping[str, KeyStatus | None] = {}
 
-    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily
+                                  | HistogramMetricFamily]:
         stats = self.stats
         cases = GaugeMetricFamily("hotline_cases", "Cases by state", labels=["state"])
         for state, count in (stats.get("cases") or {}).items():
@@ -42,6 +47,21 @@ class _Snapshot(Collector):
         yield GaugeMetricFamily("hotline_cases_overdue",
                                 "Cases with a referral past a deadline it has not met",
                                 value=stats.get("cases_overdue", 0))
+        awaiting = GaugeMetricFamily(
+            "hotline_cases_awaiting_outcome",
+            "Cases waiting for what becomes of their referral (referred or acknowledged: the "
+            "report's still open), by days since their first referral", labels=["age"])
+        for age, count in (stats.get("cases_awaiting_outcome_by_age") or {}).items():
+            awaiting.add_metric([age], count)
+        yield awaiting
+        removal = stats.get("removal_hours")
+        if removal is not None:
+            yield HistogramMetricFamily(
+                "hotline_referral_to_removal_hours",
+                "Hours from a case's first referral to when its content first went down (the "
+                "report's referral-to-removal time), over every removed case",
+                buckets=[(f"{bound:g}", n) for bound, n in removal["buckets"]]
+                + [("+Inf", removal["count"])], sum_value=removal["sum"])
         yield GaugeMetricFamily("hotline_cases_supervisor_flagged",
                                 "Cases awaiting an outcome whose reminders ran out, flagged "
                                 "for a supervisor",

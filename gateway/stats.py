@@ -14,6 +14,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from gateway.store.follow_ups import overdue_cases
 from gateway.store.lifecycle import AWAITING_OUTCOME
+from gateway.store.report_gauges import open_by_age, removal_hours
 from gateway.store.tables import cases, outbox, referrals, replies, submissions
 from gateway.store.times import aware
 
@@ -61,6 +62,8 @@ async def collect_stats(engine: AsyncEngine, *, now: datetime | None = None) -> 
         anonymised = (await conn.execute(
             select(func.count()).select_from(cases)
             .where(cases.c.anonymised_at.is_not(None)))).scalar_one()
+        awaiting_by_age = await open_by_age(conn, now)
+        removal = await removal_hours(conn)
     if oldest is not None:
         oldest = aware(oldest)
     return {
@@ -78,6 +81,10 @@ async def collect_stats(engine: AsyncEngine, *, now: datetime | None = None) -> 
         "cases_supervisor_flagged": int(supervisor_flagged),
         # Closed cases retention anonymised (gateway.store.anonymise).
         "cases_anonymised": int(anonymised),
+        # The report's definitions (gateway.store.report_gauges): cases waiting for what
+        # becomes of their referral, by days since it was made; referral-to-removal times.
+        "cases_awaiting_outcome_by_age": awaiting_by_age,
+        "removal_hours": removal,
         "referrals": by_referral_status,
         "referrals_by_destination": by_destination,
         "outbox_pending": int(pending),

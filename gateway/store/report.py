@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import ColumnElement, and_, case, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -63,21 +64,25 @@ async def _reports(conn: AsyncConnection, period: Period) -> list[Figure]:
         .group_by(submissions.c.channel))}
     received = sum(by_channel.values())
     # A case's first report: no report of the case came before it (the same moment: the
-    # lower submission id first, so that exactly one is first).
-    earlier = case_reports.alias("earlier")
-    before = exists().where(earlier.c.case_id == case_reports.c.case_id, or_(
-        earlier.c.reported_at < case_reports.c.reported_at,
-        and_(earlier.c.reported_at == case_reports.c.reported_at,
-             earlier.c.submission_id < case_reports.c.submission_id)))
-    report = case_reports.c.submission_id
-    filed, unique, without_url = (int(n) for n in (await conn.execute(
-        select(func.count(func.distinct(report)),
-               func.count(func.distinct(case((~before, report)))),
-               func.count(func.distinct(case((cases.c.kind == "no_url", report)))))
-        .select_from(case_reports
-                     .join(submissions, submissions.c.id == case_reports.c.submission_id)
+    # lower submission id first, so that exactly one is first). The case's first_reported
+    # is its earliest report's time (filing and merging keep it so), so only a report at
+    # that moment is looked at again, for a tie.
+    tie = case_reports.alias("tie")
+    first = and_(case_reports.c.reported_at == cases.c.first_reported, ~exists().where(
+        tie.c.case_id == case_reports.c.case_id, tie.c.reported_at == case_reports.c.reported_at,
+        tie.c.submission_id < case_reports.c.submission_id))
+    # Each filed report once (a report may be in several cases), with whether it is the
+    # first of one of them and whether it is in a case without a URL.
+    per_report = (
+        select(func.max(case((first, 1), else_=0)).label("first"),
+               func.max(case((cases.c.kind == "no_url", 1), else_=0)).label("no_url"))
+        .select_from(submissions
+                     .join(case_reports, case_reports.c.submission_id == submissions.c.id)
                      .join(cases, cases.c.id == case_reports.c.case_id))
-        .where(received_in))).one())
+        .where(received_in).group_by(submissions.c.id).subquery())
+    filed, unique, without_url = (int(n) for n in (await conn.execute(
+        select(func.count(), func.coalesce(func.sum(per_report.c.first), 0),
+               func.coalesce(func.sum(per_report.c.no_url), 0)))).one())
     not_filed = {str(status): int(n) for status, n in await conn.execute(
         select(submissions.c.status, func.count())
         .where(received_in, ~exists().where(case_reports.c.submission_id == submissions.c.id))
@@ -114,10 +119,18 @@ async def _assessment(conn: AsyncConnection, period: Period, *, home_country: st
              assessments.c.gender, assessments.c.media, assessments.c.site_type,
              assessments.c.computer_generated, assessments.c.self_generated,
              assessments.c.commercial, assessments.c.reason)
+    hosted = (assessments.c.hosting_country, hosting_evidence.c.status,
+              hosting_evidence.c.country, hosting_evidence.c.asn, hosting_evidence.c.org,
+              hosting_evidence.c.cdn)
+    # One pass for the verdicts and the hosting of the illegal ones (a legal verdict joins
+    # no lookup): each case is one row of the join, so the counts add up as two queries'.
     verdicts = list(await conn.execute(
-        select(*coded, func.count())
-        .select_from(cases.join(assessments, assessments.c.case_id == cases.c.id))
-        .where(assessed_in, *_latest_verdict(period)).group_by(*coded)))
+        select(*coded, *hosted, func.count().label("n"))
+        .select_from(cases.join(assessments, assessments.c.case_id == cases.c.id)
+                     .outerjoin(hosting_evidence, and_(
+                         hosting_evidence.c.case_id == cases.c.id,
+                         assessments.c.verdict == "illegal", _latest_hosting(period))))
+        .where(assessed_in, *_latest_verdict(period)).group_by(*coded, *hosted)))
     illegal = sum(int(row[-1]) for row in verdicts if row.verdict == "illegal")
     legal = sum(int(row[-1]) for row in verdicts if row.verdict == "legal")
 
@@ -166,7 +179,8 @@ async def _assessment(conn: AsyncConnection, period: Period, *, home_country: st
            "period's end) is legal, by the analyst's reason code", legal,
            in_order(count_by("reason", "legal"), REASONS)),
     ]
-    return figures + await _hosting(conn, period, home_country=home_country, top=top)
+    return figures + _hosting([row for row in verdicts if row.verdict == "illegal"],
+                              home_country=home_country, top=top)
 
 
 def _latest_verdict(period: Period) -> tuple[ColumnElement[bool], ...]:
@@ -194,24 +208,15 @@ def _latest_hosting(period: Period) -> ColumnElement[bool]:
                      later.c.id > hosting_evidence.c.id))))
 
 
-async def _hosting(conn: AsyncConnection, period: Period, *, home_country: str,
-                   top: int) -> list[Figure]:
-    grouped = (assessments.c.hosting_country, hosting_evidence.c.status,
-               hosting_evidence.c.country, hosting_evidence.c.asn, hosting_evidence.c.org,
-               hosting_evidence.c.cdn)
-    rows = list(await conn.execute(
-        select(*grouped, func.count())
-        .select_from(cases.join(assessments, assessments.c.case_id == cases.c.id)
-                     .outerjoin(hosting_evidence, and_(
-                         hosting_evidence.c.case_id == cases.c.id, _latest_hosting(period))))
-        .where(period.holds(cases.c.assessed_at), *_latest_verdict(period),
-               assessments.c.verdict == "illegal")
-        .group_by(*grouped)))
+def _hosting(rows: list[Any], *, home_country: str, top: int) -> list[Figure]:
+    """The hosting figures from the illegal verdicts' rows of ``_assessment``'s query."""
     countries: Counter[str] = Counter()
     networks: Counter[str] = Counter()
     cdn = unresolvable = unknown = 0
-    for named, status, country, asn, org, fronted, n in rows:
-        n = int(n)
+    for row in rows:
+        named, status, country, asn, org, fronted = (
+            row.hosting_country, row.status, row.country, row.asn, row.org, row.cdn)
+        n = int(row.n)
         where = named or country
         if where:
             countries[where] += n

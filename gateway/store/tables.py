@@ -70,6 +70,7 @@ submissions = Table(
     # {"flag": "urls_over_cap", "found": 10000, "filed": 200} (intake.normalise says which).
     Column("flags", LargeBinary, nullable=True, info=SEALED_JSON),
     Index(None, "status", "received_at"),
+    Index(None, "received_at"),  # the report: reports received in a period
 )
 
 # One case per reported item: a canonical URL, or a submission in which no URL was found.
@@ -119,6 +120,10 @@ cases = Table(
     Column("anonymised_at", DateTime(timezone=True), nullable=True),
     Index(None, "status", "first_reported"),
     Index(None, "status", "status_changed_at"),
+    # The report selects cases by the milestone that puts them in a period.
+    Index(None, "assessed_at"),
+    Index(None, "referred_at"),
+    Index(None, "removed_at"),
 )
 
 # Every lookup of a case's host, as it was answered: never updated, never replaced. A case's
@@ -413,6 +418,7 @@ referrals = Table(
     Column("claimed_by", String(64), nullable=True),
     Column("claimed_until", DateTime(timezone=True), nullable=True),
     UniqueConstraint("decision_id", "destination"),
+    Index(None, "created_at"),  # the report: referrals made in a period
 )
 
 # Every reminder queued for a referral: what it chases (acknowledge | remove), its number in
@@ -453,6 +459,7 @@ referral_outcomes = Table(
     Column("note", LargeBinary, nullable=True, info=SEALED_TEXT),
     Index(None, "referral_id", "recorded_at"),
     Index(None, "case_id"),
+    Index(None, "occurred_at"),  # the report: outcomes in a period
 )
 
 # Destinations' replies to referrals, as they arrived at ``[outbound] reply_address``: kept
