@@ -39,7 +39,7 @@ from gateway.store.audit import CLI_ACTOR
 from gateway.store.audit import verify as verify_audit
 from gateway.store.backend import WriteBackend, open_write_backend
 from gateway.store.errors import GatewayError
-from gateway.store.figures import Period
+from gateway.store.figures import Period, period_problem
 from gateway.store.lifecycle import Actor
 from gateway.store.report import build_report
 from gateway.store.resealing import BATCH
@@ -296,8 +296,9 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    if args.last < args.first:
-        print(f"report: --to {args.last} is before --from {args.first}", file=sys.stderr)
+    problem = period_problem(args.first, args.last)
+    if problem is not None:
+        print(f"report: --to {problem.replace('from (', '--from (')}", file=sys.stderr)
         return EXIT_USAGE
     if args.top < 1:
         print("report: --top must be at least 1", file=sys.stderr)

@@ -23,7 +23,7 @@ from markupsafe import Markup
 from gateway.console.accounts import Staff
 from gateway.console.base import CONSOLE, session_of, staff_of
 from gateway.console.svg import Series, bars, columns
-from gateway.store.figures import Figure, Period, Report, shown
+from gateway.store.figures import Figure, Period, Report, period_problem, shown
 from gateway.store.report import build_report
 
 #: How many hosting countries the top list names on the page.
@@ -71,8 +71,9 @@ def parse_period(query: Any, today: date) -> Period:
         except ValueError:
             raise BadPeriod(field, f"takes an ISO date such as 2026-03-31, not {value[:40]!r}"
                             ) from None
-    if found["to"] < found["from"]:
-        raise BadPeriod("to", f"{found['to']} is before from ({found['from']})")
+    problem = period_problem(found["from"], found["to"])
+    if problem is not None:
+        raise BadPeriod("to", problem)
     return Period(found["from"], found["to"])
 
 

@@ -268,7 +268,9 @@ def anonymise_batch(conn: Connection, *, before: datetime, now: datetime, actor:
     ours = select(referrals.c.id).where(referrals.c.case_id.in_(ids))
     rows += conn.execute(update(outbox).where(
         or_(outbox.c.referral_id.in_(ours), outbox.c.partner_referral_id.in_(theirs)),
-        outbox.c.status == "sent", outbox.c.message != b"").values(message=b"")).rowcount
+        # Sent or failed alike (the copy is encrypted to the hotline's archive key as well):
+        # only a message still waiting to go keeps its content.
+        outbox.c.status != "pending", outbox.c.message != b"").values(message=b"")).rowcount
     rows += _reseal(conn, replies, [
         {"id": row.id, "raw": None, "handled_note": None,
          "document": redact.document(row.document)}

@@ -74,14 +74,17 @@ class AuditBreak:
 
 #: What in a person's words names a place or a person: a URL (with a scheme, or a host and
 #: path), an e-mail address, an IPv4 or IPv6 address, a host name (labels ending in a
-#: top-level domain of letters). Codes, references, dates and version numbers are left.
+#: top-level domain of letters, in any script: IDNs as people write them), each also as
+#: analysts write them defanged (``example[.]com``, ``example(.)com``, ``example[dot]com``).
+#: Codes, references, dates and version numbers are left.
+_DOT = r"(?:\.|\[\.\]|\(\.\)|\[dot\])"
 _PLACES = re.compile(
     r"[a-z][a-z0-9+.-]*://\S+"
     r"|[^\s@<>()\[\]]+@[^\s@<>()\[\]]+"
-    r"|\b\d{1,3}(?:\.\d{1,3}){3}\b"
+    rf"|\b\d{{1,3}}(?:{_DOT}\d{{1,3}}){{3}}\b"
     r"|\b(?:[0-9a-f]{1,4}:){7}[0-9a-f]{1,4}\b"
     r"|(?:[0-9a-f]{1,4}:)*[0-9a-f]{0,4}::(?:[0-9a-f]{1,4}:?)*"
-    r"|\b(?:[a-z0-9_-]+\.)+[a-z]{2,63}\b(?:[/?#]\S*)?",
+    rf"|\b(?:[\w-]+{_DOT})+[^\W\d_]{{2,63}}\b(?:[/?#]\S*)?",
     re.IGNORECASE)
 #: What stands in for each in the trail.
 REMOVED = "[removed]"

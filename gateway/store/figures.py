@@ -26,6 +26,25 @@ Number = int | float | None
 UNRECORDED = "unrecorded"
 
 
+#: The longest period a report covers (ten years: a decade's trend, not a page of every day
+#: since the year 1) and its last possible day (the day after it must exist).
+MOST_DAYS = 3653
+LAST_DAY = date(9999, 12, 30)
+
+
+def period_problem(first: date, last: date) -> str | None:
+    """Why ``first``..``last`` is not a period a report can cover (said of ``last``, the
+    ``--to``/``to`` it comes from), or None."""
+    if last < first:
+        return f"{last} is before from ({first})"
+    if last > LAST_DAY:
+        return f"{last} is past the last day a report can cover ({LAST_DAY})"
+    if (last - first).days >= MOST_DAYS:
+        days = (last - first).days + 1
+        return f"a report covers at most {MOST_DAYS} days (ten years), not {days}"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Period:
     """The days ``first`` to ``last``, both included, as UTC days: ``[start, end)``."""
@@ -34,8 +53,9 @@ class Period:
     last: date
 
     def __post_init__(self) -> None:
-        if self.last < self.first:
-            raise ValueError("a period ends on or after its first day")
+        problem = period_problem(self.first, self.last)
+        if problem is not None:
+            raise ValueError(f"not a report's period: {problem}")
 
     @property
     def start(self) -> datetime:

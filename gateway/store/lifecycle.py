@@ -401,9 +401,14 @@ def file_reports(
     # do. A case is never deleted, nor re-keyed unless a rotation of the lookup key is under
     # way, so one found here is attached to: its URLs stay as they are, and the report's need
     # not be sealed for a row that will not be inserted.
+    # Locked (on PostgreSQL; SQLite's write transaction already excludes every other writer)
+    # in key order, so that what is read here is what the upsert then finds: a case that an
+    # outcome closes, or retention anonymises, between the two would otherwise be reopened
+    # without its reopening's audit, clearing and restored URL.
     stored_cases = conn.execute(
         select(cases.c.url_key, cases.c.status, cases.c.anonymised_at)
-        .where(cases.c.url_key.in_(list(by_key)))).all()
+        .where(cases.c.url_key.in_(list(by_key))).order_by(cases.c.url_key)
+        .with_for_update()).all()
     existing: dict[str, str] = {key: state for key, state, _ in stored_cases}
     # An anonymised case reported again takes the report's URL back (it may be located and
     # worked again) and is no longer marked: retention anonymises it again once due.

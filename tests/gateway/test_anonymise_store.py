@@ -147,7 +147,7 @@ async def test_0023_goes_down_and_up_again(backend: WriteBackend, engine: AsyncE
     async with engine.connect() as conn:
         assert "anonymised_at" in await conn.run_sync(columns)
         assert (await conn.execute(select(cases.c.anonymised_at))).scalar_one() is None
-    assert await migrate.current(engine) == migrate.head() == "0023"
+    assert await migrate.current(engine) == migrate.head()
 
 
 async def test_a_report_left_holding_data_by_two_passes_at_once_is_swept(

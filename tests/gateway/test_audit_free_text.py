@@ -24,7 +24,7 @@ PLACE = st.one_of(
     st.builds(lambda groups: ":".join(f"{g:x}" for g in groups),
               st.lists(st.integers(0, 0xFFFF), min_size=8, max_size=8)),
 )
-WORDS = st.text(st.characters(codec="utf-8", exclude_characters="@.:/"), max_size=40)
+WORDS = st.text(st.characters(codec="utf-8", exclude_characters="@.:/["), max_size=40)
 
 
 @settings(max_examples=examples(200))
@@ -39,3 +39,10 @@ def test_a_place_named_in_words_is_removed_and_the_words_stay(
 def test_codes_references_and_times_stay() -> None:
     text = "no_content per CF-2026-000123, v1.2, i.e. at 2026-12-03T10:00:00Z"
     assert free_text(text) == text
+
+
+def test_defanged_and_international_hosts_are_removed_too() -> None:
+    """Analysts write URLs defanged, and people write host names in their own script."""
+    for place in ("example[.]com/abuse/page", "example(.)com", "cdn[dot]example[dot]net/x",
+                  "bücher.de/img", "пример.рф/фото", "203[.]0[.]113[.]7"):
+        assert free_text(f"seen again at {place} today") == f"seen again at {REMOVED} today"

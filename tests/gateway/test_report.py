@@ -377,6 +377,8 @@ async def run_cli(config: Path, *args: str) -> tuple[int, str, str]:
     (("--from", "2026-01-01", "--to", "31/12/2026"), "--to takes an ISO date"),
     (("--from", "2026-01-01", "--to", "2026-1-5"), "--to takes an ISO date"),
     (("--from", "2026-04-01", "--to", "2026-03-31"), "--to 2026-03-31 is before --from"),
+    (("--from", "0001-01-01", "--to", "2026-03-31"), "--to a report covers at most 3653 days"),
+    (("--from", "2026-04-01", "--to", "9999-12-31"), "--to 9999-12-31 is past the last day"),
     (("--from", "2026-04-01", "--to", "2026-06-30", "--format", "xml"), "--format"),
     (("--to", "2026-06-30",), "--from"),
 ])

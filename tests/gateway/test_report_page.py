@@ -95,7 +95,9 @@ async def test_only_supervisors_see_the_report_and_bad_dates_name_the_field(
                 ("from=2026-13-01&to=2026-06-30", "from", "takes an ISO date"),
                 ("from=2026-04-01&to=30/06/2026", "to", "takes an ISO date"),
                 ("from=2026-04-01&to=2026-6-30", "to", "takes an ISO date"),
-                ("from=2026-04-01&to=2026-03-31", "to", "is before from")):
+                ("from=2026-04-01&to=2026-03-31", "to", "is before from"),
+                ("from=0001-01-01&to=2026-06-30", "to", "at most 3653 days"),
+                ("from=2026-04-01&to=9999-12-31", "to", "past the last day")):
             for path in ("/report", "/report.json", "/report.csv"):
                 status, body = await boss.get(f"{path}?{query}")
                 assert status == 422, (path, query)
