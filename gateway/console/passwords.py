@@ -37,6 +37,12 @@ class Passwords:
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return False
 
+    def stronger(self, password_hash: str) -> bool:
+        """Whether ``password_hash`` should be made again with these parameters: they are the
+        shipped ones and it was made with others (the test suite's, or an older release's).
+        Never the other way: a weaker setting leaves a stronger hash as it is."""
+        return self.parameters == SHIPPED and self._hasher.check_needs_rehash(password_hash)
+
     @functools.cached_property
     def dummy_hash(self) -> str:
         """Verified against when the name is unknown, so that both cases cost the same time

@@ -50,6 +50,37 @@ async def test_the_shipped_hashing_is_argon2id_at_64_mib_and_staff_log_in_with_i
     assert status == 200 and "Cases: awaiting assessment" in page
 
 
+async def test_a_weaker_hash_is_made_again_with_the_shipped_hashing_at_login(
+    start: Start
+) -> None:
+    """An account hashed with the test suite's setting, on a console switched back to what
+    ships, is hashed again with the shipped parameters when its user logs in; the password
+    still works afterwards."""
+    from tests.passwords import CHEAP
+
+    gw = await start(console={"password_hashing": "argon2id"})
+    backend = gw.console.context.backend
+    made = await add_user(backend, "cy", "analyst", now=utcnow(), passwords=CHEAP)
+    await backend.transaction(lambda conn: conn.execute(
+        update(users).where(users.c.name == "cy").values(must_change_password=False)))
+
+    async def stored() -> str:
+        async with gw.engine.connect() as conn:
+            return str((await conn.execute(select(users.c.password_hash)
+                                           .where(users.c.name == "cy"))).scalar_one())
+
+    assert argon2.extract_parameters(await stored()) == argon2.profiles.CHEAPEST
+    client = StaffClient(base(gw))
+    try:
+        status, page = await client.login(made)
+    finally:
+        await client.close()
+    assert status == 200 and "Cases: awaiting assessment" in page
+    rehashed = await stored()
+    assert argon2.extract_parameters(rehashed) == SHIPPED
+    assert argon2.PasswordHasher().verify(rehashed, made.password)
+
+
 @pytest.mark.parametrize("console", [
     {"password_hashing": "insecure-for-tests", "listen": ["0.0.0.0:8081"]},
     {"password_hashing": "insecure-for-tests", "listen": ["127.0.0.1:8081", "[::]:8081"]},
