@@ -11,7 +11,8 @@ import pytest
 from sqlalchemy import select, update
 
 from gateway import config as config_module
-from gateway.console.accounts import add_user, utcnow
+from gateway.app import Gateway
+from gateway.console.accounts import NewUser, add_user, utcnow
 from gateway.store.tables import users
 from tests.console_client import StaffClient, base
 from tests.gateway.conftest import Start
@@ -40,14 +41,19 @@ async def test_the_shipped_hashing_is_argon2id_at_64_mib_and_staff_log_in_with_i
     assert argon2.extract_parameters(stored["ana"]) == SHIPPED
     assert argon2.extract_parameters(stored["bob"]) == SHIPPED
     assert argon2.extract_parameters(passwords.dummy_hash) == SHIPPED
-    await backend.transaction(lambda conn: conn.execute(
-        update(users).where(users.c.name == "ana").values(must_change_password=False)))
+    status, page = await logs_in(gw, made)
+    assert status == 200 and "Cases: awaiting assessment" in page
+
+
+async def logs_in(gw: Gateway, user: NewUser) -> tuple[int, str]:
+    """``user`` (no password change due) logs in over HTTP with password and code."""
+    await gw.console.context.backend.transaction(lambda conn: conn.execute(
+        update(users).where(users.c.name == user.name).values(must_change_password=False)))
     client = StaffClient(base(gw))
     try:
-        status, page = await client.login(made)
+        return await client.login(user)
     finally:
         await client.close()
-    assert status == 200 and "Cases: awaiting assessment" in page
 
 
 async def test_a_weaker_hash_is_made_again_with_the_shipped_hashing_at_login(
@@ -61,8 +67,6 @@ async def test_a_weaker_hash_is_made_again_with_the_shipped_hashing_at_login(
     gw = await start(console={"password_hashing": "argon2id"})
     backend = gw.console.context.backend
     made = await add_user(backend, "cy", "analyst", now=utcnow(), passwords=CHEAP)
-    await backend.transaction(lambda conn: conn.execute(
-        update(users).where(users.c.name == "cy").values(must_change_password=False)))
 
     async def stored() -> str:
         async with gw.engine.connect() as conn:
@@ -70,11 +74,7 @@ async def test_a_weaker_hash_is_made_again_with_the_shipped_hashing_at_login(
                                            .where(users.c.name == "cy"))).scalar_one())
 
     assert argon2.extract_parameters(await stored()) == argon2.profiles.CHEAPEST
-    client = StaffClient(base(gw))
-    try:
-        status, page = await client.login(made)
-    finally:
-        await client.close()
+    status, page = await logs_in(gw, made)
     assert status == 200 and "Cases: awaiting assessment" in page
     rehashed = await stored()
     assert argon2.extract_parameters(rehashed) == SHIPPED
