@@ -250,9 +250,20 @@ async def test_a_known_browser_s_attempts_run_one_at_a_time(backend: WriteBacken
     user_id = await backend.transaction(lambda conn: conn.execute(
         select(users.c.id)).scalar_one())
     cookie = guard.devices.issue(user_id, T0)
-    results = await asyncio.gather(*(
-        login(backend, guard, "bob", f"guess {n}", "123456", source="192.0.2.1", now=T0,
-              policy=LoginPolicy(), device=cookie) for n in range(10)))
+    # Both hashing slots stay busy until the other nine are answered: the tried attempt
+    # cannot finish (and free the browser's turn) first, however fast hashing is.
+    release = threading.Event()
+    holders = [asyncio.create_task(guard.gate.run(f"busy-{n}", lambda: release.wait(60)))
+               for n in range(2)]
+    attempts = [asyncio.create_task(login(
+        backend, guard, "bob", f"guess {n}", "123456", source="192.0.2.1", now=T0,
+        policy=LoginPolicy(), device=cookie)) for n in range(10)]
+    async with asyncio.timeout(60):  # generous: only a bound against a hang
+        while guard.gate._free or sum(task.done() for task in attempts) < 9:
+            await asyncio.sleep(0.01)
+    release.set()
+    results = await asyncio.gather(*attempts)
+    await asyncio.gather(*holders)
     assert sorted(r.throttled or "tried" for r in results) == ["source"] * 9 + ["tried"]
 
 
