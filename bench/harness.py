@@ -15,7 +15,11 @@ module holds the rest:
 - one side of one round (:func:`run_reference_side`, :func:`run_gateway_side`: rows in the
   database, log lines above info, stderr, exit status) as a :class:`SideResult`;
 - the report (:func:`print_side`, :func:`print_summary_tail`), the A/B loop
-  (:func:`run_benchmark`), the command line (:func:`parser`, :func:`main`).
+  (:func:`run_benchmark`), the command line (:func:`parser`, :func:`main`);
+- with ``--against TREE``, a third side in every round: another checkout's own gateway (a
+  ``git worktree`` of an older commit, e.g. the release before a change) with that checkout's
+  own copy of the benchmark's config, so that "before" and "after" share one window of the
+  machine's noise (:func:`run_before_side`, :func:`print_against`).
 
 What differs between benchmarks (names, units, the gateway config, how the figures are
 printed) is given by the script as a :class:`Bench`. The scripts run as scripts, so this
@@ -25,12 +29,14 @@ folder is on ``sys.path`` and they ``import harness``.
 from __future__ import annotations
 
 import argparse
+import ast
 import asyncio
 import json
 import os
 import shutil
 import signal
 import sqlite3
+import statistics
 import sys
 import tempfile
 import time
@@ -233,19 +239,54 @@ def make_keyring(config_path: Path) -> None:
         create_keyring(keyring)
 
 
+def make_tree_keyring(tree: Path, config_path: Path, env: dict[str, str]) -> None:
+    """``tree``'s own way to make the keys its config names (none before sealing)."""
+    import subprocess
+
+    subprocess.run([sys.executable, "-c",
+                    "import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
+                    "import harness; make = getattr(harness, 'make_keyring', None); "
+                    "make and make(Path(sys.argv[2]))",
+                    str(tree / "bench"), str(config_path)],
+                   cwd=config_path.parent, env=env, check=True, stdout=subprocess.DEVNULL)
+
+
+def tree_config(tree: Path, script: str) -> str:
+    """``GATEWAY_CONFIG`` of ``tree``'s copy of the benchmark ``script`` ("smtp_intake"),
+    read without importing it: an older checkout's gateway gets the config it was
+    benchmarked with."""
+    module = ast.parse((tree / "bench" / f"{script}.py").read_text())
+    for node in module.body:
+        if isinstance(node, ast.Assign) and any(
+                isinstance(target, ast.Name) and target.id == "GATEWAY_CONFIG"
+                for target in node.targets):
+            return str(ast.literal_eval(node.value))
+    raise RuntimeError(f"{tree}/bench/{script}.py has no GATEWAY_CONFIG")
+
+
 async def start_gateway(
-    workdir: Path, config_text: str, listener: str, normalise: str = "serve"
+    workdir: Path, config_text: str, listener: str, normalise: str = "serve",
+    tree: Path | None = None,
 ) -> Server:
     """``hotline-gateway serve`` in ``workdir`` with ``config_text``, JSON logs in gateway.log;
-    the server on the port of ``listener`` once the gateway says it is ready."""
+    the server on the port of ``listener`` once the gateway says it is ready. With ``tree``,
+    that checkout's gateway (its code on ``PYTHONPATH``, this environment's libraries)."""
     config = workdir / "config.toml"
     config.write_text(config_text + f'\n[intake]\nnormalise = "{normalise}"\n')
-    make_keyring(config)
+    env = None
+    if tree is None:
+        make_keyring(config)
+        command = gateway_command()
+    else:
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        make_tree_keyring(tree, config, env)
+        command = [sys.executable, "-c", "import sys; from gateway.cli import main; "
+                   "sys.exit(main())"]
     log_file, err_file = workdir / "gateway.log", workdir / "gateway.stderr"
     with log_file.open("wb") as out, err_file.open("wb") as err:
         process = await asyncio.create_subprocess_exec(
-            *gateway_command(), "--config", str(config), "serve",
-            stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=err, cwd=workdir,
+            *command, "--config", str(config), "serve",
+            stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=err, cwd=workdir, env=env,
         )
     deadline = time.monotonic() + START_TIMEOUT
     while (port := ready_port(log_file, listener)) is None:
@@ -405,22 +446,46 @@ def _count_log(result: SideResult, log_file: Path, expected_alerts: Collection[s
 async def run_gateway_side(
     bench: Bench, round_no: int, args: argparse.Namespace, run_id: str
 ) -> SideResult:
-    workdir = Path(tempfile.mkdtemp(prefix=f"{bench.name}-intake-bench-", dir=args.tmpdir))
+    return await _gateway_side(bench, round_no, args, run_id, None)
+
+
+async def run_before_side(
+    bench: Bench, round_no: int, args: argparse.Namespace, run_id: str
+) -> SideResult:
+    """The gateway of the checkout ``--against`` names, as that checkout benchmarked it."""
+    return await _gateway_side(bench, round_no, args, run_id, args.against)
+
+
+def _plain_rows(database: Path) -> int:
+    conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
     try:
-        server = await start_gateway(
-            workdir, bench.gateway_config, bench.listener, args.normalise
-        )
+        return int(conn.execute("SELECT count(*) FROM submissions").fetchone()[0])
+    finally:
+        conn.close()
+
+
+async def _gateway_side(
+    bench: Bench, round_no: int, args: argparse.Namespace, run_id: str, tree: Path | None
+) -> SideResult:
+    side, tag = ("gateway", bench.gateway_tag) if tree is None else ("before", "before")
+    workdir = Path(tempfile.mkdtemp(prefix=f"{bench.name}-intake-bench-", dir=args.tmpdir))
+    config_text = bench.gateway_config if tree is None else tree_config(tree, bench.script.stem)
+    try:
+        server = await start_gateway(workdir, config_text, bench.listener, args.normalise, tree)
         try:
             load, cpu, other, rss = await measure(
-                bench, server, args=args, tag=f"{run_id}.r{round_no}.{bench.gateway_tag}"
+                bench, server, args=args, tag=f"{run_id}.r{round_no}.{tag}"
             )
         finally:
             status = await server.stop()
-        result = SideResult("gateway", round_no, load, cpu, other, rss, status)
+        result = SideResult(side, round_no, load, cpu, other, rss, status)
         _check_load(result)
+        database = workdir / "var" / "gateway.db"
         try:
-            result.rows, distinct = count_rows(workdir / "var" / "gateway.db",
-                                               workdir / "config.toml")
+            if tree is None:
+                result.rows, distinct = count_rows(database, workdir / "config.toml")
+            else:  # another release's columns: the count alone
+                result.rows = distinct = _plain_rows(database)
         except sqlite3.Error as exc:
             result.problems.append(f"cannot count the rows: {exc}")
         else:
@@ -486,6 +551,33 @@ def print_summary_tail(bench: Bench, results: list[SideResult]) -> None:
     print(f"  problems: {sum(len(r.problems) for r in results)}")
 
 
+def _cpu_per_report_us(r: SideResult) -> float:
+    return r.server_cpu_seconds / r.load.accepted * 1e6 if r.load.accepted else 0.0
+
+
+def print_against(bench: Bench, results: list[SideResult], tree: Path) -> None:
+    """This checkout's gateway against the one ``--against`` named, round by round (each
+    pair shared a round's window) and as medians of the per-round ratios."""
+    now = {r.round: r for r in results if r.side == "gateway"}
+    before = {r.round: r for r in results if r.side == "before"}
+    rounds = sorted(set(now) & set(before))
+    if not rounds:
+        return
+    rate = [now[i].load.rate / before[i].load.rate for i in rounds if before[i].load.rate]
+    cpu = [_cpu_per_report_us(now[i]) / _cpu_per_report_us(before[i]) for i in rounds
+           if _cpu_per_report_us(before[i])]
+    print(f"\nthis checkout against {tree} (same rounds, same window)")
+    for i in rounds:
+        print(f"  round {i}  rate {now[i].load.rate:9.1f} vs {before[i].load.rate:9.1f}"
+              f" {bench.unit}/s   server CPU {_cpu_per_report_us(now[i]):6.0f} vs"
+              f" {_cpu_per_report_us(before[i]):6.0f} us/{bench.unit.rstrip('s')}")
+    if rate and cpu:
+        print(f"  median ratios (this/before): rate {statistics.median(rate):.3f}"
+              f"  server CPU per report {statistics.median(cpu):.3f}"
+              f"  (rounds: rate " + ", ".join(f"{x:.3f}" for x in rate)
+              + "; CPU " + ", ".join(f"{x:.3f}" for x in cpu) + ")")
+
+
 async def run_benchmark(bench: Bench, args: argparse.Namespace) -> int:
     run_id = uuid.uuid4().hex[:12]
     tmp = Path(args.tmpdir or tempfile.gettempdir())
@@ -497,14 +589,21 @@ async def run_benchmark(bench: Bench, args: argparse.Namespace) -> int:
         f"gateway database under {tmp}, normalise = {args.normalise}"
     )
     sys.stdout.flush()
+    if args.against is not None:
+        print(f"  against: {args.against} (its gateway as a third side, \"before\")")
     results: list[SideResult] = []
     for round_no in range(1, args.rounds + 1):
-        for run_side in (run_reference_side, run_gateway_side):
+        sides: list[Callable[..., Awaitable[SideResult]]] = [run_gateway_side]
+        if args.against is not None:  # which of the two goes first alternates
+            sides = [*sides, run_before_side] if round_no % 2 else [run_before_side, *sides]
+        for run_side in (run_reference_side, *sides):
             result = await run_side(bench, round_no, args, run_id)
             print_side(bench, result)
             results.append(result)
-    bench.summary(results)
+    bench.summary([r for r in results if r.side != "before"])
     print_summary_tail(bench, results)
+    if args.against is not None:
+        print_against(bench, results, args.against)
     return 1 if any(r.problems for r in results) else 0
 
 
@@ -530,6 +629,9 @@ def parser(bench: Bench, description: str | None) -> argparse.ArgumentParser:
              "default install); separate: intake alone, as with a separate normalise process")
     parser.add_argument("--keep", action="store_true",
                         help="keep the gateway's temporary folders (database, log)")
+    parser.add_argument("--against", type=Path, metavar="TREE",
+                        help="also run another checkout's gateway (e.g. a git worktree of the "
+                             "release before a change) in every round, and compare")
     # Internal: the same script is the bare server and the load generator.
     parser.add_argument(bench.reference_flag, action="store_true", dest="reference",
                         help=argparse.SUPPRESS)

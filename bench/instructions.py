@@ -45,7 +45,6 @@ is what a "costs under N%" goal asks, on any machine.
 from __future__ import annotations
 
 import argparse
-import ast
 import asyncio
 import json
 import os
@@ -162,17 +161,6 @@ def _measure(tree: Path, phase: str, count: int, null: bool) -> int:
         return sum(totals)
 
 
-def _bench_config(tree: Path, script: str) -> str:
-    """``GATEWAY_CONFIG`` of ``tree``'s benchmark script, read without importing it."""
-    module = ast.parse((tree / "bench" / f"{script}.py").read_text())
-    for node in module.body:
-        if isinstance(node, ast.Assign) and any(
-                isinstance(target, ast.Name) and target.id == "GATEWAY_CONFIG"
-                for target in node.targets):
-            return str(ast.literal_eval(node.value))
-    raise RuntimeError(f"{tree}/bench/{script}.py has no GATEWAY_CONFIG")
-
-
 def _rows(database: Path) -> int:
     conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
     try:
@@ -216,14 +204,10 @@ def _measure_serve(tree: Path, phase: str, *, seconds: float, connections: int,
     with tempfile.TemporaryDirectory(prefix="callgrind-serve-") as tmp:
         work = Path(tmp)
         config = work / "config.toml"
-        config.write_text(_bench_config(tree, script) + '\n[intake]\nnormalise = "separate"\n')
+        config.write_text(harness.tree_config(tree, script)
+                          + '\n[intake]\nnormalise = "separate"\n')
         env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONHASHSEED": "0"}
-        # The tree's own way to make the data keys its serve needs (none before sealing).
-        subprocess.run([sys.executable, "-c",
-                        "import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
-                        "import harness; make = getattr(harness, 'make_keyring', None); "
-                        "make and make(Path(sys.argv[2]))",
-                        str(tree / "bench"), str(config)], cwd=work, env=env, check=True)
+        harness.make_tree_keyring(tree, config, env)
         out = work / "callgrind.out"
         log_file = work / "gateway.log"
         with log_file.open("wb") as log, (work / "gateway.stderr").open("wb") as err:

@@ -18,7 +18,10 @@ default executor, case insert-or-attach, commit; logs go to a file as JSON at le
 checks every submission is parsed and the cases and case reports are exactly those implied by the
 generator's own record of the URLs it wrote. Run from the project root, on an idle machine:
 
-    .venv/bin/python bench/normalise.py [--count N] [--rounds R]
+    .venv/bin/python bench/normalise.py [--count N] [--rounds R] [--against TREE]
+
+With ``--against TREE`` (another checkout, e.g. ``git worktree add --detach ../base REV``) it
+then runs the stage of both checkouts round by round in one window (``bench/against.py``).
 
 Exit status 0 when every check passed; the goals are reported, not enforced.
 """
@@ -361,6 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=2000, help="reports (default 2000)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
     parser.add_argument("--seed", type=int, default=1, help="corpus seed (default 1)")
+    parser.add_argument("--against", type=Path, metavar="TREE",
+                        help="then the stage of another checkout (e.g. a git worktree of the "
+                             "release before a change) against this one's, round by round")
     args = parser.parse_args(argv)
     if args.count < 1 or args.rounds < 1:
         parser.error("--count and --rounds must be positive")
@@ -419,6 +425,10 @@ def main(argv: list[str] | None = None) -> int:
           f"  c  stage:             {verdict(c, c / a)}\n"
           f"  b  normalise_message: {verdict(b, b / a)}  (for reference)\n"
           f"checks: {'all passed' if all_ok else 'FAILED'}")
+    if args.against is not None:
+        import against
+
+        all_ok &= against.compare(args.against, count=n, seed=args.seed, rounds=args.rounds)
     return 0 if all_ok else 1
 
 
