@@ -21,6 +21,12 @@ to an older build is what sealing costs around them (encoding, bigger rows, book
 
     .venv/bin/python bench/instructions.py [--count 192] [--tree ../base] [--null-crypto]
 
+``--null-crypto`` applies to ``--serve`` too (the serve child installs the stand-ins before
+the CLI starts), and ``--serve --no-sealing`` measures this checkout once more with the
+sealing door storing plaintext and an unkeyed dedup hash (``_no_sealing``): the same code
+otherwise, so the difference is what sealing costs on the whole intake path, apart from the
+other changes a comparison with an older tree also counts.
+
 ``--serve`` measures the two intake benchmarks' whole path the same way:
 
   smtp    ``hotline-gateway serve`` (the tree's own, with ``bench/smtp_intake.py``'s config and
@@ -31,8 +37,10 @@ to an older build is what sealing costs around them (encoding, bigger rows, book
 The load comes over one connection by default, one report at a time: each report is then its
 own batch and commit, so the figure does not depend on how a run happened to batch concurrent
 reports (with two connections, runs of one build differed by up to 20%). For these, a short
-load first warms the server up uncounted; then the server's idle work is counted for a few
-seconds (timers, the other stages polling), then a load of ``--seconds``;
+load first warms the server up uncounted; then the server's idle work is counted (timers,
+the other stages polling: ``--idle`` seconds, by default as long as the load, since a stage
+that polls every 30 s is missed by a short window and then counted as the reports' work),
+then a load of ``--seconds``;
 the figure is the load's instructions, less the idle rate over the load's duration, per row
 that the load added to ``submissions``.
 
@@ -92,6 +100,39 @@ def _null_crypto() -> None:
 
     cipher.AESGCM = CopyAead  # type: ignore[misc,assignment]
     cipher._lookup = lookup
+
+
+def _no_sealing() -> None:
+    """The door replaced by one that stores what it is given, as the column's kind encodes
+    it (text as UTF-8, JSON compact), and the lookup hash by the unkeyed SHA-256 the release
+    before sealing made its dedup key with: the intake path as it would be without sealing,
+    for ``--serve`` (a measurement device only, never a mode of the gateway). Installed
+    before the gateway's modules are imported, so ``from ... import seal_values`` finds it."""
+    import hashlib
+
+    from gateway.store import sealed
+    from gateway.store.sealing import cipher
+
+    def seal_values(sealer: Any, table: Any, record: object,
+                    values: Any) -> dict[str, Any]:
+        out = dict(values)
+        for name, kind in sealed.SEALED.get(table.name, {}).items():
+            value = out.get(name)
+            if value is None:
+                continue
+            if kind == "text":
+                out[name] = value.encode("utf-8", "surrogatepass")
+            elif kind == "json":
+                out[name] = cipher.json_plaintext(value)
+        return out
+
+    def lookup_key(self: Any, purpose: str, value: bytes | str) -> str:
+        if isinstance(value, str):
+            value = value.encode("utf-8", "surrogatepass")
+        return hashlib.sha256(value).hexdigest()
+
+    sealed.seal_values = seal_values
+    cipher.Sealer.lookup_key = lookup_key  # type: ignore[method-assign]
 
 
 def _child(tree: Path, phase: str, count: int, null: bool) -> None:
@@ -197,8 +238,20 @@ def _dump_totals(out: Path, after: set[Path]) -> tuple[int, set[Path]]:
     return totals, after | files
 
 
+#: What ``--null-crypto`` and ``--no-sealing`` install in a measured process.
+STUBS = {"crypto": "_null_crypto", "sealing": "_no_sealing"}
+
+
+def _serve_code(stub: str | None) -> str:
+    """What the serve child runs: the CLI, after the ``stub``'s stand-ins when one is named."""
+    first = (f"sys.path.insert(0, {str(HERE)!r}); import instructions; "
+             f"instructions.{STUBS[stub]}(); ") if stub else ""
+    return f"import sys; {first}from gateway.cli import main; sys.exit(main())"
+
+
 def _measure_serve(tree: Path, phase: str, *, seconds: float, connections: int,
-                   idle: float, keep: Path | None = None) -> tuple[float, int, float]:
+                   idle: float, keep: Path | None = None, stub: str | None = None
+                   ) -> tuple[float, int, float]:
     """(instructions per accepted report, reports, idle share) for ``tree``'s serve."""
     script = SERVE_PHASES[phase]
     with tempfile.TemporaryDirectory(prefix="callgrind-serve-") as tmp:
@@ -213,8 +266,7 @@ def _measure_serve(tree: Path, phase: str, *, seconds: float, connections: int,
         with log_file.open("wb") as log, (work / "gateway.stderr").open("wb") as err:
             server = subprocess.Popen(
                 ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--separate-threads=yes",
-                 f"--callgrind-out-file={out}", sys.executable, "-c",
-                 "import sys; from gateway.cli import main; sys.exit(main())",
+                 f"--callgrind-out-file={out}", sys.executable, "-c", _serve_code(stub),
                  "--config", str(config), "serve"],
                 cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=err)
         try:
@@ -243,7 +295,8 @@ def _measure_serve(tree: Path, phase: str, *, seconds: float, connections: int,
                 keep.mkdir(parents=True, exist_ok=True)
                 for path in dumps - seen:
                     thread = path.name.rpartition("-")[2]
-                    shutil.copy(path, keep / f"{tree.name}-{phase}-{thread}.callgrind")
+                    name = f"{tree.name}{'-' + stub if stub else ''}-{phase}-{thread}"
+                    shutil.copy(path, keep / f"{name}.callgrind")
             _toggle_pid(server.pid, "off")
             reports = _rows(database) - before
             if reports != accepted or reports == 0:
@@ -264,17 +317,18 @@ def _toggle_pid(pid: int, state: str) -> None:
                    stdout=subprocess.DEVNULL)
 
 
-def _serve_figures(runs: list[tuple[str, Path, bool]], args: argparse.Namespace) -> None:
+def _serve_figures(runs: list[tuple[str, Path, str | None]],
+                   args: argparse.Namespace) -> None:
     print(f"instructions per report through serve (callgrind), load of {args.seconds:g} s "
           f"on {args.connections} connections, idle work subtracted")
     figures: dict[str, dict[str, float]] = {}
-    for label, tree, _ in runs:
+    for label, tree, stub in runs:
         figures[label] = {}
         parts = []
         for phase in SERVE_PHASES:
             per, reports, idle_share = _measure_serve(
                 tree, phase, seconds=args.seconds, connections=args.connections,
-                idle=args.idle, keep=args.keep)
+                idle=args.idle, keep=args.keep, stub=stub)
             figures[label][phase] = per
             parts.append(f"{phase} {per / 1e3:8.1f} k ({reports} reports, idle "
                          f"{idle_share:.1%})")
@@ -301,6 +355,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="another checkout to measure too (repeatable)")
     parser.add_argument("--null-crypto", action="store_true",
                         help="also measure this checkout with AES-GCM and HMAC stubbed")
+    parser.add_argument("--no-sealing", action="store_true",
+                        help="--serve: also measure this checkout with the sealing door "
+                             "storing plaintext (what sealing costs on the whole path)")
     parser.add_argument("--serve", action="store_true",
                         help="measure the smtp and http intake paths through serve instead")
     parser.add_argument("--seconds", type=float, default=40.0,
@@ -308,13 +365,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=1,
                         help="--serve: the load's connections (default 1: each report is "
                              "its own batch, so the figure does not depend on batching)")
-    parser.add_argument("--idle", type=float, default=5.0,
-                        help="--serve: seconds of idle work counted first (default 5)")
+    parser.add_argument("--idle", type=float, default=None,
+                        help="--serve: seconds of idle work counted first (default: as long "
+                             "as the load, so that stages polling every few tens of seconds "
+                             "are subtracted in proportion)")
     parser.add_argument("--keep", type=Path, metavar="DIR",
                         help="--serve: keep each load's callgrind dump in DIR")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--phase", choices=PHASES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.idle is None:
+        args.idle = args.seconds
     if args.child is not None:
         _child(args.child, args.phase, args.count, args.null_crypto)
         return 0
@@ -322,18 +383,24 @@ def main(argv: list[str] | None = None) -> int:
         print("needs valgrind: apt-get install valgrind", file=sys.stderr)
         return 2
     here = HERE.parent
-    runs = [(str(tree), tree.resolve(), False) for tree in args.tree]
-    runs.append(("this checkout", here, False))
+    runs: list[tuple[str, Path, str | None]] = [
+        (str(tree), tree.resolve(), None) for tree in args.tree]
+    runs.append(("this checkout", here, None))
+    if args.null_crypto:
+        runs.append(("this checkout, crypto stubbed", here, "crypto"))
+    if args.no_sealing and not args.serve:
+        parser.error("--no-sealing measures --serve only (the stage opens what it reads)")
+    if args.no_sealing:
+        runs.append(("this checkout, no sealing", here, "sealing"))
     if args.serve:
         _serve_figures(runs, args)
         return 0
-    if args.null_crypto:
-        runs.append(("this checkout, crypto stubbed", here, True))
     print(f"instructions per report (callgrind), {args.count} reports, corpus of"
           " bench/normalise.py (seed 7)")
     figures: dict[str, dict[str, float]] = {}
-    for label, tree, null in runs:
-        figures[label] = {phase: _measure(tree, phase, args.count, null) / args.count
+    for label, tree, stub in runs:
+        figures[label] = {phase: _measure(tree, phase, args.count, stub == "crypto")
+                          / args.count
                           for phase in PHASES}
         line = "  ".join(f"{phase} {figures[label][phase] / 1e3:8.1f} k" for phase in PHASES)
         print(f"  {label:<34} {line}", flush=True)
