@@ -226,7 +226,8 @@ async def running(
         backend = await open_write_backend(engine, busy_timeout=config.database.busy_timeout)
         parts.on_close(backend.close)
         writer = SubmissionWriter(backend, ReferenceAllocator(config.gateway.reference_prefix),
-                                  batch_max=config.database.batch_max)
+                                  batch_max=config.database.batch_max,
+                                  commit_deadline=config.database.commit_deadline)
         gpg = await make_gpg(config, gpg_executor)
         normaliser = make_normaliser(config, backend, executor, intake_busy=writer.busy,
                                      gpg=gpg)

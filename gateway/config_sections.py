@@ -78,6 +78,9 @@ class GatewayConfig(Section):
 class DatabaseConfig(Section):
     url: DatabaseUrl = Field(default="sqlite+aiosqlite:///var/gateway.db", validate_default=True)
     busy_timeout: PositiveDuration = 5.0
+    #: How long an SMTP transaction or a web request waits for its report's commit before
+    #: the client is told to try again (451, 503): under the 30 s many HTTP clients give up.
+    commit_deadline: PositiveDuration = 20.0
     statement_timeout: PositiveDuration = 30.0
     pool_size: PositiveInt = 5
     batch_max: Annotated[int, Field(gt=0, le=2000)] = 512

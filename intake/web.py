@@ -21,7 +21,7 @@ import jinja2
 import structlog
 from aiohttp import web
 
-from gateway.store.writer import Submitter, WriterClosed
+from gateway.store.writer import CommitLate, Submitter, WriterClosed
 from intake import i18n, listeners
 from intake.listeners import HttpListener
 from intake.origin import cross_site, own_origin
@@ -127,11 +127,12 @@ async def submit_form(request: web.Request) -> web.StreamResponse:
         raw = report.to_bytes()
         receipt = await store(intake, request, raw, hashlib.sha256(raw).hexdigest(), "web",
                                f"form:{form_id[:64]}")
-    except WriterClosed:
-        return intake.render("error.html", language, code=503, message="unavailable")
     except Exception as exc:
-        log.error("web.store_failed", error_type=type(exc).__name__)
-        return intake.render("error.html", language, code=503, message="unavailable")
+        if not isinstance(exc, WriterClosed | CommitLate):  # those the writer has said
+            log.error("web.store_failed", error_type=type(exc).__name__)
+        unavailable = intake.render("error.html", language, code=503, message="unavailable")
+        unavailable.headers["Retry-After"] = "30"
+        return unavailable
     # (The writer logs every committed reference, per batch: no line per post here.)
     # A plain response rather than raising HTTPSeeOther: the exception parses the location
     # into a URL object and unwinds the middleware, a tenth of a post's cost for nothing.

@@ -95,6 +95,14 @@ class _Pending:
 class WriterStats:
     batches: int = 0
     failures: int = 0
+    late: int = 0  # callers answered "try again" at the commit deadline
+
+
+class CommitLate(Exception):
+    """The report was not committed within the deadline. It may still be: it stays queued
+    with its batch, and a retry finds it by its dedup key (Message-ID or Idempotency-Key and
+    body) and gets the same reference; or the batch fails and it is not stored at all. Never
+    half: the caller answers "try again" (451, 503) either way."""
 
 
 class SubmissionWriter:
@@ -108,8 +116,11 @@ class SubmissionWriter:
         batch_max: int = 512,
         queue_max: int = 10_000,
         on_commit: Callable[[], None] | None = None,
+        commit_deadline: float | None = None,
     ) -> None:
         self._backend = backend
+        #: Seconds a caller of ``submit`` waits for its commit (None: as long as it takes).
+        self.commit_deadline = commit_deadline
         self._sealer = backend.sealer
         self._inserts = inserts_for(backend)
         self._references = references
@@ -131,10 +142,21 @@ class SubmissionWriter:
         if self._closed:
             raise WriterClosed
         future: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(submission, future))
-        # A caller that goes away (a dropped connection) cancels only its own future; the
-        # submission is still written with its batch, and a resend finds it as a duplicate.
-        return await future
+        deadline = self.commit_deadline
+        if deadline is None:
+            await self._queue.put(_Pending(submission, future))
+            # A caller that goes away (a dropped connection) cancels only its own future; the
+            # submission is still written with its batch, and a resend finds it as a duplicate.
+            return await future
+        try:
+            async with asyncio.timeout(deadline):
+                await self._queue.put(_Pending(submission, future))
+                # Shielded: past the deadline the batch still commits (or fails) as a whole.
+                return await asyncio.shield(future)
+        except TimeoutError:
+            self.stats.late += 1
+            log.warning("writer.commit_late", deadline=deadline, channel=submission.channel)
+            raise CommitLate(f"not committed within {deadline:g} s") from None
 
     async def stop(self) -> None:
         """Take no more submissions; ``run()`` commits what is queued, then returns."""
