@@ -9,6 +9,7 @@ sees one transaction per batch rather than one per report.
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 import uuid
 from collections import Counter
@@ -132,6 +133,10 @@ class SubmissionWriter:
         self.observer: StoreObserver | None = None
         self._last_batch = -1e9
         self.stats = WriterStats()
+        #: (deadline, caller's future) in the order they were given: ``_watch`` reads them.
+        self._deadlines: collections.deque[tuple[float, asyncio.Future[Receipt]]] = \
+            collections.deque()
+        self._watch_wake = asyncio.Event()
 
     def busy(self, within: float = 0.05) -> bool:
         """Whether reports are arriving: something queued, or a batch in the last ``within`` s."""
@@ -141,22 +146,48 @@ class SubmissionWriter:
         """Store ``submission`` durably; returns once it is committed, raises if it is not."""
         if self._closed:
             raise WriterClosed
-        future: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
-        deadline = self.commit_deadline
-        if deadline is None:
-            await self._queue.put(_Pending(submission, future))
-            # A caller that goes away (a dropped connection) cancels only its own future; the
-            # submission is still written with its batch, and a resend finds it as a duplicate.
-            return await future
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Receipt] = loop.create_future()
+        pending = _Pending(submission, future)
+        if self.commit_deadline is not None:
+            # One watch for all (``_watch``): a timer per report cost 2.5% of SMTP intake.
+            if not self._deadlines:
+                self._watch_wake.set()
+            self._deadlines.append((loop.time() + self.commit_deadline, future))
         try:
-            async with asyncio.timeout(deadline):
-                await self._queue.put(_Pending(submission, future))
-                # Shielded: past the deadline the batch still commits (or fails) as a whole.
-                return await asyncio.shield(future)
-        except TimeoutError:
-            self.stats.late += 1
-            log.warning("writer.commit_late", deadline=deadline, channel=submission.channel)
-            raise CommitLate(f"not committed within {deadline:g} s") from None
+            self._queue.put_nowait(pending)
+        except asyncio.QueueFull:  # a backlog: wait for room, but not past the deadline
+            try:
+                await asyncio.wait_for(self._queue.put(pending), self.commit_deadline)
+            except TimeoutError:
+                self._late(future, submission.channel)
+        # A caller that goes away (a dropped connection) cancels only its own future; the
+        # submission is still written with its batch, and a resend finds it as a duplicate.
+        # A caller told CommitLate likewise: the batch still commits (or fails) as a whole.
+        return await future
+
+    def _late(self, future: asyncio.Future[Receipt], channel: str | None = None) -> None:
+        if future.done():
+            return
+        self.stats.late += 1
+        log.warning("writer.commit_late", deadline=self.commit_deadline, channel=channel)
+        future.set_exception(CommitLate(f"not committed within {self.commit_deadline:g} s"))
+
+    async def _watch(self) -> None:
+        """Tell each caller still waiting at its deadline to try again (``CommitLate``).
+        Deadlines are appended in order, so only the oldest are ever looked at."""
+        assert self.commit_deadline is not None
+        loop = asyncio.get_running_loop()
+        step = min(1.0, self.commit_deadline / 4)
+        while True:
+            deadlines = self._deadlines
+            while deadlines and (deadlines[0][1].done() or deadlines[0][0] <= loop.time()):
+                self._late(deadlines.popleft()[1])
+            if not deadlines:
+                self._watch_wake.clear()
+                await self._watch_wake.wait()
+            else:
+                await asyncio.sleep(min(step, max(0.0, deadlines[0][0] - loop.time())))
 
     async def stop(self) -> None:
         """Take no more submissions; ``run()`` commits what is queued, then returns."""
@@ -170,9 +201,13 @@ class SubmissionWriter:
         However this ends (closed, cancelled, a bug), nobody is left waiting: what is still
         queued fails with ``WriterClosed`` and its senders are told to come back later.
         """
+        watch = (asyncio.create_task(self._watch(), name="writer-deadlines")
+                 if self.commit_deadline is not None else None)
         try:
             await self._drain()
         finally:
+            if watch is not None:
+                watch.cancel()
             self._closed = True
             while not self._queue.empty():
                 item = self._queue.get_nowait()
