@@ -54,7 +54,9 @@ async def make_locator(config: Config) -> Locator:
     """The resolver and the geolocation databases (opened off the event loop)."""
     settings = config.locate
     resolver = await HostResolver.create(settings.nameservers, timeout=settings.timeout)
-    geo = await asyncio.to_thread(open_geolocator, settings.geoip_db, settings.asn_db)
+    data_dir = config.gateway.data_dir
+    geo = await asyncio.to_thread(open_geolocator, settings.geoip_db, settings.asn_db,
+                                  data_dir / "cache" if data_dir is not None else None)
     return Locator(resolver, geo, overrides=Overrides(settings.override),
                    cdn_asns=settings.cdn_asns)
 

@@ -12,12 +12,15 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
+import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 import maxminddb
+
+from routing import geo_builtin
 
 #: The builtin ASN data has organisation names, not numbers: these are the names under which
 #: it lists the networks of well-known CDNs, so that ``cdn_asns`` works with it too.
@@ -113,44 +116,44 @@ class MmdbDatabase:
 
 
 class BuiltinDatabase:
-    """geoip2fast's shipped GeoLite2 data (country and ASN organisation, IPv4 and IPv6)."""
+    """geoip2fast's shipped GeoLite2 data (country and ASN organisation, IPv4 and IPv6), as
+    compact tables built once into ``cache_dir`` (``routing.geo_builtin``): the daemon never
+    holds geoip2fast's 108 MiB of lists. Without a cache folder they are built into a
+    temporary one for this process."""
 
-    DATA_FILE = "geoip2fast-asn-ipv6.dat.gz"
+    DATA_FILE = geo_builtin.DATA_FILE
 
-    def __init__(self) -> None:
-        from geoip2fast import GeoIP2Fast  # type: ignore[import-untyped]  # loads ~20 MB of tables: only when asked for
-
+    def __init__(self, cache_dir: Path | None = None) -> None:
+        self._scratch: tempfile.TemporaryDirectory[str] | None = None
+        if cache_dir is None:
+            self._scratch = tempfile.TemporaryDirectory(prefix="hotline-geo-")
+            cache_dir = Path(self._scratch.name)
         try:
-            self._db = GeoIP2Fast(geoip2fast_data_file=self.DATA_FILE, verbose=False)
-            info = self._db.get_database_info()
-        except Exception as exc:  # the package's own errors are plain Exceptions
+            self._tables = geo_builtin.load(cache_dir)
+        except Exception as exc:  # a missing package, a failed build, a damaged cache file
             raise GeoError(f"builtin data: {type(exc).__name__}") from exc
-        source = str(info.get("source_info", ""))
+        source = self._tables.source
         stamp = re.search(r"(\d{8})$", source)
         built = (
             datetime.strptime(stamp.group(1), "%Y%m%d").date().isoformat() if stamp else "unknown"
         )
         self._description = {"name": f"builtin geoip2fast ({source})", "built": built}
 
-    def _lookup(self, address: str) -> Any:
-        return self._db.lookup(address)
-
     def country(self, address: str) -> str | None:
-        return _iso_country(self._lookup(address).country_code)
+        return _iso_country(self._tables.lookup(address)[0])
 
     def asn(self, address: str) -> AsnFacts:
-        name = self._lookup(address).asn_name
-        return AsnFacts(None, name if isinstance(name, str) and name else None)
+        name = self._tables.lookup(address)[1]
+        return AsnFacts(None, name if name else None)
 
     def describe(self) -> dict[str, str]:
         return dict(self._description)
 
 
 @functools.cache
-def builtin_database() -> BuiltinDatabase:
-    """Loaded once per process: geoip2fast keeps its tables in module state anyway, and they
-    never change while the process runs."""
-    return BuiltinDatabase()
+def builtin_database(cache_dir: Path | None = None) -> BuiltinDatabase:
+    """Loaded once per process (and cache folder): the data never changes while it runs."""
+    return BuiltinDatabase(cache_dir)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,14 +184,17 @@ class Geolocator:
         return {"country": self._countries.describe(), "asn": self._asns.describe()}
 
 
-def open_geolocator(geoip_db: str | Path, asn_db: str | Path) -> Geolocator:
-    """Open the configured databases (blocking: call it off the event loop)."""
+def open_geolocator(geoip_db: str | Path, asn_db: str | Path,
+                    cache_dir: Path | None = None) -> Geolocator:
+    """Open the configured databases (blocking: call it off the event loop); the builtin
+    data's compact tables are kept in ``cache_dir``."""
     opened: dict[str, Any] = {}
 
     def source(spec: str | Path) -> Any:
         key = str(spec)
         if key not in opened:
-            opened[key] = builtin_database() if spec == "builtin" else MmdbDatabase(Path(spec))
+            opened[key] = (builtin_database(cache_dir) if spec == "builtin"
+                           else MmdbDatabase(Path(spec)))
         return opened[key]
 
     return Geolocator(source(geoip_db), source(asn_db))

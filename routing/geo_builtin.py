@@ -1,0 +1,178 @@
+"""The builtin geolocation data (geoip2fast's GeoLite2 tables), kept compactly.
+
+geoip2fast holds its tables as Python lists of Python integers: 108 MiB in the daemon for
+788,735 country ranges, 643,637 network ranges and 72,293 organisation names. Here they are
+read once, in a process of their own (``python -m routing.geo_builtin OUT``), into a few
+numpy arrays saved in the gateway's cache folder; the daemon loads only those (about 25 MiB)
+and never geoip2fast. A lookup answers as geoip2fast's ``lookup`` does (the tests compare them
+address by address): the range that starts at or before the address, if the address is within
+its prefix length; no network when no country range holds the address.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy
+
+DATA_FILE = "geoip2fast-asn-ipv6.dat.gz"
+MAX_IPV4 = 2**32
+#: The first country entries of geoip2fast are reserved and private networks (no country).
+RESERVED_ENTRIES = 16
+_MASK64 = 2**64 - 1
+
+
+def _data_path() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("geoip2fast")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("the geoip2fast package is not installed")
+    return Path(spec.origin).parent / DATA_FILE
+
+
+def compact_path(cache_dir: Path) -> Path:
+    """Where the compact tables of the installed geoip2fast data go: the name changes with
+    the package's version and its data file, so an upgrade builds them afresh."""
+    data = _data_path().stat()
+    version = metadata.version("geoip2fast")
+    return cache_dir / f"geo-builtin-{version}-{data.st_size}-{int(data.st_mtime)}.npz"
+
+
+def _ranges(index: Any, starts: Any, netlens: Any, ids: Any) -> dict[str, Any]:
+    """geoip2fast's chunked lists as flat arrays: IPv4 starts as uint32, the rest as two
+    uint64 halves (the lists are sorted, the IPv4 space first)."""
+    del index  # the chunks' first starts: the flat arrays need no index
+    flat_starts = [start for chunk in starts for start in chunk]
+    split = next((i for i, start in enumerate(flat_starts) if start >= MAX_IPV4),
+                 len(flat_starts))
+    v6 = flat_starts[split:]
+    return {
+        "v4": numpy.array(flat_starts[:split], dtype=numpy.uint32),
+        "v6_hi": numpy.array([start >> 64 for start in v6], dtype=numpy.uint64),
+        "v6_lo": numpy.array([start & _MASK64 for start in v6], dtype=numpy.uint64),
+        "netlen": numpy.array([n for chunk in netlens for n in chunk], dtype=numpy.uint8),
+        "id": numpy.array([i for chunk in ids for i in chunk], dtype=numpy.uint32),
+    }
+
+
+def build(out: Path) -> None:
+    """Read geoip2fast's data and write the compact tables to ``out`` (atomically, 0600)."""
+    from geoip2fast import GeoIP2Fast  # type: ignore[import-untyped]
+    from geoip2fast import geoip2fast as tables
+
+    db = GeoIP2Fast(geoip2fast_data_file=DATA_FILE, verbose=False)
+    info = db.get_database_info()
+    country = _ranges(tables.mainIndex, tables.mainListFirstIP, tables.mainListNetlength,
+                      tables.mainListIDCountryCodes)
+    network = _ranges(tables.mainIndexASN, tables.mainListFirstIPASN,
+                      tables.mainListNetlengthASN, tables.mainListIDASN)
+    names = {
+        "countries": [entry.split(":", 1)[0] for entry in tables.mainListNamesCountry],
+        "networks": list(tables.mainListNamesASN),
+        "source": str(info.get("source_info", "")),
+    }
+    arrays = {f"country_{k}": v for k, v in country.items()}
+    arrays |= {f"network_{k}": v for k, v in network.items()}
+    arrays["names"] = numpy.frombuffer(json.dumps(names).encode(), dtype=numpy.uint8)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".geo-builtin-", suffix=".npz")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            numpy.savez(fh, **arrays)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class _Ranges:
+    """One table's ranges: the entry holding an address, by binary search."""
+
+    def __init__(self, arrays: Any, prefix: str, *, wide: bool = False) -> None:
+        #: Prefix lengths counted in the 128-bit space for every address, IPv4 too: what
+        #: geoip2fast does for networks with its IPv6 data (so an IPv4 network range ends
+        #: only where the next one starts).
+        self._wide = wide
+        self._v4 = arrays[f"{prefix}_v4"]
+        self._hi = arrays[f"{prefix}_v6_hi"]
+        self._lo = arrays[f"{prefix}_v6_lo"]
+        self._netlen = arrays[f"{prefix}_netlen"]
+        self.ids = arrays[f"{prefix}_id"]
+
+    def _start(self, i: int) -> int:
+        v4 = len(self._v4)
+        if i < v4:
+            return int(self._v4[i])
+        return (int(self._hi[i - v4]) << 64) | int(self._lo[i - v4])
+
+    def find(self, value: int) -> int | None:
+        """The entry whose range holds ``value`` (geoip2fast's prefix arithmetic: an IPv4
+        count for a value in the IPv4 space), or None."""
+        if value < MAX_IPV4:
+            i = int(numpy.searchsorted(self._v4, value, side="right")) - 1
+        else:
+            hi, lo = numpy.uint64(value >> 64), numpy.uint64(value & _MASK64)
+            first = int(numpy.searchsorted(self._hi, hi, side="left"))
+            last = int(numpy.searchsorted(self._hi, hi, side="right"))
+            within = int(numpy.searchsorted(self._lo[first:last], lo, side="right"))
+            i = len(self._v4) + first + within - 1
+        if i < 0:
+            return None
+        bits = 32 if value <= MAX_IPV4 and not self._wide else 128
+        netlen = int(self._netlen[i])
+        if value > self._start(i) + (1 << (bits - netlen)) - 1:
+            return None
+        return i
+
+
+class CompactTables:
+    """The compact tables in memory: country code and organisation of an address."""
+
+    def __init__(self, path: Path) -> None:
+        with numpy.load(path) as arrays:
+            loaded = {name: arrays[name] for name in arrays.files}
+        names = json.loads(loaded.pop("names").tobytes())
+        self._countries: list[str] = names["countries"]
+        self._networks: list[str] = names["networks"]
+        self.source: str = names["source"]
+        self._country = _Ranges(loaded, "country")
+        self._network = _Ranges(loaded, "network", wide=True)
+
+    def lookup(self, address: str) -> tuple[str | None, str | None]:
+        """(country code, organisation) as geoip2fast gives them: a reserved or private
+        network's code is "--", and no range holding the address gives ("--", None)."""
+        value = int(ipaddress.ip_address(address))
+        i = self._country.find(value)
+        if i is None:
+            return "--", None
+        index = int(self._country.ids[i])
+        code = "--" if index < RESERVED_ENTRIES else self._countries[index]
+        j = self._network.find(value)
+        return code, (self._networks[int(self._network.ids[j])] if j is not None else None)
+
+
+def load(cache_dir: Path) -> CompactTables:
+    """The compact tables, built first (in a process of its own) if the cache lacks them."""
+    path = compact_path(cache_dir)
+    if not path.exists():
+        # This interpreter, this module, a path of ours: no outside input in the command.
+        done = subprocess.run(  # noqa: S603
+            [sys.executable, "-m", "routing.geo_builtin", str(path)],
+            capture_output=True, text=True, check=False, timeout=300)
+        if done.returncode != 0 or not path.exists():
+            raise RuntimeError(f"building the builtin geolocation tables failed: "
+                               f"{done.stderr.strip()[-500:]}")
+    return CompactTables(path)
+
+
+if __name__ == "__main__":
+    build(Path(sys.argv[1]))
