@@ -9,7 +9,6 @@ names each network's organisation but not its AS number.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import re
 import tempfile
@@ -150,10 +149,16 @@ class BuiltinDatabase:
         return dict(self._description)
 
 
-@functools.cache
+_LOADED: dict[str, BuiltinDatabase] = {}
+
+
 def builtin_database(cache_dir: Path | None = None) -> BuiltinDatabase:
-    """Loaded once per process (and cache folder): the data never changes while it runs."""
-    return BuiltinDatabase(cache_dir)
+    """Loaded once per process: the data never changes while it runs, so a second cache
+    folder (another gateway in the same process, as in tests) reuses the tables in memory."""
+    key = geo_builtin.compact_path(Path(".")).name
+    if key not in _LOADED:
+        _LOADED[key] = BuiltinDatabase(cache_dir)
+    return _LOADED[key]
 
 
 @dataclass(frozen=True, slots=True)

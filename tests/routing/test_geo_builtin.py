@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from routing import geo_builtin
-from routing.geo import open_geolocator
 from tests.budget import examples
 
 MIB = 1024 * 1024
@@ -88,7 +87,7 @@ def test_the_daemon_holds_the_compact_tables_only(tmp_path: Path) -> None:
 def test_a_damaged_cache_file_is_a_clear_error(tmp_path: Path) -> None:
     path = geo_builtin.compact_path(tmp_path)
     path.write_bytes(b"not an npz")
-    from routing.geo import GeoError
+    from routing.geo import BuiltinDatabase, GeoError
 
     with pytest.raises(GeoError, match="builtin data"):
-        open_geolocator("builtin", "builtin", tmp_path)
+        BuiltinDatabase(tmp_path)
