@@ -62,6 +62,7 @@ from gateway.store.replies import ReplyKeeper
 from gateway.store.sealed import bind_sealer, sealer_of
 from gateway.store.sealing import keyring_path
 from gateway.store.sealing_state import verify_keyring
+from gateway.store.space import DiskSpace, watched_folders
 from gateway.store.upgrade import require_sealed, upgrade_database
 from gateway.store.writer import SubmissionWriter
 from intake.normalise import NormaliseStage
@@ -233,6 +234,11 @@ async def running(
                                      gpg=gpg)
         if config.intake.normalise == "serve":
             writer.on_commit = normaliser.wake
+        if config.gateway.min_free_bytes:
+            writer.space = DiskSpace(watched_folders(config.database.url,
+                                                     config.gateway.data_dir),
+                                     config.gateway.min_free_bytes)
+            await asyncio.to_thread(writer.space.check)  # known before the listeners open
         locator = await make_locator(config)
         parts.on_close(locator.resolver.close)
         locate = make_locate_stage(config, backend, locator)
@@ -271,11 +277,14 @@ async def running(
         if config.intake.normalise == "serve":
             parts.run("normaliser", normaliser)
         parts.run("submission-writer", writer)
+        if writer.space is not None:
+            parts.run("disk-space", writer.space)
         smtp = make_smtp(config, writer, executor, keeper)
         public = PublicServer(config.http.settings(), make_intake(
             config.http.settings(), writer, keep_peer_ip=config.intake.keep_reporter_ip,
             wkd=await wkd_keys(config, gpg)))
         writer.observer = metrics
+        metrics.snapshot.space = writer.space
         console = ConsoleServer(config.console, make_console(
             config.console, backend, engine, locator, four_eyes=config.assessment.four_eyes,
             require=config.assessment.required, home_country=config.gateway.home_country,

@@ -73,6 +73,9 @@ class GatewayConfig(Section):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
     shutdown_grace: Duration = 10.0
+    #: Below this many free bytes on the database's or the data folder's filesystem, no new
+    #: report is taken (SMTP 452 4.3.1, web 503) until there is again (0: no watermark).
+    min_free_bytes: Annotated[int, Field(ge=0)] = 256 * 1024 * 1024
 
 
 class DatabaseConfig(Section):

@@ -15,6 +15,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from gateway.store.space import DiskSpace
 from outbound.gpg import KeyStatus
 
 
@@ -24,6 +25,7 @@ class _Snapshot(Collector):
     def __init__(self) -> None:
         self.stats: dict[str, Any] = {}
         self.keys: Mapping[str, KeyStatus | None] = {}
+        self.space: DiskSpace | None = None
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily
                                   | HistogramMetricFamily]:
@@ -98,6 +100,17 @@ class _Snapshot(Collector):
             if expiry is not None:
                 days.add_metric([name], round((expiry - now).total_seconds() / 86400, 1))
         yield days
+        if self.space is not None:
+            free = GaugeMetricFamily("hotline_disk_free_bytes",
+                                     "Free bytes on the filesystem of a folder the gateway "
+                                     "writes to, at the last check", labels=["folder"])
+            for folder, value in self.space.free.items():
+                free.add_metric([folder], value)
+            yield free
+            yield GaugeMetricFamily("hotline_disk_below_watermark",
+                                    "1 while free space is below [gateway] min_free_bytes "
+                                    "and new reports are refused",
+                                    value=int(self.space.low))
         for name, value in (stats.get("counters") or {}).items():
             yield CounterMetricFamily(f"hotline_{name}", name.replace("_", " "), value=value)
 

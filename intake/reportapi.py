@@ -12,6 +12,8 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from gateway.store.space import NoSpace
+from gateway.store.writer import CommitLate
 from intake import i18n
 from intake.idempotency import IDEMPOTENCY_KEY, MAX_KEY, valid_idempotency_key
 from intake.openapi import EMAIL_PATTERN, openapi_document
@@ -94,7 +96,8 @@ async def api_report(request: web.Request) -> web.Response:
     except Exception as exc:
         if key is not None and claim == "new":
             intake.keys.release(key, digest)
-        log.error("web.store_failed", error_type=type(exc).__name__)
+        if not isinstance(exc, CommitLate | NoSpace):  # those the writer has said
+            log.error("web.store_failed", error_type=type(exc).__name__)
         response = api_error(503, "the report could not be stored; try again later")
         response.headers["Retry-After"] = "60"
         return response

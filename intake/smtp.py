@@ -27,6 +27,7 @@ import structlog
 from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
 
 from gateway.store.replies import NewReply, ReplyReceipt
+from gateway.store.space import NoSpace
 from gateway.store.writer import NewSubmission, Submitter, WriterClosed
 from intake.mime import MimeError, strip_attachments
 from intake.ratelimit import RateLimiter
@@ -67,6 +68,7 @@ REPLY_TOO_MANY_FROM_SOURCE = (
 )
 # 451 is among RFC 5321 4.3.2's replies to MAIL; the session stays open.
 REPLY_RATE_LIMITED = "451 4.7.0 Too many messages from your address; please try again later"
+REPLY_NO_SPACE = "452 4.3.1 Insufficient system storage; please try again later"
 REPLY_SESSION_TIME = "421 4.4.2 Session time limit reached; please connect again"
 REPLY_TOO_MANY_RCPT = "452 4.5.3 Too many recipients"
 REPLY_SHUTDOWN = "421 4.3.2 Service shutting down; please try again later"
@@ -155,6 +157,8 @@ class ReportHandler:
                 and not self._limiter.allow(str(peer[0]))):
             log.info("smtp.rate_limited")
             return REPLY_RATE_LIMITED
+        if self._submitter.refusal() is not None:  # before the client sends the data
+            return REPLY_NO_SPACE
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 OK"
@@ -242,6 +246,8 @@ class ReportHandler:
             receipt = await self._submitter.submit(submission)
         except WriterClosed:
             return REPLY_SHUTDOWN
+        except NoSpace:  # became low since MAIL: the writer has said so
+            return REPLY_NO_SPACE
         except Exception as exc:  # any storage failure: the sender keeps the message and retries
             log.warning("smtp.store_failed", error_type=type(exc).__name__)
             return REPLY_TEMPFAIL

@@ -21,6 +21,7 @@ import jinja2
 import structlog
 from aiohttp import web
 
+from gateway.store.space import NoSpace
 from gateway.store.writer import CommitLate, Submitter, WriterClosed
 from intake import i18n, listeners
 from intake.listeners import HttpListener
@@ -128,7 +129,7 @@ async def submit_form(request: web.Request) -> web.StreamResponse:
         receipt = await store(intake, request, raw, hashlib.sha256(raw).hexdigest(), "web",
                                f"form:{form_id[:64]}")
     except Exception as exc:
-        if not isinstance(exc, WriterClosed | CommitLate):  # those the writer has said
+        if not isinstance(exc, WriterClosed | CommitLate | NoSpace):  # the writer has said
             log.error("web.store_failed", error_type=type(exc).__name__)
         unavailable = intake.render("error.html", language, code=503, message="unavailable")
         unavailable.headers["Retry-After"] = "30"

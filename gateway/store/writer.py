@@ -26,6 +26,7 @@ from gateway.store.backend import WriteBackend
 from gateway.store.ids import uuid7
 from gateway.store.inserts import inserts_for
 from gateway.store.references import ReferenceAllocator
+from gateway.store.space import DiskSpace, NoSpace
 
 log = structlog.get_logger("gateway.store.writer")
 
@@ -85,6 +86,10 @@ class Submitter(Protocol):
 
     async def submit(self, submission: NewSubmission) -> Receipt: ...
 
+    def refusal(self) -> str | None:
+        """Why a new report would be refused now (no space left), or None."""
+        ...
+
 
 @dataclass
 class _Pending:
@@ -137,15 +142,23 @@ class SubmissionWriter:
         self._deadlines: collections.deque[tuple[float, asyncio.Future[Receipt]]] = \
             collections.deque()
         self._watch_wake = asyncio.Event()
+        #: Free space against the watermark: while it is low, no new report is taken.
+        self.space: DiskSpace | None = None
 
     def busy(self, within: float = 0.05) -> bool:
         """Whether reports are arriving: something queued, or a batch in the last ``within`` s."""
         return not self._queue.empty() or time.monotonic() - self._last_batch < within
 
+    def refusal(self) -> str | None:
+        return self.space.refusal() if self.space is not None else None
+
     async def submit(self, submission: NewSubmission) -> Receipt:
-        """Store ``submission`` durably; returns once it is committed, raises if it is not."""
+        """Store ``submission`` durably; returns once it is committed, raises if it is not
+        (``NoSpace`` at once while free space is below the watermark)."""
         if self._closed:
             raise WriterClosed
+        if self.space is not None and self.space.low:
+            raise NoSpace(self.space.refusal())
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Receipt] = loop.create_future()
         pending = _Pending(submission, future)
