@@ -56,6 +56,17 @@ from outbound.transports import OutboundSettings
 from routing import destinations as routes
 from routing.deadlines import BusinessCalendar, DeadlinePolicy
 
+#: The parts of ``serve`` (``[gateway] parts``).
+Part = Literal["smtp", "http", "console", "admin", "stages"]
+PARTS: tuple[Part, ...] = ("smtp", "http", "console", "admin", "stages")
+
+
+def _each_once(parts: list[Part]) -> list[Part]:
+    twice = sorted({part for part in parts if parts.count(part) > 1})
+    if twice:
+        raise ValueError(f"names {', '.join(twice)} more than once")
+    return parts
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
@@ -73,6 +84,13 @@ class GatewayConfig(Section):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
     shutdown_grace: Duration = 10.0
+    #: What this instance runs (several instances on one PostgreSQL may each run a part):
+    #: the SMTP and public web intake, the console, the admin endpoints, the stages.
+    parts: Annotated[list[Part], AfterValidator(_each_once)] = Field(
+        default=list(PARTS), min_length=1)
+
+    def runs(self, part: Part) -> bool:
+        return part in self.parts
 
 
 class DatabaseConfig(Section):
