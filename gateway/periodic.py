@@ -76,7 +76,7 @@ class PeriodicJob:
             await self._work(now)
         except Exception as exc:
             error = type(exc).__name__
-            log.error("periodic.failed", job=self.job, error_type=error)
+            log.error(f"{self.job}.failed", error_type=error)  # retention.failed, say
         self.runs += 1
         try:
             await self._backend.transaction(functools.partial(
