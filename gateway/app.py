@@ -7,6 +7,8 @@ console, admin), then READY. Stop, the same path backwards with each step bounde
 listeners and let messages being committed get their reply, flush the writer, stop the stages
 (handing back what they hold) and the daily tasks, dispose of the engine. A start-up that
 fails half way stops what already runs. SIGHUP reloads what can change while serving.
+``[gateway] parts`` names what starts: the listeners not named and, without "stages", the
+daily tasks and the stages are built but never started.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ tasks; intake on one instance and the stages on another share the work through t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import socket
@@ -15,10 +16,12 @@ import aiohttp
 import pytest
 from sqlalchemy import func, select
 
-from gateway.app import Gateway
+from gateway import config as config_module
+from gateway.app import Gateway, running
+from gateway.reloading import reload
 from gateway.store.tables import cases, submissions
 from tests.cluster import StartOne, cluster, until
-from tests.conftest import BACKENDS, ConfigFactory, no_blocking_calls
+from tests.conftest import BACKENDS, ConfigFactory, copy_migrated_sqlite, no_blocking_calls
 from tests.daemon import Daemon, daemon_config
 from tests.dns_server import DnsServer
 from tests.smtp_client import deliver, report
@@ -107,3 +110,29 @@ async def test_a_stages_instance_files_and_locates_what_an_intake_instance_took(
         body = await response.json()
     assert body["parts"] == ["stages", "console", "admin"]
     assert body["checks"]["listeners"] == "up"
+
+
+@pytest.mark.parametrize(("parts", "problem"), [
+    ([], "gateway.parts: List should have at least 1 item"),
+    (["smtp", "mx"], "gateway.parts.1: Input should be 'smtp', 'http', 'console', 'admin' or"),
+    (["smtp", "stages", "smtp"], "gateway.parts: names smtp more than once"),
+], ids=["empty", "unknown", "twice"])
+def test_a_bad_parts_list_is_a_config_error_naming_the_key(
+    parts: list[str], problem: str, tmp_path: Path,
+) -> None:
+    """An empty list, an unknown part or one named twice: refused, the key named."""
+    with pytest.raises(config_module.ConfigError) as refused:
+        config_module.parse({"gateway": {"parts": parts}}, base=tmp_path)
+    assert any(found.startswith(problem) for found in refused.value.problems)
+
+
+async def test_a_reload_that_changes_the_parts_says_it_needs_a_restart(
+    make_config: ConfigFactory,
+) -> None:
+    """The parts are chosen at start: a reload names them among what needs a restart."""
+    config = make_config(gateway={"parts": ["smtp", "admin"]})
+    await asyncio.to_thread(copy_migrated_sqlite, config)
+    # Not watched for blocking calls: reading the shipped membership list is the reload's.
+    async with running(config) as gw:
+        assert "gateway.parts" in reload(gw, make_config(gateway={"parts": ["smtp"]}))
+        assert "gateway.parts" not in reload(gw, make_config(gateway={"parts": ["smtp"]}))
