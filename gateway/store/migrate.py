@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import structlog
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
@@ -22,6 +24,10 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 #: upgrade (migrations, the keyring's check value, the sealing pass) at a time ("upgrade").
 MIGRATE_LOCK = 0x6D696772617465
 UPGRADE_LOCK = 0x75706772616465
+#: How often a process waiting for another's upgrade tries the lock again (seconds).
+LOCK_POLL = 0.25
+
+log = structlog.get_logger("gateway.store.migrate")
 
 
 def _alembic_config(connection: Connection | None = None) -> AlembicConfig:
@@ -74,7 +80,16 @@ async def serialised(engine: AsyncEngine) -> AsyncIterator[None]:
         yield
         return
     async with engine.connect() as conn:
-        await conn.execute(select(func.pg_advisory_lock(UPGRADE_LOCK)))
+        # Tried rather than waited for in one statement, which the driver's command timeout
+        # ([database] statement_timeout) would end while a long upgrade runs elsewhere.
+        waiting = False
+        while not (await conn.execute(select(func.pg_try_advisory_lock(UPGRADE_LOCK)))
+                   ).scalar_one():
+            await conn.commit()
+            if not waiting:
+                log.info("upgrade.waiting", reason="another process is upgrading the database")
+                waiting = True
+            await asyncio.sleep(LOCK_POLL)
         await conn.commit()
         try:
             yield
