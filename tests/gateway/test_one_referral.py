@@ -16,6 +16,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.store import migrate
 from gateway.store.ids import uuid7
 from gateway.store.lifecycle import supersede
 from gateway.store.sealed import seal_values, sealer_of
@@ -112,4 +113,22 @@ async def test_two_instances_referring_a_case_at_once_make_one_referral(
         stored = (await conn.execute(select(func.count()).select_from(referrals).where(
             referrals.c.case_id == case_id))).scalar_one()
     assert stored == 1
+    assert await _live_referrals(engine, case_id) == 1
+
+
+@pytest.mark.startup  # migrations read their scripts from disk
+async def test_the_upgrade_keeps_the_newest_of_two_live_decisions(engine: AsyncEngine) -> None:
+    """A database from before the index where a case held two live decisions: the upgrade
+    supersedes the older, as a new decision would have, and the index holds."""
+    await migrate.downgrade(engine, "0024")
+    async with engine.begin() as conn:
+        case_id = await conn.run_sync(_case)
+        await conn.run_sync(lambda sync: _refer(sync, case_id))
+        await conn.run_sync(lambda sync: _refer(sync, case_id, supersede_first=False))
+    await migrate.upgrade(engine)
+    async with engine.connect() as conn:
+        live = (await conn.execute(select(routing_decisions.c.superseded).where(
+            routing_decisions.c.case_id == case_id)
+            .order_by(routing_decisions.c.id))).scalars().all()
+    assert live == [True, False]
     assert await _live_referrals(engine, case_id) == 1
