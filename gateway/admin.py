@@ -33,6 +33,8 @@ class Admin:
     listeners: Callable[[], Sequence[tuple[str, Sequence[tuple[str, int]]]]]
     max_outbox_age: float
     counters: Callable[[], Mapping[str, float]]
+    #: What this instance runs (``[gateway] parts``): without the stages it uses no key.
+    parts: Sequence[str] = ("smtp", "http", "console", "admin", "stages")
 
 
 ADMIN = web.AppKey("admin", Admin)
@@ -55,6 +57,8 @@ async def readyz(request: web.Request) -> web.Response:
     bad = [name for name, status in keys.items() if status is None or status.problems]
     checks["keys"] = "usable" if keys and not bad else (
         f"unusable: {', '.join(bad)}" if bad else "not checked yet")
+    if "stages" not in admin.parts:  # the stages alone encrypt, sign and read replies
+        checks["keys"] = "usable"
     down = [name for name, addresses in admin.listeners() if not addresses]
     checks["listeners"] = "up" if not down else f"down: {', '.join(down)}"
     try:
@@ -66,7 +70,8 @@ async def readyz(request: web.Request) -> web.Response:
         checks["outbox"] = f"unknown: {type(exc).__name__}"
     ready = (checks["database"] == "writable" and checks["keys"] == "usable"
              and checks["listeners"] == "up" and checks["outbox"] == "moving")
-    return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+    return web.json_response({"ready": ready, "checks": checks, "parts": list(admin.parts)},
+                             status=200 if ready else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -7,6 +7,8 @@ console, admin), then READY. Stop, the same path backwards with each step bounde
 listeners and let messages being committed get their reply, flush the writer, stop the stages
 (handing back what they hold) and the daily tasks, dispose of the engine. A start-up that
 fails half way stops what already runs. SIGHUP reloads what can change while serving.
+``[gateway] parts`` names what starts: the listeners not named and, without "stages", the
+daily tasks and the stages are built but never started.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +24,6 @@ from typing import Any
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway import logs
 from gateway.admin import AdminServer
 from gateway.checks import file_problems
 from gateway.compose import (
@@ -39,11 +40,8 @@ from gateway.compose import (
     make_recheck,
     make_refer,
     make_reply_stage,
+    make_retention,
     make_smtp,
-    partner_keys,
-    partner_outcome_settings,
-    pinned_keys,
-    reply_keys,
     wkd_keys,
 )
 from gateway.config import Config, ConfigError
@@ -53,8 +51,9 @@ from gateway.keyring_watch import KeyringWatch
 from gateway.lifecycle import Lifecycle
 from gateway.metrics import Metrics
 from gateway.notify import Notifier
+from gateway.periodic import PeriodicJob
 from gateway.progress import Progress
-from gateway.retention import DailyRetention
+from gateway.reloading import reload
 from gateway.stats import StatsCache
 from gateway.store.backend import open_write_backend
 from gateway.store.references import ReferenceAllocator
@@ -65,19 +64,18 @@ from gateway.store.sealing_state import verify_keyring
 from gateway.store.space import DiskSpace, watched_folders
 from gateway.store.upgrade import require_sealed, upgrade_database
 from gateway.store.writer import SubmissionWriter
+from intake.listeners import HttpListener
 from intake.normalise import NormaliseStage
 from intake.smtp import SmtpServer, quiet_aiosmtpd_logs
 from intake.web import PublicServer, make_intake
-from outbound.follow_up import FollowUpSettings, FollowUpStage
+from outbound.follow_up import FollowUpStage
 from outbound.gpg import Gpg
 from outbound.keywatch import KeyWatch
 from outbound.outbox import OutboxStage
 from outbound.partner_outcomes import PartnerOutcomeStage
-from outbound.partner_referrals import PartnerReferrals
 from outbound.refer import ReferStage
 from outbound.reply_stage import ReplyStage
-from routing.locate import Locator, Overrides
-from routing.protocol import MembershipList
+from routing.locate import Locator
 from routing.recheck import RecheckStage
 from routing.stage import LocateStage
 
@@ -112,47 +110,8 @@ class Gateway:
     recheck: RecheckStage | None = None
     #: Outcome/v1 replies to partner hotlines about the cases they referred to us.
     partner_outcomes: PartnerOutcomeStage | None = None
-
-
-def reload(gateway: Gateway, new: Config, *, follow_up: FollowUpSettings | None = None
-           ) -> list[str]:
-    """Apply what can change while serving (routing destinations and their deadlines,
-    membership, keys, locate overrides and CDNs, the log level), without closing any
-    connection; the sections that differ but need a restart, by name."""
-    old = gateway.config
-    logs.configure(new.gateway.log_level, new.gateway.log_format)
-    gateway.refer.reconfigure(new.refer_settings(), MembershipList.shipped(new.routing.membership,
-                                                          new.routing.hotlines))
-    gateway.locator.reconfigure(Overrides(new.locate.override), new.locate.cdn_asns)
-    if gateway.recheck is not None:
-        gateway.recheck.reconfigure(MembershipList.shipped(new.routing.membership,
-                                                           new.routing.hotlines),
-                                    new.routing.hotlines)
-    gateway.keywatch.reconfigure(pinned_keys(new), new.gpg.warn_days)
-    if gateway.replies is not None:
-        gateway.replies.reconfigure(reply_keys(new))
-    gateway.follow_up.reconfigure(follow_up or follow_up_settings(new))
-    if gateway.partner_outcomes is not None:
-        gateway.partner_outcomes.reconfigure(partner_outcome_settings(new))
-    if gateway.normaliser.read_referral is not None:  # partners' keys for their referrals
-        gateway.normaliser.read_referral = PartnerReferrals(
-            gateway.gpg, partner_keys(new), home=new.gateway.home_country)
-    gateway.gpg.forget_checks()  # keys may have been imported or revoked
-    gateway.config = new
-    needs_restart = [name for name in ("database", "smtp", "http", "console", "admin",
-                                       "intake", "assessment", "retention", "outbound")
-                     if getattr(old, name) != getattr(new, name)]
-    needs_restart += [f"locate.{key}" for key in ("nameservers", "timeout", "geoip_db",
-                                                  "asn_db", "concurrency", "retry_after",
-                                                  "retry_max", "max_attempts",
-                                                  "recheck_every")
-                      if getattr(old.locate, key) != getattr(new.locate, key)]
-    needs_restart += [f"gateway.{key}" for key in ("home_country", "data_dir",
-                                                   "reference_prefix", "shutdown_grace")
-                      if getattr(old.gateway, key) != getattr(new.gateway, key)]
-    if old.gpg.home != new.gpg.home or old.gpg.passphrase_file != new.gpg.passphrase_file:
-        needs_restart.append("gpg.home/passphrase_file")
-    return needs_restart
+    #: The daily retention, once a day across the instances on the database.
+    retention: PeriodicJob | None = None
 
 
 async def normalise(
@@ -190,14 +149,19 @@ async def normalise(
 
 @contextlib.asynccontextmanager
 async def running(
-    config: Config, *, upgrade_db: bool = True, engine: AsyncEngine | None = None
+    config: Config, *, upgrade_db: bool = True, engine: AsyncEngine | None = None,
+    periodic: Mapping[str, Any] | None = None,
 ) -> AsyncIterator[Gateway]:
     """Start the gateway, yield it while it serves, then shut it down in order.
 
     Each part is registered with the lifecycle as soon as it starts: leaving (or a start-up
     that fails half way) stops them in the reverse order, which is the documented one.
-    An ``engine`` passed in stays the caller's to dispose of.
+    An ``engine`` passed in stays the caller's to dispose of. Only the ``[gateway] parts``
+    configured start: their listeners and tasks (``periodic``: the daily jobs' timing, for
+    tests that compress a day).
     """
+    runs = config.gateway.runs
+    stages = runs("stages")
     quiet_aiosmtpd_logs()
     # Each shutdown step may take the grace period plus the time a database wait may take.
     step_seconds = config.gateway.shutdown_grace + config.database.busy_timeout
@@ -263,22 +227,25 @@ async def running(
         parts.run("keyring-watch", KeyringWatch(keyring_path(
             config.data.keyring, config.data.credential, os.environ), engine,
             process="serve"))
-        parts.run("retention", DailyRetention(backend, config.retention))
-        parts.run("keywatch", keywatch)
-        parts.run("outbox", outbox)
-        parts.run("follow-up", follow_up)
-        parts.run("partner-outcomes", partner_outcomes)
-        if config.outbound.reply_address is not None:
-            parts.run("replies", replies)
-        parts.run("refer", refer)
-        if recheck is not None:
-            parts.run("recheck", recheck)
-        parts.run("locate", locate)
-        if config.intake.normalise == "serve":
-            parts.run("normaliser", normaliser)
-        parts.run("submission-writer", writer)
-        if writer.space is not None:
-            parts.run("disk-space", writer.space)
+        retention = make_retention(config, backend, **(periodic or {}))
+        if stages:
+            parts.run("retention", retention)
+            parts.run("keywatch", keywatch)
+            parts.run("outbox", outbox)
+            parts.run("follow-up", follow_up)
+            parts.run("partner-outcomes", partner_outcomes)
+            if config.outbound.reply_address is not None:
+                parts.run("replies", replies)
+            parts.run("refer", refer)
+            if recheck is not None:
+                parts.run("recheck", recheck)
+            parts.run("locate", locate)
+            if config.intake.normalise == "serve":
+                parts.run("normaliser", normaliser)
+        if runs("smtp") or runs("http"):
+            parts.run("submission-writer", writer)
+            if writer.space is not None:
+                parts.run("disk-space", writer.space)
         smtp = make_smtp(config, writer, executor, keeper)
         public = PublicServer(config.http.settings(), make_intake(
             config.http.settings(), writer, keep_peer_ip=config.intake.keep_reporter_ip,
@@ -290,19 +257,26 @@ async def running(
             require=config.assessment.required, home_country=config.gateway.home_country,
             on_decided=refer.wake, on_queued=outbox.wake))
         # Listeners last (they bring work) and stopped first; smtp within its own grace.
-        await parts.listen("smtp", smtp, stop_within=step_seconds + smtp.grace + 1.0)
-        await parts.listen("public", public)
-        await parts.listen("console", console)
+        listeners: dict[str, SmtpServer | HttpListener] = {}
+        if runs("smtp"):
+            await parts.listen("smtp", smtp, stop_within=step_seconds + smtp.grace + 1.0)
+            listeners["smtp"] = smtp
+        if runs("http"):
+            await parts.listen("public", public)
+            listeners["http"] = public
+        if runs("console"):
+            await parts.listen("console", console)
+            listeners["console"] = console
         stats = StatsCache(engine)
         parts.on_stop("stats", stats.close)
-        admin = make_admin(config, backend, stats, metrics,
-                           {"smtp": smtp, "http": public, "console": console}, keywatch,
+        admin = make_admin(config, backend, stats, metrics, listeners, keywatch,
                            normaliser, locate, outbox, follow_up, recheck, partner_outcomes)
-        await parts.listen("admin", admin)
+        if runs("admin"):
+            await parts.listen("admin", admin)
         yield Gateway(config, engine, writer, smtp, normaliser, locator, locate, console,
                       public, admin, stats, refer, outbox, keywatch, gpg, follow_up,
                       parts.failed, recheck=recheck, replies=replies,
-                      partner_outcomes=partner_outcomes)
+                      partner_outcomes=partner_outcomes, retention=retention)
 
 
 class GatewayFailed(Exception):
@@ -369,7 +343,8 @@ async def serve(
                                *(f"console {h}:{p}" for h, p in gateway.console.addresses),
                                *(f"admin {h}:{p}" for h, p in gateway.admin.addresses)])
         notifier.ready(f"serving: {listening}")
-        log.info("gateway.ready", smtp=[f"{h}:{p}" for h, p in gateway.smtp.addresses],
+        log.info("gateway.ready", parts=list(config.gateway.parts),
+                 smtp=[f"{h}:{p}" for h, p in gateway.smtp.addresses],
                  http=[f"{h}:{p}" for h, p in gateway.public.addresses],
                  console=[f"{h}:{p}" for h, p in gateway.console.addresses])
         watchdog = asyncio.create_task(_watchdog(gateway, notifier), name="watchdog")

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import Executor
 from datetime import timedelta
+from typing import Any
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -18,6 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.admin import Admin, AdminServer
 from gateway.config import Config
 from gateway.metrics import Metrics
+from gateway.periodic import PeriodicJob
+from gateway.retention import daily_retention
 from gateway.stats import StatsCache
 from gateway.store.backend import WriteBackend
 from gateway.store.replies import ReplyKeeper
@@ -222,6 +225,11 @@ def make_partner_outcomes(config: Config, backend: WriteBackend, engine: AsyncEn
                                worker=_worker_name(), on_queued=outbox.wake)
 
 
+def make_retention(config: Config, backend: WriteBackend, **timing: Any) -> PeriodicJob:
+    """The daily retention, once a day across the instances on the database."""
+    return daily_retention(backend, config.retention, holder=_worker_name(), **timing)
+
+
 def make_keywatch(config: Config, gpg: Gpg) -> KeyWatch:
     return KeyWatch(gpg, pinned_keys(config), warn_days=config.gpg.warn_days)
 
@@ -251,6 +259,7 @@ def make_admin(config: Config, backend: WriteBackend, stats: StatsCache, metrics
     """The admin listener: health, readiness and metrics of the parts it is given."""
     return AdminServer(config.admin, Admin(
         stats=stats, backend=backend, metrics=metrics, keys=lambda: keywatch.last,
+        parts=tuple(config.gateway.parts),
         listeners=lambda: [(name, server.addresses) for name, server in listeners.items()],
         max_outbox_age=config.outbound.max_attempt_age,
         counters=lambda: {"locate_failures": locate.failed, "locate_located": locate.located,

@@ -56,6 +56,17 @@ from outbound.transports import OutboundSettings
 from routing import destinations as routes
 from routing.deadlines import BusinessCalendar, DeadlinePolicy
 
+#: The parts of ``serve`` (``[gateway] parts``).
+Part = Literal["smtp", "http", "console", "admin", "stages"]
+PARTS: tuple[Part, ...] = ("smtp", "http", "console", "admin", "stages")
+
+
+def _each_once(parts: list[Part]) -> list[Part]:
+    twice = sorted({part for part in parts if parts.count(part) > 1})
+    if twice:
+        raise ValueError(f"names {', '.join(twice)} more than once")
+    return parts
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
@@ -76,6 +87,13 @@ class GatewayConfig(Section):
     #: Below this many free bytes on the database's or the data folder's filesystem, no new
     #: report is taken (SMTP 452 4.3.1, web 503) until there is again (0: no watermark).
     min_free_bytes: Annotated[int, Field(ge=0)] = 256 * 1024 * 1024
+    #: What this instance runs (several instances on one PostgreSQL may each run a part):
+    #: the SMTP and public web intake, the console, the admin endpoints, the stages.
+    parts: Annotated[list[Part], AfterValidator(_each_once)] = Field(
+        default=list(PARTS), min_length=1)
+
+    def runs(self, part: Part) -> bool:
+        return part in self.parts
 
 
 class DatabaseConfig(Section):

@@ -143,6 +143,9 @@ async def _outbound(config: Config) -> str:
 
 
 async def _daemon(config: Config) -> str:
+    parts = ", ".join(config.gateway.parts)
+    if not config.gateway.runs("admin"):
+        return f"not asked: this instance runs no admin listener ([gateway] parts: {parts})"
     if not config.admin.listen:
         raise Failed("no [admin] listen: cannot ask the daemon")
     host, port = config.admin.listen[0]
@@ -161,7 +164,7 @@ async def _daemon(config: Config) -> str:
     if response.status != 200:
         problems = [f"{k}: {v}" for k, v in (body.get("checks") or {}).items()]
         raise Failed("not ready: " + "; ".join(problems))
-    return "running and ready"
+    return f"running and ready ({parts})"
 
 
 async def run(config: Config) -> list[tuple[str, bool, str]]:

@@ -23,18 +23,18 @@ that it can be read again.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
 import functools
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 import structlog
 from sqlalchemy import and_, or_, update
 from sqlalchemy.engine import Connection
 
 from gateway.config import RetentionConfig
+from gateway.periodic import PeriodicJob
 from gateway.store.anonymise import BATCH, anonymise_batch, leftover_submissions
 from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
@@ -114,28 +114,12 @@ async def purge(backend: WriteBackend, retention: RetentionConfig, *, now: datet
     return purged
 
 
-class DailyRetention:
-    """Applies ``[retention]`` shortly after start, then every day (a service of the daemon:
-    ``run`` until ``stop``)."""
+def daily_retention(backend: WriteBackend, retention: RetentionConfig, *, holder: str,
+                    **timing: Any) -> PeriodicJob:
+    """Applies ``[retention]`` once a day across every instance on the database, shortly
+    after the first start of the day (``gateway.periodic``; ``timing`` for tests)."""
 
-    def __init__(self, backend: WriteBackend, retention: RetentionConfig) -> None:
-        self._backend = backend
-        self._retention = retention
-        self._stop = asyncio.Event()
+    async def work(now: datetime) -> None:
+        await purge(backend, retention, now=now)
 
-    async def stop(self) -> None:
-        self._stop.set()
-
-    async def run(self) -> None:
-        delay = 60.0
-        while not self._stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), delay)
-            if self._stop.is_set():
-                return
-            try:
-                await purge(self._backend, self._retention, now=datetime.now(UTC))
-                delay = 86400.0
-            except Exception as exc:  # the database is away: try again in an hour, say so
-                log.error("retention.failed", error_type=type(exc).__name__)
-                delay = 3600.0
+    return PeriodicJob(backend, "retention", work, holder=holder, **timing)

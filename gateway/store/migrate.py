@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import structlog
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from gateway.store.engine import IMMEDIATE
+
 MIGRATIONS = Path(__file__).with_name("migrations")
+#: PostgreSQL advisory locks: one migration at a time ("migrate" in ASCII), one start-up
+#: upgrade (migrations, the keyring's check value, the sealing pass) at a time ("upgrade").
+MIGRATE_LOCK = 0x6D696772617465
+UPGRADE_LOCK = 0x75706772616465
+#: How often a process waiting for another's upgrade tries the lock again (seconds).
+LOCK_POLL = 0.25
+
+log = structlog.get_logger("gateway.store.migrate")
 
 
 def _alembic_config(connection: Connection | None = None) -> AlembicConfig:
@@ -55,14 +69,48 @@ async def downgrade(engine: AsyncEngine, revision: str) -> None:
     await _migrate(engine, revision, command.downgrade)
 
 
+@contextlib.asynccontextmanager
+async def serialised(engine: AsyncEngine) -> AsyncIterator[None]:
+    """Within this, no other process upgrades the same PostgreSQL database (a session-level
+    advisory lock, held on a connection of its own and waited for): instances started
+    together upgrade one after the other, and the later ones find nothing left to do. On
+    SQLite a migration's ``BEGIN IMMEDIATE`` takes the file's write lock (waited for up to
+    ``[database] busy_timeout``), which serialises them already."""
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    async with engine.connect() as conn:
+        # Tried rather than waited for in one statement, which the driver's command timeout
+        # ([database] statement_timeout) would end while a long upgrade runs elsewhere.
+        waiting = False
+        while not (await conn.execute(select(func.pg_try_advisory_lock(UPGRADE_LOCK)))
+                   ).scalar_one():
+            await conn.commit()
+            if not waiting:
+                log.info("upgrade.waiting", reason="another process is upgrading the database")
+                waiting = True
+            await asyncio.sleep(LOCK_POLL)
+        await conn.commit()
+        try:
+            yield
+        finally:
+            await conn.execute(select(func.pg_advisory_unlock(UPGRADE_LOCK)))
+            await conn.commit()
+
+
 async def _migrate(engine: AsyncEngine, revision: str,
                    step: Callable[[AlembicConfig, str], None]) -> None:
     async with engine.connect() as conn:
         sqlite = conn.dialect.name == "sqlite"
         if sqlite:  # outside any transaction, where SQLite takes the pragma
             await _sqlite_pragma(conn, "foreign_keys=OFF")
+            # The write lock from the start: a second migration waits for this one rather
+            # than reading the old revision and failing to write after this one committed.
+            conn = await conn.execution_options(**IMMEDIATE)
         try:
             async with conn.begin():
+                if not sqlite:  # the same for PostgreSQL, until this transaction ends
+                    await conn.execute(select(func.pg_advisory_xact_lock(MIGRATE_LOCK)))
                 await conn.run_sync(lambda sync: step(_alembic_config(sync), revision))
                 if sqlite:
                     broken: Any = (await conn.exec_driver_sql("PRAGMA foreign_key_check")

@@ -19,6 +19,7 @@ from sqlalchemy import (
     UniqueConstraint,
     Uuid,
     false,
+    text,
 )
 
 #: Marks of the columns whose values are sealed at rest (``gateway.store.sealed``): each is a
@@ -379,6 +380,12 @@ routing_decisions = Table(
     Column("explanation", LargeBinary, nullable=False, info=SEALED_TEXT),
     Column("superseded", Boolean, nullable=False, server_default=false()),
     Index(None, "case_id", "created_at"),
+    # One live decision per case, enforced by the database: with the referrals' unique
+    # (decision, destination), one live referral per case and destination even when two
+    # instances file the same case at once; a case reopened gets a new decision (the old one
+    # superseded) and may be referred to the same destination again.
+    Index("uq_routing_decisions_live_case", "case_id", unique=True,
+          sqlite_where=text("superseded = 0"), postgresql_where=text("NOT superseded")),
 )
 
 # One referral per routing decision and destination (a case reopened after a removal may be
@@ -550,4 +557,21 @@ sealing_state = Table(
     Column("name", String(64), primary_key=True),
     Column("value", Text, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# The periodic jobs of ``serve`` (the daily retention): one row per job and period, claimed by
+# the instance that runs it (``gateway.store.periodic``), so that several instances on one
+# database run each job once per period; a holder that dies or fails leaves the row to be
+# taken again once ``claimed_until`` has passed.
+periodic_runs = Table(
+    "periodic_runs",
+    metadata,
+    Column("job", String(32), primary_key=True),
+    Column("period_start", DateTime(timezone=True), primary_key=True),
+    Column("holder", String(64), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("claimed_until", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Column("error", String(200), nullable=True),  # the failure's type: never data
 )

@@ -58,7 +58,15 @@ async def upgrade_database(engine: AsyncEngine, sealer: Sealer, *, batch: int = 
                            progress: Progress | None = None, stop_after: int | None = None
                            ) -> Upgraded:
     """Migrate to the newest schema, verify (or write) the keyring's check value, and seal
-    the database in place unless it is marked sealed; resumable at every batch."""
+    the database in place unless it is marked sealed; resumable at every batch. One process
+    at a time on PostgreSQL (``migrate.serialised``): the others wait, then find it done."""
+    async with migrate.serialised(engine):
+        return await _upgrade(engine, sealer, batch=batch, progress=progress,
+                              stop_after=stop_after)
+
+
+async def _upgrade(engine: AsyncEngine, sealer: Sealer, *, batch: int,
+                   progress: Progress | None, stop_after: int | None) -> Upgraded:
     before = await migrate.current(engine)
     await migrate.upgrade(engine)
     after = await migrate.current(engine)
