@@ -1,25 +1,33 @@
 """The admin listener (``[admin] listen``): ``/healthz``, ``/readyz`` and ``/metrics``.
 
 ``/healthz`` answers while the event loop runs. ``/readyz`` says whether the gateway can do
-its work: the database takes writes, every pinned key is usable, the listeners are up, and
-the outbox is not stuck. ``/metrics`` is Prometheus text.
+its work: the database takes a real write (a row of ``sealing_state`` named for this host,
+rewritten: on a full or read-only disk the commit fails, where ``SELECT 1`` did not), intake
+takes reports (the last batch committed, no report waits behind a stalled one, free space is
+above the watermark), every pinned key is usable, the listeners are up, and the outbox is not
+stuck; each check recovers by itself when its cause goes. ``/metrics`` is Prometheus text.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
-from sqlalchemy import text
+from sqlalchemy import delete, insert
+from sqlalchemy.engine import Connection
 
 from gateway.config import AdminConfig
 from gateway.metrics import Metrics
 from gateway.stats import StatsCache
 from gateway.store.backend import WriteBackend
+from gateway.store.tables import sealing_state
+from gateway.store.writer import SubmissionWriter
 from intake.listeners import HttpListener
 from outbound.gpg import KeyStatus
 
@@ -35,6 +43,30 @@ class Admin:
     counters: Callable[[], Mapping[str, float]]
     #: What this instance runs (``[gateway] parts``): without the stages it uses no key.
     parts: Sequence[str] = ("smtp", "http", "console", "admin", "stages")
+    #: The intake's writer, where this instance takes reports.
+    writer: SubmissionWriter | None = None
+
+
+#: The row ``/readyz`` rewrites to prove the database takes writes (one per host).
+PROBE = f"readyz:{socket.gethostname()}"[:64]
+
+
+def _probe(conn: Connection) -> None:
+    now = datetime.now(UTC)
+    conn.execute(delete(sealing_state).where(sealing_state.c.name == PROBE))
+    conn.execute(insert(sealing_state).values(name=PROBE, value=now.isoformat(),
+                                              updated_at=now))
+
+
+def _intake(writer: SubmissionWriter) -> str:
+    refusal = writer.refusal()
+    if refusal is not None:
+        return f"refusing: {refusal}"
+    if writer.stats.failing:
+        return "failing: the last commit failed"
+    if stuck := writer.stuck():
+        return f"stuck: {stuck} reports wait behind a commit begun before the deadline"
+    return "taking reports"
 
 
 ADMIN = web.AppKey("admin", Admin)
@@ -49,10 +81,12 @@ async def readyz(request: web.Request) -> web.Response:
     checks: dict[str, Any] = {}
     try:
         async with asyncio.timeout(5):
-            await admin.backend.transaction(lambda conn: conn.execute(text("SELECT 1")))
+            await admin.backend.transaction(_probe)
         checks["database"] = "writable"
     except Exception as exc:
         checks["database"] = f"not writable: {type(exc).__name__}"
+    if admin.writer is not None:
+        checks["intake"] = _intake(admin.writer)
     keys = admin.keys()
     bad = [name for name, status in keys.items() if status is None or status.problems]
     checks["keys"] = "usable" if keys and not bad else (
@@ -69,6 +103,7 @@ async def readyz(request: web.Request) -> web.Response:
     except Exception as exc:
         checks["outbox"] = f"unknown: {type(exc).__name__}"
     ready = (checks["database"] == "writable" and checks["keys"] == "usable"
+             and checks.get("intake", "taking reports") == "taking reports"
              and checks["listeners"] == "up" and checks["outbox"] == "moving")
     return web.json_response({"ready": ready, "checks": checks, "parts": list(admin.parts)},
                              status=200 if ready else 503)

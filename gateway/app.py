@@ -270,7 +270,8 @@ async def running(
         stats = StatsCache(engine)
         parts.on_stop("stats", stats.close)
         admin = make_admin(config, backend, stats, metrics, listeners, keywatch,
-                           normaliser, locate, outbox, follow_up, recheck, partner_outcomes)
+                           normaliser, locate, outbox, follow_up, recheck, partner_outcomes,
+                           writer if runs("smtp") or runs("http") else None)
         if runs("admin"):
             await parts.listen("admin", admin)
         yield Gateway(config, engine, writer, smtp, normaliser, locator, locate, console,

@@ -255,11 +255,12 @@ def make_admin(config: Config, backend: WriteBackend, stats: StatsCache, metrics
                listeners: dict[str, SmtpServer | HttpListener], keywatch: KeyWatch,
                normaliser: NormaliseStage, locate: LocateStage, outbox: OutboxStage,
                follow_up: FollowUpStage, recheck: RecheckStage | None = None,
-               partner_outcomes: PartnerOutcomeStage | None = None) -> AdminServer:
+               partner_outcomes: PartnerOutcomeStage | None = None,
+               writer: SubmissionWriter | None = None) -> AdminServer:
     """The admin listener: health, readiness and metrics of the parts it is given."""
     return AdminServer(config.admin, Admin(
         stats=stats, backend=backend, metrics=metrics, keys=lambda: keywatch.last,
-        parts=tuple(config.gateway.parts),
+        parts=tuple(config.gateway.parts), writer=writer,
         listeners=lambda: [(name, server.addresses) for name, server in listeners.items()],
         max_outbox_age=config.outbound.max_attempt_age,
         counters=lambda: {"locate_failures": locate.failed, "locate_located": locate.located,

@@ -102,6 +102,7 @@ class WriterStats:
     batches: int = 0
     failures: int = 0
     late: int = 0  # callers answered "try again" at the commit deadline
+    failing: bool = False  # the last batch failed (until one commits)
 
 
 class CommitLate(Exception):
@@ -137,6 +138,7 @@ class SubmissionWriter:
         #: Told of every submission's outcome and its commit's latency (metrics).
         self.observer: StoreObserver | None = None
         self._last_batch = -1e9
+        self._committing = 0  # reports in the batch under way
         self.stats = WriterStats()
         #: (deadline, caller's future) in the order they were given: ``_watch`` reads them.
         self._deadlines: collections.deque[tuple[float, asyncio.Future[Receipt]]] = \
@@ -151,6 +153,15 @@ class SubmissionWriter:
 
     def refusal(self) -> str | None:
         return self.space.refusal() if self.space is not None else None
+
+    def stuck(self) -> int:
+        """Reports waiting while no batch has begun for the commit deadline (30 s without
+        one): one is stalled on a frozen disk or a held lock. 0 when none."""
+        waiting = self._committing + self._queue.qsize()
+        after = self.commit_deadline if self.commit_deadline is not None else 30.0
+        if waiting and time.monotonic() - self._last_batch > after:
+            return waiting
+        return 0
 
     async def submit(self, submission: NewSubmission) -> Receipt:
         """Store ``submission`` durably; returns once it is committed, raises if it is not
@@ -249,10 +260,15 @@ class SubmissionWriter:
         log.debug("writer.batch_started", size=len(batch))
         self._last_batch = time.monotonic()
         started = time.perf_counter()
+        self._committing = len(batch)
         try:
-            receipts = await self._write([p.submission for p in batch])
+            try:
+                receipts = await self._write([p.submission for p in batch])
+            finally:
+                self._committing = 0
         except Exception as exc:
             self.stats.failures += 1
+            self.stats.failing = True
             # The type and SQLSTATE only: a driver's message can quote the values it refused.
             log.error(
                 "writer.batch_failed",
@@ -278,6 +294,7 @@ class SubmissionWriter:
                                      "duplicate" if receipt.duplicate else "accepted",
                                      elapsed)
         self.stats.batches += 1
+        self.stats.failing = False
         log.info(
             "writer.committed",
             size=len(batch),

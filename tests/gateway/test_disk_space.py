@@ -6,6 +6,8 @@ test; skipped, with the reason, where the test may not mount one)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -86,8 +88,25 @@ async def test_a_full_disk_refuses_new_reports_and_recovers(
         assert found[("hotline_disk_free_bytes", (("folder", str(small_disk / "var")),))] \
             < 16 * MIB
 
+        status, ready = await get(gw, "/readyz")
+        assert status == 503
+        assert json.loads(ready)["checks"]["intake"] == (
+            f"refusing: free space below the watermark of {16 * MIB} bytes")
+        assert json.loads(ready)["checks"]["database"] == "writable"  # 8 MiB left
+        # Now every byte: a real write fails.
+        with ballast.open("ab") as fh, contextlib.suppress(OSError):
+            while True:
+                fh.write(b"\0" * MIB)
+                fh.flush()
+        status, ready = await get(gw, "/readyz")
+        assert status == 503
+        assert json.loads(ready)["checks"]["database"].startswith("not writable: ")
+
         ballast.unlink()
         await until(gw, low=False)
+        status, ready = await get(gw, "/readyz")
+        assert json.loads(ready)["checks"]["database"] == "writable"
+        assert json.loads(ready)["checks"]["intake"] == "taking reports"
         code, text = await deliver(port, report(3))
         assert code == 250
         acknowledged.append(queued_reference(text))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from gateway.app import Gateway
 from tests.conftest import Start
+from tests.gateway.test_admin import get
 from tests.intake.test_web import post, stored
 from tests.smtp_client import deliver, queued_reference, report
 from tests.submissions import opened_submissions
@@ -104,3 +105,44 @@ async def test_the_form_gets_503_with_retry_after_at_the_deadline(start: Start) 
     assert status == 303
     [row] = await opened_submissions(gw.engine)
     assert headers["Location"].startswith(f"/receipt?ref={row['reference']}&")
+
+
+async def test_readyz_says_when_intake_is_stuck_or_failing_and_recovers(
+    start: Start
+) -> None:
+    """Reports queued behind a commit stalled past the deadline: /readyz 503 "stuck"; a batch
+    that failed: "failing"; both clear by themselves once a batch commits."""
+    gw = await start(**SETTINGS)
+    port = gw.smtp.addresses[0][1]
+
+    async def intake_check() -> str:
+        _, body = await get(gw, "/readyz")
+        return str(json.loads(body)["checks"]["intake"])
+
+    async with write_lock(database_of(gw)):
+        late = [asyncio.create_task(deliver(port, report(n))) for n in (1, 2, 3)]
+        codes = [code for code, _ in await asyncio.gather(*late)]
+        assert 451 in codes
+        assert (await intake_check()).startswith("stuck: ")
+        status, _ = await get(gw, "/readyz")
+        assert status == 503
+    await until_stored(gw, 3)
+    assert await intake_check() == "taking reports"
+
+
+
+async def test_readyz_says_when_the_last_commit_failed_and_recovers(start: Start) -> None:
+    gw = await start(database={"busy_timeout": "200ms"})
+    port = gw.smtp.addresses[0][1]
+
+    async def intake_check() -> str:
+        _, body = await get(gw, "/readyz")
+        return str(json.loads(body)["checks"]["intake"])
+
+    assert await intake_check() == "taking reports"
+    async with write_lock(database_of(gw)):
+        code, _ = await deliver(port, report(1))
+        assert code == 451
+        assert await intake_check() == "failing: the last commit failed"
+    assert (await deliver(port, report(2)))[0] == 250
+    assert await intake_check() == "taking reports"
