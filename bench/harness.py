@@ -266,11 +266,14 @@ def tree_config(tree: Path, script: str) -> str:
 
 async def start_gateway(
     workdir: Path, config_text: str, listener: str, normalise: str = "serve",
-    tree: Path | None = None,
+    tree: Path | None = None, stub: str | None = None,
 ) -> Server:
     """``hotline-gateway serve`` in ``workdir`` with ``config_text``, JSON logs in gateway.log;
     the server on the port of ``listener`` once the gateway says it is ready. With ``tree``,
-    that checkout's gateway (its code on ``PYTHONPATH``, this environment's libraries)."""
+    that checkout's gateway (its code on ``PYTHONPATH``, this environment's libraries); with
+    ``stub``, after ``bench/instructions.py``'s stand-ins of that name ("sealing")."""
+    import instructions  # beside this file; it imports this module, so not at the top
+
     config = workdir / "config.toml"
     config.write_text(config_text + f'\n[intake]\nnormalise = "{normalise}"\n')
     env = None
@@ -280,8 +283,7 @@ async def start_gateway(
     else:
         env = {**os.environ, "PYTHONPATH": str(tree)}
         make_tree_keyring(tree, config, env)
-        command = [sys.executable, "-c", "import sys; from gateway.cli import main; "
-                   "sys.exit(main())"]
+        command = [sys.executable, "-c", instructions.serve_code(stub)]
     log_file, err_file = workdir / "gateway.log", workdir / "gateway.stderr"
     with log_file.open("wb") as out, err_file.open("wb") as err:
         process = await asyncio.create_subprocess_exec(
@@ -452,7 +454,11 @@ async def run_gateway_side(
 async def run_before_side(
     bench: Bench, round_no: int, args: argparse.Namespace, run_id: str
 ) -> SideResult:
-    """The gateway of the checkout ``--against`` names, as that checkout benchmarked it."""
+    """The gateway of the checkout ``--against`` names, as that checkout benchmarked it; or,
+    with ``--against no-sealing``, this checkout's with the sealing door storing plaintext."""
+    if str(args.against) == "no-sealing":
+        return await _gateway_side(bench, round_no, args, run_id, Path(__file__).parent.parent,
+                                   stub="sealing")
     return await _gateway_side(bench, round_no, args, run_id, args.against)
 
 
@@ -465,13 +471,15 @@ def _plain_rows(database: Path) -> int:
 
 
 async def _gateway_side(
-    bench: Bench, round_no: int, args: argparse.Namespace, run_id: str, tree: Path | None
+    bench: Bench, round_no: int, args: argparse.Namespace, run_id: str, tree: Path | None,
+    stub: str | None = None,
 ) -> SideResult:
     side, tag = ("gateway", bench.gateway_tag) if tree is None else ("before", "before")
     workdir = Path(tempfile.mkdtemp(prefix=f"{bench.name}-intake-bench-", dir=args.tmpdir))
     config_text = bench.gateway_config if tree is None else tree_config(tree, bench.script.stem)
     try:
-        server = await start_gateway(workdir, config_text, bench.listener, args.normalise, tree)
+        server = await start_gateway(workdir, config_text, bench.listener, args.normalise, tree,
+                                     stub)
         try:
             load, cpu, other, rss = await measure(
                 bench, server, args=args, tag=f"{run_id}.r{round_no}.{tag}"
@@ -631,7 +639,9 @@ def parser(bench: Bench, description: str | None) -> argparse.ArgumentParser:
                         help="keep the gateway's temporary folders (database, log)")
     parser.add_argument("--against", type=Path, metavar="TREE",
                         help="also run another checkout's gateway (e.g. a git worktree of the "
-                             "release before a change) in every round, and compare")
+                             "release before a change) in every round, and compare; "
+                             "'no-sealing': this checkout with the sealing door storing "
+                             "plaintext (what sealing costs)")
     # Internal: the same script is the bare server and the load generator.
     parser.add_argument(bench.reference_flag, action="store_true", dest="reference",
                         help=argparse.SUPPRESS)

@@ -242,7 +242,7 @@ def _dump_totals(out: Path, after: set[Path]) -> tuple[int, set[Path]]:
 STUBS = {"crypto": "_null_crypto", "sealing": "_no_sealing"}
 
 
-def _serve_code(stub: str | None) -> str:
+def serve_code(stub: str | None) -> str:
     """What the serve child runs: the CLI, after the ``stub``'s stand-ins when one is named."""
     first = (f"sys.path.insert(0, {str(HERE)!r}); import instructions; "
              f"instructions.{STUBS[stub]}(); ") if stub else ""
@@ -266,7 +266,7 @@ def _measure_serve(tree: Path, phase: str, *, seconds: float, connections: int,
         with log_file.open("wb") as log, (work / "gateway.stderr").open("wb") as err:
             server = subprocess.Popen(
                 ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--separate-threads=yes",
-                 f"--callgrind-out-file={out}", sys.executable, "-c", _serve_code(stub),
+                 f"--callgrind-out-file={out}", sys.executable, "-c", serve_code(stub),
                  "--config", str(config), "serve"],
                 cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=err)
         try:
