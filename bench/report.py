@@ -47,8 +47,22 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from gateway.store import migrate
 from gateway.store.engine import DatabaseSettings, open_engine
 from gateway.store.figures import Period
-from gateway.store.report import _assessment, _reports, build_report
-from gateway.store.report_referrals import destinations, forwarding, times
+from gateway.store.report import (
+    _assessment,
+    _latest_verdict,
+    _reports,
+    build_report,
+    received_counts,
+)
+from gateway.store.report_referrals import (
+    destinations,
+    forwarding,
+    referrals_made,
+    removals,
+    times,
+)
+from gateway.store.report_series import series
+from gateway.store.report_sql import report_settings
 
 GOAL_SECONDS = 5.0  # the issue: a year of 1 million cases
 YEAR = 2026
@@ -95,8 +109,10 @@ class Rows:
         self.tables.setdefault(table, []).append(row)
 
     def in_order(self) -> Iterator[tuple[str, list[tuple[Any, ...]]]]:
-        """Each table's rows, a table after those its foreign keys name."""
-        return ((table, self.tables[table]) for table in COLUMNS if table in self.tables)
+        """Each table's rows, a table after those its foreign keys name, and within a table
+        by id: in time order, as the gateway inserts them."""
+        return ((table, sorted(self.tables[table], key=lambda row: row[0]))
+                for table in COLUMNS if table in self.tables)
 
 
 COLUMNS = {
@@ -136,20 +152,28 @@ class History:
     def __init__(self, cases: int, seed: int) -> None:
         self.cases = cases
         self.random = random.Random(seed)
+        self.bits = random.Random(seed + 1)  # the ids' random bits
         self.analyst = uuid.UUID(int=1)
         self.counter = 0
 
-    def uid(self) -> uuid.UUID:
+    def uid(self, at: datetime) -> uuid.UUID:
+        """The id the gateway gives a row made at ``at``: a UUIDv7 of that moment
+        (``gateway.store.ids``), so that ids sort in time order as the gateway's do (its
+        indexes' locality depends on it); the random bits seeded."""
         self.counter += 1
-        return uuid.UUID(int=self.counter << 16 | 0x7000)
+        millis = int(at.timestamp() * 1000)
+        return uuid.UUID(int=millis << 80 | 0x7 << 76 | self.bits.getrandbits(12) << 64
+                         | 0b10 << 62 | self.bits.getrandbits(62))
 
     def chunks(self) -> Iterator[Rows]:
         rows = Rows()
         rows.add("users", (self.analyst, "analyst", "analyst", "x", DUMMY, False, 0, False,
                            START))
         span = (NOW - timedelta(days=16) - START).total_seconds()
-        for n in range(self.cases):
-            self.case(rows, n, START + timedelta(seconds=self.random.random() * span))
+        # Cases come in time order, as they are filed: each chunk is a few weeks.
+        moments = sorted(random.Random(self.bits.random()).random() for _ in range(self.cases))
+        for n, moment in enumerate(moments):
+            self.case(rows, n, START + timedelta(seconds=moment * span))
             if len(rows.tables["cases"]) >= CHUNK:
                 yield rows
                 rows = Rows()
@@ -157,22 +181,22 @@ class History:
         for n in range(self.cases // 100):
             at = START + timedelta(seconds=self.random.random() * span)
             status = "received" if n % 5 == 0 else "parse_failed"
-            rows.add("submissions", (self.uid(), f"U-{n:09d}", "smtp", status, at, "[]",
+            rows.add("submissions", (self.uid(at), f"U-{n:09d}", "smtp", status, at, "[]",
                                      "0" * 64, 1000, None, None))
         yield rows
 
     def submission(self, rows: Rows, case_id: uuid.UUID, at: datetime, urls: int) -> None:
         r = self.random
-        sid = self.uid()
+        sid = self.uid(at)
         channel = r.choices([c for c, _ in CHANNELS], [w for _, w in CHANNELS])[0]
         rows.add("submissions", (sid, f"R-{self.counter:010d}", channel, "parsed", at, "[]",
                                  f"{self.counter:064x}", 2000 + self.counter % 3000,
                                  at + timedelta(seconds=2), urls))
-        rows.add("case_reports", (self.uid(), case_id, sid, at))
+        rows.add("case_reports", (self.uid(at), case_id, sid, at))
 
     def case(self, rows: Rows, n: int, reported: datetime) -> None:
         r = self.random
-        cid = self.uid()
+        cid = self.uid(reported)
         no_url = r.random() < 0.03
         self.submission(rows, cid, reported, 0 if no_url else 1)
         last = reported
@@ -207,13 +231,13 @@ class History:
             if not illegal:
                 status = "closed_legal"
                 rows.add("assessments", (
-                    self.uid(), cid, self.analyst, "legal", "not_illegal", None, at, "final",
+                    self.uid(at), cid, self.analyst, "legal", "not_illegal", None, at, "final",
                     None, None, None, None, None, None, None, r.choice(REASONS)))
             else:
                 host = r.choices(HOSTING, HOSTING_WEIGHTS)[0]
                 named = host[0] if r.random() < 0.1 else None
                 rows.add("assessments", (
-                    self.uid(), cid, self.analyst, "illegal",
+                    self.uid(at), cid, self.analyst, "illegal",
                     "baseline" if r.random() < 0.8 else "national", named, at, "final",
                     r.choice(AGE_GROUPS), r.choice(GENDERS), r.choice(MEDIA),
                     r.choice(SITE_TYPES), r.random() < 0.05, r.random() < 0.2,
@@ -230,15 +254,15 @@ class History:
                  ) -> tuple[Any, ...]:
         r = self.random
         if failed:
-            return (self.uid(), cid, at, "auto", DUMMY, "system", "failed", "failed", None,
+            return (self.uid(at), cid, at, "auto", DUMMY, "system", "failed", "failed", None,
                     None, None, False, None, DUMMY, DUMMY, DUMMY, DUMMY)
         kind = r.random()
         if kind < 0.04:
-            return (self.uid(), cid, at, "auto", DUMMY, "system", "nxdomain", "unresolvable",
+            return (self.uid(at), cid, at, "auto", DUMMY, "system", "nxdomain", "unresolvable",
                     None, None, None, False, None, DUMMY, DUMMY, DUMMY, DUMMY)
         host = r.choices(HOSTING, HOSTING_WEIGHTS)[0]
         cdn = kind < 0.12
-        return (self.uid(), cid, at, "auto", DUMMY, "system", "answer",
+        return (self.uid(at), cid, at, "auto", DUMMY, "system", "answer",
                 "cdn" if cdn else "located", None if cdn else host[0],
                 13335 if cdn else host[1], "Cloudflare" if cdn else host[2], cdn, "geoip",
                 DUMMY, DUMMY, DUMMY, DUMMY)
@@ -247,7 +271,7 @@ class History:
               m: dict[str, datetime | None]) -> tuple[str, str | None]:
         r = self.random
         decided = at + timedelta(seconds=5)
-        decision = self.uid()
+        decision = self.uid(decided)
         if r.random() < 0.04:
             rule = r.choice(("hold-unknown-hosting", "hold-no-key"))
             rows.add("routing_decisions", (decision, cid, decided, rule, "hold", None,
@@ -261,7 +285,7 @@ class History:
         made = decided + (timedelta(hours=r.expovariate(1 / 6)) if iccam
                           else timedelta(seconds=1))
         m["referred"] = made
-        referral = self.uid()
+        referral = self.uid(made)
         sent = None if iccam else made + timedelta(seconds=3)
         delivery = "iccam" if iccam else ("failed" if r.random() < 0.005 else "sent")
         acknowledge_by, remove_by = made + timedelta(days=2), made + timedelta(days=7)
@@ -291,7 +315,7 @@ class History:
 
     def outcome(self, rows: Rows, referral: uuid.UUID, cid: uuid.UUID, outcome: str,
                 reason: str | None, at: datetime, destination: str) -> None:
-        rows.add("referral_outcomes", (self.uid(), referral, cid, outcome, reason, at,
+        rows.add("referral_outcomes", (self.uid(at), referral, cid, outcome, reason, at,
                                        at + timedelta(minutes=5), "reply", destination))
 
 
@@ -377,14 +401,26 @@ class Recorder:
                                              time.perf_counter() - self._began, self.section))
 
 
-Section = Callable[[AsyncConnection], Awaitable[Any]]
+Section = Callable[[AsyncConnection, dict[str, Any]], Awaitable[Any]]
+
+
+async def shared(conn: AsyncConnection, done: dict[str, Any]) -> None:
+    """The passes several sections share (``build_report`` makes them first)."""
+    done["received"] = await received_counts(conn, PERIOD)
+    done["made"] = await referrals_made(conn, PERIOD)
+    done["removed"] = await removals(conn, PERIOD)
+
+
 SECTIONS: tuple[tuple[str, Section], ...] = (
-    ("reports", lambda conn: _reports(conn, PERIOD)),
+    ("shared passes", shared),
+    ("reports", lambda conn, done: _reports(conn, PERIOD, done["received"])),
     ("assessment+hosting",
-     lambda conn: _assessment(conn, PERIOD, home_country=HOME, top=10)),
-    ("forwarding", lambda conn: forwarding(conn, PERIOD)),
-    ("times", lambda conn: times(conn, PERIOD, now=NOW)),
-    ("destinations", lambda conn: destinations(conn, PERIOD)),
+     lambda conn, done: _assessment(conn, PERIOD, home_country=HOME, top=10)),
+    ("forwarding", lambda conn, done: forwarding(conn, PERIOD, done["made"])),
+    ("times", lambda conn, done: times(conn, PERIOD, now=NOW, removed=done["removed"])),
+    ("destinations", lambda conn, done: destinations(conn, PERIOD, done["made"])),
+    ("series", lambda conn, done: series(conn, PERIOD, _latest_verdict(PERIOD),
+                                         done["received"], done["removed"])),
 )
 
 
@@ -400,11 +436,13 @@ async def measure(engine: AsyncEngine, rounds: int, slow: float, dialect: str) -
             whole.append(time.perf_counter() - began)
             recorder.on = True
             recorder.statements.clear()
-            for name, section in SECTIONS:
-                recorder.section = name
-                began = time.perf_counter()
-                await section(conn)
-                parts[name].append(time.perf_counter() - began)
+            done: dict[str, Any] = {}
+            async with report_settings(conn):
+                for name, section in SECTIONS:
+                    recorder.section = name
+                    began = time.perf_counter()
+                    await section(conn, done)
+                    parts[name].append(time.perf_counter() - began)
             recorder.on = False
         print(f"  report for {PERIOD.first}..{PERIOD.last}: best {min(whole):.2f} s, median "
               f"{statistics.median(whole):.2f} s over {rounds} round(s) "
@@ -450,7 +488,13 @@ async def run_database(url: str, history: History, args: argparse.Namespace,
     engine = await open_engine(DatabaseSettings(url=url, busy_timeout=5.0,
                                                 statement_timeout=600.0, pool_size=2))
     try:
-        if dialect == "postgresql":
+        if dialect == "postgresql" and reuse:
+            async with engine.connect() as conn:
+                reuse = bool((await conn.execute(text(
+                    "SELECT to_regclass('cases') IS NOT NULL AND EXISTS "
+                    "(SELECT FROM pg_class WHERE relname = 'cases' AND reltuples > 0)"
+                ))).scalar())
+        if dialect == "postgresql" and not reuse:
             async with engine.begin() as conn:
                 await conn.execute(text("DROP SCHEMA public CASCADE"))
                 await conn.execute(text("CREATE SCHEMA public"))
@@ -483,7 +527,7 @@ async def run(args: argparse.Namespace, database: Path, reuse: bool) -> int:
     if args.postgres:
         print()
         await run_database(args.postgres, History(args.cases, args.seed), args, "postgresql",
-                           reuse=False)
+                           reuse=args.reuse)
     return 0
 
 
@@ -500,8 +544,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="make the SQLite file in DIR and keep it (default: a temporary "
                              "folder, removed)")
     parser.add_argument("--reuse", action="store_true",
-                        help="with --keep: measure the year kept there (migrated to "
-                             "--revision) instead of generating it again")
+                        help="with --keep, or --postgres: measure the year kept there "
+                             "(migrated to --revision) instead of generating it again")
     parser.add_argument("--postgres", metavar="URL",
                         help="also on this PostgreSQL database (emptied first)")
     parser.add_argument("--revision", default="head",
