@@ -44,6 +44,7 @@ from typing import Any
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from gateway.report import as_html
 from gateway.store import migrate
 from gateway.store.engine import DatabaseSettings, open_engine
 from gateway.store.figures import Period
@@ -424,9 +425,11 @@ SECTIONS: tuple[tuple[str, Section], ...] = (
 )
 
 
-async def measure(engine: AsyncEngine, rounds: int, slow: float, dialect: str) -> None:
+async def measure(engine: AsyncEngine, rounds: int, slow: float, dialect: str,
+                  page: bool = False) -> None:
     recorder = Recorder(engine)
     whole: list[float] = []
+    pages: list[float] = []
     parts: dict[str, list[float]] = {name: [] for name, _ in SECTIONS}
     async with engine.connect() as conn:
         await build_report(conn, PERIOD, home_country=HOME, now=NOW)  # warm the cache
@@ -434,6 +437,9 @@ async def measure(engine: AsyncEngine, rounds: int, slow: float, dialect: str) -
             began = time.perf_counter()
             report = await build_report(conn, PERIOD, home_country=HOME, now=NOW)
             whole.append(time.perf_counter() - began)
+            if page:  # the console's page: the same report, rendered with its charts
+                html = await asyncio.to_thread(as_html, report)
+                pages.append(time.perf_counter() - began)
             recorder.on = True
             recorder.statements.clear()
             done: dict[str, Any] = {}
@@ -447,6 +453,10 @@ async def measure(engine: AsyncEngine, rounds: int, slow: float, dialect: str) -
         print(f"  report for {PERIOD.first}..{PERIOD.last}: best {min(whole):.2f} s, median "
               f"{statistics.median(whole):.2f} s over {rounds} round(s) "
               f"(goal < {GOAL_SECONDS:.0f} s: {'met' if min(whole) < GOAL_SECONDS else 'NOT met'})")
+        if pages:
+            print(f"  the page (the report and its HTML with the charts, as the console's "
+                  f"/report shows it; {len(html) // 1024} KiB): best {min(pages):.2f} s, "
+                  f"median {statistics.median(pages):.2f} s")
         print(f"  figures: {report.figure('reports.received').value} reports received, "
               f"{report.figure('assessment.assessed').value} cases assessed, "
               f"{report.figure('forwarding.referrals').value} referrals, "
@@ -504,7 +514,7 @@ async def run_database(url: str, history: History, args: argparse.Namespace,
                 await conn.exec_driver_sql("ANALYZE")
             print(f"{dialect}: the kept year reused, migrated to "
                   f"{await migrate.current(engine)}")
-            await measure(engine, args.rounds, args.slow, dialect)
+            await measure(engine, args.rounds, args.slow, dialect, args.page)
             return
         began = time.perf_counter()
         if dialect == "sqlite":
@@ -515,7 +525,7 @@ async def run_database(url: str, history: History, args: argparse.Namespace,
         print(f"{dialect}: {history.cases} cases, {count} rows generated and inserted in "
               f"{time.perf_counter() - began:.1f} s (migrations at "
               f"{await migrate.current(engine)})")
-        await measure(engine, args.rounds, args.slow, dialect)
+        await measure(engine, args.rounds, args.slow, dialect, args.page)
     finally:
         await engine.dispose()
 
@@ -551,6 +561,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--revision", default="head",
                         help="migrate to this revision (0023: without the report's indexes)")
     parser.add_argument("--no-sqlite", action="store_true", help="PostgreSQL only")
+    parser.add_argument("--page", action="store_true",
+                        help="also time the console's page: the report rendered as HTML "
+                             "with its charts (gateway.report.as_html, the page's body)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-report-") as scratch:
         folder = Path(args.keep or scratch)

@@ -93,18 +93,23 @@ def _filed_code(conn: AsyncConnection, received_in: ColumnElement[bool]) -> Sele
     is its earliest report's time (filing and merging keep it so), so only a report at
     that moment is looked at again, for a tie."""
     tie = case_reports.alias("tie")
-    first = and_(case_reports.c.reported_at == cases.c.first_reported, ~exists().where(
-        tie.c.case_id == case_reports.c.case_id, tie.c.reported_at == case_reports.c.reported_at,
-        tie.c.submission_id < case_reports.c.submission_id))
-    code = (func.max(case((first, 2), else_=0))
-            + func.max(case((cases.c.kind == "no_url", 1), else_=0)))
+    tied = and_(tie.c.case_id == case_reports.c.case_id,
+                tie.c.reported_at == case_reports.c.reported_at,
+                tie.c.submission_id < case_reports.c.submission_id)
     reports_cases = case_reports.join(cases, cases.c.id == case_reports.c.case_id)
+    no_url = func.max(case((cases.c.kind == "no_url", 1), else_=0))
     if conn.dialect.name == "postgresql":
-        # Hash joins, then one group per report.
-        return (select(submissions.c.status, code.label("code"))
+        # Hash joins (the tie as an outer join, not a lookup per report), then one group
+        # per report.
+        first = and_(case_reports.c.reported_at == cases.c.first_reported, tie.c.id.is_(None))
+        return (select(submissions.c.status,
+                       (func.max(case((first, 2), else_=0)) + no_url).label("code"))
                 .select_from(submissions.join(
-                    reports_cases, case_reports.c.submission_id == submissions.c.id))
+                    reports_cases, case_reports.c.submission_id == submissions.c.id)
+                    .outerjoin(tie, tied))
                 .where(received_in).group_by(submissions.c.id, submissions.c.status))
+    first = and_(case_reports.c.reported_at == cases.c.first_reported, ~exists().where(tied))
+    code = func.max(case((first, 2), else_=0)) + no_url
     # SQLite joins by looking up each row in an index: a report's cases are looked up
     # from the report (no sort of a million rows to group them). The LIMIT keeps SQLite
     # from flattening the subquery into the outer one, which would run it once for each

@@ -58,15 +58,20 @@ def day_of(conn: AsyncConnection, column: Any) -> ColumnElement[str]:
 
 
 def micros_between(conn: AsyncConnection, later: Any, earlier: Any) -> ColumnElement[int]:
-    """``later - earlier`` in whole microseconds, exactly (as Python's ``timedelta``):
-    PostgreSQL's ``extract(epoch ...)`` is a numeric with the microseconds; SQLite keeps
-    ``YYYY-MM-DD HH:MM:SS.ffffff`` (its own date functions keep only milliseconds), so the
-    whole seconds come from ``strftime('%s')`` and the microseconds from the text."""
+    """``later - earlier`` in whole microseconds, exactly (as Python's ``timedelta``).
+    PostgreSQL: ``date_part('epoch', ...)`` of the interval, a double, rounded back to
+    microseconds: exact for spans under about thirty years (the rounding errors stay under
+    half a microsecond), and faster than ``extract``'s numeric. SQLite keeps ``YYYY-MM-DD
+    HH:MM:SS.ffffff`` (its own date functions keep only milliseconds), so the whole seconds
+    come from ``strftime('%s')`` and the microseconds from the text."""
     if conn.dialect.name == "postgresql":
-        return cast(func.extract("epoch", later - earlier) * 1_000_000, BigInteger)
+        return cast(func.round(func.date_part("epoch", later - earlier) * 1_000_000),
+                    BigInteger)
 
     def micros(moment: Any) -> ColumnElement[int]:
-        return (cast(func.strftime("%s", moment), Integer) * 1_000_000
+        # The whole seconds of the text alone: strftime rounds a fraction to milliseconds,
+        # which carries .9995 s and more into the next second.
+        return (cast(func.strftime("%s", func.substr(moment, 1, 19)), Integer) * 1_000_000
                 + cast(func.substr(moment, 21, 6), Integer))
 
     return micros(later) - micros(earlier)
@@ -110,10 +115,13 @@ def spread_query(spans: Select[Any], *, p: int = PERCENTILE) -> Select[Any]:
     with the same formula as ``figures``."""
     inner = spans.subquery("spans")
     keys = [c for c in inner.c if c.name != "span"]
+    # Both windows ordered alike (the count's frame the whole partition), so that the
+    # database sorts the spans once.
     ranked = select(
         *keys, inner.c.span,
         func.row_number().over(partition_by=keys or None, order_by=inner.c.span).label("rn"),
-        func.count().over(partition_by=keys or None).label("n"),
+        func.count().over(partition_by=keys or None, order_by=inner.c.span,
+                          rows=(None, None)).label("n"),
     ).subquery("ranked")
     rn, n = ranked.c.rn, ranked.c.n
     return select(ranked).where(or_(
