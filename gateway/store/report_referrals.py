@@ -26,7 +26,7 @@ from gateway.store.figures import (
 from gateway.store.follow_ups import overdue_cases
 from gateway.store.lifecycle import AWAITING_OUTCOME
 from gateway.store.outcome_codes import NOT_ACTIONABLE_REASONS, OUTCOMES
-from gateway.store.report_sql import Spread, micros_between, spreads
+from gateway.store.report_sql import Spread, micros_between, once, spreads
 from gateway.store.tables import cases, referral_outcomes, referrals, routing_decisions
 
 #: Each figure's section is the start of its name.
@@ -66,9 +66,10 @@ async def removals(conn: AsyncConnection, period: Period) -> Removals:
     span = micros_between(conn, cases.c.removed_at, cases.c.referred_at)
     removed_in = (period.holds(cases.c.removed_at), cases.c.referred_at.is_not(None))
     bounds = [bound for bound, _ in REMOVAL_BINS if bound is not None]
+    each = once(conn, select(span.label("span")).where(*removed_in), "removed")
     count, *within = (int(n or 0) for n in (await conn.execute(
-        select(func.count(), *(func.sum(case((span <= bound * HOUR, 1), else_=0))
-                               for bound in bounds)).where(*removed_in))).one())
+        select(func.count(), *(func.sum(case((each.c.span <= bound * HOUR, 1), else_=0))
+                               for bound in bounds)))).one())
     # Each bin holds those up to its bound but not up to the one before.
     upto = [*within, count]
     bins = tuple((label, upto[n] - (upto[n - 1] if n else 0))
@@ -157,14 +158,15 @@ async def forwarding(conn: AsyncConnection, period: Period, made: Made) -> list[
 async def times(conn: AsyncConnection, period: Period, *, now: datetime,
                 removed: Removals) -> list[Figure]:
     referred_in = period.holds(cases.c.referred_at)
-    to_removal = micros_between(conn, cases.c.removed_at, cases.c.referred_at)
+    each = once(conn, select(
+        case((cases.c.status.in_(AWAITING_OUTCOME), 1), else_=0).label("open"),
+        micros_between(conn, cases.c.removed_at, cases.c.referred_at).label("to_removal"))
+        .where(referred_in), "referred")
+    # A case not removed has no span (NULL), so it is within no bound.
     referred, still_open, *within_counts = (int(n or 0) for n in (await conn.execute(
-        select(func.count(),
-               func.sum(case((cases.c.status.in_(AWAITING_OUTCOME), 1), else_=0)),
-               *(func.sum(case((and_(cases.c.removed_at.is_not(None),
-                                     to_removal <= days * 24 * HOUR), 1), else_=0))
-                 for days in WITHIN_DAYS))
-        .where(referred_in))).one())
+        select(func.count(), func.sum(each.c.open),
+               *(func.sum(case((each.c.to_removal <= days * 24 * HOUR, 1), else_=0))
+                 for days in WITHIN_DAYS)))).one())
     within = dict(zip(WITHIN_DAYS, within_counts, strict=True))
     to_referral = (await spreads(conn, select(
         micros_between(conn, cases.c.referred_at, cases.c.first_reported).label("span"))

@@ -15,7 +15,18 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import BigInteger, ColumnElement, Integer, Select, and_, cast, func, or_, select
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Integer,
+    Select,
+    Subquery,
+    and_,
+    cast,
+    func,
+    or_,
+    select,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.store.figures import hours
@@ -62,19 +73,30 @@ def micros_between(conn: AsyncConnection, later: Any, earlier: Any) -> ColumnEle
     PostgreSQL: ``date_part('epoch', ...)`` of the interval, a double, rounded back to
     microseconds: exact for spans under about thirty years (the rounding errors stay under
     half a microsecond), and faster than ``extract``'s numeric. SQLite keeps ``YYYY-MM-DD
-    HH:MM:SS.ffffff`` (its own date functions keep only milliseconds), so the whole seconds
-    come from ``strftime('%s')`` and the microseconds from the text."""
+    HH:MM:SS.ffffff`` and its date functions keep only milliseconds (rounding .9995 s into
+    the next second), so the whole seconds come from the text's first 19 characters (the
+    difference of their ``julianday``, rounded to seconds) and the microseconds from the
+    rest."""
     if conn.dialect.name == "postgresql":
         return cast(func.round(func.date_part("epoch", later - earlier) * 1_000_000),
                     BigInteger)
 
     def micros(moment: Any) -> ColumnElement[int]:
-        # The whole seconds of the text alone: strftime rounds a fraction to milliseconds,
-        # which carries .9995 s and more into the next second.
-        return (cast(func.strftime("%s", func.substr(moment, 1, 19)), Integer) * 1_000_000
-                + cast(func.substr(moment, 21, 6), Integer))
+        return cast(func.substr(moment, 21, 6), Integer)
 
-    return micros(later) - micros(earlier)
+    seconds = cast(func.round((func.julianday(func.substr(later, 1, 19))
+                               - func.julianday(func.substr(earlier, 1, 19))) * 86_400),
+                   Integer)
+    return seconds * 1_000_000 + micros(later) - micros(earlier)
+
+
+def once(conn: AsyncConnection, query: Select[Any], name: str) -> Subquery:
+    """``query`` as a subquery whose columns are computed once per row: SQLite flattens a
+    subquery into the query around it, computing a column again for each use of it (a span
+    compared with five bounds: five times); a LIMIT keeps it apart."""
+    if conn.dialect.name == "sqlite":
+        query = query.limit(2 ** 62)
+    return query.subquery(name)
 
 
 def span_hours(micros: int) -> float:
@@ -107,13 +129,12 @@ class Spread:
         return round(span_hours(self.at[max(math.ceil(p / 100 * self.count), 1)]), 2)
 
 
-def spread_query(spans: Select[Any], *, p: int = PERCENTILE) -> Select[Any]:
-    """The rows of ``spans`` (its columns: the keys it is split by, then ``span``) at the
+def spread_query(inner: Subquery, *, p: int = PERCENTILE) -> Select[Any]:
+    """The rows of ``inner`` (its columns: the keys it is split by, then ``span``) at the
     ranks around each key's median and ``p``-th percentile, each with its key, its rank
     ``rn`` and its key's count ``n``. The ranks come from one sort in the database (a window
     function); the band around each rank is wide enough that Python picks the exact rank
     with the same formula as ``figures``."""
-    inner = spans.subquery("spans")
     keys = [c for c in inner.c if c.name != "span"]
     # Both windows ordered alike (the count's frame the whole partition), so that the
     # database sorts the spans once.
@@ -134,7 +155,7 @@ async def spreads(conn: AsyncConnection, spans: Select[Any], *, p: int = PERCENT
     """Each key's :class:`Spread` (keys as tuples; ``()`` when ``spans`` has none); a key
     without spans is absent."""
     found: dict[tuple[Hashable, ...], Spread] = {}
-    for row in await conn.execute(spread_query(spans, p=p)):
+    for row in await conn.execute(spread_query(once(conn, spans, "spans"), p=p)):
         *key, span, rank, count = row
         spread = found.setdefault(tuple(key), Spread(int(count)))
         spread.at[int(rank)] = int(span)
