@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import sqlite3
 import statistics
@@ -429,14 +430,16 @@ async def measure(engine: AsyncEngine, rounds: int, slow: float, dialect: str,
                   page: bool = False) -> None:
     recorder = Recorder(engine)
     whole: list[float] = []
+    cpu: list[float] = []
     pages: list[float] = []
     parts: dict[str, list[float]] = {name: [] for name, _ in SECTIONS}
     async with engine.connect() as conn:
         await build_report(conn, PERIOD, home_country=HOME, now=NOW)  # warm the cache
         for _ in range(rounds):
-            began = time.perf_counter()
+            began, used = time.perf_counter(), time.process_time()
             report = await build_report(conn, PERIOD, home_country=HOME, now=NOW)
             whole.append(time.perf_counter() - began)
+            cpu.append(time.process_time() - used)
             if page:  # the console's page: the same report, rendered with its charts
                 html = await asyncio.to_thread(as_html, report)
                 pages.append(time.perf_counter() - began)
@@ -453,6 +456,10 @@ async def measure(engine: AsyncEngine, rounds: int, slow: float, dialect: str,
         print(f"  report for {PERIOD.first}..{PERIOD.last}: best {min(whole):.2f} s, median "
               f"{statistics.median(whole):.2f} s over {rounds} round(s) "
               f"(goal < {GOAL_SECONDS:.0f} s: {'met' if min(whole) < GOAL_SECONDS else 'NOT met'})")
+        # The machine may be shared: this process's CPU time (SQLite's work runs in it) does
+        # not grow with another's load as the wall time does.
+        print(f"  CPU time of this process (SQLite's work, and Python's): best {min(cpu):.2f} s; "
+              f"load average {os.getloadavg()[0]:.2f}")
         if pages:
             print(f"  the page (the report and its HTML with the charts, as the console's "
                   f"/report shows it; {len(html) // 1024} KiB): best {min(pages):.2f} s, "
