@@ -20,7 +20,7 @@ from collections import Counter
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, exists, func, or_, select
+from sqlalchemy import ColumnElement, Select, and_, case, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.store.classification import (
@@ -32,8 +32,15 @@ from gateway.store.classification import (
     SITE_TYPES,
 )
 from gateway.store.figures import UNRECORDED, Figure, Period, Report, in_order, ranked, share
-from gateway.store.report_referrals import destinations, forwarding, times
+from gateway.store.report_referrals import (
+    destinations,
+    forwarding,
+    referrals_made,
+    removals,
+    times,
+)
 from gateway.store.report_series import series
+from gateway.store.report_sql import day_of, report_settings
 from gateway.store.tables import assessments, case_reports, cases, hosting_evidence, submissions
 
 #: Each figure's section is the start of its name.
@@ -46,47 +53,93 @@ async def build_report(conn: AsyncConnection, period: Period, *, home_country: s
                        now: datetime, top: int = 10) -> Report:
     """Every figure for ``period``; ``now`` is the moment the snapshot figures (still open,
     overdue) are taken at; ``top`` how many countries the top list names."""
-    figures = [
-        *await _reports(conn, period),
-        *await _assessment(conn, period, home_country=home_country, top=top),
-        *await forwarding(conn, period),
-        *await times(conn, period, now=now),
-        *await destinations(conn, period),
-        *await series(conn, period, _latest_verdict(period)),
-    ]
+    async with report_settings(conn):
+        received = await received_counts(conn, period)
+        made = await referrals_made(conn, period)
+        removed = await removals(conn, period)
+        figures = [
+            *await _reports(conn, period, received),
+            *await _assessment(conn, period, home_country=home_country, top=top),
+            *await forwarding(conn, period, made),
+            *await times(conn, period, now=now, removed=removed),
+            *await destinations(conn, period, made),
+            *await series(conn, period, _latest_verdict(period), received, removed),
+        ]
     return Report(period, home_country, now, top, tuple(figures))
 
 
-async def _reports(conn: AsyncConnection, period: Period) -> list[Figure]:
-    received_in = period.holds(submissions.c.received_at)
-    by_channel = {str(channel): int(n) for channel, n in await conn.execute(
-        select(submissions.c.channel, func.count()).where(received_in)
-        .group_by(submissions.c.channel))}
-    received = sum(by_channel.values())
-    # A case's first report: no report of the case came before it (the same moment: the
-    # lower submission id first, so that exactly one is first). The case's first_reported
-    # is its earliest report's time (filing and merging keep it so), so only a report at
-    # that moment is looked at again, for a tie.
+#: Reports received in a period by UTC day (``YYYY-MM-DD``), channel and state.
+Received = Counter[tuple[str, str, str]]
+
+
+async def received_counts(conn: AsyncConnection, period: Period) -> Received:
+    """One pass over the reports received in the period, shared by the reports' figures
+    and the daily series."""
+    day = day_of(conn, submissions.c.received_at)
+    return Counter({(str(d), str(channel), str(status)): int(n)
+                    for d, channel, status, n in await conn.execute(
+                        select(day, submissions.c.channel, submissions.c.status, func.count())
+                        .where(period.holds(submissions.c.received_at))
+                        .group_by(day, submissions.c.channel, submissions.c.status))})
+
+
+def _filed_code(conn: AsyncConnection, received_in: ColumnElement[bool]) -> Select[Any]:
+    """Each filed report received in the period once (a report may be in several cases),
+    with its state and a code: 2 if it is the first report of at least one of its cases,
+    plus 1 if one of them has no URL.
+
+    A case's first report: no report of the case came before it (the same moment: the
+    lower submission id first, so that exactly one is first). The case's first_reported
+    is its earliest report's time (filing and merging keep it so), so only a report at
+    that moment is looked at again, for a tie."""
     tie = case_reports.alias("tie")
-    first = and_(case_reports.c.reported_at == cases.c.first_reported, ~exists().where(
-        tie.c.case_id == case_reports.c.case_id, tie.c.reported_at == case_reports.c.reported_at,
-        tie.c.submission_id < case_reports.c.submission_id))
-    # Each filed report once (a report may be in several cases), with whether it is the
-    # first of one of them and whether it is in a case without a URL.
-    per_report = (
-        select(func.max(case((first, 1), else_=0)).label("first"),
-               func.max(case((cases.c.kind == "no_url", 1), else_=0)).label("no_url"))
-        .select_from(submissions
-                     .join(case_reports, case_reports.c.submission_id == submissions.c.id)
-                     .join(cases, cases.c.id == case_reports.c.case_id))
-        .where(received_in).group_by(submissions.c.id).subquery())
-    filed, unique, without_url = (int(n) for n in (await conn.execute(
-        select(func.count(), func.coalesce(func.sum(per_report.c.first), 0),
-               func.coalesce(func.sum(per_report.c.no_url), 0)))).one())
-    not_filed = {str(status): int(n) for status, n in await conn.execute(
-        select(submissions.c.status, func.count())
-        .where(received_in, ~exists().where(case_reports.c.submission_id == submissions.c.id))
-        .group_by(submissions.c.status))}
+    tied = and_(tie.c.case_id == case_reports.c.case_id,
+                tie.c.reported_at == case_reports.c.reported_at,
+                tie.c.submission_id < case_reports.c.submission_id)
+    reports_cases = case_reports.join(cases, cases.c.id == case_reports.c.case_id)
+    no_url = func.max(case((cases.c.kind == "no_url", 1), else_=0))
+    if conn.dialect.name == "postgresql":
+        # Hash joins (the tie as an outer join, not a lookup per report), then one group
+        # per report.
+        first = and_(case_reports.c.reported_at == cases.c.first_reported, tie.c.id.is_(None))
+        return (select(submissions.c.status,
+                       (func.max(case((first, 2), else_=0)) + no_url).label("code"))
+                .select_from(submissions.join(
+                    reports_cases, case_reports.c.submission_id == submissions.c.id)
+                    .outerjoin(tie, tied))
+                .where(received_in).group_by(submissions.c.id, submissions.c.status))
+    first = and_(case_reports.c.reported_at == cases.c.first_reported, ~exists().where(tied))
+    code = func.max(case((first, 2), else_=0)) + no_url
+    # SQLite joins by looking up each row in an index: a report's cases are looked up
+    # from the report (no sort of a million rows to group them). The LIMIT keeps SQLite
+    # from flattening the subquery into the outer one, which would run it once for each
+    # use of its column.
+    each = (select(code).select_from(reports_cases)
+            .where(case_reports.c.submission_id == submissions.c.id).scalar_subquery())
+    inner = (select(submissions.c.status, each.label("code")).where(received_in)
+             .limit(2 ** 62).subquery())
+    return select(inner.c.status, inner.c.code).where(inner.c.code.is_not(None))
+
+
+async def _reports(conn: AsyncConnection, period: Period, by_day: Received) -> list[Figure]:
+    by_channel: Counter[str] = Counter()
+    by_status: Counter[str] = Counter()
+    for (_, channel, status), n in by_day.items():
+        by_channel[channel] += n
+        by_status[status] += n
+    received = sum(by_channel.values())
+    each = _filed_code(conn, period.holds(submissions.c.received_at)).subquery()
+    filed_by: Counter[str] = Counter()
+    unique = without_url = 0
+    for status, filed, first, no_url in await conn.execute(
+            select(each.c.status, func.count(), func.sum(case((each.c.code >= 2, 1), else_=0)),
+                   func.sum(each.c.code % 2)).group_by(each.c.status)):
+        filed_by[str(status)] += int(filed)
+        unique += int(first)
+        without_url += int(no_url)
+    filed = sum(filed_by.values())
+    not_filed = {status: n - filed_by[status] for status, n in by_status.items()
+                 if n > filed_by[status]}
     received_def = "reports (e-mails, web forms, API calls, partner referrals) received in " \
                    "the period, whatever they held, by the channel they came in by"
     return [

@@ -6,11 +6,12 @@ figure of the report.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
-from datetime import datetime, timedelta
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, case, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.store.figures import (
@@ -18,23 +19,64 @@ from gateway.store.figures import (
     Figure,
     Number,
     Period,
-    hours,
     in_order,
-    median_hours,
-    percentile_hours,
     ranked,
     share,
 )
 from gateway.store.follow_ups import overdue_cases
 from gateway.store.lifecycle import AWAITING_OUTCOME
 from gateway.store.outcome_codes import NOT_ACTIONABLE_REASONS, OUTCOMES
+from gateway.store.report_sql import Spread, micros_between, once, spreads
 from gateway.store.tables import cases, referral_outcomes, referrals, routing_decisions
-from gateway.store.times import utc
 
 #: Each figure's section is the start of its name.
 _f = Figure.of
 #: The days within which the share of referred content removed is given.
 WITHIN_DAYS = (1, 3, 7)
+#: The bins of the removal times, by their upper bound in hours (included); the last is open.
+REMOVAL_BINS = ((6, "0-6h"), (24, "6-24h"), (72, "24-72h"), (168, "72-168h"),
+                (336, "168-336h"), (None, "336h+"))
+HOUR = 3600 * 1_000_000  # microseconds
+#: Referrals made in a period, by destination and delivery state.
+Made = list[tuple[str, str, int]]
+
+
+async def referrals_made(conn: AsyncConnection, period: Period) -> Made:
+    """The referrals made in the period by destination and state, which the forwarding
+    and per-destination figures share."""
+    return [(str(destination), str(status), int(n)) for destination, status, n in
+            await conn.execute(
+                select(referrals.c.destination, referrals.c.status, func.count())
+                .where(period.holds(referrals.c.created_at))
+                .group_by(referrals.c.destination, referrals.c.status))]
+
+
+@dataclass(frozen=True, slots=True)
+class Removals:
+    """The referred cases whose content first went down in the period: the times from
+    their first referral (median, percentile) and how many in each removal bin."""
+
+    spread: Spread
+    bins: tuple[tuple[str, Number], ...]
+
+
+async def removals(conn: AsyncConnection, period: Period) -> Removals:
+    """One pass for the removal times' counts by bin (``times`` and the series share
+    them), one for their median and percentile."""
+    span = micros_between(conn, cases.c.removed_at, cases.c.referred_at)
+    removed_in = (period.holds(cases.c.removed_at), cases.c.referred_at.is_not(None))
+    bounds = [bound for bound, _ in REMOVAL_BINS if bound is not None]
+    each = once(conn, select(span.label("span")).where(*removed_in), "removed")
+    count, *within = (int(n or 0) for n in (await conn.execute(
+        select(func.count(), *(func.sum(case((each.c.span <= bound * HOUR, 1), else_=0))
+                               for bound in bounds)))).one())
+    # Each bin holds those up to its bound but not up to the one before.
+    upto = [*within, count]
+    bins = tuple((label, upto[n] - (upto[n - 1] if n else 0))
+                 for n, (_, label) in enumerate(REMOVAL_BINS))
+    spread = (await spreads(conn, select(span.label("span")).where(*removed_in))).get(
+        (), Spread())
+    return Removals(spread, bins)
 
 
 def _destination_kind(destination: str) -> tuple[str, str | None]:
@@ -43,18 +85,13 @@ def _destination_kind(destination: str) -> tuple[str, str | None]:
     return kind, country or None
 
 
-async def forwarding(conn: AsyncConnection, period: Period) -> list[Figure]:
-    made = list(await conn.execute(
-        select(referrals.c.destination, referrals.c.status, func.count())
-        .where(period.holds(referrals.c.created_at))
-        .group_by(referrals.c.destination, referrals.c.status)))
+async def forwarding(conn: AsyncConnection, period: Period, made: Made) -> list[Figure]:
     kinds: Counter[str] = Counter()
     partners: Counter[str] = Counter()
     iccam: Counter[str] = Counter()
     failed = 0
     for destination, status, n in made:
-        n = int(n)
-        kind, country = _destination_kind(str(destination))
+        kind, country = _destination_kind(destination)
         kinds[kind] += n
         if kind == "hotline":
             partners[country or UNRECORDED] += n
@@ -118,22 +155,22 @@ async def forwarding(conn: AsyncConnection, period: Period) -> list[Figure]:
     ]
 
 
-async def times(conn: AsyncConnection, period: Period, *, now: datetime) -> list[Figure]:
+async def times(conn: AsyncConnection, period: Period, *, now: datetime,
+                removed: Removals) -> list[Figure]:
     referred_in = period.holds(cases.c.referred_at)
-    referred = list(await conn.execute(
-        select(cases.c.first_reported, cases.c.referred_at, cases.c.removed_at)
-        .where(referred_in)))
-    to_referral = [hours(utc(r.referred_at) - utc(r.first_reported)) for r in referred]
-    removed = list(await conn.execute(
-        select(cases.c.referred_at, cases.c.removed_at)
-        .where(period.holds(cases.c.removed_at), cases.c.referred_at.is_not(None))))
-    to_removal = [hours(utc(r.removed_at) - utc(r.referred_at)) for r in removed]
-    within = {days: sum(1 for r in referred if r.removed_at is not None
-                        and utc(r.removed_at) - utc(r.referred_at) <= timedelta(days=days))
-              for days in WITHIN_DAYS}
-    still_open = int((await conn.execute(
-        select(func.count()).where(referred_in, cases.c.status.in_(AWAITING_OUTCOME))
-    )).scalar_one())
+    each = once(conn, select(
+        case((cases.c.status.in_(AWAITING_OUTCOME), 1), else_=0).label("open"),
+        micros_between(conn, cases.c.removed_at, cases.c.referred_at).label("to_removal"))
+        .where(referred_in), "referred")
+    # A case not removed has no span (NULL), so it is within no bound.
+    referred, still_open, *within_counts = (int(n or 0) for n in (await conn.execute(
+        select(func.count(), func.sum(each.c.open),
+               *(func.sum(case((each.c.to_removal <= days * 24 * HOUR, 1), else_=0))
+                 for days in WITHIN_DAYS)))).one())
+    within = dict(zip(WITHIN_DAYS, within_counts, strict=True))
+    to_referral = (await spreads(conn, select(
+        micros_between(conn, cases.c.referred_at, cases.c.first_reported).label("span"))
+        .where(referred_in))).get((), Spread())
     overdue = int((await conn.execute(
         select(func.count()).where(referred_in, cases.c.id.in_(overdue_cases(now)))
     )).scalar_one())
@@ -143,26 +180,27 @@ async def times(conn: AsyncConnection, period: Period, *, now: datetime) -> list
     return [
         _f("times.referred", "Cases referred", "cases",
            "cases first referred in the period (the referred milestone: a referral made, or "
-           "recorded as made through ICCAM)", len(referred)),
+           "recorded as made through ICCAM)", referred),
         _f("times.report_to_referral_median", "Report to referral, median", "hours",
            f"median time {first}, over the cases first referred in the period; the mean of "
-           "the two middle values for an even count", median_hours(to_referral)),
+           "the two middle values for an even count", to_referral.median_hours()),
         _f("times.report_to_referral_p90", "Report to referral, 90th percentile", "hours",
            f"90th percentile (nearest rank) of the time {first}, over the cases first "
-           "referred in the period", percentile_hours(to_referral, 90)),
+           "referred in the period", to_referral.percentile_hours()),
         _f("times.removed", "Cases removed", "cases",
-           "referred cases whose content first went down in the period", len(removed)),
+           "referred cases whose content first went down in the period",
+           removed.spread.count),
         _f("times.referral_to_removal_median", "Referral to removal, median", "hours",
            f"median time {removal}, over the cases whose content went down in the period",
-           median_hours(to_removal)),
+           removed.spread.median_hours()),
         _f("times.referral_to_removal_p90", "Referral to removal, 90th percentile", "hours",
            f"90th percentile (nearest rank) of the time {removal}, over the cases whose "
-           "content went down in the period", percentile_hours(to_removal, 90)),
+           "content went down in the period", removed.spread.percentile_hours()),
         *(_f(f"times.removed_within_{days}d", f"Removed within {days} day"
              + ("s" if days > 1 else ""), "share",
              f"of the cases first referred in the period, the share whose content went down "
              f"at most {days * 24} hours after the referral (as known when the report is "
-             "made)", share(within[days], len(referred))) for days in WITHIN_DAYS),
+             "made)", share(within[days], referred)) for days in WITHIN_DAYS),
         _f("times.still_open", "Still open", "cases",
            "cases first referred in the period still waiting for what becomes of their "
            "referral (referred or acknowledged) when the report is made", still_open),
@@ -173,32 +211,35 @@ async def times(conn: AsyncConnection, period: Period, *, now: datetime) -> list
     ]
 
 
-async def destinations(conn: AsyncConnection, period: Period) -> list[Figure]:
-    rows = await conn.execute(
-        select(referrals.c.id, referrals.c.destination, referrals.c.created_at,
-               referral_outcomes.c.outcome, referral_outcomes.c.occurred_at)
-        .select_from(referrals.outerjoin(referral_outcomes, and_(
+async def destinations(conn: AsyncConnection, period: Period, made: Made) -> list[Figure]:
+    by_destination: Counter[str] = Counter()
+    for destination, _, n in made:
+        by_destination[destination] += n
+    # Each acknowledgement or removal recorded for a referral made in the period, by
+    # destination: how many, and the median time from the referral.
+    spans = await spreads(conn, select(
+        referral_outcomes.c.outcome, referrals.c.destination,
+        micros_between(conn, referral_outcomes.c.occurred_at, referrals.c.created_at)
+        .label("span"))
+        .select_from(referrals.join(referral_outcomes, and_(
             referral_outcomes.c.referral_id == referrals.c.id,
             referral_outcomes.c.outcome.in_(("acknowledged", "removed")))))
         .where(period.holds(referrals.c.created_at)))
-    made: dict[str, set[Any]] = defaultdict(set)
-    spans: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for referral_id, destination, created_at, outcome, occurred_at in rows:
-        made[destination].add(referral_id)
-        if outcome is not None:
-            spans[outcome][destination].append(hours(utc(occurred_at) - utc(created_at)))
-    order = sorted(made, key=lambda d: (-len(made[d]), d))
+    order = sorted(by_destination, key=lambda d: (-by_destination[d], d))
 
     def each(values: dict[str, Any]) -> tuple[tuple[str, Number], ...]:
         return tuple((d, values.get(d)) for d in order)
 
-    acknowledged = {d: len(spans["acknowledged"][d]) for d in order}
-    removed = {d: len(spans["removed"][d]) for d in order}
+    def of(outcome: str, destination: str) -> Spread:
+        return spans.get((outcome, destination), Spread())
+
+    acknowledged = {d: of("acknowledged", d).count for d in order}
+    removed = {d: of("removed", d).count for d in order}
     made_def = "referrals made in the period, by destination (police, police_international, " \
                "hotline:<country>, iccam:<country>)"
     return [
         _f("destinations.referrals", "Referrals", "referrals", made_def,
-           sum(len(v) for v in made.values()), each({d: len(made[d]) for d in order})),
+           sum(by_destination.values()), each(dict(by_destination))),
         _f("destinations.acknowledged", "Acknowledged", "referrals",
            f"{made_def}, that the destination has acknowledged (as known when the report is "
            "made)", sum(acknowledged.values()), each(acknowledged)),
@@ -208,8 +249,8 @@ async def destinations(conn: AsyncConnection, period: Period) -> list[Figure]:
         _f("destinations.acknowledge_median", "Time to acknowledge, median", "hours",
            f"{made_def}: the median time from the referral to its acknowledgement, over "
            "those acknowledged", None,
-           each({d: median_hours(spans["acknowledged"][d]) for d in order})),
+           each({d: of("acknowledged", d).median_hours() for d in order})),
         _f("destinations.removal_median", "Time to removal, median", "hours",
            f"{made_def}: the median time from the referral to the content going down, over "
-           "those removed", None, each({d: median_hours(spans["removed"][d]) for d in order})),
+           "those removed", None, each({d: of("removed", d).median_hours() for d in order})),
     ]

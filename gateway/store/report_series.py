@@ -9,19 +9,20 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import date, timedelta
-from typing import Any
+from typing import TYPE_CHECKING
 
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.store.figures import Figure, Number, Period, hours, share
-from gateway.store.tables import assessments, cases, submissions
-from gateway.store.times import utc
+from gateway.store.figures import Figure, Number, Period, share
+from gateway.store.report_referrals import Removals
+from gateway.store.report_sql import day_of
+from gateway.store.tables import assessments, cases
+
+if TYPE_CHECKING:
+    from gateway.store.report import Received
 
 _f = Figure.of
-#: The bins of the removal times, by their upper bound in hours (included); the last is open.
-REMOVAL_BINS = ((6, "0-6h"), (24, "6-24h"), (72, "24-72h"), (168, "72-168h"),
-                (336, "168-336h"), (None, "336h+"))
 
 
 def days(period: Period) -> list[date]:
@@ -33,32 +34,21 @@ def week_of(day: date, period: Period) -> date:
     return max(day - timedelta(days=day.weekday()), period.first)
 
 
-def _day(conn: AsyncConnection, column: Any) -> ColumnElement[str]:
-    """The UTC day of a stored moment, as ``YYYY-MM-DD`` (SQLite keeps moments as UTC text;
-    PostgreSQL's are converted to UTC first)."""
-    if conn.dialect.name == "postgresql":
-        return func.to_char(func.timezone("UTC", column), "YYYY-MM-DD")
-    return func.substr(column, 1, 10)
-
-
-def removal_bin(span_hours: float) -> str:
-    return next(label for bound, label in REMOVAL_BINS if bound is None or span_hours <= bound)
-
-
 async def series(conn: AsyncConnection, period: Period,
-                 latest_verdict: tuple[ColumnElement[bool], ...]) -> list[Figure]:
+                 latest_verdict: tuple[ColumnElement[bool], ...], by_day: Received,
+                 removed: Removals) -> list[Figure]:
     """The series of ``period``; ``latest_verdict`` picks each case's verdict as the
-    assessment figures do."""
-    day = _day(conn, submissions.c.received_at)
-    received = {(str(d), str(channel)): int(n) for d, channel, n in await conn.execute(
-        select(day, submissions.c.channel, func.count())
-        .where(period.holds(submissions.c.received_at)).group_by(day, submissions.c.channel))}
+    assessment figures do; ``by_day`` are the reports received, ``removed`` the removal
+    times, as their totals count them."""
+    received: Counter[tuple[str, str]] = Counter()
+    for (d, channel, _), n in by_day.items():
+        received[d, channel] += n
     channels = sorted({channel for _, channel in received})
     per_day: tuple[tuple[str, Number], ...] = tuple(
         (f"{d.isoformat()}/{channel}", received.get((d.isoformat(), channel), 0))
         for d in days(period) for channel in channels)
 
-    assessed_day = _day(conn, cases.c.assessed_at)
+    assessed_day = day_of(conn, cases.c.assessed_at)
     assessed: Counter[date] = Counter()
     illegal: Counter[date] = Counter()
     for d, verdict, n in await conn.execute(
@@ -72,11 +62,6 @@ async def series(conn: AsyncConnection, period: Period,
             illegal[week] += int(n)
     weeks = sorted({week_of(d, period) for d in days(period)})
 
-    removed = Counter(removal_bin(hours(utc(r.removed_at) - utc(r.referred_at)))
-                      for r in await conn.execute(
-                          select(cases.c.referred_at, cases.c.removed_at)
-                          .where(period.holds(cases.c.removed_at),
-                                 cases.c.referred_at.is_not(None))))
     return [
         _f("series.received_per_day", "Reports received per day, by channel", "reports",
            "reports received in the period (as reports.received), by the UTC day they were "
@@ -92,6 +77,5 @@ async def series(conn: AsyncConnection, period: Period,
         _f("series.removal_times", "Removal times", "cases",
            "referred cases whose content first went down in the period (as times.removed), "
            "by the time from the first referral to the removal, in bins of hours: each "
-           "includes its upper bound", sum(removed.values()),
-           tuple((label, removed.get(label, 0)) for _, label in REMOVAL_BINS)),
+           "includes its upper bound", removed.spread.count, removed.bins),
     ]

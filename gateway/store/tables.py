@@ -71,7 +71,8 @@ submissions = Table(
     # {"flag": "urls_over_cap", "found": 10000, "filed": 200} (intake.normalise says which).
     Column("flags", LargeBinary, nullable=True, info=SEALED_JSON),
     Index(None, "status", "received_at"),
-    Index(None, "received_at"),  # the report: reports received in a period
+    # The report: reports received in a period (covering: what it counts of them).
+    Index("ix_submissions_received", "received_at", "status", "channel", "id"),
 )
 
 # One case per reported item: a canonical URL, or a submission in which no URL was found.
@@ -121,10 +122,12 @@ cases = Table(
     Column("anonymised_at", DateTime(timezone=True), nullable=True),
     Index(None, "status", "first_reported"),
     Index(None, "status", "status_changed_at"),
-    # The report selects cases by the milestone that puts them in a period.
-    Index(None, "assessed_at"),
-    Index(None, "referred_at"),
-    Index(None, "removed_at"),
+    # The report selects cases by the milestone that puts them in a period; each index
+    # covers what it reads of them (migration 0025), and the first report of a case by id.
+    Index("ix_cases_assessed", "assessed_at", "id"),
+    Index("ix_cases_referred", "referred_at", "status", "first_reported", "removed_at"),
+    Index("ix_cases_removed", "removed_at", "referred_at"),
+    Index("ix_cases_first_report", "id", "first_reported", "kind"),
 )
 
 # Every lookup of a case's host, as it was answered: never updated, never replaced. A case's
@@ -155,7 +158,9 @@ hosting_evidence = Table(
     # Which databases, built when; and the operator's override by domain, which names a host.
     Column("databases", LargeBinary, nullable=False, info=SEALED_JSON),
     Column("error", LargeBinary, nullable=True, info=SEALED_TEXT),
-    Index(None, "case_id", "checked_at"),
+    # A case's lookups in time order, with what the report reads of them.
+    Index("ix_hosting_evidence_lookup", "case_id", "checked_at", "id", "status", "country",
+          "asn", "org", "cdn"),
 )
 
 # Which submissions reported which case, and how the reporter wrote the URL.
@@ -169,7 +174,7 @@ case_reports = Table(
     Column("written_as", LargeBinary, nullable=True, info=SEALED_TEXT),
     Column("url", LargeBinary, nullable=True, info=SEALED_TEXT),
     UniqueConstraint("case_id", "submission_id"),
-    Index(None, "submission_id"),
+    Index("ix_case_reports_submission", "submission_id", "case_id", "reported_at"),
 )
 
 # Provenance of a report that a partner hotline's gateway referred to us: a
@@ -327,7 +332,10 @@ assessments = Table(
     Column("self_generated", Boolean, nullable=True),
     Column("commercial", Boolean, nullable=True),
     Column("reason", String(24), nullable=True),  # a legal verdict's reason code
-    Index(None, "case_id", "created_at"),
+    # A case's verdicts in time order, with the codes the report counts.
+    Index("ix_assessments_verdict", "case_id", "created_at", "id", "verdict", "classification",
+          "hosting_country", "age_group", "gender", "media", "site_type", "computer_generated",
+          "self_generated", "commercial", "reason"),
 )
 
 # Four-eyes on routing: a country proposed for a case that has a final verdict (held for
@@ -386,6 +394,7 @@ routing_decisions = Table(
     # superseded) and may be referred to the same destination again.
     Index("uq_routing_decisions_live_case", "case_id", unique=True,
           sqlite_where=text("superseded = 0"), postgresql_where=text("NOT superseded")),
+    Index("ix_routing_decisions_held", "outcome", "created_at", "rule", "case_id"),  # report
 )
 
 # One referral per routing decision and destination (a case reopened after a removal may be
@@ -425,7 +434,8 @@ referrals = Table(
     Column("claimed_by", String(64), nullable=True),
     Column("claimed_until", DateTime(timezone=True), nullable=True),
     UniqueConstraint("decision_id", "destination"),
-    Index(None, "created_at"),  # the report: referrals made in a period
+    # The report: referrals made in a period, by destination and state.
+    Index("ix_referrals_made", "created_at", "destination", "status", "id"),
 )
 
 # Every reminder queued for a referral: what it chases (acknowledge | remove), its number in
@@ -464,9 +474,11 @@ referral_outcomes = Table(
     Column("destination", String(32), nullable=True),
     Column("signer_fingerprint", String(40), nullable=True),
     Column("note", LargeBinary, nullable=True, info=SEALED_TEXT),
-    Index(None, "referral_id", "recorded_at"),
+    Index("ix_referral_outcomes_referral", "referral_id", "recorded_at", "outcome",
+          "occurred_at"),
     Index(None, "case_id"),
-    Index(None, "occurred_at"),  # the report: outcomes in a period
+    # The report: outcomes in a period, by outcome and reason.
+    Index("ix_referral_outcomes_occurred", "occurred_at", "outcome", "reason_code"),
 )
 
 # Destinations' replies to referrals, as they arrived at ``[outbound] reply_address``: kept

@@ -51,7 +51,9 @@ def _refer(conn: Connection, case_id: uuid.UUID, *, supersede_first: bool = True
     referral_id = uuid7()
     conn.execute(insert(referrals).values(
         id=referral_id, case_id=case_id, decision_id=decision_id,
-        reference=f"CF-{referral_id.hex[:12]}", destination="hotline:NL", status="queued",
+        # The id's random part: its first 12 digits are the millisecond, shared by two made
+        # at once.
+        reference=f"CF-{referral_id.hex[-12:]}", destination="hotline:NL", status="queued",
         created_at=AT))
 
 

@@ -1,0 +1,176 @@
+"""What the report's queries need of each database, so that a year of a million cases is
+counted in the database in a few passes instead of fetched row by row: a moment's UTC day,
+the exact time between two moments (in microseconds), medians and percentiles picked by rank
+in the database (only the values at the ranks come back), and the settings of the report's
+one long read.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import AsyncIterator, Hashable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Integer,
+    Select,
+    Subquery,
+    and_,
+    cast,
+    func,
+    or_,
+    select,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.store.figures import hours
+
+#: The percentile the report gives beside each median (nearest rank).
+PERCENTILE = 90
+#: SQLite's page cache during a report (KiB): its sorts (GROUP BY, window functions) stay in
+#: memory instead of spilling to temporary files; set back when the report is made.
+SQLITE_CACHE_KIB = 131_072
+#: PostgreSQL's memory per sort or hash during a report, in the report's transaction only:
+#: a year's hash joins and aggregates fit without spilling to disk.
+POSTGRES_WORK_MEM = "128MB"
+
+
+@asynccontextmanager
+async def report_settings(conn: AsyncConnection) -> AsyncIterator[None]:
+    """The report's read with its settings. On PostgreSQL, for the transaction (``SET
+    LOCAL``): no JIT (compiling the plans costs more than it saves on queries of a second or
+    less) and a larger ``work_mem``. On SQLite, a larger page cache for the connection, put
+    back after."""
+    if conn.dialect.name == "postgresql":
+        await conn.exec_driver_sql("SET LOCAL jit = off")
+        await conn.exec_driver_sql(f"SET LOCAL work_mem = '{POSTGRES_WORK_MEM}'")
+        yield
+        return
+    before = (await conn.exec_driver_sql("PRAGMA cache_size")).scalar_one()
+    await conn.exec_driver_sql(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB:d}")
+    try:
+        yield
+    finally:
+        await conn.exec_driver_sql(f"PRAGMA cache_size = {int(before):d}")
+
+
+def day_of(conn: AsyncConnection, column: Any) -> ColumnElement[str]:
+    """The UTC day of a stored moment, as ``YYYY-MM-DD`` (SQLite keeps moments as UTC text;
+    PostgreSQL's are converted to UTC first)."""
+    if conn.dialect.name == "postgresql":
+        return func.to_char(func.timezone("UTC", column), "YYYY-MM-DD")
+    return func.substr(column, 1, 10)
+
+
+def micros_between(conn: AsyncConnection, later: Any, earlier: Any) -> ColumnElement[int]:
+    """``later - earlier`` in whole microseconds, exactly (as Python's ``timedelta``).
+    PostgreSQL: ``date_part('epoch', ...)`` of the interval, a double, rounded back to
+    microseconds: exact for spans under about thirty years (the rounding errors stay under
+    half a microsecond), and faster than ``extract``'s numeric. SQLite keeps ``YYYY-MM-DD
+    HH:MM:SS.ffffff`` and its date functions keep only milliseconds (rounding .9995 s into
+    the next second), so the whole seconds come from the text's first 19 characters (the
+    difference of their ``julianday``, rounded to seconds) and the microseconds from the
+    rest."""
+    if conn.dialect.name == "postgresql":
+        return cast(func.round(func.date_part("epoch", later - earlier) * 1_000_000),
+                    BigInteger)
+
+    def micros(moment: Any) -> ColumnElement[int]:
+        return cast(func.substr(moment, 21, 6), Integer)
+
+    seconds = cast(func.round((func.julianday(func.substr(later, 1, 19))
+                               - func.julianday(func.substr(earlier, 1, 19))) * 86_400),
+                   Integer)
+    return seconds * 1_000_000 + micros(later) - micros(earlier)
+
+
+def once(conn: AsyncConnection, query: Select[Any], name: str) -> Subquery:
+    """``query`` as a subquery whose columns are computed once per row: SQLite flattens a
+    subquery into the query around it, computing a column again for each use of it (a span
+    compared with five bounds: five times); a LIMIT keeps it apart."""
+    if conn.dialect.name == "sqlite":
+        query = query.limit(2 ** 62)
+    return query.subquery(name)
+
+
+def span_hours(micros: int) -> float:
+    """Microseconds as the hours ``gateway.store.figures.hours`` gives for that timedelta."""
+    return hours(timedelta(microseconds=micros))
+
+
+@dataclass(frozen=True, slots=True)
+class Spread:
+    """A set of spans known by its size and the spans (microseconds) at the ranks its
+    median and percentile need (ranks from 1, in ascending order)."""
+
+    count: int = 0
+    at: dict[int, int] = field(default_factory=dict)
+
+    def median_hours(self) -> float | None:
+        """As ``figures.median_hours`` over the whole set: the middle value, or the mean of
+        the two middle values, to 0.01 h."""
+        if not self.count:
+            return None
+        middle = [self.count // 2 + 1] if self.count % 2 else [self.count // 2,
+                                                               self.count // 2 + 1]
+        return round(statistics.median(span_hours(self.at[rank]) for rank in middle), 2)
+
+    def percentile_hours(self, p: int = PERCENTILE) -> float | None:
+        """As ``figures.percentile_hours`` over the whole set: the nearest-rank ``p``-th
+        percentile, to 0.01 h."""
+        if not self.count:
+            return None
+        return round(span_hours(self.at[max(math.ceil(p / 100 * self.count), 1)]), 2)
+
+
+def spread_query(inner: Subquery, *, p: int = PERCENTILE) -> Select[Any]:
+    """The rows of ``inner`` (its columns: the keys it is split by, then ``span``) at the
+    ranks around each key's median and ``p``-th percentile, each with its key, its rank
+    ``rn`` and its key's count ``n``. The ranks come from one sort in the database (a window
+    function); the band around each rank is wide enough that Python picks the exact rank
+    with the same formula as ``figures``."""
+    keys = [c for c in inner.c if c.name != "span"]
+    # Both windows ordered alike (the count's frame the whole partition), so that the
+    # database sorts the spans once.
+    ranked = select(
+        *keys, inner.c.span,
+        func.row_number().over(partition_by=keys or None, order_by=inner.c.span).label("rn"),
+        func.count().over(partition_by=keys or None, order_by=inner.c.span,
+                          rows=(None, None)).label("n"),
+    ).subquery("ranked")
+    rn, n = ranked.c.rn, ranked.c.n
+    return select(ranked).where(or_(
+        and_(rn * 2 >= n, rn * 2 <= n + 2),
+        and_(rn * 100 >= n * p - 100, rn * 100 <= n * p + 200)))
+
+
+async def spreads(conn: AsyncConnection, spans: Select[Any], *, p: int = PERCENTILE
+                  ) -> dict[tuple[Hashable, ...], Spread]:
+    """Each key's :class:`Spread` (keys as tuples; ``()`` when ``spans`` has none); a key
+    without spans is absent.
+
+    PostgreSQL ranks them (``spread_query``). SQLite's window functions cost about three
+    times what fetching the spans (plain integers, computed in the database) and sorting
+    them in Python does (bench/report.py), so on SQLite they are fetched."""
+    found: dict[tuple[Hashable, ...], Spread] = {}
+    if conn.dialect.name == "sqlite":
+        by_key: dict[tuple[Hashable, ...], list[int]] = {}
+        for *key, span in await conn.execute(spans):
+            by_key.setdefault(tuple(key), []).append(span)
+        for key, values in by_key.items():
+            values.sort()
+            count = len(values)
+            ranks = {count // 2, count // 2 + 1, max(math.ceil(p / 100 * count), 1)}
+            found[key] = Spread(count, {r: values[r - 1] for r in ranks if 1 <= r <= count})
+        return found
+    for row in await conn.execute(spread_query(once(conn, spans, "spans"), p=p)):
+        *key, span, rank, count = row
+        spread = found.setdefault(tuple(key), Spread(int(count)))
+        spread.at[int(rank)] = int(span)
+    return found
