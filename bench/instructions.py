@@ -22,10 +22,10 @@ to an older build is what sealing costs around them (encoding, bigger rows, book
     .venv/bin/python bench/instructions.py [--count 192] [--tree ../base] [--null-crypto]
 
 ``--null-crypto`` applies to ``--serve`` too (the serve child installs the stand-ins before
-the CLI starts), and ``--serve --no-sealing`` measures this checkout once more with the
-sealing door storing plaintext and an unkeyed dedup hash (``_no_sealing``): the same code
-otherwise, so the difference is what sealing costs on the whole intake path, apart from the
-other changes a comparison with an older tree also counts.
+the CLI starts), and ``--no-sealing`` measures this checkout once more with the sealing door
+storing plaintext and opening it back, and an unkeyed lookup hash (``_no_sealing``): the same
+code otherwise, so the difference is what sealing costs (storing, the stage, or the whole
+intake path with ``--serve``), apart from the other changes an older tree also lacks.
 
 ``--serve`` measures the two intake benchmarks' whole path the same way:
 
@@ -105,9 +105,9 @@ def _null_crypto() -> None:
 
 def _no_sealing() -> None:
     """The door replaced by one that stores what it is given, as the column's kind encodes
-    it (text as UTF-8, JSON compact), and the lookup hash by the unkeyed SHA-256 the release
-    before sealing made its dedup key with: the intake path as it would be without sealing,
-    for ``--serve`` (a measurement device only, never a mode of the gateway). Installed
+    it (text as UTF-8, JSON compact), and opens it back, and the lookup hash by the unkeyed
+    SHA-256 the release before sealing made its dedup key with: the gateway as it would be
+    without sealing (a measurement device only, never a mode of the gateway). Installed
     before the gateway's modules are imported, so ``from ... import seal_values`` finds it."""
     import hashlib
 
@@ -127,21 +127,39 @@ def _no_sealing() -> None:
                 out[name] = cipher.json_plaintext(value)
         return out
 
+    def seal_value(sealer: Any, column: Any, record: object, value: Any) -> Any:
+        kind = sealed.sealed_kind(column)
+        if value is None or kind == "bytes":
+            return value
+        return (cipher.json_plaintext(value) if kind == "json"
+                else value.encode("utf-8", "surrogatepass"))
+
+    def open_value(sealer: Any, column: Any, record: object, stored: Any) -> Any:
+        kind = sealed.sealed_kind(column)
+        if stored is None or kind == "bytes":
+            return stored
+        text = bytes(stored).decode("utf-8", "surrogatepass")
+        return json.loads(text) if kind == "json" else text
+
     def lookup_key(self: Any, purpose: str, value: bytes | str) -> str:
         if isinstance(value, str):
             value = value.encode("utf-8", "surrogatepass")
         return hashlib.sha256(value).hexdigest()
 
     sealed.seal_values = seal_values
+    sealed.seal_value = seal_value
+    sealed.open_value = open_value
     cipher.Sealer.lookup_key = lookup_key  # type: ignore[method-assign]
 
 
-def _child(tree: Path, phase: str, count: int, null: bool) -> None:
+def _child(tree: Path, phase: str, count: int, stub: str | None) -> None:
     """In valgrind: the phase of ``tree``'s normalise benchmark, instrumented alone."""
+    if stub == "sealing":  # before the gateway's modules take its names
+        _no_sealing()
     sys.path.insert(0, str(tree / "bench"))
     import normalise
 
-    if null:
+    if stub == "crypto":
         _null_crypto()
     writer_class: Any = normalise.SubmissionWriter
     stage_class: Any = normalise.NormaliseStage
@@ -183,14 +201,14 @@ def _child(tree: Path, phase: str, count: int, null: bool) -> None:
         asyncio.run(normalise.run_stage(reports, Path(tmp) / "gateway.db"))
 
 
-def _measure(tree: Path, phase: str, count: int, null: bool) -> int:
+def _measure(tree: Path, phase: str, count: int, stub: str | None) -> int:
     with tempfile.TemporaryDirectory(prefix="callgrind-") as tmp:
         out = Path(tmp) / "callgrind.out"
         command = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
                    f"--callgrind-out-file={out}", sys.executable, str(Path(__file__).resolve()),
                    "--child", str(tree), "--phase", phase, "--count", str(count)]
-        if null:
-            command.append("--null-crypto")
+        if stub is not None:
+            command += ["--stub", stub]
         env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONHASHSEED": "0"}
         done = subprocess.run(command, cwd=tree, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True, check=False)
@@ -367,8 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--null-crypto", action="store_true",
                         help="also measure this checkout with AES-GCM and HMAC stubbed")
     parser.add_argument("--no-sealing", action="store_true",
-                        help="--serve: also measure this checkout with the sealing door "
-                             "storing plaintext (what sealing costs on the whole path)")
+                        help="also measure this checkout with the sealing door storing "
+                             "plaintext (what sealing itself costs)")
     parser.add_argument("--serve", action="store_true",
                         help="measure the smtp and http intake paths through serve instead")
     parser.add_argument("--seconds", type=float, default=40.0,
@@ -384,11 +402,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="--serve: keep each load's callgrind dump in DIR")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--phase", choices=PHASES, help=argparse.SUPPRESS)
+    parser.add_argument("--stub", choices=sorted(STUBS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.idle is None:
         args.idle = args.seconds
     if args.child is not None:
-        _child(args.child, args.phase, args.count, args.null_crypto)
+        _child(args.child, args.phase, args.count, args.stub)
         return 0
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("needs valgrind: apt-get install valgrind", file=sys.stderr)
@@ -399,8 +418,6 @@ def main(argv: list[str] | None = None) -> int:
     runs.append(("this checkout", here, None))
     if args.null_crypto:
         runs.append(("this checkout, crypto stubbed", here, "crypto"))
-    if args.no_sealing and not args.serve:
-        parser.error("--no-sealing measures --serve only (the stage opens what it reads)")
     if args.no_sealing:
         runs.append(("this checkout, no sealing", here, "sealing"))
     if args.serve:
@@ -410,8 +427,7 @@ def main(argv: list[str] | None = None) -> int:
           " bench/normalise.py (seed 7)")
     figures: dict[str, dict[str, float]] = {}
     for label, tree, stub in runs:
-        figures[label] = {phase: _measure(tree, phase, args.count, stub == "crypto")
-                          / args.count
+        figures[label] = {phase: _measure(tree, phase, args.count, stub) / args.count
                           for phase in PHASES}
         line = "  ".join(f"{phase} {figures[label][phase] / 1e3:8.1f} k" for phase in PHASES)
         print(f"  {label:<34} {line}", flush=True)
