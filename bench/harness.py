@@ -462,7 +462,8 @@ async def run_before_side(
     return await _gateway_side(bench, round_no, args, run_id, args.against)
 
 
-def _plain_rows(database: Path) -> int:
+def plain_rows(database: Path) -> int:
+    """Rows in ``submissions`` (read-only; whatever release wrote the file)."""
     conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
     try:
         return int(conn.execute("SELECT count(*) FROM submissions").fetchone()[0])
@@ -493,7 +494,7 @@ async def _gateway_side(
             if tree is None:
                 result.rows, distinct = count_rows(database, workdir / "config.toml")
             else:  # another release's columns: the count alone
-                result.rows = distinct = _plain_rows(database)
+                result.rows = distinct = plain_rows(database)
         except sqlite3.Error as exc:
             result.problems.append(f"cannot count the rows: {exc}")
         else:

@@ -59,7 +59,6 @@ import json
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -221,14 +220,6 @@ def _measure(tree: Path, phase: str, count: int, stub: str | None) -> int:
         return sum(totals)
 
 
-def _rows(database: Path) -> int:
-    conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
-    try:
-        return int(conn.execute("SELECT count(*) FROM submissions").fetchone()[0])
-    finally:
-        conn.close()
-
-
 def _load(script: str, port: int, *, seconds: float, connections: int, tag: str) -> int:
     """This checkout's load generator against ``port``; the replies it counted as accepted."""
     done = subprocess.run(
@@ -307,7 +298,7 @@ def _measure_serve(tree: Path, phase: str, *, seconds: float, connections: int,
                 time.sleep(0.5)
             _load(script, port, seconds=seconds / 4, connections=connections, tag="warm")
             database = work / "var" / "gateway.db"
-            before = _rows(database)
+            before = harness.plain_rows(database)
             _toggle_pid(server.pid, "on")
             time.sleep(idle)
             subprocess.run(["callgrind_control", "-d", str(server.pid)], check=True,
@@ -327,7 +318,7 @@ def _measure_serve(tree: Path, phase: str, *, seconds: float, connections: int,
                     name = f"{tree.name}{'-' + stub if stub else ''}-{phase}-{thread}"
                     shutil.copy(path, keep / f"{name}.callgrind")
             _toggle_pid(server.pid, "off")
-            reports = _rows(database) - before
+            reports = harness.plain_rows(database) - before
             if reports != accepted or reports == 0:
                 raise RuntimeError(f"{tree} {phase}: {reports} rows for {accepted} accepted")
         finally:

@@ -24,6 +24,7 @@ import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway.cli import main
+from tests.cluster import until
 from tests.console_client import ILLEGAL_DETAILS
 from tests.daemon import Daemon, ensure_keyring
 from tests.dns_server import DnsServer
@@ -173,17 +174,6 @@ async def api(hotline: Hotline, method: str, path: str, body: Any = None) -> Any
         answer = await response.json()
         assert response.status == 200, answer
         return answer
-
-
-async def until(what: str, check: Any, timeout: float = 60) -> Any:
-    """Poll ``check`` (an async callable) until it answers something true."""
-    try:
-        async with asyncio.timeout(timeout):
-            while not (found := await check()):
-                await asyncio.sleep(0.1)
-            return found
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 async def waiting_case(hotline: Hotline, tag: str) -> str | None:
