@@ -25,9 +25,18 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 
 
-def child(tree: Path, count: int, seed: int) -> None:
+NO_SEALING = "no-sealing"
+
+
+def child(tree: Path, count: int, seed: int, stub: str | None = None) -> None:
     """In the child (this file run as a script, which imports no gateway code of its own):
-    ``tree``'s normalise benchmark's stage, once; prints one JSON line."""
+    ``tree``'s normalise benchmark's stage, once; prints one JSON line. With ``stub``
+    "sealing", after ``instructions.py``'s plaintext door is installed."""
+    if stub == "sealing":
+        sys.path.insert(0, str(HERE))
+        import instructions
+
+        instructions._no_sealing()
     sys.path.insert(0, str(tree / "bench"))
     import normalise as theirs
     import structlog
@@ -45,9 +54,10 @@ def child(tree: Path, count: int, seed: int) -> None:
     print(json.dumps({"wall": wall, "cpu": cpu, "corpus": digest, "ok": ok}))
 
 
-def _run(tree: Path, count: int, seed: int) -> dict[str, Any]:
+def _run(tree: Path, count: int, seed: int, stub: str | None = None) -> dict[str, Any]:
     done = subprocess.run(
-        [sys.executable, str(HERE / "against.py"), str(tree), str(count), str(seed)],
+        [sys.executable, str(HERE / "against.py"), str(tree), str(count), str(seed),
+         *([stub] if stub else [])],
         env={**os.environ, "PYTHONPATH": str(tree)}, cwd=tree, capture_output=True, text=True,
         check=False)
     if done.returncode != 0:
@@ -60,14 +70,19 @@ def compare(tree: Path, *, count: int, seed: int, rounds: int) -> bool:
     """Print both stages' figures per round and the median ratios; False if a check failed
     or the two corpora differ."""
     here = HERE.parent
-    print(f"\nthe stage against {tree} ({rounds} rounds, child processes, alternating order)")
+    stub = "sealing" if str(tree) == NO_SEALING else None
+    if stub:  # this checkout, without sealing
+        tree = here
+    print(f"\nthe stage against {'this checkout without sealing' if stub else tree} "
+          f"({rounds} rounds, child processes, alternating order)")
     rate: list[float] = []
     cpu: list[float] = []
     ok = True
     for round_no in range(1, rounds + 1):
-        order = [here, tree] if round_no % 2 else [tree, here]
-        got = {str(t): _run(t, count, seed) for t in order}
-        now, before = got[str(here)], got[str(tree)]
+        order = ["now", "before"] if round_no % 2 else ["before", "now"]
+        got = {side: _run(here, count, seed) if side == "now"
+               else _run(tree, count, seed, stub) for side in order}
+        now, before = got["now"], got["before"]
         ok &= bool(now["ok"]) and bool(before["ok"]) and now["corpus"] == before["corpus"]
         rate.append(before["wall"] / now["wall"])
         cpu.append(now["cpu"] / before["cpu"])
@@ -84,4 +99,5 @@ def compare(tree: Path, *, count: int, seed: int, rounds: int) -> bool:
 
 
 if __name__ == "__main__":
-    child(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))
+    child(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]),
+          sys.argv[4] if len(sys.argv) > 4 else None)

@@ -366,7 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1, help="corpus seed (default 1)")
     parser.add_argument("--against", type=Path, metavar="TREE",
                         help="then the stage of another checkout (e.g. a git worktree of the "
-                             "release before a change) against this one's, round by round")
+                             "release before a change) against this one's, round by round; "
+                             "'no-sealing': this checkout with the plaintext door")
     args = parser.parse_args(argv)
     if args.count < 1 or args.rounds < 1:
         parser.error("--count and --rounds must be positive")
