@@ -68,6 +68,9 @@ class Filing:
         self._legal_window = legal_window
         self.audit: list[AuditEntry] = []
         self._pending: list[_Report] = []
+        #: canonical URL -> its case keys: a batch often holds one URL many times (a page
+        #: reported by many people at once), and each key is an HMAC.
+        self._keys: dict[str, list[str]] = {}
 
     def attach(self, submission_id: uuid.UUID, reported_at: datetime,
                urls: Sequence[ReportedUrl]) -> None:
@@ -76,7 +79,11 @@ class Filing:
             self._pending.append(_Report(no_url_key(submission_id), None, submission_id,
                                          reported_at))
         for reported in urls:
-            key, *older = case_lookup_keys(self._sealer, reported.canonical)
+            keys = self._keys.get(reported.canonical)
+            if keys is None:
+                keys = self._keys[reported.canonical] = case_lookup_keys(self._sealer,
+                                                                         reported.canonical)
+            key, *older = keys
             self._pending.append(_Report(key, reported, submission_id, reported_at,
                                          tuple(older)))
 
