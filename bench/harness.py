@@ -272,8 +272,6 @@ async def start_gateway(
     the server on the port of ``listener`` once the gateway says it is ready. With ``tree``,
     that checkout's gateway (its code on ``PYTHONPATH``, this environment's libraries); with
     ``stub``, after ``bench/instructions.py``'s stand-ins of that name ("sealing")."""
-    import instructions  # beside this file; it imports this module, so not at the top
-
     config = workdir / "config.toml"
     config.write_text(config_text + f'\n[intake]\nnormalise = "{normalise}"\n')
     env = None
@@ -283,6 +281,8 @@ async def start_gateway(
     else:
         env = {**os.environ, "PYTHONPATH": str(tree)}
         make_tree_keyring(tree, config, env)
+        import instructions  # beside this file; it imports this module, so not at the top
+
         command = [sys.executable, "-c", instructions.serve_code(stub)]
     log_file, err_file = workdir / "gateway.log", workdir / "gateway.stderr"
     with log_file.open("wb") as out, err_file.open("wb") as err:

@@ -155,7 +155,7 @@ _LOADED: dict[str, BuiltinDatabase] = {}
 def builtin_database(cache_dir: Path | None = None) -> BuiltinDatabase:
     """Loaded once per process: the data never changes while it runs, so a second cache
     folder (another gateway in the same process, as in tests) reuses the tables in memory."""
-    key = geo_builtin.compact_path(Path(".")).name
+    key = geo_builtin.compact_name()
     if key not in _LOADED:
         _LOADED[key] = BuiltinDatabase(cache_dir)
     return _LOADED[key]

@@ -39,18 +39,22 @@ def _data_path() -> Path:
     return Path(spec.origin).parent / DATA_FILE
 
 
-def compact_path(cache_dir: Path) -> Path:
-    """Where the compact tables of the installed geoip2fast data go: the name changes with
-    the package's version and its data file, so an upgrade builds them afresh."""
+def compact_name() -> str:
+    """The compact tables' file name: it changes with geoip2fast's version and data file, so
+    an upgrade builds them afresh."""
     data = _data_path().stat()
     version = metadata.version("geoip2fast")
-    return cache_dir / f"geo-builtin-{version}-{data.st_size}-{int(data.st_mtime)}.npz"
+    return f"geo-builtin-{version}-{data.st_size}-{int(data.st_mtime)}.npz"
 
 
-def _ranges(index: Any, starts: Any, netlens: Any, ids: Any) -> dict[str, Any]:
+def compact_path(cache_dir: Path) -> Path:
+    """Where the compact tables of the installed geoip2fast data go in ``cache_dir``."""
+    return cache_dir / compact_name()
+
+
+def _ranges(starts: Any, netlens: Any, ids: Any) -> dict[str, Any]:
     """geoip2fast's chunked lists as flat arrays: IPv4 starts as uint32, the rest as two
     uint64 halves (the lists are sorted, the IPv4 space first)."""
-    del index  # the chunks' first starts: the flat arrays need no index
     flat_starts = [start for chunk in starts for start in chunk]
     split = next((i for i, start in enumerate(flat_starts) if start >= MAX_IPV4),
                  len(flat_starts))
@@ -71,10 +75,10 @@ def build(out: Path) -> None:
 
     db = GeoIP2Fast(geoip2fast_data_file=DATA_FILE, verbose=False)
     info = db.get_database_info()
-    country = _ranges(tables.mainIndex, tables.mainListFirstIP, tables.mainListNetlength,
+    country = _ranges(tables.mainListFirstIP, tables.mainListNetlength,
                       tables.mainListIDCountryCodes)
-    network = _ranges(tables.mainIndexASN, tables.mainListFirstIPASN,
-                      tables.mainListNetlengthASN, tables.mainListIDASN)
+    network = _ranges(tables.mainListFirstIPASN, tables.mainListNetlengthASN,
+                      tables.mainListIDASN)
     names = {
         "countries": [entry.split(":", 1)[0] for entry in tables.mainListNamesCountry],
         "networks": list(tables.mainListNamesASN),

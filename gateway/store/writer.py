@@ -168,8 +168,8 @@ class SubmissionWriter:
         (``NoSpace`` at once while free space is below the watermark)."""
         if self._closed:
             raise WriterClosed
-        if self.space is not None and self.space.low:
-            raise NoSpace(self.space.refusal())
+        if (refused := self.refusal()) is not None:
+            raise NoSpace(refused)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Receipt] = loop.create_future()
         pending = _Pending(submission, future)
