@@ -6,7 +6,8 @@ copied (``bytes(bytearray(b))``) and hashed (SHA-256), the least any storage of 
 ``Sealer.seal`` with a fresh ``SealContext`` per value, as a writer would build it; (c)
 ``Sealer.open``; (d) the text form (``seal_text``/``open_text``); (e) ``lookup_key`` for the
 URL and host sizes. AES-256-GCM against ChaCha20-Poly1305 (the same ``cryptography`` calls) is
-shown once, for the choice in gateway/store/sealing/cipher.py. The best of ``--rounds`` rounds
+shown once, for the choice in gateway/store/sealing/cipher.py, and a nonce read by its own
+system call against one taken from the sealer's block (gateway/store/sealing/nonces.py). The best of ``--rounds`` rounds
 of about ``--seconds`` each is printed. Run from the project root, on an idle machine:
 
     .venv/bin/python bench/seal.py [--rounds R] [--seconds S]
@@ -32,6 +33,7 @@ sys.path.insert(0, str(HERE.parents[1]))
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305  # noqa: E402
 
 from gateway.store.sealing import Keyring, SealContext, Sealer  # noqa: E402
+from gateway.store.sealing.nonces import NoncePool  # noqa: E402
 
 SIZES = {"host": 20, "url": 100, "text": 1024, "raw": 10 * 1024, "raw-large": 200 * 1024}
 
@@ -102,6 +104,12 @@ def main() -> None:
 
         per_second = rate(encrypt, args.seconds, args.rounds)
         print(f"  {label:<18} {per_second:>10,.0f} /s  {per_second * len(value) / 1e6:>8,.0f} MB/s")
+    print()
+    print("a nonce per value: one getrandom system call each, or taken from a block (the sealer's):")
+    pool = NoncePool()
+    for label, take in (("os.urandom(12)", lambda: os.urandom(12)), ("NoncePool.take", pool.take)):
+        per_second = rate(take, args.seconds, args.rounds)
+        print(f"  {label:<18} {per_second:>10,.0f} /s  {1e6 / per_second:>8,.2f} us each")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ import binascii
 import functools
 import hmac
 import json
-import os
 import re
 import uuid
 from typing import Any
@@ -34,9 +33,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.store.errors import Damaged
 from gateway.store.sealing.keyring import KEY_ID_BYTES, DataKey, Keyring
+from gateway.store.sealing.nonces import NONCE_BYTES, NONCES
 
 VERSION = 1
-NONCE_BYTES = 12
+_take_nonce = NONCES.take
 TAG_BYTES = 16
 HEADER_BYTES = 1 + KEY_ID_BYTES
 OVERHEAD = HEADER_BYTES + NONCE_BYTES + TAG_BYTES
@@ -195,12 +195,12 @@ class Sealer:
         """``seal`` of bytes for the context whose associated data is ``associated``
         (``context_data``): the door's hot path, a few microseconds less per value."""
         header, cipher = self._sealing
-        nonce = os.urandom(NONCE_BYTES)
+        nonce = _take_nonce()
         return header + nonce + cipher.encrypt(nonce, plaintext, header + associated)
 
     def _seal_with(self, key: DataKey, context: SealContext, plaintext: bytes) -> bytes:
         header = _header(key)
-        nonce = os.urandom(NONCE_BYTES)
+        nonce = _take_nonce()
         body = self._ciphers[key.id].encrypt(nonce, plaintext,
                                              header + context.associated_data())
         return header + nonce + body
