@@ -206,7 +206,9 @@ def anonymise_batch(conn: Connection, *, before: datetime, now: datetime, actor:
     for row in _opened(sealer, case_reports, conn.execute(
             select(case_reports.c.id, case_reports.c.written_as, case_reports.c.url)
             .where(case_reports.c.case_id.in_(ids)))):
-        needles += [*_hosts(row.url), *(t for t in [row.written_as] if t)]
+        # The URL whole as well as its host: a report that wrote it as meant stores no
+        # written_as (``seal_report_urls``).
+        needles += [*_hosts(row.url), *(t for t in [row.written_as, row.url] if t)]
     evidence = _opened(sealer, hosting_evidence, conn.execute(
         select(hosting_evidence.c.id, hosting_evidence.c.host, hosting_evidence.c.ips,
                hosting_evidence.c.records, hosting_evidence.c.addresses,

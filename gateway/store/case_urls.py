@@ -53,8 +53,21 @@ def seal_case_urls(sealer: Sealer, case_id: uuid.UUID, *, url: str | None,
 def seal_report_urls(sealer: Sealer, report_id: uuid.UUID, *, written_as: str | None,
                      url: str | None) -> dict[str, Any]:
     """How a reporter wrote a URL, and the URL it means, as case report ``report_id`` stores
-    them."""
+    them. Most reporters write the URL as it is meant (no brackets, no ``hxxp``, no wrapper);
+    then ``written_as`` is stored as NULL and read as the URL (``written_as_of``): one value
+    sealed per report instead of two, on the intake's busiest insert."""
+    if written_as is not None and written_as == url:
+        written_as = None
     return seal_values(sealer, case_reports, report_id, {"written_as": written_as, "url": url})
+
+
+def written_as_of(stored: Any, opened: Any) -> str | None:
+    """How the reporter wrote the URL of a ``case_reports`` row, from the row as stored and
+    the same row opened (``written_as`` and ``url`` each): the written form where one was
+    stored, else the URL itself (``seal_report_urls``). None for a report without a URL, one
+    anonymised, or one whose written form does not open (marked damaged by the reader)."""
+    written: str | None = opened.url if stored.written_as is None else opened.written_as
+    return written
 
 
 def open_case_urls(sealer: Sealer, row: Any) -> OpenedRow:

@@ -12,7 +12,12 @@ from sqlalchemy import Column, Table, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.store.audit import open_details
-from gateway.store.case_urls import open_case_marked, open_case_urls, open_report_marked
+from gateway.store.case_urls import (
+    open_case_marked,
+    open_case_urls,
+    open_report_marked,
+    written_as_of,
+)
 from gateway.store.classification import recorded
 from gateway.store.follow_ups import deadlines_json, overdue_cases, reminders_of
 from gateway.store.lifecycle import AWAITING_OUTCOME, MILESTONES
@@ -425,7 +430,8 @@ async def _reports(
     rows = await conn.execute(
         select(
             case_reports.c.id, case_reports.c.case_id, submissions.c.reference,
-            case_reports.c.reported_at, case_reports.c.written_as, submissions.c.channel,
+            case_reports.c.reported_at, case_reports.c.written_as, case_reports.c.url,
+            submissions.c.channel,
             submissions.c.flags, submissions.c.id.label("submission_id"),
         )
         .join(submissions, submissions.c.id == case_reports.c.submission_id)
@@ -436,11 +442,12 @@ async def _reports(
     for row in rows:
         # A report whose text does not open is marked damaged (naming it); the case is shown.
         written, damaged = open_report_marked(sealer, {"id": row.id,
-                                                       "written_as": row.written_as})
+                                                       "written_as": row.written_as,
+                                                       "url": row.url})
         submission, broken = _open_submission(sealer, {"flags": row.flags}, row.submission_id)
         report = {
             "reference": row.reference, "reported_at": iso(row.reported_at),
-            "written_as": written.written_as, "channel": row.channel,
+            "written_as": written_as_of(row, written), "channel": row.channel,
             "flags": broken or (submission.flags if submission is not None else None) or [],
         }
         if damaged:

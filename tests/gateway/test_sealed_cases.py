@@ -162,6 +162,27 @@ async def test_every_reader_sees_the_urls_as_reported(engine: AsyncEngine,
         (GALLERY.written_as, GALLERY.url), (ARCHIVE.written_as, ARCHIVE.url), (None, None)}
 
 
+async def test_a_url_written_as_it_is_meant_is_sealed_once_and_read_as_written(
+    engine: AsyncEngine, backend: WriteBackend
+) -> None:
+    """A reporter who wrote the URL exactly as it is meant: the report stores the URL sealed
+    and no second copy of it, and every reader still gives it as written, beside a report of
+    the same case that wrote it otherwise."""
+    plain = ReportedUrl(GALLERY.url, GALLERY.url, GALLERY.canonical)
+    (gallery,) = await backend.transaction(partial(report, n=1, urls=[plain]))
+    await backend.transaction(partial(report, n=2, urls=[GALLERY]))
+    first, second = await report_ids(engine, gallery)
+    assert await stored_value(engine, case_reports, "written_as", first) is None
+    assert (await stored_value(engine, case_reports, "url", first)).startswith(b"\x01")
+    assert (await stored_value(engine, case_reports, "written_as", second)).startswith(b"\x01")
+    async with engine.connect() as conn:
+        shown = await get_case(conn, gallery)
+    assert shown is not None
+    assert [r["written_as"] for r in shown["reports"]] == [GALLERY.url, GALLERY.written_as]
+    assert [(r["written_as"], r["url"]) for r in await report_rows(engine)] == [
+        (None, GALLERY.url), (GALLERY.written_as, GALLERY.url)]
+
+
 async def test_a_copied_or_altered_url_marks_its_case_damaged_and_the_others_are_served(
     engine: AsyncEngine, backend: WriteBackend
 ) -> None:
