@@ -67,7 +67,7 @@ class Daemon:
         self.admin_port = 0
         ensure_keyring(config_path)
 
-    async def start(self, timeout: float = 30, env: dict[str, str] | None = None, *,
+    async def start(self, timeout: float = 60, env: dict[str, str] | None = None, *,
                     smtp: bool = True) -> None:
         """Start it and wait for READY=1; ``smtp``: whether its config runs the SMTP part."""
         env = {**os.environ, "NOTIFY_SOCKET": str(self.notify_path), **(env or {})}

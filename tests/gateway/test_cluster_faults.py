@@ -212,7 +212,7 @@ class Cluster:
             daemon = Daemon(folder / "config.toml", folder)
             self.daemons.append(daemon)
             made.append(daemon)
-        await asyncio.gather(*(d.start(60, smtp=parts is None or "smtp" in parts)
+        await asyncio.gather(*(d.start(smtp=parts is None or "smtp" in parts)
                                for d in made))
         return made
 
