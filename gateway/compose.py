@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import Executor
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypedDict
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -51,6 +51,16 @@ log = structlog.get_logger("gateway.app")
 
 def _worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class _Lease(TypedDict, total=False):
+    lease: timedelta
+
+
+def _lease(config: Config) -> _Lease:
+    """The stages' lease where ``[gateway] stage_lease`` sets one (else each its own)."""
+    seconds = config.gateway.stage_lease
+    return {"lease": timedelta(seconds=seconds)} if seconds > 0 else {}
 
 
 async def make_locator(config: Config) -> Locator:
@@ -113,7 +123,7 @@ def make_locate_stage(config: Config, backend: WriteBackend, locator: Locator) -
         backend, locator, worker=_worker_name(), concurrency=settings.concurrency,
         max_attempts=settings.max_attempts,
         retry_after=timedelta(seconds=settings.retry_after),
-        retry_max=timedelta(seconds=settings.retry_max),
+        retry_max=timedelta(seconds=settings.retry_max), **_lease(config),
     )
 
 
@@ -128,7 +138,7 @@ def make_recheck(config: Config, backend: WriteBackend, locator: Locator) -> Rec
         members=MembershipList.shipped(config.routing.membership, config.routing.hotlines),
         hotlines=config.routing.hotlines,
         # Looked for often enough to keep to the interval, never more than once a minute.
-        idle_poll=min(60.0, max(0.05, every / 4)))
+        idle_poll=min(60.0, max(0.05, every / 4)), **_lease(config))
 
 
 def partner_keys(config: Config) -> dict[str, str]:
@@ -154,7 +164,7 @@ def make_normaliser(
         decrypt=gpg.decrypt_blocking if gpg is not None else None,
         # Partner hotlines' referrals among them are checked against their pinned keys.
         read_referral=PartnerReferrals(gpg, partner_keys(config), home=config.gateway.home_country)
-        if gpg is not None else None,
+        if gpg is not None else None, **_lease(config),
     )
 
 
@@ -166,8 +176,8 @@ def make_outbox(config: Config, backend: WriteBackend, gpg: Gpg) -> OutboxStage:
         retry_after=timedelta(seconds=settings.retry_after),
         retry_max=timedelta(seconds=settings.retry_max),
         # Longer than any delivery can take (the transports bound one: 3 x timeout, 60 s).
-        lease=timedelta(seconds=(65 if settings.transport == "file"
-                                 else 3 * settings.timeout + 5)),
+        lease=_lease(config).get("lease") or timedelta(seconds=(
+            65 if settings.transport == "file" else 3 * settings.timeout + 5)),
         keys=lambda fingerprint: gpg.problems(fingerprint, "encrypt"),
         sealed_for=gpg.sealed_for_problems,
     )
@@ -178,7 +188,7 @@ def make_refer(config: Config, backend: WriteBackend, engine: AsyncEngine, locat
     return ReferStage(config.refer_settings(), backend, engine, locator, gpg, worker=_worker_name(),
                       members=MembershipList.shipped(config.routing.membership,
                                                      config.routing.hotlines),
-                      on_queued=outbox.wake)
+                      on_queued=outbox.wake, **_lease(config))
 
 
 def reply_keys(config: Config) -> list[str]:
@@ -191,7 +201,8 @@ def make_reply_stage(config: Config, backend: WriteBackend, gpg: Gpg, executor: 
                      metrics: Metrics) -> ReplyStage:
     """Reads the replies kept at ``[outbound] reply_address`` (gpg in ``executor``)."""
     return ReplyStage(backend, gpg, executor, worker=_worker_name(),
-                      pinned=reply_keys(config), on_read=metrics.reply_read)
+                      pinned=reply_keys(config), on_read=metrics.reply_read,
+                      **_lease(config))
 
 
 def follow_up_settings(config: Config) -> FollowUpSettings:
@@ -207,7 +218,7 @@ async def make_follow_up(config: Config, backend: WriteBackend, engine: AsyncEng
     # Off the loop: the holidays library reads its files when a calendar is made.
     settings = await asyncio.to_thread(follow_up_settings, config)
     return FollowUpStage(settings, backend, engine, gpg, worker=_worker_name(),
-                         on_queued=outbox.wake)
+                         on_queued=outbox.wake, **_lease(config))
 
 
 def partner_outcome_settings(config: Config) -> PartnerOutcomeSettings:
@@ -222,7 +233,8 @@ def make_partner_outcomes(config: Config, backend: WriteBackend, engine: AsyncEn
                           outbox: OutboxStage) -> PartnerOutcomeStage:
     """Outcome/v1 replies to partner hotlines about the cases they referred to us."""
     return PartnerOutcomeStage(partner_outcome_settings(config), backend, engine, gpg,
-                               worker=_worker_name(), on_queued=outbox.wake)
+                               worker=_worker_name(), on_queued=outbox.wake,
+                               **_lease(config))
 
 
 def make_retention(config: Config, backend: WriteBackend, **timing: Any) -> PeriodicJob:

@@ -91,6 +91,10 @@ class GatewayConfig(Section):
     #: the SMTP and public web intake, the console, the admin endpoints, the stages.
     parts: Annotated[list[Part], AfterValidator(_each_once)] = Field(
         default=list(PARTS), min_length=1)
+    #: How long an item a stage claimed stays claimed when the instance holding it dies
+    #: (another instance takes it after that). 0: each stage's own (2 to 5 minutes; the
+    #: outbox's longer than a delivery can take). Longer than any one batch takes.
+    stage_lease: Duration = 0.0
 
     def runs(self, part: Part) -> bool:
         return part in self.parts

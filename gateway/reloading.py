@@ -57,7 +57,7 @@ def reload(gateway: Gateway, new: Config, *, follow_up: FollowUpSettings | None 
                       if getattr(old.locate, key) != getattr(new.locate, key)]
     needs_restart += [f"gateway.{key}" for key in ("home_country", "data_dir",
                                                    "reference_prefix", "shutdown_grace",
-                                                   "parts")
+                                                   "parts", "stage_lease")
                       if getattr(old.gateway, key) != getattr(new.gateway, key)]
     if old.gpg.home != new.gpg.home or old.gpg.passphrase_file != new.gpg.passphrase_file:
         needs_restart.append("gpg.home/passphrase_file")

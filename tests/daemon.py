@@ -63,9 +63,13 @@ class Daemon:
         self.messages: list[str] = []
         self.smtp_port = 0
         self.console_port = 0
+        self.http_port = 0
+        self.admin_port = 0
         ensure_keyring(config_path)
 
-    async def start(self, timeout: float = 30, env: dict[str, str] | None = None) -> None:
+    async def start(self, timeout: float = 60, env: dict[str, str] | None = None, *,
+                    smtp: bool = True) -> None:
+        """Start it and wait for READY=1; ``smtp``: whether its config runs the SMTP part."""
         env = {**os.environ, "NOTIFY_SOCKET": str(self.notify_path), **(env or {})}
         with self.log_path.open("ab") as log:
             self.process = await asyncio.create_subprocess_exec(
@@ -73,11 +77,13 @@ class Daemon:
                 env=env, stdout=log, stderr=log, stdin=asyncio.subprocess.DEVNULL,
             )
         ready = await self.wait_for("READY=1", timeout)
-        match = re.search(r"smtp 127\.0\.0\.1:(\d+)", ready)
-        assert match, ready
-        self.smtp_port = int(match.group(1))
-        console = re.search(r"console 127\.0\.0\.1:(\d+)", ready)
-        self.console_port = int(console.group(1)) if console else 0
+        ports = {name: int(port) for name, port
+                 in re.findall(r"(smtp|http|console|admin) 127\.0\.0\.1:(\d+)", ready)}
+        assert "smtp" in ports or not smtp, ready
+        self.smtp_port = ports.get("smtp", 0)
+        self.console_port = ports.get("console", 0)
+        self.http_port = ports.get("http", 0)
+        self.admin_port = ports.get("admin", 0)
 
     async def wait_for(self, state: str, timeout: float = 30) -> str:
         """The next notification containing ``state`` (e.g. READY=1)."""
