@@ -184,8 +184,9 @@ async def spreads(conn: AsyncConnection, spans: Select[Any], *, p: int = PERCENT
             found[key] = Spread(count, {r: values[r - 1] for r in ranks if 1 <= r <= count})
         return found
     for row in await conn.execute(spread_query(spans.subquery("spans"), p=p)):
-        *key, count, values = row
-        ranks = _ranks(int(count), p)
-        found[tuple(key)] = Spread(int(count), {rank: int(value) for rank, value
-                                                in zip(ranks, values, strict=True)})
+        *key, count, picked = row
+        if not count:  # no spans and no keys: the aggregate's one row of none
+            continue
+        found[tuple(key)] = Spread(int(count), {rank: int(value) for rank, value in zip(
+            _ranks(int(count), p), picked, strict=True)})
     return found
