@@ -122,20 +122,43 @@ SECTIONS: tuple[tuple[str, Section], ...] = (
 )
 
 
+def server_cpu(pids: Sequence[int]) -> float:
+    """The CPU time (user+sys, s) of these PostgreSQL server processes, from /proc (the
+    server must run on this machine). A parallel query's workers are other processes, not
+    counted: ``--pg-workers 0`` runs the report without them, so that this is the server's
+    whole CPU time."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return float("nan")
+        total += sum(int(f) for f in fields[11:13]) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 async def measure(engine: AsyncEngine, rounds: int, slow: float, dialect: str,
-                  page: bool = False) -> None:
+                  page: bool = False, workers: int | None = None) -> None:
     recorder = Recorder(engine)
     whole: list[float] = []
     cpu: list[float] = []
+    server: list[float] = []
     pages: list[float] = []
     parts: dict[str, list[float]] = {name: [] for name, _ in SECTIONS}
     async with engine.connect() as conn:
+        backend: list[int] = []
+        if dialect == "postgresql":
+            backend = [int((await conn.exec_driver_sql("SELECT pg_backend_pid()")).scalar_one())]
+            if workers is not None:  # for the session, not only the report's transaction
+                await conn.exec_driver_sql(f"SET max_parallel_workers_per_gather = {workers:d}")
+            await conn.commit()
         await build_report(conn, PERIOD, home_country=HOME, now=NOW)  # warm the cache
         for _ in range(rounds):
-            began, used = time.perf_counter(), time.process_time()
+            began, used, served = time.perf_counter(), time.process_time(), server_cpu(backend)
             report = await build_report(conn, PERIOD, home_country=HOME, now=NOW)
             whole.append(time.perf_counter() - began)
             cpu.append(time.process_time() - used)
+            server.append(server_cpu(backend) - served)
             if page:  # the console's page: the same report, rendered with its charts
                 html = await asyncio.to_thread(as_html, report)
                 pages.append(time.perf_counter() - began)
@@ -156,6 +179,11 @@ async def measure(engine: AsyncEngine, rounds: int, slow: float, dialect: str,
         # not grow with another's load as the wall time does.
         print(f"  CPU time of this process (SQLite's work, and Python's): best {min(cpu):.2f} s; "
               f"load average {os.getloadavg()[0]:.2f}")
+        if backend:
+            print(f"  CPU time of the PostgreSQL backend serving the report (/proc/{backend[0]}"
+                  f"/stat; parallel workers per gather: {'default' if workers is None else workers}"
+                  f"): best {min(server):.2f} s; with this process's: best "
+                  f"{min(c + s for c, s in zip(cpu, server, strict=True)):.2f} s")
         if pages:
             print(f"  the page (the report and its HTML with the charts, as the console's "
                   f"/report shows it; {len(html) // 1024} KiB): best {min(pages):.2f} s, "
@@ -217,7 +245,7 @@ async def run_database(url: str, history: History, args: argparse.Namespace,
                 await conn.exec_driver_sql("ANALYZE")
             print(f"{dialect}: the kept year reused, migrated to "
                   f"{await migrate.current(engine)}")
-            await measure(engine, args.rounds, args.slow, dialect, args.page)
+            await measure(engine, args.rounds, args.slow, dialect, args.page, args.pg_workers)
             return
         began = time.perf_counter()
         if dialect == "sqlite":
@@ -228,7 +256,7 @@ async def run_database(url: str, history: History, args: argparse.Namespace,
         print(f"{dialect}: {history.cases} cases, {count} rows generated and inserted in "
               f"{time.perf_counter() - began:.1f} s (migrations at "
               f"{await migrate.current(engine)})")
-        await measure(engine, args.rounds, args.slow, dialect, args.page)
+        await measure(engine, args.rounds, args.slow, dialect, args.page, args.pg_workers)
     finally:
         await engine.dispose()
 
@@ -264,6 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--revision", default="head",
                         help="migrate to this revision (0023: without the report's indexes)")
     parser.add_argument("--no-sqlite", action="store_true", help="PostgreSQL only")
+    parser.add_argument("--pg-workers", type=int, metavar="N",
+                        help="PostgreSQL: max_parallel_workers_per_gather for the report "
+                             "(0: the backend's CPU time is all the server's)")
     parser.add_argument("--page", action="store_true",
                         help="also time the console's page: the report rendered as HTML "
                              "with its charts (gateway.report.as_html, the page's body)")

@@ -20,7 +20,7 @@ from collections import Counter
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, case, exists, func, or_, select
+from sqlalchemy import ColumnElement, Select, and_, case, exists, func, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.store.classification import (
@@ -177,26 +177,65 @@ async def _assessment(conn: AsyncConnection, period: Period, *, home_country: st
               hosting_evidence.c.cdn)
     # One pass for the verdicts and the hosting of the illegal ones (a legal verdict joins
     # no lookup): each case is one row of the join, so the counts add up as two queries'.
-    verdicts = list(await conn.execute(
-        select(*coded, *hosted, func.count().label("n"))
-        .select_from(cases.join(assessments, assessments.c.case_id == cases.c.id)
-                     .outerjoin(hosting_evidence, and_(
-                         hosting_evidence.c.case_id == cases.c.id,
-                         assessments.c.verdict == "illegal", _latest_hosting(period))))
-        .where(assessed_in, *_latest_verdict(period)).group_by(*coded, *hosted)))
-    illegal = sum(int(row[-1]) for row in verdicts if row.verdict == "illegal")
-    legal = sum(int(row[-1]) for row in verdicts if row.verdict == "legal")
+    joined = (cases.join(assessments, assessments.c.case_id == cases.c.id)
+              .outerjoin(hosting_evidence, and_(
+                  hosting_evidence.c.case_id == cases.c.id,
+                  assessments.c.verdict == "illegal", _latest_hosting(period))))
+    where = (assessed_in, *_latest_verdict(period))
+    fields = ("classification", "age_group", "gender", "media", "site_type")
+    by: dict[str, Counter[str]] = {field: Counter() for field in (*fields, "reason")}
+    flags = dict.fromkeys(CONTENT_FLAGS, 0)
+    illegal = legal = 0
+    illegal_rows: list[Any] = []
+    if conn.dialect.name == "postgresql":
+        # Grouping sets: the verdict with each code on its own, and with the hosting, in one
+        # pass of hash aggregates (some hundred rows back, not one per combination of codes).
+        # GROUPING() says which set a row counts (its bit 0 for the set's first column).
+        sets = [(column,) for column in coded[1:]] + [hosted]
+        which = func.grouping(*(columns[0] for columns in sets)).label("which")
+        found = await conn.execute(
+            select(*coded, *hosted, which, func.count().label("n")).select_from(joined)
+            .where(*where).group_by(func.grouping_sets(
+                *(tuple_(assessments.c.verdict, *columns) for columns in sets))))
+        names = [columns[0].name for columns in sets]
+        for row in found:
+            n = int(row.n)
+            name = names[len(sets) - (~int(row.which) & ((1 << len(sets)) - 1)).bit_length()]
+            if row.verdict == "illegal":
+                if name == "classification":
+                    illegal += n
+                if name in fields:
+                    by[name][getattr(row, name) or UNRECORDED] += n
+                elif name in flags:
+                    flags[name] += n if getattr(row, name) else 0
+                elif name == "hosting_country":
+                    illegal_rows.append(row)
+            elif row.verdict == "legal":
+                if name == "classification":
+                    legal += n
+                if name == "reason":
+                    by["reason"][row.reason or UNRECORDED] += n
+    else:
+        # SQLite has no grouping sets: grouped by every code, walked once in Python.
+        for row in await conn.execute(select(*coded, *hosted, func.count().label("n"))
+                                      .select_from(joined).where(*where)
+                                      .group_by(*coded, *hosted)):
+            n = int(row.n)
+            if row.verdict == "illegal":
+                illegal += n
+                illegal_rows.append(row)
+                for field in fields:
+                    by[field][getattr(row, field) or UNRECORDED] += n
+                for flag in CONTENT_FLAGS:
+                    if getattr(row, flag):
+                        flags[flag] += n
+            elif row.verdict == "legal":
+                legal += n
+                by["reason"][row.reason or UNRECORDED] += n
 
-    def count_by(field: str, verdict: str) -> dict[str, int]:
-        found: Counter[str] = Counter()
-        for row in verdicts:
-            if row.verdict == verdict:
-                found[getattr(row, field) or UNRECORDED] += int(row[-1])
-        return dict(found)
+    def count_by(field: str) -> dict[str, int]:
+        return dict(by[field])
 
-    flags = {flag: sum(int(row[-1]) for row in verdicts
-                       if row.verdict == "illegal" and getattr(row, flag))
-             for flag in CONTENT_FLAGS}
     among = "cases first assessed in the period whose verdict (the latest recorded on the " \
             "case before the period's end) is illegal"
     figures = [
@@ -210,18 +249,18 @@ async def _assessment(conn: AsyncConnection, period: Period, *, home_country: st
         _f("assessment.by_classification", "Illegal, by classification", "cases",
            f"{among}, by ICCAM classification: baseline (illegal everywhere) or national "
            "(illegal under the home country's law)", illegal,
-           in_order(count_by("classification", "illegal"), ILLEGAL_CLASSES)),
+           in_order(count_by("classification"), ILLEGAL_CLASSES)),
         _f("assessment.by_age_group", "Illegal, by age group", "cases",
            f"{among}, by the victims' age group", illegal,
-           in_order(count_by("age_group", "illegal"), AGE_GROUPS)),
+           in_order(count_by("age_group"), AGE_GROUPS)),
         _f("assessment.by_gender", "Illegal, by gender", "cases",
            f"{among}, by the victims' gender", illegal,
-           in_order(count_by("gender", "illegal"), GENDERS)),
+           in_order(count_by("gender"), GENDERS)),
         _f("assessment.by_media", "Illegal, by media", "cases", f"{among}, by media", illegal,
-           in_order(count_by("media", "illegal"), MEDIA)),
+           in_order(count_by("media"), MEDIA)),
         _f("assessment.by_site_type", "Illegal, by site type", "cases",
            f"{among}, by INHOPE site type", illegal,
-           in_order(count_by("site_type", "illegal"), SITE_TYPES)),
+           in_order(count_by("site_type"), SITE_TYPES)),
         _f("assessment.flags", "Illegal, flagged", "cases",
            f"{among} and flagged self-generated, computer-generated (or virtual), or "
            "commercial; a case may carry several flags", None,
@@ -230,10 +269,9 @@ async def _assessment(conn: AsyncConnection, period: Period, *, home_country: st
         _f("assessment.legal", "Legal (not actionable)", "cases",
            "cases first assessed in the period whose verdict (the latest recorded before the "
            "period's end) is legal, by the analyst's reason code", legal,
-           in_order(count_by("reason", "legal"), REASONS)),
+           in_order(count_by("reason"), REASONS)),
     ]
-    return figures + _hosting([row for row in verdicts if row.verdict == "illegal"],
-                              home_country=home_country, top=top)
+    return figures + _hosting(illegal_rows, home_country=home_country, top=top)
 
 
 def _latest_verdict(period: Period) -> tuple[ColumnElement[bool], ...]:

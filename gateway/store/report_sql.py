@@ -18,15 +18,18 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
+    Date,
+    Float,
     Integer,
     Select,
+    String,
     Subquery,
-    and_,
     cast,
     func,
-    or_,
+    literal,
     select,
 )
+from sqlalchemy.dialects.postgresql import array
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.store.figures import hours
@@ -60,11 +63,12 @@ async def report_settings(conn: AsyncConnection) -> AsyncIterator[None]:
         await conn.exec_driver_sql(f"PRAGMA cache_size = {int(before):d}")
 
 
-def day_of(conn: AsyncConnection, column: Any) -> ColumnElement[str]:
-    """The UTC day of a stored moment, as ``YYYY-MM-DD`` (SQLite keeps moments as UTC text;
-    PostgreSQL's are converted to UTC first)."""
+def day_of(conn: AsyncConnection, column: Any) -> ColumnElement[Any]:
+    """The UTC day of a stored moment, whose ``str`` is ``YYYY-MM-DD`` (SQLite keeps moments
+    as UTC text: its first ten characters; PostgreSQL's are converted to UTC and cast to a
+    date, cheaper than formatting each as text)."""
     if conn.dialect.name == "postgresql":
-        return func.to_char(func.timezone("UTC", column), "YYYY-MM-DD")
+        return cast(func.timezone("UTC", column), Date)
     return func.substr(column, 1, 10)
 
 
@@ -129,25 +133,35 @@ class Spread:
         return round(span_hours(self.at[max(math.ceil(p / 100 * self.count), 1)]), 2)
 
 
+#: Above one half by less than one rank in any set of fewer than 10**11 spans, and by more than
+#: a double's rounding of ``fraction * count``: ``percentile_disc`` at it picks the rank just
+#: above the middle of an even count (``ceil(count / 2 + count * MEDIAN_ABOVE)``).
+MEDIAN_ABOVE = 1e-12
+
+
 def spread_query(inner: Subquery, *, p: int = PERCENTILE) -> Select[Any]:
-    """The rows of ``inner`` (its columns: the keys it is split by, then ``span``) at the
-    ranks around each key's median and ``p``-th percentile, each with its key, its rank
-    ``rn`` and its key's count ``n``. The ranks come from one sort in the database (a window
-    function); the band around each rank is wide enough that Python picks the exact rank
-    with the same formula as ``figures``."""
-    keys = [c for c in inner.c if c.name != "span"]
-    # Both windows ordered alike (the count's frame the whole partition), so that the
-    # database sorts the spans once.
-    ranked = select(
-        *keys, inner.c.span,
-        func.row_number().over(partition_by=keys or None, order_by=inner.c.span).label("rn"),
-        func.count().over(partition_by=keys or None, order_by=inner.c.span,
-                          rows=(None, None)).label("n"),
-    ).subquery("ranked")
-    rn, n = ranked.c.rn, ranked.c.n
-    return select(ranked).where(or_(
-        and_(rn * 2 >= n, rn * 2 <= n + 2),
-        and_(rn * 100 >= n * p - 100, rn * 100 <= n * p + 200)))
+    """Each key of ``inner`` (its columns: the keys it is split by, then ``span``) with its
+    count and the spans at the ranks its median and ``p``-th percentile need, picked by
+    PostgreSQL's ``percentile_disc`` (nearest rank: the value at rank ``ceil(fraction *
+    count)``, at least 1, the fraction a double as Python's ``p / 100``): at one half (the
+    middle of an odd count, the lower middle of an even one), just above one half (the upper
+    middle of an even count) and at ``p / 100``. Each key's spans are sorted on their own as
+    integers (an ordered-set aggregate), not the whole set by key and span as a window
+    function would (a text key sorted by its collation costs more than the spans), and the
+    keys are grouped in the "C" collation for the same reason."""
+    keys = [c.collate("C") if isinstance(c.type, String) else c
+            for c in inner.c if c.name != "span"]
+    fractions = array([literal(0.5, Float), literal(0.5 + MEDIAN_ABOVE, Float),
+                       literal(p / 100, Float)])
+    return (select(*keys, func.count(),
+                   func.percentile_disc(fractions).within_group(inner.c.span))
+            .group_by(*keys))
+
+
+def _ranks(count: int, p: int) -> tuple[int, int, int]:
+    """The ranks ``spread_query``'s three values are at, for a key's ``count`` spans."""
+    middle = count // 2 + 1 if count % 2 else count // 2
+    return middle, count // 2 + 1, max(math.ceil(p / 100 * count), 1)
 
 
 async def spreads(conn: AsyncConnection, spans: Select[Any], *, p: int = PERCENTILE
@@ -155,7 +169,7 @@ async def spreads(conn: AsyncConnection, spans: Select[Any], *, p: int = PERCENT
     """Each key's :class:`Spread` (keys as tuples; ``()`` when ``spans`` has none); a key
     without spans is absent.
 
-    PostgreSQL ranks them (``spread_query``). SQLite's window functions cost about three
+    PostgreSQL picks them (``spread_query``). SQLite's window functions cost about three
     times what fetching the spans (plain integers, computed in the database) and sorting
     them in Python does (bench/report.py), so on SQLite they are fetched."""
     found: dict[tuple[Hashable, ...], Spread] = {}
@@ -169,8 +183,10 @@ async def spreads(conn: AsyncConnection, spans: Select[Any], *, p: int = PERCENT
             ranks = {count // 2, count // 2 + 1, max(math.ceil(p / 100 * count), 1)}
             found[key] = Spread(count, {r: values[r - 1] for r in ranks if 1 <= r <= count})
         return found
-    for row in await conn.execute(spread_query(once(conn, spans, "spans"), p=p)):
-        *key, span, rank, count = row
-        spread = found.setdefault(tuple(key), Spread(int(count)))
-        spread.at[int(rank)] = int(span)
+    for row in await conn.execute(spread_query(spans.subquery("spans"), p=p)):
+        *key, count, picked = row
+        if not count:  # no spans and no keys: the aggregate's one row of none
+            continue
+        found[tuple(key)] = Spread(int(count), {rank: int(value) for rank, value in zip(
+            _ranks(int(count), p), picked, strict=True)})
     return found
