@@ -65,11 +65,15 @@ class Daemon:
         self.console_port = 0
         ensure_keyring(config_path)
 
-    async def start(self, timeout: float = 30, env: dict[str, str] | None = None) -> None:
+    async def start(self, timeout: float = 30, env: dict[str, str] | None = None,
+                    python_flags: tuple[str, ...] = ()) -> None:
+        """``python_flags`` go to this process's interpreter only (e.g. ``-X importtime``),
+        not to the processes it starts."""
         env = {**os.environ, "NOTIFY_SOCKET": str(self.notify_path), **(env or {})}
         with self.log_path.open("ab") as log:
             self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "gateway.cli", "--config", str(self.config_path), "serve",
+                sys.executable, *python_flags, "-m", "gateway.cli", "--config",
+                str(self.config_path), "serve",
                 env=env, stdout=log, stderr=log, stdin=asyncio.subprocess.DEVNULL,
             )
         ready = await self.wait_for("READY=1", timeout)
