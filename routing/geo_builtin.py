@@ -92,7 +92,8 @@ def _names_blob(names: list[str]) -> tuple[array.array[int], array.array[int]]:
 
 
 def build(out: Path) -> None:
-    """Read geoip2fast's data and write the compact tables to ``out`` (atomically, 0600)."""
+    """Read geoip2fast's data and write the compact tables to ``out`` (atomically and
+    durably, 0600: a crash or a disk error leaves the old file or the whole new one)."""
     from geoip2fast import GeoIP2Fast  # type: ignore[import-untyped]
     from geoip2fast import geoip2fast as tables
 
@@ -125,7 +126,14 @@ def build(out: Path) -> None:
                 fh.seek(start + header["arrays"][name][0])
                 values.tofile(fh)
             fh.truncate(start + offset)
+            fh.flush()
+            os.fsync(fh.fileno())  # on disk before its name is: never a damaged file there
         os.replace(tmp, out)
+        folder = os.open(out.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
