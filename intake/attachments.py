@@ -9,6 +9,9 @@ at most ``DECODE_SLOTS`` images are decoded at once in the process, whatever the
 messages arriving together (a small PNG can hold 36 megapixels: decoded whole, 150 MB or more).
 A picture that is not decoded or cannot be hashed gets ``pdq = None`` and says why in
 ``pdq_skipped`` (``SKIPPED``): hashing never fails because of the attachment's content.
+
+Pillow, numpy and pdqhash (about 15 MiB in the daemon) are imported only when an attachment
+begins as one of ``IMAGE_FORMATS`` does, so a gateway that is sent no pictures never loads them.
 """
 
 from __future__ import annotations
@@ -19,11 +22,10 @@ import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy
-import pdqhash  # type: ignore[import-untyped,import-not-found,unused-ignore]
-from PIL import Image
+if TYPE_CHECKING:
+    from PIL import Image
 
 #: Images with more pixels than this are not decoded (a 36-megapixel photo still is, at the
 #: reduced scale a JPEG allows).
@@ -41,6 +43,9 @@ PDQ_DOWNSAMPLE = 512
 #: Formats Pillow may try. Not EPS (Pillow runs Ghostscript for it), nor the long tail of
 #: rarely used decoders: only what phones and mail clients send.
 IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP")
+#: How every file of ``IMAGE_FORMATS`` begins (looser than Pillow's own checks, which run
+#: next): anything else is no image Pillow would open, and is not given to it.
+IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8", b"GIF8", b"RIFF", b"BM")
 
 MAX_FILENAME_CHARS = 255
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -169,6 +174,10 @@ def image_hash(data: bytes) -> tuple[str | None, int | None, str | None]:
     Whatever the declared type, bytes that Pillow recognises as one of ``IMAGE_FORMATS`` are
     hashed: reporters' clients label pictures application/octet-stream often enough.
     """
+    if not data.startswith(IMAGE_MAGIC):
+        return None, None, None  # no image it knows, without loading Pillow
+    from PIL import Image
+
     try:
         image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
     # Pillow's decoders fail on hostile input with OSError, ValueError, SyntaxError,
@@ -200,6 +209,10 @@ _SCALED_AS_IS = frozenset({"RGB", "L"})
 
 def _pdq_of_image(image: Image.Image) -> tuple[str, int]:
     """The hash of an opened image, decoded here. Pillow keeps 4 bytes a pixel for both."""
+    import numpy
+    import pdqhash  # type: ignore[import-untyped,import-not-found,unused-ignore]
+    from PIL import Image
+
     image.load()
     if image.mode not in _SCALED_AS_IS:
         image = image.convert("RGB")

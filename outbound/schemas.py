@@ -10,8 +10,6 @@ import re
 from importlib import resources
 from typing import Any
 
-from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
-
 _MISSING = re.compile(r"'([a-z_]+)' is a required property")
 
 
@@ -24,6 +22,9 @@ def load(name: str) -> dict[str, Any]:
 
 @functools.cache
 def _validator(name: str) -> Any:  # a Draft202012Validator
+    # jsonschema (2 MiB with its registry) loads with the first document checked.
+    from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
+
     return Draft202012Validator(load(name))
 
 

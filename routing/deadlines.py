@@ -21,8 +21,6 @@ from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
-import holidays
-
 #: A calendar with no business day within this many days in a row cannot meet any deadline.
 _LONGEST_CLOSURE = 2 * 366
 
@@ -44,6 +42,8 @@ class BusinessCalendar:
         """A calendar with ``country``'s public holidays (the ``holidays`` library, holidays
         that move to a weekday when they fall on a weekend included); ``LookupError`` when the
         library has none for it, or the time zone is unknown."""
+        import holidays  # 3 MiB, for destinations with business hours only
+
         try:
             public = holidays.country_holidays(country)
         except NotImplementedError as exc:

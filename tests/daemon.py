@@ -68,12 +68,15 @@ class Daemon:
         ensure_keyring(config_path)
 
     async def start(self, timeout: float = 60, env: dict[str, str] | None = None, *,
-                    smtp: bool = True) -> None:
-        """Start it and wait for READY=1; ``smtp``: whether its config runs the SMTP part."""
+                    smtp: bool = True, python_flags: tuple[str, ...] = ()) -> None:
+        """Start it and wait for READY=1; ``smtp``: whether its config runs the SMTP part;
+        ``python_flags`` go to this process's interpreter only (e.g. ``-X importtime``), not
+        to the processes it starts."""
         env = {**os.environ, "NOTIFY_SOCKET": str(self.notify_path), **(env or {})}
         with self.log_path.open("ab") as log:
             self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "gateway.cli", "--config", str(self.config_path), "serve",
+                sys.executable, *python_flags, "-m", "gateway.cli", "--config",
+                str(self.config_path), "serve",
                 env=env, stdout=log, stderr=log, stdin=asyncio.subprocess.DEVNULL,
             )
         ready = await self.wait_for("READY=1", timeout)

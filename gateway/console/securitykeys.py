@@ -37,24 +37,6 @@ import structlog
 from aiohttp import web
 from sqlalchemy import select, update
 from sqlalchemy.engine import Connection
-from webauthn import (
-    generate_authentication_options,
-    generate_registration_options,
-    options_to_json,
-    verify_authentication_response,
-    verify_registration_response,
-)
-from webauthn.helpers.exceptions import WebAuthnException
-from webauthn.helpers.parse_authentication_credential_json import (
-    parse_authentication_credential_json,
-)
-from webauthn.helpers.structs import (
-    AttestationConveyancePreference,
-    AuthenticatorSelectionCriteria,
-    PublicKeyCredentialDescriptor,
-    ResidentKeyRequirement,
-    UserVerificationRequirement,
-)
 
 from gateway.console import keystore
 from gateway.console.accounts import Staff, check_password
@@ -168,6 +150,17 @@ def _credential(form: Any) -> str | None:
 
 async def _keys_page(request: web.Request, *, status: int = 200, error: str | None = None,
                      done: str | None = None) -> web.Response:
+    # py_webauthn (with cbor2, pyasn1 and pyOpenSSL, ~5 MiB) is loaded when a security key
+    # is used, not by every console.
+    from webauthn import generate_registration_options, options_to_json
+    from webauthn.helpers.structs import (
+        AttestationConveyancePreference,
+        AuthenticatorSelectionCriteria,
+        PublicKeyCredentialDescriptor,
+        ResidentKeyRequirement,
+        UserVerificationRequirement,
+    )
+
     console = request.app[CONSOLE]
     staff, session = staff_of(request), session_of(request)
     keys = await keystore.list_keys(console.backend, staff.id)
@@ -222,6 +215,9 @@ async def register_submit(request: web.Request) -> web.StreamResponse:
     by ``gateway.console.web``)."""
     console = request.app[CONSOLE]
     staff, session = staff_of(request), session_of(request)
+    from webauthn import verify_registration_response
+    from webauthn.helpers.exceptions import WebAuthnException
+
     form = await request.post()
     challenge = console.security_keys.ceremonies.take_registration(session.csrf_token)
     credential = _credential(form)
@@ -283,6 +279,11 @@ async def key_step(request: web.Request, result_staff: Staff | None, name: str
                    ) -> web.Response:
     """After the password step of a login with a key: the key page, alike whether the name
     and password were right (``result_staff``) or not."""
+    from webauthn import generate_authentication_options, options_to_json
+    from webauthn.helpers.structs import (
+        PublicKeyCredentialDescriptor,
+        UserVerificationRequirement,
+    )
 
     console = request.app[CONSOLE]
     try:
@@ -342,6 +343,12 @@ async def _check_assertion(request: web.Request, pending: PendingLogin,
     whether the password step was right (``pending.staff``) or not: the key is looked up by
     the name typed, the user read, and one entry written, so that nothing in the work done
     tells a right password."""
+    from webauthn import verify_authentication_response
+    from webauthn.helpers.exceptions import WebAuthnException
+    from webauthn.helpers.parse_authentication_credential_json import (
+        parse_authentication_credential_json,
+    )
+
     console = request.app[CONSOLE]
     staff, now = pending.staff, console.now()
     details: dict[str, Any] = {"source": console.guard.throttle.label(pending.source),

@@ -1,23 +1,29 @@
-"""Apply the Alembic migrations shipped inside the package (``db upgrade``, and ``serve``)."""
+"""Apply the Alembic migrations shipped inside the package (``db upgrade``, and ``serve``).
+
+Alembic (and Mako with it, about 11 MiB in the daemon) is imported only when a migration
+runs: the shipped head is read from the revision files and the database's revision with a
+plain query, so a ``serve`` whose database is at head never loads it.
+"""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+import functools
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import func, select
+from sqlalchemy import func, inspect, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.store.engine import IMMEDIATE
+
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 #: PostgreSQL advisory locks: one migration at a time ("migrate" in ASCII), one start-up
@@ -30,26 +36,63 @@ LOCK_POLL = 0.25
 log = structlog.get_logger("gateway.store.migrate")
 
 
+#: Alembic's table of the database's revision (its default name, which env.py keeps).
+VERSION_TABLE = "alembic_version"  # the query in _current names it too
+
+
 def _alembic_config(connection: Connection | None = None) -> AlembicConfig:
+    from alembic.config import Config as AlembicConfig
+
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.attributes["connection"] = connection
     return cfg
 
 
+@functools.cache
 def head() -> str:
-    """The newest revision this code ships."""
-    revision = ScriptDirectory.from_config(_alembic_config()).get_current_head()
-    assert revision is not None
-    return revision
+    """The newest revision this code ships: the one no other revision names as the one it
+    follows, read from the revision files' ``revision`` and ``down_revision`` (what Alembic
+    reads; a test holds the two to the same answer)."""
+    revisions: set[str] = set()
+    followed: set[str] = set()
+    for path in (MIGRATIONS / "versions").glob("*.py"):
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            target: ast.expr
+            if isinstance(node, ast.AnnAssign) and node.value is not None:
+                target, assigned = node.target, node.value
+            elif isinstance(node, ast.Assign) and len(node.targets) == 1:
+                target, assigned = node.targets[0], node.value
+            else:
+                continue
+            if not isinstance(target, ast.Name):
+                continue
+            if target.id not in ("revision", "down_revision"):
+                continue
+            value = ast.literal_eval(assigned)
+            if target.id == "revision":
+                revisions.add(value)
+            elif target.id == "down_revision" and value is not None:
+                followed.update((value,) if isinstance(value, str) else value)
+    heads = revisions - followed
+    if len(heads) != 1:
+        raise RuntimeError(f"the shipped migrations have {len(heads)} heads: {sorted(heads)}")
+    return heads.pop()
+
+
+def _current(sync: Connection) -> str | None:
+    if not inspect(sync).has_table(VERSION_TABLE):
+        return None
+    rows = sync.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    if len(rows) > 1:
+        raise RuntimeError(f"the database is at {len(rows)} revisions at once: {rows}")
+    return rows[0] if rows else None
 
 
 async def current(engine: AsyncEngine) -> str | None:
     """The revision the database is at (None for an empty database)."""
     async with engine.connect() as conn:
-        return await conn.run_sync(
-            lambda sync: MigrationContext.configure(sync).get_current_revision()
-        )
+        return await conn.run_sync(_current)
 
 
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
@@ -58,15 +101,19 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
     SQLite alters a table by copying it and dropping the old one (Alembic's batch mode), and
     with foreign keys on that drop fails (or would empty the rows that refer to it): they
     are off for the migration's connection, and the whole database is checked against them
-    before the migration commits."""
-    await _migrate(engine, revision, command.upgrade)
+    before the migration commits.
+
+    A database already at the shipped head is left as it is without loading Alembic."""
+    if revision in ("head", head()) and await current(engine) == head():
+        return
+    await _migrate(engine, revision, "upgrade")
 
 
 async def downgrade(engine: AsyncEngine, revision: str) -> None:
     """Take the database back to ``revision`` (to run an older release), as :func:`upgrade`
     does it: each downgrade maps what newer code wrote to what the older one knows, and drops
     what it cannot hold (the migrations say what)."""
-    await _migrate(engine, revision, command.downgrade)
+    await _migrate(engine, revision, "downgrade")
 
 
 @contextlib.asynccontextmanager
@@ -98,8 +145,10 @@ async def serialised(engine: AsyncEngine) -> AsyncIterator[None]:
             await conn.commit()
 
 
-async def _migrate(engine: AsyncEngine, revision: str,
-                   step: Callable[[AlembicConfig, str], None]) -> None:
+async def _migrate(engine: AsyncEngine, revision: str, direction: str) -> None:
+    from alembic import command
+
+    step = command.upgrade if direction == "upgrade" else command.downgrade
     async with engine.connect() as conn:
         sqlite = conn.dialect.name == "sqlite"
         if sqlite:  # outside any transaction, where SQLite takes the pragma
