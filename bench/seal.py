@@ -7,8 +7,8 @@ copied (``bytes(bytearray(b))``) and hashed (SHA-256), the least any storage of 
 ``Sealer.open``; (d) the text form (``seal_text``/``open_text``); (e) ``lookup_key`` for the
 URL and host sizes. AES-256-GCM against ChaCha20-Poly1305 (the same ``cryptography`` calls) is
 shown once, for the choice in gateway/store/sealing/cipher.py, and a nonce read by its own
-system call against one taken from the sealer's block (gateway/store/sealing/nonces.py). The best of ``--rounds`` rounds
-of about ``--seconds`` each is printed. Run from the project root, on an idle machine:
+system call against one taken from the sealer's block (gateway/store/sealing/nonces.py).
+The best of ``--rounds`` rounds of about ``--seconds`` each is printed. Run from the project root, on an idle machine:
 
     .venv/bin/python bench/seal.py [--rounds R] [--seconds S]
 
@@ -105,7 +105,7 @@ def main() -> None:
         per_second = rate(encrypt, args.seconds, args.rounds)
         print(f"  {label:<18} {per_second:>10,.0f} /s  {per_second * len(value) / 1e6:>8,.0f} MB/s")
     print()
-    print("a nonce per value: one getrandom system call each, or taken from a block (the sealer's):")
+    print("a nonce per value: a getrandom system call each, or taken from a block (the sealer's):")
     pool = NoncePool()
     for label, take in (("os.urandom(12)", lambda: os.urandom(12)), ("NoncePool.take", pool.take)):
         per_second = rate(take, args.seconds, args.rounds)
