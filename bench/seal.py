@@ -8,7 +8,8 @@ copied (``bytes(bytearray(b))``) and hashed (SHA-256), the least any storage of 
 URL and host sizes. AES-256-GCM against ChaCha20-Poly1305 (the same ``cryptography`` calls) is
 shown once, for the choice in gateway/store/sealing/cipher.py, and a nonce read by its own
 system call against one taken from the sealer's block (gateway/store/sealing/nonces.py).
-The best of ``--rounds`` rounds of about ``--seconds`` each is printed. Run from the project root, on an idle machine:
+The best of ``--rounds`` rounds of about ``--seconds`` each is printed. Run from the project
+root, on an idle machine:
 
     .venv/bin/python bench/seal.py [--rounds R] [--seconds S]
 
