@@ -144,13 +144,25 @@ keyring = "{shared / "var" / "data-keys.json"}"
 """.replace("'", '"')
 
 
-async def _make_template(folder: Path) -> Template:
-    name = f"t_{uuid.uuid4().hex[:12]}"
+async def _admin(statement: str) -> None:
+    """``statement`` run on the server outside any database's transaction."""
     admin = await asyncpg.connect(_dsn())
     try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
+        await admin.execute(statement)
     finally:
         await admin.close()
+
+
+async def _create(template: str | None = None) -> str:
+    """A new database's name, empty or copied from ``template``."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    await _admin(f'CREATE DATABASE "{name}"'
+                 + (f' TEMPLATE "{template}"' if template is not None else ""))
+    return name
+
+
+async def _make_template(folder: Path) -> Template:
+    name = await _create()
     path = folder / "config.toml"
     path.write_text(_config_text(folder, Template(folder, name, "", ""), database=name,
                                  port=_server().port or 5432))
@@ -163,11 +175,7 @@ async def _make_template(folder: Path) -> Template:
 
 
 async def _drop(name: str) -> None:
-    admin = await asyncpg.connect(_dsn())
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _in_thread(coroutine: Any) -> Any:
@@ -220,12 +228,7 @@ class Cluster:
 @pytest.fixture
 async def cluster(template: Template, tmp_path: Path, request: pytest.FixtureRequest,
                   ) -> AsyncIterator[Cluster]:
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(_dsn())
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template.database}"')
-    finally:
-        await admin.close()
+    name = await _create(template.database)
     config = config_module.load(template.folder / "config.toml")
     config = config.model_copy(update={"database": config.database.model_copy(update={
         "url": _server().set(drivername="postgresql+asyncpg", database=name)

@@ -2,9 +2,9 @@
 blocks rather than one system call per value.
 
 Every sealed value needs a fresh random nonce, and AES-GCM fails badly if one is ever used twice
-under a key. ``os.urandom(12)`` is a ``getrandom`` system call, which cost about a third of a
-value's sealing here (3 of 10 microseconds: ``bench/seal.py``) and is work that instruction
-counts do not see. A block of ``BLOCK`` nonces read at once gives the same bytes from the same
+under a key. ``os.urandom(12)`` is a ``getrandom`` system call, about 1 of the 5 microseconds
+that sealing a URL takes here (``bench/seal.py``), and work that instruction counts do not
+see. A block of ``BLOCK`` nonces read at once gives the same bytes from the same
 generator, so the nonces are exactly as random; what must hold is that no two seals take the
 same slice:
 
