@@ -19,7 +19,9 @@ module holds the rest:
 - with ``--against TREE``, a third side in every round: another checkout's own gateway (a
   ``git worktree`` of an older commit, e.g. the release before a change) with that checkout's
   own copy of the benchmark's config, so that "before" and "after" share one window of the
-  machine's noise (:func:`run_before_side`, :func:`print_against`).
+  machine's noise (:func:`run_before_side`, :func:`print_against`); with ``--paired`` as
+  well, the two gateways run at the same time, pinned to one CPU with their load on the
+  other, so that they share that noise second by second (:func:`run_paired_sides`).
 
 What differs between benchmarks (names, units, the gateway config, how the figures are
 printed) is given by the script as a :class:`Bench`. The scripts run as scripts, so this
@@ -264,14 +266,21 @@ def tree_config(tree: Path, script: str) -> str:
     raise RuntimeError(f"{tree}/bench/{script}.py has no GATEWAY_CONFIG")
 
 
+def pinned(command: list[str], cpus: str | None) -> list[str]:
+    """``command`` run on the CPUs ``cpus`` names ("1", "0-2"), every thread it starts
+    included; as it is where ``cpus`` is None."""
+    return ["taskset", "--cpu-list", cpus, *command] if cpus is not None else command
+
+
 async def start_gateway(
     workdir: Path, config_text: str, listener: str, normalise: str = "serve",
-    tree: Path | None = None, stub: str | None = None,
+    tree: Path | None = None, stub: str | None = None, cpus: str | None = None,
 ) -> Server:
     """``hotline-gateway serve`` in ``workdir`` with ``config_text``, JSON logs in gateway.log;
     the server on the port of ``listener`` once the gateway says it is ready. With ``tree``,
     that checkout's gateway (its code on ``PYTHONPATH``, this environment's libraries); with
-    ``stub``, after ``bench/instructions.py``'s stand-ins of that name ("sealing")."""
+    ``stub``, after ``bench/instructions.py``'s stand-ins of that name ("sealing"); with
+    ``cpus``, on those CPUs only."""
     config = workdir / "config.toml"
     config.write_text(config_text + f'\n[intake]\nnormalise = "{normalise}"\n')
     env = None
@@ -287,7 +296,7 @@ async def start_gateway(
     log_file, err_file = workdir / "gateway.log", workdir / "gateway.stderr"
     with log_file.open("wb") as out, err_file.open("wb") as err:
         process = await asyncio.create_subprocess_exec(
-            *command, "--config", str(config), "serve",
+            *pinned(command, cpus), "--config", str(config), "serve",
             stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=err, cwd=workdir, env=env,
         )
     deadline = time.monotonic() + START_TIMEOUT
@@ -349,11 +358,11 @@ class SideResult:
 
 
 async def run_load(
-    bench: Bench, port: int, *, args: argparse.Namespace, tag: str
+    bench: Bench, port: int, *, args: argparse.Namespace, tag: str, cpus: str | None = None,
 ) -> LoadResult:
-    """The load generator, in a process of its own."""
+    """The load generator, in a process of its own (on ``cpus`` where given)."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, str(bench.script), "--load", str(port),
+        *pinned([sys.executable, str(bench.script)], cpus), "--load", str(port),
         "--connections", str(args.connections), "--warmup", str(args.warmup),
         "--seconds", str(args.seconds), "--tag", tag,
         stdout=asyncio.subprocess.PIPE,
@@ -371,15 +380,16 @@ async def run_load(
 
 
 async def measure(
-    bench: Bench, server: Server, *, args: argparse.Namespace, tag: str
+    bench: Bench, server: Server, *, args: argparse.Namespace, tag: str,
+    cpus: str | None = None,
 ) -> tuple[LoadResult, float, float, int]:
-    """Run the load against ``server``.
+    """Run the load (on ``cpus`` where given) against ``server``.
 
     Returns the load result, the server's CPU seconds, the CPU seconds used by everything
     else on the machine meanwhile, and the server's peak RSS in KiB.
     """
     cpu_before, busy_before = cpu_seconds(server.pid), machine_busy_seconds()
-    load = await run_load(bench, server.port, args=args, tag=tag)
+    load = await run_load(bench, server.port, args=args, tag=tag, cpus=cpus)
     cpu = cpu_seconds(server.pid) - cpu_before
     other = machine_busy_seconds() - busy_before - cpu - load.client_cpu_seconds
     return load, cpu, max(0.0, other), proc_status(server.pid, "VmHWM")
@@ -451,15 +461,20 @@ async def run_gateway_side(
     return await _gateway_side(bench, round_no, args, run_id, None)
 
 
+def _before(args: argparse.Namespace) -> tuple[Path, str | None]:
+    """The tree and stub of the side ``--against`` names: another checkout's gateway as that
+    checkout benchmarked it; or, with ``--against no-sealing``, this checkout's with the
+    sealing door storing plaintext."""
+    if str(args.against) == "no-sealing":
+        return Path(__file__).parent.parent, "sealing"
+    return args.against, None
+
+
 async def run_before_side(
     bench: Bench, round_no: int, args: argparse.Namespace, run_id: str
 ) -> SideResult:
-    """The gateway of the checkout ``--against`` names, as that checkout benchmarked it; or,
-    with ``--against no-sealing``, this checkout's with the sealing door storing plaintext."""
-    if str(args.against) == "no-sealing":
-        return await _gateway_side(bench, round_no, args, run_id, Path(__file__).parent.parent,
-                                   stub="sealing")
-    return await _gateway_side(bench, round_no, args, run_id, args.against)
+    """The gateway of the checkout ``--against`` names (``_before``)."""
+    return await _gateway_side(bench, round_no, args, run_id, *_before(args))
 
 
 def plain_rows(database: Path) -> int:
@@ -471,52 +486,123 @@ def plain_rows(database: Path) -> int:
         conn.close()
 
 
+@dataclass
+class _Side:
+    """A gateway side under way: its name, its folder, its server and its load's tag."""
+
+    name: str
+    tag: str
+    workdir: Path
+    tree: Path | None
+    server: Server | None = None
+
+
+async def _open_side(bench: Bench, round_no: int, args: argparse.Namespace, run_id: str,
+                     tree: Path | None, stub: str | None, cpus: str | None = None) -> _Side:
+    name, tag = ("gateway", bench.gateway_tag) if tree is None else ("before", "before")
+    side = _Side(name, f"{run_id}.r{round_no}.{tag}", Path(tempfile.mkdtemp(
+        prefix=f"{bench.name}-intake-bench-", dir=args.tmpdir)), tree)
+    config_text = bench.gateway_config if tree is None else tree_config(tree, bench.script.stem)
+    try:
+        side.server = await start_gateway(side.workdir, config_text, bench.listener,
+                                          args.normalise, tree, stub, cpus)
+    except BaseException:
+        shutil.rmtree(side.workdir, ignore_errors=True)
+        raise
+    return side
+
+
+async def _close_side(side: _Side, round_no: int, args: argparse.Namespace, bench: Bench,
+                      measured: tuple[LoadResult, float, float, int]) -> SideResult:
+    """Stop the side's server, and its result with the checks of its database and log."""
+    assert side.server is not None
+    try:
+        status = await side.server.stop()
+        result = SideResult(side.name, round_no, *measured, status)
+        _check_load(result)
+        _check_gateway(bench, result, side.workdir, side.tree)
+        if args.keep:
+            result.kept = str(side.workdir)
+        return result
+    finally:
+        if not args.keep:
+            shutil.rmtree(side.workdir, ignore_errors=True)
+
+
+def _check_gateway(bench: Bench, result: SideResult, workdir: Path, tree: Path | None) -> None:
+    """Rows against acknowledgements, distinct ids, the log and stderr of a gateway side."""
+    database = workdir / "var" / "gateway.db"
+    try:
+        if tree is None:
+            result.rows, distinct = count_rows(database, workdir / "config.toml")
+        else:  # another release's columns: the count alone
+            result.rows = distinct = plain_rows(database)
+    except sqlite3.Error as exc:
+        result.problems.append(f"cannot count the rows: {exc}")
+    else:
+        if result.rows != result.load.accepted:
+            result.problems.append(
+                f"{result.rows} rows in submissions but the client got"
+                f" {result.load.accepted} x {bench.reply}"
+            )
+        if distinct != result.rows:
+            result.problems.append(f"{result.rows} rows, {distinct} distinct {bench.ids}")
+    _count_log(result, workdir / "gateway.log", bench.expected_alerts)
+    stderr = (workdir / "gateway.stderr").read_text(errors="replace").strip()
+    if result.log_warnings:
+        result.problems.append(f"{result.log_warnings} log lines above info in gateway.log")
+    if stderr:
+        result.problems.append(f"gateway stderr: {stderr[-500:]}")
+
+
 async def _gateway_side(
     bench: Bench, round_no: int, args: argparse.Namespace, run_id: str, tree: Path | None,
     stub: str | None = None,
 ) -> SideResult:
-    side, tag = ("gateway", bench.gateway_tag) if tree is None else ("before", "before")
-    workdir = Path(tempfile.mkdtemp(prefix=f"{bench.name}-intake-bench-", dir=args.tmpdir))
-    config_text = bench.gateway_config if tree is None else tree_config(tree, bench.script.stem)
+    side = await _open_side(bench, round_no, args, run_id, tree, stub)
+    assert side.server is not None
     try:
-        server = await start_gateway(workdir, config_text, bench.listener, args.normalise, tree,
-                                     stub)
-        try:
-            load, cpu, other, rss = await measure(
-                bench, server, args=args, tag=f"{run_id}.r{round_no}.{tag}"
-            )
-        finally:
-            status = await server.stop()
-        result = SideResult(side, round_no, load, cpu, other, rss, status)
-        _check_load(result)
-        database = workdir / "var" / "gateway.db"
-        try:
-            if tree is None:
-                result.rows, distinct = count_rows(database, workdir / "config.toml")
-            else:  # another release's columns: the count alone
-                result.rows = distinct = plain_rows(database)
-        except sqlite3.Error as exc:
-            result.problems.append(f"cannot count the rows: {exc}")
-        else:
-            if result.rows != load.accepted:
-                result.problems.append(
-                    f"{result.rows} rows in submissions but the client got"
-                    f" {load.accepted} x {bench.reply}"
-                )
-            if distinct != result.rows:
-                result.problems.append(f"{result.rows} rows, {distinct} distinct {bench.ids}")
-        _count_log(result, workdir / "gateway.log", bench.expected_alerts)
-        stderr = (workdir / "gateway.stderr").read_text(errors="replace").strip()
-        if result.log_warnings:
-            result.problems.append(f"{result.log_warnings} log lines above info in gateway.log")
-        if stderr:
-            result.problems.append(f"gateway stderr: {stderr[-500:]}")
-        if args.keep:
-            result.kept = str(workdir)
-        return result
-    finally:
+        measured = await measure(bench, side.server, args=args, tag=side.tag)
+    except BaseException:
+        await side.server.stop()
         if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
+            shutil.rmtree(side.workdir, ignore_errors=True)
+        raise
+    return await _close_side(side, round_no, args, bench, measured)
+
+
+async def run_paired_sides(
+    bench: Bench, round_no: int, args: argparse.Namespace, run_id: str
+) -> list[SideResult]:
+    """This checkout's gateway and the one ``--against`` names at the same time, both pinned
+    to the last CPU (their load generators to the others), so that whatever else runs on
+    the machine meanwhile falls on both alike: the scheduler shares that CPU between the two
+    fairly, and each one's CPU time per report and rate are measured in the same seconds."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        raise RuntimeError("--paired needs two CPUs: one for the servers, one for the load")
+    servers_cpu, load_cpus = str(allowed[-1]), ",".join(str(c) for c in allowed[:-1])
+    sides: list[_Side] = []
+    try:
+        for tree, stub in ((None, None), _before(args)):
+            sides.append(await _open_side(bench, round_no, args, run_id, tree, stub,
+                                          servers_cpu))
+        measured = await asyncio.gather(*(
+            measure(bench, side.server, args=args, tag=side.tag, cpus=load_cpus)
+            for side in sides if side.server is not None))
+    except BaseException:
+        for side in sides:
+            if side.server is not None:
+                await side.server.stop()
+            if not args.keep:
+                shutil.rmtree(side.workdir, ignore_errors=True)
+        raise
+    # Each side's "other CPU" counted the other side as noise: take it out.
+    both = [m[1] + m[0].client_cpu_seconds for m in measured]
+    measured = [(m[0], m[1], max(0.0, m[2] - both[1 - i]), m[3])
+                for i, m in enumerate(measured)]
+    return [await _close_side(side, round_no, args, bench, m)
+            for side, m in zip(sides, measured, strict=True)]
 
 
 # --- report -------------------------------------------------------------------------------
@@ -564,7 +650,8 @@ def _cpu_per_report_us(r: SideResult) -> float:
     return r.server_cpu_seconds / r.load.accepted * 1e6 if r.load.accepted else 0.0
 
 
-def print_against(bench: Bench, results: list[SideResult], tree: Path) -> None:
+def print_against(bench: Bench, results: list[SideResult], tree: Path,
+                  paired: bool = False) -> None:
     """This checkout's gateway against the one ``--against`` named, round by round (each
     pair shared a round's window) and as medians of the per-round ratios."""
     now = {r.round: r for r in results if r.side == "gateway"}
@@ -575,7 +662,8 @@ def print_against(bench: Bench, results: list[SideResult], tree: Path) -> None:
     rate = [now[i].load.rate / before[i].load.rate for i in rounds if before[i].load.rate]
     cpu = [_cpu_per_report_us(now[i]) / _cpu_per_report_us(before[i]) for i in rounds
            if _cpu_per_report_us(before[i])]
-    print(f"\nthis checkout against {tree} (same rounds, same window)")
+    print(f"\nthis checkout against {tree} (same rounds, "
+          f"{'at the same time on one CPU' if paired else 'same window'})")
     for i in rounds:
         print(f"  round {i}  rate {now[i].load.rate:9.1f} vs {before[i].load.rate:9.1f}"
               f" {bench.unit}/s   server CPU {_cpu_per_report_us(now[i]):6.0f} vs"
@@ -603,16 +691,26 @@ async def run_benchmark(bench: Bench, args: argparse.Namespace) -> int:
     results: list[SideResult] = []
     for round_no in range(1, args.rounds + 1):
         sides: list[Callable[..., Awaitable[SideResult]]] = [run_gateway_side]
-        if args.against is not None:  # which of the two goes first alternates
+        if args.against is not None and not args.paired:  # which goes first alternates
             sides = [*sides, run_before_side] if round_no % 2 else [run_before_side, *sides]
+        if args.paired:
+            sides = []
         for run_side in (run_reference_side, *sides):
             result = await run_side(bench, round_no, args, run_id)
             print_side(bench, result)
             results.append(result)
+        if args.paired:
+            for result in await run_paired_sides(bench, round_no, args, run_id):
+                print_side(bench, result)
+                results.append(result)
     bench.summary([r for r in results if r.side != "before"])
+    if args.paired:
+        print("  (--paired: the gateway shared one CPU with the other side, so its rate against"
+              f" the {bench.reference} is\n   not the intake figure; run without --paired for"
+              " that.)")
     print_summary_tail(bench, results)
     if args.against is not None:
-        print_against(bench, results, args.against)
+        print_against(bench, results, args.against, args.paired)
     return 1 if any(r.problems for r in results) else 0
 
 
@@ -643,6 +741,10 @@ def parser(bench: Bench, description: str | None) -> argparse.ArgumentParser:
                              "release before a change) in every round, and compare; "
                              "'no-sealing': this checkout with the sealing door storing "
                              "plaintext (what sealing costs)")
+    parser.add_argument("--paired", action="store_true",
+                        help="with --against: run the two gateways at the same time, both on "
+                             "one CPU (the load on the other), rather than one after the other: "
+                             "the machine's noise then falls on both alike")
     # Internal: the same script is the bare server and the load generator.
     parser.add_argument(bench.reference_flag, action="store_true", dest="reference",
                         help=argparse.SUPPRESS)
@@ -665,4 +767,6 @@ def main(bench: Bench, description: str | None, argv: list[str] | None = None) -
         return 0
     if args.rounds < 1 or args.seconds <= 0 or args.connections < 1:
         parser(bench, description).error("--rounds, --seconds and --connections must be positive")
+    if args.paired and args.against is None:
+        parser(bench, description).error("--paired compares two gateways: give --against too")
     return asyncio.run(run_benchmark(bench, args))

@@ -46,6 +46,7 @@ import textwrap
 import time
 import zlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email import policy
@@ -308,9 +309,11 @@ def run_normalise(raws: list[bytes]) -> tuple[float, list[Normalised]]:
     return time.perf_counter() - start, results
 
 
-async def run_stage(reports: list[Report], database: Path) -> tuple[float, float]:
+async def run_stage(reports: list[Report], database: Path,
+                    stored: Callable[[], None] | None = None) -> tuple[float, float]:
     """Wall and CPU seconds for the stage to drain a fresh database holding `reports`
-    (stored first, untimed, through the writer as SMTP intake stores them)."""
+    (stored first, untimed, through the writer as SMTP intake stores them; then `stored` is
+    called, where given, before the stage starts)."""
     engine = await open_engine(
         DatabaseConfig(url=f"sqlite+aiosqlite:///{database}").settings())
     bind_sealer(engine, Sealer(Keyring.generate(datetime.now(UTC))))
@@ -327,6 +330,8 @@ async def run_stage(reports: list[Report], database: Path) -> tuple[float, float
             )) for i, r in enumerate(reports)))
             await writer.stop()
             await task
+            if stored is not None:
+                stored()
             stage = NormaliseStage(backend, None, worker="bench",
                                    legal_window=timedelta(days=180), batch_size=64)
             cpu, start = time.process_time(), time.perf_counter()
@@ -368,7 +373,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="then the stage of another checkout (e.g. a git worktree of the "
                              "release before a change) against this one's, round by round; "
                              "'no-sealing': this checkout with the plaintext door")
+    parser.add_argument("--paired", action="store_true",
+                        help="with --against: run the two stages at the same time on one CPU "
+                             "(each starts once both have stored their corpus), so that the "
+                             "machine's noise falls on both alike; compares CPU time")
     args = parser.parse_args(argv)
+    if args.paired and args.against is None:
+        parser.error("--paired compares two stages: give --against too")
     if args.count < 1 or args.rounds < 1:
         parser.error("--count and --rounds must be positive")
     # Before any thread starts: the loop's executor and the SQLite writer inherit the mask.
@@ -429,7 +440,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.against is not None:
         import against
 
-        all_ok &= against.compare(args.against, count=n, seed=args.seed, rounds=args.rounds)
+        all_ok &= against.compare(args.against, count=n, seed=args.seed, rounds=args.rounds,
+                                  paired=args.paired)
     return 0 if all_ok else 1
 
 
