@@ -590,9 +590,9 @@ async def test_a_login_and_a_revoked_token_hold_on_every_instance(
     """A staff member logs in on one instance; the session is good on the two others. A
     token works on all three; the password changed on the second (which revokes the token)
     and it is refused by all three. Meanwhile the three run a compressed day (the retention
-    every 2 s): each period's run is done once, by one of them, not three times."""
+    every second): each period's run is done once, by one of them, not three times."""
     daemons = await cluster.start(3, parts=("console", "stages"),
-                                  extra='[retention]\nevery = "2s"\n')
+                                  extra='[retention]\nevery = "1s"\n')
     bases = [f"http://127.0.0.1:{d.console_port}" for d in daemons]
     token = ""
 
