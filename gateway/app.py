@@ -252,6 +252,10 @@ async def running(
             wkd=await wkd_keys(config, gpg)))
         writer.observer = metrics
         metrics.snapshot.space = writer.space
+        if stages:
+            metrics.snapshot.holdings = [stage.holding for stage in (
+                normaliser, locate, refer, outbox, recheck, follow_up, partner_outcomes,
+                replies) if stage is not None]
         console = ConsoleServer(config.console, make_console(
             config.console, backend, engine, locator, four_eyes=config.assessment.four_eyes,
             require=config.assessment.required, home_country=config.gateway.home_country,
@@ -347,7 +351,8 @@ async def serve(
         log.info("gateway.ready", parts=list(config.gateway.parts),
                  smtp=[f"{h}:{p}" for h, p in gateway.smtp.addresses],
                  http=[f"{h}:{p}" for h, p in gateway.public.addresses],
-                 console=[f"{h}:{p}" for h, p in gateway.console.addresses])
+                 console=[f"{h}:{p}" for h, p in gateway.console.addresses],
+                 admin=[f"{h}:{p}" for h, p in gateway.admin.addresses])
         watchdog = asyncio.create_task(_watchdog(gateway, notifier), name="watchdog")
         trigger: asyncio.Future[Any] = asyncio.ensure_future(shutdown_trigger())
         reloading: asyncio.Future[Any] | None = None

@@ -53,14 +53,13 @@ def _worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-class _Lease(TypedDict, total=False):
+class _Lease(TypedDict):
     lease: timedelta
 
 
 def _lease(config: Config) -> _Lease:
-    """The stages' lease where ``[gateway] stage_lease`` sets one (else each its own)."""
-    seconds = config.gateway.stage_lease
-    return {"lease": timedelta(seconds=seconds)} if seconds > 0 else {}
+    """Every stage's lease (``[gateway] stage_lease``), renewed while the stage works."""
+    return {"lease": timedelta(seconds=config.gateway.stage_lease)}
 
 
 async def make_locator(config: Config) -> Locator:
@@ -175,9 +174,7 @@ def make_outbox(config: Config, backend: WriteBackend, gpg: Gpg) -> OutboxStage:
         max_attempt_age=timedelta(seconds=settings.max_attempt_age),
         retry_after=timedelta(seconds=settings.retry_after),
         retry_max=timedelta(seconds=settings.retry_max),
-        # Longer than any delivery can take (the transports bound one: 3 x timeout, 60 s).
-        lease=_lease(config).get("lease") or timedelta(seconds=(
-            65 if settings.transport == "file" else 3 * settings.timeout + 5)),
+        **_lease(config),  # renewed while a delivery lasts (see outbound.outbox)
         keys=lambda fingerprint: gpg.problems(fingerprint, "encrypt"),
         sealed_for=gpg.sealed_for_problems,
     )

@@ -50,6 +50,7 @@ from gateway.config_values import (
 )
 from gateway.store import classification
 from gateway.store.engine import DatabaseSettings
+from gateway.store.leases import LEASE
 from intake.smtp import SmtpSettings
 from intake.web import HttpSettings
 from outbound.transports import OutboundSettings
@@ -59,6 +60,18 @@ from routing.deadlines import BusinessCalendar, DeadlinePolicy
 #: The parts of ``serve`` (``[gateway] parts``).
 Part = Literal["smtp", "http", "console", "admin", "stages"]
 PARTS: tuple[Part, ...] = ("smtp", "http", "console", "admin", "stages")
+
+
+#: ``[gateway] stage_lease`` unless set (``gateway.store.leases``).
+LEASE_SECONDS = LEASE.total_seconds()
+
+
+def _lease_or_default(seconds: float) -> float:
+    if seconds == 0:  # what older configs said for "each stage's own"
+        return LEASE_SECONDS
+    if seconds < 1:
+        raise ValueError("is at least 1s (a stage renews what it holds every third of it)")
+    return seconds
 
 
 def _each_once(parts: list[Part]) -> list[Part]:
@@ -92,9 +105,9 @@ class GatewayConfig(Section):
     parts: Annotated[list[Part], AfterValidator(_each_once)] = Field(
         default=list(PARTS), min_length=1)
     #: How long an item a stage claimed stays claimed when the instance holding it dies
-    #: (another instance takes it after that). 0: each stage's own (2 to 5 minutes; the
-    #: outbox's longer than a delivery can take). Longer than any one batch takes.
-    stage_lease: Duration = 0.0
+    #: (another instance takes it after that). A stage renews what it holds every third of
+    #: it while it works, so it bounds no batch. "0s" (older configs): the default.
+    stage_lease: Annotated[Duration, AfterValidator(_lease_or_default)] = LEASE_SECONDS
 
     def runs(self, part: Part) -> bool:
         return part in self.parts
@@ -473,6 +486,9 @@ class AssessmentConfig(Section):
 
 
 class RetentionConfig(Section):
+    #: How often the retention runs (once per such period across the instances on one
+    #: database, periods counted from 1970-01-01 00:00 UTC): a day unless a test compresses it.
+    every: PositiveDuration = 86400.0
     raw_message_days: PositiveInt = 30
     reporter_contact_days: PositiveInt = 90
     #: Mail at ``[outbound] reply_address`` that was not trusted (anyone can send it) is

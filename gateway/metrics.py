@@ -3,7 +3,7 @@ scrape time. One registry per gateway (no process-wide state)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,6 +15,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from gateway.store.leases import Holding
 from gateway.store.space import DiskSpace
 from outbound.gpg import KeyStatus
 
@@ -26,6 +27,8 @@ class _Snapshot(Collector):
         self.stats: dict[str, Any] = {}
         self.keys: Mapping[str, KeyStatus | None] = {}
         self.space: DiskSpace | None = None
+        #: The stages' leases (renewals, losses), where this instance runs the stages.
+        self.holdings: Sequence[Holding] = ()
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily
                                   | HistogramMetricFamily]:
@@ -113,6 +116,24 @@ class _Snapshot(Collector):
                                     value=int(self.space.low))
         for name, value in (stats.get("counters") or {}).items():
             yield CounterMetricFamily(f"hotline_{name}", name.replace("_", " "), value=value)
+        yield from _leases(self.holdings)
+
+
+def _leases(holdings: Sequence[Holding]) -> Iterator[CounterMetricFamily]:
+    """Rows whose lease a stage renewed while it worked on them, and rows it lost: another
+    instance claimed them (our renewals stopped reaching the database for a lease's length),
+    or it held one an hour. Any lost is worth a look: work was done twice, or stuck."""
+    renewals = CounterMetricFamily("hotline_lease_renewals",
+                                   "Rows whose lease a stage renewed while working on them",
+                                   labels=["stage"])
+    lost = CounterMetricFamily("hotline_leases_lost",
+                               "Rows a stage held whose lease it lost before it was done",
+                               labels=["stage"])
+    for holding in holdings:
+        renewals.add_metric([holding.stage], holding.renewals)
+        lost.add_metric([holding.stage], holding.losses)
+    yield renewals
+    yield lost
 
 
 class Metrics:

@@ -116,10 +116,15 @@ async def purge(backend: WriteBackend, retention: RetentionConfig, *, now: datet
 
 def daily_retention(backend: WriteBackend, retention: RetentionConfig, *, holder: str,
                     **timing: Any) -> PeriodicJob:
-    """Applies ``[retention]`` once a day across every instance on the database, shortly
-    after the first start of the day (``gateway.periodic``; ``timing`` for tests)."""
+    """Applies ``[retention]`` once a day (``every``) across every instance on the database,
+    shortly after the first start of the day (``gateway.periodic``; ``timing`` for tests).
+    Each instance looks every ten minutes, or four times a period if that is shorter."""
 
     async def work(now: datetime) -> None:
         await purge(backend, retention, now=now)
 
-    return PeriodicJob(backend, "retention", work, holder=holder, **timing)
+    quarter = retention.every / 4
+    looks: dict[str, Any] = {"first_check": min(60.0, quarter),
+                             "check_every": min(600.0, quarter)}
+    return PeriodicJob(backend, "retention", work, holder=holder,
+                       period=timedelta(seconds=retention.every), **(looks | timing))

@@ -282,6 +282,7 @@ class NormaliseStage(PollingStage):
     """Moves submissions from ``received`` to ``parsed`` / ``parse_failed``, making cases."""
 
     name = "normalise"
+    holding: leases.Holding
 
     def __init__(
         self,
@@ -291,7 +292,7 @@ class NormaliseStage(PollingStage):
         worker: str,
         legal_window: timedelta,
         batch_size: int = 32,
-        lease: timedelta = timedelta(minutes=2),
+        lease: timedelta = leases.LEASE,
         idle_poll: float = 2.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         intake_busy: Callable[[], bool] = lambda: False,
@@ -313,6 +314,8 @@ class NormaliseStage(PollingStage):
         self._lease = lease
         super().__init__(idle_poll=idle_poll)
         self._clock = clock
+        self.holding = leases.Holding(backend, submissions, worker=worker, stage=self.name,
+                                      lease=lease, clock=clock)
         self._intake_busy = intake_busy
         self._max_defer = max_defer
         #: Called after a batch filed reports into cases (the locate stage's wake-up).
@@ -349,11 +352,15 @@ class NormaliseStage(PollingStage):
     async def run_once(self) -> int:
         """Claim, parse and apply one batch; the number of submissions it took."""
         now = self._clock()
-        claimed = await self._backend.transaction(
-            partial(self._claim, now=now, until=now + self._lease)
-        )
+        until = now + self._lease
+        claimed = await self._backend.transaction(partial(self._claim, now=now, until=until))
         if not claimed:
             return 0
+        async with self.holding.keep([item.id for item in claimed], until):
+            return await self._work(claimed)
+
+    async def _work(self, claimed: list[_Claimed]) -> int:
+        """Parse and apply the claimed batch (held meanwhile); how many it took."""
         loop = asyncio.get_running_loop()
         # One executor call per batch: each hand-off between threads costs a GIL switch.
         results = await loop.run_in_executor(

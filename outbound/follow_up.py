@@ -190,6 +190,7 @@ def _store_deadlines(conn: Connection, *, deadlines: dict[uuid.UUID, tuple[Any, 
 
 class FollowUpStage(QueuingStage[FollowUpSettings]):
     name = "follow_up"
+    TABLE = referrals
     #: Reminders and flags are due in hours: a pass a minute is on time.
     IDLE_POLL = 60.0
     #: What the stage did since it started (the admin listener's counters).
@@ -223,24 +224,31 @@ class FollowUpStage(QueuingStage[FollowUpSettings]):
             await self._backend.transaction(partial(_store_deadlines, deadlines=deadlines))
         if not plans:
             return 0
+        until = now + self._lease
         claimed = set(await self._backend.transaction(partial(
-            self._claim, ids=[r.id for r, _ in plans], now=now, until=now + self._lease)))
+            self._claim, ids=[r.id for r, _ in plans], now=now, until=until)))
         done = 0
-        for referral, state in plans:
-            if referral.id not in claimed:
-                continue  # another process has it
-            try:
-                acted = await (self._remind(settings, referral, state) if state.reminder_due
-                               else self._flag(referral, state))
-            except Exception as exc:  # one referral's failure must not stop the others
-                log.error("follow_up.referral_failed", referral_id=str(referral.id),
-                          error_type=type(exc).__name__)
-                acted = False
-            if acted:
-                done += 1
-            else:
-                await self._put_off(referral.id, self._clock() + self._key_retry)
+        async with self.holding.keep(sorted(claimed), until):
+            for referral, state in plans:
+                if referral.id not in claimed:
+                    continue  # another process has it
+                done += await self._act(settings, referral, state)
+                self.holding.discard([referral.id])
         return done
+
+    async def _act(self, settings: FollowUpSettings, referral: OpenReferral,
+                   state: FollowUp) -> int:
+        """Remind or flag one claimed referral; 1 if it was acted on (else put off)."""
+        try:
+            acted = await (self._remind(settings, referral, state) if state.reminder_due
+                           else self._flag(referral, state))
+        except Exception as exc:  # one referral's failure must not stop the others
+            log.error("follow_up.referral_failed", referral_id=str(referral.id),
+                      error_type=type(exc).__name__)
+            acted = False
+        if not acted:
+            await self._put_off(referral.id, self._clock() + self._key_retry)
+        return int(acted)
 
     def _claim(self, conn: Connection, *, ids: list[uuid.UUID], now: datetime,
                until: datetime) -> list[uuid.UUID]:

@@ -72,6 +72,7 @@ class OutboxStage(PollingStage):
     """Delivers pending outbox items: ``sent``, retried later, or ``failed``."""
 
     name = "outbox"
+    holding: leases.Holding
 
     def __init__(
         self,
@@ -83,7 +84,7 @@ class OutboxStage(PollingStage):
         retry_after: timedelta = timedelta(minutes=1),
         retry_max: timedelta = timedelta(hours=1),
         concurrency: int = 4,
-        lease: timedelta = timedelta(minutes=5),
+        lease: timedelta = leases.LEASE,
         idle_poll: float = 5.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         jitter: Callable[[], float] = lambda: random.uniform(0.8, 1.2),
@@ -100,6 +101,9 @@ class OutboxStage(PollingStage):
         self._lease = lease
         super().__init__(idle_poll=idle_poll)
         self._clock = clock
+        #: The items being delivered, renewed meanwhile: one lost is not handed over.
+        self.holding = leases.Holding(backend, outbox, worker=worker, stage=self.name,
+                                      lease=lease, clock=clock)
         self._jitter = jitter
         #: The problems of a recipient key right now (none: usable), checked before sending.
         self._keys = keys
@@ -120,10 +124,11 @@ class OutboxStage(PollingStage):
     async def run_once(self) -> int:
         """Claim what is due and try each; how many were tried."""
         now = self._clock()
-        items = await self._backend.transaction(
-            partial(self._claim, now=now, until=now + self._lease))
+        until = now + self._lease
+        items = await self._backend.transaction(partial(self._claim, now=now, until=until))
         if items:
-            await asyncio.gather(*(self._deliver(item) for item in items))
+            async with self.holding.keep([item.id for item in items], until):
+                await asyncio.gather(*(self._deliver(item) for item in items))
         return len(items)
 
     def _claim(self, conn: Connection, *, now: datetime, until: datetime) -> list[OutboxItem]:
@@ -169,10 +174,7 @@ class OutboxStage(PollingStage):
             if sealed:
                 # Likewise any other key it is encrypted to (the hotline's own, say).
                 raise Rejected(f"encrypted to a key no longer usable: {'; '.join(sealed)}")
-            detail = await self._transport.send(
-                mail_from=item.mail_from, rcpt_to=item.rcpt_to, message=item.message,
-                name=f"{item.reference}-{item.referral_id}" if item.kind == "referral"
-                else f"{item.reference}-{item.kind}-{item.id}")
+            detail = await self._send(item)
         except Deferred as exc:
             outcome, detail = "deferred", str(exc)
         except Rejected as exc:
@@ -200,6 +202,27 @@ class OutboxStage(PollingStage):
             self.failed += 1
             # An alert: a referral that did not reach the police or a partner hotline.
             log.error("outbox.failed", **answer_fields(detail), **fields)
+
+    async def _send(self, item: OutboxItem) -> str:
+        """Hand the message over, unless its lease is lost first: then the delivery stops
+        (``Deferred``), for the worker that has the item now delivers it."""
+        send = asyncio.create_task(self._transport.send(
+            mail_from=item.mail_from, rcpt_to=item.rcpt_to, message=item.message,
+            name=f"{item.reference}-{item.referral_id}" if item.kind == "referral"
+            else f"{item.reference}-{item.kind}-{item.id}"))
+        lost = asyncio.create_task(self.holding.lost_by(item.id))
+        try:
+            await asyncio.wait({send, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (send, lost):
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(send, lost, return_exceptions=True)
+        if not send.cancelled():
+            return send.result()  # even if the lease went meanwhile: it was handed over
+        log.warning("outbox.delivery_stopped", **_about(item), item=str(item.id),
+                    reason="lease lost")
+        raise Deferred(LEASE_LOST)
 
     def _file(self, conn: Connection, *, item: OutboxItem, outcome: str, detail: str,
               now: datetime) -> None:
@@ -276,6 +299,8 @@ def _about(item: OutboxItem, *, audit: bool = False) -> dict[str, str]:
 
 
 _EXPIRED = "not delivered within max_attempt_age: "
+#: An attempt stopped because the item's lease was lost (another worker delivers it).
+LEASE_LOST = "stopped: the lease was lost"
 _SMTP_ANSWER = re.compile(r"([2-5]\d\d)(?: ([245])\.\d{1,3}\.\d{1,3}\b)?")
 _ERROR_NAME = re.compile(r"([A-Za-z_][A-Za-z0-9_]{0,60}):")
 

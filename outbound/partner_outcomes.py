@@ -214,6 +214,7 @@ def outcome_text(owed: Owed, hotline: str) -> str:
 
 class PartnerOutcomeStage(QueuingStage[PartnerOutcomeSettings]):
     name = "partner_outcomes"
+    TABLE = partner_referrals
     #: A partner's referral is acknowledged as soon as it is filed (a wake-up), else soon.
     IDLE_POLL = 5.0
 
@@ -238,16 +239,18 @@ class PartnerOutcomeStage(QueuingStage[PartnerOutcomeSettings]):
                if self._put_off.get((owed.partner_referral_id, owed.outcome), now) <= now]
         if not due:
             return 0
+        until = now + self._lease
         held = set(await self._backend.transaction(partial(
             self._claim, ids=sorted({o.partner_referral_id for o in due}), now=now,
-            until=now + self._lease)))
+            until=until)))
         done = 0
         try:
-            for owed in due:
-                if owed.partner_referral_id not in held:
-                    continue  # another process has it
-                if await self._tell(owed):
-                    done += 1
+            async with self.holding.keep(sorted(held), until):
+                for owed in due:
+                    if owed.partner_referral_id not in held:
+                        continue  # another process has it
+                    if await self._tell(owed):
+                        done += 1
         finally:
             await self.release()
         return done

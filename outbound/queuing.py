@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Generic, TypeVar
+from typing import ClassVar, Generic, TypeVar
 
+from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.store import leases
 from gateway.store.backend import WriteBackend
 from gateway.store.polling import PollingStage
 from outbound.gpg import Gpg
@@ -25,6 +27,10 @@ class QueuingStage(PollingStage, Generic[SettingsT]):
 
     #: How often a pass runs when nothing woke the stage (seconds), unless the caller says.
     IDLE_POLL = 60.0
+    #: The table whose rows a pass leases.
+    TABLE: ClassVar[Table]
+    #: What a pass acts on; renewed while it composes and queues.
+    holding: leases.Holding
 
     def __init__(
         self,
@@ -35,7 +41,7 @@ class QueuingStage(PollingStage, Generic[SettingsT]):
         *,
         worker: str,
         on_queued: Callable[[], None] = lambda: None,
-        lease: timedelta = timedelta(minutes=5),
+        lease: timedelta = leases.LEASE,
         key_retry: timedelta = timedelta(minutes=10),
         idle_poll: float | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -52,6 +58,8 @@ class QueuingStage(PollingStage, Generic[SettingsT]):
         self._lease = lease
         self._key_retry = key_retry
         self._clock = clock
+        self.holding = leases.Holding(backend, self.TABLE, worker=worker, stage=self.name,
+                                      lease=lease, clock=clock)
         self._setup()
 
     def _setup(self) -> None:

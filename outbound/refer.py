@@ -82,6 +82,7 @@ class _Prepared:
 
 class ReferStage(PollingStage):
     name = "refer"
+    holding: leases.Holding
 
     def __init__(
         self,
@@ -95,7 +96,7 @@ class ReferStage(PollingStage):
         members: MembershipList,
         on_queued: Callable[[], None] = lambda: None,
         key_retry: timedelta = timedelta(minutes=10),
-        lease: timedelta = timedelta(minutes=5),
+        lease: timedelta = leases.LEASE,
         idle_poll: float = 5.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -111,6 +112,8 @@ class ReferStage(PollingStage):
         self._lease = lease
         super().__init__(idle_poll=idle_poll)
         self._clock = clock
+        self.holding = leases.Holding(backend, cases, worker=worker, stage=self.name,
+                                      lease=lease, clock=clock)
         self.routed = 0
         #: Cases put off because a value is under a key this process lacks.
         self.key_waits = KeyWaits("refer")
@@ -123,31 +126,38 @@ class ReferStage(PollingStage):
 
     async def run_once(self) -> int:
         now = self._clock()
+        until = now + self._lease
         claimed = await self._backend.transaction(partial(
-            decide.claim, worker=self._worker, now=now, until=now + self._lease,
+            decide.claim, worker=self._worker, now=now, until=until,
             key_retry=self._key_retry))
-        for case_id, status in claimed:
-            try:
-                await self._route_reloading(case_id, status)
-            except Exception as exc:  # one case's failure must not stop the others
-                if (unknown := unknown_key(exc)) is not None:
-                    # Under a key a rotation elsewhere added, not yet in this process's
-                    # keyring even read again: not damaged, routed later.
-                    await self._backend.transaction(partial(
-                        leases.put_off, table=cases, worker=self._worker, ids=[case_id],
-                        until=self._clock() + KEY_WAIT))
-                    self.key_waits.met(case_id, unknown, self._clock())
-                    continue
-                log.error("refer.case_failed", case_id=str(case_id),
-                          error_type=type(exc).__name__)
-                try:
-                    await self._backend.transaction(partial(
-                        self._file, case_id=case_id, status=status,
-                        prepared=_Prepared(decide.route_error(exc)), now=self._clock(),
-                        assessment_id=None))
-                except Exception:
-                    await self.release(case_id)
+        async with self.holding.keep([case_id for case_id, _ in claimed], until):
+            for case_id, status in claimed:
+                await self._one(case_id, status)
+                self.holding.discard([case_id])
         return len(claimed)
+
+    async def _one(self, case_id: uuid.UUID, status: str) -> None:
+        """Route one claimed case; a failure is filed with the case, not raised."""
+        try:
+            await self._route_reloading(case_id, status)
+        except Exception as exc:  # one case's failure must not stop the others
+            if (unknown := unknown_key(exc)) is not None:
+                # Under a key a rotation elsewhere added, not yet in this process's
+                # keyring even read again: not damaged, routed later.
+                await self._backend.transaction(partial(
+                    leases.put_off, table=cases, worker=self._worker, ids=[case_id],
+                    until=self._clock() + KEY_WAIT))
+                self.key_waits.met(case_id, unknown, self._clock())
+                return
+            log.error("refer.case_failed", case_id=str(case_id),
+                      error_type=type(exc).__name__)
+            try:
+                await self._backend.transaction(partial(
+                    self._file, case_id=case_id, status=status,
+                    prepared=_Prepared(decide.route_error(exc)), now=self._clock(),
+                    assessment_id=None))
+            except Exception:
+                await self.release(case_id)
 
     async def _route_reloading(self, case_id: uuid.UUID, status: str) -> None:
         """``_route``; once more if it met a key this process lacks and the keyring, read

@@ -274,6 +274,7 @@ class ReplyStage(PollingStage):
     """Reads stored replies: ``received`` to ``read`` or ``needs_attention``."""
 
     name = "replies"
+    holding: leases.Holding
 
     def __init__(
         self,
@@ -284,7 +285,7 @@ class ReplyStage(PollingStage):
         worker: str,
         pinned: Collection[str],
         batch_size: int = 8,
-        lease: timedelta = timedelta(minutes=2),
+        lease: timedelta = leases.LEASE,
         idle_poll: float = 5.0,
         limits: ReplyLimits = DEFAULT_LIMITS,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -303,6 +304,8 @@ class ReplyStage(PollingStage):
         self._lease = lease
         self._limits = limits
         self._clock = clock
+        self.holding = leases.Holding(backend, replies, worker=worker, stage=self.name,
+                                      lease=lease, clock=clock)
         #: Told of each reply read: "trusted", or the reason it needs an analyst (metrics).
         self.on_read = on_read
         self.key_waits = KeyWaits("replies")
@@ -337,20 +340,26 @@ class ReplyStage(PollingStage):
             until=self._clock() + wait))
 
     async def run_once(self) -> int:
-        claimed = await self._backend.transaction(partial(self._claim, now=self._clock()))
-        loop = asyncio.get_running_loop()
-        pinned = self._pinned
-        for item in claimed:
-            try:
-                verdict = await loop.run_in_executor(self._executor, partial(
-                    _read, item, self._sealer, self._opener, pinned, self._limits))
-            except UnknownKey as exc:
-                self.key_waits.met(item.id, exc, self._clock())
-                await self._put_off(item, KEY_WAIT)
-                continue
-            self.key_waits.done(item.id)
-            await self._settle(item, verdict)
+        now = self._clock()
+        claimed = await self._backend.transaction(partial(self._claim, now=now))
+        pinned = self._pinned  # one set of keys for the batch, even if a reload comes
+        async with self.holding.keep([item.id for item in claimed], now + self._lease):
+            for item in claimed:
+                await self._read_one(item, pinned)
+                self.holding.discard([item.id])
         return len(claimed)
+
+    async def _read_one(self, item: _Claimed, pinned: tuple[str, ...]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            verdict = await loop.run_in_executor(self._executor, partial(
+                _read, item, self._sealer, self._opener, pinned, self._limits))
+        except UnknownKey as exc:
+            self.key_waits.met(item.id, exc, self._clock())
+            await self._put_off(item, KEY_WAIT)
+            return
+        self.key_waits.done(item.id)
+        await self._settle(item, verdict)
 
     async def _settle(self, item: _Claimed, verdict: Verdict | Finding) -> None:
         if isinstance(verdict, Finding):

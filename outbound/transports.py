@@ -97,6 +97,11 @@ class SmtpTransport:
                 f"{exc.code} {_short(exc.message)}") from exc
         except (aiosmtplib.SMTPException, OSError, TimeoutError, ssl.SSLError) as exc:
             raise Deferred(f"{type(exc).__name__}: {_short(str(exc))}") from exc
+        except asyncio.CancelledError:
+            # Stopped (the lease was lost, or shutdown): the connection is dropped at once,
+            # no QUIT, which a relay stuck mid-command would not answer.
+            client.close()
+            raise
         finally:
             if client.is_connected:
                 with contextlib.suppress(Exception):

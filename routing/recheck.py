@@ -99,6 +99,7 @@ class RecheckStage(PollingStage):
     """Looks referred cases up again every ``every``; see the module docstring."""
 
     name = "recheck"
+    holding: leases.Holding
 
     def __init__(
         self,
@@ -111,7 +112,7 @@ class RecheckStage(PollingStage):
         members: MembershipList,
         hotlines: Iterable[str],
         batch: int = 16,
-        lease: timedelta = timedelta(minutes=5),
+        lease: timedelta = leases.LEASE,
         idle_poll: float = 60.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -126,6 +127,8 @@ class RecheckStage(PollingStage):
         self._batch = batch
         self._lease = lease
         self._clock = clock
+        self.holding = leases.Holding(backend, cases, worker=worker, stage=self.name,
+                                      lease=lease, clock=clock)
         self.checked = 0
         self.moved = 0
         self.flagged = 0
@@ -138,18 +141,23 @@ class RecheckStage(PollingStage):
     async def run_once(self) -> int:
         now = self._clock()
         claimed = await self._backend.transaction(partial(self._claim, now=now))
-        for case_id in claimed:
-            try:
-                await self.recheck(case_id)
-            except Exception as exc:  # one case's failure must not stop the others
-                log.error("recheck.case_failed", case_id=str(case_id),
-                          error_type=type(exc).__name__)
-                # Tried again a little later, not in a loop; not held for long either: other
-                # stages may want the row (the lease columns are the case's).
-                await self._backend.transaction(partial(
-                    leases.put_off, table=cases, worker=self._worker, ids=[case_id],
-                    until=self._clock() + min(self._every, RETRY_FAILED)))
+        async with self.holding.keep(claimed, now + self._lease):
+            for case_id in claimed:
+                await self._one(case_id)
+                self.holding.discard([case_id])
         return len(claimed)
+
+    async def _one(self, case_id: uuid.UUID) -> None:
+        try:
+            await self.recheck(case_id)
+        except Exception as exc:  # one case's failure must not stop the others
+            log.error("recheck.case_failed", case_id=str(case_id),
+                      error_type=type(exc).__name__)
+            # Tried again a little later, not in a loop; not held for long either: other
+            # stages may want the row (the lease columns are the case's).
+            await self._backend.transaction(partial(
+                leases.put_off, table=cases, worker=self._worker, ids=[case_id],
+                until=self._clock() + min(self._every, RETRY_FAILED)))
 
     def _claim(self, conn: Connection, *, now: datetime) -> list[uuid.UUID]:
         rows = leases.claim(conn, cases, worker=self._worker, now=now, until=now + self._lease,

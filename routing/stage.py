@@ -90,6 +90,7 @@ class LocateStage(PollingStage):
     """Moves cases from ``new`` (or ``locate_failed``) to ``awaiting_assessment``."""
 
     name = "locate"
+    holding: leases.Holding
 
     def __init__(
         self,
@@ -101,7 +102,7 @@ class LocateStage(PollingStage):
         max_attempts: int = 5,
         retry_after: timedelta = timedelta(seconds=30),
         retry_max: timedelta = timedelta(hours=1),
-        lease: timedelta = timedelta(minutes=5),
+        lease: timedelta = leases.LEASE,
         idle_poll: float = 5.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -115,6 +116,9 @@ class LocateStage(PollingStage):
         self._lease = lease
         super().__init__(idle_poll=idle_poll)
         self._clock = clock
+        #: What is claimed, from the claim until it is filed (a lookup may take its time).
+        self.holding = leases.Holding(backend, cases, worker=worker, stage=self.name,
+                                      lease=lease, clock=clock)
         self._inflight: set[asyncio.Task[None]] = set()
         self._done: list[tuple[_Claimed, HostingEvidence]] = []
         self.located = 0
@@ -212,8 +216,9 @@ class LocateStage(PollingStage):
                 done = await self._backend.transaction(
                     partial(self._apply, results=group, now=self._clock()))
             except BaseException:
-                self._done[:0] = group  # filed on the next round; the lease covers them
+                self._done[:0] = group  # filed on the next round; still held till then
                 raise
+            self.holding.discard(claimed.id for claimed, _ in group)
             for claimed, hosting in done:
                 if hosting.failed:
                     self.failed += 1
@@ -228,8 +233,10 @@ class LocateStage(PollingStage):
         if limit <= 0:
             return []
         now = self._clock()
+        until = now + self._lease
         claimed = await self._backend.transaction(
-            partial(self._claim_rows, now=now, until=now + self._lease, limit=limit))
+            partial(self._claim_rows, now=now, until=until, limit=limit))
+        self.holding.add((item.id for item in claimed), until)
         put_off, self._put_off = self._put_off, []
         for case_id, error in put_off:  # logged here: _claim_rows runs in the database thread
             self.key_waits.met(case_id, error, now)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 def daemon_config(*, grace: str = "3s", nameserver: str | None = None, locate: str = "",
-                  extra: str = "") -> str:
+                  extra: str = "", gateway: str = "") -> str:
     """A config file's text for a test daemon: every listener on 127.0.0.1 port 0, JSON logs,
     and a resolver where nothing answers unless ``nameserver`` names one."""
     from tests.dns_server import free_udp_port
@@ -24,7 +24,7 @@ def daemon_config(*, grace: str = "3s", nameserver: str | None = None, locate: s
     listeners = "".join(f'[{section}]\nlisten = ["127.0.0.1:0"]\n{smtp * (section == "smtp")}'
                         for section in ("smtp", "console", "http", "admin"))
     resolver = nameserver or f"127.0.0.1:{free_udp_port()}"
-    return (f'[gateway]\nshutdown_grace = "{grace}"\nlog_format = "json"\n{listeners}'
+    return (f'[gateway]\nshutdown_grace = "{grace}"\nlog_format = "json"\n{gateway}{listeners}'
             f'[locate]\nnameservers = ["{resolver}"]\n{locate}{extra}')
 
 

@@ -11,6 +11,8 @@ from datetime import timedelta
 
 import structlog
 
+from gateway.store.leases import Holding
+
 log = structlog.get_logger("gateway.stages")
 
 
@@ -34,6 +36,8 @@ class PollingStage(ABC):
         self._idle_poll = idle_poll
         self._wake = asyncio.Event()
         self._stopping = False
+        #: What the stage holds, renewed while it works (a stage that claims sets it).
+        self.holding: Holding | None = None
 
     def wake(self) -> None:
         """New work arrived: look now rather than at the next poll."""
@@ -78,6 +82,8 @@ class PollingStage(ABC):
             await self.release_quietly()
 
     async def release_quietly(self) -> None:
+        if self.holding is not None:
+            await self.holding.stop()
         try:
             await self.release()
         except Exception as exc:  # the database is away: the lease will expire instead

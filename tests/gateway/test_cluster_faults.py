@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import re
 import signal
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,10 +41,12 @@ from gateway.store.tables import (
     cases,
     outbox,
     outbox_attempts,
+    periodic_runs,
     referrals,
     submissions,
     users,
 )
+from gateway.store.times import aware
 from tests.cluster import until
 from tests.conftest import PG_URL
 from tests.console_client import ILLEGAL_DETAILS, StaffClient, code, hidden
@@ -90,7 +93,7 @@ class Template:
 def _config_text(folder: Path, template: Template, *, database: str, port: int,
                  nameserver: str = "127.0.0.1:9", mmdb: dict[str, Path] | None = None,
                  parts: tuple[str, ...] = ("smtp", "http", "console", "admin", "stages"),
-                 ) -> str:
+                 extra: str = "") -> str:
     pg = _server()
     url = pg.set(drivername="postgresql+asyncpg", host="127.0.0.1", port=port,
                  database=database).render_as_string(False)
@@ -141,7 +144,7 @@ email = "referrals@hotline-nl.test"
 key = "{HOTLINE_NL_KEY}"
 [data]
 keyring = "{shared / "var" / "data-keys.json"}"
-""".replace("'", '"')
+{extra}""".replace("'", '"')
 
 
 async def _admin(statement: str) -> None:
@@ -206,17 +209,18 @@ class Cluster:
     proxy: TcpProxy | None = None
     daemons: list[Daemon] = field(default_factory=list)
 
-    async def start(self, count: int, *, parts: tuple[str, ...] | None = None) -> list[Daemon]:
+    async def start(self, count: int, *, parts: tuple[str, ...] | None = None,
+                    extra: str = "") -> list[Daemon]:
         made = []
         for _ in range(count):
             folder = self.folder / f"i{len(self.daemons)}"
             folder.mkdir()
             port = self.proxy.port if self.proxy else (_server().port or 5432)
-            extra: dict[str, Any] = {"parts": parts} if parts else {}
+            settings: dict[str, Any] = {"parts": parts} if parts else {}
             (folder / "config.toml").write_text(_config_text(
                 folder, self.template, database=self.database, port=port,
                 nameserver=self.dns.nameserver if self.dns else "127.0.0.1:9",
-                mmdb=self.mmdb, **extra))
+                mmdb=self.mmdb, extra=extra, **settings))
             daemon = Daemon(folder / "config.toml", folder)
             self.daemons.append(daemon)
             made.append(daemon)
@@ -333,7 +337,8 @@ async def test_three_instances_one_killed_mid_load(
     (its lookup made slow) is SIGKILLed in the middle. Every acknowledged reference is stored
     once, every URL is one case holding each report of it, located; after an illegal verdict
     on each (given on the survivors), each case is referred once to its destination and each
-    referral delivered once; nothing stays claimed."""
+    referral delivered once; nothing stays claimed, and what the killed instance held was
+    taken over by the others and finished."""
     async with DnsServer(faults_zone) as dns:
         cluster.dns, cluster.mmdb = dns, mmdb
         daemons = await cluster.start(3)
@@ -395,6 +400,7 @@ async def test_three_instances_one_killed_mid_load(
             victim.send_signal(signal.SIGKILL)
             killed.append(victim)
             await victim.wait()
+            held = await _held_by(cluster.engine, victim)
             faults_zone.behaviour.clear()  # the host answers now, to whoever asks
             await asyncio.gather(*clients)
         survivors = [d for d in daemons if d is not victim]
@@ -478,9 +484,30 @@ async def test_three_instances_one_killed_mid_load(
         assert len(delivered) == len(made)  # each message handed over once, by one instance
         await until("nothing claimed once the leases ran out",
                     lambda: _nothing_claimed(engine))
+        # What the killed instance held was taken over by the others and finished.
+        assert held["cases"], held  # the slow case at least
+        async with engine.connect() as conn:
+            unread = (await conn.execute(select(func.count()).select_from(submissions).where(
+                submissions.c.id.in_(held["submissions"]),
+                submissions.c.status == "received"))).scalar_one()
+            taken = (await conn.execute(select(cases.c.located_at, cases.c.claimed_by).where(
+                cases.c.id.in_(held["cases"])))).all()
+        assert unread == 0
+        assert len(taken) == len(held["cases"])
+        assert all(located is not None and by is None for located, by in taken)
         for daemon in survivors:
             assert daemon.process is not None and daemon.process.returncode is None
             assert "slow.be.test" not in daemon.log() and "nl.test/c" not in daemon.log()
+
+
+async def _held_by(engine: AsyncEngine, daemon: Daemon) -> dict[str, list[Any]]:
+    """The rows of the leased tables ``daemon``'s stages hold, by table."""
+    held = {}
+    async with engine.connect() as conn:
+        for table in (submissions, cases, referrals, outbox):
+            held[table.name] = list((await conn.execute(select(table.c.id).where(
+                table.c.claimed_by.like(_worker_of(daemon))))).scalars())
+    return held
 
 
 async def _nothing_claimed(engine: AsyncEngine) -> bool:
@@ -562,8 +589,10 @@ async def test_a_login_and_a_revoked_token_hold_on_every_instance(
 ) -> None:
     """A staff member logs in on one instance; the session is good on the two others. A
     token works on all three; the password changed on the second (which revokes the token)
-    and it is refused by all three."""
-    daemons = await cluster.start(3, parts=("console",))
+    and it is refused by all three. Meanwhile the three run a compressed day (the retention
+    every second): each period's run is done once, by one of them, not three times."""
+    daemons = await cluster.start(3, parts=("console", "stages"),
+                                  extra='[retention]\nevery = "1s"\n')
     bases = [f"http://127.0.0.1:{d.console_port}" for d in daemons]
     token = ""
 
@@ -615,3 +644,34 @@ async def test_a_login_and_a_revoked_token_hold_on_every_instance(
         live = (await conn.execute(text(
             "SELECT count(*) FROM api_tokens WHERE NOT revoked"))).scalar_one()
     assert live == 0
+    await _each_period_run_once(cluster.engine, daemons)
+
+
+async def _each_period_run_once(engine: AsyncEngine, daemons: list[Daemon]) -> None:
+    """Three periods of the retention done; each by one instance, once: one row per period,
+    taken at the first attempt, and one ``periodic.started`` in all the instances' logs."""
+
+    async def runs() -> list[Any]:
+        async with engine.connect() as conn:
+            return list((await conn.execute(
+                select(periodic_runs.c.period_start, periodic_runs.c.attempts,
+                       periodic_runs.c.holder)
+                .where(periodic_runs.c.job == "retention",
+                       periodic_runs.c.finished_at.is_not(None)))).all())
+
+    done = await until("three periods' runs", lambda: _at_least(3, runs))
+    started: Counter[str] = Counter()
+    for daemon in daemons:
+        for line in daemon.log_path.read_text(errors="replace").splitlines():
+            if '"periodic.started"' in line:
+                started[json.loads(line)["period_start"]] += 1
+    for period_start, attempts, holder in done:
+        assert attempts == 1
+        assert started[aware(period_start).isoformat()] == 1, (period_start, started)
+        assert any(f":{d.process.pid}:" in holder for d in daemons if d.process), holder
+    assert sum(started.values()) >= len(done)
+
+
+async def _at_least(count: int, rows: Callable[[], Awaitable[list[Any]]]) -> list[Any]:
+    found = await rows()
+    return found if len(found) >= count else []

@@ -34,6 +34,10 @@ class Behaviour:
     seen: int = 0
     #: Refuse RCPT from a client whose EHLO name has no dot, with Postfix's reply.
     require_fqdn_helo: bool = False
+    #: How many RCPT commands wait for ``FakeMta.go_on`` before they are answered (nothing
+    #: of the message sent yet), and how many are waiting now.
+    hold_rcpt: int = 0
+    holding: int = 0
 
 
 @dataclass
@@ -48,6 +52,8 @@ class FakeMta:
     _context: ssl.SSLContext = field(init=False)
     #: Every EHLO/HELO name seen, in order (the last of each session, after STARTTLS).
     helos: list[str] = field(default_factory=list)
+    #: Lets the RCPT commands held by ``Behaviour.hold_rcpt`` go on.
+    go_on: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         ca = trustme.CA()
@@ -69,6 +75,13 @@ class FakeMta:
         if self.behaviour.require_fqdn_helo and "." not in name.strip("."):
             # Postfix's words (smtpd_helo_restrictions are applied at RCPT by default).
             return f"504 5.5.2 <{name}>: Helo command rejected: need fully-qualified hostname"
+        if self.behaviour.hold_rcpt > 0:
+            self.behaviour.hold_rcpt -= 1
+            self.behaviour.holding += 1
+            try:
+                await self.go_on.wait()
+            finally:
+                self.behaviour.holding -= 1
         envelope.rcpt_tos.append(address)
         return "250 OK"
 

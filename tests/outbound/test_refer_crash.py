@@ -25,7 +25,9 @@ from tests.smtp_client import deliver, report
 def config_text(tmp_path: Path, keys: Keys, mta: FakeMta, dns: DnsServer,
                 mmdb: dict[str, Path]) -> str:
     (tmp_path / "passphrase").write_text(HOTLINE_PASSPHRASE)
-    return daemon_config(grace="2s", nameserver=dns.nameserver, locate=(
+    # A short lease: the restarted daemon takes the dead one's delivery within seconds.
+    return daemon_config(grace="2s", gateway='stage_lease = "3s"\n',
+                         nameserver=dns.nameserver, locate=(
         f'geoip_db = "{mmdb["country"]}"\nasn_db = "{mmdb["asn"]}"\n'), extra=f"""
 [gpg]
 home = "{keys.hotline_home}"
