@@ -109,6 +109,8 @@ def _merge(conn: Connection, kept: uuid.UUID, removed: uuid.UUID) -> Merged:
         report_count=cases.c.report_count + moved,
         first_reported=min(both[kept].first_reported, both[removed].first_reported),
         last_reported=max(both[kept].last_reported, both[removed].last_reported)))
-    # The kept case's verdicts and lookups are now both cases': counted again.
+    # The kept case's verdicts, lookups and reports are now both cases': counted again.
     report_facts.refresh(conn, [kept, removed])
+    report_facts.file_codes(conn, conn.execute(
+        select(case_reports.c.submission_id).where(case_reports.c.case_id == kept)).scalars())
     return Merged(kept, removed, moved)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, case, exists, func, select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.store.classification import (
@@ -42,7 +42,7 @@ from gateway.store.report_referrals import (
 )
 from gateway.store.report_series import series
 from gateway.store.report_sql import day_of, report_settings
-from gateway.store.tables import case_reports, cases, report_verdict_days, submissions
+from gateway.store.tables import cases, report_verdict_days, submissions
 
 #: Each figure's section is the start of its name.
 _f = Figure.of
@@ -70,75 +70,40 @@ async def build_report(conn: AsyncConnection, period: Period, *, home_country: s
     return Report(period, home_country, now, top, tuple(figures))
 
 
-#: Reports received in a period by UTC day (``YYYY-MM-DD``), channel and state.
-Received = Counter[tuple[str, str, str]]
+#: Reports received in a period by UTC day (``YYYY-MM-DD``), channel, state and filed code
+#: (``submissions.filed_code``: None while in no case).
+Received = Counter[tuple[str, str, str, int | None]]
 
 
 async def received_counts(conn: AsyncConnection, period: Period) -> Received:
-    """One pass over the reports received in the period, shared by the reports' figures
-    and the daily series."""
+    """One pass over the reports received in the period (an index holds what it counts),
+    shared by the reports' figures and the daily series."""
     day = day_of(conn, submissions.c.received_at)
-    return Counter({(str(d), str(channel), str(status)): int(n)
-                    for d, channel, status, n in await conn.execute(
-                        select(day, submissions.c.channel, submissions.c.status, func.count())
+    code = submissions.c.filed_code
+    return Counter({(str(d), str(channel), str(status), None if c is None else int(c)): int(n)
+                    for d, channel, status, c, n in await conn.execute(
+                        select(day, submissions.c.channel, submissions.c.status, code,
+                               func.count())
                         .where(period.holds(submissions.c.received_at))
-                        .group_by(day, submissions.c.channel, submissions.c.status))})
-
-
-def _filed_code(conn: AsyncConnection, received_in: ColumnElement[bool]) -> Select[Any]:
-    """Each filed report received in the period once (a report may be in several cases),
-    with its state and a code: 2 if it is the first report of at least one of its cases,
-    plus 1 if one of them has no URL.
-
-    A case's first report: no report of the case came before it (the same moment: the
-    lower submission id first, so that exactly one is first). The case's first_reported
-    is its earliest report's time (filing and merging keep it so), so only a report at
-    that moment is looked at again, for a tie."""
-    tie = case_reports.alias("tie")
-    tied = and_(tie.c.case_id == case_reports.c.case_id,
-                tie.c.reported_at == case_reports.c.reported_at,
-                tie.c.submission_id < case_reports.c.submission_id)
-    reports_cases = case_reports.join(cases, cases.c.id == case_reports.c.case_id)
-    no_url = func.max(case((cases.c.kind == "no_url", 1), else_=0))
-    if conn.dialect.name == "postgresql":
-        # Hash joins (the tie as an outer join, not a lookup per report), then one group
-        # per report.
-        first = and_(case_reports.c.reported_at == cases.c.first_reported, tie.c.id.is_(None))
-        return (select(submissions.c.status,
-                       (func.max(case((first, 2), else_=0)) + no_url).label("code"))
-                .select_from(submissions.join(
-                    reports_cases, case_reports.c.submission_id == submissions.c.id)
-                    .outerjoin(tie, tied))
-                .where(received_in).group_by(submissions.c.id, submissions.c.status))
-    first = and_(case_reports.c.reported_at == cases.c.first_reported, ~exists().where(tied))
-    code = func.max(case((first, 2), else_=0)) + no_url
-    # SQLite joins by looking up each row in an index: a report's cases are looked up
-    # from the report (no sort of a million rows to group them). The LIMIT keeps SQLite
-    # from flattening the subquery into the outer one, which would run it once for each
-    # use of its column.
-    each = (select(code).select_from(reports_cases)
-            .where(case_reports.c.submission_id == submissions.c.id).scalar_subquery())
-    inner = (select(submissions.c.status, each.label("code")).where(received_in)
-             .limit(2 ** 62).subquery())
-    return select(inner.c.status, inner.c.code).where(inner.c.code.is_not(None))
+                        .group_by(day, submissions.c.channel, submissions.c.status, code))})
 
 
 async def _reports(conn: AsyncConnection, period: Period, by_day: Received) -> list[Figure]:
+    """The reports' figures, from the pass over the reports received: each filed report's
+    code says whether it is the first report of one of its cases (unique: 2) and whether
+    one has no URL (1), as ``gateway.store.report_facts.filed_code`` defines it."""
     by_channel: Counter[str] = Counter()
     by_status: Counter[str] = Counter()
-    for (_, channel, status), n in by_day.items():
-        by_channel[channel] += n
-        by_status[status] += n
-    received = sum(by_channel.values())
-    each = _filed_code(conn, period.holds(submissions.c.received_at)).subquery()
     filed_by: Counter[str] = Counter()
     unique = without_url = 0
-    for status, filed, first, no_url in await conn.execute(
-            select(each.c.status, func.count(), func.sum(case((each.c.code >= 2, 1), else_=0)),
-                   func.sum(each.c.code % 2)).group_by(each.c.status)):
-        filed_by[str(status)] += int(filed)
-        unique += int(first)
-        without_url += int(no_url)
+    for (_, channel, status, code), n in by_day.items():
+        by_channel[channel] += n
+        by_status[status] += n
+        if code is not None:
+            filed_by[status] += n
+            unique += n if code >= 2 else 0
+            without_url += n if code % 2 else 0
+    received = sum(by_channel.values())
     filed = sum(filed_by.values())
     not_filed = {status: n - filed_by[status] for status, n in by_status.items()
                  if n > filed_by[status]}

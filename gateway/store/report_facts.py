@@ -18,7 +18,12 @@ assessed_on <= last`` and ``from_day <= last < to_day``.
 Every write that changes what a case counts (a verdict, a hosting lookup, the country named
 on a verdict, a merge of cases) calls :func:`refresh` for the case in its transaction: the
 case's states are computed again from its rows and the counts moved by the difference.
-:func:`rebuild` computes every case's from scratch (the migration's backfill, in batches).
+
+Likewise each filed report keeps its ``filed_code`` (:func:`file_codes`, called by filing
+and merging): whether it is the first report of one of its cases (unique) and whether one
+has no URL, so that the reports' figures are counted in the one pass over the reports
+received that the report makes anyway. :func:`rebuild` computes both from scratch (the
+migration's backfill, in batches).
 """
 
 from __future__ import annotations
@@ -31,7 +36,18 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, insert, select
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    bindparam,
+    case,
+    delete,
+    exists,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
@@ -40,10 +56,12 @@ from gateway.store.classification import CONTENT_FLAGS
 from gateway.store.figures import UNRECORDED
 from gateway.store.tables import (
     assessments,
+    case_reports,
     cases,
     hosting_evidence,
     report_verdict_days,
     report_verdicts,
+    submissions,
 )
 
 #: The ``to_day`` of a case's current state: after any last day a report can have.
@@ -225,28 +243,67 @@ def add_days(conn: Connection, delta: Counter[tuple[Any, ...]]) -> None:
             days.c.cases == 0), emptied)
 
 
+def filed_code() -> ColumnElement[Any]:
+    """A submission's ``filed_code``, for an UPDATE of ``submissions``: over the cases it
+    reported, 2 if it is the first report of at least one (no report of the case came
+    before it; at the same moment, the lower submission id first, so that exactly one is),
+    plus 1 if one has no URL; NULL in none. A case's first_reported is its earliest
+    report's time (filing and merging keep it so), so only a report at that moment is
+    looked at again, for a tie."""
+    tie = case_reports.alias("tie")
+    tied = and_(tie.c.case_id == case_reports.c.case_id,
+                tie.c.reported_at == case_reports.c.reported_at,
+                tie.c.submission_id < case_reports.c.submission_id)
+    first = and_(case_reports.c.reported_at == cases.c.first_reported, ~exists().where(tied))
+    code = (func.max(case((first, 2), else_=0))
+            + func.max(case((cases.c.kind == "no_url", 1), else_=0)))
+    reported = case_reports.join(cases, cases.c.id == case_reports.c.case_id)
+    return (select(code).select_from(reported)
+            .where(case_reports.c.submission_id == submissions.c.id).scalar_subquery())
+
+
+def file_codes(conn: Connection, submission_ids: Iterable[uuid.UUID]) -> None:
+    """In the caller's transaction, after these reports were filed (or their cases' first
+    reports changed): their ``filed_code`` computed again."""
+    ids = sorted(set(submission_ids))
+    for start in range(0, len(ids), 500):
+        conn.execute(update(submissions).where(submissions.c.id.in_(ids[start:start + 500]))
+                     .values(filed_code=filed_code()))
+
+
+def _batches(conn: Connection, column: Any, batch: int
+             ) -> Iterator[tuple[uuid.UUID | None, uuid.UUID]]:
+    """The ids of ``column``'s table in ranges ``(after, upto]`` of ``batch`` rows each."""
+    after: uuid.UUID | None = None
+    while True:
+        ids = list(conn.execute(select(column).where(
+            *([column > after] if after is not None else [])).order_by(column).limit(batch))
+            .scalars())
+        if not ids:
+            return
+        yield after, ids[-1]
+        after = ids[-1]
+
+
 def rebuild(conn: Connection, *, batch: int = BATCH) -> int:
-    """Every case's states and the day counts computed afresh from the cases' rows, ``batch``
-    cases at a time (the migration's backfill; the bench's after a bulk load); how many
-    states."""
+    """Every report's ``filed_code``, and every case's states and the day counts, computed
+    afresh from the rows, ``batch`` at a time (the migration's backfill; the bench's after a
+    bulk load); how many states."""
+    for after, upto in _batches(conn, submissions.c.id, batch):
+        conn.execute(update(submissions).where(
+            *([submissions.c.id > after] if after is not None else []),
+            submissions.c.id <= upto).values(filed_code=filed_code()))
     conn.execute(delete(report_verdicts))
     conn.execute(delete(report_verdict_days))
     total: Counter[tuple[Any, ...]] = Counter()
     made = 0
-    after: uuid.UUID | None = None
-    while True:
-        ids = list(conn.execute(select(cases.c.id).where(
-            *([cases.c.id > after] if after is not None else []))
-            .order_by(cases.c.id).limit(batch)).scalars())
-        if not ids:
-            break
-        found = _computed(conn, after=after, upto=ids[-1])
+    for after, upto in _batches(conn, cases.c.id, batch):
+        found = _computed(conn, after=after, upto=upto)
         rows = [row for case_id, each in found.items() for row in _rows(case_id, each)]
         if rows:
             conn.execute(insert(report_verdicts), rows)
         for each in found.values():
             _counted(each, 1, total)
         made += len(rows)
-        after = ids[-1]
     add_days(conn, total)
     return made

@@ -35,7 +35,7 @@ def series(period: Period, verdicts_by_day: Counter[tuple[date, str]], by_day: R
     day and verdict, as the assessment figures count them; ``by_day`` are the reports
     received, ``removed`` the removal times, as their totals count them."""
     received: Counter[tuple[str, str]] = Counter()
-    for (d, channel, _), n in by_day.items():
+    for (d, channel, *_), n in by_day.items():
         received[d, channel] += n
     channels = sorted({channel for _, channel in received})
     per_day: tuple[tuple[str, Number], ...] = tuple(

@@ -68,12 +68,16 @@ submissions = Table(
     Column("report_text", LargeBinary, nullable=True, info=SEALED_TEXT),
     Column("attachments", LargeBinary, nullable=True, info=SEALED_JSON),
     Column("url_count", Integer, nullable=True),
+    # For the report, kept as the report is filed (``gateway.store.report_facts``): NULL
+    # while it is in no case; else 2 if it is the first report of at least one of its cases,
+    # plus 1 if one of them has no URL.
+    Column("filed_code", Integer, nullable=True),
     # What normalising could not file, and why, for the analysts: a list of objects such as
     # {"flag": "urls_over_cap", "found": 10000, "filed": 200} (intake.normalise says which).
     Column("flags", LargeBinary, nullable=True, info=SEALED_JSON),
     Index(None, "status", "received_at"),
     # The report: reports received in a period (covering: what it counts of them).
-    Index("ix_submissions_received", "received_at", "status", "channel", "id"),
+    Index("ix_submissions_received", "received_at", "status", "channel", "filed_code"),
 )
 
 # One case per reported item: a canonical URL, or a submission in which no URL was found.

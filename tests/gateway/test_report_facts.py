@@ -1,13 +1,15 @@
-"""The report's pre-counted verdicts (``gateway.store.report_facts``): the counts the gateway's
-writes keep are those computed afresh from the cases' rows, on SQLite and PostgreSQL; a
-lookup after a period's end leaves that period's figures as they were and moves a later
-period's; and a case's states follow its verdicts and lookups day by day."""
+"""What the report keeps as it is written (``gateway.store.report_facts``): the verdicts' day
+counts and the reports' filed codes that the gateway's writes keep are those computed
+afresh from the rows, on SQLite and PostgreSQL; a lookup after a period's end leaves that
+period's figures as they were and moves a later period's; and a case's states follow its
+verdicts and lookups day by day."""
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from sqlalchemy import insert, select
@@ -20,20 +22,26 @@ from gateway.store.figures import Period
 from gateway.store.report import build_report
 from gateway.store.report_facts import FOREVER, State, states
 from gateway.store.sealed import sealer_of
-from gateway.store.tables import hosting_evidence, report_verdict_days, report_verdicts
+from gateway.store.tables import (
+    hosting_evidence,
+    report_verdict_days,
+    report_verdicts,
+    submissions,
+)
 from routing.locate import HostingEvidence
 from routing.stage import evidence_row
-from tests.report_history import HOME, NOW, Spec, build, specs
+from tests.report_history import HOME, NOW, Spec, _file, build, specs
 
 
-async def kept(engine: AsyncEngine) -> tuple[list[Any], list[Any]]:
-    """Both tables' rows, sorted."""
+async def kept(engine: AsyncEngine) -> tuple[list[Any], ...]:
+    """Both tables' rows and each report's code, sorted."""
     async with engine.connect() as conn:
-        return (sorted(tuple(r) for r in await conn.execute(select(report_verdicts))),
-                sorted(tuple(r) for r in await conn.execute(select(report_verdict_days))))
+        return tuple(sorted(tuple(r) for r in await conn.execute(query)) for query in (
+            select(report_verdicts), select(report_verdict_days),
+            select(submissions.c.id, submissions.c.filed_code)))
 
 
-async def rebuilt(engine: AsyncEngine) -> tuple[list[Any], list[Any]]:
+async def rebuilt(engine: AsyncEngine) -> tuple[list[Any], ...]:
     async with engine.begin() as conn:
         await conn.run_sync(report_facts.rebuild, batch=7)
     return await kept(engine)
@@ -52,10 +60,11 @@ def _relocated(conn: Connection, *, case_id: uuid.UUID, s: Spec, at: datetime) -
 async def test_the_kept_counts_are_those_computed_afresh_and_move_with_a_later_lookup(
     engine: AsyncEngine, backend: WriteBackend
 ) -> None:
-    """After a history made through the gateway's own writes (verdicts, a reassessment,
-    failed lookups), and again after a case is found elsewhere months after its verdict,
-    the kept states and day counts equal a rebuild from the cases' rows; the quarter before
-    that lookup reports the case where it was, a period ending after it where it is now."""
+    """After a history made through the gateway's own writes (reports filed, duplicates,
+    verdicts, a reassessment, failed lookups), and again after a case is found elsewhere
+    months after its verdict, the kept states, day counts and filed codes equal a rebuild
+    from the rows; the quarter before that lookup reports the case where it was, a period
+    ending after it where it is now."""
     history = specs()
     made = await build(backend, history)
     assert await kept(engine) == await rebuilt(engine)
@@ -80,6 +89,24 @@ async def test_the_kept_counts_are_those_computed_afresh_and_move_with_a_later_l
     expected[moved.country] -= 1
     expected["DE"] = expected.get("DE", 0) + 1
     assert await countries(half) == {c: n for c, n in expected.items() if n}
+
+
+async def test_a_report_filed_after_a_later_one_is_the_unique_one(
+    engine: AsyncEngine, backend: WriteBackend
+) -> None:
+    """A report received before a case's first report but filed after it (a backlog) is now
+    the case's first: unique, the other a duplicate; a report without a URL is unique and
+    without one. The kept codes are those computed afresh."""
+    url = "http://late.example.test/p/1"
+    moments = [datetime(2026, 5, 1, hour, tzinfo=UTC) for hour in (10, 9, 11)]
+    for moment, link in zip(moments, (url, url, None), strict=True):
+        await backend.transaction(partial(_file, channel="web", at=moment, url=link,
+                                          sender="reporter-late@mail.test"))
+    async with engine.connect() as conn:
+        codes = {received.replace(tzinfo=UTC): code for received, code in await conn.execute(
+            select(submissions.c.received_at, submissions.c.filed_code))}
+    assert codes == dict(zip(moments, (0, 2, 3), strict=True))
+    assert await kept(engine) == await rebuilt(engine)
 
 
 @dataclass(frozen=True)

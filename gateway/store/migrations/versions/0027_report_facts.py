@@ -1,7 +1,8 @@
-"""The report's verdicts counted as they are written (``gateway.store.report_facts``): each
+"""What the report counts, kept as it is written (``gateway.store.report_facts``): each
 assessed case's states (what it counts in the assessment and hosting figures, for which
-periods) and their counts by day, filled from the cases' verdicts and hosting lookups in
-batches of cases.
+periods) and their counts by day, and each report's ``filed_code`` (unique, without a URL),
+which the index of the reports received now holds instead of the id. Filled from the rows,
+in batches.
 
 Revision ID: 0027
 Revises: 0026
@@ -20,6 +21,8 @@ depends_on = None
 
 
 def upgrade() -> None:
+    op.add_column("submissions", sa.Column("filed_code", sa.Integer(), nullable=True))
+    op.drop_index("ix_submissions_received", table_name="submissions")
     op.create_table(
         "report_verdicts",
         sa.Column("case_id", sa.Uuid, nullable=False),
@@ -44,8 +47,15 @@ def upgrade() -> None:
     from gateway.store.report_facts import rebuild
 
     rebuild(op.get_bind())
+    op.create_index("ix_submissions_received", "submissions",
+                    ["received_at", "status", "channel", "filed_code"])
 
 
 def downgrade() -> None:
     op.drop_table("report_verdict_days")
     op.drop_table("report_verdicts")
+    op.drop_index("ix_submissions_received", table_name="submissions")
+    with op.batch_alter_table("submissions") as batch:
+        batch.drop_column("filed_code")
+    op.create_index("ix_submissions_received", "submissions",
+                    ["received_at", "status", "channel", "id"])
