@@ -52,6 +52,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
+from gateway.store import audit
 from gateway.store.classification import CONTENT_FLAGS
 from gateway.store.figures import UNRECORDED
 from gateway.store.tables import (
@@ -229,6 +230,11 @@ def add_days(conn: Connection, delta: Counter[tuple[Any, ...]]) -> None:
              for key, n in sorted(delta.items()) if n]
     if not moved:
         return
+    if conn.dialect.name == "postgresql":
+        # The audit trail's lock first, which every write that changes a verdict or a lookup
+        # takes too (to record it), before or after this: never a day count held while
+        # waiting for it, which a transaction holding it could be waiting for.
+        conn.execute(select(func.pg_advisory_xact_lock(audit.LOCK_KEY)))
     days = report_verdict_days
     upsert = (postgresql_insert(days) if conn.dialect.name == "postgresql"
               else sqlite_insert(days))
