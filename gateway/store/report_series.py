@@ -44,8 +44,8 @@ def series(period: Period, verdicts_by_day: Counter[tuple[date, str]], by_day: R
 
     assessed: Counter[date] = Counter()
     illegal: Counter[date] = Counter()
-    for (d, verdict), n in verdicts_by_day.items():
-        week = week_of(d, period)
+    for (on, verdict), n in verdicts_by_day.items():
+        week = week_of(on, period)
         assessed[week] += n
         if verdict == "illegal":
             illegal[week] += n
