@@ -11,13 +11,17 @@ with the milestones of ``gateway.store.lifecycle`` set as the transitions set th
 reports never filed. Sealed columns hold NULL where they may, else a short dummy value: the
 figures never read them (``gateway.store.report``), so nothing here needs a key.
 
-Then, after ``ANALYZE``, it runs the report for the year as the CLI does (one connection,
-``build_report``) ``--rounds`` times, prints the best and median seconds of the whole report
-(and this process's CPU time, which another's load on the machine does not inflate), with
-``--page`` of the console's page (the report rendered as HTML with its charts), and of each
-section, then every statement over ``--slow`` seconds with its plan (EXPLAIN QUERY
-PLAN on SQLite; EXPLAIN (ANALYZE, BUFFERS) on PostgreSQL). Run from the project root, on an
-idle machine:
+The bulk load bypasses the writes that keep what the report pre-counts, so the bench then
+counts it as migration 0027 does (``report_facts.rebuild``: the reports' filed codes, the
+verdicts' day counts), and prints how long that took; a kept year migrated to a newer
+revision prints how long the migration took. Then, after ``ANALYZE`` (``VACUUM ANALYZE``
+on PostgreSQL, as autovacuum would after a bulk load), it runs the report for the year as
+the CLI does (one connection, ``build_report``) ``--rounds`` times, prints the best and
+median seconds of the whole report (and this process's CPU time, which another's load on
+the machine does not inflate), with ``--page`` of the console's page (the report rendered
+as HTML with its charts), and of each section, then every statement over ``--slow``
+seconds with its plan (EXPLAIN QUERY PLAN on SQLite; EXPLAIN (ANALYZE, BUFFERS) on
+PostgreSQL). Run from the project root, on an idle machine:
 
     .venv/bin/python bench/report.py [--cases N] [--rounds R] [--page] [--keep DIR]
         [--reuse] [--postgres postgresql+asyncpg://postgres@127.0.0.1:5432/bench]
