@@ -16,16 +16,19 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import and_, insert, or_, select
 from sqlalchemy.engine import Connection
 
+from gateway.store import report_facts
 from gateway.store.audit import AuditEntry
 from gateway.store.case_urls import case_lookup_keys, seal_report_urls
 from gateway.store.ids import uuid7
 from gateway.store.lifecycle import CaseReports, file_reports
 from gateway.store.sealed import sealer_of
 from gateway.store.tables import case_reports
+from gateway.store.times import utc
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,8 +119,26 @@ class Filing:
                 })
         if rows:
             conn.execute(insert(case_reports), rows)
+            self._codes(rows, cases.first_before)
         self._pending = []
         return filed
+
+    def _codes(self, rows: list[dict[str, Any]], first_before: dict[uuid.UUID, datetime]
+               ) -> None:
+        """The filed reports' codes for the report, and those of the reports that were the
+        first of a case this batch reported as early or earlier (no longer first, or tied)."""
+        earliest: dict[uuid.UUID, datetime] = {}
+        for row in rows:
+            at = utc(row["reported_at"])
+            earliest[row["case_id"]] = min(earliest.get(row["case_id"], at), at)
+        again = [and_(case_reports.c.case_id == case_id, case_reports.c.reported_at == first)
+                 for case_id, first in first_before.items()
+                 if case_id in earliest and earliest[case_id] <= utc(first)]
+        filed = {row["submission_id"] for row in rows}
+        if again:
+            filed.update(self._conn.execute(
+                select(case_reports.c.submission_id).where(or_(*again))).scalars())
+        report_facts.file_codes(self._conn, filed)
 
 
 def _case_reports(key: str, reports: Sequence[_Report]) -> CaseReports:

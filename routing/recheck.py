@@ -37,7 +37,7 @@ import structlog
 from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
-from gateway.store import leases
+from gateway.store import leases, report_facts
 from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
 from gateway.store.case_urls import open_case_urls
@@ -214,6 +214,7 @@ class RecheckStage(PollingStage):
         before = _referred_country(conn, case_id)
         evidence = evidence_row(sealer, case_id, hosting, "recheck")
         conn.execute(insert(hosting_evidence).values(**evidence))
+        report_facts.refresh(conn, [case_id])
         conn.execute(update(cases).where(mine).values(claimed_by=None, claimed_until=None))
         if status not in WATCHED:
             return Rechecked(case_id, "skipped", hosting.status)  # changed meanwhile

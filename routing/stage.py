@@ -27,7 +27,7 @@ import structlog
 from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
-from gateway.store import leases
+from gateway.store import leases, report_facts
 from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
 from gateway.store.case_urls import open_case_marked, open_case_urls
@@ -297,6 +297,7 @@ class LocateStage(PollingStage):
                     filed.append((claimed, hosting))
             if evidence:
                 conn.execute(insert(hosting_evidence), evidence)
+                report_facts.refresh(conn, [row["case_id"] for row in evidence])
         return filed
 
     def _file_one(self, conn: Connection, sealer: Sealer, claimed: _Claimed,
@@ -373,6 +374,7 @@ async def relocate(
     def file(conn: Connection) -> None:
         evidence = evidence_row(sealer_of(conn), case_id, hosting, trigger, evidence_id)
         conn.execute(insert(hosting_evidence).values(**evidence))
+        report_facts.refresh(conn, [case_id])
         if actor is not None:
             record(conn, [AuditEntry(actor, "case.relocated", case_id, {
                 "status": hosting.status, "country": hosting.country,

@@ -19,7 +19,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection
 
 from gateway.console.accounts import Staff
-from gateway.store import lifecycle
+from gateway.store import lifecycle, report_facts
 from gateway.store.audit import AuditEntry, free_text, record
 from gateway.store.backend import WriteBackend
 from gateway.store.case_urls import open_case_urls
@@ -198,6 +198,7 @@ async def assess(
                                "status": row["status"]})
         conn.execute(insert(assessments).values(
             **seal_values(sealer_of(conn), assessments, row["id"], row)))
+        report_facts.refresh(conn, [case_id])
         saved = conn.execute(select(assessments).where(assessments.c.id == row["id"])).one()
         return Outcome(case_id, new_status, _assessment_json(conn, saved, staff.name, None))
 

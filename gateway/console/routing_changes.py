@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection
 
 from gateway.console.accounts import Staff
 from gateway.console.assess import Outcome, find_case, move_case
-from gateway.store import lifecycle
+from gateway.store import lifecycle, report_facts
 from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
 from gateway.store.errors import Conflict, Invalid, NotAllowed
@@ -62,6 +62,7 @@ def _route_to(conn: Connection, staff: Staff, case_id: uuid.UUID, status: str,
     decision is superseded); the new status."""
     conn.execute(update(assessments).where(assessments.c.id == assessment_id)
                  .values(hosting_country=country))
+    report_facts.refresh(conn, [case_id])
     return move_case(conn, staff, case_id, status, event, now, details=details)
 
 

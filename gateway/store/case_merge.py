@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import and_, delete, func, select, update
 from sqlalchemy.engine import Connection
 
+from gateway.store import report_facts
 from gateway.store.audit import UPGRADE_ACTOR, AuditEntry, record
 from gateway.store.case_urls import CASE_PURPOSE
 from gateway.store.resealing import key_named
@@ -108,4 +109,8 @@ def _merge(conn: Connection, kept: uuid.UUID, removed: uuid.UUID) -> Merged:
         report_count=cases.c.report_count + moved,
         first_reported=min(both[kept].first_reported, both[removed].first_reported),
         last_reported=max(both[kept].last_reported, both[removed].last_reported)))
+    # The kept case's verdicts, lookups and reports are now both cases': counted again.
+    report_facts.refresh(conn, [kept, removed])
+    report_facts.file_codes(conn, conn.execute(
+        select(case_reports.c.submission_id).where(case_reports.c.case_id == kept)).scalars())
     return Merged(kept, removed, moved)

@@ -31,7 +31,7 @@ import functools
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -365,10 +365,13 @@ class CaseReports:
 
 @dataclass(frozen=True, slots=True)
 class Filed:
-    """Each key's case id, and the audit entries of the cases created or reopened."""
+    """Each key's case id, and the audit entries of the cases created or reopened; each
+    case that existed, with its ``first_reported`` before (``gateway.store.report_facts``:
+    its first report may no longer be)."""
 
     case_ids: dict[str, uuid.UUID]
     audit: list[AuditEntry]
+    first_before: dict[uuid.UUID, datetime] = field(default_factory=dict)
 
 
 def file_reports(
@@ -406,13 +409,14 @@ def file_reports(
     # outcome closes, or retention anonymises, between the two would otherwise be reopened
     # without its reopening's audit, clearing and restored URL.
     stored_cases = conn.execute(
-        select(cases.c.url_key, cases.c.status, cases.c.anonymised_at)
+        select(cases.c.url_key, cases.c.status, cases.c.anonymised_at, cases.c.id,
+               cases.c.first_reported)
         .where(cases.c.url_key.in_(list(by_key))).order_by(cases.c.url_key)
         .with_for_update()).all()
-    existing: dict[str, str] = {key: state for key, state, _ in stored_cases}
+    existing: dict[str, str] = {row.url_key: row.status for row in stored_cases}
     # An anonymised case reported again takes the report's URL back (it may be located and
     # worked again) and is no longer marked: retention anonymises it again once due.
-    anonymised = {key for key, _, at in stored_cases if at is not None}
+    anonymised = {row.url_key for row in stored_cases if row.anonymised_at is not None}
     reopenable = {key: state for key, state in existing.items()
                   if state in sources("report_again")}
     new_ids: dict[str, uuid.UUID] = {}
@@ -459,7 +463,7 @@ def file_reports(
                 anonymised_at=None, **seal_case_urls(sealer, case_id, url=group.url,
                                                      canonical_url=group.canonical)))
     record(conn, audit, at=now)
-    return Filed(ids, audit)
+    return Filed(ids, audit, {row.id: row.first_reported for row in stored_cases})
 
 
 def _stored_keys(conn: Connection, groups: Sequence[CaseReports]) -> dict[str, str]:

@@ -17,10 +17,11 @@ referral in the period it was made, a removal in the period the content went dow
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, case, exists, func, or_, select, tuple_
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.store.classification import (
@@ -31,7 +32,7 @@ from gateway.store.classification import (
     REASONS,
     SITE_TYPES,
 )
-from gateway.store.figures import UNRECORDED, Figure, Period, Report, in_order, ranked, share
+from gateway.store.figures import Figure, Period, Report, in_order, ranked, share
 from gateway.store.report_referrals import (
     destinations,
     forwarding,
@@ -41,7 +42,7 @@ from gateway.store.report_referrals import (
 )
 from gateway.store.report_series import series
 from gateway.store.report_sql import day_of, report_settings
-from gateway.store.tables import assessments, case_reports, cases, hosting_evidence, submissions
+from gateway.store.tables import cases, report_verdict_days, submissions
 
 #: Each figure's section is the start of its name.
 _f = Figure.of
@@ -57,86 +58,52 @@ async def build_report(conn: AsyncConnection, period: Period, *, home_country: s
         received = await received_counts(conn, period)
         made = await referrals_made(conn, period)
         removed = await removals(conn, period)
+        verdicts = await verdicts_counted(conn, period)
         figures = [
             *await _reports(conn, period, received),
-            *await _assessment(conn, period, home_country=home_country, top=top),
+            *await _assessment(conn, period, verdicts, home_country=home_country, top=top),
             *await forwarding(conn, period, made),
             *await times(conn, period, now=now, removed=removed),
             *await destinations(conn, period, made),
-            *await series(conn, period, _latest_verdict(period), received, removed),
+            *series(period, verdicts.by_day, received, removed),
         ]
     return Report(period, home_country, now, top, tuple(figures))
 
 
-#: Reports received in a period by UTC day (``YYYY-MM-DD``), channel and state.
-Received = Counter[tuple[str, str, str]]
+#: Reports received in a period by UTC day (``YYYY-MM-DD``), channel, state and filed code
+#: (``submissions.filed_code``: None while in no case).
+Received = Counter[tuple[str, str, str, int | None]]
 
 
 async def received_counts(conn: AsyncConnection, period: Period) -> Received:
-    """One pass over the reports received in the period, shared by the reports' figures
-    and the daily series."""
+    """One pass over the reports received in the period (an index holds what it counts),
+    shared by the reports' figures and the daily series."""
     day = day_of(conn, submissions.c.received_at)
-    return Counter({(str(d), str(channel), str(status)): int(n)
-                    for d, channel, status, n in await conn.execute(
-                        select(day, submissions.c.channel, submissions.c.status, func.count())
+    code = submissions.c.filed_code
+    return Counter({(str(d), str(channel), str(status), None if c is None else int(c)): int(n)
+                    for d, channel, status, c, n in await conn.execute(
+                        select(day, submissions.c.channel, submissions.c.status, code,
+                               func.count())
                         .where(period.holds(submissions.c.received_at))
-                        .group_by(day, submissions.c.channel, submissions.c.status))})
-
-
-def _filed_code(conn: AsyncConnection, received_in: ColumnElement[bool]) -> Select[Any]:
-    """Each filed report received in the period once (a report may be in several cases),
-    with its state and a code: 2 if it is the first report of at least one of its cases,
-    plus 1 if one of them has no URL.
-
-    A case's first report: no report of the case came before it (the same moment: the
-    lower submission id first, so that exactly one is first). The case's first_reported
-    is its earliest report's time (filing and merging keep it so), so only a report at
-    that moment is looked at again, for a tie."""
-    tie = case_reports.alias("tie")
-    tied = and_(tie.c.case_id == case_reports.c.case_id,
-                tie.c.reported_at == case_reports.c.reported_at,
-                tie.c.submission_id < case_reports.c.submission_id)
-    reports_cases = case_reports.join(cases, cases.c.id == case_reports.c.case_id)
-    no_url = func.max(case((cases.c.kind == "no_url", 1), else_=0))
-    if conn.dialect.name == "postgresql":
-        # Hash joins (the tie as an outer join, not a lookup per report), then one group
-        # per report.
-        first = and_(case_reports.c.reported_at == cases.c.first_reported, tie.c.id.is_(None))
-        return (select(submissions.c.status,
-                       (func.max(case((first, 2), else_=0)) + no_url).label("code"))
-                .select_from(submissions.join(
-                    reports_cases, case_reports.c.submission_id == submissions.c.id)
-                    .outerjoin(tie, tied))
-                .where(received_in).group_by(submissions.c.id, submissions.c.status))
-    first = and_(case_reports.c.reported_at == cases.c.first_reported, ~exists().where(tied))
-    code = func.max(case((first, 2), else_=0)) + no_url
-    # SQLite joins by looking up each row in an index: a report's cases are looked up
-    # from the report (no sort of a million rows to group them). The LIMIT keeps SQLite
-    # from flattening the subquery into the outer one, which would run it once for each
-    # use of its column.
-    each = (select(code).select_from(reports_cases)
-            .where(case_reports.c.submission_id == submissions.c.id).scalar_subquery())
-    inner = (select(submissions.c.status, each.label("code")).where(received_in)
-             .limit(2 ** 62).subquery())
-    return select(inner.c.status, inner.c.code).where(inner.c.code.is_not(None))
+                        .group_by(day, submissions.c.channel, submissions.c.status, code))})
 
 
 async def _reports(conn: AsyncConnection, period: Period, by_day: Received) -> list[Figure]:
+    """The reports' figures, from the pass over the reports received: each filed report's
+    code says whether it is the first report of one of its cases (unique: 2) and whether
+    one has no URL (1), as ``gateway.store.report_facts.filed_code`` defines it."""
     by_channel: Counter[str] = Counter()
     by_status: Counter[str] = Counter()
-    for (_, channel, status), n in by_day.items():
-        by_channel[channel] += n
-        by_status[status] += n
-    received = sum(by_channel.values())
-    each = _filed_code(conn, period.holds(submissions.c.received_at)).subquery()
     filed_by: Counter[str] = Counter()
     unique = without_url = 0
-    for status, filed, first, no_url in await conn.execute(
-            select(each.c.status, func.count(), func.sum(case((each.c.code >= 2, 1), else_=0)),
-                   func.sum(each.c.code % 2)).group_by(each.c.status)):
-        filed_by[str(status)] += int(filed)
-        unique += int(first)
-        without_url += int(no_url)
+    for (_, channel, status, code), n in by_day.items():
+        by_channel[channel] += n
+        by_status[status] += n
+        if code is not None:
+            filed_by[status] += n
+            unique += n if code >= 2 else 0
+            without_url += n if code % 2 else 0
+    received = sum(by_channel.values())
     filed = sum(filed_by.values())
     not_filed = {status: n - filed_by[status] for status, n in by_status.items()
                  if n > filed_by[status]}
@@ -164,77 +131,52 @@ async def _reports(conn: AsyncConnection, period: Period, by_day: Received) -> l
     ]
 
 
-async def _assessment(conn: AsyncConnection, period: Period, *, home_country: str,
-                      top: int) -> list[Figure]:
+#: The verdicts counted for a period (``gateway.store.report_facts``): how many cases count
+#: each item, and each verdict's cases by the UTC day they were first assessed.
+@dataclass(frozen=True, slots=True)
+class Verdicts:
+    items: Counter[str]
+    by_day: Counter[tuple[date, str]]
+
+    def of(self, field: str) -> dict[str, int]:
+        """The items ``field:value`` as ``{value: cases}``."""
+        return {item.partition(":")[2]: n for item, n in self.items.items()
+                if item.startswith(f"{field}:")}
+
+
+async def verdicts_counted(conn: AsyncConnection, period: Period) -> Verdicts:
+    """The pre-counted verdicts of the cases first assessed in the period, as they stand for
+    a period ending on its last day: two sums over some thousand rows a year, shared by the
+    assessment and hosting figures and the weekly series."""
+    days = report_verdict_days
+    held = (days.c.assessed_on >= period.first, days.c.assessed_on <= period.last,
+            days.c.from_day <= period.last, days.c.to_day > period.last)
+    counted = func.sum(days.c.cases)
+    items = Counter({str(item): int(n) for item, n in await conn.execute(
+        select(days.c.item, counted).where(*held).group_by(days.c.item)) if n})
+    by_day = Counter({(_as_date(day), str(item).removeprefix("verdict:")): int(n)
+                      for day, item, n in await conn.execute(
+                          select(days.c.assessed_on, days.c.item, counted)
+                          .where(*held, days.c.item.startswith("verdict:", autoescape=True))
+                          .group_by(days.c.assessed_on, days.c.item)) if n})
+    return Verdicts(items, by_day)
+
+
+def _as_date(day: Any) -> date:
+    return day if isinstance(day, date) else date.fromisoformat(str(day))
+
+
+async def _assessment(conn: AsyncConnection, period: Period, verdicts: Verdicts, *,
+                      home_country: str, top: int) -> list[Figure]:
     assessed_in = period.holds(cases.c.assessed_at)
     assessed = int((await conn.execute(select(func.count()).where(assessed_in))).scalar_one())
-    coded = (assessments.c.verdict, assessments.c.classification, assessments.c.age_group,
-             assessments.c.gender, assessments.c.media, assessments.c.site_type,
-             assessments.c.computer_generated, assessments.c.self_generated,
-             assessments.c.commercial, assessments.c.reason)
-    hosted = (assessments.c.hosting_country, hosting_evidence.c.status,
-              hosting_evidence.c.country, hosting_evidence.c.asn, hosting_evidence.c.org,
-              hosting_evidence.c.cdn)
-    # One pass for the verdicts and the hosting of the illegal ones (a legal verdict joins
-    # no lookup): each case is one row of the join, so the counts add up as two queries'.
-    joined = (cases.join(assessments, assessments.c.case_id == cases.c.id)
-              .outerjoin(hosting_evidence, and_(
-                  hosting_evidence.c.case_id == cases.c.id,
-                  assessments.c.verdict == "illegal", _latest_hosting(period))))
-    where = (assessed_in, *_latest_verdict(period))
-    fields = ("classification", "age_group", "gender", "media", "site_type")
-    by: dict[str, Counter[str]] = {field: Counter() for field in (*fields, "reason")}
-    flags = dict.fromkeys(CONTENT_FLAGS, 0)
-    illegal = legal = 0
-    illegal_rows: list[Any] = []
-    if conn.dialect.name == "postgresql":
-        # Grouping sets: the verdict with each code on its own, and with the hosting, in one
-        # pass of hash aggregates (some hundred rows back, not one per combination of codes).
-        # GROUPING() says which set a row counts (its bit 0 for the set's first column).
-        sets = [(column,) for column in coded[1:]] + [hosted]
-        which = func.grouping(*(columns[0] for columns in sets)).label("which")
-        found = await conn.execute(
-            select(*coded, *hosted, which, func.count().label("n")).select_from(joined)
-            .where(*where).group_by(func.grouping_sets(
-                *(tuple_(assessments.c.verdict, *columns) for columns in sets))))
-        names = [columns[0].name for columns in sets]
-        for row in found:
-            n = int(row.n)
-            name = names[len(sets) - (~int(row.which) & ((1 << len(sets)) - 1)).bit_length()]
-            if row.verdict == "illegal":
-                if name == "classification":
-                    illegal += n
-                if name in fields:
-                    by[name][getattr(row, name) or UNRECORDED] += n
-                elif name in flags:
-                    flags[name] += n if getattr(row, name) else 0
-                elif name == "hosting_country":
-                    illegal_rows.append(row)
-            elif row.verdict == "legal":
-                if name == "classification":
-                    legal += n
-                if name == "reason":
-                    by["reason"][row.reason or UNRECORDED] += n
-    else:
-        # SQLite has no grouping sets: grouped by every code, walked once in Python.
-        for row in await conn.execute(select(*coded, *hosted, func.count().label("n"))
-                                      .select_from(joined).where(*where)
-                                      .group_by(*coded, *hosted)):
-            n = int(row.n)
-            if row.verdict == "illegal":
-                illegal += n
-                illegal_rows.append(row)
-                for field in fields:
-                    by[field][getattr(row, field) or UNRECORDED] += n
-                for flag in CONTENT_FLAGS:
-                    if getattr(row, flag):
-                        flags[flag] += n
-            elif row.verdict == "legal":
-                legal += n
-                by["reason"][row.reason or UNRECORDED] += n
+    illegal = verdicts.items["verdict:illegal"]
+    legal = verdicts.items["verdict:legal"]
+    flag_counts = verdicts.of("flag")
+    flags = {flag: flag_counts.get(flag, 0) for flag in CONTENT_FLAGS}
 
     def count_by(field: str) -> dict[str, int]:
-        return dict(by[field])
+        return verdicts.of(field)
 
     among = "cases first assessed in the period whose verdict (the latest recorded on the " \
             "case before the period's end) is illegal"
@@ -271,54 +213,16 @@ async def _assessment(conn: AsyncConnection, period: Period, *, home_country: st
            "period's end) is legal, by the analyst's reason code", legal,
            in_order(count_by("reason"), REASONS)),
     ]
-    return figures + _hosting(illegal_rows, home_country=home_country, top=top)
+    return figures + _hosting(verdicts, home_country=home_country, top=top)
 
 
-def _latest_verdict(period: Period) -> tuple[ColumnElement[bool], ...]:
-    """``assessments`` is the case's latest verdict recorded before the period's end (the
-    same moment: the higher id): no later one exists (each an index lookup by case)."""
-    later = assessments.alias("later")
-    return (assessments.c.created_at < period.end, ~exists().where(
-        later.c.case_id == assessments.c.case_id, later.c.created_at < period.end,
-        or_(later.c.created_at > assessments.c.created_at,
-            and_(later.c.created_at == assessments.c.created_at,
-                 later.c.id > assessments.c.id))))
-
-
-def _latest_hosting(period: Period) -> ColumnElement[bool]:
-    """``hosting_evidence`` is the case's latest lookup that gave a verdict (not failed)
-    before the period's end, for a join on the case."""
-    later = hosting_evidence.alias("later_evidence")
-    return and_(
-        hosting_evidence.c.status != "failed", hosting_evidence.c.checked_at < period.end,
-        ~exists().where(
-            later.c.case_id == hosting_evidence.c.case_id, later.c.status != "failed",
-            later.c.checked_at < period.end,
-            or_(later.c.checked_at > hosting_evidence.c.checked_at,
-                and_(later.c.checked_at == hosting_evidence.c.checked_at,
-                     later.c.id > hosting_evidence.c.id))))
-
-
-def _hosting(rows: list[Any], *, home_country: str, top: int) -> list[Figure]:
-    """The hosting figures from the illegal verdicts' rows of ``_assessment``'s query."""
-    countries: Counter[str] = Counter()
-    networks: Counter[str] = Counter()
-    cdn = unresolvable = unknown = 0
-    for row in rows:
-        named, status, country, asn, org, fronted = (
-            row.hosting_country, row.status, row.country, row.asn, row.org, row.cdn)
-        n = int(row.n)
-        where = named or country
-        if where:
-            countries[where] += n
-        else:
-            unknown += n
-        if asn is not None:
-            networks[f"AS{asn} {org}".rstrip() if org else f"AS{asn}"] += n
-        if fronted or status == "cdn":
-            cdn += n
-        if status in (None, "unresolvable"):
-            unresolvable += n
+def _hosting(verdicts: Verdicts, *, home_country: str, top: int) -> list[Figure]:
+    """The hosting figures of the illegal verdicts counted for ``_assessment``."""
+    countries = Counter(verdicts.of("country"))
+    networks = Counter(verdicts.of("network"))
+    cdn = verdicts.items["cdn"]
+    unresolvable = verdicts.items["unresolvable"]
+    unknown = verdicts.items["country_unknown"]
     home = countries.get(home_country, 0)
     abroad = sum(countries.values()) - home
     by_country = ranked(countries.items())

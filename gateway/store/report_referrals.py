@@ -61,21 +61,17 @@ class Removals:
 
 
 async def removals(conn: AsyncConnection, period: Period) -> Removals:
-    """One pass for the removal times' counts by bin (``times`` and the series share
-    them), one for their median and percentile."""
+    """One pass for the removal times' median, percentile and counts by bin (``times`` and
+    the series share them)."""
     span = micros_between(conn, cases.c.removed_at, cases.c.referred_at)
     removed_in = (period.holds(cases.c.removed_at), cases.c.referred_at.is_not(None))
-    bounds = [bound for bound, _ in REMOVAL_BINS if bound is not None]
-    each = once(conn, select(span.label("span")).where(*removed_in), "removed")
-    count, *within = (int(n or 0) for n in (await conn.execute(
-        select(func.count(), *(func.sum(case((each.c.span <= bound * HOUR, 1), else_=0))
-                               for bound in bounds)))).one())
+    bounds = [bound * HOUR for bound, _ in REMOVAL_BINS if bound is not None]
+    spread = (await spreads(conn, select(span.label("span")).where(*removed_in),
+                            bounds=bounds)).get((), Spread(within=(0,) * len(bounds)))
     # Each bin holds those up to its bound but not up to the one before.
-    upto = [*within, count]
+    upto = [*spread.within, spread.count]
     bins = tuple((label, upto[n] - (upto[n - 1] if n else 0))
                  for n, (_, label) in enumerate(REMOVAL_BINS))
-    spread = (await spreads(conn, select(span.label("span")).where(*removed_in))).get(
-        (), Spread())
     return Removals(spread, bins)
 
 

@@ -11,13 +11,8 @@ from collections import Counter
 from datetime import date, timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import ColumnElement, func, select
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from gateway.store.figures import Figure, Number, Period, share
 from gateway.store.report_referrals import Removals
-from gateway.store.report_sql import day_of
-from gateway.store.tables import assessments, cases
 
 if TYPE_CHECKING:
     from gateway.store.report import Received
@@ -34,32 +29,26 @@ def week_of(day: date, period: Period) -> date:
     return max(day - timedelta(days=day.weekday()), period.first)
 
 
-async def series(conn: AsyncConnection, period: Period,
-                 latest_verdict: tuple[ColumnElement[bool], ...], by_day: Received,
-                 removed: Removals) -> list[Figure]:
-    """The series of ``period``; ``latest_verdict`` picks each case's verdict as the
-    assessment figures do; ``by_day`` are the reports received, ``removed`` the removal
-    times, as their totals count them."""
+def series(period: Period, verdicts_by_day: Counter[tuple[date, str]], by_day: Received,
+           removed: Removals) -> list[Figure]:
+    """The series of ``period``; ``verdicts_by_day`` are the cases first assessed in it by
+    day and verdict, as the assessment figures count them; ``by_day`` are the reports
+    received, ``removed`` the removal times, as their totals count them."""
     received: Counter[tuple[str, str]] = Counter()
-    for (d, channel, _), n in by_day.items():
+    for (d, channel, *_), n in by_day.items():
         received[d, channel] += n
     channels = sorted({channel for _, channel in received})
     per_day: tuple[tuple[str, Number], ...] = tuple(
         (f"{d.isoformat()}/{channel}", received.get((d.isoformat(), channel), 0))
         for d in days(period) for channel in channels)
 
-    assessed_day = day_of(conn, cases.c.assessed_at)
     assessed: Counter[date] = Counter()
     illegal: Counter[date] = Counter()
-    for d, verdict, n in await conn.execute(
-            select(assessed_day, assessments.c.verdict, func.count())
-            .select_from(cases.join(assessments, assessments.c.case_id == cases.c.id))
-            .where(period.holds(cases.c.assessed_at), *latest_verdict)
-            .group_by(assessed_day, assessments.c.verdict)):
-        week = week_of(date.fromisoformat(str(d)), period)
-        assessed[week] += int(n)
+    for (on, verdict), n in verdicts_by_day.items():
+        week = week_of(on, period)
+        assessed[week] += n
         if verdict == "illegal":
-            illegal[week] += int(n)
+            illegal[week] += n
     weeks = sorted({week_of(d, period) for d in days(period)})
 
     return [

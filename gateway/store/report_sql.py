@@ -7,9 +7,10 @@ one long read.
 
 from __future__ import annotations
 
+import bisect
 import math
 import statistics
-from collections.abc import AsyncIterator, Hashable
+from collections.abc import AsyncIterator, Hashable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -111,10 +112,12 @@ def span_hours(micros: int) -> float:
 @dataclass(frozen=True, slots=True)
 class Spread:
     """A set of spans known by its size and the spans (microseconds) at the ranks its
-    median and percentile need (ranks from 1, in ascending order)."""
+    median and percentile need (ranks from 1, in ascending order); ``within``: how many
+    are at most each bound asked for."""
 
     count: int = 0
     at: dict[int, int] = field(default_factory=dict)
+    within: tuple[int, ...] = ()
 
     def median_hours(self) -> float | None:
         """As ``figures.median_hours`` over the whole set: the middle value, or the mean of
@@ -139,7 +142,8 @@ class Spread:
 MEDIAN_ABOVE = 1e-12
 
 
-def spread_query(inner: Subquery, *, p: int = PERCENTILE) -> Select[Any]:
+def spread_query(inner: Subquery, *, p: int = PERCENTILE, bounds: Sequence[int] = ()
+                 ) -> Select[Any]:
     """Each key of ``inner`` (its columns: the keys it is split by, then ``span``) with its
     count and the spans at the ranks its median and ``p``-th percentile need, picked by
     PostgreSQL's ``percentile_disc`` (nearest rank: the value at rank ``ceil(fraction *
@@ -148,13 +152,15 @@ def spread_query(inner: Subquery, *, p: int = PERCENTILE) -> Select[Any]:
     middle of an even count) and at ``p / 100``. Each key's spans are sorted on their own as
     integers (an ordered-set aggregate), not the whole set by key and span as a window
     function would (a text key sorted by its collation costs more than the spans), and the
-    keys are grouped in the "C" collation for the same reason."""
+    keys are grouped in the "C" collation for the same reason. Then how many spans are at
+    most each of ``bounds``."""
     keys = [c.collate("C") if isinstance(c.type, String) else c
             for c in inner.c if c.name != "span"]
     fractions = array([literal(0.5, Float), literal(0.5 + MEDIAN_ABOVE, Float),
                        literal(p / 100, Float)])
     return (select(*keys, func.count(),
-                   func.percentile_disc(fractions).within_group(inner.c.span))
+                   func.percentile_disc(fractions).within_group(inner.c.span),
+                   *(func.count().filter(inner.c.span <= bound) for bound in bounds))
             .group_by(*keys))
 
 
@@ -164,29 +170,36 @@ def _ranks(count: int, p: int) -> tuple[int, int, int]:
     return middle, count // 2 + 1, max(math.ceil(p / 100 * count), 1)
 
 
-async def spreads(conn: AsyncConnection, spans: Select[Any], *, p: int = PERCENTILE
-                  ) -> dict[tuple[Hashable, ...], Spread]:
-    """Each key's :class:`Spread` (keys as tuples; ``()`` when ``spans`` has none); a key
-    without spans is absent.
+async def spreads(conn: AsyncConnection, spans: Select[Any], *, p: int = PERCENTILE,
+                  bounds: Sequence[int] = ()) -> dict[tuple[Hashable, ...], Spread]:
+    """Each key's :class:`Spread` (keys as tuples; ``()`` when ``spans`` has none), with how
+    many of its spans are at most each of ``bounds``; a key without spans is absent.
 
     PostgreSQL picks them (``spread_query``). SQLite's window functions cost about three
     times what fetching the spans (plain integers, computed in the database) and sorting
-    them in Python does (bench/report.py), so on SQLite they are fetched."""
+    them in Python does (bench/report.py), so on SQLite they are fetched: each key's as one
+    text (``group_concat``), which costs a fraction of a row per span."""
     found: dict[tuple[Hashable, ...], Spread] = {}
     if conn.dialect.name == "sqlite":
-        by_key: dict[tuple[Hashable, ...], list[int]] = {}
-        for *key, span in await conn.execute(spans):
-            by_key.setdefault(tuple(key), []).append(span)
-        for key, values in by_key.items():
-            values.sort()
+        inner = spans.subquery("spans")
+        keys = [c for c in inner.c if c.name != "span"]
+        joined = func.group_concat(inner.c.span, ",")
+        for *key, text in await conn.execute(
+                select(*keys, joined).group_by(*keys) if keys else select(joined)):
+            if text is None:  # no spans and no keys: the aggregate's one row of none
+                continue
+            values = sorted(map(int, text.split(",")))
             count = len(values)
             ranks = {count // 2, count // 2 + 1, max(math.ceil(p / 100 * count), 1)}
-            found[key] = Spread(count, {r: values[r - 1] for r in ranks if 1 <= r <= count})
+            found[tuple(key)] = Spread(
+                count, {r: values[r - 1] for r in ranks if 1 <= r <= count},
+                tuple(bisect.bisect_right(values, bound) for bound in bounds))
         return found
-    for row in await conn.execute(spread_query(spans.subquery("spans"), p=p)):
-        *key, count, picked = row
+    split = -2 - len(bounds)
+    for row in await conn.execute(spread_query(spans.subquery("spans"), p=p, bounds=bounds)):
+        key, (count, picked, *within) = row[:split], row[split:]
         if not count:  # no spans and no keys: the aggregate's one row of none
             continue
         found[tuple(key)] = Spread(int(count), {rank: int(value) for rank, value in zip(
-            _ranks(int(count), p), picked, strict=True)})
+            _ranks(int(count), p), picked, strict=True)}, tuple(int(n) for n in within))
     return found

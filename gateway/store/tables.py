@@ -7,6 +7,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Date,
     DateTime,
     ForeignKey,
     Index,
@@ -67,12 +68,16 @@ submissions = Table(
     Column("report_text", LargeBinary, nullable=True, info=SEALED_TEXT),
     Column("attachments", LargeBinary, nullable=True, info=SEALED_JSON),
     Column("url_count", Integer, nullable=True),
+    # For the report, kept as the report is filed (``gateway.store.report_facts``): NULL
+    # while it is in no case; else 2 if it is the first report of at least one of its cases,
+    # plus 1 if one of them has no URL.
+    Column("filed_code", Integer, nullable=True),
     # What normalising could not file, and why, for the analysts: a list of objects such as
     # {"flag": "urls_over_cap", "found": 10000, "filed": 200} (intake.normalise says which).
     Column("flags", LargeBinary, nullable=True, info=SEALED_JSON),
     Index(None, "status", "received_at"),
     # The report: reports received in a period (covering: what it counts of them).
-    Index("ix_submissions_received", "received_at", "status", "channel", "id"),
+    Index("ix_submissions_received", "received_at", "status", "channel", "filed_code"),
 )
 
 # One case per reported item: a canonical URL, or a submission in which no URL was found.
@@ -586,4 +591,31 @@ periodic_runs = Table(
     Column("claimed_until", DateTime(timezone=True), nullable=False),
     Column("finished_at", DateTime(timezone=True), nullable=True),
     Column("error", String(200), nullable=True),  # the failure's type: never data
+)
+
+# The report's verdicts, kept as the writes that change them happen (``gateway.store.
+# report_facts``): each assessed case's figures (its latest verdict's codes and, if illegal,
+# its hosting) as they stand for a report whose last day is from ``from_day`` to the day
+# before ``to_day``, one row per such state; ``items`` (a JSON array) lists what it counts.
+report_verdicts = Table(
+    "report_verdicts",
+    metadata,
+    Column("case_id", Uuid, primary_key=True),
+    Column("from_day", Date, primary_key=True),
+    Column("to_day", Date, nullable=False),
+    Column("assessed_on", Date, nullable=False),
+    Column("items", Text, nullable=False),
+)
+
+# The same, counted by day: how many cases first assessed on ``assessed_on`` count ``item``
+# for a report whose last day is from ``from_day`` to the day before ``to_day``. A year is
+# some thousands of rows, whatever the number of cases.
+report_verdict_days = Table(
+    "report_verdict_days",
+    metadata,
+    Column("assessed_on", Date, primary_key=True),
+    Column("from_day", Date, primary_key=True),
+    Column("to_day", Date, primary_key=True),
+    Column("item", Text, primary_key=True),
+    Column("cases", Integer, nullable=False),
 )
