@@ -207,7 +207,7 @@ class RecheckStage(PollingStage):
         evidence = evidence_row(sealer, case_id, hosting, "recheck")
         conn.execute(insert(hosting_evidence).values(**evidence))
         conn.execute(update(cases).where(mine).values(claimed_by=None, claimed_until=None,
-                                                      **looked_up(hosting.checked_at)))
+                                                      recheck_since=looked_up(hosting.checked_at)))
         if status not in WATCHED:
             return Rechecked(case_id, "skipped", hosting.status)  # changed meanwhile
         now_country = hosting.country if hosting.status == "located" else None

@@ -370,7 +370,7 @@ async def relocate(
         # A case the re-check watches counts its next re-check from this lookup.
         conn.execute(update(cases).where(cases.c.id == case_id,
                                          cases.c.recheck_since.is_not(None))
-                     .values(looked_up(hosting.checked_at)))
+                     .values(recheck_since=looked_up(hosting.checked_at)))
         if actor is not None:
             record(conn, [AuditEntry(actor, "case.relocated", case_id, {
                 "status": hosting.status, "country": hosting.country,

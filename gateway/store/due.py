@@ -58,9 +58,8 @@ def latest_lookup() -> ColumnElement[Any]:
     return func.coalesce(latest, literal(NEVER, cases.c.recheck_since.type))
 
 
-def looked_up(at: datetime) -> dict[str, Any]:
-    """The values of an UPDATE of a case whose lookup at ``at`` was just stored: a watched
-    case's re-check counts from it (a case not watched stays unmarked)."""
+def looked_up(at: datetime) -> ColumnElement[Any]:
+    """``recheck_since`` in an UPDATE of a case whose lookup at ``at`` was just stored: a
+    watched case's re-check counts from it (a case not watched stays unmarked)."""
     since = cases.c.recheck_since
-    return {"recheck_since": case((since < literal(at, since.type), literal(at, since.type)),
-                                  else_=since)}
+    return case((since < literal(at, since.type), literal(at, since.type)), else_=since)

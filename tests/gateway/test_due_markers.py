@@ -81,7 +81,7 @@ async def test_markers_follow_the_case_through_routing_and_outcomes(
         seen.append(markers(conn, illegal))
         for at in (T0 + 3 * HOUR, T0):  # a lookup later, then one reported late
             conn.execute(update(cases).where(cases.c.id == illegal).values(
-                due.looked_up(at)))
+                recheck_since=due.looked_up(at)))
         seen.append(markers(conn, illegal))
         move(conn, illegal, "acknowledge", actor=ANA, at=T0 + 4 * HOUR, state="referred")
         seen.append(markers(conn, illegal))
