@@ -508,7 +508,7 @@ async def run_database(db: Database, args: argparse.Namespace, sealer: Sealer) -
           f"(this process's CPU {meta['generate_cpu_s']} s); migration 0027 (markers "
           f"backfilled, indexes built) {meta['migration_0027_s']} s; {meta['made']}")
     problems: list[str] = []
-    rates: dict[str, list[float]] = {"empty": [], "big": []}
+    rates: dict[str, list[Intake]] = {"empty": [], "big": []}
     scratch = Path(tempfile.mkdtemp(prefix="big-", dir=args.tmpdir))
     try:
         for round_no in range(1, args.rounds + 1):
@@ -518,16 +518,21 @@ async def run_database(db: Database, args: argparse.Namespace, sealer: Sealer) -
     finally:
         if not args.keep:
             shutil.rmtree(scratch, ignore_errors=True)
-    empty_rate, big_rate = (statistics.median(rates[side]) for side in ("empty", "big"))
+    empty_rate, big_rate = (statistics.median(r.rate for r in rates[side])
+                            for side in ("empty", "big"))
+    empty_cpu, big_cpu = (statistics.median(r.cpu_ms_per_report for r in rates[side])
+                          for side in ("empty", "big"))
     ratio = big_rate / empty_rate if empty_rate else 0.0
     print(f"  intake, medians of {args.rounds} rounds: empty {empty_rate:.1f}, big "
           f"{big_rate:.1f} reports/s; ratio big/empty {ratio:.2f}  "
-          f"{'ok' if ratio >= GOAL_RATIO else 'UNDER'} (goal >= {GOAL_RATIO})")
+          f"{'ok' if ratio >= GOAL_RATIO else 'UNDER'} (goal >= {GOAL_RATIO}); server CPU "
+          f"per report empty {empty_cpu:.2f} ms, big {big_cpu:.2f} ms: "
+          f"{empty_cpu / big_cpu if big_cpu else 0:.2f} x as much work per report on empty")
     return problems
 
 
 async def one_side(db: Database, side: str, round_no: int, last: bool, scratch: Path,
-                   args: argparse.Namespace, rates: dict[str, list[float]]) -> list[str]:
+                   args: argparse.Namespace, rates: dict[str, list[Intake]]) -> list[str]:
     """One gateway on the empty (made afresh) or the big database: intake, and in the last
     round on the big one the console, the counts and the plans."""
     problems: list[str] = []
@@ -543,7 +548,7 @@ async def one_side(db: Database, side: str, round_no: int, last: bool, scratch: 
               f"{result.cpu_ms_per_report:5.2f} ms/report  idle {args.idle:.0f} s: server CPU "
               f"{result.idle_cpu_s:5.2f} s  other CPU {result.other_cpu_s:5.1f} s  "
               f"load {os.getloadavg()[0]:.1f}")
-        rates[side].append(result.rate)
+        rates[side].append(result)
         if result.errors:
             problems.append(f"{side}: {result.errors} load errors")
         # The reports taken are filed before anything else is measured or the next round

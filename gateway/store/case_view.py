@@ -482,13 +482,20 @@ async def list_cases(
         last = select(cases.c.first_reported).where(cases.c.id == after).scalar_subquery()
         query = query.where(or_(cases.c.first_reported > last,
                                 and_(cases.c.first_reported == last, cases.c.id > after)))
-    if status is not None:
-        query = query.where(cases.c.status.in_(STATUS_GROUPS.get(status, (status,))))
     if overdue:
         query = query.where(cases.c.id.in_(overdue_cases(now)))
+    listed: list[Any] = []
+    if status is None:
+        listed += await conn.execute(query)
+    else:
+        # One query per state, merged here: each is a range of the (state, first report)
+        # index in order, where one query for a group of states reads and sorts them all.
+        for state in STATUS_GROUPS.get(status, (status,)):
+            listed += await conn.execute(query.where(cases.c.status == state))
+        listed = sorted(listed, key=lambda row: (row.first_reported, row.id))[:limit]
     sealer = sealer_of(conn)
     # A case whose URL does not open is listed, marked damaged: the others are served.
-    rows = [open_case_marked(sealer, row) for row in await conn.execute(query)]
+    rows = [open_case_marked(sealer, row) for row in listed]
     ids = [r.id for r, _ in rows]
     reports = await _reports(conn, ids)
     hosting = await _current_hosting(conn, ids)
