@@ -82,6 +82,8 @@ from gateway.store.tables import (
 GOAL_RATIO, GOAL_PAGE_MS, GOAL_COUNTS_S = 0.9, 100.0, 1.0
 #: The generator's version: a database kept from another is made again.
 GENERATOR = 3
+#: This run's mark in the form ids it posts.
+RUN = secrets.token_hex(4)
 #: The generator's tables and columns, with the URLs a case holds (sealed, as intake seals them).
 BIG_COLUMNS = {**COLUMNS, "cases": (*COLUMNS["cases"], "url", "canonical_url")}
 #: A plausible value for each sealed column the generator fills with a dummy.
@@ -543,7 +545,9 @@ async def one_side(db: Database, side: str, round_no: int, last: bool, scratch: 
     server = await start(db.empty_url if side == "empty" else db.url,
                          db.folder / "data-keys.json", workdir, admin)
     try:
-        result = await intake(server, args, f"big.{db.dialect}.{side}.{round_no}")
+        # Form ids unique to this run: a form posted again is a duplicate (its reference
+        # given back), which a kept database remembers from the runs before.
+        result = await intake(server, args, f"big.{RUN}.{db.dialect}.{side}.{round_no}")
         print(f"  round {round_no}, {side:5} database: {result.rate:8.1f} reports/s  server CPU "
               f"{result.cpu_ms_per_report:5.2f} ms/report  idle {args.idle:.0f} s: server CPU "
               f"{result.idle_cpu_s:5.2f} s  other CPU {result.other_cpu_s:5.1f} s  "
