@@ -17,8 +17,9 @@ re-check, so what is measured is the cost of looking, not of re-checking a year 
 
 - idle: the server's CPU seconds over ``--idle`` seconds without load (the stages' polls);
 - intake: report forms posted by bench/http_intake.py's load process (``--connections``,
-  ``--warmup``, ``--seconds``): rate and the server's CPU time per report, and the ratio of
-  the big database's rate to the empty one's (the goal: at least 0.9);
+  ``--warmup``, ``--seconds``; ``--rounds`` alternate the empty and the big database, each
+  waited on until what it took is filed): rate and the server's CPU time per report, and the
+  medians' ratio of the big database's rate to the empty one's (the goal: at least 0.9);
 - the console (big database only): the queue's first page and a deeper page, and case pages
   of cases in several states, ``--requests`` each, p50/p95 in ms (goal: p95 under 100 ms),
   with the server's CPU time per request; then ``/metrics`` (fresh, and again within its
