@@ -75,7 +75,7 @@ COLUMNS = {
     "cases": ("id", "kind", "status", "url_key", "report_count", "first_reported",
               "last_reported", "reappeared", "created_at", "status_changed_at",
               "locate_attempts", "hold_reason", "located_at", "assessed_at", "approved_at",
-              "referred_at", "acknowledged_at", "removed_at"),
+              "referred_at", "acknowledged_at", "removed_at", "locate_after"),
     "case_reports": ("id", "case_id", "submission_id", "reported_at"),
     "hosting_evidence": ("id", "case_id", "checked_at", "trigger", "host", "resolver",
                          "outcome", "status", "country", "asn", "org", "cdn", "source", "ips",
@@ -99,14 +99,19 @@ BOOLS = {"must_change_password", "disabled", "reappeared", "cdn", "computer_gene
 
 
 class History:
-    """The generated year: ``chunks()`` yields the rows, ``CHUNK`` cases at a time."""
+    """The generated year: ``chunks()`` yields the rows, ``CHUNK`` cases at a time. ``start``
+    and ``now``: the year's first moment and the moment it is seen from (its last cases were
+    reported 16 days before). ``steady``: as a gateway keeps it running, with no work waiting
+    for a stage (every case located, no lookup to retry before a month; bench/big.py)."""
 
-    def __init__(self, cases: int, seed: int) -> None:
+    def __init__(self, cases: int, seed: int, *, start: datetime = START,
+                 now: datetime = NOW, steady: bool = False) -> None:
         self.cases = cases
         self.random = random.Random(seed)
         self.bits = random.Random(seed + 1)  # the ids' random bits
         self.analyst = uuid.UUID(int=1)
         self.counter = 0
+        self.start, self.now, self.steady = start, now, steady
 
     def uid(self, at: datetime) -> uuid.UUID:
         """The id the gateway gives a row made at ``at``: a UUIDv7 of that moment
@@ -120,18 +125,18 @@ class History:
     def chunks(self) -> Iterator[Rows]:
         rows = Rows()
         rows.add("users", (self.analyst, "analyst", "analyst", "x", DUMMY, False, 0, False,
-                           START))
-        span = (NOW - timedelta(days=16) - START).total_seconds()
+                           self.start))
+        span = (self.now - timedelta(days=16) - self.start).total_seconds()
         # Cases come in time order, as they are filed: each chunk is a few weeks.
         moments = sorted(random.Random(self.bits.random()).random() for _ in range(self.cases))
         for n, moment in enumerate(moments):
-            self.case(rows, n, START + timedelta(seconds=moment * span))
+            self.case(rows, n, self.start + timedelta(seconds=moment * span))
             if len(rows.tables["cases"]) >= CHUNK:
                 yield rows
                 rows = Rows()
         # Reports never filed: a few still waiting to be read, some that could not be read.
         for n in range(self.cases // 100):
-            at = START + timedelta(seconds=self.random.random() * span)
+            at = self.start + timedelta(seconds=self.random.random() * span)
             status = "received" if n % 5 == 0 else "parse_failed"
             rows.add("submissions", (self.uid(at), f"U-{n:09d}", "smtp", status, at, "[]",
                                      "0" * 64, 1000, None, None))
@@ -162,7 +167,7 @@ class History:
         fate = r.random()
         at = reported
         if not no_url:
-            if fate < 0.02:
+            if fate < 0.02 and not self.steady:
                 status = "new"
             elif fate < 0.03:
                 status = "locate_failed"
@@ -185,6 +190,11 @@ class History:
                 rows.add("assessments", (
                     self.uid(at), cid, self.analyst, "legal", "not_illegal", None, at, "final",
                     None, None, None, None, None, None, None, r.choice(REASONS)))
+                if self.steady:  # routed: closed, nothing sent (routing.protocol)
+                    decided = at + timedelta(seconds=5)
+                    rows.add("routing_decisions", (self.uid(decided), cid, decided,
+                                                   "protocol-3-legal", "close", None, DUMMY,
+                                                   DUMMY, False))
             else:
                 host = r.choices(HOSTING, HOSTING_WEIGHTS)[0]
                 named = host[0] if r.random() < 0.1 else None
@@ -195,12 +205,14 @@ class History:
                     r.choice(SITE_TYPES), r.random() < 0.05, r.random() < 0.2,
                     r.random() < 0.1, None))
                 status, hold = self.route(rows, cid, at, host, m)
+        # A lookup that failed for good is tried again after a while (routing.stage).
+        retry = self.now + timedelta(days=30) if status == "locate_failed" else None
         rows.add("cases", (
             cid, "no_url" if no_url else "url", status,
             f"k{n:010d}", 2 if again else 1, reported, last, False, reported,
             max(v for v in (reported, *m.values()) if v is not None), 0, hold,
             m["located"], m["assessed"], m["approved"], m["referred"], m["acknowledged"],
-            m["removed"]))
+            m["removed"], retry))
 
     def evidence(self, cid: uuid.UUID, at: datetime, *, failed: bool = False
                  ) -> tuple[Any, ...]:
@@ -226,6 +238,8 @@ class History:
         decision = self.uid(decided)
         if r.random() < 0.04:
             rule = r.choice(("hold-unknown-hosting", "hold-no-key"))
+            if self.steady:  # a key that cannot be used is mended, not kept for years
+                rule = "hold-unknown-hosting"
             rows.add("routing_decisions", (decision, cid, decided, rule, "hold", None,
                                            DUMMY, DUMMY, False))
             return "held", rule
@@ -241,6 +255,8 @@ class History:
         sent = None if iccam else made + timedelta(seconds=3)
         delivery = "iccam" if iccam else ("failed" if r.random() < 0.005 else "sent")
         acknowledge_by, remove_by = made + timedelta(days=2), made + timedelta(days=7)
+        if self.steady:  # no deadlines configured (bench/big.py's gateway has none)
+            acknowledge_by = remove_by = None
         outcome = outcome_at = None
         status = "referred"
         fate = r.random()
@@ -251,7 +267,7 @@ class History:
             outcome, outcome_at, status = "acknowledged", acked, "acknowledged"
             if fate < 0.7:
                 gone = made + timedelta(hours=r.expovariate(1 / 60))
-                if gone < NOW:
+                if gone < self.now:
                     m["removed"] = gone
                     self.outcome(rows, referral, cid, "removed", None, gone, destination)
                     outcome, outcome_at, status = "removed", gone, "removed"
@@ -283,9 +299,11 @@ def sqlite_value(column: str, value: Any) -> Any:
     return value
 
 
-def fill_sqlite(path: str, history: History) -> int:
+def fill_sqlite(path: str, history: History,
+                columns_of: dict[str, tuple[str, ...]] = COLUMNS) -> int:
     """Bulk inserts in one transaction (no fsync per chunk): the bench's own, not the
-    gateway's writer, which is not what is measured here."""
+    gateway's writer, which is not what is measured here. ``columns_of``: each table's
+    columns, in the order of its rows' values."""
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA synchronous=OFF")
     db.execute("PRAGMA foreign_keys=OFF")
@@ -293,7 +311,7 @@ def fill_sqlite(path: str, history: History) -> int:
     count = 0
     for chunk in history.chunks():
         for table, rows in chunk.in_order():
-            columns = COLUMNS[table]
+            columns = columns_of[table]
             db.executemany(
                 f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
                 f"({', '.join('?' * len(columns))})",
@@ -306,7 +324,8 @@ def fill_sqlite(path: str, history: History) -> int:
     return count
 
 
-async def fill_postgres(engine: AsyncEngine, history: History) -> int:
+async def fill_postgres(engine: AsyncEngine, history: History,
+                        columns_of: dict[str, tuple[str, ...]] = COLUMNS) -> int:
     """COPY, chunk by chunk, through asyncpg."""
     count = 0
     async with engine.connect() as conn:
@@ -316,7 +335,7 @@ async def fill_postgres(engine: AsyncEngine, history: History) -> int:
         for chunk in history.chunks():
             for table, rows in chunk.in_order():
                 await driver.copy_records_to_table(table, records=rows,
-                                                   columns=list(COLUMNS[table]))
+                                                   columns=list(columns_of[table]))
                 count += len(rows)
         await conn.commit()
         await conn.execute(text("ANALYZE"))

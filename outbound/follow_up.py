@@ -2,7 +2,11 @@
 
 Each pass reads the open referrals (live, delivered, not closed by an outcome) whose
 destination has deadlines (``[routing.*] acknowledge_within``, ``remove_within``) and asks
-``routing.deadlines.follow_up`` where each stands at the stage's clock:
+``routing.deadlines.follow_up`` where each stands at the stage's clock. The first pass (and
+the first after a reload) reads every open referral; the others only those whose look is due
+(``referrals.follow_up_at``, a partial index: set when a referral is delivered or an outcome
+recorded, and by each look to the next moment anything about it falls due), so that a pass
+costs what is due, not the years of open referrals. Each look:
 
 - the deadlines are stored on the referral (``acknowledge_by``, ``remove_by``), so that the
   console, the API, the CLI and the metrics say "overdue" from the database alone;
@@ -93,27 +97,44 @@ class OpenReferral:
     supervisor_flagged_at: datetime | None
     supervisor_flag: str | None
     reminders: tuple[Reminder, ...]
+    #: When the stage was to look at it (``referrals.follow_up_at``), as stored.
+    follow_up_at: datetime | None = None
 
     @property
     def can_be_reminded(self) -> bool:
         return bool(self.email and self.key_fingerprint and self.message_id)
 
 
-def read_open(conn: Connection, destinations: list[str]) -> list[OpenReferral]:
+@dataclass(frozen=True, slots=True)
+class Found:
+    """What a pass read: the open referrals, and the marked ones no longer open."""
+
+    open: list[OpenReferral]
+    closed: list[uuid.UUID]
+
+
+def read_open(conn: Connection, destinations: list[str], *,
+              marked_by: datetime | None = None) -> Found:
     """The open referrals to ``destinations``, and those with deadlines stored (a destination
-    whose deadlines were taken out of the config: cleared)."""
-    acknowledged = (select(referral_outcomes.c.referral_id,
-                           func.min(referral_outcomes.c.occurred_at).label("at"))
-                    .where(referral_outcomes.c.outcome == "acknowledged")
-                    .group_by(referral_outcomes.c.referral_id).subquery())
-    followed = and_(open_clause(), or_(referrals.c.destination.in_(destinations),
-                                       referrals.c.acknowledge_by.is_not(None),
-                                       referrals.c.remove_by.is_not(None)))
+    whose deadlines were taken out of the config: cleared). With ``marked_by``, only those
+    the stage was to look at by then (``referrals.follow_up_at``: an index range, not every
+    open referral of years), and the ids of those marked that are no longer open."""
+    acknowledged = (select(func.min(referral_outcomes.c.occurred_at))
+                    .where(referral_outcomes.c.referral_id == referrals.c.id,
+                           referral_outcomes.c.outcome == "acknowledged").scalar_subquery())
+    if marked_by is None:
+        where = and_(open_clause(), or_(referrals.c.destination.in_(destinations),
+                                        referrals.c.acknowledge_by.is_not(None),
+                                        referrals.c.remove_by.is_not(None)))
+    else:
+        where = referrals.c.follow_up_at <= marked_by
     rows = conn.execute(
-        select(referrals, acknowledged.c.at.label("acknowledged_at"))
+        select(referrals, acknowledged.label("acknowledged_at"),
+               routing_decisions.c.superseded)
         .join(routing_decisions, routing_decisions.c.id == referrals.c.decision_id)
-        .outerjoin(acknowledged, acknowledged.c.referral_id == referrals.c.id)
-        .where(followed)).all()
+        .where(where)).all()
+    closed = [r.id for r in rows if not _is_open(r)]
+    rows = [r for r in rows if _is_open(r)]
     sent: dict[uuid.UUID, list[Reminder]] = defaultdict(list)
     for referral_id, chase, at in conn.execute(
             select(referral_reminders.c.referral_id, referral_reminders.c.chase,
@@ -124,13 +145,48 @@ def read_open(conn: Connection, destinations: list[str]) -> list[OpenReferral]:
     def moment(value: datetime | None) -> datetime | None:
         return None if value is None else utc(value)
 
-    return [OpenReferral(
+    return Found([OpenReferral(
         id=r.id, case_id=r.case_id, reference=r.reference, destination=r.destination,
         email=r.email, key_fingerprint=r.key_fingerprint, message_id=r.message_id,
         sent_at=utc(r.sent_at or r.created_at), acknowledged_at=moment(r.acknowledged_at),
         acknowledge_by=moment(r.acknowledge_by), remove_by=moment(r.remove_by),
         supervisor_flagged_at=moment(r.supervisor_flagged_at),
-        supervisor_flag=r.supervisor_flag, reminders=tuple(sent[r.id])) for r in rows]
+        supervisor_flag=r.supervisor_flag, reminders=tuple(sent[r.id]),
+        follow_up_at=moment(r.follow_up_at)) for r in rows], closed)
+
+
+def _read(conn: Connection, *, destinations: list[str], marked_by: datetime | None) -> Found:
+    return read_open(conn, destinations, marked_by=marked_by)
+
+
+def _is_open(row: Any) -> bool:
+    """``open_clause`` in Python: live, delivered, not closed by an outcome."""
+    return (row.status in DELIVERED and not row.superseded
+            and row.outcome in (None, "acknowledged"))
+
+
+def _flagged(referral: OpenReferral, state: FollowUp) -> bool:
+    """A supervisor was told about the chase under way."""
+    return referral.supervisor_flagged_at is not None and referral.supervisor_flag == state.chase
+
+
+def _due(referral: OpenReferral, state: FollowUp) -> bool:
+    """A reminder, or the supervisor's flag, is due now."""
+    return state.reminder_due or (state.supervisor_due and not _flagged(referral, state))
+
+
+def next_look(referral: OpenReferral, state: FollowUp) -> datetime | None:
+    """When the stage is to look at the referral again (``referrals.follow_up_at``): now when
+    something is due (acted on in this pass, it is looked at again in the next), else the
+    first moment a deadline passes or a reminder or the supervisor's flag falls due; None
+    when nothing will (until a delivery or an outcome marks it again)."""
+    if _due(referral, state):
+        return state.now
+    flagged = _flagged(referral, state)
+    moments = [state.next_reminder_at, state.remove_by,
+               None if flagged else state.supervisor_at,
+               state.acknowledge_by if referral.acknowledged_at is None else None]
+    return min((m for m in moments if m is not None and m > state.now), default=None)
 
 
 #: What acting on a planned referral came to: done, or why not (``_skipped`` logs it).
@@ -182,10 +238,10 @@ def _skipped(why: str, fields: Mapping[str, Any]) -> None:
         log.info("follow_up.done_elsewhere", **fields)
 
 
-def _store_deadlines(conn: Connection, *, deadlines: dict[uuid.UUID, tuple[Any, Any]]) -> None:
-    for referral_id, (acknowledge_by, remove_by) in deadlines.items():
-        conn.execute(update(referrals).where(referrals.c.id == referral_id)
-                     .values(acknowledge_by=acknowledge_by, remove_by=remove_by))
+def _store(conn: Connection, *, changes: dict[uuid.UUID, dict[str, Any]]) -> None:
+    """Each referral's new deadlines and next look (``follow_up_at``)."""
+    for referral_id, values in changes.items():
+        conn.execute(update(referrals).where(referrals.c.id == referral_id).values(values))
 
 
 class FollowUpStage(QueuingStage[FollowUpSettings]):
@@ -197,31 +253,51 @@ class FollowUpStage(QueuingStage[FollowUpSettings]):
     reminders_queued = 0
     supervisor_flags = 0
 
+    def _setup(self) -> None:
+        #: The next pass reads every open referral (at the start, and after a reload: the
+        #: policies may have changed), not only those marked (``read_open``).
+        self._every_open = True
+
+    def reconfigure(self, settings: FollowUpSettings) -> None:
+        """New policies and keys (a reload): every open referral is looked at again."""
+        self._every_open = True
+        super().reconfigure(settings)
+
     async def run_once(self) -> int:
-        """One pass over the open referrals; how many were acted on (reminded or flagged)."""
+        """One pass over the open referrals due a look; how many were acted on (reminded or
+        flagged)."""
         settings, now = self._settings, self._clock()
+        every, self._every_open = self._every_open, False
         async with self._engine.connect() as conn:
-            found = await conn.run_sync(read_open, sorted(settings.policies))
-        deadlines: dict[uuid.UUID, tuple[datetime | None, datetime | None]] = {}
+            found = await conn.run_sync(partial(_read, destinations=sorted(settings.policies),
+                                                marked_by=None if every else now))
+        changes: dict[uuid.UUID, dict[str, Any]] = {
+            closed: {"follow_up_at": None} for closed in found.closed}
         plans: list[tuple[OpenReferral, FollowUp]] = []
-        for referral in found:
+        for referral in found.open:
             policy = settings.policies.get(referral.destination)
-            if policy is None:
-                deadlines[referral.id] = (None, None)
+            if policy is None:  # nothing to follow: no deadlines, no look
+                if (referral.acknowledge_by, referral.remove_by, referral.follow_up_at) != (
+                        None, None, None):
+                    changes[referral.id] = {"acknowledge_by": None, "remove_by": None,
+                                            "follow_up_at": None}
                 continue
             if not referral.can_be_reminded:  # made through ICCAM by hand: no address
                 policy = dataclasses.replace(policy, remind_every=None)
             state = follow_up(sent_at=referral.sent_at, acknowledged_at=referral.acknowledged_at,
                               now=now, policy=policy, reminders=referral.reminders)
+            change: dict[str, Any] = {}
             if (state.acknowledge_by, state.remove_by) != (referral.acknowledge_by,
                                                            referral.remove_by):
-                deadlines[referral.id] = (state.acknowledge_by, state.remove_by)
-            flagged = (referral.supervisor_flagged_at is not None
-                       and referral.supervisor_flag == state.chase)
-            if state.reminder_due or (state.supervisor_due and not flagged):
+                change.update(acknowledge_by=state.acknowledge_by, remove_by=state.remove_by)
+            if (look := next_look(referral, state)) != referral.follow_up_at:
+                change["follow_up_at"] = look
+            if change:
+                changes[referral.id] = change
+            if _due(referral, state):
                 plans.append((referral, state))
-        if deadlines:
-            await self._backend.transaction(partial(_store_deadlines, deadlines=deadlines))
+        if changes:
+            await self._backend.transaction(partial(_store, changes=changes))
         if not plans:
             return 0
         until = now + self._lease

@@ -259,8 +259,10 @@ class OutboxStage(PollingStage):
         elif outcome != "deferred":
             error = seal_value(sealer, referrals.c.error, item.referral_id, detail) \
                 if outcome == "failed" else None
+            # Delivered: the follow-up stage looks at it (its deadlines count from now).
             conn.execute(update(referrals).where(referrals.c.id == item.referral_id).values(
-                status=outcome, sent_at=now if outcome == "sent" else None, error=error))
+                status=outcome, sent_at=now if outcome == "sent" else None, error=error,
+                follow_up_at=now if outcome == "sent" else None))
             record(conn, [AuditEntry("system:outbox", f"referral.{outcome}", item.case_id,
                                      {"referral": str(item.referral_id),
                                       "destination": item.destination, "detail": detail})],

@@ -50,7 +50,7 @@ from functools import partial
 from typing import Any, Literal
 
 import structlog
-from sqlalchemy import and_, exists, func, insert, select, update
+from sqlalchemy import and_, exists, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
@@ -134,56 +134,81 @@ class Owed:
         return self.outcome, self.reason, self.note
 
 
+#: Partner referrals read per statement (each batch's ids are bound parameters).
+OWED_BATCH = 2000
+
+
 def read_owed(conn: Connection) -> list[Owed]:
-    """Every outcome owed to a partner and not yet queued: acknowledgements first."""
+    """Every outcome owed to a partner and not yet queued: acknowledgements first.
+
+    Read from the partner referrals not yet told a closing outcome (the only ones that can be
+    owed anything), found first, a batch at a time: each statement starts from those few rows
+    rather than from every submission, case or outcome of years (which a planner may pick
+    when the partner referrals are none or few)."""
+    told = partner_outcomes.c
+    # One closing outcome per partner referral: their gateway closes it on the first.
+    not_closed = ~exists().where(told.partner_referral_id == partner_referrals.c.id,
+                                 told.outcome.in_(CLOSING))
+    pending = list(conn.execute(select(partner_referrals.c.id).where(not_closed)
+                                .order_by(partner_referrals.c.id)).scalars())
+    acks: list[tuple[datetime, Owed]] = []
+    first: dict[uuid.UUID, Owed] = {}
+    for at in range(0, len(pending), OWED_BATCH):
+        batch = pending[at:at + OWED_BATCH]
+        acks += _owed(conn, batch, first)
+    return [owed for _, owed in sorted(acks, key=lambda pair: pair[0])] + list(first.values())
+
+
+def _owed(conn: Connection, batch: list[uuid.UUID], first: dict[uuid.UUID, Owed]
+          ) -> list[tuple[datetime, Owed]]:
+    """The acknowledgements owed to the partner referrals ``batch`` (with when each was
+    received), and the first closing outcome owed to each, into ``first``."""
     told = partner_outcomes.c
     base = (select(partner_referrals.c.id, partner_referrals.c.case_id,
                    partner_referrals.c.partner, partner_referrals.c.their_reference,
                    partner_referrals.c.message_id, partner_referrals.c.received_at,
                    submissions.c.reference.label("our_reference"))
-            .join(submissions, submissions.c.id == partner_referrals.c.submission_id))
+            .join(submissions, submissions.c.id == partner_referrals.c.submission_id)
+            .where(partner_referrals.c.id.in_(batch)))
 
     def not_told(outcome: Any) -> Any:
         return ~exists().where(told.partner_referral_id == partner_referrals.c.id,
                                told.outcome == outcome)
 
-    # One closing outcome per partner referral: their gateway closes it on the first.
-    not_closed = ~exists().where(told.partner_referral_id == partner_referrals.c.id,
-                                 told.outcome.in_(CLOSING))
-
-    owed = [Owed(r.id, r.case_id, r.partner, r.their_reference, r.our_reference,
-                 r.message_id, "acknowledged", utc(r.received_at))
-            for r in conn.execute(base.where(not_told("acknowledged"))
-                                  .order_by(partner_referrals.c.received_at))]
+    acks = [(r.received_at, Owed(r.id, r.case_id, r.partner, r.their_reference,
+                                 r.our_reference, r.message_id, "acknowledged",
+                                 utc(r.received_at)))
+            for r in conn.execute(base.where(not_told("acknowledged")))]
     # Later outcomes once the acknowledgement has left: the partner reads them in order.
     acknowledged = exists().where(
         told.partner_referral_id == partner_referrals.c.id, told.outcome == "acknowledged",
         outbox.c.id == told.outbox_id, outbox.c.status == "sent")
-    first: dict[uuid.UUID, Owed] = {}
     for r in conn.execute(
             base.add_columns(referral_outcomes.c.outcome, referral_outcomes.c.occurred_at,
                              referral_outcomes.c.reason_code)
             .join(referrals, referrals.c.case_id == partner_referrals.c.case_id)
             .join(referral_outcomes, referral_outcomes.c.referral_id == referrals.c.id)
-            .where(referral_outcomes.c.outcome.in_(CLOSING), acknowledged, not_closed)
+            .where(referral_outcomes.c.outcome.in_(CLOSING), acknowledged)
             .order_by(referral_outcomes.c.recorded_at, referral_outcomes.c.id)):
         first.setdefault(r.id, Owed(
             r.id, r.case_id, r.partner, r.their_reference, r.our_reference, r.message_id,
             r.outcome, utc(r.occurred_at), r.reason_code))
-    verdict = (select(assessments.c.case_id, func.max(assessments.c.created_at).label("at"))
-               .where(assessments.c.status == "final", assessments.c.verdict == "legal")
-               .group_by(assessments.c.case_id).subquery())
+    # The case's latest final legal verdict, looked up for each partner referral's case.
+    latest = assessments.alias("latest")
+    verdict = (select(latest.c.id)
+               .where(latest.c.case_id == partner_referrals.c.case_id,
+                      latest.c.status == "final", latest.c.verdict == "legal")
+               .order_by(latest.c.created_at.desc(), latest.c.id.desc()).limit(1)
+               .scalar_subquery())
     for r in conn.execute(
-            base.add_columns(verdict.c.at, assessments.c.reason)
+            base.add_columns(assessments.c.created_at.label("at"), assessments.c.reason)
             .join(cases, cases.c.id == partner_referrals.c.case_id)
-            .join(verdict, verdict.c.case_id == partner_referrals.c.case_id)
-            .join(assessments, and_(assessments.c.case_id == verdict.c.case_id,
-                                    assessments.c.created_at == verdict.c.at))
-            .where(cases.c.status == "closed_legal", acknowledged, not_closed)):
+            .join(assessments, assessments.c.id == verdict)
+            .where(cases.c.status == "closed_legal", acknowledged)):
         first.setdefault(r.id, Owed(
             r.id, r.case_id, r.partner, r.their_reference, r.our_reference, r.message_id,
             "not_actionable", utc(r.at), legal_reason(r.reason), "assessed not illegal here"))
-    return owed + list(first.values())
+    return acks
 
 
 def legal_reason(assessed: str | None) -> str:

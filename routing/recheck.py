@@ -34,13 +34,14 @@ from functools import partial
 from typing import Any
 
 import structlog
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import and_, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from gateway.store import leases, report_facts
 from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
 from gateway.store.case_urls import open_case_urls
+from gateway.store.due import looked_up
 from gateway.store.ids import uuid7
 from gateway.store.key_holders import open_or_reload
 from gateway.store.lifecycle import AWAITING_OUTCOME, Actor
@@ -88,11 +89,10 @@ class Rechecked:
 
 
 def due(now: datetime, every: timedelta) -> Any:
-    """Cases due a re-check: watched, with a URL, their latest evidence older than ``every``."""
-    latest = (select(func.max(hosting_evidence.c.checked_at))
-              .where(hosting_evidence.c.case_id == cases.c.id).scalar_subquery())
-    return and_(cases.c.status.in_(WATCHED), cases.c.kind == "url",
-                or_(latest.is_(None), latest < now - every))
+    """Cases due a re-check: watched, with a URL, their latest evidence older than ``every``:
+    the marker ``recheck_since`` (``gateway.store.due``), set only on such cases, is that
+    evidence's time (the state is checked again when the lookup is filed)."""
+    return cases.c.recheck_since < now - every
 
 
 class RecheckStage(PollingStage):
@@ -161,7 +161,7 @@ class RecheckStage(PollingStage):
 
     def _claim(self, conn: Connection, *, now: datetime) -> list[uuid.UUID]:
         rows = leases.claim(conn, cases, worker=self._worker, now=now, until=now + self._lease,
-                            where=[due(now, self._every)], order_by=cases.c.status_changed_at,
+                            where=[due(now, self._every)], order_by=cases.c.recheck_since,
                             limit=self._batch, returning=[cases.c.id])
         return [case_id for case_id, in rows]
 
@@ -215,7 +215,8 @@ class RecheckStage(PollingStage):
         evidence = evidence_row(sealer, case_id, hosting, "recheck")
         conn.execute(insert(hosting_evidence).values(**evidence))
         report_facts.refresh(conn, [case_id])
-        conn.execute(update(cases).where(mine).values(claimed_by=None, claimed_until=None))
+        conn.execute(update(cases).where(mine).values(claimed_by=None, claimed_until=None,
+                                                      recheck_since=looked_up(hosting.checked_at)))
         if status not in WATCHED:
             return Rechecked(case_id, "skipped", hosting.status)  # changed meanwhile
         now_country = hosting.country if hosting.status == "located" else None

@@ -31,6 +31,7 @@ from gateway.store import leases, report_facts
 from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
 from gateway.store.case_urls import open_case_marked, open_case_urls
+from gateway.store.due import looked_up
 from gateway.store.errors import Conflict, NotAllowed, NotFound
 from gateway.store.ids import uuid7
 from gateway.store.key_holders import KEY_WAIT, KeyWaits, open_or_reload
@@ -375,6 +376,10 @@ async def relocate(
         evidence = evidence_row(sealer_of(conn), case_id, hosting, trigger, evidence_id)
         conn.execute(insert(hosting_evidence).values(**evidence))
         report_facts.refresh(conn, [case_id])
+        # A case the re-check watches counts its next re-check from this lookup.
+        conn.execute(update(cases).where(cases.c.id == case_id,
+                                         cases.c.recheck_since.is_not(None))
+                     .values(recheck_since=looked_up(hosting.checked_at)))
         if actor is not None:
             record(conn, [AuditEntry(actor, "case.relocated", case_id, {
                 "status": hosting.status, "country": hosting.country,

@@ -49,7 +49,8 @@ def refer(conn: Connection, *, at: datetime, case_id: uuid.UUID | None = None,
             reference=next_reference(conn, f"CF-2026-{n:06d}"), destination=destination,
             email=f"referrals@{n}.test", key_fingerprint="A" * 40,
             message_id=f"<referral-{referral_id}@hotline.test>", status=status,
-            created_at=at, sent_at=at if status == "sent" else None))
+            created_at=at, sent_at=at if status == "sent" else None,
+            follow_up_at=at if status == "sent" else None))  # as the outbox marks it
         made.append(referral_id)
     return case_id, made
 

@@ -66,8 +66,13 @@ async def cases_list(request: web.Request) -> web.Response:
         return json_error(422, "invalid limit", {"limit": "a number from 1 to 1000"})
     if not 1 <= limit <= 1000:
         return json_error(422, "invalid limit", {"limit": "a number from 1 to 1000"})
+    try:  # the next page: the cases after the last one of the page before
+        after = uuid.UUID(request.query["after"]) if request.query.get("after") else None
+    except ValueError:
+        return json_error(422, "invalid after", {"after": "a case id"})
     async with console.engine.connect() as conn:
-        found, truncated = await queue_cases(conn, status=status, flag=flag, limit=limit)
+        found, truncated = await queue_cases(conn, status=status, flag=flag, limit=limit,
+                                             after=after)
     staff = staff_of(request)
     await console.backend.transaction(lambda conn: record(
         conn, [AuditEntry(staff.name, "cases.listed", None,

@@ -322,7 +322,8 @@ async def record_iccam(
         conn.execute(insert(referrals).values(
             id=referral_id, case_id=case_id, decision_id=decision.id,
             reference=reference, destination=f"iccam:{country}",
-            iccam_reference=iccam_reference, status="iccam", created_at=now, sent_at=now))
+            iccam_reference=iccam_reference, status="iccam", created_at=now, sent_at=now,
+            follow_up_at=now))  # made: the follow-up stage looks at its deadlines
         return Outcome(case_id, status)
 
     return await backend.transaction(work)

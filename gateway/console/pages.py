@@ -11,6 +11,7 @@ import math
 import re
 import uuid
 from typing import Any
+from urllib.parse import urlencode
 
 import structlog
 from aiohttp import web
@@ -42,6 +43,8 @@ from gateway.store.text import defang
 
 log = structlog.get_logger("gateway.console")
 
+#: Cases on a page of the queue (then "next": the cost of a page is the cost of its cases).
+QUEUE_PAGE = 50
 QUEUE_STATUSES = ("awaiting_assessment", "locate_failed", "assessed", "new", "closed_legal",
                   "held", "referred", "awaiting_outcome", "acknowledged", "moved", "removed",
                   "content_unavailable", "not_actionable", "overdue")
@@ -137,18 +140,29 @@ async def password_submit(request: web.Request) -> web.StreamResponse:
 
 
 async def queue(request: web.Request) -> web.Response:
+    """A page of the queue, oldest first: ``QUEUE_PAGE`` cases, after the case ``after`` (the
+    last of the page before), so that a page costs the same however long the queue."""
     console = request.app[CONSOLE]
     status = request.query.get("status", "awaiting_assessment")
     if status not in QUEUE_STATUSES:
         status = "awaiting_assessment"
     flag = request.query.get("flag", "")
+    try:
+        after = uuid.UUID(request.query["after"]) if request.query.get("after") else None
+    except ValueError:
+        after = None
     async with console.engine.connect() as conn:
-        found, truncated = await queue_cases(conn, status=status,
-                                             flag=flag if flag in FLAGS else None, limit=500)
+        found, more = await queue_cases(conn, status=status, after=after,
+                                        flag=flag if flag in FLAGS else None, limit=QUEUE_PAGE)
+    shown = [_display(c) for c in found]
+    following = None
+    if more and shown:
+        following = "/?" + urlencode({"status": status, "flag": flag, "after": shown[-1]["id"]})
     return console.render(
         "queue.html", staff=staff_of(request), csrf=session_of(request).csrf_token,
-        cases=[_display(c) for c in found], status=status, flag=flag,
-        statuses=QUEUE_STATUSES, flags=FLAGS, truncated=truncated,
+        cases=shown, status=status, flag=flag, statuses=QUEUE_STATUSES, flags=FLAGS,
+        truncated=more, paged=after is not None, following=following,
+        first="/?" + urlencode({"status": status, "flag": flag}),
     )
 
 

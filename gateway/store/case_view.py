@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import Column, Table, select
+from sqlalchemy import Column, Table, and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.store.audit import open_details
@@ -468,22 +468,34 @@ def _open_submission(sealer: Sealer, values: dict[str, Any], submission_id: uuid
 
 async def list_cases(
     conn: AsyncConnection, *, status: str | None = None, limit: int = 1000,
-    overdue: bool = False, now: datetime | None = None,
+    overdue: bool = False, now: datetime | None = None, after: uuid.UUID | None = None,
 ) -> list[dict[str, Any]]:
     """Cases oldest first (the assessment queue's order), optionally of one status (or of a
     group of them: ``STATUS_GROUPS``), or only ``overdue`` ones (also ``status="overdue"``)
-    at ``now`` (default: the present)."""
+    at ``now`` (default: the present); ``after``: those after that case in this order (the
+    next page: a range of the index, however deep)."""
     now = now or datetime.now(UTC)
     if status == OVERDUE:
         status, overdue = None, True
     query = select(cases).order_by(cases.c.first_reported, cases.c.id).limit(limit)
-    if status is not None:
-        query = query.where(cases.c.status.in_(STATUS_GROUPS.get(status, (status,))))
+    if after is not None:
+        last = select(cases.c.first_reported).where(cases.c.id == after).scalar_subquery()
+        query = query.where(or_(cases.c.first_reported > last,
+                                and_(cases.c.first_reported == last, cases.c.id > after)))
     if overdue:
         query = query.where(cases.c.id.in_(overdue_cases(now)))
+    listed: list[Any] = []
+    if status is None:
+        listed += await conn.execute(query)
+    else:
+        # One query per state, merged here: each is a range of the (state, first report)
+        # index in order, where one query for a group of states reads and sorts them all.
+        for state in STATUS_GROUPS.get(status, (status,)):
+            listed += await conn.execute(query.where(cases.c.status == state))
+        listed = sorted(listed, key=lambda row: (row.first_reported, row.id))[:limit]
     sealer = sealer_of(conn)
     # A case whose URL does not open is listed, marked damaged: the others are served.
-    rows = [open_case_marked(sealer, row) for row in await conn.execute(query)]
+    rows = [open_case_marked(sealer, row) for row in listed]
     ids = [r.id for r, _ in rows]
     reports = await _reports(conn, ids)
     hosting = await _current_hosting(conn, ids)
@@ -577,14 +589,15 @@ def _history_details(sealer: Sealer, seq: int, stored: Any) -> dict[str, Any]:
 
 async def queue_cases(
     conn: AsyncConnection, *, status: str | None, flag: str | None, limit: int,
-    scan: int = 10_000, now: datetime | None = None,
+    scan: int = 10_000, now: datetime | None = None, after: uuid.UUID | None = None,
 ) -> tuple[list[dict[str, Any]], bool]:
-    """The oldest ``limit`` cases of a status (and with a flag); True when there are more.
+    """The oldest ``limit`` cases of a status (and with a flag), after the case ``after``
+    when given (the next page); True when there are more.
 
     Flags come from the hosting evidence, so a flag filter looks at up to ``scan`` cases.
     """
     found = await list_cases(conn, status=status, limit=(scan if flag else limit) + 1,
-                             overdue=flag == OVERDUE, now=now)
+                             overdue=flag == OVERDUE, now=now, after=after)
     more = len(found) > (scan if flag else limit)
     if flag is not None:
         found = [c for c in found[:scan] if flag in c["flags"]]

@@ -23,6 +23,8 @@ Milestones: the first time a case reaches each of :data:`MILESTONES` is kept in 
 ``milestone``; the approval of a verdict, which is not a transition, by :func:`reached`). The
 first time wins: a reopened case keeps the times of its first course (the audit trail has every
 later one), so statistics count from the first report to the first removal.
+
+The markers the stages' polls read (``gateway.store.due``) are set in the same statement.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.dml import ReturningInsert
 
-from gateway.store import pending_reminders
+from gateway.store import due, pending_reminders
 from gateway.store.audit import AuditEntry, record
 from gateway.store.case_urls import seal_case_urls
 from gateway.store.errors import Conflict, NotAllowed, NotFound
@@ -201,13 +203,14 @@ EVENTS = tuple(dict.fromkeys(t.event for t in TABLE))
 #: A case reopened by a new report is nobody's and held by nothing, and is located afresh, as
 #: if new (the content may have moved).
 REOPENED_AFRESH = {"assigned_to": None, "hold_reason": None, "locate_attempts": 0,
-                   "locate_after": None, "locate_error": None}
+                   "locate_after": None, "locate_error": None, **due.CLEARED}
 #: Reported again after these, the content is back: the reopened case is flagged
 #: ``reappeared``.
 CAME_BACK = ("removed", "content_unavailable")
 
 
 assert {t.milestone for t in TABLE} <= {"", *MILESTONES}
+assert due.WATCHED == AWAITING_OUTCOME, "the re-check watches the cases awaiting an outcome"
 
 
 def reached(milestone: str, at: datetime) -> dict[str, Any]:
@@ -298,6 +301,7 @@ def move(
     if found.milestone:
         columns.update(reached(found.milestone, milestone_at or at))
     columns["status"] = found.next
+    columns.update(due.markers(state, event, found.next, columns, at))
     if found.next != state or found.restart:
         columns["status_changed_at"] = at
     guard = and_(cases.c.id == case_id, cases.c.status == state,

@@ -254,7 +254,10 @@ def record_outcome_in(
     done = conn.execute(update(referrals).where(
         referrals.c.id == referral_id,
         current.is_(None) if row.outcome is None else current == row.outcome,
-    ).values(outcome=outcome, outcome_at=when)).rowcount
+    ).values(outcome=outcome, outcome_at=when,
+             # Acknowledged: the follow-up stage looks again (the removal is chased now);
+             # closed: it has nothing more to follow.
+             follow_up_at=now if outcome == "acknowledged" else None)).rowcount
     if done != 1:
         raise lifecycle.CaseChanged("the referral changed meanwhile; reload it")
     outcome_id = uuid7()

@@ -125,6 +125,13 @@ cases = Table(
     # When the retention pass anonymised the closed case (``gateway.anonymise``): its URLs,
     # hosts, addresses and reporters' words are gone; its key, state and figures stay.
     Column("anonymised_at", DateTime(timezone=True), nullable=True),
+    # What the stages' polls read (``gateway.store.due``): set only while the case has work
+    # waiting, NULL otherwise, each with a partial index of the set ones, so that a poll reads
+    # what is due and not every case of years. ``route_due_at``: since when the case waits
+    # for routing (``routing.decide``); ``recheck_since``: while the hosting re-check watches
+    # the case (``routing.recheck``), the time of its latest lookup.
+    Column("route_due_at", DateTime(timezone=True), nullable=True),
+    Column("recheck_since", DateTime(timezone=True), nullable=True),
     Index(None, "status", "first_reported"),
     Index(None, "status", "status_changed_at"),
     # The report selects cases by the milestone that puts them in a period; each index
@@ -133,6 +140,14 @@ cases = Table(
     Index("ix_cases_referred", "referred_at", "status", "first_reported", "removed_at"),
     Index("ix_cases_removed", "removed_at", "referred_at"),
     Index("ix_cases_first_report", "id", "first_reported", "kind"),
+    # The stages' polls (migration 0027): each a range of the few rows with work waiting.
+    Index("ix_cases_route_due", "route_due_at", sqlite_where=text("route_due_at IS NOT NULL"),
+          postgresql_where=text("route_due_at IS NOT NULL")),
+    Index("ix_cases_recheck", "recheck_since", sqlite_where=text("recheck_since IS NOT NULL"),
+          postgresql_where=text("recheck_since IS NOT NULL")),
+    # What a worker holds (a stage hands back its leases when it stops).
+    Index("ix_cases_claimed", "claimed_by", sqlite_where=text("claimed_by IS NOT NULL"),
+          postgresql_where=text("claimed_by IS NOT NULL")),
 )
 
 # Every lookup of a case's host, as it was answered: never updated, never replaced. A case's
@@ -438,9 +453,20 @@ referrals = Table(
     Column("supervisor_flag", String(16), nullable=True),
     Column("claimed_by", String(64), nullable=True),
     Column("claimed_until", DateTime(timezone=True), nullable=True),
+    # When the follow-up stage looks at it next (``outbound.follow_up``): set when it is
+    # delivered and when an acknowledgement is recorded, moved on by each look to the next
+    # moment a deadline, reminder or flag falls due; NULL when nothing will.
+    Column("follow_up_at", DateTime(timezone=True), nullable=True),
     UniqueConstraint("decision_id", "destination"),
     # The report: referrals made in a period, by destination and state.
     Index("ix_referrals_made", "created_at", "destination", "status", "id"),
+    # A case's referrals (its page, the re-check, the outcomes), and what a worker holds.
+    Index("ix_referrals_case", "case_id", "created_at"),
+    Index("ix_referrals_claimed", "claimed_by", sqlite_where=text("claimed_by IS NOT NULL"),
+          postgresql_where=text("claimed_by IS NOT NULL")),
+    Index("ix_referrals_follow_up", "follow_up_at",
+          sqlite_where=text("follow_up_at IS NOT NULL"),
+          postgresql_where=text("follow_up_at IS NOT NULL")),
 )
 
 # Every reminder queued for a referral: what it chases (acknowledge | remove), its number in
