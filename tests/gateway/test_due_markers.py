@@ -1,6 +1,6 @@
 """The markers the stages' polls read (``gateway.store.due``), on real SQLite and PostgreSQL:
 set by the moves that give a stage work and cleared by those that end it; filled by migration
-0027 for the cases already waiting; and read through their partial indexes, so that a poll
+0028 for the cases already waiting; and read through their partial indexes, so that a poll
 reads what is due rather than every case."""
 
 from __future__ import annotations
@@ -165,13 +165,13 @@ async def test_polls_read_their_partial_indexes(engine: AsyncEngine) -> None:
             assert index in await plan(conn, query), index
 
 
-# --- migration 0027 fills the markers ------------------------------------------------------
+# --- migration 0028 fills the markers ------------------------------------------------------
 
 
 @pytest.fixture(params=BACKENDS)
 async def at_0027(request: pytest.FixtureRequest, make_config: ConfigFactory
                   ) -> AsyncIterator[AsyncEngine]:
-    """An engine on a real database at revision 0026 (before the markers)."""
+    """An engine on a real database at revision 0027 (before the markers)."""
     schema = None
     if request.param == "sqlite":
         engine = await open_database(make_config())
