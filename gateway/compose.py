@@ -136,8 +136,9 @@ def make_recheck(config: Config, backend: WriteBackend, locator: Locator) -> Rec
         home_country=config.gateway.home_country,
         members=MembershipList.shipped(config.routing.membership, config.routing.hotlines),
         hotlines=config.routing.hotlines,
-        # Looked for often enough to keep to the interval, never more than once a minute.
-        idle_poll=min(60.0, max(0.05, every / 4)), **_lease(config))
+        # Looked for often enough to keep to the interval and to take a dead instance's
+        # claims within a minute (a poll reads the due marker's index: under 1 ms at 1M cases).
+        idle_poll=min(15.0, max(0.05, every / 4)), **_lease(config))
 
 
 def partner_keys(config: Config) -> dict[str, str]:
