@@ -508,8 +508,9 @@ async def run_database(db: Database, args: argparse.Namespace, sealer: Sealer) -
         print(f"  made: {meta}")
         return []
     print(f"  made: {meta['rows']} rows generated and inserted in {meta['generated_s']} s "
-          f"(this process's CPU {meta['generate_cpu_s']} s); migration 0027 (markers "
-          f"backfilled, indexes built) {meta['migration_0027_s']} s; {meta['made']}")
+          f"(this process's CPU {meta['generate_cpu_s']} s); migrations to the head (report "
+          f"counts, markers backfilled, indexes built) {meta['migration_0027_s']} s; "
+          f"{meta['made']}")
     problems: list[str] = []
     rates: dict[str, list[Intake]] = {"empty": [], "big": []}
     scratch = Path(tempfile.mkdtemp(prefix="big-", dir=args.tmpdir))

@@ -1,5 +1,5 @@
 """What the stages' polls read: a marker column on each case, set only while it has work waiting
-and NULL otherwise, with a partial index of the set ones (``tables.cases``, migration 0027).
+and NULL otherwise, with a partial index of the set ones (``tables.cases``, migration 0028).
 
 A stage's poll then reads the index range of what is due, a few rows, instead of testing every
 case of years against its condition (a database of a million cases took seconds per poll, and

@@ -140,7 +140,7 @@ cases = Table(
     Index("ix_cases_referred", "referred_at", "status", "first_reported", "removed_at"),
     Index("ix_cases_removed", "removed_at", "referred_at"),
     Index("ix_cases_first_report", "id", "first_reported", "kind"),
-    # The stages' polls (migration 0027): each a range of the few rows with work waiting.
+    # The stages' polls (migration 0028): each a range of the few rows with work waiting.
     Index("ix_cases_route_due", "route_due_at", sqlite_where=text("route_due_at IS NOT NULL"),
           postgresql_where=text("route_due_at IS NOT NULL")),
     Index("ix_cases_recheck", "recheck_since", sqlite_where=text("recheck_since IS NOT NULL"),
