@@ -139,6 +139,8 @@ def states(assessed_at: datetime, verdicts: Sequence[Any], lookups: Sequence[Any
         counted = items(verdict, _latest(lookups_in, day))
         if not found or found[-1][1] != counted:
             found.append((day, counted))
+    if not found:
+        return []
     assessed_on = day_of(assessed_at)
     ends = [day for day, _ in found[1:]] + [FOREVER]
     return [State(day, end, assessed_on, counted)

@@ -166,3 +166,10 @@ def test_a_case_counts_what_its_latest_verdict_and_lookup_of_each_day_say() -> N
         State(day + timedelta(days=30), FOREVER, day + timedelta(days=2),
               (*illegal, "country:DE")),
     ]
+
+
+def test_a_case_marked_assessed_without_a_verdict_counts_nothing() -> None:
+    """A case whose assessment time is set but which holds no verdict (as an older release's
+    rows can) has no state, whatever its lookups say, rather than failing the rebuild."""
+    assert states(at(2), [], [Lookup(1, at(0), "NL")]) == []
+    assert states(at(2), [], []) == []
