@@ -22,6 +22,7 @@ from gateway.app import Gateway
 from gateway.stats import collect_stats
 from gateway.store.backend import WriteBackend, open_write_backend
 from gateway.store.case_view import get_case, list_cases
+from gateway.store.ids import uuid7
 from gateway.store.references import ReferenceAllocator
 from gateway.store.tables import case_reports, submissions
 from gateway.store.writer import NewSubmission, SubmissionWriter
@@ -468,3 +469,39 @@ def test_past_the_counting_limit_the_flag_says_at_least() -> None:
     assert result.flags == [{"flag": "urls_over_cap", "found": MAX_COUNTED, "filed": MAX_URLS,
                              "more": True}]
     assert describe(result.flags[0]).startswith(f"at least {MAX_COUNTED} URLs found")
+
+
+def test_a_batch_is_opened_parsed_and_sealed_in_passes_each_in_its_place() -> None:
+    """The executor's work on a batch, opened, parsed and sealed pass by pass: a large message
+    (opened only at its turn), a small one, one whose raw message is gone, one sealed for
+    another record and one under a key this process lacks each get their own outcome, in
+    the batch's order, sealed for their own record."""
+    from gateway.store.sealed import open_value, seal_value
+    from gateway.store.sealing import Keyring, Sealer, UnknownKey
+    from intake.normalise import _OPEN_AHEAD, _Claimed
+
+    now = datetime.now(UTC)
+    sealer = Sealer(Keyring.generate(now))
+    elsewhere = Sealer(Keyring.generate(now))
+    ids = [uuid7() for _ in range(5)]
+    large = mail(0, "big: http://example.com/large\r\n" + "x" * 76 * (_OPEN_AHEAD // 76 + 1))
+    raws = [seal_value(sealer, submissions.c.raw, ids[0], large),
+            seal_value(sealer, submissions.c.raw, ids[1], mail(1, "http://example.com/small")),
+            None,
+            seal_value(sealer, submissions.c.raw, ids[0], mail(3, "http://example.com/moved")),
+            seal_value(elsewhere, submissions.c.raw, ids[4], mail(4, "http://example.com/k"))]
+    assert len(raws[0]) > _OPEN_AHEAD
+    batch = [_Claimed(sid, f"CF-{n}", "smtp", now, raw)
+             for n, (sid, raw) in enumerate(zip(ids, raws, strict=True))]
+    results = _normalise_all(batch, sealer)
+    assert isinstance(results[4], UnknownKey)
+    outcomes = [r for r in results[:4] if not isinstance(r, UnknownKey)]
+    assert len(outcomes) == 4
+    assert [[u.url for u in r.urls] for r, _ in outcomes] == [
+        ["http://example.com/large"], ["http://example.com/small"], [], []]
+    errors = [r.error or "" for r, _ in outcomes]
+    assert errors[:3] == ["", "", "raw message no longer stored"]
+    assert errors[3].startswith("sealed: ") and str(ids[3]) in errors[3]
+    assert [outcome["sid"] for _, outcome in outcomes] == ids[:4]
+    subject = open_value(sealer, submissions.c.subject, ids[1], outcomes[1][1]["new_subject"])
+    assert subject == "found this 1"
