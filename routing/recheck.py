@@ -211,6 +211,8 @@ class RecheckStage(PollingStage):
         sealer = sealer_of(conn)
         mine = and_(cases.c.id == case_id, cases.c.claimed_by == self._worker)
         status = conn.execute(select(cases.c.status).where(mine)).scalar()
+        if status is None:  # the lease was lost: another worker has the case, or re-checked it
+            return Rechecked(case_id, "skipped", hosting.status)
         before = _referred_country(conn, case_id)
         evidence = evidence_row(sealer, case_id, hosting, "recheck")
         conn.execute(insert(hosting_evidence).values(**evidence))

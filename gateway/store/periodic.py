@@ -7,7 +7,9 @@ until ``claimed_until``; it marks it finished, or failed with ``claimed_until`` 
 time of the retry. A row neither finished nor held any more (its holder died mid-run, or the
 run failed and its retry time came) is taken over by the first instance to update it, again
 guarded in the statement. A lease rather than a bare insert, so that a holder that dies
-mid-run does not leave the period without its job.
+mid-run does not leave the period without its job; the holder renews it while the job runs
+(``renew``), so the lease bounds how long a dead holder keeps the period, not how long a job
+may take.
 """
 
 from __future__ import annotations
@@ -47,6 +49,16 @@ def claim(conn: Connection, *, job: str, period_start: datetime, holder: str,
         holder=holder, attempts=row.attempts + 1, started_at=now,
         claimed_until=now + lease)).rowcount
     return bool(taken == 1)
+
+
+def renew(conn: Connection, *, job: str, period_start: datetime, holder: str,
+          until: datetime) -> bool:
+    """Extend ``holder``'s run of ``job`` for the period to ``until``; whether it was still
+    ``holder``'s (not finished, not taken over by another instance meanwhile)."""
+    row = periodic_runs.c
+    return bool(conn.execute(update(periodic_runs).where(
+        row.job == job, row.period_start == period_start, row.holder == holder,
+        row.finished_at.is_(None)).values(claimed_until=until)).rowcount == 1)
 
 
 def finish(conn: Connection, *, job: str, period_start: datetime, holder: str,

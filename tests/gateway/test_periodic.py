@@ -1,12 +1,14 @@
 """The daily jobs run once per day across the instances on one database, not once per
 instance: a compressed day (an injected clock, checks every few milliseconds) with three
-instances, and the claim itself: a run that failed or whose holder died is taken again."""
+instances, and the claim itself: a run that failed or whose holder died is taken again; a
+run's claim renewed while it lasts (leases of tenths of a second), so that a long run is not
+run twice and a dead instance's is taken over."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from structlog.testing import capture_logs
 
 from gateway.app import Gateway
+from gateway.periodic import PeriodicJob
 from gateway.store import periodic
 from gateway.store.backend import WriteBackend, open_write_backend
 from gateway.store.tables import periodic_runs
@@ -25,6 +28,7 @@ from tests.conftest import BACKENDS, ConfigFactory, no_blocking_calls
 from tests.dns_server import DnsServer
 
 NOON = datetime(2026, 3, 1, 12, tzinfo=UTC)
+SHORT = timedelta(milliseconds=600)  # renewed every 0.2 s
 
 
 @pytest.fixture(params=BACKENDS)
@@ -111,10 +115,13 @@ async def test_a_run_whose_holder_died_is_taken_over_when_its_lease_ends(
     backend: WriteBackend,
 ) -> None:
     """A holder that never finished keeps the run until its lease ends, then loses it: its
-    late record is refused."""
+    late renewal and record are refused."""
     assert await _claim(backend, "a", NOON)
     assert not await _claim(backend, "b", NOON + timedelta(minutes=59))
     assert await _claim(backend, "b", NOON + timedelta(minutes=61))
+    assert not await backend.transaction(functools.partial(  # a's renewal, too late
+        periodic.renew, job="retention", period_start=periodic.period_of(NOON, timedelta(days=1)),
+        holder="a", until=NOON + timedelta(hours=3)))
     assert not await _finish(backend, "a", NOON + timedelta(minutes=62))
     assert await _finish(backend, "b", NOON + timedelta(minutes=63))
 
@@ -128,3 +135,93 @@ async def test_instances_claiming_at_once_get_one_run(engine: AsyncEngine) -> No
         for opened in backends:
             await opened.close()
     assert sorted(won) == [False] * 4 + [True]
+
+
+def _two_instances(backends: list[WriteBackend], a_work: Callable[[datetime], Awaitable[None]],
+                   b_work: Callable[[datetime], Awaitable[None]]) -> list[PeriodicJob]:
+    """Instances ``a`` and ``b`` with short leases and the real clock; ``b`` looks often."""
+    return [PeriodicJob(backend, "retention", work, holder=holder, lease=SHORT,
+                        first_check=0.0, check_every=0.01)
+            for backend, work, holder in ((backends[0], a_work, "a"), (backends[1], b_work, "b"))]
+
+
+async def _held_until(engine: AsyncEngine) -> datetime:
+    async with engine.connect() as conn:
+        until_ = (await conn.execute(select(periodic_runs.c.claimed_until))).scalar_one()
+    return until_ if until_.tzinfo else until_.replace(tzinfo=UTC)
+
+
+async def test_a_run_longer_than_its_lease_is_not_run_twice(engine: AsyncEngine) -> None:
+    """Instance a's run lasts past the lease it claimed the period with, renewing it; b, looking
+    again and again meanwhile, leaves it alone: the period's job is run once."""
+    backends = [await open_write_backend(engine) for _ in range(2)]
+    started: list[str] = []
+    finish = asyncio.Event()
+
+    def working(who: str) -> Callable[[datetime], Awaitable[None]]:
+        async def work(now: datetime) -> None:
+            started.append(who)
+            await finish.wait()
+        return work
+
+    a, b = _two_instances(backends, working("a"), working("b"))
+    running = asyncio.create_task(a.run_once())
+    looking: asyncio.Task[None] | None = None
+    try:
+        await until("a's run started", lambda: _true(started == ["a"]))
+        first_lease = await _held_until(engine)
+        looking = asyncio.create_task(b.run())
+        await until("a's first lease over", lambda: _true(datetime.now(UTC) > first_lease))
+        seen = b.checks
+        await until("b looked again", lambda: _true(b.checks >= seen + 3 or len(started) > 1))
+        assert started == ["a"] and b.runs == 0
+        finish.set()
+        assert await asyncio.wait_for(running, 30)
+    finally:
+        finish.set()
+        await b.stop()
+        await asyncio.gather(running, *[looking] if looking else [], return_exceptions=True)
+        for backend in backends:
+            await backend.close()
+    assert a.runs == 1 and a.renewals >= 1 and a.losses == 0
+    assert await _runs(engine) == [("retention", 1, True)]
+
+
+async def test_a_run_whose_instance_died_is_run_by_another_after_its_lease(
+    engine: AsyncEngine,
+) -> None:
+    """Instance a dies mid-run (nothing recorded, no more renewals); b, looking all along, runs
+    the period's job once a's last renewal has run out, and records it."""
+    backends = [await open_write_backend(engine) for _ in range(2)]
+    done: list[datetime] = []
+
+    async def hangs(now: datetime) -> None:
+        await asyncio.Event().wait()
+
+    async def work(now: datetime) -> None:
+        done.append(now)
+
+    a, b = _two_instances(backends, hangs, work)
+    dying = asyncio.create_task(a.run_once())
+    looking: asyncio.Task[None] | None = None
+    try:
+        await until("a renewed its claim", lambda: _true(a.renewals >= 1))
+        dying.cancel()  # killed: the claim stays as a's last renewal left it
+        await asyncio.gather(dying, return_exceptions=True)
+        looking = asyncio.create_task(b.run())
+        await until("b ran the job", lambda: _true(b.runs == 1))
+    finally:
+        dying.cancel()
+        await b.stop()
+        await asyncio.gather(dying, *[looking] if looking else [], return_exceptions=True)
+        for backend in backends:
+            await backend.close()
+    assert len(done) == 1 and a.runs == 0
+    async with engine.connect() as conn:
+        row = (await conn.execute(select(periodic_runs.c.holder, periodic_runs.c.attempts,
+                                         periodic_runs.c.finished_at))).one()
+    assert (row.holder, row.attempts, row.finished_at is not None) == ("b", 2, True)
+
+
+async def _true(value: bool) -> bool:
+    return value

@@ -142,6 +142,28 @@ async def test_a_reminder_another_worker_queued_meanwhile_is_done_elsewhere(
     assert (row.claimed_by, row.claimed_until) == (None, None)
 
 
+async def test_a_referral_whose_holder_died_is_reminded_once_after_its_lease(
+    engine: AsyncEngine, backend: WriteBackend, gpg: Gpg, keys: Keys
+) -> None:
+    """Worker w1 claimed the overdue referral and died before acting (nothing handed back,
+    nothing renewed): w2 leaves it while w1's lease lasts, then takes it and queues the
+    reminder, once."""
+    _, referral_id = await delivered(backend, keys.recipient, at=SENT)
+    clock = Clock(ACK_DUE)
+    dead = stage(backend, engine, gpg, keys, clock, "w1")
+    other = stage(backend, engine, gpg, keys, clock, "w2")
+    assert await backend.transaction(partial(
+        dead._claim, ids=[referral_id], now=clock(), until=clock() + timedelta(seconds=30),
+    )) == [referral_id]
+    assert await other.run_once() == 0  # w1's, for its lease
+    clock.now += timedelta(seconds=31)
+    assert await other.run_once() == 1
+    assert await other.run_once() == 0  # done: the next reminder is not due yet
+    assert [(r.chase, r.number) for r in await reminders(engine)] == [("acknowledge", 1)]
+    row = await referral_row(engine, referral_id)
+    assert (row.claimed_by, row.claimed_until) == (None, None)
+
+
 async def test_a_flag_another_worker_set_meanwhile_is_not_set_twice(
     engine: AsyncEngine, backend: WriteBackend, gpg: Gpg, keys: Keys
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from gateway.compose import make_recheck
 from gateway.config import ConfigError
 from gateway.console.accounts import Staff, add_user
 from gateway.console.routing_changes import decide_routing_change, set_hosting_country
+from gateway.store import leases
 from gateway.store.backend import WriteBackend
 from gateway.store.case_view import get_case, queue_cases
 from gateway.store.errors import NotAllowed
@@ -33,6 +35,7 @@ from routing.protocol import MembershipList
 from routing.recheck import RecheckStage
 from routing.resolve import HostResolver
 from tests.clock import Clock
+from tests.cluster import until
 from tests.conftest import ConfigFactory
 from tests.dns_server import DnsServer, Zone
 from tests.passwords import CHEAP
@@ -78,15 +81,16 @@ async def staff(backend: WriteBackend) -> dict[str, Staff]:
     return found
 
 
-def stage(backend: WriteBackend, dns: DnsServer, mmdb: dict[str, Path], clock: Clock,
-          worker: str = "recheck-1") -> RecheckStage:
+def stage(backend: WriteBackend, dns: DnsServer, mmdb: dict[str, Path],
+          clock: Callable[[], datetime], worker: str = "recheck-1", *,
+          lease: timedelta = leases.LEASE, timeout: float = 1.0) -> RecheckStage:
     """A re-check stage whose lookups are stamped by the same injected clock."""
-    locator = Locator(HostResolver([dns.address], timeout=1.0),
+    locator = Locator(HostResolver([dns.address], timeout=timeout),
                       open_geolocator(mmdb["country"], mmdb["asn"]),
                       overrides=Overrides([]), cdn_asns=[13335], clock=clock)
     return RecheckStage(backend, locator, worker=worker, every=EVERY,
                         home_country="BE", members=MEMBERS,
-                        hotlines=["NL"], clock=clock)
+                        hotlines=["NL"], lease=lease, clock=clock)
 
 
 async def case_of(engine: AsyncEngine, case_id: uuid.UUID) -> dict[str, Any]:
@@ -198,6 +202,73 @@ async def test_two_workers_do_not_double_work(
     async with engine.connect() as conn:
         count = len((await conn.execute(select(hosting_evidence.c.id))).all())
     assert count == 3
+
+
+async def test_a_recheck_whose_holder_died_is_taken_over_and_done_once(
+    backend: WriteBackend, engine: AsyncEngine, staff: dict[str, Staff], dns: DnsServer,
+    mmdb: dict[str, Path],
+) -> None:
+    """Worker a claims a due case and its lookup hangs: it renews its short lease past the
+    first one's end, and b finds nothing to take; a dies (nothing handed back, no more
+    renewals): b takes the case once a's last lease has run out, and it is re-checked once."""
+    case_id, _ = await referred_case(backend, "nl.test")
+    lease = timedelta(seconds=1)  # renewed every third of a second
+    a = stage(backend, dns, mmdb, now, "a", lease=lease, timeout=60.0)
+    b = stage(backend, dns, mmdb, now, "b", lease=lease)
+    dns.zone.behave("nl.test", "drop")
+    dying = asyncio.create_task(a.run_once())
+    try:
+        await until("a holds the case", lambda: _true(case_id in a.holding))
+        first_lease = await _claimed_until(engine, case_id)
+        await until("a's first lease over", lambda: _true(now() > first_lease))
+        assert await b.run_once() == 0  # renewed: still a's
+        dying.cancel()  # killed mid-lookup
+        await asyncio.gather(dying, return_exceptions=True)
+        dns.zone.behaviour.clear()
+        assert await until("b's re-check", b.run_once) == 1
+    finally:
+        dying.cancel()
+        await asyncio.gather(dying, return_exceptions=True)
+        await a.holding.stop()
+        await b.holding.stop()
+    assert a.checked == 0 and b.checked == 1
+    case = await case_of(engine, case_id)
+    assert [e["trigger"] for e in case["hosting_evidence"]] == ["recheck"]
+    assert await _claimed_until(engine, case_id) is None
+    assert await b.run_once() == 0  # done: not due again
+
+
+async def test_a_recheck_whose_lease_was_lost_files_nothing(
+    backend: WriteBackend, engine: AsyncEngine, staff: dict[str, Staff], dns: DnsServer,
+    mmdb: dict[str, Path],
+) -> None:
+    """Worker a's lease ran out before its lookup came back (a frozen process) and b took the
+    case and re-checked it: a's late lookup is not filed, the case has b's evidence alone."""
+    case_id, _ = await referred_case(backend, "nl.test")
+    clock = Clock(START + timedelta(hours=13))
+    a = stage(backend, dns, mmdb, clock, "a")
+    b = stage(backend, dns, mmdb, lambda: clock() + timedelta(minutes=5), "b")
+    assert await backend.transaction(lambda conn: a._claim(conn, now=clock())) == [case_id]
+    assert await b.run_once() == 1
+    done = await a.recheck(case_id)
+    assert (done.result, a.checked, b.checked) == ("skipped", 1, 1)
+    case = await case_of(engine, case_id)
+    assert [e["trigger"] for e in case["hosting_evidence"]] == ["recheck"]
+
+
+async def _claimed_until(engine: AsyncEngine, case_id: uuid.UUID) -> datetime | None:
+    async with engine.connect() as conn:
+        found = (await conn.execute(select(cases.c.claimed_until)
+                                    .where(cases.c.id == case_id))).scalar_one()
+    return found.replace(tzinfo=UTC) if found is not None and found.tzinfo is None else found
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def _true(value: bool) -> bool:
+    return value
 
 
 async def test_moved_hosting_waits_for_a_supervisor(
