@@ -444,6 +444,11 @@ referrals = Table(
     # (when the content went down, for a removal). The history is ``referral_outcomes``.
     Column("outcome", String(24), nullable=True),
     Column("outcome_at", DateTime(timezone=True), nullable=True),
+    # For the report's per-destination times: microseconds from the referral's creation to
+    # its acknowledgement and to its content going down (each outcome's ``occurred_at``), set
+    # with the outcome (``gateway.store.outcomes``), so that a year's medians read one index.
+    Column("acknowledged_micros", BigInteger, nullable=True),
+    Column("removed_micros", BigInteger, nullable=True),
     # Its deadlines, as the follow-up stage computed them from the destination's policy
     # (``routing.deadlines``; None: no such deadline), so that "overdue" is a query; when a
     # supervisor was told, and about which chase (acknowledge | remove); the stage's lease.
@@ -458,8 +463,13 @@ referrals = Table(
     # moment a deadline, reminder or flag falls due; NULL when nothing will.
     Column("follow_up_at", DateTime(timezone=True), nullable=True),
     UniqueConstraint("decision_id", "destination"),
-    # The report: referrals made in a period, by destination and state.
-    Index("ix_referrals_made", "created_at", "destination", "status", "id"),
+    # The report: referrals made in a period, by destination and state, with their times.
+    Index("ix_referrals_made", "created_at", "destination", "status", "acknowledged_micros",
+          "removed_micros"),
+    # What is overdue (``gateway.store.follow_ups``): the referrals without an outcome, or
+    # only acknowledged, read by their outcome instead of every referral of years.
+    Index("ix_referrals_open", "outcome", "status", "acknowledge_by", "remove_by", "case_id",
+          "decision_id"),
     # A case's referrals (its page, the re-check, the outcomes), and what a worker holds.
     Index("ix_referrals_case", "case_id", "created_at"),
     Index("ix_referrals_claimed", "claimed_by", sqlite_where=text("claimed_by IS NOT NULL"),

@@ -1,0 +1,48 @@
+"""The report's per-destination times and what is overdue, read without a join over a year:
+each referral keeps the microseconds from its creation to its acknowledgement and to its
+content going down (``gateway.store.outcomes`` sets them with the outcome), which the index of
+the referrals made holds instead of the id; and an index of the referrals by outcome, so
+that what is overdue reads the open ones (no outcome, or only acknowledged) instead of every
+referral of years. Filled from the outcomes (``report_facts.referral_times``).
+
+Revision ID: 0029
+Revises: 0028
+Create Date: 2026-12-04
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0029"
+down_revision = "0028"
+branch_labels = None
+depends_on = None
+
+OPEN = ["outcome", "status", "acknowledge_by", "remove_by", "case_id", "decision_id"]
+
+
+def upgrade() -> None:
+    op.add_column("referrals", sa.Column("acknowledged_micros", sa.BigInteger, nullable=True))
+    op.add_column("referrals", sa.Column("removed_micros", sa.BigInteger, nullable=True))
+    # The backfill reads the outcomes as this revision has them (the function is the one
+    # the bench fills a bulk-loaded year with).
+    from gateway.store.report_facts import referral_times
+
+    referral_times(op.get_bind())
+    op.drop_index("ix_referrals_made", table_name="referrals")
+    op.create_index("ix_referrals_made", "referrals",
+                    ["created_at", "destination", "status", "acknowledged_micros",
+                     "removed_micros"])
+    op.create_index("ix_referrals_open", "referrals", OPEN)
+
+
+def downgrade() -> None:
+    op.drop_index("ix_referrals_open", table_name="referrals")
+    op.drop_index("ix_referrals_made", table_name="referrals")
+    op.create_index("ix_referrals_made", "referrals",
+                    ["created_at", "destination", "status", "id"])
+    with op.batch_alter_table("referrals") as batch:
+        batch.drop_column("removed_micros")
+        batch.drop_column("acknowledged_micros")
