@@ -169,7 +169,7 @@ async def times(conn: AsyncConnection, period: Period, *, now: datetime,
         micros_between(conn, cases.c.referred_at, cases.c.first_reported).label("to_referral"),
         micros_between(conn, cases.c.removed_at, cases.c.referred_at).label("to_removal"))
         .where(referred_in), names=("to_referral", "to_removal"), flags=("open",),
-        bounds=bounds)).get((), none)
+        bounds=bounds, unranked=("to_removal",))).get((), none)
     referred, still_open = referred_rows.count, referred_rows.flagged["open"]
     to_referral = referred_rows.spread["to_referral"]
     within = dict(zip(WITHIN_DAYS, referred_rows.spread["to_removal"].within, strict=True))

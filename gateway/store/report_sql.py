@@ -8,6 +8,7 @@ one long read.
 from __future__ import annotations
 
 import bisect
+import json
 import math
 import statistics
 from collections.abc import AsyncIterator, Hashable, Sequence
@@ -136,8 +137,8 @@ MEDIAN_ABOVE = 1e-12
 
 
 def spread_query(inner: Subquery, *, names: Sequence[str] = ("span",),
-                 flags: Sequence[str] = (), p: int = PERCENTILE, bounds: Sequence[int] = ()
-                 ) -> Select[Any]:
+                 flags: Sequence[str] = (), p: int = PERCENTILE, bounds: Sequence[int] = (),
+                 unranked: Sequence[str] = ()) -> Select[Any]:
     """Each key of ``inner`` (its columns other than ``names`` and ``flags``) with its
     count of rows, of rows whose each flag is true, and, for each span column of ``names``,
     its count of spans (a NULL is none) and the spans at the ranks its median and ``p``-th
@@ -148,7 +149,8 @@ def spread_query(inner: Subquery, *, names: Sequence[str] = ("span",),
     100``. Each key's spans are sorted on their own as integers (an ordered-set aggregate),
     not the whole set by key and span as a window function would (a text key sorted by its
     collation costs more than the spans), and the keys are grouped in the "C" collation for
-    the same reason. Then how many spans are at most each of ``bounds``."""
+    the same reason. Then how many spans are at most each of ``bounds``. The span columns
+    of ``unranked`` are only counted (NULL in place of the spans picked)."""
     keys = [c.collate("C") if isinstance(c.type, String) else c
             for c in inner.c if c.name not in (*names, *flags)]
     fractions = array([literal(0.5, Float), literal(0.5 + MEDIAN_ABOVE, Float),
@@ -156,7 +158,8 @@ def spread_query(inner: Subquery, *, names: Sequence[str] = ("span",),
     return (select(*keys, func.count(), *(func.count().filter(inner.c[f]) for f in flags),
                    *(part for name in names for part in (
                        func.count(inner.c[name]),
-                       func.percentile_disc(fractions).within_group(inner.c[name]),
+                       literal(None) if name in unranked
+                       else func.percentile_disc(fractions).within_group(inner.c[name]),
                        *(func.count().filter(inner.c[name] <= bound) for bound in bounds))))
             .group_by(*keys))
 
@@ -187,13 +190,14 @@ async def spreads(conn: AsyncConnection, spans: Select[Any], *, p: int = PERCENT
 
 async def spread_rows(conn: AsyncConnection, query: Select[*tuple[Any, ...]], *,
                       names: Sequence[str] = ("span",), flags: Sequence[str] = (),
-                      p: int = PERCENTILE, bounds: Sequence[int] = ()
-                      ) -> dict[tuple[Hashable, ...], Rows]:
+                      p: int = PERCENTILE, bounds: Sequence[int] = (),
+                      unranked: Sequence[str] = ()) -> dict[tuple[Hashable, ...], Rows]:
     """Each key's :class:`Rows` (keys as tuples: the columns of ``query`` other than the
     span columns ``names`` and the boolean ``flags``; ``()`` when it has none): how many
     rows, how many with each flag, and the :class:`Spread` of each span column (NULL: no
-    span), with how many of its spans are at most each of ``bounds``. A query of no rows and
-    no keys gives none.
+    span), with how many of its spans are at most each of ``bounds``; those of ``unranked``
+    only counted (no median or percentile: their spans are not sorted). A query of no rows
+    and no keys gives none.
 
     PostgreSQL picks them (``spread_query``). SQLite's window functions cost about three
     times what fetching the spans (plain integers, computed in the database) and sorting
@@ -212,13 +216,13 @@ async def spread_rows(conn: AsyncConnection, query: Select[*tuple[Any, ...]], *,
                 continue
             found[tuple(key)] = Rows(
                 int(count), {f: int(n) for f, n in zip(flags, rest, strict=False)},
-                {name: _spread_of(text, p, bounds)
+                {name: _spread_of(text, p, bounds, ranked=name not in unranked)
                  for name, text in zip(names, rest[len(flags):], strict=True)})
         return found
     keys_count = len(inner.c) - len(names) - len(flags)
     each = 2 + len(bounds)
     for row in await conn.execute(spread_query(inner, names=names, flags=flags, p=p,
-                                               bounds=bounds)):
+                                               bounds=bounds, unranked=unranked)):
         key, count = row[:keys_count], row[keys_count]
         if not count:  # no rows and no keys: the aggregate's one row of none
             continue
@@ -231,12 +235,16 @@ async def spread_rows(conn: AsyncConnection, query: Select[*tuple[Any, ...]], *,
     return found
 
 
-def _spread_of(text: str | None, p: int, bounds: Sequence[int]) -> Spread:
-    """The spread of the spans of a ``group_concat`` (None: none), ranked in Python."""
+def _spread_of(text: str | None, p: int, bounds: Sequence[int], *, ranked: bool) -> Spread:
+    """The spread of the spans of a ``group_concat`` (None: none), ranked in Python (or, not
+    ``ranked``, only counted: a sort costs more than a pass for each bound)."""
     if text is None:
         return Spread(within=(0,) * len(bounds))
-    values = sorted(map(int, text.split(",")))
+    values: list[int] = json.loads(f"[{text}]")  # a list of integers, parsed in C
     count = len(values)
+    if not ranked:
+        return Spread(count, {}, tuple(sum(map(bound.__ge__, values)) for bound in bounds))
+    values.sort()
     ranks = {count // 2, count // 2 + 1, max(math.ceil(p / 100 * count), 1)}
     return Spread(count, {r: values[r - 1] for r in ranks if 1 <= r <= count},
                   tuple(bisect.bisect_right(values, bound) for bound in bounds))
@@ -248,5 +256,7 @@ def _spread_picked(row: Sequence[Any], p: int) -> Spread:
     count, picked, *within = row
     if not count:
         return Spread(within=tuple(0 for _ in within))
+    if picked is None:  # unranked
+        return Spread(int(count), {}, tuple(int(n) for n in within))
     return Spread(int(count), {rank: int(value) for rank, value in zip(
         _ranks(int(count), p), picked, strict=True)}, tuple(int(n) for n in within))
