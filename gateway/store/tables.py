@@ -76,8 +76,9 @@ submissions = Table(
     # {"flag": "urls_over_cap", "found": 10000, "filed": 200} (intake.normalise says which).
     Column("flags", LargeBinary, nullable=True, info=SEALED_JSON),
     Index(None, "status", "received_at"),
-    # The report: reports received in a period (covering: what it counts of them).
-    Index("ix_submissions_received", "received_at", "status", "channel", "filed_code"),
+    # The report: reports received in a period by kind (state, channel, filed code) and day,
+    # each kind's days a range of it (``gateway.store.report.received_counts``).
+    Index("ix_submissions_kind", "status", "channel", "filed_code", "received_at"),
 )
 
 # One case per reported item: a canonical URL, or a submission in which no URL was found.

@@ -3,7 +3,9 @@ each referral keeps the microseconds from its creation to its acknowledgement an
 content going down (``gateway.store.outcomes`` sets them with the outcome), which the index of
 the referrals made holds instead of the id; and an index of the referrals by outcome, so
 that what is overdue reads the open ones (no outcome, or only acknowledged) instead of every
-referral of years. Filled from the outcomes (``report_facts.referral_times``).
+referral of years. Filled from the outcomes (``report_facts.referral_times``). The reports
+received are indexed by kind (state, channel, filed code) before their time, so that a
+year's are counted by day as ranges of it instead of sorted by day.
 
 Revision ID: 0029
 Revises: 0028
@@ -20,6 +22,7 @@ down_revision = "0028"
 branch_labels = None
 depends_on = None
 
+KIND = ["status", "channel", "filed_code", "received_at"]
 OPEN = ["outcome", "status", "acknowledge_by", "remove_by", "case_id", "decision_id"]
 
 
@@ -36,9 +39,14 @@ def upgrade() -> None:
                     ["created_at", "destination", "status", "acknowledged_micros",
                      "removed_micros"])
     op.create_index("ix_referrals_open", "referrals", OPEN)
+    op.drop_index("ix_submissions_received", table_name="submissions")
+    op.create_index("ix_submissions_kind", "submissions", KIND)
 
 
 def downgrade() -> None:
+    op.drop_index("ix_submissions_kind", table_name="submissions")
+    op.create_index("ix_submissions_received", "submissions",
+                    ["received_at", "status", "channel", "filed_code"])
     op.drop_index("ix_referrals_open", table_name="referrals")
     op.drop_index("ix_referrals_made", table_name="referrals")
     op.create_index("ix_referrals_made", "referrals",
