@@ -136,11 +136,12 @@ cases = Table(
     Index(None, "status", "first_reported"),
     Index(None, "status", "status_changed_at"),
     # The report selects cases by the milestone that puts them in a period; each index
-    # covers what it reads of them (migration 0025), and the first report of a case by id.
+    # covers what it reads of them (migration 0025), and by id a case's first report and
+    # when it was first referred (the overdue cases of a period: migration 0029).
     Index("ix_cases_assessed", "assessed_at", "id"),
     Index("ix_cases_referred", "referred_at", "status", "first_reported", "removed_at"),
     Index("ix_cases_removed", "removed_at", "referred_at"),
-    Index("ix_cases_first_report", "id", "first_reported", "kind"),
+    Index("ix_cases_first_report", "id", "first_reported", "kind", "referred_at"),
     # The stages' polls (migration 0028): each a range of the few rows with work waiting.
     Index("ix_cases_route_due", "route_due_at", sqlite_where=text("route_due_at IS NOT NULL"),
           postgresql_where=text("route_due_at IS NOT NULL")),
@@ -464,8 +465,10 @@ referrals = Table(
     # moment a deadline, reminder or flag falls due; NULL when nothing will.
     Column("follow_up_at", DateTime(timezone=True), nullable=True),
     UniqueConstraint("decision_id", "destination"),
-    # The report: referrals made in a period, by destination and state, with their times.
-    Index("ix_referrals_made", "created_at", "destination", "status", "acknowledged_micros",
+    # The report: referrals made in a period, by destination (in the index's order: no sort;
+    # SQLite skips from one destination to the next range of the period), with their state
+    # and times.
+    Index("ix_referrals_made", "destination", "created_at", "status", "acknowledged_micros",
           "removed_micros"),
     # What is overdue (``gateway.store.follow_ups``): the referrals without an outcome, or
     # only acknowledged, read by their outcome instead of every referral of years.
@@ -519,8 +522,9 @@ referral_outcomes = Table(
     Index("ix_referral_outcomes_referral", "referral_id", "recorded_at", "outcome",
           "occurred_at"),
     Index(None, "case_id"),
-    # The report: outcomes in a period, by outcome and reason.
-    Index("ix_referral_outcomes_occurred", "occurred_at", "outcome", "reason_code"),
+    # The report: outcomes in a period, by outcome and reason (in the index's order: no sort;
+    # SQLite skips from one outcome and reason to the next range of the period).
+    Index("ix_referral_outcomes_kind", "outcome", "reason_code", "occurred_at"),
 )
 
 # Destinations' replies to referrals, as they arrived at ``[outbound] reply_address``: kept

@@ -1,11 +1,16 @@
-"""The report's per-destination times and what is overdue, read without a join over a year:
-each referral keeps the microseconds from its creation to its acknowledgement and to its
-content going down (``gateway.store.outcomes`` sets them with the outcome), which the index of
-the referrals made holds instead of the id; and an index of the referrals by outcome, so
-that what is overdue reads the open ones (no outcome, or only acknowledged) instead of every
-referral of years. Filled from the outcomes (``report_facts.referral_times``). The reports
-received are indexed by kind (state, channel, filed code) before their time, so that a
-year's are counted by day as ranges of it instead of sorted by day.
+"""The report's slow passes over a year, read from indexes in their order instead of joined or
+sorted (bench/report.py):
+
+- each referral keeps the microseconds from its creation to its acknowledgement and to its
+  content going down (``gateway.store.outcomes`` sets them with the outcome; filled here
+  from the outcomes by ``report_facts.referral_times``), which the index of the referrals
+  made holds instead of the id, by destination first (grouped in its order);
+- the referrals by outcome, so that what is overdue reads the open ones (no outcome, or only
+  acknowledged) instead of every referral of years, and the cases by id with when each was
+  first referred;
+- the reports received by kind (state, channel, filed code) before their time, so that a
+  year's are counted by day as ranges of it instead of sorted by day, and the outcomes by
+  outcome and reason before their time.
 
 Revision ID: 0029
 Revises: 0028
@@ -36,14 +41,25 @@ def upgrade() -> None:
     referral_times(op.get_bind())
     op.drop_index("ix_referrals_made", table_name="referrals")
     op.create_index("ix_referrals_made", "referrals",
-                    ["created_at", "destination", "status", "acknowledged_micros",
+                    ["destination", "created_at", "status", "acknowledged_micros",
                      "removed_micros"])
     op.create_index("ix_referrals_open", "referrals", OPEN)
+    op.drop_index("ix_cases_first_report", table_name="cases")
+    op.create_index("ix_cases_first_report", "cases",
+                    ["id", "first_reported", "kind", "referred_at"])
     op.drop_index("ix_submissions_received", table_name="submissions")
     op.create_index("ix_submissions_kind", "submissions", KIND)
+    op.drop_index("ix_referral_outcomes_occurred", table_name="referral_outcomes")
+    op.create_index("ix_referral_outcomes_kind", "referral_outcomes",
+                    ["outcome", "reason_code", "occurred_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_cases_first_report", table_name="cases")
+    op.create_index("ix_cases_first_report", "cases", ["id", "first_reported", "kind"])
+    op.drop_index("ix_referral_outcomes_kind", table_name="referral_outcomes")
+    op.create_index("ix_referral_outcomes_occurred", "referral_outcomes",
+                    ["occurred_at", "outcome", "reason_code"])
     op.drop_index("ix_submissions_kind", table_name="submissions")
     op.create_index("ix_submissions_received", "submissions",
                     ["received_at", "status", "channel", "filed_code"])
