@@ -80,8 +80,8 @@ async def received_counts(conn: AsyncConnection, period: Period) -> Received:
     the reports' figures and the daily series, without sorting a year's reports: first the
     kinds of report (state, channel, code) there are, read along an index that begins with
     them (``ix_submissions_kind``), then each day's count of each kind, each a range of that
-    index. A GROUP BY day would sort every report of the period (SQLite: most of a year's
-    report; bench/report.py)."""
+    index. A GROUP BY day would sort every report of the period (on SQLite most of the
+    pass's time; bench/report.py). A kind of which none came in the period counts none."""
     kind = (submissions.c.status, submissions.c.channel, submissions.c.filed_code)
     kinds = [(str(status), str(channel), None if code is None else int(code))
              for status, channel, code in await conn.execute(select(*kind).distinct())]
