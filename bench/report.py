@@ -12,8 +12,9 @@ reports never filed. Sealed columns hold NULL where they may, else a short dummy
 figures never read them (``gateway.store.report``), so nothing here needs a key.
 
 The bulk load bypasses the writes that keep what the report pre-counts, so the bench then
-counts it as migration 0027 does (``report_facts.rebuild``: the reports' filed codes, the
-verdicts' day counts), and prints how long that took; a kept year migrated to a newer
+counts it as migrations 0027 and 0029 do (``report_facts.rebuild``: the reports' filed
+codes, the verdicts' day counts; ``report_facts.referral_times``: each referral's times to
+its acknowledgement and removal), and prints how long that took; a kept year migrated to a newer
 revision prints how long the migration took. Then, after ``ANALYZE`` (``VACUUM ANALYZE``
 on PostgreSQL, as autovacuum would after a bulk load), it runs the report for the year as
 the CLI does (one connection, ``build_report``) ``--rounds`` times, prints the best and
@@ -61,7 +62,7 @@ from gateway.store.report import (
     received_counts,
     verdicts_counted,
 )
-from gateway.store.report_facts import rebuild
+from gateway.store.report_facts import rebuild, referral_times
 from gateway.store.report_referrals import (
     destinations,
     forwarding,
@@ -285,8 +286,9 @@ async def run_database(url: str, history: History, args: argparse.Namespace,
               f"{time.perf_counter() - began:.1f} s (migrations at "
               f"{await migrate.current(engine)})")
         began = time.perf_counter()
-        async with engine.begin() as conn:  # what migration 0027 backfills
+        async with engine.begin() as conn:  # what migrations 0027 and 0029 backfill
             states = await conn.run_sync(rebuild)
+            await conn.run_sync(referral_times)
         print(f"{dialect}: the report's codes and verdicts counted ({states} case states) "
               f"in {time.perf_counter() - began:.1f} s")
         await settle(engine, dialect)

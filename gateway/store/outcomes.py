@@ -257,7 +257,8 @@ def record_outcome_in(
     ).values(outcome=outcome, outcome_at=when,
              # Acknowledged: the follow-up stage looks again (the removal is chased now);
              # closed: it has nothing more to follow.
-             follow_up_at=now if outcome == "acknowledged" else None)).rowcount
+             follow_up_at=now if outcome == "acknowledged" else None,
+             **_times_kept(outcome, when - utc(row.created_at)))).rowcount
     if done != 1:
         raise lifecycle.CaseChanged("the referral changed meanwhile; reload it")
     outcome_id = uuid7()
@@ -289,6 +290,13 @@ def record_outcome_in(
                                                                          list(live)),
                        details={"referral": str(referral_id), "outcome": outcome})
     return Recorded(outcome_id, referral_id, row.case_id, outcome, follows, moved)
+
+
+def _times_kept(outcome: str, after: timedelta) -> dict[str, int]:
+    """The referral's time to this outcome, kept for the report's per-destination figures
+    (``gateway.store.report_referrals``): microseconds, exactly."""
+    column = {"acknowledged": "acknowledged_micros", "removed": "removed_micros"}.get(outcome)
+    return {} if column is None else {column: after // timedelta(microseconds=1)}
 
 
 def _live_outcomes(conn: Connection, case_id: uuid.UUID, decision_id: uuid.UUID

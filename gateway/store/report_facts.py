@@ -23,7 +23,10 @@ Likewise each filed report keeps its ``filed_code`` (:func:`file_codes`, called 
 and merging): whether it is the first report of one of its cases (unique) and whether one
 has no URL, so that the reports' figures are counted in the one pass over the reports
 received that the report makes anyway. :func:`rebuild` computes both from scratch (the
-migration's backfill, in batches).
+migration's backfill, in batches). Each referral keeps its times to its acknowledgement and
+to its removal (set with the outcome by ``gateway.store.outcomes``; :func:`referral_times`
+computes them from the outcomes, migration 0029's backfill), so that the per-destination
+medians read the referrals made and nothing else.
 """
 
 from __future__ import annotations
@@ -55,11 +58,14 @@ from sqlalchemy.engine import Connection
 from gateway.store import audit
 from gateway.store.classification import CONTENT_FLAGS
 from gateway.store.figures import UNRECORDED
+from gateway.store.report_sql import micros_between
 from gateway.store.tables import (
     assessments,
     case_reports,
     cases,
     hosting_evidence,
+    referral_outcomes,
+    referrals,
     report_verdict_days,
     report_verdicts,
     submissions,
@@ -315,3 +321,17 @@ def rebuild(conn: Connection, *, batch: int = BATCH) -> int:
         made += len(rows)
     add_days(conn, total)
     return made
+
+
+def referral_times(conn: Connection) -> None:
+    """Every referral's ``acknowledged_micros`` and ``removed_micros`` computed afresh from
+    its outcomes (a referral has at most one of each: its outcomes only go forward)."""
+    def after(outcome: str) -> Any:
+        return (select(micros_between(conn, referral_outcomes.c.occurred_at,
+                                      referrals.c.created_at))
+                .where(referral_outcomes.c.referral_id == referrals.c.id,
+                       referral_outcomes.c.outcome == outcome)
+                .order_by(referral_outcomes.c.recorded_at).limit(1).scalar_subquery())
+
+    conn.execute(update(referrals).where(referrals.c.outcome.is_not(None)).values(
+        acknowledged_micros=after("acknowledged"), removed_micros=after("removed")))

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, case, func, select
+from sqlalchemy import and_, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.store.figures import (
@@ -23,10 +23,10 @@ from gateway.store.figures import (
     ranked,
     share,
 )
-from gateway.store.follow_ups import overdue_cases
+from gateway.store.follow_ups import overdue_referrals
 from gateway.store.lifecycle import AWAITING_OUTCOME
 from gateway.store.outcome_codes import NOT_ACTIONABLE_REASONS, OUTCOMES
-from gateway.store.report_sql import Spread, micros_between, once, spreads
+from gateway.store.report_sql import Rows, Spread, micros_between, spread_rows, spreads
 from gateway.store.tables import cases, referral_outcomes, referrals, routing_decisions
 
 #: Each figure's section is the start of its name.
@@ -37,18 +37,23 @@ WITHIN_DAYS = (1, 3, 7)
 REMOVAL_BINS = ((6, "0-6h"), (24, "6-24h"), (72, "24-72h"), (168, "72-168h"),
                 (336, "168-336h"), (None, "336h+"))
 HOUR = 3600 * 1_000_000  # microseconds
-#: Referrals made in a period, by destination and delivery state.
-Made = list[tuple[str, str, int]]
+#: The referrals made in a period, by destination: how many, how many ``failed``, and the
+#: spreads of their times to ``acknowledged`` and to ``removed``.
+Made = dict[str, Rows]
 
 
 async def referrals_made(conn: AsyncConnection, period: Period) -> Made:
-    """The referrals made in the period by destination and state, which the forwarding
-    and per-destination figures share."""
-    return [(str(destination), str(status), int(n)) for destination, status, n in
-            await conn.execute(
-                select(referrals.c.destination, referrals.c.status, func.count())
-                .where(period.holds(referrals.c.created_at))
-                .group_by(referrals.c.destination, referrals.c.status))]
+    """The referrals made in the period by destination, which the forwarding and
+    per-destination figures share: one pass over an index that holds each referral's
+    destination, state and times to its acknowledgement and removal (kept with the outcome:
+    ``gateway.store.outcomes``)."""
+    found = await spread_rows(conn, select(
+        referrals.c.destination, (referrals.c.status == "failed").label("failed"),
+        referrals.c.acknowledged_micros.label("acknowledged"),
+        referrals.c.removed_micros.label("removed"))
+        .where(period.holds(referrals.c.created_at)),
+        names=("acknowledged", "removed"), flags=("failed",))
+    return {str(destination): rows for (destination,), rows in found.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,15 +91,14 @@ async def forwarding(conn: AsyncConnection, period: Period, made: Made) -> list[
     partners: Counter[str] = Counter()
     iccam: Counter[str] = Counter()
     failed = 0
-    for destination, status, n in made:
+    for destination, rows in made.items():
         kind, country = _destination_kind(destination)
-        kinds[kind] += n
+        kinds[kind] += rows.count
         if kind == "hotline":
-            partners[country or UNRECORDED] += n
+            partners[country or UNRECORDED] += rows.count
         elif kind == "iccam":
-            iccam[country or UNRECORDED] += n
-        if status == "failed":
-            failed += n
+            iccam[country or UNRECORDED] += rows.count
+        failed += rows.flagged["failed"]
     held_in = and_(routing_decisions.c.outcome == "hold",
                    period.holds(routing_decisions.c.created_at))
     held_by = {str(rule): int(n) for rule, n in await conn.execute(
@@ -154,22 +158,23 @@ async def forwarding(conn: AsyncConnection, period: Period, made: Made) -> list[
 async def times(conn: AsyncConnection, period: Period, *, now: datetime,
                 removed: Removals) -> list[Figure]:
     referred_in = period.holds(cases.c.referred_at)
-    each = once(conn, select(
-        case((cases.c.status.in_(AWAITING_OUTCOME), 1), else_=0).label("open"),
+    # One pass over the cases first referred in the period: how many, how many still open,
+    # their times from the first report (median, percentile) and to the removal (a case not
+    # removed has none: within no bound).
+    bounds = [days * 24 * HOUR for days in WITHIN_DAYS]
+    none = Rows(0, {"open": 0}, {"to_referral": Spread(),
+                                 "to_removal": Spread(within=(0,) * len(bounds))})
+    referred_rows = (await spread_rows(conn, select(
+        cases.c.status.in_(AWAITING_OUTCOME).label("open"),
+        micros_between(conn, cases.c.referred_at, cases.c.first_reported).label("to_referral"),
         micros_between(conn, cases.c.removed_at, cases.c.referred_at).label("to_removal"))
-        .where(referred_in), "referred")
-    # A case not removed has no span (NULL), so it is within no bound.
-    referred, still_open, *within_counts = (int(n or 0) for n in (await conn.execute(
-        select(func.count(), func.sum(each.c.open),
-               *(func.sum(case((each.c.to_removal <= days * 24 * HOUR, 1), else_=0))
-                 for days in WITHIN_DAYS)))).one())
-    within = dict(zip(WITHIN_DAYS, within_counts, strict=True))
-    to_referral = (await spreads(conn, select(
-        micros_between(conn, cases.c.referred_at, cases.c.first_reported).label("span"))
-        .where(referred_in))).get((), Spread())
-    overdue = int((await conn.execute(
-        select(func.count()).where(referred_in, cases.c.id.in_(overdue_cases(now)))
-    )).scalar_one())
+        .where(referred_in), names=("to_referral", "to_removal"), flags=("open",),
+        bounds=bounds, unranked=("to_removal",))).get((), none)
+    referred, still_open = referred_rows.count, referred_rows.flagged["open"]
+    to_referral = referred_rows.spread["to_referral"]
+    within = dict(zip(WITHIN_DAYS, referred_rows.spread["to_removal"].within, strict=True))
+    overdue = int((await conn.execute(select(func.count()).where(
+        referred_in, cases.c.id.in_(overdue_referrals(now))))).scalar_one())
     first = "from the case's first report to its first referral (the referred milestone)"
     removal = "from the case's first referral to when its content first went down (the " \
               "removed milestone: the time the outcome says)"
@@ -208,26 +213,17 @@ async def times(conn: AsyncConnection, period: Period, *, now: datetime,
 
 
 async def destinations(conn: AsyncConnection, period: Period, made: Made) -> list[Figure]:
-    by_destination: Counter[str] = Counter()
-    for destination, _, n in made:
-        by_destination[destination] += n
-    # Each acknowledgement or removal recorded for a referral made in the period, by
-    # destination: how many, and the median time from the referral.
-    spans = await spreads(conn, select(
-        referral_outcomes.c.outcome, referrals.c.destination,
-        micros_between(conn, referral_outcomes.c.occurred_at, referrals.c.created_at)
-        .label("span"))
-        .select_from(referrals.join(referral_outcomes, and_(
-            referral_outcomes.c.referral_id == referrals.c.id,
-            referral_outcomes.c.outcome.in_(("acknowledged", "removed")))))
-        .where(period.holds(referrals.c.created_at)))
+    """Each destination's record, from the pass over the referrals made: each referral's
+    time to its acknowledgement and to its removal is kept with the outcome (at most one of
+    each: a referral's outcomes only go forward)."""
+    by_destination = {destination: rows.count for destination, rows in made.items()}
     order = sorted(by_destination, key=lambda d: (-by_destination[d], d))
 
     def each(values: dict[str, Any]) -> tuple[tuple[str, Number], ...]:
         return tuple((d, values.get(d)) for d in order)
 
     def of(outcome: str, destination: str) -> Spread:
-        return spans.get((outcome, destination), Spread())
+        return made[destination].spread[outcome]
 
     acknowledged = {d: of("acknowledged", d).count for d in order}
     removed = {d: of("removed", d).count for d in order}
@@ -235,7 +231,7 @@ async def destinations(conn: AsyncConnection, period: Period, made: Made) -> lis
                "hotline:<country>, iccam:<country>)"
     return [
         _f("destinations.referrals", "Referrals", "referrals", made_def,
-           sum(by_destination.values()), each(dict(by_destination))),
+           sum(by_destination.values()), each(by_destination)),
         _f("destinations.acknowledged", "Acknowledged", "referrals",
            f"{made_def}, that the destination has acknowledged (as known when the report is "
            "made)", sum(acknowledged.values()), each(acknowledged)),

@@ -8,6 +8,7 @@ one long read.
 from __future__ import annotations
 
 import bisect
+import json
 import math
 import statistics
 from collections.abc import AsyncIterator, Hashable, Sequence
@@ -31,6 +32,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.dialects.postgresql import array
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.store.figures import hours
@@ -73,7 +75,8 @@ def day_of(conn: AsyncConnection, column: Any) -> ColumnElement[Any]:
     return func.substr(column, 1, 10)
 
 
-def micros_between(conn: AsyncConnection, later: Any, earlier: Any) -> ColumnElement[int]:
+def micros_between(conn: AsyncConnection | Connection, later: Any, earlier: Any
+                   ) -> ColumnElement[int]:
     """``later - earlier`` in whole microseconds, exactly (as Python's ``timedelta``).
     PostgreSQL: ``date_part('epoch', ...)`` of the interval, a double, rounded back to
     microseconds: exact for spans under about thirty years (the rounding errors stay under
@@ -93,15 +96,6 @@ def micros_between(conn: AsyncConnection, later: Any, earlier: Any) -> ColumnEle
                                - func.julianday(func.substr(earlier, 1, 19))) * 86_400),
                    Integer)
     return seconds * 1_000_000 + micros(later) - micros(earlier)
-
-
-def once(conn: AsyncConnection, query: Select[Any], name: str) -> Subquery:
-    """``query`` as a subquery whose columns are computed once per row: SQLite flattens a
-    subquery into the query around it, computing a column again for each use of it (a span
-    compared with five bounds: five times); a LIMIT keeps it apart."""
-    if conn.dialect.name == "sqlite":
-        query = query.limit(2 ** 62)
-    return query.subquery(name)
 
 
 def span_hours(micros: int) -> float:
@@ -142,25 +136,31 @@ class Spread:
 MEDIAN_ABOVE = 1e-12
 
 
-def spread_query(inner: Subquery, *, p: int = PERCENTILE, bounds: Sequence[int] = ()
-                 ) -> Select[Any]:
-    """Each key of ``inner`` (its columns: the keys it is split by, then ``span``) with its
-    count and the spans at the ranks its median and ``p``-th percentile need, picked by
-    PostgreSQL's ``percentile_disc`` (nearest rank: the value at rank ``ceil(fraction *
-    count)``, at least 1, the fraction a double as Python's ``p / 100``): at one half (the
-    middle of an odd count, the lower middle of an even one), just above one half (the upper
-    middle of an even count) and at ``p / 100``. Each key's spans are sorted on their own as
-    integers (an ordered-set aggregate), not the whole set by key and span as a window
-    function would (a text key sorted by its collation costs more than the spans), and the
-    keys are grouped in the "C" collation for the same reason. Then how many spans are at
-    most each of ``bounds``."""
+def spread_query(inner: Subquery, *, names: Sequence[str] = ("span",),
+                 flags: Sequence[str] = (), p: int = PERCENTILE, bounds: Sequence[int] = (),
+                 unranked: Sequence[str] = ()) -> Select[Any]:
+    """Each key of ``inner`` (its columns other than ``names`` and ``flags``) with its
+    count of rows, of rows whose each flag is true, and, for each span column of ``names``,
+    its count of spans (a NULL is none) and the spans at the ranks its median and ``p``-th
+    percentile need, picked by PostgreSQL's ``percentile_disc`` (nearest rank: the value at
+    rank ``ceil(fraction * count)``, at least 1, the fraction a double as Python's ``p /
+    100``; NULLs are skipped): at one half (the middle of an odd count, the lower middle of
+    an even one), just above one half (the upper middle of an even count) and at ``p /
+    100``. Each key's spans are sorted on their own as integers (an ordered-set aggregate),
+    not the whole set by key and span as a window function would (a text key sorted by its
+    collation costs more than the spans), and the keys are grouped in the "C" collation for
+    the same reason. Then how many spans are at most each of ``bounds``. The span columns
+    of ``unranked`` are only counted (NULL in place of the spans picked)."""
     keys = [c.collate("C") if isinstance(c.type, String) else c
-            for c in inner.c if c.name != "span"]
+            for c in inner.c if c.name not in (*names, *flags)]
     fractions = array([literal(0.5, Float), literal(0.5 + MEDIAN_ABOVE, Float),
                        literal(p / 100, Float)])
-    return (select(*keys, func.count(),
-                   func.percentile_disc(fractions).within_group(inner.c.span),
-                   *(func.count().filter(inner.c.span <= bound) for bound in bounds))
+    return (select(*keys, func.count(), *(func.count().filter(inner.c[f]) for f in flags),
+                   *(part for name in names for part in (
+                       func.count(inner.c[name]),
+                       literal(None) if name in unranked
+                       else func.percentile_disc(fractions).within_group(inner.c[name]),
+                       *(func.count().filter(inner.c[name] <= bound) for bound in bounds))))
             .group_by(*keys))
 
 
@@ -170,36 +170,93 @@ def _ranks(count: int, p: int) -> tuple[int, int, int]:
     return middle, count // 2 + 1, max(math.ceil(p / 100 * count), 1)
 
 
+@dataclass(frozen=True, slots=True)
+class Rows:
+    """One key's rows: how many, how many with each flag, and each span column's spread."""
+
+    count: int
+    flagged: dict[str, int]
+    spread: dict[str, Spread]
+
+
 async def spreads(conn: AsyncConnection, spans: Select[Any], *, p: int = PERCENTILE,
                   bounds: Sequence[int] = ()) -> dict[tuple[Hashable, ...], Spread]:
-    """Each key's :class:`Spread` (keys as tuples; ``()`` when ``spans`` has none), with how
-    many of its spans are at most each of ``bounds``; a key without spans is absent.
+    """Each key's :class:`Spread` of the column ``span`` (keys as tuples, the other columns
+    of ``spans``; ``()`` when it has none), with how many of its spans are at most each of
+    ``bounds``; a key without spans is absent."""
+    return {key: rows.spread["span"] for key, rows in (
+        await spread_rows(conn, spans, p=p, bounds=bounds)).items() if rows.spread["span"].count}
+
+
+async def spread_rows(conn: AsyncConnection, query: Select[*tuple[Any, ...]], *,
+                      names: Sequence[str] = ("span",), flags: Sequence[str] = (),
+                      p: int = PERCENTILE, bounds: Sequence[int] = (),
+                      unranked: Sequence[str] = ()) -> dict[tuple[Hashable, ...], Rows]:
+    """Each key's :class:`Rows` (keys as tuples: the columns of ``query`` other than the
+    span columns ``names`` and the boolean ``flags``; ``()`` when it has none): how many
+    rows, how many with each flag, and the :class:`Spread` of each span column (NULL: no
+    span), with how many of its spans are at most each of ``bounds``; those of ``unranked``
+    only counted (no median or percentile: their spans are not sorted). A query of no rows
+    and no keys gives none.
 
     PostgreSQL picks them (``spread_query``). SQLite's window functions cost about three
     times what fetching the spans (plain integers, computed in the database) and sorting
     them in Python does (bench/report.py), so on SQLite they are fetched: each key's as one
     text (``group_concat``), which costs a fraction of a row per span."""
-    found: dict[tuple[Hashable, ...], Spread] = {}
+    found: dict[tuple[Hashable, ...], Rows] = {}
+    inner = query.subquery("spans")
     if conn.dialect.name == "sqlite":
-        inner = spans.subquery("spans")
-        keys = [c for c in inner.c if c.name != "span"]
-        joined = func.group_concat(inner.c.span, ",")
-        for *key, text in await conn.execute(
-                select(*keys, joined).group_by(*keys) if keys else select(joined)):
-            if text is None:  # no spans and no keys: the aggregate's one row of none
+        keys = [c for c in inner.c if c.name not in (*names, *flags)]
+        parts = [func.count(), *(func.count().filter(inner.c[f]) for f in flags),
+                 *(func.group_concat(inner.c[name], ",") for name in names)]
+        for row in await conn.execute(
+                select(*keys, *parts).group_by(*keys) if keys else select(*parts)):
+            key, (count, *rest) = row[:len(keys)], row[len(keys):]
+            if not count:  # no rows and no keys: the aggregate's one row of none
                 continue
-            values = sorted(map(int, text.split(",")))
-            count = len(values)
-            ranks = {count // 2, count // 2 + 1, max(math.ceil(p / 100 * count), 1)}
-            found[tuple(key)] = Spread(
-                count, {r: values[r - 1] for r in ranks if 1 <= r <= count},
-                tuple(bisect.bisect_right(values, bound) for bound in bounds))
+            found[tuple(key)] = Rows(
+                int(count), {f: int(n) for f, n in zip(flags, rest, strict=False)},
+                {name: _spread_of(text, p, bounds, ranked=name not in unranked)
+                 for name, text in zip(names, rest[len(flags):], strict=True)})
         return found
-    split = -2 - len(bounds)
-    for row in await conn.execute(spread_query(spans.subquery("spans"), p=p, bounds=bounds)):
-        key, (count, picked, *within) = row[:split], row[split:]
-        if not count:  # no spans and no keys: the aggregate's one row of none
+    keys_count = len(inner.c) - len(names) - len(flags)
+    each = 2 + len(bounds)
+    for row in await conn.execute(spread_query(inner, names=names, flags=flags, p=p,
+                                               bounds=bounds, unranked=unranked)):
+        key, count = row[:keys_count], row[keys_count]
+        if not count:  # no rows and no keys: the aggregate's one row of none
             continue
-        found[tuple(key)] = Spread(int(count), {rank: int(value) for rank, value in zip(
-            _ranks(int(count), p), picked, strict=True)}, tuple(int(n) for n in within))
+        flagged = row[keys_count + 1:keys_count + 1 + len(flags)]
+        picked = row[keys_count + 1 + len(flags):]
+        found[tuple(key)] = Rows(int(count), {f: int(n) for f, n in zip(flags, flagged,
+                                                                         strict=True)},
+                                 {name: _spread_picked(picked[n * each:(n + 1) * each], p)
+                                  for n, name in enumerate(names)})
     return found
+
+
+def _spread_of(text: str | None, p: int, bounds: Sequence[int], *, ranked: bool) -> Spread:
+    """The spread of the spans of a ``group_concat`` (None: none), ranked in Python (or, not
+    ``ranked``, only counted: a sort costs more than a pass for each bound)."""
+    if text is None:
+        return Spread(within=(0,) * len(bounds))
+    values: list[int] = json.loads(f"[{text}]")  # a list of integers, parsed in C
+    count = len(values)
+    if not ranked:
+        return Spread(count, {}, tuple(sum(map(bound.__ge__, values)) for bound in bounds))
+    values.sort()
+    ranks = {count // 2, count // 2 + 1, max(math.ceil(p / 100 * count), 1)}
+    return Spread(count, {r: values[r - 1] for r in ranks if 1 <= r <= count},
+                  tuple(bisect.bisect_right(values, bound) for bound in bounds))
+
+
+def _spread_picked(row: Sequence[Any], p: int) -> Spread:
+    """The spread of ``spread_query``'s columns for one span column: the count, the spans
+    picked, how many at most each bound."""
+    count, picked, *within = row
+    if not count:
+        return Spread(within=tuple(0 for _ in within))
+    if picked is None:  # unranked
+        return Spread(int(count), {}, tuple(int(n) for n in within))
+    return Spread(int(count), {rank: int(value) for rank, value in zip(
+        _ranks(int(count), p), picked, strict=True)}, tuple(int(n) for n in within))

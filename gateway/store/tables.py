@@ -76,8 +76,9 @@ submissions = Table(
     # {"flag": "urls_over_cap", "found": 10000, "filed": 200} (intake.normalise says which).
     Column("flags", LargeBinary, nullable=True, info=SEALED_JSON),
     Index(None, "status", "received_at"),
-    # The report: reports received in a period (covering: what it counts of them).
-    Index("ix_submissions_received", "received_at", "status", "channel", "filed_code"),
+    # The report: reports received in a period by kind (state, channel, filed code) and day,
+    # each kind's days a range of it (``gateway.store.report.received_counts``).
+    Index("ix_submissions_kind", "status", "channel", "filed_code", "received_at"),
 )
 
 # One case per reported item: a canonical URL, or a submission in which no URL was found.
@@ -135,11 +136,12 @@ cases = Table(
     Index(None, "status", "first_reported"),
     Index(None, "status", "status_changed_at"),
     # The report selects cases by the milestone that puts them in a period; each index
-    # covers what it reads of them (migration 0025), and the first report of a case by id.
+    # covers what it reads of them (migration 0025), and by id a case's first report and
+    # when it was first referred (the overdue cases of a period: migration 0029).
     Index("ix_cases_assessed", "assessed_at", "id"),
     Index("ix_cases_referred", "referred_at", "status", "first_reported", "removed_at"),
     Index("ix_cases_removed", "removed_at", "referred_at"),
-    Index("ix_cases_first_report", "id", "first_reported", "kind"),
+    Index("ix_cases_first_report", "id", "first_reported", "kind", "referred_at"),
     # The stages' polls (migration 0028): each a range of the few rows with work waiting.
     Index("ix_cases_route_due", "route_due_at", sqlite_where=text("route_due_at IS NOT NULL"),
           postgresql_where=text("route_due_at IS NOT NULL")),
@@ -444,6 +446,11 @@ referrals = Table(
     # (when the content went down, for a removal). The history is ``referral_outcomes``.
     Column("outcome", String(24), nullable=True),
     Column("outcome_at", DateTime(timezone=True), nullable=True),
+    # For the report's per-destination times: microseconds from the referral's creation to
+    # its acknowledgement and to its content going down (each outcome's ``occurred_at``), set
+    # with the outcome (``gateway.store.outcomes``), so that a year's medians read one index.
+    Column("acknowledged_micros", BigInteger, nullable=True),
+    Column("removed_micros", BigInteger, nullable=True),
     # Its deadlines, as the follow-up stage computed them from the destination's policy
     # (``routing.deadlines``; None: no such deadline), so that "overdue" is a query; when a
     # supervisor was told, and about which chase (acknowledge | remove); the stage's lease.
@@ -458,8 +465,15 @@ referrals = Table(
     # moment a deadline, reminder or flag falls due; NULL when nothing will.
     Column("follow_up_at", DateTime(timezone=True), nullable=True),
     UniqueConstraint("decision_id", "destination"),
-    # The report: referrals made in a period, by destination and state.
-    Index("ix_referrals_made", "created_at", "destination", "status", "id"),
+    # The report: referrals made in a period, by destination (in the index's order: no sort;
+    # SQLite skips from one destination to the next range of the period), with their state
+    # and times.
+    Index("ix_referrals_made", "destination", "created_at", "status", "acknowledged_micros",
+          "removed_micros"),
+    # What is overdue (``gateway.store.follow_ups``): the referrals without an outcome, or
+    # only acknowledged, read by their outcome instead of every referral of years.
+    Index("ix_referrals_open", "outcome", "status", "acknowledge_by", "remove_by", "case_id",
+          "decision_id"),
     # A case's referrals (its page, the re-check, the outcomes), and what a worker holds.
     Index("ix_referrals_case", "case_id", "created_at"),
     Index("ix_referrals_claimed", "claimed_by", sqlite_where=text("claimed_by IS NOT NULL"),
@@ -508,8 +522,9 @@ referral_outcomes = Table(
     Index("ix_referral_outcomes_referral", "referral_id", "recorded_at", "outcome",
           "occurred_at"),
     Index(None, "case_id"),
-    # The report: outcomes in a period, by outcome and reason.
-    Index("ix_referral_outcomes_occurred", "occurred_at", "outcome", "reason_code"),
+    # The report: outcomes in a period, by outcome and reason (in the index's order: no sort;
+    # SQLite skips from one outcome and reason to the next range of the period).
+    Index("ix_referral_outcomes_kind", "outcome", "reason_code", "occurred_at"),
 )
 
 # Destinations' replies to referrals, as they arrived at ``[outbound] reply_address``: kept

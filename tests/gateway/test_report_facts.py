@@ -12,11 +12,12 @@ from datetime import UTC, date, datetime, timedelta
 from functools import partial
 from typing import Any
 
+import pytest
 from sqlalchemy import insert, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.store import report_facts
+from gateway.store import migrate, report_facts
 from gateway.store.backend import WriteBackend
 from gateway.store.figures import Period
 from gateway.store.report import build_report
@@ -24,6 +25,7 @@ from gateway.store.report_facts import FOREVER, State, states
 from gateway.store.sealed import sealer_of
 from gateway.store.tables import (
     hosting_evidence,
+    referrals,
     report_verdict_days,
     report_verdicts,
     submissions,
@@ -32,13 +34,16 @@ from routing.locate import HostingEvidence
 from routing.stage import evidence_row
 from tests.report_history import HOME, NOW, Spec, _file, build, specs
 
+REFERRAL_TIMES = select(referrals.c.id, referrals.c.acknowledged_micros,
+                        referrals.c.removed_micros)
+
 
 async def kept(engine: AsyncEngine) -> tuple[list[Any], ...]:
-    """Both tables' rows and each report's code, sorted."""
+    """Both tables' rows, each report's code and each referral's times, sorted."""
     found = []
     async with engine.connect() as conn:
         for query in (select(report_verdicts), select(report_verdict_days),
-                      select(submissions.c.id, submissions.c.filed_code)):
+                      select(submissions.c.id, submissions.c.filed_code), REFERRAL_TIMES):
             found.append(sorted(tuple(r) for r in await conn.execute(query)))
     return tuple(found)
 
@@ -46,6 +51,7 @@ async def kept(engine: AsyncEngine) -> tuple[list[Any], ...]:
 async def rebuilt(engine: AsyncEngine) -> tuple[list[Any], ...]:
     async with engine.begin() as conn:
         await conn.run_sync(report_facts.rebuild, batch=7)
+        await conn.run_sync(report_facts.referral_times)
     return await kept(engine)
 
 
@@ -63,10 +69,10 @@ async def test_the_kept_counts_are_those_computed_afresh_and_move_with_a_later_l
     engine: AsyncEngine, backend: WriteBackend
 ) -> None:
     """After a history made through the gateway's own writes (reports filed, duplicates,
-    verdicts, a reassessment, failed lookups), and again after a case is found elsewhere
-    months after its verdict, the kept states, day counts and filed codes equal a rebuild
-    from the rows; the quarter before that lookup reports the case where it was, a period
-    ending after it where it is now."""
+    verdicts, a reassessment, failed lookups, outcomes), and again after a case is found
+    elsewhere months after its verdict, the kept states, day counts, filed codes and
+    referrals' times to their outcomes equal a rebuild from the rows; the quarter before
+    that lookup reports the case where it was, a period ending after it where it is now."""
     # Every route twice a quarter, and the legal verdict reassessed illegal (the 108th).
     history = [s for s in specs() if s.index < 24 or s.index == 108]
     made = await build(backend, history)
@@ -111,6 +117,21 @@ async def test_a_report_filed_after_a_later_one_is_the_unique_one(
             select(submissions.c.received_at, submissions.c.filed_code))}
     assert codes == dict(zip(moments, (0, 2, 3), strict=True))
     assert await kept(engine) == await rebuilt(engine)
+
+
+@pytest.mark.startup  # alembic reads its scripts from disk, as ``db upgrade`` does
+async def test_the_migration_fills_each_referrals_times_from_its_outcomes(
+    engine: AsyncEngine, backend: WriteBackend
+) -> None:
+    """Taken back before the referrals kept their times (0028) and up again, each referral's
+    times to its acknowledgement and to its removal are those its outcomes' writes kept."""
+    await build(backend, [s for s in specs() if s.index < 16])
+    before = await kept(engine)
+    assert any(ack is not None for _, ack, _ in before[3])
+    assert any(removed is not None for _, _, removed in before[3])
+    await migrate.downgrade(engine, "0028")
+    await migrate.upgrade(engine)
+    assert await kept(engine) == before
 
 
 @dataclass(frozen=True)
