@@ -435,7 +435,7 @@ def polls(now: datetime) -> dict[str, Select[Any]]:
     """What each stage's poll selects (the claim's candidates), as the stages build it; and,
     marked "0026", the conditions polled before the markers."""
     from routing import decide, recheck
-    from routing.stage import TO_LOCATE
+    from routing import stage as locate
 
     free = leases.free(cases, now)
     retry = timedelta(minutes=10)
@@ -458,8 +458,10 @@ def polls(now: datetime) -> dict[str, Select[Any]]:
         .order_by(cases.c.recheck_since).limit(16),
         "recheck, 0026": pick.where(old_recheck, free).order_by(cases.c.status_changed_at)
         .limit(16),
-        "locate (routing.stage)": pick.where(
-            cases.c.status.in_(TO_LOCATE), cases.c.kind == "url",
+        "locate (routing.stage)": pick.where(*locate.due_now(now), free)
+        .order_by(locate.DUE).limit(64),
+        "locate, 0028": pick.where(
+            cases.c.status.in_(locate.TO_LOCATE), cases.c.kind == "url",
             or_(cases.c.locate_after.is_(None), cases.c.locate_after <= now), free)
         .order_by(cases.c.first_reported).limit(64),
         "queue page (50)": select(cases).where(cases.c.status == "awaiting_assessment")

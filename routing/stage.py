@@ -24,7 +24,7 @@ from functools import partial
 from typing import Any
 
 import structlog
-from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, insert, select, text, update
 from sqlalchemy.engine import Connection
 
 from gateway.store import leases, report_facts
@@ -39,7 +39,7 @@ from gateway.store.lifecycle import Actor, CaseChanged, audit_batch, move, sourc
 from gateway.store.polling import PollingStage, retry_delay
 from gateway.store.sealed import seal_value, seal_values, sealer_of
 from gateway.store.sealing import SealBroken, Sealer, UnknownKey
-from gateway.store.tables import cases, hosting_evidence
+from gateway.store.tables import LOCATE_WAITING, cases, hosting_evidence
 from routing.locate import HostingEvidence, Locator, host_of
 
 log = structlog.get_logger("routing.locate")
@@ -48,6 +48,17 @@ LOCATE = Actor.system("locate")
 
 #: Statuses a case is located in; a verdict moves it on.
 TO_LOCATE = sources("locate")
+#: When a case waiting to be located is due: at its next attempt, or (none scheduled) at once,
+#: in the order of first reports (the key of ix_cases_locate_due).
+DUE = func.coalesce(cases.c.locate_after, cases.c.first_reported)
+
+
+def due_now(now: datetime) -> list[ColumnElement[bool]]:
+    """The locating poll's condition: the cases waiting to be located (``TO_LOCATE``, URL
+    cases) that are due by ``now``, an index range of ix_cases_locate_due up to ``now``."""
+    return [text(LOCATE_WAITING), DUE <= now]  # noqa: SIM300 (DUE is a column expression)
+
+
 #: Lookups filed per transaction at most.
 APPLY_GROUP = 64
 
@@ -248,13 +259,11 @@ class LocateStage(PollingStage):
     def _claim_rows(
         self, conn: Connection, *, now: datetime, until: datetime, limit: int
     ) -> list[_Claimed]:
-        due = or_(cases.c.locate_after.is_(None), cases.c.locate_after <= now)
         columns = [cases.c.id, cases.c.canonical_url, cases.c.locate_attempts,
                    cases.c.status, cases.c.url_key]
         rows = leases.claim(
             conn, cases, worker=self._worker, now=now, until=until,
-            where=[cases.c.status.in_(TO_LOCATE), cases.c.kind == "url", due],
-            order_by=cases.c.first_reported, limit=limit, returning=columns)
+            where=due_now(now), order_by=DUE, limit=limit, returning=columns)
         sealer = sealer_of(conn)
         claimed = []
         later: list[tuple[uuid.UUID, UnknownKey]] = []

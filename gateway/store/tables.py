@@ -20,6 +20,7 @@ from sqlalchemy import (
     UniqueConstraint,
     Uuid,
     false,
+    func,
     text,
 )
 
@@ -151,6 +152,22 @@ cases = Table(
     Index("ix_cases_claimed", "claimed_by", sqlite_where=text("claimed_by IS NOT NULL"),
           postgresql_where=text("claimed_by IS NOT NULL")),
 )
+
+#: The URL cases waiting to be located (``routing.stage``: ``new`` and ``locate_failed``), as
+#: the locating poll's index names them. Written out rather than bound: a partial index serves
+#: a query only where the query's condition is the index's, values included, and a bound
+#: parameter's value is not known when a statement is planned (SQLite; PostgreSQL's generic
+#: plans).
+LOCATE_WAITING = "status IN ('new', 'locate_failed') AND kind = 'url'"
+
+# The locating poll (migration 0030): the cases waiting to be located, by state and when each
+# is due (its next attempt, or its first report when none is scheduled): the due ones are an
+# index range, not every case that ever failed a lookup tested for its next retry. The state
+# leads so that SQLite, which has no statistics unless someone runs ANALYZE, prefers it to
+# the other indexes that start with the state.
+Index("ix_cases_locate_due", cases.c.status,
+      func.coalesce(cases.c.locate_after, cases.c.first_reported),
+      sqlite_where=text(LOCATE_WAITING), postgresql_where=text(LOCATE_WAITING))
 
 # Every lookup of a case's host, as it was answered: never updated, never replaced. A case's
 # hosting is its latest evidence whose status is not ``failed``.

@@ -30,10 +30,12 @@ from gateway.store.tables import (
     users,
 )
 from routing import decide, recheck
+from routing import stage as locating
 from tests.conftest import BACKENDS, PG_URL, ConfigFactory, PgSchema
 
 T0 = datetime(2026, 12, 1, 9, tzinfo=UTC)
 HOUR = timedelta(hours=1)
+MINUTE = timedelta(minutes=1)
 ANA, ROUTE = Actor("ana", "analyst"), Actor.system("route")
 ANA_ID = uuid.UUID(int=7)
 
@@ -42,7 +44,8 @@ def new_case(conn: Connection, case_id: uuid.UUID, *, status: str = "awaiting_as
              kind: str = "url", **values: Any) -> None:
     conn.execute(insert(cases).values(
         id=case_id, kind=kind, status=status, url_key=f"k:{case_id.hex}", report_count=1,
-        first_reported=T0, last_reported=T0, created_at=T0, status_changed_at=T0, **values))
+        **{"first_reported": T0, "last_reported": T0, "created_at": T0,
+           "status_changed_at": T0, **values}))
 
 
 def looked_up_at(conn: Connection, case_id: uuid.UUID, at: datetime) -> None:
@@ -159,10 +162,59 @@ async def test_polls_read_their_partial_indexes(engine: AsyncEngine) -> None:
         "ix_referrals_claimed": select(referrals.c.id).where(referrals.c.claimed_by == "w"),
         "ix_referrals_case": select(referrals.c.id).where(referrals.c.case_id == uuid7())
         .order_by(referrals.c.created_at),
+        "ix_cases_locate_due": select(cases.c.id).where(*locating.due_now(now), free)
+        .order_by(locating.DUE).limit(64),
     }
     async with engine.begin() as conn:
         for index, query in queries.items():
             assert index in await plan(conn, query), index
+
+
+async def test_the_locating_poll_reads_its_index_as_the_stage_binds_it(
+        engine: AsyncEngine) -> None:
+    """The locating poll's index is partial: it serves the poll only if the statement says
+    which cases in the words of the index (not in bound parameters, whose values SQLite does
+    not plan with); so its plan is asked with the stage's own parameters, bound."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL plans a parameterised EXPLAIN with the values")
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+    query = (select(cases.c.id).where(*locating.due_now(now), leases.free(cases, now))
+             .order_by(locating.DUE).limit(64))
+    async with engine.connect() as conn:
+        compiled = query.compile(conn.sync_connection)
+        params = compiled.construct_params()
+        processors = compiled._bind_processors
+        bound = tuple(processors[name](params[name]) if name in processors else params[name]
+                      for name in compiled.positiontup or [])
+        found = " | ".join(r[-1] for r in await conn.exec_driver_sql(
+            f"EXPLAIN QUERY PLAN {compiled}", bound))
+    assert "ix_cases_locate_due" in found, found
+
+
+async def test_the_locating_poll_takes_what_is_due_oldest_first(backend: WriteBackend) -> None:
+    """New URL cases at once, and failed ones at their next attempt, oldest due first; not
+    a failed one whose attempt is later, not a case of another state, nor one without a
+    URL."""
+    first, later, retry_due, retry_later, assessed, no_url = (uuid7() for _ in range(6))
+    now = T0 + 2 * HOUR
+
+    def work(conn: Connection) -> tuple[set[Any], set[Any]]:
+        new_case(conn, later, status="new", first_reported=T0 + HOUR)
+        new_case(conn, first, status="new")
+        new_case(conn, retry_due, status="locate_failed", locate_after=T0 + 30 * MINUTE)
+        new_case(conn, retry_later, status="locate_failed", locate_after=now + HOUR)
+        new_case(conn, assessed, status="assessed")
+        new_case(conn, no_url, status="new", kind="no_url")
+        def take(limit: int) -> set[Any]:
+            return {row[0] for row in leases.claim(
+                conn, cases, worker="w", now=now, until=now + HOUR, where=locating.due_now(now),
+                order_by=locating.DUE, limit=limit, returning=[cases.c.id])}
+
+        return take(2), take(64)
+
+    oldest, rest = await backend.transaction(work)
+    assert oldest == {first, retry_due} and rest == {later}
+    assert set(locating.TO_LOCATE) == {"new", "locate_failed"}  # as LOCATE_WAITING names them
 
 
 # --- migration 0028 fills the markers ------------------------------------------------------
