@@ -24,7 +24,7 @@ from functools import partial
 from typing import Any
 
 import structlog
-from sqlalchemy import ColumnElement, and_, func, insert, select, text, update
+from sqlalchemy import ColumnElement, TextClause, and_, func, insert, select, text, update
 from sqlalchemy.engine import Connection
 
 from gateway.store import leases, report_facts
@@ -53,7 +53,7 @@ TO_LOCATE = sources("locate")
 DUE = func.coalesce(cases.c.locate_after, cases.c.first_reported)
 
 
-def due_now(now: datetime) -> list[ColumnElement[bool]]:
+def due_now(now: datetime) -> list[ColumnElement[bool] | TextClause]:
     """The locating poll's condition: the cases waiting to be located (``TO_LOCATE``, URL
     cases) that are due by ``now``, an index range of ix_cases_locate_due up to ``now``."""
     return [text(LOCATE_WAITING), DUE <= now]  # noqa: SIM300 (DUE is a column expression)

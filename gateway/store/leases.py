@@ -25,7 +25,7 @@ from functools import partial
 from typing import Any
 
 import structlog
-from sqlalchemy import ColumnElement, Table, and_, or_, select, true, update
+from sqlalchemy import ColumnElement, Table, TextClause, and_, or_, select, true, update
 from sqlalchemy.engine import Connection
 
 from gateway.store.backend import WriteBackend
@@ -46,7 +46,7 @@ def free(table: Table, now: datetime) -> ColumnElement[bool]:
 
 def claim(
     conn: Connection, table: Table, *, worker: str, now: datetime, until: datetime,
-    where: Sequence[ColumnElement[bool]], order_by: ColumnElement[Any], limit: int,
+    where: Sequence[ColumnElement[bool] | TextClause], order_by: ColumnElement[Any], limit: int,
     returning: Sequence[ColumnElement[Any]],
 ) -> list[tuple[Any, ...]]:
     """Claim up to ``limit`` free rows matching ``where``, first by ``order_by``, for
