@@ -48,7 +48,7 @@ async def collect_stats(engine: AsyncEngine, *, now: datetime | None = None) -> 
         async with engine.connect() as conn:
             conn = await conn.execution_options(**IMMEDIATE)
             async with conn.begin():
-                await tallies.fold(conn)
+                await conn.run_sync(tallies.fold)
     if oldest is not None:
         oldest = aware(oldest)
     by_state = kept.by("cases", 0)

@@ -6,7 +6,8 @@ The database's triggers add a row to ``tallies`` for each change that moves a co
 the row's new key, -1 under its old one), so every writer is counted, whatever the path, and
 instances writing at once never wait for a shared counter row. A count is the sum of its
 key's rows: :func:`read` sums them in one statement (one snapshot: a fold is seen whole or
-not at all), :func:`fold` replaces them with one row per key once there are many.
+not at all), :func:`fold` replaces them with one row per key: when a read finds many, and
+once a day with the retention (``gateway.retention``), so that they never pile up unread.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from sqlalchemy import delete, func, insert, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.store.tables import tallies
@@ -63,18 +65,18 @@ async def read(conn: AsyncConnection) -> Tallies:
     return Tallies(counts, rows)
 
 
-async def fold(conn: AsyncConnection) -> bool:
+def fold(conn: Connection) -> bool:
     """In ``conn``'s write transaction: the rows taken and put back as one per key (the
     statement's snapshot: rows added meanwhile stay for the next fold). False when another
     instance is folding (PostgreSQL)."""
-    if conn.dialect.name == "postgresql" and not (await conn.execute(
-            select(func.pg_try_advisory_xact_lock(FOLD_LOCK)))).scalar_one():
+    if conn.dialect.name == "postgresql" and not conn.execute(
+            select(func.pg_try_advisory_xact_lock(FOLD_LOCK))).scalar_one():
         return False
     summed: Counter[tuple[str, str]] = Counter()
-    for figure, key, n in await conn.execute(
+    for figure, key, n in conn.execute(
             delete(tallies).returning(tallies.c.figure, tallies.c.key, tallies.c.n)):
         summed[figure, key] += n
     kept = [{"figure": figure, "key": key, "n": n} for (figure, key), n in summed.items() if n]
     if kept:
-        await conn.execute(insert(tallies), kept)
+        conn.execute(insert(tallies), kept)
     return True
