@@ -8,7 +8,9 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+import structlog
 from sqlalchemy import func, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.store import tallies
@@ -18,6 +20,8 @@ from gateway.store.lifecycle import AWAITING_OUTCOME
 from gateway.store.report_gauges import open_by_age, removal_hours
 from gateway.store.tables import cases, outbox, referrals
 from gateway.store.times import aware
+
+log = structlog.get_logger("gateway.stats")
 
 
 async def collect_stats(engine: AsyncEngine, *, now: datetime | None = None) -> dict[str, Any]:
@@ -45,10 +49,7 @@ async def collect_stats(engine: AsyncEngine, *, now: datetime | None = None) -> 
                    cases.c.status.in_(AWAITING_OUTCOME)))).scalar_one()
         awaiting_by_age = await open_by_age(conn, now, kept)
     if kept.folding_due:
-        async with engine.connect() as conn:
-            conn = await conn.execution_options(**IMMEDIATE)
-            async with conn.begin():
-                await conn.run_sync(tallies.fold)
+        await _fold(engine)
     if oldest is not None:
         oldest = aware(oldest)
     by_state = kept.by("cases", 0)
@@ -85,6 +86,18 @@ async def collect_stats(engine: AsyncEngine, *, now: datetime | None = None) -> 
         # Replies kept for an analyst (waiting or handled, until retention) by reason.
         "replies_kept_by_reason": _kept_by_reason(kept.by("replies", 0, 1)),
     }
+
+
+async def _fold(engine: AsyncEngine) -> None:
+    """The kept counts' rows folded; the counts already read stand if it fails (the database
+    busy or away: the next read or the daily retention folds them)."""
+    try:
+        async with engine.connect() as conn:
+            conn = await conn.execution_options(**IMMEDIATE)
+            async with conn.begin():
+                await conn.run_sync(tallies.fold)
+    except DBAPIError as exc:
+        log.warning("stats.fold_failed", error=str(exc.orig))
 
 
 def _kept_by_reason(replies: dict[str, int]) -> dict[str, int]:
