@@ -60,7 +60,8 @@ def removal_hours(kept: Tallies) -> dict[str, Any]:
     """The time from each referred case's first referral to when its content first went down
     (the referred and removed milestones), over every such case: cumulative counts at each
     bound of :data:`REMOVAL_BUCKETS`, the count and the sum (hours), as kept (migration
-    0029 keeps each case's span in ms under the first bound it is within, or ``inf``)."""
+    0029 keeps each case's span under the first bound it is within, or ``inf``, and the sum
+    of the spans, each to the millisecond, in a bigint)."""
     within = kept.of("removal")
     buckets, running = [], 0
     for bound in REMOVAL_BUCKETS:

@@ -43,7 +43,10 @@ async def scanned(engine: AsyncEngine, now: datetime) -> dict[str, Any]:
     async with engine.connect() as conn:
         by = partial(_count_by, conn)
         dialect = conn.dialect.name
-        seconds = (func.extract("epoch", cases.c.removed_at - cases.c.referred_at)
+        # Each span to the millisecond (SQLite's times are text to the microsecond, its
+        # julianday arithmetic to the millisecond; the kept sum is in ms on both).
+        seconds = (func.round(func.extract("epoch", cases.c.removed_at - cases.c.referred_at),
+                              3)
                    if dialect == "postgresql" else func.round(
                        (func.julianday(cases.c.removed_at) - func.julianday(cases.c.referred_at))
                        * 86400, 3))

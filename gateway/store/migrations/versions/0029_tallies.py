@@ -105,40 +105,45 @@ INDEXES: tuple[tuple[str, str, list[str], str], ...] = (
 )
 
 
-def _insert(item: Kept, row: str, sign: str, only_if: str = "") -> str:
-    """The statement adding ``row``'s count (``sign`` "-": taking it away)."""
+def _select(item: Kept, row: str, sign: str, only_if: str = "") -> str:
+    """``row``'s count as a row of ``tallies`` (``sign`` "-": taken away)."""
     conditions = [f"({c})" for c in (only_if, item.condition.format(r=row)) if c]
     where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-    return (f"INSERT INTO tallies (figure, key, n) SELECT '{item.figure}', "
-            f"{item.key.format(r=row)}, {sign}({item.value.format(r=row)}){where};")
+    return (f"SELECT '{item.figure}', {item.key.format(r=row)}, "
+            f"{sign}({item.value.format(r=row)}){where}")
 
 
 def _changed(item: Kept, distinct: str) -> str:
     return " OR ".join(f"OLD.{column} {distinct} NEW.{column}" for column in item.columns)
 
 
+def _insert(items: list[Kept], event: str, distinct: str) -> str:
+    """One statement for all of a row's counts on ``event`` (a statement costs more than a
+    row: a status moved is one statement of two rows, not two)."""
+    if event == "insert":
+        parts = [_select(item, "NEW", "") for item in items]
+    elif event == "delete":
+        parts = [_select(item, "OLD", "-") for item in items]
+    else:
+        parts = [_select(item, row, sign, _changed(item, distinct))
+                 for item in items for row, sign in (("OLD", "-"), ("NEW", ""))]
+    return f"INSERT INTO tallies (figure, key, n) {' UNION ALL '.join(parts)};"
+
+
 def _sqlite_triggers(table: str, items: list[Kept]) -> list[str]:
     columns = ", ".join(dict.fromkeys(c for item in items for c in item.columns))
-    inserted = " ".join(_insert(item, "NEW", "") for item in items)
-    deleted = " ".join(_insert(item, "OLD", "-") for item in items)
-    updated = " ".join(_insert(item, row, sign, _changed(item, "IS NOT"))
-                       for item in items for row, sign in (("OLD", "-"), ("NEW", "")))
-    return [
-        f"CREATE TRIGGER tally_{table}_insert AFTER INSERT ON {table} BEGIN {inserted} END",
-        f"CREATE TRIGGER tally_{table}_delete AFTER DELETE ON {table} BEGIN {deleted} END",
-        f"CREATE TRIGGER tally_{table}_update AFTER UPDATE OF {columns} ON {table} "
-        f"BEGIN {updated} END",
-    ]
+    made = [f"CREATE TRIGGER tally_{table}_{event} AFTER {event.upper()} ON {table} "
+            f"BEGIN {_insert(items, event, 'IS NOT')} END" for event in ("insert", "delete")]
+    return [*made, f"CREATE TRIGGER tally_{table}_update AFTER UPDATE OF {columns} ON {table} "
+                   f"BEGIN {_insert(items, 'update', 'IS NOT')} END"]
 
 
 def _pg_triggers(table: str, items: list[Kept]) -> list[str]:
     columns = ", ".join(dict.fromkeys(c for item in items for c in item.columns))
-    updated = " ".join(
-        f"IF {_changed(item, 'IS DISTINCT FROM')} THEN {_insert(item, 'OLD', '-')} "
-        f"{_insert(item, 'NEW', '')} END IF;" for item in items)
-    body = (f"BEGIN IF TG_OP = 'UPDATE' THEN {updated} "
-            f"ELSIF TG_OP = 'INSERT' THEN {' '.join(_insert(i, 'NEW', '') for i in items)} "
-            f"ELSE {' '.join(_insert(i, 'OLD', '-') for i in items)} END IF; RETURN NULL; END")
+    distinct = "IS DISTINCT FROM"
+    body = (f"BEGIN IF TG_OP = 'UPDATE' THEN {_insert(items, 'update', distinct)} "
+            f"ELSIF TG_OP = 'INSERT' THEN {_insert(items, 'insert', distinct)} "
+            f"ELSE {_insert(items, 'delete', distinct)} END IF; RETURN NULL; END")
     return [
         f"CREATE FUNCTION tally_{table}() RETURNS trigger LANGUAGE plpgsql AS $$ {body} $$",
         f"CREATE TRIGGER tally_{table} AFTER INSERT OR DELETE OR UPDATE OF {columns} "
