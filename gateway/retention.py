@@ -35,6 +35,7 @@ from sqlalchemy.engine import Connection
 
 from gateway.config import RetentionConfig
 from gateway.periodic import PeriodicJob
+from gateway.store import tallies
 from gateway.store.anonymise import BATCH, anonymise_batch, leftover_submissions
 from gateway.store.audit import AuditEntry, record
 from gateway.store.backend import WriteBackend
@@ -123,6 +124,9 @@ def daily_retention(backend: WriteBackend, retention: RetentionConfig, *, holder
 
     async def work(now: datetime) -> None:
         await purge(backend, retention, now=now)
+        # The day's counts, folded (a read folds them too, but an install nobody reads the
+        # counts of would pile them up).
+        await backend.transaction(tallies.fold)
 
     quarter = retention.every / 4
     looks: dict[str, Any] = {"first_check": min(60.0, quarter),

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, exists, or_, select
+from sqlalchemy import ColumnElement, Select, and_, exists, func, literal_column, or_, select, union
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.store.outcomes import DELIVERED
@@ -60,6 +60,23 @@ def overdue_referrals(now: datetime) -> Select[tuple[uuid.UUID]]:
         or_(and_(referrals.c.acknowledge_by <= now, referrals.c.outcome.is_(None)),
             referrals.c.remove_by <= now),
         live)
+
+
+async def count_overdue(conn: AsyncConnection, now: datetime) -> int:
+    """How many cases :func:`overdue_cases` names at ``now``, read through the partial indexes
+    of the open referrals with a deadline (migration 0031): a range of those past it, not
+    every referral ever made. Each part says its index's condition as the index does (a
+    literal, not a parameter: SQLite uses a partial index only for a query that implies it)."""
+    unmet = or_(referrals.c.outcome.is_(None),
+                referrals.c.outcome == literal_column("'acknowledged'"))
+    parts = (and_(referrals.c.acknowledge_by.is_not(None), referrals.c.outcome.is_(None),
+                  referrals.c.acknowledge_by <= now),
+             and_(referrals.c.remove_by.is_not(None), unmet, referrals.c.remove_by <= now))
+    either = union(*(
+        select(referrals.c.case_id)
+        .join(routing_decisions, routing_decisions.c.id == referrals.c.decision_id)
+        .where(part, overdue_clause(now)) for part in parts)).subquery()
+    return int((await conn.execute(select(func.count()).select_from(either))).scalar_one())
 
 
 def overdue_of(row: Any, now: datetime, *, live: bool) -> list[str]:

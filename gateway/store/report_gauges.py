@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway.store.lifecycle import AWAITING_OUTCOME
 from gateway.store.report_referrals import WITHIN_DAYS
 from gateway.store.tables import cases
+from gateway.store.tallies import Tallies
 
 #: The age buckets of open cases, in days since the first referral: up to the first mark,
 #: between marks, and over the last (the report's marks).
@@ -34,37 +35,37 @@ def age_labels() -> list[str]:
         f"{AGE_MARKS[-1]}d+"]
 
 
-async def open_by_age(conn: AsyncConnection, now: datetime) -> dict[str, int]:
+async def open_by_age(conn: AsyncConnection, now: datetime, kept: Tallies) -> dict[str, int]:
     """Cases waiting for what becomes of their referral (referred or acknowledged), by the
-    time since their first referral (the referred milestone): ``0-1d`` is at most a day."""
+    time since their first referral (the referred milestone): ``0-1d`` is at most a day.
+
+    The cases referred since the last mark are read (an index range of the referrals of the
+    last week, whatever the years before); the older ones are the kept count of those
+    awaiting an outcome with a first referral, less those."""
     marks = [now - timedelta(days=days) for days in AGE_MARKS]
     referred = cases.c.referred_at
     buckets: list[ColumnElement[bool]] = [referred >= marks[0]] + [
         and_(referred < newer, referred >= older)
-        for newer, older in itertools.pairwise(marks)] + [referred < marks[-1]]
+        for newer, older in itertools.pairwise(marks)]
     row = (await conn.execute(
         select(*(func.count(case((bucket, 1))) for bucket in buckets))
-        .where(cases.c.status.in_(AWAITING_OUTCOME)))).one()
-    return dict(zip(age_labels(), (int(n) for n in row), strict=True))
+        .where(referred >= marks[-1], cases.c.status.in_(AWAITING_OUTCOME)))).one()
+    recent = [int(n) for n in row]
+    by_referred = kept.by("cases", 0, 3)
+    awaiting = sum(by_referred.get(f"{state}|1", 0) for state in AWAITING_OUTCOME)
+    return dict(zip(age_labels(), [*recent, awaiting - sum(recent)], strict=True))
 
 
-def _seconds_between(dialect: str, later: Any, earlier: Any) -> ColumnElement[Any]:
-    """``later - earlier`` in seconds (to the millisecond on SQLite, whose times are text)."""
-    if dialect == "postgresql":
-        return func.extract("epoch", later - earlier)
-    return func.round((func.julianday(later) - func.julianday(earlier)) * 86400, 3)
-
-
-async def removal_hours(conn: AsyncConnection) -> dict[str, Any]:
+def removal_hours(kept: Tallies) -> dict[str, Any]:
     """The time from each referred case's first referral to when its content first went down
     (the referred and removed milestones), over every such case: cumulative counts at each
-    bound of :data:`REMOVAL_BUCKETS`, the count and the sum (hours)."""
-    seconds = _seconds_between(conn.dialect.name, cases.c.removed_at, cases.c.referred_at)
-    row = (await conn.execute(
-        select(func.count(), func.coalesce(func.sum(seconds), 0),
-               *(func.count(case((seconds <= bound * 3600, 1))) for bound in REMOVAL_BUCKETS))
-        .where(cases.c.removed_at.is_not(None), cases.c.referred_at.is_not(None)))).one()
-    count, total, *within = row
-    return {"buckets": [[bound, int(n)] for bound, n in zip(REMOVAL_BUCKETS, within,
-                                                             strict=True)],
-            "count": int(count), "sum": round(float(total) / 3600, 3)}
+    bound of :data:`REMOVAL_BUCKETS`, the count and the sum (hours), as kept (migration
+    0031 keeps each case's span under the first bound it is within, or ``inf``, and the sum
+    of the spans, each to the millisecond, in a bigint)."""
+    within = kept.of("removal")
+    buckets, running = [], 0
+    for bound in REMOVAL_BUCKETS:
+        running += within.get(f"{bound:g}", 0)
+        buckets.append([bound, running])
+    return {"buckets": buckets, "count": running + within.get("inf", 0),
+            "sum": round(kept.of("removal_ms").get("", 0) / 3_600_000, 3)}

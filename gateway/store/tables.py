@@ -436,6 +436,11 @@ routing_decisions = Table(
     Index("ix_routing_decisions_held", "outcome", "created_at", "rule", "case_id"),  # report
 )
 
+#: The partial indexes' conditions of the open referrals with a deadline (a query that reads
+#: one says the same, word for word: SQLite uses a partial index only then).
+ACKNOWLEDGE_DUE = "acknowledge_by IS NOT NULL AND outcome IS NULL"
+REMOVE_DUE = "remove_by IS NOT NULL AND (outcome IS NULL OR outcome = 'acknowledged')"
+
 # One referral per routing decision and destination (a case reopened after a removal may be
 # referred to the same destination again, on a new decision): the encrypted message lives in
 # the outbox.
@@ -498,6 +503,15 @@ referrals = Table(
     Index("ix_referrals_follow_up", "follow_up_at",
           sqlite_where=text("follow_up_at IS NOT NULL"),
           postgresql_where=text("follow_up_at IS NOT NULL")),
+    # The open referrals with a deadline (the overdue ones are a range of them), and those
+    # flagged for a supervisor (``gateway.stats``).
+    Index("ix_referrals_acknowledge_due", "acknowledge_by",
+          sqlite_where=text(ACKNOWLEDGE_DUE), postgresql_where=text(ACKNOWLEDGE_DUE)),
+    Index("ix_referrals_remove_due", "remove_by",
+          sqlite_where=text(REMOVE_DUE), postgresql_where=text(REMOVE_DUE)),
+    Index("ix_referrals_flagged", "case_id",
+          sqlite_where=text("supervisor_flagged_at IS NOT NULL"),
+          postgresql_where=text("supervisor_flagged_at IS NOT NULL")),
 )
 
 # Every reminder queued for a referral: what it chases (acknowledge | remove), its number in
@@ -676,4 +690,14 @@ report_verdict_days = Table(
     Column("to_day", Date, primary_key=True),
     Column("item", Text, primary_key=True),
     Column("cases", Integer, nullable=False),
+)
+
+# Counts kept as the data changes (migration 0031's triggers add a row for each change that
+# moves one; ``gateway.store.tallies`` sums and folds them): ``figure``, ``key`` and ``n``.
+tallies = Table(
+    "tallies",
+    metadata,
+    Column("figure", String(16), nullable=False),
+    Column("key", String(80), nullable=False),
+    Column("n", BigInteger, nullable=False),
 )
